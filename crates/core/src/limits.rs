@@ -1,0 +1,79 @@
+//! The broker's limits: every queue and buffer the core keeps is bounded by one of these.
+
+use std::time::Duration;
+
+/// Limits and protocol options the broker enforces and advertises. The defaults protect a small
+/// machine; every one is configurable (`[limits]` in `makelaar.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest packet accepted from a client, in bytes (advertised as Maximum Packet Size in
+    /// 5.0). A larger one is refused from its fixed header, before it is buffered.
+    pub max_packet_size: u32,
+    /// Longest keep-alive a client may ask for, in seconds; longer (or 0) is answered with
+    /// Server Keep Alive in 5.0. 0 means no maximum.
+    pub max_keep_alive: u16,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Messages kept per session beyond its inflight window (offline or slow consumer).
+    pub max_queued_messages: usize,
+    /// Bytes kept per session in that queue (payload + topic); 0 means no byte limit.
+    pub max_queued_bytes: usize,
+    /// Also queue QoS 0 messages for offline persistent sessions (Mosquitto's
+    /// `queue_qos0_messages`).
+    pub queue_qos0_messages: bool,
+    /// QoS 1/2 messages in flight to one client at once (the client's Receive Maximum lowers it).
+    pub max_inflight_messages: u16,
+    /// Receive Maximum advertised to 5.0 clients: QoS 1/2 publishes a client may have unacknowledged
+    /// towards us; exceeding it is DISCONNECT 0x93 [MQTT-3.3.4-7].
+    pub receive_maximum: u16,
+    /// Topic Alias Maximum advertised to 5.0 clients (inbound aliases); 0 disables them.
+    pub topic_alias_maximum: u16,
+    /// Bytes of encoded packets waiting to be written to one client; past it QoS 0 messages to
+    /// that client are dropped (counted and logged) instead of buffered.
+    pub max_outgoing_bytes: usize,
+    /// Largest Session Expiry Interval granted, in seconds (`u32::MAX` means never expire).
+    pub max_session_expiry: u32,
+    /// Session expiry for 3.x persistent sessions, in seconds (Mosquitto's
+    /// `persistent_client_expiration`); `u32::MAX` means never.
+    pub persistent_session_expiry: u32,
+    /// Subscriptions one session may hold; 0 means no limit.
+    pub max_subscriptions_per_session: usize,
+    /// Most clients connected at once; 0 means no limit.
+    pub max_connections: usize,
+    /// Retained messages the broker keeps; 0 means no limit.
+    pub max_retained_messages: usize,
+    /// Whether retained messages are supported at all (Retain Available).
+    pub retain_available: bool,
+    /// Whether an empty client id is accepted (assigned one by the server).
+    pub allow_zero_length_client_id: bool,
+    /// Longest client id accepted, in bytes.
+    pub max_client_id_len: usize,
+    /// Maximum QoS the broker accepts (advertised as Maximum QoS when below 2).
+    pub max_qos: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 1024 * 1024,
+            max_keep_alive: 65_535,
+            connect_timeout: Duration::from_secs(10),
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            queue_qos0_messages: false,
+            max_inflight_messages: 20,
+            receive_maximum: 1024,
+            topic_alias_maximum: 10,
+            max_outgoing_bytes: 4 * 1024 * 1024,
+            max_session_expiry: u32::MAX,
+            persistent_session_expiry: u32::MAX,
+            max_subscriptions_per_session: 0,
+            max_connections: 0,
+            max_retained_messages: 0,
+            retain_available: true,
+            allow_zero_length_client_id: true,
+            max_client_id_len: 65_535,
+            max_qos: 2,
+        }
+    }
+}
