@@ -1,1 +1,173 @@
-//! placeholder
+//! The Makelaar broker's tokio shell around the sans-IO core.
+//!
+//! - [`listener`]: binds `mqtt://` and `mqtts://` listeners, accepts, runs TLS handshakes.
+//! - `connection`: one task per client: read, decode, per-connection checks, write.
+//! - `router`: the one task that owns the core `Broker` (sessions, topic tree, retained).
+//! - `sys`: the `$SYS/broker/...` topics.
+//! - [`config`] and [`tls`]: configuration and certificates, with one-sentence errors.
+//!
+//! [`serve`] runs a broker until SIGINT/SIGTERM; [`Server::start`] runs one in-process (tests,
+//! embedding) and hands back its bound addresses.
+
+pub mod config;
+mod connection;
+pub mod listener;
+mod router;
+mod sys;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use makelaar_core::{Broker, Policy};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError};
+use connection::ConnCtx;
+use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
+use router::Router;
+use sys::SysPublisher;
+
+/// Messages waiting for the router before connection tasks stop reading their sockets.
+const ROUTER_QUEUE: usize = 4096;
+
+/// Counters kept outside the router (by connection tasks), read for `$SYS`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    /// QoS 0 messages dropped because their client was not reading (max_outgoing_bytes).
+    pub dropped_slow_client: AtomicU64,
+}
+
+/// A running broker.
+pub struct Server {
+    addrs: Vec<(String, SocketAddr)>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    router: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds every listener (so a bad certificate or a port in use is reported before
+    /// anything runs) and starts serving.
+    pub async fn start(config: Config) -> Result<Server, ConfigError> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            listeners.push(Listener::bind(l).await?);
+        }
+        let addrs = listeners.iter().map(|l| (l.url().to_owned(), l.local_addr())).collect();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
+        let policy = Policy {
+            deny_subscriptions: Vec::new(), // wired to config below
+            response_information_prefix: "response/".into(),
+        };
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let broker = Broker::new(config.limits.clone(), policy, seed);
+        let sys = SysPublisher::new(config.sys_interval, Instant::now());
+        let router = Router::new(broker, counters.clone(), sys);
+        let router = tokio::spawn(router.run(rx, shutdown.clone()));
+        let ctx = Arc::new(ConnCtx { limits: config.limits, router: tx, counters });
+        let next_conn = Arc::new(AtomicU64::new(1));
+        for l in listeners {
+            tasks.spawn(accept_loop(l, ctx.clone(), next_conn.clone(), tasks.clone(), shutdown.clone()));
+        }
+        Ok(Server { addrs, shutdown, tasks, router })
+    }
+
+    /// The bound address of each listener, with its URL as configured.
+    pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// Stops accepting, tells 5.0 clients DISCONNECT 0x8B (server shutting down), closes
+    /// every connection and waits (at most a few seconds) for them to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.router.await;
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tasks.wait()).await;
+    }
+}
+
+/// Runs a broker with `config` until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!(target: STATUS_TARGET, "shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    ctx: Arc<ConnCtx>,
+    next_conn: Arc<AtomicU64>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (accepted, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(listener = listener.url(), error = %e, "cannot accept connections (too many open files?); retrying shortly");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let stream = match accepted.handshake().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = connection::run(stream, conn, peer, ctx) => {}
+                // The router already sent DISCONNECT and Close; give writes a moment.
+                _ = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(2)).await } => {}
+            }
+        });
+    }
+}

@@ -1,1 +1,229 @@
-fn main() {}
+//! `makelaar`: the MQTT broker and (later) its tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use makelaar_broker::config::{Config, ConfigError, ConfigFile};
+
+mod logging;
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  makelaar serve
+      Listen on mqtt://127.0.0.1:1883 (this machine only).
+
+  makelaar serve --listen mqtt://0.0.0.0:1883 \\
+                 --listen mqtts://0.0.0.0:8883 --cert server.pem --key server.key
+      Plain MQTT on 1883 and MQTT over TLS on 8883, on every interface.
+
+  makelaar serve --listen mqtts://0.0.0.0:8883 --cert server.pem --key server.key \\
+                 --cafile ca.pem --require-certificate
+      Mutual TLS: only clients with a certificate signed by ca.pem get in.
+
+  makelaar serve --config /etc/makelaar/makelaar.toml
+      Settings from a file (see makelaar.example.toml); flags given too override it.";
+
+/// Makelaar: an MQTT 3.1, 3.1.1 and 5.0 broker.
+#[derive(Debug, Parser)]
+#[command(name = "makelaar", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker until SIGINT (Ctrl-C) or SIGTERM.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+}
+
+/// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
+#[derive(Debug, Clone, Default, Args)]
+struct ServeArgs {
+    /// Read settings from this TOML file (flags given as well override it).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT. Repeat for more
+    /// listeners; replaces the file's list. [default: mqtt://127.0.0.1:1883]
+    #[arg(short = 'l', long, value_name = "URL")]
+    listen: Vec<String>,
+
+    /// PEM certificate chain for mqtts listeners (server certificate first).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+
+    /// PEM CA bundle to verify client certificates against.
+    #[arg(long, value_name = "FILE")]
+    cafile: Option<PathBuf>,
+
+    /// Mutual TLS: refuse clients without a certificate signed by --cafile.
+    #[arg(long)]
+    require_certificate: bool,
+
+    /// Keep all state in memory (the only mode for now).
+    #[arg(long)]
+    in_memory: bool,
+
+    /// Directory for the durable store (accepted, not used yet). [default: makelaar-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Seconds between $SYS/broker/... updates; 0 turns them off. [default: 10]
+    #[arg(long, value_name = "SECS")]
+    sys_interval: Option<u64>,
+
+    /// Log level (error, warn, info, debug, trace) or tracing filter directives; overrides
+    /// RUST_LOG. [default: warn, plus one line per listener at startup]
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration: the file (if any) first, then every flag that was given.
+    fn build_config(&self) -> Result<Config, ConfigError> {
+        let (mut file, source) = match &self.config {
+            Some(path) => (
+                ConfigFile::from_toml_file(path)?,
+                path.display().to_string(),
+            ),
+            None => (ConfigFile::default(), "the command line".to_string()),
+        };
+        if !self.listen.is_empty() {
+            file.listen = Some(self.listen.clone());
+        }
+        if let Some(cert) = &self.cert {
+            file.cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.key {
+            file.key = Some(key.clone());
+        }
+        if let Some(cafile) = &self.cafile {
+            file.cafile = Some(cafile.clone());
+        }
+        if self.require_certificate {
+            file.require_certificate = Some(true);
+        }
+        if self.in_memory {
+            file.in_memory = Some(true);
+        }
+        if let Some(dir) = &self.data_dir {
+            file.data_dir = Some(dir.clone());
+        }
+        if let Some(secs) = self.sys_interval {
+            file.sys_interval = Some(secs);
+        }
+        file.into_config(&source)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` keeps any context on the same line: one sentence, no backtrace.
+            eprintln!("makelaar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            logging::init(args.log_level.as_deref())?;
+            let config = args.build_config()?;
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name("makelaar-worker")
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(makelaar_broker::serve(config))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use makelaar_broker::config::ListenerKind;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["makelaar", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Serve(a),
+            }) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn no_flags_gives_the_default_config() {
+        assert_eq!(serve_args(&[]).build_config(), Ok(Config::default()));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("makelaar-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("makelaar.toml");
+        std::fs::write(
+            &path,
+            "listen = [\"mqtt://127.0.0.1:1884\"]\nsys_interval = 5\n[limits]\nmax_qos = 1\n",
+        )
+        .unwrap();
+        let path_str = path.to_str().unwrap();
+
+        let from_file = serve_args(&["--config", path_str]).build_config().unwrap();
+        assert_eq!(from_file.listeners[0].addr.port(), 1884);
+        assert_eq!(from_file.sys_interval.as_secs(), 5);
+        assert_eq!(from_file.limits.max_qos, 1);
+
+        let overridden = serve_args(&[
+            "-c",
+            path_str,
+            "--listen",
+            "mqtt://127.0.0.1:1990",
+            "--listen",
+            "mqtts://127.0.0.1:1991",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--sys-interval",
+            "0",
+        ])
+        .build_config()
+        .unwrap();
+        assert_eq!(overridden.listeners.len(), 2);
+        assert_eq!(overridden.listeners[1].kind, ListenerKind::Mqtts);
+        assert_eq!(overridden.sys_interval.as_secs(), 0);
+        assert_eq!(overridden.limits.max_qos, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn require_certificate_without_cafile_is_refused() {
+        let err = serve_args(&["--require-certificate"])
+            .build_config()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--require-certificate needs --cafile FILE"));
+    }
+}

@@ -1,1 +1,21 @@
-//! placeholder
+//! The broker's rules, sans-IO: sessions, QoS flows, the topic tree, retained messages and wills.
+//!
+//! No sockets, no runtime and no clock: inputs come in as method calls with the current time,
+//! outputs are queued actions the async shell polls and carries out.
+//!
+//! - [`conn`]: what belongs to one network connection (keep-alive, topic aliases, receive
+//!   maximum), run beside the socket.
+//! - [`broker`]: the router's state: sessions, subscriptions, shared groups, retained messages,
+//!   wills, session expiry.
+//! - [`topic`] and [`retain`]: the indexes that match topics against filters.
+
+pub mod broker;
+pub mod conn;
+pub mod limits;
+pub mod message;
+pub mod retain;
+pub mod session;
+pub mod topic;
+
+pub use broker::{Action, Broker, Policy, Stats};
+pub use limits::Limits;

@@ -1,0 +1,284 @@
+//! One task per connection: reads and decodes the client's packets, checks what belongs to
+//! the connection (`ConnState`), forwards the rest to the router, and writes what the router
+//! sends back, batching every ready packet into one write.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use makelaar_core::conn::{ConnState, Violation};
+use makelaar_core::session::ConnId;
+use makelaar_core::Limits;
+use makelaar_proto::{
+    ConnAck, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::router::{ConnHandle, Outbound, ToRouter};
+use crate::Counters;
+
+/// Stop reading from the client and from the router while this many bytes wait to be written:
+/// a client that does not read is not fed more work.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// CONNECT is small; a larger first packet is refused before it is buffered.
+const MAX_CONNECT_SIZE: usize = 64 * 1024;
+const READ_CHUNK: usize = 4096;
+
+pub(crate) struct ConnCtx {
+    pub limits: Limits,
+    pub router: mpsc::Sender<ToRouter>,
+    pub counters: Arc<Counters>,
+}
+
+/// Serves one client until it leaves or is closed.
+pub(crate) async fn run<S>(stream: S, conn: ConnId, peer: std::net::SocketAddr, ctx: Arc<ConnCtx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::new();
+    let mut decoder = Decoder::new(ctx.limits.max_packet_size.min(MAX_CONNECT_SIZE as u32) as usize);
+    let deadline = tokio::time::Instant::now() + ctx.limits.connect_timeout;
+    // [MQTT-3.1.0-1] the first packet must be CONNECT, within connect_timeout.
+    let connect = match tokio::time::timeout_at(deadline, read_connect(&mut rd, &mut rbuf, &mut decoder, &ctx)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(reply)) => {
+            if let Some(bytes) = reply {
+                let _ = wr.write_all(&bytes).await;
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within connect_timeout: closing");
+            return;
+        }
+    };
+    decoder.set_max_packet_size(ctx.limits.max_packet_size as usize);
+    let version = connect.protocol;
+    let mut state = ConnState::new(Instant::now(), &connect, &ctx.limits);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handle = ConnHandle { tx, pending: pending.clone() };
+    tracing::info!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
+    let msg = ToRouter::Connect { conn, connect: Box::new(connect), out: handle };
+    if ctx.router.send(msg).await.is_err() {
+        return;
+    }
+    let mut io = Io { rd, wr, rbuf, wbuf: BytesMut::new(), decoder, version, conn, ctx: ctx.clone(), pending, rx };
+    let end = io.serve(&mut state).await;
+    let reason = match end {
+        End::Closed => None,
+        End::Lost(why) => Some(ToRouter::Lost { conn }).inspect(|_| tracing::debug!(%peer, why, "connection lost")),
+        End::Violation(v) => {
+            tracing::debug!(%peer, reason = %v.reason, text = v.text, "closing connection: protocol violation");
+            if version.is_v5() {
+                // [MQTT-4.13.1-1] tell a 5.0 client why before closing.
+                let d = Packet::Disconnect(Disconnect { reason: v.reason, ..Disconnect::default() });
+                io.write_now(&d).await;
+            }
+            Some(ToRouter::Violation { conn, reason: v.reason, text: v.text })
+        }
+    };
+    if let Some(msg) = reason {
+        let _ = ctx.router.send(msg).await;
+    }
+    let _ = io.wr.shutdown().await;
+}
+
+/// Reads until a whole CONNECT arrives. `Err(Some(bytes))` carries a reply to send before
+/// closing (CONNACK "unsupported protocol version").
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    ctx: &ConnCtx,
+) -> Result<makelaar_proto::Connect, Option<Vec<u8>>> {
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Some(Packet::Connect(c))) => return Ok(*c),
+            Ok(Some(other)) => {
+                tracing::debug!(packet = other.name(), "first packet is not CONNECT: closing");
+                return Err(None);
+            }
+            Err(DecodeError::UnsupportedProtocol) => {
+                // [MQTT-3.1.2-2] answer CONNACK 0x01 (3.1.1 form) and close.
+                let ack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
+                let mut out = BytesMut::new();
+                let _ = Packet::ConnAck(ack).encode(ProtocolVersion::V311, &mut out);
+                return Err(Some(out.to_vec()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "bad CONNECT: closing");
+                return Err(None);
+            }
+            Ok(None) => {}
+        }
+        rbuf.reserve(READ_CHUNK);
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => {
+                ctx.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+enum End {
+    /// The router closed it (DISCONNECT handled, takeover, refused CONNECT, shutdown).
+    Closed,
+    /// The socket ended or failed.
+    Lost(&'static str),
+    /// The client broke the protocol.
+    Violation(Violation),
+}
+
+struct Io<R, W> {
+    rd: R,
+    wr: W,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+    version: ProtocolVersion,
+    conn: ConnId,
+    ctx: Arc<ConnCtx>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
+    async fn serve(&mut self, state: &mut ConnState) -> End {
+        let mut closing = false;
+        let mut needs_flush = false;
+        loop {
+            if closing && self.wbuf.is_empty() && !needs_flush {
+                return End::Closed;
+            }
+            let room = self.wbuf.len() < WRITE_HIGH_WATER;
+            let keep_alive = state.keep_alive_deadline().map(tokio::time::Instant::from_std);
+            let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+            if self.rbuf.capacity() - self.rbuf.len() < 512 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                r = self.rd.read_buf(&mut self.rbuf), if room && !closing => {
+                    match r {
+                        Ok(0) => return End::Lost("closed by client"),
+                        Err(_) => return End::Lost("read error"),
+                        Ok(n) => {
+                            self.ctx.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            if let Err(end) = self.decode_all(state).await {
+                                return end;
+                            }
+                        }
+                    }
+                }
+                out = self.rx.recv(), if room && !closing => {
+                    match out {
+                        Some(o) => closing = self.take_outbound(o, state),
+                        None => return End::Closed,
+                    }
+                    while !closing && self.wbuf.len() < WRITE_HIGH_WATER {
+                        match self.rx.try_recv() {
+                            Ok(o) => closing = self.take_outbound(o, state),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                w = write_some(&mut self.wr, &mut self.wbuf, &mut needs_flush), if !self.wbuf.is_empty() || needs_flush => {
+                    match w {
+                        Ok(n) => { self.ctx.counters.bytes_sent.fetch_add(n as u64, Ordering::Relaxed); }
+                        Err(_) => return End::Lost("write error"),
+                    }
+                }
+                _ = tokio::time::sleep_until(keep_alive.unwrap_or(far)), if keep_alive.is_some() && !closing => {
+                    // [MQTT-3.1.2-24] nothing received for 1.5 × keep-alive.
+                    return End::Violation(Violation { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, text: "keep-alive timeout" });
+                }
+            }
+        }
+    }
+
+    /// Decodes every whole packet in the read buffer and passes it on.
+    async fn decode_all(&mut self, state: &mut ConnState) -> Result<(), End> {
+        loop {
+            let mut packet = match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let text = match e {
+                        DecodeError::TooLarge { .. } => "packet larger than max_packet_size",
+                        DecodeError::TopicNameInvalid(_) => "invalid topic name",
+                        DecodeError::PayloadFormatInvalid => "payload is not UTF-8 as announced",
+                        _ => "malformed packet",
+                    };
+                    return Err(End::Violation(Violation { reason: e.reason_code(), text }));
+                }
+            };
+            self.ctx.counters.packets_received.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            match state.inbound(now, &mut packet) {
+                Err(v) => return Err(End::Violation(v)),
+                Ok(false) => self.encode(&Packet::PingResp),
+                Ok(true) => {
+                    let msg = ToRouter::Packet { conn: self.conn, packet };
+                    if self.ctx.router.send(msg).await.is_err() {
+                        return Err(End::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes one packet from the router; true when the router asked to close.
+    fn take_outbound(&mut self, o: Outbound, state: &mut ConnState) -> bool {
+        match o {
+            Outbound::Packet(mut p, cost) => {
+                self.pending.fetch_sub(cost, Ordering::Relaxed);
+                if let Packet::ConnAck(ack) = &p {
+                    if ack.reason.is_error() {
+                        self.encode(&p);
+                        return true;
+                    }
+                }
+                state.outbound(&mut p);
+                self.encode(&p);
+                false
+            }
+            Outbound::Close => true,
+        }
+    }
+
+    fn encode(&mut self, p: &Packet) {
+        if let Err(e) = p.encode(self.version, &mut self.wbuf) {
+            tracing::warn!(error = %e, packet = p.name(), "could not encode packet; not sent");
+            return;
+        }
+        self.ctx.counters.packets_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes one packet at once (used just before closing).
+    async fn write_now(&mut self, p: &Packet) {
+        self.encode(p);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.wr.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+    }
+}
+
+/// One write of the buffered bytes, or a flush once they are all written (TLS keeps records
+/// in its own buffer until flushed).
+async fn write_some<W: AsyncWrite + Unpin>(wr: &mut W, wbuf: &mut BytesMut, needs_flush: &mut bool) -> std::io::Result<usize> {
+    if wbuf.is_empty() {
+        wr.flush().await?;
+        *needs_flush = false;
+        return Ok(0);
+    }
+    let n = wr.write(wbuf).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    wbuf.advance(n);
+    *needs_flush = true;
+    Ok(n)
+}

@@ -1,0 +1,161 @@
+//! The router task: the one owner of the core [`Broker`] state. Connection tasks send it
+//! what their clients did over one bounded channel; it answers through each connection's own
+//! channel. Nothing else touches sessions, subscriptions or retained messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use makelaar_core::session::ConnId;
+use makelaar_core::{Action, Broker};
+use makelaar_proto::{Connect, Packet, QoS, ReasonCode};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::sys::SysPublisher;
+use crate::Counters;
+
+/// What a connection task tells the router.
+pub enum ToRouter {
+    /// A CONNECT was received; `out` is where the router sends this connection's packets.
+    Connect { conn: ConnId, connect: Box<Connect>, out: ConnHandle },
+    /// A packet from a connected client, already checked by its `ConnState`.
+    Packet { conn: ConnId, packet: Packet },
+    /// The connection broke the protocol; the task has told the client (5.0) and closes.
+    Violation { conn: ConnId, reason: ReasonCode, text: &'static str },
+    /// The connection ended without DISCONNECT.
+    Lost { conn: ConnId },
+}
+
+/// What the router tells a connection task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Encode and write this packet; `cost` is what it counts against the outgoing budget.
+    Packet(Packet, usize),
+    /// Write what came before, then close.
+    Close,
+}
+
+/// The router's end of one connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub tx: mpsc::UnboundedSender<Outbound>,
+    /// Bytes sent to the channel and not yet taken by the connection task. The channel is
+    /// unbounded on purpose (the router must never wait on one slow client), so this budget
+    /// bounds it: QoS 0 messages past `max_outgoing_bytes` are dropped, QoS 1/2 ones are
+    /// bounded by the inflight window and the session queue.
+    pub pending: Arc<AtomicUsize>,
+}
+
+/// Estimated memory a packet holds while queued to a connection.
+pub fn packet_cost(p: &Packet) -> usize {
+    match p {
+        Packet::Publish(p) => p.topic.len() + p.payload.len() + 64,
+        _ => 64,
+    }
+}
+
+pub(crate) struct Router {
+    broker: Broker,
+    conns: HashMap<ConnId, ConnHandle>,
+    max_outgoing: usize,
+    counters: Arc<Counters>,
+    sys: SysPublisher,
+    slow_logged: HashMap<ConnId, ()>,
+}
+
+impl Router {
+    pub(crate) fn new(broker: Broker, counters: Arc<Counters>, sys: SysPublisher) -> Router {
+        let max_outgoing = broker.limits().max_outgoing_bytes;
+        Router { broker, conns: HashMap::new(), max_outgoing, counters, sys, slow_logged: HashMap::new() }
+    }
+
+    /// Runs until `shutdown` is cancelled, then tells every client and returns.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<ToRouter>, shutdown: CancellationToken) {
+        let start = Instant::now();
+        let far = Duration::from_secs(3600);
+        loop {
+            let now = Instant::now();
+            let timer = self.broker.poll_timeout().unwrap_or(now + far).min(self.sys.next_due(now));
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    let now = Instant::now();
+                    self.handle(now, msg);
+                    // Take what else is ready before flushing: fewer wake-ups per packet.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(msg) => self.handle(now, msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(timer.into()) => {
+                    let now = Instant::now();
+                    self.broker.handle_timeout(now);
+                    self.sys.maybe_publish(now, start, &mut self.broker, &self.counters);
+                }
+                _ = shutdown.cancelled() => {
+                    self.broker.shutdown(ReasonCode::SERVER_SHUTTING_DOWN);
+                    self.flush();
+                    break;
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn handle(&mut self, now: Instant, msg: ToRouter) {
+        match msg {
+            ToRouter::Connect { conn, connect, out } => {
+                self.conns.insert(conn, out);
+                self.broker.handle_connect(now, conn, *connect);
+            }
+            ToRouter::Packet { conn, packet } => self.broker.handle_packet(now, conn, packet),
+            ToRouter::Violation { conn, reason, text } => {
+                tracing::debug!(conn, %reason, text, "protocol violation");
+                self.broker.handle_connection_lost(now, conn);
+                self.close(conn);
+            }
+            ToRouter::Lost { conn } => {
+                self.broker.handle_connection_lost(now, conn);
+                self.close(conn);
+            }
+        }
+    }
+
+    /// Carries out what the broker decided.
+    fn flush(&mut self) {
+        while let Some(action) = self.broker.poll_action() {
+            match action {
+                Action::Send(conn, packet) => self.send(conn, packet),
+                Action::Close(conn) => self.close(conn),
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) {
+        let Some(h) = self.conns.get(&conn) else { return };
+        let cost = packet_cost(&packet);
+        let is_qos0_publish = matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce);
+        if is_qos0_publish && h.pending.load(Ordering::Relaxed) + cost > self.max_outgoing {
+            self.counters.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
+            if self.slow_logged.insert(conn, ()).is_none() {
+                tracing::warn!(conn, max_outgoing_bytes = self.max_outgoing, "client is not reading fast enough: dropping QoS 0 messages to it (max_outgoing_bytes)");
+            }
+            return;
+        }
+        h.pending.fetch_add(cost, Ordering::Relaxed);
+        if h.tx.send(Outbound::Packet(packet, cost)).is_err() {
+            // The task is gone; its Lost message is on its way.
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        self.slow_logged.remove(&conn);
+        if let Some(h) = self.conns.remove(&conn) {
+            let _ = h.tx.send(Outbound::Close);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! TLS for `mqtts://` listeners: loads the PEM certificate chain, private key and optional CA
+//! bundle into a rustls `ServerConfig` (ring provider, TLS 1.2 and 1.3).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{io_reason, ConfigError, TlsSettings};
+
+/// Builds the rustls server configuration for the TLS listeners.
+///
+/// With `cafile`, clients are asked for a certificate and one that is presented must chain to a
+/// CA in the bundle; `require_certificate` also refuses clients that present none.
+pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
+    let provider = crypto_provider();
+
+    let certs = load_certs(&tls.cert, "certificate file", "--cert")?;
+    let key = load_key(&tls.key)?;
+    // Check the key on its own first, so "not a usable key" and "does not match" differ.
+    if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
+        return Err(ConfigError::Tls(format!(
+            "the private key in \"{}\" cannot be used ({e}); give --key an RSA, ECDSA or Ed25519 \
+             key in PEM (PKCS#8, PKCS#1 or SEC1)",
+            tls.key.display()
+        )));
+    }
+
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Tls(format!("cannot set up TLS 1.2 and 1.3 ({e})")))?;
+
+    let builder = match &tls.cafile {
+        None => builder.with_no_client_auth(),
+        Some(cafile) => {
+            let mut roots = RootCertStore::empty();
+            for ca in load_certs(cafile, "CA file", "--cafile")? {
+                roots.add(ca).map_err(|e| {
+                    ConfigError::Tls(format!(
+                        "the CA file \"{}\" holds a certificate that cannot be used as a trust \
+                         anchor ({e}); give --cafile the PEM certificates of the CAs that sign \
+                         client certificates",
+                        cafile.display()
+                    ))
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if tls.require_certificate {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier.build().map_err(|e| {
+                ConfigError::Tls(format!(
+                    "cannot verify client certificates with the CA file \"{}\" ({e}); give \
+                     --cafile a PEM bundle of CA certificates",
+                    cafile.display()
+                ))
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+
+    let config = builder.with_single_cert(certs, key).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => ConfigError::Tls(format!(
+            "the private key \"{}\" does not belong to the certificate \"{}\"; pass the key that \
+             was generated with that certificate",
+            tls.key.display(),
+            tls.cert.display()
+        )),
+        other => ConfigError::Tls(format!(
+            "the certificate \"{}\" cannot be used with the key \"{}\" ({other}); check that \
+             --cert holds a PEM certificate chain, server certificate first",
+            tls.cert.display(),
+            tls.key.display()
+        )),
+    })?;
+    Ok(Arc::new(config))
+}
+
+fn load_certs(
+    path: &Path,
+    what: &str,
+    flag: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let unreadable = |e: &std::io::Error| {
+        ConfigError::Tls(format!(
+            "cannot read {what} \"{}\": {}; check the path given to {flag}",
+            path.display(),
+            io_reason(e)
+        ))
+    };
+    let bad_pem = |e: pem::Error| {
+        ConfigError::Tls(format!(
+            "the {what} \"{}\" is not valid PEM ({}); give {flag} a file with \"-----BEGIN \
+             CERTIFICATE-----\" blocks",
+            path.display(),
+            pem_reason(&e)
+        ))
+    };
+    // Read the whole file first so I/O errors (missing file, permissions) are told apart.
+    let bytes = std::fs::read(path).map_err(|e| unreadable(&e))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad_pem)?;
+    if certs.is_empty() {
+        return Err(ConfigError::Tls(format!(
+            "the {what} \"{}\" holds no certificate; give {flag} a PEM file with \"-----BEGIN \
+             CERTIFICATE-----\" blocks",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::Tls(format!(
+            "cannot read private key file \"{}\": {}; check the path given to --key",
+            path.display(),
+            io_reason(&e)
+        ))
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        pem::Error::NoItemsFound => ConfigError::Tls(format!(
+            "the key file \"{}\" holds no private key; give --key a PEM file with a \"-----BEGIN \
+             PRIVATE KEY-----\" (or RSA / EC PRIVATE KEY) block",
+            path.display()
+        )),
+        other => ConfigError::Tls(format!(
+            "the key file \"{}\" is not valid PEM ({}); give --key the PEM private key of the \
+             certificate",
+            path.display(),
+            pem_reason(&other)
+        )),
+    })
+}
+
+fn pem_reason(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section does not end with \"{}\"",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("bad section start \"{}\"", String::from_utf8_lossy(line))
+        }
+        pem::Error::Base64Decode(s) => format!("bad base64: {s}"),
+        pem::Error::Io(e) => io_reason(e),
+        pem::Error::NoItemsFound => "nothing found".to_string(),
+        pem::Error::SectionTooLarge => "a section is too large".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The provider every TLS piece of the broker uses (ring, chosen explicitly so the build does
+/// not depend on which providers other crates enable).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,376 @@
+//! CONNECT, takeover, DISCONNECT, connection loss, wills and session expiry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use makelaar_proto::{
+    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Will,
+};
+
+use super::{Action, Broker, SessionIdx};
+use crate::conn::effective_keep_alive;
+use crate::message::Message;
+use crate::session::{ClientLimits, ConnId, Session};
+
+impl Broker {
+    /// A decoded CONNECT on a new connection: answers CONNACK and, for a resumed session,
+    /// re-sends what was in flight and what was queued. A refused CONNECT is answered and
+    /// the connection closed [MQTT-3.2.2-7].
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, mut connect: Connect) {
+        let v5 = connect.protocol.is_v5();
+        if let Err(reason) = self.check_connect(&connect) {
+            self.refuse(conn, reason, connect.protocol);
+            return;
+        }
+        let assigned = connect.client_id.is_empty();
+        if assigned {
+            connect.client_id = self.assign_client_id();
+        }
+        let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+        let existing = self.by_client_id.get(&client_id).copied();
+        let is_takeover = existing.is_some_and(|i| self.session(i).is_some_and(|s| s.conn.is_some()));
+        let max = self.limits.max_connections;
+        if max != 0 && !is_takeover && self.conns.len() >= max {
+            tracing::warn!(max_connections = max, "connection refused: max_connections reached");
+            self.refuse(conn, ReasonCode::QUOTA_EXCEEDED, connect.protocol);
+            return;
+        }
+        if let Some(idx) = existing {
+            self.take_over(now, idx, &connect);
+        }
+        let (idx, session_present) = self.open_session(now, &client_id, &connect);
+        self.attach(idx, conn, &connect);
+        let mut ack = ConnAck { session_present, ..ConnAck::default() };
+        if v5 {
+            ack.properties = self.connack_properties(&connect, assigned);
+        }
+        self.send(conn, Packet::ConnAck(ack));
+        self.stats.max_connected = self.stats.max_connected.max(self.conns.len());
+        if session_present {
+            self.resend_inflight(now, idx);
+        }
+        self.fill_window(now, idx);
+    }
+
+    fn check_connect(&self, connect: &Connect) -> Result<(), ReasonCode> {
+        let id = &connect.client_id;
+        if id.is_empty() {
+            // [MQTT-3.1.3-8] 3.1.1: an empty id needs clean session; 3.1 has no empty ids.
+            let allowed = self.limits.allow_zero_length_client_id
+                && match connect.protocol {
+                    ProtocolVersion::V31 => false,
+                    ProtocolVersion::V311 => connect.clean_start,
+                    ProtocolVersion::V5 => true,
+                };
+            if !allowed {
+                return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+        }
+        if id.len() > self.limits.max_client_id_len {
+            return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        // No enhanced authentication method is configured [MQTT-4.12.0-1].
+        if connect.properties.authentication_method.is_some() {
+            return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        if let Some(will) = &connect.will {
+            if will.qos as u8 > self.limits.max_qos {
+                return Err(ReasonCode::QOS_NOT_SUPPORTED); // [MQTT-3.2.2-12]
+            }
+            if will.retain && !self.limits.retain_available {
+                return Err(ReasonCode::RETAIN_NOT_SUPPORTED); // [MQTT-3.2.2-13]
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: ReasonCode, version: ProtocolVersion) {
+        tracing::debug!(conn, %reason, "CONNECT refused");
+        let mut ack = ConnAck { reason, ..ConnAck::default() };
+        if version.is_v5() {
+            ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
+        }
+        self.send(conn, Packet::ConnAck(ack));
+        self.actions.push_back(Action::Close(conn));
+    }
+
+    fn assign_client_id(&mut self) -> String {
+        loop {
+            self.assigned_ids += 1;
+            let id = format!("makelaar-{:x}-{}", self.id_seed, self.assigned_ids);
+            if !self.by_client_id.contains_key(id.as_str()) {
+                return id;
+            }
+        }
+    }
+
+    /// Another connection holds this client id: close it (5.0: DISCONNECT 0x8E
+    /// [MQTT-3.1.4-3]) and publish its will unless the session carries on and the will
+    /// was to wait [MQTT-3.1.3-9].
+    fn take_over(&mut self, now: Instant, idx: SessionIdx, connect: &Connect) {
+        let Some(s) = self.session_mut(idx) else { return };
+        let Some(old) = s.conn.take() else { return };
+        let old_v5 = s.version.is_v5();
+        let will = s.will.take();
+        self.conns.remove(&old);
+        if old_v5 {
+            let d = Disconnect { reason: ReasonCode::SESSION_TAKEN_OVER, ..Disconnect::default() };
+            self.send(old, Packet::Disconnect(d));
+        }
+        self.actions.push_back(Action::Close(old));
+        if let Some(will) = will {
+            let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
+            if connect.clean_start || !delayed {
+                self.publish_will(now, idx, will);
+            }
+        }
+    }
+
+    /// Finds or creates the session for `client_id`: returns it and the session-present flag.
+    fn open_session(&mut self, now: Instant, client_id: &Arc<str>, c: &Connect) -> (SessionIdx, bool) {
+        if let Some(idx) = self.by_client_id.get(client_id).copied() {
+            if c.clean_start {
+                self.end_session(now, idx); // [MQTT-3.1.2-4] clean start discards it
+            } else {
+                self.cancel_timer(idx);
+                if let Some(s) = self.session_mut(idx) {
+                    // [MQTT-3.1.3-9] reconnecting in time means the delayed will is not sent.
+                    s.pending_will = None;
+                    s.will_at = None;
+                    s.expires_at = None;
+                }
+                return (idx, true);
+            }
+        }
+        let client = ClientLimits {
+            inflight_window: 1,
+            max_packet_size: None,
+            problem_information: true,
+        };
+        let session = Session::new(client_id.clone(), c.protocol, client);
+        let idx = match self.free.pop() {
+            Some(i) => {
+                if let Some(slot) = self.sessions.get_mut(i as usize) {
+                    *slot = Some(session);
+                }
+                i
+            }
+            None => {
+                self.sessions.push(Some(session));
+                SessionIdx::try_from(self.sessions.len() - 1).unwrap_or(SessionIdx::MAX)
+            }
+        };
+        self.by_client_id.insert(client_id.clone(), idx);
+        (idx, false)
+    }
+
+    /// Binds the new connection to the session with what its CONNECT asked for.
+    fn attach(&mut self, idx: SessionIdx, conn: ConnId, c: &Connect) {
+        let max_inflight = self.limits.max_inflight_messages;
+        let expiry = self.session_expiry_for(c);
+        let Some(s) = self.session_mut(idx) else { return };
+        s.conn = Some(conn);
+        s.version = c.protocol;
+        s.will = c.will.clone();
+        s.expiry_interval = expiry;
+        let receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        s.client = ClientLimits {
+            inflight_window: receive_max.min(max_inflight).max(1),
+            max_packet_size: c.properties.maximum_packet_size,
+            problem_information: c.properties.request_problem_information != Some(0),
+        };
+        self.conns.insert(conn, idx);
+    }
+
+    fn session_expiry_for(&self, c: &Connect) -> u32 {
+        if c.protocol.is_v5() {
+            c.properties
+                .session_expiry_interval
+                .unwrap_or(0)
+                .min(self.limits.max_session_expiry)
+        } else if c.clean_start {
+            0
+        } else {
+            self.limits.persistent_session_expiry
+        }
+    }
+
+    fn connack_properties(&self, c: &Connect, assigned: bool) -> Properties {
+        let l = &self.limits;
+        let mut p = Properties::default();
+        let asked = c.properties.session_expiry_interval.unwrap_or(0);
+        if asked > l.max_session_expiry {
+            p.session_expiry_interval = Some(l.max_session_expiry); // [MQTT-3.2.2-?]
+        }
+        if l.receive_maximum < u16::MAX {
+            p.receive_maximum = Some(l.receive_maximum);
+        }
+        if l.max_qos < 2 {
+            p.maximum_qos = Some(l.max_qos);
+        }
+        if !l.retain_available {
+            p.retain_available = Some(0);
+        }
+        p.maximum_packet_size = Some(l.max_packet_size);
+        if assigned {
+            p.assigned_client_identifier = Some(c.client_id.clone()); // [MQTT-3.2.2-16]
+        }
+        if l.topic_alias_maximum > 0 {
+            p.topic_alias_maximum = Some(l.topic_alias_maximum);
+        }
+        p.server_keep_alive = effective_keep_alive(c, l).1;
+        if c.properties.request_response_information == Some(1) {
+            let prefix = &self.policy.response_information_prefix;
+            p.response_information = Some(format!("{prefix}{}", c.client_id));
+        }
+        p
+    }
+
+    /// DISCONNECT from the client: the will is discarded unless the reason is 0x04
+    /// [MQTT-3.14.4-3]; a 5.0 client may change the session expiry here, but not from 0
+    /// [MQTT-3.14.2-2].
+    pub(super) fn handle_disconnect(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, d: Disconnect) {
+        let max_expiry = self.limits.max_session_expiry;
+        let Some(s) = self.session_mut(idx) else { return };
+        if let Some(new) = d.properties.session_expiry_interval {
+            if s.expiry_interval == 0 && new != 0 {
+                let text = "session expiry set on DISCONNECT after CONNECT gave 0";
+                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, text);
+                return;
+            }
+            s.expiry_interval = new.min(max_expiry);
+        }
+        if d.reason != ReasonCode::DISCONNECT_WITH_WILL {
+            s.will = None;
+        }
+        self.detach(now, conn);
+        self.actions.push_back(Action::Close(conn));
+    }
+
+    /// Unbinds a connection from its session: publishes or schedules the will, hands
+    /// shared-subscription messages to other members, ends or schedules the end of the
+    /// session.
+    pub(super) fn detach(&mut self, now: Instant, conn: ConnId) {
+        let Some(idx) = self.conns.remove(&conn) else { return };
+        let Some(s) = self.session_mut(idx) else { return };
+        s.conn = None;
+        let expiry = s.expiry_interval;
+        if let Some(will) = s.will.take() {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay == 0 || expiry == 0 {
+                self.publish_will(now, idx, will);
+            } else if let Some(s) = self.session_mut(idx) {
+                s.pending_will = Some(will);
+                s.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+            }
+        }
+        self.redistribute_shared(now, idx);
+        if expiry == 0 {
+            self.end_session(now, idx);
+            return;
+        }
+        if let Some(s) = self.session_mut(idx) {
+            if expiry != u32::MAX {
+                s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
+            }
+        }
+        self.schedule_timer(idx);
+    }
+
+    /// Removes a session for good; a will still waiting is published now, since the
+    /// session ends first [MQTT-3.1.3-9].
+    pub(super) fn end_session(&mut self, now: Instant, idx: SessionIdx) {
+        self.cancel_timer(idx);
+        let Some(slot) = self.sessions.get_mut(idx as usize) else { return };
+        let Some(mut s) = slot.take() else { return };
+        for (filter, _) in s.subscriptions.drain() {
+            self.unsubscribe_filter(idx, &filter);
+        }
+        self.by_client_id.remove(&s.client_id);
+        self.free.push(idx);
+        if let Some(conn) = s.conn {
+            self.conns.remove(&conn);
+        }
+        let pending = s.pending_will.take();
+        let leftovers: Vec<_> = s.inflight.drain(..).map(|m| m.delivery).chain(s.queue.drain(..)).collect();
+        if let Some(will) = pending {
+            self.publish_will_message(now, &s.client_id, will);
+        }
+        self.reroute_shared(now, leftovers);
+    }
+
+    fn publish_will(&mut self, now: Instant, idx: SessionIdx, will: Will) {
+        let Some(id) = self.session(idx).map(|s| s.client_id.clone()) else { return };
+        self.publish_will_message(now, &id, will);
+    }
+
+    fn publish_will_message(&mut self, now: Instant, client_id: &Arc<str>, will: Will) {
+        tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
+        let mut properties = will.properties;
+        properties.will_delay_interval = None;
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        let msg = Arc::new(Message {
+            topic: Arc::from(will.topic.as_str()),
+            payload: will.payload,
+            qos: will.qos.min(qos_from(self.limits.max_qos)),
+            retain: will.retain && self.limits.retain_available,
+            properties,
+            expires_at,
+            origin: Some(client_id.clone()),
+        });
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        self.route(now, msg);
+    }
+
+    fn schedule_timer(&mut self, idx: SessionIdx) {
+        self.cancel_timer(idx);
+        let Some(s) = self.session(idx) else { return };
+        let at = match (s.will_at, s.expires_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        self.timer_seq += 1;
+        let key = (at, self.timer_seq);
+        self.timers.insert(key, idx);
+        if let Some(s) = self.session_mut(idx) {
+            s.timer = Some(key);
+        }
+    }
+
+    fn cancel_timer(&mut self, idx: SessionIdx) {
+        if let Some(key) = self.session_mut(idx).and_then(|s| s.timer.take()) {
+            self.timers.remove(&key);
+        }
+    }
+
+    pub(super) fn session_timer_fired(&mut self, now: Instant, idx: SessionIdx) {
+        let Some(s) = self.session_mut(idx) else { return };
+        if s.conn.is_some() {
+            return;
+        }
+        if s.will_at.is_some_and(|t| t <= now) {
+            s.will_at = None;
+            if let Some(will) = s.pending_will.take() {
+                self.publish_will(now, idx, will);
+            }
+        }
+        let expired = self.session(idx).and_then(|s| s.expires_at).is_some_and(|t| t <= now);
+        if expired {
+            self.stats.sessions_expired += 1;
+            self.end_session(now, idx);
+        } else {
+            self.schedule_timer(idx);
+        }
+    }
+}
+
+fn qos_from(v: u8) -> QoS {
+    QoS::from_u8(v.min(2)).unwrap_or(QoS::ExactlyOnce)
+}

@@ -1,0 +1,265 @@
+//! The router's state and rules: sessions, subscriptions, retained messages, wills.
+//!
+//! One owner (the router task in the shell) drives a [`Broker`] with `handle_*` calls carrying
+//! the current time, then drains [`Action`]s with [`Broker::poll_action`] and carries them out.
+//! Packet-level checks that belong to one connection (aliases, receive maximum, keep-alive)
+//! happen before, in [`crate::conn::ConnState`].
+
+mod connect;
+mod publish;
+mod shared;
+mod subscribe;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use makelaar_proto::{Disconnect, Packet, ProtocolVersion, ReasonCode};
+
+use crate::limits::Limits;
+use crate::message::Message;
+use crate::retain::RetainedStore;
+use crate::session::{ConnId, Session, Subscription};
+use crate::topic::TopicTree;
+
+pub use shared::SharedSubscriptions;
+
+/// Index of a session in the broker's slab.
+pub type SessionIdx = u32;
+
+/// What the shell must do after a `handle_*` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this packet on that connection, after everything sent before.
+    Send(ConnId, Packet),
+    /// Close that connection once what was sent before is written.
+    Close(ConnId),
+}
+
+/// Counters the broker keeps (the `$SYS` topics and, later, metrics read them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// PUBLISH packets received from clients (wills and `$SYS` excluded).
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Messages dropped because a session's queue was full.
+    pub dropped_queue_full: u64,
+    /// Messages dropped because they expired before delivery.
+    pub dropped_expired: u64,
+    /// Messages not sent because they exceed the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Sessions removed because their expiry interval passed.
+    pub sessions_expired: u64,
+    /// Most clients connected at once.
+    pub max_connected: usize,
+}
+
+/// Extra, broker-wide configuration of rules that are not limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Filters refused outright with SUBACK 0x80 (exact match of the requested filter).
+    pub deny_subscriptions: Vec<String>,
+    /// Prefix of the Response Information given to 5.0 clients that request it; the client id
+    /// is appended.
+    pub response_information_prefix: String,
+}
+
+/// The broker's whole routing state. See the module documentation.
+pub struct Broker {
+    limits: Limits,
+    policy: Policy,
+    sessions: Vec<Option<Session>>,
+    free: Vec<SessionIdx>,
+    by_client_id: HashMap<Arc<str>, SessionIdx>,
+    conns: HashMap<ConnId, SessionIdx>,
+    subs: TopicTree<SessionIdx, Subscription>,
+    shared: SharedSubscriptions,
+    retained: RetainedStore<Arc<Message>>,
+    timers: BTreeMap<(Instant, u64), SessionIdx>,
+    timer_seq: u64,
+    actions: VecDeque<Action>,
+    stats: Stats,
+    id_seed: u64,
+    assigned_ids: u64,
+}
+
+impl Broker {
+    /// An empty broker. `id_seed` makes assigned client ids differ between broker runs.
+    pub fn new(limits: Limits, policy: Policy, id_seed: u64) -> Broker {
+        Broker {
+            limits,
+            policy,
+            sessions: Vec::new(),
+            free: Vec::new(),
+            by_client_id: HashMap::new(),
+            conns: HashMap::new(),
+            subs: TopicTree::new(),
+            shared: SharedSubscriptions::default(),
+            retained: RetainedStore::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+            id_seed,
+            assigned_ids: 0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The next thing the shell must do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Broker::handle_timeout`] must next be called (will delays, session expiry).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Fires every timer due at `now`: delayed wills and expired sessions.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((&key, &idx)) = self.timers.first_key_value() {
+            if key.0 > now {
+                break;
+            }
+            self.timers.remove(&key);
+            if let Some(s) = self.session_mut(idx) {
+                s.timer = None;
+            }
+            self.session_timer_fired(now, idx);
+        }
+    }
+
+    /// A packet from a connection whose CONNECT was accepted (after `ConnState::inbound`).
+    pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
+        let Some(&idx) = self.conns.get(&conn) else {
+            return; // taken over or closed meanwhile: nothing to do
+        };
+        match packet {
+            Packet::Publish(p) => self.handle_publish(now, conn, idx, p),
+            Packet::PubAck(a) => self.handle_puback(now, idx, a.packet_id),
+            Packet::PubRec(a) => self.handle_pubrec(now, conn, idx, a),
+            Packet::PubRel(a) => self.handle_pubrel(conn, idx, a.packet_id),
+            Packet::PubComp(a) => self.handle_pubcomp(now, idx, a.packet_id),
+            Packet::Subscribe(s) => self.handle_subscribe(now, conn, idx, s),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(conn, idx, u),
+            Packet::Disconnect(d) => self.handle_disconnect(now, conn, idx, d),
+            Packet::PingReq => self.send(conn, Packet::PingResp),
+            // [MQTT-4.12.0-?] no authentication method was agreed, so AUTH is not expected.
+            Packet::Auth(_) => {
+                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, "unexpected AUTH")
+            }
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => {
+                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, "unexpected packet")
+            }
+        }
+    }
+
+    /// The connection ended without DISCONNECT (socket lost, keep-alive expired, a protocol
+    /// error found by the shell): the will is published, the session detached.
+    pub fn handle_connection_lost(&mut self, now: Instant, conn: ConnId) {
+        self.detach(now, conn);
+    }
+
+    /// Ends a connection for breaking the protocol: 5.0 clients are told why
+    /// [MQTT-4.13.1-1], the will is published, the session detached.
+    pub fn protocol_violation(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        reason: ReasonCode,
+        text: &'static str,
+    ) {
+        tracing::debug!(conn, %reason, text, "closing connection");
+        if let Some(s) = self.conns.get(&conn).and_then(|&i| self.session(i)) {
+            if s.version.is_v5() {
+                let d = Disconnect { reason, ..Disconnect::default() };
+                self.send(conn, Packet::Disconnect(d));
+            }
+        }
+        self.detach(now, conn);
+        self.actions.push_back(Action::Close(conn));
+    }
+
+    /// Publishes a message of the broker's own (`$SYS`), retained.
+    pub fn publish_internal(&mut self, now: Instant, topic: &str, payload: bytes::Bytes) {
+        let msg = Message {
+            topic: Arc::from(topic),
+            payload,
+            qos: makelaar_proto::QoS::AtMostOnce,
+            retain: true,
+            properties: makelaar_proto::Properties::default(),
+            expires_at: None,
+            origin: None,
+        };
+        let msg = Arc::new(msg);
+        self.store_retained(&msg);
+        self.route(now, msg);
+    }
+
+    /// Sends DISCONNECT with `reason` to every connected 5.0 client and closes every
+    /// connection (graceful shutdown: wills of clients are not published).
+    pub fn shutdown(&mut self, reason: ReasonCode) {
+        let conns: Vec<(ConnId, SessionIdx)> = self.conns.iter().map(|(&c, &i)| (c, i)).collect();
+        for (conn, idx) in conns {
+            if self.session(idx).is_some_and(|s| s.version.is_v5()) {
+                let d = Disconnect { reason, ..Disconnect::default() };
+                self.send(conn, Packet::Disconnect(d));
+            }
+            self.actions.push_back(Action::Close(conn));
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Clients connected now.
+    pub fn clients_connected(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Sessions known, connected or not.
+    pub fn sessions_total(&self) -> usize {
+        self.by_client_id.len()
+    }
+
+    /// Subscriptions held, shared ones included.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len() + self.shared.member_count()
+    }
+
+    /// Retained messages stored.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) {
+        self.actions.push_back(Action::Send(conn, packet));
+    }
+
+    fn session(&self, idx: SessionIdx) -> Option<&Session> {
+        self.sessions.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    fn session_mut(&mut self, idx: SessionIdx) -> Option<&mut Session> {
+        self.sessions.get_mut(idx as usize).and_then(Option::as_mut)
+    }
+
+    fn version_of(&self, idx: SessionIdx) -> ProtocolVersion {
+        self.session(idx).map_or(ProtocolVersion::V311, |s| s.version)
+    }
+}
+
+#[cfg(test)]
+mod tests;

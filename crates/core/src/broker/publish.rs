@@ -1,0 +1,269 @@
+//! PUBLISH in both directions: routing, delivery to sessions, QoS 1/2 acknowledgements, the
+//! inflight window and the offline queue.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use makelaar_proto::{Packet, PubAck, Publish, QoS, ReasonCode};
+
+use super::{Broker, SessionIdx};
+use crate::message::{Delivery, Message};
+use crate::session::{ConnId, Inflight, OutboundState};
+
+/// One matching subscription found while routing, before overlapping ones are merged.
+struct Target {
+    idx: SessionIdx,
+    qos: QoS,
+    retain_as_published: bool,
+    id: Option<u32>,
+}
+
+impl Broker {
+    pub(super) fn handle_publish(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, p: Publish) {
+        if p.qos as u8 > self.limits.max_qos {
+            // [MQTT-3.2.2-11] more than the Maximum QoS we announced.
+            self.protocol_violation(now, conn, ReasonCode::QOS_NOT_SUPPORTED, "QoS not supported");
+            return;
+        }
+        if p.retain && !self.limits.retain_available {
+            // [MQTT-3.3.1-? ] retain was announced as not available.
+            self.protocol_violation(now, conn, ReasonCode::RETAIN_NOT_SUPPORTED, "retain not supported");
+            return;
+        }
+        let (qos, packet_id) = (p.qos, p.packet_id);
+        let Some(s) = self.session_mut(idx) else { return };
+        if qos == QoS::ExactlyOnce && !s.begin_inbound_qos2(packet_id) {
+            // [MQTT-4.3.3-10] a resent QoS 2 PUBLISH is acknowledged again, not delivered again.
+            self.send(conn, Packet::PubRec(PubAck::new(packet_id)));
+            return;
+        }
+        let origin = Some(s.client_id.clone());
+        let v5 = s.version.is_v5();
+        self.stats.messages_received += 1;
+        let msg = Arc::new(Message::from_publish(now, p, origin));
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        let matched = self.route(now, msg);
+        let mut ack = PubAck::new(packet_id);
+        if v5 && matched == 0 {
+            ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
+        }
+    }
+
+    /// Keeps the message as the topic's retained one; an empty payload removes it
+    /// [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+    pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+            return;
+        }
+        let max = self.limits.max_retained_messages;
+        if max != 0 && self.retained.len() >= max && self.retained.get(&msg.topic).is_none() {
+            tracing::warn!(max_retained_messages = max, topic = %msg.topic, "retained message not stored: max_retained_messages reached");
+            return;
+        }
+        self.retained.insert(&msg.topic, msg.clone());
+    }
+
+    /// Delivers a message to every matching subscription; returns how many sessions got it.
+    pub(super) fn route(&mut self, now: Instant, msg: Arc<Message>) -> usize {
+        let mut targets: Vec<Target> = Vec::new();
+        let sessions = &self.sessions;
+        self.subs.for_each_match(&msg.topic, |idx, sub| {
+            if sub.options.no_local {
+                // [MQTT-3.8.3-3] not back to the client that published it.
+                let own = sessions
+                    .get(idx as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| Some(&s.client_id) == msg.origin.as_ref());
+                if own {
+                    return;
+                }
+            }
+            targets.push(Target {
+                idx,
+                qos: sub.options.qos,
+                retain_as_published: sub.options.retain_as_published,
+                id: sub.id,
+            });
+        });
+        let mut count = 0;
+        // Overlapping subscriptions of one session give one copy at the highest QoS, carrying
+        // every subscription identifier [MQTT-3.3.5-1] [MQTT-3.3.4-3].
+        targets.sort_unstable_by_key(|t| t.idx);
+        let mut i = 0;
+        while let Some(first) = targets.get(i) {
+            let idx = first.idx;
+            let (mut qos, mut rap, mut ids) = (QoS::AtMostOnce, false, Vec::new());
+            while let Some(t) = targets.get(i).filter(|t| t.idx == idx) {
+                qos = qos.max(t.qos);
+                rap |= t.retain_as_published;
+                ids.extend(t.id);
+                i += 1;
+            }
+            let delivery = Delivery {
+                qos: msg.qos.min(qos), // [MQTT-3.8.4-8]
+                retain: msg.retain && rap, // [MQTT-3.3.1-12] [MQTT-3.3.1-13]
+                msg: msg.clone(),
+                subscription_ids: ids,
+                shared_group: None,
+            };
+            self.deliver(now, idx, delivery);
+            count += 1;
+        }
+        count + self.route_shared(now, &msg)
+    }
+
+    /// Hands one delivery to a session: sent now if it is connected and its window has room,
+    /// queued if it must be kept, dropped otherwise.
+    pub(super) fn deliver(&mut self, now: Instant, idx: SessionIdx, d: Delivery) {
+        let queue_qos0 = self.limits.queue_qos0_messages;
+        let Some(s) = self.session_mut(idx) else { return };
+        match s.conn {
+            Some(conn) if d.qos == QoS::AtMostOnce => self.transmit(now, idx, conn, d, 0),
+            Some(conn) if s.window_open() && s.queue.is_empty() => {
+                let packet_id = s.next_packet_id();
+                self.transmit(now, idx, conn, d, packet_id);
+            }
+            Some(_) => self.enqueue(idx, d),
+            // [MQTT-3.1.2-5] an offline session keeps QoS 1/2 messages (QoS 0 when configured).
+            None if d.qos != QoS::AtMostOnce || queue_qos0 => self.enqueue(idx, d),
+            None => {}
+        }
+    }
+
+    fn enqueue(&mut self, idx: SessionIdx, d: Delivery) {
+        let (max_msgs, max_bytes) = (self.limits.max_queued_messages, self.limits.max_queued_bytes);
+        let Some(s) = self.session_mut(idx) else { return };
+        let over_bytes = max_bytes != 0 && s.queued_bytes + d.msg.weight() > max_bytes;
+        if s.queue.len() >= max_msgs || over_bytes {
+            if !s.drop_logged {
+                s.drop_logged = true;
+                tracing::warn!(client_id = %s.client_id, max_queued_messages = max_msgs, max_queued_bytes = max_bytes, "session queue full: dropping new messages for this client until it catches up");
+            }
+            self.stats.dropped_queue_full += 1;
+            return;
+        }
+        s.push_queue(d);
+    }
+
+    /// Sends one delivery on the connection; QoS 1/2 take a packet id and a window slot.
+    fn transmit(&mut self, now: Instant, idx: SessionIdx, conn: ConnId, d: Delivery, packet_id: u16) {
+        if d.msg.is_expired(now) {
+            self.stats.dropped_expired += 1; // [MQTT-3.3.2-5]
+            return;
+        }
+        let Some(s) = self.session_mut(idx) else { return };
+        let mut publish = d.msg.to_publish(&d, now, s.version.is_v5());
+        publish.packet_id = packet_id;
+        let packet = Packet::Publish(publish);
+        if let Some(max) = s.client.max_packet_size {
+            if packet.encoded_len(s.version) > max as usize {
+                // [MQTT-3.1.2-25] too large for the client: dropped as if delivered.
+                self.stats.dropped_too_large += 1;
+                return;
+            }
+        }
+        if d.qos != QoS::AtMostOnce {
+            s.inflight.push_back(Inflight { packet_id, delivery: d, state: OutboundState::AwaitingAck });
+        }
+        self.stats.messages_sent += 1;
+        self.send(conn, packet);
+    }
+
+    /// Moves queued messages into the inflight window while it has room.
+    pub(super) fn fill_window(&mut self, now: Instant, idx: SessionIdx) {
+        loop {
+            let Some(s) = self.session_mut(idx) else { return };
+            let Some(conn) = s.conn else { return };
+            if !s.window_open() {
+                return;
+            }
+            let Some(d) = s.pop_queue() else {
+                s.drop_logged = false;
+                return;
+            };
+            let packet_id = if d.qos == QoS::AtMostOnce { 0 } else { s.next_packet_id() };
+            self.transmit(now, idx, conn, d, packet_id);
+        }
+    }
+
+    /// On session resume, re-sends unacknowledged PUBLISH with DUP set and PUBREL for those
+    /// already received, in their original order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
+    pub(super) fn resend_inflight(&mut self, now: Instant, idx: SessionIdx) {
+        let Some(s) = self.session_mut(idx) else { return };
+        let Some(conn) = s.conn else { return };
+        let v5 = s.version.is_v5();
+        let mut packets = Vec::with_capacity(s.inflight.len());
+        for m in &s.inflight {
+            packets.push(match m.state {
+                OutboundState::AwaitingAck => {
+                    let mut p = m.delivery.msg.to_publish(&m.delivery, now, v5);
+                    p.packet_id = m.packet_id;
+                    p.dup = true; // [MQTT-3.3.1-1]
+                    Packet::Publish(p)
+                }
+                OutboundState::AwaitingComp => Packet::PubRel(PubAck::new(m.packet_id)),
+            });
+        }
+        for p in packets {
+            self.send(conn, p);
+        }
+    }
+
+    pub(super) fn handle_puback(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {
+        let Some(s) = self.session_mut(idx) else { return };
+        let acked = s
+            .inflight_mut(packet_id)
+            .is_some_and(|m| m.state == OutboundState::AwaitingAck && m.delivery.qos == QoS::AtLeastOnce);
+        if acked {
+            s.take_inflight(packet_id);
+            self.fill_window(now, idx);
+        }
+    }
+
+    pub(super) fn handle_pubrec(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, a: PubAck) {
+        let Some(s) = self.session_mut(idx) else { return };
+        let v5 = s.version.is_v5();
+        let mut rel = PubAck::new(a.packet_id);
+        match s.inflight_mut(a.packet_id) {
+            Some(m) if m.delivery.qos == QoS::ExactlyOnce => {
+                if a.reason.is_error() {
+                    // [MQTT-4.3.3-?] a failed PUBREC ends the exchange: no PUBREL.
+                    s.take_inflight(a.packet_id);
+                    self.fill_window(now, idx);
+                    return;
+                }
+                m.state = OutboundState::AwaitingComp;
+            }
+            _ if v5 => rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            _ => {}
+        }
+        self.send(conn, Packet::PubRel(rel));
+    }
+
+    pub(super) fn handle_pubrel(&mut self, conn: ConnId, idx: SessionIdx, packet_id: u16) {
+        let Some(s) = self.session_mut(idx) else { return };
+        let known = s.end_inbound_qos2(packet_id);
+        let mut comp = PubAck::new(packet_id);
+        if !known && s.version.is_v5() {
+            comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND; // [MQTT-3.7.2-1]
+        }
+        self.send(conn, Packet::PubComp(comp));
+    }
+
+    pub(super) fn handle_pubcomp(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {
+        let Some(s) = self.session_mut(idx) else { return };
+        let done = s.inflight_mut(packet_id).is_some_and(|m| m.state == OutboundState::AwaitingComp);
+        if done {
+            s.take_inflight(packet_id);
+            self.fill_window(now, idx);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! SUBSCRIBE and UNSUBSCRIBE: per-filter reason codes, subscription options, retained
+//! messages sent at subscribe.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use makelaar_proto::topic::{parse_shared, validate_topic_filter};
+use makelaar_proto::{
+    Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
+};
+
+use super::{Broker, SessionIdx};
+use crate::message::{Delivery, Message};
+use crate::session::{ConnId, Subscription};
+
+impl Broker {
+    pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, sub: Subscribe) {
+        let v5 = self.version_of(idx).is_v5();
+        let id = sub.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(sub.filters.len());
+        let mut retained_for = Vec::new();
+        for (filter, options) in sub.filters {
+            // [MQTT-3.8.3-4] no-local on a shared subscription is a protocol error.
+            if options.no_local && matches!(parse_shared(&filter), Ok(Some(_))) {
+                let text = "no-local on a shared subscription";
+                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, text);
+                return;
+            }
+            match self.subscribe_one(idx, &filter, options, id, v5) {
+                Ok((granted, send_retained)) => {
+                    reasons.push(ReasonCode(granted as u8));
+                    if send_retained {
+                        retained_for.push((filter, granted));
+                    }
+                }
+                Err(code) => reasons.push(code),
+            }
+        }
+        let ack = SubAck { packet_id: sub.packet_id, reasons, ..SubAck::default() };
+        self.send(conn, Packet::SubAck(ack));
+        for (filter, granted) in retained_for {
+            self.send_retained(now, idx, &filter, granted, id);
+        }
+    }
+
+    /// Adds one subscription: the granted QoS and whether retained messages are to be sent,
+    /// or the failure reason code for the SUBACK [MQTT-3.9.3-1].
+    fn subscribe_one(
+        &mut self,
+        idx: SessionIdx,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        v5: bool,
+    ) -> Result<(QoS, bool), ReasonCode> {
+        let invalid = if v5 { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR };
+        validate_topic_filter(filter).map_err(|_| invalid)?;
+        if self.policy.deny_subscriptions.iter().any(|d| d == filter) {
+            return Err(ReasonCode::UNSPECIFIED_ERROR);
+        }
+        let max_subs = self.limits.max_subscriptions_per_session;
+        let granted = options.qos.min(QoS::from_u8(self.limits.max_qos).unwrap_or(QoS::ExactlyOnce));
+        let options = SubscriptionOptions { qos: granted, ..options };
+        let subscription = Subscription { options, id };
+        let s = self.session_mut(idx).ok_or(ReasonCode::UNSPECIFIED_ERROR)?;
+        if max_subs != 0 && s.subscriptions.len() >= max_subs && !s.subscriptions.contains_key(filter) {
+            tracing::warn!(client_id = %s.client_id, max_subscriptions_per_session = max_subs, "subscription refused: max_subscriptions_per_session reached");
+            return Err(if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR });
+        }
+        let existed = s.subscriptions.insert(filter.to_owned(), subscription.clone()).is_some();
+        let shared = matches!(parse_shared(filter), Ok(Some(_)));
+        match parse_shared(filter) {
+            Ok(Some((_, inner))) => {
+                self.shared.subscribe(filter, inner, idx, subscription);
+            }
+            _ => {
+                self.subs.insert(filter, idx, subscription);
+            }
+        }
+        // Retained messages are not sent for shared subscriptions (5.0 section 4.8.2).
+        let send_retained = !shared
+            && match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+        Ok((granted, send_retained))
+    }
+
+    /// Sends the retained messages matching a new subscription, with the retain flag set
+    /// [MQTT-3.3.1-8] [MQTT-3.8.4-4].
+    fn send_retained(&mut self, now: Instant, idx: SessionIdx, filter: &str, granted: QoS, id: Option<u32>) {
+        let mut found: Vec<Arc<Message>> = Vec::new();
+        self.retained.for_each_match(filter, |_, m| {
+            if !m.is_expired(now) {
+                found.push(m.clone());
+            }
+        });
+        for msg in found {
+            let d = Delivery {
+                qos: msg.qos.min(granted),
+                retain: true,
+                msg,
+                subscription_ids: id.into_iter().collect(),
+                shared_group: None,
+            };
+            self.deliver(now, idx, d);
+        }
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, conn: ConnId, idx: SessionIdx, u: Unsubscribe) {
+        let v5 = self.version_of(idx).is_v5();
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = self
+                .session_mut(idx)
+                .is_some_and(|s| s.subscriptions.remove(filter).is_some());
+            if existed {
+                self.unsubscribe_filter(idx, filter);
+            }
+            reasons.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+        }
+        if !v5 {
+            reasons.clear();
+        }
+        let ack = UnsubAck { packet_id: u.packet_id, reasons, ..UnsubAck::default() };
+        self.send(conn, Packet::UnsubAck(ack));
+    }
+
+    /// Removes a filter of a session from the topic tree or its shared group.
+    pub(super) fn unsubscribe_filter(&mut self, idx: SessionIdx, filter: &str) {
+        match parse_shared(filter) {
+            Ok(Some((_, inner))) => {
+                self.shared.unsubscribe(filter, inner, idx);
+            }
+            _ => {
+                self.subs.remove(filter, idx);
+            }
+        }
+    }
+}

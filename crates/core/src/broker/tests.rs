@@ -1,0 +1,1 @@
+//! Tests of the broker rules without a socket.

@@ -1,0 +1,293 @@
+//! Per-connection protocol state, run by the connection task beside the socket.
+//!
+//! It owns what belongs to one network connection rather than to the session: the packet
+//! sequence (CONNECT first and once), keep-alive, topic aliases in both directions and the
+//! inbound Receive Maximum quota. The router never sees a topic alias.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use makelaar_proto::{Connect, Packet, ProtocolVersion, QoS, ReasonCode};
+
+use crate::limits::Limits;
+
+/// Why a connection must be closed: the reason code for a 5.0 DISCONNECT and a log text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub reason: ReasonCode,
+    pub text: &'static str,
+}
+
+impl Violation {
+    fn new(reason: ReasonCode, text: &'static str) -> Violation {
+        Violation { reason, text }
+    }
+}
+
+/// The keep-alive the server applies: the client's, unless a maximum is configured and the
+/// client asks for more or for none; 5.0 clients are then told with Server Keep Alive
+/// [MQTT-3.2.2-21]. 3.x clients cannot be told, so their own value stands.
+pub fn effective_keep_alive(connect: &Connect, limits: &Limits) -> (u16, Option<u16>) {
+    let asked = connect.keep_alive;
+    let max = limits.max_keep_alive;
+    let over = max != 0 && (asked == 0 || asked > max);
+    if over && connect.protocol.is_v5() {
+        (max, Some(max))
+    } else {
+        (asked, None)
+    }
+}
+
+/// Protocol state of one connection after its CONNECT was accepted.
+#[derive(Debug)]
+pub struct ConnState {
+    pub version: ProtocolVersion,
+    keep_alive: Option<Duration>,
+    last_received: Instant,
+    /// Inbound aliases: index alias-1 → topic [MQTT-3.3.2-12].
+    inbound_aliases: Vec<Option<Arc<str>>>,
+    /// Outbound aliases given to topics so far, up to the client's Topic Alias Maximum.
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    outbound_alias_max: u16,
+    /// QoS 1/2 publishes received and not yet fully acknowledged.
+    inbound_unacked: u16,
+    receive_maximum: u16,
+    inbound_qos2: Vec<u16>,
+}
+
+impl ConnState {
+    /// State for a connection whose CONNECT was accepted, with the keep-alive in force.
+    pub fn new(now: Instant, connect: &Connect, limits: &Limits) -> ConnState {
+        let (keep_alive, _) = effective_keep_alive(connect, limits);
+        let alias_slots = if connect.protocol.is_v5() { limits.topic_alias_maximum } else { 0 };
+        ConnState {
+            version: connect.protocol,
+            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+            last_received: now,
+            inbound_aliases: vec![None; usize::from(alias_slots)],
+            outbound_aliases: HashMap::new(),
+            outbound_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+            inbound_unacked: 0,
+            receive_maximum: limits.receive_maximum,
+            inbound_qos2: Vec::new(),
+        }
+    }
+
+    /// When the connection is to be closed for silence: one and a half times the keep-alive
+    /// after the last packet [MQTT-3.1.2-24].
+    pub fn keep_alive_deadline(&self) -> Option<Instant> {
+        self.keep_alive.map(|k| self.last_received + k + k / 2)
+    }
+
+    /// Checks and rewrites a packet from the client before it goes to the router: resolves
+    /// topic aliases, counts the Receive Maximum quota, refuses a second CONNECT. `Ok(false)`
+    /// means the packet was handled here (PINGREQ) and needs no routing.
+    pub fn inbound(&mut self, now: Instant, packet: &mut Packet) -> Result<bool, Violation> {
+        self.last_received = now;
+        match packet {
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
+            Packet::Connect(_) => Err(Violation::new(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::PingReq => Ok(false),
+            Packet::Publish(p) => {
+                self.resolve_alias(p)?;
+                self.count_inbound(p.qos, p.packet_id)?;
+                Ok(true)
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
+                Violation::new(ReasonCode::PROTOCOL_ERROR, "a client sent a server-only packet"),
+            ),
+            _ => Ok(true),
+        }
+    }
+
+    fn resolve_alias(&mut self, p: &mut makelaar_proto::Publish) -> Result<(), Violation> {
+        let Some(alias) = p.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        // [MQTT-3.3.2-9] [MQTT-3.3.2-10] an alias must be 1..=our Topic Alias Maximum.
+        let slot = usize::from(alias)
+            .checked_sub(1)
+            .and_then(|i| self.inbound_aliases.get_mut(i))
+            .ok_or(Violation::new(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"))?;
+        if p.topic.is_empty() {
+            match slot {
+                Some(topic) => p.topic = topic.clone(),
+                // [MQTT-3.3.4-?] an alias that was never set is a protocol error.
+                None => {
+                    return Err(Violation::new(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "topic alias used before it was set",
+                    ))
+                }
+            }
+        } else {
+            *slot = Some(p.topic.clone());
+        }
+        Ok(())
+    }
+
+    fn count_inbound(&mut self, qos: QoS, packet_id: u16) -> Result<(), Violation> {
+        match qos {
+            QoS::AtMostOnce => return Ok(()),
+            // A resent QoS 2 PUBLISH does not take another slot.
+            QoS::ExactlyOnce if self.inbound_qos2.contains(&packet_id) => return Ok(()),
+            QoS::ExactlyOnce => self.inbound_qos2.push(packet_id),
+            QoS::AtLeastOnce => {}
+        }
+        self.inbound_unacked = self.inbound_unacked.saturating_add(1);
+        if self.inbound_unacked > self.receive_maximum {
+            // [MQTT-3.3.4-9] more unacknowledged QoS 1/2 publishes than our Receive Maximum.
+            return Err(Violation::new(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "client exceeded the receive maximum",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rewrites a packet going to the client: frees Receive Maximum slots as acknowledgements
+    /// go out and replaces repeated topics with aliases when the client allows them.
+    pub fn outbound(&mut self, packet: &mut Packet) {
+        match packet {
+            Packet::PubAck(_) => self.release_inbound(None),
+            Packet::PubRec(a) if a.reason.is_error() => self.release_inbound(Some(a.packet_id)),
+            Packet::PubComp(a) => self.release_inbound(Some(a.packet_id)),
+            Packet::Publish(p) if self.outbound_alias_max > 0 => self.apply_alias(p),
+            _ => {}
+        }
+    }
+
+    fn release_inbound(&mut self, qos2_id: Option<u16>) {
+        if let Some(id) = qos2_id {
+            match self.inbound_qos2.iter().position(|&p| p == id) {
+                Some(pos) => {
+                    self.inbound_qos2.swap_remove(pos);
+                }
+                None => return,
+            }
+        }
+        self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+    }
+
+    fn apply_alias(&mut self, p: &mut makelaar_proto::Publish) {
+        if let Some(&alias) = self.outbound_aliases.get(&p.topic) {
+            p.properties.topic_alias = Some(alias);
+            p.topic = Arc::from("");
+            return;
+        }
+        let used = self.outbound_aliases.len();
+        if let Ok(next) = u16::try_from(used + 1) {
+            if next <= self.outbound_alias_max {
+                self.outbound_aliases.insert(p.topic.clone(), next);
+                p.properties.topic_alias = Some(next);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use makelaar_proto::{Properties, PubAck, Publish};
+
+    fn connect(v5: bool, keep_alive: u16) -> Connect {
+        Connect {
+            protocol: if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 },
+            clean_start: true,
+            keep_alive,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        }
+    }
+
+    fn publish(topic: &str, alias: Option<u16>, qos: QoS, id: u16) -> Packet {
+        let mut p = Publish { topic: Arc::from(topic), qos, packet_id: id, ..Publish::default() };
+        p.properties.topic_alias = alias;
+        Packet::Publish(p)
+    }
+
+    #[test]
+    fn keep_alive_is_capped_for_v5_only() {
+        let limits = Limits { max_keep_alive: 60, ..Limits::default() };
+        assert_eq!(effective_keep_alive(&connect(true, 120), &limits), (60, Some(60)));
+        assert_eq!(effective_keep_alive(&connect(true, 0), &limits), (60, Some(60)));
+        assert_eq!(effective_keep_alive(&connect(true, 30), &limits), (30, None));
+        assert_eq!(effective_keep_alive(&connect(false, 120), &limits), (120, None));
+    }
+
+    #[test]
+    fn keep_alive_deadline_is_one_and_a_half_times() {
+        let now = Instant::now();
+        let st = ConnState::new(now, &connect(false, 10), &Limits::default());
+        assert_eq!(st.keep_alive_deadline(), Some(now + Duration::from_secs(15)));
+        let st = ConnState::new(now, &connect(false, 0), &Limits::default());
+        assert_eq!(st.keep_alive_deadline(), None);
+    }
+
+    #[test]
+    fn inbound_aliases_resolve_and_out_of_range_is_refused() {
+        let now = Instant::now();
+        let mut st = ConnState::new(now, &connect(true, 0), &Limits::default());
+        let mut p = publish("a/b", Some(1), QoS::AtMostOnce, 0);
+        assert!(st.inbound(now, &mut p).unwrap());
+        let mut p = publish("", Some(1), QoS::AtMostOnce, 0);
+        st.inbound(now, &mut p).unwrap();
+        match p {
+            Packet::Publish(p) => assert_eq!(&*p.topic, "a/b"),
+            _ => unreachable!(),
+        }
+        let mut p = publish("x", Some(11), QoS::AtMostOnce, 0);
+        assert_eq!(st.inbound(now, &mut p).unwrap_err().reason, ReasonCode::TOPIC_ALIAS_INVALID);
+        let mut p = publish("", Some(2), QoS::AtMostOnce, 0);
+        assert_eq!(st.inbound(now, &mut p).unwrap_err().reason, ReasonCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn receive_maximum_is_enforced_and_released_by_acks() {
+        let now = Instant::now();
+        let limits = Limits { receive_maximum: 2, ..Limits::default() };
+        let mut st = ConnState::new(now, &connect(true, 0), &limits);
+        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 1)).unwrap();
+        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2)).unwrap();
+        // A resent PUBLISH with the same id takes no new slot.
+        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2)).unwrap();
+        st.outbound(&mut Packet::PubComp(PubAck::new(1)));
+        st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 3)).unwrap();
+        let err = st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 4)).unwrap_err();
+        assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+    }
+
+    #[test]
+    fn outbound_aliases_replace_repeated_topics() {
+        let now = Instant::now();
+        let mut c = connect(true, 0);
+        c.properties.topic_alias_maximum = Some(1);
+        let mut st = ConnState::new(now, &c, &Limits::default());
+        let mut first = publish("a", None, QoS::AtMostOnce, 0);
+        st.outbound(&mut first);
+        let mut second = publish("a", None, QoS::AtMostOnce, 0);
+        st.outbound(&mut second);
+        let mut other = publish("b", None, QoS::AtMostOnce, 0);
+        st.outbound(&mut other);
+        let (Packet::Publish(f), Packet::Publish(s), Packet::Publish(o)) = (first, second, other)
+        else {
+            unreachable!()
+        };
+        assert_eq!((&*f.topic, f.properties.topic_alias), ("a", Some(1)));
+        assert_eq!((&*s.topic, s.properties.topic_alias), ("", Some(1)));
+        assert_eq!((&*o.topic, o.properties.topic_alias), ("b", None));
+    }
+
+    #[test]
+    fn second_connect_is_a_protocol_error() {
+        let now = Instant::now();
+        let mut st = ConnState::new(now, &connect(false, 0), &Limits::default());
+        let mut p = Packet::Connect(Box::new(connect(false, 0)));
+        assert_eq!(st.inbound(now, &mut p).unwrap_err().reason, ReasonCode::PROTOCOL_ERROR);
+    }
+}
