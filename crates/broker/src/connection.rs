@@ -25,6 +25,9 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// CONNECT is small; a larger first packet is refused before it is buffered.
 const MAX_CONNECT_SIZE: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
+/// How long and how much of a closing client's input is drained (see `Io::linger`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 pub(crate) struct ConnCtx {
     pub limits: Limits,
@@ -84,7 +87,7 @@ where
     if let Some(msg) = reason {
         let _ = ctx.router.send(msg).await;
     }
-    let _ = io.wr.shutdown().await;
+    io.linger().await;
 }
 
 /// Reads until a whole CONNECT arrives. `Err(Some(bytes))` carries a reply to send before
@@ -256,6 +259,25 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
             return;
         }
         self.ctx.counters.packets_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Closes gently: our side is shut down first, then what the client still sends is read
+    /// and discarded for a moment. Closing with unread input makes the kernel send a reset,
+    /// which can destroy the DISCONNECT or CONNACK we just sent before the client reads it.
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.wr.write_all(&self.wbuf)).await;
+        let _ = self.wr.shutdown().await;
+        let drain = async {
+            let mut budget = LINGER_MAX_BYTES;
+            let mut scratch = [0u8; 1024];
+            while budget > 0 {
+                match self.rd.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => budget = budget.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     }
 
     /// Writes one packet at once (used just before closing).

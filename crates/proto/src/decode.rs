@@ -15,7 +15,7 @@ mod reader;
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use crate::error::DecodeError;
 use crate::packet::{
@@ -115,8 +115,8 @@ impl Decoder {
             return Ok(None);
         }
         let mut packet = buf.split_to(total);
-        let body = packet.split_off(header_len).freeze();
-        let mut r = Reader::new(body);
+        packet.advance(header_len);
+        let mut r = Reader::new(packet.freeze());
 
         if ptype == CONNECT {
             let connect = decode_connect(&mut r)?;
@@ -162,7 +162,9 @@ fn check_fixed_header(first: u8, version: Option<ProtocolVersion>) -> Result<(),
     match ptype {
         0 => return Err(DecodeError::Malformed("reserved packet type 0")),
         AUTH if version.is_some_and(|v| !v.is_v5()) => {
-            return Err(DecodeError::Malformed("reserved packet type 15 (AUTH is MQTT 5.0 only)"))
+            return Err(DecodeError::Malformed(
+                "reserved packet type 15 (AUTH is MQTT 5.0 only)",
+            ))
         }
         _ => {}
     }
@@ -223,19 +225,18 @@ fn topic_error(msg: &'static str) -> DecodeError {
     DecodeError::TopicNameInvalid(msg)
 }
 
-/// Reads a topic name (PUBLISH or will): UTF-8 [MQTT-1.5.4-1], no U+0000 [MQTT-4.7.3-2], no
+/// Checks a topic name (PUBLISH or will): UTF-8 [MQTT-1.5.4-1], no U+0000 [MQTT-4.7.3-2], no
 /// wildcards [MQTT-3.3.2-2]. Empty names are checked by the caller (allowed with a topic alias).
-fn read_topic_name(r: &mut Reader) -> Result<Arc<str>, DecodeError> {
-    let raw = r.binary()?;
-    let s = utf8(&raw)?;
-    for &b in raw.iter() {
+fn topic_name(raw: &[u8]) -> Result<&str, DecodeError> {
+    let s = utf8(raw)?;
+    for &b in raw {
         match b {
             0 => return Err(topic_error("topic name contains U+0000")),
             b'+' | b'#' => return Err(topic_error("topic name contains a wildcard")),
             _ => {}
         }
     }
-    Ok(Arc::from(s))
+    Ok(s)
 }
 
 /// A non-zero packet identifier: [MQTT-2.2.1-3] (5.0), [MQTT-2.3.1-1] (3.1.1).
@@ -247,7 +248,8 @@ fn packet_id(r: &mut Reader) -> Result<u16, DecodeError> {
     Ok(id)
 }
 
-/// [MQTT-3.3.2-4] / payload format indicator 1 announces UTF-8 character data.
+/// A payload format indicator of 1 announces UTF-8 character data (5.0 sections 3.3.2.3.2 and
+/// 3.1.3.2.3); the receiver may check it and answer "payload format invalid".
 fn check_payload_format(props: &Properties, payload: &[u8]) -> Result<(), DecodeError> {
     if props.payload_format_indicator == Some(1) && std::str::from_utf8(payload).is_err() {
         return Err(DecodeError::PayloadFormatInvalid);
@@ -281,21 +283,22 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let password_flag = flags & 0x40 != 0;
     let username_flag = flags & 0x80 != 0;
     if !will_flag {
-        // [MQTT-3.1.2-11] [MQTT-3.1.2-13] [MQTT-3.1.2-15] without a will, will QoS and will
-        // retain must be 0.
+        // [MQTT-3.1.2-11] [MQTT-3.1.2-13] [MQTT-3.1.2-15] (3.1.1 numbering; 5.0:
+        // [MQTT-3.1.2-11] [MQTT-3.1.2-13]) without a will, will QoS and will retain must be 0.
         if will_qos != 0 || will_retain {
             return Err(DecodeError::Malformed(
                 "will QoS or will retain set without the will flag",
             ));
         }
     }
-    // [MQTT-3.1.2-14] will QoS must not be 3.
-    let will_qos =
-        QoS::from_u8(will_qos).ok_or(DecodeError::Malformed("will QoS 3"))?;
+    // [MQTT-3.1.2-14] (3.1.1; 5.0 section 3.1.2.6) will QoS 3 is malformed.
+    let will_qos = QoS::from_u8(will_qos).ok_or(DecodeError::Malformed("will QoS 3"))?;
     // [MQTT-3.1.2-22] in 3.1.1 a password needs a user name (5.0 allows it alone; 3.1
     // servers commonly accept it, so it is accepted there too).
     if protocol == ProtocolVersion::V311 && password_flag && !username_flag {
-        return Err(DecodeError::Malformed("password flag set without user name flag"));
+        return Err(DecodeError::Malformed(
+            "password flag set without user name flag",
+        ));
     }
     let keep_alive = r.u16()?;
     let properties = if v5 {
@@ -312,14 +315,17 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         } else {
             Properties::default()
         };
-        let topic = read_topic_name(r)?;
+        let raw_topic = r.binary()?;
+        let topic = topic_name(&raw_topic)?;
+        // [MQTT-3.1.3-11] (3.1.1) the will topic is a topic name, which is never empty
+        // [MQTT-4.7.3-1].
         if topic.is_empty() {
             return Err(topic_error("will topic is empty"));
         }
         let payload = r.binary()?;
         check_payload_format(&will_props, &payload)?;
         Some(Will {
-            topic: topic.to_string(),
+            topic: topic.to_owned(),
             payload,
             qos: will_qos,
             retain: will_retain,
@@ -383,9 +389,11 @@ fn decode_connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, D
 fn decode_publish(first: u8, r: &mut Reader, v5: bool) -> Result<Publish, DecodeError> {
     let dup = first & 0x08 != 0;
     // QoS 3 was refused with the fixed header.
-    let qos = QoS::from_u8((first >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
+    let qos =
+        QoS::from_u8((first >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
     let retain = first & 0x01 != 0;
-    let topic = read_topic_name(r)?;
+    let raw_topic = r.binary()?;
+    let topic: Arc<str> = Arc::from(topic_name(&raw_topic)?);
     let packet_id = if qos == QoS::AtMostOnce {
         0
     } else {
@@ -448,7 +456,9 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
             // [MQTT-3.8.3-5] reserved bits must be 0; QoS 3 and retain handling 3 are
             // malformed (section 3.8.3.1).
             if options & 0xC0 != 0 {
-                return Err(DecodeError::Malformed("subscription options reserved bits set"));
+                return Err(DecodeError::Malformed(
+                    "subscription options reserved bits set",
+                ));
             }
             let retain_handling = match (options >> 4) & 0x03 {
                 0 => RetainHandling::SendAtSubscribe,

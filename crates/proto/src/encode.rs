@@ -49,7 +49,11 @@ pub(crate) fn put_vbi(buf: &mut BytesMut, mut v: usize) -> Result<(), EncodeErro
 }
 
 /// Writes Binary Data: a two-byte length and the bytes.
-pub(crate) fn put_binary(buf: &mut BytesMut, b: &[u8], what: &'static str) -> Result<(), EncodeError> {
+pub(crate) fn put_binary(
+    buf: &mut BytesMut,
+    b: &[u8],
+    what: &'static str,
+) -> Result<(), EncodeError> {
     let n = u16::try_from(b.len()).map_err(|_| EncodeError::FieldTooLong(what))?;
     buf.put_u16(n);
     buf.put_slice(b);
@@ -149,7 +153,11 @@ fn plan(packet: &Packet, version: ProtocolVersion) -> Plan {
         Packet::PingResp => (PINGRESP << 4, 0, 0),
         Packet::Disconnect(d) => {
             let props = props_of(&d.properties);
-            let n = if v5 { reason_tail_len(d.reason, props) } else { 0 };
+            let n = if v5 {
+                reason_tail_len(d.reason, props)
+            } else {
+                0
+            };
             (DISCONNECT << 4, props, n)
         }
         Packet::Auth(a) => {
@@ -167,7 +175,11 @@ fn plan(packet: &Packet, version: ProtocolVersion) -> Plan {
 
 /// Protocol name, level, connect flags and keep alive.
 fn connect_header_len(version: ProtocolVersion) -> usize {
-    let name = if version == ProtocolVersion::V31 { 6 } else { 4 };
+    let name = if version == ProtocolVersion::V31 {
+        6
+    } else {
+        4
+    };
     2 + name + 1 + 1 + 2
 }
 
@@ -243,7 +255,11 @@ impl Packet {
         1 + vbi_len(remaining) + remaining
     }
 
-    fn encode_inner(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    fn encode_inner(
+        &self,
+        version: ProtocolVersion,
+        buf: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         let v5 = version.is_v5();
         if let Packet::Publish(p) = self {
             return encode_publish(p, v5, buf);

@@ -251,7 +251,15 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         props(v, Ctx::Connect),
     )
         .prop_map(
-            move |(clean_start, keep_alive, client_id, will, mut username, password, properties)| {
+            move |(
+                clean_start,
+                keep_alive,
+                client_id,
+                will,
+                mut username,
+                password,
+                properties,
+            )| {
                 // [MQTT-3.1.2-22] 3.1.1 needs a user name with a password.
                 if v == ProtocolVersion::V311 && password.is_some() && username.is_none() {
                     username = Some(String::from("user"));

@@ -33,17 +33,26 @@ fn ok(v: ProtocolVersion, bytes: &[u8]) -> Packet {
 
 fn malformed(v: Option<ProtocolVersion>, bytes: &[u8]) {
     let r = dec(v, bytes);
-    assert!(matches!(r, Err(DecodeError::Malformed(_))), "{bytes:02X?}: {r:?}");
+    assert!(
+        matches!(r, Err(DecodeError::Malformed(_))),
+        "{bytes:02X?}: {r:?}"
+    );
 }
 
 fn protocol(v: Option<ProtocolVersion>, bytes: &[u8]) {
     let r = dec(v, bytes);
-    assert!(matches!(r, Err(DecodeError::Protocol(_))), "{bytes:02X?}: {r:?}");
+    assert!(
+        matches!(r, Err(DecodeError::Protocol(_))),
+        "{bytes:02X?}: {r:?}"
+    );
 }
 
 fn topic_invalid(v: Option<ProtocolVersion>, bytes: &[u8]) {
     let r = dec(v, bytes);
-    assert!(matches!(r, Err(DecodeError::TopicNameInvalid(_))), "{bytes:02X?}: {r:?}");
+    assert!(
+        matches!(r, Err(DecodeError::TopicNameInvalid(_))),
+        "{bytes:02X?}: {r:?}"
+    );
 }
 
 /// A packet: first byte, remaining length (one or two bytes), body.
@@ -96,7 +105,10 @@ fn fixed_header_flags() {
     malformed(Some(V311), &[0x42, 0x02, 0, 1]); // PUBACK with flags 2
     malformed(Some(V311), &[0xC1, 0x00]); // PINGREQ with flags 1
     malformed(Some(V311), &[0x11, 0x00]); // CONNECT with flags 1
-    assert_eq!(ok(V311, &[0x62, 0x02, 0, 1]), Packet::PubRel(PubAck::new(1)));
+    assert_eq!(
+        ok(V311, &[0x62, 0x02, 0, 1]),
+        Packet::PubRel(PubAck::new(1))
+    );
 }
 
 #[test]
@@ -187,7 +199,9 @@ fn strings_must_be_valid_utf8_without_nul() {
 #[test]
 fn connect_protocol_names_and_levels() {
     // 3.1: MQIsdp level 3.
-    let mut body = vec![0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 10, 0, 1, b'c'];
+    let mut body = vec![
+        0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 10, 0, 1, b'c',
+    ];
     let p = dec(None, &frame(0x10, &body)).unwrap().unwrap();
     let Packet::Connect(c) = p else { panic!() };
     assert_eq!(c.protocol, V31);
@@ -195,11 +209,20 @@ fn connect_protocol_names_and_levels() {
     assert!(c.clean_start);
     // [MQTT-3.1.2-2] known name, unsupported level: answered with CONNACK 0x01 / 0x84.
     body[8] = 4;
-    assert_eq!(dec(None, &frame(0x10, &body)), Err(DecodeError::UnsupportedProtocol));
+    assert_eq!(
+        dec(None, &frame(0x10, &body)),
+        Err(DecodeError::UnsupportedProtocol)
+    );
     let body = [0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 10, 0, 1, b'c'];
-    assert_eq!(dec(None, &frame(0x10, &body)), Err(DecodeError::UnsupportedProtocol));
+    assert_eq!(
+        dec(None, &frame(0x10, &body)),
+        Err(DecodeError::UnsupportedProtocol)
+    );
     let body = [0, 4, b'M', b'Q', b'T', b'T', 3, 0x02, 0, 10, 0, 1, b'c'];
-    assert_eq!(dec(None, &frame(0x10, &body)), Err(DecodeError::UnsupportedProtocol));
+    assert_eq!(
+        dec(None, &frame(0x10, &body)),
+        Err(DecodeError::UnsupportedProtocol)
+    );
     assert_eq!(
         DecodeError::UnsupportedProtocol.reason_code(),
         ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
@@ -217,7 +240,9 @@ fn connect_sets_decoder_version() {
     assert_eq!(d.version(), Some(V5));
     // Now 5.0 rules apply: a PUBACK with a reason code.
     buf.extend_from_slice(&[0x40, 0x03, 0, 7, 0x10]);
-    let Ok(Some(Packet::PubAck(a))) = d.decode(&mut buf) else { panic!() };
+    let Ok(Some(Packet::PubAck(a))) = d.decode(&mut buf) else {
+        panic!()
+    };
     assert_eq!(a.reason, ReasonCode::NO_MATCHING_SUBSCRIBERS);
 }
 
@@ -245,10 +270,15 @@ fn connect_will_flags() {
     let will = [0, 1, b'c', 0, 1, b'w', 0, 1, b'x'];
     malformed(None, &connect_v311(0x02 | 0x04 | 0x18, &will));
     // A proper will with QoS 2 and retain.
-    let p = dec(None, &connect_v311(0x02 | 0x04 | 0x10 | 0x20, &will)).unwrap().unwrap();
+    let p = dec(None, &connect_v311(0x02 | 0x04 | 0x10 | 0x20, &will))
+        .unwrap()
+        .unwrap();
     let Packet::Connect(c) = p else { panic!() };
     let w = c.will.unwrap();
-    assert_eq!((w.topic.as_str(), &w.payload[..], w.qos, w.retain), ("w", &b"x"[..], QoS::ExactlyOnce, true));
+    assert_eq!(
+        (w.topic.as_str(), &w.payload[..], w.qos, w.retain),
+        ("w", &b"x"[..], QoS::ExactlyOnce, true)
+    );
     // The will topic is a topic name: no wildcards, not empty.
     let will = [0, 1, b'c', 0, 1, b'#', 0, 1, b'x'];
     topic_invalid(None, &connect_v311(0x06, &will));
@@ -275,11 +305,24 @@ fn connect_password_without_user_name() {
     // [MQTT-3.1.2-22] 3.1.1: the password flag needs the user name flag.
     malformed(None, &connect_v311(0x42, &[0, 1, b'c', 0, 2, b'p', b'w']));
     // 5.0 allows a password alone (section 3.1.2.9).
-    let p = dec(None, &connect_v5(0x42, &[], &[0, 1, b'c', 0, 2, b'p', b'w'])).unwrap().unwrap();
+    let p = dec(
+        None,
+        &connect_v5(0x42, &[], &[0, 1, b'c', 0, 2, b'p', b'w']),
+    )
+    .unwrap()
+    .unwrap();
     let Packet::Connect(c) = p else { panic!() };
-    assert_eq!((c.username, c.password), (None, Some(Bytes::from_static(b"pw"))));
+    assert_eq!(
+        (c.username, c.password),
+        (None, Some(Bytes::from_static(b"pw")))
+    );
     // Both present in 3.1.1.
-    let p = dec(None, &connect_v311(0xC2, &[0, 1, b'c', 0, 1, b'u', 0, 1, b'p'])).unwrap().unwrap();
+    let p = dec(
+        None,
+        &connect_v311(0xC2, &[0, 1, b'c', 0, 1, b'u', 0, 1, b'p']),
+    )
+    .unwrap()
+    .unwrap();
     let Packet::Connect(c) = p else { panic!() };
     assert_eq!(c.username.as_deref(), Some("u"));
 }
@@ -308,7 +351,10 @@ fn connect_spec_example_v311() {
     // The same CONNECT written for 3.1 uses MQIsdp / 3.
     let mut buf = BytesMut::new();
     expected.encode(V31, &mut buf).unwrap();
-    assert_eq!(&buf[..10], &[0x10, 0x11, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p']);
+    assert_eq!(
+        &buf[..10],
+        &[0x10, 0x11, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p']
+    );
     assert_eq!(buf[10], 3);
 }
 
@@ -316,10 +362,14 @@ fn connect_spec_example_v311() {
 
 #[test]
 fn connack_v3_return_codes() {
-    let Packet::ConnAck(c) = ok(V311, &[0x20, 0x02, 0x01, 0x00]) else { panic!() };
+    let Packet::ConnAck(c) = ok(V311, &[0x20, 0x02, 0x01, 0x00]) else {
+        panic!()
+    };
     assert!(c.session_present);
     assert_eq!(c.reason, ReasonCode::SUCCESS);
-    let Packet::ConnAck(c) = ok(V311, &[0x20, 0x02, 0x00, 0x05]) else { panic!() };
+    let Packet::ConnAck(c) = ok(V311, &[0x20, 0x02, 0x00, 0x05]) else {
+        panic!()
+    };
     assert_eq!(c.reason, ReasonCode::NOT_AUTHORIZED);
     // Return codes 6..255 are reserved.
     malformed(Some(V311), &[0x20, 0x02, 0x00, 0x06]);
@@ -331,7 +381,9 @@ fn connack_v3_return_codes() {
         reason: ReasonCode::BANNED,
         ..ConnAck::default()
     };
-    Packet::ConnAck(banned.clone()).encode(V311, &mut buf).unwrap();
+    Packet::ConnAck(banned.clone())
+        .encode(V311, &mut buf)
+        .unwrap();
     assert_eq!(&buf[..], &[0x20, 0x02, 0x00, 0x05]);
     buf.clear();
     Packet::ConnAck(banned).encode(V5, &mut buf).unwrap();
@@ -351,7 +403,9 @@ fn publish_topic_names() {
     topic_invalid(Some(V311), &[0x30, 0x02, 0, 0]);
     // 5.0: empty only when a topic alias stands for it.
     topic_invalid(Some(V5), &[0x30, 0x03, 0, 0, 0]);
-    let Packet::Publish(p) = ok(V5, &[0x30, 0x06, 0, 0, 3, 0x23, 0, 7]) else { panic!() };
+    let Packet::Publish(p) = ok(V5, &[0x30, 0x06, 0, 0, 3, 0x23, 0, 7]) else {
+        panic!()
+    };
     assert_eq!((&*p.topic, p.properties.topic_alias), ("", Some(7)));
     // Invalid UTF-8 is malformed [MQTT-1.5.4-1].
     malformed(Some(V311), &[0x30, 0x03, 0, 1, 0xFF]);
@@ -406,7 +460,9 @@ fn publish_payload_is_zero_copy() {
     let start = buf.as_ptr() as usize;
     let mut d = Decoder::new(1024);
     d.set_version(V311);
-    let Ok(Some(Packet::Publish(p))) = d.decode(&mut buf) else { panic!() };
+    let Ok(Some(Packet::Publish(p))) = d.decode(&mut buf) else {
+        panic!()
+    };
     assert_eq!(&p.payload[..], b"payload");
     // The payload points into the receive buffer.
     assert_eq!(p.payload.as_ptr() as usize, start + 5);
@@ -424,12 +480,22 @@ fn property_rules() {
     malformed(Some(V5), &publish_v5(&[0x7F, 0], b""));
     malformed(Some(V5), &publish_v5(&[0x00, 0], b""));
     // A property other than user property / subscription identifier twice.
-    protocol(None, &connect_v5(0x02, &[0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2], &[0, 0]));
-    protocol(Some(V5), &publish_v5(&[0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 1], b""));
+    protocol(
+        None,
+        &connect_v5(0x02, &[0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2], &[0, 0]),
+    );
+    protocol(
+        Some(V5),
+        &publish_v5(&[0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 1], b""),
+    );
     // User properties repeat and keep their order.
-    let Packet::Publish(p) =
-        ok(V5, &publish_v5(&[0x26, 0, 1, b'k', 0, 1, b'2', 0x26, 0, 1, b'k', 0, 1, b'1'], b""))
-    else {
+    let Packet::Publish(p) = ok(
+        V5,
+        &publish_v5(
+            &[0x26, 0, 1, b'k', 0, 1, b'2', 0x26, 0, 1, b'k', 0, 1, b'1'],
+            b"",
+        ),
+    ) else {
         panic!()
     };
     assert_eq!(
@@ -442,7 +508,10 @@ fn property_rules() {
     };
     assert_eq!(p.properties.subscription_identifiers, vec![1, 128]);
     protocol(Some(V5), &publish_v5(&[0x0B, 0], b""));
-    protocol(Some(V5), &[0x82, 0x0B, 0, 1, 4, 0x0B, 1, 0x0B, 2, 0, 1, b'a', 0]);
+    protocol(
+        Some(V5),
+        &[0x82, 0x0B, 0, 1, 4, 0x0B, 1, 0x0B, 2, 0, 1, b'a', 0],
+    );
     let Packet::Subscribe(s) = ok(V5, &[0x82, 0x09, 0, 1, 2, 0x0B, 1, 0, 1, b'a', 0]) else {
         panic!()
     };
@@ -450,7 +519,11 @@ fn property_rules() {
     // Receive maximum 0, maximum packet size 0.
     protocol(None, &connect_v5(0x02, &[0x21, 0, 0], &[0, 0]));
     protocol(None, &connect_v5(0x02, &[0x27, 0, 0, 0, 0], &[0, 0]));
-    assert!(dec(None, &connect_v5(0x02, &[0x21, 0, 1, 0x27, 0, 0, 0, 1], &[0, 0])).is_ok());
+    assert!(dec(
+        None,
+        &connect_v5(0x02, &[0x21, 0, 1, 0x27, 0, 0, 0, 1], &[0, 0])
+    )
+    .is_ok());
     // Byte properties that are 0 or 1.
     protocol(None, &connect_v5(0x02, &[0x17, 2], &[0, 0]));
     protocol(None, &connect_v5(0x02, &[0x19, 2], &[0, 0]));
@@ -460,7 +533,11 @@ fn property_rules() {
     }
     // Authentication data needs an authentication method.
     protocol(None, &connect_v5(0x02, &[0x16, 0, 1, 9], &[0, 0]));
-    assert!(dec(None, &connect_v5(0x02, &[0x15, 0, 1, b'm', 0x16, 0, 1, 9], &[0, 0])).is_ok());
+    assert!(dec(
+        None,
+        &connect_v5(0x02, &[0x15, 0, 1, b'm', 0x16, 0, 1, 9], &[0, 0])
+    )
+    .is_ok());
     // A property value cut short inside the property block.
     malformed(Some(V5), &publish_v5(&[0x02, 0, 0], b""));
 }
@@ -486,7 +563,9 @@ fn subscribe_rules() {
     malformed(Some(V5), &[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x03]);
     malformed(Some(V5), &[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x30]);
     // Every option bit.
-    let Packet::Subscribe(s) = ok(V5, &[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x2E]) else { panic!() };
+    let Packet::Subscribe(s) = ok(V5, &[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x2E]) else {
+        panic!()
+    };
     assert_eq!(
         s.filters[0].1,
         SubscriptionOptions {
@@ -497,12 +576,16 @@ fn subscribe_rules() {
         }
     );
     // Filter syntax is the broker's to judge (per-filter SUBACK codes): "a/#/b" decodes.
-    let Packet::Subscribe(s) = ok(V311, &[0x82, 0x0A, 0, 1, 0, 5, b'a', b'/', b'#', b'/', b'b', 1])
-    else {
+    let Packet::Subscribe(s) = ok(
+        V311,
+        &[0x82, 0x0A, 0, 1, 0, 5, b'a', b'/', b'#', b'/', b'b', 1],
+    ) else {
         panic!()
     };
     assert_eq!(s.filters[0].0, "a/#/b");
-    let Packet::Unsubscribe(u) = ok(V311, &[0xA2, 0x05, 0, 1, 0, 1, b'+']) else { panic!() };
+    let Packet::Unsubscribe(u) = ok(V311, &[0xA2, 0x05, 0, 1, 0, 1, b'+']) else {
+        panic!()
+    };
     assert_eq!(
         u,
         Unsubscribe {
@@ -530,20 +613,32 @@ fn v5_short_forms() {
     // Section 3.4.2.1: remaining length 2 is success without properties.
     assert_eq!(ok(V5, &[0x40, 0x02, 0, 9]), Packet::PubAck(PubAck::new(9)));
     // Section 3.4.2.2.1: a reason code without a property length.
-    let Packet::PubRec(a) = ok(V5, &[0x50, 0x03, 0, 9, 0x10]) else { panic!() };
-    assert_eq!((a.reason, a.properties.is_empty()), (ReasonCode(0x10), true));
+    let Packet::PubRec(a) = ok(V5, &[0x50, 0x03, 0, 9, 0x10]) else {
+        panic!()
+    };
+    assert_eq!(
+        (a.reason, a.properties.is_empty()),
+        (ReasonCode(0x10), true)
+    );
     // With properties.
     let Packet::PubComp(a) = ok(V5, &[0x70, 0x08, 0, 9, 0x92, 4, 0x1F, 0, 1, b'x']) else {
         panic!()
     };
     assert_eq!(a.properties.reason_string.as_deref(), Some("x"));
     // Section 3.14.2.1: DISCONNECT with remaining length 0 is a normal disconnection.
-    assert_eq!(ok(V5, &[0xE0, 0x00]), Packet::Disconnect(Disconnect::default()));
-    let Packet::Disconnect(d) = ok(V5, &[0xE0, 0x01, 0x04]) else { panic!() };
+    assert_eq!(
+        ok(V5, &[0xE0, 0x00]),
+        Packet::Disconnect(Disconnect::default())
+    );
+    let Packet::Disconnect(d) = ok(V5, &[0xE0, 0x01, 0x04]) else {
+        panic!()
+    };
     assert_eq!(d.reason, ReasonCode::DISCONNECT_WITH_WILL);
     // [MQTT-3.15.2-1] AUTH with remaining length 0 is success.
     assert_eq!(ok(V5, &[0xF0, 0x00]), Packet::Auth(Auth::default()));
-    let Packet::Auth(a) = ok(V5, &[0xF0, 0x01, 0x18]) else { panic!() };
+    let Packet::Auth(a) = ok(V5, &[0xF0, 0x01, 0x18]) else {
+        panic!()
+    };
     assert_eq!(a.reason, ReasonCode::CONTINUE_AUTHENTICATION);
     // Disallowed property on an acknowledgement.
     malformed(Some(V5), &[0x40, 0x06, 0, 9, 0, 2, 0x01, 0]);
@@ -561,7 +656,10 @@ fn v5_short_forms() {
     };
     assert_eq!(enc(Packet::PubRec(rec)), vec![0x50, 0x03, 0, 9, 0x10]);
     assert_eq!(enc(Packet::PubRel(PubAck::new(9))), vec![0x62, 0x02, 0, 9]);
-    assert_eq!(enc(Packet::Disconnect(Disconnect::default())), vec![0xE0, 0x00]);
+    assert_eq!(
+        enc(Packet::Disconnect(Disconnect::default())),
+        vec![0xE0, 0x00]
+    );
     assert_eq!(enc(Packet::Auth(Auth::default())), vec![0xF0, 0x00]);
     let d = Disconnect {
         reason: ReasonCode::SESSION_TAKEN_OVER,
@@ -573,8 +671,14 @@ fn v5_short_forms() {
 #[test]
 fn v3_acknowledgements() {
     // 3.x DISCONNECT decodes as a normal disconnection.
-    assert_eq!(ok(V311, &[0xE0, 0x00]), Packet::Disconnect(Disconnect::default()));
-    assert_eq!(ok(V31, &[0xE0, 0x00]), Packet::Disconnect(Disconnect::default()));
+    assert_eq!(
+        ok(V311, &[0xE0, 0x00]),
+        Packet::Disconnect(Disconnect::default())
+    );
+    assert_eq!(
+        ok(V31, &[0xE0, 0x00]),
+        Packet::Disconnect(Disconnect::default())
+    );
     // UNSUBACK without reason codes.
     assert_eq!(
         ok(V311, &[0xB0, 0x02, 0, 3]),
@@ -584,8 +688,13 @@ fn v3_acknowledgements() {
         })
     );
     // SUBACK: granted QoS or 0x80 [MQTT-3.9.3-2]; other values are reserved.
-    let Packet::SubAck(s) = ok(V311, &[0x90, 0x05, 0, 3, 0, 2, 0x80]) else { panic!() };
-    assert_eq!(s.reasons, vec![ReasonCode(0), ReasonCode(2), ReasonCode(0x80)]);
+    let Packet::SubAck(s) = ok(V311, &[0x90, 0x05, 0, 3, 0, 2, 0x80]) else {
+        panic!()
+    };
+    assert_eq!(
+        s.reasons,
+        vec![ReasonCode(0), ReasonCode(2), ReasonCode(0x80)]
+    );
     malformed(Some(V311), &[0x90, 0x03, 0, 3, 0x03]);
     // The encoder maps 5.0 failures to 0x80 and drops 5.0-only fields.
     let mut buf = BytesMut::new();
@@ -669,7 +778,10 @@ fn packet_size_limit_counts_the_whole_packet() {
     assert_eq!(d.decode(&mut buf), Ok(Some(Packet::PingReq)));
     d.set_max_packet_size(1);
     let mut buf = BytesMut::from(&[0xC0, 0x00][..]);
-    assert_eq!(d.decode(&mut buf), Err(DecodeError::TooLarge { size: 2, max: 1 }));
+    assert_eq!(
+        d.decode(&mut buf),
+        Err(DecodeError::TooLarge { size: 2, max: 1 })
+    );
     // A PUBLISH of exactly the limit is accepted.
     let p = Packet::Publish(Publish {
         topic: Arc::from("a/b"),
@@ -683,7 +795,10 @@ fn packet_size_limit_counts_the_whole_packet() {
     d.set_max_packet_size(n);
     assert_eq!(d.decode(&mut buf.clone()), Ok(Some(p.clone())));
     d.set_max_packet_size(n - 1);
-    assert!(matches!(d.decode(&mut buf), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        d.decode(&mut buf),
+        Err(DecodeError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -740,22 +855,34 @@ fn encoder_errors_leave_the_buffer_alone() {
     let long = "x".repeat(65_536);
     let s = Packet::Subscribe(Subscribe {
         packet_id: 1,
-        filters: vec![("a".into(), SubscriptionOptions::default()), (long.clone(), SubscriptionOptions::default())],
+        filters: vec![
+            ("a".into(), SubscriptionOptions::default()),
+            (long.clone(), SubscriptionOptions::default()),
+        ],
         properties: Properties::default(),
     });
-    assert!(matches!(s.encode(V311, &mut buf), Err(EncodeError::FieldTooLong(_))));
+    assert!(matches!(
+        s.encode(V311, &mut buf),
+        Err(EncodeError::FieldTooLong(_))
+    ));
     let p = Packet::Publish(Publish {
         topic: Arc::from(long.as_str()),
         ..Publish::default()
     });
-    assert!(matches!(p.encode(V5, &mut buf), Err(EncodeError::FieldTooLong(_))));
+    assert!(matches!(
+        p.encode(V5, &mut buf),
+        Err(EncodeError::FieldTooLong(_))
+    ));
     let mut props = Properties::default();
     props.user_properties.push(("k".into(), long));
     let d = Packet::Disconnect(Disconnect {
         reason: ReasonCode::SUCCESS,
         properties: props,
     });
-    assert!(matches!(d.encode(V5, &mut buf), Err(EncodeError::FieldTooLong(_))));
+    assert!(matches!(
+        d.encode(V5, &mut buf),
+        Err(EncodeError::FieldTooLong(_))
+    ));
     // A string of exactly 65,535 bytes is fine.
     let max = Packet::Unsubscribe(Unsubscribe {
         packet_id: 1,
@@ -771,6 +898,9 @@ fn encoder_errors_leave_the_buffer_alone() {
         payload: Bytes::from(vec![0u8; 268_435_456]),
         ..Publish::default()
     });
-    assert_eq!(huge.encode(V311, &mut buf), Err(EncodeError::PacketTooLarge));
+    assert_eq!(
+        huge.encode(V311, &mut buf),
+        Err(EncodeError::PacketTooLarge)
+    );
     assert_eq!(&buf[..], b"keep");
 }

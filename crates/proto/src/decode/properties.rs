@@ -184,7 +184,7 @@ pub(crate) fn read_properties(r: &mut Reader, ctx: Context) -> Result<Properties
             return Err(DecodeError::Malformed("unknown property identifier"));
         }
         // Section 2.2.2.2: "A Control Packet which contains an Identifier which is not valid
-        // for its packet type ... is a Malformed Packet." [MQTT-2.2.2-2]
+        // for its packet type ... is a Malformed Packet."
         if mask & allowed == 0 {
             return Err(DecodeError::Malformed(
                 "property not allowed on this packet type",
@@ -201,7 +201,9 @@ pub(crate) fn read_properties(r: &mut Reader, ctx: Context) -> Result<Properties
                 let topic = r.string()?;
                 // [MQTT-3.3.2-14] the response topic is a topic name: no wildcards.
                 if topic.is_empty() || topic.contains(['+', '#']) {
-                    return Err(DecodeError::Protocol("response topic is not a valid topic name"));
+                    return Err(DecodeError::Protocol(
+                        "response topic is not a valid topic name",
+                    ));
                 }
                 once(&mut p.response_topic, topic)?;
             }

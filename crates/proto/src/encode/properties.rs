@@ -107,14 +107,24 @@ pub(crate) fn put_properties(
         Ok(())
     }
 
-    byte(buf, id::PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
+    byte(
+        buf,
+        id::PAYLOAD_FORMAT_INDICATOR,
+        p.payload_format_indicator,
+    );
     four(buf, id::MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
     string(buf, id::CONTENT_TYPE, &p.content_type, "content type")?;
     string(buf, id::RESPONSE_TOPIC, &p.response_topic, "response topic")?;
-    binary(buf, id::CORRELATION_DATA, &p.correlation_data, "correlation data")?;
+    binary(
+        buf,
+        id::CORRELATION_DATA,
+        &p.correlation_data,
+        "correlation data",
+    )?;
     for &v in &p.subscription_identifiers {
         buf.put_u8(id::SUBSCRIPTION_IDENTIFIER);
-        put_vbi(buf, v as usize).map_err(|_| EncodeError::FieldTooLong("subscription identifier"))?;
+        put_vbi(buf, v as usize)
+            .map_err(|_| EncodeError::FieldTooLong("subscription identifier"))?;
     }
     four(buf, id::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
     string(
@@ -153,7 +163,12 @@ pub(crate) fn put_properties(
         &p.response_information,
         "response information",
     )?;
-    string(buf, id::SERVER_REFERENCE, &p.server_reference, "server reference")?;
+    string(
+        buf,
+        id::SERVER_REFERENCE,
+        &p.server_reference,
+        "server reference",
+    )?;
     string(buf, id::REASON_STRING, &p.reason_string, "reason string")?;
     two(buf, id::RECEIVE_MAXIMUM, p.receive_maximum);
     two(buf, id::TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
