@@ -38,7 +38,11 @@ fn check_roundtrip(packet: &Packet, version: Option<ProtocolVersion>) {
     if let Err(e) = packet.encode(version, &mut out) {
         panic!("decoded {packet:?} but encoding it failed: {e}");
     }
-    assert_eq!(out.len(), packet.encoded_len(version), "encoded_len of {packet:?}");
+    assert_eq!(
+        out.len(),
+        packet.encoded_len(version),
+        "encoded_len of {packet:?}"
+    );
     let mut again = Decoder::new(64 * 1024);
     again.set_version(version);
     match again.decode(&mut out) {

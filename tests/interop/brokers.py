@@ -174,6 +174,8 @@ class Broker:
             f"certfile {self.certs / 'server.crt'}",
             f"keyfile {self.certs / 'server.key'}",
         ]
+        if self.config.get("require_certificate"):
+            lines.append("require_certificate true")
         path = self.workdir / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path

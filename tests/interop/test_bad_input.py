@@ -205,13 +205,13 @@ MALFORMED = {
     "empty-topic": (0x82, 0x81),                 # [MQTT-4.7.3-1]; 5.0: no alias = Protocol Error
 }
 
-# Cases where Mosquitto 2.0.11 closes a 5.0 connection without the DISCONNECT reason code.
-MOSQUITTO_NO_V5_DISCONNECT = {
-    "publish-qos3", "subscribe-flags-0", "unsubscribe-flags-0", "pubrel-flags-0",
-    "pingreq-flags", "reserved-type-0", "bad-remaining-length", "string-longer-than-packet",
-    "invalid-utf8-topic", "surrogate-in-topic", "nul-in-topic", "subscribe-invalid-utf8",
-    "subscribe-qos3", "subscribe-no-filters", "subscribe-packet-id-0", "publish-packet-id-0",
-    "empty-topic",
+# Where Mosquitto 2.0.11 falls short: (case, version) -> reason.
+_NO_DISCONNECT = "closes the 5.0 connection without a DISCONNECT reason code"
+MOSQUITTO_XFAIL = {
+    ("pubrel-flags-0", 5): _NO_DISCONNECT,
+    ("bad-remaining-length", 5): _NO_DISCONNECT,
+    ("pingreq-flags", 4): "ignores reserved flags on PINGREQ and answers it",
+    ("pingreq-flags", 5): "ignores reserved flags on PINGREQ and answers it",
 }
 
 
@@ -220,9 +220,8 @@ def _malformed_params():
     for name in MALFORMED:
         for version in (4, 5):
             marks = []
-            if version == 5 and name in MOSQUITTO_NO_V5_DISCONNECT:
-                marks.append(pytest.mark.xfail_mosquitto(
-                    reason="closes the 5.0 connection without a DISCONNECT reason code"))
+            if (name, version) in MOSQUITTO_XFAIL:
+                marks.append(pytest.mark.xfail_mosquitto(reason=MOSQUITTO_XFAIL[name, version]))
             out.append(pytest.param(name, version, marks=marks,
                                     id=f"{name}-{'v5' if version == 5 else 'v311'}"))
     return out
@@ -238,7 +237,9 @@ def test_malformed_packet_after_connect(raw, name, version):
     _expect_dropped(r, version, MALFORMED[name])
 
 
-@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+@pytest.mark.parametrize("version", [
+    4, pytest.param(5, marks=pytest.mark.xfail_mosquitto(reason="answers 0x82, not 0x90")),
+], ids=["v311", "v5"])
 @pytest.mark.parametrize("topic_name", ["a/+/b", "a/#", "+", "#"])
 def test_wildcard_in_publish_topic(raw, client, topic, version, topic_name):
     """A PUBLISH topic name must not contain wildcards: the connection is closed, 5.0 with
@@ -251,6 +252,7 @@ def test_wildcard_in_publish_topic(raw, client, topic, version, topic_name):
     watcher.expect_none(0.3)
 
 
+@pytest.mark.xfail_mosquitto(reason="accepts a Subscription Identifier from a client")
 def test_v5_subscription_identifier_in_publish(raw):
     """A PUBLISH from a client must not carry a Subscription Identifier: Protocol Error 0x82.
     [MQTT-3.3.4-6]"""
@@ -259,7 +261,7 @@ def test_v5_subscription_identifier_in_publish(raw):
     _expect_dropped(r, 5, (0x82,))
 
 
-@pytest.mark.xfail_mosquitto(reason="accepts a repeated Content Type property")
+@pytest.mark.xfail_mosquitto(reason="closes without DISCONNECT 0x82")
 def test_v5_duplicate_property(raw):
     """A property that may appear once, sent twice (Content Type): Protocol Error 0x82.
     (5.0 section 2.2.2.2)"""
@@ -268,7 +270,6 @@ def test_v5_duplicate_property(raw):
     _expect_dropped(r, 5, (0x82,))
 
 
-@pytest.mark.xfail_mosquitto(reason="accepts an unknown property identifier")
 def test_v5_unknown_property(raw):
     """An unknown property identifier (0x7F) in a PUBLISH: Malformed Packet 0x81 or Protocol
     Error 0x82. (5.0 section 2.2.2.2)"""
@@ -284,7 +285,7 @@ def test_v5_unknown_property(raw):
 def test_announced_length_above_max_packet_size_refused_at_once(broker, raw, version):
     """Only a fixed header announcing a 100 MB PUBLISH (max_packet_size 1 MiB): the connection
     is closed at once, before any payload is sent or buffered; 5.0 gets DISCONNECT 0x95 (Packet
-    too large). [MQTT-3.2.2-?] (5.0 section 3.1.2.11.4 / 4.13)"""
+    too large). (5.0 sections 3.2.2.3.6 and 4.13; issue: refused before buffering)"""
     r = _connected(raw, version)
     rss_before = broker.rss_kb()
     r.send(b"\x30" + R.varint(100_000_000))
@@ -361,8 +362,10 @@ def test_many_idle_connections_all_closed(broker):
                 s = key.fileobj
                 try:
                     data = s.recv(4096)
-                except (ConnectionResetError, BlockingIOError):
-                    data = b"" if not isinstance(s, BlockingIOError) else None
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    data = b""
                 if not data:
                     sel.unregister(s)
                     open_.discard(s)
@@ -408,6 +411,8 @@ def test_qos0_flood_does_not_starve_others(broker, raw, client, topic):
     t.join(1)
 
 
+@pytest.mark.xfail_mosquitto(reason="buffers everything for a subscriber that does not read "
+                             "(RSS grows past 700 MB)")
 def test_stuck_subscriber_memory_bounded(broker, raw, client, topic):
     """Subscribers that stop reading their socket (QoS 0 and QoS 1) while a publisher floods
     400 MB at them: the broker's memory stays bounded (VmRSS under 200 MB), the publisher is

@@ -642,8 +642,15 @@ fn position(src: &str, offset: usize) -> Position {
     let before = src.get(..offset).unwrap_or(src);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before.get(line_start..).map_or(1, |s| s.chars().count() + 1);
-    let line_text = src.get(line_start..).unwrap_or("").lines().next().unwrap_or("");
+    let column = before
+        .get(line_start..)
+        .map_or(1, |s| s.chars().count() + 1);
+    let line_text = src
+        .get(line_start..)
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("");
     let table = before.lines().rev().find_map(|l| {
         let t = l.trim();
         let inner = t.strip_prefix('[')?;
@@ -709,7 +716,9 @@ fn describe_toml_error(err: &toml::de::Error, src: &str, source_name: &str) -> S
     }
 
     if let Some(rest) = msg.strip_prefix("invalid type: ") {
-        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "another type"));
+        let (found, expected) = rest
+            .split_once(", expected ")
+            .unwrap_or((rest, "another type"));
         let what = match &value_key {
             Some(k) => key_path(k),
             None => "this value".to_string(),
@@ -722,7 +731,9 @@ fn describe_toml_error(err: &toml::de::Error, src: &str, source_name: &str) -> S
     }
 
     if let Some(rest) = msg.strip_prefix("invalid value: ") {
-        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "another value"));
+        let (found, expected) = rest
+            .split_once(", expected ")
+            .unwrap_or((rest, "another value"));
         let value = found
             .split('`')
             .nth(1)
@@ -782,7 +793,10 @@ fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     // A key with a word left off or added, e.g. "max_packets" for "max_packet_size".
     let stem = name.trim_end_matches('s');
     if stem.len() >= 6 {
-        return known.iter().copied().find(|k| k.starts_with(stem) || stem.starts_with(*k));
+        return known
+            .iter()
+            .copied()
+            .find(|k| k.starts_with(stem) || stem.starts_with(*k));
     }
     None
 }

@@ -16,7 +16,8 @@ use makelaar_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::router::{ConnHandle, Outbound, ToRouter};
+use crate::outbox::{Drained, Outbox};
+use crate::router::ToRouter;
 use crate::Counters;
 
 /// Stop reading from the client and from the router while this many bytes wait to be written:
@@ -25,6 +26,8 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// CONNECT is small; a larger first packet is refused before it is buffered.
 const MAX_CONNECT_SIZE: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
+/// Packets taken from the outbox per lock.
+const OUTBOX_BATCH: usize = 64;
 /// How long and how much of a closing client's input is drained (see `Io::linger`).
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_MAX_BYTES: usize = 256 * 1024;
@@ -61,15 +64,13 @@ where
     decoder.set_max_packet_size(ctx.limits.max_packet_size as usize);
     let version = connect.protocol;
     let mut state = ConnState::new(Instant::now(), &connect, &ctx.limits);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let handle = ConnHandle { tx, pending: pending.clone() };
+    let outbox = Arc::new(Outbox::default());
     tracing::info!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
-    let msg = ToRouter::Connect { conn, connect: Box::new(connect), out: handle };
+    let msg = ToRouter::Connect { conn, connect: Box::new(connect), out: outbox.clone() };
     if ctx.router.send(msg).await.is_err() {
         return;
     }
-    let mut io = Io { rd, wr, rbuf, wbuf: BytesMut::new(), decoder, version, conn, ctx: ctx.clone(), pending, rx };
+    let mut io = Io { rd, wr, rbuf, wbuf: BytesMut::new(), decoder, version, conn, ctx: ctx.clone(), outbox, drained: Drained::default() };
     let end = io.serve(&mut state).await;
     let reason = match end {
         End::Closed => None,
@@ -146,8 +147,8 @@ struct Io<R, W> {
     version: ProtocolVersion,
     conn: ConnId,
     ctx: Arc<ConnCtx>,
-    pending: Arc<std::sync::atomic::AtomicUsize>,
-    rx: mpsc::UnboundedReceiver<Outbound>,
+    outbox: Arc<Outbox>,
+    drained: Drained,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
@@ -177,17 +178,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                         }
                     }
                 }
-                out = self.rx.recv(), if room && !closing => {
-                    match out {
-                        Some(o) => closing = self.take_outbound(o, state),
-                        None => return End::Closed,
-                    }
-                    while !closing && self.wbuf.len() < WRITE_HIGH_WATER {
-                        match self.rx.try_recv() {
-                            Ok(o) => closing = self.take_outbound(o, state),
-                            Err(_) => break,
-                        }
-                    }
+                _ = self.outbox.ready(), if room && !closing => {
+                    closing = self.take_outbound(state);
                 }
                 w = write_some(&mut self.wr, &mut self.wbuf, &mut needs_flush), if !self.wbuf.is_empty() || needs_flush => {
                     match w {
@@ -234,23 +226,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
         }
     }
 
-    /// Encodes one packet from the router; true when the router asked to close.
-    fn take_outbound(&mut self, o: Outbound, state: &mut ConnState) -> bool {
-        match o {
-            Outbound::Packet(mut p, cost) => {
-                self.pending.fetch_sub(cost, Ordering::Relaxed);
+    /// Encodes every packet the router queued, up to the write high-water mark; true when
+    /// the router asked to close (after them).
+    fn take_outbound(&mut self, state: &mut ConnState) -> bool {
+        let mut closing = false;
+        while !closing && self.wbuf.len() < WRITE_HIGH_WATER {
+            self.outbox.drain(&mut self.drained, OUTBOX_BATCH);
+            if self.drained.packets.is_empty() {
+                return self.drained.close;
+            }
+            while let Some(mut p) = self.drained.packets.pop_front() {
                 if let Packet::ConnAck(ack) = &p {
+                    // A refused CONNECT: nothing may follow its CONNACK [MQTT-3.2.2-7].
                     if ack.reason.is_error() {
                         self.encode(&p);
+                        self.drained.packets.clear();
                         return true;
                     }
                 }
                 state.outbound(&mut p);
                 self.encode(&p);
-                false
             }
-            Outbound::Close => true,
+            closing = self.drained.close;
         }
+        closing
     }
 
     fn encode(&mut self, p: &Packet) {

@@ -12,6 +12,7 @@
 pub mod config;
 mod connection;
 pub mod listener;
+mod outbox;
 mod router;
 mod sys;
 pub mod tls;

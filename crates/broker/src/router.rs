@@ -3,23 +3,24 @@
 //! channel. Nothing else touches sessions, subscriptions or retained messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use makelaar_core::session::ConnId;
 use makelaar_core::{Action, Broker};
-use makelaar_proto::{Connect, Packet, QoS, ReasonCode};
+use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox::{Outbox, Refused};
 use crate::sys::SysPublisher;
 use crate::Counters;
 
 /// What a connection task tells the router.
 pub enum ToRouter {
-    /// A CONNECT was received; `out` is where the router sends this connection's packets.
-    Connect { conn: ConnId, connect: Box<Connect>, out: ConnHandle },
+    /// A CONNECT was received; `out` is where the router puts this connection's packets.
+    Connect { conn: ConnId, connect: Box<Connect>, out: Arc<Outbox> },
     /// A packet from a connected client, already checked by its `ConnState`.
     Packet { conn: ConnId, packet: Packet },
     /// The connection broke the protocol; the task has told the client (5.0) and closes.
@@ -28,37 +29,9 @@ pub enum ToRouter {
     Lost { conn: ConnId },
 }
 
-/// What the router tells a connection task.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Encode and write this packet; `cost` is what it counts against the outgoing budget.
-    Packet(Packet, usize),
-    /// Write what came before, then close.
-    Close,
-}
-
-/// The router's end of one connection.
-#[derive(Clone)]
-pub struct ConnHandle {
-    pub tx: mpsc::UnboundedSender<Outbound>,
-    /// Bytes sent to the channel and not yet taken by the connection task. The channel is
-    /// unbounded on purpose (the router must never wait on one slow client), so this budget
-    /// bounds it: QoS 0 messages past `max_outgoing_bytes` are dropped, QoS 1/2 ones are
-    /// bounded by the inflight window and the session queue.
-    pub pending: Arc<AtomicUsize>,
-}
-
-/// Estimated memory a packet holds while queued to a connection.
-pub fn packet_cost(p: &Packet) -> usize {
-    match p {
-        Packet::Publish(p) => p.topic.len() + p.payload.len() + 64,
-        _ => 64,
-    }
-}
-
 pub(crate) struct Router {
     broker: Broker,
-    conns: HashMap<ConnId, ConnHandle>,
+    conns: HashMap<ConnId, Arc<Outbox>>,
     max_outgoing: usize,
     counters: Arc<Counters>,
     sys: SysPublisher,
@@ -136,26 +109,19 @@ impl Router {
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) {
-        let Some(h) = self.conns.get(&conn) else { return };
-        let cost = packet_cost(&packet);
-        let is_qos0_publish = matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce);
-        if is_qos0_publish && h.pending.load(Ordering::Relaxed) + cost > self.max_outgoing {
+        let Some(out) = self.conns.get(&conn) else { return };
+        if out.push(packet, self.max_outgoing) == Err(Refused::OverBudget) {
             self.counters.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
             if self.slow_logged.insert(conn, ()).is_none() {
                 tracing::warn!(conn, max_outgoing_bytes = self.max_outgoing, "client is not reading fast enough: dropping QoS 0 messages to it (max_outgoing_bytes)");
             }
-            return;
-        }
-        h.pending.fetch_add(cost, Ordering::Relaxed);
-        if h.tx.send(Outbound::Packet(packet, cost)).is_err() {
-            // The task is gone; its Lost message is on its way.
         }
     }
 
     fn close(&mut self, conn: ConnId) {
         self.slow_logged.remove(&conn);
-        if let Some(h) = self.conns.remove(&conn) {
-            let _ = h.tx.send(Outbound::Close);
+        if let Some(out) = self.conns.remove(&conn) {
+            out.close();
         }
     }
 }

@@ -41,10 +41,8 @@ impl TempDir {
     fn new() -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "makelaar-config-test-{}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("makelaar-config-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -105,7 +103,10 @@ fn every_limit_is_in_the_example_and_the_docs() {
             example.contains(&format!("\n{key} = ")),
             "{key} missing from the example"
         );
-        assert!(docs.contains(&format!("`{key}`")), "{key} missing from the docs");
+        assert!(
+            docs.contains(&format!("`{key}`")),
+            "{key} missing from the docs"
+        );
     }
 }
 
@@ -163,7 +164,10 @@ max_session_expiry = 4294967295
     assert_eq!(limits.max_qos, 1);
     assert_eq!(limits.receive_maximum, 1);
     assert!(limits.queue_qos0_messages);
-    assert_eq!(limits.max_inflight_messages, Limits::default().max_inflight_messages);
+    assert_eq!(
+        limits.max_inflight_messages,
+        Limits::default().max_inflight_messages
+    );
 }
 
 #[test]
@@ -203,7 +207,9 @@ fn unknown_key_at_top_level_lists_the_keys() {
 fn unknown_table() {
     let msg = parse_err("[limit]\nmax_qos = 1\n");
     assert!(
-        msg.starts_with("makelaar.toml:1:2: unknown key \"limit\" at the top level; did you mean \"limits\"?"),
+        msg.starts_with(
+            "makelaar.toml:1:2: unknown key \"limit\" at the top level; did you mean \"limits\"?"
+        ),
         "{msg}"
     );
 }
@@ -330,10 +336,14 @@ fn tls_listener_needs_cert_and_key() {
         "listener \"mqtts://0.0.0.0:8883\" needs a certificate: pass --cert FILE and --key FILE \
          (PEM), or set cert and key in the config file"
     );
-    assert!(parse_err("listen = [\"mqtts://0.0.0.0:8883\"]\ncert = \"c.pem\"")
-        .contains("has a certificate but no private key: pass --key FILE"));
-    assert!(parse_err("listen = [\"mqtts://0.0.0.0:8883\"]\nkey = \"k.pem\"")
-        .contains("has a private key but no certificate: pass --cert FILE"));
+    assert!(
+        parse_err("listen = [\"mqtts://0.0.0.0:8883\"]\ncert = \"c.pem\"")
+            .contains("has a certificate but no private key: pass --key FILE")
+    );
+    assert!(
+        parse_err("listen = [\"mqtts://0.0.0.0:8883\"]\nkey = \"k.pem\"")
+            .contains("has a private key but no certificate: pass --cert FILE")
+    );
 }
 
 #[test]
@@ -477,7 +487,9 @@ async fn files_without_certificate_or_key() {
     assert!(bind_err(&swapped_key)
         .await
         .contains("holds no private key; give --key a PEM file"));
-    let garbage = pki.dir.write("garbage.pem", "-----BEGIN CERTIFICATE-----\n!!!\n");
+    let garbage = pki
+        .dir
+        .write("garbage.pem", "-----BEGIN CERTIFICATE-----\n!!!\n");
     let bad_pem = tls_listener(TlsSettings {
         cert: garbage,
         ..settings(&pki)
@@ -533,7 +545,10 @@ async fn port_in_use() {
 #[tokio::test]
 async fn address_not_on_this_machine() {
     // 192.0.2.0/24 is TEST-NET-1: never assigned to a real interface.
-    let cfg = parse("listen = [\"mqtt://192.0.2.1:1883\"]").unwrap().listeners[0].clone();
+    let cfg = parse("listen = [\"mqtt://192.0.2.1:1883\"]")
+        .unwrap()
+        .listeners[0]
+        .clone();
     assert!(bind_err(&cfg)
         .await
         .contains("which is not an address of this machine"));
@@ -543,7 +558,10 @@ async fn address_not_on_this_machine() {
 // Real connections
 
 async fn plain_round_trip() {
-    let cfg = parse("listen = [\"mqtt://127.0.0.1:0\"]").unwrap().listeners[0].clone();
+    let cfg = parse("listen = [\"mqtt://127.0.0.1:0\"]")
+        .unwrap()
+        .listeners[0]
+        .clone();
     let listener = Listener::bind(&cfg).await.unwrap();
     assert_ne!(listener.local_addr().port(), 0);
     assert_eq!(listener.url(), "mqtt://127.0.0.1:0");
@@ -647,9 +665,12 @@ async fn tls_listener_carries_bytes() {
     assert!(stream.is_tls());
     assert!(stream.peer_certificates().is_none());
     // TLS 1.2 works too.
-    let stream = tls_exchange(&listener, client_config(&pki, false, &[&rustls::version::TLS12]))
-        .await
-        .unwrap();
+    let stream = tls_exchange(
+        &listener,
+        client_config(&pki, false, &[&rustls::version::TLS12]),
+    )
+    .await
+    .unwrap();
     assert!(stream.is_tls());
 }
 

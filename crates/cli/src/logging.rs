@@ -1,5 +1,7 @@
 //! Logging to stderr through tracing-subscriber.
 
+use std::io::IsTerminal;
+
 use makelaar_broker::listener::STATUS_TARGET;
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +30,8 @@ pub fn init(log_level: Option<&str>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }

@@ -224,6 +224,8 @@ mod tests {
         let err = serve_args(&["--require-certificate"])
             .build_config()
             .unwrap_err();
-        assert!(err.to_string().starts_with("--require-certificate needs --cafile FILE"));
+        assert!(err
+            .to_string()
+            .starts_with("--require-certificate needs --cafile FILE"));
     }
 }

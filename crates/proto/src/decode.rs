@@ -90,7 +90,8 @@ impl Decoder {
     /// `Ok(None)` when more bytes are needed (`buf` untouched).
     ///
     /// Before a version is known (a server before CONNECT), only CONNECT is accepted, and it
-    /// sets the version from its protocol name and level. A remaining length that makes the
+    /// sets the version from its protocol name and level, even when the rest of the CONNECT
+    /// then turns out to be invalid (so the CONNACK refusing it can use the client's version). A remaining length that makes the
     /// packet exceed the maximum packet size is [`DecodeError::TooLarge`] as soon as the fixed
     /// header is readable, before the body is buffered. After an error the stream cannot be
     /// resynchronised: the connection is to be closed (with a reason code from
@@ -119,10 +120,13 @@ impl Decoder {
         let mut r = Reader::new(packet.freeze());
 
         if ptype == CONNECT {
-            let connect = decode_connect(&mut r)?;
+            let protocol = decode_protocol(&mut r)?;
+            // Set as soon as it is known, so that after an error in the rest of the CONNECT
+            // the server can still answer with a CONNACK of the client's version.
             if self.version.is_none() {
-                self.version = Some(connect.protocol);
+                self.version = Some(protocol);
             }
+            let connect = decode_connect(&mut r, protocol)?;
             return Ok(Some(Packet::Connect(Box::new(connect))));
         }
         // check_fixed_header refused every other packet type while the version is unknown.
@@ -257,10 +261,11 @@ fn check_payload_format(props: &Properties, payload: &[u8]) -> Result<(), Decode
     Ok(())
 }
 
-fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
+/// The protocol name and level that open a CONNECT.
+fn decode_protocol(r: &mut Reader) -> Result<ProtocolVersion, DecodeError> {
     let name = r.binary()?;
     let level = r.u8()?;
-    let protocol = match (&name[..], level) {
+    Ok(match (&name[..], level) {
         (b"MQTT", 4) => ProtocolVersion::V311,
         (b"MQTT", 5) => ProtocolVersion::V5,
         (b"MQIsdp", 3) => ProtocolVersion::V31,
@@ -269,7 +274,11 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         (b"MQTT", _) | (b"MQIsdp", _) => return Err(DecodeError::UnsupportedProtocol),
         // [MQTT-3.1.2-1] an unknown protocol name: the server may disconnect.
         _ => return Err(DecodeError::Protocol("unknown protocol name")),
-    };
+    })
+}
+
+/// The rest of a CONNECT, after its protocol name and level.
+fn decode_connect(r: &mut Reader, protocol: ProtocolVersion) -> Result<Connect, DecodeError> {
     let v5 = protocol.is_v5();
     let flags = r.u8()?;
     // [MQTT-3.1.2-3] the reserved flag must be 0.

@@ -247,6 +247,21 @@ fn connect_sets_decoder_version() {
 }
 
 #[test]
+fn invalid_connect_still_reveals_the_version() {
+    // A 5.0 CONNECT with a malformed property: the server answers CONNACK 0x81 in 5.0 form.
+    let mut d = Decoder::new(1024);
+    let mut buf = BytesMut::from(&connect_v5(0x02, &[0x23, 0, 1], &[0, 0])[..]);
+    assert!(matches!(d.decode(&mut buf), Err(DecodeError::Malformed(_))));
+    assert_eq!(d.version(), Some(V5));
+    // An unsupported level leaves it unknown.
+    let mut d = Decoder::new(1024);
+    let body = [0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 10, 0, 1, b'c'];
+    let mut buf = BytesMut::from(&frame(0x10, &body)[..]);
+    assert_eq!(d.decode(&mut buf), Err(DecodeError::UnsupportedProtocol));
+    assert_eq!(d.version(), None);
+}
+
+#[test]
 fn first_packet_must_be_connect() {
     // [MQTT-3.1.0-1] before CONNECT the version of anything else is unknown.
     protocol(None, &[0xC0, 0x00]);
