@@ -61,6 +61,8 @@ pub struct Config {
     pub in_memory: bool,
     /// Directory for the durable store (unused for now).
     pub data_dir: PathBuf,
+    /// Topic filters refused outright: SUBACK 0x80 for a SUBSCRIBE to exactly this filter.
+    pub deny_subscriptions: Vec<String>,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             sys_interval: Duration::from_secs(DEFAULT_SYS_INTERVAL_SECS),
             in_memory: true,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            deny_subscriptions: Vec::new(),
         }
     }
 }
@@ -185,6 +188,9 @@ pub struct ConfigFile {
     /// Directory for the durable store (unused for now).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Topic filters every SUBSCRIBE to is refused with reason code 0x80.
+    #[serde(default)]
+    pub deny_subscriptions: Option<Vec<String>>,
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -291,7 +297,18 @@ impl ConfigFile {
             )));
         }
 
+        let deny_subscriptions = self.deny_subscriptions.unwrap_or_default();
+        for filter in &deny_subscriptions {
+            if let Err(e) = makelaar_proto::topic::validate_topic_filter(filter) {
+                return Err(ConfigError::Invalid(format!(
+                    "{source_name}: deny_subscriptions entry \"{filter}\" is not a valid topic \
+                     filter ({e}); write it as a client would subscribe to it"
+                )));
+            }
+        }
+
         Ok(Config {
+            deny_subscriptions,
             listeners,
             limits: self.limits.into(),
             sys_interval: Duration::from_secs(

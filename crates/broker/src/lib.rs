@@ -69,7 +69,7 @@ impl Server {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
         let policy = Policy {
-            deny_subscriptions: Vec::new(), // wired to config below
+            deny_subscriptions: config.deny_subscriptions.clone(),
             response_information_prefix: "response/".into(),
         };
         let seed = SystemTime::now()
