@@ -45,10 +45,16 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut rbuf = BytesMut::new();
-    let mut decoder = Decoder::new(ctx.limits.max_packet_size.min(MAX_CONNECT_SIZE as u32) as usize);
+    let mut decoder =
+        Decoder::new(ctx.limits.max_packet_size.min(MAX_CONNECT_SIZE as u32) as usize);
     let deadline = tokio::time::Instant::now() + ctx.limits.connect_timeout;
     // [MQTT-3.1.0-1] the first packet must be CONNECT, within connect_timeout.
-    let connect = match tokio::time::timeout_at(deadline, read_connect(&mut rd, &mut rbuf, &mut decoder, &ctx)).await {
+    let connect = match tokio::time::timeout_at(
+        deadline,
+        read_connect(&mut rd, &mut rbuf, &mut decoder, &ctx),
+    )
+    .await
+    {
         Ok(Ok(c)) => c,
         Ok(Err(reply)) => {
             if let Some(bytes) = reply {
@@ -66,23 +72,46 @@ where
     let mut state = ConnState::new(Instant::now(), &connect, &ctx.limits);
     let outbox = Arc::new(Outbox::default());
     tracing::info!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
-    let msg = ToRouter::Connect { conn, connect: Box::new(connect), out: outbox.clone() };
+    let msg = ToRouter::Connect {
+        conn,
+        connect: Box::new(connect),
+        out: outbox.clone(),
+    };
     if ctx.router.send(msg).await.is_err() {
         return;
     }
-    let mut io = Io { rd, wr, rbuf, wbuf: BytesMut::new(), decoder, version, conn, ctx: ctx.clone(), outbox, drained: Drained::default() };
+    let mut io = Io {
+        rd,
+        wr,
+        rbuf,
+        wbuf: BytesMut::new(),
+        decoder,
+        version,
+        conn,
+        ctx: ctx.clone(),
+        outbox,
+        drained: Drained::default(),
+    };
     let end = io.serve(&mut state).await;
     let reason = match end {
         End::Closed => None,
-        End::Lost(why) => Some(ToRouter::Lost { conn }).inspect(|_| tracing::debug!(%peer, why, "connection lost")),
+        End::Lost(why) => Some(ToRouter::Lost { conn })
+            .inspect(|_| tracing::debug!(%peer, why, "connection lost")),
         End::Violation(v) => {
             tracing::debug!(%peer, reason = %v.reason, text = v.text, "closing connection: protocol violation");
             if version.is_v5() {
                 // [MQTT-4.13.1-1] tell a 5.0 client why before closing.
-                let d = Packet::Disconnect(Disconnect { reason: v.reason, ..Disconnect::default() });
+                let d = Packet::Disconnect(Disconnect {
+                    reason: v.reason,
+                    ..Disconnect::default()
+                });
                 io.write_now(&d).await;
             }
-            Some(ToRouter::Violation { conn, reason: v.reason, text: v.text })
+            Some(ToRouter::Violation {
+                conn,
+                reason: v.reason,
+                text: v.text,
+            })
         }
     };
     if let Some(msg) = reason {
@@ -103,12 +132,18 @@ async fn read_connect<R: AsyncRead + Unpin>(
         match decoder.decode(rbuf) {
             Ok(Some(Packet::Connect(c))) => return Ok(*c),
             Ok(Some(other)) => {
-                tracing::debug!(packet = other.name(), "first packet is not CONNECT: closing");
+                tracing::debug!(
+                    packet = other.name(),
+                    "first packet is not CONNECT: closing"
+                );
                 return Err(None);
             }
             Err(DecodeError::UnsupportedProtocol) => {
                 // [MQTT-3.1.2-2] answer CONNACK 0x01 (3.1.1 form) and close.
-                let ack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
+                let ack = ConnAck {
+                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    ..ConnAck::default()
+                };
                 let mut out = BytesMut::new();
                 let _ = Packet::ConnAck(ack).encode(ProtocolVersion::V311, &mut out);
                 return Err(Some(out.to_vec()));
@@ -123,7 +158,9 @@ async fn read_connect<R: AsyncRead + Unpin>(
         match rd.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(n) => {
-                ctx.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                ctx.counters
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
         }
     }
@@ -160,7 +197,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                 return End::Closed;
             }
             let room = self.wbuf.len() < WRITE_HIGH_WATER;
-            let keep_alive = state.keep_alive_deadline().map(tokio::time::Instant::from_std);
+            let keep_alive = state
+                .keep_alive_deadline()
+                .map(tokio::time::Instant::from_std);
             let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
             if self.rbuf.capacity() - self.rbuf.len() < 512 {
                 self.rbuf.reserve(READ_CHUNK);
@@ -208,16 +247,25 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                         DecodeError::PayloadFormatInvalid => "payload is not UTF-8 as announced",
                         _ => "malformed packet",
                     };
-                    return Err(End::Violation(Violation { reason: e.reason_code(), text }));
+                    return Err(End::Violation(Violation {
+                        reason: e.reason_code(),
+                        text,
+                    }));
                 }
             };
-            self.ctx.counters.packets_received.fetch_add(1, Ordering::Relaxed);
+            self.ctx
+                .counters
+                .packets_received
+                .fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
             match state.inbound(now, &mut packet) {
                 Err(v) => return Err(End::Violation(v)),
                 Ok(false) => self.encode(&Packet::PingResp),
                 Ok(true) => {
-                    let msg = ToRouter::Packet { conn: self.conn, packet };
+                    let msg = ToRouter::Packet {
+                        conn: self.conn,
+                        packet,
+                    };
                     if self.ctx.router.send(msg).await.is_err() {
                         return Err(End::Closed);
                     }
@@ -257,7 +305,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
             tracing::warn!(error = %e, packet = p.name(), "could not encode packet; not sent");
             return;
         }
-        self.ctx.counters.packets_sent.fetch_add(1, Ordering::Relaxed);
+        self.ctx
+            .counters
+            .packets_sent
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Closes gently: our side is shut down first, then what the client still sends is read
@@ -289,7 +340,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
 
 /// One write of the buffered bytes, or a flush once they are all written (TLS keeps records
 /// in its own buffer until flushed).
-async fn write_some<W: AsyncWrite + Unpin>(wr: &mut W, wbuf: &mut BytesMut, needs_flush: &mut bool) -> std::io::Result<usize> {
+async fn write_some<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &mut BytesMut,
+    needs_flush: &mut bool,
+) -> std::io::Result<usize> {
     if wbuf.is_empty() {
         wr.flush().await?;
         *needs_flush = false;

@@ -63,7 +63,10 @@ impl Server {
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);
         }
-        let addrs = listeners.iter().map(|l| (l.url().to_owned(), l.local_addr())).collect();
+        let addrs = listeners
+            .iter()
+            .map(|l| (l.url().to_owned(), l.local_addr()))
+            .collect();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
@@ -79,12 +82,27 @@ impl Server {
         let sys = SysPublisher::new(config.sys_interval, Instant::now());
         let router = Router::new(broker, counters.clone(), sys);
         let router = tokio::spawn(router.run(rx, shutdown.clone()));
-        let ctx = Arc::new(ConnCtx { limits: config.limits, router: tx, counters });
+        let ctx = Arc::new(ConnCtx {
+            limits: config.limits,
+            router: tx,
+            counters,
+        });
         let next_conn = Arc::new(AtomicU64::new(1));
         for l in listeners {
-            tasks.spawn(accept_loop(l, ctx.clone(), next_conn.clone(), tasks.clone(), shutdown.clone()));
+            tasks.spawn(accept_loop(
+                l,
+                ctx.clone(),
+                next_conn.clone(),
+                tasks.clone(),
+                shutdown.clone(),
+            ));
         }
-        Ok(Server { addrs, shutdown, tasks, router })
+        Ok(Server {
+            addrs,
+            shutdown,
+            tasks,
+            router,
+        })
     }
 
     /// The bound address of each listener, with its URL as configured.

@@ -73,7 +73,10 @@ impl Outbox {
 
     /// Asks the connection task to close after writing what is queued.
     pub fn close(&self) {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).close = true;
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .close = true;
         self.notify.notify_one();
     }
 
@@ -111,7 +114,11 @@ mod tests {
     use std::sync::Arc;
 
     fn qos0(payload: usize) -> Packet {
-        Packet::Publish(Publish { topic: Arc::from("t"), payload: vec![0u8; payload].into(), ..Publish::default() })
+        Packet::Publish(Publish {
+            topic: Arc::from("t"),
+            payload: vec![0u8; payload].into(),
+            ..Publish::default()
+        })
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub(crate) struct SysPublisher {
 impl SysPublisher {
     /// `interval` of zero turns `$SYS` off.
     pub(crate) fn new(interval: Duration, now: Instant) -> SysPublisher {
-        SysPublisher { interval: (!interval.is_zero()).then_some(interval), next: now }
+        SysPublisher {
+            interval: (!interval.is_zero()).then_some(interval),
+            next: now,
+        }
     }
 
     /// When the next publication is due (far away when turned off).
@@ -29,8 +32,16 @@ impl SysPublisher {
     }
 
     /// Publishes every figure when due.
-    pub(crate) fn maybe_publish(&mut self, now: Instant, start: Instant, broker: &mut Broker, c: &Counters) {
-        let Some(interval) = self.interval else { return };
+    pub(crate) fn maybe_publish(
+        &mut self,
+        now: Instant,
+        start: Instant,
+        broker: &mut Broker,
+        c: &Counters,
+    ) {
+        let Some(interval) = self.interval else {
+            return;
+        };
         if now < self.next {
             return;
         }
@@ -40,23 +51,54 @@ impl SysPublisher {
         let total = broker.sessions_total();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
         let figures: Vec<(&str, String)> = vec![
-            ("$SYS/broker/version", format!("makelaar version {}", env!("CARGO_PKG_VERSION"))),
-            ("$SYS/broker/uptime", format!("{} seconds", now.duration_since(start).as_secs())),
+            (
+                "$SYS/broker/version",
+                format!("makelaar version {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", now.duration_since(start).as_secs()),
+            ),
             ("$SYS/broker/clients/connected", connected.to_string()),
             ("$SYS/broker/clients/active", connected.to_string()),
-            ("$SYS/broker/clients/disconnected", total.saturating_sub(connected).to_string()),
+            (
+                "$SYS/broker/clients/disconnected",
+                total.saturating_sub(connected).to_string(),
+            ),
             ("$SYS/broker/clients/total", total.to_string()),
-            ("$SYS/broker/clients/maximum", stats.max_connected.to_string()),
-            ("$SYS/broker/clients/expired", stats.sessions_expired.to_string()),
+            (
+                "$SYS/broker/clients/maximum",
+                stats.max_connected.to_string(),
+            ),
+            (
+                "$SYS/broker/clients/expired",
+                stats.sessions_expired.to_string(),
+            ),
             ("$SYS/broker/messages/received", load(&c.packets_received)),
             ("$SYS/broker/messages/sent", load(&c.packets_sent)),
-            ("$SYS/broker/publish/messages/received", stats.messages_received.to_string()),
-            ("$SYS/broker/publish/messages/sent", stats.messages_sent.to_string()),
-            ("$SYS/broker/publish/messages/dropped", (stats.dropped_queue_full + c.dropped_slow_client.load(Ordering::Relaxed)).to_string()),
+            (
+                "$SYS/broker/publish/messages/received",
+                stats.messages_received.to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/sent",
+                stats.messages_sent.to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped",
+                (stats.dropped_queue_full + c.dropped_slow_client.load(Ordering::Relaxed))
+                    .to_string(),
+            ),
             ("$SYS/broker/bytes/received", load(&c.bytes_received)),
             ("$SYS/broker/bytes/sent", load(&c.bytes_sent)),
-            ("$SYS/broker/subscriptions/count", broker.subscription_count().to_string()),
-            ("$SYS/broker/retained messages/count", broker.retained_count().to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                broker.subscription_count().to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                broker.retained_count().to_string(),
+            ),
         ];
         for (topic, value) in figures {
             broker.publish_internal(now, topic, Bytes::from(value));

@@ -60,7 +60,11 @@ impl ConnState {
     /// State for a connection whose CONNECT was accepted, with the keep-alive in force.
     pub fn new(now: Instant, connect: &Connect, limits: &Limits) -> ConnState {
         let (keep_alive, _) = effective_keep_alive(connect, limits);
-        let alias_slots = if connect.protocol.is_v5() { limits.topic_alias_maximum } else { 0 };
+        let alias_slots = if connect.protocol.is_v5() {
+            limits.topic_alias_maximum
+        } else {
+            0
+        };
         ConnState {
             version: connect.protocol,
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
@@ -94,9 +98,12 @@ impl ConnState {
                 self.count_inbound(p.qos, p.packet_id)?;
                 Ok(true)
             }
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
-                Violation::new(ReasonCode::PROTOCOL_ERROR, "a client sent a server-only packet"),
-            ),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Violation::new(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "a client sent a server-only packet",
+                ))
+            }
             _ => Ok(true),
         }
     }
@@ -109,7 +116,10 @@ impl ConnState {
         let slot = usize::from(alias)
             .checked_sub(1)
             .and_then(|i| self.inbound_aliases.get_mut(i))
-            .ok_or(Violation::new(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"))?;
+            .ok_or(Violation::new(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                "topic alias out of range",
+            ))?;
         if p.topic.is_empty() {
             match slot {
                 Some(topic) => p.topic = topic.clone(),
@@ -194,7 +204,11 @@ mod tests {
 
     fn connect(v5: bool, keep_alive: u16) -> Connect {
         Connect {
-            protocol: if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 },
+            protocol: if v5 {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V311
+            },
             clean_start: true,
             keep_alive,
             client_id: "c".into(),
@@ -206,25 +220,48 @@ mod tests {
     }
 
     fn publish(topic: &str, alias: Option<u16>, qos: QoS, id: u16) -> Packet {
-        let mut p = Publish { topic: Arc::from(topic), qos, packet_id: id, ..Publish::default() };
+        let mut p = Publish {
+            topic: Arc::from(topic),
+            qos,
+            packet_id: id,
+            ..Publish::default()
+        };
         p.properties.topic_alias = alias;
         Packet::Publish(p)
     }
 
     #[test]
     fn keep_alive_is_capped_for_v5_only() {
-        let limits = Limits { max_keep_alive: 60, ..Limits::default() };
-        assert_eq!(effective_keep_alive(&connect(true, 120), &limits), (60, Some(60)));
-        assert_eq!(effective_keep_alive(&connect(true, 0), &limits), (60, Some(60)));
-        assert_eq!(effective_keep_alive(&connect(true, 30), &limits), (30, None));
-        assert_eq!(effective_keep_alive(&connect(false, 120), &limits), (120, None));
+        let limits = Limits {
+            max_keep_alive: 60,
+            ..Limits::default()
+        };
+        assert_eq!(
+            effective_keep_alive(&connect(true, 120), &limits),
+            (60, Some(60))
+        );
+        assert_eq!(
+            effective_keep_alive(&connect(true, 0), &limits),
+            (60, Some(60))
+        );
+        assert_eq!(
+            effective_keep_alive(&connect(true, 30), &limits),
+            (30, None)
+        );
+        assert_eq!(
+            effective_keep_alive(&connect(false, 120), &limits),
+            (120, None)
+        );
     }
 
     #[test]
     fn keep_alive_deadline_is_one_and_a_half_times() {
         let now = Instant::now();
         let st = ConnState::new(now, &connect(false, 10), &Limits::default());
-        assert_eq!(st.keep_alive_deadline(), Some(now + Duration::from_secs(15)));
+        assert_eq!(
+            st.keep_alive_deadline(),
+            Some(now + Duration::from_secs(15))
+        );
         let st = ConnState::new(now, &connect(false, 0), &Limits::default());
         assert_eq!(st.keep_alive_deadline(), None);
     }
@@ -242,23 +279,38 @@ mod tests {
             _ => unreachable!(),
         }
         let mut p = publish("x", Some(11), QoS::AtMostOnce, 0);
-        assert_eq!(st.inbound(now, &mut p).unwrap_err().reason, ReasonCode::TOPIC_ALIAS_INVALID);
+        assert_eq!(
+            st.inbound(now, &mut p).unwrap_err().reason,
+            ReasonCode::TOPIC_ALIAS_INVALID
+        );
         let mut p = publish("", Some(2), QoS::AtMostOnce, 0);
-        assert_eq!(st.inbound(now, &mut p).unwrap_err().reason, ReasonCode::PROTOCOL_ERROR);
+        assert_eq!(
+            st.inbound(now, &mut p).unwrap_err().reason,
+            ReasonCode::PROTOCOL_ERROR
+        );
     }
 
     #[test]
     fn receive_maximum_is_enforced_and_released_by_acks() {
         let now = Instant::now();
-        let limits = Limits { receive_maximum: 2, ..Limits::default() };
+        let limits = Limits {
+            receive_maximum: 2,
+            ..Limits::default()
+        };
         let mut st = ConnState::new(now, &connect(true, 0), &limits);
-        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 1)).unwrap();
-        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2)).unwrap();
+        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 1))
+            .unwrap();
+        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2))
+            .unwrap();
         // A resent PUBLISH with the same id takes no new slot.
-        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2)).unwrap();
+        st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2))
+            .unwrap();
         st.outbound(&mut Packet::PubComp(PubAck::new(1)));
-        st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 3)).unwrap();
-        let err = st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 4)).unwrap_err();
+        st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 3))
+            .unwrap();
+        let err = st
+            .inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 4))
+            .unwrap_err();
         assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
     }
 
@@ -288,6 +340,9 @@ mod tests {
         let now = Instant::now();
         let mut st = ConnState::new(now, &connect(false, 0), &Limits::default());
         let mut p = Packet::Connect(Box::new(connect(false, 0)));
-        assert_eq!(st.inbound(now, &mut p).unwrap_err().reason, ReasonCode::PROTOCOL_ERROR);
+        assert_eq!(
+            st.inbound(now, &mut p).unwrap_err().reason,
+            ReasonCode::PROTOCOL_ERROR
+        );
     }
 }

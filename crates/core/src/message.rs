@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use makelaar_proto::{Properties, Publish, QoS};
 
+/// Payloads up to this size are copied out of the read buffer (see `from_publish`).
+const COPY_BELOW: usize = 4096;
+
 /// One application message. Routed as `Arc<Message>`: fan-out to many subscribers shares one
 /// copy of the topic, payload and properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +37,16 @@ impl Message {
         let expires_at = properties
             .message_expiry_interval
             .map(|s| now + Duration::from_secs(u64::from(s)));
+        // The decoder hands out the payload as a slice of the connection's read buffer; a small
+        // message kept (queued, retained) would pin that whole buffer, so small ones are copied.
+        let payload = if publish.payload.len() <= COPY_BELOW {
+            Bytes::copy_from_slice(&publish.payload)
+        } else {
+            publish.payload
+        };
         Message {
             topic: publish.topic,
-            payload: publish.payload,
+            payload,
             qos: publish.qos,
             retain: publish.retain,
             properties,
@@ -70,7 +80,8 @@ impl Message {
     pub fn to_publish(&self, delivery: &Delivery, now: Instant, v5: bool) -> Publish {
         let properties = if v5 {
             let mut p = self.properties.clone();
-            p.subscription_identifiers.clone_from(&delivery.subscription_ids);
+            p.subscription_identifiers
+                .clone_from(&delivery.subscription_ids);
             p.message_expiry_interval = self.remaining_expiry(now);
             p
         } else {

@@ -129,7 +129,10 @@ impl Session {
 
     /// Takes the inflight entry with this packet id out of the window.
     pub fn take_inflight(&mut self, packet_id: u16) -> Option<Inflight> {
-        let pos = self.inflight.iter().position(|m| m.packet_id == packet_id)?;
+        let pos = self
+            .inflight
+            .iter()
+            .position(|m| m.packet_id == packet_id)?;
         self.inflight.remove(pos)
     }
 

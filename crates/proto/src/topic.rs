@@ -21,7 +21,9 @@ pub enum TopicError {
     MisplacedSingleLevel,
     /// [MQTT-4.8.2-1], [MQTT-4.8.2-2] a shared subscription needs a group name without
     /// wildcards and a non-empty filter.
-    #[error("shared subscription must be $share/GROUP/FILTER with a group name without '+', '#' or '/'")]
+    #[error(
+        "shared subscription must be $share/GROUP/FILTER with a group name without '+', '#' or '/'"
+    )]
     InvalidShare,
     /// [MQTT-4.7.3-3] topics are at most 65,535 bytes of UTF-8.
     #[error("topic is longer than 65,535 bytes")]
@@ -129,21 +131,51 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/+/c", "a/#", "+/+", "/+", "$share/g/a/#", "$SYS/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/+/c",
+            "a/#",
+            "+/+",
+            "/+",
+            "$share/g/a/#",
+            "$SYS/#",
+        ] {
             assert!(validate_topic_filter(ok).is_ok(), "{ok}");
         }
-        assert_eq!(validate_topic_filter("a/#/c"), Err(TopicError::MisplacedMultiLevel));
-        assert_eq!(validate_topic_filter("a#"), Err(TopicError::MisplacedMultiLevel));
-        assert_eq!(validate_topic_filter("a/b+"), Err(TopicError::MisplacedSingleLevel));
-        assert_eq!(validate_topic_filter("$share/g"), Err(TopicError::InvalidShare));
-        assert_eq!(validate_topic_filter("$share//a"), Err(TopicError::InvalidShare));
-        assert_eq!(validate_topic_filter("$share/g+/a"), Err(TopicError::InvalidShare));
+        assert_eq!(
+            validate_topic_filter("a/#/c"),
+            Err(TopicError::MisplacedMultiLevel)
+        );
+        assert_eq!(
+            validate_topic_filter("a#"),
+            Err(TopicError::MisplacedMultiLevel)
+        );
+        assert_eq!(
+            validate_topic_filter("a/b+"),
+            Err(TopicError::MisplacedSingleLevel)
+        );
+        assert_eq!(
+            validate_topic_filter("$share/g"),
+            Err(TopicError::InvalidShare)
+        );
+        assert_eq!(
+            validate_topic_filter("$share//a"),
+            Err(TopicError::InvalidShare)
+        );
+        assert_eq!(
+            validate_topic_filter("$share/g+/a"),
+            Err(TopicError::InvalidShare)
+        );
     }
 
     #[test]
     fn matching() {
         assert!(filter_matches("sport/tennis/+", "sport/tennis/player1"));
-        assert!(!filter_matches("sport/tennis/+", "sport/tennis/player1/ranking"));
+        assert!(!filter_matches(
+            "sport/tennis/+",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(filter_matches("sport/#", "sport")); // [MQTT-4.7.1-2] parent level
         assert!(filter_matches("#", "a/b"));
         assert!(!filter_matches("#", "$SYS/x")); // [MQTT-4.7.2-1]

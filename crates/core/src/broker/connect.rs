@@ -28,10 +28,14 @@ impl Broker {
         }
         let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
         let existing = self.by_client_id.get(&client_id).copied();
-        let is_takeover = existing.is_some_and(|i| self.session(i).is_some_and(|s| s.conn.is_some()));
+        let is_takeover =
+            existing.is_some_and(|i| self.session(i).is_some_and(|s| s.conn.is_some()));
         let max = self.limits.max_connections;
         if max != 0 && !is_takeover && self.conns.len() >= max {
-            tracing::warn!(max_connections = max, "connection refused: max_connections reached");
+            tracing::warn!(
+                max_connections = max,
+                "connection refused: max_connections reached"
+            );
             self.refuse(conn, ReasonCode::QUOTA_EXCEEDED, connect.protocol);
             return;
         }
@@ -40,7 +44,10 @@ impl Broker {
         }
         let (idx, session_present) = self.open_session(now, &client_id, &connect);
         self.attach(idx, conn, &connect);
-        let mut ack = ConnAck { session_present, ..ConnAck::default() };
+        let mut ack = ConnAck {
+            session_present,
+            ..ConnAck::default()
+        };
         if v5 {
             ack.properties = self.connack_properties(&connect, assigned);
         }
@@ -86,7 +93,10 @@ impl Broker {
 
     fn refuse(&mut self, conn: ConnId, reason: ReasonCode, version: ProtocolVersion) {
         tracing::debug!(conn, %reason, "CONNECT refused");
-        let mut ack = ConnAck { reason, ..ConnAck::default() };
+        let mut ack = ConnAck {
+            reason,
+            ..ConnAck::default()
+        };
         if version.is_v5() {
             ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
         }
@@ -108,13 +118,18 @@ impl Broker {
     /// [MQTT-3.1.4-3]) and publish its will unless the session carries on and the will
     /// was to wait [MQTT-3.1.3-9].
     fn take_over(&mut self, now: Instant, idx: SessionIdx, connect: &Connect) {
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         let Some(old) = s.conn.take() else { return };
         let old_v5 = s.version.is_v5();
         let will = s.will.take();
         self.conns.remove(&old);
         if old_v5 {
-            let d = Disconnect { reason: ReasonCode::SESSION_TAKEN_OVER, ..Disconnect::default() };
+            let d = Disconnect {
+                reason: ReasonCode::SESSION_TAKEN_OVER,
+                ..Disconnect::default()
+            };
             self.send(old, Packet::Disconnect(d));
         }
         self.actions.push_back(Action::Close(old));
@@ -127,7 +142,12 @@ impl Broker {
     }
 
     /// Finds or creates the session for `client_id`: returns it and the session-present flag.
-    fn open_session(&mut self, now: Instant, client_id: &Arc<str>, c: &Connect) -> (SessionIdx, bool) {
+    fn open_session(
+        &mut self,
+        now: Instant,
+        client_id: &Arc<str>,
+        c: &Connect,
+    ) -> (SessionIdx, bool) {
         if let Some(idx) = self.by_client_id.get(client_id).copied() {
             if c.clean_start {
                 self.end_session(now, idx); // [MQTT-3.1.2-4] clean start discards it
@@ -168,7 +188,9 @@ impl Broker {
     fn attach(&mut self, idx: SessionIdx, conn: ConnId, c: &Connect) {
         let max_inflight = self.limits.max_inflight_messages;
         let expiry = self.session_expiry_for(c);
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         s.conn = Some(conn);
         s.version = c.protocol;
         s.will = c.will.clone();
@@ -229,9 +251,17 @@ impl Broker {
     /// DISCONNECT from the client: the will is discarded unless the reason is 0x04
     /// [MQTT-3.14.4-3]; a 5.0 client may change the session expiry here, but not from 0
     /// [MQTT-3.14.2-2].
-    pub(super) fn handle_disconnect(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, d: Disconnect) {
+    pub(super) fn handle_disconnect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        idx: SessionIdx,
+        d: Disconnect,
+    ) {
         let max_expiry = self.limits.max_session_expiry;
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         if let Some(new) = d.properties.session_expiry_interval {
             if s.expiry_interval == 0 && new != 0 {
                 let text = "session expiry set on DISCONNECT after CONNECT gave 0";
@@ -251,8 +281,12 @@ impl Broker {
     /// shared-subscription messages to other members, ends or schedules the end of the
     /// session.
     pub(super) fn detach(&mut self, now: Instant, conn: ConnId) {
-        let Some(idx) = self.conns.remove(&conn) else { return };
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(idx) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         s.conn = None;
         let expiry = s.expiry_interval;
         if let Some(will) = s.will.take() {
@@ -281,7 +315,9 @@ impl Broker {
     /// session ends first [MQTT-3.1.3-9].
     pub(super) fn end_session(&mut self, now: Instant, idx: SessionIdx) {
         self.cancel_timer(idx);
-        let Some(slot) = self.sessions.get_mut(idx as usize) else { return };
+        let Some(slot) = self.sessions.get_mut(idx as usize) else {
+            return;
+        };
         let Some(mut s) = slot.take() else { return };
         for (filter, _) in s.subscriptions.drain() {
             self.unsubscribe_filter(idx, &filter);
@@ -292,7 +328,12 @@ impl Broker {
             self.conns.remove(&conn);
         }
         let pending = s.pending_will.take();
-        let leftovers: Vec<_> = s.inflight.drain(..).map(|m| m.delivery).chain(s.queue.drain(..)).collect();
+        let leftovers: Vec<_> = s
+            .inflight
+            .drain(..)
+            .map(|m| m.delivery)
+            .chain(s.queue.drain(..))
+            .collect();
         if let Some(will) = pending {
             self.publish_will_message(now, &s.client_id, will);
         }
@@ -300,7 +341,9 @@ impl Broker {
     }
 
     fn publish_will(&mut self, now: Instant, idx: SessionIdx, will: Will) {
-        let Some(id) = self.session(idx).map(|s| s.client_id.clone()) else { return };
+        let Some(id) = self.session(idx).map(|s| s.client_id.clone()) else {
+            return;
+        };
         self.publish_will_message(now, &id, will);
     }
 
@@ -351,7 +394,9 @@ impl Broker {
     }
 
     pub(super) fn session_timer_fired(&mut self, now: Instant, idx: SessionIdx) {
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         if s.conn.is_some() {
             return;
         }
@@ -361,7 +406,10 @@ impl Broker {
                 self.publish_will(now, idx, will);
             }
         }
-        let expired = self.session(idx).and_then(|s| s.expires_at).is_some_and(|t| t <= now);
+        let expired = self
+            .session(idx)
+            .and_then(|s| s.expires_at)
+            .is_some_and(|t| t <= now);
         if expired {
             self.stats.sessions_expired += 1;
             self.end_session(now, idx);

@@ -28,6 +28,9 @@ pub use shared::SharedSubscriptions;
 pub type SessionIdx = u32;
 
 /// What the shell must do after a `handle_*` call.
+// `Packet` is large (properties inline); boxing it would cost an allocation per packet on the
+// hot path to save a memcpy, and actions are short-lived.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send this packet on that connection, after everything sent before.
@@ -182,7 +185,10 @@ impl Broker {
         tracing::debug!(conn, %reason, text, "closing connection");
         if let Some(s) = self.conns.get(&conn).and_then(|&i| self.session(i)) {
             if s.version.is_v5() {
-                let d = Disconnect { reason, ..Disconnect::default() };
+                let d = Disconnect {
+                    reason,
+                    ..Disconnect::default()
+                };
                 self.send(conn, Packet::Disconnect(d));
             }
         }
@@ -212,7 +218,10 @@ impl Broker {
         let conns: Vec<(ConnId, SessionIdx)> = self.conns.iter().map(|(&c, &i)| (c, i)).collect();
         for (conn, idx) in conns {
             if self.session(idx).is_some_and(|s| s.version.is_v5()) {
-                let d = Disconnect { reason, ..Disconnect::default() };
+                let d = Disconnect {
+                    reason,
+                    ..Disconnect::default()
+                };
                 self.send(conn, Packet::Disconnect(d));
             }
             self.actions.push_back(Action::Close(conn));
@@ -257,7 +266,8 @@ impl Broker {
     }
 
     fn version_of(&self, idx: SessionIdx) -> ProtocolVersion {
-        self.session(idx).map_or(ProtocolVersion::V311, |s| s.version)
+        self.session(idx)
+            .map_or(ProtocolVersion::V311, |s| s.version)
     }
 }
 

@@ -19,19 +19,37 @@ struct Target {
 }
 
 impl Broker {
-    pub(super) fn handle_publish(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, p: Publish) {
+    pub(super) fn handle_publish(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        idx: SessionIdx,
+        p: Publish,
+    ) {
         if p.qos as u8 > self.limits.max_qos {
             // [MQTT-3.2.2-11] more than the Maximum QoS we announced.
-            self.protocol_violation(now, conn, ReasonCode::QOS_NOT_SUPPORTED, "QoS not supported");
+            self.protocol_violation(
+                now,
+                conn,
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "QoS not supported",
+            );
             return;
         }
         if p.retain && !self.limits.retain_available {
             // [MQTT-3.3.1-? ] retain was announced as not available.
-            self.protocol_violation(now, conn, ReasonCode::RETAIN_NOT_SUPPORTED, "retain not supported");
+            self.protocol_violation(
+                now,
+                conn,
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retain not supported",
+            );
             return;
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         if qos == QoS::ExactlyOnce && !s.begin_inbound_qos2(packet_id) {
             // [MQTT-4.3.3-10] a resent QoS 2 PUBLISH is acknowledged again, not delivered again.
             self.send(conn, Packet::PubRec(PubAck::new(packet_id)));
@@ -108,7 +126,7 @@ impl Broker {
                 i += 1;
             }
             let delivery = Delivery {
-                qos: msg.qos.min(qos), // [MQTT-3.8.4-8]
+                qos: msg.qos.min(qos),     // [MQTT-3.8.4-8]
                 retain: msg.retain && rap, // [MQTT-3.3.1-12] [MQTT-3.3.1-13]
                 msg: msg.clone(),
                 subscription_ids: ids,
@@ -124,7 +142,9 @@ impl Broker {
     /// queued if it must be kept, dropped otherwise.
     pub(super) fn deliver(&mut self, now: Instant, idx: SessionIdx, d: Delivery) {
         let queue_qos0 = self.limits.queue_qos0_messages;
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         match s.conn {
             Some(conn) if d.qos == QoS::AtMostOnce => self.transmit(now, idx, conn, d, 0),
             Some(conn) if s.window_open() && s.queue.is_empty() => {
@@ -139,8 +159,13 @@ impl Broker {
     }
 
     fn enqueue(&mut self, idx: SessionIdx, d: Delivery) {
-        let (max_msgs, max_bytes) = (self.limits.max_queued_messages, self.limits.max_queued_bytes);
-        let Some(s) = self.session_mut(idx) else { return };
+        let (max_msgs, max_bytes) = (
+            self.limits.max_queued_messages,
+            self.limits.max_queued_bytes,
+        );
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         let over_bytes = max_bytes != 0 && s.queued_bytes + d.msg.weight() > max_bytes;
         if s.queue.len() >= max_msgs || over_bytes {
             if !s.drop_logged {
@@ -154,12 +179,21 @@ impl Broker {
     }
 
     /// Sends one delivery on the connection; QoS 1/2 take a packet id and a window slot.
-    fn transmit(&mut self, now: Instant, idx: SessionIdx, conn: ConnId, d: Delivery, packet_id: u16) {
+    fn transmit(
+        &mut self,
+        now: Instant,
+        idx: SessionIdx,
+        conn: ConnId,
+        d: Delivery,
+        packet_id: u16,
+    ) {
         if d.msg.is_expired(now) {
             self.stats.dropped_expired += 1; // [MQTT-3.3.2-5]
             return;
         }
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         let mut publish = d.msg.to_publish(&d, now, s.version.is_v5());
         publish.packet_id = packet_id;
         let packet = Packet::Publish(publish);
@@ -171,7 +205,11 @@ impl Broker {
             }
         }
         if d.qos != QoS::AtMostOnce {
-            s.inflight.push_back(Inflight { packet_id, delivery: d, state: OutboundState::AwaitingAck });
+            s.inflight.push_back(Inflight {
+                packet_id,
+                delivery: d,
+                state: OutboundState::AwaitingAck,
+            });
         }
         self.stats.messages_sent += 1;
         self.send(conn, packet);
@@ -180,7 +218,9 @@ impl Broker {
     /// Moves queued messages into the inflight window while it has room.
     pub(super) fn fill_window(&mut self, now: Instant, idx: SessionIdx) {
         loop {
-            let Some(s) = self.session_mut(idx) else { return };
+            let Some(s) = self.session_mut(idx) else {
+                return;
+            };
             let Some(conn) = s.conn else { return };
             if !s.window_open() {
                 return;
@@ -189,7 +229,11 @@ impl Broker {
                 s.drop_logged = false;
                 return;
             };
-            let packet_id = if d.qos == QoS::AtMostOnce { 0 } else { s.next_packet_id() };
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                s.next_packet_id()
+            };
             self.transmit(now, idx, conn, d, packet_id);
         }
     }
@@ -197,7 +241,9 @@ impl Broker {
     /// On session resume, re-sends unacknowledged PUBLISH with DUP set and PUBREL for those
     /// already received, in their original order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
     pub(super) fn resend_inflight(&mut self, now: Instant, idx: SessionIdx) {
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         let Some(conn) = s.conn else { return };
         let v5 = s.version.is_v5();
         let mut packets = Vec::with_capacity(s.inflight.len());
@@ -218,10 +264,12 @@ impl Broker {
     }
 
     pub(super) fn handle_puback(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {
-        let Some(s) = self.session_mut(idx) else { return };
-        let acked = s
-            .inflight_mut(packet_id)
-            .is_some_and(|m| m.state == OutboundState::AwaitingAck && m.delivery.qos == QoS::AtLeastOnce);
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
+        let acked = s.inflight_mut(packet_id).is_some_and(|m| {
+            m.state == OutboundState::AwaitingAck && m.delivery.qos == QoS::AtLeastOnce
+        });
         if acked {
             s.take_inflight(packet_id);
             self.fill_window(now, idx);
@@ -229,7 +277,9 @@ impl Broker {
     }
 
     pub(super) fn handle_pubrec(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, a: PubAck) {
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         let v5 = s.version.is_v5();
         let mut rel = PubAck::new(a.packet_id);
         match s.inflight_mut(a.packet_id) {
@@ -249,7 +299,9 @@ impl Broker {
     }
 
     pub(super) fn handle_pubrel(&mut self, conn: ConnId, idx: SessionIdx, packet_id: u16) {
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         let known = s.end_inbound_qos2(packet_id);
         let mut comp = PubAck::new(packet_id);
         if !known && s.version.is_v5() {
@@ -259,8 +311,12 @@ impl Broker {
     }
 
     pub(super) fn handle_pubcomp(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {
-        let Some(s) = self.session_mut(idx) else { return };
-        let done = s.inflight_mut(packet_id).is_some_and(|m| m.state == OutboundState::AwaitingComp);
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
+        let done = s
+            .inflight_mut(packet_id)
+            .is_some_and(|m| m.state == OutboundState::AwaitingComp);
         if done {
             s.take_inflight(packet_id);
             self.fill_window(now, idx);

@@ -17,6 +17,7 @@ struct Group {
 }
 
 /// All shared-subscription groups, indexed by their filter.
+#[derive(Default)]
 pub struct SharedSubscriptions {
     tree: TopicTree<u32, ()>,
     groups: Vec<Option<Group>>,
@@ -25,26 +26,23 @@ pub struct SharedSubscriptions {
     members: usize,
 }
 
-impl Default for SharedSubscriptions {
-    fn default() -> Self {
-        SharedSubscriptions {
-            tree: TopicTree::new(),
-            groups: Vec::new(),
-            free: Vec::new(),
-            by_name: HashMap::new(),
-            members: 0,
-        }
-    }
-}
-
 impl SharedSubscriptions {
     /// Adds or replaces a member; `full` is `$share/GROUP/FILTER`, `filter` its FILTER part.
     /// Returns whether the session was already a member.
-    pub fn subscribe(&mut self, full: &str, filter: &str, idx: SessionIdx, sub: Subscription) -> bool {
+    pub fn subscribe(
+        &mut self,
+        full: &str,
+        filter: &str,
+        idx: SessionIdx,
+        sub: Subscription,
+    ) -> bool {
         let g = match self.by_name.get(full) {
             Some(&g) => g,
             None => {
-                let group = Group { members: Vec::new(), next: 0 };
+                let group = Group {
+                    members: Vec::new(),
+                    next: 0,
+                };
                 let g = match self.free.pop() {
                     Some(g) => {
                         if let Some(slot) = self.groups.get_mut(g as usize) {
@@ -62,7 +60,9 @@ impl SharedSubscriptions {
                 g
             }
         };
-        let Some(group) = self.group_mut(g) else { return false };
+        let Some(group) = self.group_mut(g) else {
+            return false;
+        };
         if let Some(m) = group.members.iter_mut().find(|m| m.0 == idx) {
             m.1 = sub;
             return true;
@@ -74,9 +74,15 @@ impl SharedSubscriptions {
 
     /// Removes a member; the group goes when its last member does. Returns whether it was one.
     pub fn unsubscribe(&mut self, full: &str, filter: &str, idx: SessionIdx) -> bool {
-        let Some(&g) = self.by_name.get(full) else { return false };
-        let Some(group) = self.group_mut(g) else { return false };
-        let Some(pos) = group.members.iter().position(|m| m.0 == idx) else { return false };
+        let Some(&g) = self.by_name.get(full) else {
+            return false;
+        };
+        let Some(group) = self.group_mut(g) else {
+            return false;
+        };
+        let Some(pos) = group.members.iter().position(|m| m.0 == idx) else {
+            return false;
+        };
         group.members.remove(pos);
         let empty = group.members.is_empty();
         self.members -= 1;
@@ -105,7 +111,9 @@ impl Broker {
     /// Sends the message to one member of every matching group; returns how many got it.
     pub(super) fn route_shared(&mut self, now: Instant, msg: &std::sync::Arc<Message>) -> usize {
         let mut hit: Vec<u32> = Vec::new();
-        self.shared.tree.for_each_match(&msg.topic, |g, _| hit.push(g));
+        self.shared
+            .tree
+            .for_each_match(&msg.topic, |g, _| hit.push(g));
         let mut count = 0;
         for g in hit {
             if let Some((idx, sub)) = self.pick_member(g, None) {
@@ -125,8 +133,16 @@ impl Broker {
 
     /// Round-robin over the group, preferring a connected member with room in its window,
     /// then any connected member, then anyone (who keeps it queued).
-    fn pick_member(&mut self, g: u32, exclude: Option<SessionIdx>) -> Option<(SessionIdx, Subscription)> {
-        let group = self.shared.groups.get(g as usize).and_then(Option::as_ref)?;
+    fn pick_member(
+        &mut self,
+        g: u32,
+        exclude: Option<SessionIdx>,
+    ) -> Option<(SessionIdx, Subscription)> {
+        let group = self
+            .shared
+            .groups
+            .get(g as usize)
+            .and_then(Option::as_ref)?;
         let n = group.members.len();
         let start = group.next % n.max(1);
         let order = (0..n).map(|k| (start + k) % n);
@@ -134,11 +150,15 @@ impl Broker {
         let mut any = None;
         let mut chosen = None;
         for pos in order {
-            let Some((idx, _)) = group.members.get(pos) else { continue };
+            let Some((idx, _)) = group.members.get(pos) else {
+                continue;
+            };
             if Some(*idx) == exclude {
                 continue;
             }
-            let Some(s) = self.sessions.get(*idx as usize).and_then(Option::as_ref) else { continue };
+            let Some(s) = self.sessions.get(*idx as usize).and_then(Option::as_ref) else {
+                continue;
+            };
             any.get_or_insert(pos);
             if s.conn.is_some() {
                 connected.get_or_insert(pos);
@@ -159,7 +179,9 @@ impl Broker {
     /// A member went offline: its unacknowledged shared messages go to other connected
     /// members, so a group keeps flowing without it [MQTT-4.8.2-?] (5.0 section 4.8.2).
     pub(super) fn redistribute_shared(&mut self, now: Instant, idx: SessionIdx) {
-        let Some(s) = self.session_mut(idx) else { return };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
         let mut moved = Vec::new();
         let mut keep = std::collections::VecDeque::new();
         for m in s.inflight.drain(..) {

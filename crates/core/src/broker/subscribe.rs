@@ -15,7 +15,13 @@ use crate::message::{Delivery, Message};
 use crate::session::{ConnId, Subscription};
 
 impl Broker {
-    pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, sub: Subscribe) {
+    pub(super) fn handle_subscribe(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        idx: SessionIdx,
+        sub: Subscribe,
+    ) {
         let v5 = self.version_of(idx).is_v5();
         let id = sub.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(sub.filters.len());
@@ -37,7 +43,11 @@ impl Broker {
                 Err(code) => reasons.push(code),
             }
         }
-        let ack = SubAck { packet_id: sub.packet_id, reasons, ..SubAck::default() };
+        let ack = SubAck {
+            packet_id: sub.packet_id,
+            reasons,
+            ..SubAck::default()
+        };
         self.send(conn, Packet::SubAck(ack));
         for (filter, granted) in retained_for {
             self.send_retained(now, idx, &filter, granted, id);
@@ -54,21 +64,40 @@ impl Broker {
         id: Option<u32>,
         v5: bool,
     ) -> Result<(QoS, bool), ReasonCode> {
-        let invalid = if v5 { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR };
+        let invalid = if v5 {
+            ReasonCode::TOPIC_FILTER_INVALID
+        } else {
+            ReasonCode::UNSPECIFIED_ERROR
+        };
         validate_topic_filter(filter).map_err(|_| invalid)?;
         if self.policy.deny_subscriptions.iter().any(|d| d == filter) {
             return Err(ReasonCode::UNSPECIFIED_ERROR);
         }
         let max_subs = self.limits.max_subscriptions_per_session;
-        let granted = options.qos.min(QoS::from_u8(self.limits.max_qos).unwrap_or(QoS::ExactlyOnce));
-        let options = SubscriptionOptions { qos: granted, ..options };
+        let granted = options
+            .qos
+            .min(QoS::from_u8(self.limits.max_qos).unwrap_or(QoS::ExactlyOnce));
+        let options = SubscriptionOptions {
+            qos: granted,
+            ..options
+        };
         let subscription = Subscription { options, id };
         let s = self.session_mut(idx).ok_or(ReasonCode::UNSPECIFIED_ERROR)?;
-        if max_subs != 0 && s.subscriptions.len() >= max_subs && !s.subscriptions.contains_key(filter) {
+        if max_subs != 0
+            && s.subscriptions.len() >= max_subs
+            && !s.subscriptions.contains_key(filter)
+        {
             tracing::warn!(client_id = %s.client_id, max_subscriptions_per_session = max_subs, "subscription refused: max_subscriptions_per_session reached");
-            return Err(if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR });
+            return Err(if v5 {
+                ReasonCode::QUOTA_EXCEEDED
+            } else {
+                ReasonCode::UNSPECIFIED_ERROR
+            });
         }
-        let existed = s.subscriptions.insert(filter.to_owned(), subscription.clone()).is_some();
+        let existed = s
+            .subscriptions
+            .insert(filter.to_owned(), subscription.clone())
+            .is_some();
         let shared = matches!(parse_shared(filter), Ok(Some(_)));
         match parse_shared(filter) {
             Ok(Some((_, inner))) => {
@@ -90,7 +119,14 @@ impl Broker {
 
     /// Sends the retained messages matching a new subscription, with the retain flag set
     /// [MQTT-3.3.1-8] [MQTT-3.8.4-4].
-    fn send_retained(&mut self, now: Instant, idx: SessionIdx, filter: &str, granted: QoS, id: Option<u32>) {
+    fn send_retained(
+        &mut self,
+        now: Instant,
+        idx: SessionIdx,
+        filter: &str,
+        granted: QoS,
+        id: Option<u32>,
+    ) {
         let mut found: Vec<Arc<Message>> = Vec::new();
         self.retained.for_each_match(filter, |_, m| {
             if !m.is_expired(now) {
@@ -119,12 +155,20 @@ impl Broker {
             if existed {
                 self.unsubscribe_filter(idx, filter);
             }
-            reasons.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+            reasons.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
         }
         if !v5 {
             reasons.clear();
         }
-        let ack = UnsubAck { packet_id: u.packet_id, reasons, ..UnsubAck::default() };
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            ..UnsubAck::default()
+        };
         self.send(conn, Packet::UnsubAck(ack));
     }
 

@@ -1,5 +1,10 @@
 //! Tests of the broker rules without a socket: a fake clock and the actions it emits.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,8 +43,15 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: &str) -> Packet {
 }
 
 fn subscribe(id: u16, filter: &str, qos: QoS) -> Packet {
-    let opts = SubscriptionOptions { qos, ..SubscriptionOptions::default() };
-    Packet::Subscribe(Subscribe { packet_id: id, filters: vec![(filter.into(), opts)], ..Default::default() })
+    let opts = SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    };
+    Packet::Subscribe(Subscribe {
+        packet_id: id,
+        filters: vec![(filter.into(), opts)],
+        ..Default::default()
+    })
 }
 
 impl Harness {
@@ -48,7 +60,10 @@ impl Harness {
     }
 
     fn with(limits: Limits) -> Harness {
-        Harness { broker: Broker::new(limits, Policy::default(), 7), now: Instant::now() }
+        Harness {
+            broker: Broker::new(limits, Policy::default(), 7),
+            now: Instant::now(),
+        }
     }
 
     fn advance(&mut self, secs: u64) {
@@ -90,14 +105,27 @@ impl Harness {
     }
 
     fn closed(&mut self, conn: ConnId) -> bool {
-        let found = self.broker.actions.iter().any(|a| *a == Action::Close(conn));
+        let found = self
+            .broker
+            .actions
+            .iter()
+            .any(|a| *a == Action::Close(conn));
         self.broker.actions.retain(|a| *a != Action::Close(conn));
         found
     }
 }
 
 fn publishes(packets: &[Packet]) -> Vec<&Publish> {
-    packets.iter().filter_map(|p| if let Packet::Publish(p) = p { Some(p) } else { None }).collect()
+    packets
+        .iter()
+        .filter_map(|p| {
+            if let Packet::Publish(p) = p {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -106,22 +134,38 @@ fn qos1_is_acknowledged_and_delivered_at_the_lower_qos() {
     h.connect(1, connect("sub", ProtocolVersion::V311, true));
     h.connect(2, connect("pub", ProtocolVersion::V311, true));
     let ack = h.packet(1, subscribe(1, "a/+", QoS::AtMostOnce));
-    assert_eq!(ack, vec![Packet::SubAck(SubAck { packet_id: 1, reasons: vec![ReasonCode::GRANTED_QOS_0], ..Default::default() })]);
+    assert_eq!(
+        ack,
+        vec![Packet::SubAck(SubAck {
+            packet_id: 1,
+            reasons: vec![ReasonCode::GRANTED_QOS_0],
+            ..Default::default()
+        })]
+    );
     let out = h.packet(2, publish("a/b", QoS::AtLeastOnce, 9, "x"));
     assert_eq!(out, vec![Packet::PubAck(PubAck::new(9))]);
     let got = h.take(1);
     let p = publishes(&got);
     assert_eq!(p.len(), 1);
     // [MQTT-3.8.4-8] delivered at min(published, granted).
-    assert_eq!((p[0].qos, p[0].packet_id, p[0].retain), (QoS::AtMostOnce, 0, false));
+    assert_eq!(
+        (p[0].qos, p[0].packet_id, p[0].retain),
+        (QoS::AtMostOnce, 0, false)
+    );
 }
 
 #[test]
 fn overlapping_subscriptions_give_one_copy_at_the_highest_qos_with_every_identifier() {
     let mut h = Harness::new();
     h.connect(1, connect("sub", ProtocolVersion::V5, true));
-    for (pid, filter, qos, sid) in [(1, "a/#", QoS::AtLeastOnce, 1), (2, "a/+", QoS::ExactlyOnce, 2)] {
-        let mut s = match subscribe(pid, filter, qos) { Packet::Subscribe(s) => s, _ => unreachable!() };
+    for (pid, filter, qos, sid) in [
+        (1, "a/#", QoS::AtLeastOnce, 1),
+        (2, "a/+", QoS::ExactlyOnce, 2),
+    ] {
+        let mut s = match subscribe(pid, filter, qos) {
+            Packet::Subscribe(s) => s,
+            _ => unreachable!(),
+        };
         s.properties.subscription_identifiers = vec![sid];
         h.packet(1, Packet::Subscribe(s));
     }
@@ -142,22 +186,29 @@ fn qos2_inbound_is_delivered_once_even_when_resent() {
     h.connect(1, connect("sub", ProtocolVersion::V311, true));
     h.packet(1, subscribe(1, "t", QoS::ExactlyOnce));
     h.connect(2, connect("pub", ProtocolVersion::V311, true));
-    assert_eq!(h.packet(2, publish("t", QoS::ExactlyOnce, 5, "x")), vec![Packet::PubRec(PubAck::new(5))]);
+    assert_eq!(
+        h.packet(2, publish("t", QoS::ExactlyOnce, 5, "x")),
+        vec![Packet::PubRec(PubAck::new(5))]
+    );
     let mut dup = publish("t", QoS::ExactlyOnce, 5, "x");
     if let Packet::Publish(p) = &mut dup {
         p.dup = true;
     }
     // [MQTT-4.3.3-10] acknowledged again, not delivered again.
     assert_eq!(h.packet(2, dup), vec![Packet::PubRec(PubAck::new(5))]);
-    assert_eq!(h.packet(2, Packet::PubRel(PubAck::new(5))), vec![Packet::PubComp(PubAck::new(5))]);
+    assert_eq!(
+        h.packet(2, Packet::PubRel(PubAck::new(5))),
+        vec![Packet::PubComp(PubAck::new(5))]
+    );
     assert_eq!(publishes(&h.take(1)).len(), 1);
 }
 
 #[test]
 fn outbound_qos2_handshake_frees_the_window() {
-    let mut limits = Limits::default();
-    limits.max_inflight_messages = 1;
-    let mut h = Harness::with(limits);
+    let mut h = Harness::with(Limits {
+        max_inflight_messages: 1,
+        ..Limits::default()
+    });
     h.connect(1, connect("sub", ProtocolVersion::V311, true));
     h.packet(1, subscribe(1, "t", QoS::ExactlyOnce));
     h.connect(2, connect("pub", ProtocolVersion::V311, true));
@@ -193,15 +244,19 @@ fn persistent_session_queues_while_offline_and_resends_unacked_with_dup() {
     let p = publishes(&got);
     assert_eq!(p.len(), 2);
     // [MQTT-4.4.0-1] the unacknowledged one first, same id, DUP set.
-    assert_eq!((p[0].packet_id, p[0].dup, &p[0].payload[..]), (pid, true, &b"inflight"[..]));
+    assert_eq!(
+        (p[0].packet_id, p[0].dup, &p[0].payload[..]),
+        (pid, true, &b"inflight"[..])
+    );
     assert_eq!((&p[1].payload[..], p[1].dup), (&b"queued"[..], false));
 }
 
 #[test]
 fn queue_is_bounded_by_max_queued_messages() {
-    let mut limits = Limits::default();
-    limits.max_queued_messages = 3;
-    let mut h = Harness::with(limits);
+    let mut h = Harness::with(Limits {
+        max_queued_messages: 3,
+        ..Limits::default()
+    });
     h.connect(1, connect("sub", ProtocolVersion::V311, false));
     h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
     h.broker.handle_connection_lost(h.now, 1);
@@ -223,7 +278,9 @@ fn clean_session_discards_state_and_takeover_closes_the_old_connection() {
     assert!(!ack.session_present);
     // [MQTT-3.1.4-3] the old connection is told 0x8E and closed.
     let old = h.take(1);
-    assert!(matches!(&old[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER));
+    assert!(
+        matches!(&old[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER)
+    );
     assert!(h.closed(1));
     assert_eq!(h.broker.subscription_count(), 0);
 }
@@ -235,7 +292,13 @@ fn will_is_published_on_loss_not_on_disconnect_and_v5_0x04_sends_it() {
     h.packet(9, subscribe(1, "wills/#", QoS::AtLeastOnce));
     let with_will = |id: &str| {
         let mut c = connect(id, ProtocolVersion::V5, true);
-        c.will = Some(Will { topic: format!("wills/{id}"), payload: Bytes::from_static(b"gone"), qos: QoS::AtLeastOnce, retain: false, properties: Properties::default() });
+        c.will = Some(Will {
+            topic: format!("wills/{id}"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
         c
     };
     h.connect(1, with_will("lost"));
@@ -243,7 +306,13 @@ fn will_is_published_on_loss_not_on_disconnect_and_v5_0x04_sends_it() {
     h.connect(2, with_will("polite"));
     h.packet(2, Packet::Disconnect(Disconnect::default()));
     h.connect(3, with_will("with-will"));
-    h.packet(3, Packet::Disconnect(Disconnect { reason: ReasonCode::DISCONNECT_WITH_WILL, ..Default::default() }));
+    h.packet(
+        3,
+        Packet::Disconnect(Disconnect {
+            reason: ReasonCode::DISCONNECT_WITH_WILL,
+            ..Default::default()
+        }),
+    );
     let got = h.take(9);
     let topics: Vec<&str> = publishes(&got).iter().map(|p| &*p.topic).collect();
     assert_eq!(topics, vec!["wills/lost", "wills/with-will"]);
@@ -257,9 +326,17 @@ fn will_delay_waits_and_is_cancelled_by_reconnect_but_sent_when_session_ends_fir
     let client = |id: &str, delay: u32, expiry: u32| {
         let mut c = connect(id, ProtocolVersion::V5, true);
         c.properties.session_expiry_interval = Some(expiry);
-        let mut props = Properties::default();
-        props.will_delay_interval = Some(delay);
-        c.will = Some(Will { topic: format!("w/{id}"), payload: Bytes::from_static(b"x"), qos: QoS::AtMostOnce, retain: false, properties: props });
+        let props = Properties {
+            will_delay_interval: Some(delay),
+            ..Properties::default()
+        };
+        c.will = Some(Will {
+            topic: format!("w/{id}"),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: props,
+        });
         c
     };
     h.connect(1, client("delayed", 5, 100));
@@ -275,10 +352,22 @@ fn will_delay_waits_and_is_cancelled_by_reconnect_but_sent_when_session_ends_fir
     h.advance(3);
     let got = h.take(9);
     // Session expiry (2 s) comes before the will delay (50 s): sent when the session ends.
-    assert_eq!(publishes(&got).iter().map(|p| &*p.topic).collect::<Vec<_>>(), vec!["w/expires"]);
+    assert_eq!(
+        publishes(&got)
+            .iter()
+            .map(|p| &*p.topic)
+            .collect::<Vec<_>>(),
+        vec!["w/expires"]
+    );
     h.advance(3);
     let got = h.take(9);
-    assert_eq!(publishes(&got).iter().map(|p| &*p.topic).collect::<Vec<_>>(), vec!["w/delayed"]);
+    assert_eq!(
+        publishes(&got)
+            .iter()
+            .map(|p| &*p.topic)
+            .collect::<Vec<_>>(),
+        vec!["w/delayed"]
+    );
 }
 
 #[test]
@@ -294,7 +383,10 @@ fn retained_messages_are_sent_at_subscribe_and_cleared_by_empty_payload() {
     }
     h.connect(2, connect("late", ProtocolVersion::V311, true));
     let got = h.packet(2, subscribe(1, "r/#", QoS::AtLeastOnce));
-    let mut seen: Vec<(String, bool)> = publishes(&got).iter().map(|p| (String::from_utf8_lossy(&p.payload).into(), p.retain)).collect();
+    let mut seen: Vec<(String, bool)> = publishes(&got)
+        .iter()
+        .map(|p| (String::from_utf8_lossy(&p.payload).into(), p.retain))
+        .collect();
     seen.sort();
     // [MQTT-3.3.1-8] retain flag set; one message per topic, the latest.
     assert_eq!(seen, vec![("2".into(), true), ("3".into(), true)]);
@@ -303,7 +395,11 @@ fn retained_messages_are_sent_at_subscribe_and_cleared_by_empty_payload() {
         p.retain = true;
     }
     h.packet(1, clear);
-    assert_eq!(h.broker.retained_count(), 1, "[MQTT-3.3.1-10] empty payload clears");
+    assert_eq!(
+        h.broker.retained_count(),
+        1,
+        "[MQTT-3.3.1-10] empty payload clears"
+    );
 }
 
 #[test]
@@ -326,8 +422,16 @@ fn message_expiry_drops_stale_queued_messages_and_forwards_the_remaining_interva
     h.connect(3, c);
     let got = h.take(3);
     let p = publishes(&got);
-    assert_eq!(p.len(), 1, "[MQTT-3.3.2-5] the expired one is not delivered");
-    assert_eq!(p[0].properties.message_expiry_interval, Some(6), "[MQTT-3.3.2-6]");
+    assert_eq!(
+        p.len(),
+        1,
+        "[MQTT-3.3.2-5] the expired one is not delivered"
+    );
+    assert_eq!(
+        p[0].properties.message_expiry_interval,
+        Some(6),
+        "[MQTT-3.3.2-6]"
+    );
 }
 
 #[test]
@@ -353,8 +457,20 @@ fn shared_subscription_sends_each_message_to_one_member_and_moves_unacked_ones()
 fn no_local_and_retain_as_published() {
     let mut h = Harness::new();
     h.connect(1, connect("c", ProtocolVersion::V5, true));
-    let opts = SubscriptionOptions { qos: QoS::AtMostOnce, no_local: true, retain_as_published: true, ..Default::default() };
-    h.packet(1, Packet::Subscribe(Subscribe { packet_id: 1, filters: vec![("t".into(), opts)], ..Default::default() }));
+    let opts = SubscriptionOptions {
+        qos: QoS::AtMostOnce,
+        no_local: true,
+        retain_as_published: true,
+        ..Default::default()
+    };
+    h.packet(
+        1,
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("t".into(), opts)],
+            ..Default::default()
+        }),
+    );
     h.connect(2, connect("other", ProtocolVersion::V5, true));
     h.packet(2, subscribe(1, "t", QoS::AtMostOnce));
     let mut p = publish("t", QoS::AtMostOnce, 0, "x");
@@ -364,7 +480,10 @@ fn no_local_and_retain_as_published() {
     h.packet(1, p);
     assert!(publishes(&h.take(1)).is_empty(), "[MQTT-3.8.3-3] no-local");
     let got = h.take(2);
-    assert!(!publishes(&got)[0].retain, "[MQTT-3.3.1-12] live delivery clears retain");
+    assert!(
+        !publishes(&got)[0].retain,
+        "[MQTT-3.3.1-12] live delivery clears retain"
+    );
 }
 
 #[test]
@@ -376,11 +495,16 @@ fn client_id_rules() {
     assert!(h.closed(1));
     // 5.0: assigned.
     let ack = h.connect(2, connect("", ProtocolVersion::V5, true));
-    assert!(ack.reason == ReasonCode::SUCCESS && ack.properties.assigned_client_identifier.is_some());
+    assert!(
+        ack.reason == ReasonCode::SUCCESS && ack.properties.assigned_client_identifier.is_some()
+    );
     // No authentication method is configured.
     let mut c = connect("x", ProtocolVersion::V5, true);
     c.properties.authentication_method = Some("SCRAM".into());
-    assert_eq!(h.connect(3, c).reason, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    assert_eq!(
+        h.connect(3, c).reason,
+        ReasonCode::BAD_AUTHENTICATION_METHOD
+    );
 }
 
 #[test]
@@ -389,12 +513,36 @@ fn invalid_filters_get_their_own_suback_codes() {
     h.connect(1, connect("c", ProtocolVersion::V5, true));
     let opts = SubscriptionOptions::default();
     let filters = vec![("a/#/b".into(), opts), ("ok/+".into(), opts)];
-    let got = h.packet(1, Packet::Subscribe(Subscribe { packet_id: 4, filters, ..Default::default() }));
-    let Packet::SubAck(ack) = &got[0] else { panic!() };
-    assert_eq!(ack.reasons, vec![ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::GRANTED_QOS_0]);
-    let got = h.packet(1, Packet::Unsubscribe(Unsubscribe { packet_id: 5, filters: vec!["ok/+".into(), "never".into()], ..Default::default() }));
-    let Packet::UnsubAck(ack) = &got[0] else { panic!() };
-    assert_eq!(ack.reasons, vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]);
+    let got = h.packet(
+        1,
+        Packet::Subscribe(Subscribe {
+            packet_id: 4,
+            filters,
+            ..Default::default()
+        }),
+    );
+    let Packet::SubAck(ack) = &got[0] else {
+        panic!()
+    };
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::GRANTED_QOS_0]
+    );
+    let got = h.packet(
+        1,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: 5,
+            filters: vec!["ok/+".into(), "never".into()],
+            ..Default::default()
+        }),
+    );
+    let Packet::UnsubAck(ack) = &got[0] else {
+        panic!()
+    };
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+    );
 }
 
 #[test]
