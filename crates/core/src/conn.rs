@@ -94,6 +94,13 @@ impl ConnState {
             Packet::Connect(_) => Err(Violation::new(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
             Packet::PingReq => Ok(false),
             Packet::Publish(p) => {
+                if !p.properties.subscription_identifiers.is_empty() {
+                    // [MQTT-3.3.4-6] only the server puts subscription identifiers in PUBLISH.
+                    return Err(Violation::new(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "subscription identifier in a client's PUBLISH",
+                    ));
+                }
                 self.resolve_alias(p)?;
                 self.count_inbound(p.qos, p.packet_id)?;
                 Ok(true)
@@ -333,6 +340,21 @@ mod tests {
         assert_eq!((&*f.topic, f.properties.topic_alias), ("a", Some(1)));
         assert_eq!((&*s.topic, s.properties.topic_alias), ("", Some(1)));
         assert_eq!((&*o.topic, o.properties.topic_alias), ("b", None));
+    }
+
+    #[test]
+    fn subscription_identifier_from_a_client_is_a_protocol_error() {
+        let now = Instant::now();
+        let mut st = ConnState::new(now, &connect(true, 0), &Limits::default());
+        let mut p = publish("t", None, QoS::AtMostOnce, 0);
+        if let Packet::Publish(p) = &mut p {
+            p.properties.subscription_identifiers = vec![1];
+        }
+        // [MQTT-3.3.4-6]
+        assert_eq!(
+            st.inbound(now, &mut p).unwrap_err().reason,
+            ReasonCode::PROTOCOL_ERROR
+        );
     }
 
     #[test]

@@ -229,13 +229,14 @@ fn topic_error(msg: &'static str) -> DecodeError {
     DecodeError::TopicNameInvalid(msg)
 }
 
-/// Checks a topic name (PUBLISH or will): UTF-8 [MQTT-1.5.4-1], no U+0000 [MQTT-4.7.3-2], no
-/// wildcards [MQTT-3.3.2-2]. Empty names are checked by the caller (allowed with a topic alias).
+/// Checks a topic name (PUBLISH or will): UTF-8 [MQTT-1.5.4-1], no U+0000 (a malformed string,
+/// [MQTT-1.5.4-2]), no wildcards [MQTT-3.3.2-2]. Empty names are checked by the caller (allowed
+/// with a topic alias).
 fn topic_name(raw: &[u8]) -> Result<&str, DecodeError> {
     let s = utf8(raw)?;
     for &b in raw {
         match b {
-            0 => return Err(topic_error("topic name contains U+0000")),
+            0 => return Err(DecodeError::Malformed("topic name contains U+0000")),
             b'+' | b'#' => return Err(topic_error("topic name contains a wildcard")),
             _ => {}
         }
@@ -414,9 +415,14 @@ fn decode_publish(first: u8, r: &mut Reader, v5: bool) -> Result<Publish, Decode
         Properties::default()
     };
     // [MQTT-3.3.2-1] (3.1.1) / [MQTT-4.7.3-1] a topic name has at least one character; 5.0
-    // allows an empty one when a Topic Alias stands for it (section 3.3.2.3.4).
+    // allows an empty one when a Topic Alias stands for it, and calls an empty one without an
+    // alias a Protocol Error (section 3.3.2.3.4).
     if topic.is_empty() && properties.topic_alias.is_none() {
-        return Err(topic_error("topic name is empty"));
+        return Err(if v5 {
+            DecodeError::Protocol("empty topic name without a topic alias")
+        } else {
+            topic_error("topic name is empty")
+        });
     }
     let payload = r.rest();
     check_payload_format(&properties, &payload)?;

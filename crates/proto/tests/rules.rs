@@ -412,12 +412,12 @@ fn publish_topic_names() {
     // [MQTT-3.3.2-2] no wildcards in a topic name.
     topic_invalid(Some(V311), &[0x30, 0x05, 0, 3, b'a', b'/', b'+']);
     topic_invalid(Some(V311), &[0x30, 0x03, 0, 1, b'#']);
-    // [MQTT-4.7.3-2] no U+0000 in a topic name.
-    topic_invalid(Some(V311), &[0x30, 0x04, 0, 2, b'a', 0]);
+    // [MQTT-1.5.4-2] U+0000 in any string, a topic name included, is a malformed packet.
+    malformed(Some(V311), &[0x30, 0x04, 0, 2, b'a', 0]);
     // [MQTT-4.7.3-1] not empty (3.1.1).
     topic_invalid(Some(V311), &[0x30, 0x02, 0, 0]);
-    // 5.0: empty only when a topic alias stands for it.
-    topic_invalid(Some(V5), &[0x30, 0x03, 0, 0, 0]);
+    // 5.0: empty only when a topic alias stands for it; otherwise a Protocol Error (3.3.2.3.4).
+    protocol(Some(V5), &[0x30, 0x03, 0, 0, 0]);
     let Packet::Publish(p) = ok(V5, &[0x30, 0x06, 0, 0, 3, 0x23, 0, 7]) else {
         panic!()
     };

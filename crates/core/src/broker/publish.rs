@@ -47,6 +47,12 @@ impl Broker {
             return;
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
+        if p.topic.starts_with("$SYS") {
+            // `$SYS` is the broker's own namespace: a client's message there is acknowledged
+            // (5.0: as not authorized) and dropped, so it cannot fake the broker's figures.
+            self.refuse_publish(conn, idx, qos, packet_id);
+            return;
+        }
         let Some(s) = self.session_mut(idx) else {
             return;
         };
@@ -66,6 +72,19 @@ impl Broker {
         let mut ack = PubAck::new(packet_id);
         if v5 && matched == 0 {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
+        }
+    }
+
+    fn refuse_publish(&mut self, conn: ConnId, idx: SessionIdx, qos: QoS, packet_id: u16) {
+        tracing::debug!(conn, "PUBLISH to $SYS from a client dropped");
+        let mut ack = PubAck::new(packet_id);
+        if self.version_of(idx).is_v5() {
+            ack.reason = ReasonCode::NOT_AUTHORIZED;
         }
         match qos {
             QoS::AtMostOnce => {}

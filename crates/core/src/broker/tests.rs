@@ -575,3 +575,27 @@ fn session_expiry_removes_the_session() {
     assert_eq!(h.broker.subscription_count(), 0);
     assert!(!h.connect(2, c).session_present);
 }
+
+#[test]
+fn clients_cannot_publish_into_sys() {
+    let mut h = Harness::new();
+    h.connect(1, connect("watch", ProtocolVersion::V5, true));
+    h.packet(1, subscribe(1, "$SYS/#", QoS::AtMostOnce));
+    h.connect(2, connect("faker", ProtocolVersion::V5, true));
+    let out = h.packet(
+        2,
+        publish("$SYS/broker/uptime", QoS::AtLeastOnce, 3, "fake"),
+    );
+    assert!(matches!(&out[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NOT_AUTHORIZED));
+    assert!(publishes(&h.take(1)).is_empty());
+    h.broker.publish_internal(
+        h.now,
+        "$SYS/broker/uptime",
+        Bytes::from_static(b"1 seconds"),
+    );
+    assert_eq!(
+        publishes(&h.take(1)).len(),
+        1,
+        "the broker's own figures still flow"
+    );
+}
