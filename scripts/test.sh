@@ -114,8 +114,13 @@ skip_stage() {
     RESULTS+=("FAIL  $1 (not run: $2)")
 }
 
+# as_root COMMAND...: runs an installation command as root (through sudo when needed), bounded.
 as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+    if [ "$(id -u)" -eq 0 ]; then
+        timeout -k 10 "$T_DEPS" "$@"
+    else
+        sudo timeout -k 10 "$T_DEPS" "$@"
+    fi
 }
 
 python_deps_ok() {
@@ -134,7 +139,7 @@ stage_deps() {
     fi
     if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
         echo "installing rustfmt and clippy"
-        rustup component add rustfmt clippy
+        timeout -k 10 "$T_DEPS" rustup component add rustfmt clippy
     fi
     local packages=()
     command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || packages+=(mosquitto)
@@ -153,8 +158,9 @@ stage_deps() {
         echo "installing paho-mqtt 2.x and pytest with pip"
         # A Debian system Python refuses plain `pip install` (PEP 668); these are test-only
         # packages, so fall back to the user's site-packages there.
-        python3 -m pip install -q 'paho-mqtt>=2' pytest ||
-            python3 -m pip install -q --user --break-system-packages 'paho-mqtt>=2' pytest
+        timeout -k 10 "$T_DEPS" python3 -m pip install -q 'paho-mqtt>=2' pytest ||
+            timeout -k 10 "$T_DEPS" python3 -m pip install -q --user --break-system-packages \
+                'paho-mqtt>=2' pytest
         python_deps_ok
     fi
     echo "cargo $(cargo --version | cut -d' ' -f2), $(python3 --version)," \

@@ -14,7 +14,7 @@ use makelaar_proto::{
     ConnAck, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::outbox::{Drained, Outbox};
 use crate::router::ToRouter;
@@ -25,6 +25,9 @@ use crate::Counters;
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// CONNECT is small; a larger first packet is refused before it is buffered.
 const MAX_CONNECT_SIZE: usize = 64 * 1024;
+/// Packets larger than this reserve their size from the broker-wide large-packet budget
+/// before they are read.
+const LARGE_PACKET: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
 /// Packets taken from the outbox per lock.
 const OUTBOX_BATCH: usize = 64;
@@ -34,6 +37,10 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 pub(crate) struct ConnCtx {
     pub limits: Limits,
+    /// Broker-wide budget for large packets being received, in KiB (see
+    /// `Limits::large_packet_budget`).
+    pub large_packets: Arc<Semaphore>,
+    pub large_packet_permits: u32,
     pub router: mpsc::Sender<ToRouter>,
     pub counters: Arc<Counters>,
 }
@@ -91,6 +98,7 @@ where
         ctx: ctx.clone(),
         outbox,
         drained: Drained::default(),
+        large: None,
     };
     let end = io.serve(&mut state).await;
     let reason = match end {
@@ -186,6 +194,8 @@ struct Io<R, W> {
     ctx: Arc<ConnCtx>,
     outbox: Arc<Outbox>,
     drained: Drained,
+    /// The reservation for the large packet being received, if any.
+    large: Option<OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
@@ -197,6 +207,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                 return End::Closed;
             }
             let room = self.wbuf.len() < WRITE_HIGH_WATER;
+            let reserve = self.large_reservation_needed();
+            let readable = room && !closing && reserve.is_none();
             let keep_alive = state
                 .keep_alive_deadline()
                 .map(tokio::time::Instant::from_std);
@@ -205,7 +217,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                 self.rbuf.reserve(READ_CHUNK);
             }
             tokio::select! {
-                r = self.rd.read_buf(&mut self.rbuf), if room && !closing => {
+                permit = self.ctx.large_packets.clone().acquire_many_owned(reserve.unwrap_or(0)), if reserve.is_some() => {
+                    self.large = permit.ok();
+                }
+                r = self.rd.read_buf(&mut self.rbuf), if readable => {
                     match r {
                         Ok(0) => return End::Lost("closed by client"),
                         Err(_) => return End::Lost("read error"),
@@ -231,6 +246,29 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                     return End::Violation(Violation { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, text: "keep-alive timeout" });
                 }
             }
+        }
+    }
+
+    /// KiB to reserve before reading on, when a large packet has been announced and not yet
+    /// reserved. Without a large packet pending, a reservation held is given back.
+    fn large_reservation_needed(&mut self) -> Option<u32> {
+        let size = Decoder::pending_packet_len(&self.rbuf).filter(|&n| n > LARGE_PACKET);
+        match (size, &self.large) {
+            (None, Some(_)) => {
+                self.large = None;
+                None
+            }
+            (Some(n), None) => {
+                let kib = u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
+                // A packet larger than the whole budget may still come, alone.
+                Some(kib.min(self.ctx.large_packet_permits))
+            }
+            (Some(n), Some(_)) => {
+                // Read the rest of the packet in one go rather than in small chunks.
+                self.rbuf.reserve(n.saturating_sub(self.rbuf.len()));
+                None
+            }
+            (None, None) => None,
         }
     }
 

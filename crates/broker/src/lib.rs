@@ -82,8 +82,13 @@ impl Server {
         let sys = SysPublisher::new(config.sys_interval, Instant::now());
         let router = Router::new(broker, counters.clone(), sys);
         let router = tokio::spawn(router.run(rx, shutdown.clone()));
+        let permits = u32::try_from(config.limits.large_packet_budget / 1024)
+            .unwrap_or(u32::MAX)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,
+            large_packets: Arc::new(tokio::sync::Semaphore::new(permits as usize)),
+            large_packet_permits: permits,
             router: tx,
             counters,
         });

@@ -31,6 +31,10 @@ pub struct Limits {
     /// Bytes of encoded packets waiting to be written to one client; past it QoS 0 messages to
     /// that client are dropped (counted and logged) instead of buffered.
     pub max_outgoing_bytes: usize,
+    /// Bytes of large packets (over 64 KiB) being received at once, over all clients. A client
+    /// announcing a large packet reserves its whole size first and waits (is not read) while
+    /// the budget is used up, so many clients announcing large packets cannot exhaust memory.
+    pub large_packet_budget: usize,
     /// Largest Session Expiry Interval granted, in seconds (`u32::MAX` means never expire).
     pub max_session_expiry: u32,
     /// Session expiry for 3.x persistent sessions, in seconds (Mosquitto's
@@ -65,6 +69,7 @@ impl Default for Limits {
             receive_maximum: 1024,
             topic_alias_maximum: 10,
             max_outgoing_bytes: 4 * 1024 * 1024,
+            large_packet_budget: 64 * 1024 * 1024,
             max_session_expiry: u32::MAX,
             persistent_session_expiry: u32::MAX,
             max_subscriptions_per_session: 0,

@@ -96,6 +96,16 @@ impl Decoder {
     /// header is readable, before the body is buffered. After an error the stream cannot be
     /// resynchronised: the connection is to be closed (with a reason code from
     /// [`DecodeError::reason_code`] where the protocol allows one).
+    /// The total size of the packet at the front of `buf` once its fixed header is complete
+    /// (`None` before). Lets the caller reserve memory for a large packet before reading it;
+    /// errors are left to [`Decoder::decode`].
+    pub fn pending_packet_len(buf: &[u8]) -> Option<usize> {
+        match fixed_header_length(buf) {
+            Ok(Some((remaining, header_len))) => Some(header_len.saturating_add(remaining)),
+            _ => None,
+        }
+    }
+
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(&first) = buf.first() else {
             return Ok(None);
