@@ -92,7 +92,9 @@ impl Router {
                 _ = tokio::time::sleep_until(timer.into()) => {
                     let now = Instant::now();
                     self.broker.handle_timeout(now);
-                    self.sys.maybe_publish(now, start, &mut self.broker, &self.counters);
+                    if self.sys.maybe_publish(now, start, &mut self.broker, &self.counters) {
+                        self.broker.purge_expired_retained(now);
+                    }
                 }
                 _ = shutdown.cancelled() => {
                     self.broker.shutdown(ReasonCode::SERVER_SHUTTING_DOWN);

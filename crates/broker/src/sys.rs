@@ -31,19 +31,20 @@ impl SysPublisher {
         }
     }
 
-    /// Publishes every figure when due.
+    /// Publishes every figure when due; true when it did (the router's periodic chores ride
+    /// on the same tick).
     pub(crate) fn maybe_publish(
         &mut self,
         now: Instant,
         start: Instant,
         broker: &mut Broker,
         c: &Counters,
-    ) {
+    ) -> bool {
         let Some(interval) = self.interval else {
-            return;
+            return false;
         };
         if now < self.next {
-            return;
+            return false;
         }
         self.next = now + interval;
         let stats = broker.stats().clone();
@@ -103,5 +104,6 @@ impl SysPublisher {
         for (topic, value) in figures {
             broker.publish_internal(now, topic, Bytes::from(value));
         }
+        true
     }
 }

@@ -196,6 +196,14 @@ impl Broker {
         self.actions.push_back(Action::Close(conn));
     }
 
+    /// Removes retained messages whose Message Expiry Interval has passed (they are never
+    /// sent [MQTT-3.3.2-5]; this gives their memory back). Call it now and then.
+    pub fn purge_expired_retained(&mut self, now: Instant) -> usize {
+        let before = self.retained.len();
+        self.retained.retain(|_, m| !m.is_expired(now));
+        before - self.retained.len()
+    }
+
     /// Publishes a message of the broker's own (`$SYS`), retained.
     pub fn publish_internal(&mut self, now: Instant, topic: &str, payload: bytes::Bytes) {
         let msg = Message {

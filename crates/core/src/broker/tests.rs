@@ -599,3 +599,20 @@ fn clients_cannot_publish_into_sys() {
         "the broker's own figures still flow"
     );
 }
+
+#[test]
+fn expired_retained_messages_are_not_sent_and_are_purged() {
+    let mut h = Harness::new();
+    h.connect(1, connect("pub", ProtocolVersion::V5, true));
+    let mut p = publish("r/t", QoS::AtMostOnce, 0, "short-lived");
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+        p.properties.message_expiry_interval = Some(1);
+    }
+    h.packet(1, p);
+    h.advance(2);
+    h.connect(2, connect("late", ProtocolVersion::V5, true));
+    assert!(publishes(&h.packet(2, subscribe(1, "r/#", QoS::AtMostOnce))).is_empty());
+    assert_eq!(h.broker.purge_expired_retained(h.now), 1);
+    assert_eq!(h.broker.retained_count(), 0);
+}
