@@ -82,6 +82,9 @@ pub struct Session {
     pub expires_at: Option<std::time::Instant>,
     /// The timer entry standing for the earlier of the two.
     pub timer: Option<(std::time::Instant, u64)>,
+    /// Acknowledgements (PUBACK/PUBREC to a publisher's connection) held back while this
+    /// session's queue is over its limit; sent as it drains.
+    pub deferred_acks: VecDeque<(ConnId, makelaar_proto::Packet)>,
     /// Whether a full queue has been logged since it last had room (one log line per episode).
     pub drop_logged: bool,
     next_packet_id: u16,
@@ -106,6 +109,7 @@ impl Session {
             will_at: None,
             expires_at: None,
             timer: None,
+            deferred_acks: VecDeque::new(),
             drop_logged: false,
             next_packet_id: 1,
         }

@@ -299,6 +299,7 @@ impl Broker {
             }
         }
         self.redistribute_shared(now, idx);
+        self.release_deferred_acks(idx);
         if expiry == 0 {
             self.end_session(now, idx);
             return;
@@ -315,6 +316,10 @@ impl Broker {
     /// session ends first [MQTT-3.1.3-9].
     pub(super) fn end_session(&mut self, now: Instant, idx: SessionIdx) {
         self.cancel_timer(idx);
+        if let Some(conn) = self.session_mut(idx).and_then(|s| s.conn.take()) {
+            self.conns.remove(&conn);
+        }
+        self.release_deferred_acks(idx);
         let Some(slot) = self.sessions.get_mut(idx as usize) else {
             return;
         };
@@ -324,9 +329,6 @@ impl Broker {
         }
         self.by_client_id.remove(&s.client_id);
         self.free.push(idx);
-        if let Some(conn) = s.conn {
-            self.conns.remove(&conn);
-        }
         let pending = s.pending_will.take();
         let leftovers: Vec<_> = s
             .inflight

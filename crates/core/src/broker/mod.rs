@@ -85,6 +85,8 @@ pub struct Broker {
     stats: Stats,
     id_seed: u64,
     assigned_ids: u64,
+    /// Set while routing when a connected subscriber's queue is over its limit.
+    congested: Option<SessionIdx>,
 }
 
 impl Broker {
@@ -106,6 +108,7 @@ impl Broker {
             stats: Stats::default(),
             id_seed,
             assigned_ids: 0,
+            congested: None,
         }
     }
 

@@ -10,6 +10,10 @@ use super::{Broker, SessionIdx};
 use crate::message::{Delivery, Message};
 use crate::session::{ConnId, Inflight, OutboundState};
 
+/// How far a connected session's queue may go past `max_queued_messages` while its publishers
+/// are being slowed down (their acknowledgements held back) before messages are dropped.
+const ONLINE_OVERSHOOT: usize = 10_000;
+
 /// One matching subscription found while routing, before overlapping ones are merged.
 struct Target {
     idx: SessionIdx,
@@ -68,15 +72,42 @@ impl Broker {
         if msg.retain {
             self.store_retained(&msg);
         }
+        self.congested = None;
         let matched = self.route(now, msg);
         let mut ack = PubAck::new(packet_id);
         if v5 && matched == 0 {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
         }
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
-            QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
+        let ack = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            QoS::ExactlyOnce => Packet::PubRec(ack),
+        };
+        // Flow control: the message is kept, but a subscriber is behind, so the publisher's
+        // acknowledgement waits until that subscriber's queue has room. The publisher's own
+        // inflight window then holds it back, instead of the broker dropping what it acked.
+        match self.congested.take().and_then(|i| self.session_mut(i)) {
+            Some(s) => s.deferred_acks.push_back((conn, ack)),
+            None => self.send(conn, ack),
+        }
+    }
+
+    /// Sends acknowledgements held back for this session's queue while it has room (all of
+    /// them when the session is offline or gone).
+    pub(super) fn release_deferred_acks(&mut self, idx: SessionIdx) {
+        let max = self.limits.max_queued_messages;
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
+        let mut release = Vec::new();
+        while s.conn.is_none() || s.queue.len() < max {
+            match s.deferred_acks.pop_front() {
+                Some(a) => release.push(a),
+                None => break,
+            }
+        }
+        for (conn, ack) in release {
+            self.send(conn, ack);
         }
     }
 
@@ -186,7 +217,17 @@ impl Broker {
             return;
         };
         let over_bytes = max_bytes != 0 && s.queued_bytes + d.msg.weight() > max_bytes;
-        if s.queue.len() >= max_msgs || over_bytes {
+        let full = s.queue.len() >= max_msgs || over_bytes;
+        // A connected subscriber that is behind slows its publishers down (their acks wait,
+        // see `handle_publish`) rather than losing what they sent; the queue may overshoot
+        // its limit by what publishers already have in flight, up to a hard cap.
+        let hard_cap = max_msgs.saturating_mul(2).max(max_msgs + ONLINE_OVERSHOOT);
+        if full && s.conn.is_some() && d.qos != QoS::AtMostOnce && s.queue.len() < hard_cap {
+            s.push_queue(d);
+            self.congested = Some(idx);
+            return;
+        }
+        if full {
             if !s.drop_logged {
                 s.drop_logged = true;
                 tracing::warn!(client_id = %s.client_id, max_queued_messages = max_msgs, max_queued_bytes = max_bytes, "session queue full: dropping new messages for this client until it catches up");
@@ -253,7 +294,11 @@ impl Broker {
             } else {
                 s.next_packet_id()
             };
+            let held = !s.deferred_acks.is_empty();
             self.transmit(now, idx, conn, d, packet_id);
+            if held {
+                self.release_deferred_acks(idx);
+            }
         }
     }
 

@@ -616,3 +616,56 @@ fn expired_retained_messages_are_not_sent_and_are_purged() {
     assert_eq!(h.broker.purge_expired_retained(h.now), 1);
     assert_eq!(h.broker.retained_count(), 0);
 }
+
+#[test]
+fn a_subscriber_behind_slows_publishers_down_instead_of_losing_acked_messages() {
+    let mut h = Harness::with(Limits {
+        max_queued_messages: 2,
+        max_inflight_messages: 1,
+        ..Limits::default()
+    });
+    h.connect(1, connect("slow", ProtocolVersion::V311, true));
+    h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
+    h.connect(2, connect("pub", ProtocolVersion::V311, true));
+    let mut acks = 0;
+    for i in 1..=6 {
+        acks += h.packet(2, publish("t", QoS::AtLeastOnce, i, "m")).len();
+    }
+    // One in flight, two queued within the limit: those three are acked at once; the other
+    // three are kept (queue over its limit) with their acks held back.
+    assert_eq!(acks, 3);
+    assert_eq!(h.broker.stats().dropped_queue_full, 0);
+    let mut delivered = publishes(&h.take(1))
+        .iter()
+        .map(|p| p.packet_id)
+        .collect::<Vec<_>>();
+    let mut released = 0;
+    while let Some(&pid) = delivered.last() {
+        h.broker
+            .handle_packet(h.now, 1, Packet::PubAck(PubAck::new(pid)));
+        released += h.take(2).len();
+        delivered = publishes(&h.take(1)).iter().map(|p| p.packet_id).collect();
+        if delivered.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(released, 3, "held acks go out as the subscriber catches up");
+}
+
+#[test]
+fn held_acks_are_released_when_the_subscriber_leaves() {
+    let mut h = Harness::with(Limits {
+        max_queued_messages: 1,
+        max_inflight_messages: 1,
+        ..Limits::default()
+    });
+    h.connect(1, connect("slow", ProtocolVersion::V311, false));
+    h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
+    h.connect(2, connect("pub", ProtocolVersion::V311, true));
+    let sent: usize = (1..=4)
+        .map(|i| h.packet(2, publish("t", QoS::AtLeastOnce, i, "m")).len())
+        .sum();
+    assert_eq!(sent, 2);
+    h.broker.handle_connection_lost(h.now, 1);
+    assert_eq!(h.take(2).len(), 2);
+}
