@@ -111,6 +111,7 @@ class Broker:
             self.tls_port = free_port()
         self.stderr_path = self.workdir / f"{name}.stderr"
         self.proc = None
+        self.expected_exit = False  # set when a test stops the broker on purpose
 
     @property
     def cafile(self) -> str:
@@ -216,6 +217,7 @@ class Broker:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self):
+        self.expected_exit = True
         if self.proc is None:
             return
         if self.proc.poll() is None:

@@ -4,6 +4,7 @@ timeout, received messages are collected into a queue."""
 from __future__ import annotations
 
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -165,10 +166,7 @@ class MqttClient:
             arg = topic
         else:
             arg = (topic, SubscribeOptions(qos=qos)) if self.version == 5 else (topic, qos)
-        if isinstance(arg, tuple):
-            rc, mid = self.c.subscribe(arg, properties=properties)
-        else:
-            rc, mid = self.c.subscribe(arg, properties=properties)
+        rc, mid = self.c.subscribe(arg, properties=properties)
         assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {rc}"
         codes, _ = self._wait_for(self._subacks, mid, timeout, "SUBACK")
         return codes
@@ -257,8 +255,7 @@ class MqttClient:
         sock = self.c.socket()
         if sock is not None:
             try:
-                import socket as _s
-                sock.shutdown(_s.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
         self._disconnected.wait(WAIT)

@@ -196,3 +196,111 @@ def test_connack_session_present_only_for_resumed_session(client):
     c.disconnect()
     c = client(version=4, client_id=cid, clean=True)
     assert c.connack.session_present is False
+
+
+# --- configurable limits on connections ------------------------------------------------------
+
+@pytest.mark.parametrize("version,code", [(4, 0x02), pytest.param(5, 0x85, marks=(
+    pytest.mark.xfail_mosquitto(reason="answers 0x80 instead of 0x85")))], ids=["v311", "v5"])
+def test_empty_client_id_refused_when_not_allowed(make_broker, raw, version, code):
+    """allow_zero_length_client_id = false: an empty client id gets CONNACK 0x02 (3.1.1,
+    identifier rejected) or 0x85 (5.0, Client Identifier not valid). [MQTT-3.1.3-8]
+    (5.0: [MQTT-3.1.3-8])"""
+    b = make_broker(limits={"allow_zero_length_client_id": False})
+    r = raw(version=version, on=b)
+    r.send(R.connect("", version=version))
+    ack = r.recv_type(R.CONNACK)
+    assert ack.reason == code
+    r.wait_closed(5)
+
+
+@pytest.mark.xfail_mosquitto(reason="has no maximum client id length")
+@pytest.mark.parametrize("version,code", [(4, 0x02), (5, 0x85)], ids=["v311", "v5"])
+def test_client_id_longer_than_maximum_refused(make_broker, raw, version, code):
+    """max_client_id_len = 23: a 24-byte client id is refused (3.1.1: 0x02, 5.0: 0x85); a
+    23-byte one is accepted. [MQTT-3.1.3-5] [MQTT-3.1.3-8]"""
+    b = make_broker(limits={"max_client_id_len": 23})
+    ok = raw(version=version, on=b)
+    assert ok.connect("x" * 23).reason == 0
+    r = raw(version=version, on=b)
+    r.send(R.connect("y" * 24, version=version))
+    ack = r.recv_type(R.CONNACK)
+    assert ack.reason == code
+    r.wait_closed(5)
+
+
+@pytest.mark.xfail_mosquitto(reason="2.0.11 lets a fourth client in with max_connections 3")
+def test_max_connections(make_broker, raw):
+    """max_connections = 3: a fourth client is refused (closed, or a CONNACK with an error code
+    such as 0x03 / 0x97 / 0x89); once one leaves, a new client gets in."""
+    b = make_broker(limits={"max_connections": 3})
+    clients = []
+    for i in range(3):
+        r = raw(version=5, on=b)
+        assert r.connect(unique(f"mc{i}")).reason == 0
+        clients.append(r)
+    extra = raw(version=5, on=b)
+    extra.try_send(R.connect(unique("mc-extra"), version=5))
+    got = extra.wait_closed(5)
+    assert all(p.type == R.CONNACK and p.reason != 0 for p in got), got
+    clients[0].send(R.disconnect(version=5))
+    clients[0].wait_closed(5)
+    deadline = time.monotonic() + 3
+    while True:
+        r = raw(version=5, on=b)
+        try:
+            if r.connect(unique("mc-again")).reason == 0:
+                break
+        except (R.Closed, TimeoutError):
+            pass
+        assert time.monotonic() < deadline, "no room for a new client after one left"
+        time.sleep(0.1)
+
+
+@pytest.mark.xfail_mosquitto(reason="closes connections on shutdown without DISCONNECT 0x8B")
+def test_graceful_shutdown_sends_0x8b(make_broker, raw):
+    """SIGTERM: 5.0 clients get DISCONNECT 0x8B (Server shutting down), 3.1.1 clients are
+    closed, and the broker exits with status 0."""
+    import signal
+    b = make_broker()
+    r5 = raw(version=5, on=b)
+    assert r5.connect(unique("sd5")).reason == 0
+    r4 = raw(version=4, on=b)
+    assert r4.connect(unique("sd4")).reason == 0
+    b.expected_exit = True
+    b.proc.send_signal(signal.SIGTERM)
+    d = r5.closed_with(5)
+    assert d is not None and d.reason == 0x8B, d
+    assert r4.wait_closed(5) == []
+    assert b.proc.wait(5) == 0
+
+
+def test_sigterm_exits_cleanly(make_broker, raw):
+    """SIGTERM stops the broker promptly with exit status 0, closing client connections."""
+    import signal
+    b = make_broker()
+    r = raw(version=4, on=b)
+    assert r.connect(unique("term")).reason == 0
+    b.expected_exit = True
+    b.proc.send_signal(signal.SIGTERM)
+    r.wait_closed(5)
+    assert b.proc.wait(5) == 0
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+def test_username_and_password_accepted_when_anonymous(raw, version):
+    """With no authentication configured, a CONNECT carrying a user name and password is
+    accepted like an anonymous one. [MQTT-3.1.2-19] [MQTT-3.1.2-21]"""
+    r = raw(version=version)
+    ack = r.connect(unique("up"), username="alice", password=b"s3cret")
+    assert ack.reason == 0
+
+
+def test_keep_alive_zero_means_no_timeout(raw):
+    """Keep Alive 0 turns the keep-alive mechanism off: a silent 3.1.1 client stays connected.
+    [MQTT-3.1.2-23]"""
+    r = raw(version=4)
+    assert r.connect(unique("ka0"), keepalive=0).reason == 0
+    r.expect_nothing(2.5)
+    r.send(R.pingreq())
+    assert r.recv_packet().type == R.PINGRESP

@@ -283,3 +283,110 @@ def test_publish_properties_helper_sanity(client, topic):
     pub.publish(f"{topic}/p", b"x", qos=1,
                 properties=props(PacketTypes.PUBLISH, ContentType="text/plain"))
     assert sub.get().properties.ContentType == "text/plain"
+
+
+def test_takeover_resumes_inflight_with_dup(raw, client, topic):
+    """A persistent session taken over by a new connection (clean session 0) while a QoS 1
+    message is unacknowledged: the new connection gets it again with DUP=1 and the same id.
+    [MQTT-3.1.4-2] [MQTT-4.4.0-1]"""
+    cid = unique("tkr")
+    old = raw(version=4)
+    assert old.connect(cid, clean=False).reason == 0
+    old.subscribe([(f"{topic}/x", 1)])
+    client(version=4).publish(f"{topic}/x", b"unacked", qos=1)
+    p = old.recv_type(R.PUBLISH)
+    new = raw(version=4)
+    ack = new.connect(cid, clean=False)
+    assert ack.reason == 0 and ack.session_present
+    again = new.recv_type(R.PUBLISH)
+    assert (again.payload, again.packet_id, again.dup) == (b"unacked", p.packet_id, True)
+    new.send(R.ack(R.PUBACK, again.packet_id))
+    new.expect_nothing(0.5)
+
+
+def test_resume_sends_inflight_then_queued_in_order(make_broker, raw, client, topic):
+    """With 2 messages in flight (unacknowledged) and 3 more queued behind them when the
+    connection drops, the resumed session gets the 2 again (DUP=1) then the 3 others, in
+    publish order. [MQTT-4.4.0-1] [MQTT-4.6.0-1] [MQTT-4.6.0-2]"""
+    b = make_broker(limits={"max_inflight_messages": 2})
+    cid = unique("ord")
+    r = raw(version=4, on=b)
+    assert r.connect(cid, clean=False).reason == 0
+    r.subscribe([(f"{topic}/x", 1)])
+    pub = client(version=4, on=b)
+    for i in range(5):
+        pub.publish(f"{topic}/x", b"%d" % i, qos=1)
+    first = [r.recv_type(R.PUBLISH) for _ in range(2)]
+    assert [p.payload for p in first] == [b"0", b"1"]
+    r.abort()
+    r2 = raw(version=4, on=b)
+    assert r2.connect(cid, clean=False).session_present
+    got = []
+    for _ in range(5):
+        p = r2.recv_type(R.PUBLISH)
+        got.append((p.payload, p.dup))
+        r2.send(R.ack(R.PUBACK, p.packet_id))
+    assert [pl for pl, _ in got] == [b"0", b"1", b"2", b"3", b"4"]
+    assert [d for _, d in got[:2]] == [True, True]
+    assert [d for _, d in got[2:]] == [False, False, False]
+
+
+def test_fan_out_to_many_subscribers(client, topic):
+    """One QoS 1 message reaches each of 40 subscribers exactly once."""
+    subs = [client(version=4 if i % 2 else 5) for i in range(40)]
+    for s in subs:
+        s.subscribe(f"{topic}/fan", qos=1)
+    client(version=4).publish(f"{topic}/fan", b"to all", qos=1)
+    for s in subs:
+        assert s.get().payload == b"to all"
+    for s in subs:
+        s.expect_none(0.05)
+
+
+def test_v5_pubrec_error_ends_qos2_flow(client, raw, topic):
+    """5.0: a subscriber answering PUBREC with an error reason (0x80) ends the QoS 2 flow: no
+    PUBREL follows, and later messages are still delivered. (5.0 section 4.3.3)
+    [MQTT-4.3.3-4]"""
+    r = raw(version=5)
+    assert r.connect(unique("recerr")).reason == 0
+    r.subscribe([(f"{topic}/x", 2)])
+    pub = client(version=5)
+    pub.publish(f"{topic}/x", b"refused", qos=2)
+    p = r.recv_type(R.PUBLISH)
+    r.send(R.ack(R.PUBREC, p.packet_id, reason=0x80, version=5))
+    r.expect_nothing(0.7)
+    pub.publish(f"{topic}/x", b"next", qos=2)
+    p2 = r.recv_type(R.PUBLISH)
+    assert p2.payload == b"next"
+
+
+def test_v5_puback_error_counts_as_acknowledged(client, raw, topic):
+    """5.0: a PUBACK with an error reason still acknowledges the message: it is not re-sent
+    when the session resumes. (5.0 section 4.3.2)"""
+    cid = unique("ackerr")
+    sess = [(R.SESSION_EXPIRY_INTERVAL, 60)]
+    r = raw(version=5)
+    assert r.connect(cid, properties=sess).reason == 0
+    r.subscribe([(f"{topic}/x", 1)])
+    client(version=5).publish(f"{topic}/x", b"rejected", qos=1)
+    p = r.recv_type(R.PUBLISH)
+    r.send(R.ack(R.PUBACK, p.packet_id, reason=0x83, version=5))
+    r.send(R.pingreq())
+    assert r.recv_type(R.PINGRESP)
+    r.abort()
+    r2 = raw(version=5)
+    assert r2.connect(cid, clean=False, properties=sess).session_present
+    r2.expect_nothing(0.7)
+
+
+def test_offline_overlapping_subscriptions_queue_one_copy(client, topic):
+    """A message matching two subscriptions of an offline persistent session is queued once and
+    delivered at the higher QoS when the client returns. [MQTT-3.3.5-1]"""
+    cid = unique("ovoff")
+    c = client(version=4, client_id=cid, clean=False)
+    c.subscribe([(f"{topic}/#", 1), (f"{topic}/+", 2)])
+    c.disconnect()
+    client(version=4).publish(f"{topic}/b", b"queued once", qos=2)
+    c = client(version=4, client_id=cid, clean=False)
+    got = c.drain(quiet=0.7)
+    assert [(m.payload, m.qos) for m in got] == [(b"queued once", 2)]

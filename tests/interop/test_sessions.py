@@ -3,8 +3,10 @@ Expiry Interval and Message Expiry Interval."""
 
 import time
 
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 
+import mqtt_raw as R
 from clients import props, unique
 
 
@@ -228,3 +230,69 @@ def test_v5_retained_message_expires(client, topic):
     sub = client(version=5)
     sub.subscribe(f"{topic}/r", qos=1)
     sub.expect_none(0.7)
+
+
+# --- configurable session limits --------------------------------------------------------------
+
+@pytest.mark.xfail_mosquitto(reason="has no maximum session expiry")
+def test_v5_session_expiry_capped_by_max_session_expiry(make_broker, raw):
+    """max_session_expiry = 10: a client asking for 1000 s is told 10 s through the CONNACK
+    Session Expiry Interval property. (5.0 section 3.2.2.3.2)"""
+    b = make_broker(limits={"max_session_expiry": 10})
+    r = raw(version=5, on=b)
+    ack = r.connect(unique("mse"), properties=[(R.SESSION_EXPIRY_INTERVAL, 1000)])
+    assert ack.reason == 0
+    assert ack.properties.get(R.SESSION_EXPIRY_INTERVAL) == 10, ack
+
+
+@pytest.mark.xfail_mosquitto(reason="persistent_client_expiration has a granularity of hours")
+def test_v311_persistent_session_expiry(make_broker, client, topic):
+    """persistent_session_expiry = 2: a 3.1.1 persistent session is kept for a quick return and
+    discarded after 3 s away."""
+    b = make_broker(limits={"persistent_session_expiry": 2})
+    cid = unique("pse")
+    c = client(version=4, client_id=cid, clean=False, on=b)
+    c.subscribe(f"{topic}/p", qos=1)
+    c.disconnect()
+    c = client(version=4, client_id=cid, clean=False, on=b)
+    assert c.connack.session_present is True
+    c.disconnect()
+    time.sleep(3.0)
+    c = client(version=4, client_id=cid, clean=False, on=b)
+    assert c.connack.session_present is False
+
+
+def test_max_queued_bytes_bounds_offline_queue(make_broker, client, topic):
+    """max_queued_bytes = 2000: of ten 500-byte QoS 1 messages queued while offline, at most
+    four are delivered."""
+    b = make_broker(limits={"max_queued_bytes": 2000})
+    cid = unique("qb")
+    c = client(version=4, client_id=cid, clean=False, on=b)
+    c.subscribe(f"{topic}/b", qos=1)
+    c.disconnect()
+    pub = client(version=4, on=b)
+    for i in range(10):
+        pub.publish(f"{topic}/b", b"%03d" % i + b"." * 497, qos=1)
+    c = client(version=4, client_id=cid, clean=False, on=b)
+    got = c.drain(quiet=0.7)
+    assert 1 <= len(got) <= 4, f"{len(got)} messages of 500 bytes delivered, limit is 2000 bytes"
+
+
+@pytest.mark.xfail_mosquitto(reason="after one PUBACK it sends two more messages, exceeding "
+                             "max_inflight_messages")
+def test_max_inflight_messages_outbound(make_broker, client, raw, topic):
+    """max_inflight_messages = 2: a 3.1.1 subscriber that does not acknowledge has at most 2
+    QoS 1 messages in flight; each PUBACK lets exactly one more through, in order."""
+    b = make_broker(limits={"max_inflight_messages": 2})
+    r = raw(version=4, on=b)
+    assert r.connect(unique("inf")).reason == 0
+    r.subscribe([(f"{topic}/i", 1)])
+    pub = client(version=4, on=b)
+    for i in range(5):
+        pub.publish(f"{topic}/i", b"%d" % i, qos=1)
+    first = [r.recv_type(R.PUBLISH) for _ in range(2)]
+    assert [p.payload for p in first] == [b"0", b"1"]
+    r.expect_nothing(0.7)
+    r.send(R.ack(R.PUBACK, first[0].packet_id))
+    assert r.recv_type(R.PUBLISH).payload == b"2"
+    r.expect_nothing(0.5)

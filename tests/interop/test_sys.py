@@ -49,10 +49,11 @@ class SysView:
         return _num(self.values[topic])
 
     def wait_until(self, topic, pred, timeout=5.0):
-        """Consume updates until pred(number(topic)) holds."""
+        """Consume updates until pred(number(topic)) holds (non-numeric values are skipped)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if topic in self.values and pred(self.number(topic)):
+            if topic in self.values and re.search(r"\d", self.values[topic]) and \
+                    pred(self.number(topic)):
                 return self.number(topic)
             self._pump(0.2)
         raise AssertionError(f"{topic} = {self.values.get(topic)!r} did not reach the expected "
@@ -68,10 +69,15 @@ class SysView:
         return self.number(topic)
 
     def fresh(self, topic, timeout=3.0):
-        """Wait for the next update of topic after now and return its number."""
+        """Wait for the next numeric update of topic after now and return its number."""
+        deadline = time.monotonic() + timeout
         self.values.pop(topic, None)
-        self.wait_all([topic], timeout)
-        return self.number(topic)
+        while time.monotonic() < deadline:
+            v = self.values.get(topic)
+            if v is not None and re.search(r"\d", v):
+                return self.number(topic)
+            self._pump(0.2)
+        raise AssertionError(f"no numeric update of {topic} within {timeout}s")
 
 
 def _num(text):

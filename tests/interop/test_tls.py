@@ -136,3 +136,26 @@ def test_mtls_bad_client_certificate_refused(mtls_broker, certs, cert):
     refused during the TLS handshake."""
     ctx = _ctx(certs, cert=f"{cert}.crt" if cert else None, key=f"{cert}.key" if cert else None)
     _tls_connect_refused(mtls_broker, ctx)
+
+
+def test_large_messages_over_tls(client, topic):
+    """Payloads of 512 KiB cross the TLS listener intact, in both directions."""
+    import os
+    c = client(version=5, tls=True)
+    c.subscribe(f"{topic}/big", qos=1)
+    payloads = [os.urandom(512 * 1024) for _ in range(3)]
+    for p in payloads:
+        c.publish(f"{topic}/big", p, qos=1, timeout=10)
+    assert [m.payload for m in c.get_n(3, timeout=10)] == payloads
+
+
+def test_many_messages_over_tls(client, topic):
+    """1,000 QoS 1 messages over TLS arrive complete and in order."""
+    sub = client(version=4, tls=True)
+    sub.subscribe(f"{topic}/many", qos=1)
+    pub = client(version=4, tls=True)
+    infos = [pub.publish(f"{topic}/many", b"%d" % i, qos=1, wait=False) for i in range(1000)]
+    for info in infos:
+        info.wait_for_publish(10)
+    got = sub.get_n(1000, timeout=15)
+    assert [int(m.payload) for m in got] == list(range(1000))

@@ -217,3 +217,31 @@ def test_v5_will_sent_at_once_with_session_expiry_0(client, raw, topic):
     r.abort()
     m = w.get(timeout=2)
     assert m.payload == b"right away"
+
+
+def test_v5_will_delay_not_sent_on_takeover_that_continues_session(client, raw, topic):
+    """Will Delay 2 s: a takeover by a connection that continues the session (Clean Start 0)
+    counts as reconnecting in time, so the will is not published. [MQTT-3.1.3-9]"""
+    w = _watch(client, topic)
+    old = raw(version=5)
+    cid = _connect_with_delay(old, topic, delay=2, session_expiry=30)
+    new = raw(version=5)
+    ack = new.connect(cid, clean=False, properties=[(R.SESSION_EXPIRY_INTERVAL, 30)])
+    assert ack.reason == 0 and ack.session_present
+    old.wait_closed(5)
+    w.expect_none(3.0)
+
+
+@pytest.mark.xfail_mosquitto(reason="keeps waiting for the will delay after Clean Start 1 ended "
+                             "the session")
+def test_v5_will_delay_ends_when_clean_start_replaces_session(client, raw, topic):
+    """Will Delay 10 s: a reconnection with Clean Start 1 ends the old session, so the pending
+    will is published then, not after 10 s. (5.0 section 3.1.3.2.2 / 3.1.2.4)"""
+    w = _watch(client, topic)
+    r = raw(version=5)
+    cid = _connect_with_delay(r, topic, delay=10, session_expiry=30, payload=b"replaced")
+    r.abort()
+    w.expect_none(0.3)
+    r2 = raw(version=5)
+    assert r2.connect(cid, clean=True).reason == 0
+    assert w.get(timeout=2).payload == b"replaced"

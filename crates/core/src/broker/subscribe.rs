@@ -149,6 +149,12 @@ impl Broker {
         let v5 = self.version_of(idx).is_v5();
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
+            // A filter that could never have been subscribed gets the same code as in
+            // SUBSCRIBE (5.0 section 3.11.3), not "no subscription existed".
+            if validate_topic_filter(filter).is_err() {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let existed = self
                 .session_mut(idx)
                 .is_some_and(|s| s.subscriptions.remove(filter).is_some());

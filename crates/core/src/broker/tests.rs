@@ -532,7 +532,7 @@ fn invalid_filters_get_their_own_suback_codes() {
         1,
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 5,
-            filters: vec!["ok/+".into(), "never".into()],
+            filters: vec!["ok/+".into(), "never".into(), "a/#/b".into()],
             ..Default::default()
         }),
     );
@@ -541,7 +541,11 @@ fn invalid_filters_get_their_own_suback_codes() {
     };
     assert_eq!(
         ack.reasons,
-        vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+        vec![
+            ReasonCode::SUCCESS,
+            ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            ReasonCode::TOPIC_FILTER_INVALID
+        ]
     );
 }
 
