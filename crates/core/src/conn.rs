@@ -73,7 +73,13 @@ impl ConnState {
             outbound_aliases: HashMap::new(),
             outbound_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
             inbound_unacked: 0,
-            receive_maximum: limits.receive_maximum,
+            // 3.x clients are never told a Receive Maximum, so it cannot be held against them;
+            // their QoS 1/2 flow is bounded by the 16-bit packet identifier space.
+            receive_maximum: if connect.protocol.is_v5() {
+                limits.receive_maximum
+            } else {
+                u16::MAX
+            },
             inbound_qos2: Vec::new(),
         }
     }
@@ -319,6 +325,20 @@ mod tests {
             .inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 4))
             .unwrap_err();
         assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+    }
+
+    #[test]
+    fn receive_maximum_is_not_held_against_v3_clients() {
+        let now = Instant::now();
+        let limits = Limits {
+            receive_maximum: 2,
+            ..Limits::default()
+        };
+        let mut st = ConnState::new(now, &connect(false, 0), &limits);
+        for id in 1..=10 {
+            st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, id))
+                .unwrap();
+        }
     }
 
     #[test]
