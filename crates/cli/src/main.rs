@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use makelaar_broker::config::{Config, ConfigError, ConfigFile};
 
+mod bench;
+mod clients;
 mod logging;
 
 const SERVE_EXAMPLES: &str = "\
@@ -37,6 +39,19 @@ enum Command {
     /// Run the broker until SIGINT (Ctrl-C) or SIGTERM.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// Load-test any MQTT broker: conn, pub, sub, fanin, fanout, latency.
+    // Its scenarios take -V for the MQTT version, as the Mosquitto tools do.
+    #[command(disable_version_flag = true)]
+    Bench(bench::BenchArgs),
+    /// Publish a message and exit, like mosquitto_pub (see makelaar pub --help).
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Pub(clients::RawArgs),
+    /// Subscribe and print messages, like mosquitto_sub (see makelaar sub --help).
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Sub(clients::RawArgs),
+    /// Send a request and print the response, like mosquitto_rr (see makelaar rr --help).
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Rr(clients::RawArgs),
 }
 
 /// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
@@ -149,6 +164,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
             runtime.block_on(makelaar_broker::serve(config))
         }
+        Command::Bench(args) => bench::run(args),
+        // These print their own errors and exit with Mosquitto's exit codes.
+        Command::Pub(a) => std::process::exit(clients::main(clients::Tool::Pub, a.args)),
+        Command::Sub(a) => std::process::exit(clients::main(clients::Tool::Sub, a.args)),
+        Command::Rr(a) => std::process::exit(clients::main(clients::Tool::Rr, a.args)),
     }
 }
 
@@ -170,6 +190,7 @@ mod tests {
             Ok(Cli {
                 command: Command::Serve(a),
             }) => a,
+            Ok(other) => panic!("expected serve, got {other:?}"),
             Err(e) => panic!("{e}"),
         }
     }

@@ -1,0 +1,275 @@
+//! `makelaar bench conn`: many connections, optionally one subscription each, opened
+//! `--parallel` at a time; the connect rate, then the connections held idle (keep-alive pings
+//! only) while the broker's memory is read.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use makelaar_proto::QoS;
+use serde_json::json;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::client::{self, Shared};
+use super::net::{Conn, Endpoint};
+use super::report::{generator_json, generator_text, latency_json, latency_text, thousands};
+use super::stats::{Counters, Histogram};
+use super::sys::{self, BrokerWatch};
+use super::{expand, run_id};
+
+/// Read buffer of an idle connection: it only ever sees PINGRESP.
+const IDLE_READ_CHUNK: usize = 256;
+/// Pause after the last connection before the broker's memory is read.
+const SETTLE: Duration = Duration::from_secs(1);
+
+pub struct ConnPlan {
+    pub clients: usize,
+    pub parallel: usize,
+    pub topic: Option<String>,
+    pub qos: QoS,
+    /// `None`: until Ctrl-C.
+    pub hold: Option<Duration>,
+    pub json: bool,
+    pub broker_pid: Option<u32>,
+    pub workers: usize,
+}
+
+pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
+    let limit = sys::raise_nofile_limit();
+    if limit != 0 && (plan.clients as u64) + 64 > limit {
+        bail!(
+            "{} connections need more open files than this process may have ({limit}); raise \
+             `ulimit -n` or split the connections over several processes",
+            plan.clients
+        );
+    }
+    let run = run_id();
+    let shared = Arc::new(Shared {
+        go: CancellationToken::new(),
+        stop_pub: CancellationToken::new(),
+        stop_all: CancellationToken::new(),
+        window_start_ns: AtomicU64::new(u64::MAX),
+        window_end_ns: AtomicU64::new(u64::MAX),
+        ping_every: Duration::from_secs(u64::from(ep.keep_alive) / 2),
+        run,
+        version: ep.version,
+    });
+    let interrupted = CancellationToken::new();
+    {
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.cancel();
+            }
+        });
+    }
+    let tty = std::io::stdout().is_terminal() && !plan.json;
+    let watch = plan.broker_pid.and_then(BrokerWatch::start);
+    let rss_before = plan.broker_pid.and_then(sys::proc_rss_kib);
+    let broker_cpu_before = plan.broker_pid.and_then(sys::proc_cpu_secs);
+    let cpu_before = sys::own_cpu_secs();
+    let permits = Arc::new(Semaphore::new(plan.parallel));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Duration, String>>();
+    let counters = Arc::new(Counters::default());
+    let mut handles = Vec::with_capacity(plan.clients);
+    let t0 = Instant::now();
+    for i in 0..plan.clients {
+        let (ep, shared, permits, tx, counters) = (
+            ep.clone(),
+            shared.clone(),
+            permits.clone(),
+            tx.clone(),
+            counters.clone(),
+        );
+        let filter = plan.topic.as_ref().map(|t| expand(t, i));
+        let qos = plan.qos;
+        let id = format!("mkb-{run:08x}-c{i}");
+        handles.push(tokio::spawn(async move {
+            let opened = async {
+                let _permit = permits.acquire().await;
+                let t = Instant::now();
+                let mut conn = Conn::open(&ep, &id, IDLE_READ_CHUNK).await?;
+                if let Some(f) = &filter {
+                    conn.subscribe(f, qos).await?;
+                }
+                anyhow::Ok((conn, t.elapsed()))
+            }
+            .await;
+            match opened {
+                Ok((conn, took)) => {
+                    let _ = tx.send(Ok(took));
+                    let r = client::drive(conn, None, false, shared, counters).await;
+                    r.error
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                    None
+                }
+            }
+        }));
+    }
+    drop(tx);
+
+    let mut latency = Histogram::default();
+    let (mut connected, mut failed, mut first_error) = (0usize, 0usize, None::<String>);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut done = 0;
+    while done < plan.clients {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(Ok(d)) => { connected += 1; done += 1; latency.record(d.as_nanos() as u64); }
+                Some(Err(e)) => { failed += 1; done += 1; first_error.get_or_insert(e); }
+                None => break,
+            },
+            _ = tick.tick() => if tty {
+                print!("\r\x1b[2K[{:>4.0}s] connected {} of {}, {} failed", t0.elapsed().as_secs_f64(), thousands(connected as u64), thousands(plan.clients as u64), failed);
+                let _ = std::io::stdout().flush();
+            },
+            _ = interrupted.cancelled() => break,
+        }
+    }
+    let connect_secs = t0.elapsed().as_secs_f64();
+    let cpu_connect = sys::own_cpu_secs() - cpu_before;
+    let broker_cpu_connect = match (
+        broker_cpu_before,
+        plan.broker_pid.and_then(sys::proc_cpu_secs),
+    ) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    if tty {
+        println!(
+            "\r\x1b[2K{} connections in {connect_secs:.2} s ({}/s), {failed} failed; holding{}",
+            thousands(connected as u64),
+            thousands((connected as f64 / connect_secs.max(1e-9)) as u64),
+            match plan.hold {
+                Some(h) => format!(" for {:.0} s", h.as_secs_f64()),
+                None => " until Ctrl-C".to_string(),
+            }
+        );
+    }
+
+    // Hold: let the broker settle, read its memory, wait.
+    let settle = plan.hold.map_or(SETTLE, |h| h.min(SETTLE));
+    tokio::select! {
+        _ = tokio::time::sleep(settle) => {}
+        _ = interrupted.cancelled() => {}
+    }
+    let rss_held = plan.broker_pid.and_then(sys::proc_rss_kib);
+    if let Some(rest) = plan.hold.map(|h| h.saturating_sub(settle)) {
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = interrupted.cancelled() => {}
+        }
+    } else {
+        interrupted.cancelled().await;
+    }
+    let rss_end = plan.broker_pid.and_then(sys::proc_rss_kib);
+    let still_open = connected as u64 - counters.errors.load(Ordering::Relaxed);
+    let held_secs = t0.elapsed().as_secs_f64() - connect_secs;
+    shared.stop_all.cancel();
+    let mut held_error = None;
+    for h in handles {
+        if let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(10), h).await {
+            held_error.get_or_insert(e);
+        }
+    }
+    let first_error = first_error.or(held_error);
+    let per_conn = |after: Option<u64>| match (rss_before, after) {
+        (Some(b), Some(a)) if connected > 0 => {
+            Some((a as f64 - b as f64) * 1024.0 / connected as f64)
+        }
+        _ => None,
+    };
+    let rate = connected as f64 / connect_secs.max(1e-9);
+    if plan.json {
+        let broker = plan.broker_pid.map(|pid| {
+            json!({
+                "pid": pid,
+                "rss_before_kib": rss_before,
+                "rss_held_kib": rss_held,
+                "rss_end_kib": rss_end,
+                "rss_max_kib": watch.as_ref().map(|w| w.max_rss_kib()),
+                "rss_per_conn_bytes": per_conn(rss_held).map(f64::round),
+                "rss_per_conn_end_bytes": per_conn(rss_end).map(f64::round),
+                "cpu_connect_s": broker_cpu_connect,
+            })
+        });
+        let v = json!({
+            "scenario": "conn",
+            "params": {
+                "broker": format!("{}:{}", ep.host, ep.port),
+                "clients": plan.clients,
+                "parallel": plan.parallel,
+                "topic": plan.topic,
+                "qos": plan.qos as u8,
+            },
+            "connections": connected,
+            "connect_failed": failed,
+            "connect_s": (connect_secs * 1e4).round() / 1e4,
+            "connections_per_s": rate.round(),
+            "connect_latency_ms": latency_json(&latency),
+            "held_s": (held_secs * 1e3).round() / 1e3,
+            "dropped_while_held": connected as u64 - still_open,
+            "errors": counters.errors.load(Ordering::Relaxed) + failed as u64,
+            "first_error": first_error,
+            "generator": generator_json(cpu_connect, connect_secs, plan.workers),
+            "broker": broker,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "conn: {} connections{}, {} at a time",
+        thousands(plan.clients as u64),
+        match &plan.topic {
+            Some(t) => format!(" with one subscription each ({t}, QoS {})", plan.qos as u8),
+            None => String::new(),
+        },
+        plan.parallel
+    );
+    println!(
+        "  {:<12} {} in {connect_secs:.3} s = {}/s, {failed} failed",
+        "connected",
+        thousands(connected as u64),
+        thousands(rate as u64)
+    );
+    println!("  {:<12} {}", "connect time", latency_text(&latency));
+    println!(
+        "  {:<12} {} still open after {held_secs:.1} s",
+        "held",
+        thousands(still_open)
+    );
+    if let Some(e) = &first_error {
+        println!("  {:<12} {e}", "first error");
+    }
+    println!(
+        "  {:<12} {} (while connecting)",
+        "generator",
+        generator_text(cpu_connect, connect_secs, plan.workers)
+    );
+    if let Some(pid) = plan.broker_pid {
+        let kib =
+            |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        println!(
+            "  {:<12} pid {pid}: RSS {} before, {} with the connections held, {} at the end",
+            "broker",
+            kib(rss_before),
+            kib(rss_held),
+            kib(rss_end)
+        );
+        if let Some(b) = per_conn(rss_held) {
+            println!(
+                "  {:<12} {:.0} bytes of broker RSS per connection",
+                "per conn", b
+            );
+        }
+        if let Some(c) = broker_cpu_connect {
+            println!("  {:<12} {c:.2} s of broker CPU while connecting", "");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,430 @@
+//! The generator's connections: TCP (TCP_NODELAY on) or TLS, the CONNECT and SUBSCRIBE
+//! handshakes, and non-blocking reads and writes that one task polls together.
+//!
+//! Built directly on `makelaar-proto`: no client library between the generator and the socket.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::{Buf, BytesMut};
+use makelaar_proto::{
+    Connect, Decoder, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Largest packet the generator accepts from a broker.
+const MAX_PACKET: usize = 16 * 1024 * 1024;
+/// Time allowed for TCP connect, TLS, CONNECT/CONNACK and SUBSCRIBE/SUBACK each.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how to connect: shared by every simulated client.
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    pub version: ProtocolVersion,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// TLS options from the command line.
+pub struct TlsOptions {
+    pub cafile: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+/// The client TLS configuration: the CA file (or the system bundle), an optional client
+/// certificate, or no verification at all with `insecure`.
+pub fn tls_config(o: &TlsOptions) -> anyhow::Result<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("cannot set up TLS 1.2 and 1.3 ({e})"))?;
+    let builder = if o.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    } else {
+        let path = o
+            .cafile
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        let mut roots = RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(&path).with_context(|| {
+            format!(
+                "cannot read the CA file \"{}\"; give --cafile FILE or --insecure",
+                path.display()
+            )
+        })?;
+        for c in certs {
+            let c = c.with_context(|| format!("\"{}\" is not a PEM CA bundle", path.display()))?;
+            // Bundles often hold a few certificates rustls cannot use: skip those.
+            let _ = roots.add(c);
+        }
+        if roots.is_empty() {
+            bail!(
+                "no usable CA certificate in \"{}\"; give --cafile FILE or --insecure",
+                path.display()
+            );
+        }
+        builder.with_root_certificates(roots)
+    };
+    let config = match (&o.cert, &o.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read the certificate \"{}\"", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("cannot read the private key \"{}\"", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| anyhow!("cannot use the client certificate ({e})"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => bail!("--cert and --key go together"),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate (`--insecure`); handshake signatures are still checked.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A plain or TLS socket.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One MQTT connection of the generator: socket, buffers and decoder.
+pub struct Conn {
+    pub stream: Stream,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    pub decoder: Decoder,
+    pub version: ProtocolVersion,
+    /// Bytes reserved for each read.
+    read_chunk: usize,
+    /// Written to the socket but maybe still buffered in the TLS layer.
+    unflushed: bool,
+}
+
+/// What one poll of a connection's socket achieved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IoProgress {
+    pub read: usize,
+    pub written: usize,
+    pub flushed: bool,
+}
+
+impl IoProgress {
+    pub fn any(&self) -> bool {
+        self.read > 0 || self.written > 0 || self.flushed
+    }
+}
+
+impl Conn {
+    /// Opens the socket (and TLS), sends CONNECT and waits for a successful CONNACK.
+    pub async fn open(ep: &Endpoint, client_id: &str, read_chunk: usize) -> anyhow::Result<Conn> {
+        let addr = format!("{}:{}", ep.host, ep.port);
+        let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| anyhow!("connecting to {addr} timed out"))?
+            .map_err(|e| anyhow!("cannot connect to {addr}: {e}"))?;
+        tcp.set_nodelay(true)?;
+        let stream = match &ep.tls {
+            None => Stream::Tcp(tcp),
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| anyhow!("TLS handshake with {addr} timed out"))?
+                        .map_err(|e| anyhow!("TLS handshake with {addr} failed: {e}"))?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
+        let mut decoder = Decoder::new(MAX_PACKET);
+        decoder.set_version(ep.version);
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(read_chunk),
+            wbuf: BytesMut::new(),
+            decoder,
+            version: ep.version,
+            read_chunk,
+            unflushed: false,
+        };
+        let connect = Connect {
+            protocol: ep.version,
+            clean_start: true,
+            keep_alive: ep.keep_alive,
+            client_id: client_id.to_string(),
+            will: None,
+            username: ep.username.clone(),
+            password: ep.password.clone().map(Into::into),
+            properties: Default::default(),
+        };
+        conn.send_now(&Packet::Connect(Box::new(connect))).await?;
+        match conn.next_packet().await? {
+            Packet::ConnAck(ack) if !ack.reason.is_error() => Ok(conn),
+            Packet::ConnAck(ack) => bail!("{addr} refused the connection: {}", ack.reason),
+            other => bail!("{addr} answered CONNECT with {}", other.name()),
+        }
+    }
+
+    /// Subscribes to one filter and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
+        let sub = Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                filter.to_string(),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+            properties: Default::default(),
+        };
+        self.send_now(&Packet::Subscribe(sub)).await?;
+        loop {
+            match self.next_packet().await? {
+                Packet::SubAck(ack) => {
+                    return match ack.reasons.first() {
+                        Some(r) if !r.is_error() => Ok(()),
+                        Some(r) => bail!("subscribing to \"{filter}\" was refused: {r}"),
+                        None => bail!("empty SUBACK for \"{filter}\""),
+                    };
+                }
+                // A retained message may arrive before the SUBACK: it is not counted.
+                Packet::Publish(_) => {}
+                other => bail!("unexpected {} while subscribing", other.name()),
+            }
+        }
+    }
+
+    /// Encodes and writes one packet now (handshakes, DISCONNECT).
+    pub async fn send_now(&mut self, p: &Packet) -> anyhow::Result<()> {
+        let mut buf = BytesMut::new();
+        p.encode(self.version, &mut buf)
+            .map_err(|e| anyhow!("cannot encode {}: {e}", p.name()))?;
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            self.stream.write_all(&buf).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| anyhow!("writing {} timed out", p.name()))??;
+        Ok(())
+    }
+
+    /// Reads until one whole packet is there (handshakes only).
+    pub async fn next_packet(&mut self) -> anyhow::Result<Packet> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            loop {
+                if let Some(p) = self.decode()? {
+                    return Ok(p);
+                }
+                let n = std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+                if n == 0 {
+                    bail!("the broker closed the connection");
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("no answer from the broker within {HANDSHAKE_TIMEOUT:?}"))?
+    }
+
+    /// The next complete packet in the read buffer, if any.
+    pub fn decode(&mut self) -> anyhow::Result<Option<Packet>> {
+        self.decoder
+            .decode(&mut self.rbuf)
+            .map_err(|e| anyhow!("malformed packet from the broker: {e}"))
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
+            self.rbuf.reserve(self.read_chunk);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+    }
+
+    /// Reads what the socket has and writes what `wbuf` holds, without waiting on either:
+    /// `Ready` with what was done, `Pending` when nothing could be done (wakers registered for
+    /// both directions). A closed socket is an `UnexpectedEof` error.
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<IoProgress>> {
+        let mut p = IoProgress::default();
+        match self.poll_read(cx) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the broker closed the connection",
+                )))
+            }
+            Poll::Ready(Ok(n)) => p.read = n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the socket accepts no more data",
+                    )))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    p.written += n;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if self.wbuf.is_empty() && self.unflushed {
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    p.flushed = matches!(self.stream, Stream::Tls(_));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if p.any() {
+            Poll::Ready(Ok(p))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Sends DISCONNECT after what is buffered and closes, within `limit`.
+    pub async fn close(mut self, limit: Duration) {
+        let mut d = BytesMut::new();
+        if Packet::Disconnect(Default::default())
+            .encode(self.version, &mut d)
+            .is_ok()
+        {
+            self.wbuf.extend_from_slice(&d);
+        }
+        let _ = tokio::time::timeout(limit, async {
+            let wbuf = std::mem::take(&mut self.wbuf);
+            self.stream.write_all(&wbuf).await?;
+            self.stream.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// Encodes an acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP) into `buf`.
+pub fn put_ack(buf: &mut BytesMut, version: ProtocolVersion, packet: Packet) {
+    // Acknowledgements always encode: a fixed size, no properties.
+    let _ = packet.encode(version, buf);
+}
+
+/// The reason code a failed acknowledgement carries (5.0), for the error message.
+pub fn ack_failed(reason: ReasonCode) -> Option<String> {
+    reason
+        .is_error()
+        .then(|| format!("the broker refused a message: {reason}"))
+}
