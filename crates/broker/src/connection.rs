@@ -29,6 +29,10 @@ const MAX_CONNECT_SIZE: usize = 64 * 1024;
 /// before they are read.
 const LARGE_PACKET: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
+/// Smallest read buffer: what a quiet connection holds (memory per idle client matters).
+const READ_MIN: usize = 256;
+/// Largest read size a busy connection grows to.
+const READ_MAX: usize = 64 * 1024;
 /// Packets taken from the outbox per lock.
 const OUTBOX_BATCH: usize = 64;
 /// How long and how much of a closing client's input is drained (see `Io::linger`).
@@ -81,10 +85,10 @@ where
     tracing::info!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
     let msg = ToRouter::Connect {
         conn,
-        connect: Box::new(connect),
+        connect,
         out: outbox.clone(),
     };
-    if ctx.router.send(msg).await.is_err() {
+    if !forward(&ctx.router, Box::new(msg)).await {
         return;
     }
     let mut io = Io {
@@ -99,6 +103,7 @@ where
         outbox,
         drained: Drained::default(),
         large: None,
+        read_size: READ_MIN,
     };
     let end = io.serve(&mut state).await;
     let reason = match end {
@@ -123,7 +128,7 @@ where
         }
     };
     if let Some(msg) = reason {
-        let _ = ctx.router.send(msg).await;
+        forward(&ctx.router, Box::new(msg)).await;
     }
     io.linger().await;
 }
@@ -135,10 +140,11 @@ async fn read_connect<R: AsyncRead + Unpin>(
     rbuf: &mut BytesMut,
     decoder: &mut Decoder,
     ctx: &ConnCtx,
-) -> Result<makelaar_proto::Connect, Option<Vec<u8>>> {
+) -> Result<Box<makelaar_proto::Connect>, Option<Vec<u8>>> {
     loop {
         match decoder.decode(rbuf) {
-            Ok(Some(Packet::Connect(c))) => return Ok(*c),
+            // Kept boxed: a CONNECT is large, and the connection task must stay small.
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(other)) => {
                 tracing::debug!(
                     packet = other.name(),
@@ -196,6 +202,8 @@ struct Io<R, W> {
     drained: Drained,
     /// The reservation for the large packet being received, if any.
     large: Option<OwnedSemaphorePermit>,
+    /// How much to reserve for the next read (see `prepare_read`).
+    read_size: usize,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
@@ -213,9 +221,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                 .keep_alive_deadline()
                 .map(tokio::time::Instant::from_std);
             let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
-            if self.rbuf.capacity() - self.rbuf.len() < 512 {
-                self.rbuf.reserve(READ_CHUNK);
-            }
+            let spare = self.prepare_read();
             tokio::select! {
                 permit = self.ctx.large_packets.clone().acquire_many_owned(reserve.unwrap_or(0)), if reserve.is_some() => {
                     self.large = permit.ok();
@@ -226,6 +232,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                         Err(_) => return End::Lost("read error"),
                         Ok(n) => {
                             self.ctx.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            self.adapt_read_size(n, spare);
                             if let Err(end) = self.decode_all(state).await {
                                 return end;
                             }
@@ -246,6 +253,27 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                     return End::Violation(Violation { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, text: "keep-alive timeout" });
                 }
             }
+        }
+    }
+
+    /// Makes room to read into and returns how much there is. A quiet connection holds only a
+    /// small buffer (an empty one is given back entirely); a busy one reads in larger chunks.
+    fn prepare_read(&mut self) -> usize {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > self.read_size * 2 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < READ_MIN / 2 {
+            self.rbuf.reserve(self.read_size);
+        }
+        self.rbuf.capacity() - self.rbuf.len()
+    }
+
+    /// Grows the read size while reads fill the buffer, shrinks it while they don't.
+    fn adapt_read_size(&mut self, n: usize, spare: usize) {
+        if n >= spare {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_MIN);
         }
     }
 
@@ -272,12 +300,28 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
         }
     }
 
-    /// Decodes every whole packet in the read buffer and passes it on.
+    /// Decodes every whole packet in the read buffer and passes it on. Only when the router's
+    /// queue is full does this wait, on a boxed send: the connection task's future must not
+    /// hold packets across its await points (it is per-connection memory).
     async fn decode_all(&mut self, state: &mut ConnState) -> Result<(), End> {
+        loop {
+            let pending = match self.decode_some(state)? {
+                None => return Ok(()),
+                Some(msg) => Box::pin(self.ctx.router.send(msg)),
+            };
+            if pending.await.is_err() {
+                return Err(End::Closed);
+            }
+        }
+    }
+
+    /// Decodes and forwards packets until the buffer has no whole packet left (`None`) or the
+    /// router's queue is full (the packet that did not fit is returned).
+    fn decode_some(&mut self, state: &mut ConnState) -> Result<Option<ToRouter>, End> {
         loop {
             let mut packet = match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => p,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(e) => {
                     let text = match e {
                         DecodeError::TooLarge { .. } => "packet larger than max_packet_size",
@@ -304,8 +348,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                         conn: self.conn,
                         packet,
                     };
-                    if self.ctx.router.send(msg).await.is_err() {
-                        return Err(End::Closed);
+                    match self.ctx.router.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(msg)) => return Ok(Some(msg)),
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Closed),
                     }
                 }
             }
@@ -335,6 +381,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
             }
             closing = self.drained.close;
         }
+        if self.drained.packets.capacity() > OUTBOX_BATCH / 4 {
+            self.drained.packets.shrink_to_fit();
+        }
         closing
     }
 
@@ -357,7 +406,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
         let _ = self.wr.shutdown().await;
         let drain = async {
             let mut budget = LINGER_MAX_BYTES;
-            let mut scratch = [0u8; 1024];
+            // On the heap: a stack array would sit in every connection task's future.
+            let mut scratch = vec![0u8; 1024];
             while budget > 0 {
                 match self.rd.read(&mut scratch).await {
                     Ok(0) | Err(_) => break,
@@ -378,6 +428,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
 
 /// One write of the buffered bytes, or a flush once they are all written (TLS keeps records
 /// in its own buffer until flushed).
+/// Sends a message to the router without waiting in the usual case; only when its queue is
+/// full does this wait, on a boxed send (so the connection task's future stays small). False
+/// when the router is gone.
+async fn forward(router: &mpsc::Sender<ToRouter>, msg: Box<ToRouter>) -> bool {
+    let pending = match router.try_send(*msg) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Full(msg)) => Box::pin(router.send(msg)),
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+    };
+    pending.await.is_ok()
+}
+
 async fn write_some<W: AsyncWrite + Unpin>(
     wr: &mut W,
     wbuf: &mut BytesMut,
@@ -386,6 +448,8 @@ async fn write_some<W: AsyncWrite + Unpin>(
     if wbuf.is_empty() {
         wr.flush().await?;
         *needs_flush = false;
+        // Nothing left to write: give the buffer back (idle connections hold none).
+        *wbuf = BytesMut::new();
         return Ok(0);
     }
     let n = wr.write(wbuf).await?;

@@ -65,9 +65,9 @@ pub struct Session {
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry_interval: u32,
     /// The will of the attached connection.
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     /// A will waiting out its delay after the connection ended.
-    pub pending_will: Option<Will>,
+    pub pending_will: Option<Box<Will>>,
     /// Outbound messages with a packet id, in the order they were first sent.
     pub inflight: VecDeque<Inflight>,
     /// Outbound messages waiting for room in the inflight window (or for the client).

@@ -56,22 +56,22 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Open many connections (optionally one subscription each), report the connect rate and
     /// hold them (broker memory per connection with --broker-pid).
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Conn(ConnArgs),
     /// N publishers (-c) at --rate msg/s each, or as fast as possible.
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Pub(LoadArgs),
     /// N subscribers (-c) counting what arrives: rate, latency, gaps, duplicates.
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Sub(LoadArgs),
     /// P publishers (-c, default 4) to one subscriber.
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Fanin(LoadArgs),
     /// One publisher to S subscribers (-c, default 8).
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Fanout(LoadArgs),
     /// One publisher to one subscriber at a fixed rate (default 1,000 msg/s): latency.
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, disable_version_flag = true)]
     Latency(LoadArgs),
 }
 

@@ -193,7 +193,8 @@ impl Broker {
         };
         s.conn = Some(conn);
         s.version = c.protocol;
-        s.will = c.will.clone();
+        // Boxed: most sessions have no will, and a will is large (it carries properties).
+        s.will = c.will.clone().map(Box::new);
         s.expiry_interval = expiry;
         let receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
         s.client = ClientLimits {
@@ -342,14 +343,15 @@ impl Broker {
         self.reroute_shared(now, leftovers);
     }
 
-    fn publish_will(&mut self, now: Instant, idx: SessionIdx, will: Will) {
+    fn publish_will(&mut self, now: Instant, idx: SessionIdx, will: Box<Will>) {
         let Some(id) = self.session(idx).map(|s| s.client_id.clone()) else {
             return;
         };
         self.publish_will_message(now, &id, will);
     }
 
-    fn publish_will_message(&mut self, now: Instant, client_id: &Arc<str>, will: Will) {
+    fn publish_will_message(&mut self, now: Instant, client_id: &Arc<str>, will: Box<Will>) {
+        let will = *will;
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
         let mut properties = will.properties;
         properties.will_delay_interval = None;
