@@ -6,6 +6,7 @@
 //! connection's outbox holds no allocation: memory per connection matters at 10,000s of them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use makelaar_proto::{Packet, QoS};
@@ -40,6 +41,8 @@ pub enum Refused {
 pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Set while the router has this outbox on its list to wake (one wake per batch).
+    wake_listed: AtomicBool,
 }
 
 /// Estimated memory a packet holds while queued.
@@ -51,9 +54,10 @@ fn cost(p: &Packet) -> usize {
 }
 
 impl Outbox {
-    /// Queues a packet and wakes the connection task. QoS 0 PUBLISH over `budget` bytes
-    /// already queued is refused.
-    pub fn push(&self, packet: Packet, budget: usize) -> Result<(), Refused> {
+    /// Queues a packet without waking the connection task: the caller wakes it later with
+    /// [`Outbox::wake`], once for a whole batch. A QoS 0 PUBLISH over `budget` bytes already
+    /// queued is refused.
+    pub fn push_quiet(&self, packet: Packet, budget: usize) -> Result<(), Refused> {
         let c = cost(&packet);
         {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -67,8 +71,19 @@ impl Outbox {
             inner.bytes += c;
             inner.packets.push_back(packet);
         }
-        self.notify.notify_one();
         Ok(())
+    }
+
+    /// Marks the outbox as due for a wake; true the first time since the last [`Outbox::wake`]
+    /// (so a batch wakes each connection once).
+    pub fn list_for_wake(&self) -> bool {
+        !self.wake_listed.swap(true, Ordering::Relaxed)
+    }
+
+    /// Wakes the connection task for what `push_quiet` queued.
+    pub fn wake(&self) {
+        self.wake_listed.store(false, Ordering::Relaxed);
+        self.notify.notify_one();
     }
 
     /// Asks the connection task to close after writing what is queued.
@@ -124,22 +139,26 @@ mod tests {
     #[test]
     fn qos0_over_budget_is_refused_but_acks_are_not() {
         let o = Outbox::default();
-        assert_eq!(o.push(qos0(900), 1000), Ok(()));
-        assert_eq!(o.push(qos0(900), 1000), Err(Refused::OverBudget));
-        assert_eq!(o.push(Packet::PingResp, 1000), Ok(()));
+        assert_eq!(o.push_quiet(qos0(900), 1000), Ok(()));
+        assert_eq!(o.push_quiet(qos0(900), 1000), Err(Refused::OverBudget));
+        assert_eq!(o.push_quiet(Packet::PingResp, 1000), Ok(()));
         let mut d = Drained::default();
         o.drain(&mut d, 10);
         assert_eq!(d.packets.len(), 2);
-        assert_eq!(o.push(qos0(900), 1000), Ok(()), "budget freed by drain");
+        assert_eq!(
+            o.push_quiet(qos0(900), 1000),
+            Ok(()),
+            "budget freed by drain"
+        );
     }
 
     #[test]
     fn close_is_reported_after_the_queue_is_empty() {
         let o = Outbox::default();
-        o.push(Packet::PingResp, 100).ok();
-        o.push(Packet::PingResp, 100).ok();
+        o.push_quiet(Packet::PingResp, 100).ok();
+        o.push_quiet(Packet::PingResp, 100).ok();
         o.close();
-        assert_eq!(o.push(Packet::PingResp, 100), Err(Refused::Closed));
+        assert_eq!(o.push_quiet(Packet::PingResp, 100), Err(Refused::Closed));
         let mut d = Drained::default();
         o.drain(&mut d, 1);
         assert!(!d.close);
