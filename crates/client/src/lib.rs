@@ -59,6 +59,11 @@ pub use makelaar_proto::{
 pub use message::{Message, PublishAck};
 pub use options::{ConnectOptions, Reconnect, TlsOptions, DEFAULT_INFLIGHT_V3};
 pub use state::ServerLimits;
+pub use tls::{
+    client_config as tls_config, client_config_with_verifier as tls_config_with_verifier,
+    server_name as tls_server_name,
+};
+pub use transport::Stream;
 
 use driver::{lock, Command, Shared};
 use makelaar_proto::{Subscribe, Unsubscribe};

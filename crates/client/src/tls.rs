@@ -1,4 +1,5 @@
-//! rustls client configuration (ring provider) from [`TlsOptions`].
+//! rustls client configuration (ring provider) from [`TlsOptions`]; public for programs that
+//! open their own sockets (such as `makelaar bench`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -118,17 +119,30 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the rustls configuration for `opts`.
-pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
+/// Builds the rustls configuration (ring provider, TLS 1.2 and 1.3) for `opts`: the CA file
+/// and directory (or the system bundle), the client certificate, ALPN, and `insecure`.
+/// Returns [`TlsOptions::rustls_config`] as is when that is set.
+pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
+    client_config_with_verifier(opts, None)
+}
+
+/// [`client_config`], but with `verifier` (when given) checking the broker's certificate
+/// instead: the CA options and `insecure` are then not used, and no CA is loaded.
+pub fn client_config_with_verifier(
+    opts: &TlsOptions,
+    verifier: Option<Arc<dyn ServerCertVerifier>>,
+) -> Result<Arc<ClientConfig>, Error> {
     if let Some(c) = &opts.rustls_config {
         return Ok(c.clone());
     }
     let provider = provider();
-    let roots = Arc::new(roots(opts)?);
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let builder = if opts.insecure {
+    let builder = if let Some(v) = verifier {
+        builder.dangerous().with_custom_certificate_verifier(v)
+    } else if opts.insecure {
+        let roots = Arc::new(roots(opts)?);
         let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
             .build()
             .map_err(|e| Error::Tls(e.to_string()))?;
@@ -136,7 +150,7 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Erro
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(IgnoreHostname { inner }))
     } else {
-        builder.with_root_certificates(roots)
+        builder.with_root_certificates(roots(opts)?)
     };
     let mut config =
         match (&opts.client_cert, &opts.client_key) {
@@ -162,8 +176,9 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Erro
     Ok(Arc::new(config))
 }
 
-/// The server name to verify: the override, or the host (an IP address or a DNS name).
-pub(crate) fn server_name(opts: &TlsOptions, host: &str) -> Result<ServerName<'static>, Error> {
+/// The server name to verify: the override, or the host (an IP address or a DNS name, with or
+/// without the brackets of an IPv6 literal).
+pub fn server_name(opts: &TlsOptions, host: &str) -> Result<ServerName<'static>, Error> {
     let name = opts.server_name.as_deref().unwrap_or(host);
     let name = name.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(name.to_string())

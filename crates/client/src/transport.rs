@@ -1,10 +1,13 @@
 //! Opening the byte stream to the broker: TCP, then TLS when asked.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::error::Error;
 use crate::options::ConnectOptions;
@@ -48,19 +51,78 @@ pub(crate) async fn open(opts: &ConnectOptions) -> Result<(Reader, Writer), Erro
     };
     // Small packets (acknowledgements, pings) go out at once.
     let _ = tcp.set_nodelay(true);
-    match tls_config {
-        None => {
-            let (r, w) = tcp.into_split();
-            Ok((Box::new(r), Box::new(w)))
-        }
+    let stream = match tls_config {
+        None => Stream::Tcp(tcp),
         Some((config, name)) => {
             let connector = tokio_rustls::TlsConnector::from(config);
             let tls = connector
                 .connect(name, tcp)
                 .await
                 .map_err(|e| Error::Tls(format!("handshake with {} failed: {e}", opts.addr())))?;
-            let (r, w) = tokio::io::split(tls);
+            Stream::Tls(Box::new(tls))
+        }
+    };
+    match stream {
+        Stream::Tcp(tcp) => {
+            let (r, w) = tcp.into_split();
             Ok((Box::new(r), Box::new(w)))
+        }
+        Stream::Tls(tls) => {
+            let (r, w) = tokio::io::split(*tls);
+            Ok((Box::new(r), Box::new(w)))
+        }
+    }
+}
+
+/// A connection to a broker, plain TCP or TLS, read and written as one stream.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Whether this is a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

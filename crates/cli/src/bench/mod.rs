@@ -22,7 +22,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use clap::{ArgAction, Args, Subcommand};
 use makelaar_proto::{ProtocolVersion, QoS};
-use rustls_pki_types::ServerName;
 
 use net::{Endpoint, TlsOptions};
 
@@ -240,15 +239,13 @@ impl Target {
     fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let tls_on = self.tls || self.cafile.is_some() || self.cert.is_some() || self.insecure;
         let tls = if tls_on {
-            let config = net::tls_config(&TlsOptions {
+            let o = TlsOptions {
                 cafile: self.cafile.clone(),
                 cert: self.cert.clone(),
                 key: self.key.clone(),
                 insecure: self.insecure,
-            })?;
-            let name = ServerName::try_from(self.host.clone())
-                .map_err(|_| anyhow!("\"{}\" is not a valid host name for TLS", self.host))?;
-            Some((config, name))
+            };
+            Some(net::tls_config(&o, &self.host)?)
         } else {
             None
         };

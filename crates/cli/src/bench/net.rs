@@ -10,19 +10,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use bytes::{Buf, BytesMut};
+use makelaar_client::Stream;
 use makelaar_proto::{
     Connect, Decoder, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 /// Largest packet the generator accepts from a broker.
 const MAX_PACKET: usize = 16 * 1024 * 1024;
@@ -48,57 +47,22 @@ pub struct TlsOptions {
     pub insecure: bool,
 }
 
-/// The client TLS configuration: the CA file (or the system bundle), an optional client
-/// certificate, or no verification at all with `insecure`.
-pub fn tls_config(o: &TlsOptions) -> anyhow::Result<Arc<ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow!("cannot set up TLS 1.2 and 1.3 ({e})"))?;
-    let builder = if o.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-    } else {
-        let path = o
-            .cafile
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
-        let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&path).with_context(|| {
-            format!(
-                "cannot read the CA file \"{}\"; give --cafile FILE or --insecure",
-                path.display()
-            )
-        })?;
-        for c in certs {
-            let c = c.with_context(|| format!("\"{}\" is not a PEM CA bundle", path.display()))?;
-            // Bundles often hold a few certificates rustls cannot use: skip those.
-            let _ = roots.add(c);
-        }
-        if roots.is_empty() {
-            bail!(
-                "no usable CA certificate in \"{}\"; give --cafile FILE or --insecure",
-                path.display()
-            );
-        }
-        builder.with_root_certificates(roots)
-    };
-    let config = match (&o.cert, &o.key) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("cannot read the certificate \"{}\"", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("cannot read the private key \"{}\"", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| anyhow!("cannot use the client certificate ({e})"))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => bail!("--cert and --key go together"),
-    };
-    Ok(Arc::new(config))
+/// The client TLS configuration and the name to verify, built by `makelaar-client`: the CA
+/// file (or the system bundle), an optional client certificate, or no verification at all
+/// with `insecure`.
+pub fn tls_config(
+    o: &TlsOptions,
+    host: &str,
+) -> anyhow::Result<(Arc<ClientConfig>, ServerName<'static>)> {
+    let mut opts = makelaar_client::TlsOptions::default();
+    opts.ca_file = o.cafile.clone();
+    opts.client_cert = o.cert.clone();
+    opts.client_key = o.key.clone();
+    let verifier: Option<Arc<dyn ServerCertVerifier>> = o
+        .insecure
+        .then(|| Arc::new(NoVerify(Arc::new(rustls::crypto::ring::default_provider()))) as _);
+    let config = makelaar_client::tls_config_with_verifier(&opts, verifier)?;
+    Ok((config, makelaar_client::tls_server_name(&opts, host)?))
 }
 
 /// Accepts any server certificate (`--insecure`); handshake signatures are still checked.
@@ -147,52 +111,6 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A plain or TLS socket.
-pub enum Stream {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 
@@ -385,7 +303,7 @@ impl Conn {
             match Pin::new(&mut self.stream).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
                     self.unflushed = false;
-                    p.flushed = matches!(self.stream, Stream::Tls(_));
+                    p.flushed = self.stream.is_tls();
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}

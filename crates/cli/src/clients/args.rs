@@ -1,12 +1,15 @@
 //! The flags `makelaar pub`, `sub` and `rr` share with Mosquitto's tools: where to connect, who
 //! to be, TLS, the will and MQTT 5 properties (-D), and how they become [`ConnectOptions`].
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
 use makelaar_client::{ConnectOptions, Properties, ProtocolVersion, QoS, TlsOptions, Will};
+
+use super::Failure;
 
 /// Parses -q and --will-qos.
 pub fn parse_qos(s: &str) -> Result<QoS, String> {
@@ -48,6 +51,32 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("invalid number of seconds '{s}'"))
+}
+
+/// The payload given by -m MESSAGE, -f FILE or -s (standard input to its end), or `None` when
+/// none of them was: the callers (pub and rr) have checked that at most one source was given.
+pub fn read_payload(
+    message: Option<&str>,
+    file: Option<&Path>,
+    stdin: bool,
+) -> Result<Option<Bytes>, Failure> {
+    if let Some(m) = message {
+        return Ok(Some(Bytes::from(m.to_owned())));
+    }
+    if let Some(f) = file {
+        let data = std::fs::read(f).map_err(|e| {
+            Failure::usage(format!("cannot read the message file {}: {e}", f.display()))
+        })?;
+        return Ok(Some(Bytes::from(data)));
+    }
+    if stdin {
+        let mut data = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .map_err(|e| Failure::runtime(format!("cannot read standard input: {e}"), 1))?;
+        return Ok(Some(Bytes::from(data)));
+    }
+    Ok(None)
 }
 
 /// Connection flags, as in mosquitto_pub/sub/rr.

@@ -2,7 +2,7 @@
 //! mosquitto_pub.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use clap::Parser;
 use makelaar_client::{Client, Message, PendingPublish, ProtocolVersion, QoS, ReasonCode};
 
-use super::args::{parse_qos, parse_seconds, ConnArgs};
+use super::args::{parse_qos, parse_seconds, read_payload, ConnArgs};
 use super::Failure;
 
 const EXAMPLES: &str = "\
@@ -147,21 +147,9 @@ impl PubArgs {
         if self.repeat == 0 {
             return Err(Failure::usage("--repeat must be at least 1"));
         }
-        if let Some(m) = &self.message {
-            return Ok(Source::Once(Bytes::from(m.clone())));
-        }
-        if let Some(f) = &self.file {
-            let data = std::fs::read(f).map_err(|e| {
-                Failure::usage(format!("cannot read the message file {}: {e}", f.display()))
-            })?;
-            return Ok(Source::Once(Bytes::from(data)));
-        }
-        if self.stdin {
-            let mut data = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut data)
-                .map_err(|e| Failure::runtime(format!("cannot read standard input: {e}"), 1))?;
-            return Ok(Source::Once(Bytes::from(data)));
+        if let Some(data) = read_payload(self.message.as_deref(), self.file.as_deref(), self.stdin)?
+        {
+            return Ok(Source::Once(data));
         }
         if self.lines {
             return Ok(Source::Lines);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::Parser;
 use makelaar_client::{Client, Message, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 
-use super::args::{parse_qos, random_client_id, ConnArgs};
+use super::args::{parse_qos, random_client_id, read_payload, ConnArgs};
 use super::subscribe::{printer, reconnect};
 use super::{write_stdout, Failure, EXIT_TIMEOUT};
 
@@ -119,23 +119,10 @@ impl RrArgs {
         if given > 1 {
             return Err(Failure::usage("give only one of -m, -f, -s and -n"));
         }
-        if let Some(m) = &self.message {
-            return Ok(Bytes::from(m.clone()));
-        }
-        if let Some(f) = &self.file {
-            return std::fs::read(f).map(Bytes::from).map_err(|e| {
-                Failure::usage(format!("cannot read the message file {}: {e}", f.display()))
-            });
-        }
-        if self.stdin {
-            use std::io::Read;
-            let mut data = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut data)
-                .map_err(|e| Failure::runtime(format!("cannot read standard input: {e}"), 1))?;
-            return Ok(Bytes::from(data));
-        }
-        Ok(Bytes::new())
+        Ok(
+            read_payload(self.message.as_deref(), self.file.as_deref(), self.stdin)?
+                .unwrap_or_default(),
+        )
     }
 }
 
