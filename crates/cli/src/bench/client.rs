@@ -126,6 +126,34 @@ pub struct Shared {
     pub version: ProtocolVersion,
 }
 
+impl Shared {
+    /// Fresh signals for a run with this keep-alive and protocol version.
+    pub fn new(run: u32, keep_alive: u16, version: ProtocolVersion) -> Shared {
+        Shared {
+            go: CancellationToken::new(),
+            stop_pub: CancellationToken::new(),
+            stop_all: CancellationToken::new(),
+            window_start_ns: AtomicU64::new(u64::MAX),
+            window_end_ns: AtomicU64::new(u64::MAX),
+            ping_every: Duration::from_secs(u64::from(keep_alive) / 2),
+            run,
+            version,
+        }
+    }
+}
+
+/// A token cancelled when the user presses Ctrl-C.
+pub fn interrupted_by_ctrl_c() -> CancellationToken {
+    let interrupted = CancellationToken::new();
+    let token = interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            token.cancel();
+        }
+    });
+    interrupted
+}
+
 /// What one client saw, handed back when it ends.
 #[derive(Debug, Default)]
 pub struct ClientReport {

@@ -3,7 +3,7 @@
 //! only) while the broker's memory is read.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +11,8 @@ use anyhow::bail;
 use makelaar_proto::QoS;
 use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Shared};
+use super::client::{self, interrupted_by_ctrl_c, Shared};
 use super::net::{Conn, Endpoint};
 use super::report::{generator_json, generator_text, latency_json, latency_text, thousands};
 use super::stats::{Counters, Histogram};
@@ -47,25 +46,8 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
         );
     }
     let run = run_id();
-    let shared = Arc::new(Shared {
-        go: CancellationToken::new(),
-        stop_pub: CancellationToken::new(),
-        stop_all: CancellationToken::new(),
-        window_start_ns: AtomicU64::new(u64::MAX),
-        window_end_ns: AtomicU64::new(u64::MAX),
-        ping_every: Duration::from_secs(u64::from(ep.keep_alive) / 2),
-        run,
-        version: ep.version,
-    });
-    let interrupted = CancellationToken::new();
-    {
-        let interrupted = interrupted.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                interrupted.cancel();
-            }
-        });
-    }
+    let shared = Arc::new(Shared::new(run, ep.keep_alive, ep.version));
+    let interrupted = interrupted_by_ctrl_c();
     let tty = std::io::stdout().is_terminal() && !plan.json;
     let watch = plan.broker_pid.and_then(BrokerWatch::start);
     let rss_before = plan.broker_pid.and_then(sys::proc_rss_kib);

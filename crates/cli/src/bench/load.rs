@@ -6,7 +6,7 @@
 //! deliveries still on their way before counting what was lost.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,8 @@ use anyhow::bail;
 use makelaar_proto::QoS;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use super::client::{self, ClientReport, PubPlan, PubTemplate, Shared};
+use super::client::{self, interrupted_by_ctrl_c, ClientReport, PubPlan, PubTemplate, Shared};
 use super::net::{Conn, Endpoint};
 use super::report::{self, BrokerFigures, Summary};
 use super::stats::{Counters, Histogram, Snapshot, HEADER_LEN};
@@ -79,25 +78,8 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
         );
     }
     let run = run_id();
-    let shared = Arc::new(Shared {
-        go: CancellationToken::new(),
-        stop_pub: CancellationToken::new(),
-        stop_all: CancellationToken::new(),
-        window_start_ns: AtomicU64::new(u64::MAX),
-        window_end_ns: AtomicU64::new(u64::MAX),
-        ping_every: Duration::from_secs(u64::from(plan.keep_alive) / 2),
-        run,
-        version: ep.version,
-    });
-    let interrupted = CancellationToken::new();
-    {
-        let interrupted = interrupted.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                interrupted.cancel();
-            }
-        });
-    }
+    let shared = Arc::new(Shared::new(run, plan.keep_alive, ep.version));
+    let interrupted = interrupted_by_ctrl_c();
     let watch = plan.broker_pid.and_then(BrokerWatch::start);
     if plan.broker_pid.is_some() && watch.is_none() && !plan.json {
         eprintln!("note: cannot read /proc of the broker process: no broker figures");
