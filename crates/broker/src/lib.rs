@@ -177,21 +177,36 @@ async fn accept_loop(
             }
         };
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let ctx = ctx.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let stream = match accepted.handshake().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = connection::run(stream, conn, peer, ctx) => {}
-                // The router already sent DISCONNECT and Close; give writes a moment.
-                _ = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(2)).await } => {}
-            }
+        let start = Box::new(connection::Start {
+            conn,
+            peer,
+            ctx: ctx.clone(),
         });
+        tasks.spawn(connection_task(accepted, start, shutdown.clone()));
+    }
+}
+
+/// One connection's task, from the TLS handshake to the end. Its future is allocated at its
+/// largest for the connection's whole life, so the handshake (about 1.5 KB of state) and the
+/// shutdown timer are boxed and the arguments come in one box.
+async fn connection_task(
+    accepted: listener::Accepted,
+    start: Box<connection::Start>,
+    stop: CancellationToken,
+) {
+    let stream = match Box::pin(accepted.handshake()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(peer = %start.peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = connection::run(stream, start) => {}
+        // The router already sent DISCONNECT and Close; give writes a moment.
+        _ = async {
+            stop.cancelled().await;
+            Box::pin(tokio::time::sleep(Duration::from_secs(2))).await
+        } => {}
     }
 }

@@ -1,16 +1,30 @@
-//! The router's way to a connection: a queue of packets plus a wake-up.
+//! The router's way to a connection: a queue of packets plus a wake-up, and the connection's
+//! keep-alive clock.
 //!
 //! The router must never wait on one slow client, so pushing never blocks; the queue is
 //! bounded by a byte budget instead (QoS 0 messages past `max_outgoing_bytes` are dropped,
 //! QoS 1/2 ones are bounded by the inflight window and the session queue). An idle
 //! connection's outbox holds no allocation: memory per connection matters at 10,000s of them.
+//!
+//! Keep-alive is checked by the router's periodic sweep over every outbox rather than by a
+//! timer per connection: a tokio `Sleep` is 112 bytes in every connection task and a timer
+//! wheel update on every packet, where a sweep costs one atomic load per connection.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use makelaar_proto::{Packet, QoS};
-use tokio::sync::Notify;
+
+/// Milliseconds since the first call, on a clock shared by connections and the router.
+pub fn millis(now: Instant) -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(now.saturating_duration_since(base).as_millis()).unwrap_or(u64::MAX)
+}
 
 /// What the connection task takes out.
 #[derive(Debug, Default)]
@@ -40,9 +54,17 @@ pub enum Refused {
 #[derive(Debug, Default)]
 pub struct Outbox {
     inner: Mutex<Inner>,
-    notify: Notify,
+    waker: AtomicWaker,
+    /// Something was pushed (or close or expiry was asked) since the connection last looked.
+    ready: AtomicBool,
     /// Set while the router has this outbox on its list to wake (one wake per batch).
     wake_listed: AtomicBool,
+    /// How long the client may stay silent, in ms (1.5 × keep-alive); 0 for no limit.
+    silence_limit_ms: u64,
+    /// When the connection last received bytes (`millis`).
+    last_heard_ms: AtomicU64,
+    /// The keep-alive sweep found the client silent for too long.
+    expired: AtomicBool,
 }
 
 /// Estimated memory a packet holds while queued.
@@ -54,6 +76,44 @@ fn cost(p: &Packet) -> usize {
 }
 
 impl Outbox {
+    /// An outbox for a connection whose client may stay silent for `silence_limit`
+    /// ([MQTT-3.1.2-24]: 1.5 × its keep-alive); `None` for no limit.
+    pub fn new(now: Instant, silence_limit: Option<Duration>) -> Outbox {
+        Outbox {
+            silence_limit_ms: silence_limit
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            last_heard_ms: AtomicU64::new(millis(now)),
+            ..Outbox::default()
+        }
+    }
+
+    /// Records that the client sent something (the keep-alive clock restarts).
+    pub fn heard(&self, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Called by the router's sweep: when the client has been silent past its limit, marks
+    /// the connection expired, wakes it, and returns true (once).
+    pub fn expire_if_silent(&self, now_ms: u64) -> bool {
+        if self.silence_limit_ms == 0 {
+            return false;
+        }
+        let last = self.last_heard_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) <= self.silence_limit_ms
+            || self.expired.swap(true, Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.wake();
+        true
+    }
+
+    /// Whether the keep-alive sweep expired this connection.
+    pub fn is_expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+
     /// Queues a packet without waking the connection task: the caller wakes it later with
     /// [`Outbox::wake`], once for a whole batch. A QoS 0 PUBLISH over `budget` bytes already
     /// queued is refused.
@@ -83,7 +143,8 @@ impl Outbox {
     /// Wakes the connection task for what `push_quiet` queued.
     pub fn wake(&self) {
         self.wake_listed.store(false, Ordering::Relaxed);
-        self.notify.notify_one();
+        self.ready.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Asks the connection task to close after writing what is queued.
@@ -92,17 +153,27 @@ impl Outbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .close = true;
-        self.notify.notify_one();
+        self.ready.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
-    /// Waits until something was pushed (or close was asked) since the last `drain`.
-    pub async fn ready(&self) {
-        self.notify.notified().await;
+    /// Ready when something was pushed (or close or expiry was asked) since the last time it
+    /// was ready; otherwise registers the task to be woken.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ready.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the check and the registration would be lost without this.
+        if self.ready.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
-    /// Moves up to `max` packets into `out`. An outbox left empty after a small batch gives
-    /// its memory back, so idle connections hold none.
-    pub fn drain(&self, out: &mut Drained, max: usize) {
+    /// Moves up to `max` packets into `out`; true when more are left. An outbox left empty
+    /// after a small batch gives its memory back, so idle connections hold none.
+    pub fn drain(&self, out: &mut Drained, max: usize) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let n = inner.packets.len().min(max);
         let mut freed = 0;
@@ -115,10 +186,7 @@ impl Outbox {
             inner.packets.shrink_to_fit();
         }
         out.close = inner.close && inner.packets.is_empty();
-        if !inner.packets.is_empty() {
-            // More is waiting: make sure the next `ready` returns at once.
-            self.notify.notify_one();
-        }
+        !inner.packets.is_empty()
     }
 }
 

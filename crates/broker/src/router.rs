@@ -1,6 +1,7 @@
 //! The router task: the one owner of the core [`Broker`] state. Connection tasks send it
-//! what their clients did over one bounded channel; it answers through each connection's own
-//! channel. Nothing else touches sessions, subscriptions or retained messages.
+//! what their clients did over one bounded channel; it answers through each connection's
+//! `Outbox`, and sweeps their keep-alive clocks. Nothing else touches sessions, subscriptions
+//! or retained messages.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,9 +14,13 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{Outbox, Refused};
+use crate::outbox::{self, Outbox, Refused};
 use crate::sys::SysPublisher;
 use crate::Counters;
+
+/// How often keep-alives are checked: a 1 s keep-alive is then enforced between 1.5 and
+/// 1.75 s of silence.
+const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
 /// What a connection task tells the router.
 // Packets travel by value: a memcpy is cheaper than an allocation per packet.
@@ -72,13 +77,15 @@ impl Router {
     ) {
         let start = Instant::now();
         let far = Duration::from_secs(3600);
+        let mut next_sweep = start + KEEP_ALIVE_SWEEP;
         loop {
             let now = Instant::now();
             let timer = self
                 .broker
                 .poll_timeout()
                 .unwrap_or(now + far)
-                .min(self.sys.next_due(now));
+                .min(self.sys.next_due(now))
+                .min(next_sweep);
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -94,6 +101,10 @@ impl Router {
                 }
                 _ = tokio::time::sleep_until(timer.into()) => {
                     let now = Instant::now();
+                    if now >= next_sweep {
+                        self.sweep_keep_alive(now);
+                        next_sweep = now + KEEP_ALIVE_SWEEP;
+                    }
                     self.broker.handle_timeout(now);
                     if self.sys.maybe_publish(now, start, &mut self.broker, &self.counters) {
                         self.broker.purge_expired_retained(now);
@@ -163,6 +174,17 @@ impl Router {
             .fetch_add(1, Ordering::Relaxed);
         if self.slow_logged.insert(conn, ()).is_none() {
             tracing::warn!(conn, max_outgoing_bytes = self.max_outgoing, "client is not reading fast enough: dropping QoS 0 messages to it (max_outgoing_bytes)");
+        }
+    }
+
+    /// Wakes every connection whose client has been silent past 1.5 × its keep-alive; the
+    /// connection then closes itself as a keep-alive violation [MQTT-3.1.2-24].
+    fn sweep_keep_alive(&mut self, now: Instant) {
+        let now_ms = outbox::millis(now);
+        for (conn, out) in &self.conns {
+            if out.expire_if_silent(now_ms) {
+                tracing::debug!(conn, "keep-alive expired");
+            }
         }
     }
 

@@ -87,7 +87,13 @@ impl ConnState {
     /// When the connection is to be closed for silence: one and a half times the keep-alive
     /// after the last packet [MQTT-3.1.2-24].
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        self.keep_alive.map(|k| self.last_received + k + k / 2)
+        self.silence_limit().map(|limit| self.last_received + limit)
+    }
+
+    /// How long the client may stay silent: one and a half times the keep-alive
+    /// [MQTT-3.1.2-24]; `None` when it asked for no keep-alive.
+    pub fn silence_limit(&self) -> Option<Duration> {
+        self.keep_alive.map(|k| k + k / 2)
     }
 
     /// Checks and rewrites a packet from the client before it goes to the router: resolves

@@ -1,0 +1,226 @@
+//! One task per connection: reads and decodes the client's packets, checks what belongs to
+//! the connection (`ConnState`), forwards the rest to the router, and writes what the router
+//! sends back, batching every ready packet into one write.
+//!
+//! Memory per idle connection matters (10,000s of them), and a task's future is allocated at
+//! its largest: the CONNECT phase and the closing phase run as boxed futures that exist only
+//! while they run, and the long-lived part (`Io::serve`) is a plain poll loop over one stream
+//! with no timers in it (keep-alive is swept by the router, see `outbox`).
+
+mod io;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use makelaar_core::conn::ConnState;
+use makelaar_core::session::ConnId;
+use makelaar_core::Limits;
+use makelaar_proto::{
+    ConnAck, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::outbox::Outbox;
+use crate::router::ToRouter;
+use crate::Counters;
+use io::{End, Io};
+
+/// CONNECT is small; a larger first packet is refused before it is buffered.
+const MAX_CONNECT_SIZE: usize = 64 * 1024;
+const READ_CHUNK: usize = 4096;
+/// How long and how much of a closing client's input is drained (see `linger`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// How long a last write before closing may take.
+const LAST_WRITE_TIME: Duration = Duration::from_secs(2);
+
+pub(crate) struct ConnCtx {
+    pub limits: Limits,
+    /// Broker-wide budget for large packets being received, in KiB (see
+    /// `Limits::large_packet_budget`).
+    pub large_packets: Arc<Semaphore>,
+    pub large_packet_permits: u32,
+    pub router: mpsc::Sender<ToRouter>,
+    pub counters: Arc<Counters>,
+}
+
+/// What a connection starts with.
+pub(crate) struct Start {
+    pub conn: ConnId,
+    pub peer: SocketAddr,
+    pub ctx: Arc<ConnCtx>,
+}
+
+/// Serves one client until it leaves or is closed.
+pub(crate) async fn run<S>(stream: S, start: Box<Start>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some((mut io, mut state)) = Box::pin(open(stream, start)).await else {
+        return;
+    };
+    let end = io.serve(&mut state).await;
+    Box::pin(close(io, end)).await;
+}
+
+/// Reads the CONNECT (within connect_timeout), hands it to the router and sets up the
+/// connection's state; `None` when the connection ends here.
+async fn open<S>(mut stream: S, start: Box<Start>) -> Option<(Io<S>, ConnState)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Start { conn, peer, ctx } = *start;
+    let mut rbuf = BytesMut::new();
+    let mut decoder =
+        Decoder::new(ctx.limits.max_packet_size.min(MAX_CONNECT_SIZE as u32) as usize);
+    let deadline = tokio::time::Instant::now() + ctx.limits.connect_timeout;
+    // [MQTT-3.1.0-1] the first packet must be CONNECT, within connect_timeout.
+    let read = read_connect(&mut stream, &mut rbuf, &mut decoder, &ctx);
+    let connect = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(reply)) => {
+            if let Some(bytes) = reply {
+                let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&bytes)).await;
+            }
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within connect_timeout: closing");
+            return None;
+        }
+    };
+    decoder.set_max_packet_size(ctx.limits.max_packet_size as usize);
+    let version = connect.protocol;
+    let now = Instant::now();
+    let state = ConnState::new(now, &connect, &ctx.limits);
+    let outbox = Arc::new(Outbox::new(now, state.silence_limit()));
+    tracing::info!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
+    let msg = ToRouter::Connect {
+        conn,
+        connect,
+        out: outbox.clone(),
+    };
+    if !forward(&ctx.router, msg).await {
+        return None;
+    }
+    let io = Io::new(stream, rbuf, decoder, version, (conn, peer), ctx, outbox);
+    Some((io, state))
+}
+
+/// Reads until a whole CONNECT arrives. `Err(Some(bytes))` carries a reply to send before
+/// closing (CONNACK "unsupported protocol version").
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    ctx: &ConnCtx,
+) -> Result<Box<makelaar_proto::Connect>, Option<Vec<u8>>> {
+    loop {
+        match decoder.decode(rbuf) {
+            // Kept boxed: a CONNECT is large, and the connection task must stay small.
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(other)) => {
+                tracing::debug!(
+                    packet = other.name(),
+                    "first packet is not CONNECT: closing"
+                );
+                return Err(None);
+            }
+            Err(DecodeError::UnsupportedProtocol) => {
+                // [MQTT-3.1.2-2] answer CONNACK 0x01 (3.1.1 form) and close.
+                let ack = ConnAck {
+                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    ..ConnAck::default()
+                };
+                let mut out = BytesMut::new();
+                let _ = Packet::ConnAck(ack).encode(ProtocolVersion::V311, &mut out);
+                return Err(Some(out.to_vec()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "bad CONNECT: closing");
+                return Err(None);
+            }
+            Ok(None) => {}
+        }
+        rbuf.reserve(READ_CHUNK);
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => {
+                ctx.counters
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Ends the connection: tells a 5.0 client why when it broke the protocol
+/// [MQTT-4.13.1-1], tells the router, and closes gently.
+async fn close<S>(mut io: Io<S>, end: End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (conn, peer) = (io.conn, io.peer);
+    let msg = match end {
+        End::Closed => None,
+        End::Lost(why) => {
+            tracing::debug!(%peer, why, "connection lost");
+            Some(ToRouter::Lost { conn })
+        }
+        End::Violation(v) => {
+            tracing::debug!(%peer, reason = %v.reason, text = v.text, "closing connection: protocol violation");
+            if io.version.is_v5() {
+                io.encode(&Packet::Disconnect(Disconnect {
+                    reason: v.reason,
+                    ..Disconnect::default()
+                }));
+            }
+            Some(ToRouter::Violation {
+                conn,
+                reason: v.reason,
+                text: v.text,
+            })
+        }
+    };
+    if let Some(msg) = msg {
+        forward(&io.ctx.router, msg).await;
+    }
+    linger(&mut io).await;
+}
+
+/// Closes gently: what is buffered is written and our side shut down first, then what the
+/// client still sends is read and discarded for a moment. Closing with unread input makes the
+/// kernel send a reset, which can destroy the DISCONNECT or CONNACK we just sent before the
+/// client reads it.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>) {
+    let (stream, wbuf) = io.stream_and_wbuf();
+    let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(wbuf)).await;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut budget = LINGER_MAX_BYTES;
+        let mut scratch = vec![0u8; 1024];
+        while budget > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// Sends a message to the router without waiting in the usual case; only when its queue is
+/// full does this wait, on a boxed send (so the connection task's future stays small). False
+/// when the router is gone.
+pub(crate) async fn forward(router: &mpsc::Sender<ToRouter>, msg: ToRouter) -> bool {
+    let pending = match router.try_send(msg) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Full(msg)) => Box::pin(router.send(msg)),
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+    };
+    pending.await.is_ok()
+}
