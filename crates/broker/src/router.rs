@@ -148,6 +148,11 @@ impl Router {
             match action {
                 Action::Send(conn, packet) => self.send(conn, packet),
                 Action::Close(conn) => self.close(conn),
+                // Only a broker restored from a store has backlogs, and this one has none.
+                Action::LoadBacklog(client_id) => {
+                    self.broker
+                        .handle_backlog_loaded(Instant::now(), &client_id, Vec::new());
+                }
             }
         }
         for out in self.to_wake.drain(..).rev() {

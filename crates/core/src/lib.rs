@@ -8,11 +8,13 @@
 //! - [`broker`]: the router's state: sessions, subscriptions, shared groups, retained messages,
 //!   wills, session expiry.
 //! - [`topic`] and [`retain`]: the indexes that match topics against filters.
+//! - [`persist`]: the journal of changes a durable store mirrors, and what it gives back.
 
 pub mod broker;
 pub mod conn;
 pub mod limits;
 pub mod message;
+pub mod persist;
 pub mod retain;
 pub mod session;
 pub mod topic;

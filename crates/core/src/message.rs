@@ -113,4 +113,7 @@ pub struct Delivery {
     /// The shared-subscription group it came through, so it can be re-sent to another member
     /// if this session goes away before acknowledging it.
     pub shared_group: Option<u32>,
+    /// Its number in the session's stored queue, once a durable session keeps it (0 before);
+    /// see [`crate::persist`].
+    pub seq: u64,
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use makelaar_proto::{ProtocolVersion, SubscriptionOptions, Will};
 
 use crate::message::Delivery;
+use crate::persist::Backlog;
 
 /// Identifies a network connection; assigned by the shell.
 pub type ConnId = u64;
@@ -87,6 +88,13 @@ pub struct Session {
     pub deferred_acks: VecDeque<(ConnId, makelaar_proto::Packet)>,
     /// Whether a full queue has been logged since it last had room (one log line per episode).
     pub drop_logged: bool,
+    /// Whether the session is in the durable store (journaled; see [`crate::persist`]).
+    pub stored: bool,
+    /// The last sequence number given to a kept message.
+    pub last_seq: u64,
+    /// Kept messages still in the store only (after a restart, until the client returns).
+    /// While there are some, nothing is sent from the queue: they come first.
+    pub backlog: Option<Backlog>,
     next_packet_id: u16,
 }
 
@@ -111,13 +119,18 @@ impl Session {
             timer: None,
             deferred_acks: VecDeque::new(),
             drop_logged: false,
+            stored: false,
+            last_seq: 0,
+            backlog: None,
             next_packet_id: 1,
         }
     }
 
     /// Whether another QoS 1/2 message may be sent now.
     pub fn window_open(&self) -> bool {
-        self.conn.is_some() && self.inflight.len() < usize::from(self.client.inflight_window)
+        self.conn.is_some()
+            && self.backlog.is_none()
+            && self.inflight.len() < usize::from(self.client.inflight_window)
     }
 
     /// A packet id not used by any message in flight [MQTT-2.2.1-3].
@@ -143,6 +156,22 @@ impl Session {
     /// The inflight entry with this packet id.
     pub fn inflight_mut(&mut self, packet_id: u16) -> Option<&mut Inflight> {
         self.inflight.iter_mut().find(|m| m.packet_id == packet_id)
+    }
+
+    /// Messages queued, in memory and in the store.
+    pub fn queued_count(&self) -> usize {
+        self.queue.len() + self.backlog.map_or(0, |b| b.count)
+    }
+
+    /// Bytes queued, in memory and in the store.
+    pub fn queued_weight(&self) -> usize {
+        self.queued_bytes + self.backlog.map_or(0, |b| b.bytes)
+    }
+
+    /// Numbers a message the session keeps (see [`crate::persist`]).
+    pub fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
     }
 
     /// Appends to the queue (the caller checked the limits).

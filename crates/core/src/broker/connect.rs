@@ -53,6 +53,9 @@ impl Broker {
         }
         self.send(conn, Packet::ConnAck(ack));
         self.stats.max_connected = self.stats.max_connected.max(self.conns.len());
+        if session_present && self.request_backlog(idx) {
+            return; // sending resumes once the store has handed the backlog back
+        }
         if session_present {
             self.resend_inflight(now, idx);
         }
@@ -168,6 +171,12 @@ impl Broker {
             problem_information: true,
         };
         let session = Session::new(client_id.clone(), c.protocol, client);
+        (self.insert_session(session), false)
+    }
+
+    /// Puts a new session in a free slot and indexes it by client id.
+    pub(super) fn insert_session(&mut self, session: Session) -> SessionIdx {
+        let client_id = session.client_id.clone();
         let idx = match self.free.pop() {
             Some(i) => {
                 if let Some(slot) = self.sessions.get_mut(i as usize) {
@@ -180,8 +189,8 @@ impl Broker {
                 SessionIdx::try_from(self.sessions.len() - 1).unwrap_or(SessionIdx::MAX)
             }
         };
-        self.by_client_id.insert(client_id.clone(), idx);
-        (idx, false)
+        self.by_client_id.insert(client_id, idx);
+        idx
     }
 
     /// Binds the new connection to the session with what its CONNECT asked for.
@@ -203,6 +212,7 @@ impl Broker {
             problem_information: c.properties.request_problem_information != Some(0),
         };
         self.conns.insert(conn, idx);
+        self.journal_session(idx);
     }
 
     fn session_expiry_for(&self, c: &Connect) -> u32 {
@@ -310,6 +320,7 @@ impl Broker {
                 s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
             }
         }
+        self.journal_session(idx);
         self.schedule_timer(idx);
     }
 
@@ -325,6 +336,7 @@ impl Broker {
             return;
         };
         let Some(mut s) = slot.take() else { return };
+        self.journal_session_ended(&s);
         for (filter, _) in s.subscriptions.drain() {
             self.unsubscribe_filter(idx, &filter);
         }
@@ -336,6 +348,10 @@ impl Broker {
             .drain(..)
             .map(|m| m.delivery)
             .chain(s.queue.drain(..))
+            .map(|mut d| {
+                d.seq = 0; // ended with the session: a new number wherever it goes
+                d
+            })
             .collect();
         if let Some(will) = pending {
             self.publish_will_message(now, &s.client_id, will);
@@ -373,7 +389,7 @@ impl Broker {
         self.route(now, msg);
     }
 
-    fn schedule_timer(&mut self, idx: SessionIdx) {
+    pub(super) fn schedule_timer(&mut self, idx: SessionIdx) {
         self.cancel_timer(idx);
         let Some(s) = self.session(idx) else { return };
         let at = match (s.will_at, s.expires_at) {
@@ -409,6 +425,7 @@ impl Broker {
             if let Some(will) = s.pending_will.take() {
                 self.publish_will(now, idx, will);
             }
+            self.journal_session(idx);
         }
         let expired = self
             .session(idx)

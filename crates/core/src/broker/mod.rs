@@ -6,6 +6,7 @@
 //! happen before, in [`crate::conn::ConnState`].
 
 mod connect;
+mod journal;
 mod publish;
 mod shared;
 mod subscribe;
@@ -37,6 +38,9 @@ pub enum Action {
     Send(ConnId, Packet),
     /// Close that connection once what was sent before is written.
     Close(ConnId),
+    /// Read this returning session's kept messages from the store and hand them to
+    /// [`Broker::handle_backlog_loaded`].
+    LoadBacklog(Arc<str>),
 }
 
 /// Counters the broker keeps (the `$SYS` topics and, later, metrics read them).
@@ -87,6 +91,8 @@ pub struct Broker {
     assigned_ids: u64,
     /// Set while routing when a connected subscriber's queue is over its limit.
     congested: Option<SessionIdx>,
+    /// Changes to durable state not yet drained, when journaling is on.
+    journal: Option<Vec<crate::persist::Change>>,
 }
 
 impl Broker {
@@ -109,6 +115,7 @@ impl Broker {
             id_seed,
             assigned_ids: 0,
             congested: None,
+            journal: None,
         }
     }
 
@@ -202,9 +209,18 @@ impl Broker {
     /// Removes retained messages whose Message Expiry Interval has passed (they are never
     /// sent [MQTT-3.3.2-5]; this gives their memory back). Call it now and then.
     pub fn purge_expired_retained(&mut self, now: Instant) -> usize {
-        let before = self.retained.len();
-        self.retained.retain(|_, m| !m.is_expired(now));
-        before - self.retained.len()
+        let mut gone: Vec<Arc<str>> = Vec::new();
+        self.retained.retain(|_, m| {
+            let expired = m.is_expired(now);
+            if expired {
+                gone.push(m.topic.clone());
+            }
+            !expired
+        });
+        for topic in &gone {
+            self.journal_retained(topic, None);
+        }
+        gone.len()
     }
 
     /// Publishes a message of the broker's own (`$SYS`), retained.

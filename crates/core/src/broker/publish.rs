@@ -8,6 +8,7 @@ use makelaar_proto::{Packet, PubAck, Publish, QoS, ReasonCode};
 
 use super::{Broker, SessionIdx};
 use crate::message::{Delivery, Message};
+use crate::persist::KeptState;
 use crate::session::{ConnId, Inflight, OutboundState};
 
 /// How far a connected session's queue may go past `max_queued_messages` while its publishers
@@ -65,6 +66,12 @@ impl Broker {
             self.send(conn, Packet::PubRec(PubAck::new(packet_id)));
             return;
         }
+        if qos == QoS::ExactlyOnce {
+            self.journal_inbound_qos2(idx, packet_id, true);
+        }
+        let Some(s) = self.session(idx) else {
+            return;
+        };
         let origin = Some(s.client_id.clone());
         let v5 = s.version.is_v5();
         self.stats.messages_received += 1;
@@ -128,7 +135,9 @@ impl Broker {
     /// [MQTT-3.3.1-10] [MQTT-3.3.1-11].
     pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
-            self.retained.remove(&msg.topic);
+            if self.retained.remove(&msg.topic).is_some() {
+                self.journal_retained(&msg.topic, None);
+            }
             return;
         }
         let max = self.limits.max_retained_messages;
@@ -137,6 +146,7 @@ impl Broker {
             return;
         }
         self.retained.insert(&msg.topic, msg.clone());
+        self.journal_retained(&msg.topic, Some(msg));
     }
 
     /// Delivers a message to every matching subscription; returns how many sessions got it.
@@ -181,6 +191,7 @@ impl Broker {
                 msg: msg.clone(),
                 subscription_ids: ids,
                 shared_group: None,
+                seq: 0,
             };
             self.deliver(now, idx, delivery);
             count += 1;
@@ -216,15 +227,15 @@ impl Broker {
         let Some(s) = self.session_mut(idx) else {
             return;
         };
-        let over_bytes = max_bytes != 0 && s.queued_bytes + d.msg.weight() > max_bytes;
-        let full = s.queue.len() >= max_msgs || over_bytes;
+        let over_bytes = max_bytes != 0 && s.queued_weight() + d.msg.weight() > max_bytes;
+        let full = s.queued_count() >= max_msgs || over_bytes;
         // A connected subscriber that is behind slows its publishers down (their acks wait,
         // see `handle_publish`) rather than losing what they sent; the queue may overshoot
         // its limit by what publishers already have in flight, up to a hard cap.
         let hard_cap = max_msgs.saturating_mul(2).max(max_msgs + ONLINE_OVERSHOOT);
-        if full && s.conn.is_some() && d.qos != QoS::AtMostOnce && s.queue.len() < hard_cap {
-            s.push_queue(d);
+        if full && s.conn.is_some() && d.qos != QoS::AtMostOnce && s.queued_count() < hard_cap {
             self.congested = Some(idx);
+            self.keep_queued(idx, d);
             return;
         }
         if full {
@@ -235,7 +246,15 @@ impl Broker {
             self.stats.dropped_queue_full += 1;
             return;
         }
-        s.push_queue(d);
+        self.keep_queued(idx, d);
+    }
+
+    /// Appends a delivery to the session's queue (journaled when the session is durable).
+    pub(super) fn keep_queued(&mut self, idx: SessionIdx, mut d: Delivery) {
+        self.journal_keep(idx, &mut d, KeptState::Queued);
+        if let Some(s) = self.session_mut(idx) {
+            s.push_queue(d);
+        }
     }
 
     /// Sends one delivery on the connection; QoS 1/2 take a packet id and a window slot.
@@ -244,11 +263,12 @@ impl Broker {
         now: Instant,
         idx: SessionIdx,
         conn: ConnId,
-        d: Delivery,
+        mut d: Delivery,
         packet_id: u16,
     ) {
         if d.msg.is_expired(now) {
             self.stats.dropped_expired += 1; // [MQTT-3.3.2-5]
+            self.journal_done(idx, d.seq);
             return;
         }
         let Some(s) = self.session_mut(idx) else {
@@ -261,15 +281,21 @@ impl Broker {
             if packet.encoded_len(s.version) > max as usize {
                 // [MQTT-3.1.2-25] too large for the client: dropped as if delivered.
                 self.stats.dropped_too_large += 1;
+                self.journal_done(idx, d.seq);
                 return;
             }
         }
-        if d.qos != QoS::AtMostOnce {
-            s.inflight.push_back(Inflight {
-                packet_id,
-                delivery: d,
-                state: OutboundState::AwaitingAck,
-            });
+        if d.qos == QoS::AtMostOnce {
+            self.journal_done(idx, d.seq); // an offline QoS 0 message, sent and gone
+        } else {
+            self.journal_keep(idx, &mut d, KeptState::AwaitingAck(packet_id));
+            if let Some(s) = self.session_mut(idx) {
+                s.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery: d,
+                    state: OutboundState::AwaitingAck,
+                });
+            }
         }
         self.stats.messages_sent += 1;
         self.send(conn, packet);
@@ -335,7 +361,8 @@ impl Broker {
             m.state == OutboundState::AwaitingAck && m.delivery.qos == QoS::AtLeastOnce
         });
         if acked {
-            s.take_inflight(packet_id);
+            let seq = s.take_inflight(packet_id).map_or(0, |m| m.delivery.seq);
+            self.journal_done(idx, seq);
             self.fill_window(now, idx);
         }
     }
@@ -350,11 +377,14 @@ impl Broker {
             Some(m) if m.delivery.qos == QoS::ExactlyOnce => {
                 if a.reason.is_error() {
                     // [MQTT-4.3.3-?] a failed PUBREC ends the exchange: no PUBREL.
-                    s.take_inflight(a.packet_id);
+                    let seq = s.take_inflight(a.packet_id).map_or(0, |m| m.delivery.seq);
+                    self.journal_done(idx, seq);
                     self.fill_window(now, idx);
                     return;
                 }
                 m.state = OutboundState::AwaitingComp;
+                let mut d = m.delivery.clone();
+                self.journal_keep(idx, &mut d, KeptState::AwaitingComp(a.packet_id));
             }
             _ if v5 => rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
             _ => {}
@@ -367,8 +397,12 @@ impl Broker {
             return;
         };
         let known = s.end_inbound_qos2(packet_id);
+        let v5 = s.version.is_v5();
+        if known {
+            self.journal_inbound_qos2(idx, packet_id, false);
+        }
         let mut comp = PubAck::new(packet_id);
-        if !known && s.version.is_v5() {
+        if !known && v5 {
             comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND; // [MQTT-3.7.2-1]
         }
         self.send(conn, Packet::PubComp(comp));
@@ -382,7 +416,8 @@ impl Broker {
             .inflight_mut(packet_id)
             .is_some_and(|m| m.state == OutboundState::AwaitingComp);
         if done {
-            s.take_inflight(packet_id);
+            let seq = s.take_inflight(packet_id).map_or(0, |m| m.delivery.seq);
+            self.journal_done(idx, seq);
             self.fill_window(now, idx);
         }
     }

@@ -123,6 +123,7 @@ impl Broker {
                     msg: msg.clone(),
                     subscription_ids: sub.id.into_iter().collect(),
                     shared_group: Some(g),
+                    seq: 0,
                 };
                 self.deliver(now, idx, d);
                 count += 1;
@@ -203,7 +204,10 @@ impl Broker {
         for d in kept_queue {
             s.push_queue(d);
         }
-        for d in moved {
+        for mut d in moved {
+            // Leaves this session's stored queue; wherever it goes, it gets a new number.
+            self.journal_done(idx, d.seq);
+            d.seq = 0;
             self.reroute_one(now, d, Some(idx));
         }
     }
@@ -227,9 +231,7 @@ impl Broker {
             // No other member: the leaving session keeps it (redelivered when it returns).
             _ => {
                 if let Some(idx) = exclude {
-                    if let Some(s) = self.session_mut(idx) {
-                        s.push_queue(d);
-                    }
+                    self.keep_queued(idx, d);
                 }
             }
         }

@@ -94,19 +94,10 @@ impl Broker {
                 ReasonCode::UNSPECIFIED_ERROR
             });
         }
-        let existed = s
-            .subscriptions
-            .insert(filter.to_owned(), subscription.clone())
-            .is_some();
+        let existed = s.subscriptions.contains_key(filter);
         let shared = matches!(parse_shared(filter), Ok(Some(_)));
-        match parse_shared(filter) {
-            Ok(Some((_, inner))) => {
-                self.shared.subscribe(filter, inner, idx, subscription);
-            }
-            _ => {
-                self.subs.insert(filter, idx, subscription);
-            }
-        }
+        self.journal_subscription(idx, filter, Some(&subscription));
+        self.add_subscription(idx, filter, subscription);
         // Retained messages are not sent for shared subscriptions (5.0 section 4.8.2).
         let send_retained = !shared
             && match options.retain_handling {
@@ -140,6 +131,7 @@ impl Broker {
                 msg,
                 subscription_ids: id.into_iter().collect(),
                 shared_group: None,
+                seq: 0,
             };
             self.deliver(now, idx, d);
         }
@@ -160,6 +152,7 @@ impl Broker {
                 .is_some_and(|s| s.subscriptions.remove(filter).is_some());
             if existed {
                 self.unsubscribe_filter(idx, filter);
+                self.journal_subscription(idx, filter, None);
             }
             reasons.push(if existed {
                 ReasonCode::SUCCESS
@@ -176,6 +169,23 @@ impl Broker {
             ..UnsubAck::default()
         };
         self.send(conn, Packet::UnsubAck(ack));
+    }
+
+    /// Adds (or replaces) a subscription of a session, in the session and in the topic tree
+    /// or its shared group.
+    pub(super) fn add_subscription(&mut self, idx: SessionIdx, filter: &str, sub: Subscription) {
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
+        s.subscriptions.insert(filter.to_owned(), sub.clone());
+        match parse_shared(filter) {
+            Ok(Some((_, inner))) => {
+                self.shared.subscribe(filter, inner, idx, sub);
+            }
+            _ => {
+                self.subs.insert(filter, idx, sub);
+            }
+        }
     }
 
     /// Removes a filter of a session from the topic tree or its shared group.

@@ -673,3 +673,6 @@ fn held_acks_are_released_when_the_subscriber_leaves() {
     h.broker.handle_connection_lost(h.now, 1);
     assert_eq!(h.take(2).len(), 2);
 }
+
+#[path = "journal_tests.rs"]
+mod journal_tests;

@@ -1,0 +1,301 @@
+//! Writing the journal of durable changes (see [`crate::persist`]), restoring from a store at
+//! start-up, and loading a returning session's backlog.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Action, Broker, SessionIdx};
+use crate::message::{Delivery, Message};
+use crate::persist::{Change, KeptState, LoadedMessage, RestoredSession, SessionState};
+use crate::session::{Inflight, OutboundState, Session, Subscription};
+
+impl Broker {
+    /// Turns the journal on: from now on every change to durable state is recorded for
+    /// [`Broker::drain_changes`]. Call it after restoring, before serving.
+    pub fn enable_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the changes recorded since the last call to the end of `out`, in order.
+    pub fn drain_changes(&mut self, out: &mut Vec<Change>) {
+        if let Some(j) = &mut self.journal {
+            out.append(j);
+        }
+    }
+
+    /// Whether changes are waiting to be drained.
+    pub fn has_changes(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
+    fn record(&mut self, change: Change) {
+        if let Some(j) = &mut self.journal {
+            j.push(change);
+        }
+    }
+
+    /// The session's id when it is journaled.
+    fn stored_id(&self, idx: SessionIdx) -> Option<Arc<str>> {
+        self.journal.as_ref()?;
+        self.session(idx)
+            .filter(|s| s.stored)
+            .map(|s| s.client_id.clone())
+    }
+
+    /// Records the session's attributes after a change. A session that now outlives its
+    /// connection enters the store with everything it holds; one that no longer does leaves.
+    pub(super) fn journal_session(&mut self, idx: SessionIdx) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if s.expiry_interval == 0 {
+            if s.stored {
+                s.stored = false;
+                journal.push(Change::SessionEnded {
+                    client_id: s.client_id.clone(),
+                });
+            }
+            return;
+        }
+        journal.push(Change::Session {
+            client_id: s.client_id.clone(),
+            state: session_state(s),
+        });
+        if !s.stored {
+            s.stored = true;
+            snapshot(s, journal);
+        }
+    }
+
+    /// Records that a journaled session ended.
+    pub(super) fn journal_session_ended(&mut self, s: &Session) {
+        if s.stored {
+            self.record(Change::SessionEnded {
+                client_id: s.client_id.clone(),
+            });
+        }
+    }
+
+    /// Records a message the session now keeps (numbering it) or one that moved on.
+    pub(super) fn journal_keep(&mut self, idx: SessionIdx, d: &mut Delivery, state: KeptState) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !s.stored {
+            return;
+        }
+        let client_id = s.client_id.clone();
+        if d.seq == 0 {
+            d.seq = s.next_seq();
+            journal.push(Change::Kept {
+                client_id,
+                delivery: d.clone(),
+                state,
+            });
+        } else {
+            journal.push(Change::Moved {
+                client_id,
+                seq: d.seq,
+                state,
+            });
+        }
+    }
+
+    /// Records that a kept message is done with.
+    pub(super) fn journal_done(&mut self, idx: SessionIdx, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        if let Some(client_id) = self.stored_id(idx) {
+            self.record(Change::Done { client_id, seq });
+        }
+    }
+
+    /// Records a subscription made (`Some`) or removed (`None`).
+    pub(super) fn journal_subscription(
+        &mut self,
+        idx: SessionIdx,
+        filter: &str,
+        sub: Option<&Subscription>,
+    ) {
+        let Some(client_id) = self.stored_id(idx) else {
+            return;
+        };
+        let filter = filter.to_owned();
+        self.record(match sub {
+            Some(sub) => Change::Subscribed {
+                client_id,
+                filter,
+                subscription: sub.clone(),
+            },
+            None => Change::Unsubscribed { client_id, filter },
+        });
+    }
+
+    /// Records an inbound QoS 2 packet id awaiting PUBREL (`pending`) or released.
+    pub(super) fn journal_inbound_qos2(&mut self, idx: SessionIdx, packet_id: u16, pending: bool) {
+        if let Some(client_id) = self.stored_id(idx) {
+            self.record(Change::InboundQos2 {
+                client_id,
+                packet_id,
+                pending,
+            });
+        }
+    }
+
+    /// Records the retained message of a topic set or cleared. The broker's own `$SYS` topics
+    /// are republished after a restart, so they are not kept.
+    pub(super) fn journal_retained(&mut self, topic: &Arc<str>, message: Option<&Arc<Message>>) {
+        if self.journal.is_some() && !topic.starts_with("$SYS") {
+            self.record(Change::Retained {
+                topic: topic.clone(),
+                message: message.cloned(),
+            });
+        }
+    }
+
+    /// Adds a session read back from the store (offline, not journaled again).
+    pub fn restore_session(&mut self, r: RestoredSession) {
+        let client = crate::session::ClientLimits {
+            inflight_window: 1,
+            max_packet_size: None,
+            problem_information: true,
+        };
+        let mut s = Session::new(r.client_id.clone(), r.state.version, client);
+        s.expiry_interval = r.state.expiry_interval;
+        s.expires_at = r.state.expires_at;
+        if let Some((will, at)) = r.state.pending_will {
+            s.pending_will = Some(will);
+            s.will_at = Some(at);
+        }
+        s.inbound_qos2 = r.inbound_qos2;
+        s.stored = true;
+        s.last_seq = r.backlog.last_seq;
+        s.backlog = (r.backlog.count > 0).then_some(r.backlog);
+        let idx = self.insert_session(s);
+        for (filter, sub) in r.subscriptions {
+            self.add_subscription(idx, &filter, sub);
+        }
+        self.schedule_timer(idx);
+    }
+
+    /// Adds a retained message read back from the store.
+    pub fn restore_retained(&mut self, msg: Arc<Message>) {
+        let topic = msg.topic.clone();
+        self.retained.insert(&topic, msg);
+    }
+
+    /// The kept messages of a returning session, read from the store after
+    /// [`Action::LoadBacklog`]: they go before anything queued since, in their order, and
+    /// what was in flight is re-sent [MQTT-4.4.0-1].
+    pub fn handle_backlog_loaded(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+        mut loaded: Vec<LoadedMessage>,
+    ) {
+        let Some(&idx) = self.by_client_id.get(client_id) else {
+            return;
+        };
+        let Some(s) = self.session_mut(idx) else {
+            return;
+        };
+        let Some(backlog) = s.backlog.take() else {
+            return;
+        };
+        // Newer ones were kept in memory too; the store may have them as well.
+        loaded.retain(|m| m.delivery.seq <= backlog.last_seq);
+        loaded.sort_by_key(|m| m.delivery.seq);
+        let mut queued = Vec::new();
+        for m in loaded {
+            let state = match m.state {
+                KeptState::Queued => {
+                    queued.push(m.delivery);
+                    continue;
+                }
+                KeptState::AwaitingAck(id) => (OutboundState::AwaitingAck, id),
+                KeptState::AwaitingComp(id) => (OutboundState::AwaitingComp, id),
+            };
+            s.inflight.push_back(Inflight {
+                packet_id: state.1,
+                delivery: m.delivery,
+                state: state.0,
+            });
+        }
+        let newer = std::mem::take(&mut s.queue);
+        s.queued_bytes = 0;
+        for d in queued.into_iter().chain(newer) {
+            s.push_queue(d);
+        }
+        if s.conn.is_some() {
+            self.resend_inflight(now, idx);
+            self.fill_window(now, idx);
+        }
+    }
+
+    /// Asks the shell for a returning session's backlog; true when it has one (sending
+    /// waits for [`Broker::handle_backlog_loaded`]).
+    pub(super) fn request_backlog(&mut self, idx: SessionIdx) -> bool {
+        let Some(s) = self.session(idx).filter(|s| s.backlog.is_some()) else {
+            return false;
+        };
+        let id = s.client_id.clone();
+        self.actions.push_back(Action::LoadBacklog(id));
+        true
+    }
+}
+
+fn session_state(s: &Session) -> SessionState {
+    SessionState {
+        version: s.version,
+        expiry_interval: s.expiry_interval,
+        expires_at: s.expires_at,
+        pending_will: s.pending_will.clone().zip(s.will_at),
+    }
+}
+
+/// Everything a session holds, for a session entering the store.
+fn snapshot(s: &mut Session, journal: &mut Vec<Change>) {
+    let client_id = s.client_id.clone();
+    for (filter, sub) in &s.subscriptions {
+        journal.push(Change::Subscribed {
+            client_id: client_id.clone(),
+            filter: filter.clone(),
+            subscription: sub.clone(),
+        });
+    }
+    for &packet_id in &s.inbound_qos2 {
+        journal.push(Change::InboundQos2 {
+            client_id: client_id.clone(),
+            packet_id,
+            pending: true,
+        });
+    }
+    let mut seq = s.last_seq;
+    let mut keep = |d: &mut Delivery, state| {
+        seq += 1;
+        d.seq = seq;
+        journal.push(Change::Kept {
+            client_id: client_id.clone(),
+            delivery: d.clone(),
+            state,
+        });
+    };
+    for m in s.inflight.iter_mut() {
+        let state = match m.state {
+            OutboundState::AwaitingAck => KeptState::AwaitingAck(m.packet_id),
+            OutboundState::AwaitingComp => KeptState::AwaitingComp(m.packet_id),
+        };
+        keep(&mut m.delivery, state);
+    }
+    for d in s.queue.iter_mut() {
+        keep(d, KeptState::Queued);
+    }
+    s.last_seq = seq;
+}
