@@ -122,9 +122,13 @@ impl Fail {
                     pid: None,
                 },
                 redb::Error::ValueTooLarge(n) => StoreError::TooLarge(n),
-                // redb reports a file that is not a database at all as invalid data.
+                // redb reports a file that is not a database at all as invalid data, and one
+                // cut short as an unexpected end of file.
                 redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
                     corrupt(io.to_string())
+                }
+                redb::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    corrupt("the file is shorter than its contents".into())
                 }
                 redb::Error::Io(io) => StoreError::io(path, "read or written", io),
                 other => StoreError::Database {
