@@ -164,13 +164,13 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord> {
     let disconnected_at_ms = r.opt_u64(W)?;
     let will_at_ms = r.opt_u64(W)?;
     let pending_will = if r.flag(W)? {
-        Some(Will {
+        Some(Box::new(Will {
             topic: r.string(W)?,
             payload: Bytes::copy_from_slice(r.bytes(W)?),
             qos: r.qos(W)?,
             retain: r.flag(W)?,
             properties: get_properties(&mut r)?,
-        })
+        }))
     } else {
         None
     };
@@ -318,7 +318,7 @@ pub(crate) fn decode_queued(b: &[u8]) -> Result<QueuedRecord> {
     };
     r.end(W)?;
     Ok(QueuedRecord {
-        message,
+        message: Arc::new(message),
         qos,
         retain,
         subscription_ids,

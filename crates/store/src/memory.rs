@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::record::{
     Index, MessageRecord, Op, QueueDepth, QueuedRecord, SessionIndex, SessionRecord,
@@ -19,7 +20,7 @@ pub struct MemoryStore {
     /// Highest seq + 1 per client, kept when the messages are deleted (see `QueueDepth`).
     next_seq: BTreeMap<String, u64>,
     inbound: BTreeSet<(String, u16)>,
-    retained: BTreeMap<String, MessageRecord>,
+    retained: BTreeMap<String, Arc<MessageRecord>>,
 }
 
 /// Keys `(client_id, _)` of an ordered map, for range operations.
@@ -156,7 +157,7 @@ impl Store for MemoryStore {
         index.retained = self
             .retained
             .iter()
-            .map(|(t, m)| (t.clone(), m.clone()))
+            .map(|(t, m)| (t.clone(), (**m).clone()))
             .collect();
         Ok(index)
     }

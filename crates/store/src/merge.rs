@@ -77,8 +77,13 @@ pub(crate) struct Merged {
 }
 
 /// Merges the batches of one group (in submission order).
-pub(crate) fn merge(batches: impl IntoIterator<Item = Vec<Op>>) -> Merged {
-    let mut out: Vec<Option<Op>> = Vec::new();
+pub(crate) fn merge(batches: Vec<Vec<Op>>) -> Merged {
+    // Per-client bookkeeping only when a session is deleted in this group (rarely).
+    let track_clients = batches
+        .iter()
+        .flatten()
+        .any(|op| matches!(op, Op::DeleteSession { .. }));
+    let mut out: Vec<Option<Op>> = Vec::with_capacity(batches.iter().map(Vec::len).sum());
     // Position in `out` of the last op on each key (it may have been dropped since).
     let mut last: HashMap<Key, usize> = HashMap::new();
     // Positions of every op of each client, for DeleteSession.
@@ -107,7 +112,7 @@ pub(crate) fn merge(batches: impl IntoIterator<Item = Vec<Op>>) -> Merged {
             }
         }
         let pos = out.len();
-        if let Some(c) = client {
+        if let Some(c) = client.filter(|_| track_clients) {
             by_client.entry(c.clone()).or_default().push(pos);
         }
         last.insert(key, pos);
@@ -139,7 +144,7 @@ mod tests {
 
     #[test]
     fn last_op_on_a_key_wins() {
-        let m = merge([
+        let m = merge(vec![
             vec![put_inbound("a", 1), put_inbound("a", 2)],
             vec![put_inbound("a", 1)],
         ]);
@@ -149,7 +154,7 @@ mod tests {
 
     #[test]
     fn put_then_delete_keeps_only_the_delete() {
-        let m = merge([vec![put_inbound("a", 1)], vec![del_inbound("a", 1)]]);
+        let m = merge(vec![vec![put_inbound("a", 1)], vec![del_inbound("a", 1)]]);
         assert_eq!(m.ops, vec![del_inbound("a", 1)]);
         assert_eq!(m.cancelled, 1);
     }
@@ -159,7 +164,7 @@ mod tests {
         let del = Op::DeleteSession {
             client_id: "a".into(),
         };
-        let m = merge([
+        let m = merge(vec![
             vec![put_inbound("a", 1), put_inbound("b", 1)],
             vec![
                 del.clone(),

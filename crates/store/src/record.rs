@@ -25,7 +25,7 @@ pub struct SessionRecord {
     /// starts at the restart.
     pub disconnected_at_ms: Option<u64>,
     /// A will waiting out its Will Delay Interval (5.0) after the connection ended.
-    pub pending_will: Option<Will>,
+    pub pending_will: Option<Box<Will>>,
     /// When the pending will is due.
     pub will_at_ms: Option<u64>,
 }
@@ -84,7 +84,9 @@ pub enum QueuedState {
 /// with, with subscription identifiers of its own, through a shared subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedRecord {
-    pub message: MessageRecord,
+    /// Shared: one message fanned out to many sessions is one record in memory (it is
+    /// still written once per session).
+    pub message: Arc<MessageRecord>,
     /// min(published QoS, granted QoS) [MQTT-3.8.4-8].
     pub qos: QoS,
     /// The retain flag to send.
@@ -141,7 +143,7 @@ pub enum Op {
     /// Sets the retained message of a topic.
     PutRetained {
         topic: Arc<str>,
-        message: MessageRecord,
+        message: Arc<MessageRecord>,
     },
     DeleteRetained {
         topic: Arc<str>,

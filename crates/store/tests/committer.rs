@@ -151,7 +151,7 @@ fn a_put_deleted_in_its_group_is_never_written() {
     };
     let put_retained = Op::PutRetained {
         topic: "t".into(),
-        message: common::message("t", b"r"),
+        message: Arc::new(common::message("t", b"r")),
     };
     let del_retained = Op::DeleteRetained { topic: "t".into() };
     let results = submit_numbered(

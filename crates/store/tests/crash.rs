@@ -64,7 +64,7 @@ fn group(cycle: u32, w: u64, g: u64) -> Vec<Op> {
         client_id: client.clone(),
         seq: g,
         record: QueuedRecord {
-            message: message(&topic, g),
+            message: Arc::new(message(&topic, g)),
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: vec![],
@@ -80,7 +80,7 @@ fn group(cycle: u32, w: u64, g: u64) -> Vec<Op> {
     }
     ops.push(Op::PutRetained {
         topic: topic.clone().into(),
-        message: message(&topic, g),
+        message: Arc::new(message(&topic, g)),
     });
     ops
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use common::strategy::{batches, CLIENTS};
 use makelaar_store::{
@@ -30,7 +30,7 @@ enum V {
     Sub(SubscriptionRecord),
     Queued(QueuedRecord),
     Inbound,
-    Retained(MessageRecord),
+    Retained(Arc<MessageRecord>),
 }
 
 /// The simplest thing that could be right: one flat ordered map.
@@ -137,7 +137,7 @@ impl Model {
                     }
                     index.sessions.push(s);
                 }
-                (K::Retained(t), V::Retained(m)) => index.retained.push((t.clone(), m.clone())),
+                (K::Retained(t), V::Retained(m)) => index.retained.push((t.clone(), (**m).clone())),
                 (k, _) if !has_session(client_of(k).unwrap()) => index.orphans += 1,
                 _ => {}
             }

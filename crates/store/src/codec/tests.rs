@@ -31,7 +31,7 @@ proptest! {
 #[test]
 fn every_cut_of_a_value_is_refused() {
     let q = QueuedRecord {
-        message: MessageRecord {
+        message: std::sync::Arc::new(MessageRecord {
             topic: "a/b".into(),
             payload: Bytes::from_static(b"payload"),
             qos: QoS::ExactlyOnce,
@@ -43,7 +43,7 @@ fn every_cut_of_a_value_is_refused() {
             },
             expires_at_ms: Some(1),
             origin: Some("p".into()),
-        },
+        }),
         qos: QoS::AtLeastOnce,
         retain: false,
         subscription_ids: vec![1, 2],

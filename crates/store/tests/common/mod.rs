@@ -40,7 +40,7 @@ pub fn message(topic: &str, payload: &[u8]) -> MessageRecord {
 
 pub fn queued(topic: &str, payload: &[u8]) -> QueuedRecord {
     QueuedRecord {
-        message: message(topic, payload),
+        message: Arc::new(message(topic, payload)),
         qos: QoS::AtLeastOnce,
         retain: false,
         subscription_ids: vec![],

@@ -128,7 +128,7 @@ pub fn session() -> BoxedStrategy<SessionRecord> {
         3u8..=5,
         any::<u32>(),
         of(any::<u64>()),
-        of(will()),
+        of(will().prop_map(Box::new)),
         of(any::<u64>()),
     )
         .prop_map(
@@ -205,7 +205,7 @@ pub fn queued() -> BoxedStrategy<QueuedRecord> {
         any::<u16>().prop_map(|packet_id| QueuedState::AwaitingComp { packet_id }),
     ];
     (
-        message(),
+        message().prop_map(Arc::new),
         qos(),
         any::<bool>(),
         vec(any::<u32>(), 0..3),
@@ -239,7 +239,7 @@ pub fn op() -> BoxedStrategy<Op> {
         3 => (c(), seq()).prop_map(|(client_id, seq)| Op::DeleteQueued { client_id, seq }),
         2 => (c(), pid()).prop_map(|(client_id, packet_id)| Op::PutInbound { client_id, packet_id }),
         1 => (c(), pid()).prop_map(|(client_id, packet_id)| Op::DeleteInbound { client_id, packet_id }),
-        2 => (pick(TOPICS), message()).prop_map(|(topic, message)| Op::PutRetained { topic, message }),
+        2 => (pick(TOPICS), message()).prop_map(|(topic, message)| Op::PutRetained { topic, message: Arc::new(message) }),
         1 => pick(TOPICS).prop_map(|topic| Op::DeleteRetained { topic }),
     ]
     .boxed()
