@@ -1,0 +1,274 @@
+//! Crash safety: a child process (this test binary, re-run with an environment variable)
+//! commits groups in a loop and reports each acknowledged one on stdout; it is killed with
+//! SIGKILL at a random moment, and the reopened store must hold every acknowledged group,
+//! and each writer's groups must be there as a whole prefix (no torn group).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use makelaar_proto::{Properties, QoS};
+use makelaar_store::{
+    Committer, CommitterOptions, MessageRecord, Op, QueuedRecord, QueuedState, RedbOptions,
+    RedbStore, SessionRecord, Store, StoreError,
+};
+
+const CHILD_ENV: &str = "MAKELAAR_STORE_CRASH_CHILD";
+/// Writer threads in the child, each with its own client id and retained topic.
+const WRITERS: u64 = 4;
+/// Groups a writer may have submitted and not yet seen acknowledged.
+const WINDOW: u64 = 4;
+/// Messages a writer keeps queued: group g deletes the message of group g - KEEP.
+const KEEP: u64 = 8;
+
+fn message(topic: &str, g: u64) -> MessageRecord {
+    let mut payload = vec![0u8; 64];
+    payload[..8].copy_from_slice(&g.to_le_bytes());
+    MessageRecord {
+        topic: topic.into(),
+        payload: Bytes::from(payload),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties::default(),
+        expires_at_ms: None,
+        origin: None,
+    }
+}
+
+fn group_of(m: &MessageRecord) -> u64 {
+    u64::from_le_bytes(m.payload[..8].try_into().unwrap())
+}
+
+/// Writer `w`'s group `g` in cycle `cycle`.
+fn group(cycle: u32, w: u64, g: u64) -> Vec<Op> {
+    let client: Arc<str> = format!("{cycle}-{w}").into();
+    let topic = format!("{cycle}/{w}");
+    let mut ops = Vec::new();
+    if g == 0 {
+        ops.push(Op::PutSession {
+            client_id: client.clone(),
+            record: SessionRecord {
+                protocol_version: 5,
+                expiry_interval: u32::MAX,
+                disconnected_at_ms: None,
+                pending_will: None,
+                will_at_ms: None,
+            },
+        });
+    }
+    ops.push(Op::PutQueued {
+        client_id: client.clone(),
+        seq: g,
+        record: QueuedRecord {
+            message: Arc::new(message(&topic, g)),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared_filter: None,
+            state: QueuedState::Queued,
+        },
+    });
+    if g >= KEEP {
+        ops.push(Op::DeleteQueued {
+            client_id: client,
+            seq: g - KEEP,
+        });
+    }
+    ops.push(Op::PutRetained {
+        topic: topic.clone().into(),
+        message: Arc::new(message(&topic, g)),
+    });
+    ops
+}
+
+/// The child: writes until killed (or for 20 s, should the parent be gone).
+#[test]
+fn crash_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return; // an ordinary test run: nothing to do
+    };
+    let (dir, cycle) = spec.rsplit_once('|').unwrap();
+    let cycle: u32 = cycle.parse().unwrap();
+    let store = RedbStore::open(dir, &RedbOptions::default()).unwrap();
+    let committer = Arc::new(Committer::start(
+        Box::new(store),
+        CommitterOptions::default(),
+    ));
+    let threads: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let committer = committer.clone();
+            std::thread::spawn(move || {
+                let (tx, rx) = mpsc::channel::<Result<(), StoreError>>();
+                let started = Instant::now();
+                for g in 0.. {
+                    if g >= WINDOW {
+                        rx.recv().unwrap().unwrap();
+                    }
+                    if started.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                    let tx = tx.clone();
+                    let done = Box::new(move |r: Result<(), StoreError>| {
+                        if r.is_ok() {
+                            println!("ACK {w} {g}");
+                        }
+                        let _ = tx.send(r);
+                    });
+                    committer.submit(group(cycle, w, g), done);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Runs one child and kills it: `delay` after its first acknowledgement, or with `early`,
+/// `delay` after it started (perhaps while it is still recovering from the last kill).
+/// Returns the highest acknowledged group of each writer.
+fn crash_cycle(dir: &Path, cycle: u32, delay: Duration, early: bool) -> Vec<Option<u64>> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(CHILD_ENV, format!("{}|{cycle}", dir.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let mut words = line.split_whitespace();
+            if words.next() == Some("ACK") {
+                let w: u64 = words.next().and_then(|s| s.parse().ok()).unwrap();
+                let g: u64 = words.next().and_then(|s| s.parse().ok()).unwrap();
+                let _ = tx.send((w, g));
+            }
+        }
+    });
+    let mut acks = Vec::new();
+    if !early {
+        acks.push(
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("the child acknowledged nothing"),
+        );
+        // The child holds the directory: another process is refused, naming its pid.
+        match RedbStore::open(dir, &RedbOptions::default()) {
+            Err(StoreError::Locked { pid, .. }) => assert_eq!(pid, Some(child.id())),
+            other => panic!("open beside a running child: {:?}", other.map(|_| ())),
+        }
+    }
+    std::thread::sleep(delay);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reader.join().unwrap();
+    let mut acked = vec![None; WRITERS as usize];
+    for (w, g) in acks.into_iter().chain(rx.try_iter()) {
+        let slot = &mut acked[w as usize];
+        assert_eq!(
+            g,
+            slot.map_or(0, |prev| prev + 1),
+            "acknowledgements out of order"
+        );
+        *slot = Some(g);
+    }
+    acked
+}
+
+/// Checks cycle `cycle`: each writer's state is that of a prefix of its groups, at least as
+/// long as what was acknowledged, and at most WINDOW groups longer.
+fn check_cycle(store: &RedbStore, cycle: u32, acked: &[Option<u64>]) {
+    let index = store.load_index().unwrap();
+    for (w, acked) in acked.iter().enumerate() {
+        let client = format!("{cycle}-{w}");
+        let topic = format!("{cycle}/{w}");
+        let retained = index.retained.iter().find(|(t, _)| *t == topic);
+        let Some((_, retained)) = retained else {
+            assert!(acked.is_none(), "writer {client}: acknowledged groups lost");
+            continue;
+        };
+        let last = group_of(retained);
+        if let Some(acked) = *acked {
+            assert!(
+                last >= acked,
+                "writer {client}: group {acked} acknowledged, found {last}"
+            );
+        }
+        let submitted = acked.map_or(WINDOW - 1, |a| a + WINDOW);
+        assert!(
+            last <= submitted,
+            "writer {client}: {last} was never submitted"
+        );
+        let queue = store.load_queue(&client).unwrap();
+        let seqs: Vec<u64> = queue.iter().map(|(s, _)| *s).collect();
+        let expected: Vec<u64> = (last.saturating_sub(KEEP - 1)..=last).collect();
+        assert_eq!(
+            seqs, expected,
+            "writer {client}: queue is not that of group {last}"
+        );
+        assert!(queue.iter().all(|(s, q)| group_of(&q.message) == *s));
+        let session = index
+            .sessions
+            .iter()
+            .find(|s| s.client_id == client)
+            .unwrap();
+        assert_eq!(session.queue.count, expected.len() as u64);
+    }
+}
+
+#[test]
+fn acknowledged_groups_survive_kill_9() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let started = Instant::now();
+    let mut history = Vec::new();
+    for cycle in 0..10 {
+        // xorshift: a kill 0-250 ms after the first acknowledgement, or every third cycle
+        // 0-20 ms after the start.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let early = cycle % 3 == 2;
+        let delay = Duration::from_millis(seed % if early { 20 } else { 250 });
+        let acked = crash_cycle(dir.path(), cycle, delay, early);
+        println!(
+            "cycle {cycle}: killed {delay:?} after {}, acknowledged {acked:?}",
+            if early {
+                "the start"
+            } else {
+                "the first acknowledgement"
+            }
+        );
+        history.push(acked);
+        // Every earlier cycle too: recovering from this crash must not lose older groups.
+        let store = RedbStore::open(dir.path(), &RedbOptions::default()).unwrap();
+        for (cycle, acked) in history.iter().enumerate() {
+            check_cycle(&store, cycle as u32, acked);
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
