@@ -124,7 +124,7 @@ start_broker() {
     BROKER_PORT=$(free_port)
     case "$kind" in
         makelaar)
-            "$BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 --log-level error \
+            "$BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 --log-level error --in-memory \
                 >>"$OUT/makelaar.log" 2>&1 &
             ;;
         mosquitto)

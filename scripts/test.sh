@@ -218,7 +218,7 @@ start_example_broker() {
     PLAIN_PORT=$(free_port)
     TLS_PORT=$(free_port)
     "$BIN" serve --listen "mqtt://127.0.0.1:$PLAIN_PORT" --listen "mqtts://127.0.0.1:$TLS_PORT" \
-        --cert "$WORK/certs/server.crt" --key "$WORK/certs/server.key" \
+        --cert "$WORK/certs/server.crt" --key "$WORK/certs/server.key" --data-dir "$WORK/data" \
         >"$WORK/broker.log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 100); do

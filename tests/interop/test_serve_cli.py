@@ -3,6 +3,7 @@ the thing and the fix, with exit status 1. Makelaar only (skipped against Mosqui
 
 import socket
 import subprocess
+import tempfile
 
 import pytest
 
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.skipif(BROKER_KIND != "makelaar",
 
 
 def _serve(*args, timeout=10):
-    return subprocess.run([find_makelaar(), "serve", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    # In a directory of its own: the default data directory is ./makelaar-data.
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([find_makelaar(), "serve", *args], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
 def _assert_one_clear_error(p, *needles):
@@ -93,7 +96,7 @@ def test_listen_flag_serves(tmp_path):
     port = free_port()
     proc = subprocess.Popen([find_makelaar(), "serve", "--listen", f"mqtt://127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
         while True:

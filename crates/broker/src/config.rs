@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use makelaar_core::Limits;
+pub use makelaar_store::Durability;
 use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 
@@ -23,6 +24,8 @@ pub const DEFAULT_LISTEN: &str = "mqtt://127.0.0.1:1883";
 pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
 /// Where the durable store will live (accepted now, unused until the store exists).
 pub const DEFAULT_DATA_DIR: &str = "makelaar-data";
+/// The default bound of `durability = "batch"`, in milliseconds.
+pub const DEFAULT_BATCH_MS: u64 = 10;
 
 /// A configuration problem. Its `Display` is one sentence naming the thing and the fix, meant to
 /// be shown to the user as is (the CLI prints `makelaar: <sentence>`).
@@ -46,6 +49,9 @@ pub enum ConfigError {
     /// A listener could not bind its address (port in use, permission denied, ...).
     #[error("{0}")]
     Bind(String),
+    /// The durable store could not be opened (in use, damaged, unreadable).
+    #[error("{0}")]
+    Store(String),
 }
 
 /// The validated configuration the broker runs with.
@@ -57,10 +63,14 @@ pub struct Config {
     pub limits: Limits,
     /// Time between `$SYS/broker/...` updates; zero turns them off.
     pub sys_interval: Duration,
-    /// Keep everything in memory (the only mode until the durable store exists).
+    /// Keep everything in memory: nothing survives a restart.
     pub in_memory: bool,
-    /// Directory for the durable store (unused for now).
+    /// Directory of the durable store (unless `in_memory`).
     pub data_dir: PathBuf,
+    /// When an acknowledged change counts as stored.
+    pub durability: Durability,
+    /// What to do when the store file is damaged.
+    pub on_corrupt_store: CorruptStorePolicy,
     /// Topic filters refused outright: SUBACK 0x80 for a SUBSCRIBE to exactly this filter.
     pub deny_subscriptions: Vec<String>,
 }
@@ -76,10 +86,41 @@ impl Default for Config {
             }],
             limits: Limits::default(),
             sys_interval: Duration::from_secs(DEFAULT_SYS_INTERVAL_SECS),
-            in_memory: true,
+            in_memory: false,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            durability: Durability::Sync,
+            on_corrupt_store: CorruptStorePolicy::Fail,
             deny_subscriptions: Vec::new(),
         }
+    }
+}
+
+/// What to do when the store file is damaged (`on_corrupt_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CorruptStorePolicy {
+    /// Refuse to start, naming the file and the way out.
+    #[default]
+    Fail,
+    /// Rename the damaged file (kept for inspection) and start with an empty store.
+    MoveAside,
+}
+
+/// The durable store's settings, when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub on_corrupt: CorruptStorePolicy,
+}
+
+impl Config {
+    /// The store's settings; `None` for an in-memory broker.
+    pub fn store(&self) -> Option<StoreConfig> {
+        (!self.in_memory).then(|| StoreConfig {
+            dir: self.data_dir.clone(),
+            durability: self.durability,
+            on_corrupt: self.on_corrupt_store,
+        })
     }
 }
 
@@ -182,12 +223,22 @@ pub struct ConfigFile {
     /// Seconds between `$SYS` updates; 0 turns them off.
     #[serde(default)]
     pub sys_interval: Option<u64>,
-    /// Keep all state in memory (the only mode for now).
+    /// Keep all state in memory: nothing survives a restart.
     #[serde(default)]
     pub in_memory: Option<bool>,
-    /// Directory for the durable store (unused for now).
+    /// Directory of the durable store.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// `"sync"` (acknowledge after fsync) or `"batch"` (fsync at least every
+    /// `batch_max_delay_ms`; may lose that much on power loss).
+    #[serde(default)]
+    pub durability: Option<String>,
+    /// The bound of `durability = "batch"`, in milliseconds.
+    #[serde(default)]
+    pub batch_max_delay_ms: Option<u64>,
+    /// `"fail"` or `"move-aside"`: what to do when the store file is damaged.
+    #[serde(default)]
+    pub on_corrupt_store: Option<String>,
     /// Topic filters every SUBSCRIBE to is refused with reason code 0x80.
     #[serde(default)]
     pub deny_subscriptions: Option<Vec<String>>,
@@ -290,12 +341,21 @@ impl ConfigFile {
             );
         }
 
-        if self.in_memory == Some(false) {
-            return Err(ConfigError::Invalid(format!(
-                "{source_name}: in_memory = false needs the durable store, which Makelaar does \
-                 not have yet; remove the key or set it to true"
-            )));
-        }
+        let durability = durability_from(
+            source_name,
+            self.durability.as_deref(),
+            self.batch_max_delay_ms,
+        )?;
+        let on_corrupt_store = match self.on_corrupt_store.as_deref() {
+            None | Some("fail") => CorruptStorePolicy::Fail,
+            Some("move-aside") => CorruptStorePolicy::MoveAside,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{source_name}: on_corrupt_store = \"{other}\" is not known; use \"fail\" \
+                     or \"move-aside\""
+                )))
+            }
+        };
 
         let deny_subscriptions = self.deny_subscriptions.unwrap_or_default();
         for filter in &deny_subscriptions {
@@ -314,11 +374,34 @@ impl ConfigFile {
             sys_interval: Duration::from_secs(
                 self.sys_interval.unwrap_or(DEFAULT_SYS_INTERVAL_SECS),
             ),
-            in_memory: true,
+            in_memory: self.in_memory.unwrap_or(false),
+            durability,
+            on_corrupt_store,
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         })
+    }
+}
+
+fn durability_from(
+    source_name: &str,
+    mode: Option<&str>,
+    batch_ms: Option<u64>,
+) -> Result<Durability, ConfigError> {
+    match (mode, batch_ms) {
+        (None | Some("sync"), None) => Ok(Durability::Sync),
+        (Some("batch"), ms) => Ok(Durability::Batch {
+            max_delay_ms: ms.unwrap_or(DEFAULT_BATCH_MS).max(1),
+        }),
+        (None | Some("sync"), Some(_)) => Err(ConfigError::Invalid(format!(
+            "{source_name}: batch_max_delay_ms only applies to durability = \"batch\"; set \
+             that too, or remove batch_max_delay_ms"
+        ))),
+        (Some(other), _) => Err(ConfigError::Invalid(format!(
+            "{source_name}: durability = \"{other}\" is not known; use \"sync\" (the default) \
+             or \"batch\""
+        ))),
     }
 }
 

@@ -14,6 +14,7 @@ mod connection;
 pub mod listener;
 mod outbox;
 mod router;
+mod store;
 mod sys;
 pub mod tls;
 
@@ -59,6 +60,9 @@ impl Server {
     /// Binds every listener (so a bad certificate or a port in use is reported before
     /// anything runs) and starts serving.
     pub async fn start(config: Config) -> Result<Server, ConfigError> {
+        // The store first: a data directory in use or damaged stops the start before any
+        // listener is announced.
+        let opened = config.store().map(|sc| store::open(&sc)).transpose()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);
@@ -78,10 +82,12 @@ impl Server {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let broker = Broker::new(config.limits.clone(), policy, seed);
+        let mut broker = Broker::new(config.limits.clone(), policy, seed);
+        let (store_tx, store_rx) = mpsc::unbounded_channel();
+        let persist = opened.map(|o| o.restore(&mut broker, store_tx));
         let sys = SysPublisher::new(config.sys_interval, Instant::now());
-        let router = Router::new(broker, counters.clone(), sys);
-        let router = tokio::spawn(router.run(rx, shutdown.clone()));
+        let router = Router::new(broker, counters.clone(), sys, persist);
+        let router = tokio::spawn(router.run(rx, store_rx, shutdown.clone()));
         let permits = u32::try_from(config.limits.large_packet_budget / 1024)
             .unwrap_or(u32::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);
@@ -128,7 +134,11 @@ impl Server {
 /// Runs a broker with `config` until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
-    wait_for_signal().await;
+    // The broker stops on a signal, or by itself when its store fails.
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = server.shutdown.cancelled() => {}
+    }
     tracing::info!(target: STATUS_TARGET, "shutting down");
     server.shutdown().await;
     Ok(())

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{self, Outbox, Refused};
+use crate::store::gate::{Gate, Held};
+use crate::store::{Persistence, StoreEvent};
 use crate::sys::SysPublisher;
 use crate::Counters;
 
@@ -53,10 +55,20 @@ pub(crate) struct Router {
     slow_logged: HashMap<ConnId, ()>,
     /// Outboxes written in this batch, woken together at its end.
     to_wake: Vec<Arc<Outbox>>,
+    /// The durable store, unless the broker runs in memory.
+    persist: Option<Persistence>,
+    /// Acknowledgements waiting for the store (see `store::gate`).
+    gate: Gate,
+    changes: Vec<makelaar_core::persist::Change>,
 }
 
 impl Router {
-    pub(crate) fn new(broker: Broker, counters: Arc<Counters>, sys: SysPublisher) -> Router {
+    pub(crate) fn new(
+        broker: Broker,
+        counters: Arc<Counters>,
+        sys: SysPublisher,
+        persist: Option<Persistence>,
+    ) -> Router {
         let max_outgoing = broker.limits().max_outgoing_bytes;
         Router {
             broker,
@@ -66,6 +78,9 @@ impl Router {
             sys,
             slow_logged: HashMap::new(),
             to_wake: Vec::new(),
+            persist,
+            gate: Gate::default(),
+            changes: Vec::new(),
         }
     }
 
@@ -73,6 +88,7 @@ impl Router {
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<ToRouter>,
+        mut store_rx: mpsc::UnboundedReceiver<StoreEvent>,
         shutdown: CancellationToken,
     ) {
         let start = Instant::now();
@@ -110,13 +126,76 @@ impl Router {
                         self.broker.purge_expired_retained(now);
                     }
                 }
+                Some(ev) = store_rx.recv() => {
+                    if !self.store_event(Instant::now(), ev) {
+                        shutdown.cancel();
+                    }
+                }
                 _ = shutdown.cancelled() => {
                     self.broker.shutdown(ReasonCode::SERVER_SHUTTING_DOWN);
                     self.flush();
+                    self.close_store().await;
                     break;
                 }
             }
             self.flush();
+        }
+    }
+
+    /// Carries out what the store's thread reports; false when the store failed and the
+    /// broker must stop (it must not acknowledge what it cannot keep).
+    fn store_event(&mut self, now: Instant, ev: StoreEvent) -> bool {
+        match ev {
+            StoreEvent::Committed(epoch, Ok(())) => {
+                let mut released = Vec::new();
+                self.gate
+                    .committed(epoch, |conn, what| released.push((conn, what)));
+                for (conn, what) in released {
+                    self.carry_out(conn, what);
+                }
+            }
+            StoreEvent::Committed(_, Err(e)) => {
+                tracing::error!(target: crate::listener::STATUS_TARGET, error = %e, "cannot write to the store: stopping, so that nothing is acknowledged that is not kept");
+                return false;
+            }
+            StoreEvent::Loaded(client_id, result) => {
+                let loaded = match (result, self.persist.as_mut()) {
+                    (Ok(queue), Some(p)) => p.backlog(queue),
+                    (Err(e), _) => {
+                        tracing::error!(%client_id, error = %e, "cannot read the session's stored messages; it resumes without them");
+                        Vec::new()
+                    }
+                    (Ok(_), None) => Vec::new(),
+                };
+                self.broker.handle_backlog_loaded(now, &client_id, loaded);
+            }
+        }
+        true
+    }
+
+    /// On shutdown: waits for the store to commit what it was given, then sends what was
+    /// waiting for it.
+    async fn close_store(&mut self) {
+        let Some(p) = self.persist.take() else {
+            return;
+        };
+        let s = p.stats();
+        tracing::info!(
+            commits = s.commits,
+            fsyncs = s.fsyncs,
+            ops_written = s.ops_written,
+            ops_cancelled = s.ops_cancelled,
+            "closing the store"
+        );
+        let _ = tokio::task::spawn_blocking(move || p.close()).await;
+        let mut released = Vec::new();
+        self.gate
+            .committed(u64::MAX, |conn, what| released.push((conn, what)));
+        for (conn, what) in released {
+            self.carry_out(conn, what);
+        }
+        for out in self.to_wake.drain(..).rev() {
+            out.wake();
         }
     }
 
@@ -144,19 +223,49 @@ impl Router {
     /// that is the receiver of the batch's first packet, usually a delivery rather than the
     /// publisher's acknowledgement, which keeps delivery latency low.
     fn flush(&mut self) {
+        if let Some(p) = self.persist.as_mut() {
+            self.broker.drain_changes(&mut self.changes);
+            if !self.changes.is_empty() {
+                let epoch = self.gate.next_epoch();
+                p.submit(epoch, std::mem::take(&mut self.changes));
+            }
+        }
         while let Some(action) = self.broker.poll_action() {
             match action {
-                Action::Send(conn, packet) => self.send(conn, packet),
-                Action::Close(conn) => self.close(conn),
-                // Only a broker restored from a store has backlogs, and this one has none.
-                Action::LoadBacklog(client_id) => {
-                    self.broker
-                        .handle_backlog_loaded(Instant::now(), &client_id, Vec::new());
-                }
+                Action::Send(conn, packet) => self.dispatch(conn, Held::Send(packet)),
+                Action::Close(conn) => self.dispatch(conn, Held::Close),
+                Action::LoadBacklog(client_id) => match &self.persist {
+                    Some(p) => p.load_backlog(client_id),
+                    // Only a broker restored from a store has backlogs.
+                    None => {
+                        self.broker
+                            .handle_backlog_loaded(Instant::now(), &client_id, Vec::new());
+                    }
+                },
             }
         }
         for out in self.to_wake.drain(..).rev() {
             out.wake();
+        }
+    }
+
+    /// Sends or closes now, or holds it until the store has committed what it depends on.
+    fn dispatch(&mut self, conn: ConnId, what: Held) {
+        let what = if self.persist.is_some() {
+            match self.gate.hold(conn, what) {
+                Some(what) => what,
+                None => return,
+            }
+        } else {
+            what
+        };
+        self.carry_out(conn, what);
+    }
+
+    fn carry_out(&mut self, conn: ConnId, what: Held) {
+        match what {
+            Held::Send(packet) => self.send(conn, packet),
+            Held::Close => self.close(conn),
         }
     }
 

@@ -356,8 +356,18 @@ fn require_certificate_needs_cafile() {
 }
 
 #[test]
-fn durable_mode_is_not_available_yet() {
-    assert!(parse_err("in_memory = false").contains("in_memory = false needs the durable store"));
+fn durability_and_corrupt_store_policy_are_read_and_checked() {
+    use makelaar_broker::config::{CorruptStorePolicy, Durability};
+    let c =
+        parse("durability = \"batch\"\nbatch_max_delay_ms = 25\non_corrupt_store = \"move-aside\"")
+            .unwrap();
+    assert_eq!(c.durability, Durability::Batch { max_delay_ms: 25 });
+    assert_eq!(c.on_corrupt_store, CorruptStorePolicy::MoveAside);
+    assert!(c.store().is_some());
+    assert!(parse("in_memory = true").unwrap().store().is_none());
+    assert!(parse_err("durability = \"fast\"").contains("durability = \"fast\" is not known"));
+    assert!(parse_err("batch_max_delay_ms = 5").contains("only applies to durability = \"batch\""));
+    assert!(parse_err("on_corrupt_store = \"ignore\"").contains("\"move-aside\""));
 }
 
 #[test]

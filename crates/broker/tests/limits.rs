@@ -22,6 +22,7 @@ async fn start(limits: makelaar_core::Limits) -> (Server, SocketAddr) {
         }],
         limits,
         sys_interval: Duration::ZERO,
+        in_memory: true,
         ..Config::default()
     };
     let server = Server::start(config).await.unwrap();

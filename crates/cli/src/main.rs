@@ -82,13 +82,28 @@ struct ServeArgs {
     #[arg(long)]
     require_certificate: bool,
 
-    /// Keep all state in memory (the only mode for now).
-    #[arg(long)]
+    /// Keep all state in memory: nothing is written to disk, nothing survives a restart.
+    #[arg(long, conflicts_with = "data_dir")]
     in_memory: bool,
 
-    /// Directory for the durable store (accepted, not used yet). [default: makelaar-data]
+    /// Directory of the durable store (created if missing). [default: makelaar-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// When to acknowledge: "sync" (after the store's fsync; nothing acknowledged is ever
+    /// lost) or "batch" (fsync at least every --batch-max-delay-ms; may lose that much on
+    /// power loss or kill -9). [default: sync]
+    #[arg(long, value_name = "MODE")]
+    durability: Option<String>,
+
+    /// The bound of --durability batch, in milliseconds. [default: 10]
+    #[arg(long, value_name = "MS")]
+    batch_max_delay_ms: Option<u64>,
+
+    /// What to do when the store file is damaged: "fail" (stop with an error naming it) or
+    /// "move-aside" (keep it under another name and start empty). [default: fail]
+    #[arg(long, value_name = "POLICY")]
+    on_corrupt_store: Option<String>,
 
     /// Seconds between $SYS/broker/... updates; 0 turns them off. [default: 10]
     #[arg(long, value_name = "SECS")]
@@ -130,6 +145,16 @@ impl ServeArgs {
         }
         if let Some(dir) = &self.data_dir {
             file.data_dir = Some(dir.clone());
+            file.in_memory = Some(false);
+        }
+        if self.durability.is_some() {
+            file.durability.clone_from(&self.durability);
+        }
+        if self.batch_max_delay_ms.is_some() {
+            file.batch_max_delay_ms = self.batch_max_delay_ms;
+        }
+        if self.on_corrupt_store.is_some() {
+            file.on_corrupt_store.clone_from(&self.on_corrupt_store);
         }
         if let Some(secs) = self.sys_interval {
             file.sys_interval = Some(secs);

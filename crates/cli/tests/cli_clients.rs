@@ -142,7 +142,7 @@ fn makelaar_with(tls_host: &'static str, extra: &[&str]) -> Broker {
     let port = free_port();
     let tls_port = free_port();
     let mut child = Command::new(BIN)
-        .args(["serve", "--sys-interval", "0", "--listen"])
+        .args(["serve", "--in-memory", "--sys-interval", "0", "--listen"])
         .arg(format!("mqtt://127.0.0.1:{port}"))
         .arg("--listen")
         .arg(format!("mqtts://{tls_host}:{tls_port}"))

@@ -70,10 +70,11 @@ pub enum Change {
         delivery: Delivery,
         state: KeptState,
     },
-    /// A kept message moved on (sent, or PUBREC received).
+    /// A kept message moved on (sent, or PUBREC received). It carries the whole delivery so
+    /// a store can rewrite the record without reading it first.
     Moved {
         client_id: Arc<str>,
-        seq: u64,
+        delivery: Delivery,
         state: KeptState,
     },
     /// A kept message is done with (acknowledged, expired, dropped or handed elsewhere).

@@ -214,6 +214,7 @@ pub async fn makelaar(tweak: impl FnOnce(&mut Config)) -> Target {
     let mut config = Config {
         listeners,
         sys_interval: Duration::ZERO,
+        in_memory: true,
         ..Config::default()
     };
     tweak(&mut config);

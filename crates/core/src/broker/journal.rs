@@ -101,7 +101,7 @@ impl Broker {
         } else {
             journal.push(Change::Moved {
                 client_id,
-                seq: d.seq,
+                delivery: d.clone(),
                 state,
             });
         }

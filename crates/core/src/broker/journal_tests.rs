@@ -50,10 +50,11 @@ impl Model {
                 }
                 Change::Moved {
                     client_id,
-                    seq,
+                    delivery,
                     state,
                 } => {
-                    let entry = self.kept.get_mut(&(client_id, seq)).expect("moved unknown");
+                    let key = (client_id, delivery.seq);
+                    let entry = self.kept.get_mut(&key).expect("moved unknown");
                     entry.1 = state;
                 }
                 Change::Done { client_id, seq } => {
