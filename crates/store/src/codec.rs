@@ -22,7 +22,7 @@ use properties::{get_properties, put_properties};
 
 /// A stored value could not be decoded; says what was being read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodecError(pub &'static str);
+pub(crate) struct CodecError(pub &'static str);
 
 type Result<T> = std::result::Result<T, CodecError>;
 

@@ -2,18 +2,17 @@
 //! transaction, so N clients waiting for an fsync cost one fsync, not N.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::{Duration, Instant};
 
-use crate::merge::merge;
 use crate::{Op, Store, StoreError};
 
 mod stats;
+mod worker;
 
 pub use stats::CommitStats;
 use stats::Counters;
+use worker::run;
 
 /// Called once per submitted batch, on the committer's thread, after the group holding it was
 /// committed (or failed). It must not block: hand the result to the broker (a channel, a
@@ -94,7 +93,8 @@ struct Shared {
     room: Condvar,
     counters: Counters,
     options: CommitterOptions,
-    thread: Mutex<Option<ThreadId>>,
+    /// The committer thread, so that `submit` from a `done` callback never waits on itself.
+    thread: OnceLock<ThreadId>,
 }
 
 impl Shared {
@@ -112,8 +112,7 @@ impl Shared {
     }
 
     fn on_committer_thread(&self) -> bool {
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-        *t == Some(std::thread::current().id())
+        self.thread.get() == Some(&std::thread::current().id())
     }
 }
 
@@ -136,7 +135,7 @@ impl Committer {
             room: Condvar::new(),
             counters: Counters::default(),
             options,
-            thread: Mutex::new(None),
+            thread: OnceLock::new(),
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
@@ -260,140 +259,6 @@ impl Drop for Committer {
             if let Err(e) = self.stop() {
                 tracing::error!("closing the store: {e}");
             }
-        }
-    }
-}
-
-/// Calls a callback, keeping the committer alive if it panics (a bug in the caller must not
-/// stop every later acknowledgement).
-fn call(f: impl FnOnce()) {
-    if catch_unwind(AssertUnwindSafe(f)).is_err() {
-        tracing::error!("a store completion callback panicked");
-    }
-}
-
-/// Whatever way the committer thread ends (a panic included), nobody waits for it forever:
-/// submitters are woken and refused, and batches still queued get an error.
-struct ExitGuard(Arc<Shared>);
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        let items: Vec<Item> = {
-            let mut q = self.0.lock();
-            if !q.shutdown {
-                q.failed
-                    .get_or_insert_with(|| StoreError::Stopped("the store thread ended".into()));
-            }
-            q.shutdown = true;
-            q.items.drain(..).collect()
-        };
-        self.0.room.notify_all();
-        for item in items {
-            if let Item::Write { done, .. } = item {
-                call(|| done(Err(StoreError::Stopped("the store thread ended".into()))));
-            }
-        }
-    }
-}
-
-/// The committer thread.
-fn run(mut store: Box<dyn Store>, shared: Arc<Shared>) -> Box<dyn Store> {
-    *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
-    let _exit = ExitGuard(shared.clone());
-    let max_delay = match shared.options.durability {
-        Durability::Sync => None,
-        Durability::Batch { max_delay_ms } => Some(Duration::from_millis(max_delay_ms)),
-    };
-    let mut last_durable = Instant::now();
-    // Non-durable commits since the last durable one (batch mode).
-    let mut unsynced = false;
-    loop {
-        let mut writes: Vec<(Vec<Op>, Done)> = Vec::new();
-        let mut read: Option<Read> = None;
-        let stopping;
-        {
-            let mut q = shared.lock();
-            loop {
-                if !q.items.is_empty() || q.shutdown {
-                    break;
-                }
-                match max_delay {
-                    Some(d) if unsynced => {
-                        let left = d.saturating_sub(last_durable.elapsed());
-                        if left.is_zero() {
-                            break;
-                        }
-                        q = shared
-                            .work
-                            .wait_timeout(q, left)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                    _ => q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner()),
-                }
-            }
-            // Everything queued up to the first read: the read must see these writes.
-            while let Some(item) = q.items.pop_front() {
-                match item {
-                    Item::Write { ops, done, weight } => {
-                        q.pending_ops -= ops.len();
-                        q.pending_bytes -= weight;
-                        writes.push((ops, done));
-                    }
-                    Item::Read(f) if writes.is_empty() => {
-                        read = Some(f);
-                        break;
-                    }
-                    Item::Read(f) => {
-                        q.items.push_front(Item::Read(f));
-                        break;
-                    }
-                }
-            }
-            stopping = q.shutdown && q.items.is_empty();
-            shared.counters.pending(q.pending_ops, q.pending_bytes);
-        }
-        shared.room.notify_all();
-
-        let flush_due = max_delay.is_some_and(|d| unsynced && last_durable.elapsed() >= d);
-        if !writes.is_empty() || flush_due || (stopping && unsynced) {
-            let sync = max_delay.is_none_or(|d| stopping || last_durable.elapsed() >= d);
-            let (batches, dones): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
-            let merged = merge(batches);
-            let failed = shared.lock().failed.clone();
-            let started = Instant::now();
-            let result = match failed {
-                Some(e) => Err(e),
-                None => store.apply(&merged.ops, sync),
-            };
-            let took = started.elapsed();
-            match &result {
-                Ok(()) => {
-                    shared.counters.committed(dones.len(), &merged, sync, took);
-                    if sync {
-                        last_durable = started;
-                        unsynced = false;
-                    } else {
-                        unsynced = true;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("store commit failed, no more writes: {e}");
-                    let mut q = shared.lock();
-                    q.failed
-                        .get_or_insert_with(|| StoreError::Stopped(e.to_string()));
-                }
-            }
-            for done in dones {
-                let r = result.clone();
-                call(move || done(r));
-            }
-        }
-        if let Some(f) = read {
-            call(|| f(&*store));
-        }
-        if stopping {
-            return store;
         }
     }
 }

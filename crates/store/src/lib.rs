@@ -5,10 +5,11 @@
 //! inbound QoS 2 packet id, a retained message) is described as an [`Op`]; the broker hands
 //! batches of them to the [`Committer`], which writes everything that arrived during the
 //! previous commit as one transaction (group commit) and then calls each batch's `done`. The
-//! broker acknowledges (PUBACK, PUBREC, SUBACK, ...) only from `done`, so nothing acknowledged
-//! is lost, even to `kill -9`. On start-up [`Store::load_index`] reads back the sessions,
-//! subscriptions and retained messages, and only the depth of each session's queue; the queued
-//! messages themselves are read with [`Store::load_queue`] when their client returns.
+//! broker acknowledges (PUBACK, PUBREC, SUBACK, ...) only from `done`, so with
+//! [`Durability::Sync`] nothing acknowledged is lost, even to `kill -9` or a power cut. On
+//! start-up [`Store::load_index`] reads back the sessions, subscriptions and retained messages,
+//! and only the depth of each session's queue; the queued messages themselves are read with
+//! [`Store::load_queue`] when their client returns.
 //!
 //! Two implementations of [`Store`]: [`RedbStore`], one redb file `makelaar.redb` in a data
 //! directory, and [`MemoryStore`] for `--in-memory` brokers and tests. The store runs on its
@@ -43,7 +44,6 @@ mod merge;
 mod record;
 mod redb_store;
 
-pub use codec::CodecError;
 pub use committer::{CommitStats, Committer, CommitterOptions, Done, Durability, QueueFull};
 pub use error::StoreError;
 pub use inspect::{inspect, SessionSummary, Summary};

@@ -174,17 +174,25 @@ impl RedbStore {
         let dir = dir.as_ref();
         let lock = DirLock::acquire(dir)?;
         let path = dir.join(STORE_FILE);
+        let logged = std::cell::Cell::new(None);
+        let repair_path = path.clone();
         let db = guarded(&path, dir, || {
             let mut builder = Database::builder();
             builder
                 .set_cache_size(options.cache_bytes)
                 .set_check_integrity_on_open(options.verify_on_open)
-                .set_repair_callback(|session| {
-                    // Called after an unclean stop (a crash, kill -9): redb checks every page.
-                    tracing::info!(
-                        "checking the store after an unclean stop: {:.0}%",
-                        session.progress() * 100.0
-                    );
+                .set_repair_callback(move |session| {
+                    // Called, often, after an unclean stop (a crash, kill -9) while redb checks
+                    // every page; a line per quarter says why start-up takes a while.
+                    let quarter = (session.progress() * 4.0) as u8;
+                    if logged.get() != Some(quarter) {
+                        logged.set(Some(quarter));
+                        tracing::info!(
+                            "checking {} after an unclean stop: {}%",
+                            repair_path.display(),
+                            u32::from(quarter) * 25
+                        );
+                    }
                 });
             Ok(builder.create(&path)?)
         })?;

@@ -326,3 +326,10 @@ fn a_panicking_done_does_not_stop_the_committer() {
     let store = committer.shutdown().unwrap();
     assert_eq!(store.load_index().unwrap().sessions.len(), 2);
 }
+
+#[test]
+fn the_committer_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Committer>();
+    shared::<Op>();
+}
