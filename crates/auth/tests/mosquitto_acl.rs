@@ -60,10 +60,37 @@ topic write merged/#
 const USERS: [&str; 6] = ["admin", "alice", "bob", "carol", "h#sh", "a/b"];
 
 const TOPICS: [&str; 31] = [
-    "anon/x", "ro/x", "p/anon1/x", "p/alc/x", "p/alc/deny", "p/alc/userdeny", "p/bb/deny",
-    "p/x/y/z", "p/c/d/x", "u/alice/q", "u/bob/q", "u/a/b/x", "alice", "alice/x", "shared/x",
-    "shared/deny", "prealc/x", "merged/a", "q/1", "q/alc", "q//c", "a", "a/b", "hash/1",
-    "carol/x", "alc", "bb", "x/y", "$foo/bar", "$SYS/broker/connection/x/state", "anon",
+    "anon/x",
+    "ro/x",
+    "p/anon1/x",
+    "p/alc/x",
+    "p/alc/deny",
+    "p/alc/userdeny",
+    "p/bb/deny",
+    "p/x/y/z",
+    "p/c/d/x",
+    "u/alice/q",
+    "u/bob/q",
+    "u/a/b/x",
+    "alice",
+    "alice/x",
+    "shared/x",
+    "shared/deny",
+    "prealc/x",
+    "merged/a",
+    "q/1",
+    "q/alc",
+    "q//c",
+    "a",
+    "a/b",
+    "hash/1",
+    "carol/x",
+    "alc",
+    "bb",
+    "x/y",
+    "$foo/bar",
+    "$SYS/broker/connection/x/state",
+    "anon",
 ];
 
 /// (username, client id)
@@ -86,9 +113,19 @@ fn password_of(user: &str) -> String {
 }
 
 fn login(user: Option<&str>, id: &str) -> Vec<String> {
-    let mut args = vec!["-V".to_string(), "5".to_string(), "-i".to_string(), id.to_string()];
+    let mut args = vec![
+        "-V".to_string(),
+        "5".to_string(),
+        "-i".to_string(),
+        id.to_string(),
+    ];
     if let Some(user) = user {
-        args.extend(["-u".to_string(), user.to_string(), "-P".to_string(), password_of(user)]);
+        args.extend([
+            "-u".to_string(),
+            user.to_string(),
+            "-P".to_string(),
+            password_of(user),
+        ]);
     }
     args
 }
@@ -125,10 +162,15 @@ fn mosquitto_and_acl_check_agree() {
     for topic in TOPICS {
         let out = broker.client(
             "mosquitto_pub",
-            &["-V", "5", "-q", "1", "-r", "-u", "admin", "-P", "nimda", "-t", topic, "-m", "r"],
+            &[
+                "-V", "5", "-q", "1", "-r", "-u", "admin", "-P", "nimda", "-t", topic, "-m", "r",
+            ],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && stderr.is_empty(), "admin publish {topic}: {stderr}");
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "admin publish {topic}: {stderr}"
+        );
     }
 
     let mut mismatches = Vec::new();
@@ -161,7 +203,17 @@ fn probe(broker: &Mosquitto, acl: &Acl, user: Option<&str>, id: &str) -> Vec<Str
 
     // Read and Subscribe: everything this identity receives from the retained messages.
     let mut args = strs(&login);
-    args.extend(["-v", "-W", "3", "-t", "#", "-t", "$foo/#", "-t", "$SYS/broker/connection/#"]);
+    args.extend([
+        "-v",
+        "-W",
+        "3",
+        "-t",
+        "#",
+        "-t",
+        "$foo/#",
+        "-t",
+        "$SYS/broker/connection/#",
+    ]);
     let out = broker.client("mosquitto_sub", &args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -186,7 +238,9 @@ fn probe(broker: &Mosquitto, acl: &Acl, user: Option<&str>, id: &str) -> Vec<Str
     }
     for filter in ["#", "$foo/#", "$SYS/broker/connection/#"] {
         if !acl.check(id, user, filter, Access::Subscribe) {
-            mismatches.push(format!("{who} subscribe {filter}: mosquitto true, acl false"));
+            mismatches.push(format!(
+                "{who} subscribe {filter}: mosquitto true, acl false"
+            ));
         }
     }
 
@@ -198,7 +252,10 @@ fn probe(broker: &Mosquitto, acl: &Acl, user: Option<&str>, id: &str) -> Vec<Str
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{who} publish {topic}: {stderr}");
         let mosquitto = !stderr.contains("Not authorized");
-        assert!(mosquitto || stderr.contains("Publish 1 failed"), "{who}: {stderr}");
+        assert!(
+            mosquitto || stderr.contains("Publish 1 failed"),
+            "{who}: {stderr}"
+        );
         if mosquitto != acl.check(id, user, topic, Access::Write) {
             mismatches.push(format!(
                 "{who} write {topic}: mosquitto {mosquitto}, acl {}",
@@ -230,7 +287,10 @@ fn mosquitto_refuses_the_lines_acl_parse_refuses() {
         "topic read a/#/b\n",
         "user\n",
     ] {
-        assert!(Acl::parse(text.as_bytes(), Path::new("acl")).is_err(), "{text:?}");
+        assert!(
+            Acl::parse(text.as_bytes(), Path::new("acl")).is_err(),
+            "{text:?}"
+        );
         assert!(!starts(text), "mosquitto accepted {text:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -42,7 +42,10 @@ fn files_from_mosquitto_passwd_verify() {
 
     let passwords = PasswordFile::load(&file).unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains("carol:$6$") && text.contains("dave:$7$7$"), "{text}");
+    assert!(
+        text.contains("carol:$6$") && text.contains("dave:$7$7$"),
+        "{text}"
+    );
     for (user, right) in [
         ("alice", "s3cret"),
         ("bob", "zoë: spaces & colons"),
@@ -50,11 +53,20 @@ fn files_from_mosquitto_passwd_verify() {
         ("dave", "seven"),
         ("émile", "ünïcode"),
     ] {
-        assert!(passwords.verify(user, right.as_bytes()), "{user} with the right password");
-        assert!(!passwords.verify(user, b"wrong"), "{user} with a wrong password");
+        assert!(
+            passwords.verify(user, right.as_bytes()),
+            "{user} with the right password"
+        );
+        assert!(
+            !passwords.verify(user, b"wrong"),
+            "{user} with a wrong password"
+        );
         let mut longer = right.as_bytes().to_vec();
         longer.push(b'x');
-        assert!(!passwords.verify(user, &longer), "{user} with a longer password");
+        assert!(
+            !passwords.verify(user, &longer),
+            "{user} with a longer password"
+        );
     }
     assert!(!passwords.verify("nobody", b"s3cret"));
     let _ = std::fs::remove_dir_all(&dir);

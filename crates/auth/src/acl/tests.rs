@@ -92,8 +92,16 @@ fn matrix_observed_on_mosquitto_2_0_11() {
         (Some(""), "emp", "shared/x", true, true),
     ];
     for &(user, id, topic, read, write) in cases {
-        assert_eq!(acl.check(id, user, topic, Read), read, "read {user:?} {id} {topic}");
-        assert_eq!(acl.check(id, user, topic, Write), write, "write {user:?} {id} {topic}");
+        assert_eq!(
+            acl.check(id, user, topic, Read),
+            read,
+            "read {user:?} {id} {topic}"
+        );
+        assert_eq!(
+            acl.check(id, user, topic, Write),
+            write,
+            "write {user:?} {id} {topic}"
+        );
     }
 }
 
@@ -207,22 +215,43 @@ fn broken_lines_are_errors_naming_the_file_and_line() {
     let long = format!("topic read {}\n", "a".repeat(65_536));
     let deep = format!("topic read {}a\n", "a/".repeat(201));
     let cases: Vec<(&str, &str)> = vec![
-        ("topic a\ntopc read x\n", "acl, line 2: unknown keyword 'topc'"),
+        (
+            "topic a\ntopc read x\n",
+            "acl, line 2: unknown keyword 'topc'",
+        ),
         ("  # indented comment\n", "line 1: unknown keyword '#'"),
-        ("topic\tread\tx\n", "line 1: unknown keyword 'topic\tread\tx'"),
+        (
+            "topic\tread\tx\n",
+            "line 1: unknown keyword 'topic\tread\tx'",
+        ),
         ("TOPIC read x\n", "line 1: unknown keyword 'TOPIC'"),
         ("\n\ntopic\n", "line 3: 'topic' needs a topic filter"),
         ("pattern  \n", "line 1: 'pattern' needs a topic filter"),
         ("topic rw x\n", "line 1: unknown access 'rw'"),
         ("topic READ x\n", "line 1: unknown access 'READ'"),
         ("topic \tread x\n", "line 1: unknown access '\tread'"),
-        ("topic read a/#/b\n", "line 1: 'a/#/b' is not a valid topic filter"),
-        ("topic read a+\n", "line 1: 'a+' is not a valid topic filter"),
-        ("pattern read a/%c#\n", "line 1: 'a/%c#' is not a valid topic filter"),
+        (
+            "topic read a/#/b\n",
+            "line 1: 'a/#/b' is not a valid topic filter",
+        ),
+        (
+            "topic read a+\n",
+            "line 1: 'a+' is not a valid topic filter",
+        ),
+        (
+            "pattern read a/%c#\n",
+            "line 1: 'a/%c#' is not a valid topic filter",
+        ),
         ("user\n", "line 1: 'user' needs a username"),
         ("user   \t\n", "line 1: 'user' needs a username"),
-        (&long, "line 1: the topic filter is longer than 65,535 bytes"),
-        (&deep, "line 1: the topic filter has more than 200 '/' separators"),
+        (
+            &long,
+            "line 1: the topic filter is longer than 65,535 bytes",
+        ),
+        (
+            &deep,
+            "line 1: the topic filter has more than 200 '/' separators",
+        ),
         ("topic read a\0b\n", "line 1: the line contains U+0000"),
     ];
     for (text, expected) in cases {
@@ -234,12 +263,20 @@ fn broken_lines_are_errors_naming_the_file_and_line() {
     // Exactly 200 separators is fine, as in Mosquitto.
     acl(&format!("topic read {}a\n", "a/".repeat(200)));
     let missing = Acl::load(Path::new("/nonexistent/acl")).unwrap_err();
-    assert!(missing.to_string().starts_with("cannot read the ACL file /nonexistent/acl"));
+    assert!(missing
+        .to_string()
+        .starts_with("cannot read the ACL file /nonexistent/acl"));
 }
 
 /// A model of the rules written as plainly as possible: every rule in one list, in file
 /// order, with the precedence spelled out. `Acl::check` must agree with it.
-fn model(rules: &[(bool, Option<&str>, Option<Grant>, String)], id: &str, user: Option<&str>, topic: &str, access: Access) -> bool {
+fn model(
+    rules: &[(bool, Option<&str>, Option<Grant>, String)],
+    id: &str,
+    user: Option<&str>,
+    topic: &str,
+    access: Access,
+) -> bool {
     let user = user.filter(|u| !u.is_empty());
     let mine = |r: &&(bool, Option<&str>, Option<Grant>, String)| !r.0 && r.1 == user;
     let decide = |list: Vec<(Option<Grant>, Option<String>)>| {
@@ -256,15 +293,25 @@ fn model(rules: &[(bool, Option<&str>, Option<Grant>, String)], id: &str, user: 
             None
         }
     };
-    let user_rules = rules.iter().filter(mine).map(|r| (r.2, Some(r.3.clone()))).collect();
+    let user_rules = rules
+        .iter()
+        .filter(mine)
+        .map(|r| (r.2, Some(r.3.clone())))
+        .collect();
     if let Some(answer) = decide(user_rules) {
         return answer;
     }
     let patterns: Vec<_> = rules.iter().filter(|r| r.0).collect();
-    if patterns.is_empty() || id.contains(['+', '#']) || user.is_some_and(|u| u.contains(['+', '#'])) {
+    if patterns.is_empty()
+        || id.contains(['+', '#'])
+        || user.is_some_and(|u| u.contains(['+', '#']))
+    {
         return false;
     }
-    let patterns = patterns.iter().map(|r| (r.2, substitute(&r.3, id, user))).collect();
+    let patterns = patterns
+        .iter()
+        .map(|r| (r.2, substitute(&r.3, id, user)))
+        .collect();
     decide(patterns).unwrap_or(false)
 }
 
@@ -276,7 +323,12 @@ fn rule() -> impl Strategy<Value = (bool, Option<&'static str>, Option<Grant>, S
     (
         any::<bool>(),
         prop::sample::select(vec![None, Some("u1"), Some("u2")]),
-        prop::sample::select(vec![None, Some(Grant::Read), Some(Grant::Write), Some(Grant::ReadWrite)]),
+        prop::sample::select(vec![
+            None,
+            Some(Grant::Read),
+            Some(Grant::Write),
+            Some(Grant::ReadWrite),
+        ]),
         prop::collection::vec(level(), 1..4),
         any::<bool>(),
     )

@@ -425,11 +425,7 @@ fn parse_decimal(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-fn decode(
-    format: &'static str,
-    text: &str,
-    engine: &impl Engine,
-) -> Result<Vec<u8>, HashError> {
+fn decode(format: &'static str, text: &str, engine: &impl Engine) -> Result<Vec<u8>, HashError> {
     engine.decode(text).map_err(|_| HashError::Malformed {
         format,
         reason: "the salt or hash is not valid base64",

@@ -23,9 +23,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use hash::{
-    argon2_defaults, hash_password, HashError, HashParams, PasswordHash,
-    DEFAULT_PBKDF2_ITERATIONS, MAX_ARGON2_ITERATIONS, MAX_ARGON2_MEMORY_KIB,
-    MAX_ARGON2_PARALLELISM, MAX_PASSWORD_LEN, MAX_PBKDF2_ITERATIONS,
+    argon2_defaults, hash_password, HashError, HashParams, PasswordHash, DEFAULT_PBKDF2_ITERATIONS,
+    MAX_ARGON2_ITERATIONS, MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_PARALLELISM, MAX_PASSWORD_LEN,
+    MAX_PBKDF2_ITERATIONS,
 };
 
 /// Longest username accepted, in bytes: an MQTT username is at most 65,535 bytes.
@@ -110,7 +110,10 @@ pub struct PasswordFile {
 
 #[derive(Debug, Clone)]
 enum Line {
-    Entry { username: String, hash: PasswordHash },
+    Entry {
+        username: String,
+        hash: PasswordHash,
+    },
     /// A comment or blank line, as it was.
     Verbatim(String),
 }
@@ -343,10 +346,7 @@ fn split_entry(entry: &str) -> Result<(&str, &str), String> {
         return Err("the username is longer than 65,535 bytes".to_string());
     }
     if rest.is_empty() {
-        return Err(format!(
-            "user '{}' has nothing after ':'",
-            short(username)
-        ));
+        return Err(format!("user '{}' has nothing after ':'", short(username)));
     }
     if rest.len() > MAX_PASSWORD_LEN {
         return Err(format!(

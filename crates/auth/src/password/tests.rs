@@ -47,7 +47,10 @@ fn argon2id_reference_vector_verifies() {
 fn new_hashes_use_mosquittos_parameters() {
     let argon = hash_password(b"hunter2", HashParams::Argon2id).unwrap();
     let text = argon.to_string();
-    assert!(text.starts_with("$argon2id$v=19$m=47104,t=1,p=1$"), "{text}");
+    assert!(
+        text.starts_with("$argon2id$v=19$m=47104,t=1,p=1$"),
+        "{text}"
+    );
     let parts: Vec<&str> = text.split('$').collect();
     // 64-byte salt and hash: 86 base64 characters without padding.
     assert_eq!((parts[4].len(), parts[5].len()), (86, 86));
@@ -79,14 +82,38 @@ fn broken_hashes_are_refused_with_a_reason() {
         ("$7$0$c2FsdA==$AAAA", "between 1 and 10000000"),
         ("$7$101$c2FsdA==", "expected $7$ITERATIONS$SALT$HASH"),
         ("$7$101$$AAAA", "salt must be 1 to 1024 bytes"),
-        ("$argon2id$v=18$m=8,t=1,p=1$c29tZXNhbHQ$AAAAAA", "v=16 or v=19"),
-        ("$argon2id$v=19$t=1,m=8,p=1$c29tZXNhbHQ$AAAAAA", "m=M,t=T,p=P"),
-        ("$argon2id$v=19$m=8,t=1,p=1,keyid=AA$c29tZXNhbHQ$AAAAAA", "only the parameters"),
-        ("$argon2id$v=19$m=9999999,t=1,p=1$c29tZXNhbHQ$AAAAAA", "out of range"),
-        ("$argon2id$v=19$m=8,t=0,p=1$c29tZXNhbHQ$AAAAAA", "out of range"),
-        ("$argon2id$v=19$m=8,t=1,p=2$c29tZXNhbHQ$AAAAAA", "out of range"),
-        ("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$AAAAAA", "salt must be 8 to 1024"),
-        ("$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ", "expected $argon2id$"),
+        (
+            "$argon2id$v=18$m=8,t=1,p=1$c29tZXNhbHQ$AAAAAA",
+            "v=16 or v=19",
+        ),
+        (
+            "$argon2id$v=19$t=1,m=8,p=1$c29tZXNhbHQ$AAAAAA",
+            "m=M,t=T,p=P",
+        ),
+        (
+            "$argon2id$v=19$m=8,t=1,p=1,keyid=AA$c29tZXNhbHQ$AAAAAA",
+            "only the parameters",
+        ),
+        (
+            "$argon2id$v=19$m=9999999,t=1,p=1$c29tZXNhbHQ$AAAAAA",
+            "out of range",
+        ),
+        (
+            "$argon2id$v=19$m=8,t=0,p=1$c29tZXNhbHQ$AAAAAA",
+            "out of range",
+        ),
+        (
+            "$argon2id$v=19$m=8,t=1,p=2$c29tZXNhbHQ$AAAAAA",
+            "out of range",
+        ),
+        (
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$AAAAAA",
+            "salt must be 8 to 1024",
+        ),
+        (
+            "$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ",
+            "expected $argon2id$",
+        ),
     ];
     for (text, expected) in cases {
         let err = PasswordHash::parse(text).unwrap_err().to_string();
@@ -137,14 +164,38 @@ fn broken_lines_are_errors_naming_the_file_and_line() {
     let good = format!("alice:{MOSQUITTO_PBKDF2}\n");
     let long_user = "u".repeat(MAX_USERNAME_LEN + 1);
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (format!("{good}# c\nbob\n").into_bytes(), "passwd, line 3: expected username:password"),
-        (format!("{good}:{MOSQUITTO_SHA512}\n").into_bytes(), "line 2: the username before ':' is empty"),
-        (format!("{good}bob:\n").into_bytes(), "line 2: user 'bob' has nothing after ':'"),
-        (format!("{good}bob:plain\n").into_bytes(), "line 2: the hash of user 'bob' is unusable"),
-        (format!("{good}bob:{MOSQUITTO_SHA512}:x\n").into_bytes(), "line 2: the hash of user 'bob'"),
-        (format!("{good}{good}").into_bytes(), "line 2: user 'alice' already has a password on line 1"),
-        (b"bob:\xff\xfe\n".to_vec(), "line 1: the line is not valid UTF-8"),
-        (format!("{long_user}:{MOSQUITTO_SHA512}\n").into_bytes(), "line 1: the username is longer than 65,535 bytes"),
+        (
+            format!("{good}# c\nbob\n").into_bytes(),
+            "passwd, line 3: expected username:password",
+        ),
+        (
+            format!("{good}:{MOSQUITTO_SHA512}\n").into_bytes(),
+            "line 2: the username before ':' is empty",
+        ),
+        (
+            format!("{good}bob:\n").into_bytes(),
+            "line 2: user 'bob' has nothing after ':'",
+        ),
+        (
+            format!("{good}bob:plain\n").into_bytes(),
+            "line 2: the hash of user 'bob' is unusable",
+        ),
+        (
+            format!("{good}bob:{MOSQUITTO_SHA512}:x\n").into_bytes(),
+            "line 2: the hash of user 'bob'",
+        ),
+        (
+            format!("{good}{good}").into_bytes(),
+            "line 2: user 'alice' already has a password on line 1",
+        ),
+        (
+            b"bob:\xff\xfe\n".to_vec(),
+            "line 1: the line is not valid UTF-8",
+        ),
+        (
+            format!("{long_user}:{MOSQUITTO_SHA512}\n").into_bytes(),
+            "line 1: the username is longer than 65,535 bytes",
+        ),
     ];
     for (text, expected) in cases {
         let err = PasswordFile::parse(&text, path()).unwrap_err().to_string();
@@ -158,7 +209,11 @@ fn rewriting_keeps_comments_and_order() {
     let mut file = PasswordFile::parse(text.as_bytes(), path()).unwrap();
     assert_eq!(file.to_string(), text);
 
-    let new = hash_with_salt(b"new", HashParams::Sha512Pbkdf2 { iterations: 2 }, vec![1; 12]);
+    let new = hash_with_salt(
+        b"new",
+        HashParams::Sha512Pbkdf2 { iterations: 2 },
+        vec![1; 12],
+    );
     assert!(file.set("alice", new.clone().unwrap()).unwrap());
     assert!(!file.set("carol", new.unwrap()).unwrap());
     assert!(file.remove("bob"));
@@ -211,11 +266,15 @@ fn plaintext_files_are_upgraded() {
 
     let hashed = format!("alice:{MOSQUITTO_PBKDF2}\n");
     let err = upgrade_plaintext(hashed.as_bytes(), path(), params).unwrap_err();
-    assert!(err.to_string().contains("line 1: user 'alice' already has a hashed password"));
+    assert!(err
+        .to_string()
+        .contains("line 1: user 'alice' already has a hashed password"));
     let err = upgrade_plaintext(b"a:x\na:y\n", path(), params).unwrap_err();
     assert!(err.to_string().contains("line 2: user 'a' appears twice"));
     let err = upgrade_plaintext(b"a:x\n#admin:y\nb\n", path(), params).unwrap_err();
-    assert!(err.to_string().contains("line 3: expected username:password"));
+    assert!(err
+        .to_string()
+        .contains("line 3: expected username:password"));
 }
 
 #[test]
@@ -243,8 +302,13 @@ fn save_replaces_the_file_and_keeps_its_permissions() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let missing = PasswordFile::load(&dir.join("nope")).unwrap_err().to_string();
-    assert!(missing.starts_with("cannot read the password file"), "{missing}");
+    let missing = PasswordFile::load(&dir.join("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.starts_with("cannot read the password file"),
+        "{missing}"
+    );
 }
 
 proptest! {

@@ -1,6 +1,11 @@
 //! Running Debian's Mosquitto and its tools from tests.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +26,11 @@ pub fn find(program: &str) -> Option<PathBuf> {
 /// True, after printing why, when one of `programs` is missing: the test then passes without
 /// running. scripts/test.sh installs them, so in CI these tests run.
 pub fn skip_without(programs: &[&str]) -> bool {
-    let missing: Vec<&str> = programs.iter().copied().filter(|p| find(p).is_none()).collect();
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| find(p).is_none())
+        .collect();
     if missing.is_empty() {
         return false;
     }
@@ -79,7 +88,10 @@ impl Mosquitto {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
         Mosquitto { child, port, log }
