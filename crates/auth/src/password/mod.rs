@@ -13,6 +13,7 @@
 //! naming the file and the line. A file must be UTF-8 (MQTT usernames are), and a username
 //! may appear only once (Mosquitto keeps both and one of them wins).
 
+mod encoding;
 mod hash;
 #[cfg(test)]
 mod tests;
