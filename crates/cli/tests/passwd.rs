@@ -205,3 +205,52 @@ fn upgrades_plain_text_files_in_place() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[cfg(unix)]
+#[test]
+fn arguments_that_are_not_utf8_are_refused() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = temp_dir("utf8");
+    let file = dir.join("passwd");
+    expect(
+        &[
+            "-c",
+            "-H",
+            "sha512-pbkdf2",
+            "-b",
+            path(&file),
+            "alice",
+            "pw",
+        ],
+        "",
+        0,
+        "",
+    );
+    let cases: [(&[u8], &[u8], &str); 2] = [
+        (
+            b"b\xffb",
+            b"pw",
+            "Error: The username is not valid UTF-8.\n",
+        ),
+        (
+            b"bob",
+            b"p\xffw",
+            "Error: The password is not valid UTF-8.\n",
+        ),
+    ];
+    for (user, password, message) in cases {
+        let out = std::process::Command::new(support::BIN)
+            .args(["passwd", "-b"])
+            .arg(&file)
+            .arg(OsStr::from_bytes(user))
+            .arg(OsStr::from_bytes(password))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), message);
+    }
+    assert_eq!(PasswordFile::load(&file).unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

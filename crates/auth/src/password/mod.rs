@@ -15,12 +15,12 @@
 
 mod encoding;
 mod hash;
+mod save;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use hash::{
@@ -227,31 +227,11 @@ impl PasswordFile {
         self.index.is_empty()
     }
 
-    /// Writes the file to `path` atomically: a temporary file in the same directory, then a
-    /// rename, so that a reader sees the old file or the new one, never half of one. An
-    /// existing file keeps its permissions; a new one is readable by its owner only.
+    /// Writes the file to `path`: atomically where it can (a temporary file, then a rename),
+    /// keeping an existing file's owner and permissions and following a symbolic link, else
+    /// in place. A new file is readable by its owner only.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        // A temporary file left by a crashed run of a process with the same id is stale.
-        let _ = std::fs::remove_file(&tmp);
-        let result = (|| {
-            let mut out = create_private(&tmp)?;
-            out.write_all(self.to_string().as_bytes())?;
-            out.sync_all()?;
-            if let Ok(meta) = std::fs::metadata(path) {
-                std::fs::set_permissions(&tmp, meta.permissions())?;
-            }
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        save::write(path, self.to_string().as_bytes())
     }
 }
 
@@ -364,22 +344,4 @@ fn short(username: &str) -> String {
         Some((cut, _)) => format!("{}…", username.get(..cut).unwrap_or_default()),
         None => username.to_string(),
     }
-}
-
-#[cfg(unix)]
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
 }

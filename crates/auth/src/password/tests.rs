@@ -300,6 +300,29 @@ fn save_replaces_the_file_and_keeps_its_permissions() {
     assert!(loaded.verify("alice", b"x"));
     // Only the file itself is left: no temporary file.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // Through a symbolic link, the target is replaced and the link stays.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        file.set("bob", sha512_with_salt(b"y", b"salt".to_vec()))
+            .unwrap();
+        file.save(&link).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(PasswordFile::load(&path).unwrap().verify("bob", b"y"));
+        // Run as root, the file keeps its owner (the broker's user must still read it).
+        if std::fs::metadata(&path).unwrap().uid() == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+            file.save(&path).unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 
     let missing = PasswordFile::load(&dir.join("nope"))

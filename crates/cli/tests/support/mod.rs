@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_makelaar");
+/// The `makelaar` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_makelaar");
 
 /// The path of `program` if installed (Debian puts `mosquitto` in /usr/sbin).
 pub fn find(program: &str) -> Option<PathBuf> {
