@@ -61,8 +61,11 @@
 //!    `%u` is skipped for a client without a username.
 //! 6. **Substitution is textual.** `%c` and `%u` are replaced wherever they appear in one pass,
 //!    even inside a level (`pre%c/x` becomes `preID/x`), and a `/` in the id or username is
-//!    not refused: client id `a/b` matches `pattern write dev/%c/#` for `dev/a/b/x`. (Mosquitto
-//!    1.x refused `/`; 2.0 does not. Use client ids without `/` where patterns matter.)
+//!    not refused: client id `a/b` matches `pattern write dev/%c/#` for `dev/a/b/x`.
+//!    Mosquitto 1.4 refused `/` as well; 2.0.11 does not, and neither does this module, so
+//!    that an ACL file means the same in both. Beware: a client that may pick its id can then
+//!    reach into another client's tree (id `bob/x` gets `dev/bob/x/#`, inside `bob`'s
+//!    `dev/bob/#`); where that matters, use `%u` with password-checked usernames.
 //! 7. **Matching** is MQTT filter matching: `+` one level, `#` the rest including the parent
 //!    (`a/#` matches `a`), and a filter starting with `+` or `#` does not match a topic
 //!    starting with `$`.
@@ -86,7 +89,8 @@ pub enum Access {
     Read,
     /// Publish to this topic name (a will message included).
     Write,
-    /// Subscribe to this topic filter.
+    /// Subscribe to this topic filter: always granted, as by Mosquitto 2.0 (rule 1); what
+    /// the subscription delivers is checked message by message with `Read`.
     Subscribe,
 }
 
