@@ -9,6 +9,7 @@ use makelaar_broker::config::{Config, ConfigError, ConfigFile};
 mod bench;
 mod clients;
 mod logging;
+mod passwd;
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
@@ -52,6 +53,9 @@ enum Command {
     /// Send a request and print the response, like mosquitto_rr (see makelaar rr --help).
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Rr(clients::RawArgs),
+    /// Manage a password file, like mosquitto_passwd (see makelaar passwd --help).
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Passwd(clients::RawArgs),
 }
 
 /// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
@@ -194,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pub(a) => std::process::exit(clients::main(clients::Tool::Pub, a.args)),
         Command::Sub(a) => std::process::exit(clients::main(clients::Tool::Sub, a.args)),
         Command::Rr(a) => std::process::exit(clients::main(clients::Tool::Rr, a.args)),
+        Command::Passwd(a) => std::process::exit(passwd::main(a.args)),
     }
 }
 
