@@ -30,7 +30,8 @@ Options:
   --duration S       seconds measured per run                             [8]
   --warmup S         seconds of load before measuring                     [2]
   --conns N          idle connections in the conn scenario                [10000]
-  --only LIST        comma-separated scenarios: fanin_rate,fanin_max,fanout,fanin_q1,lat_q0,lat_q1,conn
+  --only LIST        comma-separated scenarios: fanin_rate,fanin_max,fanout,fanin_q1,lat_q0,
+                     lat_q1,conn,persist_q1,durable_q1
   --bin PATH         use this makelaar binary (implies --no-build)
   --no-build         do not run cargo build --release
   --out DIR          keep the raw JSON results here        [a new directory under /tmp]
@@ -119,17 +120,32 @@ wait_port() {
 BROKER_PID=""
 BROKER_PORT=""
 
+# start_broker KIND NAME REP: scenarios named durable* run both brokers with their store on:
+# Makelaar with a fresh data directory (durability sync: every acknowledgement after fsync),
+# Mosquitto with `persistence true` and its default autosave. All others run in memory.
 start_broker() {
-    local kind=$1
+    local kind=$1 name=$2 rep=$3 data
     BROKER_PORT=$(free_port)
+    data="$OUT/data.$name.$kind.$rep"
     case "$kind" in
         makelaar)
-            "$BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 --log-level error --in-memory \
-                >>"$OUT/makelaar.log" 2>&1 &
+            if [[ $name == durable* ]]; then
+                "$BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 \
+                    --log-level "error,makelaar::status=info" --data-dir "$data" \
+                    >"$OUT/$name.makelaar.$rep.log" 2>&1 &
+            else
+                "$BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 \
+                    --log-level error --in-memory >>"$OUT/makelaar.log" 2>&1 &
+            fi
             ;;
         mosquitto)
-            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$BROKER_PORT" \
-                >"$CONF_DIR/mosquitto.conf"
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$BROKER_PORT" >"$CONF_DIR/mosquitto.conf"
+            if [[ $name == durable* ]]; then
+                mkdir -p "$data"
+                printf 'persistence true\npersistence_location %s/\n' "$data" >>"$CONF_DIR/mosquitto.conf"
+            else
+                printf 'persistence false\n' >>"$CONF_DIR/mosquitto.conf"
+            fi
             "$MOSQUITTO" -c "$CONF_DIR/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
             ;;
     esac
@@ -160,6 +176,9 @@ SCENARIOS=(
     "lat_q0|latency -q 0 --rate 1000 -d $DURATION -w $WARMUP"
     "lat_q1|latency -q 1 --rate 1000 -d $DURATION -w $WARMUP"
     "conn|conn -c $CONNS --parallel 100 -t idle/%i/cmd --hold 2"
+    # The same QoS 1 fan-in to a persistent subscriber, in memory and with the store on.
+    "persist_q1|fanin -c 4 -q 1 --inflight 100 --persistent -d $DURATION -w $WARMUP"
+    "durable_q1|fanin -c 4 -q 1 --inflight 100 --persistent -d $DURATION -w $WARMUP"
 )
 
 selected() {
@@ -172,7 +191,7 @@ run_one() {
     local kind=$1 name=$2 rep=$3 args=$4 file limit
     file="$OUT/$name.$kind.$rep.json"
     limit=$((DURATION + WARMUP + 40))
-    start_broker "$kind"
+    start_broker "$kind" "$name" "$rep"
     # shellcheck disable=SC2086 # the scenario's arguments are meant to split
     if ! timeout -k 5 "$limit" "$BIN" bench $args -p "$BROKER_PORT" --broker-pid "$BROKER_PID" --json \
         >"$file" 2>"$OUT/$name.$kind.$rep.err"; then
@@ -205,10 +224,11 @@ done
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt"
 echo
-python3 - "$OUT" "$REPEAT" <<'PY'
-import json, os, statistics, sys
+python3 - "$OUT" "$REPEAT" "$DURATION" "$WARMUP" <<'PY'
+import json, os, re, statistics, sys
 
 out, repeat = sys.argv[1], int(sys.argv[2])
+run_secs = float(sys.argv[3]) + float(sys.argv[4])
 
 def load(name, kind):
     runs = []
@@ -218,6 +238,23 @@ def load(name, kind):
                 runs.append(json.load(f))
         except (OSError, ValueError):
             runs.append({})
+    return runs
+
+STORE_LINE = re.compile(r"store closed: (\d+) commits, (\d+) fsyncs, (\d+) ops written, (\d+) cancelled")
+
+def store_figures(name):
+    """fsyncs per second over the run and ops per commit, from the broker's closing line."""
+    runs = []
+    for rep in range(1, repeat + 1):
+        try:
+            with open(os.path.join(out, f"{name}.makelaar.{rep}.log")) as f:
+                m = STORE_LINE.search(f.read())
+        except OSError:
+            m = None
+        if m:
+            commits, fsyncs, written, cancelled = map(int, m.groups())
+            runs.append({"fsyncs_per_s": fsyncs / run_secs,
+                         "ops_per_commit": (written + cancelled) / max(commits, 1)})
     return runs
 
 def get(d, path):
@@ -260,6 +297,11 @@ ROWS = [
     ("idle connections, 1 subscription each", "conn", "connections/s", "connections_per_s", 1, True),
     ("", "conn", "broker RSS per connection, bytes", "broker.rss_per_conn_bytes", 1, False),
     ("", "conn", "connections held", "connections", 1, None),
+    ("fan-in 4→1 QoS 1, persistent subscriber, in memory", "persist_q1", "delivered/s", "delivered_per_s", 1, True),
+    ("", "persist_q1", "lost after PUBACK", "lost", 1, False),
+    ("fan-in 4→1 QoS 1, persistent subscriber, store on (sync / persistence true)", "durable_q1", "delivered/s", "delivered_per_s", 1, True),
+    ("", "durable_q1", "lost after PUBACK", "lost", 1, False),
+    ("", "durable_q1", "broker CPU cores", "broker.cores_used", 1, None),
 ]
 
 def fmt(v):
@@ -288,6 +330,16 @@ for label, name, metric, path, scale, higher in ROWS:
         elif m == 0:
             ratio = "="
     print(f"| {label} | {metric} | {fmt(m)} | {fmt(q)} | {ratio} |")
+durable = median(load("durable_q1", "makelaar"), "delivered_per_s")
+memory = median(load("persist_q1", "makelaar"), "delivered_per_s")
+figures = store_figures("durable_q1")
+if durable and memory:
+    print()
+    print(f"Makelaar with the store on delivers {durable / memory:.0%} of its in-memory figure.")
+if figures:
+    fs = statistics.median(r["fsyncs_per_s"] for r in figures)
+    per = statistics.median(r["ops_per_commit"] for r in figures)
+    print(f"Store: {fs:,.0f} fsyncs/s over the run, {per:,.1f} ops per group commit (medians).")
 errors = []
 for (name, kind), runs in sorted(cache.items()):
     for i, r in enumerate(runs, 1):

@@ -179,15 +179,16 @@ impl Router {
         let Some(p) = self.persist.take() else {
             return;
         };
-        let s = p.stats();
-        tracing::info!(
-            commits = s.commits,
-            fsyncs = s.fsyncs,
-            ops_written = s.ops_written,
-            ops_cancelled = s.ops_cancelled,
-            "closing the store"
-        );
-        let _ = tokio::task::spawn_blocking(move || p.close()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let s = p.stats();
+            p.close();
+            tracing::info!(
+                target: crate::listener::STATUS_TARGET,
+                "store closed: {} commits, {} fsyncs, {} ops written, {} cancelled before reaching the disk, {:.1} ms committing",
+                s.commits, s.fsyncs, s.ops_written, s.ops_cancelled, s.commit_time.as_secs_f64() * 1000.0
+            );
+        })
+        .await;
         let mut released = Vec::new();
         self.gate
             .committed(u64::MAX, |conn, what| released.push((conn, what)));

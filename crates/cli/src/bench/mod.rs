@@ -121,6 +121,11 @@ struct Target {
     #[arg(long)]
     insecure: bool,
 
+    /// Clients keep their sessions (clean session off; 5.0: Session Expiry Interval 1 h), so a
+    /// broker must keep what it acknowledges for them (durable brokers: on disk).
+    #[arg(long)]
+    persistent: bool,
+
     /// Connections opened at once.
     #[arg(long, default_value_t = 100, value_name = "N")]
     parallel: usize,
@@ -257,6 +262,7 @@ impl Target {
             keep_alive: self.keepalive,
             username: self.username.clone(),
             password: self.password.clone(),
+            persistent: self.persistent,
         })
     }
 

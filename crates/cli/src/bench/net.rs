@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub keep_alive: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Connect with clean session off (5.0: a Session Expiry Interval of an hour).
+    pub persistent: bool,
 }
 
 /// TLS options from the command line.
@@ -173,15 +175,19 @@ impl Conn {
             read_chunk,
             unflushed: false,
         };
+        let mut properties = makelaar_proto::Properties::default();
+        if ep.persistent && ep.version.is_v5() {
+            properties.session_expiry_interval = Some(3600);
+        }
         let connect = Connect {
             protocol: ep.version,
-            clean_start: true,
+            clean_start: !ep.persistent,
             keep_alive: ep.keep_alive,
             client_id: client_id.to_string(),
             will: None,
             username: ep.username.clone(),
             password: ep.password.clone().map(Into::into),
-            properties: Default::default(),
+            properties,
         };
         conn.send_now(&Packet::Connect(Box::new(connect))).await?;
         match conn.next_packet().await? {
