@@ -233,4 +233,33 @@ mod tests {
         o.drain(&mut d, 1);
         assert!(d.close);
     }
+
+    #[test]
+    fn a_silent_client_expires_once_after_its_limit_and_hearing_it_restarts_the_clock() {
+        let start = Instant::now();
+        let o = Outbox::new(start, Some(Duration::from_millis(1500)));
+        let t0 = millis(start);
+        assert!(!o.expire_if_silent(t0 + 1500));
+        o.heard(t0 + 1000);
+        assert!(!o.expire_if_silent(t0 + 2400), "heard 1.4 s ago");
+        assert!(o.expire_if_silent(t0 + 2600));
+        assert!(o.is_expired());
+        assert!(!o.expire_if_silent(t0 + 9000), "reported once");
+        let none = Outbox::new(start, None);
+        assert!(!none.expire_if_silent(u64::MAX));
+    }
+
+    #[test]
+    fn poll_ready_reports_each_wake_once() {
+        let o = Outbox::default();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(o.poll_ready(&mut cx).is_pending());
+        o.push_quiet(Packet::PingResp, 100).ok();
+        o.wake();
+        assert!(o.poll_ready(&mut cx).is_ready());
+        assert!(o.poll_ready(&mut cx).is_pending());
+        o.close();
+        assert!(o.poll_ready(&mut cx).is_ready());
+    }
 }
