@@ -94,6 +94,14 @@ impl Router {
         let start = Instant::now();
         let far = Duration::from_secs(3600);
         let mut next_sweep = start + KEEP_ALIVE_SWEEP;
+        // Made once and reset only when the deadline moves: re-arming a timer and a
+        // cancellation waiter on every batch costs the delivery that waits behind the router.
+        let sleep = tokio::time::sleep_until(next_sweep.into());
+        tokio::pin!(sleep);
+        let mut armed = next_sweep;
+        let stop = shutdown.clone();
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let now = Instant::now();
             let timer = self
@@ -102,6 +110,10 @@ impl Router {
                 .unwrap_or(now + far)
                 .min(self.sys.next_due(now))
                 .min(next_sweep);
+            if timer != armed {
+                sleep.as_mut().reset(timer.into());
+                armed = timer;
+            }
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -115,7 +127,8 @@ impl Router {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(timer.into()) => {
+                _ = &mut sleep => {
+                    armed = start; // fired: re-arm on the next turn, whatever the deadline
                     let now = Instant::now();
                     if now >= next_sweep {
                         self.sweep_keep_alive(now);
@@ -131,7 +144,7 @@ impl Router {
                         shutdown.cancel();
                     }
                 }
-                _ = shutdown.cancelled() => {
+                _ = &mut stopped => {
                     self.broker.shutdown(ReasonCode::SERVER_SHUTTING_DOWN);
                     self.flush();
                     self.close_store().await;
