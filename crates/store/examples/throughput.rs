@@ -11,7 +11,9 @@
 //! - `committer`: the same flow through the `Committer`, with many producers each waiting for
 //!   its acknowledgements, so the group size is whatever the disk lets accumulate.
 //! - `load`: a store with 100,000 sessions (one subscription each) and 1,000,000 queued
-//!   messages: file size, open time, `load_index` and `load_queue` time.
+//!   messages: file size, open time, `load_index` and `load_queue` time. With `--keep` the
+//!   store is left in `--dir` (sessions that never expire, numbered from 1 as the broker
+//!   numbers them), to time `makelaar serve --data-dir DIR` starting on it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ struct Args {
     sessions: u64,
     messages: u64,
     cache_mib: usize,
+    keep: bool,
 }
 
 fn args() -> Args {
@@ -40,6 +43,7 @@ fn args() -> Args {
         sessions: 100_000,
         messages: 1_000_000,
         cache_mib: 64,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -49,6 +53,7 @@ fn args() -> Args {
             "--sessions" => a.sessions = value().parse().unwrap(),
             "--messages" => a.messages = value().parse().unwrap(),
             "--cache-mib" => a.cache_mib = value().parse().unwrap(),
+            "--keep" => a.keep = true,
             other => a.what = other.to_owned(),
         }
     }
@@ -261,9 +266,14 @@ fn load(a: &Args) {
         let mut ops = Vec::new();
         for i in first..(first + chunk).min(a.sessions) {
             let c: Arc<str> = format!("client-{i:07}").into();
+            let mut record = session();
+            if a.keep {
+                record.expiry_interval = makelaar_store::NEVER_EXPIRES;
+                record.disconnected_at_ms = None;
+            }
             ops.push(Op::PutSession {
                 client_id: c.clone(),
-                record: session(),
+                record,
             });
             ops.push(Op::PutSubscription {
                 client_id: c.clone(),
@@ -276,7 +286,7 @@ fn load(a: &Args) {
                     subscription_id: None,
                 },
             });
-            for seq in 0..per {
+            for seq in 1..=per {
                 ops.push(Op::PutQueued {
                     client_id: c.clone(),
                     seq,
@@ -349,5 +359,7 @@ fn main() {
             load(&a);
         }
     }
-    let _ = std::fs::remove_dir_all(&a.dir);
+    if !a.keep {
+        let _ = std::fs::remove_dir_all(&a.dir);
+    }
 }
