@@ -18,6 +18,11 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Bytes kept per session in that queue (payload + topic); 0 means no byte limit.
     pub max_queued_bytes: usize,
+    /// Bytes (payload + topic) the durable store may hold over all sessions and retained
+    /// messages; 0 means no limit. Past it nothing new is stored: 5.0 publishers get 0x97
+    /// (quota exceeded) for QoS 1/2 messages, offline sessions of 3.x publishers' messages do
+    /// not get them (counted and logged).
+    pub max_stored_bytes: usize,
     /// Also queue QoS 0 messages for offline persistent sessions (Mosquitto's
     /// `queue_qos0_messages`).
     pub queue_qos0_messages: bool,
@@ -64,6 +69,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_queued_messages: 1000,
             max_queued_bytes: 0,
+            max_stored_bytes: 1 << 30,
             queue_qos0_messages: false,
             max_inflight_messages: 20,
             receive_maximum: 1024,

@@ -92,6 +92,8 @@ pub struct Session {
     pub stored: bool,
     /// The last sequence number given to a kept message.
     pub last_seq: u64,
+    /// Bytes of this session's messages in the store (see `max_stored_bytes`).
+    pub stored_weight: usize,
     /// Kept messages still in the store only (after a restart, until the client returns).
     /// While there are some, nothing is sent from the queue: they come first.
     pub backlog: Option<Backlog>,
@@ -121,6 +123,7 @@ impl Session {
             drop_logged: false,
             stored: false,
             last_seq: 0,
+            stored_weight: 0,
             backlog: None,
             next_packet_id: 1,
         }

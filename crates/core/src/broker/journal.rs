@@ -54,6 +54,8 @@ impl Broker {
         if s.expiry_interval == 0 {
             if s.stored {
                 s.stored = false;
+                self.stored_bytes = self.stored_bytes.saturating_sub(s.stored_weight);
+                s.stored_weight = 0;
                 journal.push(Change::SessionEnded {
                     client_id: s.client_id.clone(),
                 });
@@ -66,12 +68,13 @@ impl Broker {
         });
         if !s.stored {
             s.stored = true;
-            snapshot(s, journal);
+            self.stored_bytes += snapshot(s, journal);
         }
     }
 
     /// Records that a journaled session ended.
     pub(super) fn journal_session_ended(&mut self, s: &Session) {
+        self.stored_bytes = self.stored_bytes.saturating_sub(s.stored_weight);
         if s.stored {
             self.record(Change::SessionEnded {
                 client_id: s.client_id.clone(),
@@ -93,6 +96,8 @@ impl Broker {
         let client_id = s.client_id.clone();
         if d.seq == 0 {
             d.seq = s.next_seq();
+            s.stored_weight += d.msg.weight();
+            self.stored_bytes += d.msg.weight();
             journal.push(Change::Kept {
                 client_id,
                 delivery: d.clone(),
@@ -108,13 +113,45 @@ impl Broker {
     }
 
     /// Records that a kept message is done with.
-    pub(super) fn journal_done(&mut self, idx: SessionIdx, seq: u64) {
-        if seq == 0 {
+    pub(super) fn journal_done(&mut self, idx: SessionIdx, d: &Delivery) {
+        if d.seq == 0 {
             return;
         }
-        if let Some(client_id) = self.stored_id(idx) {
-            self.record(Change::Done { client_id, seq });
+        let weight = d.msg.weight();
+        if let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) {
+            s.stored_weight = s.stored_weight.saturating_sub(weight);
         }
+        self.stored_bytes = self.stored_bytes.saturating_sub(weight);
+        if let Some(client_id) = self.stored_id(idx) {
+            self.record(Change::Done {
+                client_id,
+                seq: d.seq,
+            });
+        }
+    }
+
+    /// Whether storing `extra` more bytes would pass `max_stored_bytes`; when it does, the
+    /// refusal is counted and logged (once until the store has room again).
+    pub(super) fn store_full(&mut self, extra: usize) -> bool {
+        let cap = self.limits.max_stored_bytes;
+        if self.journal.is_none() || cap == 0 {
+            return false;
+        }
+        let full = self.stored_bytes.saturating_add(extra) > cap;
+        if !full {
+            self.store_full_logged = false;
+            return false;
+        }
+        self.stats.dropped_store_full += 1;
+        if !self.store_full_logged {
+            self.store_full_logged = true;
+            tracing::warn!(
+                max_stored_bytes = cap,
+                stored_bytes = self.stored_bytes,
+                "the store is full: new messages are not kept (5.0 publishers get 0x97) until sessions take theirs"
+            );
+        }
+        true
     }
 
     /// Records a subscription made (`Some`) or removed (`None`).
@@ -149,10 +186,18 @@ impl Broker {
         }
     }
 
-    /// Records the retained message of a topic set or cleared. The broker's own `$SYS` topics
-    /// are republished after a restart, so they are not kept.
-    pub(super) fn journal_retained(&mut self, topic: &Arc<str>, message: Option<&Arc<Message>>) {
+    /// Records the retained message of a topic set or cleared (`old` is the one it replaces).
+    /// The broker's own `$SYS` topics are republished after a restart, so they are not kept.
+    pub(super) fn journal_retained(
+        &mut self,
+        topic: &Arc<str>,
+        message: Option<&Arc<Message>>,
+        old: Option<&Arc<Message>>,
+    ) {
         if self.journal.is_some() && !topic.starts_with("$SYS") {
+            let old = old.map_or(0, |m| m.weight());
+            let new = message.map_or(0, |m| m.weight());
+            self.stored_bytes = self.stored_bytes.saturating_sub(old) + new;
             self.record(Change::Retained {
                 topic: topic.clone(),
                 message: message.cloned(),
@@ -177,6 +222,8 @@ impl Broker {
         s.inbound_qos2 = r.inbound_qos2;
         s.stored = true;
         s.last_seq = r.backlog.last_seq;
+        s.stored_weight = r.backlog.bytes;
+        self.stored_bytes += r.backlog.bytes;
         s.backlog = (r.backlog.count > 0).then_some(r.backlog);
         let idx = self.insert_session(s);
         for (filter, sub) in r.subscriptions {
@@ -188,6 +235,7 @@ impl Broker {
     /// Adds a retained message read back from the store.
     pub fn restore_retained(&mut self, msg: Arc<Message>) {
         let topic = msg.topic.clone();
+        self.stored_bytes += msg.weight();
         self.retained.insert(&topic, msg);
     }
 
@@ -260,8 +308,9 @@ fn session_state(s: &Session) -> SessionState {
     }
 }
 
-/// Everything a session holds, for a session entering the store.
-fn snapshot(s: &mut Session, journal: &mut Vec<Change>) {
+/// Everything a session holds, for a session entering the store; returns the bytes of the
+/// messages it kept.
+fn snapshot(s: &mut Session, journal: &mut Vec<Change>) -> usize {
     let client_id = s.client_id.clone();
     for (filter, sub) in &s.subscriptions {
         journal.push(Change::Subscribed {
@@ -278,9 +327,11 @@ fn snapshot(s: &mut Session, journal: &mut Vec<Change>) {
         });
     }
     let mut seq = s.last_seq;
+    let mut weight = 0;
     let mut keep = |d: &mut Delivery, state| {
         seq += 1;
         d.seq = seq;
+        weight += d.msg.weight();
         journal.push(Change::Kept {
             client_id: client_id.clone(),
             delivery: d.clone(),
@@ -298,4 +349,6 @@ fn snapshot(s: &mut Session, journal: &mut Vec<Change>) {
         keep(d, KeptState::Queued);
     }
     s.last_seq = seq;
+    s.stored_weight += weight;
+    weight
 }

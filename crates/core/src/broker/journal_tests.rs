@@ -292,3 +292,41 @@ fn a_session_that_ends_leaves_the_store() {
     sync(&mut h, &mut m);
     assert!(m.sessions.is_empty() && m.subs.is_empty());
 }
+
+#[test]
+fn past_max_stored_bytes_nothing_new_is_kept_and_v5_publishers_are_told() {
+    let limits = Limits {
+        max_stored_bytes: 100,
+        ..Limits::default()
+    };
+    let mut h = Harness::with(limits);
+    h.broker.enable_journal();
+    let mut m = Model::default();
+    h.connect(1, connect("s", ProtocolVersion::V311, false));
+    h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
+    h.broker.handle_connection_lost(h.now, 1);
+    h.connect(2, connect("p5", ProtocolVersion::V5, true));
+    h.connect(3, connect("p3", ProtocolVersion::V311, true));
+    // 60 bytes each (topic "t" + 59): the first fits, the second would pass 100.
+    let body = "x".repeat(59);
+    let ack = h.packet(2, publish("t", QoS::AtLeastOnce, 1, &body));
+    assert!(matches!(&ack[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS));
+    assert_eq!(h.broker.stored_bytes(), 60);
+    // 5.0 (section 3.4.2.1): refused with 0x97 Quota exceeded rather than acknowledged and lost.
+    let ack = h.packet(2, publish("t", QoS::AtLeastOnce, 2, &body));
+    assert!(matches!(&ack[..], [Packet::PubAck(a)] if a.reason == ReasonCode::QUOTA_EXCEEDED));
+    // 3.1.1 cannot be told: acknowledged, but the offline session does not get it (counted).
+    let ack = h.packet(3, publish("t", QoS::AtLeastOnce, 3, &body));
+    assert!(matches!(&ack[..], [Packet::PubAck(_)]));
+    assert_eq!(h.broker.stats().dropped_store_full, 2);
+    sync(&mut h, &mut m);
+    assert_eq!(m.kept.len(), 1);
+    // The subscriber takes its message: room again.
+    h.connect(1, connect("s", ProtocolVersion::V311, false));
+    let got = h.take(1);
+    let id = publishes(&got)[0].packet_id;
+    h.packet(1, Packet::PubAck(PubAck::new(id)));
+    assert_eq!(h.broker.stored_bytes(), 0);
+    let ack = h.packet(2, publish("t", QoS::AtLeastOnce, 4, &body));
+    assert!(matches!(&ack[..], [Packet::PubAck(a)] if !a.reason.is_error()));
+}

@@ -52,6 +52,9 @@ pub struct Stats {
     pub messages_sent: u64,
     /// Messages dropped because a session's queue was full.
     pub dropped_queue_full: u64,
+    /// Messages not stored (5.0: refused with 0x97) because the store was at
+    /// `max_stored_bytes`.
+    pub dropped_store_full: u64,
     /// Messages dropped because they expired before delivery.
     pub dropped_expired: u64,
     /// Messages not sent because they exceed the client's Maximum Packet Size.
@@ -93,6 +96,10 @@ pub struct Broker {
     congested: Option<SessionIdx>,
     /// Changes to durable state not yet drained, when journaling is on.
     journal: Option<Vec<crate::persist::Change>>,
+    /// Bytes of messages in the durable store (kept messages and retained ones).
+    stored_bytes: usize,
+    /// Whether `max_stored_bytes` biting has been logged since the store last had room.
+    store_full_logged: bool,
 }
 
 impl Broker {
@@ -116,6 +123,8 @@ impl Broker {
             assigned_ids: 0,
             congested: None,
             journal: None,
+            stored_bytes: 0,
+            store_full_logged: false,
         }
     }
 
@@ -209,16 +218,16 @@ impl Broker {
     /// Removes retained messages whose Message Expiry Interval has passed (they are never
     /// sent [MQTT-3.3.2-5]; this gives their memory back). Call it now and then.
     pub fn purge_expired_retained(&mut self, now: Instant) -> usize {
-        let mut gone: Vec<Arc<str>> = Vec::new();
+        let mut gone: Vec<Arc<Message>> = Vec::new();
         self.retained.retain(|_, m| {
             let expired = m.is_expired(now);
             if expired {
-                gone.push(m.topic.clone());
+                gone.push(m.clone());
             }
             !expired
         });
-        for topic in &gone {
-            self.journal_retained(topic, None);
+        for m in &gone {
+            self.journal_retained(&m.topic, None, Some(m));
         }
         gone.len()
     }
@@ -278,6 +287,11 @@ impl Broker {
     /// Retained messages stored.
     pub fn retained_count(&self) -> usize {
         self.retained.len()
+    }
+
+    /// Bytes of messages in the durable store (0 without one).
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) {

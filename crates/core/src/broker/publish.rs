@@ -74,6 +74,21 @@ impl Broker {
         };
         let origin = Some(s.client_id.clone());
         let v5 = s.version.is_v5();
+        if v5 && qos != QoS::AtMostOnce && self.store_full(p.payload.len() + p.topic.len()) {
+            // Nothing new can be kept: refused rather than acknowledged and lost.
+            let mut ack = PubAck::new(packet_id);
+            ack.reason = ReasonCode::QUOTA_EXCEEDED;
+            if qos == QoS::ExactlyOnce {
+                if let Some(s) = self.session_mut(idx) {
+                    s.end_inbound_qos2(packet_id);
+                }
+                self.journal_inbound_qos2(idx, packet_id, false);
+                self.send(conn, Packet::PubRec(ack));
+            } else {
+                self.send(conn, Packet::PubAck(ack));
+            }
+            return;
+        }
         self.stats.messages_received += 1;
         let msg = Arc::new(Message::from_publish(now, p, origin));
         if msg.retain {
@@ -135,18 +150,21 @@ impl Broker {
     /// [MQTT-3.3.1-10] [MQTT-3.3.1-11].
     pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
-            if self.retained.remove(&msg.topic).is_some() {
-                self.journal_retained(&msg.topic, None);
+            if let Some(old) = self.retained.remove(&msg.topic) {
+                self.journal_retained(&msg.topic, None, Some(&old));
             }
             return;
+        }
+        if self.store_full(msg.weight()) && !msg.topic.starts_with("$SYS") {
+            return; // counted and logged by `store_full`
         }
         let max = self.limits.max_retained_messages;
         if max != 0 && self.retained.len() >= max && self.retained.get(&msg.topic).is_none() {
             tracing::warn!(max_retained_messages = max, topic = %msg.topic, "retained message not stored: max_retained_messages reached");
             return;
         }
-        self.retained.insert(&msg.topic, msg.clone());
-        self.journal_retained(&msg.topic, Some(msg));
+        let old = self.retained.insert(&msg.topic, msg.clone());
+        self.journal_retained(&msg.topic, Some(msg), old.as_ref());
     }
 
     /// Delivers a message to every matching subscription; returns how many sessions got it.
@@ -249,8 +267,13 @@ impl Broker {
         self.keep_queued(idx, d);
     }
 
-    /// Appends a delivery to the session's queue (journaled when the session is durable).
+    /// Appends a delivery to the session's queue (journaled when the session is durable; a
+    /// durable session does not get it when the store is full).
     pub(super) fn keep_queued(&mut self, idx: SessionIdx, mut d: Delivery) {
+        let durable = self.session(idx).is_some_and(|s| s.stored);
+        if durable && d.seq == 0 && self.store_full(d.msg.weight()) {
+            return;
+        }
         self.journal_keep(idx, &mut d, KeptState::Queued);
         if let Some(s) = self.session_mut(idx) {
             s.push_queue(d);
@@ -268,7 +291,7 @@ impl Broker {
     ) {
         if d.msg.is_expired(now) {
             self.stats.dropped_expired += 1; // [MQTT-3.3.2-5]
-            self.journal_done(idx, d.seq);
+            self.journal_done(idx, &d);
             return;
         }
         let Some(s) = self.session_mut(idx) else {
@@ -281,12 +304,12 @@ impl Broker {
             if packet.encoded_len(s.version) > max as usize {
                 // [MQTT-3.1.2-25] too large for the client: dropped as if delivered.
                 self.stats.dropped_too_large += 1;
-                self.journal_done(idx, d.seq);
+                self.journal_done(idx, &d);
                 return;
             }
         }
         if d.qos == QoS::AtMostOnce {
-            self.journal_done(idx, d.seq); // an offline QoS 0 message, sent and gone
+            self.journal_done(idx, &d); // an offline QoS 0 message, sent and gone
         } else {
             self.journal_keep(idx, &mut d, KeptState::AwaitingAck(packet_id));
             if let Some(s) = self.session_mut(idx) {
@@ -361,8 +384,9 @@ impl Broker {
             m.state == OutboundState::AwaitingAck && m.delivery.qos == QoS::AtLeastOnce
         });
         if acked {
-            let seq = s.take_inflight(packet_id).map_or(0, |m| m.delivery.seq);
-            self.journal_done(idx, seq);
+            if let Some(m) = s.take_inflight(packet_id) {
+                self.journal_done(idx, &m.delivery);
+            }
             self.fill_window(now, idx);
         }
     }
@@ -377,8 +401,9 @@ impl Broker {
             Some(m) if m.delivery.qos == QoS::ExactlyOnce => {
                 if a.reason.is_error() {
                     // [MQTT-4.3.3-?] a failed PUBREC ends the exchange: no PUBREL.
-                    let seq = s.take_inflight(a.packet_id).map_or(0, |m| m.delivery.seq);
-                    self.journal_done(idx, seq);
+                    if let Some(m) = s.take_inflight(a.packet_id) {
+                        self.journal_done(idx, &m.delivery);
+                    }
                     self.fill_window(now, idx);
                     return;
                 }
@@ -416,8 +441,9 @@ impl Broker {
             .inflight_mut(packet_id)
             .is_some_and(|m| m.state == OutboundState::AwaitingComp);
         if done {
-            let seq = s.take_inflight(packet_id).map_or(0, |m| m.delivery.seq);
-            self.journal_done(idx, seq);
+            if let Some(m) = s.take_inflight(packet_id) {
+                self.journal_done(idx, &m.delivery);
+            }
             self.fill_window(now, idx);
         }
     }

@@ -206,7 +206,7 @@ impl Broker {
         }
         for mut d in moved {
             // Leaves this session's stored queue; wherever it goes, it gets a new number.
-            self.journal_done(idx, d.seq);
+            self.journal_done(idx, &d);
             d.seq = 0;
             self.reroute_one(now, d, Some(idx));
         }
