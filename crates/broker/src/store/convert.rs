@@ -160,11 +160,15 @@ impl Writer {
         SessionRecord {
             protocol_version: s.version.level(),
             expiry_interval: s.expiry_interval,
-            // Offline sessions that expire store when they went offline; a connected one (or
-            // one that never expires) stores none, and its expiry starts at the next start.
-            disconnected_at_ms: s
-                .expires_at
-                .map(|at| self.clock.to_ms(at).saturating_sub(expiry_ms)),
+            // Offline sessions store when they went offline: one that expires counts its
+            // expiry from there (a connected one stores none, and its expiry starts at the next
+            // start). For one that never expires it is only for `store inspect`; it is
+            // journaled as the client goes, so now is when.
+            disconnected_at_ms: match s.expires_at {
+                Some(at) => Some(self.clock.to_ms(at).saturating_sub(expiry_ms)),
+                None if !s.connected => Some(self.clock.to_ms(Instant::now())),
+                None => None,
+            },
             pending_will,
             will_at_ms,
         }
@@ -241,6 +245,7 @@ impl Reader {
                 expiry_interval: r.expiry_interval,
                 expires_at,
                 pending_will,
+                connected: false,
             },
             subscriptions: (s.subscriptions.into_iter())
                 .map(|(filter, sub)| {
@@ -328,5 +333,31 @@ mod tests {
             assert_eq!(c.to_ms(e), c.unix_ms - 700);
             assert_eq!(c.to_instant(c.unix_ms - 700), e);
         }
+    }
+
+    #[test]
+    fn an_offline_session_that_never_expires_is_stored_as_offline() {
+        // `store inspect` reads "connected" from a missing disconnection time; a 3.1.1
+        // persistent session (never expires) that went offline must not look connected.
+        let writer = Writer::new(Clock::now());
+        let state = |connected| SessionState {
+            version: ProtocolVersion::V311,
+            expiry_interval: NEVER_EXPIRES,
+            expires_at: None,
+            pending_will: None,
+            connected,
+        };
+        assert_eq!(writer.session_record(state(true)).disconnected_at_ms, None);
+        let offline = writer.session_record(state(false));
+        assert!(offline.disconnected_at_ms.is_some());
+        // Read back, it still never expires.
+        let index = SessionIndex {
+            client_id: "c".into(),
+            session: offline,
+            subscriptions: Vec::new(),
+            inbound_qos2: Vec::new(),
+            queue: makelaar_store::QueueDepth::default(),
+        };
+        assert_eq!(Reader::new(Clock::now()).session(index).state.expires_at, None);
     }
 }
