@@ -88,6 +88,9 @@ class Client:
         self.connects += 1
         self.raw, self.quiet = raw, False
         self.on_connected()
+        # What came in the same read as CONNACK (a resumed session's re-sends) is buffered
+        # already: the socket will not show it as readable again.
+        self.handle_buffered()
 
     def send(self, data: bytes):
         if self.raw is not None and not self.quiet and not self.raw.try_send(data):
@@ -106,12 +109,16 @@ class Client:
                 raw.buf += chunk
         except (OSError, R.Closed):
             raw.eof = True
+        self.handle_buffered()
+
+    def handle_buffered(self):
+        raw = self.raw
         while self.raw is raw:
             p = raw._try_parse()
             if p is None:
                 break
             self.on_packet(p)
-        if raw.eof and self.raw is raw:
+        if raw is not None and raw.eof and self.raw is raw:
             self.drop()
 
     def drain_dead(self):
@@ -143,9 +150,12 @@ class Publisher(Client):
     PUBREL after reconnecting [MQTT-4.4.0-1]; a clean one abandons them, so they may or may
     not arrive. Either way the books say exactly which were acknowledged."""
 
-    def __init__(self, name, version, persistent, qos, topics, window=10):
+    def __init__(self, name, version, persistent, qos, topics, window=10, rate=300):
         super().__init__(name, version, persistent)
         self.qos, self.topics, self.window = qos, topics, window
+        # Messages per second at most: enough for many in flight at every kill, few enough
+        # that the subscribers' backlogs drain in seconds however many cycles run.
+        self.rate, self.tokens, self.tick = rate, 0.0, time.monotonic()
         self.publishing = True
         self.next_seq, self.next_pid = 1, 1
         self.inflight: dict[int, list] = {}  # packet id -> [topic, seq, retain, released]
@@ -170,11 +180,16 @@ class Publisher(Client):
                 self._publish(pid, topic, seq, retain, dup=True)
 
     def pump(self):
-        while self.connected and self.publishing and len(self.inflight) < self.window:
+        now = time.monotonic()
+        self.tokens = min(self.window, self.tokens + (now - self.tick) * self.rate)
+        self.tick = now
+        while (self.connected and self.publishing and len(self.inflight) < self.window
+               and self.tokens >= 1):
+            self.tokens -= 1
             seq = self.next_seq
             self.next_seq += 1
             topic = self.topics[seq % len(self.topics)]
-            retain = seq % 4 == 0
+            retain = seq % 3 == 0
             while self.next_pid in self.inflight:
                 self.next_pid = self.next_pid % 65535 + 1
             pid = self.next_pid

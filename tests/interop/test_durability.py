@@ -1,10 +1,10 @@
 """The crash test of issue 5: nothing acknowledged is ever lost, across restarts and kill -9.
 
 It runs `makelaar serve --data-dir DIR --listen mqtt://127.0.0.1:PORT` itself, with the
-default `durability = "sync"`, and for MAKELAAR_CRASH_CYCLES cycles (default 15, about a
+default `durability = "sync"`, and for MAKELAAR_CRASH_CYCLES cycles (default 20, under a
 minute) lets four publishers publish numbered messages to two topics each — QoS 1 and 2,
 MQTT 3.1.1 and 5.0, persistent ones that re-send what was not acknowledged and clean ones
-that give it up, every fourth message retained — to four persistent subscribers: two
+that give it up, every third message retained — to four persistent subscribers: two
 connected throughout, two offline but for a short visit now and then. At a random moment
 while messages flow the broker is killed with SIGKILL and started again on the same
 directory. Each restart first checks the retained messages; after the last cycle everyone
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.skipif(
     BROKER_KIND != "makelaar",
     reason="the crash test kills and restarts makelaar serve on its data directory")
 
-CYCLES = int(os.environ.get("MAKELAAR_CRASH_CYCLES", "15"))
+CYCLES = int(os.environ.get("MAKELAAR_CRASH_CYCLES", "20"))
 SEED = int(os.environ.get("MAKELAAR_CRASH_SEED", str(random.randrange(1 << 32))))
 CONNECT_SECONDS = 20  # a restart after kill -9 checks the store file first
 DRAIN_SECONDS = 60
@@ -140,7 +140,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
                 check_retained(server, pubs, errors, f"restart {cycle}")
             visiting = [s for i, s in enumerate(offline) if (cycle + i) % 3 == 0]
             connect(online + visiting + pubs)
-            run = rng.uniform(0.05, 1.2)
+            run = rng.uniform(0.05, 1.5)
             visit = rng.uniform(0, run)
             pump(everyone, visit)
             for s in visiting:  # offline again before the kill, with its backlog stored
@@ -159,7 +159,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
         last_check = [0.0]
 
         def done():
-            if time.monotonic() - last_check[0] < 0.25:
+            if time.monotonic() - last_check[0] < 0.5:
                 return False
             last_check[0] = time.monotonic()
             return (not any(p.inflight for p in pubs if p.persistent)
@@ -209,5 +209,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
     sessions = {s["client_id"]: s for s in store["sessions"]}
     durable = {c.name for c in everyone if c.persistent}
     assert set(sessions) == durable, store
-    assert all(s["queued"] == 0 and s["inbound_qos2"] == 0 for s in sessions.values()), store
+    left = {k: (s["queued"], s["inbound_qos2"]) for k, s in sessions.items()
+            if s["queued"] or s["inbound_qos2"]}
+    assert not left, f"(queued, inbound QoS 2) left in the store after draining: {left}"
     assert store["retained"] == sum(len(p.topics) for p in pubs), store
