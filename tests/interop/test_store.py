@@ -99,6 +99,30 @@ def test_sessions_queues_and_retained_messages_survive_a_restart(tmp_path):
         server.kill()
 
 
+def test_clean_start_discards_the_stored_session_for_good(tmp_path):
+    """5.0 [MQTT-3.1.2-4] Clean Start discards the session: after a kill -9 and a restart
+    neither its subscription nor its queued message comes back, though the new session (with
+    an expiry of its own) is there."""
+    server = Server(tmp_path).start()
+    try:
+        c, _ = connect(server, "restarter")
+        c.subscribe([("gone/#", 1)])
+        c.close()
+        publish_acked(server, "gone/queued", [b"for the old session"])
+        c, ack = connect(server, "restarter", clean=True)
+        assert not ack.session_present
+        c.close()
+        server.kill()
+        server.start()
+        c, ack = connect(server, "restarter")
+        assert ack.session_present  # the new one
+        publish_acked(server, "gone/later", [b"no subscription now"])
+        c.expect_nothing(0.5)
+        c.close()
+    finally:
+        server.kill()
+
+
 def test_a_second_broker_on_the_same_data_dir_is_refused(tmp_path):
     """The data directory is locked: a second `makelaar serve` (and `store inspect`) on it
     is refused with one sentence naming the directory; the first broker carries on."""
