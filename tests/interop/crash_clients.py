@@ -9,15 +9,10 @@ sequence number), which also carries filler derived from those, so damage is see
 from __future__ import annotations
 
 import hashlib
-import os
 import select
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import mqtt_raw as R
-from brokers import find_makelaar, free_port
 
 SESSION_EXPIRY = 3600  # persistent 5.0 sessions; 3.1.1 ones never expire
 ERROR_REASON = 0x80  # reason codes from here on are failures (5.0)
@@ -315,7 +310,8 @@ def pump(clients, seconds: float, until=None):
 
 
 def retained_now(port: int, filt: str, topics, timeout=5.0) -> dict:
-    """The retained messages of `topics`, from a fresh clean 5.0 client."""
+    """The retained messages matching `filt`, from a fresh clean 5.0 client: it waits (up
+    to `timeout`) for those of `topics`, then for a short quiet spell."""
     got = {}
     with R.RawClient(port, version=5, timeout=timeout) as c:
         c.connect("crash-retained-check", clean=True)
@@ -338,76 +334,3 @@ def retained_now(port: int, filt: str, topics, timeout=5.0) -> dict:
         except (TimeoutError, R.Closed):
             pass
     return got
-
-
-class Server:
-    """`makelaar serve --data-dir DIR --listen mqtt://127.0.0.1:PORT`, started, killed and
-    restarted on the same directory and port. `limits` go in a config file."""
-
-    def __init__(self, workdir: Path, *args: str, limits: dict | None = None):
-        self.workdir = Path(workdir)
-        self.data = self.workdir / "data"
-        self.port = free_port()
-        self.config = self.workdir / "makelaar.toml"
-        lines = ["sys_interval = 0", "[limits]"]
-        lines += [f"{k} = {v}" for k, v in (limits or {}).items()]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.args = args
-        self.log = self.workdir / "broker.log"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def command(self, *extra: str) -> list[str]:
-        return [find_makelaar(), "serve", "--config", str(self.config), "--data-dir",
-                str(self.data), "--listen", f"mqtt://127.0.0.1:{self.port}", *self.args, *extra]
-
-    def start(self, *extra: str, timeout=20.0):
-        self.starts += 1
-        with open(self.log, "ab") as log:
-            log.write(f"--- start {self.starts}\n".encode())
-            self.proc = subprocess.Popen(
-                self.command(*extra), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.workdir,
-                env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"makelaar exited with {self.proc.returncode} at start "
-                                   f"{self.starts}:\n{self.log_tail()}")
-            try:
-                R.RawClient(self.port, timeout=1).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"makelaar did not listen within {timeout} s:\n"
-                                       + self.log_tail()) from None
-                time.sleep(0.02)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self):
-        """SIGKILL: no chance to flush or close anything."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-
-    def stop(self):
-        """SIGTERM, a clean shutdown; returns the exit status."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return None if self.proc is None else self.proc.returncode
-
-    def log_tail(self, lines=40) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])

@@ -13,7 +13,7 @@ import pytest
 
 import mqtt_raw as R
 from brokers import BROKER_KIND, find_makelaar, free_port
-from crash_clients import Server
+from durable_broker import Server
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "makelaar",
                                 reason="tests makelaar's own store and command line")
