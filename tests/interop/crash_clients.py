@@ -233,6 +233,7 @@ class Subscriber(Client):
         self.received: dict[tuple, int] = {}  # message -> receipts
         self.last: dict[tuple, int] = {}  # (publisher, topic) -> highest seq so far
         self.redelivered = self.resumed = 0
+        self.held: list[bytes] | None = None
 
     def subscribe(self):
         self.send(R.subscribe(1, [(f, self.qos) for f in self.filters], self.version))
@@ -257,8 +258,21 @@ class Subscriber(Client):
             self._exactly_once(p, key)
         else:
             self._count(key)
-        ack = R.PUBREC if p.qos == 2 else R.PUBACK
-        self.send(R.ack(ack, p.packet_id, version=self.version))
+        ack = R.ack(R.PUBREC if p.qos == 2 else R.PUBACK, p.packet_id, version=self.version)
+        if self.held is None:
+            self.send(ack)
+        else:
+            self.held.append(ack)
+
+    def hold_acks(self):
+        """Answers PUBLISH later, all at once (`release_acks`): the broker then handles a burst
+        of PUBACK/PUBREC in one go, and a kill right after lands among the writes they cause."""
+        self.held = []
+
+    def release_acks(self):
+        held, self.held = self.held, None
+        if held:
+            self.send(b"".join(held))
 
     def _exactly_once(self, p, key):
         if p.packet_id in self.unfinished:
