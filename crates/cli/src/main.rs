@@ -10,6 +10,7 @@ mod bench;
 mod clients;
 mod logging;
 mod passwd;
+mod store;
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
@@ -56,6 +57,9 @@ enum Command {
     /// Manage a password file, like mosquitto_passwd (see makelaar passwd --help).
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Passwd(clients::RawArgs),
+    /// Look into the durable store of a stopped broker (makelaar store inspect).
+    #[command(after_help = store::STORE_EXAMPLES)]
+    Store(store::StoreArgs),
 }
 
 /// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
@@ -199,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sub(a) => std::process::exit(clients::main(clients::Tool::Sub, a.args)),
         Command::Rr(a) => std::process::exit(clients::main(clients::Tool::Rr, a.args)),
         Command::Passwd(a) => std::process::exit(passwd::main(a.args)),
+        Command::Store(args) => store::run(args),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct SessionState {
     pub expires_at: Option<Instant>,
     /// A will waiting out its delay, and when it is due.
     pub pending_will: Option<(Box<Will>, Instant)>,
+    /// Whether a client is connected to it. `expires_at` says so too, except for a session
+    /// that never expires: the store needs this to tell an offline one apart.
+    pub connected: bool,
 }
 
 /// One change to durable state.

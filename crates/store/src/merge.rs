@@ -15,6 +15,10 @@ use crate::Op;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Session(Arc<str>),
+    /// `DeleteSession` has a key of its own: it removes more than the session record, so a
+    /// later `PutSession` (a client reconnecting with Clean Start and a new persistent session)
+    /// must not cancel it, or the old session's subscriptions and messages would stay.
+    SessionEnded(Arc<str>),
     Subscription(Arc<str>, Arc<str>),
     Queued(Arc<str>, u64),
     Inbound(Arc<str>, u16),
@@ -27,7 +31,9 @@ fn key_of(op: &Op) -> (Key, Option<&Arc<str>>, bool) {
         Op::PutSession { client_id, .. } => {
             (Key::Session(client_id.clone()), Some(client_id), false)
         }
-        Op::DeleteSession { client_id } => (Key::Session(client_id.clone()), Some(client_id), true),
+        Op::DeleteSession { client_id } => {
+            (Key::SessionEnded(client_id.clone()), Some(client_id), true)
+        }
         Op::PutSubscription {
             client_id, filter, ..
         } => (
@@ -175,5 +181,31 @@ mod tests {
         ]);
         assert_eq!(m.ops, vec![put_inbound("b", 1), del, put_inbound("a", 3)]);
         assert_eq!(m.cancelled, 3);
+    }
+
+    #[test]
+    fn a_session_ended_and_begun_again_in_one_group_is_deleted_first() {
+        // [MQTT-3.1.2-4] Clean Start discards the session; a new one (5.0 expiry > 0) is
+        // stored at once. The delete must still reach the disk, before the new record.
+        let del = Op::DeleteSession {
+            client_id: "a".into(),
+        };
+        let put = Op::PutSession {
+            client_id: "a".into(),
+            record: crate::SessionRecord {
+                protocol_version: 5,
+                expiry_interval: 600,
+                disconnected_at_ms: None,
+                pending_will: None,
+                will_at_ms: None,
+            },
+        };
+        let m = merge(vec![vec![put.clone()], vec![del.clone(), put.clone()]]);
+        assert_eq!(m.ops, vec![del.clone(), put.clone()]);
+        assert_eq!(m.cancelled, 1);
+        // Ended again: one delete is enough.
+        let m = merge(vec![vec![del.clone(), put], vec![del.clone()]]);
+        assert_eq!(m.ops, vec![del]);
+        assert_eq!(m.cancelled, 2);
     }
 }

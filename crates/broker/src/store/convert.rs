@@ -63,9 +63,9 @@ fn millis(d: Duration) -> u64 {
 /// share one record.
 pub(crate) struct Writer {
     clock: Clock,
-    // Keyed by the message's address (as a number, so the writer stays `Send`); cleared after
-    // each batch, while the batch's `Arc`s keep the addresses unique.
-    records: HashMap<usize, Arc<MessageRecord>>,
+    // Keyed by the message's address (as a number, so the writer stays `Send`), and holding
+    // the message: an address is only unique while its `Arc` lives. Cleared after each batch.
+    records: HashMap<usize, (Arc<Message>, Arc<MessageRecord>)>,
 }
 
 impl Writer {
@@ -160,11 +160,15 @@ impl Writer {
         SessionRecord {
             protocol_version: s.version.level(),
             expiry_interval: s.expiry_interval,
-            // Offline sessions that expire store when they went offline; a connected one (or
-            // one that never expires) stores none, and its expiry starts at the next start.
-            disconnected_at_ms: s
-                .expires_at
-                .map(|at| self.clock.to_ms(at).saturating_sub(expiry_ms)),
+            // Offline sessions store when they went offline: one that expires counts its
+            // expiry from there (a connected one stores none, and its expiry starts at the next
+            // start). For one that never expires it is only for `store inspect`; it is
+            // journaled as the client goes, so now is when.
+            disconnected_at_ms: match s.expires_at {
+                Some(at) => Some(self.clock.to_ms(at).saturating_sub(expiry_ms)),
+                None if !s.connected => Some(self.clock.to_ms(Instant::now())),
+                None => None,
+            },
             pending_will,
             will_at_ms,
         }
@@ -187,10 +191,11 @@ impl Writer {
 
     fn message_record(&mut self, m: &Arc<Message>) -> Arc<MessageRecord> {
         let clock = self.clock;
-        self.records
+        let (_, record) = self
+            .records
             .entry(Arc::as_ptr(m) as usize)
             .or_insert_with(|| {
-                Arc::new(MessageRecord {
+                let record = MessageRecord {
                     topic: m.topic.clone(),
                     payload: m.payload.clone(),
                     qos: m.qos,
@@ -198,16 +203,20 @@ impl Writer {
                     properties: m.properties.clone(),
                     expires_at_ms: m.expires_at.map(|at| clock.to_ms(at)),
                     origin: m.origin.clone(),
-                })
-            })
-            .clone()
+                };
+                (m.clone(), Arc::new(record))
+            });
+        record.clone()
     }
 }
 
 /// Turns store records back into the core's types.
 pub(crate) struct Reader {
     clock: Clock,
-    messages: HashMap<usize, Arc<Message>>,
+    // Keyed by the record's address, and holding the record: were it freed, the next record
+    // could be allocated at the same address and be taken for it (at start-up every retained
+    // message then became the first one).
+    messages: HashMap<usize, (Arc<MessageRecord>, Arc<Message>)>,
 }
 
 impl Reader {
@@ -241,6 +250,7 @@ impl Reader {
                 expiry_interval: r.expiry_interval,
                 expires_at,
                 pending_will,
+                connected: false,
             },
             subscriptions: (s.subscriptions.into_iter())
                 .map(|(filter, sub)| {
@@ -262,10 +272,11 @@ impl Reader {
 
     pub(crate) fn message(&mut self, m: &Arc<MessageRecord>) -> Arc<Message> {
         let clock = self.clock;
-        self.messages
+        let (_, message) = self
+            .messages
             .entry(Arc::as_ptr(m) as usize)
-            .or_insert_with(|| Arc::new(message_from(clock, m)))
-            .clone()
+            .or_insert_with(|| (m.clone(), Arc::new(message_from(clock, m))));
+        message.clone()
     }
 
     /// A session's kept messages, from `load_queue`.
@@ -328,5 +339,67 @@ mod tests {
             assert_eq!(c.to_ms(e), c.unix_ms - 700);
             assert_eq!(c.to_instant(c.unix_ms - 700), e);
         }
+    }
+
+    #[test]
+    fn an_offline_session_that_never_expires_is_stored_as_offline() {
+        // `store inspect` reads "connected" from a missing disconnection time; a 3.1.1
+        // persistent session (never expires) that went offline must not look connected.
+        let writer = Writer::new(Clock::now());
+        let state = |connected| SessionState {
+            version: ProtocolVersion::V311,
+            expiry_interval: NEVER_EXPIRES,
+            expires_at: None,
+            pending_will: None,
+            connected,
+        };
+        assert_eq!(writer.session_record(state(true)).disconnected_at_ms, None);
+        let offline = writer.session_record(state(false));
+        assert!(offline.disconnected_at_ms.is_some());
+        // Read back, it still never expires.
+        let index = SessionIndex {
+            client_id: "c".into(),
+            session: offline,
+            subscriptions: Vec::new(),
+            inbound_qos2: Vec::new(),
+            queue: makelaar_store::QueueDepth::default(),
+        };
+        assert_eq!(
+            Reader::new(Clock::now()).session(index).state.expires_at,
+            None
+        );
+    }
+
+    fn record(topic: &str) -> MessageRecord {
+        MessageRecord {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: makelaar_proto::QoS::AtLeastOnce,
+            retain: true,
+            properties: makelaar_proto::Properties::default(),
+            expires_at_ms: None,
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn records_read_one_after_another_stay_apart() {
+        // As start-up reads retained messages: each record in an `Arc` of its own, dropped
+        // before the next is made, so the allocator may hand out the same address again.
+        let mut reader = Reader::new(Clock::now());
+        let topics: Vec<Arc<str>> = ["r/a", "r/b", "r/c", "r/d"]
+            .into_iter()
+            .map(|t| reader.message(&Arc::new(record(t))).topic.clone())
+            .collect();
+        assert_eq!(
+            topics.iter().map(|t| &**t).collect::<Vec<_>>(),
+            ["r/a", "r/b", "r/c", "r/d"]
+        );
+        // One record fanned out to several sessions still becomes one message.
+        let shared = Arc::new(record("r/e"));
+        assert!(Arc::ptr_eq(
+            &reader.message(&shared),
+            &reader.message(&shared)
+        ));
     }
 }

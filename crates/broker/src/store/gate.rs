@@ -1,5 +1,6 @@
 //! The acknowledgement rule: a packet that tells a client its message or subscription is
-//! safe (PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK, CONNACK) and every QoS 2 delivery leave
+//! safe (PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK, CONNACK), every QoS 2 delivery and every
+//! PUBREL leave
 //! the broker only once the store has committed every change made before them. Other packets
 //! go at once, unless something is already held for their connection: a connection's packets
 //! keep their order.
@@ -93,6 +94,12 @@ fn needs_durability(p: &Packet) -> bool {
         // Exactly once: a delivery made before the inbound state is stored could be made
         // again after a crash, when the publisher re-sends.
         Packet::Publish(p) => p.qos == QoS::ExactlyOnce,
+        // Once PUBREL is sent the PUBLISH must never be sent again (5.0 [MQTT-4.3.3-6]): the
+        // subscriber answers PUBCOMP, forgets the packet id, and takes a PUBLISH with it as a
+        // new message [MQTT-4.3.3-12]. So PUBREL waits until the store has the message as
+        // awaiting PUBCOMP; sent earlier, a crash would bring it back as awaiting PUBREC and
+        // re-send it: delivered twice.
+        Packet::PubRel(_) => true,
         _ => false,
     }
 }
@@ -126,6 +133,19 @@ mod tests {
         assert_eq!(out, vec![(1, true), (1, false)]);
         assert_eq!(g.held_count(), 0);
         assert!(sent(g.hold(1, Held::Send(Packet::PubAck(PubAck::new(3))))));
+    }
+
+    #[test]
+    fn pubrel_waits_for_the_commit_of_its_state() {
+        let mut g = Gate::default();
+        let e = g.next_epoch();
+        assert!(g
+            .hold(1, Held::Send(Packet::PubRel(PubAck::new(7))))
+            .is_none());
+        assert_eq!(g.held_count(), 1);
+        let mut n = 0;
+        g.committed(e, |_, _| n += 1);
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -305,6 +305,7 @@ fn session_state(s: &Session) -> SessionState {
         expiry_interval: s.expiry_interval,
         expires_at: s.expires_at,
         pending_will: s.pending_will.clone().zip(s.will_at),
+        connected: s.conn.is_some(),
     }
 }
 
