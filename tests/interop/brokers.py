@@ -150,12 +150,20 @@ class Broker:
             if k in MOSQUITTO_OPTIONS:
                 opt, scope = MOSQUITTO_OPTIONS[k]
                 (glob if scope == "global" else listener).append(f"{opt} {_conf_value(v)}")
+        cfg = self.config
+        # Makelaar's default: anonymous clients only where no credentials are configured.
+        anonymous = cfg.get("allow_anonymous", not (cfg.get("password_file")
+                                                    or cfg.get("use_identity_as_username")))
+        auth = [f"allow_anonymous {_conf_value(anonymous)}"]
+        for key in ("password_file", "acl_file"):
+            if cfg.get(key):
+                auth.append(f"{key} {cfg[key]}")
         lines = [
             "per_listener_settings false",
             # Started as root, Mosquitto would switch to user "mosquitto", who cannot read the
             # test directories; stay as whoever runs the tests.
             f"user {getpass.getuser()}",
-            "allow_anonymous true",
+            *auth,
             "persistence false",
             "log_dest stderr",
             "log_type error",
@@ -177,6 +185,10 @@ class Broker:
         ]
         if self.config.get("require_certificate"):
             lines.append("require_certificate true")
+        if self.config.get("use_identity_as_username"):
+            lines.append("use_identity_as_username true")
+        if self.config.get("crlfile"):
+            lines.append(f"crlfile {self.config['crlfile']}")
         path = self.workdir / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path

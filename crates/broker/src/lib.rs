@@ -9,6 +9,8 @@
 //! [`serve`] runs a broker until SIGINT/SIGTERM; [`Server::start`] runs one in-process (tests,
 //! embedding) and hands back its bound addresses.
 
+mod auth;
+mod cert_name;
 pub mod config;
 mod connection;
 pub mod listener;
@@ -63,6 +65,11 @@ impl Server {
         // The store first: a data directory in use or damaged stops the start before any
         // listener is announced.
         let opened = config.store().map(|sc| store::open(&sc)).transpose()?;
+        // Then the password and ACL files: a broken line stops the start, naming it.
+        let authenticator = Arc::new(auth::Authenticator::new(
+            config.listeners.iter().map(|l| l.auth.clone()).collect(),
+        )?);
+        let acl = config.acl_file.as_deref().map(auth::load_acl).transpose()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);
@@ -83,6 +90,9 @@ impl Server {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let mut broker = Broker::new(config.limits.clone(), policy, seed);
+        if let Some(acl) = acl {
+            broker.set_authorizer(Some(Box::new(auth::AclAuthorizer(Arc::new(acl)))));
+        }
         let (store_tx, store_rx) = mpsc::unbounded_channel();
         let persist = opened.map(|o| o.restore(&mut broker, store_tx));
         let sys = SysPublisher::new(config.sys_interval, Instant::now());
@@ -97,11 +107,16 @@ impl Server {
             large_packet_permits: permits,
             router: tx,
             counters,
+            auth: authenticator,
         });
         let next_conn = Arc::new(AtomicU64::new(1));
-        for l in listeners {
+        for (index, l) in listeners.into_iter().enumerate() {
+            let identity = config
+                .listeners
+                .get(index)
+                .is_some_and(|c| c.auth.use_identity_as_username);
             tasks.spawn(accept_loop(
-                l,
+                (l, index, identity),
                 ctx.clone(),
                 next_conn.clone(),
                 tasks.clone(),
@@ -167,7 +182,7 @@ async fn wait_for_signal() {
 }
 
 async fn accept_loop(
-    listener: Listener,
+    (listener, index, identity): (Listener, usize, bool),
     ctx: Arc<ConnCtx>,
     next_conn: Arc<AtomicU64>,
     tasks: TaskTracker,
@@ -191,8 +206,10 @@ async fn accept_loop(
             conn,
             peer,
             ctx: ctx.clone(),
+            listener: index,
+            cert_name: None,
         });
-        tasks.spawn(connection_task(accepted, start, shutdown.clone()));
+        tasks.spawn(connection_task(accepted, start, identity, shutdown.clone()));
     }
 }
 
@@ -201,7 +218,8 @@ async fn accept_loop(
 /// shutdown timer are boxed and the arguments come in one box.
 async fn connection_task(
     accepted: listener::Accepted,
-    start: Box<connection::Start>,
+    mut start: Box<connection::Start>,
+    identity: bool,
     stop: CancellationToken,
 ) {
     let stream = match Box::pin(accepted.handshake()).await {
@@ -211,6 +229,13 @@ async fn connection_task(
             return;
         }
     };
+    if identity {
+        // The end-entity certificate, verified by the handshake: its name is the username.
+        start.cert_name = stream
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| cert_name::common_name(cert));
+    }
     tokio::select! {
         _ = connection::run(stream, start) => {}
         // The router already sent DISCONNECT and Close; give writes a moment.

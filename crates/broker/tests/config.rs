@@ -152,6 +152,7 @@ max_session_expiry = 4294967295
             key: "server.key".into(),
             cafile: Some("ca.pem".into()),
             require_certificate: true,
+            crlfile: None,
         })
     );
     assert!(config.listeners[2].addr.ip().is_loopback());
@@ -442,6 +443,8 @@ fn tls_listener(tls: TlsSettings) -> ListenerConfig {
         kind: ListenerKind::Mqtts,
         addr: "127.0.0.1:0".parse().unwrap(),
         tls: Some(tls),
+        auth: Default::default(),
+        max_connections: 0,
     }
 }
 
@@ -451,6 +454,7 @@ fn settings(pki: &Pki) -> TlsSettings {
         key: pki.key.clone(),
         cafile: None,
         require_certificate: false,
+        crlfile: None,
     }
 }
 
@@ -541,6 +545,8 @@ async fn port_in_use() {
         kind: ListenerKind::Mqtt,
         addr,
         tls: None,
+        auth: Default::default(),
+        max_connections: 0,
     };
     assert_eq!(
         bind_err(&cfg).await,

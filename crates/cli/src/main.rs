@@ -24,6 +24,10 @@ Examples:
                  --cafile ca.pem --require-certificate
       Mutual TLS: only clients with a certificate signed by ca.pem get in.
 
+  makelaar serve --listen mqtt://0.0.0.0:1883 --password-file passwd --acl-file acl
+      Clients log in with a Mosquitto password file; a Mosquitto ACL file says what each
+      may publish and receive.
+
   makelaar serve --config /etc/makelaar/makelaar.toml
       Settings from a file (see makelaar.example.toml); flags given too override it.";
 
@@ -86,6 +90,29 @@ struct ServeArgs {
     #[arg(long)]
     require_certificate: bool,
 
+    /// PEM certificate revocation lists: refuse client certificates they revoke.
+    #[arg(long, value_name = "FILE")]
+    crlfile: Option<PathBuf>,
+
+    /// Take each client's username from the Common Name of its certificate (TLS listeners
+    /// with --cafile); the username and password in CONNECT are then ignored.
+    #[arg(long)]
+    use_identity_as_username: bool,
+
+    /// Mosquitto password file (mosquitto_passwd or makelaar passwd): a client that gives a
+    /// username must give its password.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Accept clients that give no username: true or false. [default: true, unless
+    /// --password-file or --use-identity-as-username is given]
+    #[arg(long, value_name = "BOOL")]
+    allow_anonymous: Option<bool>,
+
+    /// Mosquitto ACL file: what each client may publish and receive.
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+
     /// Keep all state in memory: nothing is written to disk, nothing survives a restart.
     #[arg(long, conflicts_with = "data_dir")]
     in_memory: bool,
@@ -143,6 +170,21 @@ impl ServeArgs {
         }
         if self.require_certificate {
             file.require_certificate = Some(true);
+        }
+        if let Some(crlfile) = &self.crlfile {
+            file.crlfile = Some(crlfile.clone());
+        }
+        if self.use_identity_as_username {
+            file.use_identity_as_username = Some(true);
+        }
+        if let Some(path) = &self.password_file {
+            file.password_file = Some(path.clone());
+        }
+        if self.allow_anonymous.is_some() {
+            file.allow_anonymous = self.allow_anonymous;
+        }
+        if let Some(path) = &self.acl_file {
+            file.acl_file = Some(path.clone());
         }
         if self.in_memory {
             file.in_memory = Some(true);

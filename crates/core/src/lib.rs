@@ -9,7 +9,9 @@
 //!   wills, session expiry.
 //! - [`topic`] and [`retain`]: the indexes that match topics against filters.
 //! - [`persist`]: the journal of changes a durable store mirrors, and what it gives back.
+//! - [`auth`]: the authorization hook the shell plugs an ACL into.
 
+pub mod auth;
 pub mod broker;
 pub mod conn;
 pub mod limits;
@@ -19,5 +21,6 @@ pub mod retain;
 pub mod session;
 pub mod topic;
 
+pub use auth::{Access, Authorizer};
 pub use broker::{Action, Broker, Policy, Stats};
 pub use limits::Limits;

@@ -41,6 +41,8 @@ pub struct SessionState {
     pub expires_at: Option<Instant>,
     /// A will waiting out its delay, and when it is due.
     pub pending_will: Option<(Box<Will>, Instant)>,
+    /// The authenticated username of its last connection (see [`crate::auth`]).
+    pub username: Option<Arc<str>>,
 }
 
 /// One change to durable state.

@@ -59,6 +59,7 @@ fn group(cycle: u32, w: u64, g: u64) -> Vec<Op> {
                 disconnected_at_ms: None,
                 pending_will: None,
                 will_at_ms: None,
+                username: None,
             },
         });
     }

@@ -24,6 +24,7 @@ use makelaar_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::auth::Authenticator;
 use crate::outbox::Outbox;
 use crate::router::ToRouter;
 use crate::Counters;
@@ -46,6 +47,7 @@ pub(crate) struct ConnCtx {
     pub large_packet_permits: u32,
     pub router: mpsc::Sender<ToRouter>,
     pub counters: Arc<Counters>,
+    pub auth: Arc<Authenticator>,
 }
 
 /// What a connection starts with.
@@ -53,6 +55,11 @@ pub(crate) struct Start {
     pub conn: ConnId,
     pub peer: SocketAddr,
     pub ctx: Arc<ConnCtx>,
+    /// Index of the listener it came in on (its authentication settings).
+    pub listener: usize,
+    /// The Common Name of the client's verified certificate, where the listener takes
+    /// usernames from certificates.
+    pub cert_name: Option<String>,
 }
 
 /// Serves one client until it leaves or is closed.
@@ -73,14 +80,20 @@ async fn open<S>(mut stream: S, start: Box<Start>) -> Option<(Io<S>, ConnState)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Start { conn, peer, ctx } = *start;
+    let Start {
+        conn,
+        peer,
+        ctx,
+        listener,
+        cert_name,
+    } = *start;
     let mut rbuf = BytesMut::new();
     let mut decoder =
         Decoder::new(ctx.limits.max_packet_size.min(MAX_CONNECT_SIZE as u32) as usize);
     let deadline = tokio::time::Instant::now() + ctx.limits.connect_timeout;
     // [MQTT-3.1.0-1] the first packet must be CONNECT, within connect_timeout.
     let read = read_connect(&mut stream, &mut rbuf, &mut decoder, &ctx);
-    let connect = match tokio::time::timeout_at(deadline, read).await {
+    let mut connect = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(c)) => c,
         Ok(Err(reply)) => {
             if let Some(bytes) = reply {
@@ -93,6 +106,27 @@ where
             return None;
         }
     };
+    // [MQTT-3.1.4-2] authentication, before the CONNECT goes any further: the password is
+    // taken out here, and a refused client is answered and closed without the router.
+    let verdict = ctx
+        .auth
+        .authenticate(listener, peer.ip(), &mut connect, cert_name)
+        .await;
+    if let Err(reason) = verdict {
+        tracing::info!(%peer, client_id = %connect.client_id, %reason, "client refused");
+        let mut ack = ConnAck {
+            reason,
+            ..ConnAck::default()
+        };
+        if connect.protocol.is_v5() {
+            ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
+        }
+        let mut out = BytesMut::new();
+        let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+        let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&out)).await;
+        linger_stream(&mut stream).await;
+        return None;
+    }
     decoder.set_max_packet_size(ctx.limits.max_packet_size as usize);
     let version = connect.protocol;
     let now = Instant::now();
@@ -199,7 +233,13 @@ where
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>) {
     let (stream, wbuf) = io.stream_and_wbuf();
     let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(wbuf)).await;
-    let _ = stream.shutdown().await;
+    linger_stream(stream).await;
+}
+
+/// Shuts our side of `stream` down, then reads and discards what the client still sends for
+/// a moment (see `linger`).
+async fn linger_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.shutdown()).await;
     let drain = async {
         let mut budget = LINGER_MAX_BYTES;
         let mut scratch = vec![0u8; 1024];

@@ -167,6 +167,7 @@ impl Writer {
                 .map(|at| self.clock.to_ms(at).saturating_sub(expiry_ms)),
             pending_will,
             will_at_ms,
+            username: s.username.as_deref().map(str::to_owned),
         }
     }
 
@@ -241,6 +242,7 @@ impl Reader {
                 expiry_interval: r.expiry_interval,
                 expires_at,
                 pending_will,
+                username: r.username.map(Arc::from),
             },
             subscriptions: (s.subscriptions.into_iter())
                 .map(|(filter, sub)| {
