@@ -123,6 +123,12 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
              mqtts://HOST:PORT listener to use them"
         );
     }
+    if !has_tls && f.use_identity_as_username == Some(true) {
+        tracing::warn!(
+            "use_identity_as_username is set but no listener uses TLS, so no client has a \
+             certificate to take a username from; add an mqtts://HOST:PORT listener with cafile"
+        );
+    }
     Ok(listeners)
 }
 
