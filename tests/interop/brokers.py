@@ -56,6 +56,10 @@ def find_makelaar() -> str:
         "at it, or run against Mosquitto with MAKELAAR_TEST_BROKER=mosquitto")
 
 
+def mosquitto_exe() -> str:
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -194,15 +198,17 @@ class Broker:
         return path
 
     # -- lifecycle --
-    def start(self, timeout=10.0):
+    def command(self):
+        """The command line that starts the broker, and its environment."""
         if self.kind == "makelaar":
             cmd = [find_makelaar(), "serve", "--config", str(self._write_makelaar_config())]
             env = dict(os.environ)
             env.setdefault("RUST_LOG", "info")
-        else:
-            exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-            cmd = [exe, "-c", str(self._write_mosquitto_config())]
-            env = None
+            return cmd, env
+        return [mosquitto_exe(), "-c", str(self._write_mosquitto_config())], None
+
+    def start(self, timeout=10.0):
+        cmd, env = self.command()
         self.stderr_file = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stderr_file,
                                      stderr=subprocess.STDOUT, cwd=self.workdir, env=env)

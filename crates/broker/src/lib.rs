@@ -4,7 +4,8 @@
 //! - `connection`: one task per client: read, decode, per-connection checks, write.
 //! - `router`: the one task that owns the core `Broker` (sessions, topic tree, retained).
 //! - `sys`: the `$SYS/broker/...` topics.
-//! - [`config`] and [`tls`]: configuration and certificates, with one-sentence errors.
+//! - [`config`] and [`tls`]: configuration and certificates, with one-sentence errors;
+//!   [`mosquitto`]: `mosquitto.conf` read into the same configuration.
 //!
 //! [`serve`] runs a broker until SIGINT/SIGTERM; [`Server::start`] runs one in-process (tests,
 //! embedding) and hands back its bound addresses.
@@ -14,6 +15,7 @@ mod cert_name;
 pub mod config;
 mod connection;
 pub mod listener;
+pub mod mosquitto;
 mod outbox;
 mod router;
 mod store;

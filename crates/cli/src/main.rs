@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use makelaar_broker::config::{Config, ConfigError, ConfigFile};
+use makelaar_broker::listener::STATUS_TARGET;
+use makelaar_broker::mosquitto::read_mosquitto_conf;
 
 mod bench;
 mod clients;
@@ -29,7 +31,11 @@ Examples:
       may publish and receive.
 
   makelaar serve --config /etc/makelaar/makelaar.toml
-      Settings from a file (see makelaar.example.toml); flags given too override it.";
+      Settings from a file (see makelaar.example.toml); flags given too override it.
+
+  makelaar serve --mosquitto-conf /etc/mosquitto/mosquitto.conf
+      Settings from a Mosquitto configuration (see docs/migrating-from-mosquitto.md);
+      `makelaar config convert FILE` prints the equivalent makelaar.toml.";
 
 /// Makelaar: an MQTT 3.1, 3.1.1 and 5.0 broker.
 #[derive(Debug, Parser)]
@@ -60,6 +66,20 @@ enum Command {
     /// Manage a password file, like mosquitto_passwd (see makelaar passwd --help).
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Passwd(clients::RawArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the makelaar.toml equivalent of a mosquitto.conf (see
+    /// docs/migrating-from-mosquitto.md).
+    Convert {
+        /// The mosquitto.conf to read (include_dir is followed).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
@@ -68,6 +88,11 @@ struct ServeArgs {
     /// Read settings from this TOML file (flags given as well override it).
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Read settings from a Mosquitto configuration file instead (a documented subset, with
+    /// Mosquitto's defaults; flags given as well override it).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    mosquitto_conf: Option<PathBuf>,
 
     /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT. Repeat for more
     /// listeners; replaces the file's list. [default: mqtt://127.0.0.1:1883]
@@ -149,12 +174,19 @@ struct ServeArgs {
 impl ServeArgs {
     /// The configuration: the file (if any) first, then every flag that was given.
     fn build_config(&self) -> Result<Config, ConfigError> {
-        let (mut file, source) = match &self.config {
-            Some(path) => (
+        let (mut file, source) = match (&self.config, &self.mosquitto_conf) {
+            (Some(path), _) => (
                 ConfigFile::from_toml_file(path)?,
                 path.display().to_string(),
             ),
-            None => (ConfigFile::default(), "the command line".to_string()),
+            (None, Some(path)) => {
+                let converted = read_mosquitto_conf(path)?;
+                for note in &converted.notes {
+                    tracing::info!(target: STATUS_TARGET, "{note}");
+                }
+                (converted.file, path.display().to_string())
+            }
+            (None, None) => (ConfigFile::default(), "the command line".to_string()),
         };
         if !self.listen.is_empty() {
             file.listen = Some(self.listen.clone());
@@ -241,6 +273,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sub(a) => std::process::exit(clients::main(clients::Tool::Sub, a.args)),
         Command::Rr(a) => std::process::exit(clients::main(clients::Tool::Rr, a.args)),
         Command::Passwd(a) => std::process::exit(passwd::main(a.args)),
+        Command::Config(ConfigCommand::Convert { file }) => {
+            let converted = read_mosquitto_conf(&file)?;
+            print!("{}", converted.to_toml(&file));
+            Ok(())
+        }
     }
 }
 

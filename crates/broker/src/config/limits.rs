@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use makelaar_core::Limits;
 use serde::de::{self, Deserializer, Unexpected};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[limits]` as written in the file: the same fields and defaults as [`makelaar_core::Limits`]
 /// (durations in seconds), with their ranges checked while parsing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     #[serde(deserialize_with = "de_max_packet_size")]
