@@ -17,6 +17,7 @@ mod connection;
 pub mod listener;
 pub mod mosquitto;
 mod outbox;
+mod reload;
 mod router;
 mod store;
 mod sys;
@@ -35,6 +36,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{Config, ConfigError};
 use connection::ConnCtx;
 use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
+pub use reload::ReloadReport;
 use router::Router;
 use sys::SysPublisher;
 
@@ -58,6 +60,7 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     router: tokio::task::JoinHandle<()>,
+    reloader: reload::Reloader,
 }
 
 impl Server {
@@ -72,6 +75,7 @@ impl Server {
             config.listeners.iter().map(|l| l.auth.clone()).collect(),
         )?);
         let acl = config.acl_file.as_deref().map(auth::load_acl).transpose()?;
+        let acl_file = config.acl_file.clone();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);
@@ -80,6 +84,7 @@ impl Server {
             .iter()
             .map(|l| (l.url().to_owned(), l.local_addr()))
             .collect();
+        let tls_slots = listeners.iter().filter_map(Listener::tls_slot).collect();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
@@ -103,6 +108,12 @@ impl Server {
         let permits = u32::try_from(config.limits.large_packet_budget / 1024)
             .unwrap_or(u32::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);
+        let reloader = reload::Reloader {
+            auth: authenticator.clone(),
+            acl_file,
+            router: tx.clone(),
+            tls: tls_slots,
+        };
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,
             large_packets: Arc::new(tokio::sync::Semaphore::new(permits as usize)),
@@ -130,7 +141,15 @@ impl Server {
             shutdown,
             tasks,
             router,
+            reloader,
         })
+    }
+
+    /// Reads the password files, the ACL file and the certificates again (what SIGHUP does),
+    /// keeping every connection. What fails to load keeps the old settings of its kind; the
+    /// report and the log say what happened.
+    pub async fn reload(&self) -> ReloadReport {
+        self.reloader.reload().await
     }
 
     /// The bound address of each listener, with its URL as configured.
@@ -148,17 +167,59 @@ impl Server {
     }
 }
 
-/// Runs a broker with `config` until SIGINT or SIGTERM, then shuts down gracefully.
+/// Runs a broker with `config` until SIGINT or SIGTERM, then shuts down gracefully. SIGHUP
+/// reloads the password files, the ACL file and the certificates ([`Server::reload`]).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let mut hangups = hangup_signals();
     // The broker stops on a signal, or by itself when its store fails.
-    tokio::select! {
-        _ = wait_for_signal() => {}
-        _ = server.shutdown.cancelled() => {}
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = server.shutdown.cancelled() => break,
+            Some(()) = next_hangup(&mut hangups) => {
+                server.reload().await;
+            }
+        }
     }
     tracing::info!(target: STATUS_TARGET, "shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+fn hangup_signals() -> Hangups {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reloading by signal is off");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The next SIGHUP; never, where there are none.
+async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(h) = hangups {
+        return h.recv().await;
+    }
+    let _ = hangups;
+    std::future::pending().await
 }
 
 async fn wait_for_signal() {

@@ -756,3 +756,35 @@ async fn slow_tls_client_does_not_block_accept() {
     .unwrap()
     .unwrap();
 }
+
+/// SIGHUP's certificate reload: the listener's files are read again and new handshakes use
+/// the new certificate; a broken file keeps the one in use.
+#[tokio::test]
+async fn tls_reload_swaps_the_certificate_or_keeps_it() {
+    let (a, b) = (pki(), pki());
+    let dir = TempDir::new();
+    let copy = |name: &str, from: &Path| dir.write(name, &std::fs::read_to_string(from).unwrap());
+    let cert = copy("cert.pem", &a.cert);
+    let key = copy("key.pem", &a.key);
+    let listener = Listener::bind(&tls_listener(TlsSettings {
+        cert: cert.clone(),
+        key: key.clone(),
+        ..settings(&a)
+    }))
+    .await
+    .unwrap();
+    let slot = listener.tls_slot().unwrap();
+    let trusts = |p: &Pki| client_config(p, false, rustls::ALL_VERSIONS);
+    tls_exchange(&listener, trusts(&a)).await.unwrap();
+
+    copy("cert.pem", &b.cert);
+    copy("key.pem", &b.key);
+    slot.reload().unwrap();
+    tls_exchange(&listener, trusts(&b)).await.unwrap();
+    assert!(tls_exchange(&listener, trusts(&a)).await.is_err());
+
+    dir.write("key.pem", "not a key");
+    let e = slot.reload().unwrap_err().to_string();
+    assert!(e.contains("key.pem"), "{e}");
+    tls_exchange(&listener, trusts(&b)).await.unwrap();
+}
