@@ -10,6 +10,7 @@
 //! [`serve`] runs a broker until SIGINT/SIGTERM; [`Server::start`] runs one in-process (tests,
 //! embedding) and hands back its bound addresses.
 
+mod admission;
 mod auth;
 mod cert_name;
 pub mod config;
@@ -52,6 +53,14 @@ pub struct Counters {
     pub packets_sent: AtomicU64,
     /// QoS 0 messages dropped because their client was not reading (max_outgoing_bytes).
     pub dropped_slow_client: AtomicU64,
+    /// CONNECTs refused by authentication (wrong password, unknown user, anonymous).
+    pub refused_login: AtomicU64,
+    /// Connections refused for their listener's `max_connections`.
+    pub refused_max_connections: AtomicU64,
+    /// Connections refused for `max_connection_rate`.
+    pub refused_connection_rate: AtomicU64,
+    /// Clients disconnected for `max_publish_rate`.
+    pub disconnected_publish_rate: AtomicU64,
 }
 
 /// A running broker.
@@ -114,6 +123,7 @@ impl Server {
             router: tx.clone(),
             tls: tls_slots,
         };
+        let admission = admission::Admission::new(config.limits.max_connection_rate);
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,
             large_packets: Arc::new(tokio::sync::Semaphore::new(permits as usize)),
@@ -121,15 +131,15 @@ impl Server {
             router: tx,
             counters,
             auth: authenticator,
+            admission,
         });
         let next_conn = Arc::new(AtomicU64::new(1));
         for (index, l) in listeners.into_iter().enumerate() {
-            let identity = config
-                .listeners
-                .get(index)
-                .is_some_and(|c| c.auth.use_identity_as_username);
+            let lc = config.listeners.get(index);
+            let identity = lc.is_some_and(|c| c.auth.use_identity_as_username);
+            let count = admission::ListenerCount::new(lc.map_or(0, |c| c.max_connections));
             tasks.spawn(accept_loop(
-                (l, index, identity),
+                (l, index, identity, count),
                 ctx.clone(),
                 next_conn.clone(),
                 tasks.clone(),
@@ -245,7 +255,7 @@ async fn wait_for_signal() {
 }
 
 async fn accept_loop(
-    (listener, index, identity): (Listener, usize, bool),
+    (listener, index, identity, count): (Listener, usize, bool, Arc<admission::ListenerCount>),
     ctx: Arc<ConnCtx>,
     next_conn: Arc<AtomicU64>,
     tasks: TaskTracker,
@@ -265,14 +275,20 @@ async fn accept_loop(
             }
         };
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let (counted, refuse) = ctx.admission.admit(&count, peer.ip(), Instant::now());
         let start = Box::new(connection::Start {
             conn,
             peer,
             ctx: ctx.clone(),
             listener: index,
             cert_name: None,
+            refuse,
         });
-        tasks.spawn(connection_task(accepted, start, identity, shutdown.clone()));
+        let task = connection_task(accepted, start, identity, shutdown.clone());
+        tasks.spawn(async move {
+            task.await;
+            drop(counted);
+        });
     }
 }
 

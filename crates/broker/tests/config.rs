@@ -95,7 +95,7 @@ fn limits_keys() -> Vec<String> {
 #[test]
 fn every_limit_is_in_the_example_and_the_docs() {
     let keys = limits_keys();
-    assert_eq!(keys.len(), 20, "{keys:?}");
+    assert_eq!(keys.len(), 22, "{keys:?}");
     let example = std::fs::read_to_string(repo_root().join("makelaar.example.toml")).unwrap();
     let docs = std::fs::read_to_string(repo_root().join("docs/configuration.md")).unwrap();
     for key in keys {

@@ -19,7 +19,7 @@ use makelaar_core::conn::ConnState;
 use makelaar_core::session::ConnId;
 use makelaar_core::Limits;
 use makelaar_proto::{
-    ConnAck, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
+    ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -48,6 +48,7 @@ pub(crate) struct ConnCtx {
     pub router: mpsc::Sender<ToRouter>,
     pub counters: Arc<Counters>,
     pub auth: Arc<Authenticator>,
+    pub admission: crate::admission::Admission,
 }
 
 /// What a connection starts with.
@@ -60,6 +61,9 @@ pub(crate) struct Start {
     /// The Common Name of the client's verified certificate, where the listener takes
     /// usernames from certificates.
     pub cert_name: Option<String>,
+    /// Over a connection limit (see `admission`): refused with this reason once its CONNECT
+    /// is read.
+    pub refuse: Option<ReasonCode>,
 }
 
 /// Serves one client until it leaves or is closed.
@@ -86,6 +90,7 @@ where
         ctx,
         listener,
         cert_name,
+        refuse,
     } = *start;
     let mut rbuf = BytesMut::new();
     let mut decoder =
@@ -106,6 +111,15 @@ where
             return None;
         }
     };
+    if let Some(reason) = refuse {
+        let counter = match reason {
+            ReasonCode::QUOTA_EXCEEDED => &ctx.counters.refused_max_connections,
+            _ => &ctx.counters.refused_connection_rate,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        refuse_connect(&mut stream, &connect, reason, peer).await;
+        return None;
+    }
     // [MQTT-3.1.4-2] authentication, before the CONNECT goes any further: the password is
     // taken out here, and a refused client is answered and closed without the router.
     let verdict = ctx
@@ -113,18 +127,8 @@ where
         .authenticate(listener, peer.ip(), &mut connect, cert_name)
         .await;
     if let Err(reason) = verdict {
-        tracing::info!(%peer, client_id = %connect.client_id, %reason, "client refused");
-        let mut ack = ConnAck {
-            reason,
-            ..ConnAck::default()
-        };
-        if connect.protocol.is_v5() {
-            ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
-        }
-        let mut out = BytesMut::new();
-        let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
-        let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&out)).await;
-        linger_stream(&mut stream).await;
+        ctx.counters.refused_login.fetch_add(1, Ordering::Relaxed);
+        refuse_connect(&mut stream, &connect, reason, peer).await;
         return None;
     }
     decoder.set_max_packet_size(ctx.limits.max_packet_size as usize);
@@ -143,6 +147,25 @@ where
     }
     let io = Io::new(stream, rbuf, decoder, version, (conn, peer), ctx, outbox);
     Some((io, state))
+}
+
+/// Answers a CONNECT with a refusing CONNACK [MQTT-3.2.2-5] and closes.
+async fn refuse_connect<S>(stream: &mut S, connect: &Connect, reason: ReasonCode, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::info!(%peer, client_id = %connect.client_id, %reason, "client refused");
+    let mut ack = ConnAck {
+        reason,
+        ..ConnAck::default()
+    };
+    if connect.protocol.is_v5() {
+        ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
+    }
+    let mut out = BytesMut::new();
+    let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+    let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&out)).await;
+    linger_stream(stream).await;
 }
 
 /// Reads until a whole CONNECT arrives. `Err(Some(bytes))` carries a reply to send before
@@ -207,6 +230,12 @@ where
         }
         End::Violation(v) => {
             tracing::debug!(%peer, reason = %v.reason, text = v.text, "closing connection: protocol violation");
+            if v.reason == ReasonCode::MESSAGE_RATE_TOO_HIGH {
+                io.ctx
+                    .counters
+                    .disconnected_publish_rate
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if io.version.is_v5() {
                 io.encode(&Packet::Disconnect(Disconnect {
                     reason: v.reason,
