@@ -56,6 +56,10 @@ def find_makelaar() -> str:
         "at it, or run against Mosquitto with MAKELAAR_TEST_BROKER=mosquitto")
 
 
+def mosquitto_exe() -> str:
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,12 +154,20 @@ class Broker:
             if k in MOSQUITTO_OPTIONS:
                 opt, scope = MOSQUITTO_OPTIONS[k]
                 (glob if scope == "global" else listener).append(f"{opt} {_conf_value(v)}")
+        cfg = self.config
+        # Makelaar's default: anonymous clients only where no credentials are configured.
+        anonymous = cfg.get("allow_anonymous", not (cfg.get("password_file")
+                                                    or cfg.get("use_identity_as_username")))
+        auth = [f"allow_anonymous {_conf_value(anonymous)}"]
+        for key in ("password_file", "acl_file"):
+            if cfg.get(key):
+                auth.append(f"{key} {cfg[key]}")
         lines = [
             "per_listener_settings false",
             # Started as root, Mosquitto would switch to user "mosquitto", who cannot read the
             # test directories; stay as whoever runs the tests.
             f"user {getpass.getuser()}",
-            "allow_anonymous true",
+            *auth,
             "persistence false",
             "log_dest stderr",
             "log_type error",
@@ -177,20 +189,26 @@ class Broker:
         ]
         if self.config.get("require_certificate"):
             lines.append("require_certificate true")
+        if self.config.get("use_identity_as_username"):
+            lines.append("use_identity_as_username true")
+        if self.config.get("crlfile"):
+            lines.append(f"crlfile {self.config['crlfile']}")
         path = self.workdir / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
 
     # -- lifecycle --
-    def start(self, timeout=10.0):
+    def command(self):
+        """The command line that starts the broker, and its environment."""
         if self.kind == "makelaar":
             cmd = [find_makelaar(), "serve", "--config", str(self._write_makelaar_config())]
             env = dict(os.environ)
             env.setdefault("RUST_LOG", "info")
-        else:
-            exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-            cmd = [exe, "-c", str(self._write_mosquitto_config())]
-            env = None
+            return cmd, env
+        return [mosquitto_exe(), "-c", str(self._write_mosquitto_config())], None
+
+    def start(self, timeout=10.0):
+        cmd, env = self.command()
         self.stderr_file = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stderr_file,
                                      stderr=subprocess.STDOUT, cwd=self.workdir, env=env)

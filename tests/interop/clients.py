@@ -59,7 +59,8 @@ class MqttClient:
     """
 
     def __init__(self, broker, client_id=None, version=5, clean=True, tls=False, cafile=None,
-                 certfile=None, keyfile=None, manual_ack=False):
+                 certfile=None, keyfile=None, manual_ack=False, username=None, password=None,
+                 bind_address=None):
         self.broker = broker
         self.version = version
         self.clean = clean
@@ -70,6 +71,9 @@ class MqttClient:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=PROTOCOLS[version], reconnect_on_failure=False,
                              manual_ack=manual_ack, **kw)
+        self.bind_address = bind_address or ""
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.tls = tls
         if tls:
             self.c.tls_set(ca_certs=cafile or broker.cafile, certfile=certfile, keyfile=keyfile,
@@ -144,7 +148,8 @@ class MqttClient:
         if self.version == 5:
             kw["clean_start"] = self.clean
             kw["properties"] = properties
-        self.c.connect(self.broker.host, port, keepalive=keepalive, **kw)
+        self.c.connect(self.broker.host, port, keepalive=keepalive,
+                       bind_address=self.bind_address, **kw)
         if not self._loop_started:
             self.c.loop_start()
             self._loop_started = True

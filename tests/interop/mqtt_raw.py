@@ -409,10 +409,14 @@ class RawClient:
     Closed when the broker closes the connection.
     """
 
-    def __init__(self, port, host="127.0.0.1", version=4, timeout=5.0, tls_context=None):
+    def __init__(self, port, host="127.0.0.1", version=4, timeout=5.0, tls_context=None,
+                 source=None):
         self.version = version
         self.timeout = timeout
-        sock = socket.create_connection((host, port), timeout=timeout)
+        # source: a local address to connect from, e.g. another 127.x.y.z for a test whose
+        # failed logins must not slow down the others (brokers slow down by address).
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls_context is not None:
             sock = tls_context.wrap_socket(sock, server_hostname=host)

@@ -4,15 +4,21 @@
 //! - `connection`: one task per client: read, decode, per-connection checks, write.
 //! - `router`: the one task that owns the core `Broker` (sessions, topic tree, retained).
 //! - `sys`: the `$SYS/broker/...` topics.
-//! - [`config`] and [`tls`]: configuration and certificates, with one-sentence errors.
+//! - [`config`] and [`tls`]: configuration and certificates, with one-sentence errors;
+//!   [`mosquitto`]: `mosquitto.conf` read into the same configuration.
 //!
 //! [`serve`] runs a broker until SIGINT/SIGTERM; [`Server::start`] runs one in-process (tests,
 //! embedding) and hands back its bound addresses.
 
+mod admission;
+mod auth;
+mod cert_name;
 pub mod config;
 mod connection;
 pub mod listener;
+pub mod mosquitto;
 mod outbox;
+mod reload;
 mod router;
 mod store;
 mod sys;
@@ -31,6 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{Config, ConfigError};
 use connection::ConnCtx;
 use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
+pub use reload::ReloadReport;
 use router::Router;
 use sys::SysPublisher;
 
@@ -46,6 +53,14 @@ pub struct Counters {
     pub packets_sent: AtomicU64,
     /// QoS 0 messages dropped because their client was not reading (max_outgoing_bytes).
     pub dropped_slow_client: AtomicU64,
+    /// CONNECTs refused by authentication (wrong password, unknown user, anonymous).
+    pub refused_login: AtomicU64,
+    /// Connections refused for their listener's `max_connections`.
+    pub refused_max_connections: AtomicU64,
+    /// Connections refused for `max_connection_rate`.
+    pub refused_connection_rate: AtomicU64,
+    /// Clients disconnected for `max_publish_rate`.
+    pub disconnected_publish_rate: AtomicU64,
 }
 
 /// A running broker.
@@ -54,6 +69,7 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     router: tokio::task::JoinHandle<()>,
+    reloader: reload::Reloader,
 }
 
 impl Server {
@@ -63,6 +79,12 @@ impl Server {
         // The store first: a data directory in use or damaged stops the start before any
         // listener is announced.
         let opened = config.store().map(|sc| store::open(&sc)).transpose()?;
+        // Then the password and ACL files: a broken line stops the start, naming it.
+        let authenticator = Arc::new(auth::Authenticator::new(
+            config.listeners.iter().map(|l| l.auth.clone()).collect(),
+        )?);
+        let acl = config.acl_file.as_deref().map(auth::load_acl).transpose()?;
+        let acl_file = config.acl_file.clone();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);
@@ -71,6 +93,7 @@ impl Server {
             .iter()
             .map(|l| (l.url().to_owned(), l.local_addr()))
             .collect();
+        let tls_slots = listeners.iter().filter_map(Listener::tls_slot).collect();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
@@ -83,6 +106,9 @@ impl Server {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let mut broker = Broker::new(config.limits.clone(), policy, seed);
+        if let Some(acl) = acl {
+            broker.set_authorizer(Some(Box::new(auth::AclAuthorizer(Arc::new(acl)))));
+        }
         let (store_tx, store_rx) = mpsc::unbounded_channel();
         let persist = opened.map(|o| o.restore(&mut broker, store_tx));
         let sys = SysPublisher::new(config.sys_interval, Instant::now());
@@ -91,17 +117,29 @@ impl Server {
         let permits = u32::try_from(config.limits.large_packet_budget / 1024)
             .unwrap_or(u32::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);
+        let reloader = reload::Reloader {
+            auth: authenticator.clone(),
+            acl_file,
+            router: tx.clone(),
+            tls: tls_slots,
+        };
+        let admission = admission::Admission::new(config.limits.max_connection_rate);
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,
             large_packets: Arc::new(tokio::sync::Semaphore::new(permits as usize)),
             large_packet_permits: permits,
             router: tx,
             counters,
+            auth: authenticator,
+            admission,
         });
         let next_conn = Arc::new(AtomicU64::new(1));
-        for l in listeners {
+        for (index, l) in listeners.into_iter().enumerate() {
+            let lc = config.listeners.get(index);
+            let identity = lc.is_some_and(|c| c.auth.use_identity_as_username);
+            let count = admission::ListenerCount::new(lc.map_or(0, |c| c.max_connections));
             tasks.spawn(accept_loop(
-                l,
+                (l, index, identity, count),
                 ctx.clone(),
                 next_conn.clone(),
                 tasks.clone(),
@@ -113,7 +151,15 @@ impl Server {
             shutdown,
             tasks,
             router,
+            reloader,
         })
+    }
+
+    /// Reads the password files, the ACL file and the certificates again (what SIGHUP does),
+    /// keeping every connection. What fails to load keeps the old settings of its kind; the
+    /// report and the log say what happened.
+    pub async fn reload(&self) -> ReloadReport {
+        self.reloader.reload().await
     }
 
     /// The bound address of each listener, with its URL as configured.
@@ -131,17 +177,59 @@ impl Server {
     }
 }
 
-/// Runs a broker with `config` until SIGINT or SIGTERM, then shuts down gracefully.
+/// Runs a broker with `config` until SIGINT or SIGTERM, then shuts down gracefully. SIGHUP
+/// reloads the password files, the ACL file and the certificates ([`Server::reload`]).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let mut hangups = hangup_signals();
     // The broker stops on a signal, or by itself when its store fails.
-    tokio::select! {
-        _ = wait_for_signal() => {}
-        _ = server.shutdown.cancelled() => {}
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = server.shutdown.cancelled() => break,
+            Some(()) = next_hangup(&mut hangups) => {
+                server.reload().await;
+            }
+        }
     }
     tracing::info!(target: STATUS_TARGET, "shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+fn hangup_signals() -> Hangups {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reloading by signal is off");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The next SIGHUP; never, where there are none.
+async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(h) = hangups {
+        return h.recv().await;
+    }
+    let _ = hangups;
+    std::future::pending().await
 }
 
 async fn wait_for_signal() {
@@ -167,7 +255,7 @@ async fn wait_for_signal() {
 }
 
 async fn accept_loop(
-    listener: Listener,
+    (listener, index, identity, count): (Listener, usize, bool, Arc<admission::ListenerCount>),
     ctx: Arc<ConnCtx>,
     next_conn: Arc<AtomicU64>,
     tasks: TaskTracker,
@@ -187,12 +275,20 @@ async fn accept_loop(
             }
         };
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let (counted, refuse) = ctx.admission.admit(&count, peer.ip(), Instant::now());
         let start = Box::new(connection::Start {
             conn,
             peer,
             ctx: ctx.clone(),
+            listener: index,
+            cert_name: None,
+            refuse,
         });
-        tasks.spawn(connection_task(accepted, start, shutdown.clone()));
+        let task = connection_task(accepted, start, identity, shutdown.clone());
+        tasks.spawn(async move {
+            task.await;
+            drop(counted);
+        });
     }
 }
 
@@ -201,7 +297,8 @@ async fn accept_loop(
 /// shutdown timer are boxed and the arguments come in one box.
 async fn connection_task(
     accepted: listener::Accepted,
-    start: Box<connection::Start>,
+    mut start: Box<connection::Start>,
+    identity: bool,
     stop: CancellationToken,
 ) {
     let stream = match Box::pin(accepted.handshake()).await {
@@ -211,6 +308,13 @@ async fn connection_task(
             return;
         }
     };
+    if identity {
+        // The end-entity certificate, verified by the handshake: its name is the username.
+        start.cert_name = stream
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| cert_name::common_name(cert));
+    }
     tokio::select! {
         _ = connection::run(stream, start) => {}
         // The router already sent DISCONNECT and Close; give writes a moment.

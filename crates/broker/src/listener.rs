@@ -21,6 +21,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{io_reason, ConfigError, ListenerConfig, ListenerKind};
+use crate::config::{io_reason, ConfigError, ListenerConfig, ListenerKind, TlsSettings};
 
 /// Longest a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,13 +133,53 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// The TLS configuration of one listener, which a reload can replace while the listener
+/// runs: connections accepted afterwards use the new certificates, those already open keep
+/// theirs.
+pub struct TlsSlot {
+    url: String,
+    settings: TlsSettings,
+    acceptor: RwLock<TlsAcceptor>,
+}
+
+impl TlsSlot {
+    fn new(url: &str, settings: &TlsSettings) -> Result<TlsSlot, ConfigError> {
+        let acceptor = TlsAcceptor::from(crate::tls::server_config(settings)?);
+        Ok(TlsSlot {
+            url: url.to_string(),
+            settings: settings.clone(),
+            acceptor: RwLock::new(acceptor),
+        })
+    }
+
+    fn current(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the certificate, key, CA bundle and CRLs again; on any error the ones in use
+    /// stay.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let fresh = TlsAcceptor::from(crate::tls::server_config(&self.settings)?);
+        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The listener's URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 /// A bound listening socket.
 pub struct Listener {
     tcp: TcpListener,
     url: String,
     kind: ListenerKind,
     local_addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsSlot>>,
 }
 
 impl fmt::Debug for Listener {
@@ -158,7 +199,7 @@ impl Listener {
         let tls = match (&cfg.kind, &cfg.tls) {
             (ListenerKind::Mqtt, _) => None,
             (ListenerKind::Mqtts, Some(settings)) => {
-                Some(TlsAcceptor::from(crate::tls::server_config(settings)?))
+                Some(Arc::new(TlsSlot::new(&cfg.url, settings)?))
             }
             (ListenerKind::Mqtts, None) => {
                 return Err(ConfigError::Invalid(format!(
@@ -203,6 +244,11 @@ impl Listener {
         self.kind
     }
 
+    /// The reloadable TLS configuration of a TLS listener.
+    pub fn tls_slot(&self) -> Option<Arc<TlsSlot>> {
+        self.tls.clone()
+    }
+
     /// Accepts the next TCP connection and sets TCP_NODELAY on it. The TLS handshake is not
     /// done here, so a slow client cannot hold up the accept loop: call
     /// [`Accepted::handshake`] in the connection's own task.
@@ -221,7 +267,7 @@ impl Listener {
                     let accepted = Accepted {
                         tcp,
                         peer,
-                        tls: self.tls.clone(),
+                        tls: self.tls.as_ref().map(|t| t.current()),
                     };
                     return Ok((accepted, peer));
                 }
@@ -322,5 +368,6 @@ mod tests {
         is_send_sync::<Stream>();
         is_send_sync::<Accepted>();
         is_send_sync::<std::sync::Arc<Listener>>();
+        is_send_sync::<std::sync::Arc<TlsSlot>>();
     }
 }

@@ -44,6 +44,8 @@ pub enum ToRouter {
     },
     /// The connection ended without DISCONNECT.
     Lost { conn: ConnId },
+    /// A reload brought new access rules (see `reload`).
+    SetAuthorizer(Option<Box<dyn makelaar_core::Authorizer>>),
 }
 
 pub(crate) struct Router {
@@ -229,6 +231,7 @@ impl Router {
                 self.broker.handle_connection_lost(now, conn);
                 self.close(conn);
             }
+            ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
         }
     }
 

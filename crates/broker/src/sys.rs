@@ -100,6 +100,28 @@ impl SysPublisher {
                 "$SYS/broker/retained messages/count",
                 broker.retained_count().to_string(),
             ),
+            // Makelaar's own: access control and rate limits.
+            ("$SYS/broker/clients/refused/login", load(&c.refused_login)),
+            (
+                "$SYS/broker/clients/refused/max_connections",
+                load(&c.refused_max_connections),
+            ),
+            (
+                "$SYS/broker/clients/refused/connection_rate",
+                load(&c.refused_connection_rate),
+            ),
+            (
+                "$SYS/broker/clients/disconnected/publish_rate",
+                load(&c.disconnected_publish_rate),
+            ),
+            (
+                "$SYS/broker/publish/messages/denied/publish",
+                stats.publishes_denied.to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/denied/delivery",
+                stats.deliveries_denied.to_string(),
+            ),
         ];
         for (topic, value) in figures {
             broker.publish_internal(now, topic, Bytes::from(value));

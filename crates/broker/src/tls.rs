@@ -8,14 +8,17 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::{io_reason, ConfigError, TlsSettings};
 
 /// Builds the rustls server configuration for the TLS listeners.
 ///
 /// With `cafile`, clients are asked for a certificate and one that is presented must chain to a
-/// CA in the bundle; `require_certificate` also refuses clients that present none.
+/// CA in the bundle and be valid now (an expired one is refused); `require_certificate` also
+/// refuses clients that present none. With `crlfile`, a client certificate revoked by its
+/// issuer's CRL is refused, and so is one whose issuer has no CRL in the file (as Mosquitto,
+/// that is, OpenSSL's CRL check of the end certificate, does).
 pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
     let provider = crypto_provider();
 
@@ -48,7 +51,13 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
                     ))
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crlfile) = &tls.crlfile {
+                verifier = verifier
+                    .with_crls(load_crls(crlfile)?)
+                    .only_check_end_entity_revocation();
+            }
             let verifier = if tls.require_certificate {
                 verifier
             } else {
@@ -115,6 +124,34 @@ fn load_certs(
         )));
     }
     Ok(certs)
+}
+
+fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::Tls(format!(
+            "cannot read the CRL file \"{}\": {}; check the path given to crlfile",
+            path.display(),
+            io_reason(&e)
+        ))
+    })?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ConfigError::Tls(format!(
+                "the CRL file \"{}\" is not valid PEM ({}); give crlfile a file with \"-----BEGIN \
+                 X509 CRL-----\" blocks (openssl ca -gencrl writes one)",
+                path.display(),
+                pem_reason(&e)
+            ))
+        })?;
+    if crls.is_empty() {
+        return Err(ConfigError::Tls(format!(
+            "the CRL file \"{}\" holds no revocation list; give crlfile a PEM file with \
+             \"-----BEGIN X509 CRL-----\" blocks",
+            path.display()
+        )));
+    }
+    Ok(crls)
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {

@@ -95,7 +95,7 @@ fn limits_keys() -> Vec<String> {
 #[test]
 fn every_limit_is_in_the_example_and_the_docs() {
     let keys = limits_keys();
-    assert_eq!(keys.len(), 21, "{keys:?}");
+    assert_eq!(keys.len(), 23, "{keys:?}");
     let example = std::fs::read_to_string(repo_root().join("makelaar.example.toml")).unwrap();
     let docs = std::fs::read_to_string(repo_root().join("docs/configuration.md")).unwrap();
     for key in keys {
@@ -152,6 +152,7 @@ max_session_expiry = 4294967295
             key: "server.key".into(),
             cafile: Some("ca.pem".into()),
             require_certificate: true,
+            crlfile: None,
         })
     );
     assert!(config.listeners[2].addr.ip().is_loopback());
@@ -442,6 +443,8 @@ fn tls_listener(tls: TlsSettings) -> ListenerConfig {
         kind: ListenerKind::Mqtts,
         addr: "127.0.0.1:0".parse().unwrap(),
         tls: Some(tls),
+        auth: Default::default(),
+        max_connections: 0,
     }
 }
 
@@ -451,6 +454,7 @@ fn settings(pki: &Pki) -> TlsSettings {
         key: pki.key.clone(),
         cafile: None,
         require_certificate: false,
+        crlfile: None,
     }
 }
 
@@ -541,6 +545,8 @@ async fn port_in_use() {
         kind: ListenerKind::Mqtt,
         addr,
         tls: None,
+        auth: Default::default(),
+        max_connections: 0,
     };
     assert_eq!(
         bind_err(&cfg).await,
@@ -749,4 +755,36 @@ async fn slow_tls_client_does_not_block_accept() {
     .await
     .unwrap()
     .unwrap();
+}
+
+/// SIGHUP's certificate reload: the listener's files are read again and new handshakes use
+/// the new certificate; a broken file keeps the one in use.
+#[tokio::test]
+async fn tls_reload_swaps_the_certificate_or_keeps_it() {
+    let (a, b) = (pki(), pki());
+    let dir = TempDir::new();
+    let copy = |name: &str, from: &Path| dir.write(name, &std::fs::read_to_string(from).unwrap());
+    let cert = copy("cert.pem", &a.cert);
+    let key = copy("key.pem", &a.key);
+    let listener = Listener::bind(&tls_listener(TlsSettings {
+        cert: cert.clone(),
+        key: key.clone(),
+        ..settings(&a)
+    }))
+    .await
+    .unwrap();
+    let slot = listener.tls_slot().unwrap();
+    let trusts = |p: &Pki| client_config(p, false, rustls::ALL_VERSIONS);
+    tls_exchange(&listener, trusts(&a)).await.unwrap();
+
+    copy("cert.pem", &b.cert);
+    copy("key.pem", &b.key);
+    slot.reload().unwrap();
+    tls_exchange(&listener, trusts(&b)).await.unwrap();
+    assert!(tls_exchange(&listener, trusts(&a)).await.is_err());
+
+    dir.write("key.pem", "not a key");
+    let e = slot.reload().unwrap_err().to_string();
+    assert!(e.contains("key.pem"), "{e}");
+    tls_exchange(&listener, trusts(&b)).await.unwrap();
 }

@@ -19,6 +19,8 @@ async fn start(limits: makelaar_core::Limits) -> (Server, SocketAddr) {
             kind: ListenerKind::Mqtt,
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: None,
+            auth: Default::default(),
+            max_connections: 0,
         }],
         limits,
         sys_interval: Duration::ZERO,

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use makelaar_broker::config::{Config, ConfigError, ConfigFile};
+use makelaar_broker::listener::STATUS_TARGET;
+use makelaar_broker::mosquitto::read_mosquitto_conf;
 
 mod bench;
 mod clients;
@@ -25,8 +27,16 @@ Examples:
                  --cafile ca.pem --require-certificate
       Mutual TLS: only clients with a certificate signed by ca.pem get in.
 
+  makelaar serve --listen mqtt://0.0.0.0:1883 --password-file passwd --acl-file acl
+      Clients log in with a Mosquitto password file; a Mosquitto ACL file says what each
+      may publish and receive.
+
   makelaar serve --config /etc/makelaar/makelaar.toml
-      Settings from a file (see makelaar.example.toml); flags given too override it.";
+      Settings from a file (see makelaar.example.toml); flags given too override it.
+
+  makelaar serve --mosquitto-conf /etc/mosquitto/mosquitto.conf
+      Settings from a Mosquitto configuration (see docs/migrating-from-mosquitto.md);
+      `makelaar config convert FILE` prints the equivalent makelaar.toml.";
 
 /// Makelaar: an MQTT 3.1, 3.1.1 and 5.0 broker.
 #[derive(Debug, Parser)]
@@ -60,6 +70,20 @@ enum Command {
     /// Look into the durable store of a stopped broker (makelaar store inspect).
     #[command(after_help = store::STORE_EXAMPLES)]
     Store(store::StoreArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the makelaar.toml equivalent of a mosquitto.conf (see
+    /// docs/migrating-from-mosquitto.md).
+    Convert {
+        /// The mosquitto.conf to read (include_dir is followed).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
@@ -68,6 +92,11 @@ struct ServeArgs {
     /// Read settings from this TOML file (flags given as well override it).
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Read settings from a Mosquitto configuration file instead (a documented subset, with
+    /// Mosquitto's defaults; flags given as well override it).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    mosquitto_conf: Option<PathBuf>,
 
     /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT. Repeat for more
     /// listeners; replaces the file's list. [default: mqtt://127.0.0.1:1883]
@@ -89,6 +118,29 @@ struct ServeArgs {
     /// Mutual TLS: refuse clients without a certificate signed by --cafile.
     #[arg(long)]
     require_certificate: bool,
+
+    /// PEM certificate revocation lists: refuse client certificates they revoke.
+    #[arg(long, value_name = "FILE")]
+    crlfile: Option<PathBuf>,
+
+    /// Take each client's username from the Common Name of its certificate (TLS listeners
+    /// with --cafile); the username and password in CONNECT are then ignored.
+    #[arg(long)]
+    use_identity_as_username: bool,
+
+    /// Mosquitto password file (mosquitto_passwd or makelaar passwd): a client that gives a
+    /// username must give its password.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Accept clients that give no username: true or false. [default: true, unless
+    /// --password-file or --use-identity-as-username is given]
+    #[arg(long, value_name = "BOOL")]
+    allow_anonymous: Option<bool>,
+
+    /// Mosquitto ACL file: what each client may publish and receive.
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
 
     /// Keep all state in memory: nothing is written to disk, nothing survives a restart.
     #[arg(long, conflicts_with = "data_dir")]
@@ -126,12 +178,19 @@ struct ServeArgs {
 impl ServeArgs {
     /// The configuration: the file (if any) first, then every flag that was given.
     fn build_config(&self) -> Result<Config, ConfigError> {
-        let (mut file, source) = match &self.config {
-            Some(path) => (
+        let (mut file, source) = match (&self.config, &self.mosquitto_conf) {
+            (Some(path), _) => (
                 ConfigFile::from_toml_file(path)?,
                 path.display().to_string(),
             ),
-            None => (ConfigFile::default(), "the command line".to_string()),
+            (None, Some(path)) => {
+                let converted = read_mosquitto_conf(path)?;
+                for note in &converted.notes {
+                    tracing::info!(target: STATUS_TARGET, "{note}");
+                }
+                (converted.file, path.display().to_string())
+            }
+            (None, None) => (ConfigFile::default(), "the command line".to_string()),
         };
         if !self.listen.is_empty() {
             file.listen = Some(self.listen.clone());
@@ -147,6 +206,21 @@ impl ServeArgs {
         }
         if self.require_certificate {
             file.require_certificate = Some(true);
+        }
+        if let Some(crlfile) = &self.crlfile {
+            file.crlfile = Some(crlfile.clone());
+        }
+        if self.use_identity_as_username {
+            file.use_identity_as_username = Some(true);
+        }
+        if let Some(path) = &self.password_file {
+            file.password_file = Some(path.clone());
+        }
+        if self.allow_anonymous.is_some() {
+            file.allow_anonymous = self.allow_anonymous;
+        }
+        if let Some(path) = &self.acl_file {
+            file.acl_file = Some(path.clone());
         }
         if self.in_memory {
             file.in_memory = Some(true);
@@ -204,6 +278,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rr(a) => std::process::exit(clients::main(clients::Tool::Rr, a.args)),
         Command::Passwd(a) => std::process::exit(passwd::main(a.args)),
         Command::Store(args) => store::run(args),
+        Command::Config(ConfigCommand::Convert { file }) => {
+            let converted = read_mosquitto_conf(&file)?;
+            print!("{}", converted.to_toml(&file));
+            Ok(())
+        }
     }
 }
 

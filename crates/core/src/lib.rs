@@ -9,15 +9,20 @@
 //!   wills, session expiry.
 //! - [`topic`] and [`retain`]: the indexes that match topics against filters.
 //! - [`persist`]: the journal of changes a durable store mirrors, and what it gives back.
+//! - [`auth`]: the authorization hook the shell plugs an ACL into.
+//! - [`rate`]: a token bucket for the rate limits.
 
+pub mod auth;
 pub mod broker;
 pub mod conn;
 pub mod limits;
 pub mod message;
 pub mod persist;
+pub mod rate;
 pub mod retain;
 pub mod session;
 pub mod topic;
 
+pub use auth::{Access, Authorizer};
 pub use broker::{Action, Broker, Policy, Stats};
 pub use limits::Limits;

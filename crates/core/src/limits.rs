@@ -49,6 +49,12 @@ pub struct Limits {
     pub max_subscriptions_per_session: usize,
     /// Most clients connected at once; 0 means no limit.
     pub max_connections: usize,
+    /// New connections per second from one source address (bursts of as many); more are
+    /// refused with CONNACK 0x9F Connection rate exceeded (3.1.1: 3). 0 means no limit.
+    pub max_connection_rate: u32,
+    /// PUBLISH packets per second from one client (bursts of as many); a client going faster
+    /// is disconnected (5.0: DISCONNECT 0x96 Message rate too high). 0 means no limit.
+    pub max_publish_rate: u32,
     /// Retained messages the broker keeps; 0 means no limit.
     pub max_retained_messages: usize,
     /// Whether retained messages are supported at all (Retain Available).
@@ -80,6 +86,8 @@ impl Default for Limits {
             persistent_session_expiry: u32::MAX,
             max_subscriptions_per_session: 0,
             max_connections: 0,
+            max_connection_rate: 0,
+            max_publish_rate: 0,
             max_retained_messages: 0,
             retain_available: true,
             allow_zero_length_client_id: true,

@@ -44,6 +44,8 @@ pub struct SessionState {
     /// Whether a client is connected to it. `expires_at` says so too, except for a session
     /// that never expires: the store needs this to tell an offline one apart.
     pub connected: bool,
+    /// The authenticated username of its last connection (see [`crate::auth`]).
+    pub username: Option<Arc<str>>,
 }
 
 /// One change to durable state.

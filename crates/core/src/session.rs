@@ -57,6 +57,9 @@ pub struct ClientLimits {
 #[derive(Debug)]
 pub struct Session {
     pub client_id: Arc<str>,
+    /// The username the shell authenticated for the last connection (`None`: no username);
+    /// what access checks use (see [`crate::auth`]).
+    pub username: Option<Arc<str>>,
     /// The connection currently attached, if any.
     pub conn: Option<ConnId>,
     pub version: ProtocolVersion,
@@ -105,6 +108,7 @@ impl Session {
     pub fn new(client_id: Arc<str>, version: ProtocolVersion, client: ClientLimits) -> Session {
         Session {
             client_id,
+            username: None,
             conn: None,
             version,
             client,

@@ -105,8 +105,9 @@ impl Packet {
     }
 }
 
-/// CONNECT: the first packet a client sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// CONNECT: the first packet a client sends. Its `Debug` form leaves the password out, so
+/// that logging a CONNECT can never log a secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: ProtocolVersion,
     /// Clean Session (3.1.1) or Clean Start (5.0).
@@ -119,6 +120,31 @@ pub struct Connect {
     pub username: Option<String>,
     pub password: Option<Bytes>,
     pub properties: Properties,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Connect {
+            protocol,
+            clean_start,
+            keep_alive,
+            client_id,
+            will,
+            username,
+            password,
+            properties,
+        } = self;
+        f.debug_struct("Connect")
+            .field("protocol", protocol)
+            .field("clean_start", clean_start)
+            .field("keep_alive", keep_alive)
+            .field("client_id", client_id)
+            .field("will", will)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| "<redacted>"))
+            .field("properties", properties)
+            .finish()
+    }
 }
 
 /// The Last Will and Testament carried in CONNECT.
@@ -252,4 +278,26 @@ pub struct Disconnect {
 pub struct Auth {
     pub reason: ReasonCode,
     pub properties: Properties,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_form_of_connect_hides_the_password() {
+        let c = Connect {
+            protocol: ProtocolVersion::V311,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: Some("alice".into()),
+            password: Some(Bytes::from_static(b"hunter2")),
+            properties: Properties::default(),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("alice") && shown.contains("<redacted>"));
+        assert!(!shown.contains("hunter2") && !shown.contains("104, 117"));
+    }
 }

@@ -152,6 +152,8 @@ pub(crate) fn encode_session(s: &SessionRecord) -> Vec<u8> {
             put_properties(&mut w, &will.properties);
         }
     }
+    // Last, so that records written before it existed still read (as no username).
+    w.opt_str(s.username.as_deref());
     w.0
 }
 
@@ -174,8 +176,10 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<SessionRecord> {
     } else {
         None
     };
+    let username = if r.0.is_empty() { None } else { r.opt_str(W)? };
     r.end(W)?;
     Ok(SessionRecord {
+        username,
         protocol_version,
         expiry_interval,
         disconnected_at_ms,

@@ -26,6 +26,7 @@
 //!     disconnected_at_ms: None,
 //!     pending_will: None,
 //!     will_at_ms: None,
+//!     username: None,
 //! };
 //! committer.submit(
 //!     vec![Op::PutSession { client_id: "sensor-1".into(), record: session }],

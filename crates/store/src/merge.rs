@@ -198,6 +198,7 @@ mod tests {
                 disconnected_at_ms: None,
                 pending_will: None,
                 will_at_ms: None,
+                username: None,
             },
         };
         let m = merge(vec![vec![put.clone()], vec![del.clone(), put.clone()]]);

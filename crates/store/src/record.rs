@@ -28,6 +28,10 @@ pub struct SessionRecord {
     pub pending_will: Option<Box<Will>>,
     /// When the pending will is due.
     pub will_at_ms: Option<u64>,
+    /// The username the client was authenticated with, which access checks of the offline
+    /// session (its will, messages kept for it) use. Records written before it was stored
+    /// read as `None`.
+    pub username: Option<String>,
 }
 
 /// One subscription of a session, keyed by (client id, filter as subscribed, `$share/...`

@@ -59,6 +59,7 @@ fn group(cycle: u32, w: u64, g: u64) -> Vec<Op> {
                 disconnected_at_ms: None,
                 pending_will: None,
                 will_at_ms: None,
+                username: None,
             },
         });
     }
@@ -161,7 +162,8 @@ fn crash_cycle(dir: &Path, cycle: u32, mode: &str, delay: Duration, early: bool)
         ])
         .env(CHILD_ENV, format!("{}|{cycle}|{mode}", dir.display()))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Inherited: should the child fail (it prints nothing otherwise), the reason shows.
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -180,7 +182,8 @@ fn crash_cycle(dir: &Path, cycle: u32, mode: &str, delay: Duration, early: bool)
     let mut acks = Vec::new();
     if !early {
         acks.push(
-            rx.recv_timeout(Duration::from_secs(20))
+            // Generous: on a loaded 2-core machine, recovery after the last kill can be slow.
+            rx.recv_timeout(Duration::from_secs(60))
                 .expect("the child acknowledged nothing"),
         );
         // The child holds the directory: another process is refused, naming its pid.

@@ -19,11 +19,12 @@ use makelaar_core::conn::ConnState;
 use makelaar_core::session::ConnId;
 use makelaar_core::Limits;
 use makelaar_proto::{
-    ConnAck, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
+    ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::auth::Authenticator;
 use crate::outbox::Outbox;
 use crate::router::ToRouter;
 use crate::Counters;
@@ -46,6 +47,8 @@ pub(crate) struct ConnCtx {
     pub large_packet_permits: u32,
     pub router: mpsc::Sender<ToRouter>,
     pub counters: Arc<Counters>,
+    pub auth: Arc<Authenticator>,
+    pub admission: crate::admission::Admission,
 }
 
 /// What a connection starts with.
@@ -53,6 +56,14 @@ pub(crate) struct Start {
     pub conn: ConnId,
     pub peer: SocketAddr,
     pub ctx: Arc<ConnCtx>,
+    /// Index of the listener it came in on (its authentication settings).
+    pub listener: usize,
+    /// The Common Name of the client's verified certificate, where the listener takes
+    /// usernames from certificates.
+    pub cert_name: Option<String>,
+    /// Over a connection limit (see `admission`): refused with this reason once its CONNECT
+    /// is read.
+    pub refuse: Option<ReasonCode>,
 }
 
 /// Serves one client until it leaves or is closed.
@@ -73,14 +84,21 @@ async fn open<S>(mut stream: S, start: Box<Start>) -> Option<(Io<S>, ConnState)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Start { conn, peer, ctx } = *start;
+    let Start {
+        conn,
+        peer,
+        ctx,
+        listener,
+        cert_name,
+        refuse,
+    } = *start;
     let mut rbuf = BytesMut::new();
     let mut decoder =
         Decoder::new(ctx.limits.max_packet_size.min(MAX_CONNECT_SIZE as u32) as usize);
     let deadline = tokio::time::Instant::now() + ctx.limits.connect_timeout;
     // [MQTT-3.1.0-1] the first packet must be CONNECT, within connect_timeout.
     let read = read_connect(&mut stream, &mut rbuf, &mut decoder, &ctx);
-    let connect = match tokio::time::timeout_at(deadline, read).await {
+    let mut connect = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(c)) => c,
         Ok(Err(reply)) => {
             if let Some(bytes) = reply {
@@ -93,6 +111,26 @@ where
             return None;
         }
     };
+    if let Some(reason) = refuse {
+        let counter = match reason {
+            ReasonCode::QUOTA_EXCEEDED => &ctx.counters.refused_max_connections,
+            _ => &ctx.counters.refused_connection_rate,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        refuse_connect(&mut stream, &connect, reason, peer).await;
+        return None;
+    }
+    // [MQTT-3.1.4-2] authentication, before the CONNECT goes any further: the password is
+    // taken out here, and a refused client is answered and closed without the router.
+    let verdict = ctx
+        .auth
+        .authenticate(listener, peer.ip(), &mut connect, cert_name)
+        .await;
+    if let Err(reason) = verdict {
+        ctx.counters.refused_login.fetch_add(1, Ordering::Relaxed);
+        refuse_connect(&mut stream, &connect, reason, peer).await;
+        return None;
+    }
     decoder.set_max_packet_size(ctx.limits.max_packet_size as usize);
     let version = connect.protocol;
     let now = Instant::now();
@@ -109,6 +147,25 @@ where
     }
     let io = Io::new(stream, rbuf, decoder, version, (conn, peer), ctx, outbox);
     Some((io, state))
+}
+
+/// Answers a CONNECT with a refusing CONNACK [MQTT-3.2.2-5] and closes.
+async fn refuse_connect<S>(stream: &mut S, connect: &Connect, reason: ReasonCode, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::info!(%peer, client_id = %connect.client_id, %reason, "client refused");
+    let mut ack = ConnAck {
+        reason,
+        ..ConnAck::default()
+    };
+    if connect.protocol.is_v5() {
+        ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
+    }
+    let mut out = BytesMut::new();
+    let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+    let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&out)).await;
+    linger_stream(stream).await;
 }
 
 /// Reads until a whole CONNECT arrives. `Err(Some(bytes))` carries a reply to send before
@@ -173,6 +230,12 @@ where
         }
         End::Violation(v) => {
             tracing::debug!(%peer, reason = %v.reason, text = v.text, "closing connection: protocol violation");
+            if v.reason == ReasonCode::MESSAGE_RATE_TOO_HIGH {
+                io.ctx
+                    .counters
+                    .disconnected_publish_rate
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if io.version.is_v5() {
                 io.encode(&Packet::Disconnect(Disconnect {
                     reason: v.reason,
@@ -199,7 +262,13 @@ where
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>) {
     let (stream, wbuf) = io.stream_and_wbuf();
     let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(wbuf)).await;
-    let _ = stream.shutdown().await;
+    linger_stream(stream).await;
+}
+
+/// Shuts our side of `stream` down, then reads and discards what the client still sends for
+/// a moment (see `linger`).
+async fn linger_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.shutdown()).await;
     let drain = async {
         let mut budget = LINGER_MAX_BYTES;
         let mut scratch = vec![0u8; 1024];

@@ -171,6 +171,7 @@ impl Writer {
             },
             pending_will,
             will_at_ms,
+            username: s.username.as_deref().map(str::to_owned),
         }
     }
 
@@ -251,6 +252,7 @@ impl Reader {
                 expires_at,
                 pending_will,
                 connected: false,
+                username: r.username.map(Arc::from),
             },
             subscriptions: (s.subscriptions.into_iter())
                 .map(|(filter, sub)| {
@@ -352,6 +354,7 @@ mod tests {
             expires_at: None,
             pending_will: None,
             connected,
+            username: None,
         };
         assert_eq!(writer.session_record(state(true)).disconnected_at_ms, None);
         let offline = writer.session_record(state(false));

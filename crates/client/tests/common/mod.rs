@@ -198,6 +198,8 @@ pub async fn makelaar(tweak: impl FnOnce(&mut Config)) -> Target {
             kind: ListenerKind::Mqtt,
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: None,
+            auth: Default::default(),
+            max_connections: 0,
         },
         ListenerConfig {
             url: "mqtts://127.0.0.1:0".into(),
@@ -208,7 +210,10 @@ pub async fn makelaar(tweak: impl FnOnce(&mut Config)) -> Target {
                 key: pki.server_key.clone(),
                 cafile: Some(pki.ca.clone()),
                 require_certificate: false,
+                crlfile: None,
             }),
+            auth: Default::default(),
+            max_connections: 0,
         },
     ];
     let mut config = Config {

@@ -16,6 +16,11 @@ impl Broker {
     /// A decoded CONNECT on a new connection: answers CONNACK and, for a resumed session,
     /// re-sends what was in flight and what was queued. A refused CONNECT is answered and
     /// the connection closed [MQTT-3.2.2-7].
+    ///
+    /// Authentication is the shell's: it hands over only CONNECTs it accepted, with
+    /// `connect.username` set to the identity it authenticated (the certificate's name with
+    /// `use_identity_as_username`; `None` for an anonymous client) and the password already
+    /// dropped. That username is what access checks use from now on (see [`crate::auth`]).
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, mut connect: Connect) {
         let v5 = connect.protocol.is_v5();
         if let Err(reason) = self.check_connect(&connect) {
@@ -202,6 +207,9 @@ impl Broker {
         };
         s.conn = Some(conn);
         s.version = c.protocol;
+        // The identity may change between connections of one client id; what is queued for
+        // the session is checked against the new one as it is sent.
+        s.username = c.username.as_deref().map(Arc::from);
         // Boxed: most sessions have no will, and a will is large (it carries properties).
         s.will = c.will.clone().map(Box::new);
         s.expiry_interval = expiry;
@@ -354,20 +362,38 @@ impl Broker {
             })
             .collect();
         if let Some(will) = pending {
-            self.publish_will_message(now, &s.client_id, will);
+            self.publish_will_message(now, &s.client_id, s.username.as_deref(), will);
         }
         self.reroute_shared(now, leftovers);
     }
 
     fn publish_will(&mut self, now: Instant, idx: SessionIdx, will: Box<Will>) {
-        let Some(id) = self.session(idx).map(|s| s.client_id.clone()) else {
+        let Some(s) = self.session(idx) else {
             return;
         };
-        self.publish_will_message(now, &id, will);
+        let (id, username) = (s.client_id.clone(), s.username.clone());
+        self.publish_will_message(now, &id, username.as_deref(), will);
     }
 
-    fn publish_will_message(&mut self, now: Instant, client_id: &Arc<str>, will: Box<Will>) {
+    /// Publishes a will as its client would have published it: checked for Write access
+    /// first, and never into the broker's own `$SYS` tree.
+    fn publish_will_message(
+        &mut self,
+        now: Instant,
+        client_id: &Arc<str>,
+        username: Option<&str>,
+        will: Box<Will>,
+    ) {
         let will = *will;
+        let allowed = !will.topic.starts_with("$SYS")
+            && self.authorizer.as_ref().is_none_or(|a| {
+                a.allowed(client_id, username, &will.topic, crate::auth::Access::Write)
+            });
+        if !allowed {
+            tracing::debug!(client_id = %client_id, topic = %will.topic, "will dropped: not authorized");
+            self.stats.publishes_denied += 1;
+            return;
+        }
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
         let mut properties = will.properties;
         properties.will_delay_interval = None;

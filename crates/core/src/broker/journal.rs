@@ -215,6 +215,7 @@ impl Broker {
         let mut s = Session::new(r.client_id.clone(), r.state.version, client);
         s.expiry_interval = r.state.expiry_interval;
         s.expires_at = r.state.expires_at;
+        s.username = r.state.username;
         if let Some((will, at)) = r.state.pending_will {
             s.pending_will = Some(will);
             s.will_at = Some(at);
@@ -306,6 +307,7 @@ fn session_state(s: &Session) -> SessionState {
         expires_at: s.expires_at,
         pending_will: s.pending_will.clone().zip(s.will_at),
         connected: s.conn.is_some(),
+        username: s.username.clone(),
     }
 }
 

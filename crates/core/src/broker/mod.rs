@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use makelaar_proto::{Disconnect, Packet, ProtocolVersion, ReasonCode};
 
+use crate::auth::{Access, Authorizer};
 use crate::limits::Limits;
 use crate::message::Message;
 use crate::retain::RetainedStore;
@@ -63,6 +64,10 @@ pub struct Stats {
     pub sessions_expired: u64,
     /// Most clients connected at once.
     pub max_connected: usize,
+    /// PUBLISH packets (and wills) refused by the authorizer.
+    pub publishes_denied: u64,
+    /// Messages not delivered to a subscriber because the authorizer refused it Read access.
+    pub deliveries_denied: u64,
 }
 
 /// Extra, broker-wide configuration of rules that are not limits.
@@ -100,6 +105,8 @@ pub struct Broker {
     stored_bytes: usize,
     /// Whether `max_stored_bytes` biting has been logged since the store last had room.
     store_full_logged: bool,
+    /// Access control; `None` allows everything without asking (see [`crate::auth`]).
+    authorizer: Option<Box<dyn Authorizer>>,
 }
 
 impl Broker {
@@ -125,7 +132,20 @@ impl Broker {
             journal: None,
             stored_bytes: 0,
             store_full_logged: false,
+            authorizer: None,
         }
+    }
+
+    /// Installs the authorizer every access is checked with (see [`crate::auth`]), or with
+    /// `None` removes it. It applies from the next check on, to messages already queued too:
+    /// they are checked again when they are sent.
+    pub fn set_authorizer(&mut self, authorizer: Option<Box<dyn Authorizer>>) {
+        self.authorizer = authorizer;
+    }
+
+    /// Whether an authorizer is installed.
+    pub fn has_authorizer(&self) -> bool {
+        self.authorizer.is_some()
     }
 
     /// The limits in force.
@@ -306,11 +326,22 @@ impl Broker {
         self.sessions.get_mut(idx as usize).and_then(Option::as_mut)
     }
 
+    /// Whether session `idx` may `access` `topic`: always, without an authorizer.
+    fn may(&self, idx: SessionIdx, topic: &str, access: Access) -> bool {
+        let Some(auth) = &self.authorizer else {
+            return true;
+        };
+        self.session(idx)
+            .is_some_and(|s| auth.allowed(&s.client_id, s.username.as_deref(), topic, access))
+    }
+
     fn version_of(&self, idx: SessionIdx) -> ProtocolVersion {
         self.session(idx)
             .map_or(ProtocolVersion::V311, |s| s.version)
     }
 }
 
+#[cfg(test)]
+mod auth_tests;
 #[cfg(test)]
 mod tests;

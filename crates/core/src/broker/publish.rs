@@ -7,6 +7,7 @@ use std::time::Instant;
 use makelaar_proto::{Packet, PubAck, Publish, QoS, ReasonCode};
 
 use super::{Broker, SessionIdx};
+use crate::auth::Access;
 use crate::message::{Delivery, Message};
 use crate::persist::KeptState;
 use crate::session::{ConnId, Inflight, OutboundState};
@@ -55,6 +56,13 @@ impl Broker {
         if p.topic.starts_with("$SYS") {
             // `$SYS` is the broker's own namespace: a client's message there is acknowledged
             // (5.0: as not authorized) and dropped, so it cannot fake the broker's figures.
+            self.refuse_publish(conn, idx, qos, packet_id);
+            return;
+        }
+        if !self.may(idx, &p.topic, Access::Write) {
+            // [MQTT-3.3.5-2] 3.1.1 cannot tell the client: acknowledged as usual, dropped.
+            // 5.0 answers PUBACK/PUBREC 0x87 Not authorized (5.0 section 3.4.2.1).
+            self.stats.publishes_denied += 1;
             self.refuse_publish(conn, idx, qos, packet_id);
             return;
         }
@@ -134,7 +142,7 @@ impl Broker {
     }
 
     fn refuse_publish(&mut self, conn: ConnId, idx: SessionIdx, qos: QoS, packet_id: u16) {
-        tracing::debug!(conn, "PUBLISH to $SYS from a client dropped");
+        tracing::debug!(conn, "PUBLISH not authorized: dropped");
         let mut ack = PubAck::new(packet_id);
         if self.version_of(idx).is_v5() {
             ack.reason = ReasonCode::NOT_AUTHORIZED;
@@ -202,6 +210,10 @@ impl Broker {
                 rap |= t.retain_as_published;
                 ids.extend(t.id);
                 i += 1;
+            }
+            if !self.may(idx, &msg.topic, Access::Read) {
+                self.stats.deliveries_denied += 1;
+                continue;
             }
             let delivery = Delivery {
                 qos: msg.qos.min(qos),     // [MQTT-3.8.4-8]
@@ -338,12 +350,24 @@ impl Broker {
                 s.drop_logged = false;
                 return;
             };
+            let held = !s.deferred_acks.is_empty();
+            // Checked again: the identity or the rules may have changed since it was queued.
+            if !self.may(idx, &d.msg.topic, Access::Read) {
+                self.stats.deliveries_denied += 1;
+                self.journal_done(idx, &d);
+                if held {
+                    self.release_deferred_acks(idx);
+                }
+                continue;
+            }
+            let Some(s) = self.session_mut(idx) else {
+                return;
+            };
             let packet_id = if d.qos == QoS::AtMostOnce {
                 0
             } else {
                 s.next_packet_id()
             };
-            let held = !s.deferred_acks.is_empty();
             self.transmit(now, idx, conn, d, packet_id);
             if held {
                 self.release_deferred_acks(idx);

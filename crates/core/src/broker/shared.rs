@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::{Broker, SessionIdx};
+use crate::auth::Access;
 use crate::message::{Delivery, Message};
 use crate::session::{OutboundState, Subscription};
 use crate::topic::TopicTree;
@@ -116,7 +117,7 @@ impl Broker {
             .for_each_match(&msg.topic, |g, _| hit.push(g));
         let mut count = 0;
         for g in hit {
-            if let Some((idx, sub)) = self.pick_member(g, None) {
+            if let Some((idx, sub)) = self.pick_member(g, None, &msg.topic) {
                 let d = Delivery {
                     qos: msg.qos.min(sub.options.qos),
                     retain: msg.retain && sub.options.retain_as_published,
@@ -133,11 +134,13 @@ impl Broker {
     }
 
     /// Round-robin over the group, preferring a connected member with room in its window,
-    /// then any connected member, then anyone (who keeps it queued).
+    /// then any connected member, then anyone (who keeps it queued). Members who may not read
+    /// `topic` are passed over.
     fn pick_member(
         &mut self,
         g: u32,
         exclude: Option<SessionIdx>,
+        topic: &str,
     ) -> Option<(SessionIdx, Subscription)> {
         let group = self
             .shared
@@ -160,6 +163,11 @@ impl Broker {
             let Some(s) = self.sessions.get(*idx as usize).and_then(Option::as_ref) else {
                 continue;
             };
+            if let Some(auth) = &self.authorizer {
+                if !auth.allowed(&s.client_id, s.username.as_deref(), topic, Access::Read) {
+                    continue;
+                }
+            }
             any.get_or_insert(pos);
             if s.conn.is_some() {
                 connected.get_or_insert(pos);
@@ -221,7 +229,7 @@ impl Broker {
 
     fn reroute_one(&mut self, now: Instant, mut d: Delivery, exclude: Option<SessionIdx>) {
         let Some(g) = d.shared_group else { return };
-        let target = self.pick_member(g, exclude);
+        let target = self.pick_member(g, exclude, &d.msg.topic);
         match target {
             Some((idx, sub)) if Some(idx) != exclude => {
                 d.qos = d.msg.qos.min(sub.options.qos);

@@ -11,6 +11,7 @@ use makelaar_proto::{
 };
 
 use super::{Broker, SessionIdx};
+use crate::auth::Access;
 use crate::message::{Delivery, Message};
 use crate::session::{ConnId, Subscription};
 
@@ -73,6 +74,14 @@ impl Broker {
         if self.policy.deny_subscriptions.iter().any(|d| d == filter) {
             return Err(ReasonCode::UNSPECIFIED_ERROR);
         }
+        if !self.may(idx, filter, Access::Subscribe) {
+            // 3.1.1: failure 0x80 [MQTT-3.8.4-5]; 5.0: 0x87 Not authorized (section 3.9.3).
+            return Err(if v5 {
+                ReasonCode::NOT_AUTHORIZED
+            } else {
+                ReasonCode::UNSPECIFIED_ERROR
+            });
+        }
         let max_subs = self.limits.max_subscriptions_per_session;
         let granted = options
             .qos
@@ -125,6 +134,10 @@ impl Broker {
             }
         });
         for msg in found {
+            if !self.may(idx, &msg.topic, Access::Read) {
+                self.stats.deliveries_denied += 1;
+                continue;
+            }
             let d = Delivery {
                 qos: msg.qos.min(granted),
                 retain: true,

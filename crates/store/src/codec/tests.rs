@@ -60,3 +60,24 @@ fn every_cut_of_a_value_is_refused() {
     longer.push(0);
     assert!(decode_queued(&longer).is_err());
 }
+
+#[test]
+fn a_session_record_without_username_reads_as_none() {
+    let s = SessionRecord {
+        protocol_version: 4,
+        expiry_interval: 60,
+        disconnected_at_ms: Some(5),
+        pending_will: None,
+        will_at_ms: None,
+        username: Some("alice".into()),
+    };
+    let full = encode_session(&s);
+    assert_eq!(decode_session(&full).unwrap(), s);
+    // A record written before usernames were stored ends where the username starts.
+    let old = &full[..full.len() - (1 + 4 + 5)];
+    let read = decode_session(old).unwrap();
+    assert_eq!(read.username, None);
+    assert_eq!(read.expiry_interval, 60);
+    // A cut inside the username is damage, not an old record.
+    assert!(decode_session(&full[..full.len() - 1]).is_err());
+}

@@ -23,6 +23,7 @@ pub fn session() -> SessionRecord {
         disconnected_at_ms: Some(1_700_000_000_000),
         pending_will: None,
         will_at_ms: None,
+        username: Some("alice".into()),
     }
 }
 

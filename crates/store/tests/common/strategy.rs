@@ -130,15 +130,24 @@ pub fn session() -> BoxedStrategy<SessionRecord> {
         of(any::<u64>()),
         of(will().prop_map(Box::new)),
         of(any::<u64>()),
+        of(text()),
     )
         .prop_map(
-            |(protocol_version, expiry_interval, disconnected_at_ms, pending_will, will_at_ms)| {
+            |(
+                protocol_version,
+                expiry_interval,
+                disconnected_at_ms,
+                pending_will,
+                will_at_ms,
+                username,
+            )| {
                 SessionRecord {
                     protocol_version,
                     expiry_interval,
                     disconnected_at_ms,
                     pending_will,
                     will_at_ms,
+                    username,
                 }
             },
         )

@@ -1,0 +1,130 @@
+//! Admission of new connections, decided when a connection is accepted: the `max_connections`
+//! of its listener and `max_connection_rate` per source address. A connection over a limit is
+//! still read up to its CONNECT (within `connect_timeout`), so that it can be told why:
+//! CONNACK 0x97 Quota exceeded or 0x9F Connection rate exceeded (3.1.1: 3, server
+//! unavailable). The broker-wide `max_connections` is the core's (CONNACK 0x97 too).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use makelaar_core::rate::TokenBucket;
+use makelaar_proto::ReasonCode;
+
+/// Source addresses remembered at most; when full, addresses whose bucket is full again
+/// (they have been quiet for a second or more) are forgotten first.
+const MAX_ADDRESSES: usize = 100_000;
+
+/// The open connections of one listener, against its `max_connections`.
+#[derive(Debug)]
+pub(crate) struct ListenerCount {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ListenerCount {
+    pub(crate) fn new(max: usize) -> Arc<ListenerCount> {
+        Arc::new(ListenerCount {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+}
+
+/// One open connection, counted until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Counted(Arc<ListenerCount>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The per-address connection rate.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    rate: u32,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl Admission {
+    /// `rate` new connections per second per source address; 0 is no limit.
+    pub(crate) fn new(rate: u32) -> Admission {
+        Admission {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a connection accepted on `listener` from `ip`: the count to hold while it is
+    /// open, and the reason to refuse it with, if it is over a limit.
+    pub(crate) fn admit(
+        &self,
+        listener: &Arc<ListenerCount>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> (Counted, Option<ReasonCode>) {
+        let open = listener.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let counted = Counted(listener.clone());
+        if listener.max != 0 && open > listener.max {
+            return (counted, Some(ReasonCode::QUOTA_EXCEEDED));
+        }
+        if self.rate != 0 && !self.allow(ip, now) {
+            return (counted, Some(ReasonCode::CONNECTION_RATE_EXCEEDED));
+        }
+        (counted, None)
+    }
+
+    fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_ADDRESSES && !buckets.contains_key(&ip) {
+            buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= MAX_ADDRESSES {
+                return true; // still full: this address goes unlimited rather than memory grow
+            }
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(self.rate, now))
+            .allow(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn a_listener_refuses_past_its_maximum_until_one_closes() {
+        let adm = Admission::new(0);
+        let l = ListenerCount::new(2);
+        let now = Instant::now();
+        let (first, r1) = adm.admit(&l, A, now);
+        let (_second, r2) = adm.admit(&l, A, now);
+        let (third, r3) = adm.admit(&l, B, now);
+        assert_eq!((r1, r2, r3), (None, None, Some(ReasonCode::QUOTA_EXCEEDED)));
+        drop(third);
+        drop(first);
+        assert_eq!(adm.admit(&l, B, now).1, None);
+    }
+
+    #[test]
+    fn the_rate_is_per_source_address() {
+        let adm = Admission::new(3);
+        let l = ListenerCount::new(0);
+        let now = Instant::now();
+        let refused = (0..5)
+            .filter(|_| adm.admit(&l, A, now).1 == Some(ReasonCode::CONNECTION_RATE_EXCEEDED))
+            .count();
+        assert_eq!(refused, 2);
+        assert_eq!(adm.admit(&l, B, now).1, None);
+        assert_eq!(adm.admit(&l, A, now + Duration::from_secs(1)).1, None);
+    }
+}

@@ -1,0 +1,82 @@
+//! Validation of a [`ConfigFile`] into the [`Config`] the broker runs with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{
+    listeners, Config, ConfigError, ConfigFile, CorruptStorePolicy, Durability, DEFAULT_BATCH_MS,
+    DEFAULT_DATA_DIR, DEFAULT_SYS_INTERVAL_SECS,
+};
+
+impl ConfigFile {
+    /// Validates the settings and builds the [`Config`]: listener URLs parsed and resolved,
+    /// certificate settings attached to TLS listeners, limits converted. `source_name` names
+    /// where the settings came from in messages. Files are not opened here; certificates are
+    /// loaded when the listener binds ([`crate::listener::Listener::bind`]).
+    pub fn into_config(self, source_name: &str) -> Result<Config, ConfigError> {
+        let listeners = listeners::build(&self, source_name)?;
+
+        let durability = durability_from(
+            source_name,
+            self.durability.as_deref(),
+            self.batch_max_delay_ms,
+        )?;
+        let on_corrupt_store = match self.on_corrupt_store.as_deref() {
+            None | Some("fail") => CorruptStorePolicy::Fail,
+            Some("move-aside") => CorruptStorePolicy::MoveAside,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{source_name}: on_corrupt_store = \"{other}\" is not known; use \"fail\" \
+                     or \"move-aside\""
+                )))
+            }
+        };
+
+        let deny_subscriptions = self.deny_subscriptions.unwrap_or_default();
+        for filter in &deny_subscriptions {
+            if let Err(e) = makelaar_proto::topic::validate_topic_filter(filter) {
+                return Err(ConfigError::Invalid(format!(
+                    "{source_name}: deny_subscriptions entry \"{filter}\" is not a valid topic \
+                     filter ({e}); write it as a client would subscribe to it"
+                )));
+            }
+        }
+
+        Ok(Config {
+            deny_subscriptions,
+            acl_file: self.acl_file,
+            listeners,
+            limits: self.limits.into(),
+            sys_interval: Duration::from_secs(
+                self.sys_interval.unwrap_or(DEFAULT_SYS_INTERVAL_SECS),
+            ),
+            in_memory: self.in_memory.unwrap_or(false),
+            durability,
+            on_corrupt_store,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        })
+    }
+}
+
+fn durability_from(
+    source_name: &str,
+    mode: Option<&str>,
+    batch_ms: Option<u64>,
+) -> Result<Durability, ConfigError> {
+    match (mode, batch_ms) {
+        (None | Some("sync"), None) => Ok(Durability::Sync),
+        (Some("batch"), ms) => Ok(Durability::Batch {
+            max_delay_ms: ms.unwrap_or(DEFAULT_BATCH_MS).max(1),
+        }),
+        (None | Some("sync"), Some(_)) => Err(ConfigError::Invalid(format!(
+            "{source_name}: batch_max_delay_ms only applies to durability = \"batch\"; set \
+             that too, or remove batch_max_delay_ms"
+        ))),
+        (Some(other), _) => Err(ConfigError::Invalid(format!(
+            "{source_name}: durability = \"{other}\" is not known; use \"sync\" (the default) \
+             or \"batch\""
+        ))),
+    }
+}

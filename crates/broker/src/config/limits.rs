@@ -1,0 +1,189 @@
+//! `[limits]` of `makelaar.toml`: the same fields and defaults as [`makelaar_core::Limits`],
+//! with their ranges checked while parsing.
+
+use std::time::Duration;
+
+use makelaar_core::Limits;
+use serde::de::{self, Deserializer, Unexpected};
+use serde::{Deserialize, Serialize};
+
+/// `[limits]` as written in the file: the same fields and defaults as [`makelaar_core::Limits`]
+/// (durations in seconds), with their ranges checked while parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    #[serde(deserialize_with = "de_max_packet_size")]
+    pub max_packet_size: u32,
+    pub max_keep_alive: u16,
+    #[serde(deserialize_with = "de_connect_timeout")]
+    pub connect_timeout: u64,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub max_stored_bytes: usize,
+    pub queue_qos0_messages: bool,
+    #[serde(deserialize_with = "de_at_least_one")]
+    pub max_inflight_messages: u16,
+    #[serde(deserialize_with = "de_at_least_one")]
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub max_outgoing_bytes: usize,
+    /// Bytes of large packets (over 64 KiB) being received at once over all clients.
+    pub large_packet_budget: usize,
+    pub max_session_expiry: u32,
+    pub persistent_session_expiry: u32,
+    pub max_subscriptions_per_session: usize,
+    pub max_connections: usize,
+    pub max_connection_rate: u32,
+    pub max_publish_rate: u32,
+    pub max_retained_messages: usize,
+    pub retain_available: bool,
+    pub allow_zero_length_client_id: bool,
+    #[serde(deserialize_with = "de_max_client_id_len")]
+    pub max_client_id_len: usize,
+    #[serde(deserialize_with = "de_max_qos")]
+    pub max_qos: u8,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig::from(&Limits::default())
+    }
+}
+
+impl From<&Limits> for LimitsConfig {
+    fn from(l: &Limits) -> Self {
+        // Destructured without `..` so that a new field in `Limits` fails to compile here.
+        let Limits {
+            max_packet_size,
+            max_keep_alive,
+            connect_timeout,
+            max_queued_messages,
+            max_queued_bytes,
+            max_stored_bytes,
+            queue_qos0_messages,
+            max_inflight_messages,
+            receive_maximum,
+            topic_alias_maximum,
+            max_outgoing_bytes,
+            large_packet_budget,
+            max_session_expiry,
+            persistent_session_expiry,
+            max_subscriptions_per_session,
+            max_connections,
+            max_connection_rate,
+            max_publish_rate,
+            max_retained_messages,
+            retain_available,
+            allow_zero_length_client_id,
+            max_client_id_len,
+            max_qos,
+        } = l.clone();
+        LimitsConfig {
+            max_packet_size,
+            max_keep_alive,
+            connect_timeout: connect_timeout.as_secs(),
+            max_queued_messages,
+            max_queued_bytes,
+            max_stored_bytes,
+            queue_qos0_messages,
+            max_inflight_messages,
+            receive_maximum,
+            topic_alias_maximum,
+            max_outgoing_bytes,
+            large_packet_budget,
+            max_session_expiry,
+            persistent_session_expiry,
+            max_subscriptions_per_session,
+            max_connections,
+            max_connection_rate,
+            max_publish_rate,
+            max_retained_messages,
+            retain_available,
+            allow_zero_length_client_id,
+            max_client_id_len,
+            max_qos,
+        }
+    }
+}
+
+impl From<LimitsConfig> for Limits {
+    fn from(c: LimitsConfig) -> Self {
+        Limits {
+            max_packet_size: c.max_packet_size,
+            max_keep_alive: c.max_keep_alive,
+            connect_timeout: Duration::from_secs(c.connect_timeout),
+            max_queued_messages: c.max_queued_messages,
+            max_queued_bytes: c.max_queued_bytes,
+            max_stored_bytes: c.max_stored_bytes,
+            queue_qos0_messages: c.queue_qos0_messages,
+            max_inflight_messages: c.max_inflight_messages,
+            receive_maximum: c.receive_maximum,
+            topic_alias_maximum: c.topic_alias_maximum,
+            max_outgoing_bytes: c.max_outgoing_bytes,
+            large_packet_budget: c.large_packet_budget,
+            max_session_expiry: c.max_session_expiry,
+            persistent_session_expiry: c.persistent_session_expiry,
+            max_subscriptions_per_session: c.max_subscriptions_per_session,
+            max_connections: c.max_connections,
+            max_connection_rate: c.max_connection_rate,
+            max_publish_rate: c.max_publish_rate,
+            max_retained_messages: c.max_retained_messages,
+            retain_available: c.retain_available,
+            allow_zero_length_client_id: c.allow_zero_length_client_id,
+            max_client_id_len: c.max_client_id_len,
+            max_qos: c.max_qos,
+        }
+    }
+}
+
+/// Deserializes an unsigned integer and checks `min..=max`; the error names the range.
+fn de_ranged<'de, D, T>(d: D, min: u64, max: u64, what: &str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    // Read as i64 (TOML's integer type) so negative numbers get the same range message.
+    let v = i64::deserialize(d)?;
+    let expected = format!("{what} from {min} to {max}");
+    let unexpected = Unexpected::Signed(v);
+    let Ok(u) = u64::try_from(v) else {
+        return Err(de::Error::invalid_value(unexpected, &expected.as_str()));
+    };
+    if u < min || u > max {
+        return Err(de::Error::invalid_value(unexpected, &expected.as_str()));
+    }
+    T::try_from(u).map_err(|_| de::Error::invalid_value(unexpected, &expected.as_str()))
+}
+
+// [MQTT-2.2.3]: the Remaining Length field holds at most 268,435,455; 16 bytes fits a CONNACK.
+fn de_max_packet_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    de_ranged(d, 16, 268_435_455, "a size in bytes")
+}
+
+fn de_connect_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_ranged(d, 1, 86_400, "a number of seconds")
+}
+
+// Receive Maximum 0 is a Protocol Error [MQTT-3.2.2.3.3]; an inflight window of 0 sends nothing.
+fn de_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    de_ranged(d, 1, u64::from(u16::MAX), "a whole number")
+}
+
+// The server MUST allow client ids of 1 to 23 bytes [MQTT-3.1.3-5].
+fn de_max_client_id_len<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    de_ranged(d, 23, 65_535, "a length in bytes")
+}
+
+fn de_max_qos<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    de_ranged(d, 0, 2, "a QoS")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_defaults_round_trip() {
+        assert_eq!(Limits::from(LimitsConfig::default()), Limits::default());
+    }
+}

@@ -1,0 +1,204 @@
+//! From `listen` URLs and `[[listener]]` tables to [`ListenerConfig`]s: TLS settings and who
+//! may connect, each listener inheriting the top-level settings it does not set itself.
+
+use std::path::PathBuf;
+
+use super::listen::parse_listen_url;
+use super::{
+    ConfigError, ConfigFile, ListenerAuth, ListenerConfig, ListenerKind, ListenerTable,
+    TlsSettings, DEFAULT_LISTEN,
+};
+
+/// The settings a listener may have, each `None` when not given.
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cafile: Option<PathBuf>,
+    crlfile: Option<PathBuf>,
+    require_certificate: Option<bool>,
+    use_identity_as_username: Option<bool>,
+    allow_anonymous: Option<bool>,
+    password_file: Option<PathBuf>,
+}
+
+impl Settings {
+    fn top(f: &ConfigFile) -> Settings {
+        Settings {
+            cert: f.cert.clone(),
+            key: f.key.clone(),
+            cafile: f.cafile.clone(),
+            crlfile: f.crlfile.clone(),
+            require_certificate: f.require_certificate,
+            use_identity_as_username: f.use_identity_as_username,
+            allow_anonymous: f.allow_anonymous,
+            password_file: f.password_file.clone(),
+        }
+    }
+
+    /// A table's own settings over the inherited ones.
+    fn under(&self, t: &ListenerTable) -> Settings {
+        Settings {
+            cert: t.cert.clone().or_else(|| self.cert.clone()),
+            key: t.key.clone().or_else(|| self.key.clone()),
+            cafile: t.cafile.clone().or_else(|| self.cafile.clone()),
+            crlfile: t.crlfile.clone().or_else(|| self.crlfile.clone()),
+            require_certificate: t.require_certificate.or(self.require_certificate),
+            use_identity_as_username: t.use_identity_as_username.or(self.use_identity_as_username),
+            allow_anonymous: t.allow_anonymous.or(self.allow_anonymous),
+            password_file: t
+                .password_file
+                .clone()
+                .or_else(|| self.password_file.clone()),
+        }
+    }
+}
+
+/// Every listener of the file: the `listen` URLs (with the top-level settings), then the
+/// `[[listener]]` tables; without either, the default listener.
+pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let top = Settings::top(f);
+    if top.require_certificate == Some(true) && top.cafile.is_none() {
+        return Err(ConfigError::Invalid(
+            "--require-certificate needs --cafile FILE (or cafile in the config file): \
+             the CA bundle that client certificates are checked against"
+                .to_string(),
+        ));
+    }
+    let urls = match (&f.listen, f.listener.is_empty()) {
+        (None, true) => vec![DEFAULT_LISTEN.to_string()],
+        (None, false) => Vec::new(),
+        (Some(urls), tables_empty) => {
+            if urls.is_empty() && tables_empty {
+                return Err(ConfigError::Invalid(format!(
+                    "{source_name}: listen is an empty list; name at least one listener, e.g. \
+                     listen = [\"{DEFAULT_LISTEN}\"]"
+                )));
+            }
+            urls.clone()
+        }
+    };
+    let mut specs: Vec<(String, Settings, bool, usize)> = Vec::new();
+    for url in urls {
+        specs.push((url, top.clone(), false, 0));
+    }
+    for t in &f.listener {
+        let explicit_identity = t.use_identity_as_username.is_some();
+        specs.push((
+            t.url.clone(),
+            top.under(t),
+            explicit_identity,
+            t.max_connections.unwrap_or(0),
+        ));
+    }
+
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(specs.len());
+    for (url, s, explicit_identity, max_connections) in specs {
+        let (kind, addr) = parse_listen_url(&url)?;
+        if let Some(other) = listeners.iter().find(|l| l.addr == addr) {
+            return Err(ConfigError::Listener(format!(
+                "listeners \"{}\" and \"{url}\" both use {addr}; give each listener its own port",
+                other.url
+            )));
+        }
+        let tls = match kind {
+            ListenerKind::Mqtt => None,
+            ListenerKind::Mqtts => Some(tls_settings(&url, &s)?),
+        };
+        let auth = listener_auth(&url, kind, &s, explicit_identity)?;
+        listeners.push(ListenerConfig {
+            url,
+            kind,
+            addr,
+            tls,
+            auth,
+            max_connections,
+        });
+    }
+
+    let has_tls = listeners.iter().any(|l| l.kind == ListenerKind::Mqtts);
+    if !has_tls && (f.cert.is_some() || f.key.is_some() || f.cafile.is_some()) {
+        tracing::warn!(
+            "a certificate, key or cafile is configured but no listener uses TLS; add an \
+             mqtts://HOST:PORT listener to use them"
+        );
+    }
+    if !has_tls && f.use_identity_as_username == Some(true) {
+        tracing::warn!(
+            "use_identity_as_username is set but no listener uses TLS, so no client has a \
+             certificate to take a username from; add an mqtts://HOST:PORT listener with cafile"
+        );
+    }
+    Ok(listeners)
+}
+
+/// Who may connect: `use_identity_as_username` only where there is a verified certificate,
+/// and anonymous clients allowed by default only where no credentials are configured.
+fn listener_auth(
+    url: &str,
+    kind: ListenerKind,
+    s: &Settings,
+    explicit_identity: bool,
+) -> Result<ListenerAuth, ConfigError> {
+    let wanted = s.use_identity_as_username.unwrap_or(false);
+    let use_identity_as_username = match kind {
+        ListenerKind::Mqtts => wanted,
+        // A top-level setting applies to the TLS listeners; a table must not ask for it.
+        ListenerKind::Mqtt if wanted && explicit_identity => {
+            return Err(ConfigError::Invalid(format!(
+                "listener \"{url}\": use_identity_as_username needs TLS, as the username comes \
+                 from the client's certificate; use an mqtts:// URL with cafile, or remove it"
+            )))
+        }
+        ListenerKind::Mqtt => false,
+    };
+    if use_identity_as_username && s.cafile.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "listener \"{url}\": use_identity_as_username needs cafile, the CA bundle that \
+             signs the client certificates the usernames are taken from"
+        )));
+    }
+    let has_credentials = s.password_file.is_some() || use_identity_as_username;
+    Ok(ListenerAuth {
+        allow_anonymous: s.allow_anonymous.unwrap_or(!has_credentials),
+        password_file: s.password_file.clone(),
+        use_identity_as_username,
+    })
+}
+
+fn tls_settings(url: &str, s: &Settings) -> Result<TlsSettings, ConfigError> {
+    let require_certificate = s.require_certificate.unwrap_or(false);
+    if require_certificate && s.cafile.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "listener \"{url}\": require_certificate needs cafile, the CA bundle that client \
+             certificates are checked against"
+        )));
+    }
+    if s.crlfile.is_some() && s.cafile.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "listener \"{url}\": crlfile needs cafile, the CA bundle whose certificates the \
+             revocation list is about"
+        )));
+    }
+    match (&s.cert, &s.key) {
+        (Some(cert), Some(key)) => Ok(TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            cafile: s.cafile.clone(),
+            require_certificate,
+            crlfile: s.crlfile.clone(),
+        }),
+        (None, None) => Err(ConfigError::Invalid(format!(
+            "listener \"{url}\" needs a certificate: pass --cert FILE and --key FILE (PEM), or \
+             set cert and key in the config file"
+        ))),
+        (Some(_), None) => Err(ConfigError::Invalid(format!(
+            "listener \"{url}\" has a certificate but no private key: pass --key FILE (PEM), or \
+             set key in the config file"
+        ))),
+        (None, Some(_)) => Err(ConfigError::Invalid(format!(
+            "listener \"{url}\" has a private key but no certificate: pass --cert FILE (PEM), or \
+             set cert in the config file"
+        ))),
+    }
+}

@@ -1,0 +1,405 @@
+//! The broker's configuration: `makelaar.toml`, command-line overrides, and validation.
+//!
+//! Reading a configuration happens in two steps so that command-line flags can override the
+//! file: [`ConfigFile`] mirrors the file's keys one to one (every key optional), the CLI changes
+//! the fields its flags name, and [`ConfigFile::into_config`] validates the result into a
+//! [`Config`]. [`Config::from_toml_file`] and [`Config::from_toml_str`] do both steps at once.
+//!
+//! Every error is a [`ConfigError`] whose message is one sentence naming the thing that is wrong
+//! and how to fix it; errors found while parsing the file carry `file:line:column`.
+
+mod build;
+mod limits;
+mod listen;
+mod listeners;
+mod messages;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use makelaar_core::Limits;
+pub use makelaar_store::Durability;
+use serde::Deserialize;
+
+pub use limits::LimitsConfig;
+use listen::de_listen;
+pub use listen::parse_listen_url;
+use messages::describe_toml_error;
+pub(crate) use messages::io_reason;
+
+/// The listener used when neither the file nor the command line names one.
+pub const DEFAULT_LISTEN: &str = "mqtt://127.0.0.1:1883";
+/// Seconds between `$SYS/broker/...` updates unless configured.
+pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
+/// Where the durable store will live (accepted now, unused until the store exists).
+pub const DEFAULT_DATA_DIR: &str = "makelaar-data";
+/// The default bound of `durability = "batch"`, in milliseconds.
+pub const DEFAULT_BATCH_MS: u64 = 10;
+
+/// A configuration problem. Its `Display` is one sentence naming the thing and the fix, meant to
+/// be shown to the user as is (the CLI prints `makelaar: <sentence>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("{0}")]
+    Read(String),
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type or range.
+    #[error("{0}")]
+    Parse(String),
+    /// The settings are inconsistent (e.g. `require_certificate` without `cafile`).
+    #[error("{0}")]
+    Invalid(String),
+    /// A listener URL is malformed or uses a scheme that is not supported.
+    #[error("{0}")]
+    Listener(String),
+    /// A certificate, key or CA file is missing, unreadable or does not fit.
+    #[error("{0}")]
+    Tls(String),
+    /// A listener could not bind its address (port in use, permission denied, ...).
+    #[error("{0}")]
+    Bind(String),
+    /// The durable store could not be opened (in use, damaged, unreadable).
+    #[error("{0}")]
+    Store(String),
+    /// A password file or ACL file is unreadable or has a broken line.
+    #[error("{0}")]
+    Auth(String),
+}
+
+/// The validated configuration the broker runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where to accept connections; never empty.
+    pub listeners: Vec<ListenerConfig>,
+    /// Limits and protocol options enforced by the core.
+    pub limits: Limits,
+    /// Time between `$SYS/broker/...` updates; zero turns them off.
+    pub sys_interval: Duration,
+    /// Keep everything in memory: nothing survives a restart.
+    pub in_memory: bool,
+    /// Directory of the durable store (unless `in_memory`).
+    pub data_dir: PathBuf,
+    /// When an acknowledged change counts as stored.
+    pub durability: Durability,
+    /// What to do when the store file is damaged.
+    pub on_corrupt_store: CorruptStorePolicy,
+    /// Topic filters refused outright: SUBACK 0x80 for a SUBSCRIBE to exactly this filter.
+    pub deny_subscriptions: Vec<String>,
+    /// Mosquitto ACL file checked for every PUBLISH, SUBSCRIBE and delivery; `None`: no
+    /// access control.
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![ListenerConfig::new(
+                DEFAULT_LISTEN,
+                ListenerKind::Mqtt,
+                SocketAddr::from(([127, 0, 0, 1], 1883)),
+            )],
+            limits: Limits::default(),
+            sys_interval: Duration::from_secs(DEFAULT_SYS_INTERVAL_SECS),
+            in_memory: false,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            durability: Durability::Sync,
+            on_corrupt_store: CorruptStorePolicy::Fail,
+            deny_subscriptions: Vec::new(),
+            acl_file: None,
+        }
+    }
+}
+
+/// What to do when the store file is damaged (`on_corrupt_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CorruptStorePolicy {
+    /// Refuse to start, naming the file and the way out.
+    #[default]
+    Fail,
+    /// Rename the damaged file (kept for inspection) and start with an empty store.
+    MoveAside,
+}
+
+/// The durable store's settings, when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub on_corrupt: CorruptStorePolicy,
+}
+
+impl Config {
+    /// The store's settings; `None` for an in-memory broker.
+    pub fn store(&self) -> Option<StoreConfig> {
+        (!self.in_memory).then(|| StoreConfig {
+            dir: self.data_dir.clone(),
+            durability: self.durability,
+            on_corrupt: self.on_corrupt_store,
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a `makelaar.toml`. Relative paths in the file (`cert`, `key`,
+    /// `cafile`, `data_dir`) are taken relative to the file's directory.
+    pub fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
+        let file = ConfigFile::from_toml_file(path)?;
+        file.into_config(&path.display().to_string())
+    }
+
+    /// Parses and validates a configuration held in a string; `source_name` (usually the file
+    /// name) starts every error message. Paths are used as written.
+    pub fn from_toml_str(s: &str, source_name: &str) -> Result<Config, ConfigError> {
+        ConfigFile::from_toml_str(s, source_name)?.into_config(source_name)
+    }
+}
+
+/// The kind of a listener, from its URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// `mqtt://`: MQTT over plain TCP.
+    Mqtt,
+    /// `mqtts://`: MQTT over TLS.
+    Mqtts,
+}
+
+impl ListenerKind {
+    /// The URL scheme, without `://`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "mqtt",
+            ListenerKind::Mqtts => "mqtts",
+        }
+    }
+
+    /// The port used when the URL names none (1883 for mqtt, 8883 for mqtts).
+    pub fn default_port(self) -> u16 {
+        match self {
+            ListenerKind::Mqtt => 1883,
+            ListenerKind::Mqtts => 8883,
+        }
+    }
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.scheme())
+    }
+}
+
+/// One place to accept connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// The URL as the user wrote it (used in messages).
+    pub url: String,
+    /// Plain or TLS.
+    pub kind: ListenerKind,
+    /// The address to bind (host names such as `localhost` are resolved when the config is built).
+    pub addr: SocketAddr,
+    /// Certificate settings; `Some` exactly when `kind` is [`ListenerKind::Mqtts`].
+    pub tls: Option<TlsSettings>,
+    /// Who may connect here.
+    pub auth: ListenerAuth,
+    /// Clients connected through this listener at once; 0 means no limit.
+    pub max_connections: usize,
+}
+
+impl ListenerConfig {
+    /// A listener with no TLS, anonymous clients allowed and no connection limit.
+    pub fn new(url: &str, kind: ListenerKind, addr: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            url: url.to_string(),
+            kind,
+            addr,
+            tls: None,
+            auth: ListenerAuth::default(),
+            max_connections: 0,
+        }
+    }
+}
+
+/// How clients of one listener are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerAuth {
+    /// Accept clients that give no username. Not consulted with
+    /// `use_identity_as_username`, where every client needs a certificate with a name.
+    pub allow_anonymous: bool,
+    /// Mosquitto password file: a client that gives a username must give its password.
+    pub password_file: Option<PathBuf>,
+    /// Take the username from the Common Name of the client's verified certificate, ignoring
+    /// the username and password in CONNECT (TLS listeners with `cafile` only).
+    pub use_identity_as_username: bool,
+}
+
+impl Default for ListenerAuth {
+    fn default() -> Self {
+        ListenerAuth {
+            allow_anonymous: true,
+            password_file: None,
+            use_identity_as_username: false,
+        }
+    }
+}
+
+/// Certificate settings shared by the TLS listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, server certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA bundle that client certificates are verified against; without it the server does
+    /// not ask for client certificates.
+    pub cafile: Option<PathBuf>,
+    /// Refuse clients that do not present a certificate signed by `cafile`.
+    pub require_certificate: bool,
+    /// PEM certificate revocation lists: client certificates they revoke are refused.
+    pub crlfile: Option<PathBuf>,
+}
+
+/// `makelaar.toml` as written: every key optional, nothing validated beyond types and ranges.
+/// The CLI sets the fields its flags override, then calls [`ConfigFile::into_config`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Listener URLs; `None` means the default (`mqtt://127.0.0.1:1883`). A single string is
+    /// accepted as a list of one.
+    #[serde(default, deserialize_with = "de_listen")]
+    pub listen: Option<Vec<String>>,
+    /// PEM certificate chain for mqtts listeners.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for mqtts listeners.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// CA bundle that client certificates are verified against.
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by `cafile`.
+    #[serde(default)]
+    pub require_certificate: Option<bool>,
+    /// Seconds between `$SYS` updates; 0 turns them off.
+    #[serde(default)]
+    pub sys_interval: Option<u64>,
+    /// Keep all state in memory: nothing survives a restart.
+    #[serde(default)]
+    pub in_memory: Option<bool>,
+    /// Directory of the durable store.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// `"sync"` (acknowledge after fsync) or `"batch"` (fsync at least every
+    /// `batch_max_delay_ms`; may lose that much on power loss).
+    #[serde(default)]
+    pub durability: Option<String>,
+    /// The bound of `durability = "batch"`, in milliseconds.
+    #[serde(default)]
+    pub batch_max_delay_ms: Option<u64>,
+    /// `"fail"` or `"move-aside"`: what to do when the store file is damaged.
+    #[serde(default)]
+    pub on_corrupt_store: Option<String>,
+    /// Topic filters every SUBSCRIBE to is refused with reason code 0x80.
+    #[serde(default)]
+    pub deny_subscriptions: Option<Vec<String>>,
+    /// Certificate revocation lists (PEM) for client certificates.
+    #[serde(default)]
+    pub crlfile: Option<PathBuf>,
+    /// Take usernames from client certificates (TLS listeners).
+    #[serde(default)]
+    pub use_identity_as_username: Option<bool>,
+    /// Accept clients without a username; by default true unless `password_file` or
+    /// `use_identity_as_username` is set.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// Mosquitto password file.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
+    /// `[[listener]]` tables: listeners with settings of their own.
+    #[serde(default)]
+    pub listener: Vec<ListenerTable>,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// One `[[listener]]` table: a listener whose TLS and authentication settings may differ from
+/// the top-level ones, which it inherits where it says nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTable {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub url: String,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+    #[serde(default)]
+    pub crlfile: Option<PathBuf>,
+    #[serde(default)]
+    pub require_certificate: Option<bool>,
+    #[serde(default)]
+    pub use_identity_as_username: Option<bool>,
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Clients connected through this listener at once; 0 means no limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Reads a `makelaar.toml`; relative paths in it are made relative to its directory.
+    pub fn from_toml_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Read(format!(
+                "cannot read config file \"{}\": {}; check the path given to --config",
+                path.display(),
+                io_reason(&e)
+            ))
+        })?;
+        let mut file = ConfigFile::from_toml_str(&text, &path.display().to_string())?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            file.resolve_paths(dir);
+        }
+        Ok(file)
+    }
+
+    /// Makes every relative path in the settings relative to `dir`.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let top = [
+            &mut self.cert,
+            &mut self.key,
+            &mut self.cafile,
+            &mut self.crlfile,
+            &mut self.data_dir,
+            &mut self.password_file,
+            &mut self.acl_file,
+        ];
+        let tables = self.listener.iter_mut().flat_map(|l| {
+            [
+                &mut l.cert,
+                &mut l.key,
+                &mut l.cafile,
+                &mut l.crlfile,
+                &mut l.password_file,
+            ]
+        });
+        for p in top.into_iter().chain(tables).flatten() {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+    }
+
+    /// Parses a configuration held in a string; `source_name` starts every error message.
+    pub fn from_toml_str(s: &str, source_name: &str) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(s).map_err(|e| ConfigError::Parse(describe_toml_error(&e, s, source_name)))
+    }
+}

@@ -1,0 +1,205 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+use super::*;
+use makelaar_proto::{Properties, PubAck, Publish};
+
+fn connect(v5: bool, keep_alive: u16) -> Connect {
+    Connect {
+        protocol: if v5 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V311
+        },
+        clean_start: true,
+        keep_alive,
+        client_id: "c".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+fn publish(topic: &str, alias: Option<u16>, qos: QoS, id: u16) -> Packet {
+    let mut p = Publish {
+        topic: Arc::from(topic),
+        qos,
+        packet_id: id,
+        ..Publish::default()
+    };
+    p.properties.topic_alias = alias;
+    Packet::Publish(p)
+}
+
+#[test]
+fn keep_alive_is_capped_for_v5_only() {
+    let limits = Limits {
+        max_keep_alive: 60,
+        ..Limits::default()
+    };
+    assert_eq!(
+        effective_keep_alive(&connect(true, 120), &limits),
+        (60, Some(60))
+    );
+    assert_eq!(
+        effective_keep_alive(&connect(true, 0), &limits),
+        (60, Some(60))
+    );
+    assert_eq!(
+        effective_keep_alive(&connect(true, 30), &limits),
+        (30, None)
+    );
+    assert_eq!(
+        effective_keep_alive(&connect(false, 120), &limits),
+        (120, None)
+    );
+}
+
+#[test]
+fn keep_alive_deadline_is_one_and_a_half_times() {
+    let now = Instant::now();
+    let st = ConnState::new(now, &connect(false, 10), &Limits::default());
+    assert_eq!(
+        st.keep_alive_deadline(),
+        Some(now + Duration::from_secs(15))
+    );
+    let st = ConnState::new(now, &connect(false, 0), &Limits::default());
+    assert_eq!(st.keep_alive_deadline(), None);
+}
+
+#[test]
+fn inbound_aliases_resolve_and_out_of_range_is_refused() {
+    let now = Instant::now();
+    let mut st = ConnState::new(now, &connect(true, 0), &Limits::default());
+    let mut p = publish("a/b", Some(1), QoS::AtMostOnce, 0);
+    assert!(st.inbound(now, &mut p).unwrap());
+    let mut p = publish("", Some(1), QoS::AtMostOnce, 0);
+    st.inbound(now, &mut p).unwrap();
+    match p {
+        Packet::Publish(p) => assert_eq!(&*p.topic, "a/b"),
+        _ => unreachable!(),
+    }
+    let mut p = publish("x", Some(11), QoS::AtMostOnce, 0);
+    assert_eq!(
+        st.inbound(now, &mut p).unwrap_err().reason,
+        ReasonCode::TOPIC_ALIAS_INVALID
+    );
+    let mut p = publish("", Some(2), QoS::AtMostOnce, 0);
+    assert_eq!(
+        st.inbound(now, &mut p).unwrap_err().reason,
+        ReasonCode::PROTOCOL_ERROR
+    );
+}
+
+#[test]
+fn receive_maximum_is_enforced_and_released_by_acks() {
+    let now = Instant::now();
+    let limits = Limits {
+        receive_maximum: 2,
+        ..Limits::default()
+    };
+    let mut st = ConnState::new(now, &connect(true, 0), &limits);
+    st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 1))
+        .unwrap();
+    st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2))
+        .unwrap();
+    // A resent PUBLISH with the same id takes no new slot.
+    st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2))
+        .unwrap();
+    st.outbound(&mut Packet::PubComp(PubAck::new(1)));
+    st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 3))
+        .unwrap();
+    let err = st
+        .inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 4))
+        .unwrap_err();
+    assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+}
+
+#[test]
+fn receive_maximum_is_not_held_against_v3_clients() {
+    let now = Instant::now();
+    let limits = Limits {
+        receive_maximum: 2,
+        ..Limits::default()
+    };
+    let mut st = ConnState::new(now, &connect(false, 0), &limits);
+    for id in 1..=10 {
+        st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, id))
+            .unwrap();
+    }
+}
+
+#[test]
+fn outbound_aliases_replace_repeated_topics() {
+    let now = Instant::now();
+    let mut c = connect(true, 0);
+    c.properties.topic_alias_maximum = Some(1);
+    let mut st = ConnState::new(now, &c, &Limits::default());
+    let mut first = publish("a", None, QoS::AtMostOnce, 0);
+    st.outbound(&mut first);
+    let mut second = publish("a", None, QoS::AtMostOnce, 0);
+    st.outbound(&mut second);
+    let mut other = publish("b", None, QoS::AtMostOnce, 0);
+    st.outbound(&mut other);
+    let (Packet::Publish(f), Packet::Publish(s), Packet::Publish(o)) = (first, second, other)
+    else {
+        unreachable!()
+    };
+    assert_eq!((&*f.topic, f.properties.topic_alias), ("a", Some(1)));
+    assert_eq!((&*s.topic, s.properties.topic_alias), ("", Some(1)));
+    assert_eq!((&*o.topic, o.properties.topic_alias), ("b", None));
+}
+
+#[test]
+fn subscription_identifier_from_a_client_is_a_protocol_error() {
+    let now = Instant::now();
+    let mut st = ConnState::new(now, &connect(true, 0), &Limits::default());
+    let mut p = publish("t", None, QoS::AtMostOnce, 0);
+    if let Packet::Publish(p) = &mut p {
+        p.properties.subscription_identifiers = vec![1];
+    }
+    // [MQTT-3.3.4-6]
+    assert_eq!(
+        st.inbound(now, &mut p).unwrap_err().reason,
+        ReasonCode::PROTOCOL_ERROR
+    );
+}
+
+#[test]
+fn second_connect_is_a_protocol_error() {
+    let now = Instant::now();
+    let mut st = ConnState::new(now, &connect(false, 0), &Limits::default());
+    let mut p = Packet::Connect(Box::new(connect(false, 0)));
+    assert_eq!(
+        st.inbound(now, &mut p).unwrap_err().reason,
+        ReasonCode::PROTOCOL_ERROR
+    );
+}
+
+#[test]
+fn publishing_faster_than_max_publish_rate_ends_the_connection() {
+    let limits = Limits {
+        max_publish_rate: 5,
+        ..Limits::default()
+    };
+    let now = Instant::now();
+    let mut st = ConnState::new(now, &connect(true, 0), &limits);
+    let publish = || {
+        Packet::Publish(Publish {
+            topic: "t".into(),
+            ..Publish::default()
+        })
+    };
+    for _ in 0..5 {
+        assert_eq!(st.inbound(now, &mut publish()), Ok(true));
+    }
+    // Other packets are not counted.
+    assert_eq!(st.inbound(now, &mut Packet::PingReq), Ok(false));
+    let v = st.inbound(now, &mut publish()).unwrap_err();
+    assert_eq!(v.reason, ReasonCode::MESSAGE_RATE_TOO_HIGH);
+    // At the rate, a client goes on for ever.
+    let mut st = ConnState::new(now, &connect(false, 0), &limits);
+    for i in 0..100u64 {
+        let at = now + Duration::from_millis(200 * i);
+        assert_eq!(st.inbound(at, &mut publish()), Ok(true), "publish {i}");
+    }
+}
