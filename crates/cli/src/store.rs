@@ -120,7 +120,7 @@ mod tests {
     use super::*;
 
     fn message(r: anyhow::Result<()>) -> String {
-        format!("{:#}", r.err().map_or_else(|| anyhow!("no error"), |e| e))
+        format!("{:#}", r.err().unwrap_or_else(|| anyhow!("no error")))
     }
 
     #[test]
