@@ -119,8 +119,10 @@ class Client:
     def drain_dead(self):
         """After the broker died: handle whatever it wrote before, up to the close."""
         self.quiet = True
-        while self.raw is not None:
+        deadline = time.monotonic() + 5  # the kernel closes a killed process's sockets
+        while self.raw is not None and time.monotonic() < deadline:
             self.read(0.5)
+        self.drop()
 
     def disconnect(self):
         self.send(R.disconnect(version=self.version))
