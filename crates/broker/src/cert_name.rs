@@ -64,7 +64,7 @@ fn string_value(tag: u8, bytes: &[u8]) -> Option<String> {
         0x0C | 0x13 | 0x16 => std::str::from_utf8(bytes).ok()?.to_string(),
         // BMPString: UTF-16, big-endian.
         0x1E => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return None;
             }
             let units = bytes
