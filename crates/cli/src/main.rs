@@ -99,7 +99,7 @@ struct ServeArgs {
     mosquitto_conf: Option<PathBuf>,
 
     /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT. Repeat for more
-    /// listeners; replaces the file's list. [default: mqtt://127.0.0.1:1883]
+    /// listeners; replaces the file's listeners. [default: mqtt://127.0.0.1:1883]
     #[arg(short = 'l', long, value_name = "URL")]
     listen: Vec<String>,
 
@@ -193,7 +193,9 @@ impl ServeArgs {
             (None, None) => (ConfigFile::default(), "the command line".to_string()),
         };
         if !self.listen.is_empty() {
+            // The flags name every listener: the file's [[listener]] tables go too.
             file.listen = Some(self.listen.clone());
+            file.listener.clear();
         }
         if let Some(cert) = &self.cert {
             file.cert = Some(cert.clone());

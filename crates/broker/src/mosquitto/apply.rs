@@ -149,7 +149,7 @@ impl Draft {
             }
             "max_connections" => {
                 let v = signed(d)?;
-                self.current().max_connections = (v >= 0).then_some(v as usize);
+                self.current().max_connections = usize::try_from(v).ok();
             }
             "max_qos" => {
                 let v = number(d, 0, 2)? as u8;

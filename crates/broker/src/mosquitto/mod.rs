@@ -75,6 +75,18 @@ fn build(mut d: Draft) -> Result<Converted, ConfigError> {
                 .to_string(),
         );
     }
+    let s = &d.default.security;
+    let default_security = s.allow_anonymous.is_some()
+        || s.password_file.is_some()
+        || s.acl_file.is_some()
+        || s.allow_zero_length_clientid.is_some();
+    if d.per_listener_settings && default_security && !(d.default_declared || local_only) {
+        d.notes.push(
+            "with per_listener_settings true, security options before the first \"listener\" \
+             line belong to the listener of \"port\", and there is none: they are ignored"
+                .to_string(),
+        );
+    }
     drafts.extend(d.listeners.iter().cloned());
     let anonymous_default = local_only;
 

@@ -10,6 +10,7 @@ mod journal;
 mod publish;
 mod shared;
 mod subscribe;
+mod will;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
