@@ -333,20 +333,28 @@ pub struct ConfigFile {
 pub struct ListenerTable {
     /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
     pub url: String,
+    /// As the top-level `cert`.
     #[serde(default)]
     pub cert: Option<PathBuf>,
+    /// As the top-level `key`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// As the top-level `cafile`.
     #[serde(default)]
     pub cafile: Option<PathBuf>,
+    /// As the top-level `crlfile`.
     #[serde(default)]
     pub crlfile: Option<PathBuf>,
+    /// As the top-level `require_certificate`.
     #[serde(default)]
     pub require_certificate: Option<bool>,
+    /// As the top-level `use_identity_as_username`.
     #[serde(default)]
     pub use_identity_as_username: Option<bool>,
+    /// As the top-level `allow_anonymous`.
     #[serde(default)]
     pub allow_anonymous: Option<bool>,
+    /// As the top-level `password_file`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Clients connected through this listener at once; 0 means no limit.
