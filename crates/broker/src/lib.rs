@@ -284,11 +284,14 @@ async fn accept_loop(
             cert_name: None,
             refuse,
         });
-        let task = connection_task(accepted, start, identity, shutdown.clone());
-        tasks.spawn(async move {
-            task.await;
-            drop(counted);
-        });
+        // Spawned directly: a wrapping `async` block would hold the whole task future twice.
+        let accepted = Box::new(accepted);
+        tasks.spawn(connection_task(
+            accepted,
+            start,
+            (identity, counted),
+            shutdown.clone(),
+        ));
     }
 }
 
@@ -296,9 +299,11 @@ async fn accept_loop(
 /// largest for the connection's whole life, so the handshake (about 1.5 KB of state) and the
 /// shutdown timer are boxed and the arguments come in one box.
 async fn connection_task(
-    accepted: listener::Accepted,
+    accepted: Box<listener::Accepted>,
     mut start: Box<connection::Start>,
-    identity: bool,
+    // Whether the username comes from the certificate; the connection's place in the
+    // listener's count, given back when the task ends.
+    (identity, _counted): (bool, admission::Counted),
     stop: CancellationToken,
 ) {
     let stream = match Box::pin(accepted.handshake()).await {
