@@ -10,84 +10,25 @@
 
 mod support;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use makelaar_auth::PasswordFile;
-use support::{expect, find, path, skip_without, temp_dir};
+use support::{expect, find, path, skip_without, temp_dir, Mosquitto};
 
-/// Debian's Mosquitto on a free port with `password_file`, stopped when dropped.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    log: PathBuf,
+/// Debian's Mosquitto on a free port, logins checked against `password_file`.
+fn mosquitto_with(dir: &Path, password_file: &Path) -> Mosquitto {
+    let settings = format!(
+        "allow_anonymous false\npassword_file {}",
+        password_file.display()
+    );
+    Mosquitto::start(dir, &settings)
 }
 
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Mosquitto {
-    fn start(dir: &Path, password_file: &Path) -> Mosquitto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        let log = dir.join("mosquitto.log");
-        // `user root`: as root, Mosquitto would otherwise switch to the `mosquitto` user, who
-        // cannot read this directory. Without root it has no effect.
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
-                 persistence false\nuser root\n",
-                password_file.display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(find("mosquitto").unwrap())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "mosquitto exited ({status}): {}",
-                    std::fs::read_to_string(&log).unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto { child, port, log }
-    }
-
-    /// mosquitto_pub's exit code: 0 when the broker took the login, 5 when it refused it.
-    fn login(&self, user: &str, password: &str) -> Option<i32> {
-        let port = self.port.to_string();
-        Command::new(find("mosquitto_pub").unwrap())
-            .args(["-h", "127.0.0.1", "-p", &port, "-u", user, "-P", password])
-            .args(["-t", "t", "-m", "m"])
-            .output()
-            .unwrap()
-            .status
-            .code()
-    }
+/// mosquitto_pub's exit code: 0 when the broker took the login, 5 when it refused it.
+fn login(broker: &Mosquitto, user: &str, password: &str) -> Option<i32> {
+    let args = ["-u", user, "-P", password, "-t", "t", "-m", "m"];
+    broker.client("mosquitto_pub", &args).status.code()
 }
 
 #[test]
@@ -120,16 +61,16 @@ fn mosquitto_accepts_files_from_makelaar_passwd() {
         "",
     );
     expect(&["-b", f, "carol", "argon"], "", 0, "");
-    let broker = Mosquitto::start(&dir, &file);
-    let log = || std::fs::read_to_string(&broker.log).unwrap_or_default();
-    assert_eq!(broker.login("alice", "s3cret"), Some(0), "{}", log());
-    assert_eq!(broker.login("bob", "zoë: ü"), Some(0), "{}", log());
-    assert_eq!(broker.login("alice", "s3cre"), Some(5));
-    assert_eq!(broker.login("alice", "s3cret "), Some(5));
-    assert_eq!(broker.login("bob", "s3cret"), Some(5));
-    assert_eq!(broker.login("nobody", "s3cret"), Some(5));
+    let broker = mosquitto_with(&dir, &file);
+    let log = || broker.log();
+    assert_eq!(login(&broker, "alice", "s3cret"), Some(0), "{}", log());
+    assert_eq!(login(&broker, "bob", "zoë: ü"), Some(0), "{}", log());
+    assert_eq!(login(&broker, "alice", "s3cre"), Some(5));
+    assert_eq!(login(&broker, "alice", "s3cret "), Some(5));
+    assert_eq!(login(&broker, "bob", "s3cret"), Some(5));
+    assert_eq!(login(&broker, "nobody", "s3cret"), Some(5));
     // Mosquitto 2.0 does not know argon2id: it drops that user and starts anyway.
-    assert_eq!(broker.login("carol", "argon"), Some(5));
+    assert_eq!(login(&broker, "carol", "argon"), Some(5));
     assert!(
         log().contains("Invalid password hash type for user carol"),
         "{}",

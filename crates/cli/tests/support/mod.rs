@@ -8,47 +8,19 @@
 )]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// The `makelaar` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_makelaar");
 
-/// The path of `program` if installed (Debian puts `mosquitto` in /usr/sbin).
-pub fn find(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
-/// True, after printing why, when one of `programs` is missing: the test then passes
-/// without running.
-pub fn skip_without(programs: &[&str]) -> bool {
-    let missing: Vec<&str> = programs
-        .iter()
-        .copied()
-        .filter(|p| find(p).is_none())
-        .collect();
-    if missing.is_empty() {
-        return false;
-    }
-    eprintln!(
-        "SKIPPED: {} not installed (apt-get install -y mosquitto mosquitto-clients)",
-        missing.join(", ")
-    );
-    true
-}
-
-/// A fresh directory under the target directory.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("passwd-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+// Finding Mosquitto, skipping without it, temp dirs and a `Mosquitto` broker on a free
+// port: the same helpers makelaar-auth's interop tests use, kept in one place.
+#[path = "../../../auth/tests/common/mod.rs"]
+mod mosquitto;
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub use mosquitto::{find, skip_without, temp_dir, Mosquitto};
 
 /// `makelaar passwd ARGS`, with `stdin` as its input.
 pub fn passwd(args: &[&str], stdin: &str) -> Output {
