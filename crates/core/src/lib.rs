@@ -11,7 +11,10 @@
 //! - [`persist`]: the journal of changes a durable store mirrors, and what it gives back.
 //! - [`auth`]: the authorization hook the shell plugs an ACL into.
 //! - [`rate`]: a token bucket for the rate limits.
+//! - [`admin`] and [`watch`]: the administrator's questions (the dashboard's lists) and topic
+//!   watches.
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod conn;
@@ -22,6 +25,7 @@ pub mod rate;
 pub mod retain;
 pub mod session;
 pub mod topic;
+pub mod watch;
 
 pub use auth::{Access, Authorizer};
 pub use broker::{Action, Broker, Policy, Stats};

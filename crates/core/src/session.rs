@@ -63,6 +63,11 @@ pub struct Session {
     /// The connection currently attached, if any.
     pub conn: Option<ConnId>,
     pub version: ProtocolVersion,
+    /// The keep-alive in force for the attached connection, in seconds (for the dashboard).
+    pub keep_alive: u16,
+    /// When the client last connected or went away (for the dashboard); `None` for a session
+    /// restored from the store whose client has not come back yet.
+    pub since: Option<std::time::Instant>,
     pub client: ClientLimits,
     /// Filter (as subscribed, `$share/...` included) → subscription.
     pub subscriptions: HashMap<String, Subscription>,
@@ -111,6 +116,8 @@ impl Session {
             username: None,
             conn: None,
             version,
+            keep_alive: 0,
+            since: None,
             client,
             subscriptions: HashMap::new(),
             expiry_interval: 0,

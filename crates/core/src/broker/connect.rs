@@ -47,7 +47,7 @@ impl Broker {
             self.take_over(now, idx, &connect);
         }
         let (idx, session_present) = self.open_session(now, &client_id, &connect);
-        self.attach(idx, conn, &connect);
+        self.attach(now, idx, conn, &connect);
         let mut ack = ConnAck {
             session_present,
             ..ConnAck::default()
@@ -198,13 +198,16 @@ impl Broker {
     }
 
     /// Binds the new connection to the session with what its CONNECT asked for.
-    fn attach(&mut self, idx: SessionIdx, conn: ConnId, c: &Connect) {
+    fn attach(&mut self, now: Instant, idx: SessionIdx, conn: ConnId, c: &Connect) {
         let max_inflight = self.limits.max_inflight_messages;
         let expiry = self.session_expiry_for(c);
+        let keep_alive = effective_keep_alive(c, &self.limits).0;
         let Some(s) = self.session_mut(idx) else {
             return;
         };
         s.conn = Some(conn);
+        s.keep_alive = keep_alive;
+        s.since = Some(now);
         s.version = c.protocol;
         // The identity may change between connections of one client id; what is queued for
         // the session is checked against the new one as it is sent.
@@ -306,6 +309,7 @@ impl Broker {
             return;
         };
         s.conn = None;
+        s.since = Some(now);
         let expiry = s.expiry_interval;
         if let Some(will) = s.will.take() {
             let delay = will.properties.will_delay_interval.unwrap_or(0);

@@ -5,6 +5,7 @@
 //! Packet-level checks that belong to one connection (aliases, receive maximum, keep-alive)
 //! happen before, in [`crate::conn::ConnState`].
 
+mod admin;
 mod connect;
 mod journal;
 mod publish;
@@ -25,6 +26,7 @@ use crate::retain::RetainedStore;
 use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
+pub use admin::MAX_WATCHES;
 pub use shared::SharedSubscriptions;
 
 /// Index of a session in the broker's slab.
@@ -108,6 +110,8 @@ pub struct Broker {
     store_full_logged: bool,
     /// Access control; `None` allows everything without asking (see [`crate::auth`]).
     authorizer: Option<Box<dyn Authorizer>>,
+    /// The administrator's topic watches (see [`crate::watch`]).
+    watches: crate::watch::Watches,
 }
 
 impl Broker {
@@ -134,6 +138,7 @@ impl Broker {
             stored_bytes: 0,
             store_full_logged: false,
             authorizer: None,
+            watches: crate::watch::Watches::default(),
         }
     }
 
@@ -346,3 +351,5 @@ impl Broker {
 mod auth_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod admin_tests;

@@ -177,6 +177,9 @@ impl Broker {
 
     /// Delivers a message to every matching subscription; returns how many sessions got it.
     pub(super) fn route(&mut self, now: Instant, msg: Arc<Message>) -> usize {
+        if !self.watches.is_empty() {
+            self.watches.offer(&msg);
+        }
         let mut targets: Vec<Target> = Vec::new();
         let sessions = &self.sessions;
         self.subs.for_each_match(&msg.topic, |idx, sub| {
