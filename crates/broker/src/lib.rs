@@ -10,6 +10,7 @@
 //! [`serve`] runs a broker until SIGINT/SIGTERM; [`Server::start`] runs one in-process (tests,
 //! embedding) and hands back its bound addresses.
 
+mod admin;
 mod admission;
 mod auth;
 mod cert_name;

@@ -4,6 +4,7 @@
 //! or retained messages.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminRequest, ClientRow, WatchSink};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
@@ -33,6 +35,7 @@ pub enum ToRouter {
         conn: ConnId,
         connect: Box<Connect>,
         out: Arc<Outbox>,
+        peer: SocketAddr,
     },
     /// A packet from a connected client, already checked by its `ConnState`.
     Packet { conn: ConnId, packet: Packet },
@@ -46,11 +49,20 @@ pub enum ToRouter {
     Lost { conn: ConnId },
     /// A reload brought new access rules (see `reload`).
     SetAuthorizer(Option<Box<dyn makelaar_core::Authorizer>>),
+    /// A question or an order from the administrator (see `admin`).
+    Admin(Box<AdminRequest>),
+}
+
+/// A connection as the router knows it.
+struct Conn {
+    out: Arc<Outbox>,
+    /// The client's address, for the dashboard.
+    peer: SocketAddr,
 }
 
 pub(crate) struct Router {
     broker: Broker,
-    conns: HashMap<ConnId, Arc<Outbox>>,
+    conns: HashMap<ConnId, Conn>,
     max_outgoing: usize,
     counters: Arc<Counters>,
     sys: SysPublisher,
@@ -62,6 +74,9 @@ pub(crate) struct Router {
     /// Acknowledgements waiting for the store (see `store::gate`).
     gate: Gate,
     changes: Vec<makelaar_core::persist::Change>,
+    /// Where each topic watch's copies go (see `admin`); empty unless the dashboard watches.
+    watches: HashMap<makelaar_core::watch::WatchId, WatchSink>,
+    watched: Vec<(makelaar_core::watch::WatchId, makelaar_core::admin::Watched)>,
 }
 
 impl Router {
@@ -83,6 +98,8 @@ impl Router {
             persist,
             gate: Gate::default(),
             changes: Vec::new(),
+            watches: HashMap::new(),
+            watched: Vec::new(),
         }
     }
 
@@ -217,8 +234,13 @@ impl Router {
 
     fn handle(&mut self, now: Instant, msg: ToRouter) {
         match msg {
-            ToRouter::Connect { conn, connect, out } => {
-                self.conns.insert(conn, out);
+            ToRouter::Connect {
+                conn,
+                connect,
+                out,
+                peer,
+            } => {
+                self.conns.insert(conn, Conn { out, peer });
                 self.broker.handle_connect(now, conn, *connect);
             }
             ToRouter::Packet { conn, packet } => self.broker.handle_packet(now, conn, packet),
@@ -232,6 +254,69 @@ impl Router {
                 self.close(conn);
             }
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
+            ToRouter::Admin(request) => self.admin(now, *request),
+        }
+    }
+
+    /// Answers the administrator (see `admin`). A dropped answer means the asker gave up.
+    fn admin(&mut self, now: Instant, request: AdminRequest) {
+        match request {
+            AdminRequest::Clients(q, reply) => {
+                let page = self.broker.admin_clients(&q);
+                let items = page
+                    .items
+                    .into_iter()
+                    .map(|info| ClientRow {
+                        peer: info.conn.and_then(|c| self.conns.get(&c)).map(|c| c.peer),
+                        info,
+                    })
+                    .collect();
+                let _ = reply.send(makelaar_core::admin::Page {
+                    total: page.total,
+                    offset: page.offset,
+                    items,
+                });
+            }
+            AdminRequest::Subscriptions(q, reply) => {
+                let _ = reply.send(self.broker.admin_subscriptions(&q));
+            }
+            AdminRequest::Retained(q, reply) => {
+                let _ = reply.send(self.broker.admin_retained(&q));
+            }
+            AdminRequest::Overview(reply) => {
+                let _ = reply.send(self.broker.admin_overview());
+            }
+            AdminRequest::Disconnect(client_id, reply) => {
+                let _ = reply.send(self.broker.admin_disconnect(now, &client_id));
+            }
+            AdminRequest::Watch {
+                filter,
+                sink,
+                reply,
+            } => {
+                let opened = self.broker.watch(&filter);
+                if let Ok(id) = opened {
+                    tracing::debug!(id, %filter, "topic watch opened");
+                    self.watches.insert(id, sink);
+                }
+                let _ = reply.send(opened);
+            }
+            AdminRequest::Unwatch(id) => {
+                self.broker.unwatch(id);
+                self.watches.remove(&id);
+            }
+        }
+    }
+
+    /// Hands the watched copies of this batch to their readers; a reader that has gone
+    /// closes its watch.
+    fn deliver_watched(&mut self) {
+        self.broker.drain_watched(&mut self.watched);
+        for (id, w) in self.watched.drain(..) {
+            let gone = self.watches.get(&id).is_none_or(|sink| !sink.offer(w));
+            if gone && self.watches.remove(&id).is_some() {
+                self.broker.unwatch(id);
+            }
         }
     }
 
@@ -261,6 +346,9 @@ impl Router {
                 },
             }
         }
+        if self.broker.has_watches() {
+            self.deliver_watched();
+        }
         for out in self.to_wake.drain(..).rev() {
             out.wake();
         }
@@ -287,7 +375,7 @@ impl Router {
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) {
-        let Some(out) = self.conns.get(&conn) else {
+        let Some(Conn { out, .. }) = self.conns.get(&conn) else {
             return;
         };
         match out.push_quiet(packet, self.max_outgoing) {
@@ -312,8 +400,8 @@ impl Router {
     /// connection then closes itself as a keep-alive violation [MQTT-3.1.2-24].
     fn sweep_keep_alive(&mut self, now: Instant) {
         let now_ms = outbox::millis(now);
-        for (conn, out) in &self.conns {
-            if out.expire_if_silent(now_ms) {
+        for (conn, c) in &self.conns {
+            if c.out.expire_if_silent(now_ms) {
                 tracing::debug!(conn, "keep-alive expired");
             }
         }
@@ -321,8 +409,8 @@ impl Router {
 
     fn close(&mut self, conn: ConnId) {
         self.slow_logged.remove(&conn);
-        if let Some(out) = self.conns.remove(&conn) {
-            out.close();
+        if let Some(c) = self.conns.remove(&conn) {
+            c.out.close();
         }
     }
 }

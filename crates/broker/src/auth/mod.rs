@@ -95,6 +95,18 @@ fn load_passwords(path: &Path) -> Result<Passwords, ConfigError> {
     Ok(Passwords { file, decoy })
 }
 
+/// The outcome of checking a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Login {
+    Accepted,
+    /// Unknown user or wrong password.
+    Refused,
+    /// Too many failed attempts from this address are already waiting: refused unchecked.
+    Throttled,
+    /// The password file is not loaded (cannot happen once started).
+    Unavailable,
+}
+
 /// Decides CONNECTs: shared by every connection task.
 pub(crate) struct Authenticator {
     /// The policy of each listener, by index.
@@ -167,19 +179,48 @@ impl Authenticator {
             // 2.0, the username is taken as given, and allowed where anonymous clients are).
             return anonymous();
         };
+        match self.check_password(path, peer, username, password).await {
+            Login::Accepted => Ok(()),
+            Login::Throttled => Err(ReasonCode::CONNECTION_RATE_EXCEEDED),
+            Login::Unavailable => Err(ReasonCode::SERVER_UNAVAILABLE),
+            Login::Refused => {
+                tracing::debug!(%peer, client_id = %connect.client_id, "login failed: unknown user or wrong password");
+                Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+            }
+        }
+    }
+
+    /// The password file listener `listener` checks logins against, if any (the dashboard
+    /// uses its HTTP listener's).
+    pub(crate) fn password_file(&self, listener: usize) -> Option<&Path> {
+        self.listeners
+            .get(listener)
+            .and_then(|l| l.password_file.as_deref())
+    }
+
+    /// Checks `username` and `password` against the password file at `path`, as every login
+    /// is checked: slowed down after failures from `peer`'s address, hashed on the blocking
+    /// pool, an unknown user costing as much as a wrong password.
+    pub(crate) async fn check_password(
+        &self,
+        path: &Path,
+        peer: IpAddr,
+        username: &str,
+        password: Option<Bytes>,
+    ) -> Login {
         let passwords = {
             let all = self.passwords.read().unwrap_or_else(|e| e.into_inner());
             all.get(path).cloned()
         };
         let Some(passwords) = passwords else {
-            return Err(ReasonCode::SERVER_UNAVAILABLE);
+            return Login::Unavailable;
         };
         match self.throttle.reserve(peer, Instant::now()) {
             Slot::After(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
             Slot::After(_) => {}
             Slot::Refused => {
                 tracing::debug!(%peer, "login refused unchecked: too many failed attempts queued from this address");
-                return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
+                return Login::Throttled;
             }
         }
         let hash = passwords.file.hash_of(username).cloned();
@@ -193,11 +234,10 @@ impl Authenticator {
         };
         if ok {
             self.throttle.succeeded(peer);
-            Ok(())
+            Login::Accepted
         } else {
-            tracing::debug!(%peer, client_id = %connect.client_id, "login failed: unknown user or wrong password");
             self.throttle.failed(peer, Instant::now());
-            Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+            Login::Refused
         }
     }
 

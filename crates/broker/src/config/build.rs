@@ -43,6 +43,7 @@ impl ConfigFile {
         }
 
         Ok(Config {
+            dashboard: self.dashboard.into(),
             deny_subscriptions,
             acl_file: self.acl_file,
             listeners,

@@ -9,6 +9,7 @@
 //! and how to fix it; errors found while parsing the file carry `file:line:column`.
 
 mod build;
+mod dashboard;
 mod limits;
 mod listen;
 mod listeners;
@@ -23,6 +24,7 @@ use makelaar_core::Limits;
 pub use makelaar_store::Durability;
 use serde::Deserialize;
 
+pub use dashboard::{DashboardConfig, DashboardTable};
 pub use limits::LimitsConfig;
 use listen::de_listen;
 pub use listen::parse_listen_url;
@@ -90,6 +92,8 @@ pub struct Config {
     /// Mosquitto ACL file checked for every PUBLISH, SUBSCRIBE and delivery; `None`: no
     /// access control.
     pub acl_file: Option<PathBuf>,
+    /// The web dashboard on the HTTP listeners (`[dashboard]`).
+    pub dashboard: DashboardConfig,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             on_corrupt_store: CorruptStorePolicy::Fail,
             deny_subscriptions: Vec::new(),
             acl_file: None,
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -324,6 +329,9 @@ pub struct ConfigFile {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[dashboard]`.
+    #[serde(default)]
+    pub dashboard: DashboardTable,
 }
 
 /// One `[[listener]]` table: a listener whose TLS and authentication settings may differ from

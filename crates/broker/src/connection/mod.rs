@@ -141,6 +141,7 @@ where
         conn,
         connect,
         out: outbox.clone(),
+        peer,
     };
     if !forward(&ctx.router, msg).await {
         return None;

@@ -1,0 +1,193 @@
+//! The administrator's way to the router: questions (clients, subscriptions, retained
+//! messages, figures), disconnecting a client, and topic watches. The dashboard's HTTP handlers
+//! use an [`Admin`] handle.
+//!
+//! A question travels to the router over the connections' channel with a oneshot for the
+//! answer; the router answers it between two batches from the core's admin functions
+//! (`makelaar_core::admin`), so no lock is shared with routing. Topic watches get their copies
+//! over a bounded channel per watch: when the browser falls behind, copies are dropped and
+//! counted rather than slowing the router.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use makelaar_core::admin::{
+    ClientInfo, ListQuery, Overview, Page, RetainedInfo, SubscriptionInfo, Watched,
+};
+use makelaar_core::watch::{WatchError, WatchId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::router::ToRouter;
+
+/// Copies a watch holds for its reader before new ones are dropped.
+pub const WATCH_BUFFER: usize = 256;
+
+/// A session as the dashboard lists it: the core's figures and the connection's address.
+#[derive(Debug, Clone)]
+pub struct ClientRow {
+    pub info: ClientInfo,
+    /// The client's address, while it is connected.
+    pub peer: Option<SocketAddr>,
+}
+
+/// Where a watch's copies go (held by the router).
+#[derive(Debug)]
+pub(crate) struct WatchSink {
+    pub tx: mpsc::Sender<Watched>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl WatchSink {
+    /// Hands a copy to the reader; false once the reader is gone.
+    pub fn offer(&self, w: Watched) -> bool {
+        match self.tx.try_send(w) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// What the administrator asks the router.
+#[derive(Debug)]
+pub(crate) enum AdminRequest {
+    Clients(ListQuery, oneshot::Sender<Page<ClientRow>>),
+    Subscriptions(ListQuery, oneshot::Sender<Page<SubscriptionInfo>>),
+    Retained(ListQuery, oneshot::Sender<Page<RetainedInfo>>),
+    Overview(oneshot::Sender<Overview>),
+    Disconnect(String, oneshot::Sender<bool>),
+    Watch {
+        filter: String,
+        sink: WatchSink,
+        reply: oneshot::Sender<Result<WatchId, WatchError>>,
+    },
+    Unwatch(WatchId),
+}
+
+/// The broker stopped before it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker is shutting down")]
+pub struct Stopped;
+
+/// A handle for asking the router; cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    router: mpsc::Sender<ToRouter>,
+}
+
+impl Admin {
+    pub(crate) fn new(router: mpsc::Sender<ToRouter>) -> Admin {
+        Admin { router }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.router
+            .send(ToRouter::Admin(Box::new(make(tx))))
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Sessions, sorted by client id.
+    pub async fn clients(&self, q: ListQuery) -> Result<Page<ClientRow>, Stopped> {
+        self.ask(|tx| AdminRequest::Clients(q, tx)).await
+    }
+
+    /// Subscriptions, sorted by client id and filter.
+    pub async fn subscriptions(&self, q: ListQuery) -> Result<Page<SubscriptionInfo>, Stopped> {
+        self.ask(|tx| AdminRequest::Subscriptions(q, tx)).await
+    }
+
+    /// Retained messages, sorted by topic.
+    pub async fn retained(&self, q: ListQuery) -> Result<Page<RetainedInfo>, Stopped> {
+        self.ask(|tx| AdminRequest::Retained(q, tx)).await
+    }
+
+    /// The router's figures.
+    pub async fn overview(&self) -> Result<Overview, Stopped> {
+        self.ask(AdminRequest::Overview).await
+    }
+
+    /// Disconnects the client connected with this id (see `Broker::admin_disconnect`); false
+    /// when no such client is connected.
+    pub async fn disconnect(&self, client_id: String) -> Result<bool, Stopped> {
+        self.ask(|tx| AdminRequest::Disconnect(client_id, tx)).await
+    }
+
+    /// Opens a topic watch on `filter`.
+    pub async fn watch(&self, filter: String) -> Result<Result<WatchStream, WatchError>, Stopped> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let sink = WatchSink {
+            tx,
+            dropped: dropped.clone(),
+        };
+        let opened = self
+            .ask(|reply| AdminRequest::Watch {
+                filter,
+                sink,
+                reply,
+            })
+            .await?;
+        Ok(opened.map(|id| WatchStream {
+            id,
+            rx,
+            dropped,
+            router: self.router.clone(),
+        }))
+    }
+}
+
+/// An open topic watch; closed when dropped.
+pub struct WatchStream {
+    id: WatchId,
+    rx: mpsc::Receiver<Watched>,
+    dropped: Arc<AtomicU64>,
+    router: mpsc::Sender<ToRouter>,
+}
+
+impl WatchStream {
+    /// The next copy; `None` once the broker stops.
+    pub async fn next(&mut self) -> Option<Watched> {
+        self.rx.recv().await
+    }
+
+    /// Copies dropped so far because this reader was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let msg = ToRouter::Admin(Box::new(AdminRequest::Unwatch(self.id)));
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.router.try_send(msg) {
+            // The router is busy: tell it later rather than wait here. (Were this impossible,
+            // the router would still close the watch at its next copy, finding it closed.)
+            let router = self.router.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = router.send(msg).await;
+                });
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch of an `Instant` in the past (for `since` columns).
+pub fn unix_millis(at: Instant) -> u64 {
+    let ago = Instant::now().saturating_duration_since(at);
+    SystemTime::now()
+        .checked_sub(ago)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
