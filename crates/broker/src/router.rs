@@ -46,7 +46,13 @@ pub enum ToRouter {
     Lost { conn: ConnId },
     /// A reload brought new access rules (see `reload`).
     SetAuthorizer(Option<Box<dyn makelaar_core::Authorizer>>),
+    /// A question from the HTTP side (`crate::http::HttpCtx::ask_router`), answered on this
+    /// task with the router's state at hand.
+    Inspect(Inspect),
 }
+
+/// A closure run on the router's task; it sends its answer back itself.
+pub(crate) type Inspect = Box<dyn FnOnce(&Router) + Send>;
 
 pub(crate) struct Router {
     broker: Broker,
@@ -84,6 +90,12 @@ impl Router {
             gate: Gate::default(),
             changes: Vec::new(),
         }
+    }
+
+    /// The core's state, for questions from the HTTP side.
+    #[allow(dead_code)] // read by /metrics
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// Runs until `shutdown` is cancelled, then tells every client and returns.
@@ -232,6 +244,7 @@ impl Router {
                 self.close(conn);
             }
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
+            ToRouter::Inspect(question) => question(self),
         }
     }
 
