@@ -8,6 +8,7 @@
 //! over a bounded channel per watch: when the browser falls behind, copies are dropped and
 //! counted rather than slowing the router.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use makelaar_core::admin::{
     ClientInfo, ListQuery, Overview, Page, RetainedInfo, SubscriptionInfo, Watched,
 };
+use makelaar_core::session::ConnId;
 use makelaar_core::watch::{WatchError, WatchId};
+use makelaar_core::Broker;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::router::ToRouter;
@@ -67,6 +70,85 @@ pub(crate) enum AdminRequest {
         reply: oneshot::Sender<Result<WatchId, WatchError>>,
     },
     Unwatch(WatchId),
+}
+
+/// The router's side: answers requests and hands watched copies to their readers.
+#[derive(Debug, Default)]
+pub(crate) struct AdminDesk {
+    /// Where each topic watch's copies go; empty unless the dashboard watches.
+    watches: HashMap<WatchId, WatchSink>,
+    watched: Vec<(WatchId, Watched)>,
+}
+
+impl AdminDesk {
+    /// Answers one request on the router's task; `peer_of` gives a connection's address. A
+    /// dropped answer means the asker gave up.
+    pub fn answer(
+        &mut self,
+        broker: &mut Broker,
+        now: Instant,
+        request: AdminRequest,
+        peer_of: impl Fn(ConnId) -> Option<SocketAddr>,
+    ) {
+        match request {
+            AdminRequest::Clients(q, reply) => {
+                let page = broker.admin_clients(&q);
+                let items = page
+                    .items
+                    .into_iter()
+                    .map(|info| ClientRow {
+                        peer: info.conn.and_then(&peer_of),
+                        info,
+                    })
+                    .collect();
+                let _ = reply.send(Page {
+                    total: page.total,
+                    offset: page.offset,
+                    items,
+                });
+            }
+            AdminRequest::Subscriptions(q, reply) => {
+                let _ = reply.send(broker.admin_subscriptions(&q));
+            }
+            AdminRequest::Retained(q, reply) => {
+                let _ = reply.send(broker.admin_retained(&q));
+            }
+            AdminRequest::Overview(reply) => {
+                let _ = reply.send(broker.admin_overview());
+            }
+            AdminRequest::Disconnect(client_id, reply) => {
+                let _ = reply.send(broker.admin_disconnect(now, &client_id));
+            }
+            AdminRequest::Watch {
+                filter,
+                sink,
+                reply,
+            } => {
+                let opened = broker.watch(&filter);
+                if let Ok(id) = opened {
+                    tracing::debug!(id, %filter, "topic watch opened");
+                    self.watches.insert(id, sink);
+                }
+                let _ = reply.send(opened);
+            }
+            AdminRequest::Unwatch(id) => {
+                broker.unwatch(id);
+                self.watches.remove(&id);
+            }
+        }
+    }
+
+    /// Hands the copies watched in this batch to their readers; a reader that has gone
+    /// closes its watch. Called only while a watch is open.
+    pub fn deliver_watched(&mut self, broker: &mut Broker) {
+        broker.drain_watched(&mut self.watched);
+        for (id, w) in self.watched.drain(..) {
+            let gone = self.watches.get(&id).is_none_or(|sink| !sink.offer(w));
+            if gone && self.watches.remove(&id).is_some() {
+                broker.unwatch(id);
+            }
+        }
+    }
 }
 
 /// The broker stopped before it answered.

@@ -1,6 +1,7 @@
 //! The Makelaar broker's tokio shell around the sans-IO core.
 //!
 //! - [`listener`]: binds `mqtt://` and `mqtts://` listeners, accepts, runs TLS handshakes.
+//! - [`http`]: the `http://` listener: `/metrics` (Prometheus) and `/healthz`.
 //! - `connection`: one task per client: read, decode, per-connection checks, write.
 //! - `router`: the one task that owns the core `Broker` (sessions, topic tree, retained).
 //! - `sys`: the `$SYS/broker/...` topics.
@@ -16,6 +17,7 @@ mod auth;
 mod cert_name;
 pub mod config;
 mod connection;
+pub mod http;
 pub mod listener;
 pub mod mosquitto;
 mod outbox;
@@ -125,6 +127,11 @@ impl Server {
             tls: tls_slots,
         };
         let admission = admission::Admission::new(config.limits.max_connection_rate);
+        let http_ctx = Arc::new(http::HttpCtx {
+            router: tx.clone(),
+            counters: counters.clone(),
+            started: Instant::now(),
+        });
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,
             large_packets: Arc::new(tokio::sync::Semaphore::new(permits as usize)),
@@ -137,6 +144,16 @@ impl Server {
         let next_conn = Arc::new(AtomicU64::new(1));
         for (index, l) in listeners.into_iter().enumerate() {
             let lc = config.listeners.get(index);
+            if l.kind().is_http() {
+                tasks.spawn(http::accept_loop(
+                    l,
+                    lc.map_or(0, |c| c.max_connections),
+                    http_ctx.clone(),
+                    tasks.clone(),
+                    shutdown.clone(),
+                ));
+                continue;
+            }
             let identity = lc.is_some_and(|c| c.auth.use_identity_as_username);
             let count = admission::ListenerCount::new(lc.map_or(0, |c| c.max_connections));
             tasks.spawn(accept_loop(

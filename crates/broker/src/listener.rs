@@ -1,5 +1,6 @@
-//! Listeners: bind the configured addresses, accept TCP connections, and (for `mqtts://`) run
-//! the TLS handshake outside the accept loop.
+//! Listeners: bind the configured addresses, accept TCP connections, and (for `mqtts://` and
+//! `https://`) run the TLS handshake outside the accept loop. HTTP listeners are served by
+//! `crate::http`, MQTT ones by the connection tasks.
 //!
 //! The intended accept loop:
 //! ```ignore
@@ -196,12 +197,10 @@ impl Listener {
     /// a [`ConfigError`] sentence: unreadable certificate, port in use, permission denied, ...
     /// On success it logs "makelaar VERSION listening on URL" at info on [`STATUS_TARGET`].
     pub async fn bind(cfg: &ListenerConfig) -> Result<Listener, ConfigError> {
-        let tls = match (&cfg.kind, &cfg.tls) {
-            (ListenerKind::Mqtt, _) => None,
-            (ListenerKind::Mqtts, Some(settings)) => {
-                Some(Arc::new(TlsSlot::new(&cfg.url, settings)?))
-            }
-            (ListenerKind::Mqtts, None) => {
+        let tls = match (cfg.kind.is_tls(), &cfg.tls) {
+            (false, _) => None,
+            (true, Some(settings)) => Some(Arc::new(TlsSlot::new(&cfg.url, settings)?)),
+            (true, None) => {
                 return Err(ConfigError::Invalid(format!(
                     "listener \"{}\" needs a certificate: pass --cert FILE and --key FILE (PEM), \
                      or set cert and key in the config file",

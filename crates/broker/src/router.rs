@@ -15,7 +15,7 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminRequest, ClientRow, WatchSink};
+use crate::admin::{AdminDesk, AdminRequest};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
@@ -51,6 +51,9 @@ pub enum ToRouter {
     SetAuthorizer(Option<Box<dyn makelaar_core::Authorizer>>),
     /// A question or an order from the administrator (see `admin`).
     Admin(Box<AdminRequest>),
+    /// A question from the HTTP side (`crate::http::HttpCtx::ask_router`), answered on this
+    /// task with the router's state at hand.
+    Inspect(Inspect),
 }
 
 /// A connection as the router knows it.
@@ -59,6 +62,9 @@ struct Conn {
     /// The client's address, for the dashboard.
     peer: SocketAddr,
 }
+
+/// A closure run on the router's task; it sends its answer back itself.
+pub(crate) type Inspect = Box<dyn FnOnce(&Router) + Send>;
 
 pub(crate) struct Router {
     broker: Broker,
@@ -74,9 +80,8 @@ pub(crate) struct Router {
     /// Acknowledgements waiting for the store (see `store::gate`).
     gate: Gate,
     changes: Vec<makelaar_core::persist::Change>,
-    /// Where each topic watch's copies go (see `admin`); empty unless the dashboard watches.
-    watches: HashMap<makelaar_core::watch::WatchId, WatchSink>,
-    watched: Vec<(makelaar_core::watch::WatchId, makelaar_core::admin::Watched)>,
+    /// The administrator's requests and topic watches (see `admin`).
+    admin: AdminDesk,
 }
 
 impl Router {
@@ -98,9 +103,14 @@ impl Router {
             persist,
             gate: Gate::default(),
             changes: Vec::new(),
-            watches: HashMap::new(),
-            watched: Vec::new(),
+            admin: AdminDesk::default(),
         }
+    }
+
+    /// The core's state, for questions from the HTTP side.
+    #[allow(dead_code)] // read by /metrics
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// Runs until `shutdown` is cancelled, then tells every client and returns.
@@ -254,69 +264,12 @@ impl Router {
                 self.close(conn);
             }
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
-            ToRouter::Admin(request) => self.admin(now, *request),
-        }
-    }
-
-    /// Answers the administrator (see `admin`). A dropped answer means the asker gave up.
-    fn admin(&mut self, now: Instant, request: AdminRequest) {
-        match request {
-            AdminRequest::Clients(q, reply) => {
-                let page = self.broker.admin_clients(&q);
-                let items = page
-                    .items
-                    .into_iter()
-                    .map(|info| ClientRow {
-                        peer: info.conn.and_then(|c| self.conns.get(&c)).map(|c| c.peer),
-                        info,
-                    })
-                    .collect();
-                let _ = reply.send(makelaar_core::admin::Page {
-                    total: page.total,
-                    offset: page.offset,
-                    items,
-                });
+            ToRouter::Admin(request) => {
+                let conns = &self.conns;
+                let peer_of = |c| conns.get(&c).map(|c: &Conn| c.peer);
+                self.admin.answer(&mut self.broker, now, *request, peer_of);
             }
-            AdminRequest::Subscriptions(q, reply) => {
-                let _ = reply.send(self.broker.admin_subscriptions(&q));
-            }
-            AdminRequest::Retained(q, reply) => {
-                let _ = reply.send(self.broker.admin_retained(&q));
-            }
-            AdminRequest::Overview(reply) => {
-                let _ = reply.send(self.broker.admin_overview());
-            }
-            AdminRequest::Disconnect(client_id, reply) => {
-                let _ = reply.send(self.broker.admin_disconnect(now, &client_id));
-            }
-            AdminRequest::Watch {
-                filter,
-                sink,
-                reply,
-            } => {
-                let opened = self.broker.watch(&filter);
-                if let Ok(id) = opened {
-                    tracing::debug!(id, %filter, "topic watch opened");
-                    self.watches.insert(id, sink);
-                }
-                let _ = reply.send(opened);
-            }
-            AdminRequest::Unwatch(id) => {
-                self.broker.unwatch(id);
-                self.watches.remove(&id);
-            }
-        }
-    }
-
-    /// Hands the watched copies of this batch to their readers; a reader that has gone
-    /// closes its watch.
-    fn deliver_watched(&mut self) {
-        self.broker.drain_watched(&mut self.watched);
-        for (id, w) in self.watched.drain(..) {
-            let gone = self.watches.get(&id).is_none_or(|sink| !sink.offer(w));
-            if gone && self.watches.remove(&id).is_some() {
-                self.broker.unwatch(id);
-            }
+            ToRouter::Inspect(question) => question(self),
         }
     }
 
@@ -347,7 +300,7 @@ impl Router {
             }
         }
         if self.broker.has_watches() {
-            self.deliver_watched();
+            self.admin.deliver_watched(&mut self.broker);
         }
         for out in self.to_wake.drain(..).rev() {
             out.wake();

@@ -288,6 +288,32 @@ fn unreadable_config_file() {
 // Listener URLs and settings
 
 #[test]
+fn http_listeners_and_the_mqtt_listener_they_imply() {
+    let c = Config::from_toml_str(
+        "listen = [\"mqtt://127.0.0.1:1884\", \"http://127.0.0.1\"]",
+        "makelaar.toml",
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[1].kind, ListenerKind::Http);
+    assert_eq!(c.listeners[1].addr.port(), 9883);
+    assert!(c.listeners[1].kind.is_http() && !c.listeners[1].kind.is_tls());
+    // Only an HTTP listener: MQTT gets its default one.
+    let c = Config::from_toml_str("listen = \"http://127.0.0.1:9000\"", "makelaar.toml").unwrap();
+    let urls: Vec<&str> = c.listeners.iter().map(|l| l.url.as_str()).collect();
+    assert_eq!(urls, ["mqtt://127.0.0.1:1883", "http://127.0.0.1:9000"]);
+    // https needs the certificate, as mqtts does.
+    assert!(parse_err("listen = [\"https://127.0.0.1:9884\"]").contains("needs a certificate"));
+    // Two listeners on port 0 each get a free port of their own.
+    let c = Config::from_toml_str(
+        "listen = [\"mqtt://127.0.0.1:0\", \"http://127.0.0.1:0\"]",
+        "makelaar.toml",
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 2);
+}
+
+#[test]
 fn bad_listener_urls() {
     assert_eq!(
         parse_err("listen = [\"tcp://x\"]"),

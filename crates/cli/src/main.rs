@@ -98,8 +98,9 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     mosquitto_conf: Option<PathBuf>,
 
-    /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT. Repeat for more
-    /// listeners; replaces the file's listeners. [default: mqtt://127.0.0.1:1883]
+    /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT (http://HOST:PORT
+    /// serves /metrics and /healthz). Repeat for more listeners; replaces the file's listeners.
+    /// [default: mqtt://127.0.0.1:1883, also added when only http:// listeners are given]
     #[arg(short = 'l', long, value_name = "URL")]
     listen: Vec<String>,
 

@@ -1,4 +1,5 @@
-//! Listener URLs: `mqtt://HOST:PORT` and `mqtts://HOST:PORT`.
+//! Listener URLs: `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, and `http://HOST:PORT` /
+//! `https://HOST:PORT` for metrics and health.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -8,8 +9,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use super::messages::io_reason;
 use super::{ConfigError, ListenerKind};
 
-/// Parses `mqtt://HOST:PORT` / `mqtts://HOST:PORT` (port optional: 1883 / 8883; IPv6 hosts in
-/// brackets) and resolves the host.
+/// Parses `mqtt://HOST:PORT` / `mqtts://HOST:PORT` / `http://HOST:PORT` / `https://HOST:PORT`
+/// (port optional: 1883 / 8883 / 9883 / 9884; IPv6 hosts in brackets) and resolves the host.
 pub fn parse_listen_url(url: &str) -> Result<(ListenerKind, SocketAddr), ConfigError> {
     let bad = |msg: String| Err(ConfigError::Listener(msg));
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -21,7 +22,9 @@ pub fn parse_listen_url(url: &str) -> Result<(ListenerKind, SocketAddr), ConfigE
     let kind = match scheme.to_ascii_lowercase().as_str() {
         "mqtt" => ListenerKind::Mqtt,
         "mqtts" => ListenerKind::Mqtts,
-        "ws" | "wss" | "http" | "https" => {
+        "http" => ListenerKind::Http,
+        "https" => ListenerKind::Https,
+        "ws" | "wss" => {
             return bad(format!(
                 "listener URL \"{url}\": {scheme}:// listeners are not supported yet; use \
                  mqtt://HOST:PORT or mqtts://HOST:PORT"

@@ -79,6 +79,12 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
         }
     };
     let mut specs: Vec<(String, Settings, bool, usize)> = Vec::new();
+    let mut urls = urls;
+    // Only HTTP listeners (`--listen http://...` for metrics): MQTT still gets its default.
+    let table_urls = f.listener.iter().map(|t| &t.url);
+    if urls.iter().chain(table_urls).all(|u| is_http_url(u)) {
+        urls.insert(0, DEFAULT_LISTEN.to_string());
+    }
     for url in urls {
         specs.push((url, top.clone(), false, 0));
     }
@@ -95,15 +101,17 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(specs.len());
     for (url, s, explicit_identity, max_connections) in specs {
         let (kind, addr) = parse_listen_url(&url)?;
-        if let Some(other) = listeners.iter().find(|l| l.addr == addr) {
+        // Port 0 (any free port) never collides.
+        let clash = |l: &&ListenerConfig| l.addr == addr && addr.port() != 0;
+        if let Some(other) = listeners.iter().find(clash) {
             return Err(ConfigError::Listener(format!(
                 "listeners \"{}\" and \"{url}\" both use {addr}; give each listener its own port",
                 other.url
             )));
         }
-        let tls = match kind {
-            ListenerKind::Mqtt => None,
-            ListenerKind::Mqtts => Some(tls_settings(&url, &s)?),
+        let tls = match kind.is_tls() {
+            false => None,
+            true => Some(tls_settings(&url, &s)?),
         };
         let auth = listener_auth(&url, kind, &s, explicit_identity)?;
         listeners.push(ListenerConfig {
@@ -116,7 +124,7 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
         });
     }
 
-    let has_tls = listeners.iter().any(|l| l.kind == ListenerKind::Mqtts);
+    let has_tls = listeners.iter().any(|l| l.kind.is_tls());
     if !has_tls && (f.cert.is_some() || f.key.is_some() || f.cafile.is_some()) {
         tracing::warn!(
             "a certificate, key or cafile is configured but no listener uses TLS; add an \
@@ -132,6 +140,13 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
     Ok(listeners)
 }
 
+/// Whether a URL names an HTTP listener (errors are left to [`parse_listen_url`]).
+fn is_http_url(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+    })
+}
+
 /// Who may connect: `use_identity_as_username` only where there is a verified certificate,
 /// and anonymous clients allowed by default only where no credentials are configured.
 fn listener_auth(
@@ -143,6 +158,8 @@ fn listener_auth(
     let wanted = s.use_identity_as_username.unwrap_or(false);
     let use_identity_as_username = match kind {
         ListenerKind::Mqtts => wanted,
+        // An HTTP listener has no MQTT clients to name.
+        ListenerKind::Http | ListenerKind::Https => false,
         // A top-level setting applies to the TLS listeners; a table must not ask for it.
         ListenerKind::Mqtt if wanted && explicit_identity => {
             return Err(ConfigError::Invalid(format!(

@@ -168,6 +168,10 @@ pub enum ListenerKind {
     Mqtt,
     /// `mqtts://`: MQTT over TLS.
     Mqtts,
+    /// `http://`: the HTTP listener (metrics, health; see `crate::http`).
+    Http,
+    /// `https://`: the HTTP listener over TLS.
+    Https,
 }
 
 impl ListenerKind {
@@ -176,15 +180,30 @@ impl ListenerKind {
         match self {
             ListenerKind::Mqtt => "mqtt",
             ListenerKind::Mqtts => "mqtts",
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
         }
     }
 
-    /// The port used when the URL names none (1883 for mqtt, 8883 for mqtts).
+    /// The port used when the URL names none (1883 for mqtt, 8883 for mqtts, 9883 for
+    /// http, 9884 for https).
     pub fn default_port(self) -> u16 {
         match self {
             ListenerKind::Mqtt => 1883,
             ListenerKind::Mqtts => 8883,
+            ListenerKind::Http => 9883,
+            ListenerKind::Https => 9884,
         }
+    }
+
+    /// Whether connections are encrypted (the listener needs a certificate).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Mqtts | ListenerKind::Https)
+    }
+
+    /// Whether the listener speaks HTTP (metrics, health) rather than MQTT.
+    pub fn is_http(self) -> bool {
+        matches!(self, ListenerKind::Http | ListenerKind::Https)
     }
 }
 
@@ -203,11 +222,12 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// The address to bind (host names such as `localhost` are resolved when the config is built).
     pub addr: SocketAddr,
-    /// Certificate settings; `Some` exactly when `kind` is [`ListenerKind::Mqtts`].
+    /// Certificate settings; `Some` exactly when `kind` is TLS ([`ListenerKind::is_tls`]).
     pub tls: Option<TlsSettings>,
     /// Who may connect here.
     pub auth: ListenerAuth,
-    /// Clients connected through this listener at once; 0 means no limit.
+    /// Clients connected through this listener at once; 0 means no limit (for an HTTP
+    /// listener: `crate::http::DEFAULT_MAX_CONNECTIONS`).
     pub max_connections: usize,
 }
 
@@ -339,7 +359,7 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTable {
-    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    /// `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`.
     pub url: String,
     /// As the top-level `cert`.
     #[serde(default)]

@@ -1,0 +1,187 @@
+//! The HTTP listener (`http://HOST:PORT`, or `https://` with the broker's certificate):
+//! `/metrics` for Prometheus and `/healthz`. HTTP/1.1 only (hyper), one task per connection.
+//!
+//! Bounded like everything that faces the network: at most the listener's `max_connections`
+//! at once ([`DEFAULT_MAX_CONNECTIONS`] when unset; past it a connection is closed at once),
+//! request headers of at most [`MAX_HEADER_BYTES`] (431 past it) read within
+//! [`HEADER_READ_TIMEOUT`] (which also ends an idle keep-alive connection), a write that
+//! makes no progress for [`WRITE_STALL_TIMEOUT`] ends the connection (`stall`), request bodies
+//! only through [`response::read_body`] with a limit.
+//!
+//! # Adding a route
+//!
+//! 1. Write the handler in a file of its own under `http/`: an `async fn` taking
+//!    `&Arc<HttpCtx>` (and the `Request` if it needs headers, the query or the body) and
+//!    returning `Response<Body>`; build responses with [`response::full`] / [`response::text`],
+//!    or stream with `http_body_util::StreamBody` boxed into [`response::Body`]. A body the
+//!    client sends is read with [`response::read_body`] and a limit.
+//! 2. Add its path to the `match` in [`routes::route`]: an exact path (`"/api/sessions"`) or a
+//!    guard for a family (`p if p.starts_with("/api/")`), checking the method there: unknown
+//!    paths fall through to 404, wrong methods answer [`response::method_not_allowed`].
+//! 3. What it needs from the broker's state it asks the router with [`HttpCtx::ask_router`]:
+//!    a closure run on the router's task between two batches, with the `Router` (and so the
+//!    core `Broker`) at hand. Keep it short and copy out only what the answer needs: the
+//!    router delivers no message while it runs.
+
+mod health;
+mod response;
+mod routes;
+mod stall;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::listener::{Accepted, Listener, ACCEPT_ERROR_BACKOFF};
+use crate::router::{Router, ToRouter};
+use crate::Counters;
+
+/// Connections an HTTP listener serves at once when its `max_connections` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Longest a client may take to send a request's headers, and longest an idle keep-alive
+/// connection stays open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; larger gets 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A response write that makes no progress for this long ends the connection.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for the router to answer before giving up (503 for `/healthz`).
+pub const ROUTER_ANSWER_TIME: Duration = Duration::from_secs(1);
+/// How long open HTTP connections get to finish when the broker stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// hyper's read buffer; it never grows past this (the head limit is below it).
+const MAX_BUF_BYTES: usize = 64 * 1024;
+
+/// What every HTTP request handler can reach.
+pub(crate) struct HttpCtx {
+    /// The router's channel (see [`HttpCtx::ask_router`]).
+    pub router: mpsc::Sender<ToRouter>,
+    /// Counters kept by the connection tasks.
+    #[allow(dead_code)] // read by /metrics
+    pub counters: Arc<Counters>,
+    /// When the broker started.
+    #[allow(dead_code)] // read by /metrics
+    pub started: Instant,
+}
+
+impl HttpCtx {
+    /// Runs `f` on the router's task, with its state, and returns what it returns; `None`
+    /// when the router did not answer within [`ROUTER_ANSWER_TIME`] (overloaded, or
+    /// stopping). The question queues behind the messages already waiting for the router.
+    pub(crate) async fn ask_router<T, F>(&self, f: F) -> Option<T>
+    where
+        F: FnOnce(&Router) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let question = ToRouter::Inspect(Box::new(move |router| {
+            let _ = tx.send(f(router));
+        }));
+        let asked = async {
+            self.router.send(question).await.ok()?;
+            rx.await.ok()
+        };
+        tokio::time::timeout(ROUTER_ANSWER_TIME, asked)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// Accepts connections on an HTTP listener until `shutdown`, each served on its own task.
+pub(crate) async fn accept_loop(
+    listener: Listener,
+    max_connections: usize,
+    ctx: Arc<HttpCtx>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let max = match max_connections {
+        0 => DEFAULT_MAX_CONNECTIONS,
+        n => n,
+    };
+    let open = Arc::new(Semaphore::new(max));
+    let mut refusing = false;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (accepted, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(listener = listener.url(), error = %e, "cannot accept connections (too many open files?); retrying shortly");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            // Logged once per episode: a burst of refusals is one line.
+            if !refusing {
+                tracing::warn!(listener = listener.url(), max_connections = max, "too many HTTP connections at once: closing new ones until some end (raise max_connections of this [[listener]] if this is expected)");
+                refusing = true;
+            }
+            tracing::debug!(%peer, "HTTP connection refused: listener full");
+            continue;
+        };
+        refusing = false;
+        tasks.spawn(serve_connection(
+            accepted,
+            ctx.clone(),
+            shutdown.clone(),
+            permit,
+        ));
+    }
+}
+
+/// One HTTP connection: TLS handshake (https), then requests until the client leaves, a
+/// limit ends it, or the broker stops.
+async fn serve_connection(
+    accepted: Accepted,
+    ctx: Arc<HttpCtx>,
+    shutdown: CancellationToken,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let peer = accepted.peer_addr();
+    let stream = match accepted.handshake().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP: TLS handshake failed");
+            return;
+        }
+    };
+    let io = TokioIo::new(stall::StallGuard::new(stream, WRITE_STALL_TIMEOUT));
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(routes::route(&ctx, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_BUF_BYTES)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}

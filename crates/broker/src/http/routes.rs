@@ -1,0 +1,30 @@
+//! The routing function: which handler answers which path.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::response::{method_not_allowed, not_found, Body};
+use super::{health, HttpCtx};
+
+/// `Allow` of the read-only paths.
+pub(crate) const GET_HEAD: &str = "GET, HEAD";
+
+/// Answers one request. A path is matched exactly (or by prefix, for a family of paths); a
+/// known path asked with a method it does not take gets 405, an unknown path 404.
+pub(crate) async fn route(ctx: &Arc<HttpCtx>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match path {
+        "/healthz" => match read_only(req.method()) {
+            true => health::healthz(ctx).await,
+            false => method_not_allowed(GET_HEAD),
+        },
+        _ => not_found(path),
+    }
+}
+
+/// GET, or HEAD (answered as GET; hyper sends the headers without the body).
+pub(crate) fn read_only(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
