@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use makelaar_core::admin::{
     ClientInfo, ListQuery, Overview, Page, RetainedInfo, SubscriptionInfo, Watched,
@@ -151,9 +151,13 @@ impl AdminDesk {
     }
 }
 
-/// The broker stopped before it answered.
+/// How long a request waits for the router's answer.
+pub const ANSWER_TIME: Duration = Duration::from_secs(5);
+
+/// The router did not answer: the broker is stopping, or too busy to answer within
+/// [`ANSWER_TIME`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the broker is shutting down")]
+#[error("the broker did not answer within 5 s: it is stopping or overloaded")]
 pub struct Stopped;
 
 /// A handle for asking the router; cheap to clone.
@@ -172,11 +176,16 @@ impl Admin {
         make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
     ) -> Result<T, Stopped> {
         let (tx, rx) = oneshot::channel();
-        self.router
-            .send(ToRouter::Admin(Box::new(make(tx))))
+        let asked = async {
+            let request = ToRouter::Admin(Box::new(make(tx)));
+            self.router.send(request).await.ok()?;
+            rx.await.ok()
+        };
+        tokio::time::timeout(ANSWER_TIME, asked)
             .await
-            .map_err(|_| Stopped)?;
-        rx.await.map_err(|_| Stopped)
+            .ok()
+            .flatten()
+            .ok_or(Stopped)
     }
 
     /// Sessions, sorted by client id.
@@ -241,6 +250,11 @@ impl WatchStream {
     /// The next copy; `None` once the broker stops.
     pub async fn next(&mut self) -> Option<Watched> {
         self.rx.recv().await
+    }
+
+    /// The next copy if one is ready now.
+    pub fn try_next(&mut self) -> Option<Watched> {
+        self.rx.try_recv().ok()
     }
 
     /// Copies dropped so far because this reader was behind.

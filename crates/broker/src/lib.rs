@@ -127,11 +127,31 @@ impl Server {
             tls: tls_slots,
         };
         let admission = admission::Admission::new(config.limits.max_connection_rate);
-        let http_ctx = Arc::new(http::HttpCtx {
-            router: tx.clone(),
-            counters: counters.clone(),
-            started: Instant::now(),
-        });
+        let started = Instant::now();
+        // One context per HTTP listener: each has its own dashboard (its own password file).
+        let http_ctx = |index: usize| {
+            let dashboard = config.dashboard.enabled.then(|| {
+                Arc::new(http::Dashboard::new(
+                    index,
+                    config.dashboard.clone(),
+                    admin::Admin::new(tx.clone()),
+                    authenticator.clone(),
+                    counters.clone(),
+                    started,
+                ))
+            });
+            Arc::new(http::HttpCtx {
+                router: tx.clone(),
+                counters: counters.clone(),
+                started,
+                dashboard,
+            })
+        };
+        let http_ctxs: Vec<Option<Arc<http::HttpCtx>>> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.kind().is_http().then(|| http_ctx(i)))
+            .collect();
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,
             large_packets: Arc::new(tokio::sync::Semaphore::new(permits as usize)),
@@ -144,7 +164,7 @@ impl Server {
         let next_conn = Arc::new(AtomicU64::new(1));
         for (index, l) in listeners.into_iter().enumerate() {
             let lc = config.listeners.get(index);
-            if l.kind().is_http() {
+            if let Some(Some(http_ctx)) = http_ctxs.get(index) {
                 tasks.spawn(http::accept_loop(
                     l,
                     lc.map_or(0, |c| c.max_connections),

@@ -23,6 +23,8 @@
 //!    core `Broker`) at hand. Keep it short and copy out only what the answer needs: the
 //!    router delivers no message while it runs.
 
+mod dashboard;
+pub(crate) use dashboard::Dashboard;
 mod health;
 mod response;
 mod routes;
@@ -69,6 +71,8 @@ pub(crate) struct HttpCtx {
     /// When the broker started.
     #[allow(dead_code)] // read by /metrics
     pub started: Instant,
+    /// This listener's dashboard (`/`, `/api/...`), unless `[dashboard] enabled = false`.
+    pub dashboard: Option<Arc<dashboard::Dashboard>>,
 }
 
 impl HttpCtx {
@@ -158,7 +162,8 @@ async fn serve_connection(
         }
     };
     let io = TokioIo::new(stall::StallGuard::new(stream, WRITE_STALL_TIMEOUT));
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(dashboard::PeerAddr(peer));
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(routes::route(&ctx, req).await) }
     });

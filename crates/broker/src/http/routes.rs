@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::response::{method_not_allowed, not_found, Body};
-use super::{health, HttpCtx};
+use super::{dashboard, health, HttpCtx};
 
 /// `Allow` of the read-only paths.
 pub(crate) const GET_HEAD: &str = "GET, HEAD";
@@ -19,6 +19,10 @@ pub(crate) async fn route(ctx: &Arc<HttpCtx>, req: Request<Incoming>) -> Respons
         "/healthz" => match read_only(req.method()) {
             true => health::healthz(ctx).await,
             false => method_not_allowed(GET_HEAD),
+        },
+        p if dashboard::serves(p) => match &ctx.dashboard {
+            Some(d) => dashboard::handle(d, req).await,
+            None => not_found(path),
         },
         _ => not_found(path),
     }

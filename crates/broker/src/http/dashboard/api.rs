@@ -1,0 +1,124 @@
+//! The dashboard's JSON answers.
+
+use std::sync::Arc;
+
+use hyper::header::ACCEPT;
+use hyper::{HeaderMap, Response, StatusCode};
+use serde::Serialize;
+
+use super::json::{ClientJson, PageJson, RetainedJson, StatsJson, SubscriptionJson};
+use super::query::{list_query, param, percent_decode};
+use super::{sse, Dashboard};
+use crate::admin::Stopped;
+use crate::http::response::{full, text, Body};
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => full(status, "application/json", body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}\n"),
+        ),
+    }
+}
+
+fn unavailable(e: Stopped) -> Response<Body> {
+    text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+}
+
+pub(crate) async fn stats(dash: &Arc<Dashboard>) -> Response<Body> {
+    match dash.admin.overview().await {
+        Ok(o) => json(
+            StatusCode::OK,
+            &StatsJson::new(o, &dash.counters, dash.started),
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+pub(crate) async fn clients(dash: &Arc<Dashboard>, query: Option<&str>) -> Response<Body> {
+    match dash.admin.clients(list_query(query)).await {
+        Ok(page) => json(StatusCode::OK, &PageJson::from(page, ClientJson::from)),
+        Err(e) => unavailable(e),
+    }
+}
+
+pub(crate) async fn subscriptions(dash: &Arc<Dashboard>, query: Option<&str>) -> Response<Body> {
+    match dash.admin.subscriptions(list_query(query)).await {
+        Ok(page) => json(
+            StatusCode::OK,
+            &PageJson::from(page, SubscriptionJson::from),
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+pub(crate) async fn retained(dash: &Arc<Dashboard>, query: Option<&str>) -> Response<Body> {
+    match dash.admin.retained(list_query(query)).await {
+        Ok(page) => json(StatusCode::OK, &PageJson::from(page, RetainedJson::from)),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /api/clients/{id}/disconnect`, the id percent-encoded (it may hold `/`).
+pub(crate) async fn disconnect(dash: &Arc<Dashboard>, path: &str) -> Response<Body> {
+    let encoded = path
+        .strip_prefix("/api/clients/")
+        .and_then(|p| p.strip_suffix("/disconnect"))
+        .unwrap_or("");
+    let Some(client_id) = percent_decode(encoded, false) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the client id in the path is not valid percent-encoded UTF-8\n",
+        );
+    };
+    #[derive(Serialize)]
+    struct Disconnected<'a> {
+        client_id: &'a str,
+        disconnected: bool,
+    }
+    match dash.admin.disconnect(client_id.clone()).await {
+        Ok(true) => {
+            tracing::info!(client_id = %client_id, "client disconnected from the dashboard");
+            let body = Disconnected {
+                client_id: &client_id,
+                disconnected: true,
+            };
+            json(StatusCode::OK, &body)
+        }
+        Ok(false) => text(
+            StatusCode::NOT_FOUND,
+            format!("no client is connected with client id \"{client_id}\"\n"),
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /api/watch?filter=F`: the topic viewer's stream. A filter that MQTT would refuse
+/// is refused here too: 400, or for an `EventSource` (which cannot read a status) a
+/// `refused` event.
+pub(crate) async fn watch(
+    dash: &Arc<Dashboard>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let wants_events = headers
+        .get(ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    let refuse = |why: String| {
+        if wants_events {
+            sse::refused(why)
+        } else {
+            text(StatusCode::BAD_REQUEST, format!("{why}\n"))
+        }
+    };
+    let Some(filter) = param(query, "filter") else {
+        return refuse("give the topic filter to watch: /api/watch?filter=sensors/%23".into());
+    };
+    match dash.admin.watch(filter.clone()).await {
+        Ok(Ok(stream)) => sse::watch_stream(filter, stream),
+        Ok(Err(e)) => refuse(e.to_string()),
+        Err(e) => unavailable(e),
+    }
+}

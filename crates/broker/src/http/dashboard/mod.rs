@@ -1,0 +1,162 @@
+//! The web dashboard on the HTTP listeners: `/` (one page, its script and styles embedded in
+//! the binary: no build step, nothing fetched from elsewhere) and its JSON API under `/api/`:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /api/stats` | the figures: connections, sessions, messages and bytes counted |
+//! | `GET /api/clients?offset=&limit=&q=` | sessions, a page at a time (at most 1000 rows) |
+//! | `GET /api/subscriptions?...`, `GET /api/retained?...` | likewise |
+//! | `POST /api/clients/{id}/disconnect` | disconnects a client (needs `X-Makelaar-Dashboard`) |
+//! | `GET /api/events` | server-sent `stats` events, one a second |
+//! | `GET /api/watch?filter=F` | server-sent `message` events: the topic viewer |
+//!
+//! Everything is answered by the router through [`crate::admin`]. Who may use it is decided
+//! by [`access`]. `/metrics` and `/healthz` are not part of it and stay open (Prometheus and
+//! health checks do not log in).
+
+mod access;
+mod api;
+mod json;
+mod query;
+mod sse;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::response::{full, method_not_allowed, text, Body};
+use crate::admin::Admin;
+use crate::auth::Authenticator;
+use crate::config::DashboardConfig;
+use crate::Counters;
+
+/// The client's address, put in each request's extensions by the HTTP connection task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub SocketAddr);
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("assets/dashboard.css");
+
+/// Scripts, styles and connections from this origin only, no inline script, no framing: even
+/// a display bug could not run a script that a client put in a topic or a payload.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
+
+/// What the dashboard of one HTTP listener needs.
+pub(crate) struct Dashboard {
+    pub admin: Admin,
+    pub auth: Arc<Authenticator>,
+    /// The listener's password file: `Some` turns authentication on.
+    pub password_file: Option<PathBuf>,
+    pub config: DashboardConfig,
+    pub counters: Arc<Counters>,
+    pub started: Instant,
+}
+
+impl Dashboard {
+    /// The dashboard of HTTP listener `listener` (an index into the configuration's listeners).
+    pub(crate) fn new(
+        listener: usize,
+        config: DashboardConfig,
+        admin: Admin,
+        auth: Arc<Authenticator>,
+        counters: Arc<Counters>,
+        started: Instant,
+    ) -> Dashboard {
+        let password_file = auth.password_file(listener).map(Into::into);
+        Dashboard {
+            admin,
+            auth,
+            password_file,
+            config,
+            counters,
+            started,
+        }
+    }
+}
+
+/// Whether `path` is the dashboard's.
+pub(crate) fn serves(path: &str) -> bool {
+    matches!(path, "/" | "/index.html" | "/dashboard.js" | "/dashboard.css")
+        || path == "/api"
+        || path.starts_with("/api/")
+}
+
+/// Answers a request for one of the dashboard's paths ([`serves`]).
+pub(crate) async fn handle(dash: &Arc<Dashboard>, req: Request<Incoming>) -> Response<Body> {
+    let mut resp = answer(dash, req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        HeaderName::from_static("content-security-policy"),
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        HeaderName::from_static("x-frame-options"),
+        HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        HeaderName::from_static("referrer-policy"),
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+async fn answer(dash: &Arc<Dashboard>, req: Request<Incoming>) -> Response<Body> {
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+    if let Some(refused) = access::check(dash, peer, req.headers()).await {
+        return refused;
+    }
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    match path.as_str() {
+        "/" | "/index.html" if get => asset("text/html; charset=utf-8", INDEX_HTML),
+        "/dashboard.js" if get => asset("text/javascript; charset=utf-8", DASHBOARD_JS),
+        "/dashboard.css" if get => asset("text/css; charset=utf-8", DASHBOARD_CSS),
+        "/api/stats" if get => api::stats(dash).await,
+        "/api/clients" if get => api::clients(dash, query).await,
+        "/api/subscriptions" if get => api::subscriptions(dash, query).await,
+        "/api/retained" if get => api::retained(dash, query).await,
+        "/api/events" if get => sse::stats_stream(dash.clone()),
+        "/api/watch" if get => api::watch(dash, query, req.headers()).await,
+        p if p.starts_with("/api/clients/") && p.ends_with("/disconnect") => {
+            if req.method() != Method::POST {
+                return method_not_allowed("POST");
+            }
+            if !access::same_origin(req.headers()) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "this request must come from the dashboard page (X-Makelaar-Dashboard \
+                     header, same origin)\n",
+                );
+            }
+            api::disconnect(dash, p).await
+        }
+        "/" | "/index.html" | "/dashboard.js" | "/dashboard.css" | "/api/stats"
+        | "/api/clients" | "/api/subscriptions" | "/api/retained" | "/api/events"
+        | "/api/watch" => method_not_allowed(super::routes::GET_HEAD),
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!("{other} is not part of the dashboard's API (see docs/dashboard.md)\n"),
+        ),
+    }
+}
+
+fn asset(content_type: &str, body: &'static str) -> Response<Body> {
+    full(StatusCode::OK, content_type, body)
+}
