@@ -129,10 +129,10 @@ impl Server {
         let admission = admission::Admission::new(config.limits.max_connection_rate);
         let started = Instant::now();
         // One context per HTTP listener: each has its own dashboard (its own password file).
-        let http_ctx = |index: usize| {
+        let http_ctx = |index: usize, url: String| {
             let dashboard = config.dashboard.enabled.then(|| {
                 Arc::new(http::Dashboard::new(
-                    index,
+                    (index, &url),
                     config.dashboard.clone(),
                     admin::Admin::new(tx.clone()),
                     authenticator.clone(),
@@ -150,7 +150,10 @@ impl Server {
         let http_ctxs: Vec<Option<Arc<http::HttpCtx>>> = listeners
             .iter()
             .enumerate()
-            .map(|(i, l)| l.kind().is_http().then(|| http_ctx(i)))
+            .map(|(i, l)| {
+                let url = format!("{}://{}", l.kind(), l.local_addr());
+                l.kind().is_http().then(|| http_ctx(i, url))
+            })
             .collect();
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,

@@ -61,16 +61,32 @@ pub(crate) struct Dashboard {
 }
 
 impl Dashboard {
-    /// The dashboard of HTTP listener `listener` (an index into the configuration's listeners).
+    /// The dashboard of HTTP listener `listener` (an index into the configuration's
+    /// listeners) at `url`; logs where it is and who may use it.
     pub(crate) fn new(
-        listener: usize,
+        (listener, url): (usize, &str),
         config: DashboardConfig,
         admin: Admin,
         auth: Arc<Authenticator>,
         counters: Arc<Counters>,
         started: Instant,
     ) -> Dashboard {
-        let password_file = auth.password_file(listener).map(Into::into);
+        let password_file: Option<PathBuf> = auth.password_file(listener).map(Into::into);
+        let url = url.trim_end_matches('/');
+        match (&password_file, config.admin_users.is_empty()) {
+            (None, _) if config.allow_remote_without_password => {
+                tracing::warn!(target: crate::listener::STATUS_TARGET, "dashboard at {url}/ is open to anyone who can reach it: no password file, and allow_remote_without_password is set")
+            }
+            (None, _) => {
+                tracing::info!(target: crate::listener::STATUS_TARGET, "dashboard at {url}/ (no password file: for this machine only)")
+            }
+            (Some(_), true) => {
+                tracing::warn!(target: crate::listener::STATUS_TARGET, "dashboard at {url}/ refuses every login: no user has the admin role; list them in admin_users in [dashboard]")
+            }
+            (Some(_), false) => {
+                tracing::info!(target: crate::listener::STATUS_TARGET, admin_users = ?config.admin_users, "dashboard at {url}/ (HTTP Basic login, admin users only)")
+            }
+        }
         Dashboard {
             admin,
             auth,

@@ -27,7 +27,7 @@ function td(text, cls) { return el("td", text === null || text === undefined ? "
 function fmtNum(n) {
   if (n === null || n === undefined || Number.isNaN(n)) return "–";
   if (n >= 100 || Number.isInteger(n)) return Math.round(n).toLocaleString("en");
-  return n.toFixed(1);
+  return String(Number(n.toFixed(n < 1 ? 2 : 1)));
 }
 
 function fmtDuration(secs) {
@@ -130,12 +130,12 @@ class Chart {
   }
 }
 
-/** A round upper bound for the y axis (at least 1). */
+/** A round upper bound for the y axis: four grid steps of 1, 2, 2.5 or 5 × 10^k. */
 function niceMax(max) {
-  if (max <= 1) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(max)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= max) return m * p;
-  return 10 * p;
+  const step = Math.max(max, 1) / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(step)));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= step) return 4 * m * p;
+  return 40 * p;
 }
 
 // ---- live figures ------------------------------------------------------------------------
