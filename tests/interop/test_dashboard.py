@@ -322,3 +322,26 @@ def test_browser_logs_in_with_basic_credentials(secured, chromium, tmp_path):
     finally:
         context.close()
         mqtt_client.close()
+
+
+def test_a_reload_forgets_remembered_logins(tmp_path_factory, certs):
+    """Logins are remembered for a while; a new password file (SIGHUP) ends that at once."""
+    import signal
+
+    from auth_files import fresh_source, makelaar_passwd
+    d = tmp_path_factory.mktemp("dash-reload")
+    pw = makelaar_passwd(d / "passwd", {"alice": "before"})
+    b = start_dashboard_broker(tmp_path_factory, certs, "dashboard-reload",
+                               dashboard={"admin_users": ["alice"]}, password_file=str(pw))
+    try:
+        src = fresh_source()
+        assert request(b, "GET", "/api/stats", "alice", "before", source=src).status == 200
+        assert request(b, "GET", "/api/stats", "alice", "before", source=src).status == 200
+        makelaar_passwd(d / "passwd", {"alice": "after"})
+        b.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded" in b.stderr_tail(5), "the reload")
+        assert request(b, "GET", "/api/stats", "alice", "before", source=src).status == 401
+        ok = request(b, "GET", "/api/stats", "alice", "after", source=fresh_source())
+        assert ok.status == 200
+    finally:
+        _stop(b)

@@ -116,6 +116,8 @@ pub(crate) struct Authenticator {
     /// Bounds the hashes computed at once (CPU and, for argon2id, 46 MiB each).
     pool: Arc<Semaphore>,
     throttle: Throttle,
+    /// Counts the reloads of the password files (what was checked before may not hold).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Authenticator {
@@ -130,6 +132,7 @@ impl Authenticator {
             // Half the cores, at least one: the broker's own work keeps a core.
             pool: Arc::new(Semaphore::new((cores / 2).max(1))),
             throttle: Throttle::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -139,6 +142,8 @@ impl Authenticator {
         let count = fresh.len();
         let mut current = self.passwords.write().unwrap_or_else(|e| e.into_inner());
         *current = Arc::new(fresh);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(count)
     }
 
@@ -188,6 +193,11 @@ impl Authenticator {
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
             }
         }
+    }
+
+    /// How many times the password files were reloaded.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The password file listener `listener` checks logins against, if any (the dashboard

@@ -162,7 +162,8 @@ impl Broker {
     pub fn watch(&mut self, filter: &str) -> Result<WatchId, WatchError> {
         let id = self.watches.open(filter, MAX_WATCHES)?;
         let mut replay = Vec::new();
-        self.retained.for_each_match(filter, |_, m| replay.push(m.clone()));
+        self.retained
+            .for_each_match(filter, |_, m| replay.push(m.clone()));
         for msg in replay {
             self.watches.push(id, Watched { msg, replay: true });
         }

@@ -121,7 +121,10 @@ fn clients_list_connected_and_offline_sessions_sorted_with_their_figures() {
     assert_eq!(alpha.keep_alive, 30);
     assert_eq!(alpha.session_expiry, 600);
     assert_eq!(alpha.since, Some(h.now), "offline since it went away");
-    assert_eq!((alpha.subscriptions, alpha.queued, alpha.inflight), (1, 1, 0));
+    assert_eq!(
+        (alpha.subscriptions, alpha.queued, alpha.inflight),
+        (1, 1, 0)
+    );
     assert_eq!(alpha.queued_bytes, "a/b".len() + 1);
     let zeta = &page.items[1];
     assert_eq!(zeta.conn, Some(1));
@@ -133,7 +136,10 @@ fn clients_list_connected_and_offline_sessions_sorted_with_their_figures() {
 fn client_pages_and_search() {
     let mut h = H::new();
     for i in 0..25u64 {
-        h.connect(i + 1, connect(&format!("c{i:02}"), ProtocolVersion::V311, true));
+        h.connect(
+            i + 1,
+            connect(&format!("c{i:02}"), ProtocolVersion::V311, true),
+        );
     }
     let q = ListQuery {
         offset: 10,
@@ -242,9 +248,9 @@ fn disconnect_v5_sends_administrative_action_and_publishes_the_will() {
     let pos_d = actions.iter().position(|a| *a == disconnect).unwrap();
     let pos_c = actions.iter().position(|a| *a == Action::Close(2)).unwrap();
     assert!(pos_d < pos_c, "DISCONNECT before the close: {actions:?}");
-    let will_sent = actions.iter().any(|a| {
-        matches!(a, Action::Send(1, Packet::Publish(p)) if &*p.topic == "wills/victim")
-    });
+    let will_sent = actions
+        .iter()
+        .any(|a| matches!(a, Action::Send(1, Packet::Publish(p)) if &*p.topic == "wills/victim"));
     assert!(will_sent, "the will reached its subscriber: {actions:?}");
     assert_eq!(h.broker.clients_connected(), 1);
     // Gone: disconnecting again finds nobody.
@@ -308,7 +314,10 @@ fn watch_gets_matching_messages_and_retained_ones_first() {
 #[test]
 fn watch_refuses_bad_filters_and_too_many() {
     let mut h = H::new();
-    assert!(matches!(h.broker.watch("a/#/b"), Err(WatchError::Filter(_))));
+    assert!(matches!(
+        h.broker.watch("a/#/b"),
+        Err(WatchError::Filter(_))
+    ));
     assert!(matches!(h.broker.watch(""), Err(WatchError::Filter(_))));
     assert!(matches!(h.broker.watch("a+"), Err(WatchError::Filter(_))));
     assert!(matches!(

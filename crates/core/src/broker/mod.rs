@@ -348,8 +348,8 @@ impl Broker {
 }
 
 #[cfg(test)]
+mod admin_tests;
+#[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod admin_tests;

@@ -4,7 +4,8 @@
 //!   one): HTTP Basic credentials, checked as MQTT logins are (`auth::Authenticator`: hashed
 //!   off the async workers, failures from one address slowed down), and the user must be one
 //!   of `[dashboard] admin_users`. No credentials or wrong ones: 401 with `WWW-Authenticate`;
-//!   a valid user without the admin role: 403.
+//!   a valid user without the admin role: 403. A login that succeeded is remembered for a
+//!   while (`login_cache`), so the page's requests do not each cost a password hash.
 //! - Without one: open, but only to clients on this machine (loopback addresses) unless
 //!   `allow_remote_without_password`; and the `Host` header must be an IP address or
 //!   `localhost`, so that a web page whose name is made to resolve to 127.0.0.1 (DNS
@@ -16,6 +17,7 @@
 //! an `Origin` header, when sent, must name this host.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -41,14 +43,27 @@ pub(crate) async fn check(
         return open_access(dash, peer, headers);
     };
     let Some((user, password)) = basic_credentials(headers) else {
-        return Some(unauthorized("log in with a user of the broker's password file"));
+        return Some(unauthorized(
+            "log in with a user of the broker's password file",
+        ));
     };
+    let header = headers
+        .get(AUTHORIZATION)
+        .map_or(&b""[..], |h| h.as_bytes());
+    let generation = dash.auth.generation();
+    let admin = dash.config.admin_users.contains(&user);
+    if admin && dash.logins.knows(header, generation, Instant::now()) {
+        return None;
+    }
     let login = dash
         .auth
         .check_password(path, peer.ip(), &user, Some(password))
         .await;
     match login {
-        Login::Accepted if dash.config.admin_users.contains(&user) => None,
+        Login::Accepted if admin => {
+            dash.logins.remember(header, generation, Instant::now());
+            None
+        }
         Login::Accepted => {
             tracing::info!(%peer, %user, "dashboard refused: the user does not have the admin role");
             Some(text(
@@ -84,7 +99,10 @@ fn open_access(dash: &Dashboard, peer: SocketAddr, headers: &HeaderMap) -> Optio
              password_file and admin_users, or set allow_remote_without_password in [dashboard]\n",
         ));
     }
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if !host_is_safe(host) {
         return Some(text(
             StatusCode::FORBIDDEN,
@@ -125,7 +143,9 @@ pub(crate) fn basic_credentials(headers: &HeaderMap) -> Option<(String, Bytes)> 
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -189,10 +209,24 @@ mod tests {
 
     #[test]
     fn only_addresses_and_localhost_are_safe_hosts() {
-        for ok in ["127.0.0.1:9883", "127.0.0.1", "localhost:80", "LOCALHOST", "[::1]:9883", "10.1.2.3"] {
+        for ok in [
+            "127.0.0.1:9883",
+            "127.0.0.1",
+            "localhost:80",
+            "LOCALHOST",
+            "[::1]:9883",
+            "10.1.2.3",
+        ] {
             assert!(host_is_safe(ok), "{ok}");
         }
-        for bad in ["evil.example:9883", "evil.example", "", "[::1", "127.0.0.1.evil.example", "localhost.evil"] {
+        for bad in [
+            "evil.example:9883",
+            "evil.example",
+            "",
+            "[::1",
+            "127.0.0.1.evil.example",
+            "localhost.evil",
+        ] {
             assert!(!host_is_safe(bad), "{bad}");
         }
     }
@@ -200,7 +234,10 @@ mod tests {
     #[test]
     fn state_changes_need_the_header_and_a_matching_origin() {
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:9883")])));
-        assert!(same_origin(&headers(&[("host", "127.0.0.1:9883"), (CSRF_HEADER, "1")])));
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:9883"),
+            (CSRF_HEADER, "1")
+        ])));
         assert!(same_origin(&headers(&[
             ("host", "127.0.0.1:9883"),
             (CSRF_HEADER, "1"),

@@ -206,9 +206,9 @@ pub(crate) fn show_payload(payload: &[u8]) -> (&'static str, String, bool) {
     // A UTF-8 payload cut in the middle of a character is still text: drop the partial one.
     let text = match std::str::from_utf8(head) {
         Ok(s) => Some(s),
-        Err(e) if truncated && e.error_len().is_none() => {
-            head.get(..e.valid_up_to()).and_then(|h| std::str::from_utf8(h).ok())
-        }
+        Err(e) if truncated && e.error_len().is_none() => head
+            .get(..e.valid_up_to())
+            .and_then(|h| std::str::from_utf8(h).ok()),
         Err(_) => None,
     };
     match text {
@@ -230,7 +230,10 @@ mod tests {
     #[test]
     fn payloads_show_as_text_or_hex_and_are_cut() {
         assert_eq!(show_payload(b"21.5"), ("utf8", "21.5".into(), false));
-        assert_eq!(show_payload(&[0, 0xff, 0x10]), ("hex", "00ff10".into(), false));
+        assert_eq!(
+            show_payload(&[0, 0xff, 0x10]),
+            ("hex", "00ff10".into(), false)
+        );
         let long = "é".repeat(PAYLOAD_SHOWN); // 2 bytes each: the cut falls on a boundary
         let (enc, text, cut) = show_payload(long.as_bytes());
         assert_eq!((enc, cut), ("utf8", true));

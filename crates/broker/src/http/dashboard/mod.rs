@@ -17,6 +17,7 @@
 mod access;
 mod api;
 mod json;
+mod login_cache;
 mod query;
 mod sse;
 
@@ -58,6 +59,8 @@ pub(crate) struct Dashboard {
     pub config: DashboardConfig,
     pub counters: Arc<Counters>,
     pub started: Instant,
+    /// Recent successful logins (see `login_cache`).
+    logins: login_cache::LoginCache,
 }
 
 impl Dashboard {
@@ -94,14 +97,17 @@ impl Dashboard {
             config,
             counters,
             started,
+            logins: login_cache::LoginCache::new(),
         }
     }
 }
 
 /// Whether `path` is the dashboard's.
 pub(crate) fn serves(path: &str) -> bool {
-    matches!(path, "/" | "/index.html" | "/dashboard.js" | "/dashboard.css")
-        || path == "/api"
+    matches!(
+        path,
+        "/" | "/index.html" | "/dashboard.js" | "/dashboard.css"
+    ) || path == "/api"
         || path.starts_with("/api/")
 }
 

@@ -71,38 +71,41 @@ pub(crate) fn watch_stream(filter: String, watch: WatchStream) -> Response<Body>
     let mut interval = tokio::time::interval(WATCH_TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (watch, interval, 0u64, 0u32);
-    let rest = stream::unfold(state, |(mut watch, mut interval, mut reported, mut idle)| async move {
-        loop {
-            tokio::select! {
-                got = watch.next() => {
-                    let w = got?;
-                    idle = 0;
-                    let mut out = event("message", &WatchedJson::from(w)).to_vec();
-                    for _ in 1..BATCH {
-                        match watch.try_next() {
-                            Some(w) => out.extend_from_slice(&event("message", &WatchedJson::from(w))),
-                            None => break,
-                        }
-                    }
-                    return Some((Bytes::from(out), (watch, interval, reported, idle)));
-                }
-                _ = interval.tick() => {
-                    let dropped = watch.dropped();
-                    if dropped != reported {
-                        reported = dropped;
-                        let e = event("dropped", &Dropped { dropped });
-                        return Some((e, (watch, interval, reported, idle)));
-                    }
-                    idle += 1;
-                    if idle >= KEEP_ALIVE_TICKS {
+    let rest = stream::unfold(
+        state,
+        |(mut watch, mut interval, mut reported, mut idle)| async move {
+            loop {
+                tokio::select! {
+                    got = watch.next() => {
+                        let w = got?;
                         idle = 0;
-                        let e = Bytes::from_static(b": keep-alive\n\n");
-                        return Some((e, (watch, interval, reported, idle)));
+                        let mut out = event("message", &WatchedJson::from(w)).to_vec();
+                        for _ in 1..BATCH {
+                            match watch.try_next() {
+                                Some(w) => out.extend_from_slice(&event("message", &WatchedJson::from(w))),
+                                None => break,
+                            }
+                        }
+                        return Some((Bytes::from(out), (watch, interval, reported, idle)));
+                    }
+                    _ = interval.tick() => {
+                        let dropped = watch.dropped();
+                        if dropped != reported {
+                            reported = dropped;
+                            let e = event("dropped", &Dropped { dropped });
+                            return Some((e, (watch, interval, reported, idle)));
+                        }
+                        idle += 1;
+                        if idle >= KEEP_ALIVE_TICKS {
+                            idle = 0;
+                            let e = Bytes::from_static(b": keep-alive\n\n");
+                            return Some((e, (watch, interval, reported, idle)));
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     sse_response(stream::once(async move { first }).chain(rest))
 }
 
