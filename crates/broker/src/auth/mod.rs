@@ -29,6 +29,7 @@ use makelaar_proto::{Connect, ReasonCode};
 use tokio::sync::Semaphore;
 
 use crate::config::{ConfigError, ListenerAuth};
+use crate::counters::AuthFailure;
 use throttle::{Slot, Throttle};
 
 /// A Mosquitto ACL file as the core's authorizer.
@@ -133,17 +134,17 @@ impl Authenticator {
     /// Decides the CONNECT received on listener `listener` from `peer`, whose verified client
     /// certificate (if any) is named `cert_name`. Takes the password out of `connect`; on
     /// success `connect.username` is the authenticated identity, on failure the reason code
-    /// to refuse with.
+    /// to refuse with and what went wrong (for the metrics).
     pub(crate) async fn authenticate(
         &self,
         listener: usize,
         peer: IpAddr,
         connect: &mut Connect,
         cert_name: Option<String>,
-    ) -> Result<(), ReasonCode> {
+    ) -> Result<(), (ReasonCode, AuthFailure)> {
         let password = connect.password.take();
         let Some(policy) = self.listeners.get(listener) else {
-            return Err(ReasonCode::SERVER_UNAVAILABLE);
+            return Err((ReasonCode::SERVER_UNAVAILABLE, AuthFailure::Unavailable));
         };
         if policy.use_identity_as_username {
             // As Mosquitto: the CONNECT's username and password are ignored; the name comes
@@ -151,14 +152,17 @@ impl Authenticator {
             connect.username = cert_name;
             return match connect.username {
                 Some(_) => Ok(()),
-                None => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+                None => Err((
+                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                    AuthFailure::NoCertificateName,
+                )),
             };
         }
         let anonymous = || {
             if policy.allow_anonymous {
                 Ok(())
             } else {
-                Err(ReasonCode::NOT_AUTHORIZED)
+                Err((ReasonCode::NOT_AUTHORIZED, AuthFailure::Anonymous))
             }
         };
         let (Some(username), Some(path)) = (connect.username.as_deref(), &policy.password_file)
@@ -172,17 +176,21 @@ impl Authenticator {
             all.get(path).cloned()
         };
         let Some(passwords) = passwords else {
-            return Err(ReasonCode::SERVER_UNAVAILABLE);
+            return Err((ReasonCode::SERVER_UNAVAILABLE, AuthFailure::Unavailable));
         };
         match self.throttle.reserve(peer, Instant::now()) {
             Slot::After(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
             Slot::After(_) => {}
             Slot::Refused => {
                 tracing::debug!(%peer, "login refused unchecked: too many failed attempts queued from this address");
-                return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
+                return Err((ReasonCode::CONNECTION_RATE_EXCEEDED, AuthFailure::Throttled));
             }
         }
         let hash = passwords.file.hash_of(username).cloned();
+        let why = match hash {
+            Some(_) => AuthFailure::WrongPassword,
+            None => AuthFailure::UnknownUser,
+        };
         let known = hash.is_some() && password.is_some();
         let ok = match hash.or_else(|| passwords.decoy.clone()) {
             Some(hash) => {
@@ -197,7 +205,7 @@ impl Authenticator {
         } else {
             tracing::debug!(%peer, client_id = %connect.client_id, "login failed: unknown user or wrong password");
             self.throttle.failed(peer, Instant::now());
-            Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+            Err((ReasonCode::BAD_USER_NAME_OR_PASSWORD, why))
         }
     }
 
