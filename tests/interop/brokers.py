@@ -113,7 +113,9 @@ class Broker:
         self.tls_port = free_port()
         while self.tls_port == self.port:
             self.tls_port = free_port()
-        # config {"http": True}: an http:// listener too (Makelaar only: /metrics, /healthz).
+        # config {"http": True}: an http:// listener too (Makelaar only: /metrics, /healthz);
+        # {"http": "https"}: an https:// one, with the test certificate.
+        self.http_scheme = "https" if config.get("http") == "https" else "http"
         self.http_port = None
         if config.get("http"):
             self.http_port = free_port()
@@ -126,7 +128,7 @@ class Broker:
     @property
     def http_url(self) -> str:
         """Base URL of the HTTP listener (config {"http": True})."""
-        return f"http://{self.host}:{self.http_port}"
+        return f"{self.http_scheme}://{self.host}:{self.http_port}"
 
     @property
     def cafile(self) -> str:
@@ -140,7 +142,7 @@ class Broker:
     def _write_makelaar_config(self) -> Path:
         listen = [f"mqtt://127.0.0.1:{self.port}", f"mqtts://127.0.0.1:{self.tls_port}"]
         if self.http_port:
-            listen.append(f"http://127.0.0.1:{self.http_port}")
+            listen.append(f"{self.http_scheme}://127.0.0.1:{self.http_port}")
         lines = [
             f"listen = {_toml_value(listen)}",
             f"cert = {_toml_value(str(self.certs / 'server.crt'))}",

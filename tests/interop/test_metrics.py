@@ -8,6 +8,7 @@ import http.client
 import json
 import re
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -326,6 +327,37 @@ def test_health_endpoints(broker):
     assert status == 404 and b"/metrics" in body
     status, headers, _ = request(broker, "/metrics", method="POST")
     assert (status, headers["allow"]) == (405, "GET, HEAD")
+
+
+def test_https_serves_the_same_over_tls(make_broker):
+    b = make_broker(http="https", sys_interval=0)
+    ctx = ssl.create_default_context(cafile=b.cafile)
+    conn = http.client.HTTPSConnection("localhost", b.http_port, context=ctx, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        r = conn.getresponse()
+        assert r.status == 200
+        families = {f.name for f in text_string_to_metric_families(r.read().decode())}
+        assert "makelaar_messages" in families  # a counter's family, without _total
+        https = f"https://127.0.0.1:{b.http_port}"
+        # This connection and the next one's, on the listener named by its scheme.
+        opened = [x.value for f in text_string_to_metric_families(request_tls(b, ctx, "/metrics"))
+                  for x in f.samples if x.name == "makelaar_listener_connections"
+                  and x.labels["listener"] == https]
+        assert opened == [2.0]
+    finally:
+        conn.close()
+    # Plain HTTP to the TLS port gets no HTTP answer.
+    assert not raw_http(b, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/")
+
+
+def request_tls(broker, ctx, path):
+    conn = http.client.HTTPSConnection("localhost", broker.http_port, context=ctx, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
 
 
 def test_dashboard_queries_only_metrics_that_exist(broker):
