@@ -128,6 +128,7 @@ python_deps_ok() {
 import sys
 import paho.mqtt
 import playwright.sync_api
+import prometheus_client.parser
 import pytest
 import PIL.Image
 sys.exit(0 if int(paho.mqtt.__version__.split(".")[0]) >= 2 else 1)
@@ -160,14 +161,16 @@ stage_deps() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${packages[@]}"
     fi
     if ! python_deps_ok; then
-        echo "installing paho-mqtt 2.x, playwright, pillow and pytest with pip"
+        echo "installing paho-mqtt 2.x, playwright, prometheus-client, pillow and pytest with pip"
         # A Debian system Python refuses plain `pip install` (PEP 668); these are test-only
         # packages, so fall back to the user's site-packages there. Playwright drives the
-        # system's Chromium; it never downloads a browser of its own. Pillow reads the
-        # dashboard test's screenshots.
-        timeout -k 10 "$T_DEPS" python3 -m pip install -q 'paho-mqtt>=2' playwright pillow pytest ||
+        # system's Chromium; it never downloads a browser of its own.
+        # prometheus-client's parser checks /metrics (tests/interop/test_metrics.py); Pillow
+        # reads the dashboard test's screenshots (tests/interop/test_dashboard.py).
+        timeout -k 10 "$T_DEPS" python3 -m pip install -q 'paho-mqtt>=2' playwright \
+            prometheus-client pillow pytest ||
             timeout -k 10 "$T_DEPS" python3 -m pip install -q --user --break-system-packages \
-                'paho-mqtt>=2' playwright pillow pytest
+                'paho-mqtt>=2' playwright prometheus-client pillow pytest
         python_deps_ok
     fi
     # npm ci again whenever the lock file changed since the last install (a copy is kept).

@@ -113,9 +113,22 @@ class Broker:
         self.tls_port = free_port()
         while self.tls_port == self.port:
             self.tls_port = free_port()
+        # config {"http": True}: an http:// listener too (Makelaar only: /metrics, /healthz);
+        # {"http": "https"}: an https:// one, with the test certificate.
+        self.http_scheme = "https" if config.get("http") == "https" else "http"
+        self.http_port = None
+        if config.get("http"):
+            self.http_port = free_port()
+            while self.http_port in (self.port, self.tls_port):
+                self.http_port = free_port()
         self.stderr_path = self.workdir / f"{name}.stderr"
         self.proc = None
         self.expected_exit = False  # set when a test stops the broker on purpose
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP listener (config {"http": True})."""
+        return f"{self.http_scheme}://{self.host}:{self.http_port}"
 
     @property
     def cafile(self) -> str:
@@ -127,14 +140,17 @@ class Broker:
 
     # -- config files --
     def _write_makelaar_config(self) -> Path:
+        listen = [f"mqtt://127.0.0.1:{self.port}", f"mqtts://127.0.0.1:{self.tls_port}"]
+        if self.http_port:
+            listen.append(f"{self.http_scheme}://127.0.0.1:{self.http_port}")
         lines = [
-            f'listen = ["mqtt://127.0.0.1:{self.port}", "mqtts://127.0.0.1:{self.tls_port}"]',
+            f"listen = {_toml_value(listen)}",
             f"cert = {_toml_value(str(self.certs / 'server.crt'))}",
             f"key = {_toml_value(str(self.certs / 'server.key'))}",
             f"cafile = {_toml_value(self.cafile)}",
         ]
         for k, v in self.config.items():
-            if k != "limits":
+            if k not in ("limits", "http"):
                 lines.append(f"{k} = {_toml_value(v)}")
         lines.append("")
         lines.append("[limits]")
@@ -213,7 +229,10 @@ class Broker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stderr_file,
                                      stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         deadline = time.monotonic() + timeout
-        for port in (self.port, self.tls_port):
+        ports = [self.port, self.tls_port]
+        if self.http_port and self.kind == "makelaar":
+            ports.append(self.http_port)
+        for port in ports:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,19 +17,48 @@ use makelaar_proto::ReasonCode;
 /// (they have been quiet for a second or more) are forgotten first.
 const MAX_ADDRESSES: usize = 100_000;
 
-/// The open connections of one listener, against its `max_connections`.
+/// The open connections of one listener, against its `max_connections`, and how many it
+/// accepted (for the metrics). Only its accept loop adds, so the atomics are not contended.
 #[derive(Debug)]
 pub(crate) struct ListenerCount {
+    /// `scheme://address` as bound: the `listener` label of the metrics.
+    pub url: String,
     open: AtomicUsize,
+    accepted: AtomicU64,
     max: usize,
 }
 
 impl ListenerCount {
-    pub(crate) fn new(max: usize) -> Arc<ListenerCount> {
+    pub(crate) fn new(url: &str, max: usize) -> Arc<ListenerCount> {
         Arc::new(ListenerCount {
+            url: url.to_string(),
             open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
             max,
         })
+    }
+
+    /// Counts an accepted connection as open until the returned guard is dropped; also
+    /// returns how many are open with it.
+    pub(crate) fn enter(self: &Arc<Self>) -> (Counted, usize) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        (Counted(self.clone()), open)
+    }
+
+    /// Connections open now (accepted and not yet closed, whether or not they got in).
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The listener's `max_connections`; 0 is no limit.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections accepted since the start.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
@@ -67,8 +96,7 @@ impl Admission {
         ip: IpAddr,
         now: Instant,
     ) -> (Counted, Option<ReasonCode>) {
-        let open = listener.open.fetch_add(1, Ordering::Relaxed) + 1;
-        let counted = Counted(listener.clone());
+        let (counted, open) = listener.enter();
         if listener.max != 0 && open > listener.max {
             return (counted, Some(ReasonCode::QUOTA_EXCEEDED));
         }
@@ -104,21 +132,24 @@ mod tests {
     #[test]
     fn a_listener_refuses_past_its_maximum_until_one_closes() {
         let adm = Admission::new(0);
-        let l = ListenerCount::new(2);
+        let l = ListenerCount::new("mqtt://x", 2);
         let now = Instant::now();
         let (first, r1) = adm.admit(&l, A, now);
         let (_second, r2) = adm.admit(&l, A, now);
         let (third, r3) = adm.admit(&l, B, now);
         assert_eq!((r1, r2, r3), (None, None, Some(ReasonCode::QUOTA_EXCEEDED)));
+        assert_eq!((l.open(), l.accepted()), (3, 3));
         drop(third);
         drop(first);
+        assert_eq!(l.open(), 1);
         assert_eq!(adm.admit(&l, B, now).1, None);
+        assert_eq!((l.open(), l.accepted()), (1, 4));
     }
 
     #[test]
     fn the_rate_is_per_source_address() {
         let adm = Admission::new(3);
-        let l = ListenerCount::new(0);
+        let l = ListenerCount::new("mqtt://x", 0);
         let now = Instant::now();
         let refused = (0..5)
             .filter(|_| adm.admit(&l, A, now).1 == Some(ReasonCode::CONNECTION_RATE_EXCEEDED))

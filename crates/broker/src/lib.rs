@@ -17,8 +17,10 @@ mod auth;
 mod cert_name;
 pub mod config;
 mod connection;
+mod counters;
 pub mod http;
 pub mod listener;
+mod metrics;
 pub mod mosquitto;
 mod outbox;
 mod reload;
@@ -39,6 +41,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError};
 use connection::ConnCtx;
+pub use counters::{AuthFailure, Counters};
 use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
 pub use reload::ReloadReport;
 use router::Router;
@@ -46,25 +49,6 @@ use sys::SysPublisher;
 
 /// Messages waiting for the router before connection tasks stop reading their sockets.
 const ROUTER_QUEUE: usize = 4096;
-
-/// Counters kept outside the router (by connection tasks), read for `$SYS`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub packets_received: AtomicU64,
-    pub packets_sent: AtomicU64,
-    /// QoS 0 messages dropped because their client was not reading (max_outgoing_bytes).
-    pub dropped_slow_client: AtomicU64,
-    /// CONNECTs refused by authentication (wrong password, unknown user, anonymous).
-    pub refused_login: AtomicU64,
-    /// Connections refused for their listener's `max_connections`.
-    pub refused_max_connections: AtomicU64,
-    /// Connections refused for `max_connection_rate`.
-    pub refused_connection_rate: AtomicU64,
-    /// Clients disconnected for `max_publish_rate`.
-    pub disconnected_publish_rate: AtomicU64,
-}
 
 /// A running broker.
 pub struct Server {
@@ -127,6 +111,19 @@ impl Server {
             tls: tls_slots,
         };
         let admission = admission::Admission::new(config.limits.max_connection_rate);
+        // Each listener's connection count, named by the address it really bound.
+        let counts: Vec<_> = listeners
+            .iter()
+            .zip(&config.listeners)
+            .map(|(l, c)| {
+                let max = match (l.kind().is_http(), c.max_connections) {
+                    (true, 0) => http::DEFAULT_MAX_CONNECTIONS,
+                    (_, n) => n,
+                };
+                let url = format!("{}://{}", l.kind().scheme(), l.local_addr());
+                admission::ListenerCount::new(&url, max)
+            })
+            .collect();
         let started = Instant::now();
         // One context per HTTP listener: each has its own dashboard (its own password file).
         let http_ctx = |index: usize, url: String| {
@@ -143,6 +140,7 @@ impl Server {
             Arc::new(http::HttpCtx {
                 router: tx.clone(),
                 counters: counters.clone(),
+                listeners: counts.clone(),
                 started,
                 dashboard,
             })
@@ -165,12 +163,12 @@ impl Server {
             admission,
         });
         let next_conn = Arc::new(AtomicU64::new(1));
-        for (index, l) in listeners.into_iter().enumerate() {
+        for (index, (l, count)) in listeners.into_iter().zip(counts).enumerate() {
             let lc = config.listeners.get(index);
             if let Some(Some(http_ctx)) = http_ctxs.get(index) {
                 tasks.spawn(http::accept_loop(
                     l,
-                    lc.map_or(0, |c| c.max_connections),
+                    count,
                     http_ctx.clone(),
                     tasks.clone(),
                     shutdown.clone(),
@@ -178,7 +176,6 @@ impl Server {
                 continue;
             }
             let identity = lc.is_some_and(|c| c.auth.use_identity_as_username);
-            let count = admission::ListenerCount::new(lc.map_or(0, |c| c.max_connections));
             tasks.spawn(accept_loop(
                 (l, index, identity, count),
                 ctx.clone(),

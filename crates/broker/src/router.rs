@@ -82,6 +82,30 @@ pub(crate) struct Router {
     changes: Vec<makelaar_core::persist::Change>,
     /// The administrator's requests and topic watches (see `admin`).
     admin: AdminDesk,
+    /// Connections ended, by why (see [`Ends`]).
+    ends: Ends,
+}
+
+/// Why connections ended, counted by the router as it hears of them (plain integers: the
+/// router is their only writer).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ends {
+    /// The client sent DISCONNECT.
+    pub client_disconnect: u64,
+    /// The connection broke or was closed by the client without DISCONNECT.
+    pub lost: u64,
+    /// Closed for a protocol violation or a limit, or by the administrator (0x98
+    /// Administrative action), by reason code (few distinct ones).
+    pub violations: Vec<(ReasonCode, u64)>,
+}
+
+impl Ends {
+    fn violation(&mut self, reason: ReasonCode) {
+        match self.violations.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.violations.push((reason, 1)),
+        }
+    }
 }
 
 impl Router {
@@ -104,13 +128,33 @@ impl Router {
             gate: Gate::default(),
             changes: Vec::new(),
             admin: AdminDesk::default(),
+            ends: Ends::default(),
         }
     }
 
     /// The core's state, for questions from the HTTP side.
-    #[allow(dead_code)] // read by /metrics
     pub(crate) fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Why connections ended, so far.
+    pub(crate) fn ends(&self) -> &Ends {
+        &self.ends
+    }
+
+    /// The store's commit figures and, once it failed, why; `None` without a store.
+    pub(crate) fn store_state(
+        &self,
+    ) -> Option<(
+        makelaar_store::CommitStats,
+        Option<makelaar_store::StoreError>,
+    )> {
+        self.persist.as_ref().map(|p| (p.stats(), p.failure()))
+    }
+
+    /// Acknowledgements waiting for the store to commit what they acknowledge.
+    pub(crate) fn held_for_store(&self) -> usize {
+        self.gate.held_count()
     }
 
     /// Runs until `shutdown` is cancelled, then tells every client and returns.
@@ -253,13 +297,25 @@ impl Router {
                 self.conns.insert(conn, Conn { out, peer });
                 self.broker.handle_connect(now, conn, *connect);
             }
-            ToRouter::Packet { conn, packet } => self.broker.handle_packet(now, conn, packet),
+            ToRouter::Packet { conn, packet } => {
+                if let Packet::Disconnect(_) = packet {
+                    self.ends.client_disconnect += 1;
+                }
+                self.broker.handle_packet(now, conn, packet)
+            }
             ToRouter::Violation { conn, reason, text } => {
                 tracing::debug!(conn, %reason, text, "protocol violation");
+                if self.broker.is_connected(conn) {
+                    self.ends.violation(reason);
+                }
                 self.broker.handle_connection_lost(now, conn);
                 self.close(conn);
             }
             ToRouter::Lost { conn } => {
+                // Not after a DISCONNECT or a takeover: that connection was already ended.
+                if self.broker.is_connected(conn) {
+                    self.ends.lost += 1;
+                }
                 self.broker.handle_connection_lost(now, conn);
                 self.close(conn);
             }
@@ -267,7 +323,9 @@ impl Router {
             ToRouter::Admin(request) => {
                 let conns = &self.conns;
                 let peer_of = |c| conns.get(&c).map(|c: &Conn| c.peer);
-                self.admin.answer(&mut self.broker, now, *request, peer_of);
+                if self.admin.answer(&mut self.broker, now, *request, peer_of) {
+                    self.ends.violation(ReasonCode::ADMINISTRATIVE_ACTION);
+                }
             }
             ToRouter::Inspect(question) => question(self),
         }

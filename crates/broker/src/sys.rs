@@ -79,11 +79,11 @@ impl SysPublisher {
             ("$SYS/broker/messages/sent", load(&c.packets_sent)),
             (
                 "$SYS/broker/publish/messages/received",
-                stats.messages_received.to_string(),
+                stats.messages_received().to_string(),
             ),
             (
                 "$SYS/broker/publish/messages/sent",
-                stats.messages_sent.to_string(),
+                stats.messages_sent().to_string(),
             ),
             (
                 "$SYS/broker/publish/messages/dropped",
@@ -101,7 +101,10 @@ impl SysPublisher {
                 broker.retained_count().to_string(),
             ),
             // Makelaar's own: access control and rate limits.
-            ("$SYS/broker/clients/refused/login", load(&c.refused_login)),
+            (
+                "$SYS/broker/clients/refused/login",
+                c.refused_login().to_string(),
+            ),
             (
                 "$SYS/broker/clients/refused/max_connections",
                 load(&c.refused_max_connections),

@@ -99,3 +99,51 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_the_text_format_and_count_a_publish() {
+    let (server, addr) = start().await;
+    let mqtt = server.local_addrs()[0].1;
+    // A 3.1.1 client publishes one QoS 0 message of 5 bytes to nobody, then disconnects.
+    let mut s = TcpStream::connect(mqtt).await.unwrap();
+    s.write_all(b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x00\x00\x01c")
+        .await
+        .unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.unwrap();
+    s.write_all(b"\x30\x08\x00\x01thello\xe0\x00")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.ok();
+    let r = exchange(addr, &get("GET", "/metrics")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{r}"
+    );
+    for line in [
+        "makelaar_messages_total{direction=\"in\",qos=\"0\"} 1",
+        "makelaar_message_payload_bytes_total{direction=\"in\",qos=\"0\"} 5",
+        "makelaar_messages_dropped_total{reason=\"no_subscribers\"} 1",
+        "makelaar_disconnects_total{reason=\"client_disconnect\"} 1",
+        "makelaar_disconnects_total{reason=\"connection_lost\"} 0",
+        "makelaar_network_bytes_total{direction=\"in\"} 27",
+        "makelaar_store_enabled 0",
+    ] {
+        assert!(r.contains(&format!("\n{line}\n")), "{line} missing in\n{r}");
+    }
+    // Every sample line is `name{labels} value` under its family's # TYPE.
+    let body = r.split("\r\n\r\n").nth(1).unwrap();
+    let mut family = String::new();
+    for l in body.lines() {
+        if let Some(t) = l.strip_prefix("# TYPE ") {
+            family = t.split(' ').next().unwrap().to_string();
+        } else if !l.starts_with('#') {
+            assert!(l.starts_with(&family), "{l} outside its family {family}");
+            let value = l.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{l}");
+        }
+    }
+    server.shutdown().await;
+}

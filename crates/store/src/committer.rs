@@ -10,8 +10,8 @@ use crate::{Op, Store, StoreError};
 mod stats;
 mod worker;
 
-pub use stats::CommitStats;
 use stats::Counters;
+pub use stats::{CommitStats, COMMIT_OPS_BOUNDS, COMMIT_SECONDS_BOUNDS};
 use worker::run;
 
 /// Called once per submitted batch, on the committer's thread, after the group holding it was
@@ -227,6 +227,12 @@ impl Committer {
     /// Counters of what has been committed so far.
     pub fn stats(&self) -> CommitStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Why the committer stopped accepting writes, once a commit has failed (then the
+    /// broker must not acknowledge anything more); `None` while it is healthy.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.shared.lock().failed.clone()
     }
 
     /// Commits what is queued (durably, in either mode), stops the thread and gives the store

@@ -45,7 +45,10 @@ mod merge;
 mod record;
 mod redb_store;
 
-pub use committer::{CommitStats, Committer, CommitterOptions, Done, Durability, QueueFull};
+pub use committer::{
+    CommitStats, Committer, CommitterOptions, Done, Durability, QueueFull, COMMIT_OPS_BOUNDS,
+    COMMIT_SECONDS_BOUNDS,
+};
 pub use error::StoreError;
 pub use inspect::{inspect, SessionSummary, Summary};
 pub use lock::{move_aside, LOCK_FILE, STORE_FILE};

@@ -29,6 +29,7 @@ use makelaar_proto::{Connect, ReasonCode};
 use tokio::sync::Semaphore;
 
 use crate::config::{ConfigError, ListenerAuth};
+use crate::counters::AuthFailure;
 use throttle::{Slot, Throttle};
 
 /// A Mosquitto ACL file as the core's authorizer.
@@ -99,8 +100,8 @@ fn load_passwords(path: &Path) -> Result<Passwords, ConfigError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Login {
     Accepted,
-    /// Unknown user or wrong password.
-    Refused,
+    /// Unknown user or wrong password (which one, for the metrics).
+    Refused(AuthFailure),
     /// Too many failed attempts from this address are already waiting: refused unchecked.
     Throttled,
     /// The password file is not loaded (cannot happen once started).
@@ -150,17 +151,17 @@ impl Authenticator {
     /// Decides the CONNECT received on listener `listener` from `peer`, whose verified client
     /// certificate (if any) is named `cert_name`. Takes the password out of `connect`; on
     /// success `connect.username` is the authenticated identity, on failure the reason code
-    /// to refuse with.
+    /// to refuse with and what went wrong (for the metrics).
     pub(crate) async fn authenticate(
         &self,
         listener: usize,
         peer: IpAddr,
         connect: &mut Connect,
         cert_name: Option<String>,
-    ) -> Result<(), ReasonCode> {
+    ) -> Result<(), (ReasonCode, AuthFailure)> {
         let password = connect.password.take();
         let Some(policy) = self.listeners.get(listener) else {
-            return Err(ReasonCode::SERVER_UNAVAILABLE);
+            return Err((ReasonCode::SERVER_UNAVAILABLE, AuthFailure::Unavailable));
         };
         if policy.use_identity_as_username {
             // As Mosquitto: the CONNECT's username and password are ignored; the name comes
@@ -168,14 +169,17 @@ impl Authenticator {
             connect.username = cert_name;
             return match connect.username {
                 Some(_) => Ok(()),
-                None => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+                None => Err((
+                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                    AuthFailure::NoCertificateName,
+                )),
             };
         }
         let anonymous = || {
             if policy.allow_anonymous {
                 Ok(())
             } else {
-                Err(ReasonCode::NOT_AUTHORIZED)
+                Err((ReasonCode::NOT_AUTHORIZED, AuthFailure::Anonymous))
             }
         };
         let (Some(username), Some(path)) = (connect.username.as_deref(), &policy.password_file)
@@ -186,11 +190,11 @@ impl Authenticator {
         };
         match self.check_password(path, peer, username, password).await {
             Login::Accepted => Ok(()),
-            Login::Throttled => Err(ReasonCode::CONNECTION_RATE_EXCEEDED),
-            Login::Unavailable => Err(ReasonCode::SERVER_UNAVAILABLE),
-            Login::Refused => {
+            Login::Throttled => Err((ReasonCode::CONNECTION_RATE_EXCEEDED, AuthFailure::Throttled)),
+            Login::Unavailable => Err((ReasonCode::SERVER_UNAVAILABLE, AuthFailure::Unavailable)),
+            Login::Refused(why) => {
                 tracing::debug!(%peer, client_id = %connect.client_id, "login failed: unknown user or wrong password");
-                Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                Err((ReasonCode::BAD_USER_NAME_OR_PASSWORD, why))
             }
         }
     }
@@ -234,6 +238,10 @@ impl Authenticator {
             }
         }
         let hash = passwords.file.hash_of(username).cloned();
+        let why = match hash {
+            Some(_) => AuthFailure::WrongPassword,
+            None => AuthFailure::UnknownUser,
+        };
         let known = hash.is_some() && password.is_some();
         let ok = match hash.or_else(|| passwords.decoy.clone()) {
             Some(hash) => {
@@ -247,7 +255,7 @@ impl Authenticator {
             Login::Accepted
         } else {
             self.throttle.failed(peer, Instant::now());
-            Login::Refused
+            Login::Refused(why)
         }
     }
 

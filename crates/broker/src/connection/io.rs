@@ -6,7 +6,6 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -20,6 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::ConnCtx;
+use crate::counters::Tally;
 use crate::outbox::{millis, Drained, Outbox};
 use crate::router::ToRouter;
 use tokio::io::ReadBuf;
@@ -81,6 +81,15 @@ pub(super) struct Io<S> {
     needs_flush: bool,
     /// The router asked to close once what it queued is written.
     closing: bool,
+    /// Bytes and packets counted since the last flush into the shared counters (once per
+    /// wake-up, not per packet).
+    tally: Tally,
+}
+
+impl<S> Drop for Io<S> {
+    fn drop(&mut self) {
+        self.tally.flush(&self.ctx.counters);
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -110,6 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             undecoded,
             needs_flush: false,
             closing: false,
+            tally: Tally::default(),
         }
     }
 
@@ -134,7 +144,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
 
     /// Does every piece of work that is ready; `Pending` once none is (with the task
     /// registered with the outbox and the stream), `Ready` when the async side is needed.
+    /// What it counted goes into the shared counters once, at the end.
     fn poll_work(&mut self, cx: &mut Context<'_>, state: &mut ConnState) -> Poll<Step> {
+        let step = self.poll_rounds(cx, state);
+        self.tally.flush(&self.ctx.counters);
+        step
+    }
+
+    fn poll_rounds(&mut self, cx: &mut Context<'_>, state: &mut ConnState) -> Poll<Step> {
         for _ in 0..ROUNDS_PER_POLL {
             let mut progressed = false;
             if self.outbox.poll_ready(cx).is_ready() {
@@ -215,10 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         match poll_write_buf(Pin::new(&mut self.stream), cx, &mut self.wbuf) {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(End::Lost("write error"))),
             Poll::Ready(Ok(n)) => {
-                self.ctx
-                    .counters
-                    .bytes_sent
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.tally.bytes_sent += n as u64;
                 self.needs_flush = true;
                 Poll::Ready(Ok(()))
             }
@@ -238,10 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         match read {
             Poll::Ready(Ok((0, _))) => Poll::Ready(Err(End::Lost("closed by client"))),
             Poll::Ready(Ok((n, spare))) => {
-                self.ctx
-                    .counters
-                    .bytes_received
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.tally.bytes_received += n as u64;
                 self.outbox.heard(millis(Instant::now()));
                 self.adapt_read_size(n, spare);
                 self.undecoded = true;
@@ -335,10 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     }));
                 }
             };
-            self.ctx
-                .counters
-                .packets_received
-                .fetch_add(1, Ordering::Relaxed);
+            self.tally.packets_received += 1;
             match state.inbound(Instant::now(), &mut packet) {
                 Err(v) => return Err(End::Violation(v)),
                 Ok(false) => self.encode(&Packet::PingResp),
@@ -392,10 +400,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             tracing::warn!(error = %e, packet = p.name(), "could not encode packet; not sent");
             return;
         }
-        self.ctx
-            .counters
-            .packets_sent
-            .fetch_add(1, Ordering::Relaxed);
+        self.tally.packets_sent += 1;
     }
 
     /// The stream and what is still to be written to it, for the closing steps.

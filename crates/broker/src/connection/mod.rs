@@ -126,8 +126,8 @@ where
         .auth
         .authenticate(listener, peer.ip(), &mut connect, cert_name)
         .await;
-    if let Err(reason) = verdict {
-        ctx.counters.refused_login.fetch_add(1, Ordering::Relaxed);
+    if let Err((reason, why)) = verdict {
+        ctx.counters.auth_failed(why);
         refuse_connect(&mut stream, &connect, reason, peer).await;
         return None;
     }

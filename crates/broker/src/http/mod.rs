@@ -26,21 +26,23 @@
 mod dashboard;
 pub(crate) use dashboard::Dashboard;
 mod health;
-mod response;
+pub(crate) mod response;
 mod routes;
 mod stall;
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Counted, ListenerCount};
 use crate::listener::{Accepted, Listener, ACCEPT_ERROR_BACKOFF};
 use crate::router::{Router, ToRouter};
 use crate::Counters;
@@ -66,10 +68,10 @@ pub(crate) struct HttpCtx {
     /// The router's channel (see [`HttpCtx::ask_router`]).
     pub router: mpsc::Sender<ToRouter>,
     /// Counters kept by the connection tasks.
-    #[allow(dead_code)] // read by /metrics
     pub counters: Arc<Counters>,
+    /// Every listener's connection counts, in configuration order.
+    pub listeners: Vec<Arc<ListenerCount>>,
     /// When the broker started.
-    #[allow(dead_code)] // read by /metrics
     pub started: Instant,
     /// This listener's dashboard (`/`, `/api/...`), unless `[dashboard] enabled = false`.
     pub dashboard: Option<Arc<dashboard::Dashboard>>,
@@ -99,19 +101,15 @@ impl HttpCtx {
     }
 }
 
-/// Accepts connections on an HTTP listener until `shutdown`, each served on its own task.
+/// Accepts connections on an HTTP listener until `shutdown`, each served on its own task,
+/// at most `count.max()` at once.
 pub(crate) async fn accept_loop(
     listener: Listener,
-    max_connections: usize,
+    count: Arc<ListenerCount>,
     ctx: Arc<HttpCtx>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let max = match max_connections {
-        0 => DEFAULT_MAX_CONNECTIONS,
-        n => n,
-    };
-    let open = Arc::new(Semaphore::new(max));
     let mut refusing = false;
     loop {
         let accepted = tokio::select! {
@@ -126,21 +124,25 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        let (counted, open) = count.enter();
+        if count.max() != 0 && open > count.max() {
+            ctx.counters
+                .refused_max_connections
+                .fetch_add(1, Ordering::Relaxed);
             // Logged once per episode: a burst of refusals is one line.
             if !refusing {
-                tracing::warn!(listener = listener.url(), max_connections = max, "too many HTTP connections at once: closing new ones until some end (raise max_connections of this [[listener]] if this is expected)");
+                tracing::warn!(listener = listener.url(), max_connections = count.max(), "too many HTTP connections at once: closing new ones until some end (raise max_connections of this [[listener]] if this is expected)");
                 refusing = true;
             }
             tracing::debug!(%peer, "HTTP connection refused: listener full");
             continue;
-        };
+        }
         refusing = false;
         tasks.spawn(serve_connection(
             accepted,
             ctx.clone(),
             shutdown.clone(),
-            permit,
+            counted,
         ));
     }
 }
@@ -151,7 +153,8 @@ async fn serve_connection(
     accepted: Accepted,
     ctx: Arc<HttpCtx>,
     shutdown: CancellationToken,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    // The connection's place in the listener's count, given back when it ends.
+    _counted: Counted,
 ) {
     let peer = accepted.peer_addr();
     let stream = match accepted.handshake().await {

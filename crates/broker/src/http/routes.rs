@@ -16,7 +16,11 @@ pub(crate) const GET_HEAD: &str = "GET, HEAD";
 pub(crate) async fn route(ctx: &Arc<HttpCtx>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match path {
-        "/healthz" => match read_only(req.method()) {
+        "/metrics" => match read_only(req.method()) {
+            true => crate::metrics::handle(ctx).await,
+            false => method_not_allowed(GET_HEAD),
+        },
+        "/healthz" | "/readyz" => match read_only(req.method()) {
             true => health::healthz(ctx).await,
             false => method_not_allowed(GET_HEAD),
         },

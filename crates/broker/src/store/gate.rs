@@ -75,8 +75,8 @@ impl Gate {
         });
     }
 
-    /// Packets held now, over all connections.
-    #[cfg(test)]
+    /// Packets held now, over all connections (a scrape's figure: it visits each
+    /// connection with packets held).
     pub(crate) fn held_count(&self) -> usize {
         self.held.values().map(VecDeque::len).sum()
     }

@@ -151,6 +151,11 @@ impl Persistence {
         self.committer.stats()
     }
 
+    /// Why the store stopped taking writes, once a commit failed.
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        self.committer.failure()
+    }
+
     /// Waits for everything submitted to be committed and closes the store.
     pub(crate) fn close(self) {
         if let Err(e) = self.committer.shutdown() {

@@ -237,7 +237,10 @@ impl Broker {
     pub fn restore_retained(&mut self, msg: Arc<Message>) {
         let topic = msg.topic.clone();
         self.stored_bytes += msg.weight();
-        self.retained.insert(&topic, msg);
+        self.retained_bytes += msg.weight();
+        if let Some(old) = self.retained.insert(&topic, msg) {
+            self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
+        }
     }
 
     /// The kept messages of a returning session, read from the store after

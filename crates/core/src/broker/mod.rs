@@ -10,6 +10,7 @@ mod connect;
 mod journal;
 mod publish;
 mod shared;
+mod stats;
 mod subscribe;
 mod will;
 
@@ -28,6 +29,7 @@ use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
 pub use shared::SharedSubscriptions;
+pub use stats::{Flow, PerQos, QueueTotals, Stats};
 
 /// Index of a session in the broker's slab.
 pub type SessionIdx = u32;
@@ -45,32 +47,6 @@ pub enum Action {
     /// Read this returning session's kept messages from the store and hand them to
     /// [`Broker::handle_backlog_loaded`].
     LoadBacklog(Arc<str>),
-}
-
-/// Counters the broker keeps (the `$SYS` topics and, later, metrics read them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// PUBLISH packets received from clients (wills and `$SYS` excluded).
-    pub messages_received: u64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: u64,
-    /// Messages dropped because a session's queue was full.
-    pub dropped_queue_full: u64,
-    /// Messages not stored (5.0: refused with 0x97) because the store was at
-    /// `max_stored_bytes`.
-    pub dropped_store_full: u64,
-    /// Messages dropped because they expired before delivery.
-    pub dropped_expired: u64,
-    /// Messages not sent because they exceed the client's Maximum Packet Size.
-    pub dropped_too_large: u64,
-    /// Sessions removed because their expiry interval passed.
-    pub sessions_expired: u64,
-    /// Most clients connected at once.
-    pub max_connected: usize,
-    /// PUBLISH packets (and wills) refused by the authorizer.
-    pub publishes_denied: u64,
-    /// Messages not delivered to a subscriber because the authorizer refused it Read access.
-    pub deliveries_denied: u64,
 }
 
 /// Extra, broker-wide configuration of rules that are not limits.
@@ -106,6 +82,8 @@ pub struct Broker {
     journal: Option<Vec<crate::persist::Change>>,
     /// Bytes of messages in the durable store (kept messages and retained ones).
     stored_bytes: usize,
+    /// Bytes (topic + payload) of the retained messages.
+    retained_bytes: usize,
     /// Whether `max_stored_bytes` biting has been logged since the store last had room.
     store_full_logged: bool,
     /// Access control; `None` allows everything without asking (see [`crate::auth`]).
@@ -136,6 +114,7 @@ impl Broker {
             congested: None,
             journal: None,
             stored_bytes: 0,
+            retained_bytes: 0,
             store_full_logged: false,
             authorizer: None,
             watches: crate::watch::Watches::default(),
@@ -253,6 +232,7 @@ impl Broker {
             !expired
         });
         for m in &gone {
+            self.retained_bytes = self.retained_bytes.saturating_sub(m.weight());
             self.journal_retained(&m.topic, None, Some(m));
         }
         gone.len()
@@ -351,5 +331,7 @@ impl Broker {
 mod admin_tests;
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod stats_tests;
 #[cfg(test)]
 mod tests;

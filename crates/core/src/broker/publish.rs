@@ -97,13 +97,16 @@ impl Broker {
             }
             return;
         }
-        self.stats.messages_received += 1;
+        self.stats.received.get_mut(qos).count(p.payload.len());
         let msg = Arc::new(Message::from_publish(now, p, origin));
         if msg.retain {
             self.store_retained(&msg);
         }
         self.congested = None;
         let matched = self.route(now, msg);
+        if matched == 0 {
+            self.stats.dropped_no_subscribers += 1;
+        }
         let mut ack = PubAck::new(packet_id);
         if v5 && matched == 0 {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
@@ -159,6 +162,7 @@ impl Broker {
     pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
             if let Some(old) = self.retained.remove(&msg.topic) {
+                self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
                 self.journal_retained(&msg.topic, None, Some(&old));
             }
             return;
@@ -172,6 +176,8 @@ impl Broker {
             return;
         }
         let old = self.retained.insert(&msg.topic, msg.clone());
+        let old_weight = old.as_ref().map_or(0, |m| m.weight());
+        self.retained_bytes = self.retained_bytes.saturating_sub(old_weight) + msg.weight();
         self.journal_retained(&msg.topic, Some(msg), old.as_ref());
     }
 
@@ -248,7 +254,7 @@ impl Broker {
             Some(_) => self.enqueue(idx, d),
             // [MQTT-3.1.2-5] an offline session keeps QoS 1/2 messages (QoS 0 when configured).
             None if d.qos != QoS::AtMostOnce || queue_qos0 => self.enqueue(idx, d),
-            None => {}
+            None => self.stats.dropped_offline_qos0 += 1,
         }
     }
 
@@ -323,6 +329,7 @@ impl Broker {
                 return;
             }
         }
+        let (sent_qos, payload_len) = (d.qos, d.msg.payload.len());
         if d.qos == QoS::AtMostOnce {
             self.journal_done(idx, &d); // an offline QoS 0 message, sent and gone
         } else {
@@ -335,7 +342,7 @@ impl Broker {
                 });
             }
         }
-        self.stats.messages_sent += 1;
+        self.stats.sent.get_mut(sent_qos).count(payload_len);
         self.send(conn, packet);
     }
 

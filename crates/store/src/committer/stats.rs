@@ -1,4 +1,5 @@
-//! The committer's counters: atomics written by its thread, read from any thread.
+//! The committer's counters: atomics written by its thread (once per commit, never per
+//! message), read from any thread.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -20,6 +21,30 @@ pub(super) struct Counters {
     max_commit_nanos: AtomicU64,
     pending_ops: AtomicU64,
     pending_bytes: AtomicU64,
+    /// Commits by duration: bucket `i` counts those up to `COMMIT_SECONDS_BOUNDS[i]`, the
+    /// last one the rest.
+    commit_seconds: [AtomicU64; COMMIT_SECONDS_BOUNDS.len() + 1],
+    /// Commits by ops written, likewise against `COMMIT_OPS_BOUNDS`.
+    commit_ops: [AtomicU64; COMMIT_OPS_BOUNDS.len() + 1],
+}
+
+/// Upper bounds (seconds) of the commit-duration histogram: 100 µs to 2.5 s, about 2.5× apart.
+pub const COMMIT_SECONDS_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Upper bounds of the ops-per-commit histogram (the group commit's batch size).
+pub const COMMIT_OPS_BOUNDS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 20000.0,
+];
+
+/// The bucket of `v` among `bounds` (the one past the end when larger than all).
+fn bucket(bounds: &[f64], v: f64) -> usize {
+    bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len())
+}
+
+fn load_all<const N: usize>(a: &[AtomicU64; N]) -> [u64; N] {
+    std::array::from_fn(|i| a.get(i).map_or(0, |x| x.load(Relaxed)))
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -51,6 +76,14 @@ impl Counters {
             self.fsyncs.fetch_add(1, Relaxed);
             self.fsync_nanos.fetch_add(ns, Relaxed);
         }
+        let i = bucket(&COMMIT_SECONDS_BOUNDS, took.as_secs_f64());
+        if let Some(b) = self.commit_seconds.get(i) {
+            b.fetch_add(1, Relaxed);
+        }
+        let i = bucket(&COMMIT_OPS_BOUNDS, merged.ops.len() as f64);
+        if let Some(b) = self.commit_ops.get(i) {
+            b.fetch_add(1, Relaxed);
+        }
     }
 
     pub(super) fn snapshot(&self) -> CommitStats {
@@ -69,6 +102,8 @@ impl Counters {
             max_commit: d(&self.max_commit_nanos),
             pending_ops: self.pending_ops.load(Relaxed),
             pending_bytes: self.pending_bytes.load(Relaxed),
+            commit_seconds: load_all(&self.commit_seconds),
+            commit_ops: load_all(&self.commit_ops),
         }
     }
 }
@@ -98,6 +133,11 @@ pub struct CommitStats {
     /// Ops and bytes waiting for the next group.
     pub pending_ops: u64,
     pub pending_bytes: u64,
+    /// Commits by duration, against [`COMMIT_SECONDS_BOUNDS`] (not cumulative; the last
+    /// bucket counts those longer than every bound).
+    pub commit_seconds: [u64; COMMIT_SECONDS_BOUNDS.len() + 1],
+    /// Commits by ops written, against [`COMMIT_OPS_BOUNDS`] (likewise).
+    pub commit_ops: [u64; COMMIT_OPS_BOUNDS.len() + 1],
 }
 
 impl CommitStats {
@@ -114,5 +154,34 @@ impl CommitStats {
     /// Mean time of one durable commit (the fsync latency a submitter waits for).
     pub fn mean_fsync(&self) -> Duration {
         self.fsync_time / u32::try_from(self.fsyncs.max(1)).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_fall_in_the_first_bucket_that_holds_them() {
+        assert_eq!(bucket(&COMMIT_OPS_BOUNDS, 0.0), 0);
+        assert_eq!(bucket(&COMMIT_OPS_BOUNDS, 1.0), 0);
+        assert_eq!(bucket(&COMMIT_OPS_BOUNDS, 3.0), 2);
+        assert_eq!(bucket(&COMMIT_OPS_BOUNDS, 1e9), COMMIT_OPS_BOUNDS.len());
+        assert_eq!(bucket(&COMMIT_SECONDS_BOUNDS, 0.003), 5);
+    }
+
+    #[test]
+    fn a_commit_is_counted_in_both_histograms() {
+        let c = Counters::default();
+        let merged = Merged {
+            ops: Vec::new(),
+            cancelled: 0,
+        };
+        c.committed(2, &merged, true, Duration::from_millis(3));
+        let s = c.snapshot();
+        assert_eq!(s.commit_seconds.iter().sum::<u64>(), 1);
+        assert_eq!(s.commit_seconds[5], 1);
+        assert_eq!(s.commit_ops[0], 1);
+        assert_eq!((s.commits, s.fsyncs, s.batches_committed), (1, 1, 2));
     }
 }

@@ -74,7 +74,7 @@ pub(crate) async fn check(
                 ),
             ))
         }
-        Login::Refused => {
+        Login::Refused(_) => {
             tracing::debug!(%peer, "dashboard login failed: unknown user or wrong password");
             Some(unauthorized("unknown user or wrong password"))
         }

@@ -1,0 +1,173 @@
+//! Counters kept outside the router: by the connection tasks (bytes, packets, refusals) and
+//! the accept loops. `$SYS` and `/metrics` read them.
+//!
+//! They are shared atomics, so the hot ones are kept off the per-packet path: a connection
+//! task tallies bytes and packets in plain fields and adds them here once per wake-up
+//! (`connection::io`), and each hot counter has a cache line of its own, so connection tasks
+//! on different cores do not fight over one line.
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An atomic counter alone on its cache line (128 bytes: two lines are fetched together on
+/// current x86, and Apple's cores use 128-byte lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded(AtomicU64);
+
+impl Deref for Padded {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
+/// Why a CONNECT was refused by authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// A username the password file does not have.
+    UnknownUser,
+    /// A known user with a wrong or missing password.
+    WrongPassword,
+    /// No username where anonymous clients are not allowed.
+    Anonymous,
+    /// `use_identity_as_username` and no name in a verified client certificate.
+    NoCertificateName,
+    /// Refused unchecked: too many failed attempts queued from the address.
+    Throttled,
+    /// The listener's settings could not be found (a bug, never expected).
+    Unavailable,
+}
+
+impl AuthFailure {
+    /// Every kind, in the order of [`Counters::auth_failures`].
+    pub const ALL: [AuthFailure; 6] = [
+        AuthFailure::UnknownUser,
+        AuthFailure::WrongPassword,
+        AuthFailure::Anonymous,
+        AuthFailure::NoCertificateName,
+        AuthFailure::Throttled,
+        AuthFailure::Unavailable,
+    ];
+
+    /// The `reason` label of `makelaar_auth_failures_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::WrongPassword => "wrong_password",
+            AuthFailure::Anonymous => "anonymous",
+            AuthFailure::NoCertificateName => "no_certificate_name",
+            AuthFailure::Throttled => "throttled",
+            AuthFailure::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Counters kept outside the router.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes read from MQTT clients.
+    pub bytes_received: Padded,
+    /// Bytes written to MQTT clients.
+    pub bytes_sent: Padded,
+    /// MQTT packets decoded.
+    pub packets_received: Padded,
+    /// MQTT packets encoded for sending.
+    pub packets_sent: Padded,
+    /// QoS 0 messages dropped because their client was not reading (max_outgoing_bytes).
+    /// Written by the router alone.
+    pub dropped_slow_client: AtomicU64,
+    /// CONNECTs refused by authentication, by [`AuthFailure`] (in the order of `ALL`).
+    pub auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+    /// Connections refused for their listener's `max_connections`.
+    pub refused_max_connections: AtomicU64,
+    /// Connections refused for `max_connection_rate`.
+    pub refused_connection_rate: AtomicU64,
+    /// Clients disconnected for `max_publish_rate`.
+    pub disconnected_publish_rate: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a refused login.
+    pub fn auth_failed(&self, why: AuthFailure) {
+        let i = AuthFailure::ALL.iter().position(|&k| k == why);
+        if let Some(c) = i.and_then(|i| self.auth_failures.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refused logins of one kind.
+    pub fn auth_failures_of(&self, why: AuthFailure) -> u64 {
+        let i = AuthFailure::ALL.iter().position(|&k| k == why);
+        i.and_then(|i| self.auth_failures.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Refused logins, every kind.
+    pub fn refused_login(&self) -> u64 {
+        self.auth_failures
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Bytes and packets a connection task counts in plain fields between two flushes into the
+/// shared [`Counters`].
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+}
+
+impl Tally {
+    /// Adds what was counted to `c` and starts again from zero; touches only what moved.
+    pub(crate) fn flush(&mut self, c: &Counters) {
+        let pairs = [
+            (&mut self.bytes_received, &c.bytes_received),
+            (&mut self.bytes_sent, &c.bytes_sent),
+            (&mut self.packets_received, &c.packets_received),
+            (&mut self.packets_sent, &c.packets_sent),
+        ];
+        for (mine, shared) in pairs {
+            if *mine != 0 {
+                shared.fetch_add(std::mem::take(mine), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_auth_failure_has_its_own_counter() {
+        let c = Counters::default();
+        c.auth_failed(AuthFailure::WrongPassword);
+        c.auth_failed(AuthFailure::WrongPassword);
+        c.auth_failed(AuthFailure::Throttled);
+        assert_eq!(c.auth_failures_of(AuthFailure::WrongPassword), 2);
+        assert_eq!(c.auth_failures_of(AuthFailure::Throttled), 1);
+        assert_eq!(c.auth_failures_of(AuthFailure::UnknownUser), 0);
+        assert_eq!(c.refused_login(), 3);
+    }
+
+    #[test]
+    fn a_tally_flushes_into_the_counters_once() {
+        let c = Counters::default();
+        let mut t = Tally {
+            bytes_received: 10,
+            packets_sent: 2,
+            ..Tally::default()
+        };
+        t.flush(&c);
+        t.flush(&c);
+        assert_eq!(c.bytes_received.load(Ordering::Relaxed), 10);
+        assert_eq!(c.packets_sent.load(Ordering::Relaxed), 2);
+        assert_eq!(c.bytes_sent.load(Ordering::Relaxed), 0);
+        assert_eq!(t.bytes_received, 0);
+    }
+}

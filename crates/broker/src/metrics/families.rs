@@ -1,0 +1,379 @@
+//! Every metric family, in the order docs/metrics.md lists them.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use makelaar_core::Flow;
+use makelaar_proto::QoS;
+use makelaar_store::{COMMIT_OPS_BOUNDS, COMMIT_SECONDS_BOUNDS};
+
+use super::text::{Exposition, Kind};
+use super::RouterFigures;
+use crate::counters::AuthFailure;
+use crate::http::HttpCtx;
+
+/// The whole exposition of one scrape.
+pub(super) fn render(ctx: &HttpCtx, f: &RouterFigures) -> String {
+    let mut e = Exposition::new();
+    process(&mut e, ctx);
+    connections(&mut e, ctx, f);
+    sessions(&mut e, f);
+    messages(&mut e, ctx, f);
+    queues(&mut e, ctx, f);
+    store(&mut e, f);
+    e.finish()
+}
+
+fn process(e: &mut Exposition, ctx: &HttpCtx) {
+    e.family(
+        "makelaar_build_info",
+        "Always 1; the labels say which Makelaar this is.",
+        Kind::Gauge,
+    );
+    e.sample(
+        "makelaar_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1u64,
+    );
+    e.single(
+        "makelaar_uptime_seconds",
+        "Seconds since the broker started.",
+        Kind::Gauge,
+        ctx.started.elapsed().as_secs_f64(),
+    );
+}
+
+fn connections(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
+    let c = &ctx.counters;
+    e.by_label(
+        (
+            "makelaar_listener_connections",
+            "Network connections open now, per listener (MQTT ones before and after CONNECT, \
+             and HTTP ones).",
+            Kind::Gauge,
+        ),
+        "listener",
+        ctx.listeners.iter().map(|l| (l.url.as_str(), l.open())),
+    );
+    e.by_label(
+        (
+            "makelaar_listener_connections_accepted_total",
+            "Network connections accepted, per listener.",
+            Kind::Counter,
+        ),
+        "listener",
+        ctx.listeners.iter().map(|l| (l.url.as_str(), l.accepted())),
+    );
+    e.by_label(
+        (
+            "makelaar_connections_refused_total",
+            "Connections refused before authentication: over a listener's max_connections, or \
+             over max_connection_rate from one address.",
+            Kind::Counter,
+        ),
+        "reason",
+        [
+            ("max_connections", c.refused_max_connections.load(Relaxed)),
+            ("connection_rate", c.refused_connection_rate.load(Relaxed)),
+        ],
+    );
+    e.by_label(
+        (
+            "makelaar_auth_failures_total",
+            "CONNECTs refused by authentication, by why.",
+            Kind::Counter,
+        ),
+        "reason",
+        AuthFailure::ALL
+            .iter()
+            .map(|&k| (k.label(), c.auth_failures_of(k))),
+    );
+    e.single(
+        "makelaar_clients_connected",
+        "MQTT clients connected now (past CONNECT).",
+        Kind::Gauge,
+        f.clients_connected,
+    );
+    e.single(
+        "makelaar_clients_connected_max",
+        "Most MQTT clients connected at once since the start.",
+        Kind::Gauge,
+        f.stats.max_connected,
+    );
+    let ends = &f.ends;
+    let mut by_reason: Vec<(String, u64)> = vec![
+        ("client_disconnect".into(), ends.client_disconnect),
+        ("connection_lost".into(), ends.lost),
+    ];
+    by_reason.extend(
+        ends.violations
+            .iter()
+            .map(|(r, n)| (r.name().replace(' ', "_").to_ascii_lowercase(), *n)),
+    );
+    e.by_label(
+        (
+            "makelaar_disconnects_total",
+            "MQTT connections ended after CONNECT, by why: the client's DISCONNECT, a lost \
+             connection, or the reason code of a protocol violation or limit (e.g. \
+             keep_alive_timeout, message_rate_too_high).",
+            Kind::Counter,
+        ),
+        "reason",
+        by_reason,
+    );
+}
+
+fn sessions(e: &mut Exposition, f: &RouterFigures) {
+    e.by_label(
+        (
+            "makelaar_sessions",
+            "Sessions held, with a client connected (online) or kept for one (offline).",
+            Kind::Gauge,
+        ),
+        "state",
+        [
+            ("online", f.clients_connected),
+            ("offline", f.sessions.saturating_sub(f.clients_connected)),
+        ],
+    );
+    e.single(
+        "makelaar_sessions_expired_total",
+        "Sessions removed because their expiry interval passed.",
+        Kind::Counter,
+        f.stats.sessions_expired,
+    );
+    e.by_label(
+        (
+            "makelaar_subscriptions",
+            "Subscriptions held: ordinary ones, and memberships of $share groups.",
+            Kind::Gauge,
+        ),
+        "kind",
+        [
+            ("regular", f.subscriptions.0),
+            ("shared", f.subscriptions.1),
+        ],
+    );
+    e.single(
+        "makelaar_retained_messages",
+        "Retained messages held.",
+        Kind::Gauge,
+        f.retained.0,
+    );
+    e.single(
+        "makelaar_retained_bytes",
+        "Bytes (topic + payload) of the retained messages.",
+        Kind::Gauge,
+        f.retained.1,
+    );
+}
+
+fn qos_label(q: QoS) -> &'static str {
+    match q {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    }
+}
+
+fn messages(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
+    let s = &f.stats;
+    let flows = |pick: fn(&Flow) -> u64| {
+        let dirs = [("in", &s.received), ("out", &s.sent)];
+        dirs.into_iter().flat_map(move |(dir, per)| {
+            per.iter()
+                .map(move |(q, flow)| (dir, qos_label(q), pick(flow)))
+        })
+    };
+    let name = "makelaar_messages_total";
+    e.family(
+        name,
+        "PUBLISH messages received from clients (in) and sent to them (out), by QoS.",
+        Kind::Counter,
+    );
+    for (dir, qos, n) in flows(|f| f.messages) {
+        e.sample(name, &[("direction", dir), ("qos", qos)], n);
+    }
+    let name = "makelaar_message_payload_bytes_total";
+    e.family(
+        name,
+        "Payload bytes of the PUBLISH messages received (in) and sent (out), by QoS.",
+        Kind::Counter,
+    );
+    for (dir, qos, n) in flows(|f| f.payload_bytes) {
+        e.sample(name, &[("direction", dir), ("qos", qos)], n);
+    }
+    let c = &ctx.counters;
+    e.by_label(
+        (
+            "makelaar_network_bytes_total",
+            "Bytes read from (in) and written to (out) MQTT connections, every packet.",
+            Kind::Counter,
+        ),
+        "direction",
+        [
+            ("in", c.bytes_received.load(Relaxed)),
+            ("out", c.bytes_sent.load(Relaxed)),
+        ],
+    );
+    e.by_label(
+        (
+            "makelaar_packets_total",
+            "MQTT packets received (in) and sent (out), every kind.",
+            Kind::Counter,
+        ),
+        "direction",
+        [
+            ("in", c.packets_received.load(Relaxed)),
+            ("out", c.packets_sent.load(Relaxed)),
+        ],
+    );
+    e.by_label(
+        (
+            "makelaar_messages_dropped_total",
+            "Messages not delivered, by why: a session queue full (max_queued_messages), \
+             expired, larger than the client's maximum packet size, the store full \
+             (max_stored_bytes), a client not reading (max_outgoing_bytes, QoS 0), refused by \
+             the ACL when published or when delivered, matching no subscription, or QoS 0 for \
+             an offline session.",
+            Kind::Counter,
+        ),
+        "reason",
+        [
+            ("queue_full", s.dropped_queue_full),
+            ("expired", s.dropped_expired),
+            ("too_large", s.dropped_too_large),
+            ("store_full", s.dropped_store_full),
+            ("slow_client", c.dropped_slow_client.load(Relaxed)),
+            ("publish_not_authorized", s.publishes_denied),
+            ("delivery_not_authorized", s.deliveries_denied),
+            ("no_subscribers", s.dropped_no_subscribers),
+            ("offline_qos0", s.dropped_offline_qos0),
+        ],
+    );
+}
+
+fn queues(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
+    let q = &f.queues;
+    e.single(
+        "makelaar_queued_messages",
+        "Messages waiting in sessions' queues (in memory, and in the store for clients that \
+         have not come back).",
+        Kind::Gauge,
+        q.queued_messages,
+    );
+    e.single(
+        "makelaar_queued_bytes",
+        "Bytes (topic + payload) of the queued messages.",
+        Kind::Gauge,
+        q.queued_bytes,
+    );
+    e.single(
+        "makelaar_queued_messages_longest",
+        "The longest queue of one session, in messages.",
+        Kind::Gauge,
+        q.longest_queue,
+    );
+    e.single(
+        "makelaar_inflight_messages",
+        "QoS 1 and 2 messages sent to clients and not yet acknowledged.",
+        Kind::Gauge,
+        q.inflight_messages,
+    );
+    let router = &ctx.router;
+    e.single(
+        "makelaar_router_queue_messages",
+        "Messages from connections waiting for the router (its channel holds \
+         makelaar_router_queue_capacity; when full, connections stop reading).",
+        Kind::Gauge,
+        router.max_capacity().saturating_sub(router.capacity()),
+    );
+    e.single(
+        "makelaar_router_queue_capacity",
+        "Capacity of the router's channel.",
+        Kind::Gauge,
+        router.max_capacity(),
+    );
+}
+
+fn store(e: &mut Exposition, f: &RouterFigures) {
+    let (stats, enabled) = match &f.store {
+        Some((s, _)) => (*s, true),
+        None => (Default::default(), false),
+    };
+    e.single(
+        "makelaar_store_enabled",
+        "1 with a durable store, 0 with --in-memory (then every makelaar_store_ figure is 0).",
+        Kind::Gauge,
+        enabled,
+    );
+    e.single(
+        "makelaar_store_commits_total",
+        "Groups committed to the store (one transaction each).",
+        Kind::Counter,
+        stats.commits,
+    );
+    e.single(
+        "makelaar_store_fsyncs_total",
+        "Commits made durable with fsync.",
+        Kind::Counter,
+        stats.fsyncs,
+    );
+    e.single(
+        "makelaar_store_batches_committed_total",
+        "Router batches committed; divided by commits, how well group commit groups.",
+        Kind::Counter,
+        stats.batches_committed,
+    );
+    e.by_label(
+        (
+            "makelaar_store_ops_total",
+            "Store operations written, and cancelled by a later one in the same group \
+             before reaching the disk.",
+            Kind::Counter,
+        ),
+        "outcome",
+        [
+            ("written", stats.ops_written),
+            ("cancelled", stats.ops_cancelled),
+        ],
+    );
+    e.single(
+        "makelaar_store_pending_ops",
+        "Operations waiting for the next commit.",
+        Kind::Gauge,
+        stats.pending_ops,
+    );
+    e.single(
+        "makelaar_store_pending_bytes",
+        "Bytes of the operations waiting for the next commit.",
+        Kind::Gauge,
+        stats.pending_bytes,
+    );
+    e.single(
+        "makelaar_store_message_bytes",
+        "Bytes of messages kept in the store (queued for durable sessions, and retained), \
+         against max_stored_bytes.",
+        Kind::Gauge,
+        f.stored_bytes,
+    );
+    e.single(
+        "makelaar_store_held_packets",
+        "Acknowledgements waiting for the store to commit what they acknowledge.",
+        Kind::Gauge,
+        f.held_for_store,
+    );
+    e.histogram(
+        "makelaar_store_commit_duration_seconds",
+        "Time of each commit (writes and, when durable, fsync).",
+        &COMMIT_SECONDS_BOUNDS,
+        &stats.commit_seconds,
+        stats.commit_time.as_secs_f64(),
+    );
+    e.histogram(
+        "makelaar_store_commit_ops",
+        "Operations written per commit: the group commit's batch size.",
+        &COMMIT_OPS_BOUNDS,
+        &stats.commit_ops,
+        stats.ops_written as f64,
+    );
+}

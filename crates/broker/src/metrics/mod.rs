@@ -1,0 +1,84 @@
+//! `/metrics`: the broker's figures in the Prometheus text format. docs/metrics.md lists
+//! every family.
+//!
+//! Each figure is counted where its state lives, and nothing is shared on the per-message
+//! path: the core counts messages, drops and deliveries in plain integers on the router's
+//! task; connection tasks tally bytes and packets locally and add them to the shared
+//! [`crate::Counters`] once per wake-up; the store's committer thread times its commits.
+//!
+//! A scrape asks the router for a snapshot of what it owns ([`RouterFigures`], one message
+//! through its channel, answered between two batches), reads the shell's atomic counters,
+//! and writes the text. So every scrape is exact at the moment it is answered, and a broker
+//! nobody scrapes pays nothing. The snapshot visits every session to sum their queues: about
+//! a millisecond per 100,000 sessions of the router's time, once per scrape.
+//!
+//! The text format is written directly (`text`) rather than with the `prometheus-client`
+//! crate: that crate is built around metric objects registered once and updated in place
+//! (atomics on the hot path), where this broker has a snapshot per scrape; and it does not
+//! escape label values, which here include listener URLs from the configuration.
+
+mod families;
+pub(crate) mod text;
+
+use std::sync::Arc;
+
+use hyper::{Response, StatusCode};
+use makelaar_core::{QueueTotals, Stats};
+use makelaar_store::{CommitStats, StoreError};
+
+use crate::http::response::{full, text as plain, Body};
+use crate::http::HttpCtx;
+use crate::router::{Ends, Router};
+
+/// What the router owns, copied out for one scrape.
+pub(crate) struct RouterFigures {
+    pub stats: Stats,
+    pub clients_connected: usize,
+    pub sessions: usize,
+    /// (ordinary, shared-group memberships).
+    pub subscriptions: (usize, usize),
+    /// (count, bytes).
+    pub retained: (usize, usize),
+    pub queues: QueueTotals,
+    /// Bytes of messages in the durable store, as the core accounts them.
+    pub stored_bytes: usize,
+    /// Acknowledgements waiting for a commit.
+    pub held_for_store: usize,
+    pub ends: Ends,
+    /// The store's figures and failure, when there is a store.
+    pub store: Option<(CommitStats, Option<StoreError>)>,
+}
+
+impl RouterFigures {
+    /// Runs on the router's task.
+    pub(crate) fn of(r: &Router) -> RouterFigures {
+        let b = r.broker();
+        RouterFigures {
+            stats: b.stats().clone(),
+            clients_connected: b.clients_connected(),
+            sessions: b.sessions_total(),
+            subscriptions: b.subscription_counts(),
+            retained: (b.retained_count(), b.retained_bytes()),
+            queues: b.queue_totals(),
+            stored_bytes: b.stored_bytes(),
+            held_for_store: r.held_for_store(),
+            ends: r.ends().clone(),
+            store: r.store_state(),
+        }
+    }
+}
+
+/// Answers `/metrics`; 503 when the router does not answer in time.
+pub(crate) async fn handle(ctx: &Arc<HttpCtx>) -> Response<Body> {
+    let Some(figures) = ctx.ask_router(RouterFigures::of).await else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the router did not answer within {} ms: the broker is overloaded or stopping\n",
+                crate::http::ROUTER_ANSWER_TIME.as_millis()
+            ),
+        );
+    };
+    let body = families::render(ctx, &figures);
+    full(StatusCode::OK, text::CONTENT_TYPE, body)
+}
