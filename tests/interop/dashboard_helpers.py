@@ -11,46 +11,28 @@ import json
 import socket
 import time
 
-from brokers import Broker, _toml_value, free_port
+from brokers import Broker, _toml_value
 
 
 class DashboardBroker(Broker):
-    """A Makelaar broker that also listens on http://127.0.0.1:HTTP_PORT; `dashboard` is the
+    """A Makelaar broker with an http:// listener (config {"http": True}); `dashboard` is the
     `[dashboard]` table (a dict), written after the settings."""
 
     def __init__(self, workdir, certs, config, name="dashboard", dashboard=None):
-        super().__init__(workdir, certs, config, name=name)
-        self.http_port = free_port()
-        while self.http_port in (self.port, self.tls_port):
-            self.http_port = free_port()
+        super().__init__(workdir, certs, dict(config, http=True), name=name)
         self.dashboard = dashboard or {}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return self.http_url
 
     def _write_makelaar_config(self):
         path = super()._write_makelaar_config()
-        text = path.read_text().replace(
-            f'"mqtts://127.0.0.1:{self.tls_port}"]',
-            f'"mqtts://127.0.0.1:{self.tls_port}", "http://127.0.0.1:{self.http_port}"]', 1)
         if self.dashboard:
-            text += "\n[dashboard]\n" + "".join(
-                f"{k} = {_toml_value(v)}\n" for k, v in self.dashboard.items())
-        path.write_text(text)
+            with path.open("a") as f:
+                f.write("\n[dashboard]\n" + "".join(
+                    f"{k} = {_toml_value(v)}\n" for k, v in self.dashboard.items()))
         return path
-
-    def start(self, timeout=10.0):
-        super().start(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.http_port), timeout=0.5):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the HTTP listener did not come up:\n" + self.stderr_tail())
-                time.sleep(0.05)
 
 
 def start_dashboard_broker(tmp_path_factory, certs, name, dashboard=None, **settings):
