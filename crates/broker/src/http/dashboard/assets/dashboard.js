@@ -197,11 +197,22 @@ class Table {
     $(`${name}-next`).addEventListener("click", () => {
       if (this.offset + PAGE < this.total) { this.offset += PAGE; this.refresh(); }
     });
-    setInterval(() => this.refresh(), every);
+    this.busy = false;
+    // Each list costs the broker a walk over every session: not while nobody looks, and
+    // never two at once.
+    setInterval(() => { if (!document.hidden) this.refresh(); }, every);
     this.refresh();
   }
 
   async refresh() {
+    if (this.busy) { this.again = true; return; }
+    this.busy = true;
+    try {
+      do { this.again = false; await this.load(); } while (this.again);
+    } finally { this.busy = false; }
+  }
+
+  async load() {
     const q = new URLSearchParams({ offset: this.offset, limit: PAGE });
     if (this.search.value) q.set("q", this.search.value);
     const errorBox = $(`${this.name}-error`);
@@ -276,14 +287,14 @@ new Table("subscriptions", (s) => {
   tr.append(td(s.client_id), td(s.filter, "filter"), td(s.qos, "num"), td(subscriptionOptions(s)),
     td(s.identifier), td(s.online ? "online" : "offline"));
   return tr;
-}, 5000);
+}, 10000);
 
 new Table("retained", (r) => {
   const tr = el("tr");
   tr.append(td(r.topic, "topic"), td(r.size, "num"), td(r.qos, "num"),
     td(r.expires_in_secs === null ? "never" : fmtDuration(r.expires_in_secs)));
   return tr;
-}, 5000);
+}, 10000);
 
 // ---- topic viewer ------------------------------------------------------------------------
 
