@@ -127,6 +127,7 @@ impl Server {
             router: tx.clone(),
             counters: counters.clone(),
             listeners: counts.clone(),
+            metrics: Default::default(),
             started: Instant::now(),
         });
         let ctx = Arc::new(ConnCtx {

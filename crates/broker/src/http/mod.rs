@@ -69,6 +69,8 @@ pub(crate) struct HttpCtx {
     pub counters: Arc<Counters>,
     /// Every listener's connection counts, in configuration order.
     pub listeners: Vec<Arc<ListenerCount>>,
+    /// The latest snapshot of the router's figures, shared by scrapes close together.
+    pub metrics: crate::metrics::Cache,
     /// When the broker started.
     pub started: Instant,
 }
