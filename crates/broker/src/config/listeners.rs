@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::listen::parse_listen_url;
+use super::listen::{parse_listen_url_with_path, ANY_WEBSOCKET_PATH};
 use super::{
-    ConfigError, ConfigFile, ListenerAuth, ListenerConfig, ListenerKind, ListenerTable,
-    TlsSettings, DEFAULT_LISTEN,
+    ConfigError, ConfigFile, ListenerAuth, ListenerConfig, ListenerKind, ListenerTable, Network,
+    TlsSettings, WebSocketSettings, DEFAULT_LISTEN,
 };
 
 /// The settings a listener may have, each `None` when not given.
@@ -78,45 +78,48 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
             urls.clone()
         }
     };
-    let mut specs: Vec<(String, Settings, bool, usize)> = Vec::new();
+    let mut specs: Vec<(String, Settings, Option<&ListenerTable>)> = Vec::new();
     for url in urls {
-        specs.push((url, top.clone(), false, 0));
+        specs.push((url, top.clone(), None));
     }
     for t in &f.listener {
-        let explicit_identity = t.use_identity_as_username.is_some();
-        specs.push((
-            t.url.clone(),
-            top.under(t),
-            explicit_identity,
-            t.max_connections.unwrap_or(0),
-        ));
+        specs.push((t.url.clone(), top.under(t), Some(t)));
     }
 
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(specs.len());
-    for (url, s, explicit_identity, max_connections) in specs {
-        let (kind, addr) = parse_listen_url(&url)?;
+    for (url, s, table) in specs {
+        let (kind, addr, path) = parse_listen_url_with_path(&url)?;
         if let Some(other) = listeners.iter().find(|l| l.addr == addr) {
             return Err(ConfigError::Listener(format!(
                 "listeners \"{}\" and \"{url}\" both use {addr}; give each listener its own port",
                 other.url
             )));
         }
-        let tls = match kind {
-            ListenerKind::Mqtt => None,
-            ListenerKind::Mqtts => Some(tls_settings(&url, &s)?),
+        let tls = if kind.is_tls() {
+            Some(tls_settings(&url, &s)?)
+        } else {
+            None
         };
+        let explicit_identity = table.is_some_and(|t| t.use_identity_as_username.is_some());
         let auth = listener_auth(&url, kind, &s, explicit_identity)?;
+        let trusted_proxies = trusted_proxies(&url, kind, table)?;
+        let websocket = kind.is_websocket().then(|| WebSocketSettings {
+            path: path.filter(|p| p != ANY_WEBSOCKET_PATH),
+            trusted_proxies,
+        });
         listeners.push(ListenerConfig {
             url,
             kind,
             addr,
             tls,
             auth,
-            max_connections,
+            max_connections: table.and_then(|t| t.max_connections).unwrap_or(0),
+            websocket,
+            proxy_protocol: table.and_then(|t| t.proxy_protocol).unwrap_or(false),
         });
     }
 
-    let has_tls = listeners.iter().any(|l| l.kind == ListenerKind::Mqtts);
+    let has_tls = listeners.iter().any(|l| l.kind.is_tls());
     if !has_tls && (f.cert.is_some() || f.key.is_some() || f.cafile.is_some()) {
         tracing::warn!(
             "a certificate, key or cafile is configured but no listener uses TLS; add an \
@@ -141,16 +144,17 @@ fn listener_auth(
     explicit_identity: bool,
 ) -> Result<ListenerAuth, ConfigError> {
     let wanted = s.use_identity_as_username.unwrap_or(false);
-    let use_identity_as_username = match kind {
-        ListenerKind::Mqtts => wanted,
+    let use_identity_as_username = if kind.is_tls() {
+        wanted
+    } else if wanted && explicit_identity {
         // A top-level setting applies to the TLS listeners; a table must not ask for it.
-        ListenerKind::Mqtt if wanted && explicit_identity => {
-            return Err(ConfigError::Invalid(format!(
-                "listener \"{url}\": use_identity_as_username needs TLS, as the username comes \
-                 from the client's certificate; use an mqtts:// URL with cafile, or remove it"
-            )))
-        }
-        ListenerKind::Mqtt => false,
+        return Err(ConfigError::Invalid(format!(
+            "listener \"{url}\": use_identity_as_username needs TLS, as the username comes \
+             from the client's certificate; use an mqtts:// or wss:// URL with cafile, or \
+             remove it"
+        )));
+    } else {
+        false
     };
     if use_identity_as_username && s.cafile.is_none() {
         return Err(ConfigError::Invalid(format!(
@@ -164,6 +168,34 @@ fn listener_auth(
         password_file: s.password_file.clone(),
         use_identity_as_username,
     })
+}
+
+/// The `trusted_proxies` of a `[[listener]]` table: WebSocket listeners only.
+fn trusted_proxies(
+    url: &str,
+    kind: ListenerKind,
+    table: Option<&ListenerTable>,
+) -> Result<Vec<Network>, ConfigError> {
+    let Some(list) = table.and_then(|t| t.trusted_proxies.as_ref()) else {
+        return Ok(Vec::new());
+    };
+    if !kind.is_websocket() {
+        return Err(ConfigError::Invalid(format!(
+            "listener \"{url}\": trusted_proxies is about the X-Forwarded-For header of \
+             WebSocket connections; use it on a ws:// or wss:// listener, or set \
+             proxy_protocol = true to learn client addresses over TCP"
+        )));
+    }
+    list.iter()
+        .map(|s| {
+            s.parse::<Network>().map_err(|why| {
+                ConfigError::Invalid(format!(
+                    "listener \"{url}\": trusted proxy {why}; write addresses such as 127.0.0.1 \
+                     or networks such as 10.0.0.0/8"
+                ))
+            })
+        })
+        .collect()
 }
 
 fn tls_settings(url: &str, s: &Settings) -> Result<TlsSettings, ConfigError> {

@@ -23,9 +23,12 @@ use makelaar_core::Limits;
 pub use makelaar_store::Durability;
 use serde::Deserialize;
 
+pub use crate::forwarded::Network;
 pub use limits::LimitsConfig;
 use listen::de_listen;
-pub use listen::parse_listen_url;
+pub use listen::{
+    parse_listen_url, parse_listen_url_with_path, ANY_WEBSOCKET_PATH, DEFAULT_WEBSOCKET_PATH,
+};
 use messages::describe_toml_error;
 pub(crate) use messages::io_reason;
 
@@ -163,6 +166,10 @@ pub enum ListenerKind {
     Mqtt,
     /// `mqtts://`: MQTT over TLS.
     Mqtts,
+    /// `ws://`: MQTT over WebSocket.
+    Ws,
+    /// `wss://`: MQTT over WebSocket over TLS.
+    Wss,
 }
 
 impl ListenerKind {
@@ -171,15 +178,30 @@ impl ListenerKind {
         match self {
             ListenerKind::Mqtt => "mqtt",
             ListenerKind::Mqtts => "mqtts",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
         }
     }
 
-    /// The port used when the URL names none (1883 for mqtt, 8883 for mqtts).
+    /// The port used when the URL names none: 1883 for mqtt, 8883 for mqtts, and HTTP's 80
+    /// and 443 for ws and wss.
     pub fn default_port(self) -> u16 {
         match self {
             ListenerKind::Mqtt => 1883,
             ListenerKind::Mqtts => 8883,
+            ListenerKind::Ws => 80,
+            ListenerKind::Wss => 443,
         }
+    }
+
+    /// Whether connections are encrypted (`mqtts`, `wss`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Mqtts | ListenerKind::Wss)
+    }
+
+    /// Whether MQTT runs over WebSocket (`ws`, `wss`).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
     }
 }
 
@@ -198,12 +220,27 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// The address to bind (host names such as `localhost` are resolved when the config is built).
     pub addr: SocketAddr,
-    /// Certificate settings; `Some` exactly when `kind` is [`ListenerKind::Mqtts`].
+    /// Certificate settings; `Some` exactly when `kind` is TLS ([`ListenerKind::is_tls`]).
     pub tls: Option<TlsSettings>,
     /// Who may connect here.
     pub auth: ListenerAuth,
     /// Clients connected through this listener at once; 0 means no limit.
     pub max_connections: usize,
+    /// WebSocket settings; `Some` exactly when `kind` is `ws` or `wss`.
+    pub websocket: Option<WebSocketSettings>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), before TLS, giving
+    /// the client's address; connections without one are refused.
+    pub proxy_protocol: bool,
+}
+
+/// The settings of a `ws://` or `wss://` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketSettings {
+    /// The one HTTP path served (others get 404); `None` serves every path.
+    pub path: Option<String>,
+    /// Connections from these addresses may name the client in `X-Forwarded-For`; empty:
+    /// the header is ignored.
+    pub trusted_proxies: Vec<Network>,
 }
 
 impl ListenerConfig {
@@ -216,6 +253,11 @@ impl ListenerConfig {
             tls: None,
             auth: ListenerAuth::default(),
             max_connections: 0,
+            websocket: kind.is_websocket().then(|| WebSocketSettings {
+                path: Some(DEFAULT_WEBSOCKET_PATH.to_string()),
+                trusted_proxies: Vec::new(),
+            }),
+            proxy_protocol: false,
         }
     }
 }
@@ -331,7 +373,8 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTable {
-    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    /// `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, `ws://HOST:PORT/PATH` or
+    /// `wss://HOST:PORT/PATH`.
     pub url: String,
     /// As the top-level `cert`.
     #[serde(default)]
@@ -360,6 +403,12 @@ pub struct ListenerTable {
     /// Clients connected through this listener at once; 0 means no limit.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Expect a PROXY protocol header (v1 or v2) at the start of every connection.
+    #[serde(default)]
+    pub proxy_protocol: Option<bool>,
+    /// `ws`/`wss`: addresses and networks of proxies whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl ConfigFile {

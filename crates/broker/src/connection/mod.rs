@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::auth::Authenticator;
+use crate::config::ListenerKind;
 use crate::outbox::Outbox;
 use crate::router::ToRouter;
 use crate::Counters;
@@ -54,7 +55,10 @@ pub(crate) struct ConnCtx {
 /// What a connection starts with.
 pub(crate) struct Start {
     pub conn: ConnId,
+    /// The client's address: the socket's peer, or the client a trusted proxy named.
     pub peer: SocketAddr,
+    /// How the client is connected (`mqtt`, `mqtts`, `ws`, `wss`).
+    pub transport: ListenerKind,
     pub ctx: Arc<ConnCtx>,
     /// Index of the listener it came in on (its authentication settings).
     pub listener: usize,
@@ -87,6 +91,7 @@ where
     let Start {
         conn,
         peer,
+        transport,
         ctx,
         listener,
         cert_name,
@@ -136,7 +141,7 @@ where
     let now = Instant::now();
     let state = ConnState::new(now, &connect, &ctx.limits);
     let outbox = Arc::new(Outbox::new(now, state.silence_limit()));
-    tracing::info!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
+    tracing::info!(%peer, %transport, client_id = %connect.client_id, protocol = ?version, "client connecting");
     let msg = ToRouter::Connect {
         conn,
         connect,
