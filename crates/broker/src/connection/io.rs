@@ -81,6 +81,10 @@ pub(super) struct Io<S> {
     needs_flush: bool,
     /// The router asked to close once what it queued is written.
     closing: bool,
+    /// PINGREQs that came before the CONNACK went out, answered right after it
+    /// [MQTT-3.2.0-1]: the CONNACK is the first packet the server sends.
+    pings_owed: u8,
+    connack_sent: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -110,6 +114,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             undecoded,
             needs_flush: false,
             closing: false,
+            pings_owed: 0,
+            connack_sent: false,
         }
     }
 
@@ -341,7 +347,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 .fetch_add(1, Ordering::Relaxed);
             match state.inbound(Instant::now(), &mut packet) {
                 Err(v) => return Err(End::Violation(v)),
-                Ok(false) => self.encode(&Packet::PingResp),
+                Ok(false) if self.connack_sent => self.encode(&Packet::PingResp),
+                Ok(false) => self.pings_owed = self.pings_owed.saturating_add(1),
                 Ok(true) => {
                     let msg = ToRouter::Packet {
                         conn: self.conn,
@@ -375,6 +382,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 }
                 state.outbound(&mut p);
                 self.encode(&p);
+                if !self.connack_sent && matches!(p, Packet::ConnAck(_)) {
+                    self.connack_sent = true;
+                    for _ in 0..std::mem::take(&mut self.pings_owed) {
+                        self.encode(&Packet::PingResp);
+                    }
+                }
             }
             if drained.close {
                 return true;
