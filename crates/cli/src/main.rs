@@ -23,6 +23,9 @@ Examples:
                  --listen mqtts://0.0.0.0:8883 --cert server.pem --key server.key
       Plain MQTT on 1883 and MQTT over TLS on 8883, on every interface.
 
+  makelaar serve --listen mqtt://0.0.0.0:1883 --listen ws://0.0.0.0:8080/mqtt
+      MQTT over TCP, and over WebSocket for browsers (MQTT.js, Paho JavaScript).
+
   makelaar serve --listen mqtts://0.0.0.0:8883 --cert server.pem --key server.key \\
                  --cafile ca.pem --require-certificate
       Mutual TLS: only clients with a certificate signed by ca.pem get in.
@@ -98,12 +101,13 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     mosquitto_conf: Option<PathBuf>,
 
-    /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT. Repeat for more
-    /// listeners; replaces the file's listeners. [default: mqtt://127.0.0.1:1883]
+    /// Accept connections at this URL: mqtt://HOST:PORT, mqtts://HOST:PORT,
+    /// ws://HOST:PORT/mqtt or wss://HOST:PORT/mqtt. Repeat for more listeners; replaces the
+    /// file's listeners. [default: mqtt://127.0.0.1:1883]
     #[arg(short = 'l', long, value_name = "URL")]
     listen: Vec<String>,
 
-    /// PEM certificate chain for mqtts listeners (server certificate first).
+    /// PEM certificate chain for mqtts and wss listeners (server certificate first).
     #[arg(long, value_name = "FILE")]
     cert: Option<PathBuf>,
 
