@@ -6,7 +6,10 @@ generated Mosquitto configuration has no WebSocket listener."""
 
 import http.server
 import re
+import shutil
+import signal
 import ssl
+import subprocess
 import threading
 import time
 
@@ -273,6 +276,45 @@ def test_any_path_with_a_star(make_broker):
     make_broker(listener=[{"url": f"ws://127.0.0.1:{port}/*"}])
     for path in ("/", "/mqtt", "/some/where?x=1"):
         assert W.handshake_status(port, path=path) == 101, path
+
+
+def test_sighup_reloads_the_wss_certificate(make_broker, certs, tmp_path):
+    """A wss listener's certificate is read again on SIGHUP: new connections get the new one
+    (here signed by another CA), while the old CA no longer verifies."""
+    cert, key = tmp_path / "ws.crt", tmp_path / "ws.key"
+    shutil.copy(certs / "server.crt", cert)
+    shutil.copy(certs / "server.key", key)
+    port = free_port()
+    b = make_broker(listener=[{"url": f"wss://127.0.0.1:{port}/mqtt", "cert": str(cert),
+                               "key": str(key)}])
+    old_ca = tls_context(certs)
+    new_ca = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                        cafile=str(certs / "unknown-ca.crt"))
+    W.WsClient(port, tls_context=old_ca).close()
+    # A server certificate from the other CA.
+    ext = tmp_path / "ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run = lambda *args: subprocess.run(args, check=True, capture_output=True, timeout=60)
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "new.key"),
+        "-out", str(tmp_path / "new.csr"), "-subj", "/CN=localhost")
+    run("openssl", "x509", "-req", "-in", str(tmp_path / "new.csr"), "-days", "2",
+        "-CA", str(certs / "unknown-ca.crt"), "-CAkey", str(certs / "unknown-ca.key"),
+        "-CAserial", str(tmp_path / "srl"), "-CAcreateserial", "-extfile", str(ext),
+        "-out", str(tmp_path / "new.crt"))
+    shutil.copy(tmp_path / "new.crt", cert)
+    shutil.copy(tmp_path / "new.key", key)
+    b.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while f"the certificates of wss://127.0.0.1:{port}/mqtt" not in b.stderr_tail(20):
+        assert time.monotonic() < deadline, b.stderr_tail(20)
+        time.sleep(0.05)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        W.WsClient(port, tls_context=old_ca)
+    c = W.WsClient(port, tls_context=new_ca)
+    try:
+        assert c.connect(unique("reloaded")).reason == 0
+    finally:
+        c.close()
 
 
 # ---------------------------------------------------------------------------------------------
