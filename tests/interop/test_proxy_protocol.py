@@ -142,11 +142,13 @@ def test_websocket_behind_a_proxy(broker):
 def test_the_connection_rate_is_counted_per_proxied_address(make_broker):
     """All connections come from one proxy; max_connection_rate counts the clients it names."""
     port = free_port()
-    make_broker(limits={"max_connection_rate": 2},
+    make_broker(limits={"max_connection_rate": 1},
                 listener=[{"url": f"mqtt://127.0.0.1:{port}", "proxy_protocol": True}])
     proxy = "127.0.7.2"
-    first = [connect_through(port, W.proxy_v2("203.0.113.20"), source=proxy) for _ in range(3)]
-    assert first[:2] == [0, 0] and first[2] == 0x9F, first
+    first = [connect_through(port, W.proxy_v2("203.0.113.20"), source=proxy) for _ in range(4)]
+    assert first[0] == 0 and 0x9F in first, first
+    # Other clients behind the same proxy, at once: had the proxy's address been counted,
+    # they would wait a second each.
     assert connect_through(port, W.proxy_v1("203.0.113.21"), source=proxy) == 0
     assert connect_through(port, W.proxy_v2("203.0.113.22"), source=proxy) == 0
 

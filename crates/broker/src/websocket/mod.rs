@@ -76,10 +76,19 @@ where
     let mut buf = Vec::with_capacity(1024);
     loop {
         buf.reserve(1024);
+        let scanned = buf.len().saturating_sub(3);
         match stream.read_buf(&mut buf).await {
             Ok(0) => return Err("closed during the WebSocket handshake".to_string()),
             Ok(_) => {}
             Err(e) => return Err(format!("read error during the WebSocket handshake: {e}")),
+        }
+        // Parse what came first (to refuse what is not HTTP at once), then only once the
+        // request may be complete (an empty line arrived): a request sent a byte at a time
+        // costs no more than one sent at once.
+        let new = buf.get(scanned..).unwrap_or_default();
+        let ended = new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
+        if scanned > 0 && !ended && buf.len() < handshake::MAX_REQUEST {
+            continue;
         }
         match handshake::respond(&buf, path) {
             Outcome::Incomplete => {}
@@ -206,11 +215,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, v.reason));
             }
         };
-        if let Some(code) = self.reader.close_received() {
-            // Answer the client's close with its own code [RFC 6455 5.5.1].
+        if self.reader.close_received().is_some() {
+            // Answer the client's close [RFC 6455 5.5.1], with 1000 whatever its code (some
+            // codes must never be sent back, such as 1005 and 1006).
             self.read_done = true;
-            self.close_due
-                .get_or_insert(code.unwrap_or(frame::CLOSE_NORMAL));
+            self.close_due.get_or_insert(frame::CLOSE_NORMAL);
         }
         Ok(n)
     }

@@ -137,3 +137,26 @@ async fn refused_handshakes_get_an_http_answer() {
     assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
     assert!(answer.contains("served at /mqtt"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_request_in_single_bytes_and_one_that_is_not_http() {
+    let (mut client, server) = duplex(1 << 16);
+    let server = tokio::spawn(accept(server, Some("/mqtt"), 1000));
+    for b in REQUEST.as_bytes() {
+        client.write_all(&[*b]).await.unwrap();
+    }
+    assert!(server.await.unwrap().is_ok());
+    let (mut client, server) = duplex(1 << 16);
+    client
+        .write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c")
+        .await
+        .unwrap();
+    let err = accept(server, Some("/mqtt"), 1000).await.unwrap_err();
+    assert!(err.contains("400"), "{err}");
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+}
