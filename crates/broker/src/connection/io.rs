@@ -81,6 +81,8 @@ pub(super) struct Io<S> {
     needs_flush: bool,
     /// The router asked to close once what it queued is written.
     closing: bool,
+    /// A connection to wake after the next write ([`Outbox::wake_after`]).
+    then_wake: Option<Arc<Outbox>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -110,6 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             undecoded,
             needs_flush: false,
             closing: false,
+            then_wake: None,
         }
     }
 
@@ -152,7 +155,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 self.closing = self.take_outbound(state);
                 progressed = true;
             }
-            match self.poll_write(cx) {
+            let written = self.poll_write(cx);
+            if let Some(next) = self.then_wake.take() {
+                next.wake();
+            }
+            match written {
                 Poll::Ready(Ok(())) => progressed = true,
                 Poll::Ready(Err(end)) => return Poll::Ready(Step::End(end)),
                 Poll::Pending => {}
@@ -365,6 +372,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let more = self.outbox.drain(&mut drained, OUTBOX_BATCH);
             self.outbox_pending = more;
+            if let Some(next) = drained.then_wake.take() {
+                if let Some(earlier) = self.then_wake.replace(next) {
+                    earlier.wake();
+                }
+            }
             while let Some(mut p) = drained.packets.pop_front() {
                 if let Packet::ConnAck(ack) = &p {
                     // A refused CONNECT: nothing may follow its CONNACK [MQTT-3.2.2-7].
