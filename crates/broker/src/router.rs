@@ -235,10 +235,8 @@ impl Router {
         }
     }
 
-    /// Carries out what the broker decided, then wakes every connection that got packets:
-    /// once each, and in reverse order. Tokio runs the task woken last first, on this worker:
-    /// that is the receiver of the batch's first packet, usually a delivery rather than the
-    /// publisher's acknowledgement, which keeps delivery latency low.
+    /// Carries out what the broker decided, then wakes every connection that got packets,
+    /// once each (see `wake_listed`).
     fn flush(&mut self) {
         if let Some(p) = self.persist.as_mut() {
             self.broker.drain_changes(&mut self.changes);
@@ -260,6 +258,23 @@ impl Router {
                     }
                 },
             }
+        }
+        self.wake_listed();
+    }
+
+    /// Wakes the connections that got packets. Two of them (a QoS 1 delivery and its
+    /// publisher's PUBACK, the common case at low rates) are woken one after the other:
+    /// the first receiver now, the second by it after its write ([`Outbox::wake_after`]).
+    /// More are all woken now, in reverse order: tokio runs the task woken last first, on
+    /// this worker, which is the receiver of the batch's first packet, usually a delivery.
+    fn wake_listed(&mut self) {
+        if self.to_wake.len() == 2 {
+            let second = self.to_wake.pop();
+            let first = self.to_wake.pop();
+            if let (Some(first), Some(second)) = (first, second) {
+                first.wake_after(second);
+            }
+            return;
         }
         for out in self.to_wake.drain(..).rev() {
             out.wake();
