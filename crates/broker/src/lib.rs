@@ -36,6 +36,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError};
 use connection::ConnCtx;
+/// The tracing target of the `info` lines about clients connecting, leaving and refused.
+pub use connection::CLIENTS_TARGET;
 use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
 pub use reload::ReloadReport;
 use router::Router;
@@ -283,6 +285,8 @@ async fn accept_loop(
             listener: index,
             cert_name: None,
             refuse,
+            // Known once the handshake is done (`connection_task`).
+            transport: "",
         });
         // Spawned directly: a wrapping `async` block would hold the whole task future twice.
         let accepted = Box::new(accepted);
@@ -313,6 +317,7 @@ async fn connection_task(
             return;
         }
     };
+    start.transport = stream.transport();
     if identity {
         // The end-entity certificate, verified by the handshake: its name is the username.
         start.cert_name = stream

@@ -58,6 +58,14 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
+    /// What carries MQTT here, as the connection log names it.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Stream::Tcp(_) => "tcp",
+            Stream::Tls(_) => "tls",
+        }
+    }
+
     /// The client's certificate chain (end entity first), when it presented one over TLS.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         match self {

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
+use makelaar_core::CloseReason;
 use makelaar_proto::{Packet, QoS};
 
 /// Milliseconds since the first call, on a clock shared by connections and the router.
@@ -30,15 +31,15 @@ pub fn millis(now: Instant) -> u64 {
 #[derive(Debug, Default)]
 pub struct Drained {
     pub packets: VecDeque<Packet>,
-    /// The router asked to close once these are written.
-    pub close: bool,
+    /// The router asked to close once these are written, for this reason.
+    pub close: Option<CloseReason>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     packets: VecDeque<Packet>,
     bytes: usize,
-    close: bool,
+    close: Option<CloseReason>,
 }
 
 /// Why a packet was not queued.
@@ -121,7 +122,7 @@ impl Outbox {
         let c = cost(&packet);
         {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            if inner.close {
+            if inner.close.is_some() {
                 return Err(Refused::Closed);
             }
             let qos0 = matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce);
@@ -147,12 +148,12 @@ impl Outbox {
         self.waker.wake();
     }
 
-    /// Asks the connection task to close after writing what is queued.
-    pub fn close(&self) {
+    /// Asks the connection task to close after writing what is queued; `why` is logged.
+    pub fn close(&self, why: CloseReason) {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .close = true;
+            .close = Some(why);
         self.ready.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -185,7 +186,7 @@ impl Outbox {
         if inner.packets.is_empty() && n <= 4 {
             inner.packets.shrink_to_fit();
         }
-        out.close = inner.close && inner.packets.is_empty();
+        out.close = inner.close.filter(|_| inner.packets.is_empty());
         !inner.packets.is_empty()
     }
 }
@@ -225,13 +226,14 @@ mod tests {
         let o = Outbox::default();
         o.push_quiet(Packet::PingResp, 100).ok();
         o.push_quiet(Packet::PingResp, 100).ok();
-        o.close();
+        let why = CloseReason::Server(makelaar_proto::ReasonCode::SESSION_TAKEN_OVER);
+        o.close(why);
         assert_eq!(o.push_quiet(Packet::PingResp, 100), Err(Refused::Closed));
         let mut d = Drained::default();
         o.drain(&mut d, 1);
-        assert!(!d.close);
+        assert_eq!(d.close, None);
         o.drain(&mut d, 1);
-        assert!(d.close);
+        assert_eq!(d.close, Some(why));
     }
 
     #[test]
@@ -259,7 +261,9 @@ mod tests {
         o.wake();
         assert!(o.poll_ready(&mut cx).is_ready());
         assert!(o.poll_ready(&mut cx).is_pending());
-        o.close();
+        o.close(CloseReason::Server(
+            makelaar_proto::ReasonCode::SERVER_SHUTTING_DOWN,
+        ));
         assert!(o.poll_ready(&mut cx).is_ready());
     }
 }
