@@ -281,7 +281,7 @@ pub struct ConfigFile {
     #[schemars(with = "Option<Vec<String>>")]
     pub listen: Option<Vec<String>>,
     /// PEM certificate chain (server certificate first) of the mqtts listeners; required when
-    /// there is one.
+    /// there is one. RSA, ECDSA and Ed25519 keys work. Re-read on SIGHUP.
     #[serde(default)]
     pub cert: Option<PathBuf>,
     /// PEM private key of `cert`: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
@@ -302,29 +302,35 @@ pub struct ConfigFile {
     #[serde(default)]
     pub in_memory: Option<bool>,
     /// Directory of the durable store (sessions, subscriptions, queued and in-flight
-    /// messages, retained messages), created when missing. A second broker on the same
-    /// directory is refused.
+    /// messages, retained messages), created when missing: one redb file, `makelaar.redb`,
+    /// and a lock file. A second broker on the same directory is refused, naming the process
+    /// that holds it.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
-    /// When an acknowledgement (PUBACK, PUBREC, SUBACK, ...) may go out: `"sync"` after the
-    /// store's fsync of what it acknowledges (nothing acknowledged is ever lost), or `"batch"`
-    /// before it, with an fsync at least every `batch_max_delay_ms` (that much may be lost on
-    /// power loss or `kill -9`, never on a clean shutdown).
+    /// When an acknowledgement (PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK, CONNACK) may go
+    /// out. `"sync"`: after the store has committed with fsync what it acknowledges; the writes
+    /// of every client that arrive during one fsync are committed together, so throughput
+    /// grows with load, and nothing acknowledged is lost, even to a power cut. `"batch"`: after
+    /// the commit, before its fsync, which follows within `batch_max_delay_ms`; the last
+    /// `batch_max_delay_ms` of acknowledged writes may be lost on power loss or `kill -9`
+    /// (never on a clean shutdown).
     #[serde(default)]
     pub durability: Option<String>,
     /// The bound of `durability = "batch"`, in milliseconds; an error with `"sync"`.
     #[serde(default)]
     pub batch_max_delay_ms: Option<u64>,
-    /// What to do when the store file is damaged: `"fail"` (stop, naming the file) or
-    /// `"move-aside"` (keep it under another name and start with an empty store).
+    /// What to do when the store file is damaged or truncated: `"fail"` stops the start with
+    /// one sentence naming the file; `"move-aside"` renames it to
+    /// `makelaar.redb.corrupt-<time>` (kept for inspection) and starts with an empty store.
     #[serde(default)]
     pub on_corrupt_store: Option<String>,
     /// Topic filters refused outright: a SUBSCRIBE to exactly one of them gets reason code
     /// 0x80 for it.
     #[serde(default)]
     pub deny_subscriptions: Option<Vec<String>>,
-    /// PEM certificate revocation lists: client certificates they revoke are refused, and so
-    /// are those whose issuer has no list in the file. Needs `cafile`.
+    /// PEM certificate revocation lists (`openssl ca -gencrl`): client certificates they
+    /// revoke are refused, and so are those whose issuer has no list in the file. Needs
+    /// `cafile`. Re-read on SIGHUP.
     #[serde(default)]
     pub crlfile: Option<PathBuf>,
     /// TLS listeners with `cafile`: the username is the Common Name of the client's verified
