@@ -5,7 +5,7 @@
 #
 # Stages, in order; a failed stage does not stop the ones after it (unless they need its
 # result), so one run shows everything that is wrong:
-#   deps      installs what the tests need when it is missing (Debian/Ubuntu: apt-get, pip)
+#   deps      installs what the tests need when it is missing (Debian/Ubuntu: apt-get, pip, npm)
 #   fmt       cargo fmt --check
 #   clippy    cargo clippy on every target, warnings are errors
 #   build     the release binary the interop tests and the example run against, and a
@@ -128,6 +128,7 @@ python_deps_ok() {
     python3 - <<'EOF' 2>/dev/null
 import sys
 import paho.mqtt
+import playwright.sync_api
 import pytest
 sys.exit(0 if int(paho.mqtt.__version__.split(".")[0]) >= 2 else 1)
 EOF
@@ -147,6 +148,9 @@ stage_deps() {
     { command -v mosquitto_pub && command -v mosquitto_sub; } >/dev/null || packages+=(mosquitto-clients)
     command -v openssl >/dev/null || packages+=(openssl)
     command -v python3 >/dev/null || packages+=(python3)
+    # The browser tests: Debian's Chromium, and Node's npm for MQTT.js (tests/browser).
+    command -v chromium >/dev/null || packages+=(chromium)
+    command -v npm >/dev/null || packages+=(npm)
     if ! python_deps_ok && ! python3 -m pip --version >/dev/null 2>&1; then
         packages+=(python3-pip)
     fi
@@ -156,16 +160,24 @@ stage_deps() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${packages[@]}"
     fi
     if ! python_deps_ok; then
-        echo "installing paho-mqtt 2.x and pytest with pip"
+        echo "installing paho-mqtt 2.x, playwright and pytest with pip"
         # A Debian system Python refuses plain `pip install` (PEP 668); these are test-only
-        # packages, so fall back to the user's site-packages there.
-        timeout -k 10 "$T_DEPS" python3 -m pip install -q 'paho-mqtt>=2' pytest ||
+        # packages, so fall back to the user's site-packages there. Playwright drives the
+        # system's Chromium; it never downloads a browser of its own.
+        timeout -k 10 "$T_DEPS" python3 -m pip install -q 'paho-mqtt>=2' playwright pytest ||
             timeout -k 10 "$T_DEPS" python3 -m pip install -q --user --break-system-packages \
-                'paho-mqtt>=2' pytest
+                'paho-mqtt>=2' playwright pytest
         python_deps_ok
+    fi
+    # npm ci again whenever the lock file changed since the last install (a copy is kept).
+    if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; then
+        echo "installing the browser tests' npm packages (tests/browser)"
+        (cd tests/browser && timeout -k 10 "$T_DEPS" npm ci --no-audit --no-fund --loglevel=error &&
+            cp package-lock.json node_modules/.installed-lock.json)
     fi
     echo "cargo $(cargo --version | cut -d' ' -f2), $(python3 --version)," \
         "paho-mqtt $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')," \
+        "$(chromium --version 2>/dev/null || echo 'chromium missing')," \
         "$(mosquitto_sub --help 2>/dev/null | grep -m 1 -o "version [0-9.]*" | sed "s/^/mosquitto_sub /" || true)"
 }
 

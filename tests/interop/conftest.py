@@ -16,6 +16,9 @@ import mqtt_raw  # noqa: E402
 from brokers import BROKER_KIND, DEFAULT_CONFIG, REPO_ROOT, Broker, merge_config  # noqa: E402
 from clients import MqttClient, unique  # noqa: E402
 
+# Headless Chromium fixtures (`chromium`, `browser_page`) for the browser tests.
+pytest_plugins = ["browser"]
+
 # Any single test that runs longer than this is stopped (a hung test must not hang the suite).
 TEST_WATCHDOG_SECONDS = 60
 
@@ -48,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call_failed = rep.failed  # read by fixtures' teardown (browser.py)
     if rep.failed and not hasattr(rep, "wasxfail"):
         for b in list(_active_brokers):
             state = "running" if b.alive() else f"EXITED with code {b.proc.returncode}"
