@@ -351,8 +351,8 @@ pub struct ConfigFile {
     /// What is logged (to standard error): `error`, `warn`, `info`, `debug` or `trace`, or
     /// tracing filter directives such as `"warn,makelaar::clients=info"`. `info` adds one line
     /// per client connecting, disconnecting or refused. When not set: warnings and errors plus
-    /// the status lines (listening, reloaded, stopping), or `RUST_LOG` when that is set.
-    /// `--log-level` overrides it.
+    /// the status lines (listening, reloaded, stopping). `--log-level`, and else the
+    /// `RUST_LOG` environment variable, override it.
     #[serde(default)]
     pub log_level: Option<String>,
     /// How log lines are written: `"text"` (for people) or `"json"` (one JSON object per line,
