@@ -225,20 +225,21 @@ impl Router {
             ToRouter::Violation { conn, reason, text } => {
                 tracing::debug!(conn, %reason, text, "protocol violation");
                 self.broker.handle_connection_lost(now, conn);
-                self.forget(conn);
+                self.close(conn, CloseReason::Server(reason));
             }
             ToRouter::Lost { conn } => {
                 self.broker.handle_connection_lost(now, conn);
-                self.forget(conn);
+                // The task has ended and reads no reason; closing still matters, as it wakes
+                // a connection whose wake-up was left with this one (`Outbox::wake_after`).
+                let unread = CloseReason::Server(ReasonCode::UNSPECIFIED_ERROR);
+                self.close(conn, unread);
             }
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
         }
     }
 
-    /// Carries out what the broker decided, then wakes every connection that got packets:
-    /// once each, and in reverse order. Tokio runs the task woken last first, on this worker:
-    /// that is the receiver of the batch's first packet, usually a delivery rather than the
-    /// publisher's acknowledgement, which keeps delivery latency low.
+    /// Carries out what the broker decided, then wakes every connection that got packets,
+    /// once each (see `wake_listed`).
     fn flush(&mut self) {
         if let Some(p) = self.persist.as_mut() {
             self.broker.drain_changes(&mut self.changes);
@@ -260,6 +261,23 @@ impl Router {
                     }
                 },
             }
+        }
+        self.wake_listed();
+    }
+
+    /// Wakes the connections that got packets. Two of them (a QoS 1 delivery and its
+    /// publisher's PUBACK, the common case at low rates) are woken one after the other:
+    /// the first receiver now, the second by it after its write ([`Outbox::wake_after`]).
+    /// More are all woken now, in reverse order: tokio runs the task woken last first, on
+    /// this worker, which is the receiver of the batch's first packet, usually a delivery.
+    fn wake_listed(&mut self) {
+        if self.to_wake.len() == 2 {
+            let second = self.to_wake.pop();
+            let first = self.to_wake.pop();
+            if let (Some(first), Some(second)) = (first, second) {
+                first.wake_after(second);
+            }
+            return;
         }
         for out in self.to_wake.drain(..).rev() {
             out.wake();
@@ -321,14 +339,9 @@ impl Router {
 
     /// Asks the connection to close (its task logs `why`).
     fn close(&mut self, conn: ConnId, why: CloseReason) {
-        if let Some(out) = self.forget(conn) {
+        self.slow_logged.remove(&conn);
+        if let Some(out) = self.conns.remove(&conn) {
             out.close(why);
         }
-    }
-
-    /// Drops a connection that is closing by itself: nothing more goes to it.
-    fn forget(&mut self, conn: ConnId) -> Option<Arc<Outbox>> {
-        self.slow_logged.remove(&conn);
-        self.conns.remove(&conn)
     }
 }

@@ -90,6 +90,8 @@ pub(super) struct Io<S> {
     pub(super) who: Option<Box<Who>>,
     /// The client sent DISCONNECT with this reason: its socket closing next is no loss.
     pub(super) goodbye: Option<ReasonCode>,
+    /// A connection to wake after the next write ([`Outbox::wake_after`]).
+    then_wake: Option<Arc<Outbox>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -121,6 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             closing: None,
             who: None,
             goodbye: None,
+            then_wake: None,
         }
     }
 
@@ -163,7 +166,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 self.closing = self.take_outbound(state);
                 progressed = true;
             }
-            match self.poll_write(cx) {
+            let written = self.poll_write(cx);
+            if let Some(next) = self.then_wake.take() {
+                next.wake();
+            }
+            match written {
                 Poll::Ready(Ok(())) => progressed = true,
                 Poll::Ready(Err(end)) => return Poll::Ready(Step::End(end)),
                 Poll::Pending => {}
@@ -383,6 +390,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let more = self.outbox.drain(&mut drained, OUTBOX_BATCH);
             self.outbox_pending = more;
+            if let Some(next) = drained.then_wake.take() {
+                if let Some(earlier) = self.then_wake.replace(next) {
+                    earlier.wake();
+                }
+            }
             while let Some(mut p) = drained.packets.pop_front() {
                 if let Packet::ConnAck(ack) = &p {
                     // A refused CONNECT: nothing may follow its CONNACK [MQTT-3.2.2-7].

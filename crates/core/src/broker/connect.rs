@@ -131,6 +131,10 @@ impl Broker {
         };
         let Some(old) = s.conn.take() else { return };
         let old_v5 = s.version.is_v5();
+        // A session that lasts only as long as its network connection (3.1.1 CleanSession
+        // 1, 5.0 Session Expiry 0) ends with the connection closed here [MQTT-3.1.2-6]
+        // [MQTT-3.1.2-23]: the new connection must not find it (no session present).
+        let ends = s.expiry_interval == 0;
         let will = s.will.take();
         self.conns.remove(&old);
         if old_v5 {
@@ -144,9 +148,14 @@ impl Broker {
         self.actions.push_back(Action::Close(old, reason));
         if let Some(will) = will {
             let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
-            if connect.clean_start || !delayed {
+            // A delayed will goes out when its session ends, whichever comes first
+            // [MQTT-3.1.3-9].
+            if connect.clean_start || !delayed || ends {
                 self.publish_will(now, idx, will);
             }
+        }
+        if ends {
+            self.end_session(now, idx);
         }
     }
 

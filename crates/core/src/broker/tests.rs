@@ -317,6 +317,22 @@ fn close_reasons_say_who_ended_the_connection() {
 }
 
 #[test]
+fn a_clean_session_taken_over_by_a_persistent_connect_is_not_present() {
+    // [MQTT-3.1.2-6] a CleanSession 1 session lasts as long as its connection: the takeover
+    // closes that connection, so the persistent CONNECT that caused it finds no session.
+    let mut h = Harness::new();
+    h.connect(1, connect("c", ProtocolVersion::V311, true));
+    h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
+    let ack = h.connect(2, connect("c", ProtocolVersion::V311, false));
+    assert!(!ack.session_present, "[MQTT-3.2.2-2]");
+    assert_eq!(
+        h.closed(1),
+        Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
+    );
+    assert_eq!(h.broker.subscription_count(), 0);
+}
+
+#[test]
 fn will_is_published_on_loss_not_on_disconnect_and_v5_0x04_sends_it() {
     let mut h = Harness::new();
     h.connect(9, connect("watcher", ProtocolVersion::V5, true));
