@@ -351,7 +351,7 @@ def test_forwarded_for_from_a_trusted_proxy_is_the_client_address(make_broker):
     u = [connect(untrusted, f"198.51.100.{i}", source) for i in range(4)]
     assert u[0] == 0 and 0x9F in u, u
     log = b.stderr_path.read_text()
-    assert re.search(r"client connecting.*peer=203\.0\.113\.5:0.*transport=ws", log), log[-3000:]
+    assert re.search(r"client connected .*peer=203\.0\.113\.5:0 .*transport=\"?ws\b", log), log[-3000:]
     assert "6.6.6.6" not in log
 
 

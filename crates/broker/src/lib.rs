@@ -43,6 +43,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError};
 use connection::ConnCtx;
+/// The tracing target of the `info` lines about clients connecting, leaving and refused.
+pub use connection::CLIENTS_TARGET;
 use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
 pub use reload::ReloadReport;
 use router::Router;
@@ -288,11 +290,12 @@ async fn accept_loop(
         let start = Box::new(connection::Start {
             conn,
             peer,
-            transport: listener.kind(),
             ctx: ctx.clone(),
             listener: index,
             cert_name: None,
             refuse,
+            // Known once the handshake is done (`connection_task`).
+            transport: "",
         });
         // Spawned directly: a wrapping `async` block would hold the whole task future twice.
         let accepted = Box::new(accepted);

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
+use makelaar_core::CloseReason;
 use makelaar_proto::{Packet, QoS};
 
 /// Milliseconds since the first call, on a clock shared by connections and the router.
@@ -30,8 +31,8 @@ pub fn millis(now: Instant) -> u64 {
 #[derive(Debug, Default)]
 pub struct Drained {
     pub packets: VecDeque<Packet>,
-    /// The router asked to close once these are written.
-    pub close: bool,
+    /// The router asked to close once these are written, for this reason.
+    pub close: Option<CloseReason>,
     /// Another connection to wake once these are written (see [`Outbox::wake_after`]).
     pub then_wake: Option<Arc<Outbox>>,
 }
@@ -40,7 +41,7 @@ pub struct Drained {
 struct Inner {
     packets: VecDeque<Packet>,
     bytes: usize,
-    close: bool,
+    close: Option<CloseReason>,
     then_wake: Option<Arc<Outbox>>,
 }
 
@@ -124,7 +125,7 @@ impl Outbox {
         let c = cost(&packet);
         {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            if inner.close {
+            if inner.close.is_some() {
                 return Err(Refused::Closed);
             }
             let qos0 = matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce);
@@ -162,7 +163,7 @@ impl Outbox {
     pub fn wake_after(&self, next: Arc<Outbox>) {
         let earlier = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            if inner.close {
+            if inner.close.is_some() {
                 // Closing: the task may be gone; never leave `next` waiting on it.
                 Some(next)
             } else {
@@ -175,11 +176,11 @@ impl Outbox {
         self.wake();
     }
 
-    /// Asks the connection task to close after writing what is queued.
-    pub fn close(&self) {
+    /// Asks the connection task to close after writing what is queued; `why` is logged.
+    pub fn close(&self, why: CloseReason) {
         let then_wake = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            inner.close = true;
+            inner.close = Some(why);
             inner.then_wake.take()
         };
         self.ready.store(true, Ordering::Release);
@@ -217,7 +218,7 @@ impl Outbox {
         if inner.packets.is_empty() && n <= 4 {
             inner.packets.shrink_to_fit();
         }
-        out.close = inner.close && inner.packets.is_empty();
+        out.close = inner.close.filter(|_| inner.packets.is_empty());
         if let Some(next) = inner.then_wake.take() {
             // One left from an earlier drain not yet acted on is woken now, not dropped.
             if let Some(earlier) = out.then_wake.replace(next) {
@@ -263,13 +264,14 @@ mod tests {
         let o = Outbox::default();
         o.push_quiet(Packet::PingResp, 100).ok();
         o.push_quiet(Packet::PingResp, 100).ok();
-        o.close();
+        let why = CloseReason::Server(makelaar_proto::ReasonCode::SESSION_TAKEN_OVER);
+        o.close(why);
         assert_eq!(o.push_quiet(Packet::PingResp, 100), Err(Refused::Closed));
         let mut d = Drained::default();
         o.drain(&mut d, 1);
-        assert!(!d.close);
+        assert_eq!(d.close, None);
         o.drain(&mut d, 1);
-        assert!(d.close);
+        assert_eq!(d.close, Some(why));
     }
 
     #[test]
@@ -297,7 +299,9 @@ mod tests {
         o.wake();
         assert!(o.poll_ready(&mut cx).is_ready());
         assert!(o.poll_ready(&mut cx).is_pending());
-        o.close();
+        o.close(CloseReason::Server(
+            makelaar_proto::ReasonCode::SERVER_SHUTTING_DOWN,
+        ));
         assert!(o.poll_ready(&mut cx).is_ready());
     }
 
@@ -329,7 +333,9 @@ mod tests {
             Arc::new(Outbox::default()),
         );
         first.wake_after(second.clone());
-        first.close();
+        first.close(CloseReason::Server(
+            makelaar_proto::ReasonCode::SERVER_SHUTTING_DOWN,
+        ));
         assert!(
             second.poll_ready(&mut cx).is_ready(),
             "close wakes the one left with it"

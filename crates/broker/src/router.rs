@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use makelaar_core::session::ConnId;
-use makelaar_core::{Action, Broker};
+use makelaar_core::{Action, Broker, CloseReason};
 use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -225,11 +225,14 @@ impl Router {
             ToRouter::Violation { conn, reason, text } => {
                 tracing::debug!(conn, %reason, text, "protocol violation");
                 self.broker.handle_connection_lost(now, conn);
-                self.close(conn);
+                self.close(conn, CloseReason::Server(reason));
             }
             ToRouter::Lost { conn } => {
                 self.broker.handle_connection_lost(now, conn);
-                self.close(conn);
+                // The task has ended and reads no reason; closing still matters, as it wakes
+                // a connection whose wake-up was left with this one (`Outbox::wake_after`).
+                let unread = CloseReason::Server(ReasonCode::UNSPECIFIED_ERROR);
+                self.close(conn, unread);
             }
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
         }
@@ -248,7 +251,7 @@ impl Router {
         while let Some(action) = self.broker.poll_action() {
             match action {
                 Action::Send(conn, packet) => self.dispatch(conn, Held::Send(packet)),
-                Action::Close(conn) => self.dispatch(conn, Held::Close),
+                Action::Close(conn, why) => self.dispatch(conn, Held::Close(why)),
                 Action::LoadBacklog(client_id) => match &self.persist {
                     Some(p) => p.load_backlog(client_id),
                     // Only a broker restored from a store has backlogs.
@@ -297,7 +300,7 @@ impl Router {
     fn carry_out(&mut self, conn: ConnId, what: Held) {
         match what {
             Held::Send(packet) => self.send(conn, packet),
-            Held::Close => self.close(conn),
+            Held::Close(why) => self.close(conn, why),
         }
     }
 
@@ -334,10 +337,11 @@ impl Router {
         }
     }
 
-    fn close(&mut self, conn: ConnId) {
+    /// Asks the connection to close (its task logs `why`).
+    fn close(&mut self, conn: ConnId, why: CloseReason) {
         self.slow_logged.remove(&conn);
         if let Some(out) = self.conns.remove(&conn) {
-            out.close();
+            out.close(why);
         }
     }
 }

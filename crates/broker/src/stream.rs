@@ -12,7 +12,6 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::ListenerKind;
 use crate::websocket::WebSocket;
 
 /// A connection's byte stream.
@@ -36,13 +35,13 @@ impl Stream {
         }
     }
 
-    /// The transport, as the scheme of a listener URL: `mqtt`, `mqtts`, `ws` or `wss`.
-    pub fn transport(&self) -> ListenerKind {
+    /// What carries MQTT here, as the connection log names it: `tcp`, `tls`, `ws` or `wss`.
+    pub fn transport(&self) -> &'static str {
         match self {
-            Stream::Tcp(_) => ListenerKind::Mqtt,
-            Stream::Tls(_) => ListenerKind::Mqtts,
-            Stream::Ws(ws) if ws.get_ref().is_tls() => ListenerKind::Wss,
-            Stream::Ws(_) => ListenerKind::Ws,
+            Stream::Tcp(_) => "tcp",
+            Stream::Tls(_) => "tls",
+            Stream::Ws(ws) if ws.get_ref().is_tls() => "wss",
+            Stream::Ws(_) => "ws",
         }
     }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use makelaar_broker::config::{Config, ConfigError, ConfigFile};
+use makelaar_broker::config::{Config, ConfigError, ConfigFile, LogFormat};
 use makelaar_broker::listener::STATUS_TARGET;
 use makelaar_broker::mosquitto::read_mosquitto_conf;
 
@@ -87,6 +87,12 @@ enum ConfigCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print every key of makelaar.toml with its type, default and meaning, as Markdown
+    /// (docs/config-reference.md).
+    Reference,
+    /// Print a makelaar.toml with every key at its default, commented out
+    /// (makelaar.example.toml).
+    Example,
 }
 
 /// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
@@ -174,28 +180,67 @@ struct ServeArgs {
     sys_interval: Option<u64>,
 
     /// Log level (error, warn, info, debug, trace) or tracing filter directives; overrides
-    /// RUST_LOG. [default: warn, plus one line per listener at startup]
+    /// RUST_LOG and log_level in the file. info adds a line per client connecting,
+    /// disconnecting or refused. [default: warn, plus the status lines]
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+
+    /// Log lines as text or as JSON objects, one per line. [default: text]
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 impl ServeArgs {
     /// The configuration: the file (if any) first, then every flag that was given.
+    #[cfg(test)]
     fn build_config(&self) -> Result<Config, ConfigError> {
-        let (mut file, source) = match (&self.config, &self.mosquitto_conf) {
+        let (file, source, _notes) = self.read_file()?;
+        self.apply_flags(file, &source)
+    }
+
+    /// The settings file, if any; the name to give it in messages; notes about a converted
+    /// mosquitto.conf, to log.
+    fn read_file(&self) -> Result<(ConfigFile, String, Vec<String>), ConfigError> {
+        Ok(match (&self.config, &self.mosquitto_conf) {
             (Some(path), _) => (
                 ConfigFile::from_toml_file(path)?,
                 path.display().to_string(),
+                Vec::new(),
             ),
             (None, Some(path)) => {
                 let converted = read_mosquitto_conf(path)?;
-                for note in &converted.notes {
-                    tracing::info!(target: STATUS_TARGET, "{note}");
-                }
-                (converted.file, path.display().to_string())
+                (converted.file, path.display().to_string(), converted.notes)
             }
-            (None, None) => (ConfigFile::default(), "the command line".to_string()),
+            (None, None) => (
+                ConfigFile::default(),
+                "the command line".to_string(),
+                Vec::new(),
+            ),
+        })
+    }
+
+    /// Logging as the flags and the file say; then the notes are logged.
+    fn init_logging(
+        &self,
+        file: &ConfigFile,
+        source: &str,
+        notes: &[String],
+    ) -> anyhow::Result<()> {
+        let format = match self.log_format.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some(_) => LogFormat::Text,
+            None => file.log_format.unwrap_or_default(),
         };
+        let from_file = file.log_level.as_deref().map(|level| (level, source));
+        logging::init(self.log_level.as_deref(), from_file, format)?;
+        for note in notes {
+            tracing::info!(target: STATUS_TARGET, "{note}");
+        }
+        Ok(())
+    }
+
+    /// The file's settings with every flag that was given applied over them, validated.
+    fn apply_flags(&self, mut file: ConfigFile, source: &str) -> Result<Config, ConfigError> {
         if !self.listen.is_empty() {
             // The flags name every listener: the file's [[listener]] tables go too.
             file.listen = Some(self.listen.clone());
@@ -247,7 +292,7 @@ impl ServeArgs {
         if let Some(secs) = self.sys_interval {
             file.sys_interval = Some(secs);
         }
-        file.into_config(&source)
+        file.into_config(source)
     }
 }
 
@@ -266,8 +311,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            logging::init(args.log_level.as_deref())?;
-            let config = args.build_config()?;
+            let (file, source, notes) = args.read_file()?;
+            args.init_logging(&file, &source, &notes)?;
+            let config = args.apply_flags(file, &source)?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
@@ -287,6 +333,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Convert { file }) => {
             let converted = read_mosquitto_conf(&file)?;
             print!("{}", converted.to_toml(&file));
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Reference) => {
+            print!("{}", makelaar_broker::config::reference_markdown());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", makelaar_broker::config::example_toml());
             Ok(())
         }
     }

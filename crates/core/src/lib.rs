@@ -24,5 +24,5 @@ pub mod session;
 pub mod topic;
 
 pub use auth::{Access, Authorizer};
-pub use broker::{Action, Broker, Policy, Stats};
+pub use broker::{Action, Broker, CloseReason, Policy, Stats};
 pub use limits::Limits;

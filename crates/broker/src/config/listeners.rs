@@ -176,7 +176,10 @@ fn trusted_proxies(
     kind: ListenerKind,
     table: Option<&ListenerTable>,
 ) -> Result<Vec<Network>, ConfigError> {
-    let Some(list) = table.and_then(|t| t.trusted_proxies.as_ref()) else {
+    let Some(list) = table
+        .and_then(|t| t.trusted_proxies.as_ref())
+        .filter(|list| !list.is_empty())
+    else {
         return Ok(Vec::new());
     };
     if !kind.is_websocket() {

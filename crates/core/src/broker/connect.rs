@@ -7,7 +7,7 @@ use makelaar_proto::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 
-use super::{Action, Broker, SessionIdx};
+use super::{Action, Broker, CloseReason, SessionIdx};
 use crate::conn::effective_keep_alive;
 use crate::session::{ClientLimits, ConnId, Session};
 
@@ -108,7 +108,8 @@ impl Broker {
             ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
         }
         self.send(conn, Packet::ConnAck(ack));
-        self.actions.push_back(Action::Close(conn));
+        self.actions
+            .push_back(Action::Close(conn, CloseReason::Server(reason)));
     }
 
     fn assign_client_id(&mut self) -> String {
@@ -143,7 +144,8 @@ impl Broker {
             };
             self.send(old, Packet::Disconnect(d));
         }
-        self.actions.push_back(Action::Close(old));
+        let reason = CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER);
+        self.actions.push_back(Action::Close(old, reason));
         if let Some(will) = will {
             let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
             // A delayed will goes out when its session ends, whichever comes first
@@ -301,7 +303,8 @@ impl Broker {
             s.will = None;
         }
         self.detach(now, conn);
-        self.actions.push_back(Action::Close(conn));
+        self.actions
+            .push_back(Action::Close(conn, CloseReason::ClientDisconnect(d.reason)));
     }
 
     /// Unbinds a connection from its session: publishes or schedules the will, hands

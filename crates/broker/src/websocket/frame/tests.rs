@@ -191,7 +191,7 @@ proptest! {
         chunk in 1usize..200,
     ) {
         let mut bytes = Vec::new();
-        let mut data = Vec::new();
+        let mut data: Vec<u8> = Vec::new();
         let n = parts.len();
         for (i, (payload, ping)) in parts.iter().enumerate() {
             let opcode = if i == 0 { OP_BINARY } else { OP_CONTINUATION };
