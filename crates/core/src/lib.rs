@@ -24,5 +24,5 @@ pub mod session;
 pub mod topic;
 
 pub use auth::{Access, Authorizer};
-pub use broker::{Action, Broker, Flow, PerQos, Policy, QueueTotals, Stats};
+pub use broker::{Action, Broker, CloseReason, Flow, PerQos, Policy, QueueTotals, Stats};
 pub use limits::Limits;

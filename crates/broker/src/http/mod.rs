@@ -122,7 +122,7 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let (counted, open) = count.enter();
+        let (counted, open) = count.add();
         if count.max() != 0 && open > count.max() {
             ctx.counters
                 .refused_max_connections
@@ -155,8 +155,10 @@ async fn serve_connection(
     _counted: Counted,
 ) {
     let peer = accepted.peer_addr();
-    let stream = match accepted.handshake().await {
-        Ok(s) => s,
+    // An HTTP listener has no PROXY header and no WebSocket: this is the TLS handshake of
+    // `https`, or nothing.
+    let stream = match accepted.open(0).await {
+        Ok((s, _)) => s,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "HTTP: TLS handshake failed");
             return;
