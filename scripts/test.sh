@@ -8,7 +8,8 @@
 #   deps      installs what the tests need when it is missing (Debian/Ubuntu: apt-get, pip, npm)
 #   fmt       cargo fmt --check
 #   clippy    cargo clippy on every target, warnings are errors
-#   build     the release binary the interop tests and the example run against
+#   build     the release binary the interop tests and the example run against, and a
+#             `cargo install --path crates/cli` from it
 #   unit      cargo test --workspace (unit, property and doc tests)
 #   interop   pytest tests/interop: paho-mqtt and mosquitto_pub/sub over real sockets
 #   example   examples/python/mqtt_example.py against a fresh `makelaar serve`: MQTT 5.0 and
@@ -195,6 +196,11 @@ stage_clippy() {
 
 stage_build() {
     timeout -k 10 "$T_BUILD" cargo build --release -p makelaar
+    # The documented way to install (`cargo install --path crates/cli`) works; with the same
+    # target directory it reuses the build above instead of compiling again (under a second).
+    timeout -k 10 "$T_BUILD" cargo install --quiet --offline --locked --path crates/cli \
+        --root "$WORK/install" --target-dir "$TARGET_DIR"
+    "$WORK/install/bin/makelaar" --version
 }
 
 stage_unit() {

@@ -150,8 +150,13 @@ class Broker:
             f"cafile = {_toml_value(self.cafile)}",
         ]
         for k, v in self.config.items():
-            if k not in ("limits", "http"):
+            if k not in ("limits", "listener", "http"):
                 lines.append(f"{k} = {_toml_value(v)}")
+        # More listeners: config["listener"] = [{"url": "ws://...", "proxy_protocol": True}].
+        for table in self.config.get("listener", []):
+            lines.append("")
+            lines.append("[[listener]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
         lines.append("")
         lines.append("[limits]")
         for k, v in self.limits.items():

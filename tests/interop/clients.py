@@ -60,17 +60,22 @@ class MqttClient:
 
     def __init__(self, broker, client_id=None, version=5, clean=True, tls=False, cafile=None,
                  certfile=None, keyfile=None, manual_ack=False, username=None, password=None,
-                 bind_address=None):
+                 bind_address=None, transport="tcp", ws_path="/mqtt", port=None):
         self.broker = broker
         self.version = version
         self.clean = clean
         self.client_id = unique("c") if client_id is None else client_id
+        # port: where connect() goes unless told (default: the broker's mqtt or mqtts port);
+        # transport="websockets" with ws_path for the broker's ws:// and wss:// listeners.
+        self.port = port
         kw = {}
         if version < 5:
             kw["clean_session"] = clean
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=PROTOCOLS[version], reconnect_on_failure=False,
-                             manual_ack=manual_ack, **kw)
+                             manual_ack=manual_ack, transport=transport, **kw)
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
         self.bind_address = bind_address or ""
         if username is not None:
             self.c.username_pw_set(username, password)
@@ -142,6 +147,8 @@ class MqttClient:
         self._connected.clear()
         self._disconnected.clear()
         self.connack = None
+        if port is None:
+            port = self.port
         if port is None:
             port = self.broker.tls_port if self.tls else self.broker.port
         kw = {}
@@ -258,6 +265,8 @@ class MqttClient:
     def kill(self):
         """Drop the TCP connection without DISCONNECT (a crashed client)."""
         sock = self.c.socket()
+        # Over WebSocket, paho's socket is a wrapper around the TCP (or TLS) socket.
+        sock = getattr(sock, "_socket", sock)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -410,7 +410,7 @@ class RawClient:
     """
 
     def __init__(self, port, host="127.0.0.1", version=4, timeout=5.0, tls_context=None,
-                 source=None):
+                 source=None, preamble=None):
         self.version = version
         self.timeout = timeout
         # source: a local address to connect from, e.g. another 127.x.y.z for a test whose
@@ -418,6 +418,9 @@ class RawClient:
         sock = socket.create_connection((host, port), timeout=timeout,
                                         source_address=(source, 0) if source else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if preamble:
+            # Bytes before anything else, before TLS: a PROXY protocol header.
+            sock.sendall(preamble)
         if tls_context is not None:
             sock = tls_context.wrap_socket(sock, server_hostname=host)
         self.sock = sock

@@ -13,6 +13,7 @@ from auth_files import USERS, fresh_source, mosquitto_passwd, try_connect
 from brokers import BROKER_KIND, Broker, find_makelaar, free_port, mosquitto_exe
 from clients import MqttClient
 import test_acl as A
+import ws_raw as W
 
 CN = "makelaar-test-client"
 
@@ -180,7 +181,7 @@ def test_config_convert_prints_an_equivalent_makelaar_toml(conf_broker, tmp_path
 
 @pytest.mark.skipif(BROKER_KIND != "makelaar", reason="tests the makelaar command line")
 @pytest.mark.parametrize("directive,line,needle", [
-    ("listener 9001\nprotocol websockets", 3, "WebSocket"),
+    ("auth_plugin /usr/lib/x.so", 2, "plugin"),
     ("connection to-cloud\naddress cloud.example:1883", 2, "bridge"),
     ("max_queued_mesages 10", 2, "check its spelling"),
 ])
@@ -204,3 +205,27 @@ def test_mosquitto_refuses_the_same_unknown_directive(tmp_path):
     p = subprocess.run([mosquitto_exe(), "-c", str(conf)], capture_output=True, text=True,
                        timeout=20)
     assert p.returncode != 0
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="tests the makelaar command line")
+def test_websocket_listeners_serve_any_path(tmp_path):
+    """`protocol websockets` is read as a ws:// listener that serves every path, as
+    Mosquitto's does. (Debian's Mosquitto 2.0.11 cannot open a WebSocket listener on these
+    machines, so it is not run beside.)"""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nprotocol websockets\nallow_anonymous true\n")
+    proc = subprocess.Popen([find_makelaar(), "serve", "--mosquitto-conf", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline().decode()
+        assert f"listening on ws://127.0.0.1:{port}/*" in line, line
+        for path in ("/mqtt", "/", "/any/where"):
+            c = W.WsClient(port, path=path)
+            try:
+                assert c.connect(f"ws{len(path)}").reason == 0
+            finally:
+                c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

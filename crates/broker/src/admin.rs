@@ -82,14 +82,14 @@ pub(crate) struct AdminDesk {
 
 impl AdminDesk {
     /// Answers one request on the router's task; `peer_of` gives a connection's address. A
-    /// dropped answer means the asker gave up. Returns whether a client was disconnected.
+    /// dropped answer means the asker gave up.
     pub fn answer(
         &mut self,
         broker: &mut Broker,
         now: Instant,
         request: AdminRequest,
         peer_of: impl Fn(ConnId) -> Option<SocketAddr>,
-    ) -> bool {
+    ) {
         match request {
             AdminRequest::Clients(q, reply) => {
                 let page = broker.admin_clients(&q);
@@ -117,9 +117,7 @@ impl AdminDesk {
                 let _ = reply.send(broker.admin_overview());
             }
             AdminRequest::Disconnect(client_id, reply) => {
-                let done = broker.admin_disconnect(now, &client_id);
-                let _ = reply.send(done);
-                return done;
+                let _ = reply.send(broker.admin_disconnect(now, &client_id));
             }
             AdminRequest::Watch {
                 filter,
@@ -138,7 +136,6 @@ impl AdminDesk {
                 self.watches.remove(&id);
             }
         }
-        false
     }
 
     /// Hands the copies watched in this batch to their readers; a reader that has gone

@@ -1,5 +1,6 @@
-//! Admission of new connections, decided when a connection is accepted: the `max_connections`
-//! of its listener and `max_connection_rate` per source address. A connection over a limit is
+//! Admission of new connections: the `max_connections` of its listener, counted when a
+//! connection is accepted, and `max_connection_rate` per client address, counted once the
+//! address is known (after a PROXY header or WebSocket upgrade that may name another). A connection over a limit is
 //! still read up to its CONNECT (within `connect_timeout`), so that it can be told why:
 //! CONNACK 0x97 Quota exceeded or 0x9F Connection rate exceeded (3.1.1: 3, server
 //! unavailable). The broker-wide `max_connections` is the core's (CONNACK 0x97 too).
@@ -40,7 +41,7 @@ impl ListenerCount {
 
     /// Counts an accepted connection as open until the returned guard is dropped; also
     /// returns how many are open with it.
-    pub(crate) fn enter(self: &Arc<Self>) -> (Counted, usize) {
+    pub(crate) fn add(self: &Arc<Self>) -> (Counted, usize) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         (Counted(self.clone()), open)
@@ -88,22 +89,23 @@ impl Admission {
         }
     }
 
-    /// Counts a connection accepted on `listener` from `ip`: the count to hold while it is
-    /// open, and the reason to refuse it with, if it is over a limit.
-    pub(crate) fn admit(
-        &self,
-        listener: &Arc<ListenerCount>,
-        ip: IpAddr,
-        now: Instant,
-    ) -> (Counted, Option<ReasonCode>) {
-        let (counted, open) = listener.enter();
+    /// Counts a connection accepted on `listener`: the count to hold while it is open, and
+    /// the reason to refuse it with if the listener is full.
+    pub(crate) fn enter(&self, listener: &Arc<ListenerCount>) -> (Counted, Option<ReasonCode>) {
+        let (counted, open) = listener.add();
         if listener.max != 0 && open > listener.max {
             return (counted, Some(ReasonCode::QUOTA_EXCEEDED));
         }
-        if self.rate != 0 && !self.allow(ip, now) {
-            return (counted, Some(ReasonCode::CONNECTION_RATE_EXCEEDED));
-        }
         (counted, None)
+    }
+
+    /// Counts a new connection from the client address `ip` against `max_connection_rate`:
+    /// the reason to refuse it with, if it is over.
+    pub(crate) fn check_rate(&self, ip: IpAddr, now: Instant) -> Option<ReasonCode> {
+        if self.rate != 0 && !self.allow(ip, now) {
+            return Some(ReasonCode::CONNECTION_RATE_EXCEEDED);
+        }
+        None
     }
 
     fn allow(&self, ip: IpAddr, now: Instant) -> bool {
@@ -133,29 +135,27 @@ mod tests {
     fn a_listener_refuses_past_its_maximum_until_one_closes() {
         let adm = Admission::new(0);
         let l = ListenerCount::new("mqtt://x", 2);
-        let now = Instant::now();
-        let (first, r1) = adm.admit(&l, A, now);
-        let (_second, r2) = adm.admit(&l, A, now);
-        let (third, r3) = adm.admit(&l, B, now);
+        let (first, r1) = adm.enter(&l);
+        let (_second, r2) = adm.enter(&l);
+        let (third, r3) = adm.enter(&l);
         assert_eq!((r1, r2, r3), (None, None, Some(ReasonCode::QUOTA_EXCEEDED)));
         assert_eq!((l.open(), l.accepted()), (3, 3));
         drop(third);
         drop(first);
         assert_eq!(l.open(), 1);
-        assert_eq!(adm.admit(&l, B, now).1, None);
+        assert_eq!(adm.enter(&l).1, None);
         assert_eq!((l.open(), l.accepted()), (1, 4));
     }
 
     #[test]
     fn the_rate_is_per_source_address() {
         let adm = Admission::new(3);
-        let l = ListenerCount::new("mqtt://x", 0);
         let now = Instant::now();
         let refused = (0..5)
-            .filter(|_| adm.admit(&l, A, now).1 == Some(ReasonCode::CONNECTION_RATE_EXCEEDED))
+            .filter(|_| adm.check_rate(A, now) == Some(ReasonCode::CONNECTION_RATE_EXCEEDED))
             .count();
         assert_eq!(refused, 2);
-        assert_eq!(adm.admit(&l, B, now).1, None);
-        assert_eq!(adm.admit(&l, A, now + Duration::from_secs(1)).1, None);
+        assert_eq!(adm.check_rate(B, now), None);
+        assert_eq!(adm.check_rate(A, now + Duration::from_secs(1)), None);
     }
 }

@@ -1,6 +1,8 @@
 //! The Makelaar broker's tokio shell around the sans-IO core.
 //!
-//! - [`listener`]: binds `mqtt://` and `mqtts://` listeners, accepts, runs TLS handshakes.
+//! - [`listener`]: binds `mqtt://`, `mqtts://`, `ws://` and `wss://` listeners and accepts;
+//!   `opening` then reads the PROXY header, runs the TLS handshake and the WebSocket upgrade
+//!   (`proxy_protocol`, `websocket`, `forwarded`), and `stream` is what MQTT runs on.
 //! - [`http`]: the `http://` listener: `/metrics` (Prometheus) and `/healthz`.
 //! - `connection`: one task per client: read, decode, per-connection checks, write.
 //! - `router`: the one task that owns the core `Broker` (sessions, topic tree, retained).
@@ -18,16 +20,21 @@ mod cert_name;
 pub mod config;
 mod connection;
 mod counters;
+mod forwarded;
 pub mod http;
 pub mod listener;
 mod metrics;
 pub mod mosquitto;
+mod opening;
 mod outbox;
+pub mod proxy_protocol;
 mod reload;
 mod router;
 mod store;
+mod stream;
 mod sys;
 pub mod tls;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +48,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError};
 use connection::ConnCtx;
+/// The tracing target of the `info` lines about clients connecting, leaving and refused.
+pub use connection::CLIENTS_TARGET;
 pub use counters::{AuthFailure, Counters};
 use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
 pub use reload::ReloadReport;
@@ -141,6 +150,8 @@ impl Server {
                 router: tx.clone(),
                 counters: counters.clone(),
                 listeners: counts.clone(),
+                // Per listener: the scrapes of one listener share a snapshot.
+                metrics: Default::default(),
                 started,
                 dashboard,
             })
@@ -313,7 +324,9 @@ async fn accept_loop(
             }
         };
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let (counted, refuse) = ctx.admission.admit(&count, peer.ip(), Instant::now());
+        // The listener's count now; the rate per address once the address is known (a
+        // PROXY header or X-Forwarded-For may name another).
+        let (counted, refuse) = ctx.admission.enter(&count);
         let start = Box::new(connection::Start {
             conn,
             peer,
@@ -321,6 +334,8 @@ async fn accept_loop(
             listener: index,
             cert_name: None,
             refuse,
+            // Known once the handshake is done (`connection_task`).
+            transport: "",
         });
         // Spawned directly: a wrapping `async` block would hold the whole task future twice.
         let accepted = Box::new(accepted);
@@ -333,9 +348,10 @@ async fn accept_loop(
     }
 }
 
-/// One connection's task, from the TLS handshake to the end. Its future is allocated at its
-/// largest for the connection's whole life, so the handshake (about 1.5 KB of state) and the
-/// shutdown timer are boxed and the arguments come in one box.
+/// One connection's task, from the PROXY header, TLS handshake and WebSocket upgrade to the
+/// end. Its future is allocated at its largest for the connection's whole life, so the
+/// opening (the TLS handshake alone is about 1.5 KB of state) and the shutdown timer are
+/// boxed and the arguments come in one box.
 async fn connection_task(
     accepted: Box<listener::Accepted>,
     mut start: Box<connection::Start>,
@@ -344,13 +360,20 @@ async fn connection_task(
     (identity, _counted): (bool, admission::Counted),
     stop: CancellationToken,
 ) {
-    let stream = match Box::pin(accepted.handshake()).await {
-        Ok(s) => s,
+    let max_message = start.ctx.limits.max_packet_size;
+    let (stream, peer) = match Box::pin(accepted.open(max_message)).await {
+        Ok(opened) => opened,
         Err(e) => {
-            tracing::debug!(peer = %start.peer, error = %e, "TLS handshake failed");
+            tracing::debug!(peer = %start.peer, error = %e, "connection not opened");
             return;
         }
     };
+    // From here on the client's address is the one a trusted proxy named, if any.
+    start.peer = peer;
+    start.transport = stream.transport();
+    if start.refuse.is_none() {
+        start.refuse = start.ctx.admission.check_rate(peer.ip(), Instant::now());
+    }
     if identity {
         // The end-entity certificate, verified by the handshake: its name is the username.
         start.cert_name = stream

@@ -1,15 +1,19 @@
-//! Listeners: bind the configured addresses, accept TCP connections, and (for `mqtts://` and
-//! `https://`) run the TLS handshake outside the accept loop. HTTP listeners are served by
-//! `crate::http`, MQTT ones by the connection tasks.
+//! Listeners: bind the configured addresses, accept TCP connections, and open them outside
+//! the accept loop: the PROXY protocol header (`proxy_protocol = true`), the TLS handshake
+//! (`mqtts://`, `wss://`, `https://`) and the WebSocket upgrade (`ws://`, `wss://`), in that
+//! order. HTTP listeners (`http://`, `https://`) are served by `crate::http`.
 //!
 //! The intended accept loop:
 //! ```ignore
 //! loop {
 //!     match listener.accept().await {
-//!         Ok((accepted, peer)) => {
+//!         Ok((accepted, _)) => {
 //!             tokio::spawn(async move {
-//!                 let stream = match accepted.handshake().await { Ok(s) => s, Err(_) => return };
-//!                 // ... run the connection on `stream` ...
+//!                 let (stream, peer) = match accepted.open(max_packet_size).await {
+//!                     Ok(opened) => opened,
+//!                     Err(_) => return,
+//!                 };
+//!                 // ... run the connection on `stream`, from the client at `peer` ...
 //!             });
 //!         }
 //!         // Out of file descriptors and the like: back off instead of spinning.
@@ -21,20 +25,18 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{io_reason, ConfigError, ListenerConfig, ListenerKind, TlsSettings};
+pub use crate::opening::{Accepted, Front};
+pub use crate::stream::Stream;
 
-/// Longest a client may take to complete the TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::opening::{PROXY_HEADER_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
+pub use crate::websocket::HANDSHAKE_TIMEOUT as WEBSOCKET_HANDSHAKE_TIMEOUT;
 
 /// How long the accept loop should pause after [`Listener::accept`] fails (e.g. out of file
 /// descriptors), so the error does not turn into a busy loop.
@@ -43,96 +45,6 @@ pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// The tracing target of the broker's few status lines (listening, stopping). The CLI shows
 /// this target at `info` even when everything else is at `warn`.
 pub const STATUS_TARGET: &str = "makelaar::status";
-
-/// A connection's byte stream: plain TCP or TLS over TCP.
-#[derive(Debug)]
-pub enum Stream {
-    /// `mqtt://`.
-    Tcp(TcpStream),
-    /// `mqtts://`, after a completed handshake.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    /// Whether the connection is encrypted.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-
-    /// The client's certificate chain (end entity first), when it presented one over TLS.
-    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        match self {
-            Stream::Tcp(_) => None,
-            Stream::Tls(tls) => tls.get_ref().1.peer_certificates(),
-        }
-    }
-
-    /// The underlying TCP socket.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Tcp(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
 
 /// The TLS configuration of one listener, which a reload can replace while the listener
 /// runs: connections accepted afterwards use the new certificates, those already open keep
@@ -153,7 +65,7 @@ impl TlsSlot {
         })
     }
 
-    fn current(&self) -> TlsAcceptor {
+    pub(crate) fn current(&self) -> TlsAcceptor {
         self.acceptor
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -181,6 +93,7 @@ pub struct Listener {
     kind: ListenerKind,
     local_addr: SocketAddr,
     tls: Option<Arc<TlsSlot>>,
+    front: Arc<Front>,
 }
 
 impl fmt::Debug for Listener {
@@ -193,14 +106,15 @@ impl fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// Loads the listener's certificates (for `mqtts`) and binds its address. Every problem is
-    /// a [`ConfigError`] sentence: unreadable certificate, port in use, permission denied, ...
-    /// On success it logs "makelaar VERSION listening on URL" at info on [`STATUS_TARGET`].
+    /// Loads the listener's certificates (for `mqtts` and `wss`) and binds its address. Every
+    /// problem is a [`ConfigError`] sentence: unreadable certificate, port in use, permission
+    /// denied, ... On success it logs "makelaar VERSION listening on URL" at info on
+    /// [`STATUS_TARGET`].
     pub async fn bind(cfg: &ListenerConfig) -> Result<Listener, ConfigError> {
-        let tls = match (cfg.kind.is_tls(), &cfg.tls) {
-            (false, _) => None,
-            (true, Some(settings)) => Some(Arc::new(TlsSlot::new(&cfg.url, settings)?)),
-            (true, None) => {
+        let tls = match &cfg.tls {
+            _ if !cfg.kind.is_tls() => None,
+            Some(settings) => Some(Arc::new(TlsSlot::new(&cfg.url, settings)?)),
+            None => {
                 return Err(ConfigError::Invalid(format!(
                     "listener \"{}\" needs a certificate: pass --cert FILE and --key FILE (PEM), \
                      or set cert and key in the config file",
@@ -212,12 +126,21 @@ impl Listener {
             .await
             .map_err(|e| bind_error(cfg, &e))?;
         let local_addr = tcp.local_addr().map_err(|e| bind_error(cfg, &e))?;
+        let path = match &cfg.websocket {
+            Some(ws) => ws
+                .path
+                .as_deref()
+                .unwrap_or(crate::config::ANY_WEBSOCKET_PATH),
+            None => "",
+        };
         tracing::info!(
             target: STATUS_TARGET,
-            "makelaar {} listening on {}://{}",
+            "makelaar {} listening on {}://{}{}{}",
             env!("CARGO_PKG_VERSION"),
             cfg.kind.scheme(),
-            local_addr
+            local_addr,
+            path,
+            if cfg.proxy_protocol { " (PROXY protocol)" } else { "" }
         );
         Ok(Listener {
             tcp,
@@ -225,6 +148,7 @@ impl Listener {
             kind: cfg.kind,
             local_addr,
             tls,
+            front: Arc::new(Front::new(cfg)),
         })
     }
 
@@ -238,7 +162,7 @@ impl Listener {
         &self.url
     }
 
-    /// Plain or TLS.
+    /// Plain, TLS, WebSocket or WebSocket over TLS.
     pub fn kind(&self) -> ListenerKind {
         self.kind
     }
@@ -248,9 +172,9 @@ impl Listener {
         self.tls.clone()
     }
 
-    /// Accepts the next TCP connection and sets TCP_NODELAY on it. The TLS handshake is not
-    /// done here, so a slow client cannot hold up the accept loop: call
-    /// [`Accepted::handshake`] in the connection's own task.
+    /// Accepts the next TCP connection and sets TCP_NODELAY on it. Nothing is read here (no
+    /// PROXY header, TLS handshake or WebSocket upgrade), so a slow client cannot hold up the
+    /// accept loop: call [`Accepted::open`] in the connection's own task.
     ///
     /// Errors that concern only the one connection (reset or aborted before it was accepted)
     /// are skipped. The errors returned are about the listener or the process, such as running
@@ -263,11 +187,8 @@ impl Listener {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!("cannot set TCP_NODELAY for {peer}: {e}");
                     }
-                    let accepted = Accepted {
-                        tcp,
-                        peer,
-                        tls: self.tls.as_ref().map(|t| t.current()),
-                    };
+                    let tls = self.tls.as_ref().map(|t| t.current());
+                    let accepted = Accepted::new(tcp, peer, tls, self.front.clone());
                     return Ok((accepted, peer));
                 }
                 Err(e)
@@ -282,49 +203,6 @@ impl Listener {
                 }
                 Err(e) => return Err(e),
             }
-        }
-    }
-}
-
-/// A TCP connection accepted by a [`Listener`], before its TLS handshake.
-pub struct Accepted {
-    tcp: TcpStream,
-    peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-}
-
-impl fmt::Debug for Accepted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Accepted")
-            .field("peer", &self.peer)
-            .field("tls", &self.tls.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Accepted {
-    /// The client's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-
-    /// For `mqtts`, runs the TLS handshake (at most [`TLS_HANDSHAKE_TIMEOUT`]); for `mqtt`,
-    /// returns the TCP stream as is.
-    pub async fn handshake(self) -> io::Result<Stream> {
-        let Some(acceptor) = self.tls else {
-            return Ok(Stream::Tcp(self.tcp));
-        };
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(self.tcp)).await {
-            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "TLS handshake with {} took longer than {} s",
-                    self.peer,
-                    TLS_HANDSHAKE_TIMEOUT.as_secs()
-                ),
-            )),
         }
     }
 }

@@ -12,11 +12,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
+use makelaar_core::CloseReason;
 use makelaar_proto::{Packet, QoS};
 
 /// Milliseconds since the first call, on a clock shared by connections and the router.
@@ -30,15 +31,18 @@ pub fn millis(now: Instant) -> u64 {
 #[derive(Debug, Default)]
 pub struct Drained {
     pub packets: VecDeque<Packet>,
-    /// The router asked to close once these are written.
-    pub close: bool,
+    /// The router asked to close once these are written, for this reason.
+    pub close: Option<CloseReason>,
+    /// Another connection to wake once these are written (see [`Outbox::wake_after`]).
+    pub then_wake: Option<Arc<Outbox>>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     packets: VecDeque<Packet>,
     bytes: usize,
-    close: bool,
+    close: Option<CloseReason>,
+    then_wake: Option<Arc<Outbox>>,
 }
 
 /// Why a packet was not queued.
@@ -121,7 +125,7 @@ impl Outbox {
         let c = cost(&packet);
         {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            if inner.close {
+            if inner.close.is_some() {
                 return Err(Refused::Closed);
             }
             let qos0 = matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce);
@@ -147,14 +151,43 @@ impl Outbox {
         self.waker.wake();
     }
 
-    /// Asks the connection task to close after writing what is queued.
-    pub fn close(&self) {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .close = true;
+    /// Wakes this connection's task and has it wake `next` once it has written what it was
+    /// woken for, instead of waking both now.
+    ///
+    /// Why: on a multi-threaded runtime the second of two wakes from one task moves the first
+    /// woken task to the run queue and wakes an idle worker thread to take it (a futex call,
+    /// and in a VM an interrupt to another CPU) before either runs. For a QoS 1 message that
+    /// is the subscriber's delivery and the publisher's PUBACK: the delivery then waits for
+    /// that hand-over. Waking only the subscriber, whose task then wakes the publisher after
+    /// its write, keeps the delivery first and both on one worker.
+    pub fn wake_after(&self, next: Arc<Outbox>) {
+        let earlier = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if inner.close.is_some() {
+                // Closing: the task may be gone; never leave `next` waiting on it.
+                Some(next)
+            } else {
+                inner.then_wake.replace(next)
+            }
+        };
+        if let Some(earlier) = earlier {
+            earlier.wake();
+        }
+        self.wake();
+    }
+
+    /// Asks the connection task to close after writing what is queued; `why` is logged.
+    pub fn close(&self, why: CloseReason) {
+        let then_wake = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.close = Some(why);
+            inner.then_wake.take()
+        };
         self.ready.store(true, Ordering::Release);
         self.waker.wake();
+        if let Some(next) = then_wake {
+            next.wake();
+        }
     }
 
     /// Ready when something was pushed (or close or expiry was asked) since the last time it
@@ -185,7 +218,13 @@ impl Outbox {
         if inner.packets.is_empty() && n <= 4 {
             inner.packets.shrink_to_fit();
         }
-        out.close = inner.close && inner.packets.is_empty();
+        out.close = inner.close.filter(|_| inner.packets.is_empty());
+        if let Some(next) = inner.then_wake.take() {
+            // One left from an earlier drain not yet acted on is woken now, not dropped.
+            if let Some(earlier) = out.then_wake.replace(next) {
+                earlier.wake();
+            }
+        }
         !inner.packets.is_empty()
     }
 }
@@ -225,13 +264,14 @@ mod tests {
         let o = Outbox::default();
         o.push_quiet(Packet::PingResp, 100).ok();
         o.push_quiet(Packet::PingResp, 100).ok();
-        o.close();
+        let why = CloseReason::Server(makelaar_proto::ReasonCode::SESSION_TAKEN_OVER);
+        o.close(why);
         assert_eq!(o.push_quiet(Packet::PingResp, 100), Err(Refused::Closed));
         let mut d = Drained::default();
         o.drain(&mut d, 1);
-        assert!(!d.close);
+        assert_eq!(d.close, None);
         o.drain(&mut d, 1);
-        assert!(d.close);
+        assert_eq!(d.close, Some(why));
     }
 
     #[test]
@@ -259,7 +299,66 @@ mod tests {
         o.wake();
         assert!(o.poll_ready(&mut cx).is_ready());
         assert!(o.poll_ready(&mut cx).is_pending());
-        o.close();
+        o.close(CloseReason::Server(
+            makelaar_proto::ReasonCode::SERVER_SHUTTING_DOWN,
+        ));
         assert!(o.poll_ready(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn wake_after_leaves_the_second_for_the_first_to_wake() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (first, second) = (Outbox::default(), Arc::new(Outbox::default()));
+        assert!(second.poll_ready(&mut cx).is_pending());
+        first.wake_after(second.clone());
+        assert!(first.poll_ready(&mut cx).is_ready());
+        assert!(
+            second.poll_ready(&mut cx).is_pending(),
+            "not before the first's write"
+        );
+        let mut drained = Drained::default();
+        first.drain(&mut drained, 64);
+        drained.then_wake.take().expect("handed over").wake();
+        assert!(second.poll_ready(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_closing_outbox_never_keeps_the_second_waiting() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (first, second, third) = (
+            Outbox::default(),
+            Arc::new(Outbox::default()),
+            Arc::new(Outbox::default()),
+        );
+        first.wake_after(second.clone());
+        first.close(CloseReason::Server(
+            makelaar_proto::ReasonCode::SERVER_SHUTTING_DOWN,
+        ));
+        assert!(
+            second.poll_ready(&mut cx).is_ready(),
+            "close wakes the one left with it"
+        );
+        first.wake_after(third.clone());
+        assert!(
+            third.poll_ready(&mut cx).is_ready(),
+            "a closed outbox wakes it at once"
+        );
+    }
+
+    #[test]
+    fn a_second_hand_over_wakes_the_earlier_one() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (first, a, b) = (
+            Outbox::default(),
+            Arc::new(Outbox::default()),
+            Arc::new(Outbox::default()),
+        );
+        first.wake_after(a.clone());
+        first.wake_after(b.clone());
+        assert!(a.poll_ready(&mut cx).is_ready());
+        assert!(b.poll_ready(&mut cx).is_pending());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use makelaar_core::session::ConnId;
-use makelaar_core::{Action, Broker};
+use makelaar_core::{Action, Broker, CloseReason};
 use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -94,16 +94,24 @@ pub(crate) struct Ends {
     pub client_disconnect: u64,
     /// The connection broke or was closed by the client without DISCONNECT.
     pub lost: u64,
-    /// Closed for a protocol violation or a limit, or by the administrator (0x98
-    /// Administrative action), by reason code (few distinct ones).
-    pub violations: Vec<(ReasonCode, u64)>,
+    /// Ended by the broker, by reason code (few distinct ones): a protocol violation or a
+    /// limit, a takeover, a refused CONNECT, the shutdown, the administrator (0x98).
+    pub by_server: Vec<(ReasonCode, u64)>,
 }
 
 impl Ends {
-    fn violation(&mut self, reason: ReasonCode) {
-        match self.violations.iter_mut().find(|(r, _)| *r == reason) {
+    /// Counts a close the core decided.
+    fn closed(&mut self, why: CloseReason) {
+        match why {
+            CloseReason::ClientDisconnect(_) => self.client_disconnect += 1,
+            CloseReason::Server(reason) => self.server(reason),
+        }
+    }
+
+    fn server(&mut self, reason: ReasonCode) {
+        match self.by_server.iter_mut().find(|(r, _)| *r == reason) {
             Some((_, n)) => *n += 1,
-            None => self.violations.push((reason, 1)),
+            None => self.by_server.push((reason, 1)),
         }
     }
 }
@@ -297,19 +305,14 @@ impl Router {
                 self.conns.insert(conn, Conn { out, peer });
                 self.broker.handle_connect(now, conn, *connect);
             }
-            ToRouter::Packet { conn, packet } => {
-                if let Packet::Disconnect(_) = packet {
-                    self.ends.client_disconnect += 1;
-                }
-                self.broker.handle_packet(now, conn, packet)
-            }
+            ToRouter::Packet { conn, packet } => self.broker.handle_packet(now, conn, packet),
             ToRouter::Violation { conn, reason, text } => {
                 tracing::debug!(conn, %reason, text, "protocol violation");
                 if self.broker.is_connected(conn) {
-                    self.ends.violation(reason);
+                    self.ends.server(reason);
                 }
                 self.broker.handle_connection_lost(now, conn);
-                self.close(conn);
+                self.close(conn, CloseReason::Server(reason));
             }
             ToRouter::Lost { conn } => {
                 // Not after a DISCONNECT or a takeover: that connection was already ended.
@@ -317,24 +320,23 @@ impl Router {
                     self.ends.lost += 1;
                 }
                 self.broker.handle_connection_lost(now, conn);
-                self.close(conn);
+                // The task has ended and reads no reason; closing still matters, as it wakes
+                // a connection whose wake-up was left with this one (`Outbox::wake_after`).
+                let unread = CloseReason::Server(ReasonCode::UNSPECIFIED_ERROR);
+                self.close(conn, unread);
             }
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
             ToRouter::Admin(request) => {
                 let conns = &self.conns;
                 let peer_of = |c| conns.get(&c).map(|c: &Conn| c.peer);
-                if self.admin.answer(&mut self.broker, now, *request, peer_of) {
-                    self.ends.violation(ReasonCode::ADMINISTRATIVE_ACTION);
-                }
+                self.admin.answer(&mut self.broker, now, *request, peer_of);
             }
             ToRouter::Inspect(question) => question(self),
         }
     }
 
-    /// Carries out what the broker decided, then wakes every connection that got packets:
-    /// once each, and in reverse order. Tokio runs the task woken last first, on this worker:
-    /// that is the receiver of the batch's first packet, usually a delivery rather than the
-    /// publisher's acknowledgement, which keeps delivery latency low.
+    /// Carries out what the broker decided, then wakes every connection that got packets,
+    /// once each (see `wake_listed`).
     fn flush(&mut self) {
         if let Some(p) = self.persist.as_mut() {
             self.broker.drain_changes(&mut self.changes);
@@ -346,7 +348,10 @@ impl Router {
         while let Some(action) = self.broker.poll_action() {
             match action {
                 Action::Send(conn, packet) => self.dispatch(conn, Held::Send(packet)),
-                Action::Close(conn) => self.dispatch(conn, Held::Close),
+                Action::Close(conn, why) => {
+                    self.ends.closed(why);
+                    self.dispatch(conn, Held::Close(why));
+                }
                 Action::LoadBacklog(client_id) => match &self.persist {
                     Some(p) => p.load_backlog(client_id),
                     // Only a broker restored from a store has backlogs.
@@ -359,6 +364,23 @@ impl Router {
         }
         if self.broker.has_watches() {
             self.admin.deliver_watched(&mut self.broker);
+        }
+        self.wake_listed();
+    }
+
+    /// Wakes the connections that got packets. Two of them (a QoS 1 delivery and its
+    /// publisher's PUBACK, the common case at low rates) are woken one after the other:
+    /// the first receiver now, the second by it after its write ([`Outbox::wake_after`]).
+    /// More are all woken now, in reverse order: tokio runs the task woken last first, on
+    /// this worker, which is the receiver of the batch's first packet, usually a delivery.
+    fn wake_listed(&mut self) {
+        if self.to_wake.len() == 2 {
+            let second = self.to_wake.pop();
+            let first = self.to_wake.pop();
+            if let (Some(first), Some(second)) = (first, second) {
+                first.wake_after(second);
+            }
+            return;
         }
         for out in self.to_wake.drain(..).rev() {
             out.wake();
@@ -381,7 +403,7 @@ impl Router {
     fn carry_out(&mut self, conn: ConnId, what: Held) {
         match what {
             Held::Send(packet) => self.send(conn, packet),
-            Held::Close => self.close(conn),
+            Held::Close(why) => self.close(conn, why),
         }
     }
 
@@ -418,10 +440,11 @@ impl Router {
         }
     }
 
-    fn close(&mut self, conn: ConnId) {
+    /// Asks the connection to close (its task logs `why`).
+    fn close(&mut self, conn: ConnId, why: CloseReason) {
         self.slow_logged.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
-            c.out.close();
+            c.out.close(why);
         }
     }
 }

@@ -76,9 +76,16 @@ fn example_file_loads_from_disk() {
     let config = Config::from_toml_file(&repo_root().join("makelaar.example.toml")).unwrap();
     assert_eq!(config.listeners, Config::default().listeners);
     assert_eq!(config.limits, Limits::default());
-    // Relative paths in a file are taken relative to the file's directory.
-    assert!(config.data_dir.ends_with("makelaar-data"));
-    assert!(config.data_dir.starts_with(repo_root()));
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_file() {
+    let dir = TempDir::new();
+    let path = dir.0.join("makelaar.toml");
+    std::fs::write(&path, "data_dir = \"state\"\nacl_file = \"acl\"\n").unwrap();
+    let config = Config::from_toml_file(&path).unwrap();
+    assert_eq!(config.data_dir, dir.0.join("state"));
+    assert_eq!(config.acl_file, Some(dir.0.join("acl")));
 }
 
 /// The names of every `[limits]` key, from the parser's own "unknown key" message.
@@ -97,10 +104,10 @@ fn every_limit_is_in_the_example_and_the_docs() {
     let keys = limits_keys();
     assert_eq!(keys.len(), 23, "{keys:?}");
     let example = std::fs::read_to_string(repo_root().join("makelaar.example.toml")).unwrap();
-    let docs = std::fs::read_to_string(repo_root().join("docs/configuration.md")).unwrap();
+    let docs = std::fs::read_to_string(repo_root().join("docs/config-reference.md")).unwrap();
     for key in keys {
         assert!(
-            example.contains(&format!("\n{key} = ")),
+            example.contains(&format!("\n# {key} = ")),
             "{key} missing from the example"
         );
         assert!(
@@ -187,7 +194,7 @@ fn unknown_key_in_limits() {
     assert_eq!(
         parse_err("[limits]\nmax_packets = 5\n"),
         "makelaar.toml:2:1: unknown key \"max_packets\" in [limits]; did you mean \
-         \"max_packet_size\"? (every key is listed in docs/configuration.md)"
+         \"max_packet_size\"? (every key is listed in docs/config-reference.md)"
     );
 }
 
@@ -201,7 +208,7 @@ fn unknown_key_at_top_level_lists_the_keys() {
         ),
         "{msg}"
     );
-    assert!(msg.ends_with("(see docs/configuration.md)"), "{msg}");
+    assert!(msg.ends_with("(see docs/config-reference.md)"), "{msg}");
 }
 
 #[test]
@@ -311,21 +318,64 @@ fn http_listeners_and_the_mqtt_listener_they_imply() {
     )
     .unwrap();
     assert_eq!(c.listeners.len(), 2);
+    assert!(
+        parse_err("[[listener]]\nurl = \"http://127.0.0.1:9883\"\nproxy_protocol = true")
+            .contains("proxy_protocol is for MQTT listeners")
+    );
+}
+
+#[test]
+fn websocket_listeners_and_proxies() {
+    let c = parse(
+        "listen = [\"ws://127.0.0.1\", \"ws://127.0.0.1:8081/ws/mqtt\", \"ws://127.0.0.1:8082/*\"]\n\
+         [[listener]]\nurl = \"mqtt://127.0.0.1:1884\"\nproxy_protocol = true\n\
+         [[listener]]\nurl = \"ws://127.0.0.1:8083/\"\nproxy_protocol = true\n\
+         trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\n",
+    )
+    .unwrap();
+    let l = &c.listeners;
+    assert_eq!(l[0].kind, ListenerKind::Ws);
+    assert_eq!(l[0].addr.port(), 80);
+    let path = |i: usize| l[i].websocket.as_ref().unwrap().path.clone();
+    assert_eq!(path(0).as_deref(), Some("/mqtt"));
+    assert_eq!(path(1).as_deref(), Some("/ws/mqtt"));
+    assert_eq!(path(2), None);
+    assert_eq!(path(4).as_deref(), Some("/"));
+    assert!(l[3].proxy_protocol && l[3].websocket.is_none());
+    assert!(!l[0].proxy_protocol);
+    let trusted = &l[4].websocket.as_ref().unwrap().trusted_proxies;
+    assert_eq!(trusted.len(), 3);
+    assert!(trusted[1].contains("10.9.8.7".parse().unwrap()));
+    assert!(l[4].proxy_protocol);
+
+    let wss = parse("listen = [\"wss://127.0.0.1\"]\ncert = \"/c.pem\"\nkey = \"/k.pem\"").unwrap();
+    assert_eq!(wss.listeners[0].kind, ListenerKind::Wss);
+    assert_eq!(wss.listeners[0].addr.port(), 443);
+    assert!(wss.listeners[0].tls.is_some());
+    assert!(parse_err("listen = [\"wss://127.0.0.1:8443/mqtt\"]").contains("needs a certificate"));
+    assert!(parse_err("listen = [\"ws://127.0.0.1:8080/mqtt?x=1\"]").contains("has the path"));
+    assert_eq!(
+        parse_err(
+            "[[listener]]\nurl = \"mqtt://127.0.0.1:1883\"\ntrusted_proxies = [\"10.0.0.1\"]"
+        ),
+        "listener \"mqtt://127.0.0.1:1883\": trusted_proxies is about the X-Forwarded-For header \
+         of WebSocket connections; use it on a ws:// or wss:// listener, or set proxy_protocol = \
+         true to learn client addresses over TCP"
+    );
+    assert_eq!(
+        parse_err("[[listener]]\nurl = \"ws://127.0.0.1:80\"\ntrusted_proxies = [\"10.0.0.0/33\"]"),
+        "listener \"ws://127.0.0.1:80\": trusted proxy \"10.0.0.0/33\" has a prefix length that \
+         is not 0 to 32; write addresses such as 127.0.0.1 or networks such as 10.0.0.0/8"
+    );
 }
 
 #[test]
 fn bad_listener_urls() {
     assert_eq!(
         parse_err("listen = [\"tcp://x\"]"),
-        "listener URL \"tcp://x\" has an unknown scheme \"tcp\"; use mqtt://HOST:PORT or \
-         mqtts://HOST:PORT"
+        "listener URL \"tcp://x\" has an unknown scheme \"tcp\"; use mqtt://HOST:PORT, \
+         mqtts://HOST:PORT, ws://HOST:PORT/mqtt or wss://HOST:PORT/mqtt"
     );
-    assert_eq!(
-        parse_err("listen = [\"ws://0.0.0.0:8080\"]"),
-        "listener URL \"ws://0.0.0.0:8080\": ws:// listeners are not supported yet; use \
-         mqtt://HOST:PORT or mqtts://HOST:PORT"
-    );
-    assert!(parse_err("listen = [\"wss://0.0.0.0:8081\"]").contains("not supported yet"));
     assert_eq!(
         parse_err("listen = [\"127.0.0.1:1883\"]"),
         "listener URL \"127.0.0.1:1883\" has no scheme; write it as mqtt://127.0.0.1:1883 (or \
@@ -465,12 +515,12 @@ fn pki() -> Pki {
 
 fn tls_listener(tls: TlsSettings) -> ListenerConfig {
     ListenerConfig {
-        url: "mqtts://127.0.0.1:0".into(),
-        kind: ListenerKind::Mqtts,
-        addr: "127.0.0.1:0".parse().unwrap(),
         tls: Some(tls),
-        auth: Default::default(),
-        max_connections: 0,
+        ..ListenerConfig::new(
+            "mqtts://127.0.0.1:0",
+            ListenerKind::Mqtts,
+            "127.0.0.1:0".parse().unwrap(),
+        )
     }
 }
 
@@ -566,14 +616,7 @@ async fn key_not_matching_certificate() {
 async fn port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let cfg = ListenerConfig {
-        url: format!("mqtt://{addr}"),
-        kind: ListenerKind::Mqtt,
-        addr,
-        tls: None,
-        auth: Default::default(),
-        max_connections: 0,
-    };
+    let cfg = ListenerConfig::new(&format!("mqtt://{addr}"), ListenerKind::Mqtt, addr);
     assert_eq!(
         bind_err(&cfg).await,
         format!(
@@ -617,7 +660,8 @@ async fn plain_round_trip() {
     });
     let (accepted, peer) = listener.accept().await.unwrap();
     assert_eq!(accepted.peer_addr(), peer);
-    let mut stream = accepted.handshake().await.unwrap();
+    let (mut stream, opened_peer) = accepted.open(1024).await.unwrap();
+    assert_eq!(opened_peer, peer);
     assert!(!stream.is_tls());
     assert!(stream.tcp().nodelay().unwrap());
     let mut buf = [0u8; 4];
@@ -679,7 +723,7 @@ async fn tls_exchange(
         Ok::<_, std::io::Error>(())
     });
     let (accepted, _) = listener.accept().await.unwrap();
-    let result = accepted.handshake().await;
+    let result = accepted.open(1024).await.map(|(stream, _)| stream);
     let mut stream = match result {
         Ok(s) => s,
         Err(e) => {

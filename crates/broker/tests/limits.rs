@@ -14,14 +14,11 @@ use tokio::net::TcpStream;
 
 async fn start(limits: makelaar_core::Limits) -> (Server, SocketAddr) {
     let config = Config {
-        listeners: vec![ListenerConfig {
-            url: "mqtt://127.0.0.1:0".into(),
-            kind: ListenerKind::Mqtt,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-            auth: Default::default(),
-            max_connections: 0,
-        }],
+        listeners: vec![ListenerConfig::new(
+            "mqtt://127.0.0.1:0",
+            ListenerKind::Mqtt,
+            "127.0.0.1:0".parse().unwrap(),
+        )],
         limits,
         sys_interval: Duration::ZERO,
         in_memory: true,

@@ -2,38 +2,55 @@
 
 use std::io::IsTerminal;
 
+use makelaar_broker::config::LogFormat;
 use makelaar_broker::listener::STATUS_TARGET;
 use tracing_subscriber::EnvFilter;
 
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 /// Quiet by default: warnings and errors, plus the broker's status lines (one per listener at
-/// startup). `--log-level` wins over `RUST_LOG`; both take a level or filter directives.
-pub fn init(log_level: Option<&str>) -> anyhow::Result<()> {
-    let filter = match log_level {
-        Some(spec) => parse(spec).map_err(|()| {
+/// startup). `--log-level` (`flag`) wins over `RUST_LOG`, which wins over `log_level` in the
+/// config file (`file`: the setting and the file's name); each takes a level or filter
+/// directives. `format` says how lines are written.
+pub fn init(
+    flag: Option<&str>,
+    file: Option<(&str, &str)>,
+    format: LogFormat,
+) -> anyhow::Result<()> {
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|spec| !spec.trim().is_empty());
+    let chosen = match (flag, env.as_deref(), file) {
+        (Some(spec), _, _) => Some((spec, "--log-level ".to_string(), "")),
+        (None, Some(spec), _) => Some((spec, "RUST_LOG=".to_string(), ", or unset it")),
+        (None, None, Some((spec, path))) => Some((spec, format!("{path}: log_level = "), "")),
+        (None, None, None) => None,
+    };
+    let filter = match chosen {
+        Some((spec, origin, fix)) => parse(spec).map_err(|()| {
             anyhow::anyhow!(
-                "--log-level \"{spec}\" is neither a level nor a filter; use error, warn, info, \
-                 debug or trace"
+                "{origin}\"{spec}\" is neither a level nor a filter; use error, warn, info, \
+                 debug or trace{fix}"
             )
         })?,
-        None => match std::env::var("RUST_LOG") {
-            Ok(spec) if !spec.trim().is_empty() => parse(&spec).map_err(|()| {
-                anyhow::anyhow!(
-                    "RUST_LOG=\"{spec}\" is neither a level nor a filter; use error, warn, info, \
-                     debug or trace, or unset it"
-                )
-            })?,
-            _ => default_filter(),
-        },
+        None => default_filter(),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        // One object per line: {"timestamp", "level", "fields": {"message", ...}, "target"}.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
         // Colours only on a terminal, not in journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 fn default_filter() -> EnvFilter {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use makelaar_broker::config::{Config, ConfigError, ConfigFile};
+use makelaar_broker::config::{Config, ConfigError, ConfigFile, LogFormat};
 use makelaar_broker::listener::STATUS_TARGET;
 use makelaar_broker::mosquitto::read_mosquitto_conf;
 
@@ -22,6 +22,9 @@ Examples:
   makelaar serve --listen mqtt://0.0.0.0:1883 \\
                  --listen mqtts://0.0.0.0:8883 --cert server.pem --key server.key
       Plain MQTT on 1883 and MQTT over TLS on 8883, on every interface.
+
+  makelaar serve --listen mqtt://0.0.0.0:1883 --listen ws://0.0.0.0:8080/mqtt
+      MQTT over TCP, and over WebSocket for browsers (MQTT.js, Paho JavaScript).
 
   makelaar serve --listen mqtts://0.0.0.0:8883 --cert server.pem --key server.key \\
                  --cafile ca.pem --require-certificate
@@ -84,6 +87,12 @@ enum ConfigCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print every key of makelaar.toml with its type, default and meaning, as Markdown
+    /// (docs/config-reference.md).
+    Reference,
+    /// Print a makelaar.toml with every key at its default, commented out
+    /// (makelaar.example.toml).
+    Example,
 }
 
 /// Flags of `makelaar serve`. Every flag overrides the same setting from --config.
@@ -98,13 +107,14 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     mosquitto_conf: Option<PathBuf>,
 
-    /// Accept connections at this URL: mqtt://HOST:PORT or mqtts://HOST:PORT (http://HOST:PORT
-    /// serves /metrics and /healthz). Repeat for more listeners; replaces the file's listeners.
+    /// Accept connections at this URL: mqtt://HOST:PORT, mqtts://HOST:PORT,
+    /// ws://HOST:PORT/mqtt or wss://HOST:PORT/mqtt (http://HOST:PORT serves /metrics and
+    /// /healthz). Repeat for more listeners; replaces the file's listeners.
     /// [default: mqtt://127.0.0.1:1883, also added when only http:// listeners are given]
     #[arg(short = 'l', long, value_name = "URL")]
     listen: Vec<String>,
 
-    /// PEM certificate chain for mqtts listeners (server certificate first).
+    /// PEM certificate chain for mqtts and wss listeners (server certificate first).
     #[arg(long, value_name = "FILE")]
     cert: Option<PathBuf>,
 
@@ -171,28 +181,67 @@ struct ServeArgs {
     sys_interval: Option<u64>,
 
     /// Log level (error, warn, info, debug, trace) or tracing filter directives; overrides
-    /// RUST_LOG. [default: warn, plus one line per listener at startup]
+    /// RUST_LOG and log_level in the file. info adds a line per client connecting,
+    /// disconnecting or refused. [default: warn, plus the status lines]
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+
+    /// Log lines as text or as JSON objects, one per line. [default: text]
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 impl ServeArgs {
     /// The configuration: the file (if any) first, then every flag that was given.
+    #[cfg(test)]
     fn build_config(&self) -> Result<Config, ConfigError> {
-        let (mut file, source) = match (&self.config, &self.mosquitto_conf) {
+        let (file, source, _notes) = self.read_file()?;
+        self.apply_flags(file, &source)
+    }
+
+    /// The settings file, if any; the name to give it in messages; notes about a converted
+    /// mosquitto.conf, to log.
+    fn read_file(&self) -> Result<(ConfigFile, String, Vec<String>), ConfigError> {
+        Ok(match (&self.config, &self.mosquitto_conf) {
             (Some(path), _) => (
                 ConfigFile::from_toml_file(path)?,
                 path.display().to_string(),
+                Vec::new(),
             ),
             (None, Some(path)) => {
                 let converted = read_mosquitto_conf(path)?;
-                for note in &converted.notes {
-                    tracing::info!(target: STATUS_TARGET, "{note}");
-                }
-                (converted.file, path.display().to_string())
+                (converted.file, path.display().to_string(), converted.notes)
             }
-            (None, None) => (ConfigFile::default(), "the command line".to_string()),
+            (None, None) => (
+                ConfigFile::default(),
+                "the command line".to_string(),
+                Vec::new(),
+            ),
+        })
+    }
+
+    /// Logging as the flags and the file say; then the notes are logged.
+    fn init_logging(
+        &self,
+        file: &ConfigFile,
+        source: &str,
+        notes: &[String],
+    ) -> anyhow::Result<()> {
+        let format = match self.log_format.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some(_) => LogFormat::Text,
+            None => file.log_format.unwrap_or_default(),
         };
+        let from_file = file.log_level.as_deref().map(|level| (level, source));
+        logging::init(self.log_level.as_deref(), from_file, format)?;
+        for note in notes {
+            tracing::info!(target: STATUS_TARGET, "{note}");
+        }
+        Ok(())
+    }
+
+    /// The file's settings with every flag that was given applied over them, validated.
+    fn apply_flags(&self, mut file: ConfigFile, source: &str) -> Result<Config, ConfigError> {
         if !self.listen.is_empty() {
             // The flags name every listener: the file's [[listener]] tables go too.
             file.listen = Some(self.listen.clone());
@@ -244,7 +293,7 @@ impl ServeArgs {
         if let Some(secs) = self.sys_interval {
             file.sys_interval = Some(secs);
         }
-        file.into_config(&source)
+        file.into_config(source)
     }
 }
 
@@ -263,8 +312,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            logging::init(args.log_level.as_deref())?;
-            let config = args.build_config()?;
+            let (file, source, notes) = args.read_file()?;
+            args.init_logging(&file, &source, &notes)?;
+            let config = args.apply_flags(file, &source)?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
@@ -284,6 +334,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Convert { file }) => {
             let converted = read_mosquitto_conf(&file)?;
             print!("{}", converted.to_toml(&file));
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Reference) => {
+            print!("{}", makelaar_broker::config::reference_markdown());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", makelaar_broker::config::example_toml());
             Ok(())
         }
     }

@@ -28,5 +28,5 @@ pub mod topic;
 pub mod watch;
 
 pub use auth::{Access, Authorizer};
-pub use broker::{Action, Broker, Flow, PerQos, Policy, QueueTotals, Stats};
+pub use broker::{Action, Broker, CloseReason, Flow, PerQos, Policy, QueueTotals, Stats};
 pub use limits::Limits;

@@ -35,7 +35,7 @@ pub enum StoreError {
     },
 
     /// Reading or writing failed (disk full, permissions, I/O error).
-    #[error("the store at {} could not be {action}: {source}", path.display())]
+    #[error("the store at {} could not be {action}: {source}; {}", path.display(), way_out(source))]
     Io {
         path: PathBuf,
         action: &'static str,
@@ -57,6 +57,20 @@ pub enum StoreError {
     Database { path: PathBuf, detail: String },
 }
 
+/// The way out of an I/O error, by its kind.
+fn way_out(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::PermissionDenied => {
+            "give the user running makelaar read and write access to it, or start with another --data-dir"
+        }
+        K::StorageFull | K::QuotaExceeded => "free disk space, or start with another --data-dir",
+        K::ReadOnlyFilesystem => "remount it writable, or start with another --data-dir on a writable disk",
+        K::NotFound => "check that its directory exists, or start with another --data-dir",
+        _ => "check the disk and the path, or start with another --data-dir (or --in-memory)",
+    }
+}
+
 impl StoreError {
     /// An I/O error on `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, e: std::io::Error) -> Self {
@@ -65,5 +79,21 @@ impl StoreError {
             action,
             source: Arc::new(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_names_the_path_and_a_way_out() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let msg = StoreError::io("/var/lib/makelaar", "opened", denied).to_string();
+        assert!(
+            msg.starts_with("the store at /var/lib/makelaar could not be opened: "),
+            "{msg}"
+        );
+        assert!(msg.ends_with("give the user running makelaar read and write access to it, or start with another --data-dir"), "{msg}");
     }
 }

@@ -1,22 +1,39 @@
 //! `[dashboard]`: the web dashboard served on the `http://` listeners (see `crate::http`).
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-/// `[dashboard]` as written in `makelaar.toml`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `[dashboard]` as written in `makelaar.toml`. The field documentation is the user's
+/// reference (`makelaar config reference`; docs/dashboard.md tells more).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DashboardTable {
-    /// Serve the dashboard (`/` and `/api/...`) on the HTTP listeners; default true.
+    /// Serve the web dashboard (`/`, and its API under `/api/`) on the `http://` and
+    /// `https://` listeners.
     #[serde(default)]
     pub enabled: Option<bool>,
-    /// Users of the HTTP listener's password file who may use the dashboard (the admin
-    /// role). With a password file, everyone else is refused (403).
+    /// Users of the HTTP listener's password file who may use the dashboard (the admin role).
+    /// With a password file, the dashboard asks for a login (HTTP Basic) and refuses everyone
+    /// else.
     #[serde(default)]
     pub admin_users: Option<Vec<String>>,
-    /// Without a password file the dashboard answers only clients on the same machine
-    /// (loopback addresses); true opens it to the network, unauthenticated.
+    /// Without a password file the dashboard needs no login, so it answers only this machine
+    /// (loopback addresses) and only when opened by IP address or as `localhost`; true
+    /// answers other machines too.
     #[serde(default)]
     pub allow_remote_without_password: Option<bool>,
+}
+
+impl DashboardTable {
+    /// Every key at its default (see `ConfigFile::defaults`).
+    pub fn defaults() -> DashboardTable {
+        let d = DashboardConfig::default();
+        DashboardTable {
+            enabled: Some(d.enabled),
+            admin_users: Some(d.admin_users),
+            allow_remote_without_password: Some(d.allow_remote_without_password),
+        }
+    }
 }
 
 /// The dashboard's settings.

@@ -4,42 +4,85 @@
 use std::time::Duration;
 
 use makelaar_core::Limits;
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, Unexpected};
 use serde::{Deserialize, Serialize};
 
 /// `[limits]` as written in the file: the same fields and defaults as [`makelaar_core::Limits`]
-/// (durations in seconds), with their ranges checked while parsing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// (durations in seconds), with their ranges checked while parsing. The field documentation
+/// is the user's reference (`makelaar config reference`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
+    /// Largest packet accepted from a client, in bytes (16 to 268435455). A larger packet is
+    /// refused from its header, before it is buffered. Advertised to MQTT 5 clients as Maximum
+    /// Packet Size.
     #[serde(deserialize_with = "de_max_packet_size")]
     pub max_packet_size: u32,
+    /// Longest keep-alive a client may ask for, in seconds; a longer one (or 0) is answered with
+    /// Server Keep Alive in MQTT 5. 0 means no maximum.
     pub max_keep_alive: u16,
+    /// Seconds a new connection has to send CONNECT (1 to 86400).
     #[serde(deserialize_with = "de_connect_timeout")]
     pub connect_timeout: u64,
+    /// Messages kept per session beyond its inflight window, for an offline or slow subscriber.
     pub max_queued_messages: usize,
+    /// Bytes kept per session in that queue (payload + topic); 0 means no byte limit.
     pub max_queued_bytes: usize,
+    /// Bytes of messages (payload + topic) the durable store may hold, over every session's kept
+    /// messages and the retained ones; 0 means no limit. When it is reached nothing new is
+    /// stored: an MQTT 5 client's QoS 1/2 PUBLISH is answered with 0x97 Quota exceeded; a 3.x
+    /// client's message is delivered to connected clients, but offline sessions do not get it
+    /// and a retained one is not kept (counted, and logged once).
     pub max_stored_bytes: usize,
+    /// Also queue QoS 0 messages for offline persistent sessions (Mosquitto's
+    /// `queue_qos0_messages`).
     pub queue_qos0_messages: bool,
+    /// QoS 1/2 messages in flight to one client at once (at least 1); the client's Receive
+    /// Maximum can lower it.
     #[serde(deserialize_with = "de_at_least_one")]
     pub max_inflight_messages: u16,
+    /// Receive Maximum advertised to MQTT 5 clients: QoS 1/2 publishes a client may have
+    /// unacknowledged towards the broker (1 to 65535).
     #[serde(deserialize_with = "de_at_least_one")]
     pub receive_maximum: u16,
+    /// Topic Alias Maximum advertised to MQTT 5 clients; 0 disables topic aliases.
     pub topic_alias_maximum: u16,
+    /// Bytes of packets waiting to be written to one client; beyond it, QoS 0 messages to that
+    /// client are dropped (counted and logged).
     pub max_outgoing_bytes: usize,
-    /// Bytes of large packets (over 64 KiB) being received at once over all clients.
+    /// Bytes of large packets (over 64 KiB) being received at once, over all clients. A client
+    /// announcing a large packet reserves its whole size first and is not read while the budget
+    /// is used up, so many clients announcing large packets at once cannot exhaust memory.
     pub large_packet_budget: usize,
+    /// Largest Session Expiry Interval granted to MQTT 5 clients, in seconds; 4294967295 means
+    /// never expire.
     pub max_session_expiry: u32,
+    /// Expiry of MQTT 3.x persistent sessions (clean session 0), in seconds (Mosquitto's
+    /// `persistent_client_expiration`); 4294967295 means never.
     pub persistent_session_expiry: u32,
+    /// Subscriptions one session may hold; 0 means no limit.
     pub max_subscriptions_per_session: usize,
+    /// Clients connected at once, over all listeners; 0 means no limit. A client over it gets
+    /// CONNACK 0x97 Quota exceeded (3.1.1: 3). A `[[listener]]` can have its own limit too.
     pub max_connections: usize,
+    /// New connections per second from one source address, with bursts of as many; more are
+    /// refused with CONNACK 0x9F Connection rate exceeded (3.1.1: 3). 0 means no limit.
     pub max_connection_rate: u32,
+    /// PUBLISH packets per second from one client, with bursts of as many; a client going faster
+    /// is disconnected (MQTT 5: DISCONNECT 0x96 Message rate too high). 0 means no limit.
     pub max_publish_rate: u32,
+    /// Retained messages the broker keeps; 0 means no limit.
     pub max_retained_messages: usize,
+    /// Whether retained messages are supported at all (Retain Available).
     pub retain_available: bool,
+    /// Accept an empty client id and assign one.
     pub allow_zero_length_client_id: bool,
+    /// Longest client id accepted, in bytes (23 to 65535: every broker must accept ids of up to
+    /// 23 bytes).
     #[serde(deserialize_with = "de_max_client_id_len")]
     pub max_client_id_len: usize,
+    /// Highest QoS accepted (0, 1 or 2); advertised as Maximum QoS when below 2.
     #[serde(deserialize_with = "de_max_qos")]
     pub max_qos: u8,
 }

@@ -1,5 +1,5 @@
-//! Listener URLs: `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, and `http://HOST:PORT` /
-//! `https://HOST:PORT` for metrics and health.
+//! Listener URLs: `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, `ws://HOST:PORT/PATH` and
+//! `wss://HOST:PORT/PATH`; `http://HOST:PORT` and `https://HOST:PORT` for metrics and health.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -9,9 +9,23 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use super::messages::io_reason;
 use super::{ConfigError, ListenerKind};
 
+/// The WebSocket path served when a `ws://` or `wss://` URL names none.
+pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
+/// The WebSocket path that serves every path (as Mosquitto does).
+pub const ANY_WEBSOCKET_PATH: &str = "/*";
+
 /// Parses `mqtt://HOST:PORT` / `mqtts://HOST:PORT` / `http://HOST:PORT` / `https://HOST:PORT`
-/// (port optional: 1883 / 8883 / 9883 / 9884; IPv6 hosts in brackets) and resolves the host.
+/// (port optional: 1883 / 8883 / 9883 / 9884; IPv6 hosts in brackets), or `ws://` / `wss://`
+/// with an optional path, and resolves the host.
 pub fn parse_listen_url(url: &str) -> Result<(ListenerKind, SocketAddr), ConfigError> {
+    parse_listen_url_with_path(url).map(|(kind, addr, _)| (kind, addr))
+}
+
+/// [`parse_listen_url`], with the WebSocket path of `ws://` and `wss://` URLs
+/// ([`DEFAULT_WEBSOCKET_PATH`] when the URL has none).
+pub fn parse_listen_url_with_path(
+    url: &str,
+) -> Result<(ListenerKind, SocketAddr, Option<String>), ConfigError> {
     let bad = |msg: String| Err(ConfigError::Listener(msg));
     let Some((scheme, rest)) = url.split_once("://") else {
         return bad(format!(
@@ -22,20 +36,20 @@ pub fn parse_listen_url(url: &str) -> Result<(ListenerKind, SocketAddr), ConfigE
     let kind = match scheme.to_ascii_lowercase().as_str() {
         "mqtt" => ListenerKind::Mqtt,
         "mqtts" => ListenerKind::Mqtts,
+        "ws" => ListenerKind::Ws,
+        "wss" => ListenerKind::Wss,
         "http" => ListenerKind::Http,
         "https" => ListenerKind::Https,
-        "ws" | "wss" => {
-            return bad(format!(
-                "listener URL \"{url}\": {scheme}:// listeners are not supported yet; use \
-                 mqtt://HOST:PORT or mqtts://HOST:PORT"
-            ))
-        }
         _ => {
             return bad(format!(
-                "listener URL \"{url}\" has an unknown scheme \"{scheme}\"; use mqtt://HOST:PORT \
-                 or mqtts://HOST:PORT"
+                "listener URL \"{url}\" has an unknown scheme \"{scheme}\"; use mqtt://HOST:PORT, \
+                 mqtts://HOST:PORT, ws://HOST:PORT/mqtt or wss://HOST:PORT/mqtt"
             ))
         }
+    };
+    let (rest, path) = match kind {
+        ListenerKind::Ws | ListenerKind::Wss => websocket_path(url, rest)?,
+        _ => (rest, None),
     };
     let hostport = rest.strip_suffix('/').unwrap_or(rest);
     if hostport.contains('/') || hostport.contains('?') || hostport.contains('#') {
@@ -62,7 +76,7 @@ pub fn parse_listen_url(url: &str) -> Result<(ListenerKind, SocketAddr), ConfigE
         ));
     }
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok((kind, SocketAddr::new(ip, port)));
+        return Ok((kind, SocketAddr::new(ip, port), path));
     }
     let resolved = (host, port).to_socket_addrs().map_err(|e| {
         ConfigError::Listener(format!(
@@ -74,12 +88,28 @@ pub fn parse_listen_url(url: &str) -> Result<(ListenerKind, SocketAddr), ConfigE
     let addrs: Vec<SocketAddr> = resolved.collect();
     // Prefer IPv4 (what `localhost` means to most MQTT clients), else the first address.
     match addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first()) {
-        Some(addr) => Ok((kind, *addr)),
+        Some(addr) => Ok((kind, *addr, path)),
         None => bad(format!(
             "listener URL \"{url}\": host \"{host}\" has no address; use an IP address such as \
              0.0.0.0 or 127.0.0.1"
         )),
     }
+}
+
+/// Splits `HOST:PORT/PATH` into `HOST:PORT` and the path (default `/mqtt`), which must be
+/// printable ASCII without query or fragment.
+fn websocket_path<'a>(url: &str, rest: &'a str) -> Result<(&'a str, Option<String>), ConfigError> {
+    let Some(at) = rest.find('/') else {
+        return Ok((rest, Some(DEFAULT_WEBSOCKET_PATH.to_string())));
+    };
+    let (hostport, path) = rest.split_at(at);
+    if !path.bytes().all(|b| b.is_ascii_graphic()) || path.contains(['?', '#']) {
+        return Err(ConfigError::Listener(format!(
+            "listener URL \"{url}\" has the path \"{path}\", which has a query, a fragment, \
+             spaces or non-ASCII characters; write a plain path such as /mqtt"
+        )));
+    }
+    Ok((hostport, Some(path.to_string())))
 }
 
 /// Splits `host:port`, `[v6]:port`, `host` or `[v6]`; the error completes "listener URL ... ".

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::listen::parse_listen_url;
+use super::listen::{parse_listen_url_with_path, ANY_WEBSOCKET_PATH};
 use super::{
-    ConfigError, ConfigFile, ListenerAuth, ListenerConfig, ListenerKind, ListenerTable,
-    TlsSettings, DEFAULT_LISTEN,
+    ConfigError, ConfigFile, ListenerAuth, ListenerConfig, ListenerKind, ListenerTable, Network,
+    TlsSettings, WebSocketSettings, DEFAULT_LISTEN,
 };
 
 /// The settings a listener may have, each `None` when not given.
@@ -78,7 +78,7 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
             urls.clone()
         }
     };
-    let mut specs: Vec<(String, Settings, bool, usize)> = Vec::new();
+    let mut specs: Vec<(String, Settings, Option<&ListenerTable>)> = Vec::new();
     let mut urls = urls;
     // Only HTTP listeners (`--listen http://...` for metrics): MQTT still gets its default.
     let table_urls = f.listener.iter().map(|t| &t.url);
@@ -86,21 +86,15 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
         urls.insert(0, DEFAULT_LISTEN.to_string());
     }
     for url in urls {
-        specs.push((url, top.clone(), false, 0));
+        specs.push((url, top.clone(), None));
     }
     for t in &f.listener {
-        let explicit_identity = t.use_identity_as_username.is_some();
-        specs.push((
-            t.url.clone(),
-            top.under(t),
-            explicit_identity,
-            t.max_connections.unwrap_or(0),
-        ));
+        specs.push((t.url.clone(), top.under(t), Some(t)));
     }
 
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(specs.len());
-    for (url, s, explicit_identity, max_connections) in specs {
-        let (kind, addr) = parse_listen_url(&url)?;
+    for (url, s, table) in specs {
+        let (kind, addr, path) = parse_listen_url_with_path(&url)?;
         // Port 0 (any free port) never collides.
         let clash = |l: &&ListenerConfig| l.addr == addr && addr.port() != 0;
         if let Some(other) = listeners.iter().find(clash) {
@@ -109,18 +103,34 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
                 other.url
             )));
         }
-        let tls = match kind.is_tls() {
-            false => None,
-            true => Some(tls_settings(&url, &s)?),
+        let tls = if kind.is_tls() {
+            Some(tls_settings(&url, &s)?)
+        } else {
+            None
         };
+        let explicit_identity = table.is_some_and(|t| t.use_identity_as_username.is_some());
         let auth = listener_auth(&url, kind, &s, explicit_identity)?;
+        let trusted_proxies = trusted_proxies(&url, kind, table)?;
+        let proxy_protocol = table.and_then(|t| t.proxy_protocol).unwrap_or(false);
+        if proxy_protocol && kind.is_http() {
+            return Err(ConfigError::Invalid(format!(
+                "listener \"{url}\": proxy_protocol is for MQTT listeners; the HTTP listener \
+                 serves metrics and health directly, so remove proxy_protocol from its table"
+            )));
+        }
+        let websocket = kind.is_websocket().then(|| WebSocketSettings {
+            path: path.filter(|p| p != ANY_WEBSOCKET_PATH),
+            trusted_proxies,
+        });
         listeners.push(ListenerConfig {
             url,
             kind,
             addr,
             tls,
             auth,
-            max_connections,
+            max_connections: table.and_then(|t| t.max_connections).unwrap_or(0),
+            websocket,
+            proxy_protocol,
         });
     }
 
@@ -140,7 +150,7 @@ pub(super) fn build(f: &ConfigFile, source_name: &str) -> Result<Vec<ListenerCon
     Ok(listeners)
 }
 
-/// Whether a URL names an HTTP listener (errors are left to [`parse_listen_url`]).
+/// Whether a URL names an HTTP listener (errors are left to the URL parser).
 fn is_http_url(url: &str) -> bool {
     url.split_once("://").is_some_and(|(scheme, _)| {
         scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
@@ -155,19 +165,19 @@ fn listener_auth(
     s: &Settings,
     explicit_identity: bool,
 ) -> Result<ListenerAuth, ConfigError> {
-    let wanted = s.use_identity_as_username.unwrap_or(false);
-    let use_identity_as_username = match kind {
-        ListenerKind::Mqtts => wanted,
-        // An HTTP listener has no MQTT clients to name.
-        ListenerKind::Http | ListenerKind::Https => false,
+    // An HTTP listener has no MQTT clients to name.
+    let wanted = s.use_identity_as_username.unwrap_or(false) && !kind.is_http();
+    let use_identity_as_username = if kind.is_tls() {
+        wanted
+    } else if wanted && explicit_identity {
         // A top-level setting applies to the TLS listeners; a table must not ask for it.
-        ListenerKind::Mqtt if wanted && explicit_identity => {
-            return Err(ConfigError::Invalid(format!(
-                "listener \"{url}\": use_identity_as_username needs TLS, as the username comes \
-                 from the client's certificate; use an mqtts:// URL with cafile, or remove it"
-            )))
-        }
-        ListenerKind::Mqtt => false,
+        return Err(ConfigError::Invalid(format!(
+            "listener \"{url}\": use_identity_as_username needs TLS, as the username comes \
+             from the client's certificate; use an mqtts:// or wss:// URL with cafile, or \
+             remove it"
+        )));
+    } else {
+        false
     };
     if use_identity_as_username && s.cafile.is_none() {
         return Err(ConfigError::Invalid(format!(
@@ -181,6 +191,37 @@ fn listener_auth(
         password_file: s.password_file.clone(),
         use_identity_as_username,
     })
+}
+
+/// The `trusted_proxies` of a `[[listener]]` table: WebSocket listeners only.
+fn trusted_proxies(
+    url: &str,
+    kind: ListenerKind,
+    table: Option<&ListenerTable>,
+) -> Result<Vec<Network>, ConfigError> {
+    let Some(list) = table
+        .and_then(|t| t.trusted_proxies.as_ref())
+        .filter(|list| !list.is_empty())
+    else {
+        return Ok(Vec::new());
+    };
+    if !kind.is_websocket() {
+        return Err(ConfigError::Invalid(format!(
+            "listener \"{url}\": trusted_proxies is about the X-Forwarded-For header of \
+             WebSocket connections; use it on a ws:// or wss:// listener, or set \
+             proxy_protocol = true to learn client addresses over TCP"
+        )));
+    }
+    list.iter()
+        .map(|s| {
+            s.parse::<Network>().map_err(|why| {
+                ConfigError::Invalid(format!(
+                    "listener \"{url}\": trusted proxy {why}; write addresses such as 127.0.0.1 \
+                     or networks such as 10.0.0.0/8"
+                ))
+            })
+        })
+        .collect()
 }
 
 fn tls_settings(url: &str, s: &Settings) -> Result<TlsSettings, ConfigError> {

@@ -87,11 +87,11 @@ pub(crate) fn describe_toml_error(err: &toml::de::Error, src: &str, source_name:
         return match closest(name, &known) {
             Some(guess) => format!(
                 "{prefix}: unknown key \"{name}\" {place}; did you mean \"{guess}\"? (every key \
-                 is listed in docs/configuration.md)"
+                 is listed in docs/config-reference.md)"
             ),
             None => format!(
                 "{prefix}: unknown key \"{name}\" {place}; the known keys are {} (see \
-                 docs/configuration.md)",
+                 docs/config-reference.md)",
                 known.join(", ")
             ),
         };

@@ -13,11 +13,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 use makelaar_core::conn::{ConnState, Violation};
 use makelaar_core::session::ConnId;
+use makelaar_core::CloseReason;
 use makelaar_proto::{DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
+use super::log::{self, Who};
 use super::ConnCtx;
 use crate::counters::Tally;
 use crate::outbox::{millis, Drained, Outbox};
@@ -42,12 +44,15 @@ const ROUNDS_PER_POLL: usize = 16;
 /// How a connection ended.
 pub(super) enum End {
     /// The router closed it (DISCONNECT handled, takeover, refused CONNECT, shutdown).
-    Closed,
-    /// The socket ended or failed.
-    Lost(&'static str),
+    Closed(CloseReason),
+    /// The socket ended (no error) or failed.
+    Lost(&'static str, Option<std::io::Error>),
     /// The client broke the protocol.
     Violation(Violation),
 }
+
+/// How a connection ends when the router is gone: the broker is stopping.
+const ROUTER_GONE: CloseReason = CloseReason::Server(ReasonCode::SERVER_SHUTTING_DOWN);
 
 /// What the poll loop needs the async side for.
 enum Step {
@@ -79,8 +84,18 @@ pub(super) struct Io<S> {
     undecoded: bool,
     /// Written bytes not yet flushed (TLS keeps records in its own buffer until flushed).
     needs_flush: bool,
-    /// The router asked to close once what it queued is written.
-    closing: bool,
+    /// The router asked to close once what it queued is written, for this reason.
+    closing: Option<CloseReason>,
+    /// Who the client is, while connections are logged (see `log`).
+    pub(super) who: Option<Box<Who>>,
+    /// The client sent DISCONNECT with this reason: its socket closing next is no loss.
+    pub(super) goodbye: Option<ReasonCode>,
+    /// PINGREQs that came before the CONNACK went out, answered right after it
+    /// [MQTT-3.2.0-1]: the CONNACK is the first packet the server sends.
+    pings_owed: u8,
+    connack_sent: bool,
+    /// A connection to wake after the next write ([`Outbox::wake_after`]).
+    then_wake: Option<Arc<Outbox>>,
     /// Bytes and packets counted since the last flush into the shared counters (once per
     /// wake-up, not per packet).
     tally: Tally,
@@ -118,7 +133,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             outbox_pending: false,
             undecoded,
             needs_flush: false,
-            closing: false,
+            closing: None,
+            who: None,
+            goodbye: None,
+            pings_owed: 0,
+            connack_sent: false,
+            then_wake: None,
             tally: Tally::default(),
         }
     }
@@ -131,7 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 Step::RouterFull(msg) => {
                     let router = self.ctx.router.clone();
                     if Box::pin(router.send(*msg)).await.is_err() {
-                        return End::Closed;
+                        return End::Closed(ROUTER_GONE);
                     }
                 }
                 Step::Reserve(kib) => {
@@ -157,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             if self.outbox.poll_ready(cx).is_ready() {
                 self.outbox_pending = true;
             }
-            if self.outbox.is_expired() && !self.closing {
+            if self.outbox.is_expired() && self.closing.is_none() {
                 // [MQTT-3.1.2-24] nothing received for 1.5 × keep-alive.
                 return Poll::Ready(Step::End(End::Violation(Violation {
                     reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
@@ -165,19 +185,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 })));
             }
             let room = self.wbuf.len() < WRITE_HIGH_WATER;
-            if self.outbox_pending && room && !self.closing {
+            if self.outbox_pending && room && self.closing.is_none() {
                 self.closing = self.take_outbound(state);
                 progressed = true;
             }
-            match self.poll_write(cx) {
+            let written = self.poll_write(cx);
+            if let Some(next) = self.then_wake.take() {
+                next.wake();
+            }
+            match written {
                 Poll::Ready(Ok(())) => progressed = true,
                 Poll::Ready(Err(end)) => return Poll::Ready(Step::End(end)),
                 Poll::Pending => {}
             }
-            if self.closing && self.wbuf.is_empty() && !self.needs_flush {
-                return Poll::Ready(Step::End(End::Closed));
+            if let Some(why) = self.closing {
+                if self.wbuf.is_empty() && !self.needs_flush {
+                    return Poll::Ready(Step::End(End::Closed(why)));
+                }
             }
-            if self.closing || self.wbuf.len() >= WRITE_HIGH_WATER {
+            if self.closing.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER {
                 // Neither decode nor read while the client does not take what it is sent.
                 if progressed {
                     continue;
@@ -225,18 +251,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     self.wbuf = BytesMut::new();
                     Poll::Ready(Ok(()))
                 }
-                Poll::Ready(Err(_)) => Poll::Ready(Err(End::Lost("write error"))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(End::Lost("write error", Some(e)))),
                 Poll::Pending => Poll::Pending,
             };
         }
         match poll_write_buf(Pin::new(&mut self.stream), cx, &mut self.wbuf) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Err(End::Lost("write error"))),
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(End::Lost("write error", None))),
             Poll::Ready(Ok(n)) => {
                 self.tally.bytes_sent += n as u64;
                 self.needs_flush = true;
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(_)) => Poll::Ready(Err(End::Lost("write error"))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(End::Lost("write error", Some(e)))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -250,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf).map_ok(|n| (n, spare))
         };
         match read {
-            Poll::Ready(Ok((0, _))) => Poll::Ready(Err(End::Lost("closed by client"))),
+            Poll::Ready(Ok((0, _))) => Poll::Ready(Err(End::Lost("closed by client", None))),
             Poll::Ready(Ok((n, spare))) => {
                 self.tally.bytes_received += n as u64;
                 self.outbox.heard(millis(Instant::now()));
@@ -258,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 self.undecoded = true;
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(_)) => Poll::Ready(Err(End::Lost("read error"))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(End::Lost("read error", Some(e)))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -349,8 +375,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             self.tally.packets_received += 1;
             match state.inbound(Instant::now(), &mut packet) {
                 Err(v) => return Err(End::Violation(v)),
-                Ok(false) => self.encode(&Packet::PingResp),
+                Ok(false) if self.connack_sent => self.encode(&Packet::PingResp),
+                Ok(false) => self.pings_owed = self.pings_owed.saturating_add(1),
                 Ok(true) => {
+                    if let Packet::Disconnect(d) = &packet {
+                        self.goodbye = Some(d.reason);
+                    }
                     let msg = ToRouter::Packet {
                         conn: self.conn,
                         packet,
@@ -358,40 +388,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     match self.ctx.router.try_send(msg) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(msg)) => return Ok(Some(msg)),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Closed),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(End::Closed(ROUTER_GONE))
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Encodes the packets the router queued, up to the write high-water mark; true when
-    /// the router asked to close (after them). The batch buffer lives only during the call: an
-    /// idle connection holds none, and a busy one pays one allocation per wake-up.
-    fn take_outbound(&mut self, state: &mut ConnState) -> bool {
+    /// Encodes the packets the router queued, up to the write high-water mark; the reason
+    /// when the router asked to close (after them). The batch buffer lives only during the
+    /// call: an idle connection holds none, and a busy one pays one allocation per wake-up.
+    fn take_outbound(&mut self, state: &mut ConnState) -> Option<CloseReason> {
         let mut drained = Drained::default();
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let more = self.outbox.drain(&mut drained, OUTBOX_BATCH);
             self.outbox_pending = more;
+            if let Some(next) = drained.then_wake.take() {
+                if let Some(earlier) = self.then_wake.replace(next) {
+                    earlier.wake();
+                }
+            }
             while let Some(mut p) = drained.packets.pop_front() {
                 if let Packet::ConnAck(ack) = &p {
                     // A refused CONNECT: nothing may follow its CONNACK [MQTT-3.2.2-7].
                     if ack.reason.is_error() {
+                        if let Some(who) = &self.who {
+                            let id = (who.client_id.as_str(), who.username.as_deref());
+                            let v = Some(self.version);
+                            log::refused(id, self.peer, v, who.transport, ack.reason);
+                        }
                         self.encode(&p);
-                        return true;
+                        return Some(CloseReason::Server(ack.reason));
+                    }
+                    if let Some(who) = self.who.as_deref_mut() {
+                        log::connected(who, self.peer, self.version, ack);
                     }
                 }
                 state.outbound(&mut p);
                 self.encode(&p);
+                if !self.connack_sent && matches!(p, Packet::ConnAck(_)) {
+                    self.connack_sent = true;
+                    for _ in 0..std::mem::take(&mut self.pings_owed) {
+                        self.encode(&Packet::PingResp);
+                    }
+                }
             }
-            if drained.close {
-                return true;
+            if drained.close.is_some() {
+                return drained.close;
             }
             if !more {
                 break;
             }
         }
-        false
+        None
     }
 
     /// Encodes a packet into the write buffer.

@@ -8,6 +8,9 @@
 //! with no timers in it (keep-alive is swept by the router, see `outbox`).
 
 mod io;
+mod log;
+
+pub use log::CLIENTS_TARGET;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use makelaar_core::conn::ConnState;
 use makelaar_core::session::ConnId;
+use makelaar_core::CloseReason;
 use makelaar_core::Limits;
 use makelaar_proto::{
     ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
@@ -54,6 +58,7 @@ pub(crate) struct ConnCtx {
 /// What a connection starts with.
 pub(crate) struct Start {
     pub conn: ConnId,
+    /// The client's address: the socket's peer, or the client a trusted proxy named.
     pub peer: SocketAddr,
     pub ctx: Arc<ConnCtx>,
     /// Index of the listener it came in on (its authentication settings).
@@ -64,6 +69,8 @@ pub(crate) struct Start {
     /// Over a connection limit (see `admission`): refused with this reason once its CONNECT
     /// is read.
     pub refuse: Option<ReasonCode>,
+    /// What carries MQTT: "tcp", "tls", "ws" or "wss" (the stream's kind, for the log).
+    pub transport: &'static str,
 }
 
 /// Serves one client until it leaves or is closed.
@@ -91,6 +98,7 @@ where
         listener,
         cert_name,
         refuse,
+        transport,
     } = *start;
     let mut rbuf = BytesMut::new();
     let mut decoder =
@@ -102,6 +110,8 @@ where
         Ok(Ok(c)) => c,
         Ok(Err(reply)) => {
             if let Some(bytes) = reply {
+                let reason = ReasonCode::UNSUPPORTED_PROTOCOL_VERSION;
+                log::refused(("", None), peer, None, transport, reason);
                 let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&bytes)).await;
             }
             return None;
@@ -117,7 +127,7 @@ where
             _ => &ctx.counters.refused_connection_rate,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        refuse_connect(&mut stream, &connect, reason, peer).await;
+        refuse_connect(&mut stream, &connect, reason, (peer, transport)).await;
         return None;
     }
     // [MQTT-3.1.4-2] authentication, before the CONNECT goes any further: the password is
@@ -128,7 +138,7 @@ where
         .await;
     if let Err((reason, why)) = verdict {
         ctx.counters.auth_failed(why);
-        refuse_connect(&mut stream, &connect, reason, peer).await;
+        refuse_connect(&mut stream, &connect, reason, (peer, transport)).await;
         return None;
     }
     decoder.set_max_packet_size(ctx.limits.max_packet_size as usize);
@@ -136,7 +146,8 @@ where
     let now = Instant::now();
     let state = ConnState::new(now, &connect, &ctx.limits);
     let outbox = Arc::new(Outbox::new(now, state.silence_limit()));
-    tracing::info!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
+    tracing::debug!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
+    let who = log::Who::new(&connect.client_id, connect.username.as_deref(), transport);
     let msg = ToRouter::Connect {
         conn,
         connect,
@@ -146,16 +157,22 @@ where
     if !forward(&ctx.router, msg).await {
         return None;
     }
-    let io = Io::new(stream, rbuf, decoder, version, (conn, peer), ctx, outbox);
+    let mut io = Io::new(stream, rbuf, decoder, version, (conn, peer), ctx, outbox);
+    io.who = who;
     Some((io, state))
 }
 
 /// Answers a CONNECT with a refusing CONNACK [MQTT-3.2.2-5] and closes.
-async fn refuse_connect<S>(stream: &mut S, connect: &Connect, reason: ReasonCode, peer: SocketAddr)
-where
+async fn refuse_connect<S>(
+    stream: &mut S,
+    connect: &Connect,
+    reason: ReasonCode,
+    (peer, transport): (SocketAddr, &'static str),
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tracing::info!(%peer, client_id = %connect.client_id, %reason, "client refused");
+    let who = (connect.client_id.as_str(), connect.username.as_deref());
+    log::refused(who, peer, Some(connect.protocol), transport, reason);
     let mut ack = ConnAck {
         reason,
         ..ConnAck::default()
@@ -223,9 +240,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (conn, peer) = (io.conn, io.peer);
+    if let Some(who) = &io.who {
+        let how = match (&end, io.goodbye) {
+            (End::Closed(why), _) => log::Ending::Closed(*why),
+            // The router's close may not have come yet when the client, as it may, closes
+            // its socket right after DISCONNECT.
+            (End::Lost(..), Some(code)) => log::Ending::Closed(CloseReason::ClientDisconnect(code)),
+            (End::Lost(_, error), None) => log::Ending::Lost(error.as_ref()),
+            (End::Violation(v), _) => log::Ending::Violation(v),
+        };
+        log::disconnected(who, peer, io.version, how);
+    }
     let msg = match end {
-        End::Closed => None,
-        End::Lost(why) => {
+        End::Closed(_) => None,
+        End::Lost(why, _) => {
             tracing::debug!(%peer, why, "connection lost");
             Some(ToRouter::Lost { conn })
         }

@@ -71,6 +71,8 @@ pub(crate) struct HttpCtx {
     pub counters: Arc<Counters>,
     /// Every listener's connection counts, in configuration order.
     pub listeners: Vec<Arc<ListenerCount>>,
+    /// The latest snapshot of the router's figures, shared by scrapes close together.
+    pub metrics: crate::metrics::Cache,
     /// When the broker started.
     pub started: Instant,
     /// This listener's dashboard (`/`, `/api/...`), unless `[dashboard] enabled = false`.
@@ -124,7 +126,7 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let (counted, open) = count.enter();
+        let (counted, open) = count.add();
         if count.max() != 0 && open > count.max() {
             ctx.counters
                 .refused_max_connections
@@ -157,8 +159,10 @@ async fn serve_connection(
     _counted: Counted,
 ) {
     let peer = accepted.peer_addr();
-    let stream = match accepted.handshake().await {
-        Ok(s) => s,
+    // An HTTP listener has no PROXY header and no WebSocket: this is the TLS handshake of
+    // `https`, or nothing.
+    let stream = match accepted.open(0).await {
+        Ok((s, _)) => s,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "HTTP: TLS handshake failed");
             return;

@@ -105,7 +105,7 @@ fn connections(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
         ("connection_lost".into(), ends.lost),
     ];
     by_reason.extend(
-        ends.violations
+        ends.by_server
             .iter()
             .map(|(r, n)| (r.name().replace(' ', "_").to_ascii_lowercase(), *n)),
     );
@@ -113,8 +113,8 @@ fn connections(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
         (
             "makelaar_disconnects_total",
             "MQTT connections ended after CONNECT, by why: the client's DISCONNECT, a lost \
-             connection, or the reason code of a protocol violation or limit (e.g. \
-             keep_alive_timeout, message_rate_too_high).",
+             connection, or the reason code the broker ended it with (e.g. keep_alive_timeout, \
+             session_taken_over, message_rate_too_high).",
             Kind::Counter,
         ),
         "reason",

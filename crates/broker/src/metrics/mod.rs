@@ -10,7 +10,9 @@
 //! through its channel, answered between two batches), reads the shell's atomic counters,
 //! and writes the text. So every scrape is exact at the moment it is answered, and a broker
 //! nobody scrapes pays nothing. The snapshot visits every session to sum their queues: about
-//! a millisecond per 100,000 sessions of the router's time, once per scrape.
+//! a millisecond per 100,000 sessions of the router's time, once per scrape. Scrapes within
+//! [`REUSE`] of each other share one snapshot ([`Cache`]), so however many clients scrape, the
+//! router answers at most a few questions a second.
 //!
 //! The text format is written directly (`text`) rather than with the `prometheus-client`
 //! crate: that crate is built around metric objects registered once and updated in place
@@ -21,6 +23,7 @@ mod families;
 pub(crate) mod text;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::{Response, StatusCode};
 use makelaar_core::{QueueTotals, Stats};
@@ -68,9 +71,32 @@ impl RouterFigures {
     }
 }
 
+/// How long a snapshot of the router's figures serves further scrapes.
+pub(crate) const REUSE: Duration = Duration::from_millis(250);
+
+/// The latest snapshot (or failure to get one), shared by scrapes that come together.
+#[derive(Default)]
+pub(crate) struct Cache(tokio::sync::Mutex<Option<(Instant, Option<Arc<RouterFigures>>)>>);
+
+impl Cache {
+    /// A snapshot at most [`REUSE`] old; `None` when the router did not answer (then, for
+    /// [`REUSE`], the scrapes waiting behind fail at once rather than each waiting again).
+    async fn figures(&self, ctx: &HttpCtx) -> Option<Arc<RouterFigures>> {
+        let mut slot = self.0.lock().await;
+        if let Some((at, figures)) = slot.as_ref() {
+            if at.elapsed() < REUSE {
+                return figures.clone();
+            }
+        }
+        let figures = ctx.ask_router(RouterFigures::of).await.map(Arc::new);
+        *slot = Some((Instant::now(), figures.clone()));
+        figures
+    }
+}
+
 /// Answers `/metrics`; 503 when the router does not answer in time.
 pub(crate) async fn handle(ctx: &Arc<HttpCtx>) -> Response<Body> {
-    let Some(figures) = ctx.ask_router(RouterFigures::of).await else {
+    let Some(figures) = ctx.metrics.figures(ctx).await else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

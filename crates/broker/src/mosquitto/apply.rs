@@ -34,6 +34,8 @@ pub(super) struct ListenerDraft {
     pub max_connections: Option<usize>,
     pub max_qos: Option<(u8, Place)>,
     pub max_topic_alias: Option<(u16, Place)>,
+    /// `protocol websockets`.
+    pub websockets: bool,
     pub security: Security,
     /// A line that is only valid on a TLS listener, for the error when there is no certfile.
     pub tls_only: Option<Place>,
@@ -126,13 +128,8 @@ impl Draft {
                 self.default_declared = true;
             }
             "protocol" => match d.value.as_str() {
-                "mqtt" => {}
-                "websockets" => {
-                    return Err(d.error(
-                        "websockets: WebSocket listeners are not supported yet; serve those \
-                         clients over protocol mqtt, or remove this listener",
-                    ))
-                }
+                "mqtt" => self.current().websockets = false,
+                "websockets" => self.current().websockets = true,
                 _ => return Err(d.error("must be mqtt or websockets")),
             },
             "certfile" => self.current().certfile = Some(path()),

@@ -24,7 +24,7 @@ pub(super) fn toml(c: &Converted, source: &Path) -> String {
         "# makelaar.toml converted from {} by `makelaar config convert`.",
         source.display()
     );
-    out.push_str("# Every setting of this file is described in docs/configuration.md.\n");
+    out.push_str("# Every setting of this file is described in docs/config-reference.md.\n");
     for note in &c.notes {
         let _ = writeln!(out, "# Note: {note}.");
     }

@@ -198,7 +198,18 @@ fn listener_table(l: &ListenerDraft) -> Result<ListenerTable, ConfigError> {
             )))
         }
     };
-    let scheme = if tls { "mqtts" } else { "mqtt" };
+    let scheme = match (l.websockets, tls) {
+        (false, false) => "mqtt",
+        (false, true) => "mqtts",
+        (true, false) => "ws",
+        (true, true) => "wss",
+    };
+    // Mosquitto's WebSocket listeners serve every path.
+    let path = if l.websockets {
+        crate::config::ANY_WEBSOCKET_PATH
+    } else {
+        ""
+    };
     let host = match l.bind.as_deref() {
         None => "0.0.0.0".to_string(),
         Some(h) if h.contains(':') => format!("[{h}]"),
@@ -206,7 +217,7 @@ fn listener_table(l: &ListenerDraft) -> Result<ListenerTable, ConfigError> {
     };
     let port = l.port.unwrap_or(if tls { 8883 } else { 1883 });
     Ok(ListenerTable {
-        url: format!("{scheme}://{host}:{port}"),
+        url: format!("{scheme}://{host}:{port}{path}"),
         cert: l.certfile.clone(),
         key: l.keyfile.clone(),
         cafile: l.cafile.clone(),
@@ -216,5 +227,7 @@ fn listener_table(l: &ListenerDraft) -> Result<ListenerTable, ConfigError> {
         allow_anonymous: None,
         password_file: None,
         max_connections: l.max_connections,
+        proxy_protocol: None,
+        trusted_proxies: None,
     })
 }

@@ -156,12 +156,26 @@ fn per_listener_settings_give_each_listener_its_own_authentication() {
 }
 
 #[test]
+fn websocket_listeners_serve_every_path_as_in_mosquitto() {
+    let (_, config, _) = convert(
+        "listener 1883\nlistener 9001 127.0.0.1\nprotocol websockets\n\
+         listener 9443\nprotocol websockets\ncertfile /c.pem\nkeyfile /k.pem\n",
+    )
+    .unwrap();
+    let kinds: Vec<_> = config.listeners.iter().map(|l| l.kind).collect();
+    assert_eq!(
+        kinds,
+        [ListenerKind::Mqtt, ListenerKind::Ws, ListenerKind::Wss]
+    );
+    assert_eq!(config.listeners[1].url, "ws://127.0.0.1:9001/*");
+    let ws = config.listeners[1].websocket.as_ref().unwrap();
+    assert_eq!(ws.path, None);
+    assert!(config.listeners[2].tls.is_some());
+}
+
+#[test]
 fn unsupported_directives_name_file_line_and_fix() {
     for (line, needle) in [
-        (
-            "listener 9001\nprotocol websockets",
-            ":2: \"protocol\" websockets: WebSocket",
-        ),
         (
             "connection bridge-to-cloud",
             ":1: \"connection\" belongs to a bridge",

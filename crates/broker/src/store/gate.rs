@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use makelaar_core::session::ConnId;
+use makelaar_core::CloseReason;
 use makelaar_proto::{Packet, QoS};
 
 /// What waits for a commit.
@@ -18,7 +19,7 @@ use makelaar_proto::{Packet, QoS};
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Held {
     Send(Packet),
-    Close,
+    Close(CloseReason),
 }
 
 /// Packets held per connection until their epoch is durable.
@@ -44,7 +45,7 @@ impl Gate {
         let outstanding = self.submitted > self.durable;
         let must_wait = match &what {
             Held::Send(p) => outstanding && needs_durability(p),
-            Held::Close => false,
+            Held::Close(_) => false,
         };
         match self.held.get_mut(&conn) {
             Some(queue) => queue.push_back((self.submitted, what)),

@@ -193,18 +193,12 @@ impl Drop for Target {
 pub async fn makelaar(tweak: impl FnOnce(&mut Config)) -> Target {
     let pki = Arc::new(pki());
     let listeners = vec![
+        ListenerConfig::new(
+            "mqtt://127.0.0.1:0",
+            ListenerKind::Mqtt,
+            "127.0.0.1:0".parse().unwrap(),
+        ),
         ListenerConfig {
-            url: "mqtt://127.0.0.1:0".into(),
-            kind: ListenerKind::Mqtt,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-            auth: Default::default(),
-            max_connections: 0,
-        },
-        ListenerConfig {
-            url: "mqtts://127.0.0.1:0".into(),
-            kind: ListenerKind::Mqtts,
-            addr: "127.0.0.1:0".parse().unwrap(),
             tls: Some(TlsSettings {
                 cert: pki.server_cert.clone(),
                 key: pki.server_key.clone(),
@@ -212,8 +206,11 @@ pub async fn makelaar(tweak: impl FnOnce(&mut Config)) -> Target {
                 require_certificate: false,
                 crlfile: None,
             }),
-            auth: Default::default(),
-            max_connections: 0,
+            ..ListenerConfig::new(
+                "mqtts://127.0.0.1:0",
+                ListenerKind::Mqtts,
+                "127.0.0.1:0".parse().unwrap(),
+            )
         },
     ];
     let mut config = Config {

@@ -153,7 +153,8 @@ impl Broker {
             self.send(conn, Packet::Disconnect(d));
         }
         self.detach(now, conn);
-        self.actions.push_back(Action::Close(conn));
+        let why = super::CloseReason::Server(ReasonCode::ADMINISTRATIVE_ACTION);
+        self.actions.push_back(Action::Close(conn, why));
         true
     }
 

@@ -246,7 +246,11 @@ fn disconnect_v5_sends_administrative_action_and_publishes_the_will() {
         }),
     );
     let pos_d = actions.iter().position(|a| *a == disconnect).unwrap();
-    let pos_c = actions.iter().position(|a| *a == Action::Close(2)).unwrap();
+    let admin = CloseReason::Server(ReasonCode::ADMINISTRATIVE_ACTION);
+    let pos_c = actions
+        .iter()
+        .position(|a| *a == Action::Close(2, admin))
+        .unwrap();
     assert!(pos_d < pos_c, "DISCONNECT before the close: {actions:?}");
     let will_sent = actions
         .iter()
@@ -263,7 +267,8 @@ fn disconnect_v311_closes_without_a_packet_and_keeps_a_persistent_session() {
     let mut h = H::new();
     h.connect(1, connect("old", ProtocolVersion::V311, false));
     assert!(h.broker.admin_disconnect(h.now, "old"));
-    assert_eq!(h.drain(), vec![Action::Close(1)]);
+    let admin = CloseReason::Server(ReasonCode::ADMINISTRATIVE_ACTION);
+    assert_eq!(h.drain(), vec![Action::Close(1, admin)]);
     let page = h.broker.admin_clients(&all());
     assert_eq!(page.total, 1, "the persistent session stays");
     assert_eq!(page.items[0].conn, None);

@@ -7,7 +7,7 @@ use makelaar_proto::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 
-use super::{Action, Broker, SessionIdx};
+use super::{Action, Broker, CloseReason, SessionIdx};
 use crate::conn::effective_keep_alive;
 use crate::session::{ClientLimits, ConnId, Session};
 
@@ -108,7 +108,8 @@ impl Broker {
             ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
         }
         self.send(conn, Packet::ConnAck(ack));
-        self.actions.push_back(Action::Close(conn));
+        self.actions
+            .push_back(Action::Close(conn, CloseReason::Server(reason)));
     }
 
     fn assign_client_id(&mut self) -> String {
@@ -130,6 +131,10 @@ impl Broker {
         };
         let Some(old) = s.conn.take() else { return };
         let old_v5 = s.version.is_v5();
+        // A session that lasts only as long as its network connection (3.1.1 CleanSession
+        // 1, 5.0 Session Expiry 0) ends with the connection closed here [MQTT-3.1.2-6]
+        // [MQTT-3.1.2-23]: the new connection must not find it (no session present).
+        let ends = s.expiry_interval == 0;
         let will = s.will.take();
         self.conns.remove(&old);
         if old_v5 {
@@ -139,12 +144,18 @@ impl Broker {
             };
             self.send(old, Packet::Disconnect(d));
         }
-        self.actions.push_back(Action::Close(old));
+        let reason = CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER);
+        self.actions.push_back(Action::Close(old, reason));
         if let Some(will) = will {
             let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
-            if connect.clean_start || !delayed {
+            // A delayed will goes out when its session ends, whichever comes first
+            // [MQTT-3.1.3-9].
+            if connect.clean_start || !delayed || ends {
                 self.publish_will(now, idx, will);
             }
+        }
+        if ends {
+            self.end_session(now, idx);
         }
     }
 
@@ -295,7 +306,8 @@ impl Broker {
             s.will = None;
         }
         self.detach(now, conn);
-        self.actions.push_back(Action::Close(conn));
+        self.actions
+            .push_back(Action::Close(conn, CloseReason::ClientDisconnect(d.reason)));
     }
 
     /// Unbinds a connection from its session: publishes or schedules the will, hands

@@ -42,11 +42,22 @@ pub type SessionIdx = u32;
 pub enum Action {
     /// Send this packet on that connection, after everything sent before.
     Send(ConnId, Packet),
-    /// Close that connection once what was sent before is written.
-    Close(ConnId),
+    /// Close that connection once what was sent before is written, for this reason.
+    Close(ConnId, CloseReason),
     /// Read this returning session's kept messages from the store and hand them to
     /// [`Broker::handle_backlog_loaded`].
     LoadBacklog(Arc<str>),
+}
+
+/// Why the broker closes a connection: for the shell's log of who left and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT with this reason code (always 0x00 from 3.x clients).
+    ClientDisconnect(ReasonCode),
+    /// The broker ends the connection with this reason code: the one of the refusing CONNACK,
+    /// or of the DISCONNECT a 5.0 client is sent (3.x clients are not told): a protocol error,
+    /// 0x8E session taken over, 0x8B server shutting down, ...
+    Server(ReasonCode),
 }
 
 /// Extra, broker-wide configuration of rules that are not limits.
@@ -217,7 +228,8 @@ impl Broker {
             }
         }
         self.detach(now, conn);
-        self.actions.push_back(Action::Close(conn));
+        self.actions
+            .push_back(Action::Close(conn, CloseReason::Server(reason)));
     }
 
     /// Removes retained messages whose Message Expiry Interval has passed (they are never
@@ -266,7 +278,8 @@ impl Broker {
                 };
                 self.send(conn, Packet::Disconnect(d));
             }
-            self.actions.push_back(Action::Close(conn));
+            self.actions
+                .push_back(Action::Close(conn, CloseReason::Server(reason)));
         }
     }
 

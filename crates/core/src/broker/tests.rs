@@ -104,13 +104,15 @@ impl Harness {
         mine
     }
 
-    fn closed(&mut self, conn: ConnId) -> bool {
-        let found = self
-            .broker
+    /// Why `conn` was closed, if it was.
+    fn closed(&mut self, conn: ConnId) -> Option<CloseReason> {
+        let found = self.broker.actions.iter().find_map(|a| match a {
+            Action::Close(c, why) if *c == conn => Some(*why),
+            _ => None,
+        });
+        self.broker
             .actions
-            .iter()
-            .any(|a| *a == Action::Close(conn));
-        self.broker.actions.retain(|a| *a != Action::Close(conn));
+            .retain(|a| !matches!(a, Action::Close(c, _) if *c == conn));
         found
     }
 }
@@ -281,7 +283,52 @@ fn clean_session_discards_state_and_takeover_closes_the_old_connection() {
     assert!(
         matches!(&old[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER)
     );
-    assert!(h.closed(1));
+    assert_eq!(
+        h.closed(1),
+        Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
+    );
+    assert_eq!(h.broker.subscription_count(), 0);
+}
+
+#[test]
+fn close_reasons_say_who_ended_the_connection() {
+    let mut h = Harness::new();
+    h.connect(1, connect("a", ProtocolVersion::V311, true));
+    h.packet(1, Packet::Disconnect(Disconnect::default()));
+    assert_eq!(
+        h.closed(1),
+        Some(CloseReason::ClientDisconnect(
+            ReasonCode::NORMAL_DISCONNECTION
+        ))
+    );
+    // A 3.1.1 client taken over is not told, but the reason is known.
+    h.connect(2, connect("b", ProtocolVersion::V311, true));
+    h.connect(3, connect("b", ProtocolVersion::V311, true));
+    assert!(h.take(2).is_empty());
+    assert_eq!(
+        h.closed(2),
+        Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
+    );
+    h.broker.shutdown(ReasonCode::SERVER_SHUTTING_DOWN);
+    assert_eq!(
+        h.closed(3),
+        Some(CloseReason::Server(ReasonCode::SERVER_SHUTTING_DOWN))
+    );
+}
+
+#[test]
+fn a_clean_session_taken_over_by_a_persistent_connect_is_not_present() {
+    // [MQTT-3.1.2-6] a CleanSession 1 session lasts as long as its connection: the takeover
+    // closes that connection, so the persistent CONNECT that caused it finds no session.
+    let mut h = Harness::new();
+    h.connect(1, connect("c", ProtocolVersion::V311, true));
+    h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
+    let ack = h.connect(2, connect("c", ProtocolVersion::V311, false));
+    assert!(!ack.session_present, "[MQTT-3.2.2-2]");
+    assert_eq!(
+        h.closed(1),
+        Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
+    );
     assert_eq!(h.broker.subscription_count(), 0);
 }
 
@@ -492,7 +539,10 @@ fn client_id_rules() {
     // [MQTT-3.1.3-8] 3.1.1: empty id without clean session is refused with 0x02.
     let ack = h.connect(1, connect("", ProtocolVersion::V311, false));
     assert_eq!(ack.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
-    assert!(h.closed(1));
+    assert_eq!(
+        h.closed(1),
+        Some(CloseReason::Server(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID))
+    );
     // 5.0: assigned.
     let ack = h.connect(2, connect("", ProtocolVersion::V5, true));
     assert!(
