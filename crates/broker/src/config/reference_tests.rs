@@ -76,7 +76,10 @@ fn every_key_is_documented() {
 fn tables_and_keys_are_found() {
     let tables = tables();
     let headers: Vec<String> = tables.iter().map(TableDoc::header).collect();
-    assert_eq!(headers, ["top level", "[[listener]]", "[limits]", "[dashboard]"]);
+    assert_eq!(
+        headers,
+        ["top level", "[[listener]]", "[limits]", "[dashboard]"]
+    );
     let top = &tables[0];
     let key = |name: &str| top.keys.iter().find(|k| k.name == name).unwrap();
     assert_eq!(key("listen").ty, "list of strings");

@@ -144,7 +144,7 @@ impl Broker {
         let Some(conn) = s.conn else {
             return false;
         };
-        tracing::info!(%client_id, "disconnecting client: administrative action");
+        tracing::debug!(%client_id, "disconnecting client: administrative action");
         if s.version.is_v5() {
             let d = Disconnect {
                 reason: ReasonCode::ADMINISTRATIVE_ACTION,

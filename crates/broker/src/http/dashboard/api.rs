@@ -1,5 +1,6 @@
 //! The dashboard's JSON answers.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::header::ACCEPT;
@@ -60,8 +61,13 @@ pub(crate) async fn retained(dash: &Arc<Dashboard>, query: Option<&str>) -> Resp
     }
 }
 
-/// `POST /api/clients/{id}/disconnect`, the id percent-encoded (it may hold `/`).
-pub(crate) async fn disconnect(dash: &Arc<Dashboard>, path: &str) -> Response<Body> {
+/// `POST /api/clients/{id}/disconnect`, the id percent-encoded (it may hold `/`); `by` is
+/// who asked (address, and user with a password file), for the log.
+pub(crate) async fn disconnect(
+    dash: &Arc<Dashboard>,
+    path: &str,
+    by: (SocketAddr, Option<String>),
+) -> Response<Body> {
     let encoded = path
         .strip_prefix("/api/clients/")
         .and_then(|p| p.strip_suffix("/disconnect"))
@@ -79,7 +85,11 @@ pub(crate) async fn disconnect(dash: &Arc<Dashboard>, path: &str) -> Response<Bo
     }
     match dash.admin.disconnect(client_id.clone()).await {
         Ok(true) => {
-            tracing::info!(client_id = %client_id, "client disconnected from the dashboard");
+            // Logged as a status line: an administrator's action is worth a trace by default.
+            let (peer, user) = by;
+            let user = user.as_deref().unwrap_or("(no login)");
+            // Debug-formatted: a client id may hold quotes or line breaks.
+            tracing::info!(target: crate::listener::STATUS_TARGET, client_id = ?client_id, by = ?user, %peer, "client disconnected from the dashboard");
             let body = Disconnected {
                 client_id: &client_id,
                 disconnected: true,

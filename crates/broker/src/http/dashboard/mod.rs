@@ -167,7 +167,13 @@ async fn answer(dash: &Arc<Dashboard>, req: Request<Incoming>) -> Response<Body>
                      header, same origin)\n",
                 );
             }
-            api::disconnect(dash, p).await
+            // Who did it, for the log (the credentials were checked above).
+            let user = dash
+                .password_file
+                .as_ref()
+                .and_then(|_| access::basic_credentials(req.headers()))
+                .map(|(user, _)| user);
+            api::disconnect(dash, p, (peer, user)).await
         }
         "/" | "/index.html" | "/dashboard.js" | "/dashboard.css" | "/api/stats"
         | "/api/clients" | "/api/subscriptions" | "/api/retained" | "/api/events"
