@@ -79,6 +79,20 @@ class Server:
                 self.proc.wait(5)
         return None if self.proc is None else self.proc.returncode
 
+    def wait_disconnected(self, client_id: str, timeout=10.0):
+        """Waits for the broker's log line saying `client_id` is gone (written once the
+        broker's router has been told), so a stop right after it cannot overtake it."""
+        needle = f'client_id="{client_id}"'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if any("client disconnected" in line and needle in line
+                   for line in text.splitlines()):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no 'client disconnected' line for {client_id} within "
+                             f"{timeout}s:\n{self.log_tail()}")
+
     def log_tail(self, lines=40) -> str:
         try:
             text = self.log.read_text(errors="replace")

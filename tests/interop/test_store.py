@@ -206,6 +206,7 @@ def test_store_inspect_shows_sessions_queues_and_retained(tmp_path):
         p.publish("nobody/here", b"q2", qos=2, packet_id=9)
         assert p.recv_type(R.PUBREC).packet_id == 9
         p.close()
+        server.wait_disconnected("inspect-pub")
     finally:
         server.stop()
     text = inspect(server.data)

@@ -226,6 +226,12 @@ impl Router {
                     }
                 }
                 _ = &mut stopped => {
+                    // What clients did before the stop counts (a DISCONNECT, a lost
+                    // connection): handled first, so the store records it.
+                    let now = Instant::now();
+                    while let Ok(msg) = rx.try_recv() {
+                        self.handle(now, msg);
+                    }
                     self.broker.shutdown(ReasonCode::SERVER_SHUTTING_DOWN);
                     self.flush();
                     self.close_store().await;

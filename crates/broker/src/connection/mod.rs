@@ -240,21 +240,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (conn, peer) = (io.conn, io.peer);
-    if let Some(who) = &io.who {
-        let how = match (&end, io.goodbye) {
-            (End::Closed(why), _) => log::Ending::Closed(*why),
-            // The router's close may not have come yet when the client, as it may, closes
-            // its socket right after DISCONNECT.
-            (End::Lost(..), Some(code)) => log::Ending::Closed(CloseReason::ClientDisconnect(code)),
-            (End::Lost(_, error), None) => log::Ending::Lost(error.as_ref()),
-            (End::Violation(v), _) => log::Ending::Violation(v),
-        };
-        log::disconnected(who, peer, io.version, how);
-    }
-    let msg = match end {
+    let msg = match &end {
         End::Closed(_) => None,
         End::Lost(why, _) => {
-            tracing::debug!(%peer, why, "connection lost");
+            tracing::debug!(%peer, why = *why, "connection lost");
             Some(ToRouter::Lost { conn })
         }
         End::Violation(v) => {
@@ -280,6 +269,18 @@ where
     };
     if let Some(msg) = msg {
         forward(&io.ctx.router, msg).await;
+    }
+    // Logged once the router has been told: a line in the log means the broker knows.
+    if let Some(who) = &io.who {
+        let how = match (&end, io.goodbye) {
+            (End::Closed(why), _) => log::Ending::Closed(*why),
+            // The router's close may not have come yet when the client, as it may, closes
+            // its socket right after DISCONNECT.
+            (End::Lost(..), Some(code)) => log::Ending::Closed(CloseReason::ClientDisconnect(code)),
+            (End::Lost(_, error), None) => log::Ending::Lost(error.as_ref()),
+            (End::Violation(v), _) => log::Ending::Violation(v),
+        };
+        log::disconnected(who, peer, io.version, how);
     }
     linger(&mut io).await;
 }
