@@ -51,7 +51,7 @@ use connection::ConnCtx;
 /// The tracing target of the `info` lines about clients connecting, leaving and refused.
 pub use connection::CLIENTS_TARGET;
 pub use counters::{AuthFailure, Counters};
-use listener::{Listener, ACCEPT_ERROR_BACKOFF, STATUS_TARGET};
+use listener::{Listener, STATUS_TARGET};
 pub use reload::ReloadReport;
 use router::Router;
 use sys::SysPublisher;
@@ -311,17 +311,8 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => return,
-        };
-        let (accepted, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(listener = listener.url(), error = %e, "cannot accept connections (too many open files?); retrying shortly");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
+        let Some((accepted, peer)) = listener.accept_until(&shutdown).await else {
+            return;
         };
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         // The listener's count now; the rate per address once the address is known (a

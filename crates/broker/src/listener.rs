@@ -172,6 +172,28 @@ impl Listener {
         self.tls.clone()
     }
 
+    /// The next connection (see [`Listener::accept`]), or `None` once `shutdown` is
+    /// cancelled. A failure of the listener itself (out of file descriptors and the like) is
+    /// logged and retried after [`ACCEPT_ERROR_BACKOFF`] instead of spinning.
+    pub async fn accept_until(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<(Accepted, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                a = self.accept() => a,
+                _ = shutdown.cancelled() => return None,
+            };
+            match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(listener = self.url(), error = %e, "cannot accept connections (too many open files?); retrying shortly");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
     /// Accepts the next TCP connection and sets TCP_NODELAY on it. Nothing is read here (no
     /// PROXY header, TLS handshake or WebSocket upgrade), so a slow client cannot hold up the
     /// accept loop: call [`Accepted::open`] in the connection's own task.

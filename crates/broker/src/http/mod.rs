@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Counted, ListenerCount};
-use crate::listener::{Accepted, Listener, ACCEPT_ERROR_BACKOFF};
+use crate::listener::{Accepted, Listener};
 use crate::router::{Router, ToRouter};
 use crate::Counters;
 
@@ -114,17 +114,8 @@ pub(crate) async fn accept_loop(
 ) {
     let mut refusing = false;
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => return,
-        };
-        let (accepted, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(listener = listener.url(), error = %e, "cannot accept connections (too many open files?); retrying shortly");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
+        let Some((accepted, peer)) = listener.accept_until(&shutdown).await else {
+            return;
         };
         let (counted, open) = count.add();
         if count.max() != 0 && open > count.max() {
