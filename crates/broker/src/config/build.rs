@@ -10,7 +10,7 @@ use super::{
 
 impl ConfigFile {
     /// Validates the settings and builds the [`Config`]: listener URLs parsed and resolved,
-    /// certificate settings attached to TLS listeners, limits converted. `source_name` names
+    /// certificate settings attached to TLS listeners. `source_name` names
     /// where the settings came from in messages. Files are not opened here; certificates are
     /// loaded when the listener binds ([`crate::listener::Listener::bind`]).
     pub fn into_config(self, source_name: &str) -> Result<Config, ConfigError> {
@@ -47,7 +47,7 @@ impl ConfigFile {
             deny_subscriptions,
             acl_file: self.acl_file,
             listeners,
-            limits: self.limits.into(),
+            limits: self.limits,
             sys_interval: Duration::from_secs(
                 self.sys_interval.unwrap_or(DEFAULT_SYS_INTERVAL_SECS),
             ),

@@ -2,8 +2,8 @@
 //! the configuration reference and the example file show as defaults.
 
 use super::{
-    Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, LimitsConfig,
-    ListenerTable, LogFormat, DEFAULT_BATCH_MS,
+    Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, ListenerTable, LogFormat,
+    DEFAULT_BATCH_MS,
 };
 
 impl ConfigFile {
@@ -39,7 +39,7 @@ impl ConfigFile {
             log_level: None,
             log_format: Some(LogFormat::default()),
             listener: vec![ListenerTable::defaults()],
-            limits: LimitsConfig::from(&d.limits),
+            limits: d.limits,
             dashboard: DashboardTable::defaults(),
         }
     }

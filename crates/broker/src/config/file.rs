@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use makelaar_core::Limits;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +12,8 @@ use super::*;
 /// `makelaar.toml` as written: every key optional, nothing validated beyond types and ranges.
 /// The CLI sets the fields its flags override, then calls [`ConfigFile::into_config`].
 ///
-/// The doc comments of these fields (and of [`ListenerTable`] and [`LimitsConfig`]) are the
-/// user's reference: `makelaar config reference` prints them, with each key's type and its
+/// The doc comments of these fields (and of [`ListenerTable`] and [`Limits`], which is
+/// `[limits]` as is) are the user's reference: `makelaar config reference` prints them, with each key's type and its
 /// default from [`ConfigFile::defaults`]. Write them for users.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -115,7 +116,7 @@ pub struct ConfigFile {
     /// Limits and protocol options: every queue and buffer of the broker is bounded by one of
     /// these.
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// The web dashboard on the HTTP listeners: who may use it (docs/dashboard.md).
     #[serde(default)]
     pub dashboard: DashboardTable,

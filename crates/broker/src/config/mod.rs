@@ -12,7 +12,6 @@ mod build;
 mod dashboard;
 mod defaults;
 mod file;
-mod limits;
 mod listen;
 mod listeners;
 mod messages;
@@ -29,7 +28,6 @@ pub use makelaar_store::Durability;
 pub use crate::forwarded::Network;
 pub use dashboard::{DashboardConfig, DashboardTable};
 pub use file::{ConfigFile, ListenerTable, LogFormat};
-pub use limits::LimitsConfig;
 use listen::de_listen;
 pub use listen::{
     parse_listen_url, parse_listen_url_with_path, ANY_WEBSOCKET_PATH, DEFAULT_WEBSOCKET_PATH,

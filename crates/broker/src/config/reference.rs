@@ -4,8 +4,8 @@
 //! comment). `makelaar config reference` prints it as Markdown (docs/config-reference.md),
 //! `makelaar config example` as a commented `makelaar.toml` (makelaar.example.toml).
 //!
-//! A key added to [`ConfigFile`], [`super::ListenerTable`], [`super::LimitsConfig`] or a new
-//! table appears here by itself; its doc comment is its documentation.
+//! A key added to [`ConfigFile`], [`super::ListenerTable`], [`makelaar_core::Limits`] (`[limits]`)
+//! or a new table appears here by itself; its doc comment is its documentation.
 
 use serde_json::{Map, Value};
 

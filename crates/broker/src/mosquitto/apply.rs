@@ -3,11 +3,15 @@
 
 use std::path::PathBuf;
 
+use makelaar_core::Limits;
+
 use super::lines::{resolve, Directive, Place};
-use crate::config::{ConfigError, LimitsConfig};
+use crate::config::ConfigError;
 
 /// Largest Remaining Length of an MQTT packet: Mosquitto's "no limit" for `max_packet_size`.
-pub(super) const MQTT_MAX_PACKET: u32 = 268_435_455;
+pub(super) const MQTT_MAX_PACKET: u32 = *Limits::MAX_PACKET_SIZE_RANGE.end();
+/// The smallest `max_packet_size` Makelaar takes; Mosquitto's smaller values are raised to it.
+const MIN_PACKET: u32 = *Limits::MAX_PACKET_SIZE_RANGE.start();
 
 /// Authentication settings, global or of one listener (`per_listener_settings`).
 #[derive(Debug, Clone, Default)]
@@ -55,7 +59,7 @@ pub(super) struct Draft {
     pub persistence: Option<bool>,
     pub persistence_location: Option<PathBuf>,
     pub sys_interval: Option<u64>,
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// Directives ignored or approximated, for the log and for `config convert`.
     pub notes: Vec<String>,
 }
@@ -83,7 +87,7 @@ const HARMLESS: &[&str] = &[
 impl Draft {
     /// A draft with Mosquitto's defaults where they differ from Makelaar's.
     pub fn new() -> Draft {
-        let mut limits = LimitsConfig::default();
+        let mut limits = Limits::default();
         // Mosquitto accepts packets up to the protocol's limit unless told otherwise.
         limits.max_packet_size = MQTT_MAX_PACKET;
         // Mosquitto advertises max_inflight_messages (20) as its Receive Maximum.
@@ -149,7 +153,8 @@ impl Draft {
                 self.current().max_connections = usize::try_from(v).ok();
             }
             "max_qos" => {
-                let v = number(d, 0, 2)? as u8;
+                let qos = Limits::MAX_QOS_RANGE;
+                let v = number(d, (*qos.start()).into(), (*qos.end()).into())? as u8;
                 self.current().max_qos = Some((v, d.place.clone()));
             }
             "max_topic_alias" => {
@@ -199,7 +204,11 @@ impl Draft {
             }
             "max_packet_size" => {
                 let v = number(d, 0, u64::from(MQTT_MAX_PACKET))? as u32;
-                self.limits.max_packet_size = if v == 0 { MQTT_MAX_PACKET } else { v.max(16) };
+                self.limits.max_packet_size = if v == 0 {
+                    MQTT_MAX_PACKET
+                } else {
+                    v.max(MIN_PACKET)
+                };
             }
             "message_size_limit" => {
                 let v = number(d, 0, u64::from(MQTT_MAX_PACKET))? as u32;

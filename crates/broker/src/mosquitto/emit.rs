@@ -4,8 +4,9 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use makelaar_core::Limits;
+
 use super::Converted;
-use crate::config::LimitsConfig;
 
 /// A TOML string literal, escaped.
 fn quoted(s: &str) -> String {
@@ -88,12 +89,12 @@ pub(super) fn toml(c: &Converted, source: &Path) -> String {
 }
 
 /// The `[limits]` keys whose values differ from Makelaar's defaults, sorted by name.
-fn changed_limits(limits: &LimitsConfig) -> Vec<(String, toml::Value)> {
-    let table = |l: &LimitsConfig| match toml::Value::try_from(l) {
+fn changed_limits(limits: &Limits) -> Vec<(String, toml::Value)> {
+    let table = |l: &Limits| match toml::Value::try_from(l) {
         Ok(toml::Value::Table(t)) => t,
         _ => toml::map::Map::new(),
     };
-    let (now, default) = (table(limits), table(&LimitsConfig::default()));
+    let (now, default) = (table(limits), table(&Limits::default()));
     now.into_iter()
         .filter(|(k, v)| default.get(k) != Some(v))
         .collect()
