@@ -15,12 +15,14 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminDesk, AdminRequest};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
 use crate::sys::SysPublisher;
 use crate::Counters;
+use desk::{AdminDesk, AdminRequest};
+
+pub(crate) mod desk;
 
 /// How often keep-alives are checked: a 1 s keep-alive is then enforced between 1.5 and
 /// 1.75 s of silence.

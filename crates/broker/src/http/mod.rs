@@ -38,13 +38,13 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Counted, ListenerCount};
 use crate::listener::{Accepted, Listener};
-use crate::router::{Router, ToRouter};
+use crate::router::{desk, Router, ToRouter};
 use crate::Counters;
 
 /// Connections an HTTP listener serves at once when its `max_connections` is not set.
@@ -88,18 +88,7 @@ impl HttpCtx {
         F: FnOnce(&Router) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let question = ToRouter::Inspect(Box::new(move |router| {
-            let _ = tx.send(f(router));
-        }));
-        let asked = async {
-            self.router.send(question).await.ok()?;
-            rx.await.ok()
-        };
-        tokio::time::timeout(ROUTER_ANSWER_TIME, asked)
-            .await
-            .ok()
-            .flatten()
+        desk::ask(&self.router, ROUTER_ANSWER_TIME, f).await
     }
 }
 
