@@ -149,10 +149,13 @@ impl Server {
             Arc::new(http::HttpCtx {
                 router: tx.clone(),
                 counters: counters.clone(),
-                listeners: counts.clone(),
                 // Per listener: the scrapes of one listener share a snapshot.
-                metrics: Default::default(),
-                started,
+                metrics: metrics::Metrics::new(
+                    tx.clone(),
+                    counters.clone(),
+                    counts.clone(),
+                    started,
+                ),
                 dashboard,
             })
         };

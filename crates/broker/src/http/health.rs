@@ -23,12 +23,6 @@ pub(crate) async fn healthz(ctx: &Arc<HttpCtx>) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the store failed and takes no more writes: {e}\n"),
         ),
-        None => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the router did not answer within {} ms: the broker is overloaded or stopping\n",
-                super::ROUTER_ANSWER_TIME.as_millis()
-            ),
-        ),
+        None => super::router_did_not_answer(),
     }
 }

@@ -33,10 +33,11 @@ mod stall;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,8 +45,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Counted, ListenerCount};
 use crate::listener::{Accepted, Listener};
+use crate::metrics::Metrics;
 use crate::router::{desk, Router, ToRouter};
 use crate::Counters;
+use response::Body;
 
 /// Connections an HTTP listener serves at once when its `max_connections` is not set.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
@@ -69,12 +72,9 @@ pub(crate) struct HttpCtx {
     pub router: mpsc::Sender<ToRouter>,
     /// Counters kept by the connection tasks.
     pub counters: Arc<Counters>,
-    /// Every listener's connection counts, in configuration order.
-    pub listeners: Vec<Arc<ListenerCount>>,
-    /// The latest snapshot of the router's figures, shared by scrapes close together.
-    pub metrics: crate::metrics::Cache,
-    /// When the broker started.
-    pub started: Instant,
+    /// What `/metrics` reads, and the snapshot of the router's figures that scrapes close
+    /// together share.
+    pub metrics: Metrics,
     /// This listener's dashboard (`/`, `/api/...`), unless `[dashboard] enabled = false`.
     pub dashboard: Option<Arc<dashboard::Dashboard>>,
 }
@@ -90,6 +90,17 @@ impl HttpCtx {
     {
         desk::ask(&self.router, ROUTER_ANSWER_TIME, f).await
     }
+}
+
+/// 503 for a request the router did not answer within [`ROUTER_ANSWER_TIME`].
+pub(crate) fn router_did_not_answer() -> Response<Body> {
+    response::text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the router did not answer within {} ms: the broker is overloaded or stopping\n",
+            ROUTER_ANSWER_TIME.as_millis()
+        ),
+    )
 }
 
 /// Accepts connections on an HTTP listener until `shutdown`, each served on its own task,

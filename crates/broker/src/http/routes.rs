@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 
-use super::response::{method_not_allowed, not_found, Body};
-use super::{dashboard, health, HttpCtx};
+use super::response::{full, method_not_allowed, not_found, Body};
+use super::{dashboard, health, router_did_not_answer, HttpCtx, ROUTER_ANSWER_TIME};
 
 /// `Allow` of the read-only paths.
 pub(crate) const GET_HEAD: &str = "GET, HEAD";
@@ -17,7 +17,7 @@ pub(crate) async fn route(ctx: &Arc<HttpCtx>, req: Request<Incoming>) -> Respons
     let path = req.uri().path();
     match path {
         "/metrics" => match read_only(req.method()) {
-            true => crate::metrics::handle(ctx).await,
+            true => metrics(ctx).await,
             false => method_not_allowed(GET_HEAD),
         },
         "/healthz" | "/readyz" => match read_only(req.method()) {
@@ -35,4 +35,13 @@ pub(crate) async fn route(ctx: &Arc<HttpCtx>, req: Request<Incoming>) -> Respons
 /// GET, or HEAD (answered as GET; hyper sends the headers without the body).
 pub(crate) fn read_only(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
+}
+
+/// `/metrics`: the Prometheus text of `crate::metrics`; 503 when the router does not answer
+/// in time.
+async fn metrics(ctx: &HttpCtx) -> Response<Body> {
+    match ctx.metrics.scrape(ROUTER_ANSWER_TIME).await {
+        Some(body) => full(StatusCode::OK, crate::metrics::CONTENT_TYPE, body),
+        None => router_did_not_answer(),
+    }
 }

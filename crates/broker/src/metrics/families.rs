@@ -7,12 +7,11 @@ use makelaar_proto::QoS;
 use makelaar_store::{COMMIT_OPS_BOUNDS, COMMIT_SECONDS_BOUNDS};
 
 use super::text::{Exposition, Kind};
-use super::RouterFigures;
+use super::{Metrics, RouterFigures};
 use crate::counters::AuthFailure;
-use crate::http::HttpCtx;
 
 /// The whole exposition of one scrape.
-pub(super) fn render(ctx: &HttpCtx, f: &RouterFigures) -> String {
+pub(super) fn render(ctx: &Metrics, f: &RouterFigures) -> String {
     let mut e = Exposition::new();
     process(&mut e, ctx);
     connections(&mut e, ctx, f);
@@ -23,7 +22,7 @@ pub(super) fn render(ctx: &HttpCtx, f: &RouterFigures) -> String {
     e.finish()
 }
 
-fn process(e: &mut Exposition, ctx: &HttpCtx) {
+fn process(e: &mut Exposition, ctx: &Metrics) {
     e.family(
         "makelaar_build_info",
         "Always 1; the labels say which Makelaar this is.",
@@ -42,7 +41,7 @@ fn process(e: &mut Exposition, ctx: &HttpCtx) {
     );
 }
 
-fn connections(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
+fn connections(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
     let c = &ctx.counters;
     e.by_label(
         (
@@ -175,7 +174,7 @@ fn qos_label(q: QoS) -> &'static str {
     }
 }
 
-fn messages(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
+fn messages(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
     let s = &f.stats;
     let flows = |pick: fn(&Flow) -> u64| {
         let dirs = [("in", &s.received), ("out", &s.sent)];
@@ -252,7 +251,7 @@ fn messages(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
     );
 }
 
-fn queues(e: &mut Exposition, ctx: &HttpCtx, f: &RouterFigures) {
+fn queues(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
     let q = &f.queues;
     e.single(
         "makelaar_queued_messages",

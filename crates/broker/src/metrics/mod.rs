@@ -14,6 +14,9 @@
 //! [`REUSE`] of each other share one snapshot ([`Cache`]), so however many clients scrape, the
 //! router answers at most a few questions a second.
 //!
+//! This module makes the text; `crate::http` serves it (and answers 503 when the router does
+//! not answer), so the metrics know nothing of HTTP.
+//!
 //! The text format is written directly (`text`) rather than with the `prometheus-client`
 //! crate: that crate is built around metric objects registered once and updated in place
 //! (atomics on the hot path), where this broker has a snapshot per scrape; and it does not
@@ -25,13 +28,53 @@ pub(crate) mod text;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::{Response, StatusCode};
 use makelaar_core::{QueueTotals, Stats};
 use makelaar_store::{CommitStats, StoreError};
+use tokio::sync::mpsc;
 
-use crate::http::response::{full, text as plain, Body};
-use crate::http::HttpCtx;
-use crate::router::{Ends, Router};
+use crate::admission::ListenerCount;
+use crate::router::{desk, Ends, Router, ToRouter};
+use crate::Counters;
+
+pub(crate) use text::CONTENT_TYPE;
+
+/// What a scrape reads besides the router's figures, and the snapshot scrapes share. One per
+/// HTTP listener: the scrapes of one listener share a snapshot.
+pub(crate) struct Metrics {
+    /// The router's channel: asked for its figures, and its fill is a metric.
+    router: mpsc::Sender<ToRouter>,
+    /// Counters kept by the connection tasks.
+    counters: Arc<Counters>,
+    /// Every listener's connection counts, in configuration order.
+    listeners: Vec<Arc<ListenerCount>>,
+    /// When the broker started.
+    started: Instant,
+    cache: Cache,
+}
+
+impl Metrics {
+    pub(crate) fn new(
+        router: mpsc::Sender<ToRouter>,
+        counters: Arc<Counters>,
+        listeners: Vec<Arc<ListenerCount>>,
+        started: Instant,
+    ) -> Metrics {
+        Metrics {
+            router,
+            counters,
+            listeners,
+            started,
+            cache: Cache::default(),
+        }
+    }
+
+    /// The exposition (its media type is [`CONTENT_TYPE`]); `None` when the router did not
+    /// answer within `within`.
+    pub(crate) async fn scrape(&self, within: Duration) -> Option<String> {
+        let figures = self.cache.figures(&self.router, within).await?;
+        Some(families::render(self, &figures))
+    }
+}
 
 /// What the router owns, copied out for one scrape.
 pub(crate) struct RouterFigures {
@@ -76,35 +119,27 @@ pub(crate) const REUSE: Duration = Duration::from_millis(250);
 
 /// The latest snapshot (or failure to get one), shared by scrapes that come together.
 #[derive(Default)]
-pub(crate) struct Cache(tokio::sync::Mutex<Option<(Instant, Option<Arc<RouterFigures>>)>>);
+struct Cache(tokio::sync::Mutex<Option<(Instant, Option<Arc<RouterFigures>>)>>);
 
 impl Cache {
-    /// A snapshot at most [`REUSE`] old; `None` when the router did not answer (then, for
-    /// [`REUSE`], the scrapes waiting behind fail at once rather than each waiting again).
-    async fn figures(&self, ctx: &HttpCtx) -> Option<Arc<RouterFigures>> {
+    /// A snapshot at most [`REUSE`] old; `None` when the router did not answer within
+    /// `within` (then, for [`REUSE`], the scrapes waiting behind fail at once rather than each
+    /// waiting again).
+    async fn figures(
+        &self,
+        router: &mpsc::Sender<ToRouter>,
+        within: Duration,
+    ) -> Option<Arc<RouterFigures>> {
         let mut slot = self.0.lock().await;
         if let Some((at, figures)) = slot.as_ref() {
             if at.elapsed() < REUSE {
                 return figures.clone();
             }
         }
-        let figures = ctx.ask_router(RouterFigures::of).await.map(Arc::new);
+        let figures = desk::ask(router, within, RouterFigures::of)
+            .await
+            .map(Arc::new);
         *slot = Some((Instant::now(), figures.clone()));
         figures
     }
-}
-
-/// Answers `/metrics`; 503 when the router does not answer in time.
-pub(crate) async fn handle(ctx: &Arc<HttpCtx>) -> Response<Body> {
-    let Some(figures) = ctx.metrics.figures(ctx).await else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the router did not answer within {} ms: the broker is overloaded or stopping\n",
-                crate::http::ROUTER_ANSWER_TIME.as_millis()
-            ),
-        );
-    };
-    let body = families::render(ctx, &figures);
-    full(StatusCode::OK, text::CONTENT_TYPE, body)
 }
