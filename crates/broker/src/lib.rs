@@ -36,6 +36,9 @@ mod sys;
 pub mod tls;
 mod websocket;
 
+#[cfg(test)]
+mod layers_tests;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
