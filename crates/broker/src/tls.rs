@@ -1,5 +1,9 @@
 //! TLS for `mqtts://` listeners: loads the PEM certificate chain, private key and optional CA
-//! bundle into a rustls `ServerConfig` (ring provider, TLS 1.2 and 1.3).
+//! bundle into a rustls `ServerConfig` (ring provider, TLS 1.2 and 1.3). A chain the
+//! certificate file leaves incomplete is completed from the CA bundle (`chain`), as
+//! Mosquitto's OpenSSL does.
+
+mod chain;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +15,8 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::{io_reason, ConfigError, TlsSettings};
+use crate::listener::STATUS_TARGET;
+use chain::Completion;
 
 /// Builds the rustls server configuration for the TLS listeners.
 ///
@@ -22,7 +28,13 @@ use crate::config::{io_reason, ConfigError, TlsSettings};
 pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
     let provider = crypto_provider();
 
-    let certs = load_certs(&tls.cert, "certificate file", "--cert")?;
+    let mut certs = load_certs(&tls.cert, "certificate file", "--cert")?;
+    let cas = match &tls.cafile {
+        Some(cafile) => load_certs(cafile, "CA file", "--cafile")?,
+        None => Vec::new(),
+    };
+    let completion = chain::complete(&mut certs, &cas);
+    log_completion(&completion, tls);
     let key = load_key(&tls.key)?;
     // Check the key on its own first, so "not a usable key" and "does not match" differ.
     if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
@@ -41,7 +53,7 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
         None => builder.with_no_client_auth(),
         Some(cafile) => {
             let mut roots = RootCertStore::empty();
-            for ca in load_certs(cafile, "CA file", "--cafile")? {
+            for ca in cas {
                 roots.add(ca).map_err(|e| {
                     ConfigError::Tls(format!(
                         "the CA file \"{}\" holds a certificate that cannot be used as a trust \
@@ -89,6 +101,35 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
         )),
     })?;
     Ok(Arc::new(config))
+}
+
+/// Says what completing the chain did: one line at info when intermediates were added from
+/// the CA file, a warning when the server certificate's issuer is in neither file.
+fn log_completion(completion: &Completion, tls: &TlsSettings) {
+    let cert = tls.cert.display();
+    match (completion, &tls.cafile) {
+        (Completion::Complete, _) => {}
+        (Completion::Added(n), cafile) => tracing::info!(
+            target: STATUS_TARGET,
+            "the certificate file \"{cert}\" lacks {n} intermediate CA certificate(s) of its \
+             chain, which are sent from the CA file \"{}\", as Mosquitto (OpenSSL) does",
+            cafile.as_deref().unwrap_or(Path::new("")).display()
+        ),
+        (Completion::IssuerMissing(issuer), cafile) => {
+            let issuer = issuer.as_deref().unwrap_or("(no common name)");
+            let cafile = match cafile {
+                Some(f) => format!("in the CA file \"{}\"", f.display()),
+                None => "given as cafile".to_string(),
+            };
+            tracing::warn!(
+                "the certificate file \"{cert}\" holds the server certificate without its \
+                 issuer \"{issuer}\", which is not {cafile} either, so clients that trust only \
+                 the root CA will refuse it (UnknownCA): append the intermediate \
+                 certificate(s) to \"{cert}\", after the server certificate, unless clients \
+                 trust \"{issuer}\" itself"
+            );
+        }
+    }
 }
 
 fn load_certs(
