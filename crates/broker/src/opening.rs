@@ -183,8 +183,9 @@ impl Front {
     /// unlike the many other ways handshakes fail (scanners, clients giving up), which stay
     /// at debug. Said at warn, at most once a minute per listener.
     fn note_handshake_error(&self, e: &io::Error, peer: SocketAddr) {
-        let Some(rustls::Error::AlertReceived(alert)) =
-            e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        let Some(rustls::Error::AlertReceived(alert)) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         else {
             return;
         };

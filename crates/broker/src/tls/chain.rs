@@ -34,7 +34,10 @@ pub enum Completion {
 /// Appends to `chain` (the certificate file, server certificate first) the intermediates it
 /// lacks that `cafile` holds; says what it did. Certificates that cannot be read as X.509
 /// are left for rustls to refuse.
-pub fn complete(chain: &mut Vec<CertificateDer<'static>>, cafile: &[CertificateDer<'static>]) -> Completion {
+pub fn complete(
+    chain: &mut Vec<CertificateDer<'static>>,
+    cafile: &[CertificateDer<'static>],
+) -> Completion {
     let Some((leaf_issuer, leaf_subject)) = chain.first().and_then(|c| names(c)) else {
         return Completion::Complete;
     };
@@ -50,9 +53,10 @@ pub fn complete(chain: &mut Vec<CertificateDer<'static>>, cafile: &[CertificateD
         if issuer == subject {
             break; // the file ends at a root
         }
-        let Some(found) = cafile.iter().find(|ca| {
-            names(ca).is_some_and(|(_, s)| s == issuer) && !chain.contains(ca)
-        }) else {
+        let Some(found) = cafile
+            .iter()
+            .find(|ca| names(ca).is_some_and(|(_, s)| s == issuer) && !chain.contains(ca))
+        else {
             break;
         };
         if names(found).is_some_and(|(i, s)| i == s) {

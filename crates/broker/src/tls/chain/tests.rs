@@ -51,7 +51,10 @@ fn intermediates_in_cafile_are_appended_but_not_the_root() {
 fn a_partial_chain_is_completed_from_where_it_ends() {
     let [root, i1, i2, server] = pki();
     let mut chain = vec![server.clone(), i2.clone()];
-    assert_eq!(complete(&mut chain, &[i1.clone(), root]), Completion::Added(1));
+    assert_eq!(
+        complete(&mut chain, &[i1.clone(), root]),
+        Completion::Added(1)
+    );
     assert_eq!(chain, vec![server, i2, i1]);
 }
 
@@ -64,7 +67,7 @@ fn complete_chains_are_left_alone() {
         vec![server.clone(), i2.clone(), i1.clone(), root.clone()],
     ] {
         let mut chain = given.clone();
-        assert_eq!(complete(&mut chain, &[root.clone()]), Completion::Complete);
+        assert_eq!(complete(&mut chain, std::slice::from_ref(&root)), Completion::Complete);
         assert_eq!(chain, given);
     }
     // A server certificate signed by the root directly, which cafile holds.
