@@ -1,8 +1,11 @@
 """TLS listener (mqtts): the test CA from scripts/gen-certs.sh, paho and raw TLS clients,
-refusal of an untrusted server certificate, and mutual TLS with require_certificate."""
+refusal of an untrusted server certificate, mutual TLS with require_certificate, and a
+certificate file without its intermediate CA: the chain completed from cafile (makelaar.toml,
+--mosquitto-conf, Mosquitto itself for reference, SIGHUP), or a warning when it cannot be."""
 
 import getpass
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -286,3 +289,32 @@ def test_an_incomplete_chain_is_warned_about(tmp_path, certs, kind):
     assert "append the intermediate certificate(s)" in warning[0], warning[0]
     refused = [l for l in lines if " WARN " in l and "refused the certificate" in l]
     assert len(refused) == 1 and "UnknownCA" in refused[0], lines
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="Makelaar's SIGHUP reload")
+def test_sighup_completes_the_chain_from_the_new_cafile(tmp_path, certs):
+    """The CA file gains the intermediate while the broker runs: after SIGHUP the chain is
+    completed from it and clients that trust only the root connect."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text((certs / "ca.crt").read_text())
+    port = free_port()
+    log = tmp_path / "broker.log"
+    proc = _serve(_chain_config(tmp_path, certs, "toml", port, bundle), tmp_path, port, log)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            R.RawClient(port, "localhost", version=4, tls_context=_ctx(certs), timeout=5)
+        bundle.write_text((certs / "intermediate.crt").read_text()
+                          + (certs / "ca.crt").read_text())
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        r = R.RawClient(port, "localhost", version=4, tls_context=_ctx(certs), timeout=5)
+        try:
+            assert r.connect(unique("reload-chain")).reason == 0
+        finally:
+            r.close()
+    finally:
+        _stop(proc)
+    assert "lacks 1 intermediate" in log.read_text(), log.read_text()

@@ -104,7 +104,8 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
 }
 
 /// Says what completing the chain did: one line at info when intermediates were added from
-/// the CA file, a warning when the server certificate's issuer is in neither file.
+/// the CA file, a warning when the server certificate's issuer is in neither the certificate
+/// file nor the CA file.
 fn log_completion(completion: &Completion, tls: &TlsSettings) {
     let cert = tls.cert.display();
     match (completion, &tls.cafile) {
@@ -115,18 +116,22 @@ fn log_completion(completion: &Completion, tls: &TlsSettings) {
              chain, which are sent from the CA file \"{}\", as Mosquitto (OpenSSL) does",
             cafile.as_deref().unwrap_or(Path::new("")).display()
         ),
-        (Completion::IssuerMissing(issuer), cafile) => {
+        // Without a CA file there is nothing to tell a server certificate issued by a root
+        // the clients trust (a common, valid setup) from one missing its intermediate: only
+        // a debug line then.
+        (Completion::IssuerMissing(issuer), None) => tracing::debug!(
+            "the certificate file \"{cert}\" holds the server certificate without its issuer \
+             {issuer:?}, and no cafile is set to complete the chain from"
+        ),
+        (Completion::IssuerMissing(issuer), Some(cafile)) => {
             let issuer = issuer.as_deref().unwrap_or("(no common name)");
-            let cafile = match cafile {
-                Some(f) => format!("in the CA file \"{}\"", f.display()),
-                None => "given as cafile".to_string(),
-            };
             tracing::warn!(
                 "the certificate file \"{cert}\" holds the server certificate without its \
-                 issuer \"{issuer}\", which is not {cafile} either, so clients that trust only \
-                 the root CA will refuse it (UnknownCA): append the intermediate \
-                 certificate(s) to \"{cert}\", after the server certificate, unless clients \
-                 trust \"{issuer}\" itself"
+                 issuer \"{issuer}\", which is not in the CA file \"{}\" either, so clients \
+                 that trust only the root CA will refuse it (UnknownCA): append the \
+                 intermediate certificate(s) to \"{cert}\", after the server certificate, \
+                 unless clients trust \"{issuer}\" itself",
+                cafile.display()
             );
         }
     }

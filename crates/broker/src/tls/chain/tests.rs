@@ -67,7 +67,10 @@ fn complete_chains_are_left_alone() {
         vec![server.clone(), i2.clone(), i1.clone(), root.clone()],
     ] {
         let mut chain = given.clone();
-        assert_eq!(complete(&mut chain, std::slice::from_ref(&root)), Completion::Complete);
+        assert_eq!(
+            complete(&mut chain, std::slice::from_ref(&root)),
+            Completion::Complete
+        );
         assert_eq!(chain, given);
     }
     // A server certificate signed by the root directly, which cafile holds.
