@@ -215,3 +215,62 @@ async fn a_request_in_single_bytes_and_one_that_is_not_http() {
         "{answer}"
     );
 }
+
+/// Counts the writes that reach the underlying stream.
+struct CountWrites {
+    inner: DuplexStream,
+    writes: usize,
+}
+
+impl AsyncRead for CountWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.writes += 1;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection task's one write per wake-up stays one write of the socket: the frames of
+/// all its packets are laid out together.
+#[tokio::test]
+async fn the_packets_of_one_write_go_out_in_one_write() {
+    let (mut client, server) = duplex(1 << 16);
+    let counting = CountWrites {
+        inner: server,
+        writes: 0,
+    };
+    let mut ws = WebSocket::new(counting, 1000, Vec::new());
+    let packets = [
+        vec![0x90, 0x03, 0x00, 0x01, 0x02],
+        [&[0x30, 0x0C, 0x00, 0x01, b't'][..], &[5u8; 9]].concat(),
+        vec![0x40, 0x02, 0x00, 0x07],
+    ];
+    let batch = packets.concat();
+    assert_eq!(ws.write(&batch).await.unwrap(), batch.len());
+    ws.flush().await.unwrap();
+    assert_eq!(ws.get_ref().writes, 1);
+    for p in &packets {
+        assert_eq!(&server_frame(&mut client).await, &(2, p.clone()));
+    }
+}
