@@ -52,6 +52,49 @@ impl Front {
             warned_refused_cert: AtomicU64::new(0),
         }
     }
+
+    /// A client that ends the handshake with a certificate alert refused our certificate:
+    /// that is a configuration problem the user must see (an incomplete chain, the wrong CA),
+    /// unlike the many other ways handshakes fail (scanners, clients giving up), which stay
+    /// at debug. Said at warn, at most once a minute per listener.
+    fn note_handshake_error(&self, e: &io::Error, peer: SocketAddr) {
+        let Some(rustls::Error::AlertReceived(alert)) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return;
+        };
+        if !matches!(
+            alert,
+            AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::UnsupportedCertificate
+        ) {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned_refused_cert.load(Ordering::Relaxed);
+        if now < last.saturating_add(REFUSED_CERT_WARN_EVERY.as_secs())
+            || self
+                .warned_refused_cert
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::warn!(
+            "a TLS client at {peer} refused the certificate of listener \"{}\" ({alert:?}): \
+             check that its certificate file holds the intermediate CA certificate(s) after \
+             the server certificate and that clients trust its root CA (said at most once a \
+             minute)",
+            self.url
+        );
+    }
 }
 
 /// A TCP connection accepted by a [`Listener`](crate::listener::Listener), not yet opened.
@@ -174,51 +217,6 @@ impl Accepted {
             peer = SocketAddr::new(client, 0);
         }
         Ok((Stream::Ws(Box::new(ws_stream)), peer))
-    }
-}
-
-impl Front {
-    /// A client that ends the handshake with a certificate alert refused our certificate:
-    /// that is a configuration problem the user must see (an incomplete chain, the wrong CA),
-    /// unlike the many other ways handshakes fail (scanners, clients giving up), which stay
-    /// at debug. Said at warn, at most once a minute per listener.
-    fn note_handshake_error(&self, e: &io::Error, peer: SocketAddr) {
-        let Some(rustls::Error::AlertReceived(alert)) = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        else {
-            return;
-        };
-        if !matches!(
-            alert,
-            AlertDescription::UnknownCA
-                | AlertDescription::BadCertificate
-                | AlertDescription::CertificateUnknown
-                | AlertDescription::CertificateExpired
-                | AlertDescription::CertificateRevoked
-                | AlertDescription::UnsupportedCertificate
-        ) {
-            return;
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.warned_refused_cert.load(Ordering::Relaxed);
-        if now < last.saturating_add(REFUSED_CERT_WARN_EVERY.as_secs())
-            || self
-                .warned_refused_cert
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        tracing::warn!(
-            "a TLS client at {peer} refused the certificate of listener \"{}\" ({alert:?}): \
-             check that its certificate file holds the intermediate CA certificate(s) after \
-             the server certificate and that clients trust its root CA (said at most once a \
-             minute)",
-            self.url
-        );
     }
 }
 

@@ -25,6 +25,10 @@ use chain::Completion;
 /// refuses clients that present none. With `crlfile`, a client certificate revoked by its
 /// issuer's CRL is refused, and so is one whose issuer has no CRL in the file (as Mosquitto,
 /// that is, OpenSSL's CRL check of the end certificate, does).
+///
+/// A certificate file without the intermediate CA certificates of its chain is completed from
+/// `cafile` (see `chain`), and the log says so; when the server certificate's issuer is in
+/// neither file, a warning names the file to append them to.
 pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
     let provider = crypto_provider();
 
@@ -34,7 +38,6 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
         None => Vec::new(),
     };
     let completion = chain::complete(&mut certs, &cas);
-    log_completion(&completion, tls);
     let key = load_key(&tls.key)?;
     // Check the key on its own first, so "not a usable key" and "does not match" differ.
     if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
@@ -100,6 +103,7 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
             tls.key.display()
         )),
     })?;
+    log_completion(&completion, tls);
     Ok(Arc::new(config))
 }
 
