@@ -10,6 +10,9 @@
 #   expired.crt expired.key       client certificate signed by ca whose validity ended in 2020
 #   unknown-ca.crt unknown-ca.key a second CA that the broker does not trust
 #   unknown.crt unknown.key       client certificate signed by unknown-ca
+#   intermediate.crt intermediate.key  an intermediate CA signed by ca
+#   chain-server.crt chain-server.key  server certificate (as server.crt) signed by the
+#                                 intermediate, alone in its file: root -> intermediate -> server
 #
 # Idempotent: when every file already exists (and the server certificate verifies against the
 # CA), nothing is done. Otherwise everything is made afresh.
@@ -24,7 +27,8 @@ mkdir -p "$dir"
 cd "$dir"
 
 files="ca.crt ca.key server.crt server.key client.crt client.key expired.crt expired.key
-unknown-ca.crt unknown-ca.key unknown.crt unknown.key"
+unknown-ca.crt unknown-ca.key unknown.crt unknown.key intermediate.crt intermediate.key
+chain-server.crt chain-server.key"
 
 complete=yes
 for f in $files; do
@@ -59,10 +63,16 @@ make_leaf() {
 make_ca ca "Makelaar test CA"
 make_ca unknown-ca "Unknown test CA"
 
-make_leaf server localhost ca "basicConstraints=CA:FALSE
+server_ext="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1"
+make_leaf server localhost ca "$server_ext"
+
+# root -> intermediate -> server, for completing the chain from cafile.
+make_leaf intermediate "Makelaar test intermediate CA" ca "basicConstraints=critical,CA:TRUE,pathlen:0
+keyUsage=critical,keyCertSign,cRLSign"
+make_leaf chain-server localhost intermediate "$server_ext"
 
 client_ext="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
@@ -104,4 +114,5 @@ openssl x509 -in "$work/expired.pem" -out expired.crt
 
 chmod 600 ./*.key
 openssl verify -CAfile ca.crt server.crt client.crt >/dev/null
+openssl verify -CAfile ca.crt -untrusted intermediate.crt chain-server.crt >/dev/null
 echo "test certificates written to $(pwd)"

@@ -153,6 +153,10 @@ stage_deps() {
     # The browser tests: Debian's Chromium, and Node's npm for MQTT.js (tests/browser).
     command -v chromium >/dev/null || packages+=(chromium)
     command -v npm >/dev/null || packages+=(npm)
+    # The Paho C client of the WebSocket tests (tests/interop/paho_c), compiled by the test.
+    [ -f /usr/include/MQTTClient.h ] || packages+=(libpaho-mqtt-dev)
+    command -v gcc >/dev/null || packages+=(gcc)
+    [ -f /usr/include/stdio.h ] || packages+=(libc6-dev)
     if ! python_deps_ok && ! python3 -m pip --version >/dev/null 2>&1; then
         packages+=(python3-pip)
     fi

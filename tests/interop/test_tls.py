@@ -1,12 +1,20 @@
 """TLS listener (mqtts): the test CA from scripts/gen-certs.sh, paho and raw TLS clients,
-refusal of an untrusted server certificate, and mutual TLS with require_certificate."""
+refusal of an untrusted server certificate, mutual TLS with require_certificate, and a
+certificate file without its intermediate CA: the chain completed from cafile (makelaar.toml,
+--mosquitto-conf, Mosquitto itself for reference, SIGHUP), or a warning when it cannot be."""
 
+import getpass
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import time
 
 import pytest
 
 import mqtt_raw as R
+from brokers import BROKER_KIND, find_makelaar, free_port, mosquitto_exe
 from clients import MqttClient, unique
 
 
@@ -159,3 +167,154 @@ def test_many_messages_over_tls(client, topic):
         info.wait_for_publish(10)
     got = sub.get_n(1000, timeout=15)
     assert [int(m.payload) for m in got] == list(range(1000))
+
+
+# ---------------------------------------------------------------------------------------------
+# A certificate file with the server certificate alone, its intermediate CA in cafile (a
+# common Mosquitto setup): the chain is completed from cafile, as OpenSSL does for Mosquitto.
+
+def _serve(cmd, cwd, port, log_path, timeout=10.0):
+    """Starts a broker process writing to `log_path`; returns it once `port` accepts."""
+    env = dict(os.environ)
+    env.setdefault("RUST_LOG", "info")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=cwd, env=env)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"port {port} not open:\n{log_path.read_text()}")
+            time.sleep(0.05)
+
+
+def _stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _chain_config(tmp_path, certs, kind, port, cafile):
+    """The command of a broker whose mqtts listener on `port` has the certificate file
+    chain-server.crt (the server certificate alone) and the CA file `cafile`: a makelaar.toml,
+    or a mosquitto.conf for `makelaar serve --mosquitto-conf` or Mosquitto itself."""
+    cert, key = certs / "chain-server.crt", certs / "chain-server.key"
+    if kind == "toml":
+        conf = tmp_path / "makelaar.toml"
+        conf.write_text(f'listen = ["mqtts://127.0.0.1:{port}"]\ncert = "{cert}"\n'
+                        f'key = "{key}"\ncafile = "{cafile}"\nallow_anonymous = true\n')
+        return [find_makelaar(), "serve", "--in-memory", "--config", str(conf)]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"persistence false\nlog_dest stderr\nuser {getpass.getuser()}\n"
+                    f"listener {port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n"
+                    f"cafile {cafile}\nallow_anonymous true\n")
+    if kind == "mosquitto":
+        return [mosquitto_exe(), "-c", str(conf)]
+    return [find_makelaar(), "serve", "--mosquitto-conf", str(conf)]
+
+
+CHAIN_KINDS = [
+    pytest.param("toml", marks=pytest.mark.skipif(BROKER_KIND != "makelaar",
+                                                  reason="a makelaar.toml")),
+    pytest.param("mosquitto-conf", marks=pytest.mark.skipif(BROKER_KIND != "makelaar",
+                                                            reason="makelaar --mosquitto-conf")),
+    # The reference: what Mosquitto does with the same mosquitto.conf.
+    pytest.param("mosquitto", marks=pytest.mark.skipif(not os.path.exists(mosquitto_exe()),
+                                                       reason="needs Debian's mosquitto")),
+]
+
+
+@pytest.mark.parametrize("kind", CHAIN_KINDS)
+def test_chain_completed_from_cafile(tmp_path, certs, kind):
+    """certfile holds only the server certificate, cafile the intermediate and the root:
+    clients that trust only the root verify the chain (paho's ssl and mosquitto_sub), as with
+    Mosquitto; Makelaar says at info that it completed the chain."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text((certs / "intermediate.crt").read_text() + (certs / "ca.crt").read_text())
+    port = free_port()
+    log = tmp_path / "broker.log"
+    proc = _serve(_chain_config(tmp_path, certs, kind, port, bundle), tmp_path, port, log)
+    try:
+        r = R.RawClient(port, "localhost", version=4, tls_context=_ctx(certs), timeout=5)
+        try:
+            assert r.connect(unique("chain")).reason == 0
+        finally:
+            r.close()
+        pub = subprocess.run(
+            ["mosquitto_pub", "-h", "localhost", "-p", str(port), "--cafile",
+             str(certs / "ca.crt"), "-t", unique("chain"), "-m", "through the chain", "-q", "1"],
+            capture_output=True, text=True, timeout=20)
+        assert pub.returncode == 0, pub.stderr
+    finally:
+        _stop(proc)
+    if kind != "mosquitto":
+        text = log.read_text()
+        line = next((l for l in text.splitlines() if "lacks 1 intermediate" in l), None)
+        assert line is not None, text
+        assert "chain-server.crt" in line and "ca-bundle.pem" in line and " INFO " in line, line
+        assert "WARN" not in text.replace("Illegal SNI", ""), text
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="Makelaar's start-up warning")
+@pytest.mark.parametrize("kind", ["toml", "mosquitto-conf"])
+def test_an_incomplete_chain_is_warned_about(tmp_path, certs, kind):
+    """The intermediate is in neither file: the start-up says so in one warning naming the
+    certificate file and the fix; a client that refuses the certificate is reported too."""
+    port = free_port()
+    log = tmp_path / "broker.log"
+    proc = _serve(_chain_config(tmp_path, certs, kind, port, certs / "ca.crt"), tmp_path, port,
+                  log)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            R.RawClient(port, "localhost", version=4, tls_context=_ctx(certs), timeout=5)
+        time.sleep(0.3)
+    finally:
+        _stop(proc)
+    lines = log.read_text().splitlines()
+    warning = [l for l in lines if " WARN " in l and "holds the server certificate" in l]
+    assert len(warning) == 1, lines
+    cert = str(certs / "chain-server.crt")
+    assert warning[0].count(cert) == 2, warning[0]  # the file, and where to append
+    assert "Makelaar test intermediate CA" in warning[0], warning[0]
+    assert "append the intermediate certificate(s)" in warning[0], warning[0]
+    refused = [l for l in lines if " WARN " in l and "refused the certificate" in l]
+    assert len(refused) == 1 and "UnknownCA" in refused[0], lines
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="Makelaar's SIGHUP reload")
+def test_sighup_completes_the_chain_from_the_new_cafile(tmp_path, certs):
+    """The CA file gains the intermediate while the broker runs: after SIGHUP the chain is
+    completed from it and clients that trust only the root connect."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text((certs / "ca.crt").read_text())
+    port = free_port()
+    log = tmp_path / "broker.log"
+    proc = _serve(_chain_config(tmp_path, certs, "toml", port, bundle), tmp_path, port, log)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            R.RawClient(port, "localhost", version=4, tls_context=_ctx(certs), timeout=5)
+        bundle.write_text((certs / "intermediate.crt").read_text()
+                          + (certs / "ca.crt").read_text())
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        r = R.RawClient(port, "localhost", version=4, tls_context=_ctx(certs), timeout=5)
+        try:
+            assert r.connect(unique("reload-chain")).reason == 0
+        finally:
+            r.close()
+    finally:
+        _stop(proc)
+    assert "lacks 1 intermediate" in log.read_text(), log.read_text()

@@ -5,6 +5,7 @@ X-Forwarded-For from trusted proxies, and MQTT.js in headless Chromium. Makelaar
 generated Mosquitto configuration has no WebSocket listener."""
 
 import http.server
+import os
 import re
 import shutil
 import signal
@@ -12,6 +13,7 @@ import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,6 +135,47 @@ def test_will_of_a_websocket_client(ws_client, client, topic):
 
 
 # ---------------------------------------------------------------------------------------------
+# Eclipse Paho C (tests/interop/paho_c/ws_client.c)
+
+PAHO_C_SOURCE = Path(__file__).parent / "paho_c" / "ws_client.c"
+
+
+@pytest.fixture(scope="module")
+def paho_c_client(tmp_path_factory):
+    """The Paho C test client, compiled against Debian's libpaho-mqtt-dev. Skipped when the
+    library or gcc is missing, except in CI (scripts/test.sh installs them there)."""
+    missing = [what for what, there in [
+        ("libpaho-mqtt-dev", Path("/usr/include/MQTTClient.h").exists()),
+        ("gcc", shutil.which("gcc") is not None),
+    ] if not there]
+    if missing:
+        message = (f"the Paho C test needs {' and '.join(missing)}: apt-get install "
+                   f"{' '.join(missing)} (scripts/test.sh does)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    exe = tmp_path_factory.mktemp("paho_c") / "ws_client"
+    p = subprocess.run(["gcc", "-O1", "-Wall", "-o", str(exe), str(PAHO_C_SOURCE),
+                        "-lpaho-mqtt3cs"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, f"cannot compile {PAHO_C_SOURCE}:\n{p.stderr}"
+    return exe
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_paho_c_gets_packets_sent_back_to_back(broker, certs, paho_c_client, tls):
+    """Paho C reads the next packet only when the socket turns readable: with two packets in
+    one frame it stalls. SUBACK + retained PUBLISH, PUBACK + delivery, PUBCOMP + delivery
+    must each reach it within 5 s."""
+    uri = f"wss://localhost:{WSS_PORT}/mqtt" if tls else f"ws://127.0.0.1:{WS_PORT}/mqtt"
+    args = [str(paho_c_client), uri, unique("paho-c")]
+    if tls:
+        args.append(str(certs / "ca.crt"))
+    p = subprocess.run(args, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "every message and acknowledgement arrived" in p.stdout
+
+
+# ---------------------------------------------------------------------------------------------
 # Hand-made frames
 
 
@@ -153,7 +196,8 @@ def test_one_packet_split_across_frames_and_messages(ws_raw, topic):
 
 
 def test_several_packets_in_one_frame(ws_raw, topic):
-    """CONNECT, SUBSCRIBE, PUBLISH and PINGREQ in one frame; the answers may share frames."""
+    """CONNECT, SUBSCRIBE, PUBLISH and PINGREQ in one frame [MQTT-6.0.0-2]; the answers come
+    back each in a frame of its own (as other brokers send them: Paho C needs it)."""
     c = ws_raw()
     c.send(R.connect(unique("batch")) + R.subscribe(1, [(f"{topic}/b", 1)])
            + R.publish(f"{topic}/b", b"batched", qos=1, packet_id=7) + R.pingreq())
@@ -162,6 +206,9 @@ def test_several_packets_in_one_frame(ws_raw, topic):
     types = sorted(p.type for p in got)
     assert types == sorted([R.SUBACK, R.PUBACK, R.PUBLISH, R.PINGRESP]), got
     assert [p for p in got if p.type == R.PUBLISH][0].payload == b"batched"
+    assert len(c.data_frames) == 5, c.data_frames
+    for payload in c.data_frames:
+        assert W.packet_length(payload) == len(payload), c.data_frames
 
 
 def test_pings_get_pongs_between_fragments(ws_raw):

@@ -40,6 +40,17 @@ def frame(opcode: int, payload: bytes, fin=True, mask=True) -> bytes:
     return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def packet_length(data: bytes) -> int:
+    """The whole length of the MQTT packet `data` starts with, from its fixed header."""
+    n, shift = 0, 0
+    for i, b in enumerate(data[1:5], start=1):
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return 1 + i + n
+    raise ValueError(f"no complete fixed header in {data[:5]!r}")
+
+
 def upgrade_request(host, port, path="/mqtt", protocols=("mqtt",), headers=()) -> tuple:
     """The HTTP upgrade request, and the Sec-WebSocket-Accept the server must answer with."""
     key = base64.b64encode(os.urandom(16)).decode()
@@ -85,6 +96,7 @@ class WsClient(R.RawClient):
                          source=source, preamble=preamble)
         self.wire = bytearray()
         self.pongs: list[bytes] = []
+        self.data_frames: list[bytes] = []  # the payload of every binary frame received
         self.close_code = None  # the server's close frame: its code (or 0 without one)
         request, accept = upgrade_request(host, port, path, protocols, headers)
         self.sock.sendall(request)
@@ -169,6 +181,7 @@ class WsClient(R.RawClient):
                 progressed = True
                 if opcode in (BINARY, CONTINUATION):
                     self.buf += payload
+                    self.data_frames.append(payload)
                 elif opcode == PONG:
                     self.pongs.append(payload)
                 elif opcode == CLOSE:

@@ -36,6 +36,36 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     first_cn(subject)
 }
 
+/// The issuer and the subject of the DER certificate `der`, as their DER Names (the
+/// contents of each SEQUENCE), to match a certificate with its issuer.
+pub(crate) fn issuer_and_subject(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (tag, cert, _) = tlv(der)?;
+    expect(tag, SEQUENCE)?;
+    let (tag, tbs, _) = tlv(cert)?;
+    expect(tag, SEQUENCE)?;
+    let mut rest = tbs;
+    let (tag, _, after) = tlv(rest)?;
+    if tag == VERSION {
+        rest = after;
+    }
+    // serialNumber, signature, then the issuer, validity, subject.
+    for _ in 0..2 {
+        let (_, _, after) = tlv(rest)?;
+        rest = after;
+    }
+    let (tag, issuer, after) = tlv(rest)?;
+    expect(tag, SEQUENCE)?;
+    let (_, _, after) = tlv(after)?;
+    let (tag, subject, _) = tlv(after)?;
+    expect(tag, SEQUENCE)?;
+    Some((issuer, subject))
+}
+
+/// The first Common Name of a DER Name (the contents of its SEQUENCE), for messages.
+pub(crate) fn name_cn(name: &[u8]) -> Option<String> {
+    first_cn(name)
+}
+
 /// Walks the RelativeDistinguishedNames of a Name for the first CN attribute.
 fn first_cn(mut name: &[u8]) -> Option<String> {
     while !name.is_empty() {

@@ -8,9 +8,11 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::AlertDescription;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -25,6 +27,8 @@ use crate::{forwarded, websocket};
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a proxy may take to send its PROXY protocol header.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A listener says at most once in this time that a client refused its certificate.
+const REFUSED_CERT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What a listener does with its connections before MQTT starts.
 #[derive(Debug)]
@@ -34,6 +38,8 @@ pub struct Front {
     websocket: Option<WebSocketSettings>,
     /// A connection came without a PROXY header: said once, at warn.
     warned_missing_header: AtomicBool,
+    /// When (unix seconds) a client's refusal of the certificate was last said, at warn.
+    warned_refused_cert: AtomicU64,
 }
 
 impl Front {
@@ -43,7 +49,51 @@ impl Front {
             proxy_protocol: cfg.proxy_protocol,
             websocket: cfg.websocket.clone(),
             warned_missing_header: AtomicBool::new(false),
+            warned_refused_cert: AtomicU64::new(0),
         }
+    }
+
+    /// A client that ends the handshake with a certificate alert refused our certificate:
+    /// that is a configuration problem the user must see (an incomplete chain, the wrong CA),
+    /// unlike the many other ways handshakes fail (scanners, clients giving up), which stay
+    /// at debug. Said at warn, at most once a minute per listener.
+    fn note_handshake_error(&self, e: &io::Error, peer: SocketAddr) {
+        let Some(rustls::Error::AlertReceived(alert)) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return;
+        };
+        if !matches!(
+            alert,
+            AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::UnsupportedCertificate
+        ) {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned_refused_cert.load(Ordering::Relaxed);
+        if now < last.saturating_add(REFUSED_CERT_WARN_EVERY.as_secs())
+            || self
+                .warned_refused_cert
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::warn!(
+            "a TLS client at {peer} refused the certificate of listener \"{}\" ({alert:?}): \
+             check that its certificate file holds the intermediate CA certificate(s) after \
+             the server certificate and that clients trust its root CA (said at most once a \
+             minute)",
+            self.url
+        );
     }
 }
 
@@ -132,7 +182,10 @@ impl Accepted {
             Some(acceptor) => {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
-                    Ok(Err(e)) => return Err(e),
+                    Ok(Err(e)) => {
+                        front.note_handshake_error(&e, peer);
+                        return Err(e);
+                    }
                     Err(_) => {
                         return Err(timed_out(format!(
                             "TLS handshake with {peer} took longer than {} s",

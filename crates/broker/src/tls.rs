@@ -1,5 +1,9 @@
 //! TLS for `mqtts://` listeners: loads the PEM certificate chain, private key and optional CA
-//! bundle into a rustls `ServerConfig` (ring provider, TLS 1.2 and 1.3).
+//! bundle into a rustls `ServerConfig` (ring provider, TLS 1.2 and 1.3). A chain the
+//! certificate file leaves incomplete is completed from the CA bundle (`chain`), as
+//! Mosquitto's OpenSSL does.
+
+mod chain;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +15,8 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::{io_reason, ConfigError, TlsSettings};
+use crate::listener::STATUS_TARGET;
+use chain::Completion;
 
 /// Builds the rustls server configuration for the TLS listeners.
 ///
@@ -19,10 +25,19 @@ use crate::config::{io_reason, ConfigError, TlsSettings};
 /// refuses clients that present none. With `crlfile`, a client certificate revoked by its
 /// issuer's CRL is refused, and so is one whose issuer has no CRL in the file (as Mosquitto,
 /// that is, OpenSSL's CRL check of the end certificate, does).
+///
+/// A certificate file without the intermediate CA certificates of its chain is completed from
+/// `cafile` (see `chain`), and the log says so; when the server certificate's issuer is in
+/// neither file, a warning names the file to append them to.
 pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError> {
     let provider = crypto_provider();
 
-    let certs = load_certs(&tls.cert, "certificate file", "--cert")?;
+    let mut certs = load_certs(&tls.cert, "certificate file", "--cert")?;
+    let cas = match &tls.cafile {
+        Some(cafile) => load_certs(cafile, "CA file", "--cafile")?,
+        None => Vec::new(),
+    };
+    let completion = chain::complete(&mut certs, &cas);
     let key = load_key(&tls.key)?;
     // Check the key on its own first, so "not a usable key" and "does not match" differ.
     if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
@@ -41,7 +56,7 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
         None => builder.with_no_client_auth(),
         Some(cafile) => {
             let mut roots = RootCertStore::empty();
-            for ca in load_certs(cafile, "CA file", "--cafile")? {
+            for ca in cas {
                 roots.add(ca).map_err(|e| {
                     ConfigError::Tls(format!(
                         "the CA file \"{}\" holds a certificate that cannot be used as a trust \
@@ -88,7 +103,42 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
             tls.key.display()
         )),
     })?;
+    log_completion(&completion, tls);
     Ok(Arc::new(config))
+}
+
+/// Says what completing the chain did: one line at info when intermediates were added from
+/// the CA file, a warning when the server certificate's issuer is in neither the certificate
+/// file nor the CA file.
+fn log_completion(completion: &Completion, tls: &TlsSettings) {
+    let cert = tls.cert.display();
+    match (completion, &tls.cafile) {
+        (Completion::Complete, _) => {}
+        (Completion::Added(n), cafile) => tracing::info!(
+            target: STATUS_TARGET,
+            "the certificate file \"{cert}\" lacks {n} intermediate CA certificate(s) of its \
+             chain, which are sent from the CA file \"{}\", as Mosquitto (OpenSSL) does",
+            cafile.as_deref().unwrap_or(Path::new("")).display()
+        ),
+        // Without a CA file there is nothing to tell a server certificate issued by a root
+        // the clients trust (a common, valid setup) from one missing its intermediate: only
+        // a debug line then.
+        (Completion::IssuerMissing(issuer), None) => tracing::debug!(
+            "the certificate file \"{cert}\" holds the server certificate without its issuer \
+             {issuer:?}, and no cafile is set to complete the chain from"
+        ),
+        (Completion::IssuerMissing(issuer), Some(cafile)) => {
+            let issuer = issuer.as_deref().unwrap_or("(no common name)");
+            tracing::warn!(
+                "the certificate file \"{cert}\" holds the server certificate without its \
+                 issuer \"{issuer}\", which is not in the CA file \"{}\" either, so clients \
+                 that trust only the root CA will refuse it (UnknownCA): append the \
+                 intermediate certificate(s) to \"{cert}\", after the server certificate, \
+                 unless clients trust \"{issuer}\" itself",
+                cafile.display()
+            );
+        }
+    }
 }
 
 fn load_certs(

@@ -11,11 +11,16 @@
 //!   frame closes the connection [MQTT-6.0.0-1], so does a message longer than
 //!   `max_packet_size`. Pings are answered, pongs ignored, a close frame is answered and ends
 //!   the stream;
-//! - writing, each write becomes one binary frame (the connection task writes everything it
-//!   has ready at once, so usually several packets share a frame); closing sends a close
-//!   frame before the underlying stream is shut down.
+//! - writing, each MQTT packet gets a binary frame of its own (`framer::Framer` finds the
+//!   packets in the bytes written; Paho C clients stall on two packets in one frame). The
+//!   frames of one write are laid out in one buffer and written with one write of the
+//!   underlying stream, so the connection task's one write per wake-up stays one; what the
+//!   stream does not take at once is written before anything else is accepted. Control
+//!   frames (pong, close) go between packets; closing sends a close frame before the
+//!   underlying stream is shut down.
 
 mod frame;
+mod framer;
 mod handshake;
 
 use std::io;
@@ -26,12 +31,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use frame::{Control, Reader};
+use framer::Framer;
 use handshake::Outcome;
 
 /// Longest a client may take to send its upgrade request.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP error answer may take to write.
 const REFUSAL_WRITE_TIME: Duration = Duration::from_secs(2);
+/// Most bytes of the caller's one write framed at once (the frames are copied into a buffer
+/// of about this size, held only until the underlying stream takes them).
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// A WebSocket connection seen as a byte stream (see the module documentation).
 #[derive(Debug)]
@@ -40,19 +49,16 @@ pub struct WebSocket<S> {
     reader: Reader,
     /// Bytes the client sent right after its upgrade request (normally none).
     early: Vec<u8>,
-    /// Payload bytes still owed to the data frame being written.
-    write_left: usize,
-    /// That frame's header, and how much of it is written.
-    head: [u8; 10],
-    head_len: u8,
-    head_at: u8,
-    /// The control frame being written (pong or close), and how much of it is written.
-    ctl: [u8; 2 + frame::MAX_CONTROL],
-    ctl_len: u8,
-    ctl_at: u8,
-    /// Control bytes handed to the inner stream and not flushed yet.
-    ctl_unflushed: bool,
-    /// A close frame to send, with this code, once the current data frame is complete.
+    /// Where the bytes written stand in the MQTT packets they carry.
+    framer: Framer,
+    /// Frames waiting for the underlying stream, from `out_at` on (data frames and control
+    /// frames, whole except perhaps the last data frame). Empty, without memory, when all is
+    /// written.
+    out: Vec<u8>,
+    out_at: usize,
+    /// Bytes handed to the underlying stream and not flushed yet.
+    unflushed: bool,
+    /// A close frame to send, with this code, once the current packet's frame is complete.
     close_due: Option<u16>,
     /// The close frame is written or being written: no more frames after it.
     close_sent: bool,
@@ -127,14 +133,10 @@ impl<S> WebSocket<S> {
             inner,
             reader: Reader::new(max_message),
             early,
-            write_left: 0,
-            head: [0; 10],
-            head_len: 0,
-            head_at: 0,
-            ctl: [0; 2 + frame::MAX_CONTROL],
-            ctl_len: 0,
-            ctl_at: 0,
-            ctl_unflushed: false,
+            framer: Framer::default(),
+            out: Vec::new(),
+            out_at: 0,
+            unflushed: false,
             close_due: None,
             close_sent: false,
             read_done: false,
@@ -148,57 +150,59 @@ impl<S> WebSocket<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
-    /// Writes the pending control frames (a pong, the close frame); `Ready(Ok)` once none is
-    /// left. Only called between data frames.
-    fn poll_control(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.ctl_at == self.ctl_len {
-                // A pong first (its ping came before whatever made us close), then the
-                // close frame, then nothing.
-                let next = if self.close_sent {
-                    None
-                } else if let Some((p, n)) = self.reader.take_ping() {
-                    Some(Control::Pong(p, n))
-                } else if let Some(code) = self.close_due.take() {
-                    self.close_sent = true;
-                    Some(Control::Close(code))
-                } else {
-                    None
-                };
-                let Some(control) = next else {
-                    return Poll::Ready(Ok(()));
-                };
-                let (bytes, len) = frame::control_frame(&control);
-                self.ctl = bytes;
-                self.ctl_len = len as u8;
-                self.ctl_at = 0;
-            }
-            let pending = self
-                .ctl
-                .get(usize::from(self.ctl_at)..usize::from(self.ctl_len))
-                .unwrap_or_default();
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, pending))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.ctl_at = self.ctl_at.saturating_add(n as u8).min(self.ctl_len);
-            self.ctl_unflushed = true;
+    /// Puts the control frames that are due (a pong, then the close frame) behind the frames
+    /// waiting; only between packets, and nothing after the close frame.
+    fn queue_control(&mut self) {
+        if !self.framer.at_boundary() || self.close_sent {
+            return;
+        }
+        // A pong first (its ping came before whatever made us close), then the close frame.
+        if let Some((p, n)) = self.reader.take_ping() {
+            self.queue_frame(&Control::Pong(p, n));
+        }
+        if let Some(code) = self.close_due.take() {
+            self.close_sent = true;
+            self.queue_frame(&Control::Close(code));
         }
     }
 
-    /// Sends what control frames can be sent now, without waiting; an error only when the
-    /// stream failed.
+    fn queue_frame(&mut self, control: &Control) {
+        let (bytes, len) = frame::control_frame(control);
+        self.out
+            .extend_from_slice(bytes.get(..len).unwrap_or_default());
+    }
+
+    /// Writes the frames waiting; `Ready(Ok)` once all are written.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = self.out.get(self.out_at..).filter(|r| !r.is_empty()) {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+            self.unflushed = true;
+        }
+        if self.out.capacity() > 0 {
+            // All written: give the buffer back (an idle connection holds none).
+            self.out = Vec::new();
+        }
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends what control frames (and frames waiting) can be sent now, without waiting; an
+    /// error only when the stream failed.
     fn push_control(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.write_left > 0 {
-            return Ok(()); // after the data frame being written
+        self.queue_control();
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(()),
         }
-        if let Poll::Ready(Err(e)) = self.poll_control(cx) {
-            return Err(e);
-        }
-        if self.ctl_unflushed {
+        if self.unflushed {
             if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_flush(cx) {
                 r?;
-                self.ctl_unflushed = false;
+                self.unflushed = false;
             }
         }
         Ok(())
@@ -278,6 +282,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocket<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocket<S> {
+    /// Frames `buf` (see [`Framer`]) and writes the frames with one write of the underlying
+    /// stream; what it does not take waits in the buffer and is written first next time (or
+    /// by `poll_flush`), so `Pending` comes only while earlier frames still wait.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -287,64 +294,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocket<S> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.write_left == 0 {
-            if this.close_sent || this.close_due.is_some() {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-            ready!(this.poll_control(cx))?;
-            let (head, len) = frame::data_header(buf.len());
-            this.head = head;
-            this.head_len = len as u8;
-            this.head_at = 0;
-            this.write_left = buf.len();
+        // Once a close is due, only the packet already started may be finished.
+        let limit = if this.close_sent || this.close_due.is_some() {
+            this.framer.left()
+        } else {
+            WRITE_CHUNK
+        };
+        if limit == 0 {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let payload = buf
-            .get(..this.write_left.min(buf.len()))
-            .unwrap_or_default();
-        loop {
-            let head = this
-                .head
-                .get(usize::from(this.head_at)..usize::from(this.head_len))
-                .unwrap_or_default();
-            let n = if head.is_empty() {
-                ready!(Pin::new(&mut this.inner).poll_write(cx, payload))?
-            } else {
-                let parts = [io::IoSlice::new(head), io::IoSlice::new(payload)];
-                ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &parts))?
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            let from_head = n.min(head.len());
-            this.head_at += from_head as u8;
-            let written = n - from_head;
-            if written > 0 {
-                this.write_left -= written;
-                return Poll::Ready(Ok(written));
-            }
-            // Only (part of) the header went out: go on with the rest.
+        this.queue_control(); // a pong goes before the next packet
+        ready!(this.poll_drain(cx))?;
+        this.out.reserve(buf.len().min(limit) + 64);
+        let n = this.framer.frame(buf, &mut this.out, limit);
+        // The one write: the frames start on their way now, as a plain stream's bytes would.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
         }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.write_left == 0 {
-            ready!(this.poll_control(cx))?;
-        }
+        this.queue_control();
+        ready!(this.poll_drain(cx))?;
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
-        this.ctl_unflushed = false;
+        this.unflushed = false;
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // A data frame cut short cannot be followed by a close frame: just end the stream.
-        if this.write_left == 0 {
-            if !this.close_sent {
-                this.close_due.get_or_insert(frame::CLOSE_NORMAL);
-            }
-            ready!(this.poll_control(cx))?;
+        // A packet cut short cannot be followed by a close frame: just end the stream.
+        if this.framer.at_boundary() && !this.close_sent {
+            this.close_due.get_or_insert(frame::CLOSE_NORMAL);
         }
+        this.queue_control();
+        ready!(this.poll_drain(cx))?;
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }

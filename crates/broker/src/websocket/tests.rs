@@ -64,11 +64,65 @@ async fn data_both_ways_and_early_frames() {
     let mut got = vec![0u8; 14];
     ws.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"early and late");
-    ws.write_all(b"hello").await.unwrap();
-    ws.write_all(&[7u8; 300]).await.unwrap();
+    // A PUBACK and a PINGRESP in one write, then a PUBLISH in two writes.
+    let publish = [&[0x30, 0xAC, 0x02][..], &[7u8; 300]].concat();
+    ws.write_all(&[0x40, 0x02, 0x00, 0x01, 0xD0, 0x00])
+        .await
+        .unwrap();
+    ws.write_all(&publish[..100]).await.unwrap();
+    ws.write_all(&publish[100..]).await.unwrap();
     ws.flush().await.unwrap();
-    assert_eq!(server_frame(&mut client).await, (2, b"hello".to_vec()));
-    assert_eq!(server_frame(&mut client).await, (2, vec![7u8; 300]));
+    assert_eq!(
+        server_frame(&mut client).await,
+        (2, vec![0x40, 0x02, 0x00, 0x01])
+    );
+    assert_eq!(server_frame(&mut client).await, (2, vec![0xD0, 0x00]));
+    assert_eq!(server_frame(&mut client).await, (2, publish));
+}
+
+/// [MQTT-6.0.0-2] Each packet in a frame of its own even when the underlying stream takes
+/// a few bytes at a time (short writes cut frames and packets anywhere).
+#[tokio::test]
+async fn short_writes_keep_one_packet_per_frame() {
+    let (mut client, server) = duplex(7);
+    let mut ws = WebSocket::new(server, 1000, Vec::new());
+    // PUBLISHes of 128 to 373 bytes: the Remaining Length takes two bytes.
+    let packets: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| {
+            let len = 128 + usize::from(i) * 5;
+            let head = [0x30, (len % 128) as u8 | 0x80, (len / 128) as u8];
+            [&head[..], &vec![i; len]].concat()
+        })
+        .collect();
+    let stream = packets.concat();
+    let writer = tokio::spawn(async move {
+        for chunk in stream.chunks(333) {
+            ws.write_all(chunk).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        ws
+    });
+    for p in &packets {
+        assert_eq!(&server_frame(&mut client).await, &(2, p.clone()));
+    }
+    writer.await.unwrap();
+}
+
+/// A ping that arrives while a packet is half written is answered after that packet, not
+/// inside its frame.
+#[tokio::test]
+async fn a_pong_waits_for_the_packet_being_written() {
+    let (mut ws, mut client) = pair(&[]).await;
+    let publish = [&[0x30, 0x0A][..], &[9u8; 10]].concat();
+    ws.write_all(&publish[..5]).await.unwrap();
+    client.write_all(&masked(9, b"p")).await.unwrap();
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_millis(100), ws.read(&mut buf)).await;
+    assert!(read.is_err(), "a ping alone carries no data");
+    ws.write_all(&publish[5..]).await.unwrap();
+    ws.flush().await.unwrap();
+    assert_eq!(server_frame(&mut client).await, (2, publish));
+    assert_eq!(server_frame(&mut client).await, (0xA, b"p".to_vec()));
 }
 
 #[tokio::test]
@@ -90,7 +144,7 @@ async fn pings_are_answered_and_close_is_returned() {
         (8, 1000u16.to_be_bytes().to_vec())
     );
     // Nothing is written after the close frame.
-    assert!(ws.write_all(b"late").await.is_err());
+    assert!(ws.write_all(&[0xD0, 0x00]).await.is_err());
     ws.shutdown().await.unwrap();
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).await.unwrap();
@@ -114,9 +168,10 @@ async fn a_text_frame_closes_with_1003() {
 #[tokio::test]
 async fn a_server_close_sends_1000_after_the_data() {
     let (mut ws, mut client) = pair(&[]).await;
-    ws.write_all(b"last words").await.unwrap();
+    let last = [0xE0, 0x02, 0x8B, 0x00]; // DISCONNECT 0x8B
+    ws.write_all(&last).await.unwrap();
     ws.shutdown().await.unwrap();
-    assert_eq!(server_frame(&mut client).await, (2, b"last words".to_vec()));
+    assert_eq!(server_frame(&mut client).await, (2, last.to_vec()));
     assert_eq!(
         server_frame(&mut client).await,
         (8, 1000u16.to_be_bytes().to_vec())
@@ -159,4 +214,63 @@ async fn a_request_in_single_bytes_and_one_that_is_not_http() {
         answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{answer}"
     );
+}
+
+/// Counts the writes that reach the underlying stream.
+struct CountWrites {
+    inner: DuplexStream,
+    writes: usize,
+}
+
+impl AsyncRead for CountWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.writes += 1;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection task's one write per wake-up stays one write of the socket: the frames of
+/// all its packets are laid out together.
+#[tokio::test]
+async fn the_packets_of_one_write_go_out_in_one_write() {
+    let (mut client, server) = duplex(1 << 16);
+    let counting = CountWrites {
+        inner: server,
+        writes: 0,
+    };
+    let mut ws = WebSocket::new(counting, 1000, Vec::new());
+    let packets = [
+        vec![0x90, 0x03, 0x00, 0x01, 0x02],
+        [&[0x30, 0x0C, 0x00, 0x01, b't'][..], &[5u8; 9]].concat(),
+        vec![0x40, 0x02, 0x00, 0x07],
+    ];
+    let batch = packets.concat();
+    assert_eq!(ws.write(&batch).await.unwrap(), batch.len());
+    ws.flush().await.unwrap();
+    assert_eq!(ws.get_ref().writes, 1);
+    for p in &packets {
+        assert_eq!(&server_frame(&mut client).await, &(2, p.clone()));
+    }
 }
