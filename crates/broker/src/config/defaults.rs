@@ -68,6 +68,14 @@ impl ListenerTable {
     }
 }
 
+/// The `will_on_takeover` value of a rule.
+pub(crate) fn will_on_takeover_name(w: makelaar_core::broker::WillOnTakeover) -> &'static str {
+    match w {
+        makelaar_core::broker::WillOnTakeover::Spec => "spec",
+        makelaar_core::broker::WillOnTakeover::Mosquitto => "mosquitto",
+    }
+}
+
 fn durability_name(d: Durability) -> &'static str {
     match d {
         Durability::Sync => "sync",
@@ -137,13 +145,5 @@ mod tests {
                 "{full}"
             );
         }
-    }
-}
-
-/// The `will_on_takeover` value of a rule.
-pub(crate) fn will_on_takeover_name(w: makelaar_core::broker::WillOnTakeover) -> &'static str {
-    match w {
-        makelaar_core::broker::WillOnTakeover::Spec => "spec",
-        makelaar_core::broker::WillOnTakeover::Mosquitto => "mosquitto",
     }
 }

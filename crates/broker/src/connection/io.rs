@@ -272,8 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 }
             }
             self.undecoded = false;
-            if self.goodbye.is_some() || budget == 0 || self.large_reservation_needed().is_some()
-            {
+            if self.goodbye.is_some() || budget == 0 || self.large_reservation_needed().is_some() {
                 break;
             }
             self.prepare_read();

@@ -38,7 +38,9 @@ impl Broker {
         let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
         // Held by a live connection: what that client sent first (a DISCONNECT, say) must
         // count before this CONNECT is decided (see `park`).
-        if let Err(connect) = self.park_if_held(now, conn, &client_id, connect) {
+        if self.must_wait(&client_id) {
+            self.park(now, conn, &client_id, connect);
+        } else {
             self.decide_connect(now, conn, connect, false);
         }
     }

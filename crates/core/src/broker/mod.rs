@@ -217,7 +217,7 @@ impl Broker {
     pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
         let Some(&idx) = self.conns.get(&conn) else {
             // Behind a parked CONNECT: held until it is decided.
-            if let Err(packet) = self.hold_if_parked(now, conn, packet) {
+            if let Some(packet) = self.hold_if_parked(now, conn, packet) {
                 if self.conns.contains_key(&conn) {
                     self.handle_packet(now, conn, packet); // decided just now
                 }

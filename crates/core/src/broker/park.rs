@@ -65,15 +65,21 @@ fn held_cost(p: &Packet) -> usize {
 }
 
 impl Broker {
-    /// Parks `connect` when its client id is held by a live connection or other CONNECTs
-    /// already wait for it; gives it back when it can be decided now.
-    pub(super) fn park_if_held(
+    /// Whether a CONNECT for `client_id` must wait: a live connection holds the id, or other
+    /// CONNECTs already wait for it.
+    pub(super) fn must_wait(&self, client_id: &Arc<str>) -> bool {
+        self.parked.contains_key(client_id) || self.live_conn_of(client_id).is_some()
+    }
+
+    /// Parks `connect` behind the others waiting for `client_id`, or asks the holder of the
+    /// id to drain (see [`Broker::must_wait`]).
+    pub(super) fn park(
         &mut self,
         now: Instant,
         conn: ConnId,
         client_id: &Arc<str>,
         connect: Connect,
-    ) -> Result<(), Connect> {
+    ) {
         let parked = Parked {
             conn,
             connect: Box::new(connect),
@@ -83,10 +89,12 @@ impl Broker {
         if let Some(w) = self.parked.get_mut(client_id) {
             w.queue.push_back(parked);
             self.parked_ids.insert(conn, client_id.clone());
-            return Ok(());
+            return;
         }
         let Some(old) = self.live_conn_of(client_id) else {
-            return Err(*parked.connect);
+            // Not held after all: decided now.
+            self.decide_connect(now, conn, *parked.connect, false);
+            return;
         };
         let deadline = self.arm_drain(now, client_id);
         let mut queue = VecDeque::new();
@@ -100,7 +108,6 @@ impl Broker {
         self.parked_ids.insert(conn, client_id.clone());
         tracing::debug!(conn, old, client_id = %client_id, "CONNECT waits for the old connection to drain");
         self.actions.push_back(Action::Drain(old));
-        Ok(())
     }
 
     /// The shell has forwarded everything connection `conn` had received when it was asked
@@ -127,7 +134,11 @@ impl Broker {
     /// Connection `conn`, which held `client_id`, has left its session: what waited for it
     /// is decided now.
     pub(super) fn holder_left(&mut self, now: Instant, client_id: &Arc<str>, conn: ConnId) {
-        if self.parked.get(client_id).is_some_and(|w| w.draining == conn) {
+        if self
+            .parked
+            .get(client_id)
+            .is_some_and(|w| w.draining == conn)
+        {
             self.release_parked(now, client_id);
         }
     }
@@ -153,17 +164,17 @@ impl Broker {
         self.drain_deadlines.keys().next().map(|(at, _)| *at)
     }
 
-    /// Holds a packet a parked connection sent behind its CONNECT; `Err` gives it back when
-    /// `conn` is not parked. Past [`HELD_MAX_BYTES`] the CONNECTs up to this one's are
-    /// decided without waiting longer, and the packet handled as usual.
+    /// Holds a packet a parked connection sent behind its CONNECT; gives it back when `conn`
+    /// is not parked. Past [`HELD_MAX_BYTES`] the CONNECTs up to this one's are decided
+    /// without waiting longer, and the packet is given back to be handled as usual.
     pub(super) fn hold_if_parked(
         &mut self,
         now: Instant,
         conn: ConnId,
         packet: Packet,
-    ) -> Result<(), Packet> {
+    ) -> Option<Packet> {
         let Some(id) = self.parked_ids.get(&conn).cloned() else {
-            return Err(packet);
+            return Some(packet);
         };
         let cost = held_cost(&packet);
         let over = self
@@ -176,7 +187,7 @@ impl Broker {
             while self.parked_ids.contains_key(&conn) {
                 self.release_parked(now, &id);
             }
-            return Err(packet);
+            return Some(packet);
         }
         if let Some(p) = self
             .parked
@@ -186,7 +197,7 @@ impl Broker {
             p.held_bytes += cost;
             p.held.push(packet);
         }
-        Ok(())
+        None
     }
 
     /// A parked connection ended before its CONNECT was decided: it is forgotten, with

@@ -69,7 +69,8 @@ fn disconnect(reason: ReasonCode, expiry: Option<u32>) -> Packet {
 fn a_connect_for_a_held_client_id_waits_for_the_old_connection_to_drain() {
     let mut h = watched(Policy::default());
     h.connect(1, device("d", ProtocolVersion::V5, false, 0));
-    h.broker.handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 0));
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 0));
     assert_eq!(h.drains(), vec![1]);
     assert!(h.take(2).is_empty(), "no CONNACK before the drain");
     assert!(h.broker.is_parked(2));
@@ -100,7 +101,8 @@ fn a_session_expiry_set_on_the_drained_disconnect_keeps_the_session() {
     let mut h = watched(Policy::default());
     h.connect(1, device("d", ProtocolVersion::V5, false, 60));
     h.packet(1, subscribe(1, "cmd/d", QoS::AtLeastOnce));
-    h.broker.handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 0));
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 0));
     assert_eq!(h.drains(), vec![1]);
     // [MQTT-3.14.2-2] the DISCONNECT changes the expiry; it counts before the new CONNECT.
     h.broker.handle_packet(
@@ -117,7 +119,8 @@ fn a_session_expiry_set_on_the_drained_disconnect_keeps_the_session() {
 fn a_drained_disconnect_with_will_publishes_the_will_once() {
     let mut h = watched(Policy::default());
     h.connect(1, device("d", ProtocolVersion::V5, false, 60));
-    h.broker.handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 60));
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 60));
     h.broker
         .handle_packet(h.now, 1, disconnect(ReasonCode::DISCONNECT_WITH_WILL, None));
     assert!(connack(&h.take(2)).session_present);
@@ -129,7 +132,8 @@ fn a_drained_disconnect_with_will_publishes_the_will_once() {
 fn a_drain_that_brings_nothing_is_a_takeover_with_the_will_before_the_connack() {
     let mut h = watched(Policy::default());
     h.connect(1, device("d", ProtocolVersion::V5, false, 60));
-    h.broker.handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 60));
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 60));
     h.broker.handle_drained(h.now, 1);
     // The will (immediate) goes to the watcher before the new connection's CONNACK: nothing
     // the new connection publishes can come before it [MQTT-3.1.2-8].
@@ -145,7 +149,9 @@ fn a_drain_that_brings_nothing_is_a_takeover_with_the_will_before_the_connack() 
         .collect();
     assert_eq!(order, vec![WATCHER, 2]);
     assert!(connack(&h.take(2)).session_present);
-    assert!(matches!(&h.take(1)[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER));
+    assert!(
+        matches!(&h.take(1)[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER)
+    );
     assert_eq!(wills_seen(&mut h), vec!["offline"]);
     // What the new connection publishes comes after, and is what stays retained.
     let mut online = publish("status/d", QoS::AtLeastOnce, 1, "online");
@@ -164,13 +170,17 @@ fn a_drain_that_brings_nothing_is_a_takeover_with_the_will_before_the_connack() 
 fn an_old_connection_that_never_answers_is_taken_over_at_the_deadline() {
     let mut h = watched(Policy::default());
     h.connect(1, device("d", ProtocolVersion::V311, false, 0));
-    h.broker.handle_connect(h.now, 2, device("d", ProtocolVersion::V311, false, 0));
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V311, false, 0));
     assert_eq!(h.drains(), vec![1]);
     h.broker
         .handle_timeout(h.now + DRAIN_DEADLINE - Duration::from_millis(1));
     assert!(h.take(2).is_empty(), "still waiting");
     h.broker.handle_timeout(h.now + DRAIN_DEADLINE);
-    assert!(connack(&h.take(2)).session_present, "persistent 3.1.1 session");
+    assert!(
+        connack(&h.take(2)).session_present,
+        "persistent 3.1.1 session"
+    );
     assert_eq!(
         h.closed(1),
         Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
@@ -183,7 +193,8 @@ fn an_old_connection_that_never_answers_is_taken_over_at_the_deadline() {
 fn an_old_connection_lost_meanwhile_lets_the_connect_through_as_a_plain_connect() {
     let mut h = watched(Policy::default());
     h.connect(1, device("d", ProtocolVersion::V311, true, 0));
-    h.broker.handle_connect(h.now, 2, device("d", ProtocolVersion::V311, true, 0));
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V311, true, 0));
     h.broker.handle_connection_lost(h.now, 1);
     assert!(!connack(&h.take(2)).session_present);
     assert_eq!(h.closed(1), None, "lost, not closed by a takeover");
@@ -210,7 +221,9 @@ fn racing_connects_for_one_client_id_are_decided_in_order_each_after_a_drain() {
     h.broker.handle_drained(h.now, 2);
     connack(&h.take(3));
     // [MQTT-3.1.4-3] 2 got its CONNACK, then was taken over by 3.
-    assert!(matches!(&h.take(2)[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER));
+    assert!(
+        matches!(&h.take(2)[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER)
+    );
     assert_eq!(h.broker.clients_connected(), 2, "watcher and 3");
 }
 
@@ -218,7 +231,8 @@ fn racing_connects_for_one_client_id_are_decided_in_order_each_after_a_drain() {
 fn a_parked_connection_that_is_lost_is_forgotten() {
     let mut h = watched(Policy::default());
     h.connect(1, device("d", ProtocolVersion::V5, false, 60));
-    h.broker.handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 60));
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 60));
     h.broker.handle_connection_lost(h.now, 2);
     assert!(!h.broker.is_parked(2));
     assert_eq!(h.broker.poll_timeout(), None);
@@ -303,7 +317,10 @@ fn mosquittos_rule_drops_the_will_when_a_persistent_session_is_resumed() {
             let mut h = watched(policy);
             h.connect(1, device("d", v, false, old_expiry));
             let ack = h.connect(2, device("d", v, clean, old_expiry));
-            assert_eq!(ack.session_present, !clean && (old_expiry > 0 || !v.is_v5()));
+            assert_eq!(
+                ack.session_present,
+                !clean && (old_expiry > 0 || !v.is_v5())
+            );
             let expected: Vec<&str> = if spec || will_expected {
                 vec!["offline"]
             } else {
