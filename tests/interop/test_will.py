@@ -284,16 +284,18 @@ def _takeover_with_retained_will(raw, on, topic, version):
     return seen, retained
 
 
+@pytest.mark.parametrize("store", ["durable", "in-memory"])
 @pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
 @pytest.mark.xfail_mosquitto(reason="Mosquitto does not publish the will when a persistent "
                              "session is taken over (Makelaar's will_on_takeover = \"mosquitto\")")
-def test_takeover_will_is_published_before_the_new_connection_is_acknowledged(raw, broker, topic,
-                                                                               version):
+def test_takeover_will_is_published_before_the_new_connection_is_acknowledged(
+        raw, broker, make_broker, topic, version, store):
     """The specification's rule (the default): the takeover closes the old connection, whose
     will is published [MQTT-3.1.2-8] [MQTT-3.1.4-3]; it is routed and retained before the new
     connection's CONNACK, so what the new connection publishes comes after it and is what stays
-    retained."""
-    seen, retained = _takeover_with_retained_will(raw, broker, topic, version)
+    retained. With the durable store the CONNACK also waits for the commit of the will."""
+    on = broker if store == "durable" else make_broker(in_memory=True)
+    seen, retained = _takeover_with_retained_will(raw, on, topic, version)
     assert seen == [b"offline", b"online"]
     assert retained == b"online"
 

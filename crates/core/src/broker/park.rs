@@ -184,9 +184,10 @@ impl Broker {
             .is_some_and(|p| p.held_bytes + cost > HELD_MAX_BYTES);
         if over {
             tracing::debug!(conn, client_id = %id, "parked connection sent too much: deciding its CONNECT now");
-            while self.parked_ids.contains_key(&conn) {
+            while self.parked_ids.contains_key(&conn) && self.parked.contains_key(&id) {
                 self.release_parked(now, &id);
             }
+            self.parked_ids.remove(&conn);
             return Some(packet);
         }
         if let Some(p) = self
