@@ -346,8 +346,7 @@ impl Broker {
 
     /// Unbinds a connection from its session: publishes or schedules the will, hands
     /// shared-subscription messages to other members, ends or schedules the end of the
-    /// session.
-    /// A CONNECT waiting for this connection to drain is decided afterwards.
+    /// session. A CONNECT waiting for this connection to drain is decided afterwards.
     pub(super) fn detach(&mut self, now: Instant, conn: ConnId) {
         let Some(idx) = self.conns.get(&conn).copied() else {
             return;
