@@ -357,3 +357,30 @@ fn a_delayed_will_is_dropped_by_a_resumed_session_under_either_rule() {
         assert!(wills_seen(&mut h).is_empty(), "{rule:?}");
     }
 }
+
+#[test]
+fn a_retained_will_at_a_takeover_is_journaled_with_the_connect_it_precedes() {
+    // With a store, the CONNACK waits for the commit of the changes drained with it (the
+    // shell's gate): the retained will must be among them, before the new session's change.
+    let mut h = watched(Policy::default());
+    h.broker.enable_journal();
+    h.connect(1, device("d", ProtocolVersion::V5, false, 60));
+    let mut changes = Vec::new();
+    h.broker.drain_changes(&mut changes);
+    changes.clear();
+    h.broker
+        .handle_connect(h.now, 2, device("d", ProtocolVersion::V5, false, 60));
+    h.broker.handle_drained(h.now, 1);
+    connack(&h.take(2));
+    h.broker.drain_changes(&mut changes);
+    let will_at = changes.iter().position(|c| {
+        matches!(c, crate::persist::Change::Retained { message: Some(m), .. } if m.payload == "offline")
+    });
+    let session_at = changes.iter().rposition(
+        |c| matches!(c, crate::persist::Change::Session { client_id, .. } if &**client_id == "d"),
+    );
+    assert!(
+        matches!((will_at, session_at), (Some(w), Some(s)) if w < s),
+        "{changes:?}"
+    );
+}
