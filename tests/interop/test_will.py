@@ -245,3 +245,67 @@ def test_v5_will_delay_ends_when_clean_start_replaces_session(client, raw, topic
     r2 = raw(version=5)
     assert r2.connect(cid, clean=True).reason == 0
     assert w.get(timeout=2).payload == b"replaced"
+
+
+def _takeover_with_retained_will(raw, on, topic, version):
+    """A device with a retained will "offline" on TOPIC/status and a persistent session is
+    taken over by a connection with the same client id and Clean Start 0, which publishes
+    "online" (retained, QoS 1) right behind its CONNECT, before the CONNACK is back. Returns
+    what a watcher of TOPIC/status saw, in order, and the retained value at the end."""
+    w = raw(version=4, on=on)
+    assert w.connect(unique("watch")).reason == 0
+    assert w.subscribe([(f"{topic}/status", 1)]).reasons == [1]
+    cid = unique("dev")
+    will = dict(topic=f"{topic}/status", payload=b"offline", qos=1, retain=True)
+    props = [(R.SESSION_EXPIRY_INTERVAL, 300)] if version == 5 else None
+    old = raw(version=version, on=on)
+    ack = old.connect(cid, clean=False, will=will, properties=props)
+    assert ack.reason == 0
+    new = raw(version=version, on=on)
+    new.send(R.connect(cid, version=version, clean=False, will=will, properties=props) +
+             R.publish(f"{topic}/status", b"online", qos=1, retain=True, packet_id=1,
+                       version=version))
+    ack = new.recv_type(R.CONNACK)
+    assert ack.reason == 0 and ack.session_present
+    assert new.recv_type(R.PUBACK).packet_id == 1
+    old.wait_closed(5)
+    seen = []
+    while True:
+        p = w.recv_type(R.PUBLISH, timeout=3)
+        if p.packet_id:
+            w.send(R.ack(R.PUBACK, p.packet_id))
+        seen.append(p.payload)
+        if p.payload == b"online":
+            break
+    late = raw(version=4, on=on)
+    assert late.connect(unique("late")).reason == 0
+    late.send(R.subscribe(1, [(f"{topic}/status", 0)]))
+    retained = late.recv_type(R.PUBLISH, skip=(R.SUBACK,)).payload
+    return seen, retained
+
+
+@pytest.mark.parametrize("store", ["durable", "in-memory"])
+@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+@pytest.mark.xfail_mosquitto(reason="Mosquitto does not publish the will when a persistent "
+                             "session is taken over (Makelaar's will_on_takeover = \"mosquitto\")")
+def test_takeover_will_is_published_before_the_new_connection_is_acknowledged(
+        raw, broker, make_broker, topic, version, store):
+    """The specification's rule (the default): the takeover closes the old connection, whose
+    will is published [MQTT-3.1.2-8] [MQTT-3.1.4-3]; it is routed and retained before the new
+    connection's CONNACK, so what the new connection publishes comes after it and is what stays
+    retained. With the durable store the CONNACK also waits for the commit of the will."""
+    on = broker if store == "durable" else make_broker(in_memory=True)
+    seen, retained = _takeover_with_retained_will(raw, on, topic, version)
+    assert seen == [b"offline", b"online"]
+    assert retained == b"online"
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+def test_takeover_will_on_mosquittos_rule(raw, make_broker, topic, version):
+    """will_on_takeover = "mosquitto": a persistent session resumed with Clean Start 0 does not
+    publish the old connection's will, so a device that reconnects after a half-open connection
+    does not flap to "offline"."""
+    b = make_broker(will_on_takeover="mosquitto")
+    seen, retained = _takeover_with_retained_will(raw, b, topic, version)
+    assert seen == [b"online"]
+    assert retained == b"online"

@@ -100,6 +100,7 @@ impl Server {
         let policy = Policy {
             deny_subscriptions: config.deny_subscriptions.clone(),
             response_information_prefix: "response/".into(),
+            will_on_takeover: config.will_on_takeover,
         };
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

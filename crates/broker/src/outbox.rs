@@ -69,6 +69,8 @@ pub struct Outbox {
     last_heard_ms: AtomicU64,
     /// The keep-alive sweep found the client silent for too long.
     expired: AtomicBool,
+    /// The router asked the connection to drain (`core::Action::Drain`).
+    drain_asked: AtomicBool,
 }
 
 /// Estimated memory a packet holds while queued.
@@ -111,6 +113,19 @@ impl Outbox {
         }
         self.wake();
         true
+    }
+
+    /// Asks the connection task to forward what its client has already sent and then
+    /// report `ToRouter::Drained` (a CONNECT for its client id waits for that).
+    pub fn ask_drain(&self) {
+        self.drain_asked.store(true, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether a drain was asked since the last call.
+    pub fn take_drain_request(&self) -> bool {
+        self.drain_asked.swap(false, Ordering::Relaxed)
     }
 
     /// Whether the keep-alive sweep expired this connection.
@@ -345,6 +360,19 @@ mod tests {
             third.poll_ready(&mut cx).is_ready(),
             "a closed outbox wakes it at once"
         );
+    }
+
+    #[test]
+    fn a_drain_request_wakes_the_task_and_is_taken_once() {
+        let o = Outbox::default();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(o.poll_ready(&mut cx).is_pending());
+        assert!(!o.take_drain_request());
+        o.ask_drain();
+        assert!(o.poll_ready(&mut cx).is_ready());
+        assert!(o.take_drain_request());
+        assert!(!o.take_drain_request(), "taken once");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum ToRouter {
     },
     /// The connection ended without DISCONNECT.
     Lost { conn: ConnId },
+    /// The connection, asked to drain (`Action::Drain`), has forwarded what its client had
+    /// sent.
+    Drained { conn: ConnId },
     /// A reload brought new access rules (see `reload`).
     SetAuthorizer(Option<Box<dyn makelaar_core::Authorizer>>),
     /// A question or an order from the administrator (see `admin`).
@@ -333,6 +336,7 @@ impl Router {
                 let unread = CloseReason::Server(ReasonCode::UNSPECIFIED_ERROR);
                 self.close(conn, unread);
             }
+            ToRouter::Drained { conn } => self.broker.handle_drained(now, conn),
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
             ToRouter::Admin(request) => {
                 let conns = &self.conns;
@@ -360,6 +364,12 @@ impl Router {
                     self.ends.closed(why);
                     self.dispatch(conn, Held::Close(why));
                 }
+                // Not held by the store gate: it is no packet, and the CONNECT waiting for
+                // it decides nothing before the drain's packets are handled.
+                Action::Drain(conn) => match self.conns.get(&conn) {
+                    Some(c) => c.out.ask_drain(),
+                    None => self.broker.handle_drained(Instant::now(), conn),
+                },
                 Action::LoadBacklog(client_id) => match &self.persist {
                     Some(p) => p.load_backlog(client_id),
                     // Only a broker restored from a store has backlogs.

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use makelaar_core::broker::WillOnTakeover;
+
 use super::{
     listeners, Config, ConfigError, ConfigFile, CorruptStorePolicy, Durability, DEFAULT_BATCH_MS,
     DEFAULT_DATA_DIR, DEFAULT_SYS_INTERVAL_SECS,
@@ -42,9 +44,21 @@ impl ConfigFile {
             }
         }
 
+        let will_on_takeover = match self.will_on_takeover.as_deref() {
+            None | Some("spec") => WillOnTakeover::Spec,
+            Some("mosquitto") => WillOnTakeover::Mosquitto,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{source_name}: will_on_takeover = \"{other}\" is not known; use \"spec\" \
+                     (the default) or \"mosquitto\""
+                )))
+            }
+        };
+
         Ok(Config {
             dashboard: self.dashboard.into(),
             deny_subscriptions,
+            will_on_takeover,
             acl_file: self.acl_file,
             listeners,
             limits: self.limits,

@@ -31,6 +31,7 @@ impl ConfigFile {
             batch_max_delay_ms: Some(DEFAULT_BATCH_MS),
             on_corrupt_store: Some(d.on_corrupt_store.name().to_string()),
             deny_subscriptions: Some(d.deny_subscriptions),
+            will_on_takeover: Some(will_on_takeover_name(d.will_on_takeover).to_string()),
             crlfile: None,
             use_identity_as_username: Some(false),
             allow_anonymous: None,
@@ -64,6 +65,14 @@ impl ListenerTable {
             proxy_protocol: Some(false),
             trusted_proxies: Some(Vec::new()),
         }
+    }
+}
+
+/// The `will_on_takeover` value of a rule.
+pub(crate) fn will_on_takeover_name(w: makelaar_core::broker::WillOnTakeover) -> &'static str {
+    match w {
+        makelaar_core::broker::WillOnTakeover::Spec => "spec",
+        makelaar_core::broker::WillOnTakeover::Mosquitto => "mosquitto",
     }
 }
 

@@ -78,6 +78,16 @@ pub struct ConfigFile {
     /// 0x80 for it.
     #[serde(default)]
     pub deny_subscriptions: Option<Vec<String>>,
+    /// Whether a client that takes over a connection with the same client id publishes the
+    /// old connection's will. `"spec"`: as MQTT says, the will is published (unless it has a
+    /// Will Delay and the session carries on). `"mosquitto"`: as Mosquitto does, a persistent
+    /// session resumed with Clean Start 0 (clean session 0) drops the will instead, so a
+    /// device reconnecting after a half-open connection does not flap to "offline"; the will
+    /// is still published when the old session ends or the new connection starts clean. The
+    /// default with `--mosquitto-conf`. Either way a will published at a takeover is routed
+    /// (and stored, if retained) before the new connection's CONNACK.
+    #[serde(default)]
+    pub will_on_takeover: Option<String>,
     /// PEM certificate revocation lists (`openssl ca -gencrl`): client certificates they
     /// revoke are refused, and so are those whose issuer has no list in the file. Needs
     /// `cafile`. Re-read on SIGHUP.

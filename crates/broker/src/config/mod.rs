@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use makelaar_core::broker::WillOnTakeover;
 use makelaar_core::Limits;
 pub use makelaar_store::Durability;
 
@@ -94,6 +95,8 @@ pub struct Config {
     pub on_corrupt_store: CorruptStorePolicy,
     /// Topic filters refused outright: SUBACK 0x80 for a SUBSCRIBE to exactly this filter.
     pub deny_subscriptions: Vec<String>,
+    /// Whether a takeover publishes the old connection's will (`will_on_takeover`).
+    pub will_on_takeover: WillOnTakeover,
     /// Mosquitto ACL file checked for every PUBLISH, SUBSCRIBE and delivery; `None`: no
     /// access control.
     pub acl_file: Option<PathBuf>,
@@ -116,6 +119,7 @@ impl Default for Config {
             durability: Durability::Sync,
             on_corrupt_store: CorruptStorePolicy::Fail,
             deny_subscriptions: Vec::new(),
+            will_on_takeover: WillOnTakeover::Spec,
             acl_file: None,
             dashboard: DashboardConfig::default(),
         }

@@ -40,6 +40,11 @@ const READ_MAX: usize = 64 * 1024;
 const OUTBOX_BATCH: usize = 64;
 /// Rounds of work in one poll before the task yields to others on its worker.
 const ROUNDS_PER_POLL: usize = 16;
+/// How long a drain waits for bytes the socket may have that tokio has not seen yet (see
+/// `Io::drain`): what a half-open connection costs the client that takes it over.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(3);
+/// At most this much of a client's input is read by one drain.
+const DRAIN_MAX_BYTES: usize = 256 * 1024;
 
 /// How a connection ended.
 pub(super) enum End {
@@ -62,6 +67,8 @@ enum Step {
     RouterFull(Box<ToRouter>),
     /// A large packet is announced: reserve this many KiB of the budget first.
     Reserve(u32),
+    /// The router asked for a drain (`core::Action::Drain`).
+    Drain,
 }
 
 pub(super) struct Io<S> {
@@ -158,6 +165,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     let budget = self.ctx.large_packets.clone();
                     self.large = Box::pin(budget.acquire_many_owned(kib)).await.ok();
                 }
+                Step::Drain => {
+                    // Boxed: the drain's timer exists only while it runs.
+                    if let Err(end) = Box::pin(self.drain(state)).await {
+                        return end;
+                    }
+                }
             }
         }
     }
@@ -176,6 +189,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             let mut progressed = false;
             if self.outbox.poll_ready(cx).is_ready() {
                 self.outbox_pending = true;
+            }
+            if self.outbox.take_drain_request() {
+                return Poll::Ready(Step::Drain);
             }
             if self.outbox.is_expired() && self.closing.is_none() {
                 // [MQTT-3.1.2-24] nothing received for 1.5 × keep-alive.
@@ -235,6 +251,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         // Plenty done: let the worker's other tasks run, and come back.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Forwards what the client has already sent, then tells the router it has
+    /// (`ToRouter::Drained`): a CONNECT for this client id waits for that (see
+    /// `core::broker::park`). What is buffered is decoded, and what the socket has ready is
+    /// read, whatever is waiting to be written. The socket may hold bytes tokio has not seen
+    /// yet (it learns readiness when its reactor turns), so once nothing is ready the drain
+    /// waits up to `DRAIN_GRACE` for more, and it stops at `DRAIN_MAX_BYTES`, at the
+    /// client's DISCONNECT (nothing after it counts) or when the connection ends: a half-open
+    /// or chatty peer costs the waiting client only that moment.
+    async fn drain(&mut self, state: &mut ConnState) -> Result<(), End> {
+        let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+        let mut budget = DRAIN_MAX_BYTES;
+        while self.closing.is_none() && self.goodbye.is_none() {
+            // Everything whole in the buffer goes to the router, in order.
+            while let Some(msg) = self.decode_some(state)? {
+                if !super::forward(&self.ctx.router, msg).await {
+                    return Err(End::Closed(ROUTER_GONE));
+                }
+            }
+            self.undecoded = false;
+            if self.goodbye.is_some() || budget == 0 || self.large_reservation_needed().is_some() {
+                break;
+            }
+            self.prepare_read();
+            let before = self.rbuf.len();
+            let read = poll_fn(|cx| Poll::Ready(self.poll_read(cx)));
+            let read = match read.await {
+                Poll::Ready(r) => r,
+                // Nothing ready yet: wait for readiness, but only for the rest of the grace.
+                Poll::Pending => {
+                    let more = poll_fn(|cx| self.poll_read(cx));
+                    match tokio::time::timeout_at(deadline, more).await {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    }
+                }
+            };
+            read?;
+            budget = budget.saturating_sub(self.rbuf.len().saturating_sub(before).max(1));
+        }
+        self.tally.flush(&self.ctx.counters);
+        let msg = ToRouter::Drained { conn: self.conn };
+        if !super::forward(&self.ctx.router, msg).await {
+            return Err(End::Closed(ROUTER_GONE));
+        }
+        Ok(())
     }
 
     /// Writes what is buffered, or flushes once it is all written; `Ready(Ok)` when something

@@ -51,6 +51,9 @@ pub(super) fn toml(c: &Converted, source: &Path) -> String {
     if let Some(p) = &f.acl_file {
         line("acl_file", path(p));
     }
+    if let Some(v) = &f.will_on_takeover {
+        line("will_on_takeover", quoted(v));
+    }
     for l in &f.listener {
         out.push_str("\n[[listener]]\n");
         let _ = writeln!(out, "url = {}", quoted(&l.url));

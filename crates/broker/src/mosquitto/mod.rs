@@ -144,6 +144,8 @@ fn build(mut d: Draft) -> Result<Converted, ConfigError> {
     }
     file.sys_interval = d.sys_interval;
     file.limits = d.limits;
+    // Mosquitto's rule: resuming a persistent session does not publish the will.
+    file.will_on_takeover = Some("mosquitto".to_string());
     Ok(Converted {
         file,
         notes: d.notes,

@@ -63,6 +63,21 @@ fn no_listener_is_local_only_with_anonymous_clients() {
 }
 
 #[test]
+fn a_mosquitto_conf_takes_mosquittos_will_on_takeover_rule() {
+    let (c, config, _) = convert("persistence false\n").unwrap();
+    assert_eq!(
+        config.will_on_takeover,
+        makelaar_core::broker::WillOnTakeover::Mosquitto
+    );
+    let toml = c.to_toml(std::path::Path::new("mosquitto.conf"));
+    assert!(toml.contains("will_on_takeover = \"mosquitto\""), "{toml}");
+    assert_eq!(
+        crate::config::Config::default().will_on_takeover,
+        makelaar_core::broker::WillOnTakeover::Spec
+    );
+}
+
+#[test]
 fn a_listener_means_every_interface_and_no_anonymous_clients() {
     let (_, config, _) = convert("listener 1884\n").unwrap();
     assert_eq!(config.listeners[0].addr, "0.0.0.0:1884".parse().unwrap());

@@ -7,7 +7,7 @@ use makelaar_proto::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 
-use super::{Action, Broker, CloseReason, SessionIdx};
+use super::{Action, Broker, CloseReason, SessionIdx, WillOnTakeover};
 use crate::conn::effective_keep_alive;
 use crate::session::{ClientLimits, ConnId, Session};
 
@@ -20,16 +20,41 @@ impl Broker {
     /// `connect.username` set to the identity it authenticated (the certificate's name with
     /// `use_identity_as_username`; `None` for an anonymous client) and the password already
     /// dropped. That username is what access checks use from now on (see [`crate::auth`]).
+    ///
+    /// A CONNECT whose client id a live connection holds is decided only after that
+    /// connection has drained (see [`Action::Drain`]); its CONNACK comes then.
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, mut connect: Connect) {
-        let v5 = connect.protocol.is_v5();
         if let Err(reason) = self.check_connect(&connect) {
             self.refuse(conn, reason, connect.protocol);
             return;
         }
         let assigned = connect.client_id.is_empty();
         if assigned {
+            // A new id: nobody holds it, nothing to wait for.
             connect.client_id = self.assign_client_id();
+            self.decide_connect(now, conn, connect, true);
+            return;
         }
+        let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+        // Held by a live connection: what that client sent first (a DISCONNECT, say) must
+        // count before this CONNECT is decided (see `park`).
+        if self.must_wait(&client_id) {
+            self.park(now, conn, &client_id, connect);
+        } else {
+            self.decide_connect(now, conn, connect, false);
+        }
+    }
+
+    /// Decides a checked CONNECT: a takeover if a live connection still holds its client id,
+    /// else a plain connect; CONNACK and what the session resumes with.
+    pub(super) fn decide_connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        connect: Connect,
+        assigned: bool,
+    ) {
+        let v5 = connect.protocol.is_v5();
         let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
         let existing = self.by_client_id.get(&client_id).copied();
         let is_takeover =
@@ -98,7 +123,7 @@ impl Broker {
         Ok(())
     }
 
-    fn refuse(&mut self, conn: ConnId, reason: ReasonCode, version: ProtocolVersion) {
+    pub(super) fn refuse(&mut self, conn: ConnId, reason: ReasonCode, version: ProtocolVersion) {
         tracing::debug!(conn, %reason, "CONNECT refused");
         let mut ack = ConnAck {
             reason,
@@ -148,9 +173,18 @@ impl Broker {
         self.actions.push_back(Action::Close(old, reason));
         if let Some(will) = will {
             let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
-            // A delayed will goes out when its session ends, whichever comes first
-            // [MQTT-3.1.3-9].
-            if connect.clean_start || !delayed || ends {
+            let session_goes_on = !connect.clean_start && !ends;
+            let publish = match self.policy.will_on_takeover {
+                // A delayed will goes out when its session ends, whichever comes first
+                // [MQTT-3.1.3-9]; otherwise the closed connection publishes it
+                // [MQTT-3.1.2-8].
+                WillOnTakeover::Spec => !session_goes_on || !delayed,
+                // Mosquitto: a resumed session drops the will.
+                WillOnTakeover::Mosquitto => !session_goes_on,
+            };
+            // Published here, before the new connection's CONNACK is queued: routed and, if
+            // retained, stored before anything the new connection publishes.
+            if publish {
                 self.publish_will(now, idx, will);
             }
         }
@@ -312,8 +346,19 @@ impl Broker {
 
     /// Unbinds a connection from its session: publishes or schedules the will, hands
     /// shared-subscription messages to other members, ends or schedules the end of the
-    /// session.
+    /// session. A CONNECT waiting for this connection to drain is decided afterwards.
     pub(super) fn detach(&mut self, now: Instant, conn: ConnId) {
+        let Some(idx) = self.conns.get(&conn).copied() else {
+            return;
+        };
+        let client_id = self.session(idx).map(|s| s.client_id.clone());
+        self.detach_session(now, conn);
+        if let Some(id) = client_id {
+            self.holder_left(now, &id, conn);
+        }
+    }
+
+    fn detach_session(&mut self, now: Instant, conn: ConnId) {
         let Some(idx) = self.conns.remove(&conn) else {
             return;
         };

@@ -8,6 +8,7 @@
 mod admin;
 mod connect;
 mod journal;
+mod park;
 mod publish;
 mod shared;
 mod stats;
@@ -28,6 +29,7 @@ use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
+pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use shared::SharedSubscriptions;
 pub use stats::{Flow, PerQos, QueueTotals, Stats};
 
@@ -47,6 +49,11 @@ pub enum Action {
     /// Read this returning session's kept messages from the store and hand them to
     /// [`Broker::handle_backlog_loaded`].
     LoadBacklog(Arc<str>),
+    /// A CONNECT for this connection's client id waits (see `park`): forward what its client
+    /// has already sent (what is read and buffered, and what the socket has ready, without
+    /// waiting more than a moment), in order, then call [`Broker::handle_drained`]. The
+    /// CONNECT is decided at [`DRAIN_DEADLINE`] without the answer.
+    Drain(ConnId),
 }
 
 /// Why the broker closes a connection: for the shell's log of who left and why.
@@ -68,6 +75,23 @@ pub struct Policy {
     /// Prefix of the Response Information given to 5.0 clients that request it; the client id
     /// is appended.
     pub response_information_prefix: String,
+    /// Whether taking over a connection publishes its will (see [`WillOnTakeover`]).
+    pub will_on_takeover: WillOnTakeover,
+}
+
+/// Whether a takeover publishes the old connection's will.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WillOnTakeover {
+    /// The specification's rule: a takeover closes the old network connection, so its will
+    /// is published [MQTT-3.1.2-8] [MQTT-3.1.4-3], unless it has a Will Delay and the
+    /// session carries on [MQTT-3.1.3-9].
+    #[default]
+    Spec,
+    /// Mosquitto's rule: a persistent session resumed by a CONNECT with Clean Start 0 does
+    /// not publish the old connection's will (a device reconnecting after a half-open
+    /// connection does not flap to "offline"); the will is dropped. It is published when
+    /// the old session ends with its connection or the new CONNECT has Clean Start 1.
+    Mosquitto,
 }
 
 /// The broker's whole routing state. See the module documentation.
@@ -101,6 +125,13 @@ pub struct Broker {
     authorizer: Option<Box<dyn Authorizer>>,
     /// The administrator's topic watches (see [`crate::watch`]).
     watches: crate::watch::Watches,
+    /// CONNECTs waiting for the connection holding their client id to drain, by client id
+    /// (see `park`); empty but for the moment of a reconnect.
+    parked: HashMap<Arc<str>, park::Waiting>,
+    /// The client id each parked connection waits for.
+    parked_ids: HashMap<ConnId, Arc<str>>,
+    /// When each wait for a drain ends at the latest, with the client id.
+    drain_deadlines: BTreeMap<(Instant, u64), Arc<str>>,
 }
 
 impl Broker {
@@ -129,6 +160,9 @@ impl Broker {
             store_full_logged: false,
             authorizer: None,
             watches: crate::watch::Watches::default(),
+            parked: HashMap::new(),
+            parked_ids: HashMap::new(),
+            drain_deadlines: BTreeMap::new(),
         }
     }
 
@@ -154,13 +188,19 @@ impl Broker {
         self.actions.pop_front()
     }
 
-    /// When [`Broker::handle_timeout`] must next be called (will delays, session expiry).
+    /// When [`Broker::handle_timeout`] must next be called (will delays, session expiry,
+    /// a CONNECT waiting for a drain).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.keys().next().map(|(at, _)| *at)
+        let session = self.timers.keys().next().map(|(at, _)| *at);
+        match (session, self.next_drain_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Fires every timer due at `now`: delayed wills and expired sessions.
+    /// Fires every timer due at `now`: delayed wills, expired sessions, drain deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.drain_deadlines_due(now);
         while let Some((&key, &idx)) = self.timers.first_key_value() {
             if key.0 > now {
                 break;
@@ -176,7 +216,13 @@ impl Broker {
     /// A packet from a connection whose CONNECT was accepted (after `ConnState::inbound`).
     pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
         let Some(&idx) = self.conns.get(&conn) else {
-            return; // taken over or closed meanwhile: nothing to do
+            // Behind a parked CONNECT: held until it is decided.
+            if let Some(packet) = self.hold_if_parked(now, conn, packet) {
+                if self.conns.contains_key(&conn) {
+                    self.handle_packet(now, conn, packet); // decided just now
+                }
+            }
+            return; // else taken over or closed meanwhile: nothing to do
         };
         match packet {
             Packet::Publish(p) => self.handle_publish(now, conn, idx, p),
@@ -205,6 +251,9 @@ impl Broker {
     /// The connection ended without DISCONNECT (socket lost, keep-alive expired, a protocol
     /// error found by the shell): the will is published, the session detached.
     pub fn handle_connection_lost(&mut self, now: Instant, conn: ConnId) {
+        if self.unpark_lost(conn) {
+            return; // its CONNECT was still waiting: it never had a session
+        }
         self.detach(now, conn);
     }
 
@@ -267,8 +316,10 @@ impl Broker {
     }
 
     /// Sends DISCONNECT with `reason` to every connected 5.0 client and closes every
-    /// connection (graceful shutdown: wills of clients are not published).
+    /// connection (graceful shutdown: wills of clients are not published). CONNECTs still
+    /// waiting for a drain are refused (server unavailable).
     pub fn shutdown(&mut self, reason: ReasonCode) {
+        self.refuse_parked();
         let conns: Vec<(ConnId, SessionIdx)> = self.conns.iter().map(|(&c, &i)| (c, i)).collect();
         for (conn, idx) in conns {
             if self.session(idx).is_some_and(|s| s.version.is_v5()) {
@@ -346,5 +397,7 @@ mod admin_tests;
 mod auth_tests;
 #[cfg(test)]
 mod stats_tests;
+#[cfg(test)]
+mod takeover_tests;
 #[cfg(test)]
 mod tests;

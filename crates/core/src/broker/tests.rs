@@ -14,12 +14,12 @@ use makelaar_proto::*;
 
 use super::*;
 
-struct Harness {
-    broker: Broker,
-    now: Instant,
+pub(super) struct Harness {
+    pub(super) broker: Broker,
+    pub(super) now: Instant,
 }
 
-fn connect(id: &str, version: ProtocolVersion, clean: bool) -> Connect {
+pub(super) fn connect(id: &str, version: ProtocolVersion, clean: bool) -> Connect {
     Connect {
         protocol: version,
         clean_start: clean,
@@ -32,7 +32,7 @@ fn connect(id: &str, version: ProtocolVersion, clean: bool) -> Connect {
     }
 }
 
-fn publish(topic: &str, qos: QoS, id: u16, payload: &str) -> Packet {
+pub(super) fn publish(topic: &str, qos: QoS, id: u16, payload: &str) -> Packet {
     Packet::Publish(Publish {
         qos,
         topic: Arc::from(topic),
@@ -42,7 +42,7 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: &str) -> Packet {
     })
 }
 
-fn subscribe(id: u16, filter: &str, qos: QoS) -> Packet {
+pub(super) fn subscribe(id: u16, filter: &str, qos: QoS) -> Packet {
     let opts = SubscriptionOptions {
         qos,
         ..SubscriptionOptions::default()
@@ -55,24 +55,25 @@ fn subscribe(id: u16, filter: &str, qos: QoS) -> Packet {
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(super) fn new() -> Harness {
         Harness::with(Limits::default())
     }
 
-    fn with(limits: Limits) -> Harness {
+    pub(super) fn with(limits: Limits) -> Harness {
         Harness {
             broker: Broker::new(limits, Policy::default(), 7),
             now: Instant::now(),
         }
     }
 
-    fn advance(&mut self, secs: u64) {
+    pub(super) fn advance(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
         self.broker.handle_timeout(self.now);
     }
 
-    fn connect(&mut self, conn: ConnId, c: Connect) -> ConnAck {
+    pub(super) fn connect(&mut self, conn: ConnId, c: Connect) -> ConnAck {
         self.broker.handle_connect(self.now, conn, c);
+        self.answer_drains();
         let mut out = self.take(conn).into_iter();
         let ack = match out.next() {
             Some(Packet::ConnAck(a)) => a,
@@ -85,13 +86,33 @@ impl Harness {
         ack
     }
 
-    fn packet(&mut self, conn: ConnId, p: Packet) -> Vec<Packet> {
+    pub(super) fn packet(&mut self, conn: ConnId, p: Packet) -> Vec<Packet> {
         self.broker.handle_packet(self.now, conn, p);
         self.take(conn)
     }
 
+    /// Answers every drain asked for as a shell whose connections had nothing more.
+    pub(super) fn answer_drains(&mut self) {
+        while let Some(old) = self.drains().first().copied() {
+            self.broker.handle_drained(self.now, old);
+        }
+    }
+
+    /// The connections asked to drain since the last call (those actions are taken).
+    pub(super) fn drains(&mut self) -> Vec<ConnId> {
+        let mut found = Vec::new();
+        self.broker.actions.retain(|a| match a {
+            Action::Drain(c) => {
+                found.push(*c);
+                false
+            }
+            _ => true,
+        });
+        found
+    }
+
     /// Packets sent to `conn` since the last call (actions for others are kept).
-    fn take(&mut self, conn: ConnId) -> Vec<Packet> {
+    pub(super) fn take(&mut self, conn: ConnId) -> Vec<Packet> {
         let mut mine = Vec::new();
         let mut others = Vec::new();
         while let Some(a) = self.broker.poll_action() {
@@ -105,7 +126,7 @@ impl Harness {
     }
 
     /// Why `conn` was closed, if it was.
-    fn closed(&mut self, conn: ConnId) -> Option<CloseReason> {
+    pub(super) fn closed(&mut self, conn: ConnId) -> Option<CloseReason> {
         let found = self.broker.actions.iter().find_map(|a| match a {
             Action::Close(c, why) if *c == conn => Some(*why),
             _ => None,
@@ -117,7 +138,7 @@ impl Harness {
     }
 }
 
-fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+pub(super) fn publishes(packets: &[Packet]) -> Vec<&Publish> {
     packets
         .iter()
         .filter_map(|p| {
