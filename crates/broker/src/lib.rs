@@ -30,6 +30,7 @@ mod outbox;
 pub mod proxy_protocol;
 mod reload;
 mod router;
+mod status;
 mod store;
 mod stream;
 mod sys;

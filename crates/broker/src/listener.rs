@@ -42,9 +42,7 @@ pub use crate::websocket::HANDSHAKE_TIMEOUT as WEBSOCKET_HANDSHAKE_TIMEOUT;
 /// descriptors), so the error does not turn into a busy loop.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The tracing target of the broker's few status lines (listening, stopping). The CLI shows
-/// this target at `info` even when everything else is at `warn`.
-pub const STATUS_TARGET: &str = "makelaar::status";
+pub use crate::status::STATUS_TARGET;
 
 /// The TLS configuration of one listener, which a reload can replace while the listener
 /// runs: connections accepted afterwards use the new certificates, those already open keep

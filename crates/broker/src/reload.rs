@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::auth::{load_acl, AclAuthorizer, Authenticator};
-use crate::listener::{TlsSlot, STATUS_TARGET};
+use crate::listener::TlsSlot;
 use crate::router::ToRouter;
+use crate::status::STATUS_TARGET;
 
 /// What a reload did: one line for each kind of file, reloaded or kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -260,7 +260,7 @@ impl Router {
                 }
             }
             StoreEvent::Committed(_, Err(e)) => {
-                tracing::error!(target: crate::listener::STATUS_TARGET, error = %e, "cannot write to the store: stopping, so that nothing is acknowledged that is not kept");
+                tracing::error!(target: crate::status::STATUS_TARGET, error = %e, "cannot write to the store: stopping, so that nothing is acknowledged that is not kept");
                 return false;
             }
             StoreEvent::Loaded(client_id, result) => {
@@ -288,7 +288,7 @@ impl Router {
             let s = p.stats();
             p.close();
             tracing::info!(
-                target: crate::listener::STATUS_TARGET,
+                target: crate::status::STATUS_TARGET,
                 "store closed: {} commits, {} fsyncs, {} ops written, {} cancelled before reaching the disk, {:.1} ms committing",
                 s.commits, s.fsyncs, s.ops_written, s.ops_cancelled, s.commit_time.as_secs_f64() * 1000.0
             );

@@ -15,7 +15,7 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::{io_reason, ConfigError, TlsSettings};
-use crate::listener::STATUS_TARGET;
+use crate::status::STATUS_TARGET;
 use chain::Completion;
 
 /// Builds the rustls server configuration for the TLS listeners.

@@ -89,7 +89,7 @@ pub(crate) async fn disconnect(
             let (peer, user) = by;
             let user = user.as_deref().unwrap_or("(no login)");
             // Debug-formatted: a client id may hold quotes or line breaks.
-            tracing::info!(target: crate::listener::STATUS_TARGET, client_id = ?client_id, by = ?user, %peer, "client disconnected from the dashboard");
+            tracing::info!(target: crate::status::STATUS_TARGET, client_id = ?client_id, by = ?user, %peer, "client disconnected from the dashboard");
             let body = Disconnected {
                 client_id: &client_id,
                 disconnected: true,

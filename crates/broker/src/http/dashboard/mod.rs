@@ -78,16 +78,16 @@ impl Dashboard {
         let url = url.trim_end_matches('/');
         match (&password_file, config.admin_users.is_empty()) {
             (None, _) if config.allow_remote_without_password => {
-                tracing::warn!(target: crate::listener::STATUS_TARGET, "dashboard at {url}/ is open to anyone who can reach it: no password file, and allow_remote_without_password is set")
+                tracing::warn!(target: crate::status::STATUS_TARGET, "dashboard at {url}/ is open to anyone who can reach it: no password file, and allow_remote_without_password is set")
             }
             (None, _) => {
-                tracing::info!(target: crate::listener::STATUS_TARGET, "dashboard at {url}/ (no password file: for this machine only)")
+                tracing::info!(target: crate::status::STATUS_TARGET, "dashboard at {url}/ (no password file: for this machine only)")
             }
             (Some(_), true) => {
-                tracing::warn!(target: crate::listener::STATUS_TARGET, "dashboard at {url}/ refuses every login: no user has the admin role; list them in admin_users in [dashboard]")
+                tracing::warn!(target: crate::status::STATUS_TARGET, "dashboard at {url}/ refuses every login: no user has the admin role; list them in admin_users in [dashboard]")
             }
             (Some(_), false) => {
-                tracing::info!(target: crate::listener::STATUS_TARGET, admin_users = ?config.admin_users, "dashboard at {url}/ (HTTP Basic login, admin users only)")
+                tracing::info!(target: crate::status::STATUS_TARGET, admin_users = ?config.admin_users, "dashboard at {url}/ (HTTP Basic login, admin users only)")
             }
         }
         Dashboard {
