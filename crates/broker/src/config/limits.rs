@@ -85,6 +85,12 @@ pub struct LimitsConfig {
     /// Highest QoS accepted (0, 1 or 2); advertised as Maximum QoS when below 2.
     #[serde(deserialize_with = "de_max_qos")]
     pub max_qos: u8,
+    /// Most levels (the parts between `/`) of a topic a client may use: in PUBLISH, SUBSCRIBE,
+    /// UNSUBSCRIBE and its will; a `$share/GROUP/` prefix counts as two. 0 means no limit. A
+    /// deeper topic is a protocol violation: the client is disconnected (MQTT 5: DISCONNECT
+    /// 0x90 Topic Name invalid, or 0x8F Topic Filter invalid), a CONNECT with such a will is
+    /// refused (MQTT 5: CONNACK 0x90; 3.1.1: 3), and the broker logs the limit.
+    pub max_topic_levels: usize,
 }
 
 impl Default for LimitsConfig {
@@ -120,6 +126,7 @@ impl From<&Limits> for LimitsConfig {
             allow_zero_length_client_id,
             max_client_id_len,
             max_qos,
+            max_topic_levels,
         } = l.clone();
         LimitsConfig {
             max_packet_size,
@@ -145,6 +152,7 @@ impl From<&Limits> for LimitsConfig {
             allow_zero_length_client_id,
             max_client_id_len,
             max_qos,
+            max_topic_levels,
         }
     }
 }
@@ -175,6 +183,7 @@ impl From<LimitsConfig> for Limits {
             allow_zero_length_client_id: c.allow_zero_length_client_id,
             max_client_id_len: c.max_client_id_len,
             max_qos: c.max_qos,
+            max_topic_levels: c.max_topic_levels,
         }
     }
 }
