@@ -174,6 +174,8 @@ def test_sys_not_writable_by_clients_does_not_break(sys_view, client):
     sys_view.wait_until("$SYS/broker/uptime", lambda v: v > first, timeout=4)
 
 
+@pytest.mark.xfail_mosquitto(reason="drops client messages to every topic starting with the "
+                             "characters $SYS ($SYSTEM/x too)")
 def test_topics_that_only_start_with_sys_are_not_sys(client, topic):
     """`$SYS` is a topic level: `$SYSTEM/...` and `$SYSX` are ordinary `$` topics a client may
     publish and retain, delivered to subscribers that name them (and, being `$` topics, not to

@@ -89,6 +89,8 @@ def _disconnected_with(r, reason):
     assert [(p.type, p.reason) for p in got] == [(R.DISCONNECT, reason)], got
 
 
+@pytest.mark.xfail_mosquitto(reason="subscribes the valid filters before the malformed one "
+                             "and then closes")
 @pytest.mark.parametrize("bad", MALFORMED_FILTERS)
 def test_malformed_filter_closes_the_connection_v311(raw, client, topic, bad):
     """3.1.1: a SUBSCRIBE with a malformed filter ('#' not alone in the last level, '+' not
