@@ -6,7 +6,7 @@
 //! as correlation data) are slices of the received bytes, not copies.
 //!
 //! The decoder enforces what can be checked on one packet alone (format, flags, lengths,
-//! UTF-8, property placement and values). Rules that need session state (first packet is
+//! UTF-8, property placement and values, the syntax of topic names and filters). Rules that need session state (first packet is
 //! CONNECT, packet identifiers in use, topic alias ranges, receive maximum, ...) belong to the
 //! broker.
 
