@@ -1,11 +1,15 @@
 """Retained messages: storage, replacement, clearing, retain flag on delivery, 5.0 retain
 handling and retain-as-published."""
 
+import time
+
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 import mqtt_raw as R
+from brokers import BROKER_KIND
 from clients import unique
+from http_client import wait_for
 
 
 @pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
@@ -170,3 +174,50 @@ def test_retained_messages_with_v5_properties_kept(client, topic):
     m = sub.get()
     assert m.properties.ContentType == "application/json"
     assert m.properties.UserProperty == [("k", "v")]
+
+
+def _retain_expiring(r, topic, payload, expiry=None, packet_id=1):
+    props = [(R.MESSAGE_EXPIRY_INTERVAL, expiry)] if expiry is not None else None
+    r.publish(topic, payload, qos=1, retain=True, packet_id=packet_id, properties=props)
+    assert r.recv_type(R.PUBACK).packet_id == packet_id
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar",
+                    reason="Mosquitto has no max_retained_messages; /metrics is Makelaar's")
+def test_expired_retained_message_frees_its_place_without_sys(make_broker, topic):
+    """With sys_interval = 0 (no $SYS tick), a retained message whose Message Expiry Interval
+    (1 s) has passed is removed on its own timer: it no longer counts against
+    max_retained_messages = 1, so another topic's retained message is kept again. (5.0
+    section 3.3.2.3.3 [MQTT-3.3.2-5]: an expired message is not delivered.)"""
+    b = make_broker(sys_interval=0, limits={"max_retained_messages": 1})
+    r = R.RawClient(b.port, version=5)
+    try:
+        assert r.connect(unique("exp"), version=5).reason == 0
+        _retain_expiring(r, f"{topic}/short", b"short-lived", expiry=1)
+        _retain_expiring(r, f"{topic}/first-try", b"no room", packet_id=2)
+        assert r.subscribe([(f"{topic}/first-try", 1)], packet_id=3).reasons == [1]
+        r.expect_nothing(0.3)  # the limit held: not kept
+        time.sleep(2.0)
+        _retain_expiring(r, f"{topic}/second-try", b"room again", packet_id=4)
+        assert r.subscribe([(f"{topic}/second-try", 1)], packet_id=5).reasons == [1]
+        p = r.recv_type(R.PUBLISH)
+        assert (p.payload, p.retain) == (b"room again", True)
+    finally:
+        r.close()
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="/metrics is Makelaar's")
+def test_expired_retained_message_leaves_the_count(make_broker, topic):
+    """The metrics' retained count drops once a retained message expires, with no $SYS tick
+    (sys_interval = 0)."""
+    b = make_broker(http=True, sys_interval=0)
+    r = R.RawClient(b.port, version=5)
+    try:
+        assert r.connect(unique("expm"), version=5).reason == 0
+        _retain_expiring(r, f"{topic}/short", b"short-lived", expiry=1)
+        wait_for(b, lambda s: s("makelaar_retained_messages") == 1)
+        started = time.monotonic()
+        wait_for(b, lambda s: s("makelaar_retained_messages") == 0, timeout=4)
+        assert time.monotonic() - started < 3
+    finally:
+        r.close()

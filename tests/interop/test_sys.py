@@ -1,10 +1,16 @@
 """$SYS/broker/... topics as Mosquitto publishes them, every sys_interval (1 s here)."""
 
+import getpass
 import queue
 import re
+import signal
+import subprocess
 import time
 
 import pytest
+
+from brokers import free_port, mosquitto_exe
+from clients import unique
 
 BROKER_CONFIG = {"sys_interval": 1}
 
@@ -166,3 +172,99 @@ def test_sys_not_writable_by_clients_does_not_break(sys_view, client):
     sys_view.wait_until("$SYS/broker/uptime", lambda v: v >= 0)
     first = sys_view.fresh("$SYS/broker/uptime")
     sys_view.wait_until("$SYS/broker/uptime", lambda v: v > first, timeout=4)
+
+
+@pytest.mark.xfail_mosquitto(reason="drops client messages to every topic starting with the "
+                             "characters $SYS ($SYSTEM/x too)")
+def test_topics_that_only_start_with_sys_are_not_sys(client, topic):
+    """`$SYS` is a topic level: `$SYSTEM/...` and `$SYSX` are ordinary `$` topics a client may
+    publish and retain, delivered to subscribers that name them (and, being `$` topics, not to
+    a leading wildcard [MQTT-4.7.2-1])."""
+    sub = client(version=5)
+    sub.subscribe(f"$SYSTEM/{topic}", qos=1)
+    sub.subscribe(f"$SYSX{topic}", qos=1)
+    pub = client(version=5)
+    pub.publish(f"$SYSTEM/{topic}", b"not the broker's", qos=1, retain=True)
+    pub.publish(f"$SYSX{topic}", b"mine too", qos=1, retain=True)
+    got = sorted(m.payload for m in sub.get_n(2))
+    assert got == [b"mine too", b"not the broker's"]
+    late = client(version=5)
+    late.subscribe(f"$SYSTEM/{topic}", qos=1)
+    m = late.get()
+    assert (m.payload, m.retain) == (b"not the broker's", True)
+    for t in (f"$SYSTEM/{topic}", f"$SYSX{topic}"):
+        pub.publish(t, b"", qos=1, retain=True)
+
+
+def test_bridge_state_topic_is_writable(client):
+    """A client may publish (and retain) `$SYS/broker/connection/<client id>/state`, where
+    Mosquitto bridges report their state; the rest of `$SYS` stays the broker's."""
+    state = f"$SYS/broker/connection/{unique('edge')}/state"
+    pub = client(version=5)
+    pub.publish(state, b"1", qos=1, retain=True)
+    pub.publish(state.replace("/state", "/other"), b"fake", qos=1, retain=True)
+    late = client(version=4)
+    late.subscribe(state.replace("/state", "/+"), qos=1)
+    m = late.get()
+    assert (m.topic, m.payload, m.retain) == (state, b"1", True)
+    late.expect_none(0.3)
+    pub.publish(state, b"", qos=1, retain=True)
+
+
+def _mosquitto_bridge(tmp_path, remote_port, remote_client_id):
+    """Starts Debian's Mosquitto with a bridge to 127.0.0.1:remote_port (the broker under
+    test), on a free loopback port of its own."""
+    conf = tmp_path / "bridge.conf"
+    conf.write_text("\n".join([
+        f"user {getpass.getuser()}",
+        "allow_anonymous true",
+        "persistence false",
+        "log_dest stderr",
+        "log_type all",
+        f"listener {free_port()} 127.0.0.1",
+        "connection to-broker-under-test",
+        f"address 127.0.0.1:{remote_port}",
+        f"remote_clientid {remote_client_id}",
+        # Bridge notifications (on by default): retained `1` on
+        # $SYS/broker/connection/<remote_clientid>/state, and a will `0` there.
+        "notifications true",
+        "try_private false",
+        "restart_timeout 1",
+        "topic bridged/# out 1",
+    ]) + "\n")
+    log = open(tmp_path / "bridge.log", "wb")
+    proc = subprocess.Popen([mosquitto_exe(), "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def test_mosquitto_bridge_reports_its_state(broker, client, tmp_path):
+    """A real Mosquitto 2.0 bridge connecting to the broker under test publishes a retained
+    `1` to $SYS/broker/connection/<client id>/state there, and its will leaves `0` when the
+    Mosquitto process dies."""
+    bridge_id = unique("bridge")
+    state = f"$SYS/broker/connection/{bridge_id}/state"
+    watcher = client(version=4)
+    watcher.subscribe(state, qos=1)
+    proc, log = _mosquitto_bridge(tmp_path, broker.port, bridge_id)
+    try:
+        m = watcher.get(timeout=10)
+        assert (m.topic, m.payload) == (state, b"1"), (tmp_path / "bridge.log").read_text()
+        late = client(version=4)
+        late.subscribe(state, qos=1)
+        m = late.get()
+        assert (m.payload, m.retain) == (b"1", True)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=5)
+        m = watcher.get(timeout=10)
+        assert (m.topic, m.payload) == (state, b"0")
+        after = client(version=4)
+        after.subscribe(state, qos=1)
+        m = after.get()
+        assert (m.payload, m.retain) == (b"0", True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+    client(version=4).publish(state, b"", qos=1, retain=True)

@@ -221,9 +221,7 @@ impl Router {
                         next_sweep = now + KEEP_ALIVE_SWEEP;
                     }
                     self.broker.handle_timeout(now);
-                    if self.sys.maybe_publish(now, start, &mut self.broker, &self.counters) {
-                        self.broker.purge_expired_retained(now);
-                    }
+                    self.sys.maybe_publish(now, start, &mut self.broker, &self.counters);
                 }
                 Some(ev) = store_rx.recv() => {
                     if !self.store_event(Instant::now(), ev) {

@@ -102,7 +102,7 @@ fn limits_keys() -> Vec<String> {
 #[test]
 fn every_limit_is_in_the_example_and_the_docs() {
     let keys = limits_keys();
-    assert_eq!(keys.len(), 23, "{keys:?}");
+    assert_eq!(keys.len(), 24, "{keys:?}");
     let example = std::fs::read_to_string(repo_root().join("makelaar.example.toml")).unwrap();
     let docs = std::fs::read_to_string(repo_root().join("docs/config-reference.md")).unwrap();
     for key in keys {

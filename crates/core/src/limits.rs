@@ -112,6 +112,26 @@ pub struct Limits {
     /// Highest QoS accepted (0, 1 or 2); advertised as Maximum QoS when below 2.
     #[cfg_attr(feature = "config", serde(deserialize_with = "file::de_max_qos"))]
     pub max_qos: u8,
+    /// Most levels (the parts between `/`) of a topic a client may use: in PUBLISH, SUBSCRIBE,
+    /// UNSUBSCRIBE and its will; a `$share/GROUP/` prefix counts as two. 0 means no limit. A
+    /// deeper topic is a protocol violation: the client is disconnected (MQTT 5: DISCONNECT
+    /// 0x90 Topic Name invalid, or 0x8F Topic Filter invalid), a CONNECT with such a will is
+    /// refused (MQTT 5: CONNACK 0x90; 3.1.1: 3), and the broker logs the limit.
+    pub max_topic_levels: usize,
+}
+
+impl Limits {
+    /// The number of levels of `topic` (a name or a filter) when it has more than
+    /// `max_topic_levels`; `None` when it is within the limit, or there is none.
+    pub fn excess_topic_levels(&self, topic: &str) -> Option<usize> {
+        let max = self.max_topic_levels;
+        // n bytes hold at most n + 1 levels: a topic shorter than the limit needs no count.
+        if max == 0 || topic.len() < max {
+            return None;
+        }
+        let levels = topic.bytes().filter(|&b| b == b'/').count() + 1;
+        (levels > max).then_some(levels)
+    }
 }
 
 impl Default for Limits {
@@ -140,6 +160,8 @@ impl Default for Limits {
             allow_zero_length_client_id: true,
             max_client_id_len: 65_535,
             max_qos: 2,
+            // Mosquitto's compile-time limit (TOPIC_HIERARCHY_LIMIT).
+            max_topic_levels: 200,
         }
     }
 }
@@ -161,4 +183,31 @@ impl Limits {
     pub const MAX_CLIENT_ID_LEN_RANGE: RangeInclusive<usize> = 23..=65_535;
     /// `max_qos`: a QoS.
     pub const MAX_QOS_RANGE: RangeInclusive<u8> = 0..=2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_levels_are_counted_against_the_limit() {
+        let limits = Limits {
+            max_topic_levels: 3,
+            ..Limits::default()
+        };
+        for within in ["a", "a/b/c", "//", "+/+/#", "abcdefgh/ijk"] {
+            assert_eq!(limits.excess_topic_levels(within), None, "{within}");
+        }
+        assert_eq!(limits.excess_topic_levels("a/b/c/d"), Some(4));
+        assert_eq!(limits.excess_topic_levels("///"), Some(4));
+        assert_eq!(limits.excess_topic_levels("$share/g/a/b"), Some(4));
+        let unlimited = Limits {
+            max_topic_levels: 0,
+            ..Limits::default()
+        };
+        assert_eq!(unlimited.excess_topic_levels(&"/".repeat(65_535)), None);
+        let default = Limits::default();
+        assert_eq!(default.excess_topic_levels(&"a/".repeat(199)), None);
+        assert_eq!(default.excess_topic_levels(&"/".repeat(200)), Some(201));
+    }
 }

@@ -6,7 +6,7 @@
 //! as correlation data) are slices of the received bytes, not copies.
 //!
 //! The decoder enforces what can be checked on one packet alone (format, flags, lengths,
-//! UTF-8, property placement and values). Rules that need session state (first packet is
+//! UTF-8, property placement and values, the syntax of topic names and filters). Rules that need session state (first packet is
 //! CONNECT, packet identifiers in use, topic alias ranges, receive maximum, ...) belong to the
 //! broker.
 
@@ -24,6 +24,7 @@ use crate::packet::{
 };
 use crate::properties::Properties;
 use crate::reason::ReasonCode;
+use crate::topic::validate_filter_syntax;
 
 use properties::{read_properties, Context};
 use reader::{utf8, Reader};
@@ -203,7 +204,13 @@ fn check_fixed_header(first: u8, version: Option<ProtocolVersion>) -> Result<(),
         PUBREL | SUBSCRIBE | UNSUBSCRIBE => 0b0010,
         _ => 0,
     };
-    // [MQTT-2.1.3-1] reserved flag bits must be exactly as the packet type specifies.
+    // MQTT 3.1 (section 2.1, DUP flag) has a client set DUP when it retries a PUBREL,
+    // SUBSCRIBE or UNSUBSCRIBE (QoS 1 each); the fixed flags below came with 3.1.1.
+    if version == Some(ProtocolVersion::V31) && expected != 0 && flags == expected | 0b1000 {
+        return Ok(());
+    }
+    // [MQTT-2.2.2-1] (3.1.1) / [MQTT-2.1.3-1] (5.0) reserved flag bits must be exactly as the
+    // packet type specifies.
     if flags != expected {
         return Err(DecodeError::Malformed("invalid fixed header flags"));
     }
@@ -252,6 +259,23 @@ fn topic_name(raw: &[u8]) -> Result<&str, DecodeError> {
         }
     }
     Ok(s)
+}
+
+/// Reads a topic filter of SUBSCRIBE or UNSUBSCRIBE and checks its syntax (section 4.7). A
+/// filter breaking it (`a/#/b`, `a+`, `#a`, empty) is a protocol violation, not a filter the
+/// server may refuse with a SUBACK code: [MQTT-4.7.1-2] [MQTT-4.7.1-3] [MQTT-4.7.3-1] (3.1.1;
+/// 5.0: [MQTT-4.7.1-1] [MQTT-4.7.1-2] [MQTT-4.7.3-1]), so the connection is closed (3.1.1
+/// [MQTT-4.8.0-1]). 5.0 keeps Topic Filter invalid (0x8F) for a filter that "is correctly
+/// formed but is not allowed for this Client" (section 3.9.3), and its DISCONNECT reason
+/// 0x81 is for a packet that "does not conform to this specification" (section 3.14.2.1):
+/// a filter that is not correctly formed is a Malformed Packet. Whether a well-formed
+/// `$share/…` filter is a valid shared subscription stays the broker's (0x8F).
+fn topic_filter(r: &mut Reader) -> Result<String, DecodeError> {
+    let filter = r.string()?;
+    match validate_filter_syntax(&filter) {
+        Ok(()) => Ok(filter),
+        Err(e) => Err(DecodeError::Malformed(e.as_str())),
+    }
 }
 
 /// A non-zero packet identifier: [MQTT-2.2.1-3] (5.0), [MQTT-2.3.1-1] (3.1.1).
@@ -472,9 +496,8 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
     };
     let mut filters = Vec::new();
     while !r.is_empty() {
-        // The filter's syntax is the broker's to judge (per-filter SUBACK codes); its UTF-8
-        // is checked here [MQTT-1.5.4-1] [MQTT-1.5.4-2].
-        let filter = r.string()?;
+        // UTF-8 [MQTT-1.5.4-1] [MQTT-1.5.4-2] and the filter's syntax (section 4.7).
+        let filter = topic_filter(r)?;
         let options = r.u8()?;
         let qos = QoS::from_u8(options & 0x03);
         let options = if v5 {
@@ -557,7 +580,7 @@ fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeErr
     };
     let mut filters = Vec::new();
     while !r.is_empty() {
-        filters.push(r.string()?);
+        filters.push(topic_filter(r)?);
     }
     // [MQTT-3.10.3-2] at least one topic filter.
     if filters.is_empty() {

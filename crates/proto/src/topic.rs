@@ -30,6 +30,23 @@ pub enum TopicError {
     TooLong,
 }
 
+impl TopicError {
+    /// The error in words, for a reason that must be `'static` (the decoder's errors).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicError::Empty => "topic is empty",
+            TopicError::NullCharacter => "topic contains U+0000",
+            TopicError::WildcardInName => "topic name contains a wildcard",
+            TopicError::MisplacedMultiLevel => {
+                "'#' must be the last character and occupy a whole level"
+            }
+            TopicError::MisplacedSingleLevel => "'+' must occupy a whole level",
+            TopicError::InvalidShare => "shared subscription is not $share/GROUP/FILTER",
+            TopicError::TooLong => "topic is longer than 65,535 bytes",
+        }
+    }
+}
+
 /// Checks a topic name as carried in PUBLISH or a will.
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     check_common(name)?;
@@ -37,6 +54,16 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
         return Err(TopicError::WildcardInName);
     }
     Ok(())
+}
+
+/// Checks the syntax of a topic filter of section 4.7 on the whole filter, as sent: at least
+/// one character [MQTT-4.7.3-1], no U+0000 [MQTT-4.7.3-2], `#` alone in the last level and `+`
+/// alone in its level ([MQTT-4.7.1-2] [MQTT-4.7.1-3]; 5.0: [MQTT-4.7.1-1] [MQTT-4.7.1-2]). A
+/// filter failing it is malformed: the decoder refuses the packet carrying it. Whether a
+/// well-formed `$share/…` filter is a valid shared subscription is [`parse_shared`]'s to say.
+pub fn validate_filter_syntax(filter: &str) -> Result<(), TopicError> {
+    check_common(filter)?;
+    validate_plain_filter(filter)
 }
 
 /// Checks a topic filter as carried in SUBSCRIBE or UNSUBSCRIBE, shared form included.

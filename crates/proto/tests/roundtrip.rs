@@ -31,6 +31,23 @@ fn text() -> impl Strategy<Value = String> {
     "[^\\x00]{0,12}"
 }
 
+/// A well-formed topic filter (section 4.7): levels of text without wildcards, `+` levels,
+/// and perhaps a `#` level at the end.
+fn topic_filter() -> impl Strategy<Value = String> {
+    let level = prop_oneof![Just("+".to_owned()), "[^\\x00+#/]{0,4}"];
+    (vec(level, 1..5), any::<bool>()).prop_map(|(mut levels, hash)| {
+        if hash {
+            levels.push("#".to_owned());
+        }
+        let filter = levels.join("/");
+        if filter.is_empty() {
+            "#".to_owned()
+        } else {
+            filter
+        }
+    })
+}
+
 /// A valid topic name: non-empty, no wildcards, no U+0000.
 fn topic_name() -> impl Strategy<Value = String> {
     "[^\\x00+#]{1,16}"
@@ -375,7 +392,7 @@ fn options(v: ProtocolVersion) -> impl Strategy<Value = SubscriptionOptions> {
 fn subscribe(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (
         packet_id(),
-        vec((text(), options(v)), 1..5),
+        vec((topic_filter(), options(v)), 1..5),
         props(v, Ctx::Subscribe),
     )
         .prop_map(|(packet_id, filters, properties)| {
@@ -408,15 +425,18 @@ fn suback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
 }
 
 fn unsubscribe(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    (packet_id(), vec(text(), 1..5), props(v, Ctx::Unsubscribe)).prop_map(
-        |(packet_id, filters, properties)| {
+    (
+        packet_id(),
+        vec(topic_filter(), 1..5),
+        props(v, Ctx::Unsubscribe),
+    )
+        .prop_map(|(packet_id, filters, properties)| {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id,
                 filters,
                 properties,
             })
-        },
-    )
+        })
 }
 
 fn unsuback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -562,6 +582,34 @@ proptest! {
         }
         prop_assert_eq!(out, ps);
         prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn filters_decode_exactly_when_well_formed(
+        v in version(),
+        filter in prop_oneof!["[a+#/]{0,6}", text(), topic_filter()],
+    ) {
+        // Section 4.7's syntax decides: a malformed filter makes the SUBSCRIBE and the
+        // UNSUBSCRIBE carrying it malformed packets (0x81); a well-formed one decodes as sent.
+        let well_formed = makelaar_proto::topic::validate_filter_syntax(&filter).is_ok();
+        let options = SubscriptionOptions::default();
+        let packets = [
+            Packet::Subscribe(Subscribe { packet_id: 1, filters: vec![(filter.clone(), options)], properties: Properties::default() }),
+            Packet::Unsubscribe(Unsubscribe { packet_id: 1, filters: vec![filter.clone()], properties: Properties::default() }),
+        ];
+        for p in packets {
+            let mut buf = encode(&p, v);
+            match decoder(v).decode(&mut buf) {
+                Ok(decoded) => {
+                    prop_assert!(well_formed, "{:?} decoded", filter);
+                    prop_assert_eq!(decoded, Some(p));
+                }
+                Err(e) => {
+                    prop_assert!(!well_formed, "{:?}: {}", filter, e);
+                    prop_assert_eq!(e.reason_code(), ReasonCode::MALFORMED_PACKET);
+                }
+            }
+        }
     }
 
     #[test]

@@ -112,6 +112,30 @@ fn fixed_header_flags() {
 }
 
 #[test]
+fn v31_retries_set_dup_on_pubrel_subscribe_unsubscribe() {
+    // MQTT 3.1 section 2.1: DUP is set when a PUBREL, SUBSCRIBE or UNSUBSCRIBE is sent again
+    // (0x6A, 0x8A, 0xAA); their QoS bits stay 1.
+    let pubrel = [0x6A, 0x02, 0, 7];
+    let subscribe = [0x8A, 0x06, 0, 1, 0, 1, b'a', 1];
+    let unsubscribe = [0xAA, 0x05, 0, 1, 0, 1, b'a'];
+    assert_eq!(ok(V31, &pubrel), Packet::PubRel(PubAck::new(7)));
+    assert!(matches!(ok(V31, &subscribe), Packet::Subscribe(s) if s.filters[0].0 == "a"));
+    assert!(matches!(ok(V31, &unsubscribe), Packet::Unsubscribe(u) if u.filters == ["a"]));
+    // From 3.1.1 on the flags are fixed: [MQTT-2.2.2-1] (3.1.1), [MQTT-2.1.3-1] (5.0).
+    for v in [V311, V5] {
+        malformed(Some(v), &pubrel);
+        malformed(Some(v), &subscribe);
+        malformed(Some(v), &unsubscribe);
+    }
+    // 3.1 still refuses anything but DUP: retain set, QoS 0 or 2, DUP on other packets.
+    malformed(Some(V31), &[0x6B, 0x02, 0, 7]);
+    malformed(Some(V31), &[0x68, 0x02, 0, 7]);
+    malformed(Some(V31), &[0x8C, 0x06, 0, 1, 0, 1, b'a', 1]);
+    malformed(Some(V31), &[0x48, 0x02, 0, 7]); // PUBACK with DUP
+    malformed(Some(V31), &[0xC8, 0x00]); // PINGREQ with DUP
+}
+
+#[test]
 fn reserved_packet_types() {
     // Packet type 0 is reserved (section 2.1.2).
     malformed(Some(V311), &[0x00, 0x00]);
@@ -590,14 +614,6 @@ fn subscribe_rules() {
             retain_handling: makelaar_proto::RetainHandling::DoNotSend,
         }
     );
-    // Filter syntax is the broker's to judge (per-filter SUBACK codes): "a/#/b" decodes.
-    let Packet::Subscribe(s) = ok(
-        V311,
-        &[0x82, 0x0A, 0, 1, 0, 5, b'a', b'/', b'#', b'/', b'b', 1],
-    ) else {
-        panic!()
-    };
-    assert_eq!(s.filters[0].0, "a/#/b");
     let Packet::Unsubscribe(u) = ok(V311, &[0xA2, 0x05, 0, 1, 0, 1, b'+']) else {
         panic!()
     };
@@ -609,6 +625,70 @@ fn subscribe_rules() {
             properties: Properties::default()
         }
     );
+}
+
+/// SUBSCRIBE (QoS 1 options) and UNSUBSCRIBE of the one filter, in `v`'s form.
+fn sub_and_unsub(v: ProtocolVersion, filter: &str) -> [Vec<u8>; 2] {
+    let props: &[u8] = if v == V5 { &[0] } else { &[] };
+    let mut entry = vec![0, filter.len() as u8];
+    entry.extend_from_slice(filter.as_bytes());
+    let mut sub = [&[0, 1][..], props, &entry, &[1]].concat();
+    let mut unsub = [&[0, 2][..], props, &entry].concat();
+    sub = frame(0x82, &sub);
+    unsub = frame(0xA2, &unsub);
+    [sub, unsub]
+}
+
+#[test]
+fn malformed_topic_filters_are_malformed_packets() {
+    // [MQTT-4.7.1-2] '#' last and alone in its level, [MQTT-4.7.1-3] '+' alone in its level,
+    // [MQTT-4.7.3-1] at least one character (3.1.1 numbering; 5.0: [MQTT-4.7.1-1],
+    // [MQTT-4.7.1-2], [MQTT-4.7.3-1]). A protocol violation closes the connection (3.1.1
+    // [MQTT-4.8.0-1]); 5.0 with 0x81, the filter not being correctly formed (section 3.9.3).
+    for v in [V31, V311, V5] {
+        for bad in ["a/#/b", "a+/b", "#a", "", "a/b#", "+a", "a/++", "##"] {
+            for bytes in sub_and_unsub(v, bad) {
+                let r = dec(Some(v), &bytes);
+                assert!(
+                    matches!(r, Err(DecodeError::Malformed(_))),
+                    "{v:?} {bad:?}: {r:?}"
+                );
+                assert_eq!(r.unwrap_err().reason_code(), ReasonCode::MALFORMED_PACKET);
+            }
+        }
+        // Well-formed filters decode, shared ones too: whether `$share//a` or `$share/g` is
+        // a shared subscription the broker accepts is the broker's to answer (SUBACK 0x8F).
+        for good in [
+            "#",
+            "+",
+            "a/+/c",
+            "a/#",
+            "/",
+            "+/+/#",
+            "$SYS/#",
+            "$share//a",
+            "$share/g",
+        ] {
+            for bytes in sub_and_unsub(v, good) {
+                match ok(v, &bytes) {
+                    Packet::Subscribe(s) => assert_eq!(s.filters[0].0, good),
+                    Packet::Unsubscribe(u) => assert_eq!(u.filters, [good]),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+    // One bad filter among good ones refuses the whole packet.
+    let body = [
+        &[0, 1][..],
+        &[0, 1, b'a', 0],
+        &[0, 3, b'a', b'/', b'#'],
+        &[0],
+        &[0, 2, b'#', b'/'],
+        &[0],
+    ]
+    .concat();
+    malformed(Some(V311), &frame(0x82, &body));
 }
 
 // ---- acknowledgements ----------------------------------------------------------------------

@@ -119,6 +119,13 @@ impl Broker {
             if will.retain && !self.limits.retain_available {
                 return Err(ReasonCode::RETAIN_NOT_SUPPORTED); // [MQTT-3.2.2-13]
             }
+            if let Some(levels) = self.limits.excess_topic_levels(&will.topic) {
+                let max = self.limits.max_topic_levels;
+                super::publish::log_topic_too_deep(id, "will topic", levels, max);
+                // 5.0 CONNACK 0x90: "The Will Topic Name is not malformed, but is not
+                // accepted by this Server" (section 3.2.2.2).
+                return Err(ReasonCode::TOPIC_NAME_INVALID);
+            }
         }
         Ok(())
     }

@@ -194,7 +194,7 @@ impl Broker {
         message: Option<&Arc<Message>>,
         old: Option<&Arc<Message>>,
     ) {
-        if self.journal.is_some() && !topic.starts_with("$SYS") {
+        if self.journal.is_some() && !crate::topic::sys::is_sys(topic) {
             let old = old.map_or(0, |m| m.weight());
             let new = message.map_or(0, |m| m.weight());
             self.stored_bytes = self.stored_bytes.saturating_sub(old) + new;
@@ -238,7 +238,8 @@ impl Broker {
         let topic = msg.topic.clone();
         self.stored_bytes += msg.weight();
         self.retained_bytes += msg.weight();
-        if let Some(old) = self.retained.insert(&topic, msg) {
+        let expires_at = msg.expires_at;
+        if let Some(old) = self.retained.insert(&topic, msg, expires_at) {
             self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
         }
     }

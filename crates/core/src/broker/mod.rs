@@ -189,18 +189,20 @@ impl Broker {
     }
 
     /// When [`Broker::handle_timeout`] must next be called (will delays, session expiry,
-    /// a CONNECT waiting for a drain).
+    /// a CONNECT waiting for a drain, the expiry of a retained message).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let session = self.timers.keys().next().map(|(at, _)| *at);
-        match (session, self.next_drain_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [session, self.next_drain_deadline(), self.retained.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Fires every timer due at `now`: delayed wills, expired sessions, drain deadlines.
+    /// Fires every timer due at `now`: delayed wills, expired sessions, drain deadlines and
+    /// retained messages.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.drain_deadlines_due(now);
+        self.purge_expired_retained(now);
         while let Some((&key, &idx)) = self.timers.first_key_value() {
             if key.0 > now {
                 break;
@@ -231,7 +233,7 @@ impl Broker {
             Packet::PubRel(a) => self.handle_pubrel(conn, idx, a.packet_id),
             Packet::PubComp(a) => self.handle_pubcomp(now, idx, a.packet_id),
             Packet::Subscribe(s) => self.handle_subscribe(now, conn, idx, s),
-            Packet::Unsubscribe(u) => self.handle_unsubscribe(conn, idx, u),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(now, conn, idx, u),
             Packet::Disconnect(d) => self.handle_disconnect(now, conn, idx, d),
             Packet::PingReq => self.send(conn, Packet::PingResp),
             // [MQTT-4.12.0-?] no authentication method was agreed, so AUTH is not expected.
@@ -279,24 +281,6 @@ impl Broker {
         self.detach(now, conn);
         self.actions
             .push_back(Action::Close(conn, CloseReason::Server(reason)));
-    }
-
-    /// Removes retained messages whose Message Expiry Interval has passed (they are never
-    /// sent [MQTT-3.3.2-5]; this gives their memory back). Call it now and then.
-    pub fn purge_expired_retained(&mut self, now: Instant) -> usize {
-        let mut gone: Vec<Arc<Message>> = Vec::new();
-        self.retained.retain(|_, m| {
-            let expired = m.is_expired(now);
-            if expired {
-                gone.push(m.clone());
-            }
-            !expired
-        });
-        for m in &gone {
-            self.retained_bytes = self.retained_bytes.saturating_sub(m.weight());
-            self.journal_retained(&m.topic, None, Some(m));
-        }
-        gone.len()
     }
 
     /// Publishes a message of the broker's own (`$SYS`), retained.

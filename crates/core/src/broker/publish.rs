@@ -11,10 +11,23 @@ use crate::auth::Access;
 use crate::message::{Delivery, Message};
 use crate::persist::KeptState;
 use crate::session::{ConnId, Inflight, OutboundState};
+use crate::topic::sys::{is_sys, writable_by_clients};
 
 /// How far a connected session's queue may go past `max_queued_messages` while its publishers
 /// are being slowed down (their acknowledgements held back) before messages are dropped.
 const ONLINE_OVERSHOOT: usize = 10_000;
+
+/// Logs a topic refused for `max_topic_levels`, naming the limit and how to raise it. `what`
+/// is "topic name", "topic filter" or "will topic".
+pub(super) fn log_topic_too_deep(client_id: &str, what: &'static str, levels: usize, max: usize) {
+    tracing::warn!(
+        client_id,
+        levels,
+        max_topic_levels = max,
+        "refused a {what} of {levels} levels from client {client_id:?}, over max_topic_levels \
+         ({max}); to accept it raise max_topic_levels in [limits] (0 removes the limit)"
+    );
+}
 
 /// One matching subscription found while routing, before overlapping ones are merged.
 struct Target {
@@ -52,10 +65,26 @@ impl Broker {
             );
             return;
         }
+        if let Some(levels) = self.limits.excess_topic_levels(&p.topic) {
+            // A topic name deeper than max_topic_levels closes the connection: 5.0 DISCONNECT
+            // 0x90 Topic Name invalid, "correctly formed, but is not accepted by this Client
+            // or Server" (section 3.14.2.1); 3.1.1 cannot refuse a PUBLISH but by closing.
+            let client_id = self.session(idx).map_or("", |s| &s.client_id);
+            log_topic_too_deep(
+                client_id,
+                "topic name",
+                levels,
+                self.limits.max_topic_levels,
+            );
+            let text = "topic name has more levels than max_topic_levels";
+            self.protocol_violation(now, conn, ReasonCode::TOPIC_NAME_INVALID, text);
+            return;
+        }
         let (qos, packet_id) = (p.qos, p.packet_id);
-        if p.topic.starts_with("$SYS") {
+        if !writable_by_clients(&p.topic) {
             // `$SYS` is the broker's own namespace: a client's message there is acknowledged
             // (5.0: as not authorized) and dropped, so it cannot fake the broker's figures.
+            // A bridge's state is the exception, written like any other topic.
             self.refuse_publish(conn, idx, qos, packet_id);
             return;
         }
@@ -167,7 +196,7 @@ impl Broker {
             }
             return;
         }
-        if self.store_full(msg.weight()) && !msg.topic.starts_with("$SYS") {
+        if self.store_full(msg.weight()) && !is_sys(&msg.topic) {
             return; // counted and logged by `store_full`
         }
         let max = self.limits.max_retained_messages;
@@ -175,10 +204,22 @@ impl Broker {
             tracing::warn!(max_retained_messages = max, topic = %msg.topic, "retained message not stored: max_retained_messages reached");
             return;
         }
-        let old = self.retained.insert(&msg.topic, msg.clone());
+        let old = self
+            .retained
+            .insert(&msg.topic, msg.clone(), msg.expires_at);
         let old_weight = old.as_ref().map_or(0, |m| m.weight());
         self.retained_bytes = self.retained_bytes.saturating_sub(old_weight) + msg.weight();
         self.journal_retained(&msg.topic, Some(msg), old.as_ref());
+    }
+
+    /// Removes the retained messages expired at `now`, when their timer fires: they are never
+    /// sent [MQTT-3.3.2-5], and no longer count against `max_retained_messages` and
+    /// `max_stored_bytes`.
+    pub(super) fn purge_expired_retained(&mut self, now: Instant) {
+        while let Some((_, old)) = self.retained.pop_expired(now) {
+            self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
+            self.journal_retained(&old.topic, None, Some(&old));
+        }
     }
 
     /// Delivers a message to every matching subscription; returns how many sessions got it.

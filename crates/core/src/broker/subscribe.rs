@@ -4,16 +4,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use makelaar_proto::topic::{parse_shared, validate_topic_filter};
+use makelaar_proto::topic::parse_shared;
 use makelaar_proto::{
     Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
 };
 
+use super::publish::log_topic_too_deep;
 use super::{Broker, SessionIdx};
 use crate::auth::Access;
 use crate::message::{Delivery, Message};
 use crate::session::{ConnId, Subscription};
+
+/// Why a packet closes the connection: the reason code and a text for the log.
+type Violation = (ReasonCode, &'static str);
 
 impl Broker {
     pub(super) fn handle_subscribe(
@@ -23,17 +27,15 @@ impl Broker {
         idx: SessionIdx,
         sub: Subscribe,
     ) {
+        if let Err((reason, text)) = self.check_subscribe(idx, &sub) {
+            self.protocol_violation(now, conn, reason, text);
+            return;
+        }
         let v5 = self.version_of(idx).is_v5();
         let id = sub.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut retained_for = Vec::new();
         for (filter, options) in sub.filters {
-            // [MQTT-3.8.3-4] no-local on a shared subscription is a protocol error.
-            if options.no_local && matches!(parse_shared(&filter), Ok(Some(_))) {
-                let text = "no-local on a shared subscription";
-                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, text);
-                return;
-            }
             match self.subscribe_one(idx, &filter, options, id, v5) {
                 Ok((granted, send_retained)) => {
                     reasons.push(ReasonCode(granted as u8));
@@ -55,6 +57,42 @@ impl Broker {
         }
     }
 
+    /// What refuses a whole SUBSCRIBE, checked before any of its filters is subscribed: the
+    /// reason code and text to close the connection with.
+    fn check_subscribe(&self, idx: SessionIdx, sub: &Subscribe) -> Result<(), Violation> {
+        for (filter, options) in &sub.filters {
+            self.check_filter_levels(idx, filter)?;
+            // [MQTT-3.8.3-4] no-local on a shared subscription is a protocol error.
+            if options.no_local && matches!(parse_shared(filter), Ok(Some(_))) {
+                return Err((
+                    ReasonCode::PROTOCOL_ERROR,
+                    "no-local on a shared subscription",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A filter deeper than `max_topic_levels` is refused with the connection (logged with
+    /// the limit): 5.0 DISCONNECT 0x8F Topic Filter invalid, "correctly formed, but not
+    /// accepted by this Server" (section 3.14.2.1); 3.1.1 closes [MQTT-4.8.0-1].
+    fn check_filter_levels(&self, idx: SessionIdx, filter: &str) -> Result<(), Violation> {
+        let Some(levels) = self.limits.excess_topic_levels(filter) else {
+            return Ok(());
+        };
+        let client_id = self.session(idx).map_or("", |s| &s.client_id);
+        log_topic_too_deep(
+            client_id,
+            "topic filter",
+            levels,
+            self.limits.max_topic_levels,
+        );
+        Err((
+            ReasonCode::TOPIC_FILTER_INVALID,
+            "topic filter has more levels than max_topic_levels",
+        ))
+    }
+
     /// Adds one subscription: the granted QoS and whether retained messages are to be sent,
     /// or the failure reason code for the SUBACK [MQTT-3.9.3-1].
     fn subscribe_one(
@@ -65,12 +103,15 @@ impl Broker {
         id: Option<u32>,
         v5: bool,
     ) -> Result<(QoS, bool), ReasonCode> {
+        // The decoder refused malformed filters (section 4.7); a well-formed one that is not a
+        // shared subscription of the form [MQTT-4.8.2-1] [MQTT-4.8.2-2] asks for (`$share/g`,
+        // `$share//a`) is not allowed: 5.0 0x8F Topic Filter invalid, 3.x 0x80.
         let invalid = if v5 {
             ReasonCode::TOPIC_FILTER_INVALID
         } else {
             ReasonCode::UNSPECIFIED_ERROR
         };
-        validate_topic_filter(filter).map_err(|_| invalid)?;
+        parse_shared(filter).map_err(|_| invalid)?;
         if self.policy.deny_subscriptions.iter().any(|d| d == filter) {
             return Err(ReasonCode::UNSPECIFIED_ERROR);
         }
@@ -150,13 +191,26 @@ impl Broker {
         }
     }
 
-    pub(super) fn handle_unsubscribe(&mut self, conn: ConnId, idx: SessionIdx, u: Unsubscribe) {
+    pub(super) fn handle_unsubscribe(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        idx: SessionIdx,
+        u: Unsubscribe,
+    ) {
+        for filter in &u.filters {
+            if let Err((reason, text)) = self.check_filter_levels(idx, filter) {
+                self.protocol_violation(now, conn, reason, text);
+                return;
+            }
+        }
         let v5 = self.version_of(idx).is_v5();
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
-            // A filter that could never have been subscribed gets the same code as in
-            // SUBSCRIBE (5.0 section 3.11.3), not "no subscription existed".
-            if validate_topic_filter(filter).is_err() {
+            // A well-formed filter that is not a valid shared subscription could never have
+            // been subscribed: the same code as in SUBSCRIBE (5.0 section 3.11.3), not "no
+            // subscription existed".
+            if parse_shared(filter).is_err() {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }

@@ -19,7 +19,7 @@ impl Broker {
     }
 
     /// Publishes a will as its client would have published it: checked for Write access
-    /// first, and never into the broker's own `$SYS` tree.
+    /// first, and never into the broker's own `$SYS` tree (but for a bridge's state).
     pub(super) fn publish_will_message(
         &mut self,
         now: Instant,
@@ -28,7 +28,7 @@ impl Broker {
         will: Box<Will>,
     ) {
         let will = *will;
-        let allowed = !will.topic.starts_with("$SYS")
+        let allowed = crate::topic::sys::writable_by_clients(&will.topic)
             && self.authorizer.as_ref().is_none_or(|a| {
                 a.allowed(client_id, username, &will.topic, crate::auth::Access::Write)
             });

@@ -11,6 +11,7 @@
 //! malformed (a `#` that is not last is an ordinary level here).
 
 mod subs;
+pub mod sys;
 pub(crate) mod trie;
 
 use std::collections::HashMap;
