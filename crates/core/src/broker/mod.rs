@@ -192,10 +192,14 @@ impl Broker {
     /// a CONNECT waiting for a drain, the expiry of a retained message).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let session = self.timers.keys().next().map(|(at, _)| *at);
-        [session, self.next_drain_deadline(), self.retained.next_expiry()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            session,
+            self.next_drain_deadline(),
+            self.retained.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Fires every timer due at `now`: delayed wills, expired sessions, drain deadlines and
