@@ -44,9 +44,12 @@
 //!    What a client may receive is decided per message, by a `Read` check on the message's
 //!    topic when it is delivered (retained messages included). So a subscription to a
 //!    wildcard filter delivers exactly the matching messages whose topics the client may read.
-//! 2. **`$SYS` and `$share`.** Writing to a topic starting with `$SYS` is refused, except
-//!    `$SYS/broker/connection/+/state` (bridge status), which then still needs a rule. Reading
-//!    or writing a topic starting with `$share` is refused.
+//! 2. **`$SYS` and `$share`.** Writing to a topic whose first level is `$SYS` is refused,
+//!    except `$SYS/broker/connection/+/state` (bridge status), which then still needs a rule.
+//!    Reading or writing a topic starting with `$share` is refused. (Mosquitto 2.0.11 compares
+//!    the characters `$SYS` as a prefix, so it also refuses `$SYSTEM/x`; `$SYS` is a topic level,
+//!    and such topics are ordinary `$` topics here, as they are to the broker's own rule in
+//!    `makelaar_core::topic::sys`.)
 //! 3. **Which rules.** A client with a username gets the rules of that username's sections;
 //!    a client without one (an empty username counts as none, as Mosquitto treats it) gets the
 //!    rules before the first `user` line. Nobody gets both. Patterns apply to everybody.
@@ -197,8 +200,9 @@ impl Acl {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return false;
         }
-        // Rule 2: Mosquitto compares these prefixes without a level boundary.
-        if topic.starts_with("$SYS")
+        // Rule 2: `$SYS` by its first level; `$share` as Mosquitto compares it, as a prefix.
+        let sys = topic.split('/').next() == Some("$SYS");
+        if sys
             && access == Access::Write
             && !filter_matches("$SYS/broker/connection/+/state", topic)
         {
