@@ -74,7 +74,7 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
         }
     };
 
-    let config = builder.with_single_cert(certs, key).map_err(|e| match e {
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => ConfigError::Tls(format!(
             "the private key \"{}\" does not belong to the certificate \"{}\"; pass the key that \
              was generated with that certificate",
@@ -88,7 +88,26 @@ pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, ConfigError
             tls.key.display()
         )),
     })?;
+    resumption(&mut config)?;
     Ok(Arc::new(config))
+}
+
+/// Session resumption: a client that comes back (a reconnect after a network blip, a broker
+/// restart, a redeploy of many clients) skips the certificate and its signature, the costly
+/// part of a full handshake. rustls keeps only 256 sessions in memory by default, so with more
+/// clients than that most could not resume; self-contained tickets (encrypted under a key the
+/// broker makes at start and rotates every 6 hours; a reload makes a new one) let every
+/// client resume, at no memory per client. One ticket per handshake: an MQTT client reconnects
+/// one connection at a time, and each resumed connection receives its next ticket.
+fn resumption(config: &mut ServerConfig) -> Result<(), ConfigError> {
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| {
+        ConfigError::Tls(format!(
+            "cannot make a key for TLS session tickets ({e}); check that the system's random \
+             number source (getrandom) works"
+        ))
+    })?;
+    config.send_tls13_tickets = 1;
+    Ok(())
 }
 
 fn load_certs(
