@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makelaar against Mosquitto, same machine, same run, same load generator (`makelaar bench`).
 #
-#   bench/compare.sh              # medians of 3, about 7 minutes
+#   bench/compare.sh              # medians of 3, about 10 minutes
 #   bench/compare.sh --quick      # 1 repetition, short runs, under 2 minutes
 #   bench/compare.sh --repeat 5 --duration 10 --no-build
 #
