@@ -364,6 +364,21 @@ for label, name, metric, path, scale, higher in ROWS:
         elif m == 0:
             ratio = "="
     print(f"| {label} | {metric} | {fmt(m)} | {fmt(q)} | {ratio} |")
+# The same rate as a median of per-repetition ratios: each repetition runs the two brokers
+# back to back, so this follows the machine's load less than the ratio of two medians does.
+paired = []
+for label, name, metric, path, scale, higher in ROWS:
+    if not higher or metric not in ("delivered/s", "deliveries/s", "connections/s"):
+        continue
+    ms, qs = load(name, "makelaar"), load(name, "mosquitto")
+    ratios = [get(m, path) / get(q, path) for m, q in zip(ms, qs)
+              if isinstance(get(m, path), (int, float)) and get(q, path)]
+    if ratios:
+        paired.append(f"{name} {statistics.median(ratios):.2f}× "
+                      f"({min(ratios):.2f}–{max(ratios):.2f})")
+if paired:
+    print()
+    print("Paired ratios, median (range) of the repetitions:", ", ".join(paired) + ".")
 durable = median(load("durable_q1", "makelaar"), "delivered_per_s")
 memory = median(load("persist_q1", "makelaar"), "delivered_per_s")
 figures = store_figures("durable_q1")
