@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makelaar against Mosquitto, same machine, same run, same load generator (`makelaar bench`).
 #
-#   bench/compare.sh              # medians of 3, about 7 minutes
+#   bench/compare.sh              # medians of 3, about 10 minutes
 #   bench/compare.sh --quick      # 1 repetition, short runs, under 2 minutes
 #   bench/compare.sh --repeat 5 --duration 10 --no-build
 #
@@ -18,6 +18,7 @@ WARMUP=2
 CONNS=10000
 BUILD=1
 BIN=""
+BROKER_BIN=""
 OUT=""
 ONLY=""
 
@@ -29,10 +30,11 @@ Options:
   --repeat N         repetitions of each scenario (median reported)      [3]
   --duration S       seconds measured per run                             [8]
   --warmup S         seconds of load before measuring                     [2]
-  --conns N          idle connections in the conn scenario                [10000]
+  --conns N          idle connections in the conn and conn_tls scenarios  [10000]
   --only LIST        comma-separated scenarios: fanin_rate,fanin_max,fanout,fanin_q1,lat_q0,
-                     lat_q1,conn,persist_q1,durable_q1
+                     lat_q1,conn,conn_tls,persist_q1,durable_q1
   --bin PATH         use this makelaar binary (implies --no-build)
+  --broker-bin PATH  serve with this makelaar binary, generate load with --bin (A/B of builds)
   --no-build         do not run cargo build --release
   --out DIR          keep the raw JSON results here        [a new directory under /tmp]
 EOF
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
         --conns) CONNS=$2; shift ;;
         --only) ONLY=$2; shift ;;
         --bin) BIN=$2; BUILD=0; shift ;;
+        --broker-bin) BROKER_BIN=$2; shift ;;
         --no-build) BUILD=0 ;;
         --out) OUT=$2; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -65,6 +68,11 @@ if [ "$BUILD" = 1 ]; then
 fi
 if [ ! -x "$BIN" ]; then
     echo "compare.sh: no makelaar binary at $BIN; build it (cargo build --release -p makelaar) or give --bin PATH" >&2
+    exit 1
+fi
+BROKER_BIN=${BROKER_BIN:-$BIN}
+if [ ! -x "$BROKER_BIN" ]; then
+    echo "compare.sh: no makelaar binary at $BROKER_BIN; give --broker-bin an executable" >&2
     exit 1
 fi
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
@@ -87,6 +95,11 @@ fi
 
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/makelaar-compare.XXXXXX")}
 mkdir -p "$OUT"
+# The TLS scenarios: both brokers serve the same certificate (RSA 2048, signed by a test CA).
+CERTS=$OUT/certs
+if [ -z "$ONLY" ] || [[ ",$ONLY," == *,conn_tls,* ]]; then
+    sh "$ROOT/scripts/gen-certs.sh" "$CERTS" >/dev/null
+fi
 CONF_DIR=$(mktemp -d)
 PIDS=()
 
@@ -123,6 +136,7 @@ BROKER_PORT=""
 # start_broker KIND NAME REP: scenarios named durable* run both brokers with their store on:
 # Makelaar with a fresh data directory (durability sync: every acknowledgement after fsync),
 # Mosquitto with `persistence true` and its default autosave. All others run in memory.
+# Scenarios named *_tls listen with TLS instead of plain TCP, with the same certificate.
 start_broker() {
     local kind=$1 name=$2 rep=$3 data
     BROKER_PORT=$(free_port)
@@ -130,16 +144,26 @@ start_broker() {
     case "$kind" in
         makelaar)
             if [[ $name == durable* ]]; then
-                "$BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 \
+                "$BROKER_BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 \
                     --log-level "error,makelaar::status=info" --data-dir "$data" \
                     >"$OUT/$name.makelaar.$rep.log" 2>&1 &
+            elif [[ $name == *_tls ]]; then
+                "$BROKER_BIN" serve --listen "mqtts://127.0.0.1:$BROKER_PORT" --sys-interval 0 \
+                    --cert "$CERTS/server.crt" --key "$CERTS/server.key" \
+                    --log-level error --in-memory >>"$OUT/makelaar.log" 2>&1 &
             else
-                "$BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 \
+                "$BROKER_BIN" serve --listen "mqtt://127.0.0.1:$BROKER_PORT" --sys-interval 0 \
                     --log-level error --in-memory >>"$OUT/makelaar.log" 2>&1 &
             fi
             ;;
         mosquitto)
             printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$BROKER_PORT" >"$CONF_DIR/mosquitto.conf"
+            if [[ $name == *_tls ]]; then
+                # Run as this user: started as root, Mosquitto would switch to the user
+                # `mosquitto` before reading the key, which it may not read.
+                printf 'certfile %s\nkeyfile %s\nuser %s\n' "$CERTS/server.crt" \
+                    "$CERTS/server.key" "$(id -un)" >>"$CONF_DIR/mosquitto.conf"
+            fi
             if [[ $name == durable* ]]; then
                 mkdir -p "$data"
                 printf 'persistence true\npersistence_location %s/\n' "$data" >>"$CONF_DIR/mosquitto.conf"
@@ -176,6 +200,8 @@ SCENARIOS=(
     "lat_q0|latency -q 0 --rate 1000 -d $DURATION -w $WARMUP"
     "lat_q1|latency -q 1 --rate 1000 -d $DURATION -w $WARMUP"
     "conn|conn -c $CONNS --parallel 100 -t idle/%i/cmd --hold 2"
+    # The same over TLS: a full handshake per connection (no session resumption).
+    "conn_tls|conn -c $CONNS --parallel 100 -t idle/%i/cmd --hold 2 --cafile $CERTS/ca.crt"
     # The same QoS 1 fan-in to a persistent subscriber, in memory and with the store on.
     "persist_q1|fanin -c 4 -q 1 --inflight 100 --persistent -d $DURATION -w $WARMUP"
     "durable_q1|fanin -c 4 -q 1 --inflight 100 --persistent -d $DURATION -w $WARMUP"
@@ -191,6 +217,8 @@ run_one() {
     local kind=$1 name=$2 rep=$3 args=$4 file limit
     file="$OUT/$name.$kind.$rep.json"
     limit=$((DURATION + WARMUP + 40))
+    # Opening the connections takes its own time (full TLS handshakes: thousands per second).
+    [[ $name == conn* ]] && limit=$((limit + CONNS / 100))
     start_broker "$kind" "$name" "$rep"
     # shellcheck disable=SC2086 # the scenario's arguments are meant to split
     if ! timeout -k 5 "$limit" "$BIN" bench $args -p "$BROKER_PORT" --broker-pid "$BROKER_PID" --json \
@@ -219,7 +247,7 @@ done
 
 {
     echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r)"
-    echo "makelaar: $("$BIN" --version 2>/dev/null | head -1); mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/^mosquitto version //')"
+    echo "makelaar: $("$BROKER_BIN" --version 2>/dev/null | head -1); mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/^mosquitto version //')"
     echo "runs: median of $REPEAT, ${DURATION} s measured after ${WARMUP} s warm-up, 64-byte payloads, MQTT 3.1.1, loopback; total $(($(date +%s) - START)) s"
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt"
@@ -297,6 +325,12 @@ ROWS = [
     ("idle connections, 1 subscription each", "conn", "connections/s", "connections_per_s", 1, True),
     ("", "conn", "broker RSS per connection, bytes", "broker.rss_per_conn_bytes", 1, False),
     ("", "conn", "connections held", "connections", 1, None),
+    ("", "conn", "broker CPU µs per connection", "broker.cpu_per_conn_us", 1, False),
+    ("idle TLS connections, full handshakes, 1 subscription each", "conn_tls", "connections/s", "connections_per_s", 1, True),
+    ("", "conn_tls", "broker RSS per connection, bytes", "broker.rss_per_conn_bytes", 1, False),
+    ("", "conn_tls", "connections held", "connections", 1, None),
+    ("", "conn_tls", "broker CPU µs per connection", "broker.cpu_per_conn_us", 1, False),
+    ("", "conn_tls", "resumed handshakes", "tls.resumed_handshakes", 1, None),
     ("fan-in 4→1 QoS 1, persistent subscriber, in memory", "persist_q1", "delivered/s", "delivered_per_s", 1, True),
     ("", "persist_q1", "lost after PUBACK", "lost", 1, False),
     ("fan-in 4→1 QoS 1, persistent subscriber, store on (sync / persistence true)", "durable_q1", "delivered/s", "delivered_per_s", 1, True),
@@ -330,6 +364,21 @@ for label, name, metric, path, scale, higher in ROWS:
         elif m == 0:
             ratio = "="
     print(f"| {label} | {metric} | {fmt(m)} | {fmt(q)} | {ratio} |")
+# The same rate as a median of per-repetition ratios: each repetition runs the two brokers
+# back to back, so this follows the machine's load less than the ratio of two medians does.
+paired = []
+for label, name, metric, path, scale, higher in ROWS:
+    if not higher or metric not in ("delivered/s", "deliveries/s", "connections/s"):
+        continue
+    ms, qs = load(name, "makelaar"), load(name, "mosquitto")
+    ratios = [get(m, path) / get(q, path) for m, q in zip(ms, qs)
+              if isinstance(get(m, path), (int, float)) and get(q, path)]
+    if ratios:
+        paired.append(f"{name} {statistics.median(ratios):.2f}× "
+                      f"({min(ratios):.2f}–{max(ratios):.2f})")
+if paired:
+    print()
+    print("Paired ratios, median (range) of the repetitions:", ", ".join(paired) + ".")
 durable = median(load("durable_q1", "makelaar"), "delivered_per_s")
 memory = median(load("persist_q1", "makelaar"), "delivered_per_s")
 figures = store_figures("durable_q1")

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{io_reason, ConfigError, ListenerConfig, ListenerKind, TlsSettings};
@@ -43,6 +43,12 @@ pub use crate::websocket::HANDSHAKE_TIMEOUT as WEBSOCKET_HANDSHAKE_TIMEOUT;
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 pub use crate::status::STATUS_TARGET;
+
+/// Connections the kernel completes and queues for `accept` before it refuses more (the
+/// kernel caps it at `net.core.somaxconn`). A burst of reconnecting clients, or an accept
+/// loop that falls behind a moment, must not make clients wait for a SYN retransmission
+/// (a second or more): the standard library's 128 is small for a broker.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The TLS configuration of one listener, which a reload can replace while the listener
 /// runs: connections accepted afterwards use the new certificates, those already open keep
@@ -120,9 +126,7 @@ impl Listener {
                 )))
             }
         };
-        let tcp = TcpListener::bind(cfg.addr)
-            .await
-            .map_err(|e| bind_error(cfg, &e))?;
+        let tcp = listen(cfg.addr).map_err(|e| bind_error(cfg, &e))?;
         let local_addr = tcp.local_addr().map_err(|e| bind_error(cfg, &e))?;
         let path = match &cfg.websocket {
             Some(ws) => ws
@@ -192,7 +196,7 @@ impl Listener {
         }
     }
 
-    /// Accepts the next TCP connection and sets TCP_NODELAY on it. Nothing is read here (no
+    /// Accepts the next TCP connection, with TCP_NODELAY on (see [`listen`]). Nothing is read here (no
     /// PROXY header, TLS handshake or WebSocket upgrade), so a slow client cannot hold up the
     /// accept loop: call [`Accepted::open`] in the connection's own task.
     ///
@@ -204,6 +208,8 @@ impl Listener {
         loop {
             match self.tcp.accept().await {
                 Ok((tcp, peer)) => {
+                    // Linux: inherited from the listening socket, no system call per client.
+                    #[cfg(not(target_os = "linux"))]
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!("cannot set TCP_NODELAY for {peer}: {e}");
                     }
@@ -225,6 +231,22 @@ impl Listener {
             }
         }
     }
+}
+
+/// Binds a listening socket as `TcpListener::bind` does (SO_REUSEADDR on Unix), with a
+/// backlog of [`LISTEN_BACKLOG`] and TCP_NODELAY set on it: on Linux, accepted sockets inherit
+/// it, which saves a system call per connection (MQTT packets are small and must not wait
+/// for Nagle's algorithm).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn bind_error(cfg: &ListenerConfig, e: &io::Error) -> ConfigError {
@@ -258,6 +280,22 @@ fn bind_error(cfg: &ListenerConfig, e: &io::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_and_the_port_can_be_rebound() {
+        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = l.accept().await.unwrap();
+        assert!(
+            tcp.nodelay().unwrap(),
+            "TCP_NODELAY must be on for accepted sockets"
+        );
+        // SO_REUSEADDR: the port is free again at once, with a connection in TIME_WAIT.
+        drop(tcp);
+        drop(l);
+        listen(addr).unwrap();
+    }
 
     #[test]
     fn types_can_move_between_tasks() {

@@ -34,6 +34,38 @@ pub struct ConnPlan {
     pub json: bool,
     pub broker_pid: Option<u32>,
     pub workers: usize,
+    /// TLS sessions are resumed where the broker allows (`--tls-resume`).
+    pub tls_resume: bool,
+}
+
+/// How the TLS handshakes of a run went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Handshakes {
+    full: u64,
+    resumed: u64,
+}
+
+impl Handshakes {
+    /// Counts one connection: `None` is plain TCP, `Some(true)` a resumed TLS session.
+    fn record(&mut self, resumed: Option<bool>) {
+        match resumed {
+            None => {}
+            Some(false) => self.full += 1,
+            Some(true) => self.resumed += 1,
+        }
+    }
+
+    /// The report's `tls` field: `null` without TLS.
+    fn json(&self, tls: bool, resume: bool) -> serde_json::Value {
+        if !tls {
+            return serde_json::Value::Null;
+        }
+        json!({
+            "resume": resume,
+            "full_handshakes": self.full,
+            "resumed_handshakes": self.resumed,
+        })
+    }
 }
 
 pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
@@ -54,7 +86,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
     let broker_cpu_before = plan.broker_pid.and_then(sys::proc_cpu_secs);
     let cpu_before = sys::own_cpu_secs();
     let permits = Arc::new(Semaphore::new(plan.parallel));
-    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Duration, String>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<(Duration, Option<bool>), String>>();
     let counters = Arc::new(Counters::default());
     let mut handles = Vec::with_capacity(plan.clients);
     let t0 = Instant::now();
@@ -82,7 +114,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
             .await;
             match opened {
                 Ok((conn, took)) => {
-                    let _ = tx.send(Ok(took));
+                    let _ = tx.send(Ok((took, conn.tls_resumed())));
                     let r = client::drive(conn, None, false, shared, counters).await;
                     r.error
                 }
@@ -96,13 +128,19 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
     drop(tx);
 
     let mut latency = Histogram::default();
+    let mut handshakes = Handshakes::default();
     let (mut connected, mut failed, mut first_error) = (0usize, 0usize, None::<String>);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut done = 0;
     while done < plan.clients {
         tokio::select! {
             r = rx.recv() => match r {
-                Some(Ok(d)) => { connected += 1; done += 1; latency.record(d.as_nanos() as u64); }
+                Some(Ok((d, resumed))) => {
+                    connected += 1;
+                    done += 1;
+                    latency.record(d.as_nanos() as u64);
+                    handshakes.record(resumed);
+                }
                 Some(Err(e)) => { failed += 1; done += 1; first_error.get_or_insert(e); }
                 None => break,
             },
@@ -167,6 +205,11 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
         _ => None,
     };
     let rate = connected as f64 / connect_secs.max(1e-9);
+    let tls = ep.tls.is_some();
+    // Broker CPU per connection opened: less noisy than the rate on a shared machine.
+    let cpu_per_conn_us = broker_cpu_connect
+        .filter(|_| connected > 0)
+        .map(|c| (c * 1e6 / connected as f64).round());
     if plan.json {
         let broker = plan.broker_pid.map(|pid| {
             json!({
@@ -178,6 +221,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
                 "rss_per_conn_bytes": per_conn(rss_held).map(f64::round),
                 "rss_per_conn_end_bytes": per_conn(rss_end).map(f64::round),
                 "cpu_connect_s": broker_cpu_connect,
+                "cpu_per_conn_us": cpu_per_conn_us,
             })
         });
         let v = json!({
@@ -188,12 +232,14 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
                 "parallel": plan.parallel,
                 "topic": plan.topic,
                 "qos": plan.qos as u8,
+                "tls": tls,
             },
             "connections": connected,
             "connect_failed": failed,
             "connect_s": (connect_secs * 1e4).round() / 1e4,
             "connections_per_s": rate.round(),
             "connect_latency_ms": latency_json(&latency),
+            "tls": handshakes.json(tls, plan.tls_resume),
             "held_s": (held_secs * 1e3).round() / 1e3,
             "dropped_while_held": connected as u64 - still_open,
             "errors": counters.errors.load(Ordering::Relaxed) + failed as u64,
@@ -205,8 +251,9 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "conn: {} connections{}, {} at a time",
+        "conn: {} {}connections{}, {} at a time",
         thousands(plan.clients as u64),
+        if tls { "TLS " } else { "" },
         match &plan.topic {
             Some(t) => format!(" with one subscription each ({t}, QoS {})", plan.qos as u8),
             None => String::new(),
@@ -220,6 +267,19 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
         thousands(rate as u64)
     );
     println!("  {:<12} {}", "connect time", latency_text(&latency));
+    if tls {
+        println!(
+            "  {:<12} {} full handshakes, {} resumed{}",
+            "tls",
+            thousands(handshakes.full),
+            thousands(handshakes.resumed),
+            if plan.tls_resume {
+                ""
+            } else {
+                " (resumption off)"
+            }
+        );
+    }
     println!(
         "  {:<12} {} still open after {held_secs:.1} s",
         "held",
@@ -250,8 +310,37 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
             );
         }
         if let Some(c) = broker_cpu_connect {
-            println!("  {:<12} {c:.2} s of broker CPU while connecting", "");
+            println!(
+                "  {:<12} {c:.2} s of broker CPU while connecting ({} µs per connection)",
+                "",
+                cpu_per_conn_us.unwrap_or(0.0)
+            );
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_are_counted_by_kind_and_reported_only_with_tls() {
+        let mut h = Handshakes::default();
+        for r in [Some(false), Some(true), Some(false), None] {
+            h.record(r);
+        }
+        assert_eq!(
+            h,
+            Handshakes {
+                full: 2,
+                resumed: 1
+            }
+        );
+        assert_eq!(
+            h.json(true, false),
+            json!({"resume": false, "full_handshakes": 2, "resumed_handshakes": 1})
+        );
+        assert_eq!(h.json(false, false), serde_json::Value::Null);
+    }
 }

@@ -40,6 +40,9 @@ Examples:
                       --broker-pid $(pidof mosquitto)
       10,000 idle connections with one subscription each; the broker's memory per connection.
 
+  makelaar bench conn --tls --cafile ca.crt -p 8883 -c 2000 -t 'idle/%i/cmd' --hold 2
+      The same over TLS, a full handshake per connection (--tls-resume: resume sessions).
+
   makelaar bench sub -t 'bench/#' &  makelaar bench pub -c 10 --rate 100
       Publishers and subscribers in separate processes (same host: latency still works).";
 
@@ -101,7 +104,7 @@ struct Target {
     #[arg(short = 'k', long, default_value_t = 60)]
     keepalive: u16,
 
-    /// Connect with TLS (implied by --cafile, --cert, --insecure).
+    /// Connect with TLS (implied by --cafile, --cert, --insecure, --tls-resume).
     #[arg(long)]
     tls: bool,
 
@@ -120,6 +123,12 @@ struct Target {
     /// Do not verify the broker's certificate.
     #[arg(long)]
     insecure: bool,
+
+    /// Resume TLS sessions with the tickets (or session ids) earlier connections received,
+    /// where the broker offers them. Without it every connection makes a full TLS handshake
+    /// (certificate and key exchange), as a new client does.
+    #[arg(long)]
+    tls_resume: bool,
 
     /// Clients keep their sessions (clean session off; 5.0: Session Expiry Interval 1 h), so a
     /// broker must keep what it acknowledges for them (durable brokers: on disk).
@@ -242,13 +251,18 @@ fn qos_of(q: u8) -> QoS {
 
 impl Target {
     fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        let tls_on = self.tls || self.cafile.is_some() || self.cert.is_some() || self.insecure;
+        let tls_on = self.tls
+            || self.cafile.is_some()
+            || self.cert.is_some()
+            || self.insecure
+            || self.tls_resume;
         let tls = if tls_on {
             let o = TlsOptions {
                 cafile: self.cafile.clone(),
                 cert: self.cert.clone(),
                 key: self.key.clone(),
                 insecure: self.insecure,
+                resume: self.tls_resume,
             };
             Some(net::tls_config(&o, &self.host)?)
         } else {
@@ -298,8 +312,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 json: a.target.json,
                 broker_pid: a.target.broker_pid,
                 workers: a.target.workers(),
+                tls_resume: a.target.tls_resume,
             };
-            a.target.runtime()?.block_on(conn::run(ep, plan))
+            // The run's loop hears from every connection: on a worker thread, where that is
+            // a task wake-up, not on this thread, where each would be a futex wake and a
+            // context switch (about two per connection, a tenth of the generator's CPU).
+            let rt = a.target.runtime()?;
+            let run = rt.spawn(conn::run(ep, plan));
+            rt.block_on(run)
+                .map_err(|e| anyhow!("the benchmark stopped: {e}"))?
         }
         BenchCommand::Pub(a) => load(load::Kind::Pub, a),
         BenchCommand::Sub(a) => load(load::Kind::Sub, a),
@@ -401,5 +422,43 @@ mod tests {
         assert!(parse_version("6").is_err());
         assert_eq!(expand("a/%i/b", 7), "a/7/b");
         assert_ne!(run_id(), run_id());
+    }
+
+    /// `makelaar bench ...` as the binary parses it.
+    #[derive(Debug, clap::Parser)]
+    #[command(disable_help_flag = true)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn conn_args(args: &[&str]) -> ConnArgs {
+        use clap::Parser;
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        match Cli::try_parse_from(argv).map(|c| c.bench.command) {
+            Ok(BenchCommand::Conn(a)) => a,
+            other => panic!("not parsed as `bench conn`: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn conn_over_tls_makes_full_handshakes_unless_told_to_resume() {
+        let a = conn_args(&["conn", "--tls", "--insecure", "-c", "5"]);
+        assert!(a.target.tls && !a.target.tls_resume);
+        let ep = a.target.endpoint().unwrap();
+        assert_eq!(ep.port, 8883);
+        let (config, _) = ep.tls.unwrap();
+        assert!(format!("{:?}", config.resumption).contains("Disabled"));
+
+        let a = conn_args(&["conn", "--tls-resume", "--insecure", "-p", "9000"]);
+        let ep = a.target.endpoint().unwrap();
+        assert_eq!(ep.port, 9000);
+        let (config, _) = ep.tls.unwrap();
+        assert!(!format!("{:?}", config.resumption).contains("Disabled"));
+
+        let a = conn_args(&["conn", "-c", "5"]);
+        let ep = a.target.endpoint().unwrap();
+        assert!(ep.tls.is_none());
+        assert_eq!(ep.port, 1883);
     }
 }

@@ -17,8 +17,9 @@ use makelaar_proto::{
     Connect, Decoder, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,6 +48,9 @@ pub struct TlsOptions {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub insecure: bool,
+    /// Offer the session tickets (TLS 1.3) or ids (TLS 1.2) of earlier connections to resume
+    /// them; off, every connection makes a full handshake.
+    pub resume: bool,
 }
 
 /// The client TLS configuration and the name to verify, built by `makelaar-client`: the CA
@@ -64,7 +68,22 @@ pub fn tls_config(
         .insecure
         .then(|| Arc::new(NoVerify(Arc::new(rustls::crypto::ring::default_provider()))) as _);
     let config = makelaar_client::tls_config_with_verifier(&opts, verifier)?;
+    let config = if o.resume {
+        config
+    } else {
+        full_handshakes(&config)
+    };
     Ok((config, makelaar_client::tls_server_name(&opts, host)?))
+}
+
+/// The configuration without session resumption. The simulated clients share one
+/// configuration, so with resumption on, each connection would resume with a ticket an
+/// earlier one received: a connection benchmark would then measure the cheap handshake
+/// (no certificate, no signature) instead of what a new client costs.
+fn full_handshakes(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut c = config.clone();
+    c.resumption = Resumption::disabled();
+    Arc::new(c)
 }
 
 /// Accepts any server certificate (`--insecure`); handshake signatures are still checked.
@@ -194,6 +213,17 @@ impl Conn {
             Packet::ConnAck(ack) if !ack.reason.is_error() => Ok(conn),
             Packet::ConnAck(ack) => bail!("{addr} refused the connection: {}", ack.reason),
             other => bail!("{addr} answered CONNECT with {}", other.name()),
+        }
+    }
+
+    /// How the TLS handshake went: `Some(true)` when it resumed an earlier session, `None`
+    /// for plain TCP.
+    pub fn tls_resumed(&self) -> Option<bool> {
+        match &self.stream {
+            Stream::Tcp(_) => None,
+            Stream::Tls(tls) => {
+                Some(tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed))
+            }
         }
     }
 

@@ -1,0 +1,130 @@
+//! `makelaar bench conn` over TLS against `makelaar serve`: a full handshake per connection
+//! unless `--tls-resume`, and the report says which.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_makelaar");
+
+/// Test certificates from scripts/gen-certs.sh (RSA 2048, as bench/compare.sh uses).
+fn certs() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-conn-certs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/gen-certs.sh");
+    let ok = Command::new("sh")
+        .arg(script)
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "scripts/gen-certs.sh failed");
+    dir
+}
+
+/// `makelaar serve` with one TLS listener; killed when dropped.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_broker(certs: &Path) -> Broker {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .args(["serve", "--in-memory", "--sys-interval", "0", "--listen"])
+        .arg(format!("mqtts://127.0.0.1:{port}"))
+        .arg("--cert")
+        .arg(certs.join("server.crt"))
+        .arg("--key")
+        .arg(certs.join("server.key"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the broker does not listen");
+        thread::sleep(Duration::from_millis(20));
+    }
+    Broker { child, port }
+}
+
+/// Runs `makelaar bench conn ... --json` and returns its report.
+fn bench_conn(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["bench", "conn", "--json", "--hold", "0", "--parallel", "1"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench conn failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn tls_connections_make_full_handshakes_unless_told_to_resume() {
+    let certs = certs();
+    let broker = tls_broker(&certs);
+    let port = broker.port.to_string();
+    let ca = certs.join("ca.crt").display().to_string();
+    let common = ["-p", &port, "--cafile", &ca, "-c", "10"];
+
+    let full = bench_conn(&common);
+    assert_eq!(full["connections"], 10);
+    assert_eq!(full["params"]["tls"], true);
+    assert_eq!(
+        full["tls"],
+        serde_json::json!({"resume": false, "full_handshakes": 10, "resumed_handshakes": 0})
+    );
+
+    // One at a time, each connection finds the ticket the one before it received.
+    let resumed = bench_conn(&[&common[..], &["--tls-resume"]].concat());
+    assert_eq!(resumed["tls"]["resume"], true);
+    assert_eq!(resumed["tls"]["full_handshakes"], 1);
+    assert_eq!(resumed["tls"]["resumed_handshakes"], 9);
+}
+
+#[test]
+fn plain_connections_have_no_tls_report() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--in-memory", "--sys-interval", "0", "--listen"])
+        .arg(format!("mqtt://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the broker does not listen");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let report = bench_conn(&["-p", &port.to_string(), "-c", "5", "-t", "idle/%i"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(report["connections"], 5);
+    assert_eq!(report["params"]["tls"], false);
+    assert!(report["tls"].is_null());
+}
