@@ -309,24 +309,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs woken connection tasks in the order the network woke them.
-///
-/// Tokio runs the task woken last first (its "LIFO slot"). When two clients' packets arrive in
-/// one turn of the reactor — client B's SUBSCRIBE, then client A's PUBLISH to that topic — A's
-/// task would run first, wake the router through the same slot, and have its PUBLISH routed
-/// before B's SUBSCRIBE was even read, so B misses a message sent after its SUBSCRIBE reached
-/// the broker. MQTT promises no order between two connections, but clients rely on it
-/// (request/response set up on two connections, the Paho interoperability suite), and a
-/// single-threaded broker such as Mosquitto keeps it. Without the slot, woken tasks run in the
-/// order they were woken. The setting needs `--cfg tokio_unstable`, which
-/// `.cargo/config.toml` sets; a build without it keeps tokio's default.
-fn keep_arrival_order(builder: &mut tokio::runtime::Builder) {
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    #[cfg(not(tokio_unstable))]
-    let _ = builder;
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
@@ -334,13 +316,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             args.init_logging(&file, &source, &notes)?;
             let config = args.apply_flags(file, &source)?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
                 .thread_name("makelaar-worker")
-                .enable_all();
-            keep_arrival_order(&mut builder);
-            let runtime = builder
+                .enable_all()
                 .build()
                 .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
             runtime.block_on(makelaar_broker::serve(config))
