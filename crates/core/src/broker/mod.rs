@@ -113,8 +113,8 @@ pub struct Broker {
     assigned_ids: u64,
     /// Set while routing when a connected subscriber's queue is over its limit.
     congested: Option<SessionIdx>,
-    /// Changes to durable state not yet drained, when journaling is on.
-    journal: Option<Vec<crate::persist::Change>>,
+    /// Changes to durable state not yet drained (recorded once the store turns it on).
+    journal: journal::Journal,
     /// Bytes of messages in the durable store (kept messages and retained ones).
     stored_bytes: usize,
     /// Bytes (topic + payload) of the retained messages.
@@ -154,7 +154,7 @@ impl Broker {
             id_seed,
             assigned_ids: 0,
             congested: None,
-            journal: None,
+            journal: journal::Journal::default(),
             stored_bytes: 0,
             retained_bytes: 0,
             store_full_logged: false,
