@@ -434,28 +434,17 @@ impl Broker {
         self.reroute_shared(now, leftovers);
     }
 
+    /// Arms the session's timer at its pending will or its expiry, whichever comes first;
+    /// with neither it has none.
     pub(super) fn schedule_timer(&mut self, idx: SessionIdx) {
-        self.cancel_timer(idx);
-        let Some(s) = self.session(idx) else { return };
-        let at = match (s.will_at, s.expires_at) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(t) => t,
-                None => return,
-            },
-        };
-        self.timer_seq += 1;
-        let key = (at, self.timer_seq);
-        self.timers.insert(key, idx);
-        if let Some(s) = self.session_mut(idx) {
-            s.timer = Some(key);
-        }
+        let at = self
+            .session(idx)
+            .and_then(|s| [s.will_at, s.expires_at].into_iter().flatten().min());
+        self.timers.set_session(idx, at);
     }
 
     fn cancel_timer(&mut self, idx: SessionIdx) {
-        if let Some(key) = self.session_mut(idx).and_then(|s| s.timer.take()) {
-            self.timers.remove(&key);
-        }
+        self.timers.cancel_session(idx);
     }
 
     pub(super) fn session_timer_fired(&mut self, now: Instant, idx: SessionIdx) {

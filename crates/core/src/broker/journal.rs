@@ -272,11 +272,9 @@ impl Broker {
 
     /// Adds a retained message read back from the store.
     pub fn restore_retained(&mut self, msg: Arc<Message>) {
-        let topic = msg.topic.clone();
         self.stored_bytes += msg.weight();
         self.retained_bytes += msg.weight();
-        let expires_at = msg.expires_at;
-        if let Some(old) = self.retained.insert(&topic, msg, expires_at) {
+        if let Some(old) = self.put_retained(msg) {
             self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
         }
     }

@@ -13,9 +13,10 @@ mod publish;
 mod shared;
 mod stats;
 mod subscribe;
+mod timers;
 mod will;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -105,8 +106,8 @@ pub struct Broker {
     subs: TopicTree<SessionIdx, Subscription>,
     shared: SharedSubscriptions,
     retained: RetainedStore<Arc<Message>>,
-    timers: BTreeMap<(Instant, u64), SessionIdx>,
-    timer_seq: u64,
+    /// Every deadline: will delays, session expiry, drain deadlines, retained expiry.
+    timers: timers::Timers,
     actions: VecDeque<Action>,
     stats: Stats,
     id_seed: u64,
@@ -130,8 +131,6 @@ pub struct Broker {
     parked: HashMap<Arc<str>, park::Waiting>,
     /// The client id each parked connection waits for.
     parked_ids: HashMap<ConnId, Arc<str>>,
-    /// When each wait for a drain ends at the latest, with the client id.
-    drain_deadlines: BTreeMap<(Instant, u64), Arc<str>>,
 }
 
 impl Broker {
@@ -147,8 +146,7 @@ impl Broker {
             subs: TopicTree::new(),
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::new(),
-            timers: BTreeMap::new(),
-            timer_seq: 0,
+            timers: timers::Timers::default(),
             actions: VecDeque::new(),
             stats: Stats::default(),
             id_seed,
@@ -162,7 +160,6 @@ impl Broker {
             watches: crate::watch::Watches::default(),
             parked: HashMap::new(),
             parked_ids: HashMap::new(),
-            drain_deadlines: BTreeMap::new(),
         }
     }
 
@@ -191,31 +188,20 @@ impl Broker {
     /// When [`Broker::handle_timeout`] must next be called (will delays, session expiry,
     /// a CONNECT waiting for a drain, the expiry of a retained message).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let session = self.timers.keys().next().map(|(at, _)| *at);
-        [
-            session,
-            self.next_drain_deadline(),
-            self.retained.next_expiry(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.timers.next_deadline()
     }
 
-    /// Fires every timer due at `now`: delayed wills, expired sessions, drain deadlines and
-    /// retained messages.
+    /// Fires every timer due at `now`: drain deadlines, retained messages, delayed wills and
+    /// expired sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.drain_deadlines_due(now);
-        self.purge_expired_retained(now);
-        while let Some((&key, &idx)) = self.timers.first_key_value() {
-            if key.0 > now {
-                break;
+        while let Some(event) = self.timers.pop_due(now) {
+            match event {
+                timers::TimerEvent::Drain { client_id, key } => {
+                    self.drain_deadline_passed(now, &client_id, key)
+                }
+                timers::TimerEvent::RetainedExpiry(topic) => self.retained_expired(&topic),
+                timers::TimerEvent::Session(idx) => self.session_timer_fired(now, idx),
             }
-            self.timers.remove(&key);
-            if let Some(s) = self.session_mut(idx) {
-                s.timer = None;
-            }
-            self.session_timer_fired(now, idx);
         }
     }
 

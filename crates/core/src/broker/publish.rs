@@ -191,6 +191,8 @@ impl Broker {
     pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
             if let Some(old) = self.retained.remove(&msg.topic) {
+                self.timers
+                    .retained_replaced(&msg.topic, old.expires_at, None);
                 self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
                 self.journal_retained(&msg.topic, None, Some(&old));
             }
@@ -204,22 +206,38 @@ impl Broker {
             tracing::warn!(max_retained_messages = max, topic = %msg.topic, "retained message not stored: max_retained_messages reached");
             return;
         }
-        let old = self
-            .retained
-            .insert(&msg.topic, msg.clone(), msg.expires_at);
+        let old = self.put_retained(msg.clone());
         let old_weight = old.as_ref().map_or(0, |m| m.weight());
         self.retained_bytes = self.retained_bytes.saturating_sub(old_weight) + msg.weight();
         self.journal_retained(&msg.topic, Some(msg), old.as_ref());
     }
 
-    /// Removes the retained messages expired at `now`, when their timer fires: they are never
-    /// sent [MQTT-3.3.2-5], and no longer count against `max_retained_messages` and
+    /// Stores a retained message with its expiry timer (the replaced one's cancelled);
+    /// returns the message it replaces.
+    pub(super) fn put_retained(&mut self, msg: Arc<Message>) -> Option<Arc<Message>> {
+        let (topic, expires_at) = (msg.topic.clone(), msg.expires_at);
+        let old = self.retained.insert(&topic, msg);
+        let old_at = old.as_ref().and_then(|m| m.expires_at);
+        self.timers.retained_replaced(&topic, old_at, expires_at);
+        old
+    }
+
+    /// Removes the retained message of `topic` when its expiry timer fires: it is never sent
+    /// [MQTT-3.3.2-5], and no longer counts against `max_retained_messages` and
     /// `max_stored_bytes`.
-    pub(super) fn purge_expired_retained(&mut self, now: Instant) {
-        while let Some((_, old)) = self.retained.pop_expired(now) {
-            self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
-            self.journal_retained(&old.topic, None, Some(&old));
-        }
+    pub(super) fn retained_expired(&mut self, topic: &str) {
+        let Some(old) = self.retained.remove(topic) else {
+            // The timers follow every store and removal: a timer without its message is a
+            // broken invariant, shown rather than hidden.
+            debug_assert!(
+                false,
+                "retained expiry timer of {topic:?} without a message"
+            );
+            tracing::error!(topic, "retained expiry timer without a message");
+            return;
+        };
+        self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
+        self.journal_retained(&old.topic, None, Some(&old));
     }
 
     /// Delivers a message to every matching subscription; returns how many sessions got it.
