@@ -73,6 +73,7 @@ impl Broker {
             return None;
         }
         self.session(idx)
+            .ok()
             .filter(|s| s.stored)
             .map(|s| s.client_id.clone())
     }
@@ -84,7 +85,7 @@ impl Broker {
             return;
         }
         let journal = &mut self.journal;
-        let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) else {
+        let Ok(s) = self.sessions.get_mut(idx) else {
             return;
         };
         if s.expiry_interval == 0 {
@@ -124,7 +125,7 @@ impl Broker {
             return;
         }
         let journal = &mut self.journal;
-        let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) else {
+        let Ok(s) = self.sessions.get_mut(idx) else {
             return;
         };
         if !s.stored {
@@ -155,7 +156,7 @@ impl Broker {
             return;
         }
         let weight = d.msg.weight();
-        if let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) {
+        if let Ok(s) = self.sessions.get_mut(idx) {
             s.stored_weight = s.stored_weight.saturating_sub(weight);
         }
         self.stored_bytes = self.stored_bytes.saturating_sub(weight);
@@ -288,12 +289,14 @@ impl Broker {
         client_id: &str,
         mut loaded: Vec<LoadedMessage>,
     ) {
-        let Some(&idx) = self.by_client_id.get(client_id) else {
+        // Ended while the store was reading: nothing left to load into.
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
             return;
         };
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
+        // Not asked for (a session of the same id made since had none).
         let Some(backlog) = s.backlog.take() else {
             return;
         };
@@ -330,7 +333,7 @@ impl Broker {
     /// Asks the shell for a returning session's backlog; true when it has one (sending
     /// waits for [`Broker::handle_backlog_loaded`]).
     pub(super) fn request_backlog(&mut self, idx: SessionIdx) -> bool {
-        let Some(s) = self.session(idx).filter(|s| s.backlog.is_some()) else {
+        let Some(s) = self.session(idx).ok().filter(|s| s.backlog.is_some()) else {
             return false;
         };
         let id = s.client_id.clone();

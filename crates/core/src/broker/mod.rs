@@ -10,6 +10,7 @@ mod connect;
 mod journal;
 mod park;
 mod publish;
+mod sessions;
 mod shared;
 mod stats;
 mod subscribe;
@@ -31,11 +32,9 @@ use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
+pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
 pub use stats::{Flow, PerQos, QueueTotals, Stats};
-
-/// Index of a session in the broker's slab.
-pub type SessionIdx = u32;
 
 /// What the shell must do after a `handle_*` call.
 // `Packet` is large (properties inline); boxing it would cost an allocation per packet on the
@@ -99,10 +98,8 @@ pub enum WillOnTakeover {
 pub struct Broker {
     limits: Limits,
     policy: Policy,
-    sessions: Vec<Option<Session>>,
-    free: Vec<SessionIdx>,
-    by_client_id: HashMap<Arc<str>, SessionIdx>,
-    conns: HashMap<ConnId, SessionIdx>,
+    /// Every session, found by index, client id or connection.
+    sessions: sessions::Sessions,
     subs: TopicTree<SessionIdx, Subscription>,
     shared: SharedSubscriptions,
     retained: RetainedStore<Arc<Message>>,
@@ -139,10 +136,7 @@ impl Broker {
         Broker {
             limits,
             policy,
-            sessions: Vec::new(),
-            free: Vec::new(),
-            by_client_id: HashMap::new(),
-            conns: HashMap::new(),
+            sessions: sessions::Sessions::default(),
             subs: TopicTree::new(),
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::new(),
@@ -207,10 +201,10 @@ impl Broker {
 
     /// A packet from a connection whose CONNECT was accepted (after `ConnState::inbound`).
     pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
-        let Some(&idx) = self.conns.get(&conn) else {
+        let Some(idx) = self.sessions.by_conn(conn) else {
             // Behind a parked CONNECT: held until it is decided.
             if let Some(packet) = self.hold_if_parked(now, conn, packet) {
-                if self.conns.contains_key(&conn) {
+                if self.sessions.by_conn(conn).is_some() {
                     self.handle_packet(now, conn, packet); // decided just now
                 }
             }
@@ -259,7 +253,11 @@ impl Broker {
         text: &'static str,
     ) {
         tracing::debug!(conn, %reason, text, "closing connection");
-        if let Some(s) = self.conns.get(&conn).and_then(|&i| self.session(i)) {
+        if let Some(s) = self
+            .sessions
+            .by_conn(conn)
+            .and_then(|i| self.session(i).ok())
+        {
             if s.version.is_v5() {
                 let d = Disconnect {
                     reason,
@@ -294,9 +292,9 @@ impl Broker {
     /// waiting for a drain are refused (server unavailable).
     pub fn shutdown(&mut self, reason: ReasonCode) {
         self.refuse_parked();
-        let conns: Vec<(ConnId, SessionIdx)> = self.conns.iter().map(|(&c, &i)| (c, i)).collect();
+        let conns: Vec<(ConnId, SessionIdx)> = self.sessions.conns().collect();
         for (conn, idx) in conns {
-            if self.session(idx).is_some_and(|s| s.version.is_v5()) {
+            if self.session(idx).is_ok_and(|s| s.version.is_v5()) {
                 let d = Disconnect {
                     reason,
                     ..Disconnect::default()
@@ -315,12 +313,12 @@ impl Broker {
 
     /// Clients connected now.
     pub fn clients_connected(&self) -> usize {
-        self.conns.len()
+        self.sessions.connected()
     }
 
     /// Sessions known, connected or not.
     pub fn sessions_total(&self) -> usize {
-        self.by_client_id.len()
+        self.sessions.len()
     }
 
     /// Subscriptions held, shared ones included.
@@ -342,12 +340,17 @@ impl Broker {
         self.actions.push_back(Action::Send(conn, packet));
     }
 
-    fn session(&self, idx: SessionIdx) -> Option<&Session> {
-        self.sessions.get(idx as usize).and_then(Option::as_ref)
+    /// The session `idx` names: one the broker holds an index of is there by construction,
+    /// so a missing one is a bug, reported by [`sessions::Sessions::get`] (callers only stop).
+    #[track_caller]
+    fn session(&self, idx: SessionIdx) -> Result<&Session, MissingSession> {
+        self.sessions.get(idx)
     }
 
-    fn session_mut(&mut self, idx: SessionIdx) -> Option<&mut Session> {
-        self.sessions.get_mut(idx as usize).and_then(Option::as_mut)
+    /// [`Broker::session`], to change it.
+    #[track_caller]
+    fn session_mut(&mut self, idx: SessionIdx) -> Result<&mut Session, MissingSession> {
+        self.sessions.get_mut(idx)
     }
 
     /// Whether session `idx` may `access` `topic`: always, without an authorizer.
@@ -356,7 +359,7 @@ impl Broker {
             return true;
         };
         self.session(idx)
-            .is_some_and(|s| auth.allowed(&s.client_id, s.username.as_deref(), topic, access))
+            .is_ok_and(|s| auth.allowed(&s.client_id, s.username.as_deref(), topic, access))
     }
 
     fn version_of(&self, idx: SessionIdx) -> ProtocolVersion {

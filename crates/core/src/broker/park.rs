@@ -115,9 +115,9 @@ impl Broker {
     /// to drain ([`Action::Drain`]): a CONNECT waiting for it is decided now.
     pub fn handle_drained(&mut self, now: Instant, conn: ConnId) {
         let Some(id) = self
-            .conns
-            .get(&conn)
-            .and_then(|&i| self.session(i))
+            .sessions
+            .by_conn(conn)
+            .and_then(|i| self.session(i).ok())
             .map(|s| s.client_id.clone())
         else {
             return; // gone meanwhile: what waited for it was decided then
@@ -247,8 +247,8 @@ impl Broker {
 
     /// The live connection holding `client_id`, if any.
     fn live_conn_of(&self, client_id: &Arc<str>) -> Option<ConnId> {
-        let idx = *self.by_client_id.get(client_id)?;
-        self.session(idx).and_then(|s| s.conn)
+        let idx = self.sessions.by_client_id(client_id)?;
+        self.session(idx).ok().and_then(|s| s.conn)
     }
 
     fn arm_drain(&mut self, now: Instant, client_id: &Arc<str>) -> DrainKey {

@@ -155,6 +155,10 @@ mod tests {
 
     use super::*;
 
+    fn idx(n: u32) -> SessionIdx {
+        SessionIdx::made_up(n)
+    }
+
     fn at(t0: Instant, s: u64) -> Instant {
         t0 + Duration::from_secs(s)
     }
@@ -174,17 +178,17 @@ mod tests {
     fn sessions_fire_earliest_first_and_only_when_due() {
         let t0 = Instant::now();
         let mut t = Timers::default();
-        t.set_session(1, Some(at(t0, 30)));
-        t.set_session(2, Some(at(t0, 10)));
-        t.set_session(3, Some(at(t0, 10))); // same instant: in arming order
+        t.set_session(idx(1), Some(at(t0, 30)));
+        t.set_session(idx(2), Some(at(t0, 10)));
+        t.set_session(idx(3), Some(at(t0, 10))); // same instant: in arming order
         assert_eq!(t.next_deadline(), Some(at(t0, 10)));
         assert_eq!(t.pop_due(at(t0, 9)), None);
         assert_eq!(
             drain_all(&mut t, at(t0, 10)),
-            [TimerEvent::Session(2), TimerEvent::Session(3)]
+            [TimerEvent::Session(idx(2)), TimerEvent::Session(idx(3))]
         );
         assert_eq!(t.next_deadline(), Some(at(t0, 30)));
-        assert_eq!(drain_all(&mut t, at(t0, 99)), [TimerEvent::Session(1)]);
+        assert_eq!(drain_all(&mut t, at(t0, 99)), [TimerEvent::Session(idx(1))]);
         assert_eq!(t.next_deadline(), None);
     }
 
@@ -192,21 +196,21 @@ mod tests {
     fn a_session_has_one_deadline_replaced_or_cancelled() {
         let t0 = Instant::now();
         let mut t = Timers::default();
-        t.set_session(1, Some(at(t0, 10)));
-        t.set_session(1, Some(at(t0, 20))); // replaces: the earlier one is gone
+        t.set_session(idx(1), Some(at(t0, 10)));
+        t.set_session(idx(1), Some(at(t0, 20))); // replaces: the earlier one is gone
         assert_eq!(t.next_deadline(), Some(at(t0, 20)));
-        t.set_session(1, None);
+        t.set_session(idx(1), None);
         assert_eq!(t.next_deadline(), None);
-        t.set_session(2, Some(at(t0, 5)));
-        t.cancel_session(2);
-        t.cancel_session(7); // none armed: nothing happens
+        t.set_session(idx(2), Some(at(t0, 5)));
+        t.cancel_session(idx(2));
+        t.cancel_session(idx(7)); // none armed: nothing happens
         assert_eq!(drain_all(&mut t, at(t0, 99)), []);
         // Fired, then armed again: the new deadline counts.
-        t.set_session(3, Some(at(t0, 1)));
-        assert_eq!(drain_all(&mut t, at(t0, 1)), [TimerEvent::Session(3)]);
-        t.cancel_session(3); // fired already: nothing left to cancel
-        t.set_session(3, Some(at(t0, 2)));
-        assert_eq!(drain_all(&mut t, at(t0, 2)), [TimerEvent::Session(3)]);
+        t.set_session(idx(3), Some(at(t0, 1)));
+        assert_eq!(drain_all(&mut t, at(t0, 1)), [TimerEvent::Session(idx(3))]);
+        t.cancel_session(idx(3)); // fired already: nothing left to cancel
+        t.set_session(idx(3), Some(at(t0, 2)));
+        assert_eq!(drain_all(&mut t, at(t0, 2)), [TimerEvent::Session(idx(3))]);
     }
 
     #[test]
@@ -256,7 +260,7 @@ mod tests {
     fn kinds_go_in_a_fixed_order_whatever_their_instants() {
         let t0 = Instant::now();
         let mut t = Timers::default();
-        t.set_session(1, Some(at(t0, 1)));
+        t.set_session(idx(1), Some(at(t0, 1)));
         t.retained_replaced("r", None, Some(at(t0, 2)));
         let key = t.arm_drain(at(t0, 3), Arc::from("c"));
         assert_eq!(t.next_deadline(), Some(at(t0, 1)));
@@ -268,7 +272,7 @@ mod tests {
                     key
                 },
                 TimerEvent::RetainedExpiry(Box::from("r")),
-                TimerEvent::Session(1),
+                TimerEvent::Session(idx(1)),
             ]
         );
     }
