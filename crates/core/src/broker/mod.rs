@@ -253,11 +253,7 @@ impl Broker {
         text: &'static str,
     ) {
         tracing::debug!(conn, %reason, text, "closing connection");
-        if let Some(s) = self
-            .sessions
-            .by_conn(conn)
-            .and_then(|i| self.session(i).ok())
-        {
+        if let Some(s) = self.session_of_conn(conn) {
             if s.version.is_v5() {
                 let d = Disconnect {
                     reason,
@@ -345,6 +341,12 @@ impl Broker {
     #[track_caller]
     fn session(&self, idx: SessionIdx) -> Result<&Session, MissingSession> {
         self.sessions.get(idx)
+    }
+
+    /// The session connection `conn` is attached to; `None` when it is not (any more).
+    fn session_of_conn(&self, conn: ConnId) -> Option<&Session> {
+        let idx = self.sessions.by_conn(conn)?;
+        self.session(idx).ok()
     }
 
     /// [`Broker::session`], to change it.

@@ -114,12 +114,7 @@ impl Broker {
     /// The shell has forwarded everything connection `conn` had received when it was asked
     /// to drain ([`Action::Drain`]): a CONNECT waiting for it is decided now.
     pub fn handle_drained(&mut self, now: Instant, conn: ConnId) {
-        let Some(id) = self
-            .sessions
-            .by_conn(conn)
-            .and_then(|i| self.session(i).ok())
-            .map(|s| s.client_id.clone())
-        else {
+        let Some(id) = self.session_of_conn(conn).map(|s| s.client_id.clone()) else {
             return; // gone meanwhile: what waited for it was decided then
         };
         if self.parked.get(&id).is_some_and(|w| w.draining == conn) {
