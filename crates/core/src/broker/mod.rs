@@ -4,6 +4,11 @@
 //! the current time, then drains [`Action`]s with [`Broker::poll_action`] and carries them out.
 //! Packet-level checks that belong to one connection (aliases, receive maximum, keep-alive)
 //! happen before, in [`crate::conn::ConnState`].
+//!
+//! The rules work on parts of their own, each behind one type a cluster can swap or reach:
+//! the sessions (`sessions`: a slab behind [`SessionIdx`], found by client id and connection),
+//! the deadlines (`timers`: will delays, session expiry, drain deadlines, retained expiry) and
+//! the journal of durable changes (`journal`).
 
 mod admin;
 mod connect;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::session::{ConnId, Session};
 
 /// Names one session of the broker, from its insertion until its removal. Only
-/// [`Sessions`] makes them; a removed session's index is reused for a later one.
+/// the broker's `Sessions` makes them; a removed session's index is reused for a later one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionIdx(u32);
 
@@ -306,6 +306,57 @@ mod tests {
         assert_eq!(s.by_conn(9), None);
         assert_eq!(s.connected(), 0);
         check(&s);
+    }
+
+    /// Many operations in a made-up order (a fixed pseudo-random sequence): the indexes
+    /// agree with the slab after each, and agree with a plain model of who is where.
+    #[test]
+    fn indexes_stay_in_step_over_a_long_run() {
+        let mut s = Sessions::default();
+        // Client id number → (index, attached connection), the model.
+        let mut model: HashMap<u32, (SessionIdx, Option<ConnId>)> = HashMap::new();
+        let mut next_conn: ConnId = 1;
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = (x % 40) as u32;
+            let name = format!("c{id}");
+            match (model.get(&id).copied(), (x >> 8) % 4) {
+                (None, _) => {
+                    let idx = s.insert(session(&name));
+                    model.insert(id, (idx, None));
+                }
+                (Some((idx, _)), 0) => {
+                    s.remove(idx).unwrap();
+                    model.remove(&id);
+                }
+                (Some((idx, old)), 1) => {
+                    // A takeover when connected, else a plain connect.
+                    assert_eq!(s.take_conn(idx).unwrap(), old);
+                    s.attach(idx, next_conn).unwrap();
+                    model.insert(id, (idx, Some(next_conn)));
+                    next_conn += 1;
+                }
+                (Some((idx, old)), _) => {
+                    // The connection goes away (offline: one never attached, 0, does).
+                    let conn = old.unwrap_or(0);
+                    let detached = s.detach_conn(conn);
+                    assert_eq!(detached, old.map(|_| idx));
+                    model.insert(id, (idx, None));
+                }
+            }
+            check(&s);
+            assert_eq!(s.len(), model.len());
+            for (id, (idx, conn)) in &model {
+                assert_eq!(s.by_client_id(&format!("c{id}")), Some(*idx));
+                assert_eq!(s.get(*idx).unwrap().conn, *conn);
+                if let Some(conn) = conn {
+                    assert_eq!(s.by_conn(*conn), Some(*idx));
+                }
+            }
+        }
     }
 
     #[test]
