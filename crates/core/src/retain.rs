@@ -5,29 +5,18 @@
 //! match, and a filter without wildcards is a plain lookup. Like the topic tree, every walk is
 //! iterative (topics can be tens of thousands of levels deep).
 //!
-//! Messages with a Message Expiry Interval are also indexed by their expiry instant, so the
-//! broker asks for a timer at the earliest one and removes what expired without scanning the
-//! others ([`RetainedStore::next_expiry`], [`RetainedStore::pop_expired`]).
+//! When a message expires is the broker's timers' business (`broker::timers`), which index
+//! every deadline in one place; the broker keeps them in step as it stores and removes.
 
-use std::collections::BTreeSet;
 use std::fmt;
-use std::time::Instant;
 
 use crate::topic::trie::{split_level, Edge, Node};
 
 /// The retained message of every topic that has one. `M` is the broker's message type.
 pub struct RetainedStore<M> {
     /// The root stands for no topic at all; every name is one or more levels below it.
-    root: Node<Option<Entry<M>>>,
+    root: Node<Option<M>>,
     len: usize,
-    /// (expiry instant, topic) of every message that expires: the earliest first.
-    expiry: BTreeSet<(Instant, Box<str>)>,
-}
-
-/// A stored message and the instant it expires, if it does.
-struct Entry<M> {
-    msg: M,
-    expires_at: Option<Instant>,
 }
 
 /// The trie path of a topic name: its levels, each literal.
@@ -43,7 +32,7 @@ fn has_wildcard(filter: &str) -> bool {
 
 /// A node still to visit in a wildcard walk.
 struct Frame<'a, M> {
-    node: &'a Node<Option<Entry<M>>>,
+    node: &'a Node<Option<M>>,
     /// The node's own level.
     label: &'a str,
     /// Length of the topic buffer holding the parent's name and the `/` after it.
@@ -73,28 +62,17 @@ impl<M> RetainedStore<M> {
         RetainedStore {
             root: Node::default(),
             len: 0,
-            expiry: BTreeSet::new(),
         }
     }
 
-    /// Stores (replaces) the retained message of `topic`, a topic name, which expires at
-    /// `expires_at` if given; returns the previous one. [MQTT-3.3.1-5] a new retained message
-    /// replaces the one the topic had.
-    pub fn insert(&mut self, topic: &str, msg: M, expires_at: Option<Instant>) -> Option<M> {
-        let entry = Entry { msg, expires_at };
-        let previous = self
-            .root
-            .find_or_create(levels(topic))
-            .payload
-            .replace(entry);
-        match &previous {
-            Some(old) => self.unindex(topic, old.expires_at),
-            None => self.len += 1,
+    /// Stores (replaces) the retained message of `topic`, a topic name; returns the previous
+    /// one. [MQTT-3.3.1-5] a new retained message replaces the one the topic had.
+    pub fn insert(&mut self, topic: &str, msg: M) -> Option<M> {
+        let previous = self.root.find_or_create(levels(topic)).payload.replace(msg);
+        if previous.is_none() {
+            self.len += 1;
         }
-        if let Some(at) = expires_at {
-            self.expiry.insert((at, Box::from(topic)));
-        }
-        previous.map(|e| e.msg)
+        previous
     }
 
     /// Removes the retained message of `topic` (a retained PUBLISH with an empty payload clears
@@ -106,39 +84,12 @@ impl<M> RetainedStore<M> {
             self.root.prune(levels(topic));
         }
         self.len -= 1;
-        self.unindex(topic, removed.expires_at);
-        Some(removed.msg)
+        Some(removed)
     }
 
     /// The retained message of `topic`.
     pub fn get(&self, topic: &str) -> Option<&M> {
-        let entry = self.root.find(levels(topic))?.payload.as_ref()?;
-        Some(&entry.msg)
-    }
-
-    /// The earliest instant a stored message expires at: when the broker next has something
-    /// to remove.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        self.expiry.first().map(|(at, _)| *at)
-    }
-
-    /// Removes and returns one message that has expired at `now` (its topic and itself), the
-    /// earliest first; `None` when none has. Call it until `None`.
-    pub fn pop_expired(&mut self, now: Instant) -> Option<(Box<str>, M)> {
-        let (at, _) = self.expiry.first()?;
-        if *at > now {
-            return None;
-        }
-        let (_, topic) = self.expiry.pop_first()?;
-        let msg = self.remove(&topic)?;
-        Some((topic, msg))
-    }
-
-    /// Forgets the expiry entry of a message of `topic` that is replaced or removed.
-    fn unindex(&mut self, topic: &str, expires_at: Option<Instant>) {
-        if let Some(at) = expires_at {
-            self.expiry.remove(&(at, Box::from(topic)));
-        }
+        self.root.find(levels(topic))?.payload.as_ref()
     }
 
     /// Calls `f(topic, msg)` for every retained message whose topic matches `filter`, a plain
@@ -202,14 +153,14 @@ impl<M> RetainedStore<M> {
             topic.push_str(frame.label);
             let Some(rest) = frame.rest else {
                 if let Some(entry) = &frame.node.payload {
-                    f(&topic, &entry.msg);
+                    f(&topic, entry);
                 }
                 continue;
             };
             // [MQTT-4.7.1-2] `#` matches the level it hangs from as well as all below.
             if split_level(rest).0 == "#" {
                 if let Some(entry) = &frame.node.payload {
-                    f(&topic, &entry.msg);
+                    f(&topic, entry);
                 }
             }
             if !frame.node.children.is_empty() {
@@ -223,7 +174,7 @@ impl<M> RetainedStore<M> {
 /// Queues the children of `node` that the filter level at the start of `rest` matches.
 fn push_children<'a, M>(
     stack: &mut Vec<Frame<'a, M>>,
-    node: &'a Node<Option<Entry<M>>>,
+    node: &'a Node<Option<M>>,
     rest: &'a str,
     parent_len: usize,
     skip_dollar: bool,
@@ -265,7 +216,7 @@ mod tests {
     fn store_of(topics: &[&'static str]) -> RetainedStore<&'static str> {
         let mut store = RetainedStore::new();
         for topic in topics {
-            assert_eq!(store.insert(topic, *topic, None), None);
+            assert_eq!(store.insert(topic, *topic), None);
         }
         store
     }
@@ -355,10 +306,10 @@ mod tests {
     #[test]
     fn insert_replaces_remove_prunes() {
         let mut store = RetainedStore::new();
-        assert_eq!(store.insert("a/b", 1, None), None);
-        assert_eq!(store.insert("a/b", 2, None), Some(1));
-        assert_eq!(store.insert("a", 3, None), None);
-        assert_eq!(store.insert("a/b/c/d", 4, None), None);
+        assert_eq!(store.insert("a/b", 1), None);
+        assert_eq!(store.insert("a/b", 2), Some(1));
+        assert_eq!(store.insert("a", 3), None);
+        assert_eq!(store.insert("a/b/c/d", 4), None);
         assert_eq!(store.len(), 3);
         assert_eq!(store.get("a/b"), Some(&2));
         assert_eq!(store.get("a/b/c"), None);
@@ -379,9 +330,9 @@ mod tests {
     fn retain_purges_and_prunes() {
         let mut store = RetainedStore::new();
         for i in 0..100u32 {
-            store.insert(&format!("s/{i}/t"), i, None);
+            store.insert(&format!("s/{i}/t"), i);
         }
-        store.insert("$SYS/x", 1000, None);
+        store.insert("$SYS/x", 1000);
         store.retain(|topic, v| {
             assert!(topic.ends_with(&format!("/{}", if *v == 1000 { "x" } else { "t" })));
             *v < 1000 && v % 10 == 0
@@ -396,45 +347,10 @@ mod tests {
     }
 
     #[test]
-    fn expired_messages_leave_in_expiry_order() {
-        let t0 = Instant::now();
-        let at = |s: u64| Some(t0 + std::time::Duration::from_secs(s));
-        let mut store = RetainedStore::new();
-        assert_eq!(store.next_expiry(), None);
-        store.insert("late", 1, at(30));
-        store.insert("soon", 2, at(10));
-        store.insert("never", 3, None);
-        store.insert("same", 4, at(10));
-        assert_eq!(store.next_expiry(), at(10));
-        assert!(store.pop_expired(t0).is_none());
-        // Replaced: the new message's expiry counts, the old one's is forgotten.
-        assert_eq!(store.insert("soon", 5, at(20)), Some(2));
-        assert_eq!(store.next_expiry(), at(10));
-        let popped = store.pop_expired(t0 + std::time::Duration::from_secs(10));
-        assert_eq!(popped, Some((Box::from("same"), 4)));
-        assert!(store
-            .pop_expired(t0 + std::time::Duration::from_secs(19))
-            .is_none());
-        assert_eq!(store.next_expiry(), at(20));
-        // Removed (cleared by an empty retained message): no longer due.
-        assert_eq!(store.remove("soon"), Some(5));
-        assert_eq!(store.next_expiry(), at(30));
-        // Replaced by a message that never expires.
-        store.insert("late", 6, None);
-        assert_eq!(store.next_expiry(), None);
-        assert!(store
-            .pop_expired(t0 + std::time::Duration::from_secs(1000))
-            .is_none());
-        assert_eq!(store.len(), 2);
-        assert_eq!(store.get("late"), Some(&6));
-        assert_eq!(store.get("never"), Some(&3));
-    }
-
-    #[test]
     fn deep_topics_do_not_overflow_the_stack() {
         let topic = "/".repeat(65_535);
         let mut store = RetainedStore::new();
-        store.insert(&topic, 1u8, None);
+        store.insert(&topic, 1u8);
         let mut n = 0;
         store.for_each_match("#", |_, _| n += 1);
         store.for_each_match(&format!("{}+", "/".repeat(65_535)), |t, _| {

@@ -89,8 +89,6 @@ pub struct Session {
     pub will_at: Option<std::time::Instant>,
     /// When the session expires, while no connection is attached.
     pub expires_at: Option<std::time::Instant>,
-    /// The timer entry standing for the earlier of the two.
-    pub timer: Option<(std::time::Instant, u64)>,
     /// Acknowledgements (PUBACK/PUBREC to a publisher's connection) held back while this
     /// session's queue is over its limit; sent as it drains.
     pub deferred_acks: VecDeque<(ConnId, makelaar_proto::Packet)>,
@@ -129,7 +127,6 @@ impl Session {
             inbound_qos2: Vec::new(),
             will_at: None,
             expires_at: None,
-            timer: None,
             deferred_acks: VecDeque::new(),
             drop_logged: false,
             stored: false,

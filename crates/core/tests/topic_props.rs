@@ -145,7 +145,7 @@ proptest! {
             match *op {
                 RetainOp::Insert(i) => {
                     let Some(t) = topics.get(i) else { continue };
-                    prop_assert_eq!(store.insert(t, serial, None), model.insert(t.clone(), serial));
+                    prop_assert_eq!(store.insert(t, serial), model.insert(t.clone(), serial));
                 }
                 RetainOp::Remove(i) => {
                     let Some(t) = topics.get(i) else { continue };

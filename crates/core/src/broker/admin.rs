@@ -20,15 +20,15 @@ impl Broker {
     /// Sessions by client id, connected or not.
     pub fn admin_clients(&self, q: &ListQuery) -> Page<ClientInfo> {
         let keys: Vec<(&str, SessionIdx)> = self
-            .by_client_id
-            .iter()
+            .sessions
+            .client_ids()
             .filter(|(id, _)| q.accepts(id))
-            .map(|(id, &idx)| (&**id, idx))
+            .map(|(id, idx)| (&**id, idx))
             .collect();
         let (total, page) = page_of(keys, q.offset, q.page_size());
         let items = page
             .into_iter()
-            .filter_map(|(_, idx)| self.session(idx))
+            .filter_map(|(_, idx)| self.session(idx).ok())
             .map(|s| ClientInfo {
                 client_id: s.client_id.clone(),
                 conn: s.conn,
@@ -53,8 +53,8 @@ impl Broker {
     /// Subscriptions by (client id, filter); `contains` matches either.
     pub fn admin_subscriptions(&self, q: &ListQuery) -> Page<SubscriptionInfo> {
         let mut keys: Vec<(&str, &str, SessionIdx)> = Vec::new();
-        for (id, &idx) in &self.by_client_id {
-            let Some(s) = self.session(idx) else { continue };
+        for (id, idx) in self.sessions.client_ids() {
+            let Ok(s) = self.session(idx) else { continue };
             let id_matches = q.accepts(id);
             for filter in s.subscriptions.keys() {
                 if id_matches || q.accepts(filter) {
@@ -66,7 +66,7 @@ impl Broker {
         let items = page
             .into_iter()
             .filter_map(|(_, filter, idx)| {
-                let s = self.session(idx)?;
+                let s = self.session(idx).ok()?;
                 let sub = s.subscriptions.get(filter)?;
                 Some(SubscriptionInfo {
                     client_id: s.client_id.clone(),
@@ -135,10 +135,10 @@ impl Broker {
     /// delay starts): the server closed the connection without a DISCONNECT 0x00 from the
     /// client [MQTT-3.1.2-8]. A persistent session stays, offline, as after any other loss.
     pub fn admin_disconnect(&mut self, now: Instant, client_id: &str) -> bool {
-        let Some(&idx) = self.by_client_id.get(client_id) else {
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
             return false;
         };
-        let Some(s) = self.session(idx) else {
+        let Ok(s) = self.session(idx) else {
             return false;
         };
         let Some(conn) = s.conn else {

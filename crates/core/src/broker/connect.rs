@@ -56,11 +56,10 @@ impl Broker {
     ) {
         let v5 = connect.protocol.is_v5();
         let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
-        let existing = self.by_client_id.get(&client_id).copied();
-        let is_takeover =
-            existing.is_some_and(|i| self.session(i).is_some_and(|s| s.conn.is_some()));
+        let existing = self.sessions.by_client_id(&client_id);
+        let is_takeover = existing.is_some_and(|i| self.session(i).is_ok_and(|s| s.conn.is_some()));
         let max = self.limits.max_connections;
-        if max != 0 && !is_takeover && self.conns.len() >= max {
+        if max != 0 && !is_takeover && self.sessions.connected() >= max {
             tracing::warn!(
                 max_connections = max,
                 "connection refused: max_connections reached"
@@ -81,7 +80,7 @@ impl Broker {
             ack.properties = self.connack_properties(&connect, assigned);
         }
         self.send(conn, Packet::ConnAck(ack));
-        self.stats.max_connected = self.stats.max_connected.max(self.conns.len());
+        self.stats.max_connected = self.stats.max_connected.max(self.sessions.connected());
         if session_present && self.request_backlog(idx) {
             return; // sending resumes once the store has handed the backlog back
         }
@@ -148,7 +147,7 @@ impl Broker {
         loop {
             self.assigned_ids += 1;
             let id = format!("makelaar-{:x}-{}", self.id_seed, self.assigned_ids);
-            if !self.by_client_id.contains_key(id.as_str()) {
+            if self.sessions.by_client_id(&id).is_none() {
                 return id;
             }
         }
@@ -158,17 +157,19 @@ impl Broker {
     /// [MQTT-3.1.4-3]) and publish its will unless the session carries on and the will
     /// was to wait [MQTT-3.1.3-9].
     fn take_over(&mut self, now: Instant, idx: SessionIdx, connect: &Connect) {
-        let Some(s) = self.session_mut(idx) else {
+        // Ok(None): the session is offline, there is no connection to take over.
+        let Ok(Some(old)) = self.sessions.take_conn(idx) else {
             return;
         };
-        let Some(old) = s.conn.take() else { return };
+        let Ok(s) = self.session_mut(idx) else {
+            return;
+        };
         let old_v5 = s.version.is_v5();
         // A session that lasts only as long as its network connection (3.1.1 CleanSession
         // 1, 5.0 Session Expiry 0) ends with the connection closed here [MQTT-3.1.2-6]
         // [MQTT-3.1.2-23]: the new connection must not find it (no session present).
         let ends = s.expiry_interval == 0;
         let will = s.will.take();
-        self.conns.remove(&old);
         if old_v5 {
             let d = Disconnect {
                 reason: ReasonCode::SESSION_TAKEN_OVER,
@@ -207,12 +208,12 @@ impl Broker {
         client_id: &Arc<str>,
         c: &Connect,
     ) -> (SessionIdx, bool) {
-        if let Some(idx) = self.by_client_id.get(client_id).copied() {
+        if let Some(idx) = self.sessions.by_client_id(client_id) {
             if c.clean_start {
                 self.end_session(now, idx); // [MQTT-3.1.2-4] clean start discards it
             } else {
                 self.cancel_timer(idx);
-                if let Some(s) = self.session_mut(idx) {
+                if let Ok(s) = self.session_mut(idx) {
                     // [MQTT-3.1.3-9] reconnecting in time means the delayed will is not sent.
                     s.pending_will = None;
                     s.will_at = None;
@@ -230,23 +231,9 @@ impl Broker {
         (self.insert_session(session), false)
     }
 
-    /// Puts a new session in a free slot and indexes it by client id.
+    /// Adds a new session, indexed by client id.
     pub(super) fn insert_session(&mut self, session: Session) -> SessionIdx {
-        let client_id = session.client_id.clone();
-        let idx = match self.free.pop() {
-            Some(i) => {
-                if let Some(slot) = self.sessions.get_mut(i as usize) {
-                    *slot = Some(session);
-                }
-                i
-            }
-            None => {
-                self.sessions.push(Some(session));
-                SessionIdx::try_from(self.sessions.len() - 1).unwrap_or(SessionIdx::MAX)
-            }
-        };
-        self.by_client_id.insert(client_id, idx);
-        idx
+        self.sessions.insert(session)
     }
 
     /// Binds the new connection to the session with what its CONNECT asked for.
@@ -254,10 +241,9 @@ impl Broker {
         let max_inflight = self.limits.max_inflight_messages;
         let expiry = self.session_expiry_for(c);
         let keep_alive = effective_keep_alive(c, &self.limits).0;
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.sessions.attach(idx, conn) else {
             return;
         };
-        s.conn = Some(conn);
         s.keep_alive = keep_alive;
         s.since = Some(now);
         s.version = c.protocol;
@@ -273,7 +259,6 @@ impl Broker {
             max_packet_size: c.properties.maximum_packet_size,
             problem_information: c.properties.request_problem_information != Some(0),
         };
-        self.conns.insert(conn, idx);
         self.journal_session(idx);
     }
 
@@ -332,7 +317,7 @@ impl Broker {
         d: Disconnect,
     ) {
         let max_expiry = self.limits.max_session_expiry;
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         if let Some(new) = d.properties.session_expiry_interval {
@@ -355,31 +340,32 @@ impl Broker {
     /// shared-subscription messages to other members, ends or schedules the end of the
     /// session. A CONNECT waiting for this connection to drain is decided afterwards.
     pub(super) fn detach(&mut self, now: Instant, conn: ConnId) {
-        let Some(idx) = self.conns.get(&conn).copied() else {
+        // Not attached (any more): taken over or closed before; nothing to do.
+        let Some(idx) = self.sessions.by_conn(conn) else {
             return;
         };
         let client_id = self.session(idx).map(|s| s.client_id.clone());
         self.detach_session(now, conn);
-        if let Some(id) = client_id {
+        if let Ok(id) = client_id {
             self.holder_left(now, &id, conn);
         }
     }
 
     fn detach_session(&mut self, now: Instant, conn: ConnId) {
-        let Some(idx) = self.conns.remove(&conn) else {
+        // Not attached: nothing to unbind (see `detach`).
+        let Some(idx) = self.sessions.detach_conn(conn) else {
             return;
         };
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
-        s.conn = None;
         s.since = Some(now);
         let expiry = s.expiry_interval;
         if let Some(will) = s.will.take() {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             if delay == 0 || expiry == 0 {
                 self.publish_will(now, idx, will);
-            } else if let Some(s) = self.session_mut(idx) {
+            } else if let Ok(s) = self.session_mut(idx) {
                 s.pending_will = Some(will);
                 s.will_at = Some(now + Duration::from_secs(u64::from(delay)));
             }
@@ -390,7 +376,7 @@ impl Broker {
             self.end_session(now, idx);
             return;
         }
-        if let Some(s) = self.session_mut(idx) {
+        if let Ok(s) = self.session_mut(idx) {
             if expiry != u32::MAX {
                 s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
             }
@@ -403,20 +389,18 @@ impl Broker {
     /// session ends first [MQTT-3.1.3-9].
     pub(super) fn end_session(&mut self, now: Instant, idx: SessionIdx) {
         self.cancel_timer(idx);
-        if let Some(conn) = self.session_mut(idx).and_then(|s| s.conn.take()) {
-            self.conns.remove(&conn);
+        if self.sessions.take_conn(idx).is_err() {
+            return;
         }
         self.release_deferred_acks(idx);
-        let Some(slot) = self.sessions.get_mut(idx as usize) else {
+        let Ok(mut s) = self.sessions.remove(idx) else {
             return;
         };
-        let Some(mut s) = slot.take() else { return };
         self.journal_session_ended(&s);
+        // Nothing may keep the index once it is free: it names the next session inserted.
         for (filter, _) in s.subscriptions.drain() {
             self.unsubscribe_filter(idx, &filter);
         }
-        self.by_client_id.remove(&s.client_id);
-        self.free.push(idx);
         let pending = s.pending_will.take();
         let leftovers: Vec<_> = s
             .inflight
@@ -434,32 +418,22 @@ impl Broker {
         self.reroute_shared(now, leftovers);
     }
 
+    /// Arms the session's timer at its pending will or its expiry, whichever comes first;
+    /// with neither it has none.
     pub(super) fn schedule_timer(&mut self, idx: SessionIdx) {
-        self.cancel_timer(idx);
-        let Some(s) = self.session(idx) else { return };
-        let at = match (s.will_at, s.expires_at) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(t) => t,
-                None => return,
-            },
-        };
-        self.timer_seq += 1;
-        let key = (at, self.timer_seq);
-        self.timers.insert(key, idx);
-        if let Some(s) = self.session_mut(idx) {
-            s.timer = Some(key);
-        }
+        let at = self
+            .session(idx)
+            .ok()
+            .and_then(|s| [s.will_at, s.expires_at].into_iter().flatten().min());
+        self.timers.set_session(idx, at);
     }
 
     fn cancel_timer(&mut self, idx: SessionIdx) {
-        if let Some(key) = self.session_mut(idx).and_then(|s| s.timer.take()) {
-            self.timers.remove(&key);
-        }
+        self.timers.cancel_session(idx);
     }
 
     pub(super) fn session_timer_fired(&mut self, now: Instant, idx: SessionIdx) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         if s.conn.is_some() {
@@ -474,6 +448,7 @@ impl Broker {
         }
         let expired = self
             .session(idx)
+            .ok()
             .and_then(|s| s.expires_at)
             .is_some_and(|t| t <= now);
         if expired {

@@ -9,35 +9,71 @@ use crate::message::{Delivery, Message};
 use crate::persist::{Change, KeptState, LoadedMessage, RestoredSession, SessionState};
 use crate::session::{Inflight, OutboundState, Session, Subscription};
 
-impl Broker {
-    /// Turns the journal on: from now on every change to durable state is recorded for
-    /// [`Broker::drain_changes`]. Call it after restoring, before serving.
-    pub fn enable_journal(&mut self) {
-        self.journal.get_or_insert_with(Vec::new);
+/// The changes to durable state not yet handed to the store, in order (see
+/// [`crate::persist`]). Off until [`Journal::enable`]: a broker without a store records
+/// nothing, and every `record` is then a no-op, so the rules call it without asking first.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    /// `None` while the journal is off.
+    changes: Option<Vec<Change>>,
+}
+
+impl Journal {
+    /// Turns recording on (staying on: there is no way back, a store once fed must see
+    /// every later change).
+    pub(crate) fn enable(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// Whether changes are recorded.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.changes.is_some()
+    }
+
+    /// Records one change; nothing when the journal is off.
+    pub(crate) fn record(&mut self, change: Change) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(change);
+        }
     }
 
     /// Moves the changes recorded since the last call to the end of `out`, in order.
-    pub fn drain_changes(&mut self, out: &mut Vec<Change>) {
-        if let Some(j) = &mut self.journal {
-            out.append(j);
+    pub(crate) fn drain(&mut self, out: &mut Vec<Change>) {
+        if let Some(changes) = &mut self.changes {
+            out.append(changes);
         }
     }
 
     /// Whether changes are waiting to be drained.
-    pub fn has_changes(&self) -> bool {
-        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    pub(crate) fn has_changes(&self) -> bool {
+        self.changes.as_ref().is_some_and(|c| !c.is_empty())
+    }
+}
+
+impl Broker {
+    /// Turns the journal on: from now on every change to durable state is recorded for
+    /// [`Broker::drain_changes`]. Call it after restoring, before serving.
+    pub fn enable_journal(&mut self) {
+        self.journal.enable();
     }
 
-    fn record(&mut self, change: Change) {
-        if let Some(j) = &mut self.journal {
-            j.push(change);
-        }
+    /// Moves the changes recorded since the last call to the end of `out`, in order.
+    pub fn drain_changes(&mut self, out: &mut Vec<Change>) {
+        self.journal.drain(out);
+    }
+
+    /// Whether changes are waiting to be drained.
+    pub fn has_changes(&self) -> bool {
+        self.journal.has_changes()
     }
 
     /// The session's id when it is journaled.
     fn stored_id(&self, idx: SessionIdx) -> Option<Arc<str>> {
-        self.journal.as_ref()?;
+        if !self.journal.is_enabled() {
+            return None;
+        }
         self.session(idx)
+            .ok()
             .filter(|s| s.stored)
             .map(|s| s.client_id.clone())
     }
@@ -45,10 +81,11 @@ impl Broker {
     /// Records the session's attributes after a change. A session that now outlives its
     /// connection enters the store with everything it holds; one that no longer does leaves.
     pub(super) fn journal_session(&mut self, idx: SessionIdx) {
-        let Some(journal) = self.journal.as_mut() else {
+        if !self.journal.is_enabled() {
             return;
-        };
-        let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) else {
+        }
+        let journal = &mut self.journal;
+        let Ok(s) = self.sessions.get_mut(idx) else {
             return;
         };
         if s.expiry_interval == 0 {
@@ -56,13 +93,13 @@ impl Broker {
                 s.stored = false;
                 self.stored_bytes = self.stored_bytes.saturating_sub(s.stored_weight);
                 s.stored_weight = 0;
-                journal.push(Change::SessionEnded {
+                journal.record(Change::SessionEnded {
                     client_id: s.client_id.clone(),
                 });
             }
             return;
         }
-        journal.push(Change::Session {
+        journal.record(Change::Session {
             client_id: s.client_id.clone(),
             state: session_state(s),
         });
@@ -76,7 +113,7 @@ impl Broker {
     pub(super) fn journal_session_ended(&mut self, s: &Session) {
         self.stored_bytes = self.stored_bytes.saturating_sub(s.stored_weight);
         if s.stored {
-            self.record(Change::SessionEnded {
+            self.journal.record(Change::SessionEnded {
                 client_id: s.client_id.clone(),
             });
         }
@@ -84,10 +121,11 @@ impl Broker {
 
     /// Records a message the session now keeps (numbering it) or one that moved on.
     pub(super) fn journal_keep(&mut self, idx: SessionIdx, d: &mut Delivery, state: KeptState) {
-        let Some(journal) = self.journal.as_mut() else {
+        if !self.journal.is_enabled() {
             return;
-        };
-        let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) else {
+        }
+        let journal = &mut self.journal;
+        let Ok(s) = self.sessions.get_mut(idx) else {
             return;
         };
         if !s.stored {
@@ -98,13 +136,13 @@ impl Broker {
             d.seq = s.next_seq();
             s.stored_weight += d.msg.weight();
             self.stored_bytes += d.msg.weight();
-            journal.push(Change::Kept {
+            journal.record(Change::Kept {
                 client_id,
                 delivery: d.clone(),
                 state,
             });
         } else {
-            journal.push(Change::Moved {
+            journal.record(Change::Moved {
                 client_id,
                 delivery: d.clone(),
                 state,
@@ -118,12 +156,12 @@ impl Broker {
             return;
         }
         let weight = d.msg.weight();
-        if let Some(s) = self.sessions.get_mut(idx as usize).and_then(Option::as_mut) {
+        if let Ok(s) = self.sessions.get_mut(idx) {
             s.stored_weight = s.stored_weight.saturating_sub(weight);
         }
         self.stored_bytes = self.stored_bytes.saturating_sub(weight);
         if let Some(client_id) = self.stored_id(idx) {
-            self.record(Change::Done {
+            self.journal.record(Change::Done {
                 client_id,
                 seq: d.seq,
             });
@@ -134,7 +172,7 @@ impl Broker {
     /// refusal is counted and logged (once until the store has room again).
     pub(super) fn store_full(&mut self, extra: usize) -> bool {
         let cap = self.limits.max_stored_bytes;
-        if self.journal.is_none() || cap == 0 {
+        if !self.journal.is_enabled() || cap == 0 {
             return false;
         }
         let full = self.stored_bytes.saturating_add(extra) > cap;
@@ -165,7 +203,7 @@ impl Broker {
             return;
         };
         let filter = filter.to_owned();
-        self.record(match sub {
+        self.journal.record(match sub {
             Some(sub) => Change::Subscribed {
                 client_id,
                 filter,
@@ -178,7 +216,7 @@ impl Broker {
     /// Records an inbound QoS 2 packet id awaiting PUBREL (`pending`) or released.
     pub(super) fn journal_inbound_qos2(&mut self, idx: SessionIdx, packet_id: u16, pending: bool) {
         if let Some(client_id) = self.stored_id(idx) {
-            self.record(Change::InboundQos2 {
+            self.journal.record(Change::InboundQos2 {
                 client_id,
                 packet_id,
                 pending,
@@ -194,11 +232,11 @@ impl Broker {
         message: Option<&Arc<Message>>,
         old: Option<&Arc<Message>>,
     ) {
-        if self.journal.is_some() && !crate::topic::sys::is_sys(topic) {
+        if self.journal.is_enabled() && !crate::topic::sys::is_sys(topic) {
             let old = old.map_or(0, |m| m.weight());
             let new = message.map_or(0, |m| m.weight());
             self.stored_bytes = self.stored_bytes.saturating_sub(old) + new;
-            self.record(Change::Retained {
+            self.journal.record(Change::Retained {
                 topic: topic.clone(),
                 message: message.cloned(),
             });
@@ -235,11 +273,9 @@ impl Broker {
 
     /// Adds a retained message read back from the store.
     pub fn restore_retained(&mut self, msg: Arc<Message>) {
-        let topic = msg.topic.clone();
         self.stored_bytes += msg.weight();
         self.retained_bytes += msg.weight();
-        let expires_at = msg.expires_at;
-        if let Some(old) = self.retained.insert(&topic, msg, expires_at) {
+        if let Some(old) = self.put_retained(msg) {
             self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
         }
     }
@@ -253,12 +289,14 @@ impl Broker {
         client_id: &str,
         mut loaded: Vec<LoadedMessage>,
     ) {
-        let Some(&idx) = self.by_client_id.get(client_id) else {
+        // Ended while the store was reading: nothing left to load into.
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
             return;
         };
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
+        // Not asked for (a session of the same id made since had none).
         let Some(backlog) = s.backlog.take() else {
             return;
         };
@@ -295,7 +333,7 @@ impl Broker {
     /// Asks the shell for a returning session's backlog; true when it has one (sending
     /// waits for [`Broker::handle_backlog_loaded`]).
     pub(super) fn request_backlog(&mut self, idx: SessionIdx) -> bool {
-        let Some(s) = self.session(idx).filter(|s| s.backlog.is_some()) else {
+        let Some(s) = self.session(idx).ok().filter(|s| s.backlog.is_some()) else {
             return false;
         };
         let id = s.client_id.clone();
@@ -317,17 +355,17 @@ fn session_state(s: &Session) -> SessionState {
 
 /// Everything a session holds, for a session entering the store; returns the bytes of the
 /// messages it kept.
-fn snapshot(s: &mut Session, journal: &mut Vec<Change>) -> usize {
+fn snapshot(s: &mut Session, journal: &mut Journal) -> usize {
     let client_id = s.client_id.clone();
     for (filter, sub) in &s.subscriptions {
-        journal.push(Change::Subscribed {
+        journal.record(Change::Subscribed {
             client_id: client_id.clone(),
             filter: filter.clone(),
             subscription: sub.clone(),
         });
     }
     for &packet_id in &s.inbound_qos2 {
-        journal.push(Change::InboundQos2 {
+        journal.record(Change::InboundQos2 {
             client_id: client_id.clone(),
             packet_id,
             pending: true,
@@ -339,7 +377,7 @@ fn snapshot(s: &mut Session, journal: &mut Vec<Change>) -> usize {
         seq += 1;
         d.seq = seq;
         weight += d.msg.weight();
-        journal.push(Change::Kept {
+        journal.record(Change::Kept {
             client_id: client_id.clone(),
             delivery: d.clone(),
             state,
@@ -358,4 +396,54 @@ fn snapshot(s: &mut Session, journal: &mut Vec<Change>) -> usize {
     s.last_seq = seq;
     s.stored_weight += weight;
     weight
+}
+
+#[cfg(test)]
+mod journal_type_tests {
+    use super::*;
+
+    fn ended(id: &str) -> Change {
+        Change::SessionEnded {
+            client_id: Arc::from(id),
+        }
+    }
+
+    fn ids(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::SessionEnded { client_id } => client_id.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn off_until_enabled_records_nothing() {
+        let mut j = Journal::default();
+        assert!(!j.is_enabled());
+        j.record(ended("a"));
+        assert!(!j.has_changes());
+        let mut out = Vec::new();
+        j.drain(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn drains_in_order_and_empties() {
+        let mut j = Journal::default();
+        j.enable();
+        j.enable(); // idempotent: nothing recorded is lost
+        j.record(ended("a"));
+        j.record(ended("b"));
+        assert!(j.has_changes());
+        let mut out = vec![ended("before")];
+        j.drain(&mut out);
+        assert_eq!(ids(&out), ["before", "a", "b"]);
+        assert!(!j.has_changes());
+        j.record(ended("c"));
+        out.clear();
+        j.drain(&mut out);
+        assert_eq!(ids(&out), ["c"]);
+    }
 }

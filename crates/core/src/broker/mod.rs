@@ -4,18 +4,25 @@
 //! the current time, then drains [`Action`]s with [`Broker::poll_action`] and carries them out.
 //! Packet-level checks that belong to one connection (aliases, receive maximum, keep-alive)
 //! happen before, in [`crate::conn::ConnState`].
+//!
+//! The rules work on parts of their own, each behind one type a cluster can swap or reach:
+//! the sessions (`sessions`: a slab behind [`SessionIdx`], found by client id and connection),
+//! the deadlines (`timers`: will delays, session expiry, drain deadlines, retained expiry) and
+//! the journal of durable changes (`journal`).
 
 mod admin;
 mod connect;
 mod journal;
 mod park;
 mod publish;
+mod sessions;
 mod shared;
 mod stats;
 mod subscribe;
+mod timers;
 mod will;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,11 +37,9 @@ use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
+pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
 pub use stats::{Flow, PerQos, QueueTotals, Stats};
-
-/// Index of a session in the broker's slab.
-pub type SessionIdx = u32;
 
 /// What the shell must do after a `handle_*` call.
 // `Packet` is large (properties inline); boxing it would cost an allocation per packet on the
@@ -98,23 +103,21 @@ pub enum WillOnTakeover {
 pub struct Broker {
     limits: Limits,
     policy: Policy,
-    sessions: Vec<Option<Session>>,
-    free: Vec<SessionIdx>,
-    by_client_id: HashMap<Arc<str>, SessionIdx>,
-    conns: HashMap<ConnId, SessionIdx>,
+    /// Every session, found by index, client id or connection.
+    sessions: sessions::Sessions,
     subs: TopicTree<SessionIdx, Subscription>,
     shared: SharedSubscriptions,
     retained: RetainedStore<Arc<Message>>,
-    timers: BTreeMap<(Instant, u64), SessionIdx>,
-    timer_seq: u64,
+    /// Every deadline: will delays, session expiry, drain deadlines, retained expiry.
+    timers: timers::Timers,
     actions: VecDeque<Action>,
     stats: Stats,
     id_seed: u64,
     assigned_ids: u64,
     /// Set while routing when a connected subscriber's queue is over its limit.
     congested: Option<SessionIdx>,
-    /// Changes to durable state not yet drained, when journaling is on.
-    journal: Option<Vec<crate::persist::Change>>,
+    /// Changes to durable state not yet drained (recorded once the store turns it on).
+    journal: journal::Journal,
     /// Bytes of messages in the durable store (kept messages and retained ones).
     stored_bytes: usize,
     /// Bytes (topic + payload) of the retained messages.
@@ -130,8 +133,6 @@ pub struct Broker {
     parked: HashMap<Arc<str>, park::Waiting>,
     /// The client id each parked connection waits for.
     parked_ids: HashMap<ConnId, Arc<str>>,
-    /// When each wait for a drain ends at the latest, with the client id.
-    drain_deadlines: BTreeMap<(Instant, u64), Arc<str>>,
 }
 
 impl Broker {
@@ -140,21 +141,17 @@ impl Broker {
         Broker {
             limits,
             policy,
-            sessions: Vec::new(),
-            free: Vec::new(),
-            by_client_id: HashMap::new(),
-            conns: HashMap::new(),
+            sessions: sessions::Sessions::default(),
             subs: TopicTree::new(),
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::new(),
-            timers: BTreeMap::new(),
-            timer_seq: 0,
+            timers: timers::Timers::default(),
             actions: VecDeque::new(),
             stats: Stats::default(),
             id_seed,
             assigned_ids: 0,
             congested: None,
-            journal: None,
+            journal: journal::Journal::default(),
             stored_bytes: 0,
             retained_bytes: 0,
             store_full_logged: false,
@@ -162,7 +159,6 @@ impl Broker {
             watches: crate::watch::Watches::default(),
             parked: HashMap::new(),
             parked_ids: HashMap::new(),
-            drain_deadlines: BTreeMap::new(),
         }
     }
 
@@ -191,40 +187,29 @@ impl Broker {
     /// When [`Broker::handle_timeout`] must next be called (will delays, session expiry,
     /// a CONNECT waiting for a drain, the expiry of a retained message).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let session = self.timers.keys().next().map(|(at, _)| *at);
-        [
-            session,
-            self.next_drain_deadline(),
-            self.retained.next_expiry(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.timers.next_deadline()
     }
 
-    /// Fires every timer due at `now`: delayed wills, expired sessions, drain deadlines and
-    /// retained messages.
+    /// Fires every timer due at `now`: drain deadlines, retained messages, delayed wills and
+    /// expired sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.drain_deadlines_due(now);
-        self.purge_expired_retained(now);
-        while let Some((&key, &idx)) = self.timers.first_key_value() {
-            if key.0 > now {
-                break;
+        while let Some(event) = self.timers.pop_due(now) {
+            match event {
+                timers::TimerEvent::Drain { client_id, key } => {
+                    self.drain_deadline_passed(now, &client_id, key)
+                }
+                timers::TimerEvent::RetainedExpiry(topic) => self.retained_expired(&topic),
+                timers::TimerEvent::Session(idx) => self.session_timer_fired(now, idx),
             }
-            self.timers.remove(&key);
-            if let Some(s) = self.session_mut(idx) {
-                s.timer = None;
-            }
-            self.session_timer_fired(now, idx);
         }
     }
 
     /// A packet from a connection whose CONNECT was accepted (after `ConnState::inbound`).
     pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
-        let Some(&idx) = self.conns.get(&conn) else {
+        let Some(idx) = self.sessions.by_conn(conn) else {
             // Behind a parked CONNECT: held until it is decided.
             if let Some(packet) = self.hold_if_parked(now, conn, packet) {
-                if self.conns.contains_key(&conn) {
+                if self.sessions.by_conn(conn).is_some() {
                     self.handle_packet(now, conn, packet); // decided just now
                 }
             }
@@ -273,7 +258,7 @@ impl Broker {
         text: &'static str,
     ) {
         tracing::debug!(conn, %reason, text, "closing connection");
-        if let Some(s) = self.conns.get(&conn).and_then(|&i| self.session(i)) {
+        if let Some(s) = self.session_of_conn(conn) {
             if s.version.is_v5() {
                 let d = Disconnect {
                     reason,
@@ -308,9 +293,9 @@ impl Broker {
     /// waiting for a drain are refused (server unavailable).
     pub fn shutdown(&mut self, reason: ReasonCode) {
         self.refuse_parked();
-        let conns: Vec<(ConnId, SessionIdx)> = self.conns.iter().map(|(&c, &i)| (c, i)).collect();
+        let conns: Vec<(ConnId, SessionIdx)> = self.sessions.conns().collect();
         for (conn, idx) in conns {
-            if self.session(idx).is_some_and(|s| s.version.is_v5()) {
+            if self.session(idx).is_ok_and(|s| s.version.is_v5()) {
                 let d = Disconnect {
                     reason,
                     ..Disconnect::default()
@@ -329,12 +314,12 @@ impl Broker {
 
     /// Clients connected now.
     pub fn clients_connected(&self) -> usize {
-        self.conns.len()
+        self.sessions.connected()
     }
 
     /// Sessions known, connected or not.
     pub fn sessions_total(&self) -> usize {
-        self.by_client_id.len()
+        self.sessions.len()
     }
 
     /// Subscriptions held, shared ones included.
@@ -356,12 +341,23 @@ impl Broker {
         self.actions.push_back(Action::Send(conn, packet));
     }
 
-    fn session(&self, idx: SessionIdx) -> Option<&Session> {
-        self.sessions.get(idx as usize).and_then(Option::as_ref)
+    /// The session `idx` names: one the broker holds an index of is there by construction,
+    /// so a missing one is a bug, reported by [`sessions::Sessions::get`] (callers only stop).
+    #[track_caller]
+    fn session(&self, idx: SessionIdx) -> Result<&Session, MissingSession> {
+        self.sessions.get(idx)
     }
 
-    fn session_mut(&mut self, idx: SessionIdx) -> Option<&mut Session> {
-        self.sessions.get_mut(idx as usize).and_then(Option::as_mut)
+    /// The session connection `conn` is attached to; `None` when it is not (any more).
+    fn session_of_conn(&self, conn: ConnId) -> Option<&Session> {
+        let idx = self.sessions.by_conn(conn)?;
+        self.session(idx).ok()
+    }
+
+    /// [`Broker::session`], to change it.
+    #[track_caller]
+    fn session_mut(&mut self, idx: SessionIdx) -> Result<&mut Session, MissingSession> {
+        self.sessions.get_mut(idx)
     }
 
     /// Whether session `idx` may `access` `topic`: always, without an authorizer.
@@ -370,7 +366,7 @@ impl Broker {
             return true;
         };
         self.session(idx)
-            .is_some_and(|s| auth.allowed(&s.client_id, s.username.as_deref(), topic, access))
+            .is_ok_and(|s| auth.allowed(&s.client_id, s.username.as_deref(), topic, access))
     }
 
     fn version_of(&self, idx: SessionIdx) -> ProtocolVersion {

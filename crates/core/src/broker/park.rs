@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use makelaar_proto::{Connect, Packet, ReasonCode};
 
+use super::timers::DrainKey;
 use super::{Action, Broker};
 use crate::session::ConnId;
 
@@ -51,8 +52,8 @@ pub(super) struct Parked {
 pub(super) struct Waiting {
     /// The connection asked to drain, whose answer (or end) decides the first in `queue`.
     draining: ConnId,
-    /// Key of the deadline in `Broker::drain_deadlines`.
-    deadline: (Instant, u64),
+    /// The deadline armed for this wait in the broker's timers.
+    deadline: DrainKey,
     queue: VecDeque<Parked>,
 }
 
@@ -113,12 +114,7 @@ impl Broker {
     /// The shell has forwarded everything connection `conn` had received when it was asked
     /// to drain ([`Action::Drain`]): a CONNECT waiting for it is decided now.
     pub fn handle_drained(&mut self, now: Instant, conn: ConnId) {
-        let Some(id) = self
-            .conns
-            .get(&conn)
-            .and_then(|&i| self.session(i))
-            .map(|s| s.client_id.clone())
-        else {
+        let Some(id) = self.session_of_conn(conn).map(|s| s.client_id.clone()) else {
             return; // gone meanwhile: what waited for it was decided then
         };
         if self.parked.get(&id).is_some_and(|w| w.draining == conn) {
@@ -143,25 +139,13 @@ impl Broker {
         }
     }
 
-    /// Fires the drain deadlines due at `now`.
-    pub(super) fn drain_deadlines_due(&mut self, now: Instant) {
-        while let Some((&key, _)) = self.drain_deadlines.first_key_value() {
-            if key.0 > now {
-                break;
-            }
-            let Some(id) = self.drain_deadlines.remove(&key) else {
-                break;
-            };
-            if self.parked.get(&id).is_some_and(|w| w.deadline == key) {
-                tracing::debug!(client_id = %id, "old connection did not drain in time: deciding the CONNECT");
-                self.release_parked(now, &id);
-            }
+    /// The drain deadline armed with `key` for `client_id` has passed: if the CONNECTs of
+    /// that wait still wait, they are decided without the drain's answer.
+    pub(super) fn drain_deadline_passed(&mut self, now: Instant, id: &Arc<str>, key: DrainKey) {
+        if self.parked.get(id).is_some_and(|w| w.deadline == key) {
+            tracing::debug!(client_id = %id, "old connection did not drain in time: deciding the CONNECT");
+            self.release_parked(now, id);
         }
-    }
-
-    /// The earliest drain deadline.
-    pub(super) fn next_drain_deadline(&self) -> Option<Instant> {
-        self.drain_deadlines.keys().next().map(|(at, _)| *at)
     }
 
     /// Holds a packet a parked connection sent behind its CONNECT; gives it back when `conn`
@@ -215,7 +199,7 @@ impl Broker {
             // The drain asked for is answered into the void: nothing waits any more.
             let key = w.deadline;
             self.parked.remove(&id);
-            self.drain_deadlines.remove(&key);
+            self.timers.cancel_drain(key);
         }
         true
     }
@@ -224,7 +208,7 @@ impl Broker {
     pub(super) fn refuse_parked(&mut self) {
         let waiting: Vec<Waiting> = self.parked.drain().map(|(_, w)| w).collect();
         self.parked_ids.clear();
-        self.drain_deadlines.clear();
+        self.timers.clear_drains();
         for p in waiting.into_iter().flat_map(|w| w.queue) {
             self.refuse(p.conn, ReasonCode::SERVER_UNAVAILABLE, p.connect.protocol);
         }
@@ -236,7 +220,7 @@ impl Broker {
         let Some(mut w) = self.parked.remove(client_id) else {
             return;
         };
-        self.drain_deadlines.remove(&w.deadline);
+        self.timers.cancel_drain(w.deadline);
         while let Some(p) = w.queue.pop_front() {
             self.parked_ids.remove(&p.conn);
             self.decide_connect(now, p.conn, *p.connect, false);
@@ -258,14 +242,12 @@ impl Broker {
 
     /// The live connection holding `client_id`, if any.
     fn live_conn_of(&self, client_id: &Arc<str>) -> Option<ConnId> {
-        let idx = *self.by_client_id.get(client_id)?;
-        self.session(idx).and_then(|s| s.conn)
+        let idx = self.sessions.by_client_id(client_id)?;
+        self.session(idx).ok().and_then(|s| s.conn)
     }
 
-    fn arm_drain(&mut self, now: Instant, client_id: &Arc<str>) -> (Instant, u64) {
-        self.timer_seq += 1;
-        let key = (now + DRAIN_DEADLINE, self.timer_seq);
-        self.drain_deadlines.insert(key, client_id.clone());
-        key
+    fn arm_drain(&mut self, now: Instant, client_id: &Arc<str>) -> DrainKey {
+        self.timers
+            .arm_drain(now + DRAIN_DEADLINE, client_id.clone())
     }
 }

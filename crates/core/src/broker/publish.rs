@@ -95,7 +95,7 @@ impl Broker {
             self.refuse_publish(conn, idx, qos, packet_id);
             return;
         }
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         if qos == QoS::ExactlyOnce && !s.begin_inbound_qos2(packet_id) {
@@ -106,7 +106,7 @@ impl Broker {
         if qos == QoS::ExactlyOnce {
             self.journal_inbound_qos2(idx, packet_id, true);
         }
-        let Some(s) = self.session(idx) else {
+        let Ok(s) = self.session(idx) else {
             return;
         };
         let origin = Some(s.client_id.clone());
@@ -116,7 +116,7 @@ impl Broker {
             let mut ack = PubAck::new(packet_id);
             ack.reason = ReasonCode::QUOTA_EXCEEDED;
             if qos == QoS::ExactlyOnce {
-                if let Some(s) = self.session_mut(idx) {
+                if let Ok(s) = self.session_mut(idx) {
                     s.end_inbound_qos2(packet_id);
                 }
                 self.journal_inbound_qos2(idx, packet_id, false);
@@ -148,7 +148,7 @@ impl Broker {
         // Flow control: the message is kept, but a subscriber is behind, so the publisher's
         // acknowledgement waits until that subscriber's queue has room. The publisher's own
         // inflight window then holds it back, instead of the broker dropping what it acked.
-        match self.congested.take().and_then(|i| self.session_mut(i)) {
+        match self.congested.take().and_then(|i| self.session_mut(i).ok()) {
             Some(s) => s.deferred_acks.push_back((conn, ack)),
             None => self.send(conn, ack),
         }
@@ -158,7 +158,7 @@ impl Broker {
     /// them when the session is offline or gone).
     pub(super) fn release_deferred_acks(&mut self, idx: SessionIdx) {
         let max = self.limits.max_queued_messages;
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let mut release = Vec::new();
@@ -191,6 +191,8 @@ impl Broker {
     pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
             if let Some(old) = self.retained.remove(&msg.topic) {
+                self.timers
+                    .retained_replaced(&msg.topic, old.expires_at, None);
                 self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
                 self.journal_retained(&msg.topic, None, Some(&old));
             }
@@ -204,22 +206,38 @@ impl Broker {
             tracing::warn!(max_retained_messages = max, topic = %msg.topic, "retained message not stored: max_retained_messages reached");
             return;
         }
-        let old = self
-            .retained
-            .insert(&msg.topic, msg.clone(), msg.expires_at);
+        let old = self.put_retained(msg.clone());
         let old_weight = old.as_ref().map_or(0, |m| m.weight());
         self.retained_bytes = self.retained_bytes.saturating_sub(old_weight) + msg.weight();
         self.journal_retained(&msg.topic, Some(msg), old.as_ref());
     }
 
-    /// Removes the retained messages expired at `now`, when their timer fires: they are never
-    /// sent [MQTT-3.3.2-5], and no longer count against `max_retained_messages` and
+    /// Stores a retained message with its expiry timer (the replaced one's cancelled);
+    /// returns the message it replaces.
+    pub(super) fn put_retained(&mut self, msg: Arc<Message>) -> Option<Arc<Message>> {
+        let (topic, expires_at) = (msg.topic.clone(), msg.expires_at);
+        let old = self.retained.insert(&topic, msg);
+        let old_at = old.as_ref().and_then(|m| m.expires_at);
+        self.timers.retained_replaced(&topic, old_at, expires_at);
+        old
+    }
+
+    /// Removes the retained message of `topic` when its expiry timer fires: it is never sent
+    /// [MQTT-3.3.2-5], and no longer counts against `max_retained_messages` and
     /// `max_stored_bytes`.
-    pub(super) fn purge_expired_retained(&mut self, now: Instant) {
-        while let Some((_, old)) = self.retained.pop_expired(now) {
-            self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
-            self.journal_retained(&old.topic, None, Some(&old));
-        }
+    pub(super) fn retained_expired(&mut self, topic: &str) {
+        let Some(old) = self.retained.remove(topic) else {
+            // The timers follow every store and removal: a timer without its message is a
+            // broken invariant, shown rather than hidden.
+            debug_assert!(
+                false,
+                "retained expiry timer of {topic:?} without a message"
+            );
+            tracing::error!(topic, "retained expiry timer without a message");
+            return;
+        };
+        self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
+        self.journal_retained(&old.topic, None, Some(&old));
     }
 
     /// Delivers a message to every matching subscription; returns how many sessions got it.
@@ -233,9 +251,8 @@ impl Broker {
             if sub.options.no_local {
                 // [MQTT-3.8.3-3] not back to the client that published it.
                 let own = sessions
-                    .get(idx as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|s| Some(&s.client_id) == msg.origin.as_ref());
+                    .get(idx)
+                    .is_ok_and(|s| Some(&s.client_id) == msg.origin.as_ref());
                 if own {
                     return;
                 }
@@ -283,7 +300,7 @@ impl Broker {
     /// queued if it must be kept, dropped otherwise.
     pub(super) fn deliver(&mut self, now: Instant, idx: SessionIdx, d: Delivery) {
         let queue_qos0 = self.limits.queue_qos0_messages;
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         match s.conn {
@@ -304,7 +321,7 @@ impl Broker {
             self.limits.max_queued_messages,
             self.limits.max_queued_bytes,
         );
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let over_bytes = max_bytes != 0 && s.queued_weight() + d.msg.weight() > max_bytes;
@@ -332,12 +349,12 @@ impl Broker {
     /// Appends a delivery to the session's queue (journaled when the session is durable; a
     /// durable session does not get it when the store is full).
     pub(super) fn keep_queued(&mut self, idx: SessionIdx, mut d: Delivery) {
-        let durable = self.session(idx).is_some_and(|s| s.stored);
+        let durable = self.session(idx).is_ok_and(|s| s.stored);
         if durable && d.seq == 0 && self.store_full(d.msg.weight()) {
             return;
         }
         self.journal_keep(idx, &mut d, KeptState::Queued);
-        if let Some(s) = self.session_mut(idx) {
+        if let Ok(s) = self.session_mut(idx) {
             s.push_queue(d);
         }
     }
@@ -356,7 +373,7 @@ impl Broker {
             self.journal_done(idx, &d);
             return;
         }
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let mut publish = d.msg.to_publish(&d, now, s.version.is_v5());
@@ -375,7 +392,7 @@ impl Broker {
             self.journal_done(idx, &d); // an offline QoS 0 message, sent and gone
         } else {
             self.journal_keep(idx, &mut d, KeptState::AwaitingAck(packet_id));
-            if let Some(s) = self.session_mut(idx) {
+            if let Ok(s) = self.session_mut(idx) {
                 s.inflight.push_back(Inflight {
                     packet_id,
                     delivery: d,
@@ -390,7 +407,7 @@ impl Broker {
     /// Moves queued messages into the inflight window while it has room.
     pub(super) fn fill_window(&mut self, now: Instant, idx: SessionIdx) {
         loop {
-            let Some(s) = self.session_mut(idx) else {
+            let Ok(s) = self.session_mut(idx) else {
                 return;
             };
             let Some(conn) = s.conn else { return };
@@ -411,7 +428,7 @@ impl Broker {
                 }
                 continue;
             }
-            let Some(s) = self.session_mut(idx) else {
+            let Ok(s) = self.session_mut(idx) else {
                 return;
             };
             let packet_id = if d.qos == QoS::AtMostOnce {
@@ -429,7 +446,7 @@ impl Broker {
     /// On session resume, re-sends unacknowledged PUBLISH with DUP set and PUBREL for those
     /// already received, in their original order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
     pub(super) fn resend_inflight(&mut self, now: Instant, idx: SessionIdx) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let Some(conn) = s.conn else { return };
@@ -452,7 +469,7 @@ impl Broker {
     }
 
     pub(super) fn handle_puback(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let acked = s.inflight_mut(packet_id).is_some_and(|m| {
@@ -467,7 +484,7 @@ impl Broker {
     }
 
     pub(super) fn handle_pubrec(&mut self, now: Instant, conn: ConnId, idx: SessionIdx, a: PubAck) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let v5 = s.version.is_v5();
@@ -493,7 +510,7 @@ impl Broker {
     }
 
     pub(super) fn handle_pubrel(&mut self, conn: ConnId, idx: SessionIdx, packet_id: u16) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let known = s.end_inbound_qos2(packet_id);
@@ -509,7 +526,7 @@ impl Broker {
     }
 
     pub(super) fn handle_pubcomp(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let done = s

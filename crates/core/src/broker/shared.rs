@@ -160,7 +160,7 @@ impl Broker {
             if Some(*idx) == exclude {
                 continue;
             }
-            let Some(s) = self.sessions.get(*idx as usize).and_then(Option::as_ref) else {
+            let Ok(s) = self.sessions.get(*idx) else {
                 continue;
             };
             if let Some(auth) = &self.authorizer {
@@ -188,7 +188,7 @@ impl Broker {
     /// A member went offline: its unacknowledged shared messages go to other connected
     /// members, so a group keeps flowing without it [MQTT-4.8.2-?] (5.0 section 4.8.2).
     pub(super) fn redistribute_shared(&mut self, now: Instant, idx: SessionIdx) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let mut moved = Vec::new();

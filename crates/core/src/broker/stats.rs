@@ -121,7 +121,7 @@ impl Broker {
     /// milliseconds for a million): meant for a scrape now and then, not for every message.
     pub fn queue_totals(&self) -> QueueTotals {
         let mut t = QueueTotals::default();
-        for s in self.sessions.iter().flatten() {
+        for s in self.sessions.iter() {
             let queued = s.queued_count();
             t.queued_messages += queued;
             t.queued_bytes += s.queued_weight();
@@ -139,7 +139,7 @@ impl Broker {
     /// Whether `conn` is a connected client's connection (not yet disconnected, lost or
     /// taken over).
     pub fn is_connected(&self, conn: crate::session::ConnId) -> bool {
-        self.conns.contains_key(&conn)
+        self.sessions.by_conn(conn).is_some()
     }
 
     /// Bytes (topic + payload) of the retained messages.

@@ -132,7 +132,9 @@ impl Broker {
             ..options
         };
         let subscription = Subscription { options, id };
-        let s = self.session_mut(idx).ok_or(ReasonCode::UNSPECIFIED_ERROR)?;
+        let s = self
+            .session_mut(idx)
+            .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
         if max_subs != 0
             && s.subscriptions.len() >= max_subs
             && !s.subscriptions.contains_key(filter)
@@ -216,7 +218,7 @@ impl Broker {
             }
             let existed = self
                 .session_mut(idx)
-                .is_some_and(|s| s.subscriptions.remove(filter).is_some());
+                .is_ok_and(|s| s.subscriptions.remove(filter).is_some());
             if existed {
                 self.unsubscribe_filter(idx, filter);
                 self.journal_subscription(idx, filter, None);
@@ -241,7 +243,7 @@ impl Broker {
     /// Adds (or replaces) a subscription of a session, in the session and in the topic tree
     /// or its shared group.
     pub(super) fn add_subscription(&mut self, idx: SessionIdx, filter: &str, sub: Subscription) {
-        let Some(s) = self.session_mut(idx) else {
+        let Ok(s) = self.session_mut(idx) else {
             return;
         };
         s.subscriptions.insert(filter.to_owned(), sub.clone());

@@ -11,7 +11,7 @@ use crate::message::Message;
 impl Broker {
     /// Publishes the will of session `idx` with the identity of that session.
     pub(super) fn publish_will(&mut self, now: Instant, idx: SessionIdx, will: Box<Will>) {
-        let Some(s) = self.session(idx) else {
+        let Ok(s) = self.session(idx) else {
             return;
         };
         let (id, username) = (s.client_id.clone(), s.username.clone());
