@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use makelaar_core::conn::{ConnState, Violation};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
-use makelaar_proto::{DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
+use makelaar_proto::{Decoder, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
@@ -195,10 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             }
             if self.outbox.is_expired() && self.closing.is_none() {
                 // [MQTT-3.1.2-24] nothing received for 1.5 × keep-alive.
-                return Poll::Ready(Step::End(End::Violation(Violation {
-                    reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
-                    text: "keep-alive timeout",
-                })));
+                return Poll::Ready(Step::End(End::Violation(Violation::KeepAliveTimeout)));
             }
             let room = self.wbuf.len() < WRITE_HIGH_WATER;
             if self.outbox_pending && room && self.closing.is_none() {
@@ -422,18 +419,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             let mut packet = match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(None),
-                Err(e) => {
-                    let text = match e {
-                        DecodeError::TooLarge { .. } => "packet larger than max_packet_size",
-                        DecodeError::TopicNameInvalid(_) => "invalid topic name",
-                        DecodeError::PayloadFormatInvalid => "payload is not UTF-8 as announced",
-                        _ => "malformed packet",
-                    };
-                    return Err(End::Violation(Violation {
-                        reason: e.reason_code(),
-                        text,
-                    }));
-                }
+                Err(e) => return Err(End::Violation(Violation::from_decode(&e))),
             };
             self.tally.packets_received += 1;
             match state.inbound(Instant::now(), &mut packet) {

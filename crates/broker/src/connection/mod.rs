@@ -18,13 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::conn::ConnState;
+use makelaar_core::conn::{ConnState, Violation};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
 use makelaar_core::Limits;
-use makelaar_proto::{
-    ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
-};
+use makelaar_proto::{ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -247,23 +245,19 @@ where
             Some(ToRouter::Lost { conn })
         }
         End::Violation(v) => {
-            tracing::debug!(%peer, reason = %v.reason, text = v.text, "closing connection: protocol violation");
-            if v.reason == ReasonCode::MESSAGE_RATE_TOO_HIGH {
+            tracing::debug!(%peer, reason = %v.reason(), text = v.text(), "closing connection: protocol violation");
+            if *v == Violation::PublishRateTooHigh {
                 io.ctx
                     .counters
                     .disconnected_publish_rate
                     .fetch_add(1, Ordering::Relaxed);
             }
-            if io.version.is_v5() {
-                io.encode(&Packet::Disconnect(Disconnect {
-                    reason: v.reason,
-                    ..Disconnect::default()
-                }));
+            if let Some(last) = v.disconnect(io.version) {
+                io.encode(&last);
             }
             Some(ToRouter::Violation {
                 conn,
-                reason: v.reason,
-                text: v.text,
+                violation: *v,
             })
         }
     };

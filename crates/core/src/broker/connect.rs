@@ -8,7 +8,7 @@ use makelaar_proto::{
 };
 
 use super::{Action, Broker, CloseReason, SessionIdx, WillOnTakeover};
-use crate::conn::effective_keep_alive;
+use crate::conn::{effective_keep_alive, Violation};
 use crate::session::{ClientLimits, ConnId, Session};
 
 impl Broker {
@@ -337,8 +337,7 @@ impl Broker {
         };
         if let Some(new) = d.properties.session_expiry_interval {
             if s.expiry_interval == 0 && new != 0 {
-                let text = "session expiry set on DISCONNECT after CONNECT gave 0";
-                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, text);
+                self.protocol_violation(now, conn, Violation::SessionExpiryAfterZero);
                 return;
             }
             s.expiry_interval = new.min(max_expiry);

@@ -8,23 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use makelaar_proto::{Connect, Packet, ProtocolVersion, QoS, ReasonCode};
+use makelaar_proto::{Connect, Packet, ProtocolVersion, QoS};
 
 use crate::limits::Limits;
 use crate::rate::TokenBucket;
 
-/// Why a connection must be closed: the reason code for a 5.0 DISCONNECT and a log text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub reason: ReasonCode,
-    pub text: &'static str,
-}
-
-impl Violation {
-    fn new(reason: ReasonCode, text: &'static str) -> Violation {
-        Violation { reason, text }
-    }
-}
+mod violation;
+pub use violation::Violation;
 
 /// The keep-alive the server applies: the client's, unless a maximum is configured and the
 /// client asks for more or for none; 5.0 clients are then told with Server Keep Alive
@@ -108,33 +98,24 @@ impl ConnState {
         self.last_received = now;
         match packet {
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
-            Packet::Connect(_) => Err(Violation::new(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::Connect(_) => Err(Violation::SecondConnect),
             Packet::PingReq => Ok(false),
             Packet::Publish(p) => {
                 if !p.properties.subscription_identifiers.is_empty() {
                     // [MQTT-3.3.4-6] only the server puts subscription identifiers in PUBLISH.
-                    return Err(Violation::new(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "subscription identifier in a client's PUBLISH",
-                    ));
+                    return Err(Violation::SubscriptionIdFromClient);
                 }
                 if self.publish_rate.as_mut().is_some_and(|b| !b.allow(now)) {
                     // 5.0: DISCONNECT 0x96, "the client is sending messages faster than the
                     // server can accept" (section 3.14.2.1).
-                    return Err(Violation::new(
-                        ReasonCode::MESSAGE_RATE_TOO_HIGH,
-                        "PUBLISH rate above max_publish_rate",
-                    ));
+                    return Err(Violation::PublishRateTooHigh);
                 }
                 self.resolve_alias(p)?;
                 self.count_inbound(p.qos, p.packet_id)?;
                 Ok(true)
             }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(Violation::new(
-                    ReasonCode::PROTOCOL_ERROR,
-                    "a client sent a server-only packet",
-                ))
+                Err(Violation::ServerOnlyPacket)
             }
             _ => Ok(true),
         }
@@ -148,20 +129,12 @@ impl ConnState {
         let slot = usize::from(alias)
             .checked_sub(1)
             .and_then(|i| self.inbound_aliases.get_mut(i))
-            .ok_or(Violation::new(
-                ReasonCode::TOPIC_ALIAS_INVALID,
-                "topic alias out of range",
-            ))?;
+            .ok_or(Violation::TopicAliasOutOfRange)?;
         if p.topic.is_empty() {
             match slot {
                 Some(topic) => p.topic = topic.clone(),
                 // [MQTT-3.3.4-?] an alias that was never set is a protocol error.
-                None => {
-                    return Err(Violation::new(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "topic alias used before it was set",
-                    ))
-                }
+                None => return Err(Violation::TopicAliasUnset),
             }
         } else {
             *slot = Some(p.topic.clone());
@@ -180,10 +153,7 @@ impl ConnState {
         self.inbound_unacked = self.inbound_unacked.saturating_add(1);
         if self.inbound_unacked > self.receive_maximum {
             // [MQTT-3.3.4-9] more unacknowledged QoS 1/2 publishes than our Receive Maximum.
-            return Err(Violation::new(
-                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                "client exceeded the receive maximum",
-            ));
+            return Err(Violation::ReceiveMaximumExceeded);
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 use super::*;
-use makelaar_proto::{Properties, PubAck, Publish};
+use makelaar_proto::{Properties, PubAck, Publish, ReasonCode};
 
 fn connect(v5: bool, keep_alive: u16) -> Connect {
     Connect {
@@ -80,12 +80,12 @@ fn inbound_aliases_resolve_and_out_of_range_is_refused() {
     }
     let mut p = publish("x", Some(11), QoS::AtMostOnce, 0);
     assert_eq!(
-        st.inbound(now, &mut p).unwrap_err().reason,
+        st.inbound(now, &mut p).unwrap_err().reason(),
         ReasonCode::TOPIC_ALIAS_INVALID
     );
     let mut p = publish("", Some(2), QoS::AtMostOnce, 0);
     assert_eq!(
-        st.inbound(now, &mut p).unwrap_err().reason,
+        st.inbound(now, &mut p).unwrap_err().reason(),
         ReasonCode::PROTOCOL_ERROR
     );
 }
@@ -111,7 +111,7 @@ fn receive_maximum_is_enforced_and_released_by_acks() {
     let err = st
         .inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 4))
         .unwrap_err();
-    assert_eq!(err.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+    assert_eq!(err.reason(), ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
 }
 
 #[test]
@@ -159,7 +159,7 @@ fn subscription_identifier_from_a_client_is_a_protocol_error() {
     }
     // [MQTT-3.3.4-6]
     assert_eq!(
-        st.inbound(now, &mut p).unwrap_err().reason,
+        st.inbound(now, &mut p).unwrap_err().reason(),
         ReasonCode::PROTOCOL_ERROR
     );
 }
@@ -170,7 +170,7 @@ fn second_connect_is_a_protocol_error() {
     let mut st = ConnState::new(now, &connect(false, 0), &Limits::default());
     let mut p = Packet::Connect(Box::new(connect(false, 0)));
     assert_eq!(
-        st.inbound(now, &mut p).unwrap_err().reason,
+        st.inbound(now, &mut p).unwrap_err().reason(),
         ReasonCode::PROTOCOL_ERROR
     );
 }
@@ -195,11 +195,50 @@ fn publishing_faster_than_max_publish_rate_ends_the_connection() {
     // Other packets are not counted.
     assert_eq!(st.inbound(now, &mut Packet::PingReq), Ok(false));
     let v = st.inbound(now, &mut publish()).unwrap_err();
-    assert_eq!(v.reason, ReasonCode::MESSAGE_RATE_TOO_HIGH);
+    assert_eq!(v.reason(), ReasonCode::MESSAGE_RATE_TOO_HIGH);
     // At the rate, a client goes on for ever.
     let mut st = ConnState::new(now, &connect(false, 0), &limits);
     for i in 0..100u64 {
         let at = now + Duration::from_millis(200 * i);
         assert_eq!(st.inbound(at, &mut publish()), Ok(true), "publish {i}");
     }
+}
+
+#[test]
+fn a_violation_ends_a_v5_connection_with_disconnect_and_its_code() {
+    // [MQTT-4.13.1-1] 5.0: DISCONNECT with the reason code; 3.x: nothing, just the close.
+    for (v, code) in [
+        (Violation::KeepAliveTimeout, ReasonCode::KEEP_ALIVE_TIMEOUT),
+        (
+            Violation::PublishRateTooHigh,
+            ReasonCode::MESSAGE_RATE_TOO_HIGH,
+        ),
+        (Violation::Malformed, ReasonCode::MALFORMED_PACKET),
+        (Violation::SecondConnect, ReasonCode::PROTOCOL_ERROR),
+    ] {
+        match v.disconnect(ProtocolVersion::V5) {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason, code, "{v}"),
+            other => panic!("{v}: {other:?}"),
+        }
+        assert_eq!(v.disconnect(ProtocolVersion::V311), None, "{v}");
+        assert_eq!(v.disconnect(ProtocolVersion::V31), None, "{v}");
+    }
+}
+
+#[test]
+fn decoding_errors_are_violations_with_the_decoders_reason_code() {
+    use makelaar_proto::DecodeError;
+    let errors = [
+        DecodeError::Malformed("x"),
+        DecodeError::Protocol("x"),
+        DecodeError::TooLarge { size: 2, max: 1 },
+        DecodeError::TopicNameInvalid("x"),
+        DecodeError::PayloadFormatInvalid,
+    ];
+    for e in errors {
+        assert_eq!(Violation::from_decode(&e).reason(), e.reason_code(), "{e}");
+    }
+    // Only a CONNECT names a protocol: after the first one, it is a second CONNECT.
+    let v = Violation::from_decode(&DecodeError::UnsupportedProtocol);
+    assert_eq!(v, Violation::SecondConnect);
 }
