@@ -11,10 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use makelaar_core::conn::{ConnState, Violation};
+use makelaar_core::conn::{ConnState, Outbound, Violation};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
-use makelaar_proto::{Decoder, Packet, ProtocolVersion, ReasonCode};
+use makelaar_proto::{ConnAck, Decoder, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
@@ -460,23 +460,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 }
             }
             while let Some(mut p) = drained.packets.pop_front() {
+                let after = state.outbound(&mut p);
                 if let Packet::ConnAck(ack) = &p {
-                    // A refused CONNECT: nothing may follow its CONNACK [MQTT-3.2.2-7].
-                    if ack.reason.is_error() {
-                        if let Some(who) = &self.who {
-                            let id = (who.client_id.as_str(), who.username.as_deref());
-                            let v = Some(self.version);
-                            log::refused(id, self.peer, v, who.transport, ack.reason);
-                        }
-                        self.encode(&p);
-                        return Some(CloseReason::Server(ack.reason));
-                    }
-                    if let Some(who) = self.who.as_deref_mut() {
-                        log::connected(who, self.peer, self.version, ack);
-                    }
+                    self.log_connack(ack);
                 }
-                state.outbound(&mut p);
                 self.encode(&p);
+                match after {
+                    Outbound::Continue => {}
+                    Outbound::Close(reason) => return Some(CloseReason::Server(reason)),
+                }
                 if !self.connack_sent && matches!(p, Packet::ConnAck(_)) {
                     self.connack_sent = true;
                     for _ in 0..std::mem::take(&mut self.pings_owed) {
@@ -492,6 +484,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             }
         }
         None
+    }
+
+    /// The client's line in the log of who comes and goes, as its CONNACK goes out.
+    fn log_connack(&mut self, ack: &ConnAck) {
+        let Some(who) = self.who.as_deref_mut() else {
+            return;
+        };
+        if ack.reason.is_error() {
+            let id = (who.client_id.as_str(), who.username.as_deref());
+            log::refused(id, self.peer, Some(self.version), who.transport, ack.reason);
+        } else {
+            log::connected(who, self.peer, self.version, ack);
+        }
     }
 
     /// Encodes a packet into the write buffer.

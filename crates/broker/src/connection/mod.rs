@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::conn::{ConnState, Violation};
+use makelaar_core::conn::{refusal, ConnState, Violation};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
 use makelaar_core::Limits;
@@ -171,16 +171,10 @@ async fn refuse_connect<S>(
 {
     let who = (connect.client_id.as_str(), connect.username.as_deref());
     log::refused(who, peer, Some(connect.protocol), transport, reason);
-    let mut ack = ConnAck {
-        reason,
-        ..ConnAck::default()
-    };
-    if connect.protocol.is_v5() {
-        ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
-    }
     let mut out = BytesMut::new();
-    let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+    let _ = refusal(connect.protocol, reason).encode(connect.protocol, &mut out);
     let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&out)).await;
+    // [MQTT-3.2.2-7] nothing follows a refusing CONNACK: close.
     linger_stream(stream).await;
 }
 

@@ -132,14 +132,8 @@ impl Broker {
 
     pub(super) fn refuse(&mut self, conn: ConnId, reason: ReasonCode, version: ProtocolVersion) {
         tracing::debug!(conn, %reason, "CONNECT refused");
-        let mut ack = ConnAck {
-            reason,
-            ..ConnAck::default()
-        };
-        if version.is_v5() {
-            ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
-        }
-        self.send(conn, Packet::ConnAck(ack));
+        self.send(conn, crate::conn::refusal(version, reason));
+        // [MQTT-3.2.2-7] nothing follows a refusing CONNACK.
         self.actions
             .push_back(Action::Close(conn, CloseReason::Server(reason)));
     }

@@ -13,7 +13,9 @@ use makelaar_proto::{Connect, Packet, ProtocolVersion, QoS};
 use crate::limits::Limits;
 use crate::rate::TokenBucket;
 
+mod opening;
 mod violation;
+pub use opening::refusal;
 pub use violation::Violation;
 
 /// The keep-alive the server applies: the client's, unless a maximum is configured and the
@@ -28,6 +30,17 @@ pub fn effective_keep_alive(connect: &Connect, limits: &Limits) -> (u16, Option<
     } else {
         (asked, None)
     }
+}
+
+/// What the shell does after writing a packet to the client (see [`ConnState::outbound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Outbound {
+    /// Carry on.
+    Continue,
+    /// It was a refusing CONNACK: write nothing more, close, for this reason
+    /// [MQTT-3.2.2-7].
+    Close(makelaar_proto::ReasonCode),
 }
 
 /// Protocol state of one connection after its CONNECT was accepted.
@@ -159,15 +172,19 @@ impl ConnState {
     }
 
     /// Rewrites a packet going to the client: frees Receive Maximum slots as acknowledgements
-    /// go out and replaces repeated topics with aliases when the client allows them.
-    pub fn outbound(&mut self, packet: &mut Packet) {
+    /// go out and replaces repeated topics with aliases when the client allows them. Says
+    /// what the shell does once the packet is written.
+    pub fn outbound(&mut self, packet: &mut Packet) -> Outbound {
         match packet {
             Packet::PubAck(_) => self.release_inbound(None),
             Packet::PubRec(a) if a.reason.is_error() => self.release_inbound(Some(a.packet_id)),
             Packet::PubComp(a) => self.release_inbound(Some(a.packet_id)),
             Packet::Publish(p) if self.outbound_alias_max > 0 => self.apply_alias(p),
+            // [MQTT-3.2.2-5] [MQTT-3.2.2-7] nothing may follow a refusing CONNACK.
+            Packet::ConnAck(a) if a.reason.is_error() => return Outbound::Close(a.reason),
             _ => {}
         }
+        Outbound::Continue
     }
 
     fn release_inbound(&mut self, qos2_id: Option<u16>) {

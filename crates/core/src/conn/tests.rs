@@ -105,7 +105,10 @@ fn receive_maximum_is_enforced_and_released_by_acks() {
     // A resent PUBLISH with the same id takes no new slot.
     st.inbound(now, &mut publish("t", None, QoS::ExactlyOnce, 2))
         .unwrap();
-    st.outbound(&mut Packet::PubComp(PubAck::new(1)));
+    assert_eq!(
+        st.outbound(&mut Packet::PubComp(PubAck::new(1))),
+        Outbound::Continue
+    );
     st.inbound(now, &mut publish("t", None, QoS::AtLeastOnce, 3))
         .unwrap();
     let err = st
@@ -135,11 +138,11 @@ fn outbound_aliases_replace_repeated_topics() {
     c.properties.topic_alias_maximum = Some(1);
     let mut st = ConnState::new(now, &c, &Limits::default());
     let mut first = publish("a", None, QoS::AtMostOnce, 0);
-    st.outbound(&mut first);
+    assert_eq!(st.outbound(&mut first), Outbound::Continue);
     let mut second = publish("a", None, QoS::AtMostOnce, 0);
-    st.outbound(&mut second);
+    assert_eq!(st.outbound(&mut second), Outbound::Continue);
     let mut other = publish("b", None, QoS::AtMostOnce, 0);
-    st.outbound(&mut other);
+    assert_eq!(st.outbound(&mut other), Outbound::Continue);
     let (Packet::Publish(f), Packet::Publish(s), Packet::Publish(o)) = (first, second, other)
     else {
         unreachable!()
@@ -241,4 +244,47 @@ fn decoding_errors_are_violations_with_the_decoders_reason_code() {
     // Only a CONNECT names a protocol: after the first one, it is a second CONNECT.
     let v = Violation::from_decode(&DecodeError::UnsupportedProtocol);
     assert_eq!(v, Violation::SecondConnect);
+}
+
+fn encoded(p: &Packet, v: ProtocolVersion) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    p.encode(v, &mut out).unwrap();
+    out.to_vec()
+}
+
+#[test]
+fn the_refusing_connack_per_version() {
+    let reason = ReasonCode::BAD_USER_NAME_OR_PASSWORD;
+    // 3.1.1 and 3.1: the return code 4, no properties [MQTT-3.2.2-5].
+    for v in [ProtocolVersion::V311, ProtocolVersion::V31] {
+        let ack = refusal(v, reason);
+        assert_eq!(encoded(&ack, v), [0x20, 0x02, 0x00, 0x04], "{v:?}");
+    }
+    // 5.0: the reason code 0x86 and a reason string.
+    let Packet::ConnAck(ack) = refusal(ProtocolVersion::V5, reason) else {
+        unreachable!()
+    };
+    assert_eq!(ack.reason, reason);
+    assert!(!ack.session_present);
+    assert_eq!(
+        ack.properties.reason_string.as_deref(),
+        Some("connection refused: bad user name or password")
+    );
+}
+
+#[test]
+fn nothing_follows_a_refusing_connack() {
+    // [MQTT-3.2.2-7] the shell closes after writing it.
+    let now = Instant::now();
+    for v5 in [false, true] {
+        let mut st = ConnState::new(now, &connect(v5, 0), &Limits::default());
+        let version = st.version;
+        let mut ack = refusal(version, ReasonCode::NOT_AUTHORIZED);
+        assert_eq!(
+            st.outbound(&mut ack),
+            Outbound::Close(ReasonCode::NOT_AUTHORIZED)
+        );
+        let mut ok = Packet::ConnAck(makelaar_proto::ConnAck::default());
+        assert_eq!(st.outbound(&mut ok), Outbound::Continue);
+    }
 }
