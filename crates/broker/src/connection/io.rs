@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use makelaar_core::conn::{ConnState, Outbound, Violation};
+use makelaar_core::conn::{ConnState, Inbound, Outbound, Violation};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
 use makelaar_proto::{ConnAck, Decoder, Packet, ProtocolVersion, ReasonCode};
@@ -97,10 +97,6 @@ pub(super) struct Io<S> {
     pub(super) who: Option<Box<Who>>,
     /// The client sent DISCONNECT with this reason: its socket closing next is no loss.
     pub(super) goodbye: Option<ReasonCode>,
-    /// PINGREQs that came before the CONNACK went out, answered right after it
-    /// [MQTT-3.2.0-1]: the CONNACK is the first packet the server sends.
-    pings_owed: u8,
-    connack_sent: bool,
     /// A connection to wake after the next write ([`Outbox::wake_after`]).
     then_wake: Option<Arc<Outbox>>,
     /// Bytes and packets counted since the last flush into the shared counters (once per
@@ -143,8 +139,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             closing: None,
             who: None,
             goodbye: None,
-            pings_owed: 0,
-            connack_sent: false,
             then_wake: None,
             tally: Tally::default(),
         }
@@ -424,9 +418,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             self.tally.packets_received += 1;
             match state.inbound(Instant::now(), &mut packet) {
                 Err(v) => return Err(End::Violation(v)),
-                Ok(false) if self.connack_sent => self.encode(&Packet::PingResp),
-                Ok(false) => self.pings_owed = self.pings_owed.saturating_add(1),
-                Ok(true) => {
+                Ok(Inbound::PingResp) => self.encode(&Packet::PingResp),
+                Ok(Inbound::Owed) => {}
+                Ok(Inbound::Route) => {
                     if let Packet::Disconnect(d) = &packet {
                         self.goodbye = Some(d.reason);
                     }
@@ -467,13 +461,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 self.encode(&p);
                 match after {
                     Outbound::Continue => {}
-                    Outbound::Close(reason) => return Some(CloseReason::Server(reason)),
-                }
-                if !self.connack_sent && matches!(p, Packet::ConnAck(_)) {
-                    self.connack_sent = true;
-                    for _ in 0..std::mem::take(&mut self.pings_owed) {
-                        self.encode(&Packet::PingResp);
+                    Outbound::PingResps(owed) => {
+                        for _ in 0..owed {
+                            self.encode(&Packet::PingResp);
+                        }
                     }
+                    Outbound::Close(reason) => return Some(CloseReason::Server(reason)),
                 }
             }
             if drained.close.is_some() {

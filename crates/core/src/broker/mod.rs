@@ -240,7 +240,9 @@ impl Broker {
             Packet::Subscribe(s) => self.handle_subscribe(now, conn, idx, s),
             Packet::Unsubscribe(u) => self.handle_unsubscribe(now, conn, idx, u),
             Packet::Disconnect(d) => self.handle_disconnect(now, conn, idx, d),
-            Packet::PingReq => self.send(conn, Packet::PingResp),
+            // Keep-alive is the connection's: `ConnState::inbound` answers PINGREQ, and
+            // never routes it [MQTT-3.12.4-1].
+            Packet::PingReq => {}
             // [MQTT-4.12.0-?] no authentication method was agreed, so AUTH is not expected.
             Packet::Auth(_) => self.protocol_violation(now, conn, Violation::UnexpectedAuth),
             // `ConnState::inbound` stops these before the router; kept so that the broker

@@ -38,9 +38,24 @@ pub fn effective_keep_alive(connect: &Connect, limits: &Limits) -> (u16, Option<
 pub enum Outbound {
     /// Carry on.
     Continue,
+    /// It was the CONNACK accepting the client: now write this many PINGRESP, owed for the
+    /// PINGREQs that came before it [MQTT-3.2.0-1].
+    PingResps(u8),
     /// It was a refusing CONNACK: write nothing more, close, for this reason
     /// [MQTT-3.2.2-7].
     Close(makelaar_proto::ReasonCode),
+}
+
+/// What the shell does with a packet from the client that passed [`ConnState::inbound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// Forward it to the router.
+    Route,
+    /// PINGREQ: answer PINGRESP now [MQTT-3.12.4-1].
+    PingResp,
+    /// PINGREQ before the CONNACK went out: the CONNACK must be the first packet the server
+    /// sends [MQTT-3.2.0-1], so the PINGRESP is owed (see [`Outbound::PingResps`]).
+    Owed,
 }
 
 /// Protocol state of one connection after its CONNECT was accepted.
@@ -60,6 +75,10 @@ pub struct ConnState {
     inbound_qos2: Vec<u16>,
     /// PUBLISH packets per second, when `max_publish_rate` is set.
     publish_rate: Option<TokenBucket>,
+    /// The CONNACK accepting the client went out.
+    connack_sent: bool,
+    /// PINGREQs received before that, each owed a PINGRESP right after it.
+    pings_owed: u8,
 }
 
 impl ConnState {
@@ -89,6 +108,8 @@ impl ConnState {
             inbound_qos2: Vec::new(),
             publish_rate: (limits.max_publish_rate > 0)
                 .then(|| TokenBucket::new(limits.max_publish_rate, now)),
+            connack_sent: false,
+            pings_owed: 0,
         }
     }
 
@@ -105,14 +126,14 @@ impl ConnState {
     }
 
     /// Checks and rewrites a packet from the client before it goes to the router: resolves
-    /// topic aliases, counts the Receive Maximum quota, refuses a second CONNECT. `Ok(false)`
-    /// means the packet was handled here (PINGREQ) and needs no routing.
-    pub fn inbound(&mut self, now: Instant, packet: &mut Packet) -> Result<bool, Violation> {
+    /// topic aliases, counts the Receive Maximum quota, refuses a second CONNECT, answers
+    /// PINGREQ here (see [`Inbound`]).
+    pub fn inbound(&mut self, now: Instant, packet: &mut Packet) -> Result<Inbound, Violation> {
         self.last_received = now;
         match packet {
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
             Packet::Connect(_) => Err(Violation::SecondConnect),
-            Packet::PingReq => Ok(false),
+            Packet::PingReq => Ok(self.ping()),
             Packet::Publish(p) => {
                 if !p.properties.subscription_identifiers.is_empty() {
                     // [MQTT-3.3.4-6] only the server puts subscription identifiers in PUBLISH.
@@ -125,13 +146,23 @@ impl ConnState {
                 }
                 self.resolve_alias(p)?;
                 self.count_inbound(p.qos, p.packet_id)?;
-                Ok(true)
+                Ok(Inbound::Route)
             }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Violation::ServerOnlyPacket)
             }
-            _ => Ok(true),
+            _ => Ok(Inbound::Route),
         }
+    }
+
+    /// A PINGREQ is answered at once, unless the CONNACK has not gone out yet.
+    fn ping(&mut self) -> Inbound {
+        if self.connack_sent {
+            return Inbound::PingResp;
+        }
+        // More than 255 pings before the CONNACK get 255 answers: the client is alive.
+        self.pings_owed = self.pings_owed.saturating_add(1);
+        Inbound::Owed
     }
 
     fn resolve_alias(&mut self, p: &mut makelaar_proto::Publish) -> Result<(), Violation> {
@@ -182,6 +213,10 @@ impl ConnState {
             Packet::Publish(p) if self.outbound_alias_max > 0 => self.apply_alias(p),
             // [MQTT-3.2.2-5] [MQTT-3.2.2-7] nothing may follow a refusing CONNACK.
             Packet::ConnAck(a) if a.reason.is_error() => return Outbound::Close(a.reason),
+            Packet::ConnAck(_) if !self.connack_sent => {
+                self.connack_sent = true;
+                return Outbound::PingResps(std::mem::take(&mut self.pings_owed));
+            }
             _ => {}
         }
         Outbound::Continue

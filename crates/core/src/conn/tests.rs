@@ -71,7 +71,7 @@ fn inbound_aliases_resolve_and_out_of_range_is_refused() {
     let now = Instant::now();
     let mut st = ConnState::new(now, &connect(true, 0), &Limits::default());
     let mut p = publish("a/b", Some(1), QoS::AtMostOnce, 0);
-    assert!(st.inbound(now, &mut p).unwrap());
+    assert_eq!(st.inbound(now, &mut p), Ok(Inbound::Route));
     let mut p = publish("", Some(1), QoS::AtMostOnce, 0);
     st.inbound(now, &mut p).unwrap();
     match p {
@@ -193,17 +193,21 @@ fn publishing_faster_than_max_publish_rate_ends_the_connection() {
         })
     };
     for _ in 0..5 {
-        assert_eq!(st.inbound(now, &mut publish()), Ok(true));
+        assert_eq!(st.inbound(now, &mut publish()), Ok(Inbound::Route));
     }
     // Other packets are not counted.
-    assert_eq!(st.inbound(now, &mut Packet::PingReq), Ok(false));
+    assert_eq!(st.inbound(now, &mut Packet::PingReq), Ok(Inbound::Owed));
     let v = st.inbound(now, &mut publish()).unwrap_err();
     assert_eq!(v.reason(), ReasonCode::MESSAGE_RATE_TOO_HIGH);
     // At the rate, a client goes on for ever.
     let mut st = ConnState::new(now, &connect(false, 0), &limits);
     for i in 0..100u64 {
         let at = now + Duration::from_millis(200 * i);
-        assert_eq!(st.inbound(at, &mut publish()), Ok(true), "publish {i}");
+        assert_eq!(
+            st.inbound(at, &mut publish()),
+            Ok(Inbound::Route),
+            "publish {i}"
+        );
     }
 }
 
@@ -285,6 +289,37 @@ fn nothing_follows_a_refusing_connack() {
             Outbound::Close(ReasonCode::NOT_AUTHORIZED)
         );
         let mut ok = Packet::ConnAck(makelaar_proto::ConnAck::default());
-        assert_eq!(st.outbound(&mut ok), Outbound::Continue);
+        assert_eq!(st.outbound(&mut ok), Outbound::PingResps(0));
     }
+}
+
+#[test]
+fn pings_before_the_connack_are_answered_right_after_it_in_order() {
+    // [MQTT-3.2.0-1] the CONNACK is the first packet the server sends.
+    let now = Instant::now();
+    let mut st = ConnState::new(now, &connect(false, 10), &Limits::default());
+    let later = now + Duration::from_millis(5);
+    assert_eq!(st.inbound(now, &mut Packet::PingReq), Ok(Inbound::Owed));
+    let mut sub = Packet::Subscribe(makelaar_proto::Subscribe::default());
+    assert_eq!(st.inbound(later, &mut sub), Ok(Inbound::Route));
+    assert_eq!(st.inbound(later, &mut Packet::PingReq), Ok(Inbound::Owed));
+    // What the shell writes, in order: the CONNACK, then the two PINGRESPs it released.
+    let mut ack = Packet::ConnAck(makelaar_proto::ConnAck::default());
+    assert_eq!(st.outbound(&mut ack), Outbound::PingResps(2));
+    // After it, a PINGREQ is answered at once and nothing more is owed.
+    assert_eq!(
+        st.inbound(later, &mut Packet::PingReq),
+        Ok(Inbound::PingResp)
+    );
+    let mut suback = Packet::SubAck(makelaar_proto::SubAck::default());
+    assert_eq!(st.outbound(&mut suback), Outbound::Continue);
+}
+
+#[test]
+fn without_pings_the_connack_releases_none() {
+    let now = Instant::now();
+    let mut st = ConnState::new(now, &connect(true, 10), &Limits::default());
+    let mut ack = Packet::ConnAck(makelaar_proto::ConnAck::default());
+    assert_eq!(st.outbound(&mut ack), Outbound::PingResps(0));
+    assert_eq!(st.inbound(now, &mut Packet::PingReq), Ok(Inbound::PingResp));
 }
