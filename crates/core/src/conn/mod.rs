@@ -58,12 +58,19 @@ pub enum Inbound {
     Owed,
 }
 
+/// One and a half times a keep-alive of `seconds` [MQTT-3.1.2-24]; `None` for 0 (no
+/// keep-alive [MQTT-3.1.2-22]).
+fn silence_limit(seconds: u16) -> Option<Duration> {
+    let k = Duration::from_secs(u64::from(seconds));
+    (seconds > 0).then(|| k + k / 2)
+}
+
 /// Protocol state of one connection after its CONNECT was accepted.
 #[derive(Debug)]
 pub struct ConnState {
     pub version: ProtocolVersion,
-    keep_alive: Option<Duration>,
-    last_received: Instant,
+    /// How long the client may stay silent (see [`ConnState::silence_limit`]).
+    silence_limit: Option<Duration>,
     /// Inbound aliases: index alias-1 → topic [MQTT-3.3.2-12].
     inbound_aliases: Vec<Option<Arc<str>>>,
     /// Outbound aliases given to topics so far, up to the client's Topic Alias Maximum.
@@ -92,8 +99,7 @@ impl ConnState {
         };
         ConnState {
             version: connect.protocol,
-            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
-            last_received: now,
+            silence_limit: silence_limit(keep_alive),
             inbound_aliases: vec![None; usize::from(alias_slots)],
             outbound_aliases: HashMap::new(),
             outbound_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
@@ -113,23 +119,19 @@ impl ConnState {
         }
     }
 
-    /// When the connection is to be closed for silence: one and a half times the keep-alive
-    /// after the last packet [MQTT-3.1.2-24].
-    pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        self.silence_limit().map(|limit| self.last_received + limit)
-    }
-
-    /// How long the client may stay silent: one and a half times the keep-alive
-    /// [MQTT-3.1.2-24]; `None` when it asked for no keep-alive.
+    /// How long the client may stay silent before the connection is closed as a
+    /// [`Violation::KeepAliveTimeout`]: one and a half times the keep-alive in force
+    /// [MQTT-3.1.2-24]; `None` when there is none. The shell measures the silence (the
+    /// router's sweep over the outboxes: cheaper than a timer per connection); the limit
+    /// is decided here alone.
     pub fn silence_limit(&self) -> Option<Duration> {
-        self.keep_alive.map(|k| k + k / 2)
+        self.silence_limit
     }
 
     /// Checks and rewrites a packet from the client before it goes to the router: resolves
     /// topic aliases, counts the Receive Maximum quota, refuses a second CONNECT, answers
     /// PINGREQ here (see [`Inbound`]).
     pub fn inbound(&mut self, now: Instant, packet: &mut Packet) -> Result<Inbound, Violation> {
-        self.last_received = now;
         match packet {
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
             Packet::Connect(_) => Err(Violation::SecondConnect),

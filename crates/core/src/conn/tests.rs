@@ -55,15 +55,24 @@ fn keep_alive_is_capped_for_v5_only() {
 }
 
 #[test]
-fn keep_alive_deadline_is_one_and_a_half_times() {
+fn the_silence_limit_is_one_and_a_half_times_the_keep_alive_in_force() {
+    // [MQTT-3.1.2-24]
     let now = Instant::now();
     let st = ConnState::new(now, &connect(false, 10), &Limits::default());
-    assert_eq!(
-        st.keep_alive_deadline(),
-        Some(now + Duration::from_secs(15))
-    );
+    assert_eq!(st.silence_limit(), Some(Duration::from_secs(15)));
+    let st = ConnState::new(now, &connect(false, 1), &Limits::default());
+    assert_eq!(st.silence_limit(), Some(Duration::from_millis(1500)));
     let st = ConnState::new(now, &connect(false, 0), &Limits::default());
-    assert_eq!(st.keep_alive_deadline(), None);
+    assert_eq!(st.silence_limit(), None);
+    // The server's maximum applies to 5.0 clients, who are told so [MQTT-3.2.2-21].
+    let capped = Limits {
+        max_keep_alive: 60,
+        ..Limits::default()
+    };
+    let st = ConnState::new(now, &connect(true, 0), &capped);
+    assert_eq!(st.silence_limit(), Some(Duration::from_secs(90)));
+    let st = ConnState::new(now, &connect(false, 0), &capped);
+    assert_eq!(st.silence_limit(), None);
 }
 
 #[test]
