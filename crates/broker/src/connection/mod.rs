@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::conn::{refusal, ConnState, Violation};
+use makelaar_core::conn::{first_packet, refusal, ConnState, Opening, Violation, MAX_CONNECT_SIZE};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
 use makelaar_core::Limits;
-use makelaar_proto::{ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
+use makelaar_proto::{Connect, Decoder, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -32,8 +32,6 @@ use crate::router::ToRouter;
 use crate::Counters;
 use io::{End, Io};
 
-/// CONNECT is small; a larger first packet is refused before it is buffered.
-const MAX_CONNECT_SIZE: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
 /// How long and how much of a closing client's input is drained (see `linger`).
 const LINGER_TIME: Duration = Duration::from_secs(2);
@@ -187,31 +185,22 @@ async fn read_connect<R: AsyncRead + Unpin>(
     ctx: &ConnCtx,
 ) -> Result<Box<makelaar_proto::Connect>, Option<Vec<u8>>> {
     loop {
-        match decoder.decode(rbuf) {
-            // Kept boxed: a CONNECT is large, and the connection task must stay small.
-            Ok(Some(Packet::Connect(c))) => return Ok(c),
-            Ok(Some(other)) => {
-                tracing::debug!(
-                    packet = other.name(),
-                    "first packet is not CONNECT: closing"
-                );
+        match first_packet(decoder.decode(rbuf)) {
+            Opening::ReadMore => {}
+            Opening::Connect(c) => return Ok(c),
+            Opening::NotConnect(packet) => {
+                tracing::debug!(packet, "first packet is not CONNECT: closing");
                 return Err(None);
             }
-            Err(DecodeError::UnsupportedProtocol) => {
-                // [MQTT-3.1.2-2] answer CONNACK 0x01 (3.1.1 form) and close.
-                let ack = ConnAck {
-                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                    ..ConnAck::default()
-                };
-                let mut out = BytesMut::new();
-                let _ = Packet::ConnAck(ack).encode(ProtocolVersion::V311, &mut out);
-                return Err(Some(out.to_vec()));
-            }
-            Err(e) => {
+            Opening::Malformed(e) => {
                 tracing::debug!(error = %e, "bad CONNECT: closing");
                 return Err(None);
             }
-            Ok(None) => {}
+            Opening::UnsupportedVersion { connack, encode_as } => {
+                let mut out = BytesMut::new();
+                let _ = connack.encode(encode_as, &mut out);
+                return Err(Some(out.to_vec()));
+            }
         }
         rbuf.reserve(READ_CHUNK);
         match rd.read_buf(rbuf).await {

@@ -15,7 +15,7 @@ use crate::rate::TokenBucket;
 
 mod opening;
 mod violation;
-pub use opening::refusal;
+pub use opening::{first_packet, refusal, Opening, MAX_CONNECT_SIZE};
 pub use violation::Violation;
 
 /// The keep-alive the server applies: the client's, unless a maximum is configured and the

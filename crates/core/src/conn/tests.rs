@@ -332,3 +332,58 @@ fn without_pings_the_connack_releases_none() {
     assert_eq!(st.outbound(&mut ack), Outbound::PingResps(0));
     assert_eq!(st.inbound(now, &mut Packet::PingReq), Ok(Inbound::PingResp));
 }
+
+/// The first packet as the shell's decoder makes it of `bytes`.
+fn first(bytes: &[u8]) -> Opening {
+    let mut buf = bytes::BytesMut::from(bytes);
+    first_packet(makelaar_proto::Decoder::new(MAX_CONNECT_SIZE).decode(&mut buf))
+}
+
+#[test]
+fn the_first_packet_must_be_connect() {
+    // [MQTT-3.1.0-1] anything else closes the connection without a word.
+    let got = first_packet(Ok(Some(Packet::PingReq)));
+    assert!(matches!(got, Opening::NotConnect("PINGREQ")), "{got:?}");
+    // From bytes, the decoder cannot read another packet before CONNECT (its format
+    // depends on the version): it calls that a protocol error, which closes just the same.
+    for bytes in [
+        &[0xC0, 0x00][..],
+        &[0x30, 0x05, 0x00, 0x01, b't', b'h', b'i'],
+    ] {
+        let got = first(bytes);
+        assert!(
+            matches!(
+                got,
+                Opening::Malformed(makelaar_proto::DecodeError::Protocol(_))
+            ),
+            "{got:?}"
+        );
+    }
+    // Half a packet: read on.
+    assert!(matches!(first(&[0x10, 0x10, 0x00]), Opening::ReadMore));
+    // A first packet that does not decode closes too [MQTT-3.1.4-1].
+    assert!(matches!(
+        first(&[0x10, 0x02, 0x00, 0x00]),
+        Opening::Malformed(_)
+    ));
+    let mut buf = bytes::BytesMut::new();
+    Packet::Connect(Box::new(connect(true, 30)))
+        .encode(ProtocolVersion::V5, &mut buf)
+        .unwrap();
+    match first(&buf) {
+        Opening::Connect(c) => assert_eq!((c.protocol, c.keep_alive), (ProtocolVersion::V5, 30)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_unsupported_protocol_version_gets_connack_1_in_the_3_1_1_form() {
+    // [MQTT-3.1.2-2] CONNECT "MQTT" level 6: CONNACK return code 0x01, then close.
+    let connect = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ];
+    let Opening::UnsupportedVersion { connack, encode_as } = first(&connect) else {
+        panic!("not refused")
+    };
+    assert_eq!(encoded(&connack, encode_as), [0x20, 0x02, 0x00, 0x01]);
+}
