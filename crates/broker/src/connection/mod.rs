@@ -1,6 +1,7 @@
-//! One task per connection: reads and decodes the client's packets, checks what belongs to
-//! the connection (`ConnState`), forwards the rest to the router, and writes what the router
-//! sends back, batching every ready packet into one write.
+//! One task per connection: reads and decodes the client's packets, has `core::conn` decide
+//! what belongs to the connection (the first packet, `ConnState`, violations), forwards the
+//! rest to the router, and writes what the router sends back, batching every ready packet
+//! into one write. The rules are the core's; this module moves bytes and keeps the timers.
 //!
 //! Memory per idle connection matters (10,000s of them), and a task's future is allocated at
 //! its largest: the CONNECT phase and the closing phase run as boxed futures that exist only

@@ -1,8 +1,12 @@
-//! Per-connection protocol state, run by the connection task beside the socket.
+//! The rules of one connection's life, sans-IO, run by the connection task beside the socket
+//! with the same contract as [`crate::Broker`]: it is told what happened (with the time) and
+//! says what to do; the task only moves bytes and timers.
 //!
-//! It owns what belongs to one network connection rather than to the session: the packet
-//! sequence (CONNECT first and once), keep-alive, topic aliases in both directions and the
-//! inbound Receive Maximum quota. The router never sees a topic alias.
+//! It owns what belongs to one network connection rather than to the session: the CONNECT
+//! phase ([`first_packet`], the refusing CONNACK [`refusal`]), the packet sequence (CONNECT
+//! first and once, CONNACK before any PINGRESP), the keep-alive limit, topic aliases in both
+//! directions, the inbound Receive Maximum quota and PUBLISH rate, and the one list of
+//! [`Violation`]s that end a connection. The router never sees a topic alias or a PINGREQ.
 
 use std::collections::HashMap;
 use std::sync::Arc;
