@@ -83,7 +83,8 @@ fn cost(p: &Packet) -> usize {
 
 impl Outbox {
     /// An outbox for a connection whose client may stay silent for `silence_limit`
-    /// ([MQTT-3.1.2-24]: 1.5 × its keep-alive); `None` for no limit.
+    /// (`core::conn::ConnState::silence_limit`, the one place the rule is decided); `None`
+    /// for no limit.
     pub fn new(now: Instant, silence_limit: Option<Duration>) -> Outbox {
         Outbox {
             silence_limit_ms: silence_limit

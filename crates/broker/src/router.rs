@@ -44,8 +44,7 @@ pub enum ToRouter {
     /// The connection broke the protocol; the task has told the client (5.0) and closes.
     Violation {
         conn: ConnId,
-        reason: ReasonCode,
-        text: &'static str,
+        violation: makelaar_core::conn::Violation,
     },
     /// The connection ended without DISCONNECT.
     Lost { conn: ConnId },
@@ -315,8 +314,9 @@ impl Router {
                 self.broker.handle_connect(now, conn, *connect);
             }
             ToRouter::Packet { conn, packet } => self.broker.handle_packet(now, conn, packet),
-            ToRouter::Violation { conn, reason, text } => {
-                tracing::debug!(conn, %reason, text, "protocol violation");
+            ToRouter::Violation { conn, violation } => {
+                let reason = violation.reason();
+                tracing::debug!(conn, %reason, text = violation.text(), "protocol violation");
                 if self.broker.is_connected(conn) {
                     self.ends.server(reason);
                 }

@@ -213,3 +213,59 @@ async fn connection_rate_and_publish_rate() {
     }
     server.shutdown().await;
 }
+
+/// Reads `n` packets with one decoder (several may come in one read).
+async fn packets(s: &mut TcpStream, v: ProtocolVersion, n: usize) -> Vec<Packet> {
+    let mut dec = Decoder::new(1 << 20);
+    dec.set_version(v);
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    while got.len() < n {
+        if let Ok(Some(p)) = dec.decode(&mut buf) {
+            got.push(p);
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn pings_behind_the_connect_are_answered_after_the_connack() {
+    // [MQTT-3.2.0-1] the CONNACK is the first packet the server sends: PINGREQs that arrive
+    // with the CONNECT, before the router has answered it, are answered right after it.
+    let (server, addr) = start(plain(), Default::default()).await;
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let c = Connect {
+            protocol: v,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "pinger".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        };
+        let mut bytes = encode(Packet::Connect(Box::new(c)), v);
+        bytes.extend(encode(Packet::PingReq, v));
+        bytes.extend(encode(Packet::PingReq, v));
+        s.write_all(&bytes).await.unwrap();
+        let got = packets(&mut s, v, 3).await;
+        assert!(
+            matches!(
+                &got[..],
+                [Packet::ConnAck(a), Packet::PingResp, Packet::PingResp]
+                    if a.reason == ReasonCode::SUCCESS
+            ),
+            "{v:?}: {got:?}"
+        );
+        // After the CONNACK, a PINGREQ is answered at once.
+        s.write_all(&encode(Packet::PingReq, v)).await.unwrap();
+        assert_eq!(packets(&mut s, v, 1).await, vec![Packet::PingResp], "{v:?}");
+    }
+    server.shutdown().await;
+}

@@ -11,10 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use makelaar_core::conn::{ConnState, Violation};
+use makelaar_core::conn::{ConnState, Inbound, Outbound, Violation};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
-use makelaar_proto::{DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
+use makelaar_proto::{ConnAck, Decoder, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
@@ -97,10 +97,6 @@ pub(super) struct Io<S> {
     pub(super) who: Option<Box<Who>>,
     /// The client sent DISCONNECT with this reason: its socket closing next is no loss.
     pub(super) goodbye: Option<ReasonCode>,
-    /// PINGREQs that came before the CONNACK went out, answered right after it
-    /// [MQTT-3.2.0-1]: the CONNACK is the first packet the server sends.
-    pings_owed: u8,
-    connack_sent: bool,
     /// A connection to wake after the next write ([`Outbox::wake_after`]).
     then_wake: Option<Arc<Outbox>>,
     /// Bytes and packets counted since the last flush into the shared counters (once per
@@ -143,8 +139,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             closing: None,
             who: None,
             goodbye: None,
-            pings_owed: 0,
-            connack_sent: false,
             then_wake: None,
             tally: Tally::default(),
         }
@@ -195,10 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             }
             if self.outbox.is_expired() && self.closing.is_none() {
                 // [MQTT-3.1.2-24] nothing received for 1.5 × keep-alive.
-                return Poll::Ready(Step::End(End::Violation(Violation {
-                    reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
-                    text: "keep-alive timeout",
-                })));
+                return Poll::Ready(Step::End(End::Violation(Violation::KeepAliveTimeout)));
             }
             let room = self.wbuf.len() < WRITE_HIGH_WATER;
             if self.outbox_pending && room && self.closing.is_none() {
@@ -422,25 +413,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             let mut packet = match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(None),
-                Err(e) => {
-                    let text = match e {
-                        DecodeError::TooLarge { .. } => "packet larger than max_packet_size",
-                        DecodeError::TopicNameInvalid(_) => "invalid topic name",
-                        DecodeError::PayloadFormatInvalid => "payload is not UTF-8 as announced",
-                        _ => "malformed packet",
-                    };
-                    return Err(End::Violation(Violation {
-                        reason: e.reason_code(),
-                        text,
-                    }));
-                }
+                Err(e) => return Err(End::Violation(Violation::from_decode(&e))),
             };
             self.tally.packets_received += 1;
             match state.inbound(Instant::now(), &mut packet) {
                 Err(v) => return Err(End::Violation(v)),
-                Ok(false) if self.connack_sent => self.encode(&Packet::PingResp),
-                Ok(false) => self.pings_owed = self.pings_owed.saturating_add(1),
-                Ok(true) => {
+                Ok(Inbound::PingResp) => self.encode(&Packet::PingResp),
+                Ok(Inbound::Owed) => {}
+                Ok(Inbound::Route) => {
                     if let Packet::Disconnect(d) = &packet {
                         self.goodbye = Some(d.reason);
                     }
@@ -474,28 +454,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 }
             }
             while let Some(mut p) = drained.packets.pop_front() {
+                let after = state.outbound(&mut p);
                 if let Packet::ConnAck(ack) = &p {
-                    // A refused CONNECT: nothing may follow its CONNACK [MQTT-3.2.2-7].
-                    if ack.reason.is_error() {
-                        if let Some(who) = &self.who {
-                            let id = (who.client_id.as_str(), who.username.as_deref());
-                            let v = Some(self.version);
-                            log::refused(id, self.peer, v, who.transport, ack.reason);
-                        }
-                        self.encode(&p);
-                        return Some(CloseReason::Server(ack.reason));
-                    }
-                    if let Some(who) = self.who.as_deref_mut() {
-                        log::connected(who, self.peer, self.version, ack);
-                    }
+                    self.log_connack(ack);
                 }
-                state.outbound(&mut p);
                 self.encode(&p);
-                if !self.connack_sent && matches!(p, Packet::ConnAck(_)) {
-                    self.connack_sent = true;
-                    for _ in 0..std::mem::take(&mut self.pings_owed) {
-                        self.encode(&Packet::PingResp);
+                match after {
+                    Outbound::Continue => {}
+                    Outbound::PingResps(owed) => {
+                        for _ in 0..owed {
+                            self.encode(&Packet::PingResp);
+                        }
                     }
+                    Outbound::Close(reason) => return Some(CloseReason::Server(reason)),
                 }
             }
             if drained.close.is_some() {
@@ -506,6 +477,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             }
         }
         None
+    }
+
+    /// The client's line in the log of who comes and goes, as its CONNACK goes out.
+    fn log_connack(&mut self, ack: &ConnAck) {
+        let Some(who) = self.who.as_deref_mut() else {
+            return;
+        };
+        if ack.reason.is_error() {
+            let id = (who.client_id.as_str(), who.username.as_deref());
+            log::refused(id, self.peer, Some(self.version), who.transport, ack.reason);
+        } else {
+            log::connected(who, self.peer, self.version, ack);
+        }
     }
 
     /// Encodes a packet into the write buffer.

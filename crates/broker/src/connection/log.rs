@@ -138,9 +138,9 @@ fn describe(how: &Ending) -> (&'static str, Option<ReasonCode>, Option<String>) 
             Some(code.name().to_string()),
         ),
         Ending::Violation(v) => (
-            server_reason(v.reason),
-            Some(v.reason),
-            Some(v.text.to_string()),
+            server_reason(v.reason()),
+            Some(v.reason()),
+            Some(v.text().to_string()),
         ),
         Ending::Lost(None) => (
             "connection closed by the client without DISCONNECT",
@@ -178,10 +178,7 @@ mod tests {
 
     #[test]
     fn reasons_in_words() {
-        let keep_alive = Violation {
-            reason: ReasonCode::KEEP_ALIVE_TIMEOUT,
-            text: "keep-alive timeout",
-        };
+        let keep_alive = Violation::KeepAliveTimeout;
         assert_eq!(
             describe(&Ending::Violation(&keep_alive)).0,
             "keep-alive timeout"
@@ -190,10 +187,7 @@ mod tests {
         assert_eq!(describe(&taken).0, "taken over by another connection");
         let bye = Ending::Closed(CloseReason::ClientDisconnect(ReasonCode::SUCCESS));
         assert_eq!(describe(&bye).0, "client DISCONNECT");
-        let malformed = Violation {
-            reason: ReasonCode::MALFORMED_PACKET,
-            text: "malformed packet",
-        };
+        let malformed = Violation::Malformed;
         let (reason, code, _) = describe(&Ending::Violation(&malformed));
         assert_eq!(
             (reason, code),

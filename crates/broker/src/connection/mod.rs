@@ -1,6 +1,7 @@
-//! One task per connection: reads and decodes the client's packets, checks what belongs to
-//! the connection (`ConnState`), forwards the rest to the router, and writes what the router
-//! sends back, batching every ready packet into one write.
+//! One task per connection: reads and decodes the client's packets, has `core::conn` decide
+//! what belongs to the connection (the first packet, `ConnState`, violations), forwards the
+//! rest to the router, and writes what the router sends back, batching every ready packet
+//! into one write. The rules are the core's; this module moves bytes and keeps the timers.
 //!
 //! Memory per idle connection matters (10,000s of them), and a task's future is allocated at
 //! its largest: the CONNECT phase and the closing phase run as boxed futures that exist only
@@ -18,13 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::conn::ConnState;
+use makelaar_core::conn::{first_packet, refusal, ConnState, Opening, Violation, MAX_CONNECT_SIZE};
 use makelaar_core::session::ConnId;
 use makelaar_core::CloseReason;
 use makelaar_core::Limits;
-use makelaar_proto::{
-    ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode,
-};
+use makelaar_proto::{Connect, Decoder, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -34,8 +33,6 @@ use crate::router::ToRouter;
 use crate::Counters;
 use io::{End, Io};
 
-/// CONNECT is small; a larger first packet is refused before it is buffered.
-const MAX_CONNECT_SIZE: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
 /// How long and how much of a closing client's input is drained (see `linger`).
 const LINGER_TIME: Duration = Duration::from_secs(2);
@@ -173,16 +170,10 @@ async fn refuse_connect<S>(
 {
     let who = (connect.client_id.as_str(), connect.username.as_deref());
     log::refused(who, peer, Some(connect.protocol), transport, reason);
-    let mut ack = ConnAck {
-        reason,
-        ..ConnAck::default()
-    };
-    if connect.protocol.is_v5() {
-        ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
-    }
     let mut out = BytesMut::new();
-    let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+    let _ = refusal(connect.protocol, reason).encode(connect.protocol, &mut out);
     let _ = tokio::time::timeout(LAST_WRITE_TIME, stream.write_all(&out)).await;
+    // [MQTT-3.2.2-7] nothing follows a refusing CONNACK: close.
     linger_stream(stream).await;
 }
 
@@ -195,31 +186,22 @@ async fn read_connect<R: AsyncRead + Unpin>(
     ctx: &ConnCtx,
 ) -> Result<Box<makelaar_proto::Connect>, Option<Vec<u8>>> {
     loop {
-        match decoder.decode(rbuf) {
-            // Kept boxed: a CONNECT is large, and the connection task must stay small.
-            Ok(Some(Packet::Connect(c))) => return Ok(c),
-            Ok(Some(other)) => {
-                tracing::debug!(
-                    packet = other.name(),
-                    "first packet is not CONNECT: closing"
-                );
+        match first_packet(decoder.decode(rbuf)) {
+            Opening::ReadMore => {}
+            Opening::Connect(c) => return Ok(c),
+            Opening::NotConnect(packet) => {
+                tracing::debug!(packet, "first packet is not CONNECT: closing");
                 return Err(None);
             }
-            Err(DecodeError::UnsupportedProtocol) => {
-                // [MQTT-3.1.2-2] answer CONNACK 0x01 (3.1.1 form) and close.
-                let ack = ConnAck {
-                    reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                    ..ConnAck::default()
-                };
-                let mut out = BytesMut::new();
-                let _ = Packet::ConnAck(ack).encode(ProtocolVersion::V311, &mut out);
-                return Err(Some(out.to_vec()));
-            }
-            Err(e) => {
+            Opening::Malformed(e) => {
                 tracing::debug!(error = %e, "bad CONNECT: closing");
                 return Err(None);
             }
-            Ok(None) => {}
+            Opening::UnsupportedVersion { connack, encode_as } => {
+                let mut out = BytesMut::new();
+                let _ = connack.encode(encode_as, &mut out);
+                return Err(Some(out.to_vec()));
+            }
         }
         rbuf.reserve(READ_CHUNK);
         match rd.read_buf(rbuf).await {
@@ -247,23 +229,19 @@ where
             Some(ToRouter::Lost { conn })
         }
         End::Violation(v) => {
-            tracing::debug!(%peer, reason = %v.reason, text = v.text, "closing connection: protocol violation");
-            if v.reason == ReasonCode::MESSAGE_RATE_TOO_HIGH {
+            tracing::debug!(%peer, reason = %v.reason(), text = v.text(), "closing connection: protocol violation");
+            if *v == Violation::PublishRateTooHigh {
                 io.ctx
                     .counters
                     .disconnected_publish_rate
                     .fetch_add(1, Ordering::Relaxed);
             }
-            if io.version.is_v5() {
-                io.encode(&Packet::Disconnect(Disconnect {
-                    reason: v.reason,
-                    ..Disconnect::default()
-                }));
+            if let Some(last) = v.disconnect(io.version) {
+                io.encode(&last);
             }
             Some(ToRouter::Violation {
                 conn,
-                reason: v.reason,
-                text: v.text,
+                violation: *v,
             })
         }
     };

@@ -8,7 +8,7 @@ use makelaar_proto::{
 };
 
 use super::{Action, Broker, CloseReason, SessionIdx, WillOnTakeover};
-use crate::conn::effective_keep_alive;
+use crate::conn::{effective_keep_alive, Violation};
 use crate::session::{ClientLimits, ConnId, Session};
 
 impl Broker {
@@ -131,14 +131,8 @@ impl Broker {
 
     pub(super) fn refuse(&mut self, conn: ConnId, reason: ReasonCode, version: ProtocolVersion) {
         tracing::debug!(conn, %reason, "CONNECT refused");
-        let mut ack = ConnAck {
-            reason,
-            ..ConnAck::default()
-        };
-        if version.is_v5() {
-            ack.properties.reason_string = Some(format!("connection refused: {}", reason.name()));
-        }
-        self.send(conn, Packet::ConnAck(ack));
+        self.send(conn, crate::conn::refusal(version, reason));
+        // [MQTT-3.2.2-7] nothing follows a refusing CONNACK.
         self.actions
             .push_back(Action::Close(conn, CloseReason::Server(reason)));
     }
@@ -322,8 +316,7 @@ impl Broker {
         };
         if let Some(new) = d.properties.session_expiry_interval {
             if s.expiry_interval == 0 && new != 0 {
-                let text = "session expiry set on DISCONNECT after CONNECT gave 0";
-                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, text);
+                self.protocol_violation(now, conn, Violation::SessionExpiryAfterZero);
                 return;
             }
             s.expiry_interval = new.min(max_expiry);

@@ -29,6 +29,7 @@ use std::time::Instant;
 use makelaar_proto::{Disconnect, Packet, ProtocolVersion, ReasonCode};
 
 use crate::auth::{Access, Authorizer};
+use crate::conn::Violation;
 use crate::limits::Limits;
 use crate::message::Message;
 use crate::retain::RetainedStore;
@@ -224,17 +225,16 @@ impl Broker {
             Packet::Subscribe(s) => self.handle_subscribe(now, conn, idx, s),
             Packet::Unsubscribe(u) => self.handle_unsubscribe(now, conn, idx, u),
             Packet::Disconnect(d) => self.handle_disconnect(now, conn, idx, d),
-            Packet::PingReq => self.send(conn, Packet::PingResp),
+            // Keep-alive is the connection's: `ConnState::inbound` answers PINGREQ, and
+            // never routes it [MQTT-3.12.4-1].
+            Packet::PingReq => {}
             // [MQTT-4.12.0-?] no authentication method was agreed, so AUTH is not expected.
-            Packet::Auth(_) => {
-                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, "unexpected AUTH")
-            }
-            Packet::Connect(_)
-            | Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp => {
-                self.protocol_violation(now, conn, ReasonCode::PROTOCOL_ERROR, "unexpected packet")
+            Packet::Auth(_) => self.protocol_violation(now, conn, Violation::UnexpectedAuth),
+            // `ConnState::inbound` stops these before the router; kept so that the broker
+            // is right on its own.
+            Packet::Connect(_) => self.protocol_violation(now, conn, Violation::SecondConnect),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.protocol_violation(now, conn, Violation::ServerOnlyPacket)
             }
         }
     }
@@ -250,22 +250,12 @@ impl Broker {
 
     /// Ends a connection for breaking the protocol: 5.0 clients are told why
     /// [MQTT-4.13.1-1], the will is published, the session detached.
-    pub fn protocol_violation(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        reason: ReasonCode,
-        text: &'static str,
-    ) {
-        tracing::debug!(conn, %reason, text, "closing connection");
-        if let Some(s) = self.session_of_conn(conn) {
-            if s.version.is_v5() {
-                let d = Disconnect {
-                    reason,
-                    ..Disconnect::default()
-                };
-                self.send(conn, Packet::Disconnect(d));
-            }
+    pub fn protocol_violation(&mut self, now: Instant, conn: ConnId, violation: Violation) {
+        let reason = violation.reason();
+        tracing::debug!(conn, %reason, text = violation.text(), "closing connection");
+        let version = self.session_of_conn(conn).map(|s| s.version);
+        if let Some(d) = version.and_then(|v| violation.disconnect(v)) {
+            self.send(conn, d);
         }
         self.detach(now, conn);
         self.actions

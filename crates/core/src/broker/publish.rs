@@ -8,6 +8,7 @@ use makelaar_proto::{Packet, PubAck, Publish, QoS, ReasonCode};
 
 use super::{Broker, SessionIdx};
 use crate::auth::Access;
+use crate::conn::Violation;
 use crate::message::{Delivery, Message};
 use crate::persist::KeptState;
 use crate::session::{ConnId, Inflight, OutboundState};
@@ -47,22 +48,12 @@ impl Broker {
     ) {
         if p.qos as u8 > self.limits.max_qos {
             // [MQTT-3.2.2-11] more than the Maximum QoS we announced.
-            self.protocol_violation(
-                now,
-                conn,
-                ReasonCode::QOS_NOT_SUPPORTED,
-                "QoS not supported",
-            );
+            self.protocol_violation(now, conn, Violation::QosNotSupported);
             return;
         }
         if p.retain && !self.limits.retain_available {
             // [MQTT-3.3.1-? ] retain was announced as not available.
-            self.protocol_violation(
-                now,
-                conn,
-                ReasonCode::RETAIN_NOT_SUPPORTED,
-                "retain not supported",
-            );
+            self.protocol_violation(now, conn, Violation::RetainNotSupported);
             return;
         }
         if let Some(levels) = self.limits.excess_topic_levels(&p.topic) {
@@ -76,8 +67,7 @@ impl Broker {
                 levels,
                 self.limits.max_topic_levels,
             );
-            let text = "topic name has more levels than max_topic_levels";
-            self.protocol_violation(now, conn, ReasonCode::TOPIC_NAME_INVALID, text);
+            self.protocol_violation(now, conn, Violation::TopicNameTooDeep);
             return;
         }
         let (qos, packet_id) = (p.qos, p.packet_id);

@@ -13,11 +13,9 @@ use makelaar_proto::{
 use super::publish::log_topic_too_deep;
 use super::{Broker, SessionIdx};
 use crate::auth::Access;
+use crate::conn::Violation;
 use crate::message::{Delivery, Message};
 use crate::session::{ConnId, Subscription};
-
-/// Why a packet closes the connection: the reason code and a text for the log.
-type Violation = (ReasonCode, &'static str);
 
 impl Broker {
     pub(super) fn handle_subscribe(
@@ -27,8 +25,8 @@ impl Broker {
         idx: SessionIdx,
         sub: Subscribe,
     ) {
-        if let Err((reason, text)) = self.check_subscribe(idx, &sub) {
-            self.protocol_violation(now, conn, reason, text);
+        if let Err(violation) = self.check_subscribe(idx, &sub) {
+            self.protocol_violation(now, conn, violation);
             return;
         }
         let v5 = self.version_of(idx).is_v5();
@@ -64,10 +62,7 @@ impl Broker {
             self.check_filter_levels(idx, filter)?;
             // [MQTT-3.8.3-4] no-local on a shared subscription is a protocol error.
             if options.no_local && matches!(parse_shared(filter), Ok(Some(_))) {
-                return Err((
-                    ReasonCode::PROTOCOL_ERROR,
-                    "no-local on a shared subscription",
-                ));
+                return Err(Violation::NoLocalOnShared);
             }
         }
         Ok(())
@@ -87,10 +82,7 @@ impl Broker {
             levels,
             self.limits.max_topic_levels,
         );
-        Err((
-            ReasonCode::TOPIC_FILTER_INVALID,
-            "topic filter has more levels than max_topic_levels",
-        ))
+        Err(Violation::TopicFilterTooDeep)
     }
 
     /// Adds one subscription: the granted QoS and whether retained messages are to be sent,
@@ -201,8 +193,8 @@ impl Broker {
         u: Unsubscribe,
     ) {
         for filter in &u.filters {
-            if let Err((reason, text)) = self.check_filter_levels(idx, filter) {
-                self.protocol_violation(now, conn, reason, text);
+            if let Err(violation) = self.check_filter_levels(idx, filter) {
+                self.protocol_violation(now, conn, violation);
                 return;
             }
         }

@@ -270,13 +270,15 @@ fn packets_behind_a_parked_connect_are_handled_after_its_connack() {
         .handle_connect(h.now, 2, connect("d", ProtocolVersion::V311, true));
     h.broker
         .handle_packet(h.now, 2, subscribe(7, "x", QoS::AtMostOnce));
-    h.broker.handle_packet(h.now, 2, Packet::PingReq);
+    h.broker
+        .handle_packet(h.now, 2, subscribe(8, "y", QoS::AtMostOnce));
     assert!(h.take(2).is_empty());
     h.broker.handle_drained(h.now, 1);
     let got = h.take(2);
     assert!(matches!(
         &got[..],
-        [Packet::ConnAck(_), Packet::SubAck(s), Packet::PingResp] if s.packet_id == 7
+        [Packet::ConnAck(_), Packet::SubAck(s), Packet::SubAck(t)]
+            if s.packet_id == 7 && t.packet_id == 8
     ));
 }
 

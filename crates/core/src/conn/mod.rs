@@ -1,30 +1,26 @@
-//! Per-connection protocol state, run by the connection task beside the socket.
+//! The rules of one connection's life, sans-IO, run by the connection task beside the socket
+//! with the same contract as [`crate::Broker`]: it is told what happened (with the time) and
+//! says what to do; the task only moves bytes and timers.
 //!
-//! It owns what belongs to one network connection rather than to the session: the packet
-//! sequence (CONNECT first and once), keep-alive, topic aliases in both directions and the
-//! inbound Receive Maximum quota. The router never sees a topic alias.
+//! It owns what belongs to one network connection rather than to the session: the CONNECT
+//! phase ([`first_packet`], the refusing CONNACK [`refusal`]), the packet sequence (CONNECT
+//! first and once, CONNACK before any PINGRESP), the keep-alive limit, topic aliases in both
+//! directions, the inbound Receive Maximum quota and PUBLISH rate, and the one list of
+//! [`Violation`]s that end a connection. The router never sees a topic alias or a PINGREQ.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use makelaar_proto::{Connect, Packet, ProtocolVersion, QoS, ReasonCode};
+use makelaar_proto::{Connect, Packet, ProtocolVersion, QoS};
 
 use crate::limits::Limits;
 use crate::rate::TokenBucket;
 
-/// Why a connection must be closed: the reason code for a 5.0 DISCONNECT and a log text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub reason: ReasonCode,
-    pub text: &'static str,
-}
-
-impl Violation {
-    fn new(reason: ReasonCode, text: &'static str) -> Violation {
-        Violation { reason, text }
-    }
-}
+mod opening;
+mod violation;
+pub use opening::{first_packet, refusal, Opening, MAX_CONNECT_SIZE};
+pub use violation::Violation;
 
 /// The keep-alive the server applies: the client's, unless a maximum is configured and the
 /// client asks for more or for none; 5.0 clients are then told with Server Keep Alive
@@ -40,12 +36,45 @@ pub fn effective_keep_alive(connect: &Connect, limits: &Limits) -> (u16, Option<
     }
 }
 
+/// What the shell does after writing a packet to the client (see [`ConnState::outbound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Outbound {
+    /// Carry on.
+    Continue,
+    /// It was the CONNACK accepting the client: now write this many PINGRESP, owed for the
+    /// PINGREQs that came before it [MQTT-3.2.0-1].
+    PingResps(u8),
+    /// It was a refusing CONNACK: write nothing more, close, for this reason
+    /// [MQTT-3.2.2-7].
+    Close(makelaar_proto::ReasonCode),
+}
+
+/// What the shell does with a packet from the client that passed [`ConnState::inbound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// Forward it to the router.
+    Route,
+    /// PINGREQ: answer PINGRESP now [MQTT-3.12.4-1].
+    PingResp,
+    /// PINGREQ before the CONNACK went out: the CONNACK must be the first packet the server
+    /// sends [MQTT-3.2.0-1], so the PINGRESP is owed (see [`Outbound::PingResps`]).
+    Owed,
+}
+
+/// One and a half times a keep-alive of `seconds` [MQTT-3.1.2-24]; `None` for 0 (no
+/// keep-alive [MQTT-3.1.2-22]).
+fn silence_limit(seconds: u16) -> Option<Duration> {
+    let k = Duration::from_secs(u64::from(seconds));
+    (seconds > 0).then(|| k + k / 2)
+}
+
 /// Protocol state of one connection after its CONNECT was accepted.
 #[derive(Debug)]
 pub struct ConnState {
     pub version: ProtocolVersion,
-    keep_alive: Option<Duration>,
-    last_received: Instant,
+    /// How long the client may stay silent (see [`ConnState::silence_limit`]).
+    silence_limit: Option<Duration>,
     /// Inbound aliases: index alias-1 → topic [MQTT-3.3.2-12].
     inbound_aliases: Vec<Option<Arc<str>>>,
     /// Outbound aliases given to topics so far, up to the client's Topic Alias Maximum.
@@ -57,6 +86,10 @@ pub struct ConnState {
     inbound_qos2: Vec<u16>,
     /// PUBLISH packets per second, when `max_publish_rate` is set.
     publish_rate: Option<TokenBucket>,
+    /// The CONNACK accepting the client went out.
+    connack_sent: bool,
+    /// PINGREQs received before that, each owed a PINGRESP right after it.
+    pings_owed: u8,
 }
 
 impl ConnState {
@@ -70,8 +103,7 @@ impl ConnState {
         };
         ConnState {
             version: connect.protocol,
-            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
-            last_received: now,
+            silence_limit: silence_limit(keep_alive),
             inbound_aliases: vec![None; usize::from(alias_slots)],
             outbound_aliases: HashMap::new(),
             outbound_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
@@ -86,58 +118,57 @@ impl ConnState {
             inbound_qos2: Vec::new(),
             publish_rate: (limits.max_publish_rate > 0)
                 .then(|| TokenBucket::new(limits.max_publish_rate, now)),
+            connack_sent: false,
+            pings_owed: 0,
         }
     }
 
-    /// When the connection is to be closed for silence: one and a half times the keep-alive
-    /// after the last packet [MQTT-3.1.2-24].
-    pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        self.silence_limit().map(|limit| self.last_received + limit)
-    }
-
-    /// How long the client may stay silent: one and a half times the keep-alive
-    /// [MQTT-3.1.2-24]; `None` when it asked for no keep-alive.
+    /// How long the client may stay silent before the connection is closed as a
+    /// [`Violation::KeepAliveTimeout`]: one and a half times the keep-alive in force
+    /// [MQTT-3.1.2-24]; `None` when there is none. The shell measures the silence (the
+    /// router's sweep over the outboxes: cheaper than a timer per connection); the limit
+    /// is decided here alone.
     pub fn silence_limit(&self) -> Option<Duration> {
-        self.keep_alive.map(|k| k + k / 2)
+        self.silence_limit
     }
 
     /// Checks and rewrites a packet from the client before it goes to the router: resolves
-    /// topic aliases, counts the Receive Maximum quota, refuses a second CONNECT. `Ok(false)`
-    /// means the packet was handled here (PINGREQ) and needs no routing.
-    pub fn inbound(&mut self, now: Instant, packet: &mut Packet) -> Result<bool, Violation> {
-        self.last_received = now;
+    /// topic aliases, counts the Receive Maximum quota, refuses a second CONNECT, answers
+    /// PINGREQ here (see [`Inbound`]).
+    pub fn inbound(&mut self, now: Instant, packet: &mut Packet) -> Result<Inbound, Violation> {
         match packet {
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
-            Packet::Connect(_) => Err(Violation::new(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::PingReq => Ok(false),
+            Packet::Connect(_) => Err(Violation::SecondConnect),
+            Packet::PingReq => Ok(self.ping()),
             Packet::Publish(p) => {
                 if !p.properties.subscription_identifiers.is_empty() {
                     // [MQTT-3.3.4-6] only the server puts subscription identifiers in PUBLISH.
-                    return Err(Violation::new(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "subscription identifier in a client's PUBLISH",
-                    ));
+                    return Err(Violation::SubscriptionIdFromClient);
                 }
                 if self.publish_rate.as_mut().is_some_and(|b| !b.allow(now)) {
                     // 5.0: DISCONNECT 0x96, "the client is sending messages faster than the
                     // server can accept" (section 3.14.2.1).
-                    return Err(Violation::new(
-                        ReasonCode::MESSAGE_RATE_TOO_HIGH,
-                        "PUBLISH rate above max_publish_rate",
-                    ));
+                    return Err(Violation::PublishRateTooHigh);
                 }
                 self.resolve_alias(p)?;
                 self.count_inbound(p.qos, p.packet_id)?;
-                Ok(true)
+                Ok(Inbound::Route)
             }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(Violation::new(
-                    ReasonCode::PROTOCOL_ERROR,
-                    "a client sent a server-only packet",
-                ))
+                Err(Violation::ServerOnlyPacket)
             }
-            _ => Ok(true),
+            _ => Ok(Inbound::Route),
         }
+    }
+
+    /// A PINGREQ is answered at once, unless the CONNACK has not gone out yet.
+    fn ping(&mut self) -> Inbound {
+        if self.connack_sent {
+            return Inbound::PingResp;
+        }
+        // More than 255 pings before the CONNACK get 255 answers: the client is alive.
+        self.pings_owed = self.pings_owed.saturating_add(1);
+        Inbound::Owed
     }
 
     fn resolve_alias(&mut self, p: &mut makelaar_proto::Publish) -> Result<(), Violation> {
@@ -148,20 +179,12 @@ impl ConnState {
         let slot = usize::from(alias)
             .checked_sub(1)
             .and_then(|i| self.inbound_aliases.get_mut(i))
-            .ok_or(Violation::new(
-                ReasonCode::TOPIC_ALIAS_INVALID,
-                "topic alias out of range",
-            ))?;
+            .ok_or(Violation::TopicAliasOutOfRange)?;
         if p.topic.is_empty() {
             match slot {
                 Some(topic) => p.topic = topic.clone(),
                 // [MQTT-3.3.4-?] an alias that was never set is a protocol error.
-                None => {
-                    return Err(Violation::new(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "topic alias used before it was set",
-                    ))
-                }
+                None => return Err(Violation::TopicAliasUnset),
             }
         } else {
             *slot = Some(p.topic.clone());
@@ -180,24 +203,29 @@ impl ConnState {
         self.inbound_unacked = self.inbound_unacked.saturating_add(1);
         if self.inbound_unacked > self.receive_maximum {
             // [MQTT-3.3.4-9] more unacknowledged QoS 1/2 publishes than our Receive Maximum.
-            return Err(Violation::new(
-                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                "client exceeded the receive maximum",
-            ));
+            return Err(Violation::ReceiveMaximumExceeded);
         }
         Ok(())
     }
 
     /// Rewrites a packet going to the client: frees Receive Maximum slots as acknowledgements
-    /// go out and replaces repeated topics with aliases when the client allows them.
-    pub fn outbound(&mut self, packet: &mut Packet) {
+    /// go out and replaces repeated topics with aliases when the client allows them. Says
+    /// what the shell does once the packet is written.
+    pub fn outbound(&mut self, packet: &mut Packet) -> Outbound {
         match packet {
             Packet::PubAck(_) => self.release_inbound(None),
             Packet::PubRec(a) if a.reason.is_error() => self.release_inbound(Some(a.packet_id)),
             Packet::PubComp(a) => self.release_inbound(Some(a.packet_id)),
             Packet::Publish(p) if self.outbound_alias_max > 0 => self.apply_alias(p),
+            // [MQTT-3.2.2-5] [MQTT-3.2.2-7] nothing may follow a refusing CONNACK.
+            Packet::ConnAck(a) if a.reason.is_error() => return Outbound::Close(a.reason),
+            Packet::ConnAck(_) if !self.connack_sent => {
+                self.connack_sent = true;
+                return Outbound::PingResps(std::mem::take(&mut self.pings_owed));
+            }
             _ => {}
         }
+        Outbound::Continue
     }
 
     fn release_inbound(&mut self, qos2_id: Option<u16>) {
