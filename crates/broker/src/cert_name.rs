@@ -17,22 +17,7 @@ const VERSION: u8 = 0xA0; // [0] EXPLICIT, before the serial number
 /// a valid MQTT username: UTF-8 (UTF8String, PrintableString, IA5String or BMPString) without
 /// U+0000 (Mosquitto refuses a CN with an embedded NUL, too).
 pub fn common_name(der: &[u8]) -> Option<String> {
-    let (tag, cert, _) = tlv(der)?;
-    expect(tag, SEQUENCE)?;
-    let (tag, tbs, _) = tlv(cert)?;
-    expect(tag, SEQUENCE)?;
-    let mut rest = tbs;
-    let (tag, _, after) = tlv(rest)?;
-    if tag == VERSION {
-        rest = after;
-    }
-    // serialNumber, signature, issuer, validity, then the subject.
-    for _ in 0..4 {
-        let (_, _, after) = tlv(rest)?;
-        rest = after;
-    }
-    let (tag, subject, _) = tlv(rest)?;
-    expect(tag, SEQUENCE)?;
+    let (_, subject) = issuer_and_subject(der)?;
     first_cn(subject)
 }
 

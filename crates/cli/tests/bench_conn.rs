@@ -39,7 +39,8 @@ impl Drop for Broker {
     }
 }
 
-fn tls_broker(certs: &Path) -> Broker {
+/// `makelaar serve --in-memory` with one listener of `scheme` and `args` added.
+fn broker(scheme: &str, args: &[&Path]) -> Broker {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -47,11 +48,8 @@ fn tls_broker(certs: &Path) -> Broker {
         .port();
     let child = Command::new(BIN)
         .args(["serve", "--in-memory", "--sys-interval", "0", "--listen"])
-        .arg(format!("mqtts://127.0.0.1:{port}"))
-        .arg("--cert")
-        .arg(certs.join("server.crt"))
-        .arg("--key")
-        .arg(certs.join("server.key"))
+        .arg(format!("{scheme}://127.0.0.1:{port}"))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -63,6 +61,14 @@ fn tls_broker(certs: &Path) -> Broker {
         thread::sleep(Duration::from_millis(20));
     }
     Broker { child, port }
+}
+
+fn tls_broker(certs: &Path) -> Broker {
+    let (cert, key) = (certs.join("server.crt"), certs.join("server.key"));
+    broker(
+        "mqtts",
+        &[Path::new("--cert"), &cert, Path::new("--key"), &key],
+    )
 }
 
 /// Runs `makelaar bench conn ... --json` and returns its report.
@@ -105,25 +111,8 @@ fn tls_connections_make_full_handshakes_unless_told_to_resume() {
 
 #[test]
 fn plain_connections_have_no_tls_report() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let mut child = Command::new(BIN)
-        .args(["serve", "--in-memory", "--sys-interval", "0", "--listen"])
-        .arg(format!("mqtt://127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the broker does not listen");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let report = bench_conn(&["-p", &port.to_string(), "-c", "5", "-t", "idle/%i"]);
-    let _ = child.kill();
-    let _ = child.wait();
+    let broker = broker("mqtt", &[]);
+    let report = bench_conn(&["-p", &broker.port.to_string(), "-c", "5", "-t", "idle/%i"]);
     assert_eq!(report["connections"], 5);
     assert_eq!(report["params"]["tls"], false);
     assert!(report["tls"].is_null());
