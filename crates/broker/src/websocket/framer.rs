@@ -14,6 +14,8 @@
 //! whole packet; a fixed header cut in two is held (at most four bytes) until the rest comes.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use makelaar_proto::Decoder;
+
 use super::frame;
 
 /// The longest fixed header: the type byte and a Remaining Length of four bytes.
@@ -76,37 +78,30 @@ impl Framer {
     }
 
     /// Takes fixed-header bytes from `input`: how many it used, and the Remaining Length once
-    /// the header is complete.
+    /// the header is complete (read by the codec's own fixed-header parser).
     fn gather_header(&mut self, input: &[u8]) -> (usize, Option<usize>) {
         let mut used = 0;
         for &b in input {
             let at = usize::from(self.head_len);
-            if let Some(slot) = self.head.get_mut(at) {
-                *slot = b;
-            }
+            let Some(slot) = self.head.get_mut(at) else {
+                break;
+            };
+            *slot = b;
             self.head_len += 1;
             used += 1;
-            // [MQTT-1.5.5] the Remaining Length is a variable byte integer: its last byte has
-            // the top bit clear, and it has at most four bytes. The connection task encodes
-            // nothing longer; should a fourth byte still have the bit set, the header ends
-            // there all the same rather than running on.
-            let length_bytes = at; // byte 0 is the packet type
-            if length_bytes >= 1 && (b & 0x80 == 0 || length_bytes == MAX_FIXED_HEADER - 1) {
-                return (used, Some(self.remaining_length()));
+            let head = self.head.get(..=at).unwrap_or_default();
+            if let Some(total) = Decoder::pending_packet_len(head) {
+                return (used, Some(total.saturating_sub(head.len())));
+            }
+            if head.len() == MAX_FIXED_HEADER {
+                // [MQTT-1.5.5] at most four length bytes: the connection task encodes nothing
+                // longer, so this is a broken invariant; the header ends here all the same
+                // rather than running on.
+                debug_assert!(false, "fixed header longer than {MAX_FIXED_HEADER} bytes");
+                return (used, Some(0));
             }
         }
         (used, None)
-    }
-
-    fn remaining_length(&self) -> usize {
-        let length = self
-            .head
-            .get(1..usize::from(self.head_len))
-            .unwrap_or_default();
-        length
-            .iter()
-            .rev()
-            .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7F))
     }
 }
 
