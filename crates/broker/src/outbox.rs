@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
+use makelaar_core::message::queued_cost;
 use makelaar_core::CloseReason;
 use makelaar_proto::{Packet, QoS};
 
@@ -71,14 +72,6 @@ pub struct Outbox {
     expired: AtomicBool,
     /// The router asked the connection to drain (`core::Action::Drain`).
     drain_asked: AtomicBool,
-}
-
-/// Estimated memory a packet holds while queued.
-fn cost(p: &Packet) -> usize {
-    match p {
-        Packet::Publish(p) => p.topic.len() + p.payload.len() + 64,
-        _ => 64,
-    }
 }
 
 impl Outbox {
@@ -138,7 +131,7 @@ impl Outbox {
     /// [`Outbox::wake`], once for a whole batch. A QoS 0 PUBLISH over `budget` bytes already
     /// queued is refused.
     pub fn push_quiet(&self, packet: Packet, budget: usize) -> Result<(), Refused> {
-        let c = cost(&packet);
+        let c = queued_cost(&packet);
         {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             if inner.close.is_some() {
@@ -227,7 +220,7 @@ impl Outbox {
         let n = inner.packets.len().min(max);
         let mut freed = 0;
         for p in inner.packets.drain(..n) {
-            freed += cost(&p);
+            freed += queued_cost(&p);
             out.packets.push_back(p);
         }
         inner.bytes = inner.bytes.saturating_sub(freed);

@@ -117,3 +117,13 @@ pub struct Delivery {
     /// see [`crate::persist`].
     pub seq: u64,
 }
+
+/// Estimated memory a packet holds while it waits in a queue (topic and payload, plus a fixed
+/// share for the rest): what the shell's outboxes and the core's parked CONNECTs count
+/// against their byte budgets.
+pub fn queued_cost(p: &makelaar_proto::Packet) -> usize {
+    match p {
+        makelaar_proto::Packet::Publish(p) => p.topic.len() + p.payload.len() + 64,
+        _ => 64,
+    }
+}

@@ -27,6 +27,7 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 
 use super::timers::DrainKey;
 use super::{Action, Broker};
+use crate::message::queued_cost;
 use crate::session::ConnId;
 
 /// How long a parked CONNECT waits for the old connection to drain before it is decided
@@ -55,14 +56,6 @@ pub(super) struct Waiting {
     /// The deadline armed for this wait in the broker's timers.
     deadline: DrainKey,
     queue: VecDeque<Parked>,
-}
-
-/// Estimated memory a held packet takes.
-fn held_cost(p: &Packet) -> usize {
-    match p {
-        Packet::Publish(p) => p.topic.len() + p.payload.len() + 64,
-        _ => 64,
-    }
 }
 
 impl Broker {
@@ -160,7 +153,7 @@ impl Broker {
         let Some(id) = self.parked_ids.get(&conn).cloned() else {
             return Some(packet);
         };
-        let cost = held_cost(&packet);
+        let cost = queued_cost(&packet);
         let over = self
             .parked
             .get(&id)

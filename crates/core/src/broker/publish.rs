@@ -180,9 +180,7 @@ impl Broker {
     /// [MQTT-3.3.1-10] [MQTT-3.3.1-11].
     pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
-            if let Some(old) = self.retained.remove(&msg.topic) {
-                self.timers
-                    .retained_replaced(&msg.topic, old.expires_at, None);
+            if let Some(old) = self.take_retained(&msg.topic) {
                 self.retained_bytes = self.retained_bytes.saturating_sub(old.weight());
                 self.journal_retained(&msg.topic, None, Some(&old));
             }
@@ -210,6 +208,13 @@ impl Broker {
         let old_at = old.as_ref().and_then(|m| m.expires_at);
         self.timers.retained_replaced(&topic, old_at, expires_at);
         old
+    }
+
+    /// Removes the retained message of `topic` with its expiry timer; returns it.
+    fn take_retained(&mut self, topic: &str) -> Option<Arc<Message>> {
+        let old = self.retained.remove(topic)?;
+        self.timers.retained_replaced(topic, old.expires_at, None);
+        Some(old)
     }
 
     /// Removes the retained message of `topic` when its expiry timer fires: it is never sent
