@@ -32,7 +32,8 @@ impl Broker {
         if assigned {
             // A new id: nobody holds it, nothing to wait for.
             connect.client_id = self.assign_client_id();
-            self.decide_connect(now, conn, connect, true);
+            let client_id = Arc::from(connect.client_id.as_str());
+            self.decide_connect(now, conn, client_id, connect, true);
             return;
         }
         let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
@@ -41,7 +42,7 @@ impl Broker {
         if self.must_wait(&client_id) {
             self.park(now, conn, &client_id, connect);
         } else {
-            self.decide_connect(now, conn, connect, false);
+            self.decide_connect(now, conn, client_id, connect, false);
         }
     }
 
@@ -51,11 +52,11 @@ impl Broker {
         &mut self,
         now: Instant,
         conn: ConnId,
+        client_id: Arc<str>,
         connect: Connect,
         assigned: bool,
     ) {
         let v5 = connect.protocol.is_v5();
-        let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
         let existing = self.sessions.by_client_id(&client_id);
         let is_takeover = existing.is_some_and(|i| self.session(i).is_ok_and(|s| s.conn.is_some()));
         let max = self.limits.max_connections;

@@ -87,7 +87,7 @@ impl Broker {
         }
         let Some(old) = self.live_conn_of(client_id) else {
             // Not held after all: decided now.
-            self.decide_connect(now, conn, *parked.connect, false);
+            self.decide_connect(now, conn, client_id.clone(), *parked.connect, false);
             return;
         };
         let deadline = self.arm_drain(now, client_id);
@@ -216,7 +216,7 @@ impl Broker {
         self.timers.cancel_drain(w.deadline);
         while let Some(p) = w.queue.pop_front() {
             self.parked_ids.remove(&p.conn);
-            self.decide_connect(now, p.conn, *p.connect, false);
+            self.decide_connect(now, p.conn, client_id.clone(), *p.connect, false);
             for packet in p.held {
                 self.handle_packet(now, p.conn, packet);
             }
