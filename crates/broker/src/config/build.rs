@@ -71,6 +71,8 @@ impl ConfigFile {
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            // `[[bridge]]` tables are read by the bridge work (issue 13); none until then.
+            bridges: Vec::new(),
         })
     }
 }

@@ -8,6 +8,7 @@
 //! Every error is a [`ConfigError`] whose message is one sentence naming the thing that is wrong
 //! and how to fix it; errors found while parsing the file carry `file:line:column`.
 
+mod bridge;
 mod build;
 mod dashboard;
 mod defaults;
@@ -27,6 +28,7 @@ use makelaar_core::Limits;
 pub use makelaar_store::Durability;
 
 pub use crate::forwarded::Network;
+pub use bridge::*;
 pub use dashboard::{DashboardConfig, DashboardTable};
 pub use file::{ConfigFile, ListenerTable, LogFormat};
 use listen::de_listen;
@@ -102,6 +104,8 @@ pub struct Config {
     pub acl_file: Option<PathBuf>,
     /// The web dashboard on the HTTP listeners (`[dashboard]`).
     pub dashboard: DashboardConfig,
+    /// Bridges to other brokers (`[[bridge]]`, or `connection` sections of mosquitto.conf).
+    pub bridges: Vec<BridgeConfig>,
 }
 
 impl Default for Config {
@@ -122,6 +126,7 @@ impl Default for Config {
             will_on_takeover: WillOnTakeover::Spec,
             acl_file: None,
             dashboard: DashboardConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }
