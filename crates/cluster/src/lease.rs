@@ -1,0 +1,259 @@
+//! Node leases, sans-IO: when to refresh our own, when a peer's has expired, when we must
+//! stop serving because ours may have, and which survivor publishes a dead node's wills.
+//!
+//! Each node writes its [`NodeLease`](crate::record::NodeLease) into the `leases` bucket every
+//! [`LeaseConfig::refresh`]; the bucket's entries expire [`LeaseConfig::ttl`] after their last
+//! write. Peers are judged by this node's own clock: a peer is expired when no write of its
+//! lease was seen for `ttl` (no clocks are compared across hosts).
+//!
+//! Leases are not locks (rule 3 of docs/cluster.md): an expired peer may still be running.
+//! What it can no longer do is write: every session write is compare-and-set on the revision
+//! it read ([`crate::takeover::Fence`]). And a node that cannot refresh its own lease stops
+//! serving before the lease could expire for the others ([`OwnLease::poll`] says
+//! [`OwnState::StepDown`] after `ttl - margin`), so its clients move to a node that can.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::ids::NodeId;
+
+/// The lease timings, the same on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How often a node writes its lease.
+    pub refresh: Duration,
+    /// How long a lease lives after its last write; longer than a JetStream leader election.
+    pub ttl: Duration,
+    /// How long before `ttl` a node that could not refresh stops serving.
+    pub margin: Duration,
+}
+
+/// Why a lease configuration is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseConfigError {
+    /// The refresh interval is zero.
+    #[error("lease refresh interval must be more than zero")]
+    ZeroRefresh,
+    /// TTL − margin leaves no room for two missed refreshes.
+    #[error("lease ttl minus margin must be at least three refresh intervals")]
+    TooShort,
+}
+
+impl Default for LeaseConfig {
+    /// Refresh every 2 s, live 15 s, step down at 10 s without a refresh.
+    fn default() -> Self {
+        LeaseConfig {
+            refresh: Duration::from_secs(2),
+            ttl: Duration::from_secs(15),
+            margin: Duration::from_secs(5),
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// Checks the timings: `ttl - margin >= 3 × refresh`, so two refreshes may fail in a row
+    /// before a node steps down.
+    pub fn validate(self) -> Result<LeaseConfig, LeaseConfigError> {
+        if self.refresh.is_zero() {
+            return Err(LeaseConfigError::ZeroRefresh);
+        }
+        let room = self.ttl.saturating_sub(self.margin);
+        if room < self.refresh.saturating_mul(3) {
+            return Err(LeaseConfigError::TooShort);
+        }
+        Ok(self)
+    }
+}
+
+/// What this node should do about its own lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnState {
+    /// Nothing before the instant given.
+    Idle(Instant),
+    /// Write the lease now.
+    Refresh,
+    /// The last successful write is older than `ttl - margin`: stop acknowledging and
+    /// accepting, disconnect the clients (rule 5 of docs/cluster.md).
+    StepDown,
+}
+
+/// This node's lease.
+#[derive(Debug, Clone)]
+pub struct OwnLease {
+    config: LeaseConfig,
+    /// The last write the engine confirmed (measured from when it was sent).
+    confirmed: Option<Instant>,
+    /// A write is on its way, sent at this instant.
+    in_flight: Option<Instant>,
+    next: Instant,
+}
+
+impl OwnLease {
+    /// A lease to be written at once.
+    pub fn new(config: LeaseConfig, now: Instant) -> OwnLease {
+        OwnLease {
+            config,
+            confirmed: None,
+            in_flight: None,
+            next: now,
+        }
+    }
+
+    /// The next thing to do. `Refresh` is returned once per due write; call
+    /// [`OwnLease::handle_written`] or [`OwnLease::handle_failed`] with its outcome.
+    pub fn poll(&mut self, now: Instant) -> OwnState {
+        if let Some(at) = self.confirmed {
+            let limit = self.config.ttl.saturating_sub(self.config.margin);
+            if now.saturating_duration_since(at) >= limit {
+                return OwnState::StepDown;
+            }
+        }
+        if self.in_flight.is_none() && now >= self.next {
+            self.in_flight = Some(now);
+            return OwnState::Refresh;
+        }
+        OwnState::Idle(self.next.max(now))
+    }
+
+    /// The engine confirmed the write sent at the last `Refresh`.
+    pub fn handle_written(&mut self, _now: Instant) {
+        if let Some(sent) = self.in_flight.take() {
+            // The lease lives from when the write was sent at the latest: count from there.
+            self.confirmed = Some(self.confirmed.map_or(sent, |c| c.max(sent)));
+            self.next = sent + self.config.refresh;
+        }
+    }
+
+    /// The write failed: try again after one refresh interval.
+    pub fn handle_failed(&mut self, now: Instant) {
+        self.in_flight = None;
+        self.next = now + self.config.refresh;
+    }
+
+    /// Whether this node holds a lease that is not yet to be given up.
+    pub fn is_serving(&self, now: Instant) -> bool {
+        self.confirmed.is_some_and(|at| {
+            now.saturating_duration_since(at) < self.config.ttl.saturating_sub(self.config.margin)
+        })
+    }
+}
+
+/// What is known of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Peer {
+    incarnation: u64,
+    seen: Instant,
+    reported: bool,
+}
+
+/// A peer whose lease has expired: its wills are to be published by one survivor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// The node.
+    pub node: NodeId,
+    /// The incarnation whose lease expired.
+    pub incarnation: u64,
+}
+
+impl Expired {
+    /// The key in the `reapers` bucket that survivors create, compare-and-set (create only if
+    /// absent): the one whose create succeeds publishes the dead node's due wills and marks
+    /// its sessions offline; the others leave it. One key per dead incarnation, so a node that
+    /// restarts and dies again is reaped again.
+    pub fn reaper_key(&self) -> String {
+        format!("{}.{}", self.node, self.incarnation)
+    }
+}
+
+/// The peers' leases as this node sees them.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    config: LeaseConfig,
+    me: NodeId,
+    peers: HashMap<NodeId, Peer>,
+}
+
+impl Leases {
+    /// No peer known yet.
+    pub fn new(config: LeaseConfig, me: NodeId) -> Leases {
+        Leases {
+            config,
+            me,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// A write of `node`'s lease was seen (watch or read). A new incarnation replaces the
+    /// old one, which is reported expired first if it was not yet: the old incarnation died
+    /// (its connections are gone) even though the name is alive again.
+    pub fn handle_seen(&mut self, node: &NodeId, incarnation: u64, now: Instant) -> Option<Expired> {
+        if *node == self.me {
+            return None;
+        }
+        let fresh = Peer {
+            incarnation,
+            seen: now,
+            reported: false,
+        };
+        match self.peers.insert(node.clone(), fresh) {
+            Some(old) if old.incarnation != incarnation && !old.reported => Some(Expired {
+                node: node.clone(),
+                incarnation: old.incarnation,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether `node` in `incarnation` holds a live lease (this node counts as live).
+    pub fn is_alive(&self, node: &NodeId, incarnation: u64, now: Instant) -> bool {
+        if *node == self.me {
+            return true;
+        }
+        self.peers.get(node).is_some_and(|p| {
+            p.incarnation == incarnation && now.saturating_duration_since(p.seen) < self.config.ttl
+        })
+    }
+
+    /// The peers whose lease expired since the last call, each incarnation reported once.
+    pub fn poll_expired(&mut self, now: Instant) -> Vec<Expired> {
+        let ttl = self.config.ttl;
+        let mut out: Vec<Expired> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| !p.reported && now.saturating_duration_since(p.seen) >= ttl)
+            .map(|(n, p)| {
+                p.reported = true;
+                Expired {
+                    node: n.clone(),
+                    incarnation: p.incarnation,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+
+    /// The earliest instant at which a known live peer would expire.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter(|p| !p.reported)
+            .map(|p| p.seen + self.config.ttl)
+            .min()
+    }
+
+    /// The peers with a live lease, in name order.
+    pub fn alive(&self, now: Instant) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.seen) < self.config.ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests;

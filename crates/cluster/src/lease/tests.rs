@@ -1,0 +1,107 @@
+use super::*;
+
+fn n(name: &str) -> NodeId {
+    NodeId::new(name).unwrap()
+}
+
+fn cfg() -> LeaseConfig {
+    LeaseConfig::default().validate().unwrap()
+}
+
+#[test]
+fn config_checks() {
+    assert!(LeaseConfig::default().validate().is_ok());
+    let bad = LeaseConfig {
+        refresh: Duration::from_secs(5),
+        ttl: Duration::from_secs(15),
+        margin: Duration::from_secs(5),
+    };
+    assert_eq!(bad.validate(), Err(LeaseConfigError::TooShort));
+    let zero = LeaseConfig {
+        refresh: Duration::ZERO,
+        ..LeaseConfig::default()
+    };
+    assert_eq!(zero.validate(), Err(LeaseConfigError::ZeroRefresh));
+}
+
+#[test]
+fn own_lease_refreshes_on_time() {
+    let t0 = Instant::now();
+    let mut l = OwnLease::new(cfg(), t0);
+    assert!(!l.is_serving(t0));
+    assert_eq!(l.poll(t0), OwnState::Refresh);
+    // One write at a time.
+    assert!(matches!(l.poll(t0), OwnState::Idle(_)));
+    l.handle_written(t0 + Duration::from_millis(3));
+    assert!(l.is_serving(t0 + Duration::from_millis(3)));
+    assert_eq!(l.poll(t0 + Duration::from_secs(1)), OwnState::Idle(t0 + Duration::from_secs(2)));
+    assert_eq!(l.poll(t0 + Duration::from_secs(2)), OwnState::Refresh);
+}
+
+#[test]
+fn own_lease_steps_down_before_others_see_it_expire() {
+    let t0 = Instant::now();
+    let mut l = OwnLease::new(cfg(), t0);
+    assert_eq!(l.poll(t0), OwnState::Refresh);
+    l.handle_written(t0);
+    // Every later write fails: the engine is unreachable from here.
+    let mut t = t0;
+    loop {
+        t += Duration::from_millis(500);
+        match l.poll(t) {
+            OwnState::Refresh => l.handle_failed(t),
+            OwnState::Idle(_) => {}
+            OwnState::StepDown => break,
+        }
+    }
+    // ttl 15 s − margin 5 s: down at 10 s, 5 s before any peer can call the lease expired.
+    assert_eq!(t - t0, Duration::from_secs(10));
+    assert!(!l.is_serving(t));
+}
+
+#[test]
+fn peers_expire_once_per_incarnation() {
+    let t0 = Instant::now();
+    let mut leases = Leases::new(cfg(), n("m1"));
+    assert_eq!(leases.handle_seen(&n("m1"), 1, t0), None);
+    assert_eq!(leases.handle_seen(&n("m2"), 10, t0), None);
+    assert_eq!(leases.handle_seen(&n("m3"), 20, t0), None);
+    assert!(leases.is_alive(&n("m2"), 10, t0));
+    assert!(!leases.is_alive(&n("m2"), 11, t0));
+    assert!(leases.is_alive(&n("m1"), 1, t0));
+    // m3 keeps refreshing, m2 stops.
+    for s in (2..=14).step_by(2) {
+        leases.handle_seen(&n("m3"), 20, t0 + Duration::from_secs(s));
+    }
+    assert!(leases.poll_expired(t0 + Duration::from_secs(14)).is_empty());
+    assert_eq!(leases.next_deadline(), Some(t0 + Duration::from_secs(15)));
+    let expired = leases.poll_expired(t0 + Duration::from_secs(15));
+    assert_eq!(
+        expired,
+        vec![Expired {
+            node: n("m2"),
+            incarnation: 10
+        }]
+    );
+    assert_eq!(expired[0].reaper_key(), "m2.10");
+    assert!(leases.poll_expired(t0 + Duration::from_secs(16)).is_empty());
+    assert!(!leases.is_alive(&n("m2"), 10, t0 + Duration::from_secs(15)));
+    assert_eq!(leases.alive(t0 + Duration::from_secs(15)), vec![n("m3")]);
+}
+
+#[test]
+fn a_restarted_peer_reports_its_old_incarnation() {
+    let t0 = Instant::now();
+    let mut leases = Leases::new(cfg(), n("m1"));
+    leases.handle_seen(&n("m2"), 10, t0);
+    // m2 restarts within the TTL: the old incarnation died all the same.
+    let e = leases.handle_seen(&n("m2"), 11, t0 + Duration::from_secs(3));
+    assert_eq!(
+        e,
+        Some(Expired {
+            node: n("m2"),
+            incarnation: 10
+        })
+    );
+    assert!(leases.is_alive(&n("m2"), 11, t0 + Duration::from_secs(3)));
+}

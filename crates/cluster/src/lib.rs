@@ -1,0 +1,27 @@
+//! Makelaar as a cluster on NATS JetStream (issue 14; docs/cluster.md).
+//!
+//! The sans-IO parts, plain data and functions with the time passed in:
+//!
+//! - [`subject`]: MQTT topics and filters as NATS subjects, total and reversible;
+//! - [`partition`]: which of the P partition streams a topic's QoS 1/2 messages go to;
+//! - [`takeover`]: claiming a client id by compare-and-set, hand-over from a live owner,
+//!   fencing of session writes;
+//! - [`lease`]: node leases, expired peers, stepping down, the survivor that reaps;
+//! - [`record`]: the session record, registry entry and lease, versioned binary forms.
+//!
+//! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats), and
+//! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
+//! subscribe, claim a client id, load or store a session; nothing here knows the broker.
+
+pub mod backend;
+pub mod codec;
+pub mod ids;
+pub mod kv;
+pub mod lease;
+pub mod nats;
+pub mod partition;
+pub mod record;
+pub mod subject;
+pub mod takeover;
+
+pub use ids::{ClientKey, NodeId, Revision};

@@ -1,0 +1,173 @@
+use super::*;
+use proptest::prelude::*;
+
+fn qos() -> impl Strategy<Value = QoS> {
+    prop::sample::select(vec![QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce])
+}
+
+fn node() -> impl Strategy<Value = NodeId> {
+    "[A-Za-z0-9_-]{1,64}".prop_map(|n| NodeId::new(&n).unwrap())
+}
+
+fn subscription() -> impl Strategy<Value = StoredSubscription> {
+    (
+        "\\PC{1,30}",
+        qos(),
+        any::<bool>(),
+        any::<bool>(),
+        prop::sample::select(vec![
+            RetainHandling::SendAtSubscribe,
+            RetainHandling::SendIfNew,
+            RetainHandling::DoNotSend,
+        ]),
+        prop::option::of(1u32..=268_435_455),
+    )
+        .prop_map(|(filter, qos, no_local, rap, rh, identifier)| StoredSubscription {
+            filter,
+            options: SubscriptionOptions {
+                qos,
+                no_local,
+                retain_as_published: rap,
+                retain_handling: rh,
+            },
+            identifier,
+        })
+}
+
+fn will() -> impl Strategy<Value = StoredWill> {
+    (
+        (
+            "\\PC{1,30}",
+            prop::collection::vec(any::<u8>(), 0..64),
+            qos(),
+            any::<bool>(),
+            any::<u32>(),
+            prop::option::of(any::<u32>()),
+        ),
+        (
+            any::<bool>(),
+            prop::option::of("\\PC{0,10}"),
+            prop::option::of("\\PC{1,10}"),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..16)),
+            prop::collection::vec(("\\PC{0,8}", "\\PC{0,8}"), 0..4),
+        ),
+    )
+        .prop_map(
+            |((topic, payload, qos, retain, delay, message_expiry), (utf8, ct, rt, cd, up))| {
+                StoredWill {
+                    topic,
+                    payload: payload.into(),
+                    qos,
+                    retain,
+                    delay,
+                    message_expiry,
+                    payload_utf8: utf8,
+                    content_type: ct,
+                    response_topic: rt,
+                    correlation_data: cd.map(Into::into),
+                    user_properties: up,
+                }
+            },
+        )
+}
+
+fn record() -> impl Strategy<Value = SessionRecord> {
+    (
+        (
+            node(),
+            any::<u64>(),
+            3u8..=5,
+            any::<u32>(),
+            prop::option::of(any::<u64>()),
+        ),
+        (
+            prop::collection::vec(subscription(), 0..5),
+            prop::option::of(will()),
+            prop::collection::vec(
+                (any::<u16>(), any::<u64>()).prop_map(|(partition, next)| Cursor { partition, next }),
+                0..8,
+            ),
+            prop::collection::vec(
+                (
+                    any::<u16>(),
+                    any::<u16>(),
+                    any::<u64>(),
+                    prop::sample::select(vec![
+                        OutboundState::AwaitPuback,
+                        OutboundState::AwaitPubrec,
+                        OutboundState::AwaitPubcomp,
+                    ]),
+                )
+                    .prop_map(|(packet_id, partition, seq, state)| Outbound {
+                        packet_id,
+                        partition,
+                        seq,
+                        state,
+                    }),
+                0..6,
+            ),
+            prop::collection::vec(any::<u16>(), 0..6),
+        ),
+    )
+        .prop_map(
+            |((node, claim, protocol, expiry_interval, disconnected_at_ms), (subscriptions, will, cursors, outbound, inbound_qos2))| {
+                SessionRecord {
+                    node,
+                    claim,
+                    protocol,
+                    expiry_interval,
+                    disconnected_at_ms,
+                    subscriptions,
+                    will,
+                    cursors,
+                    outbound,
+                    inbound_qos2,
+                }
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn session_record_round_trip(r in record()) {
+        let data = r.encode();
+        prop_assert_eq!(SessionRecord::decode(&data), Ok(r));
+    }
+
+    #[test]
+    fn truncated_records_are_refused(r in record(), cut in any::<prop::sample::Index>()) {
+        let data = r.encode();
+        let cut = cut.index(data.len());
+        prop_assert!(SessionRecord::decode(&data[..cut]).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = SessionRecord::decode(&data);
+        let _ = RegistryEntry::decode(&data);
+        let _ = NodeLease::decode(&data);
+    }
+
+    #[test]
+    fn registry_and_lease_round_trip(n in node(), inc in any::<u64>(), connected in any::<bool>()) {
+        let e = RegistryEntry { node: n.clone(), incarnation: inc, connected };
+        prop_assert_eq!(RegistryEntry::decode(&e.encode()), Ok(e));
+        let l = NodeLease { node: n, incarnation: inc };
+        prop_assert_eq!(NodeLease::decode(&l.encode()), Ok(l));
+    }
+}
+
+#[test]
+fn versions_and_trailing_bytes() {
+    let e = RegistryEntry {
+        node: NodeId::new("m1").unwrap(),
+        incarnation: 7,
+        connected: true,
+    };
+    let mut data = e.encode().to_vec();
+    assert_eq!(data, [1, 2, b'm', b'1', 7, 1]);
+    data.push(0);
+    assert_eq!(RegistryEntry::decode(&data), Err(DecodeError::Trailing));
+    data[0] = 2;
+    assert_eq!(RegistryEntry::decode(&data), Err(DecodeError::UnknownVersion(2)));
+}

@@ -1,0 +1,269 @@
+//! Claiming a client id across the cluster, sans-IO, and fencing the session writes.
+//!
+//! Client ids are unique across the cluster ([MQTT-3.1.4-3]: a second connection with the
+//! same id takes the session over and the first is closed). The `registry` bucket maps each
+//! client id to a [`RegistryEntry`]: the owning node, its incarnation, whether a connection
+//! is open there. A node claims an id by compare-and-set on that entry:
+//!
+//! | the entry read | what [`Claim`] asks for |
+//! |---|---|
+//! | none (a free id) | create it (only if still absent) |
+//! | ours, or not connected anywhere | update it (compare-and-set on the revision read) |
+//! | owner's lease expired ([`crate::lease::Leases::is_alive`] says no) | update it directly |
+//! | a live connection on another node | ask that node to close it (5.0: DISCONNECT 0x8E, Session taken over) and hand the session over; wait for its answer until a deadline; then read again and update |
+//!
+//! A create or update that loses a race (someone else wrote first: a conflict) starts over
+//! with a fresh read, up to [`ClaimConfig::max_attempts`]. Two nodes claiming at once: one
+//! wins the compare-and-set, the other reads the winner's entry and asks it to hand over, so
+//! the last CONNECT wins as on a single broker.
+//!
+//! If the owner does not answer by the deadline, the claim goes ahead anyway: the owner is
+//! fenced. Every write of a session record carries the revision it read ([`Fence`]); the new
+//! owner writes the record once right after its claim, so any later write of the old owner
+//! fails its compare-and-set and tells it that it lost the session.
+
+use std::time::{Duration, Instant};
+
+use crate::ids::{NodeId, Revision};
+use crate::record::RegistryEntry;
+
+/// Timings and bounds of a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimConfig {
+    /// How long to wait for the owning node to close its connection and hand over.
+    pub handover_timeout: Duration,
+    /// How many compare-and-set conflicts before giving up.
+    pub max_attempts: u32,
+}
+
+impl Default for ClaimConfig {
+    /// 3 s for a hand-over, 8 attempts.
+    fn default() -> Self {
+        ClaimConfig {
+            handover_timeout: Duration::from_secs(3),
+            max_attempts: 8,
+        }
+    }
+}
+
+/// What the claim needs done next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimStep {
+    /// Read the registry entry; answer with [`Claim::handle_read`].
+    Read,
+    /// Create the entry only if absent; answer with [`Claim::handle_written`].
+    Create(RegistryEntry),
+    /// Replace the entry if its revision is still the one given; answer with
+    /// [`Claim::handle_written`].
+    Update(RegistryEntry, Revision),
+    /// Ask `owner` to close its connection for this id (0x8E) and hand the session over;
+    /// answer with [`Claim::handle_released`] when it has (or not at all: the deadline
+    /// covers a silent owner).
+    AskRelease {
+        /// The node holding the connection.
+        owner: NodeId,
+        /// The registry revision seen: the owner compares it with its own.
+        revision: Revision,
+    },
+    /// Nothing to do until an answer arrives or the instant passes.
+    Wait(Instant),
+    /// The claim is over.
+    Done(Result<Claimed, ClaimError>),
+}
+
+/// A successful claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The registry revision written: the fencing epoch of the new connection.
+    pub revision: Revision,
+    /// The entry replaced (`None` for a free id).
+    pub previous: Option<RegistryEntry>,
+}
+
+/// Why a claim failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// Lost the compare-and-set race too many times in a row.
+    #[error("client id claim lost {0} compare-and-set races in a row")]
+    Contended(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    NeedRead,
+    Reading,
+    NeedWrite(ClaimStep),
+    Writing { previous: Option<RegistryEntry> },
+    NeedAsk { owner: NodeId, revision: Revision },
+    AwaitRelease { deadline: Instant, revision: Revision },
+    Done(Result<Claimed, ClaimError>),
+}
+
+/// One node's claim of one client id.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    me: RegistryEntry,
+    config: ClaimConfig,
+    state: State,
+    conflicts: u32,
+    /// The revision whose owner was asked and answered or timed out: not asked again.
+    settled: Option<Revision>,
+    /// The entry of the last read.
+    last_read: Option<RegistryEntry>,
+}
+
+impl Claim {
+    /// A claim by `node` (in `incarnation`) for a connection about to open.
+    pub fn new(node: NodeId, incarnation: u64, config: ClaimConfig) -> Claim {
+        Claim {
+            me: RegistryEntry {
+                node,
+                incarnation,
+                connected: true,
+            },
+            config,
+            state: State::NeedRead,
+            conflicts: 0,
+            settled: None,
+            last_read: None,
+        }
+    }
+
+    /// The next step. A step that asks for I/O is returned once; then `Wait` until the
+    /// answer is handled. `Done` is returned for as long as it is asked.
+    pub fn poll(&mut self, now: Instant) -> ClaimStep {
+        match &self.state {
+            State::NeedRead => {
+                self.state = State::Reading;
+                ClaimStep::Read
+            }
+            State::NeedWrite(step) => {
+                let step = step.clone();
+                let previous = match &step {
+                    ClaimStep::Update(_, _) => self.last_read.clone(),
+                    _ => None,
+                };
+                self.state = State::Writing { previous };
+                step
+            }
+            State::NeedAsk { owner, revision } => {
+                let step = ClaimStep::AskRelease {
+                    owner: owner.clone(),
+                    revision: *revision,
+                };
+                self.state = State::AwaitRelease {
+                    deadline: now + self.config.handover_timeout,
+                    revision: *revision,
+                };
+                step
+            }
+            State::AwaitRelease { deadline, revision } => {
+                if now >= *deadline {
+                    // A silent owner: go ahead; it is fenced by the revision.
+                    self.settled = Some(*revision);
+                    self.state = State::Reading;
+                    ClaimStep::Read
+                } else {
+                    ClaimStep::Wait(*deadline)
+                }
+            }
+            State::Reading | State::Writing { .. } => ClaimStep::Wait(now),
+            State::Done(r) => ClaimStep::Done(r.clone()),
+        }
+    }
+
+    /// The registry entry as read (`None`: absent). `alive` says whether a node in an
+    /// incarnation holds a live lease.
+    pub fn handle_read(
+        &mut self,
+        entry: Option<(RegistryEntry, Revision)>,
+        alive: impl Fn(&NodeId, u64) -> bool,
+    ) {
+        if self.state != State::Reading {
+            return;
+        }
+        let Some((entry, revision)) = entry else {
+            self.last_read = None;
+            self.state = State::NeedWrite(ClaimStep::Create(self.me.clone()));
+            return;
+        };
+        let ours = entry.node == self.me.node && entry.incarnation == self.me.incarnation;
+        let free = !entry.connected || !alive(&entry.node, entry.incarnation);
+        let settled = self.settled == Some(revision);
+        self.state = if ours || free || settled {
+            State::NeedWrite(ClaimStep::Update(self.me.clone(), revision))
+        } else {
+            State::NeedAsk {
+                owner: entry.node.clone(),
+                revision,
+            }
+        };
+        self.last_read = Some(entry);
+    }
+
+    /// The outcome of the last create or update: the new revision, or `None` for a
+    /// compare-and-set conflict.
+    pub fn handle_written(&mut self, result: Option<Revision>) {
+        let State::Writing { previous } = &self.state else {
+            return;
+        };
+        self.state = match result {
+            Some(revision) => State::Done(Ok(Claimed {
+                revision,
+                previous: previous.clone(),
+            })),
+            None => {
+                self.conflicts += 1;
+                if self.conflicts >= self.config.max_attempts {
+                    State::Done(Err(ClaimError::Contended(self.conflicts)))
+                } else {
+                    State::NeedRead
+                }
+            }
+        };
+    }
+
+    /// The owner answered: its connection is closed and the session handed over. Read again
+    /// (the owner's release changed the entry); if it did not change, claim it all the same.
+    pub fn handle_released(&mut self) {
+        if let State::AwaitRelease { revision, .. } = self.state {
+            self.settled = Some(revision);
+            self.state = State::NeedRead;
+        }
+    }
+}
+
+/// The revision a writer of one session record last read or wrote: every write names it,
+/// so a writer that lost the session cannot overwrite its new owner's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The record did not exist when read: the write must create it.
+    Absent,
+    /// The record's revision when read or last written.
+    At(Revision),
+    /// A write was refused: another node owns the session now. Nothing more may be written.
+    Lost,
+}
+
+impl Fence {
+    /// The fence after reading the record.
+    pub fn from_read(revision: Option<Revision>) -> Fence {
+        revision.map_or(Fence::Absent, Fence::At)
+    }
+
+    /// After a write: the new revision, or [`Fence::Lost`] on a conflict.
+    pub fn after_write(self, result: Option<Revision>) -> Fence {
+        match (self, result) {
+            (Fence::Lost, _) | (_, None) => Fence::Lost,
+            (_, Some(r)) => Fence::At(r),
+        }
+    }
+
+    /// Whether a write may still be attempted.
+    pub fn may_write(self) -> bool {
+        self != Fence::Lost
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+use super::*;
+use crate::kv::MemoryKv;
+use proptest::prelude::*;
+
+const KEY: &str = "client-1";
+
+fn n(name: &str) -> NodeId {
+    NodeId::new(name).unwrap()
+}
+
+fn entry(node: &str, incarnation: u64, connected: bool) -> RegistryEntry {
+    RegistryEntry {
+        node: n(node),
+        incarnation,
+        connected,
+    }
+}
+
+fn read(kv: &MemoryKv) -> Option<(RegistryEntry, Revision)> {
+    kv.get(KEY)
+        .map(|(v, r)| (RegistryEntry::decode(&v).unwrap(), r))
+}
+
+/// What the owner node does when asked to release: closes the connection (0x8E), writes
+/// `connected: false` on the revision it holds.
+fn release(kv: &mut MemoryKv, revision: Revision) {
+    if let Some((mut e, r)) = read(kv) {
+        if r == revision {
+            e.connected = false;
+            kv.update(KEY, e.encode(), r).unwrap();
+        }
+    }
+}
+
+/// Runs one step of `claim` against `kv`. `owner_answers`: whether an asked owner releases.
+/// Returns the step taken.
+fn step(
+    claim: &mut Claim,
+    kv: &mut MemoryKv,
+    now: Instant,
+    alive: &dyn Fn(&NodeId, u64) -> bool,
+    owner_answers: bool,
+) -> ClaimStep {
+    let s = claim.poll(now);
+    match &s {
+        ClaimStep::Read => claim.handle_read(read(kv), alive),
+        ClaimStep::Create(e) => claim.handle_written(kv.create(KEY, e.encode()).ok()),
+        ClaimStep::Update(e, r) => claim.handle_written(kv.update(KEY, e.encode(), *r).ok()),
+        ClaimStep::AskRelease { revision, .. } => {
+            if owner_answers {
+                release(kv, *revision);
+                claim.handle_released();
+            }
+        }
+        ClaimStep::Wait(_) | ClaimStep::Done(_) => {}
+    }
+    s
+}
+
+fn run(
+    claim: &mut Claim,
+    kv: &mut MemoryKv,
+    now: Instant,
+    alive: &dyn Fn(&NodeId, u64) -> bool,
+    owner_answers: bool,
+) -> (Vec<ClaimStep>, Result<Claimed, ClaimError>) {
+    let mut steps = Vec::new();
+    for _ in 0..100 {
+        let s = step(claim, kv, now, alive, owner_answers);
+        if let ClaimStep::Done(r) = s {
+            return (steps, r);
+        }
+        steps.push(s);
+    }
+    panic!("claim did not finish: {steps:?}");
+}
+
+fn all_alive(_: &NodeId, _: u64) -> bool {
+    true
+}
+
+#[test]
+fn free_id_is_created() {
+    let mut kv = MemoryKv::new();
+    let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let (steps, r) = run(&mut c, &mut kv, Instant::now(), &all_alive, true);
+    assert_eq!(steps, [ClaimStep::Read, ClaimStep::Create(entry("m2", 5, true))]);
+    let claimed = r.unwrap();
+    assert_eq!(claimed.previous, None);
+    assert_eq!(read(&kv), Some((entry("m2", 5, true), claimed.revision)));
+}
+
+#[test]
+fn disconnected_or_own_entry_is_updated_directly() {
+    for old in [entry("m1", 1, false), entry("m2", 5, true)] {
+        let mut kv = MemoryKv::new();
+        let r0 = kv.put(KEY, old.encode());
+        let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
+        let (steps, r) = run(&mut c, &mut kv, Instant::now(), &all_alive, true);
+        assert_eq!(steps, [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]);
+        assert_eq!(r.unwrap().previous, Some(old));
+    }
+}
+
+#[test]
+fn live_owner_is_asked_to_hand_over() {
+    let mut kv = MemoryKv::new();
+    let r0 = kv.put(KEY, entry("m1", 1, true).encode());
+    let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let (steps, r) = run(&mut c, &mut kv, Instant::now(), &all_alive, true);
+    let r1 = Revision::new(r0.get() + 1).unwrap();
+    assert_eq!(
+        steps,
+        [
+            ClaimStep::Read,
+            ClaimStep::AskRelease {
+                owner: n("m1"),
+                revision: r0
+            },
+            ClaimStep::Read,
+            ClaimStep::Update(entry("m2", 5, true), r1),
+        ]
+    );
+    let claimed = r.unwrap();
+    // The owner's release came first: the previous entry says it is no longer connected.
+    assert_eq!(claimed.previous, Some(entry("m1", 1, false)));
+    assert_eq!(read(&kv).unwrap().0, entry("m2", 5, true));
+}
+
+#[test]
+fn silent_owner_is_fenced_after_the_deadline() {
+    let mut kv = MemoryKv::new();
+    let r0 = kv.put(KEY, entry("m1", 1, true).encode());
+    let config = ClaimConfig::default();
+    let mut c = Claim::new(n("m2"), 5, config);
+    let t0 = Instant::now();
+    assert_eq!(step(&mut c, &mut kv, t0, &all_alive, false), ClaimStep::Read);
+    assert!(matches!(
+        step(&mut c, &mut kv, t0, &all_alive, false),
+        ClaimStep::AskRelease { .. }
+    ));
+    let deadline = t0 + config.handover_timeout;
+    let almost = deadline - Duration::from_millis(1);
+    assert_eq!(step(&mut c, &mut kv, almost, &all_alive, false), ClaimStep::Wait(deadline));
+    assert_eq!(step(&mut c, &mut kv, deadline, &all_alive, false), ClaimStep::Read);
+    // The same revision as asked about: not asked again, claimed.
+    assert_eq!(
+        step(&mut c, &mut kv, deadline, &all_alive, false),
+        ClaimStep::Update(entry("m2", 5, true), r0)
+    );
+    assert!(matches!(c.poll(deadline), ClaimStep::Done(Ok(_))));
+}
+
+#[test]
+fn expired_owner_is_claimed_directly() {
+    let mut kv = MemoryKv::new();
+    let r0 = kv.put(KEY, entry("m1", 1, true).encode());
+    let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let only_m2 = |node: &NodeId, _: u64| node.as_str() == "m2";
+    let (steps, r) = run(&mut c, &mut kv, Instant::now(), &only_m2, true);
+    assert_eq!(steps, [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]);
+    assert!(r.is_ok());
+    // An old incarnation of a live node name is dead too.
+    let mut kv = MemoryKv::new();
+    kv.put(KEY, entry("m1", 1, true).encode());
+    let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let m1_restarted = |node: &NodeId, inc: u64| node.as_str() != "m1" || inc == 2;
+    let (steps, _) = run(&mut c, &mut kv, Instant::now(), &m1_restarted, true);
+    assert_eq!(steps.len(), 2);
+}
+
+#[test]
+fn conflict_retries_with_a_fresh_read_then_gives_up() {
+    let mut kv = MemoryKv::new();
+    let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let t = Instant::now();
+    assert_eq!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Read);
+    // Someone creates the entry between our read and our create.
+    kv.put(KEY, entry("m3", 9, false).encode());
+    assert!(matches!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Create(_)));
+    assert_eq!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Read);
+    assert!(matches!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Update(..)));
+    assert!(matches!(c.poll(t), ClaimStep::Done(Ok(_))));
+
+    // A key that changes before every write: the claim gives up after max_attempts.
+    let config = ClaimConfig {
+        max_attempts: 3,
+        ..ClaimConfig::default()
+    };
+    let mut c = Claim::new(n("m2"), 5, config);
+    for _ in 0..3 {
+        assert_eq!(c.poll(t), ClaimStep::Read);
+        c.handle_read(read(&kv), all_alive);
+        let s = c.poll(t);
+        assert!(matches!(s, ClaimStep::Update(..)));
+        kv.put(KEY, entry("m3", 9, false).encode());
+        c.handle_written(None);
+    }
+    assert_eq!(c.poll(t), ClaimStep::Done(Err(ClaimError::Contended(3))));
+}
+
+#[test]
+fn two_concurrent_claims_the_later_one_takes_over() {
+    let mut kv = MemoryKv::new();
+    let t = Instant::now();
+    let mut b = Claim::new(n("m2"), 2, ClaimConfig::default());
+    let mut c = Claim::new(n("m3"), 3, ClaimConfig::default());
+    // Both read the free id; both try to create it; b wins.
+    assert_eq!(step(&mut b, &mut kv, t, &all_alive, true), ClaimStep::Read);
+    assert_eq!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Read);
+    assert!(matches!(step(&mut b, &mut kv, t, &all_alive, true), ClaimStep::Create(_)));
+    assert!(matches!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Create(_)));
+    let ClaimStep::Done(Ok(won)) = b.poll(t) else {
+        panic!("b should have won")
+    };
+    // c reads b's entry, asks b to hand over, then claims.
+    let (steps, r) = run(&mut c, &mut kv, t, &all_alive, true);
+    assert_eq!(steps.first(), Some(&ClaimStep::Read));
+    assert!(steps.contains(&ClaimStep::AskRelease {
+        owner: n("m2"),
+        revision: won.revision
+    }));
+    assert!(r.unwrap().revision > won.revision);
+    assert_eq!(read(&kv).unwrap().0, entry("m3", 3, true));
+}
+
+proptest! {
+    /// Any interleaving of two claims against a live owner: both finish without running out
+    /// of attempts, and the claim written last owns the id.
+    #[test]
+    fn interleaved_claims_settle(schedule in prop::collection::vec(any::<bool>(), 1..60)) {
+        let mut kv = MemoryKv::new();
+        kv.put(KEY, entry("m1", 1, true).encode());
+        let t = Instant::now();
+        let mut claims = [
+            Claim::new(n("m2"), 2, ClaimConfig::default()),
+            Claim::new(n("m3"), 3, ClaimConfig::default()),
+        ];
+        let mut done: Vec<(usize, Claimed)> = Vec::new();
+        let mut pick = schedule.iter().cycle();
+        for _ in 0..400 {
+            if done.len() == 2 {
+                break;
+            }
+            let i = usize::from(*pick.next().unwrap());
+            if done.iter().any(|(j, _)| *j == i) {
+                continue;
+            }
+            let s = step(&mut claims[i], &mut kv, t, &all_alive, true);
+            if let ClaimStep::Done(r) = s {
+                let claimed = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                done.push((i, claimed));
+            }
+        }
+        prop_assert_eq!(done.len(), 2);
+        done.sort_by_key(|(_, c)| c.revision);
+        let (first, last) = (&done[0], &done[1]);
+        prop_assert!(last.1.revision > first.1.revision);
+        // The later write holds the id, and it replaced (or followed) the earlier claim's.
+        let (owner, rev) = read(&kv).unwrap();
+        prop_assert_eq!(rev, last.1.revision);
+        prop_assert_eq!(owner.node.as_str(), if last.0 == 0 { "m2" } else { "m3" });
+    }
+}
+
+#[test]
+fn a_stale_writer_is_fenced() {
+    let mut sessions = MemoryKv::new();
+    // m1 owns the session and has written it.
+    let mut a = Fence::from_read(None);
+    assert_eq!(a, Fence::Absent);
+    let r = sessions.create(KEY, "v1".into()).ok();
+    a = a.after_write(r);
+    // m2 claims the id, reads the record and writes it once at once (the fencing write).
+    let (_, seen) = sessions.get(KEY).unwrap();
+    let mut b = Fence::from_read(Some(seen));
+    b = b.after_write(sessions.update(KEY, "v2".into(), seen).ok());
+    assert!(matches!(b, Fence::At(_)));
+    // m1, unaware, writes with the revision it holds: refused, and it knows it lost.
+    let Fence::At(stale) = a else { panic!() };
+    a = a.after_write(sessions.update(KEY, "stale".into(), stale).ok());
+    assert_eq!(a, Fence::Lost);
+    assert!(!a.may_write());
+    assert_eq!(sessions.get(KEY).unwrap().0, "v2");
+    // Lost stays lost.
+    assert_eq!(a.after_write(Some(Revision::MIN)), Fence::Lost);
+}
