@@ -242,9 +242,9 @@ proptest! {
             if done.len() == 2 {
                 break;
             }
-            let i = usize::from(*pick.next().unwrap());
+            let mut i = usize::from(*pick.next().unwrap());
             if done.iter().any(|(j, _)| *j == i) {
-                continue;
+                i = 1 - i;
             }
             let s = step(&mut claims[i], &mut kv, t, &all_alive, true);
             if let ClaimStep::Done(r) = s {
