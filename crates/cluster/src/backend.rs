@@ -1,0 +1,353 @@
+//! What the cluster layer needs from its engine, as a trait, and an in-memory engine for
+//! tests. The NATS implementation is [`crate::nats::NatsBackend`].
+//!
+//! Which path live QoS 1/2 deliveries take (per-node filtered consumers on the partition
+//! streams, or the streams' RePublish onto core subjects) is still being measured
+//! (docs/cluster.md, "Delivery path"); the trait leaves it open: [`Backend::append`] stores
+//! a message durably in its partition, [`Backend::subscribe`] follows core subjects, and the
+//! consumer side will be added once the choice is made.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::ids::Revision;
+use crate::kv::MemoryKv;
+use crate::partition::Partition;
+use crate::subject::Subject;
+
+/// The KV buckets of a cluster. Their number is fixed: never one per client or subscription
+/// (rule 2 of docs/cluster.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Client id → [`RegistryEntry`](crate::record::RegistryEntry).
+    Registry,
+    /// Client id → [`SessionRecord`](crate::record::SessionRecord).
+    Sessions,
+    /// Topic → retained message.
+    Retained,
+    /// Node name → [`NodeLease`](crate::record::NodeLease); entries expire after the lease TTL.
+    Leases,
+    /// `node.incarnation` of a dead node → the survivor that publishes its wills.
+    Reapers,
+}
+
+impl Bucket {
+    /// Every bucket.
+    pub const ALL: [Bucket; 5] = [
+        Bucket::Registry,
+        Bucket::Sessions,
+        Bucket::Retained,
+        Bucket::Leases,
+        Bucket::Reapers,
+    ];
+
+    /// The bucket's name after the cluster's prefix (`{prefix}_{suffix}`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Bucket::Registry => "registry",
+            Bucket::Sessions => "sessions",
+            Bucket::Retained => "retained",
+            Bucket::Leases => "leases",
+            Bucket::Reapers => "reapers",
+        }
+    }
+}
+
+/// An engine operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// A compare-and-set write found the key changed (or, for a create, present).
+    #[error("compare-and-set conflict: the key changed since it was read")]
+    Conflict,
+    /// The engine did not answer in time.
+    #[error("the engine did not answer in time")]
+    Timeout,
+    /// Nobody answered a request.
+    #[error("no node answered the request")]
+    NoResponder,
+    /// Anything else the engine reported.
+    #[error("engine error: {0}")]
+    Engine(String),
+}
+
+/// A KV entry: its value and revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value.
+    pub value: Bytes,
+    /// The revision of the write that put it.
+    pub revision: Revision,
+}
+
+/// A message received on a core subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The subject it was published on.
+    pub subject: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Where a request wants its answer.
+    pub reply: Option<String>,
+}
+
+/// The engine under the cluster layer. Every method is one round trip at most.
+pub trait Backend: Send + Sync + 'static {
+    /// A stream of messages on a core subject.
+    type Subscription: Stream<Item = Delivery> + Send + Unpin + 'static;
+
+    /// The entry under `key`; `None` when absent or deleted.
+    fn get(
+        &self,
+        bucket: Bucket,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Entry>, BackendError>> + Send;
+
+    /// Writes `key` only if absent; [`BackendError::Conflict`] otherwise.
+    fn create(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+    ) -> impl Future<Output = Result<Revision, BackendError>> + Send;
+
+    /// Writes `key` only if its revision is `expected`; [`BackendError::Conflict`] otherwise.
+    fn update(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> impl Future<Output = Result<Revision, BackendError>> + Send;
+
+    /// Writes `key` whatever it holds.
+    fn put(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+    ) -> impl Future<Output = Result<Revision, BackendError>> + Send;
+
+    /// Deletes `key`, only if its revision is `expected` when given.
+    fn delete(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The keys present in a bucket.
+    fn keys(&self, bucket: Bucket) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+
+    /// Publishes on a core subject, at most once (QoS 0 routing, control messages).
+    fn publish(
+        &self,
+        subject: Subject,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Appends to a partition's stream and waits for the engine's acknowledgement (on disk
+    /// on a majority); returns the stream sequence.
+    fn append(
+        &self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
+    /// Follows a core subject (wildcards allowed), in a queue group when one is given.
+    fn subscribe(
+        &self,
+        subject: Subject,
+        queue: Option<String>,
+    ) -> impl Future<Output = Result<Self::Subscription, BackendError>> + Send;
+
+    /// Sends a request and waits for one answer.
+    fn request(
+        &self,
+        subject: Subject,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
+}
+
+
+#[derive(Default)]
+struct MemoryState {
+    buckets: HashMap<Bucket, MemoryKv>,
+    streams: HashMap<Partition, Vec<(Subject, Bytes)>>,
+    subscribers: Vec<(Subject, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
+}
+
+/// An engine in memory, shared by clones: the buckets with compare-and-set, the partition
+/// streams as vectors, core subjects with `*`/`>` matching (no queue groups: every
+/// subscriber gets every message). For tests of the layers above; it persists nothing.
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    state: Arc<Mutex<MemoryState>>,
+}
+
+impl MemoryBackend {
+    /// An empty engine.
+    pub fn new() -> MemoryBackend {
+        MemoryBackend::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> Result<T, BackendError> {
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| BackendError::Engine("memory backend poisoned".into()))?;
+        Ok(f(&mut s))
+    }
+
+    /// The messages appended to a partition, in order.
+    pub fn stream(&self, partition: Partition) -> Vec<(Subject, Bytes)> {
+        self.with(|s| s.streams.get(&partition).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether a NATS subject filter matches a subject.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return f.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(ft), Some(st)) if ft == st => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// A [`MemoryBackend`] subscription.
+pub type MemorySubscription = tokio_stream_shim::Receiver;
+
+mod tokio_stream_shim {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::Delivery;
+
+    /// An unbounded receiver as a stream.
+    pub struct Receiver(pub(super) tokio::sync::mpsc::UnboundedReceiver<Delivery>);
+
+    impl futures_util::Stream for Receiver {
+        type Item = Delivery;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+fn conflict<T>(r: Result<T, crate::kv::Conflict>) -> Result<T, BackendError> {
+    r.map_err(|_| BackendError::Conflict)
+}
+
+impl Backend for MemoryBackend {
+    type Subscription = MemorySubscription;
+
+    async fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Entry>, BackendError> {
+        self.with(|s| {
+            s.buckets
+                .entry(bucket)
+                .or_default()
+                .get(key)
+                .map(|(value, revision)| Entry { value, revision })
+        })
+    }
+
+    async fn create(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
+        self.with(|s| conflict(s.buckets.entry(bucket).or_default().create(key, value)))?
+    }
+
+    async fn update(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Revision, BackendError> {
+        self.with(|s| conflict(s.buckets.entry(bucket).or_default().update(key, value, expected)))?
+    }
+
+    async fn put(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
+        self.with(|s| s.buckets.entry(bucket).or_default().put(key, value))
+    }
+
+    async fn delete(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<(), BackendError> {
+        self.with(|s| conflict(s.buckets.entry(bucket).or_default().delete(key, expected)))?
+    }
+
+    async fn keys(&self, bucket: Bucket) -> Result<Vec<String>, BackendError> {
+        self.with(|s| {
+            s.buckets
+                .entry(bucket)
+                .or_default()
+                .keys()
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
+    async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), BackendError> {
+        self.with(|s| {
+            s.subscribers.retain(|(filter, tx)| {
+                if subject_matches(filter.as_str(), subject.as_str()) {
+                    tx.send(Delivery {
+                        subject: subject.to_string(),
+                        payload: payload.clone(),
+                        reply: None,
+                    })
+                    .is_ok()
+                } else {
+                    !tx.is_closed()
+                }
+            });
+        })
+    }
+
+    async fn append(
+        &self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+    ) -> Result<u64, BackendError> {
+        self.with(|s| {
+            let stream = s.streams.entry(partition).or_default();
+            stream.push((subject, payload));
+            stream.len() as u64
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        subject: Subject,
+        _queue: Option<String>,
+    ) -> Result<MemorySubscription, BackendError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.with(|s| s.subscribers.push((subject, tx)))?;
+        Ok(tokio_stream_shim::Receiver(rx))
+    }
+
+    async fn request(
+        &self,
+        _subject: Subject,
+        _payload: Bytes,
+        _timeout: Duration,
+    ) -> Result<Bytes, BackendError> {
+        Err(BackendError::NoResponder)
+    }
+}

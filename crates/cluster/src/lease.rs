@@ -73,19 +73,24 @@ pub enum OwnState {
     /// Write the lease now.
     Refresh,
     /// The last successful write is older than `ttl - margin`: stop acknowledging and
-    /// accepting, disconnect the clients (rule 5 of docs/cluster.md).
+    /// accepting, disconnect the clients (rule 5 of docs/cluster.md). Said once; refreshes
+    /// go on being asked for.
     StepDown,
+    /// A write succeeded again after a step-down: serve again. Said once.
+    Resume,
 }
 
 /// This node's lease.
 #[derive(Debug, Clone)]
 pub struct OwnLease {
     config: LeaseConfig,
-    /// The last write the engine confirmed (measured from when it was sent).
+    /// The last write the engine confirmed (counted from when it was sent).
     confirmed: Option<Instant>,
     /// A write is on its way, sent at this instant.
     in_flight: Option<Instant>,
     next: Instant,
+    down: bool,
+    resume_pending: bool,
 }
 
 impl OwnLease {
@@ -96,23 +101,36 @@ impl OwnLease {
             confirmed: None,
             in_flight: None,
             next: now,
+            down: false,
+            resume_pending: false,
         }
+    }
+
+    fn limit(&self) -> Duration {
+        self.config.ttl.saturating_sub(self.config.margin)
     }
 
     /// The next thing to do. `Refresh` is returned once per due write; call
     /// [`OwnLease::handle_written`] or [`OwnLease::handle_failed`] with its outcome.
     pub fn poll(&mut self, now: Instant) -> OwnState {
-        if let Some(at) = self.confirmed {
-            let limit = self.config.ttl.saturating_sub(self.config.margin);
-            if now.saturating_duration_since(at) >= limit {
-                return OwnState::StepDown;
-            }
+        let step_down_at = self.confirmed.map(|at| at + self.limit());
+        if !self.down && step_down_at.is_some_and(|t| now >= t) {
+            self.down = true;
+            return OwnState::StepDown;
+        }
+        if self.resume_pending {
+            self.resume_pending = false;
+            return OwnState::Resume;
         }
         if self.in_flight.is_none() && now >= self.next {
             self.in_flight = Some(now);
             return OwnState::Refresh;
         }
-        OwnState::Idle(self.next.max(now))
+        let mut wake = self.next.max(now);
+        if let Some(t) = step_down_at.filter(|_| !self.down) {
+            wake = wake.min(t);
+        }
+        OwnState::Idle(wake)
     }
 
     /// The engine confirmed the write sent at the last `Refresh`.
@@ -121,6 +139,10 @@ impl OwnLease {
             // The lease lives from when the write was sent at the latest: count from there.
             self.confirmed = Some(self.confirmed.map_or(sent, |c| c.max(sent)));
             self.next = sent + self.config.refresh;
+            if self.down {
+                self.down = false;
+                self.resume_pending = true;
+            }
         }
     }
 
@@ -132,9 +154,8 @@ impl OwnLease {
 
     /// Whether this node holds a lease that is not yet to be given up.
     pub fn is_serving(&self, now: Instant) -> bool {
-        self.confirmed.is_some_and(|at| {
-            now.saturating_duration_since(at) < self.config.ttl.saturating_sub(self.config.margin)
-        })
+        self.confirmed
+            .is_some_and(|at| now.saturating_duration_since(at) < self.limit())
     }
 }
 
@@ -142,6 +163,7 @@ impl OwnLease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Peer {
     incarnation: u64,
+    revision: u64,
     seen: Instant,
     reported: bool,
 }
@@ -183,15 +205,31 @@ impl Leases {
         }
     }
 
-    /// A write of `node`'s lease was seen (watch or read). A new incarnation replaces the
-    /// old one, which is reported expired first if it was not yet: the old incarnation died
-    /// (its connections are gone) even though the name is alive again.
-    pub fn handle_seen(&mut self, node: &NodeId, incarnation: u64, now: Instant) -> Option<Expired> {
+    /// `node`'s lease was read (or watched) at `revision`. Only a revision not seen before
+    /// counts as a refresh: an entry that is still in the bucket but was not written again
+    /// does not keep its node alive. A new incarnation replaces the old one, which is
+    /// reported expired first if it was not yet: the old incarnation died (its connections
+    /// are gone) even though the name is alive again.
+    pub fn handle_seen(
+        &mut self,
+        node: &NodeId,
+        incarnation: u64,
+        revision: u64,
+        now: Instant,
+    ) -> Option<Expired> {
         if *node == self.me {
+            return None;
+        }
+        if self
+            .peers
+            .get(node)
+            .is_some_and(|p| p.revision == revision && p.incarnation == incarnation)
+        {
             return None;
         }
         let fresh = Peer {
             incarnation,
+            revision,
             seen: now,
             reported: false,
         };

@@ -14,6 +14,8 @@
 //! subscribe, claim a client id, load or store a session; nothing here knows the broker.
 
 pub mod backend;
+pub mod checks;
+pub mod cluster;
 pub mod codec;
 pub mod ids;
 pub mod kv;

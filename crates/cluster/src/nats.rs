@@ -1,0 +1,545 @@
+//! The NATS JetStream engine under the cluster layer (async-nats): connecting, the start-up
+//! checks, the buckets and partition streams, and [`Backend`] over them.
+//!
+//! What [`NatsBackend::connect`] sets up, once per cluster (never per client or
+//! subscription: rule 2 of docs/cluster.md), and checks on every start:
+//!
+//! | name | what | kind |
+//! |---|---|---|
+//! | `{prefix}_registry`, `{prefix}_sessions`, `{prefix}_retained` | [`Bucket`]s, history 1 | KV, file storage |
+//! | `{prefix}_leases` | node leases, entries expire after the lease TTL | KV, file storage |
+//! | `{prefix}_reapers` | who reaps a dead node, entries expire after a day | KV, file storage |
+//! | `{prefix}_p0` … `{prefix}_p{P-1}` | the partition streams, subjects `{prefix}.p{i}.>` | stream, file storage |
+//!
+//! All with 3 replicas when the NATS cluster has 3 servers or more, else 1 (or as
+//! configured). An existing bucket or stream with other replicas or storage is refused, not
+//! changed behind the operator's back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry};
+use crate::checks::{self, ServerReport, StartupError, Warning};
+use crate::ids::Revision;
+use crate::partition::{Partition, PartitionCount};
+use crate::subject::Subject;
+
+/// How to reach and set up the engine.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// The NATS servers' client URLs (`nats://host:4222`); the client fails over among them.
+    pub servers: Vec<String>,
+    /// The servers' monitoring endpoints (`http://host:8222`), read for the fsync check;
+    /// empty: port 8222 on each server's host.
+    pub monitor: Vec<String>,
+    /// Start although a server fsyncs lazily (or its setting cannot be read), logged loudly.
+    pub allow_lazy_fsync: bool,
+    /// Replicas of every bucket and stream; `None`: 3 when the NATS cluster has at least 3
+    /// servers, else 1.
+    pub replicas: Option<usize>,
+    /// The first part of every subject, bucket and stream name.
+    pub prefix: String,
+    /// The number of partition streams.
+    pub partitions: PartitionCount,
+    /// The leases bucket's entry lifetime (the lease TTL).
+    pub lease_ttl: Duration,
+    /// How long a partition stream keeps a message: at least the longest session expiry.
+    pub max_message_age: Duration,
+    /// The longest wait for one engine round trip at start-up.
+    pub timeout: Duration,
+}
+
+/// Why the engine could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsStartError {
+    /// No server could be reached.
+    #[error("cannot connect to the NATS servers {servers}: {reason}")]
+    Connect {
+        /// The URLs tried.
+        servers: String,
+        /// Why.
+        reason: String,
+    },
+    /// A server failed a start-up check.
+    #[error(transparent)]
+    Check(#[from] StartupError),
+    /// A bucket or stream could not be created or has another shape.
+    #[error("cannot set up JetStream {what}: {reason}")]
+    Setup {
+        /// The bucket or stream.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A connection to the NATS cluster with the buckets and streams set up.
+#[derive(Clone)]
+pub struct NatsBackend {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    buckets: HashMap<Bucket, kv::Store>,
+    prefix: String,
+    partitions: PartitionCount,
+}
+
+/// The host of a `nats://host:port` (or bare `host:port`) URL.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+}
+
+/// Reads `GET {url}/varz` with a plain HTTP/1.0 request (the monitoring port speaks plain
+/// HTTP; a whole-body answer without chunking).
+pub async fn fetch_varz(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| "only http:// monitoring URLs are supported".to_owned())?;
+    let hostport = rest.trim_end_matches('/');
+    let host = host_of(hostport);
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(hostport)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!("GET /varz HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        stream
+            .take(8 << 20)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "no answer in time".to_owned())??;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| "not an HTTP answer".to_owned())?;
+    let (head, body) = buf.split_at(split);
+    let status = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    if !String::from_utf8_lossy(status).contains(" 200") {
+        return Err(format!(
+            "answered {}",
+            String::from_utf8_lossy(status).trim()
+        ));
+    }
+    Ok(body.get(4..).unwrap_or_default().to_vec())
+}
+
+fn setup_err(what: &str, reason: impl std::fmt::Display) -> NatsStartError {
+    NatsStartError::Setup {
+        what: what.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn engine(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Engine(e.to_string())
+}
+
+impl NatsBackend {
+    /// Connects, checks every server (version, JetStream, fsync), and creates or verifies the
+    /// buckets and partition streams. Returns the warnings to log loudly (lazy fsync allowed).
+    pub async fn connect(config: &NatsConfig) -> Result<(NatsBackend, Vec<Warning>), NatsStartError> {
+        let servers: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e: std::io::Error| NatsStartError::Connect {
+                servers: config.servers.join(","),
+                reason: e.to_string(),
+            })?;
+        let client = async_nats::ConnectOptions::new()
+            .name("makelaar")
+            .connection_timeout(config.timeout)
+            .request_timeout(Some(config.timeout))
+            .connect(servers)
+            .await
+            .map_err(|e| NatsStartError::Connect {
+                servers: config.servers.join(","),
+                reason: e.to_string(),
+            })?;
+        let warnings = Self::check_servers(&client, config).await?;
+        let info = client.server_info();
+        let known = config.servers.len().max(info.connect_urls.len());
+        let replicas = config
+            .replicas
+            .unwrap_or(if known >= 3 { 3 } else { 1 });
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.timeout);
+        let mut buckets = HashMap::new();
+        for b in Bucket::ALL {
+            let store = Self::ensure_bucket(&js, config, b, replicas).await?;
+            buckets.insert(b, store);
+        }
+        for p in config.partitions.all() {
+            Self::ensure_stream(&js, config, p, replicas).await?;
+        }
+        Ok((
+            NatsBackend {
+                client,
+                js,
+                buckets,
+                prefix: config.prefix.clone(),
+                partitions: config.partitions,
+            },
+            warnings,
+        ))
+    }
+
+    async fn check_servers(
+        client: &async_nats::Client,
+        config: &NatsConfig,
+    ) -> Result<Vec<Warning>, NatsStartError> {
+        let info = client.server_info();
+        // The connected server's INFO: the version floor holds even without monitoring.
+        checks::check(
+            &ServerReport {
+                name: info.server_name.clone(),
+                version: info.version.clone(),
+                jetstream: true,
+                sync_always: true,
+            },
+            false,
+        )?;
+        let monitor: Vec<String> = if config.monitor.is_empty() {
+            config
+                .servers
+                .iter()
+                .map(|s| {
+                    let h = host_of(s);
+                    if h.contains(':') {
+                        format!("http://[{h}]:8222")
+                    } else {
+                        format!("http://{h}:8222")
+                    }
+                })
+                .collect()
+        } else {
+            config.monitor.clone()
+        };
+        let mut warnings = Vec::new();
+        for url in monitor {
+            let report = match fetch_varz(&url, config.timeout).await {
+                Ok(body) => checks::report_from_varz(&body).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let outcome = match report {
+                Ok(r) => checks::check(&r, config.allow_lazy_fsync),
+                Err(reason) => checks::lazy(
+                    StartupError::MonitorUnreachable {
+                        server: info.server_name.clone(),
+                        url: url.clone(),
+                        reason,
+                    },
+                    config.allow_lazy_fsync,
+                ),
+            };
+            warnings.extend(outcome?);
+        }
+        Ok(warnings)
+    }
+
+    fn bucket_name(prefix: &str, b: Bucket) -> String {
+        format!("{prefix}_{}", b.suffix())
+    }
+
+    async fn ensure_bucket(
+        js: &jetstream::Context,
+        config: &NatsConfig,
+        b: Bucket,
+        replicas: usize,
+    ) -> Result<kv::Store, NatsStartError> {
+        let name = Self::bucket_name(&config.prefix, b);
+        let what = format!("bucket {name}");
+        let max_age = match b {
+            Bucket::Leases => config.lease_ttl,
+            Bucket::Reapers => Duration::from_secs(24 * 3600),
+            _ => Duration::ZERO,
+        };
+        let store = match js.get_key_value(&name).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: name.clone(),
+                    history: 1,
+                    max_age,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| setup_err(&what, e))?,
+        };
+        let mut s = js
+            .get_stream(format!("KV_{name}"))
+            .await
+            .map_err(|e| setup_err(&what, e))?;
+        let info = s.info().await.map_err(|e| setup_err(&what, e))?;
+        verify(&what, &info.config, replicas)?;
+        Ok(store)
+    }
+
+    async fn ensure_stream(
+        js: &jetstream::Context,
+        config: &NatsConfig,
+        p: Partition,
+        replicas: usize,
+    ) -> Result<(), NatsStartError> {
+        let name = format!("{}_p{}", config.prefix, p.index());
+        let what = format!("stream {name}");
+        let subject = format!("{}.p{}.>", config.prefix, p.index());
+        let mut s = match js.get_stream(&name).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_stream(stream::Config {
+                    name: name.clone(),
+                    subjects: vec![subject.clone()],
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    max_age: config.max_message_age,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| setup_err(&what, e))?,
+        };
+        let info = s.info().await.map_err(|e| setup_err(&what, e))?;
+        verify(&what, &info.config, replicas)?;
+        if info.config.subjects != [subject.clone()] {
+            return Err(setup_err(
+                &what,
+                format!(
+                    "it takes subjects {:?}, not [{subject}]: delete it or choose another prefix",
+                    info.config.subjects
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The JetStream context (for inspection: stream counts, infos).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The core client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The prefix of every name.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The number of partition streams.
+    pub fn partitions(&self) -> PartitionCount {
+        self.partitions
+    }
+
+    fn store(&self, b: Bucket) -> Result<&kv::Store, BackendError> {
+        self.buckets
+            .get(&b)
+            .ok_or_else(|| BackendError::Engine(format!("bucket {} not set up", b.suffix())))
+    }
+}
+
+fn verify(what: &str, c: &stream::Config, replicas: usize) -> Result<(), NatsStartError> {
+    if c.storage != stream::StorageType::File {
+        return Err(setup_err(
+            what,
+            "it uses memory storage, not file storage: delete it so that it is made again",
+        ));
+    }
+    if c.num_replicas != replicas {
+        return Err(setup_err(
+            what,
+            format!(
+                "it has {} replicas where {replicas} are wanted: change it with `nats stream edit --replicas {replicas}`",
+                c.num_replicas
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn revision(r: u64) -> Result<Revision, BackendError> {
+    Revision::new(r).ok_or_else(|| BackendError::Engine("revision 0 from the engine".into()))
+}
+
+/// Whether an engine error is a compare-and-set refusal (wrong last sequence).
+fn is_cas_refusal(e: &impl std::fmt::Display) -> bool {
+    let t = e.to_string().to_ascii_lowercase();
+    t.contains("wrong last sequence") || t.contains("wrong last revision") || t.contains("10071")
+}
+
+impl Backend for NatsBackend {
+    type Subscription = futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
+
+    async fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Entry>, BackendError> {
+        let e = self.store(bucket)?.entry(key).await.map_err(engine)?;
+        match e {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Some(Entry {
+                value: e.value,
+                revision: revision(e.revision)?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    async fn create(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
+        match self.store(bucket)?.create(key, value).await {
+            Ok(r) => revision(r),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || is_cas_refusal(&e) => {
+                Err(BackendError::Conflict)
+            }
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn update(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Revision, BackendError> {
+        match self.store(bucket)?.update(key, value, expected.get()).await {
+            Ok(r) => revision(r),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || is_cas_refusal(&e) => {
+                Err(BackendError::Conflict)
+            }
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn put(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
+        revision(self.store(bucket)?.put(key, value).await.map_err(engine)?)
+    }
+
+    async fn delete(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<(), BackendError> {
+        match self
+            .store(bucket)?
+            .delete_expect_revision(key, expected.map(Revision::get))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || is_cas_refusal(&e) => {
+                Err(BackendError::Conflict)
+            }
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn keys(&self, bucket: Bucket) -> Result<Vec<String>, BackendError> {
+        let mut keys = self.store(bucket)?.keys().await.map_err(engine)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            out.push(k.map_err(engine)?);
+        }
+        Ok(out)
+    }
+
+    async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), BackendError> {
+        self.client
+            .publish(subject.into_string(), payload)
+            .await
+            .map_err(engine)
+    }
+
+    async fn append(
+        &self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+    ) -> Result<u64, BackendError> {
+        let expected = format!("{}.p{}.", self.prefix, partition.index());
+        if !subject.as_str().starts_with(&expected) {
+            return Err(BackendError::Engine(format!(
+                "subject {subject} is not in partition {partition}"
+            )));
+        }
+        let ack = self
+            .js
+            .publish(subject.into_string(), payload)
+            .await
+            .map_err(engine)?
+            .await
+            .map_err(engine)?;
+        Ok(ack.sequence)
+    }
+
+    async fn subscribe(
+        &self,
+        subject: Subject,
+        queue: Option<String>,
+    ) -> Result<Self::Subscription, BackendError> {
+        let sub = match queue {
+            Some(q) => self.client.queue_subscribe(subject.into_string(), q).await,
+            None => self.client.subscribe(subject.into_string()).await,
+        }
+        .map_err(engine)?;
+        fn delivery(m: async_nats::Message) -> Delivery {
+            Delivery {
+                subject: m.subject.to_string(),
+                payload: m.payload,
+                reply: m.reply.map(|r| r.to_string()),
+            }
+        }
+        Ok(sub.map(delivery as fn(async_nats::Message) -> Delivery))
+    }
+
+    async fn request(
+        &self,
+        subject: Subject,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BackendError> {
+        let req = self.client.request(subject.into_string(), payload);
+        match tokio::time::timeout(timeout, req).await {
+            Err(_) => Err(BackendError::Timeout),
+            Ok(Ok(m)) => Ok(m.payload),
+            Ok(Err(e)) => match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => Err(BackendError::NoResponder),
+                async_nats::RequestErrorKind::TimedOut => Err(BackendError::Timeout),
+                _ => Err(engine(e)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("nats://127.0.0.1:4222"), "127.0.0.1");
+        assert_eq!(host_of("nats://user:pw@h1:4222"), "h1");
+        assert_eq!(host_of("h2:4222"), "h2");
+        assert_eq!(host_of("tls://[::1]:4222"), "::1");
+        assert_eq!(host_of("nats://h3"), "h3");
+    }
+}

@@ -51,6 +51,11 @@ pub const EMPTY_LEVEL: &str = "_";
 pub struct Subject(String);
 
 impl Subject {
+    /// A subject given whole (a reply inbox, a control subject); the caller vouches for it.
+    pub fn from_tokens(tokens: &str) -> Subject {
+        Subject(tokens.to_owned())
+    }
+
     /// The subject as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -52,26 +52,37 @@ fn own_lease_steps_down_before_others_see_it_expire() {
             OwnState::Refresh => l.handle_failed(t),
             OwnState::Idle(_) => {}
             OwnState::StepDown => break,
+            OwnState::Resume => panic!("no write succeeded"),
         }
     }
     // ttl 15 s − margin 5 s: down at 10 s, 5 s before any peer can call the lease expired.
     assert_eq!(t - t0, Duration::from_secs(10));
     assert!(!l.is_serving(t));
+    // Refreshes go on; the first that succeeds resumes service, once.
+    t += Duration::from_secs(2);
+    assert_eq!(l.poll(t), OwnState::Refresh);
+    l.handle_written(t);
+    assert_eq!(l.poll(t), OwnState::Resume);
+    assert!(l.is_serving(t));
+    assert!(matches!(l.poll(t), OwnState::Idle(_)));
 }
 
 #[test]
 fn peers_expire_once_per_incarnation() {
     let t0 = Instant::now();
     let mut leases = Leases::new(cfg(), n("m1"));
-    assert_eq!(leases.handle_seen(&n("m1"), 1, t0), None);
-    assert_eq!(leases.handle_seen(&n("m2"), 10, t0), None);
-    assert_eq!(leases.handle_seen(&n("m3"), 20, t0), None);
+    assert_eq!(leases.handle_seen(&n("m1"), 1, 1, t0), None);
+    assert_eq!(leases.handle_seen(&n("m2"), 10, 2, t0), None);
+    assert_eq!(leases.handle_seen(&n("m3"), 20, 3, t0), None);
     assert!(leases.is_alive(&n("m2"), 10, t0));
     assert!(!leases.is_alive(&n("m2"), 11, t0));
     assert!(leases.is_alive(&n("m1"), 1, t0));
     // m3 keeps refreshing, m2 stops.
     for s in (2..=14).step_by(2) {
-        leases.handle_seen(&n("m3"), 20, t0 + Duration::from_secs(s));
+        let t = t0 + Duration::from_secs(s);
+        leases.handle_seen(&n("m3"), 20, 100 + s, t);
+        // m2's entry is still in the bucket, unchanged: that is no refresh.
+        leases.handle_seen(&n("m2"), 10, 2, t);
     }
     assert!(leases.poll_expired(t0 + Duration::from_secs(14)).is_empty());
     assert_eq!(leases.next_deadline(), Some(t0 + Duration::from_secs(15)));
@@ -93,9 +104,9 @@ fn peers_expire_once_per_incarnation() {
 fn a_restarted_peer_reports_its_old_incarnation() {
     let t0 = Instant::now();
     let mut leases = Leases::new(cfg(), n("m1"));
-    leases.handle_seen(&n("m2"), 10, t0);
+    leases.handle_seen(&n("m2"), 10, 2, t0);
     // m2 restarts within the TTL: the old incarnation died all the same.
-    let e = leases.handle_seen(&n("m2"), 11, t0 + Duration::from_secs(3));
+    let e = leases.handle_seen(&n("m2"), 11, 5, t0 + Duration::from_secs(3));
     assert_eq!(
         e,
         Some(Expired {

@@ -1,0 +1,483 @@
+//! The cluster layer as the router will use it: claim a client id, load and store a session
+//! (fenced), publish at QoS 0, append QoS 1/2 messages to their partition, keep this node's
+//! lease and find dead peers. The rules are the sans-IO modules'; this drives them against a
+//! [`Backend`], with tokio's clock for the waits.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::backend::{Backend, BackendError, Bucket};
+use crate::codec::{Reader, Writer};
+use crate::ids::{ClientKey, NodeId, Revision};
+use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
+use crate::partition::{Partition, PartitionCount};
+use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, FORMAT};
+use crate::subject::{encode_filter, encode_topic, Subject};
+use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
+
+/// The settings every node of one cluster shares, and this node's name.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node.
+    pub node: NodeId,
+    /// This start of the node: different at every start.
+    pub incarnation: u64,
+    /// The first token of every subject and the start of every stream and bucket name
+    /// (`mk`: subjects `mk.…`, buckets `mk_registry`, …, streams `mk_p0`, …).
+    pub prefix: String,
+    /// The number of partition streams.
+    pub partitions: PartitionCount,
+    /// Lease timings.
+    pub lease: LeaseConfig,
+    /// Claim timings.
+    pub claim: ClaimConfig,
+}
+
+/// A cluster operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// The engine failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A stored record does not decode.
+    #[error("stored record for {key} does not decode: {error}")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        error: DecodeError,
+    },
+    /// The claim lost too many races.
+    #[error(transparent)]
+    Claim(#[from] crate::takeover::ClaimError),
+    /// Another node owns the session now: this node must not write it again, and closes its
+    /// connection for it.
+    #[error("session {0} is owned by another node now")]
+    Fenced(ClientKey),
+}
+
+/// A request to hand a client id over, as the owner receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRequest {
+    /// The client id.
+    pub client: ClientKey,
+    /// The registry revision the claimer read.
+    pub revision: Revision,
+    /// Where to answer (after closing the connection and storing the session).
+    pub reply: Option<String>,
+}
+
+impl ReleaseRequest {
+    fn encode(client: &ClientKey, revision: Revision) -> Bytes {
+        let mut w = Writer::new(FORMAT);
+        w.str(client.as_str());
+        w.uint(revision.get());
+        w.finish()
+    }
+
+    /// Reads a request's payload.
+    pub fn decode(payload: &[u8], reply: Option<String>) -> Result<ReleaseRequest, DecodeError> {
+        let mut r = Reader::new(payload, FORMAT)?;
+        let client =
+            ClientKey::from_key(&r.str("client")?).map_err(|_| DecodeError::BadValue("client"))?;
+        let revision =
+            Revision::new(r.uint("revision")?).ok_or(DecodeError::BadValue("revision"))?;
+        r.end()?;
+        Ok(ReleaseRequest {
+            client,
+            revision,
+            reply,
+        })
+    }
+}
+
+/// What the lease task reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// This node could not refresh its lease for `ttl - margin`: stop serving.
+    StepDown,
+    /// This node refreshed its lease again after a step-down.
+    Serving,
+    /// A peer died; this node won the right to publish its wills.
+    Reap(Expired),
+}
+
+/// The cluster layer of one node over an engine.
+pub struct Cluster<B> {
+    backend: B,
+    config: ClusterConfig,
+}
+
+impl<B: Backend> Cluster<B> {
+    /// The layer over a connected engine.
+    pub fn new(backend: B, config: ClusterConfig) -> Cluster<B> {
+        Cluster { backend, config }
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The core subject a topic's QoS 0 messages travel on.
+    pub fn live_subject(&self, topic: &str) -> Subject {
+        encode_topic(topic).under(&format!("{}.live", self.config.prefix))
+    }
+
+    /// The core subject a node follows for a plain filter (no `$share/GROUP/`).
+    pub fn live_filter(&self, filter: &str) -> Subject {
+        encode_filter(filter).under(&format!("{}.live", self.config.prefix))
+    }
+
+    /// A topic's partition and the stream subject its QoS 1/2 messages are appended on.
+    pub fn partition_subject(&self, topic: &str) -> (Partition, Subject) {
+        let p = self.config.partitions.of(topic);
+        let s = encode_topic(topic).under(&format!("{}.p{}", self.config.prefix, p.index()));
+        (p, s)
+    }
+
+    /// The subject on which `node` answers hand-over requests.
+    pub fn release_subject(&self, node: &NodeId) -> Subject {
+        Subject::from_tokens(&format!("{}.ctl.{node}.release", self.config.prefix))
+    }
+
+    /// Claims a client id for a connection about to open on this node ([`Claim`]).
+    pub async fn claim_client(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
+        let mut claim = Claim::new(
+            self.config.node.clone(),
+            self.config.incarnation,
+            self.config.claim,
+        );
+        loop {
+            let now = Instant::now();
+            match claim.poll(now) {
+                ClaimStep::Read => {
+                    let entry = self.read_registry(client).await?;
+                    let alive = match &entry {
+                        Some((e, _)) if e.node != self.config.node => {
+                            Some(self.lease_alive(&e.node, e.incarnation).await?)
+                        }
+                        _ => None,
+                    };
+                    claim.handle_read(entry, |_, _| alive.unwrap_or(true));
+                }
+                ClaimStep::Create(e) => {
+                    let r = self
+                        .backend
+                        .create(Bucket::Registry, client.as_str(), e.encode())
+                        .await;
+                    claim.handle_written(written(r)?);
+                }
+                ClaimStep::Update(e, rev) => {
+                    let r = self
+                        .backend
+                        .update(Bucket::Registry, client.as_str(), e.encode(), rev)
+                        .await;
+                    claim.handle_written(written(r)?);
+                }
+                ClaimStep::AskRelease { owner, revision } => {
+                    let answer = self
+                        .backend
+                        .request(
+                            self.release_subject(&owner),
+                            ReleaseRequest::encode(client, revision),
+                            self.config.claim.handover_timeout,
+                        )
+                        .await;
+                    match answer {
+                        // Answered, or nobody listens there: nobody holds a connection.
+                        Ok(_) | Err(BackendError::NoResponder) => claim.handle_released(),
+                        Err(BackendError::Timeout) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ClaimStep::Wait(until) => {
+                    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+                }
+                ClaimStep::Done(r) => return Ok(r?),
+            }
+        }
+    }
+
+    async fn read_registry(
+        &self,
+        client: &ClientKey,
+    ) -> Result<Option<(RegistryEntry, Revision)>, ClusterError> {
+        let Some(entry) = self.backend.get(Bucket::Registry, client.as_str()).await? else {
+            return Ok(None);
+        };
+        let e = RegistryEntry::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
+            key: client.to_string(),
+            error,
+        })?;
+        Ok(Some((e, entry.revision)))
+    }
+
+    /// The owner's side of a hand-over, or a connection closing: the registry entry says
+    /// no connection is open, if it is still the one this node wrote at `revision`.
+    /// [`ClusterError::Fenced`] when another node has claimed it since.
+    pub async fn mark_disconnected(
+        &self,
+        client: &ClientKey,
+        revision: Revision,
+    ) -> Result<Revision, ClusterError> {
+        let entry = RegistryEntry {
+            node: self.config.node.clone(),
+            incarnation: self.config.incarnation,
+            connected: false,
+        };
+        match self
+            .backend
+            .update(Bucket::Registry, client.as_str(), entry.encode(), revision)
+            .await
+        {
+            Err(BackendError::Conflict) => Err(ClusterError::Fenced(client.clone())),
+            r => Ok(r?),
+        }
+    }
+
+    /// Follows the hand-over requests addressed to this node.
+    pub async fn release_requests(&self) -> Result<mpsc::Receiver<ReleaseRequest>, ClusterError> {
+        let mut sub = self
+            .backend
+            .subscribe(self.release_subject(&self.config.node), None)
+            .await?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(d) = sub.next().await {
+                match ReleaseRequest::decode(&d.payload, d.reply) {
+                    Ok(req) => {
+                        if tx.send(req).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed hand-over request"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Answers a hand-over request: the connection is closed and the session stored.
+    pub async fn answer_release(&self, req: &ReleaseRequest) -> Result<(), ClusterError> {
+        if let Some(reply) = &req.reply {
+            self.backend
+                .publish(Subject::from_tokens(reply), Bytes::new())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The session record of a client id and the fence its writes must carry.
+    pub async fn load_session(
+        &self,
+        client: &ClientKey,
+    ) -> Result<(Option<SessionRecord>, Fence), ClusterError> {
+        match self.backend.get(Bucket::Sessions, client.as_str()).await? {
+            None => Ok((None, Fence::Absent)),
+            Some(e) => {
+                let r = SessionRecord::decode(&e.value).map_err(|error| ClusterError::Corrupt {
+                    key: client.to_string(),
+                    error,
+                })?;
+                Ok((Some(r), Fence::At(e.revision)))
+            }
+        }
+    }
+
+    /// Writes a session record by compare-and-set on the fence's revision; the new fence,
+    /// or [`ClusterError::Fenced`] when another node wrote it since (the caller's fence is
+    /// then [`Fence::Lost`]).
+    pub async fn store_session(
+        &self,
+        client: &ClientKey,
+        record: &SessionRecord,
+        fence: Fence,
+    ) -> Result<Fence, ClusterError> {
+        let value = record.encode();
+        let r = match fence {
+            Fence::Lost => return Err(ClusterError::Fenced(client.clone())),
+            Fence::Absent => self.backend.create(Bucket::Sessions, client.as_str(), value).await,
+            Fence::At(rev) => {
+                self.backend
+                    .update(Bucket::Sessions, client.as_str(), value, rev)
+                    .await
+            }
+        };
+        match fence.after_write(written(r)?) {
+            Fence::Lost => Err(ClusterError::Fenced(client.clone())),
+            f => Ok(f),
+        }
+    }
+
+    /// Deletes a session record (the session ended), fenced like a write.
+    pub async fn delete_session(&self, client: &ClientKey, fence: Fence) -> Result<(), ClusterError> {
+        let expected = match fence {
+            Fence::Lost => return Err(ClusterError::Fenced(client.clone())),
+            Fence::Absent => return Ok(()),
+            Fence::At(r) => r,
+        };
+        match self
+            .backend
+            .delete(Bucket::Sessions, client.as_str(), Some(expected))
+            .await
+        {
+            Err(BackendError::Conflict) => Err(ClusterError::Fenced(client.clone())),
+            r => Ok(r?),
+        }
+    }
+
+    /// Publishes a QoS 0 message to the nodes that follow its topic.
+    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), ClusterError> {
+        Ok(self.backend.publish(self.live_subject(topic), payload).await?)
+    }
+
+    /// Appends a QoS 1/2 message to its topic's partition; returns when the engine has it
+    /// on disk on a majority, with the partition and stream sequence.
+    pub async fn append(&self, topic: &str, payload: Bytes) -> Result<(Partition, u64), ClusterError> {
+        let (p, subject) = self.partition_subject(topic);
+        let seq = self.backend.append(p, subject, payload).await?;
+        Ok((p, seq))
+    }
+
+    /// Writes this node's lease.
+    pub async fn refresh_lease(&self) -> Result<Revision, ClusterError> {
+        let lease = NodeLease {
+            node: self.config.node.clone(),
+            incarnation: self.config.incarnation,
+        };
+        Ok(self
+            .backend
+            .put(Bucket::Leases, self.config.node.as_str(), lease.encode())
+            .await?)
+    }
+
+    /// Whether `node` in `incarnation` holds a lease now (read from the bucket).
+    pub async fn lease_alive(&self, node: &NodeId, incarnation: u64) -> Result<bool, ClusterError> {
+        if *node == self.config.node {
+            return Ok(incarnation == self.config.incarnation);
+        }
+        let Some(e) = self.backend.get(Bucket::Leases, node.as_str()).await? else {
+            return Ok(false);
+        };
+        Ok(NodeLease::decode(&e.value).is_ok_and(|l| l.incarnation == incarnation))
+    }
+
+    /// Tries to become the one survivor that publishes `dead`'s wills: checks that its lease
+    /// is really gone, then creates the reaper key. `true`: this node reaps.
+    pub async fn try_reap(&self, dead: &Expired) -> Result<bool, ClusterError> {
+        if self.lease_alive(&dead.node, dead.incarnation).await? {
+            return Ok(false);
+        }
+        let me = NodeLease {
+            node: self.config.node.clone(),
+            incarnation: self.config.incarnation,
+        };
+        match self
+            .backend
+            .create(Bucket::Reapers, &dead.reaper_key(), me.encode())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(BackendError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads every lease now: feeds the peers' tracker (used by the lease task; a watch
+    /// would save the reads, the leases bucket holds one key per node).
+    async fn scan_leases(&self, leases: &mut Leases, now: Instant) -> Result<Vec<Expired>, ClusterError> {
+        let mut out = Vec::new();
+        for key in self.backend.keys(Bucket::Leases).await? {
+            if let Some(e) = self.backend.get(Bucket::Leases, &key).await? {
+                if let Ok(l) = NodeLease::decode(&e.value) {
+                    out.extend(leases.handle_seen(&l.node, l.incarnation, e.revision.get(), now));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lease task: writes this node's lease every refresh interval, reads the peers'
+    /// leases at the same pace, and reports through `events` when this node must step down
+    /// and which dead peers it won the right to reap. Runs until `events` is closed.
+    pub async fn run_leases(&self, events: mpsc::Sender<LeaseEvent>) {
+        let config = self.config.lease;
+        let mut own = OwnLease::new(config, Instant::now());
+        let mut peers = Leases::new(config, self.config.node.clone());
+        loop {
+            let now = Instant::now();
+            match own.poll(now) {
+                OwnState::Refresh => match self.refresh_lease().await {
+                    Ok(_) => own.handle_written(Instant::now()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot refresh this node's lease");
+                        own.handle_failed(Instant::now());
+                    }
+                },
+                OwnState::StepDown => {
+                    tracing::error!(
+                        node = %self.config.node,
+                        "this node's lease was not refreshed in time: it stops serving"
+                    );
+                    if events.send(LeaseEvent::StepDown).await.is_err() {
+                        return;
+                    }
+                }
+                OwnState::Resume => {
+                    tracing::warn!(node = %self.config.node, "lease refreshed again: serving");
+                    if events.send(LeaseEvent::Serving).await.is_err() {
+                        return;
+                    }
+                }
+                OwnState::Idle(until) => {
+                    let mut dead = match self.scan_leases(&mut peers, now).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the peers' leases");
+                            Vec::new()
+                        }
+                    };
+                    dead.extend(peers.poll_expired(now));
+                    for d in dead {
+                        match self.try_reap(&d).await {
+                            Ok(true) => {
+                                if events.send(LeaseEvent::Reap(d)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                node = %d.node,
+                                "cannot claim the reaping of a dead node"
+                            ),
+                        }
+                    }
+                    if events.is_closed() {
+                        return;
+                    }
+                    let wait = until.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+                }
+            }
+        }
+    }
+}
+
+/// A compare-and-set outcome: the revision, `None` for a conflict, or the error.
+fn written(r: Result<Revision, BackendError>) -> Result<Option<Revision>, BackendError> {
+    match r {
+        Ok(rev) => Ok(Some(rev)),
+        Err(BackendError::Conflict) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
