@@ -141,7 +141,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// The keys present in a bucket.
-    fn keys(&self, bucket: Bucket) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+    fn keys(
+        &self,
+        bucket: Bucket,
+    ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
 
     /// Publishes on a core subject, at most once (QoS 0 routing, control messages).
     fn publish(
@@ -174,7 +177,6 @@ pub trait Backend: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
 }
-
 
 #[derive(Default)]
 struct MemoryState {
@@ -264,7 +266,12 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn create(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
+    async fn create(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+    ) -> Result<Revision, BackendError> {
         self.with(|s| conflict(s.buckets.entry(bucket).or_default().create(key, value)))?
     }
 
@@ -275,7 +282,14 @@ impl Backend for MemoryBackend {
         value: Bytes,
         expected: Revision,
     ) -> Result<Revision, BackendError> {
-        self.with(|s| conflict(s.buckets.entry(bucket).or_default().update(key, value, expected)))?
+        self.with(|s| {
+            conflict(
+                s.buckets
+                    .entry(bucket)
+                    .or_default()
+                    .update(key, value, expected),
+            )
+        })?
     }
 
     async fn put(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {

@@ -110,7 +110,10 @@ pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// Checks one server's report.
-pub fn check(report: &ServerReport, allow_lazy_fsync: bool) -> Result<Option<Warning>, StartupError> {
+pub fn check(
+    report: &ServerReport,
+    allow_lazy_fsync: bool,
+) -> Result<Option<Warning>, StartupError> {
     let old = parse_version(&report.version).is_none_or(|(ma, mi, _)| (ma, mi) < MIN_VERSION);
     if old {
         return Err(StartupError::TooOld {
@@ -177,6 +180,7 @@ pub fn report_from_varz(json: &[u8]) -> Result<ServerReport, serde_json::Error> 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
     fn report(version: &str, sync_always: bool) -> ServerReport {

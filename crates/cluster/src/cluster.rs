@@ -221,6 +221,21 @@ impl<B: Backend> Cluster<B> {
         Ok(Some((e, entry.revision)))
     }
 
+    /// Whether the registry still holds the claim written at `revision`. A node registers a
+    /// claimed connection locally and then asks this: a hand-over request that came in
+    /// between found nothing to close, but it has moved the entry on, so the answer is no
+    /// and the connection is closed (5.0: 0x8E).
+    pub async fn still_owner(
+        &self,
+        client: &ClientKey,
+        revision: Revision,
+    ) -> Result<bool, ClusterError> {
+        Ok(self
+            .read_registry(client)
+            .await?
+            .is_some_and(|(_, r)| r == revision))
+    }
+
     /// The owner's side of a hand-over, or a connection closing: the registry entry says
     /// no connection is open, if it is still the one this node wrote at `revision`.
     /// [`ClusterError::Fenced`] when another node has claimed it since.
@@ -305,7 +320,11 @@ impl<B: Backend> Cluster<B> {
         let value = record.encode();
         let r = match fence {
             Fence::Lost => return Err(ClusterError::Fenced(client.clone())),
-            Fence::Absent => self.backend.create(Bucket::Sessions, client.as_str(), value).await,
+            Fence::Absent => {
+                self.backend
+                    .create(Bucket::Sessions, client.as_str(), value)
+                    .await
+            }
             Fence::At(rev) => {
                 self.backend
                     .update(Bucket::Sessions, client.as_str(), value, rev)
@@ -319,7 +338,11 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// Deletes a session record (the session ended), fenced like a write.
-    pub async fn delete_session(&self, client: &ClientKey, fence: Fence) -> Result<(), ClusterError> {
+    pub async fn delete_session(
+        &self,
+        client: &ClientKey,
+        fence: Fence,
+    ) -> Result<(), ClusterError> {
         let expected = match fence {
             Fence::Lost => return Err(ClusterError::Fenced(client.clone())),
             Fence::Absent => return Ok(()),
@@ -337,12 +360,19 @@ impl<B: Backend> Cluster<B> {
 
     /// Publishes a QoS 0 message to the nodes that follow its topic.
     pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), ClusterError> {
-        Ok(self.backend.publish(self.live_subject(topic), payload).await?)
+        Ok(self
+            .backend
+            .publish(self.live_subject(topic), payload)
+            .await?)
     }
 
     /// Appends a QoS 1/2 message to its topic's partition; returns when the engine has it
     /// on disk on a majority, with the partition and stream sequence.
-    pub async fn append(&self, topic: &str, payload: Bytes) -> Result<(Partition, u64), ClusterError> {
+    pub async fn append(
+        &self,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<(Partition, u64), ClusterError> {
         let (p, subject) = self.partition_subject(topic);
         let seq = self.backend.append(p, subject, payload).await?;
         Ok((p, seq))
@@ -394,7 +424,11 @@ impl<B: Backend> Cluster<B> {
 
     /// Reads every lease now: feeds the peers' tracker (used by the lease task; a watch
     /// would save the reads, the leases bucket holds one key per node).
-    async fn scan_leases(&self, leases: &mut Leases, now: Instant) -> Result<Vec<Expired>, ClusterError> {
+    async fn scan_leases(
+        &self,
+        leases: &mut Leases,
+        now: Instant,
+    ) -> Result<Vec<Expired>, ClusterError> {
         let mut out = Vec::new();
         for key in self.backend.keys(Bucket::Leases).await? {
             if let Some(e) = self.backend.get(Bucket::Leases, &key).await? {

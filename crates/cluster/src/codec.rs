@@ -220,6 +220,7 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use proptest::prelude::*;
 
@@ -237,10 +238,15 @@ mod tests {
 
     #[test]
     fn overlong_uint_refused() {
-        let data = [1u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        let data = [
+            1u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
         let mut r = Reader::new(&data, 1).unwrap();
         assert_eq!(r.uint("v"), Err(DecodeError::BadValue("v")));
-        assert_eq!(Reader::new(&[2], 1).err(), Some(DecodeError::UnknownVersion(2)));
+        assert_eq!(
+            Reader::new(&[2], 1).err(),
+            Some(DecodeError::UnknownVersion(2))
+        );
         assert_eq!(Reader::new(&[], 1).err(), Some(DecodeError::Truncated));
     }
 }

@@ -56,7 +56,12 @@ impl MemoryKv {
     }
 
     /// Writes `key` only if its revision is `expected`.
-    pub fn update(&mut self, key: &str, value: Bytes, expected: Revision) -> Result<Revision, Conflict> {
+    pub fn update(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Revision, Conflict> {
         match self.entries.get(key) {
             Some((_, r)) if *r == expected => Ok(self.put(key, value)),
             _ => Err(Conflict),

@@ -84,6 +84,8 @@ pub struct NatsBackend {
     client: async_nats::Client,
     js: jetstream::Context,
     buckets: HashMap<Bucket, kv::Store>,
+    /// Each bucket's stream, for reads answered by its leader.
+    bucket_streams: HashMap<Bucket, stream::Stream>,
     prefix: String,
     partitions: PartitionCount,
 }
@@ -156,7 +158,9 @@ fn engine(e: impl std::fmt::Display) -> BackendError {
 impl NatsBackend {
     /// Connects, checks every server (version, JetStream, fsync), and creates or verifies the
     /// buckets and partition streams. Returns the warnings to log loudly (lazy fsync allowed).
-    pub async fn connect(config: &NatsConfig) -> Result<(NatsBackend, Vec<Warning>), NatsStartError> {
+    pub async fn connect(
+        config: &NatsConfig,
+    ) -> Result<(NatsBackend, Vec<Warning>), NatsStartError> {
         let servers: Vec<async_nats::ServerAddr> = config
             .servers
             .iter()
@@ -179,15 +183,15 @@ impl NatsBackend {
         let warnings = Self::check_servers(&client, config).await?;
         let info = client.server_info();
         let known = config.servers.len().max(info.connect_urls.len());
-        let replicas = config
-            .replicas
-            .unwrap_or(if known >= 3 { 3 } else { 1 });
+        let replicas = config.replicas.unwrap_or(if known >= 3 { 3 } else { 1 });
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.timeout);
         let mut buckets = HashMap::new();
+        let mut bucket_streams = HashMap::new();
         for b in Bucket::ALL {
-            let store = Self::ensure_bucket(&js, config, b, replicas).await?;
+            let (store, stream) = Self::ensure_bucket(&js, config, b, replicas).await?;
             buckets.insert(b, store);
+            bucket_streams.insert(b, stream);
         }
         for p in config.partitions.all() {
             Self::ensure_stream(&js, config, p, replicas).await?;
@@ -197,6 +201,7 @@ impl NatsBackend {
                 client,
                 js,
                 buckets,
+                bucket_streams,
                 prefix: config.prefix.clone(),
                 partitions: config.partitions,
             },
@@ -266,7 +271,7 @@ impl NatsBackend {
         config: &NatsConfig,
         b: Bucket,
         replicas: usize,
-    ) -> Result<kv::Store, NatsStartError> {
+    ) -> Result<(kv::Store, stream::Stream), NatsStartError> {
         let name = Self::bucket_name(&config.prefix, b);
         let what = format!("bucket {name}");
         let max_age = match b {
@@ -294,7 +299,7 @@ impl NatsBackend {
             .map_err(|e| setup_err(&what, e))?;
         let info = s.info().await.map_err(|e| setup_err(&what, e))?;
         verify(&what, &info.config, replicas)?;
-        Ok(store)
+        Ok((store, s))
     }
 
     async fn ensure_stream(
@@ -391,20 +396,44 @@ fn is_cas_refusal(e: &impl std::fmt::Display) -> bool {
 }
 
 impl Backend for NatsBackend {
-    type Subscription = futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
+    type Subscription =
+        futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
 
+    /// Read from the bucket stream's leader, not through the direct-get API that any
+    /// replica answers: a compare-and-set needs the latest revision, and a follower that
+    /// has not applied the last write yet would send a claim round and round.
     async fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Entry>, BackendError> {
-        let e = self.store(bucket)?.entry(key).await.map_err(engine)?;
-        match e {
-            Some(e) if e.operation == kv::Operation::Put => Ok(Some(Entry {
-                value: e.value,
-                revision: revision(e.revision)?,
-            })),
-            _ => Ok(None),
+        let store = self.store(bucket)?;
+        let stream = self.bucket_streams.get(&bucket).ok_or_else(|| {
+            BackendError::Engine(format!("bucket {} not set up", bucket.suffix()))
+        })?;
+        let subject = format!("{}{key}", store.prefix);
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => {
+                let deleted = m
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+                    || m.headers.get("Nats-Marker-Reason").is_some();
+                if deleted {
+                    return Ok(None);
+                }
+                Ok(Some(Entry {
+                    value: m.payload,
+                    revision: revision(m.sequence)?,
+                }))
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(engine(e)),
         }
     }
 
-    async fn create(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
+    async fn create(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+    ) -> Result<Revision, BackendError> {
         match self.store(bucket)?.create(key, value).await {
             Ok(r) => revision(r),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || is_cas_refusal(&e) => {
@@ -453,12 +482,25 @@ impl Backend for NatsBackend {
         }
     }
 
+    /// From the stream's subject list (stream info), not the KV key lister, which makes a
+    /// consumer for every listing. Deleted keys may be listed; [`Backend::get`] says so.
     async fn keys(&self, bucket: Bucket) -> Result<Vec<String>, BackendError> {
-        let mut keys = self.store(bucket)?.keys().await.map_err(engine)?;
+        let store = self.store(bucket)?;
+        let stream = self.bucket_streams.get(&bucket).ok_or_else(|| {
+            BackendError::Engine(format!("bucket {} not set up", bucket.suffix()))
+        })?;
+        let mut subjects = stream
+            .info_with_subjects(format!("{}>", store.prefix))
+            .await
+            .map_err(engine)?;
         let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            out.push(k.map_err(engine)?);
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(engine)?;
+            if let Some(key) = subject.strip_prefix(store.prefix.as_str()) {
+                out.push(key.to_owned());
+            }
         }
+        out.sort();
         Ok(out)
     }
 
@@ -532,6 +574,7 @@ impl Backend for NatsBackend {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

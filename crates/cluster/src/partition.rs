@@ -73,6 +73,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use proptest::prelude::*;
 
@@ -89,7 +90,10 @@ mod tests {
         // Pinned: a change here moves topics between partitions of a running cluster.
         let p = PartitionCount::new(16).unwrap();
         assert_eq!(p.of("a").index(), (0xaf63_dc4c_8601_ec8c_u64 % 16) as u16);
-        assert_eq!(p.of("foobar").index(), (0x8594_4171_f739_67e8_u64 % 16) as u16);
+        assert_eq!(
+            p.of("foobar").index(),
+            (0x8594_4171_f739_67e8_u64 % 16) as u16
+        );
         assert!(PartitionCount::new(0).is_none());
         assert_eq!(p.partition(15).map(Partition::index), Some(15));
         assert_eq!(p.partition(16), None);
@@ -103,7 +107,10 @@ mod tests {
         for i in 0..8000 {
             counts[usize::from(p.of(&format!("sensor/{i}/temp")).index())] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     proptest! {

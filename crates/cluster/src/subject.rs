@@ -111,7 +111,11 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-'
 }
 
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
+/// The upper-case hex digit of the low four bits.
+fn hex_digit(n: u8) -> char {
+    let n = n & 0x0f;
+    char::from(if n < 10 { b'0' + n } else { b'A' + n - 10 })
+}
 
 /// Appends one level, escaped, as one token.
 fn push_level(out: &mut String, level: &str) {
@@ -124,8 +128,8 @@ fn push_level(out: &mut String, level: &str) {
             out.push(char::from(b));
         } else {
             out.push('_');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            out.push(hex_digit(b >> 4));
+            out.push(hex_digit(b));
         }
     }
 }

@@ -13,7 +13,10 @@
 //! | a live connection on another node | ask that node to close it (5.0: DISCONNECT 0x8E, Session taken over) and hand the session over; wait for its answer until a deadline; then read again and update |
 //!
 //! A create or update that loses a race (someone else wrote first: a conflict) starts over
-//! with a fresh read, up to [`ClaimConfig::max_attempts`]. Two nodes claiming at once: one
+//! with a fresh read after a pause that doubles from [`ClaimConfig::retry_backoff`] (capped
+//! at 32 times it), up to [`ClaimConfig::max_attempts`]. The pause matters: a write that is
+//! still being replicated already refuses a competing compare-and-set, but reads do not
+//! show it until it is committed, so an immediate retry would read the old state again. Two nodes claiming at once: one
 //! wins the compare-and-set, the other reads the winner's entry and asks it to hand over, so
 //! the last CONNECT wins as on a single broker.
 //!
@@ -34,14 +37,17 @@ pub struct ClaimConfig {
     pub handover_timeout: Duration,
     /// How many compare-and-set conflicts before giving up.
     pub max_attempts: u32,
+    /// The pause after the first conflict; it doubles with each further one.
+    pub retry_backoff: Duration,
 }
 
 impl Default for ClaimConfig {
-    /// 3 s for a hand-over, 8 attempts.
+    /// 3 s for a hand-over, 10 attempts, 5 ms then 10, 20, … 160 ms between them.
     fn default() -> Self {
         ClaimConfig {
             handover_timeout: Duration::from_secs(3),
-            max_attempts: 8,
+            max_attempts: 10,
+            retry_backoff: Duration::from_millis(5),
         }
     }
 }
@@ -93,9 +99,19 @@ enum State {
     NeedRead,
     Reading,
     NeedWrite(ClaimStep),
-    Writing { previous: Option<RegistryEntry> },
-    NeedAsk { owner: NodeId, revision: Revision },
-    AwaitRelease { deadline: Instant, revision: Revision },
+    Writing {
+        previous: Option<RegistryEntry>,
+    },
+    NeedAsk {
+        owner: NodeId,
+        revision: Revision,
+    },
+    AwaitRelease {
+        deadline: Instant,
+        revision: Revision,
+    },
+    NeedBackoff,
+    Backoff(Instant),
     Done(Result<Claimed, ClaimError>),
 }
 
@@ -167,6 +183,20 @@ impl Claim {
                     ClaimStep::Wait(*deadline)
                 }
             }
+            State::NeedBackoff => {
+                let doublings = self.conflicts.saturating_sub(1).min(5);
+                let until = now + self.config.retry_backoff * (1u32 << doublings);
+                self.state = State::Backoff(until);
+                ClaimStep::Wait(until)
+            }
+            State::Backoff(until) => {
+                if now >= *until {
+                    self.state = State::Reading;
+                    ClaimStep::Read
+                } else {
+                    ClaimStep::Wait(*until)
+                }
+            }
             State::Reading | State::Writing { .. } => ClaimStep::Wait(now),
             State::Done(r) => ClaimStep::Done(r.clone()),
         }
@@ -217,7 +247,7 @@ impl Claim {
                 if self.conflicts >= self.config.max_attempts {
                     State::Done(Err(ClaimError::Contended(self.conflicts)))
                 } else {
-                    State::NeedRead
+                    State::NeedBackoff
                 }
             }
         };

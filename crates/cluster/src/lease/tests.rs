@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use super::*;
 
 fn n(name: &str) -> NodeId {
@@ -34,7 +36,10 @@ fn own_lease_refreshes_on_time() {
     assert!(matches!(l.poll(t0), OwnState::Idle(_)));
     l.handle_written(t0 + Duration::from_millis(3));
     assert!(l.is_serving(t0 + Duration::from_millis(3)));
-    assert_eq!(l.poll(t0 + Duration::from_secs(1)), OwnState::Idle(t0 + Duration::from_secs(2)));
+    assert_eq!(
+        l.poll(t0 + Duration::from_secs(1)),
+        OwnState::Idle(t0 + Duration::from_secs(2))
+    );
     assert_eq!(l.poll(t0 + Duration::from_secs(2)), OwnState::Refresh);
 }
 

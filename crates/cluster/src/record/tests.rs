@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use super::*;
 use proptest::prelude::*;
 
@@ -22,16 +24,18 @@ fn subscription() -> impl Strategy<Value = StoredSubscription> {
         ]),
         prop::option::of(1u32..=268_435_455),
     )
-        .prop_map(|(filter, qos, no_local, rap, rh, identifier)| StoredSubscription {
-            filter,
-            options: SubscriptionOptions {
-                qos,
-                no_local,
-                retain_as_published: rap,
-                retain_handling: rh,
+        .prop_map(
+            |(filter, qos, no_local, rap, rh, identifier)| StoredSubscription {
+                filter,
+                options: SubscriptionOptions {
+                    qos,
+                    no_local,
+                    retain_as_published: rap,
+                    retain_handling: rh,
+                },
+                identifier,
             },
-            identifier,
-        })
+        )
 }
 
 fn will() -> impl Strategy<Value = StoredWill> {
@@ -84,7 +88,8 @@ fn record() -> impl Strategy<Value = SessionRecord> {
             prop::collection::vec(subscription(), 0..5),
             prop::option::of(will()),
             prop::collection::vec(
-                (any::<u16>(), any::<u64>()).prop_map(|(partition, next)| Cursor { partition, next }),
+                (any::<u16>(), any::<u64>())
+                    .prop_map(|(partition, next)| Cursor { partition, next }),
                 0..8,
             ),
             prop::collection::vec(
@@ -110,7 +115,10 @@ fn record() -> impl Strategy<Value = SessionRecord> {
         ),
     )
         .prop_map(
-            |((node, claim, protocol, expiry_interval, disconnected_at_ms), (subscriptions, will, cursors, outbound, inbound_qos2))| {
+            |(
+                (node, claim, protocol, expiry_interval, disconnected_at_ms),
+                (subscriptions, will, cursors, outbound, inbound_qos2),
+            )| {
                 SessionRecord {
                     node,
                     claim,
@@ -169,5 +177,8 @@ fn versions_and_trailing_bytes() {
     data.push(0);
     assert_eq!(RegistryEntry::decode(&data), Err(DecodeError::Trailing));
     data[0] = 2;
-    assert_eq!(RegistryEntry::decode(&data), Err(DecodeError::UnknownVersion(2)));
+    assert_eq!(
+        RegistryEntry::decode(&data),
+        Err(DecodeError::UnknownVersion(2))
+    );
 }

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use super::*;
 use makelaar_core::topic::TopicTree;
 use proptest::prelude::*;
@@ -24,7 +26,9 @@ fn nats_valid(subject: &str, wildcards_allowed: bool) -> bool {
     let last = tokens.len() - 1;
     tokens.iter().enumerate().all(|(i, t)| {
         !t.is_empty()
-            && !t.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            && !t
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
             && match *t {
                 "*" => wildcards_allowed,
                 ">" => wildcards_allowed && i == last,
@@ -99,7 +103,10 @@ fn decode_refuses_non_canonical_forms() {
     assert_eq!(decode_topic("u._24a._T"), Err(SubjectError::RootMismatch));
     assert_eq!(decode_topic("s.a._T"), Err(SubjectError::RootMismatch));
     assert_eq!(decode_under("mk.l", "mk.l.u.a._T"), Ok("a".to_owned()));
-    assert_eq!(decode_under("mk.l", "mk.x.u.a._T"), Err(SubjectError::BadRoot));
+    assert_eq!(
+        decode_under("mk.l", "mk.x.u.a._T"),
+        Err(SubjectError::BadRoot)
+    );
 }
 
 fn level() -> impl Strategy<Value = String> {
@@ -120,10 +127,7 @@ fn topic() -> impl Strategy<Value = String> {
 
 fn filter() -> impl Strategy<Value = String> {
     (
-        prop::collection::vec(
-            prop_oneof![3 => level(), 1 => Just("+".to_owned())],
-            0..4,
-        ),
+        prop::collection::vec(prop_oneof![3 => level(), 1 => Just("+".to_owned())], 0..4),
         any::<bool>(),
     )
         .prop_filter_map("a filter has a level", |(mut levels, hash)| {

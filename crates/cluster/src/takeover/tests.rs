@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use super::*;
 use crate::kv::MemoryKv;
 use proptest::prelude::*;
@@ -65,12 +67,15 @@ fn run(
     owner_answers: bool,
 ) -> (Vec<ClaimStep>, Result<Claimed, ClaimError>) {
     let mut steps = Vec::new();
+    let mut now = now;
     for _ in 0..100 {
         let s = step(claim, kv, now, alive, owner_answers);
-        if let ClaimStep::Done(r) = s {
-            return (steps, r);
+        match s {
+            ClaimStep::Done(r) => return (steps, r),
+            // Time passes while the claim waits (a back-off); not a step of its own.
+            ClaimStep::Wait(until) => now = now.max(until),
+            s => steps.push(s),
         }
-        steps.push(s);
     }
     panic!("claim did not finish: {steps:?}");
 }
@@ -84,7 +89,10 @@ fn free_id_is_created() {
     let mut kv = MemoryKv::new();
     let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
     let (steps, r) = run(&mut c, &mut kv, Instant::now(), &all_alive, true);
-    assert_eq!(steps, [ClaimStep::Read, ClaimStep::Create(entry("m2", 5, true))]);
+    assert_eq!(
+        steps,
+        [ClaimStep::Read, ClaimStep::Create(entry("m2", 5, true))]
+    );
     let claimed = r.unwrap();
     assert_eq!(claimed.previous, None);
     assert_eq!(read(&kv), Some((entry("m2", 5, true), claimed.revision)));
@@ -97,7 +105,10 @@ fn disconnected_or_own_entry_is_updated_directly() {
         let r0 = kv.put(KEY, old.encode());
         let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
         let (steps, r) = run(&mut c, &mut kv, Instant::now(), &all_alive, true);
-        assert_eq!(steps, [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]);
+        assert_eq!(
+            steps,
+            [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]
+        );
         assert_eq!(r.unwrap().previous, Some(old));
     }
 }
@@ -134,15 +145,24 @@ fn silent_owner_is_fenced_after_the_deadline() {
     let config = ClaimConfig::default();
     let mut c = Claim::new(n("m2"), 5, config);
     let t0 = Instant::now();
-    assert_eq!(step(&mut c, &mut kv, t0, &all_alive, false), ClaimStep::Read);
+    assert_eq!(
+        step(&mut c, &mut kv, t0, &all_alive, false),
+        ClaimStep::Read
+    );
     assert!(matches!(
         step(&mut c, &mut kv, t0, &all_alive, false),
         ClaimStep::AskRelease { .. }
     ));
     let deadline = t0 + config.handover_timeout;
     let almost = deadline - Duration::from_millis(1);
-    assert_eq!(step(&mut c, &mut kv, almost, &all_alive, false), ClaimStep::Wait(deadline));
-    assert_eq!(step(&mut c, &mut kv, deadline, &all_alive, false), ClaimStep::Read);
+    assert_eq!(
+        step(&mut c, &mut kv, almost, &all_alive, false),
+        ClaimStep::Wait(deadline)
+    );
+    assert_eq!(
+        step(&mut c, &mut kv, deadline, &all_alive, false),
+        ClaimStep::Read
+    );
     // The same revision as asked about: not asked again, claimed.
     assert_eq!(
         step(&mut c, &mut kv, deadline, &all_alive, false),
@@ -158,7 +178,10 @@ fn expired_owner_is_claimed_directly() {
     let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
     let only_m2 = |node: &NodeId, _: u64| node.as_str() == "m2";
     let (steps, r) = run(&mut c, &mut kv, Instant::now(), &only_m2, true);
-    assert_eq!(steps, [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]);
+    assert_eq!(
+        steps,
+        [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]
+    );
     assert!(r.is_ok());
     // An old incarnation of a live node name is dead too.
     let mut kv = MemoryKv::new();
@@ -177,9 +200,26 @@ fn conflict_retries_with_a_fresh_read_then_gives_up() {
     assert_eq!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Read);
     // Someone creates the entry between our read and our create.
     kv.put(KEY, entry("m3", 9, false).encode());
-    assert!(matches!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Create(_)));
+    assert!(matches!(
+        step(&mut c, &mut kv, t, &all_alive, true),
+        ClaimStep::Create(_)
+    ));
+    // A pause before the fresh read.
+    let backoff = ClaimConfig::default().retry_backoff;
+    assert_eq!(
+        step(&mut c, &mut kv, t, &all_alive, true),
+        ClaimStep::Wait(t + backoff)
+    );
+    assert_eq!(
+        step(&mut c, &mut kv, t, &all_alive, true),
+        ClaimStep::Wait(t + backoff)
+    );
+    let t = t + backoff;
     assert_eq!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Read);
-    assert!(matches!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Update(..)));
+    assert!(matches!(
+        step(&mut c, &mut kv, t, &all_alive, true),
+        ClaimStep::Update(..)
+    ));
     assert!(matches!(c.poll(t), ClaimStep::Done(Ok(_))));
 
     // A key that changes before every write: the claim gives up after max_attempts.
@@ -188,8 +228,16 @@ fn conflict_retries_with_a_fresh_read_then_gives_up() {
         ..ClaimConfig::default()
     };
     let mut c = Claim::new(n("m2"), 5, config);
+    let mut t = t;
+    let mut pauses = Vec::new();
     for _ in 0..3 {
-        assert_eq!(c.poll(t), ClaimStep::Read);
+        let mut s = c.poll(t);
+        if let ClaimStep::Wait(until) = s {
+            pauses.push(until - t);
+            t = until;
+            s = c.poll(t);
+        }
+        assert_eq!(s, ClaimStep::Read);
         c.handle_read(read(&kv), all_alive);
         let s = c.poll(t);
         assert!(matches!(s, ClaimStep::Update(..)));
@@ -197,6 +245,8 @@ fn conflict_retries_with_a_fresh_read_then_gives_up() {
         c.handle_written(None);
     }
     assert_eq!(c.poll(t), ClaimStep::Done(Err(ClaimError::Contended(3))));
+    // The pause doubles.
+    assert_eq!(pauses, [config.retry_backoff, config.retry_backoff * 2]);
 }
 
 #[test]
@@ -208,8 +258,14 @@ fn two_concurrent_claims_the_later_one_takes_over() {
     // Both read the free id; both try to create it; b wins.
     assert_eq!(step(&mut b, &mut kv, t, &all_alive, true), ClaimStep::Read);
     assert_eq!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Read);
-    assert!(matches!(step(&mut b, &mut kv, t, &all_alive, true), ClaimStep::Create(_)));
-    assert!(matches!(step(&mut c, &mut kv, t, &all_alive, true), ClaimStep::Create(_)));
+    assert!(matches!(
+        step(&mut b, &mut kv, t, &all_alive, true),
+        ClaimStep::Create(_)
+    ));
+    assert!(matches!(
+        step(&mut c, &mut kv, t, &all_alive, true),
+        ClaimStep::Create(_)
+    ));
     let ClaimStep::Done(Ok(won)) = b.poll(t) else {
         panic!("b should have won")
     };
@@ -231,7 +287,7 @@ proptest! {
     fn interleaved_claims_settle(schedule in prop::collection::vec(any::<bool>(), 1..60)) {
         let mut kv = MemoryKv::new();
         kv.put(KEY, entry("m1", 1, true).encode());
-        let t = Instant::now();
+        let mut t = Instant::now();
         let mut claims = [
             Claim::new(n("m2"), 2, ClaimConfig::default()),
             Claim::new(n("m3"), 3, ClaimConfig::default()),
@@ -247,6 +303,9 @@ proptest! {
                 i = 1 - i;
             }
             let s = step(&mut claims[i], &mut kv, t, &all_alive, true);
+            if let ClaimStep::Wait(until) = s {
+                t = t.max(until);
+            }
             if let ClaimStep::Done(r) = s {
                 let claimed = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 done.push((i, claimed));

