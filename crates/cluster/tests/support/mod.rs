@@ -16,11 +16,17 @@ use std::time::{Duration, Instant};
 
 /// The server binary, or `None` (the caller skips with a message).
 pub fn nats_server_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    // Where `pip install --user` puts it.
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".local/bin"));
+    }
+    dirs.into_iter()
         .map(|d| d.join("nats-server"))
         .find(|p| p.is_file())
 }
