@@ -515,3 +515,6 @@ fn written(r: Result<Revision, BackendError>) -> Result<Option<Revision>, Backen
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use crate::backend::MemoryBackend;
+
+fn layer(backend: &MemoryBackend, node: &str, incarnation: u64) -> Cluster<MemoryBackend> {
+    Cluster::new(
+        backend.clone(),
+        ClusterConfig {
+            node: NodeId::new(node).unwrap(),
+            incarnation,
+            prefix: "mk".into(),
+            partitions: PartitionCount::new(8).unwrap(),
+            lease: LeaseConfig::default(),
+            claim: ClaimConfig {
+                handover_timeout: Duration::from_millis(50),
+                ..ClaimConfig::default()
+            },
+        },
+    )
+}
+
+fn record(node: &str) -> SessionRecord {
+    SessionRecord {
+        node: NodeId::new(node).unwrap(),
+        claim: 1,
+        protocol: 4,
+        expiry_interval: 60,
+        disconnected_at_ms: None,
+        subscriptions: Vec::new(),
+        will: None,
+        cursors: Vec::new(),
+        outbound: Vec::new(),
+        inbound_qos2: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn claims_and_fenced_session_writes() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let client = ClientKey::new("sensor 1");
+    let c1 = m1.claim_client(&client).await.unwrap();
+    assert_eq!(c1.previous, None);
+    assert!(m1.still_owner(&client, c1.revision).await.unwrap());
+    let (none, fence) = m1.load_session(&client).await.unwrap();
+    assert!(none.is_none());
+    let f1 = m1
+        .store_session(&client, &record("m1"), fence)
+        .await
+        .unwrap();
+
+    // m1 holds a live lease: m2 asks it to hand over; nobody answers on the memory engine
+    // (no responder), so m2 goes ahead and m1 is fenced from then on.
+    m1.refresh_lease().await.unwrap();
+    let c2 = m2.claim_client(&client).await.unwrap();
+    assert!(c2.revision > c1.revision);
+    assert_eq!(c2.previous.unwrap().node.as_str(), "m1");
+    assert!(!m1.still_owner(&client, c1.revision).await.unwrap());
+    let (seen, fence) = m2.load_session(&client).await.unwrap();
+    assert_eq!(seen.unwrap().node.as_str(), "m1");
+    m2.store_session(&client, &record("m2"), fence)
+        .await
+        .unwrap();
+    assert_eq!(
+        m1.store_session(&client, &record("m1"), f1).await,
+        Err(ClusterError::Fenced(client.clone()))
+    );
+    assert_eq!(
+        m1.mark_disconnected(&client, c1.revision).await,
+        Err(ClusterError::Fenced(client.clone()))
+    );
+    assert_eq!(
+        m1.store_session(&client, &record("m1"), Fence::Lost).await,
+        Err(ClusterError::Fenced(client.clone()))
+    );
+    m2.mark_disconnected(&client, c2.revision).await.unwrap();
+}
+
+#[tokio::test]
+async fn live_subjects_and_partitions() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let mut sub = engine.subscribe(m1.live_filter("a/#"), None).await.unwrap();
+    for t in ["a", "a/b", "b", "$SYS/a"] {
+        m1.publish(t, Bytes::from(t)).await.unwrap();
+    }
+    let got: Vec<String> = [sub.next().await.unwrap(), sub.next().await.unwrap()]
+        .into_iter()
+        .map(|d| crate::subject::decode_under("mk.live", &d.subject).unwrap())
+        .collect();
+    assert_eq!(got, ["a", "a/b"]);
+
+    let (p, s1) = m1.append("x/y", "1".into()).await.unwrap();
+    let (q, s2) = m1.append("x/y", "2".into()).await.unwrap();
+    assert_eq!((p, s2), (q, s1 + 1));
+    assert_eq!(p, m1.config().partitions.of("x/y"));
+    let (_, subject) = m1.partition_subject("x/y");
+    assert_eq!(subject.as_str(), format!("mk.p{}.u.x.y._T", p.index()));
+    assert_eq!(engine.stream(p).len(), 2);
+}
+
+#[tokio::test]
+async fn one_survivor_reaps() {
+    let engine = MemoryBackend::new();
+    let a = layer(&engine, "a", 1);
+    let b = layer(&engine, "b", 2);
+    let dead = Expired {
+        node: NodeId::new("gone").unwrap(),
+        incarnation: 7,
+    };
+    assert!(a.try_reap(&dead).await.unwrap());
+    assert!(!b.try_reap(&dead).await.unwrap());
+    assert!(!a.try_reap(&dead).await.unwrap());
+    // A node whose lease is there is not reaped.
+    let live = layer(&engine, "live", 3);
+    live.refresh_lease().await.unwrap();
+    let not_dead = Expired {
+        node: NodeId::new("live").unwrap(),
+        incarnation: 3,
+    };
+    assert!(!a.try_reap(&not_dead).await.unwrap());
+}
+
+#[test]
+fn release_requests_round_trip() {
+    let client = ClientKey::new("c/1");
+    let payload = ReleaseRequest::encode(&client, Revision::new(9).unwrap());
+    let req = ReleaseRequest::decode(&payload, Some("_INBOX.x".into())).unwrap();
+    assert_eq!(req.client, client);
+    assert_eq!(req.revision.get(), 9);
+    assert!(ReleaseRequest::decode(&payload[..payload.len() - 1], None).is_err());
+}
