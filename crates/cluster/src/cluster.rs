@@ -105,6 +105,17 @@ pub enum LeaseEvent {
     Reap(Expired),
 }
 
+/// What came of trying to reap a dead node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReapOutcome {
+    /// This node publishes its wills.
+    Won,
+    /// Another survivor does.
+    Lost,
+    /// Its lease is still in the bucket: not dead (yet).
+    StillAlive,
+}
+
 /// The cluster layer of one node over an engine.
 pub struct Cluster<B> {
     backend: B,
@@ -402,10 +413,10 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// Tries to become the one survivor that publishes `dead`'s wills: checks that its lease
-    /// is really gone, then creates the reaper key. `true`: this node reaps.
-    pub async fn try_reap(&self, dead: &Expired) -> Result<bool, ClusterError> {
+    /// is really gone, then creates the reaper key.
+    pub async fn try_reap(&self, dead: &Expired) -> Result<ReapOutcome, ClusterError> {
         if self.lease_alive(&dead.node, dead.incarnation).await? {
-            return Ok(false);
+            return Ok(ReapOutcome::StillAlive);
         }
         let me = NodeLease {
             node: self.config.node.clone(),
@@ -416,8 +427,8 @@ impl<B: Backend> Cluster<B> {
             .create(Bucket::Reapers, &dead.reaper_key(), me.encode())
             .await
         {
-            Ok(_) => Ok(true),
-            Err(BackendError::Conflict) => Ok(false),
+            Ok(_) => Ok(ReapOutcome::Won),
+            Err(BackendError::Conflict) => Ok(ReapOutcome::Lost),
             Err(e) => Err(e.into()),
         }
     }
@@ -483,17 +494,21 @@ impl<B: Backend> Cluster<B> {
                     dead.extend(peers.poll_expired(now));
                     for d in dead {
                         match self.try_reap(&d).await {
-                            Ok(true) => {
+                            Ok(ReapOutcome::Won) => {
                                 if events.send(LeaseEvent::Reap(d)).await.is_err() {
                                     return;
                                 }
                             }
-                            Ok(false) => {}
-                            Err(e) => tracing::warn!(
+                            Ok(ReapOutcome::Lost) => {}
+                            Ok(ReapOutcome::StillAlive) => peers.handle_still_present(&d),
+                            Err(e) => {
+                                peers.handle_still_present(&d);
+                                tracing::warn!(
                                 error = %e,
                                 node = %d.node,
-                                "cannot claim the reaping of a dead node"
-                            ),
+                                    "cannot claim the reaping of a dead node"
+                                );
+                            }
                         }
                     }
                     if events.is_closed() {

@@ -271,6 +271,17 @@ impl Leases {
         out
     }
 
+    /// A reported peer's lease turned out to be still in the bucket (the engine removes
+    /// expired entries on its own schedule, which may lag this node's clock): report it
+    /// again at the next [`Leases::poll_expired`], unless a new write is seen first.
+    pub fn handle_still_present(&mut self, expired: &Expired) {
+        if let Some(p) = self.peers.get_mut(&expired.node) {
+            if p.incarnation == expired.incarnation {
+                p.reported = false;
+            }
+        }
+    }
+
     /// The earliest instant at which a known live peer would expire.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.peers

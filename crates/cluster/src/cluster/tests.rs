@@ -110,9 +110,9 @@ async fn one_survivor_reaps() {
         node: NodeId::new("gone").unwrap(),
         incarnation: 7,
     };
-    assert!(a.try_reap(&dead).await.unwrap());
-    assert!(!b.try_reap(&dead).await.unwrap());
-    assert!(!a.try_reap(&dead).await.unwrap());
+    assert_eq!(a.try_reap(&dead).await.unwrap(), ReapOutcome::Won);
+    assert_eq!(b.try_reap(&dead).await.unwrap(), ReapOutcome::Lost);
+    assert_eq!(a.try_reap(&dead).await.unwrap(), ReapOutcome::Lost);
     // A node whose lease is there is not reaped.
     let live = layer(&engine, "live", 3);
     live.refresh_lease().await.unwrap();
@@ -120,7 +120,10 @@ async fn one_survivor_reaps() {
         node: NodeId::new("live").unwrap(),
         incarnation: 3,
     };
-    assert!(!a.try_reap(&not_dead).await.unwrap());
+    assert_eq!(
+        a.try_reap(&not_dead).await.unwrap(),
+        ReapOutcome::StillAlive
+    );
 }
 
 #[test]
