@@ -157,7 +157,8 @@ fn engine(e: impl std::fmt::Display) -> BackendError {
 
 impl NatsBackend {
     /// Connects, checks every server (version, JetStream, fsync), and creates or verifies the
-    /// buckets and partition streams. Returns the warnings to log loudly (lazy fsync allowed).
+    /// buckets and partition streams. The warnings (lazy fsync allowed) are logged at error
+    /// level here and returned, for the caller to show where it shows such things.
     pub async fn connect(
         config: &NatsConfig,
     ) -> Result<(NatsBackend, Vec<Warning>), NatsStartError> {
@@ -181,6 +182,9 @@ impl NatsBackend {
                 reason: e.to_string(),
             })?;
         let warnings = Self::check_servers(&client, config).await?;
+        for w in &warnings {
+            tracing::error!("{w}");
+        }
         let info = client.server_info();
         let known = config.servers.len().max(info.connect_urls.len());
         let replicas = config.replicas.unwrap_or(if known >= 3 { 3 } else { 1 });
