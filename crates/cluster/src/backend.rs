@@ -229,23 +229,17 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
-/// A [`MemoryBackend`] subscription.
-pub type MemorySubscription = tokio_stream_shim::Receiver;
+/// A [`MemoryBackend`] subscription: the messages published on matching subjects.
+pub struct MemorySubscription(tokio::sync::mpsc::UnboundedReceiver<Delivery>);
 
-mod tokio_stream_shim {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+impl Stream for MemorySubscription {
+    type Item = Delivery;
 
-    use super::Delivery;
-
-    /// An unbounded receiver as a stream.
-    pub struct Receiver(pub(super) tokio::sync::mpsc::UnboundedReceiver<Delivery>);
-
-    impl futures_util::Stream for Receiver {
-        type Item = Delivery;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-            self.0.poll_recv(cx)
-        }
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        self.0.poll_recv(cx)
     }
 }
 
@@ -353,7 +347,7 @@ impl Backend for MemoryBackend {
     ) -> Result<MemorySubscription, BackendError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.with(|s| s.subscribers.push((subject, tx)))?;
-        Ok(tokio_stream_shim::Receiver(rx))
+        Ok(MemorySubscription(rx))
     }
 
     async fn request(

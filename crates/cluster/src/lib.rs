@@ -13,6 +13,8 @@
 //! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
 //! subscribe, claim a client id, load or store a session; nothing here knows the broker.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod checks;
 pub mod cluster;

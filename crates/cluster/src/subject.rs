@@ -134,8 +134,8 @@ fn push_level(out: &mut String, level: &str) {
     }
 }
 
-/// One token as a level (key), or an error. Exposed for keys built from the same escape
-/// (client ids, node names).
+/// Any text as one token, escaped as a topic level is: for keys built the same way
+/// (client ids). Total; [`unescape_token`] reverses it.
 pub fn escape_token(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     push_level(&mut out, text);
