@@ -144,11 +144,17 @@ nats_server_ok() {
         "$1" --version 2>/dev/null | grep -Eq 'v(2\.(1[2-9]|[2-9][0-9])|[3-9]|[1-9][0-9])\.'
 }
 
-# find_nats_server: prints the path of a usable nats-server (PATH first, then pip's --user
-# scripts directory), or fails.
+# find_nats_server: prints the path of a usable nats-server (PATH first, then the scripts
+# directories pip installs into: python3's own and the --user one), or fails.
 find_nats_server() {
-    local bin
-    for bin in "$(command -v nats-server || true)" "$HOME/.local/bin/nats-server"; do
+    local bin dir
+    local candidates=("$(command -v nats-server || true)")
+    for dir in $(python3 -c 'import os, sysconfig
+print(sysconfig.get_path("scripts"))
+print(sysconfig.get_path("scripts", os.name + "_user"))' 2>/dev/null || true) "$HOME/.local/bin"; do
+        candidates+=("$dir/nats-server")
+    done
+    for bin in "${candidates[@]}"; do
         if nats_server_ok "$bin"; then
             echo "$bin"
             return 0
