@@ -344,3 +344,54 @@ fn a_stale_writer_is_fenced() {
     // Lost stays lost.
     assert_eq!(a.after_write(Some(Revision::MIN)), Fence::Lost);
 }
+
+proptest! {
+    /// Three claims at once, owners that answer or stay silent, owners alive or not, any
+    /// interleaving: every claim ends, and the registry holds exactly the last claim written.
+    #[test]
+    fn three_claims_any_owner_behaviour(
+        schedule in prop::collection::vec(0usize..3, 1..80),
+        answers in any::<bool>(),
+        alive in any::<bool>(),
+    ) {
+        let mut kv = MemoryKv::new();
+        kv.put(KEY, entry("m0", 1, true).encode());
+        let mut t = Instant::now();
+        let mut claims: Vec<Claim> = (1..=3)
+            .map(|i| Claim::new(n(&format!("m{i}")), i, ClaimConfig::default()))
+            .collect();
+        let liveness = move |node: &NodeId, _: u64| alive || node.as_str() != "m0";
+        let mut results: Vec<Option<Result<Claimed, ClaimError>>> = vec![None, None, None];
+        let mut pick = schedule.iter().cycle();
+        for _ in 0..5000 {
+            if results.iter().all(Option::is_some) {
+                break;
+            }
+            let mut i = *pick.next().unwrap();
+            while results[i].is_some() {
+                i = (i + 1) % 3;
+            }
+            match step(&mut claims[i], &mut kv, t, &liveness, answers) {
+                ClaimStep::Done(r) => results[i] = Some(r),
+                // Time jumps to what a claim waits for (another claim's deadline may pass
+                // meanwhile: one more legal schedule).
+                ClaimStep::Wait(until) => t = t.max(until),
+                _ => {}
+            }
+        }
+        prop_assert!(results.iter().all(Option::is_some), "claims did not end: {:?}", results);
+        let won: Vec<(usize, Revision)> = results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Some(Ok(c)) => Some((i, c.revision)),
+                _ => None,
+            })
+            .collect();
+        prop_assert!(!won.is_empty());
+        let (last, rev) = *won.iter().max_by_key(|(_, r)| *r).unwrap();
+        let (owner, stored) = read(&kv).unwrap();
+        prop_assert_eq!(stored, rev);
+        prop_assert_eq!(owner.node.as_str(), format!("m{}", last + 1));
+    }
+}
