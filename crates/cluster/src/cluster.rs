@@ -11,11 +11,12 @@ use tokio::sync::mpsc;
 
 use crate::backend::{Backend, BackendError, Bucket};
 use crate::codec::{Reader, Writer};
+use crate::envelope::Envelope;
 use crate::ids::{ClientKey, NodeId, Revision};
 use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
 use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, FORMAT};
-use crate::subject::{encode_filter, encode_topic, Subject};
+use crate::subject::{decode_topic, encode_filter, encode_topic, Subject};
 use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
 
 /// The settings every node of one cluster shares, and this node's name.
@@ -370,10 +371,10 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// Publishes a QoS 0 message to the nodes that follow its topic.
-    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), ClusterError> {
+    pub async fn publish(&self, topic: &str, message: &Envelope) -> Result<(), ClusterError> {
         Ok(self
             .backend
-            .publish(self.live_subject(topic), payload)
+            .publish(self.live_subject(topic), message.encode())
             .await?)
     }
 
@@ -382,11 +383,65 @@ impl<B: Backend> Cluster<B> {
     pub async fn append(
         &self,
         topic: &str,
-        payload: Bytes,
+        message: &Envelope,
     ) -> Result<(Partition, u64), ClusterError> {
         let (p, subject) = self.partition_subject(topic);
-        let seq = self.backend.append(p, subject, payload).await?;
+        let seq = self.backend.append(p, subject, message.encode()).await?;
         Ok((p, seq))
+    }
+
+    /// Sets a topic's retained message, or clears it with `None` (an empty retained
+    /// payload). The key is the topic's subject tokens, so a filter's tokens select keys.
+    pub async fn store_retained(
+        &self,
+        topic: &str,
+        message: Option<&Envelope>,
+    ) -> Result<(), ClusterError> {
+        let key = encode_topic(topic);
+        match message {
+            Some(m) => {
+                self.backend
+                    .put(Bucket::Retained, key.as_str(), m.encode())
+                    .await?;
+            }
+            None => match self
+                .backend
+                .delete(Bucket::Retained, key.as_str(), None)
+                .await
+            {
+                Ok(()) | Err(BackendError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+        Ok(())
+    }
+
+    /// A topic's retained message.
+    pub async fn load_retained(&self, topic: &str) -> Result<Option<Envelope>, ClusterError> {
+        let key = encode_topic(topic);
+        let Some(e) = self.backend.get(Bucket::Retained, key.as_str()).await? else {
+            return Ok(None);
+        };
+        Envelope::decode(&e.value)
+            .map(Some)
+            .map_err(|error| ClusterError::Corrupt {
+                key: key.into_string(),
+                error,
+            })
+    }
+
+    /// The topics with a retained message (for a node's start-up; a watch keeps it current
+    /// afterwards, with the router wiring).
+    pub async fn retained_topics(&self) -> Result<Vec<String>, ClusterError> {
+        let mut out = Vec::new();
+        for key in self.backend.keys(Bucket::Retained).await? {
+            if self.backend.get(Bucket::Retained, &key).await?.is_some() {
+                if let Ok(topic) = decode_topic(&key) {
+                    out.push(topic);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Writes this node's lease.

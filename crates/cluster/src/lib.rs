@@ -7,7 +7,9 @@
 //! - [`takeover`]: claiming a client id by compare-and-set, hand-over from a live owner,
 //!   fencing of session writes;
 //! - [`lease`]: node leases, expired peers, stepping down, the survivor that reaps;
-//! - [`record`]: the session record, registry entry and lease, versioned binary forms.
+//! - [`record`]: the session record, registry entry and lease, versioned binary forms;
+//! - [`envelope`]: an application message between nodes, with what No Local, Retain As
+//!   Published and message expiry need.
 //!
 //! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats), and
 //! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
@@ -19,6 +21,7 @@ pub mod backend;
 pub mod checks;
 pub mod cluster;
 pub mod codec;
+pub mod envelope;
 pub mod ids;
 pub mod kv;
 pub mod lease;

@@ -10,15 +10,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::StreamExt;
 use makelaar_cluster::backend::{Backend, Bucket};
 use makelaar_cluster::checks::StartupError;
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, ClusterError, LeaseEvent};
+use makelaar_cluster::envelope::Envelope;
 use makelaar_cluster::lease::LeaseConfig;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
 use makelaar_cluster::record::{RegistryEntry, SessionRecord};
+use makelaar_cluster::subject::decode_under;
 use makelaar_cluster::takeover::{ClaimConfig, Fence};
 use makelaar_cluster::{ClientKey, NodeId, Revision};
+use makelaar_proto::packet::QoS;
 use support::{Fsync, Servers};
 
 const PARTITIONS: u16 = 4;
@@ -173,7 +178,7 @@ async fn three_nats_servers() {
     set_up_once_and_counted(&servers, &m1).await;
     claim_races(&m1, &m2).await;
     fencing(&m1, &m2).await;
-    appends(&m1).await;
+    messages(&m1, &m2).await;
     lease_expiry(&servers).await;
 }
 
@@ -261,16 +266,59 @@ async fn fencing(m1: &Node, m2: &Node) {
     );
 }
 
-/// QoS 1/2 appends go to the topic's partition stream and are acknowledged with a sequence.
-async fn appends(m1: &Node) {
+fn message(payload: &'static str) -> Envelope {
+    Envelope {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        origin_node: NodeId::new("m1").unwrap(),
+        origin_client: "publisher".into(),
+        received_at_ms: 1_700_000_000_000,
+        message_expiry: Some(60),
+        payload_utf8: true,
+        content_type: Some("text/plain".into()),
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![("k".into(), "v".into())],
+        payload: Bytes::from_static(payload.as_bytes()),
+    }
+}
+
+/// Messages between nodes on different servers: QoS 0 on core subjects (a `#` filter is one
+/// subscription and matches its parent), QoS 1/2 appended to the topic's partition stream,
+/// retained messages seen and cleared from any node.
+async fn messages(m1: &Node, m2: &Node) {
+    let mut sub = m2
+        .cluster
+        .backend()
+        .subscribe(m2.cluster.live_filter("sensor/#"), None)
+        .await
+        .unwrap();
+    m2.cluster.backend().client().flush().await.unwrap();
+    for t in ["sensor", "sensor/1/temp", "other", "$SYS/sensor"] {
+        m1.cluster.publish(t, &message("x")).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(Envelope::decode(&d.payload).unwrap(), message("x"));
+        got.push(decode_under("t.live", &d.subject).unwrap());
+    }
+    assert_eq!(got, ["sensor", "sensor/1/temp"]);
+    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next())
+        .await
+        .is_err());
+
     let (p, first) = m1
         .cluster
-        .append("sensor/1/temp", "20".into())
+        .append("sensor/1/temp", &message("20"))
         .await
         .unwrap();
     let (q, second) = m1
         .cluster
-        .append("sensor/1/temp", "21".into())
+        .append("sensor/1/temp", &message("21"))
         .await
         .unwrap();
     assert_eq!(p, q);
@@ -278,6 +326,19 @@ async fn appends(m1: &Node) {
     let js = m1.cluster.backend().jetstream();
     let mut s = js.get_stream(format!("t_p{}", p.index())).await.unwrap();
     assert_eq!(s.info().await.unwrap().state.messages, 2);
+
+    m1.cluster
+        .store_retained("home/door", Some(&message("open")))
+        .await
+        .unwrap();
+    assert_eq!(
+        m2.cluster.load_retained("home/door").await.unwrap(),
+        Some(message("open"))
+    );
+    assert_eq!(m2.cluster.retained_topics().await.unwrap(), ["home/door"]);
+    m2.cluster.store_retained("home/door", None).await.unwrap();
+    assert_eq!(m1.cluster.load_retained("home/door").await.unwrap(), None);
+    assert!(m1.cluster.retained_topics().await.unwrap().is_empty());
 }
 
 /// A node that stops refreshing its lease is found dead by the others, and exactly one of

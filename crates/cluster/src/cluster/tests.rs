@@ -20,6 +20,23 @@ fn layer(backend: &MemoryBackend, node: &str, incarnation: u64) -> Cluster<Memor
     )
 }
 
+fn message(payload: &'static str) -> Envelope {
+    Envelope {
+        qos: makelaar_proto::packet::QoS::AtLeastOnce,
+        retain: false,
+        origin_node: NodeId::new("m1").unwrap(),
+        origin_client: "pub".into(),
+        received_at_ms: 0,
+        message_expiry: None,
+        payload_utf8: false,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        payload: Bytes::from_static(payload.as_bytes()),
+    }
+}
+
 fn record(node: &str) -> SessionRecord {
     SessionRecord {
         node: NodeId::new(node).unwrap(),
@@ -84,21 +101,46 @@ async fn live_subjects_and_partitions() {
     let m1 = layer(&engine, "m1", 1);
     let mut sub = engine.subscribe(m1.live_filter("a/#"), None).await.unwrap();
     for t in ["a", "a/b", "b", "$SYS/a"] {
-        m1.publish(t, Bytes::from(t)).await.unwrap();
+        m1.publish(t, &message(t)).await.unwrap();
     }
-    let got: Vec<String> = [sub.next().await.unwrap(), sub.next().await.unwrap()]
-        .into_iter()
-        .map(|d| crate::subject::decode_under("mk.live", &d.subject).unwrap())
-        .collect();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = sub.next().await.unwrap();
+        let topic = crate::subject::decode_under("mk.live", &d.subject).unwrap();
+        let m = Envelope::decode(&d.payload).unwrap();
+        assert_eq!(m.payload, topic.as_bytes());
+        got.push(topic);
+    }
     assert_eq!(got, ["a", "a/b"]);
 
-    let (p, s1) = m1.append("x/y", "1".into()).await.unwrap();
-    let (q, s2) = m1.append("x/y", "2".into()).await.unwrap();
+    let (p, s1) = m1.append("x/y", &message("1")).await.unwrap();
+    let (q, s2) = m1.append("x/y", &message("2")).await.unwrap();
     assert_eq!((p, s2), (q, s1 + 1));
     assert_eq!(p, m1.config().partitions.of("x/y"));
     let (_, subject) = m1.partition_subject("x/y");
     assert_eq!(subject.as_str(), format!("mk.p{}.u.x.y._T", p.index()));
     assert_eq!(engine.stream(p).len(), 2);
+}
+
+#[tokio::test]
+async fn retained_messages() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let door = message("open");
+    m1.store_retained("home/door", Some(&door)).await.unwrap();
+    m1.store_retained("$SYS/x", Some(&message("s")))
+        .await
+        .unwrap();
+    assert_eq!(m2.load_retained("home/door").await.unwrap(), Some(door));
+    let mut topics = m2.retained_topics().await.unwrap();
+    topics.sort();
+    assert_eq!(topics, ["$SYS/x", "home/door"]);
+    // An empty retained message clears it, on every node; clearing twice is harmless.
+    m2.store_retained("home/door", None).await.unwrap();
+    m2.store_retained("home/door", None).await.unwrap();
+    assert_eq!(m1.load_retained("home/door").await.unwrap(), None);
+    assert_eq!(m1.retained_topics().await.unwrap(), ["$SYS/x"]);
 }
 
 #[tokio::test]
