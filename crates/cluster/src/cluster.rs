@@ -37,6 +37,35 @@ pub struct ClusterConfig {
     pub claim: ClaimConfig,
 }
 
+/// The default number of partition streams.
+pub const DEFAULT_PARTITIONS: PartitionCount = match PartitionCount::new(16) {
+    Some(p) => p,
+    None => PartitionCount::MIN,
+};
+
+impl ClusterConfig {
+    /// This node with the defaults: prefix `mk`, [`DEFAULT_PARTITIONS`], the default lease
+    /// and claim timings. `incarnation` should differ at every start ([`new_incarnation`]).
+    pub fn new(node: NodeId, incarnation: u64) -> ClusterConfig {
+        ClusterConfig {
+            node,
+            incarnation,
+            prefix: "mk".to_owned(),
+            partitions: DEFAULT_PARTITIONS,
+            lease: LeaseConfig::default(),
+            claim: ClaimConfig::default(),
+        }
+    }
+}
+
+/// An incarnation for a node starting now: the wall clock in nanoseconds since the Unix
+/// epoch, so a restarted node differs from its earlier self.
+pub fn new_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// A cluster operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {

@@ -48,10 +48,32 @@ pub struct NatsConfig {
     pub partitions: PartitionCount,
     /// The leases bucket's entry lifetime (the lease TTL).
     pub lease_ttl: Duration,
-    /// How long a partition stream keeps a message: at least the longest session expiry.
+    /// How long a partition stream keeps a message: at least the longest session expiry
+    /// allowed; zero keeps them until removed otherwise (the broker's default session expiry
+    /// limit is "never", so retention by cursors comes with the delivery path).
     pub max_message_age: Duration,
     /// The longest wait for one engine round trip at start-up.
     pub timeout: Duration,
+}
+
+impl NatsConfig {
+    /// The defaults for these servers: monitoring endpoints on port 8222 of each server's
+    /// host, lazy fsync refused, replicas by the NATS cluster's size, prefix `mk`, 16
+    /// partitions, the default lease TTL ([`crate::lease::LeaseConfig::default`]), messages
+    /// kept until removed, 5 s for a round trip at start-up.
+    pub fn new(servers: Vec<String>) -> NatsConfig {
+        NatsConfig {
+            servers,
+            monitor: Vec::new(),
+            allow_lazy_fsync: false,
+            replicas: None,
+            prefix: "mk".to_owned(),
+            partitions: crate::cluster::DEFAULT_PARTITIONS,
+            lease_ttl: crate::lease::LeaseConfig::default().ttl,
+            max_message_age: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Why the engine could not be used.

@@ -16,9 +16,15 @@ use std::num::NonZeroU16;
 pub struct PartitionCount(NonZeroU16);
 
 impl PartitionCount {
+    /// One partition.
+    pub const MIN: PartitionCount = PartitionCount(NonZeroU16::MIN);
+
     /// `n` partitions; `None` for 0.
-    pub fn new(n: u16) -> Option<PartitionCount> {
-        NonZeroU16::new(n).map(PartitionCount)
+    pub const fn new(n: u16) -> Option<PartitionCount> {
+        match NonZeroU16::new(n) {
+            Some(n) => Some(PartitionCount(n)),
+            None => None,
+        }
     }
 
     /// The number as an integer.

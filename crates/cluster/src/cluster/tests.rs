@@ -169,6 +169,17 @@ async fn one_survivor_reaps() {
 }
 
 #[test]
+fn defaults() {
+    let c = ClusterConfig::new(NodeId::new("m1").unwrap(), new_incarnation());
+    assert_eq!(c.partitions.get(), 16);
+    assert!(c.lease.validate().is_ok());
+    let n = crate::nats::NatsConfig::new(vec!["nats://127.0.0.1:4222".into()]);
+    assert_eq!(n.lease_ttl, c.lease.ttl);
+    assert_eq!(n.partitions, c.partitions);
+    assert_ne!(new_incarnation(), 0);
+}
+
+#[test]
 fn release_requests_round_trip() {
     let client = ClientKey::new("c/1");
     let payload = ReleaseRequest::encode(&client, Revision::new(9).unwrap());
