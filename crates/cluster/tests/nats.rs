@@ -69,6 +69,18 @@ async fn node(
     incarnation: u64,
     server: usize,
 ) -> Node {
+    node_answering(servers, prefix, name, incarnation, server, true).await
+}
+
+/// A node; `answers`: whether it answers hand-over requests (a hung node does not).
+async fn node_answering(
+    servers: &Servers,
+    prefix: &str,
+    name: &str,
+    incarnation: u64,
+    server: usize,
+    answers: bool,
+) -> Node {
     let mut config = nats_config(servers, prefix);
     // Each node talks to its own server first.
     config.servers.rotate_left(server);
@@ -97,6 +109,9 @@ async fn node(
     let (c, h) = (cluster.clone(), held.clone());
     tokio::spawn(async move {
         while let Some(req) = requests.recv().await {
+            if !answers {
+                continue;
+            }
             h.lock().unwrap().remove(&req.client);
             // Refused harmlessly when the entry moved on since the request was made.
             let _ = c.mark_disconnected(&req.client, req.revision).await;
@@ -178,6 +193,7 @@ async fn three_nats_servers() {
     set_up_once_and_counted(&servers, &m1).await;
     claim_races(&m1, &m2).await;
     fencing(&m1, &m2).await;
+    silent_owner(&servers, &m2).await;
     messages(&m1, &m2).await;
     lease_expiry(&servers).await;
 }
@@ -264,6 +280,31 @@ async fn fencing(m1: &Node, m2: &Node) {
         m1.cluster.mark_disconnected(&client, r1).await,
         Err(ClusterError::Fenced(client.clone()))
     );
+}
+
+/// An owner that is alive (its lease is fresh) but does not answer the hand-over request:
+/// the claim waits for the hand-over deadline, then takes the id; the owner is fenced.
+async fn silent_owner(servers: &Servers, m2: &Node) {
+    let hung = node_answering(servers, "t", "hung", 3, 2, false).await;
+    let client = ClientKey::new("held-by-a-hung-node");
+    let r = hung.claim(&client).await.unwrap();
+    let started = std::time::Instant::now();
+    let taken = m2.claim(&client).await.unwrap();
+    let waited = started.elapsed();
+    // handover_timeout is 2 s in these tests.
+    assert!(waited >= Duration::from_secs(2), "did not wait: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "waited too long: {waited:?}"
+    );
+    assert!(taken > r);
+    assert_eq!(registry(m2, &client).await.unwrap().0.node.as_str(), "m2");
+    assert!(!hung.cluster.still_owner(&client, r).await.unwrap());
+    assert_eq!(
+        hung.cluster.mark_disconnected(&client, r).await,
+        Err(ClusterError::Fenced(client.clone()))
+    );
+    hung.lease_task.abort();
 }
 
 fn message(payload: &'static str) -> Envelope {
