@@ -129,7 +129,8 @@ impl ReleaseRequest {
 pub enum LeaseEvent {
     /// This node could not refresh its lease for `ttl - margin`: stop serving.
     StepDown,
-    /// This node refreshed its lease again after a step-down.
+    /// This node holds its lease: serve (after the first write, and again after a
+    /// step-down).
     Serving,
     /// A peer died; this node won the right to publish its wills.
     Reap(Expired),
@@ -536,8 +537,10 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// The lease task: writes this node's lease every refresh interval, reads the peers'
-    /// leases at the same pace, and reports through `events` when this node must step down
-    /// and which dead peers it won the right to reap. Runs until `events` is closed.
+    /// leases at the same pace, and reports through `events` when this node may serve (its
+    /// first lease written), must step down or may serve again, and which dead peers it won
+    /// the right to reap. Runs until `events` is closed. Its receiver must be read promptly:
+    /// while the channel is full the task waits, and the lease is not refreshed meanwhile.
     pub async fn run_leases(&self, events: mpsc::Sender<LeaseEvent>) {
         let config = self.config.lease;
         let mut own = OwnLease::new(config, Instant::now());
@@ -562,7 +565,7 @@ impl<B: Backend> Cluster<B> {
                     }
                 }
                 OwnState::Resume => {
-                    tracing::warn!(node = %self.config.node, "lease refreshed again: serving");
+                    tracing::info!(node = %self.config.node, "lease held: serving");
                     if events.send(LeaseEvent::Serving).await.is_err() {
                         return;
                     }

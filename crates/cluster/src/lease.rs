@@ -76,7 +76,8 @@ pub enum OwnState {
     /// accepting, disconnect the clients (rule 5 of docs/cluster.md). Said once; refreshes
     /// go on being asked for.
     StepDown,
-    /// A write succeeded again after a step-down: serve again. Said once.
+    /// The lease is held: serve. Said once after the first successful write, and once after
+    /// each step-down when a write succeeds again. A node serves nothing before it.
     Resume,
 }
 
@@ -94,14 +95,14 @@ pub struct OwnLease {
 }
 
 impl OwnLease {
-    /// A lease to be written at once.
+    /// A lease to be written at once; not serving until it is.
     pub fn new(config: LeaseConfig, now: Instant) -> OwnLease {
         OwnLease {
             config,
             confirmed: None,
             in_flight: None,
             next: now,
-            down: false,
+            down: true,
             resume_pending: false,
         }
     }

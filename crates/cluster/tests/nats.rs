@@ -391,10 +391,13 @@ async fn lease_expiry(servers: &Servers) {
     let doomed_name = NodeId::new("doomed").unwrap();
     // Wait until a and b have seen the doomed node's lease written at least twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // All three alive: nobody is reaped, nobody steps down.
+    // All three alive: each serves from its first lease on; nobody is reaped, nobody steps
+    // down.
     assert!(a.cluster.lease_alive(&doomed_name, 30).await.unwrap());
-    assert!(a.events.try_recv().is_err());
-    assert!(b.events.try_recv().is_err());
+    for n in [&mut a, &mut b] {
+        assert_eq!(n.events.try_recv(), Ok(LeaseEvent::Serving));
+        assert!(n.events.try_recv().is_err());
+    }
     // The doomed node stops (as if killed): its lease is no longer written.
     doomed.lease_task.abort();
     let stopped = std::time::Instant::now();

@@ -36,6 +36,8 @@ fn own_lease_refreshes_on_time() {
     assert!(matches!(l.poll(t0), OwnState::Idle(_)));
     l.handle_written(t0 + Duration::from_millis(3));
     assert!(l.is_serving(t0 + Duration::from_millis(3)));
+    // Serving from the first write on, said once.
+    assert_eq!(l.poll(t0 + Duration::from_millis(3)), OwnState::Resume);
     assert_eq!(
         l.poll(t0 + Duration::from_secs(1)),
         OwnState::Idle(t0 + Duration::from_secs(2))
@@ -49,6 +51,7 @@ fn own_lease_steps_down_before_others_see_it_expire() {
     let mut l = OwnLease::new(cfg(), t0);
     assert_eq!(l.poll(t0), OwnState::Refresh);
     l.handle_written(t0);
+    assert_eq!(l.poll(t0), OwnState::Resume);
     // Every later write fails: the engine is unreachable from here.
     let mut t = t0;
     loop {
@@ -70,6 +73,22 @@ fn own_lease_steps_down_before_others_see_it_expire() {
     assert_eq!(l.poll(t), OwnState::Resume);
     assert!(l.is_serving(t));
     assert!(matches!(l.poll(t), OwnState::Idle(_)));
+}
+
+#[test]
+fn never_written_never_serves() {
+    let t0 = Instant::now();
+    let mut l = OwnLease::new(cfg(), t0);
+    let mut t = t0;
+    for _ in 0..100 {
+        match l.poll(t) {
+            OwnState::Refresh => l.handle_failed(t),
+            OwnState::Idle(_) => {}
+            other => panic!("{other:?} without a lease"),
+        }
+        assert!(!l.is_serving(t));
+        t += Duration::from_millis(500);
+    }
 }
 
 #[test]
