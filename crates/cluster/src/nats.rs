@@ -193,8 +193,11 @@ impl NatsBackend {
                 servers: config.servers.join(","),
                 reason: e.to_string(),
             })?;
+        // No echo: a node's own QoS 0 publishes do not come back to its subscriptions (its
+        // local subscribers got them from the local path already).
         let client = async_nats::ConnectOptions::new()
             .name("makelaar")
+            .no_echo()
             .connection_timeout(config.timeout)
             .request_timeout(Some(config.timeout))
             .connect(servers)

@@ -123,17 +123,23 @@ async fn node_answering(
     let (tx, events) = tokio::sync::mpsc::channel(8);
     let c = cluster.clone();
     let lease_task = tokio::spawn(async move { c.run_leases(tx).await });
-    // Alive for the others once the first lease is written.
+    // Alive for the others once the first lease is in the bucket (asking the layer about
+    // itself would not read it).
+    let mut written = false;
     for _ in 0..100 {
         if cluster
-            .lease_alive(&cluster.config().node, incarnation)
+            .backend()
+            .get(Bucket::Leases, name)
             .await
             .unwrap()
+            .is_some()
         {
+            written = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(written, "{name} did not write its lease within 5 s");
     Node {
         cluster,
         held,
@@ -288,6 +294,12 @@ async fn silent_owner(servers: &Servers, m2: &Node) {
     let hung = node_answering(servers, "t", "hung", 3, 2, false).await;
     let client = ClientKey::new("held-by-a-hung-node");
     let r = hung.claim(&client).await.unwrap();
+    // Its lease is there: it counts as alive.
+    assert!(m2
+        .cluster
+        .lease_alive(&NodeId::new("hung").unwrap(), 3)
+        .await
+        .unwrap());
     let started = std::time::Instant::now();
     let taken = m2.claim(&client).await.unwrap();
     let waited = started.elapsed();
@@ -335,6 +347,29 @@ async fn messages(m1: &Node, m2: &Node) {
         .await
         .unwrap();
     m2.cluster.backend().client().flush().await.unwrap();
+    // The publishing node does not get its own messages back (no echo).
+    let mut own = m1
+        .cluster
+        .backend()
+        .subscribe(m1.cluster.live_filter("sensor/#"), None)
+        .await
+        .unwrap();
+    m1.cluster.backend().client().flush().await.unwrap();
+    // m2's interest reaches m1's server over the route a moment after the subscription:
+    // probe until it has (core NATS drops what finds no interest).
+    let mut arrived = false;
+    for _ in 0..50 {
+        m1.cluster
+            .publish("sensor/probe", &message("p"))
+            .await
+            .unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "m2's subscription never reached m1's server");
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {}
     for t in ["sensor", "sensor/1/temp", "other", "$SYS/sensor"] {
         m1.cluster.publish(t, &message("x")).await.unwrap();
     }
@@ -349,6 +384,9 @@ async fn messages(m1: &Node, m2: &Node) {
     }
     assert_eq!(got, ["sensor", "sensor/1/temp"]);
     assert!(tokio::time::timeout(Duration::from_millis(300), sub.next())
+        .await
+        .is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(100), own.next())
         .await
         .is_err());
 
@@ -414,10 +452,14 @@ async fn lease_expiry(servers: &Servers) {
     };
     assert_eq!(dead.node, doomed_name);
     assert_eq!(dead.incarnation, 30);
-    // Not before its lease (TTL 3 s) could have run out.
+    // Not before its lease (TTL 3 s) could have run out: the last write came at most one
+    // refresh interval (0.3 s) before the stop. And its lease is gone from the bucket.
     let took = stopped.elapsed();
     eprintln!("the dead node was reaped by {reaper} {took:?} after it stopped");
-    assert!(took >= Duration::from_secs(3), "found dead too early");
+    assert!(
+        took >= Duration::from_millis(2700),
+        "found dead too early: {took:?}"
+    );
     assert!(!a.cluster.lease_alive(&doomed_name, 30).await.unwrap());
     // The other survivor does not reap it too.
     tokio::time::sleep(Duration::from_secs(3)).await;
