@@ -203,13 +203,12 @@ impl<B: Backend> Cluster<B> {
             match claim.poll(now) {
                 ClaimStep::Read => {
                     let entry = self.read_registry(client).await?;
+                    // This node's earlier incarnation counts as dead without a read.
                     let alive = match &entry {
-                        Some((e, _)) if e.node != self.config.node => {
-                            Some(self.lease_alive(&e.node, e.incarnation).await?)
-                        }
-                        _ => None,
+                        Some((e, _)) => self.lease_alive(&e.node, e.incarnation).await?,
+                        None => false,
                     };
-                    claim.handle_read(entry, |_, _| alive.unwrap_or(true));
+                    claim.handle_read(entry, |_, _| alive);
                 }
                 ClaimStep::Create(e) => {
                     let r = self
