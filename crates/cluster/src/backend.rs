@@ -84,6 +84,15 @@ pub struct Entry {
     pub revision: Revision,
 }
 
+/// A change seen by a [`Backend::watch`]: a key's new entry, or `None` when deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The key.
+    pub key: String,
+    /// Its entry now; `None`: deleted or expired.
+    pub entry: Option<Entry>,
+}
+
 /// A message received on a core subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -99,6 +108,9 @@ pub struct Delivery {
 pub trait Backend: Send + Sync + 'static {
     /// A stream of messages on a core subject.
     type Subscription: Stream<Item = Delivery> + Send + Unpin + 'static;
+
+    /// A stream of changes to the keys of a bucket.
+    type Watch: Stream<Item = WatchEvent> + Send + Unpin + 'static;
 
     /// The entry under `key`; `None` when absent or deleted.
     fn get(
@@ -146,6 +158,14 @@ pub trait Backend: Send + Sync + 'static {
         bucket: Bucket,
     ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
 
+    /// Follows the keys matching `filter` (`.`-separated tokens, `*` and `>` as in subjects):
+    /// first each one's current entry, then every change.
+    fn watch(
+        &self,
+        bucket: Bucket,
+        filter: &str,
+    ) -> impl Future<Output = Result<Self::Watch, BackendError>> + Send;
+
     /// Publishes on a core subject, at most once (QoS 0 routing, control messages).
     fn publish(
         &self,
@@ -178,9 +198,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
 }
 
+type Watchers = Vec<(
+    Bucket,
+    String,
+    tokio::sync::mpsc::UnboundedSender<WatchEvent>,
+)>;
+
 #[derive(Default)]
 struct MemoryState {
     buckets: HashMap<Bucket, MemoryKv>,
+    watchers: Watchers,
     streams: HashMap<Partition, Vec<(Subject, Bytes)>>,
     subscribers: Vec<(Subject, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
 }
@@ -207,6 +234,33 @@ impl MemoryBackend {
         Ok(f(&mut s))
     }
 
+    /// Runs a write on a bucket and tells the watchers of the key what it holds after.
+    fn write<T>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        f: impl FnOnce(&mut MemoryKv) -> Result<T, crate::kv::Conflict>,
+    ) -> Result<T, BackendError> {
+        self.with(|s| {
+            let kv = s.buckets.entry(bucket).or_default();
+            let r = f(kv).map_err(|_| BackendError::Conflict)?;
+            let entry = kv
+                .get(key)
+                .map(|(value, revision)| Entry { value, revision });
+            s.watchers.retain(|(b, filter, tx)| {
+                if *b != bucket || !subject_matches(filter, key) {
+                    return !tx.is_closed();
+                }
+                tx.send(WatchEvent {
+                    key: key.to_owned(),
+                    entry: entry.clone(),
+                })
+                .is_ok()
+            });
+            Ok(r)
+        })?
+    }
+
     /// The messages appended to a partition, in order.
     pub fn stream(&self, partition: Partition) -> Vec<(Subject, Bytes)> {
         self.with(|s| s.streams.get(&partition).cloned().unwrap_or_default())
@@ -229,6 +283,20 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
+/// A [`MemoryBackend`] watch: the changes to matching keys.
+pub struct MemoryWatch(tokio::sync::mpsc::UnboundedReceiver<WatchEvent>);
+
+impl Stream for MemoryWatch {
+    type Item = WatchEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WatchEvent>> {
+        self.0.poll_recv(cx)
+    }
+}
+
 /// A [`MemoryBackend`] subscription: the messages published on matching subjects.
 pub struct MemorySubscription(tokio::sync::mpsc::UnboundedReceiver<Delivery>);
 
@@ -243,12 +311,9 @@ impl Stream for MemorySubscription {
     }
 }
 
-fn conflict<T>(r: Result<T, crate::kv::Conflict>) -> Result<T, BackendError> {
-    r.map_err(|_| BackendError::Conflict)
-}
-
 impl Backend for MemoryBackend {
     type Subscription = MemorySubscription;
+    type Watch = MemoryWatch;
 
     async fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Entry>, BackendError> {
         self.with(|s| {
@@ -266,7 +331,7 @@ impl Backend for MemoryBackend {
         key: &str,
         value: Bytes,
     ) -> Result<Revision, BackendError> {
-        self.with(|s| conflict(s.buckets.entry(bucket).or_default().create(key, value)))?
+        self.write(bucket, key, |kv| kv.create(key, value))
     }
 
     async fn update(
@@ -276,18 +341,11 @@ impl Backend for MemoryBackend {
         value: Bytes,
         expected: Revision,
     ) -> Result<Revision, BackendError> {
-        self.with(|s| {
-            conflict(
-                s.buckets
-                    .entry(bucket)
-                    .or_default()
-                    .update(key, value, expected),
-            )
-        })?
+        self.write(bucket, key, |kv| kv.update(key, value, expected))
     }
 
     async fn put(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
-        self.with(|s| s.buckets.entry(bucket).or_default().put(key, value))
+        self.write(bucket, key, |kv| Ok(kv.put(key, value)))
     }
 
     async fn delete(
@@ -296,7 +354,27 @@ impl Backend for MemoryBackend {
         key: &str,
         expected: Option<Revision>,
     ) -> Result<(), BackendError> {
-        self.with(|s| conflict(s.buckets.entry(bucket).or_default().delete(key, expected)))?
+        self.write(bucket, key, |kv| kv.delete(key, expected))
+    }
+
+    async fn watch(&self, bucket: Bucket, filter: &str) -> Result<MemoryWatch, BackendError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.with(|s| {
+            let kv = s.buckets.entry(bucket).or_default();
+            for key in kv.keys() {
+                if subject_matches(filter, key) {
+                    let entry = kv
+                        .get(key)
+                        .map(|(value, revision)| Entry { value, revision });
+                    let _ = tx.send(WatchEvent {
+                        key: key.to_owned(),
+                        entry,
+                    });
+                }
+            }
+            s.watchers.push((bucket, filter.to_owned(), tx));
+        })?;
+        Ok(MemoryWatch(rx))
     }
 
     async fn keys(&self, bucket: Bucket) -> Result<Vec<String>, BackendError> {

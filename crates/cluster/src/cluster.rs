@@ -147,6 +147,15 @@ pub enum ReapOutcome {
     StillAlive,
 }
 
+/// A retained message set or cleared, as a watch sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedChange {
+    /// The topic.
+    pub topic: String,
+    /// The message now retained; `None`: cleared.
+    pub message: Option<Envelope>,
+}
+
 /// The cluster layer of one node over an engine.
 pub struct Cluster<B> {
     backend: B,
@@ -457,6 +466,39 @@ impl<B: Backend> Cluster<B> {
                 key: key.into_string(),
                 error,
             })
+    }
+
+    /// Follows the retained messages whose topics match `filter` (a plain filter; a filter
+    /// starting with a wildcard leaves `$` topics out, [MQTT-4.7.2-1]): first the current
+    /// ones, then every change, on whichever node it is made. Entries that do not decode are
+    /// skipped with a warning.
+    pub async fn watch_retained(
+        &self,
+        filter: &str,
+    ) -> Result<impl futures_util::Stream<Item = RetainedChange> + Send + Unpin, ClusterError> {
+        let watch = self
+            .backend
+            .watch(Bucket::Retained, encode_filter(filter).as_str())
+            .await?;
+        Ok(watch.filter_map(|ev| {
+            let change = decode_topic(&ev.key)
+                .map_err(|e| e.to_string())
+                .and_then(|topic| {
+                    let message = ev
+                        .entry
+                        .map(|e| Envelope::decode(&e.value))
+                        .transpose()
+                        .map_err(|e| e.to_string())?;
+                    Ok(RetainedChange { topic, message })
+                });
+            std::future::ready(match change {
+                Ok(c) => Some(c),
+                Err(error) => {
+                    tracing::warn!(key = %ev.key, %error, "skipping a retained entry");
+                    None
+                }
+            })
+        }))
     }
 
     /// The topics with a retained message (for a node's start-up; a watch keeps it current

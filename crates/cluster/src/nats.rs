@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry};
+use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::ids::Revision;
 use crate::partition::{Partition, PartitionCount};
@@ -427,6 +427,7 @@ fn is_cas_refusal(e: &impl std::fmt::Display) -> bool {
 impl Backend for NatsBackend {
     type Subscription =
         futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
+    type Watch = std::pin::Pin<Box<dyn futures_util::Stream<Item = WatchEvent> + Send>>;
 
     /// Read from the bucket stream's leader, not through the direct-get API that any
     /// replica answers: a compare-and-set needs the latest revision, and a follower that
@@ -531,6 +532,36 @@ impl Backend for NatsBackend {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// An ordered consumer on the bucket's stream (one per watch, ephemeral, in memory),
+    /// starting with the last entry of every matching key. Ends when the engine fails it.
+    async fn watch(&self, bucket: Bucket, filter: &str) -> Result<Self::Watch, BackendError> {
+        let watch = self
+            .store(bucket)?
+            .watch_with_history(filter)
+            .await
+            .map_err(engine)?;
+        let events = watch
+            .take_while(|r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "KV watch ended");
+                }
+                std::future::ready(r.is_ok())
+            })
+            .filter_map(|r| {
+                std::future::ready(r.ok().map(|e| WatchEvent {
+                    key: e.key,
+                    entry: match (e.operation, Revision::new(e.revision)) {
+                        (kv::Operation::Put, Some(revision)) => Some(Entry {
+                            value: e.value,
+                            revision,
+                        }),
+                        _ => None,
+                    },
+                }))
+            });
+        Ok(Box::pin(events))
     }
 
     async fn publish(&self, subject: Subject, payload: Bytes) -> Result<(), BackendError> {

@@ -406,16 +406,31 @@ async fn messages(m1: &Node, m2: &Node) {
     let mut s = js.get_stream(format!("t_p{}", p.index())).await.unwrap();
     assert_eq!(s.info().await.unwrap().state.messages, 2);
 
+    let mut watch = m2.cluster.watch_retained("home/+").await.unwrap();
     m1.cluster
         .store_retained("home/door", Some(&message("open")))
         .await
         .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.topic, "home/door");
+    assert_eq!(seen.message, Some(message("open")));
     assert_eq!(
         m2.cluster.load_retained("home/door").await.unwrap(),
         Some(message("open"))
     );
     assert_eq!(m2.cluster.retained_topics().await.unwrap(), ["home/door"]);
     m2.cluster.store_retained("home/door", None).await.unwrap();
+    let cleared = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cleared.topic.as_str(), cleared.message),
+        ("home/door", None)
+    );
     assert_eq!(m1.cluster.load_retained("home/door").await.unwrap(), None);
     assert!(m1.cluster.retained_topics().await.unwrap().is_empty());
 }

@@ -128,6 +128,11 @@ async fn retained_messages() {
     let m1 = layer(&engine, "m1", 1);
     let m2 = layer(&engine, "m2", 2);
     let door = message("open");
+    m1.store_retained("home/hall", Some(&message("on")))
+        .await
+        .unwrap();
+    let mut watch = m2.watch_retained("home/#").await.unwrap();
+    let mut everything = m2.watch_retained("#").await.unwrap();
     m1.store_retained("home/door", Some(&door)).await.unwrap();
     m1.store_retained("$SYS/x", Some(&message("s")))
         .await
@@ -135,12 +140,32 @@ async fn retained_messages() {
     assert_eq!(m2.load_retained("home/door").await.unwrap(), Some(door));
     let mut topics = m2.retained_topics().await.unwrap();
     topics.sort();
-    assert_eq!(topics, ["$SYS/x", "home/door"]);
+    assert_eq!(topics, ["$SYS/x", "home/door", "home/hall"]);
     // An empty retained message clears it, on every node; clearing twice is harmless.
     m2.store_retained("home/door", None).await.unwrap();
     m2.store_retained("home/door", None).await.unwrap();
     assert_eq!(m1.load_retained("home/door").await.unwrap(), None);
-    assert_eq!(m1.retained_topics().await.unwrap(), ["$SYS/x"]);
+    let mut topics = m1.retained_topics().await.unwrap();
+    topics.sort();
+    assert_eq!(topics, ["$SYS/x", "home/hall"]);
+    // The watch saw the current one, then the changes, never `$SYS/x`.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let c = watch.next().await.unwrap();
+        seen.push((c.topic, c.message.map(|m| m.payload)));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("home/hall".to_owned(), Some(Bytes::from_static(b"on"))),
+            ("home/door".to_owned(), Some(Bytes::from_static(b"open"))),
+            ("home/door".to_owned(), None),
+            ("home/door".to_owned(), None),
+        ]
+    );
+    for _ in 0..4 {
+        assert_ne!(everything.next().await.unwrap().topic, "$SYS/x");
+    }
 }
 
 #[tokio::test]
