@@ -230,7 +230,8 @@ async fn set_up_once_and_counted(servers: &Servers, m1: &Node) {
 }
 
 /// Two nodes claim the same ids at the same moment: both claims end, the later write owns
-/// the id, and the earlier owner was asked to hand over.
+/// the id, and the earlier owner no longer holds it (it was asked to hand over, or found out
+/// when it confirmed its claim with `still_owner`).
 async fn claim_races(m1: &Node, m2: &Node) {
     for i in 0..20 {
         let client = ClientKey::new(&format!("race/{i} ü"));
@@ -242,7 +243,7 @@ async fn claim_races(m1: &Node, m2: &Node) {
         let winner = if a > b { "m1" } else { "m2" };
         assert_eq!(entry.node.as_str(), winner);
         assert!(entry.connected);
-        // The loser's hand-over took it out of its table.
+        // The earlier owner let go.
         let loser = if a > b { m2 } else { m1 };
         assert!(!loser.held.lock().unwrap().contains_key(&client));
     }
