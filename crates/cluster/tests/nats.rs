@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ fn lease_config() -> LeaseConfig {
 struct Node {
     cluster: Arc<Cluster<NatsBackend>>,
     held: Arc<Mutex<HashMap<ClientKey, Revision>>>,
+    /// Hand-over requests received.
+    asked: Arc<AtomicUsize>,
     /// The lease task (abort it to make the node "die").
     lease_task: tokio::task::JoinHandle<()>,
     events: tokio::sync::mpsc::Receiver<LeaseEvent>,
@@ -106,9 +109,11 @@ async fn node_answering(
     // The owner's side of a hand-over: "close" the connection, mark the entry disconnected,
     // answer.
     let mut requests = cluster.release_requests().await.unwrap();
-    let (c, h) = (cluster.clone(), held.clone());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (c, h, a) = (cluster.clone(), held.clone(), asked.clone());
     tokio::spawn(async move {
         while let Some(req) = requests.recv().await {
+            a.fetch_add(1, Ordering::SeqCst);
             if !answers {
                 continue;
             }
@@ -143,6 +148,7 @@ async fn node_answering(
     Node {
         cluster,
         held,
+        asked,
         lease_task,
         events,
     }
@@ -233,6 +239,7 @@ async fn set_up_once_and_counted(servers: &Servers, m1: &Node) {
 /// the id, and the earlier owner no longer holds it (it was asked to hand over, or found out
 /// when it confirmed its claim with `still_owner`).
 async fn claim_races(m1: &Node, m2: &Node) {
+    let asked_before = m1.asked.load(Ordering::SeqCst) + m2.asked.load(Ordering::SeqCst);
     for i in 0..20 {
         let client = ClientKey::new(&format!("race/{i} ü"));
         let (a, b) = tokio::join!(m1.claim(&client), m2.claim(&client));
@@ -247,6 +254,9 @@ async fn claim_races(m1: &Node, m2: &Node) {
         let loser = if a > b { m2 } else { m1 };
         assert!(!loser.held.lock().unwrap().contains_key(&client));
     }
+    // Both alive and connected: every race's second claim asked the first to hand over.
+    let asked = m1.asked.load(Ordering::SeqCst) + m2.asked.load(Ordering::SeqCst) - asked_before;
+    assert!(asked >= 20, "only {asked} hand-over requests in 20 races");
 }
 
 /// A node that lost a session cannot overwrite it.
