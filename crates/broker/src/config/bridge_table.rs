@@ -456,9 +456,11 @@ impl BridgeTable {
         let tls = self.tls.as_ref().map(tls_from).transpose()?;
         let default_port = if tls.is_some() { MQTTS_PORT } else { MQTT_PORT };
         if self.addresses.is_empty() {
-            return Err("has no address; give the remote broker as addresses = \
-                        [\"host:port\"]"
-                .to_string());
+            return Err(
+                "has no address; give the remote broker's host:port (addresses = \
+                        [\"host:port\"]; mosquitto.conf: address host:port)"
+                    .to_string(),
+            );
         }
         let addresses = self
             .addresses
@@ -521,7 +523,8 @@ impl BridgeTable {
                 "has keepalive = {keepalive}; give {MIN_KEEPALIVE_SECS} to 65535 seconds"
             ));
         }
-        let restart = restart_from(self.restart_timeout.as_deref().unwrap_or(&DEFAULT_RESTART))?;
+        let restart = restart_from(self.restart_timeout.as_deref().unwrap_or(&DEFAULT_RESTART))
+            .map_err(|e| format!("has a restart_timeout {e}"))?;
         let threshold = self.threshold.unwrap_or(DEFAULT_THRESHOLD);
         if threshold == 0 {
             return Err("has threshold = 0; give at least 1 message".to_string());
@@ -744,7 +747,8 @@ pub(crate) fn topic_from(t: &BridgeTopicTable) -> Result<BridgeTopic, String> {
     Ok(topic)
 }
 
-/// `restart_timeout`: `[N]`, `[base, cap]` or `[base, cap, stable]`, in seconds.
+/// `restart_timeout`: `[N]`, `[base, cap]` or `[base, cap, stable]`, in seconds. The error
+/// follows "has a restart_timeout" or "has a value".
 pub(crate) fn restart_from(v: &[u64]) -> Result<RestartTimeout, String> {
     let secs = Duration::from_secs;
     match *v {
@@ -755,13 +759,13 @@ pub(crate) fn restart_from(v: &[u64]) -> Result<RestartTimeout, String> {
             stable: v.get(2).map(|s| secs(*s)),
         }),
         [base, cap] | [base, cap, _] if base >= 1 => Err(format!(
-            "has restart_timeout with the cap {cap} below the base {base}; give base then a \
-             larger cap, in seconds"
+            "whose cap {cap} is below its base {base}; give the base, then a larger cap, in \
+             seconds"
         )),
         _ => Err(format!(
-            "has restart_timeout {v:?}; give seconds above 0: one number (always the same \
-             wait) or base and cap (a growing random wait), optionally then the seconds after \
-             which a connection counts as stable"
+            "{v:?} that is not seconds above 0; give one number (always the same wait) or \
+             base and cap (a growing random wait), optionally then the seconds after which a \
+             connection counts as stable"
         )),
     }
 }
@@ -769,10 +773,18 @@ pub(crate) fn restart_from(v: &[u64]) -> Result<RestartTimeout, String> {
 fn tls_from(t: &BridgeTlsTable) -> Result<BridgeTls, String> {
     match (&t.certfile, &t.keyfile) {
         (Some(_), None) => {
-            return Err("has a TLS certfile without its keyfile; add the keyfile".to_string())
+            return Err(
+                "has a TLS certfile (mosquitto.conf: bridge_certfile) without its \
+                        keyfile (bridge_keyfile); add the keyfile"
+                    .to_string(),
+            )
         }
         (None, Some(_)) => {
-            return Err("has a TLS keyfile without its certfile; add the certfile".to_string())
+            return Err(
+                "has a TLS keyfile (mosquitto.conf: bridge_keyfile) without its \
+                        certfile (bridge_certfile); add the certfile"
+                    .to_string(),
+            )
         }
         _ => {}
     }

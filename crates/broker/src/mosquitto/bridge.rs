@@ -164,7 +164,7 @@ impl Draft {
                 if values.len() > 3 || values.is_empty() {
                     return Err(d.error("must be seconds: one number, or base and cap"));
                 }
-                restart_from(&values).map_err(|e| d.error(e))?;
+                restart_from(&values).map_err(|e| d.error(format_args!("has a value {e}")))?;
                 t.restart_timeout = Some(values);
             }
             "start_type" => {
@@ -312,7 +312,7 @@ impl Draft {
             [name] => name.to_string(),
             _ => return Err(d.error("must be followed by the bridge's name, one word")),
         };
-        check_bridge_name(&name).map_err(|e| d.error(format_args!("bridge {e}")))?;
+        check_bridge_name(&name).map_err(|e| d.error(e))?;
         if let Some(b) = self.bridges.iter().find(|b| b.table.name == name) {
             return Err(d.error(format_args!(
                 "names \"{name}\" again (the first is at {}); give each bridge a name of its own",
