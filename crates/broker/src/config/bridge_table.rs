@@ -889,3 +889,7 @@ pub fn warnings(b: &BridgeConfig) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+#[path = "bridge_table_tests.rs"]
+mod tests;
