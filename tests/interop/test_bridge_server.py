@@ -1,6 +1,7 @@
 """A real Mosquitto 2.0 bridge into the broker under test (the broker is the bridge's remote).
 
-Mosquitto connects with the bridge bit (`try_private true`: protocol level 0x84) and
+Mosquitto connects with the bridge bit (`try_private true`: protocol level 0x84, or 0x83 for
+3.1) and
 `topic # both 1`, with and without prefixes, or speaks 5.0 (`mqttv50`, which asks for No
 Local itself). Messages must flow both ways with the right topics, QoS and retain flags, and
 no message may loop: with the bridge bit, the broker gives the bridge's subscriptions No Local
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(mosquitto_exe()),
 CASES = {
     "bridge-bit": ("mqttv311", "", ""),
     "bridge-bit-prefixes": ("mqttv311", "edge/", "cloud/"),
+    "bridge-bit-3.1": ("mqttv31", "", ""),
     "mqtt5": ("mqttv50", "", ""),
 }
 
