@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from brokers import free_port, mosquitto_exe
+from brokers import BROKER_KIND, free_port, mosquitto_exe
 from clients import unique
 
 pytestmark = pytest.mark.skipif(not os.path.exists(mosquitto_exe()),
@@ -161,3 +161,27 @@ def test_retained_messages_stay_retained_across(bridged, client):
     for c, topic in ((client(version=4), f"{bridged.here}{t}/a"),
                      (client(version=4, on=bridged.mosquitto), f"{bridged.there}{t}/b")):
         c.publish(topic, b"", qos=1, retain=True)
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="reads Makelaar's log")
+def test_the_log_names_the_bridge(make_broker, client, tmp_path):
+    """The "client connected" line of a client with the bridge bit says bridge=true; an
+    ordinary client's does not."""
+    b = make_broker(log_level="warn,makelaar::clients=info")
+    bridge_id = unique("logged")
+    plain = client(version=4, on=b)
+    m = MosquittoBridge(tmp_path, b.port, bridge_id, "mqttv311", "", "")
+    try:
+        watcher = client(version=4, on=b)
+        watcher.subscribe(f"$SYS/broker/connection/{bridge_id}/state", qos=1)
+        assert watcher.get(timeout=15).payload == b"1", m.log_text()
+    finally:
+        m.stop()
+    lines = [line for line in b.stderr_path.read_text().splitlines()
+             if "client connected" in line]
+    bridge_lines = [line for line in lines if bridge_id in line]
+    plain_lines = [line for line in lines if plain.client_id in line]
+    assert len(bridge_lines) == 1 and "bridge=true" in bridge_lines[0], lines
+    assert len(plain_lines) == 1 and "bridge" not in plain_lines[0], lines
+    client(version=4, on=b).publish(f"$SYS/broker/connection/{bridge_id}/state", b"",
+                                    qos=1, retain=True)
