@@ -185,7 +185,15 @@ impl Draft {
             "idle_timeout" => t.idle_timeout = Some(number(d, 1, u64::from(u32::MAX))?),
             "notifications" => t.notifications = Some(boolean(d)?),
             "notifications_local_only" => t.notifications_local_only = Some(boolean(d)?),
-            "notification_topic" => t.notification_topic = Some(text(d)?),
+            "notification_topic" => {
+                let v = text(d)?;
+                if let Err(e) = makelaar_proto::topic::validate_topic_name(&v) {
+                    return Err(d.error(format_args!(
+                        "\"{v}\" is not a topic name ({e}); give one without wildcards"
+                    )));
+                }
+                t.notification_topic = Some(v);
+            }
             "bridge_outgoing_retain" => t.outgoing_retain = Some(boolean(d)?),
             "bridge_max_packet_size" => {
                 t.max_packet_size =

@@ -520,7 +520,7 @@ fn errors_name_the_line_and_the_fix() {
         ),
         (
             "connection c\naddress h\ntopic a\nnotification_topic state/#",
-            ":1: bridge \"c\" has the notification_topic \"state/#\", which is not a topic name",
+            ":4: \"notification_topic\" \"state/#\" is not a topic name",
         ),
         (
             "connection c\naddress h\ntopic a\nbridge_bind_address eth0",
