@@ -85,6 +85,17 @@ impl Server {
         )?);
         let acl = config.acl_file.as_deref().map(auth::load_acl).transpose()?;
         let acl_file = config.acl_file.clone();
+        // Until the bridge runtime (crate::bridge, issue 13) starts them, bridges are read
+        // and validated only; say so rather than stay silent. The runtime replaces this.
+        for b in &config.bridges {
+            tracing::warn!(
+                target: STATUS_TARGET,
+                "bridge \"{}\" to {}:{} is configured, but this build does not run bridges yet",
+                b.name,
+                b.addresses.first().map_or("", |a| a.host.as_str()),
+                b.addresses.first().map_or(0, |a| a.port),
+            );
+        }
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);

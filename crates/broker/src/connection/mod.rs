@@ -144,7 +144,12 @@ where
     let state = ConnState::new(now, &connect, &ctx.limits);
     let outbox = Arc::new(Outbox::new(now, state.silence_limit()));
     tracing::debug!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
-    let who = log::Who::new(&connect.client_id, connect.username.as_deref(), transport);
+    let who = log::Who::new(
+        &connect.client_id,
+        connect.username.as_deref(),
+        transport,
+        connect.bridge,
+    );
     let msg = ToRouter::Connect {
         conn,
         connect,
