@@ -83,6 +83,24 @@ pub struct Policy {
     pub response_information_prefix: String,
     /// Whether taking over a connection publishes its will (see [`WillOnTakeover`]).
     pub will_on_takeover: WillOnTakeover,
+    /// The local sessions of bridges, by client id: their queue bounds replace
+    /// `max_queued_messages` and `max_queued_bytes`, and they receive the loop guard's user
+    /// property (see [`crate::bridge`]).
+    pub bridges: HashMap<String, BridgeSession>,
+    /// The loop guard's user property (`makelaar-origin`): removed from what is delivered to
+    /// every session but the bridges'.
+    pub origin_property: Option<String>,
+}
+
+/// The queue of a bridge's local session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeSession {
+    /// Most messages queued; 0: no limit.
+    pub max_queued_messages: usize,
+    /// Most bytes (topic + payload) queued; 0: no limit.
+    pub max_queued_bytes: usize,
+    /// When full, drop the oldest queued message instead of the new one.
+    pub drop_oldest: bool,
 }
 
 /// Whether a takeover publishes the old connection's will.

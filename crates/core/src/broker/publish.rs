@@ -312,10 +312,25 @@ impl Broker {
     }
 
     fn enqueue(&mut self, idx: SessionIdx, d: Delivery) {
-        let (max_msgs, max_bytes) = (
+        let (mut max_msgs, mut max_bytes) = (
             self.limits.max_queued_messages,
             self.limits.max_queued_bytes,
         );
+        let mut drop_oldest = false;
+        if !self.policy.bridges.is_empty() {
+            let bridge = self
+                .session(idx)
+                .ok()
+                .and_then(|s| self.policy.bridges.get(&*s.client_id));
+            if let Some(b) = bridge {
+                max_msgs = match b.max_queued_messages {
+                    0 => usize::MAX,
+                    n => n,
+                };
+                max_bytes = b.max_queued_bytes;
+                drop_oldest = b.drop_oldest;
+            }
+        }
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
@@ -329,6 +344,15 @@ impl Broker {
             self.congested = Some(idx);
             self.keep_queued(idx, d);
             return;
+        }
+        if full && drop_oldest {
+            // A bridge's queue that keeps the newest (telemetry): the oldest goes, counted.
+            if let Some(oldest) = s.pop_queue() {
+                self.stats.dropped_queue_full += 1;
+                self.journal_done(idx, &oldest);
+                self.keep_queued(idx, d);
+                return;
+            }
         }
         if full {
             if !s.drop_logged {
@@ -368,11 +392,19 @@ impl Broker {
             self.journal_done(idx, &d);
             return;
         }
+        let strip = if d.msg.properties.user_properties.is_empty() {
+            None
+        } else {
+            self.origin_to_strip(idx)
+        };
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let mut publish = d.msg.to_publish(&d, now, s.version.is_v5());
         publish.packet_id = packet_id;
+        if let Some(name) = strip {
+            publish.properties.user_properties.retain(|(k, _)| **k != *name);
+        }
         let packet = Packet::Publish(publish);
         if let Some(max) = s.client.max_packet_size {
             if packet.encoded_len(s.version) > max as usize {
@@ -441,6 +473,7 @@ impl Broker {
     /// On session resume, re-sends unacknowledged PUBLISH with DUP set and PUBREL for those
     /// already received, in their original order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
     pub(super) fn resend_inflight(&mut self, now: Instant, idx: SessionIdx) {
+        let strip = self.origin_to_strip(idx);
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
@@ -453,6 +486,9 @@ impl Broker {
                     let mut p = m.delivery.msg.to_publish(&m.delivery, now, v5);
                     p.packet_id = m.packet_id;
                     p.dup = true; // [MQTT-3.3.1-1]
+                    if let Some(name) = &strip {
+                        p.properties.user_properties.retain(|(k, _)| **k != **name);
+                    }
                     Packet::Publish(p)
                 }
                 OutboundState::AwaitingComp => Packet::PubRel(PubAck::new(m.packet_id)),
@@ -461,6 +497,14 @@ impl Broker {
         for p in packets {
             self.send(conn, p);
         }
+    }
+
+    /// The loop guard's property, when deliveries to session `idx` must lose it: every
+    /// session but a bridge's (the property is for bridges between Makelaar brokers only).
+    fn origin_to_strip(&self, idx: SessionIdx) -> Option<Arc<str>> {
+        let name = self.policy.origin_property.as_deref()?;
+        let s = self.session(idx).ok()?;
+        (!self.policy.bridges.contains_key(&*s.client_id)).then(|| Arc::from(name))
     }
 
     pub(super) fn handle_puback(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {
