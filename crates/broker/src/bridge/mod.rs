@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::bridge::{encode_connect, is_v3_version_refusal, Backoff, Output, Relay};
+use makelaar_core::bridge::{is_v3_version_refusal, Backoff, Output, Relay};
 use makelaar_proto::{Decoder, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -362,7 +362,7 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                         let connect = b.relay.remote_opened(Instant::now());
                         let version = connect.protocol;
                         let mut buf = BytesMut::new();
-                        if let Err(e) = encode_connect(&connect, b.relay.bridge_bit(), &mut buf) {
+                        if let Err(e) = Packet::Connect(connect).encode(version, &mut buf) {
                             tracing::error!(bridge = %name, error = %e, "cannot encode the CONNECT");
                         }
                         let mut decoder = Decoder::new(MAX_REMOTE_PACKET);

@@ -2,8 +2,8 @@
 //! the configuration reference and the example file show as defaults.
 
 use super::{
-    Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, ListenerTable, LogFormat,
-    DEFAULT_BATCH_MS,
+    BridgeTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, ListenerTable,
+    LogFormat, DEFAULT_BATCH_MS,
 };
 
 impl ConfigFile {
@@ -42,6 +42,7 @@ impl ConfigFile {
             listener: vec![ListenerTable::defaults()],
             limits: d.limits,
             dashboard: DashboardTable::defaults(),
+            bridge: vec![BridgeTable::defaults()],
         }
     }
 }
@@ -103,6 +104,7 @@ mod tests {
         let mut file = ConfigFile::defaults();
         file.batch_max_delay_ms = None;
         file.listener.clear();
+        file.bridge.clear();
         let text = toml::to_string(&file).unwrap();
         assert_eq!(
             Config::from_toml_str(&text, "defaults").unwrap(),

@@ -130,6 +130,10 @@ pub struct ConfigFile {
     /// The web dashboard on the HTTP listeners: who may use it (docs/dashboard.md).
     #[serde(default)]
     pub dashboard: DashboardTable,
+    /// Bridges: connections to other MQTT brokers that carry chosen topics one or both ways,
+    /// as Mosquitto's bridges do (docs/bridges.md). One table per remote broker.
+    #[serde(default)]
+    pub bridge: Vec<BridgeTable>,
 }
 
 /// The format of log lines (`log_format`).
@@ -234,6 +238,9 @@ impl ConfigFile {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
+        }
+        for b in &mut self.bridge {
+            b.resolve_paths(dir);
         }
     }
 

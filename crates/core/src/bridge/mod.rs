@@ -47,7 +47,7 @@ mod tests;
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use makelaar_proto::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS,
     ReasonCode, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
@@ -310,7 +310,7 @@ impl Relay {
         self.version
     }
 
-    /// Whether the CONNECT to the remote carries the bridge bit (see [`encode_connect`]).
+    /// Whether the CONNECT to the remote carries the bridge bit.
     pub fn bridge_bit(&self) -> bool {
         self.bridge_bit
     }
@@ -377,8 +377,7 @@ impl Relay {
         self.phase = Phase::Stopped;
     }
 
-    /// The shell has opened a connection to the remote: the CONNECT to send on it (encode
-    /// it with [`encode_connect`] and [`Relay::bridge_bit`]).
+    /// The shell has opened a connection to the remote: the CONNECT to send on it.
     pub fn remote_opened(&mut self, now: Instant) -> Box<Connect> {
         self.phase = Phase::Connecting;
         self.connect_sent = Some(now);
@@ -422,6 +421,8 @@ impl Relay {
             clean_start: self.s.clean_session,
             keep_alive: u16::try_from(self.s.keepalive.as_secs()).unwrap_or(u16::MAX),
             client_id: self.s.remote_client_id.clone(),
+            // Mosquitto's `try_private`: the remote treats us as a bridge (3.1/3.1.1).
+            bridge: self.bridge_bit && !v5,
             will,
             username: self.s.remote_username.clone(),
             password: self
@@ -446,6 +447,7 @@ impl Relay {
             clean_start,
             keep_alive: 0,
             client_id: self.s.local_client_id.clone(),
+            bridge: false,
             will: None,
             username: self.s.local_username.clone(),
             password: None,
@@ -1095,33 +1097,6 @@ fn notification(topic: &str, up: bool, qos: QoS, packet_id: u16) -> Publish {
         properties: Properties::default(),
         payload: Bytes::from_static(if up { b"1" } else { b"0" }),
     }
-}
-
-/// Encodes a bridge's CONNECT, with the bridge bit (0x80) in the protocol level when
-/// `bridge_bit` (Mosquitto's `try_private`, for 3.1 and 3.1.1).
-pub fn encode_connect(
-    connect: &Connect,
-    bridge_bit: bool,
-    buf: &mut BytesMut,
-) -> Result<(), makelaar_proto::EncodeError> {
-    let start = buf.len();
-    Packet::Connect(Box::new(connect.clone())).encode(connect.protocol, buf)?;
-    if bridge_bit {
-        // Fixed header, Remaining Length (1-4 bytes), protocol name (2-byte length), level.
-        let mut i = start + 1;
-        while buf.get(i).is_some_and(|b| b & 0x80 != 0) {
-            i += 1;
-        }
-        i += 1;
-        let name_len = match (buf.get(i), buf.get(i + 1)) {
-            (Some(&hi), Some(&lo)) => usize::from(u16::from_be_bytes([hi, lo])),
-            _ => return Ok(()),
-        };
-        if let Some(level) = buf.get_mut(i + 2 + name_len) {
-            *level |= 0x80;
-        }
-    }
-    Ok(())
 }
 
 /// Whether `bytes` start with a 3.1.1 CONNACK refusing the protocol version (return code
