@@ -1,0 +1,352 @@
+"""Bridges over real sockets: Makelaar bridged to Debian's Mosquitto 2.0 and to a second
+Makelaar, with MQTT 3.1.1 and 5.0 toward the remote. Messages flow both ways with their
+topics remapped by the prefixes, their QoS and retain flags; the notification topic says
+`1` while the link is up and `0` once the remote is gone; nothing acknowledged is lost when
+the remote goes away, when Makelaar is killed with SIGKILL meanwhile, or when the remote
+lost the bridge's session; QoS 2 is delivered exactly once across a reconnect; and two
+brokers bridged `# both` each way deliver every message once."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge_helpers import Makelaar, Mosquitto, bridge_toml
+from brokers import BROKER_KIND
+from clients import MqttClient, unique
+
+pytestmark = pytest.mark.skipif(BROKER_KIND != "makelaar",
+                                reason="bridges are tested with Makelaar as the local broker")
+
+# Messages published during the outage in the loss tests (the issue asks for 10,000; the
+# default keeps the suite quick, BRIDGE_LOSS_N=10000 runs the full figure).
+LOSS_N = int(os.environ.get("BRIDGE_LOSS_N", "2000"))
+
+VERSIONS = {"3.1.1": 4, "5.0": 5}
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def remote_broker(kind, tmp_path, procs, name="remote", persistence=True):
+    if kind == "mosquitto":
+        r = Mosquitto(tmp_path, name, persistence=persistence)
+    else:
+        r = Makelaar(tmp_path, name)
+    procs.append(r)
+    return r.start()
+
+
+def client(broker, version=5, clean=True, client_id=None):
+    c = MqttClient(broker, version=version, clean=clean, client_id=client_id)
+    c.connect()
+    return c
+
+
+def wait_for(pred, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def notification(c, timeout=15.0):
+    m = c.get(timeout)
+    return m.topic, m.payload, m.retain
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_messages_flow_both_ways_with_prefixes_qos_retain_and_notifications(
+        tmp_path, procs, remote_kind, version):
+    remote = remote_broker(remote_kind, tmp_path, procs)
+    topics = [
+        {"pattern": "sensor/#", "direction": "out", "qos": 1,
+         "local_prefix": "site/", "remote_prefix": "cloud/site1/"},
+        {"pattern": "cmd/#", "direction": "in", "qos": 2,
+         "local_prefix": "site/", "remote_prefix": "cloud/site1/"},
+    ]
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "cloud", remote.port, topics, protocol_version=version, remote_client_id="site1",
+        session_expiry_interval=3600))
+    procs.append(local)
+    # Subscribed at the remote before the bridge exists: the `1` arrives live.
+    rwatch = client(remote)
+    rwatch.subscribe("$SYS/broker/connection/site1/state", 1)
+    local.start()
+    lwatch = client(local)
+    lwatch.subscribe("$SYS/broker/connection/site1/state", 1)
+    assert notification(rwatch)[1] == b"1"
+    # Locally the retained value may still be the `0` of the start, then `1`.
+    wait_for(lambda: notification(lwatch)[1] == b"1", what="local notification 1")
+
+    # out: site/sensor/... → cloud/site1/sensor/..., QoS capped by the topic line (1).
+    rsub = client(remote)
+    rsub.subscribe("cloud/site1/#", 2)
+    pub = client(local)
+    pub.publish("site/sensor/t1", b"21.5", qos=2)
+    m = rsub.get(10)
+    assert (m.topic, m.payload, m.qos, m.retain) == ("cloud/site1/sensor/t1", b"21.5", 1, False)
+    pub.publish("site/other/x", b"not carried", qos=1)
+    # Retained: a late subscriber at the remote gets it with RETAIN set.
+    pub.publish("site/sensor/r", b"kept", qos=1, retain=True)
+    assert rsub.get(10).topic == "cloud/site1/sensor/r"
+    late = client(remote)
+    late.subscribe("cloud/site1/sensor/r", 1)
+    m = late.get(10)
+    assert (m.payload, m.retain) == (b"kept", True)
+
+    # in: cloud/site1/cmd/... → site/cmd/..., QoS as published (topic line allows 2).
+    lsub = client(local)
+    lsub.subscribe("site/cmd/#", 2)
+    lsub.subscribe("site/sensor/echo", 2)
+    rpub = client(remote)
+    rpub.publish("cloud/site1/cmd/open", b"now", qos=2)
+    rpub.publish("cloud/site1/sensor/echo", b"in-only for cmd", qos=1)
+    m = lsub.get(10)
+    assert (m.topic, m.payload, m.qos) == ("site/cmd/open", b"now", 2)
+    lsub.expect_none(1.0)
+    # What the bridge brought in does not go back out (No Local): the remote's subscriber
+    # has the two messages once each, as published there.
+    got = sorted(m.topic for m in rsub.drain(1.0, 5))
+    assert got == ["cloud/site1/cmd/open", "cloud/site1/sensor/echo"], got
+
+    # The remote goes away: the local notification says 0.
+    remote.stop()
+    wait_for(lambda: notification(lwatch)[1] == b"0", what="local notification 0")
+    for c in (rwatch, lwatch, rsub, pub, late, lsub, rpub):
+        c.close()
+
+
+def outage_setup(tmp_path, procs, remote_kind, version, qos=1, clean_session=False,
+                 local_limits=None):
+    """A remote with a persistent subscriber on `cloud/#`, a local Makelaar bridging `data/#`
+    out to it; returns (remote, local, subscriber-maker)."""
+    remote = remote_broker(remote_kind, tmp_path, procs, persistence=True)
+    sub_id = unique("sub")
+
+    def subscriber():
+        s = MqttClient(remote, version=5, clean=False, client_id=sub_id)
+        s.connect(properties=session_props())
+        return s
+
+    s = subscriber()
+    s.subscribe("cloud/#", qos)
+    s.disconnect()
+    topics = [{"pattern": "data/#", "direction": "out", "qos": qos,
+               "local_prefix": "", "remote_prefix": "cloud/"}]
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", remote.port, topics, protocol_version=version, remote_client_id="edge",
+        clean_session=clean_session, session_expiry_interval=86400), limits=local_limits)
+    procs.append(local)
+    local.start()
+    return remote, local, subscriber
+
+
+def session_props():
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = 86400
+    return p
+
+
+def publish_many(broker, n, qos=1, prefix="data/m"):
+    """Publishes n numbered messages and waits until every one is acknowledged."""
+    c = MqttClient(broker, version=5)
+    c.c.max_inflight_messages_set(200)
+    c.c.max_queued_messages_set(0)
+    c.connect()
+    infos = [c.publish(f"{prefix}/{i % 10}", str(i).encode(), qos=qos, wait=False)
+             for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(60)
+        assert info.is_published()
+    c.disconnect()
+
+
+def collect(sub, n, timeout):
+    """Payloads received until all of 0..n-1 are there (or timeout); a Counter."""
+    got = Counter()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(got) < n:
+        try:
+            m = sub.messages.get(timeout=0.5)
+        except Exception:
+            continue
+        got[int(m.payload)] += 1
+    return got
+
+
+def assert_all(got: Counter, n: int, max_dups: int | None = 0):
+    missing = [i for i in range(n) if got[i] == 0]
+    assert not missing, f"{len(missing)} of {n} messages lost, e.g. {missing[:10]}"
+    dups = sum(c - 1 for c in got.values())
+    if max_dups is not None:
+        assert dups <= max_dups, f"{dups} duplicates"
+    return dups
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", list(VERSIONS))
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_a_remote_down_while_messages_are_published_loses_nothing(
+        tmp_path, procs, remote_kind, version):
+    remote, local, subscriber = outage_setup(tmp_path, procs, remote_kind, version)
+    remote.stop()
+    publish_many(local, LOSS_N)
+    remote.start()
+    s = subscriber()
+    got = collect(s, LOSS_N, timeout=45)
+    # The window in flight when the link dropped may arrive twice (at least once).
+    assert_all(got, LOSS_N, max_dups=None)
+    s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_makelaar_killed_during_the_outage_loses_nothing(tmp_path, procs, remote_kind):
+    remote, local, subscriber = outage_setup(tmp_path, procs, remote_kind, "5.0")
+    remote.stop()
+    publish_many(local, LOSS_N)
+    local.kill()
+    local.start()
+    remote.start()
+    s = subscriber()
+    got = collect(s, LOSS_N, timeout=45)
+    assert_all(got, LOSS_N, max_dups=None)
+    s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_a_remote_without_the_bridge_session_gets_everything(tmp_path, procs, remote_kind):
+    """clean_session = true: each link starts with Session Present 0 at the remote, as after
+    a remote that lost its state; everything not acknowledged is sent again."""
+    remote, local, subscriber = outage_setup(tmp_path, procs, remote_kind, "3.1.1",
+                                             clean_session=True)
+    remote.stop()
+    publish_many(local, LOSS_N)
+    remote.start()
+    s = subscriber()
+    got = collect(s, LOSS_N, timeout=45)
+    # Duplicates at most the in-flight window (max_inflight_messages, 20).
+    assert_all(got, LOSS_N, max_dups=20)
+    s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", list(VERSIONS))
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_qos2_across_a_reconnect_with_the_session_kept_is_exactly_once(
+        tmp_path, procs, remote_kind, version):
+    remote, local, subscriber = outage_setup(tmp_path, procs, remote_kind, version, qos=2)
+    s = subscriber()
+    n = 600
+    c = MqttClient(local, version=5)
+    c.c.max_inflight_messages_set(100)
+    c.c.max_queued_messages_set(0)
+    c.connect()
+    infos = []
+    for i in range(n):
+        infos.append(c.publish(f"data/q/{i % 3}", str(i).encode(), qos=2, wait=False))
+        if i == n // 3:
+            # The remote restarts (its sessions kept) while the bridge is relaying.
+            s.kill()
+            remote.stop()
+            remote.start()
+            s = subscriber()
+    for info in infos:
+        info.wait_for_publish(60)
+    c.disconnect()
+    got = collect(s, n, timeout=45)
+    assert_all(got, n, max_dups=0)
+    s.close()
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_two_makelaars_bridged_both_ways_deliver_each_message_once(tmp_path, procs, version):
+    a = Makelaar(tmp_path, "a")
+    b = Makelaar(tmp_path, "b")
+    topics = [{"pattern": "#", "direction": "both", "qos": 1}]
+    a.set_bridges(bridge_toml("to-b", b.port, topics, protocol_version=version,
+                              remote_client_id="a-to-b", session_expiry_interval=3600))
+    b.set_bridges(bridge_toml("to-a", a.port, topics, protocol_version=version,
+                              remote_client_id="b-to-a", session_expiry_interval=3600))
+    procs += [a, b]
+    a.start()
+    b.start()
+    sa, sb = client(a), client(b)
+    sa.subscribe("t/#", 1)
+    sb.subscribe("t/#", 1)
+    pa, pb = client(a), client(b)
+    # Both links up: a message from each side reaches the other.
+    wait_for(lambda: (pa.publish("t/ping", b"a", qos=1) == 0 and
+                      any(m.topic == "t/ping" for m in sb.drain(0.3, 1))),
+             what="a to b")
+    wait_for(lambda: (pb.publish("t/pong", b"b", qos=1) == 0 and
+                      any(m.topic == "t/pong" for m in sa.drain(0.3, 1))),
+             what="b to a")
+    sa.drain(1.0)
+    sb.drain(1.0)
+    for i in range(20):
+        (pa if i % 2 else pb).publish(f"t/{i}", str(i).encode(), qos=1)
+    for s in (sa, sb):
+        got = Counter(int(m.payload) for m in s.drain(1.5, 20))
+        assert got == Counter(range(20)), f"{s.client_id}: {got}"
+    # The loop guard's property is for bridges only: ordinary clients never see it.
+    m = MqttClient(b, version=5)
+    m.connect()
+    m.subscribe("t/#", 1)
+    pa.publish("t/props", b"p", qos=1)
+    got = m.get(10)
+    props = getattr(got.properties, "UserProperty", []) if got.properties else []
+    assert not any(k == "makelaar-origin" for k, _ in props), props
+    for c in (sa, sb, pa, pb, m):
+        c.close()
+
+
+def test_makelaar_and_mosquitto_bridged_both_ways_deliver_each_message_once(tmp_path, procs):
+    mk = Makelaar(tmp_path, "mk")
+    # Mosquitto's own bridge into Makelaar (3.1.1 with try_private: Makelaar applies No Local).
+    mosq = Mosquitto(tmp_path, "mosq", extra=(
+        f"\nconnection to-mk\naddress 127.0.0.1:{mk.port}\ntopic # both 1\n"
+        "restart_timeout 1\ncleansession false\nremote_clientid mosq-to-mk\n"))
+    mk.set_bridges(bridge_toml("to-mosq", mosq.port, [{"pattern": "#", "direction": "both",
+                                                        "qos": 1}],
+                               remote_client_id="mk-to-mosq"))
+    procs += [mk, mosq]
+    mk.start()
+    mosq.start()
+    smk, smo = client(mk), client(mosq)
+    smk.subscribe("t/#", 1)
+    smo.subscribe("t/#", 1)
+    pmk, pmo = client(mk), client(mosq)
+    wait_for(lambda: (pmk.publish("t/ping", b"a", qos=1) == 0 and
+                      any(m.topic == "t/ping" for m in smo.drain(0.3, 1))),
+             what="makelaar to mosquitto")
+    wait_for(lambda: (pmo.publish("t/pong", b"b", qos=1) == 0 and
+                      any(m.topic == "t/pong" for m in smk.drain(0.3, 1))),
+             what="mosquitto to makelaar")
+    time.sleep(1.0)
+    smk.drain(1.0)
+    smo.drain(1.0)
+    for i in range(20):
+        (pmk if i % 2 else pmo).publish(f"t/{i}", str(i).encode(), qos=1)
+    for s in (smk, smo):
+        got = Counter(int(m.payload) for m in s.drain(1.5, 20))
+        assert got == Counter(range(20)), f"{s.client_id}: {got}"
+    for c in (smk, smo, pmk, pmo):
+        c.close()
