@@ -276,77 +276,101 @@ def test_qos2_across_a_reconnect_with_the_session_kept_is_exactly_once(
     s.close()
 
 
-@pytest.mark.parametrize("version", list(VERSIONS))
-def test_two_makelaars_bridged_both_ways_deliver_each_message_once(tmp_path, procs, version):
+def bridged_pair(tmp_path, procs, remote_kind, version, side):
+    """Makelaar `a` and a remote (Makelaar or Mosquitto) joined by one bridge `# both 1`,
+    configured on `a` (side "local") or on the remote (side "remote")."""
+    both = [{"pattern": "#", "direction": "both", "qos": 1}]
     a = Makelaar(tmp_path, "a")
-    b = Makelaar(tmp_path, "b")
-    topics = [{"pattern": "#", "direction": "both", "qos": 1}]
-    a.set_bridges(bridge_toml("to-b", b.port, topics, protocol_version=version,
-                              remote_client_id="a-to-b", session_expiry_interval=3600))
-    b.set_bridges(bridge_toml("to-a", a.port, topics, protocol_version=version,
-                              remote_client_id="b-to-a", session_expiry_interval=3600))
-    procs += [a, b]
+    if remote_kind == "makelaar":
+        r = Makelaar(tmp_path, "r")
+        if side == "remote":
+            r.set_bridges(bridge_toml("to-a", a.port, both, protocol_version=version,
+                                      remote_client_id="r-to-a",
+                                      session_expiry_interval=3600))
+    else:
+        proto = {"3.1.1": "mqttv311", "5.0": "mqttv50"}[version]
+        extra = (f"\nconnection to-a\naddress 127.0.0.1:{a.port}\ntopic # both 1\n"
+                 f"restart_timeout 1\ncleansession false\nremote_clientid r-to-a\n"
+                 f"bridge_protocol_version {proto}\n") if side == "remote" else ""
+        r = Mosquitto(tmp_path, "r", extra=extra)
+    if side == "local":
+        a.set_bridges(bridge_toml("to-r", r.port, both, protocol_version=version,
+                                  remote_client_id="a-to-r", session_expiry_interval=3600))
+    procs += [a, r]
     a.start()
-    b.start()
-    sa, sb = client(a), client(b)
+    r.start()
+    return a, r
+
+
+def assert_each_once(a, r):
+    sa, sr = client(a), client(r)
     sa.subscribe("t/#", 1)
-    sb.subscribe("t/#", 1)
-    pa, pb = client(a), client(b)
-    # Both links up: a message from each side reaches the other.
-    wait_for(lambda: (pa.publish("t/ping", b"a", qos=1) == 0 and
-                      any(m.topic == "t/ping" for m in sb.drain(0.3, 1))),
-             what="a to b")
-    wait_for(lambda: (pb.publish("t/pong", b"b", qos=1) == 0 and
-                      any(m.topic == "t/pong" for m in sa.drain(0.3, 1))),
-             what="b to a")
+    sr.subscribe("t/#", 1)
+    pa, pr = client(a), client(r)
+    # Wait for the link both ways (the probes are told apart from the counted messages).
+    wait_for(lambda: (pa.publish("t/probe", b"-1", qos=1) == 0 and
+                      any(m.topic == "t/probe" for m in sr.drain(0.3, 1))), what="a to r")
+    wait_for(lambda: (pr.publish("t/probe", b"-1", qos=1) == 0 and
+                      any(m.topic == "t/probe" for m in sa.drain(0.3, 1))), what="r to a")
     sa.drain(1.0)
-    sb.drain(1.0)
+    sr.drain(1.0)
     for i in range(20):
-        (pa if i % 2 else pb).publish(f"t/{i}", str(i).encode(), qos=1)
-    for s in (sa, sb):
-        got = Counter(int(m.payload) for m in s.drain(1.5, 20))
+        (pa if i % 2 else pr).publish(f"t/{i}", str(i).encode(), qos=1)
+    for s in (sa, sr):
+        got = Counter(int(m.payload) for m in s.drain(1.5, 20) if m.topic != "t/probe")
         assert got == Counter(range(20)), f"{s.client_id}: {got}"
-    # The loop guard's property is for bridges only: ordinary clients never see it.
-    m = MqttClient(b, version=5)
-    m.connect()
-    m.subscribe("t/#", 1)
-    pa.publish("t/props", b"p", qos=1)
-    got = m.get(10)
-    props = getattr(got.properties, "UserProperty", []) if got.properties else []
-    assert not any(k == "makelaar-origin" for k, _ in props), props
-    for c in (sa, sb, pa, pb, m):
+    for c in (sa, sr, pa, pr):
         c.close()
 
 
-def test_makelaar_and_mosquitto_bridged_both_ways_deliver_each_message_once(tmp_path, procs):
-    mk = Makelaar(tmp_path, "mk")
-    # Mosquitto's own bridge into Makelaar (3.1.1 with try_private: Makelaar applies No Local).
-    mosq = Mosquitto(tmp_path, "mosq", extra=(
-        f"\nconnection to-mk\naddress 127.0.0.1:{mk.port}\ntopic # both 1\n"
-        "restart_timeout 1\ncleansession false\nremote_clientid mosq-to-mk\n"))
-    mk.set_bridges(bridge_toml("to-mosq", mosq.port, [{"pattern": "#", "direction": "both",
-                                                        "qos": 1}],
-                               remote_client_id="mk-to-mosq"))
-    procs += [mk, mosq]
-    mk.start()
-    mosq.start()
-    smk, smo = client(mk), client(mosq)
-    smk.subscribe("t/#", 1)
-    smo.subscribe("t/#", 1)
-    pmk, pmo = client(mk), client(mosq)
-    wait_for(lambda: (pmk.publish("t/ping", b"a", qos=1) == 0 and
-                      any(m.topic == "t/ping" for m in smo.drain(0.3, 1))),
-             what="makelaar to mosquitto")
-    wait_for(lambda: (pmo.publish("t/pong", b"b", qos=1) == 0 and
-                      any(m.topic == "t/pong" for m in smk.drain(0.3, 1))),
-             what="mosquitto to makelaar")
+@pytest.mark.parametrize("side", ["local", "remote"])
+@pytest.mark.parametrize("version", list(VERSIONS))
+@pytest.mark.parametrize("remote_kind", ["makelaar", "mosquitto"])
+def test_two_brokers_bridged_both_ways_deliver_each_message_once(
+        tmp_path, procs, remote_kind, version, side):
+    """`topic # both 1` with the bridge on either broker: No Local (5.0) or the bridge bit
+    (3.1.1, applied by the remote) keeps what the bridge brought from going back."""
+    a, r = bridged_pair(tmp_path, procs, remote_kind, version, side)
+    assert_each_once(a, r)
+
+
+def test_a_triangle_of_makelaars_delivers_each_message_once(tmp_path, procs):
+    """A → B → C → A, each bridge `# out 1` with 5.0: a message goes round once and is
+    dropped where it started (the loop guard's origin between Makelaar brokers; 3.1.1 has
+    no user properties to carry it)."""
+    version = "5.0"
+    out = [{"pattern": "#", "direction": "out", "qos": 1}]
+    brokers = [Makelaar(tmp_path, n) for n in "abc"]
+    for i, b in enumerate(brokers):
+        nxt = brokers[(i + 1) % 3]
+        b.set_bridges(bridge_toml("next", nxt.port, out, protocol_version=version,
+                                  remote_client_id=f"{b.name}-next",
+                                  session_expiry_interval=3600))
+    procs += brokers
+    for b in brokers:
+        b.start()
+    subs = [client(b) for b in brokers]
+    for s in subs:
+        s.subscribe("t/#", 1)
+    pubs = [client(b) for b in brokers]
+    wait_for(lambda: (pubs[0].publish("t/probe", b"-1", qos=1) == 0 and
+                      any(m.topic == "t/probe" for m in subs[2].drain(0.3, 1))),
+             what="a to c over b")
     time.sleep(1.0)
-    smk.drain(1.0)
-    smo.drain(1.0)
-    for i in range(20):
-        (pmk if i % 2 else pmo).publish(f"t/{i}", str(i).encode(), qos=1)
-    for s in (smk, smo):
-        got = Counter(int(m.payload) for m in s.drain(1.5, 20))
-        assert got == Counter(range(20)), f"{s.client_id}: {got}"
-    for c in (smk, smo, pmk, pmo):
+    for s in subs:
+        s.drain(1.0)
+    for i in range(30):
+        pubs[i % 3].publish(f"t/{i}", str(i).encode(), qos=1)
+    for s in subs:
+        got = Counter(int(m.payload) for m in s.drain(1.5, 20) if m.topic != "t/probe")
+        assert got == Counter(range(30)), f"{s.client_id}: {got}"
+        # Ordinary clients never see the loop guard's property.
+    m = MqttClient(brokers[1], version=5)
+    m.connect()
+    m.subscribe("t/#", 1)
+    pubs[0].publish("t/props", b"p", qos=1)
+    got = m.get(10)
+    props = getattr(got.properties, "UserProperty", []) if got.properties else []
+    assert not any(k == "makelaar-origin" for k, _ in props), props
+    for c in subs + pubs + [m]:
         c.close()

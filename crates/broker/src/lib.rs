@@ -104,16 +104,17 @@ impl Server {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
         // The bridges are checked before anything runs (a bad certificate stops the start).
-        let bridges = if config.bridges.is_empty() {
-            Vec::new()
+        let (bridges, broker_id) = if config.bridges.is_empty() {
+            (Vec::new(), String::new())
         } else {
             let data_dir = (!config.in_memory).then_some(config.data_dir.as_path());
             let id = bridge::broker_id(data_dir)?;
-            config
+            let bridges = config
                 .bridges
                 .iter()
                 .map(|b| bridge::Bridge::new(b.clone(), &id))
-                .collect::<Result<Vec<_>, _>>()?
+                .collect::<Result<Vec<_>, _>>()?;
+            (bridges, id)
         };
         let policy = Policy {
             deny_subscriptions: config.deny_subscriptions.clone(),
@@ -124,10 +125,16 @@ impl Server {
                 .iter()
                 .map(|b| (b.local_client_id.clone(), bridge::session_policy(b)))
                 .collect(),
-            origin_property: config
-                .bridges
-                .iter()
-                .find_map(|b| b.loop_guard.property.clone()),
+            // Stripped for ordinary clients even without bridges here: another broker's
+            // bridge may bring it in.
+            origin_property: Some(
+                config
+                    .bridges
+                    .iter()
+                    .find_map(|b| b.loop_guard.property.clone())
+                    .unwrap_or_else(|| bridge::DEFAULT_ORIGIN_PROPERTY.to_owned()),
+            ),
+            broker_id,
         };
         let _ = counters
             .bridges

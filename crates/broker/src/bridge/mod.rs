@@ -31,6 +31,9 @@ use net::{Dialer, RemoteStream};
 
 pub(crate) use settings::broker_id;
 
+/// The loop guard's user property when no bridge names another.
+pub(crate) const DEFAULT_ORIGIN_PROPERTY: &str = "makelaar-origin";
+
 /// The pipe between a bridge and its local connection, each way.
 const LOCAL_PIPE: usize = 256 * 1024;
 /// Largest packet read from the remote.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -146,13 +148,19 @@ fn certs_from(path: &Path, bridge: &str) -> Result<Vec<CertificateDer<'static>>,
         .map_err(|e| {
             tls_error(
                 bridge,
-                format!("cannot read certificates from {}: {e}; give a PEM file", path.display()),
+                format!(
+                    "cannot read certificates from {}: {e}; give a PEM file",
+                    path.display()
+                ),
             )
         })?;
     if certs.is_empty() {
         return Err(tls_error(
             bridge,
-            format!("{} holds no PEM certificate; give a PEM file", path.display()),
+            format!(
+                "{} holds no PEM certificate; give a PEM file",
+                path.display()
+            ),
         ));
     }
     Ok(certs)
@@ -165,13 +173,19 @@ fn roots(t: &BridgeTls, bridge: &str) -> Result<RootCertStore, ConfigError> {
     if let Some(f) = &t.cafile {
         for c in certs_from(f, bridge)? {
             roots.add(c).map_err(|e| {
-                tls_error(bridge, format!("a CA certificate in {} is not usable: {e}", f.display()))
+                tls_error(
+                    bridge,
+                    format!("a CA certificate in {} is not usable: {e}", f.display()),
+                )
             })?;
         }
     }
     if let Some(dir) = &t.capath {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            tls_error(bridge, format!("cannot read the CA directory {}: {e}", dir.display()))
+            tls_error(
+                bridge,
+                format!("cannot read the CA directory {}: {e}", dir.display()),
+            )
         })?;
         for p in entries.flatten().map(|e| e.path()).filter(|p| p.is_file()) {
             // A directory may hold anything: what is not a usable certificate is skipped.
@@ -223,10 +237,16 @@ fn client_config(t: &BridgeTls, bridge: &str) -> Result<Arc<ClientConfig>, Confi
         (Some(cert), Some(key)) => {
             let chain = certs_from(cert, bridge)?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                tls_error(bridge, format!("cannot read a private key from {}: {e}", key.display()))
+                tls_error(
+                    bridge,
+                    format!("cannot read a private key from {}: {e}", key.display()),
+                )
             })?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
-                tls_error(bridge, format!("bridge_certfile and bridge_keyfile do not fit: {e}"))
+                tls_error(
+                    bridge,
+                    format!("bridge_certfile and bridge_keyfile do not fit: {e}"),
+                )
             })?
         }
         _ => builder.with_no_client_auth(),

@@ -54,7 +54,7 @@ use makelaar_proto::{
 };
 
 pub use backoff::{Backoff, Restart};
-pub use route::{LoopGuard, Route, Verdict};
+pub use route::{origin_of, LoopGuard, Route, Verdict};
 
 /// Packet ids of the relay's own packets, at the top of the range.
 const OWN_SUBSCRIBE: u16 = 65535;
@@ -755,7 +755,7 @@ impl Relay {
         properties.subscription_identifiers.clear();
         route.remap_response_in(&mut properties);
         if let Some(guard) = self.s.loop_guard.as_ref().filter(|_| self.version.is_v5()) {
-            if guard.check_in(&properties) != Verdict::Carry {
+            if guard.stamp(&mut properties) != Verdict::Carry {
                 self.stats.dropped_loop += 1;
                 tracing::debug!(bridge = %self.s.name, topic = %p.topic, "loop guard: a message that came back dropped");
                 let q = Publish {
@@ -914,7 +914,7 @@ impl Relay {
         properties.subscription_identifiers.clear();
         route.remap_response_out(&mut properties);
         if let Some(guard) = self.s.loop_guard.as_ref().filter(|_| self.version.is_v5()) {
-            if guard.stamp_out(&mut properties) != Verdict::Carry {
+            if guard.stamp(&mut properties) != Verdict::Carry {
                 self.stats.dropped_loop += 1;
                 tracing::debug!(bridge = %self.s.name, topic = %p.topic, "loop guard: a message that came back, or made too many hops, dropped");
                 self.ack_local(&p);

@@ -94,23 +94,25 @@ pub enum Verdict {
     TooManyHops,
 }
 
-impl LoopGuard {
-    /// The origin and hop count a message carries, if it has the property.
-    pub fn read(&self, props: &Properties) -> Option<(String, u8)> {
-        let (_, value) = props
-            .user_properties
-            .iter()
-            .find(|(k, _)| *k == self.property)?;
-        let (origin, hops) = value.rsplit_once(';')?;
-        Some((origin.to_owned(), hops.parse().ok()?))
-    }
+/// The origin and hop count in the loop guard's property `name` (`<origin>;<hops>`), if the
+/// message has it.
+pub fn origin_of<'a>(props: &'a Properties, name: &str) -> Option<(&'a str, u8)> {
+    let (_, value) = props.user_properties.iter().find(|(k, _)| k == name)?;
+    let (origin, hops) = value.rsplit_once(';')?;
+    Some((origin, hops.parse().ok()?))
+}
 
-    /// Checks a message on its way out to a remote and, when it may go, stamps it: the
-    /// origin stays (or becomes this broker), the hop count grows by one.
-    pub fn stamp_out(&self, props: &mut Properties) -> Verdict {
-        let (origin, hops) = self
-            .read(props)
-            .unwrap_or_else(|| (self.broker_id.clone(), 0));
+impl LoopGuard {
+    /// Checks a message crossing a bridge, either way, and when it may go on stamps it: the
+    /// origin stays, or becomes this broker where it had none (the message entered the
+    /// bridges here), and the hop count grows by one. Every crossing counts, so a message
+    /// caught in any cycle of bridges stops after `max_hops`, and one that comes back to
+    /// the broker it started at is dropped there.
+    pub fn stamp(&self, props: &mut Properties) -> Verdict {
+        let (origin, hops) = match origin_of(props, &self.property) {
+            Some((o, h)) => (o.to_owned(), h),
+            None => (self.broker_id.clone(), 0),
+        };
         if hops > 0 && origin == self.broker_id {
             return Verdict::Returned;
         }
@@ -122,14 +124,5 @@ impl LoopGuard {
             .user_properties
             .push((self.property.clone(), format!("{origin};{}", hops + 1)));
         Verdict::Carry
-    }
-
-    /// Checks a message coming in from a remote: one this broker sent out is dropped.
-    pub fn check_in(&self, props: &Properties) -> Verdict {
-        match self.read(props) {
-            Some((origin, _)) if origin == self.broker_id => Verdict::Returned,
-            Some((_, hops)) if hops > self.max_hops => Verdict::TooManyHops,
-            _ => Verdict::Carry,
-        }
     }
 }

@@ -88,8 +88,11 @@ pub struct Policy {
     /// property (see [`crate::bridge`]).
     pub bridges: HashMap<String, BridgeSession>,
     /// The loop guard's user property (`makelaar-origin`): removed from what is delivered to
-    /// every session but the bridges'.
+    /// every session but the bridges', and a message that carries it naming this broker
+    /// (`broker_id`) has come back over bridges: it is acknowledged and dropped.
     pub origin_property: Option<String>,
+    /// This broker's id in the loop guard's property.
+    pub broker_id: String,
 }
 
 /// The queue of a bridge's local session.

@@ -117,6 +117,18 @@ impl Broker {
             return;
         }
         self.stats.received.get_mut(qos).count(p.payload.len());
+        if origin.as_deref().is_some_and(|id| self.came_back(&p, id)) {
+            // Loop guard: it started here and came back over bridges; acknowledged as usual
+            // (the sender did its part), not delivered a second time.
+            self.stats.dropped_bridge_loop += 1;
+            let ack = PubAck::new(packet_id);
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
+                QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
+            }
+            return;
+        }
         let msg = Arc::new(Message::from_publish(now, p, origin));
         if msg.retain {
             self.store_retained(&msg);
@@ -403,7 +415,10 @@ impl Broker {
         let mut publish = d.msg.to_publish(&d, now, s.version.is_v5());
         publish.packet_id = packet_id;
         if let Some(name) = strip {
-            publish.properties.user_properties.retain(|(k, _)| **k != *name);
+            publish
+                .properties
+                .user_properties
+                .retain(|(k, _)| **k != *name);
         }
         let packet = Packet::Publish(publish);
         if let Some(max) = s.client.max_packet_size {
@@ -497,6 +512,20 @@ impl Broker {
         for p in packets {
             self.send(conn, p);
         }
+    }
+
+    /// Whether `p`, published by `client_id`, carries the loop guard's property naming this
+    /// broker as its origin and is not from one of this broker's own bridges (whose relay
+    /// stamps what it brings in with this broker's id).
+    fn came_back(&self, p: &Publish, client_id: &str) -> bool {
+        let Some(name) = self.policy.origin_property.as_deref() else {
+            return false;
+        };
+        !p.properties.user_properties.is_empty()
+            && !self.policy.broker_id.is_empty()
+            && !self.policy.bridges.contains_key(client_id)
+            && crate::bridge::origin_of(&p.properties, name)
+                .is_some_and(|(origin, _)| origin == self.policy.broker_id)
     }
 
     /// The loop guard's property, when deliveries to session `idx` must lose it: every
