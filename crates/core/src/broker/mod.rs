@@ -391,6 +391,8 @@ mod admin_tests;
 #[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
+mod bridge_tests;
+#[cfg(test)]
 mod stats_tests;
 #[cfg(test)]
 mod takeover_tests;
