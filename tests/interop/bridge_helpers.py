@@ -27,9 +27,11 @@ def toml_value(v) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def bridge_toml(name: str, port: int, topics: list[dict], **keys) -> str:
-    """One `[[bridge]]` table to 127.0.0.1:port with its `[[bridge.topic]]` tables.
-    Quick reconnects unless told: restart_timeout [1] (one second)."""
+def bridge_toml(name: str, port: int, topics: list[dict], tls: dict | None = None,
+                **keys) -> str:
+    """One `[[bridge]]` table to 127.0.0.1:port with its `[[bridge.topic]]` tables and, with
+    `tls`, its `[bridge.tls]`. Quick reconnects unless told: restart_timeout [1] (one
+    second)."""
     keys = {"restart_timeout": [1], "keepalive": 10, **keys}
     lines = ["[[bridge]]", f"name = {toml_value(name)}",
              f"addresses = {toml_value([f'127.0.0.1:{port}'])}"]
@@ -37,6 +39,9 @@ def bridge_toml(name: str, port: int, topics: list[dict], **keys) -> str:
     for t in topics:
         lines.append("[[bridge.topic]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
+    if tls is not None:
+        lines.append("[bridge.tls]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in tls.items()]
     return "\n".join(lines) + "\n"
 
 

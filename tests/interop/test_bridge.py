@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge_helpers import Makelaar, Mosquitto, bridge_toml
-from brokers import BROKER_KIND
+from brokers import BROKER_KIND, free_port
 from clients import MqttClient, unique
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "makelaar",
@@ -130,6 +130,37 @@ def test_messages_flow_both_ways_with_prefixes_qos_retain_and_notifications(
         c.close()
 
 
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_tls_with_a_client_certificate_to_mosquitto(tmp_path, procs, certs, version):
+    """Mutual TLS: the bridge checks Mosquitto's certificate against the CA and the address
+    (127.0.0.1 is in its SAN) and shows its own; Mosquitto requires one."""
+    tls_port_holder = Mosquitto(tmp_path, "remote")
+    tls_port = free_port()
+    tls_port_holder.conf.write_text(tls_port_holder.conf.read_text() + "\n".join([
+        "", f"listener {tls_port} 127.0.0.1", f"cafile {certs / 'ca.crt'}",
+        f"certfile {certs / 'server.crt'}", f"keyfile {certs / 'server.key'}",
+        "require_certificate true", ""]))
+    procs.append(tls_port_holder)
+    remote = tls_port_holder.start()
+    topics = [{"pattern": "s/#", "direction": "both", "qos": 1}]
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "tls", tls_port, topics, protocol_version=version, remote_client_id="tls-edge",
+        tls={"cafile": str(certs / "ca.crt"), "certfile": str(certs / "client.crt"),
+             "keyfile": str(certs / "client.key")}))
+    procs.append(local)
+    rsub = client(remote)
+    rsub.subscribe("s/#", 1)
+    local.start()
+    lsub = client(local)
+    lsub.subscribe("s/in", 1)
+    pub = client(local)
+    wait_for(lambda: (pub.publish("s/out", b"over tls", qos=1) == 0 and
+                      any(m.payload == b"over tls" for m in rsub.drain(0.3, 1))),
+             what="a message over the TLS bridge")
+    client(remote).publish("s/in", b"back", qos=1)
+    assert lsub.get(10).payload == b"back"
+
+
 def outage_setup(tmp_path, procs, remote_kind, version, qos=1, clean_session=False,
                  local_limits=None):
     """A remote with a persistent subscriber on `cloud/#`, a local Makelaar bridging `data/#`
@@ -194,6 +225,7 @@ def assert_all(got: Counter, n: int, max_dups: int | None = 0):
     missing = [i for i in range(n) if got[i] == 0]
     assert not missing, f"{len(missing)} of {n} messages lost, e.g. {missing[:10]}"
     dups = sum(c - 1 for c in got.values())
+    print(f"{n} messages, all arrived, {dups} duplicates")
     if max_dups is not None:
         assert dups <= max_dups, f"{dups} duplicates"
     return dups
