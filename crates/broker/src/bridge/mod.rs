@@ -42,8 +42,6 @@ const MAX_REMOTE_PACKET: usize = 256 * 1024 * 1024;
 const OPEN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a closing connection's last bytes may take to be written.
 const LAST_WRITE: Duration = Duration::from_secs(2);
-/// While on a secondary address (not round robin), how often the primary is tried again.
-const PRIMARY_RETRY: Duration = Duration::from_secs(60);
 
 type Stream = Box<dyn RemoteStream>;
 
@@ -174,7 +172,6 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
     let mut connect_at: Option<Instant> = None;
     let mut at_once = true;
     let mut address = 0usize;
-    let mut on_secondary_since: Option<Instant> = None;
     let mut stopping = false;
     let mut attempts_done = 0u64;
     b.relay.start(Instant::now());
@@ -360,7 +357,6 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                 match b.dialer.connect(addr, OPEN_LIMIT).await {
                     Ok(stream) => {
                         tracing::info!(bridge = %name, remote = %format!("{}:{}", addr.host, addr.port), "connected to the remote; sending CONNECT");
-                        on_secondary_since = (i != 0).then(Instant::now);
                         let (rd, wr) = tokio::io::split(stream);
                         let connect = b.relay.remote_opened(Instant::now());
                         let version = connect.protocol;
@@ -382,18 +378,6 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                         }
                     }
                 }
-            }
-        }
-        // While on a secondary address, come back to the primary now and then.
-        if let Some(since) = on_secondary_since {
-            if !b.config.round_robin && since.elapsed() >= PRIMARY_RETRY && b.relay.is_connected() {
-                on_secondary_since = None;
-                tracing::info!(bridge = %name, "trying the primary address again");
-                address = 0;
-                at_once = true;
-                b.relay.handle_remote_lost(Instant::now());
-                remote_r = None;
-                close_later(&shared, remote_w.take());
             }
         }
     }
