@@ -254,6 +254,8 @@ pub struct Relay {
     ping_sent: Option<Instant>,
     connect_sent: Option<Instant>,
     connected_at: Option<Instant>,
+    /// When the local side next gets a PINGREQ (it has a keep-alive like any client).
+    local_ping_at: Option<Instant>,
     stats: RelayStats,
 }
 
@@ -288,6 +290,7 @@ impl Relay {
             ping_sent: None,
             connect_sent: None,
             connected_at: None,
+            local_ping_at: None,
             stats: RelayStats::default(),
         }
     }
@@ -338,7 +341,8 @@ impl Relay {
         }
     }
 
-    /// When the link came up, if it is up.
+    /// When the current or last link came up (until the next attempt), for the backoff's
+    /// `stable`.
     pub fn connected_at(&self) -> Option<Instant> {
         self.connected_at
     }
@@ -380,6 +384,7 @@ impl Relay {
     /// The shell has opened a connection to the remote: the CONNECT to send on it.
     pub fn remote_opened(&mut self, now: Instant) -> Box<Connect> {
         self.phase = Phase::Connecting;
+        self.connected_at = None;
         self.connect_sent = Some(now);
         self.last_remote_send = now;
         self.ping_sent = None;
@@ -445,7 +450,7 @@ impl Relay {
         Box::new(Connect {
             protocol: ProtocolVersion::V5,
             clean_start,
-            keep_alive: 0,
+            keep_alive: self.local_keepalive_secs(),
             client_id: self.s.local_client_id.clone(),
             bridge: false,
             will: None,
@@ -453,6 +458,11 @@ impl Relay {
             password: None,
             properties,
         })
+    }
+
+    /// The keep-alive of the local side: the bridge's, pinged by the relay.
+    fn local_keepalive_secs(&self) -> u16 {
+        u16::try_from(self.s.keepalive.as_secs()).unwrap_or(u16::MAX)
     }
 
     /// The local SUBSCRIBE of the `out` topics: No Local, so that what the bridge brings in
@@ -854,6 +864,12 @@ impl Relay {
     }
 
     fn local_connack(&mut self, now: Instant, ack: ConnAck) {
+        let secs = ack
+            .properties
+            .server_keep_alive
+            .unwrap_or(self.local_keepalive_secs());
+        // [MQTT-3.1.2-21] the Server Keep Alive replaces ours.
+        self.local_ping_at = (secs > 0).then(|| now + Duration::from_secs(u64::from(secs)));
         if ack.reason != ReasonCode::SUCCESS {
             tracing::error!(bridge = %self.s.name, reason = %ack.reason, client_id = %self.s.local_client_id, "this broker refused the bridge's local connection; check local_username and the ACL");
             self.handle_local_lost(now);
@@ -997,6 +1013,16 @@ impl Relay {
     /// When [`Relay::handle_timeout`] is next due: a PINGREQ to send, or the keep-alive
     /// passing without an answer.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let local = self
+            .local_ping_at
+            .filter(|_| matches!(self.phase, Phase::LocalOpening | Phase::Ready));
+        match (self.remote_timeout(), local) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn remote_timeout(&self) -> Option<Instant> {
         let keepalive = self.limits.keepalive;
         match self.phase {
             Phase::Connecting => self.connect_sent.map(|t| t + self.s.keepalive),
@@ -1011,7 +1037,14 @@ impl Relay {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(due) = self.poll_timeout() else {
+        if let Some(at) = self.local_ping_at {
+            if now >= at && matches!(self.phase, Phase::LocalOpening | Phase::Ready) {
+                let every = Duration::from_secs(u64::from(self.local_keepalive_secs().max(1)));
+                self.local_ping_at = Some(now + every);
+                self.send_local(Packet::PingReq);
+            }
+        }
+        let Some(due) = self.remote_timeout() else {
             return;
         };
         if now < due {
@@ -1053,9 +1086,9 @@ impl Relay {
         if matches!(self.phase, Phase::LocalOpening | Phase::Ready) {
             self.local_down();
         }
-        self.connected_at = None;
         self.connect_sent = None;
         self.ping_sent = None;
+        self.local_ping_at = None;
         self.held.clear();
         self.remote_own.clear();
         self.phase = Phase::Down;
