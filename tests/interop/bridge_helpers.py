@@ -162,3 +162,71 @@ class Mosquitto(Proc):
 
     def command(self):
         return [mosquitto_exe(), "-c", str(self.conf)]
+
+
+class Proxy:
+    """A TCP forwarder between a bridge and its remote that can cut its open connections
+    silently: `partition()` stops moving their bytes either way while their sockets stay
+    open (no FIN, no RST), as a network that drops packets would look to both brokers; new
+    connections are forwarded as usual."""
+
+    def __init__(self, target_port: int):
+        import threading
+        self.target = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.generation = 0
+        self.sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                a.close()
+                continue
+            self.sockets += [a, b]
+            gen = self.generation
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst, gen), daemon=True).start()
+
+    def _pump(self, src, dst, gen):
+        while True:
+            if gen != self.generation:
+                return  # partitioned: stop reading, never close
+            try:
+                src.settimeout(0.1)
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if gen != self.generation:
+                return
+            if not data:
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def partition(self):
+        self.generation += 1
+
+    def close(self):
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
