@@ -130,6 +130,24 @@ def test_messages_flow_both_ways_with_prefixes_qos_retain_and_notifications(
         c.close()
 
 
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_the_remote_notification_says_0_when_the_bridge_stops_or_dies(tmp_path, procs, how):
+    """A clean stop publishes `0` at the remote before closing; a killed broker leaves it to
+    the bridge's will."""
+    remote = remote_broker("mosquitto", tmp_path, procs)
+    watch = client(remote)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", remote.port, [{"pattern": "x/#"}], remote_client_id="edge"))
+    procs.append(local)
+    local.start()
+    assert notification(watch)[1] == b"1"
+    local.stop() if how == "stop" else local.kill()
+    topic, payload, _ = notification(watch, timeout=20)
+    assert (topic, payload) == ("$SYS/broker/connection/edge/state", b"0")
+    watch.close()
+
+
 @pytest.mark.parametrize("version", list(VERSIONS))
 def test_tls_with_a_client_certificate_to_mosquitto(tmp_path, procs, certs, version):
     """Mutual TLS: the bridge checks Mosquitto's certificate against the CA and the address
