@@ -379,11 +379,10 @@ fn store(e: &mut Exposition, f: &RouterFigures) {
     );
 }
 
-/// Per bridge (`[[bridge]]`): no samples without bridges.
+/// Per bridge (`[[bridge]]`): the families are always listed, with no samples without
+/// bridges.
 fn bridges(e: &mut Exposition, ctx: &Metrics) {
-    let Some(bridges) = ctx.counters.bridges.get().filter(|b| !b.is_empty()) else {
-        return;
-    };
+    let bridges: &[_] = ctx.counters.bridges.get().map_or(&[], |b| b.as_slice());
     e.family(
         "makelaar_bridge_connected",
         "1 while the bridge's link to its remote broker is up, else 0.",
