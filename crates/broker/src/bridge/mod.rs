@@ -287,6 +287,9 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                     if let Some(since) = b.relay.connected_at() {
                         backoff.connection_ended(since.elapsed());
                     }
+                    if !b.config.round_robin {
+                        address = 0;
+                    }
                     b.relay.handle_remote_lost(Instant::now());
                 }
                 Ok(_) => {
