@@ -32,9 +32,9 @@ def bridge_toml(name: str, port: int, topics: list[dict], tls: dict | None = Non
     """One `[[bridge]]` table to 127.0.0.1:port with its `[[bridge.topic]]` tables and, with
     `tls`, its `[bridge.tls]`. Quick reconnects unless told: restart_timeout [1] (one
     second)."""
-    keys = {"restart_timeout": [1], "keepalive": 10, **keys}
-    lines = ["[[bridge]]", f"name = {toml_value(name)}",
-             f"addresses = {toml_value([f'127.0.0.1:{port}'])}"]
+    keys = {"restart_timeout": [1], "keepalive": 10,
+            "addresses": [f"127.0.0.1:{port}"], **keys}
+    lines = ["[[bridge]]", f"name = {toml_value(name)}"]
     lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
     for t in topics:
         lines.append("[[bridge.topic]]")

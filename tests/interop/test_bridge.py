@@ -130,6 +130,22 @@ def test_messages_flow_both_ways_with_prefixes_qos_retain_and_notifications(
         c.close()
 
 
+def test_a_dead_primary_address_fails_over_to_the_next(tmp_path, procs):
+    remote = remote_broker("mosquitto", tmp_path, procs)
+    dead = free_port()
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", remote.port, [{"pattern": "x/#", "qos": 1}], remote_client_id="edge",
+        addresses=[f"127.0.0.1:{dead}", f"127.0.0.1:{remote.port}"]))
+    procs.append(local)
+    sub = client(remote)
+    sub.subscribe("x/#", 1)
+    local.start()
+    pub = client(local)
+    wait_for(lambda: (pub.publish("x/1", b"via the second", qos=1) == 0 and
+                      any(m.payload == b"via the second" for m in sub.drain(0.3, 1))),
+             what="a message over the second address")
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_the_remote_notification_says_0_when_the_bridge_stops_or_dies(tmp_path, procs, how):
     """A clean stop publishes `0` at the remote before closing; a killed broker leaves it to
