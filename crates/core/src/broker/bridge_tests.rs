@@ -65,9 +65,15 @@ fn a_bridge_session_has_its_own_queue_bound_and_may_drop_the_oldest() {
         let mut h = harness(drop_oldest);
         offline_bridge(&mut h);
         h.connect(2, connect("pub", ProtocolVersion::V5, true));
+        let mut refused = 0;
         for i in 0..5u16 {
-            h.packet(2, publish("t", QoS::AtLeastOnce, i + 1, &i.to_string()));
+            let ack = h.packet(2, publish("t", QoS::AtLeastOnce, i + 1, &i.to_string()));
+            if matches!(&ack[..], [Packet::PubAck(a)] if a.reason == ReasonCode::QUOTA_EXCEEDED) {
+                refused += 1;
+            }
         }
+        // Refusing tells the 5.0 publisher; dropping the oldest does not refuse.
+        assert_eq!(refused, if drop_oldest { 0 } else { 2 });
         let mut c = connect(BRIDGE, ProtocolVersion::V5, false);
         c.properties.session_expiry_interval = Some(u32::MAX);
         h.connect(3, c);

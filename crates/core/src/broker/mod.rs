@@ -102,7 +102,8 @@ pub struct BridgeSession {
     pub max_queued_messages: usize,
     /// Most bytes (topic + payload) queued; 0: no limit.
     pub max_queued_bytes: usize,
-    /// When full, drop the oldest queued message instead of the new one.
+    /// When full, drop the oldest queued message instead of the new one; otherwise the new
+    /// one is refused: a 5.0 publisher's PUBACK/PUBREC says 0x97 (Quota exceeded).
     pub drop_oldest: bool,
 }
 
@@ -138,6 +139,8 @@ pub struct Broker {
     assigned_ids: u64,
     /// Set while routing when a connected subscriber's queue is over its limit.
     congested: Option<SessionIdx>,
+    /// Set while routing when a bridge's full queue refused the message (see `enqueue`).
+    bridge_refused: bool,
     /// Changes to durable state not yet drained (recorded once the store turns it on).
     journal: journal::Journal,
     /// Bytes of messages in the durable store (kept messages and retained ones).
@@ -173,6 +176,7 @@ impl Broker {
             id_seed,
             assigned_ids: 0,
             congested: None,
+            bridge_refused: false,
             journal: journal::Journal::default(),
             stored_bytes: 0,
             retained_bytes: 0,

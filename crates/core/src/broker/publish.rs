@@ -134,6 +134,7 @@ impl Broker {
             self.store_retained(&msg);
         }
         self.congested = None;
+        self.bridge_refused = false;
         let matched = self.route(now, msg);
         if matched == 0 {
             self.stats.dropped_no_subscribers += 1;
@@ -141,6 +142,11 @@ impl Broker {
         let mut ack = PubAck::new(packet_id);
         if v5 && matched == 0 {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+        }
+        if std::mem::take(&mut self.bridge_refused) && v5 {
+            // A bridge's queue was full and kept no copy: the publisher learns it was not
+            // accepted whole rather than a silent loss (5.0 section 3.4.2.1, 0x97).
+            ack.reason = ReasonCode::QUOTA_EXCEEDED;
         }
         let ack = match qos {
             QoS::AtMostOnce => return,
@@ -329,6 +335,7 @@ impl Broker {
             self.limits.max_queued_bytes,
         );
         let mut drop_oldest = false;
+        let mut bridge_queue = false;
         if !self.policy.bridges.is_empty() {
             let bridge = self
                 .session(idx)
@@ -341,6 +348,7 @@ impl Broker {
                 };
                 max_bytes = b.max_queued_bytes;
                 drop_oldest = b.drop_oldest;
+                bridge_queue = true;
             }
         }
         let Ok(s) = self.session_mut(idx) else {
@@ -372,6 +380,10 @@ impl Broker {
                 tracing::warn!(client_id = %s.client_id, max_queued_messages = max_msgs, max_queued_bytes = max_bytes, "session queue full: dropping new messages for this client until it catches up");
             }
             self.stats.dropped_queue_full += 1;
+            if bridge_queue && d.qos != QoS::AtMostOnce {
+                // A bridge's full queue refuses: the publisher is told (5.0: 0x97).
+                self.bridge_refused = true;
+            }
             return;
         }
         self.keep_queued(idx, d);
