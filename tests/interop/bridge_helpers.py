@@ -28,9 +28,9 @@ def toml_value(v) -> str:
 
 
 def bridge_toml(name: str, port: int, topics: list[dict], tls: dict | None = None,
-                **keys) -> str:
+                queue: dict | None = None, **keys) -> str:
     """One `[[bridge]]` table to 127.0.0.1:port with its `[[bridge.topic]]` tables and, with
-    `tls`, its `[bridge.tls]`. Quick reconnects unless told: restart_timeout [1] (one
+    `tls` and `queue`, its `[bridge.tls]` and `[bridge.queue]`. Quick reconnects unless told: restart_timeout [1] (one
     second)."""
     keys = {"restart_timeout": [1], "keepalive": 10,
             "addresses": [f"127.0.0.1:{port}"], **keys}
@@ -39,9 +39,10 @@ def bridge_toml(name: str, port: int, topics: list[dict], tls: dict | None = Non
     for t in topics:
         lines.append("[[bridge.topic]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
-    if tls is not None:
-        lines.append("[bridge.tls]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in tls.items()]
+    for table, values in (("tls", tls), ("queue", queue)):
+        if values is not None:
+            lines.append(f"[bridge.{table}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -130,6 +130,25 @@ def test_messages_flow_both_ways_with_prefixes_qos_retain_and_notifications(
         c.close()
 
 
+def test_a_full_bridge_queue_refuses_with_0x97_instead_of_dropping(tmp_path, procs):
+    dead = free_port()  # the remote is away: everything waits in the queue
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", dead, [{"pattern": "x/#", "qos": 1}], remote_client_id="edge",
+        queue={"max_messages": 5, "when_full": "reject"}))
+    procs.append(local)
+    local.start()
+    # The bridge's local session subscribes before it publishes its first notification.
+    watch = client(local)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    assert notification(watch)[1] == b"0"
+    pub = client(local)
+    codes = [pub.publish(f"x/{i}", b"m", qos=1) for i in range(8)]
+    reasons = [getattr(c, "value", c) for c in codes]
+    # The first five are queued (0x10: no other subscriber); the rest are refused.
+    assert [r == 0x97 for r in reasons] == [False] * 5 + [True] * 3, reasons
+    pub.close()
+
+
 def test_a_dead_primary_address_fails_over_to_the_next(tmp_path, procs):
     remote = remote_broker("mosquitto", tmp_path, procs)
     dead = free_port()
