@@ -236,6 +236,11 @@ def outage_setup(tmp_path, procs, remote_kind, version, qos=1, clean_session=Fal
         clean_session=clean_session, session_expiry_interval=86400), limits=local_limits)
     procs.append(local)
     local.start()
+    # The link up (so the bridge's local session and its subscription exist).
+    watch = client(local)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    wait_for(lambda: notification(watch)[1] == b"1", what="the link up")
+    watch.close()
     return remote, local, subscriber
 
 
