@@ -130,6 +130,44 @@ def test_messages_flow_both_ways_with_prefixes_qos_retain_and_notifications(
         c.close()
 
 
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_mqtt5_properties_are_carried_and_the_response_topic_remapped(
+        tmp_path, procs, remote_kind):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    remote = remote_broker(remote_kind, tmp_path, procs)
+    topics = [{"pattern": "#", "direction": "out", "qos": 1,
+               "local_prefix": "site/", "remote_prefix": "cloud/"}]
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", remote.port, topics, protocol_version="5.0", remote_client_id="edge"))
+    procs.append(local)
+    sub = client(remote)
+    sub.subscribe("cloud/#", 1)
+    local.start()
+    pub = client(local)
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = [("app", "kept")]
+    p.ContentType = "text/plain"
+    p.ResponseTopic = "site/replies/1"
+    p.CorrelationData = b"corr"
+    p.MessageExpiryInterval = 3600
+    keep = []
+
+    def arrived():
+        pub.publish("site/req", b"q", qos=1, properties=p)
+        keep.extend(m for m in sub.drain(0.3, 1) if m.topic == "cloud/req")
+        return bool(keep)
+
+    wait_for(arrived, what="the message at the remote")
+    m = keep[0]
+    props = m.properties
+    assert ("app", "kept") in props.UserProperty
+    assert props.ContentType == "text/plain"
+    assert props.ResponseTopic == "cloud/replies/1"
+    assert props.CorrelationData == b"corr"
+    assert 3590 <= props.MessageExpiryInterval <= 3600
+
+
 def test_a_full_bridge_queue_refuses_with_0x97_instead_of_dropping(tmp_path, procs):
     dead = free_port()  # the remote is away: everything waits in the queue
     local = Makelaar(tmp_path, "local", bridge_toml(
