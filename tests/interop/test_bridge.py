@@ -361,6 +361,43 @@ def test_makelaar_killed_during_the_outage_loses_nothing(tmp_path, procs, remote
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("version", list(VERSIONS))
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_inward_messages_published_while_makelaar_is_down_arrive_after_it_returns(
+        tmp_path, procs, remote_kind, version):
+    """The `in` direction: the remote keeps the bridge's session (clean_session false) and
+    queues for it while this broker is killed; after the restart the bridge resumes it and
+    each message reaches a persistent local subscriber."""
+    remote = remote_broker(remote_kind, tmp_path, procs, persistence=True)
+    topics = [{"pattern": "cmd/#", "direction": "in", "qos": 1, "local_prefix": "here/"}]
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", remote.port, topics, protocol_version=version, remote_client_id="edge",
+        session_expiry_interval=86400))
+    procs.append(local)
+    local.start()
+    sub_id = unique("lsub")
+    lsub = MqttClient(local, version=5, clean=False, client_id=sub_id)
+    lsub.connect(properties=session_props())
+    lsub.subscribe("here/cmd/#", 1)
+    rpub = client(remote)
+    wait_for(lambda: (rpub.publish("cmd/probe", b"-1", qos=1) is not None and
+                      any(m.payload == b"-1" for m in lsub.drain(0.3, 1))),
+             what="the link up")
+    lsub.disconnect()
+    local.kill()
+    n = 500
+    for i in range(n):
+        rpub.publish(f"cmd/{i % 5}", str(i).encode(), qos=1)
+    local.start()
+    lsub = MqttClient(local, version=5, clean=False, client_id=sub_id)
+    lsub.connect(properties=session_props())
+    got = collect(lsub, n, timeout=30)
+    assert_all(got, n, max_dups=None)
+    lsub.close()
+    rpub.close()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
 def test_a_silent_partition_while_the_queue_drains_loses_nothing(tmp_path, procs, remote_kind):
     """The link stops carrying packets (no FIN, no RST) while the bridge drains: the keep-alive
