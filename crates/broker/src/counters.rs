@@ -93,7 +93,8 @@ pub struct Counters {
 #[derive(Debug, Default)]
 pub struct BridgeCounters {
     pub name: String,
-    /// 0 down, 1 connecting, 2 connected, 3 stopped (see [`BridgeCounters::state_name`]).
+    /// The link's state (`makelaar_core::bridge::LinkState` as `u8`, see
+    /// [`BridgeCounters::state_name`]).
     pub state: std::sync::atomic::AtomicU8,
     /// Links the remote accepted.
     pub connects: AtomicU64,
@@ -118,14 +119,28 @@ impl BridgeCounters {
         }
     }
 
+    /// Records the link's state.
+    pub fn set_state(&self, state: makelaar_core::bridge::LinkState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The link's state.
+    pub fn link_state(&self) -> makelaar_core::bridge::LinkState {
+        use makelaar_core::bridge::LinkState;
+        [
+            LinkState::Down,
+            LinkState::Connecting,
+            LinkState::Connected,
+            LinkState::Stopped,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == self.state.load(Ordering::Relaxed))
+        .unwrap_or(LinkState::Down)
+    }
+
     /// The state as `$SYS` shows it.
     pub fn state_name(&self) -> &'static str {
-        match self.state.load(Ordering::Relaxed) {
-            1 => "connecting",
-            2 => "connected",
-            3 => "stopped",
-            _ => "down",
-        }
+        self.link_state().name()
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::bridge::{is_v3_version_refusal, Backoff, Output, Relay};
+use makelaar_core::bridge::{is_v3_version_refusal, Backoff, LinkState, Output, Relay};
 use makelaar_proto::{Decoder, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -234,7 +234,7 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
         if stopping && remote_w.is_none() && local_w.is_none() {
             break;
         }
-        if b.relay.state() == "stopped" {
+        if b.relay.state() == LinkState::Stopped {
             close_later(&shared, local_w.take());
             close_later(&shared, remote_w.take());
             break;
@@ -356,7 +356,7 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                 let addrs = &b.config.addresses;
                 let i = address % addrs.len().max(1);
                 let Some(addr) = addrs.get(i) else { break };
-                store_state(&b.counters, 1);
+                b.counters.set_state(LinkState::Connecting);
                 match b.dialer.connect(addr, OPEN_LIMIT).await {
                     Ok(stream) => {
                         tracing::info!(bridge = %name, remote = %format!("{}:{}", addr.host, addr.port), "connected to the remote; sending CONNECT");
@@ -384,25 +384,15 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
             }
         }
     }
-    store_state(&b.counters, 3);
+    b.counters.set_state(LinkState::Stopped);
     tracing::info!(bridge = %name, "bridge stopped");
-}
-
-fn store_state(c: &BridgeCounters, state: u8) {
-    c.state.store(state, Ordering::Relaxed);
 }
 
 /// Copies the relay's figures into the shared counters.
 fn report(b: &Bridge, _shared: &Shared) {
     let s = b.relay.stats();
     let c = &b.counters;
-    let state = match b.relay.state() {
-        "connected" => 2,
-        "connecting" => 1,
-        "stopped" => 3,
-        _ => 0,
-    };
-    store_state(c, state);
+    c.set_state(b.relay.state());
     c.connects.store(s.connects, Ordering::Relaxed);
     c.forwarded_out.store(s.forwarded_out, Ordering::Relaxed);
     c.forwarded_in.store(s.forwarded_in, Ordering::Relaxed);

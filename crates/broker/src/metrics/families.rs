@@ -389,7 +389,7 @@ fn bridges(e: &mut Exposition, ctx: &Metrics) {
         Kind::Gauge,
     );
     for b in bridges {
-        let up = u64::from(b.state_name() == "connected");
+        let up = u64::from(b.link_state() == makelaar_core::bridge::LinkState::Connected);
         e.sample("makelaar_bridge_connected", &[("bridge", &b.name)], up);
     }
     e.family(

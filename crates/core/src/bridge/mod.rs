@@ -193,6 +193,31 @@ pub struct RelayStats {
     pub downgraded: u64,
 }
 
+/// A bridge's link, as shown to the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected; waiting to try again (or not started).
+    Down,
+    /// CONNECT sent, no CONNACK yet.
+    Connecting,
+    /// The remote accepted.
+    Connected,
+    /// Stopped for good.
+    Stopped,
+}
+
+impl LinkState {
+    /// `down`, `connecting`, `connected` or `stopped`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Down => "down",
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Stopped => "stopped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Not started.
@@ -331,13 +356,13 @@ impl Relay {
         )
     }
 
-    /// The state for `$SYS`: `connected`, `connecting`, `down` or `stopped`.
-    pub fn state(&self) -> &'static str {
+    /// The link's state, as `$SYS` and the metrics show it.
+    pub fn state(&self) -> LinkState {
         match self.phase {
-            Phase::Ready | Phase::LocalOpening | Phase::Setup => "connected",
-            Phase::Connecting => "connecting",
-            Phase::Stopped => "stopped",
-            Phase::Idle | Phase::Priming | Phase::Down => "down",
+            Phase::Ready | Phase::LocalOpening | Phase::Setup => LinkState::Connected,
+            Phase::Connecting => LinkState::Connecting,
+            Phase::Stopped => LinkState::Stopped,
+            Phase::Idle | Phase::Priming | Phase::Down => LinkState::Down,
         }
     }
 

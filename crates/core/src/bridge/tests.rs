@@ -144,7 +144,7 @@ fn ready(protocol: ProtocolVersion) -> (Relay, Instant) {
     drain(&mut r);
     r.handle_local(now, suback(OWN_SUBSCRIBE));
     r.handle_local(now, Packet::PubAck(PubAck::new(OWN_NOTIFY_LOCAL)));
-    assert_eq!(r.state(), "connected");
+    assert_eq!(r.state(), LinkState::Connected);
     drain(&mut r);
     (r, now)
 }
