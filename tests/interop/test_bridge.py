@@ -187,6 +187,32 @@ def test_a_full_bridge_queue_refuses_with_0x97_instead_of_dropping(tmp_path, pro
     pub.close()
 
 
+def test_a_lazy_bridge_connects_at_the_threshold_and_leaves_when_idle(tmp_path, procs):
+    remote = remote_broker("mosquitto", tmp_path, procs)
+    watch = client(remote)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    sub = client(remote)
+    sub.subscribe("x/#", 1)
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", remote.port, [{"pattern": "x/#", "qos": 1}], remote_client_id="edge",
+        start_type="lazy", threshold=5, idle_timeout=2))
+    procs.append(local)
+    local.start()
+    lwatch = client(local)
+    lwatch.subscribe("$SYS/broker/connection/edge/state", 1)
+    assert notification(lwatch)[1] == b"0"  # primed: the subscription exists
+    pub = client(local)
+    for i in range(4):
+        pub.publish(f"x/{i}", str(i).encode(), qos=1)
+    sub.expect_none(1.5)  # four wait: below the threshold
+    pub.publish("x/4", b"4", qos=1)
+    got = sorted(int(m.payload) for m in sub.get_n(5, timeout=10))
+    assert got == [0, 1, 2, 3, 4]
+    assert notification(watch)[1] == b"1"
+    # Nothing more for idle_timeout: the link ends, and the remote's notification says so.
+    assert notification(watch, timeout=10)[1] == b"0"
+
+
 def test_a_dead_primary_address_fails_over_to_the_next(tmp_path, procs):
     remote = remote_broker("mosquitto", tmp_path, procs)
     dead = free_port()

@@ -112,7 +112,7 @@ impl Server {
             let bridges = config
                 .bridges
                 .iter()
-                .map(|b| bridge::Bridge::new(b.clone(), &id))
+                .map(|b| bridge::Bridge::new(b.clone(), &id, config.limits.max_inflight_messages))
                 .collect::<Result<Vec<_>, _>>()?;
             (bridges, id)
         };

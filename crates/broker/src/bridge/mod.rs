@@ -55,13 +55,21 @@ pub(crate) struct Bridge {
 
 impl Bridge {
     /// Checks what can be checked before anything runs (TLS files).
-    pub(crate) fn new(config: BridgeConfig, id: &str) -> Result<Bridge, ConfigError> {
+    pub(crate) fn new(
+        config: BridgeConfig,
+        id: &str,
+        max_inflight: u16,
+    ) -> Result<Bridge, ConfigError> {
         let dialer = Dialer::new(&config)?;
-        let relay = Relay::new(settings::relay_settings(&config, id), Instant::now());
-        let counters = Arc::new(BridgeCounters::new(&config.name));
-        if let StartType::Lazy = config.start {
-            tracing::warn!(bridge = %config.name, "start_type lazy is run as automatic: the bridge connects at start");
+        let settings = settings::relay_settings(&config, id, max_inflight);
+        if let Some(lazy) = settings
+            .lazy
+            .filter(|l| u32::from(l.threshold) < config.threshold)
+        {
+            tracing::warn!(bridge = %config.name, threshold = config.threshold, max_inflight_messages = lazy.threshold, "start_type lazy: the threshold is above max_inflight_messages; the bridge connects at max_inflight_messages waiting messages");
         }
+        let relay = Relay::new(settings, Instant::now());
+        let counters = Arc::new(BridgeCounters::new(&config.name));
         for t in &config.topics {
             if t.direction.is_out() && t.direction.is_in() && t.local_prefix == t.remote_prefix {
                 tracing::warn!(bridge = %config.name, topic = %t.pattern, "topic `both` with the same topics on both sides: loops are prevented by No Local (and the loop guard between Makelaar brokers), but check that this is meant");

@@ -4,16 +4,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use makelaar_core::bridge::{LoopGuard, Notifications, Restart, Route, Settings};
+use makelaar_core::bridge::{Lazy, LoopGuard, Notifications, Restart, Route, Settings};
 use makelaar_proto::ProtocolVersion;
 
-use crate::config::{BridgeConfig, BridgeProtocol, ConfigError, RestartTimeout};
+use crate::config::{BridgeConfig, BridgeProtocol, ConfigError, RestartTimeout, StartType};
 
 /// The file in the data directory holding this broker's id.
 const BROKER_ID_FILE: &str = "broker-id";
 
-/// The relay's settings for `c`; `broker_id` names this broker in the loop guard.
-pub(crate) fn relay_settings(c: &BridgeConfig, broker_id: &str) -> Settings {
+/// The relay's settings for `c`; `broker_id` names this broker in the loop guard;
+/// `max_inflight` is the broker's `max_inflight_messages`, which bounds a lazy bridge's
+/// threshold (the waiting local side is handed at most that many messages).
+pub(crate) fn relay_settings(c: &BridgeConfig, broker_id: &str, max_inflight: u16) -> Settings {
     let routes = c
         .topics
         .iter()
@@ -56,6 +58,12 @@ pub(crate) fn relay_settings(c: &BridgeConfig, broker_id: &str) -> Settings {
             property: p.clone(),
             max_hops: c.loop_guard.max_hops,
             broker_id: broker_id.to_owned(),
+        }),
+        lazy: matches!(c.start, StartType::Lazy).then(|| Lazy {
+            threshold: u16::try_from(c.threshold)
+                .unwrap_or(u16::MAX)
+                .clamp(1, max_inflight.max(1)),
+            idle_timeout: c.idle_timeout,
         }),
     }
 }

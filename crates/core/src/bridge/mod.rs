@@ -101,6 +101,21 @@ pub struct Settings {
     pub session_expiry_interval: u32,
     /// The loop guard toward 5.0 remotes; `None`: off.
     pub loop_guard: Option<LoopGuard>,
+    /// `start_type lazy`: connect only when messages wait; `None`: connect at once.
+    pub lazy: Option<Lazy>,
+}
+
+/// `start_type lazy`: the link is made when `threshold` messages wait for the remote and
+/// ended after `idle_timeout` without a message either way.
+///
+/// While waiting, the local side stays connected with a Receive Maximum of `threshold`, so
+/// the broker hands it up to that many queued messages, which the relay counts and leaves
+/// unacknowledged (they are sent again once the link is up). `threshold` must not exceed
+/// the broker's `max_inflight_messages` (the shell caps it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lazy {
+    pub threshold: u16,
+    pub idle_timeout: Duration,
 }
 
 /// The notification topic: retained `1` when the link is up, `0` when it is down.
@@ -145,6 +160,8 @@ pub enum End {
     ProtocolError(&'static str),
     /// The local connection ended (the broker closed it or refused it).
     LocalGone,
+    /// A lazy bridge's link carried nothing for `idle_timeout`.
+    Idle,
     /// The bridge is stopping.
     Shutdown,
 }
@@ -152,7 +169,7 @@ pub enum End {
 impl End {
     /// Whether the next attempt may follow at once (no pause).
     pub fn retry_at_once(&self) -> bool {
-        matches!(self, End::Fallback)
+        matches!(self, End::Fallback | End::Idle)
     }
 }
 
@@ -167,6 +184,7 @@ impl std::fmt::Display for End {
             End::Disconnected(r) => write!(f, "the remote sent DISCONNECT ({r})"),
             End::ProtocolError(why) => write!(f, "the remote broke the protocol: {why}"),
             End::LocalGone => f.write_str("the local side of the bridge was closed"),
+            End::Idle => f.write_str("nothing to carry for idle_timeout (start_type lazy)"),
             End::Shutdown => f.write_str("the bridge is stopping"),
         }
     }
@@ -226,6 +244,8 @@ enum Phase {
     Priming,
     /// No link; waiting for the shell to connect.
     Down,
+    /// Lazy: no link; the local side is open, counting what waits for the remote.
+    Waiting,
     /// CONNECT sent to the remote.
     Connecting,
     /// The remote accepted; the relay's own packets to it are in flight.
@@ -281,6 +301,11 @@ pub struct Relay {
     connected_at: Option<Instant>,
     /// When the local side next gets a PINGREQ (it has a keep-alive like any client).
     local_ping_at: Option<Instant>,
+    /// Lazy: the messages waiting (their packet ids; QoS 0 ones counted apart).
+    waiting: HashSet<u16>,
+    waiting_qos0: u16,
+    /// Lazy: when a message last crossed the link.
+    last_activity: Instant,
     stats: RelayStats,
 }
 
@@ -316,6 +341,9 @@ impl Relay {
             connect_sent: None,
             connected_at: None,
             local_ping_at: None,
+            waiting: HashSet::new(),
+            waiting_qos0: 0,
+            last_activity: now,
             stats: RelayStats::default(),
         }
     }
@@ -362,7 +390,7 @@ impl Relay {
             Phase::Ready | Phase::LocalOpening | Phase::Setup => LinkState::Connected,
             Phase::Connecting => LinkState::Connecting,
             Phase::Stopped => LinkState::Stopped,
-            Phase::Idle | Phase::Priming | Phase::Down => LinkState::Down,
+            Phase::Idle | Phase::Priming | Phase::Down | Phase::Waiting => LinkState::Down,
         }
     }
 
@@ -386,17 +414,13 @@ impl Relay {
     pub fn shutdown(&mut self, now: Instant) {
         let (remote_up, local_up) = match self.phase {
             Phase::Stopped | Phase::Idle => (false, false),
-            Phase::Priming => (false, true),
+            Phase::Priming | Phase::Waiting => (false, true),
             Phase::Down => (false, false),
             Phase::Connecting | Phase::Setup => (true, false),
             Phase::LocalOpening | Phase::Ready => (true, true),
         };
         if remote_up {
-            if let Some(n) = self.s.notifications.as_ref().filter(|n| !n.local_only) {
-                // QoS 0 followed by DISCONNECT: delivered in order, nothing to wait for.
-                let p = notification(&n.topic, false, QoS::AtMostOnce, 0);
-                self.send_remote(now, Packet::Publish(p));
-            }
+            self.notify_remote_down(now);
             self.send_remote(now, disconnect());
             self.out.push_back(Output::CloseRemote(End::Shutdown));
         }
@@ -684,10 +708,11 @@ impl Relay {
                 self.send_local(disconnect());
                 self.out.push_back(Output::CloseLocal);
                 self.phase = Phase::Down;
-                self.out.push_back(Output::ConnectRemote);
+                self.next_link();
             }
             Phase::LocalOpening => {
                 self.phase = Phase::Ready;
+                self.last_activity = now;
                 for p in std::mem::take(&mut self.held) {
                     self.remote_packet(now, p);
                 }
@@ -805,6 +830,7 @@ impl Relay {
             self.in_inflight.insert(p.packet_id);
         }
         self.stats.forwarded_in += 1;
+        self.last_activity = now;
         self.send_local(Packet::Publish(Publish {
             dup: p.dup,
             qos: p.qos,
@@ -850,6 +876,7 @@ impl Relay {
                 self.check_local_setup_done(now);
             }
             Packet::Disconnect(_) => self.handle_local_lost(now),
+            Packet::Publish(p) if self.phase == Phase::Waiting => self.count_waiting(&p),
             Packet::PubAck(a) if self.local_own.contains(&a.packet_id) => {
                 self.local_own.remove(&a.packet_id);
                 self.check_local_setup_done(now);
@@ -928,6 +955,16 @@ impl Relay {
         }
     }
 
+    /// The remote notification `0` before a clean DISCONNECT (which discards the will):
+    /// QoS 0, delivered in order before the DISCONNECT, nothing to wait for.
+    fn notify_remote_down(&mut self, now: Instant) {
+        if let Some(n) = self.s.notifications.clone().filter(|n| !n.local_only) {
+            let mut p = notification(&n.topic, false, QoS::AtMostOnce, 0);
+            p.retain &= self.limits.retain;
+            self.send_remote(now, Packet::Publish(p));
+        }
+    }
+
     /// Publishes the local notification (QoS 1, retained) with packet id `id`.
     fn notify_local(&mut self, up: bool, id: u16) {
         let Some(n) = self.s.notifications.clone() else {
@@ -991,6 +1028,7 @@ impl Relay {
             return;
         }
         self.stats.forwarded_out += 1;
+        self.last_activity = now;
         self.send_remote(now, packet);
         if qos < p.qos {
             self.stats.downgraded += 1;
@@ -1025,6 +1063,12 @@ impl Relay {
                 self.phase = Phase::Down;
                 self.out.push_back(Output::ConnectRemote);
             }
+            Phase::Waiting => {
+                // Connect the remote: the local side is made again once it accepts.
+                self.out.push_back(Output::CloseLocal);
+                self.phase = Phase::Down;
+                self.out.push_back(Output::ConnectRemote);
+            }
             Phase::LocalOpening | Phase::Ready => {
                 self.out.push_back(Output::CloseLocal);
                 self.local_own.clear();
@@ -1038,13 +1082,26 @@ impl Relay {
     /// When [`Relay::handle_timeout`] is next due: a PINGREQ to send, or the keep-alive
     /// passing without an answer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let local = self
-            .local_ping_at
-            .filter(|_| matches!(self.phase, Phase::LocalOpening | Phase::Ready));
-        match (self.remote_timeout(), local) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let local = self.local_ping_at.filter(|_| self.local_open());
+        [self.remote_timeout(), local, self.idle_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether the local side is open past its CONNECT (and so pinged).
+    fn local_open(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::LocalOpening | Phase::Ready | Phase::Waiting
+        )
+    }
+
+    /// Lazy: when a link that carries nothing ends.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let lazy = self.s.lazy?;
+        (self.phase == Phase::Ready && self.in_flight() == 0)
+            .then(|| self.last_activity + lazy.idle_timeout)
     }
 
     fn remote_timeout(&self) -> Option<Instant> {
@@ -1062,8 +1119,13 @@ impl Relay {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.idle_deadline().is_some_and(|at| now >= at) {
+            tracing::info!(bridge = %self.s.name, "no message for idle_timeout: disconnecting (start_type lazy)");
+            self.end_link(now, End::Idle);
+            return;
+        }
         if let Some(at) = self.local_ping_at {
-            if now >= at && matches!(self.phase, Phase::LocalOpening | Phase::Ready) {
+            if now >= at && self.local_open() {
                 let every = Duration::from_secs(u64::from(self.local_keepalive_secs().max(1)));
                 self.local_ping_at = Some(now + every);
                 self.send_local(Packet::PingReq);
@@ -1086,19 +1148,25 @@ impl Relay {
 
     /// Ends the link: the remote connection closes, the local side too.
     fn end_link(&mut self, now: Instant, why: End) {
-        if why != End::Fallback {
-            tracing::warn!(bridge = %self.s.name, "bridge link down: {why}");
+        match why {
+            End::Fallback => {}
+            End::Idle | End::Shutdown => {
+                tracing::info!(bridge = %self.s.name, "bridge link down: {why}")
+            }
+            _ => tracing::warn!(bridge = %self.s.name, "bridge link down: {why}"),
         }
         self.end_link_remote_only(now, why);
     }
 
-    fn end_link_remote_only(&mut self, _now: Instant, why: End) {
+    fn end_link_remote_only(&mut self, now: Instant, why: End) {
         if let End::Disconnected(_) | End::ProtocolError(_) | End::KeepAliveTimeout = why {
         } else if matches!(
             self.phase,
             Phase::Setup | Phase::LocalOpening | Phase::Ready
         ) {
-            // A clean end: the remote keeps what its session holds.
+            // A clean end: the remote keeps what its session holds; DISCONNECT discards the
+            // will, so the remote notification is set to `0` first.
+            self.notify_remote_down(now);
             self.out.push_back(Output::Remote(disconnect()));
         }
         self.out.push_back(Output::CloseRemote(why));
@@ -1117,7 +1185,40 @@ impl Relay {
         self.held.clear();
         self.remote_own.clear();
         self.phase = Phase::Down;
-        self.out.push_back(Output::ConnectRemote);
+        self.next_link();
+    }
+
+    /// What follows a link (or the priming): connect again, or, lazy, wait for messages.
+    fn next_link(&mut self) {
+        match self.s.lazy {
+            None => self.out.push_back(Output::ConnectRemote),
+            Some(lazy) => {
+                self.phase = Phase::Waiting;
+                self.waiting.clear();
+                self.waiting_qos0 = 0;
+                let connect = self.local_connect(false, lazy.threshold.max(1));
+                self.out.push_back(Output::ConnectLocal(connect));
+            }
+        }
+    }
+
+    /// Lazy: one more message waits; at `threshold` the local side closes (what it was
+    /// handed stays unacknowledged, sent again later) and the remote is connected.
+    fn count_waiting(&mut self, p: &Publish) {
+        if p.qos == QoS::AtMostOnce {
+            self.waiting_qos0 = self.waiting_qos0.saturating_add(1);
+        } else {
+            self.waiting.insert(p.packet_id);
+        }
+        let threshold = self.s.lazy.map_or(1, |l| l.threshold.max(1));
+        let waiting = self.waiting.len() + usize::from(self.waiting_qos0);
+        if waiting >= usize::from(threshold) {
+            tracing::info!(bridge = %self.s.name, waiting, "messages wait for the remote: connecting (start_type lazy)");
+            self.send_local(disconnect());
+            self.out.push_back(Output::CloseLocal);
+            self.phase = Phase::Down;
+            self.out.push_back(Output::ConnectRemote);
+        }
     }
 
     fn local_down(&mut self) {

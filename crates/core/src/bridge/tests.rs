@@ -51,6 +51,7 @@ fn settings(protocol: ProtocolVersion) -> Settings {
             max_hops: 8,
             broker_id: "A".into(),
         }),
+        lazy: None,
     }
 }
 
@@ -356,4 +357,69 @@ fn routes_map_prefixes() {
         r.to_local("cloud/sensor/t").as_deref(),
         Some("site/sensor/t")
     );
+}
+
+#[test]
+fn lazy_waits_for_the_threshold_and_ends_an_idle_link() {
+    let now = Instant::now();
+    let mut s = settings(ProtocolVersion::V311);
+    s.lazy = Some(Lazy {
+        threshold: 3,
+        idle_timeout: Duration::from_secs(30),
+    });
+    let mut r = Relay::new(s, now);
+    r.start(now);
+    drain(&mut r);
+    r.handle_local(now, connack(false));
+    r.handle_local(now, suback(OWN_SUBSCRIBE));
+    r.handle_local(now, Packet::PubAck(PubAck::new(OWN_NOTIFY_LOCAL)));
+    let out = drain(&mut r);
+    // The priming connection closes and a waiting one opens, with a window of 3.
+    assert!(
+        matches!(out.last(), Some(Output::ConnectLocal(c)) if c.properties.receive_maximum == Some(3)),
+        "{out:?}"
+    );
+    r.handle_local(now, connack(true));
+    r.handle_local(now, Packet::Publish(publish("out/1", QoS::AtLeastOnce, 1)));
+    r.handle_local(now, Packet::Publish(publish("out/1", QoS::AtLeastOnce, 1)));
+    r.handle_local(now, Packet::Publish(publish("out/2", QoS::AtMostOnce, 0)));
+    assert!(
+        !drain(&mut r).contains(&Output::ConnectRemote),
+        "a DUP is one message"
+    );
+    r.handle_local(now, Packet::Publish(publish("out/3", QoS::AtLeastOnce, 2)));
+    let out = drain(&mut r);
+    assert_eq!(
+        out[1..],
+        [Output::CloseLocal, Output::ConnectRemote],
+        "{out:?}"
+    );
+    // Up, then idle: the link ends and the bridge waits again.
+    r.remote_opened(now);
+    r.handle_remote(now, connack(true));
+    r.handle_remote(now, suback(OWN_SUBSCRIBE));
+    r.handle_remote(
+        now,
+        Packet::UnsubAck(makelaar_proto::UnsubAck {
+            packet_id: OWN_UNSUBSCRIBE,
+            reasons: vec![],
+            properties: Properties::default(),
+        }),
+    );
+    r.handle_remote(now, Packet::PubAck(PubAck::new(OWN_NOTIFY_REMOTE)));
+    r.handle_local(now, connack(true));
+    r.handle_local(now, suback(OWN_SUBSCRIBE));
+    r.handle_local(now, Packet::PubAck(PubAck::new(OWN_NOTIFY_LOCAL)));
+    drain(&mut r);
+    assert_eq!(r.state(), LinkState::Connected);
+    let idle = now + Duration::from_secs(30);
+    assert!(r.poll_timeout().is_some_and(|t| t <= idle));
+    r.handle_timeout(idle);
+    let out = drain(&mut r);
+    assert!(out.contains(&Output::CloseRemote(End::Idle)), "{out:?}");
+    assert!(
+        matches!(out.last(), Some(Output::ConnectLocal(_))),
+        "{out:?}"
+    );
+    assert_eq!(r.state(), LinkState::Down);
 }
