@@ -45,7 +45,8 @@ stop)
   done
   for i in 1 2 3; do
     [ -f "$dir/n$i.pid" ] || continue
-    pid=$(cat "$dir/n$i.pid"); for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    pid=$(cat "$dir/n$i.pid"); for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
     rm -f "$dir/n$i.pid"
   done ;;
 esac

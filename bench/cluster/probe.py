@@ -164,6 +164,12 @@ def cpu_s(pid):
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def varz_out(i):
+    import urllib.request
+    v = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{18222 + i}/varz", timeout=5).read())
+    return v["out_msgs"], v["out_bytes"]
+
+
 def load():
     return open("/proc/loadavg").read().split()[0]
 
@@ -676,9 +682,16 @@ async def scen_deliver(args):
 
     # 1b. cost per message at a fixed rate: CPU of the NATS servers and of the three node processes
     if "cost" in phases:
+        v0 = [varz_out(i) for i in range(3)]
         pub, reps, lat, missing, dups, extra, last, el, _, cpu = await phase(
             "cost", lambda p: p.paced(args.cost_rate, args.seconds))
         n = len(pub.acked)
+        v1 = [varz_out(i) for i in range(3)]
+        out_msgs = sum(b[0] - a[0] for a, b in zip(v0, v1)) / max(n, 1)
+        out_bytes = sum(b[1] - a[1] for a, b in zip(v0, v1)) / max(n, 1)
+        print(f"NATS messages sent per published message (all servers, clients and routes, incl. acks and "
+              f"Raft): {out_msgs:.1f}, {out_bytes:.0f} bytes")
+        out["cost_varz"] = [out_msgs, out_bytes]
         out["cost"] = {"rate": n / el, "nats_us": sum(cpu) / max(n, 1) * 1e6, "node_us": phase.node_cpu / max(n, 1) * 1e6,
                        "e2e": [pct(lat, 50), pct(lat, 99)], "missing": missing}
         print(f"cost at {args.cost_rate}/s ({n / el:.0f}/s achieved): NATS CPU {sum(cpu) / max(n, 1) * 1e6:.0f} us/msg "
