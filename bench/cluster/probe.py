@@ -394,7 +394,8 @@ class Node:
                 self.update_lat.append((done - t) / 1e6)
                 for (t0, probe_topic) in waiting:
                     self.apply_lat.append((done - t0) / 1e6)
-                    if probe_topic:
+                    # probe only a filter that is still subscribed (an add applied late may be gone again)
+                    if probe_topic and probe_topic in added:
                         asyncio.ensure_future(self.send_probe(probe_topic, pub_js))
             updaters.pop(p, None)
 
