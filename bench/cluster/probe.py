@@ -31,6 +31,7 @@ import random
 import re
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import zlib
@@ -732,16 +733,26 @@ async def scen_deliver(args):
         print(f"  steady traffic during churn: arrival {fmt_ms(lat)}; missing {missing} dups {dups}; NATS CPU "
               f"{sum(cpu):.1f} s in {el:.1f} s")
 
-    # 4. flap: SIGSTOP one server for a few seconds while messages flow; publishers on the other two
+    # 4. flap: SIGSTOP (or kill -9 and restart) one server for a few seconds while messages flow; publishers on the other two
     if "flap" in phases:
         async def flap_fn(p):
             p.servers = (0, 1)
             p.ncs, p.jss = p.ncs[:2], p.jss[:2]
             task = asyncio.ensure_future(p.paced(args.rate, args.flap_pause + 8))
             await asyncio.sleep(3)
-            os.kill(pids[2], signal.SIGSTOP)
-            await asyncio.sleep(args.flap_pause)
-            os.kill(pids[2], signal.SIGCONT)
+            if args.flap_kind == "stop":
+                os.kill(pids[2], signal.SIGSTOP)
+                await asyncio.sleep(args.flap_pause)
+                os.kill(pids[2], signal.SIGCONT)
+            else:  # kill -9, then start it again with the same configuration and data
+                os.kill(pids[2], signal.SIGKILL)
+                await asyncio.sleep(args.flap_pause)
+                log = open(os.path.join(args.piddir, "n3.log"), "ab")
+                proc = subprocess.Popen(["nats-server", "-c", os.path.join(args.piddir, "n3.conf")], stdout=log,
+                                        stderr=log, start_new_session=True)
+                with open(os.path.join(args.piddir, "n3.pid"), "w") as f:
+                    f.write(f"{proc.pid}\n")
+                pids[2] = proc.pid
             cont = now_ns()
             await task
             return cont
@@ -754,8 +765,9 @@ async def scen_deliver(args):
         out["flap"] = {"acked": len(pub.acked), "failed": pub.failed, "missing": missing, "dups": dups,
                        "catch_up_s": catch_up, "recreated": rec, "backfilled": bf,
                        "e2e": [pct(lat, 50), pct(lat, 99), max(lat) if lat else 0]}
-        print(f"flap (SIGSTOP n3 for {args.flap_pause} s, {args.rate} msg/s): acked {len(pub.acked)}, publish failures "
-              f"{pub.failed}; missing {missing}, dups {dups}; everything acked before SIGCONT arrived {catch_up:.2f} s after it; "
+        what = "SIGSTOP" if args.flap_kind == "stop" else "kill -9, restart after"
+        print(f"flap ({what} n3 for {args.flap_pause} s, {args.rate} msg/s): acked {len(pub.acked)}, publish failures "
+              f"{pub.failed}; missing {missing}, dups {dups}; everything acked before SIGCONT arrived {catch_up:.2f} s after SIGCONT/restart; "
               f"consumers recreated per node {rec}, backfilled {bf}; arrival p50 {pct(lat, 50):.1f} p99 "
               f"{pct(lat, 99):.1f} max {max(lat) if lat else 0:.0f} ms (load {load()})")
     out["rss_end"] = [rss_mib(p) for p in pids]
@@ -908,6 +920,8 @@ def main():
     ap.add_argument("--churn-rate", type=int, default=1000, help="subscription changes/s per node")
     ap.add_argument("--churn-seconds", type=int, default=10)
     ap.add_argument("--flap-pause", type=float, default=5.0)
+    ap.add_argument("--flap-kind", choices=["stop", "restart"], default="stop",
+                    help="flap: SIGSTOP/SIGCONT the server, or kill -9 and start it again")
     ap.add_argument("--rate-kv", type=int, default=1000)
     ap.add_argument("--groups", type=int, default=100)
     ap.add_argument("--piddir", default=os.environ.get("PROBE_DIR", "/tmp/makelaar-cluster-probe"))
