@@ -90,7 +90,9 @@ impl Matcher {
         }
         let lv: Vec<&str> = topic.split('/').collect();
         let mine = |s: &str, max: usize| {
-            s.strip_prefix(&format!("n{}-", self.n)).and_then(|k| k.parse::<usize>().ok()).is_some_and(|k| k < max)
+            s.strip_prefix(&format!("n{}-", self.n))
+                .and_then(|k| k.parse::<usize>().ok())
+                .is_some_and(|k| k < max)
         };
         match lv.as_slice() {
             ["site", s, _, "status"] => mine(s, N_PLUS),
@@ -101,7 +103,10 @@ impl Matcher {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +116,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let seconds: u64 = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let window: usize = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(256);
     let p: usize = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(16);
-    let urls: Vec<String> = (0..NODES).map(|i| format!("nats://127.0.0.1:{}", 14222 + i)).collect();
+    let urls: Vec<String> = (0..NODES)
+        .map(|i| format!("nats://127.0.0.1:{}", 14222 + i))
+        .collect();
 
     let admin = jetstream::new(async_nats::connect(&urls[0]).await?);
     for q in 0..p {
@@ -141,7 +148,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         for q in 0..p {
             let st = js.get_stream(format!("MQ{q}")).await?;
             let cfg = consumer::pull::OrderedConfig {
-                filter_subjects: if mode == "A" { filters_for(n, q, p) } else { vec![] },
+                filter_subjects: if mode == "A" {
+                    filters_for(n, q, p)
+                } else {
+                    vec![]
+                },
                 deliver_policy: consumer::DeliverPolicy::New,
                 ..Default::default()
             };
@@ -210,10 +221,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let el = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (ack, fail, del) = (acked.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed));
+    let (ack, fail, del) = (
+        acked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        delivered.load(Ordering::Relaxed),
+    );
     let mut l = lat.lock().unwrap().clone();
     l.sort_unstable();
-    let pc = |x: f64| if l.is_empty() { f64::NAN } else { l[((l.len() - 1) as f64 * x) as usize] as f64 / 1e6 };
+    let pc = |x: f64| {
+        if l.is_empty() {
+            f64::NAN
+        } else {
+            l[((l.len() - 1) as f64 * x) as usize] as f64 / 1e6
+        }
+    };
     println!(
         "rust mode {mode}, P={p}, window {window}x3: {:.0} acked msg/s ({ack} in {el:.1} s, {fail} failed), \
          delivered to the subscribing node {del}; arrival p50 {:.2} ms p99 {:.2} ms",
