@@ -139,8 +139,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // the nodes
     let delivered = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::<u64>::new()));
-    for n in 0..NODES {
-        let js = jetstream::new(async_nats::connect(&urls[n]).await?);
+    for (n, url) in urls.iter().enumerate() {
+        let js = jetstream::new(async_nats::connect(url).await?);
         let matcher = Arc::new(Matcher {
             exact: (0..N_EXACT).map(|i| format!("dev/n{n}-{i}/cmd")).collect(),
             n,
