@@ -907,11 +907,52 @@ def summary(path):
               f"| {g(lambda r: statistics.mean(r['rss_filters'])):.0f} (streams only {g(lambda r: statistics.mean(r['rss_streams'])):.0f}) |")
 
 
+async def scen_creates(args):
+    """How fast the cluster creates short-lived consumers (a replay per reconnecting session and
+    partition would need one each): ephemeral, R1, in memory, 10 filters, from 3 clients."""
+    P = args.partitions
+    ncs = [await nats.connect(u) for u in URLS]
+    await setup_streams(ncs[0], P, False)
+    lat = []
+    sem = asyncio.Semaphore(args.concurrency)
+    fails = 0
+
+    async def one(i):
+        nonlocal fails
+        nc = ncs[i % 3]
+        p = i % P
+        name = f"rp{i}"
+        cfg = {"name": name, "ack_policy": "none", "mem_storage": True, "num_replicas": 1,
+               "inactive_threshold": 5 * 10**9, "deliver_policy": "all",
+               "filter_subjects": [f"m.{p}.dev.s{i}-{k}.cmd.$" for k in range(10)]}
+        async with sem:
+            t = now_ns()
+            try:
+                r = await jsreq(nc, f"$JS.API.CONSUMER.CREATE.MQ{p}.{name}", {"stream_name": f"MQ{p}", "config": cfg},
+                                timeout=30)
+                if "error" in r:
+                    fails += 1
+                    return
+            except Exception:
+                fails += 1
+                return
+            lat.append((now_ns() - t) / 1e6)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*[one(i) for i in range(args.count)])
+    el = time.monotonic() - t0
+    print(f"## short-lived consumers: {args.count} created, {args.concurrency} requests in flight, P={P} "
+          f"(load {load()})")
+    print(f"{len(lat) / el:.0f} creates/s; create latency {fmt_ms(lat)}; failures {fails}")
+    for nc in ncs:
+        await nc.close()
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "summary":
         return summary(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["filters", "deliver", "kv", "share"])
+    ap.add_argument("scenario", choices=["filters", "deliver", "kv", "share", "creates"])
     ap.add_argument("--mode", choices=["A", "B", "C"], default="A")
     ap.add_argument("--partitions", "-P", type=int, default=16)
     ap.add_argument("--rate", type=int, default=300, help="paced publish rate, msg/s (latency, churn, flap)")
@@ -924,13 +965,15 @@ def main():
                     help="flap: SIGSTOP/SIGCONT the server, or kill -9 and start it again")
     ap.add_argument("--rate-kv", type=int, default=1000)
     ap.add_argument("--groups", type=int, default=100)
+    ap.add_argument("--count", type=int, default=2000, help="creates: consumers to create")
+    ap.add_argument("--concurrency", type=int, default=64, help="creates: requests in flight")
     ap.add_argument("--piddir", default=os.environ.get("PROBE_DIR", "/tmp/makelaar-cluster-probe"))
     ap.add_argument("--cost-rate", type=int, default=1500, help="paced rate for the per-message cost phase")
     ap.add_argument("--share-replicas", type=int, default=3)
     ap.add_argument("--phases", default="lat,cost,tput,churn,flap", help="deliver: which phases, comma-separated")
     ap.add_argument("--json", help="append the figures as one JSON line to this file")
     args = ap.parse_args()
-    fn = {"filters": scen_filters, "deliver": scen_deliver, "kv": scen_kv, "share": scen_share}[args.scenario]
+    fn = {"filters": scen_filters, "deliver": scen_deliver, "kv": scen_kv, "share": scen_share, "creates": scen_creates}[args.scenario]
     asyncio.run(fn(args))
 
 

@@ -15,15 +15,24 @@ run() {  # run SCENARIO [args...] on a fresh cluster
   on_cluster python3 "$here/probe.py" "$@"
 }
 
+cluster_dir=
+cleanup() {
+  if [ -n "$cluster_dir" ]; then "$here/nats3.sh" stop "$cluster_dir"; rm -rf "$cluster_dir"; fi
+  cluster_dir=
+}
+trap 'cleanup; exit 130' INT TERM PIPE
+trap cleanup EXIT
+
 on_cluster() {  # run a command on a fresh cluster
-  local dir; dir=$(mktemp -d /tmp/makelaar-cluster-probe.XXXXXX)
-  trap '"$here/nats3.sh" stop "$dir"; rm -rf "$dir"' RETURN
-  trap '"$here/nats3.sh" stop "$dir"; rm -rf "$dir"; exit 130' INT TERM PIPE
-  "$here/nats3.sh" start "$dir" >/dev/null
+  cluster_dir=$(mktemp -d /tmp/makelaar-cluster-probe.XXXXXX)
+  "$here/nats3.sh" start "$cluster_dir" >/dev/null
   sleep 1
   echo "# $(date -u +%FT%TZ) $* — load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
-  PROBE_DIR=$dir "$@"
+  local rc=0
+  PROBE_DIR=$cluster_dir "$@" || rc=$?
+  cleanup
   echo
+  return $rc
 }
 
 if [ $# -eq 0 ]; then
