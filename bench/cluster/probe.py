@@ -18,9 +18,11 @@ Modes (see docs/cluster.md, "The delivery path"):
      every message once and filters with its own topic tree; nothing on NATS changes
      when subscriptions come and go.
 
-Scenarios: filters (cost of filter_subjects), deliver (latency, throughput, churn, flap,
-memory) for one mode, kv (client-id registry CAS), share (consumers for share groups).
-Run it through probe.sh, which starts and stops the servers.
+Scenarios: filters (cost of filter_subjects), deliver (latency, cost, throughput, churn,
+flap or restart, memory) for one mode, kv (client-id registry CAS), share (consumers for
+share groups), creates (rate of short-lived consumer creation); `summary FILE` prints the
+medians of what `deliver --json FILE` appended. Run it through probe.sh, which starts and
+stops the servers.
 """
 import argparse
 import asyncio
