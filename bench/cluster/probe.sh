@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Delivery-path probe for the cluster (issue 14): three NATS servers on loopback, then probe.py.
-#   bench/cluster/probe.sh                 # everything once (~8 min); ROUNDS=3 for medians of 3
+#   bench/cluster/probe.sh                 # everything once (~10 min); ROUNDS=3 for medians of 3
 #   bench/cluster/probe.sh deliver A [probe.py options...]
 #   bench/cluster/probe.sh filters | kv | share | creates [options...]
 #   bench/cluster/probe.sh rust A|C [SECONDS WINDOW PARTITIONS [stop|restart]]   # Rust client (DRAIN=s)
