@@ -15,6 +15,7 @@
 
 mod admin;
 mod admission;
+mod arrival;
 mod auth;
 mod cert_name;
 pub mod config;

@@ -9,17 +9,22 @@
 //! Keep-alive is checked by the router's periodic sweep over every outbox rather than by a
 //! timer per connection: a tokio `Sleep` is 112 bytes in every connection task and a timer
 //! wheel update on every packet, where a sweep costs one atomic load per connection.
+//!
+//! The outbox is also the waker the connection polls its stream with: a wake from the reactor
+//! stamps the connection's arrival (`arrival::Mark`, see `arrival`) and then wakes the task.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use makelaar_core::message::queued_cost;
 use makelaar_core::CloseReason;
 use makelaar_proto::{Packet, QoS};
+
+use crate::arrival;
 
 /// Milliseconds since the first call, on a clock shared by connections and the router.
 pub fn millis(now: Instant) -> u64 {
@@ -72,6 +77,22 @@ pub struct Outbox {
     expired: AtomicBool,
     /// The router asked the connection to drain (`core::Action::Drain`).
     drain_asked: AtomicBool,
+    /// When the reactor last woke the connection for its socket (see `arrival`).
+    arrival: arrival::Mark,
+}
+
+/// The waker a connection polls its stream with: the reactor's wake stamps the arrival, then
+/// wakes the task (registered by [`Outbox::poll_ready`], which the task calls before it polls
+/// the stream).
+impl Wake for Outbox {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.arrival.set();
+        self.waker.wake();
+    }
 }
 
 impl Outbox {
@@ -120,6 +141,11 @@ impl Outbox {
     /// Whether a drain was asked since the last call.
     pub fn take_drain_request(&self) -> bool {
         self.drain_asked.swap(false, Ordering::Relaxed)
+    }
+
+    /// The connection's arrival mark (see `arrival`).
+    pub fn arrival(&self) -> &arrival::Mark {
+        &self.arrival
     }
 
     /// Whether the keep-alive sweep expired this connection.
@@ -200,13 +226,11 @@ impl Outbox {
     }
 
     /// Ready when something was pushed (or close or expiry was asked) since the last time it
-    /// was ready; otherwise registers the task to be woken.
+    /// was ready. Registers the task to be woken either way: the stream's wakes come through
+    /// the outbox too (see `Wake for Outbox`), and must find the task registered whenever it
+    /// waits.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.ready.swap(false, Ordering::Acquire) {
-            return Poll::Ready(());
-        }
         self.waker.register(cx.waker());
-        // A wake between the check and the registration would be lost without this.
         if self.ready.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }
