@@ -83,7 +83,8 @@ pub struct Outbox {
 
 /// The waker a connection polls its stream with: the reactor's wake stamps the arrival, then
 /// wakes the task (registered by [`Outbox::poll_ready`], which the task calls before it polls
-/// the stream).
+/// the stream). It makes nothing ready: the router's wake for queued packets is
+/// [`Outbox::notify`], named apart so that `wake` on an `Arc<Outbox>` can only mean this one.
 impl Wake for Outbox {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -126,7 +127,7 @@ impl Outbox {
         {
             return false;
         }
-        self.wake();
+        self.notify();
         true
     }
 
@@ -154,7 +155,7 @@ impl Outbox {
     }
 
     /// Queues a packet without waking the connection task: the caller wakes it later with
-    /// [`Outbox::wake`], once for a whole batch. A QoS 0 PUBLISH over `budget` bytes already
+    /// [`Outbox::notify`], once for a whole batch. A QoS 0 PUBLISH over `budget` bytes already
     /// queued is refused.
     pub fn push_quiet(&self, packet: Packet, budget: usize) -> Result<(), Refused> {
         let c = queued_cost(&packet);
@@ -173,14 +174,14 @@ impl Outbox {
         Ok(())
     }
 
-    /// Marks the outbox as due for a wake; true the first time since the last [`Outbox::wake`]
+    /// Marks the outbox as due for a wake; true the first time since the last [`Outbox::notify`]
     /// (so a batch wakes each connection once).
     pub fn list_for_wake(&self) -> bool {
         !self.wake_listed.swap(true, Ordering::Relaxed)
     }
 
     /// Wakes the connection task for what `push_quiet` queued.
-    pub fn wake(&self) {
+    pub fn notify(&self) {
         self.wake_listed.store(false, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
         self.waker.wake();
@@ -206,9 +207,9 @@ impl Outbox {
             }
         };
         if let Some(earlier) = earlier {
-            earlier.wake();
+            earlier.notify();
         }
-        self.wake();
+        self.notify();
     }
 
     /// Asks the connection task to close after writing what is queued; `why` is logged.
@@ -221,7 +222,7 @@ impl Outbox {
         self.ready.store(true, Ordering::Release);
         self.waker.wake();
         if let Some(next) = then_wake {
-            next.wake();
+            next.notify();
         }
     }
 
@@ -255,7 +256,7 @@ impl Outbox {
         if let Some(next) = inner.then_wake.take() {
             // One left from an earlier drain not yet acted on is woken now, not dropped.
             if let Some(earlier) = out.then_wake.replace(next) {
-                earlier.wake();
+                earlier.notify();
             }
         }
         !inner.packets.is_empty()
@@ -329,7 +330,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(o.poll_ready(&mut cx).is_pending());
         o.push_quiet(Packet::PingResp, 100).ok();
-        o.wake();
+        o.notify();
         assert!(o.poll_ready(&mut cx).is_ready());
         assert!(o.poll_ready(&mut cx).is_pending());
         o.close(CloseReason::Server(
@@ -352,7 +353,7 @@ mod tests {
         );
         let mut drained = Drained::default();
         first.drain(&mut drained, 64);
-        drained.then_wake.take().expect("handed over").wake();
+        drained.then_wake.take().expect("handed over").notify();
         assert!(second.poll_ready(&mut cx).is_ready());
     }
 
@@ -391,6 +392,37 @@ mod tests {
         assert!(o.poll_ready(&mut cx).is_ready());
         assert!(o.take_drain_request());
         assert!(!o.take_drain_request(), "taken once");
+    }
+
+    #[test]
+    fn the_streams_wake_wakes_the_task_and_marks_the_arrival_but_makes_nothing_ready() {
+        let o = Arc::new(Outbox::default());
+        let flag = Arc::new(Flag::default());
+        let task = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&task);
+        assert!(o.poll_ready(&mut cx).is_pending());
+        let stream = std::task::Waker::from(o.clone());
+        let before = o.arrival().stamp();
+        stream.wake_by_ref();
+        assert!(flag.0.load(Ordering::Relaxed), "the task is woken");
+        assert!(o.arrival().stamp() > before, "stamped after what was read before");
+        assert_eq!(o.arrival().stamp() % 2, 0, "stamped by the wake (even)");
+        assert!(o.poll_ready(&mut cx).is_pending(), "no packet is ready");
+        o.arrival().clear();
+        assert_eq!(
+            o.arrival().stamp() % 2,
+            1,
+            "cleared: a read without a wake (odd)"
+        );
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 
     #[test]

@@ -343,7 +343,7 @@ impl Router {
             self.carry_out(conn, what);
         }
         for out in self.to_wake.drain(..).rev() {
-            out.wake();
+            out.notify();
         }
     }
 
@@ -444,7 +444,7 @@ impl Router {
             return;
         }
         for out in self.to_wake.drain(..).rev() {
-            out.wake();
+            out.notify();
         }
     }
 

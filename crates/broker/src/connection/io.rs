@@ -228,7 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             }
             let written = self.poll_write(io);
             if let Some(next) = self.then_wake.take() {
-                next.wake();
+                next.notify();
             }
             match written {
                 Poll::Ready(Ok(())) => progressed = true,
@@ -484,7 +484,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             self.outbox_pending = more;
             if let Some(next) = drained.then_wake.take() {
                 if let Some(earlier) = self.then_wake.replace(next) {
-                    earlier.wake();
+                    earlier.notify();
                 }
             }
             while let Some(mut p) = drained.packets.pop_front() {
