@@ -4,7 +4,7 @@
 //! nothing. Clients still count on the order in which their bytes reached the broker: a
 //! responder that sends SUBSCRIBE and, without waiting for the SUBACK, has a requester publish
 //! to that topic (Eclipse Paho's 5.0 interop test `test_request_response`) expects the PUBLISH
-//! to find the subscription, as it does with Mosquitto's single event loop.
+//! to find the subscription, as it mostly does with Mosquitto's single event loop.
 //!
 //! Makelaar's connection tasks run on tokio's multi-threaded scheduler, which runs the task
 //! woken *last* by a turn of the reactor first (the worker's LIFO slot; the others wait in its
@@ -20,14 +20,17 @@
 //!    from one clock when the reactor wakes it, before the task runs ([`Mark::set`]). What the
 //!    task then reads carries that number to the router ([`Mark::stamp`];
 //!    `router::ToRouter::Packet::arrival`); bytes read without a wake (a busy connection
-//!    reading on) get a number after every stamp given so far. A connection's numbers never go
-//!    down (the connection task keeps the largest), so its own packets keep their order.
+//!    reading on) get a number after every wake stamped so far (wakes get even numbers, such
+//!    reads the odd one after the last wake's). A connection's numbers never go down (the
+//!    connection task keeps the largest), so its own packets keep their order.
 //! 2. **A short wait, only when another connection is pending.** A connection is pending from
 //!    the reactor's wake until its task has forwarded what it read ([`Mark::clear`], after it
-//!    decoded what it read and at the end of every poll). When the router wakes from idle with a packet while another connection is
-//!    pending, it yields ([`let_pending_forward`], for at most [`MAX_WAIT`]) so that those
-//!    tasks run and forward first; otherwise, which is the common case (one message at a
-//!    time, or a router that is never idle under load), it does exactly what it did before.
+//!    decoded what it read and at the end of every poll). When the router wakes from idle
+//!    with a packet while another connection is pending, it yields ([`let_pending_forward`],
+//!    for at most [`MAX_WAIT`]) so that those tasks run and forward first; otherwise, which is
+//!    the common case (one message at a time, or a router that is never idle under load), it
+//!    does exactly what it did before. (The count is of every pending connection, also those
+//!    woken after the packet the router holds: a wait can be longer than it needs to be.)
 //! 3. **A sort of that batch.** What it then holds is put in stamp order
 //!    ([`in_arrival_order`]): runs of consecutive packets are sorted by stamp, stably; any
 //!    other message (a CONNECT, a lost connection, a drain, the administrator) is a barrier
