@@ -29,8 +29,10 @@
 //!    with a packet while another connection is pending, it yields ([`let_pending_forward`],
 //!    for at most [`MAX_WAIT`]) so that those tasks run and forward first; otherwise, which is
 //!    the common case (one message at a time, or a router that is never idle under load), it
-//!    does exactly what it did before. (The count is of every pending connection, also those
-//!    woken after the packet the router holds: a wait can be longer than it needs to be.)
+//!    does exactly what it did before. It waits only for connections the reactor woke before
+//!    it started waiting: pending connections are counted by generation, and the router
+//!    starts a new one as it starts to wait; those woken during the wait count in the new
+//!    one, so a steady stream of later wakes does not keep it waiting.
 //! 3. **A sort of that batch.** What it then holds is put in stamp order
 //!    ([`in_arrival_order`]): runs of consecutive packets are sorted by stamp, stably; any
 //!    other message (a CONNECT, a lost connection, a drain, the administrator) is a barrier
@@ -55,14 +57,19 @@ pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// The last stamp given (0: none yet).
 static CLOCK: Padded = Padded::new(0);
-/// Connections woken by the reactor whose task has not yet forwarded what it read.
-static PENDING: Padded = Padded::new(0);
+/// The generation new marks count in (its lowest bit picks the count in `PENDING`); the
+/// router starts a new one when it starts to wait.
+static GENERATION: Padded = Padded::new(0);
+/// Connections woken by the reactor whose task has not yet forwarded what it read, by the
+/// parity of the generation they were marked in.
+static PENDING: [Padded; 2] = [Padded::new(0), Padded::new(0)];
 
 /// A mark that is no longer set: the connection is gone.
 const RETIRED: u64 = u64::MAX;
 
 /// A connection's arrival mark: the stamp of the reactor's wake its task has not yet run for
-/// (0: none). Kept in the connection's `Outbox`.
+/// (an even number), plus the parity of the generation it counts in; 0: none. Kept in the
+/// connection's `Outbox`.
 #[derive(Debug, Default)]
 pub struct Mark(std::sync::atomic::AtomicU64);
 
@@ -75,12 +82,13 @@ impl Mark {
         }
         // Even stamps for wakes, odd ones for reads without a wake (see `stamp`).
         let stamp = (CLOCK.fetch_add(1, Ordering::Relaxed) + 1) * 2;
+        let parity = GENERATION.load(Ordering::Relaxed) & 1;
         if self
             .0
-            .compare_exchange(0, stamp, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(0, stamp | parity, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            PENDING.fetch_add(1, Ordering::Release);
+            pending(parity).fetch_add(1, Ordering::Release);
         }
     }
 
@@ -90,44 +98,55 @@ impl Mark {
     pub fn stamp(&self) -> u64 {
         match self.0.load(Ordering::Relaxed) {
             0 | RETIRED => CLOCK.load(Ordering::Relaxed) * 2 + 1,
-            stamp => stamp,
+            mark => mark & !1,
         }
     }
 
     /// The task has forwarded what it read (or found nothing to read): the connection is no
     /// longer pending. (Release: a router that sees it so also sees what was forwarded.)
     pub fn clear(&self) {
-        let stamp = self.0.load(Ordering::Relaxed);
-        if stamp != 0
-            && stamp != RETIRED
+        let mark = self.0.load(Ordering::Relaxed);
+        if mark != 0
+            && mark != RETIRED
             && self
                 .0
-                .compare_exchange(stamp, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(mark, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            PENDING.fetch_sub(1, Ordering::Release);
+            pending(mark & 1).fetch_sub(1, Ordering::Release);
         }
     }
 
     /// The connection is gone: no longer pending, and never again.
     pub fn retire(&self) {
-        let stamp = self.0.swap(RETIRED, Ordering::Relaxed);
-        if stamp != 0 && stamp != RETIRED {
-            PENDING.fetch_sub(1, Ordering::Release);
+        let mark = self.0.swap(RETIRED, Ordering::Relaxed);
+        if mark != 0 && mark != RETIRED {
+            pending(mark & 1).fetch_sub(1, Ordering::Release);
         }
+    }
+}
+
+/// The count of pending connections marked in generations of this parity.
+fn pending(parity: u64) -> &'static Padded {
+    if parity == 0 {
+        &PENDING[0]
+    } else {
+        &PENDING[1]
     }
 }
 
 /// Whether some connection was woken by the reactor and has not yet forwarded what it read.
 pub fn others_pending() -> bool {
-    PENDING.load(Ordering::Acquire) > 0
+    pending(0).load(Ordering::Acquire) + pending(1).load(Ordering::Acquire) > 0
 }
 
-/// Yields while some connection is pending, for at most [`MAX_WAIT`], so that what the
-/// reactor woke before reaches the router's channel first.
+/// Yields while some connection the reactor woke before this call is pending, for at most
+/// [`MAX_WAIT`], so that what it read reaches the router's channel first. Connections woken
+/// from here on count in a new generation and are not waited for.
 pub async fn let_pending_forward() {
+    let earlier = pending(GENERATION.fetch_add(1, Ordering::AcqRel) & 1);
     let start = std::time::Instant::now();
-    while others_pending() && start.elapsed() < MAX_WAIT {
+    while earlier.load(Ordering::Acquire) > 0 && start.elapsed() < MAX_WAIT {
         tokio::task::yield_now().await;
     }
 }
@@ -202,9 +221,10 @@ mod tests {
         m.set();
         let stamp = m.stamp();
         assert!(
-            stamp >= before,
+            stamp > before,
             "a wake's stamp is after what was read before it"
         );
+        assert_eq!(stamp % 2, 0);
         m.set();
         assert_eq!(m.stamp(), stamp, "a second wake keeps the first stamp");
         assert!(others_pending());

@@ -405,7 +405,10 @@ mod tests {
         let before = o.arrival().stamp();
         stream.wake_by_ref();
         assert!(flag.0.load(Ordering::Relaxed), "the task is woken");
-        assert!(o.arrival().stamp() > before, "stamped after what was read before");
+        assert!(
+            o.arrival().stamp() > before,
+            "stamped after what was read before"
+        );
         assert_eq!(o.arrival().stamp() % 2, 0, "stamped by the wake (even)");
         assert!(o.poll_ready(&mut cx).is_pending(), "no packet is ready");
         o.arrival().clear();
