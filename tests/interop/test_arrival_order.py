@@ -4,28 +4,26 @@ a broker that handles packets in the order they arrived routes A's PUBLISH to B,
 Paho's MQTT 5.0 interop test `test_request_response` expects.
 
 MQTT itself orders only the messages of one client [MQTT-4.6.0-5]; this is the order clients
-see from a single-threaded broker. Makelaar keeps it by stamping what each connection reads
-with the order in which the reactor saw the sockets turn readable (see
-crates/broker/src/arrival.rs). Without that, the task woken last by one reactor turn runs first
-and the PUBLISH overtakes the SUBSCRIBE.
+mostly see from a single-threaded broker. Makelaar does not keep it yet (issue 12): the task
+tokio wakes last in one reactor turn runs first, and the PUBLISH overtakes the SUBSCRIBE. So
+the test is expected to fail for now. docs/benchmarks.md ("Order between two connections") has
+what was tried and measured: arrival stamps taken from the reactor's wake order, a short wait
+and a sort in the router (branch `order`) kept the order as below, and were not kept because
+they slowed the QoS 1 fan-in.
 
 Two cases: B idle before its SUBSCRIBE (Paho's pattern), and B acknowledging the previous
-cycle's delivery (QoS 1) right before it. Makelaar without the arrival order: 2 to 4 % of the
-cycles went the other way in the first case, 28 to 95 % in the second. Mosquitto 2.0.11 (as
+cycle's delivery (QoS 1) right before it. Makelaar as it is: 2 to 4 % of the cycles went the
+other way in the first case, 28 to 95 % in the second (release build, loaded machine). Mosquitto 2.0.11 (as
 measured here, not a promise it makes): in the first case none of 3,000 cycles with its
 defaults, but 3 to 8 % with `set_tcp_nodelay true`, which this suite's Mosquitto
 configuration sets; in the second about a third, as it reads one packet per socket per turn
 of its event loop (B's PUBACK and SUBSCRIBE take two turns, and A's PUBLISH, read in the
 first, overtakes the SUBSCRIBE).
 
-The broker waits for the earlier connection only briefly (50 us, `arrival::MAX_WAIT`), and only
-when it was idle (see `arrival`): on a machine busy with other work, the worker thread that took
-the earlier connection's task can be kept off the CPU longer than that, and a cycle can still go
-the other way. With the arrival order, the release build (which scripts/test.sh runs this
-suite against) let at most 1 in 400 go in either case, with a load average of 6 to 11 on 2
-cores; so 1 % of the cycles may. An unoptimized build under such load missed 1 to 3.5 % in the
-second case, probably because its router is still busy with B's PUBACK when A's PUBLISH comes,
-and a busy router does not wait.
+With the arrival stamps (a wait of at most 50 us for the earlier connection, and only when the
+router was idle), the release build (which scripts/test.sh runs this suite against) let at most
+1 in 400 go in either case, with a load average of 6 to 11 on 2 cores; hence 1 % of the cycles
+may. An unoptimized build under such load missed 1 to 3.5 % in the second case.
 
 Raw sockets keep the two packets back to back (a few microseconds apart, one thread, two
 sockets). The PUBACK's reason code tells, per cycle, what the broker did: 0x10 (No matching
@@ -43,7 +41,11 @@ CYCLES = 1000
 TOLERATED = CYCLES // 100
 
 
-@pytest.mark.xfail_mosquitto(reason="keeps this order only in part (see the module docstring)")
+# Not yet kept by Makelaar (issue 12), and only in part by Mosquitto: see the module docstring.
+pytestmark = pytest.mark.xfail(
+    reason="issue 12: the order between two connections is not kept yet", strict=False)
+
+
 @pytest.mark.parametrize("qos", [
     pytest.param(0, id="subscriber_idle"),
     pytest.param(1, id="subscriber_just_acked"),

@@ -15,7 +15,6 @@
 
 mod admin;
 mod admission;
-mod arrival;
 mod auth;
 mod cert_name;
 pub mod config;

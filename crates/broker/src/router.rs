@@ -15,7 +15,6 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::arrival;
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
@@ -24,9 +23,6 @@ use crate::Counters;
 use desk::{AdminDesk, AdminRequest};
 
 pub(crate) mod desk;
-
-/// At most this many messages are taken from the channel per batch.
-const BATCH: usize = 257;
 
 /// How often keep-alives are checked: a 1 s keep-alive is then enforced between 1.5 and
 /// 1.75 s of silence.
@@ -43,14 +39,8 @@ pub enum ToRouter {
         out: Arc<Outbox>,
         peer: SocketAddr,
     },
-    /// A packet from a connected client, already checked by its `ConnState`. `arrival` is
-    /// its arrival stamp (see `arrival`): the order among packets from different connections
-    /// that the router finds together after a wait.
-    Packet {
-        conn: ConnId,
-        packet: Packet,
-        arrival: u64,
-    },
+    /// A packet from a connected client, already checked by its `ConnState`.
+    Packet { conn: ConnId, packet: Packet },
     /// The connection broke the protocol; the task has told the client (5.0) and closes.
     Violation {
         conn: ConnId,
@@ -98,8 +88,6 @@ pub(crate) struct Router {
     admin: AdminDesk,
     /// Connections ended, by why (see [`Ends`]).
     ends: Ends,
-    /// A batch being put in arrival order (see `arrival`); empty between batches.
-    batch: Vec<ToRouter>,
 }
 
 /// Why connections ended, counted by the router as it hears of them (plain integers: the
@@ -153,7 +141,6 @@ impl Router {
             changes: Vec::new(),
             admin: AdminDesk::default(),
             ends: Ends::default(),
-            batch: Vec::new(),
         }
     }
 
@@ -213,26 +200,15 @@ impl Router {
                 armed = timer;
             }
             tokio::select! {
-                (msg, woken) = recv_noting_wake(&mut rx) => {
+                msg = rx.recv() => {
                     let Some(msg) = msg else { break };
-                    if woken
-                        && matches!(msg, ToRouter::Packet { .. })
-                        && arrival::others_pending()
-                    {
-                        // Another connection's packet may have arrived before this one: let
-                        // it come, then take the batch in arrival order.
-                        self.batch.push(msg);
-                        arrival::let_pending_forward().await;
-                        self.take_in_arrival_order(&mut rx);
-                    } else {
-                        let now = Instant::now();
-                        self.handle(now, msg);
-                        // Take what else is ready before flushing: fewer wake-ups per packet.
-                        for _ in 1..BATCH {
-                            match rx.try_recv() {
-                                Ok(msg) => self.handle(now, msg),
-                                Err(_) => break,
-                            }
+                    let now = Instant::now();
+                    self.handle(now, msg);
+                    // Take what else is ready before flushing: fewer wake-ups per packet.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(msg) => self.handle(now, msg),
+                            Err(_) => break,
                         }
                     }
                 }
@@ -266,27 +242,6 @@ impl Router {
             }
             self.flush();
         }
-    }
-
-    /// Takes what is ready into the batch, puts it in arrival order and handles it (see
-    /// `arrival`).
-    fn take_in_arrival_order(&mut self, rx: &mut mpsc::Receiver<ToRouter>) {
-        while self.batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(msg) => self.batch.push(msg),
-                Err(_) => break,
-            }
-        }
-        arrival::in_arrival_order(&mut self.batch, |msg| match msg {
-            ToRouter::Packet { arrival, .. } => Some(*arrival),
-            _ => None,
-        });
-        let now = Instant::now();
-        let mut batch = std::mem::take(&mut self.batch);
-        for msg in batch.drain(..) {
-            self.handle(now, msg);
-        }
-        self.batch = batch;
     }
 
     /// Carries out what the store's thread reports; false when the store failed and the
@@ -343,7 +298,7 @@ impl Router {
             self.carry_out(conn, what);
         }
         for out in self.to_wake.drain(..).rev() {
-            out.notify();
+            out.wake();
         }
     }
 
@@ -358,7 +313,7 @@ impl Router {
                 self.conns.insert(conn, Conn { out, peer });
                 self.broker.handle_connect(now, conn, *connect);
             }
-            ToRouter::Packet { conn, packet, .. } => self.broker.handle_packet(now, conn, packet),
+            ToRouter::Packet { conn, packet } => self.broker.handle_packet(now, conn, packet),
             ToRouter::Violation { conn, violation } => {
                 let reason = violation.reason();
                 tracing::debug!(conn, %reason, text = violation.text(), "protocol violation");
@@ -444,7 +399,7 @@ impl Router {
             return;
         }
         for out in self.to_wake.drain(..).rev() {
-            out.notify();
+            out.wake();
         }
     }
 
@@ -508,19 +463,4 @@ impl Router {
             c.out.close(why);
         }
     }
-}
-
-/// The next message, and whether the router had to wait for it (it was idle and a connection
-/// woke it: the moment another connection's packet may be on its way; see `arrival`).
-fn recv_noting_wake(
-    rx: &mut mpsc::Receiver<ToRouter>,
-) -> impl std::future::Future<Output = (Option<ToRouter>, bool)> + '_ {
-    let mut waited = false;
-    std::future::poll_fn(move |cx| match rx.poll_recv(cx) {
-        std::task::Poll::Ready(msg) => std::task::Poll::Ready((msg, waited)),
-        std::task::Poll::Pending => {
-            waited = true;
-            std::task::Poll::Pending
-        }
-    })
 }

@@ -7,7 +7,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -102,15 +102,11 @@ pub(super) struct Io<S> {
     /// Bytes and packets counted since the last flush into the shared counters (once per
     /// wake-up, not per packet).
     tally: Tally,
-    /// The arrival stamp of what was last read (see `arrival`): never goes down, so this
-    /// connection's packets keep their order when the router sorts a batch by stamp.
-    stamp: u64,
 }
 
 impl<S> Drop for Io<S> {
     fn drop(&mut self) {
         self.tally.flush(&self.ctx.counters);
-        self.outbox.arrival().retire();
     }
 }
 
@@ -145,24 +141,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             goodbye: None,
             then_wake: None,
             tally: Tally::default(),
-            stamp: 0,
         }
     }
 
     /// Serves the connected client until the connection ends.
     pub(super) async fn serve(&mut self, state: &mut ConnState) -> End {
-        let end = self.serve_connected(state).await;
-        // Nothing read from here on is forwarded: the connection is no longer pending.
-        self.outbox.arrival().retire();
-        end
-    }
-
-    async fn serve_connected(&mut self, state: &mut ConnState) -> End {
-        // The stream is polled with the outbox as its waker, which stamps the connection's
-        // arrival when the reactor wakes it (see `arrival`).
-        let stream_waker = Waker::from(self.outbox.clone());
         loop {
-            match poll_fn(|cx| self.poll_work(cx, &stream_waker, state)).await {
+            match poll_fn(|cx| self.poll_work(cx, state)).await {
                 Step::End(end) => return end,
                 Step::RouterFull(msg) => {
                     let router = self.ctx.router.clone();
@@ -185,30 +170,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     }
 
     /// Does every piece of work that is ready; `Pending` once none is (with the task
-    /// registered with the outbox, and the stream with `stream_waker`, which wakes the task
-    /// through the outbox), `Ready` when the async side is needed. What it counted goes into
-    /// the shared counters once, at the end, and what it read has been forwarded: the
-    /// connection is no longer pending for the router (`arrival::Mark::clear`).
-    fn poll_work(
-        &mut self,
-        cx: &mut Context<'_>,
-        stream_waker: &Waker,
-        state: &mut ConnState,
-    ) -> Poll<Step> {
-        let mut io = Context::from_waker(stream_waker);
-        let step = self.poll_rounds(cx, &mut io, state);
+    /// registered with the outbox and the stream), `Ready` when the async side is needed.
+    /// What it counted goes into the shared counters once, at the end.
+    fn poll_work(&mut self, cx: &mut Context<'_>, state: &mut ConnState) -> Poll<Step> {
+        let step = self.poll_rounds(cx, state);
         self.tally.flush(&self.ctx.counters);
-        self.outbox.arrival().clear();
         step
     }
 
-    /// `cx` is the task's context, `io` the stream's.
-    fn poll_rounds(
-        &mut self,
-        cx: &mut Context<'_>,
-        io: &mut Context<'_>,
-        state: &mut ConnState,
-    ) -> Poll<Step> {
+    fn poll_rounds(&mut self, cx: &mut Context<'_>, state: &mut ConnState) -> Poll<Step> {
         for _ in 0..ROUNDS_PER_POLL {
             let mut progressed = false;
             if self.outbox.poll_ready(cx).is_ready() {
@@ -226,9 +196,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 self.closing = self.take_outbound(state);
                 progressed = true;
             }
-            let written = self.poll_write(io);
+            let written = self.poll_write(cx);
             if let Some(next) = self.then_wake.take() {
-                next.notify();
+                next.wake();
             }
             match written {
                 Poll::Ready(Ok(())) => progressed = true,
@@ -253,8 +223,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     Ok(Some(msg)) => return Poll::Ready(Step::RouterFull(Box::new(msg))),
                     Ok(None) => self.undecoded = false,
                 }
-                // All that was read is forwarded: the router need not wait for this one.
-                self.outbox.arrival().clear();
                 // Decoding may have queued a reply (PINGRESP) to write.
                 progressed = true;
             }
@@ -262,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 return Poll::Ready(Step::Reserve(kib));
             }
             self.prepare_read();
-            match self.poll_read(io) {
+            match self.poll_read(cx) {
                 Poll::Ready(Ok(())) => progressed = true,
                 Poll::Ready(Err(end)) => return Poll::Ready(Step::End(end)),
                 Poll::Pending => {}
@@ -365,7 +333,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             Poll::Ready(Ok((0, _))) => Poll::Ready(Err(End::Lost("closed by client", None))),
             Poll::Ready(Ok((n, spare))) => {
                 self.tally.bytes_received += n as u64;
-                self.stamp = self.stamp.max(self.outbox.arrival().stamp());
                 self.outbox.heard(millis(Instant::now()));
                 self.adapt_read_size(n, spare);
                 self.undecoded = true;
@@ -460,7 +427,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                     let msg = ToRouter::Packet {
                         conn: self.conn,
                         packet,
-                        arrival: self.stamp,
                     };
                     match self.ctx.router.try_send(msg) {
                         Ok(()) => {}
@@ -484,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             self.outbox_pending = more;
             if let Some(next) = drained.then_wake.take() {
                 if let Some(earlier) = self.then_wake.replace(next) {
-                    earlier.notify();
+                    earlier.wake();
                 }
             }
             while let Some(mut p) = drained.packets.pop_front() {
