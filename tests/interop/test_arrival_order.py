@@ -6,9 +6,9 @@ Paho's MQTT 5.0 interop test `test_request_response` expects.
 MQTT itself orders only the messages of one client [MQTT-4.6.0-5]; this is the order clients
 mostly see from a single-threaded broker. Makelaar does not keep it yet (issue 12): the task
 tokio wakes last in one reactor turn runs first, and the PUBLISH overtakes the SUBSCRIBE. So
-the test is expected to fail for now. docs/benchmarks.md ("Order between two connections") has
+the test runs only on demand for now (MAKELAAR_KNOWN_BUGS=1). docs/benchmarks.md ("Order between two connections") has
 what was tried and measured: arrival stamps taken from the reactor's wake order, a short wait
-and a sort in the router (branch `order`) kept the order as below, and were not kept because
+and a sort in the router (commits 1ceb6c4 and 2de56be, reverted in 4ed14c5) kept the order as below, and were not kept because
 they slowed the QoS 1 fan-in.
 
 Two cases: B idle before its SUBSCRIBE (Paho's pattern), and B acknowledging the previous
@@ -31,6 +31,8 @@ subscribers, MQTT 5.0 section 3.4.2.1) means it routed the PUBLISH before applyi
 SUBSCRIBE.
 """
 
+import os
+
 import pytest
 
 import mqtt_raw as R
@@ -42,8 +44,12 @@ TOLERATED = CYCLES // 100
 
 
 # Not yet kept by Makelaar (issue 12), and only in part by Mosquitto: see the module docstring.
-pytestmark = pytest.mark.xfail(
-    reason="issue 12: the order between two connections is not kept yet", strict=False)
+# Run on demand (MAKELAAR_KNOWN_BUGS=1) rather than as an expected failure that could never
+# fail: when the order is kept, remove this mark and the test guards it.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MAKELAAR_KNOWN_BUGS") != "1",
+    reason="issue 12: the order between two connections is not kept yet; "
+           "MAKELAAR_KNOWN_BUGS=1 runs this reproduction")
 
 
 @pytest.mark.parametrize("qos", [
