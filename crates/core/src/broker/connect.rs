@@ -236,8 +236,17 @@ impl Broker {
         let max_inflight = self.limits.max_inflight_messages;
         let expiry = self.session_expiry_for(c);
         let keep_alive = effective_keep_alive(c, &self.limits).0;
+        let bridge = self.policy.bridges.contains_key(c.client_id.as_str());
         let Ok(s) = self.sessions.attach(idx, conn) else {
             return;
+        };
+        // A bridge's relay passes these packet ids on to the remote and keeps the ones
+        // above for its own packets there (see `crate::bridge`), so that they never name a
+        // relayed exchange still open in a resumed remote session [MQTT-2.2.1-3].
+        s.id_ceiling = if bridge {
+            crate::bridge::RELAYED_ID_MAX
+        } else {
+            u16::MAX
         };
         s.keep_alive = keep_alive;
         s.since = Some(now);
