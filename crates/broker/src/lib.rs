@@ -137,9 +137,7 @@ impl Server {
             ),
             broker_id,
         };
-        let _ = counters
-            .bridges
-            .set(bridges.iter().map(bridge::Bridge::counters).collect());
+        counters.set_bridges(bridges.iter().map(bridge::Bridge::counters).collect());
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::bridge::{is_v3_version_refusal, Backoff, LinkState, Output, Relay};
+use makelaar_core::bridge::{is_v3_version_refusal, Backoff, End, LinkState, Output, Relay};
 use makelaar_proto::{Decoder, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ impl Bridge {
             tracing::warn!(bridge = %config.name, threshold = config.threshold, max_inflight_messages = lazy.threshold, "start_type lazy: the threshold is above max_inflight_messages; the bridge connects at max_inflight_messages waiting messages");
         }
         let relay = Relay::new(settings, Instant::now());
-        let counters = Arc::new(BridgeCounters::new(&config.name));
+        let counters = Arc::new(BridgeCounters::new(&config.name, &config.local_client_id));
         Ok(Bridge {
             config,
             relay,
@@ -101,10 +101,17 @@ impl Bridge {
 
 /// The core's rules for a bridge's local session: its queue bounds.
 pub(crate) fn session_policy(c: &BridgeConfig) -> makelaar_core::broker::BridgeSession {
+    use crate::config::OverflowPolicy;
+    use makelaar_core::broker::WhenFull;
     makelaar_core::broker::BridgeSession {
         max_queued_messages: usize::try_from(c.queue.max_messages).unwrap_or(usize::MAX),
         max_queued_bytes: usize::try_from(c.queue.max_bytes).unwrap_or(usize::MAX),
-        drop_oldest: matches!(c.queue.when_full, crate::config::OverflowPolicy::DropOldest),
+        when_full: match c.queue.when_full {
+            OverflowPolicy::Reject => WhenFull::Reject,
+            OverflowPolicy::DropOldest => WhenFull::DropOldest,
+            OverflowPolicy::DropQos0First => WhenFull::DropQos0First,
+        },
+        max_age: c.queue.max_age,
     }
 }
 
@@ -219,6 +226,9 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                     close_later(&shared, local_w.take());
                 }
                 Output::CloseRemote(why) => {
+                    if !matches!(why, End::Shutdown | End::Fallback | End::Idle) {
+                        b.counters.set_last_error(why.to_string());
+                    }
                     remote_r = None;
                     close_later(&shared, remote_w.take());
                     if let Some(since) = b.relay.connected_at() {
@@ -298,8 +308,10 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                 Ok(0) | Err(_) => {
                     if let Err(e) = &n {
                         tracing::warn!(bridge = %name, error = %e, "the connection to the remote broke");
+                        b.counters.set_last_error(format!("the connection to the remote broke: {e}"));
                     } else {
                         tracing::warn!(bridge = %name, "the remote closed the connection");
+                        b.counters.set_last_error("the remote closed the connection".into());
                     }
                     remote_r = None;
                     remote_w = None;
@@ -376,6 +388,7 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                 let i = address % addrs.len().max(1);
                 let Some(addr) = addrs.get(i) else { break };
                 b.counters.set_state(LinkState::Connecting);
+                b.counters.set_address(format!("{}:{}", addr.host, addr.port));
                 match b.dialer.connect(addr, OPEN_LIMIT).await {
                     Ok(stream) => {
                         tracing::info!(bridge = %name, remote = %format!("{}:{}", addr.host, addr.port), "connected to the remote; sending CONNECT");
@@ -393,6 +406,7 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                     }
                     Err(e) => {
                         tracing::warn!(bridge = %name, remote = %format!("{}:{}", addr.host, addr.port), error = %e, "cannot connect to the remote");
+                        b.counters.set_last_error(format!("cannot connect to {}:{}: {e}", addr.host, addr.port));
                         address = address.wrapping_add(1);
                         let once = matches!(b.config.start, StartType::Once);
                         if !once {

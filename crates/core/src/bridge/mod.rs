@@ -937,7 +937,11 @@ impl Relay {
         }
         match self.phase {
             Phase::Priming => {
-                let sub = self.local_subscribe(QoS::ExactlyOnce, RetainHandling::SendAtSubscribe);
+                // No retained messages here: whether the remote needs them is known only
+                // from its CONNACK (below, `LocalOpening`). Sending them now would queue
+                // every retained message again at each start of this broker, for a remote
+                // that still has them.
+                let sub = self.local_subscribe(QoS::ExactlyOnce, RetainHandling::DoNotSend);
                 if let Some(sub) = sub {
                     self.local_own.insert(OWN_SUBSCRIBE);
                     self.send_local(sub);
@@ -946,7 +950,10 @@ impl Relay {
                 self.check_local_setup_done(now);
             }
             Phase::LocalOpening => {
-                // Retained messages again only when the remote has no session to hold them.
+                // Retained messages only when the remote's session is new (Session Present
+                // 0 [MQTT-3.2.2-2]): a remote that kept it has had every retained value
+                // already, and a value changed since then reached it as a message of the
+                // queue (the local subscription lives on while the link is down).
                 let handling = if self.limits.session_present {
                     RetainHandling::SendIfNew
                 } else {
