@@ -288,6 +288,34 @@ def test_retained_messages_go_to_the_remote_again_only_when_its_session_is_new(
     assert got == [b"v2"], got
 
 
+def test_an_out_topic_removed_from_the_configuration_is_unsubscribed_at_start(tmp_path, procs):
+    dead = free_port()  # the remote is away: what the bridge subscribes waits in its queue
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", dead, [{"pattern": "a/#", "qos": 1}, {"pattern": "b/#", "qos": 1}],
+        remote_client_id="edge"))
+    procs.append(local)
+    local.start()
+    watch = client(local)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    assert notification(watch)[1] == b"0"
+    pub = client(local)
+    assert pub.publish("b/x", b"1", qos=1) == 0  # the bridge's session takes it
+    pub.close()
+    watch.close()
+    local.stop()
+    local.set_bridges(bridge_toml("up", dead, [{"pattern": "a/#", "qos": 1}],
+                                  remote_client_id="edge"))
+    local.start()
+    watch = client(local)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    assert notification(watch)[1] == b"0"
+    pub = client(local)
+    # b/# is no longer the bridge's: nobody subscribes to it (5.0: 0x10).
+    wait_for(lambda: pub.publish("b/y", b"1", qos=1) == 0x10, what="b/# unsubscribed")
+    assert pub.publish("a/y", b"1", qos=1) == 0
+    assert "no longer carries out" in local.tail()
+
+
 def test_a_lazy_bridge_connects_at_the_threshold_and_leaves_when_idle(tmp_path, procs):
     remote = remote_broker("mosquitto", tmp_path, procs)
     watch = client(remote)

@@ -126,6 +126,11 @@ impl Server {
                 .iter()
                 .map(|b| (b.local_client_id.clone(), bridge::session_policy(b)))
                 .collect(),
+            bridge_filters: config
+                .bridges
+                .iter()
+                .map(|b| (b.local_client_id.clone(), bridge::out_filters(b)))
+                .collect(),
             // Stripped for ordinary clients even without bridges here: another broker's
             // bridge may bring it in.
             origin_property: Some(

@@ -115,6 +115,18 @@ pub(crate) fn session_policy(c: &BridgeConfig) -> makelaar_core::broker::BridgeS
     }
 }
 
+/// The filters the bridge's local session subscribes: one per `out` topic line.
+pub(crate) fn out_filters(c: &BridgeConfig) -> Vec<String> {
+    let mut filters: Vec<String> = settings::relay_settings(c, "", 1)
+        .routes
+        .iter()
+        .filter(|r| r.out)
+        .map(|r| r.local_filter())
+        .collect();
+    filters.dedup();
+    filters
+}
+
 /// What the bridge tasks share with the server.
 pub(crate) struct Shared {
     pub ctx: Arc<ConnCtx>,

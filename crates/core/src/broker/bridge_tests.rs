@@ -278,3 +278,36 @@ fn messages_above_a_topic_lines_qos_are_counted_per_bridge() {
     assert_eq!(h.broker.bridge_queue(h.now, BRIDGE).capped, 3);
     assert_eq!(h.broker.stats().bridge_capped.len(), 1);
 }
+
+#[test]
+fn an_out_topic_removed_from_the_configuration_is_unsubscribed_when_the_bridge_connects() {
+    let mut h = harness(false);
+    offline_bridge(&mut h); // subscribed to `#`
+    h.broker.set_bridge_sessions(
+        h.broker.policy.bridges.clone(),
+        HashMap::from([(BRIDGE.to_owned(), vec!["kept/#".to_owned()])]),
+    );
+    let mut c = connect(BRIDGE, ProtocolVersion::V5, false);
+    c.properties.session_expiry_interval = Some(u32::MAX);
+    h.connect(1, c);
+    h.packet(1, subscribe(2, "kept/#", QoS::AtLeastOnce));
+    h.connect(2, connect("pub", ProtocolVersion::V5, true));
+    h.packet(2, publish("gone/x", QoS::AtLeastOnce, 1, "not carried"));
+    h.packet(2, publish("kept/x", QoS::AtLeastOnce, 2, "carried"));
+    let got: Vec<_> = publishes(h.take(1))
+        .iter()
+        .map(|p| p.topic.to_string())
+        .collect();
+    assert_eq!(got, ["kept/x"]);
+    let idx = h.broker.sessions.by_client_id(BRIDGE).unwrap();
+    let filters: Vec<_> = h
+        .broker
+        .sessions
+        .get(idx)
+        .unwrap()
+        .subscriptions
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(filters, ["kept/#"]);
+}

@@ -87,6 +87,10 @@ pub struct Policy {
     /// `max_queued_messages` and `max_queued_bytes`, and they receive the loop guard's user
     /// property (see [`crate::bridge`]).
     pub bridges: HashMap<String, BridgeSession>,
+    /// The filters each bridge's local session subscribes (its `out` topic lines), by
+    /// client id: when the session connects, any other subscription it holds (a topic line
+    /// since removed from the configuration) is removed.
+    pub bridge_filters: HashMap<String, Vec<String>>,
     /// The loop guard's user property (`makelaar-origin`): removed from what is delivered to
     /// every session but the bridges', and a message that carries it naming this broker
     /// (`broker_id`) has come back over bridges: it is acknowledged and dropped.
@@ -345,8 +349,13 @@ impl Broker {
 
     /// Replaces the rules of bridges' local sessions (a reload of the configuration): the
     /// queue bounds apply from the next message on.
-    pub fn set_bridge_sessions(&mut self, bridges: HashMap<String, BridgeSession>) {
+    pub fn set_bridge_sessions(
+        &mut self,
+        bridges: HashMap<String, BridgeSession>,
+        filters: HashMap<String, Vec<String>>,
+    ) {
         self.policy.bridges = bridges;
+        self.policy.bridge_filters = filters;
     }
 
     /// Counters.
