@@ -11,6 +11,7 @@
 mod net;
 mod settings;
 
+use std::collections::HashMap;
 use std::future::pending;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,6 +129,7 @@ pub(crate) fn out_filters(c: &BridgeConfig) -> Vec<String> {
 }
 
 /// What the bridge tasks share with the server.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub ctx: Arc<ConnCtx>,
     pub next_conn: Arc<AtomicU64>,
@@ -196,8 +198,14 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Runs one bridge until `stop`.
-pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) {
+/// Runs one bridge until `stop`, or until `when_down` while its link is down (a reload
+/// with `reload_type = "lazy"`: the changed bridge takes over at the next reconnect).
+pub(crate) async fn run(
+    mut b: Bridge,
+    shared: Shared,
+    stop: CancellationToken,
+    when_down: CancellationToken,
+) {
     let name = b.config.name.clone();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -283,6 +291,12 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
         let timeout = b.relay.poll_timeout();
         tokio::select! {
             _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+                connect_at = None;
+                b.relay.shutdown(Instant::now());
+            }
+            _ = when_down.cancelled(), if !stopping && !b.relay.is_connected() => {
+                tracing::info!(bridge = %name, "the link is down: the reloaded settings take over (reload_type lazy)");
                 stopping = true;
                 connect_at = None;
                 b.relay.shutdown(Instant::now());
@@ -482,4 +496,191 @@ fn open_local(shared: &Shared) -> (Reader, Writer) {
             version: ProtocolVersion::V5,
         },
     )
+}
+
+/// The running bridges, by name: what a reload compares with the configuration, stops and
+/// starts.
+pub(crate) struct Bridges {
+    running: tokio::sync::Mutex<HashMap<String, Running>>,
+    shared: Shared,
+    /// The bridges' tasks, waited for at shutdown.
+    tasks: TaskTracker,
+    /// Stops every bridge (shutdown); each bridge's own token is a child of it.
+    stop_all: CancellationToken,
+    broker_id: std::sync::Mutex<String>,
+    data_dir: Option<std::path::PathBuf>,
+    max_inflight: u16,
+}
+
+/// One running bridge.
+struct Running {
+    config: BridgeConfig,
+    stop: CancellationToken,
+    when_down: CancellationToken,
+    done: CancellationToken,
+    counters: Arc<BridgeCounters>,
+}
+
+/// What a reload of the bridges did.
+#[derive(Debug, Default)]
+pub(crate) struct BridgeChanges {
+    pub started: Vec<String>,
+    pub restarted: Vec<String>,
+    pub at_next_reconnect: Vec<String>,
+    pub stopped: Vec<String>,
+}
+
+impl BridgeChanges {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.started.is_empty()
+            && self.restarted.is_empty()
+            && self.at_next_reconnect.is_empty()
+            && self.stopped.is_empty()
+    }
+}
+
+impl Bridges {
+    pub(crate) fn new(
+        shared: Shared,
+        tasks: TaskTracker,
+        stop_all: CancellationToken,
+        broker_id: String,
+        data_dir: Option<std::path::PathBuf>,
+        max_inflight: u16,
+    ) -> Bridges {
+        Bridges {
+            running: tokio::sync::Mutex::new(HashMap::new()),
+            shared,
+            tasks,
+            stop_all,
+            broker_id: std::sync::Mutex::new(broker_id),
+            data_dir,
+            max_inflight,
+        }
+    }
+
+    /// Starts a bridge now.
+    pub(crate) async fn start(&self, b: Bridge) {
+        let running = self.launch(b, None);
+        let name = running.config.name.clone();
+        self.running.lock().await.insert(name, running);
+    }
+
+    /// Starts `b`, once `after` (the task of the bridge it replaces) has ended.
+    fn launch(&self, b: Bridge, after: Option<CancellationToken>) -> Running {
+        let stop = self.stop_all.child_token();
+        let when_down = CancellationToken::new();
+        let done = CancellationToken::new();
+        let running = Running {
+            config: b.config.clone(),
+            stop: stop.clone(),
+            when_down: when_down.clone(),
+            done: done.clone(),
+            counters: b.counters(),
+        };
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move {
+            if let Some(after) = after {
+                after.cancelled().await;
+            }
+            if !stop.is_cancelled() {
+                tracing::info!(target: crate::status::STATUS_TARGET, "{}", b.describe());
+                run(b, shared, stop, when_down).await;
+            }
+            done.cancel();
+        });
+        running
+    }
+
+    /// The counters of the running bridges, in the configuration's order.
+    async fn counters(&self, order: &[BridgeConfig]) -> Vec<Arc<BridgeCounters>> {
+        let running = self.running.lock().await;
+        order
+            .iter()
+            .filter_map(|c| running.get(&c.name).map(|r| r.counters.clone()))
+            .collect()
+    }
+
+    /// Puts `configs` in force: bridges not configured any more stop, new ones start,
+    /// changed ones restart now (`reload_type = "immediate"`) or when their link is next
+    /// down (`"lazy"`), unchanged ones carry on. Nothing changes when a bridge cannot be
+    /// made (a TLS file that does not load): the error says which.
+    pub(crate) async fn apply(
+        &self,
+        configs: &[BridgeConfig],
+        router: &tokio::sync::mpsc::Sender<crate::router::ToRouter>,
+        counters: &crate::counters::Counters,
+    ) -> Result<BridgeChanges, ConfigError> {
+        let id = {
+            let known = self.broker_id.lock().map(|g| g.clone()).unwrap_or_default();
+            if known.is_empty() && !configs.is_empty() {
+                let id = broker_id(self.data_dir.as_deref())?;
+                if let Ok(mut g) = self.broker_id.lock() {
+                    g.clone_from(&id);
+                }
+                id
+            } else {
+                known
+            }
+        };
+        let mut running = self.running.lock().await;
+        // Make every new or changed bridge first: one that fails changes nothing.
+        let mut made = Vec::new();
+        for c in configs {
+            if running.get(&c.name).is_some_and(|r| r.config == *c) {
+                continue;
+            }
+            made.push(Bridge::new(c.clone(), &id, self.max_inflight)?);
+        }
+        let sessions = configs
+            .iter()
+            .map(|b| (b.local_client_id.clone(), session_policy(b)))
+            .collect();
+        let filters = configs
+            .iter()
+            .map(|b| (b.local_client_id.clone(), out_filters(b)))
+            .collect();
+        let _ = router
+            .send(crate::router::ToRouter::SetBridgeSessions(
+                sessions, filters,
+            ))
+            .await;
+        let mut changes = BridgeChanges::default();
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            if configs.iter().all(|c| c.name != name) {
+                if let Some(r) = running.remove(&name) {
+                    r.stop.cancel();
+                    changes.stopped.push(name);
+                }
+            }
+        }
+        for b in made {
+            let name = b.config.name.clone();
+            let after = match running.get(&name) {
+                None => {
+                    changes.started.push(name.clone());
+                    None
+                }
+                Some(old) => {
+                    match b.config.reload {
+                        crate::config::ReloadType::Immediate => {
+                            old.stop.cancel();
+                            changes.restarted.push(name.clone());
+                        }
+                        crate::config::ReloadType::Lazy => {
+                            old.when_down.cancel();
+                            changes.at_next_reconnect.push(name.clone());
+                        }
+                    }
+                    Some(old.done.clone())
+                }
+            };
+            let r = self.launch(b, after);
+            running.insert(name, r);
+        }
+        drop(running);
+        counters.set_bridges(self.counters(configs).await);
+        Ok(changes)
+    }
 }
