@@ -642,7 +642,9 @@ impl Bridges {
             .collect();
         let _ = router
             .send(crate::router::ToRouter::SetBridgeSessions(
-                sessions, filters,
+                sessions,
+                filters,
+                id.clone(),
             ))
             .await;
         let mut changes = BridgeChanges::default();

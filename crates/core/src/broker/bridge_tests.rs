@@ -286,6 +286,7 @@ fn an_out_topic_removed_from_the_configuration_is_unsubscribed_when_the_bridge_c
     h.broker.set_bridge_sessions(
         h.broker.policy.bridges.clone(),
         HashMap::from([(BRIDGE.to_owned(), vec!["kept/#".to_owned()])]),
+        String::new(),
     );
     let mut c = connect(BRIDGE, ProtocolVersion::V5, false);
     c.properties.session_expiry_interval = Some(u32::MAX);

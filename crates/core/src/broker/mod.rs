@@ -348,14 +348,19 @@ impl Broker {
     }
 
     /// Replaces the rules of bridges' local sessions (a reload of the configuration): the
-    /// queue bounds apply from the next message on.
+    /// queue bounds apply from the next message on, the `out` filters at the session's next
+    /// connection; `broker_id` (when not empty) names this broker in the loop guard.
     pub fn set_bridge_sessions(
         &mut self,
         bridges: HashMap<String, BridgeSession>,
         filters: HashMap<String, Vec<String>>,
+        broker_id: String,
     ) {
         self.policy.bridges = bridges;
         self.policy.bridge_filters = filters;
+        if !broker_id.is_empty() {
+            self.policy.broker_id = broker_id;
+        }
     }
 
     /// Counters.

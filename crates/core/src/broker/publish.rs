@@ -518,7 +518,7 @@ impl Broker {
             .or_default();
         // Logged at the first and then at every thousandth, so a long outage does not flood
         // the log.
-        if drops.max_age % 1000 == 0 {
+        if drops.max_age.is_multiple_of(1000) {
             tracing::warn!(client_id = %client_id, max_age_secs = max_age.as_secs(), dropped_so_far = drops.max_age + n, "bridge queue: dropping messages older than max_age");
         }
         drops.max_age += n;
