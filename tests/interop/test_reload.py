@@ -225,3 +225,47 @@ def test_sighup_restarts_only_changed_bridges_starts_new_stops_removed(tmp_path)
     finally:
         local.kill()
         remote.kill()
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="Makelaar's bridges")
+def test_sighup_reads_the_bridges_of_a_mosquitto_conf_again(tmp_path):
+    from bridge_helpers import Mosquitto, Proc
+    from brokers import find_makelaar
+
+    class FromConf(Proc):
+        def __init__(self, workdir, name):
+            super().__init__(workdir, name)
+            self.conf = self.workdir / "mosquitto.conf"
+
+        def write(self, remote_port, names):
+            lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                     f"persistence_location {self.workdir}/"]
+            for n in names:
+                lines += [f"connection {n}", f"address 127.0.0.1:{remote_port}",
+                          f"remote_clientid edge-{n}", "restart_timeout 1", f"topic {n}/# out 1"]
+            self.conf.write_text("\n".join(lines) + "\n")
+
+        def command(self):
+            return [find_makelaar(), "serve", "--mosquitto-conf", str(self.conf)]
+
+    remote = Mosquitto(tmp_path, "remote").start()
+    local = FromConf(tmp_path, "local")
+    try:
+        local.write(remote.port, ["a"])
+        local.start()
+        states = _States(remote)
+        states.wait("edge-a", "1")
+        local.write(remote.port, ["b"])
+        states.seen.clear()
+        hup(local)
+        states.wait("edge-b", "1")
+        states.wait("edge-a", "0")
+        # A broken file keeps what runs.
+        local.conf.write_text(local.conf.read_text() + "topic x/# sideways\n")
+        states.seen.clear()
+        hup(local)
+        assert "the running bridges are kept" in local.tail()
+        assert ("edge-b", "0") not in states.poll(1.0)
+    finally:
+        local.kill()
+        remote.kill()
