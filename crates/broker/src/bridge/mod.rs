@@ -657,8 +657,15 @@ impl Bridges {
                 }
             }
         }
-        for b in made {
+        for mut b in made {
             let name = b.config.name.clone();
+            if let Some(old) = running.get(&name) {
+                // The replacement reports where the old one did (the old one runs on until
+                // its task ends, for `lazy` until its link is down).
+                if old.counters.local_client_id == b.config.local_client_id {
+                    b.counters = old.counters.clone();
+                }
+            }
             let after = match running.get(&name) {
                 None => {
                     changes.started.push(name.clone());
