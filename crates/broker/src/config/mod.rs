@@ -119,6 +119,18 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     /// Bridges to other brokers (`[[bridge]]`, or `connection` sections of mosquitto.conf).
     pub bridges: Vec<BridgeConfig>,
+    /// The file the configuration came from, read again by a reload (SIGHUP) for its
+    /// bridges; `None`: the command line alone.
+    pub source: Option<ConfigSource>,
+}
+
+/// The file a configuration was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A `makelaar.toml` (`--config`).
+    Toml(PathBuf),
+    /// A `mosquitto.conf` (`--mosquitto-conf`).
+    Mosquitto(PathBuf),
 }
 
 impl Default for Config {
@@ -140,6 +152,7 @@ impl Default for Config {
             acl_file: None,
             dashboard: DashboardConfig::default(),
             bridges: Vec::new(),
+            source: None,
         }
     }
 }

@@ -51,6 +51,7 @@ impl Broker {
             properties,
             expires_at,
             origin: Some(client_id.clone()),
+            received_at: Some(now),
         });
         if msg.retain {
             self.store_retained(&msg);
