@@ -356,6 +356,13 @@ def test_bridge_panel_shows_state_queue_counts_last_error_and_drops(tmp_path_fac
                          remote_client_id="edge", queue={"max_messages": 2})
     b = start_dashboard_broker(tmp_path_factory, certs, "bridgepanel", extra=bridge)
     try:
+        # The bridge's local session (its subscription, the queue) exists once its first
+        # notification, a retained 0, is there.
+        watch = MqttClient(b, version=5)
+        watch.connect()
+        watch.subscribe("$SYS/broker/connection/edge/state", 1)
+        assert watch.get(timeout=10).payload == b"0"
+        watch.close()
         pub = MqttClient(b, version=5)
         pub.connect()
         codes = [getattr(c, "value", c) for c in
