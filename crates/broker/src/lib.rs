@@ -17,6 +17,7 @@ mod admin;
 mod admission;
 mod auth;
 mod cert_name;
+mod cluster;
 pub mod config;
 mod connection;
 mod counters;
@@ -95,6 +96,16 @@ impl Server {
             .collect();
         let tls_slots = listeners.iter().filter_map(Listener::tls_slot).collect();
         let shutdown = CancellationToken::new();
+        // The cluster before anything is served: a NATS server that fsyncs lazily, or none
+        // that answers, stops the start with its sentence.
+        let cluster = match &config.cluster {
+            Some(settings) => Some(
+                cluster::start(settings, shutdown.clone())
+                    .await
+                    .map_err(|e| ConfigError::Cluster(e.to_string()))?,
+            ),
+            None => None,
+        };
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
@@ -113,8 +124,15 @@ impl Server {
         let (store_tx, store_rx) = mpsc::unbounded_channel();
         let persist = opened.map(|o| o.restore(&mut broker, store_tx));
         let sys = SysPublisher::new(config.sys_interval, Instant::now());
-        let router = Router::new(broker, counters.clone(), sys, persist);
-        let router = tokio::spawn(router.run(rx, store_rx, shutdown.clone()));
+        let (cluster_side, cluster_rx) = match cluster {
+            Some(link) => {
+                broker.enable_cluster_export();
+                (Some(router::ClusterSide::new(link.to)), Some(link.from))
+            }
+            None => (None, None),
+        };
+        let router = Router::new(broker, counters.clone(), sys, persist, cluster_side);
+        let router = tokio::spawn(router.run(rx, store_rx, cluster_rx, shutdown.clone()));
         let permits = u32::try_from(config.limits.large_packet_budget / 1024)
             .unwrap_or(u32::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);

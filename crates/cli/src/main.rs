@@ -189,6 +189,15 @@ struct ServeArgs {
     /// Log lines as text or as JSON objects, one per line. [default: text]
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+
+    /// Run as a node of a cluster on these NATS servers (preview, docs/cluster.md):
+    /// nats://HOST:PORT, several separated by commas. Needs --node-name.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+
+    /// This node's name in the cluster: unique, the same at every restart.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 impl ServeArgs {
@@ -292,6 +301,12 @@ impl ServeArgs {
         }
         if let Some(secs) = self.sys_interval {
             file.sys_interval = Some(secs);
+        }
+        if !self.cluster.is_empty() {
+            file.cluster.servers = Some(self.cluster.clone());
+        }
+        if self.node_name.is_some() {
+            file.cluster.node_name.clone_from(&self.node_name);
         }
         file.into_config(source)
     }

@@ -480,21 +480,43 @@ impl<B: Backend> Cluster<B> {
             .backend
             .watch(Bucket::Retained, encode_filter(filter).as_str())
             .await?;
-        Ok(watch.filter_map(|ev| {
-            let change = decode_topic(&ev.key)
-                .map_err(|e| e.to_string())
+        Ok(watch.filter_map(|ev| std::future::ready(retained_change(ev))))
+    }
+
+    /// Follows every retained message of the cluster, `$` topics included: the current ones,
+    /// then every change (a node's own retained tree, fed by this one watch).
+    pub async fn watch_all_retained(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = RetainedChange> + Send + Unpin, ClusterError> {
+        let watch = self.backend.watch(Bucket::Retained, ">").await?;
+        Ok(watch.filter_map(|ev| std::future::ready(retained_change(ev))))
+    }
+
+    /// Follows the QoS 1/2 messages appended to a partition from now on, by any node (this
+    /// one's too: the caller skips them by [`Envelope::origin_node`]), as (topic, envelope).
+    /// Messages that do not decode are skipped with a warning.
+    pub async fn follow_partition(
+        &self,
+        partition: Partition,
+    ) -> Result<impl futures_util::Stream<Item = (String, Envelope)> + Send + Unpin, ClusterError>
+    {
+        let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
+        let follow = self.backend.follow(partition).await?;
+        Ok(follow.filter_map(move |d| {
+            let decoded = d
+                .subject
+                .strip_prefix(prefix.as_str())
+                .ok_or_else(|| format!("not under {prefix}"))
+                .and_then(|tokens| decode_topic(tokens).map_err(|e| e.to_string()))
                 .and_then(|topic| {
-                    let message = ev
-                        .entry
-                        .map(|e| Envelope::decode(&e.value))
-                        .transpose()
-                        .map_err(|e| e.to_string())?;
-                    Ok(RetainedChange { topic, message })
+                    Envelope::decode(&d.payload)
+                        .map(|e| (topic, e))
+                        .map_err(|e| e.to_string())
                 });
-            std::future::ready(match change {
-                Ok(c) => Some(c),
+            std::future::ready(match decoded {
+                Ok(m) => Some(m),
                 Err(error) => {
-                    tracing::warn!(key = %ev.key, %error, "skipping a retained entry");
+                    tracing::warn!(subject = %d.subject, %error, "skipping a partition message");
                     None
                 }
             })
@@ -646,6 +668,28 @@ impl<B: Backend> Cluster<B> {
                     tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
                 }
             }
+        }
+    }
+}
+
+/// A retained bucket's change as a topic and message; `None` (logged) when it does not
+/// decode.
+fn retained_change(ev: crate::backend::WatchEvent) -> Option<RetainedChange> {
+    let change = decode_topic(&ev.key)
+        .map_err(|e| e.to_string())
+        .and_then(|topic| {
+            let message = ev
+                .entry
+                .map(|e| Envelope::decode(&e.value))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok(RetainedChange { topic, message })
+        });
+    match change {
+        Ok(c) => Some(c),
+        Err(error) => {
+            tracing::warn!(key = %ev.key, %error, "skipping a retained entry");
+            None
         }
     }
 }

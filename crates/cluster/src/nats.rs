@@ -428,6 +428,41 @@ impl Backend for NatsBackend {
     type Subscription =
         futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
     type Watch = std::pin::Pin<Box<dyn futures_util::Stream<Item = WatchEvent> + Send>>;
+    type Follow = std::pin::Pin<Box<dyn futures_util::Stream<Item = Delivery> + Send>>;
+
+    /// An ordered push consumer (ephemeral, in memory, R1, no acks, flow control and
+    /// heartbeats; async-nats recreates it from the last sequence seen after a gap or a
+    /// silence), delivering from the next message appended. Ends when the engine fails it
+    /// for good (logged).
+    async fn follow(&self, partition: Partition) -> Result<Self::Follow, BackendError> {
+        let name = format!("{}_p{}", self.prefix, partition.index());
+        let stream = self.js.get_stream(&name).await.map_err(engine)?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(engine)?;
+        let messages = consumer.messages().await.map_err(engine)?;
+        let stream_name = name.clone();
+        let deliveries = messages
+            .take_while(move |r| {
+                if let Err(e) = r {
+                    tracing::error!(stream = %stream_name, error = %e, "following a partition stream ended");
+                }
+                std::future::ready(r.is_ok())
+            })
+            .filter_map(|r| {
+                std::future::ready(r.ok().map(|m| Delivery {
+                    subject: m.subject.to_string(),
+                    payload: m.payload.clone(),
+                    reply: None,
+                }))
+            });
+        Ok(Box::pin(deliveries))
+    }
 
     /// Read from the bucket stream's leader, not through the direct-get API that any
     /// replica answers: a compare-and-set needs the latest revision, and a follower that

@@ -55,7 +55,10 @@ impl ConfigFile {
             }
         };
 
+        let cluster = self.cluster.into_settings(source_name)?;
+
         Ok(Config {
+            cluster,
             dashboard: self.dashboard.into(),
             deny_subscriptions,
             will_on_takeover,

@@ -2,7 +2,7 @@
 //! the configuration reference and the example file show as defaults.
 
 use super::{
-    Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, ListenerTable, LogFormat,
+    ClusterTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, ListenerTable, LogFormat,
     DEFAULT_BATCH_MS,
 };
 
@@ -42,6 +42,7 @@ impl ConfigFile {
             listener: vec![ListenerTable::defaults()],
             limits: d.limits,
             dashboard: DashboardTable::defaults(),
+            cluster: ClusterTable::defaults(),
         }
     }
 }

@@ -130,6 +130,9 @@ pub struct ConfigFile {
     /// The web dashboard on the HTTP listeners: who may use it (docs/dashboard.md).
     #[serde(default)]
     pub dashboard: DashboardTable,
+    /// This broker as a node of a cluster on NATS JetStream (preview, docs/cluster.md).
+    #[serde(default)]
+    pub cluster: ClusterTable,
 }
 
 /// The format of log lines (`log_format`).

@@ -10,6 +10,7 @@
 
 mod bridge;
 mod build;
+mod cluster;
 mod dashboard;
 mod defaults;
 mod file;
@@ -29,6 +30,7 @@ pub use makelaar_store::Durability;
 
 pub use crate::forwarded::Network;
 pub use bridge::*;
+pub use cluster::{ClusterSettings, ClusterTable, DEFAULT_CLUSTER_PARTITIONS};
 pub use dashboard::{DashboardConfig, DashboardTable};
 pub use file::{ConfigFile, ListenerTable, LogFormat};
 use listen::de_listen;
@@ -76,6 +78,9 @@ pub enum ConfigError {
     /// A password file or ACL file is unreadable or has a broken line.
     #[error("{0}")]
     Auth(String),
+    /// The cluster could not be joined (NATS unreachable, a server that fsyncs lazily, ...).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// The validated configuration the broker runs with.
@@ -106,6 +111,8 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     /// Bridges to other brokers (`[[bridge]]`, or `connection` sections of mosquitto.conf).
     pub bridges: Vec<BridgeConfig>,
+    /// This node in a cluster on NATS (`[cluster]`); `None`: the broker runs alone.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Default for Config {
@@ -127,6 +134,7 @@ impl Default for Config {
             acl_file: None,
             dashboard: DashboardConfig::default(),
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }

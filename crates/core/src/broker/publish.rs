@@ -118,6 +118,7 @@ impl Broker {
         }
         self.stats.received.get_mut(qos).count(p.payload.len());
         let msg = Arc::new(Message::from_publish(now, p, origin));
+        self.export.message(&msg, Some(conn));
         if msg.retain {
             self.store_retained(&msg);
         }

@@ -238,7 +238,9 @@ impl Broker {
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
-        s.subscriptions.insert(filter.to_owned(), sub.clone());
+        if s.subscriptions.insert(filter.to_owned(), sub.clone()).is_none() {
+            self.export.subscribed(filter);
+        }
         match parse_shared(filter) {
             Ok(Some((_, inner))) => {
                 self.shared.subscribe(filter, inner, idx, sub);
@@ -251,6 +253,7 @@ impl Broker {
 
     /// Removes a filter of a session from the topic tree or its shared group.
     pub(super) fn unsubscribe_filter(&mut self, idx: SessionIdx, filter: &str) {
+        self.export.unsubscribed(filter);
         match parse_shared(filter) {
             Ok(Some((_, inner))) => {
                 self.shared.unsubscribe(filter, inner, idx);

@@ -52,6 +52,7 @@ impl Broker {
             expires_at,
             origin: Some(client_id.clone()),
         });
+        self.export.message(&msg, None);
         if msg.retain {
             self.store_retained(&msg);
         }

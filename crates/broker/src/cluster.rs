@@ -1,0 +1,523 @@
+//! The tokio side of the cluster (issue 14, docs/cluster.md): the one owner of this node's
+//! `makelaar_cluster::Cluster` over NATS. The router talks to it by messages only
+//! ([`ToCluster`] in, [`FromCluster`] out); nothing here touches the router's state.
+//!
+//! Tasks, each owning what it touches:
+//!
+//! - the **writer** takes the router's batches in order: QoS 0 messages are published on
+//!   their live subjects, QoS 1/2 messages appended to their partition streams (on disk on a
+//!   majority when the append returns), retained ones set in the cluster's bucket; then it
+//!   reports the batch's epoch, and the router releases the acknowledgements that waited for
+//!   it (`FromCluster::Appended`);
+//! - the **reader** follows the node's distinct local filters on core NATS (one NATS
+//!   subscription per filter, whatever the number of sessions: the core counts them) and
+//!   hands each QoS 0 message from another node to the router once, even when several of
+//!   the node's filters match it;
+//! - per partition a **follower** reads the partition stream (one ordered consumer without
+//!   a filter per node and partition, the delivery path chosen in docs/cluster.md) and hands
+//!   the router the messages other nodes appended; this node's own were routed when they
+//!   were published;
+//! - the **retained watch** keeps the node's retained messages equal to the cluster's;
+//! - the **lease** task, and one short task per client-id claim or hand-over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use makelaar_cluster::backend::{subject_matches, Backend};
+use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest};
+use makelaar_cluster::envelope::{Envelope, Expiry};
+use makelaar_cluster::nats::{NatsBackend, NatsConfig};
+use makelaar_cluster::partition::PartitionCount;
+use makelaar_cluster::{ClientKey, NodeId, Revision};
+use makelaar_core::broker::{Exported, FilterChange};
+use makelaar_core::message::Message;
+use makelaar_core::session::ConnId;
+use makelaar_proto::{Properties, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::ClusterSettings;
+
+/// Messages from the cluster waiting for the router before the cluster's readers wait.
+const FROM_CLUSTER_QUEUE: usize = 4096;
+
+/// What the router tells the cluster.
+pub(crate) enum ToCluster {
+    /// What one router batch accepted, in order. With an epoch, acknowledgements wait for
+    /// `FromCluster::Appended` with it.
+    Batch {
+        epoch: Option<u64>,
+        messages: Vec<Exported>,
+    },
+    /// The node's distinct filters changed.
+    Filters(Vec<FilterChange>),
+    /// A CONNECT with this client id waits for its claim.
+    Claim { conn: ConnId, client_id: Arc<str> },
+    /// The router closed the local connection a hand-over request asked for (or had none):
+    /// mark the registry entry and answer.
+    Released(ReleaseRequest),
+    /// A connection whose claim was written at `revision` has ended.
+    Disconnected { client_id: Arc<str>, revision: Revision },
+}
+
+/// What the cluster tells the router.
+pub(crate) enum FromCluster {
+    /// The batch numbered `epoch` is durable on the cluster, except the messages of the
+    /// connections in `failed` (their acknowledgements must never go out).
+    Appended { epoch: u64, failed: Vec<ConnId> },
+    /// A message another node received, to route to this node's subscribers.
+    Message(Arc<Message>),
+    /// A retained message set (`Some`) or cleared on the cluster.
+    Retained {
+        topic: String,
+        message: Option<Arc<Message>>,
+    },
+    /// The claim of a waiting CONNECT: the registry revision written, or why it failed.
+    Claimed {
+        conn: ConnId,
+        result: Result<Revision, String>,
+    },
+    /// Another node claims a client id: close its connection here (0x8E), then answer with
+    /// `ToCluster::Released`.
+    Release(ReleaseRequest),
+}
+
+/// Why the cluster could not be joined: one sentence for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClusterStartError(pub String);
+
+/// The channels between the router and the cluster.
+pub(crate) struct ClusterLink {
+    pub(crate) to: mpsc::UnboundedSender<ToCluster>,
+    pub(crate) from: mpsc::Receiver<FromCluster>,
+}
+
+/// Joins the cluster: connects to NATS (the start-up checks refuse lazy fsync and old
+/// servers, with their sentence), waits until this node holds its lease, and starts the
+/// tasks. `filters` are the distinct filters of sessions already present.
+pub(crate) async fn start(
+    settings: &ClusterSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<ClusterLink, ClusterStartError> {
+    let node = NodeId::new(&settings.node_name).map_err(|e| {
+        ClusterStartError(format!(
+            "the cluster node name \"{}\" cannot be used ({e}); give --node-name letters, digits, '-' or '_'",
+            settings.node_name
+        ))
+    })?;
+    let partitions = PartitionCount::new(settings.partitions).ok_or_else(|| {
+        ClusterStartError("cluster partitions = 0 cannot be used; set it to 1 or more (the same on every node)".into())
+    })?;
+    let mut nats = NatsConfig::new(settings.servers.clone());
+    nats.monitor.clone_from(&settings.monitor);
+    nats.allow_lazy_fsync = settings.allow_lazy_fsync;
+    nats.partitions = partitions;
+    let (backend, _warnings) = NatsBackend::connect(&nats)
+        .await
+        .map_err(|e| ClusterStartError(e.to_string()))?;
+    let mut config = ClusterConfig::new(node, makelaar_cluster::cluster::new_incarnation());
+    config.partitions = partitions;
+    let cluster = Arc::new(Cluster::new(backend, config));
+
+    // The lease first: a node serves from its first lease write on, never before.
+    let (lease_tx, mut lease_rx) = mpsc::channel(16);
+    {
+        let c = cluster.clone();
+        tokio::spawn(async move { c.run_leases(lease_tx).await });
+    }
+    match tokio::time::timeout(Duration::from_secs(15), lease_rx.recv()).await {
+        Ok(Some(LeaseEvent::Serving)) => {}
+        _ => {
+            return Err(ClusterStartError(format!(
+                "cannot write this node's lease to the NATS servers {} within 15 s; check that JetStream is enabled and has a leader",
+                settings.servers.join(",")
+            )))
+        }
+    }
+    tokio::spawn(lease_events(lease_rx));
+
+    let (to_tx, mut to_rx) = mpsc::unbounded_channel();
+    let (from_tx, from_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
+    let releases = cluster
+        .release_requests()
+        .await
+        .map_err(|e| ClusterStartError(format!("cannot follow hand-over requests: {e}")))?;
+    tokio::spawn(forward_releases(releases, from_tx.clone()));
+    for p in partitions.all() {
+        let follow = cluster.follow_partition(p).await.map_err(|e| {
+            ClusterStartError(format!("cannot follow partition stream {p}: {e}"))
+        })?;
+        tokio::spawn(follower(follow, cluster.config().node.clone(), from_tx.clone()));
+    }
+    let watch = cluster
+        .watch_all_retained()
+        .await
+        .map_err(|e| ClusterStartError(format!("cannot follow the retained messages: {e}")))?;
+    tokio::spawn(retained_watch(watch, from_tx.clone()));
+
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone()));
+    let (live_tx, live_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
+    let mut reader = Reader {
+        cluster: cluster.clone(),
+        filters: HashMap::new(),
+        live_tx,
+        to_router: from_tx.clone(),
+    };
+    tokio::spawn(async move {
+        let mut live_rx = live_rx;
+        loop {
+            tokio::select! {
+                msg = to_rx.recv() => match msg {
+                    None => break,
+                    Some(ToCluster::Batch { epoch, messages }) => {
+                        let _ = writer_tx.send((epoch, messages));
+                    }
+                    Some(ToCluster::Filters(changes)) => reader.filters_changed(changes).await,
+                    Some(ToCluster::Claim { conn, client_id }) => {
+                        tokio::spawn(claim(cluster.clone(), conn, client_id, from_tx.clone()));
+                    }
+                    Some(ToCluster::Released(req)) => {
+                        tokio::spawn(released(cluster.clone(), req));
+                    }
+                    Some(ToCluster::Disconnected { client_id, revision }) => {
+                        let c = cluster.clone();
+                        tokio::spawn(async move {
+                            let key = ClientKey::new(&client_id);
+                            // Refused harmlessly when another node has claimed it since.
+                            let _ = c.mark_disconnected(&key, revision).await;
+                        });
+                    }
+                },
+                Some((filter, d)) = live_rx.recv() => reader.live(filter, d).await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        reader.stop();
+    });
+    Ok(ClusterLink {
+        to: to_tx,
+        from: from_rx,
+    })
+}
+
+async fn lease_events(mut rx: mpsc::Receiver<LeaseEvent>) {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            LeaseEvent::Serving => {
+                tracing::info!(target: crate::status::STATUS_TARGET, "cluster lease held again: serving")
+            }
+            // Phase 1 logs these; stopping acknowledgements and disconnecting clients on a
+            // step-down, and publishing a dead node's wills, come next (docs/cluster.md).
+            LeaseEvent::StepDown => {
+                tracing::error!(target: crate::status::STATUS_TARGET, "cluster lease lost: this node should stop serving (not done yet in this version)")
+            }
+            LeaseEvent::Reap(dead) => {
+                tracing::warn!(target: crate::status::STATUS_TARGET, node = %dead.node, "a cluster node died; publishing its wills is not done yet in this version")
+            }
+        }
+    }
+}
+
+async fn forward_releases(mut rx: mpsc::Receiver<ReleaseRequest>, tx: mpsc::Sender<FromCluster>) {
+    while let Some(req) = rx.recv().await {
+        if tx.send(FromCluster::Release(req)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn claim(
+    cluster: Arc<Cluster<NatsBackend>>,
+    conn: ConnId,
+    client_id: Arc<str>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let key = ClientKey::new(&client_id);
+    let result = cluster
+        .claim_client(&key)
+        .await
+        .map(|c| c.revision)
+        .map_err(|e| e.to_string());
+    let _ = tx.send(FromCluster::Claimed { conn, result }).await;
+}
+
+async fn released(cluster: Arc<Cluster<NatsBackend>>, req: ReleaseRequest) {
+    // Refused harmlessly when the entry moved on (this node held no connection for it).
+    let _ = cluster.mark_disconnected(&req.client, req.revision).await;
+    if let Err(e) = cluster.answer_release(&req).await {
+        tracing::warn!(client = %req.client, error = %e, "cannot answer a hand-over request");
+    }
+}
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The envelope of a message this node accepted.
+fn envelope(node: &NodeId, msg: &Message, now: Instant, now_ms: u64) -> Envelope {
+    let p = &msg.properties;
+    Envelope {
+        qos: msg.qos,
+        retain: msg.retain,
+        origin_node: node.clone(),
+        origin_client: msg.origin.as_deref().unwrap_or("").to_owned(),
+        received_at_ms: now_ms,
+        message_expiry: msg.remaining_expiry(now),
+        payload_utf8: p.payload_format_indicator == Some(1),
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        payload: msg.payload.clone(),
+    }
+}
+
+/// The message an envelope from the cluster carries; `None` once expired [MQTT-3.3.2-5].
+fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Message> {
+    let (expires_at, interval) = match e.remaining_expiry(now_ms) {
+        Expiry::Never => (None, None),
+        Expiry::Remaining(s) => (Some(now + Duration::from_secs(u64::from(s))), Some(s)),
+        Expiry::Expired => return None,
+    };
+    let properties = Properties {
+        payload_format_indicator: e.payload_utf8.then_some(1),
+        message_expiry_interval: interval,
+        content_type: e.content_type,
+        response_topic: e.response_topic,
+        correlation_data: e.correlation_data,
+        user_properties: e.user_properties,
+        ..Properties::default()
+    };
+    Some(Message {
+        topic: Arc::from(topic),
+        payload: e.payload,
+        qos: e.qos,
+        retain: e.retain,
+        properties,
+        expires_at,
+        origin: (!e.origin_client.is_empty()).then(|| Arc::from(e.origin_client.as_str())),
+    })
+}
+
+/// The writer task (see the module documentation). Batches are taken one after the other,
+/// so epochs are reported in order; the writes of one batch run concurrently.
+async fn writer(
+    cluster: Arc<Cluster<NatsBackend>>,
+    mut rx: mpsc::UnboundedReceiver<(Option<u64>, Vec<Exported>)>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let node = cluster.config().node.clone();
+    while let Some((epoch, messages)) = rx.recv().await {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let writes = messages.iter().map(|ex| {
+            let cluster = &cluster;
+            let env = envelope(&node, &ex.msg, now, now_ms);
+            async move {
+                let topic = &*ex.msg.topic;
+                let mut r = if ex.msg.qos == QoS::AtMostOnce {
+                    cluster.publish(topic, &env).await
+                } else {
+                    cluster.append(topic, &env).await.map(|_| ())
+                };
+                if r.is_ok() && ex.msg.retain {
+                    let kept = (!env.payload.is_empty()).then_some(&env);
+                    r = cluster.store_retained(topic, kept).await;
+                }
+                if let Err(e) = &r {
+                    tracing::error!(topic, error = %e, "cannot hand a message to the cluster: its publisher is disconnected unacknowledged");
+                }
+                (ex.from, r.is_ok())
+            }
+        });
+        let results = futures_util::future::join_all(writes).await;
+        let Some(epoch) = epoch else {
+            continue;
+        };
+        let failed = results
+            .into_iter()
+            .filter_map(|(from, ok)| (!ok).then_some(from).flatten())
+            .collect();
+        if tx
+            .send(FromCluster::Appended { epoch, failed })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A partition's follower: every message another node appended goes to the router.
+async fn follower(
+    mut follow: impl futures_util::Stream<Item = (String, Envelope)> + Unpin,
+    me: NodeId,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    while let Some((topic, env)) = follow.next().await {
+        // This node's own messages were routed here when they were published.
+        if env.origin_node == me {
+            continue;
+        }
+        let Some(msg) = message(&topic, env, Instant::now(), unix_ms()) else {
+            continue;
+        };
+        if tx.send(FromCluster::Message(Arc::new(msg))).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn retained_watch(
+    mut watch: impl futures_util::Stream<Item = makelaar_cluster::cluster::RetainedChange> + Unpin,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    while let Some(change) = watch.next().await {
+        let message = change
+            .message
+            .and_then(|e| message(&change.topic, e, Instant::now(), unix_ms()))
+            .map(Arc::new);
+        let ev = FromCluster::Retained {
+            topic: change.topic,
+            message,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The reader (see the module documentation): the node's core NATS subscriptions, one per
+/// distinct filter.
+struct Reader {
+    cluster: Arc<Cluster<NatsBackend>>,
+    /// Each followed filter: its subject and the task forwarding its messages.
+    filters: HashMap<String, (String, JoinHandle<()>)>,
+    live_tx: mpsc::Sender<(String, makelaar_cluster::backend::Delivery)>,
+    to_router: mpsc::Sender<FromCluster>,
+}
+
+impl Reader {
+    async fn filters_changed(&mut self, changes: Vec<FilterChange>) {
+        for change in changes {
+            match change {
+                FilterChange::Added(filter) => {
+                    let subject = self.cluster.live_filter(&filter);
+                    let subject_text = subject.to_string();
+                    match self.cluster.backend().subscribe(subject, None).await {
+                        Ok(mut sub) => {
+                            let tx = self.live_tx.clone();
+                            let f = filter.clone();
+                            let task = tokio::spawn(async move {
+                                while let Some(d) = sub.next().await {
+                                    if tx.send((f.clone(), d)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            if let Some((_, old)) =
+                                self.filters.insert(filter, (subject_text, task))
+                            {
+                                old.abort();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(%filter, error = %e, "cannot follow a filter on the cluster: QoS 0 messages from other nodes will not reach it")
+                        }
+                    }
+                }
+                FilterChange::Removed(filter) => {
+                    // Dropping the subscription (with its task) unsubscribes on NATS.
+                    if let Some((_, task)) = self.filters.remove(&filter) {
+                        task.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A QoS 0 message from another node (the NATS connection has no echo) that came through
+    /// the subscription of `filter`. NATS delivers one copy per matching subscription of
+    /// the connection; only the copy of the first matching filter (in byte order) is routed,
+    /// the router's topic tree then finds every local subscriber.
+    async fn live(&mut self, filter: String, d: makelaar_cluster::backend::Delivery) {
+        let first = self
+            .filters
+            .iter()
+            .filter(|(_, (subject, _))| subject_matches(subject, &d.subject))
+            .map(|(f, _)| f)
+            .min();
+        if first != Some(&filter) {
+            return;
+        }
+        let prefix = format!("{}.live.", self.cluster.config().prefix);
+        let Some(tokens) = d.subject.strip_prefix(&prefix) else {
+            return;
+        };
+        let Ok(topic) = makelaar_cluster::subject::decode_topic(tokens) else {
+            tracing::warn!(subject = %d.subject, "skipping a live message with a bad subject");
+            return;
+        };
+        let env = match Envelope::decode(&d.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(subject = %d.subject, error = %e, "skipping a live message that does not decode");
+                return;
+            }
+        };
+        if let Some(msg) = message(&topic, env, Instant::now(), unix_ms()) {
+            let _ = self.to_router.send(FromCluster::Message(Arc::new(msg))).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        for (_, (_, task)) in self.filters.drain() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn envelopes_carry_what_the_receiving_node_needs() {
+        let now = Instant::now();
+        let node = NodeId::new("a").unwrap();
+        let msg = Message {
+            topic: Arc::from("t/1"),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties {
+                payload_format_indicator: Some(1),
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("k".into(), "v".into())],
+                ..Properties::default()
+            },
+            expires_at: Some(now + Duration::from_secs(30)),
+            origin: Some(Arc::from("pub")),
+        };
+        let env = envelope(&node, &msg, now, 1_000_000);
+        let back = message("t/1", env.clone(), now, 1_000_000).unwrap();
+        assert_eq!(back.payload, msg.payload);
+        assert_eq!(back.qos, msg.qos);
+        assert!(back.retain);
+        assert_eq!(back.origin.as_deref(), Some("pub"));
+        assert_eq!(back.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(back.properties.payload_format_indicator, Some(1));
+        assert_eq!(back.properties.message_expiry_interval, Some(30));
+        assert_eq!(back.properties.user_properties, msg.properties.user_properties);
+        // Expired on the way: not delivered [MQTT-3.3.2-5].
+        assert!(message("t/1", env, now, 1_000_000 + 31_000).is_none());
+    }
+}
