@@ -198,6 +198,11 @@ struct ServeArgs {
     /// This node's name in the cluster: unique, the same at every restart.
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
+
+    /// Join the cluster although a NATS server fsyncs lazily (an acknowledged message could
+    /// be lost when servers lose power together); logged at error level.
+    #[arg(long)]
+    allow_lazy_fsync: bool,
 }
 
 impl ServeArgs {
@@ -304,6 +309,9 @@ impl ServeArgs {
         }
         if !self.cluster.is_empty() {
             file.cluster.servers = Some(self.cluster.clone());
+        }
+        if self.allow_lazy_fsync {
+            file.cluster.allow_lazy_fsync = Some(true);
         }
         if self.node_name.is_some() {
             file.cluster.node_name.clone_from(&self.node_name);
