@@ -59,7 +59,10 @@ pub(crate) enum ToCluster {
     /// mark the registry entry and answer.
     Released(ReleaseRequest),
     /// A connection whose claim was written at `revision` has ended.
-    Disconnected { client_id: Arc<str>, revision: Revision },
+    Disconnected {
+        client_id: Arc<str>,
+        revision: Revision,
+    },
 }
 
 /// What the cluster tells the router.
@@ -109,7 +112,10 @@ pub(crate) async fn start(
         ))
     })?;
     let partitions = PartitionCount::new(settings.partitions).ok_or_else(|| {
-        ClusterStartError("cluster partitions = 0 cannot be used; set it to 1 or more (the same on every node)".into())
+        ClusterStartError(
+            "cluster partitions = 0 cannot be used; set it to 1 or more (the same on every node)"
+                .into(),
+        )
     })?;
     let mut nats = NatsConfig::new(settings.servers.clone());
     nats.monitor.clone_from(&settings.monitor);
@@ -147,10 +153,15 @@ pub(crate) async fn start(
         .map_err(|e| ClusterStartError(format!("cannot follow hand-over requests: {e}")))?;
     tokio::spawn(forward_releases(releases, from_tx.clone()));
     for p in partitions.all() {
-        let follow = cluster.follow_partition(p).await.map_err(|e| {
-            ClusterStartError(format!("cannot follow partition stream {p}: {e}"))
-        })?;
-        tokio::spawn(follower(follow, cluster.config().node.clone(), from_tx.clone()));
+        let follow = cluster
+            .follow_partition(p)
+            .await
+            .map_err(|e| ClusterStartError(format!("cannot follow partition stream {p}: {e}")))?;
+        tokio::spawn(follower(
+            follow,
+            cluster.config().node.clone(),
+            from_tx.clone(),
+        ));
     }
     let watch = cluster
         .watch_all_retained()
@@ -473,7 +484,10 @@ impl Reader {
             }
         };
         if let Some(msg) = message(&topic, env, Instant::now(), unix_ms()) {
-            let _ = self.to_router.send(FromCluster::Message(Arc::new(msg))).await;
+            let _ = self
+                .to_router
+                .send(FromCluster::Message(Arc::new(msg)))
+                .await;
         }
     }
 
@@ -516,7 +530,10 @@ mod tests {
         assert_eq!(back.properties.content_type.as_deref(), Some("text/plain"));
         assert_eq!(back.properties.payload_format_indicator, Some(1));
         assert_eq!(back.properties.message_expiry_interval, Some(30));
-        assert_eq!(back.properties.user_properties, msg.properties.user_properties);
+        assert_eq!(
+            back.properties.user_properties,
+            msg.properties.user_properties
+        );
         // Expired on the way: not delivered [MQTT-3.3.2-5].
         assert!(message("t/1", env, now, 1_000_000 + 31_000).is_none());
     }

@@ -586,10 +586,8 @@ impl Router {
             }
             Err(e) => {
                 tracing::warn!(client_id = %connect.client_id, error = %e, "cannot claim the client id on the cluster: CONNECT refused (server unavailable)");
-                let refusal = makelaar_core::conn::refusal(
-                    connect.protocol,
-                    ReasonCode::SERVER_UNAVAILABLE,
-                );
+                let refusal =
+                    makelaar_core::conn::refusal(connect.protocol, ReasonCode::SERVER_UNAVAILABLE);
                 self.send(conn, refusal);
                 self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
                 self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));

@@ -399,6 +399,32 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_make_a_node() {
+        let config = serve_args(&[
+            "--cluster",
+            "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+            "--node-name",
+            "n1",
+            "--allow-lazy-fsync",
+        ])
+        .build_config()
+        .unwrap();
+        let c = config.cluster.unwrap();
+        assert_eq!(
+            c.servers,
+            ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+        );
+        assert_eq!(c.node_name, "n1");
+        assert!(c.allow_lazy_fsync);
+        assert_eq!(c.partitions, 16);
+        // Without a name: one sentence naming the flag.
+        let e = serve_args(&["--cluster", "nats://127.0.0.1:4222"])
+            .build_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("--node-name NAME"), "{e}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = std::env::temp_dir().join(format!("makelaar-cli-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

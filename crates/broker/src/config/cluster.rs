@@ -107,3 +107,52 @@ pub struct ClusterSettings {
     /// Start despite lazy fsync, loudly.
     pub allow_lazy_fsync: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use crate::config::Config;
+
+    fn config(toml: &str) -> Result<Config, String> {
+        Config::from_toml_str(toml, "makelaar.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn without_servers_there_is_no_cluster() {
+        assert_eq!(config("").unwrap().cluster, None);
+        assert_eq!(
+            config("[cluster]\nnode_name = \"a\"\n").unwrap().cluster,
+            None
+        );
+    }
+
+    #[test]
+    fn a_node_with_its_settings() {
+        let c = config(
+            "[cluster]\nservers = [\"nats://h1:4222\"]\nnode_name = \"a-1\"\npartitions = 4\n\
+             monitor = [\"http://h1:8222\"]\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.servers, ["nats://h1:4222"]);
+        assert_eq!((c.node_name.as_str(), c.partitions), ("a-1", 4));
+        assert_eq!(c.monitor, ["http://h1:8222"]);
+        assert!(!c.allow_lazy_fsync);
+    }
+
+    #[test]
+    fn mistakes_are_one_sentence_with_the_fix() {
+        let e = config("[cluster]\nservers = [\"nats://h1:4222\"]\n").unwrap_err();
+        assert!(e.contains("node_name") && e.contains("--node-name"), "{e}");
+        let e = config("[cluster]\nservers = [\"h1:4222\"]\nnode_name = \"a\"\n").unwrap_err();
+        assert!(e.contains("nats://HOST:PORT"), "{e}");
+        let e = config("[cluster]\nservers = [\"nats://h\"]\nnode_name = \"a.b\"\n").unwrap_err();
+        assert!(e.contains("a.b"), "{e}");
+        let e = config("[cluster]\nservers = [\"nats://h\"]\nnode_name = \"a\"\npartitions = 0\n")
+            .unwrap_err();
+        assert!(e.contains("partitions"), "{e}");
+        let e = config("[cluster]\nserver = [\"nats://h\"]\n").unwrap_err();
+        assert!(e.contains("server"), "{e}");
+    }
+}

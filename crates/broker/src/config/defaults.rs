@@ -2,8 +2,8 @@
 //! the configuration reference and the example file show as defaults.
 
 use super::{
-    ClusterTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, ListenerTable, LogFormat,
-    DEFAULT_BATCH_MS,
+    ClusterTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability,
+    ListenerTable, LogFormat, DEFAULT_BATCH_MS,
 };
 
 impl ConfigFile {

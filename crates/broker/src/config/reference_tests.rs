@@ -78,7 +78,13 @@ fn tables_and_keys_are_found() {
     let headers: Vec<String> = tables.iter().map(TableDoc::header).collect();
     assert_eq!(
         headers,
-        ["top level", "[[listener]]", "[limits]", "[dashboard]", "[cluster]"]
+        [
+            "top level",
+            "[[listener]]",
+            "[limits]",
+            "[dashboard]",
+            "[cluster]"
+        ]
     );
     let top = &tables[0];
     let key = |name: &str| top.keys.iter().find(|k| k.name == name).unwrap();

@@ -182,3 +182,116 @@ impl Broker {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::super::tests::{connect, publish, subscribe, Harness};
+    use super::*;
+    use makelaar_proto::{ProtocolVersion, QoS, Unsubscribe};
+
+    fn changes(h: &mut Harness) -> Vec<FilterChange> {
+        let mut out = Vec::new();
+        h.broker.drain_filter_changes(&mut out);
+        out
+    }
+
+    #[test]
+    fn off_by_default_records_nothing() {
+        let mut h = Harness::new();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        h.packet(1, subscribe(1, "a/#", QoS::AtMostOnce));
+        h.packet(1, publish("a/b", QoS::AtLeastOnce, 2, "x"));
+        let mut out = Vec::new();
+        h.broker.drain_exported(&mut out);
+        assert!(out.is_empty());
+        assert!(changes(&mut h).is_empty());
+    }
+
+    #[test]
+    fn distinct_filters_are_counted_over_sessions() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        h.connect(2, connect("b", ProtocolVersion::V5, true));
+        h.packet(1, subscribe(1, "s/+", QoS::AtMostOnce));
+        // Again from the same session: replaced, not counted twice.
+        h.packet(1, subscribe(2, "s/+", QoS::AtLeastOnce));
+        h.packet(2, subscribe(1, "s/+", QoS::AtMostOnce));
+        h.packet(2, subscribe(2, "$share/g/s/+", QoS::AtMostOnce));
+        assert_eq!(changes(&mut h), [FilterChange::Added("s/+".into())]);
+        let unsub = |id, f: &str| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: id,
+                filters: vec![f.into()],
+                ..Default::default()
+            })
+        };
+        h.packet(1, unsub(3, "s/+"));
+        h.packet(2, unsub(3, "s/+"));
+        assert!(changes(&mut h).is_empty());
+        // The session ends: its last (shared) subscription goes with it.
+        h.broker.handle_connection_lost(h.now, 2);
+        assert_eq!(changes(&mut h), [FilterChange::Removed("s/+".into())]);
+    }
+
+    #[test]
+    fn client_messages_are_exported_and_remote_ones_are_not() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
+        h.packet(1, publish("t", QoS::AtLeastOnce, 2, "mine"));
+        let mut out = Vec::new();
+        h.broker.drain_exported(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].from, Some(1));
+        h.take(1);
+        let remote = Arc::new(Message {
+            origin: Some(Arc::from("elsewhere")),
+            ..(*out[0].msg).clone()
+        });
+        assert_eq!(h.broker.route_remote(h.now, remote), 1);
+        out.clear();
+        h.broker.drain_exported(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn remote_retained_messages_are_set_and_cleared() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        let msg = Arc::new(Message {
+            topic: Arc::from("r"),
+            payload: bytes::Bytes::from_static(b"v"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: makelaar_proto::Properties::default(),
+            expires_at: None,
+            origin: None,
+        });
+        h.broker.apply_remote_retained("r", Some(msg));
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        let got = h.packet(1, subscribe(1, "r", QoS::AtLeastOnce));
+        assert_eq!(super::super::tests::publishes(&got).len(), 1);
+        h.broker.apply_remote_retained("r", None);
+        let got = h.packet(1, subscribe(2, "r", QoS::AtLeastOnce));
+        assert!(super::super::tests::publishes(&got).is_empty());
+    }
+
+    #[test]
+    fn a_client_is_disconnected_with_the_reason_given() {
+        let mut h = Harness::new();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        assert!(h
+            .broker
+            .disconnect_client(h.now, "a", ReasonCode::SESSION_TAKEN_OVER));
+        assert_eq!(
+            h.closed(1),
+            Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
+        );
+        assert!(!h
+            .broker
+            .disconnect_client(h.now, "nobody", ReasonCode::SESSION_TAKEN_OVER));
+    }
+}

@@ -238,7 +238,10 @@ impl Broker {
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
-        if s.subscriptions.insert(filter.to_owned(), sub.clone()).is_none() {
+        if s.subscriptions
+            .insert(filter.to_owned(), sub.clone())
+            .is_none()
+        {
             self.export.subscribed(filter);
         }
         match parse_shared(filter) {
