@@ -58,6 +58,13 @@ pub(crate) enum ToCluster {
     /// The router closed the local connection a hand-over request asked for (or had none):
     /// mark the registry entry and answer.
     Released(ReleaseRequest),
+    /// A connection now registered with its claim: does the registry still hold that claim?
+    /// (A hand-over request that came in between found nothing to close here.)
+    CheckOwner {
+        conn: ConnId,
+        client_id: Arc<str>,
+        revision: Revision,
+    },
     /// A connection whose claim was written at `revision` has ended.
     Disconnected {
         client_id: Arc<str>,
@@ -85,6 +92,9 @@ pub(crate) enum FromCluster {
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
     Release(ReleaseRequest),
+    /// The claim this connection was registered with has been taken over meanwhile: close it
+    /// (0x8E).
+    NotOwner { conn: ConnId, revision: Revision },
 }
 
 /// Why the cluster could not be joined: one sentence for the user.
@@ -143,7 +153,7 @@ pub(crate) async fn start(
             )))
         }
     }
-    tokio::spawn(lease_events(lease_rx));
+    tokio::spawn(lease_events(lease_rx, shutdown.clone()));
 
     let (to_tx, mut to_rx) = mpsc::unbounded_channel();
     let (from_tx, from_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
@@ -191,6 +201,17 @@ pub(crate) async fn start(
                     Some(ToCluster::Claim { conn, client_id }) => {
                         tokio::spawn(claim(cluster.clone(), conn, client_id, from_tx.clone()));
                     }
+                    Some(ToCluster::CheckOwner { conn, client_id, revision }) => {
+                        let c = cluster.clone();
+                        let tx = from_tx.clone();
+                        tokio::spawn(async move {
+                            let key = ClientKey::new(&client_id);
+                            // A failed read says nothing: the connection stays.
+                            if let Ok(false) = c.still_owner(&key, revision).await {
+                                let _ = tx.send(FromCluster::NotOwner { conn, revision }).await;
+                            }
+                        });
+                    }
                     Some(ToCluster::Released(req)) => {
                         tokio::spawn(released(cluster.clone(), req));
                     }
@@ -215,8 +236,15 @@ pub(crate) async fn start(
     })
 }
 
-async fn lease_events(mut rx: mpsc::Receiver<LeaseEvent>) {
-    while let Some(ev) = rx.recv().await {
+async fn lease_events(
+    mut rx: mpsc::Receiver<LeaseEvent>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    // Returning closes the channel, which ends the lease task.
+    while let Some(ev) = tokio::select! {
+        ev = rx.recv() => ev,
+        _ = shutdown.cancelled() => None,
+    } {
         match ev {
             LeaseEvent::Serving => {
                 tracing::info!(target: crate::status::STATUS_TARGET, "cluster lease held again: serving")

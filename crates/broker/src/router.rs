@@ -537,6 +537,19 @@ impl Router {
                 self.broker.apply_remote_retained(&topic, message);
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
+            FromCluster::NotOwner { conn, revision } => {
+                let held = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.claims.get(&conn))
+                    .filter(|(_, r)| *r == revision)
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = held {
+                    tracing::debug!(client_id = %id, "client taken over by another cluster node while connecting");
+                    self.broker
+                        .disconnect_client(now, &id, ReasonCode::SESSION_TAKEN_OVER);
+                }
+            }
             FromCluster::Release(req) => {
                 match req.client.client_id() {
                     Ok(id) => {
@@ -578,7 +591,12 @@ impl Router {
         match result {
             Ok(revision) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
-                c.claims.insert(conn, (client_id, revision));
+                c.claims.insert(conn, (client_id.clone(), revision));
+                let _ = c.to.send(ToCluster::CheckOwner {
+                    conn,
+                    client_id,
+                    revision,
+                });
                 self.broker.handle_connect(now, conn, *connect);
                 for packet in held {
                     self.broker.handle_packet(now, conn, packet);
