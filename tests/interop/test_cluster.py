@@ -7,12 +7,14 @@ when the suite runs against Mosquitto."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,20 @@ class NatsCluster:
                                                stderr=log.open("w")))
         for port, proc, log in zip(self.client_ports, self.procs, self.logs):
             wait_port(port, proc, log)
+        # JetStream answers once the servers have elected a meta leader among all of them.
+        deadline = time.monotonic() + 30
+        for port in self.monitor_ports:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=1) as r:
+                        meta = json.load(r).get("meta_cluster") or {}
+                    if n == 1 or (meta.get("leader") and meta.get("cluster_size", 0) >= n):
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the NATS servers formed no JetStream cluster in 30 s")
+                time.sleep(0.2)
 
     @property
     def urls(self) -> list[str]:
@@ -151,7 +167,10 @@ def cluster():
         for n in nodes:
             n.stop()
         nats.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
+            print(f"cluster logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def connected(node, **kw) -> MqttClient:

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use makelaar_cluster::backend::{subject_matches, Backend};
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest};
 use makelaar_cluster::envelope::{Envelope, Expiry};
-use makelaar_cluster::nats::{NatsBackend, NatsConfig};
+use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
 use makelaar_cluster::{ClientKey, NodeId, Revision};
 use makelaar_core::broker::{Exported, FilterChange};
@@ -39,6 +39,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::ClusterSettings;
+
+/// How long setting up the buckets and streams is tried at start-up.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Messages from the cluster waiting for the router before the cluster's readers wait.
 const FROM_CLUSTER_QUEUE: usize = 4096;
@@ -131,9 +134,20 @@ pub(crate) async fn start(
     nats.monitor.clone_from(&settings.monitor);
     nats.allow_lazy_fsync = settings.allow_lazy_fsync;
     nats.partitions = partitions;
-    let (backend, _warnings) = NatsBackend::connect(&nats)
-        .await
-        .map_err(|e| ClusterStartError(e.to_string()))?;
+    // NATS servers started together may not have formed their JetStream cluster yet ("no
+    // suitable peers for placement"): setting up buckets and streams is tried again for a
+    // while. Refusals (lazy fsync, an old server) and an unreachable NATS are not.
+    let started = Instant::now();
+    let (backend, _warnings) = loop {
+        match NatsBackend::connect(&nats).await {
+            Ok(connected) => break connected,
+            Err(e @ NatsStartError::Setup { .. }) if started.elapsed() < SETUP_PATIENCE => {
+                tracing::warn!(target: crate::status::STATUS_TARGET, "{e}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(ClusterStartError(e.to_string())),
+        }
+    };
     let mut config = ClusterConfig::new(node, makelaar_cluster::cluster::new_incarnation());
     config.partitions = partitions;
     let cluster = Arc::new(Cluster::new(backend, config));
