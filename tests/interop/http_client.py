@@ -44,6 +44,10 @@ class Scrape:
     def names(self):
         return {name for name, _ in self.samples}
 
+    def family_names(self):
+        """Every family served, with or without samples (a counter's with _total)."""
+        return {f.name + "_total" if f.type == "counter" else f.name for f in self.families}
+
 
 def wait_for(broker, check, timeout=5.0):
     """Scrapes until check(scrape) holds; returns that scrape or fails with the last one."""

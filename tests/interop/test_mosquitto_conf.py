@@ -182,7 +182,9 @@ def test_config_convert_prints_an_equivalent_makelaar_toml(conf_broker, tmp_path
 @pytest.mark.skipif(BROKER_KIND != "makelaar", reason="tests the makelaar command line")
 @pytest.mark.parametrize("directive,line,needle", [
     ("auth_plugin /usr/lib/x.so", 2, "plugin"),
-    ("connection to-cloud\naddress cloud.example:1883", 2, "bridge"),
+    ("connection to-cloud\naddress cloud.example:1883\ntopic a/# out 1\nbridge_psk 00ff", 5,
+     "TLS-PSK"),
+    ("address cloud.example:1883", 2, "no \"connection\" line comes before it"),
     ("max_queued_mesages 10", 2, "check its spelling"),
 ])
 def test_unsupported_directives_stop_the_start(tmp_path, directive, line, needle):
@@ -195,6 +197,37 @@ def test_unsupported_directives_stop_the_start(tmp_path, directive, line, needle
     err = p.stderr.strip()
     assert len(err.splitlines()) == 1, err
     assert f"{conf}:{line}:" in err and needle in err, err
+
+
+@pytest.mark.skipif(BROKER_KIND != "makelaar", reason="tests the makelaar command line")
+def test_a_bridge_section_is_read_and_converted(tmp_path):
+    """A `connection` section: `serve` reads it (and says the bridge is configured, warning
+    about a topic carried at QoS 0), `config convert` writes it as [[bridge]], and that file
+    starts the broker too."""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    "connection to-cloud\naddress cloud.example:8883\n"
+                    "bridge_cafile ca.pem\ntopic sensors/# out 0 \"\" site1/\n")
+    p = subprocess.run([find_makelaar(), "config", "convert", str(conf)], capture_output=True,
+                       text=True, timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert "[[bridge]]\nname = \"to-cloud\"" in p.stdout, p.stdout
+    assert "[[bridge.topic]]\npattern = \"sensors/#\"" in p.stdout, p.stdout
+    toml = tmp_path / "makelaar.toml"
+    toml.write_text(p.stdout.replace(f":{port}\"", f":{free_port()}\""))
+    for args in (["--mosquitto-conf", str(conf)], ["--config", str(toml)]):
+        proc = subprocess.Popen([find_makelaar(), "serve", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            lines = [proc.stdout.readline().decode() for _ in range(3)]
+            text = "".join(lines)
+            assert "is carried at QoS 0" in text, text
+            assert "bridge \"to-cloud\" to cloud.example:8883 is configured" in text, text
+            assert "listening on" in text, text
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 @pytest.mark.skipif(not os.path.exists(mosquitto_exe()), reason="needs Debian's mosquitto")

@@ -85,6 +85,63 @@ pub struct Counters {
     pub refused_connection_rate: AtomicU64,
     /// Clients disconnected for `max_publish_rate`.
     pub disconnected_publish_rate: AtomicU64,
+    /// One entry per bridge, set once at start (`$SYS/broker/bridge/<name>/...`, metrics).
+    pub bridges: std::sync::OnceLock<Vec<std::sync::Arc<BridgeCounters>>>,
+}
+
+/// What one bridge's task reports, written by that task alone.
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    pub name: String,
+    /// The link's state (`makelaar_core::bridge::LinkState` as `u8`, see
+    /// [`BridgeCounters::state_name`]).
+    pub state: std::sync::atomic::AtomicU8,
+    /// Links the remote accepted.
+    pub connects: AtomicU64,
+    /// Messages relayed to the remote and from it.
+    pub forwarded_out: AtomicU64,
+    pub forwarded_in: AtomicU64,
+    /// Messages relayed and not yet acknowledged, both ways.
+    pub in_flight: AtomicU64,
+    /// Messages dropped by the loop guard.
+    pub dropped_loop: AtomicU64,
+    /// Messages dropped for another reason (no route, too large, refused by the remote).
+    pub dropped_other: AtomicU64,
+    /// Messages sent at a lower QoS than they came with (the remote's Maximum QoS).
+    pub downgraded: AtomicU64,
+}
+
+impl BridgeCounters {
+    pub fn new(name: &str) -> BridgeCounters {
+        BridgeCounters {
+            name: name.to_owned(),
+            ..BridgeCounters::default()
+        }
+    }
+
+    /// Records the link's state.
+    pub fn set_state(&self, state: makelaar_core::bridge::LinkState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The link's state.
+    pub fn link_state(&self) -> makelaar_core::bridge::LinkState {
+        use makelaar_core::bridge::LinkState;
+        [
+            LinkState::Down,
+            LinkState::Connecting,
+            LinkState::Connected,
+            LinkState::Stopped,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == self.state.load(Ordering::Relaxed))
+        .unwrap_or(LinkState::Down)
+    }
+
+    /// The state as `$SYS` shows it.
+    pub fn state_name(&self) -> &'static str {
+        self.link_state().name()
+    }
 }
 
 impl Counters {

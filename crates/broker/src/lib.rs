@@ -7,6 +7,7 @@
 //! - `connection`: one task per client: read, decode, per-connection checks, write.
 //! - `router`: the one task that owns the core `Broker` (sessions, topic tree, retained).
 //! - `sys`: the `$SYS/broker/...` topics.
+//! - `bridge`: bridges to other brokers, one task each around `makelaar_core::bridge`.
 //! - [`config`] and [`tls`]: configuration and certificates, with one-sentence errors;
 //!   [`mosquitto`]: `mosquitto.conf` read into the same configuration.
 //!
@@ -16,6 +17,7 @@
 mod admin;
 mod admission;
 mod auth;
+mod bridge;
 mod cert_name;
 mod cluster;
 pub mod config;
@@ -71,6 +73,9 @@ pub struct Server {
     tasks: TaskTracker,
     router: tokio::task::JoinHandle<()>,
     reloader: reload::Reloader,
+    /// The bridges stop first, while the router still serves their local sides.
+    bridges_stop: CancellationToken,
+    bridge_tasks: TaskTracker,
 }
 
 impl Server {
@@ -109,11 +114,42 @@ impl Server {
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
+        // The bridges are checked before anything runs (a bad certificate stops the start).
+        let (bridges, broker_id) = if config.bridges.is_empty() {
+            (Vec::new(), String::new())
+        } else {
+            let data_dir = (!config.in_memory).then_some(config.data_dir.as_path());
+            let id = bridge::broker_id(data_dir)?;
+            let bridges = config
+                .bridges
+                .iter()
+                .map(|b| bridge::Bridge::new(b.clone(), &id, config.limits.max_inflight_messages))
+                .collect::<Result<Vec<_>, _>>()?;
+            (bridges, id)
+        };
         let policy = Policy {
             deny_subscriptions: config.deny_subscriptions.clone(),
             response_information_prefix: "response/".into(),
             will_on_takeover: config.will_on_takeover,
+            bridges: config
+                .bridges
+                .iter()
+                .map(|b| (b.local_client_id.clone(), bridge::session_policy(b)))
+                .collect(),
+            // Stripped for ordinary clients even without bridges here: another broker's
+            // bridge may bring it in.
+            origin_property: Some(
+                config
+                    .bridges
+                    .iter()
+                    .find_map(|b| b.loop_guard.property.clone())
+                    .unwrap_or_else(|| bridge::DEFAULT_ORIGIN_PROPERTY.to_owned()),
+            ),
+            broker_id,
         };
+        let _ = counters
+            .bridges
+            .set(bridges.iter().map(bridge::Bridge::counters).collect());
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -200,6 +236,16 @@ impl Server {
             admission,
         });
         let next_conn = Arc::new(AtomicU64::new(1));
+        let bridges_stop = CancellationToken::new();
+        let bridge_tasks = TaskTracker::new();
+        for b in bridges {
+            let shared = bridge::Shared {
+                ctx: ctx.clone(),
+                next_conn: next_conn.clone(),
+                tasks: tasks.clone(),
+            };
+            bridge_tasks.spawn(bridge::run(b, shared, bridges_stop.clone()));
+        }
         for (index, (l, count)) in listeners.into_iter().zip(counts).enumerate() {
             let lc = config.listeners.get(index);
             if let Some(Some(http_ctx)) = http_ctxs.get(index) {
@@ -227,6 +273,8 @@ impl Server {
             tasks,
             router,
             reloader,
+            bridges_stop,
+            bridge_tasks,
         })
     }
 
@@ -245,6 +293,11 @@ impl Server {
     /// Stops accepting, tells 5.0 clients DISCONNECT 0x8B (server shutting down), closes
     /// every connection and waits (at most a few seconds) for them to finish.
     pub async fn shutdown(self) {
+        // Bridges first: their notifications say `0` and their local sessions close
+        // normally while the router still runs.
+        self.bridges_stop.cancel();
+        self.bridge_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.bridge_tasks.wait()).await;
         self.shutdown.cancel();
         let _ = self.router.await;
         self.tasks.close();

@@ -129,6 +129,23 @@ impl SysPublisher {
         for (topic, value) in figures {
             broker.publish_internal(now, topic, Bytes::from(value));
         }
+        // Per bridge: `$SYS/broker/bridge/<name>/...`.
+        for b in c.bridges.get().into_iter().flatten() {
+            let bridge = [
+                ("state", b.state_name().to_owned()),
+                ("connects", load(&b.connects)),
+                ("messages/out", load(&b.forwarded_out)),
+                ("messages/in", load(&b.forwarded_in)),
+                ("inflight", load(&b.in_flight)),
+                ("dropped/loop", load(&b.dropped_loop)),
+                ("dropped/other", load(&b.dropped_other)),
+                ("downgraded", load(&b.downgraded)),
+            ];
+            for (leaf, value) in bridge {
+                let topic = format!("$SYS/broker/bridge/{}/{leaf}", b.name);
+                broker.publish_internal(now, &topic, Bytes::from(value));
+            }
+        }
         true
     }
 }

@@ -70,6 +70,7 @@ async fn connect(
 ) -> (Option<ReasonCode>, TcpStream) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let c = Connect {
+        bridge: false,
         protocol: v,
         clean_start: true,
         keep_alive: 0,
@@ -241,6 +242,7 @@ async fn pings_behind_the_connect_are_answered_after_the_connack() {
     for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let c = Connect {
+            bridge: false,
             protocol: v,
             clean_start: true,
             keep_alive: 30,

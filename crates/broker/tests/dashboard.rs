@@ -68,6 +68,7 @@ async fn a_client_is_listed_and_disconnected_with_administrative_action() {
     let (server, mqtt, web) = start().await;
     let mut s = TcpStream::connect(mqtt).await.unwrap();
     let connect = Packet::Connect(Box::new(Connect {
+        bridge: false,
         protocol: ProtocolVersion::V5,
         clean_start: true,
         keep_alive: 33,

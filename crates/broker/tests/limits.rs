@@ -38,6 +38,7 @@ fn encode(p: Packet) -> Vec<u8> {
 async fn client(addr: SocketAddr, id: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let c = Connect {
+        bridge: false,
         protocol: ProtocolVersion::V311,
         clean_start: true,
         keep_alive: 0,

@@ -196,6 +196,7 @@ impl State {
     /// (clean start off).
     pub fn connect_packet(&self, opts: &ConnectOptions, first: bool) -> Connect {
         Connect {
+            bridge: false,
             protocol: opts.version,
             clean_start: if first {
                 opts.clean_start

@@ -87,6 +87,7 @@ fn topic_match(c: &mut Criterion) {
 
 fn connect(id: String) -> Connect {
     Connect {
+        bridge: false,
         protocol: ProtocolVersion::V311,
         clean_start: true,
         keep_alive: 60,

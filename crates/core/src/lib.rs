@@ -3,6 +3,7 @@
 //! No sockets, no runtime and no clock: inputs come in as method calls with the current time,
 //! outputs are queued actions the async shell polls and carries out.
 //!
+//! - [`bridge`]: a bridge to another broker as a packet relay between two connections.
 //! - [`conn`]: what belongs to one network connection (keep-alive, topic aliases, receive
 //!   maximum), run beside the socket.
 //! - [`broker`]: the router's state: sessions, subscriptions, shared groups, retained messages,
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod conn;
 pub mod limits;

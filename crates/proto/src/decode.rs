@@ -131,13 +131,14 @@ impl Decoder {
         let mut r = Reader::new(packet.freeze());
 
         if ptype == CONNECT {
-            let protocol = decode_protocol(&mut r)?;
+            let (protocol, bridge) = decode_protocol(&mut r)?;
             // Set as soon as it is known, so that after an error in the rest of the CONNECT
             // the server can still answer with a CONNACK of the client's version.
             if self.version.is_none() {
                 self.version = Some(protocol);
             }
-            let connect = decode_connect(&mut r, protocol)?;
+            let mut connect = decode_connect(&mut r, protocol)?;
+            connect.bridge = bridge;
             return Ok(Some(Packet::Connect(Box::new(connect))));
         }
         // check_fixed_header refused every other packet type while the version is unknown.
@@ -297,13 +298,18 @@ fn check_payload_format(props: &Properties, payload: &[u8]) -> Result<(), Decode
 }
 
 /// The protocol name and level that open a CONNECT.
-fn decode_protocol(r: &mut Reader) -> Result<ProtocolVersion, DecodeError> {
+/// With the bridge bit (level | 0x80, 3.1 and 3.1.1 only), the second value is true.
+fn decode_protocol(r: &mut Reader) -> Result<(ProtocolVersion, bool), DecodeError> {
     let name = r.binary()?;
     let level = r.u8()?;
     Ok(match (&name[..], level) {
-        (b"MQTT", 4) => ProtocolVersion::V311,
-        (b"MQTT", 5) => ProtocolVersion::V5,
-        (b"MQIsdp", 3) => ProtocolVersion::V31,
+        (b"MQTT", 4) => (ProtocolVersion::V311, false),
+        (b"MQTT", 5) => (ProtocolVersion::V5, false),
+        (b"MQIsdp", 3) => (ProtocolVersion::V31, false),
+        // Not in the specifications: Mosquitto's bridges (`try_private`) mark themselves so,
+        // and Mosquitto's servers accept it. 5.0 has no such level.
+        (b"MQTT", 0x84) => (ProtocolVersion::V311, true),
+        (b"MQIsdp", 0x83) => (ProtocolVersion::V31, true),
         // [MQTT-3.1.2-2] a known protocol at a level the server does not support: answered
         // with CONNACK "unsupported protocol version".
         (b"MQTT", _) | (b"MQIsdp", _) => return Err(DecodeError::UnsupportedProtocol),
@@ -391,6 +397,7 @@ fn decode_connect(r: &mut Reader, protocol: ProtocolVersion) -> Result<Connect, 
     r.finish()?;
     Ok(Connect {
         protocol,
+        bridge: false,
         clean_start,
         keep_alive,
         client_id,

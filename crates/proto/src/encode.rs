@@ -399,7 +399,9 @@ fn encode_connect(
         "MQTT"
     };
     put_str(buf, name, "protocol name")?;
-    buf.put_u8(version.level());
+    // The bridge bit (Mosquitto's `try_private`) exists for 3.1 and 3.1.1 only.
+    let bridge = if c.bridge && !v5 { 0x80 } else { 0 };
+    buf.put_u8(version.level() | bridge);
     let mut flags = u8::from(c.clean_start) << 1;
     if let Some(w) = &c.will {
         flags |= 0x04 | (w.qos as u8) << 3 | u8::from(w.retain) << 5;

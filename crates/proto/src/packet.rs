@@ -110,6 +110,12 @@ impl Packet {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: ProtocolVersion,
+    /// The bridge bit: the protocol level had 0x80 set (0x83 for 3.1, 0x84 for 3.1.1), as
+    /// Mosquitto's bridges send it (`try_private`). The client is another broker; the server
+    /// treats its subscriptions as No Local and Retain As Published so that messages do not
+    /// loop between the two. Never set with 5.0, whose bridges ask for those options
+    /// themselves. Encoded back the same way.
+    pub bridge: bool,
     /// Clean Session (3.1.1) or Clean Start (5.0).
     pub clean_start: bool,
     /// Keep alive in seconds; 0 turns it off.
@@ -126,6 +132,7 @@ impl std::fmt::Debug for Connect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Connect {
             protocol,
+            bridge,
             clean_start,
             keep_alive,
             client_id,
@@ -136,6 +143,7 @@ impl std::fmt::Debug for Connect {
         } = self;
         f.debug_struct("Connect")
             .field("protocol", protocol)
+            .field("bridge", bridge)
             .field("clean_start", clean_start)
             .field("keep_alive", keep_alive)
             .field("client_id", client_id)
@@ -287,6 +295,7 @@ mod tests {
     #[test]
     fn the_debug_form_of_connect_hides_the_password() {
         let c = Connect {
+            bridge: false,
             protocol: ProtocolVersion::V311,
             clean_start: true,
             keep_alive: 0,

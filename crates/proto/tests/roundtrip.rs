@@ -282,6 +282,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     username = Some(String::from("user"));
                 }
                 Packet::Connect(Box::new(Connect {
+                    bridge: false,
                     protocol: v,
                     clean_start,
                     keep_alive,

@@ -256,6 +256,55 @@ fn connect_protocol_names_and_levels() {
     protocol(None, &frame(0x10, &body));
 }
 
+/// Mosquitto's bridges set 0x80 in the protocol level (`try_private`): 0x83 for 3.1, 0x84
+/// for 3.1.1. Accepted as that version with the bridge bit; 5.0 has no such level, and a
+/// level without the bit is an ordinary client.
+#[test]
+fn connect_bridge_bit() {
+    let mut body = vec![
+        0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 0x83, 0x02, 0, 10, 0, 1, b'c',
+    ];
+    let Packet::Connect(c) = dec(None, &frame(0x10, &body)).unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!((c.protocol, c.bridge), (V31, true));
+    body[8] = 3;
+    let Packet::Connect(c) = dec(None, &frame(0x10, &body)).unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!((c.protocol, c.bridge), (V31, false));
+    let mut body = connect_v311(0x02, &[0, 1, b'c']);
+    body[8] = 0x84;
+    let Packet::Connect(c) = dec(None, &body).unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!((c.protocol, c.bridge), (V311, true));
+    // Encoded back with the bit.
+    let mut out = BytesMut::new();
+    Packet::Connect(c).encode(V311, &mut out).unwrap();
+    assert_eq!(&out[..], &body[..]);
+    // [MQTT-3.1.2-2] 0x85 and 0x83 under "MQTT" are levels MQTT does not have.
+    for level in [0x85, 0x83, 0x80] {
+        body[8] = level;
+        assert_eq!(
+            dec(None, &body),
+            Err(DecodeError::UnsupportedProtocol),
+            "{level:#x}"
+        );
+    }
+    // A 5.0 CONNECT never carries the bit, even when asked to.
+    let mut v5 = connect_v5(0x02, &[], &[0, 1, b'c']);
+    let Packet::Connect(mut c) = dec(None, &v5).unwrap().unwrap() else {
+        panic!()
+    };
+    c.bridge = true;
+    let mut out = BytesMut::new();
+    Packet::Connect(c).encode(V5, &mut out).unwrap();
+    assert_eq!(&out[..], &v5[..]);
+    v5[8] = 0x85;
+    assert_eq!(dec(None, &v5), Err(DecodeError::UnsupportedProtocol));
+}
+
 #[test]
 fn connect_sets_decoder_version() {
     let mut d = Decoder::new(1024);
@@ -374,6 +423,7 @@ fn connect_spec_example_v311() {
         b'b', b'c',
     ];
     let expected = Packet::Connect(Box::new(Connect {
+        bridge: false,
         protocol: V311,
         clean_start: true,
         keep_alive: 10,

@@ -55,6 +55,7 @@ impl ConfigFile {
             }
         };
 
+        let bridges = bridges_from(&self.bridge, source_name)?;
         let cluster = self.cluster.into_settings(source_name)?;
 
         Ok(Config {
@@ -74,8 +75,7 @@ impl ConfigFile {
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            // `[[bridge]]` tables are read by the bridge work (issue 13); none until then.
-            bridges: Vec::new(),
+            bridges,
         })
     }
 }
@@ -99,4 +99,38 @@ fn durability_from(
              or \"batch\""
         ))),
     }
+}
+
+/// The `[[bridge]]` tables, validated: names and local client ids unique. The warnings
+/// (`bridge_table::warnings`) are logged here, once per reading of the configuration.
+fn bridges_from(
+    tables: &[super::BridgeTable],
+    source_name: &str,
+) -> Result<Vec<super::BridgeConfig>, ConfigError> {
+    let host = super::hostname();
+    let mut out: Vec<super::BridgeConfig> = Vec::new();
+    for t in tables {
+        let b = t.to_bridge(&host).map_err(|e| {
+            ConfigError::Invalid(format!("{source_name}: [[bridge]] \"{}\" {e}", t.name))
+        })?;
+        if out.iter().any(|o| o.name == b.name) {
+            return Err(ConfigError::Invalid(format!(
+                "{source_name}: two [[bridge]] tables are named \"{}\"; give each bridge a \
+                 name of its own",
+                b.name
+            )));
+        }
+        if let Some(o) = out.iter().find(|o| o.local_client_id == b.local_client_id) {
+            return Err(ConfigError::Invalid(format!(
+                "{source_name}: [[bridge]] \"{}\" has the local client id \"{}\" of bridge \
+                 \"{}\"; give one of them another local_client_id (or remote_client_id)",
+                b.name, b.local_client_id, o.name
+            )));
+        }
+        for w in super::bridge_warnings(&b) {
+            tracing::warn!("{source_name}: {w}");
+        }
+        out.push(b);
+    }
+    Ok(out)
 }

@@ -2,7 +2,7 @@
 //! the configuration reference and the example file show as defaults.
 
 use super::{
-    ClusterTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability,
+    BridgeTable, ClusterTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability,
     ListenerTable, LogFormat, DEFAULT_BATCH_MS,
 };
 
@@ -42,6 +42,7 @@ impl ConfigFile {
             listener: vec![ListenerTable::defaults()],
             limits: d.limits,
             dashboard: DashboardTable::defaults(),
+            bridge: vec![BridgeTable::defaults()],
             cluster: ClusterTable::defaults(),
         }
     }
@@ -104,6 +105,7 @@ mod tests {
         let mut file = ConfigFile::defaults();
         file.batch_max_delay_ms = None;
         file.listener.clear();
+        file.bridge.clear();
         let text = toml::to_string(&file).unwrap();
         assert_eq!(
             Config::from_toml_str(&text, "defaults").unwrap(),

@@ -130,6 +130,10 @@ pub struct ConfigFile {
     /// The web dashboard on the HTTP listeners: who may use it (docs/dashboard.md).
     #[serde(default)]
     pub dashboard: DashboardTable,
+    /// Bridges: connections to other MQTT brokers that carry chosen topics one or both ways,
+    /// as Mosquitto's bridges do (docs/bridges.md). One table per remote broker.
+    #[serde(default)]
+    pub bridge: Vec<BridgeTable>,
     /// This broker as a node of a cluster on NATS JetStream (preview, docs/cluster.md).
     #[serde(default)]
     pub cluster: ClusterTable,
@@ -237,6 +241,9 @@ impl ConfigFile {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
+        }
+        for b in &mut self.bridge {
+            b.resolve_paths(dir);
         }
     }
 

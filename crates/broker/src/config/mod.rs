@@ -9,6 +9,8 @@
 //! and how to fix it; errors found while parsing the file carry `file:line:column`.
 
 mod bridge;
+mod bridge_new;
+mod bridge_table;
 mod build;
 mod cluster;
 mod dashboard;
@@ -30,6 +32,17 @@ pub use makelaar_store::Durability;
 
 pub use crate::forwarded::Network;
 pub use bridge::*;
+pub(crate) use bridge_table::{
+    check_name as check_bridge_name, hostname, parse_address, restart_from, topic_from,
+    warnings as bridge_warnings,
+};
+pub use bridge_table::{
+    BridgeProtocolName, BridgeQueueTable, BridgeTable, BridgeTlsTable, BridgeTopicTable,
+    DirectionName, LoopGuardTable, OverflowName, ReloadTypeName, StartTypeName, TlsVersionName,
+};
+pub use bridge_table::{
+    DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES, MIN_KEEPALIVE_SECS, MQTTS_PORT, MQTT_PORT,
+};
 pub use cluster::{ClusterSettings, ClusterTable, DEFAULT_CLUSTER_PARTITIONS};
 pub use dashboard::{DashboardConfig, DashboardTable};
 pub use file::{ConfigFile, ListenerTable, LogFormat};

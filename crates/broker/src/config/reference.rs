@@ -274,13 +274,23 @@ pub fn example_toml() -> String {
         out.push_str(line);
         out.push('\n');
     }
-    for table in tables() {
+    let tables = tables();
+    let repeated: Vec<&str> = tables
+        .iter()
+        .filter(|t| t.array)
+        .map(|t| t.path.as_str())
+        .collect();
+    for table in &tables {
         if !table.path.is_empty() {
             out.push('\n');
             comment_block(&mut out, &table.description);
             let header = table.header();
-            // A repeated table needs keys of its own (its url): left commented out.
-            match table.array {
+            // A repeated table needs keys of its own (its url), and so does a table inside
+            // one ([bridge.tls] belongs to a [[bridge]]): left commented out.
+            let inside_repeated = repeated
+                .iter()
+                .any(|r| table.path.starts_with(&format!("{r}.")));
+            match table.array || inside_repeated {
                 true => out.push_str(&format!("# {header}\n")),
                 false => out.push_str(&format!("{header}\n")),
             }

@@ -83,6 +83,11 @@ fn tables_and_keys_are_found() {
             "[[listener]]",
             "[limits]",
             "[dashboard]",
+            "[[bridge]]",
+            "[[bridge.topic]]",
+            "[bridge.tls]",
+            "[bridge.queue]",
+            "[bridge.loop_guard]",
             "[cluster]"
         ]
     );

@@ -19,6 +19,9 @@ pub(super) struct Who {
     pub client_id: String,
     pub username: Option<String>,
     pub transport: &'static str,
+    /// The client set the bridge bit (another broker's bridge, e.g. Mosquitto's
+    /// `try_private`).
+    pub bridge: bool,
     /// The CONNACK went out: a line says so, and one will say when it goes.
     pub connected: bool,
 }
@@ -29,12 +32,14 @@ impl Who {
         client_id: &str,
         username: Option<&str>,
         transport: &'static str,
+        bridge: bool,
     ) -> Option<Box<Who>> {
         tracing::enabled!(target: CLIENTS_TARGET, tracing::Level::INFO).then(|| {
             Box::new(Who {
                 client_id: client_id.to_string(),
                 username: username.map(str::to_string),
                 transport,
+                bridge,
                 connected: false,
             })
         })
@@ -66,6 +71,8 @@ pub(super) fn connected(who: &mut Who, peer: SocketAddr, version: ProtocolVersio
         // An `Option` field is left out when `None`.
         username = who.username.as_deref(),
         session_present = ack.session_present,
+        // Only for bridges: `bridge=true`.
+        bridge = who.bridge.then_some(true),
         "client connected"
     );
 }

@@ -52,6 +52,11 @@ pub(crate) struct ConnCtx {
     pub admission: crate::admission::Admission,
 }
 
+/// The `listener` of an in-process connection (a bridge's local side): it is trusted, its
+/// identity (the CONNECT's username) comes from the configuration, and no password is
+/// checked.
+pub(crate) const IN_PROCESS: usize = usize::MAX;
+
 /// What a connection starts with.
 pub(crate) struct Start {
     pub conn: ConnId,
@@ -129,10 +134,13 @@ where
     }
     // [MQTT-3.1.4-2] authentication, before the CONNECT goes any further: the password is
     // taken out here, and a refused client is answered and closed without the router.
-    let verdict = ctx
-        .auth
-        .authenticate(listener, peer.ip(), &mut connect, cert_name)
-        .await;
+    let verdict = if listener == IN_PROCESS {
+        Ok(())
+    } else {
+        ctx.auth
+            .authenticate(listener, peer.ip(), &mut connect, cert_name)
+            .await
+    };
     if let Err((reason, why)) = verdict {
         ctx.counters.auth_failed(why);
         refuse_connect(&mut stream, &connect, reason, (peer, transport)).await;
@@ -144,7 +152,12 @@ where
     let state = ConnState::new(now, &connect, &ctx.limits);
     let outbox = Arc::new(Outbox::new(now, state.silence_limit()));
     tracing::debug!(%peer, client_id = %connect.client_id, protocol = ?version, "client connecting");
-    let who = log::Who::new(&connect.client_id, connect.username.as_deref(), transport);
+    let who = log::Who::new(
+        &connect.client_id,
+        connect.username.as_deref(),
+        transport,
+        connect.bridge,
+    );
     let msg = ToRouter::Connect {
         conn,
         connect,

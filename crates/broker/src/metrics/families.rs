@@ -19,6 +19,7 @@ pub(super) fn render(ctx: &Metrics, f: &RouterFigures) -> String {
     messages(&mut e, ctx, f);
     queues(&mut e, ctx, f);
     store(&mut e, f);
+    bridges(&mut e, ctx);
     e.finish()
 }
 
@@ -232,8 +233,8 @@ fn messages(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
             "Messages not delivered, by why: a session queue full (max_queued_messages), \
              expired, larger than the client's maximum packet size, the store full \
              (max_stored_bytes), a client not reading (max_outgoing_bytes, QoS 0), refused by \
-             the ACL when published or when delivered, matching no subscription, or QoS 0 for \
-             an offline session.",
+             the ACL when published or when delivered, matching no subscription, QoS 0 for \
+             an offline session, or back at the broker it started at over bridges.",
             Kind::Counter,
         ),
         "reason",
@@ -247,6 +248,7 @@ fn messages(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
             ("delivery_not_authorized", s.deliveries_denied),
             ("no_subscribers", s.dropped_no_subscribers),
             ("offline_qos0", s.dropped_offline_qos0),
+            ("bridge_loop", s.dropped_bridge_loop),
         ],
     );
 }
@@ -375,4 +377,65 @@ fn store(e: &mut Exposition, f: &RouterFigures) {
         &stats.commit_ops,
         stats.ops_written as f64,
     );
+}
+
+/// Per bridge (`[[bridge]]`): the families are always listed, with no samples without
+/// bridges.
+fn bridges(e: &mut Exposition, ctx: &Metrics) {
+    let bridges: &[_] = ctx.counters.bridges.get().map_or(&[], |b| b.as_slice());
+    e.family(
+        "makelaar_bridge_connected",
+        "1 while the bridge's link to its remote broker is up, else 0.",
+        Kind::Gauge,
+    );
+    for b in bridges {
+        let up = u64::from(b.link_state() == makelaar_core::bridge::LinkState::Connected);
+        e.sample("makelaar_bridge_connected", &[("bridge", &b.name)], up);
+    }
+    e.family(
+        "makelaar_bridge_connects_total",
+        "Links the remote broker accepted (the first one and every reconnect).",
+        Kind::Counter,
+    );
+    for b in bridges {
+        let n = b.connects.load(Relaxed);
+        e.sample("makelaar_bridge_connects_total", &[("bridge", &b.name)], n);
+    }
+    e.family(
+        "makelaar_bridge_messages_total",
+        "Messages relayed: to the remote (`out`) and from it (`in`).",
+        Kind::Counter,
+    );
+    for b in bridges {
+        for (dir, n) in [("out", &b.forwarded_out), ("in", &b.forwarded_in)] {
+            let labels = [("bridge", b.name.as_str()), ("direction", dir)];
+            e.sample("makelaar_bridge_messages_total", &labels, n.load(Relaxed));
+        }
+    }
+    e.family(
+        "makelaar_bridge_inflight_messages",
+        "Messages relayed and not yet acknowledged by the other side, both ways.",
+        Kind::Gauge,
+    );
+    for b in bridges {
+        let n = b.in_flight.load(Relaxed);
+        e.sample(
+            "makelaar_bridge_inflight_messages",
+            &[("bridge", &b.name)],
+            n,
+        );
+    }
+    e.family(
+        "makelaar_bridge_dropped_total",
+        "Messages the bridge did not relay, by why: the loop guard (`loop`), or another reason \
+         (`other`: no topic line carries it, larger than the remote accepts, refused by the \
+         remote).",
+        Kind::Counter,
+    );
+    for b in bridges {
+        for (why, n) in [("loop", &b.dropped_loop), ("other", &b.dropped_other)] {
+            let labels = [("bridge", b.name.as_str()), ("reason", why)];
+            e.sample("makelaar_bridge_dropped_total", &labels, n.load(Relaxed));
+        }
+    }
 }

@@ -62,6 +62,12 @@ pub(super) struct Draft {
     pub limits: Limits,
     /// Directives ignored or approximated, for the log and for `config convert`.
     pub notes: Vec<String>,
+    /// The `connection` sections, in order.
+    pub bridges: Vec<super::bridge::BridgeDraft>,
+    /// The `max_queued_messages` line, which also bounds each bridge's queue.
+    pub queued_messages: Option<Place>,
+    /// `max_queued_bytes` and its line.
+    pub queued_bytes: Option<(u64, Place)>,
 }
 
 /// Directives that change nothing Makelaar does: logged and ignored.
@@ -190,9 +196,12 @@ impl Draft {
                     ));
                 }
                 self.limits.max_queued_messages = v as usize;
+                self.queued_messages = Some(d.place.clone());
             }
             "max_queued_bytes" => {
-                self.limits.max_queued_bytes = number(d, 0, i64::MAX as u64)? as usize
+                let v = number(d, 0, i64::MAX as u64)?;
+                self.limits.max_queued_bytes = v as usize;
+                self.queued_bytes = Some((v, d.place.clone()));
             }
             "queue_qos0_messages" => self.limits.queue_qos0_messages = boolean(d)?,
             "max_inflight_messages" => {
@@ -234,6 +243,7 @@ impl Draft {
                 self.limits.persistent_session_expiry = duration(d)?;
             }
             "sys_interval" => self.sys_interval = Some(number(d, 0, 86_400 * 365)?),
+            name if super::bridge::DIRECTIVES.contains(&name) => self.bridge(d)?,
             name if HARMLESS.contains(&name) => {
                 if name != "include_dir" {
                     self.note(d, "is ignored: it changes nothing Makelaar does");
@@ -284,22 +294,6 @@ impl Draft {
 
 fn unsupported(d: &Directive, name: &str) -> ConfigError {
     let why = match name {
-        "connection"
-        | "address"
-        | "addresses"
-        | "topic"
-        | "remote_username"
-        | "remote_password"
-        | "remote_clientid"
-        | "bridge_protocol_version"
-        | "try_private"
-        | "cleansession"
-        | "start_type"
-        | "notifications"
-        | "round_robin" => {
-            "belongs to a bridge, and bridges are not supported; run the bridge in another \
-             broker, or remove the bridge's lines"
-        }
         "auth_plugin" | "plugin" | "auth_opt" | "plugin_opt" | "global_plugin" => {
             "loads a plugin, and plugins are not supported; use password_file and acl_file"
         }

@@ -81,6 +81,10 @@ pub(super) fn toml(c: &Converted, source: &Path) -> String {
             let _ = writeln!(out, "max_connections = {n}");
         }
     }
+    if !f.bridge.is_empty() {
+        out.push('\n');
+        out.push_str(&bridges(&f.bridge));
+    }
     let limits = changed_limits(&f.limits);
     if !limits.is_empty() {
         out.push_str("\n[limits]\n");
@@ -101,4 +105,18 @@ fn changed_limits(limits: &Limits) -> Vec<(String, toml::Value)> {
     now.into_iter()
         .filter(|(k, v)| default.get(k) != Some(v))
         .collect()
+}
+
+/// The `[[bridge]]` tables, with the keys the `connection` sections set (the rest keep
+/// their defaults, which are Mosquitto's; the remote client id, when not given, stays
+/// `<hostname>.<name>` of the machine the broker runs on).
+fn bridges(tables: &[crate::config::BridgeTable]) -> String {
+    #[derive(serde::Serialize)]
+    struct Bridges<'a> {
+        bridge: &'a [crate::config::BridgeTable],
+    }
+    toml::to_string(&Bridges { bridge: tables }).unwrap_or_else(|e| {
+        // Every value of the table is TOML (strings, integers, booleans, lists, tables).
+        format!("# the bridges could not be written as TOML: {e}\n")
+    })
 }

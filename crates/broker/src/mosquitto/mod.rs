@@ -10,6 +10,7 @@
 //! autosave) are noted and ignored.
 
 mod apply;
+mod bridge;
 mod emit;
 mod lines;
 #[cfg(test)]
@@ -143,7 +144,8 @@ fn build(mut d: Draft) -> Result<Converted, ConfigError> {
         file.data_dir = d.persistence_location.clone();
     }
     file.sys_interval = d.sys_interval;
-    file.limits = d.limits;
+    file.limits = d.limits.clone();
+    file.bridge = bridge::finish(&mut d)?;
     // Mosquitto's rule: resuming a persistent session does not publish the will.
     file.will_on_takeover = Some("mosquitto".to_string());
     Ok(Converted {

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::*;
 use crate::config::{Config, ListenerKind};
 
+#[path = "bridge_tests.rs"]
+mod bridge;
+
 struct Dir(PathBuf);
 
 impl Dir {
@@ -192,8 +195,8 @@ fn websocket_listeners_serve_every_path_as_in_mosquitto() {
 fn unsupported_directives_name_file_line_and_fix() {
     for (line, needle) in [
         (
-            "connection bridge-to-cloud",
-            ":1: \"connection\" belongs to a bridge",
+            "address cloud.example:1883",
+            ":1: \"address\" belongs to a bridge, but no \"connection\" line comes before it",
         ),
         ("auth_plugin /usr/lib/x.so", "plugins are not supported"),
         (

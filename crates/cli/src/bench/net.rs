@@ -199,6 +199,7 @@ impl Conn {
             properties.session_expiry_interval = Some(3600);
         }
         let connect = Connect {
+            bridge: false,
             protocol: ep.version,
             clean_start: !ep.persistent,
             keep_alive: ep.keep_alive,

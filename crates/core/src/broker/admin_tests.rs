@@ -23,6 +23,7 @@ struct H {
 
 fn connect(id: &str, version: ProtocolVersion, clean: bool) -> Connect {
     Connect {
+        bridge: false,
         protocol: version,
         clean_start: clean,
         keep_alive: 30,

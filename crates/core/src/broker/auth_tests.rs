@@ -67,6 +67,7 @@ impl H {
             properties.session_expiry_interval = Some(600);
         }
         let c = Connect {
+            bridge: false,
             protocol: v,
             clean_start: clean,
             keep_alive: 0,

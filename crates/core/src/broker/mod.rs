@@ -85,6 +85,28 @@ pub struct Policy {
     pub response_information_prefix: String,
     /// Whether taking over a connection publishes its will (see [`WillOnTakeover`]).
     pub will_on_takeover: WillOnTakeover,
+    /// The local sessions of bridges, by client id: their queue bounds replace
+    /// `max_queued_messages` and `max_queued_bytes`, and they receive the loop guard's user
+    /// property (see [`crate::bridge`]).
+    pub bridges: HashMap<String, BridgeSession>,
+    /// The loop guard's user property (`makelaar-origin`): removed from what is delivered to
+    /// every session but the bridges', and a message that carries it naming this broker
+    /// (`broker_id`) has come back over bridges: it is acknowledged and dropped.
+    pub origin_property: Option<String>,
+    /// This broker's id in the loop guard's property.
+    pub broker_id: String,
+}
+
+/// The queue of a bridge's local session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeSession {
+    /// Most messages queued; 0: no limit.
+    pub max_queued_messages: usize,
+    /// Most bytes (topic + payload) queued; 0: no limit.
+    pub max_queued_bytes: usize,
+    /// When full, drop the oldest queued message instead of the new one; otherwise the new
+    /// one is refused: a 5.0 publisher's PUBACK/PUBREC says 0x97 (Quota exceeded).
+    pub drop_oldest: bool,
 }
 
 /// Whether a takeover publishes the old connection's will.
@@ -119,6 +141,8 @@ pub struct Broker {
     assigned_ids: u64,
     /// Set while routing when a connected subscriber's queue is over its limit.
     congested: Option<SessionIdx>,
+    /// Set while routing when a bridge's full queue refused the message (see `enqueue`).
+    bridge_refused: bool,
     /// Changes to durable state not yet drained (recorded once the store turns it on).
     journal: journal::Journal,
     /// Bytes of messages in the durable store (kept messages and retained ones).
@@ -156,6 +180,7 @@ impl Broker {
             id_seed,
             assigned_ids: 0,
             congested: None,
+            bridge_refused: false,
             journal: journal::Journal::default(),
             stored_bytes: 0,
             retained_bytes: 0,
@@ -374,6 +399,8 @@ impl Broker {
 mod admin_tests;
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod bridge_tests;
 #[cfg(test)]
 mod stats_tests;
 #[cfg(test)]

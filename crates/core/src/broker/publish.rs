@@ -117,12 +117,25 @@ impl Broker {
             return;
         }
         self.stats.received.get_mut(qos).count(p.payload.len());
+        if origin.as_deref().is_some_and(|id| self.came_back(&p, id)) {
+            // Loop guard: it started here and came back over bridges; acknowledged as usual
+            // (the sender did its part), not delivered a second time.
+            self.stats.dropped_bridge_loop += 1;
+            let ack = PubAck::new(packet_id);
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
+                QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
+            }
+            return;
+        }
         let msg = Arc::new(Message::from_publish(now, p, origin));
         self.export.message(&msg, Some(conn));
         if msg.retain {
             self.store_retained(&msg);
         }
         self.congested = None;
+        self.bridge_refused = false;
         let matched = self.route(now, msg);
         if matched == 0 {
             self.stats.dropped_no_subscribers += 1;
@@ -130,6 +143,11 @@ impl Broker {
         let mut ack = PubAck::new(packet_id);
         if v5 && matched == 0 {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+        }
+        if std::mem::take(&mut self.bridge_refused) && v5 {
+            // A bridge's queue was full and kept no copy: the publisher learns it was not
+            // accepted whole rather than a silent loss (5.0 section 3.4.2.1, 0x97).
+            ack.reason = ReasonCode::QUOTA_EXCEEDED;
         }
         let ack = match qos {
             QoS::AtMostOnce => return,
@@ -313,10 +331,27 @@ impl Broker {
     }
 
     fn enqueue(&mut self, idx: SessionIdx, d: Delivery) {
-        let (max_msgs, max_bytes) = (
+        let (mut max_msgs, mut max_bytes) = (
             self.limits.max_queued_messages,
             self.limits.max_queued_bytes,
         );
+        let mut drop_oldest = false;
+        let mut bridge_queue = false;
+        if !self.policy.bridges.is_empty() {
+            let bridge = self
+                .session(idx)
+                .ok()
+                .and_then(|s| self.policy.bridges.get(&*s.client_id));
+            if let Some(b) = bridge {
+                max_msgs = match b.max_queued_messages {
+                    0 => usize::MAX,
+                    n => n,
+                };
+                max_bytes = b.max_queued_bytes;
+                drop_oldest = b.drop_oldest;
+                bridge_queue = true;
+            }
+        }
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
@@ -331,12 +366,25 @@ impl Broker {
             self.keep_queued(idx, d);
             return;
         }
+        if full && drop_oldest {
+            // A bridge's queue that keeps the newest (telemetry): the oldest goes, counted.
+            if let Some(oldest) = s.pop_queue() {
+                self.stats.dropped_queue_full += 1;
+                self.journal_done(idx, &oldest);
+                self.keep_queued(idx, d);
+                return;
+            }
+        }
         if full {
             if !s.drop_logged {
                 s.drop_logged = true;
                 tracing::warn!(client_id = %s.client_id, max_queued_messages = max_msgs, max_queued_bytes = max_bytes, "session queue full: dropping new messages for this client until it catches up");
             }
             self.stats.dropped_queue_full += 1;
+            if bridge_queue && d.qos != QoS::AtMostOnce {
+                // A bridge's full queue refuses: the publisher is told (5.0: 0x97).
+                self.bridge_refused = true;
+            }
             return;
         }
         self.keep_queued(idx, d);
@@ -369,11 +417,22 @@ impl Broker {
             self.journal_done(idx, &d);
             return;
         }
+        let strip = if d.msg.properties.user_properties.is_empty() {
+            None
+        } else {
+            self.origin_to_strip(idx)
+        };
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
         let mut publish = d.msg.to_publish(&d, now, s.version.is_v5());
         publish.packet_id = packet_id;
+        if let Some(name) = strip {
+            publish
+                .properties
+                .user_properties
+                .retain(|(k, _)| **k != *name);
+        }
         let packet = Packet::Publish(publish);
         if let Some(max) = s.client.max_packet_size {
             if packet.encoded_len(s.version) > max as usize {
@@ -442,6 +501,7 @@ impl Broker {
     /// On session resume, re-sends unacknowledged PUBLISH with DUP set and PUBREL for those
     /// already received, in their original order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
     pub(super) fn resend_inflight(&mut self, now: Instant, idx: SessionIdx) {
+        let strip = self.origin_to_strip(idx);
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
@@ -454,6 +514,9 @@ impl Broker {
                     let mut p = m.delivery.msg.to_publish(&m.delivery, now, v5);
                     p.packet_id = m.packet_id;
                     p.dup = true; // [MQTT-3.3.1-1]
+                    if let Some(name) = &strip {
+                        p.properties.user_properties.retain(|(k, _)| **k != **name);
+                    }
                     Packet::Publish(p)
                 }
                 OutboundState::AwaitingComp => Packet::PubRel(PubAck::new(m.packet_id)),
@@ -462,6 +525,28 @@ impl Broker {
         for p in packets {
             self.send(conn, p);
         }
+    }
+
+    /// Whether `p`, published by `client_id`, carries the loop guard's property naming this
+    /// broker as its origin and is not from one of this broker's own bridges (whose relay
+    /// stamps what it brings in with this broker's id).
+    fn came_back(&self, p: &Publish, client_id: &str) -> bool {
+        let Some(name) = self.policy.origin_property.as_deref() else {
+            return false;
+        };
+        !p.properties.user_properties.is_empty()
+            && !self.policy.broker_id.is_empty()
+            && !self.policy.bridges.contains_key(client_id)
+            && crate::bridge::origin_of(&p.properties, name)
+                .is_some_and(|(origin, _)| origin == self.policy.broker_id)
+    }
+
+    /// The loop guard's property, when deliveries to session `idx` must lose it: every
+    /// session but a bridge's (the property is for bridges between Makelaar brokers only).
+    fn origin_to_strip(&self, idx: SessionIdx) -> Option<Arc<str>> {
+        let name = self.policy.origin_property.as_deref()?;
+        let s = self.session(idx).ok()?;
+        (!self.policy.bridges.contains_key(&*s.client_id)).then(|| Arc::from(name))
     }
 
     pub(super) fn handle_puback(&mut self, now: Instant, idx: SessionIdx, packet_id: u16) {

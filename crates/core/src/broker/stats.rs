@@ -19,6 +19,9 @@ pub struct Stats {
     /// Messages not stored (5.0: refused with 0x97) because the store was at
     /// `max_stored_bytes`.
     pub dropped_store_full: u64,
+    /// Messages dropped because they came back over a bridge to the broker they started at
+    /// (the loop guard's property names this broker).
+    pub dropped_bridge_loop: u64,
     /// Messages dropped because they expired before delivery.
     pub dropped_expired: u64,
     /// Messages not sent because they exceed the client's Maximum Packet Size.

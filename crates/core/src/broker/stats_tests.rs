@@ -29,6 +29,7 @@ impl H {
 
     fn connect(&mut self, conn: ConnId, id: &str, clean: bool) {
         let c = Connect {
+            bridge: false,
             protocol: ProtocolVersion::V311,
             clean_start: clean,
             keep_alive: 0,

@@ -73,6 +73,9 @@ fn silence_limit(seconds: u16) -> Option<Duration> {
 #[derive(Debug)]
 pub struct ConnState {
     pub version: ProtocolVersion,
+    /// The client set the bridge bit in its CONNECT (Mosquitto's `try_private`): it is
+    /// another broker, and its subscriptions are made No Local and Retain As Published.
+    bridge: bool,
     /// How long the client may stay silent (see [`ConnState::silence_limit`]).
     silence_limit: Option<Duration>,
     /// Inbound aliases: index alias-1 → topic [MQTT-3.3.2-12].
@@ -103,6 +106,7 @@ impl ConnState {
         };
         ConnState {
             version: connect.protocol,
+            bridge: connect.bridge,
             silence_limit: silence_limit(keep_alive),
             inbound_aliases: vec![None; usize::from(alias_slots)],
             outbound_aliases: HashMap::new(),
@@ -154,11 +158,21 @@ impl ConnState {
                 self.count_inbound(p.qos, p.packet_id)?;
                 Ok(Inbound::Route)
             }
+            Packet::Subscribe(sub) if self.bridge => {
+                mark_bridge_subscriptions(sub);
+                Ok(Inbound::Route)
+            }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Violation::ServerOnlyPacket)
             }
             _ => Ok(Inbound::Route),
         }
+    }
+
+    /// Whether the client set the bridge bit in its CONNECT (Mosquitto's `try_private`): it
+    /// is another broker, and its subscriptions are made No Local and Retain As Published.
+    pub fn is_bridge(&self) -> bool {
+        self.bridge
     }
 
     /// A PINGREQ is answered at once, unless the CONNACK has not gone out yet.
@@ -258,3 +272,17 @@ impl ConnState {
 
 #[cfg(test)]
 mod tests;
+
+/// A bridge's subscriptions (the bridge bit of 3.1/3.1.1, which has no subscription options)
+/// behave as a 5.0 bridge asks for them: No Local, so that what the bridge publishes here is
+/// not sent back to it [MQTT-3.8.3-3], and Retain As Published, so that a retained message
+/// stays retained on the other broker [MQTT-3.3.1-12]; as Mosquitto does for such clients.
+/// A shared subscription keeps its options: No Local is not allowed on one [MQTT-3.8.3-4].
+fn mark_bridge_subscriptions(sub: &mut makelaar_proto::Subscribe) {
+    for (filter, options) in &mut sub.filters {
+        if matches!(makelaar_proto::topic::parse_shared(filter), Ok(None)) {
+            options.no_local = true;
+            options.retain_as_published = true;
+        }
+    }
+}

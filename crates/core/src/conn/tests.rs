@@ -4,6 +4,7 @@ use makelaar_proto::{Properties, PubAck, Publish, ReasonCode};
 
 fn connect(v5: bool, keep_alive: u16) -> Connect {
     Connect {
+        bridge: false,
         protocol: if v5 {
             ProtocolVersion::V5
         } else {
@@ -386,4 +387,46 @@ fn an_unsupported_protocol_version_gets_connack_1_in_the_3_1_1_form() {
         panic!("not refused")
     };
     assert_eq!(encoded(&connack, encode_as), [0x20, 0x02, 0x00, 0x01]);
+}
+
+/// A client that set the bridge bit gets No Local and Retain As Published on its
+/// subscriptions (but a shared one, where No Local is not allowed); an ordinary client's
+/// options are left as sent.
+#[test]
+fn a_bridge_subscribes_with_no_local_and_retain_as_published() {
+    let now = Instant::now();
+    let sub = || {
+        let options = makelaar_proto::SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        Packet::Subscribe(makelaar_proto::Subscribe {
+            packet_id: 1,
+            filters: vec![
+                ("#".to_string(), options),
+                ("$share/g/a".to_string(), options),
+            ],
+            ..Default::default()
+        })
+    };
+    let options = |p: &Packet| match p {
+        Packet::Subscribe(s) => s
+            .filters
+            .iter()
+            .map(|(_, o)| (o.no_local, o.retain_as_published))
+            .collect::<Vec<_>>(),
+        _ => unreachable!(),
+    };
+    let mut bridge = connect(false, 0);
+    bridge.bridge = true;
+    let mut st = ConnState::new(now, &bridge, &Limits::default());
+    assert!(st.is_bridge());
+    let mut p = sub();
+    assert_eq!(st.inbound(now, &mut p), Ok(Inbound::Route));
+    assert_eq!(options(&p), [(true, true), (false, false)]);
+    let mut st = ConnState::new(now, &connect(false, 0), &Limits::default());
+    assert!(!st.is_bridge());
+    let mut p = sub();
+    assert_eq!(st.inbound(now, &mut p), Ok(Inbound::Route));
+    assert_eq!(options(&p), [(false, false), (false, false)]);
 }
