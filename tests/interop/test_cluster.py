@@ -32,8 +32,11 @@ def nats_server_bin() -> str | None:
     found = shutil.which("nats-server")
     if found:
         return found
-    local = Path.home() / ".local" / "bin" / "nats-server"
-    return str(local) if local.is_file() else None
+    import sysconfig
+    for d in (Path.home() / ".local" / "bin", Path(sysconfig.get_path("scripts"))):
+        if (d / "nats-server").is_file():
+            return str(d / "nats-server")
+    return None
 
 
 pytestmark = [
