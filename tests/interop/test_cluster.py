@@ -331,3 +331,36 @@ def test_start_refused_when_nats_fsyncs_lazily(tmp_path):
         assert "--allow-lazy-fsync" in err or "allow_lazy_fsync" in err, err
     finally:
         nats.stop()
+
+
+def test_persistent_session_follows_its_client_to_another_node(cluster):
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    a, b = cluster
+    cid = unique("moving")
+    topic = unique("moving") + "/t"
+
+    def expiry():
+        p = Properties(PacketTypes.CONNECT)
+        p.SessionExpiryInterval = 300
+        return p
+
+    first = MqttClient(a, client_id=cid, clean=False)
+    first.connect(properties=expiry())
+    first.subscribe(topic, qos=1)
+    second = MqttClient(b, client_id=cid, clean=False)
+    second.connect(properties=expiry())
+    assert second.connack.session_present, "the session did not follow to node b"
+    first.wait_disconnected()
+    assert first.disconnect_reason == 0x8E
+    # Its subscription came along: a message published on node a reaches it on node b.
+    pub = connected(a)
+    pub.publish(topic, b"after the move", qos=1)
+    m = second.get()
+    assert (m.topic, m.payload) == (topic, b"after the move")
+    second.expect_none(timeout=1.0)
+    # A clean start ends it everywhere.
+    second.disconnect()
+    third = MqttClient(a, client_id=cid, clean=True)
+    third.connect(properties=expiry())
+    assert not third.connack.session_present

@@ -30,10 +30,14 @@ use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseReque
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
+use makelaar_cluster::record::{SessionRecord, StoredSubscription};
+use makelaar_cluster::takeover::Fence;
 use makelaar_cluster::{ClientKey, NodeId, Revision};
-use makelaar_core::broker::{Exported, FilterChange};
+use makelaar_core::broker::{Exported, FilterChange, SessionSnapshot};
 use makelaar_core::message::Message;
 use makelaar_core::session::ConnId;
+use makelaar_core::session::Subscription;
+use makelaar_proto::ProtocolVersion;
 use makelaar_proto::{Properties, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -68,6 +72,11 @@ pub(crate) enum ToCluster {
         client_id: Arc<str>,
         revision: Revision,
     },
+    /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept).
+    StoreSession {
+        client_id: Arc<str>,
+        snapshot: Option<SessionSnapshot>,
+    },
     /// A connection whose claim was written at `revision` has ended.
     Disconnected {
         client_id: Arc<str>,
@@ -87,10 +96,11 @@ pub(crate) enum FromCluster {
         topic: String,
         message: Option<Arc<Message>>,
     },
-    /// The claim of a waiting CONNECT: the registry revision written, or why it failed.
+    /// The claim of a waiting CONNECT: the registry revision written and the session the
+    /// cluster keeps for the client id, or why it failed.
     Claimed {
         conn: ConnId,
-        result: Result<Revision, String>,
+        result: Result<(Revision, Option<SessionSnapshot>), String>,
     },
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
@@ -193,6 +203,8 @@ pub(crate) async fn start(
         .map_err(|e| ClusterStartError(format!("cannot follow the retained messages: {e}")))?;
     tokio::spawn(retained_watch(watch, from_tx.clone()));
 
+    let (sessions_tx, sessions_rx) = mpsc::unbounded_channel();
+    tokio::spawn(sessions(cluster.clone(), sessions_rx, from_tx.clone()));
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone()));
     let (live_tx, live_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
@@ -213,7 +225,15 @@ pub(crate) async fn start(
                     }
                     Some(ToCluster::Filters(changes)) => reader.filters_changed(changes).await,
                     Some(ToCluster::Claim { conn, client_id }) => {
-                        tokio::spawn(claim(cluster.clone(), conn, client_id, from_tx.clone()));
+                        tokio::spawn(claim(
+                            cluster.clone(),
+                            (conn, client_id),
+                            sessions_tx.clone(),
+                            from_tx.clone(),
+                        ));
+                    }
+                    Some(ToCluster::StoreSession { client_id, snapshot }) => {
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot));
                     }
                     Some(ToCluster::CheckOwner { conn, client_id, revision }) => {
                         let c = cluster.clone();
@@ -227,6 +247,11 @@ pub(crate) async fn start(
                         });
                     }
                     Some(ToCluster::Released(req)) => {
+                        // The session moved: this node writes its record no more (the
+                        // local session's end must not delete what the new owner reads).
+                        if let Ok(id) = req.client.client_id() {
+                            let _ = sessions_tx.send(SessionOp::Forget(Arc::from(id.as_str())));
+                        }
                         tokio::spawn(released(cluster.clone(), req));
                     }
                     Some(ToCluster::Disconnected { client_id, revision }) => {
@@ -285,17 +310,136 @@ async fn forward_releases(mut rx: mpsc::Receiver<ReleaseRequest>, tx: mpsc::Send
 
 async fn claim(
     cluster: Arc<Cluster<NatsBackend>>,
-    conn: ConnId,
-    client_id: Arc<str>,
+    (conn, client_id): (ConnId, Arc<str>),
+    sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
     let key = ClientKey::new(&client_id);
-    let result = cluster
-        .claim_client(&key)
-        .await
-        .map(|c| c.revision)
-        .map_err(|e| e.to_string());
+    let result = async {
+        let claimed = cluster.claim_client(&key).await?;
+        let (record, fence) = cluster.load_session(&key).await?;
+        // The session's writes from here on carry this fence; the first one (when the router
+        // stores the session after the CONNECT) fences the node that had it.
+        let _ = sessions.send(SessionOp::Owned(client_id.clone(), claimed.revision, fence));
+        Ok::<_, makelaar_cluster::cluster::ClusterError>((
+            claimed.revision,
+            record.and_then(|r| snapshot_of(&r)),
+        ))
+    }
+    .await
+    .map_err(|e| e.to_string());
     let _ = tx.send(FromCluster::Claimed { conn, result }).await;
+}
+
+/// What the sessions task is told.
+enum SessionOp {
+    /// This node claimed the client id at this revision; its session record has this fence.
+    Owned(Arc<str>, Revision, Fence),
+    /// Write (or, `None`, delete) the client's session record.
+    Store(Arc<str>, Option<SessionSnapshot>),
+    /// The session moved to another node: write it no more.
+    Forget(Arc<str>),
+}
+
+/// The sessions task: the one owner of the fences of the session records this node writes.
+/// Writes go one after the other, so a client's records are written in order.
+async fn sessions(
+    cluster: Arc<Cluster<NatsBackend>>,
+    mut rx: mpsc::UnboundedReceiver<SessionOp>,
+    _tx: mpsc::Sender<FromCluster>,
+) {
+    let mut fences: HashMap<Arc<str>, (Revision, Fence)> = HashMap::new();
+    while let Some(op) = rx.recv().await {
+        match op {
+            SessionOp::Owned(client_id, revision, fence) => {
+                fences.insert(client_id, (revision, fence));
+            }
+            SessionOp::Forget(client_id) => {
+                fences.remove(&client_id);
+            }
+            SessionOp::Store(client_id, snapshot) => {
+                let Some(&(revision, fence)) = fences.get(&client_id) else {
+                    continue;
+                };
+                let key = ClientKey::new(&client_id);
+                let result = match snapshot {
+                    Some(s) => {
+                        let record = record_of(cluster.config().node.clone(), revision, &s);
+                        cluster
+                            .store_session(&key, &record, fence)
+                            .await
+                            .map(|f| Some((revision, f)))
+                    }
+                    None => cluster.delete_session(&key, fence).await.map(|()| None),
+                };
+                match result {
+                    Ok(Some(kept)) => {
+                        fences.insert(client_id, kept);
+                    }
+                    Ok(None) => {
+                        fences.remove(&client_id);
+                    }
+                    Err(e) => {
+                        // Fenced: another node owns the session now (its connection here
+                        // is closed by the hand-over); nothing more is written for it.
+                        tracing::warn!(client_id = %client_id, error = %e, "session not written to the cluster");
+                        fences.remove(&client_id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The record of a session this node keeps (phase 1: its subscriptions).
+fn record_of(node: NodeId, claim: Revision, s: &SessionSnapshot) -> SessionRecord {
+    SessionRecord {
+        node,
+        claim: claim.get(),
+        protocol: s.version.level(),
+        expiry_interval: s.expiry_interval,
+        disconnected_at_ms: None,
+        subscriptions: s
+            .subscriptions
+            .iter()
+            .map(|(filter, sub)| StoredSubscription {
+                filter: filter.clone(),
+                options: sub.options,
+                identifier: sub.id,
+            })
+            .collect(),
+        will: None,
+        cursors: Vec::new(),
+        outbound: Vec::new(),
+        inbound_qos2: Vec::new(),
+    }
+}
+
+/// The session a record keeps; `None` for one that ends with its connection.
+fn snapshot_of(r: &SessionRecord) -> Option<SessionSnapshot> {
+    let version = match r.protocol {
+        3 => ProtocolVersion::V31,
+        4 => ProtocolVersion::V311,
+        5 => ProtocolVersion::V5,
+        _ => return None,
+    };
+    (r.expiry_interval > 0).then(|| SessionSnapshot {
+        version,
+        expiry_interval: r.expiry_interval,
+        subscriptions: r
+            .subscriptions
+            .iter()
+            .map(|s| {
+                (
+                    s.filter.clone(),
+                    Subscription {
+                        options: s.options,
+                        id: s.identifier,
+                    },
+                )
+            })
+            .collect(),
+    })
 }
 
 async fn released(cluster: Arc<Cluster<NatsBackend>>, req: ReleaseRequest) {

@@ -103,6 +103,7 @@ pub(crate) struct ClusterSide {
     gate: Gate,
     exported: Vec<makelaar_core::broker::Exported>,
     filter_changes: Vec<makelaar_core::broker::FilterChange>,
+    session_changes: Vec<Arc<str>>,
     /// CONNECTs waiting for their claim, with the packets their clients sent behind them.
     claiming: HashMap<ConnId, (Box<Connect>, Vec<Packet>)>,
     /// The claim of each connection, to mark it disconnected when it ends.
@@ -116,6 +117,7 @@ impl ClusterSide {
             gate: Gate::default(),
             exported: Vec::new(),
             filter_changes: Vec::new(),
+            session_changes: Vec::new(),
             claiming: HashMap::new(),
             claims: HashMap::new(),
         }
@@ -419,6 +421,14 @@ impl Router {
                 let messages = std::mem::take(&mut c.exported);
                 let _ = c.to.send(ToCluster::Batch { epoch, messages });
             }
+            self.broker.drain_session_changes(&mut c.session_changes);
+            for client_id in c.session_changes.drain(..) {
+                let snapshot = self.broker.session_snapshot(&client_id);
+                let _ = c.to.send(ToCluster::StoreSession {
+                    client_id,
+                    snapshot,
+                });
+            }
             self.broker.drain_filter_changes(&mut c.filter_changes);
             if !c.filter_changes.is_empty() {
                 let changes = std::mem::take(&mut c.filter_changes);
@@ -561,6 +571,12 @@ impl Router {
                         {
                             tracing::debug!(client_id = %id, "client taken over by another cluster node");
                         }
+                        // The session moves with its client: the other node keeps it now.
+                        if let Some(c) = self.cluster.as_ref() {
+                            let _ = c.to.send(ToCluster::Released(req.clone()));
+                        }
+                        self.broker.forget_session(now, &id);
+                        return;
                     }
                     Err(e) => tracing::warn!(error = %e, "hand-over request for a bad client id"),
                 }
@@ -577,7 +593,13 @@ impl Router {
         &mut self,
         now: Instant,
         conn: ConnId,
-        result: Result<makelaar_cluster::Revision, String>,
+        result: Result<
+            (
+                makelaar_cluster::Revision,
+                Option<makelaar_core::broker::SessionSnapshot>,
+            ),
+            String,
+        >,
     ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
@@ -589,15 +611,28 @@ impl Router {
             return;
         };
         match result {
-            Ok(revision) => {
+            Ok((revision, kept)) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                // A session the cluster keeps for this client (it was connected on another
+                // node): taken in, so the CONNECT finds it (Session Present, subscriptions).
+                if let Some(snapshot) = kept.filter(|_| !connect.clean_start) {
+                    self.broker.adopt_session(&client_id, snapshot);
+                }
                 c.claims.insert(conn, (client_id.clone(), revision));
                 let _ = c.to.send(ToCluster::CheckOwner {
                     conn,
-                    client_id,
+                    client_id: client_id.clone(),
                     revision,
                 });
                 self.broker.handle_connect(now, conn, *connect);
+                // The first write of the session record: it fences the node that had it.
+                let snapshot = self.broker.session_snapshot(&client_id);
+                if let Some(c) = self.cluster.as_ref() {
+                    let _ = c.to.send(ToCluster::StoreSession {
+                        client_id,
+                        snapshot,
+                    });
+                }
                 for packet in held {
                     self.broker.handle_packet(now, conn, packet);
                 }

@@ -42,10 +42,24 @@ pub enum FilterChange {
     Removed(String),
 }
 
+/// What the cluster keeps of a session that outlives its connection (phase 1: its
+/// subscriptions), so that it follows its client to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    /// The protocol level of its last connection.
+    pub version: makelaar_proto::ProtocolVersion,
+    /// Session Expiry Interval, seconds (never 0 here).
+    pub expiry_interval: u32,
+    /// Its subscriptions, by filter.
+    pub subscriptions: Vec<(String, crate::session::Subscription)>,
+}
+
 /// The recorder (see the module documentation).
 #[derive(Debug, Default)]
 pub(super) struct Export {
     enabled: bool,
+    /// Sessions whose kept state changed (their snapshot is to be written) or that ended.
+    sessions: Vec<Arc<str>>,
     messages: Vec<Exported>,
     /// Sessions per plain filter.
     filters: HashMap<Box<str>, usize>,
@@ -101,7 +115,77 @@ impl Export {
     }
 }
 
+impl Export {
+    pub(super) fn session_changed(&mut self, client_id: &Arc<str>) {
+        if self.enabled && self.sessions.last() != Some(client_id) {
+            self.sessions.push(client_id.clone());
+        }
+    }
+}
+
 impl Broker {
+    /// Hands over the client ids whose session changed or ended since the last call; ask
+    /// [`Broker::session_snapshot`] what each holds now (`None`: ended, or not kept).
+    pub fn drain_session_changes(&mut self, out: &mut Vec<Arc<str>>) {
+        out.append(&mut self.export.sessions);
+        out.dedup();
+    }
+
+    /// What the cluster keeps of the session of `client_id`: `None` when there is none or it
+    /// ends with its connection (Session Expiry Interval 0).
+    pub fn session_snapshot(&self, client_id: &str) -> Option<SessionSnapshot> {
+        let idx = self.sessions.by_client_id(client_id)?;
+        let s = self.session(idx).ok()?;
+        if s.expiry_interval == 0 {
+            return None;
+        }
+        let mut subscriptions: Vec<_> = s
+            .subscriptions
+            .iter()
+            .map(|(f, sub)| (f.clone(), sub.clone()))
+            .collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(SessionSnapshot {
+            version: s.version,
+            expiry_interval: s.expiry_interval,
+            subscriptions,
+        })
+    }
+
+    /// Takes in a session kept on the cluster, for a client about to connect here, unless
+    /// this broker has one for that client id already; it is then decided like a session
+    /// this broker kept itself (Session Present, its subscriptions).
+    pub fn adopt_session(&mut self, client_id: &str, snapshot: SessionSnapshot) {
+        if self.sessions.by_client_id(client_id).is_some() {
+            return;
+        }
+        self.restore_session(crate::persist::RestoredSession {
+            client_id: Arc::from(client_id),
+            state: crate::persist::SessionState {
+                version: snapshot.version,
+                expiry_interval: snapshot.expiry_interval,
+                expires_at: None,
+                pending_will: None,
+                connected: false,
+                username: None,
+            },
+            subscriptions: snapshot.subscriptions,
+            inbound_qos2: Vec::new(),
+            backlog: crate::persist::Backlog::default(),
+        });
+    }
+
+    /// Ends the session of `client_id` here, if it has no connection: it moved to another
+    /// node, which keeps it now.
+    pub fn forget_session(&mut self, now: Instant, client_id: &str) {
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
+            return;
+        };
+        if self.session(idx).is_ok_and(|s| s.conn.is_none()) {
+            self.end_session(now, idx);
+        }
+    }
+
     /// Turns on recording what the cluster must hear (see the module documentation). The
     /// filters of sessions already present (restored from a store) are reported as added.
     pub fn enable_cluster_export(&mut self) {
