@@ -364,3 +364,39 @@ def test_persistent_session_follows_its_client_to_another_node(cluster):
     third = MqttClient(a, client_id=cid, clean=True)
     third.connect(properties=expiry())
     assert not third.connack.session_present
+
+
+def test_offline_session_moves_and_the_old_node_forgets_its_copy(cluster):
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    a, b = cluster
+    cid = unique("roam")
+    topic = unique("roam") + "/t"
+
+    def expiry():
+        p = Properties(PacketTypes.CONNECT)
+        p.SessionExpiryInterval = 300
+        return p
+
+    c = MqttClient(a, client_id=cid, clean=False)
+    c.connect(properties=expiry())
+    c.subscribe(topic, qos=1)
+    c.disconnect()  # the session stays, offline, on node a
+    pub = connected(a)
+    c = MqttClient(b, client_id=cid, clean=False)
+    c.connect(properties=expiry())
+    assert c.connack.session_present
+    pub.publish(topic, b"one", qos=1)
+    assert c.get().payload == b"one"
+    c.expect_none(timeout=1.0)
+    c.disconnect()
+    # Back on node a: the session comes from the cluster again, and node a's old offline
+    # copy (which would have queued "one" a second time) is gone.
+    time.sleep(0.5)
+    c = MqttClient(a, client_id=cid, clean=False)
+    c.connect(properties=expiry())
+    assert c.connack.session_present
+    c.expect_none(timeout=1.0)
+    pub.publish(topic, b"two", qos=1)
+    assert c.get().payload == b"two"
+    c.expect_none(timeout=1.0)

@@ -105,6 +105,9 @@ pub(crate) enum FromCluster {
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
     Release(ReleaseRequest),
+    /// A client this node had (offline now) connected on another node: drop the session
+    /// here, that node keeps it.
+    Moved(Arc<str>),
     /// The claim this connection was registered with has been taken over meanwhile: close it
     /// (0x8E).
     NotOwner { conn: ConnId, revision: Revision },
@@ -186,6 +189,10 @@ pub(crate) async fn start(
         .await
         .map_err(|e| ClusterStartError(format!("cannot follow hand-over requests: {e}")))?;
     tokio::spawn(forward_releases(releases, from_tx.clone()));
+    let mut moved = cluster
+        .moved_clients()
+        .await
+        .map_err(|e| ClusterStartError(format!("cannot follow moved-client notices: {e}")))?;
     for p in partitions.all() {
         let follow = cluster
             .follow_partition(p)
@@ -264,6 +271,14 @@ pub(crate) async fn start(
                     }
                 },
                 Some((filter, d)) = live_rx.recv() => reader.live(filter, d).await,
+                Some(key) = moved.recv() => {
+                    if let Ok(id) = key.client_id() {
+                        let id: Arc<str> = Arc::from(id.as_str());
+                        // Written no more from here (before the router ends it locally).
+                        let _ = sessions_tx.send(SessionOp::Forget(id.clone()));
+                        let _ = from_tx.send(FromCluster::Moved(id)).await;
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -317,6 +332,14 @@ async fn claim(
     let key = ClientKey::new(&client_id);
     let result = async {
         let claimed = cluster.claim_client(&key).await?;
+        if let Some(previous) = claimed
+            .previous
+            .as_ref()
+            .filter(|p| p.node != cluster.config().node && !p.connected)
+        {
+            // (A connected owner was asked to hand over, and forgot its copy then.)
+            let _ = cluster.notify_moved(&previous.node, &key).await;
+        }
         let (record, fence) = cluster.load_session(&key).await?;
         // The session's writes from here on carry this fence; the first one (when the router
         // stores the session after the CONNECT) fences the node that had it.

@@ -91,6 +91,18 @@ impl Server {
         )?);
         let acl = config.acl_file.as_deref().map(auth::load_acl).transpose()?;
         let acl_file = config.acl_file.clone();
+        let shutdown = CancellationToken::new();
+        // The cluster before the listeners: a NATS server that fsyncs lazily, or none that
+        // answers, stops the start with its sentence, and MQTT ports open only once this
+        // node holds its lease (a client never waits for a node still joining).
+        let cluster = match &config.cluster {
+            Some(settings) => Some(
+                cluster::start(settings, shutdown.clone())
+                    .await
+                    .map_err(|e| ConfigError::Cluster(e.to_string()))?,
+            ),
+            None => None,
+        };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);
@@ -100,17 +112,6 @@ impl Server {
             .map(|l| (l.url().to_owned(), l.local_addr()))
             .collect();
         let tls_slots = listeners.iter().filter_map(Listener::tls_slot).collect();
-        let shutdown = CancellationToken::new();
-        // The cluster before anything is served: a NATS server that fsyncs lazily, or none
-        // that answers, stops the start with its sentence.
-        let cluster = match &config.cluster {
-            Some(settings) => Some(
-                cluster::start(settings, shutdown.clone())
-                    .await
-                    .map_err(|e| ConfigError::Cluster(e.to_string()))?,
-            ),
-            None => None,
-        };
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);

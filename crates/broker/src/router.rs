@@ -547,6 +547,7 @@ impl Router {
                 self.broker.apply_remote_retained(&topic, message);
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
+            FromCluster::Moved(client_id) => self.broker.forget_session(now, &client_id),
             FromCluster::NotOwner { conn, revision } => {
                 let held = self
                     .cluster

@@ -200,6 +200,54 @@ impl<B: Backend> Cluster<B> {
         Subject::from_tokens(&format!("{}.ctl.{node}.release", self.config.prefix))
     }
 
+    /// The subject on which `node` hears that a client it had moved to another node.
+    pub fn moved_subject(&self, node: &NodeId) -> Subject {
+        Subject::from_tokens(&format!("{}.ctl.{node}.moved", self.config.prefix))
+    }
+
+    /// Tells `node`, which had `client` before this node claimed it, that the client moved:
+    /// it drops what it still keeps of the session (an offline copy would go stale). At
+    /// most once: a node that misses it keeps its copy until the session expires there.
+    pub async fn notify_moved(
+        &self,
+        node: &NodeId,
+        client: &ClientKey,
+    ) -> Result<(), ClusterError> {
+        Ok(self
+            .backend
+            .publish(
+                self.moved_subject(node),
+                Bytes::copy_from_slice(client.as_str().as_bytes()),
+            )
+            .await?)
+    }
+
+    /// Follows the notices that clients this node had moved to another node
+    /// ([`Cluster::notify_moved`]).
+    pub async fn moved_clients(&self) -> Result<mpsc::Receiver<ClientKey>, ClusterError> {
+        let mut sub = self
+            .backend
+            .subscribe(self.moved_subject(&self.config.node), None)
+            .await?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(d) = sub.next().await {
+                let key = std::str::from_utf8(&d.payload)
+                    .ok()
+                    .and_then(|k| ClientKey::from_key(k).ok());
+                match key {
+                    Some(k) => {
+                        if tx.send(k).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => tracing::warn!("ignoring a malformed moved-client notice"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Claims a client id for a connection about to open on this node ([`Claim`]).
     pub async fn claim_client(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
         let mut claim = Claim::new(

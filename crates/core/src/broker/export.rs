@@ -176,12 +176,18 @@ impl Broker {
     }
 
     /// Ends the session of `client_id` here, if it has no connection: it moved to another
-    /// node, which keeps it now.
+    /// node, which keeps it now. A will waiting for its delay is dropped: the session goes on
+    /// with its client reconnected [MQTT-3.1.3-9] (the new node does not know it yet: wills
+    /// do not travel with the session in phase 1).
     pub fn forget_session(&mut self, now: Instant, client_id: &str) {
         let Some(idx) = self.sessions.by_client_id(client_id) else {
             return;
         };
-        if self.session(idx).is_ok_and(|s| s.conn.is_none()) {
+        let Ok(s) = self.session_mut(idx) else {
+            return;
+        };
+        if s.conn.is_none() {
+            s.pending_will = None;
             self.end_session(now, idx);
         }
     }
