@@ -370,6 +370,46 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_session_is_snapshot_adopted_and_forgotten() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        let mut c = connect("p", ProtocolVersion::V5, false);
+        c.properties.session_expiry_interval = Some(300);
+        h.connect(1, c.clone());
+        h.packet(1, subscribe(1, "k/#", QoS::AtLeastOnce));
+        let mut ids = Vec::new();
+        h.broker.drain_session_changes(&mut ids);
+        assert_eq!(ids, [Arc::<str>::from("p")]);
+        let snap = h.broker.session_snapshot("p").unwrap();
+        assert_eq!(snap.expiry_interval, 300);
+        assert_eq!(snap.subscriptions.len(), 1);
+        assert_eq!(snap.subscriptions[0].0, "k/#");
+        // A session that ends with its connection is not kept.
+        h.connect(2, connect("q", ProtocolVersion::V5, true));
+        assert!(h.broker.session_snapshot("q").is_none());
+
+        // Another broker takes it in: the CONNECT finds it, with its subscription.
+        let mut other = Harness::new();
+        other.broker.enable_cluster_export();
+        other.broker.adopt_session("p", snap);
+        let ack = other.connect(1, c);
+        assert!(ack.session_present);
+        other.connect(2, connect("pub", ProtocolVersion::V5, true));
+        other.packet(2, publish("k/x", QoS::AtLeastOnce, 1, "v"));
+        assert_eq!(super::super::tests::publishes(&other.take(1)).len(), 1);
+
+        // The first broker forgets its copy only while it has no connection.
+        h.broker.forget_session(h.now, "p");
+        assert!(h.broker.session_snapshot("p").is_some());
+        h.broker.handle_connection_lost(h.now, 1);
+        h.broker.forget_session(h.now, "p");
+        assert!(h.broker.session_snapshot("p").is_none());
+        ids.clear();
+        h.broker.drain_session_changes(&mut ids);
+        assert!(ids.contains(&Arc::<str>::from("p")));
+    }
+
+    #[test]
     fn a_client_is_disconnected_with_the_reason_given() {
         let mut h = Harness::new();
         h.connect(1, connect("a", ProtocolVersion::V5, true));
