@@ -254,12 +254,11 @@ pub(crate) async fn start(
                         });
                     }
                     Some(ToCluster::Released(req)) => {
-                        // The session moved: this node writes its record no more (the
-                        // local session's end must not delete what the new owner reads).
-                        if let Ok(id) = req.client.client_id() {
-                            let _ = sessions_tx.send(SessionOp::Forget(Arc::from(id.as_str())));
-                        }
-                        tokio::spawn(released(cluster.clone(), req));
+                        // Answered by the sessions task after the writes queued before it:
+                        // the claiming node then reads this node's last record, and this
+                        // node writes it no more (its local end must not delete what the
+                        // new owner reads).
+                        let _ = sessions_tx.send(SessionOp::Release(req));
                     }
                     Some(ToCluster::Disconnected { client_id, revision }) => {
                         let c = cluster.clone();
@@ -362,6 +361,8 @@ enum SessionOp {
     Store(Arc<str>, Option<SessionSnapshot>),
     /// The session moved to another node: write it no more.
     Forget(Arc<str>),
+    /// A hand-over: write the client's session no more, then mark the registry and answer.
+    Release(ReleaseRequest),
 }
 
 /// The sessions task: the one owner of the fences of the session records this node writes.
@@ -379,6 +380,12 @@ async fn sessions(
             }
             SessionOp::Forget(client_id) => {
                 fences.remove(&client_id);
+            }
+            SessionOp::Release(req) => {
+                if let Ok(id) = req.client.client_id() {
+                    fences.remove(id.as_str());
+                }
+                tokio::spawn(released(cluster.clone(), req));
             }
             SessionOp::Store(client_id, snapshot) => {
                 let Some(&(revision, fence)) = fences.get(&client_id) else {
