@@ -105,6 +105,9 @@ pub(crate) enum FromCluster {
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
     Release(ReleaseRequest),
+    /// Another node owns this client's session now (a write was fenced): close its
+    /// connection here, if any (0x8E).
+    Fenced(Arc<str>),
     /// A client this node had (offline now) connected on another node: drop the session
     /// here, that node keeps it.
     Moved(Arc<str>),
@@ -370,7 +373,7 @@ enum SessionOp {
 async fn sessions(
     cluster: Arc<Cluster<NatsBackend>>,
     mut rx: mpsc::UnboundedReceiver<SessionOp>,
-    _tx: mpsc::Sender<FromCluster>,
+    tx: mpsc::Sender<FromCluster>,
 ) {
     let mut fences: HashMap<Arc<str>, (Revision, Fence)> = HashMap::new();
     while let Some(op) = rx.recv().await {
@@ -410,10 +413,13 @@ async fn sessions(
                         fences.remove(&client_id);
                     }
                     Err(e) => {
-                        // Fenced: another node owns the session now (its connection here
-                        // is closed by the hand-over); nothing more is written for it.
+                        // Fenced: another node owns the session now; nothing more is
+                        // written for it, and its connection here, if any, is closed (0x8E).
                         tracing::warn!(client_id = %client_id, error = %e, "session not written to the cluster");
                         fences.remove(&client_id);
+                        if matches!(e, makelaar_cluster::cluster::ClusterError::Fenced(_)) {
+                            let _ = tx.send(FromCluster::Fenced(client_id)).await;
+                        }
                     }
                 }
             }

@@ -548,6 +548,10 @@ impl Router {
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
             FromCluster::Moved(client_id) => self.broker.forget_session(now, &client_id),
+            FromCluster::Fenced(client_id) => {
+                self.broker
+                    .disconnect_client(now, &client_id, ReasonCode::SESSION_TAKEN_OVER);
+            }
             FromCluster::NotOwner { conn, revision } => {
                 let held = self
                     .cluster
