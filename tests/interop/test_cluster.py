@@ -400,3 +400,15 @@ def test_offline_session_moves_and_the_old_node_forgets_its_copy(cluster):
     pub.publish(topic, b"two", qos=1)
     assert c.get().payload == b"two"
     c.expect_none(timeout=1.0)
+
+
+def test_start_refused_when_no_nats_server_answers(tmp_path):
+    port = free_port()
+    r = subprocess.run([find_makelaar(), "serve", "--in-memory", "--listen",
+                        f"mqtt://127.0.0.1:{free_port()}", "--cluster",
+                        f"nats://127.0.0.1:{port}", "--node-name", "lonely"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("makelaar: cannot connect to the NATS servers"), err
+    assert "--cluster" in err, err

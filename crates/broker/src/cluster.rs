@@ -161,6 +161,11 @@ pub(crate) async fn start(
                 tracing::warn!(target: crate::status::STATUS_TARGET, "{e}; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            Err(e @ NatsStartError::Connect { .. }) => {
+                return Err(ClusterStartError(format!(
+                    "{e}; check that the NATS servers run and that --cluster (or [cluster] servers) names their client ports"
+                )))
+            }
             Err(e) => return Err(ClusterStartError(e.to_string())),
         }
     };
