@@ -200,12 +200,13 @@ def test_unsupported_directives_stop_the_start(tmp_path, directive, line, needle
 
 
 @pytest.mark.skipif(BROKER_KIND != "makelaar", reason="tests the makelaar command line")
-def test_a_bridge_section_is_read_and_converted(tmp_path):
-    """A `connection` section: `serve` reads it (and says the bridge is configured, warning
-    about a topic carried at QoS 0), `config convert` writes it as [[bridge]], and that file
-    starts the broker too."""
+def test_a_bridge_section_is_read_and_converted(tmp_path, certs):
+    """A `connection` section: `serve` reads it (warning about a topic carried at QoS 0) and
+    starts the bridge, `config convert` writes it as [[bridge]], and that file starts the
+    broker and its bridge too."""
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
+    (tmp_path / "ca.pem").write_bytes((certs / "ca.crt").read_bytes())
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                     "connection to-cloud\naddress cloud.example:8883\n"
                     "bridge_cafile ca.pem\ntopic sensors/# out 0 \"\" site1/\n")
@@ -223,7 +224,7 @@ def test_a_bridge_section_is_read_and_converted(tmp_path):
             lines = [proc.stdout.readline().decode() for _ in range(3)]
             text = "".join(lines)
             assert "is carried at QoS 0" in text, text
-            assert "bridge \"to-cloud\" to cloud.example:8883 is configured" in text, text
+            assert "bridge \"to-cloud\" started: 1 topic line(s) to cloud.example:8883" in text, text
             assert "listening on" in text, text
         finally:
             proc.terminate()

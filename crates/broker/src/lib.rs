@@ -91,6 +91,20 @@ impl Server {
         )?);
         let acl = config.acl_file.as_deref().map(auth::load_acl).transpose()?;
         let acl_file = config.acl_file.clone();
+        // The bridges are checked before a listener is announced (a bad certificate stops the
+        // start).
+        let (bridges, broker_id) = if config.bridges.is_empty() {
+            (Vec::new(), String::new())
+        } else {
+            let data_dir = (!config.in_memory).then_some(config.data_dir.as_path());
+            let id = bridge::broker_id(data_dir)?;
+            let bridges = config
+                .bridges
+                .iter()
+                .map(|b| bridge::Bridge::new(b.clone(), &id, config.limits.max_inflight_messages))
+                .collect::<Result<Vec<_>, _>>()?;
+            (bridges, id)
+        };
         let shutdown = CancellationToken::new();
         // The cluster before the listeners: a NATS server that fsyncs lazily, or none that
         // answers, stops the start with its sentence, and MQTT ports open only once this
@@ -115,19 +129,6 @@ impl Server {
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
-        // The bridges are checked before anything runs (a bad certificate stops the start).
-        let (bridges, broker_id) = if config.bridges.is_empty() {
-            (Vec::new(), String::new())
-        } else {
-            let data_dir = (!config.in_memory).then_some(config.data_dir.as_path());
-            let id = bridge::broker_id(data_dir)?;
-            let bridges = config
-                .bridges
-                .iter()
-                .map(|b| bridge::Bridge::new(b.clone(), &id, config.limits.max_inflight_messages))
-                .collect::<Result<Vec<_>, _>>()?;
-            (bridges, id)
-        };
         let policy = Policy {
             deny_subscriptions: config.deny_subscriptions.clone(),
             response_information_prefix: "response/".into(),
@@ -240,6 +241,7 @@ impl Server {
         let bridges_stop = CancellationToken::new();
         let bridge_tasks = TaskTracker::new();
         for b in bridges {
+            tracing::info!(target: STATUS_TARGET, "{}", b.describe());
             let shared = bridge::Shared {
                 ctx: ctx.clone(),
                 next_conn: next_conn.clone(),

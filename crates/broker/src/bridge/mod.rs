@@ -70,11 +70,6 @@ impl Bridge {
         }
         let relay = Relay::new(settings, Instant::now());
         let counters = Arc::new(BridgeCounters::new(&config.name));
-        for t in &config.topics {
-            if t.direction.is_out() && t.direction.is_in() && t.local_prefix == t.remote_prefix {
-                tracing::warn!(bridge = %config.name, topic = %t.pattern, "topic `both` with the same topics on both sides: loops are prevented by No Local (and the loop guard between Makelaar brokers), but check that this is meant");
-            }
-        }
         Ok(Bridge {
             config,
             relay,
@@ -85,6 +80,22 @@ impl Bridge {
 
     pub(crate) fn counters(&self) -> Arc<BridgeCounters> {
         self.counters.clone()
+    }
+
+    /// One line for the start-up log: the name, what is carried, and where to.
+    pub(crate) fn describe(&self) -> String {
+        let addresses: Vec<String> = self
+            .config
+            .addresses
+            .iter()
+            .map(|a| format!("{}:{}", a.host, a.port))
+            .collect();
+        format!(
+            "bridge \"{}\" started: {} topic line(s) to {}",
+            self.config.name,
+            self.config.topics.len(),
+            addresses.join(", ")
+        )
     }
 }
 
