@@ -412,3 +412,58 @@ def test_start_refused_when_no_nats_server_answers(tmp_path):
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("makelaar: cannot connect to the NATS servers"), err
     assert "--cluster" in err, err
+
+
+def test_a_node_that_loses_its_lease_disconnects_its_clients(tmp_path):
+    """Rule 5: a node that cannot refresh its lease for TTL - margin (10 s) stops serving:
+    its clients are disconnected (5.0: 0x89 Server busy) and new ones refused (CONNACK 0x88
+    Server unavailable), until it holds its lease again."""
+    import signal
+    nats = NatsCluster(tmp_path, n=1)
+    node = Node(tmp_path, nats, "alone")
+    other = None
+    try:
+        node.wait_serving()
+        other = Node(tmp_path, nats, "other")
+        other.wait_serving()
+        c = connected(node)
+        nats.procs[0].send_signal(signal.SIGSTOP)
+        try:
+            c.wait_disconnected(timeout=25)
+            assert c.disconnect_reason == 0x89
+            refused = MqttClient(node)
+            refused.connect(expect_success=False)
+            assert refused.connack is None or refused.connack.reason_code == 0x88
+        finally:
+            nats.procs[0].send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 25
+        while True:
+            again = MqttClient(node)
+            try:
+                again.connect(expect_success=False)
+                if again.connack is not None and again.connack.reason_code == 0:
+                    break
+            except Exception:
+                pass
+            again.close()
+            assert time.monotonic() < deadline, "the node did not serve again after NATS returned"
+            time.sleep(0.5)
+        # The partition followers and the retained watch resumed after the interruption: a
+        # QoS 1 message from the other node arrives.
+        topic = unique("after") + "/t"
+        again.subscribe(topic, qos=1)
+        deadline = time.monotonic() + 25
+        while True:
+            try:
+                pub = connected(other)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the other node did not serve again"
+                time.sleep(0.5)
+        pub.publish(topic, b"resumed", qos=1)
+        assert again.get(timeout=15).payload == b"resumed"
+    finally:
+        node.stop()
+        if other is not None:
+            other.stop()
+        nats.stop()

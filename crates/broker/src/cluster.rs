@@ -105,6 +105,11 @@ pub(crate) enum FromCluster {
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
     Release(ReleaseRequest),
+    /// This node could not refresh its lease in time: disconnect every client (5.0: 0x89
+    /// Server busy) and refuse new ones (CONNACK 0x88 Server unavailable) until `Serving`.
+    StepDown,
+    /// This node holds its lease again.
+    Serving,
     /// Another node owns this client's session now (a write was fenced): close its
     /// connection here, if any (0x8E).
     Fenced(Arc<str>),
@@ -188,10 +193,9 @@ pub(crate) async fn start(
             )))
         }
     }
-    tokio::spawn(lease_events(lease_rx, shutdown.clone()));
-
     let (to_tx, mut to_rx) = mpsc::unbounded_channel();
     let (from_tx, from_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
+    tokio::spawn(lease_events(lease_rx, from_tx.clone(), shutdown.clone()));
     let releases = cluster
         .release_requests()
         .await
@@ -299,6 +303,7 @@ pub(crate) async fn start(
 
 async fn lease_events(
     mut rx: mpsc::Receiver<LeaseEvent>,
+    tx: mpsc::Sender<FromCluster>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     // Returning closes the channel, which ends the lease task.
@@ -308,13 +313,16 @@ async fn lease_events(
     } {
         match ev {
             LeaseEvent::Serving => {
-                tracing::info!(target: crate::status::STATUS_TARGET, "cluster lease held again: serving")
+                tracing::info!(target: crate::status::STATUS_TARGET, "cluster lease held again: serving");
+                let _ = tx.send(FromCluster::Serving).await;
             }
-            // Phase 1 logs these; stopping acknowledgements and disconnecting clients on a
-            // step-down, and publishing a dead node's wills, come next (docs/cluster.md).
+            // Rule 5: before any peer can call this node's lease expired, it stops
+            // acknowledging and disconnects its clients; they reconnect to another node.
             LeaseEvent::StepDown => {
-                tracing::error!(target: crate::status::STATUS_TARGET, "cluster lease lost: this node should stop serving (not done yet in this version)")
+                tracing::error!(target: crate::status::STATUS_TARGET, "cluster lease not refreshed in time: this node disconnects its clients and refuses new ones until it holds its lease again");
+                let _ = tx.send(FromCluster::StepDown).await;
             }
+            // Publishing a dead node's wills comes with wills in the session record.
             LeaseEvent::Reap(dead) => {
                 tracing::warn!(target: crate::status::STATUS_TARGET, node = %dead.node, "a cluster node died; publishing its wills is not done yet in this version")
             }

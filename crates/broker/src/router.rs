@@ -106,6 +106,8 @@ pub(crate) struct ClusterSide {
     session_changes: Vec<Arc<str>>,
     /// CONNECTs waiting for their claim, with the packets their clients sent behind them.
     claiming: HashMap<ConnId, (Box<Connect>, Vec<Packet>)>,
+    /// The node lost its lease (see `FromCluster::StepDown`): CONNECTs are refused.
+    stepped_down: bool,
     /// The claim of each connection, to mark it disconnected when it ends.
     claims: HashMap<ConnId, (Arc<str>, makelaar_cluster::Revision)>,
 }
@@ -118,6 +120,7 @@ impl ClusterSide {
             exported: Vec::new(),
             filter_changes: Vec::new(),
             session_changes: Vec::new(),
+            stepped_down: false,
             claiming: HashMap::new(),
             claims: HashMap::new(),
         }
@@ -354,6 +357,15 @@ impl Router {
             } => {
                 self.conns.insert(conn, Conn { out, peer });
                 match self.cluster.as_mut() {
+                    Some(c) if c.stepped_down => {
+                        let refusal = makelaar_core::conn::refusal(
+                            connect.protocol,
+                            ReasonCode::SERVER_UNAVAILABLE,
+                        );
+                        self.send(conn, refusal);
+                        self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
+                        self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
+                    }
                     // Unique across the cluster [MQTT-3.1.4-3]: claimed before it is decided.
                     // (An empty client id gets an assigned one, unique already.)
                     Some(c) if !connect.client_id.is_empty() => {
@@ -548,6 +560,18 @@ impl Router {
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
             FromCluster::Moved(client_id) => self.broker.forget_session(now, &client_id),
+            FromCluster::StepDown => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.stepped_down = true;
+                }
+                // 0x89 Server busy, "try again later" (0x88 is a CONNACK code only).
+                self.broker.disconnect_all(now, ReasonCode::SERVER_BUSY);
+            }
+            FromCluster::Serving => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.stepped_down = false;
+                }
+            }
             FromCluster::Fenced(client_id) => {
                 self.broker
                     .disconnect_client(now, &client_id, ReasonCode::SESSION_TAKEN_OVER);

@@ -246,6 +246,20 @@ impl Broker {
         self.store_retained(&msg);
     }
 
+    /// Closes every client's connection with `reason` (5.0: a DISCONNECT with it first), as
+    /// [`Broker::disconnect_client`] does for one: their sessions stay, offline.
+    pub fn disconnect_all(&mut self, now: Instant, reason: ReasonCode) {
+        let ids: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|s| s.conn.is_some())
+            .map(|s| s.client_id.clone())
+            .collect();
+        for id in ids {
+            self.disconnect_client(now, &id, reason);
+        }
+    }
+
     /// Closes the connection holding `client_id`, if one does, with `reason` (5.0: a
     /// DISCONNECT with it first), as a takeover or the administrator does. Returns whether a
     /// connection was closed.
