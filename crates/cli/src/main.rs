@@ -39,7 +39,10 @@ Examples:
 
   makelaar serve --mosquitto-conf /etc/mosquitto/mosquitto.conf
       Settings from a Mosquitto configuration (see docs/migrating-from-mosquitto.md);
-      `makelaar config convert FILE` prints the equivalent makelaar.toml.";
+      `makelaar config convert FILE` prints the equivalent makelaar.toml.
+
+  makelaar serve --cluster nats://n1:4222,nats://n2:4222,nats://n3:4222 --node-name m1
+      A node of a cluster on NATS JetStream (preview, see docs/cluster.md).";
 
 /// Makelaar: an MQTT 3.1, 3.1.1 and 5.0 broker.
 #[derive(Debug, Parser)]
