@@ -122,16 +122,18 @@ class Proc:
 class Makelaar(Proc):
     """`makelaar serve` with a data directory and `[[bridge]]` tables (`bridges`: TOML)."""
 
-    def __init__(self, workdir: Path, name: str, bridges: str = "", limits: dict | None = None):
+    def __init__(self, workdir: Path, name: str, bridges: str = "", limits: dict | None = None,
+                 top: str = "sys_interval = 0"):
         super().__init__(workdir, name)
         self.data = self.workdir / "data"
         self.config = self.workdir / "makelaar.toml"
         self.limits = limits or {}
+        self.top = top
         self.set_bridges(bridges)
 
     def set_bridges(self, bridges: str):
-        """Top-level keys first, then the `[[bridge]]` tables, then `[limits]`."""
-        lines = ["sys_interval = 0", bridges, "[limits]"]
+        """Top-level keys first (`top`), then the `[[bridge]]` tables, then `[limits]`."""
+        lines = [self.top, bridges, "[limits]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in self.limits.items()]
         self.config.write_text("\n".join(lines) + "\n")
 

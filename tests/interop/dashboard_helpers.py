@@ -18,9 +18,10 @@ class DashboardBroker(Broker):
     """A Makelaar broker with an http:// listener (config {"http": True}); `dashboard` is the
     `[dashboard]` table (a dict), written after the settings."""
 
-    def __init__(self, workdir, certs, config, name="dashboard", dashboard=None):
+    def __init__(self, workdir, certs, config, name="dashboard", dashboard=None, extra=""):
         super().__init__(workdir, certs, dict(config, http=True), name=name)
         self.dashboard = dashboard or {}
+        self.extra = extra
 
     @property
     def url(self) -> str:
@@ -32,17 +33,21 @@ class DashboardBroker(Broker):
             with path.open("a") as f:
                 f.write("\n[dashboard]\n" + "".join(
                     f"{k} = {_toml_value(v)}\n" for k, v in self.dashboard.items()))
+        if self.extra:
+            with path.open("a") as f:
+                f.write("\n" + self.extra)
         return path
 
 
-def start_dashboard_broker(tmp_path_factory, certs, name, dashboard=None, **settings):
+def start_dashboard_broker(tmp_path_factory, certs, name, dashboard=None, extra="", **settings):
     """Starts a DashboardBroker registered with conftest (its output is attached to failures;
     stop it with conftest._stop)."""
     import conftest
     from brokers import DEFAULT_CONFIG, merge_config
 
     b = DashboardBroker(tmp_path_factory.mktemp(name), certs,
-                        merge_config(DEFAULT_CONFIG, settings), name=name, dashboard=dashboard)
+                        merge_config(DEFAULT_CONFIG, settings), name=name, dashboard=dashboard,
+                        extra=extra)
     b.start()
     conftest._active_brokers.append(b)
     return b

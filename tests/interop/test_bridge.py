@@ -18,6 +18,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge_helpers import Makelaar, Mosquitto, Proxy, bridge_toml
 from brokers import BROKER_KIND, free_port
+import mqtt_raw as R
 from clients import MqttClient, unique
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "makelaar",
@@ -185,6 +186,134 @@ def test_a_full_bridge_queue_refuses_with_0x97_instead_of_dropping(tmp_path, pro
     # The first five are queued (0x10: no other subscriber); the rest are refused.
     assert [r == 0x97 for r in reasons] == [False] * 5 + [True] * 3, reasons
     pub.close()
+
+
+def sys_values(c, prefix, n, timeout=10.0):
+    """The latest retained `$SYS` values under `prefix`, once `n` leaves were seen."""
+    values = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(values) < n:
+        for m in c.drain(0.3, 1):
+            values[m.topic[len(prefix):]] = m.payload.decode()
+    return values
+
+
+def test_drop_qos0_first_max_age_and_3_1_1_refusals_are_counted_by_reason(tmp_path, procs):
+    dead = free_port()  # the remote is away: everything waits in the queue
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", dead, [{"pattern": "x/#", "qos": 1}], remote_client_id="edge",
+        queue={"max_messages": 3, "when_full": "drop-qos0-first", "max_age": 3}),
+        top="sys_interval = 1")
+    procs.append(local)
+    local.start()
+    watch = client(local)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    assert notification(watch)[1] == b"0"
+    pub = client(local)
+    assert pub.publish("x/a", b"1", qos=1) != 0x97
+    pub.publish("x/b", b"0", qos=0)
+    assert pub.publish("x/c", b"1", qos=1) != 0x97
+    # Full: the queued QoS 0 message makes room; then, without one, the queue refuses.
+    assert pub.publish("x/d", b"1", qos=1) != 0x97
+    assert pub.publish("x/e", b"1", qos=1) == 0x97
+    # A 3.1.1 publisher cannot be told: it is disconnected instead of acknowledged.
+    raw = R.RawClient(local.port, version=4)
+    assert raw.connect("old-pub", clean=False).reason == 0
+    raw.publish("x/f", b"1", qos=1, packet_id=7)
+    assert [p for p in raw.wait_closed(5) if p.type == R.PUBACK] == []
+    # Three seconds later the queued messages are too old: a new one pushes them out.
+    time.sleep(3.5)
+    assert pub.publish("x/g", b"1", qos=1) != 0x97
+    sys = client(local)
+    prefix = "$SYS/broker/bridge/up/"
+    sys.subscribe(prefix + "#", 0)
+    want = {"dropped/queue_qos0": "1", "dropped/queue_full": "2", "dropped/max_age": "3",
+            "dropped/queue_oldest": "0", "queue/messages": "1"}
+
+    def counted():
+        v = sys_values(sys, prefix, 20, timeout=3)
+        return all(v.get(k) == x for k, x in want.items())
+    wait_for(counted, timeout=15, what=f"$SYS bridge drops {want}")
+    assert "max_age" in local.tail() and "drop" in local.tail()
+
+
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "makelaar"])
+def test_retained_messages_go_to_the_remote_again_only_when_its_session_is_new(
+        tmp_path, procs, remote_kind):
+    remote = remote_broker(remote_kind, tmp_path, procs)
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", remote.port, [{"pattern": "r/#", "qos": 1}], remote_client_id="edge",
+        protocol_version="5.0", session_expiry_interval=3600))
+    procs.append(local)
+    local.start()
+    rwatch = client(remote)
+    rwatch.subscribe("$SYS/broker/connection/edge/state", 1)
+    wait_for(lambda: notification(rwatch)[1] == b"1", what="the link up")
+    rsub = client(remote)
+    rsub.subscribe("r/#", 1)
+    pub = client(local)
+    pub.publish("r/kept", b"v1", qos=1, retain=True)
+    assert rsub.get(10).payload == b"v1"
+    pub.close()
+    # This broker restarts; the remote kept the bridge's session and has the value: the
+    # retained message is not sent again.
+    local.stop()
+    assert notification(rwatch)[1] == b"0"
+    local.start()
+    assert notification(rwatch)[1] == b"1"
+    rsub.expect_none(2.0)
+    # A changed value goes out, once.
+    pub = client(local)
+    pub.publish("r/kept", b"v2", qos=1, retain=True)
+    assert rsub.get(10).payload == b"v2"
+    rsub.expect_none(1.0)
+    # The remote restarts without the bridge's session (and without the retained value):
+    # it gets the retained message again, once.
+    rsub.close()
+    rwatch.close()
+    remote.stop()
+    for f in list(remote.workdir.glob("*.db")) + [remote.workdir / "data"]:
+        if f.is_dir():
+            import shutil
+            shutil.rmtree(f)
+        elif f.exists():
+            f.unlink()
+    remote.start()
+    late = client(remote)
+    late.subscribe("r/#", 1)
+    rwatch = client(remote)
+    rwatch.subscribe("$SYS/broker/connection/edge/state", 1)
+    wait_for(lambda: notification(rwatch)[1] == b"1", timeout=30, what="the link up again")
+    got = [m.payload for m in late.drain(1.5, 10)]
+    assert got == [b"v2"], got
+
+
+def test_an_out_topic_removed_from_the_configuration_is_unsubscribed_at_start(tmp_path, procs):
+    dead = free_port()  # the remote is away: what the bridge subscribes waits in its queue
+    local = Makelaar(tmp_path, "local", bridge_toml(
+        "up", dead, [{"pattern": "a/#", "qos": 1}, {"pattern": "b/#", "qos": 1}],
+        remote_client_id="edge"))
+    procs.append(local)
+    local.start()
+    watch = client(local)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    assert notification(watch)[1] == b"0"
+    pub = client(local)
+    assert pub.publish("b/x", b"1", qos=1) == 0  # the bridge's session takes it
+    pub.close()
+    watch.close()
+    local.stop()
+    local.set_bridges(bridge_toml("up", dead, [{"pattern": "a/#", "qos": 1}],
+                                  remote_client_id="edge"))
+    local.start()
+    watch = client(local)
+    watch.subscribe("$SYS/broker/connection/edge/state", 1)
+    assert notification(watch)[1] == b"0"
+    pub = client(local)
+    # b/# is no longer the bridge's: nobody subscribes to it (5.0: 0x10).
+    wait_for(lambda: pub.publish("b/y", b"1", qos=1) == 0x10, what="b/# unsubscribed")
+    assert pub.publish("a/y", b"1", qos=1) == 0
+    assert "no longer carries out" in local.tail()
 
 
 def test_a_lazy_bridge_connects_at_the_threshold_and_leaves_when_idle(tmp_path, procs):

@@ -345,3 +345,55 @@ def test_a_reload_forgets_remembered_logins(tmp_path_factory, certs):
         assert ok.status == 200
     finally:
         _stop(b)
+
+
+def test_bridge_panel_shows_state_queue_counts_last_error_and_drops(tmp_path_factory, certs,
+                                                                   browser_page):
+    from bridge_helpers import bridge_toml
+    from brokers import free_port
+    dead = free_port()  # the remote is away: the bridge is down and its queue fills
+    bridge = bridge_toml("cloud", dead, [{"pattern": "s/#", "qos": 1}],
+                         remote_client_id="edge", queue={"max_messages": 2})
+    b = start_dashboard_broker(tmp_path_factory, certs, "bridgepanel", extra=bridge)
+    try:
+        # The bridge's local session (its subscription, the queue) exists once its first
+        # notification, a retained 0, is there.
+        watch = MqttClient(b, version=5)
+        watch.connect()
+        watch.subscribe("$SYS/broker/connection/edge/state", 1)
+        assert watch.get(timeout=10).payload == b"0"
+        watch.close()
+        pub = MqttClient(b, version=5)
+        pub.connect()
+        codes = [getattr(c, "value", c) for c in
+                 (pub.publish(f"s/{i}", b"x", qos=1) for i in range(3))]
+        assert codes[-1] == 0x97, codes
+        pub.close()
+        ans = request(b, "GET", "/api/bridges")
+        assert ans.status == 200, ans
+        [j] = ans.json()
+        assert (j["name"], j["queued"], j["dropped"]["queue_full"]) == ("cloud", 2, 1), j
+        assert j["state"] in ("down", "connecting") and j["address"] == f"127.0.0.1:{dead}"
+
+        page = browser_page
+        page.goto(b.url + "/")
+        row = page.locator("#bridges-table tbody tr").filter(
+            has=page.locator("td.bridge-name").get_by_text("cloud", exact=True))
+        expect(page.locator("#bridges")).to_be_visible()
+        expect(row.locator("td.queued")).to_have_text("2")
+        expect(row.locator("td.dropped")).to_contain_text("queue_full 1")
+        expect(row.locator("td.address")).to_have_text(f"127.0.0.1:{dead}")
+        expect(row.locator("td.last-error")).to_contain_text("cannot connect", timeout=15000)
+        expect(row.locator("td.state")).to_have_text(re.compile("down|connecting"))
+        expect(row.locator("td.oldest")).not_to_have_text("–")
+    finally:
+        _stop(b)
+
+
+def test_no_bridge_no_panel(dash, browser_page):
+    page = browser_page
+    page.goto(dash.url + "/")
+    expect(page.locator("#clients-table")).to_be_visible()
+    time.sleep(0.5)
+    expect(page.locator("#bridges")).to_be_hidden()
+    assert request(dash, "GET", "/api/bridges").json() == []

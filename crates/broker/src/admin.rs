@@ -81,6 +81,22 @@ impl Admin {
         self.ask(AdminRequest::Overview).await
     }
 
+    /// Each bridge's queue, by its local session's client id.
+    pub(crate) async fn bridge_queues(
+        &self,
+    ) -> Result<std::collections::HashMap<String, makelaar_core::broker::BridgeQueue>, Stopped>
+    {
+        let within = std::time::Duration::from_secs(5);
+        crate::router::desk::ask(&self.router, within, |r| {
+            r.broker()
+                .bridge_queues(std::time::Instant::now())
+                .into_iter()
+                .collect()
+        })
+        .await
+        .ok_or(Stopped)
+    }
+
     /// Disconnects the client connected with this id (see `Broker::admin_disconnect`); false
     /// when no such client is connected.
     pub async fn disconnect(&self, client_id: String) -> Result<bool, Stopped> {

@@ -549,6 +549,8 @@ fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Messag
         properties,
         expires_at,
         origin: (!e.origin_client.is_empty()).then(|| Arc::from(e.origin_client.as_str())),
+        // Received by this node now (a bridge's max_age counts from here).
+        received_at: Some(now),
     })
 }
 
@@ -755,6 +757,7 @@ mod tests {
             },
             expires_at: Some(now + Duration::from_secs(30)),
             origin: Some(Arc::from("pub")),
+            received_at: Some(now),
         };
         let env = envelope(&node, &msg, now, 1_000_000);
         let back = message("t/1", env.clone(), now, 1_000_000).unwrap();

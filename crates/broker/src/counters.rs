@@ -85,14 +85,22 @@ pub struct Counters {
     pub refused_connection_rate: AtomicU64,
     /// Clients disconnected for `max_publish_rate`.
     pub disconnected_publish_rate: AtomicU64,
-    /// One entry per bridge, set once at start (`$SYS/broker/bridge/<name>/...`, metrics).
-    pub bridges: std::sync::OnceLock<Vec<std::sync::Arc<BridgeCounters>>>,
+    /// One entry per running bridge (`$SYS/broker/bridge/<name>/...`, metrics, dashboard);
+    /// replaced when a reload starts or stops bridges.
+    pub bridges: std::sync::RwLock<Vec<std::sync::Arc<BridgeCounters>>>,
 }
 
 /// What one bridge's task reports, written by that task alone.
 #[derive(Debug, Default)]
 pub struct BridgeCounters {
     pub name: String,
+    /// The client id of its local session (whose queue is the bridge's, see
+    /// `makelaar_core::Broker::bridge_queue`).
+    pub local_client_id: String,
+    /// The remote's address in use or last tried (`host:port`).
+    pub address: std::sync::Mutex<String>,
+    /// Why the last link ended or the last attempt failed; empty before that.
+    pub last_error: std::sync::Mutex<String>,
     /// The link's state (`makelaar_core::bridge::LinkState` as `u8`, see
     /// [`BridgeCounters::state_name`]).
     pub state: std::sync::atomic::AtomicU8,
@@ -112,11 +120,39 @@ pub struct BridgeCounters {
 }
 
 impl BridgeCounters {
-    pub fn new(name: &str) -> BridgeCounters {
+    pub fn new(name: &str, local_client_id: &str) -> BridgeCounters {
         BridgeCounters {
             name: name.to_owned(),
+            local_client_id: local_client_id.to_owned(),
             ..BridgeCounters::default()
         }
+    }
+
+    /// Records the address in use.
+    pub fn set_address(&self, a: String) {
+        if let Ok(mut g) = self.address.lock() {
+            *g = a;
+        }
+    }
+
+    /// Records why the link ended or an attempt failed.
+    pub fn set_last_error(&self, e: String) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = e;
+        }
+    }
+
+    /// The address in use or last tried.
+    pub fn address(&self) -> String {
+        self.address.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Why the last link ended; empty before that.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
     }
 
     /// Records the link's state.
@@ -145,6 +181,18 @@ impl BridgeCounters {
 }
 
 impl Counters {
+    /// The running bridges' counters.
+    pub fn bridge_list(&self) -> Vec<std::sync::Arc<BridgeCounters>> {
+        self.bridges.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the running bridges' counters.
+    pub fn set_bridges(&self, list: Vec<std::sync::Arc<BridgeCounters>>) {
+        if let Ok(mut b) = self.bridges.write() {
+            *b = list;
+        }
+    }
+
     /// Counts a refused login.
     pub fn auth_failed(&self, why: AuthFailure) {
         let i = AuthFailure::ALL.iter().position(|&k| k == why);

@@ -138,6 +138,11 @@ impl Server {
                 .iter()
                 .map(|b| (b.local_client_id.clone(), bridge::session_policy(b)))
                 .collect(),
+            bridge_filters: config
+                .bridges
+                .iter()
+                .map(|b| (b.local_client_id.clone(), bridge::out_filters(b)))
+                .collect(),
             // Stripped for ordinary clients even without bridges here: another broker's
             // bridge may bring it in.
             origin_property: Some(
@@ -147,11 +152,9 @@ impl Server {
                     .find_map(|b| b.loop_guard.property.clone())
                     .unwrap_or_else(|| bridge::DEFAULT_ORIGIN_PROPERTY.to_owned()),
             ),
-            broker_id,
+            broker_id: broker_id.clone(),
         };
-        let _ = counters
-            .bridges
-            .set(bridges.iter().map(bridge::Bridge::counters).collect());
+        counters.set_bridges(bridges.iter().map(bridge::Bridge::counters).collect());
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -174,11 +177,14 @@ impl Server {
         let permits = u32::try_from(config.limits.large_packet_budget / 1024)
             .unwrap_or(u32::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);
-        let reloader = reload::Reloader {
+        let mut reloader = reload::Reloader {
             auth: authenticator.clone(),
             acl_file,
             router: tx.clone(),
             tls: tls_slots,
+            bridges: None,
+            source: config.source.clone(),
+            counters: counters.clone(),
         };
         let admission = admission::Admission::new(config.limits.max_connection_rate);
         // Each listener's connection count, named by the address it really bound.
@@ -228,6 +234,7 @@ impl Server {
                 l.kind().is_http().then(|| http_ctx(i, url))
             })
             .collect();
+        let max_inflight = config.limits.max_inflight_messages;
         let ctx = Arc::new(ConnCtx {
             limits: config.limits,
             large_packets: Arc::new(tokio::sync::Semaphore::new(permits as usize)),
@@ -240,15 +247,22 @@ impl Server {
         let next_conn = Arc::new(AtomicU64::new(1));
         let bridges_stop = CancellationToken::new();
         let bridge_tasks = TaskTracker::new();
-        for b in bridges {
-            tracing::info!(target: STATUS_TARGET, "{}", b.describe());
-            let shared = bridge::Shared {
+        let running = Arc::new(bridge::Bridges::new(
+            bridge::Shared {
                 ctx: ctx.clone(),
                 next_conn: next_conn.clone(),
                 tasks: tasks.clone(),
-            };
-            bridge_tasks.spawn(bridge::run(b, shared, bridges_stop.clone()));
+            },
+            bridge_tasks.clone(),
+            bridges_stop.clone(),
+            broker_id,
+            (!config.in_memory).then(|| config.data_dir.clone()),
+            max_inflight,
+        ));
+        for b in bridges {
+            running.start(b).await;
         }
+        reloader.bridges = Some(running);
         for (index, (l, count)) in listeners.into_iter().zip(counts).enumerate() {
             let lc = config.listeners.get(index);
             if let Some(Some(http_ctx)) = http_ctxs.get(index) {

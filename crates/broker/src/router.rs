@@ -54,6 +54,13 @@ pub enum ToRouter {
     Drained { conn: ConnId },
     /// A reload brought new access rules (see `reload`).
     SetAuthorizer(Option<Box<dyn makelaar_core::Authorizer>>),
+    /// The rules of bridges' local sessions (queue bounds, their `out` filters), by client
+    /// id, and this broker's id for the loop guard, after a reload.
+    SetBridgeSessions(
+        std::collections::HashMap<String, makelaar_core::broker::BridgeSession>,
+        std::collections::HashMap<String, Vec<String>>,
+        String,
+    ),
     /// A question or an order from the administrator (see `admin`).
     Admin(Box<AdminRequest>),
     /// A question from the HTTP side (`crate::http::HttpCtx::ask_router`), answered on this
@@ -409,6 +416,9 @@ impl Router {
             }
             ToRouter::Drained { conn } => self.broker.handle_drained(now, conn),
             ToRouter::SetAuthorizer(authorizer) => self.broker.set_authorizer(authorizer),
+            ToRouter::SetBridgeSessions(bridges, filters, id) => {
+                self.broker.set_bridge_sessions(bridges, filters, id)
+            }
             ToRouter::Admin(request) => {
                 let conns = &self.conns;
                 let peer_of = |c| conns.get(&c).map(|c: &Conn| c.peer);

@@ -130,17 +130,28 @@ impl SysPublisher {
             broker.publish_internal(now, topic, Bytes::from(value));
         }
         // Per bridge: `$SYS/broker/bridge/<name>/...`.
-        for b in c.bridges.get().into_iter().flatten() {
-            let bridge = [
-                ("state", b.state_name().to_owned()),
-                ("connects", load(&b.connects)),
-                ("messages/out", load(&b.forwarded_out)),
-                ("messages/in", load(&b.forwarded_in)),
-                ("inflight", load(&b.in_flight)),
-                ("dropped/loop", load(&b.dropped_loop)),
-                ("dropped/other", load(&b.dropped_other)),
-                ("downgraded", load(&b.downgraded)),
+        for b in c.bridge_list() {
+            let q = broker.bridge_queue(now, &b.local_client_id);
+            let mut bridge = vec![
+                ("state".to_owned(), b.state_name().to_owned()),
+                ("connects".to_owned(), load(&b.connects)),
+                ("messages/out".to_owned(), load(&b.forwarded_out)),
+                ("messages/in".to_owned(), load(&b.forwarded_in)),
+                ("inflight".to_owned(), load(&b.in_flight)),
+                ("dropped/loop".to_owned(), load(&b.dropped_loop)),
+                ("dropped/other".to_owned(), load(&b.dropped_other)),
+                ("downgraded".to_owned(), load(&b.downgraded)),
+                ("capped".to_owned(), q.capped.to_string()),
+                ("queue/messages".to_owned(), q.messages.to_string()),
+                ("queue/bytes".to_owned(), q.bytes.to_string()),
+                (
+                    "queue/oldest_age".to_owned(),
+                    q.oldest_age.map_or(0, |a| a.as_secs()).to_string(),
+                ),
             ];
+            for (why, n) in q.drops.by_reason() {
+                bridge.push((format!("dropped/{why}"), n.to_string()));
+            }
             for (leaf, value) in bridge {
                 let topic = format!("$SYS/broker/bridge/{}/{leaf}", b.name);
                 broker.publish_internal(now, &topic, Bytes::from(value));

@@ -340,7 +340,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let (file, source, notes) = args.read_file()?;
             args.init_logging(&file, &source, &notes)?;
-            let config = args.apply_flags(file, &source)?;
+            let mut config = args.apply_flags(file, &source)?;
+            config.source = match (&args.config, &args.mosquitto_conf) {
+                (Some(path), _) => Some(makelaar_broker::config::ConfigSource::Toml(path.clone())),
+                (None, Some(path)) => Some(makelaar_broker::config::ConfigSource::Mosquitto(
+                    path.clone(),
+                )),
+                (None, None) => None,
+            };
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)

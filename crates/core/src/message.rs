@@ -26,6 +26,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for no-local subscriptions; `None` for the broker's own.
     pub origin: Option<Arc<str>>,
+    /// When the broker received it (for a message loaded from the store: when it was
+    /// loaded); a bridge's `max_age` counts from here.
+    pub received_at: Option<Instant>,
 }
 
 impl Message {
@@ -52,6 +55,7 @@ impl Message {
             properties,
             expires_at,
             origin,
+            received_at: Some(now),
         }
     }
 

@@ -104,6 +104,9 @@ pub struct Session {
     /// While there are some, nothing is sent from the queue: they come first.
     pub backlog: Option<Backlog>,
     next_packet_id: u16,
+    /// The highest packet id given out ([`Session::next_packet_id`]); below `u16::MAX` for a
+    /// bridge's local session.
+    pub id_ceiling: u16,
 }
 
 impl Session {
@@ -134,6 +137,7 @@ impl Session {
             stored_weight: 0,
             backlog: None,
             next_packet_id: 1,
+            id_ceiling: u16::MAX,
         }
     }
 
@@ -147,8 +151,8 @@ impl Session {
     /// A packet id not used by any message in flight [MQTT-2.2.1-3].
     pub fn next_packet_id(&mut self) -> u16 {
         loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            let id = self.next_packet_id.clamp(1, self.id_ceiling.max(1));
+            self.next_packet_id = if id >= self.id_ceiling { 1 } else { id + 1 };
             if !self.inflight.iter().any(|m| m.packet_id == id) {
                 return id;
             }
@@ -189,6 +193,13 @@ impl Session {
     pub fn push_queue(&mut self, d: Delivery) {
         self.queued_bytes += d.msg.weight();
         self.queue.push_back(d);
+    }
+
+    /// Takes the queued delivery at `i` (0: the oldest).
+    pub fn remove_queued(&mut self, i: usize) -> Option<Delivery> {
+        let d = self.queue.remove(i)?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.weight());
+        Some(d)
     }
 
     /// Takes the oldest queued delivery.

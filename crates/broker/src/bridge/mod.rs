@@ -11,6 +11,7 @@
 mod net;
 mod settings;
 
+use std::collections::HashMap;
 use std::future::pending;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use makelaar_core::bridge::{is_v3_version_refusal, Backoff, LinkState, Output, Relay};
+use makelaar_core::bridge::{is_v3_version_refusal, Backoff, End, LinkState, Output, Relay};
 use makelaar_proto::{Decoder, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -69,7 +70,7 @@ impl Bridge {
             tracing::warn!(bridge = %config.name, threshold = config.threshold, max_inflight_messages = lazy.threshold, "start_type lazy: the threshold is above max_inflight_messages; the bridge connects at max_inflight_messages waiting messages");
         }
         let relay = Relay::new(settings, Instant::now());
-        let counters = Arc::new(BridgeCounters::new(&config.name));
+        let counters = Arc::new(BridgeCounters::new(&config.name, &config.local_client_id));
         Ok(Bridge {
             config,
             relay,
@@ -101,14 +102,34 @@ impl Bridge {
 
 /// The core's rules for a bridge's local session: its queue bounds.
 pub(crate) fn session_policy(c: &BridgeConfig) -> makelaar_core::broker::BridgeSession {
+    use crate::config::OverflowPolicy;
+    use makelaar_core::broker::WhenFull;
     makelaar_core::broker::BridgeSession {
         max_queued_messages: usize::try_from(c.queue.max_messages).unwrap_or(usize::MAX),
         max_queued_bytes: usize::try_from(c.queue.max_bytes).unwrap_or(usize::MAX),
-        drop_oldest: matches!(c.queue.when_full, crate::config::OverflowPolicy::DropOldest),
+        when_full: match c.queue.when_full {
+            OverflowPolicy::Reject => WhenFull::Reject,
+            OverflowPolicy::DropOldest => WhenFull::DropOldest,
+            OverflowPolicy::DropQos0First => WhenFull::DropQos0First,
+        },
+        max_age: c.queue.max_age,
     }
 }
 
+/// The filters the bridge's local session subscribes: one per `out` topic line.
+pub(crate) fn out_filters(c: &BridgeConfig) -> Vec<String> {
+    let mut filters: Vec<String> = settings::relay_settings(c, "", 1)
+        .routes
+        .iter()
+        .filter(|r| r.out)
+        .map(|r| r.local_filter())
+        .collect();
+    filters.dedup();
+    filters
+}
+
 /// What the bridge tasks share with the server.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub ctx: Arc<ConnCtx>,
     pub next_conn: Arc<AtomicU64>,
@@ -177,8 +198,14 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Runs one bridge until `stop`.
-pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) {
+/// Runs one bridge until `stop`, or until `when_down` while its link is down (a reload
+/// with `reload_type = "lazy"`: the changed bridge takes over at the next reconnect).
+pub(crate) async fn run(
+    mut b: Bridge,
+    shared: Shared,
+    stop: CancellationToken,
+    when_down: CancellationToken,
+) {
     let name = b.config.name.clone();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -219,6 +246,9 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                     close_later(&shared, local_w.take());
                 }
                 Output::CloseRemote(why) => {
+                    if !matches!(why, End::Shutdown | End::Fallback | End::Idle) {
+                        b.counters.set_last_error(why.to_string());
+                    }
                     remote_r = None;
                     close_later(&shared, remote_w.take());
                     if let Some(since) = b.relay.connected_at() {
@@ -265,6 +295,12 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                 connect_at = None;
                 b.relay.shutdown(Instant::now());
             }
+            _ = when_down.cancelled(), if !stopping && !b.relay.is_connected() => {
+                tracing::info!(bridge = %name, "the link is down: the reloaded settings take over (reload_type lazy)");
+                stopping = true;
+                connect_at = None;
+                b.relay.shutdown(Instant::now());
+            }
             n = read_from(&mut local_r) => match n {
                 Ok(0) | Err(_) => {
                     local_r = None;
@@ -298,8 +334,10 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                 Ok(0) | Err(_) => {
                     if let Err(e) = &n {
                         tracing::warn!(bridge = %name, error = %e, "the connection to the remote broke");
+                        b.counters.set_last_error(format!("the connection to the remote broke: {e}"));
                     } else {
                         tracing::warn!(bridge = %name, "the remote closed the connection");
+                        b.counters.set_last_error("the remote closed the connection".into());
                     }
                     remote_r = None;
                     remote_w = None;
@@ -376,6 +414,7 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                 let i = address % addrs.len().max(1);
                 let Some(addr) = addrs.get(i) else { break };
                 b.counters.set_state(LinkState::Connecting);
+                b.counters.set_address(format!("{}:{}", addr.host, addr.port));
                 match b.dialer.connect(addr, OPEN_LIMIT).await {
                     Ok(stream) => {
                         tracing::info!(bridge = %name, remote = %format!("{}:{}", addr.host, addr.port), "connected to the remote; sending CONNECT");
@@ -393,6 +432,7 @@ pub(crate) async fn run(mut b: Bridge, shared: Shared, stop: CancellationToken) 
                     }
                     Err(e) => {
                         tracing::warn!(bridge = %name, remote = %format!("{}:{}", addr.host, addr.port), error = %e, "cannot connect to the remote");
+                        b.counters.set_last_error(format!("cannot connect to {}:{}: {e}", addr.host, addr.port));
                         address = address.wrapping_add(1);
                         let once = matches!(b.config.start, StartType::Once);
                         if !once {
@@ -456,4 +496,200 @@ fn open_local(shared: &Shared) -> (Reader, Writer) {
             version: ProtocolVersion::V5,
         },
     )
+}
+
+/// The running bridges, by name: what a reload compares with the configuration, stops and
+/// starts.
+pub(crate) struct Bridges {
+    running: tokio::sync::Mutex<HashMap<String, Running>>,
+    shared: Shared,
+    /// The bridges' tasks, waited for at shutdown.
+    tasks: TaskTracker,
+    /// Stops every bridge (shutdown); each bridge's own token is a child of it.
+    stop_all: CancellationToken,
+    broker_id: std::sync::Mutex<String>,
+    data_dir: Option<std::path::PathBuf>,
+    max_inflight: u16,
+}
+
+/// One running bridge.
+struct Running {
+    config: BridgeConfig,
+    stop: CancellationToken,
+    when_down: CancellationToken,
+    done: CancellationToken,
+    counters: Arc<BridgeCounters>,
+}
+
+/// What a reload of the bridges did.
+#[derive(Debug, Default)]
+pub(crate) struct BridgeChanges {
+    pub started: Vec<String>,
+    pub restarted: Vec<String>,
+    pub at_next_reconnect: Vec<String>,
+    pub stopped: Vec<String>,
+}
+
+impl BridgeChanges {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.started.is_empty()
+            && self.restarted.is_empty()
+            && self.at_next_reconnect.is_empty()
+            && self.stopped.is_empty()
+    }
+}
+
+impl Bridges {
+    pub(crate) fn new(
+        shared: Shared,
+        tasks: TaskTracker,
+        stop_all: CancellationToken,
+        broker_id: String,
+        data_dir: Option<std::path::PathBuf>,
+        max_inflight: u16,
+    ) -> Bridges {
+        Bridges {
+            running: tokio::sync::Mutex::new(HashMap::new()),
+            shared,
+            tasks,
+            stop_all,
+            broker_id: std::sync::Mutex::new(broker_id),
+            data_dir,
+            max_inflight,
+        }
+    }
+
+    /// Starts a bridge now.
+    pub(crate) async fn start(&self, b: Bridge) {
+        let running = self.launch(b, None);
+        let name = running.config.name.clone();
+        self.running.lock().await.insert(name, running);
+    }
+
+    /// Starts `b`, once `after` (the task of the bridge it replaces) has ended.
+    fn launch(&self, b: Bridge, after: Option<CancellationToken>) -> Running {
+        let stop = self.stop_all.child_token();
+        let when_down = CancellationToken::new();
+        let done = CancellationToken::new();
+        let running = Running {
+            config: b.config.clone(),
+            stop: stop.clone(),
+            when_down: when_down.clone(),
+            done: done.clone(),
+            counters: b.counters(),
+        };
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move {
+            if let Some(after) = after {
+                after.cancelled().await;
+            }
+            if !stop.is_cancelled() {
+                tracing::info!(target: crate::status::STATUS_TARGET, "{}", b.describe());
+                run(b, shared, stop, when_down).await;
+            }
+            done.cancel();
+        });
+        running
+    }
+
+    /// The counters of the running bridges, in the configuration's order.
+    async fn counters(&self, order: &[BridgeConfig]) -> Vec<Arc<BridgeCounters>> {
+        let running = self.running.lock().await;
+        order
+            .iter()
+            .filter_map(|c| running.get(&c.name).map(|r| r.counters.clone()))
+            .collect()
+    }
+
+    /// Puts `configs` in force: bridges not configured any more stop, new ones start,
+    /// changed ones restart now (`reload_type = "immediate"`) or when their link is next
+    /// down (`"lazy"`), unchanged ones carry on. Nothing changes when a bridge cannot be
+    /// made (a TLS file that does not load): the error says which.
+    pub(crate) async fn apply(
+        &self,
+        configs: &[BridgeConfig],
+        router: &tokio::sync::mpsc::Sender<crate::router::ToRouter>,
+        counters: &crate::counters::Counters,
+    ) -> Result<BridgeChanges, ConfigError> {
+        let id = {
+            let known = self.broker_id.lock().map(|g| g.clone()).unwrap_or_default();
+            if known.is_empty() && !configs.is_empty() {
+                let id = broker_id(self.data_dir.as_deref())?;
+                if let Ok(mut g) = self.broker_id.lock() {
+                    g.clone_from(&id);
+                }
+                id
+            } else {
+                known
+            }
+        };
+        let mut running = self.running.lock().await;
+        // Make every new or changed bridge first: one that fails changes nothing.
+        let mut made = Vec::new();
+        for c in configs {
+            if running.get(&c.name).is_some_and(|r| r.config == *c) {
+                continue;
+            }
+            made.push(Bridge::new(c.clone(), &id, self.max_inflight)?);
+        }
+        let sessions = configs
+            .iter()
+            .map(|b| (b.local_client_id.clone(), session_policy(b)))
+            .collect();
+        let filters = configs
+            .iter()
+            .map(|b| (b.local_client_id.clone(), out_filters(b)))
+            .collect();
+        let _ = router
+            .send(crate::router::ToRouter::SetBridgeSessions(
+                sessions,
+                filters,
+                id.clone(),
+            ))
+            .await;
+        let mut changes = BridgeChanges::default();
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            if configs.iter().all(|c| c.name != name) {
+                if let Some(r) = running.remove(&name) {
+                    r.stop.cancel();
+                    changes.stopped.push(name);
+                }
+            }
+        }
+        for mut b in made {
+            let name = b.config.name.clone();
+            if let Some(old) = running.get(&name) {
+                // The replacement reports where the old one did (the old one runs on until
+                // its task ends, for `lazy` until its link is down).
+                if old.counters.local_client_id == b.config.local_client_id {
+                    b.counters = old.counters.clone();
+                }
+            }
+            let after = match running.get(&name) {
+                None => {
+                    changes.started.push(name.clone());
+                    None
+                }
+                Some(old) => {
+                    match b.config.reload {
+                        crate::config::ReloadType::Immediate => {
+                            old.stop.cancel();
+                            changes.restarted.push(name.clone());
+                        }
+                        crate::config::ReloadType::Lazy => {
+                            old.when_down.cancel();
+                            changes.at_next_reconnect.push(name.clone());
+                        }
+                    }
+                    Some(old.done.clone())
+                }
+            };
+            let r = self.launch(b, after);
+            running.insert(name, r);
+        }
+        drop(running);
+        counters.set_bridges(self.counters(configs).await);
+        Ok(changes)
+    }
 }

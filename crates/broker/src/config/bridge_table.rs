@@ -327,7 +327,8 @@ pub struct BridgeQueueTable {
     #[serde(default)]
     pub max_age: Option<u64>,
     /// What a full queue does with one more message: `"reject"` refuses it (a 5.0 publisher
-    /// gets the reason code 0x97 Quota exceeded; nothing is dropped silently),
+    /// gets the reason code 0x97 Quota exceeded, a 3.1.1 publisher is disconnected; nothing
+    /// is dropped silently),
     /// `"drop-oldest"` drops the oldest waiting message (for telemetry, where the newest
     /// matters), `"drop-qos0-first"` drops a waiting QoS 0 message, or else refuses. Every
     /// message dropped or refused is counted and logged.

@@ -76,6 +76,7 @@ impl ConfigFile {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             bridges,
+            source: None,
         })
     }
 }

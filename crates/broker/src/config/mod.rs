@@ -126,6 +126,18 @@ pub struct Config {
     pub bridges: Vec<BridgeConfig>,
     /// This node in a cluster on NATS (`[cluster]`); `None`: the broker runs alone.
     pub cluster: Option<ClusterSettings>,
+    /// The file the configuration came from, read again by a reload (SIGHUP) for its
+    /// bridges; `None`: the command line alone.
+    pub source: Option<ConfigSource>,
+}
+
+/// The file a configuration was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A `makelaar.toml` (`--config`).
+    Toml(PathBuf),
+    /// A `mosquitto.conf` (`--mosquitto-conf`).
+    Mosquitto(PathBuf),
 }
 
 impl Default for Config {
@@ -148,6 +160,7 @@ impl Default for Config {
             dashboard: DashboardConfig::default(),
             bridges: Vec::new(),
             cluster: None,
+            source: None,
         }
     }
 }

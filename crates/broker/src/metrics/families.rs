@@ -19,7 +19,7 @@ pub(super) fn render(ctx: &Metrics, f: &RouterFigures) -> String {
     messages(&mut e, ctx, f);
     queues(&mut e, ctx, f);
     store(&mut e, f);
-    bridges(&mut e, ctx);
+    bridges(&mut e, ctx, f);
     e.finish()
 }
 
@@ -381,8 +381,15 @@ fn store(e: &mut Exposition, f: &RouterFigures) {
 
 /// Per bridge (`[[bridge]]`): the families are always listed, with no samples without
 /// bridges.
-fn bridges(e: &mut Exposition, ctx: &Metrics) {
-    let bridges: &[_] = ctx.counters.bridges.get().map_or(&[], |b| b.as_slice());
+fn bridges(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
+    let bridges = ctx.counters.bridge_list();
+    let bridges = bridges.as_slice();
+    let queue = |b: &crate::counters::BridgeCounters| {
+        f.bridge_queues
+            .get(&b.local_client_id)
+            .copied()
+            .unwrap_or_default()
+    };
     e.family(
         "makelaar_bridge_connected",
         "1 while the bridge's link to its remote broker is up, else 0.",
@@ -427,15 +434,67 @@ fn bridges(e: &mut Exposition, ctx: &Metrics) {
     }
     e.family(
         "makelaar_bridge_dropped_total",
-        "Messages the bridge did not relay, by why: the loop guard (`loop`), or another reason \
-         (`other`: no topic line carries it, larger than the remote accepts, refused by the \
-         remote).",
+        "Messages the bridge did not relay, by why: the loop guard (`loop`), another reason \
+         of the relay (`other`: no topic line carries it, larger than the remote accepts, \
+         refused by the remote), or its queue's bounds (`queue_full`: refused when full, \
+         `queue_oldest` and `queue_qos0`: dropped to make room, `max_age`: waited too long).",
         Kind::Counter,
     );
     for b in bridges {
         for (why, n) in [("loop", &b.dropped_loop), ("other", &b.dropped_other)] {
             let labels = [("bridge", b.name.as_str()), ("reason", why)];
             e.sample("makelaar_bridge_dropped_total", &labels, n.load(Relaxed));
+        }
+        for (why, n) in queue(b).drops.by_reason() {
+            let labels = [("bridge", b.name.as_str()), ("reason", why)];
+            e.sample("makelaar_bridge_dropped_total", &labels, n);
+        }
+    }
+    e.family(
+        "makelaar_bridge_queued_messages",
+        "Messages waiting in the bridge's queue (its local session) for the remote.",
+        Kind::Gauge,
+    );
+    for b in bridges {
+        let n = queue(b).messages as u64;
+        e.sample("makelaar_bridge_queued_messages", &[("bridge", &b.name)], n);
+    }
+    e.family(
+        "makelaar_bridge_queued_bytes",
+        "Bytes (topic and payload) of the messages waiting in the bridge's queue.",
+        Kind::Gauge,
+    );
+    for b in bridges {
+        let n = queue(b).bytes as u64;
+        e.sample("makelaar_bridge_queued_bytes", &[("bridge", &b.name)], n);
+    }
+    e.family(
+        "makelaar_bridge_oldest_queued_seconds",
+        "How long the oldest message in the bridge's queue has waited (0 when it is empty).",
+        Kind::Gauge,
+    );
+    for b in bridges {
+        let n = queue(b).oldest_age.map_or(0, |a| a.as_secs());
+        e.sample(
+            "makelaar_bridge_oldest_queued_seconds",
+            &[("bridge", &b.name)],
+            n,
+        );
+    }
+    e.family(
+        "makelaar_bridge_downgraded_total",
+        "Messages carried at a lower QoS than published, by why: the QoS of their topic line \
+         (`topic_line`) or the remote's Maximum QoS (`remote`).",
+        Kind::Counter,
+    );
+    for b in bridges {
+        let by = [
+            ("topic_line", queue(b).capped),
+            ("remote", b.downgraded.load(Relaxed)),
+        ];
+        for (why, n) in by {
+            let labels = [("bridge", b.name.as_str()), ("reason", why)];
+            e.sample("makelaar_bridge_downgraded_total", &labels, n);
         }
     }
 }

@@ -93,6 +93,8 @@ pub(crate) struct RouterFigures {
     pub ends: Ends,
     /// The store's figures and failure, when there is a store.
     pub store: Option<(CommitStats, Option<StoreError>)>,
+    /// Each bridge's queue, by its local client id.
+    pub bridge_queues: std::collections::HashMap<String, makelaar_core::broker::BridgeQueue>,
 }
 
 impl RouterFigures {
@@ -110,6 +112,7 @@ impl RouterFigures {
             held_for_store: r.held_for_store(),
             ends: r.ends().clone(),
             store: r.store_state(),
+            bridge_queues: b.bridge_queues(Instant::now()).into_iter().collect(),
         }
     }
 }

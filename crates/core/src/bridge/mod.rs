@@ -34,9 +34,13 @@
 //!
 //! The relay's own packets (SUBSCRIBE, UNSUBSCRIBE, the QoS 1 notifications) use packet ids
 //! from the top of the range (65533..=65535) and are finished before any relayed packet is
-//! sent in the same direction, so they never overlap a relayed packet on the wire. A
-//! resumed session at the other end that still holds one of these ids in a QoS 2 exchange
-//! from an earlier connection is the one case left unguarded (documented).
+//! sent in the same direction, so they never overlap a relayed packet on the wire. Toward
+//! the remote, the relayed ids are the local broker's, and it gives a bridge's session ids
+//! up to [`RELAYED_ID_MAX`] only: so a resumed remote session's unfinished QoS 2 exchange
+//! can never hold one of the relay's own ids [MQTT-2.2.1-3]. Toward this broker the relayed
+//! ids are the remote's; this broker keeps a client's QoS 1 PUBLISH and SUBSCRIBE ids apart
+//! from its unfinished inbound QoS 2 ones, so the relay's own packets there cannot be taken
+//! for a re-sent QoS 2 message.
 
 mod backoff;
 mod route;
@@ -55,6 +59,10 @@ use makelaar_proto::{
 
 pub use backoff::{Backoff, Restart};
 pub use route::{origin_of, LoopGuard, Route, Verdict};
+
+/// The highest packet id of a relayed message toward the remote: the ids above are the
+/// relay's own (this broker numbers a bridge session's messages up to here).
+pub const RELAYED_ID_MAX: u16 = 65532;
 
 /// Packet ids of the relay's own packets, at the top of the range.
 const OWN_SUBSCRIBE: u16 = 65535;
@@ -929,7 +937,11 @@ impl Relay {
         }
         match self.phase {
             Phase::Priming => {
-                let sub = self.local_subscribe(QoS::ExactlyOnce, RetainHandling::SendAtSubscribe);
+                // No retained messages here: whether the remote needs them is known only
+                // from its CONNACK (below, `LocalOpening`). Sending them now would queue
+                // every retained message again at each start of this broker, for a remote
+                // that still has them.
+                let sub = self.local_subscribe(QoS::ExactlyOnce, RetainHandling::DoNotSend);
                 if let Some(sub) = sub {
                     self.local_own.insert(OWN_SUBSCRIBE);
                     self.send_local(sub);
@@ -938,7 +950,10 @@ impl Relay {
                 self.check_local_setup_done(now);
             }
             Phase::LocalOpening => {
-                // Retained messages again only when the remote has no session to hold them.
+                // Retained messages only when the remote's session is new (Session Present
+                // 0 [MQTT-3.2.2-2]): a remote that kept it has had every retained value
+                // already, and a value changed since then reached it as a message of the
+                // queue (the local subscription lives on while the link is down).
                 let handling = if self.limits.session_present {
                     RetainHandling::SendIfNew
                 } else {

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use makelaar_proto::{
-    ConnAck, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, SubAck,
+    ConnAck, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck,
 };
 
 use super::*;
@@ -89,6 +90,15 @@ fn suback(id: u16) -> Packet {
 
 /// Runs the relay up to Ready, returning it and the time.
 fn ready(protocol: ProtocolVersion) -> (Relay, Instant) {
+    let (r, now, handling) = ready_with(protocol, true);
+    // The remote kept the session: it has the retained messages already.
+    assert_eq!(handling, RetainHandling::SendIfNew);
+    (r, now)
+}
+
+/// Runs the relay up to Ready with a remote whose session was `present`; also returns the
+/// retain handling of the local subscription made then.
+fn ready_with(protocol: ProtocolVersion, present: bool) -> (Relay, Instant, RetainHandling) {
     let now = Instant::now();
     let mut r = Relay::new(settings(protocol), now);
     r.start(now);
@@ -104,6 +114,8 @@ fn ready(protocol: ProtocolVersion) -> (Relay, Instant) {
     };
     assert_eq!(s.filters[0].0, "out/#");
     assert!(s.filters[0].1.no_local && s.filters[0].1.retain_as_published);
+    // Priming queues no retained message: the remote's CONNACK decides.
+    assert_eq!(s.filters[0].1.retain_handling, RetainHandling::DoNotSend);
     assert!(
         matches!(&out[1], Output::Local(Packet::Publish(p)) if p.retain && &p.payload[..] == b"0")
     );
@@ -121,7 +133,7 @@ fn ready(protocol: ProtocolVersion) -> (Relay, Instant) {
         .will
         .as_ref()
         .is_some_and(|w| &w.payload[..] == b"0" && w.retain));
-    r.handle_remote(now, connack(true));
+    r.handle_remote(now, connack(present));
     let out = drain(&mut r);
     // SUBSCRIBE cmd/#, UNSUBSCRIBE edge/#, notification 1.
     assert!(matches!(&out[0], Output::Remote(Packet::Subscribe(s)) if s.filters[0].0 == "cmd/#"));
@@ -142,12 +154,22 @@ fn ready(protocol: ProtocolVersion) -> (Relay, Instant) {
     let out = drain(&mut r);
     assert!(matches!(&out[..], [Output::ConnectLocal(c)] if !c.clean_start));
     r.handle_local(now, connack(true));
-    drain(&mut r);
+    let out = drain(&mut r);
+    let Output::Local(Packet::Subscribe(s)) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let handling = s.filters[0].1.retain_handling;
     r.handle_local(now, suback(OWN_SUBSCRIBE));
     r.handle_local(now, Packet::PubAck(PubAck::new(OWN_NOTIFY_LOCAL)));
     assert_eq!(r.state(), LinkState::Connected);
     drain(&mut r);
-    (r, now)
+    (r, now, handling)
+}
+
+#[test]
+fn retained_messages_go_out_again_only_to_a_remote_with_a_new_session() {
+    let (_, _, handling) = ready_with(ProtocolVersion::V5, false);
+    assert_eq!(handling, RetainHandling::SendAtSubscribe);
 }
 
 #[test]

@@ -236,8 +236,17 @@ impl Broker {
         let max_inflight = self.limits.max_inflight_messages;
         let expiry = self.session_expiry_for(c);
         let keep_alive = effective_keep_alive(c, &self.limits).0;
+        let bridge = self.policy.bridges.contains_key(c.client_id.as_str());
         let Ok(s) = self.sessions.attach(idx, conn) else {
             return;
+        };
+        // A bridge's relay passes these packet ids on to the remote and keeps the ones
+        // above for its own packets there (see `crate::bridge`), so that they never name a
+        // relayed exchange still open in a resumed remote session [MQTT-2.2.1-3].
+        s.id_ceiling = if bridge {
+            crate::bridge::RELAYED_ID_MAX
+        } else {
+            u16::MAX
         };
         s.keep_alive = keep_alive;
         s.since = Some(now);
@@ -255,6 +264,36 @@ impl Broker {
             problem_information: c.properties.request_problem_information != Some(0),
         };
         self.journal_session(idx);
+        if bridge {
+            self.prune_bridge_subscriptions(idx);
+        }
+    }
+
+    /// Removes the subscriptions of a bridge's local session that none of its `out` topic
+    /// lines makes any more (a line removed from the configuration): what they matched
+    /// would otherwise keep filling the bridge's queue.
+    fn prune_bridge_subscriptions(&mut self, idx: SessionIdx) {
+        let Ok(s) = self.session(idx) else {
+            return;
+        };
+        let Some(keep) = self.policy.bridge_filters.get(&*s.client_id) else {
+            return;
+        };
+        let stale: Vec<String> = s
+            .subscriptions
+            .keys()
+            .filter(|f| !keep.iter().any(|k| k == *f))
+            .cloned()
+            .collect();
+        let client_id = s.client_id.clone();
+        for filter in stale {
+            if let Ok(s) = self.session_mut(idx) {
+                s.subscriptions.remove(&filter);
+            }
+            self.unsubscribe_filter(idx, &filter);
+            self.journal_subscription(idx, &filter, None);
+            tracing::info!(client_id = %client_id, filter = %filter, "bridge: unsubscribed a topic the configuration no longer carries out");
+        }
     }
 
     fn session_expiry_for(&self, c: &Connect) -> u32 {

@@ -241,6 +241,7 @@ impl Broker {
                 properties: makelaar_proto::Properties::default(),
                 expires_at: None,
                 origin: None,
+                received_at: None,
             }),
         };
         self.store_retained(&msg);
@@ -373,6 +374,7 @@ mod tests {
             properties: makelaar_proto::Properties::default(),
             expires_at: None,
             origin: None,
+            received_at: None,
         });
         h.broker.apply_remote_retained("r", Some(msg));
         h.connect(1, connect("a", ProtocolVersion::V5, true));

@@ -42,7 +42,7 @@ pub use export::{Exported, FilterChange, SessionSnapshot};
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
-pub use stats::{Flow, PerQos, QueueTotals, Stats};
+pub use stats::{BridgeDrops, BridgeQueue, Flow, PerQos, QueueTotals, Stats};
 
 /// What the shell must do after a `handle_*` call.
 // `Packet` is large (properties inline); boxing it would cost an allocation per packet on the
@@ -89,6 +89,10 @@ pub struct Policy {
     /// `max_queued_messages` and `max_queued_bytes`, and they receive the loop guard's user
     /// property (see [`crate::bridge`]).
     pub bridges: HashMap<String, BridgeSession>,
+    /// The filters each bridge's local session subscribes (its `out` topic lines), by
+    /// client id: when the session connects, any other subscription it holds (a topic line
+    /// since removed from the configuration) is removed.
+    pub bridge_filters: HashMap<String, Vec<String>>,
     /// The loop guard's user property (`makelaar-origin`): removed from what is delivered to
     /// every session but the bridges', and a message that carries it naming this broker
     /// (`broker_id`) has come back over bridges: it is acknowledged and dropped.
@@ -104,9 +108,25 @@ pub struct BridgeSession {
     pub max_queued_messages: usize,
     /// Most bytes (topic + payload) queued; 0: no limit.
     pub max_queued_bytes: usize,
-    /// When full, drop the oldest queued message instead of the new one; otherwise the new
-    /// one is refused: a 5.0 publisher's PUBACK/PUBREC says 0x97 (Quota exceeded).
-    pub drop_oldest: bool,
+    /// What a full queue does with one more message.
+    pub when_full: WhenFull,
+    /// Queued messages older than this are dropped (counted, logged) when the queue takes
+    /// a new one and before one is sent; `None`: no limit.
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// What a bridge's full queue does with one more message (`when_full`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// The new message is not kept: a 5.0 publisher's PUBACK/PUBREC says 0x97 (Quota
+    /// exceeded), a 3.1/3.1.1 publisher of QoS 1/2 is disconnected (it cannot be told
+    /// [MQTT-3.3.5-2]; it sends the message again when it reconnects).
+    #[default]
+    Reject,
+    /// The oldest queued message is dropped to make room (telemetry).
+    DropOldest,
+    /// The oldest queued QoS 0 message is dropped to make room; without one, as `Reject`.
+    DropQos0First,
 }
 
 /// Whether a takeover publishes the old connection's will.
@@ -155,6 +175,9 @@ pub struct Broker {
     authorizer: Option<Box<dyn Authorizer>>,
     /// The administrator's topic watches (see [`crate::watch`]).
     watches: crate::watch::Watches,
+    /// When the downgrade of each bridge topic line (local client id, filter) was last
+    /// logged.
+    cap_logged: HashMap<(Arc<str>, String), Instant>,
     /// CONNECTs waiting for the connection holding their client id to drain, by client id
     /// (see `park`); empty but for the moment of a reconnect.
     parked: HashMap<Arc<str>, park::Waiting>,
@@ -181,6 +204,7 @@ impl Broker {
             assigned_ids: 0,
             congested: None,
             bridge_refused: false,
+            cap_logged: HashMap::new(),
             journal: journal::Journal::default(),
             stored_bytes: 0,
             retained_bytes: 0,
@@ -302,6 +326,7 @@ impl Broker {
             properties: makelaar_proto::Properties::default(),
             expires_at: None,
             origin: None,
+            received_at: Some(now),
         };
         let msg = Arc::new(msg);
         self.store_retained(&msg);
@@ -324,6 +349,22 @@ impl Broker {
             }
             self.actions
                 .push_back(Action::Close(conn, CloseReason::Server(reason)));
+        }
+    }
+
+    /// Replaces the rules of bridges' local sessions (a reload of the configuration): the
+    /// queue bounds apply from the next message on, the `out` filters at the session's next
+    /// connection; `broker_id` (when not empty) names this broker in the loop guard.
+    pub fn set_bridge_sessions(
+        &mut self,
+        bridges: HashMap<String, BridgeSession>,
+        filters: HashMap<String, Vec<String>>,
+        broker_id: String,
+    ) {
+        self.policy.bridges = bridges;
+        self.policy.bridge_filters = filters;
+        if !broker_id.is_empty() {
+            self.policy.broker_id = broker_id;
         }
     }
 

@@ -2,11 +2,15 @@
 //! inflight window and the offline queue.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use makelaar_proto::{Packet, PubAck, Publish, QoS, ReasonCode};
 
-use super::{Broker, SessionIdx};
+use super::Action;
+use super::{BridgeSession, Broker, CloseReason, SessionIdx, WhenFull};
+
+/// How often the downgrade of one bridge topic line is logged again.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(600);
 use crate::auth::Access;
 use crate::conn::Violation;
 use crate::message::{Delivery, Message};
@@ -144,7 +148,26 @@ impl Broker {
         if v5 && matched == 0 {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
         }
-        if std::mem::take(&mut self.bridge_refused) && v5 {
+        if std::mem::take(&mut self.bridge_refused) {
+            if !v5 {
+                // A 3.1/3.1.1 publisher cannot be told: the connection is closed instead of
+                // acknowledging what was not kept [MQTT-3.3.5-2]; its session re-sends the
+                // message when it reconnects.
+                tracing::warn!(conn, "a bridge's queue is full: closing the 3.1.1 publisher's connection instead of acknowledging a message the bridge did not keep");
+                if qos == QoS::ExactlyOnce {
+                    // Its re-sent PUBLISH is a new delivery, not a duplicate to ignore.
+                    if let Ok(s) = self.session_mut(idx) {
+                        s.end_inbound_qos2(packet_id);
+                    }
+                    self.journal_inbound_qos2(idx, packet_id, false);
+                }
+                self.detach(now, conn);
+                self.actions.push_back(Action::Close(
+                    conn,
+                    CloseReason::Server(ReasonCode::QUOTA_EXCEEDED),
+                ));
+                return;
+            }
             // A bridge's queue was full and kept no copy: the publisher learns it was not
             // accepted whole rather than a silent loss (5.0 section 3.4.2.1, 0x97).
             ack.reason = ReasonCode::QUOTA_EXCEEDED;
@@ -296,6 +319,9 @@ impl Broker {
                 self.stats.deliveries_denied += 1;
                 continue;
             }
+            if qos < msg.qos && !self.policy.bridges.is_empty() {
+                self.count_capped(now, idx, &msg, qos);
+            }
             let delivery = Delivery {
                 qos: msg.qos.min(qos),     // [MQTT-3.8.4-8]
                 retain: msg.retain && rap, // [MQTT-3.3.1-12] [MQTT-3.3.1-13]
@@ -313,7 +339,7 @@ impl Broker {
     /// Hands one delivery to a session: sent now if it is connected and its window has room,
     /// queued if it must be kept, dropped otherwise.
     pub(super) fn deliver(&mut self, now: Instant, idx: SessionIdx, d: Delivery) {
-        let queue_qos0 = self.limits.queue_qos0_messages;
+        let queue_qos0 = self.limits.queue_qos0_messages || self.bridge_of(idx).is_some();
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
@@ -323,33 +349,28 @@ impl Broker {
                 let packet_id = s.next_packet_id();
                 self.transmit(now, idx, conn, d, packet_id);
             }
-            Some(_) => self.enqueue(idx, d),
-            // [MQTT-3.1.2-5] an offline session keeps QoS 1/2 messages (QoS 0 when configured).
-            None if d.qos != QoS::AtMostOnce || queue_qos0 => self.enqueue(idx, d),
+            Some(_) => self.enqueue(now, idx, d),
+            // [MQTT-3.1.2-5] an offline session keeps QoS 1/2 messages (QoS 0 when configured,
+            // and always for a bridge, as Mosquitto does: its queue has its own bounds).
+            None if d.qos != QoS::AtMostOnce || queue_qos0 => self.enqueue(now, idx, d),
             None => self.stats.dropped_offline_qos0 += 1,
         }
     }
 
-    fn enqueue(&mut self, idx: SessionIdx, d: Delivery) {
+    fn enqueue(&mut self, now: Instant, idx: SessionIdx, d: Delivery) {
         let (mut max_msgs, mut max_bytes) = (
             self.limits.max_queued_messages,
             self.limits.max_queued_bytes,
         );
-        let mut drop_oldest = false;
-        let mut bridge_queue = false;
-        if !self.policy.bridges.is_empty() {
-            let bridge = self
-                .session(idx)
-                .ok()
-                .and_then(|s| self.policy.bridges.get(&*s.client_id));
-            if let Some(b) = bridge {
-                max_msgs = match b.max_queued_messages {
-                    0 => usize::MAX,
-                    n => n,
-                };
-                max_bytes = b.max_queued_bytes;
-                drop_oldest = b.drop_oldest;
-                bridge_queue = true;
+        let bridge = self.bridge_of(idx);
+        if let Some(b) = bridge {
+            max_msgs = match b.max_queued_messages {
+                0 => usize::MAX,
+                n => n,
+            };
+            max_bytes = b.max_queued_bytes;
+            if let Some(max_age) = b.max_age {
+                self.drop_aged(now, idx, max_age);
             }
         }
         let Ok(s) = self.session_mut(idx) else {
@@ -366,28 +387,142 @@ impl Broker {
             self.keep_queued(idx, d);
             return;
         }
-        if full && drop_oldest {
-            // A bridge's queue that keeps the newest (telemetry): the oldest goes, counted.
-            if let Some(oldest) = s.pop_queue() {
-                self.stats.dropped_queue_full += 1;
-                self.journal_done(idx, &oldest);
-                self.keep_queued(idx, d);
-                return;
-            }
-        }
-        if full {
-            if !s.drop_logged {
-                s.drop_logged = true;
-                tracing::warn!(client_id = %s.client_id, max_queued_messages = max_msgs, max_queued_bytes = max_bytes, "session queue full: dropping new messages for this client until it catches up");
-            }
-            self.stats.dropped_queue_full += 1;
-            if bridge_queue && d.qos != QoS::AtMostOnce {
-                // A bridge's full queue refuses: the publisher is told (5.0: 0x97).
-                self.bridge_refused = true;
-            }
+        if !full {
+            self.keep_queued(idx, d);
             return;
         }
-        self.keep_queued(idx, d);
+        let when_full = bridge.map(|b| b.when_full);
+        // A bridge's queue that makes room: the oldest message goes (telemetry), or the
+        // oldest QoS 0 one.
+        let victim = match when_full {
+            Some(WhenFull::DropOldest) => s.queue.front().map(|_| 0),
+            Some(WhenFull::DropQos0First) => s.queue.iter().position(|q| q.qos == QoS::AtMostOnce),
+            _ => None,
+        };
+        if let Some(old) = victim.and_then(|i| s.remove_queued(i)) {
+            let client_id = s.client_id.clone();
+            if !s.drop_logged {
+                s.drop_logged = true;
+                tracing::warn!(client_id = %client_id, max_queued_messages = max_msgs, max_queued_bytes = max_bytes, policy = ?when_full, "bridge queue full: dropping queued messages to make room until the remote catches up");
+            }
+            self.stats.dropped_queue_full += 1;
+            let drops = self.stats.bridge_drops.entry(client_id).or_default();
+            if old.qos == QoS::AtMostOnce && when_full == Some(WhenFull::DropQos0First) {
+                drops.qos0 += 1;
+            } else {
+                drops.oldest += 1;
+            }
+            self.journal_done(idx, &old);
+            self.keep_queued(idx, d);
+            return;
+        }
+        if !s.drop_logged {
+            s.drop_logged = true;
+            tracing::warn!(client_id = %s.client_id, max_queued_messages = max_msgs, max_queued_bytes = max_bytes, "session queue full: dropping new messages for this client until it catches up");
+        }
+        let client_id = s.client_id.clone();
+        self.stats.dropped_queue_full += 1;
+        if bridge.is_some() {
+            self.stats
+                .bridge_drops
+                .entry(client_id)
+                .or_default()
+                .refused += 1;
+            if d.qos != QoS::AtMostOnce {
+                // A bridge's full queue refuses: the publisher is told (5.0: 0x97; 3.x:
+                // disconnected, see `handle_publish`).
+                self.bridge_refused = true;
+            }
+        }
+    }
+
+    /// A message above the QoS of a bridge's topic line (its local subscription) goes out
+    /// at that QoS [MQTT-3.8.4-8]: counted, and logged once per topic line, again at most
+    /// every [`CAP_LOG_EVERY`] with the count.
+    fn count_capped(&mut self, now: Instant, idx: SessionIdx, msg: &Message, qos: QoS) {
+        let Ok(s) = self.session(idx) else {
+            return;
+        };
+        if !self.policy.bridges.contains_key(&*s.client_id) {
+            return;
+        }
+        let client_id = s.client_id.clone();
+        let line = s
+            .subscriptions
+            .iter()
+            .filter(|(f, sub)| {
+                sub.options.qos == qos && makelaar_proto::topic::filter_matches(f, &msg.topic)
+            })
+            .map(|(f, _)| f.to_string())
+            .next()
+            .unwrap_or_default();
+        let n = self
+            .stats
+            .bridge_capped
+            .entry(client_id.clone())
+            .or_default();
+        *n += 1;
+        let total = *n;
+        let key = (client_id.clone(), line.clone());
+        let due = self
+            .cap_logged
+            .get(&key)
+            .is_none_or(|at| now.saturating_duration_since(*at) >= CAP_LOG_EVERY);
+        if due {
+            self.cap_logged.insert(key, now);
+            tracing::warn!(client_id = %client_id, topic_line = %line, line_qos = qos as u8, message_qos = msg.qos as u8, topic = %msg.topic, downgraded_so_far = total, "bridge: messages above the QoS of this topic line are sent at its QoS; raise the line's QoS to carry them as published");
+        }
+    }
+
+    /// The queue bounds of a bridge's local session; `None` for every other session.
+    pub(super) fn bridge_of(&self, idx: SessionIdx) -> Option<BridgeSession> {
+        if self.policy.bridges.is_empty() {
+            return None;
+        }
+        let s = self.session(idx).ok()?;
+        self.policy.bridges.get(&*s.client_id).copied()
+    }
+
+    /// Drops the messages at the front of a bridge's queue that waited longer than
+    /// `max_age`, counted and logged.
+    fn drop_aged(&mut self, now: Instant, idx: SessionIdx, max_age: Duration) {
+        let mut dropped = Vec::new();
+        let Ok(s) = self.session_mut(idx) else {
+            return;
+        };
+        while let Some(front) = s.queue.front() {
+            let aged = front
+                .msg
+                .received_at
+                .is_some_and(|at| now.saturating_duration_since(at) > max_age);
+            if !aged {
+                break;
+            }
+            dropped.extend(s.pop_queue());
+        }
+        if dropped.is_empty() {
+            return;
+        }
+        let client_id = s.client_id.clone();
+        self.count_aged(&client_id, dropped.len() as u64, max_age);
+        for d in &dropped {
+            self.journal_done(idx, d);
+        }
+    }
+
+    /// Counts and logs messages a bridge's queue dropped for their age.
+    pub(super) fn count_aged(&mut self, client_id: &Arc<str>, n: u64, max_age: Duration) {
+        let drops = self
+            .stats
+            .bridge_drops
+            .entry(client_id.clone())
+            .or_default();
+        // Logged at the first and then at every thousandth, so a long outage does not flood
+        // the log.
+        if drops.max_age.is_multiple_of(1000) {
+            tracing::warn!(client_id = %client_id, max_age_secs = max_age.as_secs(), dropped_so_far = drops.max_age + n, "bridge queue: dropping messages older than max_age");
+        }
+        drops.max_age += n;
     }
 
     /// Appends a delivery to the session's queue (journaled when the session is durable; a
@@ -416,6 +551,20 @@ impl Broker {
             self.stats.dropped_expired += 1; // [MQTT-3.3.2-5]
             self.journal_done(idx, &d);
             return;
+        }
+        if let Some(max_age) = self.bridge_of(idx).and_then(|b| b.max_age) {
+            let aged = d
+                .msg
+                .received_at
+                .is_some_and(|at| now.saturating_duration_since(at) > max_age);
+            if aged {
+                if let Ok(s) = self.session(idx) {
+                    let client_id = s.client_id.clone();
+                    self.count_aged(&client_id, 1, max_age);
+                }
+                self.journal_done(idx, &d);
+                return;
+            }
         }
         let strip = if d.msg.properties.user_properties.is_empty() {
             None

@@ -2,6 +2,10 @@
 //! plain integers in the broker (its owner, the router task, is the only writer): counting
 //! costs an add, and nobody else's cache line is touched.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use makelaar_proto::QoS;
 
 use super::Broker;
@@ -38,6 +42,53 @@ pub struct Stats {
     pub publishes_denied: u64,
     /// Messages not delivered to a subscriber because the authorizer refused it Read access.
     pub deliveries_denied: u64,
+    /// What bridges' queues dropped, by the bridge's local client id.
+    pub bridge_drops: BTreeMap<Arc<str>, BridgeDrops>,
+    /// Messages a bridge carries at the QoS of its topic line, below the one they were
+    /// published with, by the bridge's local client id.
+    pub bridge_capped: BTreeMap<Arc<str>, u64>,
+}
+
+/// What one bridge's queue dropped, by reason (`[bridge.queue]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeDrops {
+    /// Queued messages dropped to make room (`when_full = "drop-oldest"`).
+    pub oldest: u64,
+    /// Queued QoS 0 messages dropped to make room (`when_full = "drop-qos0-first"`).
+    pub qos0: u64,
+    /// New messages not kept because the queue was full (the publisher of QoS 1/2 is told:
+    /// 0x97, or disconnected).
+    pub refused: u64,
+    /// Queued messages older than `max_age`.
+    pub max_age: u64,
+}
+
+impl BridgeDrops {
+    /// Every reason with its name, as `$SYS` and the metrics show them.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("queue_oldest", self.oldest),
+            ("queue_qos0", self.qos0),
+            ("queue_full", self.refused),
+            ("max_age", self.max_age),
+        ]
+    }
+}
+
+/// A bridge's queue right now: its local session's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeQueue {
+    /// Messages queued (in memory and in the store).
+    pub messages: usize,
+    /// Their bytes (topic + payload).
+    pub bytes: usize,
+    /// Messages sent to the bridge and not yet acknowledged.
+    pub inflight: usize,
+    /// How long the oldest message in memory has waited.
+    pub oldest_age: Option<Duration>,
+    pub drops: BridgeDrops,
+    /// Messages sent at the QoS of their topic line, below the one they were published with.
+    pub capped: u64,
 }
 
 impl Stats {
@@ -148,5 +199,54 @@ impl Broker {
     /// Bytes (topic + payload) of the retained messages.
     pub fn retained_bytes(&self) -> usize {
         self.retained_bytes
+    }
+
+    /// The queue of the bridge whose local session is `client_id` (empty while the
+    /// session does not exist yet).
+    pub fn bridge_queue(&self, now: Instant, client_id: &str) -> BridgeQueue {
+        let drops = self
+            .stats
+            .bridge_drops
+            .get(client_id)
+            .copied()
+            .unwrap_or_default();
+        let capped = self
+            .stats
+            .bridge_capped
+            .get(client_id)
+            .copied()
+            .unwrap_or_default();
+        let Some(s) = self
+            .sessions
+            .by_client_id(client_id)
+            .and_then(|i| self.session(i).ok())
+        else {
+            return BridgeQueue {
+                drops,
+                capped,
+                ..BridgeQueue::default()
+            };
+        };
+        BridgeQueue {
+            messages: s.queued_count(),
+            bytes: s.queued_weight(),
+            inflight: s.inflight.len(),
+            oldest_age: s
+                .queue
+                .front()
+                .and_then(|d| d.msg.received_at)
+                .map(|at| now.saturating_duration_since(at)),
+            drops,
+            capped,
+        }
+    }
+
+    /// [`Broker::bridge_queue`] of every bridge, by its local client id.
+    pub fn bridge_queues(&self, now: Instant) -> Vec<(String, BridgeQueue)> {
+        self.policy
+            .bridges
+            .keys()
+            .map(|id| (id.clone(), self.bridge_queue(now, id)))
+            .collect()
     }
 }

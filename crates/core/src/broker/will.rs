@@ -51,6 +51,7 @@ impl Broker {
             properties,
             expires_at,
             origin: Some(client_id.clone()),
+            received_at: Some(now),
         });
         self.export.message(&msg, None);
         if msg.retain {

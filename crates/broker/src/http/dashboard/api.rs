@@ -7,7 +7,7 @@ use hyper::header::ACCEPT;
 use hyper::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 
-use super::json::{ClientJson, PageJson, RetainedJson, StatsJson, SubscriptionJson};
+use super::json::{BridgeJson, ClientJson, PageJson, RetainedJson, StatsJson, SubscriptionJson};
 use super::query::{list_query, param, percent_decode};
 use super::{sse, Dashboard};
 use crate::admin::Stopped;
@@ -33,6 +33,25 @@ pub(crate) async fn stats(dash: &Arc<Dashboard>) -> Response<Body> {
             StatusCode::OK,
             &StatsJson::new(o, &dash.counters, dash.started),
         ),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /api/bridges`: every running bridge, in the configuration's order.
+pub(crate) async fn bridges(dash: &Arc<Dashboard>) -> Response<Body> {
+    match dash.admin.bridge_queues().await {
+        Ok(queues) => {
+            let list: Vec<BridgeJson> = dash
+                .counters
+                .bridge_list()
+                .iter()
+                .map(|b| {
+                    let q = queues.get(&b.local_client_id).copied().unwrap_or_default();
+                    BridgeJson::new(b, q)
+                })
+                .collect();
+            json(StatusCode::OK, &list)
+        }
         Err(e) => unavailable(e),
     }
 }

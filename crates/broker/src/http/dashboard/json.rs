@@ -163,6 +163,54 @@ impl StatsJson {
     }
 }
 
+/// A bridge on the dashboard's panel: its link, its queue and what it counted.
+#[derive(Serialize)]
+pub(crate) struct BridgeJson {
+    pub name: String,
+    /// `connected`, `connecting`, `down` or `stopped`.
+    pub state: &'static str,
+    /// The remote's address in use or last tried.
+    pub address: String,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub oldest_queued_secs: Option<u64>,
+    pub inflight: u64,
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    /// Links the remote accepted (the first one and every reconnect).
+    pub connects: u64,
+    pub last_error: String,
+    /// Messages dropped, by reason (as in `/metrics`).
+    pub dropped: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl BridgeJson {
+    pub fn new(
+        b: &crate::counters::BridgeCounters,
+        q: makelaar_core::broker::BridgeQueue,
+    ) -> BridgeJson {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut dropped: std::collections::BTreeMap<&'static str, u64> =
+            q.drops.by_reason().into_iter().collect();
+        dropped.insert("loop", b.dropped_loop.load(Relaxed));
+        dropped.insert("other", b.dropped_other.load(Relaxed));
+        BridgeJson {
+            name: b.name.clone(),
+            state: b.state_name(),
+            address: b.address(),
+            queued: q.messages,
+            queued_bytes: q.bytes,
+            oldest_queued_secs: q.oldest_age.map(|a| a.as_secs()),
+            inflight: b.in_flight.load(Relaxed),
+            forwarded_out: b.forwarded_out.load(Relaxed),
+            forwarded_in: b.forwarded_in.load(Relaxed),
+            connects: b.connects.load(Relaxed),
+            last_error: b.last_error(),
+            dropped,
+        }
+    }
+}
+
 /// A watched message for the topic viewer: the payload as text when it is UTF-8, else as
 /// hex; at most [`PAYLOAD_SHOWN`] bytes of it.
 #[derive(Serialize)]

@@ -259,6 +259,54 @@ const clients = new Table("clients", (c) => {
   return tr;
 }, 2000);
 
+// ---- bridges -----------------------------------------------------------------------------
+
+/** Drops by reason, the non-zero ones, e.g. "queue_full 3, max_age 1"; "none" without. */
+function fmtDrops(dropped) {
+  const parts = Object.keys(dropped).filter((k) => dropped[k] > 0).map((k) => `${k} ${fmtNum(dropped[k])}`);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+function bridgeRow(b) {
+  const tr = el("tr", null, b.state === "connected" ? "online" : "offline");
+  tr.dataset.bridge = b.name;
+  tr.append(
+    td(b.name, "bridge-name"),
+    td(b.state, b.state === "connected" ? "state status status-online" : "state status status-offline"),
+    td(b.address || null, "address"),
+    td(fmtNum(b.queued), "queued num"),
+    td(fmtNum(b.queued_bytes), "queued-bytes num"),
+    td(b.oldest_queued_secs === null ? null : fmtDuration(b.oldest_queued_secs), "oldest"),
+    td(fmtNum(b.inflight), "inflight num"),
+    td(fmtNum(b.forwarded_out), "out num"),
+    td(fmtNum(b.forwarded_in), "in num"),
+    td(fmtNum(b.connects), "connects num"),
+    td(b.last_error || null, "last-error"),
+    td(fmtDrops(b.dropped), "dropped"),
+  );
+  return tr;
+}
+
+let bridgesBusy = false;
+async function refreshBridges() {
+  if (bridgesBusy || document.hidden) return;
+  bridgesBusy = true;
+  const errorBox = $("bridges-error");
+  try {
+    const list = await api("/api/bridges");
+    errorBox.hidden = true;
+    $("bridges").hidden = list.length === 0;
+    $("bridges-table").querySelector("tbody").replaceChildren(...list.map(bridgeRow));
+  } catch (e) {
+    errorBox.textContent = String(e.message);
+    errorBox.hidden = false;
+  } finally {
+    bridgesBusy = false;
+  }
+}
+setInterval(refreshBridges, 2000);
+refreshBridges();
+
 async function disconnect(clientId, button) {
   button.disabled = true;
   try {
