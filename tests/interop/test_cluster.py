@@ -47,7 +47,7 @@ pytestmark = [
 ]
 
 
-def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout=40.0):
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout=90.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -88,7 +88,7 @@ class NatsCluster:
         for port, proc, log in zip(self.client_ports, self.procs, self.logs):
             wait_port(port, proc, log)
         # JetStream answers once the servers have elected a meta leader among all of them.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         for port in self.monitor_ports:
             while True:
                 try:
@@ -99,7 +99,7 @@ class NatsCluster:
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the NATS servers formed no JetStream cluster in 30 s")
+                    raise RuntimeError("the NATS servers formed no JetStream cluster in 60 s")
                 time.sleep(0.2)
 
     @property
@@ -137,6 +137,8 @@ class Node:
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
 
     def wait_serving(self):
+        # The MQTT port opens once the node has joined (buckets, streams, its first lease):
+        # seconds, more on a loaded machine.
         wait_port(self.port, self.proc, self.log)
 
     def stop(self):
