@@ -19,6 +19,7 @@ mod admission;
 mod auth;
 mod bridge;
 mod cert_name;
+mod cluster;
 pub mod config;
 mod connection;
 mod counters;
@@ -104,6 +105,18 @@ impl Server {
                 .collect::<Result<Vec<_>, _>>()?;
             (bridges, id)
         };
+        let shutdown = CancellationToken::new();
+        // The cluster before the listeners: a NATS server that fsyncs lazily, or none that
+        // answers, stops the start with its sentence, and MQTT ports open only once this
+        // node holds its lease (a client never waits for a node still joining).
+        let cluster = match &config.cluster {
+            Some(settings) => Some(
+                cluster::start(settings, shutdown.clone())
+                    .await
+                    .map_err(|e| ConfigError::Cluster(e.to_string()))?,
+            ),
+            None => None,
+        };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l).await?);
@@ -113,7 +126,6 @@ impl Server {
             .map(|l| (l.url().to_owned(), l.local_addr()))
             .collect();
         let tls_slots = listeners.iter().filter_map(Listener::tls_slot).collect();
-        let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
@@ -153,8 +165,15 @@ impl Server {
         let (store_tx, store_rx) = mpsc::unbounded_channel();
         let persist = opened.map(|o| o.restore(&mut broker, store_tx));
         let sys = SysPublisher::new(config.sys_interval, Instant::now());
-        let router = Router::new(broker, counters.clone(), sys, persist);
-        let router = tokio::spawn(router.run(rx, store_rx, shutdown.clone()));
+        let (cluster_side, cluster_rx) = match cluster {
+            Some(link) => {
+                broker.enable_cluster_export();
+                (Some(router::ClusterSide::new(link.to)), Some(link.from))
+            }
+            None => (None, None),
+        };
+        let router = Router::new(broker, counters.clone(), sys, persist, cluster_side);
+        let router = tokio::spawn(router.run(rx, store_rx, cluster_rx, shutdown.clone()));
         let permits = u32::try_from(config.limits.large_packet_budget / 1024)
             .unwrap_or(u32::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);

@@ -15,6 +15,7 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{FromCluster, ToCluster};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
@@ -95,6 +96,42 @@ pub(crate) struct Router {
     admin: AdminDesk,
     /// Connections ended, by why (see [`Ends`]).
     ends: Ends,
+    /// This node's side of the cluster, when it is one (see `crate::cluster`).
+    cluster: Option<ClusterSide>,
+}
+
+/// What the router keeps of the cluster: the channel to it, the acknowledgements waiting
+/// for it, and the CONNECTs waiting for their client id's claim.
+pub(crate) struct ClusterSide {
+    to: mpsc::UnboundedSender<ToCluster>,
+    /// Acknowledgements waiting until the cluster has what they acknowledge (QoS 1/2
+    /// messages on disk on a majority, retained messages in the bucket): the same rule as
+    /// the store's, with the cluster's batches as epochs.
+    gate: Gate,
+    exported: Vec<makelaar_core::broker::Exported>,
+    filter_changes: Vec<makelaar_core::broker::FilterChange>,
+    session_changes: Vec<Arc<str>>,
+    /// CONNECTs waiting for their claim, with the packets their clients sent behind them.
+    claiming: HashMap<ConnId, (Box<Connect>, Vec<Packet>)>,
+    /// The node lost its lease (see `FromCluster::StepDown`): CONNECTs are refused.
+    stepped_down: bool,
+    /// The claim of each connection, to mark it disconnected when it ends.
+    claims: HashMap<ConnId, (Arc<str>, makelaar_cluster::Revision)>,
+}
+
+impl ClusterSide {
+    pub(crate) fn new(to: mpsc::UnboundedSender<ToCluster>) -> ClusterSide {
+        ClusterSide {
+            to,
+            gate: Gate::default(),
+            exported: Vec::new(),
+            filter_changes: Vec::new(),
+            session_changes: Vec::new(),
+            stepped_down: false,
+            claiming: HashMap::new(),
+            claims: HashMap::new(),
+        }
+    }
 }
 
 /// Why connections ended, counted by the router as it hears of them (plain integers: the
@@ -133,6 +170,7 @@ impl Router {
         counters: Arc<Counters>,
         sys: SysPublisher,
         persist: Option<Persistence>,
+        cluster: Option<ClusterSide>,
     ) -> Router {
         let max_outgoing = broker.limits().max_outgoing_bytes;
         Router {
@@ -148,6 +186,7 @@ impl Router {
             changes: Vec::new(),
             admin: AdminDesk::default(),
             ends: Ends::default(),
+            cluster,
         }
     }
 
@@ -181,8 +220,11 @@ impl Router {
         mut self,
         mut rx: mpsc::Receiver<ToRouter>,
         mut store_rx: mpsc::UnboundedReceiver<StoreEvent>,
+        mut cluster_rx: Option<mpsc::Receiver<FromCluster>>,
         shutdown: CancellationToken,
     ) {
+        // The filters of sessions restored from the store, followed from the start.
+        self.flush();
         let start = Instant::now();
         let far = Duration::from_secs(3600);
         let mut next_sweep = start + KEEP_ALIVE_SWEEP;
@@ -229,6 +271,9 @@ impl Router {
                     self.broker.handle_timeout(now);
                     self.sys.maybe_publish(now, start, &mut self.broker, &self.counters);
                 }
+                Some(ev) = next_from_cluster(&mut cluster_rx) => {
+                    self.cluster_event(Instant::now(), ev);
+                }
                 Some(ev) = store_rx.recv() => {
                     if !self.store_event(Instant::now(), ev) {
                         shutdown.cancel();
@@ -260,7 +305,7 @@ impl Router {
                 self.gate
                     .committed(epoch, |conn, what| released.push((conn, what)));
                 for (conn, what) in released {
-                    self.carry_out(conn, what);
+                    self.after_store(conn, what);
                 }
             }
             StoreEvent::Committed(_, Err(e)) => {
@@ -302,7 +347,7 @@ impl Router {
         self.gate
             .committed(u64::MAX, |conn, what| released.push((conn, what)));
         for (conn, what) in released {
-            self.carry_out(conn, what);
+            self.after_store(conn, what);
         }
         for out in self.to_wake.drain(..).rev() {
             out.wake();
@@ -318,9 +363,37 @@ impl Router {
                 peer,
             } => {
                 self.conns.insert(conn, Conn { out, peer });
-                self.broker.handle_connect(now, conn, *connect);
+                match self.cluster.as_mut() {
+                    Some(c) if c.stepped_down => {
+                        let refusal = makelaar_core::conn::refusal(
+                            connect.protocol,
+                            ReasonCode::SERVER_UNAVAILABLE,
+                        );
+                        self.send(conn, refusal);
+                        self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
+                        self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
+                    }
+                    // Unique across the cluster [MQTT-3.1.4-3]: claimed before it is decided.
+                    // (An empty client id gets an assigned one, unique already.)
+                    Some(c) if !connect.client_id.is_empty() => {
+                        let client_id = Arc::from(connect.client_id.as_str());
+                        c.claiming.insert(conn, (connect, Vec::new()));
+                        let _ = c.to.send(ToCluster::Claim { conn, client_id });
+                    }
+                    _ => self.broker.handle_connect(now, conn, *connect),
+                }
             }
-            ToRouter::Packet { conn, packet } => self.broker.handle_packet(now, conn, packet),
+            ToRouter::Packet { conn, packet } => {
+                if let Some((_, held)) = self
+                    .cluster
+                    .as_mut()
+                    .and_then(|c| c.claiming.get_mut(&conn))
+                {
+                    held.push(packet);
+                    return;
+                }
+                self.broker.handle_packet(now, conn, packet);
+            }
             ToRouter::Violation { conn, violation } => {
                 let reason = violation.reason();
                 tracing::debug!(conn, %reason, text = violation.text(), "protocol violation");
@@ -358,6 +431,32 @@ impl Router {
     /// Carries out what the broker decided, then wakes every connection that got packets,
     /// once each (see `wake_listed`).
     fn flush(&mut self) {
+        if let Some(c) = self.cluster.as_mut() {
+            self.broker.drain_exported(&mut c.exported);
+            if !c.exported.is_empty() {
+                // QoS 0 without retain promises nothing: no epoch, nothing waits for it.
+                let promised = c
+                    .exported
+                    .iter()
+                    .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
+                let epoch = promised.then(|| c.gate.next_epoch());
+                let messages = std::mem::take(&mut c.exported);
+                let _ = c.to.send(ToCluster::Batch { epoch, messages });
+            }
+            self.broker.drain_session_changes(&mut c.session_changes);
+            for client_id in c.session_changes.drain(..) {
+                let snapshot = self.broker.session_snapshot(&client_id);
+                let _ = c.to.send(ToCluster::StoreSession {
+                    client_id,
+                    snapshot,
+                });
+            }
+            self.broker.drain_filter_changes(&mut c.filter_changes);
+            if !c.filter_changes.is_empty() {
+                let changes = std::mem::take(&mut c.filter_changes);
+                let _ = c.to.send(ToCluster::Filters(changes));
+            }
+        }
         if let Some(p) = self.persist.as_mut() {
             self.broker.drain_changes(&mut self.changes);
             if !self.changes.is_empty() {
@@ -423,7 +522,169 @@ impl Router {
         } else {
             what
         };
+        self.after_store(conn, what);
+    }
+
+    /// What the store let through waits for the cluster too, when there is one.
+    fn after_store(&mut self, conn: ConnId, what: Held) {
+        let what = match self.cluster.as_mut() {
+            Some(c) => match c.gate.hold(conn, what) {
+                Some(what) => what,
+                None => return,
+            },
+            None => what,
+        };
         self.carry_out(conn, what);
+    }
+
+    /// Carries out what the cluster reports.
+    fn cluster_event(&mut self, now: Instant, ev: FromCluster) {
+        match ev {
+            FromCluster::Appended { epoch, failed } => {
+                for conn in failed {
+                    // Its acknowledgement must never go out: the connection ends without
+                    // it, and the client sends the message again elsewhere.
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.gate.discard(conn);
+                    }
+                    if self.broker.is_connected(conn) {
+                        self.ends.server(ReasonCode::UNSPECIFIED_ERROR);
+                    }
+                    self.broker.handle_connection_lost(now, conn);
+                    self.close(conn, CloseReason::Server(ReasonCode::UNSPECIFIED_ERROR));
+                }
+                let mut released = Vec::new();
+                if let Some(c) = self.cluster.as_mut() {
+                    c.gate
+                        .committed(epoch, |conn, what| released.push((conn, what)));
+                }
+                for (conn, what) in released {
+                    self.carry_out(conn, what);
+                }
+            }
+            FromCluster::Message(msg) => {
+                self.broker.route_remote(now, msg);
+            }
+            FromCluster::Retained { topic, message } => {
+                self.broker.apply_remote_retained(&topic, message);
+            }
+            FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
+            FromCluster::Moved(client_id) => self.broker.forget_session(now, &client_id),
+            FromCluster::StepDown => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.stepped_down = true;
+                }
+                // 0x89 Server busy, "try again later" (0x88 is a CONNACK code only).
+                self.broker.disconnect_all(now, ReasonCode::SERVER_BUSY);
+            }
+            FromCluster::Serving => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.stepped_down = false;
+                }
+            }
+            FromCluster::Fenced(client_id) => {
+                self.broker
+                    .disconnect_client(now, &client_id, ReasonCode::SESSION_TAKEN_OVER);
+            }
+            FromCluster::NotOwner { conn, revision } => {
+                let held = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.claims.get(&conn))
+                    .filter(|(_, r)| *r == revision)
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = held {
+                    tracing::debug!(client_id = %id, "client taken over by another cluster node while connecting");
+                    self.broker
+                        .disconnect_client(now, &id, ReasonCode::SESSION_TAKEN_OVER);
+                }
+            }
+            FromCluster::Release(req) => {
+                match req.client.client_id() {
+                    Ok(id) => {
+                        // [MQTT-3.1.4-3] the client connected on another node: this
+                        // connection ends (5.0: DISCONNECT 0x8E Session taken over).
+                        if self
+                            .broker
+                            .disconnect_client(now, &id, ReasonCode::SESSION_TAKEN_OVER)
+                        {
+                            tracing::debug!(client_id = %id, "client taken over by another cluster node");
+                        }
+                        // The session moves with its client: the other node keeps it now.
+                        if let Some(c) = self.cluster.as_ref() {
+                            let _ = c.to.send(ToCluster::Released(req.clone()));
+                        }
+                        self.broker.forget_session(now, &id);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "hand-over request for a bad client id"),
+                }
+                if let Some(c) = self.cluster.as_ref() {
+                    let _ = c.to.send(ToCluster::Released(req));
+                }
+            }
+        }
+    }
+
+    /// A CONNECT's client id is claimed (or could not be): it is decided now, with the
+    /// packets its client sent meanwhile.
+    fn claimed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: Result<
+            (
+                makelaar_cluster::Revision,
+                Option<makelaar_core::broker::SessionSnapshot>,
+            ),
+            String,
+        >,
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some((connect, held)) = c.claiming.remove(&conn) else {
+            // The connection went while its claim ran. The registry says it is connected
+            // here until another node claims the id: this node then answers the hand-over
+            // request with nothing to close.
+            return;
+        };
+        match result {
+            Ok((revision, kept)) => {
+                let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                // A session the cluster keeps for this client (it was connected on another
+                // node): taken in, so the CONNECT finds it (Session Present, subscriptions).
+                if let Some(snapshot) = kept.filter(|_| !connect.clean_start) {
+                    self.broker.adopt_session(&client_id, snapshot);
+                }
+                c.claims.insert(conn, (client_id.clone(), revision));
+                let _ = c.to.send(ToCluster::CheckOwner {
+                    conn,
+                    client_id: client_id.clone(),
+                    revision,
+                });
+                self.broker.handle_connect(now, conn, *connect);
+                // The first write of the session record: it fences the node that had it.
+                let snapshot = self.broker.session_snapshot(&client_id);
+                if let Some(c) = self.cluster.as_ref() {
+                    let _ = c.to.send(ToCluster::StoreSession {
+                        client_id,
+                        snapshot,
+                    });
+                }
+                for packet in held {
+                    self.broker.handle_packet(now, conn, packet);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(client_id = %connect.client_id, error = %e, "cannot claim the client id on the cluster: CONNECT refused (server unavailable)");
+                let refusal =
+                    makelaar_core::conn::refusal(connect.protocol, ReasonCode::SERVER_UNAVAILABLE);
+                self.send(conn, refusal);
+                self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
+                self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
+            }
+        }
     }
 
     fn carry_out(&mut self, conn: ConnId, what: Held) {
@@ -469,8 +730,25 @@ impl Router {
     /// Asks the connection to close (its task logs `why`).
     fn close(&mut self, conn: ConnId, why: CloseReason) {
         self.slow_logged.remove(&conn);
+        if let Some(c) = self.cluster.as_mut() {
+            c.claiming.remove(&conn);
+            if let Some((client_id, revision)) = c.claims.remove(&conn) {
+                let _ = c.to.send(ToCluster::Disconnected {
+                    client_id,
+                    revision,
+                });
+            }
+        }
         if let Some(c) = self.conns.remove(&conn) {
             c.out.close(why);
         }
+    }
+}
+
+/// The next report of the cluster; never, without one.
+async fn next_from_cluster(rx: &mut Option<mpsc::Receiver<FromCluster>>) -> Option<FromCluster> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

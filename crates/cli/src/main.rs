@@ -39,7 +39,10 @@ Examples:
 
   makelaar serve --mosquitto-conf /etc/mosquitto/mosquitto.conf
       Settings from a Mosquitto configuration (see docs/migrating-from-mosquitto.md);
-      `makelaar config convert FILE` prints the equivalent makelaar.toml.";
+      `makelaar config convert FILE` prints the equivalent makelaar.toml.
+
+  makelaar serve --cluster nats://n1:4222,nats://n2:4222,nats://n3:4222 --node-name m1
+      A node of a cluster on NATS JetStream (preview, see docs/cluster.md).";
 
 /// Makelaar: an MQTT 3.1, 3.1.1 and 5.0 broker.
 #[derive(Debug, Parser)]
@@ -189,6 +192,20 @@ struct ServeArgs {
     /// Log lines as text or as JSON objects, one per line. [default: text]
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+
+    /// Run as a node of a cluster on these NATS servers (preview, docs/cluster.md):
+    /// nats://HOST:PORT, several separated by commas. Needs --node-name.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+
+    /// This node's name in the cluster: unique, the same at every restart.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+
+    /// Join the cluster although a NATS server fsyncs lazily (an acknowledged message could
+    /// be lost when servers lose power together); logged at error level.
+    #[arg(long)]
+    allow_lazy_fsync: bool,
 }
 
 impl ServeArgs {
@@ -293,6 +310,15 @@ impl ServeArgs {
         if let Some(secs) = self.sys_interval {
             file.sys_interval = Some(secs);
         }
+        if !self.cluster.is_empty() {
+            file.cluster.servers = Some(self.cluster.clone());
+        }
+        if self.allow_lazy_fsync {
+            file.cluster.allow_lazy_fsync = Some(true);
+        }
+        if self.node_name.is_some() {
+            file.cluster.node_name.clone_from(&self.node_name);
+        }
         file.into_config(source)
     }
 }
@@ -380,6 +406,32 @@ mod tests {
     #[test]
     fn no_flags_gives_the_default_config() {
         assert_eq!(serve_args(&[]).build_config(), Ok(Config::default()));
+    }
+
+    #[test]
+    fn cluster_flags_make_a_node() {
+        let config = serve_args(&[
+            "--cluster",
+            "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+            "--node-name",
+            "n1",
+            "--allow-lazy-fsync",
+        ])
+        .build_config()
+        .unwrap();
+        let c = config.cluster.unwrap();
+        assert_eq!(
+            c.servers,
+            ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+        );
+        assert_eq!(c.node_name, "n1");
+        assert!(c.allow_lazy_fsync);
+        assert_eq!(c.partitions, 16);
+        // Without a name: one sentence naming the flag.
+        let e = serve_args(&["--cluster", "nats://127.0.0.1:4222"])
+            .build_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("--node-name NAME"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! What the cluster layer needs from its engine, as a trait, and an in-memory engine for
 //! tests. The NATS implementation is [`crate::nats::NatsBackend`].
 //!
-//! Which path live QoS 1/2 deliveries take (per-node filtered consumers on the partition
-//! streams, or the streams' RePublish onto core subjects) is still being measured
-//! (docs/cluster.md, "Delivery path"); the trait leaves it open: [`Backend::append`] stores
-//! a message durably in its partition, [`Backend::subscribe`] follows core subjects, and the
-//! consumer side will be added once the choice is made.
+//! Live QoS 1/2 deliveries take the path measured and chosen in docs/cluster.md ("The
+//! delivery path"): per node and partition one ordered consumer without a filter
+//! ([`Backend::follow`]); every node matches what it reads against its own topic tree.
+//! [`Backend::append`] stores a message durably in its partition, [`Backend::subscribe`]
+//! follows core subjects.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -112,6 +112,9 @@ pub trait Backend: Send + Sync + 'static {
     /// A stream of changes to the keys of a bucket.
     type Watch: Stream<Item = WatchEvent> + Send + Unpin + 'static;
 
+    /// A partition's messages as they are appended.
+    type Follow: Stream<Item = Delivery> + Send + Unpin + 'static;
+
     /// The entry under `key`; `None` when absent or deleted.
     fn get(
         &self,
@@ -189,6 +192,16 @@ pub trait Backend: Send + Sync + 'static {
         queue: Option<String>,
     ) -> impl Future<Output = Result<Self::Subscription, BackendError>> + Send;
 
+    /// Follows a partition's stream from the next message appended on (the stream sequence
+    /// does not go back: this node's earlier messages are not replayed), in order, without
+    /// gaps or duplicates: on NATS an ordered consumer without a filter, in memory on the
+    /// server, recreated from the last sequence seen when it falls behind. One per node and
+    /// partition, whatever the number of clients and subscriptions.
+    fn follow(
+        &self,
+        partition: Partition,
+    ) -> impl Future<Output = Result<Self::Follow, BackendError>> + Send;
+
     /// Sends a request and waits for one answer.
     fn request(
         &self,
@@ -209,6 +222,7 @@ struct MemoryState {
     buckets: HashMap<Bucket, MemoryKv>,
     watchers: Watchers,
     streams: HashMap<Partition, Vec<(Subject, Bytes)>>,
+    followers: Vec<(Partition, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
     subscribers: Vec<(Subject, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
 }
 
@@ -314,6 +328,13 @@ impl Stream for MemorySubscription {
 impl Backend for MemoryBackend {
     type Subscription = MemorySubscription;
     type Watch = MemoryWatch;
+    type Follow = MemorySubscription;
+
+    async fn follow(&self, partition: Partition) -> Result<MemorySubscription, BackendError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.with(|s| s.followers.push((partition, tx)))?;
+        Ok(MemorySubscription(rx))
+    }
 
     async fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Entry>, BackendError> {
         self.with(|s| {
@@ -412,6 +433,16 @@ impl Backend for MemoryBackend {
         payload: Bytes,
     ) -> Result<u64, BackendError> {
         self.with(|s| {
+            s.followers.retain(|(p, tx)| {
+                *p != partition
+                    || tx
+                        .send(Delivery {
+                            subject: subject.to_string(),
+                            payload: payload.clone(),
+                            reply: None,
+                        })
+                        .is_ok()
+            });
             let stream = s.streams.entry(partition).or_default();
             stream.push((subject, payload));
             stream.len() as u64

@@ -200,6 +200,54 @@ impl<B: Backend> Cluster<B> {
         Subject::from_tokens(&format!("{}.ctl.{node}.release", self.config.prefix))
     }
 
+    /// The subject on which `node` hears that a client it had moved to another node.
+    pub fn moved_subject(&self, node: &NodeId) -> Subject {
+        Subject::from_tokens(&format!("{}.ctl.{node}.moved", self.config.prefix))
+    }
+
+    /// Tells `node`, which had `client` before this node claimed it, that the client moved:
+    /// it drops what it still keeps of the session (an offline copy would go stale). At
+    /// most once: a node that misses it keeps its copy until the session expires there.
+    pub async fn notify_moved(
+        &self,
+        node: &NodeId,
+        client: &ClientKey,
+    ) -> Result<(), ClusterError> {
+        Ok(self
+            .backend
+            .publish(
+                self.moved_subject(node),
+                Bytes::copy_from_slice(client.as_str().as_bytes()),
+            )
+            .await?)
+    }
+
+    /// Follows the notices that clients this node had moved to another node
+    /// ([`Cluster::notify_moved`]).
+    pub async fn moved_clients(&self) -> Result<mpsc::Receiver<ClientKey>, ClusterError> {
+        let mut sub = self
+            .backend
+            .subscribe(self.moved_subject(&self.config.node), None)
+            .await?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(d) = sub.next().await {
+                let key = std::str::from_utf8(&d.payload)
+                    .ok()
+                    .and_then(|k| ClientKey::from_key(k).ok());
+                match key {
+                    Some(k) => {
+                        if tx.send(k).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => tracing::warn!("ignoring a malformed moved-client notice"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Claims a client id for a connection about to open on this node ([`Claim`]).
     pub async fn claim_client(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
         let mut claim = Claim::new(
@@ -480,21 +528,43 @@ impl<B: Backend> Cluster<B> {
             .backend
             .watch(Bucket::Retained, encode_filter(filter).as_str())
             .await?;
-        Ok(watch.filter_map(|ev| {
-            let change = decode_topic(&ev.key)
-                .map_err(|e| e.to_string())
+        Ok(watch.filter_map(|ev| std::future::ready(retained_change(ev))))
+    }
+
+    /// Follows every retained message of the cluster, `$` topics included: the current ones,
+    /// then every change (a node's own retained tree, fed by this one watch).
+    pub async fn watch_all_retained(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = RetainedChange> + Send + Unpin, ClusterError> {
+        let watch = self.backend.watch(Bucket::Retained, ">").await?;
+        Ok(watch.filter_map(|ev| std::future::ready(retained_change(ev))))
+    }
+
+    /// Follows the QoS 1/2 messages appended to a partition from now on, by any node (this
+    /// one's too: the caller skips them by [`Envelope::origin_node`]), as (topic, envelope).
+    /// Messages that do not decode are skipped with a warning.
+    pub async fn follow_partition(
+        &self,
+        partition: Partition,
+    ) -> Result<impl futures_util::Stream<Item = (String, Envelope)> + Send + Unpin, ClusterError>
+    {
+        let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
+        let follow = self.backend.follow(partition).await?;
+        Ok(follow.filter_map(move |d| {
+            let decoded = d
+                .subject
+                .strip_prefix(prefix.as_str())
+                .ok_or_else(|| format!("not under {prefix}"))
+                .and_then(|tokens| decode_topic(tokens).map_err(|e| e.to_string()))
                 .and_then(|topic| {
-                    let message = ev
-                        .entry
-                        .map(|e| Envelope::decode(&e.value))
-                        .transpose()
-                        .map_err(|e| e.to_string())?;
-                    Ok(RetainedChange { topic, message })
+                    Envelope::decode(&d.payload)
+                        .map(|e| (topic, e))
+                        .map_err(|e| e.to_string())
                 });
-            std::future::ready(match change {
-                Ok(c) => Some(c),
+            std::future::ready(match decoded {
+                Ok(m) => Some(m),
                 Err(error) => {
-                    tracing::warn!(key = %ev.key, %error, "skipping a retained entry");
+                    tracing::warn!(subject = %d.subject, %error, "skipping a partition message");
                     None
                 }
             })
@@ -646,6 +716,28 @@ impl<B: Backend> Cluster<B> {
                     tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
                 }
             }
+        }
+    }
+}
+
+/// A retained bucket's change as a topic and message; `None` (logged) when it does not
+/// decode.
+fn retained_change(ev: crate::backend::WatchEvent) -> Option<RetainedChange> {
+    let change = decode_topic(&ev.key)
+        .map_err(|e| e.to_string())
+        .and_then(|topic| {
+            let message = ev
+                .entry
+                .map(|e| Envelope::decode(&e.value))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok(RetainedChange { topic, message })
+        });
+    match change {
+        Ok(c) => Some(c),
+        Err(error) => {
+            tracing::warn!(key = %ev.key, %error, "skipping a retained entry");
+            None
         }
     }
 }

@@ -428,6 +428,48 @@ impl Backend for NatsBackend {
     type Subscription =
         futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
     type Watch = std::pin::Pin<Box<dyn futures_util::Stream<Item = WatchEvent> + Send>>;
+    type Follow = std::pin::Pin<Box<dyn futures_util::Stream<Item = Delivery> + Send>>;
+
+    /// An ordered push consumer (ephemeral, in memory, R1, no acks, flow control and
+    /// heartbeats; async-nats recreates it from the last sequence seen after a gap or a
+    /// silence), delivering from the next message appended. Interruptions are logged and
+    /// resumed from.
+    async fn follow(&self, partition: Partition) -> Result<Self::Follow, BackendError> {
+        let name = format!("{}_p{}", self.prefix, partition.index());
+        let stream = self.js.get_stream(&name).await.map_err(engine)?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(engine)?;
+        let messages = consumer.messages().await.map_err(engine)?;
+        let stream_name = name.clone();
+        // An error (a missed heartbeat: the server holding the consumer is gone) is not the
+        // end: the ordered consumer is re-created from the last stream sequence delivered on
+        // the next poll, so nothing is lost or repeated.
+        let deliveries = messages
+            .filter_map(move |r| {
+                let stream_name = stream_name.clone();
+                async move {
+                    if let Err(e) = &r {
+                        tracing::warn!(stream = %stream_name, error = %e, "following a partition stream interrupted; it resumes");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    r.ok()
+                }
+            })
+            .filter_map(|r| {
+                std::future::ready(Some(r).map(|m| Delivery {
+                    subject: m.subject.to_string(),
+                    payload: m.payload.clone(),
+                    reply: None,
+                }))
+            });
+        Ok(Box::pin(deliveries))
+    }
 
     /// Read from the bucket stream's leader, not through the direct-get API that any
     /// replica answers: a compare-and-set needs the latest revision, and a follower that
@@ -535,22 +577,26 @@ impl Backend for NatsBackend {
     }
 
     /// An ordered consumer on the bucket's stream (one per watch, ephemeral, in memory),
-    /// starting with the last entry of every matching key. Ends when the engine fails it.
+    /// starting with the last entry of every matching key. Resumes by itself after a lost
+    /// server (logged).
     async fn watch(&self, bucket: Bucket, filter: &str) -> Result<Self::Watch, BackendError> {
         let watch = self
             .store(bucket)?
             .watch_with_history(filter)
             .await
             .map_err(engine)?;
+        // An error (a missed heartbeat: the server holding the consumer is gone) is not the
+        // end: the ordered consumer is re-created from the last sequence seen on the next poll.
         let events = watch
-            .take_while(|r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "KV watch ended");
+            .filter_map(|r| async move {
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "KV watch interrupted; it resumes");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                std::future::ready(r.is_ok())
+                r.ok()
             })
             .filter_map(|r| {
-                std::future::ready(r.ok().map(|e| WatchEvent {
+                std::future::ready(Some(r).map(|e| WatchEvent {
                     key: e.key,
                     entry: match (e.operation, Revision::new(e.revision)) {
                         (kv::Operation::Put, Some(revision)) => Some(Entry {

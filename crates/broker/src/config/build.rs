@@ -56,8 +56,10 @@ impl ConfigFile {
         };
 
         let bridges = bridges_from(&self.bridge, source_name)?;
+        let cluster = self.cluster.into_settings(source_name)?;
 
         Ok(Config {
+            cluster,
             dashboard: self.dashboard.into(),
             deny_subscriptions,
             will_on_takeover,

@@ -2,8 +2,8 @@
 //! the configuration reference and the example file show as defaults.
 
 use super::{
-    BridgeTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability, ListenerTable,
-    LogFormat, DEFAULT_BATCH_MS,
+    BridgeTable, ClusterTable, Config, ConfigFile, CorruptStorePolicy, DashboardTable, Durability,
+    ListenerTable, LogFormat, DEFAULT_BATCH_MS,
 };
 
 impl ConfigFile {
@@ -43,6 +43,7 @@ impl ConfigFile {
             limits: d.limits,
             dashboard: DashboardTable::defaults(),
             bridge: vec![BridgeTable::defaults()],
+            cluster: ClusterTable::defaults(),
         }
     }
 }

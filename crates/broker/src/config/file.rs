@@ -134,6 +134,9 @@ pub struct ConfigFile {
     /// as Mosquitto's bridges do (docs/bridges.md). One table per remote broker.
     #[serde(default)]
     pub bridge: Vec<BridgeTable>,
+    /// This broker as a node of a cluster on NATS JetStream (preview, docs/cluster.md).
+    #[serde(default)]
+    pub cluster: ClusterTable,
 }
 
 /// The format of log lines (`log_format`).

@@ -12,6 +12,7 @@ mod bridge;
 mod bridge_new;
 mod bridge_table;
 mod build;
+mod cluster;
 mod dashboard;
 mod defaults;
 mod file;
@@ -42,6 +43,7 @@ pub use bridge_table::{
 pub use bridge_table::{
     DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES, MIN_KEEPALIVE_SECS, MQTTS_PORT, MQTT_PORT,
 };
+pub use cluster::{ClusterSettings, ClusterTable, DEFAULT_CLUSTER_PARTITIONS};
 pub use dashboard::{DashboardConfig, DashboardTable};
 pub use file::{ConfigFile, ListenerTable, LogFormat};
 use listen::de_listen;
@@ -89,6 +91,9 @@ pub enum ConfigError {
     /// A password file or ACL file is unreadable or has a broken line.
     #[error("{0}")]
     Auth(String),
+    /// The cluster could not be joined (NATS unreachable, a server that fsyncs lazily, ...).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// The validated configuration the broker runs with.
@@ -119,6 +124,8 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     /// Bridges to other brokers (`[[bridge]]`, or `connection` sections of mosquitto.conf).
     pub bridges: Vec<BridgeConfig>,
+    /// This node in a cluster on NATS (`[cluster]`); `None`: the broker runs alone.
+    pub cluster: Option<ClusterSettings>,
     /// The file the configuration came from, read again by a reload (SIGHUP) for its
     /// bridges; `None`: the command line alone.
     pub source: Option<ConfigSource>,
@@ -152,6 +159,7 @@ impl Default for Config {
             acl_file: None,
             dashboard: DashboardConfig::default(),
             bridges: Vec::new(),
+            cluster: None,
             source: None,
         }
     }

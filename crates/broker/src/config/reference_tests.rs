@@ -87,7 +87,8 @@ fn tables_and_keys_are_found() {
             "[[bridge.topic]]",
             "[bridge.tls]",
             "[bridge.queue]",
-            "[bridge.loop_guard]"
+            "[bridge.loop_guard]",
+            "[cluster]"
         ]
     );
     let top = &tables[0];

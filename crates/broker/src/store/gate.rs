@@ -76,6 +76,12 @@ impl Gate {
         });
     }
 
+    /// Forgets what is held for a connection that ends without it (its acknowledgements
+    /// must never go out).
+    pub(crate) fn discard(&mut self, conn: ConnId) {
+        self.held.remove(&conn);
+    }
+
     /// Packets held now, over all connections (a scrape's figure: it visits each
     /// connection with packets held).
     pub(crate) fn held_count(&self) -> usize {

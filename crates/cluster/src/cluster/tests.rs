@@ -213,3 +213,47 @@ fn release_requests_round_trip() {
     assert_eq!(req.revision.get(), 9);
     assert!(ReleaseRequest::decode(&payload[..payload.len() - 1], None).is_err());
 }
+
+#[tokio::test]
+async fn partitions_are_followed_from_new_messages_on_and_retained_watched_whole() {
+    let backend = MemoryBackend::new();
+    let m1 = layer(&backend, "m1", 1);
+    let m2 = layer(&backend, "m2", 1);
+    m1.append("a/b", &message("old")).await.unwrap();
+    let (p, _) = m2.partition_subject("a/b");
+    let mut follow = m2.follow_partition(p).await.unwrap();
+    m1.append("a/b", &message("one")).await.unwrap();
+    m1.append("a/b", &message("two")).await.unwrap();
+    for want in ["one", "two"] {
+        let (topic, env) = follow.next().await.unwrap();
+        assert_eq!((topic.as_str(), &env.payload[..]), ("a/b", want.as_bytes()));
+    }
+
+    m1.store_retained("$SYS/x", Some(&message("s")))
+        .await
+        .unwrap();
+    m1.store_retained("r/1", Some(&message("r"))).await.unwrap();
+    let mut watch = m2.watch_all_retained().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(watch.next().await.unwrap().topic);
+    }
+    seen.sort();
+    assert_eq!(seen, ["$SYS/x", "r/1"]);
+    m1.store_retained("r/1", None).await.unwrap();
+    let cleared = watch.next().await.unwrap();
+    assert_eq!((cleared.topic.as_str(), cleared.message), ("r/1", None));
+}
+
+#[tokio::test]
+async fn moved_clients_are_told() {
+    let backend = MemoryBackend::new();
+    let m1 = layer(&backend, "m1", 1);
+    let m2 = layer(&backend, "m2", 1);
+    let mut moved = m1.moved_clients().await.unwrap();
+    let key = ClientKey::new("dev/1");
+    m2.notify_moved(&NodeId::new("m1").unwrap(), &key)
+        .await
+        .unwrap();
+    assert_eq!(moved.recv().await.unwrap(), key);
+}

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use makelaar_proto::{Disconnect, Packet, ReasonCode};
+use makelaar_proto::ReasonCode;
 
-use super::{Action, Broker, SessionIdx};
+use super::{Broker, SessionIdx};
 use crate::admin::{
     page_of, ClientInfo, ListQuery, Overview, Page, RetainedInfo, SubscriptionInfo, Watched,
 };
@@ -135,27 +135,8 @@ impl Broker {
     /// delay starts): the server closed the connection without a DISCONNECT 0x00 from the
     /// client [MQTT-3.1.2-8]. A persistent session stays, offline, as after any other loss.
     pub fn admin_disconnect(&mut self, now: Instant, client_id: &str) -> bool {
-        let Some(idx) = self.sessions.by_client_id(client_id) else {
-            return false;
-        };
-        let Ok(s) = self.session(idx) else {
-            return false;
-        };
-        let Some(conn) = s.conn else {
-            return false;
-        };
         tracing::debug!(%client_id, "disconnecting client: administrative action");
-        if s.version.is_v5() {
-            let d = Disconnect {
-                reason: ReasonCode::ADMINISTRATIVE_ACTION,
-                ..Disconnect::default()
-            };
-            self.send(conn, Packet::Disconnect(d));
-        }
-        self.detach(now, conn);
-        let why = super::CloseReason::Server(ReasonCode::ADMINISTRATIVE_ACTION);
-        self.actions.push_back(Action::Close(conn, why));
-        true
+        self.disconnect_client(now, client_id, ReasonCode::ADMINISTRATIVE_ACTION)
     }
 
     /// Opens a topic watch on `filter`; the retained messages it matches come first, marked

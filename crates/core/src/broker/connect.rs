@@ -429,6 +429,7 @@ impl Broker {
         let Ok(mut s) = self.sessions.remove(idx) else {
             return;
         };
+        self.export.session_changed(&s.client_id);
         self.journal_session_ended(&s);
         // Nothing may keep the index once it is free: it names the next session inserted.
         for (filter, _) in s.subscriptions.drain() {

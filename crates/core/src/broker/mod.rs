@@ -12,6 +12,7 @@
 
 mod admin;
 mod connect;
+mod export;
 mod journal;
 mod park;
 mod publish;
@@ -37,6 +38,7 @@ use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
+pub use export::{Exported, FilterChange, SessionSnapshot};
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
@@ -181,6 +183,8 @@ pub struct Broker {
     parked: HashMap<Arc<str>, park::Waiting>,
     /// The client id each parked connection waits for.
     parked_ids: HashMap<ConnId, Arc<str>>,
+    /// What the cluster must hear (off unless enabled; see `export`).
+    export: export::Export,
 }
 
 impl Broker {
@@ -209,6 +213,7 @@ impl Broker {
             watches: crate::watch::Watches::default(),
             parked: HashMap::new(),
             parked_ids: HashMap::new(),
+            export: export::Export::default(),
         }
     }
 

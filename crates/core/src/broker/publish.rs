@@ -134,6 +134,7 @@ impl Broker {
             return;
         }
         let msg = Arc::new(Message::from_publish(now, p, origin));
+        self.export.message(&msg, Some(conn));
         if msg.retain {
             self.store_retained(&msg);
         }

@@ -208,10 +208,13 @@ impl Broker {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            let existed = self
+            let removed = self
                 .session_mut(idx)
-                .is_ok_and(|s| s.subscriptions.remove(filter).is_some());
-            if existed {
+                .ok()
+                .and_then(|s| s.subscriptions.remove(filter).map(|_| s.client_id.clone()));
+            let existed = removed.is_some();
+            if let Some(client_id) = removed {
+                self.export.session_changed(&client_id);
                 self.unsubscribe_filter(idx, filter);
                 self.journal_subscription(idx, filter, None);
             }
@@ -238,7 +241,14 @@ impl Broker {
         let Ok(s) = self.session_mut(idx) else {
             return;
         };
-        s.subscriptions.insert(filter.to_owned(), sub.clone());
+        let client_id = s.client_id.clone();
+        if s.subscriptions
+            .insert(filter.to_owned(), sub.clone())
+            .is_none()
+        {
+            self.export.subscribed(filter);
+        }
+        self.export.session_changed(&client_id);
         match parse_shared(filter) {
             Ok(Some((_, inner))) => {
                 self.shared.subscribe(filter, inner, idx, sub);
@@ -251,6 +261,7 @@ impl Broker {
 
     /// Removes a filter of a session from the topic tree or its shared group.
     pub(super) fn unsubscribe_filter(&mut self, idx: SessionIdx, filter: &str) {
+        self.export.unsubscribed(filter);
         match parse_shared(filter) {
             Ok(Some((_, inner))) => {
                 self.shared.unsubscribe(filter, inner, idx);

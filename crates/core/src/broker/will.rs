@@ -53,6 +53,7 @@ impl Broker {
             origin: Some(client_id.clone()),
             received_at: Some(now),
         });
+        self.export.message(&msg, None);
         if msg.retain {
             self.store_retained(&msg);
         }

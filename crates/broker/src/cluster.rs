@@ -1,0 +1,778 @@
+//! The tokio side of the cluster (issue 14, docs/cluster.md): the one owner of this node's
+//! `makelaar_cluster::Cluster` over NATS. The router talks to it by messages only
+//! ([`ToCluster`] in, [`FromCluster`] out); nothing here touches the router's state.
+//!
+//! Tasks, each owning what it touches:
+//!
+//! - the **writer** takes the router's batches in order: QoS 0 messages are published on
+//!   their live subjects, QoS 1/2 messages appended to their partition streams (on disk on a
+//!   majority when the append returns), retained ones set in the cluster's bucket; then it
+//!   reports the batch's epoch, and the router releases the acknowledgements that waited for
+//!   it (`FromCluster::Appended`);
+//! - the **reader** follows the node's distinct local filters on core NATS (one NATS
+//!   subscription per filter, whatever the number of sessions: the core counts them) and
+//!   hands each QoS 0 message from another node to the router once, even when several of
+//!   the node's filters match it;
+//! - per partition a **follower** reads the partition stream (one ordered consumer without
+//!   a filter per node and partition, the delivery path chosen in docs/cluster.md) and hands
+//!   the router the messages other nodes appended; this node's own were routed when they
+//!   were published;
+//! - the **retained watch** keeps the node's retained messages equal to the cluster's;
+//! - the **lease** task, and one short task per client-id claim or hand-over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use makelaar_cluster::backend::{subject_matches, Backend};
+use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest};
+use makelaar_cluster::envelope::{Envelope, Expiry};
+use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
+use makelaar_cluster::partition::PartitionCount;
+use makelaar_cluster::record::{SessionRecord, StoredSubscription};
+use makelaar_cluster::takeover::Fence;
+use makelaar_cluster::{ClientKey, NodeId, Revision};
+use makelaar_core::broker::{Exported, FilterChange, SessionSnapshot};
+use makelaar_core::message::Message;
+use makelaar_core::session::ConnId;
+use makelaar_core::session::Subscription;
+use makelaar_proto::ProtocolVersion;
+use makelaar_proto::{Properties, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::ClusterSettings;
+
+/// How long setting up the buckets and streams is tried at start-up.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Messages from the cluster waiting for the router before the cluster's readers wait.
+const FROM_CLUSTER_QUEUE: usize = 4096;
+
+/// What the router tells the cluster.
+pub(crate) enum ToCluster {
+    /// What one router batch accepted, in order. With an epoch, acknowledgements wait for
+    /// `FromCluster::Appended` with it.
+    Batch {
+        epoch: Option<u64>,
+        messages: Vec<Exported>,
+    },
+    /// The node's distinct filters changed.
+    Filters(Vec<FilterChange>),
+    /// A CONNECT with this client id waits for its claim.
+    Claim { conn: ConnId, client_id: Arc<str> },
+    /// The router closed the local connection a hand-over request asked for (or had none):
+    /// mark the registry entry and answer.
+    Released(ReleaseRequest),
+    /// A connection now registered with its claim: does the registry still hold that claim?
+    /// (A hand-over request that came in between found nothing to close here.)
+    CheckOwner {
+        conn: ConnId,
+        client_id: Arc<str>,
+        revision: Revision,
+    },
+    /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept).
+    StoreSession {
+        client_id: Arc<str>,
+        snapshot: Option<SessionSnapshot>,
+    },
+    /// A connection whose claim was written at `revision` has ended.
+    Disconnected {
+        client_id: Arc<str>,
+        revision: Revision,
+    },
+}
+
+/// What the cluster tells the router.
+pub(crate) enum FromCluster {
+    /// The batch numbered `epoch` is durable on the cluster, except the messages of the
+    /// connections in `failed` (their acknowledgements must never go out).
+    Appended { epoch: u64, failed: Vec<ConnId> },
+    /// A message another node received, to route to this node's subscribers.
+    Message(Arc<Message>),
+    /// A retained message set (`Some`) or cleared on the cluster.
+    Retained {
+        topic: String,
+        message: Option<Arc<Message>>,
+    },
+    /// The claim of a waiting CONNECT: the registry revision written and the session the
+    /// cluster keeps for the client id, or why it failed.
+    Claimed {
+        conn: ConnId,
+        result: Result<(Revision, Option<SessionSnapshot>), String>,
+    },
+    /// Another node claims a client id: close its connection here (0x8E), then answer with
+    /// `ToCluster::Released`.
+    Release(ReleaseRequest),
+    /// This node could not refresh its lease in time: disconnect every client (5.0: 0x89
+    /// Server busy) and refuse new ones (CONNACK 0x88 Server unavailable) until `Serving`.
+    StepDown,
+    /// This node holds its lease again.
+    Serving,
+    /// Another node owns this client's session now (a write was fenced): close its
+    /// connection here, if any (0x8E).
+    Fenced(Arc<str>),
+    /// A client this node had (offline now) connected on another node: drop the session
+    /// here, that node keeps it.
+    Moved(Arc<str>),
+    /// The claim this connection was registered with has been taken over meanwhile: close it
+    /// (0x8E).
+    NotOwner { conn: ConnId, revision: Revision },
+}
+
+/// Why the cluster could not be joined: one sentence for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClusterStartError(pub String);
+
+/// The channels between the router and the cluster.
+pub(crate) struct ClusterLink {
+    pub(crate) to: mpsc::UnboundedSender<ToCluster>,
+    pub(crate) from: mpsc::Receiver<FromCluster>,
+}
+
+/// Joins the cluster: connects to NATS (the start-up checks refuse lazy fsync and old
+/// servers, with their sentence), waits until this node holds its lease, and starts the
+/// tasks. `filters` are the distinct filters of sessions already present.
+pub(crate) async fn start(
+    settings: &ClusterSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<ClusterLink, ClusterStartError> {
+    let node = NodeId::new(&settings.node_name).map_err(|e| {
+        ClusterStartError(format!(
+            "the cluster node name \"{}\" cannot be used ({e}); give --node-name letters, digits, '-' or '_'",
+            settings.node_name
+        ))
+    })?;
+    let partitions = PartitionCount::new(settings.partitions).ok_or_else(|| {
+        ClusterStartError(
+            "cluster partitions = 0 cannot be used; set it to 1 or more (the same on every node)"
+                .into(),
+        )
+    })?;
+    let mut nats = NatsConfig::new(settings.servers.clone());
+    nats.monitor.clone_from(&settings.monitor);
+    nats.allow_lazy_fsync = settings.allow_lazy_fsync;
+    nats.partitions = partitions;
+    // NATS servers started together may not have formed their JetStream cluster yet ("no
+    // suitable peers for placement"): setting up buckets and streams is tried again for a
+    // while. Refusals (lazy fsync, an old server) and an unreachable NATS are not.
+    let started = Instant::now();
+    let (backend, _warnings) = loop {
+        match NatsBackend::connect(&nats).await {
+            Ok(connected) => break connected,
+            Err(e @ NatsStartError::Setup { .. }) if started.elapsed() < SETUP_PATIENCE => {
+                tracing::warn!(target: crate::status::STATUS_TARGET, "{e}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e @ NatsStartError::Connect { .. }) => {
+                return Err(ClusterStartError(format!(
+                    "{e}; check that the NATS servers run and that --cluster (or [cluster] servers) names their client ports"
+                )))
+            }
+            Err(e) => return Err(ClusterStartError(e.to_string())),
+        }
+    };
+    let mut config = ClusterConfig::new(node, makelaar_cluster::cluster::new_incarnation());
+    config.partitions = partitions;
+    let cluster = Arc::new(Cluster::new(backend, config));
+
+    // The lease first: a node serves from its first lease write on, never before.
+    let (lease_tx, mut lease_rx) = mpsc::channel(16);
+    {
+        let c = cluster.clone();
+        tokio::spawn(async move { c.run_leases(lease_tx).await });
+    }
+    match tokio::time::timeout(Duration::from_secs(15), lease_rx.recv()).await {
+        Ok(Some(LeaseEvent::Serving)) => {}
+        _ => {
+            return Err(ClusterStartError(format!(
+                "cannot write this node's lease to the NATS servers {} within 15 s; check that JetStream is enabled and has a leader",
+                settings.servers.join(",")
+            )))
+        }
+    }
+    let (to_tx, mut to_rx) = mpsc::unbounded_channel();
+    let (from_tx, from_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
+    tokio::spawn(lease_events(lease_rx, from_tx.clone(), shutdown.clone()));
+    let releases = cluster
+        .release_requests()
+        .await
+        .map_err(|e| ClusterStartError(format!("cannot follow hand-over requests: {e}")))?;
+    tokio::spawn(forward_releases(releases, from_tx.clone()));
+    let mut moved = cluster
+        .moved_clients()
+        .await
+        .map_err(|e| ClusterStartError(format!("cannot follow moved-client notices: {e}")))?;
+    for p in partitions.all() {
+        let follow = cluster
+            .follow_partition(p)
+            .await
+            .map_err(|e| ClusterStartError(format!("cannot follow partition stream {p}: {e}")))?;
+        tokio::spawn(follower(
+            follow,
+            cluster.config().node.clone(),
+            from_tx.clone(),
+        ));
+    }
+    let watch = cluster
+        .watch_all_retained()
+        .await
+        .map_err(|e| ClusterStartError(format!("cannot follow the retained messages: {e}")))?;
+    tokio::spawn(retained_watch(watch, from_tx.clone()));
+
+    let (sessions_tx, sessions_rx) = mpsc::unbounded_channel();
+    tokio::spawn(sessions(cluster.clone(), sessions_rx, from_tx.clone()));
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone()));
+    let (live_tx, live_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
+    let mut reader = Reader {
+        cluster: cluster.clone(),
+        filters: HashMap::new(),
+        live_tx,
+        to_router: from_tx.clone(),
+    };
+    tokio::spawn(async move {
+        let mut live_rx = live_rx;
+        loop {
+            tokio::select! {
+                msg = to_rx.recv() => match msg {
+                    None => break,
+                    Some(ToCluster::Batch { epoch, messages }) => {
+                        let _ = writer_tx.send((epoch, messages));
+                    }
+                    Some(ToCluster::Filters(changes)) => reader.filters_changed(changes).await,
+                    Some(ToCluster::Claim { conn, client_id }) => {
+                        tokio::spawn(claim(
+                            cluster.clone(),
+                            (conn, client_id),
+                            sessions_tx.clone(),
+                            from_tx.clone(),
+                        ));
+                    }
+                    Some(ToCluster::StoreSession { client_id, snapshot }) => {
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot));
+                    }
+                    Some(ToCluster::CheckOwner { conn, client_id, revision }) => {
+                        let c = cluster.clone();
+                        let tx = from_tx.clone();
+                        tokio::spawn(async move {
+                            let key = ClientKey::new(&client_id);
+                            // A failed read says nothing: the connection stays.
+                            if let Ok(false) = c.still_owner(&key, revision).await {
+                                let _ = tx.send(FromCluster::NotOwner { conn, revision }).await;
+                            }
+                        });
+                    }
+                    Some(ToCluster::Released(req)) => {
+                        // Answered by the sessions task after the writes queued before it:
+                        // the claiming node then reads this node's last record, and this
+                        // node writes it no more (its local end must not delete what the
+                        // new owner reads).
+                        let _ = sessions_tx.send(SessionOp::Release(req));
+                    }
+                    Some(ToCluster::Disconnected { client_id, revision }) => {
+                        let c = cluster.clone();
+                        tokio::spawn(async move {
+                            let key = ClientKey::new(&client_id);
+                            // Refused harmlessly when another node has claimed it since.
+                            let _ = c.mark_disconnected(&key, revision).await;
+                        });
+                    }
+                },
+                Some((filter, d)) = live_rx.recv() => reader.live(filter, d).await,
+                Some(key) = moved.recv() => {
+                    if let Ok(id) = key.client_id() {
+                        let id: Arc<str> = Arc::from(id.as_str());
+                        // Written no more from here (before the router ends it locally).
+                        let _ = sessions_tx.send(SessionOp::Forget(id.clone()));
+                        let _ = from_tx.send(FromCluster::Moved(id)).await;
+                    }
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        reader.stop();
+    });
+    Ok(ClusterLink {
+        to: to_tx,
+        from: from_rx,
+    })
+}
+
+async fn lease_events(
+    mut rx: mpsc::Receiver<LeaseEvent>,
+    tx: mpsc::Sender<FromCluster>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    // Returning closes the channel, which ends the lease task.
+    while let Some(ev) = tokio::select! {
+        ev = rx.recv() => ev,
+        _ = shutdown.cancelled() => None,
+    } {
+        match ev {
+            LeaseEvent::Serving => {
+                tracing::info!(target: crate::status::STATUS_TARGET, "cluster lease held again: serving");
+                let _ = tx.send(FromCluster::Serving).await;
+            }
+            // Rule 5: before any peer can call this node's lease expired, it stops
+            // acknowledging and disconnects its clients; they reconnect to another node.
+            LeaseEvent::StepDown => {
+                tracing::error!(target: crate::status::STATUS_TARGET, "cluster lease not refreshed in time: this node disconnects its clients and refuses new ones until it holds its lease again");
+                let _ = tx.send(FromCluster::StepDown).await;
+            }
+            // Publishing a dead node's wills comes with wills in the session record.
+            LeaseEvent::Reap(dead) => {
+                tracing::warn!(target: crate::status::STATUS_TARGET, node = %dead.node, "a cluster node died; publishing its wills is not done yet in this version")
+            }
+        }
+    }
+}
+
+async fn forward_releases(mut rx: mpsc::Receiver<ReleaseRequest>, tx: mpsc::Sender<FromCluster>) {
+    while let Some(req) = rx.recv().await {
+        if tx.send(FromCluster::Release(req)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn claim(
+    cluster: Arc<Cluster<NatsBackend>>,
+    (conn, client_id): (ConnId, Arc<str>),
+    sessions: mpsc::UnboundedSender<SessionOp>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let key = ClientKey::new(&client_id);
+    let result = async {
+        let claimed = cluster.claim_client(&key).await?;
+        if let Some(previous) = claimed
+            .previous
+            .as_ref()
+            .filter(|p| p.node != cluster.config().node && !p.connected)
+        {
+            // (A connected owner was asked to hand over, and forgot its copy then.)
+            let _ = cluster.notify_moved(&previous.node, &key).await;
+        }
+        let (record, fence) = cluster.load_session(&key).await?;
+        // The session's writes from here on carry this fence; the first one (when the router
+        // stores the session after the CONNECT) fences the node that had it.
+        let _ = sessions.send(SessionOp::Owned(client_id.clone(), claimed.revision, fence));
+        Ok::<_, makelaar_cluster::cluster::ClusterError>((
+            claimed.revision,
+            record.and_then(|r| snapshot_of(&r)),
+        ))
+    }
+    .await
+    .map_err(|e| e.to_string());
+    let _ = tx.send(FromCluster::Claimed { conn, result }).await;
+}
+
+/// What the sessions task is told.
+enum SessionOp {
+    /// This node claimed the client id at this revision; its session record has this fence.
+    Owned(Arc<str>, Revision, Fence),
+    /// Write (or, `None`, delete) the client's session record.
+    Store(Arc<str>, Option<SessionSnapshot>),
+    /// The session moved to another node: write it no more.
+    Forget(Arc<str>),
+    /// A hand-over: write the client's session no more, then mark the registry and answer.
+    Release(ReleaseRequest),
+}
+
+/// The sessions task: the one owner of the fences of the session records this node writes.
+/// Writes go one after the other, so a client's records are written in order.
+async fn sessions(
+    cluster: Arc<Cluster<NatsBackend>>,
+    mut rx: mpsc::UnboundedReceiver<SessionOp>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let mut fences: HashMap<Arc<str>, (Revision, Fence)> = HashMap::new();
+    while let Some(op) = rx.recv().await {
+        match op {
+            SessionOp::Owned(client_id, revision, fence) => {
+                fences.insert(client_id, (revision, fence));
+            }
+            SessionOp::Forget(client_id) => {
+                fences.remove(&client_id);
+            }
+            SessionOp::Release(req) => {
+                if let Ok(id) = req.client.client_id() {
+                    fences.remove(id.as_str());
+                }
+                tokio::spawn(released(cluster.clone(), req));
+            }
+            SessionOp::Store(client_id, snapshot) => {
+                let Some(&(revision, fence)) = fences.get(&client_id) else {
+                    continue;
+                };
+                let key = ClientKey::new(&client_id);
+                let result = match snapshot {
+                    Some(s) => {
+                        let record = record_of(cluster.config().node.clone(), revision, &s);
+                        cluster
+                            .store_session(&key, &record, fence)
+                            .await
+                            .map(|f| Some((revision, f)))
+                    }
+                    None => cluster.delete_session(&key, fence).await.map(|()| None),
+                };
+                match result {
+                    Ok(Some(kept)) => {
+                        fences.insert(client_id, kept);
+                    }
+                    Ok(None) => {
+                        fences.remove(&client_id);
+                    }
+                    Err(e) => {
+                        // Fenced: another node owns the session now; nothing more is
+                        // written for it, and its connection here, if any, is closed (0x8E).
+                        tracing::warn!(client_id = %client_id, error = %e, "session not written to the cluster");
+                        fences.remove(&client_id);
+                        if matches!(e, makelaar_cluster::cluster::ClusterError::Fenced(_)) {
+                            let _ = tx.send(FromCluster::Fenced(client_id)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The record of a session this node keeps (phase 1: its subscriptions).
+fn record_of(node: NodeId, claim: Revision, s: &SessionSnapshot) -> SessionRecord {
+    SessionRecord {
+        node,
+        claim: claim.get(),
+        protocol: s.version.level(),
+        expiry_interval: s.expiry_interval,
+        disconnected_at_ms: None,
+        subscriptions: s
+            .subscriptions
+            .iter()
+            .map(|(filter, sub)| StoredSubscription {
+                filter: filter.clone(),
+                options: sub.options,
+                identifier: sub.id,
+            })
+            .collect(),
+        will: None,
+        cursors: Vec::new(),
+        outbound: Vec::new(),
+        inbound_qos2: Vec::new(),
+    }
+}
+
+/// The session a record keeps; `None` for one that ends with its connection.
+fn snapshot_of(r: &SessionRecord) -> Option<SessionSnapshot> {
+    let version = match r.protocol {
+        3 => ProtocolVersion::V31,
+        4 => ProtocolVersion::V311,
+        5 => ProtocolVersion::V5,
+        _ => return None,
+    };
+    (r.expiry_interval > 0).then(|| SessionSnapshot {
+        version,
+        expiry_interval: r.expiry_interval,
+        subscriptions: r
+            .subscriptions
+            .iter()
+            .map(|s| {
+                (
+                    s.filter.clone(),
+                    Subscription {
+                        options: s.options,
+                        id: s.identifier,
+                    },
+                )
+            })
+            .collect(),
+    })
+}
+
+async fn released(cluster: Arc<Cluster<NatsBackend>>, req: ReleaseRequest) {
+    // Refused harmlessly when the entry moved on (this node held no connection for it).
+    let _ = cluster.mark_disconnected(&req.client, req.revision).await;
+    if let Err(e) = cluster.answer_release(&req).await {
+        tracing::warn!(client = %req.client, error = %e, "cannot answer a hand-over request");
+    }
+}
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The envelope of a message this node accepted.
+fn envelope(node: &NodeId, msg: &Message, now: Instant, now_ms: u64) -> Envelope {
+    let p = &msg.properties;
+    Envelope {
+        qos: msg.qos,
+        retain: msg.retain,
+        origin_node: node.clone(),
+        origin_client: msg.origin.as_deref().unwrap_or("").to_owned(),
+        received_at_ms: now_ms,
+        message_expiry: msg.remaining_expiry(now),
+        payload_utf8: p.payload_format_indicator == Some(1),
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        payload: msg.payload.clone(),
+    }
+}
+
+/// The message an envelope from the cluster carries; `None` once expired [MQTT-3.3.2-5].
+fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Message> {
+    let (expires_at, interval) = match e.remaining_expiry(now_ms) {
+        Expiry::Never => (None, None),
+        Expiry::Remaining(s) => (Some(now + Duration::from_secs(u64::from(s))), Some(s)),
+        Expiry::Expired => return None,
+    };
+    let properties = Properties {
+        payload_format_indicator: e.payload_utf8.then_some(1),
+        message_expiry_interval: interval,
+        content_type: e.content_type,
+        response_topic: e.response_topic,
+        correlation_data: e.correlation_data,
+        user_properties: e.user_properties,
+        ..Properties::default()
+    };
+    Some(Message {
+        topic: Arc::from(topic),
+        payload: e.payload,
+        qos: e.qos,
+        retain: e.retain,
+        properties,
+        expires_at,
+        origin: (!e.origin_client.is_empty()).then(|| Arc::from(e.origin_client.as_str())),
+        // Received by this node now (a bridge's max_age counts from here).
+        received_at: Some(now),
+    })
+}
+
+/// The writer task (see the module documentation). Batches are taken one after the other,
+/// so epochs are reported in order; the writes of one batch run concurrently.
+async fn writer(
+    cluster: Arc<Cluster<NatsBackend>>,
+    mut rx: mpsc::UnboundedReceiver<(Option<u64>, Vec<Exported>)>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let node = cluster.config().node.clone();
+    while let Some((epoch, messages)) = rx.recv().await {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let writes = messages.iter().map(|ex| {
+            let cluster = &cluster;
+            let env = envelope(&node, &ex.msg, now, now_ms);
+            async move {
+                let topic = &*ex.msg.topic;
+                let mut r = if ex.msg.qos == QoS::AtMostOnce {
+                    cluster.publish(topic, &env).await
+                } else {
+                    cluster.append(topic, &env).await.map(|_| ())
+                };
+                if r.is_ok() && ex.msg.retain {
+                    let kept = (!env.payload.is_empty()).then_some(&env);
+                    r = cluster.store_retained(topic, kept).await;
+                }
+                if let Err(e) = &r {
+                    tracing::error!(topic, error = %e, "cannot hand a message to the cluster: its publisher is disconnected unacknowledged");
+                }
+                (ex.from, r.is_ok())
+            }
+        });
+        let results = futures_util::future::join_all(writes).await;
+        let Some(epoch) = epoch else {
+            continue;
+        };
+        let failed = results
+            .into_iter()
+            .filter_map(|(from, ok)| (!ok).then_some(from).flatten())
+            .collect();
+        if tx
+            .send(FromCluster::Appended { epoch, failed })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A partition's follower: every message another node appended goes to the router.
+async fn follower(
+    mut follow: impl futures_util::Stream<Item = (String, Envelope)> + Unpin,
+    me: NodeId,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    while let Some((topic, env)) = follow.next().await {
+        // This node's own messages were routed here when they were published.
+        if env.origin_node == me {
+            continue;
+        }
+        let Some(msg) = message(&topic, env, Instant::now(), unix_ms()) else {
+            continue;
+        };
+        if tx.send(FromCluster::Message(Arc::new(msg))).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn retained_watch(
+    mut watch: impl futures_util::Stream<Item = makelaar_cluster::cluster::RetainedChange> + Unpin,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    while let Some(change) = watch.next().await {
+        let message = change
+            .message
+            .and_then(|e| message(&change.topic, e, Instant::now(), unix_ms()))
+            .map(Arc::new);
+        let ev = FromCluster::Retained {
+            topic: change.topic,
+            message,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The reader (see the module documentation): the node's core NATS subscriptions, one per
+/// distinct filter.
+struct Reader {
+    cluster: Arc<Cluster<NatsBackend>>,
+    /// Each followed filter: its subject and the task forwarding its messages.
+    filters: HashMap<String, (String, JoinHandle<()>)>,
+    live_tx: mpsc::Sender<(String, makelaar_cluster::backend::Delivery)>,
+    to_router: mpsc::Sender<FromCluster>,
+}
+
+impl Reader {
+    async fn filters_changed(&mut self, changes: Vec<FilterChange>) {
+        for change in changes {
+            match change {
+                FilterChange::Added(filter) => {
+                    let subject = self.cluster.live_filter(&filter);
+                    let subject_text = subject.to_string();
+                    match self.cluster.backend().subscribe(subject, None).await {
+                        Ok(mut sub) => {
+                            let tx = self.live_tx.clone();
+                            let f = filter.clone();
+                            let task = tokio::spawn(async move {
+                                while let Some(d) = sub.next().await {
+                                    if tx.send((f.clone(), d)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            if let Some((_, old)) =
+                                self.filters.insert(filter, (subject_text, task))
+                            {
+                                old.abort();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(%filter, error = %e, "cannot follow a filter on the cluster: QoS 0 messages from other nodes will not reach it")
+                        }
+                    }
+                }
+                FilterChange::Removed(filter) => {
+                    // Dropping the subscription (with its task) unsubscribes on NATS.
+                    if let Some((_, task)) = self.filters.remove(&filter) {
+                        task.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A QoS 0 message from another node (the NATS connection has no echo) that came through
+    /// the subscription of `filter`. NATS delivers one copy per matching subscription of
+    /// the connection; only the copy of the first matching filter (in byte order) is routed,
+    /// the router's topic tree then finds every local subscriber.
+    async fn live(&mut self, filter: String, d: makelaar_cluster::backend::Delivery) {
+        let first = self
+            .filters
+            .iter()
+            .filter(|(_, (subject, _))| subject_matches(subject, &d.subject))
+            .map(|(f, _)| f)
+            .min();
+        if first != Some(&filter) {
+            return;
+        }
+        let prefix = format!("{}.live.", self.cluster.config().prefix);
+        let Some(tokens) = d.subject.strip_prefix(&prefix) else {
+            return;
+        };
+        let Ok(topic) = makelaar_cluster::subject::decode_topic(tokens) else {
+            tracing::warn!(subject = %d.subject, "skipping a live message with a bad subject");
+            return;
+        };
+        let env = match Envelope::decode(&d.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(subject = %d.subject, error = %e, "skipping a live message that does not decode");
+                return;
+            }
+        };
+        if let Some(msg) = message(&topic, env, Instant::now(), unix_ms()) {
+            let _ = self
+                .to_router
+                .send(FromCluster::Message(Arc::new(msg)))
+                .await;
+        }
+    }
+
+    fn stop(&mut self) {
+        for (_, (_, task)) in self.filters.drain() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn envelopes_carry_what_the_receiving_node_needs() {
+        let now = Instant::now();
+        let node = NodeId::new("a").unwrap();
+        let msg = Message {
+            topic: Arc::from("t/1"),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties {
+                payload_format_indicator: Some(1),
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("k".into(), "v".into())],
+                ..Properties::default()
+            },
+            expires_at: Some(now + Duration::from_secs(30)),
+            origin: Some(Arc::from("pub")),
+            received_at: Some(now),
+        };
+        let env = envelope(&node, &msg, now, 1_000_000);
+        let back = message("t/1", env.clone(), now, 1_000_000).unwrap();
+        assert_eq!(back.payload, msg.payload);
+        assert_eq!(back.qos, msg.qos);
+        assert!(back.retain);
+        assert_eq!(back.origin.as_deref(), Some("pub"));
+        assert_eq!(back.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(back.properties.payload_format_indicator, Some(1));
+        assert_eq!(back.properties.message_expiry_interval, Some(30));
+        assert_eq!(
+            back.properties.user_properties,
+            msg.properties.user_properties
+        );
+        // Expired on the way: not delivered [MQTT-3.3.2-5].
+        assert!(message("t/1", env, now, 1_000_000 + 31_000).is_none());
+    }
+}

@@ -1,0 +1,443 @@
+//! What a cluster must hear from this broker (issue 14, docs/cluster.md), and how messages
+//! from other nodes come in. Off unless the shell turns it on
+//! ([`Broker::enable_cluster_export`]); then the broker records, like the journal:
+//!
+//! - every message its clients publish and every will it publishes ([`Exported`]), for the
+//!   shell to send to the other nodes (QoS 0 on their live subjects, QoS 1/2 appended to a
+//!   partition before the acknowledgement, retained ones set in the cluster's bucket);
+//! - the distinct plain filters its sessions subscribe to, reference-counted
+//!   ([`FilterChange`]): the node follows each one once on the cluster, whatever the number of
+//!   sessions subscribing it. A shared subscription counts as its inner filter.
+//!
+//! Messages from other nodes are routed to this broker's subscribers with
+//! [`Broker::route_remote`] (never exported again), and retained messages set or cleared
+//! elsewhere are applied with [`Broker::apply_remote_retained`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use makelaar_proto::topic::parse_shared;
+use makelaar_proto::{Disconnect, Packet, ReasonCode};
+
+use super::{Action, Broker, CloseReason};
+use crate::message::Message;
+use crate::session::ConnId;
+
+/// A message this broker accepted from a client (or a will it published), for the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// The message as routed here.
+    pub msg: Arc<Message>,
+    /// The publisher's connection; `None` for a will.
+    pub from: Option<ConnId>,
+}
+
+/// A change to the set of distinct filters this broker's sessions subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterChange {
+    /// The first session subscribed to this filter.
+    Added(String),
+    /// The last session subscribed to this filter left it.
+    Removed(String),
+}
+
+/// What the cluster keeps of a session that outlives its connection (phase 1: its
+/// subscriptions), so that it follows its client to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    /// The protocol level of its last connection.
+    pub version: makelaar_proto::ProtocolVersion,
+    /// Session Expiry Interval, seconds (never 0 here).
+    pub expiry_interval: u32,
+    /// Its subscriptions, by filter.
+    pub subscriptions: Vec<(String, crate::session::Subscription)>,
+}
+
+/// The recorder (see the module documentation).
+#[derive(Debug, Default)]
+pub(super) struct Export {
+    enabled: bool,
+    /// Sessions whose kept state changed (their snapshot is to be written) or that ended.
+    sessions: Vec<Arc<str>>,
+    messages: Vec<Exported>,
+    /// Sessions per plain filter.
+    filters: HashMap<Box<str>, usize>,
+    changes: Vec<FilterChange>,
+}
+
+/// The plain filter a subscription is followed by on the cluster: a shared subscription's
+/// inner filter, or the filter itself.
+fn plain(filter: &str) -> &str {
+    match parse_shared(filter) {
+        Ok(Some((_, inner))) => inner,
+        _ => filter,
+    }
+}
+
+impl Export {
+    pub(super) fn message(&mut self, msg: &Arc<Message>, from: Option<ConnId>) {
+        if self.enabled {
+            self.messages.push(Exported {
+                msg: msg.clone(),
+                from,
+            });
+        }
+    }
+
+    /// A session subscribed to `filter` (it had no subscription to it before).
+    pub(super) fn subscribed(&mut self, filter: &str) {
+        if !self.enabled {
+            return;
+        }
+        let n = self.filters.entry(plain(filter).into()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.changes
+                .push(FilterChange::Added(plain(filter).to_owned()));
+        }
+    }
+
+    /// A session's subscription to `filter` is gone.
+    pub(super) fn unsubscribed(&mut self, filter: &str) {
+        if !self.enabled {
+            return;
+        }
+        let key = plain(filter);
+        let Some(n) = self.filters.get_mut(key) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.filters.remove(key);
+            self.changes.push(FilterChange::Removed(key.to_owned()));
+        }
+    }
+}
+
+impl Export {
+    pub(super) fn session_changed(&mut self, client_id: &Arc<str>) {
+        if self.enabled && self.sessions.last() != Some(client_id) {
+            self.sessions.push(client_id.clone());
+        }
+    }
+}
+
+impl Broker {
+    /// Hands over the client ids whose session changed or ended since the last call; ask
+    /// [`Broker::session_snapshot`] what each holds now (`None`: ended, or not kept).
+    pub fn drain_session_changes(&mut self, out: &mut Vec<Arc<str>>) {
+        out.append(&mut self.export.sessions);
+        out.dedup();
+    }
+
+    /// What the cluster keeps of the session of `client_id`: `None` when there is none or it
+    /// ends with its connection (Session Expiry Interval 0).
+    pub fn session_snapshot(&self, client_id: &str) -> Option<SessionSnapshot> {
+        let idx = self.sessions.by_client_id(client_id)?;
+        let s = self.session(idx).ok()?;
+        if s.expiry_interval == 0 {
+            return None;
+        }
+        let mut subscriptions: Vec<_> = s
+            .subscriptions
+            .iter()
+            .map(|(f, sub)| (f.clone(), sub.clone()))
+            .collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(SessionSnapshot {
+            version: s.version,
+            expiry_interval: s.expiry_interval,
+            subscriptions,
+        })
+    }
+
+    /// Takes in a session kept on the cluster, for a client about to connect here, unless
+    /// this broker has one for that client id already; it is then decided like a session
+    /// this broker kept itself (Session Present, its subscriptions).
+    pub fn adopt_session(&mut self, client_id: &str, snapshot: SessionSnapshot) {
+        if self.sessions.by_client_id(client_id).is_some() {
+            return;
+        }
+        self.restore_session(crate::persist::RestoredSession {
+            client_id: Arc::from(client_id),
+            state: crate::persist::SessionState {
+                version: snapshot.version,
+                expiry_interval: snapshot.expiry_interval,
+                expires_at: None,
+                pending_will: None,
+                connected: false,
+                username: None,
+            },
+            subscriptions: snapshot.subscriptions,
+            inbound_qos2: Vec::new(),
+            backlog: crate::persist::Backlog::default(),
+        });
+    }
+
+    /// Ends the session of `client_id` here, if it has no connection: it moved to another
+    /// node, which keeps it now. A will waiting for its delay is dropped: the session goes on
+    /// with its client reconnected [MQTT-3.1.3-9] (the new node does not know it yet: wills
+    /// do not travel with the session in phase 1).
+    pub fn forget_session(&mut self, now: Instant, client_id: &str) {
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
+            return;
+        };
+        let Ok(s) = self.session_mut(idx) else {
+            return;
+        };
+        if s.conn.is_none() {
+            s.pending_will = None;
+            self.end_session(now, idx);
+        }
+    }
+
+    /// Turns on recording what the cluster must hear (see the module documentation). The
+    /// filters of sessions already present (restored from a store) are reported as added.
+    pub fn enable_cluster_export(&mut self) {
+        self.export.enabled = true;
+        let filters: Vec<String> = self
+            .sessions
+            .iter()
+            .flat_map(|s| s.subscriptions.keys().cloned().collect::<Vec<_>>())
+            .collect();
+        for f in filters {
+            self.export.subscribed(&f);
+        }
+    }
+
+    /// Hands over the messages accepted since the last call, in order.
+    pub fn drain_exported(&mut self, out: &mut Vec<Exported>) {
+        out.append(&mut self.export.messages);
+    }
+
+    /// Hands over the changes to the distinct filters since the last call, in order.
+    pub fn drain_filter_changes(&mut self, out: &mut Vec<FilterChange>) {
+        out.append(&mut self.export.changes);
+    }
+
+    /// Routes a message another node received to this broker's subscribers (No Local by
+    /// its `origin`, Retain As Published by its `retain`), without storing it as retained
+    /// (retained messages come through [`Broker::apply_remote_retained`]) and without
+    /// exporting it again. Returns how many sessions got it.
+    pub fn route_remote(&mut self, now: Instant, msg: Arc<Message>) -> usize {
+        if msg.is_expired(now) {
+            return 0;
+        }
+        self.route(now, msg)
+    }
+
+    /// Applies a retained message set (`Some`) or cleared (`None`) on the cluster, by any
+    /// node: this broker's retained messages follow the cluster's.
+    pub fn apply_remote_retained(&mut self, topic: &str, msg: Option<Arc<Message>>) {
+        let msg = match msg {
+            Some(m) => m,
+            // An empty retained message clears the topic [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+            None => Arc::new(Message {
+                topic: Arc::from(topic),
+                payload: bytes::Bytes::new(),
+                qos: makelaar_proto::QoS::AtMostOnce,
+                retain: true,
+                properties: makelaar_proto::Properties::default(),
+                expires_at: None,
+                origin: None,
+                received_at: None,
+            }),
+        };
+        self.store_retained(&msg);
+    }
+
+    /// Closes every client's connection with `reason` (5.0: a DISCONNECT with it first), as
+    /// [`Broker::disconnect_client`] does for one: their sessions stay, offline.
+    pub fn disconnect_all(&mut self, now: Instant, reason: ReasonCode) {
+        let ids: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|s| s.conn.is_some())
+            .map(|s| s.client_id.clone())
+            .collect();
+        for id in ids {
+            self.disconnect_client(now, &id, reason);
+        }
+    }
+
+    /// Closes the connection holding `client_id`, if one does, with `reason` (5.0: a
+    /// DISCONNECT with it first), as a takeover or the administrator does. Returns whether a
+    /// connection was closed.
+    pub fn disconnect_client(&mut self, now: Instant, client_id: &str, reason: ReasonCode) -> bool {
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
+            return false;
+        };
+        let Ok(s) = self.session(idx) else {
+            return false;
+        };
+        let Some(conn) = s.conn else {
+            return false;
+        };
+        if s.version.is_v5() {
+            let d = Disconnect {
+                reason,
+                ..Disconnect::default()
+            };
+            self.send(conn, Packet::Disconnect(d));
+        }
+        self.detach(now, conn);
+        self.actions
+            .push_back(Action::Close(conn, CloseReason::Server(reason)));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::super::tests::{connect, publish, subscribe, Harness};
+    use super::*;
+    use makelaar_proto::{ProtocolVersion, QoS, Unsubscribe};
+
+    fn changes(h: &mut Harness) -> Vec<FilterChange> {
+        let mut out = Vec::new();
+        h.broker.drain_filter_changes(&mut out);
+        out
+    }
+
+    #[test]
+    fn off_by_default_records_nothing() {
+        let mut h = Harness::new();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        h.packet(1, subscribe(1, "a/#", QoS::AtMostOnce));
+        h.packet(1, publish("a/b", QoS::AtLeastOnce, 2, "x"));
+        let mut out = Vec::new();
+        h.broker.drain_exported(&mut out);
+        assert!(out.is_empty());
+        assert!(changes(&mut h).is_empty());
+    }
+
+    #[test]
+    fn distinct_filters_are_counted_over_sessions() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        h.connect(2, connect("b", ProtocolVersion::V5, true));
+        h.packet(1, subscribe(1, "s/+", QoS::AtMostOnce));
+        // Again from the same session: replaced, not counted twice.
+        h.packet(1, subscribe(2, "s/+", QoS::AtLeastOnce));
+        h.packet(2, subscribe(1, "s/+", QoS::AtMostOnce));
+        h.packet(2, subscribe(2, "$share/g/s/+", QoS::AtMostOnce));
+        assert_eq!(changes(&mut h), [FilterChange::Added("s/+".into())]);
+        let unsub = |id, f: &str| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: id,
+                filters: vec![f.into()],
+                ..Default::default()
+            })
+        };
+        h.packet(1, unsub(3, "s/+"));
+        h.packet(2, unsub(3, "s/+"));
+        assert!(changes(&mut h).is_empty());
+        // The session ends: its last (shared) subscription goes with it.
+        h.broker.handle_connection_lost(h.now, 2);
+        assert_eq!(changes(&mut h), [FilterChange::Removed("s/+".into())]);
+    }
+
+    #[test]
+    fn client_messages_are_exported_and_remote_ones_are_not() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        h.packet(1, subscribe(1, "t", QoS::AtLeastOnce));
+        h.packet(1, publish("t", QoS::AtLeastOnce, 2, "mine"));
+        let mut out = Vec::new();
+        h.broker.drain_exported(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].from, Some(1));
+        h.take(1);
+        let remote = Arc::new(Message {
+            origin: Some(Arc::from("elsewhere")),
+            ..(*out[0].msg).clone()
+        });
+        assert_eq!(h.broker.route_remote(h.now, remote), 1);
+        out.clear();
+        h.broker.drain_exported(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn remote_retained_messages_are_set_and_cleared() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        let msg = Arc::new(Message {
+            topic: Arc::from("r"),
+            payload: bytes::Bytes::from_static(b"v"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: makelaar_proto::Properties::default(),
+            expires_at: None,
+            origin: None,
+            received_at: None,
+        });
+        h.broker.apply_remote_retained("r", Some(msg));
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        let got = h.packet(1, subscribe(1, "r", QoS::AtLeastOnce));
+        assert_eq!(super::super::tests::publishes(&got).len(), 1);
+        h.broker.apply_remote_retained("r", None);
+        let got = h.packet(1, subscribe(2, "r", QoS::AtLeastOnce));
+        assert!(super::super::tests::publishes(&got).is_empty());
+    }
+
+    #[test]
+    fn a_kept_session_is_snapshot_adopted_and_forgotten() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        let mut c = connect("p", ProtocolVersion::V5, false);
+        c.properties.session_expiry_interval = Some(300);
+        h.connect(1, c.clone());
+        h.packet(1, subscribe(1, "k/#", QoS::AtLeastOnce));
+        let mut ids = Vec::new();
+        h.broker.drain_session_changes(&mut ids);
+        assert_eq!(ids, [Arc::<str>::from("p")]);
+        let snap = h.broker.session_snapshot("p").unwrap();
+        assert_eq!(snap.expiry_interval, 300);
+        assert_eq!(snap.subscriptions.len(), 1);
+        assert_eq!(snap.subscriptions[0].0, "k/#");
+        // A session that ends with its connection is not kept.
+        h.connect(2, connect("q", ProtocolVersion::V5, true));
+        assert!(h.broker.session_snapshot("q").is_none());
+
+        // Another broker takes it in: the CONNECT finds it, with its subscription.
+        let mut other = Harness::new();
+        other.broker.enable_cluster_export();
+        other.broker.adopt_session("p", snap);
+        let ack = other.connect(1, c);
+        assert!(ack.session_present);
+        other.connect(2, connect("pub", ProtocolVersion::V5, true));
+        other.packet(2, publish("k/x", QoS::AtLeastOnce, 1, "v"));
+        assert_eq!(super::super::tests::publishes(&other.take(1)).len(), 1);
+
+        // The first broker forgets its copy only while it has no connection.
+        h.broker.forget_session(h.now, "p");
+        assert!(h.broker.session_snapshot("p").is_some());
+        h.broker.handle_connection_lost(h.now, 1);
+        h.broker.forget_session(h.now, "p");
+        assert!(h.broker.session_snapshot("p").is_none());
+        ids.clear();
+        h.broker.drain_session_changes(&mut ids);
+        assert!(ids.contains(&Arc::<str>::from("p")));
+    }
+
+    #[test]
+    fn a_client_is_disconnected_with_the_reason_given() {
+        let mut h = Harness::new();
+        h.connect(1, connect("a", ProtocolVersion::V5, true));
+        assert!(h
+            .broker
+            .disconnect_client(h.now, "a", ReasonCode::SESSION_TAKEN_OVER));
+        assert_eq!(
+            h.closed(1),
+            Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
+        );
+        assert!(!h
+            .broker
+            .disconnect_client(h.now, "nobody", ReasonCode::SESSION_TAKEN_OVER));
+    }
+}
