@@ -234,6 +234,11 @@ pub struct TlsOptions {
     pub server_name: Option<String>,
     /// ALPN protocols to offer.
     pub alpn: Vec<Vec<u8>>,
+    /// Trust the operating system's CA bundle too, beside `ca_file` and `ca_path` (without
+    /// either of them it is trusted anyway).
+    pub use_os_certs: bool,
+    /// Refuse TLS 1.2: only TLS 1.3 is offered.
+    pub tls13_only: bool,
     /// A ready rustls configuration; when set, every other field but `server_name` is ignored.
     pub rustls_config: Option<Arc<rustls::ClientConfig>>,
 }

@@ -95,7 +95,7 @@ fn roots(opts: &TlsOptions) -> Result<RootCertStore, Error> {
             )));
         }
     }
-    if opts.ca_file.is_none() && opts.ca_path.is_none() {
+    if opts.use_os_certs || (opts.ca_file.is_none() && opts.ca_path.is_none()) {
         for bundle in SYSTEM_CA_BUNDLES {
             let p = Path::new(bundle);
             if let Ok(certs) = load_certs(p) {
@@ -136,8 +136,13 @@ pub fn client_config_with_verifier(
         return Ok(c.clone());
     }
     let provider = provider();
+    let versions: &[&rustls::SupportedProtocolVersion] = if opts.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| Error::Tls(e.to_string()))?;
     let builder = if let Some(v) = verifier {
         builder.dangerous().with_custom_certificate_verifier(v)

@@ -2,29 +2,16 @@
 //! (source address, TCP keep-alive, `TCP_USER_TIMEOUT`), and TLS (rustls) when configured.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use makelaar_client::TlsOptions;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{BridgeAddress, BridgeConfig, BridgeTls, ConfigError, TlsVersion};
-
-/// Where Linux distributions keep the operating system's CA bundle (`bridge_tls_use_os_certs`).
-const OS_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
 
 /// A byte stream to the remote: TCP or TLS over TCP.
 pub(crate) trait RemoteStream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -138,170 +125,18 @@ impl Dialer {
     }
 }
 
-fn tls_error(bridge: &str, what: String) -> ConfigError {
-    ConfigError::Tls(format!("bridge {bridge}: {what}"))
-}
-
-fn certs_from(path: &Path, bridge: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            tls_error(
-                bridge,
-                format!(
-                    "cannot read certificates from {}: {e}; give a PEM file",
-                    path.display()
-                ),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(tls_error(
-            bridge,
-            format!(
-                "{} holds no PEM certificate; give a PEM file",
-                path.display()
-            ),
-        ));
-    }
-    Ok(certs)
-}
-
-/// The trusted roots: `bridge_cafile`, every certificate in `bridge_capath`, and the
-/// operating system's bundle with `bridge_tls_use_os_certs`.
-fn roots(t: &BridgeTls, bridge: &str) -> Result<RootCertStore, ConfigError> {
-    let mut roots = RootCertStore::empty();
-    if let Some(f) = &t.cafile {
-        for c in certs_from(f, bridge)? {
-            roots.add(c).map_err(|e| {
-                tls_error(
-                    bridge,
-                    format!("a CA certificate in {} is not usable: {e}", f.display()),
-                )
-            })?;
-        }
-    }
-    if let Some(dir) = &t.capath {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            tls_error(
-                bridge,
-                format!("cannot read the CA directory {}: {e}", dir.display()),
-            )
-        })?;
-        for p in entries.flatten().map(|e| e.path()).filter(|p| p.is_file()) {
-            // A directory may hold anything: what is not a usable certificate is skipped.
-            if let Ok(certs) = CertificateDer::pem_file_iter(&p) {
-                for c in certs.flatten() {
-                    let _ = roots.add(c);
-                }
-            }
-        }
-    }
-    if t.use_os_certs {
-        if let Some(bundle) = OS_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
-            for c in certs_from(bundle, bridge)? {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    if roots.is_empty() {
-        return Err(tls_error(
-            bridge,
-            "no CA certificate to verify the remote with; set bridge_cafile, bridge_capath or bridge_tls_use_os_certs".into(),
-        ));
-    }
-    Ok(roots)
-}
-
-/// The rustls client configuration of a bridge.
+/// The rustls client configuration of a bridge: the project's client builds it (CA file,
+/// CA directory, the system's bundle, client certificate, `insecure`, TLS 1.3 only, ALPN).
 fn client_config(t: &BridgeTls, bridge: &str) -> Result<Arc<ClientConfig>, ConfigError> {
-    let provider = crate::tls::crypto_provider();
-    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
-        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsVersion::Tls13 => &[&rustls::version::TLS13],
-    };
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .map_err(|e| tls_error(bridge, e.to_string()))?;
-    let roots = Arc::new(roots(t, bridge)?);
-    let builder = if t.insecure {
-        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| tls_error(bridge, e.to_string()))?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyName { inner }))
-    } else {
-        builder.with_root_certificates(roots)
-    };
-    let mut config = match (&t.certfile, &t.keyfile) {
-        (Some(cert), Some(key)) => {
-            let chain = certs_from(cert, bridge)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                tls_error(
-                    bridge,
-                    format!("cannot read a private key from {}: {e}", key.display()),
-                )
-            })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                tls_error(
-                    bridge,
-                    format!("bridge_certfile and bridge_keyfile do not fit: {e}"),
-                )
-            })?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    if let Some(alpn) = &t.alpn {
-        config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
-    }
-    Ok(Arc::new(config))
-}
-
-/// `bridge_insecure`: the chain is verified, the host name is not.
-#[derive(Debug)]
-struct AnyName {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        match verdict {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    let mut opts = TlsOptions::default();
+    opts.ca_file = t.cafile.clone();
+    opts.ca_path = t.capath.clone();
+    opts.use_os_certs = t.use_os_certs;
+    opts.client_cert = t.certfile.clone();
+    opts.client_key = t.keyfile.clone();
+    opts.insecure = t.insecure;
+    opts.tls13_only = t.min_version == TlsVersion::Tls13;
+    opts.alpn = t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    makelaar_client::tls_config(&opts)
+        .map_err(|e| ConfigError::Tls(format!("bridge {bridge}: {e}")))
 }
