@@ -137,6 +137,9 @@ fn client_config(t: &BridgeTls, bridge: &str) -> Result<Arc<ClientConfig>, Confi
     opts.insecure = t.insecure;
     opts.tls13_only = t.min_version == TlsVersion::Tls13;
     opts.alpn = t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-    makelaar_client::tls_config(&opts)
-        .map_err(|e| ConfigError::Tls(format!("bridge {bridge}: {e}")))
+    makelaar_client::tls_config(&opts).map_err(|e| {
+        ConfigError::Tls(format!(
+            "bridge {bridge}: {e}; check its CA, certificate and key files (PEM)"
+        ))
+    })
 }
