@@ -9,7 +9,6 @@
 //! and how to fix it; errors found while parsing the file carry `file:line:column`.
 
 mod bridge;
-mod bridge_new;
 mod bridge_table;
 mod build;
 mod cluster;
