@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import getpass
 import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from brokers import find_makelaar, free_port, mosquitto_exe
+from brokers import ProcessHandle, find_makelaar, free_port, mosquitto_exe
 
 
 def toml_value(v) -> str:
@@ -67,7 +66,7 @@ def tail(log: Path, lines=60) -> str:
         return "(no log)"
 
 
-class Proc:
+class Proc(ProcessHandle):
     """A broker process with a port, a log file and start / stop / kill."""
 
     host = "127.0.0.1"
@@ -94,26 +93,6 @@ class Proc:
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
         wait_port(self.port, self.proc, self.log)
         return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self):
-        """SIGKILL: nothing is flushed or closed."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-
-    def stop(self):
-        """SIGTERM: a clean shutdown."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
     def tail(self) -> str:
         return tail(self.log)

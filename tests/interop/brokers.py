@@ -97,6 +97,34 @@ def merge_config(*configs) -> dict:
     return out
 
 
+class ProcessHandle:
+    """A broker process a test starts itself (`self.proc`, a Popen or None): whether it runs,
+    SIGKILL and SIGTERM."""
+
+    proc: subprocess.Popen | None = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL: no chance to flush or close anything."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def stop(self):
+        """SIGTERM, a clean shutdown; returns the exit status."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return None if self.proc is None else self.proc.returncode
+
+
 class Broker:
     """One running broker process."""
 

@@ -5,16 +5,15 @@ port, with its output kept in one log file across runs."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import mqtt_raw as R
-from brokers import find_makelaar, free_port
+from brokers import ProcessHandle, find_makelaar, free_port
 
 
-class Server:
+class Server(ProcessHandle):
     """`makelaar serve --data-dir DIR --listen mqtt://127.0.0.1:PORT`, started, killed and
     restarted on the same directory and port. `limits` go in a config file."""
 
@@ -57,27 +56,6 @@ class Server:
                     raise RuntimeError(f"makelaar did not listen within {timeout} s:\n"
                                        + self.log_tail()) from None
                 time.sleep(0.02)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self):
-        """SIGKILL: no chance to flush or close anything."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-
-    def stop(self):
-        """SIGTERM, a clean shutdown; returns the exit status."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return None if self.proc is None else self.proc.returncode
 
     def wait_disconnected(self, client_id: str, timeout=10.0):
         """Waits for the broker's log line saying `client_id` is gone (written once the
