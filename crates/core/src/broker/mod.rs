@@ -38,7 +38,8 @@ use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
-pub use export::{Exported, FilterChange, SessionSnapshot};
+pub use export::{Exported, FilterChange, KeptWill, SessionSnapshot};
+pub use will::{session_left, will_wait, RemoteWill};
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
