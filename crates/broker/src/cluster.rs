@@ -31,13 +31,13 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use makelaar_cluster::backend::{subject_matches, Backend};
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest, TakenWill};
-use makelaar_cluster::lease::Expired;
 use makelaar_cluster::envelope::{Envelope, Expiry};
+use makelaar_cluster::lease::Expired;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
 use makelaar_cluster::record::{SessionRecord, StoredSubscription, StoredWill};
-use makelaar_cluster::wills;
 use makelaar_cluster::takeover::Fence;
+use makelaar_cluster::wills;
 use makelaar_cluster::{ClientKey, NodeId, Revision};
 use makelaar_core::broker::{
     session_left, will_wait, Exported, FilterChange, KeptWill, RemoteWill, SessionSnapshot,
@@ -541,8 +541,8 @@ fn record_of(node: NodeId, claim: Revision, s: &SessionSnapshot) -> SessionRecor
         expiry_interval: s.expiry_interval,
         // On the wall clock, so that another node can count a will's delay on from it.
         disconnected_at_ms: s.offline_since.map(|since| {
-            let ago = u64::try_from(now.saturating_duration_since(since).as_millis())
-                .unwrap_or(u64::MAX);
+            let ago =
+                u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX);
             now_ms.saturating_sub(ago)
         }),
         subscriptions: s

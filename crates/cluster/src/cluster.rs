@@ -471,8 +471,7 @@ impl<B: Backend> Cluster<B> {
                     will: None,
                 });
             };
-            let (rest, will) =
-                wills::will_taken(found, self.config.node.clone(), claimed.revision);
+            let (rest, will) = wills::will_taken(found, self.config.node.clone(), claimed.revision);
             match self.store_session(client, &rest, fence).await {
                 Ok(fence) => {
                     let will = will.map(|will| TakenWill {
@@ -525,10 +524,11 @@ impl<B: Backend> Cluster<B> {
         let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
             return Ok(None);
         };
-        let record = SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
-            key: client.to_string(),
-            error,
-        })?;
+        let record =
+            SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
+                key: client.to_string(),
+                error,
+            })?;
         if record.node != dead.node {
             return Ok(None);
         }

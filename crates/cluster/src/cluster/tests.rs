@@ -355,7 +355,10 @@ async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere
     assert_eq!(names, ["left", "waiting"]);
     for o in &orphans {
         let (entry, rev) = r1.read_registry(&o.client).await.unwrap().unwrap();
-        assert_eq!((entry.node.as_str(), entry.connected, rev), ("r1", false, o.claim));
+        assert_eq!(
+            (entry.node.as_str(), entry.connected, rev),
+            ("r1", false, o.claim)
+        );
         assert!(o.record.will.is_some());
     }
     // A second survivor finds nothing left to take (the registry names r1 now).

@@ -58,7 +58,10 @@ fn will() -> impl Strategy<Value = StoredWill> {
         ),
     )
         .prop_map(
-            |((topic, payload, qos, retain, delay, message_expiry), (utf8, ct, rt, cd, up, user))| {
+            |(
+                (topic, payload, qos, retain, delay, message_expiry),
+                (utf8, ct, rt, cd, up, user),
+            )| {
                 StoredWill {
                     topic,
                     payload: payload.into(),

@@ -638,14 +638,23 @@ mod tests {
         let snap = h.broker.session_snapshot("orphan").unwrap();
         let mut other = Harness::new();
         watcher(&mut other);
-        assert!(other
-            .broker
-            .adopt_orphan(other.now, "orphan", snap.clone(), Duration::from_secs(5), Some(Duration::from_secs(60))));
+        assert!(other.broker.adopt_orphan(
+            other.now,
+            "orphan",
+            snap.clone(),
+            Duration::from_secs(5),
+            Some(Duration::from_secs(60))
+        ));
         other.advance(4);
         assert_eq!(wills_seen(&mut other), 0);
         other.advance(1);
         assert_eq!(wills_seen(&mut other), 1);
-        assert!(other.broker.session_snapshot("orphan").unwrap().will.is_none());
+        assert!(other
+            .broker
+            .session_snapshot("orphan")
+            .unwrap()
+            .will
+            .is_none());
 
         // Its client returns in time: the session goes on, the will is not published.
         let mut third = Harness::new();
