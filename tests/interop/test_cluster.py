@@ -469,3 +469,186 @@ def test_a_node_that_loses_its_lease_disconnects_its_clients(tmp_path):
         if other is not None:
             other.stop()
         nats.stop()
+
+
+# Wills across nodes (docs/cluster.md, "Status"): a connection's will is kept in its cluster
+# record until it is decided, and exactly one node publishes it.
+
+def v5_props(expiry=None, delay=None, packet="CONNECT"):
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    p = Properties(getattr(PacketTypes, packet))
+    if expiry is not None:
+        p.SessionExpiryInterval = expiry
+    if delay is not None:
+        p.WillDelayInterval = delay
+    return p
+
+
+def will_client(node, cid, topic, payload, qos=1, retain=False, delay=None, expiry=None,
+                clean=True) -> MqttClient:
+    c = MqttClient(node, client_id=cid, clean=clean)
+    c.will_set(topic, payload, qos=qos, retain=retain,
+               properties=v5_props(delay=delay, packet="WILLMESSAGE") if delay else None)
+    c.connect(properties=v5_props(expiry=expiry) if expiry is not None else None)
+    return c
+
+
+def watchers(nodes, topic, qos=1) -> list[MqttClient]:
+    out = []
+    for n in nodes:
+        w = connected(n)
+        w.subscribe(topic, qos=qos)
+        out.append(w)
+    return out
+
+
+def wills_received(w: MqttClient, quiet=1.5) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(w.get(timeout=quiet).payload)
+        except Exception:
+            return got
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_will_of_a_lost_connection_is_published_once_on_every_node(cluster, qos):
+    """The connection on node a ends without DISCONNECT: node a publishes the will
+    [MQTT-3.1.2-8], and subscribers on both nodes get it once; the record no longer holds it,
+    so nobody publishes it again."""
+    a, b = cluster
+    base = unique(f"lost{qos}")
+    ws = watchers([a, b], f"{base}/#", qos=qos)
+    if qos == 0:
+        probe_until_received(connected(a), ws[1], f"{base}/probe")
+        ws[0].drain(quiet=0.5)
+    dying = will_client(a, unique("dying"), f"{base}/will", b"gone", qos=qos)
+    dying.kill()
+    for w in ws:
+        assert wills_received(w) == [b"gone"]
+
+
+def test_no_will_after_a_normal_disconnect_and_the_next_connection_keeps_its_own(cluster):
+    """A normal DISCONNECT discards the will [MQTT-3.1.2-10] [MQTT-3.14.4-3]: no node
+    publishes it, also not when the client's persistent session moves to another node; the
+    will of the new connection there is published when that one is lost."""
+    a, b = cluster
+    base = unique("polite")
+    ws = watchers([a, b], f"{base}/#")
+    cid = unique("polite")
+    c = will_client(a, cid, f"{base}/will", b"first", expiry=300, clean=False)
+    c.disconnect()
+    clean = will_client(a, unique("polite-clean"), f"{base}/will", b"clean")
+    clean.disconnect()
+    c = will_client(b, cid, f"{base}/will", b"second", expiry=300, clean=False)
+    assert c.connack.session_present
+    for w in ws:
+        w.expect_none(timeout=1.5)
+    c.kill()
+    for w in ws:
+        assert wills_received(w) == [b"second"]
+
+
+def test_takeover_on_another_node_publishes_the_old_will_once(cluster):
+    """Taken over on node b [MQTT-3.1.4-3]: the old connection's will (no delay) is
+    published once [MQTT-3.1.2-8], by the claiming node only; node a closes with 0x8E."""
+    a, b = cluster
+    base = unique("take")
+    ws = watchers([a, b], f"{base}/#")
+    cid = unique("take")
+    first = will_client(a, cid, f"{base}/will", b"old", expiry=300, clean=False)
+    second = will_client(b, cid, f"{base}/will", b"new", expiry=300, clean=False)
+    first.wait_disconnected()
+    assert first.disconnect_reason == 0x8E
+    for w in ws:
+        assert wills_received(w) == [b"old"]
+    second.disconnect()
+
+
+def test_takeover_on_another_node_with_will_delay(cluster):
+    """Will Delay 3 s: a takeover on another node that continues the session counts as
+    reconnecting in time, so the will is not published [MQTT-3.1.3-9]; a takeover with Clean
+    Start 1 ends the session, and the will goes out at once, once."""
+    a, b = cluster
+    base = unique("delay")
+    ws = watchers([a, b], f"{base}/#")
+    cid = unique("delay")
+    first = will_client(a, cid, f"{base}/will", b"resumed", delay=3, expiry=300, clean=False)
+    second = will_client(b, cid, f"{base}/will", b"second", delay=3, expiry=300, clean=False)
+    assert second.connack.session_present
+    first.wait_disconnected()
+    assert first.disconnect_reason == 0x8E
+    for w in ws:
+        w.expect_none(timeout=4.5)  # past the delay: dropped, not waiting somewhere
+
+    # Back on node a with Clean Start 1: node b's connection is taken over and its session
+    # ended, so its will is published now, not after its delay, and once.
+    third = will_client(a, cid, f"{base}/will", b"third", expiry=300, clean=True)
+    assert not third.connack.session_present
+    second.wait_disconnected()
+    start = time.monotonic()
+    got = [w.get(timeout=WAIT).payload for w in ws]
+    assert time.monotonic() - start < 2.0, "published after its delay, not at once"
+    assert got == [b"second"] * 2
+    for w in ws:
+        w.expect_none(timeout=1.5)
+    third.disconnect()
+
+
+def test_a_killed_nodes_wills_are_published_once_by_a_survivor(tmp_path):
+    """kill -9 of the node holding clients with wills: when its lease expires (15 s), exactly
+    one of the two surviving nodes reaps it and publishes the due wills (QoS 1 through a
+    partition stream, so subscribers on both survivors get them once; a retained will is
+    retained everywhere); a delayed will waits out its delay from the reap [MQTT-3.1.3-9];
+    a client that reconnected elsewhere first keeps its session and its (delayed) will is
+    not published."""
+    import signal
+    nats = NatsCluster(tmp_path, n=1)
+    nodes = []
+    try:
+        for name in ("a", "b", "c"):
+            n = Node(tmp_path, nats, name)
+            nodes.append(n)
+            n.wait_serving()
+        a, b, c = nodes
+        base = unique("reap")
+        ws = watchers([b, c], f"{base}/#")
+        will_client(a, unique("now"), f"{base}/now", b"now", retain=True)
+        will_client(a, unique("later"), f"{base}/later", b"later", delay=3, expiry=300,
+                    clean=False)
+        back = unique("back")
+        will_client(a, back, f"{base}/back", b"back", delay=60, expiry=300, clean=False)
+        time.sleep(0.5)  # the records written (CONNACK comes first)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        killed = time.monotonic()
+        # Reconnects on node b before node a is reaped: its session goes on there, and its
+        # delayed will is dropped [MQTT-3.1.3-9].
+        returned = will_client(b, back, f"{base}/back", b"back2", delay=60, expiry=300,
+                               clean=False)
+        assert returned.connack.session_present
+
+        first = [w.get(timeout=15 + 20) for w in ws]
+        reaped = time.monotonic()
+        assert [(m.topic, m.payload) for m in first] == [(f"{base}/now", b"now")] * 2
+        assert reaped - killed < 15 + 20
+        later = [w.get(timeout=10) for w in ws]
+        assert [m.payload for m in later] == [b"later"] * 2
+        assert time.monotonic() - reaped >= 2.0, "the delayed will did not wait its delay"
+        for w in ws:
+            w.expect_none(timeout=3.0)  # once each, and nothing of "back"
+        # The retained will is in the cluster's retained messages.
+        fresh = connected(c)
+        fresh.subscribe(f"{base}/now", qos=1)
+        m = fresh.get()
+        assert (m.payload, m.retain) == (b"now", True)
+        returned.disconnect()
+    except Exception:
+        for n in nodes:
+            print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
+        nats.stop()

@@ -582,11 +582,15 @@ impl Router {
                     c.stepped_down = false;
                 }
             }
-            FromCluster::Fenced(client_id) => {
-                self.broker
-                    .disconnect_client(now, &client_id, ReasonCode::SESSION_TAKEN_OVER);
-            }
-            FromCluster::NotOwner { conn, revision } => {
+            FromCluster::Fenced {
+                client_id,
+                will_in_cluster,
+            } => self.lost_to_another_node(now, &client_id, will_in_cluster),
+            FromCluster::NotOwner {
+                conn,
+                revision,
+                will_in_cluster,
+            } => {
                 let held = self
                     .cluster
                     .as_ref()
@@ -595,26 +599,45 @@ impl Router {
                     .map(|(id, _)| id.clone());
                 if let Some(id) = held {
                     tracing::debug!(client_id = %id, "client taken over by another cluster node while connecting");
-                    self.broker
-                        .disconnect_client(now, &id, ReasonCode::SESSION_TAKEN_OVER);
+                    self.lost_to_another_node(now, &id, will_in_cluster);
+                }
+            }
+            FromCluster::Will { client_id, will } => {
+                self.broker.publish_remote_will(
+                    now,
+                    &client_id,
+                    will.username.as_deref(),
+                    will.will,
+                );
+            }
+            FromCluster::Orphan {
+                client_id,
+                snapshot,
+                will_in,
+                expires_in,
+            } => {
+                if !self
+                    .broker
+                    .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
+                {
+                    tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
                 }
             }
             FromCluster::Release(req) => {
                 match req.client.client_id() {
                     Ok(id) => {
                         // [MQTT-3.1.4-3] the client connected on another node: this
-                        // connection ends (5.0: DISCONNECT 0x8E Session taken over).
-                        if self
-                            .broker
-                            .disconnect_client(now, &id, ReasonCode::SESSION_TAKEN_OVER)
-                        {
+                        // connection ends (5.0: DISCONNECT 0x8E Session taken over), and
+                        // the session moves with its client. Its will is not published
+                        // here: the record holds it, and the claiming node decides it.
+                        if self.broker.hand_over(now, &id) {
                             tracing::debug!(client_id = %id, "client taken over by another cluster node");
                         }
-                        // The session moves with its client: the other node keeps it now.
+                        // Sent before the flush's session writes, which are then not made:
+                        // the other node keeps the session now.
                         if let Some(c) = self.cluster.as_ref() {
                             let _ = c.to.send(ToCluster::Released(req.clone()));
                         }
-                        self.broker.forget_session(now, &id);
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "hand-over request for a bad client id"),
@@ -626,19 +649,26 @@ impl Router {
         }
     }
 
+    /// Another node owns the session of `client_id` now: its connection here, if any, is
+    /// closed (0x8E). When the cluster's record held the connection's will, the node that
+    /// took the record decides it, and the session ends here without it; otherwise the will
+    /// never reached the cluster and goes out here, as on a single broker.
+    fn lost_to_another_node(&mut self, now: Instant, client_id: &str, will_in_cluster: bool) {
+        if will_in_cluster {
+            self.broker.hand_over(now, client_id);
+        } else {
+            self.broker
+                .disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER);
+        }
+    }
+
     /// A CONNECT's client id is claimed (or could not be): it is decided now, with the
     /// packets its client sent meanwhile.
     fn claimed(
         &mut self,
         now: Instant,
         conn: ConnId,
-        result: Result<
-            (
-                makelaar_cluster::Revision,
-                Option<makelaar_core::broker::SessionSnapshot>,
-            ),
-            String,
-        >,
+        result: Result<crate::cluster::Claimed, String>,
     ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
@@ -650,8 +680,16 @@ impl Router {
             return;
         };
         match result {
-            Ok((revision, kept)) => {
+            Ok((revision, kept, remote_will)) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                // A will another node left (it handed the connection over, or died): taken
+                // out of the cluster's record by this claim, so decided here only, by the
+                // takeover rules, before this CONNECT's CONNACK [MQTT-3.1.4-3]
+                // [MQTT-3.1.3-9].
+                if let Some(w) = remote_will {
+                    self.broker
+                        .take_over_remote_will(now, &client_id, w, connect.clean_start);
+                }
                 // A session the cluster keeps for this client (it was connected on another
                 // node): taken in, so the CONNECT finds it (Session Present, subscriptions).
                 if let Some(snapshot) = kept.filter(|_| !connect.clean_start) {

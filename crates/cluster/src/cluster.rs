@@ -15,9 +15,10 @@ use crate::envelope::Envelope;
 use crate::ids::{ClientKey, NodeId, Revision};
 use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
-use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, FORMAT};
+use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
 use crate::subject::{decode_topic, encode_filter, encode_topic, Subject};
 use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
+use crate::wills;
 
 /// The settings every node of one cluster shares, and this node's name.
 #[derive(Debug, Clone)]
@@ -145,6 +146,44 @@ pub enum ReapOutcome {
     Lost,
     /// Its lease is still in the bucket: not dead (yet).
     StillAlive,
+}
+
+/// What a node that has just claimed a client id found of its session
+/// ([`Cluster::load_claimed_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSession {
+    /// The session record, without the will when this node took it.
+    pub record: Option<SessionRecord>,
+    /// The fence the session's next write carries.
+    pub fence: Fence,
+    /// The will this node took out of the record, to decide by the takeover rules.
+    pub will: Option<TakenWill>,
+}
+
+/// A will taken out of a session record, with what deciding it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenWill {
+    /// The will.
+    pub will: StoredWill,
+    /// The Session Expiry Interval of the session it belonged to.
+    pub expiry_interval: u32,
+    /// How long ago its connection ended; `None`: it was open when the record was written.
+    pub offline_for: Option<Duration>,
+}
+
+/// A session record a dead node left, now this node's ([`Cluster::orphans`]): its registry
+/// entry names this node, offline, at `claim`; the record is to be written at `fence`
+/// (with [`wills::reaped`]) before anything of it is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The client.
+    pub client: ClientKey,
+    /// The record as the dead node left it.
+    pub record: SessionRecord,
+    /// The record's revision as read.
+    pub fence: Fence,
+    /// The registry revision this node wrote: the session's claim from now on.
+    pub claim: Revision,
 }
 
 /// A retained message set or cleared, as a watch sees it.
@@ -404,6 +443,122 @@ impl<B: Backend> Cluster<B> {
                 Ok((Some(r), Fence::At(e.revision)))
             }
         }
+    }
+
+    /// Reads the session record of a client id this node has just claimed (`claimed`) and,
+    /// when it holds a will this node is to decide ([`wills::claimer_decides`]: another node
+    /// or incarnation left it), takes the will out by a compare-and-set write, so that no
+    /// other node (a reaper, a later claimer) decides it too. That write also fences the
+    /// node that had the session. A write that loses to another (a reaper's) is read again.
+    /// `now_ms`: the wall clock, unix milliseconds.
+    pub async fn load_claimed_session(
+        &self,
+        client: &ClientKey,
+        claimed: &Claimed,
+        now_ms: u64,
+    ) -> Result<ClaimedSession, ClusterError> {
+        let decides = wills::claimer_decides(
+            claimed.previous.as_ref(),
+            &self.config.node,
+            self.config.incarnation,
+        );
+        for _ in 0..3 {
+            let (record, fence) = self.load_session(client).await?;
+            let Some(found) = record.as_ref().filter(|r| decides && r.will.is_some()) else {
+                return Ok(ClaimedSession {
+                    record,
+                    fence,
+                    will: None,
+                });
+            };
+            let (rest, will) = wills::will_taken(found, self.config.node.clone(), claimed.revision);
+            match self.store_session(client, &rest, fence).await {
+                Ok(fence) => {
+                    let will = will.map(|will| TakenWill {
+                        will,
+                        expiry_interval: found.expiry_interval,
+                        offline_for: wills::offline_for(found, now_ms),
+                    });
+                    return Ok(ClaimedSession {
+                        record: Some(rest),
+                        fence,
+                        will,
+                    });
+                }
+                // Written meanwhile (a reaper took the record over): read it again.
+                Err(ClusterError::Fenced(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClusterError::Fenced(client.clone()))
+    }
+
+    /// The session records the dead incarnation `dead` left, each taken over by this node:
+    /// its registry entry moved to this node, offline, by compare-and-set (a client that
+    /// connected elsewhere meanwhile is left alone: [`wills::left_by`]). The caller writes
+    /// each record at its fence before publishing anything of it. Reads every key of the
+    /// sessions bucket (once per dead node); a record that cannot be read or taken is
+    /// skipped with a warning.
+    pub async fn orphans(&self, dead: &Expired) -> Result<Vec<Orphan>, ClusterError> {
+        let mut out = Vec::new();
+        for key in self.backend.keys(Bucket::Sessions).await? {
+            let Ok(client) = ClientKey::from_key(&key) else {
+                continue;
+            };
+            match self.take_orphan(&client, dead).await {
+                Ok(Some(o)) => out.push(o),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%client, node = %dead.node, error = %e, "cannot take over a dead node's session")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn take_orphan(
+        &self,
+        client: &ClientKey,
+        dead: &Expired,
+    ) -> Result<Option<Orphan>, ClusterError> {
+        let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
+            return Ok(None);
+        };
+        let record =
+            SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
+                key: client.to_string(),
+                error,
+            })?;
+        if record.node != dead.node {
+            return Ok(None);
+        }
+        let Some((holder, revision)) = self.read_registry(client).await? else {
+            return Ok(None);
+        };
+        if !wills::left_by(&record, &holder, dead) {
+            return Ok(None);
+        }
+        let mine = RegistryEntry {
+            node: self.config.node.clone(),
+            incarnation: self.config.incarnation,
+            connected: false,
+        };
+        let claim = match self
+            .backend
+            .update(Bucket::Registry, client.as_str(), mine.encode(), revision)
+            .await
+        {
+            Ok(r) => r,
+            // Claimed by a connecting client meanwhile: that node decides.
+            Err(BackendError::Conflict) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Orphan {
+            client: client.clone(),
+            record,
+            fence: Fence::At(entry.revision),
+            claim,
+        }))
     }
 
     /// Writes a session record by compare-and-set on the fence's revision; the new fence,

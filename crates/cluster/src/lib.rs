@@ -9,7 +9,9 @@
 //! - [`lease`]: node leases, expired peers, stepping down, the survivor that reaps;
 //! - [`record`]: the session record, registry entry and lease, versioned binary forms;
 //! - [`envelope`]: an application message between nodes, with what No Local, Retain As
-//!   Published and message expiry need.
+//!   Published and message expiry need;
+//! - [`wills`]: which node decides a will left in a session record, and how a dead node's
+//!   records are taken over.
 //!
 //! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats), and
 //! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
@@ -30,5 +32,6 @@ pub mod partition;
 pub mod record;
 pub mod subject;
 pub mod takeover;
+pub mod wills;
 
 pub use ids::{ClientKey, NodeId, Revision};
