@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, WatchEvent};
+use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamPosition, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::ids::Revision;
 use crate::partition::{Partition, PartitionCount};
@@ -121,6 +121,21 @@ fn host_of(url: &str) -> &str {
         return v6.split(']').next().unwrap_or(v6);
     }
     hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+}
+
+/// The default monitoring URLs: port 8222 on each server's host.
+pub fn monitor_urls(servers: &[String]) -> Vec<String> {
+    servers
+        .iter()
+        .map(|s| {
+            let h = host_of(s);
+            if h.contains(':') {
+                format!("http://[{h}]:8222")
+            } else {
+                format!("http://{h}:8222")
+            }
+        })
+        .collect()
 }
 
 /// Reads `GET {url}/varz` with a plain HTTP/1.0 request (the monitoring port speaks plain
@@ -254,18 +269,7 @@ impl NatsBackend {
             false,
         )?;
         let monitor: Vec<String> = if config.monitor.is_empty() {
-            config
-                .servers
-                .iter()
-                .map(|s| {
-                    let h = host_of(s);
-                    if h.contains(':') {
-                        format!("http://[{h}]:8222")
-                    } else {
-                        format!("http://{h}:8222")
-                    }
-                })
-                .collect()
+            monitor_urls(&config.servers)
         } else {
             config.monitor.clone()
         };
@@ -466,6 +470,10 @@ impl Backend for NatsBackend {
                     subject: m.subject.to_string(),
                     payload: m.payload.clone(),
                     reply: None,
+                    position: m.info().ok().map(|i| StreamPosition {
+                        sequence: i.stream_sequence,
+                        pending: i.pending,
+                    }),
                 }))
             });
         Ok(Box::pin(deliveries))
@@ -654,6 +662,7 @@ impl Backend for NatsBackend {
                 subject: m.subject.to_string(),
                 payload: m.payload,
                 reply: m.reply.map(|r| r.to_string()),
+                position: None,
             }
         }
         Ok(sub.map(delivery as fn(async_nats::Message) -> Delivery))
