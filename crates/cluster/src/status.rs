@@ -157,7 +157,8 @@ pub struct ConsumerStatus {
 /// Round trips to the engine, through the connected server.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RoundTrip {
-    /// A core PING/PONG, in milliseconds (the best of three).
+    /// A core request the server answers itself (no responders), in milliseconds (the best
+    /// of three).
     pub core_ms: f64,
     /// A JetStream API request (account info, answered through the cluster), in
     /// milliseconds (the best of three).
@@ -331,10 +332,19 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
         .await
         .map_err(|reason| js_err(&format!("bucket {}_leases", config.prefix), reason))?;
 
+    // A request on a subject nobody follows: the server answers "no responders" at once, so
+    // its time is one client-server round trip (a flush alone does not wait for the server).
+    let ping = format!("{}.status.ping", config.prefix);
     let round_trip = RoundTrip {
-        core_ms: best_of_three(|| async { client.flush().await.map_err(|e| e.to_string()) })
-            .await
-            .map_err(|reason| connect_err(reason))?,
+        core_ms: best_of_three(|| async {
+            match client.request(ping.clone(), bytes::Bytes::new()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .map_err(connect_err)?,
         jetstream_ms: best_of_three(|| async {
             js.query_account().await.map(|_| ()).map_err(|e| e.to_string())
         })
