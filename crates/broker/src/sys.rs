@@ -177,7 +177,12 @@ pub(crate) fn cluster_figures(c: &crate::counters::ClusterCounters) -> Vec<(Stri
         ("node".to_owned(), c.node.clone()),
         (
             "state".to_owned(),
-            if s.serving() { "serving" } else { "stepped-down" }.to_owned(),
+            if s.serving() {
+                "serving"
+            } else {
+                "stepped-down"
+            }
+            .to_owned(),
         ),
         ("nodes/alive".to_owned(), load(&s.nodes_alive)),
         (
@@ -195,7 +200,10 @@ pub(crate) fn cluster_figures(c: &crate::counters::ClusterCounters) -> Vec<(Stri
         ("claims/failed".to_owned(), load(&s.claim_failures)),
         ("handovers/asked".to_owned(), load(&s.handovers_asked)),
         ("handovers/given".to_owned(), load(&s.handovers_given)),
-        ("follow/lag".to_owned(), s.follow_pending_total().to_string()),
+        (
+            "follow/lag".to_owned(),
+            s.follow_pending_total().to_string(),
+        ),
         ("queue/messages".to_owned(), load(&s.queued)),
         ("queue/limit".to_owned(), load(&s.queue_limit)),
         ("queue/full".to_owned(), load(&s.queue_full)),

@@ -409,7 +409,10 @@ mod tests {
     #[test]
     fn human_output_shows_every_part() {
         let text = render(&sample());
-        assert!(text.contains("Nodes alive (1; a lease lives 15.0 s"), "{text}");
+        assert!(
+            text.contains("Nodes alive (1; a lease lives 15.0 s"),
+            "{text}"
+        );
         assert!(text.contains("a     42           1.5 s ago"), "{text}");
         assert!(text.contains("always"), "{text}");
         assert!(text.contains("unknown (connection refused)"), "{text}");

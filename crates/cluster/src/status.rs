@@ -326,7 +326,7 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
             consumers,
         });
     }
-    streams.sort_by(|a, b| stream_order(&config.prefix, a).cmp(&stream_order(&config.prefix, b)));
+    streams.sort_by_key(|s| stream_order(&config.prefix, s));
 
     let nodes = nodes(&js, config, &leases_stream)
         .await
@@ -346,7 +346,10 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
         .await
         .map_err(connect_err)?,
         jetstream_ms: best_of_three(|| async {
-            js.query_account().await.map(|_| ()).map_err(|e| e.to_string())
+            js.query_account()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|reason| js_err("the account information", reason))?,
@@ -538,7 +541,7 @@ mod tests {
 
     #[test]
     fn buckets_then_partitions_by_index() {
-        let mut v = vec![
+        let mut v = [
             stream("mk_p10", StreamKind::Partition),
             stream("KV_mk_leases", StreamKind::Bucket),
             stream("mk_p2", StreamKind::Partition),
@@ -562,13 +565,19 @@ mod tests {
             reason: "connection refused".into(),
         }
         .to_string();
-        assert!(e.contains("nats://127.0.0.1:1") && e.contains("--cluster"), "{e}");
+        assert!(
+            e.contains("nats://127.0.0.1:1") && e.contains("--cluster"),
+            "{e}"
+        );
         let n = StatusError::NoCluster {
             servers: "nats://h:4222".into(),
             prefix: "mk".into(),
         }
         .to_string();
-        assert!(n.contains("mk_leases") && n.contains("makelaar serve"), "{n}");
+        assert!(
+            n.contains("mk_leases") && n.contains("makelaar serve"),
+            "{n}"
+        );
         for text in [e, n, StatusError::NoServers.to_string()] {
             assert!(!text.contains(". "), "one sentence: {text}");
         }

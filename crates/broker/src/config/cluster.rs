@@ -173,7 +173,10 @@ mod tests {
             "[cluster]\nservers = [\"nats://h\"]\nnode_name = \"a\"\nmax_queued_messages = 0\n",
         )
         .unwrap_err();
-        assert!(e.contains("max_queued_messages = 0") && e.contains("1 or more"), "{e}");
+        assert!(
+            e.contains("max_queued_messages = 0") && e.contains("1 or more"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -500,6 +500,14 @@ fn bridges(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
     }
 }
 
+/// A per-partition family: name, help, kind, and how to read its value.
+type PartitionFamily = (
+    &'static str,
+    &'static str,
+    Kind,
+    fn(&makelaar_cluster::stats::PartitionStats) -> u64,
+);
+
 /// This node's part in a cluster (`[cluster]`, docs/cluster.md): the families are always
 /// listed, with no samples when the broker runs alone. The figures are the cluster layer's
 /// atomics (`makelaar_cluster::stats::NodeStats`), read as they are: no question to the
@@ -562,7 +570,11 @@ fn cluster(e: &mut Exposition, ctx: &Metrics) {
     if let Some(s) = stats {
         for (result, n) in [("ok", &s.lease_writes), ("failed", &s.lease_failures)] {
             let labels = [("result", result)];
-            e.sample("makelaar_cluster_lease_writes_total", &labels, n.load(Relaxed));
+            e.sample(
+                "makelaar_cluster_lease_writes_total",
+                &labels,
+                n.load(Relaxed),
+            );
         }
     }
     e.family(
@@ -610,7 +622,7 @@ fn cluster(e: &mut Exposition, ctx: &Metrics) {
         }
     }
     let partitions = stats.map_or(&[][..], |s| s.partitions());
-    let per_partition: [(&str, &str, Kind, fn(&makelaar_cluster::stats::PartitionStats) -> u64); 4] = [
+    let per_partition: [PartitionFamily; 4] = [
         (
             "makelaar_cluster_partition_appended_sequence",
             "The stream sequence of this node's last append to the partition (0: none yet).",

@@ -7,7 +7,9 @@ use hyper::header::ACCEPT;
 use hyper::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 
-use super::json::{BridgeJson, ClientJson, ClusterJson, PageJson, RetainedJson, StatsJson, SubscriptionJson};
+use super::json::{
+    BridgeJson, ClientJson, ClusterJson, PageJson, RetainedJson, StatsJson, SubscriptionJson,
+};
 use super::query::{list_query, param, percent_decode};
 use super::{sse, Dashboard};
 use crate::admin::Stopped;

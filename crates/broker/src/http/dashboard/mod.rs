@@ -180,8 +180,10 @@ async fn answer(dash: &Arc<Dashboard>, req: Request<Incoming>) -> Response<Body>
             api::disconnect(dash, p, (peer, user)).await
         }
         "/" | "/index.html" | "/dashboard.js" | "/dashboard.css" | "/api/stats"
-        | "/api/clients" | "/api/bridges" | "/api/cluster" | "/api/subscriptions" | "/api/retained"
-        | "/api/events" | "/api/watch" => method_not_allowed(super::routes::GET_HEAD),
+        | "/api/clients" | "/api/bridges" | "/api/cluster" | "/api/subscriptions"
+        | "/api/retained" | "/api/events" | "/api/watch" => {
+            method_not_allowed(super::routes::GET_HEAD)
+        }
         other => text(
             StatusCode::NOT_FOUND,
             format!("{other} is not part of the dashboard's API (see docs/dashboard.md)\n"),
