@@ -185,6 +185,7 @@ pub(crate) async fn start(
     nats.monitor.clone_from(&settings.monitor);
     nats.allow_lazy_fsync = settings.allow_lazy_fsync;
     nats.partitions = partitions;
+    nats.node.clone_from(&settings.node_name);
     // NATS servers started together may not have formed their JetStream cluster yet ("no
     // suitable peers for placement"): setting up buckets and streams is tried again for a
     // while. Refusals (lazy fsync, an old server) and an unreachable NATS are not.

@@ -278,6 +278,7 @@ fn render(s: &ClusterStatus) -> String {
                 vec![
                     st.name.clone(),
                     c.name.clone(),
+                    c.node.clone().unwrap_or_else(|| "-".to_owned()),
                     c.num_pending.to_string(),
                     c.num_ack_pending.to_string(),
                     c.delivered_sequence.to_string(),
@@ -290,6 +291,7 @@ fn render(s: &ClusterStatus) -> String {
         &[
             "STREAM",
             "CONSUMER",
+            "FOLLOWER OF",
             "PENDING",
             "ACK PENDING",
             "DELIVERED SEQ",
@@ -384,6 +386,7 @@ mod tests {
                 ],
                 consumers: vec![ConsumerStatus {
                     name: "c1".into(),
+                    node: Some("a".into()),
                     num_pending: 7,
                     num_ack_pending: 0,
                     delivered_sequence: 3,
@@ -417,7 +420,7 @@ mod tests {
         assert!(text.contains("always"), "{text}");
         assert!(text.contains("unknown (connection refused)"), "{text}");
         assert!(text.contains("n1 current, n2 behind by 2"), "{text}");
-        assert!(text.contains("mk_p0   c1"), "{text}");
+        assert!(text.contains("mk_p0   c1        a            7"), "{text}");
         assert!(
             text.contains("0.25 ms (core request), 1.50 ms (JetStream API request)"),
             "{text}"

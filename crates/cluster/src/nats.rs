@@ -54,6 +54,9 @@ pub struct NatsConfig {
     pub max_message_age: Duration,
     /// The longest wait for one engine round trip at start-up.
     pub timeout: Duration,
+    /// The node this connection serves, named in the descriptions of its consumers so that
+    /// `makelaar cluster status` tells whose each is; empty: not named.
+    pub node: String,
 }
 
 impl NatsConfig {
@@ -72,6 +75,7 @@ impl NatsConfig {
             lease_ttl: crate::lease::LeaseConfig::default().ttl,
             max_message_age: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            node: String::new(),
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct NatsBackend {
     bucket_streams: HashMap<Bucket, stream::Stream>,
     prefix: String,
     partitions: PartitionCount,
+    node: String,
 }
 
 /// The host of a `nats://host:port` (or bare `host:port`) URL.
@@ -248,6 +253,7 @@ impl NatsBackend {
                 bucket_streams,
                 prefix: config.prefix.clone(),
                 partitions: config.partitions,
+                node: config.node.clone(),
             },
             warnings,
         ))
@@ -445,6 +451,8 @@ impl Backend for NatsBackend {
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
                 deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                description: (!self.node.is_empty())
+                    .then(|| crate::status::follower_description(&self.node)),
                 ..Default::default()
             })
             .await

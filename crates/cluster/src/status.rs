@@ -144,6 +144,9 @@ pub struct ReplicaStatus {
 pub struct ConsumerStatus {
     /// Its name (generated for ephemeral ones).
     pub name: String,
+    /// The node whose partition follower it is, from its description
+    /// ([`follower_description`]); `None` for other consumers (a node's retained watch).
+    pub node: Option<String>,
     /// Messages in the stream not yet delivered to it: its lag.
     pub num_pending: u64,
     /// Messages delivered and not yet acknowledged.
@@ -292,6 +295,7 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
                 )
             })?;
             consumers.push(ConsumerStatus {
+                node: c.config.description.as_deref().and_then(follower_of),
                 name: c.name,
                 num_pending: c.num_pending,
                 num_ack_pending: c.num_ack_pending as u64,
@@ -454,6 +458,19 @@ where
     Ok(best.as_secs_f64() * 1000.0)
 }
 
+/// The description of a node's partition follower (a consumer), which names the node.
+pub fn follower_description(node: &str) -> String {
+    format!("makelaar node {node}: partition follower")
+}
+
+/// The node a consumer description of [`follower_description`] names.
+pub fn follower_of(description: &str) -> Option<String> {
+    description
+        .strip_prefix("makelaar node ")?
+        .strip_suffix(": partition follower")
+        .map(str::to_owned)
+}
+
 /// Whether a stream belongs to the cluster of `prefix`, and as what.
 pub fn stream_kind(prefix: &str, name: &str) -> Option<StreamKind> {
     if let Some(rest) = name.strip_prefix(&format!("{prefix}_p")) {
@@ -550,6 +567,16 @@ mod tests {
         v.sort_by_key(|s| stream_order("mk", s));
         let names: Vec<_> = v.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["KV_mk_registry", "KV_mk_leases", "mk_p2", "mk_p10"]);
+    }
+
+    #[test]
+    fn followers_name_their_node() {
+        assert_eq!(
+            follower_of(&follower_description("m-1")).as_deref(),
+            Some("m-1")
+        );
+        assert_eq!(follower_of("something else"), None);
+        assert_eq!(follower_of(""), None);
     }
 
     #[test]

@@ -40,6 +40,7 @@ fn nats_config(servers: &Servers, prefix: &str) -> NatsConfig {
         lease_ttl: Duration::from_secs(3),
         max_message_age: Duration::from_secs(3600),
         timeout: Duration::from_secs(10),
+        node: String::new(),
     }
 }
 
@@ -85,6 +86,7 @@ async fn node_answering(
     answers: bool,
 ) -> Node {
     let mut config = nats_config(servers, prefix);
+    config.node = name.to_owned();
     // Each node talks to its own server first.
     config.servers.rotate_left(server);
     let (backend, warnings) = NatsBackend::connect(&config)
