@@ -120,7 +120,7 @@ class Node:
     """One Makelaar process as a cluster node; `host`/`port` for MqttClient."""
 
     def __init__(self, workdir: Path, nats: NatsCluster, name: str, servers=None,
-                 cluster_toml=""):
+                 cluster_toml="", args=()):
         self.name = name
         self.nats = nats
         self.host = "127.0.0.1"
@@ -138,7 +138,8 @@ class Node:
         self.log = workdir / f"{name}.log"
         self.proc = subprocess.Popen(
             [find_makelaar(), "serve", "--config", str(self.config),
-             "--cluster", ",".join(servers), "--node-name", name, "--log-level", "info"],
+             "--cluster", ",".join(servers), "--node-name", name, "--log-level", "info",
+             *args],
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
 
     def wait_serving(self):
@@ -624,3 +625,33 @@ def test_a_full_queue_to_the_cluster_makes_publishers_wait_and_loses_nothing(clu
         assert "the queue to the cluster is full" in c.log.read_text()
     finally:
         c.stop()
+
+
+def test_sys_topics_show_the_nodes_part(cluster, tmp_path):
+    """`$SYS/broker/cluster/...` on a node with $SYS on: its name, state and what it sees.
+    (At the end of this file: the extra node's lease outlives it by the lease TTL.)"""
+    a, b = cluster
+    d = Node(tmp_path, a.nats, "d", servers=[a.nats.urls[1]], args=["--sys-interval", "1"])
+    try:
+        d.wait_serving()
+        c = connected(d)
+        c.subscribe("$SYS/broker/cluster/#")
+        deadline = time.monotonic() + 15
+        seen = {}
+        while time.monotonic() < deadline:
+            try:
+                m = c.get(timeout=1)
+            except Exception:
+                continue
+            seen[m.topic] = m.payload.decode()
+            wanted = ("node", "state", "round_trip_ms", "partition/15/follow_lag")
+            if (all(f"$SYS/broker/cluster/{w}" in seen for w in wanted)
+                    and int(seen.get("$SYS/broker/cluster/nodes/alive", "0")) >= 3):
+                break
+        assert seen.get("$SYS/broker/cluster/node") == "d", seen
+        assert seen.get("$SYS/broker/cluster/state") == "serving", seen
+        assert int(seen.get("$SYS/broker/cluster/nodes/alive", "0")) >= 3, seen
+        assert "$SYS/broker/cluster/partition/15/follow_lag" in seen, sorted(seen)
+        assert float(seen["$SYS/broker/cluster/round_trip_ms"]) > 0, seen
+    finally:
+        d.stop()
