@@ -299,9 +299,10 @@ impl Router {
                 sleep.as_mut().reset(timer.into());
                 armed = timer;
             }
-            // Backpressure: while the queue to the cluster is full, clients' packets wait
-            // in the router's channel (and then in their connections); everything else goes
-            // on, above all the cluster's reports that make room.
+            // Backpressure: while the queue to the cluster is full, nothing is taken from the
+            // router's channel (clients' packets, and the admin's and scrapes' questions, wait
+            // there and then in their connections); the cluster's and the store's reports and
+            // the timers go on, above all the writer's, which make room.
             let cluster_full = self.cluster.as_mut().is_some_and(|c| c.is_full(now));
             tokio::select! {
                 () = async {
