@@ -119,21 +119,27 @@ class NatsCluster:
 class Node:
     """One Makelaar process as a cluster node; `host`/`port` for MqttClient."""
 
-    def __init__(self, workdir: Path, nats: NatsCluster, name: str, servers=None):
+    def __init__(self, workdir: Path, nats: NatsCluster, name: str, servers=None,
+                 cluster_toml="", args=()):
         self.name = name
+        self.nats = nats
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.http_port = free_port()
         self.tls_port = None
         servers = servers or nats.urls
-        toml = (f"listen = [\"mqtt://127.0.0.1:{self.port}\"]\nin_memory = true\n"
+        toml = (f"listen = [\"mqtt://127.0.0.1:{self.port}\", "
+                f"\"http://127.0.0.1:{self.http_port}\"]\nin_memory = true\n"
                 f"sys_interval = 0\n\n[cluster]\n"
-                f"monitor = [{', '.join(repr(m).replace(chr(39), chr(34)) for m in nats.monitors)}]\n")
+                f"monitor = [{', '.join(repr(m).replace(chr(39), chr(34)) for m in nats.monitors)}]\n"
+                + cluster_toml)
         self.config = workdir / f"{name}.toml"
         self.config.write_text(toml)
         self.log = workdir / f"{name}.log"
         self.proc = subprocess.Popen(
             [find_makelaar(), "serve", "--config", str(self.config),
-             "--cluster", ",".join(servers), "--node-name", name, "--log-level", "info"],
+             "--cluster", ",".join(servers), "--node-name", name, "--log-level", "info",
+             *args],
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
 
     def wait_serving(self):
@@ -652,3 +658,183 @@ def test_a_killed_nodes_wills_are_published_once_by_a_survivor(tmp_path):
         for n in nodes:
             n.stop()
         nats.stop()
+
+
+# ---- makelaar cluster status, and the cluster on a node's /metrics --------------------------
+
+
+def cluster_status(*args, timeout=60):
+    return subprocess.run([find_makelaar(), "cluster", "status", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cluster_status_lists_servers_nodes_and_streams(cluster):
+    a, b = cluster
+    # The servers from the flag, the monitoring URLs from the node's [cluster] table.
+    r = cluster_status("--config", str(a.config), "--cluster", ",".join(a.nats.urls))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Nodes alive (2;" in out, out
+    nodes = out.split("Nodes alive", 1)[1].split("Streams", 1)[0]
+    assert any(line.startswith("a ") for line in nodes.splitlines()), nodes
+    assert any(line.startswith("b ") for line in nodes.splitlines()), nodes
+    servers = out.split("NATS servers (3)", 1)[1].split("Nodes alive", 1)[0]
+    assert servers.count("always") == 3, servers
+    for name in ("KV_mk_registry", "KV_mk_sessions", "KV_mk_retained", "KV_mk_leases",
+                 "KV_mk_reapers", "mk_p0", "mk_p15"):
+        assert f"\n{name} " in out, (name, out)
+    assert "Round trip to NATS:" in out, out
+    assert "warning" not in out, out
+
+
+def test_cluster_status_json_parses(cluster):
+    a, b = cluster
+    r = cluster_status("--cluster", ",".join(a.nats.urls), "--monitor",
+                       ",".join(a.nats.monitors), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert [n["name"] for n in s["nodes"]] == ["a", "b"]
+    assert all(n["last_write_age_ms"] < s["lease_ttl_ms"] for n in s["nodes"]), s["nodes"]
+    assert [v["sync_always"] for v in s["servers"]] == [True, True, True]
+    assert {v["name"] for v in s["servers"]} == {"n0", "n1", "n2"}
+    partitions = [x for x in s["streams"] if x["kind"] == "partition"]
+    buckets = [x for x in s["streams"] if x["kind"] == "bucket"]
+    assert len(partitions) == 16 and len(buckets) == 5, [x["name"] for x in s["streams"]]
+    for p in partitions:
+        assert p["leader"] in {"n0", "n1", "n2"}, p
+        assert p["replicas_configured"] == 3 and len(p["replicas"]) == 2, p
+        # One follower per node and partition, named by its node.
+        followers = {c["node"] for c in p["consumers"]}
+        assert {"a", "b"} <= followers, p
+    assert s["round_trip"]["core_ms"] > 0 and s["round_trip"]["jetstream_ms"] > 0
+
+
+def test_cluster_status_of_an_unreachable_nats_is_one_sentence():
+    r = cluster_status("--cluster", f"nats://127.0.0.1:{free_port()}", timeout=30)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("makelaar: cannot reach the NATS servers nats://127.0.0.1:"), lines
+    assert "--cluster" in lines[0], lines
+    assert r.stdout == ""
+
+
+def test_cluster_status_without_a_cluster_says_so(tmp_path):
+    nats = NatsCluster(tmp_path, n=1)
+    try:
+        r = cluster_status("--cluster", nats.urls[0], "--monitor", nats.monitors[0],
+                           timeout=30)
+        assert r.returncode != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert "hold no Makelaar cluster with prefix mk" in lines[0], lines
+        assert "makelaar serve --cluster" in lines[0], lines
+    finally:
+        nats.stop()
+
+
+def scrape(node) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text: str, line_start: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_a_nodes_metrics_show_the_cluster(cluster):
+    a, b = cluster
+    # Both leases are seen at the next lease refresh (every 2 s).
+    deadline = time.monotonic() + 15
+    while True:
+        text = scrape(a)
+        if metric(text, "makelaar_cluster_nodes_alive") == 2:
+            break
+        assert time.monotonic() < deadline, [
+            l for l in text.splitlines() if l.startswith("makelaar_cluster_")]
+        time.sleep(0.5)
+    assert 'makelaar_cluster_node_info{node="a"} 1' in text
+    assert metric(text, "makelaar_cluster_serving") == 1
+    assert 0 < metric(text, "makelaar_cluster_round_trip_seconds") < 5
+    assert metric(text, "makelaar_cluster_queue_limit_messages") == 50000
+    # The dashboard's cluster panel reads the same.
+    with urllib.request.urlopen(f"http://127.0.0.1:{a.http_port}/api/cluster", timeout=5) as r:
+        panel = json.load(r)
+    assert panel["node"] == "a" and panel["state"] == "serving", panel
+    assert panel["nodes_alive"] == 2 and len(panel["partitions"]) == 16, panel
+    # A QoS 1 message published on b is appended by b and followed by a.
+    before_b = metric(scrape(b), 'makelaar_cluster_writes_total{kind="append",result="ok"}')
+    topic = unique("metrics") + "/t"
+    pub = connected(b)
+    pub.publish(topic, b"x", qos=1)
+    deadline = time.monotonic() + 10
+    while True:
+        after_b = metric(scrape(b), 'makelaar_cluster_writes_total{kind="append",result="ok"}')
+        followed = sum(float(l.split()[-1]) for l in scrape(a).splitlines()
+                       if l.startswith("makelaar_cluster_partition_followed_total{"))
+        if after_b == before_b + 1 and followed >= 1:
+            break
+        assert time.monotonic() < deadline, (before_b, after_b, followed)
+        time.sleep(0.3)
+
+
+def test_a_full_queue_to_the_cluster_makes_publishers_wait_and_loses_nothing(cluster, tmp_path):
+    """docs/cluster.md "Backpressure": with max_queued_messages = 1 every batch fills the
+    queue, so the router waits for NATS again and again; every acknowledged message still
+    arrives. (Last in this file: the extra node's lease outlives it by the lease TTL.)"""
+    a, b = cluster
+    c = Node(tmp_path, a.nats, "c", servers=[a.nats.urls[2]],
+             cluster_toml="max_queued_messages = 1\n")
+    try:
+        c.wait_serving()
+        topic = unique("bp") + "/t"
+        sub = connected(a)
+        sub.subscribe(topic, qos=1)
+        pub = connected(c)
+        n = 300
+        infos = [pub.publish(topic, str(i).encode(), qos=1, wait=False) for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(30)
+            assert info.is_published()
+        got = sorted(int(m.payload) for m in sub.get_n(n, timeout=30))
+        assert got == list(range(n))
+        text = scrape(c)
+        assert metric(text, "makelaar_cluster_queue_limit_messages") == 1
+        assert metric(text, "makelaar_cluster_queue_full_total") >= 1, text
+        assert metric(text, "makelaar_cluster_queued_messages") == 0
+        assert "the queue to the cluster is full" in c.log.read_text()
+    finally:
+        c.stop()
+
+
+def test_sys_topics_show_the_nodes_part(cluster, tmp_path):
+    """`$SYS/broker/cluster/...` on a node with $SYS on: its name, state and what it sees.
+    (At the end of this file: the extra node's lease outlives it by the lease TTL.)"""
+    a, b = cluster
+    d = Node(tmp_path, a.nats, "d", servers=[a.nats.urls[1]], args=["--sys-interval", "1"])
+    try:
+        d.wait_serving()
+        c = connected(d)
+        c.subscribe("$SYS/broker/cluster/#")
+        deadline = time.monotonic() + 15
+        seen = {}
+        while time.monotonic() < deadline:
+            try:
+                m = c.get(timeout=1)
+            except Exception:
+                continue
+            seen[m.topic] = m.payload.decode()
+            wanted = ("node", "state", "round_trip_ms", "partition/15/follow_lag")
+            if (all(f"$SYS/broker/cluster/{w}" in seen for w in wanted)
+                    and int(seen.get("$SYS/broker/cluster/nodes/alive", "0")) >= 3):
+                break
+        assert seen.get("$SYS/broker/cluster/node") == "d", seen
+        assert seen.get("$SYS/broker/cluster/state") == "serving", seen
+        assert int(seen.get("$SYS/broker/cluster/nodes/alive", "0")) >= 3, seen
+        assert "$SYS/broker/cluster/partition/15/follow_lag" in seen, sorted(seen)
+        assert float(seen["$SYS/broker/cluster/round_trip_ms"]) > 0, seen
+    finally:
+        d.stop()

@@ -51,6 +51,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::ClusterSettings;
+use makelaar_cluster::stats::NodeStats;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// How long setting up the buckets and streams is tried at start-up.
 const SETUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -163,6 +165,34 @@ pub struct ClusterStartError(pub String);
 pub(crate) struct ClusterLink {
     pub(crate) to: mpsc::UnboundedSender<ToCluster>,
     pub(crate) from: mpsc::Receiver<FromCluster>,
+    /// What this node counts of its part, for `$SYS`, `/metrics` and the dashboard; its
+    /// `queued` and `queue_limit` bound the messages in `to` (see [`QueueRoom`]).
+    pub(crate) stats: Arc<NodeStats>,
+    /// Wakes the router when the queue to the cluster has room again.
+    pub(crate) room: Arc<tokio::sync::Notify>,
+}
+
+/// The bound of the router's queue to the cluster (docs/cluster.md "Backpressure"): the
+/// router adds a batch's messages to `stats.queued` when it sends the batch and stops taking
+/// packets from clients while the count is at `stats.queue_limit`; the writer subtracts
+/// them once they are written and wakes the router when the count falls below the limit.
+/// The channel itself stays unbounded: a batch the core has accepted is always sent, and
+/// the bound is on what comes next.
+pub(crate) struct QueueRoom {
+    stats: Arc<NodeStats>,
+    room: Arc<tokio::sync::Notify>,
+}
+
+impl QueueRoom {
+    /// `n` messages written (or failed): room for as many.
+    fn release(&self, n: usize) {
+        let n = n as u64;
+        let before = self.stats.queued.fetch_sub(n, Relaxed);
+        let limit = self.stats.queue_limit.load(Relaxed);
+        if before >= limit && before.saturating_sub(n) < limit {
+            self.room.notify_one();
+        }
+    }
 }
 
 /// Joins the cluster: connects to NATS (the start-up checks refuse lazy fsync and old
@@ -188,6 +218,7 @@ pub(crate) async fn start(
     nats.monitor.clone_from(&settings.monitor);
     nats.allow_lazy_fsync = settings.allow_lazy_fsync;
     nats.partitions = partitions;
+    nats.node.clone_from(&settings.node_name);
     // NATS servers started together may not have formed their JetStream cluster yet ("no
     // suitable peers for placement"): setting up buckets and streams is tried again for a
     // while. Refusals (lazy fsync, an old server) and an unreachable NATS are not.
@@ -210,6 +241,11 @@ pub(crate) async fn start(
     let mut config = ClusterConfig::new(node, makelaar_cluster::cluster::new_incarnation());
     config.partitions = partitions;
     let cluster = Arc::new(Cluster::new(backend, config));
+    let stats = cluster.stats().clone();
+    stats
+        .queue_limit
+        .store(settings.max_queued_messages as u64, Relaxed);
+    let room = Arc::new(tokio::sync::Notify::new());
 
     // The lease first: a node serves from its first lease write on, never before.
     let (lease_tx, mut lease_rx) = mpsc::channel(16);
@@ -263,7 +299,11 @@ pub(crate) async fn start(
 
     tokio::spawn(sessions(cluster.clone(), sessions_rx, from_tx.clone()));
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone()));
+    let queue = QueueRoom {
+        stats: stats.clone(),
+        room: room.clone(),
+    };
+    tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone(), queue));
     let (live_tx, live_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
     let mut reader = Reader {
         cluster: cluster.clone(),
@@ -338,6 +378,8 @@ pub(crate) async fn start(
     Ok(ClusterLink {
         to: to_tx,
         from: from_rx,
+        stats,
+        room,
     })
 }
 
@@ -812,6 +854,7 @@ async fn writer(
     cluster: Arc<Cluster<NatsBackend>>,
     mut rx: mpsc::UnboundedReceiver<(Option<u64>, Vec<Exported>)>,
     tx: mpsc::Sender<FromCluster>,
+    queue: QueueRoom,
 ) {
     let node = cluster.config().node.clone();
     while let Some((epoch, messages)) = rx.recv().await {
@@ -838,6 +881,7 @@ async fn writer(
             }
         });
         let results = futures_util::future::join_all(writes).await;
+        queue.release(results.len());
         let Some(epoch) = epoch else {
             continue;
         };

@@ -127,7 +127,14 @@ impl Server {
             .collect();
         let tls_slots = listeners.iter().filter_map(Listener::tls_slot).collect();
         let tasks = TaskTracker::new();
-        let counters = Arc::new(Counters::default());
+        let mut counters = Counters::default();
+        if let (Some(link), Some(settings)) = (&cluster, &config.cluster) {
+            counters.cluster = Some(counters::ClusterCounters {
+                node: settings.node_name.clone(),
+                stats: link.stats.clone(),
+            });
+        }
+        let counters = Arc::new(counters);
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
         let policy = Policy {
             deny_subscriptions: config.deny_subscriptions.clone(),
@@ -168,7 +175,10 @@ impl Server {
         let (cluster_side, cluster_rx) = match cluster {
             Some(link) => {
                 broker.enable_cluster_export();
-                (Some(router::ClusterSide::new(link.to)), Some(link.from))
+                (
+                    Some(router::ClusterSide::new(link.to, link.stats, link.room)),
+                    Some(link.from),
+                )
             }
             None => (None, None),
         };

@@ -117,12 +117,32 @@ pub(crate) struct ClusterSide {
     stepped_down: bool,
     /// The claim of each connection, to mark it disconnected when it ends.
     claims: HashMap<ConnId, (Arc<str>, makelaar_cluster::Revision)>,
+    /// The figures, among them the queue to the cluster and its bound (see
+    /// `crate::cluster::QueueRoom`).
+    stats: Arc<makelaar_cluster::stats::NodeStats>,
+    /// Wakes the router when that queue has room again.
+    room: Arc<tokio::sync::Notify>,
+    /// The queue was full at the last look (a log line per episode, at most every
+    /// [`QUEUE_FULL_LOG_EVERY`]).
+    full: bool,
+    full_logged: Option<Instant>,
 }
 
+/// How often a full queue to the cluster is logged at most.
+const QUEUE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 impl ClusterSide {
-    pub(crate) fn new(to: mpsc::UnboundedSender<ToCluster>) -> ClusterSide {
+    pub(crate) fn new(
+        to: mpsc::UnboundedSender<ToCluster>,
+        stats: Arc<makelaar_cluster::stats::NodeStats>,
+        room: Arc<tokio::sync::Notify>,
+    ) -> ClusterSide {
         ClusterSide {
             to,
+            stats,
+            room,
+            full: false,
+            full_logged: None,
             gate: Gate::default(),
             exported: Vec::new(),
             filter_changes: Vec::new(),
@@ -131,6 +151,36 @@ impl ClusterSide {
             claiming: HashMap::new(),
             claims: HashMap::new(),
         }
+    }
+
+    /// Whether the queue to the cluster is at its bound: then the router takes no packets
+    /// from clients (they wait in their connections; what was accepted is written and
+    /// acknowledged in order) until the writer makes room.
+    fn is_full(&mut self, now: Instant) -> bool {
+        let queued = self.stats.queued.load(std::sync::atomic::Ordering::Relaxed);
+        let limit = self
+            .stats
+            .queue_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let full = limit > 0 && queued >= limit;
+        if full && !self.full {
+            self.stats
+                .queue_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self
+                .full_logged
+                .is_none_or(|at| now.duration_since(at) >= QUEUE_FULL_LOG_EVERY)
+            {
+                self.full_logged = Some(now);
+                tracing::warn!(
+                    target: crate::status::STATUS_TARGET,
+                    queued,
+                    "the queue to the cluster is full ({queued} messages not yet written to NATS, [cluster] max_queued_messages = {limit}): clients wait until NATS catches up; if this repeats, NATS is slower than the publishers"
+                );
+            }
+        }
+        self.full = full;
+        full
     }
 }
 
@@ -233,6 +283,7 @@ impl Router {
         let sleep = tokio::time::sleep_until(next_sweep.into());
         tokio::pin!(sleep);
         let mut armed = next_sweep;
+        let room = self.cluster.as_ref().map(|c| c.room.clone());
         let stop = shutdown.clone();
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
@@ -248,8 +299,19 @@ impl Router {
                 sleep.as_mut().reset(timer.into());
                 armed = timer;
             }
+            // Backpressure: while the queue to the cluster is full, nothing is taken from the
+            // router's channel (clients' packets, and the admin's and scrapes' questions, wait
+            // there and then in their connections); the cluster's and the store's reports and
+            // the timers go on, above all the writer's, which make room.
+            let cluster_full = self.cluster.as_mut().is_some_and(|c| c.is_full(now));
             tokio::select! {
-                msg = rx.recv() => {
+                () = async {
+                    match &room {
+                        Some(r) => r.notified().await,
+                        None => std::future::pending().await,
+                    }
+                }, if cluster_full => {}
+                msg = rx.recv(), if !cluster_full => {
                     let Some(msg) = msg else { break };
                     let now = Instant::now();
                     self.handle(now, msg);
@@ -441,6 +503,9 @@ impl Router {
                     .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
                 let epoch = promised.then(|| c.gate.next_epoch());
                 let messages = std::mem::take(&mut c.exported);
+                c.stats
+                    .queued
+                    .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let _ = c.to.send(ToCluster::Batch { epoch, messages });
             }
             self.broker.drain_session_changes(&mut c.session_changes);

@@ -10,6 +10,7 @@ use makelaar_broker::mosquitto::read_mosquitto_conf;
 
 mod bench;
 mod clients;
+mod cluster;
 mod logging;
 mod passwd;
 mod store;
@@ -79,6 +80,9 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Look at a cluster on NATS (makelaar cluster status).
+    #[command(after_help = cluster::CLUSTER_EXAMPLES)]
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -364,6 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rr(a) => std::process::exit(clients::main(clients::Tool::Rr, a.args)),
         Command::Passwd(a) => std::process::exit(passwd::main(a.args)),
         Command::Store(args) => store::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Config(ConfigCommand::Convert { file }) => {
             let converted = read_mosquitto_conf(&file)?;
             print!("{}", converted.to_toml(&file));

@@ -102,6 +102,17 @@ pub struct Delivery {
     pub payload: Bytes,
     /// Where a request wants its answer.
     pub reply: Option<String>,
+    /// For a message read from a stream: its place there.
+    pub position: Option<StreamPosition>,
+}
+
+/// Where a message read from a stream stands in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// How many messages the stream holds after it for this reader (its lag).
+    pub pending: u64,
 }
 
 /// The engine under the cluster layer. Every method is one round trip at most.
@@ -417,6 +428,7 @@ impl Backend for MemoryBackend {
                         subject: subject.to_string(),
                         payload: payload.clone(),
                         reply: None,
+                        position: None,
                     })
                     .is_ok()
                 } else {
@@ -433,6 +445,7 @@ impl Backend for MemoryBackend {
         payload: Bytes,
     ) -> Result<u64, BackendError> {
         self.with(|s| {
+            let sequence = s.streams.get(&partition).map_or(0, Vec::len) as u64 + 1;
             s.followers.retain(|(p, tx)| {
                 *p != partition
                     || tx
@@ -440,6 +453,10 @@ impl Backend for MemoryBackend {
                             subject: subject.to_string(),
                             payload: payload.clone(),
                             reply: None,
+                            position: Some(StreamPosition {
+                                sequence,
+                                pending: 0,
+                            }),
                         })
                         .is_ok()
             });

@@ -3,6 +3,8 @@
 //! lease and find dead peers. The rules are the sans-IO modules'; this drives them against a
 //! [`Backend`], with tokio's clock for the waits.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +18,7 @@ use crate::ids::{ClientKey, NodeId, Revision};
 use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
 use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
+use crate::stats::NodeStats;
 use crate::subject::{decode_topic, encode_filter, encode_topic, Subject};
 use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
 use crate::wills;
@@ -199,12 +202,23 @@ pub struct RetainedChange {
 pub struct Cluster<B> {
     backend: B,
     config: ClusterConfig,
+    stats: Arc<NodeStats>,
 }
 
 impl<B: Backend> Cluster<B> {
     /// The layer over a connected engine.
     pub fn new(backend: B, config: ClusterConfig) -> Cluster<B> {
-        Cluster { backend, config }
+        let stats = Arc::new(NodeStats::new(config.partitions));
+        Cluster {
+            backend,
+            config,
+            stats,
+        }
+    }
+
+    /// What this node counts of its part in the cluster (for its metrics).
+    pub fn stats(&self) -> &Arc<NodeStats> {
+        &self.stats
     }
 
     /// The engine.
@@ -289,6 +303,17 @@ impl<B: Backend> Cluster<B> {
 
     /// Claims a client id for a connection about to open on this node ([`Claim`]).
     pub async fn claim_client(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
+        let r = self.run_claim(client).await;
+        let counter = if r.is_ok() {
+            &self.stats.claims
+        } else {
+            &self.stats.claim_failures
+        };
+        counter.fetch_add(1, Relaxed);
+        r
+    }
+
+    async fn run_claim(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
         let mut claim = Claim::new(
             self.config.node.clone(),
             self.config.incarnation,
@@ -321,6 +346,7 @@ impl<B: Backend> Cluster<B> {
                     claim.handle_written(written(r)?);
                 }
                 ClaimStep::AskRelease { owner, revision } => {
+                    self.stats.handovers_asked.fetch_add(1, Relaxed);
                     let answer = self
                         .backend
                         .request(
@@ -403,10 +429,12 @@ impl<B: Backend> Cluster<B> {
             .subscribe(self.release_subject(&self.config.node), None)
             .await?;
         let (tx, rx) = mpsc::channel(64);
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             while let Some(d) = sub.next().await {
                 match ReleaseRequest::decode(&d.payload, d.reply) {
                     Ok(req) => {
+                        stats.handovers_given.fetch_add(1, Relaxed);
                         if tx.send(req).await.is_err() {
                             return;
                         }
@@ -613,10 +641,17 @@ impl<B: Backend> Cluster<B> {
 
     /// Publishes a QoS 0 message to the nodes that follow its topic.
     pub async fn publish(&self, topic: &str, message: &Envelope) -> Result<(), ClusterError> {
-        Ok(self
+        let r = self
             .backend
             .publish(self.live_subject(topic), message.encode())
-            .await?)
+            .await;
+        let counter = if r.is_ok() {
+            &self.stats.published
+        } else {
+            &self.stats.publish_failures
+        };
+        counter.fetch_add(1, Relaxed);
+        Ok(r?)
     }
 
     /// Appends a QoS 1/2 message to its topic's partition; returns when the engine has it
@@ -627,8 +662,9 @@ impl<B: Backend> Cluster<B> {
         message: &Envelope,
     ) -> Result<(Partition, u64), ClusterError> {
         let (p, subject) = self.partition_subject(topic);
-        let seq = self.backend.append(p, subject, message.encode()).await?;
-        Ok((p, seq))
+        let r = self.backend.append(p, subject, message.encode()).await;
+        self.stats.appended(p, r.as_ref().ok().copied());
+        Ok((p, r?))
     }
 
     /// Sets a topic's retained message, or clears it with `None` (an empty retained
@@ -639,6 +675,7 @@ impl<B: Backend> Cluster<B> {
         message: Option<&Envelope>,
     ) -> Result<(), ClusterError> {
         let key = encode_topic(topic);
+        self.stats.retained_writes.fetch_add(1, Relaxed);
         match message {
             Some(m) => {
                 self.backend
@@ -705,7 +742,13 @@ impl<B: Backend> Cluster<B> {
     {
         let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
         let follow = self.backend.follow(partition).await?;
+        let stats = self.stats.clone();
         Ok(follow.filter_map(move |d| {
+            stats.followed(
+                partition,
+                d.position.map(|p| p.sequence),
+                d.position.map(|p| p.pending),
+            );
             let decoded = d
                 .subject
                 .strip_prefix(prefix.as_str())
@@ -792,13 +835,17 @@ impl<B: Backend> Cluster<B> {
         now: Instant,
     ) -> Result<Vec<Expired>, ClusterError> {
         let mut out = Vec::new();
+        let mut alive = 0;
         for key in self.backend.keys(Bucket::Leases).await? {
             if let Some(e) = self.backend.get(Bucket::Leases, &key).await? {
                 if let Ok(l) = NodeLease::decode(&e.value) {
+                    alive += 1;
                     out.extend(leases.handle_seen(&l.node, l.incarnation, e.revision.get(), now));
                 }
             }
         }
+        // Present in the bucket: written within the TTL (the bucket expires the others).
+        self.stats.nodes_alive.store(alive, Relaxed);
         Ok(out)
     }
 
@@ -814,14 +861,25 @@ impl<B: Backend> Cluster<B> {
         loop {
             let now = Instant::now();
             match own.poll(now) {
-                OwnState::Refresh => match self.refresh_lease().await {
-                    Ok(_) => own.handle_written(Instant::now()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot refresh this node's lease");
-                        own.handle_failed(Instant::now());
+                OwnState::Refresh => {
+                    // The lease write is one replicated KV write: its time is the engine's
+                    // round trip the metrics show, measured every refresh at no extra cost.
+                    let sent = Instant::now();
+                    match self.refresh_lease().await {
+                        Ok(_) => {
+                            self.stats.set_round_trip(sent.elapsed());
+                            self.stats.lease_writes.fetch_add(1, Relaxed);
+                            own.handle_written(Instant::now());
+                        }
+                        Err(e) => {
+                            self.stats.lease_failures.fetch_add(1, Relaxed);
+                            tracing::warn!(error = %e, "cannot refresh this node's lease");
+                            own.handle_failed(Instant::now());
+                        }
                     }
-                },
+                }
                 OwnState::StepDown => {
+                    self.stats.set_serving(false);
                     tracing::error!(
                         node = %self.config.node,
                         "this node's lease was not refreshed in time: it stops serving"
@@ -831,6 +889,7 @@ impl<B: Backend> Cluster<B> {
                     }
                 }
                 OwnState::Resume => {
+                    self.stats.set_serving(true);
                     tracing::info!(node = %self.config.node, "lease held: serving");
                     if events.send(LeaseEvent::Serving).await.is_err() {
                         return;

@@ -16,6 +16,9 @@
 //! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats), and
 //! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
 //! subscribe, claim a client id, load or store a session; nothing here knows the broker.
+//!
+//! [`stats::NodeStats`]: what a node counts of its part (for its metrics); [`status`]: the
+//! whole cluster as `makelaar cluster status` shows it, read from NATS.
 
 #![warn(missing_docs)]
 
@@ -30,6 +33,8 @@ pub mod lease;
 pub mod nats;
 pub mod partition;
 pub mod record;
+pub mod stats;
+pub mod status;
 pub mod subject;
 pub mod takeover;
 pub mod wills;

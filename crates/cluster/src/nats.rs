@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, WatchEvent};
+use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamPosition, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::ids::Revision;
 use crate::partition::{Partition, PartitionCount};
@@ -54,6 +54,9 @@ pub struct NatsConfig {
     pub max_message_age: Duration,
     /// The longest wait for one engine round trip at start-up.
     pub timeout: Duration,
+    /// The node this connection serves, named in the descriptions of its consumers so that
+    /// `makelaar cluster status` tells whose each is; empty: not named.
+    pub node: String,
 }
 
 impl NatsConfig {
@@ -72,6 +75,7 @@ impl NatsConfig {
             lease_ttl: crate::lease::LeaseConfig::default().ttl,
             max_message_age: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            node: String::new(),
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct NatsBackend {
     bucket_streams: HashMap<Bucket, stream::Stream>,
     prefix: String,
     partitions: PartitionCount,
+    node: String,
 }
 
 /// The host of a `nats://host:port` (or bare `host:port`) URL.
@@ -121,6 +126,21 @@ fn host_of(url: &str) -> &str {
         return v6.split(']').next().unwrap_or(v6);
     }
     hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+}
+
+/// The default monitoring URLs: port 8222 on each server's host.
+pub fn monitor_urls(servers: &[String]) -> Vec<String> {
+    servers
+        .iter()
+        .map(|s| {
+            let h = host_of(s);
+            if h.contains(':') {
+                format!("http://[{h}]:8222")
+            } else {
+                format!("http://{h}:8222")
+            }
+        })
+        .collect()
 }
 
 /// Reads `GET {url}/varz` with a plain HTTP/1.0 request (the monitoring port speaks plain
@@ -233,6 +253,7 @@ impl NatsBackend {
                 bucket_streams,
                 prefix: config.prefix.clone(),
                 partitions: config.partitions,
+                node: config.node.clone(),
             },
             warnings,
         ))
@@ -254,18 +275,7 @@ impl NatsBackend {
             false,
         )?;
         let monitor: Vec<String> = if config.monitor.is_empty() {
-            config
-                .servers
-                .iter()
-                .map(|s| {
-                    let h = host_of(s);
-                    if h.contains(':') {
-                        format!("http://[{h}]:8222")
-                    } else {
-                        format!("http://{h}:8222")
-                    }
-                })
-                .collect()
+            monitor_urls(&config.servers)
         } else {
             config.monitor.clone()
         };
@@ -441,6 +451,8 @@ impl Backend for NatsBackend {
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
                 deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                description: (!self.node.is_empty())
+                    .then(|| crate::status::follower_description(&self.node)),
                 ..Default::default()
             })
             .await
@@ -466,6 +478,10 @@ impl Backend for NatsBackend {
                     subject: m.subject.to_string(),
                     payload: m.payload.clone(),
                     reply: None,
+                    position: m.info().ok().map(|i| StreamPosition {
+                        sequence: i.stream_sequence,
+                        pending: i.pending,
+                    }),
                 }))
             });
         Ok(Box::pin(deliveries))
@@ -654,6 +670,7 @@ impl Backend for NatsBackend {
                 subject: m.subject.to_string(),
                 payload: m.payload,
                 reply: m.reply.map(|r| r.to_string()),
+                position: None,
             }
         }
         Ok(sub.map(delivery as fn(async_nats::Message) -> Delivery))

@@ -10,6 +10,10 @@ use super::ConfigError;
 /// The default number of partition streams (`partitions`).
 pub const DEFAULT_CLUSTER_PARTITIONS: u16 = 16;
 
+/// The default bound of the router's queue to the cluster (`max_queued_messages`): about
+/// two seconds of the throughput measured on three NATS servers (docs/cluster.md).
+pub const DEFAULT_CLUSTER_MAX_QUEUED: usize = 50_000;
+
 /// `[cluster]` as written in `makelaar.toml`. The field documentation is the user's
 /// reference (`makelaar config reference`; docs/cluster.md tells more).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -39,6 +43,12 @@ pub struct ClusterTable {
     /// at error level at every start.
     #[serde(default)]
     pub allow_lazy_fsync: Option<bool>,
+    /// The most messages this node holds for the cluster before they are written to NATS.
+    /// When NATS is slower than the publishers and the queue is full, the node stops taking
+    /// packets from its clients (they wait; nothing acknowledged is lost, acknowledgements
+    /// go out only once NATS has the messages) until NATS catches up, and logs a warning.
+    #[serde(default)]
+    pub max_queued_messages: Option<usize>,
 }
 
 impl ClusterTable {
@@ -50,6 +60,7 @@ impl ClusterTable {
             partitions: Some(DEFAULT_CLUSTER_PARTITIONS),
             monitor: None,
             allow_lazy_fsync: Some(false),
+            max_queued_messages: Some(DEFAULT_CLUSTER_MAX_QUEUED),
         }
     }
 
@@ -83,12 +94,21 @@ impl ClusterTable {
                 "{source_name}: cluster partitions = 0 cannot be used; set it to 1 or more, the same on every node"
             )));
         }
+        let max_queued_messages = self
+            .max_queued_messages
+            .unwrap_or(DEFAULT_CLUSTER_MAX_QUEUED);
+        if max_queued_messages == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{source_name}: cluster max_queued_messages = 0 cannot be used; set it to 1 or more (default {DEFAULT_CLUSTER_MAX_QUEUED})"
+            )));
+        }
         Ok(Some(ClusterSettings {
             servers,
             node_name,
             partitions,
             monitor: self.monitor.unwrap_or_default(),
             allow_lazy_fsync: self.allow_lazy_fsync.unwrap_or(false),
+            max_queued_messages,
         }))
     }
 }
@@ -106,6 +126,8 @@ pub struct ClusterSettings {
     pub monitor: Vec<String>,
     /// Start despite lazy fsync, loudly.
     pub allow_lazy_fsync: bool,
+    /// The bound of the router's queue to the cluster, in messages.
+    pub max_queued_messages: usize,
 }
 
 #[cfg(test)]
@@ -139,6 +161,22 @@ mod tests {
         assert_eq!((c.node_name.as_str(), c.partitions), ("a-1", 4));
         assert_eq!(c.monitor, ["http://h1:8222"]);
         assert!(!c.allow_lazy_fsync);
+        assert_eq!(c.max_queued_messages, super::DEFAULT_CLUSTER_MAX_QUEUED);
+        let bounded = config(
+            "[cluster]\nservers = [\"nats://h1:4222\"]\nnode_name = \"a\"\nmax_queued_messages = 10\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(bounded.max_queued_messages, 10);
+        let e = config(
+            "[cluster]\nservers = [\"nats://h\"]\nnode_name = \"a\"\nmax_queued_messages = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("max_queued_messages = 0") && e.contains("1 or more"),
+            "{e}"
+        );
     }
 
     #[test]
