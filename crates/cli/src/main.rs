@@ -515,8 +515,7 @@ mod tests {
     /// --cluster-creds replaces the file's password rather than clashing with it.
     #[test]
     fn cluster_creds_flag_replaces_the_files_credentials() {
-        let dir =
-            std::env::temp_dir().join(format!("makelaar-cli-creds-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("makelaar-cli-creds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("makelaar.toml");
         std::fs::write(

@@ -250,11 +250,13 @@ pub async fn apply(
         }
         NatsAuth::NkeySeedFile(path) => {
             let text = read_secret_file(path, "nkey_seed_file").await?;
-            options.nkey(nkey_seed(&text).map_err(|reason| LinkError::CredentialsFile {
-                path: path.display().to_string(),
-                reason,
-                setting: "nkey_seed_file",
-            })?)
+            options.nkey(
+                nkey_seed(&text).map_err(|reason| LinkError::CredentialsFile {
+                    path: path.display().to_string(),
+                    reason,
+                    setting: "nkey_seed_file",
+                })?,
+            )
         }
     })
 }
@@ -416,7 +418,10 @@ mod tests {
             password: Secret::new("hunter2"),
         };
         let text = format!("{auth:?} {:?}", NatsAuth::Token(Secret::new("t0k3n")));
-        assert!(!text.contains("hunter2") && !text.contains("t0k3n"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("t0k3n"),
+            "{text}"
+        );
         assert!(!auth.refusal_fix().contains("hunter2"));
     }
 

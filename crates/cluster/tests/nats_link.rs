@@ -173,7 +173,13 @@ async fn tls_and_passwords() {
     works(&plain).await;
 
     let other = pki.path("other-ca.pem");
-    let e = refused(&config(&servers, "a", with_ca(&other), user("mk", "s3cret"))).await;
+    let e = refused(&config(
+        &servers,
+        "a",
+        with_ca(&other),
+        user("mk", "s3cret"),
+    ))
+    .await;
     let text = e.to_string();
     assert!(matches!(e, LinkError::Handshake { .. }), "{text}");
     assert!(
@@ -182,7 +188,13 @@ async fn tls_and_passwords() {
     );
 
     // No CA file: the system's CAs do not know the test CA.
-    let e = refused(&config(&servers, "a", NatsTls::default(), user("mk", "s3cret"))).await;
+    let e = refused(&config(
+        &servers,
+        "a",
+        NatsTls::default(),
+        user("mk", "s3cret"),
+    ))
+    .await;
     assert!(e.to_string().contains("--cluster-cafile"), "{e}");
 
     let e = refused(&config(&servers, "a", with_ca(&ca), user("mk", "wrong"))).await;

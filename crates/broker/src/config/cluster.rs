@@ -306,15 +306,18 @@ mod tests {
                 password: Secret::new("s3cret"),
             }
         );
-        assert!(!format!("{c:?}").contains("s3cret"), "Debug hides the password");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug hides the password"
+        );
         let table: crate::config::ConfigFile =
             toml::from_str(&format!("{base}token = \"t0k3n\"\n")).unwrap();
-        assert!(!format!("{table:?}").contains("t0k3n"), "Debug hides the token");
+        assert!(
+            !format!("{table:?}").contains("t0k3n"),
+            "Debug hides the token"
+        );
 
-        let auth = |extra: &str| {
-            config(&format!("{base}{extra}"))
-                .map(|c| c.cluster.unwrap().auth)
-        };
+        let auth = |extra: &str| config(&format!("{base}{extra}")).map(|c| c.cluster.unwrap().auth);
         assert_eq!(
             auth("token = \"t\"\n").unwrap(),
             NatsAuth::Token(Secret::new("t"))
@@ -331,13 +334,22 @@ mod tests {
         let e = auth("user = \"mk\"\n").unwrap_err();
         assert!(e.contains("user and password"), "{e}");
         let e = auth("password = \"pw\"\n").unwrap_err();
-        assert!(e.contains("user and password") && !e.contains("pw\""), "{e}");
+        assert!(
+            e.contains("user and password") && !e.contains("pw\""),
+            "{e}"
+        );
         let e = auth("token = \"t\"\ncreds_file = \"m1.creds\"\n").unwrap_err();
-        assert!(e.contains("token, creds_file") && e.contains("keep one"), "{e}");
+        assert!(
+            e.contains("token, creds_file") && e.contains("keep one"),
+            "{e}"
+        );
         let e = config(&format!("{base}cert_file = \"n.pem\"\n")).unwrap_err();
         assert!(e.contains("key_file"), "{e}");
         // tls:// is a NATS URL too.
-        assert_eq!(config(base).unwrap().cluster.unwrap().servers, ["tls://h1:4222"]);
+        assert_eq!(
+            config(base).unwrap().cluster.unwrap().servers,
+            ["tls://h1:4222"]
+        );
     }
 
     #[test]
