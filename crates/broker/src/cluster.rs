@@ -216,6 +216,8 @@ pub(crate) async fn start(
     })?;
     let mut nats = NatsConfig::new(settings.servers.clone());
     nats.monitor.clone_from(&settings.monitor);
+    nats.tls.clone_from(&settings.tls);
+    nats.auth.clone_from(&settings.auth);
     nats.allow_lazy_fsync = settings.allow_lazy_fsync;
     nats.partitions = partitions;
     nats.node.clone_from(&settings.node_name);
@@ -258,7 +260,7 @@ pub(crate) async fn start(
         _ => {
             return Err(ClusterStartError(format!(
                 "cannot write this node's lease to the NATS servers {} within 15 s; check that JetStream is enabled and has a leader",
-                settings.servers.join(",")
+                makelaar_cluster::link::redact_urls(&settings.servers)
             )))
         }
     }

@@ -71,6 +71,22 @@ struct StatusArgs {
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     monitor: Vec<String>,
 
+    /// PEM file with the CA that signed the NATS servers' certificates, as for serve.
+    #[arg(long, value_name = "FILE")]
+    cluster_cafile: Option<PathBuf>,
+
+    /// PEM client certificate for NATS servers that verify clients; needs --cluster-key.
+    #[arg(long, value_name = "FILE")]
+    cluster_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-cert.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+
+    /// NATS credentials file (.creds); replaces the credentials of the file's [cluster].
+    #[arg(long, value_name = "FILE")]
+    cluster_creds: Option<PathBuf>,
+
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -83,10 +99,22 @@ struct StatusArgs {
 impl StatusArgs {
     /// The file's [cluster] table with the flags over it.
     fn status_config(&self) -> anyhow::Result<StatusConfig> {
-        let table = match &self.config {
+        let mut table = match &self.config {
             Some(path) => ConfigFile::from_toml_file(path)?.cluster,
             None => Default::default(),
         };
+        table.override_link(
+            self.cluster_cafile.as_ref(),
+            self.cluster_cert.as_ref(),
+            self.cluster_key.as_ref(),
+            self.cluster_creds.as_ref(),
+        );
+        // TLS and credentials as the nodes use them (read before `servers` is taken out).
+        let source = self
+            .config
+            .as_ref()
+            .map_or("the command line".to_owned(), |p| p.display().to_string());
+        let (tls, auth) = table.link(&source)?;
         let servers = if self.cluster.is_empty() {
             table.servers.unwrap_or_default()
         } else {
@@ -99,6 +127,8 @@ impl StatusArgs {
             self.monitor.clone()
         };
         config.timeout = Duration::from_secs(self.timeout.max(1));
+        config.tls = tls;
+        config.auth = auth;
         Ok(config)
     }
 }

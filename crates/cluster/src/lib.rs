@@ -13,7 +13,8 @@
 //! - [`wills`]: which node decides a will left in a session record, and how a dead node's
 //!   records are taken over.
 //!
-//! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats), and
+//! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats, with TLS and
+//! credentials from [`link`]), and
 //! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
 //! subscribe, claim a client id, load or store a session; nothing here knows the broker.
 //!
@@ -30,6 +31,7 @@ pub mod envelope;
 pub mod ids;
 pub mod kv;
 pub mod lease;
+pub mod link;
 pub mod nats;
 pub mod partition;
 pub mod record;

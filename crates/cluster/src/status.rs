@@ -7,6 +7,7 @@
 //! means no cluster of that prefix, [`StatusError::NoCluster`]) and returns typed data;
 //! printing it is the CLI's business. Every [`StatusError`] is one sentence naming the fix.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream;
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::backend::Bucket;
 use crate::checks;
+use crate::link::{self, LinkError, NatsAuth, NatsTls};
 use crate::nats::{fetch_varz, monitor_urls};
 use crate::record::NodeLease;
 
@@ -29,6 +31,10 @@ pub struct StatusConfig {
     pub prefix: String,
     /// The longest wait for one answer.
     pub timeout: Duration,
+    /// TLS towards the servers (and `https://` monitoring URLs), as a node's.
+    pub tls: NatsTls,
+    /// The credentials, as a node's.
+    pub auth: NatsAuth,
 }
 
 impl StatusConfig {
@@ -39,6 +45,8 @@ impl StatusConfig {
             monitor: Vec::new(),
             prefix: "mk".to_owned(),
             timeout: Duration::from_secs(5),
+            tls: NatsTls::default(),
+            auth: NatsAuth::None,
         }
     }
 }
@@ -188,6 +196,9 @@ pub enum StatusError {
         /// Why.
         reason: String,
     },
+    /// The TLS settings or credentials could not be used, or were refused.
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// NATS answered, but holds no cluster of that prefix.
     #[error(
         "the NATS servers {servers} hold no Makelaar cluster with prefix {prefix} (no \
@@ -220,7 +231,7 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
     if config.servers.is_empty() {
         return Err(StatusError::NoServers);
     }
-    let servers_text = config.servers.join(",");
+    let servers_text = link::redact_urls(&config.servers);
     let connect_err = |reason: String| StatusError::Connect {
         servers: servers_text.clone(),
         reason,
@@ -231,17 +242,21 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
         .map(|s| s.parse())
         .collect::<Result<_, std::io::Error>>()
         .map_err(|e| connect_err(e.to_string()))?;
-    let client = tokio::time::timeout(
-        config.timeout,
-        async_nats::ConnectOptions::new()
-            .name("makelaar cluster status")
-            .connection_timeout(config.timeout)
-            .request_timeout(Some(config.timeout))
-            .connect(addrs),
-    )
-    .await
-    .map_err(|_| connect_err("no answer in time".to_owned()))?
-    .map_err(|e| connect_err(e.to_string()))?;
+    let tls = Arc::new(link::client_config(&config.tls, &config.servers)?);
+    let options = async_nats::ConnectOptions::new()
+        .name("makelaar cluster status")
+        .connection_timeout(config.timeout)
+        .request_timeout(Some(config.timeout));
+    let options = link::apply(options, &config.tls, &tls, &config.auth).await?;
+    let client = tokio::time::timeout(config.timeout, options.connect(addrs))
+        .await
+        .map_err(|_| connect_err("no answer in time".to_owned()))?
+        .map_err(
+            |e| match link::classify(&e, &config.servers, &config.tls, &config.auth) {
+                Some(l) => StatusError::Link(l),
+                None => connect_err(e.to_string()),
+            },
+        )?;
     let js_err = |what: &str, reason: String| StatusError::JetStream {
         what: what.to_owned(),
         servers: servers_text.clone(),
@@ -258,7 +273,7 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
     let servers = futures_util::future::join_all(
         monitors
             .iter()
-            .map(|url| server_status(url.clone(), config.timeout)),
+            .map(|url| server_status(url.clone(), config.timeout, &tls)),
     )
     .await;
 
@@ -372,8 +387,12 @@ pub async fn gather(config: &StatusConfig) -> Result<ClusterStatus, StatusError>
 
 /// The default monitoring URLs are derived like the start-up checks'; the version and
 /// fsync setting are read the same way ([`checks::report_from_varz`]).
-async fn server_status(url: String, timeout: Duration) -> ServerStatus {
-    let report = match fetch_varz(&url, timeout).await {
+async fn server_status(
+    url: String,
+    timeout: Duration,
+    tls: &Arc<rustls::ClientConfig>,
+) -> ServerStatus {
+    let report = match fetch_varz(&url, timeout, Some(tls)).await {
         Ok(body) => checks::report_from_varz(&body).map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };

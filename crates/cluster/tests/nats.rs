@@ -33,6 +33,8 @@ fn nats_config(servers: &Servers, prefix: &str) -> NatsConfig {
     NatsConfig {
         servers: servers.client_urls.clone(),
         monitor: servers.monitor_urls.clone(),
+        tls: Default::default(),
+        auth: Default::default(),
         allow_lazy_fsync: false,
         replicas: None,
         prefix: prefix.to_owned(),
