@@ -10,8 +10,9 @@
 //! deleted with the session. A will in a record is decided exactly once, by the one node
 //! whose compare-and-set write takes it out (or keeps it as its own):
 //!
-//! - the node holding the connection, when the connection ends there (it publishes or
-//!   discards it, as a single broker does, and writes the record without it);
+//! - the node holding the connection, when the connection ends there (its core decides
+//!   when the will is due, as on a single broker; the node writes the record without it by
+//!   compare-and-set and publishes it only if that write won: [`verdict`]);
 //! - a node a client connects to while the record still holds a will it does not hold
 //!   itself (a hand-over from a live node, or a node that died): [`claimer_decides`], then
 //!   [`will_taken`] written by compare-and-set before the core decides the will by the

@@ -437,7 +437,10 @@ async fn a_will_due_on_its_node_as_its_client_connects_elsewhere_is_published_on
         let c1 = m1.claim_client(&client).await.unwrap();
         let (r, f) = with_will(&m1, &client, c1.revision, Fence::Absent, None).await;
         let (held, claimed) = race(&m1, &m2, &client, (&r, c1.revision, f), order).await;
-        assert!(held ^ claimed, "order {order}: holder {held}, claimer {claimed}");
+        assert!(
+            held ^ claimed,
+            "order {order}: holder {held}, claimer {claimed}"
+        );
     }
 }
 
@@ -461,7 +464,10 @@ async fn a_reapers_delayed_will_due_as_its_client_connects_elsewhere_is_publishe
         let kept = crate::wills::reaped(&o.record, NodeId::new("r1").unwrap(), o.claim, 1, false);
         let f = r1.store_session(&o.client, &kept, o.fence).await.unwrap();
         let (held, claimed) = race(&r1, &m3, &client, (&kept, o.claim, f), order).await;
-        assert!(held ^ claimed, "order {order}: reaper {held}, claimer {claimed}");
+        assert!(
+            held ^ claimed,
+            "order {order}: reaper {held}, claimer {claimed}"
+        );
     }
 }
 
@@ -476,8 +482,13 @@ async fn an_own_write_whose_answer_was_lost_is_written_again_but_never_over_anot
     // A write at f1 landed, but m1 never heard back: it still holds f1.
     m1.store_session(&client, &r, f1).await.unwrap();
     r.will = None;
-    let again = m1.write_own_session(&client, Some(&r), c1.revision, f1).await;
-    assert_eq!(crate::wills::verdict(&again), crate::wills::WillVerdict::Publish);
+    let again = m1
+        .write_own_session(&client, Some(&r), c1.revision, f1)
+        .await;
+    assert_eq!(
+        crate::wills::verdict(&again),
+        crate::wills::WillVerdict::Publish
+    );
     let (stored, _) = m1.load_session(&client).await.unwrap();
     assert!(stored.unwrap().will.is_none());
     // A write of this node under an older claim is another writer's: fenced.
@@ -485,7 +496,8 @@ async fn an_own_write_whose_answer_was_lost_is_written_again_but_never_over_anot
     let (_, f) = m1.load_session(&client).await.unwrap();
     let (_, _) = with_will(&m1, &client, c2.revision, f, None).await;
     assert!(matches!(
-        m1.write_own_session(&client, Some(&r), c1.revision, f1).await,
+        m1.write_own_session(&client, Some(&r), c1.revision, f1)
+            .await,
         Err(ClusterError::Fenced(_))
     ));
     // Another node's record: fenced, the will is that node's to decide.
@@ -497,7 +509,10 @@ async fn an_own_write_whose_answer_was_lost_is_written_again_but_never_over_anot
         .will
         .is_some());
     let gone = m1.write_own_session(&client, None, c2.revision, f).await;
-    assert_eq!(crate::wills::verdict(&gone), crate::wills::WillVerdict::Withhold);
+    assert_eq!(
+        crate::wills::verdict(&gone),
+        crate::wills::WillVerdict::Withhold
+    );
 }
 
 #[tokio::test]

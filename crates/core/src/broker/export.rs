@@ -653,7 +653,11 @@ mod tests {
         let mut ids = Vec::new();
         h.broker.drain_session_changes(&mut ids);
         h.broker.handle_connection_lost(h.now, 1);
-        assert_eq!(wills_seen(&mut h), 0, "not published before the cluster decides");
+        assert_eq!(
+            wills_seen(&mut h),
+            0,
+            "not published before the cluster decides"
+        );
         let wills = due(&mut h);
         assert_eq!(wills.len(), 1);
         assert_eq!(&*wills[0].client_id, "lost");
