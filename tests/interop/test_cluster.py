@@ -838,3 +838,145 @@ def test_sys_topics_show_the_nodes_part(cluster, tmp_path):
         assert float(seen["$SYS/broker/cluster/round_trip_ms"]) > 0, seen
     finally:
         d.stop()
+
+
+def test_a_will_raced_by_its_clients_connect_elsewhere_is_published_once(cluster):
+    """The connection holding a will (no delay) is lost on one node at the very moment its
+    client connects on the other, many times over, in both directions and with the new
+    CONNECT a moment before or after the loss. Lost first: its node publishes the will
+    [MQTT-3.1.2-8]; taken over first: the claiming node does [MQTT-3.1.4-3]. Either way the
+    node whose write takes the will out of the session record publishes it, the other does
+    not: subscribers on both nodes get each will exactly once."""
+    import random
+    import threading
+    a, b = cluster
+    base = unique("race")
+    ws = watchers([a, b], f"{base}/#")
+    cid = unique("race")
+    rounds = 16
+    rng = random.Random(14)
+    for i in range(rounds):
+        here, there = (a, b) if i % 2 == 0 else (b, a)
+        holder = will_client(here, cid, f"{base}/will", f"w{i}".encode(), expiry=300,
+                             clean=False)
+        # The new CONNECT goes out up to 20 ms before or after the connection is lost.
+        offset = rng.uniform(-0.02, 0.02)
+        box = {}
+
+        def connect_there():
+            if offset < 0:
+                time.sleep(-offset)
+            box["c"] = will_client(there, cid, f"{base}/none", b"never", expiry=300,
+                                   clean=bool(i % 4 == 1))
+
+        t = threading.Thread(target=connect_there)
+        t.start()
+        if offset > 0:
+            time.sleep(offset)
+        holder.kill()
+        t.join()
+        # A normal DISCONNECT: this round's new connection publishes no will [MQTT-3.1.2-10].
+        box["c"].disconnect()
+    expected = sorted(f"w{i}".encode() for i in range(rounds))
+    for w in ws:
+        got = wills_received(w, quiet=3.0)
+        assert sorted(got) == expected, f"each will exactly once: {sorted(got)}"
+
+
+def test_an_assigned_id_clients_will_survives_its_node_killed(tmp_path):
+    """A client with an empty client id gets one assigned (5.0 [MQTT-3.1.3-6], 3.1.1 with
+    Clean Session 1 [MQTT-3.1.3-7]) and claims nothing, but its node registers it with its
+    will: kill -9 of that node, and the survivor that reaps it publishes both wills, once,
+    to subscribers on both survivors [MQTT-3.1.2-8]."""
+    import signal
+    nats = NatsCluster(tmp_path, n=1)
+    nodes = []
+    try:
+        for name in ("a", "b", "c"):
+            n = Node(tmp_path, nats, name)
+            nodes.append(n)
+            n.wait_serving()
+        a, b, c = nodes
+        base = unique("anon")
+        ws = watchers([b, c], f"{base}/#")
+        v5 = MqttClient(a, client_id="", version=5)
+        v5.will_set(f"{base}/v5", b"five", qos=1)
+        ack = v5.connect()
+        assigned = ack.properties.AssignedClientIdentifier
+        assert assigned.startswith("makelaar-a-"), assigned
+        v311 = MqttClient(a, client_id="", version=4, clean=True)
+        v311.will_set(f"{base}/v311", b"three", qos=1)
+        v311.connect()
+        time.sleep(0.5)  # the records written (CONNACK comes first)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        for w in ws:
+            got = sorted(m.payload for m in w.get_n(2, timeout=15 + 20))
+            assert got == [b"five", b"three"]
+            w.expect_none(timeout=3.0)
+    except Exception:
+        for n in nodes:
+            print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
+        nats.stop()
+
+
+def test_a_stepped_down_nodes_wills_are_published_once_after_all(tmp_path):
+    """Both nodes lose NATS (its one server stopped) and step down, disconnecting their
+    clients (0x89). The node holding a client with a will cannot take the will out of its
+    record, so it publishes nothing then, not even to its own subscribers; once NATS is back
+    the will is published once, by that node (its write retried) or by the node that reaped
+    it, and the persistent subscribers on both nodes find it exactly once when they return
+    [MQTT-3.1.2-8]."""
+    import signal
+    nats = NatsCluster(tmp_path, n=1)
+    node = Node(tmp_path, nats, "holder")
+    other = None
+    try:
+        node.wait_serving()
+        other = Node(tmp_path, nats, "other")
+        other.wait_serving()
+        base = unique("down")
+        ids = [unique("sub-holder"), unique("sub-other")]
+        for n, cid in zip((node, other), ids):
+            w = MqttClient(n, client_id=cid, clean=False)
+            w.connect(properties=v5_props(expiry=300))
+            w.subscribe(f"{base}/#", qos=1)
+            w.close()
+        dying = will_client(node, unique("dying"), f"{base}/will", b"gone")
+        nats.procs[0].send_signal(signal.SIGSTOP)
+        try:
+            dying.wait_disconnected(timeout=25)
+            assert dying.disconnect_reason == 0x89
+        finally:
+            nats.procs[0].send_signal(signal.SIGCONT)
+        for n, cid in zip((node, other), ids):
+            deadline = time.monotonic() + 40
+            while True:
+                w = MqttClient(n, client_id=cid, clean=False)
+                try:
+                    w.connect(properties=v5_props(expiry=300), expect_success=False)
+                    if w.connack is not None and w.connack.reason_code == 0:
+                        break
+                except Exception:
+                    pass
+                w.close()
+                assert time.monotonic() < deadline, f"{n.name} did not serve again"
+                time.sleep(0.5)
+            assert w.connack.session_present
+            assert w.get(timeout=30).payload == b"gone"
+            w.expect_none(timeout=3.0)
+            w.close()
+    except Exception:
+        for n in (node, other):
+            if n is not None:
+                print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        node.stop()
+        if other is not None:
+            other.stop()
+        nats.stop()

@@ -19,7 +19,10 @@
 //!   were published;
 //! - the **retained watch** keeps the node's retained messages equal to the cluster's;
 //! - the **sessions** task writes the session records (a connection's will included) this
-//!   node owns, one at a time, each fenced;
+//!   node owns, one at a time, each fenced; a will the core says is due goes with the write
+//!   that takes it out of its record, and is published only if that write wins
+//!   (`makelaar_cluster::wills::verdict`); while the node is stepped down it writes nothing
+//!   and publishes no will, and tries again once it serves;
 //! - the **lease** task, and one short task per client-id claim or hand-over, and per dead
 //!   node this node reaps (its sessions taken over, its due wills published:
 //!   `makelaar_cluster::wills`).
@@ -37,7 +40,7 @@ use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
 use makelaar_cluster::record::{SessionRecord, StoredSubscription, StoredWill};
 use makelaar_cluster::takeover::Fence;
-use makelaar_cluster::wills;
+use makelaar_cluster::wills::{self, WillVerdict};
 use makelaar_cluster::{ClientKey, NodeId, Revision};
 use makelaar_core::broker::{
     session_left, will_wait, Exported, FilterChange, KeptWill, RemoteWill, SessionSnapshot,
@@ -82,11 +85,18 @@ pub(crate) enum ToCluster {
         client_id: Arc<str>,
         revision: Revision,
     },
-    /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept).
+    /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept),
+    /// and the wills of that client the core says are due: the write takes them out of the
+    /// record, and they are published (`FromCluster::Will`) only if it wins.
     StoreSession {
         client_id: Arc<str>,
         snapshot: Option<SessionSnapshot>,
+        wills: Vec<KeptWill>,
     },
+    /// The broker assigned this client id (its CONNECT claimed nothing) and keeps its
+    /// session (it has a will, or outlives its connection): register it, so that the
+    /// reaper of this node finds its record.
+    Assigned { client_id: Arc<str> },
     /// A connection whose claim was written at `revision` has ended.
     Disconnected {
         client_id: Arc<str>,
@@ -139,8 +149,8 @@ pub(crate) enum FromCluster {
         revision: Revision,
         will_in_cluster: bool,
     },
-    /// A dead node's client's will, due now and taken out of the cluster's record by this
-    /// node (it reaped the dead node): publish it.
+    /// A will due now and taken out of the cluster's record by this node (a dead node's
+    /// client's, or one of this node's own whose write won): publish it.
     Will { client_id: Arc<str>, will: KeptWill },
     /// A dead node's session, taken over by this node (it reaped the dead node): keep it
     /// offline here, its will (if any) due in `will_in`, its end in `expires_in`.
@@ -331,8 +341,11 @@ pub(crate) async fn start(
                             from_tx.clone(),
                         ));
                     }
-                    Some(ToCluster::StoreSession { client_id, snapshot }) => {
-                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot));
+                    Some(ToCluster::StoreSession { client_id, snapshot, wills }) => {
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, wills));
+                    }
+                    Some(ToCluster::Assigned { client_id }) => {
+                        let _ = sessions_tx.send(SessionOp::Assigned(client_id));
                     }
                     Some(ToCluster::CheckOwner { conn, client_id, revision }) => {
                         let c = cluster.clone();
@@ -399,12 +412,15 @@ async fn lease_events(
         match ev {
             LeaseEvent::Serving => {
                 tracing::info!(target: crate::status::STATUS_TARGET, "cluster lease held again: serving");
+                let _ = sessions.send(SessionOp::Serving(true));
                 let _ = tx.send(FromCluster::Serving).await;
             }
             // Rule 5: before any peer can call this node's lease expired, it stops
             // acknowledging and disconnects its clients; they reconnect to another node.
             LeaseEvent::StepDown => {
                 tracing::error!(target: crate::status::STATUS_TARGET, "cluster lease not refreshed in time: this node disconnects its clients and refuses new ones until it holds its lease again");
+                // Before the router disconnects them: their wills wait in their records.
+                let _ = sessions.send(SessionOp::Serving(false));
                 let _ = tx.send(FromCluster::StepDown).await;
             }
             // This node won the dead node's reaping (`Cluster::try_reap`): exactly one
@@ -472,8 +488,11 @@ enum SessionOp {
     /// This node claimed the client id at this revision; its session record has this fence,
     /// and holds a will (or not).
     Owned(Arc<str>, Revision, Fence, bool),
-    /// Write (or, `None`, delete) the client's session record.
-    Store(Arc<str>, Option<SessionSnapshot>),
+    /// Write (or, `None`, delete) the client's session record, taking these due wills out
+    /// of it: they are published only if the write wins.
+    Store(Arc<str>, Option<SessionSnapshot>, Vec<KeptWill>),
+    /// Register a client id the broker assigned, before its record's first write.
+    Assigned(Arc<str>),
     /// The session moved to another node: write it no more.
     Forget(Arc<str>),
     /// A hand-over: write the client's session no more, then mark the registry and answer.
@@ -485,7 +504,31 @@ enum SessionOp {
         client_id: Arc<str>,
         revision: Revision,
     },
+    /// The node holds its lease (`true`) or stepped down (`false`): while stepped down no
+    /// record is written and no due will published; they wait, and are tried again.
+    Serving(bool),
 }
+
+/// What the sessions task keeps of a session record this node writes.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    /// The registry revision of the claim it is written under.
+    claim: Revision,
+    /// Its fence; [`Fence::Lost`] once another node took it.
+    fence: Fence,
+    /// Whether the record as last written (or, lost, as taken) holds a will: a will that
+    /// reached the record is decided by whoever takes the record next.
+    will: bool,
+    /// A client id this node assigned: its registry entry goes with its session.
+    assigned: bool,
+}
+
+/// Writes waiting to be tried again (their engine failed, or the node stepped down), per
+/// client: the latest snapshot and every due will not yet decided, in order.
+type Waiting = HashMap<Arc<str>, (Option<SessionSnapshot>, Vec<KeptWill>)>;
+
+/// How often writes that could not be made are tried again.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
 
 /// The sessions task: the one owner of the fences of the session records this node writes.
 /// Writes go one after the other, so a client's records are written in order.
@@ -494,24 +537,68 @@ async fn sessions(
     mut rx: mpsc::UnboundedReceiver<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
-    // Per client: the claim, the record's fence, and whether the record as last written
-    // holds a will (a will that reached the cluster is decided by whoever takes the record
-    // next, so a connection closed for another owner does not publish it).
-    let mut fences: HashMap<Arc<str>, (Revision, Fence, bool)> = HashMap::new();
-    while let Some(op) = rx.recv().await {
+    let mut kept: HashMap<Arc<str>, Kept> = HashMap::new();
+    let mut waiting: Waiting = HashMap::new();
+    let mut serving = true;
+    let mut retry_at = tokio::time::Instant::now();
+    loop {
+        if waiting.is_empty() {
+            // Nothing waits: the first write that fails waits a full period.
+            retry_at = tokio::time::Instant::now() + WRITE_RETRY;
+        }
+        let retry = serving && !waiting.is_empty();
+        let op = tokio::select! {
+            op = rx.recv() => match op {
+                Some(op) => op,
+                None => return,
+            },
+            () = tokio::time::sleep_until(retry_at), if retry => {
+                retry_at = tokio::time::Instant::now() + WRITE_RETRY;
+                for (client_id, (snapshot, wills)) in std::mem::take(&mut waiting) {
+                    let store = (client_id, snapshot, wills);
+                    write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
+                }
+                continue;
+            }
+        };
         match op {
-            SessionOp::Owned(client_id, revision, fence, will) => {
-                fences.insert(client_id, (revision, fence, will));
+            SessionOp::Owned(client_id, claim, fence, will) => {
+                let assigned = false;
+                let k = Kept {
+                    claim,
+                    fence,
+                    will,
+                    assigned,
+                };
+                kept.insert(client_id, k);
+            }
+            SessionOp::Assigned(client_id) => {
+                let key = ClientKey::new(&client_id);
+                match cluster.register_assigned(&key).await {
+                    Ok(claim) => {
+                        let k = Kept {
+                            claim,
+                            fence: Fence::Absent,
+                            will: false,
+                            assigned: true,
+                        };
+                        kept.insert(client_id, k);
+                    }
+                    // Its will is then published by this node alone, and lost with it.
+                    Err(e) => {
+                        tracing::warn!(client_id = %client_id, error = %e, "cannot register an assigned client id on the cluster")
+                    }
+                }
             }
             SessionOp::NotOwner {
                 conn,
                 client_id,
                 revision,
             } => {
-                let will_in_cluster = match fences.get(&client_id) {
-                    Some(&(r, _, will)) if r == revision => {
-                        fences.remove(&client_id);
-                        will
+                let will_in_cluster = match kept.get_mut(&client_id) {
+                    Some(k) if k.claim == revision => {
+                        k.fence = Fence::Lost;
+                        k.will
                     }
                     _ => false,
                 };
@@ -523,55 +610,161 @@ async fn sessions(
                     })
                     .await;
             }
+            // The node the client is on now took (or takes) the record and the will it
+            // holds: written no more from here, and a will of it falling due here before
+            // the router forgets the session is not published here.
             SessionOp::Forget(client_id) => {
-                fences.remove(&client_id);
+                lose(&cluster, &mut kept, &mut waiting, client_id, &tx).await;
             }
             SessionOp::Release(req) => {
                 if let Ok(id) = req.client.client_id() {
-                    fences.remove(id.as_str());
+                    let id: Arc<str> = Arc::from(id.as_str());
+                    lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                 }
                 tokio::spawn(released(cluster.clone(), req));
             }
-            SessionOp::Store(client_id, snapshot) => {
-                let Some(&(revision, fence, will_before)) = fences.get(&client_id) else {
+            SessionOp::Serving(now) => {
+                serving = now;
+                // Back: what waited is tried at once.
+                retry_at = tokio::time::Instant::now();
+            }
+            SessionOp::Store(client_id, snapshot, wills) => {
+                // Behind a write still waiting: in order, after it.
+                if let Some((s, w)) = waiting.get_mut(&client_id) {
+                    *s = snapshot;
+                    w.extend(wills);
                     continue;
-                };
-                let key = ClientKey::new(&client_id);
-                let result = match snapshot {
-                    Some(s) => {
-                        let record = record_of(cluster.config().node.clone(), revision, &s);
-                        let will = record.will.is_some();
-                        cluster
-                            .store_session(&key, &record, fence)
-                            .await
-                            .map(|f| Some((revision, f, will)))
-                    }
-                    None => cluster.delete_session(&key, fence).await.map(|()| None),
-                };
-                match result {
-                    Ok(Some(kept)) => {
-                        fences.insert(client_id, kept);
-                    }
-                    Ok(None) => {
-                        fences.remove(&client_id);
-                    }
-                    Err(e) => {
-                        // Fenced: another node owns the session now; nothing more is
-                        // written for it, and its connection here, if any, is closed (0x8E).
-                        tracing::warn!(client_id = %client_id, error = %e, "session not written to the cluster");
-                        fences.remove(&client_id);
-                        if matches!(e, makelaar_cluster::cluster::ClusterError::Fenced(_)) {
-                            let _ = tx
-                                .send(FromCluster::Fenced {
-                                    client_id,
-                                    will_in_cluster: will_before,
-                                })
-                                .await;
+                }
+                let store = (client_id, snapshot, wills);
+                if serving {
+                    write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
+                } else {
+                    waiting.insert(store.0, (store.1, store.2));
+                }
+            }
+        }
+    }
+}
+
+/// Another node has taken (or is taking) the record of `client_id`: nothing more is
+/// written for it, and its wills are decided as for a lost fence (see `write_session`).
+async fn lose(
+    cluster: &Cluster<NatsBackend>,
+    kept: &mut HashMap<Arc<str>, Kept>,
+    waiting: &mut Waiting,
+    client_id: Arc<str>,
+    tx: &mpsc::Sender<FromCluster>,
+) {
+    let Some(k) = kept.get_mut(&client_id) else {
+        return;
+    };
+    k.fence = Fence::Lost;
+    if let Some((snapshot, wills)) = waiting.remove(&client_id) {
+        write_session(cluster, kept, waiting, (client_id, snapshot, wills), tx).await;
+    }
+}
+
+/// Writes (or deletes) one client's record and decides its due wills by the outcome
+/// (`wills::verdict`): published when the write won, dropped when another node took the
+/// record (it decides them), kept in `waiting` when the outcome is unknown.
+async fn write_session(
+    cluster: &Cluster<NatsBackend>,
+    kept: &mut HashMap<Arc<str>, Kept>,
+    waiting: &mut Waiting,
+    (client_id, snapshot, wills): (Arc<str>, Option<SessionSnapshot>, Vec<KeptWill>),
+    tx: &mpsc::Sender<FromCluster>,
+) {
+    let Some(&k) = kept.get(&client_id) else {
+        // No record of this node holds this client's will (none was kept for it, or the
+        // connection closed before its claim): nobody else can decide it.
+        publish_wills(&client_id, wills, tx).await;
+        return;
+    };
+    if k.fence == Fence::Lost {
+        // Taken by another node: a will that was in the record is that node's to decide.
+        if snapshot.is_none() {
+            kept.remove(&client_id);
+        }
+        if k.will {
+            withhold_wills(&client_id, &wills);
+        } else {
+            publish_wills(&client_id, wills, tx).await;
+        }
+        return;
+    }
+    let key = ClientKey::new(&client_id);
+    let record = snapshot
+        .as_ref()
+        .map(|s| record_of(cluster.config().node.clone(), k.claim, s));
+    let outcome = cluster
+        .write_own_session(&key, record.as_ref(), k.claim, k.fence)
+        .await;
+    match wills::verdict(&outcome) {
+        WillVerdict::Publish => {
+            match outcome {
+                Ok(Some(fence)) => {
+                    let will = record.as_ref().is_some_and(|r| r.will.is_some());
+                    kept.insert(client_id.clone(), Kept { fence, will, ..k });
+                }
+                _ => {
+                    kept.remove(&client_id);
+                    // An id nobody will claim again: its registry entry goes with it.
+                    if k.assigned {
+                        if let Err(e) = cluster.forget_client(&key, k.claim).await {
+                            tracing::debug!(client_id = %client_id, error = %e, "assigned client id left in the registry");
                         }
                     }
                 }
             }
+            publish_wills(&client_id, wills, tx).await;
         }
+        WillVerdict::Withhold => {
+            // Another node owns the session now: nothing more is written for it, its
+            // connection here, if any, is closed (0x8E), and a will the record held is that
+            // node's to decide.
+            tracing::warn!(client_id = %client_id, error = ?outcome.err(), "session not written to the cluster: another node took it");
+            kept.insert(
+                client_id.clone(),
+                Kept {
+                    fence: Fence::Lost,
+                    ..k
+                },
+            );
+            if k.will {
+                withhold_wills(&client_id, &wills);
+            } else {
+                publish_wills(&client_id, wills, tx).await;
+            }
+            let _ = tx
+                .send(FromCluster::Fenced {
+                    client_id,
+                    will_in_cluster: k.will,
+                })
+                .await;
+        }
+        WillVerdict::Retry => {
+            tracing::warn!(client_id = %client_id, error = ?outcome.err(), wills = wills.len(), "session not written to the cluster: tried again shortly (its due wills wait)");
+            waiting.insert(client_id, (snapshot, wills));
+        }
+    }
+}
+
+/// Hands wills this node decided to the router to publish.
+async fn publish_wills(client_id: &Arc<str>, wills: Vec<KeptWill>, tx: &mpsc::Sender<FromCluster>) {
+    for will in wills {
+        let ev = FromCluster::Will {
+            client_id: client_id.clone(),
+            will,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn withhold_wills(client_id: &Arc<str>, wills: &[KeptWill]) {
+    if !wills.is_empty() {
+        tracing::debug!(client_id = %client_id, wills = wills.len(), "will not published here: the node that took the session record decides it");
     }
 }
 
@@ -728,10 +921,15 @@ async fn reap(
         let left = session_left(expiry, offline);
         let due_now = o.record.will.is_some() && will_in.is_none();
         let written = match left {
-            None => cluster
-                .delete_session(&o.client, o.fence)
-                .await
-                .map(|()| None),
+            None => match cluster.delete_session(&o.client, o.fence).await {
+                Ok(()) => {
+                    // Ended: its registry entry goes too (kept if claimed meanwhile), so
+                    // assigned ids do not pile up there.
+                    let _ = cluster.forget_client(&o.client, o.claim).await;
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
             Some(_) => {
                 let record = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
                 cluster

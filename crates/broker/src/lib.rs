@@ -175,6 +175,10 @@ impl Server {
         let (cluster_side, cluster_rx) = match cluster {
             Some(link) => {
                 broker.enable_cluster_export();
+                if let Some(settings) = &config.cluster {
+                    // Assigned ids unique across the cluster: they claim nothing.
+                    broker.set_assigned_id_node(&settings.node_name);
+                }
                 (
                     Some(router::ClusterSide::new(link.to, link.stats, link.room)),
                     Some(link.from),

@@ -111,6 +111,10 @@ pub(crate) struct ClusterSide {
     exported: Vec<makelaar_core::broker::Exported>,
     filter_changes: Vec<makelaar_core::broker::FilterChange>,
     session_changes: Vec<Arc<str>>,
+    /// Wills due that the cluster must take out of their records before they are published.
+    due_wills: Vec<makelaar_core::broker::DueWill>,
+    /// Client ids the broker assigned, to register on the cluster.
+    assigned: Vec<Arc<str>>,
     /// CONNECTs waiting for their claim, with the packets their clients sent behind them.
     claiming: HashMap<ConnId, (Box<Connect>, Vec<Packet>)>,
     /// The node lost its lease (see `FromCluster::StepDown`): CONNECTs are refused.
@@ -147,6 +151,8 @@ impl ClusterSide {
             exported: Vec::new(),
             filter_changes: Vec::new(),
             session_changes: Vec::new(),
+            due_wills: Vec::new(),
+            assigned: Vec::new(),
             stepped_down: false,
             claiming: HashMap::new(),
             claims: HashMap::new(),
@@ -508,12 +514,37 @@ impl Router {
                     .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let _ = c.to.send(ToCluster::Batch { epoch, messages });
             }
+            // A client this broker named registers before its record's first write.
+            self.broker.drain_assigned_ids(&mut c.assigned);
+            for client_id in c.assigned.drain(..) {
+                if self.broker.session_snapshot(&client_id).is_some() {
+                    let _ = c.to.send(ToCluster::Assigned { client_id });
+                }
+            }
+            // A due will goes with its session's next record write, which takes it out of
+            // the record; it is published only if that write wins (`FromCluster::Will`).
+            self.broker.drain_due_wills(&mut c.due_wills);
+            let mut due: HashMap<Arc<str>, Vec<makelaar_core::broker::KeptWill>> = HashMap::new();
+            for w in c.due_wills.drain(..) {
+                due.entry(w.client_id).or_default().push(w.will);
+            }
             self.broker.drain_session_changes(&mut c.session_changes);
             for client_id in c.session_changes.drain(..) {
+                let wills = due.remove(&client_id).unwrap_or_default();
                 let snapshot = self.broker.session_snapshot(&client_id);
                 let _ = c.to.send(ToCluster::StoreSession {
                     client_id,
                     snapshot,
+                    wills,
+                });
+            }
+            // (A due will marks its session changed: none is left here but for safety.)
+            for (client_id, wills) in due {
+                let snapshot = self.broker.session_snapshot(&client_id);
+                let _ = c.to.send(ToCluster::StoreSession {
+                    client_id,
+                    snapshot,
+                    wills,
                 });
             }
             self.broker.drain_filter_changes(&mut c.filter_changes);
@@ -773,6 +804,7 @@ impl Router {
                     let _ = c.to.send(ToCluster::StoreSession {
                         client_id,
                         snapshot,
+                        wills: Vec::new(),
                     });
                 }
                 for packet in held {

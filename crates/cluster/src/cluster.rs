@@ -618,6 +618,85 @@ impl<B: Backend> Cluster<B> {
         }
     }
 
+    /// Writes (`Some`) or deletes (`None`) the record of a session this node keeps under its
+    /// claim `claim`, fenced like [`Cluster::store_session`]; the new fence (`None` once
+    /// deleted). When the compare-and-set is refused by a record this node wrote under the
+    /// same claim ([`wills::written_under`]: an earlier write of its own whose answer got
+    /// lost, then retried), it is written again at that record's revision, once. The write
+    /// that takes a due will out of its record (see [`wills::verdict`]) goes through here.
+    pub async fn write_own_session(
+        &self,
+        client: &ClientKey,
+        record: Option<&SessionRecord>,
+        claim: Revision,
+        fence: Fence,
+    ) -> Result<Option<Fence>, ClusterError> {
+        let first = self.write_or_delete(client, record, fence).await;
+        if !matches!(first, Err(ClusterError::Fenced(_))) || fence == Fence::Lost {
+            return first;
+        }
+        let (found, at) = self.load_session(client).await?;
+        match found {
+            Some(r) if wills::written_under(&r, &self.config.node, claim) => {
+                tracing::debug!(%client, "a session write of this node's landed unanswered: written again at its revision");
+                self.write_or_delete(client, record, at).await
+            }
+            _ => first,
+        }
+    }
+
+    async fn write_or_delete(
+        &self,
+        client: &ClientKey,
+        record: Option<&SessionRecord>,
+        fence: Fence,
+    ) -> Result<Option<Fence>, ClusterError> {
+        match record {
+            Some(r) => self.store_session(client, r, fence).await.map(Some),
+            None => self.delete_session(client, fence).await.map(|()| None),
+        }
+    }
+
+    /// Registers a client id this node assigned (an empty client id in CONNECT) as held by
+    /// this node and connected, so that the reaper of this node finds its session record
+    /// ([`wills::left_by`]). The id is unique (it carries this node's name), so the entry
+    /// is created only if absent; the revision is the session's claim.
+    pub async fn register_assigned(&self, client: &ClientKey) -> Result<Revision, ClusterError> {
+        let entry = RegistryEntry {
+            node: self.config.node.clone(),
+            incarnation: self.config.incarnation,
+            connected: true,
+        };
+        match self
+            .backend
+            .create(Bucket::Registry, client.as_str(), entry.encode())
+            .await
+        {
+            Err(BackendError::Conflict) => Err(ClusterError::Fenced(client.clone())),
+            r => Ok(r?),
+        }
+    }
+
+    /// Deletes the registry entry of a client whose session has ended, if it is still the
+    /// one written at `revision` (a claim since keeps it). For ids nobody will claim again
+    /// (assigned ones), so that the registry does not grow with them. Whether it was
+    /// deleted.
+    pub async fn forget_client(
+        &self,
+        client: &ClientKey,
+        revision: Revision,
+    ) -> Result<bool, ClusterError> {
+        match self
+            .backend
+            .delete(Bucket::Registry, client.as_str(), Some(revision))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(BackendError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes a session record (the session ended), fenced like a write.
     pub async fn delete_session(
         &self,

@@ -10,8 +10,9 @@
 //! deleted with the session. A will in a record is decided exactly once, by the one node
 //! whose compare-and-set write takes it out (or keeps it as its own):
 //!
-//! - the node holding the connection, when the connection ends there (it publishes or
-//!   discards it, as a single broker does, and writes the record without it);
+//! - the node holding the connection, when the connection ends there (its core decides
+//!   when the will is due, as on a single broker; the node writes the record without it by
+//!   compare-and-set and publishes it only if that write won: [`verdict`]);
 //! - a node a client connects to while the record still holds a will it does not hold
 //!   itself (a hand-over from a live node, or a node that died): [`claimer_decides`], then
 //!   [`will_taken`] written by compare-and-set before the core decides the will by the
@@ -21,7 +22,15 @@
 //!   writes [`reaped`] by compare-and-set, and only then publishes what is due.
 //!
 //! A write that loses its compare-and-set means another node took the record first; the
-//! loser publishes nothing.
+//! loser publishes nothing. That holds for the node holding the connection too: when its
+//! core says a will is due (`makelaar_core::broker::Broker::drain_due_wills`), it writes the
+//! session's record without the will first, and publishes only if that write won
+//! ([`verdict`]): so a connection lost on one node at the very moment its client connects on
+//! another, or a reaper's delayed will falling due as its client connects elsewhere, has its
+//! will published by one of them, never both. A node that cannot write (cut off from NATS,
+//! stepped down) publishes nothing either: the will stays in the record for the node that
+//! takes it next (the client's new node, or the reaper), or for this node's next attempt
+//! once it can write again.
 
 use std::time::Duration;
 
@@ -90,6 +99,43 @@ pub fn reaped(
     r
 }
 
+/// What a node does with a will it wanted to publish, after the write that was to take it
+/// out of its session's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillVerdict {
+    /// The write won: this node took the will out, and publishes it.
+    Publish,
+    /// Another node wrote the record since (it took the session over, or reaped this node):
+    /// that node decides the will; this one drops it.
+    Withhold,
+    /// The write's outcome is not known (the engine failed or did not answer): the will is
+    /// kept, and the write tried again later. A retry that finds the record still this
+    /// node's (see [`written_under`]) wins it then; one that finds another node's withholds.
+    Retry,
+}
+
+/// The verdict on a will after the write (or delete) of its session's record came back
+/// with `outcome`.
+pub fn verdict<T>(outcome: &Result<T, crate::cluster::ClusterError>) -> WillVerdict {
+    use crate::cluster::ClusterError;
+    match outcome {
+        Ok(_) => WillVerdict::Publish,
+        // A record that does not decode is nobody's to take the will out of: this node
+        // cannot know that it still holds it, and publishing could repeat another node's.
+        Err(ClusterError::Fenced(_) | ClusterError::Corrupt { .. }) => WillVerdict::Withhold,
+        Err(ClusterError::Backend(_) | ClusterError::Claim(_)) => WillVerdict::Retry,
+    }
+}
+
+/// Whether `record` is one that `node` wrote under its claim `claim`. Only that node's one
+/// writer per claim writes such records (other nodes write their own name, this node's next
+/// claim another revision), so a compare-and-set refused by such a record was refused by
+/// this node's own earlier write whose answer got lost: writing again at its revision is
+/// safe, and takes from no other node.
+pub fn written_under(record: &SessionRecord, node: &NodeId, claim: Revision) -> bool {
+    record.node == *node && record.claim == claim.get()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -139,6 +185,32 @@ mod tests {
             incarnation,
             connected,
         }
+    }
+
+    #[test]
+    fn a_will_is_published_only_by_the_write_that_took_it_out() {
+        use crate::backend::BackendError;
+        use crate::cluster::ClusterError;
+        let fenced: Result<(), _> = Err(ClusterError::Fenced(crate::ClientKey::new("c")));
+        assert_eq!(verdict(&Ok::<_, ClusterError>(())), WillVerdict::Publish);
+        assert_eq!(verdict(&fenced), WillVerdict::Withhold);
+        let corrupt: Result<(), _> = Err(ClusterError::Corrupt {
+            key: "c".into(),
+            error: crate::record::DecodeError::BadValue("x"),
+        });
+        assert_eq!(verdict(&corrupt), WillVerdict::Withhold);
+        let down: Result<(), _> = Err(ClusterError::Backend(BackendError::Timeout));
+        assert_eq!(verdict(&down), WillVerdict::Retry);
+    }
+
+    #[test]
+    fn only_this_nodes_writes_under_this_claim_are_its_own() {
+        let r = record("a", None);
+        let claim = Revision::new(3).unwrap();
+        assert!(written_under(&r, &node("a"), claim));
+        // Another claim of the same node (a later CONNECT), or another node's write.
+        assert!(!written_under(&r, &node("a"), Revision::new(4).unwrap()));
+        assert!(!written_under(&r, &node("b"), claim));
     }
 
     #[test]

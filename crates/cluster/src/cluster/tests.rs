@@ -373,3 +373,172 @@ async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere
         Err(ClusterError::Fenced(_))
     ));
 }
+
+/// A record of `node` under `claim` holding a will, written at `fence`; its new fence.
+async fn with_will(
+    layer: &Cluster<MemoryBackend>,
+    client: &ClientKey,
+    claim: Revision,
+    fence: Fence,
+    offline_since: Option<u64>,
+) -> (SessionRecord, Fence) {
+    let mut r = record(layer.config().node.as_str());
+    r.claim = claim.get();
+    r.will = Some(stored_will());
+    r.disconnected_at_ms = offline_since;
+    let f = layer.store_session(client, &r, fence).await.unwrap();
+    (r, f)
+}
+
+/// Whether the holder's write taking the will out won, and whether the claimer took it.
+async fn race(
+    holder: &Cluster<MemoryBackend>,
+    claimer: &Cluster<MemoryBackend>,
+    client: &ClientKey,
+    (record, claim, fence): (&SessionRecord, Revision, Fence),
+    order: usize,
+) -> (bool, bool) {
+    let mut without = record.clone();
+    without.will = None;
+    let hold = async {
+        let r = holder
+            .write_own_session(client, Some(&without), claim, fence)
+            .await;
+        crate::wills::verdict(&r) == crate::wills::WillVerdict::Publish
+    };
+    let claim = async {
+        let c = claimer.claim_client(client).await.unwrap();
+        let found = claimer.load_claimed_session(client, &c, 0).await.unwrap();
+        found.will.is_some()
+    };
+    match order {
+        0 => {
+            let h = hold.await;
+            (h, claim.await)
+        }
+        1 => {
+            let c = claim.await;
+            (hold.await, c)
+        }
+        _ => tokio::join!(hold, claim),
+    }
+}
+
+#[tokio::test]
+async fn a_will_due_on_its_node_as_its_client_connects_elsewhere_is_published_once() {
+    // [MQTT-3.1.2-8] the will of a lost connection is published; [MQTT-3.1.4-3] a CONNECT
+    // elsewhere takes the session over: whichever node's write takes the will out of the
+    // record publishes it, the other does not.
+    for order in 0..3 {
+        let engine = MemoryBackend::new();
+        let m1 = layer(&engine, "m1", 1);
+        let m2 = layer(&engine, "m2", 2);
+        let client = ClientKey::new("racer");
+        let c1 = m1.claim_client(&client).await.unwrap();
+        let (r, f) = with_will(&m1, &client, c1.revision, Fence::Absent, None).await;
+        let (held, claimed) = race(&m1, &m2, &client, (&r, c1.revision, f), order).await;
+        assert!(
+            held ^ claimed,
+            "order {order}: holder {held}, claimer {claimed}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reapers_delayed_will_due_as_its_client_connects_elsewhere_is_published_once() {
+    // [MQTT-3.1.3-9] the delayed will of a session a dead node left falls due on its
+    // reaper while its client connects to a third node.
+    for order in 0..3 {
+        let engine = MemoryBackend::new();
+        let dead = layer(&engine, "dead", 1);
+        let r1 = layer(&engine, "r1", 2);
+        let m3 = layer(&engine, "m3", 3);
+        let client = ClientKey::new("late");
+        let c = dead.claim_client(&client).await.unwrap();
+        with_will(&dead, &client, c.revision, Fence::Absent, None).await;
+        let expired = Expired {
+            node: NodeId::new("dead").unwrap(),
+            incarnation: 1,
+        };
+        let o = r1.orphans(&expired).await.unwrap().pop().unwrap();
+        let kept = crate::wills::reaped(&o.record, NodeId::new("r1").unwrap(), o.claim, 1, false);
+        let f = r1.store_session(&o.client, &kept, o.fence).await.unwrap();
+        let (held, claimed) = race(&r1, &m3, &client, (&kept, o.claim, f), order).await;
+        assert!(
+            held ^ claimed,
+            "order {order}: reaper {held}, claimer {claimed}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_own_write_whose_answer_was_lost_is_written_again_but_never_over_another_nodes() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let client = ClientKey::new("unanswered");
+    let c1 = m1.claim_client(&client).await.unwrap();
+    let (mut r, f1) = with_will(&m1, &client, c1.revision, Fence::Absent, None).await;
+    // A write at f1 landed, but m1 never heard back: it still holds f1.
+    m1.store_session(&client, &r, f1).await.unwrap();
+    r.will = None;
+    let again = m1
+        .write_own_session(&client, Some(&r), c1.revision, f1)
+        .await;
+    assert_eq!(
+        crate::wills::verdict(&again),
+        crate::wills::WillVerdict::Publish
+    );
+    let (stored, _) = m1.load_session(&client).await.unwrap();
+    assert!(stored.unwrap().will.is_none());
+    // A write of this node under an older claim is another writer's: fenced.
+    let c2 = m1.claim_client(&client).await.unwrap();
+    let (_, f) = m1.load_session(&client).await.unwrap();
+    let (_, _) = with_will(&m1, &client, c2.revision, f, None).await;
+    assert!(matches!(
+        m1.write_own_session(&client, Some(&r), c1.revision, f1)
+            .await,
+        Err(ClusterError::Fenced(_))
+    ));
+    // Another node's record: fenced, the will is that node's to decide.
+    let c3 = m2.claim_client(&client).await.unwrap();
+    assert!(m2
+        .load_claimed_session(&client, &c3, 0)
+        .await
+        .unwrap()
+        .will
+        .is_some());
+    let gone = m1.write_own_session(&client, None, c2.revision, f).await;
+    assert_eq!(
+        crate::wills::verdict(&gone),
+        crate::wills::WillVerdict::Withhold
+    );
+}
+
+#[tokio::test]
+async fn an_assigned_client_is_registered_reaped_and_forgotten() {
+    let engine = MemoryBackend::new();
+    let dead = layer(&engine, "dead", 1);
+    let r1 = layer(&engine, "r1", 2);
+    let client = ClientKey::new("makelaar-dead-1f-1");
+    let claim = dead.register_assigned(&client).await.unwrap();
+    // Unique: never registered twice.
+    assert!(matches!(
+        dead.register_assigned(&client).await,
+        Err(ClusterError::Fenced(_))
+    ));
+    with_will(&dead, &client, claim, Fence::Absent, None).await;
+    let expired = Expired {
+        node: NodeId::new("dead").unwrap(),
+        incarnation: 1,
+    };
+    // Its node died: the reaper finds it, with its will.
+    let o = r1.orphans(&expired).await.unwrap().pop().unwrap();
+    assert_eq!(o.client, client);
+    assert!(o.record.will.is_some());
+    r1.delete_session(&o.client, o.fence).await.unwrap();
+    // Its session ended: the registry forgets it, unless claimed since.
+    assert!(!r1.forget_client(&client, claim).await.unwrap());
+    assert!(r1.forget_client(&client, o.claim).await.unwrap());
+    assert!(r1.read_registry(&client).await.unwrap().is_none());
+}

@@ -33,8 +33,11 @@ impl Broker {
         if assigned {
             // A new id: nobody holds it, nothing to wait for.
             connect.client_id = self.assign_client_id();
-            let client_id = Arc::from(connect.client_id.as_str());
-            self.decide_connect(now, conn, client_id, connect, true);
+            let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+            self.decide_connect(now, conn, client_id.clone(), connect, true);
+            if self.sessions.by_conn(conn).is_some() {
+                self.export.assigned(&client_id);
+            }
             return;
         }
         let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
@@ -142,7 +145,11 @@ impl Broker {
     fn assign_client_id(&mut self) -> String {
         loop {
             self.assigned_ids += 1;
-            let id = format!("makelaar-{:x}-{}", self.id_seed, self.assigned_ids);
+            // With a cluster node's name in it, unique across the cluster too.
+            let id = match &self.id_node {
+                Some(node) => format!("makelaar-{node}-{:x}-{}", self.id_seed, self.assigned_ids),
+                None => format!("makelaar-{:x}-{}", self.id_seed, self.assigned_ids),
+            };
             if self.sessions.by_client_id(&id).is_none() {
                 return id;
             }
@@ -445,7 +452,7 @@ impl Broker {
             })
             .collect();
         if let Some(will) = pending {
-            self.publish_will_message(now, &s.client_id, s.username.as_deref(), will);
+            self.will_due(now, &s.client_id, s.username.clone(), will);
         }
         self.reroute_shared(now, leftovers);
     }

@@ -70,10 +70,26 @@ pub struct KeptWill {
     pub username: Option<Arc<str>>,
 }
 
+/// A will of one of this broker's own sessions that its rules say is due now, held back
+/// until the cluster has taken it out of the session's record (see
+/// [`Broker::drain_due_wills`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueWill {
+    /// The client whose will it is.
+    pub client_id: Arc<str>,
+    /// The will, with the identity it is published with.
+    pub will: KeptWill,
+}
+
 /// The recorder (see the module documentation).
 #[derive(Debug, Default)]
 pub(super) struct Export {
     enabled: bool,
+    /// Wills due now, waiting for the cluster's decision (see [`Broker::drain_due_wills`]).
+    wills: Vec<DueWill>,
+    /// Client ids this broker assigned, whose sessions the cluster must hear of although
+    /// their CONNECTs claimed nothing (see [`Broker::drain_assigned_ids`]).
+    assigned: Vec<Arc<str>>,
     /// Sessions whose kept state changed (their snapshot is to be written) or that ended.
     sessions: Vec<Arc<str>>,
     messages: Vec<Exported>,
@@ -135,6 +151,28 @@ impl Export {
     pub(super) fn session_changed(&mut self, client_id: &Arc<str>) {
         if self.enabled && self.sessions.last() != Some(client_id) {
             self.sessions.push(client_id.clone());
+        }
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Holds a due will back for the cluster's decision; its session's record is to be
+    /// written (without it) first.
+    pub(super) fn will_due(&mut self, client_id: &Arc<str>, will: KeptWill) {
+        self.wills.push(DueWill {
+            client_id: client_id.clone(),
+            will,
+        });
+        self.session_changed(client_id);
+    }
+
+    /// A client id assigned to a CONNECT now.
+    pub(super) fn assigned(&mut self, client_id: &Arc<str>) {
+        if self.enabled {
+            self.assigned.push(client_id.clone());
+            self.session_changed(client_id);
         }
     }
 }
@@ -289,6 +327,30 @@ impl Broker {
         for f in filters {
             self.export.subscribed(&f);
         }
+    }
+
+    /// Hands over the wills of this broker's own sessions that fell due since the last
+    /// call, in order. With the cluster on, a will that its rules say is due (a connection
+    /// lost [MQTT-3.1.2-8], a Will Delay Interval or session run out [MQTT-3.1.3-9], a
+    /// takeover [MQTT-3.1.4-3]) is not published at once: the record of its session on the
+    /// cluster may hold it, and another node (the one its client connects to, or the reaper
+    /// of this one) may decide it at the same moment. The shell first writes the session's
+    /// record without it by compare-and-set (the session changed with it: see
+    /// [`Broker::drain_session_changes`]) and publishes it with
+    /// [`Broker::publish_remote_will`] only if that write won; a write refused because
+    /// another node took the record means that node decides the will, and it is dropped
+    /// here. So every will is published by exactly one node.
+    pub fn drain_due_wills(&mut self, out: &mut Vec<DueWill>) {
+        out.append(&mut self.export.wills);
+    }
+
+    /// Hands over the client ids this broker assigned (an empty client id in CONNECT) since
+    /// the last call. With the cluster on, such a client claims nothing (its id is unique:
+    /// [`Broker::set_assigned_id_node`]), so the shell registers it itself when its session
+    /// is to be kept on the cluster (it has a will, or outlives its connection), so that
+    /// the reaper of this node finds it.
+    pub fn drain_assigned_ids(&mut self, out: &mut Vec<Arc<str>>) {
+        out.append(&mut self.export.assigned);
     }
 
     /// Hands over the messages accepted since the last call, in order.
@@ -572,6 +634,103 @@ mod tests {
         h.connect(3, with_will("polite", false, 300, 0));
         h.packet(3, Packet::Disconnect(Disconnect::default()));
         assert!(h.broker.session_snapshot("polite").unwrap().will.is_none());
+    }
+
+    fn due(h: &mut Harness) -> Vec<DueWill> {
+        let mut out = Vec::new();
+        h.broker.drain_due_wills(&mut out);
+        out
+    }
+
+    #[test]
+    fn with_the_cluster_a_due_will_waits_for_the_cluster_to_take_it_out() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        watcher(&mut h);
+        // Lost: due at once [MQTT-3.1.2-8], but held back, and the session's record is
+        // to be written (here: deleted, the session ends with its connection) first.
+        h.connect(1, with_will("lost", true, 0, 0));
+        let mut ids = Vec::new();
+        h.broker.drain_session_changes(&mut ids);
+        h.broker.handle_connection_lost(h.now, 1);
+        assert_eq!(
+            wills_seen(&mut h),
+            0,
+            "not published before the cluster decides"
+        );
+        let wills = due(&mut h);
+        assert_eq!(wills.len(), 1);
+        assert_eq!(&*wills[0].client_id, "lost");
+        assert_eq!(wills[0].will.will.topic, "w");
+        ids.clear();
+        h.broker.drain_session_changes(&mut ids);
+        assert_eq!(ids, [Arc::<str>::from("lost")]);
+        assert!(h.broker.session_snapshot("lost").is_none());
+        // The cluster took it out: published once, as its client would have.
+        let w = wills.into_iter().next().unwrap();
+        h.broker
+            .publish_remote_will(h.now, &w.client_id, None, w.will.will);
+        assert_eq!(wills_seen(&mut h), 1);
+        assert!(due(&mut h).is_empty());
+
+        // A delayed will falls due after its delay [MQTT-3.1.3-9], held back the same way,
+        // and the record then keeps the session without it.
+        h.connect(2, with_will("slow", false, 300, 10));
+        h.broker.handle_connection_lost(h.now, 2);
+        h.advance(9);
+        assert!(due(&mut h).is_empty());
+        h.advance(1);
+        assert_eq!(due(&mut h).len(), 1);
+        assert!(h.broker.session_snapshot("slow").unwrap().will.is_none());
+        // Its session ending before its delay: due with the end [MQTT-3.1.3-9].
+        h.connect(3, with_will("short", false, 5, 30));
+        h.broker.handle_connection_lost(h.now, 3);
+        h.advance(5);
+        assert_eq!(due(&mut h).len(), 1);
+        assert!(h.broker.session_snapshot("short").is_none());
+        // A normal DISCONNECT discards it [MQTT-3.1.2-10]: nothing due.
+        h.connect(4, with_will("polite", true, 0, 0));
+        h.packet(4, Packet::Disconnect(Disconnect::default()));
+        assert!(due(&mut h).is_empty());
+        assert_eq!(wills_seen(&mut h), 0);
+    }
+
+    #[test]
+    fn with_the_cluster_a_local_takeover_holds_the_old_will_back_too() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        watcher(&mut h);
+        // [MQTT-3.1.4-3] the old connection is closed; its will is due [MQTT-3.1.2-8] ...
+        h.connect(1, with_will("t", false, 300, 0));
+        h.connect(2, with_will("t", false, 300, 0));
+        assert_eq!(due(&mut h).len(), 1);
+        // ... unless delayed while the session goes on [MQTT-3.1.3-9].
+        h.connect(3, with_will("d", false, 300, 30));
+        h.connect(4, with_will("d", false, 300, 30));
+        assert!(due(&mut h).is_empty());
+        assert_eq!(wills_seen(&mut h), 0);
+    }
+
+    #[test]
+    fn assigned_ids_carry_the_node_and_are_reported() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        h.broker.set_assigned_id_node("m1");
+        let ack = h.connect(1, with_will("", true, 0, 0));
+        let id = ack.properties.assigned_client_identifier.unwrap();
+        assert!(id.starts_with("makelaar-m1-"), "{id}");
+        let mut ids = Vec::new();
+        h.broker.drain_assigned_ids(&mut ids);
+        assert_eq!(ids, [Arc::<str>::from(id.as_str())]);
+        // Its session is kept for its will, like any other client's.
+        assert!(h.broker.session_snapshot(&id).unwrap().will.is_some());
+        // A refused CONNECT assigns nothing (3.1.1 without clean session [MQTT-3.1.3-8]).
+        let mut c = connect("", ProtocolVersion::V311, false);
+        c.will = None;
+        h.broker.handle_connect(h.now, 2, c);
+        ids.clear();
+        h.broker.drain_assigned_ids(&mut ids);
+        assert!(ids.is_empty());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
-pub use export::{Exported, FilterChange, KeptWill, SessionSnapshot};
+pub use export::{DueWill, Exported, FilterChange, KeptWill, SessionSnapshot};
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
@@ -160,6 +160,9 @@ pub struct Broker {
     stats: Stats,
     id_seed: u64,
     assigned_ids: u64,
+    /// The cluster node's name that assigned client ids carry (see
+    /// [`Broker::set_assigned_id_node`]).
+    id_node: Option<String>,
     /// Set while routing when a connected subscriber's queue is over its limit.
     congested: Option<SessionIdx>,
     /// Set while routing when a bridge's full queue refused the message (see `enqueue`).
@@ -203,6 +206,7 @@ impl Broker {
             stats: Stats::default(),
             id_seed,
             assigned_ids: 0,
+            id_node: None,
             congested: None,
             bridge_refused: false,
             cap_logged: HashMap::new(),
@@ -216,6 +220,12 @@ impl Broker {
             parked_ids: HashMap::new(),
             export: export::Export::default(),
         }
+    }
+
+    /// Makes the client ids this broker assigns carry a cluster node's name, so that they
+    /// are unique across the cluster and claim nothing: `makelaar-<node>-<seed>-<n>`.
+    pub fn set_assigned_id_node(&mut self, node: &str) {
+        self.id_node = Some(node.to_owned());
     }
 
     /// Installs the authorizer every access is checked with (see [`crate::auth`]), or with

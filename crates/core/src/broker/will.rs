@@ -104,8 +104,9 @@ impl Broker {
         publish
     }
 
-    /// Publishes a will that is due now and that the cluster has taken out of its record
-    /// (a dead node's), with the identity of its client.
+    /// Publishes a will that is due now and that the cluster has taken out of its record,
+    /// with the identity of its client: a dead node's, or one of this broker's own once the
+    /// cluster has decided it ([`Broker::drain_due_wills`]).
     pub fn publish_remote_will(
         &mut self,
         now: Instant,
@@ -116,13 +117,34 @@ impl Broker {
         self.publish_will_message(now, client_id, username, will);
     }
 
-    /// Publishes the will of session `idx` with the identity of that session.
+    /// Publishes the will of session `idx` with the identity of that session, now that its
+    /// rules say it is due ([`Broker::will_due`]).
     pub(super) fn publish_will(&mut self, now: Instant, idx: SessionIdx, will: Box<Will>) {
         let Ok(s) = self.session(idx) else {
             return;
         };
         let (id, username) = (s.client_id.clone(), s.username.clone());
-        self.publish_will_message(now, &id, username.as_deref(), will);
+        self.will_due(now, &id, username, will);
+    }
+
+    /// A will of this broker's own session is due now by the rules above: published at
+    /// once on a single broker; with the cluster on, held back until the cluster has taken
+    /// it out of the session's record, so that no other node publishes it too
+    /// ([`Broker::drain_due_wills`]).
+    pub(super) fn will_due(
+        &mut self,
+        now: Instant,
+        client_id: &Arc<str>,
+        username: Option<Arc<str>>,
+        will: Box<Will>,
+    ) {
+        if self.export.enabled() {
+            tracing::debug!(client_id = %client_id, topic = %will.topic, "will due: waiting for the cluster to take it out of the session record");
+            self.export
+                .will_due(client_id, super::KeptWill { will, username });
+        } else {
+            self.publish_will_message(now, client_id, username.as_deref(), will);
+        }
     }
 
     /// Publishes a will as its client would have published it: checked for Write access
