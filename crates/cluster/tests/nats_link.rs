@@ -88,6 +88,7 @@ fn config(servers: &Servers, prefix: &str, tls: NatsTls, auth: NatsAuth) -> Nats
         lease_ttl: Duration::from_secs(3),
         max_message_age: Duration::from_secs(3600),
         timeout: Duration::from_secs(5),
+        node: String::new(),
     }
 }
 
