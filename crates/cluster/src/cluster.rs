@@ -16,6 +16,7 @@ use crate::ids::{ClientKey, NodeId, Revision};
 use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
 use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, FORMAT};
+use crate::replay::{ReplayPlan, Verdict};
 use crate::subject::{decode_topic, encode_filter, encode_topic, Subject};
 use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
 
@@ -154,6 +155,32 @@ pub struct RetainedChange {
     pub topic: String,
     /// The message now retained; `None`: cleared.
     pub message: Option<Envelope>,
+}
+
+/// A message of a partition stream, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMessage {
+    /// Its partition.
+    pub partition: Partition,
+    /// Its stream sequence there.
+    pub seq: u64,
+    /// Its topic.
+    pub topic: String,
+    /// The message.
+    pub envelope: Envelope,
+}
+
+/// What a replay read back ([`Cluster::replay`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The record's outbound entries found, with their index in its list.
+    pub kept: Vec<(usize, LogMessage)>,
+    /// Messages not yet delivered to the session, in stream order per partition.
+    pub new: Vec<LogMessage>,
+    /// New messages left out by the session's queue limits.
+    pub dropped: usize,
+    /// Outbound entries the stream no longer holds.
+    pub missing: usize,
 }
 
 /// The cluster layer of one node over an engine.
@@ -541,16 +568,36 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// Follows the QoS 1/2 messages appended to a partition from now on, by any node (this
-    /// one's too: the caller skips them by [`Envelope::origin_node`]), as (topic, envelope).
-    /// Messages that do not decode are skipped with a warning.
+    /// one's too: the caller skips them by [`Envelope::origin_node`]). Returns the first
+    /// sequence it delivers: every message below it was appended before. Messages that do
+    /// not decode are skipped with a warning.
     pub async fn follow_partition(
         &self,
         partition: Partition,
-    ) -> Result<impl futures_util::Stream<Item = (String, Envelope)> + Send + Unpin, ClusterError>
+    ) -> Result<(u64, impl futures_util::Stream<Item = LogMessage> + Send + Unpin), ClusterError>
     {
+        let (next, follow) = self.backend.follow(partition).await?;
+        Ok((next, self.decoded(partition, follow)))
+    }
+
+    /// Reads a partition's messages `from` through `to` back (see [`Backend::read`]).
+    pub async fn read_partition(
+        &self,
+        partition: Partition,
+        from: u64,
+        to: u64,
+    ) -> Result<impl futures_util::Stream<Item = LogMessage> + Send + Unpin, ClusterError> {
+        let read = self.backend.read(partition, from, to).await?;
+        Ok(self.decoded(partition, read))
+    }
+
+    fn decoded(
+        &self,
+        partition: Partition,
+        messages: B::Follow,
+    ) -> impl futures_util::Stream<Item = LogMessage> + Send + Unpin {
         let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
-        let follow = self.backend.follow(partition).await?;
-        Ok(follow.filter_map(move |d| {
+        messages.filter_map(move |d| {
             let decoded = d
                 .subject
                 .strip_prefix(prefix.as_str())
@@ -558,7 +605,12 @@ impl<B: Backend> Cluster<B> {
                 .and_then(|tokens| decode_topic(tokens).map_err(|e| e.to_string()))
                 .and_then(|topic| {
                     Envelope::decode(&d.payload)
-                        .map(|e| (topic, e))
+                        .map(|envelope| LogMessage {
+                            partition,
+                            seq: d.seq,
+                            topic,
+                            envelope,
+                        })
                         .map_err(|e| e.to_string())
                 });
             std::future::ready(match decoded {
@@ -568,7 +620,59 @@ impl<B: Backend> Cluster<B> {
                     None
                 }
             })
-        }))
+        })
+    }
+
+    /// Replays a session taken in from a record (see [`crate::replay`]): reads each
+    /// partition of the plan once, in order, and sorts its messages by the plan's verdict.
+    /// `wanted(topic)` keeps new messages the session's subscriptions can match (the broker
+    /// decides for good); at most `max_messages` new ones and `max_bytes` of them (0: no
+    /// limit) are kept, the session's queue limits, and the rest is counted in
+    /// [`Replayed::dropped`].
+    pub async fn replay(
+        &self,
+        plan: &ReplayPlan,
+        wanted: impl Fn(&str) -> bool,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Replayed, ClusterError> {
+        let mut out = Replayed::default();
+        let mut bytes = 0usize;
+        for p in &plan.partitions {
+            let Some(partition) = self.config.partitions.partition(p.partition) else {
+                tracing::warn!(partition = p.partition, "a session record names a partition this cluster does not have; skipped");
+                continue;
+            };
+            let mut read = self.read_partition(partition, p.from, p.to).await?;
+            let mut kept_seen = 0;
+            while let Some(m) = read.next().await {
+                if m.seq > p.to {
+                    break;
+                }
+                match plan.classify(p, m.seq, &m.envelope.origin_node) {
+                    Verdict::Kept(i) => {
+                        kept_seen += 1;
+                        out.kept.push((i, m));
+                    }
+                    Verdict::Skip => {}
+                    Verdict::New => {
+                        if !wanted(&m.topic) {
+                            continue;
+                        }
+                        let weight = m.topic.len() + m.envelope.payload.len();
+                        let over_bytes = max_bytes != 0 && bytes + weight > max_bytes;
+                        if out.new.len() >= max_messages || over_bytes {
+                            out.dropped += 1;
+                            continue;
+                        }
+                        bytes += weight;
+                        out.new.push(m);
+                    }
+                }
+            }
+            out.missing += p.kept.len().saturating_sub(kept_seen);
+        }
+        Ok(out)
     }
 
     /// The topics with a retained message (for a node's start-up; a watch keeps it current

@@ -9,7 +9,9 @@
 //! - [`lease`]: node leases, expired peers, stepping down, the survivor that reaps;
 //! - [`record`]: the session record, registry entry and lease, versioned binary forms;
 //! - [`envelope`]: an application message between nodes, with what No Local, Retain As
-//!   Published and message expiry need.
+//!   Published and message expiry need;
+//! - [`replay`]: a persistent session's cursors when it leaves a node, and the replay that
+//!   resumes it on another without a gap or a duplicate.
 //!
 //! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats), and
 //! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
@@ -28,6 +30,7 @@ pub mod lease;
 pub mod nats;
 pub mod partition;
 pub mod record;
+pub mod replay;
 pub mod subject;
 pub mod takeover;
 
