@@ -30,11 +30,13 @@ use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseReque
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
-use makelaar_cluster::record::{SessionRecord, StoredSubscription};
+use makelaar_cluster::record::{Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription};
+use makelaar_cluster::replay::ReplayPlan;
 use makelaar_cluster::takeover::Fence;
 use makelaar_cluster::{ClientKey, NodeId, Revision};
-use makelaar_core::broker::{Exported, FilterChange, SessionSnapshot};
-use makelaar_core::message::Message;
+use makelaar_core::broker::{Exported, FilterChange, KeptMessage, SessionSnapshot};
+use makelaar_core::message::{LogPosition, Message};
+use makelaar_core::persist::KeptState;
 use makelaar_core::session::ConnId;
 use makelaar_core::session::Subscription;
 use makelaar_proto::ProtocolVersion;
@@ -72,11 +74,16 @@ pub(crate) enum ToCluster {
         client_id: Arc<str>,
         revision: Revision,
     },
-    /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept).
+    /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept),
+    /// with, for a session offline here, where it stands in the log.
     StoreSession {
         client_id: Arc<str>,
         snapshot: Option<SessionSnapshot>,
+        log: Option<(Vec<Cursor>, Vec<Outbound>)>,
     },
+    /// Read back what a session taken in from a record held or missed (see
+    /// `makelaar_cluster::replay`), and answer with `FromCluster::Replayed`.
+    Replay(Box<ReplayRequest>),
     /// A connection whose claim was written at `revision` has ended.
     Disconnected {
         client_id: Arc<str>,
@@ -84,13 +91,56 @@ pub(crate) enum ToCluster {
     },
 }
 
+/// A session's replay, as the router asks for it.
+pub(crate) struct ReplayRequest {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) plan: ReplayPlan,
+    /// The record's outbound list (the plan's kept entries index it).
+    pub(crate) outbound: Vec<Outbound>,
+    /// The session's plain filters: a new message none matches is not kept.
+    pub(crate) filters: Vec<String>,
+    /// The session's queue limits.
+    pub(crate) max_messages: usize,
+    pub(crate) max_bytes: usize,
+}
+
+/// Where a session taken in from a record resumes (the record's part the replay needs).
+#[derive(Debug, Clone)]
+pub(crate) struct Resume {
+    /// The node that wrote the record.
+    pub(crate) writer: NodeId,
+    pub(crate) cursors: Vec<Cursor>,
+    pub(crate) outbound: Vec<Outbound>,
+}
+
 /// What the cluster tells the router.
 pub(crate) enum FromCluster {
     /// The batch numbered `epoch` is durable on the cluster, except the messages of the
-    /// connections in `failed` (their acknowledgements must never go out).
-    Appended { epoch: u64, failed: Vec<ConnId> },
-    /// A message another node received, to route to this node's subscribers.
+    /// connections in `failed` (their acknowledgements must never go out); `own` is the
+    /// highest sequence appended per partition in it.
+    Appended {
+        epoch: u64,
+        failed: Vec<ConnId>,
+        own: Vec<(u16, u64)>,
+    },
+    /// A QoS 0 message another node received, to route to this node's subscribers.
     Message(Arc<Message>),
+    /// A partition's follower starts at this sequence (before its first `Log`).
+    Following { partition: u16, next: u64 },
+    /// The next message of a partition stream: another node's, to route (`Some`), or this
+    /// node's own, routed when it was published (`None`).
+    Log {
+        partition: u16,
+        seq: u64,
+        msg: Option<Arc<Message>>,
+    },
+    /// What a session's replay read back: in flight on the old node (in its order), then
+    /// taken in there and not sent, or published while it was away (in order per topic).
+    Replayed {
+        client_id: Arc<str>,
+        in_flight: Vec<KeptMessage>,
+        queued: Vec<Arc<Message>>,
+    },
     /// A retained message set (`Some`) or cleared on the cluster.
     Retained {
         topic: String,
@@ -100,7 +150,7 @@ pub(crate) enum FromCluster {
     /// cluster keeps for the client id, or why it failed.
     Claimed {
         conn: ConnId,
-        result: Result<(Revision, Option<SessionSnapshot>), String>,
+        result: Result<Claim, String>,
     },
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
@@ -121,6 +171,10 @@ pub(crate) enum FromCluster {
     NotOwner { conn: ConnId, revision: Revision },
 }
 
+/// A claimed client id: the registry revision written, the session the cluster keeps for it
+/// and, when that session's record says where it stands in the log, how it resumes.
+pub(crate) type Claim = (Revision, Option<SessionSnapshot>, Option<Resume>);
+
 /// Why the cluster could not be joined: one sentence for the user.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -130,6 +184,8 @@ pub struct ClusterStartError(pub String);
 pub(crate) struct ClusterLink {
     pub(crate) to: mpsc::UnboundedSender<ToCluster>,
     pub(crate) from: mpsc::Receiver<FromCluster>,
+    /// This node.
+    pub(crate) node: NodeId,
 }
 
 /// Joins the cluster: connects to NATS (the start-up checks refuse lazy fsync and old
@@ -193,6 +249,7 @@ pub(crate) async fn start(
             )))
         }
     }
+    let node = cluster.config().node.clone();
     let (to_tx, mut to_rx) = mpsc::unbounded_channel();
     let (from_tx, from_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
     tokio::spawn(lease_events(lease_rx, from_tx.clone(), shutdown.clone()));
@@ -206,10 +263,17 @@ pub(crate) async fn start(
         .await
         .map_err(|e| ClusterStartError(format!("cannot follow moved-client notices: {e}")))?;
     for p in partitions.all() {
-        let follow = cluster
+        let (next, follow) = cluster
             .follow_partition(p)
             .await
             .map_err(|e| ClusterStartError(format!("cannot follow partition stream {p}: {e}")))?;
+        // Before any of its messages: the router knows where each follower starts.
+        let _ = from_tx
+            .send(FromCluster::Following {
+                partition: p.index(),
+                next,
+            })
+            .await;
         tokio::spawn(follower(
             follow,
             cluster.config().node.clone(),
@@ -251,8 +315,11 @@ pub(crate) async fn start(
                             from_tx.clone(),
                         ));
                     }
-                    Some(ToCluster::StoreSession { client_id, snapshot }) => {
-                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot));
+                    Some(ToCluster::StoreSession { client_id, snapshot, log }) => {
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log));
+                    }
+                    Some(ToCluster::Replay(req)) => {
+                        tokio::spawn(replay(cluster.clone(), req, from_tx.clone()));
                     }
                     Some(ToCluster::CheckOwner { conn, client_id, revision }) => {
                         let c = cluster.clone();
@@ -273,12 +340,9 @@ pub(crate) async fn start(
                         let _ = sessions_tx.send(SessionOp::Release(req));
                     }
                     Some(ToCluster::Disconnected { client_id, revision }) => {
-                        let c = cluster.clone();
-                        tokio::spawn(async move {
-                            let key = ClientKey::new(&client_id);
-                            // Refused harmlessly when another node has claimed it since.
-                            let _ = c.mark_disconnected(&key, revision).await;
-                        });
+                        // After the session's last record: a node that claims the id once
+                        // it reads "disconnected" must find that record.
+                        let _ = sessions_tx.send(SessionOp::Disconnected(client_id, revision));
                     }
                 },
                 Some((filter, d)) = live_rx.recv() => reader.live(filter, d).await,
@@ -298,6 +362,7 @@ pub(crate) async fn start(
     Ok(ClusterLink {
         to: to_tx,
         from: from_rx,
+        node,
     })
 }
 
@@ -359,9 +424,11 @@ async fn claim(
         // The session's writes from here on carry this fence; the first one (when the router
         // stores the session after the CONNECT) fences the node that had it.
         let _ = sessions.send(SessionOp::Owned(client_id.clone(), claimed.revision, fence));
+        let resume = record.as_ref().and_then(resume_of);
         Ok::<_, makelaar_cluster::cluster::ClusterError>((
             claimed.revision,
             record.and_then(|r| snapshot_of(&r)),
+            resume,
         ))
     }
     .await
@@ -373,8 +440,16 @@ async fn claim(
 enum SessionOp {
     /// This node claimed the client id at this revision; its session record has this fence.
     Owned(Arc<str>, Revision, Fence),
-    /// Write (or, `None`, delete) the client's session record.
-    Store(Arc<str>, Option<SessionSnapshot>),
+    /// Write (or, `None`, delete) the client's session record, with where it stands in
+    /// the log when it is offline.
+    Store(
+        Arc<str>,
+        Option<SessionSnapshot>,
+        Option<(Vec<Cursor>, Vec<Outbound>)>,
+    ),
+    /// The client's connection here ended: mark the registry entry (after the writes
+    /// queued before).
+    Disconnected(Arc<str>, Revision),
     /// The session moved to another node: write it no more.
     Forget(Arc<str>),
     /// A hand-over: write the client's session no more, then mark the registry and answer.
@@ -403,14 +478,23 @@ async fn sessions(
                 }
                 tokio::spawn(released(cluster.clone(), req));
             }
-            SessionOp::Store(client_id, snapshot) => {
+            SessionOp::Disconnected(client_id, revision) => {
+                let c = cluster.clone();
+                tokio::spawn(async move {
+                    let key = ClientKey::new(&client_id);
+                    // Refused harmlessly when another node has claimed it since.
+                    let _ = c.mark_disconnected(&key, revision).await;
+                });
+            }
+            SessionOp::Store(client_id, snapshot, log) => {
                 let Some(&(revision, fence)) = fences.get(&client_id) else {
                     continue;
                 };
                 let key = ClientKey::new(&client_id);
                 let result = match snapshot {
                     Some(s) => {
-                        let record = record_of(cluster.config().node.clone(), revision, &s);
+                        let record =
+                            record_of(cluster.config().node.clone(), revision, &s, log);
                         cluster
                             .store_session(&key, &record, fence)
                             .await
@@ -440,14 +524,22 @@ async fn sessions(
     }
 }
 
-/// The record of a session this node keeps (phase 1: its subscriptions).
-fn record_of(node: NodeId, claim: Revision, s: &SessionSnapshot) -> SessionRecord {
+/// The record of a session this node keeps; `log` (for a session offline here): where it
+/// stands in each partition and the messages it holds, so another node resumes it.
+fn record_of(
+    node: NodeId,
+    claim: Revision,
+    s: &SessionSnapshot,
+    log: Option<(Vec<Cursor>, Vec<Outbound>)>,
+) -> SessionRecord {
+    let disconnected_at_ms = log.is_some().then(unix_ms);
+    let (cursors, outbound) = log.unwrap_or_default();
     SessionRecord {
         node,
         claim: claim.get(),
         protocol: s.version.level(),
         expiry_interval: s.expiry_interval,
-        disconnected_at_ms: None,
+        disconnected_at_ms,
         subscriptions: s
             .subscriptions
             .iter()
@@ -458,9 +550,9 @@ fn record_of(node: NodeId, claim: Revision, s: &SessionSnapshot) -> SessionRecor
             })
             .collect(),
         will: None,
-        cursors: Vec::new(),
-        outbound: Vec::new(),
-        inbound_qos2: Vec::new(),
+        cursors,
+        outbound,
+        inbound_qos2: s.inbound_qos2.clone(),
     }
 }
 
@@ -488,7 +580,147 @@ fn snapshot_of(r: &SessionRecord) -> Option<SessionSnapshot> {
                 )
             })
             .collect(),
+        connected: false,
+        inbound_qos2: r.inbound_qos2.clone(),
+        outbound: Vec::new(),
     })
+}
+
+/// How a session resumes from its record: only a record written when it went offline (or
+/// was handed over) says where it stands in the log. One written while its client was
+/// connected (its node died) has no cursors: nothing is replayed, logged.
+fn resume_of(r: &SessionRecord) -> Option<Resume> {
+    if r.expiry_interval == 0 {
+        return None;
+    }
+    if r.disconnected_at_ms.is_none() || r.cursors.is_empty() {
+        tracing::warn!(node = %r.node, "a session record written while its client was connected: messages it held or missed are not replayed");
+        return None;
+    }
+    Some(Resume {
+        writer: r.node.clone(),
+        cursors: r.cursors.clone(),
+        outbound: r.outbound.clone(),
+    })
+}
+
+/// The record's state of a message a session holds.
+pub(crate) fn outbound_state(k: &KeptMessage) -> (OutboundState, u16) {
+    match k.state {
+        KeptState::AwaitingAck(id) if k.qos == QoS::AtLeastOnce => (OutboundState::AwaitPuback, id),
+        KeptState::AwaitingAck(id) => (OutboundState::AwaitPubrec, id),
+        KeptState::AwaitingComp(id) => (OutboundState::AwaitPubcomp, id),
+        KeptState::Queued => (OutboundState::Queued, 0),
+    }
+}
+
+/// A session's replay (see `makelaar_cluster::replay`): reads back what it held on the old
+/// node and what it missed, and hands both to the router.
+async fn replay(
+    cluster: Arc<Cluster<NatsBackend>>,
+    req: Box<ReplayRequest>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let ReplayRequest {
+        client_id,
+        plan,
+        outbound,
+        filters,
+        max_messages,
+        max_bytes,
+    } = *req;
+    let wanted = |topic: &str| {
+        filters
+            .iter()
+            .any(|f| makelaar_proto::topic::filter_matches(f, topic))
+    };
+    let (now, now_ms) = (Instant::now(), unix_ms());
+    let read = match cluster.replay(&plan, wanted, max_messages, max_bytes).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%client_id, error = %e, "cannot read a resumed session's messages back from the cluster: it resumes without them");
+            Default::default()
+        }
+    };
+    if read.dropped > 0 {
+        tracing::warn!(%client_id, dropped = read.dropped, max_queued_messages = max_messages, max_queued_bytes = max_bytes, "a resumed session missed more messages than its queue holds: the newest were dropped (max_queued_messages, max_queued_bytes)");
+    }
+    if read.missing > 0 {
+        tracing::warn!(%client_id, missing = read.missing, "messages a resumed session held are no longer in the cluster's log (older than its max age): not sent again");
+    }
+    tracing::debug!(%client_id, kept = read.kept.len(), new = read.new.len(), "resumed session replayed from the cluster");
+    let positioned = |m: makelaar_cluster::cluster::LogMessage| {
+        let pos = LogPosition {
+            partition: m.partition.index(),
+            seq: m.seq,
+        };
+        message(&m.topic, m.envelope, now, now_ms).map(|msg| {
+            let _ = msg.log_position.set(pos);
+            (pos, Arc::new(msg))
+        })
+    };
+    let mut kept: HashMap<usize, Arc<Message>> = HashMap::new();
+    let mut queued: Vec<(LogPosition, Arc<Message>)> = Vec::new();
+    for (i, m) in read.kept {
+        let Some((pos, msg)) = positioned(m) else {
+            continue; // expired [MQTT-3.3.2-5]
+        };
+        match outbound.get(i).map(|o| o.state) {
+            Some(OutboundState::Queued) => queued.push((pos, msg)),
+            Some(_) => {
+                kept.insert(i, msg);
+            }
+            None => {}
+        }
+    }
+    queued.extend(read.new.into_iter().filter_map(positioned));
+    queued.sort_by_key(|(pos, _)| (pos.partition, pos.seq));
+    let mut in_flight = Vec::new();
+    for (i, o) in outbound.iter().enumerate() {
+        let (qos, state) = match o.state {
+            OutboundState::AwaitPuback => (QoS::AtLeastOnce, KeptState::AwaitingAck(o.packet_id)),
+            OutboundState::AwaitPubrec => (QoS::ExactlyOnce, KeptState::AwaitingAck(o.packet_id)),
+            OutboundState::AwaitPubcomp => {
+                (QoS::ExactlyOnce, KeptState::AwaitingComp(o.packet_id))
+            }
+            OutboundState::Queued => continue,
+        };
+        let msg = match (o.state, kept.remove(&i)) {
+            (_, Some(msg)) => msg,
+            // Only its packet id matters now: PUBREL goes out, never the PUBLISH again.
+            (OutboundState::AwaitPubcomp, None) => Arc::new(placeholder(LogPosition {
+                partition: o.partition,
+                seq: o.seq,
+            })),
+            (_, None) => continue,
+        };
+        in_flight.push(KeptMessage { msg, qos, state });
+    }
+    let _ = tx
+        .send(FromCluster::Replayed {
+            client_id,
+            in_flight,
+            queued: queued.into_iter().map(|(_, m)| m).collect(),
+        })
+        .await;
+}
+
+/// The stand-in for a QoS 2 message whose PUBREC came back on another node: only its
+/// packet id and place in the log travel.
+fn placeholder(pos: LogPosition) -> Message {
+    let msg = Message {
+        topic: Arc::from(""),
+        payload: bytes::Bytes::new(),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: None,
+        received_at: None,
+        log_position: std::sync::OnceLock::new(),
+    };
+    let _ = msg.log_position.set(pos);
+    msg
 }
 
 async fn released(cluster: Arc<Cluster<NatsBackend>>, req: ReleaseRequest) {
@@ -551,6 +783,7 @@ fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Messag
         origin: (!e.origin_client.is_empty()).then(|| Arc::from(e.origin_client.as_str())),
         // Received by this node now (a bridge's max_age counts from here).
         received_at: Some(now),
+        log_position: std::sync::OnceLock::new(),
     })
 }
 
@@ -570,10 +803,20 @@ async fn writer(
             let env = envelope(&node, &ex.msg, now, now_ms);
             async move {
                 let topic = &*ex.msg.topic;
+                let mut appended = None;
                 let mut r = if ex.msg.qos == QoS::AtMostOnce {
                     cluster.publish(topic, &env).await
                 } else {
-                    cluster.append(topic, &env).await.map(|_| ())
+                    cluster.append(topic, &env).await.map(|(p, seq)| {
+                        // Where the sessions that took it in find it again (a session that
+                        // moves lists its messages by it).
+                        let pos = LogPosition {
+                            partition: p.index(),
+                            seq,
+                        };
+                        let _ = ex.msg.log_position.set(pos);
+                        appended = Some(pos);
+                    })
                 };
                 if r.is_ok() && ex.msg.retain {
                     let kept = (!env.payload.is_empty()).then_some(&env);
@@ -582,19 +825,25 @@ async fn writer(
                 if let Err(e) = &r {
                     tracing::error!(topic, error = %e, "cannot hand a message to the cluster: its publisher is disconnected unacknowledged");
                 }
-                (ex.from, r.is_ok())
+                (ex.from, r.is_ok(), appended)
             }
         });
         let results = futures_util::future::join_all(writes).await;
         let Some(epoch) = epoch else {
             continue;
         };
+        let mut own: HashMap<u16, u64> = HashMap::new();
+        for pos in results.iter().filter_map(|r| r.2) {
+            let e = own.entry(pos.partition).or_default();
+            *e = (*e).max(pos.seq);
+        }
         let failed = results
             .into_iter()
-            .filter_map(|(from, ok)| (!ok).then_some(from).flatten())
+            .filter_map(|(from, ok, _)| (!ok).then_some(from).flatten())
             .collect();
+        let own = own.into_iter().collect();
         if tx
-            .send(FromCluster::Appended { epoch, failed })
+            .send(FromCluster::Appended { epoch, failed, own })
             .await
             .is_err()
         {
@@ -603,21 +852,34 @@ async fn writer(
     }
 }
 
-/// A partition's follower: every message another node appended goes to the router.
+/// A partition's follower: every message goes to the router in stream order, another
+/// node's to be routed, this node's own as its position only (it was routed when it was
+/// published).
 async fn follower(
-    mut follow: impl futures_util::Stream<Item = (String, Envelope)> + Unpin,
+    mut follow: impl futures_util::Stream<Item = makelaar_cluster::cluster::LogMessage> + Unpin,
     me: NodeId,
     tx: mpsc::Sender<FromCluster>,
 ) {
-    while let Some((topic, env)) = follow.next().await {
-        // This node's own messages were routed here when they were published.
-        if env.origin_node == me {
-            continue;
-        }
-        let Some(msg) = message(&topic, env, Instant::now(), unix_ms()) else {
-            continue;
+    while let Some(m) = follow.next().await {
+        let pos = LogPosition {
+            partition: m.partition.index(),
+            seq: m.seq,
         };
-        if tx.send(FromCluster::Message(Arc::new(msg))).await.is_err() {
+        let msg = if m.envelope.origin_node == me {
+            None
+        } else {
+            // Expired on the way: its position still counts [MQTT-3.3.2-5].
+            message(&m.topic, m.envelope, Instant::now(), unix_ms()).map(|msg| {
+                let _ = msg.log_position.set(pos);
+                Arc::new(msg)
+            })
+        };
+        let ev = FromCluster::Log {
+            partition: pos.partition,
+            seq: pos.seq,
+            msg,
+        };
+        if tx.send(ev).await.is_err() {
             return;
         }
     }
@@ -758,6 +1020,7 @@ mod tests {
             expires_at: Some(now + Duration::from_secs(30)),
             origin: Some(Arc::from("pub")),
             received_at: Some(now),
+            log_position: std::sync::OnceLock::new(),
         };
         let env = envelope(&node, &msg, now, 1_000_000);
         let back = message("t/1", env.clone(), now, 1_000_000).unwrap();

@@ -168,7 +168,10 @@ impl Server {
         let (cluster_side, cluster_rx) = match cluster {
             Some(link) => {
                 broker.enable_cluster_export();
-                (Some(router::ClusterSide::new(link.to)), Some(link.from))
+                (
+                    Some(router::ClusterSide::new(link.to, link.node)),
+                    Some(link.from),
+                )
             }
             None => (None, None),
         };

@@ -15,7 +15,8 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{FromCluster, ToCluster};
+use crate::cluster::{FromCluster, ReplayRequest, Resume, ToCluster};
+use makelaar_cluster::replay::{caught_up, session_log, NodePosition, ReplayPlan, Taken};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
@@ -117,10 +118,60 @@ pub(crate) struct ClusterSide {
     stepped_down: bool,
     /// The claim of each connection, to mark it disconnected when it ends.
     claims: HashMap<ConnId, (Arc<str>, makelaar_cluster::Revision)>,
+    /// This node.
+    node: makelaar_cluster::NodeId,
+    /// Where the router stands in each partition: its follower's next message, and this
+    /// node's own messages over the batches whose appends returned
+    /// (`makelaar_cluster::replay`).
+    positions: std::collections::BTreeMap<u16, NodePosition>,
+    /// The latest epoch whose appends returned.
+    appended: u64,
+    /// What waits for the appends of the batches handed to the cluster before it, in order:
+    /// a session's record must list its messages by their place in the log, and its
+    /// cursors count this node's own messages published up to then.
+    waiting: std::collections::VecDeque<(u64, Waiting)>,
+    /// Claims whose session record is ahead of this node's followers: decided once they
+    /// have caught up, so no message reaches the session both live and from the record.
+    catching_up: Vec<(ConnId, crate::cluster::Claim)>,
+    /// Sessions taken in with a replay to come, by client id: what the replay needs.
+    resumes: HashMap<Arc<str>, Resuming>,
+    /// The sessions' queue limits (max_queued_messages, max_queued_bytes): a replay reads
+    /// no more.
+    max_queued: (usize, usize),
+}
+
+/// What waits for the cluster's appends (see `ClusterSide::waiting`).
+enum Waiting {
+    /// Write the session's record (or delete it).
+    Store {
+        client_id: Arc<str>,
+        snapshot: Option<makelaar_core::broker::SessionSnapshot>,
+    },
+    /// Answer a hand-over request (after the record above it).
+    Released(makelaar_cluster::cluster::ReleaseRequest),
+    /// Mark the registry entry disconnected (after the record above it).
+    Disconnected {
+        client_id: Arc<str>,
+        revision: makelaar_cluster::Revision,
+    },
+    /// Start a session's replay (this node's own messages published before its adoption
+    /// are then known).
+    Replay(Arc<str>),
+}
+
+/// A session taken in from a record, until its replay is back.
+struct Resuming {
+    resume: Resume,
+    /// Each partition's follower position at the adoption.
+    live_from: HashMap<u16, u64>,
+    filters: Vec<String>,
 }
 
 impl ClusterSide {
-    pub(crate) fn new(to: mpsc::UnboundedSender<ToCluster>) -> ClusterSide {
+    pub(crate) fn new(
+        to: mpsc::UnboundedSender<ToCluster>,
+        node: makelaar_cluster::NodeId,
+    ) -> ClusterSide {
         ClusterSide {
             to,
             gate: Gate::default(),
@@ -130,6 +181,110 @@ impl ClusterSide {
             stepped_down: false,
             claiming: HashMap::new(),
             claims: HashMap::new(),
+            node,
+            positions: std::collections::BTreeMap::new(),
+            appended: 0,
+            waiting: std::collections::VecDeque::new(),
+            catching_up: Vec::new(),
+            resumes: HashMap::new(),
+            max_queued: (0, 0),
+        }
+    }
+
+    /// Carries `w` out once the batches handed to the cluster so far are appended (now, when
+    /// they are).
+    fn after_appends(&mut self, w: Waiting) {
+        let epoch = self.gate.submitted();
+        if self.waiting.is_empty() && epoch <= self.appended {
+            self.complete(w);
+        } else {
+            self.waiting.push_back((epoch, w));
+        }
+    }
+
+    /// The batch numbered `epoch` is appended, with this node's highest sequence per
+    /// partition in it: what waited for it goes (with this node's position exactly as of
+    /// that batch).
+    fn appended(&mut self, epoch: u64, own: Vec<(u16, u64)>) {
+        for (p, seq) in own {
+            let pos = self.positions.entry(p).or_default();
+            pos.own_through = pos.own_through.max(seq);
+        }
+        self.appended = self.appended.max(epoch);
+        while self.waiting.front().is_some_and(|(e, _)| *e <= epoch) {
+            if let Some((_, w)) = self.waiting.pop_front() {
+                self.complete(w);
+            }
+        }
+    }
+
+    fn complete(&mut self, w: Waiting) {
+        match w {
+            Waiting::Store {
+                client_id,
+                snapshot,
+            } => {
+                // Offline here: where it stands in the log, so another node resumes it.
+                let log = snapshot.as_ref().filter(|s| !s.connected).map(|s| {
+                    let positions: Vec<(u16, NodePosition)> =
+                        self.positions.iter().map(|(p, n)| (*p, *n)).collect();
+                    let taken = s.outbound.iter().map(|k| {
+                        let (state, packet_id) = crate::cluster::outbound_state(k);
+                        Taken {
+                            position: k.msg.log_position.get().map(|p| (p.partition, p.seq)),
+                            state,
+                            packet_id,
+                        }
+                    });
+                    let (cursors, outbound, missing) = session_log(&positions, taken);
+                    if missing > 0 {
+                        tracing::debug!(%client_id, missing, "messages a session holds that are not in the cluster's log (their append failed) are not recorded");
+                    }
+                    (cursors, outbound)
+                });
+                let _ = self.to.send(ToCluster::StoreSession {
+                    client_id,
+                    snapshot,
+                    log,
+                });
+            }
+            Waiting::Released(req) => {
+                let _ = self.to.send(ToCluster::Released(req));
+            }
+            Waiting::Disconnected {
+                client_id,
+                revision,
+            } => {
+                let _ = self.to.send(ToCluster::Disconnected {
+                    client_id,
+                    revision,
+                });
+            }
+            Waiting::Replay(client_id) => {
+                let Some(r) = self.resumes.get(&client_id) else {
+                    return;
+                };
+                let positions = &self.positions;
+                let plan = ReplayPlan::new(
+                    r.resume.writer.clone(),
+                    self.node.clone(),
+                    &r.resume.cursors,
+                    &r.resume.outbound,
+                    |p| NodePosition {
+                        next: r.live_from.get(&p).copied().unwrap_or(0),
+                        own_through: positions.get(&p).map_or(0, |n| n.own_through),
+                    },
+                );
+                let req = ReplayRequest {
+                    client_id: client_id.clone(),
+                    plan,
+                    outbound: r.resume.outbound.clone(),
+                    filters: r.filters.clone(),
+                    max_messages: self.max_queued.0,
+                    max_bytes: self.max_queued.1,
+                };
+                let _ = self.to.send(ToCluster::Replay(Box::new(req)));
+            }
         }
     }
 }
@@ -173,6 +328,13 @@ impl Router {
         cluster: Option<ClusterSide>,
     ) -> Router {
         let max_outgoing = broker.limits().max_outgoing_bytes;
+        let mut cluster = cluster;
+        if let Some(c) = cluster.as_mut() {
+            c.max_queued = (
+                broker.limits().max_queued_messages,
+                broker.limits().max_queued_bytes,
+            );
+        }
         Router {
             broker,
             conns: HashMap::new(),
@@ -431,22 +593,13 @@ impl Router {
     /// Carries out what the broker decided, then wakes every connection that got packets,
     /// once each (see `wake_listed`).
     fn flush(&mut self) {
+        self.send_exports();
         if let Some(c) = self.cluster.as_mut() {
-            self.broker.drain_exported(&mut c.exported);
-            if !c.exported.is_empty() {
-                // QoS 0 without retain promises nothing: no epoch, nothing waits for it.
-                let promised = c
-                    .exported
-                    .iter()
-                    .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
-                let epoch = promised.then(|| c.gate.next_epoch());
-                let messages = std::mem::take(&mut c.exported);
-                let _ = c.to.send(ToCluster::Batch { epoch, messages });
-            }
             self.broker.drain_session_changes(&mut c.session_changes);
-            for client_id in c.session_changes.drain(..) {
+            let changed = std::mem::take(&mut c.session_changes);
+            for client_id in changed {
                 let snapshot = self.broker.session_snapshot(&client_id);
-                let _ = c.to.send(ToCluster::StoreSession {
+                c.after_appends(Waiting::Store {
                     client_id,
                     snapshot,
                 });
@@ -477,6 +630,12 @@ impl Router {
                     Some(c) => c.out.ask_drain(),
                     None => self.broker.handle_drained(Instant::now(), conn),
                 },
+                // A session taken in from the cluster: its replay answers instead.
+                Action::LoadBacklog(client_id)
+                    if self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.resumes.contains_key(&client_id)) => {}
                 Action::LoadBacklog(client_id) => match &self.persist {
                     Some(p) => p.load_backlog(client_id),
                     // Only a broker restored from a store has backlogs.
@@ -491,6 +650,24 @@ impl Router {
             self.admin.deliver_watched(&mut self.broker);
         }
         self.wake_listed();
+    }
+
+    /// Hands the cluster what the broker accepted since the last call, as one batch.
+    fn send_exports(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        self.broker.drain_exported(&mut c.exported);
+        if !c.exported.is_empty() {
+            // QoS 0 without retain promises nothing: no epoch, nothing waits for it.
+            let promised = c
+                .exported
+                .iter()
+                .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
+            let epoch = promised.then(|| c.gate.next_epoch());
+            let messages = std::mem::take(&mut c.exported);
+            let _ = c.to.send(ToCluster::Batch { epoch, messages });
+        }
     }
 
     /// Wakes the connections that got packets. Two of them (a QoS 1 delivery and its
@@ -540,7 +717,10 @@ impl Router {
     /// Carries out what the cluster reports.
     fn cluster_event(&mut self, now: Instant, ev: FromCluster) {
         match ev {
-            FromCluster::Appended { epoch, failed } => {
+            FromCluster::Appended { epoch, failed, own } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.appended(epoch, own);
+                }
                 for conn in failed {
                     // Its acknowledgement must never go out: the connection ends without
                     // it, and the client sends the message again elsewhere.
@@ -564,6 +744,42 @@ impl Router {
             }
             FromCluster::Message(msg) => {
                 self.broker.route_remote(now, msg);
+            }
+            FromCluster::Following { partition, next } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.positions.entry(partition).or_default().next = next;
+                }
+            }
+            FromCluster::Log {
+                partition,
+                seq,
+                msg,
+            } => {
+                if let Some(msg) = msg {
+                    self.broker.route_remote(now, msg);
+                }
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
+                let pos = c.positions.entry(partition).or_default();
+                pos.next = pos.next.max(seq + 1);
+                if !c.catching_up.is_empty() {
+                    let waiting = std::mem::take(&mut c.catching_up);
+                    for (conn, claim) in waiting {
+                        self.claimed(now, conn, Ok(claim));
+                    }
+                }
+            }
+            FromCluster::Replayed {
+                client_id,
+                in_flight,
+                queued,
+            } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.resumes.remove(&client_id);
+                }
+                self.broker
+                    .handle_cluster_backlog(now, &client_id, in_flight, queued);
             }
             FromCluster::Retained { topic, message } => {
                 self.broker.apply_remote_retained(&topic, message);
@@ -610,17 +826,27 @@ impl Router {
                         {
                             tracing::debug!(client_id = %id, "client taken over by another cluster node");
                         }
-                        // The session moves with its client: the other node keeps it now.
-                        if let Some(c) = self.cluster.as_ref() {
-                            let _ = c.to.send(ToCluster::Released(req.clone()));
+                        // The session moves with its client: its last record says where
+                        // it stands in the log (after the appends of what it took in), then
+                        // the other node keeps it.
+                        self.send_exports();
+                        let snapshot = self.broker.session_snapshot(&id);
+                        if let Some(c) = self.cluster.as_mut() {
+                            if snapshot.is_some() {
+                                c.after_appends(Waiting::Store {
+                                    client_id: Arc::from(id.as_str()),
+                                    snapshot,
+                                });
+                            }
+                            c.after_appends(Waiting::Released(req.clone()));
                         }
                         self.broker.forget_session(now, &id);
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "hand-over request for a bad client id"),
                 }
-                if let Some(c) = self.cluster.as_ref() {
-                    let _ = c.to.send(ToCluster::Released(req));
+                if let Some(c) = self.cluster.as_mut() {
+                    c.after_appends(Waiting::Released(req));
                 }
             }
         }
@@ -628,35 +854,66 @@ impl Router {
 
     /// A CONNECT's client id is claimed (or could not be): it is decided now, with the
     /// packets its client sent meanwhile.
-    fn claimed(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        result: Result<
-            (
-                makelaar_cluster::Revision,
-                Option<makelaar_core::broker::SessionSnapshot>,
-            ),
-            String,
-        >,
-    ) {
+    fn claimed(&mut self, now: Instant, conn: ConnId, result: Result<crate::cluster::Claim, String>) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        let Some((connect, held)) = c.claiming.remove(&conn) else {
+        let Some((connect, _)) = c.claiming.get(&conn) else {
             // The connection went while its claim ran. The registry says it is connected
             // here until another node claims the id: this node then answers the hand-over
             // request with nothing to close.
             return;
         };
+        // A record ahead of this node's followers: the CONNECT waits until they are past it,
+        // or a message would reach the session both live and from the record.
+        if let Ok((_, Some(_), Some(resume))) = &result {
+            let positions = &c.positions;
+            let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
+            if !connect.clean_start && !caught_up(&resume.cursors, &resume.outbound, next_of) {
+                tracing::debug!(client_id = %connect.client_id, "resumed session waits for this node's partition followers");
+                if let Ok(claim) = result {
+                    c.catching_up.push((conn, claim));
+                }
+                return;
+            }
+        }
+        let Some((connect, held)) = c.claiming.remove(&conn) else {
+            return;
+        };
         match result {
-            Ok((revision, kept)) => {
+            Ok((revision, kept, resume)) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
                 // A session the cluster keeps for this client (it was connected on another
-                // node): taken in, so the CONNECT finds it (Session Present, subscriptions).
+                // node): taken in, so the CONNECT finds it (Session Present, subscriptions),
+                // with what it held or missed to come from the log.
                 if let Some(snapshot) = kept.filter(|_| !connect.clean_start) {
-                    self.broker.adopt_session(&client_id, snapshot);
+                    self.send_exports();
+                    let filters: Vec<String> = snapshot
+                        .subscriptions
+                        .iter()
+                        .map(|(f, _)| f.clone())
+                        .filter(|f| !f.starts_with("$share/"))
+                        .collect();
+                    let adopted =
+                        self.broker
+                            .adopt_session(&client_id, snapshot, resume.is_some());
+                    if let (true, Some(resume), Some(c)) = (adopted, resume, self.cluster.as_mut())
+                    {
+                        let live_from = c.positions.iter().map(|(p, n)| (*p, n.next)).collect();
+                        c.resumes.insert(
+                            client_id.clone(),
+                            Resuming {
+                                resume,
+                                live_from,
+                                filters,
+                            },
+                        );
+                        c.after_appends(Waiting::Replay(client_id.clone()));
+                    }
                 }
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
                 c.claims.insert(conn, (client_id.clone(), revision));
                 let _ = c.to.send(ToCluster::CheckOwner {
                     conn,
@@ -666,8 +923,8 @@ impl Router {
                 self.broker.handle_connect(now, conn, *connect);
                 // The first write of the session record: it fences the node that had it.
                 let snapshot = self.broker.session_snapshot(&client_id);
-                if let Some(c) = self.cluster.as_ref() {
-                    let _ = c.to.send(ToCluster::StoreSession {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.after_appends(Waiting::Store {
                         client_id,
                         snapshot,
                     });
@@ -732,8 +989,9 @@ impl Router {
         self.slow_logged.remove(&conn);
         if let Some(c) = self.cluster.as_mut() {
             c.claiming.remove(&conn);
+            c.catching_up.retain(|(waiting, _)| *waiting != conn);
             if let Some((client_id, revision)) = c.claims.remove(&conn) {
-                let _ = c.to.send(ToCluster::Disconnected {
+                c.after_appends(Waiting::Disconnected {
                     client_id,
                     revision,
                 });

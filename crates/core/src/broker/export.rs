@@ -198,9 +198,15 @@ impl Broker {
     /// With `resume`, the messages it held or missed follow ([`Broker::handle_cluster_backlog`]):
     /// until then nothing is sent to it, and what is routed to it meanwhile waits behind
     /// them, as for a session's backlog in the store.
-    pub fn adopt_session(&mut self, client_id: &str, snapshot: SessionSnapshot, resume: bool) {
+    /// Returns whether it was taken in.
+    pub fn adopt_session(
+        &mut self,
+        client_id: &str,
+        snapshot: SessionSnapshot,
+        resume: bool,
+    ) -> bool {
         if self.sessions.by_client_id(client_id).is_some() {
-            return;
+            return false;
         }
         self.restore_session(crate::persist::RestoredSession {
             client_id: Arc::from(client_id),
@@ -223,6 +229,7 @@ impl Broker {
                 }
             }
         }
+        true
     }
 
     /// The messages of a session taken in with `resume` ([`Broker::adopt_session`]), read
