@@ -30,7 +30,9 @@ use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseReque
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
-use makelaar_cluster::record::{Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription};
+use makelaar_cluster::record::{
+    Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription,
+};
 use makelaar_cluster::replay::ReplayPlan;
 use makelaar_cluster::takeover::Fence;
 use makelaar_cluster::{ClientKey, NodeId, Revision};
@@ -493,8 +495,7 @@ async fn sessions(
                 let key = ClientKey::new(&client_id);
                 let result = match snapshot {
                     Some(s) => {
-                        let record =
-                            record_of(cluster.config().node.clone(), revision, &s, log);
+                        let record = record_of(cluster.config().node.clone(), revision, &s, log);
                         cluster
                             .store_session(&key, &record, fence)
                             .await
@@ -680,9 +681,7 @@ async fn replay(
         let (qos, state) = match o.state {
             OutboundState::AwaitPuback => (QoS::AtLeastOnce, KeptState::AwaitingAck(o.packet_id)),
             OutboundState::AwaitPubrec => (QoS::ExactlyOnce, KeptState::AwaitingAck(o.packet_id)),
-            OutboundState::AwaitPubcomp => {
-                (QoS::ExactlyOnce, KeptState::AwaitingComp(o.packet_id))
-            }
+            OutboundState::AwaitPubcomp => (QoS::ExactlyOnce, KeptState::AwaitingComp(o.packet_id)),
             OutboundState::Queued => continue,
         };
         let msg = match (o.state, kept.remove(&i)) {

@@ -16,13 +16,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{FromCluster, ReplayRequest, Resume, ToCluster};
-use makelaar_cluster::replay::{caught_up, session_log, NodePosition, ReplayPlan, Taken};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
 use crate::sys::SysPublisher;
 use crate::Counters;
 use desk::{AdminDesk, AdminRequest};
+use makelaar_cluster::replay::{caught_up, session_log, NodePosition, ReplayPlan, Taken};
 
 pub(crate) mod desk;
 
@@ -854,7 +854,12 @@ impl Router {
 
     /// A CONNECT's client id is claimed (or could not be): it is decided now, with the
     /// packets its client sent meanwhile.
-    fn claimed(&mut self, now: Instant, conn: ConnId, result: Result<crate::cluster::Claim, String>) {
+    fn claimed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: Result<crate::cluster::Claim, String>,
+    ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -894,9 +899,9 @@ impl Router {
                         .map(|(f, _)| f.clone())
                         .filter(|f| !f.starts_with("$share/"))
                         .collect();
-                    let adopted =
-                        self.broker
-                            .adopt_session(&client_id, snapshot, resume.is_some());
+                    let adopted = self
+                        .broker
+                        .adopt_session(&client_id, snapshot, resume.is_some());
                     if let (true, Some(resume), Some(c)) = (adopted, resume, self.cluster.as_mut())
                     {
                         let live_from = c.positions.iter().map(|(p, n)| (*p, n.next)).collect();

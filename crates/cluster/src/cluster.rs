@@ -574,8 +574,13 @@ impl<B: Backend> Cluster<B> {
     pub async fn follow_partition(
         &self,
         partition: Partition,
-    ) -> Result<(u64, impl futures_util::Stream<Item = LogMessage> + Send + Unpin), ClusterError>
-    {
+    ) -> Result<
+        (
+            u64,
+            impl futures_util::Stream<Item = LogMessage> + Send + Unpin,
+        ),
+        ClusterError,
+    > {
         let (next, follow) = self.backend.follow(partition).await?;
         Ok((next, self.decoded(partition, follow)))
     }
@@ -640,7 +645,10 @@ impl<B: Backend> Cluster<B> {
         let mut bytes = 0usize;
         for p in &plan.partitions {
             let Some(partition) = self.config.partitions.partition(p.partition) else {
-                tracing::warn!(partition = p.partition, "a session record names a partition this cluster does not have; skipped");
+                tracing::warn!(
+                    partition = p.partition,
+                    "a session record names a partition this cluster does not have; skipped"
+                );
                 continue;
             };
             let mut read = self.read_partition(partition, p.from, p.to).await?;

@@ -93,7 +93,7 @@ fn record() -> impl Strategy<Value = SessionRecord> {
                         partition,
                         next,
                         writer_through,
-                    }
+                    },
                 ),
                 0..8,
             ),

@@ -23,8 +23,8 @@ use makelaar_proto::{Disconnect, Packet, ReasonCode};
 use super::{Action, Broker, CloseReason};
 use crate::message::Message;
 use crate::persist::{KeptState, LoadedMessage};
-use crate::session::OutboundState;
 use crate::session::ConnId;
+use crate::session::OutboundState;
 
 /// A message this broker accepted from a client (or a will it published), for the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -644,7 +644,8 @@ mod tests {
             .partition(|k| k.state != KeptState::Queued);
         let mut queued: Vec<_> = queued.into_iter().map(|k| k.msg).collect();
         queued.push(Arc::new(missed));
-        b.broker.handle_cluster_backlog(b.now, "p", in_flight, queued);
+        b.broker
+            .handle_cluster_backlog(b.now, "p", in_flight, queued);
         let got = b.take(1);
         // [MQTT-4.4.0-1] PUBREL for the QoS 2 message, never its PUBLISH again; the QoS 1
         // message again with DUP and its packet id [MQTT-3.3.1-1].
@@ -713,7 +714,8 @@ mod tests {
             msg("t", "2", false),
             msg("t", "3", false),
         ];
-        b.broker.handle_cluster_backlog(b.now, "s", Vec::new(), queued);
+        b.broker
+            .handle_cluster_backlog(b.now, "s", Vec::new(), queued);
         assert_eq!(b.broker.stats().dropped_queue_full, 1);
         assert_eq!(b.broker.stats().dropped_expired, 1);
         let ack = b.connect(1, connect("s", ProtocolVersion::V311, false));
