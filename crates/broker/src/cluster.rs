@@ -15,8 +15,11 @@
 //!   the node's filters match it;
 //! - per partition a **follower** reads the partition stream (one ordered consumer without
 //!   a filter per node and partition, the delivery path chosen in docs/cluster.md) and hands
-//!   the router the messages other nodes appended; this node's own were routed when they
-//!   were published;
+//!   the router the messages other nodes appended, with their sequence; this node's own were
+//!   routed when they were published and go as their position only (where a leaving
+//!   session stands, `makelaar_cluster::replay`);
+//! - a **replay** per session taken in from a record that says where it stood: a temporary
+//!   read of each partition with something to read, handed to the router at once;
 //! - the **retained watch** keeps the node's retained messages equal to the cluster's;
 //! - the **lease** task, and one short task per client-id claim or hand-over.
 
