@@ -622,3 +622,52 @@ def test_inbound_qos2_state_travels_so_a_resent_publish_is_not_delivered_twice(c
     assert moved.recv_type(raw.PUBCOMP).packet_id == 7
     watcher.expect_none(timeout=1.5)
     moved.close()
+
+
+def test_a_live_takeover_hands_over_what_was_in_flight(cluster):
+    """The client connects on node b while its connection on node a is open: node a closes
+    it (0x8E) and records what it held before answering the hand-over, so the QoS 1 message
+    it had sent comes again on node b with DUP [MQTT-4.4.0-1]."""
+    import mqtt_raw as raw
+    a, b = cluster
+    cid = unique("handover")
+    topic = unique("handover") + "/t"
+    old, _ = _raw_session(a, cid)
+    old.send(raw.subscribe(1, [(topic, raw.sub_options(qos=1))], version=5))
+    old.recv_type(raw.SUBACK)
+    pub = connected(a)
+    pub.publish(topic, b"held", qos=1)
+    p = old.recv_type(raw.PUBLISH)
+    new, ack = _raw_session(b, cid)  # no PUBACK on the old connection
+    assert ack.session_present
+    resent = new.recv_type(raw.PUBLISH)
+    assert (resent.packet_id, resent.payload, resent.dup) == (p.packet_id, b"held", True)
+    new.send(raw.ack(raw.PUBACK, resent.packet_id, version=5))
+    gone = old.closed_with()
+    assert gone is not None and gone.reason == 0x8E
+    new.expect_nothing(timeout=1.0)
+    new.close()
+
+
+def test_a_session_moving_back_and_forth_gets_each_message_once(cluster):
+    """Node b's record (replayed and live messages) resumes the session on node a again."""
+    a, b = cluster
+    cid = unique("pingpong")
+    topic = unique("pingpong") + "/t"
+    pub_a, pub_b = connected(a), connected(b)
+    c = MqttClient(a, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    c.subscribe(topic, qos=1)
+    sent = []
+    for rnd, node in enumerate([b, a, b]):
+        c.disconnect()
+        for i in range(6):
+            payload = f"r{rnd}-{i}".encode()
+            (pub_a if i % 2 else pub_b).publish(topic, payload, qos=1)
+            sent.append(payload)
+        c = MqttClient(node, client_id=cid, clean=False)
+        c.connect(properties=_expiry())
+        assert c.connack.session_present
+        assert [m.payload for m in c.get_n(6, timeout=20)] == sent[-6:]
+        c.expect_none(timeout=1.0)
+    c.disconnect()
