@@ -30,6 +30,10 @@ pub(crate) mod desk;
 /// 1.75 s of silence.
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
+/// How long a CONNECT waits for this node's partition followers to pass its session record
+/// (see `ClusterSide::catching_up`) before it is refused (server unavailable).
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What a connection task tells the router.
 // Packets travel by value: a memcpy is cheaper than an allocation per packet.
 #[allow(clippy::large_enum_variant)]
@@ -132,7 +136,7 @@ pub(crate) struct ClusterSide {
     waiting: std::collections::VecDeque<(u64, Waiting)>,
     /// Claims whose session record is ahead of this node's followers: decided once they
     /// have caught up, so no message reaches the session both live and from the record.
-    catching_up: Vec<(ConnId, crate::cluster::Claim)>,
+    catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
     /// Sessions taken in with a replay to come, by client id: what the replay needs.
     resumes: HashMap<Arc<str>, Resuming>,
     /// The sessions' queue limits (max_queued_messages, max_queued_bytes): a replay reads
@@ -599,6 +603,13 @@ impl Router {
             let changed = std::mem::take(&mut c.session_changes);
             for client_id in changed {
                 let snapshot = self.broker.session_snapshot(&client_id);
+                // Offline before its replay came back: what it holds is not all here yet;
+                // written once the replay is in (`FromCluster::Replayed`).
+                if c.resumes.contains_key(&client_id)
+                    && snapshot.as_ref().is_some_and(|s| !s.connected)
+                {
+                    continue;
+                }
                 c.after_appends(Waiting::Store {
                     client_id,
                     snapshot,
@@ -765,8 +776,8 @@ impl Router {
                 pos.next = pos.next.max(seq + 1);
                 if !c.catching_up.is_empty() {
                     let waiting = std::mem::take(&mut c.catching_up);
-                    for (conn, claim) in waiting {
-                        self.claimed(now, conn, Ok(claim));
+                    for (conn, claim, since) in waiting {
+                        self.decide_claim(now, conn, Ok(claim), since);
                     }
                 }
             }
@@ -775,11 +786,19 @@ impl Router {
                 in_flight,
                 queued,
             } => {
-                if let Some(c) = self.cluster.as_mut() {
-                    c.resumes.remove(&client_id);
-                }
                 self.broker
                     .handle_cluster_backlog(now, &client_id, in_flight, queued);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.resumes.remove(&client_id);
+                    // Written now if it went offline meanwhile (its record was held back).
+                    let snapshot = self.broker.session_snapshot(&client_id);
+                    if snapshot.as_ref().is_some_and(|s| !s.connected) {
+                        c.after_appends(Waiting::Store {
+                            client_id,
+                            snapshot,
+                        });
+                    }
+                }
             }
             FromCluster::Retained { topic, message } => {
                 self.broker.apply_remote_retained(&topic, message);
@@ -860,6 +879,17 @@ impl Router {
         conn: ConnId,
         result: Result<crate::cluster::Claim, String>,
     ) {
+        self.decide_claim(now, conn, result, now);
+    }
+
+    /// [`Router::claimed`], for a claim that has waited for the followers since `since`.
+    fn decide_claim(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: Result<crate::cluster::Claim, String>,
+        since: Instant,
+    ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -877,7 +907,7 @@ impl Router {
             if !connect.clean_start && !caught_up(&resume.cursors, &resume.outbound, next_of) {
                 tracing::debug!(client_id = %connect.client_id, "resumed session waits for this node's partition followers");
                 if let Ok(claim) = result {
-                    c.catching_up.push((conn, claim));
+                    c.catching_up.push((conn, claim, since));
                 }
                 return;
             }
@@ -981,6 +1011,7 @@ impl Router {
     /// Wakes every connection whose client has been silent past 1.5 × its keep-alive; the
     /// connection then closes itself as a keep-alive violation [MQTT-3.1.2-24].
     fn sweep_keep_alive(&mut self, now: Instant) {
+        self.refuse_stale_catch_ups(now);
         let now_ms = outbox::millis(now);
         for (conn, c) in &self.conns {
             if c.out.expire_if_silent(now_ms) {
@@ -989,12 +1020,41 @@ impl Router {
         }
     }
 
+    /// Refuses the CONNECTs that waited too long for this node's partition followers (they
+    /// are stalled): server unavailable, the client tries again (or elsewhere).
+    fn refuse_stale_catch_ups(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let stale: Vec<ConnId> = c
+            .catching_up
+            .iter()
+            .filter(|(_, _, since)| now.saturating_duration_since(*since) >= CATCH_UP_PATIENCE)
+            .map(|(conn, _, _)| *conn)
+            .collect();
+        for conn in stale {
+            let Some(c) = self.cluster.as_mut() else {
+                return;
+            };
+            c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
+            let Some((connect, _)) = c.claiming.remove(&conn) else {
+                continue;
+            };
+            tracing::warn!(client_id = %connect.client_id, waited_s = CATCH_UP_PATIENCE.as_secs(), "this node's partition followers are behind the session record of a resuming client: CONNECT refused (server unavailable)");
+            let refusal =
+                makelaar_core::conn::refusal(connect.protocol, ReasonCode::SERVER_UNAVAILABLE);
+            self.send(conn, refusal);
+            self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
+            self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
+        }
+    }
+
     /// Asks the connection to close (its task logs `why`).
     fn close(&mut self, conn: ConnId, why: CloseReason) {
         self.slow_logged.remove(&conn);
         if let Some(c) = self.cluster.as_mut() {
             c.claiming.remove(&conn);
-            c.catching_up.retain(|(waiting, _)| *waiting != conn);
+            c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
             if let Some((client_id, revision)) = c.claims.remove(&conn) {
                 c.after_appends(Waiting::Disconnected {
                     client_id,
