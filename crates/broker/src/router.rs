@@ -1075,3 +1075,142 @@ async fn next_from_cluster(rx: &mut Option<mpsc::Receiver<FromCluster>>) -> Opti
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use makelaar_cluster::record::{Cursor, Outbound, OutboundState};
+    use makelaar_core::broker::{KeptMessage, SessionSnapshot};
+    use makelaar_core::message::{LogPosition, Message};
+    use makelaar_core::persist::KeptState;
+    use makelaar_proto::{ProtocolVersion, QoS};
+
+    fn offline(held: Vec<KeptMessage>) -> SessionSnapshot {
+        SessionSnapshot {
+            version: ProtocolVersion::V5,
+            expiry_interval: 60,
+            subscriptions: Vec::new(),
+            connected: false,
+            inbound_qos2: vec![3],
+            outbound: held,
+        }
+    }
+
+    fn held(seq: Option<u64>, state: KeptState) -> KeptMessage {
+        let msg = Message {
+            topic: Arc::from("t"),
+            payload: bytes::Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: makelaar_proto::Properties::default(),
+            expires_at: None,
+            origin: None,
+            received_at: None,
+            log_position: std::sync::OnceLock::new(),
+        };
+        if let Some(seq) = seq {
+            msg.log_position
+                .set(LogPosition { partition: 0, seq })
+                .unwrap();
+        }
+        KeptMessage {
+            msg: Arc::new(msg),
+            qos: QoS::ExactlyOnce,
+            state,
+        }
+    }
+
+    /// A leaving session's record is written after the appends of the batches handed to the
+    /// cluster before it, with this node's own messages counted exactly up to that batch; the
+    /// registry entry is marked after it.
+    #[test]
+    fn a_leaving_sessions_record_waits_for_the_appends_before_it() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut c = ClusterSide::new(tx, makelaar_cluster::NodeId::new("a").unwrap());
+        c.positions.insert(
+            0,
+            NodePosition {
+                next: 5,
+                own_through: 0,
+            },
+        );
+        c.positions.insert(
+            1,
+            NodePosition {
+                next: 2,
+                own_through: 0,
+            },
+        );
+        c.gate.next_epoch(); // batch 1, not appended yet
+        c.after_appends(Waiting::Store {
+            client_id: Arc::from("s"),
+            snapshot: Some(offline(vec![
+                held(Some(4), KeptState::AwaitingComp(9)),
+                held(None, KeptState::Queued), // its append failed: not in the log
+                held(Some(6), KeptState::Queued),
+            ])),
+        });
+        c.after_appends(Waiting::Disconnected {
+            client_id: Arc::from("s"),
+            revision: makelaar_cluster::Revision::new(1).unwrap(),
+        });
+        c.gate.next_epoch(); // batch 2, after the session left
+        assert!(rx.try_recv().is_err(), "nothing before batch 1 is appended");
+        c.appended(1, vec![(0, 6)]);
+        let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
+            panic!("the record goes first")
+        };
+        let (cursors, outbound) = log.expect("offline: where it stands");
+        assert_eq!(
+            cursors,
+            [
+                Cursor {
+                    partition: 0,
+                    next: 5,
+                    writer_through: 6
+                },
+                Cursor {
+                    partition: 1,
+                    next: 2,
+                    writer_through: 0
+                }
+            ]
+        );
+        assert_eq!(
+            outbound,
+            [
+                Outbound {
+                    packet_id: 9,
+                    partition: 0,
+                    seq: 4,
+                    state: OutboundState::AwaitPubcomp
+                },
+                Outbound {
+                    packet_id: 0,
+                    partition: 0,
+                    seq: 6,
+                    state: OutboundState::Queued
+                }
+            ]
+        );
+        assert!(matches!(rx.try_recv(), Ok(ToCluster::Disconnected { .. })));
+        // Batch 2 moves this node's position on, but nothing more waited for it.
+        c.appended(2, vec![(0, 8)]);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(c.positions[&0].own_through, 8);
+        // Nothing outstanding: written at once, a connected session without a log.
+        let connected = SessionSnapshot {
+            connected: true,
+            ..offline(Vec::new())
+        };
+        c.after_appends(Waiting::Store {
+            client_id: Arc::from("s"),
+            snapshot: Some(connected),
+        });
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ToCluster::StoreSession { log: None, .. })
+        ));
+    }
+}
