@@ -671,3 +671,37 @@ def test_a_session_moving_back_and_forth_gets_each_message_once(cluster):
         assert [m.payload for m in c.get_n(6, timeout=20)] == sent[-6:]
         c.expect_none(timeout=1.0)
     c.disconnect()
+
+
+def test_message_expiry_still_applies_across_the_move(cluster):
+    """A message whose Message Expiry Interval ran out while the session was away is not
+    delivered after the move [MQTT-3.3.2-5]; one still alive carries the interval left
+    [MQTT-3.3.2-6]."""
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    a, b = cluster
+    cid = unique("expiry")
+    topic = unique("expiry") + "/t"
+    c = MqttClient(a, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    c.subscribe(topic, qos=1)
+    c.disconnect()
+    pub = connected(a)
+
+    def lasting(seconds):
+        p = Properties(PacketTypes.PUBLISH)
+        p.MessageExpiryInterval = seconds
+        return p
+
+    pub.publish(topic, b"short", qos=1, properties=lasting(1))
+    pub.publish(topic, b"long", qos=1, properties=lasting(120))
+    time.sleep(2.5)
+    c = MqttClient(b, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    assert c.connack.session_present
+    m = c.get()
+    assert m.payload == b"long"
+    left = m.properties.MessageExpiryInterval
+    assert 100 <= left < 120, left
+    c.expect_none(timeout=1.0)
+    c.disconnect()
