@@ -131,6 +131,8 @@ class Node:
         self.config = workdir / f"{name}.toml"
         self.config.write_text(toml)
         self.log = workdir / f"{name}.log"
+        # MK_LOG: the nodes' --log-level when investigating (e.g. "debug"; with
+        # MAKELAAR_KEEP_CLUSTER_LOGS=1 their logs stay).
         self.proc = subprocess.Popen(
             [find_makelaar(), "serve", "--config", str(self.config),
              "--cluster", ",".join(servers), "--node-name", name, "--log-level", os.environ.get("MK_LOG", "info")],
