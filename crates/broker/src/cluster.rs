@@ -653,11 +653,13 @@ async fn replay(
         tracing::warn!(%client_id, missing = read.missing, "messages a resumed session held are no longer in the cluster's log (older than its max age): not sent again");
     }
     tracing::debug!(%client_id, kept = read.kept.len(), new = read.new.len(), "resumed session replayed from the cluster");
+    let position = |m: &makelaar_cluster::cluster::LogMessage| LogPosition {
+        partition: m.partition.index(),
+        seq: m.seq,
+    };
     let positioned = |m: makelaar_cluster::cluster::LogMessage| {
-        let pos = LogPosition {
-            partition: m.partition.index(),
-            seq: m.seq,
-        };
+        let pos = position(&m);
+        // Expired: not delivered [MQTT-3.3.2-5].
         message(&m.topic, m.envelope, now, now_ms).map(|msg| {
             let _ = msg.log_position.set(pos);
             (pos, Arc::new(msg))
@@ -666,13 +668,13 @@ async fn replay(
     let mut kept: HashMap<usize, Arc<Message>> = HashMap::new();
     let mut queued: Vec<(LogPosition, Arc<Message>)> = Vec::new();
     for (i, m) in read.kept {
-        let Some((pos, msg)) = positioned(m) else {
-            continue; // expired [MQTT-3.3.2-5]
-        };
         match outbound.get(i).map(|o| o.state) {
-            Some(OutboundState::Queued) => queued.push((pos, msg)),
+            Some(OutboundState::Queued) => queued.extend(positioned(m)),
             Some(_) => {
-                kept.insert(i, msg);
+                let pos = position(&m);
+                let msg = resent_message(&m.topic, m.envelope, now, now_ms);
+                let _ = msg.log_position.set(pos);
+                kept.insert(i, Arc::new(msg));
             }
             None => {}
         }
@@ -705,6 +707,13 @@ async fn replay(
             queued: queued.into_iter().map(|(_, m)| m).collect(),
         })
         .await;
+}
+
+/// A message sent on another node and not acknowledged: sent again even when its expiry ran
+/// out since, as its onward delivery had started [MQTT-3.3.2-5] (with an interval of 0 left,
+/// as a node resending from its own store does).
+fn resent_message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Message {
+    any_message(topic, e, now, now_ms).0
 }
 
 /// The stand-in for a QoS 2 message whose PUBREC came back on another node: only its
@@ -761,10 +770,21 @@ fn envelope(node: &NodeId, msg: &Message, now: Instant, now_ms: u64) -> Envelope
 
 /// The message an envelope from the cluster carries; `None` once expired [MQTT-3.3.2-5].
 fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Message> {
-    let (expires_at, interval) = match e.remaining_expiry(now_ms) {
-        Expiry::Never => (None, None),
-        Expiry::Remaining(s) => (Some(now + Duration::from_secs(u64::from(s))), Some(s)),
-        Expiry::Expired => return None,
+    let (msg, expired) = any_message(topic, e, now, now_ms);
+    (!expired).then_some(msg)
+}
+
+/// The message an envelope carries, and whether its expiry ran out (it then has 0 seconds
+/// left).
+fn any_message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> (Message, bool) {
+    let (expires_at, interval, expired) = match e.remaining_expiry(now_ms) {
+        Expiry::Never => (None, None, false),
+        Expiry::Remaining(s) => (
+            Some(now + Duration::from_secs(u64::from(s))),
+            Some(s),
+            false,
+        ),
+        Expiry::Expired => (Some(now), Some(0), true),
     };
     let properties = Properties {
         payload_format_indicator: e.payload_utf8.then_some(1),
@@ -775,7 +795,7 @@ fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Messag
         user_properties: e.user_properties,
         ..Properties::default()
     };
-    Some(Message {
+    let msg = Message {
         topic: Arc::from(topic),
         payload: e.payload,
         qos: e.qos,
@@ -786,7 +806,8 @@ fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Messag
         // Received by this node now (a bridge's max_age counts from here).
         received_at: Some(now),
         log_position: std::sync::OnceLock::new(),
-    })
+    };
+    (msg, expired)
 }
 
 /// The writer task (see the module documentation). Batches are taken one after the other,
@@ -1037,7 +1058,12 @@ mod tests {
             back.properties.user_properties,
             msg.properties.user_properties
         );
-        // Expired on the way: not delivered [MQTT-3.3.2-5].
-        assert!(message("t/1", env, now, 1_000_000 + 31_000).is_none());
+        // Expired on the way: not delivered [MQTT-3.3.2-5]; but a message in flight on
+        // another node is sent again, with no time left.
+        assert!(message("t/1", env.clone(), now, 1_000_000 + 31_000).is_none());
+        let resent = resent_message("t/1", env, now, 1_000_000 + 31_000);
+        assert_eq!(resent.payload, msg.payload);
+        assert_eq!(resent.properties.message_expiry_interval, Some(0));
+        assert_eq!(resent.remaining_expiry(now), Some(0));
     }
 }
