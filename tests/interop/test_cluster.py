@@ -119,15 +119,20 @@ class NatsCluster:
 class Node:
     """One Makelaar process as a cluster node; `host`/`port` for MqttClient."""
 
-    def __init__(self, workdir: Path, nats: NatsCluster, name: str, servers=None):
+    def __init__(self, workdir: Path, nats: NatsCluster, name: str, servers=None,
+                 cluster_toml="", args=()):
         self.name = name
+        self.nats = nats
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.http_port = free_port()
         self.tls_port = None
         servers = servers or nats.urls
-        toml = (f"listen = [\"mqtt://127.0.0.1:{self.port}\"]\nin_memory = true\n"
+        toml = (f"listen = [\"mqtt://127.0.0.1:{self.port}\", "
+                f"\"http://127.0.0.1:{self.http_port}\"]\nin_memory = true\n"
                 f"sys_interval = 0\n\n[cluster]\n"
-                f"monitor = [{', '.join(repr(m).replace(chr(39), chr(34)) for m in nats.monitors)}]\n")
+                f"monitor = [{', '.join(repr(m).replace(chr(39), chr(34)) for m in nats.monitors)}]\n"
+                + cluster_toml)
         self.config = workdir / f"{name}.toml"
         self.config.write_text(toml)
         self.log = workdir / f"{name}.log"
@@ -135,7 +140,8 @@ class Node:
         # MAKELAAR_KEEP_CLUSTER_LOGS=1 their logs stay).
         self.proc = subprocess.Popen(
             [find_makelaar(), "serve", "--config", str(self.config),
-             "--cluster", ",".join(servers), "--node-name", name, "--log-level", os.environ.get("MK_LOG", "info")],
+             "--cluster", ",".join(servers), "--node-name", name,
+             "--log-level", os.environ.get("MK_LOG", "info"), *args],
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
 
     def wait_serving(self):
@@ -707,3 +713,366 @@ def test_message_expiry_still_applies_across_the_move(cluster):
     assert 100 <= left < 120, left
     c.expect_none(timeout=1.0)
     c.disconnect()
+
+
+# Wills across nodes (docs/cluster.md, "Status"): a connection's will is kept in its cluster
+# record until it is decided, and exactly one node publishes it.
+
+def v5_props(expiry=None, delay=None, packet="CONNECT"):
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    p = Properties(getattr(PacketTypes, packet))
+    if expiry is not None:
+        p.SessionExpiryInterval = expiry
+    if delay is not None:
+        p.WillDelayInterval = delay
+    return p
+
+
+def will_client(node, cid, topic, payload, qos=1, retain=False, delay=None, expiry=None,
+                clean=True) -> MqttClient:
+    c = MqttClient(node, client_id=cid, clean=clean)
+    c.will_set(topic, payload, qos=qos, retain=retain,
+               properties=v5_props(delay=delay, packet="WILLMESSAGE") if delay else None)
+    c.connect(properties=v5_props(expiry=expiry) if expiry is not None else None)
+    return c
+
+
+def watchers(nodes, topic, qos=1) -> list[MqttClient]:
+    out = []
+    for n in nodes:
+        w = connected(n)
+        w.subscribe(topic, qos=qos)
+        out.append(w)
+    return out
+
+
+def wills_received(w: MqttClient, quiet=1.5) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(w.get(timeout=quiet).payload)
+        except Exception:
+            return got
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_will_of_a_lost_connection_is_published_once_on_every_node(cluster, qos):
+    """The connection on node a ends without DISCONNECT: node a publishes the will
+    [MQTT-3.1.2-8], and subscribers on both nodes get it once; the record no longer holds it,
+    so nobody publishes it again."""
+    a, b = cluster
+    base = unique(f"lost{qos}")
+    ws = watchers([a, b], f"{base}/#", qos=qos)
+    if qos == 0:
+        probe_until_received(connected(a), ws[1], f"{base}/probe")
+        ws[0].drain(quiet=0.5)
+    dying = will_client(a, unique("dying"), f"{base}/will", b"gone", qos=qos)
+    dying.kill()
+    for w in ws:
+        assert wills_received(w) == [b"gone"]
+
+
+def test_no_will_after_a_normal_disconnect_and_the_next_connection_keeps_its_own(cluster):
+    """A normal DISCONNECT discards the will [MQTT-3.1.2-10] [MQTT-3.14.4-3]: no node
+    publishes it, also not when the client's persistent session moves to another node; the
+    will of the new connection there is published when that one is lost."""
+    a, b = cluster
+    base = unique("polite")
+    ws = watchers([a, b], f"{base}/#")
+    cid = unique("polite")
+    c = will_client(a, cid, f"{base}/will", b"first", expiry=300, clean=False)
+    c.disconnect()
+    clean = will_client(a, unique("polite-clean"), f"{base}/will", b"clean")
+    clean.disconnect()
+    c = will_client(b, cid, f"{base}/will", b"second", expiry=300, clean=False)
+    assert c.connack.session_present
+    for w in ws:
+        w.expect_none(timeout=1.5)
+    c.kill()
+    for w in ws:
+        assert wills_received(w) == [b"second"]
+
+
+def test_takeover_on_another_node_publishes_the_old_will_once(cluster):
+    """Taken over on node b [MQTT-3.1.4-3]: the old connection's will (no delay) is
+    published once [MQTT-3.1.2-8], by the claiming node only; node a closes with 0x8E."""
+    a, b = cluster
+    base = unique("take")
+    ws = watchers([a, b], f"{base}/#")
+    cid = unique("take")
+    first = will_client(a, cid, f"{base}/will", b"old", expiry=300, clean=False)
+    second = will_client(b, cid, f"{base}/will", b"new", expiry=300, clean=False)
+    first.wait_disconnected()
+    assert first.disconnect_reason == 0x8E
+    for w in ws:
+        assert wills_received(w) == [b"old"]
+    second.disconnect()
+
+
+def test_takeover_on_another_node_with_will_delay(cluster):
+    """Will Delay 3 s: a takeover on another node that continues the session counts as
+    reconnecting in time, so the will is not published [MQTT-3.1.3-9]; a takeover with Clean
+    Start 1 ends the session, and the will goes out at once, once."""
+    a, b = cluster
+    base = unique("delay")
+    ws = watchers([a, b], f"{base}/#")
+    cid = unique("delay")
+    first = will_client(a, cid, f"{base}/will", b"resumed", delay=3, expiry=300, clean=False)
+    second = will_client(b, cid, f"{base}/will", b"second", delay=3, expiry=300, clean=False)
+    assert second.connack.session_present
+    first.wait_disconnected()
+    assert first.disconnect_reason == 0x8E
+    for w in ws:
+        w.expect_none(timeout=4.5)  # past the delay: dropped, not waiting somewhere
+
+    # Back on node a with Clean Start 1: node b's connection is taken over and its session
+    # ended, so its will is published now, not after its delay, and once.
+    third = will_client(a, cid, f"{base}/will", b"third", expiry=300, clean=True)
+    assert not third.connack.session_present
+    second.wait_disconnected()
+    start = time.monotonic()
+    got = [w.get(timeout=WAIT).payload for w in ws]
+    assert time.monotonic() - start < 2.0, "published after its delay, not at once"
+    assert got == [b"second"] * 2
+    for w in ws:
+        w.expect_none(timeout=1.5)
+    third.disconnect()
+
+
+def test_a_killed_nodes_wills_are_published_once_by_a_survivor(tmp_path):
+    """kill -9 of the node holding clients with wills: when its lease expires (15 s), exactly
+    one of the two surviving nodes reaps it and publishes the due wills (QoS 1 through a
+    partition stream, so subscribers on both survivors get them once; a retained will is
+    retained everywhere); a delayed will waits out its delay from the reap [MQTT-3.1.3-9];
+    a client that reconnected elsewhere first keeps its session and its (delayed) will is
+    not published."""
+    import signal
+    nats = NatsCluster(tmp_path, n=1)
+    nodes = []
+    try:
+        for name in ("a", "b", "c"):
+            n = Node(tmp_path, nats, name)
+            nodes.append(n)
+            n.wait_serving()
+        a, b, c = nodes
+        base = unique("reap")
+        ws = watchers([b, c], f"{base}/#")
+        will_client(a, unique("now"), f"{base}/now", b"now", retain=True)
+        will_client(a, unique("later"), f"{base}/later", b"later", delay=3, expiry=300,
+                    clean=False)
+        back = unique("back")
+        will_client(a, back, f"{base}/back", b"back", delay=60, expiry=300, clean=False)
+        time.sleep(0.5)  # the records written (CONNACK comes first)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        killed = time.monotonic()
+        # Reconnects on node b before node a is reaped: its session goes on there, and its
+        # delayed will is dropped [MQTT-3.1.3-9].
+        returned = will_client(b, back, f"{base}/back", b"back2", delay=60, expiry=300,
+                               clean=False)
+        assert returned.connack.session_present
+
+        first = [w.get(timeout=15 + 20) for w in ws]
+        reaped = time.monotonic()
+        assert [(m.topic, m.payload) for m in first] == [(f"{base}/now", b"now")] * 2
+        assert reaped - killed < 15 + 20
+        later = [w.get(timeout=10) for w in ws]
+        assert [m.payload for m in later] == [b"later"] * 2
+        assert time.monotonic() - reaped >= 2.0, "the delayed will did not wait its delay"
+        for w in ws:
+            w.expect_none(timeout=3.0)  # once each, and nothing of "back"
+        # The retained will is in the cluster's retained messages.
+        fresh = connected(c)
+        fresh.subscribe(f"{base}/now", qos=1)
+        m = fresh.get()
+        assert (m.payload, m.retain) == (b"now", True)
+        returned.disconnect()
+    except Exception:
+        for n in nodes:
+            print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
+        nats.stop()
+
+
+# ---- makelaar cluster status, and the cluster on a node's /metrics --------------------------
+
+
+def cluster_status(*args, timeout=60):
+    return subprocess.run([find_makelaar(), "cluster", "status", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cluster_status_lists_servers_nodes_and_streams(cluster):
+    a, b = cluster
+    # The servers from the flag, the monitoring URLs from the node's [cluster] table.
+    r = cluster_status("--config", str(a.config), "--cluster", ",".join(a.nats.urls))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Nodes alive (2;" in out, out
+    nodes = out.split("Nodes alive", 1)[1].split("Streams", 1)[0]
+    assert any(line.startswith("a ") for line in nodes.splitlines()), nodes
+    assert any(line.startswith("b ") for line in nodes.splitlines()), nodes
+    servers = out.split("NATS servers (3)", 1)[1].split("Nodes alive", 1)[0]
+    assert servers.count("always") == 3, servers
+    for name in ("KV_mk_registry", "KV_mk_sessions", "KV_mk_retained", "KV_mk_leases",
+                 "KV_mk_reapers", "mk_p0", "mk_p15"):
+        assert f"\n{name} " in out, (name, out)
+    assert "Round trip to NATS:" in out, out
+    assert "warning" not in out, out
+
+
+def test_cluster_status_json_parses(cluster):
+    a, b = cluster
+    r = cluster_status("--cluster", ",".join(a.nats.urls), "--monitor",
+                       ",".join(a.nats.monitors), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert [n["name"] for n in s["nodes"]] == ["a", "b"]
+    assert all(n["last_write_age_ms"] < s["lease_ttl_ms"] for n in s["nodes"]), s["nodes"]
+    assert [v["sync_always"] for v in s["servers"]] == [True, True, True]
+    assert {v["name"] for v in s["servers"]} == {"n0", "n1", "n2"}
+    partitions = [x for x in s["streams"] if x["kind"] == "partition"]
+    buckets = [x for x in s["streams"] if x["kind"] == "bucket"]
+    assert len(partitions) == 16 and len(buckets) == 5, [x["name"] for x in s["streams"]]
+    for p in partitions:
+        assert p["leader"] in {"n0", "n1", "n2"}, p
+        assert p["replicas_configured"] == 3 and len(p["replicas"]) == 2, p
+        # One follower per node and partition, named by its node.
+        followers = {c["node"] for c in p["consumers"]}
+        assert {"a", "b"} <= followers, p
+    assert s["round_trip"]["core_ms"] > 0 and s["round_trip"]["jetstream_ms"] > 0
+
+
+def test_cluster_status_of_an_unreachable_nats_is_one_sentence():
+    r = cluster_status("--cluster", f"nats://127.0.0.1:{free_port()}", timeout=30)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("makelaar: cannot reach the NATS servers nats://127.0.0.1:"), lines
+    assert "--cluster" in lines[0], lines
+    assert r.stdout == ""
+
+
+def test_cluster_status_without_a_cluster_says_so(tmp_path):
+    nats = NatsCluster(tmp_path, n=1)
+    try:
+        r = cluster_status("--cluster", nats.urls[0], "--monitor", nats.monitors[0],
+                           timeout=30)
+        assert r.returncode != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert "hold no Makelaar cluster with prefix mk" in lines[0], lines
+        assert "makelaar serve --cluster" in lines[0], lines
+    finally:
+        nats.stop()
+
+
+def scrape(node) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text: str, line_start: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_a_nodes_metrics_show_the_cluster(cluster):
+    a, b = cluster
+    # Both leases are seen at the next lease refresh (every 2 s).
+    deadline = time.monotonic() + 15
+    while True:
+        text = scrape(a)
+        if metric(text, "makelaar_cluster_nodes_alive") == 2:
+            break
+        assert time.monotonic() < deadline, [
+            l for l in text.splitlines() if l.startswith("makelaar_cluster_")]
+        time.sleep(0.5)
+    assert 'makelaar_cluster_node_info{node="a"} 1' in text
+    assert metric(text, "makelaar_cluster_serving") == 1
+    assert 0 < metric(text, "makelaar_cluster_round_trip_seconds") < 5
+    assert metric(text, "makelaar_cluster_queue_limit_messages") == 50000
+    # The dashboard's cluster panel reads the same.
+    with urllib.request.urlopen(f"http://127.0.0.1:{a.http_port}/api/cluster", timeout=5) as r:
+        panel = json.load(r)
+    assert panel["node"] == "a" and panel["state"] == "serving", panel
+    assert panel["nodes_alive"] == 2 and len(panel["partitions"]) == 16, panel
+    # A QoS 1 message published on b is appended by b and followed by a.
+    before_b = metric(scrape(b), 'makelaar_cluster_writes_total{kind="append",result="ok"}')
+    topic = unique("metrics") + "/t"
+    pub = connected(b)
+    pub.publish(topic, b"x", qos=1)
+    deadline = time.monotonic() + 10
+    while True:
+        after_b = metric(scrape(b), 'makelaar_cluster_writes_total{kind="append",result="ok"}')
+        followed = sum(float(l.split()[-1]) for l in scrape(a).splitlines()
+                       if l.startswith("makelaar_cluster_partition_followed_total{"))
+        if after_b == before_b + 1 and followed >= 1:
+            break
+        assert time.monotonic() < deadline, (before_b, after_b, followed)
+        time.sleep(0.3)
+
+
+def test_a_full_queue_to_the_cluster_makes_publishers_wait_and_loses_nothing(cluster, tmp_path):
+    """docs/cluster.md "Backpressure": with max_queued_messages = 1 every batch fills the
+    queue, so the router waits for NATS again and again; every acknowledged message still
+    arrives. (Last in this file: the extra node's lease outlives it by the lease TTL.)"""
+    a, b = cluster
+    c = Node(tmp_path, a.nats, "c", servers=[a.nats.urls[2]],
+             cluster_toml="max_queued_messages = 1\n")
+    try:
+        c.wait_serving()
+        topic = unique("bp") + "/t"
+        sub = connected(a)
+        sub.subscribe(topic, qos=1)
+        pub = connected(c)
+        n = 300
+        infos = [pub.publish(topic, str(i).encode(), qos=1, wait=False) for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(30)
+            assert info.is_published()
+        got = sorted(int(m.payload) for m in sub.get_n(n, timeout=30))
+        assert got == list(range(n))
+        text = scrape(c)
+        assert metric(text, "makelaar_cluster_queue_limit_messages") == 1
+        assert metric(text, "makelaar_cluster_queue_full_total") >= 1, text
+        assert metric(text, "makelaar_cluster_queued_messages") == 0
+        assert "the queue to the cluster is full" in c.log.read_text()
+    finally:
+        c.stop()
+
+
+def test_sys_topics_show_the_nodes_part(cluster, tmp_path):
+    """`$SYS/broker/cluster/...` on a node with $SYS on: its name, state and what it sees.
+    (At the end of this file: the extra node's lease outlives it by the lease TTL.)"""
+    a, b = cluster
+    d = Node(tmp_path, a.nats, "d", servers=[a.nats.urls[1]], args=["--sys-interval", "1"])
+    try:
+        d.wait_serving()
+        c = connected(d)
+        c.subscribe("$SYS/broker/cluster/#")
+        deadline = time.monotonic() + 15
+        seen = {}
+        while time.monotonic() < deadline:
+            try:
+                m = c.get(timeout=1)
+            except Exception:
+                continue
+            seen[m.topic] = m.payload.decode()
+            wanted = ("node", "state", "round_trip_ms", "partition/15/follow_lag")
+            if (all(f"$SYS/broker/cluster/{w}" in seen for w in wanted)
+                    and int(seen.get("$SYS/broker/cluster/nodes/alive", "0")) >= 3):
+                break
+        assert seen.get("$SYS/broker/cluster/node") == "d", seen
+        assert seen.get("$SYS/broker/cluster/state") == "serving", seen
+        assert int(seen.get("$SYS/broker/cluster/nodes/alive", "0")) >= 3, seen
+        assert "$SYS/broker/cluster/partition/15/follow_lag" in seen, sorted(seen)
+        assert float(seen["$SYS/broker/cluster/round_trip_ms"]) > 0, seen
+    finally:
+        d.stop()

@@ -21,7 +21,11 @@
 //! - a **replay** per session taken in from a record that says where it stood: a temporary
 //!   read of each partition with something to read, handed to the router at once;
 //! - the **retained watch** keeps the node's retained messages equal to the cluster's;
-//! - the **lease** task, and one short task per client-id claim or hand-over.
+//! - the **sessions** task writes the session records (a connection's will included) this
+//!   node owns, one at a time, each fenced;
+//! - the **lease** task, and one short task per client-id claim or hand-over, and per dead
+//!   node this node reaps (its sessions taken over, its due wills published:
+//!   `makelaar_cluster::wills`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,27 +33,34 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use makelaar_cluster::backend::{subject_matches, Backend};
-use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest};
+use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest, TakenWill};
 use makelaar_cluster::envelope::{Envelope, Expiry};
+use makelaar_cluster::lease::Expired;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
 use makelaar_cluster::record::{
-    Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription,
+    Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription, StoredWill,
 };
 use makelaar_cluster::replay::ReplayPlan;
 use makelaar_cluster::takeover::Fence;
+use makelaar_cluster::wills;
 use makelaar_cluster::{ClientKey, NodeId, Revision};
-use makelaar_core::broker::{Exported, FilterChange, KeptMessage, SessionSnapshot};
+use makelaar_core::broker::{
+    session_left, will_wait, Exported, FilterChange, KeptMessage, KeptWill, RemoteWill,
+    SessionSnapshot,
+};
 use makelaar_core::message::{LogPosition, Message};
 use makelaar_core::persist::KeptState;
 use makelaar_core::session::ConnId;
 use makelaar_core::session::Subscription;
 use makelaar_proto::ProtocolVersion;
-use makelaar_proto::{Properties, QoS};
+use makelaar_proto::{Properties, QoS, Will};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::ClusterSettings;
+use makelaar_cluster::stats::NodeStats;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// How long setting up the buckets and streams is tried at start-up.
 const SETUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -151,8 +162,9 @@ pub(crate) enum FromCluster {
         topic: String,
         message: Option<Arc<Message>>,
     },
-    /// The claim of a waiting CONNECT: the registry revision written and the session the
-    /// cluster keeps for the client id, or why it failed.
+    /// The claim of a waiting CONNECT: the registry revision written, the session the
+    /// cluster keeps for the client id and the will another node left in its record (taken
+    /// out of it: this node decides it, before the CONNECT), or why it failed.
     Claimed {
         conn: ConnId,
         result: Result<Claim, String>,
@@ -166,19 +178,47 @@ pub(crate) enum FromCluster {
     /// This node holds its lease again.
     Serving,
     /// Another node owns this client's session now (a write was fenced): close its
-    /// connection here, if any (0x8E).
-    Fenced(Arc<str>),
+    /// connection here, if any (0x8E). With `will_in_cluster` the record held this
+    /// connection's will, and the node that took the record decides it: it is not
+    /// published here.
+    Fenced {
+        client_id: Arc<str>,
+        will_in_cluster: bool,
+    },
     /// A client this node had (offline now) connected on another node: drop the session
     /// here, that node keeps it.
     Moved(Arc<str>),
     /// The claim this connection was registered with has been taken over meanwhile: close it
-    /// (0x8E).
-    NotOwner { conn: ConnId, revision: Revision },
+    /// (0x8E); its will as with `Fenced`.
+    NotOwner {
+        conn: ConnId,
+        revision: Revision,
+        will_in_cluster: bool,
+    },
+    /// A dead node's client's will, due now and taken out of the cluster's record by this
+    /// node (it reaped the dead node): publish it.
+    Will { client_id: Arc<str>, will: KeptWill },
+    /// A dead node's session, taken over by this node (it reaped the dead node): keep it
+    /// offline here, its will (if any) due in `will_in`, its end in `expires_in`.
+    Orphan {
+        client_id: Arc<str>,
+        snapshot: SessionSnapshot,
+        will_in: Duration,
+        expires_in: Option<Duration>,
+    },
 }
 
-/// A claimed client id: the registry revision written, the session the cluster keeps for it
-/// and, when that session's record says where it stands in the log, how it resumes.
-pub(crate) type Claim = (Revision, Option<SessionSnapshot>, Option<Resume>);
+/// A claimed client id.
+pub(crate) struct Claim {
+    /// The registry revision written.
+    pub(crate) revision: Revision,
+    /// The session the cluster keeps for it.
+    pub(crate) session: Option<SessionSnapshot>,
+    /// The will another node left in its record, taken out of it: this node decides it.
+    pub(crate) will: Option<RemoteWill>,
+    /// When the session's record says where it stands in the log: how it resumes.
+    pub(crate) resume: Option<Resume>,
+}
 
 /// Why the cluster could not be joined: one sentence for the user.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +231,34 @@ pub(crate) struct ClusterLink {
     pub(crate) from: mpsc::Receiver<FromCluster>,
     /// This node.
     pub(crate) node: NodeId,
+    /// What this node counts of its part, for `$SYS`, `/metrics` and the dashboard; its
+    /// `queued` and `queue_limit` bound the messages in `to` (see [`QueueRoom`]).
+    pub(crate) stats: Arc<NodeStats>,
+    /// Wakes the router when the queue to the cluster has room again.
+    pub(crate) room: Arc<tokio::sync::Notify>,
+}
+
+/// The bound of the router's queue to the cluster (docs/cluster.md "Backpressure"): the
+/// router adds a batch's messages to `stats.queued` when it sends the batch and stops taking
+/// packets from clients while the count is at `stats.queue_limit`; the writer subtracts
+/// them once they are written and wakes the router when the count falls below the limit.
+/// The channel itself stays unbounded: a batch the core has accepted is always sent, and
+/// the bound is on what comes next.
+pub(crate) struct QueueRoom {
+    stats: Arc<NodeStats>,
+    room: Arc<tokio::sync::Notify>,
+}
+
+impl QueueRoom {
+    /// `n` messages written (or failed): room for as many.
+    fn release(&self, n: usize) {
+        let n = n as u64;
+        let before = self.stats.queued.fetch_sub(n, Relaxed);
+        let limit = self.stats.queue_limit.load(Relaxed);
+        if before >= limit && before.saturating_sub(n) < limit {
+            self.room.notify_one();
+        }
+    }
 }
 
 /// Joins the cluster: connects to NATS (the start-up checks refuse lazy fsync and old
@@ -214,8 +282,11 @@ pub(crate) async fn start(
     })?;
     let mut nats = NatsConfig::new(settings.servers.clone());
     nats.monitor.clone_from(&settings.monitor);
+    nats.tls.clone_from(&settings.tls);
+    nats.auth.clone_from(&settings.auth);
     nats.allow_lazy_fsync = settings.allow_lazy_fsync;
     nats.partitions = partitions;
+    nats.node.clone_from(&settings.node_name);
     // NATS servers started together may not have formed their JetStream cluster yet ("no
     // suitable peers for placement"): setting up buckets and streams is tried again for a
     // while. Refusals (lazy fsync, an old server) and an unreachable NATS are not.
@@ -238,6 +309,11 @@ pub(crate) async fn start(
     let mut config = ClusterConfig::new(node, makelaar_cluster::cluster::new_incarnation());
     config.partitions = partitions;
     let cluster = Arc::new(Cluster::new(backend, config));
+    let stats = cluster.stats().clone();
+    stats
+        .queue_limit
+        .store(settings.max_queued_messages as u64, Relaxed);
+    let room = Arc::new(tokio::sync::Notify::new());
 
     // The lease first: a node serves from its first lease write on, never before.
     let (lease_tx, mut lease_rx) = mpsc::channel(16);
@@ -250,14 +326,20 @@ pub(crate) async fn start(
         _ => {
             return Err(ClusterStartError(format!(
                 "cannot write this node's lease to the NATS servers {} within 15 s; check that JetStream is enabled and has a leader",
-                settings.servers.join(",")
+                makelaar_cluster::link::redact_urls(&settings.servers)
             )))
         }
     }
     let node = cluster.config().node.clone();
     let (to_tx, mut to_rx) = mpsc::unbounded_channel();
     let (from_tx, from_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
-    tokio::spawn(lease_events(lease_rx, from_tx.clone(), shutdown.clone()));
+    let (sessions_tx, sessions_rx) = mpsc::unbounded_channel();
+    tokio::spawn(lease_events(
+        lease_rx,
+        (cluster.clone(), sessions_tx.clone()),
+        from_tx.clone(),
+        shutdown.clone(),
+    ));
     let releases = cluster
         .release_requests()
         .await
@@ -291,10 +373,13 @@ pub(crate) async fn start(
         .map_err(|e| ClusterStartError(format!("cannot follow the retained messages: {e}")))?;
     tokio::spawn(retained_watch(watch, from_tx.clone()));
 
-    let (sessions_tx, sessions_rx) = mpsc::unbounded_channel();
     tokio::spawn(sessions(cluster.clone(), sessions_rx, from_tx.clone()));
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone()));
+    let queue = QueueRoom {
+        stats: stats.clone(),
+        room: room.clone(),
+    };
+    tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone(), queue));
     let (live_tx, live_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
     let mut reader = Reader {
         cluster: cluster.clone(),
@@ -328,12 +413,14 @@ pub(crate) async fn start(
                     }
                     Some(ToCluster::CheckOwner { conn, client_id, revision }) => {
                         let c = cluster.clone();
-                        let tx = from_tx.clone();
+                        let sessions = sessions_tx.clone();
                         tokio::spawn(async move {
                             let key = ClientKey::new(&client_id);
-                            // A failed read says nothing: the connection stays.
+                            // A failed read says nothing: the connection stays. Not the
+                            // owner: the sessions task says whether the will reached the
+                            // record (then the new owner decides it) and writes no more.
                             if let Ok(false) = c.still_owner(&key, revision).await {
-                                let _ = tx.send(FromCluster::NotOwner { conn, revision }).await;
+                                let _ = sessions.send(SessionOp::NotOwner { conn, client_id, revision });
                             }
                         });
                     }
@@ -368,11 +455,14 @@ pub(crate) async fn start(
         to: to_tx,
         from: from_rx,
         node,
+        stats,
+        room,
     })
 }
 
 async fn lease_events(
     mut rx: mpsc::Receiver<LeaseEvent>,
+    (cluster, sessions): (Arc<Cluster<NatsBackend>>, mpsc::UnboundedSender<SessionOp>),
     tx: mpsc::Sender<FromCluster>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -392,9 +482,11 @@ async fn lease_events(
                 tracing::error!(target: crate::status::STATUS_TARGET, "cluster lease not refreshed in time: this node disconnects its clients and refuses new ones until it holds its lease again");
                 let _ = tx.send(FromCluster::StepDown).await;
             }
-            // Publishing a dead node's wills comes with wills in the session record.
+            // This node won the dead node's reaping (`Cluster::try_reap`): exactly one
+            // survivor takes its sessions over and publishes its due wills.
             LeaseEvent::Reap(dead) => {
-                tracing::warn!(target: crate::status::STATUS_TARGET, node = %dead.node, "a cluster node died; publishing its wills is not done yet in this version")
+                tracing::warn!(target: crate::status::STATUS_TARGET, node = %dead.node, "a cluster node died: this node takes over its sessions and publishes its clients' wills");
+                tokio::spawn(reap(cluster.clone(), dead, sessions.clone(), tx.clone()));
             }
         }
     }
@@ -425,16 +517,33 @@ async fn claim(
             // (A connected owner was asked to hand over, and forgot its copy then.)
             let _ = cluster.notify_moved(&previous.node, &key).await;
         }
-        let (record, fence) = cluster.load_session(&key).await?;
+        // A will another node left in the record is taken out of it here (a fenced write,
+        // which also fences the node that had the session), and decided by this node.
+        let found = cluster
+            .load_claimed_session(&key, &claimed, unix_ms())
+            .await?;
         // The session's writes from here on carry this fence; the first one (when the router
         // stores the session after the CONNECT) fences the node that had it.
-        let _ = sessions.send(SessionOp::Owned(client_id.clone(), claimed.revision, fence));
-        let resume = record.as_ref().and_then(resume_of);
-        Ok::<_, makelaar_cluster::cluster::ClusterError>((
+        // (The new connection's will reaches the record with that write, not before.)
+        let _ = sessions.send(SessionOp::Owned(
+            client_id.clone(),
             claimed.revision,
-            record.and_then(|r| snapshot_of(&r)),
+            found.fence,
+            false,
+        ));
+        // Where the session stands in the log is in the record as its node wrote it (a
+        // will taken out since names this node as the writer).
+        let resume = found
+            .record
+            .as_ref()
+            .zip(found.written_by.as_ref())
+            .and_then(|(r, writer)| resume_of(r, writer));
+        Ok::<_, makelaar_cluster::cluster::ClusterError>(Claim {
+            revision: claimed.revision,
+            session: found.record.and_then(|r| snapshot_of(&r)),
+            will: found.will.map(remote_will),
             resume,
-        ))
+        })
     }
     .await
     .map_err(|e| e.to_string());
@@ -443,10 +552,11 @@ async fn claim(
 
 /// What the sessions task is told.
 enum SessionOp {
-    /// This node claimed the client id at this revision; its session record has this fence.
-    Owned(Arc<str>, Revision, Fence),
+    /// This node claimed the client id at this revision; its session record has this fence,
+    /// and holds a will (or not).
+    Owned(Arc<str>, Revision, Fence, bool),
     /// Write (or, `None`, delete) the client's session record, with where it stands in
-    /// the log when it is offline.
+    /// the log when it is offline (or handed over).
     Store(
         Arc<str>,
         Option<SessionSnapshot>,
@@ -459,6 +569,13 @@ enum SessionOp {
     Forget(Arc<str>),
     /// A hand-over: write the client's session no more, then mark the registry and answer.
     Release(ReleaseRequest),
+    /// The connection registered with this claim is not the owner any more: write its
+    /// session no more, and tell the router (with whether the record holds its will).
+    NotOwner {
+        conn: ConnId,
+        client_id: Arc<str>,
+        revision: Revision,
+    },
 }
 
 /// The sessions task: the one owner of the fences of the session records this node writes.
@@ -468,11 +585,34 @@ async fn sessions(
     mut rx: mpsc::UnboundedReceiver<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
-    let mut fences: HashMap<Arc<str>, (Revision, Fence)> = HashMap::new();
+    // Per client: the claim, the record's fence, and whether the record as last written
+    // holds a will (a will that reached the cluster is decided by whoever takes the record
+    // next, so a connection closed for another owner does not publish it).
+    let mut fences: HashMap<Arc<str>, (Revision, Fence, bool)> = HashMap::new();
     while let Some(op) = rx.recv().await {
         match op {
-            SessionOp::Owned(client_id, revision, fence) => {
-                fences.insert(client_id, (revision, fence));
+            SessionOp::Owned(client_id, revision, fence, will) => {
+                fences.insert(client_id, (revision, fence, will));
+            }
+            SessionOp::NotOwner {
+                conn,
+                client_id,
+                revision,
+            } => {
+                let will_in_cluster = match fences.get(&client_id) {
+                    Some(&(r, _, will)) if r == revision => {
+                        fences.remove(&client_id);
+                        will
+                    }
+                    _ => false,
+                };
+                let _ = tx
+                    .send(FromCluster::NotOwner {
+                        conn,
+                        revision,
+                        will_in_cluster,
+                    })
+                    .await;
             }
             SessionOp::Forget(client_id) => {
                 fences.remove(&client_id);
@@ -492,17 +632,18 @@ async fn sessions(
                 });
             }
             SessionOp::Store(client_id, snapshot, log) => {
-                let Some(&(revision, fence)) = fences.get(&client_id) else {
+                let Some(&(revision, fence, will_before)) = fences.get(&client_id) else {
                     continue;
                 };
                 let key = ClientKey::new(&client_id);
                 let result = match snapshot {
                     Some(s) => {
                         let record = record_of(cluster.config().node.clone(), revision, &s, log);
+                        let will = record.will.is_some();
                         cluster
                             .store_session(&key, &record, fence)
                             .await
-                            .map(|f| Some((revision, f)))
+                            .map(|f| Some((revision, f, will)))
                     }
                     None => cluster.delete_session(&key, fence).await.map(|()| None),
                 };
@@ -519,7 +660,12 @@ async fn sessions(
                         tracing::warn!(client_id = %client_id, error = %e, "session not written to the cluster");
                         fences.remove(&client_id);
                         if matches!(e, makelaar_cluster::cluster::ClusterError::Fenced(_)) {
-                            let _ = tx.send(FromCluster::Fenced(client_id)).await;
+                            let _ = tx
+                                .send(FromCluster::Fenced {
+                                    client_id,
+                                    will_in_cluster: will_before,
+                                })
+                                .await;
                         }
                     }
                 }
@@ -528,22 +674,30 @@ async fn sessions(
     }
 }
 
-/// The record of a session this node keeps; `log` (for a session offline here): where it
-/// stands in each partition and the messages it holds, so another node resumes it.
+/// The record of a session this node keeps: its subscriptions, its inbound QoS 2 ids and
+/// its will; `log` (for a session offline here, or handed over): where it stands in each
+/// partition and the messages it holds, so another node resumes it.
 fn record_of(
     node: NodeId,
     claim: Revision,
     s: &SessionSnapshot,
     log: Option<(Vec<Cursor>, Vec<Outbound>)>,
 ) -> SessionRecord {
-    let disconnected_at_ms = log.is_some().then(unix_ms);
+    let (now, now_ms) = (Instant::now(), unix_ms());
     let (cursors, outbound) = log.unwrap_or_default();
     SessionRecord {
         node,
         claim: claim.get(),
         protocol: s.version.level(),
         expiry_interval: s.expiry_interval,
-        disconnected_at_ms,
+        // On the wall clock, so that another node can count a will's delay on from it. A
+        // record written at a hand-over has none: its connection was open and is taken over
+        // (how the claimer decides its will), though its cursors say where it stands.
+        disconnected_at_ms: s.offline_since.map(|since| {
+            let ago =
+                u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX);
+            now_ms.saturating_sub(ago)
+        }),
         subscriptions: s
             .subscriptions
             .iter()
@@ -553,7 +707,7 @@ fn record_of(
                 identifier: sub.id,
             })
             .collect(),
-        will: None,
+        will: s.will.as_ref().map(stored_will),
         cursors,
         outbound,
         inbound_qos2: s.inbound_qos2.clone(),
@@ -584,25 +738,30 @@ fn snapshot_of(r: &SessionRecord) -> Option<SessionSnapshot> {
                 )
             })
             .collect(),
+        // What a claim takes in is the session; a will the record held was taken out and
+        // is decided on its own (`Cluster::load_claimed_session`).
+        offline_since: None,
+        will: None,
         connected: false,
         inbound_qos2: r.inbound_qos2.clone(),
         outbound: Vec::new(),
     })
 }
 
-/// How a session resumes from its record: only a record written when it went offline (or
-/// was handed over) says where it stands in the log. One written while its client was
-/// connected (its node died) has no cursors: nothing is replayed, logged.
-fn resume_of(r: &SessionRecord) -> Option<Resume> {
+/// How a session resumes from its record, `writer` the node that wrote it (whose log its
+/// cursors count): only a record written when it went offline or was handed over says where
+/// it stands in the log. One written while its client was connected (its node died), or
+/// taken over from a dead node, has no cursors: nothing is replayed, logged.
+fn resume_of(r: &SessionRecord, writer: &NodeId) -> Option<Resume> {
     if r.expiry_interval == 0 {
         return None;
     }
-    if r.disconnected_at_ms.is_none() || r.cursors.is_empty() {
-        tracing::warn!(node = %r.node, "a session record written while its client was connected: messages it held or missed are not replayed");
+    if r.cursors.is_empty() {
+        tracing::warn!(node = %writer, "a session record without its place in the log (written while its client was connected, or left by a dead node): messages it held or missed are not replayed");
         return None;
     }
     Some(Resume {
-        writer: r.node.clone(),
+        writer: writer.clone(),
         cursors: r.cursors.clone(),
         outbound: r.outbound.clone(),
     })
@@ -734,6 +893,162 @@ fn placeholder(pos: LogPosition) -> Message {
     msg
 }
 
+/// A will as the cluster keeps it.
+fn stored_will(k: &KeptWill) -> StoredWill {
+    let w = &k.will;
+    let p = &w.properties;
+    StoredWill {
+        topic: w.topic.clone(),
+        payload: w.payload.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        delay: p.will_delay_interval.unwrap_or(0),
+        message_expiry: p.message_expiry_interval,
+        payload_utf8: p.payload_format_indicator == Some(1),
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        username: k.username.as_deref().map(str::to_owned),
+    }
+}
+
+/// A will the cluster kept, as the core takes it.
+fn kept_will(w: StoredWill) -> KeptWill {
+    let properties = Properties {
+        will_delay_interval: (w.delay > 0).then_some(w.delay),
+        message_expiry_interval: w.message_expiry,
+        payload_format_indicator: w.payload_utf8.then_some(1),
+        content_type: w.content_type,
+        response_topic: w.response_topic,
+        correlation_data: w.correlation_data,
+        user_properties: w.user_properties,
+        ..Properties::default()
+    };
+    KeptWill {
+        will: Box::new(Will {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties,
+        }),
+        username: w.username.map(Arc::from),
+    }
+}
+
+/// A will a claim took out of the record, as the core decides it.
+fn remote_will(t: TakenWill) -> RemoteWill {
+    let kept = kept_will(t.will);
+    RemoteWill {
+        will: kept.will,
+        username: kept.username,
+        expiry_interval: t.expiry_interval,
+        offline_for: t.offline_for,
+    }
+}
+
+/// Takes over the sessions of a dead node this node won the reaping of: each record is
+/// written by compare-and-set (its will taken out when it is due now, its connection
+/// offline from now) before anything of it is published, so a client that connects
+/// elsewhere at the same moment has its will decided by one node only. Due wills go to
+/// the router to publish (QoS 1/2 appended to their partition, retained ones set, like any
+/// will); the sessions that live on are kept here, offline, their delayed wills published
+/// when due unless their clients return [MQTT-3.1.3-9].
+async fn reap(
+    cluster: Arc<Cluster<NatsBackend>>,
+    dead: Expired,
+    sessions: mpsc::UnboundedSender<SessionOp>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let orphans = match cluster.orphans(&dead).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(target: crate::status::STATUS_TARGET, node = %dead.node, error = %e, "cannot read a dead node's sessions: its clients' wills are not published");
+            return;
+        }
+    };
+    let me = cluster.config().node.clone();
+    let (mut published, mut kept) = (0usize, 0usize);
+    for o in orphans {
+        let Ok(id) = o.client.client_id() else {
+            continue;
+        };
+        let client_id: Arc<str> = Arc::from(id.as_str());
+        let now_ms = unix_ms();
+        // A connection that was open when its node died ended at the reap, as far as
+        // anyone can tell: its will's delay and its session's expiry count from now.
+        let offline = wills::offline_for(&o.record, now_ms).unwrap_or(Duration::ZERO);
+        let expiry = o.record.expiry_interval;
+        let delay = o.record.will.as_ref().map_or(0, |w| w.delay);
+        let will_in = will_wait(delay, expiry, offline);
+        let left = session_left(expiry, offline);
+        let due_now = o.record.will.is_some() && will_in.is_none();
+        let written = match left {
+            None => cluster
+                .delete_session(&o.client, o.fence)
+                .await
+                .map(|()| None),
+            Some(_) => {
+                let mut record = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
+                // Its place in the dead node's log is not carried on: this node keeps the
+                // session from here without what it held there, and its next record says
+                // where it stands in this node's.
+                record.cursors.clear();
+                record.outbound.clear();
+                cluster
+                    .store_session(&o.client, &record, o.fence)
+                    .await
+                    .map(Some)
+            }
+        };
+        let fence = match written {
+            Ok(f) => f,
+            Err(e) => {
+                // Taken by a node its client connected to meanwhile: that node decides.
+                tracing::debug!(client_id = %client_id, error = %e, "a dead node's session was taken meanwhile");
+                continue;
+            }
+        };
+        let mut will = o.record.will.clone().map(kept_will);
+        if due_now {
+            if let Some(w) = will.take() {
+                published += 1;
+                let ev = FromCluster::Will {
+                    client_id: client_id.clone(),
+                    will: w,
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let (Some(expires_in), Some(fence), Some(mut snapshot)) =
+            (left, fence, snapshot_of(&o.record))
+        else {
+            continue;
+        };
+        kept += 1;
+        snapshot.will = will;
+        let _ = sessions.send(SessionOp::Owned(
+            client_id.clone(),
+            o.claim,
+            fence,
+            snapshot.will.is_some(),
+        ));
+        let ev = FromCluster::Orphan {
+            client_id,
+            snapshot,
+            will_in: will_in.unwrap_or(Duration::ZERO),
+            expires_in,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+    tracing::info!(target: crate::status::STATUS_TARGET, node = %dead.node, wills = published, sessions = kept, "took over a dead node's clients: wills due now published, sessions kept offline here");
+}
+
 async fn released(cluster: Arc<Cluster<NatsBackend>>, req: ReleaseRequest) {
     // Refused harmlessly when the entry moved on (this node held no connection for it).
     let _ = cluster.mark_disconnected(&req.client, req.revision).await;
@@ -816,6 +1131,7 @@ async fn writer(
     cluster: Arc<Cluster<NatsBackend>>,
     mut rx: mpsc::UnboundedReceiver<(Option<u64>, Vec<Exported>)>,
     tx: mpsc::Sender<FromCluster>,
+    queue: QueueRoom,
 ) {
     let node = cluster.config().node.clone();
     while let Some((epoch, messages)) = rx.recv().await {
@@ -852,6 +1168,7 @@ async fn writer(
             }
         });
         let results = futures_util::future::join_all(writes).await;
+        queue.release(results.len());
         let Some(epoch) = epoch else {
             continue;
         };

@@ -88,6 +88,20 @@ pub struct Counters {
     /// One entry per running bridge (`$SYS/broker/bridge/<name>/...`, metrics, dashboard);
     /// replaced when a reload starts or stops bridges.
     pub bridges: std::sync::RwLock<Vec<std::sync::Arc<BridgeCounters>>>,
+    /// This node's cluster figures, when it is a cluster node (`$SYS/broker/cluster/...`,
+    /// metrics, dashboard).
+    pub cluster: Option<ClusterCounters>,
+}
+
+/// What a cluster node shows of its part: its name and the figures the cluster layer keeps
+/// (`makelaar_cluster::stats::NodeStats`, written by the lease task, the writer, the
+/// followers and the claims; the router's queue to the cluster by the router and writer).
+#[derive(Debug, Clone)]
+pub struct ClusterCounters {
+    /// This node's name in the cluster.
+    pub node: String,
+    /// The figures.
+    pub stats: std::sync::Arc<makelaar_cluster::stats::NodeStats>,
 }
 
 /// What one bridge's task reports, written by that task alone.

@@ -127,7 +127,14 @@ impl Server {
             .collect();
         let tls_slots = listeners.iter().filter_map(Listener::tls_slot).collect();
         let tasks = TaskTracker::new();
-        let counters = Arc::new(Counters::default());
+        let mut counters = Counters::default();
+        if let (Some(link), Some(settings)) = (&cluster, &config.cluster) {
+            counters.cluster = Some(counters::ClusterCounters {
+                node: settings.node_name.clone(),
+                stats: link.stats.clone(),
+            });
+        }
+        let counters = Arc::new(counters);
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
         let policy = Policy {
             deny_subscriptions: config.deny_subscriptions.clone(),
@@ -169,7 +176,9 @@ impl Server {
             Some(link) => {
                 broker.enable_cluster_export();
                 (
-                    Some(router::ClusterSide::new(link.to, link.node)),
+                    Some(router::ClusterSide::new(
+                        link.to, link.stats, link.room, link.node,
+                    )),
                     Some(link.from),
                 )
             }

@@ -142,6 +142,15 @@ pub(crate) struct ClusterSide {
     /// The sessions' queue limits (max_queued_messages, max_queued_bytes): a replay reads
     /// no more.
     max_queued: (usize, usize),
+    /// The figures, among them the queue to the cluster and its bound (see
+    /// `crate::cluster::QueueRoom`).
+    stats: Arc<makelaar_cluster::stats::NodeStats>,
+    /// Wakes the router when that queue has room again.
+    room: Arc<tokio::sync::Notify>,
+    /// The queue was full at the last look (a log line per episode, at most every
+    /// [`QUEUE_FULL_LOG_EVERY`]).
+    full: bool,
+    full_logged: Option<Instant>,
 }
 
 /// What waits for the cluster's appends (see `ClusterSide::waiting`).
@@ -171,13 +180,22 @@ struct Resuming {
     filters: Vec<String>,
 }
 
+/// How often a full queue to the cluster is logged at most.
+const QUEUE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 impl ClusterSide {
     pub(crate) fn new(
         to: mpsc::UnboundedSender<ToCluster>,
+        stats: Arc<makelaar_cluster::stats::NodeStats>,
+        room: Arc<tokio::sync::Notify>,
         node: makelaar_cluster::NodeId,
     ) -> ClusterSide {
         ClusterSide {
             to,
+            stats,
+            room,
+            full: false,
+            full_logged: None,
             gate: Gate::default(),
             exported: Vec::new(),
             filter_changes: Vec::new(),
@@ -291,6 +309,36 @@ impl ClusterSide {
             }
         }
     }
+
+    /// Whether the queue to the cluster is at its bound: then the router takes no packets
+    /// from clients (they wait in their connections; what was accepted is written and
+    /// acknowledged in order) until the writer makes room.
+    fn is_full(&mut self, now: Instant) -> bool {
+        let queued = self.stats.queued.load(std::sync::atomic::Ordering::Relaxed);
+        let limit = self
+            .stats
+            .queue_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let full = limit > 0 && queued >= limit;
+        if full && !self.full {
+            self.stats
+                .queue_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self
+                .full_logged
+                .is_none_or(|at| now.duration_since(at) >= QUEUE_FULL_LOG_EVERY)
+            {
+                self.full_logged = Some(now);
+                tracing::warn!(
+                    target: crate::status::STATUS_TARGET,
+                    queued,
+                    "the queue to the cluster is full ({queued} messages not yet written to NATS, [cluster] max_queued_messages = {limit}): clients wait until NATS catches up; if this repeats, NATS is slower than the publishers"
+                );
+            }
+        }
+        self.full = full;
+        full
+    }
 }
 
 /// Why connections ended, counted by the router as it hears of them (plain integers: the
@@ -399,6 +447,7 @@ impl Router {
         let sleep = tokio::time::sleep_until(next_sweep.into());
         tokio::pin!(sleep);
         let mut armed = next_sweep;
+        let room = self.cluster.as_ref().map(|c| c.room.clone());
         let stop = shutdown.clone();
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
@@ -414,8 +463,19 @@ impl Router {
                 sleep.as_mut().reset(timer.into());
                 armed = timer;
             }
+            // Backpressure: while the queue to the cluster is full, nothing is taken from the
+            // router's channel (clients' packets, and the admin's and scrapes' questions, wait
+            // there and then in their connections); the cluster's and the store's reports and
+            // the timers go on, above all the writer's, which make room.
+            let cluster_full = self.cluster.as_mut().is_some_and(|c| c.is_full(now));
             tokio::select! {
-                msg = rx.recv() => {
+                () = async {
+                    match &room {
+                        Some(r) => r.notified().await,
+                        None => std::future::pending().await,
+                    }
+                }, if cluster_full => {}
+                msg = rx.recv(), if !cluster_full => {
                     let Some(msg) = msg else { break };
                     let now = Instant::now();
                     self.handle(now, msg);
@@ -677,6 +737,9 @@ impl Router {
                 .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
             let epoch = promised.then(|| c.gate.next_epoch());
             let messages = std::mem::take(&mut c.exported);
+            c.stats
+                .queued
+                .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let _ = c.to.send(ToCluster::Batch { epoch, messages });
         }
     }
@@ -817,11 +880,15 @@ impl Router {
                     c.stepped_down = false;
                 }
             }
-            FromCluster::Fenced(client_id) => {
-                self.broker
-                    .disconnect_client(now, &client_id, ReasonCode::SESSION_TAKEN_OVER);
-            }
-            FromCluster::NotOwner { conn, revision } => {
+            FromCluster::Fenced {
+                client_id,
+                will_in_cluster,
+            } => self.lost_to_another_node(now, &client_id, will_in_cluster),
+            FromCluster::NotOwner {
+                conn,
+                revision,
+                will_in_cluster,
+            } => {
                 let held = self
                     .cluster
                     .as_ref()
@@ -830,26 +897,64 @@ impl Router {
                     .map(|(id, _)| id.clone());
                 if let Some(id) = held {
                     tracing::debug!(client_id = %id, "client taken over by another cluster node while connecting");
-                    self.broker
-                        .disconnect_client(now, &id, ReasonCode::SESSION_TAKEN_OVER);
+                    self.lost_to_another_node(now, &id, will_in_cluster);
+                }
+            }
+            FromCluster::Will { client_id, will } => {
+                self.broker.publish_remote_will(
+                    now,
+                    &client_id,
+                    will.username.as_deref(),
+                    will.will,
+                );
+            }
+            FromCluster::Orphan {
+                client_id,
+                snapshot,
+                will_in,
+                expires_in,
+            } => {
+                if !self
+                    .broker
+                    .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
+                {
+                    tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
+                } else if let Some(c) = self.cluster.as_mut() {
+                    // Its record is written again, with where it stands in this node's log
+                    // from now (the dead node's place in it was not carried on), so that
+                    // what it takes in here follows it when its client connects elsewhere.
+                    c.session_changes.push(client_id);
                 }
             }
             FromCluster::Release(req) => {
                 match req.client.client_id() {
                     Ok(id) => {
                         // [MQTT-3.1.4-3] the client connected on another node: this
-                        // connection ends (5.0: DISCONNECT 0x8E Session taken over).
-                        if self
-                            .broker
-                            .disconnect_client(now, &id, ReasonCode::SESSION_TAKEN_OVER)
-                        {
+                        // connection ends (5.0: DISCONNECT 0x8E Session taken over), and
+                        // the session moves with its client. Its will is not published
+                        // here: the record holds it, and the claiming node decides it.
+                        // Taken before: the will as the record holds it (the connection's,
+                        // or one waiting out its delay), and whether it was offline.
+                        let before = self.broker.session_snapshot(&id);
+                        if self.broker.close_for_hand_over(now, &id) {
                             tracing::debug!(client_id = %id, "client taken over by another cluster node");
                         }
                         // The session moves with its client: its last record says where
-                        // it stands in the log (after the appends of what it took in), then
-                        // the other node keeps it.
+                        // it stands in the log (after the appends of what it took in), and
+                        // keeps the will as it was for the claiming node to decide (a
+                        // connection taken over, or offline since), then the other node
+                        // keeps it. The flush's session writes after it are not made.
                         self.send_exports();
-                        let snapshot = self.broker.session_snapshot(&id);
+                        let snapshot = self.broker.session_snapshot(&id).map(|s| {
+                            let (offline_since, will) = before
+                                .map(|b| (b.offline_since, b.will))
+                                .unwrap_or_default();
+                            makelaar_core::broker::SessionSnapshot {
+                                offline_since,
+                                will,
+                                ..s
+                            }
+                        });
                         if let Some(c) = self.cluster.as_mut() {
                             if snapshot.is_some() {
                                 c.after_appends(Waiting::Store {
@@ -868,6 +973,19 @@ impl Router {
                     c.after_appends(Waiting::Released(req));
                 }
             }
+        }
+    }
+
+    /// Another node owns the session of `client_id` now: its connection here, if any, is
+    /// closed (0x8E). When the cluster's record held the connection's will, the node that
+    /// took the record decides it, and the session ends here without it; otherwise the will
+    /// never reached the cluster and goes out here, as on a single broker.
+    fn lost_to_another_node(&mut self, now: Instant, client_id: &str, will_in_cluster: bool) {
+        if will_in_cluster {
+            self.broker.hand_over(now, client_id);
+        } else {
+            self.broker
+                .disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER);
         }
     }
 
@@ -901,13 +1019,27 @@ impl Router {
         };
         // A record ahead of this node's followers: the CONNECT waits until they are past it,
         // or a message would reach the session both live and from the record.
-        if let Ok((_, Some(_), Some(resume))) = &result {
+        if let Ok(crate::cluster::Claim {
+            session: Some(_),
+            resume: Some(resume),
+            ..
+        }) = &result
+        {
             let positions = &c.positions;
             let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
             if !connect.clean_start && !caught_up(&resume.cursors, &resume.outbound, next_of) {
                 tracing::debug!(client_id = %connect.client_id, "resumed session waits for this node's partition followers");
-                if let Ok(claim) = result {
+                let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                let clean_start = connect.clean_start;
+                if let Ok(mut claim) = result {
+                    // A will taken out of the record is decided now (still before the
+                    // CONNACK), so that it is not lost if the wait ends in a refusal.
+                    let will = claim.will.take();
                     c.catching_up.push((conn, claim, since));
+                    if let Some(w) = will {
+                        self.broker
+                            .take_over_remote_will(now, &client_id, w, clean_start);
+                    }
                 }
                 return;
             }
@@ -916,8 +1048,21 @@ impl Router {
             return;
         };
         match result {
-            Ok((revision, kept, resume)) => {
+            Ok(crate::cluster::Claim {
+                revision,
+                session: kept,
+                will: remote_will,
+                resume,
+            }) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                // A will another node left (it handed the connection over, or died): taken
+                // out of the cluster's record by this claim, so decided here only, by the
+                // takeover rules, before this CONNECT's CONNACK [MQTT-3.1.4-3]
+                // [MQTT-3.1.3-9].
+                if let Some(w) = remote_will {
+                    self.broker
+                        .take_over_remote_will(now, &client_id, w, connect.clean_start);
+                }
                 // A session the cluster keeps for this client (it was connected on another
                 // node): taken in, so the CONNECT finds it (Session Present, subscriptions),
                 // with what it held or missed to come from the log.
@@ -1091,6 +1236,8 @@ mod tests {
             version: ProtocolVersion::V5,
             expiry_interval: 60,
             subscriptions: Vec::new(),
+            offline_since: None,
+            will: None,
             connected: false,
             inbound_qos2: vec![3],
             outbound: held,
@@ -1127,7 +1274,14 @@ mod tests {
     #[test]
     fn a_leaving_sessions_record_waits_for_the_appends_before_it() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut c = ClusterSide::new(tx, makelaar_cluster::NodeId::new("a").unwrap());
+        let mut c = ClusterSide::new(
+            tx,
+            Arc::new(makelaar_cluster::stats::NodeStats::new(
+                makelaar_cluster::partition::PartitionCount::new(2).unwrap(),
+            )),
+            Arc::new(tokio::sync::Notify::new()),
+            makelaar_cluster::NodeId::new("a").unwrap(),
+        );
         c.positions.insert(
             0,
             NodePosition {

@@ -157,6 +157,108 @@ impl SysPublisher {
                 broker.publish_internal(now, &topic, Bytes::from(value));
             }
         }
+        // A cluster node: `$SYS/broker/cluster/...`, this node's view (each node publishes
+        // its own; `$SYS` topics stay on their node).
+        if let Some(cluster) = &c.cluster {
+            for (leaf, value) in cluster_figures(cluster) {
+                let topic = format!("$SYS/broker/cluster/{leaf}");
+                broker.publish_internal(now, &topic, Bytes::from(value));
+            }
+        }
         true
+    }
+}
+
+/// The `$SYS/broker/cluster/<leaf>` figures of a cluster node, as (leaf, value).
+pub(crate) fn cluster_figures(c: &crate::counters::ClusterCounters) -> Vec<(String, String)> {
+    let s = &c.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+    let mut out = vec![
+        ("node".to_owned(), c.node.clone()),
+        (
+            "state".to_owned(),
+            if s.serving() {
+                "serving"
+            } else {
+                "stepped-down"
+            }
+            .to_owned(),
+        ),
+        ("nodes/alive".to_owned(), load(&s.nodes_alive)),
+        (
+            "round_trip_ms".to_owned(),
+            s.round_trip()
+                .map_or_else(String::new, |d| format!("{:.3}", d.as_secs_f64() * 1000.0)),
+        ),
+        ("step_downs".to_owned(), load(&s.step_downs)),
+        ("appends".to_owned(), load(&s.appends)),
+        ("appends/failed".to_owned(), load(&s.append_failures)),
+        ("published".to_owned(), load(&s.published)),
+        ("published/failed".to_owned(), load(&s.publish_failures)),
+        ("retained/writes".to_owned(), load(&s.retained_writes)),
+        ("claims".to_owned(), load(&s.claims)),
+        ("claims/failed".to_owned(), load(&s.claim_failures)),
+        ("handovers/asked".to_owned(), load(&s.handovers_asked)),
+        ("handovers/given".to_owned(), load(&s.handovers_given)),
+        (
+            "follow/lag".to_owned(),
+            s.follow_pending_total().to_string(),
+        ),
+        ("queue/messages".to_owned(), load(&s.queued)),
+        ("queue/limit".to_owned(), load(&s.queue_limit)),
+        ("queue/full".to_owned(), load(&s.queue_full)),
+    ];
+    for (i, p) in s.partitions().iter().enumerate() {
+        out.push((
+            format!("partition/{i}/appended_sequence"),
+            load(&p.last_appended),
+        ));
+        out.push((
+            format!("partition/{i}/followed_sequence"),
+            load(&p.last_followed),
+        ));
+        out.push((format!("partition/{i}/follow_lag"), load(&p.follow_pending)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use makelaar_cluster::partition::PartitionCount;
+    use makelaar_cluster::stats::NodeStats;
+
+    use super::cluster_figures;
+    use crate::counters::ClusterCounters;
+
+    #[test]
+    fn cluster_topics_carry_the_nodes_figures() {
+        let count = PartitionCount::new(2).unwrap();
+        let stats = Arc::new(NodeStats::new(count));
+        stats.set_serving(true);
+        stats.nodes_alive.store(3, Relaxed);
+        stats.set_round_trip(Duration::from_micros(1500));
+        stats.appended(count.all().nth(1).unwrap(), Some(9));
+        let c = ClusterCounters {
+            node: "m1".into(),
+            stats: stats.clone(),
+        };
+        let figures: HashMap<String, String> = cluster_figures(&c).into_iter().collect();
+        assert_eq!(figures["node"], "m1");
+        assert_eq!(figures["state"], "serving");
+        assert_eq!(figures["nodes/alive"], "3");
+        assert_eq!(figures["round_trip_ms"], "1.500");
+        assert_eq!(figures["appends"], "1");
+        assert_eq!(figures["partition/1/appended_sequence"], "9");
+        assert_eq!(figures["partition/0/appended_sequence"], "0");
+        stats.set_serving(false);
+        let figures: HashMap<String, String> = cluster_figures(&c).into_iter().collect();
+        assert_eq!(figures["state"], "stepped-down");
+        assert_eq!(figures["step_downs"], "1");
     }
 }

@@ -10,6 +10,7 @@ use makelaar_broker::mosquitto::read_mosquitto_conf;
 
 mod bench;
 mod clients;
+mod cluster;
 mod logging;
 mod passwd;
 mod store;
@@ -79,6 +80,9 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Look at a cluster on NATS (makelaar cluster status).
+    #[command(after_help = cluster::CLUSTER_EXAMPLES)]
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +206,25 @@ struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
 
+    /// PEM file with the CA that signed the NATS servers' certificates (tls:// servers);
+    /// without it, the system's CAs. [cluster] ca_file in the file.
+    #[arg(long, value_name = "FILE")]
+    cluster_cafile: Option<PathBuf>,
+
+    /// PEM certificate this node presents to NATS servers that verify clients; needs
+    /// --cluster-key.
+    #[arg(long, value_name = "FILE")]
+    cluster_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-cert.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+
+    /// NATS credentials file (.creds: user JWT and nkey seed); replaces the credentials in
+    /// the file's [cluster] table (user and password, token, nkey_seed_file).
+    #[arg(long, value_name = "FILE")]
+    cluster_creds: Option<PathBuf>,
+
     /// Join the cluster although a NATS server fsyncs lazily (an acknowledged message could
     /// be lost when servers lose power together); logged at error level.
     #[arg(long)]
@@ -319,6 +342,12 @@ impl ServeArgs {
         if self.node_name.is_some() {
             file.cluster.node_name.clone_from(&self.node_name);
         }
+        file.cluster.override_link(
+            self.cluster_cafile.as_ref(),
+            self.cluster_cert.as_ref(),
+            self.cluster_key.as_ref(),
+            self.cluster_creds.as_ref(),
+        );
         file.into_config(source)
     }
 }
@@ -364,6 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rr(a) => std::process::exit(clients::main(clients::Tool::Rr, a.args)),
         Command::Passwd(a) => std::process::exit(passwd::main(a.args)),
         Command::Store(args) => store::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Config(ConfigCommand::Convert { file }) => {
             let converted = read_mosquitto_conf(&file)?;
             print!("{}", converted.to_toml(&file));
@@ -383,6 +413,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
     use clap::CommandFactory;
     use makelaar_broker::config::ListenerKind;
 
@@ -432,6 +464,81 @@ mod tests {
             .build_config()
             .unwrap_err();
         assert!(e.to_string().contains("--node-name NAME"), "{e}");
+    }
+
+    #[test]
+    fn cluster_tls_and_creds_flags() {
+        let c = serve_args(&[
+            "--cluster",
+            "tls://n1:4222",
+            "--node-name",
+            "n1",
+            "--cluster-cafile",
+            "ca.pem",
+            "--cluster-cert",
+            "n1.pem",
+            "--cluster-key",
+            "n1.key",
+            "--cluster-creds",
+            "n1.creds",
+        ])
+        .build_config()
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.tls.ca_file.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(c.tls.cert_file.as_deref(), Some(Path::new("n1.pem")));
+        assert_eq!(c.tls.key_file.as_deref(), Some(Path::new("n1.key")));
+        assert_eq!(
+            c.auth,
+            makelaar_cluster::link::NatsAuth::CredsFile("n1.creds".into())
+        );
+        let e = serve_args(&[
+            "--cluster",
+            "tls://n1:4222",
+            "--node-name",
+            "n1",
+            "--cluster-cert",
+            "n1.pem",
+        ])
+        .build_config()
+        .unwrap_err();
+        assert!(e.to_string().contains("--cluster-key"), "{e}");
+    }
+
+    /// --cluster-creds replaces the file's password rather than clashing with it.
+    #[test]
+    fn cluster_creds_flag_replaces_the_files_credentials() {
+        let dir = std::env::temp_dir().join(format!("makelaar-cli-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("makelaar.toml");
+        std::fs::write(
+            &path,
+            "[cluster]\nservers = [\"nats://n1:4222\"]\nnode_name = \"n1\"\nuser = \"mk\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        let file_only = serve_args(&["--config", path.to_str().unwrap()])
+            .build_config()
+            .unwrap();
+        assert!(matches!(
+            file_only.cluster.unwrap().auth,
+            makelaar_cluster::link::NatsAuth::UserPassword { .. }
+        ));
+        let c = serve_args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--cluster-creds",
+            "n1.creds",
+        ])
+        .build_config()
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            c.auth,
+            makelaar_cluster::link::NatsAuth::CredsFile("n1.creds".into())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

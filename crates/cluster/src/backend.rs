@@ -113,6 +113,9 @@ pub struct StreamMessage {
     pub subject: String,
     /// The payload.
     pub payload: Bytes,
+    /// How many messages the stream holds after it for this reader (its lag), as the engine
+    /// reports it; 0 where it does not.
+    pub pending: u64,
 }
 
 /// The engine under the cluster layer. Every method is one round trip at most.
@@ -391,6 +394,7 @@ impl Backend for MemoryBackend {
                         seq,
                         subject: subject.to_string(),
                         payload: payload.clone(),
+                        pending: 0,
                     });
                 }
             }
@@ -503,6 +507,7 @@ impl Backend for MemoryBackend {
                             seq,
                             subject: subject.to_string(),
                             payload: payload.clone(),
+                            pending: 0,
                         })
                         .is_ok()
             });

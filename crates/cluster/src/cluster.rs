@@ -3,22 +3,26 @@
 //! lease and find dead peers. The rules are the sans-IO modules'; this drives them against a
 //! [`Backend`], with tokio's clock for the waits.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendError, Bucket};
+use crate::backend::{Backend, BackendError, Bucket, StreamMessage};
 use crate::codec::{Reader, Writer};
 use crate::envelope::Envelope;
 use crate::ids::{ClientKey, NodeId, Revision};
 use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
-use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, FORMAT};
+use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
 use crate::replay::{ReplayPlan, Verdict};
+use crate::stats::NodeStats;
 use crate::subject::{decode_topic, encode_filter, encode_topic, Subject};
 use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
+use crate::wills;
 
 /// The settings every node of one cluster shares, and this node's name.
 #[derive(Debug, Clone)]
@@ -148,6 +152,48 @@ pub enum ReapOutcome {
     StillAlive,
 }
 
+/// What a node that has just claimed a client id found of its session
+/// ([`Cluster::load_claimed_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSession {
+    /// The session record, without the will when this node took it.
+    pub record: Option<SessionRecord>,
+    /// The node that wrote the record as it was read (the record above names this node
+    /// when it took the will out): the one whose log its cursors count
+    /// ([`crate::replay`]).
+    pub written_by: Option<NodeId>,
+    /// The fence the session's next write carries.
+    pub fence: Fence,
+    /// The will this node took out of the record, to decide by the takeover rules.
+    pub will: Option<TakenWill>,
+}
+
+/// A will taken out of a session record, with what deciding it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenWill {
+    /// The will.
+    pub will: StoredWill,
+    /// The Session Expiry Interval of the session it belonged to.
+    pub expiry_interval: u32,
+    /// How long ago its connection ended; `None`: it was open when the record was written.
+    pub offline_for: Option<Duration>,
+}
+
+/// A session record a dead node left, now this node's ([`Cluster::orphans`]): its registry
+/// entry names this node, offline, at `claim`; the record is to be written at `fence`
+/// (with [`wills::reaped`]) before anything of it is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The client.
+    pub client: ClientKey,
+    /// The record as the dead node left it.
+    pub record: SessionRecord,
+    /// The record's revision as read.
+    pub fence: Fence,
+    /// The registry revision this node wrote: the session's claim from now on.
+    pub claim: Revision,
+}
+
 /// A retained message set or cleared, as a watch sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetainedChange {
@@ -187,12 +233,23 @@ pub struct Replayed {
 pub struct Cluster<B> {
     backend: B,
     config: ClusterConfig,
+    stats: Arc<NodeStats>,
 }
 
 impl<B: Backend> Cluster<B> {
     /// The layer over a connected engine.
     pub fn new(backend: B, config: ClusterConfig) -> Cluster<B> {
-        Cluster { backend, config }
+        let stats = Arc::new(NodeStats::new(config.partitions));
+        Cluster {
+            backend,
+            config,
+            stats,
+        }
+    }
+
+    /// What this node counts of its part in the cluster (for its metrics).
+    pub fn stats(&self) -> &Arc<NodeStats> {
+        &self.stats
     }
 
     /// The engine.
@@ -277,6 +334,17 @@ impl<B: Backend> Cluster<B> {
 
     /// Claims a client id for a connection about to open on this node ([`Claim`]).
     pub async fn claim_client(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
+        let r = self.run_claim(client).await;
+        let counter = if r.is_ok() {
+            &self.stats.claims
+        } else {
+            &self.stats.claim_failures
+        };
+        counter.fetch_add(1, Relaxed);
+        r
+    }
+
+    async fn run_claim(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
         let mut claim = Claim::new(
             self.config.node.clone(),
             self.config.incarnation,
@@ -309,6 +377,7 @@ impl<B: Backend> Cluster<B> {
                     claim.handle_written(written(r)?);
                 }
                 ClaimStep::AskRelease { owner, revision } => {
+                    self.stats.handovers_asked.fetch_add(1, Relaxed);
                     let answer = self
                         .backend
                         .request(
@@ -391,10 +460,12 @@ impl<B: Backend> Cluster<B> {
             .subscribe(self.release_subject(&self.config.node), None)
             .await?;
         let (tx, rx) = mpsc::channel(64);
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             while let Some(d) = sub.next().await {
                 match ReleaseRequest::decode(&d.payload, d.reply) {
                     Ok(req) => {
+                        stats.handovers_given.fetch_add(1, Relaxed);
                         if tx.send(req).await.is_err() {
                             return;
                         }
@@ -431,6 +502,125 @@ impl<B: Backend> Cluster<B> {
                 Ok((Some(r), Fence::At(e.revision)))
             }
         }
+    }
+
+    /// Reads the session record of a client id this node has just claimed (`claimed`) and,
+    /// when it holds a will this node is to decide ([`wills::claimer_decides`]: another node
+    /// or incarnation left it), takes the will out by a compare-and-set write, so that no
+    /// other node (a reaper, a later claimer) decides it too. That write also fences the
+    /// node that had the session. A write that loses to another (a reaper's) is read again.
+    /// `now_ms`: the wall clock, unix milliseconds.
+    pub async fn load_claimed_session(
+        &self,
+        client: &ClientKey,
+        claimed: &Claimed,
+        now_ms: u64,
+    ) -> Result<ClaimedSession, ClusterError> {
+        let decides = wills::claimer_decides(
+            claimed.previous.as_ref(),
+            &self.config.node,
+            self.config.incarnation,
+        );
+        for _ in 0..3 {
+            let (record, fence) = self.load_session(client).await?;
+            let written_by = record.as_ref().map(|r| r.node.clone());
+            let Some(found) = record.as_ref().filter(|r| decides && r.will.is_some()) else {
+                return Ok(ClaimedSession {
+                    record,
+                    written_by,
+                    fence,
+                    will: None,
+                });
+            };
+            let (rest, will) = wills::will_taken(found, self.config.node.clone(), claimed.revision);
+            match self.store_session(client, &rest, fence).await {
+                Ok(fence) => {
+                    let will = will.map(|will| TakenWill {
+                        will,
+                        expiry_interval: found.expiry_interval,
+                        offline_for: wills::offline_for(found, now_ms),
+                    });
+                    return Ok(ClaimedSession {
+                        record: Some(rest),
+                        written_by,
+                        fence,
+                        will,
+                    });
+                }
+                // Written meanwhile (a reaper took the record over): read it again.
+                Err(ClusterError::Fenced(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClusterError::Fenced(client.clone()))
+    }
+
+    /// The session records the dead incarnation `dead` left, each taken over by this node:
+    /// its registry entry moved to this node, offline, by compare-and-set (a client that
+    /// connected elsewhere meanwhile is left alone: [`wills::left_by`]). The caller writes
+    /// each record at its fence before publishing anything of it. Reads every key of the
+    /// sessions bucket (once per dead node); a record that cannot be read or taken is
+    /// skipped with a warning.
+    pub async fn orphans(&self, dead: &Expired) -> Result<Vec<Orphan>, ClusterError> {
+        let mut out = Vec::new();
+        for key in self.backend.keys(Bucket::Sessions).await? {
+            let Ok(client) = ClientKey::from_key(&key) else {
+                continue;
+            };
+            match self.take_orphan(&client, dead).await {
+                Ok(Some(o)) => out.push(o),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%client, node = %dead.node, error = %e, "cannot take over a dead node's session")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn take_orphan(
+        &self,
+        client: &ClientKey,
+        dead: &Expired,
+    ) -> Result<Option<Orphan>, ClusterError> {
+        let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
+            return Ok(None);
+        };
+        let record =
+            SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
+                key: client.to_string(),
+                error,
+            })?;
+        if record.node != dead.node {
+            return Ok(None);
+        }
+        let Some((holder, revision)) = self.read_registry(client).await? else {
+            return Ok(None);
+        };
+        if !wills::left_by(&record, &holder, dead) {
+            return Ok(None);
+        }
+        let mine = RegistryEntry {
+            node: self.config.node.clone(),
+            incarnation: self.config.incarnation,
+            connected: false,
+        };
+        let claim = match self
+            .backend
+            .update(Bucket::Registry, client.as_str(), mine.encode(), revision)
+            .await
+        {
+            Ok(r) => r,
+            // Claimed by a connecting client meanwhile: that node decides.
+            Err(BackendError::Conflict) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Orphan {
+            client: client.clone(),
+            record,
+            fence: Fence::At(entry.revision),
+            claim,
+        }))
     }
 
     /// Writes a session record by compare-and-set on the fence's revision; the new fence,
@@ -485,10 +675,17 @@ impl<B: Backend> Cluster<B> {
 
     /// Publishes a QoS 0 message to the nodes that follow its topic.
     pub async fn publish(&self, topic: &str, message: &Envelope) -> Result<(), ClusterError> {
-        Ok(self
+        let r = self
             .backend
             .publish(self.live_subject(topic), message.encode())
-            .await?)
+            .await;
+        let counter = if r.is_ok() {
+            &self.stats.published
+        } else {
+            &self.stats.publish_failures
+        };
+        counter.fetch_add(1, Relaxed);
+        Ok(r?)
     }
 
     /// Appends a QoS 1/2 message to its topic's partition; returns when the engine has it
@@ -499,8 +696,9 @@ impl<B: Backend> Cluster<B> {
         message: &Envelope,
     ) -> Result<(Partition, u64), ClusterError> {
         let (p, subject) = self.partition_subject(topic);
-        let seq = self.backend.append(p, subject, message.encode()).await?;
-        Ok((p, seq))
+        let r = self.backend.append(p, subject, message.encode()).await;
+        self.stats.appended(p, r.as_ref().ok().copied());
+        Ok((p, r?))
     }
 
     /// Sets a topic's retained message, or clears it with `None` (an empty retained
@@ -511,6 +709,7 @@ impl<B: Backend> Cluster<B> {
         message: Option<&Envelope>,
     ) -> Result<(), ClusterError> {
         let key = encode_topic(topic);
+        self.stats.retained_writes.fetch_add(1, Relaxed);
         match message {
             Some(m) => {
                 self.backend
@@ -582,6 +781,10 @@ impl<B: Backend> Cluster<B> {
         ClusterError,
     > {
         let (next, follow) = self.backend.follow(partition).await?;
+        // The live follower is counted for the node's stats; read-backs are not.
+        let stats = self.stats.clone();
+        let follow =
+            follow.inspect(move |d| stats.followed(partition, Some(d.seq), Some(d.pending)));
         Ok((next, self.decoded(partition, follow)))
     }
 
@@ -599,7 +802,7 @@ impl<B: Backend> Cluster<B> {
     fn decoded(
         &self,
         partition: Partition,
-        messages: B::Follow,
+        messages: impl futures_util::Stream<Item = StreamMessage> + Send + Unpin,
     ) -> impl futures_util::Stream<Item = LogMessage> + Send + Unpin {
         let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
         messages.filter_map(move |d| {
@@ -749,13 +952,17 @@ impl<B: Backend> Cluster<B> {
         now: Instant,
     ) -> Result<Vec<Expired>, ClusterError> {
         let mut out = Vec::new();
+        let mut alive = 0;
         for key in self.backend.keys(Bucket::Leases).await? {
             if let Some(e) = self.backend.get(Bucket::Leases, &key).await? {
                 if let Ok(l) = NodeLease::decode(&e.value) {
+                    alive += 1;
                     out.extend(leases.handle_seen(&l.node, l.incarnation, e.revision.get(), now));
                 }
             }
         }
+        // Present in the bucket: written within the TTL (the bucket expires the others).
+        self.stats.nodes_alive.store(alive, Relaxed);
         Ok(out)
     }
 
@@ -771,14 +978,25 @@ impl<B: Backend> Cluster<B> {
         loop {
             let now = Instant::now();
             match own.poll(now) {
-                OwnState::Refresh => match self.refresh_lease().await {
-                    Ok(_) => own.handle_written(Instant::now()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot refresh this node's lease");
-                        own.handle_failed(Instant::now());
+                OwnState::Refresh => {
+                    // The lease write is one replicated KV write: its time is the engine's
+                    // round trip the metrics show, measured every refresh at no extra cost.
+                    let sent = Instant::now();
+                    match self.refresh_lease().await {
+                        Ok(_) => {
+                            self.stats.set_round_trip(sent.elapsed());
+                            self.stats.lease_writes.fetch_add(1, Relaxed);
+                            own.handle_written(Instant::now());
+                        }
+                        Err(e) => {
+                            self.stats.lease_failures.fetch_add(1, Relaxed);
+                            tracing::warn!(error = %e, "cannot refresh this node's lease");
+                            own.handle_failed(Instant::now());
+                        }
                     }
-                },
+                }
                 OwnState::StepDown => {
+                    self.stats.set_serving(false);
                     tracing::error!(
                         node = %self.config.node,
                         "this node's lease was not refreshed in time: it stops serving"
@@ -788,6 +1006,7 @@ impl<B: Backend> Cluster<B> {
                     }
                 }
                 OwnState::Resume => {
+                    self.stats.set_serving(true);
                     tracing::info!(node = %self.config.node, "lease held: serving");
                     if events.send(LeaseEvent::Serving).await.is_err() {
                         return;

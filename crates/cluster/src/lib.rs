@@ -11,11 +11,17 @@
 //! - [`envelope`]: an application message between nodes, with what No Local, Retain As
 //!   Published and message expiry need;
 //! - [`replay`]: a persistent session's cursors when it leaves a node, and the replay that
-//!   resumes it on another without a gap or a duplicate.
+//!   resumes it on another without a gap or a duplicate;
+//! - [`wills`]: which node decides a will left in a session record, and how a dead node's
+//!   records are taken over.
 //!
-//! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats), and
+//! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats, with TLS and
+//! credentials from [`link`]), and
 //! [`backend::MemoryBackend`] for tests. The router will ask the cluster layer to publish,
 //! subscribe, claim a client id, load or store a session; nothing here knows the broker.
+//!
+//! [`stats::NodeStats`]: what a node counts of its part (for its metrics); [`status`]: the
+//! whole cluster as `makelaar cluster status` shows it, read from NATS.
 
 #![warn(missing_docs)]
 
@@ -27,11 +33,15 @@ pub mod envelope;
 pub mod ids;
 pub mod kv;
 pub mod lease;
+pub mod link;
 pub mod nats;
 pub mod partition;
 pub mod record;
 pub mod replay;
+pub mod stats;
+pub mod status;
 pub mod subject;
 pub mod takeover;
+pub mod wills;
 
 pub use ids::{ClientKey, NodeId, Revision};

@@ -16,6 +16,7 @@
 //! changed behind the operator's back.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -26,17 +27,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamMessage, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::ids::Revision;
+use crate::link::{self, LinkError, NatsAuth, NatsTls};
 use crate::partition::{Partition, PartitionCount};
 use crate::subject::Subject;
 
 /// How to reach and set up the engine.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    /// The NATS servers' client URLs (`nats://host:4222`); the client fails over among them.
+    /// The NATS servers' client URLs (`nats://host:4222`, `tls://host:4222`); the client fails
+    /// over among them.
     pub servers: Vec<String>,
-    /// The servers' monitoring endpoints (`http://host:8222`), read for the fsync check;
-    /// empty: port 8222 on each server's host.
+    /// The servers' monitoring endpoints (`http://host:8222`, or `https://` verified like the
+    /// client port), read for the fsync check; empty: `http://` port 8222 on each server's
+    /// host.
     pub monitor: Vec<String>,
+    /// TLS towards the servers (and `https://` monitoring endpoints).
+    pub tls: NatsTls,
+    /// This node's credentials.
+    pub auth: NatsAuth,
     /// Start although a server fsyncs lazily (or its setting cannot be read), logged loudly.
     pub allow_lazy_fsync: bool,
     /// Replicas of every bucket and stream; `None`: 3 when the NATS cluster has at least 3
@@ -54,17 +62,23 @@ pub struct NatsConfig {
     pub max_message_age: Duration,
     /// The longest wait for one engine round trip at start-up.
     pub timeout: Duration,
+    /// The node this connection serves, named in the descriptions of its consumers so that
+    /// `makelaar cluster status` tells whose each is; empty: not named.
+    pub node: String,
 }
 
 impl NatsConfig {
     /// The defaults for these servers: monitoring endpoints on port 8222 of each server's
-    /// host, lazy fsync refused, replicas by the NATS cluster's size, prefix `mk`, 16
+    /// host, TLS verified by the system's CAs when a server asks for it, no credentials, lazy
+    /// fsync refused, replicas by the NATS cluster's size, prefix `mk`, 16
     /// partitions, the default lease TTL ([`crate::lease::LeaseConfig::default`]), messages
     /// kept until removed, 5 s for a round trip at start-up.
     pub fn new(servers: Vec<String>) -> NatsConfig {
         NatsConfig {
             servers,
             monitor: Vec::new(),
+            tls: NatsTls::default(),
+            auth: NatsAuth::None,
             allow_lazy_fsync: false,
             replicas: None,
             prefix: "mk".to_owned(),
@@ -72,6 +86,7 @@ impl NatsConfig {
             lease_ttl: crate::lease::LeaseConfig::default().ttl,
             max_message_age: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            node: String::new(),
         }
     }
 }
@@ -82,11 +97,14 @@ pub enum NatsStartError {
     /// No server could be reached.
     #[error("cannot connect to the NATS servers {servers}: {reason}")]
     Connect {
-        /// The URLs tried.
+        /// The URLs tried (passwords hidden).
         servers: String,
         /// Why.
         reason: String,
     },
+    /// TLS or the credentials failed (settings, handshake, authorization).
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// A server failed a start-up check.
     #[error(transparent)]
     Check(#[from] StartupError),
@@ -110,6 +128,7 @@ pub struct NatsBackend {
     bucket_streams: HashMap<Bucket, stream::Stream>,
     prefix: String,
     partitions: PartitionCount,
+    node: String,
 }
 
 /// The host of a `nats://host:port` (or bare `host:port`) URL.
@@ -123,30 +142,55 @@ fn host_of(url: &str) -> &str {
     hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
 }
 
-/// Reads `GET {url}/varz` with a plain HTTP/1.0 request (the monitoring port speaks plain
-/// HTTP; a whole-body answer without chunking).
-pub async fn fetch_varz(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "only http:// monitoring URLs are supported".to_owned())?;
+/// The default monitoring URLs: port 8222 on each server's host.
+pub fn monitor_urls(servers: &[String]) -> Vec<String> {
+    servers
+        .iter()
+        .map(|s| {
+            let h = host_of(s);
+            if h.contains(':') {
+                format!("http://[{h}]:8222")
+            } else {
+                format!("http://{h}:8222")
+            }
+        })
+        .collect()
+}
+
+/// Reads `GET {url}/varz` with an HTTP/1.0 request (a whole-body answer without chunking).
+/// `https://` URLs need `tls`, the configuration the client port is verified with (a server
+/// with `https:` monitoring serves it with its TLS certificate).
+pub async fn fetch_varz(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Vec<u8>, String> {
+    let (rest, secure) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
+    } else {
+        return Err("only http:// and https:// monitoring URLs are supported".to_owned());
+    };
     let hostport = rest.trim_end_matches('/');
     let host = host_of(hostport);
     let work = async {
-        let mut stream = tokio::net::TcpStream::connect(hostport)
+        let tcp = tokio::net::TcpStream::connect(hostport)
             .await
             .map_err(|e| e.to_string())?;
         let req = format!("GET /varz HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        stream
-            .take(8 << 20)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(buf)
+        if secure {
+            let config = tls.ok_or_else(|| "no TLS configuration for https://".to_owned())?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|_| format!("'{host}' is not a valid host name for TLS"))?;
+            let stream = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            read_answer(stream, &req).await
+        } else {
+            read_answer(tcp, &req).await
+        }
     };
     let buf = tokio::time::timeout(timeout, work)
         .await
@@ -164,6 +208,25 @@ pub async fn fetch_varz(url: &str, timeout: Duration) -> Result<Vec<u8>, String>
         ));
     }
     Ok(body.get(4..).unwrap_or_default().to_vec())
+}
+
+/// Sends `req` and reads the whole answer (at most 8 MiB).
+async fn read_answer<S>(mut stream: S, req: &str) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    // A TLS server may close without close_notify after an HTTP/1.0 answer: what was read
+    // by then is the answer.
+    match stream.take(8 << 20).read_to_end(&mut buf).await {
+        Ok(_) => Ok(buf),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn setup_err(what: &str, reason: impl std::fmt::Display) -> NatsStartError {
@@ -190,23 +253,28 @@ impl NatsBackend {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
             .map_err(|e: std::io::Error| NatsStartError::Connect {
-                servers: config.servers.join(","),
+                servers: link::redact_urls(&config.servers),
                 reason: e.to_string(),
             })?;
+        let tls = link::client_config(&config.tls, &config.servers)?;
         // No echo: a node's own QoS 0 publishes do not come back to its subscriptions (its
         // local subscribers got them from the local path already).
-        let client = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new()
             .name("makelaar")
             .no_echo()
             .connection_timeout(config.timeout)
-            .request_timeout(Some(config.timeout))
-            .connect(servers)
-            .await
-            .map_err(|e| NatsStartError::Connect {
-                servers: config.servers.join(","),
-                reason: e.to_string(),
-            })?;
-        let warnings = Self::check_servers(&client, config).await?;
+            .request_timeout(Some(config.timeout));
+        let options = link::apply(options, &config.tls, &tls, &config.auth).await?;
+        let client = options.connect(servers).await.map_err(|e| {
+            match link::classify(&e, &config.servers, &config.tls, &config.auth) {
+                Some(l) => NatsStartError::Link(l),
+                None => NatsStartError::Connect {
+                    servers: link::redact_urls(&config.servers),
+                    reason: e.to_string(),
+                },
+            }
+        })?;
+        let warnings = Self::check_servers(&client, config, &tls).await?;
         for w in &warnings {
             tracing::error!("{w}");
         }
@@ -233,6 +301,7 @@ impl NatsBackend {
                 bucket_streams,
                 prefix: config.prefix.clone(),
                 partitions: config.partitions,
+                node: config.node.clone(),
             },
             warnings,
         ))
@@ -241,6 +310,7 @@ impl NatsBackend {
     async fn check_servers(
         client: &async_nats::Client,
         config: &NatsConfig,
+        tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Vec<Warning>, NatsStartError> {
         let info = client.server_info();
         // The connected server's INFO: the version floor holds even without monitoring.
@@ -254,24 +324,13 @@ impl NatsBackend {
             false,
         )?;
         let monitor: Vec<String> = if config.monitor.is_empty() {
-            config
-                .servers
-                .iter()
-                .map(|s| {
-                    let h = host_of(s);
-                    if h.contains(':') {
-                        format!("http://[{h}]:8222")
-                    } else {
-                        format!("http://{h}:8222")
-                    }
-                })
-                .collect()
+            monitor_urls(&config.servers)
         } else {
             config.monitor.clone()
         };
         let mut warnings = Vec::new();
         for url in monitor {
-            let report = match fetch_varz(&url, config.timeout).await {
+            let report = match fetch_varz(&url, config.timeout, Some(tls)).await {
                 Ok(body) => checks::report_from_varz(&body).map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
@@ -429,6 +488,7 @@ fn stream_messages(
                         seq: info.stream_sequence,
                         subject: m.subject.to_string(),
                         payload: m.payload.clone(),
+                        pending: info.pending,
                     }),
                     Err(e) => {
                         tracing::warn!(stream = %stream_name, error = %e, "a partition message without its stream sequence; skipped");
@@ -477,6 +537,8 @@ impl Backend for NatsBackend {
                 deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: next,
                 },
+                description: (!self.node.is_empty())
+                    .then(|| crate::status::follower_description(&self.node)),
                 ..Default::default()
             })
             .await

@@ -4,8 +4,10 @@
 //! does not know ([`DecodeError::UnknownVersion`]) instead of guessing. Integers are LEB128,
 //! strings and byte strings length-prefixed (see [`crate::codec`]).
 //!
-//! - [`SessionRecord`]: a persistent session, in the `sessions` bucket under its
-//!   [`ClientKey`](crate::ClientKey), written by the owning node with compare-and-set.
+//! - [`SessionRecord`]: a persistent session, or a connection with a will whose session
+//!   ends with it (kept until the will is decided, see [`crate::wills`]), in the `sessions`
+//!   bucket under its [`ClientKey`](crate::ClientKey), written by the owning node with
+//!   compare-and-set.
 //! - [`RegistryEntry`]: who holds a client id, in the `registry` bucket.
 //! - [`NodeLease`]: a node's liveness, in the `leases` bucket under its name.
 
@@ -19,7 +21,7 @@ use crate::ids::NodeId;
 /// The format version of every record this crate writes.
 pub const FORMAT: u8 = 1;
 
-/// A persistent session as the cluster keeps it.
+/// A persistent session (or a connection's will) as the cluster keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     /// The node that wrote it.
@@ -84,6 +86,9 @@ pub struct StoredWill {
     pub correlation_data: Option<Bytes>,
     /// User properties, in order.
     pub user_properties: Vec<(String, String)>,
+    /// The authenticated username of the connection that set it: the identity the will is
+    /// published (and checked for Write access) with, on whichever node publishes it.
+    pub username: Option<String>,
 }
 
 /// Where a session stands in one partition's stream.
@@ -203,6 +208,7 @@ impl SessionRecord {
                 w.str(k);
                 w.str(v);
             }
+            w.opt_str(will.username.as_deref());
         }
         w.uint(self.cursors.len() as u64);
         for c in &self.cursors {
@@ -283,6 +289,7 @@ impl SessionRecord {
                     }
                     v
                 },
+                username: r.opt_str("will_username")?,
             })
         } else {
             None

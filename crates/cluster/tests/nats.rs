@@ -33,6 +33,8 @@ fn nats_config(servers: &Servers, prefix: &str) -> NatsConfig {
     NatsConfig {
         servers: servers.client_urls.clone(),
         monitor: servers.monitor_urls.clone(),
+        tls: Default::default(),
+        auth: Default::default(),
         allow_lazy_fsync: false,
         replicas: None,
         prefix: prefix.to_owned(),
@@ -40,6 +42,7 @@ fn nats_config(servers: &Servers, prefix: &str) -> NatsConfig {
         lease_ttl: Duration::from_secs(3),
         max_message_age: Duration::from_secs(3600),
         timeout: Duration::from_secs(10),
+        node: String::new(),
     }
 }
 
@@ -85,6 +88,7 @@ async fn node_answering(
     answers: bool,
 ) -> Node {
     let mut config = nats_config(servers, prefix);
+    config.node = name.to_owned();
     // Each node talks to its own server first.
     config.servers.rotate_left(server);
     let (backend, warnings) = NatsBackend::connect(&config)
@@ -207,7 +211,59 @@ async fn three_nats_servers() {
     fencing(&m1, &m2).await;
     silent_owner(&servers, &m2).await;
     messages(&m1, &m2).await;
+    status_and_stats(&servers, &m1, &m2).await;
     lease_expiry(&servers).await;
+}
+
+/// `makelaar cluster status`'s data read from outside, and what the nodes counted.
+async fn status_and_stats(servers: &Servers, m1: &Node, m2: &Node) {
+    use makelaar_cluster::status::{gather, StatusConfig, StatusError, StreamKind};
+    let mut config = StatusConfig::new(servers.client_urls.clone());
+    config.monitor = servers.monitor_urls.clone();
+    config.prefix = "t".to_owned();
+    let s = gather(&config).await.unwrap();
+    assert_eq!(s.servers.len(), 3);
+    assert!(
+        s.servers.iter().all(|v| v.sync_always == Some(true)),
+        "{:?}",
+        s.servers
+    );
+    let names: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert!(names.contains(&"m1") && names.contains(&"m2"), "{names:?}");
+    assert!(s.nodes.iter().all(|n| n.last_write_age_ms < s.lease_ttl_ms));
+    let partitions: Vec<_> = s
+        .streams
+        .iter()
+        .filter(|x| x.kind == StreamKind::Partition)
+        .collect();
+    assert_eq!(partitions.len(), usize::from(PARTITIONS));
+    assert_eq!(s.streams.len(), Bucket::ALL.len() + usize::from(PARTITIONS));
+    assert!(s
+        .streams
+        .iter()
+        .all(|x| x.leader.is_some() && x.replicas.len() == 2));
+    // messages() appended two messages to one partition.
+    assert_eq!(partitions.iter().map(|p| p.messages).sum::<u64>(), 2);
+    assert!(s.round_trip.core_ms > 0.0 && s.round_trip.jetstream_ms > 0.0);
+    // Another prefix: no cluster there, one sentence.
+    config.prefix = "nothing".to_owned();
+    let e = gather(&config).await.unwrap_err();
+    assert!(matches!(e, StatusError::NoCluster { .. }), "{e}");
+
+    // What the nodes counted themselves.
+    let st = m1.cluster.stats();
+    assert!(st.serving());
+    assert_eq!(st.appends.load(Ordering::SeqCst), 2);
+    assert_eq!(st.append_failures.load(Ordering::SeqCst), 0);
+    assert!(st.claims.load(Ordering::SeqCst) >= 100);
+    assert!(st.nodes_alive.load(Ordering::SeqCst) >= 2);
+    assert!(st.round_trip().is_some());
+    let handed = m1.cluster.stats().handovers_given.load(Ordering::SeqCst)
+        + m2.cluster.stats().handovers_given.load(Ordering::SeqCst);
+    assert_eq!(
+        handed,
+        (m1.asked.load(Ordering::SeqCst) + m2.asked.load(Ordering::SeqCst)) as u64
+    );
 }
 
 /// Buckets and streams exist once per cluster, R3, never per client.

@@ -20,6 +20,7 @@ pub(super) fn render(ctx: &Metrics, f: &RouterFigures) -> String {
     queues(&mut e, ctx, f);
     store(&mut e, f);
     bridges(&mut e, ctx, f);
+    cluster(&mut e, ctx);
     e.finish()
 }
 
@@ -497,4 +498,184 @@ fn bridges(e: &mut Exposition, ctx: &Metrics, f: &RouterFigures) {
             e.sample("makelaar_bridge_downgraded_total", &labels, n);
         }
     }
+}
+
+/// A per-partition family: name, help, kind, and how to read its value.
+type PartitionFamily = (
+    &'static str,
+    &'static str,
+    Kind,
+    fn(&makelaar_cluster::stats::PartitionStats) -> u64,
+);
+
+/// This node's part in a cluster (`[cluster]`, docs/cluster.md): the families are always
+/// listed, with no samples when the broker runs alone. The figures are the cluster layer's
+/// atomics (`makelaar_cluster::stats::NodeStats`), read as they are: no question to the
+/// router or to NATS.
+fn cluster(e: &mut Exposition, ctx: &Metrics) {
+    let c = ctx.counters.cluster.as_ref();
+    let stats = c.map(|c| &*c.stats);
+    let node = c.map_or("", |c| c.node.as_str());
+    let one = |e: &mut Exposition, name: &str, help: &str, kind: Kind, v: Option<u64>| {
+        e.family(name, help, kind);
+        if let Some(v) = v {
+            e.sample(name, &[], v);
+        }
+    };
+    e.family(
+        "makelaar_cluster_node_info",
+        "Always 1 on a cluster node; the label is this node's name.",
+        Kind::Gauge,
+    );
+    if c.is_some() {
+        e.sample("makelaar_cluster_node_info", &[("node", node)], 1u64);
+    }
+    one(
+        e,
+        "makelaar_cluster_serving",
+        "1 while this node holds its lease and serves, 0 before its first lease write and \
+         while stepped down (clients refused).",
+        Kind::Gauge,
+        stats.map(|s| u64::from(s.serving())),
+    );
+    one(
+        e,
+        "makelaar_cluster_step_downs_total",
+        "Times this node stepped down: its lease not refreshed within TTL - margin.",
+        Kind::Counter,
+        stats.map(|s| s.step_downs.load(Relaxed)),
+    );
+    one(
+        e,
+        "makelaar_cluster_nodes_alive",
+        "Nodes whose lease is in the cluster's leases bucket (this one included), at the \
+         last read (every lease refresh).",
+        Kind::Gauge,
+        stats.map(|s| s.nodes_alive.load(Relaxed)),
+    );
+    e.family(
+        "makelaar_cluster_round_trip_seconds",
+        "The engine's round trip: how long this node's last lease write (one replicated KV \
+         write) took.",
+        Kind::Gauge,
+    );
+    if let Some(rt) = stats.and_then(|s| s.round_trip()) {
+        e.sample("makelaar_cluster_round_trip_seconds", &[], rt.as_secs_f64());
+    }
+    e.family(
+        "makelaar_cluster_lease_writes_total",
+        "Lease writes, by result (`ok`, `failed`).",
+        Kind::Counter,
+    );
+    if let Some(s) = stats {
+        for (result, n) in [("ok", &s.lease_writes), ("failed", &s.lease_failures)] {
+            let labels = [("result", result)];
+            e.sample(
+                "makelaar_cluster_lease_writes_total",
+                &labels,
+                n.load(Relaxed),
+            );
+        }
+    }
+    e.family(
+        "makelaar_cluster_writes_total",
+        "Messages this node handed to the cluster, by kind (`append`: QoS 1/2 appended to \
+         its partition stream, on disk on a majority; `publish`: QoS 0 on its live subject; \
+         `retained`: set or cleared in the retained bucket) and result (`ok`, `failed`: its \
+         publisher was disconnected unacknowledged).",
+        Kind::Counter,
+    );
+    if let Some(s) = stats {
+        let by = [
+            ("append", "ok", &s.appends),
+            ("append", "failed", &s.append_failures),
+            ("publish", "ok", &s.published),
+            ("publish", "failed", &s.publish_failures),
+            ("retained", "ok", &s.retained_writes),
+        ];
+        for (kind, result, n) in by {
+            let labels = [("kind", kind), ("result", result)];
+            e.sample("makelaar_cluster_writes_total", &labels, n.load(Relaxed));
+        }
+    }
+    e.family(
+        "makelaar_cluster_claims_total",
+        "Client-id claims made by CONNECTs on this node, by result (`won`, `failed`).",
+        Kind::Counter,
+    );
+    if let Some(s) = stats {
+        for (result, n) in [("won", &s.claims), ("failed", &s.claim_failures)] {
+            let labels = [("result", result)];
+            e.sample("makelaar_cluster_claims_total", &labels, n.load(Relaxed));
+        }
+    }
+    e.family(
+        "makelaar_cluster_handovers_total",
+        "Hand-overs of live connections between nodes: `asked` (a claim here asked another \
+         node to close its connection), `given` (another node asked this one).",
+        Kind::Counter,
+    );
+    if let Some(s) = stats {
+        for (dir, n) in [("asked", &s.handovers_asked), ("given", &s.handovers_given)] {
+            let labels = [("direction", dir)];
+            e.sample("makelaar_cluster_handovers_total", &labels, n.load(Relaxed));
+        }
+    }
+    let partitions = stats.map_or(&[][..], |s| s.partitions());
+    let per_partition: [PartitionFamily; 4] = [
+        (
+            "makelaar_cluster_partition_appended_sequence",
+            "The stream sequence of this node's last append to the partition (0: none yet).",
+            Kind::Gauge,
+            |p| p.last_appended.load(Relaxed),
+        ),
+        (
+            "makelaar_cluster_partition_followed_sequence",
+            "The stream sequence of the last message this node's follower of the partition \
+             read (0: none yet).",
+            Kind::Gauge,
+            |p| p.last_followed.load(Relaxed),
+        ),
+        (
+            "makelaar_cluster_partition_follow_lag_messages",
+            "Messages in the partition stream behind the last one this node's follower read, \
+             as NATS reported with it: the follower's lag.",
+            Kind::Gauge,
+            |p| p.follow_pending.load(Relaxed),
+        ),
+        (
+            "makelaar_cluster_partition_followed_total",
+            "Messages this node's follower read from the partition (every node's).",
+            Kind::Counter,
+            |p| p.followed.load(Relaxed),
+        ),
+    ];
+    for (name, help, kind, read) in per_partition {
+        e.family(name, help, kind);
+        for (i, p) in partitions.iter().enumerate() {
+            e.sample(name, &[("partition", &i.to_string())], read(p));
+        }
+    }
+    one(
+        e,
+        "makelaar_cluster_queued_messages",
+        "Messages the router handed to the cluster that are not written yet.",
+        Kind::Gauge,
+        stats.map(|s| s.queued.load(Relaxed)),
+    );
+    one(
+        e,
+        "makelaar_cluster_queue_limit_messages",
+        "The bound of that queue ([cluster] max_queued_messages): above it the router waits.",
+        Kind::Gauge,
+        stats.map(|s| s.queue_limit.load(Relaxed)),
+    );
+    one(
+        e,
+        "makelaar_cluster_queue_full_total",
+        "Times the queue to the cluster was full and the router stopped taking packets from \
+         clients until the cluster caught up.",
+        Kind::Counter,
+        stats.map(|s| s.queue_full.load(Relaxed)),
+    );
 }

@@ -270,6 +270,122 @@ async fn moved_clients_are_told() {
     assert_eq!(moved.recv().await.unwrap(), key);
 }
 
+fn stored_will() -> StoredWill {
+    StoredWill {
+        topic: "status/x".into(),
+        payload: Bytes::from_static(b"offline"),
+        qos: makelaar_proto::packet::QoS::AtLeastOnce,
+        retain: false,
+        delay: 0,
+        message_expiry: None,
+        payload_utf8: false,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        username: None,
+    }
+}
+
+#[tokio::test]
+async fn a_will_left_in_a_record_is_taken_by_one_claimer_only() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let m3 = layer(&engine, "m3", 3);
+    let client = ClientKey::new("w1");
+    let c1 = m1.claim_client(&client).await.unwrap();
+    let found = m1.load_claimed_session(&client, &c1, 0).await.unwrap();
+    assert_eq!((found.record, found.will), (None, None));
+    let mut r = record("m1");
+    r.will = Some(stored_will());
+    let f1 = m1.store_session(&client, &r, found.fence).await.unwrap();
+    // m1 claims again (a takeover on the same node): its core has the will, it takes none.
+    let again = m1.claim_client(&client).await.unwrap();
+    let found = m1.load_claimed_session(&client, &again, 0).await.unwrap();
+    assert!(found.will.is_none());
+    assert!(found.record.unwrap().will.is_some());
+
+    // m2 claims it (m1 does not answer on the memory engine): it takes the will out.
+    let c2 = m2.claim_client(&client).await.unwrap();
+    let found = m2.load_claimed_session(&client, &c2, 5_000).await.unwrap();
+    let taken = found.will.unwrap();
+    assert_eq!(taken.will, stored_will());
+    assert_eq!((taken.expiry_interval, taken.offline_for), (60, None));
+    assert!(found.record.as_ref().unwrap().will.is_none());
+    assert_eq!(found.record.unwrap().node.as_str(), "m2");
+    // The record no longer holds it: the next claimer has nothing to decide, and m1 is fenced.
+    let c3 = m3.claim_client(&client).await.unwrap();
+    assert!(m3
+        .load_claimed_session(&client, &c3, 0)
+        .await
+        .unwrap()
+        .will
+        .is_none());
+    assert!(matches!(
+        m1.store_session(&client, &r, f1).await,
+        Err(ClusterError::Fenced(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere() {
+    let engine = MemoryBackend::new();
+    let dead = layer(&engine, "dead", 1);
+    let r1 = layer(&engine, "r1", 2);
+    let r2 = layer(&engine, "r2", 3);
+    let mut ids = Vec::new();
+    for id in ["left", "moved", "waiting"] {
+        let client = ClientKey::new(id);
+        let c = dead.claim_client(&client).await.unwrap();
+        let mut r = record("dead");
+        r.claim = c.revision.get();
+        r.will = Some(stored_will());
+        if id == "waiting" {
+            r.disconnected_at_ms = Some(1_000);
+        }
+        let (_, fence) = dead.load_session(&client).await.unwrap();
+        dead.store_session(&client, &r, fence).await.unwrap();
+        ids.push(client);
+    }
+    // "waiting" went offline on the dead node (its will waits out its delay there).
+    let (entry, rev) = dead.read_registry(&ids[2]).await.unwrap().unwrap();
+    assert!(entry.connected);
+    dead.mark_disconnected(&ids[2], rev).await.unwrap();
+    // "moved" connected to r2 before the dead node was reaped: r2 decided its will.
+    let c = r2.claim_client(&ids[1]).await.unwrap();
+    let taken = r2.load_claimed_session(&ids[1], &c, 0).await.unwrap();
+    assert!(taken.will.is_some());
+
+    let expired = Expired {
+        node: NodeId::new("dead").unwrap(),
+        incarnation: 1,
+    };
+    let mut orphans = r1.orphans(&expired).await.unwrap();
+    orphans.sort_by(|a, b| a.client.cmp(&b.client));
+    let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
+    assert_eq!(names, ["left", "waiting"]);
+    for o in &orphans {
+        let (entry, rev) = r1.read_registry(&o.client).await.unwrap().unwrap();
+        assert_eq!(
+            (entry.node.as_str(), entry.connected, rev),
+            ("r1", false, o.claim)
+        );
+        assert!(o.record.will.is_some());
+    }
+    // A second survivor finds nothing left to take (the registry names r1 now).
+    assert!(r2.orphans(&expired).await.unwrap().is_empty());
+    // The record is written by r1 at the fence read; a claimer that wrote first wins.
+    let o = &orphans[0];
+    let kept = crate::wills::reaped(&o.record, NodeId::new("r1").unwrap(), o.claim, 9_000, true);
+    let fence = r1.store_session(&o.client, &kept, o.fence).await.unwrap();
+    assert!(fence.may_write());
+    assert!(matches!(
+        r1.store_session(&o.client, &kept, o.fence).await,
+        Err(ClusterError::Fenced(_))
+    ));
+}
+
 #[tokio::test]
 async fn a_replay_reads_each_message_once_across_the_seam() {
     use crate::record::{Cursor, Outbound, OutboundState};

@@ -54,10 +54,14 @@ fn will() -> impl Strategy<Value = StoredWill> {
             prop::option::of("\\PC{1,10}"),
             prop::option::of(prop::collection::vec(any::<u8>(), 0..16)),
             prop::collection::vec(("\\PC{0,8}", "\\PC{0,8}"), 0..4),
+            prop::option::of("\\PC{0,10}"),
         ),
     )
         .prop_map(
-            |((topic, payload, qos, retain, delay, message_expiry), (utf8, ct, rt, cd, up))| {
+            |(
+                (topic, payload, qos, retain, delay, message_expiry),
+                (utf8, ct, rt, cd, up, user),
+            )| {
                 StoredWill {
                     topic,
                     payload: payload.into(),
@@ -70,6 +74,7 @@ fn will() -> impl Strategy<Value = StoredWill> {
                     response_topic: rt,
                     correlation_data: cd.map(Into::into),
                     user_properties: up,
+                    username: user,
                 }
             },
         )

@@ -64,6 +64,17 @@ pub struct Servers {
 impl Servers {
     /// Starts `n` servers; with `n > 1` they form one cluster.
     pub fn start(bin: &Path, n: usize, fsync: Fsync, monitoring: bool) -> Servers {
+        Servers::start_with(bin, n, fsync, monitoring, &Extra::default())
+    }
+
+    /// [`Servers::start`] with more configuration for each server (TLS, authorization).
+    pub fn start_with(
+        bin: &Path,
+        n: usize,
+        fsync: Fsync,
+        monitoring: bool,
+        extra: &Extra,
+    ) -> Servers {
         let dir = tempfile::tempdir().unwrap();
         let clients: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -81,8 +92,11 @@ impl Servers {
                 store.display().to_string(),
             );
             if monitoring {
-                conf.push_str(&format!("http: 127.0.0.1:{}\n", monitors[i]));
+                let key = if extra.https { "https" } else { "http" };
+                conf.push_str(&format!("{key}: 127.0.0.1:{}\n", monitors[i]));
             }
+            conf.push_str(&extra.conf);
+            conf.push('\n');
             if n > 1 {
                 let peers: Vec<String> = routes
                     .iter()
@@ -110,11 +124,14 @@ impl Servers {
             children,
             client_urls: clients
                 .iter()
-                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .map(|p| format!("{}://127.0.0.1:{p}", extra.scheme()))
                 .collect(),
             monitor_urls: monitors
                 .iter()
-                .map(|p| format!("http://127.0.0.1:{p}"))
+                .map(|p| {
+                    let scheme = if extra.https { "https" } else { "http" };
+                    format!("{scheme}://127.0.0.1:{p}")
+                })
                 .collect(),
             dir,
         }
@@ -145,6 +162,27 @@ impl Servers {
         }
     }
 
+    /// Waits until every server logs that it is ready (for servers that [`Servers::wait_ready`]
+    /// cannot reach: TLS, authorization), or panics with the logs.
+    pub async fn wait_logged_ready(&mut self, limit: Duration) {
+        let start = Instant::now();
+        for i in 0..self.children.len() {
+            let p = self.dir.path().join(format!("n{i}.log"));
+            while !std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .contains("Server is ready")
+            {
+                if start.elapsed() > limit {
+                    panic!("NATS servers not ready after {limit:?}:\n{}", self.logs());
+                }
+                if let Ok(Some(status)) = self.children[i].try_wait() {
+                    panic!("a NATS server exited ({status}):\n{}", self.logs());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// Every server's log.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -154,6 +192,27 @@ impl Servers {
             out.push_str(&std::fs::read_to_string(p).unwrap_or_default());
         }
         out
+    }
+}
+
+/// More configuration for each test server.
+#[derive(Default)]
+pub struct Extra {
+    /// Appended to each server's configuration.
+    pub conf: String,
+    /// Client URLs as `tls://`.
+    pub tls: bool,
+    /// Monitoring over `https:` (the server's `tls` block).
+    pub https: bool,
+}
+
+impl Extra {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "tls"
+        } else {
+            "nats"
+        }
     }
 }
 

@@ -72,6 +72,10 @@ const OWN_NOTIFY_LOCAL: u16 = 65534;
 /// The Receive Maximum of the short local connection that sets the session up: the broker
 /// may send one queued message on it, which stays unacknowledged (and is sent again).
 const PRIMING_RECEIVE_MAXIMUM: u16 = 1;
+/// How long a stop waits for the exchanges in flight to finish: a message the remote has
+/// but whose acknowledgement has not reached this broker would be sent again (DUP) after a
+/// restart, and a QoS 1 one delivered twice.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What a bridge is configured to do, in the relay's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +318,8 @@ pub struct Relay {
     waiting_qos0: u16,
     /// Lazy: when a message last crossed the link.
     last_activity: Instant,
+    /// Stopping: until when the exchanges in flight may finish; no new message crosses.
+    draining_until: Option<Instant>,
     stats: RelayStats,
 }
 
@@ -352,6 +358,7 @@ impl Relay {
             waiting: HashSet::new(),
             waiting_qos0: 0,
             last_activity: now,
+            draining_until: None,
             stats: RelayStats::default(),
         }
     }
@@ -418,8 +425,28 @@ impl Relay {
         self.out.push_back(Output::ConnectLocal(connect));
     }
 
-    /// Stops the bridge: the notification says `0` on both sides, both connections close.
+    /// Stops the bridge: while messages are in flight, at most [`SHUTDOWN_GRACE`] for their
+    /// acknowledgements (no new message crosses meanwhile); then the notification says `0` on
+    /// both sides and both connections close.
     pub fn shutdown(&mut self, now: Instant) {
+        if self.phase == Phase::Ready && self.in_flight() > 0 && self.draining_until.is_none() {
+            // A clean stop sends nothing twice: the acknowledgements on their way are awaited
+            // (at most SHUTDOWN_GRACE) while no new message crosses.
+            tracing::info!(bridge = %self.s.name, in_flight = self.in_flight(), "stopping: waiting for the messages in flight to be acknowledged");
+            self.draining_until = Some(now + SHUTDOWN_GRACE);
+            return;
+        }
+        self.finish_shutdown(now);
+    }
+
+    /// Stopping, once nothing is in flight any more.
+    fn check_drained(&mut self, now: Instant) {
+        if self.draining_until.is_some() && self.phase == Phase::Ready && self.in_flight() == 0 {
+            self.finish_shutdown(now);
+        }
+    }
+
+    fn finish_shutdown(&mut self, now: Instant) {
         let (remote_up, local_up) = match self.phase {
             Phase::Stopped | Phase::Idle => (false, false),
             Phase::Priming | Phase::Waiting => (false, true),
@@ -576,6 +603,7 @@ impl Relay {
             }
             _ => {}
         }
+        self.check_drained(now);
     }
 
     fn remote_connack(&mut self, now: Instant, ack: ConnAck) {
@@ -808,6 +836,10 @@ impl Relay {
 
     /// A remote PUBLISH, on its way in.
     fn inward(&mut self, now: Instant, p: Publish) {
+        if self.draining_until.is_some() {
+            // Stopping: left unacknowledged, the remote sends it again on the next link.
+            return;
+        }
         let Some((route, topic)) = self
             .s
             .routes
@@ -921,6 +953,7 @@ impl Relay {
             }
             _ => {}
         }
+        self.check_drained(now);
     }
 
     fn local_connack(&mut self, now: Instant, ack: ConnAck) {
@@ -992,6 +1025,10 @@ impl Relay {
 
     /// A local PUBLISH, on its way out.
     fn outward(&mut self, now: Instant, p: Publish) {
+        if self.draining_until.is_some() {
+            // Stopping: left unacknowledged, the local session sends it again next time.
+            return;
+        }
         let Some((route, topic)) = self
             .s
             .routes
@@ -1098,10 +1135,15 @@ impl Relay {
     /// passing without an answer.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let local = self.local_ping_at.filter(|_| self.local_open());
-        [self.remote_timeout(), local, self.idle_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.remote_timeout(),
+            local,
+            self.idle_deadline(),
+            self.draining_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether the local side is open past its CONNECT (and so pinged).
@@ -1134,6 +1176,11 @@ impl Relay {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.draining_until.is_some_and(|at| now >= at) {
+            tracing::warn!(bridge = %self.s.name, in_flight = self.in_flight(), "stopping before every message in flight was acknowledged: those are sent again (DUP) next time");
+            self.finish_shutdown(now);
+            return;
+        }
         if self.idle_deadline().is_some_and(|at| now >= at) {
             tracing::info!(bridge = %self.s.name, "no message for idle_timeout: disconnecting (start_type lazy)");
             self.end_link(now, End::Idle);
@@ -1205,6 +1252,11 @@ impl Relay {
 
     /// What follows a link (or the priming): connect again, or, lazy, wait for messages.
     fn next_link(&mut self) {
+        if self.draining_until.is_some() {
+            // The link ended while stopping: no next one.
+            self.phase = Phase::Stopped;
+            return;
+        }
         match self.s.lazy {
             None => self.out.push_back(Output::ConnectRemote),
             Some(lazy) => {

@@ -445,3 +445,50 @@ fn lazy_waits_for_the_threshold_and_ends_an_idle_link() {
     );
     assert_eq!(r.state(), LinkState::Down);
 }
+
+#[test]
+fn a_stop_waits_for_the_acknowledgements_in_flight_and_forwards_nothing_new() {
+    let (mut r, now) = ready(ProtocolVersion::V311);
+    r.handle_local(now, Packet::Publish(publish("out/a", QoS::AtLeastOnce, 7)));
+    drain(&mut r);
+    r.shutdown(now);
+    // Still linked: the remote has message 7 and its PUBACK is on the way.
+    assert_eq!(r.state(), LinkState::Connected);
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.poll_timeout(), Some(now + SHUTDOWN_GRACE));
+    // A new message from either side does not cross any more: left unacknowledged, it is
+    // sent again by its sender next time.
+    r.handle_local(now, Packet::Publish(publish("out/b", QoS::AtLeastOnce, 8)));
+    r.handle_remote(now, Packet::Publish(publish("cmd/c", QoS::AtLeastOnce, 3)));
+    assert!(drain(&mut r).is_empty());
+    // The acknowledgement arrives: it is passed on, then the link ends.
+    r.handle_remote(now, Packet::PubAck(PubAck::new(7)));
+    let out = drain(&mut r);
+    assert_eq!(out[0], Output::Local(Packet::PubAck(PubAck::new(7))));
+    assert!(out.contains(&Output::CloseRemote(End::Shutdown)), "{out:?}");
+    assert!(out.contains(&Output::CloseLocal), "{out:?}");
+    assert_eq!(r.state(), LinkState::Stopped);
+}
+
+#[test]
+fn a_stop_gives_up_on_acknowledgements_after_the_grace() {
+    let (mut r, now) = ready(ProtocolVersion::V5);
+    r.handle_local(now, Packet::Publish(publish("out/a", QoS::ExactlyOnce, 9)));
+    drain(&mut r);
+    r.shutdown(now);
+    r.handle_timeout(now + SHUTDOWN_GRACE - Duration::from_millis(1));
+    assert_eq!(r.state(), LinkState::Connected);
+    r.handle_timeout(now + SHUTDOWN_GRACE);
+    let out = drain(&mut r);
+    assert!(out.contains(&Output::CloseRemote(End::Shutdown)), "{out:?}");
+    assert_eq!(r.state(), LinkState::Stopped);
+}
+
+#[test]
+fn a_stop_with_nothing_in_flight_is_immediate() {
+    let (mut r, now) = ready(ProtocolVersion::V5);
+    r.shutdown(now);
+    let out = drain(&mut r);
+    assert!(out.contains(&Output::CloseRemote(End::Shutdown)), "{out:?}");
+    assert_eq!(r.state(), LinkState::Stopped);
+}

@@ -7,7 +7,8 @@ use makelaar_proto::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 
-use super::{Action, Broker, CloseReason, SessionIdx, WillOnTakeover};
+use super::will::{session_left, will_wait};
+use super::{Action, Broker, CloseReason, SessionIdx};
 use crate::conn::{effective_keep_alive, Violation};
 use crate::session::{ClientLimits, ConnId, Session};
 
@@ -177,14 +178,7 @@ impl Broker {
         if let Some(will) = will {
             let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
             let session_goes_on = !connect.clean_start && !ends;
-            let publish = match self.policy.will_on_takeover {
-                // A delayed will goes out when its session ends, whichever comes first
-                // [MQTT-3.1.3-9]; otherwise the closed connection publishes it
-                // [MQTT-3.1.2-8].
-                WillOnTakeover::Spec => !session_goes_on || !delayed,
-                // Mosquitto: a resumed session drops the will.
-                WillOnTakeover::Mosquitto => !session_goes_on,
-            };
+            let publish = self.published_at_takeover(delayed, session_goes_on);
             // Published here, before the new connection's CONNACK is queued: routed and, if
             // retained, stored before anything the new connection publishes.
             if publish {
@@ -396,23 +390,27 @@ impl Broker {
         let expiry = s.expiry_interval;
         if let Some(will) = s.will.take() {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if delay == 0 || expiry == 0 {
-                self.publish_will(now, idx, will);
-            } else if let Ok(s) = self.session_mut(idx) {
-                s.pending_will = Some(will);
-                s.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+            match will_wait(delay, expiry, Duration::ZERO) {
+                None => self.publish_will(now, idx, will),
+                Some(wait) => {
+                    if let Ok(s) = self.session_mut(idx) {
+                        s.pending_will = Some(will);
+                        s.will_at = Some(now + wait);
+                    }
+                }
             }
         }
         self.redistribute_shared(now, idx);
         self.release_deferred_acks(idx);
-        if expiry == 0 {
+        let Some(left) = session_left(expiry, Duration::ZERO) else {
             self.end_session(now, idx);
             return;
-        }
+        };
         if let Ok(s) = self.session_mut(idx) {
-            if expiry != u32::MAX {
-                s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
-            }
+            s.expires_at = left.map(|left| now + left);
+            // A cluster keeps the will's new state (published, or waiting since now).
+            let id = s.client_id.clone();
+            self.export.session_changed(&id);
         }
         self.journal_session(idx);
         // The cluster records where the offline session stands in its log (docs/cluster.md,
@@ -482,6 +480,10 @@ impl Broker {
             s.will_at = None;
             if let Some(will) = s.pending_will.take() {
                 self.publish_will(now, idx, will);
+            }
+            if let Ok(id) = self.session(idx).map(|s| s.client_id.clone()) {
+                // Published: the cluster's record of it must not keep it.
+                self.export.session_changed(&id);
             }
             self.journal_session(idx);
         }

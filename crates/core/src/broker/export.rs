@@ -15,10 +15,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use makelaar_proto::topic::parse_shared;
-use makelaar_proto::{Disconnect, Packet, ReasonCode};
+use makelaar_proto::{Disconnect, Packet, ReasonCode, Will};
 
 use super::{Action, Broker, CloseReason};
 use crate::message::Message;
@@ -44,16 +44,24 @@ pub enum FilterChange {
     Removed(String),
 }
 
-/// What the cluster keeps of a session that outlives its connection, so that it follows its
-/// client to another node.
+/// What the cluster keeps of a session that outlives its connection (its subscriptions,
+/// inbound QoS 2 ids and the QoS 1/2 messages it holds), so that it follows its client to
+/// another node, or of a connection with a will (its will, so that exactly one node
+/// publishes it, also when this one dies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     /// The protocol level of its last connection.
     pub version: makelaar_proto::ProtocolVersion,
-    /// Session Expiry Interval, seconds (never 0 here).
+    /// Session Expiry Interval, seconds (0 only for a connection with a will: its session
+    /// ends with it).
     pub expiry_interval: u32,
     /// Its subscriptions, by filter.
     pub subscriptions: Vec<(String, crate::session::Subscription)>,
+    /// When its connection ended; `None` while one is open.
+    pub offline_since: Option<Instant>,
+    /// The will not yet published: the open connection's, or (offline) the one waiting out
+    /// its delay.
+    pub will: Option<KeptWill>,
     /// Whether a client is connected to it.
     pub connected: bool,
     /// Inbound QoS 2 packet ids acknowledged with PUBREC and not yet released: a PUBLISH
@@ -73,6 +81,15 @@ pub struct KeptMessage {
     pub qos: makelaar_proto::QoS,
     /// Where it stands.
     pub state: KeptState,
+}
+
+/// A will a session holds, with the identity it is to be published with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptWill {
+    /// The will.
+    pub will: Box<Will>,
+    /// The authenticated username of the connection that set it.
+    pub username: Option<Arc<str>>,
 }
 
 /// The recorder (see the module documentation).
@@ -152,12 +169,16 @@ impl Broker {
         out.dedup();
     }
 
-    /// What the cluster keeps of the session of `client_id`: `None` when there is none or it
-    /// ends with its connection (Session Expiry Interval 0).
+    /// What the cluster keeps of the session of `client_id`: `None` when there is none, or
+    /// when it ends with its connection (Session Expiry Interval 0) and has no will.
     pub fn session_snapshot(&self, client_id: &str) -> Option<SessionSnapshot> {
         let idx = self.sessions.by_client_id(client_id)?;
         let s = self.session(idx).ok()?;
-        if s.expiry_interval == 0 {
+        let will = match s.conn {
+            Some(_) => s.will.as_ref(),
+            None => s.pending_will.as_ref(),
+        };
+        if s.expiry_interval == 0 && will.is_none() {
             return None;
         }
         let mut subscriptions: Vec<_> = s
@@ -183,6 +204,11 @@ impl Broker {
             version: s.version,
             expiry_interval: s.expiry_interval,
             subscriptions,
+            offline_since: if s.conn.is_some() { None } else { s.since },
+            will: will.map(|w| KeptWill {
+                will: w.clone(),
+                username: s.username.clone(),
+            }),
             connected: s.conn.is_some(),
             inbound_qos2: s.inbound_qos2.clone(),
             outbound: in_flight
@@ -192,9 +218,51 @@ impl Broker {
         })
     }
 
+    /// Takes in a session a dead cluster node left (its will and timings decided with
+    /// [`will_wait`](super::will_wait) and [`session_left`](super::session_left) by the
+    /// node that reaped it), unless this broker has one for that client id already: offline,
+    /// its will (if any) published in `will_in` unless its client returns first
+    /// [MQTT-3.1.3-9], the session ended in `expires_in` (`None`: never). From here on it is
+    /// this broker's like any offline session. Returns whether it was taken in.
+    pub fn adopt_orphan(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+        snapshot: SessionSnapshot,
+        will_in: Duration,
+        expires_in: Option<Duration>,
+    ) -> bool {
+        if self.sessions.by_client_id(client_id).is_some() {
+            return false;
+        }
+        let username = snapshot.will.as_ref().and_then(|w| w.username.clone());
+        self.restore_session(crate::persist::RestoredSession {
+            client_id: Arc::from(client_id),
+            state: crate::persist::SessionState {
+                version: snapshot.version,
+                expiry_interval: snapshot.expiry_interval,
+                expires_at: expires_in.map(|d| now + d),
+                pending_will: snapshot.will.map(|w| (w.will, now + will_in)),
+                connected: false,
+                username,
+            },
+            subscriptions: snapshot.subscriptions,
+            inbound_qos2: snapshot.inbound_qos2,
+            backlog: crate::persist::Backlog::default(),
+        });
+        if let Some(idx) = self.sessions.by_client_id(client_id) {
+            if let Ok(s) = self.session_mut(idx) {
+                s.since = Some(now);
+            }
+        }
+        true
+    }
+
     /// Takes in a session kept on the cluster, for a client about to connect here, unless
     /// this broker has one for that client id already; it is then decided like a session
     /// this broker kept itself (Session Present, its subscriptions, its inbound QoS 2 ids).
+    /// Its will, if the record held one, is not taken in: the cluster takes it out of the
+    /// record and hands it to [`Broker::take_over_remote_will`].
     /// With `resume`, the messages it held or missed follow ([`Broker::handle_cluster_backlog`]):
     /// until then nothing is sent to it, and what is routed to it meanwhile waits behind
     /// them, as for a session's backlog in the store.
@@ -323,10 +391,36 @@ impl Broker {
         self.handle_backlog_loaded(now, client_id, loaded);
     }
 
+    /// Another cluster node takes the client of `client_id` over: its connection here, if
+    /// any, is closed (5.0: DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3]) and the
+    /// session ends here without its will being published: the cluster's record of the
+    /// session holds the will, and the claiming node decides it by the takeover rules
+    /// ([`Broker::take_over_remote_will`]), so that exactly one node does. Returns whether a
+    /// connection was closed.
+    pub fn hand_over(&mut self, now: Instant, client_id: &str) -> bool {
+        let closed = self.close_for_hand_over(now, client_id);
+        self.forget_session(now, client_id);
+        closed
+    }
+
+    /// [`Broker::hand_over`] without its end: the connection is closed (0x8E) and the will
+    /// dropped here, and the session stays, offline, so that the shell records where it
+    /// stands (what it holds; with the will it had, which the claiming node decides) before
+    /// it calls [`Broker::forget_session`]. Returns whether a connection was closed.
+    pub fn close_for_hand_over(&mut self, now: Instant, client_id: &str) -> bool {
+        if let Some(idx) = self.sessions.by_client_id(client_id) {
+            if let Ok(s) = self.session_mut(idx) {
+                s.will = None;
+                s.pending_will = None;
+            }
+        }
+        self.disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER)
+    }
+
     /// Ends the session of `client_id` here, if it has no connection: it moved to another
-    /// node, which keeps it now. A will waiting for its delay is dropped: the session goes on
-    /// with its client reconnected [MQTT-3.1.3-9] (the new node does not know it yet: wills
-    /// do not travel with the session in phase 1).
+    /// node, which keeps it now. A will waiting for its delay is dropped here: the node the
+    /// client connected to took it out of the cluster's record and decided it
+    /// ([`Broker::take_over_remote_will`]).
     pub fn forget_session(&mut self, now: Instant, client_id: &str) {
         let Some(idx) = self.sessions.by_client_id(client_id) else {
             return;
@@ -441,6 +535,7 @@ impl Broker {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::super::tests::{connect, publish, subscribe, Harness};
+    use super::super::RemoteWill;
     use super::*;
     use makelaar_proto::{ProtocolVersion, QoS, Unsubscribe};
 
@@ -689,6 +784,8 @@ mod tests {
                     id: None,
                 },
             )],
+            offline_since: None,
+            will: None,
             connected: false,
             inbound_qos2: vec![7],
             outbound: Vec::new(),
@@ -731,6 +828,163 @@ mod tests {
         b.packet(1, subscribe(2, "t", QoS::AtLeastOnce));
         let again = b.packet(1, publish("t", QoS::ExactlyOnce, 7, "dup"));
         assert!(matches!(&again[..], [Packet::PubRec(r)] if r.packet_id == 7));
+    }
+
+    fn with_will(id: &str, clean: bool, expiry: u32, delay: u32) -> makelaar_proto::Connect {
+        let mut c = connect(id, ProtocolVersion::V5, clean);
+        c.properties.session_expiry_interval = Some(expiry);
+        c.will = Some(Will {
+            topic: "w".into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: makelaar_proto::Properties {
+                will_delay_interval: (delay > 0).then_some(delay),
+                ..Default::default()
+            },
+        });
+        c
+    }
+
+    /// A subscriber to the will topic on connection 9.
+    fn watcher(h: &mut Harness) {
+        h.connect(9, connect("watcher", ProtocolVersion::V5, true));
+        h.packet(9, subscribe(1, "w", QoS::AtLeastOnce));
+    }
+
+    fn wills_seen(h: &mut Harness) -> usize {
+        super::super::tests::publishes(&h.take(9)).len()
+    }
+
+    #[test]
+    fn a_connection_with_a_will_is_kept_until_the_will_is_decided() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        // A session that ends with its connection is kept for its will only.
+        h.connect(1, with_will("clean", true, 0, 0));
+        let snap = h.broker.session_snapshot("clean").unwrap();
+        assert_eq!((snap.expiry_interval, snap.offline_since), (0, None));
+        assert_eq!(snap.will.unwrap().will.topic, "w");
+        // Lost: the will is published [MQTT-3.1.2-8] and nothing is kept.
+        h.broker.handle_connection_lost(h.now, 1);
+        assert!(h.broker.session_snapshot("clean").is_none());
+
+        // A delayed will of a persistent session waits offline, and is kept with the time
+        // its connection ended; once published, the session is kept without it.
+        h.connect(2, with_will("slow", false, 300, 10));
+        let mut ids = Vec::new();
+        h.broker.drain_session_changes(&mut ids);
+        h.broker.handle_connection_lost(h.now, 2);
+        ids.clear();
+        h.broker.drain_session_changes(&mut ids);
+        assert!(ids.contains(&Arc::<str>::from("slow")), "{ids:?}");
+        let snap = h.broker.session_snapshot("slow").unwrap();
+        assert_eq!(snap.offline_since, Some(h.now));
+        assert!(snap.will.is_some());
+        h.advance(10);
+        ids.clear();
+        h.broker.drain_session_changes(&mut ids);
+        assert!(ids.contains(&Arc::<str>::from("slow")), "{ids:?}");
+        assert!(h.broker.session_snapshot("slow").unwrap().will.is_none());
+
+        // A normal DISCONNECT discards it [MQTT-3.1.2-10]: kept without it.
+        h.connect(3, with_will("polite", false, 300, 0));
+        h.packet(3, Packet::Disconnect(Disconnect::default()));
+        assert!(h.broker.session_snapshot("polite").unwrap().will.is_none());
+    }
+
+    #[test]
+    fn a_hand_over_closes_without_publishing_the_will() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        watcher(&mut h);
+        h.connect(1, with_will("moving", false, 300, 0));
+        assert!(h.broker.hand_over(h.now, "moving"));
+        assert_eq!(
+            h.closed(1),
+            Some(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER))
+        );
+        assert!(h.broker.session_snapshot("moving").is_none());
+        assert_eq!(wills_seen(&mut h), 0, "the claiming node decides the will");
+    }
+
+    #[test]
+    fn a_remote_will_is_decided_by_the_takeover_rules() {
+        let remote = |expiry: u32, delay: u32, offline: Option<u64>| {
+            let c = with_will("x", false, expiry, delay);
+            RemoteWill {
+                will: Box::new(c.will.unwrap()),
+                username: None,
+                expiry_interval: expiry,
+                offline_for: offline.map(Duration::from_secs),
+            }
+        };
+        let id: Arc<str> = Arc::from("x");
+        // (will, CONNECT's clean start) -> published?
+        let cases = [
+            // An open connection taken over: published [MQTT-3.1.2-8] [MQTT-3.1.4-3] ...
+            (remote(300, 0, None), false, true),
+            (remote(0, 30, None), false, true),
+            (remote(300, 30, None), true, true),
+            // ... unless delayed and the session goes on [MQTT-3.1.3-9].
+            (remote(300, 30, None), false, false),
+            // Offline and waiting: resumed in time, dropped; a clean start ends the session.
+            (remote(300, 30, Some(10)), false, false),
+            (remote(300, 30, Some(10)), true, true),
+            // Due already (its delay, or its session, ran out meanwhile).
+            (remote(300, 30, Some(31)), false, true),
+            (remote(20, 30, Some(21)), false, true),
+        ];
+        for (i, (w, clean, expected)) in cases.into_iter().enumerate() {
+            let mut h = Harness::new();
+            watcher(&mut h);
+            assert_eq!(
+                h.broker.take_over_remote_will(h.now, &id, w, clean),
+                expected,
+                "case {i}"
+            );
+            assert_eq!(wills_seen(&mut h), usize::from(expected), "case {i}");
+        }
+    }
+
+    #[test]
+    fn an_orphan_publishes_its_will_when_due_unless_its_client_returns() {
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        watcher(&mut h);
+        let mut c = with_will("orphan", false, 300, 10);
+        h.connect(1, c.clone());
+        let snap = h.broker.session_snapshot("orphan").unwrap();
+        let mut other = Harness::new();
+        watcher(&mut other);
+        assert!(other.broker.adopt_orphan(
+            other.now,
+            "orphan",
+            snap.clone(),
+            Duration::from_secs(5),
+            Some(Duration::from_secs(60))
+        ));
+        other.advance(4);
+        assert_eq!(wills_seen(&mut other), 0);
+        other.advance(1);
+        assert_eq!(wills_seen(&mut other), 1);
+        assert!(other
+            .broker
+            .session_snapshot("orphan")
+            .unwrap()
+            .will
+            .is_none());
+
+        // Its client returns in time: the session goes on, the will is not published.
+        let mut third = Harness::new();
+        watcher(&mut third);
+        third
+            .broker
+            .adopt_orphan(third.now, "orphan", snap, Duration::from_secs(5), None);
+        c.will = None;
+        assert!(third.connect(1, c).session_present);
+        third.advance(10);
+        assert_eq!(wills_seen(&mut third), 0);
     }
 
     #[test]

@@ -38,11 +38,12 @@ use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
-pub use export::{Exported, FilterChange, KeptMessage, SessionSnapshot};
+pub use export::{Exported, FilterChange, KeptMessage, KeptWill, SessionSnapshot};
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
 pub use stats::{BridgeDrops, BridgeQueue, Flow, PerQos, QueueTotals, Stats};
+pub use will::{session_left, will_wait, RemoteWill};
 
 /// What the shell must do after a `handle_*` call.
 // `Packet` is large (properties inline); boxing it would cost an allocation per packet on the

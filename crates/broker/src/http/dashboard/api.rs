@@ -7,7 +7,9 @@ use hyper::header::ACCEPT;
 use hyper::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 
-use super::json::{BridgeJson, ClientJson, PageJson, RetainedJson, StatsJson, SubscriptionJson};
+use super::json::{
+    BridgeJson, ClientJson, ClusterJson, PageJson, RetainedJson, StatsJson, SubscriptionJson,
+};
 use super::query::{list_query, param, percent_decode};
 use super::{sse, Dashboard};
 use crate::admin::Stopped;
@@ -54,6 +56,15 @@ pub(crate) async fn bridges(dash: &Arc<Dashboard>) -> Response<Body> {
         }
         Err(e) => unavailable(e),
     }
+}
+
+/// `GET /api/cluster`: this node's part in the cluster; `null` when the broker runs alone.
+/// Read from the cluster layer's counters: no question to the router or to NATS.
+pub(crate) fn cluster(dash: &Arc<Dashboard>) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        &dash.counters.cluster.as_ref().map(ClusterJson::new),
+    )
 }
 
 pub(crate) async fn clients(dash: &Arc<Dashboard>, query: Option<&str>) -> Response<Body> {

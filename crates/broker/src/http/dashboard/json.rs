@@ -211,6 +211,80 @@ impl BridgeJson {
     }
 }
 
+/// This node's part in a cluster, for the dashboard's cluster panel (the same figures as
+/// `/metrics` and `$SYS/broker/cluster/...`).
+#[derive(Serialize)]
+pub(crate) struct ClusterJson {
+    pub node: String,
+    /// `serving` or `stepped-down`.
+    pub state: &'static str,
+    pub nodes_alive: u64,
+    /// The last lease write's round trip; `None` before the first.
+    pub round_trip_ms: Option<f64>,
+    pub step_downs: u64,
+    pub appends: u64,
+    pub append_failures: u64,
+    pub published: u64,
+    pub publish_failures: u64,
+    pub claims: u64,
+    pub claim_failures: u64,
+    pub handovers_asked: u64,
+    pub handovers_given: u64,
+    pub queued: u64,
+    pub queue_limit: u64,
+    pub queue_full: u64,
+    /// Per partition, by index.
+    pub partitions: Vec<PartitionJson>,
+}
+
+/// One partition stream as this node sees it.
+#[derive(Serialize)]
+pub(crate) struct PartitionJson {
+    pub appended_sequence: u64,
+    pub followed_sequence: u64,
+    pub follow_lag: u64,
+    pub followed: u64,
+}
+
+impl ClusterJson {
+    pub fn new(c: &crate::counters::ClusterCounters) -> ClusterJson {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &c.stats;
+        ClusterJson {
+            node: c.node.clone(),
+            state: if s.serving() {
+                "serving"
+            } else {
+                "stepped-down"
+            },
+            nodes_alive: s.nodes_alive.load(Relaxed),
+            round_trip_ms: s.round_trip().map(|d| d.as_secs_f64() * 1000.0),
+            step_downs: s.step_downs.load(Relaxed),
+            appends: s.appends.load(Relaxed),
+            append_failures: s.append_failures.load(Relaxed),
+            published: s.published.load(Relaxed),
+            publish_failures: s.publish_failures.load(Relaxed),
+            claims: s.claims.load(Relaxed),
+            claim_failures: s.claim_failures.load(Relaxed),
+            handovers_asked: s.handovers_asked.load(Relaxed),
+            handovers_given: s.handovers_given.load(Relaxed),
+            queued: s.queued.load(Relaxed),
+            queue_limit: s.queue_limit.load(Relaxed),
+            queue_full: s.queue_full.load(Relaxed),
+            partitions: s
+                .partitions()
+                .iter()
+                .map(|p| PartitionJson {
+                    appended_sequence: p.last_appended.load(Relaxed),
+                    followed_sequence: p.last_followed.load(Relaxed),
+                    follow_lag: p.follow_pending.load(Relaxed),
+                    followed: p.followed.load(Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A watched message for the topic viewer: the payload as text when it is UTF-8, else as
 /// hex; at most [`PAYLOAD_SHOWN`] bytes of it.
 #[derive(Serialize)]

@@ -7,6 +7,7 @@
 //! | `GET /api/clients?offset=&limit=&q=` | sessions, a page at a time (at most 1000 rows) |
 //! | `GET /api/subscriptions?...`, `GET /api/retained?...` | likewise |
 //! | `GET /api/bridges` | each bridge: link state, address, queue, in flight, counts, last error, drops by reason |
+//! | `GET /api/cluster` | a cluster node's part: state, nodes alive, round trip, writes, claims, hand-overs, queue, per partition; `null` alone |
 //! | `POST /api/clients/{id}/disconnect` | disconnects a client (needs `X-Makelaar-Dashboard`) |
 //! | `GET /api/events` | server-sent `stats` events, one a second |
 //! | `GET /api/watch?filter=F` | server-sent `message` events: the topic viewer |
@@ -154,6 +155,7 @@ async fn answer(dash: &Arc<Dashboard>, req: Request<Incoming>) -> Response<Body>
         "/api/stats" if get => api::stats(dash).await,
         "/api/clients" if get => api::clients(dash, query).await,
         "/api/bridges" if get => api::bridges(dash).await,
+        "/api/cluster" if get => api::cluster(dash),
         "/api/subscriptions" if get => api::subscriptions(dash, query).await,
         "/api/retained" if get => api::retained(dash, query).await,
         "/api/events" if get => sse::stats_stream(dash.clone()),
@@ -178,8 +180,10 @@ async fn answer(dash: &Arc<Dashboard>, req: Request<Incoming>) -> Response<Body>
             api::disconnect(dash, p, (peer, user)).await
         }
         "/" | "/index.html" | "/dashboard.js" | "/dashboard.css" | "/api/stats"
-        | "/api/clients" | "/api/bridges" | "/api/subscriptions" | "/api/retained"
-        | "/api/events" | "/api/watch" => method_not_allowed(super::routes::GET_HEAD),
+        | "/api/clients" | "/api/bridges" | "/api/cluster" | "/api/subscriptions"
+        | "/api/retained" | "/api/events" | "/api/watch" => {
+            method_not_allowed(super::routes::GET_HEAD)
+        }
         other => text(
             StatusCode::NOT_FOUND,
             format!("{other} is not part of the dashboard's API (see docs/dashboard.md)\n"),

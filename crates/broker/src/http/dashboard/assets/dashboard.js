@@ -307,6 +307,65 @@ async function refreshBridges() {
 setInterval(refreshBridges, 2000);
 refreshBridges();
 
+// ---- cluster -----------------------------------------------------------------------------
+
+function clusterRow(c) {
+  const serving = c.state === "serving";
+  const tr = el("tr", null, serving ? "online" : "offline");
+  const lag = c.partitions.reduce((sum, p) => sum + p.follow_lag, 0);
+  tr.append(
+    td(c.node, "node"),
+    td(c.state, serving ? "state status status-online" : "state status status-offline"),
+    td(fmtNum(c.nodes_alive), "nodes-alive num"),
+    td(c.round_trip_ms === null ? null : `${c.round_trip_ms.toFixed(2)} ms`, "round-trip"),
+    td(fmtNum(c.appends), "appends num"),
+    td(fmtNum(c.append_failures), "append-failures num"),
+    td(fmtNum(c.published), "published num"),
+    td(fmtNum(c.claims), "claims num"),
+    td(`${fmtNum(c.handovers_asked)} / ${fmtNum(c.handovers_given)}`, "handovers num"),
+    td(`${fmtNum(c.queued)} / ${fmtNum(c.queue_limit)}`, "queued num"),
+    td(fmtNum(lag), "follow-lag num"),
+  );
+  return tr;
+}
+
+function partitionRow(p, i) {
+  const tr = el("tr");
+  tr.append(
+    td(String(i), "partition"),
+    td(fmtNum(p.appended_sequence), "appended num"),
+    td(fmtNum(p.followed_sequence), "followed-seq num"),
+    td(fmtNum(p.follow_lag), "follow-lag num"),
+    td(fmtNum(p.followed), "followed num"),
+  );
+  return tr;
+}
+
+let clusterBusy = false;
+async function refreshCluster() {
+  if (clusterBusy || document.hidden) return;
+  clusterBusy = true;
+  const errorBox = $("cluster-error");
+  try {
+    const c = await api("/api/cluster");
+    errorBox.hidden = true;
+    // A broker running alone has no cluster panel.
+    $("cluster").hidden = c === null;
+    if (c !== null) {
+      $("cluster-summary").textContent = `this node: ${c.node}, queue full ${fmtNum(c.queue_full)} times`;
+      $("cluster-table").querySelector("tbody").replaceChildren(clusterRow(c));
+      $("cluster-partitions").querySelector("tbody").replaceChildren(...c.partitions.map(partitionRow));
+    }
+  } catch (e) {
+    errorBox.textContent = String(e.message);
+    errorBox.hidden = false;
+  } finally {
+    clusterBusy = false;
+  }
+}
+setInterval(refreshCluster, 2000);
+refreshCluster();
+
 async function disconnect(clientId, button) {
   button.disabled = true;
   try {

@@ -1,0 +1,208 @@
+//! Wills across the cluster, sans-IO: who decides a will left in a session record, and how
+//! the records of a dead node are taken over. The MQTT timing rules themselves (when a will
+//! is due, when a session ends) are the core's (`makelaar_core::broker::will_wait`,
+//! `session_left`); this module only says whose turn it is and reads the wall-clock times
+//! the records carry.
+//!
+//! Every client with a will has a [`SessionRecord`] in the `sessions` bucket while the will
+//! is not yet decided (a session that ends with its connection has one only then): written
+//! at CONNECT, rewritten when the will is published, waits out its delay or is discarded,
+//! deleted with the session. A will in a record is decided exactly once, by the one node
+//! whose compare-and-set write takes it out (or keeps it as its own):
+//!
+//! - the node holding the connection, when the connection ends there (it publishes or
+//!   discards it, as a single broker does, and writes the record without it);
+//! - a node a client connects to while the record still holds a will it does not hold
+//!   itself (a hand-over from a live node, or a node that died): [`claimer_decides`], then
+//!   [`will_taken`] written by compare-and-set before the core decides the will by the
+//!   takeover rules;
+//! - the survivor that reaps a dead node ([`crate::cluster::LeaseEvent::Reap`]): for each
+//!   record [`left_by`] the dead incarnation it moves the registry entry to itself, then
+//!   writes [`reaped`] by compare-and-set, and only then publishes what is due.
+//!
+//! A write that loses its compare-and-set means another node took the record first; the
+//! loser publishes nothing.
+
+use std::time::Duration;
+
+use crate::ids::{NodeId, Revision};
+use crate::lease::Expired;
+use crate::record::{RegistryEntry, SessionRecord, StoredWill};
+
+/// How long ago the connection of a record ended, by the wall clock (unix milliseconds):
+/// `None` when the record was written while its connection was open. A writer's clock
+/// ahead of this node's counts as no time passed.
+pub fn offline_for(record: &SessionRecord, now_ms: u64) -> Option<Duration> {
+    record
+        .disconnected_at_ms
+        .map(|at| Duration::from_millis(now_ms.saturating_sub(at)))
+}
+
+/// Whether a node that has just claimed a client id decides the will the session record
+/// may hold: yes, unless the claim replaced this very node's own entry (this node in this
+/// incarnation held the client, and its core holds the will and decides it as a single
+/// broker does).
+pub fn claimer_decides(previous: Option<&RegistryEntry>, me: &NodeId, incarnation: u64) -> bool {
+    !previous.is_some_and(|p| p.node == *me && p.incarnation == incarnation)
+}
+
+/// The record a claiming node writes to take its will out: the same session, written by
+/// `node` under its claim `claim`, without the will; and the will taken.
+pub fn will_taken(
+    record: &SessionRecord,
+    node: NodeId,
+    claim: Revision,
+) -> (SessionRecord, Option<StoredWill>) {
+    let mut r = record.clone();
+    r.node = node;
+    r.claim = claim.get();
+    let will = r.will.take();
+    (r, will)
+}
+
+/// Whether a session record is one the dead incarnation `dead` left: written by that node,
+/// and the registry (`holder`) still names that incarnation as its client's holder. A
+/// client that connected elsewhere since (the registry names another node or incarnation)
+/// is not: the node it connected to decided the will.
+pub fn left_by(record: &SessionRecord, holder: &RegistryEntry, dead: &Expired) -> bool {
+    record.node == dead.node && holder.node == dead.node && holder.incarnation == dead.incarnation
+}
+
+/// The record as the reaping node keeps it: written by `node` under its claim `claim`,
+/// offline since `now_ms` if its connection was open when the dead node wrote it (the will
+/// delay and session expiry of a connection that died with its node are counted from the
+/// reap: when it ended exactly is not known), and without its will when that is published
+/// now (`will_due_now`).
+pub fn reaped(
+    record: &SessionRecord,
+    node: NodeId,
+    claim: Revision,
+    now_ms: u64,
+    will_due_now: bool,
+) -> SessionRecord {
+    let mut r = record.clone();
+    r.node = node;
+    r.claim = claim.get();
+    r.disconnected_at_ms.get_or_insert(now_ms);
+    if will_due_now {
+        r.will = None;
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::Bytes;
+    use makelaar_proto::packet::QoS;
+
+    fn node(n: &str) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    fn will() -> StoredWill {
+        StoredWill {
+            topic: "w".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            delay: 5,
+            message_expiry: None,
+            payload_utf8: false,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+            username: Some("u".into()),
+        }
+    }
+
+    fn record(writer: &str, disconnected_at_ms: Option<u64>) -> SessionRecord {
+        SessionRecord {
+            node: node(writer),
+            claim: 3,
+            protocol: 5,
+            expiry_interval: 60,
+            disconnected_at_ms,
+            subscriptions: Vec::new(),
+            will: Some(will()),
+            cursors: Vec::new(),
+            outbound: Vec::new(),
+            inbound_qos2: Vec::new(),
+        }
+    }
+
+    fn entry(n: &str, incarnation: u64, connected: bool) -> RegistryEntry {
+        RegistryEntry {
+            node: node(n),
+            incarnation,
+            connected,
+        }
+    }
+
+    #[test]
+    fn offline_time_comes_from_the_record() {
+        assert_eq!(offline_for(&record("a", None), 10_000), None);
+        assert_eq!(
+            offline_for(&record("a", Some(4_000)), 10_000),
+            Some(Duration::from_secs(6))
+        );
+        // The writer's clock ran ahead: no time passed.
+        assert_eq!(
+            offline_for(&record("a", Some(12_000)), 10_000),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn the_claimer_decides_unless_it_held_the_client_itself() {
+        let me = node("b");
+        assert!(claimer_decides(None, &me, 7));
+        assert!(claimer_decides(Some(&entry("a", 1, true)), &me, 7));
+        // This node's earlier self (restarted): its core does not have the will.
+        assert!(claimer_decides(Some(&entry("b", 6, false)), &me, 7));
+        assert!(!claimer_decides(Some(&entry("b", 7, false)), &me, 7));
+    }
+
+    #[test]
+    fn taking_the_will_rewrites_the_writer_and_claim_only() {
+        let r = record("a", Some(1_000));
+        let (taken, will) = will_taken(&r, node("b"), Revision::new(9).unwrap());
+        assert_eq!(will, Some(self::will()));
+        assert_eq!(taken.will, None);
+        assert_eq!((taken.node.as_str(), taken.claim), ("b", 9));
+        assert_eq!(taken.disconnected_at_ms, r.disconnected_at_ms);
+        assert_eq!(taken.subscriptions, r.subscriptions);
+    }
+
+    #[test]
+    fn a_dead_incarnations_records_are_the_ones_the_registry_still_names_it_for() {
+        let dead = Expired {
+            node: node("a"),
+            incarnation: 1,
+        };
+        let r = record("a", None);
+        assert!(left_by(&r, &entry("a", 1, true), &dead));
+        // Offline (a will waiting out its delay), still that incarnation's.
+        assert!(left_by(&r, &entry("a", 1, false), &dead));
+        // Connected elsewhere since, or to the node's next incarnation: not reaped.
+        assert!(!left_by(&r, &entry("b", 4, true), &dead));
+        assert!(!left_by(&r, &entry("a", 2, true), &dead));
+        // Written by another node (a claim in progress): not reaped.
+        assert!(!left_by(&record("b", None), &entry("a", 1, true), &dead));
+    }
+
+    #[test]
+    fn a_reaped_record_is_offline_from_the_reap_and_loses_a_will_published_now() {
+        let claim = Revision::new(12).unwrap();
+        let open = reaped(&record("a", None), node("c"), claim, 50_000, false);
+        assert_eq!((open.node.as_str(), open.claim), ("c", 12));
+        assert_eq!(open.disconnected_at_ms, Some(50_000));
+        assert!(open.will.is_some());
+        // Already offline: its own time is kept, the delay runs on from there.
+        let waiting = reaped(&record("a", Some(40_000)), node("c"), claim, 50_000, true);
+        assert_eq!(waiting.disconnected_at_ms, Some(40_000));
+        assert!(waiting.will.is_none());
+    }
+}
