@@ -136,10 +136,12 @@ class Node:
         self.config = workdir / f"{name}.toml"
         self.config.write_text(toml)
         self.log = workdir / f"{name}.log"
+        # MK_LOG: the nodes' --log-level when investigating (e.g. "debug"; with
+        # MAKELAAR_KEEP_CLUSTER_LOGS=1 their logs stay).
         self.proc = subprocess.Popen(
             [find_makelaar(), "serve", "--config", str(self.config),
-             "--cluster", ",".join(servers), "--node-name", name, "--log-level", "info",
-             *args],
+             "--cluster", ",".join(servers), "--node-name", name,
+             "--log-level", os.environ.get("MK_LOG", "info"), *args],
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
 
     def wait_serving(self):
@@ -475,6 +477,242 @@ def test_a_node_that_loses_its_lease_disconnects_its_clients(tmp_path):
         if other is not None:
             other.stop()
         nats.stop()
+
+
+# --- Queued and in-flight messages across nodes (docs/cluster.md, "Queued messages across
+# nodes"): a persistent session that leaves node a records where it stands in each partition
+# stream; node b replays from there when the client comes back to it.
+
+def _expiry(seconds=300):
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = seconds
+    return p
+
+
+def _raw_session(node, cid, version=5):
+    """A raw MQTT 5.0 connection resuming (or making) the persistent session `cid`."""
+    import mqtt_raw as raw
+    c = raw.RawClient(node.port, version=version, timeout=WAIT)
+    props = [(raw.SESSION_EXPIRY_INTERVAL, 300)] if version == 5 else None
+    c.send(raw.connect(cid, version=version, clean=False, properties=props))
+    ack = c.recv_type(raw.CONNACK)
+    assert ack.reason == 0, ack
+    return c, ack
+
+
+def test_messages_published_while_offline_follow_the_session_to_another_node(cluster):
+    """[MQTT-3.1.2-5] the session of a client that left keeps the QoS 1/2 messages for its
+    subscriptions; after the move they reach it on the other node, once each, in order per
+    topic [MQTT-4.6.0-5], with Session Present 1 [MQTT-3.2.2-2]. (One QoS per topic: the
+    order is per topic and QoS, and paho hands QoS 2 messages over only at PUBREL.)"""
+    a, b = cluster
+    cid = unique("queued")
+    base = unique("queued")
+    topics = [f"{base}/t{i}" for i in range(3)]
+    c = MqttClient(a, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    c.subscribe(f"{base}/#", qos=2)
+    before = connected(a)
+    before.publish(topics[0], b"before", qos=1)
+    assert c.get().payload == b"before"  # delivered and acknowledged on node a: not again
+    c.disconnect()
+    pub_a, pub_b = connected(a), connected(b)
+    sent = {t: [] for t in topics}
+    for i in range(30):
+        topic = topics[i % 3]
+        pub = pub_a if (i // 3) % 2 == 0 else pub_b  # both nodes, on every topic
+        payload = f"m{i}".encode()
+        pub.publish(topic, payload, qos=1 + (i % 3) % 2)  # waits for PUBACK / PUBCOMP
+        sent[topic].append(payload)
+    c = MqttClient(b, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    assert c.connack.session_present
+    got = {t: [] for t in topics}
+    for m in c.get_n(30, timeout=20):
+        got[m.topic].append(m.payload)
+    assert got == sent
+    c.expect_none(timeout=1.5)
+    # The live path takes over after the replay: no gap, no duplicate.
+    pub_a.publish(topics[0], b"live-a", qos=1)
+    pub_b.publish(topics[1], b"live-b", qos=2)
+    live = sorted(m.payload for m in c.get_n(2))
+    assert live == [b"live-a", b"live-b"]
+    c.expect_none(timeout=1.0)
+    c.disconnect()
+
+
+def test_qos2_in_flight_at_the_move_completes_with_pubrel_not_a_second_publish(cluster):
+    """A QoS 2 message whose PUBREC reached node a resumes on node b with PUBREL
+    [MQTT-4.4.0-1], never a second PUBLISH: exactly once across the move
+    [MQTT-4.3.3-2]."""
+    import mqtt_raw as raw
+    a, b = cluster
+    cid = unique("q2move")
+    topic = unique("q2move") + "/t"
+    sub, _ = _raw_session(a, cid)
+    sub.send(raw.subscribe(1, [(topic, raw.sub_options(qos=2))], version=5))
+    sub.recv_type(raw.SUBACK)
+    pub = connected(a)
+    pub.publish(topic, b"exactly-once", qos=2)
+    p = sub.recv_type(raw.PUBLISH)
+    assert (p.qos, p.payload) == (2, b"exactly-once")
+    sub.send(raw.ack(raw.PUBREC, p.packet_id, version=5))
+    rel = sub.recv_type(raw.PUBREL)  # node a has the PUBREC
+    assert rel.packet_id == p.packet_id
+    sub.close()  # gone before PUBCOMP
+    time.sleep(0.3)
+
+    moved, ack = _raw_session(b, cid)
+    assert ack.session_present
+    again = moved.recv_type(raw.PUBREL)
+    assert again.packet_id == p.packet_id
+    moved.send(raw.ack(raw.PUBCOMP, p.packet_id, version=5))
+    moved.expect_nothing(timeout=1.5)  # no second PUBLISH of the message
+    moved.close()
+
+
+def test_qos1_in_flight_at_the_move_is_resent_with_dup(cluster):
+    """A QoS 1 message sent on node a and not acknowledged is sent again on node b with its
+    packet id and DUP set [MQTT-4.4.0-1] [MQTT-3.3.1-1], then the queued one follows."""
+    import mqtt_raw as raw
+    a, b = cluster
+    cid = unique("q1move")
+    topic = unique("q1move") + "/t"
+    sub, _ = _raw_session(a, cid)
+    sub.send(raw.subscribe(1, [(topic, raw.sub_options(qos=1))], version=5))
+    sub.recv_type(raw.SUBACK)
+    pub = connected(b)
+    pub.publish(topic, b"first", qos=1)
+    p = sub.recv_type(raw.PUBLISH)
+    assert (p.qos, p.payload, p.dup) == (1, b"first", False)
+    sub.close()  # no PUBACK
+    time.sleep(0.3)
+    pub.publish(topic, b"second", qos=1)  # queued for the session meanwhile
+
+    moved, ack = _raw_session(b, cid)
+    assert ack.session_present
+    resent = moved.recv_type(raw.PUBLISH)
+    assert (resent.packet_id, resent.payload, resent.dup) == (p.packet_id, b"first", True)
+    moved.send(raw.ack(raw.PUBACK, resent.packet_id, version=5))
+    nxt = moved.recv_type(raw.PUBLISH)
+    assert (nxt.payload, nxt.dup) == (b"second", False)
+    moved.send(raw.ack(raw.PUBACK, nxt.packet_id, version=5))
+    moved.expect_nothing(timeout=1.5)
+    moved.close()
+
+
+def test_inbound_qos2_state_travels_so_a_resent_publish_is_not_delivered_twice(cluster):
+    """A QoS 2 PUBLISH acknowledged with PUBREC on node a and sent again (DUP) after the move
+    is acknowledged on node b without a second delivery [MQTT-4.3.3-10]."""
+    import mqtt_raw as raw
+    a, b = cluster
+    cid = unique("in2move")
+    topic = unique("in2move") + "/t"
+    watcher = connected(b)
+    watcher.subscribe(topic, qos=2)
+    probe = connected(a)
+    probe.publish(topic, b"probe", qos=1)
+    assert watcher.get().payload == b"probe"
+    publisher, _ = _raw_session(a, cid)
+    publisher.send(raw.publish(topic, b"once", qos=2, packet_id=7, version=5))
+    assert publisher.recv_type(raw.PUBREC).packet_id == 7
+    publisher.close()  # before PUBREL
+    assert watcher.get().payload == b"once"
+    time.sleep(0.3)
+
+    moved, ack = _raw_session(b, cid)
+    assert ack.session_present
+    moved.send(raw.publish(topic, b"once", qos=2, packet_id=7, dup=True, version=5))
+    assert moved.recv_type(raw.PUBREC).packet_id == 7
+    moved.send(raw.ack(raw.PUBREL, 7, version=5))
+    assert moved.recv_type(raw.PUBCOMP).packet_id == 7
+    watcher.expect_none(timeout=1.5)
+    moved.close()
+
+
+def test_a_live_takeover_hands_over_what_was_in_flight(cluster):
+    """The client connects on node b while its connection on node a is open: node a closes
+    it (0x8E) and records what it held before answering the hand-over, so the QoS 1 message
+    it had sent comes again on node b with DUP [MQTT-4.4.0-1]."""
+    import mqtt_raw as raw
+    a, b = cluster
+    cid = unique("handover")
+    topic = unique("handover") + "/t"
+    old, _ = _raw_session(a, cid)
+    old.send(raw.subscribe(1, [(topic, raw.sub_options(qos=1))], version=5))
+    old.recv_type(raw.SUBACK)
+    pub = connected(a)
+    pub.publish(topic, b"held", qos=1)
+    p = old.recv_type(raw.PUBLISH)
+    new, ack = _raw_session(b, cid)  # no PUBACK on the old connection
+    assert ack.session_present
+    resent = new.recv_type(raw.PUBLISH)
+    assert (resent.packet_id, resent.payload, resent.dup) == (p.packet_id, b"held", True)
+    new.send(raw.ack(raw.PUBACK, resent.packet_id, version=5))
+    gone = old.closed_with()
+    assert gone is not None and gone.reason == 0x8E
+    new.expect_nothing(timeout=1.0)
+    new.close()
+
+
+def test_a_session_moving_back_and_forth_gets_each_message_once(cluster):
+    """Node b's record (replayed and live messages) resumes the session on node a again."""
+    a, b = cluster
+    cid = unique("pingpong")
+    topic = unique("pingpong") + "/t"
+    pub_a, pub_b = connected(a), connected(b)
+    c = MqttClient(a, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    c.subscribe(topic, qos=1)
+    sent = []
+    for rnd, node in enumerate([b, a, b]):
+        c.disconnect()
+        for i in range(6):
+            payload = f"r{rnd}-{i}".encode()
+            (pub_a if i % 2 else pub_b).publish(topic, payload, qos=1)
+            sent.append(payload)
+        c = MqttClient(node, client_id=cid, clean=False)
+        c.connect(properties=_expiry())
+        assert c.connack.session_present
+        assert [m.payload for m in c.get_n(6, timeout=20)] == sent[-6:]
+        c.expect_none(timeout=1.0)
+    c.disconnect()
+
+
+def test_message_expiry_still_applies_across_the_move(cluster):
+    """A message whose Message Expiry Interval ran out while the session was away is not
+    delivered after the move [MQTT-3.3.2-5]; one still alive carries the interval left
+    [MQTT-3.3.2-6]."""
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    a, b = cluster
+    cid = unique("expiry")
+    topic = unique("expiry") + "/t"
+    c = MqttClient(a, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    c.subscribe(topic, qos=1)
+    c.disconnect()
+    pub = connected(a)
+
+    def lasting(seconds):
+        p = Properties(PacketTypes.PUBLISH)
+        p.MessageExpiryInterval = seconds
+        return p
+
+    pub.publish(topic, b"short", qos=1, properties=lasting(1))
+    pub.publish(topic, b"long", qos=1, properties=lasting(120))
+    time.sleep(2.5)
+    c = MqttClient(b, client_id=cid, clean=False)
+    c.connect(properties=_expiry())
+    assert c.connack.session_present
+    m = c.get()
+    assert m.payload == b"long"
+    left = m.properties.MessageExpiryInterval
+    assert 100 <= left < 120, left
+    c.expect_none(timeout=1.0)
+    c.disconnect()
 
 
 # Wills across nodes (docs/cluster.md, "Status"): a connection's will is kept in its cluster

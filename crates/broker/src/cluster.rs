@@ -15,8 +15,11 @@
 //!   the node's filters match it;
 //! - per partition a **follower** reads the partition stream (one ordered consumer without
 //!   a filter per node and partition, the delivery path chosen in docs/cluster.md) and hands
-//!   the router the messages other nodes appended; this node's own were routed when they
-//!   were published;
+//!   the router the messages other nodes appended, with their sequence; this node's own were
+//!   routed when they were published and go as their position only (where a leaving
+//!   session stands, `makelaar_cluster::replay`);
+//! - a **replay** per session taken in from a record that says where it stood: a temporary
+//!   read of each partition with something to read, handed to the router at once;
 //! - the **retained watch** keeps the node's retained messages equal to the cluster's;
 //! - the **sessions** task writes the session records (a connection's will included) this
 //!   node owns, one at a time, each fenced; a will the core says is due goes with the write
@@ -38,14 +41,19 @@ use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::lease::Expired;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
-use makelaar_cluster::record::{SessionRecord, StoredSubscription, StoredWill};
+use makelaar_cluster::record::{
+    Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription, StoredWill,
+};
+use makelaar_cluster::replay::ReplayPlan;
 use makelaar_cluster::takeover::Fence;
 use makelaar_cluster::wills::{self, WillVerdict};
 use makelaar_cluster::{ClientKey, NodeId, Revision};
 use makelaar_core::broker::{
-    session_left, will_wait, Exported, FilterChange, KeptWill, RemoteWill, SessionSnapshot,
+    session_left, will_wait, Exported, FilterChange, KeptMessage, KeptWill, RemoteWill,
+    SessionSnapshot,
 };
-use makelaar_core::message::Message;
+use makelaar_core::message::{LogPosition, Message};
+use makelaar_core::persist::KeptState;
 use makelaar_core::session::ConnId;
 use makelaar_core::session::Subscription;
 use makelaar_proto::ProtocolVersion;
@@ -87,16 +95,21 @@ pub(crate) enum ToCluster {
     },
     /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept),
     /// and the wills of that client the core says are due: the write takes them out of the
-    /// record, and they are published (`FromCluster::Will`) only if it wins.
+    /// record, and they are published (`FromCluster::Will`) only if it wins; `log`, for a
+    /// session offline here (or handed over): where it stands in the log.
     StoreSession {
         client_id: Arc<str>,
         snapshot: Option<SessionSnapshot>,
+        log: Option<(Vec<Cursor>, Vec<Outbound>)>,
         wills: Vec<KeptWill>,
     },
     /// The broker assigned this client id (its CONNECT claimed nothing) and keeps its
     /// session (it has a will, or outlives its connection): register it, so that the
     /// reaper of this node finds its record.
     Assigned { client_id: Arc<str> },
+    /// Read back what a session taken in from a record held or missed (see
+    /// `makelaar_cluster::replay`), and answer with `FromCluster::Replayed`.
+    Replay(Box<ReplayRequest>),
     /// A connection whose claim was written at `revision` has ended.
     Disconnected {
         client_id: Arc<str>,
@@ -104,13 +117,56 @@ pub(crate) enum ToCluster {
     },
 }
 
+/// A session's replay, as the router asks for it.
+pub(crate) struct ReplayRequest {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) plan: ReplayPlan,
+    /// The record's outbound list (the plan's kept entries index it).
+    pub(crate) outbound: Vec<Outbound>,
+    /// The session's plain filters: a new message none matches is not kept.
+    pub(crate) filters: Vec<String>,
+    /// The session's queue limits.
+    pub(crate) max_messages: usize,
+    pub(crate) max_bytes: usize,
+}
+
+/// Where a session taken in from a record resumes (the record's part the replay needs).
+#[derive(Debug, Clone)]
+pub(crate) struct Resume {
+    /// The node that wrote the record.
+    pub(crate) writer: NodeId,
+    pub(crate) cursors: Vec<Cursor>,
+    pub(crate) outbound: Vec<Outbound>,
+}
+
 /// What the cluster tells the router.
 pub(crate) enum FromCluster {
     /// The batch numbered `epoch` is durable on the cluster, except the messages of the
-    /// connections in `failed` (their acknowledgements must never go out).
-    Appended { epoch: u64, failed: Vec<ConnId> },
-    /// A message another node received, to route to this node's subscribers.
+    /// connections in `failed` (their acknowledgements must never go out); `own` is the
+    /// highest sequence appended per partition in it.
+    Appended {
+        epoch: u64,
+        failed: Vec<ConnId>,
+        own: Vec<(u16, u64)>,
+    },
+    /// A QoS 0 message another node received, to route to this node's subscribers.
     Message(Arc<Message>),
+    /// A partition's follower starts at this sequence (before its first `Log`).
+    Following { partition: u16, next: u64 },
+    /// The next message of a partition stream: another node's, to route (`Some`), or this
+    /// node's own, routed when it was published (`None`).
+    Log {
+        partition: u16,
+        seq: u64,
+        msg: Option<Arc<Message>>,
+    },
+    /// What a session's replay read back: in flight on the old node (in its order), then
+    /// taken in there and not sent, or published while it was away (in order per topic).
+    Replayed {
+        client_id: Arc<str>,
+        in_flight: Vec<KeptMessage>,
+        queued: Vec<Arc<Message>>,
+    },
     /// A retained message set (`Some`) or cleared on the cluster.
     Retained {
         topic: String,
@@ -121,7 +177,7 @@ pub(crate) enum FromCluster {
     /// out of it: this node decides it, before the CONNECT), or why it failed.
     Claimed {
         conn: ConnId,
-        result: Result<Claimed, String>,
+        result: Result<Claim, String>,
     },
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
@@ -162,9 +218,17 @@ pub(crate) enum FromCluster {
     },
 }
 
-/// A claimed client id: the registry revision written, the session kept on the cluster, and
-/// the will another node left that this node now decides.
-pub(crate) type Claimed = (Revision, Option<SessionSnapshot>, Option<RemoteWill>);
+/// A claimed client id.
+pub(crate) struct Claim {
+    /// The registry revision written.
+    pub(crate) revision: Revision,
+    /// The session the cluster keeps for it.
+    pub(crate) session: Option<SessionSnapshot>,
+    /// The will another node left in its record, taken out of it: this node decides it.
+    pub(crate) will: Option<RemoteWill>,
+    /// When the session's record says where it stands in the log: how it resumes.
+    pub(crate) resume: Option<Resume>,
+}
 
 /// Why the cluster could not be joined: one sentence for the user.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +239,8 @@ pub struct ClusterStartError(pub String);
 pub(crate) struct ClusterLink {
     pub(crate) to: mpsc::UnboundedSender<ToCluster>,
     pub(crate) from: mpsc::Receiver<FromCluster>,
+    /// This node.
+    pub(crate) node: NodeId,
     /// What this node counts of its part, for `$SYS`, `/metrics` and the dashboard; its
     /// `queued` and `queue_limit` bound the messages in `to` (see [`QueueRoom`]).
     pub(crate) stats: Arc<NodeStats>,
@@ -274,6 +340,7 @@ pub(crate) async fn start(
             )))
         }
     }
+    let node = cluster.config().node.clone();
     let (to_tx, mut to_rx) = mpsc::unbounded_channel();
     let (from_tx, from_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
     let (sessions_tx, sessions_rx) = mpsc::unbounded_channel();
@@ -293,10 +360,17 @@ pub(crate) async fn start(
         .await
         .map_err(|e| ClusterStartError(format!("cannot follow moved-client notices: {e}")))?;
     for p in partitions.all() {
-        let follow = cluster
+        let (next, follow) = cluster
             .follow_partition(p)
             .await
             .map_err(|e| ClusterStartError(format!("cannot follow partition stream {p}: {e}")))?;
+        // Before any of its messages: the router knows where each follower starts.
+        let _ = from_tx
+            .send(FromCluster::Following {
+                partition: p.index(),
+                next,
+            })
+            .await;
         tokio::spawn(follower(
             follow,
             cluster.config().node.clone(),
@@ -341,11 +415,14 @@ pub(crate) async fn start(
                             from_tx.clone(),
                         ));
                     }
-                    Some(ToCluster::StoreSession { client_id, snapshot, wills }) => {
-                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, wills));
+                    Some(ToCluster::StoreSession { client_id, snapshot, log, wills }) => {
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log, wills));
                     }
                     Some(ToCluster::Assigned { client_id }) => {
                         let _ = sessions_tx.send(SessionOp::Assigned(client_id));
+                    }
+                    Some(ToCluster::Replay(req)) => {
+                        tokio::spawn(replay(cluster.clone(), req, from_tx.clone()));
                     }
                     Some(ToCluster::CheckOwner { conn, client_id, revision }) => {
                         let c = cluster.clone();
@@ -368,12 +445,9 @@ pub(crate) async fn start(
                         let _ = sessions_tx.send(SessionOp::Release(req));
                     }
                     Some(ToCluster::Disconnected { client_id, revision }) => {
-                        let c = cluster.clone();
-                        tokio::spawn(async move {
-                            let key = ClientKey::new(&client_id);
-                            // Refused harmlessly when another node has claimed it since.
-                            let _ = c.mark_disconnected(&key, revision).await;
-                        });
+                        // After the session's last record: a node that claims the id once
+                        // it reads "disconnected" must find that record.
+                        let _ = sessions_tx.send(SessionOp::Disconnected(client_id, revision));
                     }
                 },
                 Some((filter, d)) = live_rx.recv() => reader.live(filter, d).await,
@@ -393,6 +467,7 @@ pub(crate) async fn start(
     Ok(ClusterLink {
         to: to_tx,
         from: from_rx,
+        node,
         stats,
         room,
     })
@@ -472,11 +547,19 @@ async fn claim(
             found.fence,
             false,
         ));
-        Ok::<_, makelaar_cluster::cluster::ClusterError>((
-            claimed.revision,
-            found.record.and_then(|r| snapshot_of(&r)),
-            found.will.map(remote_will),
-        ))
+        // Where the session stands in the log is in the record as its node wrote it (a
+        // will taken out since names this node as the writer).
+        let resume = found
+            .record
+            .as_ref()
+            .zip(found.written_by.as_ref())
+            .and_then(|(r, writer)| resume_of(r, writer));
+        Ok::<_, makelaar_cluster::cluster::ClusterError>(Claim {
+            revision: claimed.revision,
+            session: found.record.and_then(|r| snapshot_of(&r)),
+            will: found.will.map(remote_will),
+            resume,
+        })
     }
     .await
     .map_err(|e| e.to_string());
@@ -488,11 +571,20 @@ enum SessionOp {
     /// This node claimed the client id at this revision; its session record has this fence,
     /// and holds a will (or not).
     Owned(Arc<str>, Revision, Fence, bool),
-    /// Write (or, `None`, delete) the client's session record, taking these due wills out
-    /// of it: they are published only if the write wins.
-    Store(Arc<str>, Option<SessionSnapshot>, Vec<KeptWill>),
+    /// Write (or, `None`, delete) the client's session record, with where it stands in the
+    /// log when it is offline (or handed over), taking these due wills out of it: they are
+    /// published only if the write wins.
+    Store(
+        Arc<str>,
+        Option<SessionSnapshot>,
+        Option<(Vec<Cursor>, Vec<Outbound>)>,
+        Vec<KeptWill>,
+    ),
     /// Register a client id the broker assigned, before its record's first write.
     Assigned(Arc<str>),
+    /// The client's connection here ended: mark the registry entry (after the writes
+    /// queued before).
+    Disconnected(Arc<str>, Revision),
     /// The session moved to another node: write it no more.
     Forget(Arc<str>),
     /// A hand-over: write the client's session no more, then mark the registry and answer.
@@ -525,7 +617,19 @@ struct Kept {
 
 /// Writes waiting to be tried again (their engine failed, or the node stepped down), per
 /// client: the latest snapshot and every due will not yet decided, in order.
-type Waiting = HashMap<Arc<str>, (Option<SessionSnapshot>, Vec<KeptWill>)>;
+type Waiting = HashMap<Arc<str>, (Option<SessionSnapshot>, Option<Log>, Vec<KeptWill>)>;
+
+/// Where a session offline here stands in the log: its cursors and the messages it holds.
+type Log = (Vec<Cursor>, Vec<Outbound>);
+
+/// One record write: the client, its session (`None`: delete), where it stands, its due
+/// wills.
+type Store = (
+    Arc<str>,
+    Option<SessionSnapshot>,
+    Option<Log>,
+    Vec<KeptWill>,
+);
 
 /// How often writes that could not be made are tried again.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
@@ -554,8 +658,8 @@ async fn sessions(
             },
             () = tokio::time::sleep_until(retry_at), if retry => {
                 retry_at = tokio::time::Instant::now() + WRITE_RETRY;
-                for (client_id, (snapshot, wills)) in std::mem::take(&mut waiting) {
-                    let store = (client_id, snapshot, wills);
+                for (client_id, (snapshot, log, wills)) in std::mem::take(&mut waiting) {
+                    let store = (client_id, snapshot, log, wills);
                     write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
                 }
                 continue;
@@ -623,23 +727,32 @@ async fn sessions(
                 }
                 tokio::spawn(released(cluster.clone(), req));
             }
+            SessionOp::Disconnected(client_id, revision) => {
+                let c = cluster.clone();
+                tokio::spawn(async move {
+                    let key = ClientKey::new(&client_id);
+                    // Refused harmlessly when another node has claimed it since.
+                    let _ = c.mark_disconnected(&key, revision).await;
+                });
+            }
             SessionOp::Serving(now) => {
                 serving = now;
                 // Back: what waited is tried at once.
                 retry_at = tokio::time::Instant::now();
             }
-            SessionOp::Store(client_id, snapshot, wills) => {
-                // Behind a write still waiting: in order, after it.
-                if let Some((s, w)) = waiting.get_mut(&client_id) {
+            SessionOp::Store(client_id, snapshot, log, wills) => {
+                // Behind a write still waiting: in order, after it (the newest state wins).
+                if let Some((s, l, w)) = waiting.get_mut(&client_id) {
                     *s = snapshot;
+                    *l = log;
                     w.extend(wills);
                     continue;
                 }
-                let store = (client_id, snapshot, wills);
+                let store = (client_id, snapshot, log, wills);
                 if serving {
                     write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
                 } else {
-                    waiting.insert(store.0, (store.1, store.2));
+                    waiting.insert(store.0, (store.1, store.2, store.3));
                 }
             }
         }
@@ -659,8 +772,15 @@ async fn lose(
         return;
     };
     k.fence = Fence::Lost;
-    if let Some((snapshot, wills)) = waiting.remove(&client_id) {
-        write_session(cluster, kept, waiting, (client_id, snapshot, wills), tx).await;
+    if let Some((snapshot, log, wills)) = waiting.remove(&client_id) {
+        write_session(
+            cluster,
+            kept,
+            waiting,
+            (client_id, snapshot, log, wills),
+            tx,
+        )
+        .await;
     }
 }
 
@@ -671,7 +791,7 @@ async fn write_session(
     cluster: &Cluster<NatsBackend>,
     kept: &mut HashMap<Arc<str>, Kept>,
     waiting: &mut Waiting,
-    (client_id, snapshot, wills): (Arc<str>, Option<SessionSnapshot>, Vec<KeptWill>),
+    (client_id, snapshot, log, wills): Store,
     tx: &mpsc::Sender<FromCluster>,
 ) {
     let Some(&k) = kept.get(&client_id) else {
@@ -695,7 +815,7 @@ async fn write_session(
     let key = ClientKey::new(&client_id);
     let record = snapshot
         .as_ref()
-        .map(|s| record_of(cluster.config().node.clone(), k.claim, s));
+        .map(|s| record_of(cluster.config().node.clone(), k.claim, s, log.clone()));
     let outcome = cluster
         .write_own_session(&key, record.as_ref(), k.claim, k.fence)
         .await;
@@ -744,7 +864,7 @@ async fn write_session(
         }
         WillVerdict::Retry => {
             tracing::warn!(client_id = %client_id, error = ?outcome.err(), wills = wills.len(), "session not written to the cluster: tried again shortly (its due wills wait)");
-            waiting.insert(client_id, (snapshot, wills));
+            waiting.insert(client_id, (snapshot, log, wills));
         }
     }
 }
@@ -768,15 +888,25 @@ fn withhold_wills(client_id: &Arc<str>, wills: &[KeptWill]) {
     }
 }
 
-/// The record of a session this node keeps (phase 1: its subscriptions and its will).
-fn record_of(node: NodeId, claim: Revision, s: &SessionSnapshot) -> SessionRecord {
+/// The record of a session this node keeps: its subscriptions, its inbound QoS 2 ids and
+/// its will; `log` (for a session offline here, or handed over): where it stands in each
+/// partition and the messages it holds, so another node resumes it.
+fn record_of(
+    node: NodeId,
+    claim: Revision,
+    s: &SessionSnapshot,
+    log: Option<(Vec<Cursor>, Vec<Outbound>)>,
+) -> SessionRecord {
     let (now, now_ms) = (Instant::now(), unix_ms());
+    let (cursors, outbound) = log.unwrap_or_default();
     SessionRecord {
         node,
         claim: claim.get(),
         protocol: s.version.level(),
         expiry_interval: s.expiry_interval,
-        // On the wall clock, so that another node can count a will's delay on from it.
+        // On the wall clock, so that another node can count a will's delay on from it. A
+        // record written at a hand-over has none: its connection was open and is taken over
+        // (how the claimer decides its will), though its cursors say where it stands.
         disconnected_at_ms: s.offline_since.map(|since| {
             let ago =
                 u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX);
@@ -792,9 +922,9 @@ fn record_of(node: NodeId, claim: Revision, s: &SessionSnapshot) -> SessionRecor
             })
             .collect(),
         will: s.will.as_ref().map(stored_will),
-        cursors: Vec::new(),
-        outbound: Vec::new(),
-        inbound_qos2: Vec::new(),
+        cursors,
+        outbound,
+        inbound_qos2: s.inbound_qos2.clone(),
     }
 }
 
@@ -826,7 +956,155 @@ fn snapshot_of(r: &SessionRecord) -> Option<SessionSnapshot> {
         // is decided on its own (`Cluster::load_claimed_session`).
         offline_since: None,
         will: None,
+        connected: false,
+        inbound_qos2: r.inbound_qos2.clone(),
+        outbound: Vec::new(),
     })
+}
+
+/// How a session resumes from its record, `writer` the node that wrote it (whose log its
+/// cursors count): only a record written when it went offline or was handed over says where
+/// it stands in the log. One written while its client was connected (its node died), or
+/// taken over from a dead node, has no cursors: nothing is replayed, logged.
+fn resume_of(r: &SessionRecord, writer: &NodeId) -> Option<Resume> {
+    if r.expiry_interval == 0 {
+        return None;
+    }
+    if r.cursors.is_empty() {
+        tracing::warn!(node = %writer, "a session record without its place in the log (written while its client was connected, or left by a dead node): messages it held or missed are not replayed");
+        return None;
+    }
+    Some(Resume {
+        writer: writer.clone(),
+        cursors: r.cursors.clone(),
+        outbound: r.outbound.clone(),
+    })
+}
+
+/// The record's state of a message a session holds.
+pub(crate) fn outbound_state(k: &KeptMessage) -> (OutboundState, u16) {
+    match k.state {
+        KeptState::AwaitingAck(id) if k.qos == QoS::AtLeastOnce => (OutboundState::AwaitPuback, id),
+        KeptState::AwaitingAck(id) => (OutboundState::AwaitPubrec, id),
+        KeptState::AwaitingComp(id) => (OutboundState::AwaitPubcomp, id),
+        KeptState::Queued => (OutboundState::Queued, 0),
+    }
+}
+
+/// A session's replay (see `makelaar_cluster::replay`): reads back what it held on the old
+/// node and what it missed, and hands both to the router.
+async fn replay(
+    cluster: Arc<Cluster<NatsBackend>>,
+    req: Box<ReplayRequest>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    let ReplayRequest {
+        client_id,
+        plan,
+        outbound,
+        filters,
+        max_messages,
+        max_bytes,
+    } = *req;
+    let wanted = |topic: &str| {
+        filters
+            .iter()
+            .any(|f| makelaar_proto::topic::filter_matches(f, topic))
+    };
+    let (now, now_ms) = (Instant::now(), unix_ms());
+    let read = match cluster.replay(&plan, wanted, max_messages, max_bytes).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%client_id, error = %e, "cannot read a resumed session's messages back from the cluster: it resumes without them");
+            Default::default()
+        }
+    };
+    if read.dropped > 0 {
+        tracing::warn!(%client_id, dropped = read.dropped, max_queued_messages = max_messages, max_queued_bytes = max_bytes, "a resumed session missed more messages than its queue holds: the newest were dropped (max_queued_messages, max_queued_bytes)");
+    }
+    if read.missing > 0 {
+        tracing::warn!(%client_id, missing = read.missing, "messages a resumed session held are no longer in the cluster's log (older than its max age): not sent again");
+    }
+    tracing::debug!(%client_id, kept = read.kept.len(), new = read.new.len(), "resumed session replayed from the cluster");
+    let position = |m: &makelaar_cluster::cluster::LogMessage| LogPosition {
+        partition: m.partition.index(),
+        seq: m.seq,
+    };
+    let positioned = |m: makelaar_cluster::cluster::LogMessage| {
+        let pos = position(&m);
+        // Expired: not delivered [MQTT-3.3.2-5].
+        message(&m.topic, m.envelope, now, now_ms).map(|msg| {
+            let _ = msg.log_position.set(pos);
+            (pos, Arc::new(msg))
+        })
+    };
+    let mut kept: HashMap<usize, Arc<Message>> = HashMap::new();
+    let mut queued: Vec<(LogPosition, Arc<Message>)> = Vec::new();
+    for (i, m) in read.kept {
+        match outbound.get(i).map(|o| o.state) {
+            Some(OutboundState::Queued) => queued.extend(positioned(m)),
+            Some(_) => {
+                let pos = position(&m);
+                let msg = resent_message(&m.topic, m.envelope, now, now_ms);
+                let _ = msg.log_position.set(pos);
+                kept.insert(i, Arc::new(msg));
+            }
+            None => {}
+        }
+    }
+    queued.extend(read.new.into_iter().filter_map(positioned));
+    queued.sort_by_key(|(pos, _)| (pos.partition, pos.seq));
+    let mut in_flight = Vec::new();
+    for (i, o) in outbound.iter().enumerate() {
+        let (qos, state) = match o.state {
+            OutboundState::AwaitPuback => (QoS::AtLeastOnce, KeptState::AwaitingAck(o.packet_id)),
+            OutboundState::AwaitPubrec => (QoS::ExactlyOnce, KeptState::AwaitingAck(o.packet_id)),
+            OutboundState::AwaitPubcomp => (QoS::ExactlyOnce, KeptState::AwaitingComp(o.packet_id)),
+            OutboundState::Queued => continue,
+        };
+        let msg = match (o.state, kept.remove(&i)) {
+            (_, Some(msg)) => msg,
+            // Only its packet id matters now: PUBREL goes out, never the PUBLISH again.
+            (OutboundState::AwaitPubcomp, None) => Arc::new(placeholder(LogPosition {
+                partition: o.partition,
+                seq: o.seq,
+            })),
+            (_, None) => continue,
+        };
+        in_flight.push(KeptMessage { msg, qos, state });
+    }
+    let _ = tx
+        .send(FromCluster::Replayed {
+            client_id,
+            in_flight,
+            queued: queued.into_iter().map(|(_, m)| m).collect(),
+        })
+        .await;
+}
+
+/// A message sent on another node and not acknowledged: sent again even when its expiry ran
+/// out since, as its onward delivery had started [MQTT-3.3.2-5] (with an interval of 0 left,
+/// as a node resending from its own store does).
+fn resent_message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Message {
+    any_message(topic, e, now, now_ms).0
+}
+
+/// The stand-in for a QoS 2 message whose PUBREC came back on another node: only its
+/// packet id and place in the log travel.
+fn placeholder(pos: LogPosition) -> Message {
+    let msg = Message {
+        topic: Arc::from(""),
+        payload: bytes::Bytes::new(),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: None,
+        received_at: None,
+        log_position: std::sync::OnceLock::new(),
+    };
+    let _ = msg.log_position.set(pos);
+    msg
 }
 
 /// A will as the cluster keeps it.
@@ -931,7 +1209,12 @@ async fn reap(
                 Err(e) => Err(e),
             },
             Some(_) => {
-                let record = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
+                let mut record = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
+                // Its place in the dead node's log is not carried on: this node keeps the
+                // session from here without what it held there, and its next record says
+                // where it stands in this node's.
+                record.cursors.clear();
+                record.outbound.clear();
                 cluster
                     .store_session(&o.client, &record, o.fence)
                     .await
@@ -1021,10 +1304,21 @@ fn envelope(node: &NodeId, msg: &Message, now: Instant, now_ms: u64) -> Envelope
 
 /// The message an envelope from the cluster carries; `None` once expired [MQTT-3.3.2-5].
 fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Message> {
-    let (expires_at, interval) = match e.remaining_expiry(now_ms) {
-        Expiry::Never => (None, None),
-        Expiry::Remaining(s) => (Some(now + Duration::from_secs(u64::from(s))), Some(s)),
-        Expiry::Expired => return None,
+    let (msg, expired) = any_message(topic, e, now, now_ms);
+    (!expired).then_some(msg)
+}
+
+/// The message an envelope carries, and whether its expiry ran out (it then has 0 seconds
+/// left).
+fn any_message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> (Message, bool) {
+    let (expires_at, interval, expired) = match e.remaining_expiry(now_ms) {
+        Expiry::Never => (None, None, false),
+        Expiry::Remaining(s) => (
+            Some(now + Duration::from_secs(u64::from(s))),
+            Some(s),
+            false,
+        ),
+        Expiry::Expired => (Some(now), Some(0), true),
     };
     let properties = Properties {
         payload_format_indicator: e.payload_utf8.then_some(1),
@@ -1035,7 +1329,7 @@ fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Messag
         user_properties: e.user_properties,
         ..Properties::default()
     };
-    Some(Message {
+    let msg = Message {
         topic: Arc::from(topic),
         payload: e.payload,
         qos: e.qos,
@@ -1045,7 +1339,9 @@ fn message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> Option<Messag
         origin: (!e.origin_client.is_empty()).then(|| Arc::from(e.origin_client.as_str())),
         // Received by this node now (a bridge's max_age counts from here).
         received_at: Some(now),
-    })
+        log_position: std::sync::OnceLock::new(),
+    };
+    (msg, expired)
 }
 
 /// The writer task (see the module documentation). Batches are taken one after the other,
@@ -1065,10 +1361,20 @@ async fn writer(
             let env = envelope(&node, &ex.msg, now, now_ms);
             async move {
                 let topic = &*ex.msg.topic;
+                let mut appended = None;
                 let mut r = if ex.msg.qos == QoS::AtMostOnce {
                     cluster.publish(topic, &env).await
                 } else {
-                    cluster.append(topic, &env).await.map(|_| ())
+                    cluster.append(topic, &env).await.map(|(p, seq)| {
+                        // Where the sessions that took it in find it again (a session that
+                        // moves lists its messages by it).
+                        let pos = LogPosition {
+                            partition: p.index(),
+                            seq,
+                        };
+                        let _ = ex.msg.log_position.set(pos);
+                        appended = Some(pos);
+                    })
                 };
                 if r.is_ok() && ex.msg.retain {
                     let kept = (!env.payload.is_empty()).then_some(&env);
@@ -1077,7 +1383,7 @@ async fn writer(
                 if let Err(e) = &r {
                     tracing::error!(topic, error = %e, "cannot hand a message to the cluster: its publisher is disconnected unacknowledged");
                 }
-                (ex.from, r.is_ok())
+                (ex.from, r.is_ok(), appended)
             }
         });
         let results = futures_util::future::join_all(writes).await;
@@ -1085,12 +1391,18 @@ async fn writer(
         let Some(epoch) = epoch else {
             continue;
         };
+        let mut own: HashMap<u16, u64> = HashMap::new();
+        for pos in results.iter().filter_map(|r| r.2) {
+            let e = own.entry(pos.partition).or_default();
+            *e = (*e).max(pos.seq);
+        }
         let failed = results
             .into_iter()
-            .filter_map(|(from, ok)| (!ok).then_some(from).flatten())
+            .filter_map(|(from, ok, _)| (!ok).then_some(from).flatten())
             .collect();
+        let own = own.into_iter().collect();
         if tx
-            .send(FromCluster::Appended { epoch, failed })
+            .send(FromCluster::Appended { epoch, failed, own })
             .await
             .is_err()
         {
@@ -1099,21 +1411,34 @@ async fn writer(
     }
 }
 
-/// A partition's follower: every message another node appended goes to the router.
+/// A partition's follower: every message goes to the router in stream order, another
+/// node's to be routed, this node's own as its position only (it was routed when it was
+/// published).
 async fn follower(
-    mut follow: impl futures_util::Stream<Item = (String, Envelope)> + Unpin,
+    mut follow: impl futures_util::Stream<Item = makelaar_cluster::cluster::LogMessage> + Unpin,
     me: NodeId,
     tx: mpsc::Sender<FromCluster>,
 ) {
-    while let Some((topic, env)) = follow.next().await {
-        // This node's own messages were routed here when they were published.
-        if env.origin_node == me {
-            continue;
-        }
-        let Some(msg) = message(&topic, env, Instant::now(), unix_ms()) else {
-            continue;
+    while let Some(m) = follow.next().await {
+        let pos = LogPosition {
+            partition: m.partition.index(),
+            seq: m.seq,
         };
-        if tx.send(FromCluster::Message(Arc::new(msg))).await.is_err() {
+        let msg = if m.envelope.origin_node == me {
+            None
+        } else {
+            // Expired on the way: its position still counts [MQTT-3.3.2-5].
+            message(&m.topic, m.envelope, Instant::now(), unix_ms()).map(|msg| {
+                let _ = msg.log_position.set(pos);
+                Arc::new(msg)
+            })
+        };
+        let ev = FromCluster::Log {
+            partition: pos.partition,
+            seq: pos.seq,
+            msg,
+        };
+        if tx.send(ev).await.is_err() {
             return;
         }
     }
@@ -1254,6 +1579,7 @@ mod tests {
             expires_at: Some(now + Duration::from_secs(30)),
             origin: Some(Arc::from("pub")),
             received_at: Some(now),
+            log_position: std::sync::OnceLock::new(),
         };
         let env = envelope(&node, &msg, now, 1_000_000);
         let back = message("t/1", env.clone(), now, 1_000_000).unwrap();
@@ -1268,7 +1594,12 @@ mod tests {
             back.properties.user_properties,
             msg.properties.user_properties
         );
-        // Expired on the way: not delivered [MQTT-3.3.2-5].
-        assert!(message("t/1", env, now, 1_000_000 + 31_000).is_none());
+        // Expired on the way: not delivered [MQTT-3.3.2-5]; but a message in flight on
+        // another node is sent again, with no time left.
+        assert!(message("t/1", env.clone(), now, 1_000_000 + 31_000).is_none());
+        let resent = resent_message("t/1", env, now, 1_000_000 + 31_000);
+        assert_eq!(resent.payload, msg.payload);
+        assert_eq!(resent.properties.message_expiry_interval, Some(0));
+        assert_eq!(resent.remaining_expiry(now), Some(0));
     }
 }

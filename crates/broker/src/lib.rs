@@ -180,7 +180,9 @@ impl Server {
                     broker.set_assigned_id_node(&settings.node_name);
                 }
                 (
-                    Some(router::ClusterSide::new(link.to, link.stats, link.room)),
+                    Some(router::ClusterSide::new(
+                        link.to, link.stats, link.room, link.node,
+                    )),
                     Some(link.from),
                 )
             }

@@ -15,19 +15,24 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{FromCluster, ToCluster};
+use crate::cluster::{FromCluster, ReplayRequest, Resume, ToCluster};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
 use crate::sys::SysPublisher;
 use crate::Counters;
 use desk::{AdminDesk, AdminRequest};
+use makelaar_cluster::replay::{caught_up, session_log, NodePosition, ReplayPlan, Taken};
 
 pub(crate) mod desk;
 
 /// How often keep-alives are checked: a 1 s keep-alive is then enforced between 1.5 and
 /// 1.75 s of silence.
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
+
+/// How long a CONNECT waits for this node's partition followers to pass its session record
+/// (see `ClusterSide::catching_up`) before it is refused (server unavailable).
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What a connection task tells the router.
 // Packets travel by value: a memcpy is cheaper than an allocation per packet.
@@ -121,6 +126,26 @@ pub(crate) struct ClusterSide {
     stepped_down: bool,
     /// The claim of each connection, to mark it disconnected when it ends.
     claims: HashMap<ConnId, (Arc<str>, makelaar_cluster::Revision)>,
+    /// This node.
+    node: makelaar_cluster::NodeId,
+    /// Where the router stands in each partition: its follower's next message, and this
+    /// node's own messages over the batches whose appends returned
+    /// (`makelaar_cluster::replay`).
+    positions: std::collections::BTreeMap<u16, NodePosition>,
+    /// The latest epoch whose appends returned.
+    appended: u64,
+    /// What waits for the appends of the batches handed to the cluster before it, in order:
+    /// a session's record must list its messages by their place in the log, and its
+    /// cursors count this node's own messages published up to then.
+    waiting: std::collections::VecDeque<(u64, Waiting)>,
+    /// Claims whose session record is ahead of this node's followers: decided once they
+    /// have caught up, so no message reaches the session both live and from the record.
+    catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
+    /// Sessions taken in with a replay to come, by client id: what the replay needs.
+    resumes: HashMap<Arc<str>, Resuming>,
+    /// The sessions' queue limits (max_queued_messages, max_queued_bytes): a replay reads
+    /// no more.
+    max_queued: (usize, usize),
     /// The figures, among them the queue to the cluster and its bound (see
     /// `crate::cluster::QueueRoom`).
     stats: Arc<makelaar_cluster::stats::NodeStats>,
@@ -132,6 +157,35 @@ pub(crate) struct ClusterSide {
     full_logged: Option<Instant>,
 }
 
+/// What waits for the cluster's appends (see `ClusterSide::waiting`).
+enum Waiting {
+    /// Write the session's record (or delete it).
+    Store {
+        client_id: Arc<str>,
+        snapshot: Option<makelaar_core::broker::SessionSnapshot>,
+        /// Its wills the core says are due: the write takes them out of the record.
+        wills: Vec<makelaar_core::broker::KeptWill>,
+    },
+    /// Answer a hand-over request (after the record above it).
+    Released(makelaar_cluster::cluster::ReleaseRequest),
+    /// Mark the registry entry disconnected (after the record above it).
+    Disconnected {
+        client_id: Arc<str>,
+        revision: makelaar_cluster::Revision,
+    },
+    /// Start a session's replay (this node's own messages published before its adoption
+    /// are then known).
+    Replay(Arc<str>),
+}
+
+/// A session taken in from a record, until its replay is back.
+struct Resuming {
+    resume: Resume,
+    /// Each partition's follower position at the adoption.
+    live_from: HashMap<u16, u64>,
+    filters: Vec<String>,
+}
+
 /// How often a full queue to the cluster is logged at most.
 const QUEUE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -140,6 +194,7 @@ impl ClusterSide {
         to: mpsc::UnboundedSender<ToCluster>,
         stats: Arc<makelaar_cluster::stats::NodeStats>,
         room: Arc<tokio::sync::Notify>,
+        node: makelaar_cluster::NodeId,
     ) -> ClusterSide {
         ClusterSide {
             to,
@@ -156,6 +211,112 @@ impl ClusterSide {
             stepped_down: false,
             claiming: HashMap::new(),
             claims: HashMap::new(),
+            node,
+            positions: std::collections::BTreeMap::new(),
+            appended: 0,
+            waiting: std::collections::VecDeque::new(),
+            catching_up: Vec::new(),
+            resumes: HashMap::new(),
+            max_queued: (0, 0),
+        }
+    }
+
+    /// Carries `w` out once the batches handed to the cluster so far are appended (now, when
+    /// they are).
+    fn after_appends(&mut self, w: Waiting) {
+        let epoch = self.gate.submitted();
+        if self.waiting.is_empty() && epoch <= self.appended {
+            self.complete(w);
+        } else {
+            self.waiting.push_back((epoch, w));
+        }
+    }
+
+    /// The batch numbered `epoch` is appended, with this node's highest sequence per
+    /// partition in it: what waited for it goes (with this node's position exactly as of
+    /// that batch).
+    fn appended(&mut self, epoch: u64, own: Vec<(u16, u64)>) {
+        for (p, seq) in own {
+            let pos = self.positions.entry(p).or_default();
+            pos.own_through = pos.own_through.max(seq);
+        }
+        self.appended = self.appended.max(epoch);
+        while self.waiting.front().is_some_and(|(e, _)| *e <= epoch) {
+            if let Some((_, w)) = self.waiting.pop_front() {
+                self.complete(w);
+            }
+        }
+    }
+
+    fn complete(&mut self, w: Waiting) {
+        match w {
+            Waiting::Store {
+                client_id,
+                snapshot,
+                wills,
+            } => {
+                // Offline here: where it stands in the log, so another node resumes it.
+                let log = snapshot.as_ref().filter(|s| !s.connected).map(|s| {
+                    let positions: Vec<(u16, NodePosition)> =
+                        self.positions.iter().map(|(p, n)| (*p, *n)).collect();
+                    let taken = s.outbound.iter().map(|k| {
+                        let (state, packet_id) = crate::cluster::outbound_state(k);
+                        Taken {
+                            position: k.msg.log_position.get().map(|p| (p.partition, p.seq)),
+                            state,
+                            packet_id,
+                        }
+                    });
+                    let (cursors, outbound, missing) = session_log(&positions, taken);
+                    if missing > 0 {
+                        tracing::debug!(%client_id, missing, "messages a session holds that are not in the cluster's log (their append failed) are not recorded");
+                    }
+                    (cursors, outbound)
+                });
+                let _ = self.to.send(ToCluster::StoreSession {
+                    client_id,
+                    snapshot,
+                    log,
+                    wills,
+                });
+            }
+            Waiting::Released(req) => {
+                let _ = self.to.send(ToCluster::Released(req));
+            }
+            Waiting::Disconnected {
+                client_id,
+                revision,
+            } => {
+                let _ = self.to.send(ToCluster::Disconnected {
+                    client_id,
+                    revision,
+                });
+            }
+            Waiting::Replay(client_id) => {
+                let Some(r) = self.resumes.get(&client_id) else {
+                    return;
+                };
+                let positions = &self.positions;
+                let plan = ReplayPlan::new(
+                    r.resume.writer.clone(),
+                    self.node.clone(),
+                    &r.resume.cursors,
+                    &r.resume.outbound,
+                    |p| NodePosition {
+                        next: r.live_from.get(&p).copied().unwrap_or(0),
+                        own_through: positions.get(&p).map_or(0, |n| n.own_through),
+                    },
+                );
+                let req = ReplayRequest {
+                    client_id: client_id.clone(),
+                    plan,
+                    outbound: r.resume.outbound.clone(),
+                    filters: r.filters.clone(),
+                    max_messages: self.max_queued.0,
+                    max_bytes: self.max_queued.1,
+                };
+                let _ = self.to.send(ToCluster::Replay(Box::new(req)));
+            }
         }
     }
 
@@ -229,6 +390,13 @@ impl Router {
         cluster: Option<ClusterSide>,
     ) -> Router {
         let max_outgoing = broker.limits().max_outgoing_bytes;
+        let mut cluster = cluster;
+        if let Some(c) = cluster.as_mut() {
+            c.max_queued = (
+                broker.limits().max_queued_messages,
+                broker.limits().max_queued_bytes,
+            );
+        }
         Router {
             broker,
             conns: HashMap::new(),
@@ -499,21 +667,8 @@ impl Router {
     /// Carries out what the broker decided, then wakes every connection that got packets,
     /// once each (see `wake_listed`).
     fn flush(&mut self) {
+        self.send_exports();
         if let Some(c) = self.cluster.as_mut() {
-            self.broker.drain_exported(&mut c.exported);
-            if !c.exported.is_empty() {
-                // QoS 0 without retain promises nothing: no epoch, nothing waits for it.
-                let promised = c
-                    .exported
-                    .iter()
-                    .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
-                let epoch = promised.then(|| c.gate.next_epoch());
-                let messages = std::mem::take(&mut c.exported);
-                c.stats
-                    .queued
-                    .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                let _ = c.to.send(ToCluster::Batch { epoch, messages });
-            }
             // A client this broker named registers before its record's first write.
             self.broker.drain_assigned_ids(&mut c.assigned);
             for client_id in c.assigned.drain(..) {
@@ -529,10 +684,18 @@ impl Router {
                 due.entry(w.client_id).or_default().push(w.will);
             }
             self.broker.drain_session_changes(&mut c.session_changes);
-            for client_id in c.session_changes.drain(..) {
+            let changed = std::mem::take(&mut c.session_changes);
+            for client_id in changed {
                 let wills = due.remove(&client_id).unwrap_or_default();
                 let snapshot = self.broker.session_snapshot(&client_id);
-                let _ = c.to.send(ToCluster::StoreSession {
+                // Offline before its replay came back: what it holds is not all here yet;
+                // written once the replay is in (`FromCluster::Replayed`).
+                if c.resumes.contains_key(&client_id)
+                    && snapshot.as_ref().is_some_and(|s| !s.connected)
+                {
+                    continue;
+                }
+                c.after_appends(Waiting::Store {
                     client_id,
                     snapshot,
                     wills,
@@ -544,6 +707,7 @@ impl Router {
                 let _ = c.to.send(ToCluster::StoreSession {
                     client_id,
                     snapshot,
+                    log: None,
                     wills,
                 });
             }
@@ -573,6 +737,12 @@ impl Router {
                     Some(c) => c.out.ask_drain(),
                     None => self.broker.handle_drained(Instant::now(), conn),
                 },
+                // A session taken in from the cluster: its replay answers instead.
+                Action::LoadBacklog(client_id)
+                    if self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.resumes.contains_key(&client_id)) => {}
                 Action::LoadBacklog(client_id) => match &self.persist {
                     Some(p) => p.load_backlog(client_id),
                     // Only a broker restored from a store has backlogs.
@@ -587,6 +757,27 @@ impl Router {
             self.admin.deliver_watched(&mut self.broker);
         }
         self.wake_listed();
+    }
+
+    /// Hands the cluster what the broker accepted since the last call, as one batch.
+    fn send_exports(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        self.broker.drain_exported(&mut c.exported);
+        if !c.exported.is_empty() {
+            // QoS 0 without retain promises nothing: no epoch, nothing waits for it.
+            let promised = c
+                .exported
+                .iter()
+                .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
+            let epoch = promised.then(|| c.gate.next_epoch());
+            let messages = std::mem::take(&mut c.exported);
+            c.stats
+                .queued
+                .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let _ = c.to.send(ToCluster::Batch { epoch, messages });
+        }
     }
 
     /// Wakes the connections that got packets. Two of them (a QoS 1 delivery and its
@@ -636,7 +827,10 @@ impl Router {
     /// Carries out what the cluster reports.
     fn cluster_event(&mut self, now: Instant, ev: FromCluster) {
         match ev {
-            FromCluster::Appended { epoch, failed } => {
+            FromCluster::Appended { epoch, failed, own } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.appended(epoch, own);
+                }
                 for conn in failed {
                     // Its acknowledgement must never go out: the connection ends without
                     // it, and the client sends the message again elsewhere.
@@ -660,6 +854,51 @@ impl Router {
             }
             FromCluster::Message(msg) => {
                 self.broker.route_remote(now, msg);
+            }
+            FromCluster::Following { partition, next } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.positions.entry(partition).or_default().next = next;
+                }
+            }
+            FromCluster::Log {
+                partition,
+                seq,
+                msg,
+            } => {
+                if let Some(msg) = msg {
+                    self.broker.route_remote(now, msg);
+                }
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
+                let pos = c.positions.entry(partition).or_default();
+                pos.next = pos.next.max(seq + 1);
+                if !c.catching_up.is_empty() {
+                    let waiting = std::mem::take(&mut c.catching_up);
+                    for (conn, claim, since) in waiting {
+                        self.decide_claim(now, conn, Ok(claim), since);
+                    }
+                }
+            }
+            FromCluster::Replayed {
+                client_id,
+                in_flight,
+                queued,
+            } => {
+                self.broker
+                    .handle_cluster_backlog(now, &client_id, in_flight, queued);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.resumes.remove(&client_id);
+                    // Written now if it went offline meanwhile (its record was held back).
+                    let snapshot = self.broker.session_snapshot(&client_id);
+                    if snapshot.as_ref().is_some_and(|s| !s.connected) {
+                        c.after_appends(Waiting::Store {
+                            client_id,
+                            snapshot,
+                            wills: Vec::new(),
+                        });
+                    }
+                }
             }
             FromCluster::Retained { topic, message } => {
                 self.broker.apply_remote_retained(&topic, message);
@@ -717,6 +956,11 @@ impl Router {
                     .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
                 {
                     tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
+                } else if let Some(c) = self.cluster.as_mut() {
+                    // Its record is written again, with where it stands in this node's log
+                    // from now (the dead node's place in it was not carried on), so that
+                    // what it takes in here follows it when its client connects elsewhere.
+                    c.session_changes.push(client_id);
                 }
             }
             FromCluster::Release(req) => {
@@ -726,20 +970,45 @@ impl Router {
                         // connection ends (5.0: DISCONNECT 0x8E Session taken over), and
                         // the session moves with its client. Its will is not published
                         // here: the record holds it, and the claiming node decides it.
-                        if self.broker.hand_over(now, &id) {
+                        // Taken before: the will as the record holds it (the connection's,
+                        // or one waiting out its delay), and whether it was offline.
+                        let before = self.broker.session_snapshot(&id);
+                        if self.broker.close_for_hand_over(now, &id) {
                             tracing::debug!(client_id = %id, "client taken over by another cluster node");
                         }
-                        // Sent before the flush's session writes, which are then not made:
-                        // the other node keeps the session now.
-                        if let Some(c) = self.cluster.as_ref() {
-                            let _ = c.to.send(ToCluster::Released(req.clone()));
+                        // The session moves with its client: its last record says where
+                        // it stands in the log (after the appends of what it took in), and
+                        // keeps the will as it was for the claiming node to decide (a
+                        // connection taken over, or offline since), then the other node
+                        // keeps it. The flush's session writes after it are not made.
+                        self.send_exports();
+                        let snapshot = self.broker.session_snapshot(&id).map(|s| {
+                            let (offline_since, will) = before
+                                .map(|b| (b.offline_since, b.will))
+                                .unwrap_or_default();
+                            makelaar_core::broker::SessionSnapshot {
+                                offline_since,
+                                will,
+                                ..s
+                            }
+                        });
+                        if let Some(c) = self.cluster.as_mut() {
+                            if snapshot.is_some() {
+                                c.after_appends(Waiting::Store {
+                                    client_id: Arc::from(id.as_str()),
+                                    snapshot,
+                                    wills: Vec::new(),
+                                });
+                            }
+                            c.after_appends(Waiting::Released(req.clone()));
                         }
+                        self.broker.forget_session(now, &id);
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "hand-over request for a bad client id"),
                 }
-                if let Some(c) = self.cluster.as_ref() {
-                    let _ = c.to.send(ToCluster::Released(req));
+                if let Some(c) = self.cluster.as_mut() {
+                    c.after_appends(Waiting::Released(req));
                 }
             }
         }
@@ -764,19 +1033,65 @@ impl Router {
         &mut self,
         now: Instant,
         conn: ConnId,
-        result: Result<crate::cluster::Claimed, String>,
+        result: Result<crate::cluster::Claim, String>,
+    ) {
+        self.decide_claim(now, conn, result, now);
+    }
+
+    /// [`Router::claimed`], for a claim that has waited for the followers since `since`.
+    fn decide_claim(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: Result<crate::cluster::Claim, String>,
+        since: Instant,
     ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        let Some((connect, held)) = c.claiming.remove(&conn) else {
+        let Some((connect, _)) = c.claiming.get(&conn) else {
             // The connection went while its claim ran. The registry says it is connected
             // here until another node claims the id: this node then answers the hand-over
             // request with nothing to close.
             return;
         };
+        // A record ahead of this node's followers: the CONNECT waits until they are past it,
+        // or a message would reach the session both live and from the record.
+        if let Ok(crate::cluster::Claim {
+            session: Some(_),
+            resume: Some(resume),
+            ..
+        }) = &result
+        {
+            let positions = &c.positions;
+            let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
+            if !connect.clean_start && !caught_up(&resume.cursors, &resume.outbound, next_of) {
+                tracing::debug!(client_id = %connect.client_id, "resumed session waits for this node's partition followers");
+                let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                let clean_start = connect.clean_start;
+                if let Ok(mut claim) = result {
+                    // A will taken out of the record is decided now (still before the
+                    // CONNACK), so that it is not lost if the wait ends in a refusal.
+                    let will = claim.will.take();
+                    c.catching_up.push((conn, claim, since));
+                    if let Some(w) = will {
+                        self.broker
+                            .take_over_remote_will(now, &client_id, w, clean_start);
+                    }
+                }
+                return;
+            }
+        }
+        let Some((connect, held)) = c.claiming.remove(&conn) else {
+            return;
+        };
         match result {
-            Ok((revision, kept, remote_will)) => {
+            Ok(crate::cluster::Claim {
+                revision,
+                session: kept,
+                will: remote_will,
+                resume,
+            }) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
                 // A will another node left (it handed the connection over, or died): taken
                 // out of the cluster's record by this claim, so decided here only, by the
@@ -787,10 +1102,36 @@ impl Router {
                         .take_over_remote_will(now, &client_id, w, connect.clean_start);
                 }
                 // A session the cluster keeps for this client (it was connected on another
-                // node): taken in, so the CONNECT finds it (Session Present, subscriptions).
+                // node): taken in, so the CONNECT finds it (Session Present, subscriptions),
+                // with what it held or missed to come from the log.
                 if let Some(snapshot) = kept.filter(|_| !connect.clean_start) {
-                    self.broker.adopt_session(&client_id, snapshot);
+                    self.send_exports();
+                    let filters: Vec<String> = snapshot
+                        .subscriptions
+                        .iter()
+                        .map(|(f, _)| f.clone())
+                        .filter(|f| !f.starts_with("$share/"))
+                        .collect();
+                    let adopted = self
+                        .broker
+                        .adopt_session(&client_id, snapshot, resume.is_some());
+                    if let (true, Some(resume), Some(c)) = (adopted, resume, self.cluster.as_mut())
+                    {
+                        let live_from = c.positions.iter().map(|(p, n)| (*p, n.next)).collect();
+                        c.resumes.insert(
+                            client_id.clone(),
+                            Resuming {
+                                resume,
+                                live_from,
+                                filters,
+                            },
+                        );
+                        c.after_appends(Waiting::Replay(client_id.clone()));
+                    }
                 }
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
                 c.claims.insert(conn, (client_id.clone(), revision));
                 let _ = c.to.send(ToCluster::CheckOwner {
                     conn,
@@ -800,8 +1141,8 @@ impl Router {
                 self.broker.handle_connect(now, conn, *connect);
                 // The first write of the session record: it fences the node that had it.
                 let snapshot = self.broker.session_snapshot(&client_id);
-                if let Some(c) = self.cluster.as_ref() {
-                    let _ = c.to.send(ToCluster::StoreSession {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.after_appends(Waiting::Store {
                         client_id,
                         snapshot,
                         wills: Vec::new(),
@@ -854,6 +1195,7 @@ impl Router {
     /// Wakes every connection whose client has been silent past 1.5 × its keep-alive; the
     /// connection then closes itself as a keep-alive violation [MQTT-3.1.2-24].
     fn sweep_keep_alive(&mut self, now: Instant) {
+        self.refuse_stale_catch_ups(now);
         let now_ms = outbox::millis(now);
         for (conn, c) in &self.conns {
             if c.out.expire_if_silent(now_ms) {
@@ -862,13 +1204,43 @@ impl Router {
         }
     }
 
+    /// Refuses the CONNECTs that waited too long for this node's partition followers (they
+    /// are stalled): server unavailable, the client tries again (or elsewhere).
+    fn refuse_stale_catch_ups(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let stale: Vec<ConnId> = c
+            .catching_up
+            .iter()
+            .filter(|(_, _, since)| now.saturating_duration_since(*since) >= CATCH_UP_PATIENCE)
+            .map(|(conn, _, _)| *conn)
+            .collect();
+        for conn in stale {
+            let Some(c) = self.cluster.as_mut() else {
+                return;
+            };
+            c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
+            let Some((connect, _)) = c.claiming.remove(&conn) else {
+                continue;
+            };
+            tracing::warn!(client_id = %connect.client_id, waited_s = CATCH_UP_PATIENCE.as_secs(), "this node's partition followers are behind the session record of a resuming client: CONNECT refused (server unavailable)");
+            let refusal =
+                makelaar_core::conn::refusal(connect.protocol, ReasonCode::SERVER_UNAVAILABLE);
+            self.send(conn, refusal);
+            self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
+            self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
+        }
+    }
+
     /// Asks the connection to close (its task logs `why`).
     fn close(&mut self, conn: ConnId, why: CloseReason) {
         self.slow_logged.remove(&conn);
         if let Some(c) = self.cluster.as_mut() {
             c.claiming.remove(&conn);
+            c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
             if let Some((client_id, revision)) = c.claims.remove(&conn) {
-                let _ = c.to.send(ToCluster::Disconnected {
+                c.after_appends(Waiting::Disconnected {
                     client_id,
                     revision,
                 });
@@ -885,5 +1257,155 @@ async fn next_from_cluster(rx: &mut Option<mpsc::Receiver<FromCluster>>) -> Opti
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use makelaar_cluster::record::{Cursor, Outbound, OutboundState};
+    use makelaar_core::broker::{KeptMessage, SessionSnapshot};
+    use makelaar_core::message::{LogPosition, Message};
+    use makelaar_core::persist::KeptState;
+    use makelaar_proto::{ProtocolVersion, QoS};
+
+    fn offline(held: Vec<KeptMessage>) -> SessionSnapshot {
+        SessionSnapshot {
+            version: ProtocolVersion::V5,
+            expiry_interval: 60,
+            subscriptions: Vec::new(),
+            offline_since: None,
+            will: None,
+            connected: false,
+            inbound_qos2: vec![3],
+            outbound: held,
+        }
+    }
+
+    fn held(seq: Option<u64>, state: KeptState) -> KeptMessage {
+        let msg = Message {
+            topic: Arc::from("t"),
+            payload: bytes::Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: makelaar_proto::Properties::default(),
+            expires_at: None,
+            origin: None,
+            received_at: None,
+            log_position: std::sync::OnceLock::new(),
+        };
+        if let Some(seq) = seq {
+            msg.log_position
+                .set(LogPosition { partition: 0, seq })
+                .unwrap();
+        }
+        KeptMessage {
+            msg: Arc::new(msg),
+            qos: QoS::ExactlyOnce,
+            state,
+        }
+    }
+
+    /// A leaving session's record is written after the appends of the batches handed to the
+    /// cluster before it, with this node's own messages counted exactly up to that batch; the
+    /// registry entry is marked after it.
+    #[test]
+    fn a_leaving_sessions_record_waits_for_the_appends_before_it() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut c = ClusterSide::new(
+            tx,
+            Arc::new(makelaar_cluster::stats::NodeStats::new(
+                makelaar_cluster::partition::PartitionCount::new(2).unwrap(),
+            )),
+            Arc::new(tokio::sync::Notify::new()),
+            makelaar_cluster::NodeId::new("a").unwrap(),
+        );
+        c.positions.insert(
+            0,
+            NodePosition {
+                next: 5,
+                own_through: 0,
+            },
+        );
+        c.positions.insert(
+            1,
+            NodePosition {
+                next: 2,
+                own_through: 0,
+            },
+        );
+        c.gate.next_epoch(); // batch 1, not appended yet
+        c.after_appends(Waiting::Store {
+            client_id: Arc::from("s"),
+            snapshot: Some(offline(vec![
+                held(Some(4), KeptState::AwaitingComp(9)),
+                held(None, KeptState::Queued), // its append failed: not in the log
+                held(Some(6), KeptState::Queued),
+            ])),
+            wills: Vec::new(),
+        });
+        c.after_appends(Waiting::Disconnected {
+            client_id: Arc::from("s"),
+            revision: makelaar_cluster::Revision::new(1).unwrap(),
+        });
+        c.gate.next_epoch(); // batch 2, after the session left
+        assert!(rx.try_recv().is_err(), "nothing before batch 1 is appended");
+        c.appended(1, vec![(0, 6)]);
+        let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
+            panic!("the record goes first")
+        };
+        let (cursors, outbound) = log.expect("offline: where it stands");
+        assert_eq!(
+            cursors,
+            [
+                Cursor {
+                    partition: 0,
+                    next: 5,
+                    writer_through: 6
+                },
+                Cursor {
+                    partition: 1,
+                    next: 2,
+                    writer_through: 0
+                }
+            ]
+        );
+        assert_eq!(
+            outbound,
+            [
+                Outbound {
+                    packet_id: 9,
+                    partition: 0,
+                    seq: 4,
+                    state: OutboundState::AwaitPubcomp
+                },
+                Outbound {
+                    packet_id: 0,
+                    partition: 0,
+                    seq: 6,
+                    state: OutboundState::Queued
+                }
+            ]
+        );
+        assert!(matches!(rx.try_recv(), Ok(ToCluster::Disconnected { .. })));
+        // Batch 2 moves this node's position on, but nothing more waited for it.
+        c.appended(2, vec![(0, 8)]);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(c.positions[&0].own_through, 8);
+        // Nothing outstanding: written at once, a connected session without a log.
+        let connected = SessionSnapshot {
+            connected: true,
+            ..offline(Vec::new())
+        };
+        c.after_appends(Waiting::Store {
+            client_id: Arc::from("s"),
+            snapshot: Some(connected),
+            wills: Vec::new(),
+        });
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ToCluster::StoreSession { log: None, .. })
+        ));
     }
 }

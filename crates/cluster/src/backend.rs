@@ -102,16 +102,19 @@ pub struct Delivery {
     pub payload: Bytes,
     /// Where a request wants its answer.
     pub reply: Option<String>,
-    /// For a message read from a stream: its place there.
-    pub position: Option<StreamPosition>,
 }
 
-/// Where a message read from a stream stands in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamPosition {
+/// A message read from a partition stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMessage {
     /// Its stream sequence.
-    pub sequence: u64,
-    /// How many messages the stream holds after it for this reader (its lag).
+    pub seq: u64,
+    /// The subject it was appended on.
+    pub subject: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// How many messages the stream holds after it for this reader (its lag), as the engine
+    /// reports it; 0 where it does not.
     pub pending: u64,
 }
 
@@ -123,8 +126,8 @@ pub trait Backend: Send + Sync + 'static {
     /// A stream of changes to the keys of a bucket.
     type Watch: Stream<Item = WatchEvent> + Send + Unpin + 'static;
 
-    /// A partition's messages as they are appended.
-    type Follow: Stream<Item = Delivery> + Send + Unpin + 'static;
+    /// A partition's messages as they are appended, or a stretch of them read back.
+    type Follow: Stream<Item = StreamMessage> + Send + Unpin + 'static;
 
     /// The entry under `key`; `None` when absent or deleted.
     fn get(
@@ -207,10 +210,21 @@ pub trait Backend: Send + Sync + 'static {
     /// does not go back: this node's earlier messages are not replayed), in order, without
     /// gaps or duplicates: on NATS an ordered consumer without a filter, in memory on the
     /// server, recreated from the last sequence seen when it falls behind. One per node and
-    /// partition, whatever the number of clients and subscriptions.
+    /// partition, whatever the number of clients and subscriptions. Returns the first
+    /// sequence it will deliver (everything below was appended before).
     fn follow(
         &self,
         partition: Partition,
+    ) -> impl Future<Output = Result<(u64, Self::Follow), BackendError>> + Send;
+
+    /// Reads a partition's messages from sequence `from` through `to` (both appended
+    /// already), in order, then ends. Messages the stream no longer holds (aged out) are
+    /// missing from it. A temporary consumer on NATS, gone when the stream is dropped.
+    fn read(
+        &self,
+        partition: Partition,
+        from: u64,
+        to: u64,
     ) -> impl Future<Output = Result<Self::Follow, BackendError>> + Send;
 
     /// Sends a request and waits for one answer.
@@ -233,7 +247,7 @@ struct MemoryState {
     buckets: HashMap<Bucket, MemoryKv>,
     watchers: Watchers,
     streams: HashMap<Partition, Vec<(Subject, Bytes)>>,
-    followers: Vec<(Partition, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
+    followers: Vec<(Partition, tokio::sync::mpsc::UnboundedSender<StreamMessage>)>,
     subscribers: Vec<(Subject, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
 }
 
@@ -336,15 +350,56 @@ impl Stream for MemorySubscription {
     }
 }
 
+/// A [`MemoryBackend`] partition follower or read-back.
+pub struct MemoryFollow(tokio::sync::mpsc::UnboundedReceiver<StreamMessage>);
+
+impl Stream for MemoryFollow {
+    type Item = StreamMessage;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<StreamMessage>> {
+        self.0.poll_recv(cx)
+    }
+}
+
 impl Backend for MemoryBackend {
     type Subscription = MemorySubscription;
     type Watch = MemoryWatch;
-    type Follow = MemorySubscription;
+    type Follow = MemoryFollow;
 
-    async fn follow(&self, partition: Partition) -> Result<MemorySubscription, BackendError> {
+    async fn follow(&self, partition: Partition) -> Result<(u64, MemoryFollow), BackendError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.with(|s| s.followers.push((partition, tx)))?;
-        Ok(MemorySubscription(rx))
+        let next = self.with(|s| {
+            s.followers.push((partition, tx));
+            s.streams.get(&partition).map_or(0, Vec::len) as u64 + 1
+        })?;
+        Ok((next, MemoryFollow(rx)))
+    }
+
+    async fn read(
+        &self,
+        partition: Partition,
+        from: u64,
+        to: u64,
+    ) -> Result<MemoryFollow, BackendError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.with(|s| {
+            let stream = s.streams.get(&partition).map(Vec::as_slice).unwrap_or(&[]);
+            for (i, (subject, payload)) in stream.iter().enumerate() {
+                let seq = i as u64 + 1;
+                if (from..=to).contains(&seq) {
+                    let _ = tx.send(StreamMessage {
+                        seq,
+                        subject: subject.to_string(),
+                        payload: payload.clone(),
+                        pending: 0,
+                    });
+                }
+            }
+        })?;
+        Ok(MemoryFollow(rx))
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Entry>, BackendError> {
@@ -428,7 +483,6 @@ impl Backend for MemoryBackend {
                         subject: subject.to_string(),
                         payload: payload.clone(),
                         reply: None,
-                        position: None,
                     })
                     .is_ok()
                 } else {
@@ -445,24 +499,23 @@ impl Backend for MemoryBackend {
         payload: Bytes,
     ) -> Result<u64, BackendError> {
         self.with(|s| {
-            let sequence = s.streams.get(&partition).map_or(0, Vec::len) as u64 + 1;
+            let seq = s.streams.get(&partition).map_or(0, Vec::len) as u64 + 1;
             s.followers.retain(|(p, tx)| {
                 *p != partition
                     || tx
-                        .send(Delivery {
+                        .send(StreamMessage {
+                            seq,
                             subject: subject.to_string(),
                             payload: payload.clone(),
-                            reply: None,
-                            position: Some(StreamPosition {
-                                sequence,
-                                pending: 0,
-                            }),
+                            pending: 0,
                         })
                         .is_ok()
             });
-            let stream = s.streams.entry(partition).or_default();
-            stream.push((subject, payload));
-            stream.len() as u64
+            s.streams
+                .entry(partition)
+                .or_default()
+                .push((subject, payload));
+            seq
         })
     }
 

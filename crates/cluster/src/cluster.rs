@@ -11,13 +11,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendError, Bucket};
+use crate::backend::{Backend, BackendError, Bucket, StreamMessage};
 use crate::codec::{Reader, Writer};
 use crate::envelope::Envelope;
 use crate::ids::{ClientKey, NodeId, Revision};
 use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
 use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
+use crate::replay::{ReplayPlan, Verdict};
 use crate::stats::NodeStats;
 use crate::subject::{decode_topic, encode_filter, encode_topic, Subject};
 use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
@@ -157,6 +158,10 @@ pub enum ReapOutcome {
 pub struct ClaimedSession {
     /// The session record, without the will when this node took it.
     pub record: Option<SessionRecord>,
+    /// The node that wrote the record as it was read (the record above names this node
+    /// when it took the will out): the one whose log its cursors count
+    /// ([`crate::replay`]).
+    pub written_by: Option<NodeId>,
     /// The fence the session's next write carries.
     pub fence: Fence,
     /// The will this node took out of the record, to decide by the takeover rules.
@@ -196,6 +201,32 @@ pub struct RetainedChange {
     pub topic: String,
     /// The message now retained; `None`: cleared.
     pub message: Option<Envelope>,
+}
+
+/// A message of a partition stream, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMessage {
+    /// Its partition.
+    pub partition: Partition,
+    /// Its stream sequence there.
+    pub seq: u64,
+    /// Its topic.
+    pub topic: String,
+    /// The message.
+    pub envelope: Envelope,
+}
+
+/// What a replay read back ([`Cluster::replay`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The record's outbound entries found, with their index in its list.
+    pub kept: Vec<(usize, LogMessage)>,
+    /// Messages not yet delivered to the session, in stream order per partition.
+    pub new: Vec<LogMessage>,
+    /// New messages left out by the session's queue limits.
+    pub dropped: usize,
+    /// Outbound entries the stream no longer holds.
+    pub missing: usize,
 }
 
 /// The cluster layer of one node over an engine.
@@ -492,9 +523,11 @@ impl<B: Backend> Cluster<B> {
         );
         for _ in 0..3 {
             let (record, fence) = self.load_session(client).await?;
+            let written_by = record.as_ref().map(|r| r.node.clone());
             let Some(found) = record.as_ref().filter(|r| decides && r.will.is_some()) else {
                 return Ok(ClaimedSession {
                     record,
+                    written_by,
                     fence,
                     will: None,
                 });
@@ -509,6 +542,7 @@ impl<B: Backend> Cluster<B> {
                     });
                     return Ok(ClaimedSession {
                         record: Some(rest),
+                        written_by,
                         fence,
                         will,
                     });
@@ -812,22 +846,45 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// Follows the QoS 1/2 messages appended to a partition from now on, by any node (this
-    /// one's too: the caller skips them by [`Envelope::origin_node`]), as (topic, envelope).
-    /// Messages that do not decode are skipped with a warning.
+    /// one's too: the caller skips them by [`Envelope::origin_node`]). Returns the first
+    /// sequence it delivers: every message below it was appended before. Messages that do
+    /// not decode are skipped with a warning.
     pub async fn follow_partition(
         &self,
         partition: Partition,
-    ) -> Result<impl futures_util::Stream<Item = (String, Envelope)> + Send + Unpin, ClusterError>
-    {
-        let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
-        let follow = self.backend.follow(partition).await?;
+    ) -> Result<
+        (
+            u64,
+            impl futures_util::Stream<Item = LogMessage> + Send + Unpin,
+        ),
+        ClusterError,
+    > {
+        let (next, follow) = self.backend.follow(partition).await?;
+        // The live follower is counted for the node's stats; read-backs are not.
         let stats = self.stats.clone();
-        Ok(follow.filter_map(move |d| {
-            stats.followed(
-                partition,
-                d.position.map(|p| p.sequence),
-                d.position.map(|p| p.pending),
-            );
+        let follow =
+            follow.inspect(move |d| stats.followed(partition, Some(d.seq), Some(d.pending)));
+        Ok((next, self.decoded(partition, follow)))
+    }
+
+    /// Reads a partition's messages `from` through `to` back (see [`Backend::read`]).
+    pub async fn read_partition(
+        &self,
+        partition: Partition,
+        from: u64,
+        to: u64,
+    ) -> Result<impl futures_util::Stream<Item = LogMessage> + Send + Unpin, ClusterError> {
+        let read = self.backend.read(partition, from, to).await?;
+        Ok(self.decoded(partition, read))
+    }
+
+    fn decoded(
+        &self,
+        partition: Partition,
+        messages: impl futures_util::Stream<Item = StreamMessage> + Send + Unpin,
+    ) -> impl futures_util::Stream<Item = LogMessage> + Send + Unpin {
+        let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
+        messages.filter_map(move |d| {
             let decoded = d
                 .subject
                 .strip_prefix(prefix.as_str())
@@ -835,7 +892,12 @@ impl<B: Backend> Cluster<B> {
                 .and_then(|tokens| decode_topic(tokens).map_err(|e| e.to_string()))
                 .and_then(|topic| {
                     Envelope::decode(&d.payload)
-                        .map(|e| (topic, e))
+                        .map(|envelope| LogMessage {
+                            partition,
+                            seq: d.seq,
+                            topic,
+                            envelope,
+                        })
                         .map_err(|e| e.to_string())
                 });
             std::future::ready(match decoded {
@@ -845,7 +907,62 @@ impl<B: Backend> Cluster<B> {
                     None
                 }
             })
-        }))
+        })
+    }
+
+    /// Replays a session taken in from a record (see [`crate::replay`]): reads each
+    /// partition of the plan once, in order, and sorts its messages by the plan's verdict.
+    /// `wanted(topic)` keeps new messages the session's subscriptions can match (the broker
+    /// decides for good); at most `max_messages` new ones and `max_bytes` of them (0: no
+    /// limit) are kept, the session's queue limits, and the rest is counted in
+    /// [`Replayed::dropped`].
+    pub async fn replay(
+        &self,
+        plan: &ReplayPlan,
+        wanted: impl Fn(&str) -> bool,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Replayed, ClusterError> {
+        let mut out = Replayed::default();
+        let mut bytes = 0usize;
+        for p in &plan.partitions {
+            let Some(partition) = self.config.partitions.partition(p.partition) else {
+                tracing::warn!(
+                    partition = p.partition,
+                    "a session record names a partition this cluster does not have; skipped"
+                );
+                continue;
+            };
+            let mut read = self.read_partition(partition, p.from, p.to).await?;
+            let mut kept_seen = 0;
+            while let Some(m) = read.next().await {
+                if m.seq > p.to {
+                    break;
+                }
+                match plan.classify(p, m.seq, &m.envelope.origin_node) {
+                    Verdict::Kept(i) => {
+                        kept_seen += 1;
+                        out.kept.push((i, m));
+                    }
+                    Verdict::Skip => {}
+                    Verdict::New => {
+                        if !wanted(&m.topic) {
+                            continue;
+                        }
+                        let weight = m.topic.len() + m.envelope.payload.len();
+                        let over_bytes = max_bytes != 0 && bytes + weight > max_bytes;
+                        if out.new.len() >= max_messages || over_bytes {
+                            out.dropped += 1;
+                            continue;
+                        }
+                        bytes += weight;
+                        out.new.push(m);
+                    }
+                }
+            }
+            out.missing += p.kept.len().saturating_sub(kept_seen);
+        }
+        Ok(out)
     }
 
     /// The topics with a retained message (for a node's start-up; a watch keeps it current

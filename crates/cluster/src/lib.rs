@@ -10,6 +10,8 @@
 //! - [`record`]: the session record, registry entry and lease, versioned binary forms;
 //! - [`envelope`]: an application message between nodes, with what No Local, Retain As
 //!   Published and message expiry need;
+//! - [`replay`]: a persistent session's cursors when it leaves a node, and the replay that
+//!   resumes it on another without a gap or a duplicate;
 //! - [`wills`]: which node decides a will left in a session record, and how a dead node's
 //!   records are taken over.
 //!
@@ -35,6 +37,7 @@ pub mod link;
 pub mod nats;
 pub mod partition;
 pub mod record;
+pub mod replay;
 pub mod stats;
 pub mod status;
 pub mod subject;

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamPosition, WatchEvent};
+use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamMessage, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::ids::Revision;
 use crate::link::{self, LinkError, NatsAuth, NatsTls};
@@ -473,6 +473,39 @@ fn verify(what: &str, c: &stream::Config, replicas: usize) -> Result<(), NatsSta
     Ok(())
 }
 
+/// An ordered consumer's messages as [`StreamMessage`]s; interruptions are logged and
+/// resumed from (the consumer is re-created from the last sequence seen on the next poll).
+fn stream_messages(
+    stream_name: String,
+    messages: jetstream::consumer::push::Ordered,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = StreamMessage> + Send>> {
+    let deliveries = messages.filter_map(move |r| {
+        let stream_name = stream_name.clone();
+        async move {
+            match r {
+                Ok(m) => match m.info() {
+                    Ok(info) => Some(StreamMessage {
+                        seq: info.stream_sequence,
+                        subject: m.subject.to_string(),
+                        payload: m.payload.clone(),
+                        pending: info.pending,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(stream = %stream_name, error = %e, "a partition message without its stream sequence; skipped");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(stream = %stream_name, error = %e, "following a partition stream interrupted; it resumes");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    None
+                }
+            }
+        }
+    });
+    Box::pin(deliveries)
+}
+
 fn revision(r: u64) -> Result<Revision, BackendError> {
     Revision::new(r).ok_or_else(|| BackendError::Engine("revision 0 from the engine".into()))
 }
@@ -487,19 +520,23 @@ impl Backend for NatsBackend {
     type Subscription =
         futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
     type Watch = std::pin::Pin<Box<dyn futures_util::Stream<Item = WatchEvent> + Send>>;
-    type Follow = std::pin::Pin<Box<dyn futures_util::Stream<Item = Delivery> + Send>>;
+    type Follow = std::pin::Pin<Box<dyn futures_util::Stream<Item = StreamMessage> + Send>>;
 
     /// An ordered push consumer (ephemeral, in memory, R1, no acks, flow control and
     /// heartbeats; async-nats recreates it from the last sequence seen after a gap or a
-    /// silence), delivering from the next message appended. Interruptions are logged and
-    /// resumed from.
-    async fn follow(&self, partition: Partition) -> Result<Self::Follow, BackendError> {
+    /// silence), delivering from the sequence after the stream's last one when it is made:
+    /// that sequence is returned, so the caller knows exactly where it starts. Interruptions
+    /// are logged and resumed from.
+    async fn follow(&self, partition: Partition) -> Result<(u64, Self::Follow), BackendError> {
         let name = format!("{}_p{}", self.prefix, partition.index());
-        let stream = self.js.get_stream(&name).await.map_err(engine)?;
+        let mut stream = self.js.get_stream(&name).await.map_err(engine)?;
+        let next = stream.info().await.map_err(engine)?.state.last_sequence + 1;
         let consumer = stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
-                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: next,
+                },
                 description: (!self.node.is_empty())
                     .then(|| crate::status::follower_description(&self.node)),
                 ..Default::default()
@@ -507,33 +544,51 @@ impl Backend for NatsBackend {
             .await
             .map_err(engine)?;
         let messages = consumer.messages().await.map_err(engine)?;
-        let stream_name = name.clone();
-        // An error (a missed heartbeat: the server holding the consumer is gone) is not the
-        // end: the ordered consumer is re-created from the last stream sequence delivered on
-        // the next poll, so nothing is lost or repeated.
-        let deliveries = messages
-            .filter_map(move |r| {
-                let stream_name = stream_name.clone();
-                async move {
-                    if let Err(e) = &r {
-                        tracing::warn!(stream = %stream_name, error = %e, "following a partition stream interrupted; it resumes");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    r.ok()
-                }
+        Ok((next, stream_messages(name, messages)))
+    }
+
+    /// A temporary ordered consumer from `from`, dropped once `to` (or a later message) is
+    /// read, or after 5 s without a message (the stream no longer holds the rest).
+    async fn read(
+        &self,
+        partition: Partition,
+        from: u64,
+        to: u64,
+    ) -> Result<Self::Follow, BackendError> {
+        let name = format!("{}_p{}", self.prefix, partition.index());
+        let stream = self.js.get_stream(&name).await.map_err(engine)?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..Default::default()
             })
-            .filter_map(|r| {
-                std::future::ready(Some(r).map(|m| Delivery {
-                    subject: m.subject.to_string(),
-                    payload: m.payload.clone(),
-                    reply: None,
-                    position: m.info().ok().map(|i| StreamPosition {
-                        sequence: i.stream_sequence,
-                        pending: i.pending,
-                    }),
-                }))
-            });
-        Ok(Box::pin(deliveries))
+            .await
+            .map_err(engine)?;
+        let messages = consumer.messages().await.map_err(engine)?;
+        let inner = stream_messages(name.clone(), messages);
+        let out = futures_util::stream::unfold((inner, false), move |(mut inner, done)| {
+            let name = name.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                match tokio::time::timeout(Duration::from_secs(5), inner.next()).await {
+                    Ok(Some(m)) => {
+                        let last = m.seq >= to;
+                        Some((m, (inner, last)))
+                    }
+                    Ok(None) => None,
+                    Err(_) => {
+                        tracing::warn!(stream = %name, to, "reading a partition stream back: nothing more for 5 s; the rest is no longer held");
+                        None
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(out))
     }
 
     /// Read from the bucket stream's leader, not through the direct-get API that any
@@ -719,7 +774,6 @@ impl Backend for NatsBackend {
                 subject: m.subject.to_string(),
                 payload: m.payload,
                 reply: m.reply.map(|r| r.to_string()),
-                position: None,
             }
         }
         Ok(sub.map(delivery as fn(async_nats::Message) -> Delivery))

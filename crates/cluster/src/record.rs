@@ -38,9 +38,12 @@ pub struct SessionRecord {
     pub subscriptions: Vec<StoredSubscription>,
     /// The will waiting to be published, if any.
     pub will: Option<StoredWill>,
-    /// Per partition, the next stream sequence the session has not yet taken in.
+    /// Per partition, where the session stands in the stream (see [`Cursor`]). Written when
+    /// the session goes offline or is handed over; empty in a record written while a client
+    /// was connected (nothing can be replayed from it).
     pub cursors: Vec<Cursor>,
-    /// Outbound QoS 1/2 messages sent and not yet completed.
+    /// Outbound QoS 1/2 messages the session took in and has not completed: in flight
+    /// (sent, awaiting PUBACK, PUBREC or PUBCOMP) and queued, in the session's order.
     pub outbound: Vec<Outbound>,
     /// Inbound QoS 2 packet ids received and not yet released (PUBREL), so a resent PUBLISH
     /// after a move to another node is not delivered twice.
@@ -89,12 +92,21 @@ pub struct StoredWill {
 }
 
 /// Where a session stands in one partition's stream.
+///
+/// A node routes the messages its own clients publish when they arrive, before their
+/// append gives them a stream sequence, and the messages of other nodes in stream order. So
+/// what a session took in on the writing node is: every message below `next`, and its own
+/// messages up to `writer_through`, wherever they are. The rest is not yet delivered to it
+/// (see [`crate::replay`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     /// The partition index.
     pub partition: u16,
     /// The next stream sequence not yet taken in.
     pub next: u64,
+    /// The highest sequence of a message the writing node ([`SessionRecord::node`])
+    /// published itself here before the record was taken; 0 when none.
+    pub writer_through: u64,
 }
 
 /// The state of one outbound QoS 1/2 message.
@@ -106,12 +118,14 @@ pub enum OutboundState {
     AwaitPubrec,
     /// PUBREL sent, PUBCOMP awaited: the PUBLISH is never sent again.
     AwaitPubcomp,
+    /// Taken in, not sent yet (no packet id).
+    Queued,
 }
 
-/// One outbound QoS 1/2 message in flight, by its place in a partition.
+/// One outbound QoS 1/2 message in flight or queued, by its place in a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outbound {
-    /// Its packet id on the client's connection.
+    /// Its packet id on the client's connection (0 while queued).
     pub packet_id: u16,
     /// The partition holding the message.
     pub partition: u16,
@@ -200,6 +214,7 @@ impl SessionRecord {
         for c in &self.cursors {
             w.uint(u64::from(c.partition));
             w.uint(c.next);
+            w.uint(c.writer_through);
         }
         w.uint(self.outbound.len() as u64);
         for o in &self.outbound {
@@ -210,6 +225,7 @@ impl SessionRecord {
                 OutboundState::AwaitPuback => 0,
                 OutboundState::AwaitPubrec => 1,
                 OutboundState::AwaitPubcomp => 2,
+                OutboundState::Queued => 3,
             });
         }
         w.uint(self.inbound_qos2.len() as u64);
@@ -284,6 +300,7 @@ impl SessionRecord {
             cursors.push(Cursor {
                 partition: r.int("partition")?,
                 next: r.uint("next")?,
+                writer_through: r.uint("writer_through")?,
             });
         }
         let n = r.count("outbound")?;
@@ -297,6 +314,7 @@ impl SessionRecord {
                     0 => OutboundState::AwaitPuback,
                     1 => OutboundState::AwaitPubrec,
                     2 => OutboundState::AwaitPubcomp,
+                    3 => OutboundState::Queued,
                     _ => return Err(DecodeError::BadValue("outbound_state")),
                 },
             });

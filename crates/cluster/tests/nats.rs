@@ -472,6 +472,19 @@ async fn messages(m1: &Node, m2: &Node) {
     let js = m1.cluster.backend().jetstream();
     let mut s = js.get_stream(format!("t_p{}", p.index())).await.unwrap();
     assert_eq!(s.info().await.unwrap().state.messages, 2);
+    // A follower starts right after the stream's last message, and says where; a stretch
+    // of the stream reads back in order and ends (the replay of a resumed session).
+    let (next, _follow) = m2.cluster.follow_partition(p).await.unwrap();
+    assert_eq!(next, second + 1);
+    let back: Vec<(u64, Vec<u8>)> = m2
+        .cluster
+        .read_partition(p, first, second)
+        .await
+        .unwrap()
+        .map(|m| (m.seq, m.envelope.payload.to_vec()))
+        .collect()
+        .await;
+    assert_eq!(back, [(first, b"20".to_vec()), (second, b"21".to_vec())]);
 
     let mut watch = m2.cluster.watch_retained("home/+").await.unwrap();
     m1.cluster

@@ -1,6 +1,6 @@
 //! An application message as the router holds it: shared by every session it is delivered to.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +29,19 @@ pub struct Message {
     /// When the broker received it (for a message loaded from the store: when it was
     /// loaded); a bridge's `max_age` counts from here.
     pub received_at: Option<Instant>,
+    /// Where a cluster stores it (QoS 1/2 in cluster mode): set once, by the shell, when its
+    /// append returns (a message of this node's clients, routed before) or when it is read
+    /// from the cluster. A session that moves to another node lists its messages by it.
+    pub log_position: OnceLock<LogPosition>,
+}
+
+/// A message's place in a cluster's log: its partition stream and sequence there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    /// The partition index.
+    pub partition: u16,
+    /// The stream sequence.
+    pub seq: u64,
 }
 
 impl Message {
@@ -56,6 +69,7 @@ impl Message {
             expires_at,
             origin,
             received_at: Some(now),
+            log_position: OnceLock::new(),
         }
     }
 

@@ -316,6 +316,7 @@ pub(crate) fn message_from(clock: Clock, m: &MessageRecord) -> Message {
         expires_at: m.expires_at_ms.map(|ms| clock.to_instant(ms)),
         origin: m.origin.clone(),
         received_at: Some(clock.instant),
+        log_position: std::sync::OnceLock::new(),
     }
 }
 

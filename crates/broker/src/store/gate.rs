@@ -39,6 +39,11 @@ impl Gate {
         self.submitted
     }
 
+    /// The latest epoch numbered.
+    pub(crate) fn submitted(&self) -> u64 {
+        self.submitted
+    }
+
     /// Whether this must wait: it is held (and kept here) when its connection already has
     /// packets waiting, or when it needs durability and a commit is outstanding.
     pub(crate) fn hold(&mut self, conn: ConnId, what: Held) -> Option<Held> {

@@ -221,13 +221,25 @@ async fn partitions_are_followed_from_new_messages_on_and_retained_watched_whole
     let m2 = layer(&backend, "m2", 1);
     m1.append("a/b", &message("old")).await.unwrap();
     let (p, _) = m2.partition_subject("a/b");
-    let mut follow = m2.follow_partition(p).await.unwrap();
+    let (next, mut follow) = m2.follow_partition(p).await.unwrap();
+    assert_eq!(next, 2, "the old message is before the follower's start");
     m1.append("a/b", &message("one")).await.unwrap();
     m1.append("a/b", &message("two")).await.unwrap();
-    for want in ["one", "two"] {
-        let (topic, env) = follow.next().await.unwrap();
-        assert_eq!((topic.as_str(), &env.payload[..]), ("a/b", want.as_bytes()));
+    for (want, seq) in [("one", 2), ("two", 3)] {
+        let m = follow.next().await.unwrap();
+        assert_eq!(
+            (m.topic.as_str(), &m.envelope.payload[..], m.seq),
+            ("a/b", want.as_bytes(), seq)
+        );
     }
+    let back: Vec<u64> = m2
+        .read_partition(p, 1, 2)
+        .await
+        .unwrap()
+        .map(|m| m.seq)
+        .collect()
+        .await;
+    assert_eq!(back, [1, 2]);
 
     m1.store_retained("$SYS/x", Some(&message("s")))
         .await
@@ -541,4 +553,61 @@ async fn an_assigned_client_is_registered_reaped_and_forgotten() {
     assert!(!r1.forget_client(&client, claim).await.unwrap());
     assert!(r1.forget_client(&client, o.claim).await.unwrap());
     assert!(r1.read_registry(&client).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_replay_reads_each_message_once_across_the_seam() {
+    use crate::record::{Cursor, Outbound, OutboundState};
+    use crate::replay::{NodePosition, ReplayPlan};
+    let backend = MemoryBackend::new();
+    let b = layer(&backend, "m2", 1);
+    let from = |node: &str, payload: &'static str| Envelope {
+        origin_node: NodeId::new(node).unwrap(),
+        ..message(payload)
+    };
+    // 1, 2: read by A's follower (2 still in flight there); 3: A's own, routed on A; 4:
+    // published elsewhere while the session was away; 5: B's own, before the adoption;
+    // 6, 7: past B's follower at the adoption (live), 7 on another topic.
+    for (node, payload, topic) in [
+        ("m3", "done", "q/1"),
+        ("m3", "inflight", "q/1"),
+        ("m1", "own", "q/1"),
+        ("m3", "new", "q/1"),
+        ("m2", "mine", "q/1"),
+        ("m3", "live", "q/1"),
+        ("m3", "other", "x/1"),
+    ] {
+        b.append(topic, &from(node, payload)).await.unwrap();
+    }
+    let (p, _) = b.partition_subject("q/1");
+    let plan = ReplayPlan::new(
+        NodeId::new("m1").unwrap(),
+        NodeId::new("m2").unwrap(),
+        &[Cursor {
+            partition: p.index(),
+            next: 3,
+            writer_through: 3,
+        }],
+        &[Outbound {
+            packet_id: 4,
+            partition: p.index(),
+            seq: 2,
+            state: OutboundState::AwaitPuback,
+        }],
+        |_| NodePosition {
+            next: 6,
+            own_through: 5,
+        },
+    );
+    let r = b.replay(&plan, |t| t == "q/1", 10, 0).await.unwrap();
+    let payload = |m: &LogMessage| String::from_utf8(m.envelope.payload.to_vec()).unwrap();
+    assert_eq!(r.kept.len(), 1);
+    assert_eq!((r.kept[0].0, payload(&r.kept[0].1)), (0, "inflight".into()));
+    let new: Vec<String> = r.new.iter().map(payload).collect();
+    assert_eq!(new, ["new", "mine"]);
+    assert_eq!((r.dropped, r.missing), (0, 0));
+    // The session's queue limit bites: counted, the oldest kept.
+    let r = b.replay(&plan, |t| t == "q/1", 1, 0).await.unwrap();
+    assert_eq!((r.new.len(), r.dropped), (1, 1));
+    assert_eq!(payload(&r.new[0]), "new");
 }

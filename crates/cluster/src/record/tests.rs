@@ -93,8 +93,13 @@ fn record() -> impl Strategy<Value = SessionRecord> {
             prop::collection::vec(subscription(), 0..5),
             prop::option::of(will()),
             prop::collection::vec(
-                (any::<u16>(), any::<u64>())
-                    .prop_map(|(partition, next)| Cursor { partition, next }),
+                (any::<u16>(), any::<u64>(), any::<u64>()).prop_map(
+                    |(partition, next, writer_through)| Cursor {
+                        partition,
+                        next,
+                        writer_through,
+                    },
+                ),
                 0..8,
             ),
             prop::collection::vec(
@@ -106,6 +111,7 @@ fn record() -> impl Strategy<Value = SessionRecord> {
                         OutboundState::AwaitPuback,
                         OutboundState::AwaitPubrec,
                         OutboundState::AwaitPubcomp,
+                        OutboundState::Queued,
                     ]),
                 )
                     .prop_map(|(packet_id, partition, seq, state)| Outbound {

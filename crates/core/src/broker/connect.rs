@@ -420,6 +420,11 @@ impl Broker {
             self.export.session_changed(&id);
         }
         self.journal_session(idx);
+        // The cluster records where the offline session stands in its log (docs/cluster.md,
+        // "Queued messages across nodes").
+        if let Ok(id) = self.session(idx).map(|s| s.client_id.clone()) {
+            self.export.session_changed(&id);
+        }
         self.schedule_timer(idx);
     }
 

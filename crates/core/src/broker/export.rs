@@ -22,7 +22,9 @@ use makelaar_proto::{Disconnect, Packet, ReasonCode, Will};
 
 use super::{Action, Broker, CloseReason};
 use crate::message::Message;
+use crate::persist::{KeptState, LoadedMessage};
 use crate::session::ConnId;
+use crate::session::OutboundState;
 
 /// A message this broker accepted from a client (or a will it published), for the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +44,10 @@ pub enum FilterChange {
     Removed(String),
 }
 
-/// What the cluster keeps of a session that outlives its connection (phase 1: its
-/// subscriptions), so that it follows its client to another node, or of a connection with a
-/// will (its will, so that exactly one node publishes it, also when this one dies).
+/// What the cluster keeps of a session that outlives its connection (its subscriptions,
+/// inbound QoS 2 ids and the QoS 1/2 messages it holds), so that it follows its client to
+/// another node, or of a connection with a will (its will, so that exactly one node
+/// publishes it, also when this one dies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     /// The protocol level of its last connection.
@@ -59,6 +62,25 @@ pub struct SessionSnapshot {
     /// The will not yet published: the open connection's, or (offline) the one waiting out
     /// its delay.
     pub will: Option<KeptWill>,
+    /// Whether a client is connected to it.
+    pub connected: bool,
+    /// Inbound QoS 2 packet ids acknowledged with PUBREC and not yet released: a PUBLISH
+    /// resent with one of them after a move is not delivered again [MQTT-4.3.3-10].
+    pub inbound_qos2: Vec<u16>,
+    /// The outbound QoS 1/2 messages it holds and has not completed, in its order: in flight
+    /// first, then queued. Empty in a snapshot taken in.
+    pub outbound: Vec<KeptMessage>,
+}
+
+/// An outbound message a session holds: sent and not completed, or queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptMessage {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// The QoS it goes out with.
+    pub qos: makelaar_proto::QoS,
+    /// Where it stands.
+    pub state: KeptState,
 }
 
 /// A will a session holds, with the identity it is to be published with.
@@ -203,6 +225,19 @@ impl Broker {
             .map(|(f, sub)| (f.clone(), sub.clone()))
             .collect();
         subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        let in_flight = s.inflight.iter().map(|m| KeptMessage {
+            msg: m.delivery.msg.clone(),
+            qos: m.delivery.qos,
+            state: match m.state {
+                OutboundState::AwaitingAck => KeptState::AwaitingAck(m.packet_id),
+                OutboundState::AwaitingComp => KeptState::AwaitingComp(m.packet_id),
+            },
+        });
+        let queued = s.queue.iter().map(|d| KeptMessage {
+            msg: d.msg.clone(),
+            qos: d.qos,
+            state: KeptState::Queued,
+        });
         Some(SessionSnapshot {
             version: s.version,
             expiry_interval: s.expiry_interval,
@@ -212,6 +247,12 @@ impl Broker {
                 will: w.clone(),
                 username: s.username.clone(),
             }),
+            connected: s.conn.is_some(),
+            inbound_qos2: s.inbound_qos2.clone(),
+            outbound: in_flight
+                .chain(queued)
+                .filter(|k| k.qos != makelaar_proto::QoS::AtMostOnce)
+                .collect(),
         })
     }
 
@@ -244,7 +285,7 @@ impl Broker {
                 username,
             },
             subscriptions: snapshot.subscriptions,
-            inbound_qos2: Vec::new(),
+            inbound_qos2: snapshot.inbound_qos2,
             backlog: crate::persist::Backlog::default(),
         });
         if let Some(idx) = self.sessions.by_client_id(client_id) {
@@ -257,12 +298,21 @@ impl Broker {
 
     /// Takes in a session kept on the cluster, for a client about to connect here, unless
     /// this broker has one for that client id already; it is then decided like a session
-    /// this broker kept itself (Session Present, its subscriptions). Its will, if the
-    /// record held one, is not taken in: the cluster takes it out of the record and hands
-    /// it to [`Broker::take_over_remote_will`].
-    pub fn adopt_session(&mut self, client_id: &str, snapshot: SessionSnapshot) {
+    /// this broker kept itself (Session Present, its subscriptions, its inbound QoS 2 ids).
+    /// Its will, if the record held one, is not taken in: the cluster takes it out of the
+    /// record and hands it to [`Broker::take_over_remote_will`].
+    /// With `resume`, the messages it held or missed follow ([`Broker::handle_cluster_backlog`]):
+    /// until then nothing is sent to it, and what is routed to it meanwhile waits behind
+    /// them, as for a session's backlog in the store.
+    /// Returns whether it was taken in.
+    pub fn adopt_session(
+        &mut self,
+        client_id: &str,
+        snapshot: SessionSnapshot,
+        resume: bool,
+    ) -> bool {
         if self.sessions.by_client_id(client_id).is_some() {
-            return;
+            return false;
         }
         self.restore_session(crate::persist::RestoredSession {
             client_id: Arc::from(client_id),
@@ -275,9 +325,108 @@ impl Broker {
                 username: None,
             },
             subscriptions: snapshot.subscriptions,
-            inbound_qos2: Vec::new(),
+            inbound_qos2: snapshot.inbound_qos2,
             backlog: crate::persist::Backlog::default(),
         });
+        if resume {
+            if let Some(idx) = self.sessions.by_client_id(client_id) {
+                if let Ok(s) = self.session_mut(idx) {
+                    s.backlog = Some(crate::persist::Backlog::default());
+                }
+            }
+        }
+        true
+    }
+
+    /// The messages of a session taken in with `resume` ([`Broker::adopt_session`]), read
+    /// back from the cluster: `in_flight`, sent on the other node and not completed, are
+    /// sent again with their packet ids, PUBLISH with DUP or PUBREL (so a QoS 2 message
+    /// whose PUBREC came back is never published twice) [MQTT-4.4.0-1]; `queued`, taken in
+    /// there but not sent and published while the session was away, in order per topic, are
+    /// matched against its subscriptions here (QoS, Retain As Published, subscription
+    /// identifiers, No Local, access) and go before anything routed to it since. Expired
+    /// ones are dropped [MQTT-3.3.2-5]; the session's queue limits apply, and when they bite
+    /// the newest are dropped, logged.
+    pub fn handle_cluster_backlog(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+        in_flight: Vec<KeptMessage>,
+        queued: Vec<Arc<Message>>,
+    ) {
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
+            return;
+        };
+        if !self.session(idx).is_ok_and(|s| s.backlog.is_some()) {
+            return;
+        }
+        let mut loaded: Vec<LoadedMessage> = in_flight
+            .into_iter()
+            .filter(|k| k.state != KeptState::Queued)
+            .map(|k| {
+                let delivery = match self.delivery_for(idx, &k.msg) {
+                    Some(mut d) => {
+                        d.qos = k.qos;
+                        d
+                    }
+                    // Unsubscribed since it was sent: it is still resent as it was.
+                    None => crate::message::Delivery {
+                        msg: k.msg,
+                        qos: k.qos,
+                        retain: false,
+                        subscription_ids: Vec::new(),
+                        shared_group: None,
+                        seq: 0,
+                    },
+                };
+                LoadedMessage {
+                    delivery,
+                    state: k.state,
+                }
+            })
+            .collect();
+        let (max_msgs, max_bytes) = (
+            self.limits.max_queued_messages,
+            self.limits.max_queued_bytes,
+        );
+        let (mut count, mut bytes) = self
+            .session(idx)
+            .map_or((0, 0), |s| (s.queue.len(), s.queued_bytes));
+        let mut dropped = 0usize;
+        for msg in queued {
+            if msg.is_expired(now) {
+                self.stats.dropped_expired += 1; // [MQTT-3.3.2-5]
+                continue;
+            }
+            let Some(delivery) = self.delivery_for(idx, &msg) else {
+                continue;
+            };
+            if delivery.qos == makelaar_proto::QoS::AtMostOnce {
+                continue;
+            }
+            let weight = msg.weight();
+            if count >= max_msgs || (max_bytes != 0 && bytes + weight > max_bytes) {
+                dropped += 1;
+                continue;
+            }
+            count += 1;
+            bytes += weight;
+            loaded.push(LoadedMessage {
+                delivery,
+                state: KeptState::Queued,
+            });
+        }
+        if dropped > 0 {
+            self.stats.dropped_queue_full += dropped as u64;
+            tracing::warn!(
+                client_id,
+                dropped,
+                max_queued_messages = max_msgs,
+                max_queued_bytes = max_bytes,
+                "session resumed from the cluster with more messages than its queue holds: the newest were dropped (max_queued_messages, max_queued_bytes)"
+            );
+        }
+        self.handle_backlog_loaded(now, client_id, loaded);
     }
 
     /// Another cluster node takes the client of `client_id` over: its connection here, if
@@ -287,15 +436,23 @@ impl Broker {
     /// ([`Broker::take_over_remote_will`]), so that exactly one node does. Returns whether a
     /// connection was closed.
     pub fn hand_over(&mut self, now: Instant, client_id: &str) -> bool {
+        let closed = self.close_for_hand_over(now, client_id);
+        self.forget_session(now, client_id);
+        closed
+    }
+
+    /// [`Broker::hand_over`] without its end: the connection is closed (0x8E) and the will
+    /// dropped here, and the session stays, offline, so that the shell records where it
+    /// stands (what it holds; with the will it had, which the claiming node decides) before
+    /// it calls [`Broker::forget_session`]. Returns whether a connection was closed.
+    pub fn close_for_hand_over(&mut self, now: Instant, client_id: &str) -> bool {
         if let Some(idx) = self.sessions.by_client_id(client_id) {
             if let Ok(s) = self.session_mut(idx) {
                 s.will = None;
                 s.pending_will = None;
             }
         }
-        let closed = self.disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER);
-        self.forget_session(now, client_id);
-        closed
+        self.disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER)
     }
 
     /// Ends the session of `client_id` here, if it has no connection: it moved to another
@@ -389,6 +546,7 @@ impl Broker {
                 expires_at: None,
                 origin: None,
                 received_at: None,
+                log_position: std::sync::OnceLock::new(),
             }),
         };
         self.store_retained(&msg);
@@ -523,6 +681,7 @@ mod tests {
             expires_at: None,
             origin: None,
             received_at: None,
+            log_position: std::sync::OnceLock::new(),
         });
         h.broker.apply_remote_retained("r", Some(msg));
         h.connect(1, connect("a", ProtocolVersion::V5, true));
@@ -555,7 +714,7 @@ mod tests {
         // Another broker takes it in: the CONNECT finds it, with its subscription.
         let mut other = Harness::new();
         other.broker.enable_cluster_export();
-        other.broker.adopt_session("p", snap);
+        other.broker.adopt_session("p", snap, false);
         let ack = other.connect(1, c);
         assert!(ack.session_present);
         other.connect(2, connect("pub", ProtocolVersion::V5, true));
@@ -571,6 +730,166 @@ mod tests {
         ids.clear();
         h.broker.drain_session_changes(&mut ids);
         assert!(ids.contains(&Arc::<str>::from("p")));
+    }
+
+    /// A session leaves broker A with a QoS 2 message whose PUBREC came back, a QoS 1
+    /// message in flight and one queued, and resumes on broker B from the cluster.
+    #[test]
+    fn a_session_resumes_on_another_broker_with_what_it_held() {
+        use makelaar_proto::PubAck;
+        let mut a = Harness::new();
+        a.broker.enable_cluster_export();
+        let mut c = connect("p", ProtocolVersion::V5, false);
+        c.properties.session_expiry_interval = Some(300);
+        c.properties.receive_maximum = Some(2);
+        a.connect(1, c.clone());
+        a.packet(1, subscribe(1, "k/#", QoS::ExactlyOnce));
+        a.connect(2, connect("pub", ProtocolVersion::V5, true));
+        for (i, (qos, payload)) in [
+            (QoS::ExactlyOnce, "two"),
+            (QoS::AtLeastOnce, "one"),
+            (QoS::AtLeastOnce, "queued"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            a.packet(2, publish("k/x", qos, i as u16 + 1, payload));
+        }
+        let sent = a.take(1);
+        let sent = super::super::tests::publishes(&sent);
+        assert_eq!(sent.len(), 2, "a window of two");
+        let (q2, q1) = (sent[0].packet_id, sent[1].packet_id);
+        a.packet(1, Packet::PubRec(PubAck::new(q2)));
+        a.broker.handle_connection_lost(a.now, 1);
+        let mut ids = Vec::new();
+        a.broker.drain_session_changes(&mut ids);
+        assert!(ids.contains(&Arc::from("p")), "going offline is recorded");
+        let snap = a.broker.session_snapshot("p").unwrap();
+        assert!(!snap.connected);
+        let states: Vec<_> = snap.outbound.iter().map(|k| (k.qos, k.state)).collect();
+        assert_eq!(
+            states,
+            [
+                (QoS::ExactlyOnce, KeptState::AwaitingComp(q2)),
+                (QoS::AtLeastOnce, KeptState::AwaitingAck(q1)),
+                (QoS::AtLeastOnce, KeptState::Queued),
+            ]
+        );
+
+        let mut b = Harness::new();
+        b.broker.enable_cluster_export();
+        let outbound = snap.outbound.clone();
+        b.broker.adopt_session("p", snap, true);
+        let ack = b.connect(1, c);
+        assert!(ack.session_present);
+        // Nothing goes out before the cluster's messages are back; a message routed to the
+        // session meanwhile waits behind them.
+        let mut load = Vec::new();
+        while let Some(a) = b.broker.poll_action() {
+            if let Action::LoadBacklog(id) = a {
+                load.push(id);
+            }
+        }
+        assert_eq!(load, [Arc::<str>::from("p")]);
+        b.connect(2, connect("pub", ProtocolVersion::V5, true));
+        b.packet(2, publish("k/x", QoS::AtLeastOnce, 9, "live"));
+        assert!(super::super::tests::publishes(&b.take(1)).is_empty());
+        let mut missed = Message::clone(&outbound[2].msg);
+        missed.payload = bytes::Bytes::from_static(b"missed");
+        let (in_flight, queued): (Vec<_>, Vec<_>) = outbound
+            .into_iter()
+            .partition(|k| k.state != KeptState::Queued);
+        let mut queued: Vec<_> = queued.into_iter().map(|k| k.msg).collect();
+        queued.push(Arc::new(missed));
+        b.broker
+            .handle_cluster_backlog(b.now, "p", in_flight, queued);
+        let got = b.take(1);
+        // [MQTT-4.4.0-1] PUBREL for the QoS 2 message, never its PUBLISH again; the QoS 1
+        // message again with DUP and its packet id [MQTT-3.3.1-1].
+        assert!(matches!(&got[0], Packet::PubRel(r) if r.packet_id == q2));
+        let Packet::Publish(p) = &got[1] else {
+            panic!("{got:?}")
+        };
+        assert!(p.dup);
+        assert_eq!((p.packet_id, &p.payload[..]), (q1, &b"one"[..]));
+        assert_eq!(got.len(), 2, "the window is full");
+        let mut pending = b.packet(1, Packet::PubComp(PubAck::new(q2)));
+        pending.extend(b.packet(1, Packet::PubAck(PubAck::new(q1))));
+        let mut rest = Vec::new();
+        let mut i = 0;
+        while let Some(p) = pending.get(i).cloned() {
+            i += 1;
+            if let Packet::Publish(p) = p {
+                rest.push(String::from_utf8(p.payload.to_vec()).unwrap());
+                pending.extend(b.packet(1, Packet::PubAck(PubAck::new(p.packet_id))));
+            }
+        }
+        assert_eq!(rest, ["queued", "missed", "live"], "in order, once");
+    }
+
+    #[test]
+    fn a_resumed_session_keeps_its_queue_limit() {
+        let mut b = Harness::with(crate::limits::Limits {
+            max_queued_messages: 2,
+            ..crate::limits::Limits::default()
+        });
+        let snap = SessionSnapshot {
+            version: ProtocolVersion::V311,
+            expiry_interval: 60,
+            subscriptions: vec![(
+                "t".into(),
+                crate::session::Subscription {
+                    options: makelaar_proto::SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        ..Default::default()
+                    },
+                    id: None,
+                },
+            )],
+            offline_since: None,
+            will: None,
+            connected: false,
+            inbound_qos2: vec![7],
+            outbound: Vec::new(),
+        };
+        b.broker.adopt_session("s", snap, true);
+        let msg = |topic: &str, payload: &'static str, expired: bool| {
+            Arc::new(Message {
+                topic: Arc::from(topic),
+                payload: bytes::Bytes::from_static(payload.as_bytes()),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: makelaar_proto::Properties::default(),
+                expires_at: expired.then_some(b.now),
+                origin: None,
+                received_at: None,
+                log_position: std::sync::OnceLock::new(),
+            })
+        };
+        let queued = vec![
+            msg("t", "1", false),
+            msg("other", "x", false),
+            msg("t", "old", true),
+            msg("t", "2", false),
+            msg("t", "3", false),
+        ];
+        b.broker
+            .handle_cluster_backlog(b.now, "s", Vec::new(), queued);
+        assert_eq!(b.broker.stats().dropped_queue_full, 1);
+        assert_eq!(b.broker.stats().dropped_expired, 1);
+        let ack = b.connect(1, connect("s", ProtocolVersion::V311, false));
+        assert!(ack.session_present);
+        let got = b.take(1);
+        let payloads: Vec<_> = super::super::tests::publishes(&got)
+            .iter()
+            .map(|p| p.payload.clone())
+            .collect();
+        assert_eq!(payloads, [&b"1"[..], &b"2"[..]]);
+        // The inbound QoS 2 id travelled: a PUBLISH resent with it is not routed again
+        // [MQTT-4.3.3-10].
+        b.packet(1, subscribe(2, "t", QoS::AtLeastOnce));
+        let again = b.packet(1, publish("t", QoS::ExactlyOnce, 7, "dup"));
+        assert!(matches!(&again[..], [Packet::PubRec(r)] if r.packet_id == 7));
     }
 
     fn with_will(id: &str, clean: bool, expiry: u32, delay: u32) -> makelaar_proto::Connect {

@@ -38,7 +38,7 @@ use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
-pub use export::{DueWill, Exported, FilterChange, KeptWill, SessionSnapshot};
+pub use export::{DueWill, Exported, FilterChange, KeptMessage, KeptWill, SessionSnapshot};
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
@@ -338,6 +338,7 @@ impl Broker {
             expires_at: None,
             origin: None,
             received_at: Some(now),
+            log_position: std::sync::OnceLock::new(),
         };
         let msg = Arc::new(msg);
         self.store_retained(&msg);

@@ -42,6 +42,26 @@ struct Target {
     id: Option<u32>,
 }
 
+/// One session's delivery of `msg` from its matching subscriptions (at least one):
+/// overlapping subscriptions give one copy at the highest QoS, carrying every subscription
+/// identifier [MQTT-3.3.5-1] [MQTT-3.3.4-3].
+fn merged_delivery(msg: &Arc<Message>, targets: &[Target]) -> Delivery {
+    let (mut qos, mut rap, mut ids) = (QoS::AtMostOnce, false, Vec::new());
+    for t in targets {
+        qos = qos.max(t.qos);
+        rap |= t.retain_as_published;
+        ids.extend(t.id);
+    }
+    Delivery {
+        qos: msg.qos.min(qos),     // [MQTT-3.8.4-8]
+        retain: msg.retain && rap, // [MQTT-3.3.1-12] [MQTT-3.3.1-13]
+        msg: msg.clone(),
+        subscription_ids: ids,
+        shared_group: None,
+        seq: 0,
+    }
+}
+
 impl Broker {
     pub(super) fn handle_publish(
         &mut self,
@@ -302,38 +322,63 @@ impl Broker {
             });
         });
         let mut count = 0;
-        // Overlapping subscriptions of one session give one copy at the highest QoS, carrying
-        // every subscription identifier [MQTT-3.3.5-1] [MQTT-3.3.4-3].
         targets.sort_unstable_by_key(|t| t.idx);
         let mut i = 0;
         while let Some(first) = targets.get(i) {
             let idx = first.idx;
-            let (mut qos, mut rap, mut ids) = (QoS::AtMostOnce, false, Vec::new());
-            while let Some(t) = targets.get(i).filter(|t| t.idx == idx) {
-                qos = qos.max(t.qos);
-                rap |= t.retain_as_published;
-                ids.extend(t.id);
+            let start = i;
+            while targets.get(i).is_some_and(|t| t.idx == idx) {
                 i += 1;
             }
             if !self.may(idx, &msg.topic, Access::Read) {
                 self.stats.deliveries_denied += 1;
                 continue;
             }
-            if qos < msg.qos && !self.policy.bridges.is_empty() {
-                self.count_capped(now, idx, &msg, qos);
+            let delivery = merged_delivery(&msg, targets.get(start..i).unwrap_or_default());
+            let granted = targets
+                .get(start..i)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| t.qos)
+                .max()
+                .unwrap_or(QoS::AtMostOnce);
+            if granted < msg.qos && !self.policy.bridges.is_empty() {
+                self.count_capped(now, idx, &msg, granted);
             }
-            let delivery = Delivery {
-                qos: msg.qos.min(qos),     // [MQTT-3.8.4-8]
-                retain: msg.retain && rap, // [MQTT-3.3.1-12] [MQTT-3.3.1-13]
-                msg: msg.clone(),
-                subscription_ids: ids,
-                shared_group: None,
-                seq: 0,
-            };
             self.deliver(now, idx, delivery);
             count += 1;
         }
         count + self.route_shared(now, &msg)
+    }
+
+    /// The delivery of `msg` to session `idx` alone, by the session's own (non-shared)
+    /// subscriptions, with the same rules as [`Broker::route`]: `None` when none matches,
+    /// No Local excludes it, or the session may not read the topic. For messages a session
+    /// takes in outside the routing of the moment (a cluster replay).
+    pub(super) fn delivery_for(&mut self, idx: SessionIdx, msg: &Arc<Message>) -> Option<Delivery> {
+        let s = self.session(idx).ok()?;
+        let targets: Vec<Target> = s
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| !f.starts_with("$share/"))
+            .filter(|(f, _)| makelaar_proto::topic::filter_matches(f, &msg.topic))
+            // [MQTT-3.8.3-3] not back to the client that published it.
+            .filter(|(_, sub)| !(sub.options.no_local && msg.origin.as_ref() == Some(&s.client_id)))
+            .map(|(_, sub)| Target {
+                idx,
+                qos: sub.options.qos,
+                retain_as_published: sub.options.retain_as_published,
+                id: sub.id,
+            })
+            .collect();
+        if targets.is_empty() {
+            return None;
+        }
+        if !self.may(idx, &msg.topic, Access::Read) {
+            self.stats.deliveries_denied += 1;
+            return None;
+        }
+        Some(merged_delivery(msg, &targets))
     }
 
     /// Hands one delivery to a session: sent now if it is connected and its window has room,

@@ -181,6 +181,7 @@ impl Broker {
             expires_at,
             origin: Some(client_id.clone()),
             received_at: Some(now),
+            log_position: std::sync::OnceLock::new(),
         });
         self.export.message(&msg, None);
         if msg.retain {
