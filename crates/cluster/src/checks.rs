@@ -29,6 +29,9 @@ pub struct ServerReport {
     pub jetstream: bool,
     /// Whether it fsyncs before acknowledging (`sync_interval: always`).
     pub sync_always: bool,
+    /// The size of its JetStream cluster (the meta group), from its configuration: known as
+    /// soon as it runs, before its routes are up; 0 when it does not say (a single server).
+    pub cluster_size: usize,
 }
 
 /// Why cluster mode refuses a server. Each message is one sentence naming the fix.
@@ -158,6 +161,14 @@ struct Varz {
 struct VarzJetStream {
     #[serde(default)]
     config: Option<VarzJsConfig>,
+    #[serde(default)]
+    meta: Option<VarzJsMeta>,
+}
+
+#[derive(Deserialize)]
+struct VarzJsMeta {
+    #[serde(default)]
+    cluster_size: usize,
 }
 
 #[derive(Deserialize)]
@@ -169,12 +180,18 @@ struct VarzJsConfig {
 /// Reads a server's report out of its `/varz` JSON.
 pub fn report_from_varz(json: &[u8]) -> Result<ServerReport, serde_json::Error> {
     let v: Varz = serde_json::from_slice(json)?;
+    let cluster_size = v
+        .jetstream
+        .as_ref()
+        .and_then(|j| j.meta.as_ref())
+        .map_or(0, |m| m.cluster_size);
     let config = v.jetstream.and_then(|j| j.config);
     Ok(ServerReport {
         name: v.server_name,
         version: v.version,
         jetstream: config.is_some(),
         sync_always: config.is_some_and(|c| c.sync_always),
+        cluster_size,
     })
 }
 
@@ -189,6 +206,7 @@ mod tests {
             version: version.into(),
             jetstream: true,
             sync_always,
+            cluster_size: 0,
         }
     }
 
@@ -226,6 +244,10 @@ mod tests {
         let always = br#"{"server_name":"n1","version":"2.15.1","jetstream":{"config":{"sync_interval":120000000000,"sync_always":true}}}"#;
         let r = report_from_varz(always).unwrap();
         assert_eq!(r, report("2.15.1", true));
+        // The JetStream cluster's size, from the server's configuration (the default
+        // replica count comes from it).
+        let clustered = br#"{"server_name":"n1","version":"2.15.1","jetstream":{"config":{"sync_always":true},"meta":{"name":"mk","cluster_size":3,"quorum_needed":2}}}"#;
+        assert_eq!(report_from_varz(clustered).unwrap().cluster_size, 3);
         let lazy = br#"{"server_name":"n1","version":"2.15.1","jetstream":{"config":{"sync_interval":120000000000}}}"#;
         assert!(!report_from_varz(lazy).unwrap().sync_always);
         let none = br#"{"server_name":"n1","version":"2.15.1"}"#;

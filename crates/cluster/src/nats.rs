@@ -274,12 +274,20 @@ impl NatsBackend {
                 },
             }
         })?;
-        let warnings = Self::check_servers(&client, config, &tls).await?;
+        let (warnings, cluster_size) = Self::check_servers(&client, config, &tls).await?;
         for w in &warnings {
             tracing::error!("{w}");
         }
+        // The servers' own configuration says how many JetStream servers there are, from the
+        // start: the client's INFO lists only the servers routed so far, so a node starting
+        // while the NATS cluster forms would otherwise make single-replica buckets, which
+        // the next node refuses (and which keep a message on one disk only).
         let info = client.server_info();
-        let known = config.servers.len().max(info.connect_urls.len());
+        let known = config
+            .servers
+            .len()
+            .max(info.connect_urls.len())
+            .max(cluster_size);
         let replicas = config.replicas.unwrap_or(if known >= 3 { 3 } else { 1 });
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.timeout);
@@ -311,7 +319,7 @@ impl NatsBackend {
         client: &async_nats::Client,
         config: &NatsConfig,
         tls: &Arc<rustls::ClientConfig>,
-    ) -> Result<Vec<Warning>, NatsStartError> {
+    ) -> Result<(Vec<Warning>, usize), NatsStartError> {
         let info = client.server_info();
         // The connected server's INFO: the version floor holds even without monitoring.
         checks::check(
@@ -320,6 +328,7 @@ impl NatsBackend {
                 version: info.version.clone(),
                 jetstream: true,
                 sync_always: true,
+                cluster_size: 0,
             },
             false,
         )?;
@@ -329,13 +338,17 @@ impl NatsBackend {
             config.monitor.clone()
         };
         let mut warnings = Vec::new();
+        let mut cluster_size = 0;
         for url in monitor {
             let report = match fetch_varz(&url, config.timeout, Some(tls)).await {
                 Ok(body) => checks::report_from_varz(&body).map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             let outcome = match report {
-                Ok(r) => checks::check(&r, config.allow_lazy_fsync),
+                Ok(r) => {
+                    cluster_size = cluster_size.max(r.cluster_size);
+                    checks::check(&r, config.allow_lazy_fsync)
+                }
                 Err(reason) => checks::lazy(
                     StartupError::MonitorUnreachable {
                         server: info.server_name.clone(),
@@ -347,7 +360,7 @@ impl NatsBackend {
             };
             warnings.extend(outcome?);
         }
-        Ok(warnings)
+        Ok((warnings, cluster_size))
     }
 
     fn bucket_name(prefix: &str, b: Bucket) -> String {
