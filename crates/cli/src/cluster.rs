@@ -71,21 +71,8 @@ struct StatusArgs {
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     monitor: Vec<String>,
 
-    /// PEM file with the CA that signed the NATS servers' certificates, as for serve.
-    #[arg(long, value_name = "FILE")]
-    cluster_cafile: Option<PathBuf>,
-
-    /// PEM client certificate for NATS servers that verify clients; needs --cluster-key.
-    #[arg(long, value_name = "FILE")]
-    cluster_cert: Option<PathBuf>,
-
-    /// PEM private key of --cluster-cert.
-    #[arg(long, value_name = "FILE")]
-    cluster_key: Option<PathBuf>,
-
-    /// NATS credentials file (.creds); replaces the credentials of the file's [cluster].
-    #[arg(long, value_name = "FILE")]
-    cluster_creds: Option<PathBuf>,
+    #[command(flatten)]
+    link: LinkArgs,
 
     /// Print one JSON object instead of tables.
     #[arg(long)]
@@ -96,6 +83,41 @@ struct StatusArgs {
     timeout: u64,
 }
 
+/// The flags that secure the link to NATS, the same for `serve` and `cluster status`; each
+/// replaces its `[cluster]` setting.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LinkArgs {
+    /// PEM file with the CA that signed the NATS servers' certificates (tls:// servers);
+    /// without it, the system's CAs. [cluster] ca_file in the file.
+    #[arg(long, value_name = "FILE")]
+    cluster_cafile: Option<PathBuf>,
+
+    /// PEM certificate presented to NATS servers that verify clients; needs --cluster-key.
+    #[arg(long, value_name = "FILE")]
+    cluster_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-cert.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+
+    /// NATS credentials file (.creds: user JWT and nkey seed); replaces the credentials in
+    /// the file's [cluster] table (user and password, token, nkey_seed_file).
+    #[arg(long, value_name = "FILE")]
+    cluster_creds: Option<PathBuf>,
+}
+
+impl LinkArgs {
+    /// These flags over the file's `[cluster]` table.
+    pub fn apply(&self, table: &mut makelaar_broker::config::ClusterTable) {
+        table.override_link(
+            self.cluster_cafile.as_ref(),
+            self.cluster_cert.as_ref(),
+            self.cluster_key.as_ref(),
+            self.cluster_creds.as_ref(),
+        );
+    }
+}
+
 impl StatusArgs {
     /// The file's [cluster] table with the flags over it.
     fn status_config(&self) -> anyhow::Result<StatusConfig> {
@@ -103,12 +125,7 @@ impl StatusArgs {
             Some(path) => ConfigFile::from_toml_file(path)?.cluster,
             None => Default::default(),
         };
-        table.override_link(
-            self.cluster_cafile.as_ref(),
-            self.cluster_cert.as_ref(),
-            self.cluster_key.as_ref(),
-            self.cluster_creds.as_ref(),
-        );
+        self.link.apply(&mut table);
         // TLS and credentials as the nodes use them (read before `servers` is taken out).
         let source = self
             .config

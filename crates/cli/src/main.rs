@@ -206,24 +206,8 @@ struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
 
-    /// PEM file with the CA that signed the NATS servers' certificates (tls:// servers);
-    /// without it, the system's CAs. [cluster] ca_file in the file.
-    #[arg(long, value_name = "FILE")]
-    cluster_cafile: Option<PathBuf>,
-
-    /// PEM certificate this node presents to NATS servers that verify clients; needs
-    /// --cluster-key.
-    #[arg(long, value_name = "FILE")]
-    cluster_cert: Option<PathBuf>,
-
-    /// PEM private key of --cluster-cert.
-    #[arg(long, value_name = "FILE")]
-    cluster_key: Option<PathBuf>,
-
-    /// NATS credentials file (.creds: user JWT and nkey seed); replaces the credentials in
-    /// the file's [cluster] table (user and password, token, nkey_seed_file).
-    #[arg(long, value_name = "FILE")]
-    cluster_creds: Option<PathBuf>,
+    #[command(flatten)]
+    link: cluster::LinkArgs,
 
     /// Join the cluster although a NATS server fsyncs lazily (an acknowledged message could
     /// be lost when servers lose power together); logged at error level.
@@ -342,12 +326,7 @@ impl ServeArgs {
         if self.node_name.is_some() {
             file.cluster.node_name.clone_from(&self.node_name);
         }
-        file.cluster.override_link(
-            self.cluster_cafile.as_ref(),
-            self.cluster_cert.as_ref(),
-            self.cluster_key.as_ref(),
-            self.cluster_creds.as_ref(),
-        );
+        self.link.apply(&mut file.cluster);
         file.into_config(source)
     }
 }
