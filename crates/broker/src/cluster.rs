@@ -1647,10 +1647,13 @@ async fn follow_group(
         }
     };
     let pulls = tokio_util::sync::CancellationToken::new();
+    // The group's messages from now on (the member's SUBACK went out a moment ago), also
+    // when making its consumers takes a while or is tried again.
+    let since = SystemTime::now();
     for p in group.partitions(cluster.config().partitions) {
         tokio::spawn(pull_group(
             cluster.clone(),
-            (group.clone(), p),
+            (group.clone(), p, since),
             to_router.clone(),
             pulls.clone(),
         ));
@@ -1688,14 +1691,14 @@ const SHARE_RETRY: Duration = Duration::from_millis(200);
 /// (a NATS server lost, the consumer gone).
 async fn pull_group(
     cluster: Arc<Cluster<NatsBackend>>,
-    (group, p): (ShareGroup, makelaar_cluster::partition::Partition),
+    (group, p, since): (ShareGroup, makelaar_cluster::partition::Partition, SystemTime),
     tx: mpsc::Sender<FromCluster>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let full: Arc<str> = Arc::from(group.full());
     let prefix = format!("{}.p{}.", cluster.config().prefix, p.index());
     while !stop.is_cancelled() {
-        let mut messages = match cluster.backend().share_pull(&group, p).await {
+        let mut messages = match cluster.backend().share_pull(&group, p, since).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(group = %full, partition = p.index(), error = %e, "cannot pull a share group's messages; trying again");

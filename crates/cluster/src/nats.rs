@@ -488,14 +488,21 @@ impl NatsBackend {
     /// Pulls a share group's QoS 1/2 messages in one partition from the group's durable
     /// consumer there (created by the first node that asks, bound to by the others): each
     /// message goes to one of the nodes pulling; one not acknowledged within
-    /// [`SHARE_ACK_WAIT`] (or refused) goes again, to any node still pulling. Starts with
-    /// the messages appended after the consumer was made. A consumer no node has pulled
+    /// [`SHARE_ACK_WAIT`] (or refused) goes again, to any node still pulling. A consumer
+    /// made here starts with the messages appended from `since` on (when the group's first
+    /// member here subscribed), so a message published after the SUBACK and before the
+    /// consumer exists is not missed; one that exists is bound to as it is. A consumer no node has pulled
     /// from for [`SHARE_IDLE`] is removed by the server (the group has no member left).
     pub async fn share_pull(
         &self,
         group: &ShareGroup,
         partition: Partition,
+        since: std::time::SystemTime,
     ) -> Result<ShareMessages, BackendError> {
+        let nanos = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
+        let start_time = async_nats::datetime::from_nanos(nanos).map_err(engine)?;
         let name = format!("{}_p{}", self.prefix, partition.index());
         let stream = self.js.get_stream(&name).await.map_err(engine)?;
         let consumer_name = group.consumer(&self.prefix, partition);
@@ -506,7 +513,9 @@ impl NatsBackend {
                     durable_name: Some(consumer_name.clone()),
                     description: Some(format!("share group {}", group.full())),
                     filter_subject: group.stream_filter(&self.prefix, partition).into_string(),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
+                        start_time,
+                    },
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: SHARE_ACK_WAIT,
                     inactive_threshold: SHARE_IDLE,
