@@ -1,6 +1,6 @@
 """Shared subscriptions across cluster nodes (issue 14, docs/cluster.md "Shared
 subscriptions"): `$share/GROUP/FILTER` with members on several nodes gets each message to
-exactly one member in the whole cluster [MQTT-4.8.2-3], while plain subscribers still get
+exactly one member in the whole cluster (5.0 section 4.8.2), while plain subscribers still get
 every message. Three real NATS servers and three Makelaar nodes, paho clients."""
 
 from __future__ import annotations

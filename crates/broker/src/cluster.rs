@@ -1691,7 +1691,11 @@ const SHARE_RETRY: Duration = Duration::from_millis(200);
 /// (a NATS server lost, the consumer gone).
 async fn pull_group(
     cluster: Arc<Cluster<NatsBackend>>,
-    (group, p, since): (ShareGroup, makelaar_cluster::partition::Partition, SystemTime),
+    (group, p, since): (
+        ShareGroup,
+        makelaar_cluster::partition::Partition,
+        SystemTime,
+    ),
     tx: mpsc::Sender<FromCluster>,
     stop: tokio_util::sync::CancellationToken,
 ) {

@@ -27,9 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamMessage, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::ids::Revision;
-use crate::share::ShareGroup;
 use crate::link::{self, LinkError, NatsAuth, NatsTls};
 use crate::partition::{Partition, PartitionCount};
+use crate::share::ShareGroup;
 use crate::subject::Subject;
 
 /// How to reach and set up the engine.
@@ -286,13 +286,14 @@ impl NatsBackend {
                 },
             }
         })?;
-        let shares = share_options
-            .connect(share_servers)
-            .await
-            .map_err(|e| NatsStartError::Connect {
-                servers: link::redact_urls(&config.servers),
-                reason: e.to_string(),
-            })?;
+        let shares =
+            share_options
+                .connect(share_servers)
+                .await
+                .map_err(|e| NatsStartError::Connect {
+                    servers: link::redact_urls(&config.servers),
+                    reason: e.to_string(),
+                })?;
         let warnings = Self::check_servers(&client, config, &tls).await?;
         for w in &warnings {
             tracing::error!("{w}");
@@ -513,9 +514,7 @@ impl NatsBackend {
                     durable_name: Some(consumer_name.clone()),
                     description: Some(format!("share group {}", group.full())),
                     filter_subject: group.stream_filter(&self.prefix, partition).into_string(),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
-                        start_time,
-                    },
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time },
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: SHARE_ACK_WAIT,
                     inactive_threshold: SHARE_IDLE,

@@ -1,6 +1,6 @@
 //! Shared subscriptions across nodes (`$share/GROUP/FILTER`, MQTT 5.0 section 4.8.2):
 //! each message matching a group goes to exactly one member of the group in the whole
-//! cluster [MQTT-4.8.2-3], wherever its members are connected. The names and subjects the
+//! cluster (5.0 section 4.8.2), wherever its members are connected. The names and subjects the
 //! nodes agree on, as plain functions (docs/cluster.md, "Shared subscriptions").
 //!
 //! - **QoS 0**: every node with a member subscribes the group's inner filter on the live
@@ -61,7 +61,7 @@ impl ShareGroup {
     }
 
     /// A name part that is the same on every node for this group and filter (two groups of
-    /// the same name on different filters are different groups [MQTT-4.8.2-2]), made of
+    /// the same name on different filters are different groups), made of
     /// characters NATS accepts in queue and consumer names.
     fn name(&self, prefix: &str) -> String {
         let mut readable = escape_token(&self.group);
@@ -119,7 +119,10 @@ mod tests {
         assert_ne!(a.queue("mk"), b.queue("mk"));
         assert_ne!(a.queue("mk"), c.queue("mk"));
         // The same on every node.
-        assert_eq!(a.queue("mk"), ShareGroup::parse("$share/g/t/#").unwrap().queue("mk"));
+        assert_eq!(
+            a.queue("mk"),
+            ShareGroup::parse("$share/g/t/#").unwrap().queue("mk")
+        );
         let odd = ShareGroup::parse("$share/a.b c*>\u{e9}/x").unwrap();
         let p = PartitionCount::new(4).unwrap().partition(3).unwrap();
         for name in [odd.queue("mk"), odd.consumer("mk", p)] {
@@ -140,8 +143,17 @@ mod tests {
         let n = PartitionCount::new(16).unwrap();
         let exact = ShareGroup::parse("$share/g/a/b").unwrap();
         assert_eq!(exact.partitions(n), vec![n.of("a/b")]);
-        assert_eq!(ShareGroup::parse("$share/g/a/+").unwrap().partitions(n).len(), 16);
-        assert_eq!(ShareGroup::parse("$share/g/#").unwrap().partitions(n).len(), 16);
+        assert_eq!(
+            ShareGroup::parse("$share/g/a/+")
+                .unwrap()
+                .partitions(n)
+                .len(),
+            16
+        );
+        assert_eq!(
+            ShareGroup::parse("$share/g/#").unwrap().partitions(n).len(),
+            16
+        );
     }
 
     #[test]
@@ -150,13 +162,28 @@ mod tests {
         let g = ShareGroup::parse("$share/g/t/#").unwrap();
         let live = g.live_subject("mk");
         let topic = |t: &str| crate::subject::encode_topic(t);
-        assert!(subject_matches(live.as_str(), topic("t/1").under("mk.live").as_str()));
-        assert!(subject_matches(live.as_str(), topic("t").under("mk.live").as_str()));
-        assert!(!subject_matches(live.as_str(), topic("u/1").under("mk.live").as_str()));
+        assert!(subject_matches(
+            live.as_str(),
+            topic("t/1").under("mk.live").as_str()
+        ));
+        assert!(subject_matches(
+            live.as_str(),
+            topic("t").under("mk.live").as_str()
+        ));
+        assert!(!subject_matches(
+            live.as_str(),
+            topic("u/1").under("mk.live").as_str()
+        ));
         let p = n.of("t/1");
         let in_stream = topic("t/1").under(&format!("mk.p{}", p.index()));
-        assert!(subject_matches(g.stream_filter("mk", p).as_str(), in_stream.as_str()));
+        assert!(subject_matches(
+            g.stream_filter("mk", p).as_str(),
+            in_stream.as_str()
+        ));
         let other = n.all().find(|q| *q != p).unwrap();
-        assert!(!subject_matches(g.stream_filter("mk", other).as_str(), in_stream.as_str()));
+        assert!(!subject_matches(
+            g.stream_filter("mk", other).as_str(),
+            in_stream.as_str()
+        ));
     }
 }

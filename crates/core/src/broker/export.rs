@@ -12,7 +12,7 @@
 //!   node ([`FilterChange::GroupAdded`]), which gives it to one local member
 //!   ([`Broker::route_shared_remote`]). With the cluster on, the broker's own routing leaves
 //!   share groups out: every message reaches them through the cluster, also one published
-//!   here, so that exactly one member in the whole cluster gets it [MQTT-4.8.2-3].
+//!   here, so that exactly one member in the whole cluster gets it (5.0 section 4.8.2).
 //!
 //! Messages from other nodes are routed to this broker's subscribers with
 //! [`Broker::route_remote`] (never exported again), and retained messages set or cleared
@@ -173,7 +173,8 @@ impl Export {
         }
         if is_shared(filter) {
             if count_up(&mut self.groups, filter) {
-                self.changes.push(FilterChange::GroupAdded(filter.to_owned()));
+                self.changes
+                    .push(FilterChange::GroupAdded(filter.to_owned()));
             }
         } else if count_up(&mut self.filters, filter) {
             self.changes.push(FilterChange::Added(filter.to_owned()));
@@ -561,7 +562,7 @@ impl Broker {
     /// Hands a message the cluster gave this node for the share group `group`
     /// (`$share/GROUP/FILTER`: a QoS 0 message through the group's queue subscription, a
     /// QoS 1/2 one from the group's consumer) to one of the group's members here, picked as
-    /// on one broker (a connected member with room first) [MQTT-4.8.2-3]. Returns whether a
+    /// on one broker (a connected member with room first; at the QoS granted to it [MQTT-4.8.2-3]). Returns whether a
     /// member took it: `false` when the group has no member here any more (or none may read
     /// the topic), so the cluster offers it to another node. An expired message counts as
     /// taken: it is dropped [MQTT-3.3.2-5].
@@ -740,13 +741,17 @@ mod tests {
         // The cluster gives this node the group's copy: exactly one member gets each,
         // taking turns.
         for _ in 0..4 {
-            assert!(h.broker.route_shared_remote(h.now, "$share/g/t/#", msg.clone()));
+            assert!(h
+                .broker
+                .route_shared_remote(h.now, "$share/g/t/#", msg.clone()));
         }
         assert_eq!(publishes(&h.take(1)).len(), 2);
         assert_eq!(publishes(&h.take(2)).len(), 2);
         assert!(publishes(&h.take(3)).is_empty());
         // No member of that group here: the cluster offers it elsewhere.
-        assert!(!h.broker.route_shared_remote(h.now, "$share/other/t/#", msg.clone()));
+        assert!(!h
+            .broker
+            .route_shared_remote(h.now, "$share/other/t/#", msg.clone()));
         h.broker.handle_connection_lost(h.now, 1);
         h.broker.handle_connection_lost(h.now, 2);
         assert_eq!(
