@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use makelaar_cluster::backend::{subject_matches, Backend};
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest, TakenWill};
 use makelaar_cluster::envelope::{Envelope, Expiry};
@@ -45,6 +45,7 @@ use makelaar_cluster::record::{
     Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription, StoredWill,
 };
 use makelaar_cluster::replay::ReplayPlan;
+use makelaar_cluster::share::ShareGroup;
 use makelaar_cluster::takeover::Fence;
 use makelaar_cluster::wills::{self, WillVerdict};
 use makelaar_cluster::{ClientKey, NodeId, Revision};
@@ -151,6 +152,15 @@ pub(crate) enum FromCluster {
     },
     /// A QoS 0 message another node received, to route to this node's subscribers.
     Message(Arc<Message>),
+    /// A message the cluster gave this node for a share group (`$share/GROUP/FILTER`): to
+    /// one of its members here (`Broker::route_shared_remote`). With `taken`, a QoS 1/2
+    /// message from the group's consumer: answer whether a member took it (acknowledged
+    /// then, else offered to another node).
+    Shared {
+        group: Arc<str>,
+        msg: Arc<Message>,
+        taken: Option<tokio::sync::oneshot::Sender<bool>>,
+    },
     /// A partition's follower starts at this sequence (before its first `Log`).
     Following { partition: u16, next: u64 },
     /// The next message of a partition stream: another node's, to route (`Some`), or this
@@ -394,6 +404,7 @@ pub(crate) async fn start(
     let mut reader = Reader {
         cluster: cluster.clone(),
         filters: HashMap::new(),
+        groups: HashMap::new(),
         live_tx,
         to_router: from_tx.clone(),
     };
@@ -1464,11 +1475,14 @@ async fn retained_watch(
 }
 
 /// The reader (see the module documentation): the node's core NATS subscriptions, one per
-/// distinct filter.
+/// distinct filter, and what it follows per share group with a member here.
 struct Reader {
     cluster: Arc<Cluster<NatsBackend>>,
     /// Each followed filter: its subject and the task forwarding its messages.
     filters: HashMap<String, (String, JoinHandle<()>)>,
+    /// Each share group with a member here (`$share/GROUP/FILTER`): its queue subscription
+    /// and consumer pulls, stopped together.
+    groups: HashMap<String, Following>,
     live_tx: mpsc::Sender<(String, makelaar_cluster::backend::Delivery)>,
     to_router: mpsc::Sender<FromCluster>,
 }
@@ -1506,6 +1520,26 @@ impl Reader {
                     // Dropping the subscription (with its task) unsubscribes on NATS.
                     if let Some((_, task)) = self.filters.remove(&filter) {
                         task.abort();
+                    }
+                }
+                FilterChange::GroupAdded(full) => {
+                    let group = match ShareGroup::parse(&full) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot follow a share group on the cluster");
+                            continue;
+                        }
+                    };
+                    let following = follow_group(&self.cluster, group, &self.to_router).await;
+                    if let Some(old) = self.groups.insert(full, following) {
+                        old.stop();
+                    }
+                }
+                FilterChange::GroupRemoved(full) => {
+                    // This node's last member left: it stops taking the group's messages;
+                    // what it pulled and did not hand to a member goes to another node.
+                    if let Some(f) = self.groups.remove(&full) {
+                        f.stop();
                     }
                 }
             }
@@ -1552,6 +1586,182 @@ impl Reader {
     fn stop(&mut self) {
         for (_, (_, task)) in self.filters.drain() {
             task.abort();
+        }
+        for (_, f) in self.groups.drain() {
+            f.stop();
+        }
+    }
+}
+
+/// What this node follows of one share group (docs/cluster.md, "Shared subscriptions").
+struct Following {
+    /// The queue subscription's task (QoS 0).
+    live: Option<JoinHandle<()>>,
+    /// Stops the consumer pulls (QoS 1/2), one per partition the filter reaches.
+    pulls: tokio_util::sync::CancellationToken,
+}
+
+impl Following {
+    fn stop(self) {
+        if let Some(t) = self.live {
+            t.abort();
+        }
+        self.pulls.cancel();
+    }
+}
+
+/// Starts following a share group: its QoS 0 messages through a queue subscription (NATS
+/// gives each to one of the nodes in the queue group), its QoS 1/2 messages from its
+/// durable consumer in each partition its filter reaches (each to one of the nodes
+/// pulling). Either way the router hands the message to one local member.
+async fn follow_group(
+    cluster: &Arc<Cluster<NatsBackend>>,
+    group: ShareGroup,
+    to_router: &mpsc::Sender<FromCluster>,
+) -> Following {
+    let full: Arc<str> = Arc::from(group.full());
+    let live = match cluster.backend().share_subscribe(&group).await {
+        Ok(mut sub) => {
+            let tx = to_router.clone();
+            let full = full.clone();
+            let prefix = format!("{}.live.", cluster.config().prefix);
+            Some(tokio::spawn(async move {
+                while let Some(d) = sub.next().await {
+                    let Some(msg) = decode_delivery(&prefix, &d.subject, &d.payload) else {
+                        continue;
+                    };
+                    let ev = FromCluster::Shared {
+                        group: full.clone(),
+                        msg: Arc::new(msg),
+                        taken: None,
+                    };
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }))
+        }
+        Err(e) => {
+            tracing::error!(group = %full, error = %e, "cannot follow a share group's QoS 0 messages on the cluster");
+            None
+        }
+    };
+    let pulls = tokio_util::sync::CancellationToken::new();
+    // The group's messages from now on (the member's SUBACK went out a moment ago), also
+    // when making its consumers takes a while or is tried again.
+    let since = SystemTime::now();
+    for p in group.partitions(cluster.config().partitions) {
+        tokio::spawn(pull_group(
+            cluster.clone(),
+            (group.clone(), p, since),
+            to_router.clone(),
+            pulls.clone(),
+        ));
+    }
+    Following { live, pulls }
+}
+
+/// A message from a subject under `prefix` (ending in '.'), or `None` (logged) when it does
+/// not decode, or expired on the way [MQTT-3.3.2-5].
+fn decode_delivery(prefix: &str, subject: &str, payload: &[u8]) -> Option<Message> {
+    let topic = subject
+        .strip_prefix(prefix)
+        .and_then(|tokens| makelaar_cluster::subject::decode_topic(tokens).ok());
+    let Some(topic) = topic else {
+        tracing::warn!(subject, "skipping a cluster message with a bad subject");
+        return None;
+    };
+    match Envelope::decode(payload) {
+        Ok(e) => message(&topic, e, Instant::now(), unix_ms()),
+        Err(e) => {
+            tracing::warn!(subject, error = %e, "skipping a cluster message that does not decode");
+            None
+        }
+    }
+}
+
+/// How long a message this node could not hand to a member waits before the group's
+/// consumer offers it again (to any node pulling).
+const SHARE_RETRY: Duration = Duration::from_millis(200);
+
+/// Pulls a share group's QoS 1/2 messages in one partition until `stop`: each goes to the
+/// router, and is acknowledged once a member here took it (then it is that member's, as
+/// on one broker), or refused so that another node's member gets it. One at a time, so
+/// what this node holds unsettled is one message. The pull is made again after an error
+/// (a NATS server lost, the consumer gone).
+async fn pull_group(
+    cluster: Arc<Cluster<NatsBackend>>,
+    (group, p, since): (
+        ShareGroup,
+        makelaar_cluster::partition::Partition,
+        SystemTime,
+    ),
+    tx: mpsc::Sender<FromCluster>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let full: Arc<str> = Arc::from(group.full());
+    let prefix = format!("{}.p{}.", cluster.config().prefix, p.index());
+    while !stop.is_cancelled() {
+        let mut messages = match cluster.backend().share_pull(&group, p, since).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(group = %full, partition = p.index(), error = %e, "cannot pull a share group's messages; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                () = stop.cancelled() => {
+                    // Pulled and not handed over: offered again at once, elsewhere.
+                    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+                        let _ = m.ack.nak(Duration::ZERO).await;
+                    }
+                    return;
+                }
+            };
+            let m = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::debug!(group = %full, partition = p.index(), error = %e, "pulling a share group's messages interrupted");
+                    continue;
+                }
+                None => break,
+            };
+            let Some(msg) = decode_delivery(&prefix, &m.subject, &m.payload) else {
+                // Expired, or not a message at all: nobody is to get it.
+                let _ = m.ack.ack().await;
+                continue;
+            };
+            let _ = msg.log_position.set(LogPosition {
+                partition: p.index(),
+                seq: m.seq,
+            });
+            let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+            let ev = FromCluster::Shared {
+                group: full.clone(),
+                msg: Arc::new(msg),
+                taken: Some(taken_tx),
+            };
+            if tx.send(ev).await.is_err() {
+                let _ = m.ack.nak(Duration::ZERO).await;
+                return;
+            }
+            let r = match taken_rx.await {
+                Ok(true) => m.ack.ack().await,
+                // No member here any more (or the router is gone): another node's.
+                Ok(false) | Err(_) => m.ack.nak(SHARE_RETRY).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(group = %full, partition = p.index(), seq = m.seq, error = %e, "cannot settle a share group's message; the group's consumer offers it again");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
         }
     }
 }

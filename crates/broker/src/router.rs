@@ -855,6 +855,12 @@ impl Router {
             FromCluster::Message(msg) => {
                 self.broker.route_remote(now, msg);
             }
+            FromCluster::Shared { group, msg, taken } => {
+                let ok = self.broker.route_shared_remote(now, &group, msg);
+                if let Some(taken) = taken {
+                    let _ = taken.send(ok);
+                }
+            }
             FromCluster::Following { partition, next } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.positions.entry(partition).or_default().next = next;

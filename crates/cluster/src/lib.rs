@@ -12,6 +12,8 @@
 //!   Published and message expiry need;
 //! - [`replay`]: a persistent session's cursors when it leaves a node, and the replay that
 //!   resumes it on another without a gap or a duplicate;
+//! - [`share`]: the names and subjects of shared subscriptions across nodes (a queue group
+//!   for QoS 0, a durable consumer per group and partition for QoS 1/2);
 //! - [`wills`]: which node decides a will left in a session record, and how a dead node's
 //!   records are taken over.
 //!
@@ -38,6 +40,7 @@ pub mod nats;
 pub mod partition;
 pub mod record;
 pub mod replay;
+pub mod share;
 pub mod stats;
 pub mod status;
 pub mod subject;

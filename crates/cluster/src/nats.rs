@@ -29,6 +29,7 @@ use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::ids::Revision;
 use crate::link::{self, LinkError, NatsAuth, NatsTls};
 use crate::partition::{Partition, PartitionCount};
+use crate::share::ShareGroup;
 use crate::subject::Subject;
 
 /// How to reach and set up the engine.
@@ -122,6 +123,11 @@ pub enum NatsStartError {
 #[derive(Clone)]
 pub struct NatsBackend {
     client: async_nats::Client,
+    /// A second connection, with echo, for the share groups' queue subscriptions: a QoS 0
+    /// message this node publishes must be able to land in its own queue subscription too
+    /// (the server skips a no-echo connection's own subscriptions when it picks a queue
+    /// member, so on `client` this node's members would never get its own messages).
+    shares: async_nats::Client,
     js: jetstream::Context,
     buckets: HashMap<Bucket, kv::Store>,
     /// Each bucket's stream, for reads answered by its leader.
@@ -265,15 +271,31 @@ impl NatsBackend {
             .connection_timeout(config.timeout)
             .request_timeout(Some(config.timeout));
         let options = link::apply(options, &config.tls, &tls, &config.auth).await?;
-        let client = options.connect(servers).await.map_err(|e| {
-            match link::classify(&e, &config.servers, &config.tls, &config.auth) {
-                Some(l) => NatsStartError::Link(l),
-                None => NatsStartError::Connect {
-                    servers: link::redact_urls(&config.servers),
-                    reason: e.to_string(),
-                },
-            }
-        })?;
+        let share_options = async_nats::ConnectOptions::new()
+            .name("makelaar-shares")
+            .connection_timeout(config.timeout)
+            .request_timeout(Some(config.timeout));
+        let share_options = link::apply(share_options, &config.tls, &tls, &config.auth).await?;
+        let share_servers = servers.clone();
+        let connect_err = |e: async_nats::ConnectError| match link::classify(
+            &e,
+            &config.servers,
+            &config.tls,
+            &config.auth,
+        ) {
+            Some(l) => NatsStartError::Link(l),
+            None => NatsStartError::Connect {
+                servers: link::redact_urls(&config.servers),
+                reason: e.to_string(),
+            },
+        };
+        let client = options.connect(servers).await.map_err(connect_err)?;
+        // A second connection, with echo on, for share groups' QoS 0 queue groups: a node's
+        // own members must be able to win a message it published itself.
+        let shares = share_options
+            .connect(share_servers)
+            .await
+            .map_err(connect_err)?;
         let (warnings, cluster_size) = Self::check_servers(&client, config, &tls).await?;
         for w in &warnings {
             tracing::error!("{w}");
@@ -304,6 +326,7 @@ impl NatsBackend {
         Ok((
             NatsBackend {
                 client,
+                shares,
                 js,
                 buckets,
                 bucket_streams,
@@ -460,6 +483,86 @@ impl NatsBackend {
         self.partitions
     }
 
+    /// Follows a share group's inner filter on the live subjects (QoS 0) in the group's
+    /// queue group, on the connection with echo: NATS hands each message to one of the
+    /// nodes that follow the group, this one included for its own publishes.
+    pub async fn share_subscribe(
+        &self,
+        group: &ShareGroup,
+    ) -> Result<<Self as Backend>::Subscription, BackendError> {
+        let sub = self
+            .shares
+            .queue_subscribe(
+                group.live_subject(&self.prefix).into_string(),
+                group.queue(&self.prefix),
+            )
+            .await
+            .map_err(engine)?;
+        Ok(sub.map(delivery as fn(async_nats::Message) -> Delivery))
+    }
+
+    /// Pulls a share group's QoS 1/2 messages in one partition from the group's durable
+    /// consumer there (created by the first node that asks, bound to by the others): each
+    /// message goes to one of the nodes pulling; one not acknowledged within
+    /// [`SHARE_ACK_WAIT`] (or refused) goes again, to any node still pulling. A consumer
+    /// made here starts with the messages appended from `since` on (when the group's first
+    /// member here subscribed), so a message published after the SUBACK and before the
+    /// consumer exists is not missed; one that exists is bound to as it is. A consumer no node has pulled
+    /// from for [`SHARE_IDLE`] is removed by the server (the group has no member left).
+    pub async fn share_pull(
+        &self,
+        group: &ShareGroup,
+        partition: Partition,
+        since: std::time::SystemTime,
+    ) -> Result<ShareMessages, BackendError> {
+        let nanos = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
+        let start_time = async_nats::datetime::from_nanos(nanos).map_err(engine)?;
+        let name = format!("{}_p{}", self.prefix, partition.index());
+        let stream = self.js.get_stream(&name).await.map_err(engine)?;
+        let consumer_name = group.consumer(&self.prefix, partition);
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &consumer_name,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(consumer_name.clone()),
+                    description: Some(format!("share group {}", group.full())),
+                    filter_subject: group.stream_filter(&self.prefix, partition).into_string(),
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time },
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: SHARE_ACK_WAIT,
+                    inactive_threshold: SHARE_IDLE,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(engine)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(SHARE_BATCH)
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(engine)?;
+        let out = messages.map(move |r| match r {
+            Ok(m) => {
+                let (seq, delivered) = m
+                    .info()
+                    .map_or((0, 1), |i| (i.stream_sequence, i.delivered));
+                Ok(ShareMessage {
+                    seq,
+                    delivered,
+                    subject: m.subject.to_string(),
+                    payload: m.payload.clone(),
+                    ack: ShareAck(m),
+                })
+            }
+            Err(e) => Err(engine(e)),
+        });
+        Ok(Box::pin(out))
+    }
+
     fn store(&self, b: Bucket) -> Result<&kv::Store, BackendError> {
         self.buckets
             .get(&b)
@@ -517,6 +620,65 @@ fn stream_messages(
         }
     });
     Box::pin(deliveries)
+}
+
+/// A core NATS message as a [`Delivery`].
+fn delivery(m: async_nats::Message) -> Delivery {
+    Delivery {
+        subject: m.subject.to_string(),
+        payload: m.payload,
+        reply: m.reply.map(|r| r.to_string()),
+    }
+}
+
+/// How long a node has to hand a share group's message to a member before the server
+/// offers it again (to any node pulling): a node that died with it loses nothing.
+pub const SHARE_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// A share group's consumer that no node pulls from for this long is removed by the
+/// server: the group has no member left anywhere, and a later member starts afresh, as on
+/// one node, where a group without members holds nothing.
+pub const SHARE_IDLE: Duration = Duration::from_secs(300);
+
+/// Messages a node pulls from a share group's consumer at a time: small, so that the
+/// nodes pulling take turns and one node does not sit on many.
+const SHARE_BATCH: usize = 16;
+
+/// A share group's QoS 1/2 messages in one partition, from [`NatsBackend::share_pull`].
+pub type ShareMessages =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ShareMessage, BackendError>> + Send>>;
+
+/// One message of a share group's consumer.
+pub struct ShareMessage {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// How many times the server has offered it (1 the first time).
+    pub delivered: i64,
+    /// Its stream subject (`<prefix>.p<i>.<topic tokens>`).
+    pub subject: String,
+    /// The envelope.
+    pub payload: Bytes,
+    /// Settles it.
+    pub ack: ShareAck,
+}
+
+/// Settles a share group's message on the server.
+pub struct ShareAck(jetstream::Message);
+
+impl ShareAck {
+    /// Handed to a member: the group is done with it.
+    pub async fn ack(&self) -> Result<(), BackendError> {
+        self.0.ack().await.map_err(engine)
+    }
+
+    /// Not taken here (no member left on this node): offered again after `delay`, to any
+    /// node pulling.
+    pub async fn nak(&self, delay: Duration) -> Result<(), BackendError> {
+        self.0
+            .ack_with(jetstream::AckKind::Nak(Some(delay)))
+            .await
+            .map_err(engine)
+    }
 }
 
 fn revision(r: u64) -> Result<Revision, BackendError> {
@@ -782,13 +944,6 @@ impl Backend for NatsBackend {
             None => self.client.subscribe(subject.into_string()).await,
         }
         .map_err(engine)?;
-        fn delivery(m: async_nats::Message) -> Delivery {
-            Delivery {
-                subject: m.subject.to_string(),
-                payload: m.payload,
-                reply: m.reply.map(|r| r.to_string()),
-            }
-        }
         Ok(sub.map(delivery as fn(async_nats::Message) -> Delivery))
     }
 

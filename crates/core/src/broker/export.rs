@@ -7,7 +7,12 @@
 //!   partition before the acknowledgement, retained ones set in the cluster's bucket);
 //! - the distinct plain filters its sessions subscribe to, reference-counted
 //!   ([`FilterChange`]): the node follows each one once on the cluster, whatever the number of
-//!   sessions subscribing it. A shared subscription counts as its inner filter.
+//!   sessions subscribing it; and the share groups (`$share/GROUP/FILTER`) with a member
+//!   here, followed once per node so that the cluster hands each of their messages to one
+//!   node ([`FilterChange::GroupAdded`]), which gives it to one local member
+//!   ([`Broker::route_shared_remote`]). With the cluster on, the broker's own routing leaves
+//!   share groups out: every message reaches them through the cluster, also one published
+//!   here, so that exactly one member in the whole cluster gets it (5.0 section 4.8.2).
 //!
 //! Messages from other nodes are routed to this broker's subscribers with
 //! [`Broker::route_remote`] (never exported again), and retained messages set or cleared
@@ -42,6 +47,10 @@ pub enum FilterChange {
     Added(String),
     /// The last session subscribed to this filter left it.
     Removed(String),
+    /// The first member of a share group (`$share/GROUP/FILTER`) on this broker.
+    GroupAdded(String),
+    /// The last member of a share group on this broker left it.
+    GroupRemoved(String),
 }
 
 /// What the cluster keeps of a session that outlives its connection (its subscriptions,
@@ -117,16 +126,34 @@ pub(super) struct Export {
     messages: Vec<Exported>,
     /// Sessions per plain filter.
     filters: HashMap<Box<str>, usize>,
+    /// Members per share group (`$share/GROUP/FILTER`).
+    groups: HashMap<Box<str>, usize>,
     changes: Vec<FilterChange>,
 }
 
-/// The plain filter a subscription is followed by on the cluster: a shared subscription's
-/// inner filter, or the filter itself.
-fn plain(filter: &str) -> &str {
-    match parse_shared(filter) {
-        Ok(Some((_, inner))) => inner,
-        _ => filter,
+/// Whether a subscription is to a share group (followed as a group, not as a filter).
+fn is_shared(filter: &str) -> bool {
+    matches!(parse_shared(filter), Ok(Some(_)))
+}
+
+/// Counts one more holder of `key`; true for the first.
+fn count_up(map: &mut HashMap<Box<str>, usize>, key: &str) -> bool {
+    let n = map.entry(key.into()).or_insert(0);
+    *n += 1;
+    *n == 1
+}
+
+/// Counts one holder of `key` less; true when it was the last.
+fn count_down(map: &mut HashMap<Box<str>, usize>, key: &str) -> bool {
+    let Some(n) = map.get_mut(key) else {
+        return false;
+    };
+    *n = n.saturating_sub(1);
+    if *n == 0 {
+        map.remove(key);
+        return true;
     }
+    false
 }
 
 impl Export {
@@ -144,11 +171,13 @@ impl Export {
         if !self.enabled {
             return;
         }
-        let n = self.filters.entry(plain(filter).into()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            self.changes
-                .push(FilterChange::Added(plain(filter).to_owned()));
+        if is_shared(filter) {
+            if count_up(&mut self.groups, filter) {
+                self.changes
+                    .push(FilterChange::GroupAdded(filter.to_owned()));
+            }
+        } else if count_up(&mut self.filters, filter) {
+            self.changes.push(FilterChange::Added(filter.to_owned()));
         }
     }
 
@@ -157,14 +186,13 @@ impl Export {
         if !self.enabled {
             return;
         }
-        let key = plain(filter);
-        let Some(n) = self.filters.get_mut(key) else {
-            return;
-        };
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.filters.remove(key);
-            self.changes.push(FilterChange::Removed(key.to_owned()));
+        if is_shared(filter) {
+            if count_down(&mut self.groups, filter) {
+                self.changes
+                    .push(FilterChange::GroupRemoved(filter.to_owned()));
+            }
+        } else if count_down(&mut self.filters, filter) {
+            self.changes.push(FilterChange::Removed(filter.to_owned()));
         }
     }
 }
@@ -531,6 +559,21 @@ impl Broker {
         self.route(now, msg)
     }
 
+    /// Hands a message the cluster gave this node for the share group `group`
+    /// (`$share/GROUP/FILTER`: a QoS 0 message through the group's queue subscription, a
+    /// QoS 1/2 one from the group's consumer) to one of the group's members here, picked as
+    /// on one broker (a connected member with room first; at the QoS granted to it [MQTT-4.8.2-3]). Returns whether a
+    /// member took it: `false` when the group has no member here any more (or none may read
+    /// the topic), so the cluster offers it to another node. An expired message counts as
+    /// taken: it is dropped [MQTT-3.3.2-5].
+    pub fn route_shared_remote(&mut self, now: Instant, group: &str, msg: Arc<Message>) -> bool {
+        if msg.is_expired(now) {
+            self.stats.dropped_expired += 1;
+            return true;
+        }
+        self.route_to_group(now, group, &msg)
+    }
+
     /// Applies a retained message set (`Some`) or cleared (`None`) on the cluster, by any
     /// node: this broker's retained messages follow the cluster's.
     pub fn apply_remote_retained(&mut self, topic: &str, msg: Option<Arc<Message>>) {
@@ -630,7 +673,13 @@ mod tests {
         h.packet(1, subscribe(2, "s/+", QoS::AtLeastOnce));
         h.packet(2, subscribe(1, "s/+", QoS::AtMostOnce));
         h.packet(2, subscribe(2, "$share/g/s/+", QoS::AtMostOnce));
-        assert_eq!(changes(&mut h), [FilterChange::Added("s/+".into())]);
+        assert_eq!(
+            changes(&mut h),
+            [
+                FilterChange::Added("s/+".into()),
+                FilterChange::GroupAdded("$share/g/s/+".into())
+            ]
+        );
         let unsub = |id, f: &str| {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: id,
@@ -639,11 +688,77 @@ mod tests {
             })
         };
         h.packet(1, unsub(3, "s/+"));
-        h.packet(2, unsub(3, "s/+"));
         assert!(changes(&mut h).is_empty());
+        h.packet(2, unsub(3, "s/+"));
+        assert_eq!(changes(&mut h), [FilterChange::Removed("s/+".into())]);
         // The session ends: its last (shared) subscription goes with it.
         h.broker.handle_connection_lost(h.now, 2);
-        assert_eq!(changes(&mut h), [FilterChange::Removed("s/+".into())]);
+        assert_eq!(
+            changes(&mut h),
+            [FilterChange::GroupRemoved("$share/g/s/+".into())]
+        );
+    }
+
+    #[test]
+    fn share_groups_are_served_once_through_the_cluster() {
+        use super::super::tests::publishes;
+        let mut h = Harness::new();
+        h.broker.enable_cluster_export();
+        h.connect(1, connect("m1", ProtocolVersion::V5, true));
+        h.connect(2, connect("m2", ProtocolVersion::V5, true));
+        h.connect(3, connect("plain", ProtocolVersion::V5, true));
+        h.connect(4, connect("pub", ProtocolVersion::V5, true));
+        h.packet(1, subscribe(1, "$share/g/t/#", QoS::AtLeastOnce));
+        h.packet(2, subscribe(1, "$share/g/t/#", QoS::AtLeastOnce));
+        h.packet(3, subscribe(1, "t/#", QoS::AtLeastOnce));
+        // One group, followed once, and one plain filter.
+        assert_eq!(
+            changes(&mut h),
+            [
+                FilterChange::GroupAdded("$share/g/t/#".into()),
+                FilterChange::Added("t/#".into())
+            ]
+        );
+        for c in 1..=3 {
+            h.take(c);
+        }
+        // Published here: the plain subscriber gets it at once, the group's members do
+        // not (the cluster hands it to one member somewhere), and the publisher is not
+        // told that nobody matched.
+        let acks = h.packet(4, publish("t/1", QoS::AtLeastOnce, 1, "x"));
+        assert!(matches!(acks.as_slice(), [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS));
+        assert!(publishes(&h.take(1)).is_empty());
+        assert!(publishes(&h.take(2)).is_empty());
+        assert_eq!(publishes(&h.take(3)).len(), 1);
+        // A message from another node through a plain filter: not to the group either.
+        let mut out = Vec::new();
+        h.broker.drain_exported(&mut out);
+        let msg = out[0].msg.clone();
+        assert_eq!(h.broker.route_remote(h.now, msg.clone()), 2);
+        assert!(publishes(&h.take(1)).is_empty());
+        assert!(publishes(&h.take(2)).is_empty());
+        h.take(3);
+        // The cluster gives this node the group's copy: exactly one member gets each,
+        // taking turns.
+        for _ in 0..4 {
+            assert!(h
+                .broker
+                .route_shared_remote(h.now, "$share/g/t/#", msg.clone()));
+        }
+        assert_eq!(publishes(&h.take(1)).len(), 2);
+        assert_eq!(publishes(&h.take(2)).len(), 2);
+        assert!(publishes(&h.take(3)).is_empty());
+        // No member of that group here: the cluster offers it elsewhere.
+        assert!(!h
+            .broker
+            .route_shared_remote(h.now, "$share/other/t/#", msg.clone()));
+        h.broker.handle_connection_lost(h.now, 1);
+        h.broker.handle_connection_lost(h.now, 2);
+        assert_eq!(
+            changes(&mut h),
+            [FilterChange::GroupRemoved("$share/g/t/#".into())]
+        );
+        assert!(!h.broker.route_shared_remote(h.now, "$share/g/t/#", msg));
     }
 
     #[test]

@@ -342,7 +342,8 @@ impl Broker {
         };
         let msg = Arc::new(msg);
         self.store_retained(&msg);
-        self.route(now, msg);
+        // Never exported (each node has its own): its share groups are served here.
+        self.route_with(now, msg, true);
     }
 
     /// Sends DISCONNECT with `reason` to every connected 5.0 client and closes every

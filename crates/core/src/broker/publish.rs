@@ -297,8 +297,17 @@ impl Broker {
         self.journal_retained(&old.topic, None, Some(&old));
     }
 
-    /// Delivers a message to every matching subscription; returns how many sessions got it.
+    /// Delivers a message to every matching subscription; returns how many sessions got it
+    /// (with the cluster on, share groups count as matched but are left to the cluster,
+    /// which hands the message to one member in the whole cluster: see
+    /// [`Broker::route_shared_remote`]).
     pub(super) fn route(&mut self, now: Instant, msg: Arc<Message>) -> usize {
+        let shared_here = !self.export.enabled();
+        self.route_with(now, msg, shared_here)
+    }
+
+    /// [`Broker::route`], with the share groups served here (`shared`) or only counted.
+    pub(super) fn route_with(&mut self, now: Instant, msg: Arc<Message>, shared: bool) -> usize {
         if !self.watches.is_empty() {
             self.watches.offer(&msg);
         }
@@ -348,7 +357,11 @@ impl Broker {
             self.deliver(now, idx, delivery);
             count += 1;
         }
-        count + self.route_shared(now, &msg)
+        if shared {
+            count + self.route_shared(now, &msg)
+        } else {
+            count + self.shared_groups_matching(&msg.topic)
+        }
     }
 
     /// The delivery of `msg` to session `idx` alone, by the session's own (non-shared)

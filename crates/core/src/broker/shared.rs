@@ -133,6 +133,39 @@ impl Broker {
         count
     }
 
+    /// The number of groups matching `topic` (which would each get a message on it).
+    pub(super) fn shared_groups_matching(&self, topic: &str) -> usize {
+        let mut n = 0;
+        self.shared.tree.for_each_match(topic, |_, _| n += 1);
+        n
+    }
+
+    /// Sends the message to one member of the group named `full` (`$share/GROUP/FILTER`),
+    /// if it has one here that may read it; returns whether one got it.
+    pub(super) fn route_to_group(
+        &mut self,
+        now: Instant,
+        full: &str,
+        msg: &std::sync::Arc<Message>,
+    ) -> bool {
+        let Some(&g) = self.shared.by_name.get(full) else {
+            return false;
+        };
+        let Some((idx, sub)) = self.pick_member(g, None, &msg.topic) else {
+            return false;
+        };
+        let d = Delivery {
+            qos: msg.qos.min(sub.options.qos),
+            retain: msg.retain && sub.options.retain_as_published,
+            msg: msg.clone(),
+            subscription_ids: sub.id.into_iter().collect(),
+            shared_group: Some(g),
+            seq: 0,
+        };
+        self.deliver(now, idx, d);
+        true
+    }
+
     /// Round-robin over the group, preferring a connected member with room in its window,
     /// then any connected member, then anyone (who keeps it queued). Members who may not read
     /// `topic` are passed over.

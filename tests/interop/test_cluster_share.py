@@ -1,0 +1,179 @@
+"""Shared subscriptions across cluster nodes (issue 14, docs/cluster.md "Shared
+subscriptions"): `$share/GROUP/FILTER` with members on several nodes gets each message to
+exactly one member in the whole cluster (5.0 section 4.8.2), while plain subscribers still get
+every message. Three real NATS servers and three Makelaar nodes, paho clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from clients import unique
+from test_cluster import NatsCluster, Node, connected, pytestmark  # noqa: F401
+
+N = 40
+
+
+def start(names=("a", "b", "c")):
+    workdir = Path(tempfile.mkdtemp(prefix="mk-share-"))
+    nats = NatsCluster(workdir)
+    nodes = []
+    try:
+        for i, name in enumerate(names):
+            # Each node on its own NATS server; 4 partitions keep the group's consumers few.
+            n = Node(workdir, nats, name, servers=[nats.urls[i]], cluster_toml="partitions = 4\n")
+            nodes.append(n)
+            n.wait_serving()
+    except Exception:
+        stop(workdir, nats, nodes)
+        raise
+    return workdir, nats, nodes
+
+
+def stop(workdir, nats, nodes):
+    for n in nodes:
+        n.stop()
+    nats.stop()
+    if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
+        print(f"cluster logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def three():
+    workdir, nats, nodes = start()
+    try:
+        yield nodes
+    except Exception:
+        for n in nodes:
+            print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        stop(workdir, nats, nodes)
+
+
+def settle(pub, members, topic, qos, timeout=15.0):
+    """Publishes probes until a member gets one: the group's queue subscriptions and
+    consumers are made a moment after the SUBACK (docs/cluster.md). Then drains."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pub.publish(topic, b"probe", qos=qos)
+        time.sleep(0.3)
+        if any(not m.messages.empty() for m in members):
+            time.sleep(1.0)
+            for m in members:
+                m.drain(quiet=0.5)
+            return
+    raise AssertionError(f"no probe on {topic} reached a member in {timeout}s")
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_each_message_reaches_exactly_one_member_across_nodes(three, qos):
+    a, b, c = three
+    base = unique(f"sh{qos}")
+    group = f"$share/g/{base}/#"
+    on_a = connected(a)
+    on_a.subscribe(group, qos=qos)
+    on_b = connected(b)
+    on_b.subscribe(group, qos=qos)
+    plain = connected(a)
+    plain.subscribe(f"{base}/#", qos=qos)
+    pub_c = connected(c)
+    pub_a = connected(a)
+    settle(pub_c, [on_a, on_b], f"{base}/probe", qos)
+    plain.drain(quiet=0.5)
+    # Half from a third node, half from a node with a member (its own member must not get
+    # a copy of its own besides the group's one).
+    sent = []
+    for i in range(N):
+        payload = f"m{i}".encode()
+        (pub_c if i % 2 == 0 else pub_a).publish(f"{base}/x/{i % 3}", payload, qos=qos)
+        sent.append(payload)
+    got = Counter()
+    for m in (on_a, on_b):
+        for msg in m.drain(quiet=1.5, timeout=30):
+            got[msg.payload] += 1
+    dupes = {p: n for p, n in got.items() if n > 1}
+    assert not dupes, f"delivered to more than one member: {dupes}"
+    assert set(got) == set(sent), f"missing: {sorted(set(sent) - set(got))}"
+    # The plain subscriber gets every message, once.
+    seen = Counter(m.payload for m in plain.drain(quiet=1.5, timeout=30))
+    assert seen == Counter(sent)
+    for cl in (on_a, on_b, plain, pub_c, pub_a):
+        cl.close()
+
+
+def test_a_member_leaving_stops_its_nodes_share(three):
+    """The last member on a node leaves: the group's messages all go to the other node's."""
+    a, b, c = three
+    base = unique("shleave")
+    group = f"$share/g/{base}/#"
+    on_a = connected(a)
+    on_a.subscribe(group, qos=1)
+    on_b = connected(b)
+    on_b.subscribe(group, qos=1)
+    pub = connected(c)
+    settle(pub, [on_a, on_b], f"{base}/probe", 1)
+    on_b.unsubscribe(group)
+    time.sleep(0.5)
+    on_b.drain(quiet=0.3)
+    for i in range(N):
+        pub.publish(f"{base}/t", f"m{i}".encode(), qos=1)
+    got = [m.payload for m in on_a.get_n(N, timeout=30)]
+    assert sorted(got) == sorted(f"m{i}".encode() for i in range(N))
+    on_b.expect_none(timeout=1.0)
+    for cl in (on_a, on_b, pub):
+        cl.close()
+
+
+def test_a_member_node_stopped_midstream_loses_no_qos1_message():
+    workdir, nats, nodes = start()
+    a, b, c = nodes
+    try:
+        base = unique("shstop")
+        group = f"$share/g/{base}/#"
+        on_a = connected(a)
+        on_a.subscribe(group, qos=1)
+        on_b = connected(b)
+        on_b.subscribe(group, qos=1)
+        pub = connected(c)
+        settle(pub, [on_a, on_b], f"{base}/probe", 1)
+        total = 200
+        sent = []
+
+        def publish_all():
+            for i in range(total):
+                payload = f"m{i}".encode()
+                pub.publish(f"{base}/t/{i % 5}", payload, qos=1)
+                sent.append(payload)
+                time.sleep(0.01)
+
+        t = threading.Thread(target=publish_all)
+        t.start()
+        while len(sent) < total // 3:
+            time.sleep(0.05)
+        b.stop()  # SIGTERM, mid-stream
+        t.join(timeout=60)
+        assert len(sent) == total
+        got = Counter()
+        for m in (on_a, on_b):
+            for msg in m.drain(quiet=2.0, timeout=60):
+                got[msg.payload] += 1
+        missing = sorted(set(sent) - set(got), key=lambda p: int(p[1:]))
+        assert not missing, f"acknowledged and never delivered: {missing}"
+        on_a.close()
+        pub.close()
+    except Exception:
+        for n in nodes:
+            print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        stop(workdir, nats, nodes)
