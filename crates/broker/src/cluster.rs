@@ -42,7 +42,7 @@ use makelaar_cluster::lease::Expired;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
 use makelaar_cluster::partition::PartitionCount;
 use makelaar_cluster::record::{
-    Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription, StoredWill,
+    Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription, StoredWill, WillTaker,
 };
 use makelaar_cluster::replay::ReplayPlan;
 use makelaar_cluster::share::ShareGroup;
@@ -557,6 +557,7 @@ async fn claim(
             claimed.revision,
             found.fence,
             false,
+            found.record.as_ref().and_then(|r| r.will_taken_by.clone()),
         ));
         // Where the session stands in the log is in the record as its node wrote it (a
         // will taken out since names this node as the writer).
@@ -580,8 +581,9 @@ async fn claim(
 /// What the sessions task is told.
 enum SessionOp {
     /// This node claimed the client id at this revision; its session record has this fence,
-    /// and holds a will (or not).
-    Owned(Arc<str>, Revision, Fence, bool),
+    /// holds a will (or not), and carries this mark of the last write that took a will out
+    /// (kept on in this node's writes, see `wills::taken_by_me`).
+    Owned(Arc<str>, Revision, Fence, bool, Option<WillTaker>),
     /// Write (or, `None`, delete) the client's session record, with where it stands in the
     /// log when it is offline (or handed over), taking these due wills out of it: they are
     /// published only if the write wins.
@@ -613,7 +615,7 @@ enum SessionOp {
 }
 
 /// What the sessions task keeps of a session record this node writes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Kept {
     /// The registry revision of the claim it is written under.
     claim: Revision,
@@ -624,6 +626,9 @@ struct Kept {
     will: bool,
     /// A client id this node assigned: its registry entry goes with its session.
     assigned: bool,
+    /// The mark of the last write that took a will out of the record, kept on in every
+    /// write: see `wills::taken_by_me`.
+    taken: Option<WillTaker>,
 }
 
 /// Writes waiting to be tried again (their engine failed, or the node stepped down), per
@@ -677,13 +682,14 @@ async fn sessions(
             }
         };
         match op {
-            SessionOp::Owned(client_id, claim, fence, will) => {
+            SessionOp::Owned(client_id, claim, fence, will, taken) => {
                 let assigned = false;
                 let k = Kept {
                     claim,
                     fence,
                     will,
                     assigned,
+                    taken,
                 };
                 kept.insert(client_id, k);
             }
@@ -696,6 +702,7 @@ async fn sessions(
                             fence: Fence::Absent,
                             will: false,
                             assigned: true,
+                            taken: None,
                         };
                         kept.insert(client_id, k);
                     }
@@ -805,7 +812,7 @@ async fn write_session(
     (client_id, snapshot, log, wills): Store,
     tx: &mpsc::Sender<FromCluster>,
 ) {
-    let Some(&k) = kept.get(&client_id) else {
+    let Some(k) = kept.get(&client_id).cloned() else {
         // No record of this node holds this client's will (none was kept for it, or the
         // connection closed before its claim): nobody else can decide it.
         publish_wills(&client_id, wills, tx).await;
@@ -824,9 +831,15 @@ async fn write_session(
         return;
     }
     let key = ClientKey::new(&client_id);
-    let record = snapshot
-        .as_ref()
-        .map(|s| record_of(cluster.config().node.clone(), k.claim, s, log.clone()));
+    let record = snapshot.as_ref().map(|s| {
+        let mut r = record_of(cluster.config().node.clone(), k.claim, s, log.clone());
+        r.will_taken_by.clone_from(&k.taken);
+        if k.will && !wills.is_empty() {
+            // This write takes the will the record held out, to publish it.
+            wills::mark_taken(&mut r, k.claim);
+        }
+        r
+    });
     let outcome = cluster
         .write_own_session(&key, record.as_ref(), k.claim, k.fence)
         .await;
@@ -835,7 +848,16 @@ async fn write_session(
             match outcome {
                 Ok(Some(fence)) => {
                     let will = record.as_ref().is_some_and(|r| r.will.is_some());
-                    kept.insert(client_id.clone(), Kept { fence, will, ..k });
+                    let taken = record.as_ref().and_then(|r| r.will_taken_by.clone());
+                    kept.insert(
+                        client_id.clone(),
+                        Kept {
+                            fence,
+                            will,
+                            taken,
+                            ..k
+                        },
+                    );
                 }
                 _ => {
                     kept.remove(&client_id);
@@ -849,10 +871,10 @@ async fn write_session(
             }
             publish_wills(&client_id, wills, tx).await;
         }
-        WillVerdict::Withhold => {
+        verdict @ (WillVerdict::Withhold | WillVerdict::PublishFenced) => {
             // Another node owns the session now: nothing more is written for it, its
             // connection here, if any, is closed (0x8E), and a will the record held is that
-            // node's to decide.
+            // node's to decide, unless this node's own earlier write took it out.
             tracing::warn!(client_id = %client_id, error = ?outcome.err(), "session not written to the cluster: another node took it");
             kept.insert(
                 client_id.clone(),
@@ -861,7 +883,7 @@ async fn write_session(
                     ..k
                 },
             );
-            if k.will {
+            if k.will && verdict == WillVerdict::Withhold {
                 withhold_wills(&client_id, &wills);
             } else {
                 publish_wills(&client_id, wills, tx).await;
@@ -936,6 +958,7 @@ fn record_of(
         cursors,
         outbound,
         inbound_qos2: s.inbound_qos2.clone(),
+        will_taken_by: None,
     }
 }
 
@@ -1209,6 +1232,7 @@ async fn reap(
         let will_in = will_wait(delay, expiry, offline);
         let left = session_left(expiry, offline);
         let due_now = o.record.will.is_some() && will_in.is_none();
+        let mut taken = o.record.will_taken_by.clone();
         let written = match left {
             None => match cluster.delete_session(&o.client, o.fence).await {
                 Ok(()) => {
@@ -1221,6 +1245,7 @@ async fn reap(
             },
             Some(_) => {
                 let mut record = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
+                taken.clone_from(&record.will_taken_by);
                 // Its place in the dead node's log is not carried on: this node keeps the
                 // session from here without what it held there, and its next record says
                 // where it stands in this node's.
@@ -1265,6 +1290,7 @@ async fn reap(
             o.claim,
             fence,
             snapshot.will.is_some(),
+            taken,
         ));
         let ev = FromCluster::Orphan {
             client_id,

@@ -92,6 +92,11 @@ pub enum ClusterError {
     /// connection for it.
     #[error("session {0} is owned by another node now")]
     Fenced(ClientKey),
+    /// As [`ClusterError::Fenced`], but the record shows that an earlier write of this node
+    /// under the same claim, whose answer got lost, took the will out of it before the other
+    /// node wrote (see [`wills::taken_by_me`]): the will is this node's to publish.
+    #[error("session {0} is owned by another node now, after this node took its will")]
+    FencedAfterWillTaken(ClientKey),
 }
 
 /// A request to hand a client id over, as the owner receives it.
@@ -674,6 +679,10 @@ impl<B: Backend> Cluster<B> {
             Some(r) if wills::written_under(&r, &self.config.node, claim) => {
                 tracing::debug!(%client, "a session write of this node's landed unanswered: written again at its revision");
                 self.write_or_delete(client, record, at).await
+            }
+            Some(r) if wills::taken_by_me(&r, &self.config.node, claim) => {
+                tracing::debug!(%client, "a session write of this node's took the will out unanswered, and another node wrote since");
+                Err(ClusterError::FencedAfterWillTaken(client.clone()))
             }
             _ => first,
         }

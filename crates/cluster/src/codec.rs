@@ -208,6 +208,12 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// Whether nothing is left: a field added at the end of a record is absent from records
+    /// written before it existed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Checks that nothing is left.
     pub fn end(self) -> Result<(), DecodeError> {
         if self.0.is_empty() {

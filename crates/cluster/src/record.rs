@@ -48,6 +48,20 @@ pub struct SessionRecord {
     /// Inbound QoS 2 packet ids received and not yet released (PUBREL), so a resent PUBLISH
     /// after a move to another node is not delivered twice.
     pub inbound_qos2: Vec<u16>,
+    /// The last write that took a will out of this record to publish it, kept by every
+    /// writer after it: a node whose write took the will out but whose answer got lost, and
+    /// which finds the record rewritten by another node since, learns from it that its own
+    /// write landed and that the will is its to publish (see [`crate::wills::taken_by_me`]).
+    pub will_taken_by: Option<WillTaker>,
+}
+
+/// Who took a will out of a session record: a node, under its claim of the client id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WillTaker {
+    /// The node that wrote the record without the will.
+    pub node: NodeId,
+    /// The registry revision of its claim.
+    pub claim: u64,
 }
 
 /// One subscription of a session.
@@ -232,6 +246,11 @@ impl SessionRecord {
         for id in &self.inbound_qos2 {
             w.uint(u64::from(*id));
         }
+        w.bool(self.will_taken_by.is_some());
+        if let Some(t) = &self.will_taken_by {
+            w.str(t.node.as_str());
+            w.uint(t.claim);
+        }
         w.finish()
     }
 
@@ -324,6 +343,15 @@ impl SessionRecord {
         for _ in 0..n {
             inbound_qos2.push(r.int("inbound_qos2")?);
         }
+        // Absent from records written before it existed.
+        let will_taken_by = if !r.is_empty() && r.bool("will_taken_by")? {
+            Some(WillTaker {
+                node: node_from(&mut r)?,
+                claim: r.uint("will_taken_claim")?,
+            })
+        } else {
+            None
+        };
         r.end()?;
         Ok(SessionRecord {
             node,
@@ -336,6 +364,7 @@ impl SessionRecord {
             cursors,
             outbound,
             inbound_qos2,
+            will_taken_by,
         })
     }
 }

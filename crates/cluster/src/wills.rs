@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use crate::ids::{NodeId, Revision};
 use crate::lease::Expired;
-use crate::record::{RegistryEntry, SessionRecord, StoredWill};
+use crate::record::{RegistryEntry, SessionRecord, StoredWill, WillTaker};
 
 /// How long ago the connection of a record ended, by the wall clock (unix milliseconds):
 /// `None` when the record was written while its connection was open. A writer's clock
@@ -66,7 +66,31 @@ pub fn will_taken(
     r.node = node;
     r.claim = claim.get();
     let will = r.will.take();
+    if will.is_some() {
+        mark_taken(&mut r, claim);
+    }
     (r, will)
+}
+
+/// Marks `record` (written by its `node` under `claim`) as the write that takes its will
+/// out: every later writer keeps the mark (they rewrite the record they read), so the
+/// taker learns that its write landed even when its answer got lost and another node wrote
+/// the record since ([`taken_by_me`]).
+pub fn mark_taken(record: &mut SessionRecord, claim: Revision) {
+    record.will_taken_by = Some(WillTaker {
+        node: record.node.clone(),
+        claim: claim.get(),
+    });
+}
+
+/// Whether `record` (now another node's) still carries the mark of a write of `node` under
+/// `claim` that took its will out ([`mark_taken`]): that write landed, its answer was lost,
+/// and the will is `node`'s to publish; the node that wrote since found no will to decide.
+pub fn taken_by_me(record: &SessionRecord, node: &NodeId, claim: Revision) -> bool {
+    record
+        .will_taken_by
+        .as_ref()
+        .is_some_and(|t| t.node == *node && t.claim == claim.get())
 }
 
 /// Whether a session record is one the dead incarnation `dead` left: written by that node,
@@ -93,8 +117,8 @@ pub fn reaped(
     r.node = node;
     r.claim = claim.get();
     r.disconnected_at_ms.get_or_insert(now_ms);
-    if will_due_now {
-        r.will = None;
+    if will_due_now && r.will.take().is_some() {
+        mark_taken(&mut r, claim);
     }
     r
 }
@@ -105,6 +129,10 @@ pub fn reaped(
 pub enum WillVerdict {
     /// The write won: this node took the will out, and publishes it.
     Publish,
+    /// An earlier write of this node took the will out (its answer got lost), and another
+    /// node has written the record since, finding no will: this node publishes it, and
+    /// writes the record no more (the session is the other node's).
+    PublishFenced,
     /// Another node wrote the record since (it took the session over, or reaped this node):
     /// that node decides the will; this one drops it.
     Withhold,
@@ -120,6 +148,7 @@ pub fn verdict<T>(outcome: &Result<T, crate::cluster::ClusterError>) -> WillVerd
     use crate::cluster::ClusterError;
     match outcome {
         Ok(_) => WillVerdict::Publish,
+        Err(ClusterError::FencedAfterWillTaken(_)) => WillVerdict::PublishFenced,
         // A record that does not decode is nobody's to take the will out of: this node
         // cannot know that it still holds it, and publishing could repeat another node's.
         Err(ClusterError::Fenced(_) | ClusterError::Corrupt { .. }) => WillVerdict::Withhold,
@@ -176,6 +205,7 @@ mod tests {
             cursors: Vec::new(),
             outbound: Vec::new(),
             inbound_qos2: Vec::new(),
+            will_taken_by: None,
         }
     }
 

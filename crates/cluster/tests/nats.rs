@@ -191,6 +191,7 @@ fn record(node: &str, claim: Revision) -> SessionRecord {
         cursors: Vec::new(),
         outbound: Vec::new(),
         inbound_qos2: Vec::new(),
+        will_taken_by: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn record(node: &str) -> SessionRecord {
         cursors: Vec::new(),
         outbound: Vec::new(),
         inbound_qos2: Vec::new(),
+        will_taken_by: None,
     }
 }
 
@@ -523,6 +524,66 @@ async fn an_own_write_whose_answer_was_lost_is_written_again_but_never_over_anot
     let gone = m1.write_own_session(&client, None, c2.revision, f).await;
     assert_eq!(
         crate::wills::verdict(&gone),
+        crate::wills::WillVerdict::Withhold
+    );
+}
+
+#[tokio::test]
+async fn a_will_taken_out_by_a_write_whose_answer_was_lost_is_published_by_its_taker_once() {
+    // [MQTT-3.1.2-8] the will of a lost connection is published, once: m1's write taking it
+    // out landed but m1 never heard back; m2 claimed the client before m1's retry and found
+    // no will to decide; m1's retry is fenced, but the mark its write left tells m1 that the
+    // will is its own to publish.
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let client = ClientKey::new("unheard");
+    let c1 = m1.claim_client(&client).await.unwrap();
+    let (mut r, f1) = with_will(&m1, &client, c1.revision, Fence::Absent, None).await;
+    r.will = None;
+    crate::wills::mark_taken(&mut r, c1.revision);
+    // The write that took the will out landed; its answer was lost (m1 keeps fence f1).
+    m1.store_session(&client, &r, f1).await.unwrap();
+    let c2 = m2.claim_client(&client).await.unwrap();
+    let claimed = m2.load_claimed_session(&client, &c2, 0).await.unwrap();
+    assert!(claimed.will.is_none(), "m2 finds no will to decide");
+    // m2 then writes the session as its own (after its CONNACK), keeping the mark, as the
+    // broker's session writer does.
+    let mut mine = record("m2");
+    mine.claim = c2.revision.get();
+    mine.will = None;
+    mine.will_taken_by = claimed.record.unwrap().will_taken_by;
+    m2.store_session(&client, &mine, claimed.fence).await.unwrap();
+    let retry = m1
+        .write_own_session(&client, Some(&r), c1.revision, f1)
+        .await;
+    assert_eq!(
+        crate::wills::verdict(&retry),
+        crate::wills::WillVerdict::PublishFenced
+    );
+    // m2's record was not written over.
+    let (stored, _) = m1.load_session(&client).await.unwrap();
+    assert_eq!(stored.unwrap().node.as_str(), "m2");
+    // A node whose write did not take the will out (m2 took it) withholds as before.
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let c1 = m1.claim_client(&client).await.unwrap();
+    let (mut r, f1) = with_will(&m1, &client, c1.revision, Fence::Absent, None).await;
+    let c2 = m2.claim_client(&client).await.unwrap();
+    assert!(m2
+        .load_claimed_session(&client, &c2, 0)
+        .await
+        .unwrap()
+        .will
+        .is_some());
+    r.will = None;
+    crate::wills::mark_taken(&mut r, c1.revision);
+    let late = m1
+        .write_own_session(&client, Some(&r), c1.revision, f1)
+        .await;
+    assert_eq!(
+        crate::wills::verdict(&late),
         crate::wills::WillVerdict::Withhold
     );
 }

@@ -124,11 +124,15 @@ fn record() -> impl Strategy<Value = SessionRecord> {
             ),
             prop::collection::vec(any::<u16>(), 0..6),
         ),
+        prop::option::of(
+            (node(), any::<u64>()).prop_map(|(node, claim)| WillTaker { node, claim }),
+        ),
     )
         .prop_map(
             |(
                 (node, claim, protocol, expiry_interval, disconnected_at_ms),
                 (subscriptions, will, cursors, outbound, inbound_qos2),
+                will_taken_by,
             )| {
                 SessionRecord {
                     node,
@@ -141,6 +145,7 @@ fn record() -> impl Strategy<Value = SessionRecord> {
                     cursors,
                     outbound,
                     inbound_qos2,
+                    will_taken_by,
                 }
             },
         )
@@ -157,7 +162,20 @@ proptest! {
     fn truncated_records_are_refused(r in record(), cut in any::<prop::sample::Index>()) {
         let data = r.encode();
         let cut = cut.index(data.len());
-        prop_assert!(SessionRecord::decode(&data[..cut]).is_err());
+        match SessionRecord::decode(&data[..cut]) {
+            Err(_) => {}
+            // Only the field added last may be missing (records written before it existed),
+            // and only when the record had none.
+            Ok(d) => prop_assert!(r.will_taken_by.is_none() && d == r),
+        }
+    }
+
+    #[test]
+    fn records_written_before_the_will_taker_field_still_decode(r in record()) {
+        let r = SessionRecord { will_taken_by: None, ..r };
+        let data = r.encode();
+        // The older form ends before the field's presence byte.
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 1]), Ok(r));
     }
 
     #[test]
