@@ -61,9 +61,10 @@ def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout=90.0):
 
 
 class NatsCluster:
-    """`n` nats-server processes forming one JetStream cluster (routes between all)."""
+    """`n` nats-server processes forming one JetStream cluster (routes between all).
+    `extra`: more configuration for every server (a `tls { ... }` block, `authorization`)."""
 
-    def __init__(self, workdir: Path, n=3, fsync_always=True):
+    def __init__(self, workdir: Path, n=3, fsync_always=True, extra=""):
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.client_ports = [free_port() for _ in range(n)]
@@ -73,7 +74,8 @@ class NatsCluster:
             sync = "sync_interval: always" if fsync_always else ""
             conf = (f"server_name: n{i}\nlisten: 127.0.0.1:{self.client_ports[i]}\n"
                     f"http: 127.0.0.1:{self.monitor_ports[i]}\n"
-                    f"jetstream {{ store_dir: \"{workdir / f'js{i}'}\", {sync} }}\n")
+                    f"jetstream {{ store_dir: \"{workdir / f'js{i}'}\", {sync} }}\n"
+                    + extra)
             if n > 1:
                 peers = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes)
                 conf += (f"cluster {{ name: mk, listen: 127.0.0.1:{routes[i]}, "
@@ -1104,7 +1106,7 @@ def test_a_will_raced_by_its_clients_connect_elsewhere_is_published_once(cluster
         def connect_there():
             if offset < 0:
                 time.sleep(-offset)
-            box["c"] = will_client(there, cid, f"{base}/none", b"never", expiry=300,
+            box["c"] = will_client(there, cid, f"{base}/none", f"never{i}".encode(), expiry=300,
                                    clean=bool(i % 4 == 1))
 
         t = threading.Thread(target=connect_there)

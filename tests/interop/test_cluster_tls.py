@@ -13,15 +13,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from brokers import BROKER_KIND, find_makelaar, free_port
 from clients import MqttClient, unique
-from test_cluster import nats_server_bin, probe_until_received, wait_port
+from test_cluster import NatsCluster, nats_server_bin, probe_until_received, wait_port
 
 pytestmark = [
     pytest.mark.skipif(BROKER_KIND == "mosquitto", reason="a Makelaar cluster only"),
@@ -38,62 +36,18 @@ def quoted(path) -> str:
     return json.dumps(str(path))
 
 
-class SecureNats:
+class SecureNats(NatsCluster):
     """`n` nats-server processes (routes between them when n > 1) with TLS on the client
     port and `auth` (a NATS `authorization { ... }` body). Monitoring stays plain http."""
 
     def __init__(self, workdir: Path, certs: Path, auth: str, n=3):
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
-        self.client_ports = [free_port() for _ in range(n)]
-        self.monitor_ports = [free_port() for _ in range(n)]
-        routes = [free_port() for _ in range(n)]
-        for i in range(n):
-            conf = (f"server_name: s{i}\nlisten: 127.0.0.1:{self.client_ports[i]}\n"
-                    f"http: 127.0.0.1:{self.monitor_ports[i]}\n"
-                    f"jetstream {{ store_dir: {quoted(workdir / f'js{i}')}, "
-                    f"sync_interval: always }}\n"
-                    f"tls {{ cert_file: {quoted(certs / 'server.crt')}, "
-                    f"key_file: {quoted(certs / 'server.key')} }}\n"
-                    f"authorization {{ {auth} }}\n")
-            if n > 1:
-                peers = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes)
-                conf += (f"cluster {{ name: mks, listen: 127.0.0.1:{routes[i]}, "
-                         f"routes: [{peers}] }}\n")
-            path = workdir / f"nats{i}.conf"
-            path.write_text(conf)
-            log = workdir / f"nats{i}.log"
-            self.logs.append(log)
-            self.procs.append(subprocess.Popen([nats_server_bin(), "-c", str(path)],
-                                               stdout=subprocess.DEVNULL,
-                                               stderr=log.open("w")))
-        for port, proc, log in zip(self.client_ports, self.procs, self.logs):
-            wait_port(port, proc, log)
-        deadline = time.monotonic() + 60
-        for port in self.monitor_ports:
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=1) as r:
-                        meta = json.load(r).get("meta_cluster") or {}
-                    if n == 1 or (meta.get("leader") and meta.get("cluster_size", 0) >= n):
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the NATS servers formed no JetStream cluster in 60 s")
-                time.sleep(0.2)
+        super().__init__(workdir, n, extra=(
+            f"tls {{ cert_file: {quoted(certs / 'server.crt')}, "
+            f"key_file: {quoted(certs / 'server.key')} }}\n"
+            f"authorization {{ {auth} }}\n"))
 
     def url(self, i: int, scheme="tls") -> str:
         return f"{scheme}://127.0.0.1:{self.client_ports[i]}"
-
-    @property
-    def monitors(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.monitor_ports]
-
-    def stop(self):
-        for p in self.procs:
-            p.kill()
-            p.wait()
 
 
 class SecureNode:
