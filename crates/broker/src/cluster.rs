@@ -682,14 +682,23 @@ async fn sessions(
             }
         };
         match op {
-            SessionOp::Owned(client_id, claim, fence, will, taken) => {
+            SessionOp::Owned(client_id, claim, read, will, taken) => {
                 let assigned = false;
-                let k = Kept {
-                    claim,
-                    fence,
-                    will,
-                    assigned,
-                    taken,
+                let k = match kept.get(&client_id) {
+                    // This node's own write since the claim's read is the newer: it says
+                    // what the record holds (`Fence::newest`).
+                    Some(mine) if read.newest(mine.fence) != read => Kept {
+                        claim,
+                        assigned,
+                        ..mine.clone()
+                    },
+                    _ => Kept {
+                        claim,
+                        fence: read,
+                        will,
+                        assigned,
+                        taken,
+                    },
                 };
                 kept.insert(client_id, k);
             }

@@ -184,6 +184,9 @@ struct Resuming {
     /// Each partition's follower position at the adoption.
     live_from: HashMap<u16, u64>,
     filters: Vec<String>,
+    /// Wills that fell due before the replay came back (the connection ended at once): they
+    /// go with the record written then, which takes them out [MQTT-3.1.2-8].
+    wills: Vec<makelaar_core::broker::KeptWill>,
 }
 
 /// How often a full queue to the cluster is logged at most.
@@ -690,9 +693,12 @@ impl Router {
                 let snapshot = self.broker.session_snapshot(&client_id);
                 // Offline before its replay came back: what it holds is not all here yet;
                 // written once the replay is in (`FromCluster::Replayed`).
-                if c.resumes.contains_key(&client_id)
-                    && snapshot.as_ref().is_some_and(|s| !s.connected)
+                if let Some(r) = c
+                    .resumes
+                    .get_mut(&client_id)
+                    .filter(|_| snapshot.as_ref().is_some_and(|s| !s.connected))
                 {
+                    r.wills.extend(wills);
                     continue;
                 }
                 c.after_appends(Waiting::Store {
@@ -894,14 +900,19 @@ impl Router {
                 self.broker
                     .handle_cluster_backlog(now, &client_id, in_flight, queued);
                 if let Some(c) = self.cluster.as_mut() {
-                    c.resumes.remove(&client_id);
-                    // Written now if it went offline meanwhile (its record was held back).
+                    let wills = c
+                        .resumes
+                        .remove(&client_id)
+                        .map(|r| r.wills)
+                        .unwrap_or_default();
+                    // Written now if it went offline meanwhile (its record was held back),
+                    // with the wills that fell due meanwhile.
                     let snapshot = self.broker.session_snapshot(&client_id);
-                    if snapshot.as_ref().is_some_and(|s| !s.connected) {
+                    if !wills.is_empty() || snapshot.as_ref().is_some_and(|s| !s.connected) {
                         c.after_appends(Waiting::Store {
                             client_id,
                             snapshot,
-                            wills: Vec::new(),
+                            wills,
                         });
                     }
                 }
@@ -1130,6 +1141,7 @@ impl Router {
                                 resume,
                                 live_from,
                                 filters,
+                                wills: Vec::new(),
                             },
                         );
                         c.after_appends(Waiting::Replay(client_id.clone()));

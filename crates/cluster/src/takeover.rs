@@ -293,6 +293,22 @@ impl Fence {
     pub fn may_write(self) -> bool {
         self != Fence::Lost
     }
+
+    /// The fence a node's new claim of a client writes under, given the fence it read at
+    /// the claim (`self`) and the one its own last write of the same record left (`mine`):
+    /// the newer. A client that reconnects to the node it was on is claimed while that
+    /// node's writes for its previous connection may still be on their way (they go out in
+    /// order, after the appends before them; the claim does not wait for them), so the read
+    /// can be older than the node's own last write; writing at it would be refused by the
+    /// node's own record, taken for another node's, and the session given up. A `Lost` of
+    /// the previous connection does not carry over: the new claim reads afresh.
+    pub fn newest(self, mine: Fence) -> Fence {
+        match (self, mine) {
+            (Fence::At(read), Fence::At(written)) => Fence::At(read.max(written)),
+            (Fence::Absent, Fence::At(written)) => Fence::At(written),
+            (read, _) => read,
+        }
+    }
 }
 
 #[cfg(test)]

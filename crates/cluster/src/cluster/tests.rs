@@ -553,7 +553,9 @@ async fn a_will_taken_out_by_a_write_whose_answer_was_lost_is_published_by_its_t
     mine.claim = c2.revision.get();
     mine.will = None;
     mine.will_taken_by = claimed.record.unwrap().will_taken_by;
-    m2.store_session(&client, &mine, claimed.fence).await.unwrap();
+    m2.store_session(&client, &mine, claimed.fence)
+        .await
+        .unwrap();
     let retry = m1
         .write_own_session(&client, Some(&r), c1.revision, f1)
         .await;

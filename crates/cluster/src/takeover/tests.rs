@@ -395,3 +395,16 @@ proptest! {
         prop_assert_eq!(owner.node.as_str(), format!("m{}", last + 1));
     }
 }
+
+#[test]
+fn a_claim_writes_at_the_newer_of_its_read_and_the_nodes_own_last_write() {
+    let r = |n| Revision::new(n).unwrap();
+    // The read at the claim predates this node's own write for the previous connection.
+    assert_eq!(Fence::At(r(4)).newest(Fence::At(r(7))), Fence::At(r(7)));
+    assert_eq!(Fence::Absent.newest(Fence::At(r(7))), Fence::At(r(7)));
+    // Another node wrote since this node's last write: the read is the newer.
+    assert_eq!(Fence::At(r(9)).newest(Fence::At(r(7))), Fence::At(r(9)));
+    // The previous connection was fenced, or this node never wrote: the read.
+    assert_eq!(Fence::At(r(4)).newest(Fence::Lost), Fence::At(r(4)));
+    assert_eq!(Fence::Absent.newest(Fence::Absent), Fence::Absent);
+}

@@ -157,6 +157,11 @@ fn count_down(map: &mut HashMap<Box<str>, usize>, key: &str) -> bool {
 }
 
 impl Export {
+    /// Whether this broker is one node of a cluster (it records what the cluster must hear).
+    pub(super) fn in_cluster(&self) -> bool {
+        self.enabled
+    }
+
     pub(super) fn message(&mut self, msg: &Arc<Message>, from: Option<ConnId>) {
         if self.enabled {
             self.messages.push(Exported {
@@ -660,6 +665,27 @@ mod tests {
         h.broker.drain_exported(&mut out);
         assert!(out.is_empty());
         assert!(changes(&mut h).is_empty());
+    }
+
+    #[test]
+    fn no_matching_subscribers_is_said_only_when_this_broker_is_the_whole_broker() {
+        use makelaar_proto::ReasonCode;
+        let reason = |cluster: bool| {
+            let mut h = Harness::new();
+            if cluster {
+                h.broker.enable_cluster_export();
+            }
+            h.connect(1, connect("pub", ProtocolVersion::V5, true));
+            let out = h.packet(1, publish("nobody/here", QoS::AtLeastOnce, 1, "m"));
+            match &out[..] {
+                [Packet::PubAck(a)] => a.reason,
+                other => panic!("expected one PUBACK, got {other:?}"),
+            }
+        };
+        // (5.0 section 3.4.2.1) 0x10 on one broker; a cluster node cannot know the other
+        // nodes' subscribers, so it says 0x00.
+        assert_eq!(reason(false), ReasonCode::NO_MATCHING_SUBSCRIBERS);
+        assert_eq!(reason(true), ReasonCode::SUCCESS);
     }
 
     #[test]

@@ -165,7 +165,9 @@ impl Broker {
             self.stats.dropped_no_subscribers += 1;
         }
         let mut ack = PubAck::new(packet_id);
-        if v5 && matched == 0 {
+        // 0x10 says nobody subscribed (5.0 section 3.4.2.1): in a cluster the other
+        // nodes' subscribers are not known here, so the answer there is 0x00 Success.
+        if v5 && matched == 0 && !self.export.in_cluster() {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
         }
         if std::mem::take(&mut self.bridge_refused) {
