@@ -895,13 +895,6 @@ impl Router {
                 let changes = std::mem::take(&mut c.filter_changes);
                 let _ = c.to.send(ToCluster::Filters(changes));
             }
-            // The connected persistent sessions' records (`makelaar_cluster::checkpoint`).
-            let now = Instant::now();
-            if c.checkpoints.has_soon() || c.checkpoints.next_due().is_some_and(|at| now >= at) {
-                for (client_id, n) in c.checkpoints.due(now) {
-                    c.after_appends(Waiting::Checkpoint { client_id, n }, &self.broker);
-                }
-            }
         }
         self.pass_record_ready();
         if let Some(p) = self.persist.as_mut() {
@@ -940,10 +933,28 @@ impl Router {
                 },
             }
         }
+        self.start_checkpoints();
         if self.broker.has_watches() {
             self.admin.deliver_watched(&mut self.broker);
         }
         self.wake_listed();
+    }
+
+    /// Starts the checkpoints of connected persistent sessions that are due
+    /// (`makelaar_cluster::checkpoint`), after this batch's packets were dispatched: the
+    /// QoS 2 deliveries just held go with them.
+    fn start_checkpoints(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if !c.checkpoints.has_soon() && c.checkpoints.next_due().is_none_or(|at| now < at) {
+            return;
+        }
+        for (client_id, n) in c.checkpoints.due(now) {
+            c.after_appends(Waiting::Checkpoint { client_id, n }, &self.broker);
+        }
+        self.pass_record_ready();
     }
 
     /// Hands the cluster what the broker accepted since the last call, as one batch.
