@@ -1236,6 +1236,7 @@ class _Subscriber:
         self.cid, self.filter, self.qos = cid, topic_filter, qos
         self.delivered: list[tuple[str, int, bool]] = []  # (topic, number, dup)
         self.kept: set[int] = set()  # QoS 2 ids received and not released
+        self.again = 0  # PUBLISHes of a kept id: the same QoS 2 message, not delivered
         self.slow = True
         self.lock = threading.Lock()
         self.conn = None
@@ -1282,6 +1283,8 @@ class _Subscriber:
                         if p.packet_id not in self.kept:
                             self.kept.add(p.packet_id)
                             self.delivered.append((p.topic, number, p.dup))
+                        else:
+                            self.again += 1
                     # Slow: every third PUBREC is held back (awaiting PUBREC there).
                     if not self.slow or p.packet_id % 3 != 0:
                         c.try_send(raw.ack(raw.PUBREC, p.packet_id, version=5))
@@ -1372,6 +1375,9 @@ def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tm
 
         for q, s in subs.items():
             delivered = s.numbers()
+            print(f"QoS {q}: {len(delivered)} delivered, {sum(d for *_, d in delivered)} with "
+                  f"DUP, {s.again} QoS 2 PUBLISHes of a kept id; acknowledged to the "
+                  f"publisher: {sum(len(acked[t]) for t in topics[q])}")
             for t in topics[q]:
                 mine = [n for tt, n, _ in delivered if tt == t]
                 missing = sorted(set(acked[t]) - set(mine))
