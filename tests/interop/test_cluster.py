@@ -1300,13 +1300,17 @@ class _Subscriber:
             return list(self.delivered)
 
 
-def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tmp_path):
+@pytest.mark.parametrize("after_reap", [False, True], ids=["claim", "after-reap"])
+def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tmp_path,
+                                                                               after_reap):
     """kill -9 of the node holding two persistent subscribers (QoS 1 and QoS 2) while
     messages are in flight and queued there: when they reconnect to another node, every
     message acknowledged to the publisher (PUBACK, PUBCOMP) arrives [MQTT-4.5.0-1], in order
     per topic [MQTT-4.6.0-5] (a QoS 1 message may come again: at least once), and no QoS 2 message is delivered twice [MQTT-4.3.3-x]: the survivor
     resends what was in flight with the same packet ids, or PUBREL (docs/cluster.md,
-    "Queued messages across nodes")."""
+    "Checkpoints while connected"). `claim`: they reconnect at once, and node c claims their
+    ids once node a does not answer; `after-reap`: they come back only after node a's lease
+    expired and a survivor reaped it (it replays their sessions and keeps them offline)."""
     import signal
     import threading
     nats = NatsCluster(tmp_path)
@@ -1360,6 +1364,13 @@ def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tm
                 acked[topic].append(n)
         assert sum(map(len, acked.values())) > 100
 
+        if after_reap:
+            deadline = time.monotonic() + 15 + 30
+            while not any("took over a dead node's clients" in n.log.read_text()
+                          for n in (b, c)):
+                assert time.monotonic() < deadline, "node a was not reaped"
+                time.sleep(0.5)
+            time.sleep(2.0)  # the reaper's replay, and its record
         # The clients reconnect to node c (the claim waits out node a's silence, 3 s).
         for s in subs.values():
             s.slow = False
