@@ -1376,7 +1376,7 @@ def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tm
             s.slow = False
             ack = s.connect(c)
             assert ack.session_present
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             got = {(t, n) for s in subs.values() for t, n, _ in s.numbers()}
             if all((t, n) in got for t in acked for n in acked[t]):
