@@ -1220,3 +1220,193 @@ def test_a_stepped_down_nodes_wills_are_published_once_after_all(tmp_path):
         if other is not None:
             other.stop()
         nats.stop()
+
+
+# ---- a node killed while its persistent subscribers are connected ---------------------------
+
+
+class _Subscriber:
+    """A raw MQTT 5.0 persistent subscriber with the client side of the protocol written
+    out, so the test sees every packet: QoS 1 answered with PUBACK; QoS 2 by method B of
+    [MQTT-4.3.3-x]: the message is delivered when its PUBLISH first arrives, its packet id
+    kept until PUBREL, and a PUBLISH with a kept id is the same message again (not
+    delivered) [MQTT-4.3.3-9] [MQTT-4.3.3-10]. While `slow`, it holds back some
+    acknowledgements, so messages are in flight and queued on its node."""
+
+    def __init__(self, node, cid, topic_filter, qos):
+        import threading
+        self.cid, self.filter, self.qos = cid, topic_filter, qos
+        self.delivered: list[tuple[str, int, bool]] = []  # (topic, number, dup)
+        self.kept: set[int] = set()  # QoS 2 ids received and not released
+        self.again = 0  # PUBLISHes of a kept id: the same QoS 2 message, not delivered
+        self.slow = True
+        self.lock = threading.Lock()
+        self.conn = None
+        self.thread = None
+        self.connect(node, first=True)
+
+    def connect(self, node, first=False):
+        import threading
+        import mqtt_raw as raw
+        c = raw.RawClient(node.port, version=5, timeout=40)
+        c.send(raw.connect(self.cid, version=5, clean=first,
+                           properties=[(raw.SESSION_EXPIRY_INTERVAL, 300)]))
+        ack = c.recv_type(raw.CONNACK)
+        assert ack.reason == 0, ack
+        if first:
+            c.send(raw.subscribe(1, [(self.filter, raw.sub_options(qos=self.qos))], version=5))
+            c.recv_type(raw.SUBACK)
+        self.conn = c
+        self.thread = threading.Thread(target=self._run, args=(c,), daemon=True)
+        self.thread.start()
+        return ack
+
+    def _run(self, c):
+        import mqtt_raw as raw
+        held = 0
+        while True:
+            try:
+                p = c.recv_packet(timeout=60)
+            except Exception:
+                return
+            if self.slow:
+                time.sleep(0.01)
+            if p.type == raw.PUBLISH:
+                number = int(p.payload.decode())
+                if p.qos == 1:
+                    with self.lock:
+                        self.delivered.append((p.topic, number, p.dup))
+                    held += 1
+                    # Slow: the first ten are acknowledged, then none (in flight, queued).
+                    if not self.slow or held <= 10:
+                        c.try_send(raw.ack(raw.PUBACK, p.packet_id, version=5))
+                else:
+                    with self.lock:
+                        if p.packet_id not in self.kept:
+                            self.kept.add(p.packet_id)
+                            self.delivered.append((p.topic, number, p.dup))
+                        else:
+                            self.again += 1
+                    # Slow: every third PUBREC is held back (awaiting PUBREC there).
+                    if not self.slow or p.packet_id % 3 != 0:
+                        c.try_send(raw.ack(raw.PUBREC, p.packet_id, version=5))
+            elif p.type == raw.PUBREL:
+                with self.lock:
+                    self.kept.discard(p.packet_id)
+                # Slow: every other PUBCOMP is held back (awaiting PUBCOMP there).
+                if not self.slow or p.packet_id % 2 == 0:
+                    c.try_send(raw.ack(raw.PUBCOMP, p.packet_id, version=5))
+
+    def numbers(self):
+        with self.lock:
+            return list(self.delivered)
+
+
+@pytest.mark.parametrize("after_reap", [False, True], ids=["claim", "after-reap"])
+def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tmp_path,
+                                                                               after_reap):
+    """kill -9 of the node holding two persistent subscribers (QoS 1 and QoS 2) while
+    messages are in flight and queued there: when they reconnect to another node, every
+    message acknowledged to the publisher (PUBACK, PUBCOMP) arrives [MQTT-4.5.0-1], in order
+    per topic [MQTT-4.6.0-5] (a QoS 1 message may come again: at least once), and no QoS 2 message is delivered twice [MQTT-4.3.3-x]: the survivor
+    resends what was in flight with the same packet ids, or PUBREL (docs/cluster.md,
+    "Checkpoints while connected"). `claim`: they reconnect at once, and node c claims their
+    ids once node a does not answer; `after-reap`: they come back only after node a's lease
+    expired and a survivor reaped it (it replays their sessions and keeps them offline)."""
+    import signal
+    import threading
+    nats = NatsCluster(tmp_path)
+    nodes = []
+    try:
+        for i, name in enumerate(("a", "b", "c")):
+            n = Node(tmp_path, nats, name, servers=[nats.urls[i]])
+            nodes.append(n)
+            n.wait_serving()
+        a, b, c = nodes
+        base = unique("durable")
+        topics = {1: [f"{base}/q1/t{i}" for i in range(2)],
+                  2: [f"{base}/q2/t{i}" for i in range(2)]}
+        subs = {q: _Subscriber(a, unique(f"dur{q}"), f"{base}/q{q}/#", q) for q in (1, 2)}
+        pub = connected(b)
+        # The follower of node a brings node b's messages: wait until one arrives.
+        pub.publish(topics[1][0], b"0", qos=1)
+        deadline = time.monotonic() + WAIT
+        while not subs[1].numbers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert subs[1].numbers(), "node b's QoS 1 message never reached node a"
+
+        sent = {t: [] for q in (1, 2) for t in topics[q]}
+        infos = []
+        stop = threading.Event()
+
+        def publish():
+            n = 1
+            while not stop.is_set() and n < 600:
+                for q in (1, 2):
+                    topic = topics[q][n % 2]
+                    infos.append((topic, n, pub.publish(topic, str(n).encode(), qos=q,
+                                                        wait=False)))
+                    sent[topic].append(n)
+                n += 1
+                time.sleep(0.01)
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        time.sleep(2.5)  # mid-stream: messages in flight and queued on node a
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        time.sleep(1.0)
+        stop.set()
+        publisher.join()
+        for topic, n, info in infos:
+            info.wait_for_publish(WAIT)
+        acked = {t: [] for t in sent}
+        for topic, n, info in infos:
+            if info.is_published():
+                acked[topic].append(n)
+        assert sum(map(len, acked.values())) > 100
+
+        if after_reap:
+            deadline = time.monotonic() + 15 + 30
+            while not any("took over a dead node's clients" in n.log.read_text()
+                          for n in (b, c)):
+                assert time.monotonic() < deadline, "node a was not reaped"
+                time.sleep(0.5)
+            time.sleep(2.0)  # the reaper's replay, and its record
+        # The clients reconnect to node c (the claim waits out node a's silence, 3 s).
+        for s in subs.values():
+            s.slow = False
+            ack = s.connect(c)
+            assert ack.session_present
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            got = {(t, n) for s in subs.values() for t, n, _ in s.numbers()}
+            if all((t, n) in got for t in acked for n in acked[t]):
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)  # nothing more may come twice
+
+        for q, s in subs.items():
+            delivered = s.numbers()
+            print(f"QoS {q}: {len(delivered)} delivered, {sum(d for *_, d in delivered)} with "
+                  f"DUP, {s.again} QoS 2 PUBLISHes of a kept id; acknowledged to the "
+                  f"publisher: {sum(len(acked[t]) for t in topics[q])}")
+            for t in topics[q]:
+                mine = [n for tt, n, _ in delivered if tt == t]
+                missing = sorted(set(acked[t]) - set(mine))
+                assert not missing, f"QoS {q} {t}: acknowledged, never delivered: {missing}"
+                firsts = list(dict.fromkeys(mine))
+                assert firsts == sorted(firsts), f"QoS {q} {t}: out of order: {firsts}"
+                if q == 2:
+                    twice = sorted({n for n in mine if mine.count(n) > 1})
+                    assert not twice, f"QoS 2 {t}: delivered twice: {twice}"
+        for s in subs.values():
+            s.conn.close()
+    except Exception:
+        for n in nodes:
+            print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
+        nats.stop()

@@ -103,6 +103,9 @@ pub(crate) enum ToCluster {
         snapshot: Option<SessionSnapshot>,
         log: Option<(Vec<Cursor>, Vec<Outbound>)>,
         wills: Vec<KeptWill>,
+        /// A checkpoint of a connected session (`makelaar_cluster::checkpoint`): answered
+        /// with `FromCluster::Checkpointed` once written.
+        checkpoint: Option<u64>,
     },
     /// The broker assigned this client id (its CONNECT claimed nothing) and keeps its
     /// session (it has a will, or outlives its connection): register it, so that the
@@ -208,6 +211,9 @@ pub(crate) enum FromCluster {
     /// A client this node had (offline now) connected on another node: drop the session
     /// here, that node keeps it.
     Moved(Arc<str>),
+    /// Checkpoint `n` of a connected session's record is written: the packets that waited
+    /// for it may go (`makelaar_cluster::checkpoint`).
+    Checkpointed { client_id: Arc<str>, n: u64 },
     /// The claim this connection was registered with has been taken over meanwhile: close it
     /// (0x8E); its will as with `Fenced`.
     NotOwner {
@@ -225,6 +231,8 @@ pub(crate) enum FromCluster {
         snapshot: SessionSnapshot,
         will_in: Duration,
         expires_in: Option<Duration>,
+        /// Where it stood in the dead node's log, to replay what it held or missed there.
+        resume: Option<Resume>,
     },
 }
 
@@ -426,8 +434,8 @@ pub(crate) async fn start(
                             from_tx.clone(),
                         ));
                     }
-                    Some(ToCluster::StoreSession { client_id, snapshot, log, wills }) => {
-                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log, wills));
+                    Some(ToCluster::StoreSession { client_id, snapshot, log, wills, checkpoint }) => {
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log, wills, checkpoint));
                     }
                     Some(ToCluster::Assigned { client_id }) => {
                         let _ = sessions_tx.send(SessionOp::Assigned(client_id));
@@ -592,6 +600,7 @@ enum SessionOp {
         Option<SessionSnapshot>,
         Option<(Vec<Cursor>, Vec<Outbound>)>,
         Vec<KeptWill>,
+        Option<u64>,
     ),
     /// Register a client id the broker assigned, before its record's first write.
     Assigned(Arc<str>),
@@ -659,6 +668,8 @@ async fn sessions(
 ) {
     let mut kept: HashMap<Arc<str>, Kept> = HashMap::new();
     let mut waiting: Waiting = HashMap::new();
+    // The latest checkpoint per client not yet written (`makelaar_cluster::checkpoint`).
+    let mut checkpoints: HashMap<Arc<str>, u64> = HashMap::new();
     let mut serving = true;
     let mut retry_at = tokio::time::Instant::now();
     loop {
@@ -675,8 +686,9 @@ async fn sessions(
             () = tokio::time::sleep_until(retry_at), if retry => {
                 retry_at = tokio::time::Instant::now() + WRITE_RETRY;
                 for (client_id, (snapshot, log, wills)) in std::mem::take(&mut waiting) {
-                    let store = (client_id, snapshot, log, wills);
-                    write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
+                    let store = (client_id.clone(), snapshot, log, wills);
+                    let written = write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
+                    checkpointed(&mut checkpoints, &client_id, written, &tx).await;
                 }
                 continue;
             }
@@ -767,7 +779,11 @@ async fn sessions(
                 // Back: what waited is tried at once.
                 retry_at = tokio::time::Instant::now();
             }
-            SessionOp::Store(client_id, snapshot, log, wills) => {
+            SessionOp::Store(client_id, snapshot, log, wills, checkpoint) => {
+                if let Some(n) = checkpoint {
+                    let latest = checkpoints.entry(client_id.clone()).or_insert(n);
+                    *latest = (*latest).max(n);
+                }
                 // Behind a write still waiting: in order, after it (the newest state wins).
                 if let Some((s, l, w)) = waiting.get_mut(&client_id) {
                     *s = snapshot;
@@ -775,14 +791,40 @@ async fn sessions(
                     w.extend(wills);
                     continue;
                 }
-                let store = (client_id, snapshot, log, wills);
+                let store = (client_id.clone(), snapshot, log, wills);
                 if serving {
-                    write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
+                    let written =
+                        write_session(&cluster, &mut kept, &mut waiting, store, &tx).await;
+                    checkpointed(&mut checkpoints, &client_id, written, &tx).await;
                 } else {
                     waiting.insert(store.0, (store.1, store.2, store.3));
                 }
             }
         }
+    }
+}
+
+/// After a write of `client_id`'s record: when it was written, the checkpoints it covers
+/// (every one asked for before it) are answered; when another node took the record, they
+/// never will be (the router drops what waited for them with the connection).
+async fn checkpointed(
+    checkpoints: &mut HashMap<Arc<str>, u64>,
+    client_id: &Arc<str>,
+    written: Option<bool>,
+    tx: &mpsc::Sender<FromCluster>,
+) {
+    match written {
+        Some(true) => {
+            if let Some(n) = checkpoints.remove(client_id) {
+                let client_id = client_id.clone();
+                let _ = tx.send(FromCluster::Checkpointed { client_id, n }).await;
+            }
+        }
+        Some(false) => {
+            checkpoints.remove(client_id);
+        }
+        // Tried again later.
+        None => {}
     }
 }
 
@@ -820,12 +862,12 @@ async fn write_session(
     waiting: &mut Waiting,
     (client_id, snapshot, log, wills): Store,
     tx: &mpsc::Sender<FromCluster>,
-) {
+) -> Option<bool> {
     let Some(k) = kept.get(&client_id).cloned() else {
         // No record of this node holds this client's will (none was kept for it, or the
         // connection closed before its claim): nobody else can decide it.
         publish_wills(&client_id, wills, tx).await;
-        return;
+        return Some(false);
     };
     if k.fence == Fence::Lost {
         // Taken by another node: a will that was in the record is that node's to decide.
@@ -837,7 +879,7 @@ async fn write_session(
         } else {
             publish_wills(&client_id, wills, tx).await;
         }
-        return;
+        return Some(false);
     }
     let key = ClientKey::new(&client_id);
     let record = snapshot.as_ref().map(|s| {
@@ -854,6 +896,7 @@ async fn write_session(
         .await;
     match wills::verdict(&outcome) {
         WillVerdict::Publish => {
+            let written = matches!(outcome, Ok(Some(_)));
             match outcome {
                 Ok(Some(fence)) => {
                     let will = record.as_ref().is_some_and(|r| r.will.is_some());
@@ -879,6 +922,7 @@ async fn write_session(
                 }
             }
             publish_wills(&client_id, wills, tx).await;
+            Some(written)
         }
         verdict @ (WillVerdict::Withhold | WillVerdict::PublishFenced) => {
             // Another node owns the session now: nothing more is written for it, its
@@ -903,10 +947,12 @@ async fn write_session(
                     will_in_cluster: k.will,
                 })
                 .await;
+            Some(false)
         }
         WillVerdict::Retry => {
             tracing::warn!(client_id = %client_id, error = ?outcome.err(), wills = wills.len(), "session not written to the cluster: tried again shortly (its due wills wait)");
             waiting.insert(client_id, (snapshot, log, wills));
+            None
         }
     }
 }
@@ -1006,15 +1052,16 @@ fn snapshot_of(r: &SessionRecord) -> Option<SessionSnapshot> {
 }
 
 /// How a session resumes from its record, `writer` the node that wrote it (whose log its
-/// cursors count): only a record written when it went offline or was handed over says where
-/// it stands in the log. One written while its client was connected (its node died), or
-/// taken over from a dead node, has no cursors: nothing is replayed, logged.
+/// cursors count): a record written when it went offline or was handed over, or a
+/// checkpoint written while its client was connected (`makelaar_cluster::checkpoint`), says
+/// where it stands in the log. One without cursors (written by a node of an older version,
+/// or by a reaper before its replay was in) replays nothing, logged.
 fn resume_of(r: &SessionRecord, writer: &NodeId) -> Option<Resume> {
     if r.expiry_interval == 0 {
         return None;
     }
     if r.cursors.is_empty() {
-        tracing::warn!(node = %writer, "a session record without its place in the log (written while its client was connected, or left by a dead node): messages it held or missed are not replayed");
+        tracing::warn!(node = %writer, "a session record without its place in the log (its node died before the record's first checkpoint, or a reaper had not yet read back what it held): messages it held or missed are not replayed");
         return None;
     }
     Some(Resume {
@@ -1255,9 +1302,9 @@ async fn reap(
             Some(_) => {
                 let mut record = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
                 taken.clone_from(&record.will_taken_by);
-                // Its place in the dead node's log is not carried on: this node keeps the
-                // session from here without what it held there, and its next record says
-                // where it stands in this node's.
+                // Its place in the dead node's log is not this node's: the router replays
+                // from it (`FromCluster::Orphan`), and the record written once that is in
+                // says where the session stands in this node's log.
                 record.cursors.clear();
                 record.outbound.clear();
                 cluster
@@ -1306,6 +1353,7 @@ async fn reap(
             snapshot,
             will_in: will_in.unwrap_or(Duration::ZERO),
             expires_in,
+            resume: resume_of(&o.record, &o.record.node),
         };
         if tx.send(ev).await.is_err() {
             return;

@@ -181,7 +181,15 @@ impl Server {
                 }
                 (
                     Some(router::ClusterSide::new(
-                        link.to, link.stats, link.room, link.node,
+                        link.to,
+                        link.stats,
+                        link.room,
+                        link.node,
+                        config
+                            .cluster
+                            .as_ref()
+                            .map(|s| s.checkpoint)
+                            .unwrap_or_default(),
                     )),
                     Some(link.from),
                 )

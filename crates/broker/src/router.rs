@@ -22,6 +22,8 @@ use crate::store::{Persistence, StoreEvent};
 use crate::sys::SysPublisher;
 use crate::Counters;
 use desk::{AdminDesk, AdminRequest};
+use makelaar_cluster::checkpoint::{is_progress, waits_for_record, CheckpointConfig, Checkpoints};
+use makelaar_cluster::record::{Cursor, Outbound};
 use makelaar_cluster::replay::{caught_up, session_log, NodePosition, ReplayPlan, Taken};
 
 pub(crate) mod desk;
@@ -155,6 +157,18 @@ pub(crate) struct ClusterSide {
     /// [`QUEUE_FULL_LOG_EVERY`]).
     full: bool,
     full_logged: Option<Instant>,
+    /// When the records of the connected persistent sessions are brought up to date
+    /// (`makelaar_cluster::checkpoint`).
+    checkpoints: Checkpoints<Arc<str>>,
+    /// The connections of the sessions `checkpoints` follows, both ways.
+    tracked: HashMap<ConnId, Arc<str>>,
+    conn_of: HashMap<Arc<str>, ConnId>,
+    /// Per connection, the packets waiting for a checkpoint of its session (numbered), in
+    /// order: a QoS 2 PUBLISH or PUBREL, and what came after it.
+    record_held: HashMap<ConnId, std::collections::VecDeque<(u64, Held)>>,
+    /// Packets let through by a checkpoint (or because none is needed any more), for the
+    /// router to carry on through the other gates before anything else.
+    record_ready: Vec<(ConnId, Held)>,
 }
 
 /// What waits for the cluster's appends (see `ClusterSide::waiting`).
@@ -176,6 +190,8 @@ enum Waiting {
     /// Start a session's replay (this node's own messages published before its adoption
     /// are then known).
     Replay(Arc<str>),
+    /// Write a connected session's record with where it stands now: checkpoint `n`.
+    Checkpoint { client_id: Arc<str>, n: u64 },
 }
 
 /// A session taken in from a record, until its replay is back.
@@ -198,8 +214,14 @@ impl ClusterSide {
         stats: Arc<makelaar_cluster::stats::NodeStats>,
         room: Arc<tokio::sync::Notify>,
         node: makelaar_cluster::NodeId,
+        checkpoint: CheckpointConfig,
     ) -> ClusterSide {
         ClusterSide {
+            checkpoints: Checkpoints::new(checkpoint),
+            tracked: HashMap::new(),
+            conn_of: HashMap::new(),
+            record_held: HashMap::new(),
+            record_ready: Vec::new(),
             to,
             stats,
             room,
@@ -226,10 +248,10 @@ impl ClusterSide {
 
     /// Carries `w` out once the batches handed to the cluster so far are appended (now, when
     /// they are).
-    fn after_appends(&mut self, w: Waiting) {
+    fn after_appends(&mut self, w: Waiting, broker: &Broker) {
         let epoch = self.gate.submitted();
         if self.waiting.is_empty() && epoch <= self.appended {
-            self.complete(w);
+            self.complete(w, broker);
         } else {
             self.waiting.push_back((epoch, w));
         }
@@ -238,7 +260,7 @@ impl ClusterSide {
     /// The batch numbered `epoch` is appended, with this node's highest sequence per
     /// partition in it: what waited for it goes (with this node's position exactly as of
     /// that batch).
-    fn appended(&mut self, epoch: u64, own: Vec<(u16, u64)>) {
+    fn appended(&mut self, epoch: u64, own: Vec<(u16, u64)>, broker: &Broker) {
         for (p, seq) in own {
             let pos = self.positions.entry(p).or_default();
             pos.own_through = pos.own_through.max(seq);
@@ -246,43 +268,85 @@ impl ClusterSide {
         self.appended = self.appended.max(epoch);
         while self.waiting.front().is_some_and(|(e, _)| *e <= epoch) {
             if let Some((_, w)) = self.waiting.pop_front() {
-                self.complete(w);
+                self.complete(w, broker);
             }
         }
     }
 
-    fn complete(&mut self, w: Waiting) {
+    /// Where a session stands in the log now, with what it holds (`session_log`), for its
+    /// record.
+    fn log_of(
+        &self,
+        client_id: &str,
+        s: &makelaar_core::broker::SessionSnapshot,
+    ) -> (Vec<Cursor>, Vec<Outbound>) {
+        let positions: Vec<(u16, NodePosition)> =
+            self.positions.iter().map(|(p, n)| (*p, *n)).collect();
+        let taken = s.outbound.iter().map(|k| {
+            let (state, packet_id) = crate::cluster::outbound_state(k);
+            Taken {
+                position: k.msg.log_position.get().map(|p| (p.partition, p.seq)),
+                state,
+                packet_id,
+            }
+        });
+        let (cursors, outbound, missing) = session_log(&positions, taken);
+        if missing > 0 {
+            tracing::debug!(%client_id, missing, "messages a session holds that are not in the cluster's log (their append failed) are not recorded");
+        }
+        (cursors, outbound)
+    }
+
+    fn complete(&mut self, w: Waiting, broker: &Broker) {
         match w {
             Waiting::Store {
                 client_id,
                 snapshot,
                 wills,
             } => {
-                // Offline here: where it stands in the log, so another node resumes it.
-                let log = snapshot.as_ref().filter(|s| !s.connected).map(|s| {
-                    let positions: Vec<(u16, NodePosition)> =
-                        self.positions.iter().map(|(p, n)| (*p, *n)).collect();
-                    let taken = s.outbound.iter().map(|k| {
-                        let (state, packet_id) = crate::cluster::outbound_state(k);
-                        Taken {
-                            position: k.msg.log_position.get().map(|p| (p.partition, p.seq)),
-                            state,
-                            packet_id,
-                        }
-                    });
-                    let (cursors, outbound, missing) = session_log(&positions, taken);
-                    if missing > 0 {
-                        tracing::debug!(%client_id, missing, "messages a session holds that are not in the cluster's log (their append failed) are not recorded");
-                    }
-                    (cursors, outbound)
-                });
+                // Connected here: taken again now, after the appends before it, so that its
+                // messages have their place in the log and the cursors match what it holds
+                // (`makelaar_cluster::checkpoint`). Offline here (or handed over): as the
+                // session left.
+                let snapshot = match snapshot {
+                    Some(s) if s.connected => Some(
+                        broker
+                            .session_snapshot(&client_id)
+                            .filter(|now| now.connected)
+                            .unwrap_or(s),
+                    ),
+                    other => other,
+                };
+                // Where it stands in the log, so another node resumes it; not while its own
+                // replay is not back (what it holds is not all here yet).
+                let log = snapshot
+                    .as_ref()
+                    .filter(|s| !s.connected || !self.resumes.contains_key(&client_id))
+                    .map(|s| self.log_of(&client_id, s));
                 let _ = self.to.send(ToCluster::StoreSession {
                     client_id,
                     snapshot,
                     log,
                     wills,
+                    checkpoint: None,
                 });
             }
+            Waiting::Checkpoint { client_id, n } => match broker.session_snapshot(&client_id) {
+                Some(s) if s.connected && !self.resumes.contains_key(&client_id) => {
+                    let log = Some(self.log_of(&client_id, &s));
+                    let _ = self.to.send(ToCluster::StoreSession {
+                        client_id,
+                        snapshot: Some(s),
+                        log,
+                        wills: Vec::new(),
+                        checkpoint: Some(n),
+                    });
+                }
+                Some(s) if s.connected => self.checkpoints.not_made(&client_id, n),
+                // Offline or ended meanwhile: its own record write says where it stands,
+                // and nothing held for the connection needs a record any more.
+                _ => self.release_record(&client_id, u64::MAX),
+            },
             Waiting::Released(req) => {
                 let _ = self.to.send(ToCluster::Released(req));
             }
@@ -320,6 +384,104 @@ impl ClusterSide {
                 };
                 let _ = self.to.send(ToCluster::Replay(Box::new(req)));
             }
+        }
+    }
+
+    /// A connected persistent session on `conn`: its record is kept current from now
+    /// (`makelaar_cluster::checkpoint`).
+    fn track(&mut self, conn: ConnId, client_id: Arc<str>) {
+        if let Some(old) = self.conn_of.insert(client_id.clone(), conn) {
+            if old != conn {
+                self.tracked.remove(&old);
+            }
+        }
+        self.tracked.insert(conn, client_id.clone());
+        self.checkpoints.track(client_id);
+    }
+
+    /// The connection ends, or its session went to another node: its record is no longer
+    /// kept current from here. The packets held for it are dropped, never sent (another
+    /// node may own the session: a QoS 2 PUBLISH or PUBREL its record does not hold must
+    /// not reach the client); a Close among them still goes.
+    fn untrack(&mut self, conn: ConnId) {
+        if let Some(client_id) = self.tracked.remove(&conn) {
+            if self.conn_of.get(&client_id) == Some(&conn) {
+                self.conn_of.remove(&client_id);
+                self.checkpoints.untrack(&client_id);
+            }
+        }
+        if let Some(queue) = self.record_held.remove(&conn) {
+            let closes = queue.into_iter().filter_map(|(_, h)| match h {
+                Held::Close(why) => Some((conn, Held::Close(why))),
+                Held::Send(_) => None,
+            });
+            self.record_ready.extend(closes);
+        }
+    }
+
+    /// [`ClusterSide::untrack`] by client id.
+    fn untrack_client(&mut self, client_id: &str) {
+        if let Some(&conn) = self.conn_of.get(client_id) {
+            self.untrack(conn);
+        }
+    }
+
+    /// Checkpoint `upto` of the session is written (or none is needed any more): what its
+    /// connection held for it, and for the ones before it, may go on.
+    fn release_record(&mut self, client_id: &Arc<str>, upto: u64) {
+        let Some(&conn) = self.conn_of.get(client_id) else {
+            return;
+        };
+        if upto != u64::MAX {
+            self.checkpoints.written(client_id, upto);
+        }
+        let Some(queue) = self.record_held.get_mut(&conn) else {
+            return;
+        };
+        while queue.front().is_some_and(|(n, _)| *n <= upto) {
+            if let Some((_, h)) = queue.pop_front() {
+                self.record_ready.push((conn, h));
+            }
+        }
+        if queue.is_empty() {
+            self.record_held.remove(&conn);
+        }
+    }
+
+    /// Whether `what` for `conn` waits for a checkpoint of its session (kept here then):
+    /// a QoS 2 PUBLISH or PUBREL to a connected persistent session, and whatever comes
+    /// after one on that connection. Counts what moves the session on.
+    fn hold_for_record(&mut self, conn: ConnId, what: Held) -> Option<Held> {
+        let Some(client_id) = self.tracked.get(&conn) else {
+            return Some(what);
+        };
+        let packet = match &what {
+            Held::Send(p) => Some(p),
+            Held::Close(_) => None,
+        };
+        if let Some(Packet::Publish(p)) = packet {
+            if p.qos != makelaar_proto::QoS::AtMostOnce {
+                self.checkpoints.sent(client_id);
+            }
+        }
+        let behind = self
+            .record_held
+            .get(&conn)
+            .and_then(|q| q.back())
+            .map(|(n, _)| *n);
+        let n = match packet {
+            Some(p) if waits_for_record(p) => self.checkpoints.hold(client_id),
+            _ => None,
+        };
+        match n.or(behind) {
+            Some(n) => {
+                self.record_held
+                    .entry(conn)
+                    .or_default()
+                    .push_back((n, what));
+                None
+            }
+            None => Some(what),
         }
     }
 
@@ -471,7 +633,13 @@ impl Router {
                 .poll_timeout()
                 .unwrap_or(now + far)
                 .min(self.sys.next_due(now))
-                .min(next_sweep);
+                .min(next_sweep)
+                .min(
+                    self.cluster
+                        .as_ref()
+                        .and_then(|c| c.checkpoints.next_due())
+                        .unwrap_or(now + far),
+                );
             if timer != armed {
                 sleep.as_mut().reset(timer.into());
                 armed = timer;
@@ -631,6 +799,13 @@ impl Router {
                     held.push(packet);
                     return;
                 }
+                if let Some(c) = self.cluster.as_mut() {
+                    if is_progress(&packet) {
+                        if let Some(client_id) = c.tracked.get(&conn) {
+                            c.checkpoints.acked(client_id);
+                        }
+                    }
+                }
                 self.broker.handle_packet(now, conn, packet);
             }
             ToRouter::Violation { conn, violation } => {
@@ -701,11 +876,14 @@ impl Router {
                     r.wills.extend(wills);
                     continue;
                 }
-                c.after_appends(Waiting::Store {
-                    client_id,
-                    snapshot,
-                    wills,
-                });
+                c.after_appends(
+                    Waiting::Store {
+                        client_id,
+                        snapshot,
+                        wills,
+                    },
+                    &self.broker,
+                );
             }
             // (A due will marks its session changed: none is left here but for safety.)
             for (client_id, wills) in due {
@@ -715,6 +893,7 @@ impl Router {
                     snapshot,
                     log: None,
                     wills,
+                    checkpoint: None,
                 });
             }
             self.broker.drain_filter_changes(&mut c.filter_changes);
@@ -723,6 +902,7 @@ impl Router {
                 let _ = c.to.send(ToCluster::Filters(changes));
             }
         }
+        self.pass_record_ready();
         if let Some(p) = self.persist.as_mut() {
             self.broker.drain_changes(&mut self.changes);
             if !self.changes.is_empty() {
@@ -759,10 +939,28 @@ impl Router {
                 },
             }
         }
+        self.start_checkpoints();
         if self.broker.has_watches() {
             self.admin.deliver_watched(&mut self.broker);
         }
         self.wake_listed();
+    }
+
+    /// Starts the checkpoints of connected persistent sessions that are due
+    /// (`makelaar_cluster::checkpoint`), after this batch's packets were dispatched: the
+    /// QoS 2 deliveries just held go with them.
+    fn start_checkpoints(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if !c.checkpoints.has_soon() && c.checkpoints.next_due().is_none_or(|at| now < at) {
+            return;
+        }
+        for (client_id, n) in c.checkpoints.due(now) {
+            c.after_appends(Waiting::Checkpoint { client_id, n }, &self.broker);
+        }
+        self.pass_record_ready();
     }
 
     /// Hands the cluster what the broker accepted since the last call, as one batch.
@@ -805,8 +1003,33 @@ impl Router {
         }
     }
 
-    /// Sends or closes now, or holds it until the store has committed what it depends on.
+    /// Sends or closes now, or holds it until the cluster has the session's record it
+    /// depends on (`ClusterSide::hold_for_record`) or the store has committed what it
+    /// depends on.
     fn dispatch(&mut self, conn: ConnId, what: Held) {
+        let what = match self.cluster.as_mut() {
+            Some(c) => match c.hold_for_record(conn, what) {
+                Some(what) => what,
+                None => return,
+            },
+            None => what,
+        };
+        self.through_store(conn, what);
+    }
+
+    /// Carries on what a checkpoint let through, before anything newer for its connection.
+    fn pass_record_ready(&mut self) {
+        let ready = match self.cluster.as_mut() {
+            Some(c) if !c.record_ready.is_empty() => std::mem::take(&mut c.record_ready),
+            _ => return,
+        };
+        for (conn, what) in ready {
+            self.through_store(conn, what);
+        }
+    }
+
+    /// Sends or closes now, or holds it until the store has committed what it depends on.
+    fn through_store(&mut self, conn: ConnId, what: Held) {
         let what = if self.persist.is_some() {
             match self.gate.hold(conn, what) {
                 Some(what) => what,
@@ -835,7 +1058,7 @@ impl Router {
         match ev {
             FromCluster::Appended { epoch, failed, own } => {
                 if let Some(c) = self.cluster.as_mut() {
-                    c.appended(epoch, own);
+                    c.appended(epoch, own, &self.broker);
                 }
                 for conn in failed {
                     // Its acknowledgement must never go out: the connection ends without
@@ -905,15 +1128,28 @@ impl Router {
                         .remove(&client_id)
                         .map(|r| r.wills)
                         .unwrap_or_default();
+                    // Connected still: its record is kept current from now, the first
+                    // checkpoint at once (what it resends waits for it).
+                    let conn = c
+                        .claims
+                        .iter()
+                        .find(|(_, (id, _))| *id == client_id)
+                        .map(|(conn, _)| *conn);
+                    if let Some(conn) = conn.filter(|conn| self.broker.is_connected(*conn)) {
+                        c.track(conn, client_id.clone());
+                    }
                     // Written now if it went offline meanwhile (its record was held back),
                     // with the wills that fell due meanwhile.
                     let snapshot = self.broker.session_snapshot(&client_id);
                     if !wills.is_empty() || snapshot.as_ref().is_some_and(|s| !s.connected) {
-                        c.after_appends(Waiting::Store {
-                            client_id,
-                            snapshot,
-                            wills,
-                        });
+                        c.after_appends(
+                            Waiting::Store {
+                                client_id,
+                                snapshot,
+                                wills,
+                            },
+                            &self.broker,
+                        );
                     }
                 }
             }
@@ -921,10 +1157,25 @@ impl Router {
                 self.broker.apply_remote_retained(&topic, message);
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
-            FromCluster::Moved(client_id) => self.broker.forget_session(now, &client_id),
+            FromCluster::Moved(client_id) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.untrack_client(&client_id);
+                }
+                self.broker.forget_session(now, &client_id)
+            }
+            FromCluster::Checkpointed { client_id, n } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.release_record(&client_id, n);
+                }
+            }
             FromCluster::StepDown => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.stepped_down = true;
+                    // Every connection ends: nothing more is sent that waited for a record.
+                    let conns: Vec<ConnId> = c.tracked.keys().copied().collect();
+                    for conn in conns {
+                        c.untrack(conn);
+                    }
                 }
                 // 0x89 Server busy, "try again later" (0x88 is a CONNACK code only).
                 self.broker.disconnect_all(now, ReasonCode::SERVER_BUSY);
@@ -967,16 +1218,44 @@ impl Router {
                 snapshot,
                 will_in,
                 expires_in,
+                resume,
             } => {
+                let filters: Vec<String> = snapshot
+                    .subscriptions
+                    .iter()
+                    .map(|(f, _)| f.clone())
+                    .filter(|f| !f.starts_with("$share/"))
+                    .collect();
                 if !self
                     .broker
                     .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
                 {
                     tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
                 } else if let Some(c) = self.cluster.as_mut() {
-                    // Its record is written again, with where it stands in this node's log
-                    // from now (the dead node's place in it was not carried on), so that
-                    // what it takes in here follows it when its client connects elsewhere.
+                    // What it held or missed on the dead node, as its last record says
+                    // (written when it went offline, or a checkpoint while connected), is
+                    // read back from the log like a resumed session's; its record is
+                    // written again once that is in, with where it stands here.
+                    if let Some(resume) = resume {
+                        let positions = &c.positions;
+                        let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
+                        if !caught_up(&resume.cursors, &resume.outbound, next_of) {
+                            tracing::warn!(client_id = %client_id, "this node's partition followers are behind a dead node's session record: messages between them may reach the session twice");
+                        }
+                        if self.broker.expect_cluster_backlog(&client_id) {
+                            let live_from = c.positions.iter().map(|(p, n)| (*p, n.next)).collect();
+                            c.resumes.insert(
+                                client_id.clone(),
+                                Resuming {
+                                    resume,
+                                    live_from,
+                                    filters,
+                                    wills: Vec::new(),
+                                },
+                            );
+                            c.after_appends(Waiting::Replay(client_id.clone()), &self.broker);
+                        }
+                    }
                     c.session_changes.push(client_id);
                 }
             }
@@ -990,6 +1269,9 @@ impl Router {
                         // Taken before: the will as the record holds it (the connection's,
                         // or one waiting out its delay), and whether it was offline.
                         let before = self.broker.session_snapshot(&id);
+                        if let Some(c) = self.cluster.as_mut() {
+                            c.untrack_client(&id);
+                        }
                         if self.broker.close_for_hand_over(now, &id) {
                             tracing::debug!(client_id = %id, "client taken over by another cluster node");
                         }
@@ -1011,13 +1293,16 @@ impl Router {
                         });
                         if let Some(c) = self.cluster.as_mut() {
                             if snapshot.is_some() {
-                                c.after_appends(Waiting::Store {
-                                    client_id: Arc::from(id.as_str()),
-                                    snapshot,
-                                    wills: Vec::new(),
-                                });
+                                c.after_appends(
+                                    Waiting::Store {
+                                        client_id: Arc::from(id.as_str()),
+                                        snapshot,
+                                        wills: Vec::new(),
+                                    },
+                                    &self.broker,
+                                );
                             }
-                            c.after_appends(Waiting::Released(req.clone()));
+                            c.after_appends(Waiting::Released(req.clone()), &self.broker);
                         }
                         self.broker.forget_session(now, &id);
                         return;
@@ -1025,7 +1310,7 @@ impl Router {
                     Err(e) => tracing::warn!(error = %e, "hand-over request for a bad client id"),
                 }
                 if let Some(c) = self.cluster.as_mut() {
-                    c.after_appends(Waiting::Released(req));
+                    c.after_appends(Waiting::Released(req), &self.broker);
                 }
             }
         }
@@ -1036,6 +1321,9 @@ impl Router {
     /// took the record decides it, and the session ends here without it; otherwise the will
     /// never reached the cluster and goes out here, as on a single broker.
     fn lost_to_another_node(&mut self, now: Instant, client_id: &str, will_in_cluster: bool) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.untrack_client(client_id);
+        }
         if will_in_cluster {
             self.broker.hand_over(now, client_id);
         } else {
@@ -1144,7 +1432,7 @@ impl Router {
                                 wills: Vec::new(),
                             },
                         );
-                        c.after_appends(Waiting::Replay(client_id.clone()));
+                        c.after_appends(Waiting::Replay(client_id.clone()), &self.broker);
                     }
                 }
                 let Some(c) = self.cluster.as_mut() else {
@@ -1160,11 +1448,22 @@ impl Router {
                 // The first write of the session record: it fences the node that had it.
                 let snapshot = self.broker.session_snapshot(&client_id);
                 if let Some(c) = self.cluster.as_mut() {
-                    c.after_appends(Waiting::Store {
-                        client_id,
-                        snapshot,
-                        wills: Vec::new(),
-                    });
+                    // Persistent and connected: its record is kept current from now (one
+                    // resuming from a record: once its replay is back).
+                    let persistent = snapshot
+                        .as_ref()
+                        .is_some_and(|s| s.connected && s.expiry_interval > 0);
+                    if persistent && !c.resumes.contains_key(&client_id) {
+                        c.track(conn, client_id.clone());
+                    }
+                    c.after_appends(
+                        Waiting::Store {
+                            client_id,
+                            snapshot,
+                            wills: Vec::new(),
+                        },
+                        &self.broker,
+                    );
                 }
                 for packet in held {
                     self.broker.handle_packet(now, conn, packet);
@@ -1255,13 +1554,18 @@ impl Router {
     fn close(&mut self, conn: ConnId, why: CloseReason) {
         self.slow_logged.remove(&conn);
         if let Some(c) = self.cluster.as_mut() {
+            c.untrack(conn);
+            c.record_ready.retain(|(ready, _)| *ready != conn);
             c.claiming.remove(&conn);
             c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
             if let Some((client_id, revision)) = c.claims.remove(&conn) {
-                c.after_appends(Waiting::Disconnected {
-                    client_id,
-                    revision,
-                });
+                c.after_appends(
+                    Waiting::Disconnected {
+                        client_id,
+                        revision,
+                    },
+                    &self.broker,
+                );
             }
         }
         if let Some(c) = self.conns.remove(&conn) {
@@ -1338,7 +1642,10 @@ mod tests {
             )),
             Arc::new(tokio::sync::Notify::new()),
             makelaar_cluster::NodeId::new("a").unwrap(),
+            CheckpointConfig::default(),
         );
+        // The sessions here are in no broker: their records are written as given.
+        let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
         c.positions.insert(
             0,
             NodePosition {
@@ -1354,22 +1661,28 @@ mod tests {
             },
         );
         c.gate.next_epoch(); // batch 1, not appended yet
-        c.after_appends(Waiting::Store {
-            client_id: Arc::from("s"),
-            snapshot: Some(offline(vec![
-                held(Some(4), KeptState::AwaitingComp(9)),
-                held(None, KeptState::Queued), // its append failed: not in the log
-                held(Some(6), KeptState::Queued),
-            ])),
-            wills: Vec::new(),
-        });
-        c.after_appends(Waiting::Disconnected {
-            client_id: Arc::from("s"),
-            revision: makelaar_cluster::Revision::new(1).unwrap(),
-        });
+        c.after_appends(
+            Waiting::Store {
+                client_id: Arc::from("s"),
+                snapshot: Some(offline(vec![
+                    held(Some(4), KeptState::AwaitingComp(9)),
+                    held(None, KeptState::Queued), // its append failed: not in the log
+                    held(Some(6), KeptState::Queued),
+                ])),
+                wills: Vec::new(),
+            },
+            &broker,
+        );
+        c.after_appends(
+            Waiting::Disconnected {
+                client_id: Arc::from("s"),
+                revision: makelaar_cluster::Revision::new(1).unwrap(),
+            },
+            &broker,
+        );
         c.gate.next_epoch(); // batch 2, after the session left
         assert!(rx.try_recv().is_err(), "nothing before batch 1 is appended");
-        c.appended(1, vec![(0, 6)]);
+        c.appended(1, vec![(0, 6)], &broker);
         let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
             panic!("the record goes first")
         };
@@ -1408,22 +1721,127 @@ mod tests {
         );
         assert!(matches!(rx.try_recv(), Ok(ToCluster::Disconnected { .. })));
         // Batch 2 moves this node's position on, but nothing more waited for it.
-        c.appended(2, vec![(0, 8)]);
+        c.appended(2, vec![(0, 8)], &broker);
         assert!(rx.try_recv().is_err());
         assert_eq!(c.positions[&0].own_through, 8);
-        // Nothing outstanding: written at once, a connected session without a log.
+        // Nothing outstanding: written at once.
         let connected = SessionSnapshot {
             connected: true,
             ..offline(Vec::new())
         };
-        c.after_appends(Waiting::Store {
-            client_id: Arc::from("s"),
-            snapshot: Some(connected),
-            wills: Vec::new(),
-        });
+        c.after_appends(
+            Waiting::Store {
+                client_id: Arc::from("s"),
+                snapshot: Some(connected),
+                wills: Vec::new(),
+            },
+            &broker,
+        );
+        // Connected, it says where it stands too: a node that dies with it connected
+        // leaves a record to replay from (`makelaar_cluster::checkpoint`).
         assert!(matches!(
             rx.try_recv(),
-            Ok(ToCluster::StoreSession { log: None, .. })
+            Ok(ToCluster::StoreSession { log: Some(_), .. })
         ));
+    }
+
+    fn side() -> (ClusterSide, mpsc::UnboundedReceiver<ToCluster>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let c = ClusterSide::new(
+            tx,
+            Arc::new(makelaar_cluster::stats::NodeStats::new(
+                makelaar_cluster::partition::PartitionCount::new(2).unwrap(),
+            )),
+            Arc::new(tokio::sync::Notify::new()),
+            makelaar_cluster::NodeId::new("a").unwrap(),
+            CheckpointConfig::default(),
+        );
+        (c, rx)
+    }
+
+    fn publish(qos: QoS, packet_id: u16) -> Held {
+        Held::Send(Packet::Publish(makelaar_proto::Publish {
+            qos,
+            packet_id,
+            topic: "t".into(),
+            ..Default::default()
+        }))
+    }
+
+    fn ready(c: &mut ClusterSide) -> Vec<String> {
+        c.record_ready
+            .drain(..)
+            .map(|(_, h)| match h {
+                Held::Send(Packet::Publish(p)) => format!("publish {}", p.packet_id),
+                Held::Send(Packet::PubRel(p)) => format!("pubrel {}", p.packet_id),
+                Held::Send(p) => p.name().to_string(),
+                Held::Close(_) => "close".to_string(),
+            })
+            .collect()
+    }
+
+    /// [MQTT-4.3.3-x] exactly once across a node's death: a QoS 2 PUBLISH and a PUBREL to a
+    /// connected persistent session leave only once a checkpoint of its record made after
+    /// them is written; what comes after them on the connection keeps its place behind.
+    #[test]
+    fn qos2_publish_and_pubrel_wait_for_a_checkpoint_made_after_them() {
+        let (mut c, _rx) = side();
+        let id: Arc<str> = Arc::from("s");
+        // Not tracked (not persistent, or another connection): nothing waits.
+        assert!(c.hold_for_record(9, publish(QoS::ExactlyOnce, 1)).is_some());
+        c.track(1, id.clone());
+        // QoS 1 goes at once.
+        assert!(c.hold_for_record(1, publish(QoS::AtLeastOnce, 1)).is_some());
+        assert!(c.hold_for_record(1, publish(QoS::ExactlyOnce, 2)).is_none());
+        // Behind it: held too, in order.
+        assert!(c.hold_for_record(1, publish(QoS::AtLeastOnce, 3)).is_none());
+        let started = c.checkpoints.due(Instant::now());
+        assert_eq!(started.len(), 1);
+        let n = started[0].1;
+        // A PUBREL after the checkpoint started waits for the next one.
+        let rel = Held::Send(Packet::PubRel(makelaar_proto::PubAck::new(2)));
+        assert!(c.hold_for_record(1, rel).is_none());
+        c.release_record(&id, n);
+        assert_eq!(ready(&mut c), ["publish 2", "publish 3"]);
+        let next = c.checkpoints.due(Instant::now());
+        assert_eq!(next.len(), 1);
+        assert!(next[0].1 > n);
+        c.release_record(&id, next[0].1);
+        assert_eq!(ready(&mut c), ["pubrel 2"]);
+        // Nothing held: a QoS 1 PUBLISH goes at once again.
+        assert!(c.hold_for_record(1, publish(QoS::AtLeastOnce, 4)).is_some());
+    }
+
+    /// A connection whose session went to another node never sends what waited for its
+    /// record (the new owner's record does not hold it), but still closes.
+    #[test]
+    fn what_waited_for_a_lost_record_is_dropped_but_the_close_goes() {
+        let (mut c, _rx) = side();
+        c.track(1, Arc::from("s"));
+        assert!(c.hold_for_record(1, publish(QoS::ExactlyOnce, 2)).is_none());
+        let close = Held::Close(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER));
+        assert!(c.hold_for_record(1, close).is_none());
+        c.untrack_client("s");
+        assert_eq!(ready(&mut c), ["close"]);
+        // Untracked: nothing waits any more.
+        assert!(c.hold_for_record(1, publish(QoS::ExactlyOnce, 3)).is_some());
+    }
+
+    /// A checkpoint falling due when the session went offline meanwhile lets through what
+    /// waited (its own offline record covers it).
+    #[test]
+    fn a_checkpoint_of_a_session_gone_offline_releases_what_waited() {
+        let (mut c, mut rx) = side();
+        let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
+        c.track(1, Arc::from("s"));
+        assert!(c.hold_for_record(1, publish(QoS::ExactlyOnce, 2)).is_none());
+        let due = c.checkpoints.due(Instant::now());
+        let (client_id, n) = due[0].clone();
+        c.after_appends(Waiting::Checkpoint { client_id, n }, &broker);
+        assert!(
+            rx.try_recv().is_err(),
+            "no record written for a session not here"
+        );
+        assert_eq!(ready(&mut c), ["publish 2"]);
     }
 }

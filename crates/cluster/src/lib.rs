@@ -10,6 +10,8 @@
 //! - [`record`]: the session record, registry entry and lease, versioned binary forms;
 //! - [`envelope`]: an application message between nodes, with what No Local, Retain As
 //!   Published and message expiry need;
+//! - [`checkpoint`]: when a connected persistent session's record is brought up to date,
+//!   and which packets to it wait for that (QoS 2 exactly once across a node's death);
 //! - [`replay`]: a persistent session's cursors when it leaves a node, and the replay that
 //!   resumes it on another without a gap or a duplicate;
 //! - [`share`]: the names and subjects of shared subscriptions across nodes (a queue group
@@ -28,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod checkpoint;
 pub mod checks;
 pub mod cluster;
 pub mod codec;

@@ -13,6 +13,12 @@ use super::ConfigError;
 /// The default number of partition streams (`partitions`).
 pub const DEFAULT_CLUSTER_PARTITIONS: u16 = 16;
 
+/// The default of `checkpoint_interval_ms`.
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+
+/// The default of `checkpoint_acks`.
+pub const DEFAULT_CHECKPOINT_ACKS: u32 = 1000;
+
 /// The default bound of the router's queue to the cluster (`max_queued_messages`): about
 /// two seconds of the throughput measured on three NATS servers (docs/cluster.md).
 pub const DEFAULT_CLUSTER_MAX_QUEUED: usize = 50_000;
@@ -87,6 +93,16 @@ pub struct ClusterTable {
     /// go out only once NATS has the messages) until NATS catches up, and logs a warning.
     #[serde(default)]
     pub max_queued_messages: Option<usize>,
+    /// The least time, in milliseconds, between two writes of a connected persistent
+    /// session's record for its QoS 1 progress (`makelaar_cluster::checkpoint`): what a
+    /// survivor replays after this node's death is at most this old (more duplicates, never
+    /// a loss). QoS 2 deliveries do not wait for it.
+    #[serde(default)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Acknowledgements from a client after which its session's record is written without
+    /// waiting for the interval; 0: by the interval only.
+    #[serde(default)]
+    pub checkpoint_acks: Option<u32>,
 }
 
 impl ClusterTable {
@@ -108,6 +124,8 @@ impl ClusterTable {
             nkey_seed_file: None,
             allow_lazy_fsync: Some(false),
             max_queued_messages: Some(DEFAULT_CLUSTER_MAX_QUEUED),
+            checkpoint_interval_ms: Some(DEFAULT_CHECKPOINT_INTERVAL_MS),
+            checkpoint_acks: Some(DEFAULT_CHECKPOINT_ACKS),
         }
     }
 
@@ -246,6 +264,18 @@ impl ClusterTable {
                 "{source_name}: cluster max_queued_messages = 0 cannot be used; set it to 1 or more (default {DEFAULT_CLUSTER_MAX_QUEUED})"
             )));
         }
+        let checkpoint_interval_ms = self
+            .checkpoint_interval_ms
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
+        if checkpoint_interval_ms == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{source_name}: cluster checkpoint_interval_ms = 0 cannot be used (a record write per message); set it to 1 or more (default {DEFAULT_CHECKPOINT_INTERVAL_MS})"
+            )));
+        }
+        let checkpoint = makelaar_cluster::checkpoint::CheckpointConfig {
+            interval: std::time::Duration::from_millis(checkpoint_interval_ms),
+            acks: self.checkpoint_acks.unwrap_or(DEFAULT_CHECKPOINT_ACKS),
+        };
         Ok(Some(ClusterSettings {
             servers,
             node_name,
@@ -255,6 +285,7 @@ impl ClusterTable {
             auth,
             allow_lazy_fsync: self.allow_lazy_fsync.unwrap_or(false),
             max_queued_messages,
+            checkpoint,
         }))
     }
 }
@@ -277,6 +308,9 @@ impl std::fmt::Debug for ClusterTable {
             .field("creds_file", &self.creds_file)
             .field("nkey_seed_file", &self.nkey_seed_file)
             .field("allow_lazy_fsync", &self.allow_lazy_fsync)
+            .field("max_queued_messages", &self.max_queued_messages)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .field("checkpoint_acks", &self.checkpoint_acks)
             .finish()
     }
 }
@@ -300,6 +334,8 @@ pub struct ClusterSettings {
     pub allow_lazy_fsync: bool,
     /// The bound of the router's queue to the cluster, in messages.
     pub max_queued_messages: usize,
+    /// How often connected persistent sessions' records are brought up to date.
+    pub checkpoint: makelaar_cluster::checkpoint::CheckpointConfig,
 }
 
 #[cfg(test)]

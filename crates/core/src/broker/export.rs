@@ -371,6 +371,23 @@ impl Broker {
         true
     }
 
+    /// The messages a session taken over from a dead node ([`Broker::adopt_orphan`]) held
+    /// or missed follow from the cluster ([`Broker::handle_cluster_backlog`]): until then
+    /// nothing is sent to it, should its client connect, and what is routed to it
+    /// meanwhile waits behind them. False when there is no such session here.
+    pub fn expect_cluster_backlog(&mut self, client_id: &str) -> bool {
+        let Some(idx) = self.sessions.by_client_id(client_id) else {
+            return false;
+        };
+        match self.session_mut(idx) {
+            Ok(s) => {
+                s.backlog = Some(crate::persist::Backlog::default());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The messages of a session taken in with `resume` ([`Broker::adopt_session`]), read
     /// back from the cluster: `in_flight`, sent on the other node and not completed, are
     /// sent again with their packet ids, PUBLISH with DUP or PUBREL (so a QoS 2 message
