@@ -8,7 +8,6 @@ use makelaar_broker::config::{Config, ConfigError, ConfigFile, LogFormat};
 use makelaar_broker::listener::STATUS_TARGET;
 use makelaar_broker::mosquitto::read_mosquitto_conf;
 
-mod allocator;
 mod bench;
 mod clients;
 mod cluster;
@@ -347,7 +346,6 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            allocator::tune();
             let (file, source, notes) = args.read_file()?;
             args.init_logging(&file, &source, &notes)?;
             let mut config = args.apply_flags(file, &source)?;
