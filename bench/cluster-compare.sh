@@ -3,8 +3,8 @@
 # (`makelaar bench`): three NATS servers (one JetStream cluster, sync_interval: always) and three
 # Makelaar nodes on loopback, against one Makelaar node with its store on (durability sync).
 #
-#   bench/cluster-compare.sh              # medians of 3, about 12 minutes
-#   bench/cluster-compare.sh --quick      # 1 repetition, short runs, about 3 minutes
+#   bench/cluster-compare.sh              # medians of 3, about 7 minutes
+#   bench/cluster-compare.sh --quick      # 1 repetition, short runs, under 2 minutes
 #   bench/cluster-compare.sh --repeat 5 --only fanin_q1,lat_q1 --no-build
 #
 # In the cluster the publishers connect to node m1 and the subscribers to node m2, so every
