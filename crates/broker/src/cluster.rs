@@ -8,7 +8,8 @@
 //!   their live subjects, QoS 1/2 messages appended to their partition streams (on disk on a
 //!   majority when the append returns), retained ones set in the cluster's bucket; then it
 //!   reports the batch's epoch, and the router releases the acknowledgements that waited for
-//!   it (`FromCluster::Appended`);
+//!   it (`FromCluster::Appended`). Batches are pipelined (the next one's writes go out while
+//!   earlier ones wait for NATS), and their epochs reported in order;
 //! - the **reader** follows the node's distinct local filters on core NATS (one NATS
 //!   subscription per filter, whatever the number of sessions: the core counts them) and
 //!   hands each QoS 0 message from another node to the router once, even when several of
@@ -415,6 +416,7 @@ pub(crate) async fn start(
         groups: HashMap::new(),
         live_tx,
         to_router: from_tx.clone(),
+        live_prefix: format!("{}.live.", cluster.config().prefix),
     };
     tokio::spawn(async move {
         let mut live_rx = live_rx;
@@ -1438,71 +1440,130 @@ fn any_message(topic: &str, e: Envelope, now: Instant, now_ms: u64) -> (Message,
     (msg, expired)
 }
 
-/// The writer task (see the module documentation). Batches are taken one after the other,
-/// so epochs are reported in order; the writes of one batch run concurrently.
+/// Messages the writer has handed to NATS and waits for (its pipeline's depth): below
+/// async-nats's own bound on acknowledgements in flight (5,000), so that bound never
+/// reorders or refuses an append.
+const WRITER_IN_FLIGHT: usize = 4096;
+
+/// What one batch's writes came to: its epoch, its size, and per message its publisher,
+/// whether the write succeeded and where a QoS 1/2 message landed.
+type Written = (
+    Option<u64>,
+    usize,
+    Vec<(Option<ConnId>, bool, Option<LogPosition>)>,
+);
+
+/// The writer task (see the module documentation). Batches are pipelined: the writes of
+/// the next batch go out while earlier ones wait for NATS (up to [`WRITER_IN_FLIGHT`]
+/// messages), always in the router's order, so the appends of one connection (a TCP
+/// connection to one server) reach each partition stream in that order; epochs are
+/// reported in order once every write of their batch has returned.
 async fn writer(
     cluster: Arc<Cluster<NatsBackend>>,
     mut rx: mpsc::UnboundedReceiver<(Option<u64>, Vec<Exported>)>,
     tx: mpsc::Sender<FromCluster>,
     queue: QueueRoom,
 ) {
+    use futures_util::stream::FuturesOrdered;
     let node = cluster.config().node.clone();
-    while let Some((epoch, messages)) = rx.recv().await {
-        let now = Instant::now();
-        let now_ms = unix_ms();
-        let writes = messages.iter().map(|ex| {
-            let cluster = &cluster;
-            let env = envelope(&node, &ex.msg, now, now_ms);
-            async move {
-                let topic = &*ex.msg.topic;
-                let mut appended = None;
-                let mut r = if ex.msg.qos == QoS::AtMostOnce {
-                    cluster.publish(topic, &env).await
-                } else {
-                    cluster.append(topic, &env).await.map(|(p, seq)| {
-                        // Where the sessions that took it in find it again (a session that
-                        // moves lists its messages by it).
-                        let pos = LogPosition {
-                            partition: p.index(),
-                            seq,
-                        };
-                        let _ = ex.msg.log_position.set(pos);
-                        appended = Some(pos);
-                    })
-                };
-                if r.is_ok() && ex.msg.retain {
-                    let kept = (!env.payload.is_empty()).then_some(&env);
-                    r = cluster.store_retained(topic, kept).await;
+    let mut pending: FuturesOrdered<futures_util::future::BoxFuture<'static, Written>> =
+        FuturesOrdered::new();
+    let mut in_flight = 0usize;
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            // Finished batches first: they release acknowledgements and room.
+            biased;
+            Some((epoch, n, results)) = pending.next(), if !pending.is_empty() => {
+                in_flight -= n;
+                queue.release(n);
+                if !report_written(epoch, results, &tx).await {
+                    return;
                 }
-                if let Err(e) = &r {
-                    tracing::error!(topic, error = %e, "cannot hand a message to the cluster: its publisher is disconnected unacknowledged");
-                }
-                (ex.from, r.is_ok(), appended)
             }
-        });
-        let results = futures_util::future::join_all(writes).await;
-        queue.release(results.len());
-        let Some(epoch) = epoch else {
-            continue;
-        };
-        let mut own: HashMap<u16, u64> = HashMap::new();
-        for pos in results.iter().filter_map(|r| r.2) {
-            let e = own.entry(pos.partition).or_default();
-            *e = (*e).max(pos.seq);
-        }
-        let failed = results
-            .into_iter()
-            .filter_map(|(from, ok, _)| (!ok).then_some(from).flatten())
-            .collect();
-        let own = own.into_iter().collect();
-        if tx
-            .send(FromCluster::Appended { epoch, failed, own })
-            .await
-            .is_err()
-        {
-            return;
+            next = rx.recv(), if open && in_flight < WRITER_IN_FLIGHT => match next {
+                None => open = false,
+                Some((epoch, messages)) => {
+                    in_flight += messages.len();
+                    pending.push_back(Box::pin(write_batch(
+                        cluster.clone(),
+                        node.clone(),
+                        epoch,
+                        messages,
+                    )));
+                }
+            },
         }
     }
+}
+
+/// Hands one batch's messages to the cluster (their writes run concurrently, issued in
+/// order).
+async fn write_batch(
+    cluster: Arc<Cluster<NatsBackend>>,
+    node: NodeId,
+    epoch: Option<u64>,
+    messages: Vec<Exported>,
+) -> Written {
+    let now = Instant::now();
+    let now_ms = unix_ms();
+    let writes = messages.iter().map(|ex| {
+        let cluster = &cluster;
+        let env = envelope(&node, &ex.msg, now, now_ms);
+        async move {
+            let topic = &*ex.msg.topic;
+            let mut appended = None;
+            let mut r = if ex.msg.qos == QoS::AtMostOnce {
+                cluster.publish(topic, &env).await
+            } else {
+                cluster.append(topic, &env).await.map(|(p, seq)| {
+                    // Where the sessions that took it in find it again (a session that
+                    // moves lists its messages by it).
+                    let pos = LogPosition {
+                        partition: p.index(),
+                        seq,
+                    };
+                    let _ = ex.msg.log_position.set(pos);
+                    appended = Some(pos);
+                })
+            };
+            if r.is_ok() && ex.msg.retain {
+                let kept = (!env.payload.is_empty()).then_some(&env);
+                r = cluster.store_retained(topic, kept).await;
+            }
+            if let Err(e) = &r {
+                tracing::error!(topic, error = %e, "cannot hand a message to the cluster: its publisher is disconnected unacknowledged");
+            }
+            (ex.from, r.is_ok(), appended)
+        }
+    });
+    let results = futures_util::future::join_all(writes).await;
+    (epoch, messages.len(), results)
+}
+
+/// Reports a written batch to the router (`FromCluster::Appended`, when it has an epoch);
+/// `false` once the router is gone.
+async fn report_written(
+    epoch: Option<u64>,
+    results: Vec<(Option<ConnId>, bool, Option<LogPosition>)>,
+    tx: &mpsc::Sender<FromCluster>,
+) -> bool {
+    let Some(epoch) = epoch else {
+        return true;
+    };
+    let mut own: HashMap<u16, u64> = HashMap::new();
+    for pos in results.iter().filter_map(|r| r.2) {
+        let e = own.entry(pos.partition).or_default();
+        *e = (*e).max(pos.seq);
+    }
+    let failed = results
+        .into_iter()
+        .filter_map(|(from, ok, _)| (!ok).then_some(from).flatten())
+        .collect();
+    let own = own.into_iter().collect();
+    tx.send(FromCluster::Appended { epoch, failed, own })
+        .await
+        .is_ok()
 }
 
 /// A partition's follower: every message goes to the router in stream order, another
@@ -1566,8 +1627,10 @@ struct Reader {
     /// Each share group with a member here (`$share/GROUP/FILTER`): its queue subscription
     /// and consumer pulls, stopped together.
     groups: HashMap<String, Following>,
-    live_tx: mpsc::Sender<(String, makelaar_cluster::backend::Delivery)>,
+    live_tx: mpsc::Sender<(Arc<str>, makelaar_cluster::backend::Delivery)>,
     to_router: mpsc::Sender<FromCluster>,
+    /// `<prefix>.live.`, what every live subject starts with.
+    live_prefix: String,
 }
 
 impl Reader {
@@ -1580,7 +1643,7 @@ impl Reader {
                     match self.cluster.backend().subscribe(subject, None).await {
                         Ok(mut sub) => {
                             let tx = self.live_tx.clone();
-                            let f = filter.clone();
+                            let f: Arc<str> = Arc::from(filter.as_str());
                             let task = tokio::spawn(async move {
                                 while let Some(d) = sub.next().await {
                                     if tx.send((f.clone(), d)).await.is_err() {
@@ -1633,18 +1696,17 @@ impl Reader {
     /// the subscription of `filter`. NATS delivers one copy per matching subscription of
     /// the connection; only the copy of the first matching filter (in byte order) is routed,
     /// the router's topic tree then finds every local subscriber.
-    async fn live(&mut self, filter: String, d: makelaar_cluster::backend::Delivery) {
+    async fn live(&mut self, filter: Arc<str>, d: makelaar_cluster::backend::Delivery) {
         let first = self
             .filters
             .iter()
             .filter(|(_, (subject, _))| subject_matches(subject, &d.subject))
             .map(|(f, _)| f)
             .min();
-        if first != Some(&filter) {
+        if first.map(String::as_str) != Some(&*filter) {
             return;
         }
-        let prefix = format!("{}.live.", self.cluster.config().prefix);
-        let Some(tokens) = d.subject.strip_prefix(&prefix) else {
+        let Some(tokens) = d.subject.strip_prefix(self.live_prefix.as_str()) else {
             return;
         };
         let Ok(topic) = makelaar_cluster::subject::decode_topic(tokens) else {

@@ -679,7 +679,19 @@ impl Router {
                     self.sys.maybe_publish(now, start, &mut self.broker, &self.counters);
                 }
                 Some(ev) = next_from_cluster(&mut cluster_rx) => {
-                    self.cluster_event(Instant::now(), ev);
+                    let now = Instant::now();
+                    self.cluster_event(now, ev);
+                    // Take what else the cluster has ready before flushing, as for clients'
+                    // packets: a burst of messages from other nodes becomes one write and
+                    // one wake-up per connection, not one per message.
+                    if let Some(rx) = cluster_rx.as_mut() {
+                        for _ in 0..256 {
+                            match rx.try_recv() {
+                                Ok(ev) => self.cluster_event(now, ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                 }
                 Some(ev) = store_rx.recv() => {
                     if !self.store_event(Instant::now(), ev) {

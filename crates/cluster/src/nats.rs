@@ -918,8 +918,14 @@ impl Backend for NatsBackend {
         subject: Subject,
         payload: Bytes,
     ) -> Result<u64, BackendError> {
-        let expected = format!("{}.p{}.", self.prefix, partition.index());
-        if !subject.as_str().starts_with(&expected) {
+        // `<prefix>.p<i>.…`, checked without building the prefix (this is per message).
+        let in_partition = subject
+            .as_str()
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".p"))
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(i, _)| i.parse::<u16>() == Ok(partition.index()));
+        if !in_partition {
             return Err(BackendError::Engine(format!(
                 "subject {subject} is not in partition {partition}"
             )));

@@ -32,7 +32,7 @@ pub struct ConnPlan {
     /// `None`: until Ctrl-C.
     pub hold: Option<Duration>,
     pub json: bool,
-    pub broker_pid: Option<u32>,
+    pub broker_pids: Vec<u32>,
     pub workers: usize,
     /// TLS sessions are resumed where the broker allows (`--tls-resume`).
     pub tls_resume: bool,
@@ -81,9 +81,9 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(run, ep.keep_alive, ep.version));
     let interrupted = interrupted_by_ctrl_c();
     let tty = std::io::stdout().is_terminal() && !plan.json;
-    let watch = plan.broker_pid.and_then(BrokerWatch::start);
-    let rss_before = plan.broker_pid.and_then(sys::proc_rss_kib);
-    let broker_cpu_before = plan.broker_pid.and_then(sys::proc_cpu_secs);
+    let watch = BrokerWatch::start(&plan.broker_pids);
+    let rss_before = sys::rss_of(&plan.broker_pids);
+    let broker_cpu_before = sys::cpu_of(&plan.broker_pids);
     let cpu_before = sys::own_cpu_secs();
     let permits = Arc::new(Semaphore::new(plan.parallel));
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<(Duration, Option<bool>), String>>();
@@ -153,10 +153,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
     }
     let connect_secs = t0.elapsed().as_secs_f64();
     let cpu_connect = sys::own_cpu_secs() - cpu_before;
-    let broker_cpu_connect = match (
-        broker_cpu_before,
-        plan.broker_pid.and_then(sys::proc_cpu_secs),
-    ) {
+    let broker_cpu_connect = match (broker_cpu_before, sys::cpu_of(&plan.broker_pids)) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
@@ -178,7 +175,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
         _ = tokio::time::sleep(settle) => {}
         _ = interrupted.cancelled() => {}
     }
-    let rss_held = plan.broker_pid.and_then(sys::proc_rss_kib);
+    let rss_held = sys::rss_of(&plan.broker_pids);
     if let Some(rest) = plan.hold.map(|h| h.saturating_sub(settle)) {
         tokio::select! {
             _ = tokio::time::sleep(rest) => {}
@@ -187,7 +184,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
     } else {
         interrupted.cancelled().await;
     }
-    let rss_end = plan.broker_pid.and_then(sys::proc_rss_kib);
+    let rss_end = sys::rss_of(&plan.broker_pids);
     let still_open = connected as u64 - counters.errors.load(Ordering::Relaxed);
     let held_secs = t0.elapsed().as_secs_f64() - connect_secs;
     shared.stop_all.cancel();
@@ -211,9 +208,10 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
         .filter(|_| connected > 0)
         .map(|c| (c * 1e6 / connected as f64).round());
     if plan.json {
-        let broker = plan.broker_pid.map(|pid| {
+        let broker = plan.broker_pids.first().copied().map(|pid| {
             json!({
                 "pid": pid,
+                "pids": plan.broker_pids,
                 "rss_before_kib": rss_before,
                 "rss_held_kib": rss_held,
                 "rss_end_kib": rss_end,
@@ -293,7 +291,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: ConnPlan) -> anyhow::Result<()> {
         "generator",
         generator_text(cpu_connect, connect_secs, plan.workers)
     );
-    if let Some(pid) = plan.broker_pid {
+    if let Some(&pid) = plan.broker_pids.first() {
         let kib =
             |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         println!(

@@ -62,7 +62,11 @@ pub struct LoadPlan {
     pub drain: Duration,
     pub parallel: usize,
     pub json: bool,
-    pub broker_pid: Option<u32>,
+    pub broker_pids: Vec<u32>,
+    /// The engine's processes (a cluster's NATS servers): their CPU is reported apart.
+    pub engine_pids: Vec<u32>,
+    /// Subscribers connect here (publishers to `run`'s endpoint): a cluster's other node.
+    pub sub_endpoint: Option<Arc<Endpoint>>,
     pub workers: usize,
     pub keep_alive: u16,
 }
@@ -80,8 +84,8 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
     let run = run_id();
     let shared = Arc::new(Shared::new(run, plan.keep_alive, ep.version));
     let interrupted = interrupted_by_ctrl_c();
-    let watch = plan.broker_pid.and_then(BrokerWatch::start);
-    if plan.broker_pid.is_some() && watch.is_none() && !plan.json {
+    let watch = BrokerWatch::start(&plan.broker_pids);
+    if !plan.broker_pids.is_empty() && watch.is_none() && !plan.json {
         eprintln!("note: cannot read /proc of the broker process: no broker figures");
     }
     let rss_start = watch.as_ref().map(|w| w.max_rss_kib());
@@ -98,7 +102,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         let (ep, shared, permits, tx) = (
-            ep.clone(),
+            plan.sub_endpoint.clone().unwrap_or_else(|| ep.clone()),
             shared.clone(),
             permits.clone(),
             ready_tx.clone(),
@@ -214,9 +218,9 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
     let sum = |cs: &[Arc<Counters>]| Snapshot::sum(cs.iter().map(|c| c.as_ref()));
     let mut window_start: Option<(Snapshot, CpuMark)> = None;
     if plan.warmup.is_zero() {
-        window_start = Some(open_window(&shared, &counters, plan.broker_pid));
+        window_start = Some(open_window(&shared, &counters, &plan));
     }
-    let mut last = (sum(&counters), CpuMark::now(None));
+    let mut last = (sum(&counters), CpuMark::now(&[], &[]));
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(1),
         Duration::from_secs(1),
@@ -231,21 +235,21 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
         tokio::select! {
             _ = tick.tick() => {
                 if tty {
-                    let now = (sum(&counters), CpuMark::now(None));
+                    let now = (sum(&counters), CpuMark::now(&[], &[]));
                     progress(&plan, t0, &last, &now, window_start.is_some());
                     last = now;
                 }
             }
             _ = async { match wait { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                 if window_start.is_none() {
-                    window_start = Some(open_window(&shared, &counters, plan.broker_pid));
+                    window_start = Some(open_window(&shared, &counters, &plan));
                 } else {
                     break;
                 }
             }
             _ = interrupted.cancelled() => {
                 if window_start.is_none() {
-                    window_start = Some(open_window(&shared, &counters, plan.broker_pid));
+                    window_start = Some(open_window(&shared, &counters, &plan));
                 }
                 break;
             }
@@ -258,7 +262,7 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
         .window_end_ns
         .store(super::stats::mono_ns(), Ordering::Relaxed);
     let end_snap = sum(&counters);
-    let end_cpu = CpuMark::now(plan.broker_pid);
+    let end_cpu = CpuMark::now(&plan.broker_pids, &plan.engine_pids);
     if tty {
         print!("\r\x1b[2K");
         let _ = std::io::stdout().flush();
@@ -339,14 +343,18 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
     let window = end_cpu.at.duration_since(start_cpu.at).as_secs_f64();
     let counted = end_snap.since(&start_snap);
     let broker = watch.as_ref().map(|w| BrokerFigures {
-        pid: w.pid,
+        pids: w.pids.clone(),
         cpu_secs: match (start_cpu.broker, end_cpu.broker) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         },
         rss_start_kib: rss_start.unwrap_or(0),
         rss_max_kib: w.max_rss_kib(),
-        rss_end_kib: sys::proc_rss_kib(w.pid).unwrap_or(0),
+        rss_end_kib: sys::rss_of(&w.pids).unwrap_or(0),
+        engine_cpu_secs: match (start_cpu.engine, end_cpu.engine) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
     });
     let summary = Summary {
         scenario: plan.kind.name(),
@@ -360,6 +368,10 @@ pub async fn run(ep: Arc<Endpoint>, plan: LoadPlan) -> anyhow::Result<()> {
         sub_topic: plan.sub_topic.clone(),
         version: ep.version,
         host: format!("{}:{}", ep.host, ep.port),
+        sub_host: plan
+            .sub_endpoint
+            .as_ref()
+            .map(|e| format!("{}:{}", e.host, e.port)),
         warmup: plan.warmup.as_secs_f64(),
         window,
         counted,
@@ -410,14 +422,14 @@ impl Tally {
 fn open_window(
     shared: &Shared,
     counters: &[Arc<Counters>],
-    broker_pid: Option<u32>,
+    plan: &LoadPlan,
 ) -> (Snapshot, CpuMark) {
     shared
         .window_start_ns
         .store(super::stats::mono_ns(), Ordering::Relaxed);
     (
         Snapshot::sum(counters.iter().map(|c| c.as_ref())),
-        CpuMark::now(broker_pid),
+        CpuMark::now(&plan.broker_pids, &plan.engine_pids),
     )
 }
 

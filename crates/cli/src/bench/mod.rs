@@ -139,9 +139,10 @@ struct Target {
     #[arg(long, default_value_t = 100, value_name = "N")]
     parallel: usize,
 
-    /// Watch this broker process: its CPU seconds and resident memory (same host).
-    #[arg(long, value_name = "PID")]
-    broker_pid: Option<u32>,
+    /// Watch this broker process: its CPU seconds and resident memory (same host). Several
+    /// (comma-separated, or the flag again) are counted together: a cluster's nodes.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    broker_pid: Vec<u32>,
 
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
@@ -224,6 +225,20 @@ struct LoadArgs {
     /// Seconds to wait after the last publication for what is still on its way.
     #[arg(long, default_value_t = 2.0)]
     drain: f64,
+
+    /// Subscribers connect to this port (on --sub-host), publishers to --port: publishers and
+    /// subscribers on different nodes of a cluster.
+    #[arg(long, value_name = "PORT")]
+    sub_port: Option<u16>,
+
+    /// Host of --sub-port [default: --host].
+    #[arg(long, value_name = "HOST")]
+    sub_host: Option<String>,
+
+    /// Also report the CPU of these processes (comma-separated): the engine under a cluster,
+    /// its NATS servers.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    engine_pid: Vec<u32>,
     // --help comes with the flattened `Target`.
 }
 
@@ -310,7 +325,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 qos: qos_of(a.qos),
                 hold: a.hold.map(Duration::from_secs_f64),
                 json: a.target.json,
-                broker_pid: a.target.broker_pid,
+                broker_pids: a.target.broker_pid.clone(),
                 workers: a.target.workers(),
                 tls_resume: a.target.tls_resume,
             };
@@ -372,6 +387,18 @@ fn load(kind: load::Kind, a: LoadArgs) -> anyhow::Result<()> {
         bail!("--duration, --warmup and --drain are seconds, not negative");
     }
     let ep = Arc::new(a.target.endpoint()?);
+    let sub_endpoint = if a.sub_port.is_some() || a.sub_host.is_some() {
+        let mut target = a.target.clone();
+        if let Some(host) = &a.sub_host {
+            target.host.clone_from(host);
+        }
+        if a.sub_port.is_some() {
+            target.port = a.sub_port;
+        }
+        Some(Arc::new(target.endpoint()?))
+    } else {
+        None
+    };
     let plan = load::LoadPlan {
         kind,
         pubs,
@@ -387,7 +414,9 @@ fn load(kind: load::Kind, a: LoadArgs) -> anyhow::Result<()> {
         drain: Duration::from_secs_f64(a.drain),
         parallel: a.target.parallel.max(1),
         json: a.target.json,
-        broker_pid: a.target.broker_pid,
+        broker_pids: a.target.broker_pid.clone(),
+        engine_pids: a.engine_pid.clone(),
+        sub_endpoint,
         workers: a.target.workers(),
         keep_alive: a.target.keepalive,
     };

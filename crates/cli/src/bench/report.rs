@@ -7,12 +7,15 @@ use super::stats::{Histogram, Snapshot};
 
 /// What the broker process did during the measured window (with `--broker-pid`).
 pub struct BrokerFigures {
-    pub pid: u32,
+    /// The broker's processes (several: a cluster's nodes, counted together).
+    pub pids: Vec<u32>,
     /// CPU seconds (user + system) during the measured window.
     pub cpu_secs: Option<f64>,
     pub rss_start_kib: u64,
     pub rss_max_kib: u64,
     pub rss_end_kib: u64,
+    /// CPU seconds of the engine's processes (`--engine-pid`) during the measured window.
+    pub engine_cpu_secs: Option<f64>,
 }
 
 /// Everything a message scenario reports.
@@ -28,6 +31,8 @@ pub struct Summary {
     pub sub_topic: String,
     pub version: ProtocolVersion,
     pub host: String,
+    /// Where the subscribers connected, when not to `host`.
+    pub sub_host: Option<String>,
     pub warmup: f64,
     /// Seconds measured.
     pub window: f64,
@@ -143,19 +148,29 @@ pub fn print_load(s: &Summary, json_out: bool) {
     if json_out {
         let broker = s.broker.as_ref().map(|b| {
             json!({
-                "pid": b.pid,
+                "pid": b.pids.first(),
+                "pids": b.pids,
                 "cpu_s": b.cpu_secs.map(|c| round(c, 3)),
                 "cores_used": b.cpu_secs.map(|c| round(c / s.window.max(1e-9), 3)),
                 "deliveries_per_cpu_s": b.cpu_secs.filter(|c| *c > 0.0).map(|c| (s.counted.delivered as f64 / c).round()),
                 "rss_start_kib": b.rss_start_kib,
                 "rss_max_kib": b.rss_max_kib,
                 "rss_end_kib": b.rss_end_kib,
+                "cpu_us_per_delivery": b.cpu_secs.filter(|_| s.counted.delivered > 0).map(|c| round(c * 1e6 / s.counted.delivered as f64, 3)),
+            })
+        });
+        let engine = s.broker.as_ref().and_then(|b| b.engine_cpu_secs).map(|c| {
+            json!({
+                "cpu_s": round(c, 3),
+                "cores_used": round(c / s.window.max(1e-9), 3),
+                "cpu_us_per_delivery": (s.counted.delivered > 0).then(|| round(c * 1e6 / s.counted.delivered as f64, 3)),
             })
         });
         let v = json!({
             "scenario": s.scenario,
             "params": {
                 "broker": s.host,
+                "sub_broker": s.sub_host,
                 "protocol": version_name(s.version),
                 "publishers": s.pubs,
                 "subscribers": s.subs,
@@ -192,6 +207,7 @@ pub fn print_load(s: &Summary, json_out: bool) {
             "first_error": s.first_error,
             "generator": generator_json(s.gen_cpu_secs, s.window, s.workers),
             "broker": broker,
+            "engine": engine,
         });
         println!("{v}");
         return;
@@ -290,11 +306,22 @@ pub fn print_load(s: &Summary, json_out: bool) {
         println!(
             "  {:<12} pid {}: {cpu}; RSS {:.1} MiB at start, {:.1} MiB max, {:.1} MiB at end",
             "broker",
-            b.pid,
+            b.pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join("+"),
             b.rss_start_kib as f64 / 1024.0,
             b.rss_max_kib as f64 / 1024.0,
             b.rss_end_kib as f64 / 1024.0
         );
+        if let Some(c) = b.engine_cpu_secs {
+            println!(
+                "  {:<12} {c:.2} s CPU = {:.2} cores",
+                "engine",
+                c / s.window.max(1e-9)
+            );
+        }
     }
 }
 

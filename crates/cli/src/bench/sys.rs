@@ -68,17 +68,36 @@ pub fn proc_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Samples a broker process's RSS in the background (every 100 ms) and keeps the maximum.
+/// CPU seconds of all these processes together; `None` when there are none or one cannot
+/// be read (a cluster's nodes are watched as one broker).
+pub fn cpu_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| proc_cpu_secs(*p)).sum()
+}
+
+/// Resident memory of all these processes together, in KiB.
+pub fn rss_of(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| proc_rss_kib(*p)).sum()
+}
+
+/// Samples a broker's RSS (all its processes together) in the background (every 100 ms) and
+/// keeps the maximum.
 pub struct BrokerWatch {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     max_rss: Arc<AtomicU64>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl BrokerWatch {
     /// Starts sampling; `None` when the process cannot be read.
-    pub fn start(pid: u32) -> Option<BrokerWatch> {
-        let first = proc_rss_kib(pid)?;
+    pub fn start(pids: &[u32]) -> Option<BrokerWatch> {
+        let first = rss_of(pids)?;
+        let pid_list = pids.to_vec();
         let max_rss = Arc::new(AtomicU64::new(first));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (m, s) = (max_rss.clone(), stop.clone());
@@ -87,7 +106,7 @@ impl BrokerWatch {
             .name("bench-rss".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
-                    match proc_rss_kib(pid) {
+                    match rss_of(&pid_list) {
                         Some(kib) => {
                             m.fetch_max(kib, Ordering::Relaxed);
                         }
@@ -97,7 +116,11 @@ impl BrokerWatch {
                 }
             });
         spawned.ok()?;
-        Some(BrokerWatch { pid, max_rss, stop })
+        Some(BrokerWatch {
+            pids: pids.to_vec(),
+            max_rss,
+            stop,
+        })
     }
 
     pub fn max_rss_kib(&self) -> u64 {
@@ -117,14 +140,17 @@ pub struct CpuMark {
     pub at: Instant,
     pub own: f64,
     pub broker: Option<f64>,
+    /// The engine under a cluster (its NATS servers), when watched.
+    pub engine: Option<f64>,
 }
 
 impl CpuMark {
-    pub fn now(broker_pid: Option<u32>) -> CpuMark {
+    pub fn now(broker_pids: &[u32], engine_pids: &[u32]) -> CpuMark {
         CpuMark {
             at: Instant::now(),
             own: own_cpu_secs(),
-            broker: broker_pid.and_then(proc_cpu_secs),
+            broker: cpu_of(broker_pids),
+            engine: cpu_of(engine_pids),
         }
     }
 }
@@ -140,5 +166,8 @@ mod tests {
         assert!(proc_cpu_secs(pid).is_some());
         assert!(own_cpu_secs() >= 0.0);
         assert!(proc_rss_kib(u32::MAX).is_none());
+        assert!(cpu_of(&[pid, pid]).is_some());
+        assert!(cpu_of(&[]).is_none());
+        assert!(rss_of(&[pid, u32::MAX]).is_none());
     }
 }
