@@ -60,7 +60,7 @@ def three():
         stop(workdir, nats, nodes)
 
 
-def settle(pub, members, topic, qos, timeout=15.0):
+def settle(pub, members, topic, qos, timeout=30.0):
     """Publishes probes until a member gets one: the group's queue subscriptions and
     consumers are made a moment after the SUBACK (docs/cluster.md). Then drains."""
     deadline = time.monotonic() + timeout
