@@ -1036,15 +1036,18 @@ class Report:
     overlaps_too_long: list = field(default_factory=list)
     acked_after_resume: int = 0
     longest_stall: float = 0.0
+    longest_delivery: float = 0.0
     longest_takeover: float = 0.0
     longest_overlap: float = 0.0
     faults: list = field(default_factory=list)
     overlaps: list = field(default_factory=list)
+    explain: list = field(default_factory=list)      # what the clients saw around a loss
 
     def problems(self) -> list[str]:
         out = []
         if self.lost:
             out.append(f"{len(self.lost)} acknowledged deliveries lost, e.g. {self.lost[:5]}")
+            out += self.explain
         if self.duplicates_qos2:
             out.append(f"{len(self.duplicates_qos2)} QoS 2 duplicates, e.g. {self.duplicates_qos2[:5]}")
         if self.order_violations:
@@ -1069,6 +1072,7 @@ class Report:
             f"order violations:       {len(self.order_violations)}",
             f"retained wrong:         {len(self.retained_bad)}",
             f"longest stall:          {self.longest_stall:.1f} s (a client without a connection)",
+            f"longest delivery:       {self.longest_delivery:.1f} s (acknowledged to the publisher -> arrived at a subscriber)",
             f"longest takeover:       {self.longest_takeover:.1f} s (fault to the same client id accepted on another node)",
             f"longest double serving: {self.longest_overlap:.1f} s (lease {LEASE_TTL:.0f} s)",
         ])
@@ -1110,9 +1114,14 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
                 if prev is not None and seq < prev:
                     r.order_violations.append((sub, pub, qos, prev, seq))
                 last[(pub, qos)] = seq
+        first: dict[tuple[str, int, int], float] = {}
+        for t, pub, qos, seq in got:
+            first.setdefault((pub, qos, seq), t)
         for (pub, qos), seqs in acked.items():
             for seq, t in seqs.items():
                 r.delivered += 1
+                if (pub, qos, seq) in first:
+                    r.longest_delivery = max(r.longest_delivery, first[(pub, qos, seq)] - t)
                 if (pub, qos, seq) not in counts:
                     if exposed(sub, t):
                         r.lost_known_gap.append((sub, pub, qos, seq))
@@ -1121,6 +1130,14 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
         r.duplicates_qos2 += [(sub, *k, n) for k, n in counts.items() if k[1] == 2 and n > 1]
     if not tolerate_known_gap:
         r.lost += r.lost_known_gap
+    t0 = min((c.opened for c in conns), default=0.0)
+    for sub, pub, qos, seq in r.lost[:3]:
+        t = acked[(pub, qos)][seq]
+        around = [f"{c.node}@{c.opened - t0:.2f}-{(c.closed or 0) - t0:.2f}({c.reason})"
+                  for c in conns if c.client_id == sub and abs(c.opened - t) < 30]
+        faults = [f"{f['kind']}:{f['victim']}@{f['at'] - t0:.2f}" for f in r.faults]
+        r.explain.append(f"  {sub} missed {pub}:{qos}:{seq} acked at {t - t0:.2f}; "
+                         f"its connections {around}; faults {faults}")
     # Retained: the last acknowledged value, or one sent after it whose outcome is unknown.
     for pub, seqs in h.retained_acked.items():
         last_acked = max(seqs)

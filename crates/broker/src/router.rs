@@ -137,7 +137,7 @@ pub(crate) struct ClusterSide {
     /// What waits for the appends of the batches handed to the cluster before it, in order:
     /// a session's record must list its messages by their place in the log, and its
     /// cursors count this node's own messages published up to then.
-    waiting: std::collections::VecDeque<(u64, Waiting)>,
+    waiting: std::collections::VecDeque<(u64, Waiting, Followed)>,
     /// Claims whose session record is ahead of this node's followers: decided once they
     /// have caught up, so no message reaches the session both live and from the record.
     catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
@@ -156,6 +156,11 @@ pub(crate) struct ClusterSide {
     full: bool,
     full_logged: Option<Instant>,
 }
+
+/// Each partition's follower position (`NodePosition::next`) when something was handed to
+/// [`ClusterSide::after_appends`]: what a session's snapshot taken then has been offered of
+/// other nodes' messages.
+type Followed = Vec<(u16, u64)>;
 
 /// What waits for the cluster's appends (see `ClusterSide::waiting`).
 enum Waiting {
@@ -223,12 +228,21 @@ impl ClusterSide {
 
     /// Carries `w` out once the batches handed to the cluster so far are appended (now, when
     /// they are).
+    ///
+    /// A session's snapshot is taken when it is handed here, but its record is written
+    /// later: the follower positions it says the session has taken in are the ones of now
+    /// (`followed`), not of when the appends return. Meanwhile the followers go on, and
+    /// the messages they bring to the offline session are in no snapshot: with the later
+    /// positions, the record would say they were taken in, and the node resuming the
+    /// session would skip them (found by the fault harness, tests/interop/cluster_faults.py:
+    /// a subscriber moving between nodes lost a QoS 1 message published as it moved).
     fn after_appends(&mut self, w: Waiting) {
         let epoch = self.gate.submitted();
+        let followed: Followed = self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
         if self.waiting.is_empty() && epoch <= self.appended {
-            self.complete(w);
+            self.complete(w, &followed);
         } else {
-            self.waiting.push_back((epoch, w));
+            self.waiting.push_back((epoch, w, followed));
         }
     }
 
@@ -241,14 +255,14 @@ impl ClusterSide {
             pos.own_through = pos.own_through.max(seq);
         }
         self.appended = self.appended.max(epoch);
-        while self.waiting.front().is_some_and(|(e, _)| *e <= epoch) {
-            if let Some((_, w)) = self.waiting.pop_front() {
-                self.complete(w);
+        while self.waiting.front().is_some_and(|(e, _, _)| *e <= epoch) {
+            if let Some((_, w, followed)) = self.waiting.pop_front() {
+                self.complete(w, &followed);
             }
         }
     }
 
-    fn complete(&mut self, w: Waiting) {
+    fn complete(&mut self, w: Waiting, followed: &[(u16, u64)]) {
         match w {
             Waiting::Store {
                 client_id,
@@ -257,8 +271,19 @@ impl ClusterSide {
             } => {
                 // Offline here: where it stands in the log, so another node resumes it.
                 let log = snapshot.as_ref().filter(|s| !s.connected).map(|s| {
-                    let positions: Vec<(u16, NodePosition)> =
-                        self.positions.iter().map(|(p, n)| (*p, *n)).collect();
+                    // The follower positions of the snapshot; this node's own messages
+                    // through the batches handed over before it (appended now).
+                    let positions: Vec<(u16, NodePosition)> = self
+                        .positions
+                        .iter()
+                        .map(|(p, n)| {
+                            let next = followed
+                                .iter()
+                                .find(|(q, _)| q == p)
+                                .map_or(n.next, |(_, next)| *next);
+                            (*p, NodePosition { next, ..*n })
+                        })
+                        .collect();
                     let taken = s.outbound.iter().map(|k| {
                         let (state, packet_id) = crate::cluster::outbound_state(k);
                         Taken {
@@ -1316,6 +1341,51 @@ mod tests {
     /// A leaving session's record is written after the appends of the batches handed to the
     /// cluster before it, with this node's own messages counted exactly up to that batch; the
     /// registry entry is marked after it.
+    /// The followers go on while a leaving session's record waits for the appends before
+    /// it: the record's cursors are where they stood at its snapshot, so the messages they
+    /// brought meanwhile (queued to the offline session here, and in no snapshot) are read
+    /// back by the node that resumes it.
+    #[test]
+    fn a_leaving_sessions_cursor_is_where_the_follower_stood_at_its_snapshot() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut c = ClusterSide::new(
+            tx,
+            Arc::new(makelaar_cluster::stats::NodeStats::new(
+                makelaar_cluster::partition::PartitionCount::new(1).unwrap(),
+            )),
+            Arc::new(tokio::sync::Notify::new()),
+            makelaar_cluster::NodeId::new("a").unwrap(),
+        );
+        c.positions.insert(
+            0,
+            NodePosition {
+                next: 5,
+                own_through: 0,
+            },
+        );
+        c.gate.next_epoch(); // batch 1, not appended yet
+        c.after_appends(Waiting::Store {
+            client_id: Arc::from("s"),
+            snapshot: Some(offline(Vec::new())),
+            wills: Vec::new(),
+        });
+        // Other nodes' messages 5..=8 reach the offline session before batch 1 returns.
+        c.positions.get_mut(&0).unwrap().next = 9;
+        c.appended(1, vec![(0, 4)]);
+        let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
+            panic!("the record is written once batch 1 is appended")
+        };
+        let (cursors, _) = log.expect("offline: where it stands");
+        assert_eq!(
+            cursors,
+            [Cursor {
+                partition: 0,
+                next: 5,
+                writer_through: 4
+            }]
+        );
+    }
+
     #[test]
     fn a_leaving_sessions_record_waits_for_the_appends_before_it() {
         let (tx, mut rx) = mpsc::unbounded_channel();
