@@ -554,6 +554,8 @@ class History:
         self.overlaps: list[dict] = []
         self.stalls: dict[str, list[tuple[float, float]]] = {}   # client -> (down, up)
         self.connect_refused: list[tuple[str, int, int]] = []  # (client, node, reason code)
+        self.wills: dict[str, float] = {}                        # probe id -> connected at
+        self.wills_received: dict[str, list[str]] = {}           # sub -> probe ids
 
     def note(self, table, key, seq, t):
         with self.lock:
@@ -778,6 +780,11 @@ class Subscriber(Client):
         history.received[name] = []
 
     def _on_message(self, client, userdata, msg):
+        if msg.payload.startswith(b"will:"):
+            with self.history.lock:
+                self.history.wills_received.setdefault(self.name, []).append(
+                    msg.payload[5:].decode())
+            return
         m = PAYLOAD.match(msg.payload)
         if m is None:
             return
@@ -787,7 +794,7 @@ class Subscriber(Client):
 
     def after_connect(self):
         if not self.subscribed:
-            r, _ = self.c.subscribe("f/#", qos=2)
+            r, _ = self.c.subscribe([("f/#", 2), ("w/#", 2)])
             self.subscribed = r == mqtt.MQTT_ERR_SUCCESS
 
     def setup(self):
@@ -837,10 +844,18 @@ class Probe:
         self.id = f"probe-{uuid.uuid4().hex[:8]}"
         self.nodes, self.history, self.victim = nodes, history, victim
         self.old = Client(self.id, nodes, history, victim, keepalive=60)
+        # Its will (QoS 2): published once when the connection on the faulted node ends
+        # (taken over by the same id elsewhere, whose clean start ends the session).
+        self.old.c.will_set(f"w/{self.id}", f"will:{self.id}".encode(), qos=2)
         self.new: Client | None = None
 
     def before(self) -> bool:
-        return self.old.try_connect(self.victim)
+        if not self.old.try_connect(self.victim):
+            return False
+        with self.history.lock:
+            self.history.wills[self.id] = time.monotonic()
+        time.sleep(0.3)  # its record (with the will) written
+        return True
 
     def after(self, deadline: float) -> Client | None:
         """Connects the same id elsewhere (tries until `deadline`)."""
@@ -1034,6 +1049,12 @@ class Report:
     order_violations: list = field(default_factory=list)
     retained_bad: list = field(default_factory=list)
     overlaps_too_long: list = field(default_factory=list)
+    wills: int = 0
+    wills_missing: list = field(default_factory=list)   # (sub, probe)
+    wills_missing_known_gap: list = field(default_factory=list)
+    wills_twice: list = field(default_factory=list)      # (sub, probe, n)
+    late_unacked: list = field(default_factory=list)    # anomalies of unacknowledged messages
+    tolerate_late_appends: bool = False
     acked_after_resume: int = 0
     longest_stall: float = 0.0
     longest_delivery: float = 0.0
@@ -1054,8 +1075,14 @@ class Report:
             out.append(f"{len(self.order_violations)} order violations, e.g. {self.order_violations[:5]}")
         if self.retained_bad:
             out.append(f"retained values wrong: {self.retained_bad}")
+        if self.wills_missing:
+            out.append(f"wills never arrived: {self.wills_missing[:5]}")
+        if self.wills_twice:
+            out.append(f"wills published more than once: {self.wills_twice[:5]}")
         if self.overlaps_too_long:
             out.append(f"client ids on two nodes longer than the lease: {self.overlaps_too_long}")
+        if self.late_unacked and not self.tolerate_late_appends:
+            out.append(f"late appends of unacknowledged messages: {self.late_unacked[:5]}")
         return out
 
     def summary(self) -> str:
@@ -1071,6 +1098,9 @@ class Report:
             f"QoS 2 duplicates:       {len(self.duplicates_qos2)}",
             f"order violations:       {len(self.order_violations)}",
             f"retained wrong:         {len(self.retained_bad)}",
+            f"wills:                  {self.wills} expected, {len(self.wills_missing)} missing, {len(self.wills_twice)} twice"
+            f" (known gap: {len(self.wills_missing_known_gap)})",
+            f"late appends:           {len(self.late_unacked)} QoS 2 duplicates or reorderings of unacknowledged messages",
             f"longest stall:          {self.longest_stall:.1f} s (a client without a connection)",
             f"longest delivery:       {self.longest_delivery:.1f} s (acknowledged to the publisher -> arrived at a subscriber)",
             f"longest takeover:       {self.longest_takeover:.1f} s (fault to the same client id accepted on another node)",
@@ -1127,9 +1157,38 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
                         r.lost_known_gap.append((sub, pub, qos, seq))
                     else:
                         r.lost.append((sub, pub, qos, seq))
-        r.duplicates_qos2 += [(sub, *k, n) for k, n in counts.items() if k[1] == 2 and n > 1]
+        for k, n in counts.items():
+            if k[1] == 2 and n > 1:
+                if k[2] in acked.get((k[0], k[1]), {}):
+                    r.duplicates_qos2.append((sub, *k, n))
+                else:
+                    r.late_unacked.append(("duplicate", sub, *k, n))
+    # A message whose publisher never got its acknowledgement, arriving after later ones of
+    # the same publisher: its append outlived the node's wait for it (see docs/cluster.md
+    # "Faults", late appends). Counted apart from the acknowledged messages' order.
+    late_order = [v for v in r.order_violations if v[4] not in acked.get((v[1], v[2]), {})]
+    r.order_violations = [v for v in r.order_violations if v not in late_order]
+    r.late_unacked += [("reordered", *v) for v in late_order]
     if not tolerate_known_gap:
         r.lost += r.lost_known_gap
+    # Wills: each probe's will once at every persistent subscriber.
+    with h.lock:
+        wills = dict(h.wills)
+        got_wills = {k: list(v) for k, v in h.wills_received.items()}
+    r.wills = len(wills)
+    for sub in received:
+        seen = got_wills.get(sub, [])
+        for probe in wills:
+            n = seen.count(probe)
+            if n == 0:
+                if any(sub in f["subs_on_victim"] for f in r.faults if f["kind"] != "kill-nats"):
+                    r.wills_missing_known_gap.append((sub, probe))
+                else:
+                    r.wills_missing.append((sub, probe))
+            elif n > 1:
+                r.wills_twice.append((sub, probe, n))
+    if not tolerate_known_gap:
+        r.wills_missing += r.wills_missing_known_gap
     t0 = min((c.opened for c in conns), default=0.0)
     for sub, pub, qos, seq in r.lost[:3]:
         t = acked[(pub, qos)][seq]
@@ -1165,7 +1224,7 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
 
 
 def run(cluster: ClusterBase, schedule: list[tuple[str, int]], settle=4.0, rate=40.0,
-        tolerate_known_gap=True, on_cycle=None) -> Report:
+        tolerate_known_gap=True, tolerate_late_appends=False, on_cycle=None) -> Report:
     """Runs the workload over `cluster` (started), injects each (fault, victim) of
     `schedule` in turn with `settle` seconds of quiet between, then heals, drains and
     checks."""
@@ -1187,5 +1246,6 @@ def run(cluster: ClusterBase, schedule: list[tuple[str, int]], settle=4.0, rate=
     finally:
         w.stop()
     report = check(w, retained, tolerate_known_gap)
+    report.tolerate_late_appends = tolerate_late_appends
     report.cycles = len(schedule)
     return report

@@ -23,7 +23,7 @@ def main() -> int:
                     help=f"fault kinds, comma-separated ({','.join(cf.FAULTS)})")
     ap.add_argument("--rate", type=float, default=40.0, help="messages/s per publisher (40)")
     ap.add_argument("--strict", action="store_true",
-                    help="count the known gap (subscribers on a faulted node, cl-durable) as loss")
+                    help="count the known gap (subscribers on a faulted node, cl-durable) as loss, and late appends of unacknowledged messages as problems")
     ap.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
     args = ap.parse_args()
     kinds = [k for k in args.faults.split(",") if k]
@@ -46,6 +46,7 @@ def main() -> int:
         cluster.start()
         cf.log(f"{len(schedule)} faults: {schedule}")
         report = cf.run(cluster, schedule, rate=args.rate, tolerate_known_gap=not args.strict,
+                        tolerate_late_appends=not args.strict,
                         on_cycle=lambda k, w: cf.log(f"fault {k}/{len(schedule)} healed; "
                                                       f"missing so far: {w.missing_count()}"))
         print()
