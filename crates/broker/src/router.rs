@@ -1122,8 +1122,19 @@ impl Router {
                 session: kept,
                 will: remote_will,
                 resume,
+                moved_away,
             }) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                // Another node had the session since this node last did: what this node
+                // still holds of it is stale (the notice that it moved was lost, e.g. while
+                // this node was cut off) and would send again what the client got there.
+                // The cluster's record is the session (found by the fault harness: a
+                // subscriber back on a node that had been cut off got hundreds of QoS 2
+                // messages a second time). Its record is not touched: the adopted session
+                // is what this step writes.
+                if moved_away {
+                    self.broker.forget_session(now, &client_id);
+                }
                 // A will another node left (it handed the connection over, or died): taken
                 // out of the cluster's record by this claim, so decided here only, by the
                 // takeover rules, before this CONNECT's CONNACK [MQTT-3.1.4-3]

@@ -1146,7 +1146,10 @@ impl<B: Backend> Cluster<B> {
 }
 
 /// `work`, unless `deadline` passes first (`None` then; no deadline: it runs to its end).
-async fn bounded<T>(deadline: Option<Instant>, work: impl std::future::Future<Output = T>) -> Option<T> {
+async fn bounded<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
     match deadline {
         Some(at) => tokio::time::timeout_at(tokio::time::Instant::from_std(at), work)
             .await

@@ -157,7 +157,11 @@ fn a_restarted_peer_reports_its_old_incarnation() {
 fn a_hanging_write_is_bounded_by_the_step_down_instant() {
     let t0 = Instant::now();
     let mut l = OwnLease::new(cfg(), t0);
-    assert_eq!(l.step_down_at(), None, "not serving yet: nothing to step down from");
+    assert_eq!(
+        l.step_down_at(),
+        None,
+        "not serving yet: nothing to step down from"
+    );
     assert_eq!(l.poll(t0), OwnState::Refresh);
     l.handle_written(t0);
     assert_eq!(l.poll(t0), OwnState::Resume);
@@ -170,5 +174,9 @@ fn a_hanging_write_is_bounded_by_the_step_down_instant() {
     assert_eq!(l.step_down_at(), Some(limit));
     l.handle_failed(limit);
     assert_eq!(l.poll(limit), OwnState::StepDown);
-    assert_eq!(l.step_down_at(), None, "stepped down: no deadline until serving again");
+    assert_eq!(
+        l.step_down_at(),
+        None,
+        "stepped down: no deadline until serving again"
+    );
 }
