@@ -1206,7 +1206,12 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
         for probe in wills:
             n = seen.count(probe)
             if n == 0:
-                if exposed(sub, wills[probe]) or any(
+                # Published when its connection ended (the fault, or the reap a lease
+                # later): a subscriber on the faulted node, or on one that stepped down
+                # since, is the known gap.
+                stepped_down = any(c.client_id == sub and "Server busy" in c.reason
+                                   and (c.closed or 0) > wills[probe] for c in conns)
+                if stepped_down or any(
                         sub in f["subs_on_victim"] for f in r.faults if f["kind"] != "kill-nats"):
                     r.wills_missing_known_gap.append((sub, probe))
                 else:

@@ -238,10 +238,9 @@ pub(crate) struct Claim {
     pub(crate) will: Option<RemoteWill>,
     /// When the session's record says where it stands in the log: how it resumes.
     pub(crate) resume: Option<Resume>,
-    /// The registry did not name this node before the claim: a copy of the session this
-    /// node still holds is stale (another node had the session since, and its notice that
-    /// the client moved was lost, e.g. while this node was cut off): the cluster's record
-    /// replaces it.
+    /// The session's record was last written by another node: a copy of the session this
+    /// node still holds is stale (that node had the session since, and its notice that the
+    /// client moved was lost, e.g. while this node was cut off): the record replaces it.
     pub(crate) moved_away: bool,
 }
 
@@ -570,10 +569,14 @@ async fn claim(
             .as_ref()
             .zip(found.written_by.as_ref())
             .and_then(|(r, writer)| resume_of(r, writer));
-        let moved_away = claimed
-            .previous
+        // Another node wrote the record last (before a will was taken out of it here): it
+        // had the session since this node did. (The registry alone does not say so: a claim
+        // elsewhere that failed after moving the entry leaves this node's record, and copy,
+        // the newest.)
+        let moved_away = found
+            .written_by
             .as_ref()
-            .is_none_or(|p| p.node != cluster.config().node);
+            .is_some_and(|w| *w != cluster.config().node);
         Ok::<_, makelaar_cluster::cluster::ClusterError>(Claim {
             moved_away,
             revision: claimed.revision,
@@ -1043,7 +1046,10 @@ async fn replay(
     // NATS server resumed the session without what it held, acknowledged messages lost).
     let mut attempt = 0;
     let read = loop {
-        match cluster.replay(&plan, &wanted, max_messages, max_bytes).await {
+        match cluster
+            .replay(&plan, &wanted, max_messages, max_bytes)
+            .await
+        {
             Ok(r) => break r,
             Err(e) if attempt < REPLAY_ATTEMPTS => {
                 attempt += 1;

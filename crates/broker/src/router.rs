@@ -1056,6 +1056,9 @@ impl Router {
             self.broker
                 .disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER);
         }
+        // Offline here: that node keeps the session now, as after its notice that the
+        // client moved (which a node cut off at the time never got).
+        self.broker.forget_session(now, client_id);
     }
 
     /// A CONNECT's client id is claimed (or could not be): it is decided now, with the
