@@ -247,6 +247,10 @@ pub(crate) struct Claim {
     pub(crate) will: Option<RemoteWill>,
     /// When the session's record says where it stands in the log: how it resumes.
     pub(crate) resume: Option<Resume>,
+    /// The session's record was last written by another node: a copy of the session this
+    /// node still holds is stale (that node had the session since, and its notice that the
+    /// client moved was lost, e.g. while this node was cut off): the record replaces it.
+    pub(crate) moved_away: bool,
 }
 
 /// Why the cluster could not be joined: one sentence for the user.
@@ -576,7 +580,16 @@ async fn claim(
             .as_ref()
             .zip(found.written_by.as_ref())
             .and_then(|(r, writer)| resume_of(r, writer));
+        // Another node wrote the record last (before a will was taken out of it here): it
+        // had the session since this node did. (The registry alone does not say so: a claim
+        // elsewhere that failed after moving the entry leaves this node's record, and copy,
+        // the newest.)
+        let moved_away = found
+            .written_by
+            .as_ref()
+            .is_some_and(|w| *w != cluster.config().node);
         Ok::<_, makelaar_cluster::cluster::ClusterError>(Claim {
+            moved_away,
             revision: claimed.revision,
             session: found.record.and_then(|r| snapshot_of(&r)),
             will: found.will.map(remote_will),
@@ -1083,6 +1096,11 @@ pub(crate) fn outbound_state(k: &KeptMessage) -> (OutboundState, u16) {
     }
 }
 
+/// How many times a session's replay read is tried again, and the pause between: about as
+/// long as JetStream takes to elect new leaders after a server is lost.
+const REPLAY_ATTEMPTS: u32 = 30;
+const REPLAY_RETRY: Duration = Duration::from_secs(1);
+
 /// A session's replay (see `makelaar_cluster::replay`): reads back what it held on the old
 /// node and what it missed, and hands both to the router.
 async fn replay(
@@ -1103,14 +1121,29 @@ async fn replay(
             .iter()
             .any(|f| makelaar_proto::topic::filter_matches(f, topic))
     };
-    let (now, now_ms) = (Instant::now(), unix_ms());
-    let read = match cluster.replay(&plan, wanted, max_messages, max_bytes).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(%client_id, error = %e, "cannot read a resumed session's messages back from the cluster: it resumes without them");
-            Default::default()
+    // The messages are in the partition streams, on disk on a majority: a read that fails
+    // (a NATS server lost under it, a leader being elected) is tried again, while the
+    // session waits for them (found by the fault harness: a replay that met the kill of a
+    // NATS server resumed the session without what it held, acknowledged messages lost).
+    let mut attempt = 0;
+    let read = loop {
+        match cluster
+            .replay(&plan, &wanted, max_messages, max_bytes)
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) if attempt < REPLAY_ATTEMPTS => {
+                attempt += 1;
+                tracing::warn!(%client_id, error = %e, attempt, "cannot read a resumed session's messages back from the cluster yet: trying again");
+                tokio::time::sleep(REPLAY_RETRY).await;
+            }
+            Err(e) => {
+                tracing::error!(%client_id, error = %e, "cannot read a resumed session's messages back from the cluster: it resumes without them");
+                break Default::default();
+            }
         }
     };
+    let (now, now_ms) = (Instant::now(), unix_ms());
     if read.dropped > 0 {
         tracing::warn!(%client_id, dropped = read.dropped, max_queued_messages = max_messages, max_queued_bytes = max_bytes, "a resumed session missed more messages than its queue holds: the newest were dropped (max_queued_messages, max_queued_bytes)");
     }

@@ -139,7 +139,7 @@ pub(crate) struct ClusterSide {
     /// What waits for the appends of the batches handed to the cluster before it, in order:
     /// a session's record must list its messages by their place in the log, and its
     /// cursors count this node's own messages published up to then.
-    waiting: std::collections::VecDeque<(u64, Waiting)>,
+    waiting: std::collections::VecDeque<(u64, Waiting, Followed)>,
     /// Claims whose session record is ahead of this node's followers: decided once they
     /// have caught up, so no message reaches the session both live and from the record.
     catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
@@ -170,6 +170,11 @@ pub(crate) struct ClusterSide {
     /// router to carry on through the other gates before anything else.
     record_ready: Vec<(ConnId, Held)>,
 }
+
+/// Each partition's follower position (`NodePosition::next`) when something was handed to
+/// [`ClusterSide::after_appends`]: what a session's snapshot taken then has been offered of
+/// other nodes' messages.
+type Followed = Vec<(u16, u64)>;
 
 /// What waits for the cluster's appends (see `ClusterSide::waiting`).
 enum Waiting {
@@ -248,12 +253,21 @@ impl ClusterSide {
 
     /// Carries `w` out once the batches handed to the cluster so far are appended (now, when
     /// they are).
+    ///
+    /// A session's snapshot is taken when it is handed here, but its record is written
+    /// later: the follower positions it says the session has taken in are the ones of now
+    /// (`followed`), not of when the appends return. Meanwhile the followers go on, and
+    /// the messages they bring to the offline session are in no snapshot: with the later
+    /// positions, the record would say they were taken in, and the node resuming the
+    /// session would skip them (found by the fault harness, tests/interop/cluster_faults.py:
+    /// a subscriber moving between nodes lost a QoS 1 message published as it moved).
     fn after_appends(&mut self, w: Waiting, broker: &Broker) {
         let epoch = self.gate.submitted();
+        let followed: Followed = self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
         if self.waiting.is_empty() && epoch <= self.appended {
-            self.complete(w, broker);
+            self.complete(w, broker, &followed);
         } else {
-            self.waiting.push_back((epoch, w));
+            self.waiting.push_back((epoch, w, followed));
         }
     }
 
@@ -266,22 +280,33 @@ impl ClusterSide {
             pos.own_through = pos.own_through.max(seq);
         }
         self.appended = self.appended.max(epoch);
-        while self.waiting.front().is_some_and(|(e, _)| *e <= epoch) {
-            if let Some((_, w)) = self.waiting.pop_front() {
-                self.complete(w, broker);
+        while self.waiting.front().is_some_and(|(e, _, _)| *e <= epoch) {
+            if let Some((_, w, followed)) = self.waiting.pop_front() {
+                self.complete(w, broker, &followed);
             }
         }
     }
 
-    /// Where a session stands in the log now, with what it holds (`session_log`), for its
-    /// record.
+    /// Where a session stands in the log, with what it holds (`session_log`), for its
+    /// record: by the follower positions of now, or of when its snapshot was taken
+    /// (`followed`, see [`ClusterSide::after_appends`]); this node's own messages through
+    /// the batches appended now.
     fn log_of(
         &self,
         client_id: &str,
         s: &makelaar_core::broker::SessionSnapshot,
+        followed: Option<&[(u16, u64)]>,
     ) -> (Vec<Cursor>, Vec<Outbound>) {
-        let positions: Vec<(u16, NodePosition)> =
-            self.positions.iter().map(|(p, n)| (*p, *n)).collect();
+        let positions: Vec<(u16, NodePosition)> = self
+            .positions
+            .iter()
+            .map(|(p, n)| {
+                let next = followed
+                    .and_then(|f| f.iter().find(|(q, _)| q == p))
+                    .map_or(n.next, |(_, next)| *next);
+                (*p, NodePosition { next, ..*n })
+            })
+            .collect();
         let taken = s.outbound.iter().map(|k| {
             let (state, packet_id) = crate::cluster::outbound_state(k);
             Taken {
@@ -297,7 +322,7 @@ impl ClusterSide {
         (cursors, outbound)
     }
 
-    fn complete(&mut self, w: Waiting, broker: &Broker) {
+    fn complete(&mut self, w: Waiting, broker: &Broker, followed: &[(u16, u64)]) {
         match w {
             Waiting::Store {
                 client_id,
@@ -307,22 +332,25 @@ impl ClusterSide {
                 // Connected here: taken again now, after the appends before it, so that its
                 // messages have their place in the log and the cursors match what it holds
                 // (`makelaar_cluster::checkpoint`). Offline here (or handed over): as the
-                // session left.
-                let snapshot = match snapshot {
-                    Some(s) if s.connected => Some(
-                        broker
+                // session left, with the follower positions of then.
+                let (snapshot, now) = match snapshot {
+                    Some(s) if s.connected => {
+                        match broker
                             .session_snapshot(&client_id)
                             .filter(|now| now.connected)
-                            .unwrap_or(s),
-                    ),
-                    other => other,
+                        {
+                            Some(now) => (Some(now), true),
+                            None => (Some(s), false),
+                        }
+                    }
+                    other => (other, false),
                 };
                 // Where it stands in the log, so another node resumes it; not while its own
                 // replay is not back (what it holds is not all here yet).
                 let log = snapshot
                     .as_ref()
                     .filter(|s| !s.connected || !self.resumes.contains_key(&client_id))
-                    .map(|s| self.log_of(&client_id, s));
+                    .map(|s| self.log_of(&client_id, s, (!now).then_some(followed)));
                 let _ = self.to.send(ToCluster::StoreSession {
                     client_id,
                     snapshot,
@@ -333,7 +361,7 @@ impl ClusterSide {
             }
             Waiting::Checkpoint { client_id, n } => match broker.session_snapshot(&client_id) {
                 Some(s) if s.connected && !self.resumes.contains_key(&client_id) => {
-                    let log = Some(self.log_of(&client_id, &s));
+                    let log = Some(self.log_of(&client_id, &s, None));
                     let _ = self.to.send(ToCluster::StoreSession {
                         client_id,
                         snapshot: Some(s),
@@ -1342,6 +1370,9 @@ impl Router {
             self.broker
                 .disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER);
         }
+        // Offline here: that node keeps the session now, as after its notice that the
+        // client moved (which a node cut off at the time never got).
+        self.broker.forget_session(now, client_id);
     }
 
     /// A CONNECT's client id is claimed (or could not be): it is decided now, with the
@@ -1408,8 +1439,19 @@ impl Router {
                 session: kept,
                 will: remote_will,
                 resume,
+                moved_away,
             }) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+                // Another node had the session since this node last did: what this node
+                // still holds of it is stale (the notice that it moved was lost, e.g. while
+                // this node was cut off) and would send again what the client got there.
+                // The cluster's record is the session (found by the fault harness: a
+                // subscriber back on a node that had been cut off got hundreds of QoS 2
+                // messages a second time). Its record is not touched: the adopted session
+                // is what this step writes.
+                if moved_away {
+                    self.broker.forget_session(now, &client_id);
+                }
                 // A will another node left (it handed the connection over, or died): taken
                 // out of the cluster's record by this claim, so decided here only, by the
                 // takeover rules, before this CONNECT's CONNACK [MQTT-3.1.4-3]
@@ -1641,9 +1683,57 @@ mod tests {
         }
     }
 
-    /// A leaving session's record is written after the appends of the batches handed to the
-    /// cluster before it, with this node's own messages counted exactly up to that batch; the
-    /// registry entry is marked after it.
+    /// The followers go on while a leaving session's record waits for the appends before
+    /// it: the record's cursors are where they stood at its snapshot, so the messages they
+    /// brought meanwhile (queued to the offline session here, and in no snapshot) are read
+    /// back by the node that resumes it.
+    #[test]
+    fn a_leaving_sessions_cursor_is_where_the_follower_stood_at_its_snapshot() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut c = ClusterSide::new(
+            tx,
+            Arc::new(makelaar_cluster::stats::NodeStats::new(
+                makelaar_cluster::partition::PartitionCount::new(1).unwrap(),
+            )),
+            Arc::new(tokio::sync::Notify::new()),
+            makelaar_cluster::NodeId::new("a").unwrap(),
+            CheckpointConfig::default(),
+        );
+        // The session is in no broker: its record is written as given.
+        let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
+        c.positions.insert(
+            0,
+            NodePosition {
+                next: 5,
+                own_through: 0,
+            },
+        );
+        c.gate.next_epoch(); // batch 1, not appended yet
+        c.after_appends(
+            Waiting::Store {
+                client_id: Arc::from("s"),
+                snapshot: Some(offline(Vec::new())),
+                wills: Vec::new(),
+            },
+            &broker,
+        );
+        // Other nodes' messages 5..=8 reach the offline session before batch 1 returns.
+        c.positions.get_mut(&0).unwrap().next = 9;
+        c.appended(1, vec![(0, 4)], &broker);
+        let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
+            panic!("the record is written once batch 1 is appended")
+        };
+        let (cursors, _) = log.expect("offline: where it stands");
+        assert_eq!(
+            cursors,
+            [Cursor {
+                partition: 0,
+                next: 5,
+                writer_through: 4
+            }]
+        );
+    }
+
     #[test]
     fn a_leaving_sessions_record_waits_for_the_appends_before_it() {
         let (tx, mut rx) = mpsc::unbounded_channel();

@@ -1070,13 +1070,19 @@ impl<B: Backend> Cluster<B> {
                     // The lease write is one replicated KV write: its time is the engine's
                     // round trip the metrics show, measured every refresh at no extra cost.
                     let sent = Instant::now();
-                    match self.refresh_lease().await {
-                        Ok(_) => {
+                    match bounded(own.step_down_at(), self.refresh_lease()).await {
+                        None => {
+                            // The step-down instant came first: said at the next poll.
+                            self.stats.lease_failures.fetch_add(1, Relaxed);
+                            tracing::warn!("this node's lease write is still unanswered at the step-down deadline");
+                            own.handle_failed(Instant::now());
+                        }
+                        Some(Ok(_)) => {
                             self.stats.set_round_trip(sent.elapsed());
                             self.stats.lease_writes.fetch_add(1, Relaxed);
                             own.handle_written(Instant::now());
                         }
-                        Err(e) => {
+                        Some(Err(e)) => {
                             self.stats.lease_failures.fetch_add(1, Relaxed);
                             tracing::warn!(error = %e, "cannot refresh this node's lease");
                             own.handle_failed(Instant::now());
@@ -1101,16 +1107,25 @@ impl<B: Backend> Cluster<B> {
                     }
                 }
                 OwnState::Idle(until) => {
-                    let mut dead = match self.scan_leases(&mut peers, now).await {
-                        Ok(d) => d,
-                        Err(e) => {
+                    let scan = bounded(own.step_down_at(), self.scan_leases(&mut peers, now));
+                    let mut dead = match scan.await {
+                        // The step-down instant came first.
+                        None => continue,
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => {
                             tracing::warn!(error = %e, "cannot read the peers' leases");
                             Vec::new()
                         }
                     };
                     dead.extend(peers.poll_expired(now));
                     for d in dead {
-                        match self.try_reap(&d).await {
+                        let Some(reaped) = bounded(own.step_down_at(), self.try_reap(&d)).await
+                        else {
+                            // The step-down instant came first: tried again later.
+                            peers.handle_still_present(&d);
+                            continue;
+                        };
+                        match reaped {
                             Ok(ReapOutcome::Won) => {
                                 if events.send(LeaseEvent::Reap(d)).await.is_err() {
                                     return;
@@ -1136,6 +1151,19 @@ impl<B: Backend> Cluster<B> {
                 }
             }
         }
+    }
+}
+
+/// `work`, unless `deadline` passes first (`None` then; no deadline: it runs to its end).
+async fn bounded<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(tokio::time::Instant::from_std(at), work)
+            .await
+            .ok(),
+        None => Some(work.await),
     }
 }
 

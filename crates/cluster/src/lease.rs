@@ -153,6 +153,18 @@ impl OwnLease {
         self.next = now + self.config.refresh;
     }
 
+    /// When this node steps down unless a refresh is confirmed first (`None`: stepped down
+    /// already, or not serving yet). The shell bounds every engine round trip of the lease
+    /// task by it: a write or a read that hangs (a NATS server cut off with this node
+    /// answers nothing until the request times out) must not hold the step-down back past
+    /// the instant the peers may call the lease expired (rule 5 of docs/cluster.md).
+    pub fn step_down_at(&self) -> Option<Instant> {
+        if self.down {
+            return None;
+        }
+        self.confirmed.map(|at| at + self.limit())
+    }
+
     /// Whether this node holds a lease that is not yet to be given up.
     pub fn is_serving(&self, now: Instant) -> bool {
         self.confirmed

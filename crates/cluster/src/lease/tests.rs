@@ -149,3 +149,34 @@ fn a_restarted_peer_reports_its_old_incarnation() {
     );
     assert!(leases.is_alive(&n("m2"), 11, t0 + Duration::from_secs(3)));
 }
+
+/// A write that hangs (the NATS server answers nothing) must not hold the step-down back:
+/// the shell bounds each round trip by `step_down_at`, which is the last confirmed write
+/// plus TTL - margin, before any peer can call the lease expired (rule 5).
+#[test]
+fn a_hanging_write_is_bounded_by_the_step_down_instant() {
+    let t0 = Instant::now();
+    let mut l = OwnLease::new(cfg(), t0);
+    assert_eq!(
+        l.step_down_at(),
+        None,
+        "not serving yet: nothing to step down from"
+    );
+    assert_eq!(l.poll(t0), OwnState::Refresh);
+    l.handle_written(t0);
+    assert_eq!(l.poll(t0), OwnState::Resume);
+    let limit = t0 + Duration::from_secs(10);
+    assert_eq!(l.step_down_at(), Some(limit));
+    assert!(limit < t0 + cfg().ttl, "before the peers' TTL");
+    // The next refresh is sent at 2 s and never answered: the shell gives it up at the
+    // step-down instant, and the next poll steps down there, not when the request times out.
+    assert_eq!(l.poll(t0 + Duration::from_secs(2)), OwnState::Refresh);
+    assert_eq!(l.step_down_at(), Some(limit));
+    l.handle_failed(limit);
+    assert_eq!(l.poll(limit), OwnState::StepDown);
+    assert_eq!(
+        l.step_down_at(),
+        None,
+        "stepped down: no deadline until serving again"
+    );
+}

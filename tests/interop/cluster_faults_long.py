@@ -1,0 +1,67 @@
+"""The long fault schedule (scripts/cluster-faults.sh): N cycles, each one fault of every
+kind in turn (kill -9 of a node, kill -9 of a NATS server, SIGSTOP of a node beyond its
+lease, and, where network namespaces are permitted, a host cut off), on a rotating victim;
+then a summary. Exits 1 when the checker found a problem."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cluster_faults as cf  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cycles", type=int, default=3, help="rounds of every fault kind (3)")
+    ap.add_argument("--faults", default=",".join(cf.FAULTS),
+                    help=f"fault kinds, comma-separated ({','.join(cf.FAULTS)})")
+    ap.add_argument("--rate", type=float, default=40.0, help="messages/s per publisher (40)")
+    ap.add_argument("--strict", action="store_true",
+                    help="count the known gap (subscribers on a faulted node, cl-durable) as loss, and late appends of unacknowledged messages as problems")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    args = ap.parse_args()
+    kinds = [k for k in args.faults.split(",") if k]
+    for k in kinds:
+        if k not in cf.FAULTS:
+            ap.error(f"unknown fault {k!r}")
+    why = cf.netns_unavailable()
+    if "partition" in kinds and why is not None:
+        print(f"partitions left out: {why}")
+        kinds.remove("partition")
+    use_netns = "partition" in kinds
+    schedule = []
+    for c in range(args.cycles):
+        for j, k in enumerate(kinds):
+            schedule.append((k, (c + j) % 3))
+    workdir = Path(tempfile.mkdtemp(prefix="mk-faults-long-"))
+    cluster = (cf.NetnsCluster if use_netns else cf.LoopbackCluster)(workdir)
+    bad = True
+    try:
+        cluster.start()
+        cf.log(f"{len(schedule)} faults: {schedule}")
+        report = cf.run(cluster, schedule, rate=args.rate, tolerate_known_gap=not args.strict,
+                        tolerate_late_appends=not args.strict,
+                        on_cycle=lambda k, w: cf.log(f"fault {k}/{len(schedule)} healed; "
+                                                      f"missing so far: {w.missing_count()}"))
+        print()
+        print(report.summary())
+        for p in report.problems():
+            print(f"PROBLEM: {p}")
+        bad = bool(report.problems())
+    finally:
+        cluster.stop()
+        if args.keep or bad:
+            print(f"logs in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
