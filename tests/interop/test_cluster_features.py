@@ -5,8 +5,6 @@ same password and ACL files, paho clients."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -19,7 +17,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from brokers import find_makelaar
 from clients import MqttClient, unique
-from test_cluster import NatsCluster, Node, probe_until_received, pytestmark  # noqa: F401
+from test_cluster import (NatsCluster, Node, cleaned_up, probe_until_received,  # noqa: F401
+                          pytestmark)
 
 PASSWORD = "s3cret-pw"
 
@@ -57,25 +56,13 @@ def nodes():
     acl.write_text(ACL)
     nats = NatsCluster(workdir)
     started = []
-    try:
+    with cleaned_up(nats, started, workdir):
         for i, name in enumerate(["a", "b"]):
             n = Node(workdir, nats, name, servers=[nats.urls[i]],
                      args=("--password-file", str(passwd), "--acl-file", str(acl)))
             started.append(n)
             n.wait_serving()
         yield started
-    except Exception:
-        for n in started:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        for n in started:
-            n.stop()
-        nats.stop()
-        if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
-            print(f"cluster logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def client(node, user="admin", **kw) -> MqttClient:

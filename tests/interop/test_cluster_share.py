@@ -5,8 +5,7 @@ every message. Three real NATS servers and three Makelaar nodes, paho clients.""
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import tempfile
 import threading
 import time
@@ -16,48 +15,30 @@ from pathlib import Path
 import pytest
 
 from clients import unique
-from test_cluster import NatsCluster, Node, connected, pytestmark  # noqa: F401
+from test_cluster import NatsCluster, Node, cleaned_up, connected, pytestmark  # noqa: F401
 
 N = 40
 
 
-def start(names=("a", "b", "c")):
+@contextlib.contextmanager
+def running(names=("a", "b", "c")):
+    """Three NATS servers and a node on each (4 partitions keep the groups' consumers few);
+    stopped, and their logs printed on an error, when the body ends."""
     workdir = Path(tempfile.mkdtemp(prefix="mk-share-"))
     nats = NatsCluster(workdir)
     nodes = []
-    try:
+    with cleaned_up(nats, nodes, workdir):
         for i, name in enumerate(names):
-            # Each node on its own NATS server; 4 partitions keep the group's consumers few.
             n = Node(workdir, nats, name, servers=[nats.urls[i]], cluster_toml="partitions = 4\n")
             nodes.append(n)
             n.wait_serving()
-    except Exception:
-        stop(workdir, nats, nodes)
-        raise
-    return workdir, nats, nodes
-
-
-def stop(workdir, nats, nodes):
-    for n in nodes:
-        n.stop()
-    nats.stop()
-    if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
-        print(f"cluster logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+        yield nodes
 
 
 @pytest.fixture(scope="module")
 def three():
-    workdir, nats, nodes = start()
-    try:
+    with running() as nodes:
         yield nodes
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        stop(workdir, nats, nodes)
 
 
 def settle(pub, members, topic, qos, timeout=30.0):
@@ -149,9 +130,8 @@ def test_a_member_leaving_stops_its_nodes_share(three):
 
 
 def test_a_member_node_stopped_midstream_loses_no_qos1_message():
-    workdir, nats, nodes = start()
-    a, b, c = nodes
-    try:
+    with running() as nodes:
+        a, b, c = nodes
         base = unique("shstop")
         group = f"$share/g/{base}/#"
         on_a = connected(a)
@@ -185,9 +165,3 @@ def test_a_member_node_stopped_midstream_loses_no_qos1_message():
         assert not missing, f"acknowledged and never delivered: {missing}"
         on_a.close()
         pub.close()
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        stop(workdir, nats, nodes)

@@ -19,7 +19,8 @@ import pytest
 
 from brokers import BROKER_KIND, find_makelaar, free_port
 from clients import MqttClient, unique
-from test_cluster import NatsCluster, nats_server_bin, probe_until_received, wait_port
+from test_cluster import (NatsCluster, NodeProcess, cleaned_up, nats_server_bin,
+                          probe_until_received)
 
 pytestmark = [
     pytest.mark.skipif(BROKER_KIND == "mosquitto", reason="a Makelaar cluster only"),
@@ -50,7 +51,7 @@ class SecureNats(NatsCluster):
         return f"{scheme}://127.0.0.1:{self.client_ports[i]}"
 
 
-class SecureNode:
+class SecureNode(NodeProcess):
     """A Makelaar node whose [cluster] table is written from `cluster` (key: TOML value
     text); `flags` are added to `serve`."""
 
@@ -70,9 +71,6 @@ class SecureNode:
              *flags],
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
 
-    def wait_serving(self):
-        wait_port(self.port, self.proc, self.log)
-
     def wait_refused(self, timeout=60.0) -> str:
         """Waits for the node to give up; returns its last stderr line (the sentence)."""
         try:
@@ -84,15 +82,6 @@ class SecureNode:
         lines = [l for l in self.log.read_text().splitlines() if l.strip()]
         assert lines, "no message"
         return lines[-1]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def servers_toml(urls: list[str]) -> str:
@@ -146,7 +135,7 @@ def test_nodes_over_tls_with_passwords(password_nats, certs):
     CA file; a message crosses them; the password appears in no log."""
     workdir, nats = password_nats
     nodes = []
-    try:
+    with cleaned_up(None, nodes):
         for name, i, scheme in (("ta", 0, "tls"), ("tb", 1, "nats")):
             n = password_node(workdir, nats, certs, name, i, scheme=scheme)
             nodes.append(n)
@@ -166,13 +155,6 @@ def test_nodes_over_tls_with_passwords(password_nats, certs):
                               capture_output=True, text=True, timeout=60)
         assert bare.returncode != 0
         assert "credentials" in bare.stderr, bare.stderr
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        for n in nodes:
-            n.stop()
     for n in nodes:
         assert PASSWORD not in n.log.read_text()
 
@@ -204,7 +186,7 @@ def test_token_and_ca_flag(certs):
     workdir = Path(tempfile.mkdtemp(prefix="mk-cluster-token-"))
     nats = SecureNats(workdir, certs, f"token: \"{TOKEN}\"", n=1)
     nodes = []
-    try:
+    with cleaned_up(nats, nodes, workdir):
         def node(name, token):
             n = SecureNode(workdir, name, {
                 "servers": servers_toml([nats.url(0)]),
@@ -221,12 +203,3 @@ def test_token_and_ca_flag(certs):
         assert line.endswith("check [cluster] token"), line
         for n in nodes:
             assert TOKEN not in n.log.read_text()
-    except Exception:
-        for n in nodes:
-            print(f"--- {n.name}\n{n.log.read_text()}")
-        raise
-    finally:
-        for n in nodes:
-            n.stop()
-        nats.stop()
-        shutil.rmtree(workdir, ignore_errors=True)

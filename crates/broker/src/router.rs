@@ -1689,16 +1689,7 @@ mod tests {
     /// back by the node that resumes it.
     #[test]
     fn a_leaving_sessions_cursor_is_where_the_follower_stood_at_its_snapshot() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut c = ClusterSide::new(
-            tx,
-            Arc::new(makelaar_cluster::stats::NodeStats::new(
-                makelaar_cluster::partition::PartitionCount::new(1).unwrap(),
-            )),
-            Arc::new(tokio::sync::Notify::new()),
-            makelaar_cluster::NodeId::new("a").unwrap(),
-            CheckpointConfig::default(),
-        );
+        let (mut c, mut rx) = side();
         // The session is in no broker: its record is written as given.
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
         c.positions.insert(
@@ -1736,16 +1727,7 @@ mod tests {
 
     #[test]
     fn a_leaving_sessions_record_waits_for_the_appends_before_it() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut c = ClusterSide::new(
-            tx,
-            Arc::new(makelaar_cluster::stats::NodeStats::new(
-                makelaar_cluster::partition::PartitionCount::new(2).unwrap(),
-            )),
-            Arc::new(tokio::sync::Notify::new()),
-            makelaar_cluster::NodeId::new("a").unwrap(),
-            CheckpointConfig::default(),
-        );
+        let (mut c, mut rx) = side();
         // The sessions here are in no broker: their records are written as given.
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
         c.positions.insert(
