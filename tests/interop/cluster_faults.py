@@ -1225,6 +1225,22 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
     return r
 
 
+def dump_history(h: History, path: Path):
+    """Writes what the clients saw (times on the monotonic clock, as the node logs' are
+    not), to trace a finding against the node logs kept beside it."""
+    with h.lock:
+        data = {
+            "now_monotonic": time.monotonic(),
+            "now_wall": time.time(),
+            "sent": {f"{p}:{q}": v for (p, q), v in h.sent.items()},
+            "acked": {f"{p}:{q}": v for (p, q), v in h.acked.items()},
+            "received": h.received,
+            "conns": [vars(c) for c in h.conns],
+            "faults": h.faults,
+        }
+    path.write_text(json.dumps(data))
+
+
 def run(cluster: ClusterBase, schedule: list[tuple[str, int]], settle=4.0, rate=40.0,
         tolerate_known_gap=True, tolerate_late_appends=False, on_cycle=None) -> Report:
     """Runs the workload over `cluster` (started), injects each (fault, victim) of
@@ -1249,6 +1265,8 @@ def run(cluster: ClusterBase, schedule: list[tuple[str, int]], settle=4.0, rate=
     finally:
         w.stop()
     report = check(w, retained, tolerate_known_gap)
+    if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
+        dump_history(w.history, cluster.workdir / "history.json")
     report.tolerate_late_appends = tolerate_late_appends
     report.cycles = len(schedule)
     return report

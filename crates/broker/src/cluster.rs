@@ -102,7 +102,7 @@ pub(crate) enum ToCluster {
     StoreSession {
         client_id: Arc<str>,
         snapshot: Option<SessionSnapshot>,
-        log: Option<(Vec<Cursor>, Vec<Outbound>)>,
+        log: Option<Log>,
         wills: Vec<KeptWill>,
         /// A checkpoint of a connected session (`makelaar_cluster::checkpoint`): answered
         /// with `FromCluster::Checkpointed` once written.
@@ -251,6 +251,9 @@ pub(crate) struct Claim {
     /// node still holds is stale (that node had the session since, and its notice that the
     /// client moved was lost, e.g. while this node was cut off): the record replaces it.
     pub(crate) moved_away: bool,
+    /// The client was on another node: the partitions' last sequences at its claim, which
+    /// this node's followers pass before the CONNECT is decided (empty: no wait).
+    pub(crate) tails: Vec<(u16, u64)>,
 }
 
 /// Why the cluster could not be joined: one sentence for the user.
@@ -548,8 +551,19 @@ async fn claim(
     tx: mpsc::Sender<FromCluster>,
 ) {
     let key = ClientKey::new(&client_id);
+    let started = Instant::now();
     let result = async {
         let claimed = cluster.claim_client(&key).await?;
+        // The client was on another node: what it published there and had acknowledged
+        // (before this CONNECT) is in the partitions below their tails of now; its CONNECT
+        // waits until this node's followers are past them, or what it publishes here,
+        // routed at once, could reach subscribers here before its earlier messages
+        // [MQTT-4.6.0-6] (found by the fault harness: a publisher moving after its node's
+        // NATS server died, while this node's followers were late).
+        let tails = match &claimed.previous {
+            Some(p) if p.node != cluster.config().node => cluster.tails_since(started).await?,
+            _ => Vec::new(),
+        };
         if let Some(previous) = claimed
             .previous
             .as_ref()
@@ -573,13 +587,10 @@ async fn claim(
             false,
             found.record.as_ref().and_then(|r| r.will_taken_by.clone()),
         ));
-        // Where the session stands in the log is in the record as its node wrote it (a
-        // will taken out since names this node as the writer).
-        let resume = found
-            .record
-            .as_ref()
-            .zip(found.written_by.as_ref())
-            .and_then(|(r, writer)| resume_of(r, writer));
+        // Where the session stands in the log is in the record, counted by the node that
+        // had its place in the log (a will taken out since names this node as the record's
+        // writer, not as the cursors').
+        let resume = found.record.as_ref().and_then(resume_of);
         // Another node wrote the record last (before a will was taken out of it here): it
         // had the session since this node did. (The registry alone does not say so: a claim
         // elsewhere that failed after moving the entry leaves this node's record, and copy,
@@ -594,6 +605,7 @@ async fn claim(
             session: found.record.and_then(|r| snapshot_of(&r)),
             will: found.will.map(remote_will),
             resume,
+            tails,
         })
     }
     .await
@@ -613,7 +625,7 @@ enum SessionOp {
     Store(
         Arc<str>,
         Option<SessionSnapshot>,
-        Option<(Vec<Cursor>, Vec<Outbound>)>,
+        Option<Log>,
         Vec<KeptWill>,
         Option<u64>,
     ),
@@ -659,8 +671,16 @@ struct Kept {
 /// client: the latest snapshot and every due will not yet decided, in order.
 type Waiting = HashMap<Arc<str>, (Option<SessionSnapshot>, Option<Log>, Vec<KeptWill>)>;
 
-/// Where a session offline here stands in the log: its cursors and the messages it holds.
-type Log = (Vec<Cursor>, Vec<Outbound>);
+/// Where a session stands in the log, for its record: its cursors and the messages it
+/// holds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Log {
+    pub(crate) cursors: Vec<Cursor>,
+    pub(crate) outbound: Vec<Outbound>,
+    /// The node whose own messages the cursors count (`writer_through`), when not this one:
+    /// a session whose replay is not back here yet stands where its last record put it.
+    pub(crate) writer: Option<NodeId>,
+}
 
 /// One record write: the client, its session (`None`: delete), where it stands, its due
 /// wills.
@@ -998,10 +1018,15 @@ fn record_of(
     node: NodeId,
     claim: Revision,
     s: &SessionSnapshot,
-    log: Option<(Vec<Cursor>, Vec<Outbound>)>,
+    log: Option<Log>,
 ) -> SessionRecord {
     let (now, now_ms) = (Instant::now(), unix_ms());
-    let (cursors, outbound) = log.unwrap_or_default();
+    let Log {
+        cursors,
+        outbound,
+        writer,
+    } = log.unwrap_or_default();
+    let cursors_of = writer.filter(|w| *w != node);
     SessionRecord {
         node,
         claim: claim.get(),
@@ -1029,6 +1054,7 @@ fn record_of(
         outbound,
         inbound_qos2: s.inbound_qos2.clone(),
         will_taken_by: None,
+        cursors_of,
     }
 }
 
@@ -1066,12 +1092,13 @@ fn snapshot_of(r: &SessionRecord) -> Option<SessionSnapshot> {
     })
 }
 
-/// How a session resumes from its record, `writer` the node that wrote it (whose log its
-/// cursors count): a record written when it went offline or was handed over, or a
+/// How a session resumes from its record, counted by the node whose own messages its
+/// cursors count (`SessionRecord::log_writer`): a record written when it went offline or was handed over, or a
 /// checkpoint written while its client was connected (`makelaar_cluster::checkpoint`), says
 /// where it stands in the log. One without cursors (written by a node of an older version,
 /// or by a reaper before its replay was in) replays nothing, logged.
-fn resume_of(r: &SessionRecord, writer: &NodeId) -> Option<Resume> {
+fn resume_of(r: &SessionRecord) -> Option<Resume> {
+    let writer = r.log_writer();
     if r.expiry_interval == 0 {
         return None;
     }
@@ -1388,7 +1415,7 @@ async fn reap(
             snapshot,
             will_in: will_in.unwrap_or(Duration::ZERO),
             expires_in,
-            resume: resume_of(&o.record, &o.record.node),
+            resume: resume_of(&o.record),
         };
         if tx.send(ev).await.is_err() {
             return;

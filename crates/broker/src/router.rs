@@ -15,7 +15,7 @@ use makelaar_proto::{Connect, Packet, ReasonCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{FromCluster, ReplayRequest, Resume, ToCluster};
+use crate::cluster::{FromCluster, Log, ReplayRequest, Resume, ToCluster};
 use crate::outbox::{self, Outbox, Refused};
 use crate::store::gate::{Gate, Held};
 use crate::store::{Persistence, StoreEvent};
@@ -23,8 +23,9 @@ use crate::sys::SysPublisher;
 use crate::Counters;
 use desk::{AdminDesk, AdminRequest};
 use makelaar_cluster::checkpoint::{is_progress, waits_for_record, CheckpointConfig, Checkpoints};
-use makelaar_cluster::record::{Cursor, Outbound};
-use makelaar_cluster::replay::{caught_up, session_log, NodePosition, ReplayPlan, Taken};
+use makelaar_cluster::replay::{
+    caught_up, past_tails, session_log, NodePosition, ReplayPlan, Taken,
+};
 
 pub(crate) mod desk;
 
@@ -296,7 +297,19 @@ impl ClusterSide {
         client_id: &str,
         s: &makelaar_core::broker::SessionSnapshot,
         followed: Option<&[(u16, u64)]>,
-    ) -> (Vec<Cursor>, Vec<Outbound>) {
+    ) -> Log {
+        // Its replay is not back yet: what it holds is not all here, and it has sent
+        // nothing it holds or missed (its window stays shut until the replay is in), so it
+        // stands where the record it was resumed from put it, counted by that record's
+        // writer. (Written from here instead, the record would skip what the replay is
+        // bringing, and a node taking the session next would never deliver it.)
+        if let Some(r) = self.resumes.get(client_id) {
+            return Log {
+                cursors: r.resume.cursors.clone(),
+                outbound: r.resume.outbound.clone(),
+                writer: Some(r.resume.writer.clone()),
+            };
+        }
         let positions: Vec<(u16, NodePosition)> = self
             .positions
             .iter()
@@ -319,7 +332,11 @@ impl ClusterSide {
         if missing > 0 {
             tracing::debug!(%client_id, missing, "messages a session holds that are not in the cluster's log (their append failed) are not recorded");
         }
-        (cursors, outbound)
+        Log {
+            cursors,
+            outbound,
+            writer: None,
+        }
     }
 
     fn complete(&mut self, w: Waiting, broker: &Broker, followed: &[(u16, u64)]) {
@@ -345,11 +362,9 @@ impl ClusterSide {
                     }
                     other => (other, false),
                 };
-                // Where it stands in the log, so another node resumes it; not while its own
-                // replay is not back (what it holds is not all here yet).
+                // Where it stands in the log, so another node resumes it.
                 let log = snapshot
                     .as_ref()
-                    .filter(|s| !s.connected || !self.resumes.contains_key(&client_id))
                     .map(|s| self.log_of(&client_id, s, (!now).then_some(followed)));
                 let _ = self.to.send(ToCluster::StoreSession {
                     client_id,
@@ -1133,6 +1148,12 @@ impl Router {
             FromCluster::Following { partition, next } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.positions.entry(partition).or_default().next = next;
+                    if !c.catching_up.is_empty() {
+                        let waiting = std::mem::take(&mut c.catching_up);
+                        for (conn, claim, since) in waiting {
+                            self.decide_claim(now, conn, Ok(claim), since);
+                        }
+                    }
                 }
             }
             FromCluster::Log {
@@ -1404,17 +1425,20 @@ impl Router {
             return;
         };
         // A record ahead of this node's followers: the CONNECT waits until they are past it,
-        // or a message would reach the session both live and from the record.
-        if let Ok(crate::cluster::Claim {
-            session: Some(_),
-            resume: Some(resume),
-            ..
-        }) = &result
-        {
+        // or a message would reach the session both live and from the record. A client from
+        // another node waits until they are past what it published there.
+        if let Ok(claim) = &result {
             let positions = &c.positions;
             let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
-            if !connect.clean_start && !caught_up(&resume.cursors, &resume.outbound, next_of) {
-                tracing::debug!(client_id = %connect.client_id, "resumed session waits for this node's partition followers");
+            let behind_record = !connect.clean_start
+                && claim.session.is_some()
+                && claim
+                    .resume
+                    .as_ref()
+                    .is_some_and(|r| !caught_up(&r.cursors, &r.outbound, next_of));
+            let behind_tails = !past_tails(&claim.tails, next_of);
+            if behind_record || behind_tails {
+                tracing::debug!(client_id = %connect.client_id, behind_record, behind_tails, "CONNECT waits for this node's partition followers");
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
                 let clean_start = connect.clean_start;
                 if let Ok(mut claim) = result {
@@ -1440,6 +1464,7 @@ impl Router {
                 will: remote_will,
                 resume,
                 moved_away,
+                tails: _,
             }) => {
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
                 // Another node had the session since this node last did: what this node
@@ -1595,7 +1620,7 @@ impl Router {
             let Some((connect, _)) = c.claiming.remove(&conn) else {
                 continue;
             };
-            tracing::warn!(client_id = %connect.client_id, waited_s = CATCH_UP_PATIENCE.as_secs(), "this node's partition followers are behind the session record of a resuming client: CONNECT refused (server unavailable)");
+            tracing::warn!(client_id = %connect.client_id, waited_s = CATCH_UP_PATIENCE.as_secs(), "this node's partition followers are behind what a connecting client's session record or earlier messages need: CONNECT refused (server unavailable)");
             let refusal =
                 makelaar_core::conn::refusal(connect.protocol, ReasonCode::SERVER_UNAVAILABLE);
             self.send(conn, refusal);
@@ -1714,7 +1739,7 @@ mod tests {
         let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
             panic!("the record is written once batch 1 is appended")
         };
-        let (cursors, _) = log.expect("offline: where it stands");
+        let Log { cursors, .. } = log.expect("offline: where it stands");
         assert_eq!(
             cursors,
             [Cursor {
@@ -1770,7 +1795,9 @@ mod tests {
         let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
             panic!("the record goes first")
         };
-        let (cursors, outbound) = log.expect("offline: where it stands");
+        let Log {
+            cursors, outbound, ..
+        } = log.expect("offline: where it stands");
         assert_eq!(
             cursors,
             [
@@ -1827,6 +1854,93 @@ mod tests {
             rx.try_recv(),
             Ok(ToCluster::StoreSession { log: Some(_), .. })
         ));
+    }
+
+    /// A session resumed here from another node's record, whose replay is not back (its
+    /// read timed out: a NATS server died), is written again (the CONNECT's first write,
+    /// then a hand-over to a third node): each record keeps the place in the log the
+    /// resumed record gave, counted by that record's writer, so the third node replays what
+    /// the replay here never brought. (Written without it, the third node resumed the
+    /// session from nothing: found by the fault harness, hundreds of acknowledged messages
+    /// lost at a subscriber moving between nodes.)
+    #[test]
+    fn a_session_whose_replay_is_not_back_keeps_the_place_its_record_gave() {
+        let (mut c, mut rx) = side();
+        let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
+        c.positions.insert(
+            0,
+            NodePosition {
+                next: 40,
+                own_through: 30,
+            },
+        );
+        let given = Cursor {
+            partition: 0,
+            next: 12,
+            writer_through: 15,
+        };
+        let kept = Outbound {
+            packet_id: 4,
+            partition: 0,
+            seq: 11,
+            state: OutboundState::AwaitPubrec,
+        };
+        let old_node = makelaar_cluster::NodeId::new("b").unwrap();
+        c.resumes.insert(
+            Arc::from("s"),
+            Resuming {
+                resume: Resume {
+                    writer: old_node.clone(),
+                    cursors: vec![given],
+                    outbound: vec![kept],
+                },
+                live_from: HashMap::from([(0, 40)]),
+                filters: Vec::new(),
+                wills: Vec::new(),
+            },
+        );
+        let connected = SessionSnapshot {
+            connected: true,
+            ..offline(Vec::new())
+        };
+        for snapshot in [connected, offline(Vec::new())] {
+            c.after_appends(
+                Waiting::Store {
+                    client_id: Arc::from("s"),
+                    snapshot: Some(snapshot),
+                    wills: Vec::new(),
+                },
+                &broker,
+            );
+            let Ok(ToCluster::StoreSession { log: Some(log), .. }) = rx.try_recv() else {
+                panic!("the record is written with a place in the log")
+            };
+            assert_eq!(log.cursors, [given]);
+            assert_eq!(log.outbound, [kept]);
+            assert_eq!(log.writer.as_ref(), Some(&old_node));
+        }
+        // Once the replay is in, the session stands where this node's router does.
+        c.resumes.remove("s");
+        c.after_appends(
+            Waiting::Store {
+                client_id: Arc::from("s"),
+                snapshot: Some(offline(Vec::new())),
+                wills: Vec::new(),
+            },
+            &broker,
+        );
+        let Ok(ToCluster::StoreSession { log: Some(log), .. }) = rx.try_recv() else {
+            panic!("the record is written with a place in the log")
+        };
+        assert_eq!(
+            log.cursors,
+            [Cursor {
+                partition: 0,
+                next: 40,
+                writer_through: 30
+            }]
+        );
+        assert_eq!(log.writer, None);
     }
 
     fn side() -> (ClusterSide, mpsc::UnboundedReceiver<ToCluster>) {

@@ -190,6 +190,10 @@ pub trait Backend: Send + Sync + 'static {
         payload: Bytes,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// The last sequence of every partition's stream (0 when empty), read in one round
+    /// trip: everything appended and acknowledged before the call is at or below it.
+    fn tails(&self) -> impl Future<Output = Result<Vec<(Partition, u64)>, BackendError>> + Send;
+
     /// Appends to a partition's stream and waits for the engine's acknowledgement (on disk
     /// on a majority); returns the stream sequence.
     fn append(
@@ -516,6 +520,15 @@ impl Backend for MemoryBackend {
                 .or_default()
                 .push((subject, payload));
             seq
+        })
+    }
+
+    async fn tails(&self) -> Result<Vec<(Partition, u64)>, BackendError> {
+        self.with(|s| {
+            s.streams
+                .iter()
+                .map(|(p, v)| (*p, v.len() as u64))
+                .collect()
         })
     }
 

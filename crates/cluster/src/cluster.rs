@@ -239,7 +239,13 @@ pub struct Cluster<B> {
     backend: B,
     config: ClusterConfig,
     stats: Arc<NodeStats>,
+    /// The partitions' last sequences as last read, and when that read began
+    /// ([`Cluster::tails_since`]).
+    tails: tokio::sync::Mutex<Option<Tails>>,
 }
+
+/// Every partition's last sequence (index, sequence), and when the read began.
+type Tails = (Instant, Vec<(u16, u64)>);
 
 impl<B: Backend> Cluster<B> {
     /// The layer over a connected engine.
@@ -249,6 +255,7 @@ impl<B: Backend> Cluster<B> {
             backend,
             config,
             stats,
+            tails: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -335,6 +342,28 @@ impl<B: Backend> Cluster<B> {
             }
         });
         Ok(rx)
+    }
+
+    /// Every partition's last sequence, read after `since`: everything appended and
+    /// acknowledged before `since` is at or below it. Reads begun after `since` are shared,
+    /// so that many clients connecting at once (a node's clients moving after its loss) cost
+    /// a read or two, not one each.
+    pub async fn tails_since(&self, since: Instant) -> Result<Vec<(u16, u64)>, ClusterError> {
+        let mut last = self.tails.lock().await;
+        if let Some((at, tails)) = last.as_ref().filter(|(at, _)| *at >= since) {
+            tracing::trace!(age = ?at.elapsed(), "partition tails shared");
+            return Ok(tails.clone());
+        }
+        let at = Instant::now();
+        let tails: Vec<(u16, u64)> = self
+            .backend
+            .tails()
+            .await?
+            .into_iter()
+            .map(|(p, seq)| (p.index(), seq))
+            .collect();
+        *last = Some((at, tails.clone()));
+        Ok(tails)
     }
 
     /// Claims a client id for a connection about to open on this node ([`Claim`]).

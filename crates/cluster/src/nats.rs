@@ -940,6 +940,26 @@ impl Backend for NatsBackend {
         Ok(ack.sequence)
     }
 
+    async fn tails(&self) -> Result<Vec<(Partition, u64)>, BackendError> {
+        // One STREAM.LIST request (paged by 256) rather than one info request per
+        // partition: this runs for every client that connects after it was on another node.
+        let prefix = format!("{}_p", self.prefix);
+        let mut streams = self.js.streams();
+        let mut tails = Vec::with_capacity(usize::from(self.partitions.get()));
+        while let Some(info) = streams.next().await {
+            let info = info.map_err(engine)?;
+            let index = info
+                .config
+                .name
+                .strip_prefix(&prefix)
+                .and_then(|i| i.parse::<u16>().ok());
+            if let Some(p) = index.and_then(|i| self.partitions.partition(i)) {
+                tails.push((p, info.state.last_sequence));
+            }
+        }
+        Ok(tails)
+    }
+
     async fn subscribe(
         &self,
         subject: Subject,

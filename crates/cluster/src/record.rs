@@ -39,8 +39,9 @@ pub struct SessionRecord {
     /// The will waiting to be published, if any.
     pub will: Option<StoredWill>,
     /// Per partition, where the session stands in the stream (see [`Cursor`]). Written when
-    /// the session goes offline or is handed over; empty in a record written while a client
-    /// was connected (nothing can be replayed from it).
+    /// the session goes offline or is handed over, and by the checkpoints of a connected
+    /// one (see [`crate::checkpoint`]); empty when its node wrote none yet (nothing can be
+    /// replayed from it).
     pub cursors: Vec<Cursor>,
     /// Outbound QoS 1/2 messages the session took in and has not completed: in flight
     /// (sent, awaiting PUBACK, PUBREC or PUBCOMP) and queued, in the session's order.
@@ -53,6 +54,12 @@ pub struct SessionRecord {
     /// which finds the record rewritten by another node since, learns from it that its own
     /// write landed and that the will is its to publish (see [`crate::wills::taken_by_me`]).
     pub will_taken_by: Option<WillTaker>,
+    /// The node whose own messages the cursors' `writer_through` count, when that is not
+    /// [`SessionRecord::node`]: the record was written again by a node that did not have
+    /// the session's place in the log of its own yet (a claimer taking the will out, a
+    /// reaper, a node whose replay of the session was not back), and kept the place in the
+    /// log its writer had (see [`SessionRecord::log_writer`]).
+    pub cursors_of: Option<NodeId>,
 }
 
 /// Who took a will out of a session record: a node, under its claim of the client id.
@@ -118,7 +125,7 @@ pub struct Cursor {
     pub partition: u16,
     /// The next stream sequence not yet taken in.
     pub next: u64,
-    /// The highest sequence of a message the writing node ([`SessionRecord::node`])
+    /// The highest sequence of a message the writing node ([`SessionRecord::log_writer`])
     /// published itself here before the record was taken; 0 when none.
     pub writer_through: u64,
 }
@@ -251,6 +258,10 @@ impl SessionRecord {
             w.str(t.node.as_str());
             w.uint(t.claim);
         }
+        w.bool(self.cursors_of.is_some());
+        if let Some(n) = &self.cursors_of {
+            w.str(n.as_str());
+        }
         w.finish()
     }
 
@@ -352,6 +363,11 @@ impl SessionRecord {
         } else {
             None
         };
+        let cursors_of = if !r.is_empty() && r.bool("cursors_of")? {
+            Some(node_from(&mut r)?)
+        } else {
+            None
+        };
         r.end()?;
         Ok(SessionRecord {
             node,
@@ -365,7 +381,25 @@ impl SessionRecord {
             outbound,
             inbound_qos2,
             will_taken_by,
+            cursors_of,
         })
+    }
+
+    /// The node whose own messages the cursors' `writer_through` count (see [`Cursor`]).
+    pub fn log_writer(&self) -> &NodeId {
+        self.cursors_of.as_ref().unwrap_or(&self.node)
+    }
+
+    /// The same session, written by `node` under its claim `claim`, keeping the place in
+    /// the log this record gives (its cursors still count their writer's own messages).
+    pub fn written_again_by(&self, node: NodeId, claim: u64) -> SessionRecord {
+        let cursors_of = (*self.log_writer() != node).then(|| self.log_writer().clone());
+        SessionRecord {
+            node,
+            claim,
+            cursors_of,
+            ..self.clone()
+        }
     }
 }
 

@@ -106,6 +106,18 @@ pub fn caught_up(cursors: &[Cursor], outbound: &[Outbound], next_of: impl Fn(u16
         .all(|(p, high)| next_of(p) > high)
 }
 
+/// Whether this node's followers are past the partitions' tails read at a client's claim
+/// (`tails`: partition and last sequence then): everything the client published on the
+/// node it came from and had acknowledged has reached this node's router, so what it
+/// publishes here, routed on arrival, comes after it at every subscriber here
+/// [MQTT-4.6.0-6].
+pub fn past_tails(tails: &[(u16, u64)], next_of: impl Fn(u16) -> u64) -> bool {
+    // (An empty partition, last 0, holds nothing to wait for.)
+    tails
+        .iter()
+        .all(|&(p, last)| last == 0 || next_of(p) > last)
+}
+
 /// What the replay does with one message of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -360,5 +372,16 @@ mod tests {
         assert!(!caught_up(&cursors, &outbound, next(13, 30)));
         assert!(caught_up(&cursors, &outbound, next(13, 31)));
         assert!(caught_up(&[], &[], next(0, 0)));
+    }
+
+    #[test]
+    fn a_client_from_another_node_waits_for_the_followers_to_pass_the_tails() {
+        let tails = [(0, 12), (1, 0)];
+        let next = |n0: u64, n1: u64| move |p: u16| if p == 0 { n0 } else { n1 };
+        assert!(!past_tails(&tails, next(12, 1)));
+        assert!(past_tails(&tails, next(13, 1)));
+        // An empty partition: any follower position is past it.
+        assert!(past_tails(&[(1, 0)], next(0, 0)));
+        assert!(past_tails(&[], next(0, 0)));
     }
 }

@@ -62,9 +62,7 @@ pub fn will_taken(
     node: NodeId,
     claim: Revision,
 ) -> (SessionRecord, Option<StoredWill>) {
-    let mut r = record.clone();
-    r.node = node;
-    r.claim = claim.get();
+    let mut r = record.written_again_by(node, claim.get());
     let will = r.will.take();
     if will.is_some() {
         mark_taken(&mut r, claim);
@@ -113,9 +111,7 @@ pub fn reaped(
     now_ms: u64,
     will_due_now: bool,
 ) -> SessionRecord {
-    let mut r = record.clone();
-    r.node = node;
-    r.claim = claim.get();
+    let mut r = record.written_again_by(node, claim.get());
     r.disconnected_at_ms.get_or_insert(now_ms);
     if will_due_now && r.will.take().is_some() {
         mark_taken(&mut r, claim);
@@ -206,6 +202,7 @@ mod tests {
             outbound: Vec::new(),
             inbound_qos2: Vec::new(),
             will_taken_by: None,
+            cursors_of: None,
         }
     }
 

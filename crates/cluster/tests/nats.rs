@@ -192,6 +192,7 @@ fn record(node: &str, claim: Revision) -> SessionRecord {
         outbound: Vec::new(),
         inbound_qos2: Vec::new(),
         will_taken_by: None,
+        cursors_of: None,
     }
 }
 
@@ -473,6 +474,18 @@ async fn messages(m1: &Node, m2: &Node) {
     let js = m1.cluster.backend().jetstream();
     let mut s = js.get_stream(format!("t_p{}", p.index())).await.unwrap();
     assert_eq!(s.info().await.unwrap().state.messages, 2);
+    // The tails a claim from another node waits for: every partition, this one at its
+    // last message.
+    let tails = m2
+        .cluster
+        .tails_since(std::time::Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        tails.len(),
+        usize::from(m2.cluster.config().partitions.get())
+    );
+    assert!(tails.contains(&(p.index(), second)));
     // A follower starts right after the stream's last message, and says where; a stretch
     // of the stream reads back in order and ends (the replay of a resumed session).
     let (next, _follow) = m2.cluster.follow_partition(p).await.unwrap();

@@ -50,6 +50,7 @@ fn record(node: &str) -> SessionRecord {
         outbound: Vec::new(),
         inbound_qos2: Vec::new(),
         will_taken_by: None,
+        cursors_of: None,
     }
 }
 
@@ -121,6 +122,35 @@ async fn live_subjects_and_partitions() {
     let (_, subject) = m1.partition_subject("x/y");
     assert_eq!(subject.as_str(), format!("mk.p{}.u.x.y._T", p.index()));
     assert_eq!(engine.stream(p).len(), 2);
+}
+
+/// The tails a claim waits for: every partition's last sequence, read after the instant
+/// given (an earlier read is not reused for a later instant).
+#[tokio::test]
+async fn partition_tails_are_read_after_the_instant_given() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let (p, s1) = m1.append("x/y", &message("1")).await.unwrap();
+    let first = Instant::now();
+    assert!(m1
+        .tails_since(first)
+        .await
+        .unwrap()
+        .contains(&(p.index(), s1)));
+    let (_, s2) = m1.append("x/y", &message("2")).await.unwrap();
+    // Shared by a claim that began before that read.
+    assert!(m1
+        .tails_since(first)
+        .await
+        .unwrap()
+        .contains(&(p.index(), s1)));
+    // A claim that began after it reads again.
+    let later = Instant::now();
+    assert!(m1
+        .tails_since(later)
+        .await
+        .unwrap()
+        .contains(&(p.index(), s2)));
 }
 
 #[tokio::test]

@@ -124,15 +124,18 @@ fn record() -> impl Strategy<Value = SessionRecord> {
             ),
             prop::collection::vec(any::<u16>(), 0..6),
         ),
-        prop::option::of(
-            (node(), any::<u64>()).prop_map(|(node, claim)| WillTaker { node, claim }),
+        (
+            prop::option::of(
+                (node(), any::<u64>()).prop_map(|(node, claim)| WillTaker { node, claim }),
+            ),
+            prop::option::of(node()),
         ),
     )
         .prop_map(
             |(
                 (node, claim, protocol, expiry_interval, disconnected_at_ms),
                 (subscriptions, will, cursors, outbound, inbound_qos2),
-                will_taken_by,
+                (will_taken_by, cursors_of),
             )| {
                 SessionRecord {
                     node,
@@ -146,6 +149,7 @@ fn record() -> impl Strategy<Value = SessionRecord> {
                     outbound,
                     inbound_qos2,
                     will_taken_by,
+                    cursors_of,
                 }
             },
         )
@@ -164,17 +168,29 @@ proptest! {
         let cut = cut.index(data.len());
         match SessionRecord::decode(&data[..cut]) {
             Err(_) => {}
-            // A cut just before the field added last reads as a record written before it
-            // existed: everything else whole, that field absent. Any other cut is refused.
-            Ok(d) => prop_assert_eq!(d, SessionRecord { will_taken_by: None, ..r }),
+            // A cut just before a field added later reads as a record written before it
+            // existed: everything else whole, that field and the ones after it absent. Any
+            // other cut is refused.
+            Ok(d) => {
+                let without_cursors_of = SessionRecord { cursors_of: None, ..r.clone() };
+                let older = SessionRecord { will_taken_by: None, ..without_cursors_of.clone() };
+                prop_assert!(d == without_cursors_of || d == older, "{d:?} from {r:?}");
+            }
         }
     }
 
     #[test]
     fn records_written_before_the_will_taker_field_still_decode(r in record()) {
-        let r = SessionRecord { will_taken_by: None, ..r };
+        let r = SessionRecord { will_taken_by: None, cursors_of: None, ..r };
         let data = r.encode();
-        // The older form ends before the field's presence byte.
+        // The older form ends before the two fields' presence bytes.
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 2]), Ok(r));
+    }
+
+    #[test]
+    fn records_written_before_the_cursor_writer_field_still_decode(r in record()) {
+        let r = SessionRecord { cursors_of: None, ..r };
+        let data = r.encode();
         prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 1]), Ok(r));
     }
 
@@ -210,4 +226,25 @@ fn versions_and_trailing_bytes() {
         RegistryEntry::decode(&data),
         Err(DecodeError::UnknownVersion(2))
     );
+}
+
+proptest! {
+    /// A record written again by another node (a claimer taking the will out, a reaper, a
+    /// node whose replay is not back) keeps counting its cursors by the node that had the
+    /// session's place in the log; written again by that node, the record is its own again.
+    #[test]
+    fn a_record_written_again_keeps_whose_messages_its_cursors_count(
+        r in record(), other in node(), claim in any::<u64>()
+    ) {
+        let first = r.log_writer().clone();
+        let again = r.written_again_by(other.clone(), claim);
+        prop_assert_eq!(&again.node, &other);
+        prop_assert_eq!(again.claim, claim);
+        prop_assert_eq!(again.log_writer(), &first);
+        prop_assert_eq!(&again.cursors, &r.cursors);
+        prop_assert_eq!(&again.outbound, &r.outbound);
+        let back = again.written_again_by(first.clone(), claim);
+        prop_assert_eq!(&back.cursors_of, &None);
+        prop_assert_eq!(back.log_writer(), &first);
+    }
 }
