@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use makelaar_cluster::backend::{subject_matches, Backend};
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest, TakenWill};
 use makelaar_cluster::envelope::{Envelope, Expiry};
@@ -1889,11 +1889,24 @@ fn decode_delivery(prefix: &str, subject: &str, payload: &[u8]) -> Option<Messag
 /// consumer offers it again (to any node pulling).
 const SHARE_RETRY: Duration = Duration::from_millis(200);
 
+/// How long a node waits before binding to a share group's consumer and pulling again after
+/// its `failures`-th pull request in a row failed: right after the consumer is made, its
+/// leader may not answer yet (NATS says "no responders"), which passes in a moment, so the
+/// first wait is short (250 ms); it doubles up to 2 s while NATS stays without an answer.
+fn share_repull_delay(failures: u32) -> Duration {
+    Duration::from_millis(250) * 2u32.pow(failures.saturating_sub(1).min(3))
+}
+
+/// Pull requests of a share group's consumer failing in a row after which it is logged as
+/// a warning (a few are expected while a consumer just made gets its leader).
+const SHARE_PULL_FAILURES_WARNED: u32 = 8;
+
 /// Pulls a share group's QoS 1/2 messages in one partition until `stop`: each goes to the
 /// router, and is acknowledged once a member here took it (then it is that member's, as
-/// on one broker), or refused so that another node's member gets it. One at a time, so
-/// what this node holds unsettled is one message. The pull is made again after an error
-/// (a NATS server lost, the consumer gone).
+/// on one broker), or refused so that another node's member gets it. One pull request at a
+/// time, each message settled before the next is taken, so what this node holds
+/// unsettled is one message. After an error (no answer from the consumer's leader yet, a
+/// NATS server lost, the consumer gone) it binds to the consumer again and pulls again.
 async fn pull_group(
     cluster: Arc<Cluster<NatsBackend>>,
     (group, p, since): (
@@ -1906,68 +1919,115 @@ async fn pull_group(
 ) {
     let full: Arc<str> = Arc::from(group.full());
     let prefix = format!("{}.p{}.", cluster.config().prefix, p.index());
+    let mut consumer = None;
+    let mut failures = 0u32;
     while !stop.is_cancelled() {
-        let mut messages = match cluster.backend().share_pull(&group, p, since).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(group = %full, partition = p.index(), error = %e, "cannot pull a share group's messages; trying again");
+        let c = match consumer.take() {
+            Some(c) => c,
+            None => match cluster.backend().share_consumer(&group, p, since).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(group = %full, partition = p.index(), error = %e, "cannot pull a share group's messages; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = stop.cancelled() => return,
+                    }
+                }
+            },
+        };
+        let ended = match c.pull().await {
+            Ok(messages) => take_pulled((&full, p, &prefix), messages, &tx, &stop).await,
+            Err(e) => Pulled::Failed(e),
+        };
+        match ended {
+            Pulled::Ended => {
+                failures = 0;
+                consumer = Some(c);
+            }
+            Pulled::RouterGone => return,
+            Pulled::Failed(e) => {
+                failures = failures.saturating_add(1);
+                if failures == SHARE_PULL_FAILURES_WARNED {
+                    tracing::warn!(group = %full, partition = p.index(), failures, error = %e, "pulling a share group's messages keeps failing; its messages wait for another node or the next pull");
+                } else {
+                    tracing::debug!(group = %full, partition = p.index(), failures, error = %e, "pulling a share group's messages interrupted; pulling again");
+                }
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = tokio::time::sleep(share_repull_delay(failures)) => {}
                     () = stop.cancelled() => return,
                 }
             }
+        }
+    }
+}
+
+/// How one pull request of a share group's consumer ended.
+enum Pulled {
+    /// All its messages came, or it expired: the consumer answers, pull again.
+    Ended,
+    /// It ended with an error (see [`makelaar_cluster::nats::ShareConsumer::pull`]).
+    Failed(makelaar_cluster::backend::BackendError),
+    /// The router is gone (the node is stopping).
+    RouterGone,
+}
+
+/// Hands one pull request's messages to the router one at a time, and settles each: acked
+/// once a member here took it, refused when none could (another node's member gets it).
+/// Reads the request to its end also after `stop` (the last member here left): the server
+/// may still hand this node messages under the request until it ends, and each is refused
+/// at once so that another node's member gets it now, not after the consumer's ack wait
+/// (30 s) as it would if nobody read them any more. Nothing is handed to the router then.
+async fn take_pulled(
+    (full, p, prefix): (&Arc<str>, makelaar_cluster::partition::Partition, &str),
+    mut messages: makelaar_cluster::nats::ShareMessages,
+    tx: &mpsc::Sender<FromCluster>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Pulled {
+    let mut router_gone = false;
+    while let Some(next) = messages.next().await {
+        let m = match next {
+            Ok(m) => m,
+            Err(e) => return Pulled::Failed(e),
         };
-        loop {
-            let next = tokio::select! {
-                m = messages.next() => m,
-                () = stop.cancelled() => {
-                    // Pulled and not handed over: offered again at once, elsewhere.
-                    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
-                        let _ = m.ack.nak(Duration::ZERO).await;
-                    }
-                    return;
-                }
-            };
-            let m = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::debug!(group = %full, partition = p.index(), error = %e, "pulling a share group's messages interrupted");
-                    continue;
-                }
-                None => break,
-            };
-            let Some(msg) = decode_delivery(&prefix, &m.subject, &m.payload) else {
-                // Expired, or not a message at all: nobody is to get it.
-                let _ = m.ack.ack().await;
-                continue;
-            };
-            let _ = msg.log_position.set(LogPosition {
-                partition: p.index(),
-                seq: m.seq,
-            });
-            let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
-            let ev = FromCluster::Shared {
-                group: full.clone(),
-                msg: Arc::new(msg),
-                taken: Some(taken_tx),
-            };
-            if tx.send(ev).await.is_err() {
-                let _ = m.ack.nak(Duration::ZERO).await;
-                return;
+        if stop.is_cancelled() || router_gone {
+            if let Err(e) = m.ack.nak(Duration::ZERO).await {
+                tracing::warn!(group = %full, partition = p.index(), seq = m.seq, error = %e, "cannot refuse a share group's message; the group's consumer offers it again after its ack wait");
             }
-            let r = match taken_rx.await {
-                Ok(true) => m.ack.ack().await,
-                // No member here any more (or the router is gone): another node's.
-                Ok(false) | Err(_) => m.ack.nak(SHARE_RETRY).await,
-            };
-            if let Err(e) = r {
-                tracing::warn!(group = %full, partition = p.index(), seq = m.seq, error = %e, "cannot settle a share group's message; the group's consumer offers it again");
-            }
+            continue;
         }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = stop.cancelled() => return,
+        let Some(msg) = decode_delivery(prefix, &m.subject, &m.payload) else {
+            // Expired, or not a message at all: nobody is to get it.
+            let _ = m.ack.ack().await;
+            continue;
+        };
+        let _ = msg.log_position.set(LogPosition {
+            partition: p.index(),
+            seq: m.seq,
+        });
+        let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+        let ev = FromCluster::Shared {
+            group: full.clone(),
+            msg: Arc::new(msg),
+            taken: Some(taken_tx),
+        };
+        if tx.send(ev).await.is_err() {
+            let _ = m.ack.nak(Duration::ZERO).await;
+            router_gone = true;
+            continue;
         }
+        let r = match taken_rx.await {
+            Ok(true) => m.ack.ack().await,
+            // No member here any more (or the router is gone): another node's.
+            Ok(false) | Err(_) => m.ack.nak(SHARE_RETRY).await,
+        };
+        if let Err(e) = r {
+            tracing::warn!(group = %full, partition = p.index(), seq = m.seq, error = %e, "cannot settle a share group's message; the group's consumer offers it again");
+        }
+    }
+    if router_gone {
+        Pulled::RouterGone
+    } else {
+        Pulled::Ended
     }
 }
 
@@ -1975,6 +2035,17 @@ async fn pull_group(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_failed_share_pull_is_made_again_soon_then_less_often() {
+        // A consumer just made answers within a moment: the first retry is well under the
+        // 30 s that async-nats' own stream waited (issue 14); an outage costs at most one
+        // request every 2 s per group, partition and node.
+        assert_eq!(share_repull_delay(1), Duration::from_millis(250));
+        assert_eq!(share_repull_delay(2), Duration::from_millis(500));
+        assert_eq!(share_repull_delay(4), Duration::from_secs(2));
+        assert_eq!(share_repull_delay(u32::MAX), Duration::from_secs(2));
+    }
 
     #[test]
     fn envelopes_carry_what_the_receiving_node_needs() {

@@ -501,20 +501,20 @@ impl NatsBackend {
         Ok(sub.map(delivery as fn(async_nats::Message) -> Delivery))
     }
 
-    /// Pulls a share group's QoS 1/2 messages in one partition from the group's durable
-    /// consumer there (created by the first node that asks, bound to by the others): each
-    /// message goes to one of the nodes pulling; one not acknowledged within
-    /// [`SHARE_ACK_WAIT`] (or refused) goes again, to any node still pulling. A consumer
-    /// made here starts with the messages appended from `since` on (when the group's first
-    /// member here subscribed), so a message published after the SUBACK and before the
-    /// consumer exists is not missed; one that exists is bound to as it is. A consumer no node has pulled
-    /// from for [`SHARE_IDLE`] is removed by the server (the group has no member left).
-    pub async fn share_pull(
+    /// A share group's durable consumer in one partition (created by the first node that
+    /// asks, bound to by the others), for [`ShareConsumer::pull`]: each message goes to one
+    /// of the nodes pulling; one not acknowledged within [`SHARE_ACK_WAIT`] (or refused)
+    /// goes again, to any node still pulling. A consumer made here starts with the messages
+    /// appended from `since` on (when the group's first member here subscribed), so a
+    /// message published after the SUBACK and before the consumer exists is not missed; one
+    /// that exists is bound to as it is. A consumer no node has pulled from for
+    /// [`SHARE_IDLE`] is removed by the server (the group has no member left).
+    pub async fn share_consumer(
         &self,
         group: &ShareGroup,
         partition: Partition,
         since: std::time::SystemTime,
-    ) -> Result<ShareMessages, BackendError> {
+    ) -> Result<ShareConsumer, BackendError> {
         let nanos = since
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
@@ -538,29 +538,7 @@ impl NatsBackend {
             )
             .await
             .map_err(engine)?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(SHARE_BATCH)
-            .heartbeat(Duration::from_secs(2))
-            .messages()
-            .await
-            .map_err(engine)?;
-        let out = messages.map(move |r| match r {
-            Ok(m) => {
-                let (seq, delivered) = m
-                    .info()
-                    .map_or((0, 1), |i| (i.stream_sequence, i.delivered));
-                Ok(ShareMessage {
-                    seq,
-                    delivered,
-                    subject: m.subject.to_string(),
-                    payload: m.payload.clone(),
-                    ack: ShareAck(m),
-                })
-            }
-            Err(e) => Err(engine(e)),
-        });
-        Ok(Box::pin(out))
+        Ok(ShareConsumer(consumer))
     }
 
     fn store(&self, b: Bucket) -> Result<&kv::Store, BackendError> {
@@ -640,11 +618,59 @@ pub const SHARE_ACK_WAIT: Duration = Duration::from_secs(30);
 /// one node, where a group without members holds nothing.
 pub const SHARE_IDLE: Duration = Duration::from_secs(300);
 
-/// Messages a node pulls from a share group's consumer at a time: small, so that the
-/// nodes pulling take turns and one node does not sit on many.
+/// Messages a node asks a share group's consumer for in one pull request: small, so that
+/// the nodes pulling take turns and one node does not sit on many.
 const SHARE_BATCH: usize = 16;
 
-/// A share group's QoS 1/2 messages in one partition, from [`NatsBackend::share_pull`].
+/// How long one pull request waits on the server for messages. A node that stops pulling
+/// (its last member left) still gets what the server hands to its last request until that
+/// request ends, and refuses it: the bound on that tail. Short enough that idle groups cost
+/// a request per node, group and partition every few seconds, no more than heartbeats would.
+pub const SHARE_PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// A share group's durable consumer in one partition, from [`NatsBackend::share_consumer`].
+pub struct ShareConsumer(jetstream::consumer::PullConsumer);
+
+impl ShareConsumer {
+    /// One pull request: up to `SHARE_BATCH` (16) messages, as the server hands them to this
+    /// node, ending when they all came, when the request expired
+    /// ([`SHARE_PULL_EXPIRES`]) or with an error (no server answers for the consumer yet or
+    /// any more: its leader is being elected, or it is gone). One request at a time and no
+    /// more after the last (unlike async-nats' continuous `messages()`, which asks ahead and
+    /// after a lost request or a "no responders" asks again only when its 30 s expiry
+    /// passed): a node that stops pulling knows that what its last request brings is all
+    /// it will get, and refuses it so that it goes to another node at once, rather than
+    /// leaving it to wait out the ack wait on a request nobody reads any more.
+    pub async fn pull(&self) -> Result<ShareMessages, BackendError> {
+        let batch = self
+            .0
+            .batch()
+            .max_messages(SHARE_BATCH)
+            .expires(SHARE_PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(engine)?;
+        let out = batch.map(move |r| match r {
+            Ok(m) => {
+                let (seq, delivered) = m
+                    .info()
+                    .map_or((0, 1), |i| (i.stream_sequence, i.delivered));
+                Ok(ShareMessage {
+                    seq,
+                    delivered,
+                    subject: m.subject.to_string(),
+                    payload: m.payload.clone(),
+                    ack: ShareAck(m),
+                })
+            }
+            Err(e) => Err(engine(e)),
+        });
+        Ok(Box::pin(out))
+    }
+}
+
+/// The messages of one pull request of a share group's consumer, from
+/// [`ShareConsumer::pull`].
 pub type ShareMessages =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ShareMessage, BackendError>> + Send>>;
 
