@@ -962,6 +962,18 @@ class Workload:
 FAULTS = ("kill-node", "kill-nats", "pause-node", "partition")
 
 
+def _acknowledged_within(info: mqtt.MQTTMessageInfo, client: "Client", timeout: float) -> bool:
+    """Whether a publish was acknowledged within `timeout` while `client` stayed connected
+    (paho raises on asking a publish that failed, e.g. its connection closed meanwhile)."""
+    t_end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < t_end and client.connected.is_set() and not info.is_published():
+            time.sleep(0.05)
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
 def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: float | None = None) -> dict:
     """One fault and its healing; returns what was done and when."""
     h = w.history
@@ -998,11 +1010,8 @@ def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: floa
         # Once it runs again, it must not serve what it lost: the probe's old connection
         # is closed, and a publish on it is never acknowledged.
         if probe and probe.old.connected.is_set():
-            info = probe.old.c.publish("f/probe/fenced", b"after-resume", qos=1)
-            t_end = time.monotonic() + 5
-            while time.monotonic() < t_end and probe.old.connected.is_set() and not info.is_published():
-                time.sleep(0.05)
-            ev["acked_after_resume"] = info.is_published()
+            ev["acked_after_resume"] = _acknowledged_within(
+                probe.old.c.publish("f/probe/fenced", b"after-resume", qos=1), probe.old, 5.0)
     elif kind == "partition":
         assert isinstance(cluster, NetnsCluster)
         cluster.partition(victim)
