@@ -26,7 +26,9 @@
 //!   node owns, one at a time, each fenced; a will the core says is due goes with the write
 //!   that takes it out of its record, and is published only if that write wins
 //!   (`makelaar_cluster::wills::verdict`); while the node is stepped down it writes nothing
-//!   and publishes no will, and tries again once it serves;
+//!   and publishes no will, and tries again once it serves; a hand-over's answer waits
+//!   for the client's record that waits to be written again (2 s at most), so the claiming
+//!   node reads this node's last one;
 //! - the **lease** task, and one short task per client-id claim or hand-over, and per dead
 //!   node this node reaps (its sessions taken over, its due wills published:
 //!   `makelaar_cluster::wills`).
