@@ -23,7 +23,7 @@ def main() -> int:
                     help=f"fault kinds, comma-separated ({','.join(cf.FAULTS)})")
     ap.add_argument("--rate", type=float, default=40.0, help="messages/s per publisher (40)")
     ap.add_argument("--strict", action="store_true",
-                    help="count the known gap (subscribers on a faulted node, cl-durable) as loss, and late appends of unacknowledged messages as problems")
+                    help="count late appends of unacknowledged messages (docs/cluster.md, Faults) as problems")
     ap.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
     args = ap.parse_args()
     kinds = [k for k in args.faults.split(",") if k]
@@ -45,7 +45,9 @@ def main() -> int:
     try:
         cluster.start()
         cf.log(f"{len(schedule)} faults: {schedule}")
-        report = cf.run(cluster, schedule, rate=args.rate, tolerate_known_gap=not args.strict,
+        # Subscribers of a faulted node lose nothing since the checkpoints: such losses are
+        # losses like any other.
+        report = cf.run(cluster, schedule, rate=args.rate, tolerate_known_gap=False,
                         tolerate_late_appends=not args.strict,
                         on_cycle=lambda k, w: cf.log(f"fault {k}/{len(schedule)} healed; "
                                                       f"missing so far: {w.missing_count()}"))

@@ -1209,6 +1209,53 @@ def test_a_stepped_down_nodes_wills_are_published_once_after_all(tmp_path):
         nats.stop()
 
 
+def test_a_paused_node_reaped_then_back_is_reaped_again_when_it_dies(tmp_path):
+    """Node a is paused (SIGSTOP) past its lease: node b reaps it (a will of a's client is
+    published by b). Running again (SIGCONT), a steps down and serves again as a new
+    incarnation; a client with a will connects to it, and a is killed (kill -9): b reaps it
+    again and publishes that will, once. Under the old incarnation its reaper key would
+    have existed, and nobody would have (issue 15)."""
+    import signal
+    nats = NatsCluster(tmp_path, n=1)
+    nodes = []
+    with cleaned_up(nats, nodes):
+        for name in ("a", "b"):
+            n = Node(tmp_path, nats, name)
+            nodes.append(n)
+            n.wait_serving()
+        a, b = nodes
+        base = unique("again")
+        (w,) = watchers([b], f"{base}/#")
+        will_client(a, unique("early"), f"{base}/early", b"early")
+        time.sleep(0.5)  # the record written (CONNACK comes first)
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            # Reaped by b after the lease (15 s) while paused.
+            assert w.get(timeout=15 + 25).payload == b"early"
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # a steps down at once (its lease is long gone), then serves again.
+        deadline = time.monotonic() + 40
+        while True:
+            late = MqttClient(a, client_id=unique("late"))
+            late.will_set(f"{base}/late", b"late", qos=1)
+            try:
+                late.connect(expect_success=False)
+                if late.connack is not None and late.connack.reason_code == 0:
+                    break
+            except Exception:
+                pass
+            late.close()
+            assert time.monotonic() < deadline, "node a did not serve again"
+            time.sleep(0.5)
+        assert "as a new incarnation" in a.log.read_text()
+        time.sleep(0.5)  # the record written
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        assert w.get(timeout=15 + 25).payload == b"late"
+        w.expect_none(timeout=3.0)  # once each, and "early" not again
+
+
 # ---- a node killed while its persistent subscribers are connected ---------------------------
 
 

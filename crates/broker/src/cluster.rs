@@ -26,7 +26,9 @@
 //!   node owns, one at a time, each fenced; a will the core says is due goes with the write
 //!   that takes it out of its record, and is published only if that write wins
 //!   (`makelaar_cluster::wills::verdict`); while the node is stepped down it writes nothing
-//!   and publishes no will, and tries again once it serves;
+//!   and publishes no will, and tries again once it serves; a hand-over's answer waits
+//!   for the client's record that waits to be written again (2 s at most), so the claiming
+//!   node reads this node's last one;
 //! - the **lease** task, and one short task per client-id claim or hand-over, and per dead
 //!   node this node reaps (its sessions taken over, its due wills published:
 //!   `makelaar_cluster::wills`).
@@ -694,10 +696,19 @@ type Store = (
 /// How often writes that could not be made are tried again.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a hand-over's answer waits for the client's record that waits to be written
+/// again (`write_before_release`): no new try starts after it. Below the claiming node's
+/// wait for the answer (`ClaimConfig::handover_timeout`, 3 s), after which it claims the
+/// client anyway and reads the record as it is.
+const RELEASE_WRITE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The pause between those tries.
+const RELEASE_WRITE_PAUSE: Duration = Duration::from_millis(100);
+
 /// The sessions task: the one owner of the fences of the session records this node writes.
 /// Writes go one after the other, so a client's records are written in order.
-async fn sessions(
-    cluster: Arc<Cluster<NatsBackend>>,
+async fn sessions<B: Backend>(
+    cluster: Arc<Cluster<B>>,
     mut rx: mpsc::UnboundedReceiver<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
@@ -797,6 +808,14 @@ async fn sessions(
             SessionOp::Release(req) => {
                 if let Ok(id) = req.client.client_id() {
                     let id: Arc<str> = Arc::from(id.as_str());
+                    // The claiming node resumes the session from the record it reads after
+                    // the answer: this node's last one, even when its write failed and waits
+                    // (not while stepped down: nothing is written then).
+                    if serving {
+                        let written =
+                            write_before_release(&cluster, &mut kept, &mut waiting, &id, &tx).await;
+                        checkpointed(&mut checkpoints, &id, written, &tx).await;
+                    }
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                 }
                 tokio::spawn(released(cluster.clone(), req));
@@ -863,10 +882,40 @@ async fn checkpointed(
     }
 }
 
+/// Before a hand-over of `client_id` is answered: its record that waits to be written again
+/// (a write failed, its outcome unknown: NATS trouble) is written now, under this node's
+/// fence, and tried again for `RELEASE_WRITE_PATIENCE` at most (each try may take the
+/// engine's timeout). Otherwise the claiming node would resume the session from an older
+/// record (older cursors, held messages, subscriptions: messages lost or sent twice). Its
+/// due wills go by the write's outcome, as in any write (`write_session`). What still waits
+/// after that is left to `lose`. The write's outcome, as `write_session`'s.
+async fn write_before_release<B: Backend>(
+    cluster: &Cluster<B>,
+    kept: &mut HashMap<Arc<str>, Kept>,
+    waiting: &mut Waiting,
+    client_id: &Arc<str>,
+    tx: &mpsc::Sender<FromCluster>,
+) -> Option<bool> {
+    let give_up = tokio::time::Instant::now() + RELEASE_WRITE_PATIENCE;
+    loop {
+        let (snapshot, log, wills) = waiting.remove(client_id)?;
+        let store = (client_id.clone(), snapshot, log, wills);
+        let written = write_session(cluster, kept, waiting, store, tx).await;
+        if written.is_some() {
+            return written;
+        }
+        if tokio::time::Instant::now() + RELEASE_WRITE_PAUSE >= give_up {
+            tracing::warn!(client_id = %client_id, "hand-over answered without the session's last record: its write kept failing, so the claiming node resumes the session from an older one");
+            return None;
+        }
+        tokio::time::sleep(RELEASE_WRITE_PAUSE).await;
+    }
+}
+
 /// Another node has taken (or is taking) the record of `client_id`: nothing more is
 /// written for it, and its wills are decided as for a lost fence (see `write_session`).
-async fn lose(
-    cluster: &Cluster<NatsBackend>,
+async fn lose<B: Backend>(
+    cluster: &Cluster<B>,
     kept: &mut HashMap<Arc<str>, Kept>,
     waiting: &mut Waiting,
     client_id: Arc<str>,
@@ -891,8 +940,8 @@ async fn lose(
 /// Writes (or deletes) one client's record and decides its due wills by the outcome
 /// (`wills::verdict`): published when the write won, dropped when another node took the
 /// record (it decides them), kept in `waiting` when the outcome is unknown.
-async fn write_session(
-    cluster: &Cluster<NatsBackend>,
+async fn write_session<B: Backend>(
+    cluster: &Cluster<B>,
     kept: &mut HashMap<Arc<str>, Kept>,
     waiting: &mut Waiting,
     (client_id, snapshot, log, wills): Store,
@@ -1424,7 +1473,7 @@ async fn reap(
     tracing::info!(target: crate::status::STATUS_TARGET, node = %dead.node, wills = published, sessions = kept, "took over a dead node's clients: wills due now published, sessions kept offline here");
 }
 
-async fn released(cluster: Arc<Cluster<NatsBackend>>, req: ReleaseRequest) {
+async fn released<B: Backend>(cluster: Arc<Cluster<B>>, req: ReleaseRequest) {
     // Refused harmlessly when the entry moved on (this node held no connection for it).
     let _ = cluster.mark_disconnected(&req.client, req.revision).await;
     if let Err(e) = cluster.answer_release(&req).await {
@@ -2087,5 +2136,192 @@ mod tests {
         assert_eq!(resent.payload, msg.payload);
         assert_eq!(resent.properties.message_expiry_interval, Some(0));
         assert_eq!(resent.remaining_expiry(now), Some(0));
+    }
+
+    use makelaar_cluster::backend::{BackendError, Bucket, MemoryBackend};
+    use makelaar_cluster::subject::Subject;
+
+    /// A connected session, told apart by its inbound QoS 2 ids.
+    fn snapshot(inbound_qos2: Vec<u16>) -> SessionSnapshot {
+        SessionSnapshot {
+            version: ProtocolVersion::V5,
+            expiry_interval: 600,
+            subscriptions: Vec::new(),
+            offline_since: None,
+            will: None,
+            connected: true,
+            inbound_qos2,
+            outbound: Vec::new(),
+        }
+    }
+
+    /// A node's sessions task over `engine`, owning client `c` (claimed, its record
+    /// written once with inbound QoS 2 id 1).
+    struct Owner {
+        cluster: Arc<Cluster<MemoryBackend>>,
+        ops: mpsc::UnboundedSender<SessionOp>,
+        from: mpsc::Receiver<FromCluster>,
+        key: ClientKey,
+        claim: Revision,
+    }
+
+    impl Owner {
+        async fn new(engine: &MemoryBackend) -> Owner {
+            let config = ClusterConfig::new(NodeId::new("m1").unwrap(), 1);
+            let cluster = Arc::new(Cluster::new(engine.clone(), config));
+            let (ops, rx) = mpsc::unbounded_channel();
+            let (tx, from) = mpsc::channel(64);
+            tokio::spawn(sessions(cluster.clone(), rx, tx));
+            let key = ClientKey::new("c");
+            let claim = cluster.claim_client(&key).await.unwrap().revision;
+            let owner = Owner {
+                cluster,
+                ops,
+                from,
+                key,
+                claim,
+            };
+            owner
+                .ops
+                .send(SessionOp::Owned(
+                    "c".into(),
+                    claim,
+                    Fence::Absent,
+                    false,
+                    None,
+                ))
+                .unwrap();
+            owner.store(vec![1]);
+            while owner.inbound().await != Some(vec![1]) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            owner
+        }
+
+        fn store(&self, inbound_qos2: Vec<u16>) {
+            self.store_with(snapshot(inbound_qos2), Vec::new());
+        }
+
+        fn store_with(&self, snapshot: SessionSnapshot, wills: Vec<KeptWill>) {
+            let op = SessionOp::Store("c".into(), Some(snapshot), None, wills, None);
+            self.ops.send(op).unwrap();
+        }
+
+        /// The wills handed to the router to publish so far.
+        fn published(&mut self) -> usize {
+            std::iter::from_fn(|| self.from.try_recv().ok())
+                .filter(|ev| matches!(ev, FromCluster::Will { .. }))
+                .count()
+        }
+
+        /// The inbound QoS 2 ids of the record in the cluster.
+        async fn inbound(&self) -> Option<Vec<u16>> {
+            let (record, _) = self.cluster.load_session(&self.key).await.unwrap();
+            record.map(|r| r.inbound_qos2)
+        }
+    }
+
+    /// Another node asks `owner` to hand `c` over; how long the answer took.
+    async fn hand_over(engine: &MemoryBackend, owner: &Owner, before: impl FnOnce()) -> Duration {
+        let reply = "_INBOX.handover";
+        let mut answers = engine
+            .subscribe(Subject::from_tokens(reply), None)
+            .await
+            .unwrap();
+        before();
+        let asked = tokio::time::Instant::now();
+        let req = ReleaseRequest {
+            client: owner.key.clone(),
+            revision: owner.claim,
+            reply: Some(reply.into()),
+        };
+        owner.ops.send(SessionOp::Release(req)).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), answers.next())
+            .await
+            .unwrap()
+            .unwrap();
+        asked.elapsed()
+    }
+
+    /// The session's last record waits to be written again (its write failed) when another
+    /// node asks for the client: it is written before the answer, so the claiming node
+    /// resumes the session from it (it used to find the one before).
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_over_writes_the_record_that_waits_before_it_answers() {
+        let engine = MemoryBackend::new();
+        let owner = Owner::new(&engine).await;
+        hand_over(&engine, &owner, || {
+            // NATS trouble: the next write fails, and the record waits.
+            engine.fail_writes(Bucket::Sessions, 1, BackendError::Timeout);
+            owner.store(vec![1, 2]);
+        })
+        .await;
+        assert_eq!(owner.inbound().await, Some(vec![1, 2]));
+    }
+
+    /// When that write keeps failing, the answer goes out all the same, after a bounded
+    /// wait (the claiming node claims anyway after 3 s), and the node writes the session no
+    /// more: the claiming node owns it.
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_over_is_answered_in_bounded_time_when_the_waiting_record_cannot_be_written() {
+        let engine = MemoryBackend::new();
+        let owner = Owner::new(&engine).await;
+        let took = hand_over(&engine, &owner, || {
+            engine.fail_writes(Bucket::Sessions, usize::MAX, BackendError::Timeout);
+            owner.store(vec![1, 2]);
+        })
+        .await;
+        assert!(
+            took >= RELEASE_WRITE_PATIENCE - RELEASE_WRITE_PAUSE,
+            "{took:?}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(owner.inbound().await, Some(vec![1]));
+        // NATS is back: nothing more is written from here.
+        engine.fail_writes(Bucket::Sessions, 0, BackendError::Timeout);
+        owner.store(vec![1, 2, 3]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(owner.inbound().await, Some(vec![1]));
+    }
+
+    /// A will that fell due with the record that waits (the write takes it out of the
+    /// record) is published only if that write wins; when it cannot be made before the
+    /// answer, the claiming node takes the record with the will in it and decides it.
+    #[tokio::test(start_paused = true)]
+    async fn a_due_will_waiting_with_the_record_is_published_only_if_its_write_wins() {
+        let will = KeptWill {
+            will: Box::new(Will {
+                topic: "gone/c".into(),
+                payload: bytes::Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+            }),
+            username: None,
+        };
+        for (failures, published) in [(1, 1), (usize::MAX, 0)] {
+            let engine = MemoryBackend::new();
+            let mut owner = Owner::new(&engine).await;
+            let mut with_will = snapshot(vec![1]);
+            with_will.will = Some(will.clone());
+            owner.store_with(with_will, Vec::new());
+            loop {
+                let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+                if r.is_some_and(|r| r.will.is_some()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            hand_over(&engine, &owner, || {
+                engine.fail_writes(Bucket::Sessions, failures, BackendError::Timeout);
+                owner.store_with(snapshot(vec![1, 2]), vec![will.clone()]);
+            })
+            .await;
+            assert_eq!(owner.published(), published, "{failures} failures");
+            let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+            let r = r.unwrap();
+            assert_eq!(r.will.is_none(), published == 1);
+            assert_eq!(r.will_taken_by.is_some(), published == 1);
+        }
     }
 }

@@ -253,6 +253,8 @@ struct MemoryState {
     streams: HashMap<Partition, Vec<(Subject, Bytes)>>,
     followers: Vec<(Partition, tokio::sync::mpsc::UnboundedSender<StreamMessage>)>,
     subscribers: Vec<(Subject, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
+    /// Writes to fail, per bucket: how many more, and with what.
+    faults: HashMap<Bucket, (usize, BackendError)>,
 }
 
 /// An engine in memory, shared by clones: the buckets with compare-and-set, the partition
@@ -277,6 +279,13 @@ impl MemoryBackend {
         Ok(f(&mut s))
     }
 
+    /// For tests of what meets engine trouble: the next `count` writes (create, update, put,
+    /// delete) to `bucket` fail with `error`, and change nothing (`usize::MAX`: until
+    /// called again; 0: none).
+    pub fn fail_writes(&self, bucket: Bucket, count: usize, error: BackendError) {
+        let _ = self.with(|s| s.faults.insert(bucket, (count, error)));
+    }
+
     /// Runs a write on a bucket and tells the watchers of the key what it holds after.
     fn write<T>(
         &self,
@@ -285,6 +294,10 @@ impl MemoryBackend {
         f: impl FnOnce(&mut MemoryKv) -> Result<T, crate::kv::Conflict>,
     ) -> Result<T, BackendError> {
         self.with(|s| {
+            if let Some((count, error)) = s.faults.get_mut(&bucket).filter(|(n, _)| *n > 0) {
+                *count = count.saturating_sub(1);
+                return Err(error.clone());
+            }
             let kv = s.buckets.entry(bucket).or_default();
             let r = f(kv).map_err(|_| BackendError::Conflict)?;
             let entry = kv

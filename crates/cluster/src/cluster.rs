@@ -15,7 +15,7 @@ use crate::backend::{Backend, BackendError, Bucket, StreamMessage};
 use crate::codec::{Reader, Writer};
 use crate::envelope::Envelope;
 use crate::ids::{ClientKey, NodeId, Revision};
-use crate::lease::{Expired, LeaseConfig, Leases, OwnLease, OwnState};
+use crate::lease::{Expired, Incarnations, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
 use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
 use crate::replay::{ReplayPlan, Verdict};
@@ -29,7 +29,8 @@ use crate::wills;
 pub struct ClusterConfig {
     /// This node.
     pub node: NodeId,
-    /// This start of the node: different at every start.
+    /// This start of the node: different at every start. The node takes a new one when it
+    /// comes back from a step-down ([`Cluster::incarnation`], [`Incarnations`]).
     pub incarnation: u64,
     /// The first token of every subject and the start of every stream and bucket name
     /// (`mk`: subjects `mk.…`, buckets `mk_registry`, …, streams `mk_p0`, …).
@@ -242,6 +243,9 @@ pub struct Cluster<B> {
     /// The partitions' last sequences as last read, and when that read began
     /// ([`Cluster::tails_since`]).
     tails: tokio::sync::Mutex<Option<Tails>>,
+    /// Changed by the lease task only (a step-down, the next lease write); read by every
+    /// write that names this node's incarnation.
+    incarnations: std::sync::Mutex<Incarnations>,
 }
 
 /// Every partition's last sequence (index, sequence), and when the read began.
@@ -251,12 +255,29 @@ impl<B: Backend> Cluster<B> {
     /// The layer over a connected engine.
     pub fn new(backend: B, config: ClusterConfig) -> Cluster<B> {
         let stats = Arc::new(NodeStats::new(config.partitions));
+        let incarnations = std::sync::Mutex::new(Incarnations::new(config.incarnation));
         Cluster {
             backend,
             config,
             stats,
             tails: tokio::sync::Mutex::new(None),
+            incarnations,
         }
+    }
+
+    /// This node's incarnations (held for a moment: never across an await).
+    fn incarnations(&self) -> std::sync::MutexGuard<'_, Incarnations> {
+        // Its state is a few integers changed whole: one left by a panic is still whole.
+        self.incarnations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The incarnation this node's registry entries and claims name now: the configured
+    /// one until the node comes back from a step-down, a new one after each
+    /// ([`Incarnations`]).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnations().current()
     }
 
     /// What this node counts of its part in the cluster (for its metrics).
@@ -381,7 +402,7 @@ impl<B: Backend> Cluster<B> {
     async fn run_claim(&self, client: &ClientKey) -> Result<Claimed, ClusterError> {
         let mut claim = Claim::new(
             self.config.node.clone(),
-            self.config.incarnation,
+            self.incarnation(),
             self.config.claim,
         );
         loop {
@@ -474,7 +495,7 @@ impl<B: Backend> Cluster<B> {
     ) -> Result<Revision, ClusterError> {
         let entry = RegistryEntry {
             node: self.config.node.clone(),
-            incarnation: self.config.incarnation,
+            incarnation: self.incarnation(),
             connected: false,
         };
         match self
@@ -550,11 +571,12 @@ impl<B: Backend> Cluster<B> {
         claimed: &Claimed,
         now_ms: u64,
     ) -> Result<ClaimedSession, ClusterError> {
-        let decides = wills::claimer_decides(
-            claimed.previous.as_ref(),
-            &self.config.node,
-            self.config.incarnation,
-        );
+        // What this process held under an earlier incarnation (before a step-down) its broker
+        // still holds, and decides, as under the current one.
+        let decides = self
+            .incarnations()
+            .all()
+            .all(|i| wills::claimer_decides(claimed.previous.as_ref(), &self.config.node, i));
         for _ in 0..3 {
             let (record, fence) = self.load_session(client).await?;
             let written_by = record.as_ref().map(|r| r.node.clone());
@@ -636,7 +658,7 @@ impl<B: Backend> Cluster<B> {
         }
         let mine = RegistryEntry {
             node: self.config.node.clone(),
-            incarnation: self.config.incarnation,
+            incarnation: self.incarnation(),
             connected: false,
         };
         let claim = match self
@@ -736,7 +758,7 @@ impl<B: Backend> Cluster<B> {
     pub async fn register_assigned(&self, client: &ClientKey) -> Result<Revision, ClusterError> {
         let entry = RegistryEntry {
             node: self.config.node.clone(),
-            incarnation: self.config.incarnation,
+            incarnation: self.incarnation(),
             connected: true,
         };
         match self
@@ -1017,22 +1039,43 @@ impl<B: Backend> Cluster<B> {
         Ok(out)
     }
 
-    /// Writes this node's lease.
+    /// Writes this node's lease. The first write that succeeds after a step-down makes the
+    /// new incarnation it carries this node's ([`Incarnations::lease_written`]).
     pub async fn refresh_lease(&self) -> Result<Revision, ClusterError> {
+        let incarnation = self.incarnations().lease();
         let lease = NodeLease {
             node: self.config.node.clone(),
-            incarnation: self.config.incarnation,
+            incarnation,
         };
-        Ok(self
+        let revision = self
             .backend
             .put(Bucket::Leases, self.config.node.as_str(), lease.encode())
-            .await?)
+            .await?;
+        let mut incarnations = self.incarnations();
+        let before = incarnations.current();
+        if incarnations.lease_written(incarnation) {
+            drop(incarnations);
+            tracing::warn!(
+                node = %self.config.node,
+                before,
+                incarnation,
+                "this node is back after stepping down, as a new incarnation: a peer reaps the old one and takes over what it held"
+            );
+        }
+        Ok(revision)
+    }
+
+    /// This node stepped down: its peers may call its lease expired and reap it, so its
+    /// lease writes carry a new incarnation from now on ([`Incarnations`]). Called by the
+    /// lease task; public for tests that drive the lease by hand.
+    pub fn stepped_down(&self) {
+        self.incarnations().stepped_down(new_incarnation());
     }
 
     /// Whether `node` in `incarnation` holds a lease now (read from the bucket).
     pub async fn lease_alive(&self, node: &NodeId, incarnation: u64) -> Result<bool, ClusterError> {
         if *node == self.config.node {
-            return Ok(incarnation == self.config.incarnation);
+            return Ok(incarnation == self.incarnation());
         }
         let Some(e) = self.backend.get(Bucket::Leases, node.as_str()).await? else {
             return Ok(false);
@@ -1048,7 +1091,7 @@ impl<B: Backend> Cluster<B> {
         }
         let me = NodeLease {
             node: self.config.node.clone(),
-            incarnation: self.config.incarnation,
+            incarnation: self.incarnation(),
         };
         match self
             .backend
@@ -1120,6 +1163,7 @@ impl<B: Backend> Cluster<B> {
                 }
                 OwnState::StepDown => {
                     self.stats.set_serving(false);
+                    self.stepped_down();
                     tracing::error!(
                         node = %self.config.node,
                         "this node's lease was not refreshed in time: it stops serving"

@@ -172,6 +172,97 @@ impl OwnLease {
     }
 }
 
+/// This node's incarnations: the one its registry entries and reaper keys name, the one its
+/// lease writes carry, and the earlier ones of this process.
+///
+/// A node that stepped down may have been called dead by its peers (its lease lapsed:
+/// paused past the TTL, cut off), and one of them may have reaped it: created the reaper
+/// key `node.incarnation` and taken its sessions over. Coming back under the same
+/// incarnation would leave that key in place, so when the node died later no survivor
+/// could reap it again (its sessions and wills stranded). So a node comes back from every
+/// step-down as a new incarnation: its peers see the new one replace the old
+/// ([`Leases::handle_seen`] reports the old one expired if they had not), one of them reaps
+/// the old one (everything it held is taken over, by compare-and-set, so nothing this
+/// process wrote since is lost), and a later death of the new one has a reaper key of its
+/// own. A new incarnation rather than a lease revision in the reaper key: the registry
+/// entries name their holder's incarnation, so a late reaper of the old one cannot take a
+/// client this node claimed after it came back ([`crate::wills::left_by`]), and survivors
+/// agree on an incarnation (it is in the lease) where they might not on the last revision
+/// each saw. Not only past the TTL: when a peer calls the lease expired is judged by its
+/// own clock and reads, so any step-down may have been seen as a death.
+///
+/// The new incarnation is written into the lease first and named in registry entries only
+/// once such a lease write succeeded, so the peers have it to reap when the node dies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incarnations {
+    current: u64,
+    lease: u64,
+    earlier: Vec<u64>,
+}
+
+impl Incarnations {
+    /// A node starting as `first`.
+    pub fn new(first: u64) -> Incarnations {
+        Incarnations {
+            current: first,
+            lease: first,
+            earlier: Vec::new(),
+        }
+    }
+
+    /// The incarnation this node's registry entries and claims name now.
+    pub fn current(&self) -> u64 {
+        self.current
+    }
+
+    /// The incarnation the next lease write carries.
+    pub fn lease(&self) -> u64 {
+        self.lease
+    }
+
+    /// The node stepped down: its lease writes carry `fresh` from now on (a value this
+    /// process never had: one after the highest it had if `fresh` is one of them). Once per
+    /// step-down; again before a lease write succeeded, it keeps the one chosen.
+    pub fn stepped_down(&mut self, fresh: u64) {
+        if self.lease != self.current {
+            return;
+        }
+        self.lease = if self.is_mine(fresh) {
+            self.all().max().unwrap_or(fresh).saturating_add(1)
+        } else {
+            fresh
+        };
+    }
+
+    /// A lease write carrying `incarnation` was confirmed: a new one is this node's from now
+    /// on, the old one is one of its earlier incarnations. Whether it changed.
+    pub fn lease_written(&mut self, incarnation: u64) -> bool {
+        if incarnation != self.lease || incarnation == self.current {
+            return false;
+        }
+        self.earlier.push(self.current);
+        self.current = incarnation;
+        true
+    }
+
+    /// Whether `incarnation` is this process's, now or earlier: what this node's broker
+    /// still holds of a client it had under an earlier incarnation is its own to decide
+    /// (e.g. the will, [`crate::wills::claimer_decides`]).
+    pub fn is_mine(&self, incarnation: u64) -> bool {
+        incarnation == self.current
+            || incarnation == self.lease
+            || self.earlier.contains(&incarnation)
+    }
+
+    /// This process's incarnations: the current one, the one its lease is about to carry,
+    /// and the earlier ones.
+    pub fn all(&self) -> impl Iterator<Item = u64> + '_ {
+        [self.current, self.lease]
+            .into_iter()
+            .chain(self.earlier.iter().copied())
+    }
+}
+
 /// What is known of one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Peer {
@@ -194,7 +285,8 @@ impl Expired {
     /// The key in the `reapers` bucket that survivors create, compare-and-set (create only if
     /// absent): the one whose create succeeds publishes the dead node's due wills and marks
     /// its sessions offline; the others leave it. One key per dead incarnation, so a node that
-    /// restarts and dies again is reaped again.
+    /// restarts, or comes back from a step-down ([`Incarnations`]), and dies again is reaped
+    /// again.
     pub fn reaper_key(&self) -> String {
         format!("{}.{}", self.node, self.incarnation)
     }

@@ -704,3 +704,83 @@ async fn a_replay_reads_each_message_once_across_the_seam() {
     assert_eq!((r.new.len(), r.dropped), (1, 1));
     assert_eq!(payload(&r.new[0]), "new");
 }
+
+/// A node whose lease lapsed (paused past the TTL) and that a survivor reaped comes back as
+/// a new incarnation: a client it claims then is not the old incarnation's (a late reaper of
+/// that one leaves it), and when it dies for good a survivor reaps it again, under a reaper
+/// key of its own.
+#[tokio::test]
+async fn a_node_back_from_a_lapse_is_reaped_again_when_it_dies() {
+    let engine = MemoryBackend::new();
+    let a = layer(&engine, "a", 1);
+    let b = layer(&engine, "b", 2);
+    a.refresh_lease().await.unwrap();
+    b.refresh_lease().await.unwrap();
+    let before = ClientKey::new("before");
+    let c = a.claim_client(&before).await.unwrap();
+    with_will(&a, &before, c.revision, Fence::Absent, None).await;
+    // One that went offline on `a` under its first incarnation, back on `a` after.
+    let mine = ClientKey::new("mine");
+    let c = a.claim_client(&mine).await.unwrap();
+    let (_, fence) = with_will(&a, &mine, c.revision, Fence::Absent, None).await;
+    a.mark_disconnected(&mine, c.revision).await.unwrap();
+
+    // Paused past the TTL: its lease expired, `b` reaps it.
+    engine.delete(Bucket::Leases, "a", None).await.unwrap();
+    let first = Expired {
+        node: NodeId::new("a").unwrap(),
+        incarnation: 1,
+    };
+    assert_eq!(b.try_reap(&first).await.unwrap(), ReapOutcome::Won);
+
+    // Running again: it stepped down, and its next lease write makes it a new incarnation.
+    a.stepped_down();
+    assert_eq!(
+        a.incarnation(),
+        1,
+        "named in the registry once in the lease"
+    );
+    a.refresh_lease().await.unwrap();
+    let now = a.incarnation();
+    assert_ne!(now, 1);
+    let lease = engine.get(Bucket::Leases, "a").await.unwrap().unwrap();
+    assert_eq!(NodeLease::decode(&lease.value).unwrap().incarnation, now);
+    // Its earlier self counts as dead for claims, not as alive.
+    assert!(!a.lease_alive(&NodeId::new("a").unwrap(), 1).await.unwrap());
+    assert!(a
+        .lease_alive(&NodeId::new("a").unwrap(), now)
+        .await
+        .unwrap());
+
+    // `mine` reconnects to `a`: its broker held the session, and the will in the record
+    // is its own to decide (not taken out by the claim).
+    let c = a.claim_client(&mine).await.unwrap();
+    let found = a.load_claimed_session(&mine, &c, 0).await.unwrap();
+    assert!(found.will.is_none());
+    assert_eq!(found.fence, fence);
+    // A client connecting to `a` after it came back.
+    let after = ClientKey::new("after");
+    let c = a.claim_client(&after).await.unwrap();
+    with_will(&a, &after, c.revision, Fence::Absent, None).await;
+    let (entry, _) = a.read_registry(&after).await.unwrap().unwrap();
+    assert_eq!(entry.incarnation, now);
+
+    // The reaper of the lapsed incarnation takes only what that one still held.
+    let orphans = b.orphans(&first).await.unwrap();
+    let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
+    assert_eq!(names, ["before"]);
+
+    // Killed for good: its lease expires, and a survivor reaps it again.
+    engine.delete(Bucket::Leases, "a", None).await.unwrap();
+    let second = Expired {
+        node: NodeId::new("a").unwrap(),
+        incarnation: now,
+    };
+    assert_ne!(second.reaper_key(), first.reaper_key());
+    assert_eq!(b.try_reap(&second).await.unwrap(), ReapOutcome::Won);
+    let mut orphans = b.orphans(&second).await.unwrap();
+    orphans.sort_by(|x, y| x.client.cmp(&y.client));
+    let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
+    assert_eq!(names, ["after", "mine"]);
+    assert!(orphans.iter().all(|o| o.record.will.is_some()));
+}

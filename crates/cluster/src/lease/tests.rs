@@ -180,3 +180,77 @@ fn a_hanging_write_is_bounded_by_the_step_down_instant() {
         "stepped down: no deadline until serving again"
     );
 }
+
+/// A node paused past its TTL is reaped; back, it steps down and writes its lease as a new
+/// incarnation, so when it dies later its reaper key is a new one and a survivor reaps it
+/// again (under the old incarnation the key existed: nobody would have).
+#[test]
+fn a_node_back_from_a_lapse_is_a_new_incarnation_reaped_again_when_it_dies() {
+    let t0 = Instant::now();
+    let a = n("a");
+    let mut own = OwnLease::new(cfg(), t0);
+    let mut inc = Incarnations::new(1);
+    let mut b = Leases::new(cfg(), n("b"));
+    assert_eq!(own.poll(t0), OwnState::Refresh);
+    assert_eq!(inc.lease(), 1);
+    own.handle_written(t0);
+    assert!(!inc.lease_written(1));
+    assert_eq!(own.poll(t0), OwnState::Resume);
+    assert_eq!(b.handle_seen(&a, inc.lease(), 1, t0), None);
+
+    // Paused for 20 s: b calls it expired after the TTL and reaps `a.1`.
+    let first = b.poll_expired(t0 + Duration::from_secs(15));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].reaper_key(), "a.1");
+
+    // Running again: it steps down before anything else, and comes back as a new one.
+    let back = t0 + Duration::from_secs(20);
+    assert_eq!(own.poll(back), OwnState::StepDown);
+    inc.stepped_down(7);
+    // Registry entries name the old one until the new one is in the lease.
+    assert_eq!((inc.current(), inc.lease()), (1, 7));
+    inc.stepped_down(8);
+    assert_eq!(inc.lease(), 7, "one new incarnation per step-down");
+    assert_eq!(own.poll(back), OwnState::Refresh);
+    own.handle_written(back);
+    assert!(inc.lease_written(7));
+    assert_eq!(own.poll(back), OwnState::Resume);
+    assert_eq!(inc.current(), 7);
+    assert!(inc.is_mine(1) && inc.is_mine(7) && !inc.is_mine(8));
+    // b sees the new incarnation (the old one it reported already).
+    assert_eq!(b.handle_seen(&a, inc.lease(), 2, back), None);
+    assert!(b.is_alive(&a, 7, back));
+
+    // Killed a second later: reaped again, under a key of its own.
+    let second = b.poll_expired(back + Duration::from_secs(16));
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].reaper_key(), "a.7");
+}
+
+#[test]
+fn a_peer_back_as_a_new_incarnation_before_being_called_dead_has_the_old_one_reaped() {
+    let t0 = Instant::now();
+    let a = n("a");
+    let mut b = Leases::new(cfg(), n("b"));
+    assert_eq!(b.handle_seen(&a, 1, 1, t0), None);
+    // Stepped down for 12 s (not yet expired for b) and back as incarnation 2: the old one
+    // is reported at once, to be reaped (what it held is taken over).
+    let back = t0 + Duration::from_secs(12);
+    assert!(b.poll_expired(back).is_empty());
+    let old = b.handle_seen(&a, 2, 2, back).unwrap();
+    assert_eq!(old.reaper_key(), "a.1");
+    assert!(b.poll_expired(back + Duration::from_secs(1)).is_empty());
+}
+
+#[test]
+fn a_fresh_incarnation_equal_to_an_earlier_one_is_moved_past_them() {
+    let mut inc = Incarnations::new(5);
+    inc.stepped_down(5);
+    assert_eq!(inc.lease(), 6);
+    assert!(inc.lease_written(6));
+    inc.stepped_down(5);
+    assert_eq!(inc.lease(), 7);
+    // A stale write's confirmation changes nothing.
+    assert!(!inc.lease_written(6));
+    assert_eq!(inc.current(), 6);
+}
