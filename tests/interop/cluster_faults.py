@@ -1037,6 +1037,20 @@ def _hold_until(t0: float, hold: float | None, default: float):
     time.sleep(max(0.0, remaining))
 
 
+def _hold_link_fault(cluster: NetnsCluster, probe: Probe | None, ev: dict, t0: float,
+                     hold: float | None, make):
+    """A fault of nft rules (`make` adds them): the probe's id taken elsewhere meanwhile,
+    held like a partition (beyond the lease: a node that wrongly stepped down, or wrongly
+    kept serving, shows it), then every rule taken away."""
+    make()
+    if probe:
+        probe.after(time.monotonic() + 30)
+    _hold_until(t0, hold, LEASE_TTL + 5.0)
+    ev["victim_clients_open"] = probe is not None and probe.old.connected.is_set()
+    ev["healed"] = time.monotonic()
+    cluster.heal_links()
+
+
 def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: float | None = None,
            loss_percent: int = LOSS_PERCENT) -> dict:
     """One fault and its healing; returns what was done and when."""
@@ -1098,25 +1112,15 @@ def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: floa
         # whose hand-over request cannot reach the victim's node.
         assert isinstance(cluster, NetnsCluster)
         ev["peer"] = (victim + 1) % cluster.n
-        cluster.cut_link(victim, ev["peer"])
-        if probe:
-            probe.after(time.monotonic() + 30)
-        _hold_until(t0, hold, LEASE_TTL + 5.0)
-        ev["victim_clients_open"] = probe is not None and probe.old.connected.is_set()
-        ev["healed"] = time.monotonic()
-        cluster.heal_links()
+        _hold_link_fault(cluster, probe, ev, t0, hold,
+                         lambda: cluster.cut_link(victim, ev["peer"]))
     elif kind == "loss":
-        # Every TCP connection of host `victim` to the others (NATS routes, its node's
-        # connection when it failed over, the others' nodes to its server) retransmits.
+        # Every TCP connection between host `victim` and the others (NATS routes, the
+        # other nodes' connections to its server and back) retransmits.
         assert isinstance(cluster, NetnsCluster)
         ev["percent"] = loss_percent
-        cluster.lose(victim, loss_percent)
-        if probe:
-            probe.after(time.monotonic() + 30)
-        _hold_until(t0, hold, LEASE_TTL + 5.0)
-        ev["victim_clients_open"] = probe is not None and probe.old.connected.is_set()
-        ev["healed"] = time.monotonic()
-        cluster.heal_links()
+        _hold_link_fault(cluster, probe, ev, t0, hold,
+                         lambda: cluster.lose(victim, loss_percent))
     if probe:
         if probe.old.connected.is_set():
             t_end = time.monotonic() + 15
@@ -1218,7 +1222,7 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
         message was acknowledged before the subscriber was connected again (the session's
         queue and in-flight messages on that node are the known gap: its record says where
         it stands in the log only when it goes offline on a node that serves). A cut link or
-        packet loss is no such fault (NODE_LOST_FAULTS): every node keeps serving."""
+        packet loss is no such fault (NODE_LOST_FAULTS): every node should keep serving."""
         mine = sorted((c for c in conns if c.client_id == sub), key=lambda c: c.opened)
         for k, c in enumerate(mine):
             if "Server busy" in c.reason and c.opened <= t_ack:

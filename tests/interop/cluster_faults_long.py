@@ -42,6 +42,8 @@ def main() -> int:
                     help="count the known gap (subscribers on a faulted node, cl-durable) as loss, and late appends of unacknowledged messages as problems")
     ap.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
     args = ap.parse_args()
+    if not 0 < args.loss_percent <= 100:
+        ap.error("--loss-percent: 1 to 100")
     kinds = [k for k in args.faults.split(",") if k]
     for k in kinds:
         if k not in cf.FAULTS:
