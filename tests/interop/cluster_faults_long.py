@@ -60,7 +60,8 @@ def main() -> int:
     try:
         cluster.start()
         cf.log(f"{len(schedule)} faults: {schedule}")
-        report = cf.run(cluster, schedule, rate=args.rate, loss_percent=args.loss_percent, tolerate_known_gap=not args.strict,
+        report = cf.run(cluster, schedule, rate=args.rate, loss_percent=args.loss_percent,
+                        tolerate_known_gap=not args.strict,
                         tolerate_late_appends=not args.strict,
                         on_cycle=lambda k, w: cf.log(f"fault {k}/{len(schedule)} healed; "
                                                       f"missing so far: {w.missing_count()}"))
