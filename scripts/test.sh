@@ -177,6 +177,9 @@ stage_deps() {
     { command -v mosquitto_pub && command -v mosquitto_sub; } >/dev/null || packages+=(mosquitto-clients)
     command -v openssl >/dev/null || packages+=(openssl)
     command -v python3 >/dev/null || packages+=(python3)
+    # The cluster fault tests' link cut and packet loss: nft rules in a bridge namespace
+    # (tests/interop/cluster_faults.py; skipped without it, or without root).
+    command -v nft >/dev/null || [ -x /usr/sbin/nft ] || packages+=(nftables)
     # The browser tests: Debian's Chromium, and Node's npm for MQTT.js (tests/browser).
     command -v chromium >/dev/null || packages+=(chromium)
     command -v npm >/dev/null || packages+=(npm)

@@ -3,7 +3,9 @@
 Three NATS servers (one JetStream cluster, `sync_interval: always`) and three Makelaar
 nodes, either all on loopback (`LoopbackCluster`) or each NATS server with its node in a
 network namespace of its own, joined by a bridge namespace (`NetnsCluster`), so that one
-host can be cut off from the others while its clients still reach it.
+host can be cut off from the others while its clients still reach it, two hosts can lose
+each other while both still reach the third (`cut-link`), or one host's packets can be
+dropped at random (`loss`); the last two are nftables rules in the bridge namespace.
 
 A workload runs over it while faults are injected on a schedule:
 
@@ -69,8 +71,9 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def netns_unavailable() -> str | None:
-    """Why network-namespace faults cannot run here (None: they can)."""
+def netns_unavailable(nft: bool = False) -> str | None:
+    """Why network-namespace faults cannot run here (None: they can); with `nft`, also
+    the faults made of nftables rules (`cut-link`, `loss`)."""
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns)"
     if shutil.which("ip") is None:
@@ -79,7 +82,23 @@ def netns_unavailable() -> str | None:
     r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if r.returncode != 0:
         return f"ip netns is not permitted here: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    try:
+        if nft:
+            return _nft_unavailable_in(name)
+        return None
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _nft_unavailable_in(ns: str) -> str | None:
+    """Whether `nft` can filter bridged frames inside namespace `ns` (the link cut and the
+    packet loss are bridge-family rules in the bridge namespace)."""
+    if shutil.which("nft") is None:
+        return "the nft command (nftables) is not installed"
+    r = subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "table", "bridge", "probe"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"nft cannot filter bridged frames here: {r.stderr.strip()}"
     return None
 
 
@@ -328,8 +347,14 @@ class ClusterBase:
         return time.monotonic() - start
 
     def _node_proc(self, i) -> Proc:
+        # A subscriber may be offline for 30 s and more while a fault lasts (every node
+        # refusing it): 3 publishers at 40 messages/s pass the default per-session bound
+        # (1000) in under 10 s, beyond which a node drops new messages for the session by design
+        # ("session resumed ... the newest were dropped"): the checker is about the
+        # cluster's guarantees, not that bound.
         toml = (f"listen = [\"mqtt://{self.node_listen(i)}:{self.node_ports[i]}\"]\n"
-                f"in_memory = true\nsys_interval = 0\n\n[cluster]\n"
+                f"in_memory = true\nsys_interval = 0\n\n"
+                f"[limits]\nmax_queued_messages = 100000\n\n[cluster]\n"
                 f"monitor = [{', '.join(json.dumps(m) for m in self.node_monitors(i))}]\n")
         conf = self.workdir / f"m{i}.toml"
         conf.write_text(toml)
@@ -447,6 +472,7 @@ class NetnsCluster(ClusterBase):
         self.route_ports = [6222] * self.n
         self.node_ports = [1883] * self.n
         self.forwarders: list[Forwarder] = []
+        self._nft_ready = False
         self._setup()
 
     def _ip(self, *args, ns=None, check=True):
@@ -496,6 +522,45 @@ class NetnsCluster(ClusterBase):
 
     def heal(self, i):
         self._ip("link", "set", f"p{i}", "up", ns=self.bridge)
+
+    # Link cuts and packet loss: rules on the bridge's forward hook, which sees every frame
+    # going from one host's port to another's (and none of the clients' traffic, which
+    # reaches each node through its forwarder on the namespace's loopback).
+    NFT_TABLE, NFT_CHAIN = "faults", "links"
+
+    def _nft(self, *args: str):
+        argv = ["ip", "netns", "exec", self.bridge, "nft", *args]
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip()}")
+
+    def _nft_rule(self, *match: str):
+        """Adds a drop rule (the table and its chain made on first use: the partition
+        test runs where nft is missing)."""
+        if not self._nft_ready:
+            self._nft("add", "table", "bridge", self.NFT_TABLE)
+            self._nft("add", "chain", "bridge", self.NFT_TABLE, self.NFT_CHAIN,
+                      "{ type filter hook forward priority 0; policy accept; }")
+            self._nft_ready = True
+        self._nft("add", "rule", "bridge", self.NFT_TABLE, self.NFT_CHAIN, *match, "drop")
+
+    def cut_link(self, a: int, b: int):
+        """Cuts the link between hosts a and b in both directions; both still reach the
+        third host."""
+        self._nft_rule("iifname", f"p{a}", "oifname", f"p{b}")
+        self._nft_rule("iifname", f"p{b}", "oifname", f"p{a}")
+
+    def lose(self, i: int, percent: int):
+        """Host i's link drops `percent` % of the frames it sends and of those sent to it
+        (each direction drawn on its own)."""
+        share = ["numgen", "random", "mod", "100", "<", str(percent)]
+        self._nft_rule("iifname", f"p{i}", *share)
+        self._nft_rule("oifname", f"p{i}", *share)
+
+    def heal_links(self):
+        """Takes every cut and loss rule away (one fault at a time: all of them)."""
+        if self._nft_ready:
+            self._nft("flush", "chain", "bridge", self.NFT_TABLE, self.NFT_CHAIN)
 
     def stop(self):
         for f in self.forwarders:
@@ -959,7 +1024,17 @@ class Workload:
         return seen
 
 
-FAULTS = ("kill-node", "kill-nats", "pause-node", "partition")
+FAULTS = ("kill-node", "kill-nats", "pause-node", "partition", "cut-link", "loss")
+# The faults made in network namespaces, and of those the ones made of nftables rules.
+NETNS_FAULTS = ("partition", "cut-link", "loss")
+NFT_FAULTS = ("cut-link", "loss")
+# The faults after which the victim's node no longer serves its clients (killed, paused,
+# or stepped down when cut off from the NATS majority): what it held for them is the known
+# gap. A NATS server's death, a cut link or packet loss leave every node with a majority:
+# its clients must not miss anything (a node that steps down all the same is caught by its
+# DISCONNECT 0x89, Server busy).
+NODE_LOST_FAULTS = ("kill-node", "pause-node", "partition")
+LOSS_PERCENT = 10
 
 
 def _acknowledged_within(info: mqtt.MQTTMessageInfo, client: "Client", timeout: float) -> bool:
@@ -974,7 +1049,28 @@ def _acknowledged_within(info: mqtt.MQTTMessageInfo, client: "Client", timeout: 
         return False
 
 
-def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: float | None = None) -> dict:
+def _hold_until(t0: float, hold: float | None, default: float):
+    """Sleeps until `hold` (or `default`) seconds after t0."""
+    remaining = (hold if hold is not None else default) - (time.monotonic() - t0)
+    time.sleep(max(0.0, remaining))
+
+
+def _hold_link_fault(cluster: NetnsCluster, probe: Probe | None, ev: dict, t0: float,
+                     hold: float | None, make):
+    """A fault of nft rules (`make` adds them): the probe's id taken elsewhere meanwhile,
+    held like a partition (beyond the lease: a node that wrongly stepped down, or wrongly
+    kept serving, shows it), then every rule taken away."""
+    make()
+    if probe:
+        probe.after(time.monotonic() + 30)
+    _hold_until(t0, hold, LEASE_TTL + 5.0)
+    ev["victim_clients_open"] = probe is not None and probe.old.connected.is_set()
+    ev["healed"] = time.monotonic()
+    cluster.heal_links()
+
+
+def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: float | None = None,
+           loss_percent: int = LOSS_PERCENT) -> dict:
     """One fault and its healing; returns what was done and when."""
     h = w.history
     probe = Probe(w.nodes, h, victim) if kind != "kill-nats" else None
@@ -1022,6 +1118,24 @@ def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: floa
         ev["victim_clients_open"] = probe is not None and probe.old.connected.is_set()
         ev["healed"] = time.monotonic()
         cluster.heal(victim)
+    elif kind == "cut-link":
+        # Host `victim` and the next one lose each other and keep the third: both NATS
+        # servers keep a majority through it (but core NATS routes make one hop only, so
+        # nothing between the two crosses, and JetStream's leaders churn: a node may step
+        # down for a while, its clients then reconnect elsewhere). The probe's id is
+        # taken to the other end of the cut first (Probe.after tries victim + 1 first),
+        # whose hand-over request cannot reach the victim's node.
+        assert isinstance(cluster, NetnsCluster)
+        ev["peer"] = (victim + 1) % cluster.n
+        _hold_link_fault(cluster, probe, ev, t0, hold,
+                         lambda: cluster.cut_link(victim, ev["peer"]))
+    elif kind == "loss":
+        # Every TCP connection between host `victim` and the others (NATS routes, the
+        # other nodes' connections to its server and back) retransmits.
+        assert isinstance(cluster, NetnsCluster)
+        ev["percent"] = loss_percent
+        _hold_link_fault(cluster, probe, ev, t0, hold,
+                         lambda: cluster.lose(victim, loss_percent))
     if probe:
         if probe.old.connected.is_set():
             t_end = time.monotonic() + 15
@@ -1122,7 +1236,8 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
         stepped down (its lease not refreshed: DISCONNECT 0x89, Server busy), and the
         message was acknowledged before the subscriber was connected again (the session's
         queue and in-flight messages on that node are the known gap: its record says where
-        it stands in the log only when it goes offline on a node that serves)."""
+        it stands in the log only when it goes offline on a node that serves). A cut link or
+        packet loss is no such fault (NODE_LOST_FAULTS): every node should keep serving."""
         mine = sorted((c for c in conns if c.client_id == sub), key=lambda c: c.opened)
         for k, c in enumerate(mine):
             if "Server busy" in c.reason and c.opened <= t_ack:
@@ -1130,7 +1245,7 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
                 if t_ack <= back + 1.0:
                     return True
         for f in r.faults:
-            if f["kind"] == "kill-nats" or sub not in f["subs_on_victim"]:
+            if f["kind"] not in NODE_LOST_FAULTS or sub not in f["subs_on_victim"]:
                 continue
             back = min((c.opened for c in conns if c.client_id == sub and c.opened > f["at"]),
                        default=float("inf"))
@@ -1192,7 +1307,8 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
                 stepped_down = any(c.client_id == sub and "Server busy" in c.reason
                                    and (c.closed or 0) > wills[probe] for c in conns)
                 if stepped_down or any(
-                        sub in f["subs_on_victim"] for f in r.faults if f["kind"] != "kill-nats"):
+                        sub in f["subs_on_victim"] for f in r.faults
+                        if f["kind"] in NODE_LOST_FAULTS):
                     r.wills_missing_known_gap.append((sub, probe))
                 else:
                     r.wills_missing.append((sub, probe))
@@ -1251,7 +1367,8 @@ def dump_history(h: History, path: Path):
 
 
 def run(cluster: ClusterBase, schedule: list[tuple[str, int]], settle=4.0, rate=40.0,
-        tolerate_known_gap=True, tolerate_late_appends=False, on_cycle=None) -> Report:
+        tolerate_known_gap=True, tolerate_late_appends=False, on_cycle=None,
+        loss_percent: int = LOSS_PERCENT) -> Report:
     """Runs the workload over `cluster` (started), injects each (fault, victim) of
     `schedule` in turn with `settle` seconds of quiet between, then heals, drains and
     checks."""
@@ -1260,7 +1377,7 @@ def run(cluster: ClusterBase, schedule: list[tuple[str, int]], settle=4.0, rate=
     try:
         time.sleep(settle)
         for k, (kind, victim) in enumerate(schedule):
-            inject(cluster, w, kind, victim)
+            inject(cluster, w, kind, victim, loss_percent=loss_percent)
             # Back to normal before the next fault: NATS healthy, subscribers back.
             cluster.wait_healthy()
             w.wait_subscribers_connected()

@@ -1,6 +1,7 @@
 """The long fault schedule (scripts/cluster-faults.sh): N cycles, each one fault of every
 kind in turn (kill -9 of a node, kill -9 of a NATS server, SIGSTOP of a node beyond its
-lease, and, where network namespaces are permitted, a host cut off), on a rotating victim;
+lease, and, where network namespaces are permitted, a host cut off; with nft also the link
+between two hosts cut, and a host's packets dropped at random), on a rotating victim;
 then a summary. Exits 1 when the checker found a problem."""
 
 from __future__ import annotations
@@ -16,25 +17,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_faults as cf  # noqa: E402
 
 
+def available(kinds: list[str]) -> list[str]:
+    """`kinds` without those this machine cannot make (namespaces need root; the link cut
+    and packet loss also nft), each left out with the reason."""
+    out = []
+    for k in kinds:
+        why = cf.netns_unavailable(nft=k in cf.NFT_FAULTS) if k in cf.NETNS_FAULTS else None
+        if why is None:
+            out.append(k)
+        else:
+            print(f"{k} left out: {why}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cycles", type=int, default=3, help="rounds of every fault kind (3)")
     ap.add_argument("--faults", default=",".join(cf.FAULTS),
                     help=f"fault kinds, comma-separated ({','.join(cf.FAULTS)})")
+    ap.add_argument("--loss-percent", type=int, default=cf.LOSS_PERCENT,
+                    help=f"share of packets the loss fault drops, 1-100 ({cf.LOSS_PERCENT})")
     ap.add_argument("--rate", type=float, default=40.0, help="messages/s per publisher (40)")
     ap.add_argument("--strict", action="store_true",
                     help="count late appends of unacknowledged messages (docs/cluster.md, Faults) as problems")
     ap.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
     args = ap.parse_args()
+    if not 0 < args.loss_percent <= 100:
+        ap.error("--loss-percent: 1 to 100")
     kinds = [k for k in args.faults.split(",") if k]
     for k in kinds:
         if k not in cf.FAULTS:
             ap.error(f"unknown fault {k!r}")
-    why = cf.netns_unavailable()
-    if "partition" in kinds and why is not None:
-        print(f"partitions left out: {why}")
-        kinds.remove("partition")
-    use_netns = "partition" in kinds
+    kinds = available(kinds)
+    use_netns = any(k in cf.NETNS_FAULTS for k in kinds)
     schedule = []
     for c in range(args.cycles):
         for j, k in enumerate(kinds):
@@ -47,7 +62,8 @@ def main() -> int:
         cf.log(f"{len(schedule)} faults: {schedule}")
         # Subscribers of a faulted node lose nothing since the checkpoints: such losses are
         # losses like any other.
-        report = cf.run(cluster, schedule, rate=args.rate, tolerate_known_gap=False,
+        report = cf.run(cluster, schedule, rate=args.rate, loss_percent=args.loss_percent,
+                        tolerate_known_gap=False,
                         tolerate_late_appends=not args.strict,
                         on_cycle=lambda k, w: cf.log(f"fault {k}/{len(schedule)} healed; "
                                                       f"missing so far: {w.missing_count()}"))

@@ -2,14 +2,16 @@
 `cluster_faults.py` runs publishers and persistent subscribers over three NATS servers and
 three Makelaar nodes while it kills a node (kill -9, then restarts it), kills a NATS server
 (kill -9, then restarts it) and pauses a node beyond its lease (SIGSTOP, SIGCONT); then, in
-network namespaces, cuts one host (its NATS server and its node) off from the others. After
+network namespaces, cuts one host (its NATS server and its node) off from the others, cuts
+the link between two hosts only, and drops 10 % of one host's packets (nft). After
 healing and draining, the checker asserts what a user would: every acknowledged message
 arrived at every persistent subscriber, QoS 2 exactly once, in order per publisher and
 topic; the last acknowledged retained value is what a new subscriber sees; no client id is
 served by two nodes at once for longer than the lease.
 
 `scripts/cluster-faults.sh` runs the long schedule. Skipped without nats-server (2.12 or
-newer), or against Mosquitto; the partition test also where `ip netns` is not permitted."""
+newer), or against Mosquitto; the partition test also where `ip netns` is not permitted, the
+link-cut and loss test also where `nft` cannot filter bridged frames."""
 
 from __future__ import annotations
 
@@ -114,6 +116,30 @@ def test_a_host_cut_off_steps_down_and_the_majority_takes_over():
     # The cut-off node disconnected its clients before its lease could expire for the
     # others (rule 5), so a client that reconnects elsewhere is served by one node.
     assert not cut[0]["victim_clients_open"], "the cut-off node kept its clients"
+    assert report.longest_overlap < cf.LEASE_TTL, report.summary()
+
+
+# Gated like the schedules above: its first runs (2026-12-05) failed in the link cut, in
+# different ways: a will never published (the cut-link victim m0 stepped down with the
+# probe's connection, the reaping on m1 failed with JetStream 503 and was not tried
+# again), a will delivered at one node only (its append failed), 185 acknowledged
+# deliveries lost and 17.9 s of double serving (a hand-over request delivered after the
+# heal ended a newer connection), 502 lost (a session back on the same node while its
+# replay was still read); docs/cluster.md "Faults: what is left" (and the table there).
+@known_losses
+@pytest.mark.skipif(cf.netns_unavailable(nft=True) is not None,
+                    reason=f"network namespaces with nft: {cf.netns_unavailable(nft=True)}")
+def test_a_cut_link_and_packet_loss_lose_nothing():
+    # Hosts 0 and 1 lose each other for 20 s (both still reach host 2: each NATS server
+    # keeps a majority); then host 1 drops 10 % of its packets both ways for 20 s. Neither
+    # is a known gap: every acknowledged message must arrive, every will once. (A node may
+    # still step down while JetStream elects leaders again: availability, not safety.)
+    report = _run(cf.NetnsCluster, [("cut-link", 0), ("loss", 1)])
+    _assert_sound(report)
+    kinds = [f["kind"] for f in report.faults]
+    assert kinds == ["cut-link", "loss"], kinds
+    # The probe's id, taken over on the other end of the cut (whose hand-over request cannot
+    # reach the victim's node), is not served by both for longer than the lease.
     assert report.longest_overlap < cf.LEASE_TTL, report.summary()
 
 
