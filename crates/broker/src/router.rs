@@ -1322,6 +1322,11 @@ impl Router {
             }
             FromCluster::Release(req) => {
                 match req.client.client_id() {
+                    Ok(id) if self.release_is_stale(&id, req.revision) => {
+                        // Not answered: a claimer still waiting re-reads the registry after
+                        // its timeout and asks again under the current revision.
+                        tracing::info!(client_id = %id, "a hand-over request older than the client's connection here is ignored (delivered late)");
+                    }
                     Ok(id) => {
                         // [MQTT-3.1.4-3] the client connected on another node: this
                         // connection ends (5.0: DISCONNECT 0x8E Session taken over), and
@@ -1375,6 +1380,20 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Whether a hand-over request for `client_id`, asked under `asked`, predates the
+    /// connection of that client this node holds now (`makelaar_cluster::takeover`).
+    fn release_is_stale(&self, client_id: &str, asked: makelaar_cluster::Revision) -> bool {
+        // (The newest: a connection taken over here may not have ended yet.)
+        let held = self.cluster.as_ref().and_then(|c| {
+            c.claims
+                .values()
+                .filter(|(id, _)| &**id == client_id)
+                .map(|(_, revision)| *revision)
+                .max()
+        });
+        makelaar_cluster::takeover::release_is_stale(asked, held)
     }
 
     /// Another node owns the session of `client_id` now: its connection here, if any, is

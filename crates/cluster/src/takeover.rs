@@ -311,5 +311,17 @@ impl Fence {
     }
 }
 
+/// Whether a hand-over request must be ignored: it names the registry revision the
+/// claimer read (`asked`), and this node's connection of that client was claimed since, at
+/// `held`. A request delivered late (its claimer gave up waiting and took the id over, and
+/// the client came back here meanwhile; a healed network delivers what it held) would
+/// otherwise end the newer connection and drop its session: the takeover of
+/// [MQTT-3.1.4-3] is of the connection the claimer saw, not of one made after it. A
+/// claimer still waiting re-reads the entry after its timeout and asks again under the
+/// current revision.
+pub fn release_is_stale(asked: Revision, held: Option<Revision>) -> bool {
+    held.is_some_and(|held| asked < held)
+}
+
 #[cfg(test)]
 mod tests;

@@ -408,3 +408,14 @@ fn a_claim_writes_at_the_newer_of_its_read_and_the_nodes_own_last_write() {
     assert_eq!(Fence::At(r(4)).newest(Fence::Lost), Fence::At(r(4)));
     assert_eq!(Fence::Absent.newest(Fence::Absent), Fence::Absent);
 }
+
+#[test]
+fn a_hand_over_request_older_than_the_connection_held_is_ignored() {
+    let r = |n| Revision::new(n).unwrap();
+    // Asked under the revision of the connection held here: it ends.
+    assert!(!release_is_stale(r(7), Some(r(7))));
+    // Asked under an older one: the client reconnected here since; that connection stays.
+    assert!(release_is_stale(r(7), Some(r(9))));
+    // Nothing connected here (the session is offline here): handed over.
+    assert!(!release_is_stale(r(7), None));
+}
