@@ -727,7 +727,14 @@ class Client:
             self.c.disconnect()
         except Exception:
             pass
-        self.c.loop_stop()
+        for _ in range(100):
+            try:
+                self.c.loop_stop()
+                break
+            except RuntimeError:
+                # A reconnect of this client's own thread is starting paho's loop at this
+                # moment (its thread made, not yet started): asked again shortly.
+                time.sleep(0.02)
         if self.conn is not None and self.conn.closed is None:
             self.conn.closed = time.monotonic()
 
