@@ -615,23 +615,40 @@ impl<B: Backend> Cluster<B> {
     /// its registry entry moved to this node, offline, by compare-and-set (a client that
     /// connected elsewhere meanwhile is left alone: [`wills::left_by`]). The caller writes
     /// each record at its fence before publishing anything of it. Reads every key of the
-    /// sessions bucket (once per dead node); a record that cannot be read or taken is
-    /// skipped with a warning.
-    pub async fn orphans(&self, dead: &Expired) -> Result<Vec<Orphan>, ClusterError> {
-        let mut out = Vec::new();
-        for key in self.backend.keys(Bucket::Sessions).await? {
-            let Ok(client) = ClientKey::from_key(&key) else {
-                continue;
-            };
+    /// sessions bucket (`only: None`, once per dead node) or the clients given. Also
+    /// returns the clients whose take-over failed on the engine, to be tried again: a dead
+    /// node's session nobody takes loses its will and what it holds. A record that does not
+    /// decode is skipped with a warning.
+    pub async fn orphans(
+        &self,
+        dead: &Expired,
+        only: Option<Vec<ClientKey>>,
+    ) -> Result<(Vec<Orphan>, Vec<ClientKey>), ClusterError> {
+        let clients = match only {
+            Some(clients) => clients,
+            None => self
+                .backend
+                .keys(Bucket::Sessions)
+                .await?
+                .iter()
+                .filter_map(|key| ClientKey::from_key(key).ok())
+                .collect(),
+        };
+        let (mut out, mut failed) = (Vec::new(), Vec::new());
+        for client in clients {
             match self.take_orphan(&client, dead).await {
                 Ok(Some(o)) => out.push(o),
                 Ok(None) => {}
+                Err(e @ ClusterError::Backend(_)) => {
+                    tracing::warn!(%client, node = %dead.node, error = %e, "cannot take over a dead node's session yet: tried again shortly");
+                    failed.push(client);
+                }
                 Err(e) => {
                     tracing::warn!(%client, node = %dead.node, error = %e, "cannot take over a dead node's session")
                 }
             }
         }
-        Ok(out)
+        Ok((out, failed))
     }
 
     async fn take_orphan(

@@ -359,6 +359,41 @@ async fn a_will_left_in_a_record_is_taken_by_one_claimer_only() {
     ));
 }
 
+/// A dead node's session whose take-over fails on the engine (JetStream electing leaders
+/// after the loss that killed the node) is reported, and taken when tried again: a session
+/// nobody takes loses its will.
+#[tokio::test]
+async fn a_dead_nodes_session_the_engine_failed_to_give_is_taken_when_tried_again() {
+    let engine = MemoryBackend::new();
+    let dead = layer(&engine, "dead", 1);
+    let r1 = layer(&engine, "r1", 2);
+    let client = ClientKey::new("probe");
+    let c = dead.claim_client(&client).await.unwrap();
+    let mut r = record("dead");
+    r.claim = c.revision.get();
+    r.will = Some(stored_will());
+    let (_, fence) = dead.load_session(&client).await.unwrap();
+    dead.store_session(&client, &r, fence).await.unwrap();
+    let expired = Expired {
+        node: NodeId::new("dead").unwrap(),
+        incarnation: 1,
+    };
+    // The registry write that takes it fails once.
+    engine.fail_writes(
+        Bucket::Registry,
+        1,
+        BackendError::Engine("JetStream system temporarily unavailable".into()),
+    );
+    let (taken, failed) = r1.orphans(&expired, None).await.unwrap();
+    assert!(taken.is_empty());
+    assert_eq!(failed, std::slice::from_ref(&client));
+    let (taken, failed) = r1.orphans(&expired, Some(failed)).await.unwrap();
+    assert!(failed.is_empty());
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].client, client);
+    assert!(taken[0].record.will.is_some());
+}
+
 #[tokio::test]
 async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere() {
     let engine = MemoryBackend::new();
@@ -392,7 +427,7 @@ async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere
         node: NodeId::new("dead").unwrap(),
         incarnation: 1,
     };
-    let mut orphans = r1.orphans(&expired).await.unwrap();
+    let mut orphans = r1.orphans(&expired, None).await.unwrap().0;
     orphans.sort_by(|a, b| a.client.cmp(&b.client));
     let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
     assert_eq!(names, ["left", "waiting"]);
@@ -405,7 +440,7 @@ async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere
         assert!(o.record.will.is_some());
     }
     // A second survivor finds nothing left to take (the registry names r1 now).
-    assert!(r2.orphans(&expired).await.unwrap().is_empty());
+    assert!(r2.orphans(&expired, None).await.unwrap().0.is_empty());
     // The record is written by r1 at the fence read; a claimer that wrote first wins.
     let o = &orphans[0];
     let kept = crate::wills::reaped(&o.record, NodeId::new("r1").unwrap(), o.claim, 9_000, true);
@@ -503,7 +538,7 @@ async fn a_reapers_delayed_will_due_as_its_client_connects_elsewhere_is_publishe
             node: NodeId::new("dead").unwrap(),
             incarnation: 1,
         };
-        let o = r1.orphans(&expired).await.unwrap().pop().unwrap();
+        let o = r1.orphans(&expired, None).await.unwrap().0.pop().unwrap();
         let kept = crate::wills::reaped(&o.record, NodeId::new("r1").unwrap(), o.claim, 1, false);
         let f = r1.store_session(&o.client, &kept, o.fence).await.unwrap();
         let (held, claimed) = race(&r1, &m3, &client, (&kept, o.claim, f), order).await;
@@ -638,7 +673,7 @@ async fn an_assigned_client_is_registered_reaped_and_forgotten() {
         incarnation: 1,
     };
     // Its node died: the reaper finds it, with its will.
-    let o = r1.orphans(&expired).await.unwrap().pop().unwrap();
+    let o = r1.orphans(&expired, None).await.unwrap().0.pop().unwrap();
     assert_eq!(o.client, client);
     assert!(o.record.will.is_some());
     r1.delete_session(&o.client, o.fence).await.unwrap();
@@ -766,7 +801,7 @@ async fn a_node_back_from_a_lapse_is_reaped_again_when_it_dies() {
     assert_eq!(entry.incarnation, now);
 
     // The reaper of the lapsed incarnation takes only what that one still held.
-    let orphans = b.orphans(&first).await.unwrap();
+    let orphans = b.orphans(&first, None).await.unwrap().0;
     let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
     assert_eq!(names, ["before"]);
 
@@ -778,7 +813,7 @@ async fn a_node_back_from_a_lapse_is_reaped_again_when_it_dies() {
     };
     assert_ne!(second.reaper_key(), first.reaper_key());
     assert_eq!(b.try_reap(&second).await.unwrap(), ReapOutcome::Won);
-    let mut orphans = b.orphans(&second).await.unwrap();
+    let mut orphans = b.orphans(&second, None).await.unwrap().0;
     orphans.sort_by(|x, y| x.client.cmp(&y.client));
     let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
     assert_eq!(names, ["after", "mine"]);
