@@ -1454,10 +1454,16 @@ async fn take_over_orphan(
     let will_in = will_wait(delay, expiry, offline);
     let left = session_left(expiry, offline);
     let due_now = o.record.will.is_some() && will_in.is_none();
-    // Written as reaped (keeping its place in the dead node's log, counted by that node,
-    // `SessionRecord::cursors_of`: a node its client connects to before this node's replay
-    // is back, or after this node died too, resumes it from there), or deleted (ended).
-    let record = left.map(|_| wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now));
+    // Written as reaped, or deleted (ended). Its place in the dead node's log is left out:
+    // the router replays from it (`FromCluster::Orphan`), and the record written once that
+    // is in says where the session stands in this node's log.
+    let record = left.map(|_| {
+        let mut r = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
+        r.cursors.clear();
+        r.outbound.clear();
+        r.cursors_of = None;
+        r
+    });
     let taken = record
         .as_ref()
         .map_or(o.record.will_taken_by.clone(), |r| r.will_taken_by.clone());
