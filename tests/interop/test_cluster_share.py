@@ -106,10 +106,9 @@ def test_each_message_reaches_exactly_one_member_across_nodes(three, qos):
         cl.close()
 
 
-def test_a_member_leaving_stops_its_nodes_share(three):
-    """The last member on a node leaves: the group's messages all go to the other node's."""
-    a, b, c = three
-    base = unique("shleave")
+def group_on_a_and_b(a, b, c, base):
+    """A share group on `base/#` with a QoS 1 member on node a and one on node b, and a
+    publisher on node c, settled (a probe reached a member)."""
     group = f"$share/g/{base}/#"
     on_a = connected(a)
     on_a.subscribe(group, qos=1)
@@ -117,6 +116,14 @@ def test_a_member_leaving_stops_its_nodes_share(three):
     on_b.subscribe(group, qos=1)
     pub = connected(c)
     settle(pub, [on_a, on_b], f"{base}/probe", 1)
+    return group, on_a, on_b, pub
+
+
+def test_a_member_leaving_stops_its_nodes_share(three):
+    """The last member on a node leaves: the group's messages all go to the other node's."""
+    a, b, c = three
+    base = unique("shleave")
+    group, on_a, on_b, pub = group_on_a_and_b(a, b, c, base)
     on_b.unsubscribe(group)
     time.sleep(0.5)
     on_b.drain(quiet=0.3)
@@ -139,13 +146,7 @@ def test_the_first_member_leaving_passes_the_group_to_the_other_node_at_once(thr
     than waiting out the ack wait."""
     a, b, c = three
     base = unique("shfirst")
-    group = f"$share/g/{base}/#"
-    on_a = connected(a)
-    on_a.subscribe(group, qos=1)
-    on_b = connected(b)
-    on_b.subscribe(group, qos=1)
-    pub = connected(c)
-    settle(pub, [on_a, on_b], f"{base}/probe", 1)
+    group, on_a, on_b, pub = group_on_a_and_b(a, b, c, base)
     on_a.unsubscribe(group)
     sent = [f"m{i}".encode() for i in range(N)]
     for i, payload in enumerate(sent):
@@ -161,13 +162,7 @@ def test_a_member_node_stopped_midstream_loses_no_qos1_message():
     with running() as nodes:
         a, b, c = nodes
         base = unique("shstop")
-        group = f"$share/g/{base}/#"
-        on_a = connected(a)
-        on_a.subscribe(group, qos=1)
-        on_b = connected(b)
-        on_b.subscribe(group, qos=1)
-        pub = connected(c)
-        settle(pub, [on_a, on_b], f"{base}/probe", 1)
+        group, on_a, on_b, pub = group_on_a_and_b(a, b, c, base)
         total = 200
         sent = []
 

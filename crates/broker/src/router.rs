@@ -1736,13 +1736,7 @@ mod tests {
         let (mut c, mut rx) = side();
         // The session is in no broker: its record is written as given.
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
-        c.positions.insert(
-            0,
-            NodePosition {
-                next: 5,
-                own_through: 0,
-            },
-        );
+        stands_at(&mut c, 0, 5, 0);
         c.gate.next_epoch(); // batch 1, not appended yet
         c.after_appends(
             Waiting::Store {
@@ -1774,20 +1768,8 @@ mod tests {
         let (mut c, mut rx) = side();
         // The sessions here are in no broker: their records are written as given.
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
-        c.positions.insert(
-            0,
-            NodePosition {
-                next: 5,
-                own_through: 0,
-            },
-        );
-        c.positions.insert(
-            1,
-            NodePosition {
-                next: 2,
-                own_through: 0,
-            },
-        );
+        stands_at(&mut c, 0, 5, 0);
+        stands_at(&mut c, 1, 2, 0);
         c.gate.next_epoch(); // batch 1, not appended yet
         c.after_appends(
             Waiting::Store {
@@ -1886,13 +1868,7 @@ mod tests {
     fn a_session_whose_replay_is_not_back_keeps_the_place_its_record_gave() {
         let (mut c, mut rx) = side();
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
-        c.positions.insert(
-            0,
-            NodePosition {
-                next: 40,
-                own_through: 30,
-            },
-        );
+        stands_at(&mut c, 0, 40, 30);
         let given = Cursor {
             partition: 0,
             next: 12,
@@ -1960,6 +1936,13 @@ mod tests {
             }]
         );
         assert_eq!(log.writer, None);
+    }
+
+    /// This node's router stands at `next` in `partition`, its own messages appended
+    /// through `own_through`.
+    fn stands_at(c: &mut ClusterSide, partition: u16, next: u64, own_through: u64) {
+        c.positions
+            .insert(partition, NodePosition { next, own_through });
     }
 
     fn side() -> (ClusterSide, mpsc::UnboundedReceiver<ToCluster>) {
