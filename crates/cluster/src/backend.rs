@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use crate::ids::Revision;
 use crate::kv::MemoryKv;
@@ -126,8 +126,12 @@ pub trait Backend: Send + Sync + 'static {
     /// A stream of changes to the keys of a bucket.
     type Watch: Stream<Item = WatchEvent> + Send + Unpin + 'static;
 
-    /// A partition's messages as they are appended, or a stretch of them read back.
+    /// A partition's messages as they are appended.
     type Follow: Stream<Item = StreamMessage> + Send + Unpin + 'static;
+
+    /// A stretch of a partition's messages read back; an error ends it short (the stretch
+    /// is still held but could not be read: the caller reads it again later).
+    type Read: Stream<Item = Result<StreamMessage, BackendError>> + Send + Unpin + 'static;
 
     /// The entry under `key`; `None` when absent or deleted.
     fn get(
@@ -223,13 +227,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Reads a partition's messages from sequence `from` through `to` (both appended
     /// already), in order, then ends. Messages the stream no longer holds (aged out) are
-    /// missing from it. A temporary consumer on NATS, gone when the stream is dropped.
+    /// missing from it; messages it holds but cannot deliver now end it with an error. A
+    /// temporary consumer on NATS, gone when the stream is dropped.
     fn read(
         &self,
         partition: Partition,
         from: u64,
         to: u64,
-    ) -> impl Future<Output = Result<Self::Follow, BackendError>> + Send;
+    ) -> impl Future<Output = Result<Self::Read, BackendError>> + Send;
 
     /// Sends a request and waits for one answer.
     fn request(
@@ -385,6 +390,10 @@ impl Backend for MemoryBackend {
     type Subscription = MemorySubscription;
     type Watch = MemoryWatch;
     type Follow = MemoryFollow;
+    type Read = futures_util::stream::Map<
+        MemoryFollow,
+        fn(StreamMessage) -> Result<StreamMessage, BackendError>,
+    >;
 
     async fn follow(&self, partition: Partition) -> Result<(u64, MemoryFollow), BackendError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -400,7 +409,7 @@ impl Backend for MemoryBackend {
         partition: Partition,
         from: u64,
         to: u64,
-    ) -> Result<MemoryFollow, BackendError> {
+    ) -> Result<Self::Read, BackendError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.with(|s| {
             let stream = s.streams.get(&partition).map(Vec::as_slice).unwrap_or(&[]);
@@ -416,7 +425,7 @@ impl Backend for MemoryBackend {
                 }
             }
         })?;
-        Ok(MemoryFollow(rx))
+        Ok(MemoryFollow(rx).map(Ok as fn(StreamMessage) -> Result<StreamMessage, BackendError>))
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Entry>, BackendError> {

@@ -944,15 +944,25 @@ impl<B: Backend> Cluster<B> {
         Ok((next, self.decoded(partition, follow)))
     }
 
-    /// Reads a partition's messages `from` through `to` back (see [`Backend::read`]).
+    /// Reads a partition's messages `from` through `to` back (see [`Backend::read`]); an
+    /// error ends it when what is left is held but cannot be read now.
     pub async fn read_partition(
         &self,
         partition: Partition,
         from: u64,
         to: u64,
-    ) -> Result<impl futures_util::Stream<Item = LogMessage> + Send + Unpin, ClusterError> {
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<LogMessage, ClusterError>> + Send + Unpin,
+        ClusterError,
+    > {
         let read = self.backend.read(partition, from, to).await?;
-        Ok(self.decoded(partition, read))
+        let prefix = self.partition_prefix(partition);
+        Ok(read.filter_map(move |r| {
+            std::future::ready(match r {
+                Ok(d) => decode_message(&prefix, partition, d).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
+        }))
     }
 
     fn decoded(
@@ -960,31 +970,13 @@ impl<B: Backend> Cluster<B> {
         partition: Partition,
         messages: impl futures_util::Stream<Item = StreamMessage> + Send + Unpin,
     ) -> impl futures_util::Stream<Item = LogMessage> + Send + Unpin {
-        let prefix = format!("{}.p{}.", self.config.prefix, partition.index());
-        messages.filter_map(move |d| {
-            let decoded = d
-                .subject
-                .strip_prefix(prefix.as_str())
-                .ok_or_else(|| format!("not under {prefix}"))
-                .and_then(|tokens| decode_topic(tokens).map_err(|e| e.to_string()))
-                .and_then(|topic| {
-                    Envelope::decode(&d.payload)
-                        .map(|envelope| LogMessage {
-                            partition,
-                            seq: d.seq,
-                            topic,
-                            envelope,
-                        })
-                        .map_err(|e| e.to_string())
-                });
-            std::future::ready(match decoded {
-                Ok(m) => Some(m),
-                Err(error) => {
-                    tracing::warn!(subject = %d.subject, %error, "skipping a partition message");
-                    None
-                }
-            })
-        })
+        let prefix = self.partition_prefix(partition);
+        messages.filter_map(move |d| std::future::ready(decode_message(&prefix, partition, d)))
+    }
+
+    /// The start of a partition's subjects: `<prefix>.p<i>.`.
+    fn partition_prefix(&self, partition: Partition) -> String {
+        format!("{}.p{}.", self.config.prefix, partition.index())
     }
 
     /// Replays a session taken in from a record (see [`crate::replay`]): reads each
@@ -1013,6 +1005,7 @@ impl<B: Backend> Cluster<B> {
             let mut read = self.read_partition(partition, p.from, p.to).await?;
             let mut kept_seen = 0;
             while let Some(m) = read.next().await {
+                let m = m?;
                 if m.seq > p.to {
                     break;
                 }
@@ -1240,6 +1233,33 @@ impl<B: Backend> Cluster<B> {
                     tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
                 }
             }
+        }
+    }
+}
+
+/// A partition message as a [`LogMessage`]; `None` (logged) when its subject is not under
+/// `prefix` or its topic or envelope does not decode.
+fn decode_message(prefix: &str, partition: Partition, d: StreamMessage) -> Option<LogMessage> {
+    let decoded = d
+        .subject
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("not under {prefix}"))
+        .and_then(|tokens| decode_topic(tokens).map_err(|e| e.to_string()))
+        .and_then(|topic| {
+            Envelope::decode(&d.payload)
+                .map(|envelope| LogMessage {
+                    partition,
+                    seq: d.seq,
+                    topic,
+                    envelope,
+                })
+                .map_err(|e| e.to_string())
+        });
+    match decoded {
+        Ok(m) => Some(m),
+        Err(error) => {
+            tracing::warn!(subject = %d.subject, %error, "skipping a partition message");
+            None
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   fencing of session writes;
 //! - [`lease`]: node leases, expired peers, stepping down, the survivor that reaps;
 //! - [`record`]: the session record, registry entry and lease, versioned binary forms;
+//! - [`follow`]: when a silent partition consumer is made again, and when a read-back ends;
 //! - [`envelope`]: an application message between nodes, with what No Local, Retain As
 //!   Published and message expiry need;
 //! - [`checkpoint`]: when a connected persistent session's record is brought up to date,
@@ -35,6 +36,7 @@ pub mod checks;
 pub mod cluster;
 pub mod codec;
 pub mod envelope;
+pub mod follow;
 pub mod ids;
 pub mod kv;
 pub mod lease;

@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamMessage, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
+use crate::follow::{self, AfterSilence, ConsumerWatch};
 use crate::ids::Revision;
 use crate::link::{self, LinkError, NatsAuth, NatsTls};
 use crate::partition::{Partition, PartitionCount};
@@ -567,37 +568,188 @@ fn verify(what: &str, c: &stream::Config, replicas: usize) -> Result<(), NatsSta
     Ok(())
 }
 
-/// An ordered consumer's messages as [`StreamMessage`]s; interruptions are logged and
-/// resumed from (the consumer is re-created from the last sequence seen on the next poll).
-fn stream_messages(
-    stream_name: String,
+/// What a partition consumer is made from, and made again from.
+#[derive(Clone)]
+struct ConsumerSource {
+    stream: jetstream::stream::Stream,
+    /// For the consumers' inboxes.
+    client: async_nats::Client,
+    /// The stream's name, for the logs.
+    name: String,
+    /// The consumer's description (a follower names its node, for the status).
+    description: Option<String>,
+}
+
+impl NatsBackend {
+    async fn consumer_source(&self, partition: Partition) -> Result<ConsumerSource, BackendError> {
+        let name = format!("{}_p{}", self.prefix, partition.index());
+        let stream = self.js.get_stream(&name).await.map_err(engine)?;
+        Ok(ConsumerSource {
+            stream,
+            client: self.client.clone(),
+            name,
+            description: (!self.node.is_empty())
+                .then(|| crate::status::follower_description(&self.node)),
+        })
+    }
+}
+
+impl ConsumerSource {
+    /// A read-back's consumer is not a follower (the status counts followers by it).
+    fn without_description(mut self) -> ConsumerSource {
+        self.description = None;
+        self
+    }
+
+    /// A new ordered consumer delivering from `from`.
+    async fn ordered(&self, from: u64) -> Result<jetstream::consumer::push::Ordered, BackendError> {
+        let consumer = self
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                description: self.description.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(engine)?;
+        consumer.messages().await.map_err(engine)
+    }
+
+    /// The stream's first and last sequence now.
+    async fn bounds(&self) -> Result<(u64, u64), BackendError> {
+        let info = self.stream.get_info().await.map_err(engine)?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+}
+
+/// A partition consumer under its [`ConsumerWatch`]: its messages in stream order, each
+/// once (a consumer made again may deliver again what the old one did).
+pub struct Watched(
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<StreamMessage, BackendError>> + Send>>,
+);
+
+impl futures_util::Stream for Watched {
+    type Item = Result<StreamMessage, BackendError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+/// The state [`watched`] carries from message to message.
+struct Watching {
+    source: ConsumerSource,
+    /// `None`: to be made (again).
+    messages: Option<jetstream::consumer::push::Ordered>,
+    watch: ConsumerWatch,
+}
+
+fn watched(
+    source: ConsumerSource,
     messages: jetstream::consumer::push::Ordered,
-) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = StreamMessage> + Send>> {
-    let deliveries = messages.filter_map(move |r| {
-        let stream_name = stream_name.clone();
-        async move {
-            match r {
-                Ok(m) => match m.info() {
-                    Ok(info) => Some(StreamMessage {
+    watch: ConsumerWatch,
+) -> Watched {
+    let state = Watching {
+        source,
+        messages: Some(messages),
+        watch,
+    };
+    Watched(Box::pin(futures_util::stream::unfold(
+        Some(state),
+        |state| async move {
+            let mut w = state?;
+            let item = next_watched(&mut w).await?;
+            let go_on = item.is_ok();
+            Some((item, go_on.then_some(w)))
+        },
+    )))
+}
+
+/// The next message of a watched consumer; `None` at the end of a read-back.
+async fn next_watched(w: &mut Watching) -> Option<Result<StreamMessage, BackendError>> {
+    loop {
+        if w.watch.is_done() {
+            return None;
+        }
+        let Some(messages) = w.messages.as_mut() else {
+            // Bounded below the engine's request timeout: while JetStream elects a new meta
+            // leader (the dead server was it), a request waits in vain; the next one goes to
+            // the new leader.
+            let made =
+                tokio::time::timeout(follow::REQUEST_PATIENCE, w.source.ordered(w.watch.next()))
+                    .await
+                    .unwrap_or(Err(BackendError::Timeout));
+            match made {
+                Ok(m) => w.messages = Some(m),
+                Err(e) => {
+                    tracing::warn!(stream = %w.source.name, error = %e, "cannot make a partition consumer again yet");
+                    tokio::time::sleep(follow::SILENCE).await;
+                    if w.watch.handle_remake_failed() {
+                        return Some(Err(e));
+                    }
+                }
+            }
+            continue;
+        };
+        match tokio::time::timeout(follow::SILENCE, messages.next()).await {
+            Ok(Some(Ok(m))) => match m.info() {
+                Ok(info) if info.stream_sequence < w.watch.next() => {}
+                Ok(info) => {
+                    w.watch.handle_message(info.stream_sequence);
+                    return Some(Ok(StreamMessage {
                         seq: info.stream_sequence,
                         subject: m.subject.to_string(),
                         payload: m.payload.clone(),
                         pending: info.pending,
-                    }),
-                    Err(e) => {
-                        tracing::warn!(stream = %stream_name, error = %e, "a partition message without its stream sequence; skipped");
-                        None
-                    }
-                },
+                    }));
+                }
                 Err(e) => {
-                    tracing::warn!(stream = %stream_name, error = %e, "following a partition stream interrupted; it resumes");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    None
+                    tracing::warn!(stream = %w.source.name, error = %e, "a partition message without its stream sequence; skipped");
+                }
+            },
+            Ok(Some(Err(e))) => {
+                // async-nats makes the consumer again itself after a gap or missed heartbeats.
+                tracing::warn!(stream = %w.source.name, error = %e, "following a partition stream interrupted; it resumes");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(None) => w.messages = None,
+            Err(_silence) => {
+                match tokio::time::timeout(follow::REQUEST_PATIENCE, w.source.bounds())
+                    .await
+                    .unwrap_or(Err(BackendError::Timeout))
+                {
+                    Ok((first, last)) => match w.watch.handle_silence(first, last) {
+                        AfterSilence::Wait => {}
+                        AfterSilence::Remake { from } => {
+                            tracing::warn!(stream = %w.source.name, from, last, "a partition consumer delivered nothing while its stream held more (its server may have died): it is made again");
+                            w.messages = None;
+                        }
+                        AfterSilence::End => {
+                            tracing::warn!(stream = %w.source.name, next = w.watch.next(), first, last, "reading a partition stream back: the rest is no longer held");
+                            return None;
+                        }
+                        AfterSilence::Fail => {
+                            return Some(Err(BackendError::Engine(format!(
+                            "stream {} holds messages from {} on, but no consumer made for them delivers them",
+                            w.source.name,
+                            w.watch.next()
+                        ))));
+                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(stream = %w.source.name, error = %e, "cannot look at a silent partition consumer's stream");
+                        w.watch.handle_unknown();
+                    }
                 }
             }
         }
-    });
-    Box::pin(deliveries)
+    }
 }
 
 /// A core NATS message as a [`Delivery`].
@@ -722,74 +874,41 @@ impl Backend for NatsBackend {
         futures_util::stream::Map<async_nats::Subscriber, fn(async_nats::Message) -> Delivery>;
     type Watch = std::pin::Pin<Box<dyn futures_util::Stream<Item = WatchEvent> + Send>>;
     type Follow = std::pin::Pin<Box<dyn futures_util::Stream<Item = StreamMessage> + Send>>;
+    type Read = Watched;
 
     /// An ordered push consumer (ephemeral, in memory, R1, no acks, flow control and
     /// heartbeats; async-nats recreates it from the last sequence seen after a gap or a
     /// silence), delivering from the sequence after the stream's last one when it is made:
     /// that sequence is returned, so the caller knows exactly where it starts. Interruptions
-    /// are logged and resumed from.
+    /// are logged and resumed from; a consumer that stays silent while its stream holds
+    /// more (it lived on a server that died) is made again sooner than async-nats's
+    /// heartbeats would ([`crate::follow`]).
     async fn follow(&self, partition: Partition) -> Result<(u64, Self::Follow), BackendError> {
-        let name = format!("{}_p{}", self.prefix, partition.index());
-        let mut stream = self.js.get_stream(&name).await.map_err(engine)?;
-        let next = stream.info().await.map_err(engine)?.state.last_sequence + 1;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: next,
-                },
-                description: (!self.node.is_empty())
-                    .then(|| crate::status::follower_description(&self.node)),
-                ..Default::default()
-            })
-            .await
-            .map_err(engine)?;
-        let messages = consumer.messages().await.map_err(engine)?;
-        Ok((next, stream_messages(name, messages)))
+        let source = self.consumer_source(partition).await?;
+        let next = source.bounds().await?.1 + 1;
+        let messages = source.ordered(next).await?;
+        let follow = watched(source, messages, ConsumerWatch::follower(next));
+        // A live follower has no end and no failure: `watched` makes it again as often as
+        // it takes.
+        Ok((
+            next,
+            Box::pin(follow.filter_map(|r| std::future::ready(r.ok()))),
+        ))
     }
 
-    /// A temporary ordered consumer from `from`, dropped once `to` (or a later message) is
-    /// read, or after 5 s without a message (the stream no longer holds the rest).
+    /// A temporary ordered consumer from `from`, dropped once `to` is read. When it goes
+    /// silent, the stream says whether the rest is still held: then the consumer is made
+    /// again (a few times, then the read fails and is tried again later), else the read
+    /// ends ([`crate::follow`]).
     async fn read(
         &self,
         partition: Partition,
         from: u64,
         to: u64,
-    ) -> Result<Self::Follow, BackendError> {
-        let name = format!("{}_p{}", self.prefix, partition.index());
-        let stream = self.js.get_stream(&name).await.map_err(engine)?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(engine)?;
-        let messages = consumer.messages().await.map_err(engine)?;
-        let inner = stream_messages(name.clone(), messages);
-        let out = futures_util::stream::unfold((inner, false), move |(mut inner, done)| {
-            let name = name.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                match tokio::time::timeout(Duration::from_secs(5), inner.next()).await {
-                    Ok(Some(m)) => {
-                        let last = m.seq >= to;
-                        Some((m, (inner, last)))
-                    }
-                    Ok(None) => None,
-                    Err(_) => {
-                        tracing::warn!(stream = %name, to, "reading a partition stream back: nothing more for 5 s; the rest is no longer held");
-                        None
-                    }
-                }
-            }
-        });
-        Ok(Box::pin(out))
+    ) -> Result<Self::Read, BackendError> {
+        let source = self.consumer_source(partition).await?.without_description();
+        let messages = source.ordered(from.max(1)).await?;
+        Ok(watched(source, messages, ConsumerWatch::read(from, to)))
     }
 
     /// Read from the bucket stream's leader, not through the direct-get API that any

@@ -495,7 +495,7 @@ async fn messages(m1: &Node, m2: &Node) {
         .read_partition(p, first, second)
         .await
         .unwrap()
-        .map(|m| (m.seq, m.envelope.payload.to_vec()))
+        .map(|m| m.map(|m| (m.seq, m.envelope.payload.to_vec())).unwrap())
         .collect()
         .await;
     assert_eq!(back, [(first, b"20".to_vec()), (second, b"21".to_vec())]);

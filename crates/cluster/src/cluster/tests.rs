@@ -267,7 +267,7 @@ async fn partitions_are_followed_from_new_messages_on_and_retained_watched_whole
         .read_partition(p, 1, 2)
         .await
         .unwrap()
-        .map(|m| m.seq)
+        .map(|m| m.unwrap().seq)
         .collect()
         .await;
     assert_eq!(back, [1, 2]);

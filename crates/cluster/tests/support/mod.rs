@@ -183,6 +183,14 @@ impl Servers {
         }
     }
 
+    /// Kills server `i` (SIGKILL) and waits for it to exit.
+    #[allow(dead_code)] // Not every test binary kills a server.
+    pub fn kill(&mut self, i: usize) {
+        let c = &mut self.children[i];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// Every server's log.
     pub fn logs(&self) -> String {
         let mut out = String::new();
