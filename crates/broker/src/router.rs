@@ -1572,6 +1572,17 @@ impl Router {
                 let Some(c) = self.cluster.as_mut() else {
                     return;
                 };
+                // A clean start ends the session taken in here whose replay is not back:
+                // the new one stands where this node does (else its records would carry
+                // the old record's place in the log, and a node taking it next would
+                // replay the old session's messages to it), and that replay's answer is not
+                // its own. The wills that waited for it go with the new session's first
+                // record, as they would have with the record written at the answer.
+                let waited = if connect.clean_start {
+                    c.resumes.remove(&client_id).map(|r| r.wills)
+                } else {
+                    None
+                };
                 c.claims.insert(conn, (client_id.clone(), revision));
                 let _ = c.to.send(ToCluster::CheckOwner {
                     conn,
@@ -1594,7 +1605,7 @@ impl Router {
                         Waiting::Store {
                             client_id,
                             snapshot,
-                            wills: Vec::new(),
+                            wills: waited.unwrap_or_default(),
                         },
                         &self.broker,
                     );
@@ -1724,7 +1735,7 @@ mod tests {
     use makelaar_core::broker::{KeptMessage, SessionSnapshot};
     use makelaar_core::message::{LogPosition, Message};
     use makelaar_core::persist::KeptState;
-    use makelaar_proto::{ProtocolVersion, QoS};
+    use makelaar_proto::{ProtocolVersion, QoS, Will};
 
     fn offline(held: Vec<KeptMessage>) -> SessionSnapshot {
         SessionSnapshot {
@@ -2095,6 +2106,8 @@ mod tests {
         replays: Vec<ReplayRequest>,
         /// The session records written (`None`: no place in the log).
         records: Vec<Option<Log>>,
+        /// The due wills those writes took out of the record, to publish if they win.
+        wills_written: usize,
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
         got: Vec<(u32, QoS, bool)>,
@@ -2126,6 +2139,7 @@ mod tests {
                 log,
                 replays: Vec::new(),
                 records: Vec::new(),
+                wills_written: 0,
                 outs: HashMap::new(),
                 got: Vec::new(),
             }
@@ -2146,9 +2160,11 @@ mod tests {
                             client_id,
                             log,
                             checkpoint,
+                            wills,
                             ..
                         } => {
                             self.records.push(log);
+                            self.wills_written += wills.len();
                             if let Some(n) = checkpoint {
                                 checkpointed.push(FromCluster::Checkpointed { client_id, n });
                             }
@@ -2198,15 +2214,20 @@ mod tests {
 
         /// The subscriber connects (Clean Start 0) on `conn`: its claim is asked for.
         fn connect(&mut self, conn: ConnId) {
+            self.connect_with(conn, false, None);
+        }
+
+        /// The subscriber connects on `conn` with Clean Start and a will as given.
+        fn connect_with(&mut self, conn: ConnId, clean_start: bool, will: Option<Will>) {
             let out = Arc::new(Outbox::default());
             self.outs.insert(conn, out.clone());
             let connect = Connect {
                 protocol: ProtocolVersion::V5,
                 bridge: false,
-                clean_start: false,
+                clean_start,
                 keep_alive: 0,
                 client_id: SUB.into(),
-                will: None,
+                will,
                 username: None,
                 password: None,
                 properties: makelaar_proto::Properties {
@@ -2523,5 +2544,73 @@ mod tests {
         for back in [Back::Kept, Back::MovedAway, Back::MovedNotice] {
             session_back_on_the_same_node(back, FirstBack::Last);
         }
+    }
+
+    /// A client back on the same node with Clean Start 1 while the replay of its session
+    /// taken in from a record is not back: the new session stands where this node does (its
+    /// records say so, and it is checkpointed from its CONNECT), and that replay's answer,
+    /// coming later, is not its own. The will of the old session's connection, due when it
+    /// ended and waiting for that replay, goes with the new session's first record.
+    #[test]
+    fn a_clean_start_ends_the_resume_of_the_session_it_replaces() {
+        let b = makelaar_cluster::NodeId::new("b").unwrap();
+        let record = Resume {
+            writer: b,
+            cursors: vec![Cursor {
+                partition: 0,
+                next: 4,
+                writer_through: 0,
+            }],
+            outbound: Vec::new(),
+        };
+        let mut node = Node::new(6);
+        let will = Will {
+            topic: "w".into(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: makelaar_proto::Properties::default(),
+        };
+        node.connect_with(1, false, Some(will));
+        node.claimed(1, 1, &record, false);
+        node.lost(1);
+        assert_eq!(node.wills_written, 0, "the due will waits for the replay");
+        node.published_elsewhere(6);
+        node.connect_with(2, true, None);
+        node.claimed(2, 2, &record, false);
+        assert_eq!(
+            node.wills_written, 1,
+            "the due will goes with the CONNECT's record"
+        );
+        let log = node
+            .records
+            .last()
+            .cloned()
+            .flatten()
+            .expect("the CONNECT's record");
+        assert_eq!(
+            log.cursors,
+            [Cursor {
+                partition: 0,
+                next: 7,
+                writer_through: 0
+            }]
+        );
+        assert_eq!(log.writer, None);
+        assert!(
+            node.router
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.tracked.values().any(|id| &**id == SUB)),
+            "checkpointed from its CONNECT"
+        );
+        node.replayed(0);
+        assert_eq!(node.wills_written, 1, "once");
+        node.published_elsewhere(7);
+        assert!(
+            node.got.is_empty(),
+            "a clean session subscribed to nothing: {:?}",
+            node.got
+        );
     }
 }
