@@ -127,6 +127,9 @@ pub(crate) enum ToCluster {
 /// A session's replay, as the router asks for it.
 pub(crate) struct ReplayRequest {
     pub(crate) client_id: Arc<str>,
+    /// Which resume of the session asked (the router's number for it), handed back with
+    /// the answer: a session taken in again meanwhile has a replay of its own.
+    pub(crate) resume: u64,
     pub(crate) plan: ReplayPlan,
     /// The record's outbound list (the plan's kept entries index it).
     pub(crate) outbound: Vec<Outbound>,
@@ -180,6 +183,8 @@ pub(crate) enum FromCluster {
     /// taken in there and not sent, or published while it was away (in order per topic).
     Replayed {
         client_id: Arc<str>,
+        /// The request's `ReplayRequest::resume`.
+        resume: u64,
         in_flight: Vec<KeptMessage>,
         queued: Vec<Arc<Message>>,
     },
@@ -1186,6 +1191,7 @@ async fn replay(
 ) {
     let ReplayRequest {
         client_id,
+        resume,
         plan,
         outbound,
         filters,
@@ -1277,6 +1283,7 @@ async fn replay(
     let _ = tx
         .send(FromCluster::Replayed {
             client_id,
+            resume,
             in_flight,
             queued: queued.into_iter().map(|(_, m)| m).collect(),
         })

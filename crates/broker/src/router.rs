@@ -146,6 +146,8 @@ pub(crate) struct ClusterSide {
     catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
     /// Sessions taken in with a replay to come, by client id: what the replay needs.
     resumes: HashMap<Arc<str>, Resuming>,
+    /// The resumes started so far: each one's number (`Resuming::n`).
+    resumes_started: u64,
     /// The sessions' queue limits (max_queued_messages, max_queued_bytes): a replay reads
     /// no more.
     max_queued: (usize, usize),
@@ -202,6 +204,9 @@ enum Waiting {
 
 /// A session taken in from a record, until its replay is back.
 struct Resuming {
+    /// Its number on this node, asked for with its replay and handed back with it
+    /// (`FromCluster::Replayed`): only that replay's answer is this resume's.
+    n: u64,
     resume: Resume,
     /// Each partition's follower position at the adoption.
     live_from: HashMap<u16, u64>,
@@ -248,6 +253,7 @@ impl ClusterSide {
             waiting: std::collections::VecDeque::new(),
             catching_up: Vec::new(),
             resumes: HashMap::new(),
+            resumes_started: 0,
             max_queued: (0, 0),
         }
     }
@@ -285,6 +291,44 @@ impl ClusterSide {
             if let Some((_, w, followed)) = self.waiting.pop_front() {
                 self.complete(w, broker, &followed);
             }
+        }
+    }
+
+    /// `client_id`'s session, just taken in from a record (`resume`) and waiting for what
+    /// it held or missed: its replay is asked for once this node's own messages published
+    /// before now are appended. Replaces a resume of the same client whose replay is not
+    /// back (the session was dropped here and taken in again): that replay's answer is
+    /// then not this session's (see `FromCluster::Replayed`). The wills that fell due on
+    /// that session's connection and waited for its replay are dropped with it: its record
+    /// held the will, and the claim that took the session in again took it out and decided
+    /// it (carried over as well, it would be published twice); a will whose record write
+    /// never landed is lost here.
+    fn resume(
+        &mut self,
+        client_id: Arc<str>,
+        resume: Resume,
+        filters: Vec<String>,
+        broker: &Broker,
+    ) {
+        self.resumes_started += 1;
+        let live_from = self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
+        let resuming = Resuming {
+            n: self.resumes_started,
+            resume,
+            live_from,
+            filters,
+            wills: Vec::new(),
+        };
+        self.resumes.insert(client_id.clone(), resuming);
+        self.after_appends(Waiting::Replay(client_id), broker);
+    }
+
+    /// The resume whose replay answered as `n`, taken out: `None` when that resume was
+    /// replaced since (see [`ClusterSide::resume`]).
+    fn replayed(&mut self, client_id: &str, n: u64) -> Option<Resuming> {
+        match self.resumes.get(client_id) {
+            Some(r) if r.n == n => self.resumes.remove(client_id),
+            _ => None,
         }
     }
 
@@ -419,6 +463,7 @@ impl ClusterSide {
                 );
                 let req = ReplayRequest {
                     client_id: client_id.clone(),
+                    resume: r.n,
                     plan,
                     outbound: r.resume.outbound.clone(),
                     filters: r.filters.clone(),
@@ -1178,17 +1223,28 @@ impl Router {
             }
             FromCluster::Replayed {
                 client_id,
+                resume,
                 in_flight,
                 queued,
             } => {
-                self.broker
-                    .handle_cluster_backlog(now, &client_id, in_flight, queued);
                 if let Some(c) = self.cluster.as_mut() {
-                    let wills = c
-                        .resumes
-                        .remove(&client_id)
-                        .map(|r| r.wills)
-                        .unwrap_or_default();
+                    // Only the replay of the resume the session waits for now is its: a
+                    // session dropped here (another node claimed it, or the record was
+                    // written elsewhere since) and taken in again from the record while the
+                    // first replay's read was tried again has a replay of its own, read
+                    // from the record up to this node's position at that second adoption.
+                    // Applied to it, the first one's (which stops at the first adoption's
+                    // position) filled its backlog, and the second's was then refused: what
+                    // came between the two adoptions was lost (found by the fault harness,
+                    // link-cut run 8: 502 acknowledged messages at a subscriber back on the
+                    // same node).
+                    let Some(r) = c.replayed(&client_id, resume) else {
+                        tracing::info!(%client_id, "the replay of a session taken in again since is dropped: the newer resume has its own");
+                        return;
+                    };
+                    self.broker
+                        .handle_cluster_backlog(now, &client_id, in_flight, queued);
+                    let wills = r.wills;
                     // Connected still: its record is kept current from now, the first
                     // checkpoint at once (what it resends waits for it).
                     let conn = c
@@ -1304,17 +1360,7 @@ impl Router {
                             tracing::warn!(client_id = %client_id, "this node's partition followers are behind a dead node's session record: messages between them may reach the session twice");
                         }
                         if self.broker.expect_cluster_backlog(&client_id) {
-                            let live_from = c.positions.iter().map(|(p, n)| (*p, n.next)).collect();
-                            c.resumes.insert(
-                                client_id.clone(),
-                                Resuming {
-                                    resume,
-                                    live_from,
-                                    filters,
-                                    wills: Vec::new(),
-                                },
-                            );
-                            c.after_appends(Waiting::Replay(client_id.clone()), &self.broker);
+                            c.resume(client_id.clone(), resume, filters, &self.broker);
                         }
                     }
                     c.session_changes.push(client_id);
@@ -1520,21 +1566,22 @@ impl Router {
                         .adopt_session(&client_id, snapshot, resume.is_some());
                     if let (true, Some(resume), Some(c)) = (adopted, resume, self.cluster.as_mut())
                     {
-                        let live_from = c.positions.iter().map(|(p, n)| (*p, n.next)).collect();
-                        c.resumes.insert(
-                            client_id.clone(),
-                            Resuming {
-                                resume,
-                                live_from,
-                                filters,
-                                wills: Vec::new(),
-                            },
-                        );
-                        c.after_appends(Waiting::Replay(client_id.clone()), &self.broker);
+                        c.resume(client_id.clone(), resume, filters, &self.broker);
                     }
                 }
                 let Some(c) = self.cluster.as_mut() else {
                     return;
+                };
+                // A clean start ends the session taken in here whose replay is not back:
+                // the new one stands where this node does (else its records would carry
+                // the old record's place in the log, and a node taking it next would
+                // replay the old session's messages to it), and that replay's answer is not
+                // its own. The wills that waited for it go with the new session's first
+                // record, as they would have with the record written at the answer.
+                let waited = if connect.clean_start {
+                    c.resumes.remove(&client_id).map(|r| r.wills)
+                } else {
+                    None
                 };
                 c.claims.insert(conn, (client_id.clone(), revision));
                 let _ = c.to.send(ToCluster::CheckOwner {
@@ -1558,7 +1605,7 @@ impl Router {
                         Waiting::Store {
                             client_id,
                             snapshot,
-                            wills: Vec::new(),
+                            wills: waited.unwrap_or_default(),
                         },
                         &self.broker,
                     );
@@ -1688,7 +1735,7 @@ mod tests {
     use makelaar_core::broker::{KeptMessage, SessionSnapshot};
     use makelaar_core::message::{LogPosition, Message};
     use makelaar_core::persist::KeptState;
-    use makelaar_proto::{ProtocolVersion, QoS};
+    use makelaar_proto::{ProtocolVersion, QoS, Will};
 
     fn offline(held: Vec<KeptMessage>) -> SessionSnapshot {
         SessionSnapshot {
@@ -1884,6 +1931,7 @@ mod tests {
         c.resumes.insert(
             Arc::from("s"),
             Resuming {
+                n: 1,
                 resume: Resume {
                     writer: old_node.clone(),
                     cursors: vec![given],
@@ -2043,5 +2091,526 @@ mod tests {
             "no record written for a session not here"
         );
         assert_eq!(ready(&mut c), ["publish 2"]);
+    }
+
+    /// A node of the tests below: a router with its core broker, the cluster answered by
+    /// the test (`settle`), and a log of partition 0 that the replays read back as
+    /// `makelaar_cluster::Cluster::replay` does, by the request's plan.
+    struct Node {
+        router: Router,
+        rx: mpsc::UnboundedReceiver<ToCluster>,
+        /// Partition 0 of the log, its sequence 1 first: the publishing node and the number
+        /// the message carries.
+        log: Vec<(makelaar_cluster::NodeId, u32)>,
+        /// The replays asked for and not answered yet, in order.
+        replays: Vec<ReplayRequest>,
+        /// The session records written (`None`: no place in the log).
+        records: Vec<Option<Log>>,
+        /// The due wills those writes took out of the record, to publish if they win.
+        wills_written: usize,
+        outs: HashMap<ConnId, Arc<Outbox>>,
+        /// What the subscriber got, in order: the message's number, its QoS, DUP.
+        got: Vec<(u32, QoS, bool)>,
+    }
+
+    /// The client id of the persistent subscriber below.
+    const SUB: &str = "sub2";
+
+    impl Node {
+        /// Node "a", its follower in partition 0 at `next`.
+        fn new(next: u64) -> Node {
+            let (mut c, rx) = side();
+            stands_at(&mut c, 0, next, 0);
+            let mut broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
+            broker.enable_cluster_export();
+            let router = Router::new(
+                broker,
+                Arc::new(Counters::default()),
+                SysPublisher::new(Duration::ZERO, Instant::now()),
+                None,
+                Some(c),
+            );
+            // Messages 1..next-1 are in the log already, published on node "c".
+            let c = makelaar_cluster::NodeId::new("c").unwrap();
+            let log = (1..next).map(|n| (c.clone(), n as u32)).collect();
+            Node {
+                router,
+                rx,
+                log,
+                replays: Vec::new(),
+                records: Vec::new(),
+                wills_written: 0,
+                outs: HashMap::new(),
+                got: Vec::new(),
+            }
+        }
+
+        /// Carries out what is pending, answers the cluster (checkpoints written) and lets
+        /// the subscriber acknowledge what it got, until nothing moves.
+        fn settle(&mut self) {
+            loop {
+                self.router.flush();
+                let mut moved = false;
+                let mut checkpointed = Vec::new();
+                while let Ok(to) = self.rx.try_recv() {
+                    moved = true;
+                    match to {
+                        ToCluster::Replay(req) => self.replays.push(*req),
+                        ToCluster::StoreSession {
+                            client_id,
+                            log,
+                            checkpoint,
+                            wills,
+                            ..
+                        } => {
+                            self.records.push(log);
+                            self.wills_written += wills.len();
+                            if let Some(n) = checkpoint {
+                                checkpointed.push(FromCluster::Checkpointed { client_id, n });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                for ev in checkpointed {
+                    self.router.cluster_event(Instant::now(), ev);
+                }
+                let mut answers = Vec::new();
+                for (&conn, out) in &self.outs {
+                    let mut d = crate::outbox::Drained::default();
+                    out.drain(&mut d, usize::MAX);
+                    for p in d.packets {
+                        moved = true;
+                        match p {
+                            Packet::Publish(p) => {
+                                let n = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+                                self.got.push((n, p.qos, p.dup));
+                                let ack = makelaar_proto::PubAck::new(p.packet_id);
+                                answers.push((
+                                    conn,
+                                    match p.qos {
+                                        QoS::ExactlyOnce => Packet::PubRec(ack),
+                                        _ => Packet::PubAck(ack),
+                                    },
+                                ));
+                            }
+                            Packet::PubRel(r) => answers.push((
+                                conn,
+                                Packet::PubComp(makelaar_proto::PubAck::new(r.packet_id)),
+                            )),
+                            _ => {}
+                        }
+                    }
+                }
+                for (conn, packet) in answers {
+                    self.router
+                        .handle(Instant::now(), ToRouter::Packet { conn, packet });
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        /// The subscriber connects (Clean Start 0) on `conn`: its claim is asked for.
+        fn connect(&mut self, conn: ConnId) {
+            self.connect_with(conn, false, None);
+        }
+
+        /// The subscriber connects on `conn` with Clean Start and a will as given.
+        fn connect_with(&mut self, conn: ConnId, clean_start: bool, will: Option<Will>) {
+            let out = Arc::new(Outbox::default());
+            self.outs.insert(conn, out.clone());
+            let connect = Connect {
+                protocol: ProtocolVersion::V5,
+                bridge: false,
+                clean_start,
+                keep_alive: 0,
+                client_id: SUB.into(),
+                will,
+                username: None,
+                password: None,
+                properties: makelaar_proto::Properties {
+                    session_expiry_interval: Some(600),
+                    ..Default::default()
+                },
+            };
+            self.router.handle(
+                Instant::now(),
+                ToRouter::Connect {
+                    conn,
+                    connect: Box::new(connect),
+                    out,
+                    peer: "127.0.0.1:1".parse().unwrap(),
+                },
+            );
+            self.settle();
+        }
+
+        /// Its claim comes back with the record another node wrote, `moved_away` as given.
+        fn claimed(&mut self, conn: ConnId, revision: u64, record: &Resume, moved_away: bool) {
+            let session = SessionSnapshot {
+                subscriptions: vec![(
+                    "t".into(),
+                    makelaar_core::session::Subscription {
+                        options: makelaar_proto::SubscriptionOptions {
+                            qos: QoS::ExactlyOnce,
+                            ..Default::default()
+                        },
+                        id: None,
+                    },
+                )],
+                inbound_qos2: Vec::new(),
+                expiry_interval: 600,
+                ..offline(Vec::new())
+            };
+            let claim = crate::cluster::Claim {
+                revision: makelaar_cluster::Revision::new(revision).unwrap(),
+                session: Some(session),
+                will: None,
+                resume: Some(record.clone()),
+                moved_away,
+                tails: Vec::new(),
+            };
+            self.router.cluster_event(
+                Instant::now(),
+                FromCluster::Claimed {
+                    conn,
+                    result: Ok(claim),
+                },
+            );
+            self.settle();
+        }
+
+        /// Node "c" publishes message `n` (QoS 1 when odd, QoS 2 when even): appended, then
+        /// brought by this node's follower.
+        fn published_elsewhere(&mut self, n: u32) {
+            self.log
+                .push((makelaar_cluster::NodeId::new("c").unwrap(), n));
+            let seq = self.log.len() as u64;
+            let msg = numbered(n);
+            msg.log_position
+                .set(LogPosition { partition: 0, seq })
+                .unwrap();
+            self.router.cluster_event(
+                Instant::now(),
+                FromCluster::Log {
+                    partition: 0,
+                    seq,
+                    msg: Some(Arc::new(msg)),
+                },
+            );
+            self.settle();
+        }
+
+        /// The connection ends without DISCONNECT.
+        fn lost(&mut self, conn: ConnId) {
+            self.router.handle(Instant::now(), ToRouter::Lost { conn });
+            self.outs.remove(&conn);
+            self.settle();
+        }
+
+        /// The `i`-th replay asked for (in order) comes back, read from the log by its plan.
+        fn replayed(&mut self, i: usize) {
+            let req = self.replays.remove(i);
+            let mut queued = Vec::new();
+            for plan in &req.plan.partitions {
+                for seq in plan.from..=plan.to {
+                    let (origin, n) = &self.log[(seq - 1) as usize];
+                    match req.plan.classify(plan, seq, origin) {
+                        makelaar_cluster::replay::Verdict::New => {
+                            let msg = numbered(*n);
+                            msg.log_position
+                                .set(LogPosition { partition: 0, seq })
+                                .unwrap();
+                            queued.push(Arc::new(msg));
+                        }
+                        makelaar_cluster::replay::Verdict::Skip => {}
+                        makelaar_cluster::replay::Verdict::Kept(_) => {
+                            panic!("the records here list no outbound message")
+                        }
+                    }
+                }
+            }
+            self.router.cluster_event(
+                Instant::now(),
+                FromCluster::Replayed {
+                    client_id: req.client_id.clone(),
+                    resume: req.resume,
+                    in_flight: Vec::new(),
+                    queued,
+                },
+            );
+            self.settle();
+        }
+
+        /// The subscriber got messages `from..=to`, each of its first arrivals in order,
+        /// QoS 2 ones exactly once, QoS 1 ones at least once.
+        fn assert_got(&self, from: u32, to: u32, case: &str) {
+            let mut firsts: Vec<u32> = Vec::new();
+            for &(n, qos, _) in &self.got {
+                if firsts.contains(&n) {
+                    assert_ne!(
+                        qos,
+                        QoS::ExactlyOnce,
+                        "{case}: QoS 2 message {n} delivered twice: {:?}",
+                        self.got
+                    );
+                } else {
+                    firsts.push(n);
+                }
+            }
+            let want: Vec<u32> = (from..=to).collect();
+            assert_eq!(
+                firsts, want,
+                "{case}: what the subscriber got: {:?}",
+                self.got
+            );
+        }
+    }
+
+    /// A message numbered `n` on topic "t", QoS 1 when odd, QoS 2 when even.
+    fn numbered(n: u32) -> Message {
+        Message {
+            topic: Arc::from("t"),
+            payload: bytes::Bytes::copy_from_slice(&n.to_be_bytes()),
+            qos: if n.is_multiple_of(2) {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            retain: false,
+            properties: makelaar_proto::Properties::default(),
+            expires_at: None,
+            origin: None,
+            received_at: None,
+            log_position: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// How the subscriber's second connection to this node finds its session.
+    #[derive(Debug, Clone, Copy)]
+    enum Back {
+        /// This node's copy is kept (the record names this node as its last writer).
+        Kept,
+        /// The record was last written by another node (this node's writes failed): the
+        /// claim says the session moved away, and this node's copy is dropped.
+        MovedAway,
+        /// A claim on another node that failed after moving the registry entry told this
+        /// node the client moved (`FromCluster::Moved`): its copy is dropped.
+        MovedNotice,
+    }
+
+    /// When the first resume's replay comes back.
+    #[derive(Debug, Clone, Copy)]
+    enum FirstBack {
+        /// Before the client connects again.
+        BeforeSecondConnect,
+        /// After the second connection's claim (its read was tried again meanwhile), before
+        /// the second replay, if any.
+        AfterSecondConnect,
+        /// After the second replay, if any.
+        Last,
+    }
+
+    /// Run 8 of the link-cut test (docs/cluster.md, "Faults: what is left"): a persistent
+    /// subscriber resumed on this node from another node's record, whose replay is not back
+    /// (its read is tried again) when the client leaves, and comes back to this node. Every
+    /// message published for it is delivered: those in the record's range (the replay's),
+    /// those that came while it was connected with its window shut, while it was offline,
+    /// and after it came back.
+    fn session_back_on_the_same_node(back: Back, first: FirstBack) {
+        // The record it is resumed from: written by node "b", which had delivered messages
+        // 1..=3; 4 and 5 were published since.
+        let b = makelaar_cluster::NodeId::new("b").unwrap();
+        let given = Cursor {
+            partition: 0,
+            next: 4,
+            writer_through: 0,
+        };
+        let record = Resume {
+            writer: b.clone(),
+            cursors: vec![given],
+            outbound: Vec::new(),
+        };
+        let mut node = Node::new(6);
+        node.connect(1);
+        node.claimed(1, 1, &record, false);
+        assert_eq!(node.replays.len(), 1, "the resume asks for its replay");
+        node.published_elsewhere(6);
+        node.published_elsewhere(7);
+        assert!(
+            node.got.is_empty(),
+            "its window is shut until the replay is back"
+        );
+        node.lost(1);
+        node.published_elsewhere(8);
+        node.published_elsewhere(9);
+        // Every record written while its replay was not back (the CONNECT's; at the
+        // disconnect none: it waits for the replay) keeps the place the record it was
+        // resumed from gave, counted by that record's writer: a node taking the session
+        // now replays what the replay here is bringing.
+        assert!(!node.records.is_empty());
+        for log in &node.records {
+            let log = log
+                .as_ref()
+                .expect("a record says where the session stands");
+            assert_eq!(log.cursors, [given]);
+            assert_eq!(log.writer.as_ref(), Some(&b));
+        }
+        if let FirstBack::BeforeSecondConnect = first {
+            node.replayed(0);
+        }
+        let moved_away = match back {
+            Back::Kept => false,
+            Back::MovedAway => true,
+            Back::MovedNotice => {
+                node.router
+                    .cluster_event(Instant::now(), FromCluster::Moved(Arc::from(SUB)));
+                node.settle();
+                false
+            }
+        };
+        node.connect(2);
+        node.claimed(2, 3, &record, moved_away);
+        if !node.replays.is_empty() {
+            // Its CONNECT's record, a replay still to come: the place the record gave, too.
+            let log = node
+                .records
+                .last()
+                .cloned()
+                .flatten()
+                .expect("the CONNECT's record");
+            assert_eq!(log.cursors, [given]);
+            assert_eq!(log.writer.as_ref(), Some(&b));
+        }
+        node.published_elsewhere(10);
+        node.published_elsewhere(11);
+        match first {
+            FirstBack::BeforeSecondConnect => {}
+            FirstBack::AfterSecondConnect => node.replayed(0),
+            FirstBack::Last => {
+                if node.replays.len() > 1 {
+                    node.replayed(1);
+                }
+                node.replayed(0);
+            }
+        }
+        while !node.replays.is_empty() {
+            node.replayed(0);
+        }
+        node.published_elsewhere(12);
+        node.assert_got(4, 12, &format!("{back:?}, first replay back {first:?}"));
+        // Its record at the next disconnect: where this node stands, counted by this node.
+        node.lost(2);
+        let last = node
+            .records
+            .last()
+            .cloned()
+            .flatten()
+            .expect("a record at the disconnect");
+        assert_eq!(
+            last.cursors,
+            [Cursor {
+                partition: 0,
+                next: 13,
+                writer_through: 0
+            }]
+        );
+        assert_eq!(last.writer, None);
+        assert!(
+            last.outbound.is_empty(),
+            "everything was acknowledged: {:?}",
+            last.outbound
+        );
+    }
+
+    #[test]
+    fn a_session_back_on_the_same_node_after_its_first_replay_came_back_loses_nothing() {
+        for back in [Back::Kept, Back::MovedAway, Back::MovedNotice] {
+            session_back_on_the_same_node(back, FirstBack::BeforeSecondConnect);
+        }
+    }
+
+    #[test]
+    fn a_session_back_on_the_same_node_before_its_first_replay_came_back_loses_nothing() {
+        for back in [Back::Kept, Back::MovedAway, Back::MovedNotice] {
+            session_back_on_the_same_node(back, FirstBack::AfterSecondConnect);
+        }
+    }
+
+    #[test]
+    fn a_session_back_on_the_same_node_whose_first_replay_comes_back_last_loses_nothing() {
+        for back in [Back::Kept, Back::MovedAway, Back::MovedNotice] {
+            session_back_on_the_same_node(back, FirstBack::Last);
+        }
+    }
+
+    /// A client back on the same node with Clean Start 1 while the replay of its session
+    /// taken in from a record is not back: the new session stands where this node does (its
+    /// records say so, and it is checkpointed from its CONNECT), and that replay's answer,
+    /// coming later, is not its own. The will of the old session's connection, due when it
+    /// ended and waiting for that replay, goes with the new session's first record.
+    #[test]
+    fn a_clean_start_ends_the_resume_of_the_session_it_replaces() {
+        let b = makelaar_cluster::NodeId::new("b").unwrap();
+        let record = Resume {
+            writer: b,
+            cursors: vec![Cursor {
+                partition: 0,
+                next: 4,
+                writer_through: 0,
+            }],
+            outbound: Vec::new(),
+        };
+        let mut node = Node::new(6);
+        let will = Will {
+            topic: "w".into(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: makelaar_proto::Properties::default(),
+        };
+        node.connect_with(1, false, Some(will));
+        node.claimed(1, 1, &record, false);
+        node.lost(1);
+        assert_eq!(node.wills_written, 0, "the due will waits for the replay");
+        node.published_elsewhere(6);
+        node.connect_with(2, true, None);
+        node.claimed(2, 2, &record, false);
+        assert_eq!(
+            node.wills_written, 1,
+            "the due will goes with the CONNECT's record"
+        );
+        let log = node
+            .records
+            .last()
+            .cloned()
+            .flatten()
+            .expect("the CONNECT's record");
+        assert_eq!(
+            log.cursors,
+            [Cursor {
+                partition: 0,
+                next: 7,
+                writer_through: 0
+            }]
+        );
+        assert_eq!(log.writer, None);
+        assert!(
+            node.router
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.tracked.values().any(|id| &**id == SUB)),
+            "checkpointed from its CONNECT"
+        );
+        node.replayed(0);
+        assert_eq!(node.wills_written, 1, "once");
+        node.published_elsewhere(7);
+        assert!(
+            node.got.is_empty(),
+            "a clean session subscribed to nothing: {:?}",
+            node.got
+        );
     }
 }
