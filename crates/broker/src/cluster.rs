@@ -416,7 +416,11 @@ pub(crate) async fn start(
         .map_err(|e| ClusterStartError(format!("cannot follow the retained messages: {e}")))?;
     tokio::spawn(retained_watch(watch, from_tx.clone()));
 
-    tokio::spawn(sessions(cluster.clone(), sessions_rx, from_tx.clone()));
+    tokio::spawn(sessions(
+        cluster.clone(),
+        (sessions_tx.clone(), sessions_rx),
+        from_tx.clone(),
+    ));
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let queue = QueueRoom {
         stats: stats.clone(),
@@ -714,7 +718,10 @@ const RELEASE_WRITE_PAUSE: Duration = Duration::from_millis(100);
 /// Writes go one after the other, so a client's records are written in order.
 async fn sessions<B: Backend>(
     cluster: Arc<Cluster<B>>,
-    mut rx: mpsc::UnboundedReceiver<SessionOp>,
+    (me, mut rx): (
+        mpsc::UnboundedSender<SessionOp>,
+        mpsc::UnboundedReceiver<SessionOp>,
+    ),
     tx: mpsc::Sender<FromCluster>,
 ) {
     let mut kept: HashMap<Arc<str>, Kept> = HashMap::new();
@@ -821,7 +828,26 @@ async fn sessions<B: Backend>(
                             write_before_release(&cluster, &mut kept, &mut waiting, &id, &tx).await;
                         checkpointed(&mut checkpoints, &id, written, &tx).await;
                     }
+                    // The will the record holds is the claiming node's to decide; should its
+                    // claim fail after this answer, nobody would: looked at again later.
+                    let handed = kept
+                        .get(&id)
+                        .filter(|k| k.will)
+                        .and_then(|k| match k.fence {
+                            Fence::At(r) => Some(r),
+                            Fence::Absent | Fence::Lost => None,
+                        });
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
+                    if let Some(written) = handed {
+                        let settle = settle_release(
+                            cluster.clone(),
+                            req.client.clone(),
+                            written,
+                            me.clone(),
+                            tx.clone(),
+                        );
+                        tokio::spawn(settle);
+                    }
                 }
                 tokio::spawn(released(cluster.clone(), req));
             }
@@ -1424,6 +1450,45 @@ async fn reap(
     tracing::info!(target: crate::status::STATUS_TARGET, node = %dead.node, wills = published, sessions = kept, "took over a dead node's clients: wills due now published, sessions kept offline here");
 }
 
+/// How long after a hand-over this node looks whether the claiming node took the
+/// session's record: longer than a claim takes (the hand-over's 3 s wait, then reads and
+/// writes of at most 5 s each), so a claim still running is not taken for a failed one.
+const ABANDONED_AFTER: Duration = Duration::from_secs(20);
+
+/// A session this node handed over (its record written at `written`, holding the
+/// connection's will): once [`ABANDONED_AFTER`] has passed, if the claiming node never took
+/// the record (its claim failed after the hand-over: found by the fault harness, a link cut
+/// where the claim timed out after this node had closed the connection, and no node ever
+/// published the will), it is taken back here like a dead node's session: the will
+/// published now if due, the session kept offline here (`Cluster::take_abandoned`).
+async fn settle_release<B: Backend>(
+    cluster: Arc<Cluster<B>>,
+    client: ClientKey,
+    written: Revision,
+    sessions: mpsc::UnboundedSender<SessionOp>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    tokio::time::sleep(ABANDONED_AFTER).await;
+    for attempt in 0..REAP_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(REAP_RETRY).await;
+        }
+        match cluster.take_abandoned(&client, written).await {
+            Ok(None) => return,
+            Ok(Some(o)) => {
+                tracing::warn!(%client, "a session handed over was never taken by the node that asked for it (its claim failed): taken back here, and its will decided here");
+                let me = cluster.config().node.clone();
+                let _ = take_over_orphan(&cluster, &me, o, &sessions, &tx).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "cannot look whether a session handed over was taken: tried again shortly");
+            }
+        }
+    }
+    tracing::error!(%client, "gave up looking whether a session handed over was taken (the engine kept failing for 30 s): if its claim failed, its will is not published");
+}
+
 /// How often, and how far apart, the reaper of a dead node tries the sessions it could not
 /// take yet (or the list of them).
 const REAP_ATTEMPTS: u32 = 30;
@@ -1437,8 +1502,8 @@ struct Taken {
 
 /// Takes one session a dead node left: its record written here (or deleted, ended), its
 /// due will published, the session kept offline here; `None` once the router is gone.
-async fn take_over_orphan(
-    cluster: &Cluster<NatsBackend>,
+async fn take_over_orphan<B: Backend>(
+    cluster: &Cluster<B>,
     me: &NodeId,
     o: makelaar_cluster::cluster::Orphan,
     sessions: &mpsc::UnboundedSender<SessionOp>,
@@ -1530,8 +1595,8 @@ async fn take_over_orphan(
 
 /// Writes a dead node's session as reaped (`Some`) or deletes it (ended) at the fence the
 /// reaper read; the new fence (`None` once deleted).
-async fn write_reaped(
-    cluster: &Cluster<NatsBackend>,
+async fn write_reaped<B: Backend>(
+    cluster: &Cluster<B>,
     o: &makelaar_cluster::cluster::Orphan,
     record: Option<&SessionRecord>,
 ) -> Result<Option<Fence>, makelaar_cluster::cluster::ClusterError> {
@@ -2245,7 +2310,7 @@ mod tests {
             let cluster = Arc::new(Cluster::new(engine.clone(), config));
             let (ops, rx) = mpsc::unbounded_channel();
             let (tx, from) = mpsc::channel(64);
-            tokio::spawn(sessions(cluster.clone(), rx, tx));
+            tokio::spawn(sessions(cluster.clone(), (ops.clone(), rx), tx));
             let key = ClientKey::new("c");
             let claim = cluster.claim_client(&key).await.unwrap().revision;
             let owner = Owner {
@@ -2396,6 +2461,76 @@ mod tests {
             let r = r.unwrap();
             assert_eq!(r.will.is_none(), published == 1);
             assert_eq!(r.will_taken_by.is_some(), published == 1);
+        }
+    }
+
+    fn a_will() -> KeptWill {
+        KeptWill {
+            will: Box::new(Will {
+                topic: "gone/c".into(),
+                payload: bytes::Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+            }),
+            username: None,
+        }
+    }
+
+    /// The owner's record holds the connection's will (as every CONNECT's write makes it).
+    async fn with_will_in_record(owner: &Owner) {
+        let mut with_will = snapshot(vec![1]);
+        with_will.will = Some(a_will());
+        owner.store_with(with_will, Vec::new());
+        loop {
+            let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+            if r.is_some_and(|r| r.will.is_some()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A hand-over whose claimer never takes the record (its claim failed after the
+    /// answer, found by the fault harness under a link cut): the will the record holds was
+    /// published by nobody. Now the node that handed it over takes it back once the claim
+    /// had time to finish, and publishes the will; when the claimer took the record, it
+    /// does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_will_handed_over_to_a_claim_that_failed_is_published_by_the_old_node() {
+        for claim_completes in [false, true] {
+            let engine = MemoryBackend::new();
+            let mut owner = Owner::new(&engine).await;
+            with_will_in_record(&owner).await;
+            hand_over(&engine, &owner, || {}).await;
+            // The claiming node moves the registry entry; then its claim fails before it
+            // reads the record, or goes on and takes the will out.
+            let m2 = Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+            );
+            let claimed = m2.claim_client(&owner.key).await.unwrap();
+            if claim_completes {
+                let found = m2
+                    .load_claimed_session(&owner.key, &claimed, 0)
+                    .await
+                    .unwrap();
+                assert!(found.will.is_some());
+            }
+            tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
+            assert_eq!(owner.published(), 0, "not before the claim had its time");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let published = usize::from(!claim_completes);
+            assert_eq!(
+                owner.published(),
+                published,
+                "claim completes: {claim_completes}"
+            );
+            let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+            let r = r.unwrap();
+            assert!(r.will.is_none());
+            let writer = if claim_completes { "m2" } else { "m1" };
+            assert_eq!(r.node.as_str(), writer);
         }
     }
 }

@@ -696,6 +696,64 @@ impl<B: Backend> Cluster<B> {
         }))
     }
 
+    /// A session this node handed over (its last record write at revision `written`)
+    /// that the claiming node never took: its claim failed after the hand-over (the engine
+    /// timed out, or JetStream was electing leaders), so nobody decides the will the record
+    /// holds, and the client may not come back. Taken back like a dead node's session
+    /// ([`Orphan`]): its registry entry moved to this node, offline, by compare-and-set.
+    /// `None` when the record was written since (the claimer, or a later one, took it and
+    /// decides its will), holds no will, is gone, or when the registry names this node's
+    /// current incarnation connected (the client came back here) or moved meanwhile.
+    pub async fn take_abandoned(
+        &self,
+        client: &ClientKey,
+        written: Revision,
+    ) -> Result<Option<Orphan>, ClusterError> {
+        let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
+            return Ok(None);
+        };
+        if entry.revision != written {
+            return Ok(None);
+        }
+        let record =
+            SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
+                key: client.to_string(),
+                error,
+            })?;
+        if record.will.is_none() {
+            return Ok(None);
+        }
+        let Some((holder, revision)) = self.read_registry(client).await? else {
+            return Ok(None);
+        };
+        if holder.connected
+            && holder.node == self.config.node
+            && holder.incarnation == self.incarnation()
+        {
+            return Ok(None);
+        }
+        let mine = RegistryEntry {
+            node: self.config.node.clone(),
+            incarnation: self.incarnation(),
+            connected: false,
+        };
+        let claim = match self
+            .backend
+            .update(Bucket::Registry, client.as_str(), mine.encode(), revision)
+            .await
+        {
+            Ok(r) => r,
+            Err(BackendError::Conflict) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Orphan {
+            client: client.clone(),
+            record,
+            fence: Fence::At(entry.revision),
+            claim,
+        }))
+    }
+
     /// Writes a session record by compare-and-set on the fence's revision; the new fence,
     /// or [`ClusterError::Fenced`] when another node wrote it since (the caller's fence is
     /// then [`Fence::Lost`]).

@@ -819,3 +819,66 @@ async fn a_node_back_from_a_lapse_is_reaped_again_when_it_dies() {
     assert_eq!(names, ["after", "mine"]);
     assert!(orphans.iter().all(|o| o.record.will.is_some()));
 }
+
+/// A session handed over whose claimer never took the record (its claim failed after the
+/// hand-over) is taken back by the node that handed it over, will and all; not when the
+/// record was written since, holds no will, or its client is connected here again.
+#[tokio::test]
+async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
+    let engine = MemoryBackend::new();
+    let m0 = layer(&engine, "m0", 1);
+    let m1 = layer(&engine, "m1", 2);
+    let client = ClientKey::new("probe");
+    let c0 = m0.claim_client(&client).await.unwrap();
+    let mut r = record("m0");
+    r.claim = c0.revision.get();
+    r.will = Some(stored_will());
+    let (_, fence) = m0.load_session(&client).await.unwrap();
+    let Fence::At(written) = m0.store_session(&client, &r, fence).await.unwrap() else {
+        panic!("a stored record has a revision");
+    };
+    // m1's claim moved the registry entry (m0 does not answer on the memory engine), then
+    // failed before it read the record.
+    let c1 = m1.claim_client(&client).await.unwrap();
+    let o = m0.take_abandoned(&client, written).await.unwrap().unwrap();
+    assert_eq!(o.client, client);
+    assert_eq!(o.record.will, Some(stored_will()));
+    assert_eq!(o.fence, Fence::At(written));
+    let (holder, revision) = m0.read_registry(&client).await.unwrap().unwrap();
+    assert_eq!((holder.node.as_str(), holder.connected), ("m0", false));
+    assert_eq!(revision, o.claim);
+    assert_ne!(o.claim, c1.revision);
+    // Taken once: the registry moved, so a second look finds it moved meanwhile.
+    let (_, current) = m0.read_registry(&client).await.unwrap().unwrap();
+    assert_eq!(current, o.claim);
+
+    // The claimer took the record (and the will): nothing to take back.
+    let c2 = m1.claim_client(&client).await.unwrap();
+    let found = m1.load_claimed_session(&client, &c2, 0).await.unwrap();
+    assert!(found.will.is_some());
+    assert!(m0.take_abandoned(&client, written).await.unwrap().is_none());
+
+    // No will in the record: nothing to decide.
+    let other = ClientKey::new("quiet");
+    m0.claim_client(&other).await.unwrap();
+    let Fence::At(w) = m0
+        .store_session(&other, &record("m0"), Fence::Absent)
+        .await
+        .unwrap()
+    else {
+        panic!("a stored record has a revision");
+    };
+    m1.claim_client(&other).await.unwrap();
+    assert!(m0.take_abandoned(&other, w).await.unwrap().is_none());
+
+    // The client came back to this node: its connection here decides.
+    let back = ClientKey::new("back");
+    m0.claim_client(&back).await.unwrap();
+    let mut r = record("m0");
+    r.will = Some(stored_will());
+    let Fence::At(w) = m0.store_session(&back, &r, Fence::Absent).await.unwrap() else {
+        panic!("a stored record has a revision");
+    };
+    m0.claim_client(&back).await.unwrap();
+    assert!(m0.take_abandoned(&back, w).await.unwrap().is_none());
+}
