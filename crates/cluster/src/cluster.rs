@@ -1198,7 +1198,7 @@ impl<B: Backend> Cluster<B> {
                 }
                 OwnState::Idle(until) => {
                     let scan = bounded(own.step_down_at(), self.scan_leases(&mut peers, now));
-                    let mut dead = match scan.await {
+                    let found = match scan.await {
                         // The step-down instant came first.
                         None => continue,
                         Some(Ok(d)) => d,
@@ -1207,12 +1207,13 @@ impl<B: Backend> Cluster<B> {
                             Vec::new()
                         }
                     };
-                    dead.extend(peers.poll_expired(now));
+                    // None while this node does not hold its lease (`OwnLease::may_reap`).
+                    let dead = peers.reapable(&own, found, Instant::now());
                     for d in dead {
                         let Some(reaped) = bounded(own.step_down_at(), self.try_reap(&d)).await
                         else {
                             // The step-down instant came first: tried again later.
-                            peers.handle_still_present(&d);
+                            peers.handle_not_reaped(&d);
                             continue;
                         };
                         match reaped {
@@ -1222,9 +1223,9 @@ impl<B: Backend> Cluster<B> {
                                 }
                             }
                             Ok(ReapOutcome::Lost) => {}
-                            Ok(ReapOutcome::StillAlive) => peers.handle_still_present(&d),
+                            Ok(ReapOutcome::StillAlive) => peers.handle_not_reaped(&d),
                             Err(e) => {
-                                peers.handle_still_present(&d);
+                                peers.handle_not_reaped(&d);
                                 tracing::warn!(
                                 error = %e,
                                 node = %d.node,

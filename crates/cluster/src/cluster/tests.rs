@@ -819,3 +819,61 @@ async fn a_node_back_from_a_lapse_is_reaped_again_when_it_dies() {
     assert_eq!(names, ["after", "mine"]);
     assert!(orphans.iter().all(|o| o.record.will.is_some()));
 }
+
+/// The lease task of a node that does not hold its lease reaps nobody, though its reads
+/// make a live peer look dead (cut off: what it reads of the peer's lease is gone); the
+/// peer is reaped once this node holds its lease again and the peer is dead by then.
+#[tokio::test]
+async fn a_node_that_does_not_hold_its_lease_reaps_nobody() {
+    let ms = Duration::from_millis;
+    let engine = MemoryBackend::new();
+    let mut config = layer(&engine, "a", 1).config().clone();
+    config.lease = LeaseConfig {
+        refresh: ms(20),
+        ttl: ms(200),
+        margin: ms(80),
+    }
+    .validate()
+    .unwrap();
+    let a = Arc::new(Cluster::new(engine.clone(), config));
+    let b = layer(&engine, "b", 2);
+    b.refresh_lease().await.unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = tokio::spawn({
+        let a = a.clone();
+        async move { a.run_leases(tx).await }
+    });
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::Serving);
+    // It has read `b`'s lease.
+    while a.stats().nodes_alive.load(Relaxed) < 2 {
+        tokio::time::sleep(ms(5)).await;
+    }
+
+    // Cut off: its lease writes fail, and `b`'s lease reads as gone, though `b` lives.
+    engine.delete(Bucket::Leases, "b", None).await.unwrap();
+    engine.fail_writes(Bucket::Leases, usize::MAX, BackendError::Timeout);
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::StepDown);
+    // Past `b`'s TTL as `a` counts it, twice over.
+    tokio::time::sleep(ms(400)).await;
+    assert!(rx.try_recv().is_err(), "no reaping while stepped down");
+    assert!(engine.get(Bucket::Reapers, "b.2").await.unwrap().is_none());
+
+    // Back: `b` is gone for good by now, and reaped.
+    engine.fail_writes(Bucket::Leases, 0, BackendError::Timeout);
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::Serving);
+    let b_dead = Expired {
+        node: NodeId::new("b").unwrap(),
+        incarnation: 2,
+    };
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::Reap(b_dead));
+    assert!(engine.get(Bucket::Reapers, "b.2").await.unwrap().is_some());
+    task.abort();
+}
+
+/// The lease task's next event, within 5 s.
+async fn next_event(rx: &mut mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
