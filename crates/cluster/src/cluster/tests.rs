@@ -870,6 +870,87 @@ async fn a_node_that_does_not_hold_its_lease_reaps_nobody() {
     task.abort();
 }
 
+/// An append tried again under the same id stores one message (its first try was stored
+/// after all, its answer lost) and says where that one is; another id is another message.
+#[tokio::test]
+async fn an_append_tried_again_under_its_id_is_stored_once() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let id = m1.next_message_id();
+    let first = m1.append_once("w/x", &message("will"), &id).await.unwrap();
+    let again = m1.append_once("w/x", &message("will"), &id).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(engine.stream(first.0).len(), 1);
+    let other = m1.next_message_id();
+    assert_ne!(other, id);
+    let second = m1
+        .append_once("w/x", &message("will"), &other)
+        .await
+        .unwrap();
+    assert_eq!(second, (first.0, first.1 + 1));
+    // A failed try stores nothing; the next one under the same id stores it.
+    engine.fail_appends(1, BackendError::Timeout);
+    let third = m1.next_message_id();
+    assert!(m1.append_once("w/x", &message("w3"), &third).await.is_err());
+    assert_eq!(engine.stream(first.0).len(), 2);
+    let (_, seq) = m1.append_once("w/x", &message("w3"), &third).await.unwrap();
+    assert_eq!(seq, 3);
+}
+
+/// A retained write that comes late (a will's, tried again) does not replace a retained
+/// message received after it, stores itself otherwise, and finds itself stored when an
+/// earlier try was.
+#[tokio::test]
+async fn a_late_retained_write_keeps_a_newer_retained_message() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let at = |ms: u64, payload: &'static str| Envelope {
+        received_at_ms: ms,
+        retain: true,
+        ..message(payload)
+    };
+    // Nothing there: stored.
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(100, "offline"))
+        .await
+        .unwrap());
+    assert_eq!(
+        m1.load_retained("s/c").await.unwrap().unwrap().payload,
+        "offline"
+    );
+    // Stored already (an earlier try's answer lost): nothing more.
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(100, "offline"))
+        .await
+        .unwrap());
+    // The client came back and published "online" after the will: kept.
+    m1.store_retained("s/c", Some(&at(200, "online")))
+        .await
+        .unwrap();
+    assert!(!m1
+        .store_retained_unless_newer("s/c", &at(150, "offline"))
+        .await
+        .unwrap());
+    assert_eq!(
+        m1.load_retained("s/c").await.unwrap().unwrap().payload,
+        "online"
+    );
+    // An older one is replaced; an empty will clears it.
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(300, "offline"))
+        .await
+        .unwrap());
+    assert_eq!(
+        m1.load_retained("s/c").await.unwrap().unwrap().payload,
+        "offline"
+    );
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(400, ""))
+        .await
+        .unwrap());
+    assert!(m1.load_retained("s/c").await.unwrap().is_none());
+}
+
 /// The lease task's next event, within 5 s.
 async fn next_event(rx: &mut mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
