@@ -1766,15 +1766,15 @@ impl WillWrites {
     }
 }
 
-/// Does what is left of a will's writes, once; where it was appended when this try did
-/// (QoS 1/2). `late`: a retry, whose retained write must not replace a retained message
-/// published to the topic since ([`Cluster::store_retained_unless_newer`]).
+/// Does what is left of a will's writes, once (a QoS 1/2 will's place in the log is set
+/// on its message when its append returns). `late`: a retry, whose retained write must not
+/// replace a retained message published to the topic since
+/// ([`Cluster::store_retained_unless_newer`]).
 async fn write_will<B: Backend>(
     cluster: &Cluster<B>,
     w: &mut WillWrites,
     late: bool,
-) -> Result<Option<LogPosition>, makelaar_cluster::cluster::ClusterError> {
-    let mut appended = None;
+) -> Result<(), makelaar_cluster::cluster::ClusterError> {
     if !w.logged {
         if w.env.qos == QoS::AtMostOnce {
             cluster.publish(w.topic(), &w.env).await?;
@@ -1788,7 +1788,6 @@ async fn write_will<B: Backend>(
             // from now on lists it; one written before left it out, and the node resuming
             // that session replays it: this node's message past the record's cursors).
             let _ = w.msg.log_position.set(pos);
-            appended = Some(pos);
         }
         w.logged = true;
     }
@@ -1806,11 +1805,12 @@ async fn write_will<B: Backend>(
         }
         w.retained = false;
     }
-    Ok(appended)
+    Ok(())
 }
 
 /// A will's first try at its writes (in its batch); when one fails, the rest is tried
-/// again in a task of its own ([`retry_will`]). Where it was appended, when it was.
+/// again in a task of its own ([`retry_will`]). Where it was appended, when it was (also
+/// when its retained write failed after).
 async fn first_will_write<B: Backend>(
     cluster: &Arc<Cluster<B>>,
     msg: Arc<Message>,
@@ -1823,14 +1823,13 @@ async fn first_will_write<B: Backend>(
         msg,
         logged: false,
     };
-    match write_will(cluster, &mut w, false).await {
-        Ok(appended) => appended,
-        Err(e) => {
-            tracing::warn!(topic = w.topic(), error = %e, attempt = 1, "cannot hand a will to the cluster yet (it reached this node's subscribers only): trying again");
-            tokio::spawn(retry_will(cluster.clone(), w));
-            None
-        }
+    let written = write_will(cluster, &mut w, false).await;
+    let appended = w.msg.log_position.get().copied();
+    if let Err(e) = written {
+        tracing::warn!(topic = w.topic(), error = %e, attempt = 1, "cannot hand a will to the cluster yet (it reached this node's subscribers only): trying again");
+        tokio::spawn(retry_will(cluster.clone(), w));
     }
+    appended
 }
 
 /// Tries a will's failed writes again, every [`WILL_RETRY_EVERY`] for [`WILL_RETRY_FOR`];
@@ -1842,7 +1841,7 @@ async fn retry_will<B: Backend>(cluster: Arc<Cluster<B>>, mut w: WillWrites) -> 
         tokio::time::sleep(WILL_RETRY_EVERY).await;
         attempt += 1;
         match write_will(&cluster, &mut w, true).await {
-            Ok(_) => {
+            Ok(()) => {
                 tracing::info!(
                     topic = w.topic(),
                     attempt,
@@ -2444,7 +2443,9 @@ mod tests {
         let node = NodeId::new("m1").unwrap();
         engine.fail_writes(Bucket::Retained, 2, BackendError::Timeout);
         let will = exported("s/a", "offline", true, None);
-        write_batch(cluster.clone(), node.clone(), None, vec![will]).await;
+        let (_, _, results) = write_batch(cluster.clone(), node.clone(), None, vec![will]).await;
+        // Appended: its place is reported with the batch all the same.
+        assert_eq!(results[0].2.map(|p| p.seq), Some(1));
         assert!(cluster.load_retained("s/a").await.unwrap().is_none());
         tokio::time::sleep(WILL_RETRY_EVERY * 2 + Duration::from_millis(500)).await;
         let kept = cluster.load_retained("s/a").await.unwrap().unwrap();
