@@ -9,7 +9,9 @@
 //!   majority when the append returns), retained ones set in the cluster's bucket; then it
 //!   reports the batch's epoch, and the router releases the acknowledgements that waited for
 //!   it (`FromCluster::Appended`). Batches are pipelined (the next one's writes go out while
-//!   earlier ones wait for NATS), and their epochs reported in order;
+//!   earlier ones wait for NATS), and their epochs reported in order. A will's writes that
+//!   fail are tried again in a task of their own (it has no publisher to send it again),
+//!   its append under a deduplication id;
 //! - the **reader** follows the node's distinct local filters on core NATS (one NATS
 //!   subscription per filter, whatever the number of sessions: the core counts them) and
 //!   hands each QoS 0 message from another node to the router once, even when several of
@@ -1746,9 +1748,10 @@ async fn writer(
 }
 
 /// Hands one batch's messages to the cluster (their writes run concurrently, issued in
-/// order).
-async fn write_batch(
-    cluster: Arc<Cluster<NatsBackend>>,
+/// order). A will whose writes fail is tried again apart ([`first_will_write`]), so the
+/// batch, and the acknowledgements waiting for it, do not wait for that.
+async fn write_batch<B: Backend>(
+    cluster: Arc<Cluster<B>>,
     node: NodeId,
     epoch: Option<u64>,
     messages: Vec<Exported>,
@@ -1759,6 +1762,11 @@ async fn write_batch(
         let cluster = &cluster;
         let env = envelope(&node, &ex.msg, now, now_ms);
         async move {
+            if ex.from.is_none() {
+                // A will: no acknowledgement waits for it, no publisher to disconnect.
+                let appended = first_will_write(cluster, ex.msg.clone(), env).await;
+                return (None, true, appended);
+            }
             let topic = &*ex.msg.topic;
             let mut appended = None;
             let mut r = if ex.msg.qos == QoS::AtMostOnce {
@@ -1787,6 +1795,141 @@ async fn write_batch(
     });
     let results = futures_util::future::join_all(writes).await;
     (epoch, messages.len(), results)
+}
+
+/// How often a will's writes to the cluster that failed are tried again.
+const WILL_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a will's failed writes are tried again before they are given up (an error in
+/// the log: the will reached this node's subscribers only). JetStream churned for up to
+/// 50 s under the fault harness's link cut; a minute outlasts that, and stays well inside
+/// the partition streams' duplicate window, so a retry never stores a will twice.
+const WILL_RETRY_FOR: Duration = Duration::from_secs(60);
+
+// The last try starts by WILL_RETRY_FOR + WILL_RETRY_EVERY and takes a request's timeout
+// at most (seconds): within the duplicate window of the first copy stored, with room.
+const _: () = assert!(
+    WILL_RETRY_FOR.as_secs() + 30 <= makelaar_cluster::nats::DUPLICATE_WINDOW.as_secs(),
+    "a will's append is retried within the streams' duplicate window"
+);
+
+/// A will's writes to the cluster, as far as they went. A will has no publisher that would
+/// send it again when a write fails (a publisher is disconnected unacknowledged and does),
+/// so its writes are tried again until they go through ([`retry_will`]); until then it
+/// reached this node's subscribers only.
+struct WillWrites {
+    /// Its envelope, as first written (its `received_at_ms` the first try's).
+    env: Envelope,
+    msg: Arc<Message>,
+    /// The id of its append: a retry of an append whose first try was stored after all
+    /// (its answer lost) stores nothing more (QoS 1/2). QoS 0 goes on core NATS, which has
+    /// no deduplication: a publish that failed was not sent, as far as the client knows, so
+    /// it is sent again as it is.
+    id: makelaar_cluster::MessageId,
+    /// Its append (QoS 1/2) or publish (QoS 0) is done.
+    logged: bool,
+    /// Its retained write is still to do.
+    retained: bool,
+}
+
+impl WillWrites {
+    fn topic(&self) -> &str {
+        &self.msg.topic
+    }
+}
+
+/// Does what is left of a will's writes, once (a QoS 1/2 will's place in the log is set
+/// on its message when its append returns). `late`: a retry, whose retained write must not
+/// replace a retained message published to the topic since
+/// ([`Cluster::store_retained_unless_newer`]).
+async fn write_will<B: Backend>(
+    cluster: &Cluster<B>,
+    w: &mut WillWrites,
+    late: bool,
+) -> Result<(), makelaar_cluster::cluster::ClusterError> {
+    if !w.logged {
+        if w.env.qos == QoS::AtMostOnce {
+            cluster.publish(w.topic(), &w.env).await?;
+        } else {
+            let (p, seq) = cluster.append_once(w.topic(), &w.env, &w.id).await?;
+            let pos = LogPosition {
+                partition: p.index(),
+                seq,
+            };
+            // Where the sessions here that took it in find it again (a record written
+            // from now on lists it; one written before left it out, and the node resuming
+            // that session replays it: this node's message past the record's cursors).
+            let _ = w.msg.log_position.set(pos);
+        }
+        w.logged = true;
+    }
+    if w.retained {
+        if late {
+            if !cluster
+                .store_retained_unless_newer(w.topic(), &w.env)
+                .await?
+            {
+                tracing::info!(topic = w.topic(), "a will's late retained write keeps the retained message published to its topic since");
+            }
+        } else {
+            let kept = (!w.env.payload.is_empty()).then_some(&w.env);
+            cluster.store_retained(w.topic(), kept).await?;
+        }
+        w.retained = false;
+    }
+    Ok(())
+}
+
+/// A will's first try at its writes (in its batch); when one fails, the rest is tried
+/// again in a task of its own ([`retry_will`]). Where it was appended, when it was (also
+/// when its retained write failed after).
+async fn first_will_write<B: Backend>(
+    cluster: &Arc<Cluster<B>>,
+    msg: Arc<Message>,
+    env: Envelope,
+) -> Option<LogPosition> {
+    let mut w = WillWrites {
+        id: cluster.next_message_id(),
+        retained: msg.retain,
+        env,
+        msg,
+        logged: false,
+    };
+    let written = write_will(cluster, &mut w, false).await;
+    let appended = w.msg.log_position.get().copied();
+    if let Err(e) = written {
+        tracing::warn!(topic = w.topic(), error = %e, attempt = 1, "cannot hand a will to the cluster yet (it reached this node's subscribers only): trying again");
+        tokio::spawn(retry_will(cluster.clone(), w));
+    }
+    appended
+}
+
+/// Tries a will's failed writes again, every [`WILL_RETRY_EVERY`] for [`WILL_RETRY_FOR`];
+/// whether they went through.
+async fn retry_will<B: Backend>(cluster: Arc<Cluster<B>>, mut w: WillWrites) -> bool {
+    let since = tokio::time::Instant::now();
+    let mut attempt = 1u32;
+    loop {
+        tokio::time::sleep(WILL_RETRY_EVERY).await;
+        attempt += 1;
+        match write_will(&cluster, &mut w, true).await {
+            Ok(()) => {
+                tracing::info!(
+                    topic = w.topic(),
+                    attempt,
+                    "a will was handed to the cluster after all"
+                );
+                return true;
+            }
+            Err(e) if since.elapsed() >= WILL_RETRY_FOR => {
+                tracing::error!(topic = w.topic(), error = %e, attempts = attempt, "gave up handing a will to the cluster: it reached this node's subscribers only");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(topic = w.topic(), error = %e, attempt, "cannot hand a will to the cluster yet: trying again");
+            }
+        }
+    }
 }
 
 /// Reports a written batch to the router (`FromCluster::Appended`, when it has an epoch);
@@ -2279,6 +2422,129 @@ mod tests {
 
     use makelaar_cluster::backend::{BackendError, Bucket, MemoryBackend};
     use makelaar_cluster::subject::Subject;
+
+    /// A message exported to the cluster: a will (no publisher) or `from` a connection.
+    fn exported(
+        topic: &str,
+        payload: &'static str,
+        retain: bool,
+        from: Option<ConnId>,
+    ) -> Exported {
+        let msg = Message {
+            topic: Arc::from(topic),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: from.map(|_| Arc::from("pub")),
+            received_at: Some(Instant::now()),
+            log_position: std::sync::OnceLock::new(),
+        };
+        Exported {
+            msg: Arc::new(msg),
+            from,
+        }
+    }
+
+    fn layer(engine: &MemoryBackend) -> Arc<Cluster<MemoryBackend>> {
+        let config = ClusterConfig::new(NodeId::new("m1").unwrap(), 1);
+        Arc::new(Cluster::new(engine.clone(), config))
+    }
+
+    /// The payloads appended to `topic`'s partition, in order.
+    fn appended(
+        engine: &MemoryBackend,
+        cluster: &Cluster<MemoryBackend>,
+        topic: &str,
+    ) -> Vec<String> {
+        let (p, _) = cluster.partition_subject(topic);
+        engine
+            .stream(p)
+            .iter()
+            .map(|(_, b)| String::from_utf8(Envelope::decode(b).unwrap().payload.to_vec()).unwrap())
+            .collect()
+    }
+
+    /// A will whose append fails (JetStream churning: "no stream found") is appended once
+    /// when it is tried again, and the batch it came in, with another publisher's message
+    /// and the acknowledgement waiting for it, does not wait for that (link-cut run 5: the
+    /// will reached the subscribers of its node only, as nothing tried it again).
+    #[tokio::test(start_paused = true)]
+    async fn a_wills_failed_append_is_tried_again_apart_and_stored_once() {
+        let engine = MemoryBackend::new();
+        let cluster = layer(&engine);
+        let node = NodeId::new("m1").unwrap();
+        let will = exported("w/a", "gone", false, None);
+        let published = exported("w/a", "hello", false, Some(7));
+        let will_msg = will.msg.clone();
+        // The will's first try fails, the publisher's append goes through.
+        engine.fail_appends(1, BackendError::Engine("no stream found".into()));
+        let start = tokio::time::Instant::now();
+        let (epoch, n, results) =
+            write_batch(cluster.clone(), node, Some(3), vec![will, published]).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the batch did not wait for the will"
+        );
+        assert_eq!((epoch, n), (Some(3), 2));
+        assert_eq!(results[0], (None, true, None));
+        let (from, ok, pos) = results[1];
+        assert_eq!((from, ok), (Some(7), true));
+        assert_eq!(pos.map(|p| p.seq), Some(1));
+        assert_eq!(appended(&engine, &cluster, "w/a"), ["hello"]);
+
+        // Its next two tries fail too; the fourth goes through, once.
+        engine.fail_appends(2, BackendError::Timeout);
+        tokio::time::sleep(WILL_RETRY_EVERY * 2 + Duration::from_millis(500)).await;
+        assert_eq!(appended(&engine, &cluster, "w/a"), ["hello"]);
+        tokio::time::sleep(WILL_RETRY_EVERY).await;
+        assert_eq!(appended(&engine, &cluster, "w/a"), ["hello", "gone"]);
+        assert_eq!(will_msg.log_position.get().map(|p| p.seq), Some(2));
+        tokio::time::sleep(WILL_RETRY_FOR * 2).await;
+        assert_eq!(appended(&engine, &cluster, "w/a"), ["hello", "gone"]);
+    }
+
+    /// A will's retained write that fails is tried again (its append, done, is not), and
+    /// a will whose writes keep failing is given up after [`WILL_RETRY_FOR`].
+    #[tokio::test(start_paused = true)]
+    async fn a_wills_retained_write_is_tried_again_and_a_will_given_up_in_time() {
+        let engine = MemoryBackend::new();
+        let cluster = layer(&engine);
+        let node = NodeId::new("m1").unwrap();
+        engine.fail_writes(Bucket::Retained, 2, BackendError::Timeout);
+        let will = exported("s/a", "offline", true, None);
+        let (_, _, results) = write_batch(cluster.clone(), node.clone(), None, vec![will]).await;
+        // Appended: its place is reported with the batch all the same.
+        assert_eq!(results[0].2.map(|p| p.seq), Some(1));
+        assert!(cluster.load_retained("s/a").await.unwrap().is_none());
+        tokio::time::sleep(WILL_RETRY_EVERY * 2 + Duration::from_millis(500)).await;
+        let kept = cluster.load_retained("s/a").await.unwrap().unwrap();
+        assert_eq!(kept.payload, "offline");
+        assert_eq!(appended(&engine, &cluster, "s/a"), ["offline"]);
+
+        // Failing for good: tried for a minute, then left.
+        engine.fail_appends(usize::MAX, BackendError::Timeout);
+        let gone = exported("s/b", "offline", false, None);
+        let start = tokio::time::Instant::now();
+        let w = WillWrites {
+            id: cluster.next_message_id(),
+            env: envelope(&node, &gone.msg, Instant::now(), unix_ms()),
+            msg: gone.msg,
+            logged: false,
+            retained: false,
+        };
+        assert!(!retry_will(cluster.clone(), w).await);
+        let took = start.elapsed();
+        assert!(
+            (WILL_RETRY_FOR..WILL_RETRY_FOR + WILL_RETRY_EVERY * 2).contains(&took),
+            "{took:?}"
+        );
+        engine.fail_appends(0, BackendError::Timeout);
+        tokio::time::sleep(WILL_RETRY_FOR).await;
+        assert!(appended(&engine, &cluster, "s/b").is_empty());
+    }
 
     /// A connected session, told apart by its inbound QoS 2 ids.
     fn snapshot(inbound_qos2: Vec<u16>) -> SessionSnapshot {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use crate::ids::Revision;
+use crate::ids::{MessageId, Revision};
 use crate::kv::MemoryKv;
 use crate::partition::Partition;
 use crate::subject::Subject;
@@ -207,6 +207,19 @@ pub trait Backend: Send + Sync + 'static {
         payload: Bytes,
     ) -> impl Future<Output = Result<u64, BackendError>> + Send;
 
+    /// [`Backend::append`], stored once per `id` within the engine's deduplication window
+    /// (on NATS the partition streams' `duplicate_window`, header `Nats-Msg-Id`): an append
+    /// of an id stored already stores nothing and returns the stored message's sequence. For
+    /// appends tried again after a failure whose first try may have been stored all the same
+    /// (its answer lost).
+    fn append_once(
+        &self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+        id: &MessageId,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
     /// Follows a core subject (wildcards allowed), in a queue group when one is given.
     fn subscribe(
         &self,
@@ -260,6 +273,54 @@ struct MemoryState {
     subscribers: Vec<(Subject, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
     /// Writes to fail, per bucket: how many more, and with what.
     faults: HashMap<Bucket, (usize, BackendError)>,
+    /// Appends to fail: how many more, and with what.
+    append_faults: Option<(usize, BackendError)>,
+    /// Per partition, the sequence each [`Backend::append_once`] id was stored at (kept for
+    /// good: the memory engine has no window).
+    appended_ids: HashMap<Partition, HashMap<MessageId, u64>>,
+}
+
+impl MemoryState {
+    /// An append: the next sequence of the partition, or the stored one's for an id seen
+    /// before; fails while [`MemoryBackend::fail_appends`] says so.
+    fn append(
+        &mut self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+        id: Option<&MessageId>,
+    ) -> Result<u64, BackendError> {
+        if let Some((count, error)) = self.append_faults.as_mut().filter(|(n, _)| *n > 0) {
+            *count = count.saturating_sub(1);
+            return Err(error.clone());
+        }
+        if let Some(&seq) = id.and_then(|id| self.appended_ids.get(&partition)?.get(id)) {
+            return Ok(seq);
+        }
+        let seq = self.streams.get(&partition).map_or(0, Vec::len) as u64 + 1;
+        self.followers.retain(|(p, tx)| {
+            *p != partition
+                || tx
+                    .send(StreamMessage {
+                        seq,
+                        subject: subject.to_string(),
+                        payload: payload.clone(),
+                        pending: 0,
+                    })
+                    .is_ok()
+        });
+        self.streams
+            .entry(partition)
+            .or_default()
+            .push((subject, payload));
+        if let Some(id) = id {
+            self.appended_ids
+                .entry(partition)
+                .or_default()
+                .insert(id.clone(), seq);
+        }
+        Ok(seq)
+    }
 }
 
 /// An engine in memory, shared by clones: the buckets with compare-and-set, the partition
@@ -289,6 +350,12 @@ impl MemoryBackend {
     /// called again; 0: none).
     pub fn fail_writes(&self, bucket: Bucket, count: usize, error: BackendError) {
         let _ = self.with(|s| s.faults.insert(bucket, (count, error)));
+    }
+
+    /// For tests of what meets engine trouble: the next `count` appends (both kinds) fail
+    /// with `error` and store nothing (`usize::MAX`: until called again; 0: none).
+    pub fn fail_appends(&self, count: usize, error: BackendError) {
+        let _ = self.with(|s| s.append_faults = Some((count, error)));
     }
 
     /// Runs a write on a bucket and tells the watchers of the key what it holds after.
@@ -524,25 +591,17 @@ impl Backend for MemoryBackend {
         subject: Subject,
         payload: Bytes,
     ) -> Result<u64, BackendError> {
-        self.with(|s| {
-            let seq = s.streams.get(&partition).map_or(0, Vec::len) as u64 + 1;
-            s.followers.retain(|(p, tx)| {
-                *p != partition
-                    || tx
-                        .send(StreamMessage {
-                            seq,
-                            subject: subject.to_string(),
-                            payload: payload.clone(),
-                            pending: 0,
-                        })
-                        .is_ok()
-            });
-            s.streams
-                .entry(partition)
-                .or_default()
-                .push((subject, payload));
-            seq
-        })
+        self.with(|s| s.append(partition, subject, payload, None))?
+    }
+
+    async fn append_once(
+        &self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+        id: &MessageId,
+    ) -> Result<u64, BackendError> {
+        self.with(|s| s.append(partition, subject, payload, Some(id)))?
     }
 
     async fn tails(&self) -> Result<Vec<(Partition, u64)>, BackendError> {

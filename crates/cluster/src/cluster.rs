@@ -3,6 +3,7 @@
 //! lease and find dead peers. The rules are the sans-IO modules'; this drives them against a
 //! [`Backend`], with tokio's clock for the waits.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, BackendError, Bucket, StreamMessage};
 use crate::codec::{Reader, Writer};
 use crate::envelope::Envelope;
-use crate::ids::{ClientKey, NodeId, Revision};
+use crate::ids::{ClientKey, MessageId, NodeId, Revision};
 use crate::lease::{Expired, Incarnations, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
 use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
@@ -246,6 +247,8 @@ pub struct Cluster<B> {
     /// Changed by the lease task only (a step-down, the next lease write); read by every
     /// write that names this node's incarnation.
     incarnations: std::sync::Mutex<Incarnations>,
+    /// The last [`MessageId`] counter given out ([`Cluster::next_message_id`]).
+    message_ids: AtomicU64,
 }
 
 /// Every partition's last sequence (index, sequence), and when the read began.
@@ -262,6 +265,7 @@ impl<B: Backend> Cluster<B> {
             stats,
             tails: tokio::sync::Mutex::new(None),
             incarnations,
+            message_ids: AtomicU64::new(0),
         }
     }
 
@@ -915,6 +919,88 @@ impl<B: Backend> Cluster<B> {
         Ok((p, r?))
     }
 
+    /// [`Cluster::append`] under a deduplication id ([`Cluster::next_message_id`]): tried
+    /// again with the same id, it stores the message once (within the engine's window,
+    /// [`crate::nats::DUPLICATE_WINDOW`]) and returns where the one stored is.
+    pub async fn append_once(
+        &self,
+        topic: &str,
+        message: &Envelope,
+        id: &MessageId,
+    ) -> Result<(Partition, u64), ClusterError> {
+        let (p, subject) = self.partition_subject(topic);
+        let r = self
+            .backend
+            .append_once(p, subject, message.encode(), id)
+            .await;
+        self.stats.appended(p, r.as_ref().ok().copied());
+        Ok((p, r?))
+    }
+
+    /// A deduplication id no other append of this cluster has: this node's name, the
+    /// incarnation it started as (new at every start) and a counter of this process.
+    pub fn next_message_id(&self) -> MessageId {
+        let n = self.message_ids.fetch_add(1, Relaxed) + 1;
+        MessageId::new(&self.config.node, self.config.incarnation, n)
+    }
+
+    /// Sets a topic's retained message to `message` (clears it when its payload is empty)
+    /// unless the topic holds a retained message received after it: for a write that comes
+    /// late (a will's, tried again for up to a minute), which must not replace what another
+    /// client published there meanwhile (a status topic's "online" after its will's
+    /// "offline"). Two nodes' retained writes share no order but their clocks
+    /// (`received_at_ms`), good to their skew, small next to a retry's lateness; the write
+    /// is compare-and-set on the revision read, so nothing written between the read and the
+    /// write is replaced. Whether it was stored (`false`: a newer one was kept).
+    pub async fn store_retained_unless_newer(
+        &self,
+        topic: &str,
+        message: &Envelope,
+    ) -> Result<bool, ClusterError> {
+        let key = encode_topic(topic);
+        let value = message.encode();
+        // A conflict means a write came in between: read again, a few times at most.
+        for _ in 0..LATE_RETAINED_TRIES {
+            let current = self.backend.get(Bucket::Retained, key.as_str()).await?;
+            if let Some(e) = &current {
+                if e.value == value {
+                    // Stored by an earlier try whose answer was lost.
+                    return Ok(true);
+                }
+                let newer = Envelope::decode(&e.value)
+                    .is_ok_and(|now| now.received_at_ms > message.received_at_ms);
+                if newer {
+                    return Ok(false);
+                }
+            }
+            self.stats.retained_writes.fetch_add(1, Relaxed);
+            let r = match (message.payload.is_empty(), current) {
+                (true, None) => return Ok(true),
+                (true, Some(e)) => {
+                    self.backend
+                        .delete(Bucket::Retained, key.as_str(), Some(e.revision))
+                        .await
+                }
+                (false, None) => self
+                    .backend
+                    .create(Bucket::Retained, key.as_str(), value.clone())
+                    .await
+                    .map(|_| ()),
+                (false, Some(e)) => self
+                    .backend
+                    .update(Bucket::Retained, key.as_str(), value.clone(), e.revision)
+                    .await
+                    .map(|_| ()),
+            };
+            match r {
+                Ok(()) => return Ok(true),
+                Err(BackendError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BackendError::Conflict.into())
+    }
+
     /// Sets a topic's retained message, or clears it with `None` (an empty retained
     /// payload). The key is the topic's subject tokens, so a filter's tokens select keys.
     pub async fn store_retained(
@@ -1249,7 +1335,7 @@ impl<B: Backend> Cluster<B> {
                 }
                 OwnState::Idle(until) => {
                     let scan = bounded(own.step_down_at(), self.scan_leases(&mut peers, now));
-                    let mut dead = match scan.await {
+                    let found = match scan.await {
                         // The step-down instant came first.
                         None => continue,
                         Some(Ok(d)) => d,
@@ -1258,12 +1344,13 @@ impl<B: Backend> Cluster<B> {
                             Vec::new()
                         }
                     };
-                    dead.extend(peers.poll_expired(now));
+                    // None while this node does not hold its lease (`OwnLease::may_reap`).
+                    let dead = peers.reapable(&own, found, Instant::now());
                     for d in dead {
                         let Some(reaped) = bounded(own.step_down_at(), self.try_reap(&d)).await
                         else {
                             // The step-down instant came first: tried again later.
-                            peers.handle_still_present(&d);
+                            peers.handle_not_reaped(&d);
                             continue;
                         };
                         match reaped {
@@ -1273,9 +1360,9 @@ impl<B: Backend> Cluster<B> {
                                 }
                             }
                             Ok(ReapOutcome::Lost) => {}
-                            Ok(ReapOutcome::StillAlive) => peers.handle_still_present(&d),
+                            Ok(ReapOutcome::StillAlive) => peers.handle_not_reaped(&d),
                             Err(e) => {
-                                peers.handle_still_present(&d);
+                                peers.handle_not_reaped(&d);
                                 tracing::warn!(
                                 error = %e,
                                 node = %d.node,
@@ -1321,6 +1408,10 @@ fn decode_message(prefix: &str, partition: Partition, d: StreamMessage) -> Optio
         }
     }
 }
+
+/// How many times [`Cluster::store_retained_unless_newer`] reads and writes again after a
+/// write came in between (each such write is usually newer: then it stops at once).
+const LATE_RETAINED_TRIES: usize = 3;
 
 /// `work`, unless `deadline` passes first (`None` then; no deadline: it runs to its end).
 async fn bounded<T>(

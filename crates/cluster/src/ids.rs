@@ -99,6 +99,34 @@ impl fmt::Display for Revision {
     }
 }
 
+/// The id of one append that may be tried more than once (a will's: it has no publisher to
+/// send it again, so the cluster layer retries it). The engine stores one message per id
+/// within its deduplication window, so a retry of an append whose first try was stored
+/// after all (its answer lost) stores nothing more (JetStream's `Nats-Msg-Id`).
+///
+/// Unique per publication: the node, the incarnation it started as (a new one at every
+/// start) and a counter of this process (`{node}.{incarnation}.{n}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// The `n`th id of `node` started as `incarnation`.
+    pub fn new(node: &NodeId, incarnation: u64, n: u64) -> MessageId {
+        MessageId(format!("{node}.{incarnation}.{n}"))
+    }
+
+    /// The id as the engine's header carries it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -113,6 +141,23 @@ mod tests {
         assert!(NodeId::new("a.b").is_err());
         assert!(NodeId::new(&"x".repeat(65)).is_err());
         assert!(Revision::new(0).is_none());
+    }
+
+    #[test]
+    fn message_ids_differ_by_node_incarnation_and_count() {
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        let ids = [
+            MessageId::new(&a, 1, 1),
+            MessageId::new(&a, 1, 2),
+            MessageId::new(&a, 2, 1),
+            MessageId::new(&b, 1, 1),
+        ];
+        for (i, x) in ids.iter().enumerate() {
+            for y in &ids[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        assert_eq!(ids[0].as_str(), "a.1.1");
     }
 
     proptest! {

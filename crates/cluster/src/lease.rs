@@ -170,6 +170,18 @@ impl OwnLease {
         self.confirmed
             .is_some_and(|at| now.saturating_duration_since(at) < self.limit())
     }
+
+    /// Whether this node may reap dead peers now: only while it holds its own lease
+    /// ([`OwnLease::is_serving`]). A node that does not (stepped down, or not serving yet)
+    /// is most likely the one cut off: its reads of the leases fail, or come from a server
+    /// cut from their leader (stale or absent), so its live peers look dead to it. The fault
+    /// harness saw a stepped-down node try to reap live ones (a cut link; only a timeout
+    /// kept it from taking their sessions over and publishing their clients' wills). The
+    /// dead peers it sees meanwhile are reaped once it holds its lease again
+    /// ([`Leases::reapable`]), by it or by a peer that holds its own.
+    pub fn may_reap(&self, now: Instant) -> bool {
+        self.is_serving(now)
+    }
 }
 
 /// This node's incarnations: the one its registry entries and reaper keys name, the one its
@@ -298,6 +310,9 @@ pub struct Leases {
     config: LeaseConfig,
     me: NodeId,
     peers: HashMap<NodeId, Peer>,
+    /// Replaced incarnations ([`Leases::handle_seen`]) not reaped yet
+    /// ([`Leases::handle_not_reaped`]): given again by [`Leases::reapable`].
+    deferred: Vec<Expired>,
 }
 
 impl Leases {
@@ -307,6 +322,7 @@ impl Leases {
             config,
             me,
             peers: HashMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -376,15 +392,40 @@ impl Leases {
         out
     }
 
-    /// A reported peer's lease turned out to be still in the bucket (the engine removes
-    /// expired entries on its own schedule, which may lag this node's clock): report it
-    /// again at the next [`Leases::poll_expired`], unless a new write is seen first.
-    pub fn handle_still_present(&mut self, expired: &Expired) {
-        if let Some(p) = self.peers.get_mut(&expired.node) {
-            if p.incarnation == expired.incarnation {
-                p.reported = false;
+    /// A reported expiry was not acted on: its lease turned out to be still in the bucket
+    /// (the engine removes expired entries on its own schedule, which may lag this node's
+    /// clock), the reaping's claim failed or ran out of time, or this node may not reap now
+    /// ([`OwnLease::may_reap`]). The peer's current incarnation is reported again by the
+    /// next [`Leases::poll_expired`] unless a new write of it is seen first; one replaced by
+    /// a newer incarnation (dead for sure) by the next [`Leases::reapable`].
+    pub fn handle_not_reaped(&mut self, expired: &Expired) {
+        match self.peers.get_mut(&expired.node) {
+            Some(p) if p.incarnation == expired.incarnation => p.reported = false,
+            _ => {
+                if !self.deferred.contains(expired) {
+                    self.deferred.push(expired.clone());
+                }
             }
         }
+    }
+
+    /// The dead peers this node is to try to reap now: those `found` by the last read of
+    /// the leases (incarnations replaced, from [`Leases::handle_seen`]), those given back
+    /// by [`Leases::handle_not_reaped`], and those whose lease ran out
+    /// ([`Leases::poll_expired`]). None while this node may not reap
+    /// ([`OwnLease::may_reap`]): they are kept, and given once it may, unless a peer's
+    /// lease is seen written again by then (it was alive; this node was the one cut off).
+    pub fn reapable(&mut self, own: &OwnLease, found: Vec<Expired>, now: Instant) -> Vec<Expired> {
+        let mut out = found;
+        out.append(&mut self.deferred);
+        out.extend(self.poll_expired(now));
+        if own.may_reap(now) {
+            return out;
+        }
+        for e in &out {
+            self.handle_not_reaped(e);
+        }
+        Vec::new()
     }
 
     /// The earliest instant at which a known live peer would expire.

@@ -52,4 +52,4 @@ pub mod subject;
 pub mod takeover;
 pub mod wills;
 
-pub use ids::{ClientKey, NodeId, Revision};
+pub use ids::{ClientKey, MessageId, NodeId, Revision};

@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::backend::{Backend, BackendError, Bucket, Delivery, Entry, StreamMessage, WatchEvent};
 use crate::checks::{self, ServerReport, StartupError, Warning};
 use crate::follow::{self, AfterSilence, ConsumerWatch};
-use crate::ids::Revision;
+use crate::ids::{MessageId, Revision};
 use crate::link::{self, LinkError, NatsAuth, NatsTls};
 use crate::partition::{Partition, PartitionCount};
 use crate::share::ShareGroup;
@@ -445,6 +445,7 @@ impl NatsBackend {
                     storage: stream::StorageType::File,
                     num_replicas: replicas,
                     max_age: config.max_message_age,
+                    duplicate_window: duplicate_window(config.max_message_age),
                     ..Default::default()
                 })
                 .await
@@ -452,6 +453,15 @@ impl NatsBackend {
         };
         let info = s.info().await.map_err(|e| setup_err(&what, e))?;
         verify(&what, &info.config, replicas)?;
+        if info.config.duplicate_window < duplicate_window(info.config.max_age) {
+            // Made by another version or by hand: retried appends may be stored twice.
+            tracing::warn!(
+                stream = %name,
+                window = ?info.config.duplicate_window,
+                wanted = ?DUPLICATE_WINDOW,
+                "the stream's duplicate window is shorter than a will's append is retried: a retried will may be delivered twice (`nats stream edit --dupe-window 2m`)"
+            );
+        }
         if info.config.subjects != [subject.clone()] {
             return Err(setup_err(
                 &what,
@@ -542,10 +552,61 @@ impl NatsBackend {
         Ok(ShareConsumer(consumer))
     }
 
+    /// An append, with JetStream's deduplication header when `id` is given (the stream
+    /// then acknowledges a duplicate with the sequence of the message stored first).
+    async fn append_with(
+        &self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+        id: Option<&MessageId>,
+    ) -> Result<u64, BackendError> {
+        // `<prefix>.p<i>.…`, checked without building the prefix (this is per message).
+        let in_partition = subject
+            .as_str()
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".p"))
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(i, _)| i.parse::<u16>() == Ok(partition.index()));
+        if !in_partition {
+            return Err(BackendError::Engine(format!(
+                "subject {subject} is not in partition {partition}"
+            )));
+        }
+        let sent = match id {
+            None => self.js.publish(subject.into_string(), payload).await,
+            Some(id) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                self.js
+                    .publish_with_headers(subject.into_string(), headers, payload)
+                    .await
+            }
+        };
+        let ack = sent.map_err(engine)?.await.map_err(engine)?;
+        Ok(ack.sequence)
+    }
+
     fn store(&self, b: Bucket) -> Result<&kv::Store, BackendError> {
         self.buckets
             .get(&b)
             .ok_or_else(|| BackendError::Engine(format!("bucket {} not set up", b.suffix())))
+    }
+}
+
+/// How long a partition stream remembers the ids of the appends that carry one
+/// ([`Backend::append_once`]): longer than anything tries such an append again (the broker
+/// retries a will's for a minute), so a retry never stores a second copy. NATS's own
+/// default, set explicitly so that a change of that default cannot shorten it.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The duplicate window of a stream keeping messages for `max_age` (zero: for good): the
+/// server allows none longer than the messages live.
+fn duplicate_window(max_age: Duration) -> Duration {
+    if max_age.is_zero() {
+        DUPLICATE_WINDOW
+    } else {
+        DUPLICATE_WINDOW.min(max_age)
     }
 }
 
@@ -1063,26 +1124,18 @@ impl Backend for NatsBackend {
         subject: Subject,
         payload: Bytes,
     ) -> Result<u64, BackendError> {
-        // `<prefix>.p<i>.…`, checked without building the prefix (this is per message).
-        let in_partition = subject
-            .as_str()
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|r| r.strip_prefix(".p"))
-            .and_then(|r| r.split_once('.'))
-            .is_some_and(|(i, _)| i.parse::<u16>() == Ok(partition.index()));
-        if !in_partition {
-            return Err(BackendError::Engine(format!(
-                "subject {subject} is not in partition {partition}"
-            )));
-        }
-        let ack = self
-            .js
-            .publish(subject.into_string(), payload)
+        self.append_with(partition, subject, payload, None).await
+    }
+
+    async fn append_once(
+        &self,
+        partition: Partition,
+        subject: Subject,
+        payload: Bytes,
+        id: &MessageId,
+    ) -> Result<u64, BackendError> {
+        self.append_with(partition, subject, payload, Some(id))
             .await
-            .map_err(engine)?
-            .await
-            .map_err(engine)?;
-        Ok(ack.sequence)
     }
 
     async fn tails(&self) -> Result<Vec<(Partition, u64)>, BackendError> {

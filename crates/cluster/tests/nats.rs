@@ -244,8 +244,8 @@ async fn status_and_stats(servers: &Servers, m1: &Node, m2: &Node) {
         .streams
         .iter()
         .all(|x| x.leader.is_some() && x.replicas.len() == 2));
-    // messages() appended two messages to one partition.
-    assert_eq!(partitions.iter().map(|p| p.messages).sum::<u64>(), 2);
+    // messages() appended four messages to one partition (one of them twice, stored once).
+    assert_eq!(partitions.iter().map(|p| p.messages).sum::<u64>(), 4);
     assert!(s.round_trip.core_ms > 0.0 && s.round_trip.jetstream_ms > 0.0);
     // Another prefix: no cluster there, one sentence.
     config.prefix = "nothing".to_owned();
@@ -255,7 +255,7 @@ async fn status_and_stats(servers: &Servers, m1: &Node, m2: &Node) {
     // What the nodes counted themselves.
     let st = m1.cluster.stats();
     assert!(st.serving());
-    assert_eq!(st.appends.load(Ordering::SeqCst), 2);
+    assert_eq!(st.appends.load(Ordering::SeqCst), 4);
     assert_eq!(st.append_failures.load(Ordering::SeqCst), 0);
     assert!(st.claims.load(Ordering::SeqCst) >= 100);
     assert!(st.nodes_alive.load(Ordering::SeqCst) >= 2);
@@ -499,6 +499,38 @@ async fn messages(m1: &Node, m2: &Node) {
         .collect()
         .await;
     assert_eq!(back, [(first, b"20".to_vec()), (second, b"21".to_vec())]);
+
+    // An append tried again under its id (a will's, its first answer lost) is stored once,
+    // from whichever connection: the stream remembers ids for its duplicate window.
+    let info = s.info().await.unwrap();
+    assert_eq!(
+        info.config.duplicate_window,
+        makelaar_cluster::nats::DUPLICATE_WINDOW
+    );
+    let id = m1.cluster.next_message_id();
+    let (r, once) = m1
+        .cluster
+        .append_once("sensor/1/temp", &message("will"), &id)
+        .await
+        .unwrap();
+    assert_eq!((r, once), (p, second + 1));
+    let again = m2
+        .cluster
+        .append_once("sensor/1/temp", &message("will"), &id)
+        .await
+        .unwrap();
+    assert_eq!(again, (p, once), "the one stored first");
+    assert_eq!(s.info().await.unwrap().state.messages, 3);
+    let other = m1
+        .cluster
+        .append_once(
+            "sensor/1/temp",
+            &message("will"),
+            &m1.cluster.next_message_id(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other, (p, once + 1), "another id, another message");
 
     let mut watch = m2.cluster.watch_retained("home/+").await.unwrap();
     m1.cluster

@@ -882,3 +882,142 @@ async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
     m0.claim_client(&back).await.unwrap();
     assert!(m0.take_abandoned(&back, w).await.unwrap().is_none());
 }
+
+/// The lease task of a node that does not hold its lease reaps nobody, though its reads
+/// make a live peer look dead (cut off: what it reads of the peer's lease is gone); the
+/// peer is reaped once this node holds its lease again and the peer is dead by then.
+#[tokio::test]
+async fn a_node_that_does_not_hold_its_lease_reaps_nobody() {
+    let ms = Duration::from_millis;
+    let engine = MemoryBackend::new();
+    let mut config = layer(&engine, "a", 1).config().clone();
+    config.lease = LeaseConfig {
+        refresh: ms(20),
+        ttl: ms(200),
+        margin: ms(80),
+    }
+    .validate()
+    .unwrap();
+    let a = Arc::new(Cluster::new(engine.clone(), config));
+    let b = layer(&engine, "b", 2);
+    b.refresh_lease().await.unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = tokio::spawn({
+        let a = a.clone();
+        async move { a.run_leases(tx).await }
+    });
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::Serving);
+    // It has read `b`'s lease.
+    while a.stats().nodes_alive.load(Relaxed) < 2 {
+        tokio::time::sleep(ms(5)).await;
+    }
+
+    // Cut off: its lease writes fail, and `b`'s lease reads as gone, though `b` lives.
+    engine.delete(Bucket::Leases, "b", None).await.unwrap();
+    engine.fail_writes(Bucket::Leases, usize::MAX, BackendError::Timeout);
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::StepDown);
+    // Past `b`'s TTL as `a` counts it, twice over.
+    tokio::time::sleep(ms(400)).await;
+    assert!(rx.try_recv().is_err(), "no reaping while stepped down");
+    assert!(engine.get(Bucket::Reapers, "b.2").await.unwrap().is_none());
+
+    // Back: `b` is gone for good by now, and reaped.
+    engine.fail_writes(Bucket::Leases, 0, BackendError::Timeout);
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::Serving);
+    let b_dead = Expired {
+        node: NodeId::new("b").unwrap(),
+        incarnation: 2,
+    };
+    assert_eq!(next_event(&mut rx).await, LeaseEvent::Reap(b_dead));
+    assert!(engine.get(Bucket::Reapers, "b.2").await.unwrap().is_some());
+    task.abort();
+}
+
+/// An append tried again under the same id stores one message (its first try was stored
+/// after all, its answer lost) and says where that one is; another id is another message.
+#[tokio::test]
+async fn an_append_tried_again_under_its_id_is_stored_once() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let id = m1.next_message_id();
+    let first = m1.append_once("w/x", &message("will"), &id).await.unwrap();
+    let again = m1.append_once("w/x", &message("will"), &id).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(engine.stream(first.0).len(), 1);
+    let other = m1.next_message_id();
+    assert_ne!(other, id);
+    let second = m1
+        .append_once("w/x", &message("will"), &other)
+        .await
+        .unwrap();
+    assert_eq!(second, (first.0, first.1 + 1));
+    // A failed try stores nothing; the next one under the same id stores it.
+    engine.fail_appends(1, BackendError::Timeout);
+    let third = m1.next_message_id();
+    assert!(m1.append_once("w/x", &message("w3"), &third).await.is_err());
+    assert_eq!(engine.stream(first.0).len(), 2);
+    let (_, seq) = m1.append_once("w/x", &message("w3"), &third).await.unwrap();
+    assert_eq!(seq, 3);
+}
+
+/// A retained write that comes late (a will's, tried again) does not replace a retained
+/// message received after it, stores itself otherwise, and finds itself stored when an
+/// earlier try was.
+#[tokio::test]
+async fn a_late_retained_write_keeps_a_newer_retained_message() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let at = |ms: u64, payload: &'static str| Envelope {
+        received_at_ms: ms,
+        retain: true,
+        ..message(payload)
+    };
+    // Nothing there: stored.
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(100, "offline"))
+        .await
+        .unwrap());
+    assert_eq!(
+        m1.load_retained("s/c").await.unwrap().unwrap().payload,
+        "offline"
+    );
+    // Stored already (an earlier try's answer lost): nothing more.
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(100, "offline"))
+        .await
+        .unwrap());
+    // The client came back and published "online" after the will: kept.
+    m1.store_retained("s/c", Some(&at(200, "online")))
+        .await
+        .unwrap();
+    assert!(!m1
+        .store_retained_unless_newer("s/c", &at(150, "offline"))
+        .await
+        .unwrap());
+    assert_eq!(
+        m1.load_retained("s/c").await.unwrap().unwrap().payload,
+        "online"
+    );
+    // An older one is replaced; an empty will clears it.
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(300, "offline"))
+        .await
+        .unwrap());
+    assert_eq!(
+        m1.load_retained("s/c").await.unwrap().unwrap().payload,
+        "offline"
+    );
+    assert!(m1
+        .store_retained_unless_newer("s/c", &at(400, ""))
+        .await
+        .unwrap());
+    assert!(m1.load_retained("s/c").await.unwrap().is_none());
+}
+
+/// The lease task's next event, within 5 s.
+async fn next_event(rx: &mut mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}

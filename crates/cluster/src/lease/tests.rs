@@ -121,10 +121,10 @@ fn peers_expire_once_per_incarnation() {
     assert_eq!(expired[0].reaper_key(), "m2.10");
     assert!(leases.poll_expired(t0 + Duration::from_secs(16)).is_empty());
     // The engine had not removed the entry yet: reported again at the next poll.
-    leases.handle_still_present(&expired[0]);
+    leases.handle_not_reaped(&expired[0]);
     assert_eq!(leases.poll_expired(t0 + Duration::from_secs(17)), expired);
     // Unless it is written again in between.
-    leases.handle_still_present(&expired[0]);
+    leases.handle_not_reaped(&expired[0]);
     leases.handle_seen(&n("m2"), 10, 99, t0 + Duration::from_secs(17));
     assert!(leases.poll_expired(t0 + Duration::from_secs(18)).is_empty());
     let expired = leases.poll_expired(t0 + Duration::from_secs(32));
@@ -253,4 +253,84 @@ fn a_fresh_incarnation_equal_to_an_earlier_one_is_moved_past_them() {
     // A stale write's confirmation changes nothing.
     assert!(!inc.lease_written(6));
     assert_eq!(inc.current(), 6);
+}
+
+/// A lease held from `at` on (written once, the resume said).
+fn serving(at: Instant) -> OwnLease {
+    let mut own = OwnLease::new(cfg(), at);
+    assert_eq!(own.poll(at), OwnState::Refresh);
+    own.handle_written(at);
+    assert_eq!(own.poll(at), OwnState::Resume);
+    own
+}
+
+/// A node that does not hold its lease reaps nobody: cut off, it sees its live peers'
+/// leases stale or absent (the link-cut runs of the fault harness: a stepped-down node
+/// tried to reap live ones). The peers it called dead meanwhile are judged again once it
+/// holds its lease: a live one (written again) is not reaped, a dead one is.
+#[test]
+fn a_node_without_its_lease_reaps_nobody_until_it_holds_it_again() {
+    let t0 = Instant::now();
+    let (alive, dead) = (n("alive"), n("dead"));
+    let mut own = serving(t0);
+    let mut peers = Leases::new(cfg(), n("me"));
+    peers.handle_seen(&alive, 1, 1, t0);
+    peers.handle_seen(&dead, 2, 1, t0);
+    assert!(own.may_reap(t0));
+
+    // Cut off from t0 on: no lease write is confirmed, and every read sees the entries as
+    // they were (no new revision). It steps down at 10 s, the peers look dead at 15 s.
+    let down = t0 + Duration::from_secs(10);
+    assert_eq!(own.poll(t0 + Duration::from_secs(2)), OwnState::Refresh);
+    own.handle_failed(down);
+    assert_eq!(own.poll(down), OwnState::StepDown);
+    assert!(!own.may_reap(down));
+    for s in 15..=30 {
+        let t = t0 + Duration::from_secs(s);
+        peers.handle_seen(&alive, 1, 1, t);
+        peers.handle_seen(&dead, 2, 1, t);
+        assert!(peers.reapable(&own, Vec::new(), t).is_empty(), "at {s} s");
+    }
+
+    // Back at 31 s: its lease is written, and it reads `alive`'s latest write.
+    let back = t0 + Duration::from_secs(31);
+    assert_eq!(own.poll(back), OwnState::Refresh);
+    own.handle_written(back);
+    assert!(own.may_reap(back));
+    peers.handle_seen(&alive, 1, 9, back);
+    let reap = peers.reapable(&own, Vec::new(), back);
+    assert_eq!(
+        reap,
+        vec![Expired {
+            node: dead,
+            incarnation: 2
+        }]
+    );
+    assert!(peers.reapable(&own, Vec::new(), back).is_empty(), "once");
+}
+
+/// A replaced incarnation (dead for sure: its node came back as a new one) seen while this
+/// node may not reap, or whose reaping failed, is kept until it is reaped: the peers'
+/// tracker knows only the new incarnation, so nothing else would report it again.
+#[test]
+fn a_replaced_incarnation_not_reaped_is_given_again() {
+    let t0 = Instant::now();
+    let a = n("a");
+    let mut peers = Leases::new(cfg(), n("me"));
+    let never = OwnLease::new(cfg(), t0);
+    peers.handle_seen(&a, 1, 1, t0);
+    let old = peers.handle_seen(&a, 2, 2, t0 + Duration::from_secs(1));
+    let old: Vec<Expired> = old.into_iter().collect();
+    assert_eq!(old.len(), 1);
+    // Not serving yet: kept.
+    let t = t0 + Duration::from_secs(2);
+    assert!(peers.reapable(&never, old.clone(), t).is_empty());
+    let own = serving(t);
+    assert_eq!(peers.reapable(&own, Vec::new(), t), old);
+    // Its reaping failed (an engine error): given again, once per call.
+    peers.handle_not_reaped(&old[0]);
+    peers.handle_not_reaped(&old[0]);
+    assert_eq!(peers.reapable(&own, Vec::new(), t), old);
+    assert!(peers.reapable(&own, Vec::new(), t).is_empty());
+    assert!(peers.is_alive(&a, 2, t), "the new incarnation is untouched");
 }
