@@ -24,6 +24,10 @@ pub const SILENCE: Duration = Duration::from_millis(1500);
 /// counts the request as failed and tries again (the engine's own timeout is longer).
 pub const REQUEST_PATIENCE: Duration = Duration::from_secs(3);
 
+/// How many looks in a row a read-back takes a stream's answer that ends before the
+/// read's next message (an answer that is behind) before the read fails.
+pub const READ_STALE_LOOKS: u32 = 10;
+
 /// How many times in a row a read-back's consumer may be made again without delivering
 /// anything before the read-back fails (the caller tries the whole read again later).
 pub const READ_REMAKES: u32 = 5;
@@ -38,7 +42,8 @@ pub enum AfterSilence {
         /// The first sequence the new consumer delivers.
         from: u64,
     },
-    /// A read-back's range is no longer held by the stream (retention took it): it ends.
+    /// The rest of a read-back's range is no longer held by the stream (retention took
+    /// it): it ends.
     End,
     /// A read-back's consumer was made again [`READ_REMAKES`] times without delivering:
     /// give up this read (it is tried again whole).
@@ -56,6 +61,8 @@ pub struct ConsumerWatch {
     behind: bool,
     /// Remakes since the last delivered message.
     remakes: u32,
+    /// A read-back's looks in a row whose answer ended before the read's next message.
+    stale: u32,
 }
 
 impl ConsumerWatch {
@@ -66,6 +73,7 @@ impl ConsumerWatch {
             to: None,
             behind: false,
             remakes: 0,
+            stale: 0,
         }
     }
 
@@ -76,6 +84,7 @@ impl ConsumerWatch {
             to: Some(to),
             behind: false,
             remakes: 0,
+            stale: 0,
         }
     }
 
@@ -89,6 +98,7 @@ impl ConsumerWatch {
         self.next = self.next.max(seq + 1);
         self.behind = false;
         self.remakes = 0;
+        self.stale = 0;
     }
 
     /// Whether a read-back has what it wants (its consumer can go).
@@ -99,11 +109,24 @@ impl ConsumerWatch {
     /// After a [`SILENCE`], the stream holds `first..=last` (`last < first`: empty).
     pub fn handle_silence(&mut self, first: u64, last: u64) -> AfterSilence {
         if let Some(to) = self.to {
-            // What is left of the range is gone (retention), or was never there: nothing
-            // more can come.
-            if first > to || last < self.next {
+            // What is left of the range is gone (retention): nothing more can come.
+            if first > to {
                 return AfterSilence::End;
             }
+            // The stream says it ends before what the read still wants, though all of it
+            // was appended: the answer is behind (a server that still takes itself for the
+            // stream's leader while it is cut off, found by the fault harness: ending the
+            // read there lost a resumed session 90 messages). Looked at again; after
+            // [`READ_STALE_LOOKS`] such answers the read fails and is tried again whole.
+            if last < self.next {
+                self.behind = false;
+                self.stale += 1;
+                if self.stale > READ_STALE_LOOKS {
+                    return AfterSilence::Fail;
+                }
+                return AfterSilence::Wait;
+            }
+            self.stale = 0;
         }
         if last < self.next {
             // The stream is as quiet as the consumer.
@@ -217,10 +240,32 @@ mod tests {
         w.handle_message(3);
         // Retention dropped everything up to 12.
         assert_eq!(w.handle_silence(13, 40), AfterSilence::End);
-        // A stream that ends below what the read waits for (it was reset).
+    }
+
+    #[test]
+    fn a_stream_answer_that_ends_before_the_read_is_behind_and_never_ends_it() {
+        // The read wants 4..=9, all appended; a cut-off server that still takes itself for
+        // the leader says the stream ends at 3.
         let mut w = ConsumerWatch::read(3, 9);
         w.handle_message(3);
-        assert_eq!(w.handle_silence(1, 3), AfterSilence::End);
+        for _ in 0..READ_STALE_LOOKS {
+            assert_eq!(w.handle_silence(1, 3), AfterSilence::Wait);
+        }
+        assert_eq!(w.handle_silence(1, 3), AfterSilence::Fail);
+        // A current answer in between starts the count afresh.
+        let mut w = ConsumerWatch::read(3, 9);
+        for _ in 0..READ_STALE_LOOKS {
+            assert_eq!(w.handle_silence(1, 2), AfterSilence::Wait);
+        }
+        assert_eq!(w.handle_silence(1, 40), AfterSilence::Wait);
+        for _ in 0..READ_STALE_LOOKS {
+            assert_eq!(w.handle_silence(1, 2), AfterSilence::Wait);
+        }
+        // A follower's quiet stream is just quiet.
+        let mut f = ConsumerWatch::follower(4);
+        for _ in 0..3 * READ_STALE_LOOKS {
+            assert_eq!(f.handle_silence(1, 3), AfterSilence::Wait);
+        }
     }
 
     #[test]
