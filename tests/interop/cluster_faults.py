@@ -631,6 +631,8 @@ class Client:
         self.connected = threading.Event()
         self.stop = threading.Event()
         self.lost_at: float | None = None
+        # Connections paho saw end (counted by `_on_disconnect`, paho's thread).
+        self.ended = 0
         self.c = self._new()
 
     def _new(self) -> mqtt.Client:
@@ -648,6 +650,7 @@ class Client:
 
     def _on_disconnect(self, client, userdata, flags, rc, properties):
         now = time.monotonic()
+        self.ended += 1
         self.connected.clear()
         if self.conn is not None and self.conn.closed is None:
             self.conn.closed = now
@@ -658,6 +661,7 @@ class Client:
     def try_connect(self, node: int, timeout=5.0) -> bool:
         """One CONNECT to `node`; True when accepted."""
         self.connack = None
+        ended_before = self.ended
         props = None
         if self.version == 5:
             props = Properties(PacketTypes.CONNECT)
@@ -689,6 +693,22 @@ class Client:
         with self.history.lock:
             self.history.conns.append(self.conn)
         self.connected.set()
+        if self.ended != ended_before or not self.c.is_connected():
+            # The node closed the connection right after its CONNACK (e.g. 0x8E when
+            # another node took the session): paho's thread may have reported it before
+            # the connection above was recorded, so it is ended here, and `ensure`
+            # connects again (a client that missed this sat "connected" to nothing).
+            now = time.monotonic()
+            self.connected.clear()
+            if self.conn.closed is None:
+                self.conn.closed = now
+                self.conn.reason = "closed right after its CONNACK"
+                self.lost_at = now
+            try:
+                self.c.loop_stop()
+            except RuntimeError:
+                pass
+            return False
         if self.lost_at is not None:
             with self.history.lock:
                 self.history.stalls.setdefault(self.name, []).append((self.lost_at, time.monotonic()))

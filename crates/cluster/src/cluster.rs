@@ -810,6 +810,16 @@ impl<B: Backend> Cluster<B> {
                 tracing::debug!(%client, "a session write of this node's landed unanswered: written again at its revision");
                 self.write_or_delete(client, record, at).await
             }
+            // Written by another node under an older claim than this node's: the node that
+            // held the client before, writing late (a step-down's waiting write tried again
+            // when it served again, between this node's claim and its first write; found
+            // by the fault harness: the new owner took itself for fenced and closed its
+            // client). Registry revisions only grow, so that writer's claim is over; this
+            // node's state is the newer.
+            Some(r) if r.node != self.config.node && r.claim < claim.get() => {
+                tracing::info!(%client, writer = %r.node, "a session record written late by the node that held the client before this node's claim: written over");
+                self.write_or_delete(client, record, at).await
+            }
             Some(r) if wills::taken_by_me(&r, &self.config.node, claim) => {
                 tracing::debug!(%client, "a session write of this node's took the will out unanswered, and another node wrote since");
                 Err(ClusterError::FencedAfterWillTaken(client.clone()))

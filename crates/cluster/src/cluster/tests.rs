@@ -1021,3 +1021,40 @@ async fn next_event(rx: &mut mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
         .unwrap()
         .unwrap()
 }
+
+/// The node that held a client writes its record late (its waiting write tried again when
+/// it serves again after a step-down), between another node's claim and that node's first
+/// write: the new owner's write goes over it (the late writer's claim is older), rather
+/// than taking itself for fenced and closing its client; the late writer is fenced.
+#[tokio::test]
+async fn a_late_write_of_the_previous_owner_does_not_fence_the_new_one() {
+    let engine = MemoryBackend::new();
+    let m0 = layer(&engine, "m0", 1);
+    let m1 = layer(&engine, "m1", 2);
+    let client = ClientKey::new("sub0");
+    let c0 = m0.claim_client(&client).await.unwrap();
+    let mut r0 = record("m0");
+    r0.claim = c0.revision.get();
+    let f0 = m0.store_session(&client, &r0, Fence::Absent).await.unwrap();
+    // m1 claims the client and reads the record; before its first write, m0 writes late.
+    let c1 = m1.claim_client(&client).await.unwrap();
+    let found = m1.load_claimed_session(&client, &c1, 0).await.unwrap();
+    r0.expiry_interval = 7;
+    let late = m0.store_session(&client, &r0, f0).await.unwrap();
+    let mut r1 = record("m1");
+    r1.claim = c1.revision.get();
+    let written = m1
+        .write_own_session(&client, Some(&r1), c1.revision, found.fence)
+        .await;
+    assert!(matches!(written, Ok(Some(Fence::At(_)))), "{written:?}");
+    let (stored, _) = m1.load_session(&client).await.unwrap();
+    assert_eq!(stored.unwrap().node.as_str(), "m1");
+    // From here m0 is fenced, whatever it writes: m1's claim is the newer.
+    assert!(matches!(
+        m0.write_own_session(&client, Some(&r0), c0.revision, late)
+            .await,
+        Err(ClusterError::Fenced(_))
+    ));
+    let (stored, _) = m1.load_session(&client).await.unwrap();
+    assert_eq!(stored.unwrap().node.as_str(), "m1");
+}
