@@ -273,6 +273,8 @@ struct MemoryState {
     subscribers: Vec<(Subject, tokio::sync::mpsc::UnboundedSender<Delivery>)>,
     /// Writes to fail, per bucket: how many more, and with what.
     faults: HashMap<Bucket, (usize, BackendError)>,
+    /// Writes that land but answer an error (see [`MemoryBackend::lose_answers`]).
+    lost_answers: HashMap<Bucket, (usize, BackendError)>,
     /// Appends to fail: how many more, and with what.
     append_faults: Option<(usize, BackendError)>,
     /// Per partition, the sequence each [`Backend::append_once`] id was stored at (kept for
@@ -352,6 +354,13 @@ impl MemoryBackend {
         let _ = self.with(|s| s.faults.insert(bucket, (count, error)));
     }
 
+    /// For tests of writes whose answer is lost: the next `count` successful writes to
+    /// `bucket` take effect but answer `error` (as a NATS request that timed out after the
+    /// server had it, or a 503 from a server that lost its leader after the write).
+    pub fn lose_answers(&self, bucket: Bucket, count: usize, error: BackendError) {
+        let _ = self.with(|s| s.lost_answers.insert(bucket, (count, error)));
+    }
+
     /// For tests of what meets engine trouble: the next `count` appends (both kinds) fail
     /// with `error` and store nothing (`usize::MAX`: until called again; 0: none).
     pub fn fail_appends(&self, count: usize, error: BackendError) {
@@ -372,6 +381,14 @@ impl MemoryBackend {
             }
             let kv = s.buckets.entry(bucket).or_default();
             let r = f(kv).map_err(|_| BackendError::Conflict)?;
+            let lost = match s.lost_answers.get_mut(&bucket).filter(|(n, _)| *n > 0) {
+                Some((count, error)) => {
+                    *count = count.saturating_sub(1);
+                    Some(error.clone())
+                }
+                None => None,
+            };
+            let kv = s.buckets.entry(bucket).or_default();
             let entry = kv
                 .get(key)
                 .map(|(value, revision)| Entry { value, revision });
@@ -385,7 +402,10 @@ impl MemoryBackend {
                 })
                 .is_ok()
             });
-            Ok(r)
+            match lost {
+                Some(error) => Err(error),
+                None => Ok(r),
+            }
         })?
     }
 

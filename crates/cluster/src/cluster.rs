@@ -577,14 +577,19 @@ impl<B: Backend> Cluster<B> {
     ) -> Result<ClaimedSession, ClusterError> {
         // What this process held under an earlier incarnation (before a step-down) its broker
         // still holds, and decides, as under the current one.
-        let decides = self
-            .incarnations()
-            .all()
-            .all(|i| wills::claimer_decides(claimed.previous.as_ref(), &self.config.node, i));
+        let incarnations: Vec<u64> = self.incarnations().all().collect();
+        let decides = |writer: &NodeId| {
+            incarnations.iter().all(|&i| {
+                wills::claimer_decides(claimed.previous.as_ref(), writer, &self.config.node, i)
+            })
+        };
         for _ in 0..3 {
             let (record, fence) = self.load_session(client).await?;
             let written_by = record.as_ref().map(|r| r.node.clone());
-            let Some(found) = record.as_ref().filter(|r| decides && r.will.is_some()) else {
+            let Some(found) = record
+                .as_ref()
+                .filter(|r| r.will.is_some() && decides(&r.node))
+            else {
                 return Ok(ClaimedSession {
                     record,
                     written_by,
@@ -628,6 +633,7 @@ impl<B: Backend> Cluster<B> {
         dead: &Expired,
         only: Option<Vec<ClientKey>>,
     ) -> Result<(Vec<Orphan>, Vec<ClientKey>), ClusterError> {
+        let retry = only.is_some();
         let clients = match only {
             Some(clients) => clients,
             None => self
@@ -640,7 +646,7 @@ impl<B: Backend> Cluster<B> {
         };
         let (mut out, mut failed) = (Vec::new(), Vec::new());
         for client in clients {
-            match self.take_orphan(&client, dead).await {
+            match self.take_orphan(&client, dead, retry).await {
                 Ok(Some(o)) => out.push(o),
                 Ok(None) => {}
                 Err(e @ ClusterError::Backend(_)) => {
@@ -655,10 +661,13 @@ impl<B: Backend> Cluster<B> {
         Ok((out, failed))
     }
 
+    /// `retry`: an earlier take-over of these clients failed on the engine, so its registry
+    /// write may have landed unanswered ([`wills::reaped_unanswered`]).
     async fn take_orphan(
         &self,
         client: &ClientKey,
         dead: &Expired,
+        retry: bool,
     ) -> Result<Option<Orphan>, ClusterError> {
         let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
             return Ok(None);
@@ -674,6 +683,23 @@ impl<B: Backend> Cluster<B> {
         let Some((holder, revision)) = self.read_registry(client).await? else {
             return Ok(None);
         };
+        if retry
+            && wills::reaped_unanswered(
+                &record,
+                &holder,
+                dead,
+                &self.config.node,
+                self.incarnation(),
+            )
+        {
+            tracing::info!(%client, node = %dead.node, "a dead node's session this node's earlier take-over got no answer for is this node's: taken over");
+            return Ok(Some(Orphan {
+                client: client.clone(),
+                record,
+                fence: Fence::At(entry.revision),
+                claim: revision,
+            }));
+        }
         if !wills::left_by(&record, &holder, dead) {
             return Ok(None);
         }

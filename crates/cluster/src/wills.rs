@@ -50,9 +50,35 @@ pub fn offline_for(record: &SessionRecord, now_ms: u64) -> Option<Duration> {
 /// Whether a node that has just claimed a client id decides the will the session record
 /// may hold: yes, unless the claim replaced this very node's own entry (this node in this
 /// incarnation held the client, and its core holds the will and decides it as a single
-/// broker does).
-pub fn claimer_decides(previous: Option<&RegistryEntry>, me: &NodeId, incarnation: u64) -> bool {
-    !previous.is_some_and(|p| p.node == *me && p.incarnation == incarnation)
+/// broker does) and the record is this node's (`writer`). A record another node wrote
+/// holds that node's will, which this node's core never had: this node's entry then
+/// named it only because a write of its own landed unanswered (a reaper's take-over
+/// that got a 503 though the registry took it, found by the fault harness: the will was
+/// left to nobody).
+pub fn claimer_decides(
+    previous: Option<&RegistryEntry>,
+    writer: &NodeId,
+    me: &NodeId,
+    incarnation: u64,
+) -> bool {
+    writer != me || !previous.is_some_and(|p| p.node == *me && p.incarnation == incarnation)
+}
+
+/// Whether a reaper's retry of a dead node's session (its first take-over failed on the
+/// engine) finds the registry write of that first try landed unanswered: the entry names
+/// this node's current incarnation, offline, and the record is still the dead node's. The
+/// session is then this node's orphan as if the write had answered.
+pub fn reaped_unanswered(
+    record: &SessionRecord,
+    holder: &RegistryEntry,
+    dead: &Expired,
+    me: &NodeId,
+    incarnation: u64,
+) -> bool {
+    record.node == dead.node
+        && holder.node == *me
+        && holder.incarnation == incarnation
+        && !holder.connected
 }
 
 /// The record a claiming node writes to take its will out: the same session, written by
@@ -257,11 +283,67 @@ mod tests {
     #[test]
     fn the_claimer_decides_unless_it_held_the_client_itself() {
         let me = node("b");
-        assert!(claimer_decides(None, &me, 7));
-        assert!(claimer_decides(Some(&entry("a", 1, true)), &me, 7));
+        assert!(claimer_decides(None, &me, &me, 7));
+        assert!(claimer_decides(Some(&entry("a", 1, true)), &me, &me, 7));
         // This node's earlier self (restarted): its core does not have the will.
-        assert!(claimer_decides(Some(&entry("b", 6, false)), &me, 7));
-        assert!(!claimer_decides(Some(&entry("b", 7, false)), &me, 7));
+        assert!(claimer_decides(Some(&entry("b", 6, false)), &me, &me, 7));
+        assert!(!claimer_decides(Some(&entry("b", 7, false)), &me, &me, 7));
+        // Its own entry over another node's record (a reaper's registry write that landed
+        // unanswered): that node's will is not in this node's core.
+        assert!(claimer_decides(
+            Some(&entry("b", 7, false)),
+            &node("a"),
+            &me,
+            7
+        ));
+    }
+
+    #[test]
+    fn a_reapers_registry_write_that_landed_unanswered_is_known_on_its_retry() {
+        let me = node("b");
+        let dead = Expired {
+            node: node("a"),
+            incarnation: 3,
+        };
+        let left = record("a", None);
+        assert!(reaped_unanswered(
+            &left,
+            &entry("b", 7, false),
+            &dead,
+            &me,
+            7
+        ));
+        // Its client connected here since: that connection's claim decides.
+        assert!(!reaped_unanswered(
+            &left,
+            &entry("b", 7, true),
+            &dead,
+            &me,
+            7
+        ));
+        // Another node's entry, or this node's earlier self.
+        assert!(!reaped_unanswered(
+            &left,
+            &entry("c", 2, false),
+            &dead,
+            &me,
+            7
+        ));
+        assert!(!reaped_unanswered(
+            &left,
+            &entry("b", 6, false),
+            &dead,
+            &me,
+            7
+        ));
+        // A record written since by someone else than the dead node.
+        assert!(!reaped_unanswered(
+            &record("c", None),
+            &entry("b", 7, false),
+            &dead,
+            &me,
+            7
+        ));
     }
 
     #[test]

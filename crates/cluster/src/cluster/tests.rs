@@ -1058,3 +1058,51 @@ async fn a_late_write_of_the_previous_owner_does_not_fence_the_new_one() {
     let (stored, _) = m1.load_session(&client).await.unwrap();
     assert_eq!(stored.unwrap().node.as_str(), "m1");
 }
+
+/// A reaper's take-over whose registry write landed but answered an error (a 503): its
+/// retry finds the entry naming itself and takes the session all the same, and a client
+/// that connects to the reaper in between takes the will the dead node left (its claim
+/// replaced the reaper's own entry, but the record is the dead node's).
+#[tokio::test]
+async fn a_reapers_registry_write_that_landed_unanswered_leaves_no_will_to_nobody() {
+    for connects_between in [false, true] {
+        let engine = MemoryBackend::new();
+        let dead = layer(&engine, "dead", 1);
+        let r1 = layer(&engine, "r1", 2);
+        let client = ClientKey::new("probe");
+        let c = dead.claim_client(&client).await.unwrap();
+        let mut r = record("dead");
+        r.claim = c.revision.get();
+        r.will = Some(stored_will());
+        dead.store_session(&client, &r, Fence::Absent)
+            .await
+            .unwrap();
+        let expired = Expired {
+            node: NodeId::new("dead").unwrap(),
+            incarnation: 1,
+        };
+        engine.lose_answers(
+            Bucket::Registry,
+            1,
+            BackendError::Engine("JetStream system temporarily unavailable".into()),
+        );
+        let (taken, failed) = r1.orphans(&expired, None).await.unwrap();
+        assert!(taken.is_empty());
+        assert_eq!(failed, std::slice::from_ref(&client));
+        if connects_between {
+            let claimed = r1.claim_client(&client).await.unwrap();
+            let found = r1.load_claimed_session(&client, &claimed, 0).await.unwrap();
+            assert_eq!(found.will.map(|w| w.will), Some(stored_will()));
+            // Taken by the claim: the retry has nothing left.
+            let (taken, failed) = r1.orphans(&expired, Some(failed)).await.unwrap();
+            assert!(taken.is_empty() && failed.is_empty());
+        } else {
+            let (taken, failed) = r1.orphans(&expired, Some(failed)).await.unwrap();
+            assert!(failed.is_empty());
+            assert_eq!(taken.len(), 1);
+            assert_eq!(taken[0].record.will, Some(stored_will()));
+            let (_, revision) = r1.read_registry(&client).await.unwrap().unwrap();
+            assert_eq!(taken[0].claim, revision);
+        }
+    }
+}
