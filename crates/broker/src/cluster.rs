@@ -567,6 +567,11 @@ async fn claim(
     let started = Instant::now();
     let result = async {
         let claimed = cluster.claim_client(&key).await?;
+        if let Some((owner, revision)) = claimed.unanswered.clone() {
+            tracing::warn!(client_id = %client_id, %owner, "a client id taken over from a node that did not answer the hand-over: it is asked again until it closes its connection");
+            let (c, k) = (cluster.clone(), key.clone());
+            tokio::spawn(async move { c.chase_release(&k, &owner, revision).await });
+        }
         // The client was on another node: what it published there and had acknowledged
         // (before this CONNECT) is in the partitions below their tails of now; its CONNECT
         // waits until this node's followers are past them, or what it publishes here,

@@ -44,6 +44,11 @@ pub struct ClusterConfig {
     pub claim: ClaimConfig,
 }
 
+/// How often a claiming node asks again a live owner that did not answer its hand-over
+/// ([`Cluster::chase_release`]), and for how long.
+const CHASE_EVERY: Duration = Duration::from_secs(2);
+const CHASE_FOR: Duration = Duration::from_secs(60);
+
 /// The default number of partition streams.
 pub const DEFAULT_PARTITIONS: PartitionCount = match PartitionCount::new(16) {
     Some(p) => p,
@@ -446,8 +451,10 @@ impl<B: Backend> Cluster<B> {
                         )
                         .await;
                     match answer {
-                        // Answered, or nobody listens there: nobody holds a connection.
-                        Ok(_) | Err(BackendError::NoResponder) => claim.handle_released(),
+                        Ok(_) => claim.handle_released(),
+                        // Nobody listens there: nobody holds a connection, or the route to
+                        // it is down (then it is asked again after the claim).
+                        Err(BackendError::NoResponder) => claim.handle_no_responder(),
                         Err(BackendError::Timeout) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -458,6 +465,31 @@ impl<B: Backend> Cluster<B> {
                 ClaimStep::Done(r) => return Ok(r?),
             }
         }
+    }
+
+    /// Asks `owner` again, every [`CHASE_EVERY`] for [`CHASE_FOR`], to close its
+    /// connection of `client` (the one registered at `revision`), until it answers: the
+    /// claim went ahead without its answer ([`Claimed::unanswered`]), and it knows of no
+    /// other node's connection otherwise, so it would serve the client id alongside it
+    /// for as long as that connection lasts.
+    pub async fn chase_release(&self, client: &ClientKey, owner: &NodeId, revision: Revision) {
+        let start = Instant::now();
+        while start.elapsed() < CHASE_FOR {
+            tokio::time::sleep(CHASE_EVERY).await;
+            let answer = self
+                .backend
+                .request(
+                    self.release_subject(owner),
+                    ReleaseRequest::encode(client, revision),
+                    CHASE_EVERY,
+                )
+                .await;
+            if answer.is_ok() {
+                tracing::info!(%client, %owner, "a node that had not answered a hand-over answered it late: it closed its connection");
+                return;
+            }
+        }
+        tracing::warn!(%client, %owner, "a node that did not answer a hand-over still does not: its connection, if it still has one, stays open until it ends or that node steps down");
     }
 
     async fn read_registry(

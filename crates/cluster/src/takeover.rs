@@ -84,6 +84,13 @@ pub struct Claimed {
     pub revision: Revision,
     /// The entry replaced (`None` for a free id).
     pub previous: Option<RegistryEntry>,
+    /// The live owner, and the revision it was asked under, that this claim went ahead
+    /// without: it did not answer the hand-over (silent, or no responder on its subject
+    /// while its lease lives: a route between NATS servers down or flapping). It still
+    /// holds its connection, and nothing else tells it to close it: it is to be asked again
+    /// until it answers (found by the fault harness: 33 s of double serving under packet
+    /// loss).
+    pub unanswered: Option<(NodeId, Revision)>,
 }
 
 /// Why a claim failed.
@@ -126,6 +133,10 @@ pub struct Claim {
     settled: Option<Revision>,
     /// The entry of the last read.
     last_read: Option<RegistryEntry>,
+    /// The owner asked under `settled` that did not answer (see [`Claimed::unanswered`]).
+    silent: Option<(NodeId, Revision)>,
+    /// That owner, when the entry the claim replaces is still its connected one.
+    unanswered: Option<(NodeId, Revision)>,
 }
 
 impl Claim {
@@ -142,6 +153,8 @@ impl Claim {
             conflicts: 0,
             settled: None,
             last_read: None,
+            silent: None,
+            unanswered: None,
         }
     }
 
@@ -177,6 +190,7 @@ impl Claim {
                 if now >= *deadline {
                     // A silent owner: go ahead; it is fenced by the revision.
                     self.settled = Some(*revision);
+                    self.silent = self.asked(*revision);
                     self.state = State::Reading;
                     ClaimStep::Read
                 } else {
@@ -220,6 +234,10 @@ impl Claim {
         let ours = entry.node == self.me.node && entry.incarnation == self.me.incarnation;
         let free = !entry.connected || !alive(&entry.node, entry.incarnation);
         let settled = self.settled == Some(revision);
+        // Replacing the connected entry of an owner that never answered: it is to be told.
+        self.unanswered = self.silent.clone().filter(|(owner, asked)| {
+            settled && entry.connected && *owner == entry.node && *asked == revision
+        });
         self.state = if ours || free || settled {
             State::NeedWrite(ClaimStep::Update(self.me.clone(), revision))
         } else {
@@ -241,6 +259,7 @@ impl Claim {
             Some(revision) => State::Done(Ok(Claimed {
                 revision,
                 previous: previous.clone(),
+                unanswered: self.unanswered.clone(),
             })),
             None => {
                 self.conflicts += 1;
@@ -258,8 +277,28 @@ impl Claim {
     pub fn handle_released(&mut self) {
         if let State::AwaitRelease { revision, .. } = self.state {
             self.settled = Some(revision);
+            self.silent = None;
             self.state = State::NeedRead;
         }
+    }
+
+    /// Nobody listens on the owner's subject: it holds no connection, or the way to it is
+    /// down (a route between NATS servers). Go ahead as after an answer, but the owner, if
+    /// still connected per the entry, is to be asked again ([`Claimed::unanswered`]).
+    pub fn handle_no_responder(&mut self) {
+        if let State::AwaitRelease { revision, .. } = self.state {
+            self.settled = Some(revision);
+            self.silent = self.asked(revision);
+            self.state = State::NeedRead;
+        }
+    }
+
+    /// The owner asked under `revision` (the entry of the last read).
+    fn asked(&self, revision: Revision) -> Option<(NodeId, Revision)> {
+        self.last_read
+            .as_ref()
+            .filter(|e| e.connected)
+            .map(|e| (e.node.clone(), revision))
     }
 }
 

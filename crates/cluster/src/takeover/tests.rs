@@ -168,7 +168,62 @@ fn silent_owner_is_fenced_after_the_deadline() {
         step(&mut c, &mut kv, deadline, &all_alive, false),
         ClaimStep::Update(entry("m2", 5, true), r0)
     );
-    assert!(matches!(c.poll(deadline), ClaimStep::Done(Ok(_))));
+    // The owner that never answered still holds its connection: it is to be told.
+    let ClaimStep::Done(Ok(claimed)) = c.poll(deadline) else {
+        panic!("claimed");
+    };
+    assert_eq!(claimed.unanswered, Some((n("m1"), r0)));
+}
+
+/// An owner that answers is told nothing more; one whose subject has no responder while
+/// its lease lives (a route down) is asked again, unless the entry shows it released.
+#[test]
+fn an_owner_that_did_not_answer_is_named_for_asking_again() {
+    let t0 = Instant::now();
+    let config = ClaimConfig::default();
+    // Answered.
+    let mut kv = MemoryKv::new();
+    kv.put(KEY, entry("m1", 1, true).encode());
+    let mut c = Claim::new(n("m2"), 5, config);
+    let (_, r) = run(&mut c, &mut kv, t0, &all_alive, true);
+    assert_eq!(r.unwrap().unanswered, None);
+    // No responder, the entry unchanged: asked again.
+    let mut kv = MemoryKv::new();
+    let r0 = kv.put(KEY, entry("m1", 1, true).encode());
+    let mut c = Claim::new(n("m2"), 5, config);
+    assert_eq!(c.poll(t0), ClaimStep::Read);
+    c.handle_read(read(&kv), all_alive);
+    assert!(matches!(c.poll(t0), ClaimStep::AskRelease { .. }));
+    c.handle_no_responder();
+    assert_eq!(c.poll(t0), ClaimStep::Read);
+    c.handle_read(read(&kv), all_alive);
+    let ClaimStep::Update(e, rev) = c.poll(t0) else {
+        panic!("an update");
+    };
+    c.handle_written(kv.update(KEY, e.encode(), rev).ok());
+    let ClaimStep::Done(Ok(claimed)) = c.poll(t0) else {
+        panic!("claimed");
+    };
+    assert_eq!(claimed.unanswered, Some((n("m1"), r0)));
+    // No responder, but the owner had released meanwhile (the entry says disconnected).
+    let mut kv = MemoryKv::new();
+    let r0 = kv.put(KEY, entry("m1", 1, true).encode());
+    let mut c = Claim::new(n("m2"), 5, config);
+    assert_eq!(c.poll(t0), ClaimStep::Read);
+    c.handle_read(read(&kv), all_alive);
+    assert!(matches!(c.poll(t0), ClaimStep::AskRelease { .. }));
+    release(&mut kv, r0);
+    c.handle_no_responder();
+    assert_eq!(c.poll(t0), ClaimStep::Read);
+    c.handle_read(read(&kv), all_alive);
+    let ClaimStep::Update(e, rev) = c.poll(t0) else {
+        panic!("an update");
+    };
+    c.handle_written(kv.update(KEY, e.encode(), rev).ok());
+    let ClaimStep::Done(Ok(claimed)) = c.poll(t0) else {
+        panic!("claimed");
+    };
+    assert_eq!(claimed.unanswered, None);
 }
 
 #[test]
