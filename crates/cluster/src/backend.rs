@@ -275,6 +275,8 @@ struct MemoryState {
     faults: HashMap<Bucket, (usize, BackendError)>,
     /// Writes that land but answer an error (see [`MemoryBackend::lose_answers`]).
     lost_answers: HashMap<Bucket, (usize, BackendError)>,
+    /// Requests go unanswered (see [`MemoryBackend::silent_requests`]).
+    silent_requests: bool,
     /// Appends to fail: how many more, and with what.
     append_faults: Option<(usize, BackendError)>,
     /// Per partition, the sequence each [`Backend::append_once`] id was stored at (kept for
@@ -352,6 +354,13 @@ impl MemoryBackend {
     /// called again; 0: none).
     pub fn fail_writes(&self, bucket: Bucket, count: usize, error: BackendError) {
         let _ = self.with(|s| s.faults.insert(bucket, (count, error)));
+    }
+
+    /// For tests of a peer that holds its subject but does not answer: requests wait out
+    /// their timeout and fail with [`BackendError::Timeout`] (by default they find no
+    /// responder at once).
+    pub fn silent_requests(&self, silent: bool) {
+        let _ = self.with(|s| s.silent_requests = silent);
     }
 
     /// For tests of writes whose answer is lost: the next `count` successful writes to
@@ -647,8 +656,12 @@ impl Backend for MemoryBackend {
         &self,
         _subject: Subject,
         _payload: Bytes,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<Bytes, BackendError> {
+        if self.with(|s| s.silent_requests)? {
+            tokio::time::sleep(timeout).await;
+            return Err(BackendError::Timeout);
+        }
         Err(BackendError::NoResponder)
     }
 }

@@ -1106,3 +1106,44 @@ async fn a_reapers_registry_write_that_landed_unanswered_leaves_no_will_to_nobod
         }
     }
 }
+
+/// A claim that began before this node stepped down and came back as a new incarnation
+/// names the new one when it writes: a reaper of the old one does not take the client.
+#[tokio::test]
+async fn a_claim_across_a_step_down_is_written_under_the_new_incarnation() {
+    let engine = MemoryBackend::new();
+    let owner = Arc::new(layer(&engine, "m0", 1));
+    let m1 = Arc::new(layer(&engine, "m1", 2));
+    // m0 holds the client, connected, its lease alive; it does not answer hand-overs.
+    let client = ClientKey::new("sub0");
+    owner.claim_client(&client).await.unwrap();
+    owner.refresh_lease().await.unwrap();
+    engine.silent_requests(true);
+    m1.refresh_lease().await.unwrap();
+    let old = m1.incarnation();
+    // m1's claim waits for m0's answer; meanwhile m1 steps down and comes back.
+    let claiming = {
+        let (m1, client) = (m1.clone(), client.clone());
+        tokio::spawn(async move { m1.claim_client(&client).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    m1.stepped_down();
+    m1.refresh_lease().await.unwrap();
+    let new = m1.incarnation();
+    assert_ne!(old, new);
+    claiming.await.unwrap().unwrap();
+    let (holder, _) = m1.read_registry(&client).await.unwrap().unwrap();
+    assert_eq!((holder.node.as_str(), holder.incarnation), ("m1", new));
+    // The reaper of m1's old incarnation finds nothing of it to take.
+    let mut r = record("m1");
+    r.claim = 1;
+    let (_, fence) = m1.load_session(&client).await.unwrap();
+    m1.store_session(&client, &r, fence).await.unwrap();
+    let reaper = layer(&engine, "m2", 3);
+    let expired = Expired {
+        node: NodeId::new("m1").unwrap(),
+        incarnation: old,
+    };
+    let (taken, failed) = reaper.orphans(&expired, None).await.unwrap();
+    assert!(taken.is_empty() && failed.is_empty());
+}
