@@ -748,20 +748,9 @@ impl<B: Backend> Cluster<B> {
         if !wills::left_by(&record, &holder, dead) {
             return Ok(None);
         }
-        let mine = RegistryEntry {
-            node: self.config.node.clone(),
-            incarnation: self.incarnation(),
-            connected: false,
-        };
-        let claim = match self
-            .backend
-            .update(Bucket::Registry, client.as_str(), mine.encode(), revision)
-            .await
-        {
-            Ok(r) => r,
-            // Claimed by a connecting client meanwhile: that node decides.
-            Err(BackendError::Conflict) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        // Claimed by a connecting client meanwhile: that node decides.
+        let Some(claim) = self.hold_offline(client, revision).await? else {
+            return Ok(None);
         };
         Ok(Some(Orphan {
             client: client.clone(),
@@ -769,6 +758,30 @@ impl<B: Backend> Cluster<B> {
             fence: Fence::At(entry.revision),
             claim,
         }))
+    }
+
+    /// Moves `client`'s registry entry to this node, offline, if it is still at
+    /// `revision`: the new revision, the session's claim from now on; `None` when another
+    /// node wrote the entry since.
+    async fn hold_offline(
+        &self,
+        client: &ClientKey,
+        revision: Revision,
+    ) -> Result<Option<Revision>, ClusterError> {
+        let mine = RegistryEntry {
+            node: self.config.node.clone(),
+            incarnation: self.incarnation(),
+            connected: false,
+        };
+        match self
+            .backend
+            .update(Bucket::Registry, client.as_str(), mine.encode(), revision)
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(BackendError::Conflict) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A session this node handed over (its last record write at revision `written`)
@@ -807,19 +820,9 @@ impl<B: Backend> Cluster<B> {
         {
             return Ok(None);
         }
-        let mine = RegistryEntry {
-            node: self.config.node.clone(),
-            incarnation: self.incarnation(),
-            connected: false,
-        };
-        let claim = match self
-            .backend
-            .update(Bucket::Registry, client.as_str(), mine.encode(), revision)
-            .await
-        {
-            Ok(r) => r,
-            Err(BackendError::Conflict) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        // Claimed by a connecting client meanwhile: that node decides.
+        let Some(claim) = self.hold_offline(client, revision).await? else {
+            return Ok(None);
         };
         Ok(Some(Orphan {
             client: client.clone(),

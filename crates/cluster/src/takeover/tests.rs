@@ -175,6 +175,31 @@ fn silent_owner_is_fenced_after_the_deadline() {
     assert_eq!(claimed.unanswered, Some((n("m1"), r0)));
 }
 
+/// m2 claims the id in `kv`; its hand-over request finds no responder, after
+/// `meanwhile` (what the owner did in the meantime).
+fn claim_without_responder(
+    kv: &mut MemoryKv,
+    t0: Instant,
+    meanwhile: impl FnOnce(&mut MemoryKv),
+) -> Claimed {
+    let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
+    assert_eq!(c.poll(t0), ClaimStep::Read);
+    c.handle_read(read(kv), all_alive);
+    assert!(matches!(c.poll(t0), ClaimStep::AskRelease { .. }));
+    meanwhile(kv);
+    c.handle_no_responder();
+    assert_eq!(c.poll(t0), ClaimStep::Read);
+    c.handle_read(read(kv), all_alive);
+    let ClaimStep::Update(e, rev) = c.poll(t0) else {
+        panic!("an update");
+    };
+    c.handle_written(kv.update(KEY, e.encode(), rev).ok());
+    let ClaimStep::Done(Ok(claimed)) = c.poll(t0) else {
+        panic!("claimed");
+    };
+    claimed
+}
+
 /// An owner that answers is told nothing more; one whose subject has no responder while
 /// its lease lives (a route down) is asked again, unless the entry shows it released.
 #[test]
@@ -190,39 +215,12 @@ fn an_owner_that_did_not_answer_is_named_for_asking_again() {
     // No responder, the entry unchanged: asked again.
     let mut kv = MemoryKv::new();
     let r0 = kv.put(KEY, entry("m1", 1, true).encode());
-    let mut c = Claim::new(n("m2"), 5, config);
-    assert_eq!(c.poll(t0), ClaimStep::Read);
-    c.handle_read(read(&kv), all_alive);
-    assert!(matches!(c.poll(t0), ClaimStep::AskRelease { .. }));
-    c.handle_no_responder();
-    assert_eq!(c.poll(t0), ClaimStep::Read);
-    c.handle_read(read(&kv), all_alive);
-    let ClaimStep::Update(e, rev) = c.poll(t0) else {
-        panic!("an update");
-    };
-    c.handle_written(kv.update(KEY, e.encode(), rev).ok());
-    let ClaimStep::Done(Ok(claimed)) = c.poll(t0) else {
-        panic!("claimed");
-    };
+    let claimed = claim_without_responder(&mut kv, t0, |_| {});
     assert_eq!(claimed.unanswered, Some((n("m1"), r0)));
     // No responder, but the owner had released meanwhile (the entry says disconnected).
     let mut kv = MemoryKv::new();
     let r0 = kv.put(KEY, entry("m1", 1, true).encode());
-    let mut c = Claim::new(n("m2"), 5, config);
-    assert_eq!(c.poll(t0), ClaimStep::Read);
-    c.handle_read(read(&kv), all_alive);
-    assert!(matches!(c.poll(t0), ClaimStep::AskRelease { .. }));
-    release(&mut kv, r0);
-    c.handle_no_responder();
-    assert_eq!(c.poll(t0), ClaimStep::Read);
-    c.handle_read(read(&kv), all_alive);
-    let ClaimStep::Update(e, rev) = c.poll(t0) else {
-        panic!("an update");
-    };
-    c.handle_written(kv.update(KEY, e.encode(), rev).ok());
-    let ClaimStep::Done(Ok(claimed)) = c.poll(t0) else {
-        panic!("claimed");
-    };
+    let claimed = claim_without_responder(&mut kv, t0, |kv| release(kv, r0));
     assert_eq!(claimed.unanswered, None);
 }
 
