@@ -2699,29 +2699,11 @@ mod tests {
     /// answer, the claiming node takes the record with the will in it and decides it.
     #[tokio::test(start_paused = true)]
     async fn a_due_will_waiting_with_the_record_is_published_only_if_its_write_wins() {
-        let will = KeptWill {
-            will: Box::new(Will {
-                topic: "gone/c".into(),
-                payload: bytes::Bytes::from_static(b"bye"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: Properties::default(),
-            }),
-            username: None,
-        };
+        let will = a_will();
         for (failures, published) in [(1, 1), (usize::MAX, 0)] {
             let engine = MemoryBackend::new();
             let mut owner = Owner::new(&engine).await;
-            let mut with_will = snapshot(vec![1]);
-            with_will.will = Some(will.clone());
-            owner.store_with(with_will, Vec::new());
-            loop {
-                let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
-                if r.is_some_and(|r| r.will.is_some()) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            with_will_in_record(&owner).await;
             hand_over(&engine, &owner, || {
                 engine.fail_writes(Bucket::Sessions, failures, BackendError::Timeout);
                 owner.store_with(snapshot(vec![1, 2]), vec![will.clone()]);
