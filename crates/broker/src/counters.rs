@@ -15,6 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[repr(align(128))]
 pub struct Padded(AtomicU64);
 
+impl Padded {
+    pub const fn new(value: u64) -> Padded {
+        Padded(AtomicU64::new(value))
+    }
+}
+
 impl Deref for Padded {
     type Target = AtomicU64;
     fn deref(&self) -> &AtomicU64 {

@@ -16,6 +16,7 @@
 
 mod admin;
 mod admission;
+mod arrival;
 mod auth;
 mod bridge;
 mod cert_name;

@@ -9,17 +9,22 @@
 //! Keep-alive is checked by the router's periodic sweep over every outbox rather than by a
 //! timer per connection: a tokio `Sleep` is 112 bytes in every connection task and a timer
 //! wheel update on every packet, where a sweep costs one atomic load per connection.
+//!
+//! The outbox is also the waker the connection polls its stream with: a wake from the reactor
+//! stamps the connection's arrival (`arrival::Mark`, see `arrival`) and then wakes the task.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use makelaar_core::message::queued_cost;
 use makelaar_core::CloseReason;
 use makelaar_proto::{Packet, QoS};
+
+use crate::arrival;
 
 /// Milliseconds since the first call, on a clock shared by connections and the router.
 pub fn millis(now: Instant) -> u64 {
@@ -72,6 +77,23 @@ pub struct Outbox {
     expired: AtomicBool,
     /// The router asked the connection to drain (`core::Action::Drain`).
     drain_asked: AtomicBool,
+    /// When the reactor last woke the connection for its socket (see `arrival`).
+    arrival: arrival::Mark,
+}
+
+/// The waker a connection polls its stream with: the reactor's wake stamps the arrival, then
+/// wakes the task (registered by [`Outbox::poll_ready`], which the task calls before it polls
+/// the stream). It makes nothing ready: the router's wake for queued packets is
+/// [`Outbox::notify`], named apart so that `wake` on an `Arc<Outbox>` can only mean this one.
+impl Wake for Outbox {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.arrival.set();
+        self.waker.wake();
+    }
 }
 
 impl Outbox {
@@ -105,7 +127,7 @@ impl Outbox {
         {
             return false;
         }
-        self.wake();
+        self.notify();
         true
     }
 
@@ -122,13 +144,18 @@ impl Outbox {
         self.drain_asked.swap(false, Ordering::Relaxed)
     }
 
+    /// The connection's arrival mark (see `arrival`).
+    pub fn arrival(&self) -> &arrival::Mark {
+        &self.arrival
+    }
+
     /// Whether the keep-alive sweep expired this connection.
     pub fn is_expired(&self) -> bool {
         self.expired.load(Ordering::Relaxed)
     }
 
     /// Queues a packet without waking the connection task: the caller wakes it later with
-    /// [`Outbox::wake`], once for a whole batch. A QoS 0 PUBLISH over `budget` bytes already
+    /// [`Outbox::notify`], once for a whole batch. A QoS 0 PUBLISH over `budget` bytes already
     /// queued is refused.
     pub fn push_quiet(&self, packet: Packet, budget: usize) -> Result<(), Refused> {
         let c = queued_cost(&packet);
@@ -147,14 +174,14 @@ impl Outbox {
         Ok(())
     }
 
-    /// Marks the outbox as due for a wake; true the first time since the last [`Outbox::wake`]
+    /// Marks the outbox as due for a wake; true the first time since the last [`Outbox::notify`]
     /// (so a batch wakes each connection once).
     pub fn list_for_wake(&self) -> bool {
         !self.wake_listed.swap(true, Ordering::Relaxed)
     }
 
     /// Wakes the connection task for what `push_quiet` queued.
-    pub fn wake(&self) {
+    pub fn notify(&self) {
         self.wake_listed.store(false, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
         self.waker.wake();
@@ -180,9 +207,9 @@ impl Outbox {
             }
         };
         if let Some(earlier) = earlier {
-            earlier.wake();
+            earlier.notify();
         }
-        self.wake();
+        self.notify();
     }
 
     /// Asks the connection task to close after writing what is queued; `why` is logged.
@@ -195,18 +222,16 @@ impl Outbox {
         self.ready.store(true, Ordering::Release);
         self.waker.wake();
         if let Some(next) = then_wake {
-            next.wake();
+            next.notify();
         }
     }
 
     /// Ready when something was pushed (or close or expiry was asked) since the last time it
-    /// was ready; otherwise registers the task to be woken.
+    /// was ready. Registers the task to be woken either way: the stream's wakes come through
+    /// the outbox too (see `Wake for Outbox`), and must find the task registered whenever it
+    /// waits.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.ready.swap(false, Ordering::Acquire) {
-            return Poll::Ready(());
-        }
         self.waker.register(cx.waker());
-        // A wake between the check and the registration would be lost without this.
         if self.ready.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }
@@ -231,7 +256,7 @@ impl Outbox {
         if let Some(next) = inner.then_wake.take() {
             // One left from an earlier drain not yet acted on is woken now, not dropped.
             if let Some(earlier) = out.then_wake.replace(next) {
-                earlier.wake();
+                earlier.notify();
             }
         }
         !inner.packets.is_empty()
@@ -305,7 +330,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(o.poll_ready(&mut cx).is_pending());
         o.push_quiet(Packet::PingResp, 100).ok();
-        o.wake();
+        o.notify();
         assert!(o.poll_ready(&mut cx).is_ready());
         assert!(o.poll_ready(&mut cx).is_pending());
         o.close(CloseReason::Server(
@@ -328,7 +353,7 @@ mod tests {
         );
         let mut drained = Drained::default();
         first.drain(&mut drained, 64);
-        drained.then_wake.take().expect("handed over").wake();
+        drained.then_wake.take().expect("handed over").notify();
         assert!(second.poll_ready(&mut cx).is_ready());
     }
 
@@ -367,6 +392,40 @@ mod tests {
         assert!(o.poll_ready(&mut cx).is_ready());
         assert!(o.take_drain_request());
         assert!(!o.take_drain_request(), "taken once");
+    }
+
+    #[test]
+    fn the_streams_wake_wakes_the_task_and_marks_the_arrival_but_makes_nothing_ready() {
+        let o = Arc::new(Outbox::default());
+        let flag = Arc::new(Flag::default());
+        let task = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&task);
+        assert!(o.poll_ready(&mut cx).is_pending());
+        let stream = std::task::Waker::from(o.clone());
+        let before = o.arrival().stamp();
+        stream.wake_by_ref();
+        assert!(flag.0.load(Ordering::Relaxed), "the task is woken");
+        assert!(
+            o.arrival().stamp() > before,
+            "stamped after what was read before"
+        );
+        assert_eq!(o.arrival().stamp() % 2, 0, "stamped by the wake (even)");
+        assert!(o.poll_ready(&mut cx).is_pending(), "no packet is ready");
+        o.arrival().clear();
+        assert_eq!(
+            o.arrival().stamp() % 2,
+            1,
+            "cleared: a read without a wake (odd)"
+        );
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 
     #[test]

@@ -857,7 +857,7 @@ impl Router {
             self.after_store(conn, what);
         }
         for out in self.to_wake.drain(..).rev() {
-            out.wake();
+            out.notify();
         }
     }
 
@@ -1099,7 +1099,7 @@ impl Router {
             return;
         }
         for out in self.to_wake.drain(..).rev() {
-            out.wake();
+            out.notify();
         }
     }
 

@@ -7,7 +7,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -69,6 +69,9 @@ enum Step {
     Reserve(u32),
     /// The router asked for a drain (`core::Action::Drain`).
     Drain,
+    /// What was read came in after another connection's bytes that are not forwarded yet:
+    /// let that one forward first (see `arrival`).
+    LetEarlierForward,
 }
 
 pub(super) struct Io<S> {
@@ -102,11 +105,16 @@ pub(super) struct Io<S> {
     /// Bytes and packets counted since the last flush into the shared counters (once per
     /// wake-up, not per packet).
     tally: Tally,
+    /// The arrival stamp of what was last read (see `arrival`).
+    stamp: u64,
+    /// The stamp this connection last let earlier ones forward for: once per stamp.
+    waited: u64,
 }
 
 impl<S> Drop for Io<S> {
     fn drop(&mut self) {
         self.tally.flush(&self.ctx.counters);
+        self.outbox.arrival().retire();
     }
 }
 
@@ -141,13 +149,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             goodbye: None,
             then_wake: None,
             tally: Tally::default(),
+            stamp: 0,
+            waited: 0,
         }
     }
 
     /// Serves the connected client until the connection ends.
     pub(super) async fn serve(&mut self, state: &mut ConnState) -> End {
+        let end = self.serve_connected(state).await;
+        // Nothing read from here on is forwarded: the connection is no longer pending.
+        self.outbox.arrival().retire();
+        end
+    }
+
+    async fn serve_connected(&mut self, state: &mut ConnState) -> End {
+        // The stream is polled with the outbox as its waker, which stamps the connection's
+        // arrival when the reactor wakes it (see `arrival`).
+        let stream_waker = Waker::from(self.outbox.clone());
         loop {
-            match poll_fn(|cx| self.poll_work(cx, state)).await {
+            match poll_fn(|cx| self.poll_work(cx, &stream_waker, state)).await {
                 Step::End(end) => return end,
                 Step::RouterFull(msg) => {
                     let router = self.ctx.router.clone();
@@ -158,6 +178,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 Step::Reserve(kib) => {
                     let budget = self.ctx.large_packets.clone();
                     self.large = Box::pin(budget.acquire_many_owned(kib)).await.ok();
+                }
+                Step::LetEarlierForward => {
+                    self.waited = self.stamp;
+                    crate::arrival::let_earlier_forward(self.stamp).await;
                 }
                 Step::Drain => {
                     // Boxed: the drain's timer exists only while it runs.
@@ -170,15 +194,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     }
 
     /// Does every piece of work that is ready; `Pending` once none is (with the task
-    /// registered with the outbox and the stream), `Ready` when the async side is needed.
-    /// What it counted goes into the shared counters once, at the end.
-    fn poll_work(&mut self, cx: &mut Context<'_>, state: &mut ConnState) -> Poll<Step> {
-        let step = self.poll_rounds(cx, state);
+    /// registered with the outbox, and the stream with `stream_waker`, which wakes the task
+    /// through the outbox), `Ready` when the async side is needed. What it counted goes into
+    /// the shared counters once, at the end, and what it read has been forwarded: the
+    /// connection is no longer pending (`arrival::Mark::clear`) — unless it is letting
+    /// earlier ones forward first, and so still holds what it read.
+    fn poll_work(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream_waker: &Waker,
+        state: &mut ConnState,
+    ) -> Poll<Step> {
+        let mut io = Context::from_waker(stream_waker);
+        let step = self.poll_rounds(cx, &mut io, state);
         self.tally.flush(&self.ctx.counters);
+        if !matches!(step, Poll::Ready(Step::LetEarlierForward)) {
+            self.outbox.arrival().clear();
+        }
         step
     }
 
-    fn poll_rounds(&mut self, cx: &mut Context<'_>, state: &mut ConnState) -> Poll<Step> {
+    /// `cx` is the task's context, `io` the stream's.
+    fn poll_rounds(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Context<'_>,
+        state: &mut ConnState,
+    ) -> Poll<Step> {
         for _ in 0..ROUNDS_PER_POLL {
             let mut progressed = false;
             if self.outbox.poll_ready(cx).is_ready() {
@@ -196,9 +238,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 self.closing = self.take_outbound(state);
                 progressed = true;
             }
-            let written = self.poll_write(cx);
+            let written = self.poll_write(io);
             if let Some(next) = self.then_wake.take() {
-                next.wake();
+                next.notify();
             }
             match written {
                 Poll::Ready(Ok(())) => progressed = true,
@@ -218,11 +260,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 return Poll::Pending;
             }
             if self.undecoded {
+                if self.waited != self.stamp && crate::arrival::earlier_pending(self.stamp) {
+                    return Poll::Ready(Step::LetEarlierForward);
+                }
                 match self.decode_some(state) {
                     Err(end) => return Poll::Ready(Step::End(end)),
                     Ok(Some(msg)) => return Poll::Ready(Step::RouterFull(Box::new(msg))),
                     Ok(None) => self.undecoded = false,
                 }
+                // All that was read is forwarded: later connections need not wait for this one.
+                self.outbox.arrival().clear();
                 // Decoding may have queued a reply (PINGRESP) to write.
                 progressed = true;
             }
@@ -230,7 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 return Poll::Ready(Step::Reserve(kib));
             }
             self.prepare_read();
-            match self.poll_read(cx) {
+            match self.poll_read(io) {
                 Poll::Ready(Ok(())) => progressed = true,
                 Poll::Ready(Err(end)) => return Poll::Ready(Step::End(end)),
                 Poll::Pending => {}
@@ -333,6 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             Poll::Ready(Ok((0, _))) => Poll::Ready(Err(End::Lost("closed by client", None))),
             Poll::Ready(Ok((n, spare))) => {
                 self.tally.bytes_received += n as u64;
+                self.stamp = self.outbox.arrival().stamp();
                 self.outbox.heard(millis(Instant::now()));
                 self.adapt_read_size(n, spare);
                 self.undecoded = true;
@@ -450,7 +498,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             self.outbox_pending = more;
             if let Some(next) = drained.then_wake.take() {
                 if let Some(earlier) = self.then_wake.replace(next) {
-                    earlier.wake();
+                    earlier.notify();
                 }
             }
             while let Some(mut p) = drained.packets.pop_front() {
