@@ -842,7 +842,7 @@ async fn sessions<B: Backend>(
                         .filter(|k| k.will)
                         .and_then(|k| match k.fence {
                             Fence::At(r) => Some(r),
-                            Fence::Absent | Fence::Lost => None,
+                            Fence::Absent | Fence::Unanswered | Fence::Lost => None,
                         });
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                     if let Some(written) = handed {
@@ -1073,6 +1073,15 @@ async fn write_session<B: Backend>(
         }
         WillVerdict::Retry => {
             tracing::warn!(client_id = %client_id, error = ?outcome.err(), wills = wills.len(), "session not written to the cluster: tried again shortly (its due wills wait)");
+            // A create that got no answer may have landed, with the will it wrote: the next
+            // write looks (`Fence::Unanswered`), and a node found to have taken the record
+            // since decides that will.
+            if let Some(k) = kept.get_mut(&client_id) {
+                if k.fence == Fence::Absent {
+                    k.will |= record.as_ref().is_some_and(|r| r.will.is_some());
+                }
+                k.fence = k.fence.after_no_answer();
+            }
             waiting.insert(client_id, (snapshot, log, wills));
             None
         }
@@ -2784,6 +2793,87 @@ mod tests {
             assert!(r.will.is_none());
             let writer = if claim_completes { "m2" } else { "m1" };
             assert_eq!(r.node.as_str(), writer);
+        }
+    }
+
+    /// The wills handed to the router on `from` so far.
+    fn wills_in(from: &mut mpsc::Receiver<FromCluster>) -> usize {
+        std::iter::from_fn(|| from.try_recv().ok())
+            .filter(|ev| matches!(ev, FromCluster::Will { .. }))
+            .count()
+    }
+
+    /// A client with a will (its session ends with its connection) whose CONNECT record was
+    /// created but whose create got no answer (NATS stopped right after the CONNECT, as in
+    /// `test_a_stepped_down_nodes_wills_are_published_once_after_all`, and took it when it
+    /// ran again); its connection then ends, the will due. The node publishes the will
+    /// once its delete of the record is written, and the reaper of its old incarnation
+    /// publishes nothing more; or the reaper came first, took the record and published the
+    /// will, and the node does not. (The delete of a record this node had never seen
+    /// written did nothing: the record the create left, with the will, went to the reaper,
+    /// which published the will a second time.)
+    #[tokio::test(start_paused = true)]
+    async fn a_will_whose_records_create_got_no_answer_is_published_once() {
+        for reaper_first in [false, true] {
+            let engine = MemoryBackend::new();
+            let m1 = NodeId::new("m1").unwrap();
+            let cluster = Arc::new(Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(m1.clone(), 1),
+            ));
+            let (ops, rx) = mpsc::unbounded_channel();
+            let (tx, mut from_m1) = mpsc::channel(64);
+            tokio::spawn(sessions(cluster.clone(), (ops.clone(), rx), tx));
+            let key = ClientKey::new("c");
+            let claim = cluster.claim_client(&key).await.unwrap().revision;
+            let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, None);
+            ops.send(owned).unwrap();
+            let connected = SessionSnapshot {
+                expiry_interval: 0,
+                will: Some(a_will()),
+                ..snapshot(Vec::new())
+            };
+            engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+            let store = SessionOp::Store("c".into(), Some(connected), None, Vec::new(), None);
+            ops.send(store).unwrap();
+            while cluster.load_session(&key).await.unwrap().0.is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // The reaper of m1's incarnation, before or after m1 tries its write again.
+            let m2 = Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+            );
+            let (reaper_ops, _reaper_ops_rx) = mpsc::unbounded_channel();
+            let (reaper_tx, mut from_m2) = mpsc::channel(64);
+            let dead = Expired {
+                node: m1.clone(),
+                incarnation: 1,
+            };
+            let reap = || async {
+                let (orphans, _) = m2.orphans(&dead, None).await.unwrap();
+                for o in orphans {
+                    take_over_orphan(&m2, &NodeId::new("m2").unwrap(), o, &reaper_ops, &reaper_tx)
+                        .await;
+                }
+            };
+            if reaper_first {
+                reap().await;
+            }
+            // The connection ends: its session with it, its will due.
+            let ended = SessionOp::Store("c".into(), None, None, vec![a_will()], None);
+            ops.send(ended).unwrap();
+            tokio::time::sleep(WRITE_RETRY * 3).await;
+            if !reaper_first {
+                reap().await;
+            }
+            let (on_m1, on_m2) = (wills_in(&mut from_m1), wills_in(&mut from_m2));
+            assert_eq!(
+                (on_m1, on_m2),
+                if reaper_first { (0, 1) } else { (1, 0) },
+                "reaper first: {reaper_first}"
+            );
+            assert!(cluster.load_session(&key).await.unwrap().0.is_none());
         }
     }
 }
