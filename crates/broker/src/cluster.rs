@@ -557,8 +557,8 @@ async fn forward_releases(mut rx: mpsc::Receiver<ReleaseRequest>, tx: mpsc::Send
     }
 }
 
-async fn claim(
-    cluster: Arc<Cluster<NatsBackend>>,
+async fn claim<B: Backend>(
+    cluster: Arc<Cluster<B>>,
     (conn, client_id): (ConnId, Arc<str>),
     sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
@@ -1226,8 +1226,8 @@ const REPLAY_RETRY: Duration = Duration::from_secs(1);
 
 /// A session's replay (see `makelaar_cluster::replay`): reads back what it held on the old
 /// node and what it missed, and hands both to the router.
-async fn replay(
-    cluster: Arc<Cluster<NatsBackend>>,
+async fn replay<B: Backend>(
+    cluster: Arc<Cluster<B>>,
     req: Box<ReplayRequest>,
     tx: mpsc::Sender<FromCluster>,
 ) {
@@ -1542,16 +1542,11 @@ async fn take_over_orphan<B: Backend>(
     let will_in = will_wait(delay, expiry, offline);
     let left = session_left(expiry, offline);
     let due_now = o.record.will.is_some() && will_in.is_none();
-    // Written as reaped, or deleted (ended). Its place in the dead node's log is left out:
-    // the router replays from it (`FromCluster::Orphan`), and the record written once that
-    // is in says where the session stands in this node's log.
-    let record = left.map(|_| {
-        let mut r = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
-        r.cursors.clear();
-        r.outbound.clear();
-        r.cursors_of = None;
-        r
-    });
+    // Written as reaped, or deleted (ended). It keeps the dead node's place in the log,
+    // counted by that node (`SessionRecord::cursors_of`), until the router's replay from it
+    // is back (`FromCluster::Orphan`) and the record written then says where the session
+    // stands here: a node its client connects to meanwhile replays from the same place.
+    let record = left.map(|_| wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now));
     let taken = record
         .as_ref()
         .map_or(o.record.will_taken_by.clone(), |r| r.will_taken_by.clone());
@@ -2875,5 +2870,158 @@ mod tests {
             );
             assert!(cluster.load_session(&key).await.unwrap().0.is_none());
         }
+    }
+
+    /// Appends `payload` to topic "t" as published on node `from`; its stream sequence.
+    async fn published_on(
+        cluster: &Cluster<MemoryBackend>,
+        from: &str,
+        payload: &'static str,
+    ) -> u64 {
+        let msg = exported("t", payload, false, None).msg;
+        let env = envelope(&NodeId::new(from).unwrap(), &msg, Instant::now(), unix_ms());
+        cluster.append("t", &env).await.unwrap().1
+    }
+
+    /// Issue 15, the long fault run's 898 lost at `sub0`: m2 reaps the dead m0 and takes
+    /// `sub0`'s session; before m2's replay of it is back (its read timed out), `sub0`
+    /// connects to m1. m1's claim finds the reaped record and resumes from the dead node's
+    /// place in the log, which the reaped record keeps (`SessionRecord::cursors_of`): the
+    /// client gets the message m0 had in flight again, the one m0 had queued, the one it
+    /// missed, and those published since (one of them the reaper's own), each once
+    /// [MQTT-4.1.0-1] [MQTT-4.4.0-1]. (A reaped record without its place in the log
+    /// resumed the session with none of them.)
+    #[tokio::test(start_paused = true)]
+    async fn a_reaped_session_claimed_elsewhere_before_the_reapers_replay_is_back_loses_nothing() {
+        let engine = MemoryBackend::new();
+        let node = |n: &str| NodeId::new(n).unwrap();
+        let on = |n: &str, incarnation| {
+            Arc::new(Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(node(n), incarnation),
+            ))
+        };
+        let (m0, m1, m2) = (on("m0", 1), on("m1", 2), on("m2", 3));
+        let key = ClientKey::new("sub0");
+        let claimed = m0.claim_client(&key).await.unwrap();
+        // On m0: 1 delivered and acknowledged, 2 in flight, 3 (m0's own) queued, 4 not yet
+        // brought by m0's follower when its record was written.
+        published_on(&m0, "m3", "1").await;
+        let in_flight = published_on(&m0, "m3", "2").await;
+        let own = published_on(&m0, "m0", "3").await;
+        published_on(&m0, "m3", "4").await;
+        let (partition, _) = m0.partition_subject("t");
+        let record = SessionRecord {
+            node: node("m0"),
+            claim: claimed.revision.get(),
+            protocol: 5,
+            expiry_interval: 600,
+            disconnected_at_ms: None,
+            subscriptions: vec![StoredSubscription {
+                filter: "t".into(),
+                options: makelaar_proto::SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+                identifier: None,
+            }],
+            will: None,
+            cursors: vec![Cursor {
+                partition: partition.index(),
+                next: in_flight + 1,
+                writer_through: own,
+            }],
+            outbound: vec![
+                Outbound {
+                    packet_id: 7,
+                    partition: partition.index(),
+                    seq: in_flight,
+                    state: OutboundState::AwaitPuback,
+                },
+                Outbound {
+                    packet_id: 0,
+                    partition: partition.index(),
+                    seq: own,
+                    state: OutboundState::Queued,
+                },
+            ],
+            inbound_qos2: Vec::new(),
+            will_taken_by: None,
+            cursors_of: None,
+        };
+        m0.store_session(&key, &record, Fence::Absent)
+            .await
+            .unwrap();
+
+        // m0 dies; m2 reaps it and takes the session in. Its replay is never answered here.
+        let dead = Expired {
+            node: node("m0"),
+            incarnation: 1,
+        };
+        let (mut orphans, failed) = m2.orphans(&dead, None).await.unwrap();
+        assert!(failed.is_empty());
+        let (ops, _ops_rx) = mpsc::unbounded_channel();
+        let (tx, mut from_m2) = mpsc::channel(64);
+        let taken = take_over_orphan(&m2, &node("m2"), orphans.pop().unwrap(), &ops, &tx)
+            .await
+            .unwrap();
+        assert!(taken.session);
+        assert!(matches!(
+            from_m2.try_recv(),
+            Ok(FromCluster::Orphan {
+                resume: Some(_),
+                ..
+            })
+        ));
+        // Published meanwhile: elsewhere, and on the reaper.
+        published_on(&m0, "m3", "5").await;
+        let last = published_on(&m0, "m2", "6").await;
+
+        // `sub0` connects to m1, whose followers have read the whole partition.
+        let (ops, _ops_rx) = mpsc::unbounded_channel();
+        let (tx, mut from_m1) = mpsc::channel(64);
+        claim(m1.clone(), (1, Arc::from("sub0")), ops, tx.clone()).await;
+        let Ok(FromCluster::Claimed {
+            result: Ok(claim), ..
+        }) = from_m1.try_recv()
+        else {
+            panic!("the claim succeeds")
+        };
+        assert!(claim.moved_away);
+        let resume = claim
+            .resume
+            .expect("the reaped record keeps the dead node's place in the log");
+        assert_eq!(resume.writer, node("m0"));
+        let plan = ReplayPlan::new(
+            resume.writer.clone(),
+            node("m1"),
+            &resume.cursors,
+            &resume.outbound,
+            |_| makelaar_cluster::replay::NodePosition {
+                next: last + 1,
+                own_through: 0,
+            },
+        );
+        let req = ReplayRequest {
+            client_id: Arc::from("sub0"),
+            resume: 1,
+            plan,
+            outbound: resume.outbound,
+            filters: vec!["t".into()],
+            max_messages: 100,
+            max_bytes: usize::MAX,
+        };
+        replay(m1.clone(), Box::new(req), tx).await;
+        let Ok(FromCluster::Replayed {
+            in_flight, queued, ..
+        }) = from_m1.try_recv()
+        else {
+            panic!("the replay answers")
+        };
+        let text = |m: &Message| String::from_utf8(m.payload.to_vec()).unwrap();
+        let resent: Vec<_> = in_flight.iter().map(|k| (text(&k.msg), k.state)).collect();
+        assert_eq!(resent, [("2".to_owned(), KeptState::AwaitingAck(7))]);
+        let queued: Vec<_> = queued.iter().map(|m| text(m)).collect();
+        assert_eq!(queued, ["3", "4", "5", "6"]);
     }
 }
