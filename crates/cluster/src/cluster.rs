@@ -915,10 +915,10 @@ impl<B: Backend> Cluster<B> {
     /// publish the will this node publishes at the delete (found by
     /// `test_a_stepped_down_nodes_wills_are_published_once_after_all`: the CONNECT's create
     /// was in flight when NATS stopped, and landed when it ran again). When there is no
-    /// record and no registry entry either, a reaper took the record that create left and
-    /// ended the session ([`Cluster::orphans`] deletes both): refused as
-    /// [`ClusterError::Fenced`], the will is that node's. Otherwise nothing of this node's
-    /// is there.
+    /// record, the registry says whether a reaper took the one that create left and ended
+    /// the session ([`wills::unanswered_create_taken`]): then refused as
+    /// [`ClusterError::Fenced`], the will being that node's. Otherwise nothing of this
+    /// node's is there.
     async fn delete_unanswered(
         &self,
         client: &ClientKey,
@@ -931,10 +931,14 @@ impl<B: Backend> Cluster<B> {
                 self.delete_session(client, at).await.map(|()| None)
             }
             Some(_) => Ok(None),
-            None if self.read_registry(client).await?.is_none() => {
-                Err(ClusterError::Fenced(client.clone()))
+            None => {
+                let holder = self.read_registry(client).await?.map(|(h, _)| h);
+                if wills::unanswered_create_taken(holder.as_ref(), &self.config.node) {
+                    tracing::debug!(%client, "a create of this node's that got no answer had landed and was taken by a reaper: the will is that node's");
+                    return Err(ClusterError::Fenced(client.clone()));
+                }
+                Ok(None)
             }
-            None => Ok(None),
         }
     }
 
