@@ -557,8 +557,8 @@ async fn forward_releases(mut rx: mpsc::Receiver<ReleaseRequest>, tx: mpsc::Send
     }
 }
 
-async fn claim(
-    cluster: Arc<Cluster<NatsBackend>>,
+async fn claim<B: Backend>(
+    cluster: Arc<Cluster<B>>,
     (conn, client_id): (ConnId, Arc<str>),
     sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
@@ -842,7 +842,7 @@ async fn sessions<B: Backend>(
                         .filter(|k| k.will)
                         .and_then(|k| match k.fence {
                             Fence::At(r) => Some(r),
-                            Fence::Absent | Fence::Lost => None,
+                            Fence::Absent | Fence::Unanswered | Fence::Lost => None,
                         });
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                     if let Some(written) = handed {
@@ -1073,6 +1073,15 @@ async fn write_session<B: Backend>(
         }
         WillVerdict::Retry => {
             tracing::warn!(client_id = %client_id, error = ?outcome.err(), wills = wills.len(), "session not written to the cluster: tried again shortly (its due wills wait)");
+            // A create that got no answer may have landed, with the will it wrote: the next
+            // write looks (`Fence::Unanswered`), and a node found to have taken the record
+            // since decides that will.
+            if let Some(k) = kept.get_mut(&client_id) {
+                if k.fence == Fence::Absent {
+                    k.will |= record.as_ref().is_some_and(|r| r.will.is_some());
+                }
+                k.fence = k.fence.after_no_answer();
+            }
             waiting.insert(client_id, (snapshot, log, wills));
             None
         }
@@ -1217,8 +1226,8 @@ const REPLAY_RETRY: Duration = Duration::from_secs(1);
 
 /// A session's replay (see `makelaar_cluster::replay`): reads back what it held on the old
 /// node and what it missed, and hands both to the router.
-async fn replay(
-    cluster: Arc<Cluster<NatsBackend>>,
+async fn replay<B: Backend>(
+    cluster: Arc<Cluster<B>>,
     req: Box<ReplayRequest>,
     tx: mpsc::Sender<FromCluster>,
 ) {
@@ -1533,16 +1542,11 @@ async fn take_over_orphan<B: Backend>(
     let will_in = will_wait(delay, expiry, offline);
     let left = session_left(expiry, offline);
     let due_now = o.record.will.is_some() && will_in.is_none();
-    // Written as reaped, or deleted (ended). Its place in the dead node's log is left out:
-    // the router replays from it (`FromCluster::Orphan`), and the record written once that
-    // is in says where the session stands in this node's log.
-    let record = left.map(|_| {
-        let mut r = wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now);
-        r.cursors.clear();
-        r.outbound.clear();
-        r.cursors_of = None;
-        r
-    });
+    // Written as reaped, or deleted (ended). It keeps the dead node's place in the log,
+    // counted by that node (`SessionRecord::cursors_of`), until the router's replay from it
+    // is back (`FromCluster::Orphan`) and the record written then says where the session
+    // stands here: a node its client connects to meanwhile replays from the same place.
+    let record = left.map(|_| wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now));
     let taken = record
         .as_ref()
         .map_or(o.record.will_taken_by.clone(), |r| r.will_taken_by.clone());
@@ -2785,5 +2789,239 @@ mod tests {
             let writer = if claim_completes { "m2" } else { "m1" };
             assert_eq!(r.node.as_str(), writer);
         }
+    }
+
+    /// The wills handed to the router on `from` so far.
+    fn wills_in(from: &mut mpsc::Receiver<FromCluster>) -> usize {
+        std::iter::from_fn(|| from.try_recv().ok())
+            .filter(|ev| matches!(ev, FromCluster::Will { .. }))
+            .count()
+    }
+
+    /// A client with a will (its session ends with its connection) whose CONNECT record was
+    /// created but whose create got no answer (NATS stopped right after the CONNECT, as in
+    /// `test_a_stepped_down_nodes_wills_are_published_once_after_all`, and took it when it
+    /// ran again); its connection then ends, the will due. The node publishes the will
+    /// once its delete of the record is written, and the reaper of its old incarnation
+    /// publishes nothing more; or the reaper came first, took the record and published the
+    /// will, and the node does not. (The delete of a record this node had never seen
+    /// written did nothing: the record the create left, with the will, went to the reaper,
+    /// which published the will a second time.)
+    #[tokio::test(start_paused = true)]
+    async fn a_will_whose_records_create_got_no_answer_is_published_once() {
+        for reaper_first in [false, true] {
+            let engine = MemoryBackend::new();
+            let m1 = NodeId::new("m1").unwrap();
+            let cluster = Arc::new(Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(m1.clone(), 1),
+            ));
+            let (ops, rx) = mpsc::unbounded_channel();
+            let (tx, mut from_m1) = mpsc::channel(64);
+            tokio::spawn(sessions(cluster.clone(), (ops.clone(), rx), tx));
+            let key = ClientKey::new("c");
+            let claim = cluster.claim_client(&key).await.unwrap().revision;
+            let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, None);
+            ops.send(owned).unwrap();
+            let connected = SessionSnapshot {
+                expiry_interval: 0,
+                will: Some(a_will()),
+                ..snapshot(Vec::new())
+            };
+            engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+            let store = SessionOp::Store("c".into(), Some(connected), None, Vec::new(), None);
+            ops.send(store).unwrap();
+            while cluster.load_session(&key).await.unwrap().0.is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // The reaper of m1's incarnation, before or after m1 tries its write again.
+            let m2 = Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+            );
+            let (reaper_ops, _reaper_ops_rx) = mpsc::unbounded_channel();
+            let (reaper_tx, mut from_m2) = mpsc::channel(64);
+            let dead = Expired {
+                node: m1.clone(),
+                incarnation: 1,
+            };
+            let reap = || async {
+                let (orphans, _) = m2.orphans(&dead, None).await.unwrap();
+                for o in orphans {
+                    take_over_orphan(&m2, &NodeId::new("m2").unwrap(), o, &reaper_ops, &reaper_tx)
+                        .await;
+                }
+            };
+            if reaper_first {
+                reap().await;
+            }
+            // The connection ends: its session with it, its will due.
+            let ended = SessionOp::Store("c".into(), None, None, vec![a_will()], None);
+            ops.send(ended).unwrap();
+            tokio::time::sleep(WRITE_RETRY * 3).await;
+            if !reaper_first {
+                reap().await;
+            }
+            let (on_m1, on_m2) = (wills_in(&mut from_m1), wills_in(&mut from_m2));
+            assert_eq!(
+                (on_m1, on_m2),
+                if reaper_first { (0, 1) } else { (1, 0) },
+                "reaper first: {reaper_first}"
+            );
+            assert!(cluster.load_session(&key).await.unwrap().0.is_none());
+        }
+    }
+
+    /// Appends `payload` to topic "t" as published on node `from`; its stream sequence.
+    async fn published_on(
+        cluster: &Cluster<MemoryBackend>,
+        from: &str,
+        payload: &'static str,
+    ) -> u64 {
+        let msg = exported("t", payload, false, None).msg;
+        let env = envelope(&NodeId::new(from).unwrap(), &msg, Instant::now(), unix_ms());
+        cluster.append("t", &env).await.unwrap().1
+    }
+
+    /// Issue 15, the long fault run's 898 lost at `sub0`: m2 reaps the dead m0 and takes
+    /// `sub0`'s session; before m2's replay of it is back (its read timed out), `sub0`
+    /// connects to m1. m1's claim finds the reaped record and resumes from the dead node's
+    /// place in the log, which the reaped record keeps (`SessionRecord::cursors_of`): the
+    /// client gets the message m0 had in flight again, the one m0 had queued, the one it
+    /// missed, and those published since (one of them the reaper's own), each once
+    /// [MQTT-4.1.0-1] [MQTT-4.4.0-1]. (A reaped record without its place in the log
+    /// resumed the session with none of them.)
+    #[tokio::test(start_paused = true)]
+    async fn a_reaped_session_claimed_elsewhere_before_the_reapers_replay_is_back_loses_nothing() {
+        let engine = MemoryBackend::new();
+        let node = |n: &str| NodeId::new(n).unwrap();
+        let on = |n: &str, incarnation| {
+            Arc::new(Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(node(n), incarnation),
+            ))
+        };
+        let (m0, m1, m2) = (on("m0", 1), on("m1", 2), on("m2", 3));
+        let key = ClientKey::new("sub0");
+        let claimed = m0.claim_client(&key).await.unwrap();
+        // On m0: 1 delivered and acknowledged, 2 in flight, 3 (m0's own) queued, 4 not yet
+        // brought by m0's follower when its record was written.
+        published_on(&m0, "m3", "1").await;
+        let in_flight = published_on(&m0, "m3", "2").await;
+        let own = published_on(&m0, "m0", "3").await;
+        published_on(&m0, "m3", "4").await;
+        let (partition, _) = m0.partition_subject("t");
+        let record = SessionRecord {
+            node: node("m0"),
+            claim: claimed.revision.get(),
+            protocol: 5,
+            expiry_interval: 600,
+            disconnected_at_ms: None,
+            subscriptions: vec![StoredSubscription {
+                filter: "t".into(),
+                options: makelaar_proto::SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+                identifier: None,
+            }],
+            will: None,
+            cursors: vec![Cursor {
+                partition: partition.index(),
+                next: in_flight + 1,
+                writer_through: own,
+            }],
+            outbound: vec![
+                Outbound {
+                    packet_id: 7,
+                    partition: partition.index(),
+                    seq: in_flight,
+                    state: OutboundState::AwaitPuback,
+                },
+                Outbound {
+                    packet_id: 0,
+                    partition: partition.index(),
+                    seq: own,
+                    state: OutboundState::Queued,
+                },
+            ],
+            inbound_qos2: Vec::new(),
+            will_taken_by: None,
+            cursors_of: None,
+        };
+        m0.store_session(&key, &record, Fence::Absent)
+            .await
+            .unwrap();
+
+        // m0 dies; m2 reaps it and takes the session in. Its replay is never answered here.
+        let dead = Expired {
+            node: node("m0"),
+            incarnation: 1,
+        };
+        let (mut orphans, failed) = m2.orphans(&dead, None).await.unwrap();
+        assert!(failed.is_empty());
+        let (ops, _ops_rx) = mpsc::unbounded_channel();
+        let (tx, mut from_m2) = mpsc::channel(64);
+        let taken = take_over_orphan(&m2, &node("m2"), orphans.pop().unwrap(), &ops, &tx)
+            .await
+            .unwrap();
+        assert!(taken.session);
+        assert!(matches!(
+            from_m2.try_recv(),
+            Ok(FromCluster::Orphan {
+                resume: Some(_),
+                ..
+            })
+        ));
+        // Published meanwhile: elsewhere, and on the reaper.
+        published_on(&m0, "m3", "5").await;
+        let last = published_on(&m0, "m2", "6").await;
+
+        // `sub0` connects to m1, whose followers have read the whole partition.
+        let (ops, _ops_rx) = mpsc::unbounded_channel();
+        let (tx, mut from_m1) = mpsc::channel(64);
+        claim(m1.clone(), (1, Arc::from("sub0")), ops, tx.clone()).await;
+        let Ok(FromCluster::Claimed {
+            result: Ok(claim), ..
+        }) = from_m1.try_recv()
+        else {
+            panic!("the claim succeeds")
+        };
+        assert!(claim.moved_away);
+        let resume = claim
+            .resume
+            .expect("the reaped record keeps the dead node's place in the log");
+        assert_eq!(resume.writer, node("m0"));
+        let plan = ReplayPlan::new(
+            resume.writer.clone(),
+            node("m1"),
+            &resume.cursors,
+            &resume.outbound,
+            |_| makelaar_cluster::replay::NodePosition {
+                next: last + 1,
+                own_through: 0,
+            },
+        );
+        let req = ReplayRequest {
+            client_id: Arc::from("sub0"),
+            resume: 1,
+            plan,
+            outbound: resume.outbound,
+            filters: vec!["t".into()],
+            max_messages: 100,
+            max_bytes: usize::MAX,
+        };
+        replay(m1.clone(), Box::new(req), tx).await;
+        let Ok(FromCluster::Replayed {
+            in_flight, queued, ..
+        }) = from_m1.try_recv()
+        else {
+            panic!("the replay answers")
+        };
+        let text = |m: &Message| String::from_utf8(m.payload.to_vec()).unwrap();
+        let resent: Vec<_> = in_flight.iter().map(|k| (text(&k.msg), k.state)).collect();
+        assert_eq!(resent, [("2".to_owned(), KeptState::AwaitingAck(7))]);
+        let queued: Vec<_> = queued.iter().map(|m| text(m)).collect();
+        assert_eq!(queued, ["3", "4", "5", "6"]);
     }
 }

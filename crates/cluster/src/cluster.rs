@@ -844,7 +844,7 @@ impl<B: Backend> Cluster<B> {
         let value = record.encode();
         let r = match fence {
             Fence::Lost => return Err(ClusterError::Fenced(client.clone())),
-            Fence::Absent => {
+            Fence::Absent | Fence::Unanswered => {
                 self.backend
                     .create(Bucket::Sessions, client.as_str(), value)
                     .await
@@ -867,6 +867,8 @@ impl<B: Backend> Cluster<B> {
     /// same claim ([`wills::written_under`]: an earlier write of its own whose answer got
     /// lost, then retried), it is written again at that record's revision, once. The write
     /// that takes a due will out of its record (see [`wills::verdict`]) goes through here.
+    /// A delete after a create that got no answer ([`Fence::Unanswered`]) deletes the record
+    /// that create left, if it landed ([`Cluster::delete_unanswered`]).
     pub async fn write_own_session(
         &self,
         client: &ClientKey,
@@ -874,6 +876,9 @@ impl<B: Backend> Cluster<B> {
         claim: Revision,
         fence: Fence,
     ) -> Result<Option<Fence>, ClusterError> {
+        if record.is_none() && fence == Fence::Unanswered {
+            return self.delete_unanswered(client, claim).await;
+        }
         let first = self.write_or_delete(client, record, fence).await;
         if !matches!(first, Err(ClusterError::Fenced(_))) || fence == Fence::Lost {
             return first;
@@ -899,6 +904,41 @@ impl<B: Backend> Cluster<B> {
                 Err(ClusterError::FencedAfterWillTaken(client.clone()))
             }
             _ => first,
+        }
+    }
+
+    /// Deletes the record of a session that ended here after this node's create of it got
+    /// no answer. When that create landed (the record is this node's under `claim`,
+    /// [`wills::written_under`]), the record is deleted at its revision: left in place, it
+    /// would hold what the create wrote (the connection's will among it) after the session
+    /// ended, and the reaper of this node would take it for a dead node's session and
+    /// publish the will this node publishes at the delete (found by
+    /// `test_a_stepped_down_nodes_wills_are_published_once_after_all`: the CONNECT's create
+    /// was in flight when NATS stopped, and landed when it ran again). When there is no
+    /// record, the registry says whether a reaper took the one that create left and ended
+    /// the session ([`wills::unanswered_create_taken`]): then refused as
+    /// [`ClusterError::Fenced`], the will being that node's. Otherwise nothing of this
+    /// node's is there.
+    async fn delete_unanswered(
+        &self,
+        client: &ClientKey,
+        claim: Revision,
+    ) -> Result<Option<Fence>, ClusterError> {
+        let (found, at) = self.load_session(client).await?;
+        match found {
+            Some(r) if wills::written_under(&r, &self.config.node, claim) => {
+                tracing::debug!(%client, "a create of this node's that got no answer had landed: its record is deleted");
+                self.delete_session(client, at).await.map(|()| None)
+            }
+            Some(_) => Ok(None),
+            None => {
+                let holder = self.read_registry(client).await?.map(|(h, _)| h);
+                if wills::unanswered_create_taken(holder.as_ref(), &self.config.node) {
+                    tracing::debug!(%client, "a create of this node's that got no answer had landed and was taken by a reaper: the will is that node's");
+                    return Err(ClusterError::Fenced(client.clone()));
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -962,7 +1002,9 @@ impl<B: Backend> Cluster<B> {
     ) -> Result<(), ClusterError> {
         let expected = match fence {
             Fence::Lost => return Err(ClusterError::Fenced(client.clone())),
-            Fence::Absent => return Ok(()),
+            // (Whether a create of the caller's landed unanswered is looked at by
+            // `write_own_session`, which knows the caller's claim.)
+            Fence::Absent | Fence::Unanswered => return Ok(()),
             Fence::At(r) => r,
         };
         match self

@@ -308,6 +308,13 @@ impl Claim {
 pub enum Fence {
     /// The record did not exist when read: the write must create it.
     Absent,
+    /// As [`Fence::Absent`], but a create of this writer's got no answer (the engine timed
+    /// out, or failed after taking it): the record may exist, written by that create. A
+    /// write creates it as from `Absent`; deleting it must look first
+    /// ([`crate::cluster::Cluster::write_own_session`]), or the record that create left
+    /// would outlive the session, with what it holds (a will another node then publishes
+    /// a second time).
+    Unanswered,
     /// The record's revision when read or last written.
     At(Revision),
     /// A write was refused: another node owns the session now. Nothing more may be written.
@@ -328,6 +335,14 @@ impl Fence {
         }
     }
 
+    /// After a write whose outcome is not known (no answer): a create may have landed.
+    pub fn after_no_answer(self) -> Fence {
+        match self {
+            Fence::Absent => Fence::Unanswered,
+            f => f,
+        }
+    }
+
     /// Whether a write may still be attempted.
     pub fn may_write(self) -> bool {
         self != Fence::Lost
@@ -345,6 +360,7 @@ impl Fence {
         match (self, mine) {
             (Fence::At(read), Fence::At(written)) => Fence::At(read.max(written)),
             (Fence::Absent, Fence::At(written)) => Fence::At(written),
+            (Fence::Absent, Fence::Unanswered) => Fence::Unanswered,
             (read, _) => read,
         }
     }

@@ -81,6 +81,18 @@ pub fn reaped_unanswered(
         && !holder.connected
 }
 
+/// Whether the record a create of `me` left (the create got no answer), found gone when
+/// `me` deletes it to end the session, was taken by a reaper, which decided the will it
+/// held: the client's registry entry (`holder`) is gone (a reaper that ends a session
+/// deletes its record, then the entry) or names another node holding the client offline
+/// (that reaper between its two deletes). An entry of `me`'s, or of a node the client is
+/// connected to (its claim found no record of `me`'s: the create never landed), leaves the
+/// will to `me` (found by `test_a_stepped_down_nodes_wills_are_published_once_after_all`:
+/// the reaper of the stepped-down node came first, and both published the will).
+pub fn unanswered_create_taken(holder: Option<&RegistryEntry>, me: &NodeId) -> bool {
+    !matches!(holder, Some(h) if h.node == *me || h.connected)
+}
+
 /// The record a claiming node writes to take its will out: the same session, written by
 /// `node` under its claim `claim`, without the will; and the will taken.
 pub fn will_taken(
@@ -278,6 +290,18 @@ mod tests {
             offline_for(&record("a", Some(12_000)), 10_000),
             Some(Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn a_record_left_by_an_unanswered_create_and_gone_was_taken_by_a_reaper() {
+        let me = node("a");
+        // The reaper ended the session (record and entry deleted), or is between the two.
+        assert!(unanswered_create_taken(None, &me));
+        assert!(unanswered_create_taken(Some(&entry("b", 2, false)), &me));
+        // Still this node's (any incarnation), or a node the client connected to since.
+        assert!(!unanswered_create_taken(Some(&entry("a", 1, false)), &me));
+        assert!(!unanswered_create_taken(Some(&entry("a", 1, true)), &me));
+        assert!(!unanswered_create_taken(Some(&entry("b", 2, true)), &me));
     }
 
     #[test]

@@ -460,6 +460,9 @@ fn a_claim_writes_at_the_newer_of_its_read_and_the_nodes_own_last_write() {
     // The previous connection was fenced, or this node never wrote: the read.
     assert_eq!(Fence::At(r(4)).newest(Fence::Lost), Fence::At(r(4)));
     assert_eq!(Fence::Absent.newest(Fence::Absent), Fence::Absent);
+    // This node's create for the previous connection got no answer: it may have landed.
+    assert_eq!(Fence::Absent.newest(Fence::Unanswered), Fence::Unanswered);
+    assert_eq!(Fence::At(r(4)).newest(Fence::Unanswered), Fence::At(r(4)));
 }
 
 #[test]
@@ -471,4 +474,17 @@ fn a_hand_over_request_older_than_the_connection_held_is_ignored() {
     assert!(release_is_stale(r(7), Some(r(9))));
     // Nothing connected here (the session is offline here): handed over.
     assert!(!release_is_stale(r(7), None));
+}
+
+#[test]
+fn a_create_without_an_answer_leaves_the_record_unknown_until_a_write_answers() {
+    let r = |n| Revision::new(n).unwrap();
+    // Only a create (from `Absent`) can leave a record this writer does not know of.
+    assert_eq!(Fence::Absent.after_no_answer(), Fence::Unanswered);
+    assert_eq!(Fence::Unanswered.after_no_answer(), Fence::Unanswered);
+    assert_eq!(Fence::At(r(3)).after_no_answer(), Fence::At(r(3)));
+    assert_eq!(Fence::Lost.after_no_answer(), Fence::Lost);
+    assert!(Fence::Unanswered.may_write());
+    assert_eq!(Fence::Unanswered.after_write(Some(r(5))), Fence::At(r(5)));
+    assert_eq!(Fence::Unanswered.after_write(None), Fence::Lost);
 }
