@@ -144,6 +144,10 @@ pub(crate) struct ClusterSide {
     /// Claims whose session record is ahead of this node's followers: decided once they
     /// have caught up, so no message reaches the session both live and from the record.
     catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
+    /// Dead nodes' sessions taken over by this node whose records are ahead of its
+    /// followers, by client id: taken into the broker once they are past them (see
+    /// [`HeldOrphan`]).
+    orphans: HashMap<Arc<str>, HeldOrphan>,
     /// Sessions taken in with a replay to come, by client id: what the replay needs.
     resumes: HashMap<Arc<str>, Resuming>,
     /// The resumes started so far: each one's number (`Resuming::n`).
@@ -216,6 +220,103 @@ struct Resuming {
     wills: Vec<makelaar_core::broker::KeptWill>,
 }
 
+/// A dead node's session taken over by this node, as the reaper hands it to the router
+/// (`FromCluster::Orphan`).
+struct Orphan {
+    client_id: Arc<str>,
+    snapshot: makelaar_core::broker::SessionSnapshot,
+    will_in: Duration,
+    expires_in: Option<Duration>,
+    resume: Option<Resume>,
+}
+
+/// A dead node's session taken over by this node (`FromCluster::Orphan`) while this node's
+/// partition followers were behind its record: kept out of the broker, where every message
+/// the followers bring would be routed to it live, messages the session had already
+/// received on the dead node among them (the record's cursors are past them) [MQTT-4.3.3-*].
+/// Taken in as [`FromCluster::Orphan`] says, with its clocks run on, when
+/// [`HeldOrphan::goes`] says so.
+struct HeldOrphan {
+    snapshot: makelaar_core::broker::SessionSnapshot,
+    /// As the reaper said at `since`: when its will (if any) is due, when its session ends.
+    will_in: Duration,
+    expires_in: Option<Duration>,
+    resume: Resume,
+    /// When it was taken over here.
+    since: Instant,
+}
+
+/// Why a held orphan is taken into the broker now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OrphanGoes {
+    /// This node's followers are past its record: nothing they bring from here on reached
+    /// the session on the dead node.
+    CaughtUp,
+    /// Its will or its session's end falls due: the broker publishes the will (once, by the
+    /// write that takes it out of the record) and ends the session on time, as for any
+    /// session of this node's.
+    Due,
+    /// The followers did not catch up within [`CATCH_UP_PATIENCE`] (stalled): taken in all
+    /// the same, as an orphan is never dropped (its will and what it holds would be lost);
+    /// what they bring may reach it twice, logged.
+    OutOfPatience,
+    /// Its client connects with Clean Start: the session ends with that CONNECT, as the
+    /// broker decides it (its will too), so nothing can reach it twice.
+    CleanStart,
+}
+
+impl HeldOrphan {
+    /// Whether it is taken in at `now`, and why; `behind`: this node's followers are not
+    /// past its record yet (see [`ClusterSide::behind_record`]).
+    fn goes(&self, now: Instant, behind: bool) -> Option<OrphanGoes> {
+        if !behind {
+            Some(OrphanGoes::CaughtUp)
+        } else if self.due_at().is_some_and(|at| now >= at) {
+            Some(OrphanGoes::Due)
+        } else if out_of_patience(self.since, now) {
+            Some(OrphanGoes::OutOfPatience)
+        } else {
+            None
+        }
+    }
+
+    /// When its will or its session's end falls due, whichever comes first.
+    fn due_at(&self) -> Option<Instant> {
+        let will = self
+            .snapshot
+            .will
+            .as_ref()
+            .map(|_| self.since + self.will_in);
+        let end = self.expires_in.map(|d| self.since + d);
+        will.into_iter().chain(end).min()
+    }
+
+    /// The next time [`HeldOrphan::goes`] may say yes without the followers moving.
+    fn deadline(&self) -> Instant {
+        let patience = self.since + CATCH_UP_PATIENCE;
+        self.due_at().map_or(patience, |at| at.min(patience))
+    }
+
+    /// The orphan as if handed over at `now`: its will and its session's end as far off as
+    /// they are still.
+    fn at(self, client_id: Arc<str>, now: Instant) -> Orphan {
+        let held = now.saturating_duration_since(self.since);
+        Orphan {
+            client_id,
+            snapshot: self.snapshot,
+            will_in: self.will_in.saturating_sub(held),
+            expires_in: self.expires_in.map(|d| d.saturating_sub(held)),
+            resume: Some(self.resume),
+        }
+    }
+}
+
+/// Whether something waiting for this node's followers since `since` has waited long
+/// enough at `now`: they are taken as stalled (see [`CATCH_UP_PATIENCE`]).
+fn out_of_patience(since: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(since) >= CATCH_UP_PATIENCE
+}
+
 /// How often a full queue to the cluster is logged at most.
 const QUEUE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -252,6 +353,7 @@ impl ClusterSide {
             appended: 0,
             waiting: std::collections::VecDeque::new(),
             catching_up: Vec::new(),
+            orphans: HashMap::new(),
             resumes: HashMap::new(),
             resumes_started: 0,
             max_queued: (0, 0),
@@ -292,6 +394,20 @@ impl ClusterSide {
                 self.complete(w, broker, &followed);
             }
         }
+    }
+
+    /// Whether this node's partition followers are behind `record` (not past everything
+    /// it says its session took in): a session taken into the broker from it now would get
+    /// the messages between them both live and from the record. The one rule for claims
+    /// (`Router::decide_claim`) and dead nodes' sessions ([`HeldOrphan`]).
+    fn behind_record(&self, record: &Resume) -> bool {
+        let next_of = |p: u16| self.positions.get(&p).map_or(0, |n| n.next);
+        !caught_up(&record.cursors, &record.outbound, next_of)
+    }
+
+    /// The next time a held orphan may be taken in without the followers moving.
+    fn next_orphan_deadline(&self) -> Option<Instant> {
+        self.orphans.values().map(HeldOrphan::deadline).min()
     }
 
     /// `client_id`'s session, just taken in from a record (`resume`) and waiting for what
@@ -727,6 +843,12 @@ impl Router {
                         .as_ref()
                         .and_then(|c| c.checkpoints.next_due())
                         .unwrap_or(now + far),
+                )
+                .min(
+                    self.cluster
+                        .as_ref()
+                        .and_then(ClusterSide::next_orphan_deadline)
+                        .unwrap_or(now + far),
                 );
             if timer != armed {
                 sleep.as_mut().reset(timer.into());
@@ -759,6 +881,9 @@ impl Router {
                 _ = &mut sleep => {
                     armed = start; // fired: re-arm on the next turn, whatever the deadline
                     let now = Instant::now();
+                    // Before the sweep: a claim waiting for a held orphan is decided once
+                    // that is taken in, not refused.
+                    self.orphans_timed(now);
                     if now >= next_sweep {
                         self.sweep_keep_alive(now);
                         next_sweep = now + KEEP_ALIVE_SWEEP;
@@ -1193,13 +1318,8 @@ impl Router {
             FromCluster::Following { partition, next } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.positions.entry(partition).or_default().next = next;
-                    if !c.catching_up.is_empty() {
-                        let waiting = std::mem::take(&mut c.catching_up);
-                        for (conn, claim, since) in waiting {
-                            self.decide_claim(now, conn, Ok(claim), since);
-                        }
-                    }
                 }
+                self.followers_moved(now);
             }
             FromCluster::Log {
                 partition,
@@ -1214,12 +1334,7 @@ impl Router {
                 };
                 let pos = c.positions.entry(partition).or_default();
                 pos.next = pos.next.max(seq + 1);
-                if !c.catching_up.is_empty() {
-                    let waiting = std::mem::take(&mut c.catching_up);
-                    for (conn, claim, since) in waiting {
-                        self.decide_claim(now, conn, Ok(claim), since);
-                    }
-                }
+                self.followers_moved(now);
             }
             FromCluster::Replayed {
                 client_id,
@@ -1275,6 +1390,7 @@ impl Router {
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
             FromCluster::Moved(client_id) => {
+                self.drop_held_orphan(&client_id);
                 if let Some(c) = self.cluster.as_mut() {
                     c.untrack_client(&client_id);
                 }
@@ -1337,34 +1453,14 @@ impl Router {
                 expires_in,
                 resume,
             } => {
-                let filters: Vec<String> = snapshot
-                    .subscriptions
-                    .iter()
-                    .map(|(f, _)| f.clone())
-                    .filter(|f| !f.starts_with("$share/"))
-                    .collect();
-                if !self
-                    .broker
-                    .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
-                {
-                    tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
-                } else if let Some(c) = self.cluster.as_mut() {
-                    // What it held or missed on the dead node, as its last record says
-                    // (written when it went offline, or a checkpoint while connected), is
-                    // read back from the log like a resumed session's; its record is
-                    // written again once that is in, with where it stands here.
-                    if let Some(resume) = resume {
-                        let positions = &c.positions;
-                        let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
-                        if !caught_up(&resume.cursors, &resume.outbound, next_of) {
-                            tracing::warn!(client_id = %client_id, "this node's partition followers are behind a dead node's session record: messages between them may reach the session twice");
-                        }
-                        if self.broker.expect_cluster_backlog(&client_id) {
-                            c.resume(client_id.clone(), resume, filters, &self.broker);
-                        }
-                    }
-                    c.session_changes.push(client_id);
-                }
+                let orphan = Orphan {
+                    client_id,
+                    snapshot,
+                    will_in,
+                    expires_in,
+                    resume,
+                };
+                self.orphan(now, orphan);
             }
             FromCluster::Release(req) => {
                 match req.client.client_id() {
@@ -1428,6 +1524,177 @@ impl Router {
         }
     }
 
+    /// A dead node's session taken over by this node: into the broker at once, or, while
+    /// this node's partition followers are behind its record, held until they are past it
+    /// (see [`HeldOrphan`]).
+    fn orphan(&mut self, now: Instant, o: Orphan) {
+        let behind = (self.cluster.as_ref())
+            .zip(o.resume.as_ref())
+            .is_some_and(|(c, r)| c.behind_record(r));
+        let (true, Some(c), Some(resume)) = (behind, self.cluster.as_mut(), o.resume.clone())
+        else {
+            return self.take_in_orphan(now, o, None);
+        };
+        if c.orphans.contains_key(&o.client_id) {
+            tracing::warn!(client_id = %o.client_id, "a dead node's session was not taken over here: this node holds one for that client id already");
+            return;
+        }
+        tracing::debug!(client_id = %o.client_id, "a dead node's session waits for this node's partition followers to pass its record");
+        let held = HeldOrphan {
+            snapshot: o.snapshot,
+            will_in: o.will_in,
+            expires_in: o.expires_in,
+            resume,
+            since: now,
+        };
+        c.orphans.insert(o.client_id, held);
+    }
+
+    /// Takes a dead node's session into the broker, offline, with what it held or missed on
+    /// the dead node to come from the log; `held`: why it goes now, when it was held.
+    fn take_in_orphan(&mut self, now: Instant, o: Orphan, held: Option<OrphanGoes>) {
+        let Orphan {
+            client_id,
+            snapshot,
+            will_in,
+            expires_in,
+            resume,
+        } = o;
+        let filters: Vec<String> = snapshot
+            .subscriptions
+            .iter()
+            .map(|(f, _)| f.clone())
+            .filter(|f| !f.starts_with("$share/"))
+            .collect();
+        if !self
+            .broker
+            .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
+        {
+            tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
+        } else if let Some(c) = self.cluster.as_mut() {
+            // What it held or missed on the dead node, as its last record says
+            // (written when it went offline, or a checkpoint while connected), is
+            // read back from the log like a resumed session's; its record is
+            // written again once that is in, with where it stands here.
+            if let Some(resume) = resume {
+                // (A clean start ends it before anything reaches it.)
+                if c.behind_record(&resume) && held != Some(OrphanGoes::CleanStart) {
+                    tracing::warn!(client_id = %client_id, why = ?held, "this node's partition followers are behind a dead node's session record: messages between them may reach the session twice");
+                }
+                if self.broker.expect_cluster_backlog(&client_id) {
+                    c.resume(client_id.clone(), resume, filters, &self.broker);
+                }
+            }
+            c.session_changes.push(client_id);
+        }
+    }
+
+    /// Takes the held orphan of `client_id`, if any, into the broker now, for `why`.
+    fn take_in_held_orphan(&mut self, now: Instant, client_id: &Arc<str>, why: OrphanGoes) {
+        let Some(o) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.orphans.remove(client_id))
+        else {
+            return;
+        };
+        if why == OrphanGoes::OutOfPatience {
+            tracing::warn!(client_id = %client_id, waited_s = CATCH_UP_PATIENCE.as_secs(), "this node's partition followers did not pass a dead node's session record in time: the session is taken in all the same");
+        } else {
+            tracing::debug!(client_id = %client_id, ?why, "a dead node's session held for this node's partition followers is taken in");
+        }
+        let o = o.at(client_id.clone(), now);
+        self.take_in_orphan(now, o, Some(why));
+    }
+
+    /// Takes in the held orphans that may go now ([`HeldOrphan::goes`]); whether any went.
+    fn release_orphans(&mut self, now: Instant) -> bool {
+        let Some(c) = self.cluster.as_ref() else {
+            return false;
+        };
+        let going: Vec<(Arc<str>, OrphanGoes)> = c
+            .orphans
+            .iter()
+            .filter_map(|(id, o)| Some((id.clone(), o.goes(now, c.behind_record(&o.resume))?)))
+            .collect();
+        let any = !going.is_empty();
+        for (client_id, why) in going {
+            self.take_in_held_orphan(now, &client_id, why);
+        }
+        any
+    }
+
+    /// This node's partition followers moved on: the held orphans they are past now are
+    /// taken in, then the claims waiting for them are decided again (a claim may wait for
+    /// a held orphan, see [`Router::decide_claim`]).
+    fn followers_moved(&mut self, now: Instant) {
+        self.release_orphans(now);
+        self.redecide_claims(now);
+    }
+
+    /// The timers of the held orphans ([`HeldOrphan::deadline`]): those due are taken in,
+    /// and the claims waiting for them decided again.
+    fn orphans_timed(&mut self, now: Instant) {
+        if self.release_orphans(now) {
+            self.redecide_claims(now);
+        }
+    }
+
+    /// Decides again the claims waiting for this node's partition followers.
+    fn redecide_claims(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if c.catching_up.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut c.catching_up);
+        for (conn, claim, since) in waiting {
+            self.decide_claim(now, conn, Ok(claim), since);
+        }
+    }
+
+    /// The orphan held for `client_id`, if any, is dropped: another node has the session
+    /// now, and decides its will.
+    fn drop_held_orphan(&mut self, client_id: &str) {
+        if let Some(c) = self.cluster.as_mut() {
+            if c.orphans.remove(client_id).is_some() {
+                tracing::info!(%client_id, "a dead node's session held here went to another node meanwhile: dropped here");
+            }
+        }
+    }
+
+    /// A claim of `client_id` (a CONNECT with `clean_start`) meets the dead node's session
+    /// this node holds for it, if any: with Clean Start it is taken in now, to end with the
+    /// CONNECT as the broker decides (its will too); when the record was written elsewhere
+    /// since (`moved_away`) it is stale and dropped; otherwise the CONNECT waits until it is
+    /// taken in, so that it finds its session [MQTT-3.1.2-4] [MQTT-3.1.2-5] and nothing
+    /// reaches it twice [MQTT-4.3.3-*]. Returns whether the CONNECT waits.
+    fn claim_meets_orphan(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+        clean_start: bool,
+        moved_away: bool,
+    ) -> bool {
+        let held = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.orphans.contains_key(client_id));
+        if !held {
+            return false;
+        }
+        if moved_away {
+            self.drop_held_orphan(client_id);
+            false
+        } else if clean_start {
+            self.take_in_held_orphan(now, &Arc::from(client_id), OrphanGoes::CleanStart);
+            false
+        } else {
+            true
+        }
+    }
+
     /// Whether a hand-over request for `client_id`, asked under `asked`, predates the
     /// connection of that client this node holds now (`makelaar_cluster::takeover`).
     fn release_is_stale(&self, client_id: &str, asked: makelaar_cluster::Revision) -> bool {
@@ -1447,6 +1714,7 @@ impl Router {
     /// took the record decides it, and the session ends here without it; otherwise the will
     /// never reached the cluster and goes out here, as on a single broker.
     fn lost_to_another_node(&mut self, now: Instant, client_id: &str, will_in_cluster: bool) {
+        self.drop_held_orphan(client_id);
         if let Some(c) = self.cluster.as_mut() {
             c.untrack_client(client_id);
         }
@@ -1489,21 +1757,33 @@ impl Router {
             // request with nothing to close.
             return;
         };
+        let behind_orphan = match &result {
+            Ok(claim) => {
+                let (client_id, clean_start) = (connect.client_id.clone(), connect.clean_start);
+                self.claim_meets_orphan(now, &client_id, clean_start, claim.moved_away)
+            }
+            Err(_) => false,
+        };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some((connect, _)) = c.claiming.get(&conn) else {
+            return;
+        };
         // A record ahead of this node's followers: the CONNECT waits until they are past it,
         // or a message would reach the session both live and from the record. A client from
-        // another node waits until they are past what it published there.
+        // another node waits until they are past what it published there. A client whose
+        // session this node holds for its followers (a dead node's) waits until it is taken
+        // in, to find it.
         if let Ok(claim) = &result {
             let positions = &c.positions;
             let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
             let behind_record = !connect.clean_start
                 && claim.session.is_some()
-                && claim
-                    .resume
-                    .as_ref()
-                    .is_some_and(|r| !caught_up(&r.cursors, &r.outbound, next_of));
+                && claim.resume.as_ref().is_some_and(|r| c.behind_record(r));
             let behind_tails = !past_tails(&claim.tails, next_of);
-            if behind_record || behind_tails {
-                tracing::debug!(client_id = %connect.client_id, behind_record, behind_tails, "CONNECT waits for this node's partition followers");
+            if behind_record || behind_tails || behind_orphan {
+                tracing::debug!(client_id = %connect.client_id, behind_record, behind_tails, behind_orphan, "CONNECT waits for this node's partition followers");
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
                 let clean_start = connect.clean_start;
                 if let Ok(mut claim) = result {
@@ -1675,7 +1955,7 @@ impl Router {
         let stale: Vec<ConnId> = c
             .catching_up
             .iter()
-            .filter(|(_, _, since)| now.saturating_duration_since(*since) >= CATCH_UP_PATIENCE)
+            .filter(|(_, _, since)| out_of_patience(*since, now))
             .map(|(conn, _, _)| *conn)
             .collect();
         for conn in stale {
