@@ -2012,7 +2012,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use makelaar_cluster::record::{Cursor, Outbound, OutboundState};
-    use makelaar_core::broker::{KeptMessage, SessionSnapshot};
+    use makelaar_core::broker::{KeptMessage, KeptWill, SessionSnapshot};
     use makelaar_core::message::{LogPosition, Message};
     use makelaar_core::persist::KeptState;
     use makelaar_proto::{ProtocolVersion, QoS, Will};
@@ -2391,6 +2391,8 @@ mod tests {
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
         got: Vec<(u32, QoS, bool)>,
+        /// The CONNACKs sent, in order: Session Present of each.
+        connacks: Vec<bool>,
     }
 
     /// The client id of the persistent subscriber below.
@@ -2422,6 +2424,7 @@ mod tests {
                 wills_written: 0,
                 outs: HashMap::new(),
                 got: Vec::new(),
+                connacks: Vec::new(),
             }
         }
 
@@ -2474,6 +2477,7 @@ mod tests {
                                     },
                                 ));
                             }
+                            Packet::ConnAck(a) => self.connacks.push(a.session_present),
                             Packet::PubRel(r) => answers.push((
                                 conn,
                                 Packet::PubComp(makelaar_proto::PubAck::new(r.packet_id)),
@@ -2529,26 +2533,28 @@ mod tests {
 
         /// Its claim comes back with the record another node wrote, `moved_away` as given.
         fn claimed(&mut self, conn: ConnId, revision: u64, record: &Resume, moved_away: bool) {
-            let session = SessionSnapshot {
-                subscriptions: vec![(
-                    "t".into(),
-                    makelaar_core::session::Subscription {
-                        options: makelaar_proto::SubscriptionOptions {
-                            qos: QoS::ExactlyOnce,
-                            ..Default::default()
-                        },
-                        id: None,
-                    },
-                )],
-                inbound_qos2: Vec::new(),
-                expiry_interval: 600,
-                ..offline(Vec::new())
-            };
+            self.claimed_with(conn, revision, Some(record.clone()), moved_away);
+        }
+
+        /// Its claim comes back with the record this node wrote when it reaped the dead
+        /// node that had the session (`crate::cluster::take_over_orphan` leaves the dead
+        /// node's place in the log out of it: the router has it).
+        fn claimed_reaped(&mut self, conn: ConnId, revision: u64) {
+            self.claimed_with(conn, revision, None, false);
+        }
+
+        fn claimed_with(
+            &mut self,
+            conn: ConnId,
+            revision: u64,
+            resume: Option<Resume>,
+            moved_away: bool,
+        ) {
             let claim = crate::cluster::Claim {
                 revision: makelaar_cluster::Revision::new(revision).unwrap(),
-                session: Some(session),
+                session: Some(subscribed()),
                 will: None,
-                resume: Some(record.clone()),
+                resume,
                 moved_away,
                 tails: Vec::new(),
             };
@@ -2565,9 +2571,20 @@ mod tests {
         /// Node "c" publishes message `n` (QoS 1 when odd, QoS 2 when even): appended, then
         /// brought by this node's follower.
         fn published_elsewhere(&mut self, n: u32) {
+            self.appended_elsewhere(n);
+            self.follow(self.log.len() as u64);
+        }
+
+        /// Node "c" publishes message `n`: appended, not brought by this node's follower
+        /// yet.
+        fn appended_elsewhere(&mut self, n: u32) {
             self.log
                 .push((makelaar_cluster::NodeId::new("c").unwrap(), n));
-            let seq = self.log.len() as u64;
+        }
+
+        /// This node's follower brings the message at `seq` of the log.
+        fn follow(&mut self, seq: u64) {
+            let (_, n) = self.log[(seq - 1) as usize];
             let msg = numbered(n);
             msg.log_position
                 .set(LogPosition { partition: 0, seq })
@@ -2646,6 +2663,25 @@ mod tests {
                 "{case}: what the subscriber got: {:?}",
                 self.got
             );
+        }
+    }
+
+    /// The subscriber's session as a record keeps it: offline, subscribed to "t" at QoS 2.
+    fn subscribed() -> SessionSnapshot {
+        SessionSnapshot {
+            subscriptions: vec![(
+                "t".into(),
+                makelaar_core::session::Subscription {
+                    options: makelaar_proto::SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        ..Default::default()
+                    },
+                    id: None,
+                },
+            )],
+            inbound_qos2: Vec::new(),
+            expiry_interval: 600,
+            ..offline(Vec::new())
         }
     }
 
@@ -2892,5 +2928,205 @@ mod tests {
             "a clean session subscribed to nothing: {:?}",
             node.got
         );
+    }
+
+    /// When the subscriber reaped below connects to this node.
+    #[derive(Debug, Clone, Copy)]
+    enum Reconnects {
+        /// Once this node's follower is past its record.
+        AfterCatchUp,
+        /// While this node holds its session for the follower.
+        WhileHeld,
+    }
+
+    /// The dead node "b" had delivered messages 1..=5 to the persistent subscriber: its
+    /// record's cursor is at 6.
+    fn dead_nodes_record() -> Resume {
+        Resume {
+            writer: makelaar_cluster::NodeId::new("b").unwrap(),
+            cursors: vec![Cursor {
+                partition: 0,
+                next: 6,
+                writer_through: 0,
+            }],
+            outbound: Vec::new(),
+        }
+    }
+
+    /// This node reaped "b" and is handed the subscriber's session at `at`, its will (if
+    /// any) due in `will_in`.
+    fn reaped(node: &mut Node, at: Instant, will: Option<KeptWill>, will_in: Duration) {
+        let snapshot = SessionSnapshot {
+            will,
+            ..subscribed()
+        };
+        node.router.cluster_event(
+            at,
+            FromCluster::Orphan {
+                client_id: Arc::from(SUB),
+                snapshot,
+                will_in,
+                expires_in: Some(Duration::from_secs(600)),
+                resume: Some(dead_nodes_record()),
+            },
+        );
+        node.settle();
+    }
+
+    /// Whether this node's broker has the subscriber's session (it is not held).
+    fn taken_in(node: &Node) -> bool {
+        node.router.broker.session_snapshot(SUB).is_some()
+    }
+
+    /// Issue 15 (docs/cluster.md, "Faults: what is left"): this node reaps a dead node whose
+    /// record of a persistent QoS 1/2 subscriber is ahead of this node's follower (the
+    /// fault runs' QoS 2 duplicates). The session is held until the follower is past the
+    /// record, so what the follower brings up to there (delivered on the dead node) never
+    /// reaches it again; a CONNECT meanwhile waits for it and finds it (Session Present
+    /// [MQTT-3.1.2-5]). Each message after the record's is delivered, QoS 2 ones exactly
+    /// once [MQTT-4.3.3-*], QoS 1 ones [MQTT-4.3.2-*] not again after the record.
+    fn reaped_session_ahead_of_the_follower(when: Reconnects) {
+        // The log holds 1..=5; this node's follower has brought 1 and 2 only.
+        let mut node = Node::new(3);
+        for n in 3..=5 {
+            node.appended_elsewhere(n);
+        }
+        reaped(&mut node, Instant::now(), None, Duration::ZERO);
+        assert!(
+            !taken_in(&node),
+            "{when:?}: held while the follower is behind"
+        );
+        if let Reconnects::WhileHeld = when {
+            node.connect(1);
+            node.claimed_reaped(1, 1);
+            assert!(node.connacks.is_empty(), "{when:?}: the CONNECT waits");
+        }
+        node.follow(3);
+        node.follow(4);
+        assert!(!taken_in(&node), "{when:?}: 5 is not here yet");
+        node.follow(5);
+        assert!(taken_in(&node), "{when:?}: taken in past the record");
+        if let Reconnects::AfterCatchUp = when {
+            node.connect(1);
+            node.claimed_reaped(1, 1);
+        }
+        assert_eq!(node.connacks, [true], "{when:?}: Session Present");
+        while !node.replays.is_empty() {
+            node.replayed(0);
+        }
+        for n in 6..=9 {
+            node.published_elsewhere(n);
+        }
+        node.assert_got(6, 9, &format!("{when:?}"));
+        assert!(
+            node.got.iter().all(|&(n, _, _)| n >= 6),
+            "{when:?}: nothing the dead node had delivered: {:?}",
+            node.got
+        );
+    }
+
+    #[test]
+    fn a_reaped_session_ahead_of_the_follower_gets_each_message_once() {
+        for when in [Reconnects::AfterCatchUp, Reconnects::WhileHeld] {
+            reaped_session_ahead_of_the_follower(when);
+        }
+    }
+
+    /// A will waiting out its delay in a held session is published when due, once: the
+    /// session is taken in then (the follower still behind), and the broker's due will goes
+    /// with the record write that takes it out of the record, as for any session here.
+    #[test]
+    fn a_held_orphans_will_is_published_once_when_due() {
+        let mut node = Node::new(3);
+        node.appended_elsewhere(3);
+        let will = KeptWill {
+            will: Box::new(Will {
+                topic: "gone/sub2".into(),
+                payload: bytes::Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: makelaar_proto::Properties::default(),
+            }),
+            username: None,
+        };
+        let t0 = Instant::now();
+        reaped(&mut node, t0, Some(will), Duration::from_secs(2));
+        let timers = |node: &mut Node, at: Instant| {
+            node.router.orphans_timed(at);
+            node.router.broker.handle_timeout(at);
+            node.settle();
+        };
+        timers(&mut node, t0 + Duration::from_secs(1));
+        assert!(!taken_in(&node), "held: its will is not due yet");
+        assert_eq!(node.wills_written, 0);
+        let due = t0 + Duration::from_secs(2);
+        assert_eq!(
+            node.router
+                .cluster
+                .as_ref()
+                .and_then(ClusterSide::next_orphan_deadline),
+            Some(due),
+            "the router's timer is set for it"
+        );
+        timers(&mut node, due);
+        assert!(taken_in(&node), "taken in when its will is due");
+        // Its record waits for its replay (what it holds is not all here before).
+        while !node.replays.is_empty() {
+            node.replayed(0);
+        }
+        assert_eq!(node.wills_written, 1, "the due will goes with its record");
+        timers(&mut node, due + CATCH_UP_PATIENCE);
+        assert_eq!(node.wills_written, 1, "once");
+    }
+
+    /// A held session whose follower does not catch up (stalled) is taken in all the same
+    /// after [`CATCH_UP_PATIENCE`]: never dropped; a CONNECT waiting for it is then decided
+    /// (Session Present), not refused.
+    #[test]
+    fn a_held_orphan_is_taken_in_after_the_bound_when_the_follower_stalls() {
+        let mut node = Node::new(3);
+        node.appended_elsewhere(3);
+        let t0 = Instant::now();
+        reaped(&mut node, t0, None, Duration::ZERO);
+        node.connect(1);
+        node.claimed_reaped(1, 1);
+        node.router
+            .orphans_timed(t0 + CATCH_UP_PATIENCE - Duration::from_millis(1));
+        node.settle();
+        assert!(!taken_in(&node));
+        assert!(node.connacks.is_empty(), "the CONNECT waits");
+        node.router.orphans_timed(t0 + CATCH_UP_PATIENCE);
+        node.settle();
+        assert!(taken_in(&node), "taken in after the bound");
+        assert_eq!(node.connacks, [true], "Session Present");
+        assert_eq!(node.replays.len(), 1, "what it held or missed is read back");
+    }
+
+    /// A CONNECT with Clean Start for a held session takes it in and ends it (a clean
+    /// session, Session Present 0 [MQTT-3.1.2-4]); a notice that the client moved to
+    /// another node drops a held session (that node has it, and decides its will).
+    #[test]
+    fn a_held_orphan_meets_a_clean_start_and_a_move() {
+        let mut node = Node::new(3);
+        node.appended_elsewhere(3);
+        reaped(&mut node, Instant::now(), None, Duration::ZERO);
+        node.connect_with(1, true, None);
+        node.claimed_reaped(1, 1);
+        assert_eq!(node.connacks, [false]);
+        assert!(node.router.cluster.as_ref().unwrap().orphans.is_empty());
+        node.follow(3);
+        node.published_elsewhere(4);
+        assert!(node.got.is_empty(), "a clean session: {:?}", node.got);
+
+        let mut node = Node::new(3);
+        node.appended_elsewhere(3);
+        reaped(&mut node, Instant::now(), None, Duration::ZERO);
+        node.router
+            .cluster_event(Instant::now(), FromCluster::Moved(Arc::from(SUB)));
+        node.settle();
+        assert!(node.router.cluster.as_ref().unwrap().orphans.is_empty());
+        node.router
+            .orphans_timed(Instant::now() + CATCH_UP_PATIENCE);
+        assert!(!taken_in(&node), "dropped, not taken in later");
     }
 }
