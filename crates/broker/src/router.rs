@@ -1477,6 +1477,7 @@ impl Router {
                         // Taken before: the will as the record holds it (the connection's,
                         // or one waiting out its delay), and whether it was offline.
                         let before = self.broker.session_snapshot(&id);
+                        self.drop_held_orphan(&id);
                         if let Some(c) = self.cluster.as_mut() {
                             c.untrack_client(&id);
                         }
@@ -1669,7 +1670,10 @@ impl Router {
     /// CONNECT as the broker decides (its will too); when the record was written elsewhere
     /// since (`moved_away`) it is stale and dropped; otherwise the CONNECT waits until it is
     /// taken in, so that it finds its session [MQTT-3.1.2-4] [MQTT-3.1.2-5] and nothing
-    /// reaches it twice [MQTT-4.3.3-*]. Returns whether the CONNECT waits.
+    /// reaches it twice [MQTT-4.3.3-*]. Its will (not due, or it would have been taken in)
+    /// is dropped then: its client is back before the will's delay [MQTT-3.1.3-9], decided
+    /// when the wait starts as for a claim's will (`Broker::take_over_remote_will`), so the
+    /// wait's end changes nothing. Returns whether the CONNECT waits.
     fn claim_meets_orphan(
         &mut self,
         now: Instant,
@@ -1691,6 +1695,13 @@ impl Router {
             self.take_in_held_orphan(now, &Arc::from(client_id), OrphanGoes::CleanStart);
             false
         } else {
+            let held = self
+                .cluster
+                .as_mut()
+                .and_then(|c| c.orphans.get_mut(client_id));
+            if held.and_then(|o| o.snapshot.will.take()).is_some() {
+                tracing::debug!(%client_id, "will of a dead node's session dropped: its client is back before its delay [MQTT-3.1.3-9]");
+            }
             true
         }
     }
@@ -3035,48 +3046,67 @@ mod tests {
     /// A will waiting out its delay in a held session is published when due, once: the
     /// session is taken in then (the follower still behind), and the broker's due will goes
     /// with the record write that takes it out of the record, as for any session here.
+    /// Its client back before that (a CONNECT waiting for the session) drops it
+    /// [MQTT-3.1.3-9].
     #[test]
-    fn a_held_orphans_will_is_published_once_when_due() {
-        let mut node = Node::new(3);
-        node.appended_elsewhere(3);
-        let will = KeptWill {
-            will: Box::new(Will {
-                topic: "gone/sub2".into(),
-                payload: bytes::Bytes::from_static(b"bye"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: makelaar_proto::Properties::default(),
-            }),
-            username: None,
-        };
-        let t0 = Instant::now();
-        reaped(&mut node, t0, Some(will), Duration::from_secs(2));
-        let timers = |node: &mut Node, at: Instant| {
-            node.router.orphans_timed(at);
-            node.router.broker.handle_timeout(at);
-            node.settle();
-        };
-        timers(&mut node, t0 + Duration::from_secs(1));
-        assert!(!taken_in(&node), "held: its will is not due yet");
-        assert_eq!(node.wills_written, 0);
-        let due = t0 + Duration::from_secs(2);
-        assert_eq!(
-            node.router
+    fn a_held_orphans_will_is_published_once_when_due_unless_its_client_is_back() {
+        for back in [false, true] {
+            let mut node = Node::new(3);
+            for n in 3..=5 {
+                node.appended_elsewhere(n);
+            }
+            let will = KeptWill {
+                will: Box::new(Will {
+                    topic: "gone/sub2".into(),
+                    payload: bytes::Bytes::from_static(b"bye"),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: makelaar_proto::Properties::default(),
+                }),
+                username: None,
+            };
+            let t0 = Instant::now();
+            reaped(&mut node, t0, Some(will), Duration::from_secs(2));
+            if back {
+                node.connect(1);
+                node.claimed_reaped(1, 1);
+            }
+            let timers = |node: &mut Node, at: Instant| {
+                node.router.orphans_timed(at);
+                node.router.broker.handle_timeout(at);
+                node.settle();
+            };
+            timers(&mut node, t0 + Duration::from_secs(1));
+            assert!(!taken_in(&node), "back: {back}: held, its will not due yet");
+            let due = t0 + Duration::from_secs(2);
+            let deadline = node
+                .router
                 .cluster
                 .as_ref()
-                .and_then(ClusterSide::next_orphan_deadline),
-            Some(due),
-            "the router's timer is set for it"
-        );
-        timers(&mut node, due);
-        assert!(taken_in(&node), "taken in when its will is due");
-        // Its record waits for its replay (what it holds is not all here before).
-        while !node.replays.is_empty() {
-            node.replayed(0);
+                .and_then(ClusterSide::next_orphan_deadline);
+            let expected = if back { t0 + CATCH_UP_PATIENCE } else { due };
+            assert_eq!(deadline, Some(expected), "back: {back}: the router's timer");
+            timers(&mut node, due);
+            assert_eq!(
+                taken_in(&node),
+                !back,
+                "back: {back}: taken in when its will is due"
+            );
+            if back {
+                for seq in 3..=5 {
+                    node.follow(seq);
+                }
+                assert_eq!(node.connacks, [true], "Session Present");
+            }
+            // Its record waits for its replay (what it holds is not all here before).
+            while !node.replays.is_empty() {
+                node.replayed(0);
+            }
+            let published = usize::from(!back);
+            assert_eq!(node.wills_written, published, "back: {back}");
+            timers(&mut node, due + CATCH_UP_PATIENCE);
+            assert_eq!(node.wills_written, published, "back: {back}: once");
         }
-        assert_eq!(node.wills_written, 1, "the due will goes with its record");
-        timers(&mut node, due + CATCH_UP_PATIENCE);
-        assert_eq!(node.wills_written, 1, "once");
     }
 
     /// A held session whose follower does not catch up (stalled) is taken in all the same
