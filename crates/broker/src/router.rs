@@ -34,7 +34,8 @@ pub(crate) mod desk;
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
 /// How long a CONNECT waits for this node's partition followers to pass its session record
-/// (see `ClusterSide::catching_up`) before it is refused (server unavailable).
+/// (see `ClusterSide::catching_up`) before it is refused (server unavailable), and a dead
+/// node's session held for them ([`HeldOrphan`]) before it is taken in all the same.
 const CATCH_UP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What a connection task tells the router.
