@@ -149,6 +149,11 @@ pub(crate) struct ClusterSide {
     /// followers, by client id: taken into the broker once they are past them (see
     /// [`HeldOrphan`]).
     orphans: HashMap<Arc<str>, HeldOrphan>,
+    /// The followers moved since the held orphans were last looked at: they are, once per
+    /// batch (`Router::flush`), not per message (a reap may hand over thousands). Taken in
+    /// a little later than it could be, a session loses nothing: its replay reads up to
+    /// where the followers stand then.
+    orphans_to_check: bool,
     /// Sessions taken in with a replay to come, by client id: what the replay needs.
     resumes: HashMap<Arc<str>, Resuming>,
     /// The resumes started so far: each one's number (`Resuming::n`).
@@ -355,6 +360,7 @@ impl ClusterSide {
             waiting: std::collections::VecDeque::new(),
             catching_up: Vec::new(),
             orphans: HashMap::new(),
+            orphans_to_check: false,
             resumes: HashMap::new(),
             resumes_started: 0,
             max_queued: (0, 0),
@@ -1071,6 +1077,9 @@ impl Router {
     /// Carries out what the broker decided, then wakes every connection that got packets,
     /// once each (see `wake_listed`).
     fn flush(&mut self) {
+        if self.cluster.as_ref().is_some_and(|c| c.orphans_to_check) {
+            self.orphans_timed(Instant::now());
+        }
         self.send_exports();
         if let Some(c) = self.cluster.as_mut() {
             // A client this broker named registers before its record's first write.
@@ -1530,9 +1539,12 @@ impl Router {
     /// this node's partition followers are behind its record, held until they are past it
     /// (see [`HeldOrphan`]).
     fn orphan(&mut self, now: Instant, o: Orphan) {
+        // (One this broker cannot take in, as it has a session for that client id, is
+        // refused at once, not held.)
         let behind = (self.cluster.as_ref())
             .zip(o.resume.as_ref())
-            .is_some_and(|(c, r)| c.behind_record(r));
+            .is_some_and(|(c, r)| c.behind_record(r))
+            && self.broker.session_snapshot(&o.client_id).is_none();
         let (true, Some(c), Some(resume)) = (behind, self.cluster.as_mut(), o.resume.clone())
         else {
             return self.take_in_orphan(now, o, None);
@@ -1611,7 +1623,7 @@ impl Router {
 
     /// Takes in the held orphans that may go now ([`HeldOrphan::goes`]); whether any went.
     fn release_orphans(&mut self, now: Instant) -> bool {
-        let Some(c) = self.cluster.as_ref() else {
+        let Some(c) = self.cluster.as_ref().filter(|c| !c.orphans.is_empty()) else {
             return false;
         };
         let going: Vec<(Arc<str>, OrphanGoes)> = c
@@ -1626,17 +1638,23 @@ impl Router {
         any
     }
 
-    /// This node's partition followers moved on: the held orphans they are past now are
-    /// taken in, then the claims waiting for them are decided again (a claim may wait for
-    /// a held orphan, see [`Router::decide_claim`]).
+    /// This node's partition followers moved on: the claims waiting for them are decided
+    /// again now, the held orphans at the batch's end ([`Router::orphans_timed`], from
+    /// `flush`).
     fn followers_moved(&mut self, now: Instant) {
-        self.release_orphans(now);
+        if let Some(c) = self.cluster.as_mut() {
+            c.orphans_to_check = !c.orphans.is_empty();
+        }
         self.redecide_claims(now);
     }
 
-    /// The timers of the held orphans ([`HeldOrphan::deadline`]): those due are taken in,
-    /// and the claims waiting for them decided again.
+    /// The held orphans that may go now (the followers past their records, or their timers
+    /// run out, [`HeldOrphan::deadline`]) are taken in, then the claims waiting for them
+    /// (see [`Router::decide_claim`]) decided again.
     fn orphans_timed(&mut self, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.orphans_to_check = false;
+        }
         if self.release_orphans(now) {
             self.redecide_claims(now);
         }
