@@ -34,7 +34,8 @@ pub(crate) mod desk;
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
 /// How long a CONNECT waits for this node's partition followers to pass its session record
-/// (see `ClusterSide::catching_up`) before it is refused (server unavailable).
+/// (see `ClusterSide::catching_up`) before it is refused (server unavailable), and a dead
+/// node's session held for them ([`HeldOrphan`]) before it is taken in all the same.
 const CATCH_UP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What a connection task tells the router.
@@ -144,6 +145,15 @@ pub(crate) struct ClusterSide {
     /// Claims whose session record is ahead of this node's followers: decided once they
     /// have caught up, so no message reaches the session both live and from the record.
     catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
+    /// Dead nodes' sessions taken over by this node whose records are ahead of its
+    /// followers, by client id: taken into the broker once they are past them (see
+    /// [`HeldOrphan`]).
+    orphans: HashMap<Arc<str>, HeldOrphan>,
+    /// The followers moved since the held orphans were last looked at: they are, once per
+    /// batch (`Router::flush`), not per message (a reap may hand over thousands). Taken in
+    /// a little later than it could be, a session loses nothing: its replay reads up to
+    /// where the followers stand then.
+    orphans_to_check: bool,
     /// Sessions taken in with a replay to come, by client id: what the replay needs.
     resumes: HashMap<Arc<str>, Resuming>,
     /// The resumes started so far: each one's number (`Resuming::n`).
@@ -216,6 +226,103 @@ struct Resuming {
     wills: Vec<makelaar_core::broker::KeptWill>,
 }
 
+/// A dead node's session taken over by this node, as the reaper hands it to the router
+/// (`FromCluster::Orphan`).
+struct Orphan {
+    client_id: Arc<str>,
+    snapshot: makelaar_core::broker::SessionSnapshot,
+    will_in: Duration,
+    expires_in: Option<Duration>,
+    resume: Option<Resume>,
+}
+
+/// A dead node's session taken over by this node (`FromCluster::Orphan`) while this node's
+/// partition followers were behind its record: kept out of the broker, where every message
+/// the followers bring would be routed to it live, messages the session had already
+/// received on the dead node among them (the record's cursors are past them) [MQTT-4.3.3-*].
+/// Taken in as [`FromCluster::Orphan`] says, with its clocks run on, when
+/// [`HeldOrphan::goes`] says so.
+struct HeldOrphan {
+    snapshot: makelaar_core::broker::SessionSnapshot,
+    /// As the reaper said at `since`: when its will (if any) is due, when its session ends.
+    will_in: Duration,
+    expires_in: Option<Duration>,
+    resume: Resume,
+    /// When it was taken over here.
+    since: Instant,
+}
+
+/// Why a held orphan is taken into the broker now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OrphanGoes {
+    /// This node's followers are past its record: nothing they bring from here on reached
+    /// the session on the dead node.
+    CaughtUp,
+    /// Its will or its session's end falls due: the broker publishes the will (once, by the
+    /// write that takes it out of the record) and ends the session on time, as for any
+    /// session of this node's.
+    Due,
+    /// The followers did not catch up within [`CATCH_UP_PATIENCE`] (stalled): taken in all
+    /// the same, as an orphan is never dropped (its will and what it holds would be lost);
+    /// what they bring may reach it twice, logged.
+    OutOfPatience,
+    /// Its client connects with Clean Start: the session ends with that CONNECT, as the
+    /// broker decides it (its will too), so nothing can reach it twice.
+    CleanStart,
+}
+
+impl HeldOrphan {
+    /// Whether it is taken in at `now`, and why; `behind`: this node's followers are not
+    /// past its record yet (see [`ClusterSide::behind_record`]).
+    fn goes(&self, now: Instant, behind: bool) -> Option<OrphanGoes> {
+        if !behind {
+            Some(OrphanGoes::CaughtUp)
+        } else if self.due_at().is_some_and(|at| now >= at) {
+            Some(OrphanGoes::Due)
+        } else if out_of_patience(self.since, now) {
+            Some(OrphanGoes::OutOfPatience)
+        } else {
+            None
+        }
+    }
+
+    /// When its will or its session's end falls due, whichever comes first.
+    fn due_at(&self) -> Option<Instant> {
+        let will = self
+            .snapshot
+            .will
+            .as_ref()
+            .map(|_| self.since + self.will_in);
+        let end = self.expires_in.map(|d| self.since + d);
+        will.into_iter().chain(end).min()
+    }
+
+    /// The next time [`HeldOrphan::goes`] may say yes without the followers moving.
+    fn deadline(&self) -> Instant {
+        let patience = self.since + CATCH_UP_PATIENCE;
+        self.due_at().map_or(patience, |at| at.min(patience))
+    }
+
+    /// The orphan as if handed over at `now`: its will and its session's end as far off as
+    /// they are still.
+    fn at(self, client_id: Arc<str>, now: Instant) -> Orphan {
+        let held = now.saturating_duration_since(self.since);
+        Orphan {
+            client_id,
+            snapshot: self.snapshot,
+            will_in: self.will_in.saturating_sub(held),
+            expires_in: self.expires_in.map(|d| d.saturating_sub(held)),
+            resume: Some(self.resume),
+        }
+    }
+}
+
+/// Whether something waiting for this node's followers since `since` has waited long
+/// enough at `now`: they are taken as stalled (see [`CATCH_UP_PATIENCE`]).
+fn out_of_patience(since: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(since) >= CATCH_UP_PATIENCE
+}
+
 /// How often a full queue to the cluster is logged at most.
 const QUEUE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -252,6 +359,8 @@ impl ClusterSide {
             appended: 0,
             waiting: std::collections::VecDeque::new(),
             catching_up: Vec::new(),
+            orphans: HashMap::new(),
+            orphans_to_check: false,
             resumes: HashMap::new(),
             resumes_started: 0,
             max_queued: (0, 0),
@@ -292,6 +401,20 @@ impl ClusterSide {
                 self.complete(w, broker, &followed);
             }
         }
+    }
+
+    /// Whether this node's partition followers are behind `record` (not past everything
+    /// it says its session took in): a session taken into the broker from it now would get
+    /// the messages between them both live and from the record. The one rule for claims
+    /// (`Router::decide_claim`) and dead nodes' sessions ([`HeldOrphan`]).
+    fn behind_record(&self, record: &Resume) -> bool {
+        let next_of = |p: u16| self.positions.get(&p).map_or(0, |n| n.next);
+        !caught_up(&record.cursors, &record.outbound, next_of)
+    }
+
+    /// The next time a held orphan may be taken in without the followers moving.
+    fn next_orphan_deadline(&self) -> Option<Instant> {
+        self.orphans.values().map(HeldOrphan::deadline).min()
     }
 
     /// `client_id`'s session, just taken in from a record (`resume`) and waiting for what
@@ -727,6 +850,12 @@ impl Router {
                         .as_ref()
                         .and_then(|c| c.checkpoints.next_due())
                         .unwrap_or(now + far),
+                )
+                .min(
+                    self.cluster
+                        .as_ref()
+                        .and_then(ClusterSide::next_orphan_deadline)
+                        .unwrap_or(now + far),
                 );
             if timer != armed {
                 sleep.as_mut().reset(timer.into());
@@ -759,6 +888,9 @@ impl Router {
                 _ = &mut sleep => {
                     armed = start; // fired: re-arm on the next turn, whatever the deadline
                     let now = Instant::now();
+                    // Before the sweep: a claim waiting for a held orphan is decided once
+                    // that is taken in, not refused.
+                    self.orphans_timed(now);
                     if now >= next_sweep {
                         self.sweep_keep_alive(now);
                         next_sweep = now + KEEP_ALIVE_SWEEP;
@@ -945,6 +1077,9 @@ impl Router {
     /// Carries out what the broker decided, then wakes every connection that got packets,
     /// once each (see `wake_listed`).
     fn flush(&mut self) {
+        if self.cluster.as_ref().is_some_and(|c| c.orphans_to_check) {
+            self.orphans_timed(Instant::now());
+        }
         self.send_exports();
         if let Some(c) = self.cluster.as_mut() {
             // A client this broker named registers before its record's first write.
@@ -1193,13 +1328,8 @@ impl Router {
             FromCluster::Following { partition, next } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.positions.entry(partition).or_default().next = next;
-                    if !c.catching_up.is_empty() {
-                        let waiting = std::mem::take(&mut c.catching_up);
-                        for (conn, claim, since) in waiting {
-                            self.decide_claim(now, conn, Ok(claim), since);
-                        }
-                    }
                 }
+                self.followers_moved(now);
             }
             FromCluster::Log {
                 partition,
@@ -1214,12 +1344,7 @@ impl Router {
                 };
                 let pos = c.positions.entry(partition).or_default();
                 pos.next = pos.next.max(seq + 1);
-                if !c.catching_up.is_empty() {
-                    let waiting = std::mem::take(&mut c.catching_up);
-                    for (conn, claim, since) in waiting {
-                        self.decide_claim(now, conn, Ok(claim), since);
-                    }
-                }
+                self.followers_moved(now);
             }
             FromCluster::Replayed {
                 client_id,
@@ -1275,6 +1400,7 @@ impl Router {
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
             FromCluster::Moved(client_id) => {
+                self.drop_held_orphan(&client_id);
                 if let Some(c) = self.cluster.as_mut() {
                     c.untrack_client(&client_id);
                 }
@@ -1337,34 +1463,14 @@ impl Router {
                 expires_in,
                 resume,
             } => {
-                let filters: Vec<String> = snapshot
-                    .subscriptions
-                    .iter()
-                    .map(|(f, _)| f.clone())
-                    .filter(|f| !f.starts_with("$share/"))
-                    .collect();
-                if !self
-                    .broker
-                    .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
-                {
-                    tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
-                } else if let Some(c) = self.cluster.as_mut() {
-                    // What it held or missed on the dead node, as its last record says
-                    // (written when it went offline, or a checkpoint while connected), is
-                    // read back from the log like a resumed session's; its record is
-                    // written again once that is in, with where it stands here.
-                    if let Some(resume) = resume {
-                        let positions = &c.positions;
-                        let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
-                        if !caught_up(&resume.cursors, &resume.outbound, next_of) {
-                            tracing::warn!(client_id = %client_id, "this node's partition followers are behind a dead node's session record: messages between them may reach the session twice");
-                        }
-                        if self.broker.expect_cluster_backlog(&client_id) {
-                            c.resume(client_id.clone(), resume, filters, &self.broker);
-                        }
-                    }
-                    c.session_changes.push(client_id);
-                }
+                let orphan = Orphan {
+                    client_id,
+                    snapshot,
+                    will_in,
+                    expires_in,
+                    resume,
+                };
+                self.orphan(now, orphan);
             }
             FromCluster::Release(req) => {
                 match req.client.client_id() {
@@ -1381,6 +1487,7 @@ impl Router {
                         // Taken before: the will as the record holds it (the connection's,
                         // or one waiting out its delay), and whether it was offline.
                         let before = self.broker.session_snapshot(&id);
+                        self.drop_held_orphan(&id);
                         if let Some(c) = self.cluster.as_mut() {
                             c.untrack_client(&id);
                         }
@@ -1428,6 +1535,196 @@ impl Router {
         }
     }
 
+    /// A dead node's session taken over by this node: into the broker at once, or, while
+    /// this node's partition followers are behind its record, held until they are past it
+    /// (see [`HeldOrphan`]).
+    fn orphan(&mut self, now: Instant, o: Orphan) {
+        // (One this broker cannot take in, as it has a session for that client id, is
+        // refused at once, not held.)
+        let behind = (self.cluster.as_ref())
+            .zip(o.resume.as_ref())
+            .is_some_and(|(c, r)| c.behind_record(r))
+            && self.broker.session_snapshot(&o.client_id).is_none();
+        let (true, Some(c), Some(resume)) = (behind, self.cluster.as_mut(), o.resume.clone())
+        else {
+            return self.take_in_orphan(now, o, None);
+        };
+        if c.orphans.contains_key(&o.client_id) {
+            tracing::warn!(client_id = %o.client_id, "a dead node's session was not taken over here: this node holds one for that client id already");
+            return;
+        }
+        tracing::debug!(client_id = %o.client_id, "a dead node's session waits for this node's partition followers to pass its record");
+        let held = HeldOrphan {
+            snapshot: o.snapshot,
+            will_in: o.will_in,
+            expires_in: o.expires_in,
+            resume,
+            since: now,
+        };
+        c.orphans.insert(o.client_id, held);
+    }
+
+    /// Takes a dead node's session into the broker, offline, with what it held or missed on
+    /// the dead node to come from the log; `held`: why it goes now, when it was held.
+    fn take_in_orphan(&mut self, now: Instant, o: Orphan, held: Option<OrphanGoes>) {
+        let Orphan {
+            client_id,
+            snapshot,
+            will_in,
+            expires_in,
+            resume,
+        } = o;
+        let filters: Vec<String> = snapshot
+            .subscriptions
+            .iter()
+            .map(|(f, _)| f.clone())
+            .filter(|f| !f.starts_with("$share/"))
+            .collect();
+        if !self
+            .broker
+            .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
+        {
+            tracing::warn!(client_id = %client_id, "a dead node's session was not taken over here: this node has a session for that client id already");
+        } else if let Some(c) = self.cluster.as_mut() {
+            // What it held or missed on the dead node, as its last record says
+            // (written when it went offline, or a checkpoint while connected), is
+            // read back from the log like a resumed session's; its record is
+            // written again once that is in, with where it stands here.
+            if let Some(resume) = resume {
+                // (A clean start ends it before anything reaches it.)
+                if c.behind_record(&resume) && held != Some(OrphanGoes::CleanStart) {
+                    tracing::warn!(client_id = %client_id, why = ?held, "this node's partition followers are behind a dead node's session record: messages between them may reach the session twice");
+                }
+                if self.broker.expect_cluster_backlog(&client_id) {
+                    c.resume(client_id.clone(), resume, filters, &self.broker);
+                }
+            }
+            c.session_changes.push(client_id);
+        }
+    }
+
+    /// Takes the held orphan of `client_id`, if any, into the broker now, for `why`.
+    fn take_in_held_orphan(&mut self, now: Instant, client_id: &Arc<str>, why: OrphanGoes) {
+        let Some(o) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.orphans.remove(client_id))
+        else {
+            return;
+        };
+        if why == OrphanGoes::OutOfPatience {
+            tracing::warn!(client_id = %client_id, waited_s = CATCH_UP_PATIENCE.as_secs(), "this node's partition followers did not pass a dead node's session record in time: the session is taken in all the same");
+        } else {
+            tracing::debug!(client_id = %client_id, ?why, "a dead node's session held for this node's partition followers is taken in");
+        }
+        let o = o.at(client_id.clone(), now);
+        self.take_in_orphan(now, o, Some(why));
+    }
+
+    /// Takes in the held orphans that may go now ([`HeldOrphan::goes`]); whether any went.
+    fn release_orphans(&mut self, now: Instant) -> bool {
+        let Some(c) = self.cluster.as_ref().filter(|c| !c.orphans.is_empty()) else {
+            return false;
+        };
+        let going: Vec<(Arc<str>, OrphanGoes)> = c
+            .orphans
+            .iter()
+            .filter_map(|(id, o)| Some((id.clone(), o.goes(now, c.behind_record(&o.resume))?)))
+            .collect();
+        let any = !going.is_empty();
+        for (client_id, why) in going {
+            self.take_in_held_orphan(now, &client_id, why);
+        }
+        any
+    }
+
+    /// This node's partition followers moved on: the claims waiting for them are decided
+    /// again now, the held orphans at the batch's end ([`Router::orphans_timed`], from
+    /// `flush`).
+    fn followers_moved(&mut self, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.orphans_to_check = !c.orphans.is_empty();
+        }
+        self.redecide_claims(now);
+    }
+
+    /// The held orphans that may go now (the followers past their records, or their timers
+    /// run out, [`HeldOrphan::deadline`]) are taken in, then the claims waiting for them
+    /// (see [`Router::decide_claim`]) decided again.
+    fn orphans_timed(&mut self, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.orphans_to_check = false;
+        }
+        if self.release_orphans(now) {
+            self.redecide_claims(now);
+        }
+    }
+
+    /// Decides again the claims waiting for this node's partition followers.
+    fn redecide_claims(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if c.catching_up.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut c.catching_up);
+        for (conn, claim, since) in waiting {
+            self.decide_claim(now, conn, Ok(claim), since);
+        }
+    }
+
+    /// The orphan held for `client_id`, if any, is dropped: another node has the session
+    /// now, and decides its will.
+    fn drop_held_orphan(&mut self, client_id: &str) {
+        if let Some(c) = self.cluster.as_mut() {
+            if c.orphans.remove(client_id).is_some() {
+                tracing::info!(%client_id, "a dead node's session held here went to another node meanwhile: dropped here");
+            }
+        }
+    }
+
+    /// A claim of `client_id` (a CONNECT with `clean_start`) meets the dead node's session
+    /// this node holds for it, if any: with Clean Start it is taken in now, to end with the
+    /// CONNECT as the broker decides (its will too); when the record was written elsewhere
+    /// since (`moved_away`) it is stale and dropped; otherwise the CONNECT waits until it is
+    /// taken in, so that it finds its session [MQTT-3.1.2-4] [MQTT-3.1.2-5] and nothing
+    /// reaches it twice [MQTT-4.3.3-*]. Its will (not due, or it would have been taken in)
+    /// is dropped then: its client is back before the will's delay [MQTT-3.1.3-9], decided
+    /// when the wait starts as for a claim's will (`Broker::take_over_remote_will`), so the
+    /// wait's end changes nothing. Returns whether the CONNECT waits.
+    fn claim_meets_orphan(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+        clean_start: bool,
+        moved_away: bool,
+    ) -> bool {
+        let held = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.orphans.contains_key(client_id));
+        if !held {
+            return false;
+        }
+        if moved_away {
+            self.drop_held_orphan(client_id);
+            false
+        } else if clean_start {
+            self.take_in_held_orphan(now, &Arc::from(client_id), OrphanGoes::CleanStart);
+            false
+        } else {
+            let held = self
+                .cluster
+                .as_mut()
+                .and_then(|c| c.orphans.get_mut(client_id));
+            if held.and_then(|o| o.snapshot.will.take()).is_some() {
+                tracing::debug!(%client_id, "will of a dead node's session dropped: its client is back before its delay [MQTT-3.1.3-9]");
+            }
+            true
+        }
+    }
+
     /// Whether a hand-over request for `client_id`, asked under `asked`, predates the
     /// connection of that client this node holds now (`makelaar_cluster::takeover`).
     fn release_is_stale(&self, client_id: &str, asked: makelaar_cluster::Revision) -> bool {
@@ -1447,6 +1744,7 @@ impl Router {
     /// took the record decides it, and the session ends here without it; otherwise the will
     /// never reached the cluster and goes out here, as on a single broker.
     fn lost_to_another_node(&mut self, now: Instant, client_id: &str, will_in_cluster: bool) {
+        self.drop_held_orphan(client_id);
         if let Some(c) = self.cluster.as_mut() {
             c.untrack_client(client_id);
         }
@@ -1489,21 +1787,33 @@ impl Router {
             // request with nothing to close.
             return;
         };
+        let behind_orphan = match &result {
+            Ok(claim) => {
+                let (client_id, clean_start) = (connect.client_id.clone(), connect.clean_start);
+                self.claim_meets_orphan(now, &client_id, clean_start, claim.moved_away)
+            }
+            Err(_) => false,
+        };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some((connect, _)) = c.claiming.get(&conn) else {
+            return;
+        };
         // A record ahead of this node's followers: the CONNECT waits until they are past it,
         // or a message would reach the session both live and from the record. A client from
-        // another node waits until they are past what it published there.
+        // another node waits until they are past what it published there. A client whose
+        // session this node holds for its followers (a dead node's) waits until it is taken
+        // in, to find it.
         if let Ok(claim) = &result {
             let positions = &c.positions;
             let next_of = |p: u16| positions.get(&p).map_or(0, |n| n.next);
             let behind_record = !connect.clean_start
                 && claim.session.is_some()
-                && claim
-                    .resume
-                    .as_ref()
-                    .is_some_and(|r| !caught_up(&r.cursors, &r.outbound, next_of));
+                && claim.resume.as_ref().is_some_and(|r| c.behind_record(r));
             let behind_tails = !past_tails(&claim.tails, next_of);
-            if behind_record || behind_tails {
-                tracing::debug!(client_id = %connect.client_id, behind_record, behind_tails, "CONNECT waits for this node's partition followers");
+            if behind_record || behind_tails || behind_orphan {
+                tracing::debug!(client_id = %connect.client_id, behind_record, behind_tails, behind_orphan, "CONNECT waits for this node's partition followers");
                 let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
                 let clean_start = connect.clean_start;
                 if let Ok(mut claim) = result {
@@ -1675,7 +1985,7 @@ impl Router {
         let stale: Vec<ConnId> = c
             .catching_up
             .iter()
-            .filter(|(_, _, since)| now.saturating_duration_since(*since) >= CATCH_UP_PATIENCE)
+            .filter(|(_, _, since)| out_of_patience(*since, now))
             .map(|(conn, _, _)| *conn)
             .collect();
         for conn in stale {
@@ -1732,7 +2042,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use makelaar_cluster::record::{Cursor, Outbound, OutboundState};
-    use makelaar_core::broker::{KeptMessage, SessionSnapshot};
+    use makelaar_core::broker::{KeptMessage, KeptWill, SessionSnapshot};
     use makelaar_core::message::{LogPosition, Message};
     use makelaar_core::persist::KeptState;
     use makelaar_proto::{ProtocolVersion, QoS, Will};
@@ -2111,6 +2421,8 @@ mod tests {
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
         got: Vec<(u32, QoS, bool)>,
+        /// The CONNACKs sent, in order: Session Present of each.
+        connacks: Vec<bool>,
     }
 
     /// The client id of the persistent subscriber below.
@@ -2142,6 +2454,7 @@ mod tests {
                 wills_written: 0,
                 outs: HashMap::new(),
                 got: Vec::new(),
+                connacks: Vec::new(),
             }
         }
 
@@ -2194,6 +2507,7 @@ mod tests {
                                     },
                                 ));
                             }
+                            Packet::ConnAck(a) => self.connacks.push(a.session_present),
                             Packet::PubRel(r) => answers.push((
                                 conn,
                                 Packet::PubComp(makelaar_proto::PubAck::new(r.packet_id)),
@@ -2249,26 +2563,28 @@ mod tests {
 
         /// Its claim comes back with the record another node wrote, `moved_away` as given.
         fn claimed(&mut self, conn: ConnId, revision: u64, record: &Resume, moved_away: bool) {
-            let session = SessionSnapshot {
-                subscriptions: vec![(
-                    "t".into(),
-                    makelaar_core::session::Subscription {
-                        options: makelaar_proto::SubscriptionOptions {
-                            qos: QoS::ExactlyOnce,
-                            ..Default::default()
-                        },
-                        id: None,
-                    },
-                )],
-                inbound_qos2: Vec::new(),
-                expiry_interval: 600,
-                ..offline(Vec::new())
-            };
+            self.claimed_with(conn, revision, Some(record.clone()), moved_away);
+        }
+
+        /// Its claim comes back with the record this node wrote when it reaped the dead
+        /// node that had the session (`crate::cluster::take_over_orphan` leaves the dead
+        /// node's place in the log out of it: the router has it).
+        fn claimed_reaped(&mut self, conn: ConnId, revision: u64) {
+            self.claimed_with(conn, revision, None, false);
+        }
+
+        fn claimed_with(
+            &mut self,
+            conn: ConnId,
+            revision: u64,
+            resume: Option<Resume>,
+            moved_away: bool,
+        ) {
             let claim = crate::cluster::Claim {
                 revision: makelaar_cluster::Revision::new(revision).unwrap(),
-                session: Some(session),
+                session: Some(subscribed()),
                 will: None,
-                resume: Some(record.clone()),
+                resume,
                 moved_away,
                 tails: Vec::new(),
             };
@@ -2285,9 +2601,20 @@ mod tests {
         /// Node "c" publishes message `n` (QoS 1 when odd, QoS 2 when even): appended, then
         /// brought by this node's follower.
         fn published_elsewhere(&mut self, n: u32) {
+            self.appended_elsewhere(n);
+            self.follow(self.log.len() as u64);
+        }
+
+        /// Node "c" publishes message `n`: appended, not brought by this node's follower
+        /// yet.
+        fn appended_elsewhere(&mut self, n: u32) {
             self.log
                 .push((makelaar_cluster::NodeId::new("c").unwrap(), n));
-            let seq = self.log.len() as u64;
+        }
+
+        /// This node's follower brings the message at `seq` of the log.
+        fn follow(&mut self, seq: u64) {
+            let (_, n) = self.log[(seq - 1) as usize];
             let msg = numbered(n);
             msg.log_position
                 .set(LogPosition { partition: 0, seq })
@@ -2366,6 +2693,25 @@ mod tests {
                 "{case}: what the subscriber got: {:?}",
                 self.got
             );
+        }
+    }
+
+    /// The subscriber's session as a record keeps it: offline, subscribed to "t" at QoS 2.
+    fn subscribed() -> SessionSnapshot {
+        SessionSnapshot {
+            subscriptions: vec![(
+                "t".into(),
+                makelaar_core::session::Subscription {
+                    options: makelaar_proto::SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        ..Default::default()
+                    },
+                    id: None,
+                },
+            )],
+            inbound_qos2: Vec::new(),
+            expiry_interval: 600,
+            ..offline(Vec::new())
         }
     }
 
@@ -2612,5 +2958,224 @@ mod tests {
             "a clean session subscribed to nothing: {:?}",
             node.got
         );
+    }
+
+    /// When the subscriber reaped below connects to this node.
+    #[derive(Debug, Clone, Copy)]
+    enum Reconnects {
+        /// Once this node's follower is past its record.
+        AfterCatchUp,
+        /// While this node holds its session for the follower.
+        WhileHeld,
+    }
+
+    /// The dead node "b" had delivered messages 1..=5 to the persistent subscriber: its
+    /// record's cursor is at 6.
+    fn dead_nodes_record() -> Resume {
+        Resume {
+            writer: makelaar_cluster::NodeId::new("b").unwrap(),
+            cursors: vec![Cursor {
+                partition: 0,
+                next: 6,
+                writer_through: 0,
+            }],
+            outbound: Vec::new(),
+        }
+    }
+
+    /// This node reaped "b" and is handed the subscriber's session at `at`, its will (if
+    /// any) due in `will_in`.
+    fn reaped(node: &mut Node, at: Instant, will: Option<KeptWill>, will_in: Duration) {
+        let snapshot = SessionSnapshot {
+            will,
+            ..subscribed()
+        };
+        node.router.cluster_event(
+            at,
+            FromCluster::Orphan {
+                client_id: Arc::from(SUB),
+                snapshot,
+                will_in,
+                expires_in: Some(Duration::from_secs(600)),
+                resume: Some(dead_nodes_record()),
+            },
+        );
+        node.settle();
+    }
+
+    /// Whether this node's broker has the subscriber's session (it is not held).
+    fn taken_in(node: &Node) -> bool {
+        node.router.broker.session_snapshot(SUB).is_some()
+    }
+
+    /// Issue 15 (docs/cluster.md, "Faults: what is left"): this node reaps a dead node whose
+    /// record of a persistent QoS 1/2 subscriber is ahead of this node's follower (the
+    /// fault runs' QoS 2 duplicates). The session is held until the follower is past the
+    /// record, so what the follower brings up to there (delivered on the dead node) never
+    /// reaches it again; a CONNECT meanwhile waits for it and finds it (Session Present
+    /// [MQTT-3.1.2-5]). Each message after the record's is delivered, QoS 2 ones exactly
+    /// once [MQTT-4.3.3-*], QoS 1 ones [MQTT-4.3.2-*] not again after the record.
+    fn reaped_session_ahead_of_the_follower(when: Reconnects) {
+        // The log holds 1..=5; this node's follower has brought 1 and 2 only.
+        let mut node = Node::new(3);
+        for n in 3..=5 {
+            node.appended_elsewhere(n);
+        }
+        reaped(&mut node, Instant::now(), None, Duration::ZERO);
+        assert!(
+            !taken_in(&node),
+            "{when:?}: held while the follower is behind"
+        );
+        if let Reconnects::WhileHeld = when {
+            node.connect(1);
+            node.claimed_reaped(1, 1);
+            assert!(node.connacks.is_empty(), "{when:?}: the CONNECT waits");
+        }
+        node.follow(3);
+        node.follow(4);
+        assert!(!taken_in(&node), "{when:?}: 5 is not here yet");
+        node.follow(5);
+        assert!(taken_in(&node), "{when:?}: taken in past the record");
+        if let Reconnects::AfterCatchUp = when {
+            node.connect(1);
+            node.claimed_reaped(1, 1);
+        }
+        assert_eq!(node.connacks, [true], "{when:?}: Session Present");
+        while !node.replays.is_empty() {
+            node.replayed(0);
+        }
+        for n in 6..=9 {
+            node.published_elsewhere(n);
+        }
+        node.assert_got(6, 9, &format!("{when:?}"));
+        assert!(
+            node.got.iter().all(|&(n, _, _)| n >= 6),
+            "{when:?}: nothing the dead node had delivered: {:?}",
+            node.got
+        );
+    }
+
+    #[test]
+    fn a_reaped_session_ahead_of_the_follower_gets_each_message_once() {
+        for when in [Reconnects::AfterCatchUp, Reconnects::WhileHeld] {
+            reaped_session_ahead_of_the_follower(when);
+        }
+    }
+
+    /// A will waiting out its delay in a held session is published when due, once: the
+    /// session is taken in then (the follower still behind), and the broker's due will goes
+    /// with the record write that takes it out of the record, as for any session here.
+    /// Its client back before that (a CONNECT waiting for the session) drops it
+    /// [MQTT-3.1.3-9].
+    #[test]
+    fn a_held_orphans_will_is_published_once_when_due_unless_its_client_is_back() {
+        for back in [false, true] {
+            let mut node = Node::new(3);
+            for n in 3..=5 {
+                node.appended_elsewhere(n);
+            }
+            let will = KeptWill {
+                will: Box::new(Will {
+                    topic: "gone/sub2".into(),
+                    payload: bytes::Bytes::from_static(b"bye"),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: makelaar_proto::Properties::default(),
+                }),
+                username: None,
+            };
+            let t0 = Instant::now();
+            reaped(&mut node, t0, Some(will), Duration::from_secs(2));
+            if back {
+                node.connect(1);
+                node.claimed_reaped(1, 1);
+            }
+            let timers = |node: &mut Node, at: Instant| {
+                node.router.orphans_timed(at);
+                node.router.broker.handle_timeout(at);
+                node.settle();
+            };
+            timers(&mut node, t0 + Duration::from_secs(1));
+            assert!(!taken_in(&node), "back: {back}: held, its will not due yet");
+            let due = t0 + Duration::from_secs(2);
+            let deadline = node
+                .router
+                .cluster
+                .as_ref()
+                .and_then(ClusterSide::next_orphan_deadline);
+            let expected = if back { t0 + CATCH_UP_PATIENCE } else { due };
+            assert_eq!(deadline, Some(expected), "back: {back}: the router's timer");
+            timers(&mut node, due);
+            assert_eq!(
+                taken_in(&node),
+                !back,
+                "back: {back}: taken in when its will is due"
+            );
+            if back {
+                for seq in 3..=5 {
+                    node.follow(seq);
+                }
+                assert_eq!(node.connacks, [true], "Session Present");
+            }
+            // Its record waits for its replay (what it holds is not all here before).
+            while !node.replays.is_empty() {
+                node.replayed(0);
+            }
+            let published = usize::from(!back);
+            assert_eq!(node.wills_written, published, "back: {back}");
+            timers(&mut node, due + CATCH_UP_PATIENCE);
+            assert_eq!(node.wills_written, published, "back: {back}: once");
+        }
+    }
+
+    /// A held session whose follower does not catch up (stalled) is taken in all the same
+    /// after [`CATCH_UP_PATIENCE`]: never dropped; a CONNECT waiting for it is then decided
+    /// (Session Present), not refused.
+    #[test]
+    fn a_held_orphan_is_taken_in_after_the_bound_when_the_follower_stalls() {
+        let mut node = Node::new(3);
+        node.appended_elsewhere(3);
+        let t0 = Instant::now();
+        reaped(&mut node, t0, None, Duration::ZERO);
+        node.connect(1);
+        node.claimed_reaped(1, 1);
+        node.router
+            .orphans_timed(t0 + CATCH_UP_PATIENCE - Duration::from_millis(1));
+        node.settle();
+        assert!(!taken_in(&node));
+        assert!(node.connacks.is_empty(), "the CONNECT waits");
+        node.router.orphans_timed(t0 + CATCH_UP_PATIENCE);
+        node.settle();
+        assert!(taken_in(&node), "taken in after the bound");
+        assert_eq!(node.connacks, [true], "Session Present");
+        assert_eq!(node.replays.len(), 1, "what it held or missed is read back");
+    }
+
+    /// A CONNECT with Clean Start for a held session takes it in and ends it (a clean
+    /// session, Session Present 0 [MQTT-3.1.2-4]); a notice that the client moved to
+    /// another node drops a held session (that node has it, and decides its will).
+    #[test]
+    fn a_held_orphan_meets_a_clean_start_and_a_move() {
+        let mut node = Node::new(3);
+        node.appended_elsewhere(3);
+        reaped(&mut node, Instant::now(), None, Duration::ZERO);
+        node.connect_with(1, true, None);
+        node.claimed_reaped(1, 1);
+        assert_eq!(node.connacks, [false]);
+        assert!(node.router.cluster.as_ref().unwrap().orphans.is_empty());
+        node.follow(3);
+        node.published_elsewhere(4);
+        assert!(node.got.is_empty(), "a clean session: {:?}", node.got);
+
+        let mut node = Node::new(3);
+        node.appended_elsewhere(3);
+        reaped(&mut node, Instant::now(), None, Duration::ZERO);
+        node.router
+            .cluster_event(Instant::now(), FromCluster::Moved(Arc::from(SUB)));
+        node.settle();
+        assert!(node.router.cluster.as_ref().unwrap().orphans.is_empty());
+        node.router
+            .orphans_timed(Instant::now() + CATCH_UP_PATIENCE);
+        assert!(!taken_in(&node), "dropped, not taken in later");
     }
 }
