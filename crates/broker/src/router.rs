@@ -124,10 +124,15 @@ pub(crate) struct ClusterSide {
     due_wills: Vec<makelaar_core::broker::DueWill>,
     /// Client ids the broker assigned, to register on the cluster.
     assigned: Vec<Arc<str>>,
-    /// CONNECTs waiting for their claim, with the packets their clients sent behind them.
-    claiming: HashMap<ConnId, (Box<Connect>, Vec<Packet>)>,
+    /// CONNECTs waiting for their claim, with the packets their clients sent behind them
+    /// and `step_downs` when the claim began.
+    claiming: HashMap<ConnId, (Box<Connect>, Vec<Packet>, u64)>,
     /// The node lost its lease (see `FromCluster::StepDown`): CONNECTs are refused.
     stepped_down: bool,
+    /// How often this node stepped down. A claim that began before a step-down may have
+    /// written the registry entry under the retired incarnation, which a peer reaps: the
+    /// client would be served here under an entry nobody reaps when this node dies.
+    step_downs: u64,
     /// The claim of each connection, to mark it disconnected when it ends.
     claims: HashMap<ConnId, (Arc<str>, makelaar_cluster::Revision)>,
     /// This node.
@@ -352,6 +357,7 @@ impl ClusterSide {
             due_wills: Vec::new(),
             assigned: Vec::new(),
             stepped_down: false,
+            step_downs: 0,
             claiming: HashMap::new(),
             claims: HashMap::new(),
             node,
@@ -1016,14 +1022,14 @@ impl Router {
                     // (An empty client id gets an assigned one, unique already.)
                     Some(c) if !connect.client_id.is_empty() => {
                         let client_id = Arc::from(connect.client_id.as_str());
-                        c.claiming.insert(conn, (connect, Vec::new()));
+                        c.claiming.insert(conn, (connect, Vec::new(), c.step_downs));
                         let _ = c.to.send(ToCluster::Claim { conn, client_id });
                     }
                     _ => self.broker.handle_connect(now, conn, *connect),
                 }
             }
             ToRouter::Packet { conn, packet } => {
-                if let Some((_, held)) = self
+                if let Some((_, held, _)) = self
                     .cluster
                     .as_mut()
                     .and_then(|c| c.claiming.get_mut(&conn))
@@ -1414,6 +1420,7 @@ impl Router {
             FromCluster::StepDown => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.stepped_down = true;
+                    c.step_downs += 1;
                     // Every connection ends: nothing more is sent that waited for a record.
                     let conns: Vec<ConnId> = c.tracked.keys().copied().collect();
                     for conn in conns {
@@ -1781,12 +1788,16 @@ impl Router {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        let Some((connect, _)) = c.claiming.get(&conn) else {
+        let Some((connect, _, began)) = c.claiming.get(&conn) else {
             // The connection went while its claim ran. The registry says it is connected
             // here until another node claims the id: this node then answers the hand-over
             // request with nothing to close.
             return;
         };
+        if *began != c.step_downs {
+            self.refuse_claim_across_step_down(now, conn, result);
+            return;
+        }
         let behind_orphan = match &result {
             Ok(claim) => {
                 let (client_id, clean_start) = (connect.client_id.clone(), connect.clean_start);
@@ -1797,7 +1808,7 @@ impl Router {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        let Some((connect, _)) = c.claiming.get(&conn) else {
+        let Some((connect, _, _)) = c.claiming.get(&conn) else {
             return;
         };
         // A record ahead of this node's followers: the CONNECT waits until they are past it,
@@ -1829,7 +1840,7 @@ impl Router {
                 return;
             }
         }
-        let Some((connect, held)) = c.claiming.remove(&conn) else {
+        let Some((connect, held, _)) = c.claiming.remove(&conn) else {
             return;
         };
         match result {
@@ -1993,7 +2004,7 @@ impl Router {
                 return;
             };
             c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
-            let Some((connect, _)) = c.claiming.remove(&conn) else {
+            let Some((connect, _, _)) = c.claiming.remove(&conn) else {
                 continue;
             };
             tracing::warn!(client_id = %connect.client_id, waited_s = CATCH_UP_PATIENCE.as_secs(), "this node's partition followers are behind what a connecting client's session record or earlier messages need: CONNECT refused (server unavailable)");
@@ -2003,6 +2014,36 @@ impl Router {
             self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
             self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
         }
+    }
+
+    /// Refuses (server unavailable) a CONNECT whose claim began before this node stepped
+    /// down: its registry entry may name the retired incarnation, whose reaper has taken
+    /// what it held, so nobody would reap this client's session (and publish its will) when
+    /// this node dies (found by `test_a_paused_node_reaped_then_back_is_reaped_again_when_
+    /// it_dies`: the CONNECT came 23 µs before the step-down). The client connects again,
+    /// and that claim names the current incarnation. A will the claim took out of a record
+    /// is decided as when the CONNECT waits for the followers.
+    fn refuse_claim_across_step_down(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: Result<crate::cluster::Claim, String>,
+    ) {
+        let Some((connect, _, _)) = self.cluster.as_mut().and_then(|c| c.claiming.remove(&conn))
+        else {
+            return;
+        };
+        tracing::info!(client_id = %connect.client_id, "this node stepped down while the client id was claimed: CONNECT refused (server unavailable), the client connects again");
+        if let Some(will) = result.ok().and_then(|claim| claim.will) {
+            let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+            self.broker
+                .take_over_remote_will(now, &client_id, will, connect.clean_start);
+        }
+        let refusal =
+            makelaar_core::conn::refusal(connect.protocol, ReasonCode::SERVER_UNAVAILABLE);
+        self.send(conn, refusal);
+        self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
+        self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
     }
 
     /// Asks the connection to close (its task logs `why`).
@@ -2423,6 +2464,8 @@ mod tests {
         got: Vec<(u32, QoS, bool)>,
         /// The CONNACKs sent, in order: Session Present of each.
         connacks: Vec<bool>,
+        /// Their reason codes, in the same order.
+        connack_reasons: Vec<ReasonCode>,
     }
 
     /// The client id of the persistent subscriber below.
@@ -2455,6 +2498,7 @@ mod tests {
                 outs: HashMap::new(),
                 got: Vec::new(),
                 connacks: Vec::new(),
+                connack_reasons: Vec::new(),
             }
         }
 
@@ -2507,7 +2551,10 @@ mod tests {
                                     },
                                 ));
                             }
-                            Packet::ConnAck(a) => self.connacks.push(a.session_present),
+                            Packet::ConnAck(a) => {
+                                self.connacks.push(a.session_present);
+                                self.connack_reasons.push(a.reason);
+                            }
                             Packet::PubRel(r) => answers.push((
                                 conn,
                                 Packet::PubComp(makelaar_proto::PubAck::new(r.packet_id)),
@@ -3177,5 +3224,42 @@ mod tests {
         node.router
             .orphans_timed(Instant::now() + CATCH_UP_PATIENCE);
         assert!(!taken_in(&node), "dropped, not taken in later");
+    }
+
+    /// A CONNECT whose claim began before this node stepped down (and came back as a new
+    /// incarnation) is refused, server unavailable: the claim may have written the
+    /// registry entry under the retired incarnation, whose reaper has already taken what
+    /// it held, so nobody would publish the client's will [MQTT-3.1.2-8] when this node
+    /// dies. The client's next CONNECT, claimed under the current incarnation, is served.
+    #[test]
+    fn a_claim_that_began_before_a_step_down_is_refused_and_the_next_is_served() {
+        let mut node = Node::new(1);
+        node.connect(1);
+        node.router
+            .cluster_event(Instant::now(), FromCluster::StepDown);
+        node.router
+            .cluster_event(Instant::now(), FromCluster::Serving);
+        node.claimed_reaped(1, 1);
+        assert_eq!(node.connack_reasons, [ReasonCode::SERVER_UNAVAILABLE]);
+        assert!(!node
+            .router
+            .cluster
+            .as_ref()
+            .unwrap()
+            .claims
+            .contains_key(&1));
+        node.connect(2);
+        node.claimed_reaped(2, 2);
+        assert_eq!(
+            node.connack_reasons,
+            [ReasonCode::SERVER_UNAVAILABLE, ReasonCode::SUCCESS]
+        );
+        assert!(node
+            .router
+            .cluster
+            .as_ref()
+            .unwrap()
+            .claims
+            .contains_key(&2));
     }
 }
