@@ -234,6 +234,19 @@ pub(crate) enum FromCluster {
     /// A will due now and taken out of the cluster's record by this node (a dead node's
     /// client's, or one of this node's own whose write won): publish it.
     Will { client_id: Arc<str>, will: KeptWill },
+    /// The append of a will in the batch numbered `epoch` failed and is tried again apart
+    /// ([`retry_will`]): sent before that batch's `Appended`, and answered by one
+    /// `WillPlaced` with the same `id`. The replays of the sessions taken in after the
+    /// will was routed wait for it (`router::ClusterSide::retried_wills`).
+    WillRetrying {
+        id: makelaar_cluster::MessageId,
+        epoch: u64,
+    },
+    /// The retried will `id` was appended at `at`, or given up (`None`).
+    WillPlaced {
+        id: makelaar_cluster::MessageId,
+        at: Option<LogPosition>,
+    },
     /// A dead node's session, taken over by this node (it reaped the dead node): keep it
     /// offline here, its will (if any) due in `will_in`, its end in `expires_in`.
     Orphan {
@@ -1749,6 +1762,7 @@ async fn writer(
                         node.clone(),
                         epoch,
                         messages,
+                        tx.clone(),
                     )));
                 }
             },
@@ -1758,22 +1772,25 @@ async fn writer(
 
 /// Hands one batch's messages to the cluster (their writes run concurrently, issued in
 /// order). A will whose writes fail is tried again apart ([`first_will_write`]), so the
-/// batch, and the acknowledgements waiting for it, do not wait for that.
+/// batch, and the acknowledgements waiting for it, do not wait for that; the router hears
+/// of it through `tx` before the batch's report.
 async fn write_batch<B: Backend>(
     cluster: Arc<Cluster<B>>,
     node: NodeId,
     epoch: Option<u64>,
     messages: Vec<Exported>,
+    tx: mpsc::Sender<FromCluster>,
 ) -> Written {
     let now = Instant::now();
     let now_ms = unix_ms();
     let writes = messages.iter().map(|ex| {
         let cluster = &cluster;
+        let tx = &tx;
         let env = envelope(&node, &ex.msg, now, now_ms);
         async move {
             if ex.from.is_none() {
                 // A will: no acknowledgement waits for it, no publisher to disconnect.
-                let appended = first_will_write(cluster, ex.msg.clone(), env).await;
+                let appended = first_will_write(cluster, ex.msg.clone(), env, epoch, tx).await;
                 return (None, true, appended);
             }
             let topic = &*ex.msg.topic;
@@ -1889,13 +1906,17 @@ async fn write_will<B: Backend>(
     Ok(())
 }
 
-/// A will's first try at its writes (in its batch); when one fails, the rest is tried
-/// again in a task of its own ([`retry_will`]). Where it was appended, when it was (also
-/// when its retained write failed after).
+/// A will's first try at its writes (in its batch, numbered `epoch`); when one fails, the
+/// rest is tried again in a task of their own ([`retry_will`]). Where it was appended, when
+/// it was (also when its retained write failed after). When its append is what failed, the
+/// router is told (`FromCluster::WillRetrying`) before this returns, so before its batch's
+/// report: the replays of sessions taken in after it wait for its place in the log.
 async fn first_will_write<B: Backend>(
     cluster: &Arc<Cluster<B>>,
     msg: Arc<Message>,
     env: Envelope,
+    epoch: Option<u64>,
+    tx: &mpsc::Sender<FromCluster>,
 ) -> Option<LogPosition> {
     let mut w = WillWrites {
         id: cluster.next_message_id(),
@@ -1908,20 +1929,43 @@ async fn first_will_write<B: Backend>(
     let appended = w.msg.log_position.get().copied();
     if let Err(e) = written {
         tracing::warn!(topic = w.topic(), error = %e, attempt = 1, "cannot hand a will to the cluster yet (it reached this node's subscribers only): trying again");
-        tokio::spawn(retry_will(cluster.clone(), w));
+        let told = if w.logged || w.env.qos == QoS::AtMostOnce {
+            // Its place in the log is known, or it has none: no replay waits for it.
+            false
+        } else if let Some(epoch) = epoch {
+            let id = w.id.clone();
+            tx.send(FromCluster::WillRetrying { id, epoch })
+                .await
+                .is_ok()
+        } else {
+            // (A QoS 1/2 message makes its batch promised, with an epoch.)
+            tracing::warn!(topic = w.topic(), "a QoS 1/2 will came in a batch without an epoch: sessions taken in before its append is back may miss it");
+            false
+        };
+        tokio::spawn(retry_will(cluster.clone(), w, told.then(|| tx.clone())));
     }
     appended
 }
 
 /// Tries a will's failed writes again, every [`WILL_RETRY_EVERY`] for [`WILL_RETRY_FOR`];
-/// whether they went through.
-async fn retry_will<B: Backend>(cluster: Arc<Cluster<B>>, mut w: WillWrites) -> bool {
+/// whether they went through. `placed`: where to say once where its append landed, or that
+/// it was given up (`FromCluster::WillPlaced`; the replays waiting for it go on then).
+async fn retry_will<B: Backend>(
+    cluster: Arc<Cluster<B>>,
+    mut w: WillWrites,
+    mut placed: Option<mpsc::Sender<FromCluster>>,
+) -> bool {
     let since = tokio::time::Instant::now();
     let mut attempt = 1u32;
     loop {
         tokio::time::sleep(WILL_RETRY_EVERY).await;
         attempt += 1;
-        match write_will(&cluster, &mut w, true).await {
+        let written = write_will(&cluster, &mut w, true).await;
+        if w.logged {
+            // Its place is known now, whether its retained write is still to do or not.
+            will_placed(&mut placed, &w).await;
+        }
+        match written {
             Ok(()) => {
                 tracing::info!(
                     topic = w.topic(),
@@ -1932,12 +1976,26 @@ async fn retry_will<B: Backend>(cluster: Arc<Cluster<B>>, mut w: WillWrites) -> 
             }
             Err(e) if since.elapsed() >= WILL_RETRY_FOR => {
                 tracing::error!(topic = w.topic(), error = %e, attempts = attempt, "gave up handing a will to the cluster: it reached this node's subscribers only");
+                will_placed(&mut placed, &w).await;
                 return false;
             }
             Err(e) => {
                 tracing::warn!(topic = w.topic(), error = %e, attempt, "cannot hand a will to the cluster yet: trying again");
             }
         }
+    }
+}
+
+/// Tells the router, once, where a retried will's append landed (`None`: given up).
+async fn will_placed(placed: &mut Option<mpsc::Sender<FromCluster>>, w: &WillWrites) {
+    if let Some(tx) = placed.take() {
+        let at = w.msg.log_position.get().copied();
+        let _ = tx
+            .send(FromCluster::WillPlaced {
+                id: w.id.clone(),
+                at,
+            })
+            .await;
     }
 }
 
@@ -2478,7 +2536,8 @@ mod tests {
     /// A will whose append fails (JetStream churning: "no stream found") is appended once
     /// when it is tried again, and the batch it came in, with another publisher's message
     /// and the acknowledgement waiting for it, does not wait for that (link-cut run 5: the
-    /// will reached the subscribers of its node only, as nothing tried it again).
+    /// will reached the subscribers of its node only, as nothing tried it again). The
+    /// router hears that it is retried before the batch's report, and where it landed.
     #[tokio::test(start_paused = true)]
     async fn a_wills_failed_append_is_tried_again_apart_and_stored_once() {
         let engine = MemoryBackend::new();
@@ -2490,8 +2549,12 @@ mod tests {
         // The will's first try fails, the publisher's append goes through.
         engine.fail_appends(1, BackendError::Engine("no stream found".into()));
         let start = tokio::time::Instant::now();
+        let (tx, mut rx) = mpsc::channel(8);
         let (epoch, n, results) =
-            write_batch(cluster.clone(), node, Some(3), vec![will, published]).await;
+            write_batch(cluster.clone(), node, Some(3), vec![will, published], tx).await;
+        let Ok(FromCluster::WillRetrying { id, epoch: 3 }) = rx.try_recv() else {
+            panic!("the router hears of the retry before the batch's report");
+        };
         assert_eq!(
             start.elapsed(),
             Duration::ZERO,
@@ -2508,11 +2571,17 @@ mod tests {
         engine.fail_appends(2, BackendError::Timeout);
         tokio::time::sleep(WILL_RETRY_EVERY * 2 + Duration::from_millis(500)).await;
         assert_eq!(appended(&engine, &cluster, "w/a"), ["hello"]);
+        assert!(rx.try_recv().is_err(), "not placed yet");
         tokio::time::sleep(WILL_RETRY_EVERY).await;
         assert_eq!(appended(&engine, &cluster, "w/a"), ["hello", "gone"]);
         assert_eq!(will_msg.log_position.get().map(|p| p.seq), Some(2));
+        let Ok(FromCluster::WillPlaced { id: placed, at }) = rx.try_recv() else {
+            panic!("the router hears where it landed");
+        };
+        assert_eq!((placed, at.map(|p| p.seq)), (id, Some(2)));
         tokio::time::sleep(WILL_RETRY_FOR * 2).await;
         assert_eq!(appended(&engine, &cluster, "w/a"), ["hello", "gone"]);
+        assert!(rx.try_recv().is_err(), "placed once");
     }
 
     /// A will's retained write that fails is tried again (its append, done, is not), and
@@ -2524,7 +2593,19 @@ mod tests {
         let node = NodeId::new("m1").unwrap();
         engine.fail_writes(Bucket::Retained, 2, BackendError::Timeout);
         let will = exported("s/a", "offline", true, None);
-        let (_, _, results) = write_batch(cluster.clone(), node.clone(), None, vec![will]).await;
+        let (tx, mut rx) = mpsc::channel(8);
+        let (_, _, results) = write_batch(
+            cluster.clone(),
+            node.clone(),
+            Some(1),
+            vec![will],
+            tx.clone(),
+        )
+        .await;
+        assert!(
+            rx.try_recv().is_err(),
+            "appended: no replay waits for its retained write"
+        );
         // Appended: its place is reported with the batch all the same.
         assert_eq!(results[0].2.map(|p| p.seq), Some(1));
         assert!(cluster.load_retained("s/a").await.unwrap().is_none());
@@ -2544,12 +2625,16 @@ mod tests {
             logged: false,
             retained: false,
         };
-        assert!(!retry_will(cluster.clone(), w).await);
+        assert!(!retry_will(cluster.clone(), w, Some(tx)).await);
         let took = start.elapsed();
         assert!(
             (WILL_RETRY_FOR..WILL_RETRY_FOR + WILL_RETRY_EVERY * 2).contains(&took),
             "{took:?}"
         );
+        // Given up: the replays waiting for it are told, so they go on without it.
+        let Ok(FromCluster::WillPlaced { at: None, .. }) = rx.try_recv() else {
+            panic!("a will given up is reported");
+        };
         engine.fail_appends(0, BackendError::Timeout);
         tokio::time::sleep(WILL_RETRY_FOR).await;
         assert!(appended(&engine, &cluster, "s/b").is_empty());
@@ -3001,6 +3086,7 @@ mod tests {
                 next: last + 1,
                 own_through: 0,
             },
+            &[],
         );
         let req = ReplayRequest {
             client_id: Arc::from("sub0"),

@@ -163,6 +163,16 @@ pub(crate) struct ClusterSide {
     resumes: HashMap<Arc<str>, Resuming>,
     /// The resumes started so far: each one's number (`Resuming::n`).
     resumes_started: u64,
+    /// This node's wills whose append failed and is tried again apart
+    /// (`FromCluster::WillRetrying`), with the epoch of the batch they came in. Routed
+    /// here already, they reached the sessions here then; a session taken in after has
+    /// them from its replay only, which waits for their place in the log (see
+    /// [`ReplayStage::ForWills`]). (Their retry runs apart so as not to hold the batch's
+    /// acknowledgements, so their place is in no batch's `own_through`.)
+    retried_wills: HashMap<makelaar_cluster::MessageId, u64>,
+    /// Where those wills landed that this node's followers have not passed yet: a session
+    /// taken in now stands before them, and its replay reads them (`Resuming::late`).
+    landed_wills: Vec<makelaar_core::message::LogPosition>,
     /// The sessions' queue limits (max_queued_messages, max_queued_bytes): a replay reads
     /// no more.
     max_queued: (usize, usize),
@@ -210,9 +220,9 @@ enum Waiting {
         client_id: Arc<str>,
         revision: makelaar_cluster::Revision,
     },
-    /// Start a session's replay (this node's own messages published before its adoption
-    /// are then known).
-    Replay(Arc<str>),
+    /// Start the replay of a session's resume `n` (this node's own messages published
+    /// before its adoption are then known), once the wills it waits for are placed.
+    Replay { client_id: Arc<str>, n: u64 },
     /// Write a connected session's record with where it stands now: checkpoint `n`.
     Checkpoint { client_id: Arc<str>, n: u64 },
 }
@@ -225,10 +235,33 @@ struct Resuming {
     resume: Resume,
     /// Each partition's follower position at the adoption.
     live_from: HashMap<u16, u64>,
+    /// The last batch handed to the cluster at the adoption: what this node routed before.
+    epoch: u64,
+    /// Where this node's wills routed before the adoption and appended late (retried) are,
+    /// at or past `live_from`: the replay reads them (`ReplayPlan::new`'s `late`).
+    late: Vec<(u16, u64)>,
+    stage: ReplayStage,
     filters: Vec<String>,
     /// Wills that fell due before the replay came back (the connection ended at once): they
     /// go with the record written then, which takes them out [MQTT-3.1.2-8].
     wills: Vec<makelaar_core::broker::KeptWill>,
+}
+
+/// Where a resumed session's replay stands.
+enum ReplayStage {
+    /// Waiting for the appends of the batches handed to the cluster before the adoption.
+    AfterAppends,
+    /// Those are appended: this node's own messages through `own_through` (per partition)
+    /// were routed before the adoption, later ones after it (they reached the session
+    /// live). Waiting for the wills routed before the adoption whose append is retried
+    /// ([`ClusterSide::retried_wills`]): read without them, the replay would end before
+    /// them, and this node's follower passes this node's own messages by, so the session
+    /// would never get them (issue 15, a partition run: `sub1` and `sub2`, reaped while a
+    /// will's append was retried, never got it). A retry ends within about a minute, landed
+    /// or given up, and says so (`FromCluster::WillPlaced`): the wait is bounded.
+    ForWills { own_through: HashMap<u16, u64> },
+    /// Asked for (`ToCluster::Replay`).
+    Asked,
 }
 
 /// A dead node's session taken over by this node, as the reaper hands it to the router
@@ -369,6 +402,8 @@ impl ClusterSide {
             orphans_to_check: false,
             resumes: HashMap::new(),
             resumes_started: 0,
+            retried_wills: HashMap::new(),
+            landed_wills: Vec::new(),
             max_queued: (0, 0),
         }
     }
@@ -440,16 +475,120 @@ impl ClusterSide {
         broker: &Broker,
     ) {
         self.resumes_started += 1;
-        let live_from = self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
+        let n = self.resumes_started;
+        let live_from: HashMap<u16, u64> =
+            self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
+        // The wills landed late that the followers have passed are in every replay's range
+        // from now on; the others are read for this one.
+        let positions = &self.positions;
+        self.landed_wills
+            .retain(|w| positions.get(&w.partition).is_none_or(|n| w.seq >= n.next));
+        let late = self
+            .landed_wills
+            .iter()
+            .map(|w| (w.partition, w.seq))
+            .collect();
         let resuming = Resuming {
-            n: self.resumes_started,
+            n,
             resume,
             live_from,
+            epoch: self.gate.submitted(),
+            late,
+            stage: ReplayStage::AfterAppends,
             filters,
             wills: Vec::new(),
         };
         self.resumes.insert(client_id.clone(), resuming);
-        self.after_appends(Waiting::Replay(client_id), broker);
+        self.after_appends(Waiting::Replay { client_id, n }, broker);
+    }
+
+    /// A will of this node whose append failed is tried again apart (it came in the
+    /// batch numbered `epoch`): the replays of sessions taken in after it wait for it.
+    fn will_retrying(&mut self, id: makelaar_cluster::MessageId, epoch: u64) {
+        self.retried_wills.insert(id, epoch);
+    }
+
+    /// The retried will `id` landed `at` (or was given up: `None`): the replays of the
+    /// sessions taken in since it was routed read it, and those that waited for it go.
+    fn will_placed(
+        &mut self,
+        id: &makelaar_cluster::MessageId,
+        at: Option<makelaar_core::message::LogPosition>,
+    ) {
+        let Some(epoch) = self.retried_wills.remove(id) else {
+            tracing::warn!(%id, "a will's retry ended that this node did not know of: sessions taken in meanwhile may miss it");
+            return;
+        };
+        let since: Vec<Arc<str>> = (self.resumes.iter())
+            .filter(|(_, r)| r.epoch >= epoch)
+            .map(|(id, _)| id.clone())
+            .collect();
+        match at {
+            Some(pos) => {
+                self.landed_wills.push(pos);
+                for client_id in &since {
+                    let Some(r) = self.resumes.get_mut(client_id) else {
+                        continue;
+                    };
+                    if let ReplayStage::Asked = r.stage {
+                        tracing::error!(%client_id, %id, "a session's replay was asked for before a will routed before it was placed: it misses that will");
+                    } else {
+                        r.late.push((pos.partition, pos.seq));
+                    }
+                }
+            }
+            None if !since.is_empty() => {
+                tracing::warn!(%id, sessions = since.len(), "a will was given up (it reached the sessions here when it was routed): the sessions taken in since, whose replays waited for it, go on without it");
+            }
+            None => {}
+        }
+        let waiting: Vec<Arc<str>> = (self.resumes.iter())
+            .filter(|(_, r)| matches!(r.stage, ReplayStage::ForWills { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in waiting {
+            self.ask_replay(&client_id);
+        }
+    }
+
+    /// Asks for the replay of `client_id`'s resume once the wills routed before its
+    /// adoption are placed (see [`ReplayStage::ForWills`]).
+    fn ask_replay(&mut self, client_id: &Arc<str>) {
+        let Some(r) = self.resumes.get_mut(client_id) else {
+            return;
+        };
+        let ReplayStage::ForWills { own_through } = &r.stage else {
+            return;
+        };
+        let retried = (self.retried_wills.values())
+            .filter(|e| **e <= r.epoch)
+            .count();
+        if retried > 0 {
+            tracing::debug!(%client_id, wills = retried, "a resumed session's replay waits for this node's wills being retried");
+            return;
+        }
+        let plan = ReplayPlan::new(
+            r.resume.writer.clone(),
+            self.node.clone(),
+            &r.resume.cursors,
+            &r.resume.outbound,
+            |p| NodePosition {
+                next: r.live_from.get(&p).copied().unwrap_or(0),
+                own_through: own_through.get(&p).copied().unwrap_or(0),
+            },
+            &r.late,
+        );
+        let req = ReplayRequest {
+            client_id: client_id.clone(),
+            resume: r.n,
+            plan,
+            outbound: r.resume.outbound.clone(),
+            filters: r.filters.clone(),
+            max_messages: self.max_queued.0,
+            max_bytes: self.max_queued.1,
+        };
+        r.stage = ReplayStage::Asked;
+        let _ = self.to.send(ToCluster::Replay(Box::new(req)));
     }
 
     /// The resume whose replay answered as `n`, taken out: `None` when that resume was
@@ -575,31 +714,17 @@ impl ClusterSide {
                     revision,
                 });
             }
-            Waiting::Replay(client_id) => {
-                let Some(r) = self.resumes.get(&client_id) else {
+            Waiting::Replay { client_id, n } => {
+                // (A resume replaced since has a replay of its own, asked after its own
+                // appends.)
+                let Some(r) = self.resumes.get_mut(&client_id).filter(|r| r.n == n) else {
                     return;
                 };
-                let positions = &self.positions;
-                let plan = ReplayPlan::new(
-                    r.resume.writer.clone(),
-                    self.node.clone(),
-                    &r.resume.cursors,
-                    &r.resume.outbound,
-                    |p| NodePosition {
-                        next: r.live_from.get(&p).copied().unwrap_or(0),
-                        own_through: positions.get(&p).map_or(0, |n| n.own_through),
-                    },
-                );
-                let req = ReplayRequest {
-                    client_id: client_id.clone(),
-                    resume: r.n,
-                    plan,
-                    outbound: r.resume.outbound.clone(),
-                    filters: r.filters.clone(),
-                    max_messages: self.max_queued.0,
-                    max_bytes: self.max_queued.1,
-                };
-                let _ = self.to.send(ToCluster::Replay(Box::new(req)));
+                let own_through = (self.positions.iter())
+                    .map(|(p, n)| (*p, n.own_through))
+                    .collect();
+                r.stage = ReplayStage::ForWills { own_through };
+                self.ask_replay(&client_id);
             }
         }
     }
@@ -1455,6 +1580,16 @@ impl Router {
                     self.lost_to_another_node(now, &id, will_in_cluster);
                 }
             }
+            FromCluster::WillRetrying { id, epoch } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.will_retrying(id, epoch);
+                }
+            }
+            FromCluster::WillPlaced { id, at } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.will_placed(&id, at);
+                }
+            }
             FromCluster::Will { client_id, will } => {
                 self.broker.publish_remote_will(
                     now,
@@ -1587,6 +1722,10 @@ impl Router {
             .map(|(f, _)| f.clone())
             .filter(|f| !f.starts_with("$share/"))
             .collect();
+        // What this broker routed before the session is here goes to the cluster first, so
+        // its replay waits for those appends and reads them (as for a claim's): a will
+        // published in the same batch (the reaper's, say) would reach it never.
+        self.send_exports();
         if !self
             .broker
             .adopt_orphan(now, &client_id, snapshot, will_in, expires_in)
@@ -2289,6 +2428,9 @@ mod tests {
                     outbound: vec![kept],
                 },
                 live_from: HashMap::from([(0, 40)]),
+                epoch: 0,
+                late: Vec::new(),
+                stage: ReplayStage::Asked,
                 filters: Vec::new(),
                 wills: Vec::new(),
             },
@@ -2462,6 +2604,10 @@ mod tests {
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
         got: Vec<(u32, QoS, bool)>,
+        /// The same by connection: the connection and the message's number.
+        got_on: Vec<(ConnId, u32)>,
+        /// The epochs of the batches handed to the cluster and not answered yet, in order.
+        batches: std::collections::VecDeque<u64>,
         /// The CONNACKs sent, in order: Session Present of each.
         connacks: Vec<bool>,
         /// Their reason codes, in the same order.
@@ -2497,6 +2643,8 @@ mod tests {
                 wills_written: 0,
                 outs: HashMap::new(),
                 got: Vec::new(),
+                got_on: Vec::new(),
+                batches: std::collections::VecDeque::new(),
                 connacks: Vec::new(),
                 connack_reasons: Vec::new(),
             }
@@ -2513,6 +2661,9 @@ mod tests {
                     moved = true;
                     match to {
                         ToCluster::Replay(req) => self.replays.push(*req),
+                        ToCluster::Batch {
+                            epoch: Some(epoch), ..
+                        } => self.batches.push_back(epoch),
                         ToCluster::StoreSession {
                             client_id,
                             log,
@@ -2542,6 +2693,7 @@ mod tests {
                             Packet::Publish(p) => {
                                 let n = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
                                 self.got.push((n, p.qos, p.dup));
+                                self.got_on.push((conn, n));
                                 let ack = makelaar_proto::PubAck::new(p.packet_id);
                                 answers.push((
                                     conn,
@@ -2580,6 +2732,17 @@ mod tests {
 
         /// The subscriber connects on `conn` with Clean Start and a will as given.
         fn connect_with(&mut self, conn: ConnId, clean_start: bool, will: Option<Will>) {
+            self.connect_as(conn, SUB, clean_start, will);
+        }
+
+        /// Client `client_id` connects on `conn` with Clean Start and a will as given.
+        fn connect_as(
+            &mut self,
+            conn: ConnId,
+            client_id: &str,
+            clean_start: bool,
+            will: Option<Will>,
+        ) {
             let out = Arc::new(Outbox::default());
             self.outs.insert(conn, out.clone());
             let connect = Connect {
@@ -2587,7 +2750,7 @@ mod tests {
                 bridge: false,
                 clean_start,
                 keep_alive: 0,
-                client_id: SUB.into(),
+                client_id: client_id.into(),
                 will,
                 username: None,
                 password: None,
@@ -2659,22 +2822,89 @@ mod tests {
                 .push((makelaar_cluster::NodeId::new("c").unwrap(), n));
         }
 
-        /// This node's follower brings the message at `seq` of the log.
+        /// This node's follower brings the message at `seq` of the log (this node's own as
+        /// its position only: routed when it was published).
         fn follow(&mut self, seq: u64) {
-            let (_, n) = self.log[(seq - 1) as usize];
-            let msg = numbered(n);
+            let (origin, n) = &self.log[(seq - 1) as usize];
+            let msg = numbered(*n);
             msg.log_position
                 .set(LogPosition { partition: 0, seq })
                 .unwrap();
+            let own = origin.as_str() == "a";
             self.router.cluster_event(
                 Instant::now(),
                 FromCluster::Log {
                     partition: 0,
                     seq,
-                    msg: Some(Arc::new(msg)),
+                    msg: (!own).then(|| Arc::new(msg)),
                 },
             );
             self.settle();
+        }
+
+        /// A will numbered `n` (QoS 1, on "t"), due on this node: published here.
+        fn will_published(&mut self, n: u32) {
+            self.router.cluster_event(Instant::now(), numbered_will(n));
+            self.settle();
+        }
+
+        /// The oldest batch handed to the cluster is appended, this node's messages in it
+        /// (numbered as given) at the end of the log.
+        fn batch_appended(&mut self, own: &[u32]) {
+            let epoch = self.batches.pop_front().expect("a batch was handed over");
+            let a = makelaar_cluster::NodeId::new("a").unwrap();
+            let mut seqs = Vec::new();
+            for &n in own {
+                self.log.push((a.clone(), n));
+                seqs.push((0, self.log.len() as u64));
+            }
+            let own = seqs.into_iter().max().into_iter().collect();
+            let appended = FromCluster::Appended {
+                epoch,
+                failed: Vec::new(),
+                own,
+            };
+            self.router.cluster_event(Instant::now(), appended);
+            self.settle();
+        }
+
+        /// The oldest batch handed to the cluster holds a will whose append failed: the
+        /// writer says it is tried again (`id`), then reports the batch.
+        fn will_retried(&mut self, id: u64) -> makelaar_cluster::MessageId {
+            let epoch = *self.batches.front().expect("a batch was handed over");
+            let a = makelaar_cluster::NodeId::new("a").unwrap();
+            let id = makelaar_cluster::MessageId::new(&a, 1, id);
+            let retrying = FromCluster::WillRetrying {
+                id: id.clone(),
+                epoch,
+            };
+            self.router.cluster_event(Instant::now(), retrying);
+            self.batch_appended(&[]);
+            id
+        }
+
+        /// The retried will `id`, numbered `n`, lands at the end of the log (`Some`), or is
+        /// given up.
+        fn will_placed(&mut self, id: makelaar_cluster::MessageId, landed: Option<u32>) {
+            let at = landed.map(|n| {
+                self.log
+                    .push((makelaar_cluster::NodeId::new("a").unwrap(), n));
+                LogPosition {
+                    partition: 0,
+                    seq: self.log.len() as u64,
+                }
+            });
+            self.router
+                .cluster_event(Instant::now(), FromCluster::WillPlaced { id, at });
+            self.settle();
+        }
+
+        /// The numbers of what connection `conn` got, in order.
+        fn got_by(&self, conn: ConnId) -> Vec<u32> {
+            (self.got_on.iter())
+                .filter(|(c, _)| *c == conn)
+                .map(|(_, n)| *n)
+                .collect()
         }
 
         /// The connection ends without DISCONNECT.
@@ -2759,6 +2989,24 @@ mod tests {
             inbound_qos2: Vec::new(),
             expiry_interval: 600,
             ..offline(Vec::new())
+        }
+    }
+
+    /// A will numbered `n` (its payload), QoS 1 on topic "t", due now on this node.
+    fn numbered_will(n: u32) -> FromCluster {
+        let will = Will {
+            topic: "t".into(),
+            payload: bytes::Bytes::copy_from_slice(&n.to_be_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: makelaar_proto::Properties::default(),
+        };
+        FromCluster::Will {
+            client_id: Arc::from("probe"),
+            will: KeptWill {
+                will: Box::new(will),
+                username: None,
+            },
         }
     }
 
@@ -3261,5 +3509,120 @@ mod tests {
             .unwrap()
             .claims
             .contains_key(&2));
+    }
+
+    /// The record of the subscriber's session written by node "b", which had delivered
+    /// messages 1 and 2.
+    fn delivered_through_2() -> Resume {
+        Resume {
+            writer: makelaar_cluster::NodeId::new("b").unwrap(),
+            cursors: vec![Cursor {
+                partition: 0,
+                next: 3,
+                writer_through: 0,
+            }],
+            outbound: Vec::new(),
+        }
+    }
+
+    /// Issue 15 (docs/cluster.md, "Faults: what is left"; a partition run, `probe-8e896f3f`):
+    /// a will published here [MQTT-3.1.2-8] whose append failed and is tried again apart,
+    /// and a session taken in from its record meanwhile (it was not here when the will was
+    /// routed). Its replay waits for the will's place in the log and reads it: the session
+    /// gets the will once [MQTT-4.3.2-*], and another will routed after the adoption (live)
+    /// once too, though it landed before the retried one. A subscriber connected when the
+    /// will was routed gets it once (live, nothing from a replay).
+    #[test]
+    fn a_will_retried_while_a_session_is_taken_in_reaches_it_once() {
+        let mut node = Node::new(3);
+        // "sub1", connected here with its subscription before the will.
+        node.connect_as(1, "sub1", false, None);
+        node.claimed_reaped(1, 1);
+        node.will_published(101);
+        let id = node.will_retried(1);
+        assert_eq!(node.got_by(1), [101], "the local path");
+        node.published_elsewhere(3);
+        // The subscriber's session is taken in (Session Present) after the will was routed.
+        node.connect(2);
+        node.claimed(2, 2, &delivered_through_2(), false);
+        assert_eq!(node.connacks, [true, true]);
+        assert!(
+            node.replays.is_empty(),
+            "the replay waits for the will's place in the log"
+        );
+        // Another will, routed after the adoption (to the session live), lands first.
+        node.will_published(102);
+        node.batch_appended(&[102]);
+        node.follow(4);
+        // The retried will lands at 5; this node's follower passes it by (its own).
+        node.will_placed(id, Some(101));
+        node.follow(5);
+        assert_eq!(node.replays.len(), 1, "asked for once the will is placed");
+        assert_eq!(node.replays[0].plan.partitions[0].to, 5);
+        node.replayed(0);
+        node.published_elsewhere(6);
+        assert_eq!(node.got_by(2), [3, 101, 102, 6], "the session taken in");
+        assert_eq!(
+            node.got_by(1),
+            [101, 3, 102, 6],
+            "the session connected before"
+        );
+    }
+
+    /// A retried will given up (after a minute, an error in the log) releases the replays
+    /// that waited for it: they read what they would have without it, also across a
+    /// step-down of this node meanwhile (the session, disconnected, waits offline), and the
+    /// session's record is written once its replay is in.
+    #[test]
+    fn a_retried_will_given_up_does_not_hold_the_replay() {
+        let mut node = Node::new(3);
+        node.will_published(101);
+        let id = node.will_retried(1);
+        node.published_elsewhere(3);
+        node.connect(1);
+        node.claimed(1, 1, &delivered_through_2(), false);
+        node.router
+            .cluster_event(Instant::now(), FromCluster::StepDown);
+        node.router
+            .cluster_event(Instant::now(), FromCluster::Serving);
+        node.settle();
+        assert!(node.replays.is_empty(), "waits for the will");
+        let records = node.records.len();
+        node.will_placed(id, None);
+        assert_eq!(node.replays.len(), 1, "goes on without it");
+        assert_eq!(node.replays[0].plan.partitions[0].to, 3);
+        node.replayed(0);
+        assert!(node.records.len() > records, "its record is written then");
+        assert!(node.router.cluster.as_ref().unwrap().resumes.is_empty());
+    }
+
+    /// A will published here and a dead node's session taken over in the same router
+    /// batch (the will's append went through at once): the session's replay waits for that
+    /// append and reads the will, which the session, taken in after it was routed, got
+    /// nowhere else [MQTT-3.1.2-8].
+    #[test]
+    fn a_will_routed_just_before_a_reaped_session_reaches_it() {
+        let mut node = Node::new(3);
+        node.router
+            .cluster_event(Instant::now(), numbered_will(101));
+        let orphan = FromCluster::Orphan {
+            client_id: Arc::from(SUB),
+            snapshot: subscribed(),
+            will_in: Duration::ZERO,
+            expires_in: Some(Duration::from_secs(600)),
+            resume: Some(delivered_through_2()),
+        };
+        node.router.cluster_event(Instant::now(), orphan);
+        node.settle();
+        assert!(taken_in(&node));
+        assert!(node.replays.is_empty(), "waits for the will's append");
+        node.batch_appended(&[101]);
+        node.follow(3);
+        assert_eq!(node.replays.len(), 1);
+        node.replayed(0);
+        node.connect(1);
+        node.claimed_reaped(1, 1);
+        assert_eq!(node.connacks, [true]);
+        assert_eq!(node.got_by(1), [101]);
     }
 }

@@ -20,6 +20,12 @@
 //! `max(live_from - 1, own_through)` and classifies every message once ([`Verdict`]): no gap
 //! and no duplicate at the seam, as long as `live_from` is past everything the record says
 //! was taken in ([`caught_up`]; the shell waits for its follower otherwise).
+//!
+//! **Late own messages.** A will of this node whose append failed is routed here at once and
+//! appended later by a retry, apart from its batch, so `own_through` never counts it. Those
+//! routed before the adoption and appended at or past `live_from` (`late`) are read too, up
+//! to the highest; this node's other messages past `own_through` in that range were routed
+//! after the adoption and reached the session live.
 
 use std::collections::HashMap;
 
@@ -145,6 +151,12 @@ pub struct PartitionPlan {
     pub live_from: u64,
     /// Sequence → index in the record's outbound list, for the entries to read back.
     pub kept: HashMap<u64, usize>,
+    /// This node's own messages appended through here by the adoption's batches: routed
+    /// before the adoption.
+    pub own_through: u64,
+    /// This node's own messages at or past `live_from` and past `own_through` routed before
+    /// the adoption all the same (a will appended late by its retry).
+    pub late: std::collections::BTreeSet<u64>,
 }
 
 /// How to replay a session taken in from a record (see the module documentation).
@@ -160,14 +172,17 @@ pub struct ReplayPlan {
 
 impl ReplayPlan {
     /// The plan for a record written by `writer` with `cursors` and `outbound`, on node `me`
-    /// whose position in each partition is `here(partition)` at the adoption. Outbound
-    /// entries awaiting PUBCOMP are not read back (only their packet id matters).
+    /// whose position in each partition is `here(partition)` at the adoption, and whose
+    /// own messages routed before the adoption but appended late are at `late` (partition,
+    /// sequence; those below `live_from` are in the range anyway). Outbound entries
+    /// awaiting PUBCOMP are not read back (only their packet id matters).
     pub fn new(
         writer: NodeId,
         me: NodeId,
         cursors: &[Cursor],
         outbound: &[Outbound],
         here: impl Fn(u16) -> NodePosition,
+        late: &[(u16, u64)],
     ) -> ReplayPlan {
         let mut by_partition: HashMap<u16, PartitionPlan> = HashMap::new();
         let plan_of = |partition: u16| -> PartitionPlan {
@@ -183,6 +198,8 @@ impl ReplayPlan {
                 },
                 live_from: h.next,
                 kept: HashMap::new(),
+                own_through: h.own_through,
+                late: std::collections::BTreeSet::new(),
             }
         };
         for c in cursors {
@@ -201,6 +218,17 @@ impl ReplayPlan {
                 .or_insert_with(|| plan_of(o.partition));
             p.kept.insert(o.seq, i);
             p.from = p.from.min(o.seq);
+        }
+        for &(partition, seq) in late {
+            let p = by_partition
+                .entry(partition)
+                .or_insert_with(|| plan_of(partition));
+            if seq < p.live_from {
+                continue;
+            }
+            p.late.insert(seq);
+            p.from = p.from.min(seq);
+            p.to = p.to.max(seq);
         }
         let mut partitions: Vec<PartitionPlan> = by_partition
             .into_values()
@@ -226,9 +254,15 @@ impl ReplayPlan {
         if *origin == self.writer && seq <= plan.cursor.writer_through {
             return Verdict::Skip;
         }
-        // Another node's message past the seam: this node's follower brings it live.
-        if seq >= plan.live_from && *origin != self.me {
-            return Verdict::Skip;
+        if seq >= plan.live_from {
+            // Another node's message past the seam: this node's follower brings it live.
+            if *origin != self.me {
+                return Verdict::Skip;
+            }
+            // This node's own, routed after the adoption: it reached the session live.
+            if seq > plan.own_through && !plan.late.contains(&seq) {
+                return Verdict::Skip;
+            }
         }
         Verdict::New
     }
@@ -317,6 +351,7 @@ mod tests {
                 next: 15,
                 own_through: 16,
             },
+            &[],
         )
     }
 
@@ -343,6 +378,40 @@ mod tests {
         assert_eq!(plan.classify(p, 16, &b), Verdict::New);
     }
 
+    /// B's will routed before the adoption whose append was tried again and landed at 20,
+    /// past B's follower and its batches' `own_through` (16): read up to it, new for the
+    /// session; B's message at 18, routed after the adoption, came live. One late below
+    /// `live_from` changes nothing: the range has it.
+    #[test]
+    fn a_late_own_message_routed_before_the_adoption_is_read_and_nothing_else_past_it() {
+        let plan = ReplayPlan::new(
+            node("a"),
+            node("b"),
+            &[cursor(0, 10, 12), cursor(1, 4, 0)],
+            &[],
+            |p| NodePosition {
+                next: if p == 0 { 15 } else { 4 },
+                own_through: if p == 0 { 16 } else { 0 },
+            },
+            &[(0, 20), (0, 13), (1, 6)],
+        );
+        let p = &plan.partitions[0];
+        assert_eq!((p.from, p.to), (10, 20));
+        let (b, c) = (node("b"), node("c"));
+        assert_eq!(plan.classify(p, 20, &b), Verdict::New);
+        assert_eq!(plan.classify(p, 13, &b), Verdict::New);
+        assert_eq!(plan.classify(p, 16, &b), Verdict::New);
+        assert_eq!(plan.classify(p, 18, &b), Verdict::Skip);
+        assert_eq!(plan.classify(p, 19, &c), Verdict::Skip);
+        assert_eq!(p.late.iter().copied().collect::<Vec<_>>(), [20]);
+        // A partition whose range was empty is read for its late message alone.
+        let q = &plan.partitions[1];
+        assert_eq!((q.partition, q.from, q.to), (1, 4, 6));
+        assert_eq!(plan.classify(q, 6, &b), Verdict::New);
+        assert_eq!(plan.classify(q, 5, &b), Verdict::Skip);
+        assert_eq!(plan.classify(q, 5, &c), Verdict::Skip);
+    }
+
     #[test]
     fn partitions_with_nothing_to_read_are_left_out() {
         // Cursor at B's follower position, no own messages of B in transit: nothing.
@@ -355,6 +424,7 @@ mod tests {
                 next: if p == 0 { 15 } else { 8 },
                 own_through: 0,
             },
+            &[],
         );
         assert_eq!(plan.partitions.len(), 1);
         let p = &plan.partitions[0];

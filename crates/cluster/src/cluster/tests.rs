@@ -726,6 +726,7 @@ async fn a_replay_reads_each_message_once_across_the_seam() {
             next: 6,
             own_through: 5,
         },
+        &[],
     );
     let r = b.replay(&plan, |t| t == "q/1", 10, 0).await.unwrap();
     let payload = |m: &LogMessage| String::from_utf8(m.envelope.payload.to_vec()).unwrap();
