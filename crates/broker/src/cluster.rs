@@ -11,7 +11,9 @@
 //!   it (`FromCluster::Appended`). Batches are pipelined (the next one's writes go out while
 //!   earlier ones wait for NATS), and their epochs reported in order. A will's writes that
 //!   fail are tried again in a task of their own (it has no publisher to send it again),
-//!   its append under a deduplication id;
+//!   its append under a deduplication id; the router hears that its append is retried
+//!   (before the batch's report) and where it landed, as the replays of the sessions taken
+//!   in meanwhile wait for it (`router::ReplayStage::ForWills`);
 //! - the **reader** follows the node's distinct local filters on core NATS (one NATS
 //!   subscription per filter, whatever the number of sessions: the core counts them) and
 //!   hands each QoS 0 message from another node to the router once, even when several of
