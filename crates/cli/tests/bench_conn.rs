@@ -41,12 +41,21 @@ impl Drop for Broker {
 
 /// `makelaar serve --in-memory` with one listener of `scheme` and `args` added.
 fn broker(scheme: &str, args: &[&Path]) -> Broker {
+    // The two tests run in parallel: a port freed here could be handed to the other test's
+    // free-port probe before this broker listens on it, and then one broker would fail to
+    // bind while the other answered both tests' readiness checks (seen once in CI: the plain
+    // test benchmarked the TLS broker and got 0 connections). So one broker starts at a
+    // time, and a broker that exited is a failure, not "listening".
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = STARTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--in-memory", "--sys-interval", "0", "--listen"])
         .arg(format!("{scheme}://127.0.0.1:{port}"))
         .args(args)
@@ -57,6 +66,10 @@ fn broker(scheme: &str, args: &[&Path]) -> Broker {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the broker exited before listening on port {port}"
+        );
         assert!(Instant::now() < deadline, "the broker does not listen");
         thread::sleep(Duration::from_millis(20));
     }
