@@ -355,6 +355,18 @@ impl HeldOrphan {
     }
 }
 
+/// The filters a session taken in from a record replays its messages for: its own
+/// subscriptions, not its shared ones (a share group's messages come from the group's
+/// stream, not from the session's record).
+fn replayed_filters(snapshot: &makelaar_core::broker::SessionSnapshot) -> Vec<String> {
+    snapshot
+        .subscriptions
+        .iter()
+        .map(|(f, _)| f.clone())
+        .filter(|f| !f.starts_with("$share/"))
+        .collect()
+}
+
 /// Whether something waiting for this node's followers since `since` has waited long
 /// enough at `now`: they are taken as stalled (see [`CATCH_UP_PATIENCE`]).
 fn out_of_patience(since: Instant, now: Instant) -> bool {
@@ -1716,12 +1728,7 @@ impl Router {
             expires_in,
             resume,
         } = o;
-        let filters: Vec<String> = snapshot
-            .subscriptions
-            .iter()
-            .map(|(f, _)| f.clone())
-            .filter(|f| !f.starts_with("$share/"))
-            .collect();
+        let filters = replayed_filters(&snapshot);
         // What this broker routed before the session is here goes to the cluster first, so
         // its replay waits for those appends and reads them (as for a claim's): a will
         // published in the same batch (the reaper's, say) would reach it never.
@@ -2015,12 +2022,7 @@ impl Router {
                 // with what it held or missed to come from the log.
                 if let Some(snapshot) = kept.filter(|_| !connect.clean_start) {
                     self.send_exports();
-                    let filters: Vec<String> = snapshot
-                        .subscriptions
-                        .iter()
-                        .map(|(f, _)| f.clone())
-                        .filter(|f| !f.starts_with("$share/"))
-                        .collect();
+                    let filters = replayed_filters(&snapshot);
                     let adopted = self
                         .broker
                         .adopt_session(&client_id, snapshot, resume.is_some());

@@ -748,14 +748,27 @@ impl<B: Backend> Cluster<B> {
         if !wills::left_by(&record, &holder, dead) {
             return Ok(None);
         }
-        // Claimed by a connecting client meanwhile: that node decides.
+        self.held_as_orphan(client, revision, record, entry.revision)
+            .await
+    }
+
+    /// `client`'s session (`record`, at `record_revision`) taken by this node like a dead
+    /// node's: its registry entry moved here offline if still at `revision`; `None` when a
+    /// connecting client claimed it meanwhile (that node decides).
+    async fn held_as_orphan(
+        &self,
+        client: &ClientKey,
+        revision: Revision,
+        record: SessionRecord,
+        record_revision: Revision,
+    ) -> Result<Option<Orphan>, ClusterError> {
         let Some(claim) = self.hold_offline(client, revision).await? else {
             return Ok(None);
         };
         Ok(Some(Orphan {
             client: client.clone(),
             record,
-            fence: Fence::At(entry.revision),
+            fence: Fence::At(record_revision),
             claim,
         }))
     }
@@ -820,16 +833,8 @@ impl<B: Backend> Cluster<B> {
         {
             return Ok(None);
         }
-        // Claimed by a connecting client meanwhile: that node decides.
-        let Some(claim) = self.hold_offline(client, revision).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Orphan {
-            client: client.clone(),
-            record,
-            fence: Fence::At(entry.revision),
-            claim,
-        }))
+        self.held_as_orphan(client, revision, record, entry.revision)
+            .await
     }
 
     /// Writes a session record by compare-and-set on the fence's revision; the new fence,
