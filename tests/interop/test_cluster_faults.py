@@ -81,20 +81,6 @@ def _assert_sound(report: cf.Report):
     assert not report.problems(), "\n".join(report.problems()) + "\n" + report.summary()
 
 
-# Open issues found by these schedules (issue 15, docs/cluster.md "Faults: what is left").
-# On the build of 2026-12-05's fifth session: the partition schedule passed 4 of 4 runs and
-# the link-cut one 3 of 3 (after 40 runs whose failures were traced and fixed one by one);
-# one found and not yet fixed: a will retried while its node takes sessions in never reaches
-# them (seen once in 12 partition runs). Run on demand (MAKELAAR_KNOWN_BUGS=1; also
-# `scripts/cluster-faults.sh`) rather than as expected failures that could never fail: when
-# they hold, remove this mark and CI guards them. (The kill/pause schedule held in every run
-# since its fixes: CI runs it.)
-known_losses = pytest.mark.skipif(
-    os.environ.get("MAKELAAR_KNOWN_BUGS") != "1",
-    reason="issue 15: the fault schedules still find acknowledged messages lost in some "
-           "runs; MAKELAAR_KNOWN_BUGS=1 runs them")
-
-
 def test_kill_a_node_kill_a_nats_server_pause_a_node():
     # Victims: node 0 killed and restarted, then the NATS server 1 killed and restarted,
     # then node 2 paused for longer than its lease.
@@ -107,7 +93,6 @@ def test_kill_a_node_kill_a_nats_server_pause_a_node():
     assert pause and all(o["overlap"] < 3.0 for o in pause), pause
 
 
-@known_losses
 @pytest.mark.skipif(cf.netns_unavailable() is not None,
                     reason=f"network namespaces: {cf.netns_unavailable()}")
 def test_a_host_cut_off_steps_down_and_the_majority_takes_over():
@@ -120,12 +105,10 @@ def test_a_host_cut_off_steps_down_and_the_majority_takes_over():
     assert report.longest_overlap < cf.LEASE_TTL, report.summary()
 
 
-# Gated like the schedules above. Its runs of 2026-12-05 failed in the link cut in many
-# ways, each traced and fixed since (wills never published or at one node only, acknowledged
-# deliveries lost to a late hand-over request, to a replay answered to the wrong resume, to
-# a read-back ended on a stale stream answer; double serving under packet loss); see
-# docs/cluster.md "Faults: what is left".
-@known_losses
+# The link cut and packet loss: its runs of 2026-12-05 failed in many ways, each traced and
+# fixed since (wills never published or at one node only, acknowledged deliveries lost to a
+# late hand-over request, to a replay answered to the wrong resume, to a read-back ended on a
+# stale stream answer; double serving under packet loss); see docs/cluster.md "Faults".
 @pytest.mark.skipif(cf.netns_unavailable(nft=True) is not None,
                     reason=f"network namespaces with nft: {cf.netns_unavailable(nft=True)}")
 def test_a_cut_link_and_packet_loss_lose_nothing():
