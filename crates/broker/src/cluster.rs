@@ -1,6 +1,7 @@
 //! The tokio side of the cluster (issue 14, docs/cluster.md): the one owner of this node's
 //! `makelaar_cluster::Cluster` over NATS. The router talks to it by messages only
-//! ([`ToCluster`] in, [`FromCluster`] out); nothing here touches the router's state.
+//! ([`ToCluster`] and, straight to the writer, [`Batch`] in; [`FromCluster`] out); nothing
+//! here touches the router's state.
 //!
 //! Tasks, each owning what it touches:
 //!
@@ -15,9 +16,10 @@
 //!   (before the batch's report) and where it landed, as the replays of the sessions taken
 //!   in meanwhile wait for it (`router::ReplayStage::ForWills`);
 //! - the **reader** follows the node's distinct local filters on core NATS (one NATS
-//!   subscription per filter, whatever the number of sessions: the core counts them) and
-//!   hands each QoS 0 message from another node to the router once, even when several of
-//!   the node's filters match it;
+//!   subscription per filter, whatever the number of sessions: the core counts them; all
+//!   polled by the task that takes [`ToCluster`], no task per filter) and hands each QoS 0
+//!   message from another node to the router once, even when several of the node's filters
+//!   match it;
 //! - per partition a **follower** reads the partition stream (one ordered consumer without
 //!   a filter per node and partition, the delivery path chosen in docs/cluster.md) and hands
 //!   the router the messages other nodes appended, with their sequence; this node's own were
@@ -41,6 +43,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::stream::AbortHandle;
 use futures_util::StreamExt;
 use makelaar_cluster::backend::{subject_matches, Backend};
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest, TakenWill};
@@ -79,14 +82,17 @@ const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 /// Messages from the cluster waiting for the router before the cluster's readers wait.
 const FROM_CLUSTER_QUEUE: usize = 4096;
 
+/// What one router batch accepted, in order, for the writer: sent to it straight from the
+/// router (not through the task that takes [`ToCluster`]), one task hop fewer on every
+/// message's way to NATS. With an epoch, acknowledgements wait for `FromCluster::Appended`
+/// with it.
+pub(crate) struct Batch {
+    pub(crate) epoch: Option<u64>,
+    pub(crate) messages: Vec<Exported>,
+}
+
 /// What the router tells the cluster.
 pub(crate) enum ToCluster {
-    /// What one router batch accepted, in order. With an epoch, acknowledgements wait for
-    /// `FromCluster::Appended` with it.
-    Batch {
-        epoch: Option<u64>,
-        messages: Vec<Exported>,
-    },
     /// The node's distinct filters changed.
     Filters(Vec<FilterChange>),
     /// A CONNECT with this client id waits for its claim.
@@ -288,6 +294,8 @@ pub struct ClusterStartError(pub String);
 /// The channels between the router and the cluster.
 pub(crate) struct ClusterLink {
     pub(crate) to: mpsc::UnboundedSender<ToCluster>,
+    /// The router's batches, to the writer.
+    pub(crate) batches: mpsc::UnboundedSender<Batch>,
     pub(crate) from: mpsc::Receiver<FromCluster>,
     /// This node.
     pub(crate) node: NodeId,
@@ -444,25 +452,22 @@ pub(crate) async fn start(
         room: room.clone(),
     };
     tokio::spawn(writer(cluster.clone(), writer_rx, from_tx.clone(), queue));
-    let (live_tx, live_rx) = mpsc::channel(FROM_CLUSTER_QUEUE);
     let mut reader = Reader {
         cluster: cluster.clone(),
         filters: HashMap::new(),
         groups: HashMap::new(),
-        live_tx,
         to_router: from_tx.clone(),
         live_prefix: format!("{}.live.", cluster.config().prefix),
     };
+    // The filters' subscriptions, polled here rather than each by a task of its own: a
+    // message from another node wakes this task only, on its way to the router.
+    let mut live = futures_util::stream::SelectAll::new();
     tokio::spawn(async move {
-        let mut live_rx = live_rx;
         loop {
             tokio::select! {
                 msg = to_rx.recv() => match msg {
                     None => break,
-                    Some(ToCluster::Batch { epoch, messages }) => {
-                        let _ = writer_tx.send((epoch, messages));
-                    }
-                    Some(ToCluster::Filters(changes)) => reader.filters_changed(changes).await,
+                    Some(ToCluster::Filters(changes)) => reader.filters_changed(changes, &mut live).await,
                     Some(ToCluster::Claim { conn, client_id }) => {
                         tokio::spawn(claim(
                             cluster.clone(),
@@ -506,7 +511,7 @@ pub(crate) async fn start(
                         let _ = sessions_tx.send(SessionOp::Disconnected(client_id, revision));
                     }
                 },
-                Some((filter, d)) = live_rx.recv() => reader.live(filter, d).await,
+                Some((filter, d)) = live.next(), if !live.is_empty() => reader.live(filter, d).await,
                 Some(key) = moved.recv() => {
                     if let Ok(id) = key.client_id() {
                         let id: Arc<str> = Arc::from(id.as_str());
@@ -522,6 +527,7 @@ pub(crate) async fn start(
     });
     Ok(ClusterLink {
         to: to_tx,
+        batches: writer_tx,
         from: from_rx,
         node,
         stats,
@@ -1734,7 +1740,7 @@ type Written = (
 /// reported in order once every write of their batch has returned.
 async fn writer(
     cluster: Arc<Cluster<NatsBackend>>,
-    mut rx: mpsc::UnboundedReceiver<(Option<u64>, Vec<Exported>)>,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
     tx: mpsc::Sender<FromCluster>,
     queue: QueueRoom,
 ) {
@@ -1757,7 +1763,7 @@ async fn writer(
             }
             next = rx.recv(), if open && in_flight < WRITER_IN_FLIGHT => match next {
                 None => open = false,
-                Some((epoch, messages)) => {
+                Some(Batch { epoch, messages }) => {
                     in_flight += messages.len();
                     pending.push_back(Box::pin(write_batch(
                         cluster.clone(),
@@ -2078,41 +2084,45 @@ async fn retained_watch(
     }
 }
 
+/// The node's core NATS subscriptions, one per distinct filter, merged: each message with
+/// the filter whose subscription brought it.
+type Live = futures_util::stream::SelectAll<
+    std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<Item = (Arc<str>, makelaar_cluster::backend::Delivery)> + Send,
+        >,
+    >,
+>;
+
 /// The reader (see the module documentation): the node's core NATS subscriptions, one per
 /// distinct filter, and what it follows per share group with a member here.
 struct Reader {
     cluster: Arc<Cluster<NatsBackend>>,
-    /// Each followed filter: its subject and the task forwarding its messages.
-    filters: HashMap<String, (String, JoinHandle<()>)>,
+    /// Each followed filter: its subject, and what ends its subscription (polled in
+    /// [`Live`]).
+    filters: HashMap<String, (String, AbortHandle)>,
     /// Each share group with a member here (`$share/GROUP/FILTER`): its queue subscription
     /// and consumer pulls, stopped together.
     groups: HashMap<String, Following>,
-    live_tx: mpsc::Sender<(Arc<str>, makelaar_cluster::backend::Delivery)>,
     to_router: mpsc::Sender<FromCluster>,
     /// `<prefix>.live.`, what every live subject starts with.
     live_prefix: String,
 }
 
 impl Reader {
-    async fn filters_changed(&mut self, changes: Vec<FilterChange>) {
+    async fn filters_changed(&mut self, changes: Vec<FilterChange>, live: &mut Live) {
         for change in changes {
             match change {
                 FilterChange::Added(filter) => {
                     let subject = self.cluster.live_filter(&filter);
                     let subject_text = subject.to_string();
                     match self.cluster.backend().subscribe(subject, None).await {
-                        Ok(mut sub) => {
-                            let tx = self.live_tx.clone();
+                        Ok(sub) => {
                             let f: Arc<str> = Arc::from(filter.as_str());
-                            let task = tokio::spawn(async move {
-                                while let Some(d) = sub.next().await {
-                                    if tx.send((f.clone(), d)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            });
+                            let (sub, stop) = futures_util::stream::abortable(sub);
+                            live.push(Box::pin(sub.map(move |d| (f.clone(), d))));
                             if let Some((_, old)) =
-                                self.filters.insert(filter, (subject_text, task))
+                                self.filters.insert(filter, (subject_text, stop))
                             {
                                 old.abort();
                             }
@@ -2123,9 +2133,10 @@ impl Reader {
                     }
                 }
                 FilterChange::Removed(filter) => {
-                    // Dropping the subscription (with its task) unsubscribes on NATS.
-                    if let Some((_, task)) = self.filters.remove(&filter) {
-                        task.abort();
+                    // The aborted subscription ends at its next poll and is dropped, which
+                    // unsubscribes on NATS.
+                    if let Some((_, stop)) = self.filters.remove(&filter) {
+                        stop.abort();
                     }
                 }
                 FilterChange::GroupAdded(full) => {
@@ -2189,8 +2200,8 @@ impl Reader {
     }
 
     fn stop(&mut self) {
-        for (_, (_, task)) in self.filters.drain() {
-            task.abort();
+        for (_, (_, stop)) in self.filters.drain() {
+            stop.abort();
         }
         for (_, f) in self.groups.drain() {
             f.stop();

@@ -182,7 +182,7 @@ impl Server {
                 }
                 (
                     Some(router::ClusterSide::new(
-                        link.to,
+                        (link.to, link.batches),
                         link.stats,
                         link.room,
                         link.node,

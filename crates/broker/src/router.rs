@@ -113,6 +113,8 @@ pub(crate) struct Router {
 /// for it, and the CONNECTs waiting for their client id's claim.
 pub(crate) struct ClusterSide {
     to: mpsc::UnboundedSender<ToCluster>,
+    /// The batches of accepted messages, to the cluster's writer.
+    batches: mpsc::UnboundedSender<crate::cluster::Batch>,
     /// Acknowledgements waiting until the cluster has what they acknowledge (QoS 1/2
     /// messages on disk on a majority, retained messages in the bucket): the same rule as
     /// the store's, with the cluster's batches as epochs.
@@ -378,7 +380,10 @@ const QUEUE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl ClusterSide {
     pub(crate) fn new(
-        to: mpsc::UnboundedSender<ToCluster>,
+        (to, batches): (
+            mpsc::UnboundedSender<ToCluster>,
+            mpsc::UnboundedSender<crate::cluster::Batch>,
+        ),
         stats: Arc<makelaar_cluster::stats::NodeStats>,
         room: Arc<tokio::sync::Notify>,
         node: makelaar_cluster::NodeId,
@@ -391,6 +396,7 @@ impl ClusterSide {
             record_held: HashMap::new(),
             record_ready: Vec::new(),
             to,
+            batches,
             stats,
             room,
             full: false,
@@ -1358,7 +1364,7 @@ impl Router {
             c.stats
                 .queued
                 .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let _ = c.to.send(ToCluster::Batch { epoch, messages });
+            let _ = c.batches.send(crate::cluster::Batch { epoch, messages });
         }
     }
 
@@ -2272,7 +2278,7 @@ mod tests {
     /// back by the node that resumes it.
     #[test]
     fn a_leaving_sessions_cursor_is_where_the_follower_stood_at_its_snapshot() {
-        let (mut c, mut rx) = side();
+        let (mut c, mut rx, _batches) = side();
         // The session is in no broker: its record is written as given.
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
         stands_at(&mut c, 0, 5, 0);
@@ -2304,7 +2310,7 @@ mod tests {
 
     #[test]
     fn a_leaving_sessions_record_waits_for_the_appends_before_it() {
-        let (mut c, mut rx) = side();
+        let (mut c, mut rx, _batches) = side();
         // The sessions here are in no broker: their records are written as given.
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
         stands_at(&mut c, 0, 5, 0);
@@ -2405,7 +2411,7 @@ mod tests {
     /// lost at a subscriber moving between nodes.)
     #[test]
     fn a_session_whose_replay_is_not_back_keeps_the_place_its_record_gave() {
-        let (mut c, mut rx) = side();
+        let (mut c, mut rx, _batches) = side();
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
         stands_at(&mut c, 0, 40, 30);
         let given = Cursor {
@@ -2488,10 +2494,15 @@ mod tests {
             .insert(partition, NodePosition { next, own_through });
     }
 
-    fn side() -> (ClusterSide, mpsc::UnboundedReceiver<ToCluster>) {
+    fn side() -> (
+        ClusterSide,
+        mpsc::UnboundedReceiver<ToCluster>,
+        mpsc::UnboundedReceiver<crate::cluster::Batch>,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let c = ClusterSide::new(
-            tx,
+            (tx, batch_tx),
             Arc::new(makelaar_cluster::stats::NodeStats::new(
                 makelaar_cluster::partition::PartitionCount::new(2).unwrap(),
             )),
@@ -2499,7 +2510,7 @@ mod tests {
             makelaar_cluster::NodeId::new("a").unwrap(),
             CheckpointConfig::default(),
         );
-        (c, rx)
+        (c, rx, batch_rx)
     }
 
     fn publish(qos: QoS, packet_id: u16) -> Held {
@@ -2528,7 +2539,7 @@ mod tests {
     /// them is written; what comes after them on the connection keeps its place behind.
     #[test]
     fn qos2_publish_and_pubrel_wait_for_a_checkpoint_made_after_them() {
-        let (mut c, _rx) = side();
+        let (mut c, _rx, _batches) = side();
         let id: Arc<str> = Arc::from("s");
         // Not tracked (not persistent, or another connection): nothing waits.
         assert!(c.hold_for_record(9, publish(QoS::ExactlyOnce, 1)).is_some());
@@ -2559,7 +2570,7 @@ mod tests {
     /// record (the new owner's record does not hold it), but still closes.
     #[test]
     fn what_waited_for_a_lost_record_is_dropped_but_the_close_goes() {
-        let (mut c, _rx) = side();
+        let (mut c, _rx, _batches) = side();
         c.track(1, Arc::from("s"));
         assert!(c.hold_for_record(1, publish(QoS::ExactlyOnce, 2)).is_none());
         let close = Held::Close(CloseReason::Server(ReasonCode::SESSION_TAKEN_OVER));
@@ -2574,7 +2585,7 @@ mod tests {
     /// waited (its own offline record covers it).
     #[test]
     fn a_checkpoint_of_a_session_gone_offline_releases_what_waited() {
-        let (mut c, mut rx) = side();
+        let (mut c, mut rx, _batches) = side();
         let broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
         c.track(1, Arc::from("s"));
         assert!(c.hold_for_record(1, publish(QoS::ExactlyOnce, 2)).is_none());
@@ -2594,6 +2605,8 @@ mod tests {
     struct Node {
         router: Router,
         rx: mpsc::UnboundedReceiver<ToCluster>,
+        /// The router's batches to the writer.
+        batch_rx: mpsc::UnboundedReceiver<crate::cluster::Batch>,
         /// Partition 0 of the log, its sequence 1 first: the publishing node and the number
         /// the message carries.
         log: Vec<(makelaar_cluster::NodeId, u32)>,
@@ -2622,7 +2635,7 @@ mod tests {
     impl Node {
         /// Node "a", its follower in partition 0 at `next`.
         fn new(next: u64) -> Node {
-            let (mut c, rx) = side();
+            let (mut c, rx, batch_rx) = side();
             stands_at(&mut c, 0, next, 0);
             let mut broker = Broker::new(makelaar_core::Limits::default(), Default::default(), 0);
             broker.enable_cluster_export();
@@ -2639,6 +2652,7 @@ mod tests {
             Node {
                 router,
                 rx,
+                batch_rx,
                 log,
                 replays: Vec::new(),
                 records: Vec::new(),
@@ -2659,13 +2673,16 @@ mod tests {
                 self.router.flush();
                 let mut moved = false;
                 let mut checkpointed = Vec::new();
+                while let Ok(b) = self.batch_rx.try_recv() {
+                    moved = true;
+                    if let Some(epoch) = b.epoch {
+                        self.batches.push_back(epoch);
+                    }
+                }
                 while let Ok(to) = self.rx.try_recv() {
                     moved = true;
                     match to {
                         ToCluster::Replay(req) => self.replays.push(*req),
-                        ToCluster::Batch {
-                            epoch: Some(epoch), ..
-                        } => self.batches.push_back(epoch),
                         ToCluster::StoreSession {
                             client_id,
                             log,
