@@ -45,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::AbortHandle;
 use futures_util::StreamExt;
-use makelaar_cluster::backend::{subject_matches, Backend};
+use makelaar_cluster::backend::Backend;
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest, TakenWill};
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::lease::Expired;
@@ -455,6 +455,7 @@ pub(crate) async fn start(
     let mut reader = Reader {
         cluster: cluster.clone(),
         filters: HashMap::new(),
+        first: FirstFilter::default(),
         groups: HashMap::new(),
         to_router: from_tx.clone(),
         live_prefix: format!("{}.live.", cluster.config().prefix),
@@ -2094,13 +2095,46 @@ type Live = futures_util::stream::SelectAll<
     >,
 >;
 
+/// The node's followed filters in a topic tree: which of them a topic matches first (in
+/// byte order), found by a walk of the topic's levels, not by trying every filter. NATS
+/// delivers a message once per matching subscription; only the first filter's copy is
+/// routed (the router's own topic tree then finds every local subscriber).
+#[derive(Default)]
+struct FirstFilter {
+    tree: makelaar_core::topic::TopicTree<(), Arc<str>>,
+}
+
+impl FirstFilter {
+    fn add(&mut self, filter: Arc<str>) {
+        let key = filter.clone();
+        self.tree.insert(&key, (), filter);
+    }
+
+    fn remove(&mut self, filter: &str) {
+        self.tree.remove(filter, ());
+    }
+
+    /// The first filter (in byte order) `topic` matches, by MQTT's rules ([MQTT-4.7.1-2],
+    /// [MQTT-4.7.2-1]), which the filters' NATS subjects encode.
+    fn of(&self, topic: &str) -> Option<Arc<str>> {
+        let mut first: Option<Arc<str>> = None;
+        self.tree.for_each_match(topic, |(), f| {
+            if first.as_ref().is_none_or(|best| f < best) {
+                first = Some(f.clone());
+            }
+        });
+        first
+    }
+}
+
 /// The reader (see the module documentation): the node's core NATS subscriptions, one per
 /// distinct filter, and what it follows per share group with a member here.
 struct Reader {
     cluster: Arc<Cluster<NatsBackend>>,
-    /// Each followed filter: its subject, and what ends its subscription (polled in
-    /// [`Live`]).
-    filters: HashMap<String, (String, AbortHandle)>,
+    /// Each followed filter: what ends its subscription (polled in [`Live`]).
+    filters: HashMap<String, AbortHandle>,
+    /// The same filters, for the copy of a message to route.
+    first: FirstFilter,
     /// Each share group with a member here (`$share/GROUP/FILTER`): its queue subscription
     /// and consumer pulls, stopped together.
     groups: HashMap<String, Following>,
@@ -2115,15 +2149,14 @@ impl Reader {
             match change {
                 FilterChange::Added(filter) => {
                     let subject = self.cluster.live_filter(&filter);
-                    let subject_text = subject.to_string();
                     match self.cluster.backend().subscribe(subject, None).await {
                         Ok(sub) => {
                             let f: Arc<str> = Arc::from(filter.as_str());
                             let (sub, stop) = futures_util::stream::abortable(sub);
-                            live.push(Box::pin(sub.map(move |d| (f.clone(), d))));
-                            if let Some((_, old)) =
-                                self.filters.insert(filter, (subject_text, stop))
-                            {
+                            let tag = f.clone();
+                            live.push(Box::pin(sub.map(move |d| (tag.clone(), d))));
+                            self.first.add(f);
+                            if let Some(old) = self.filters.insert(filter, stop) {
                                 old.abort();
                             }
                         }
@@ -2135,8 +2168,9 @@ impl Reader {
                 FilterChange::Removed(filter) => {
                     // The aborted subscription ends at its next poll and is dropped, which
                     // unsubscribes on NATS.
-                    if let Some((_, stop)) = self.filters.remove(&filter) {
+                    if let Some(stop) = self.filters.remove(&filter) {
                         stop.abort();
+                        self.first.remove(&filter);
                     }
                 }
                 FilterChange::GroupAdded(full) => {
@@ -2168,15 +2202,6 @@ impl Reader {
     /// the connection; only the copy of the first matching filter (in byte order) is routed,
     /// the router's topic tree then finds every local subscriber.
     async fn live(&mut self, filter: Arc<str>, d: makelaar_cluster::backend::Delivery) {
-        let first = self
-            .filters
-            .iter()
-            .filter(|(_, (subject, _))| subject_matches(subject, &d.subject))
-            .map(|(f, _)| f)
-            .min();
-        if first.map(String::as_str) != Some(&*filter) {
-            return;
-        }
         let Some(tokens) = d.subject.strip_prefix(self.live_prefix.as_str()) else {
             return;
         };
@@ -2184,6 +2209,9 @@ impl Reader {
             tracing::warn!(subject = %d.subject, "skipping a live message with a bad subject");
             return;
         };
+        if self.first.of(&topic).as_deref() != Some(&*filter) {
+            return;
+        }
         let env = match Envelope::decode(&d.payload) {
             Ok(e) => e,
             Err(e) => {
@@ -2200,9 +2228,10 @@ impl Reader {
     }
 
     fn stop(&mut self) {
-        for (_, (_, stop)) in self.filters.drain() {
+        for (_, stop) in self.filters.drain() {
             stop.abort();
         }
+        self.first = FirstFilter::default();
         for (_, f) in self.groups.drain() {
             f.stop();
         }
@@ -2446,6 +2475,90 @@ async fn take_pulled(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use makelaar_cluster::backend::subject_matches;
+    use makelaar_cluster::subject::{encode_filter, encode_topic};
+    use proptest::prelude::*;
+
+    /// The first filter by the rule the tree replaced: every filter's NATS subject tried
+    /// against the topic's.
+    fn first_by_subjects(filters: &[String], topic: &str) -> Option<String> {
+        let subject = encode_topic(topic);
+        filters
+            .iter()
+            .filter(|f| subject_matches(encode_filter(f).as_str(), subject.as_str()))
+            .min()
+            .cloned()
+    }
+
+    #[test]
+    fn the_first_filter_is_the_least_one_the_topic_matches() {
+        let mut first = FirstFilter::default();
+        for f in ["a/#", "a/+/c", "#", "+/b/c", "$SYS/#", "a/b/c"] {
+            first.add(Arc::from(f));
+        }
+        assert_eq!(first.of("a/b/c").as_deref(), Some("#"));
+        // [MQTT-4.7.2-1]: no filter starting with a wildcard matches a `$` topic.
+        assert_eq!(first.of("$SYS/x").as_deref(), Some("$SYS/#"));
+        first.remove("#");
+        assert_eq!(first.of("a/b/c").as_deref(), Some("+/b/c"));
+        // `a/#` matches its parent level [MQTT-4.7.1-2].
+        assert_eq!(first.of("a").as_deref(), Some("a/#"));
+        first.remove("a/#");
+        assert_eq!(first.of("a").as_deref(), None);
+        assert_eq!(first.of("$other").as_deref(), None);
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just(String::new()),
+            Just("$s".to_string()),
+            Just("x.y".to_string()),
+            Just("*".to_string()),
+            Just(">".to_string()),
+        ]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|l| l.join("/"))
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![level(), Just("+".to_string())], 1..5),
+            any::<bool>(),
+        )
+            .prop_map(|(mut l, hash)| {
+                if hash {
+                    l.push("#".to_string());
+                }
+                l.join("/")
+            })
+    }
+
+    proptest! {
+        /// The tree picks the copy the subjects would have: the same filter, for every
+        /// topic, so each message from another node is routed exactly once.
+        #[test]
+        fn the_tree_agrees_with_the_subjects(
+            filters in prop::collection::hash_set(filter(), 1..12),
+            topics in prop::collection::vec(topic(), 1..12),
+        ) {
+            let filters: Vec<String> = filters.into_iter().collect();
+            let mut first = FirstFilter::default();
+            for f in &filters {
+                first.add(Arc::from(f.as_str()));
+            }
+            for t in &topics {
+                prop_assert_eq!(
+                    first.of(t).map(|f| f.to_string()),
+                    first_by_subjects(&filters, t),
+                    "topic {:?}", t
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_failed_share_pull_is_made_again_soon_then_less_often() {
