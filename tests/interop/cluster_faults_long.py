@@ -7,6 +7,7 @@ then a summary. Exits 1 when the checker found a problem."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -40,7 +41,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=40.0, help="messages/s per publisher (40)")
     ap.add_argument("--strict", action="store_true",
                     help="count late appends of unacknowledged messages (docs/cluster.md, Faults) as problems")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory and its logs")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory, its logs and the clients' history (history.json)")
     args = ap.parse_args()
     if not 0 < args.loss_percent <= 100:
         ap.error("--loss-percent: 1 to 100")
@@ -49,6 +51,10 @@ def main() -> int:
         if k not in cf.FAULTS:
             ap.error(f"unknown fault {k!r}")
     kinds = available(kinds)
+    if args.keep:
+        # `cf.run` writes what the clients saw beside the node logs: a finding of a long run
+        # can then be traced message by message.
+        os.environ["MAKELAAR_KEEP_CLUSTER_LOGS"] = "1"
     use_netns = any(k in cf.NETNS_FAULTS for k in kinds)
     schedule = []
     for c in range(args.cycles):
