@@ -3,11 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_makelaar");
 
@@ -39,40 +40,43 @@ impl Drop for Broker {
     }
 }
 
-/// `makelaar serve --in-memory` with one listener of `scheme` and `args` added.
+/// `makelaar serve --in-memory` with one listener of `scheme` on a port the broker picks
+/// (port 0), and `args` added; the port is read from its "listening on" line.
+///
+/// Not a port probed free beforehand and then a TCP connect until one succeeds: the two
+/// tests run in parallel, and CI twice benchmarked a port nothing listened on (0
+/// connections, "connection refused") after such a readiness check had passed.
 fn broker(scheme: &str, args: &[&Path]) -> Broker {
-    // The two tests run in parallel: a port freed here could be handed to the other test's
-    // free-port probe before this broker listens on it, and then one broker would fail to
-    // bind while the other answered both tests' readiness checks (seen once in CI: the plain
-    // test benchmarked the TLS broker and got 0 connections). So one broker starts at a
-    // time, and a broker that exited is a failure, not "listening".
-    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = STARTING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut child = Command::new(BIN)
         .args(["serve", "--in-memory", "--sys-interval", "0", "--listen"])
-        .arg(format!("{scheme}://127.0.0.1:{port}"))
+        .arg(format!("{scheme}://127.0.0.1:0"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the broker exited before listening on port {port}"
-        );
-        assert!(Instant::now() < deadline, "the broker does not listen");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let marker = format!("listening on {scheme}://127.0.0.1:");
+    // Reads the log to its end, so the broker never blocks on a full pipe.
+    thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some((_, rest)) = line.split_once(&marker) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                let _ = tx.send(digits.parse::<u16>().ok());
+            }
+        }
+    });
+    let port = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Some(port)) => port,
+        Ok(None) => panic!("the broker's listening line has no port"),
+        Err(_) => {
+            let exited = child.try_wait().unwrap();
+            let _ = child.kill();
+            panic!("the broker did not say it listens within 10 s (exited: {exited:?})");
+        }
+    };
     Broker { child, port }
 }
 
@@ -126,7 +130,7 @@ fn tls_connections_make_full_handshakes_unless_told_to_resume() {
 fn plain_connections_have_no_tls_report() {
     let broker = broker("mqtt", &[]);
     let report = bench_conn(&["-p", &broker.port.to_string(), "-c", "5", "-t", "idle/%i"]);
-    assert_eq!(report["connections"], 5);
+    assert_eq!(report["connections"], 5, "{report:#}");
     assert_eq!(report["params"]["tls"], false);
     assert!(report["tls"].is_null());
 }
