@@ -1035,9 +1035,20 @@ async fn write_session<B: Backend>(
         }
         r
     });
-    let outcome = cluster
-        .write_own_session(&key, record.as_ref(), k.claim, k.fence)
-        .await;
+    let outcome =
+        if record.is_none() && k.will && !wills.is_empty() && matches!(k.fence, Fence::At(_)) {
+            // The session ends with the will its record holds: ended in a way whose retry
+            // knows its own landed write (`Cluster::end_own_session`). (After a create that
+            // got no answer, `write_own_session` looks at what it left, and at the registry.)
+            cluster
+                .end_own_session(&key, k.claim, k.fence, unix_ms())
+                .await
+                .map(|()| None)
+        } else {
+            cluster
+                .write_own_session(&key, record.as_ref(), k.claim, k.fence)
+                .await
+        };
     match wills::verdict(&outcome) {
         WillVerdict::Publish => {
             let written = matches!(outcome, Ok(Some(_)));
@@ -1572,7 +1583,7 @@ async fn take_over_orphan<B: Backend>(
     let taken = record
         .as_ref()
         .map_or(o.record.will_taken_by.clone(), |r| r.will_taken_by.clone());
-    let mut written = write_reaped(cluster, &o, record.as_ref()).await;
+    let mut written = write_reaped(cluster, &o, record.as_ref(), due_now, now_ms).await;
     for _ in 1..REAP_ATTEMPTS {
         if !matches!(
             written,
@@ -1581,7 +1592,7 @@ async fn take_over_orphan<B: Backend>(
             break;
         }
         tokio::time::sleep(REAP_RETRY).await;
-        written = write_reaped(cluster, &o, record.as_ref()).await;
+        written = write_reaped(cluster, &o, record.as_ref(), due_now, now_ms).await;
     }
     let fence = match written {
         Ok(f) => f,
@@ -1627,16 +1638,31 @@ async fn take_over_orphan<B: Backend>(
 }
 
 /// Writes a dead node's session as reaped (`Some`) or deletes it (ended) at the fence the
-/// reaper read; the new fence (`None` once deleted).
+/// reaper read; the new fence (`None` once deleted). A retry finds a write of its own that
+/// landed unanswered (`Cluster::write_reaped_session`); an ended session whose will is due
+/// (`will_due`) is ended so that a retry knows that too (`Cluster::end_reaped_session`):
+/// a refused plain delete would pass for another node's take, and the will be lost.
 async fn write_reaped<B: Backend>(
     cluster: &Cluster<B>,
     o: &makelaar_cluster::cluster::Orphan,
     record: Option<&SessionRecord>,
+    will_due: bool,
+    now_ms: u64,
 ) -> Result<Option<Fence>, makelaar_cluster::cluster::ClusterError> {
     match record {
-        Some(r) => cluster.store_session(&o.client, r, o.fence).await.map(Some),
+        Some(r) => {
+            cluster
+                .write_reaped_session(&o.client, Some(r), o.claim, o.fence)
+                .await
+        }
         None => {
-            cluster.delete_session(&o.client, o.fence).await?;
+            if will_due {
+                cluster
+                    .end_reaped_session(&o.client, o.claim, o.fence, now_ms)
+                    .await?;
+            } else {
+                cluster.delete_session(&o.client, o.fence).await?;
+            }
             // Ended: its registry entry goes too (kept if claimed meanwhile), so assigned
             // ids do not pile up there.
             let _ = cluster.forget_client(&o.client, o.claim).await;
@@ -3081,6 +3107,104 @@ mod tests {
             );
             assert!(cluster.load_session(&key).await.unwrap().0.is_none());
         }
+    }
+
+    /// Issue 15, a long fault run (a probe's will never published): a client with a will
+    /// whose session ends with its connection; the write that ends its record (the will due)
+    /// lands, but its answer is lost (NATS timed out while the node came back from a
+    /// step-down). The retry, refused by revision, must know the landed write for its own
+    /// and publish the will, once [MQTT-3.1.2-8]: a plain delete left nothing to tell, and
+    /// the retry took it for another node's take and withheld the will.
+    #[tokio::test(start_paused = true)]
+    async fn a_will_whose_ending_write_got_no_answer_is_published_once() {
+        let engine = MemoryBackend::new();
+        let cluster = Arc::new(Cluster::new(
+            engine.clone(),
+            ClusterConfig::new(NodeId::new("m1").unwrap(), 1),
+        ));
+        let (ops, rx) = mpsc::unbounded_channel();
+        let (tx, mut from_m1) = mpsc::channel(64);
+        tokio::spawn(sessions(cluster.clone(), (ops.clone(), rx), tx));
+        let key = ClientKey::new("c");
+        let claim = cluster.claim_client(&key).await.unwrap().revision;
+        let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, None);
+        ops.send(owned).unwrap();
+        let connected = SessionSnapshot {
+            expiry_interval: 0,
+            will: Some(a_will()),
+            ..snapshot(Vec::new())
+        };
+        let store = SessionOp::Store("c".into(), Some(connected), None, Vec::new(), None);
+        ops.send(store).unwrap();
+        while cluster.load_session(&key).await.unwrap().0.is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The connection ends, its will due; the write that ends the record lands unheard.
+        engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+        let ended = SessionOp::Store("c".into(), None, None, vec![a_will()], None);
+        ops.send(ended).unwrap();
+        tokio::time::sleep(WRITE_RETRY * 3).await;
+        assert_eq!(wills_in(&mut from_m1), 1, "the will is published once");
+        assert!(cluster.load_session(&key).await.unwrap().0.is_none());
+        // The reaper of m1's incarnation finds nothing of it to publish again.
+        let m2 = Cluster::new(
+            engine.clone(),
+            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+        );
+        let dead = Expired {
+            node: NodeId::new("m1").unwrap(),
+            incarnation: 1,
+        };
+        let (orphans, _) = m2.orphans(&dead, None).await.unwrap();
+        assert!(orphans.is_empty());
+    }
+
+    /// The same for a reaper: a dead node's client whose session ends at the reap with its
+    /// will due; the reaper's write that ends the record lands unheard, and its retry,
+    /// refused by revision, knows it for its own: the will is published once, by the reaper.
+    #[tokio::test(start_paused = true)]
+    async fn a_reapers_ending_write_that_got_no_answer_still_publishes_the_will() {
+        let engine = MemoryBackend::new();
+        let m1 = Cluster::new(
+            engine.clone(),
+            ClusterConfig::new(NodeId::new("m1").unwrap(), 1),
+        );
+        let key = ClientKey::new("c");
+        let claim = m1.claim_client(&key).await.unwrap().revision;
+        let mut r = record_of(
+            NodeId::new("m1").unwrap(),
+            claim,
+            &SessionSnapshot {
+                expiry_interval: 0,
+                will: Some(a_will()),
+                ..snapshot(Vec::new())
+            },
+            None,
+        );
+        r.disconnected_at_ms = None;
+        m1.store_session(&key, &r, Fence::Absent).await.unwrap();
+        let m2 = Cluster::new(
+            engine.clone(),
+            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+        );
+        let dead = Expired {
+            node: NodeId::new("m1").unwrap(),
+            incarnation: 1,
+        };
+        let (orphans, _) = m2.orphans(&dead, None).await.unwrap();
+        assert_eq!(orphans.len(), 1);
+        let (reaper_ops, _reaper_ops_rx) = mpsc::unbounded_channel();
+        let (reaper_tx, mut from_m2) = mpsc::channel(64);
+        engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+        for o in orphans {
+            take_over_orphan(&m2, &NodeId::new("m2").unwrap(), o, &reaper_ops, &reaper_tx).await;
+        }
+        assert_eq!(
+            wills_in(&mut from_m2),
+            1,
+            "the reaper publishes the will once"
+        );
+        assert!(m2.load_session(&key).await.unwrap().0.is_none());
     }
 
     /// Appends `payload` to topic "t" as published on node `from`; its stream sequence.

@@ -881,6 +881,33 @@ impl<B: Backend> Cluster<B> {
         claim: Revision,
         fence: Fence,
     ) -> Result<Option<Fence>, ClusterError> {
+        self.write_session_as(client, record, claim, fence, RecordWriter::Owner)
+            .await
+    }
+
+    /// [`Cluster::write_own_session`] for a node that took a dead node's session (`claim`:
+    /// its registry write that took it): its own write that landed unanswered is written
+    /// again, but a record the dead node wrote since is not written over (unlike an
+    /// owner's): that write may have taken the will out and published it.
+    pub async fn write_reaped_session(
+        &self,
+        client: &ClientKey,
+        record: Option<&SessionRecord>,
+        claim: Revision,
+        fence: Fence,
+    ) -> Result<Option<Fence>, ClusterError> {
+        self.write_session_as(client, record, claim, fence, RecordWriter::Reaper)
+            .await
+    }
+
+    async fn write_session_as(
+        &self,
+        client: &ClientKey,
+        record: Option<&SessionRecord>,
+        claim: Revision,
+        fence: Fence,
+        writer: RecordWriter,
+    ) -> Result<Option<Fence>, ClusterError> {
         if record.is_none() && fence == Fence::Unanswered {
             return self.delete_unanswered(client, claim).await;
         }
@@ -900,7 +927,11 @@ impl<B: Backend> Cluster<B> {
             // by the fault harness: the new owner took itself for fenced and closed its
             // client). Registry revisions only grow, so that writer's claim is over; this
             // node's state is the newer.
-            Some(r) if r.node != self.config.node && r.claim < claim.get() => {
+            Some(r)
+                if writer == RecordWriter::Owner
+                    && r.node != self.config.node
+                    && r.claim < claim.get() =>
+            {
                 tracing::info!(%client, writer = %r.node, "a session record written late by the node that held the client before this node's claim: written over");
                 self.write_or_delete(client, record, at).await
             }
@@ -910,6 +941,57 @@ impl<B: Backend> Cluster<B> {
             }
             _ => first,
         }
+    }
+
+    /// Ends the session of `client` this node keeps under `claim` (its record at `fence`)
+    /// with a will this node is to publish: the record is first written ended, the will
+    /// marked as taken by this node ([`wills::ended`]), then deleted. `Ok` once that write
+    /// landed, answered or not ([`Cluster::write_own_session`] finds an unanswered one on
+    /// the retry): the will is this node's to publish, whatever the delete did. A plain
+    /// delete that landed unanswered would leave the retry nothing to tell it was its own.
+    pub async fn end_own_session(
+        &self,
+        client: &ClientKey,
+        claim: Revision,
+        fence: Fence,
+        now_ms: u64,
+    ) -> Result<(), ClusterError> {
+        self.end_session_as(client, claim, fence, now_ms, RecordWriter::Owner)
+            .await
+    }
+
+    /// [`Cluster::end_own_session`] for a dead node's session this node took, as
+    /// [`Cluster::write_reaped_session`] writes.
+    pub async fn end_reaped_session(
+        &self,
+        client: &ClientKey,
+        claim: Revision,
+        fence: Fence,
+        now_ms: u64,
+    ) -> Result<(), ClusterError> {
+        self.end_session_as(client, claim, fence, now_ms, RecordWriter::Reaper)
+            .await
+    }
+
+    async fn end_session_as(
+        &self,
+        client: &ClientKey,
+        claim: Revision,
+        fence: Fence,
+        now_ms: u64,
+        writer: RecordWriter,
+    ) -> Result<(), ClusterError> {
+        let ended = wills::ended(self.config.node.clone(), claim, now_ms);
+        let written = self
+            .write_session_as(client, Some(&ended), claim, fence, writer)
+            .await?;
+        if let Some(at) = written {
+            if let Err(e) = self.delete_session(client, at).await {
+                // Harmless: ended and without a will, no claim takes it for a session.
+                tracing::debug!(%client, error = %e, "an ended session's record is left in place (its will marked taken)");
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the record of a session that ended here after this node's create of it got
@@ -1586,6 +1668,15 @@ fn written(r: Result<Revision, BackendError>) -> Result<Option<Revision>, Backen
         Err(BackendError::Conflict) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Who writes a session record through [`Cluster::write_session_as`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordWriter {
+    /// The node that claimed the client id (it served the client).
+    Owner,
+    /// A node that took a dead node's session.
+    Reaper,
 }
 
 #[cfg(test)]

@@ -119,6 +119,33 @@ pub fn mark_taken(record: &mut SessionRecord, claim: Revision) {
     });
 }
 
+/// The record a node writes over a session that ends with a will it is about to publish,
+/// before it deletes it: ended (expiry 0, so no claim takes it for a session), with no will,
+/// marked as taken by `node` under its claim `claim` ([`mark_taken`]). A delete that lands
+/// but loses its answer leaves nothing to tell whose it was, and the retry, refused, would
+/// take it for another node's and withhold the will (found by the fault harness: a probe's
+/// will never published after its node stepped down and came back). A write of this record
+/// that lands unanswered is known on the retry ([`written_under`], [`taken_by_me`]); the
+/// delete after it only tidies up.
+pub fn ended(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
+    let mut r = SessionRecord {
+        node,
+        claim: claim.get(),
+        protocol: 5,
+        expiry_interval: 0,
+        disconnected_at_ms: Some(now_ms),
+        subscriptions: Vec::new(),
+        will: None,
+        cursors: Vec::new(),
+        outbound: Vec::new(),
+        inbound_qos2: Vec::new(),
+        will_taken_by: None,
+        cursors_of: None,
+    };
+    mark_taken(&mut r, claim);
+    r
+}
+
 /// Whether `record` (now another node's) still carries the mark of a write of `node` under
 /// `claim` that took its will out ([`mark_taken`]): that write landed, its answer was lost,
 /// and the will is `node`'s to publish; the node that wrote since found no will to decide.
