@@ -1699,6 +1699,7 @@ impl Router {
     /// this node's partition followers are behind its record, held until they are past it
     /// (see [`HeldOrphan`]).
     fn orphan(&mut self, now: Instant, o: Orphan) {
+        self.forget_stale_copy(now, &o.client_id);
         // (One this broker cannot take in, as it has a session for that client id, is
         // refused at once, not held.)
         let behind = (self.cluster.as_ref())
@@ -1722,6 +1723,32 @@ impl Router {
             since: now,
         };
         c.orphans.insert(o.client_id, held);
+    }
+
+    /// A dead node's session this node took over (its reaper wrote the record as this
+    /// node's) meets a copy of it this broker still holds offline: the copy is from before
+    /// the session moved to the dead node (this node never got the notice, e.g. cut off at
+    /// the time), so it is stale, and is forgotten for the record's. Kept, it would be taken
+    /// for the session when its client came back here (the record names this node, so the
+    /// claim sees no move), and send again what the client got on the dead node (found by
+    /// the fault harness: 2,295 QoS 2 messages twice at `sub1` over 204 faults, after "a
+    /// dead node's session was not taken over here: this node has a session for that
+    /// client id already"). A node never reaps itself, and a client connected here is
+    /// registered under this node, never left by a dead one: a connected copy is kept.
+    fn forget_stale_copy(&mut self, now: Instant, client_id: &Arc<str>) {
+        let offline = self
+            .broker
+            .session_snapshot(client_id)
+            .is_some_and(|s| !s.connected);
+        if !offline {
+            return;
+        }
+        tracing::info!(%client_id, "a session taken over from a dead node replaces this node's older copy of it (the notice that it had moved never came)");
+        if let Some(c) = self.cluster.as_mut() {
+            c.untrack_client(client_id);
+            c.resumes.remove(client_id);
+        }
+        self.broker.forget_session(now, client_id);
     }
 
     /// Takes a dead node's session into the broker, offline, with what it held or missed on
@@ -3366,6 +3393,66 @@ mod tests {
             node.got.iter().all(|&(n, _, _)| n >= 6),
             "{when:?}: nothing the dead node had delivered: {:?}",
             node.got
+        );
+    }
+
+    /// Issue 15, the long fault run's QoS 2 duplicates at `sub1`: the subscriber left this
+    /// node (its session offline here) and moved to node "b", which never told this node
+    /// (cut off at the time): this node's copy goes on queueing what "b" delivers. Then "b"
+    /// dies and this node reaps it: the session's record, written as this node's, says
+    /// where "b" stood. When the client comes back here, it must get what came after
+    /// that, each message once [MQTT-4.3.3-*], not this node's stale queue again.
+    #[test]
+    fn a_reaped_session_replaces_this_nodes_stale_copy() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_with(1, 1, None, false);
+        assert_eq!(node.connacks, [true], "its subscriptions from the cluster");
+        for n in 3..=4 {
+            node.published_elsewhere(n);
+        }
+        node.assert_got(3, 4, "connected here first");
+        node.lost(1);
+        // On "b" meanwhile, the client got 5..=8; this node's copy queued them.
+        for n in 5..=8 {
+            node.published_elsewhere(n);
+        }
+        // "b" dies; its record says it had delivered 5..=8.
+        let resume = Resume {
+            writer: makelaar_cluster::NodeId::new("b").unwrap(),
+            cursors: vec![Cursor {
+                partition: 0,
+                next: 9,
+                writer_through: 0,
+            }],
+            outbound: Vec::new(),
+        };
+        node.router.cluster_event(
+            Instant::now(),
+            FromCluster::Orphan {
+                client_id: Arc::from(SUB),
+                snapshot: subscribed(),
+                will_in: Duration::ZERO,
+                expires_in: Some(Duration::from_secs(600)),
+                resume: Some(resume),
+            },
+        );
+        node.settle();
+        while !node.replays.is_empty() {
+            node.replayed(0);
+        }
+        node.published_elsewhere(9);
+        node.connect(2);
+        node.claimed_reaped(2, 2);
+        assert_eq!(node.connacks, [true, true], "Session Present");
+        while !node.replays.is_empty() {
+            node.replayed(0);
+        }
+        node.published_elsewhere(10);
+        assert_eq!(
+            node.got_by(2),
+            [9, 10],
+            "nothing that \"b\" had delivered comes again"
         );
     }
 
