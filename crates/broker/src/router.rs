@@ -3,7 +3,7 @@
 //! `Outbox`, and sweeps their keep-alive clocks. Nothing else touches sessions, subscriptions
 //! or retained messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -122,6 +122,10 @@ pub(crate) struct ClusterSide {
     exported: Vec<makelaar_core::broker::Exported>,
     filter_changes: Vec<makelaar_core::broker::FilterChange>,
     session_changes: Vec<Arc<str>>,
+    /// Sessions this broker forgot since the last flush because another node has them now
+    /// ([`Router::forget_moved`]): their end here is not written (no delete of the record,
+    /// which is that node's).
+    moved: HashSet<Arc<str>>,
     /// Wills due that the cluster must take out of their records before they are published.
     due_wills: Vec<makelaar_core::broker::DueWill>,
     /// Client ids the broker assigned, to register on the cluster.
@@ -405,6 +409,7 @@ impl ClusterSide {
             exported: Vec::new(),
             filter_changes: Vec::new(),
             session_changes: Vec::new(),
+            moved: HashSet::new(),
             due_wills: Vec::new(),
             assigned: Vec::new(),
             stepped_down: false,
@@ -1250,6 +1255,9 @@ impl Router {
             for client_id in changed {
                 let wills = due.remove(&client_id).unwrap_or_default();
                 let snapshot = self.broker.session_snapshot(&client_id);
+                if c.moved.contains(&client_id) && snapshot.is_none() && wills.is_empty() {
+                    continue;
+                }
                 // Offline before its replay came back: what it holds is not all here yet;
                 // written once the replay is in (`FromCluster::Replayed`).
                 if let Some(r) = c
@@ -1269,6 +1277,7 @@ impl Router {
                     &self.broker,
                 );
             }
+            c.moved.clear();
             // (A due will marks its session changed: none is left here but for safety.)
             for (client_id, wills) in due {
                 let snapshot = self.broker.session_snapshot(&client_id);
@@ -1553,7 +1562,7 @@ impl Router {
                 if let Some(c) = self.cluster.as_mut() {
                     c.untrack_client(&client_id);
                 }
-                self.broker.forget_session(now, &client_id)
+                self.forget_moved(now, &client_id)
             }
             FromCluster::Checkpointed { client_id, n } => {
                 if let Some(c) = self.cluster.as_mut() {
@@ -1683,7 +1692,7 @@ impl Router {
                             }
                             c.after_appends(Waiting::Released(req.clone()), &self.broker);
                         }
-                        self.broker.forget_session(now, &id);
+                        self.forget_moved(now, &id);
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "hand-over request for a bad client id"),
@@ -1725,6 +1734,19 @@ impl Router {
         c.orphans.insert(o.client_id, held);
     }
 
+    /// Forgets this broker's copy of `client_id`'s session (offline) because another node
+    /// has the session now, or this node's record of it was taken: its end here deletes
+    /// nothing. The delete would go to the cluster behind the appends before it, and could
+    /// land after a claim of the same client id on this node had made the record this
+    /// node's again, deleting it (found by the fault harness: a persistent subscriber
+    /// resumed without its session, Session Present 0, on the next node).
+    fn forget_moved(&mut self, now: Instant, client_id: &str) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.moved.insert(Arc::from(client_id));
+        }
+        self.broker.forget_session(now, client_id);
+    }
+
     /// A dead node's session this node took over (its reaper wrote the record as this
     /// node's) meets a copy of it this broker still holds offline: the copy is from before
     /// the session moved to the dead node (this node never got the notice, e.g. cut off at
@@ -1748,7 +1770,7 @@ impl Router {
             c.untrack_client(client_id);
             c.resumes.remove(client_id);
         }
-        self.broker.forget_session(now, client_id);
+        self.forget_moved(now, client_id);
     }
 
     /// Takes a dead node's session into the broker, offline, with what it held or missed on
@@ -1942,7 +1964,7 @@ impl Router {
         }
         // Offline here: that node keeps the session now, as after its notice that the
         // client moved (which a node cut off at the time never got).
-        self.broker.forget_session(now, client_id);
+        self.forget_moved(now, client_id);
     }
 
     /// A CONNECT's client id is claimed (or could not be): it is decided now, with the
@@ -2040,7 +2062,7 @@ impl Router {
                 // messages a second time). Its record is not touched: the adopted session
                 // is what this step writes.
                 if moved_away {
-                    self.broker.forget_session(now, &client_id);
+                    self.forget_moved(now, &client_id);
                 }
                 // A will another node left (it handed the connection over, or died): taken
                 // out of the cluster's record by this claim, so decided here only, by the
@@ -2643,6 +2665,8 @@ mod tests {
         records: Vec<Option<Log>>,
         /// The due wills those writes took out of the record, to publish if they win.
         wills_written: usize,
+        /// The clients whose record this node asked to delete (a write without a session).
+        deletes: Vec<Arc<str>>,
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
         got: Vec<(u32, QoS, bool)>,
@@ -2684,6 +2708,7 @@ mod tests {
                 replays: Vec::new(),
                 records: Vec::new(),
                 wills_written: 0,
+                deletes: Vec::new(),
                 outs: HashMap::new(),
                 got: Vec::new(),
                 got_on: Vec::new(),
@@ -2715,8 +2740,11 @@ mod tests {
                             log,
                             checkpoint,
                             wills,
-                            ..
+                            snapshot,
                         } => {
+                            if snapshot.is_none() {
+                                self.deletes.push(client_id.clone());
+                            }
                             self.records.push(log);
                             self.wills_written += wills.len();
                             if let Some(n) = checkpoint {
@@ -3393,6 +3421,47 @@ mod tests {
             node.got.iter().all(|&(n, _, _)| n >= 6),
             "{when:?}: nothing the dead node had delivered: {:?}",
             node.got
+        );
+    }
+
+    /// Issue 15, a long fault run (a persistent subscriber resumed with Session Present 0
+    /// on its next node, its subscriptions gone): a node that forgets its copy of a session
+    /// because another node has it now (the notice that the client moved, a claim that
+    /// finds the record written elsewhere, a fenced write, a reaped record replacing a
+    /// stale copy) must not delete the record. The delete went to the cluster behind the
+    /// appends before it and landed after this node's next claim of the same client id had
+    /// made the record its own again [MQTT-4.1.0-1].
+    #[test]
+    fn a_session_forgotten_because_it_moved_deletes_no_record() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_with(1, 1, None, false);
+        node.lost(1);
+        assert!(taken_in(&node), "offline here");
+        node.router
+            .cluster_event(Instant::now(), FromCluster::Moved(Arc::from(SUB)));
+        node.settle();
+        assert!(!taken_in(&node), "forgotten here");
+        assert!(
+            node.deletes.is_empty(),
+            "no delete of the record the other node has: {:?}",
+            node.deletes
+        );
+        // The same when a reaped record replaces a stale copy and is held for the
+        // follower: the record this node just wrote is not deleted either.
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_with(1, 1, None, false);
+        node.lost(1);
+        for n in 3..=5 {
+            node.appended_elsewhere(n);
+        }
+        reaped(&mut node, Instant::now(), None, Duration::ZERO);
+        assert!(!taken_in(&node), "held while the follower is behind");
+        assert!(
+            node.deletes.is_empty(),
+            "no delete of the reaped record: {:?}",
+            node.deletes
         );
     }
 
