@@ -609,6 +609,9 @@ class History:
         self.connect_refused: list[tuple[str, int, int]] = []  # (client, node, reason code)
         self.wills: dict[str, float] = {}                        # probe id -> connected at
         self.wills_received: dict[str, list[str]] = {}           # sub -> probe ids
+        # Persistent subscribers that came back to no session (Session Present 0 after
+        # their first subscription): (sub, node, t). [MQTT-3.2.2-3]
+        self.sessions_lost: list[tuple[str, int, float]] = []
 
     def note(self, table, key, seq, t):
         with self.lock:
@@ -873,6 +876,12 @@ class Subscriber(Client):
                 (time.monotonic(), m["pub"].decode(), int(m["qos"]), int(m["seq"])))
 
     def after_connect(self):
+        if self.subscribed and self.connack is not None and not self.connack[1]:
+            # The broker lost the session (expiry 600 s): recorded, and the subscriptions
+            # made again so the rest of the run still checks this subscriber.
+            with self.history.lock:
+                self.history.sessions_lost.append((self.name, self.node, time.monotonic()))
+            self.subscribed = False
         if not self.subscribed:
             r, _ = self.c.subscribe([("f/#", 2), ("w/#", 2)])
             self.subscribed = r == mqtt.MQTT_ERR_SUCCESS
@@ -1191,6 +1200,7 @@ class Report:
     wills_missing: list = field(default_factory=list)   # (sub, probe)
     wills_missing_known_gap: list = field(default_factory=list)
     wills_twice: list = field(default_factory=list)      # (sub, probe, n)
+    sessions_lost: list = field(default_factory=list)    # (sub, node, t): Session Present 0
     late_unacked: list = field(default_factory=list)    # anomalies of unacknowledged messages
     tolerate_late_appends: bool = False
     acked_after_resume: int = 0
@@ -1217,6 +1227,8 @@ class Report:
             out.append(f"wills never arrived: {self.wills_missing[:5]}")
         if self.wills_twice:
             out.append(f"wills published more than once: {self.wills_twice[:5]}")
+        if self.sessions_lost:
+            out.append(f"persistent sessions lost (Session Present 0): {self.sessions_lost[:5]}")
         if self.overlaps_too_long:
             out.append(f"client ids on two nodes longer than the lease: {self.overlaps_too_long}")
         if self.late_unacked and not self.tolerate_late_appends:
@@ -1243,6 +1255,7 @@ class Report:
             f"longest delivery:       {self.longest_delivery:.1f} s (acknowledged to the publisher -> arrived at a subscriber)",
             f"longest takeover:       {self.longest_takeover:.1f} s (fault to the same client id accepted on another node)",
             f"longest double serving: {self.longest_overlap:.1f} s (lease {LEASE_TTL:.0f} s)",
+            f"sessions lost:          {len(self.sessions_lost)} (Session Present 0 for a persistent subscriber)",
         ])
 
 
@@ -1250,6 +1263,9 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
     """The checker (see the module documentation)."""
     h = w.history
     r = Report(faults=list(h.faults))
+    with h.lock:
+        t0 = min((c.opened for c in h.conns), default=0.0)
+        r.sessions_lost = [(sub, node, round(t - t0, 2)) for sub, node, t in h.sessions_lost]
     with h.lock:
         acked = {k: dict(v) for k, v in h.acked.items()}
         sent = {k: dict(v) for k, v in h.sent.items()}
@@ -1389,6 +1405,7 @@ def dump_history(h: History, path: Path):
             "received": h.received,
             "conns": [vars(c) for c in h.conns],
             "faults": h.faults,
+            "sessions_lost": h.sessions_lost,
         }
     path.write_text(json.dumps(data))
 
