@@ -46,7 +46,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::stream::AbortHandle;
 use futures_util::StreamExt;
 use makelaar_cluster::backend::Backend;
-use makelaar_cluster::cluster::{Cluster, ClusterConfig, LeaseEvent, ReleaseRequest, TakenWill};
+use makelaar_cluster::cluster::{
+    Cluster, ClusterConfig, LeaseEvent, RecordWriter, ReleaseRequest, TakenWill,
+};
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::lease::Expired;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig, NatsStartError};
@@ -1038,10 +1040,10 @@ async fn write_session<B: Backend>(
     let outcome =
         if record.is_none() && k.will && !wills.is_empty() && matches!(k.fence, Fence::At(_)) {
             // The session ends with the will its record holds: ended in a way whose retry
-            // knows its own landed write (`Cluster::end_own_session`). (After a create that
+            // knows its own landed write (`Cluster::end_session_as`). (After a create that
             // got no answer, `write_own_session` looks at what it left, and at the registry.)
             cluster
-                .end_own_session(&key, k.claim, k.fence, unix_ms())
+                .end_session_as(&key, k.claim, k.fence, unix_ms(), RecordWriter::Owner)
                 .await
                 .map(|()| None)
         } else {
@@ -1639,8 +1641,8 @@ async fn take_over_orphan<B: Backend>(
 
 /// Writes a dead node's session as reaped (`Some`) or deletes it (ended) at the fence the
 /// reaper read; the new fence (`None` once deleted). A retry finds a write of its own that
-/// landed unanswered (`Cluster::write_reaped_session`); an ended session whose will is due
-/// (`will_due`) is ended so that a retry knows that too (`Cluster::end_reaped_session`):
+/// landed unanswered (`Cluster::write_session_as`); an ended session whose will is due
+/// (`will_due`) is ended so that a retry knows that too (`Cluster::end_session_as`):
 /// a refused plain delete would pass for another node's take, and the will be lost.
 async fn write_reaped<B: Backend>(
     cluster: &Cluster<B>,
@@ -1652,13 +1654,13 @@ async fn write_reaped<B: Backend>(
     match record {
         Some(r) => {
             cluster
-                .write_reaped_session(&o.client, Some(r), o.claim, o.fence)
+                .write_session_as(&o.client, Some(r), o.claim, o.fence, RecordWriter::Reaper)
                 .await
         }
         None => {
             if will_due {
                 cluster
-                    .end_reaped_session(&o.client, o.claim, o.fence, now_ms)
+                    .end_session_as(&o.client, o.claim, o.fence, now_ms, RecordWriter::Reaper)
                     .await?;
             } else {
                 cluster.delete_session(&o.client, o.fence).await?;
@@ -3035,6 +3037,33 @@ mod tests {
             .count()
     }
 
+    /// Node "m1" (incarnation 1) over `engine`, its sessions task running, having claimed
+    /// client "c" (no record yet): the cluster, the task's operations, what it tells the
+    /// router.
+    async fn owner_of_c(
+        engine: &MemoryBackend,
+    ) -> (
+        Arc<Cluster<MemoryBackend>>,
+        mpsc::UnboundedSender<SessionOp>,
+        mpsc::Receiver<FromCluster>,
+    ) {
+        let cluster = Arc::new(Cluster::new(
+            engine.clone(),
+            ClusterConfig::new(NodeId::new("m1").unwrap(), 1),
+        ));
+        let (ops, rx) = mpsc::unbounded_channel();
+        let (tx, from) = mpsc::channel(64);
+        tokio::spawn(sessions(cluster.clone(), (ops.clone(), rx), tx));
+        let claim = cluster
+            .claim_client(&ClientKey::new("c"))
+            .await
+            .unwrap()
+            .revision;
+        let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, None);
+        ops.send(owned).unwrap();
+        (cluster, ops, from)
+    }
+
     /// A client with a will (its session ends with its connection) whose CONNECT record was
     /// created but whose create got no answer (NATS stopped right after the CONNECT, as in
     /// `test_a_stepped_down_nodes_wills_are_published_once_after_all`, and took it when it
@@ -3049,17 +3078,8 @@ mod tests {
         for reaper_first in [false, true] {
             let engine = MemoryBackend::new();
             let m1 = NodeId::new("m1").unwrap();
-            let cluster = Arc::new(Cluster::new(
-                engine.clone(),
-                ClusterConfig::new(m1.clone(), 1),
-            ));
-            let (ops, rx) = mpsc::unbounded_channel();
-            let (tx, mut from_m1) = mpsc::channel(64);
-            tokio::spawn(sessions(cluster.clone(), (ops.clone(), rx), tx));
+            let (cluster, ops, mut from_m1) = owner_of_c(&engine).await;
             let key = ClientKey::new("c");
-            let claim = cluster.claim_client(&key).await.unwrap().revision;
-            let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, None);
-            ops.send(owned).unwrap();
             let connected = SessionSnapshot {
                 expiry_interval: 0,
                 will: Some(a_will()),
@@ -3118,17 +3138,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_will_whose_ending_write_got_no_answer_is_published_once() {
         let engine = MemoryBackend::new();
-        let cluster = Arc::new(Cluster::new(
-            engine.clone(),
-            ClusterConfig::new(NodeId::new("m1").unwrap(), 1),
-        ));
-        let (ops, rx) = mpsc::unbounded_channel();
-        let (tx, mut from_m1) = mpsc::channel(64);
-        tokio::spawn(sessions(cluster.clone(), (ops.clone(), rx), tx));
+        let (cluster, ops, mut from_m1) = owner_of_c(&engine).await;
         let key = ClientKey::new("c");
-        let claim = cluster.claim_client(&key).await.unwrap().revision;
-        let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, None);
-        ops.send(owned).unwrap();
         let connected = SessionSnapshot {
             expiry_interval: 0,
             will: Some(a_will()),

@@ -885,22 +885,11 @@ impl<B: Backend> Cluster<B> {
             .await
     }
 
-    /// [`Cluster::write_own_session`] for a node that took a dead node's session (`claim`:
-    /// its registry write that took it): its own write that landed unanswered is written
-    /// again, but a record the dead node wrote since is not written over (unlike an
-    /// owner's): that write may have taken the will out and published it.
-    pub async fn write_reaped_session(
-        &self,
-        client: &ClientKey,
-        record: Option<&SessionRecord>,
-        claim: Revision,
-        fence: Fence,
-    ) -> Result<Option<Fence>, ClusterError> {
-        self.write_session_as(client, record, claim, fence, RecordWriter::Reaper)
-            .await
-    }
-
-    async fn write_session_as(
+    /// [`Cluster::write_own_session`] as `writer` writes: a reaper's own write that landed
+    /// unanswered is written again too, but a record the dead node wrote since is not
+    /// written over (unlike an owner's): that write may have taken the will out and
+    /// published it.
+    pub async fn write_session_as(
         &self,
         client: &ClientKey,
         record: Option<&SessionRecord>,
@@ -943,37 +932,14 @@ impl<B: Backend> Cluster<B> {
         }
     }
 
-    /// Ends the session of `client` this node keeps under `claim` (its record at `fence`)
-    /// with a will this node is to publish: the record is first written ended, the will
-    /// marked as taken by this node ([`wills::ended`]), then deleted. `Ok` once that write
-    /// landed, answered or not ([`Cluster::write_own_session`] finds an unanswered one on
-    /// the retry): the will is this node's to publish, whatever the delete did. A plain
-    /// delete that landed unanswered would leave the retry nothing to tell it was its own.
-    pub async fn end_own_session(
-        &self,
-        client: &ClientKey,
-        claim: Revision,
-        fence: Fence,
-        now_ms: u64,
-    ) -> Result<(), ClusterError> {
-        self.end_session_as(client, claim, fence, now_ms, RecordWriter::Owner)
-            .await
-    }
-
-    /// [`Cluster::end_own_session`] for a dead node's session this node took, as
-    /// [`Cluster::write_reaped_session`] writes.
-    pub async fn end_reaped_session(
-        &self,
-        client: &ClientKey,
-        claim: Revision,
-        fence: Fence,
-        now_ms: u64,
-    ) -> Result<(), ClusterError> {
-        self.end_session_as(client, claim, fence, now_ms, RecordWriter::Reaper)
-            .await
-    }
-
-    async fn end_session_as(
+    /// Ends the session of `client` that `writer` (this node) keeps under `claim` (its
+    /// record at `fence`) with a will this node is to publish: the record is first written
+    /// ended, the will marked as taken by this node ([`wills::ended`]), then deleted. `Ok`
+    /// once that write landed, answered or not ([`Cluster::write_session_as`] finds an
+    /// unanswered one on the retry): the will is this node's to publish, whatever the
+    /// delete did. A plain delete that landed unanswered would leave the retry nothing to
+    /// tell it was its own.
+    pub async fn end_session_as(
         &self,
         client: &ClientKey,
         claim: Revision,
@@ -1672,7 +1638,7 @@ fn written(r: Result<Revision, BackendError>) -> Result<Option<Revision>, Backen
 
 /// Who writes a session record through [`Cluster::write_session_as`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RecordWriter {
+pub enum RecordWriter {
     /// The node that claimed the client id (it served the client).
     Owner,
     /// A node that took a dead node's session.
