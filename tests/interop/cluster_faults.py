@@ -161,7 +161,8 @@ class Forwarder:
                     if not data:
                         raise OSError("closed")
                     (b if s is a else a).sendall(data)
-        except OSError:
+        except (OSError, ValueError):
+            # ValueError: select() on a socket another thread closed meanwhile (fd -1).
             pass
         finally:
             for s in (a, b):
@@ -363,7 +364,8 @@ class ClusterBase:
                 "--log-level", os.environ.get("MK_LOG", "info")]
         return Proc(f"m{i}", argv, self.workdir / f"m{i}.log", self.netns[i])
 
-    def wait_node(self, i, timeout=90.0):
+    def wait_node(self, i, timeout=150.0):
+        # Longer than a node tries its start-up steps during a JetStream election (120 s).
         p = self.nodes[i]
         _wait_port(self.node_listen(i), self.node_ports[i], p.proc, p.log_path, timeout,
                    netns=self.netns[i])
@@ -1434,9 +1436,11 @@ def run(cluster: ClusterBase, schedule: list[tuple[str, int]], settle=4.0, rate=
         retained = w.retained_seen()
     finally:
         w.stop()
+        # Also when the run broke off (a node that did not come back): what the clients saw
+        # until then is what traces it.
+        if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
+            dump_history(w.history, cluster.workdir / "history.json")
     report = check(w, retained, tolerate_known_gap)
-    if os.environ.get("MAKELAAR_KEEP_CLUSTER_LOGS"):
-        dump_history(w.history, cluster.workdir / "history.json")
     report.tolerate_late_appends = tolerate_late_appends
     report.cycles = len(schedule)
     return report

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -1014,6 +1015,106 @@ def test_a_nodes_metrics_show_the_cluster(cluster):
             break
         assert time.monotonic() < deadline, (before_b, after_b, followed)
         time.sleep(0.3)
+
+
+def _discard_until_closed(sock: socket.socket, stop, counted: list):
+    """Reads and throws away what the broker sends until it closes `sock` or `stop` is set;
+    appends the size of each read to `counted`."""
+    sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            data = sock.recv(1 << 16)
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        counted.append(len(data))
+
+
+def test_a_client_flooding_one_node_stalls_neither_its_neighbours_nor_the_other_node(cluster):
+    """Issue 15, "bad input still applies": a client on node a sends 60,000 QoS 0 and 20,000
+    QoS 1 publishes as fast as its socket takes them, to a topic with a subscriber on node b,
+    so the flood crosses NATS. Meanwhile a QoS 1 exchange from b to a, and one from another
+    client of a to b, each deliver every message within 10 s, in order."""
+    import mqtt_raw as R
+
+    a, b = cluster
+    flood_topic = unique("flood") + "/f"
+    sink = R.RawClient(b.port, b.host, version=4, timeout=10)
+    assert sink.connect(unique("sink")).reason == 0
+    assert sink.subscribe([(flood_topic, 1)]).type == R.SUBACK
+    flooder = R.RawClient(a.port, a.host, version=4, timeout=30)
+    assert flooder.connect(unique("flooder")).reason == 0
+    stop = threading.Event()
+    sunk, acks = [], []
+    readers = [threading.Thread(target=_discard_until_closed, args=(c.sock, stop, n),
+                                daemon=True)
+               for c, n in ((sink, sunk), (flooder, acks))]
+
+    # Two well-behaved exchanges, one each way, whose subscriptions have reached the other
+    # node before the flood starts.
+    normal = unique("normal")
+    from_b, to_a = connected(b), connected(a)
+    to_a.subscribe(f"{normal}/ba", qos=1)
+    from_a, to_b = connected(a), connected(b)
+    to_b.subscribe(f"{normal}/ab", qos=1)
+    probe_until_received(from_b, to_a, f"{normal}/ba")
+    probe_until_received(from_a, to_b, f"{normal}/ab")
+
+    sent = []
+
+    def flood():
+        q0 = R.publish(flood_topic, b"f" * 16)
+        try:
+            for _ in range(12):
+                flooder.sock.sendall(q0 * 5000)
+                sent.append(5000)
+            for chunk in range(4):
+                flooder.sock.sendall(b"".join(
+                    R.publish(flood_topic, b"q" * 16, qos=1, packet_id=1 + chunk * 5000 + i)
+                    for i in range(5000)))
+                sent.append(5000)
+        except OSError:
+            pass  # a node may cut a flooder off: that is its right
+
+    for r in readers:
+        r.start()
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        for i in range(10):
+            for pub, sub, leg in ((from_b, to_a, "ba"), (from_a, to_b, "ab")):
+                start = time.monotonic()
+                pub.publish(f"{normal}/{leg}", b"%d" % i, qos=1, timeout=10)
+                m = sub.get(timeout=10)
+                assert m.payload == b"%d" % i, (leg, m.payload)
+                took = time.monotonic() - start
+                assert took < 10, f"{leg} message {i} took {took:.1f} s during the flood"
+        t.join(60)
+        assert not t.is_alive(), "the flood was still being sent after 60 s"
+        assert sum(sent) > 0
+        # The flood did cross to node b: its subscriber got at least 100 kB of it.
+        deadline = time.monotonic() + 10
+        while sum(sunk) < 100_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum(sunk) >= 100_000, f"the flood's subscriber on b got {sum(sunk)} bytes"
+        # Both nodes still take new clients and carry a message between them.
+        late_sub, late_pub = connected(a), connected(b)
+        late = unique("after-flood")
+        late_sub.subscribe(late, qos=1)
+        probe_until_received(late_pub, late_sub, late)
+        late_pub.publish(late, b"after", qos=1, timeout=10)
+        assert late_sub.get(timeout=10).payload == b"after"
+        for c in (late_sub, late_pub):
+            c.close()
+    finally:
+        stop.set()
+        for c in (from_b, to_a, from_a, to_b):
+            c.close()
+        sink.close()
+        flooder.close()
 
 
 def test_a_full_queue_to_the_cluster_makes_publishers_wait_and_loses_nothing(cluster, tmp_path):

@@ -331,6 +331,43 @@ impl QueueRoom {
     }
 }
 
+/// How long one start-up step after the first lease (following a stream, a bucket, a
+/// subject) is tried again before the node gives up: the engine answered the lease, so an
+/// error now is most likely JetStream electing leaders (a NATS server restarting, a host
+/// lost), which passes.
+const START_STEP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs one start-up step, trying it again with a growing pause (up to 5 s) while it fails
+/// and [`START_STEP_PATIENCE`] has not passed; then fails with one sentence naming `what`.
+/// (A node that exits here is restarted by its supervisor, and found a fault harness's
+/// node restarted during a JetStream election gone for good: "cannot follow partition
+/// stream 0: timed out".)
+async fn patiently<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, ClusterStartError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < START_STEP_PATIENCE => {
+                tracing::warn!(target: crate::status::STATUS_TARGET, error = %e, "cannot {what} yet: trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(ClusterStartError(format!(
+                    "cannot {what} ({e}) for {} s; check that the NATS servers' JetStream has a leader (`makelaar cluster status`)",
+                    START_STEP_PATIENCE.as_secs()
+                )))
+            }
+        }
+    }
+}
+
 /// Joins the cluster: connects to NATS (the start-up checks refuse lazy fsync and old
 /// servers, with their sentence), waits until this node holds its lease, and starts the
 /// tasks. `filters` are the distinct filters of sessions already present.
@@ -410,20 +447,14 @@ pub(crate) async fn start(
         from_tx.clone(),
         shutdown.clone(),
     ));
-    let releases = cluster
-        .release_requests()
-        .await
-        .map_err(|e| ClusterStartError(format!("cannot follow hand-over requests: {e}")))?;
+    let releases = patiently("follow hand-over requests", || cluster.release_requests()).await?;
     tokio::spawn(forward_releases(releases, from_tx.clone()));
-    let mut moved = cluster
-        .moved_clients()
-        .await
-        .map_err(|e| ClusterStartError(format!("cannot follow moved-client notices: {e}")))?;
+    let mut moved = patiently("follow moved-client notices", || cluster.moved_clients()).await?;
     for p in partitions.all() {
-        let (next, follow) = cluster
-            .follow_partition(p)
-            .await
-            .map_err(|e| ClusterStartError(format!("cannot follow partition stream {p}: {e}")))?;
+        let (next, follow) = patiently(&format!("follow partition stream {p}"), || {
+            cluster.follow_partition(p)
+        })
+        .await?;
         // Before any of its messages: the router knows where each follower starts.
         let _ = from_tx
             .send(FromCluster::Following {
@@ -437,10 +468,10 @@ pub(crate) async fn start(
             from_tx.clone(),
         ));
     }
-    let watch = cluster
-        .watch_all_retained()
-        .await
-        .map_err(|e| ClusterStartError(format!("cannot follow the retained messages: {e}")))?;
+    let watch = patiently("follow the retained messages", || {
+        cluster.watch_all_retained()
+    })
+    .await?;
     tokio::spawn(retained_watch(watch, from_tx.clone()));
 
     tokio::spawn(sessions(
