@@ -348,7 +348,8 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let started = Instant::now();
+    // tokio's clock: the sleeps below move it, also in tests with the time paused.
+    let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(250);
     loop {
         match step().await {
@@ -2716,6 +2717,41 @@ mod tests {
             .iter()
             .map(|(_, b)| String::from_utf8(Envelope::decode(b).unwrap().payload.to_vec()).unwrap())
             .collect()
+    }
+
+    /// A start-up step that fails while JetStream elects leaders is tried again until it
+    /// works; one that keeps failing ends the start with one sentence that names it, after
+    /// the patience and not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_start_up_step_is_tried_again_until_it_works_or_the_patience_is_spent() {
+        let mut tries = 0;
+        let got = patiently("follow partition stream 0", || {
+            tries += 1;
+            let n = tries;
+            async move {
+                if n < 4 {
+                    Err("timed out")
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.unwrap(), 4);
+
+        let started = tokio::time::Instant::now();
+        let err = patiently("follow partition stream 3", || async {
+            Err::<(), _>("timed out")
+        })
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() >= START_STEP_PATIENCE);
+        assert!(started.elapsed() < START_STEP_PATIENCE + Duration::from_secs(6));
+        assert!(
+            err.0
+                .starts_with("cannot follow partition stream 3 (timed out) for 120 s;"),
+            "{err}"
+        );
     }
 
     /// A will whose append fails (JetStream churning: "no stream found") is appended once
