@@ -31,6 +31,14 @@ def available(kinds: list[str]) -> list[str]:
     return out
 
 
+def healed(k: int, w, total: int, workdir: Path, keep: bool):
+    """After fault k: how many acknowledged messages are still missing; with --keep the
+    clients' history so far in history.json, to trace a finding while the run goes on."""
+    cf.log(f"fault {k}/{total} healed; missing so far: {w.missing_count()}")
+    if keep:
+        cf.dump_history(w.history, workdir / "history.json")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cycles", type=int, default=3, help="rounds of every fault kind (3)")
@@ -71,8 +79,7 @@ def main() -> int:
         report = cf.run(cluster, schedule, rate=args.rate, loss_percent=args.loss_percent,
                         tolerate_known_gap=False,
                         tolerate_late_appends=not args.strict,
-                        on_cycle=lambda k, w: cf.log(f"fault {k}/{len(schedule)} healed; "
-                                                      f"missing so far: {w.missing_count()}"))
+                        on_cycle=lambda k, w: healed(k, w, len(schedule), workdir, args.keep))
         print()
         print(report.summary())
         for p in report.problems():
