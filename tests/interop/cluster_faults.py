@@ -1268,7 +1268,6 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
     with h.lock:
         t0 = min((c.opened for c in h.conns), default=0.0)
         r.sessions_lost = [(sub, node, round(t - t0, 2)) for sub, node, t in h.sessions_lost]
-    with h.lock:
         acked = {k: dict(v) for k, v in h.acked.items()}
         sent = {k: dict(v) for k, v in h.sent.items()}
         received = {k: list(v) for k, v in h.received.items()}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import mqtt_raw as raw
 from brokers import BROKER_KIND, find_makelaar, free_port, nats_server_bin
 from clients import MqttClient, unique
 
@@ -499,7 +500,6 @@ def _expiry(seconds=300):
 
 def _raw_session(node, cid, version=5):
     """A raw MQTT 5.0 connection resuming (or making) the persistent session `cid`."""
-    import mqtt_raw as raw
     c = raw.RawClient(node.port, version=version, timeout=WAIT)
     props = [(raw.SESSION_EXPIRY_INTERVAL, 300)] if version == 5 else None
     c.send(raw.connect(cid, version=version, clean=False, properties=props))
@@ -553,7 +553,6 @@ def test_qos2_in_flight_at_the_move_completes_with_pubrel_not_a_second_publish(c
     """A QoS 2 message whose PUBREC reached node a resumes on node b with PUBREL
     [MQTT-4.4.0-1], never a second PUBLISH: exactly once across the move
     [MQTT-4.3.3-2]."""
-    import mqtt_raw as raw
     a, b = cluster
     cid = unique("q2move")
     topic = unique("q2move") + "/t"
@@ -582,7 +581,6 @@ def test_qos2_in_flight_at_the_move_completes_with_pubrel_not_a_second_publish(c
 def test_qos1_in_flight_at_the_move_is_resent_with_dup(cluster):
     """A QoS 1 message sent on node a and not acknowledged is sent again on node b with its
     packet id and DUP set [MQTT-4.4.0-1] [MQTT-3.3.1-1], then the queued one follows."""
-    import mqtt_raw as raw
     a, b = cluster
     cid = unique("q1move")
     topic = unique("q1move") + "/t"
@@ -612,7 +610,6 @@ def test_qos1_in_flight_at_the_move_is_resent_with_dup(cluster):
 def test_inbound_qos2_state_travels_so_a_resent_publish_is_not_delivered_twice(cluster):
     """A QoS 2 PUBLISH acknowledged with PUBREC on node a and sent again (DUP) after the move
     is acknowledged on node b without a second delivery [MQTT-4.3.3-10]."""
-    import mqtt_raw as raw
     a, b = cluster
     cid = unique("in2move")
     topic = unique("in2move") + "/t"
@@ -642,7 +639,6 @@ def test_a_live_takeover_hands_over_what_was_in_flight(cluster):
     """The client connects on node b while its connection on node a is open: node a closes
     it (0x8E) and records what it held before answering the hand-over, so the QoS 1 message
     it had sent comes again on node b with DUP [MQTT-4.4.0-1]."""
-    import mqtt_raw as raw
     a, b = cluster
     cid = unique("handover")
     topic = unique("handover") + "/t"
@@ -1038,20 +1034,19 @@ def test_a_client_flooding_one_node_stalls_neither_its_neighbours_nor_the_other_
     QoS 1 publishes as fast as its socket takes them, to a topic with a subscriber on node b,
     so the flood crosses NATS. Meanwhile a QoS 1 exchange from b to a, and one from another
     client of a to b, each deliver every message within 10 s, in order."""
-    import mqtt_raw as R
-
     a, b = cluster
     flood_topic = unique("flood") + "/f"
-    sink = R.RawClient(b.port, b.host, version=4, timeout=10)
+    sink = raw.RawClient(b.port, b.host, version=4, timeout=10)
     assert sink.connect(unique("sink")).reason == 0
-    assert sink.subscribe([(flood_topic, 1)]).type == R.SUBACK
-    flooder = R.RawClient(a.port, a.host, version=4, timeout=30)
+    assert sink.subscribe([(flood_topic, 1)]).type == raw.SUBACK
+    flooder = raw.RawClient(a.port, a.host, version=4, timeout=30)
     assert flooder.connect(unique("flooder")).reason == 0
     stop = threading.Event()
-    sunk, acks = [], []
+    # The flooder's PUBACKs are read only so that its socket's buffer never fills.
+    sunk, flooder_got = [], []
     readers = [threading.Thread(target=_discard_until_closed, args=(c.sock, stop, n),
                                 daemon=True)
-               for c, n in ((sink, sunk), (flooder, acks))]
+               for c, n in ((sink, sunk), (flooder, flooder_got))]
 
     # Two well-behaved exchanges, one each way, whose subscriptions have reached the other
     # node before the flood starts.
@@ -1066,14 +1061,14 @@ def test_a_client_flooding_one_node_stalls_neither_its_neighbours_nor_the_other_
     sent = []
 
     def flood():
-        q0 = R.publish(flood_topic, b"f" * 16)
+        q0 = raw.publish(flood_topic, b"f" * 16)
         try:
             for _ in range(12):
                 flooder.sock.sendall(q0 * 5000)
                 sent.append(5000)
             for chunk in range(4):
                 flooder.sock.sendall(b"".join(
-                    R.publish(flood_topic, b"q" * 16, qos=1, packet_id=1 + chunk * 5000 + i)
+                    raw.publish(flood_topic, b"q" * 16, qos=1, packet_id=1 + chunk * 5000 + i)
                     for i in range(5000)))
                 sent.append(5000)
         except OSError:
@@ -1382,7 +1377,6 @@ class _Subscriber:
 
     def connect(self, node, first=False):
         import threading
-        import mqtt_raw as raw
         c = raw.RawClient(node.port, version=5, timeout=40)
         c.send(raw.connect(self.cid, version=5, clean=first,
                            properties=[(raw.SESSION_EXPIRY_INTERVAL, 300)]))
@@ -1397,7 +1391,6 @@ class _Subscriber:
         return ack
 
     def _run(self, c):
-        import mqtt_raw as raw
         held = 0
         while True:
             try:
