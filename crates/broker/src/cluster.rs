@@ -56,7 +56,7 @@ use makelaar_cluster::partition::PartitionCount;
 use makelaar_cluster::record::{
     Cursor, Outbound, OutboundState, SessionRecord, StoredSubscription, StoredWill, WillTaker,
 };
-use makelaar_cluster::replay::ReplayPlan;
+use makelaar_cluster::replay::{place_in_log, ReplayPlan};
 use makelaar_cluster::share::ShareGroup;
 use makelaar_cluster::takeover::Fence;
 use makelaar_cluster::wills::{self, WillVerdict};
@@ -228,9 +228,13 @@ pub(crate) enum FromCluster {
         client_id: Arc<str>,
         will_in_cluster: bool,
     },
-    /// A client this node had (offline now) connected on another node: drop the session
-    /// here, that node keeps it.
-    Moved(Arc<str>),
+    /// A client this node had (offline now) connected on another node, claimed there at
+    /// `revision`: drop the session here, that node keeps it (unless this node claimed it
+    /// since: `makelaar_cluster::takeover::moved_is_stale`).
+    Moved {
+        client_id: Arc<str>,
+        revision: Revision,
+    },
     /// Checkpoint `n` of a connected session's record is written: the packets that waited
     /// for it may go (`makelaar_cluster::checkpoint`).
     Checkpointed { client_id: Arc<str>, n: u64 },
@@ -547,12 +551,13 @@ pub(crate) async fn start(
                     }
                 },
                 Some((filter, d)) = live.next(), if !live.is_empty() => reader.live(filter, d).await,
-                Some(key) = moved.recv() => {
-                    if let Ok(id) = key.client_id() {
+                Some(notice) = moved.recv() => {
+                    if let Ok(id) = notice.client.client_id() {
+                        // Written no more from here, unless claimed here since (the
+                        // sessions task, which holds the claims' fences, decides and then
+                        // tells the router, which ends it locally).
                         let id: Arc<str> = Arc::from(id.as_str());
-                        // Written no more from here (before the router ends it locally).
-                        let _ = sessions_tx.send(SessionOp::Forget(id.clone()));
-                        let _ = from_tx.send(FromCluster::Moved(id)).await;
+                        let _ = sessions_tx.send(SessionOp::Moved(id, notice.revision));
                     }
                 }
                 _ = shutdown.cancelled() => break,
@@ -644,7 +649,9 @@ async fn claim<B: Backend>(
             .filter(|p| p.node != cluster.config().node && !p.connected)
         {
             // (A connected owner was asked to hand over, and forgot its copy then.)
-            let _ = cluster.notify_moved(&previous.node, &key).await;
+            let _ = cluster
+                .notify_moved(&previous.node, &key, claimed.revision)
+                .await;
         }
         // A will another node left in the record is taken out of it here (a fenced write,
         // which also fences the node that had the session), and decided by this node.
@@ -665,6 +672,9 @@ async fn claim<B: Backend>(
         // had its place in the log (a will taken out since names this node as the record's
         // writer, not as the cursors').
         let resume = found.record.as_ref().and_then(resume_of);
+        if let Some(r) = &found.record {
+            tracing::debug!(target: RECORDS, %client_id, fence = ?found.fence, writer = %r.log_writer(), place = %place_in_log(&r.cursors, &r.outbound), "session record read by a claim");
+        }
         // Another node wrote the record last (before a will was taken out of it here): it
         // had the session since this node did. (The registry alone does not say so: a claim
         // elsewhere that failed after moving the entry leaves this node's record, and copy,
@@ -708,8 +718,9 @@ enum SessionOp {
     /// The client's connection here ended: mark the registry entry (after the writes
     /// queued before).
     Disconnected(Arc<str>, Revision),
-    /// The session moved to another node: write it no more.
-    Forget(Arc<str>),
+    /// The session moved to another node, claimed there at this revision: write it no
+    /// more (unless this node claimed it since), and tell the router.
+    Moved(Arc<str>, Revision),
     /// A hand-over: write the client's session no more, then mark the registry and answer.
     Release(ReleaseRequest),
     /// The connection registered with this claim is not the owner any more: write its
@@ -877,8 +888,19 @@ async fn sessions<B: Backend>(
             // The node the client is on now took (or takes) the record and the will it
             // holds: written no more from here, and a will of it falling due here before
             // the router forgets the session is not published here.
-            SessionOp::Forget(client_id) => {
-                lose(&cluster, &mut kept, &mut waiting, client_id, &tx).await;
+            SessionOp::Moved(client_id, revision) => {
+                let held = kept.get(&client_id).map(|k| k.claim);
+                if makelaar_cluster::takeover::moved_is_stale(revision, held) {
+                    tracing::info!(client_id = %client_id, %revision, "a notice that a client moved to another node, from a claim older than this node's, is ignored (delivered late)");
+                    continue;
+                }
+                lose(&cluster, &mut kept, &mut waiting, client_id.clone(), &tx).await;
+                let _ = tx
+                    .send(FromCluster::Moved {
+                        client_id,
+                        revision,
+                    })
+                    .await;
             }
             SessionOp::Release(req) => {
                 if let Ok(id) = req.client.client_id() {
@@ -1088,6 +1110,9 @@ async fn write_session<B: Backend>(
             let written = matches!(outcome, Ok(Some(_)));
             match outcome {
                 Ok(Some(fence)) => {
+                    if let Some(r) = &record {
+                        tracing::debug!(target: RECORDS, %client_id, ?fence, place = %place_in_log(&r.cursors, &r.outbound), cursors_of = ?r.cursors_of, "session record written");
+                    }
                     let will = record.as_ref().is_some_and(|r| r.will.is_some());
                     let taken = record.as_ref().and_then(|r| r.will_taken_by.clone());
                     kept.insert(
@@ -1341,7 +1366,7 @@ async fn replay<B: Backend>(
     if read.missing > 0 {
         tracing::warn!(%client_id, missing = read.missing, "messages a resumed session held are no longer in the cluster's log (older than its max age): not sent again");
     }
-    tracing::debug!(%client_id, kept = read.kept.len(), new = read.new.len(), "resumed session replayed from the cluster");
+    tracing::debug!(target: RECORDS, %client_id, kept = read.kept.len(), new = %read_ranges(&read.new), "resumed session replayed from the cluster");
     let position = |m: &makelaar_cluster::cluster::LogMessage| LogPosition {
         partition: m.partition.index(),
         seq: m.seq,
@@ -1397,6 +1422,24 @@ async fn replay<B: Backend>(
             queued: queued.into_iter().map(|(_, m)| m).collect(),
         })
         .await;
+}
+
+/// The debug log target that follows session records' places in the log: where each
+/// record written or read stands, and what each replay read (`--log-level
+/// info,makelaar::records=debug`).
+pub(crate) const RECORDS: &str = "makelaar::records";
+
+/// The replayed messages' sequences, per partition, as `p<index>:<first>..<last>x<count>`.
+fn read_ranges(read: &[makelaar_cluster::cluster::LogMessage]) -> String {
+    let mut per: std::collections::BTreeMap<u16, (u64, u64, usize)> = Default::default();
+    for m in read {
+        let e = per.entry(m.partition.index()).or_insert((u64::MAX, 0, 0));
+        *e = (e.0.min(m.seq), e.1.max(m.seq), e.2 + 1);
+    }
+    per.iter()
+        .map(|(p, (lo, hi, n))| format!("p{p}:{lo}..{hi}x{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A message sent on another node and not acknowledged: sent again even when its expiry ran

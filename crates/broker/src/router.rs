@@ -611,6 +611,24 @@ impl ClusterSide {
             max_bytes: self.max_queued.1,
         };
         r.stage = ReplayStage::Asked;
+        if tracing::enabled!(target: crate::cluster::RECORDS, tracing::Level::DEBUG) {
+            let parts: Vec<String> = (req.plan.partitions.iter())
+                .map(|p| {
+                    format!(
+                        "p{}:{}..{} cur {}/{} live {} own {} kept {}",
+                        p.partition,
+                        p.from,
+                        p.to,
+                        p.cursor.next,
+                        p.cursor.writer_through,
+                        p.live_from,
+                        p.own_through,
+                        p.kept.len()
+                    )
+                })
+                .collect();
+            tracing::debug!(target: crate::cluster::RECORDS, %client_id, n = r.n, writer = %req.plan.writer, plan = %parts.join("; "), "a resumed session's replay asked for");
+        }
         let _ = self.to.send(ToCluster::Replay(Box::new(req)));
     }
 
@@ -1557,7 +1575,17 @@ impl Router {
                 self.broker.apply_remote_retained(&topic, message);
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
-            FromCluster::Moved(client_id) => {
+            FromCluster::Moved {
+                client_id,
+                revision,
+            } => {
+                // (The sessions task ignored it if it knew of a newer claim here; a claim
+                // it had not heard of yet is checked here.)
+                let held = self.held_claim(&client_id);
+                if makelaar_cluster::takeover::moved_is_stale(revision, held) {
+                    tracing::info!(%client_id, %revision, "a notice that a client moved to another node, from a claim older than this node's, is ignored (delivered late)");
+                    return;
+                }
                 self.drop_held_orphan(&client_id);
                 if let Some(c) = self.cluster.as_mut() {
                     c.untrack_client(&client_id);
@@ -1936,15 +1964,19 @@ impl Router {
     /// Whether a hand-over request for `client_id`, asked under `asked`, predates the
     /// connection of that client this node holds now (`makelaar_cluster::takeover`).
     fn release_is_stale(&self, client_id: &str, asked: makelaar_cluster::Revision) -> bool {
-        // (The newest: a connection taken over here may not have ended yet.)
-        let held = self.cluster.as_ref().and_then(|c| {
+        makelaar_cluster::takeover::release_is_stale(asked, self.held_claim(client_id))
+    }
+
+    /// The registry revision of this node's newest claim of `client_id` among its
+    /// connections (a connection taken over here may not have ended yet).
+    fn held_claim(&self, client_id: &str) -> Option<makelaar_cluster::Revision> {
+        self.cluster.as_ref().and_then(|c| {
             c.claims
                 .values()
                 .filter(|(id, _)| &**id == client_id)
                 .map(|(_, revision)| *revision)
                 .max()
-        });
-        makelaar_cluster::takeover::release_is_stale(asked, held)
+        })
     }
 
     /// Another node owns the session of `client_id` now: its connection here, if any, is
@@ -3180,8 +3212,7 @@ mod tests {
             Back::Kept => false,
             Back::MovedAway => true,
             Back::MovedNotice => {
-                node.router
-                    .cluster_event(Instant::now(), FromCluster::Moved(Arc::from(SUB)));
+                node.router.cluster_event(Instant::now(), moved_notice(100));
                 node.settle();
                 false
             }
@@ -3373,6 +3404,47 @@ mod tests {
     }
 
     /// Whether this node's broker has the subscriber's session (it is not held).
+    /// The notice that `SUB` moved to another node, claimed there at `revision`.
+    fn moved_notice(revision: u64) -> FromCluster {
+        FromCluster::Moved {
+            client_id: Arc::from(SUB),
+            revision: makelaar_cluster::Revision::new(revision).unwrap(),
+        }
+    }
+
+    /// Issue 15, a partition run (260 QoS 2 duplicates at `sub2`): a claim on another node,
+    /// its registry write answered seconds late, told this node the client had moved, while
+    /// the client had connected here again under a newer claim. Obeyed, the notice made this
+    /// node write the connected session's record no more while it went on delivering, and
+    /// the next node resumed the session from an old record. A notice older than this
+    /// node's claim is ignored: the connection stays, its QoS 2 deliveries still wait for
+    /// checkpoints, and the records go on saying where it stands [MQTT-4.3.3-*].
+    #[test]
+    fn a_moved_notice_older_than_the_connections_claim_is_ignored() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_with(1, 5, None, false);
+        node.published_elsewhere(10);
+        node.router.cluster_event(Instant::now(), moved_notice(4));
+        node.settle();
+        assert!(taken_in(&node), "the session stays");
+        let before = node.records.len();
+        node.published_elsewhere(12);
+        assert_eq!(node.got_by(1), [10, 12], "delivered on the same connection");
+        let last = node.records[before..]
+            .iter()
+            .rev()
+            .find_map(|r| r.as_ref())
+            .expect("a checkpoint went out before the QoS 2 PUBLISH");
+        assert_eq!(last.cursors[0].next, 5, "it says the follower passed 12");
+        // Once the client has left, a notice from a newer claim is obeyed: the copy here
+        // is dropped.
+        node.lost(1);
+        node.router.cluster_event(Instant::now(), moved_notice(6));
+        node.settle();
+        assert!(!taken_in(&node), "forgotten for the other node's claim");
+    }
+
     fn taken_in(node: &Node) -> bool {
         node.router.broker.session_snapshot(SUB).is_some()
     }
@@ -3438,8 +3510,7 @@ mod tests {
         node.claimed_with(1, 1, None, false);
         node.lost(1);
         assert!(taken_in(&node), "offline here");
-        node.router
-            .cluster_event(Instant::now(), FromCluster::Moved(Arc::from(SUB)));
+        node.router.cluster_event(Instant::now(), moved_notice(100));
         node.settle();
         assert!(!taken_in(&node), "forgotten here");
         assert!(
@@ -3640,8 +3711,7 @@ mod tests {
         let mut node = Node::new(3);
         node.appended_elsewhere(3);
         reaped(&mut node, Instant::now(), None, Duration::ZERO);
-        node.router
-            .cluster_event(Instant::now(), FromCluster::Moved(Arc::from(SUB)));
+        node.router.cluster_event(Instant::now(), moved_notice(100));
         node.settle();
         assert!(node.router.cluster.as_ref().unwrap().orphans.is_empty());
         node.router

@@ -141,6 +141,37 @@ impl ReleaseRequest {
     }
 }
 
+/// A notice to a node that a client it had, disconnected, is claimed by another node now
+/// ([`Cluster::notify_moved`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedNotice {
+    /// The client id.
+    pub client: ClientKey,
+    /// The registry revision of the claim that moved it: a node that claimed the client
+    /// since ignores the notice ([`crate::takeover::moved_is_stale`]).
+    pub revision: Revision,
+}
+
+impl MovedNotice {
+    fn encode(&self) -> Bytes {
+        let mut w = Writer::new(FORMAT);
+        w.str(self.client.as_str());
+        w.uint(self.revision.get());
+        w.finish()
+    }
+
+    /// Reads a notice's payload.
+    pub fn decode(payload: &[u8]) -> Result<MovedNotice, DecodeError> {
+        let mut r = Reader::new(payload, FORMAT)?;
+        let client =
+            ClientKey::from_key(&r.str("client")?).map_err(|_| DecodeError::BadValue("client"))?;
+        let revision =
+            Revision::new(r.uint("revision")?).ok_or(DecodeError::BadValue("revision"))?;
+        r.end()?;
+        Ok(MovedNotice { client, revision })
+    }
+}
+
 /// What the lease task reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseEvent {
@@ -331,26 +362,29 @@ impl<B: Backend> Cluster<B> {
         Subject::from_tokens(&format!("{}.ctl.{node}.moved", self.config.prefix))
     }
 
-    /// Tells `node`, which had `client` before this node claimed it, that the client moved:
-    /// it drops what it still keeps of the session (an offline copy would go stale). At
-    /// most once: a node that misses it keeps its copy until the session expires there.
+    /// Tells `node`, which had `client` before this node claimed it (at `revision`), that
+    /// the client moved: it drops what it still keeps of the session (an offline copy would
+    /// go stale), unless it claimed the client again since. At most once: a node that
+    /// misses it keeps its copy until the session expires there.
     pub async fn notify_moved(
         &self,
         node: &NodeId,
         client: &ClientKey,
+        revision: Revision,
     ) -> Result<(), ClusterError> {
+        let notice = MovedNotice {
+            client: client.clone(),
+            revision,
+        };
         Ok(self
             .backend
-            .publish(
-                self.moved_subject(node),
-                Bytes::copy_from_slice(client.as_str().as_bytes()),
-            )
+            .publish(self.moved_subject(node), notice.encode())
             .await?)
     }
 
     /// Follows the notices that clients this node had moved to another node
     /// ([`Cluster::notify_moved`]).
-    pub async fn moved_clients(&self) -> Result<mpsc::Receiver<ClientKey>, ClusterError> {
+    pub async fn moved_clients(&self) -> Result<mpsc::Receiver<MovedNotice>, ClusterError> {
         let mut sub = self
             .backend
             .subscribe(self.moved_subject(&self.config.node), None)
@@ -358,16 +392,15 @@ impl<B: Backend> Cluster<B> {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             while let Some(d) = sub.next().await {
-                let key = std::str::from_utf8(&d.payload)
-                    .ok()
-                    .and_then(|k| ClientKey::from_key(k).ok());
-                match key {
-                    Some(k) => {
-                        if tx.send(k).await.is_err() {
+                match MovedNotice::decode(&d.payload) {
+                    Ok(notice) => {
+                        if tx.send(notice).await.is_err() {
                             return;
                         }
                     }
-                    None => tracing::warn!("ignoring a malformed moved-client notice"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a malformed moved-client notice")
+                    }
                 }
             }
         });

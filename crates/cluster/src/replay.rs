@@ -87,6 +87,40 @@ pub fn session_log(
     (cursors, outbound, missing)
 }
 
+/// A one-line picture of a session's place in the log, for debug logs (target
+/// `makelaar::records`): per partition with anything to say, `p<index>:<next>/<writer_through>`,
+/// then the held messages as `p<index>@<seq>` with their state's initial (Q queued, A
+/// awaiting PUBACK, R awaiting PUBREC, C awaiting PUBCOMP), the first few of each partition.
+pub fn place_in_log(cursors: &[Cursor], outbound: &[Outbound]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for c in cursors
+        .iter()
+        .filter(|c| c.next > 1 || c.writer_through > 0)
+    {
+        let _ = write!(s, "p{}:{}/{} ", c.partition, c.next, c.writer_through);
+    }
+    let mut per: std::collections::BTreeMap<u16, Vec<&Outbound>> = Default::default();
+    for o in outbound {
+        per.entry(o.partition).or_default().push(o);
+    }
+    for (p, held) in per {
+        let state = |o: &Outbound| match o.state {
+            OutboundState::Queued => 'Q',
+            OutboundState::AwaitPuback => 'A',
+            OutboundState::AwaitPubrec => 'R',
+            OutboundState::AwaitPubcomp => 'C',
+        };
+        let (lo, hi) = held
+            .iter()
+            .fold((u64::MAX, 0), |(lo, hi), o| (lo.min(o.seq), hi.max(o.seq)));
+        let states: String = held.iter().take(8).map(|o| state(o)).collect();
+        let _ = write!(s, "held p{p}@{lo}..{hi}x{}[{states}] ", held.len());
+    }
+    s.truncate(s.trim_end().len());
+    s
+}
+
 /// The highest stream sequence a record says its session took in, per partition: what the
 /// resuming node's follower must be past before it adopts the session, or a message would
 /// reach it both live and from the record.

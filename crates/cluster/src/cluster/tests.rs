@@ -295,10 +295,12 @@ async fn moved_clients_are_told() {
     let m2 = layer(&backend, "m2", 1);
     let mut moved = m1.moved_clients().await.unwrap();
     let key = ClientKey::new("dev/1");
-    m2.notify_moved(&NodeId::new("m1").unwrap(), &key)
+    let revision = Revision::new(42).unwrap();
+    m2.notify_moved(&NodeId::new("m1").unwrap(), &key, revision)
         .await
         .unwrap();
-    assert_eq!(moved.recv().await.unwrap(), key);
+    let notice = moved.recv().await.unwrap();
+    assert_eq!((notice.client, notice.revision), (key, revision));
 }
 
 fn stored_will() -> StoredWill {

@@ -488,3 +488,13 @@ fn a_create_without_an_answer_leaves_the_record_unknown_until_a_write_answers() 
     assert_eq!(Fence::Unanswered.after_write(Some(r(5))), Fence::At(r(5)));
     assert_eq!(Fence::Unanswered.after_write(None), Fence::Lost);
 }
+
+/// A moved-client notice from a claim older than this node's own claim of the client is
+/// stale; one from a newer claim, or for a client this node holds no claim of, is obeyed.
+#[test]
+fn a_moved_notice_older_than_this_nodes_claim_is_ignored() {
+    let r = |n| Revision::new(n).unwrap();
+    assert!(moved_is_stale(r(7), Some(r(9))));
+    assert!(!moved_is_stale(r(9), Some(r(7))));
+    assert!(!moved_is_stale(r(7), None));
+}
