@@ -1311,9 +1311,16 @@ pub(crate) fn outbound_state(k: &KeptMessage) -> (OutboundState, u16) {
     }
 }
 
-/// How many times a session's replay read is tried again, and the pause between: about as
-/// long as JetStream takes to elect new leaders after a server is lost.
-const REPLAY_ATTEMPTS: u32 = 30;
+/// How many times a session's replay read is tried again, and the pause between: five
+/// minutes, well past the longest JetStream outage the fault harness has seen (about a
+/// minute). A replay given up resumes its session without what it held or missed, and the
+/// session's next record then says it took them in: acknowledged messages lost (found by
+/// the fault harness: a partition run stalled JetStream for 40 s during two replays of
+/// `sub2`, which then resumed without 604 messages when the former 30 attempts ran out).
+/// Meanwhile the session's window stays shut and its records keep the place it was resumed
+/// from, so waiting loses nothing; a replay whose session was taken in again since is
+/// dropped when it comes back.
+const REPLAY_ATTEMPTS: u32 = 300;
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
 
 /// A session's replay (see `makelaar_cluster::replay`): reads back what it held on the old
