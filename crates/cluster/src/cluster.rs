@@ -119,26 +119,37 @@ pub struct ReleaseRequest {
 
 impl ReleaseRequest {
     fn encode(client: &ClientKey, revision: Revision) -> Bytes {
-        let mut w = Writer::new(FORMAT);
-        w.str(client.as_str());
-        w.uint(revision.get());
-        w.finish()
+        encode_client_revision(client, revision)
     }
 
     /// Reads a request's payload.
     pub fn decode(payload: &[u8], reply: Option<String>) -> Result<ReleaseRequest, DecodeError> {
-        let mut r = Reader::new(payload, FORMAT)?;
-        let client =
-            ClientKey::from_key(&r.str("client")?).map_err(|_| DecodeError::BadValue("client"))?;
-        let revision =
-            Revision::new(r.uint("revision")?).ok_or(DecodeError::BadValue("revision"))?;
-        r.end()?;
+        let (client, revision) = decode_client_revision(payload)?;
         Ok(ReleaseRequest {
             client,
             revision,
             reply,
         })
     }
+}
+
+/// The payload of a control message about a client id under a registry revision (a
+/// hand-over request, a moved notice).
+fn encode_client_revision(client: &ClientKey, revision: Revision) -> Bytes {
+    let mut w = Writer::new(FORMAT);
+    w.str(client.as_str());
+    w.uint(revision.get());
+    w.finish()
+}
+
+/// Reads what [`encode_client_revision`] wrote.
+fn decode_client_revision(payload: &[u8]) -> Result<(ClientKey, Revision), DecodeError> {
+    let mut r = Reader::new(payload, FORMAT)?;
+    let client =
+        ClientKey::from_key(&r.str("client")?).map_err(|_| DecodeError::BadValue("client"))?;
+    let revision = Revision::new(r.uint("revision")?).ok_or(DecodeError::BadValue("revision"))?;
+    r.end()?;
+    Ok((client, revision))
 }
 
 /// A notice to a node that a client it had, disconnected, is claimed by another node now
@@ -154,20 +165,12 @@ pub struct MovedNotice {
 
 impl MovedNotice {
     fn encode(&self) -> Bytes {
-        let mut w = Writer::new(FORMAT);
-        w.str(self.client.as_str());
-        w.uint(self.revision.get());
-        w.finish()
+        encode_client_revision(&self.client, self.revision)
     }
 
     /// Reads a notice's payload.
     pub fn decode(payload: &[u8]) -> Result<MovedNotice, DecodeError> {
-        let mut r = Reader::new(payload, FORMAT)?;
-        let client =
-            ClientKey::from_key(&r.str("client")?).map_err(|_| DecodeError::BadValue("client"))?;
-        let revision =
-            Revision::new(r.uint("revision")?).ok_or(DecodeError::BadValue("revision"))?;
-        r.end()?;
+        let (client, revision) = decode_client_revision(payload)?;
         Ok(MovedNotice { client, revision })
     }
 }

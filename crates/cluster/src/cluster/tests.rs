@@ -245,6 +245,21 @@ fn release_requests_round_trip() {
     assert!(ReleaseRequest::decode(&payload[..payload.len() - 1], None).is_err());
 }
 
+#[test]
+fn moved_notices_round_trip_and_a_truncated_one_is_refused() {
+    let notice = MovedNotice {
+        client: ClientKey::new("c/1"),
+        revision: Revision::new(11).unwrap(),
+    };
+    let payload = notice.encode();
+    assert_eq!(MovedNotice::decode(&payload).unwrap(), notice);
+    assert!(MovedNotice::decode(&payload[..payload.len() - 1]).is_err());
+    assert!(
+        MovedNotice::decode(b"c/1").is_err(),
+        "the former, bare client key"
+    );
+}
+
 #[tokio::test]
 async fn partitions_are_followed_from_new_messages_on_and_retained_watched_whole() {
     let backend = MemoryBackend::new();
