@@ -1165,3 +1165,13 @@ async fn a_claim_across_a_step_down_is_written_under_the_new_incarnation() {
     let (taken, failed) = reaper.orphans(&expired, None).await.unwrap();
     assert!(taken.is_empty() && failed.is_empty());
 }
+
+proptest::proptest! {
+    /// Control messages come from the network (any NATS client may publish on their
+    /// subjects): bytes of any shape are refused or read, never a panic.
+    #[test]
+    fn control_payloads_of_any_shape_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+        let _ = MovedNotice::decode(&data);
+        let _ = ReleaseRequest::decode(&data, None);
+    }
+}
