@@ -1672,9 +1672,15 @@ impl Router {
             FromCluster::Release(req) => {
                 match req.client.client_id() {
                     Ok(id) if self.release_is_stale(&id, req.revision) => {
-                        // Not answered: a claimer still waiting re-reads the registry after
-                        // its timeout and asks again under the current revision.
+                        // Not answered, and not passed on: the sessions task would answer
+                        // it and write the connected session's record no more, so its
+                        // checkpoints, and the deliveries waiting for them, would never
+                        // come (found by the fault harness: two subscribers back on a node
+                        // got nothing for a minute, 8,356 acknowledged messages). A claimer
+                        // still waiting re-reads the registry after its timeout and asks
+                        // again under the current revision.
                         tracing::info!(client_id = %id, "a hand-over request older than the client's connection here is ignored (delivered late)");
+                        return;
                     }
                     Ok(id) => {
                         // [MQTT-3.1.4-3] the client connected on another node: this
@@ -2699,6 +2705,9 @@ mod tests {
         wills_written: usize,
         /// The clients whose record this node asked to delete (a write without a session).
         deletes: Vec<Arc<str>>,
+        /// The hand-over requests passed to the sessions task: it answers them, and writes
+        /// those clients' records no more (their checkpoints are never answered).
+        released: Vec<Arc<str>>,
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
         got: Vec<(u32, QoS, bool)>,
@@ -2741,6 +2750,7 @@ mod tests {
                 records: Vec::new(),
                 wills_written: 0,
                 deletes: Vec::new(),
+                released: Vec::new(),
                 outs: HashMap::new(),
                 got: Vec::new(),
                 got_on: Vec::new(),
@@ -2777,11 +2787,18 @@ mod tests {
                             if snapshot.is_none() {
                                 self.deletes.push(client_id.clone());
                             }
+                            if self.released.contains(&client_id) {
+                                continue;
+                            }
                             self.records.push(log);
                             self.wills_written += wills.len();
                             if let Some(n) = checkpoint {
                                 checkpointed.push(FromCluster::Checkpointed { client_id, n });
                             }
+                        }
+                        ToCluster::Released(req) => {
+                            let id = req.client.client_id().unwrap();
+                            self.released.push(Arc::from(id.as_str()));
                         }
                         _ => {}
                     }
@@ -3443,6 +3460,50 @@ mod tests {
         node.router.cluster_event(Instant::now(), moved_notice(6));
         node.settle();
         assert!(!taken_in(&node), "forgotten for the other node's claim");
+    }
+
+    /// A hand-over request for `SUB` from a claim that read the registry at `revision`.
+    fn hand_over_request(revision: u64) -> FromCluster {
+        FromCluster::Release(makelaar_cluster::cluster::ReleaseRequest {
+            client: makelaar_cluster::ClientKey::new(SUB),
+            revision: makelaar_cluster::Revision::new(revision).unwrap(),
+            reply: None,
+        })
+    }
+
+    /// Issue 15, a short partition run (8,356 acknowledged messages lost at `sub0` and
+    /// `sub1`): a claim on another node, older than the subscriber's connection here, kept
+    /// asking this node to close it. The request was ignored, but still passed to the
+    /// sessions task, which answered it and wrote the session's record no more: its
+    /// checkpoints never came, and the QoS 2 deliveries waiting for them (and all behind
+    /// them) never went out. Ignored, it reaches nobody: the connection goes on getting
+    /// every message [MQTT-4.3.3-*], and its records go on saying where it stands.
+    #[test]
+    fn a_hand_over_request_older_than_the_connections_claim_changes_nothing() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_with(1, 5, None, false);
+        node.published_elsewhere(10);
+        node.router
+            .cluster_event(Instant::now(), hand_over_request(4));
+        node.settle();
+        assert!(node.released.is_empty(), "not answered, not handed on");
+        let before = node.records.len();
+        node.published_elsewhere(11);
+        node.published_elsewhere(12);
+        assert_eq!(
+            node.got_by(1),
+            [10, 11, 12],
+            "delivered on the same connection"
+        );
+        assert!(node.records.len() > before, "its record is still written");
+        // A request from a newer claim is obeyed: the connection ends.
+        node.router
+            .cluster_event(Instant::now(), hand_over_request(6));
+        node.settle();
+        assert_eq!(node.released.len(), 1, "answered");
+        node.published_elsewhere(14);
+        assert_eq!(node.got_by(1), [10, 11, 12], "the connection was closed");
     }
 
     fn taken_in(node: &Node) -> bool {
