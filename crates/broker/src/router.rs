@@ -1543,17 +1543,31 @@ impl Router {
                         tracing::info!(%client_id, "the replay of a session taken in again since is dropped: the newer resume has its own");
                         return;
                     };
-                    self.broker
+                    let read = (in_flight.len(), queued.len());
+                    let taken = self
+                        .broker
                         .handle_cluster_backlog(now, &client_id, in_flight, queued);
                     let wills = r.wills;
                     // Connected still: its record is kept current from now, the first
-                    // checkpoint at once (what it resends waits for it).
-                    let conn = c
-                        .claims
-                        .iter()
-                        .find(|(_, (id, _))| *id == client_id)
+                    // checkpoint at once (what it resends waits for it). (Its connection is
+                    // the newest claim of the id that is connected: an older connection of
+                    // it may not have ended here yet.)
+                    let broker = &self.broker;
+                    let conn = (c.claims.iter())
+                        .filter(|(conn, (id, _))| *id == client_id && broker.is_connected(**conn))
+                        .max_by_key(|(_, (_, revision))| *revision)
                         .map(|(conn, _)| *conn);
-                    if let Some(conn) = conn.filter(|conn| self.broker.is_connected(*conn)) {
+                    match taken {
+                        makelaar_core::broker::ClusterBacklog::Taken { .. } => {
+                            tracing::debug!(target: crate::cluster::RECORDS, %client_id, ?taken, connected = conn.is_some(), "a resumed session's replay taken in");
+                        }
+                        // A resume whose session is gone, or was taken in again without
+                        // waiting for a replay, must have been dropped from `resumes` then.
+                        _ => {
+                            tracing::warn!(%client_id, ?taken, in_flight = read.0, queued = read.1, "a resumed session's replay came back to no session waiting for it: its messages are not delivered here (a bug: please report it)");
+                        }
+                    }
+                    if let Some(conn) = conn {
                         c.track(conn, client_id.clone());
                     }
                     // Written now if it went offline meanwhile (its record was held back),
@@ -1775,6 +1789,11 @@ impl Router {
     /// node's again, deleting it (found by the fault harness: a persistent subscriber
     /// resumed without its session, Session Present 0, on the next node).
     fn forget_moved(&mut self, now: Instant, client_id: &str) {
+        if tracing::enabled!(target: crate::cluster::RECORDS, tracing::Level::DEBUG)
+            && self.broker.session_snapshot(client_id).is_some()
+        {
+            tracing::debug!(target: crate::cluster::RECORDS, %client_id, "session forgotten here: another node has it");
+        }
         if let Some(c) = self.cluster.as_mut() {
             c.moved.insert(Arc::from(client_id));
         }
@@ -2119,6 +2138,9 @@ impl Router {
                     let adopted = self
                         .broker
                         .adopt_session(&client_id, snapshot, resume.is_some());
+                    if !adopted {
+                        tracing::debug!(target: crate::cluster::RECORDS, %client_id, "a claim found the session here already: it goes on from this node's copy, not the record");
+                    }
                     if let (true, Some(resume), Some(c)) = (adopted, resume, self.cluster.as_mut())
                     {
                         c.resume(client_id.clone(), resume, filters, &self.broker);
@@ -3030,6 +3052,18 @@ mod tests {
                 .collect()
         }
 
+        /// The client sends DISCONNECT (normal) and closes its socket.
+        fn disconnects(&mut self, conn: ConnId) {
+            let packet = Packet::Disconnect(makelaar_proto::Disconnect {
+                reason: ReasonCode::SUCCESS,
+                properties: Default::default(),
+            });
+            self.router
+                .handle(Instant::now(), ToRouter::Packet { conn, packet });
+            self.settle();
+            self.lost(conn);
+        }
+
         /// The connection ends without DISCONNECT.
         fn lost(&mut self, conn: ConnId) {
             self.router.handle(Instant::now(), ToRouter::Lost { conn });
@@ -3286,6 +3320,59 @@ mod tests {
             "everything was acknowledged: {:?}",
             last.outbound
         );
+    }
+
+    /// Issue 15, a partition and link-cut run (127 acknowledged messages lost at `sub2`,
+    /// 11:05:56–11:06:01): a session resumed here from another node's record, whose client
+    /// left before the replay came back. The record written once it is back (the session
+    /// offline here) must hold what the replay brought, or start before it: a node the
+    /// client connects to next resumes from that record.
+    #[test]
+    fn a_replay_back_after_the_client_left_is_in_the_record_written_then() {
+        replay_back_after_the_client_left(false);
+        replay_back_after_the_client_left(true);
+    }
+
+    fn replay_back_after_the_client_left(disconnect: bool) {
+        let b = makelaar_cluster::NodeId::new("b").unwrap();
+        let given = Cursor {
+            partition: 0,
+            next: 4,
+            writer_through: 0,
+        };
+        let record = Resume {
+            writer: b,
+            cursors: vec![given],
+            outbound: Vec::new(),
+        };
+        let mut node = Node::new(6);
+        node.connect(1);
+        node.claimed(1, 1, &record, true);
+        node.published_elsewhere(6);
+        if disconnect {
+            node.disconnects(1);
+        } else {
+            node.lost(1);
+        }
+        node.published_elsewhere(7);
+        node.replayed(0);
+        assert!(node.got.is_empty(), "nothing was delivered");
+        let last = node
+            .records
+            .last()
+            .cloned()
+            .flatten()
+            .expect("a record once the replay is back");
+        // Every message from 4 on is either before the record's cursor and held, or at or
+        // after it (a node taking the session replays it).
+        let next = last.cursors[0].next;
+        let held: Vec<u64> = last.outbound.iter().map(|o| o.seq).collect();
+        for seq in 4..=7u64 {
+            assert!(
+                seq >= next || held.contains(&seq),
+                "message at {seq} is neither held nor after the cursor {next}: {last:?}"
+            );
+        }
     }
 
     #[test]

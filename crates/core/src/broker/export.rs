@@ -81,6 +81,23 @@ pub struct SessionSnapshot {
     pub outbound: Vec<KeptMessage>,
 }
 
+/// What [`Broker::handle_cluster_backlog`] did with a session's messages read back from the
+/// cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterBacklog {
+    /// Taken in: messages sent before and not completed, messages to send, and the newest
+    /// dropped over the session's queue limits.
+    Taken {
+        in_flight: usize,
+        queued: usize,
+        dropped: usize,
+    },
+    /// No session of that client id here.
+    NoSession,
+    /// The session is not waiting for messages from the cluster.
+    NotWaiting,
+}
+
 /// An outbound message a session holds: sent and not completed, or queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptMessage {
@@ -397,18 +414,20 @@ impl Broker {
     /// identifiers, No Local, access) and go before anything routed to it since. Expired
     /// ones are dropped [MQTT-3.3.2-5]; the session's queue limits apply, and when they bite
     /// the newest are dropped, logged.
+    /// What was taken in is returned; a session that is not here, or not waiting for its
+    /// messages, takes nothing (the caller's invariant is broken then: it shows it).
     pub fn handle_cluster_backlog(
         &mut self,
         now: Instant,
         client_id: &str,
         in_flight: Vec<KeptMessage>,
         queued: Vec<Arc<Message>>,
-    ) {
+    ) -> ClusterBacklog {
         let Some(idx) = self.sessions.by_client_id(client_id) else {
-            return;
+            return ClusterBacklog::NoSession;
         };
         if !self.session(idx).is_ok_and(|s| s.backlog.is_some()) {
-            return;
+            return ClusterBacklog::NotWaiting;
         }
         let mut loaded: Vec<LoadedMessage> = in_flight
             .into_iter()
@@ -476,7 +495,19 @@ impl Broker {
                 "session resumed from the cluster with more messages than its queue holds: the newest were dropped (max_queued_messages, max_queued_bytes)"
             );
         }
+        let taken = ClusterBacklog::Taken {
+            in_flight: loaded
+                .iter()
+                .filter(|m| m.state != KeptState::Queued)
+                .count(),
+            queued: loaded
+                .iter()
+                .filter(|m| m.state == KeptState::Queued)
+                .count(),
+            dropped,
+        };
         self.handle_backlog_loaded(now, client_id, loaded);
+        taken
     }
 
     /// Another cluster node takes the client of `client_id` over: its connection here, if

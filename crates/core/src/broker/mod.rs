@@ -38,7 +38,9 @@ use crate::session::{ConnId, Session, Subscription};
 use crate::topic::TopicTree;
 
 pub use admin::MAX_WATCHES;
-pub use export::{DueWill, Exported, FilterChange, KeptMessage, KeptWill, SessionSnapshot};
+pub use export::{
+    ClusterBacklog, DueWill, Exported, FilterChange, KeptMessage, KeptWill, SessionSnapshot,
+};
 pub use park::{DRAIN_DEADLINE, HELD_MAX_BYTES};
 pub use sessions::{MissingSession, SessionIdx};
 pub use shared::SharedSubscriptions;
