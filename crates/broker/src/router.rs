@@ -152,7 +152,7 @@ pub(crate) struct ClusterSide {
     /// What waits for the appends of the batches handed to the cluster before it, in order:
     /// a session's record must list its messages by their place in the log, and its
     /// cursors count this node's own messages published up to then.
-    waiting: std::collections::VecDeque<(u64, Waiting, Followed)>,
+    waiting: std::collections::VecDeque<(u64, Waiting, Then)>,
     /// Claims whose session record is ahead of this node's followers: decided once they
     /// have caught up, so no message reaches the session both live and from the record.
     catching_up: Vec<(ConnId, crate::cluster::Claim, Instant)>,
@@ -209,6 +209,17 @@ pub(crate) struct ClusterSide {
 /// [`ClusterSide::after_appends`]: what a session's snapshot taken then has been offered of
 /// other nodes' messages.
 type Followed = Vec<(u16, u64)>;
+
+/// Where things stood when something was handed to [`ClusterSide::after_appends`]: a
+/// session snapshot taken then is written with this place in the log, not a later one.
+struct Then {
+    followed: Followed,
+    /// For a record write: the place of the session's resume whose replay was not back
+    /// then (see [`ClusterSide::log_of`]). (Looked up at the write instead, a replay back
+    /// meanwhile had taken the resume out, and the record said the session had what that
+    /// replay brought, although the snapshot did not hold it.)
+    resumed: Option<Log>,
+}
 
 /// What waits for the cluster's appends (see `ClusterSide::waiting`).
 enum Waiting {
@@ -444,10 +455,15 @@ impl ClusterSide {
     fn after_appends(&mut self, w: Waiting, broker: &Broker) {
         let epoch = self.gate.submitted();
         let followed: Followed = self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
+        let resumed = match &w {
+            Waiting::Store { client_id, .. } => self.resumed_place(client_id),
+            _ => None,
+        };
+        let then = Then { followed, resumed };
         if self.waiting.is_empty() && epoch <= self.appended {
-            self.complete(w, broker, &followed);
+            self.complete(w, broker, then);
         } else {
-            self.waiting.push_back((epoch, w, followed));
+            self.waiting.push_back((epoch, w, then));
         }
     }
 
@@ -461,8 +477,8 @@ impl ClusterSide {
         }
         self.appended = self.appended.max(epoch);
         while self.waiting.front().is_some_and(|(e, _, _)| *e <= epoch) {
-            if let Some((_, w, followed)) = self.waiting.pop_front() {
-                self.complete(w, broker, &followed);
+            if let Some((_, w, then)) = self.waiting.pop_front() {
+                self.complete(w, broker, then);
             }
         }
     }
@@ -651,18 +667,31 @@ impl ClusterSide {
         s: &makelaar_core::broker::SessionSnapshot,
         followed: Option<&[(u16, u64)]>,
     ) -> Log {
-        // Its replay is not back yet: what it holds is not all here, and it has sent
-        // nothing it holds or missed (its window stays shut until the replay is in), so it
-        // stands where the record it was resumed from put it, counted by that record's
-        // writer. (Written from here instead, the record would skip what the replay is
-        // bringing, and a node taking the session next would never deliver it.)
-        if let Some(r) = self.resumes.get(client_id) {
-            return Log {
-                cursors: r.resume.cursors.clone(),
-                outbound: r.resume.outbound.clone(),
-                writer: Some(r.resume.writer.clone()),
-            };
-        }
+        self.resumed_place(client_id)
+            .unwrap_or_else(|| self.place_of(client_id, s, followed))
+    }
+
+    /// Where a session taken in here stands while its replay is not back: what it holds is
+    /// not all here, and it has sent nothing it holds or missed (its window stays shut
+    /// until the replay is in), so it stands where the record it was resumed from put it,
+    /// counted by that record's writer. (Written from here instead, the record would skip
+    /// what the replay is bringing, and a node taking the session next would never deliver
+    /// it.) `None` once the replay is back, or without one.
+    fn resumed_place(&self, client_id: &str) -> Option<Log> {
+        self.resumes.get(client_id).map(|r| Log {
+            cursors: r.resume.cursors.clone(),
+            outbound: r.resume.outbound.clone(),
+            writer: Some(r.resume.writer.clone()),
+        })
+    }
+
+    /// [`ClusterSide::log_of`] by this node's positions alone.
+    fn place_of(
+        &self,
+        client_id: &str,
+        s: &makelaar_core::broker::SessionSnapshot,
+        followed: Option<&[(u16, u64)]>,
+    ) -> Log {
         let positions: Vec<(u16, NodePosition)> = self
             .positions
             .iter()
@@ -692,7 +721,8 @@ impl ClusterSide {
         }
     }
 
-    fn complete(&mut self, w: Waiting, broker: &Broker, followed: &[(u16, u64)]) {
+    fn complete(&mut self, w: Waiting, broker: &Broker, then: Then) {
+        let followed = &then.followed;
         match w {
             Waiting::Store {
                 client_id,
@@ -715,10 +745,13 @@ impl ClusterSide {
                     }
                     other => (other, false),
                 };
-                // Where it stands in the log, so another node resumes it.
-                let log = snapshot
-                    .as_ref()
-                    .map(|s| self.log_of(&client_id, s, (!now).then_some(followed)));
+                // Where it stands in the log, so another node resumes it: a snapshot of
+                // then, at the place of then.
+                let log = snapshot.as_ref().map(|s| match (now, then.resumed) {
+                    (true, _) => self.log_of(&client_id, s, None),
+                    (false, Some(resumed)) => resumed,
+                    (false, None) => self.place_of(&client_id, s, Some(followed)),
+                });
                 let _ = self.to.send(ToCluster::StoreSession {
                     client_id,
                     snapshot,
@@ -1561,10 +1594,15 @@ impl Router {
                         makelaar_core::broker::ClusterBacklog::Taken { .. } => {
                             tracing::debug!(target: crate::cluster::RECORDS, %client_id, ?taken, connected = conn.is_some(), "a resumed session's replay taken in");
                         }
-                        // A resume whose session is gone, or was taken in again without
-                        // waiting for a replay, must have been dropped from `resumes` then.
-                        _ => {
-                            tracing::warn!(%client_id, ?taken, in_flight = read.0, queued = read.1, "a resumed session's replay came back to no session waiting for it: its messages are not delivered here (a bug: please report it)");
+                        // The session moved to another node while its replay was read
+                        // (its record there keeps the place it was resumed from).
+                        makelaar_core::broker::ClusterBacklog::NoSession => {
+                            tracing::debug!(target: crate::cluster::RECORDS, %client_id, in_flight = read.0, queued = read.1, "a resumed session's replay came back after the session left this node: dropped");
+                        }
+                        // A session taken in again without waiting for a replay must have
+                        // had its resume dropped then.
+                        makelaar_core::broker::ClusterBacklog::NotWaiting => {
+                            tracing::warn!(%client_id, in_flight = read.0, queued = read.1, "a resumed session's replay came back to a session here that was not waiting for it: its messages are not delivered here (a bug: please report it)");
                         }
                     }
                     if let Some(conn) = conn {
@@ -3373,6 +3411,48 @@ mod tests {
                 "message at {seq} is neither held nor after the cursor {next}: {last:?}"
             );
         }
+    }
+
+    /// Issue 15, the same run (127 acknowledged messages lost at `sub2`, 11:06:01): a
+    /// session resumed here whose client left before its replay came back, then was handed
+    /// over to another node's claim. The hand-over's record waited for this node's appends;
+    /// the replay came back meanwhile (to no session: it had moved) and its resume was
+    /// taken out, so the record, once written, said the session stood where this node's
+    /// follower did, as if it had the replay's messages. The record keeps the place the
+    /// session was resumed from, as it was when the hand-over took the session's state.
+    #[test]
+    fn a_hand_over_record_waiting_for_appends_keeps_the_place_of_a_replay_not_back() {
+        let b = makelaar_cluster::NodeId::new("b").unwrap();
+        let given = Cursor {
+            partition: 0,
+            next: 4,
+            writer_through: 0,
+        };
+        let record = Resume {
+            writer: b.clone(),
+            cursors: vec![given],
+            outbound: Vec::new(),
+        };
+        let mut node = Node::new(6);
+        node.connect(1);
+        node.claimed(1, 1, &record, false);
+        node.lost(1);
+        // A will of this node, routed here: its batch is not appended yet.
+        node.will_published(100);
+        let before = node.records.len();
+        node.router
+            .cluster_event(Instant::now(), hand_over_request(5));
+        node.settle();
+        assert_eq!(node.records.len(), before, "the hand-over's record waits");
+        node.replayed(0);
+        node.batch_appended(&[100]);
+        let last = node.records[before..]
+            .iter()
+            .rev()
+            .find_map(|r| r.as_ref())
+            .expect("the hand-over's record");
+        assert_eq!(last.cursors, [given], "{last:?}");
+        assert_eq!(last.writer.as_ref(), Some(&b));
     }
 
     #[test]
