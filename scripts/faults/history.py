@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Reads a fault run's history.json (scripts/cluster-faults.sh --keep) and prints, per
+subscriber, the runs of QoS 2 messages received twice (DUP) and of acknowledged messages
+never received (LOST), with wall-clock times and the node each arrival came through; with a
+client id as second argument, that client's connections too (CONN).
+
+Usage: scripts/faults/history.py DIR/history.json [CLIENT_ID]
+"""
+import collections
+import datetime
+import json
+import sys
+
+h = json.load(open(sys.argv[1]))
+off = h["now_wall"] - h["now_monotonic"]
+def wall(t): return datetime.datetime.utcfromtimestamp(t + off).strftime("%H:%M:%S.%f")[:-3]
+def acked_at(pub, seq):
+    t = h["acked"].get(pub + ":2", {}).get(str(seq))
+    return f"acked {wall(t)}" if t is not None else "unacknowledged (a late append)"
+conns = collections.defaultdict(list)
+for c in h["conns"]:
+    conns[c["client_id"]].append(c)
+def node_at(cid, t):
+    for c in conns[cid]:
+        if c["opened"] <= t and (c["closed"] is None or t <= c["closed"]):
+            return c["node"]
+    return None
+def runs(seqs):
+    seqs = sorted(seqs); out = []
+    for s in seqs:
+        if out and s == out[-1][1] + 1: out[-1][1] = s
+        else: out.append([s, s])
+    return out
+for sub, recs in h["received"].items():
+    seen = collections.defaultdict(list)
+    for t, pub, qos, seq in recs:
+        seen[(pub, qos, seq)].append(t)
+    dups = collections.defaultdict(list)
+    for (pub, qos, seq), ts in seen.items():
+        if qos == 2 and len(ts) > 1:
+            dups[pub].append(seq)
+    for pub, seqs in dups.items():
+        for a, b in runs(seqs):
+            t1 = seen[(pub, 2, a)]
+            print(f"DUP {sub} {pub} q2 {a}-{b} ({b-a+1}) first {wall(t1[0])}@m{node_at(sub,t1[0])} again {wall(t1[1])}@m{node_at(sub,t1[1])} {acked_at(pub, a)}")
+    # lost
+    for key, acked in h["acked"].items():
+        pub, qos = key.split(":"); qos = int(qos)
+        miss = [int(s) for s in acked if (pub, qos, int(s)) not in seen]
+        for a, b in runs(miss):
+            print(f"LOST {sub} {pub} q{qos} {a}-{b} ({b-a+1}) acked {wall(acked[str(a)])}..{wall(acked[str(b)])}")
+if len(sys.argv) > 2:
+    cid = sys.argv[2]
+    for c in conns[cid]:
+        print("CONN", cid, "m%d" % c["node"], wall(c["opened"]), wall(c["closed"]) if c["closed"] else None, c["reason"])
