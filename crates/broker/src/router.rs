@@ -671,6 +671,17 @@ impl ClusterSide {
             .unwrap_or_else(|| self.place_of(client_id, s, followed))
     }
 
+    /// This node's claims of `client_id`: each connection with the registry revision it
+    /// was claimed under (an older connection of the id may not have ended yet).
+    fn claims_of<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> impl Iterator<Item = (ConnId, makelaar_cluster::Revision)> + 'a {
+        (self.claims.iter())
+            .filter(move |(_, (id, _))| &**id == client_id)
+            .map(|(conn, (_, revision))| (*conn, *revision))
+    }
+
     /// Where a session taken in here stands while its replay is not back: what it holds is
     /// not all here, and it has sent nothing it holds or missed (its window stays shut
     /// until the replay is in), so it stands where the record it was resumed from put it,
@@ -1586,10 +1597,10 @@ impl Router {
                     // the newest claim of the id that is connected: an older connection of
                     // it may not have ended here yet.)
                     let broker = &self.broker;
-                    let conn = (c.claims.iter())
-                        .filter(|(conn, (id, _))| *id == client_id && broker.is_connected(**conn))
-                        .max_by_key(|(_, (_, revision))| *revision)
-                        .map(|(conn, _)| *conn);
+                    let conn = (c.claims_of(&client_id))
+                        .filter(|(conn, _)| broker.is_connected(*conn))
+                        .max_by_key(|(_, revision)| *revision)
+                        .map(|(conn, _)| conn);
                     match taken {
                         makelaar_core::broker::ClusterBacklog::Taken { .. } => {
                             tracing::debug!(target: crate::cluster::RECORDS, %client_id, ?taken, connected = conn.is_some(), "a resumed session's replay taken in");
@@ -2033,13 +2044,9 @@ impl Router {
     /// The registry revision of this node's newest claim of `client_id` among its
     /// connections (a connection taken over here may not have ended yet).
     fn held_claim(&self, client_id: &str) -> Option<makelaar_cluster::Revision> {
-        self.cluster.as_ref().and_then(|c| {
-            c.claims
-                .values()
-                .filter(|(id, _)| &**id == client_id)
-                .map(|(_, revision)| *revision)
-                .max()
-        })
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.claims_of(client_id).map(|(_, revision)| revision).max())
     }
 
     /// Another node owns the session of `client_id` now: its connection here, if any, is
@@ -3249,15 +3256,10 @@ mod tests {
         Last,
     }
 
-    /// Run 8 of the link-cut test (docs/cluster.md, "Faults: what is left"): a persistent
-    /// subscriber resumed on this node from another node's record, whose replay is not back
-    /// (its read is tried again) when the client leaves, and comes back to this node. Every
-    /// message published for it is delivered: those in the record's range (the replay's),
-    /// those that came while it was connected with its window shut, while it was offline,
-    /// and after it came back.
-    fn session_back_on_the_same_node(back: Back, first: FirstBack) {
-        // The record it is resumed from: written by node "b", which had delivered messages
-        // 1..=3; 4 and 5 were published since.
+    /// The record a subscriber is resumed from in the tests below: written by node "b",
+    /// which had delivered messages 1..=3 (the log's 4 and 5 came since); its writer, its
+    /// one cursor, and the record.
+    fn record_of_b() -> (makelaar_cluster::NodeId, Cursor, Resume) {
         let b = makelaar_cluster::NodeId::new("b").unwrap();
         let given = Cursor {
             partition: 0,
@@ -3269,6 +3271,18 @@ mod tests {
             cursors: vec![given],
             outbound: Vec::new(),
         };
+        (b, given, record)
+    }
+
+    /// Run 8 of the link-cut test (docs/cluster.md, "Faults: what is left"): a persistent
+    /// subscriber resumed on this node from another node's record, whose replay is not back
+    /// (its read is tried again) when the client leaves, and comes back to this node. Every
+    /// message published for it is delivered: those in the record's range (the replay's),
+    /// those that came while it was connected with its window shut, while it was offline,
+    /// and after it came back.
+    fn session_back_on_the_same_node(back: Back, first: FirstBack) {
+        // The record it is resumed from (`record_of_b`).
+        let (b, given, record) = record_of_b();
         let mut node = Node::new(6);
         node.connect(1);
         node.claimed(1, 1, &record, false);
@@ -3372,17 +3386,7 @@ mod tests {
     }
 
     fn replay_back_after_the_client_left(disconnect: bool) {
-        let b = makelaar_cluster::NodeId::new("b").unwrap();
-        let given = Cursor {
-            partition: 0,
-            next: 4,
-            writer_through: 0,
-        };
-        let record = Resume {
-            writer: b,
-            cursors: vec![given],
-            outbound: Vec::new(),
-        };
+        let (_, _, record) = record_of_b();
         let mut node = Node::new(6);
         node.connect(1);
         node.claimed(1, 1, &record, true);
@@ -3422,17 +3426,7 @@ mod tests {
     /// session was resumed from, as it was when the hand-over took the session's state.
     #[test]
     fn a_hand_over_record_waiting_for_appends_keeps_the_place_of_a_replay_not_back() {
-        let b = makelaar_cluster::NodeId::new("b").unwrap();
-        let given = Cursor {
-            partition: 0,
-            next: 4,
-            writer_through: 0,
-        };
-        let record = Resume {
-            writer: b.clone(),
-            cursors: vec![given],
-            outbound: Vec::new(),
-        };
+        let (b, given, record) = record_of_b();
         let mut node = Node::new(6);
         node.connect(1);
         node.claimed(1, 1, &record, false);
