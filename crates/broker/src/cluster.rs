@@ -116,7 +116,8 @@ pub(crate) enum ToCluster {
     StoreSession {
         client_id: Arc<str>,
         snapshot: Option<SessionSnapshot>,
-        log: Option<Log>,
+        /// (Boxed: the variant is the enum's largest.)
+        log: Option<Box<Log>>,
         wills: Vec<KeptWill>,
         /// A checkpoint of a connected session (`makelaar_cluster::checkpoint`): answered
         /// with `FromCluster::Checkpointed` once written.
@@ -159,6 +160,9 @@ pub(crate) struct Resume {
     pub(crate) writer: NodeId,
     pub(crate) cursors: Vec<Cursor>,
     pub(crate) outbound: Vec<Outbound>,
+    /// The writer's own messages past its cursors the session took in
+    /// (`SessionRecord::writer_late`).
+    pub(crate) writer_late: Vec<(u16, u64)>,
 }
 
 /// What the cluster tells the router.
@@ -516,7 +520,7 @@ pub(crate) async fn start(
                         ));
                     }
                     Some(ToCluster::StoreSession { client_id, snapshot, log, wills, checkpoint }) => {
-                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log, wills, checkpoint));
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log.map(|l| *l), wills, checkpoint));
                     }
                     Some(ToCluster::Assigned { client_id }) => {
                         let _ = sessions_tx.send(SessionOp::Assigned(client_id));
@@ -765,6 +769,9 @@ pub(crate) struct Log {
     /// The node whose own messages the cursors count (`writer_through`), when not this one:
     /// a session whose replay is not back here yet stands where its last record put it.
     pub(crate) writer: Option<NodeId>,
+    /// The writer's own messages the session took in past the cursors: wills appended late
+    /// (`SessionRecord::writer_late`).
+    pub(crate) writer_late: Vec<(u16, u64)>,
 }
 
 /// One record write: the client, its session (`None`: delete), where it stands, its due
@@ -1111,7 +1118,7 @@ async fn write_session<B: Backend>(
             match outcome {
                 Ok(Some(fence)) => {
                     if let Some(r) = &record {
-                        tracing::debug!(target: RECORDS, %client_id, ?fence, place = %place_in_log(&r.cursors, &r.outbound), cursors_of = ?r.cursors_of, "session record written");
+                        tracing::debug!(target: RECORDS, %client_id, ?fence, place = %place_in_log(&r.cursors, &r.outbound), cursors_of = ?r.cursors_of, late = ?r.writer_late, "session record written");
                     }
                     let will = record.as_ref().is_some_and(|r| r.will.is_some());
                     let taken = record.as_ref().and_then(|r| r.will_taken_by.clone());
@@ -1213,6 +1220,7 @@ fn record_of(
         cursors,
         outbound,
         writer,
+        writer_late,
     } = log.unwrap_or_default();
     let cursors_of = writer.filter(|w| *w != node);
     SessionRecord {
@@ -1243,6 +1251,7 @@ fn record_of(
         inbound_qos2: s.inbound_qos2.clone(),
         will_taken_by: None,
         cursors_of,
+        writer_late,
     }
 }
 
@@ -1298,6 +1307,7 @@ fn resume_of(r: &SessionRecord) -> Option<Resume> {
         writer: writer.clone(),
         cursors: r.cursors.clone(),
         outbound: r.outbound.clone(),
+        writer_late: r.writer_late.clone(),
     })
 }
 
@@ -3411,6 +3421,7 @@ mod tests {
             inbound_qos2: Vec::new(),
             will_taken_by: None,
             cursors_of: None,
+            writer_late: Vec::new(),
         };
         m0.store_session(&key, &record, Fence::Absent)
             .await
@@ -3458,8 +3469,7 @@ mod tests {
         let plan = ReplayPlan::new(
             resume.writer.clone(),
             node("m1"),
-            &resume.cursors,
-            &resume.outbound,
+            (&resume.cursors, &resume.outbound, &resume.writer_late),
             |_| makelaar_cluster::replay::NodePosition {
                 next: last + 1,
                 own_through: 0,

@@ -24,7 +24,7 @@ use crate::Counters;
 use desk::{AdminDesk, AdminRequest};
 use makelaar_cluster::checkpoint::{is_progress, waits_for_record, CheckpointConfig, Checkpoints};
 use makelaar_cluster::replay::{
-    caught_up, past_tails, session_log, NodePosition, ReplayPlan, Taken,
+    caught_up, late_past, past_tails, session_log, NodePosition, ReplayPlan, Taken,
 };
 
 pub(crate) mod desk;
@@ -176,9 +176,11 @@ pub(crate) struct ClusterSide {
     /// [`ReplayStage::ForWills`]). (Their retry runs apart so as not to hold the batch's
     /// acknowledgements, so their place is in no batch's `own_through`.)
     retried_wills: HashMap<makelaar_cluster::MessageId, u64>,
-    /// Where those wills landed that this node's followers have not passed yet: a session
-    /// taken in now stands before them, and its replay reads them (`Resuming::late`).
-    landed_wills: Vec<makelaar_core::message::LogPosition>,
+    /// Where those wills landed (with the epoch of their batch) that this node's followers
+    /// have not passed yet: a session taken in now stands before them, and its replay reads
+    /// them (`Resuming::late`); a session here when one was routed took it in, and its
+    /// record lists it (`SessionRecord::writer_late`).
+    landed_wills: Vec<(u64, makelaar_core::message::LogPosition)>,
     /// The sessions' queue limits (max_queued_messages, max_queued_bytes): a replay reads
     /// no more.
     max_queued: (usize, usize),
@@ -219,6 +221,12 @@ struct Then {
     /// meanwhile had taken the resume out, and the record said the session had what that
     /// replay brought, although the snapshot did not hold it.)
     resumed: Option<Log>,
+    /// The last batch handed to the cluster then: what this node had routed.
+    epoch: u64,
+    /// This node's own messages per partition through the batches up to `epoch`, once
+    /// they are appended (`NodePosition::own_through` then). Taken later, when the write
+    /// waits for a will's retry, it would count messages routed after the snapshot.
+    own: Option<Vec<(u16, u64)>>,
 }
 
 /// What waits for the cluster's appends (see `ClusterSide::waiting`).
@@ -452,6 +460,13 @@ impl ClusterSide {
     /// positions, the record would say they were taken in, and the node resuming the
     /// session would skip them (found by the fault harness, tests/interop/cluster_faults.py:
     /// a subscriber moving between nodes lost a QoS 1 message published as it moved).
+    ///
+    /// A record write also waits for this node's wills routed before its snapshot whose
+    /// append is being retried ([`ClusterSide::retried_wills`]): the session may have taken
+    /// one in, and only once it has landed can the record say where (`writer_late`).
+    /// Written before, the record left it out, and the node resuming the session delivered
+    /// the will again (issue 15: `sub2` got a will twice). A retry ends within about a
+    /// minute, landed or given up: the wait is bounded.
     fn after_appends(&mut self, w: Waiting, broker: &Broker) {
         let epoch = self.gate.submitted();
         let followed: Followed = self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
@@ -459,11 +474,55 @@ impl ClusterSide {
             Waiting::Store { client_id, .. } => self.resumed_place(client_id),
             _ => None,
         };
-        let then = Then { followed, resumed };
-        if self.waiting.is_empty() && epoch <= self.appended {
-            self.complete(w, broker, then);
-        } else {
-            self.waiting.push_back((epoch, w, then));
+        let own = (epoch <= self.appended).then(|| self.own_through());
+        let then = Then {
+            followed,
+            resumed,
+            epoch,
+            own,
+        };
+        if self.waits_for_wills(&w, epoch) {
+            tracing::debug!(target: crate::cluster::RECORDS, wills = self.retried_wills.len(), "a session record waits for this node's wills being retried");
+        }
+        self.waiting.push_back((epoch, w, then));
+        self.drain_waiting(broker);
+    }
+
+    /// This node's own messages per partition through the batches appended so far.
+    fn own_through(&self) -> Vec<(u16, u64)> {
+        (self.positions.iter())
+            .map(|(p, n)| (*p, n.own_through))
+            .collect()
+    }
+
+    /// Whether `w`, handed over when batch `epoch` was the last one, waits for wills of
+    /// this node being retried (see [`ClusterSide::after_appends`]): a record written from
+    /// the snapshot of then, for those routed by then; one written from a snapshot taken
+    /// when it goes, for all of them.
+    fn waits_for_wills(&self, w: &Waiting, epoch: u64) -> bool {
+        let routed_by = match w {
+            Waiting::Store {
+                snapshot: Some(s), ..
+            } if s.connected => u64::MAX,
+            Waiting::Store {
+                snapshot: Some(_), ..
+            } => epoch,
+            Waiting::Checkpoint { .. } => u64::MAX,
+            _ => return false,
+        };
+        self.retried_wills.values().any(|e| *e <= routed_by)
+    }
+
+    /// Carries out what waited, in order, as far as the appends and the wills' retries let
+    /// it.
+    fn drain_waiting(&mut self, broker: &Broker) {
+        while let Some((e, w, _)) = self.waiting.front() {
+            if *e > self.appended || self.waits_for_wills(w, *e) {
+                return;
+            }
+            if let Some((_, w, then)) = self.waiting.pop_front() {
+                self.complete(w, broker, then);
+            }
         }
     }
 
@@ -476,11 +535,11 @@ impl ClusterSide {
             pos.own_through = pos.own_through.max(seq);
         }
         self.appended = self.appended.max(epoch);
-        while self.waiting.front().is_some_and(|(e, _, _)| *e <= epoch) {
-            if let Some((_, w, then)) = self.waiting.pop_front() {
-                self.complete(w, broker, then);
-            }
+        let own = self.own_through();
+        for (_, _, then) in self.waiting.iter_mut().take_while(|(e, _, _)| *e <= epoch) {
+            then.own.get_or_insert_with(|| own.clone());
         }
+        self.drain_waiting(broker);
     }
 
     /// Whether this node's partition followers are behind `record` (not past everything
@@ -489,7 +548,12 @@ impl ClusterSide {
     /// (`Router::decide_claim`) and dead nodes' sessions ([`HeldOrphan`]).
     fn behind_record(&self, record: &Resume) -> bool {
         let next_of = |p: u16| self.positions.get(&p).map_or(0, |n| n.next);
-        !caught_up(&record.cursors, &record.outbound, next_of)
+        !caught_up(
+            &record.cursors,
+            &record.outbound,
+            &record.writer_late,
+            next_of,
+        )
     }
 
     /// The next time a held orphan may be taken in without the followers moving.
@@ -519,13 +583,11 @@ impl ClusterSide {
             self.positions.iter().map(|(p, n)| (*p, n.next)).collect();
         // The wills landed late that the followers have passed are in every replay's range
         // from now on; the others are read for this one.
+        self.forget_passed_wills();
         let positions = &self.positions;
-        self.landed_wills
-            .retain(|w| positions.get(&w.partition).is_none_or(|n| w.seq >= n.next));
-        let late = self
-            .landed_wills
-            .iter()
-            .map(|w| (w.partition, w.seq))
+        let late = (self.landed_wills.iter())
+            .filter(|(_, w)| positions.get(&w.partition).is_none_or(|n| w.seq >= n.next))
+            .map(|(_, w)| (w.partition, w.seq))
             .collect();
         let resuming = Resuming {
             n,
@@ -541,6 +603,20 @@ impl ClusterSide {
         self.after_appends(Waiting::Replay { client_id, n }, broker);
     }
 
+    /// Forgets the wills landed late that this node's followers have passed, and that no
+    /// record waiting to be written stands before (its cursors count them then).
+    fn forget_passed_wills(&mut self) {
+        let (positions, waiting) = (&self.positions, &self.waiting);
+        self.landed_wills.retain(|(_, w)| {
+            let next = positions.get(&w.partition).map_or(0, |n| n.next);
+            let floor = (waiting.iter())
+                .filter_map(|(_, _, t)| t.followed.iter().find(|(p, _)| *p == w.partition))
+                .map(|(_, n)| *n)
+                .fold(next, u64::min);
+            w.seq >= floor
+        });
+    }
+
     /// A will of this node whose append failed is tried again apart (it came in the
     /// batch numbered `epoch`): the replays of sessions taken in after it wait for it.
     fn will_retrying(&mut self, id: makelaar_cluster::MessageId, epoch: u64) {
@@ -553,6 +629,7 @@ impl ClusterSide {
         &mut self,
         id: &makelaar_cluster::MessageId,
         at: Option<makelaar_core::message::LogPosition>,
+        broker: &Broker,
     ) {
         let Some(epoch) = self.retried_wills.remove(id) else {
             tracing::warn!(%id, "a will's retry ended that this node did not know of: sessions taken in meanwhile may miss it");
@@ -564,7 +641,7 @@ impl ClusterSide {
             .collect();
         match at {
             Some(pos) => {
-                self.landed_wills.push(pos);
+                self.landed_wills.push((epoch, pos));
                 for client_id in &since {
                     let Some(r) = self.resumes.get_mut(client_id) else {
                         continue;
@@ -588,6 +665,9 @@ impl ClusterSide {
         for client_id in waiting {
             self.ask_replay(&client_id);
         }
+        // And the records waiting for it.
+        self.drain_waiting(broker);
+        self.forget_passed_wills();
     }
 
     /// Asks for the replay of `client_id`'s resume once the wills routed before its
@@ -609,8 +689,7 @@ impl ClusterSide {
         let plan = ReplayPlan::new(
             r.resume.writer.clone(),
             self.node.clone(),
-            &r.resume.cursors,
-            &r.resume.outbound,
+            (&r.resume.cursors, &r.resume.outbound, &r.resume.writer_late),
             |p| NodePosition {
                 next: r.live_from.get(&p).copied().unwrap_or(0),
                 own_through: own_through.get(&p).copied().unwrap_or(0),
@@ -657,18 +736,11 @@ impl ClusterSide {
         }
     }
 
-    /// Where a session stands in the log, with what it holds (`session_log`), for its
-    /// record: by the follower positions of now, or of when its snapshot was taken
-    /// (`followed`, see [`ClusterSide::after_appends`]); this node's own messages through
-    /// the batches appended now.
-    fn log_of(
-        &self,
-        client_id: &str,
-        s: &makelaar_core::broker::SessionSnapshot,
-        followed: Option<&[(u16, u64)]>,
-    ) -> Log {
+    /// Where a session connected here now stands in the log, with what it holds
+    /// (`session_log`), for its record (see [`ClusterSide::place_of`]).
+    fn log_of(&self, client_id: &str, s: &makelaar_core::broker::SessionSnapshot) -> Log {
         self.resumed_place(client_id)
-            .unwrap_or_else(|| self.place_of(client_id, s, followed))
+            .unwrap_or_else(|| self.place_of(client_id, s, None))
     }
 
     /// This node's claims of `client_id`: each connection with the registry revision it
@@ -693,24 +765,30 @@ impl ClusterSide {
             cursors: r.resume.cursors.clone(),
             outbound: r.resume.outbound.clone(),
             writer: Some(r.resume.writer.clone()),
+            writer_late: r.resume.writer_late.clone(),
         })
     }
 
-    /// [`ClusterSide::log_of`] by this node's positions alone.
+    /// Where a session stands in the log by this node's positions, with what it holds
+    /// (`session_log`), for its record: of now, or of `then`, when its snapshot was taken
+    /// (see [`ClusterSide::after_appends`]). With this node's wills appended late that it
+    /// took in: those routed by then (all, for a snapshot of now) and past its cursors.
     fn place_of(
         &self,
         client_id: &str,
         s: &makelaar_core::broker::SessionSnapshot,
-        followed: Option<&[(u16, u64)]>,
+        then: Option<&Then>,
     ) -> Log {
+        let at = |list: &[(u16, u64)], p: u16| list.iter().find(|(q, _)| *q == p).map(|e| e.1);
         let positions: Vec<(u16, NodePosition)> = self
             .positions
             .iter()
             .map(|(p, n)| {
-                let next = followed
-                    .and_then(|f| f.iter().find(|(q, _)| q == p))
-                    .map_or(n.next, |(_, next)| *next);
-                (*p, NodePosition { next, ..*n })
+                let next = then.and_then(|t| at(&t.followed, *p)).unwrap_or(n.next);
+                let own_through = (then.and_then(|t| t.own.as_deref()))
+                    .and_then(|own| at(own, *p))
+                    .unwrap_or(n.own_through);
+                (*p, NodePosition { next, own_through })
             })
             .collect();
         let taken = s.outbound.iter().map(|k| {
@@ -725,7 +803,13 @@ impl ClusterSide {
         if missing > 0 {
             tracing::debug!(%client_id, missing, "messages a session holds that are not in the cluster's log (their append failed) are not recorded");
         }
+        let routed_by = then.map_or(u64::MAX, |t| t.epoch);
+        let landed: Vec<(u16, u64)> = (self.landed_wills.iter())
+            .filter(|(epoch, _)| *epoch <= routed_by)
+            .map(|(_, w)| (w.partition, w.seq))
+            .collect();
         Log {
+            writer_late: late_past(&cursors, &landed),
             cursors,
             outbound,
             writer: None,
@@ -733,7 +817,6 @@ impl ClusterSide {
     }
 
     fn complete(&mut self, w: Waiting, broker: &Broker, then: Then) {
-        let followed = &then.followed;
         match w {
             Waiting::Store {
                 client_id,
@@ -758,10 +841,12 @@ impl ClusterSide {
                 };
                 // Where it stands in the log, so another node resumes it: a snapshot of
                 // then, at the place of then.
-                let log = snapshot.as_ref().map(|s| match (now, then.resumed) {
-                    (true, _) => self.log_of(&client_id, s, None),
-                    (false, Some(resumed)) => resumed,
-                    (false, None) => self.place_of(&client_id, s, Some(followed)),
+                let log = snapshot.as_ref().map(|s| {
+                    Box::new(match (now, &then.resumed) {
+                        (true, _) => self.log_of(&client_id, s),
+                        (false, Some(resumed)) => resumed.clone(),
+                        (false, None) => self.place_of(&client_id, s, Some(&then)),
+                    })
                 });
                 let _ = self.to.send(ToCluster::StoreSession {
                     client_id,
@@ -773,7 +858,7 @@ impl ClusterSide {
             }
             Waiting::Checkpoint { client_id, n } => match broker.session_snapshot(&client_id) {
                 Some(s) if s.connected && !self.resumes.contains_key(&client_id) => {
-                    let log = Some(self.log_of(&client_id, &s, None));
+                    let log = Some(Box::new(self.log_of(&client_id, &s)));
                     let _ = self.to.send(ToCluster::StoreSession {
                         client_id,
                         snapshot: Some(s),
@@ -1705,7 +1790,7 @@ impl Router {
             }
             FromCluster::WillPlaced { id, at } => {
                 if let Some(c) = self.cluster.as_mut() {
-                    c.will_placed(&id, at);
+                    c.will_placed(&id, at, &self.broker);
                 }
             }
             FromCluster::Will { client_id, will } => {
@@ -2451,7 +2536,7 @@ mod tests {
         let Ok(ToCluster::StoreSession { log, .. }) = rx.try_recv() else {
             panic!("the record is written once batch 1 is appended")
         };
-        let Log { cursors, .. } = log.expect("offline: where it stands");
+        let Log { cursors, .. } = *log.expect("offline: where it stands");
         assert_eq!(
             cursors,
             [Cursor {
@@ -2497,7 +2582,7 @@ mod tests {
         };
         let Log {
             cursors, outbound, ..
-        } = log.expect("offline: where it stands");
+        } = *log.expect("offline: where it stands");
         assert_eq!(
             cursors,
             [
@@ -2588,6 +2673,7 @@ mod tests {
                     writer: old_node.clone(),
                     cursors: vec![given],
                     outbound: vec![kept],
+                    writer_late: Vec::new(),
                 },
                 live_from: HashMap::from([(0, 40)]),
                 epoch: 0,
@@ -2857,7 +2943,7 @@ mod tests {
                             if self.released.contains(&client_id) {
                                 continue;
                             }
-                            self.records.push(log);
+                            self.records.push(log.map(|l| *l));
                             self.wills_written += wills.len();
                             if let Some(n) = checkpoint {
                                 checkpointed.push(FromCluster::Checkpointed { client_id, n });
@@ -3270,6 +3356,7 @@ mod tests {
             writer: b.clone(),
             cursors: vec![given],
             outbound: Vec::new(),
+            writer_late: Vec::new(),
         };
         (b, given, record)
     }
@@ -3486,6 +3573,7 @@ mod tests {
                 writer_through: 0,
             }],
             outbound: Vec::new(),
+            writer_late: Vec::new(),
         };
         let mut node = Node::new(6);
         let will = Will {
@@ -3558,6 +3646,7 @@ mod tests {
                 writer_through: 0,
             }],
             outbound: Vec::new(),
+            writer_late: Vec::new(),
         }
     }
 
@@ -3788,6 +3877,7 @@ mod tests {
                 writer_through: 0,
             }],
             outbound: Vec::new(),
+            writer_late: Vec::new(),
         };
         node.router.cluster_event(
             Instant::now(),
@@ -3989,6 +4079,7 @@ mod tests {
                 writer_through: 0,
             }],
             outbound: Vec::new(),
+            writer_late: Vec::new(),
         }
     }
 
@@ -4061,6 +4152,100 @@ mod tests {
         node.replayed(0);
         assert!(node.records.len() > records, "its record is written then");
         assert!(node.router.cluster.as_ref().unwrap().resumes.is_empty());
+    }
+
+    /// Issue 15 (a 40-fault run: `sub2` got a will twice): a will published here whose
+    /// append failed reached the subscriber connected here at once, and the subscriber was
+    /// handed over to another node's claim before the will landed. The record written then
+    /// said nothing of the will (its place in the log was not known), so the session,
+    /// resumed from it on its way back here, got the will again from its replay. The
+    /// hand-over's record now waits for the will's place and lists it; the replay skips it:
+    /// once [MQTT-4.3.2-*].
+    #[test]
+    fn a_will_retried_while_its_subscriber_is_handed_over_reaches_it_once() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_reaped(1, 1);
+        node.will_published(101);
+        let id = node.will_retried(1);
+        assert_eq!(node.got_by(1), [101], "the local path, at once");
+        let before = node.records.len();
+        node.router
+            .cluster_event(Instant::now(), hand_over_request(5));
+        node.settle();
+        assert_eq!(node.records.len(), before, "the record waits for the will");
+        assert!(
+            node.released.is_empty(),
+            "the answer comes after the record"
+        );
+        // The will lands at 3, past this node's follower (3) and its batches (none).
+        node.will_placed(id, Some(101));
+        assert_eq!(node.released.len(), 1, "answered");
+        let record = node.records[before..]
+            .iter()
+            .rev()
+            .find_map(|r| r.clone())
+            .expect("the hand-over's record");
+        assert_eq!(record.cursors[0].next, 3);
+        assert_eq!(record.writer_late, [(0, 3)], "{record:?}");
+        node.follow(3);
+        node.published_elsewhere(5);
+        // The other node wrote nothing new: the session comes back with this record.
+        node.released.clear();
+        node.connect(2);
+        let resume = Resume {
+            writer: makelaar_cluster::NodeId::new("a").unwrap(),
+            cursors: record.cursors,
+            outbound: record.outbound,
+            writer_late: record.writer_late,
+        };
+        node.claimed(2, 6, &resume, true);
+        assert_eq!(node.replays.len(), 1);
+        node.replayed(0);
+        node.published_elsewhere(7);
+        assert_eq!(node.got_by(2), [5, 7], "the will once, nothing lost");
+    }
+
+    /// The same hand-over, with another will of this node routed after it and appended
+    /// before the retried one lands: the record, written once that one lands, counts this
+    /// node's messages as they were at the hand-over (the later will is not the session's
+    /// yet), so the session resumed from it gets the later will, and the retried one once.
+    #[test]
+    fn a_record_waiting_for_a_will_counts_only_what_was_routed_before_it() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_reaped(1, 1);
+        node.will_published(101);
+        let id = node.will_retried(1);
+        let before = node.records.len();
+        node.router
+            .cluster_event(Instant::now(), hand_over_request(5));
+        node.settle();
+        node.will_published(102);
+        node.batch_appended(&[102]);
+        assert_eq!(node.records.len(), before, "the record waits for the will");
+        node.will_placed(id, Some(101));
+        let record = node.records[before..]
+            .iter()
+            .rev()
+            .find_map(|r| r.clone())
+            .expect("the hand-over's record");
+        assert_eq!(record.cursors[0].writer_through, 0, "{record:?}");
+        assert_eq!(record.writer_late, [(0, 4)], "{record:?}");
+        node.follow(3);
+        node.follow(4);
+        node.released.clear();
+        node.connect(2);
+        let resume = Resume {
+            writer: makelaar_cluster::NodeId::new("a").unwrap(),
+            cursors: record.cursors,
+            outbound: record.outbound,
+            writer_late: record.writer_late,
+        };
+        node.claimed(2, 6, &resume, true);
+        node.replayed(0);
+        assert_eq!(node.got_by(1), [101], "before the hand-over");
+        assert_eq!(node.got_by(2), [102], "after it");
     }
 
     /// A will published here and a dead node's session taken over in the same router

@@ -60,6 +60,12 @@ pub struct SessionRecord {
     /// reaper, a node whose replay of the session was not back), and kept the place in the
     /// log its writer had (see [`SessionRecord::log_writer`]).
     pub cursors_of: Option<NodeId>,
+    /// The log writer's own messages the session took in that stand past its cursors'
+    /// `writer_through` (partition, stream sequence): wills of that node whose append
+    /// failed, routed there at once, and appended later by a retry, apart from their
+    /// batches (issue 15: a subscriber that got such a will, moved away and back, got it
+    /// again from the replay). A replay skips them like the messages below the cursors.
+    pub writer_late: Vec<(u16, u64)>,
 }
 
 /// Who took a will out of a session record: a node, under its claim of the client id.
@@ -262,6 +268,11 @@ impl SessionRecord {
         if let Some(n) = &self.cursors_of {
             w.str(n.as_str());
         }
+        w.uint(self.writer_late.len() as u64);
+        for &(partition, seq) in &self.writer_late {
+            w.uint(u64::from(partition));
+            w.uint(seq);
+        }
         w.finish()
     }
 
@@ -368,6 +379,14 @@ impl SessionRecord {
         } else {
             None
         };
+        let mut writer_late = Vec::new();
+        if !r.is_empty() {
+            let n = r.count("writer_late")?;
+            writer_late.reserve(n);
+            for _ in 0..n {
+                writer_late.push((r.int("partition")?, r.uint("seq")?));
+            }
+        }
         r.end()?;
         Ok(SessionRecord {
             node,
@@ -382,6 +401,7 @@ impl SessionRecord {
             inbound_qos2,
             will_taken_by,
             cursors_of,
+            writer_late,
         })
     }
 

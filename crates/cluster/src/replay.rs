@@ -124,24 +124,55 @@ pub fn place_in_log(cursors: &[Cursor], outbound: &[Outbound]) -> String {
 /// The highest stream sequence a record says its session took in, per partition: what the
 /// resuming node's follower must be past before it adopts the session, or a message would
 /// reach it both live and from the record.
-fn high_marks(cursors: &[Cursor], outbound: &[Outbound]) -> HashMap<u16, u64> {
+fn high_marks(
+    cursors: &[Cursor],
+    outbound: &[Outbound],
+    writer_late: &[(u16, u64)],
+) -> HashMap<u16, u64> {
     let mut high: HashMap<u16, u64> = HashMap::new();
+    let mut mark = |partition: u16, seq: u64| {
+        let e = high.entry(partition).or_default();
+        *e = (*e).max(seq);
+    };
     for c in cursors {
-        let h = c.next.saturating_sub(1).max(c.writer_through);
-        let e = high.entry(c.partition).or_default();
-        *e = (*e).max(h);
+        mark(c.partition, c.next.saturating_sub(1).max(c.writer_through));
     }
     for o in outbound {
-        let e = high.entry(o.partition).or_default();
-        *e = (*e).max(o.seq);
+        mark(o.partition, o.seq);
+    }
+    for &(partition, seq) in writer_late {
+        mark(partition, seq);
     }
     high
 }
 
+/// Of `landed` (this node's own messages routed here before a session's snapshot and
+/// appended late, apart from their batches: see the module documentation), the ones its
+/// `cursors` do not count already: past the follower position and past `writer_through`.
+/// A record lists them (`SessionRecord::writer_late`), or the node resuming the session
+/// would deliver them again.
+pub fn late_past(cursors: &[Cursor], landed: &[(u16, u64)]) -> Vec<(u16, u64)> {
+    landed
+        .iter()
+        .copied()
+        .filter(|&(partition, seq)| {
+            cursors
+                .iter()
+                .find(|c| c.partition == partition)
+                .is_none_or(|c| seq >= c.next && seq > c.writer_through)
+        })
+        .collect()
+}
+
 /// Whether this node's follower is past everything the record says its session took in
 /// (`next_of(partition)`: the next sequence its follower has not handed to the router).
-pub fn caught_up(cursors: &[Cursor], outbound: &[Outbound], next_of: impl Fn(u16) -> u64) -> bool {
-    high_marks(cursors, outbound)
+pub fn caught_up(
+    cursors: &[Cursor],
+    outbound: &[Outbound],
+    writer_late: &[(u16, u64)],
+    next_of: impl Fn(u16) -> u64,
+) -> bool {
+    high_marks(cursors, outbound, writer_late)
         .into_iter()
         .all(|(p, high)| next_of(p) > high)
 }
@@ -191,6 +222,9 @@ pub struct PartitionPlan {
     /// This node's own messages at or past `live_from` and past `own_through` routed before
     /// the adoption all the same (a will appended late by its retry).
     pub late: std::collections::BTreeSet<u64>,
+    /// The record writer's own messages past `cursor.writer_through` the session took in
+    /// all the same (`SessionRecord::writer_late`).
+    pub writer_late: std::collections::BTreeSet<u64>,
 }
 
 /// How to replay a session taken in from a record (see the module documentation).
@@ -205,19 +239,19 @@ pub struct ReplayPlan {
 }
 
 impl ReplayPlan {
-    /// The plan for a record written by `writer` with `cursors` and `outbound`, on node `me`
-    /// whose position in each partition is `here(partition)` at the adoption, and whose
-    /// own messages routed before the adoption but appended late are at `late` (partition,
-    /// sequence; those below `live_from` are in the range anyway). Outbound entries
-    /// awaiting PUBCOMP are not read back (only their packet id matters).
+    /// The plan for a record written by `writer` with `cursors`, `outbound` and
+    /// `writer_late`, on node `me` whose position in each partition is `here(partition)` at
+    /// the adoption, and whose own messages routed before the adoption but appended late
+    /// are at `late` (partition, sequence; those below `live_from` are in the range anyway).
+    /// Outbound entries awaiting PUBCOMP are not read back (only their packet id matters).
     pub fn new(
         writer: NodeId,
         me: NodeId,
-        cursors: &[Cursor],
-        outbound: &[Outbound],
+        record: (&[Cursor], &[Outbound], &[(u16, u64)]),
         here: impl Fn(u16) -> NodePosition,
         late: &[(u16, u64)],
     ) -> ReplayPlan {
+        let (cursors, outbound, writer_late) = record;
         let mut by_partition: HashMap<u16, PartitionPlan> = HashMap::new();
         let plan_of = |partition: u16| -> PartitionPlan {
             let h = here(partition);
@@ -234,6 +268,7 @@ impl ReplayPlan {
                 kept: HashMap::new(),
                 own_through: h.own_through,
                 late: std::collections::BTreeSet::new(),
+                writer_late: std::collections::BTreeSet::new(),
             }
         };
         for c in cursors {
@@ -252,6 +287,14 @@ impl ReplayPlan {
                 .or_insert_with(|| plan_of(o.partition));
             p.kept.insert(o.seq, i);
             p.from = p.from.min(o.seq);
+        }
+        for &(partition, seq) in writer_late {
+            // Skipped wherever they fall: the range need not reach them.
+            by_partition
+                .entry(partition)
+                .or_insert_with(|| plan_of(partition))
+                .writer_late
+                .insert(seq);
         }
         for &(partition, seq) in late {
             let p = by_partition
@@ -285,7 +328,9 @@ impl ReplayPlan {
             return Verdict::Skip;
         }
         // The old node routed its own messages when they were published.
-        if *origin == self.writer && seq <= plan.cursor.writer_through {
+        if *origin == self.writer
+            && (seq <= plan.cursor.writer_through || plan.writer_late.contains(&seq))
+        {
             return Verdict::Skip;
         }
         if seq >= plan.live_from {
@@ -376,11 +421,14 @@ mod tests {
         ReplayPlan::new(
             node("a"),
             node("b"),
-            &[cursor(0, 10, 12)],
-            &[
-                out(0, 5, OutboundState::AwaitPubrec, 7),
-                out(0, 11, OutboundState::Queued, 0),
-            ],
+            (
+                &[cursor(0, 10, 12)],
+                &[
+                    out(0, 5, OutboundState::AwaitPubrec, 7),
+                    out(0, 11, OutboundState::Queued, 0),
+                ],
+                &[],
+            ),
             |_| NodePosition {
                 next: 15,
                 own_through: 16,
@@ -421,8 +469,7 @@ mod tests {
         let plan = ReplayPlan::new(
             node("a"),
             node("b"),
-            &[cursor(0, 10, 12), cursor(1, 4, 0)],
-            &[],
+            (&[cursor(0, 10, 12), cursor(1, 4, 0)], &[], &[]),
             |p| NodePosition {
                 next: if p == 0 { 15 } else { 4 },
                 own_through: if p == 0 { 16 } else { 0 },
@@ -446,14 +493,47 @@ mod tests {
         assert_eq!(plan.classify(q, 5, &c), Verdict::Skip);
     }
 
+    /// A's will, routed on A at once (the session took it in there) and appended late at 14,
+    /// past A's follower (10) and its batches (12) when A wrote the record: the record lists
+    /// it, and B's replay skips it wherever it falls; another node's message at 14 would
+    /// be new. A will A's cursors count already is not listed again.
+    #[test]
+    fn a_late_own_message_of_the_record_writer_is_not_delivered_again() {
+        let cursors = [cursor(0, 10, 12), cursor(1, 4, 0)];
+        let listed = late_past(&cursors, &[(0, 14), (0, 11), (0, 9), (1, 4), (2, 1)]);
+        assert_eq!(listed, [(0, 14), (1, 4), (2, 1)]);
+        let plan = ReplayPlan::new(
+            node("a"),
+            node("b"),
+            (&cursors, &[], &listed),
+            |_| NodePosition {
+                next: 20,
+                own_through: 0,
+            },
+            &[],
+        );
+        let p = &plan.partitions[0];
+        assert_eq!((p.from, p.to), (10, 19));
+        let (a, c) = (node("a"), node("c"));
+        assert_eq!(plan.classify(p, 14, &a), Verdict::Skip);
+        assert_eq!(plan.classify(p, 13, &a), Verdict::New);
+        assert_eq!(plan.classify(p, 14, &c), Verdict::New);
+        let q = &plan.partitions[1];
+        assert_eq!(plan.classify(q, 4, &a), Verdict::Skip);
+        assert_eq!(plan.classify(q, 5, &a), Verdict::New);
+    }
+
     #[test]
     fn partitions_with_nothing_to_read_are_left_out() {
         // Cursor at B's follower position, no own messages of B in transit: nothing.
         let plan = ReplayPlan::new(
             node("a"),
             node("b"),
-            &[cursor(0, 15, 0), cursor(1, 3, 0)],
-            &[out(1, 2, OutboundState::AwaitPubcomp, 9)],
+            (
+                &[cursor(0, 15, 0), cursor(1, 3, 0)],
+                &[out(1, 2, OutboundState::AwaitPubcomp, 9)],
+                &[],
+            ),
             |p| NodePosition {
                 next: if p == 0 { 15 } else { 8 },
                 own_through: 0,
@@ -472,10 +552,13 @@ mod tests {
         let cursors = [cursor(0, 10, 12)];
         let outbound = [out(1, 30, OutboundState::Queued, 0)];
         let next = |n0: u64, n1: u64| move |p: u16| if p == 0 { n0 } else { n1 };
-        assert!(!caught_up(&cursors, &outbound, next(12, 31)));
-        assert!(!caught_up(&cursors, &outbound, next(13, 30)));
-        assert!(caught_up(&cursors, &outbound, next(13, 31)));
-        assert!(caught_up(&[], &[], next(0, 0)));
+        assert!(!caught_up(&cursors, &outbound, &[], next(12, 31)));
+        assert!(!caught_up(&cursors, &outbound, &[], next(13, 30)));
+        assert!(caught_up(&cursors, &outbound, &[], next(13, 31)));
+        assert!(caught_up(&[], &[], &[], next(0, 0)));
+        // A late own message the record lists: the follower must be past it too.
+        assert!(!caught_up(&cursors, &outbound, &[(0, 20)], next(20, 31)));
+        assert!(caught_up(&cursors, &outbound, &[(0, 20)], next(21, 31)));
     }
 
     #[test]

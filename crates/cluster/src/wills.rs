@@ -141,6 +141,7 @@ pub fn ended(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
         inbound_qos2: Vec::new(),
         will_taken_by: None,
         cursors_of: None,
+        writer_late: Vec::new(),
     };
     mark_taken(&mut r, claim);
     r
@@ -268,6 +269,7 @@ mod tests {
             inbound_qos2: Vec::new(),
             will_taken_by: None,
             cursors_of: None,
+            writer_late: Vec::new(),
         }
     }
 

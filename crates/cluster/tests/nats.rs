@@ -193,6 +193,7 @@ fn record(node: &str, claim: Revision) -> SessionRecord {
         inbound_qos2: Vec::new(),
         will_taken_by: None,
         cursors_of: None,
+        writer_late: Vec::new(),
     }
 }
 

@@ -51,6 +51,7 @@ fn record(node: &str) -> SessionRecord {
         inbound_qos2: Vec::new(),
         will_taken_by: None,
         cursors_of: None,
+        writer_late: Vec::new(),
     }
 }
 
@@ -728,17 +729,20 @@ async fn a_replay_reads_each_message_once_across_the_seam() {
     let plan = ReplayPlan::new(
         NodeId::new("m1").unwrap(),
         NodeId::new("m2").unwrap(),
-        &[Cursor {
-            partition: p.index(),
-            next: 3,
-            writer_through: 3,
-        }],
-        &[Outbound {
-            packet_id: 4,
-            partition: p.index(),
-            seq: 2,
-            state: OutboundState::AwaitPuback,
-        }],
+        (
+            &[Cursor {
+                partition: p.index(),
+                next: 3,
+                writer_through: 3,
+            }],
+            &[Outbound {
+                packet_id: 4,
+                partition: p.index(),
+                seq: 2,
+                state: OutboundState::AwaitPuback,
+            }],
+            &[],
+        ),
         |_| NodePosition {
             next: 6,
             own_through: 5,

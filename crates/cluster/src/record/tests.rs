@@ -129,13 +129,14 @@ fn record() -> impl Strategy<Value = SessionRecord> {
                 (node(), any::<u64>()).prop_map(|(node, claim)| WillTaker { node, claim }),
             ),
             prop::option::of(node()),
+            prop::collection::vec((any::<u16>(), any::<u64>()), 0..4),
         ),
     )
         .prop_map(
             |(
                 (node, claim, protocol, expiry_interval, disconnected_at_ms),
                 (subscriptions, will, cursors, outbound, inbound_qos2),
-                (will_taken_by, cursors_of),
+                (will_taken_by, cursors_of, writer_late),
             )| {
                 SessionRecord {
                     node,
@@ -150,6 +151,7 @@ fn record() -> impl Strategy<Value = SessionRecord> {
                     inbound_qos2,
                     will_taken_by,
                     cursors_of,
+                    writer_late,
                 }
             },
         )
@@ -172,24 +174,35 @@ proptest! {
             // existed: everything else whole, that field and the ones after it absent. Any
             // other cut is refused.
             Ok(d) => {
-                let without_cursors_of = SessionRecord { cursors_of: None, ..r.clone() };
+                let without_late = SessionRecord { writer_late: Vec::new(), ..r.clone() };
+                let without_cursors_of = SessionRecord { cursors_of: None, ..without_late.clone() };
                 let older = SessionRecord { will_taken_by: None, ..without_cursors_of.clone() };
-                prop_assert!(d == without_cursors_of || d == older, "{d:?} from {r:?}");
+                prop_assert!(
+                    d == without_late || d == without_cursors_of || d == older,
+                    "{d:?} from {r:?}"
+                );
             }
         }
     }
 
     #[test]
     fn records_written_before_the_will_taker_field_still_decode(r in record()) {
-        let r = SessionRecord { will_taken_by: None, cursors_of: None, ..r };
+        let r = SessionRecord { will_taken_by: None, cursors_of: None, writer_late: Vec::new(), ..r };
         let data = r.encode();
-        // The older form ends before the two fields' presence bytes.
-        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 2]), Ok(r));
+        // The older form ends before the two fields' presence bytes and the late count.
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 3]), Ok(r));
     }
 
     #[test]
     fn records_written_before_the_cursor_writer_field_still_decode(r in record()) {
-        let r = SessionRecord { cursors_of: None, ..r };
+        let r = SessionRecord { cursors_of: None, writer_late: Vec::new(), ..r };
+        let data = r.encode();
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 2]), Ok(r));
+    }
+
+    #[test]
+    fn records_written_before_the_late_own_messages_field_still_decode(r in record()) {
+        let r = SessionRecord { writer_late: Vec::new(), ..r };
         let data = r.encode();
         prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 1]), Ok(r));
     }
