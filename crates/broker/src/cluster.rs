@@ -249,6 +249,12 @@ pub(crate) enum FromCluster {
         revision: Revision,
         will_in_cluster: bool,
     },
+    /// Another node wrote `client_id`'s registry entry, at `revision`
+    /// (`Cluster::watch_claims_elsewhere`).
+    ClaimedElsewhere {
+        client_id: Arc<str>,
+        revision: Revision,
+    },
     /// A will due now and taken out of the cluster's record by this node (a dead node's
     /// client's, or one of this node's own whose write won): publish it.
     Will { client_id: Arc<str>, will: KeptWill },
@@ -482,6 +488,8 @@ pub(crate) async fn start(
     })
     .await?;
     tokio::spawn(retained_watch(watch, from_tx.clone()));
+    let claims = patiently("follow the registry", || cluster.watch_claims_elsewhere()).await?;
+    tokio::spawn(registry_watch(claims, from_tx.clone()));
 
     tokio::spawn(sessions(
         cluster.clone(),
@@ -2198,6 +2206,23 @@ async fn retained_watch(
         let ev = FromCluster::Retained {
             topic: change.topic,
             message,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands the registry writes of other nodes to the router (see
+/// `Router`'s `ClusterSide::claimed_elsewhere`).
+async fn registry_watch(
+    mut watch: impl futures_util::Stream<Item = makelaar_cluster::cluster::ClaimedElsewhere> + Unpin,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    while let Some(c) = watch.next().await {
+        let ev = FromCluster::ClaimedElsewhere {
+            client_id: Arc::from(c.client_id),
+            revision: c.revision,
         };
         if tx.send(ev).await.is_err() {
             return;

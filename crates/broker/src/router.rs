@@ -141,6 +141,9 @@ pub(crate) struct ClusterSide {
     step_downs: u64,
     /// The claim of each connection, to mark it disconnected when it ends.
     claims: HashMap<ConnId, (Arc<str>, makelaar_cluster::Revision)>,
+    /// The same by client id (`ClusterSide::add_claim`, `remove_claim`): looked up for every
+    /// registry write of another node ([`ClusterSide::claimed_elsewhere`]).
+    claimed: HashMap<Arc<str>, Vec<ConnId>>,
     /// This node.
     node: makelaar_cluster::NodeId,
     /// Where the router stands in each partition: its follower's next message, and this
@@ -435,6 +438,7 @@ impl ClusterSide {
             step_downs: 0,
             claiming: HashMap::new(),
             claims: HashMap::new(),
+            claimed: HashMap::new(),
             node,
             positions: std::collections::BTreeMap::new(),
             appended: 0,
@@ -749,9 +753,57 @@ impl ClusterSide {
         &'a self,
         client_id: &'a str,
     ) -> impl Iterator<Item = (ConnId, makelaar_cluster::Revision)> + 'a {
-        (self.claims.iter())
-            .filter(move |(_, (id, _))| &**id == client_id)
-            .map(|(conn, (_, revision))| (*conn, *revision))
+        (self.claimed.get(client_id).into_iter().flatten())
+            .filter_map(|conn| self.claims.get(conn).map(|(_, r)| (*conn, *r)))
+    }
+
+    /// `conn` is registered for `client_id` under `revision`.
+    fn add_claim(
+        &mut self,
+        conn: ConnId,
+        client_id: Arc<str>,
+        revision: makelaar_cluster::Revision,
+    ) {
+        if let Some((old, _)) = self.claims.insert(conn, (client_id.clone(), revision)) {
+            self.forget_claimed(&old, conn);
+        }
+        self.claimed.entry(client_id).or_default().push(conn);
+    }
+
+    /// `conn`'s claim, taken out.
+    fn remove_claim(&mut self, conn: ConnId) -> Option<(Arc<str>, makelaar_cluster::Revision)> {
+        let (client_id, revision) = self.claims.remove(&conn)?;
+        self.forget_claimed(&client_id, conn);
+        Some((client_id, revision))
+    }
+
+    fn forget_claimed(&mut self, client_id: &str, conn: ConnId) {
+        if let Some(conns) = self.claimed.get_mut(client_id) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                self.claimed.remove(client_id);
+            }
+        }
+    }
+
+    /// Another node wrote `client_id`'s registry entry (`revision`): a connection here
+    /// claimed before that is not the client's any more, though the hand-over request that
+    /// would have closed it may never have come (a cut link; see
+    /// `Cluster::watch_claims_elsewhere`). The registry is read to be sure, as for a claim
+    /// just made (`ToCluster::CheckOwner`), and the connection closed if so (0x8E).
+    fn claimed_elsewhere(&mut self, client_id: Arc<str>, revision: makelaar_cluster::Revision) {
+        let older: Vec<(ConnId, makelaar_cluster::Revision)> = self
+            .claims_of(&client_id)
+            .filter(|(_, mine)| *mine < revision)
+            .collect();
+        for (conn, mine) in older {
+            tracing::info!(%client_id, claim = %mine, by = %revision, "another node claimed a client connected here: checking the registry");
+            let _ = self.to.send(ToCluster::CheckOwner {
+                conn,
+                client_id: client_id.clone(),
+                revision: mine,
+            });
+        }
     }
 
     /// Where a session taken in here stands while its replay is not back: what it holds is
@@ -1783,6 +1835,14 @@ impl Router {
                     self.lost_to_another_node(now, &id, will_in_cluster);
                 }
             }
+            FromCluster::ClaimedElsewhere {
+                client_id,
+                revision,
+            } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.claimed_elsewhere(client_id, revision);
+                }
+            }
             FromCluster::WillRetrying { id, epoch } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.will_retrying(id, epoch);
@@ -2290,7 +2350,7 @@ impl Router {
                 } else {
                     None
                 };
-                c.claims.insert(conn, (client_id.clone(), revision));
+                c.add_claim(conn, client_id.clone(), revision);
                 let _ = c.to.send(ToCluster::CheckOwner {
                     conn,
                     client_id: client_id.clone(),
@@ -2440,7 +2500,7 @@ impl Router {
             c.record_ready.retain(|(ready, _)| *ready != conn);
             c.claiming.remove(&conn);
             c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
-            if let Some((client_id, revision)) = c.claims.remove(&conn) {
+            if let Some((client_id, revision)) = c.remove_claim(conn) {
                 c.after_appends(
                     Waiting::Disconnected {
                         client_id,
@@ -2861,6 +2921,9 @@ mod tests {
         /// The hand-over requests passed to the sessions task: it answers them, and writes
         /// those clients' records no more (their checkpoints are never answered).
         released: Vec<Arc<str>>,
+        /// The registry reads asked for: is the connection's claim (revision) still the
+        /// owner?
+        owner_checks: Vec<(ConnId, u64)>,
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
         got: Vec<(u32, QoS, bool)>,
@@ -2904,6 +2967,7 @@ mod tests {
                 wills_written: 0,
                 deletes: Vec::new(),
                 released: Vec::new(),
+                owner_checks: Vec::new(),
                 outs: HashMap::new(),
                 got: Vec::new(),
                 got_on: Vec::new(),
@@ -2952,6 +3016,9 @@ mod tests {
                         ToCluster::Released(req) => {
                             let id = req.client.client_id().unwrap();
                             self.released.push(Arc::from(id.as_str()));
+                        }
+                        ToCluster::CheckOwner { conn, revision, .. } => {
+                            self.owner_checks.push((conn, revision.get()));
                         }
                         _ => {}
                     }
@@ -3754,6 +3821,61 @@ mod tests {
         assert_eq!(node.released.len(), 1, "answered");
         node.published_elsewhere(14);
         assert_eq!(node.got_by(1), [10, 11, 12], "the connection was closed");
+    }
+
+    fn claimed_elsewhere(revision: u64) -> FromCluster {
+        FromCluster::ClaimedElsewhere {
+            client_id: Arc::from(SUB),
+            revision: makelaar_cluster::Revision::new(revision).unwrap(),
+        }
+    }
+
+    /// Issue 15 (a link cut: a client id served by two nodes for 26 s): another node's
+    /// claim of a client connected here, written without this node's answer (its hand-over
+    /// request never came), seen by the registry watch: the registry is read, and the
+    /// connection closed when it is not the owner any more [MQTT-3.1.4-3]. Writes older
+    /// than the connection's claim change nothing.
+    #[test]
+    fn another_nodes_claim_seen_in_the_registry_closes_the_connection_here() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_with(1, 5, None, false);
+        let at_connect = node.owner_checks.len();
+        node.router
+            .cluster_event(Instant::now(), claimed_elsewhere(4));
+        node.settle();
+        assert_eq!(node.owner_checks.len(), at_connect, "an older write");
+        node.router
+            .cluster_event(Instant::now(), claimed_elsewhere(9));
+        node.settle();
+        assert_eq!(
+            node.owner_checks[at_connect..],
+            [(1, 5)],
+            "the registry is read"
+        );
+        node.published_elsewhere(10);
+        assert_eq!(
+            node.got_by(1),
+            [10],
+            "still served until the read says otherwise"
+        );
+        let not_owner = FromCluster::NotOwner {
+            conn: 1,
+            revision: makelaar_cluster::Revision::new(5).unwrap(),
+            will_in_cluster: true,
+        };
+        node.router.cluster_event(Instant::now(), not_owner);
+        node.settle();
+        node.published_elsewhere(11);
+        assert_eq!(node.got_by(1), [10], "closed");
+        node.router
+            .cluster_event(Instant::now(), claimed_elsewhere(12));
+        node.settle();
+        assert_eq!(
+            node.owner_checks.len(),
+            at_connect + 1,
+            "no claim left here"
+        );
     }
 
     fn taken_in(node: &Node) -> bool {

@@ -249,6 +249,18 @@ pub struct RetainedChange {
     pub message: Option<Envelope>,
 }
 
+/// A client id registered by another node, as the registry watch sees it
+/// ([`Cluster::watch_claims_elsewhere`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedElsewhere {
+    /// The client id.
+    pub client_id: String,
+    /// The node the registry names now.
+    pub node: NodeId,
+    /// The revision of that write.
+    pub revision: Revision,
+}
+
 /// A message of a partition stream, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogMessage {
@@ -1281,6 +1293,21 @@ impl<B: Backend> Cluster<B> {
         Ok(watch.filter_map(|ev| std::future::ready(retained_change(ev))))
     }
 
+    /// Follows the registry's writes by other nodes: first the current entries, then
+    /// every change. A connection here whose claim such a write replaced belongs to that
+    /// node now; the hand-over request that would have closed it may never have arrived
+    /// (a link between the two nodes cut, the engine's cluster still whole through a
+    /// third), so the write itself tells this node (issue 15: a client id served by two
+    /// nodes for 26 s over a cut link). Entries that do not decode are skipped.
+    pub async fn watch_claims_elsewhere(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = ClaimedElsewhere> + Send + Unpin, ClusterError>
+    {
+        let watch = self.backend.watch(Bucket::Registry, ">").await?;
+        let me = self.config.node.clone();
+        Ok(watch.filter_map(move |ev| std::future::ready(claimed_elsewhere(&me, ev))))
+    }
+
     /// Follows the QoS 1/2 messages appended to a partition from now on, by any node (this
     /// one's too: the caller skips them by [`Envelope::origin_node`]). Returns the first
     /// sequence it delivers: every message below it was appended before. Messages that do
@@ -1658,6 +1685,32 @@ fn retained_change(ev: crate::backend::WatchEvent) -> Option<RetainedChange> {
         Ok(c) => Some(c),
         Err(error) => {
             tracing::warn!(key = %ev.key, %error, "skipping a retained entry");
+            None
+        }
+    }
+}
+
+/// A registry write of a node other than `me`, from a watch event; `None` for this node's
+/// own writes, deletions, and entries that do not decode.
+fn claimed_elsewhere(me: &NodeId, ev: crate::backend::WatchEvent) -> Option<ClaimedElsewhere> {
+    let entry = ev.entry?;
+    let decoded = ClientKey::from_key(&ev.key)
+        .and_then(|k| k.client_id())
+        .map_err(|e| e.to_string())
+        .and_then(|id| {
+            RegistryEntry::decode(&entry.value)
+                .map(|e| (id, e.node))
+                .map_err(|e| e.to_string())
+        });
+    match decoded {
+        Ok((_, node)) if node == *me => None,
+        Ok((client_id, node)) => Some(ClaimedElsewhere {
+            client_id,
+            node,
+            revision: entry.revision,
+        }),
+        Err(error) => {
+            tracing::warn!(key = %ev.key, %error, "skipping a registry entry");
             None
         }
     }

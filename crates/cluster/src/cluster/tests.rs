@@ -98,6 +98,35 @@ async fn claims_and_fenced_session_writes() {
     m2.mark_disconnected(&client, c2.revision).await.unwrap();
 }
 
+/// m1's connection of a client whose hand-over request never reached it (a cut link):
+/// m2's claim, written without m1's answer, reaches m1 through the registry watch; m1's
+/// own writes do not.
+#[tokio::test]
+async fn another_nodes_claim_is_seen_by_the_registry_watch() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let mut watch = m1.watch_claims_elsewhere().await.unwrap();
+    let client = ClientKey::new("sensor/1 +");
+    let c1 = m1.claim_client(&client).await.unwrap();
+    m1.refresh_lease().await.unwrap();
+    let c2 = m2.claim_client(&client).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch sees m2's claim")
+        .unwrap();
+    assert_eq!(seen.client_id, "sensor/1 +");
+    assert_eq!(seen.node.as_str(), "m2");
+    assert_eq!(seen.revision, c2.revision);
+    assert!(seen.revision > c1.revision);
+    // Nothing else: m1's own claim was not reported.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), watch.next())
+            .await
+            .is_err()
+    );
+}
+
 #[tokio::test]
 async fn live_subjects_and_partitions() {
     let engine = MemoryBackend::new();
