@@ -109,6 +109,14 @@ pub(crate) enum ToCluster {
         client_id: Arc<str>,
         revision: Revision,
     },
+    /// A connection registered with this claim is not the owner any more: another node's
+    /// write replaced it in the registry (seen by the registry watch, which says so for
+    /// sure: a read could be answered by a replica behind it).
+    Superseded {
+        conn: ConnId,
+        client_id: Arc<str>,
+        revision: Revision,
+    },
     /// What the cluster keeps of a client's session now (`None`: it ended, or is not kept),
     /// and the wills of that client the core says are due: the write takes them out of the
     /// record, and they are published (`FromCluster::Will`) only if it wins; `log`, for a
@@ -548,6 +556,9 @@ pub(crate) async fn start(
                                 let _ = sessions.send(SessionOp::NotOwner { conn, client_id, revision });
                             }
                         });
+                    }
+                    Some(ToCluster::Superseded { conn, client_id, revision }) => {
+                        let _ = sessions_tx.send(SessionOp::NotOwner { conn, client_id, revision });
                     }
                     Some(ToCluster::Released(req)) => {
                         // Answered by the sessions task after the writes queued before it:

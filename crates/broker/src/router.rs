@@ -789,16 +789,17 @@ impl ClusterSide {
     /// Another node wrote `client_id`'s registry entry (`revision`): a connection here
     /// claimed before that is not the client's any more, though the hand-over request that
     /// would have closed it may never have come (a cut link; see
-    /// `Cluster::watch_claims_elsewhere`). The registry is read to be sure, as for a claim
-    /// just made (`ToCluster::CheckOwner`), and the connection closed if so (0x8E).
+    /// `Cluster::watch_claims_elsewhere`). It is closed (0x8E) as for a claim found
+    /// replaced just after it was made (`FromCluster::NotOwner`, by way of the sessions
+    /// task, which writes its session no more).
     fn claimed_elsewhere(&mut self, client_id: Arc<str>, revision: makelaar_cluster::Revision) {
         let older: Vec<(ConnId, makelaar_cluster::Revision)> = self
             .claims_of(&client_id)
             .filter(|(_, mine)| *mine < revision)
             .collect();
         for (conn, mine) in older {
-            tracing::info!(%client_id, claim = %mine, by = %revision, "another node claimed a client connected here: checking the registry");
-            let _ = self.to.send(ToCluster::CheckOwner {
+            tracing::info!(%client_id, claim = %mine, by = %revision, "another node claimed a client connected here (its hand-over request did not arrive): the connection here is closed");
+            let _ = self.to.send(ToCluster::Superseded {
                 conn,
                 client_id: client_id.clone(),
                 revision: mine,
@@ -2921,8 +2922,8 @@ mod tests {
         /// The hand-over requests passed to the sessions task: it answers them, and writes
         /// those clients' records no more (their checkpoints are never answered).
         released: Vec<Arc<str>>,
-        /// The registry reads asked for: is the connection's claim (revision) still the
-        /// owner?
+        /// The connections whose claim (revision) another node's registry write replaced,
+        /// as told to the cluster.
         owner_checks: Vec<(ConnId, u64)>,
         outs: HashMap<ConnId, Arc<Outbox>>,
         /// What the subscriber got, in order: the message's number, its QoS, DUP.
@@ -3017,7 +3018,7 @@ mod tests {
                             let id = req.client.client_id().unwrap();
                             self.released.push(Arc::from(id.as_str()));
                         }
-                        ToCluster::CheckOwner { conn, revision, .. } => {
+                        ToCluster::Superseded { conn, revision, .. } => {
                             self.owner_checks.push((conn, revision.get()));
                         }
                         _ => {}
@@ -3832,9 +3833,9 @@ mod tests {
 
     /// Issue 15 (a link cut: a client id served by two nodes for 26 s): another node's
     /// claim of a client connected here, written without this node's answer (its hand-over
-    /// request never came), seen by the registry watch: the registry is read, and the
-    /// connection closed when it is not the owner any more [MQTT-3.1.4-3]. Writes older
-    /// than the connection's claim change nothing.
+    /// request never came), seen by the registry watch: the sessions task is told, and the
+    /// connection closed when it answers [MQTT-3.1.4-3]. Writes older than the
+    /// connection's claim change nothing.
     #[test]
     fn another_nodes_claim_seen_in_the_registry_closes_the_connection_here() {
         let mut node = Node::new(3);
@@ -3845,19 +3846,16 @@ mod tests {
             .cluster_event(Instant::now(), claimed_elsewhere(4));
         node.settle();
         assert_eq!(node.owner_checks.len(), at_connect, "an older write");
+        assert_eq!(at_connect, 0);
         node.router
             .cluster_event(Instant::now(), claimed_elsewhere(9));
         node.settle();
-        assert_eq!(
-            node.owner_checks[at_connect..],
-            [(1, 5)],
-            "the registry is read"
-        );
+        assert_eq!(node.owner_checks[at_connect..], [(1, 5)], "told");
         node.published_elsewhere(10);
         assert_eq!(
             node.got_by(1),
             [10],
-            "still served until the read says otherwise"
+            "still served until the sessions task answers"
         );
         let not_owner = FromCluster::NotOwner {
             conn: 1,
