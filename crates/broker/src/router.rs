@@ -940,13 +940,18 @@ impl ClusterSide {
             Waiting::Replay { client_id, n } => {
                 // (A resume replaced since has a replay of its own, asked after its own
                 // appends.)
+                // This node's messages routed before the adoption: through the batches
+                // appended by its epoch, as of then. (Taken now, after waiting behind a
+                // record that waited for a will, it counted messages routed to the session
+                // live since, and the replay delivered them again: issue 15, eight QoS 2
+                // duplicates at `sub0`.)
+                let own = then.own.clone().unwrap_or_else(|| self.own_through());
                 let Some(r) = self.resumes.get_mut(&client_id).filter(|r| r.n == n) else {
                     return;
                 };
-                let own_through = (self.positions.iter())
-                    .map(|(p, n)| (*p, n.own_through))
-                    .collect();
-                r.stage = ReplayStage::ForWills { own_through };
+                r.stage = ReplayStage::ForWills {
+                    own_through: own.into_iter().collect(),
+                };
                 self.ask_replay(&client_id);
             }
         }
@@ -3874,6 +3879,39 @@ mod tests {
             at_connect + 1,
             "no claim left here"
         );
+    }
+
+    /// Issue 15 (the long schedule: eight QoS 2 messages twice at `sub0`): a session taken
+    /// in while another client's hand-over record waited for a will of this node being
+    /// retried. Its replay, queued behind that record, was set up once the will landed,
+    /// with this node's own messages counted as of then: those routed to the session live
+    /// since its adoption came again from the replay. Counted as of the adoption, each
+    /// comes once [MQTT-4.3.3-*].
+    #[test]
+    fn a_replay_queued_behind_a_record_waiting_for_a_will_counts_what_was_routed_before_it() {
+        let mut node = Node::new(3);
+        node.connect_as(1, "sub1", false, None);
+        node.claimed_reaped(1, 1);
+        node.will_published(101);
+        let id = node.will_retried(1);
+        let release = FromCluster::Release(makelaar_cluster::cluster::ReleaseRequest {
+            client: makelaar_cluster::ClientKey::new("sub1"),
+            revision: makelaar_cluster::Revision::new(5).unwrap(),
+            reply: None,
+        });
+        node.router.cluster_event(Instant::now(), release);
+        node.settle();
+        node.connect(2);
+        node.claimed(2, 6, &delivered_through_2(), false);
+        // Routed to the session live (it waits behind the replay), appended at 3.
+        node.will_published(102);
+        node.batch_appended(&[102]);
+        assert!(node.replays.is_empty(), "behind the record waiting for 101");
+        node.will_placed(id, Some(101));
+        assert_eq!(node.replays.len(), 1);
+        assert_eq!(node.replays[0].plan.partitions[0].own_through, 0);
+        node.replayed(0);
+        assert_eq!(node.got_by(2), [101, 102], "each once");
     }
 
     fn taken_in(node: &Node) -> bool {
