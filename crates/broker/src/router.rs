@@ -3248,6 +3248,12 @@ mod tests {
             self.settle();
         }
 
+        /// The cluster reports `ev`; what follows is carried out.
+        fn event(&mut self, ev: FromCluster) {
+            self.router.cluster_event(Instant::now(), ev);
+            self.settle();
+        }
+
         /// The numbers of what connection `conn` got, in order.
         fn got_by(&self, conn: ConnId) -> Vec<u32> {
             (self.got_on.iter())
@@ -3594,9 +3600,7 @@ mod tests {
         // A will of this node, routed here: its batch is not appended yet.
         node.will_published(100);
         let before = node.records.len();
-        node.router
-            .cluster_event(Instant::now(), hand_over_request(5));
-        node.settle();
+        node.event(hand_over_request(5));
         assert_eq!(node.records.len(), before, "the hand-over's record waits");
         node.replayed(0);
         node.batch_appended(&[100]);
@@ -3743,7 +3747,6 @@ mod tests {
         node.settle();
     }
 
-    /// Whether this node's broker has the subscriber's session (it is not held).
     /// The notice that `SUB` moved to another node, claimed there at `revision`.
     fn moved_notice(revision: u64) -> FromCluster {
         FromCluster::Moved {
@@ -3847,14 +3850,10 @@ mod tests {
         node.connect(1);
         node.claimed_with(1, 5, None, false);
         let at_connect = node.owner_checks.len();
-        node.router
-            .cluster_event(Instant::now(), claimed_elsewhere(4));
-        node.settle();
+        node.event(claimed_elsewhere(4));
         assert_eq!(node.owner_checks.len(), at_connect, "an older write");
         assert_eq!(at_connect, 0);
-        node.router
-            .cluster_event(Instant::now(), claimed_elsewhere(9));
-        node.settle();
+        node.event(claimed_elsewhere(9));
         assert_eq!(node.owner_checks[at_connect..], [(1, 5)], "told");
         node.published_elsewhere(10);
         assert_eq!(
@@ -3867,13 +3866,10 @@ mod tests {
             revision: makelaar_cluster::Revision::new(5).unwrap(),
             will_in_cluster: true,
         };
-        node.router.cluster_event(Instant::now(), not_owner);
-        node.settle();
+        node.event(not_owner);
         node.published_elsewhere(11);
         assert_eq!(node.got_by(1), [10], "closed");
-        node.router
-            .cluster_event(Instant::now(), claimed_elsewhere(12));
-        node.settle();
+        node.event(claimed_elsewhere(12));
         assert_eq!(
             node.owner_checks.len(),
             at_connect + 1,
@@ -3899,8 +3895,7 @@ mod tests {
             revision: makelaar_cluster::Revision::new(5).unwrap(),
             reply: None,
         });
-        node.router.cluster_event(Instant::now(), release);
-        node.settle();
+        node.event(release);
         node.connect(2);
         node.claimed(2, 6, &delivered_through_2(), false);
         // Routed to the session live (it waits behind the replay), appended at 3.
@@ -3914,6 +3909,7 @@ mod tests {
         assert_eq!(node.got_by(2), [101, 102], "each once");
     }
 
+    /// Whether this node's broker has the subscriber's session (it is not held).
     fn taken_in(node: &Node) -> bool {
         node.router.broker.session_snapshot(SUB).is_some()
     }
@@ -4328,9 +4324,7 @@ mod tests {
         let id = node.will_retried(1);
         assert_eq!(node.got_by(1), [101], "the local path, at once");
         let before = node.records.len();
-        node.router
-            .cluster_event(Instant::now(), hand_over_request(5));
-        node.settle();
+        node.event(hand_over_request(5));
         assert_eq!(node.records.len(), before, "the record waits for the will");
         assert!(
             node.released.is_empty(),
@@ -4376,9 +4370,7 @@ mod tests {
         node.will_published(101);
         let id = node.will_retried(1);
         let before = node.records.len();
-        node.router
-            .cluster_event(Instant::now(), hand_over_request(5));
-        node.settle();
+        node.event(hand_over_request(5));
         node.will_published(102);
         node.batch_appended(&[102]);
         assert_eq!(node.records.len(), before, "the record waits for the will");
