@@ -696,7 +696,7 @@ async fn claim<B: Backend>(
         // writer, not as the cursors').
         let resume = found.record.as_ref().and_then(resume_of);
         if let Some(r) = &found.record {
-            tracing::debug!(target: RECORDS, %client_id, fence = ?found.fence, writer = %r.log_writer(), place = %place_in_log(&r.cursors, &r.outbound), "session record read by a claim");
+            tracing::debug!(target: RECORDS, %client_id, fence = ?found.fence, writer = %r.log_writer(), will_taken = found.will.is_some(), place = %place_in_log(&r.cursors, &r.outbound), "session record read by a claim");
         }
         // Another node wrote the record last (before a will was taken out of it here): it
         // had the session since this node did. (The registry alone does not say so: a claim
@@ -1208,6 +1208,9 @@ async fn write_session<B: Backend>(
 
 /// Hands wills this node decided to the router to publish.
 async fn publish_wills(client_id: &Arc<str>, wills: Vec<KeptWill>, tx: &mpsc::Sender<FromCluster>) {
+    if !wills.is_empty() {
+        tracing::debug!(target: RECORDS, %client_id, wills = wills.len(), "wills of a session kept here decided: published");
+    }
     for will in wills {
         let ev = FromCluster::Will {
             client_id: client_id.clone(),
@@ -1221,7 +1224,7 @@ async fn publish_wills(client_id: &Arc<str>, wills: Vec<KeptWill>, tx: &mpsc::Se
 
 fn withhold_wills(client_id: &Arc<str>, wills: &[KeptWill]) {
     if !wills.is_empty() {
-        tracing::debug!(client_id = %client_id, wills = wills.len(), "will not published here: the node that took the session record decides it");
+        tracing::debug!(target: RECORDS, client_id = %client_id, wills = wills.len(), "will not published here: the node that took the session record decides it");
     }
 }
 
@@ -1719,6 +1722,7 @@ async fn take_over_orphan<B: Backend>(
     if due_now {
         if let Some(w) = will.take() {
             done.will = true;
+            tracing::debug!(target: RECORDS, %client_id, dead = %o.record.node, "a dead node's will published by its reaper");
             let ev = FromCluster::Will {
                 client_id: client_id.clone(),
                 will: w,

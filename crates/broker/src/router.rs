@@ -133,6 +133,10 @@ pub(crate) struct ClusterSide {
     /// CONNECTs waiting for their claim, with the packets their clients sent behind them
     /// and `step_downs` when the claim began.
     claiming: HashMap<ConnId, (Box<Connect>, Vec<Packet>, u64)>,
+    /// Connections that went while their claim ran: the client id and the CONNECT's Clean
+    /// Start, until the claim is back, so that a will the claim took out of the record is
+    /// still decided (nobody else will: the record no longer holds it).
+    abandoned: HashMap<ConnId, (Arc<str>, bool)>,
     /// The node lost its lease (see `FromCluster::StepDown`): CONNECTs are refused.
     stepped_down: bool,
     /// How often this node stepped down. A claim that began before a step-down may have
@@ -437,6 +441,7 @@ impl ClusterSide {
             stepped_down: false,
             step_downs: 0,
             claiming: HashMap::new(),
+            abandoned: HashMap::new(),
             claims: HashMap::new(),
             claimed: HashMap::new(),
             node,
@@ -2245,7 +2250,15 @@ impl Router {
         let Some((connect, _, began)) = c.claiming.get(&conn) else {
             // The connection went while its claim ran. The registry says it is connected
             // here until another node claims the id: this node then answers the hand-over
-            // request with nothing to close.
+            // request with nothing to close. A will the claim took out of the record is
+            // decided as the CONNECT would have decided it (found by the fault harness:
+            // a probe that gave up on a slow CONNECT lost its will).
+            let abandoned = c.abandoned.remove(&conn);
+            if let (Some((client_id, clean_start)), Ok(claim)) = (abandoned, result) {
+                if let Some(w) = claim.will {
+                    self.decide_claimed_will(now, &client_id, w, clean_start);
+                }
+            }
             return;
         };
         if *began != c.step_downs {
@@ -2287,8 +2300,7 @@ impl Router {
                     let will = claim.will.take();
                     c.catching_up.push((conn, claim, since));
                     if let Some(w) = will {
-                        self.broker
-                            .take_over_remote_will(now, &client_id, w, clean_start);
+                        self.decide_claimed_will(now, &client_id, w, clean_start);
                     }
                 }
                 return;
@@ -2322,8 +2334,7 @@ impl Router {
                 // takeover rules, before this CONNECT's CONNACK [MQTT-3.1.4-3]
                 // [MQTT-3.1.3-9].
                 if let Some(w) = remote_will {
-                    self.broker
-                        .take_over_remote_will(now, &client_id, w, connect.clean_start);
+                    self.decide_claimed_will(now, &client_id, w, connect.clean_start);
                 }
                 // A session the cluster keeps for this client (it was connected on another
                 // node): taken in, so the CONNECT finds it (Session Present, subscriptions),
@@ -2488,8 +2499,7 @@ impl Router {
         tracing::info!(client_id = %connect.client_id, "this node stepped down while the client id was claimed: CONNECT refused (server unavailable), the client connects again");
         if let Some(will) = result.ok().and_then(|claim| claim.will) {
             let client_id: Arc<str> = Arc::from(connect.client_id.as_str());
-            self.broker
-                .take_over_remote_will(now, &client_id, will, connect.clean_start);
+            self.decide_claimed_will(now, &client_id, will, connect.clean_start);
         }
         let refusal =
             makelaar_core::conn::refusal(connect.protocol, ReasonCode::SERVER_UNAVAILABLE);
@@ -2498,13 +2508,32 @@ impl Router {
         self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
     }
 
+    /// Decides a will another node left for `client_id`, taken out of the cluster's record
+    /// by this node's claim of the id (the only home of that decision: no other node sees
+    /// the will again), by the takeover rules for a CONNECT with `clean_start`.
+    fn decide_claimed_will(
+        &mut self,
+        now: Instant,
+        client_id: &Arc<str>,
+        will: makelaar_core::broker::RemoteWill,
+        clean_start: bool,
+    ) {
+        let published = self
+            .broker
+            .take_over_remote_will(now, client_id, will, clean_start);
+        tracing::debug!(target: crate::cluster::RECORDS, %client_id, published, clean_start, "a will taken out of the record by this node's claim decided");
+    }
+
     /// Asks the connection to close (its task logs `why`).
     fn close(&mut self, conn: ConnId, why: CloseReason) {
         self.slow_logged.remove(&conn);
         if let Some(c) = self.cluster.as_mut() {
             c.untrack(conn);
             c.record_ready.retain(|(ready, _)| *ready != conn);
-            c.claiming.remove(&conn);
+            if let Some((connect, _, _)) = c.claiming.remove(&conn) {
+                let client_id = Arc::from(connect.client_id.as_str());
+                c.abandoned.insert(conn, (client_id, connect.clean_start));
+            }
             c.catching_up.retain(|(waiting, _, _)| *waiting != conn);
             if let Some((client_id, revision)) = c.remove_claim(conn) {
                 c.after_appends(
@@ -4306,6 +4335,51 @@ mod tests {
         node.replayed(0);
         assert!(node.records.len() > records, "its record is written then");
         assert!(node.router.cluster.as_ref().unwrap().resumes.is_empty());
+    }
+
+    /// Issue 15 (the long schedule: a probe's will seen once too few or too many): a
+    /// client whose CONNECT waited on a slow claim gave up and closed its socket; the
+    /// claim, back after that, had taken the old connection's will out of the cluster's
+    /// record, so no other node would ever decide it. It is decided here as the CONNECT
+    /// would have (a clean start: published [MQTT-3.1.2-8]), not dropped with the
+    /// connection.
+    #[test]
+    fn a_will_taken_by_a_claim_whose_connection_went_is_still_published() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_reaped(1, 1);
+        node.connect_as(2, "probe", true, None);
+        node.router
+            .handle(Instant::now(), ToRouter::Lost { conn: 2 });
+        let FromCluster::Will { will, .. } = numbered_will(101) else {
+            unreachable!()
+        };
+        let claim = crate::cluster::Claim {
+            revision: makelaar_cluster::Revision::new(2).unwrap(),
+            session: None,
+            will: Some(makelaar_core::broker::RemoteWill {
+                will: will.will,
+                username: None,
+                expiry_interval: 0,
+                offline_for: None,
+            }),
+            resume: None,
+            moved_away: true,
+            tails: Vec::new(),
+        };
+        node.router.cluster_event(
+            Instant::now(),
+            FromCluster::Claimed {
+                conn: 2,
+                result: Ok(claim),
+            },
+        );
+        node.settle();
+        assert_eq!(node.got_by(1), [101], "the will, once");
+        assert!(
+            node.connacks.len() == 1,
+            "no CONNACK for the connection that went"
+        );
     }
 
     /// Issue 15 (a 40-fault run: `sub2` got a will twice): a will published here whose
