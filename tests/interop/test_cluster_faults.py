@@ -125,6 +125,85 @@ def test_a_cut_link_and_packet_loss_lose_nothing():
     assert report.longest_overlap < cf.LEASE_TTL, report.summary()
 
 
+def _stream_leader(cluster, stream: str) -> int | None:
+    """Which host's NATS server leads `stream` (from the servers' `/jsz`), or None."""
+    for i in range(cluster.n):
+        try:
+            jsz = cf._http_json(f"http://{cluster.nats_host(i)}:{cluster.monitor_ports[i]}"
+                                "/jsz?streams=true", cluster.netns[i])
+        except (OSError, ValueError):
+            continue
+        for account in jsz.get("account_details") or []:
+            for s in account.get("stream_detail") or []:
+                leader = (s.get("cluster") or {}).get("leader") or ""
+                if s.get("name") == stream and leader.startswith("n"):
+                    return int(leader[1:])
+    return None
+
+
+@pytest.mark.skipif(cf.netns_unavailable(nft=True) is not None,
+                    reason=f"network namespaces with nft: {cf.netns_unavailable(nft=True)}")
+def test_a_claim_across_a_cut_link_closes_the_old_connection_within_seconds(tmp_path):
+    """A client id connected on node a connects again on node b while the link between
+    hosts a and b is cut (both still reach the third host, so both keep their leases). b's
+    hand-over request cannot reach a (core NATS makes one hop), yet a must not serve the id
+    until the cut heals: it sees b's claim in the registry bucket, whose stream leader is
+    on the third host, and closes its connection (5.0: DISCONNECT 0x8E, Session taken over,
+    [MQTT-3.1.4-3]) within seconds, the cut still in place."""
+    import time
+    import uuid
+
+    from clients import MqttClient, props
+    from paho.mqtt.packettypes import PacketTypes
+
+    expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=300)
+    cluster = cf.NetnsCluster(tmp_path)
+    try:
+        cluster.start()
+        leader = None
+        deadline = time.monotonic() + 30
+        while leader is None and time.monotonic() < deadline:
+            leader = _stream_leader(cluster, "KV_mk_registry")
+            time.sleep(0.5)
+        assert leader is not None, "no leader found for the registry bucket's stream"
+        a, b = [i for i in range(cluster.n) if i != leader]
+
+        class At:
+            host = "127.0.0.1"
+
+        client_id = f"moved-{uuid.uuid4().hex[:8]}"
+        old = MqttClient(At, client_id=client_id, version=5, clean=False)
+        old.connect(port=cluster.mqtt_port(a), properties=expiry)
+        cluster.cut_link(a, b)
+        try:
+            time.sleep(1.0)
+            new = MqttClient(At, client_id=client_id, version=5, clean=False)
+            deadline = time.monotonic() + cf.LEASE_TTL
+            while True:
+                ack = new.connect(port=cluster.mqtt_port(b), expect_success=False,
+                                  properties=expiry, timeout=10)
+                if ack.reason_code == 0:
+                    break
+                assert time.monotonic() < deadline, f"node {b} refused the id: {ack!r}"
+                time.sleep(0.5)
+            accepted = time.monotonic()
+            # The chase of an unanswered hand-over cannot cross the cut: only the registry
+            # watch closes the old connection while the cut lasts.
+            old.wait_disconnected(timeout=cf.LEASE_TTL)
+            took = time.monotonic() - accepted
+            assert took < 5.0, f"node {a} served {client_id} {took:.1f} s after node {b} took it"
+            assert old.disconnect_reason == 0x8E, old.disconnect_reason
+            assert new.is_connected, "the new connection was closed"
+        finally:
+            cluster.heal_links()
+        new.disconnect()
+    except Exception:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop()
+
+
 def test_a_node_without_nats_refuses_and_disconnects_before_its_lease_expires(tmp_path):
     """Every NATS server stops answering (SIGSTOP: connections stay open, nothing is
     answered, the worst case for the node's requests): the node must disconnect its clients
