@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads a fault run's history.json (scripts/cluster-faults.sh --keep) and prints, per
-subscriber, the runs of QoS 2 messages received twice (DUP) and of acknowledged messages
-never received (LOST), with wall-clock times and the node each arrival came through; with a
+subscriber, the runs of QoS 2 messages received twice (DUP), acknowledged messages that
+arrived after a later one of their publisher (ORDER) and acknowledged messages never
+received (LOST), with wall-clock times and the node each arrival came through; with a
 client id as second argument, that client's connections too (CONN).
 
 Usage: scripts/faults/history.py DIR/history.json [CLIENT_ID]
@@ -43,6 +44,18 @@ for sub, recs in h["received"].items():
         for a, b in runs(seqs):
             t1 = seen[(pub, 2, a)]
             print(f"DUP {sub} {pub} q2 {a}-{b} ({b-a+1}) first {wall(t1[0])}@m{node_at(sub,t1[0])} again {wall(t1[1])}@m{node_at(sub,t1[1])} {acked_at(pub, a)}")
+    # order: an acknowledged message arriving after a later one of its publisher (the first
+    # arrival of each; an unacknowledged one arriving late is a late append, not listed)
+    last = {}
+    firsts = set()
+    for t, pub, qos, seq in recs:
+        if (pub, qos, seq) in firsts:
+            continue
+        firsts.add((pub, qos, seq))
+        prev = last.get((pub, qos))
+        if prev is not None and seq < prev[0] and str(seq) in h["acked"].get(f"{pub}:{qos}", {}):
+            print(f"ORDER {sub} {pub} q{qos} {seq} at {wall(t)}@m{node_at(sub, t)} after {prev[0]} at {wall(prev[1])}@m{node_at(sub, prev[1])}")
+        last[(pub, qos)] = (max(seq, prev[0]) if prev else seq, t if not prev or seq > prev[0] else prev[1])
     # lost
     for key, acked in h["acked"].items():
         pub, qos = key.split(":"); qos = int(qos)
