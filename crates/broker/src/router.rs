@@ -2251,8 +2251,8 @@ impl Router {
             // The connection went while its claim ran. The registry says it is connected
             // here until another node claims the id: this node then answers the hand-over
             // request with nothing to close. A will the claim took out of the record is
-            // decided as the CONNECT would have decided it (found by the fault harness:
-            // a probe that gave up on a slow CONNECT lost its will).
+            // decided as the CONNECT would have decided it (found while tracing a fault
+            // run: a client that gives up on a slow CONNECT would lose the old will).
             let abandoned = c.abandoned.remove(&conn);
             if let (Some((client_id, clean_start)), Ok(claim)) = (abandoned, result) {
                 if let Some(w) = claim.will {
@@ -4337,9 +4337,9 @@ mod tests {
         assert!(node.router.cluster.as_ref().unwrap().resumes.is_empty());
     }
 
-    /// Issue 15 (the long schedule: a probe's will seen once too few or too many): a
-    /// client whose CONNECT waited on a slow claim gave up and closed its socket; the
-    /// claim, back after that, had taken the old connection's will out of the cluster's
+    /// Issue 15 (found while tracing the long schedule's will twice): a client whose
+    /// CONNECT waited on a slow claim gives up and closes its socket; the
+    /// claim, back after that, has taken the old connection's will out of the cluster's
     /// record, so no other node would ever decide it. It is decided here as the CONNECT
     /// would have (a clean start: published [MQTT-3.1.2-8]), not dropped with the
     /// connection.
