@@ -52,10 +52,11 @@ for sub, recs in h["received"].items():
         if (pub, qos, seq) in firsts:
             continue
         firsts.add((pub, qos, seq))
-        prev = last.get((pub, qos))
-        if prev is not None and seq < prev[0] and str(seq) in h["acked"].get(f"{pub}:{qos}", {}):
+        prev = last.get((pub, qos))  # the highest number seen so far, and when
+        if prev is None or seq > prev[0]:
+            last[(pub, qos)] = (seq, t)
+        elif str(seq) in h["acked"].get(f"{pub}:{qos}", {}):
             print(f"ORDER {sub} {pub} q{qos} {seq} at {wall(t)}@m{node_at(sub, t)} after {prev[0]} at {wall(prev[1])}@m{node_at(sub, prev[1])}")
-        last[(pub, qos)] = (max(seq, prev[0]) if prev else seq, t if not prev or seq > prev[0] else prev[1])
     # lost
     for key, acked in h["acked"].items():
         pub, qos = key.split(":"); qos = int(qos)

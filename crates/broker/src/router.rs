@@ -4349,6 +4349,7 @@ mod tests {
         node.connect(1);
         node.claimed_reaped(1, 1);
         node.connect_as(2, "probe", true, None);
+        // Its outbox stays watched (unlike `Node::lost`): a CONNACK sent to it would show.
         node.router
             .handle(Instant::now(), ToRouter::Lost { conn: 2 });
         let FromCluster::Will { will, .. } = numbered_will(101) else {
@@ -4367,17 +4368,14 @@ mod tests {
             moved_away: true,
             tails: Vec::new(),
         };
-        node.router.cluster_event(
-            Instant::now(),
-            FromCluster::Claimed {
-                conn: 2,
-                result: Ok(claim),
-            },
-        );
-        node.settle();
+        node.event(FromCluster::Claimed {
+            conn: 2,
+            result: Ok(claim),
+        });
         assert_eq!(node.got_by(1), [101], "the will, once");
-        assert!(
-            node.connacks.len() == 1,
+        assert_eq!(
+            node.connacks.len(),
+            1,
             "no CONNACK for the connection that went"
         );
     }
