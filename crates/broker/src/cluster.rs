@@ -47,7 +47,7 @@ use futures_util::stream::AbortHandle;
 use futures_util::StreamExt;
 use makelaar_cluster::backend::Backend;
 use makelaar_cluster::cluster::{
-    Cluster, ClusterConfig, LeaseEvent, RecordWriter, ReleaseRequest, TakenWill,
+    Cluster, ClusterConfig, Followed, LeaseEvent, RecordWriter, ReleaseRequest, TakenWill,
 };
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::lease::Expired;
@@ -657,13 +657,17 @@ async fn claim<B: Backend>(
             tokio::spawn(async move { c.chase_release(&k, &owner, revision).await });
         }
         // The client was on another node: what it published there and had acknowledged
-        // (before this CONNECT) is in the partitions below their tails of now; its CONNECT
-        // waits until this node's followers are past them, or what it publishes here,
-        // routed at once, could reach subscribers here before its earlier messages
+        // (before this CONNECT) is in the partitions below barriers appended now; its
+        // CONNECT waits until this node's followers are past them, or what it publishes
+        // here, routed at once, could reach subscribers here before its earlier messages
         // [MQTT-4.6.0-6] (found by the fault harness: a publisher moving after its node's
         // NATS server died, while this node's followers were late).
         let tails = match &claimed.previous {
-            Some(p) if p.node != cluster.config().node => cluster.tails_since(started).await?,
+            Some(p) if p.node != cluster.config().node => {
+                let barriers = cluster.barriers_since(started).await?;
+                tracing::debug!(target: RECORDS, %client_id, from = %p.node, ?barriers, "partition barriers of a claim");
+                barriers
+            }
             _ => Vec::new(),
         };
         if let Some(previous) = claimed
@@ -2178,13 +2182,28 @@ async fn report_written(
 
 /// A partition's follower: every message goes to the router in stream order, another
 /// node's to be routed, this node's own as its position only (it was routed when it was
-/// published).
+/// published), and so does a claim's barrier (the CONNECT waiting for it is let in once
+/// the follower is past it).
 async fn follower(
-    mut follow: impl futures_util::Stream<Item = makelaar_cluster::cluster::LogMessage> + Unpin,
+    mut follow: impl futures_util::Stream<Item = Followed> + Unpin,
     me: NodeId,
     tx: mpsc::Sender<FromCluster>,
 ) {
-    while let Some(m) = follow.next().await {
+    while let Some(entry) = follow.next().await {
+        let m = match entry {
+            Followed::Message(m) => m,
+            Followed::Barrier { partition, seq } => {
+                let ev = FromCluster::Log {
+                    partition: partition.index(),
+                    seq,
+                    msg: None,
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let pos = LogPosition {
             partition: m.partition.index(),
             seq: m.seq,

@@ -2001,6 +2001,19 @@ impl Router {
         }
         if let Some(c) = self.cluster.as_mut() {
             c.moved.insert(Arc::from(client_id));
+            // Its resume here is over, and with it the wills that fell due waiting for its
+            // replay: they were in the record the other node took, and that node decides
+            // them. Kept, they went with the record of this node's next claim of the id (a
+            // clean start ends the resume it finds), which won, and were published a
+            // second time (found by `test_a_will_raced_by_its_clients_connect_elsewhere_
+            // is_published_once`: the will of a connection lost on this node while its
+            // session's replay was out, published by the claiming node and, at the next
+            // clean start here, by this one).
+            if let Some(r) = c.resumes.remove(client_id) {
+                if !r.wills.is_empty() {
+                    tracing::debug!(target: crate::cluster::RECORDS, %client_id, wills = r.wills.len(), "wills due while a resumed session's replay was out withheld: the node that took the session record decides them");
+                }
+            }
         }
         self.broker.forget_session(now, client_id);
     }
@@ -2026,7 +2039,6 @@ impl Router {
         tracing::info!(%client_id, "a session taken over from a dead node replaces this node's older copy of it (the notice that it had moved never came)");
         if let Some(c) = self.cluster.as_mut() {
             c.untrack_client(client_id);
-            c.resumes.remove(client_id);
         }
         self.forget_moved(now, client_id);
     }
@@ -3661,6 +3673,46 @@ mod tests {
         for back in [Back::Kept, Back::MovedAway, Back::MovedNotice] {
             session_back_on_the_same_node(back, FirstBack::Last);
         }
+    }
+
+    /// The same, but the session moved to another node between the connection's loss and
+    /// the clean start: that node took the record, and the will in it, and published it.
+    /// The will that waited here for the replay goes with the resume it waited for, not
+    /// with the new session's first record: published once, by the other node.
+    #[test]
+    fn a_will_waiting_for_a_replay_goes_with_the_session_that_moved_away() {
+        let b = makelaar_cluster::NodeId::new("b").unwrap();
+        let record = Resume {
+            writer: b,
+            cursors: vec![Cursor {
+                partition: 0,
+                next: 4,
+                writer_through: 0,
+            }],
+            outbound: Vec::new(),
+            writer_late: Vec::new(),
+        };
+        let mut node = Node::new(6);
+        let will = Will {
+            topic: "w".into(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: makelaar_proto::Properties::default(),
+        };
+        node.connect_with(1, false, Some(will));
+        node.claimed(1, 1, &record, false);
+        node.lost(1);
+        assert_eq!(node.wills_written, 0, "the due will waits for the replay");
+        node.router.cluster_event(Instant::now(), moved_notice(100));
+        node.settle();
+        node.connect_with(2, true, None);
+        node.claimed(2, 101, &record, false);
+        node.replayed(0);
+        assert_eq!(
+            node.wills_written, 0,
+            "the node that took the record decides it"
+        );
     }
 
     /// A client back on the same node with Clean Start 1 while the replay of its session

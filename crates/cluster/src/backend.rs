@@ -194,10 +194,6 @@ pub trait Backend: Send + Sync + 'static {
         payload: Bytes,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// The last sequence of every partition's stream (0 when empty), read in one round
-    /// trip: everything appended and acknowledged before the call is at or below it.
-    fn tails(&self) -> impl Future<Output = Result<Vec<(Partition, u64)>, BackendError>> + Send;
-
     /// Appends to a partition's stream and waits for the engine's acknowledgement (on disk
     /// on a majority); returns the stream sequence.
     fn append(
@@ -631,15 +627,6 @@ impl Backend for MemoryBackend {
         id: &MessageId,
     ) -> Result<u64, BackendError> {
         self.with(|s| s.append(partition, subject, payload, Some(id)))?
-    }
-
-    async fn tails(&self) -> Result<Vec<(Partition, u64)>, BackendError> {
-        self.with(|s| {
-            s.streams
-                .iter()
-                .map(|(p, v)| (*p, v.len() as u64))
-                .collect()
-        })
     }
 
     async fn subscribe(

@@ -21,7 +21,7 @@ use crate::partition::{Partition, PartitionCount};
 use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
 use crate::replay::{ReplayPlan, Verdict};
 use crate::stats::NodeStats;
-use crate::subject::{decode_topic, encode_filter, encode_topic, Subject};
+use crate::subject::{decode_topic, encode_filter, encode_topic, Subject, ROOT_BARRIER};
 use crate::takeover::{Claim, ClaimConfig, ClaimStep, Claimed, Fence};
 use crate::wills;
 
@@ -274,6 +274,38 @@ pub struct LogMessage {
     pub envelope: Envelope,
 }
 
+/// What a partition's follower delivers, in stream order ([`Cluster::follow_partition`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// A message.
+    Message(LogMessage),
+    /// A claim's barrier ([`Cluster::barriers_since`]): no message, its position only.
+    Barrier {
+        /// Its partition.
+        partition: Partition,
+        /// Its stream sequence there.
+        seq: u64,
+    },
+}
+
+impl Followed {
+    /// Its stream sequence.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Followed::Message(m) => m.seq,
+            Followed::Barrier { seq, .. } => *seq,
+        }
+    }
+
+    /// The message, if it is one.
+    pub fn message(self) -> Option<LogMessage> {
+        match self {
+            Followed::Message(m) => Some(m),
+            Followed::Barrier { .. } => None,
+        }
+    }
+}
+
 /// What a replay read back ([`Cluster::replay`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Replayed {
@@ -292,9 +324,9 @@ pub struct Cluster<B> {
     backend: B,
     config: ClusterConfig,
     stats: Arc<NodeStats>,
-    /// The partitions' last sequences as last read, and when that read began
-    /// ([`Cluster::tails_since`]).
-    tails: tokio::sync::Mutex<Option<Tails>>,
+    /// The sequences of the last barriers this node appended to the partitions, and when
+    /// that began ([`Cluster::barriers_since`]).
+    barriers: tokio::sync::Mutex<Option<Barriers>>,
     /// Changed by the lease task only (a step-down, the next lease write); read by every
     /// write that names this node's incarnation.
     incarnations: std::sync::Mutex<Incarnations>,
@@ -302,8 +334,8 @@ pub struct Cluster<B> {
     message_ids: AtomicU64,
 }
 
-/// Every partition's last sequence (index, sequence), and when the read began.
-type Tails = (Instant, Vec<(u16, u64)>);
+/// Every partition's barrier sequence (index, sequence), and when the appends began.
+type Barriers = (Instant, Vec<(u16, u64)>);
 
 impl<B: Backend> Cluster<B> {
     /// The layer over a connected engine.
@@ -314,7 +346,7 @@ impl<B: Backend> Cluster<B> {
             backend,
             config,
             stats,
-            tails: tokio::sync::Mutex::new(None),
+            barriers: tokio::sync::Mutex::new(None),
             incarnations,
             message_ids: AtomicU64::new(0),
         }
@@ -422,26 +454,46 @@ impl<B: Backend> Cluster<B> {
         Ok(rx)
     }
 
-    /// Every partition's last sequence, read after `since`: everything appended and
-    /// acknowledged before `since` is at or below it. Reads begun after `since` are shared,
-    /// so that many clients connecting at once (a node's clients moving after its loss) cost
-    /// a read or two, not one each.
-    pub async fn tails_since(&self, since: Instant) -> Result<Vec<(u16, u64)>, ClusterError> {
-        let mut last = self.tails.lock().await;
-        if let Some((at, tails)) = last.as_ref().filter(|(at, _)| *at >= since) {
-            tracing::trace!(age = ?at.elapsed(), "partition tails shared");
-            return Ok(tails.clone());
+    /// The subject of this node's barriers in a partition stream (`<prefix>.p<i>.b.<node>`).
+    pub fn barrier_subject(&self, p: Partition) -> Subject {
+        Subject::from_tokens(&format!(
+            "{}.p{}.{ROOT_BARRIER}.{}",
+            self.config.prefix,
+            p.index(),
+            self.config.node
+        ))
+    }
+
+    /// A barrier in every partition, appended after `since`: everything appended and
+    /// acknowledged before `since` is below it. Barriers appended after `since` are shared,
+    /// so that many clients connecting at once (a node's clients moving after its loss)
+    /// cost a round or two, not one each.
+    ///
+    /// An append, not a read of the streams' last sequences: it is ordered by the stream's
+    /// elected leader after everything that leader acknowledged. A read is not: asked of a
+    /// stream without a leader (JetStream electing one under a cut link), NATS answers with
+    /// a replica's own state, which can be behind what was acknowledged (issue 15's long
+    /// fault run: a client that moved while the streams had no leader was let in before
+    /// this node's follower passed its last acknowledged message, and its next message
+    /// overtook it at the subscribers here). With no leader, the append fails and so does
+    /// the claim (the client is refused, Server unavailable, and tries again).
+    pub async fn barriers_since(&self, since: Instant) -> Result<Vec<(u16, u64)>, ClusterError> {
+        let mut last = self.barriers.lock().await;
+        if let Some((at, seqs)) = last.as_ref().filter(|(at, _)| *at >= since) {
+            tracing::trace!(age = ?at.elapsed(), "partition barriers shared");
+            return Ok(seqs.clone());
         }
         let at = Instant::now();
-        let tails: Vec<(u16, u64)> = self
-            .backend
-            .tails()
-            .await?
-            .into_iter()
-            .map(|(p, seq)| (p.index(), seq))
-            .collect();
-        *last = Some((at, tails.clone()));
-        Ok(tails)
+        let appends = self.config.partitions.all().map(|p| async move {
+            let seq = self
+                .backend
+                .append(p, self.barrier_subject(p), Bytes::new())
+                .await?;
+            Ok::<_, ClusterError>((p.index(), seq))
+        });
+        let seqs = futures_util::future::try_join_all(appends).await?;
+        *last = Some((at, seqs.clone()));
+        Ok(seqs)
     }
 
     /// Claims a client id for a connection about to open on this node ([`Claim`]).
@@ -1318,7 +1370,7 @@ impl<B: Backend> Cluster<B> {
     ) -> Result<
         (
             u64,
-            impl futures_util::Stream<Item = LogMessage> + Send + Unpin,
+            impl futures_util::Stream<Item = Followed> + Send + Unpin,
         ),
         ClusterError,
     > {
@@ -1327,7 +1379,11 @@ impl<B: Backend> Cluster<B> {
         let stats = self.stats.clone();
         let follow =
             follow.inspect(move |d| stats.followed(partition, Some(d.seq), Some(d.pending)));
-        Ok((next, self.decoded(partition, follow)))
+        let prefix = self.partition_prefix(partition);
+        Ok((
+            next,
+            follow.filter_map(move |d| std::future::ready(decode_entry(&prefix, partition, d))),
+        ))
     }
 
     /// Reads a partition's messages `from` through `to` back (see [`Backend::read`]); an
@@ -1349,15 +1405,6 @@ impl<B: Backend> Cluster<B> {
                 Err(e) => Some(Err(e.into())),
             })
         }))
-    }
-
-    fn decoded(
-        &self,
-        partition: Partition,
-        messages: impl futures_util::Stream<Item = StreamMessage> + Send + Unpin,
-    ) -> impl futures_util::Stream<Item = LogMessage> + Send + Unpin {
-        let prefix = self.partition_prefix(partition);
-        messages.filter_map(move |d| std::future::ready(decode_message(&prefix, partition, d)))
     }
 
     /// The start of a partition's subjects: `<prefix>.p<i>.`.
@@ -1626,10 +1673,25 @@ impl<B: Backend> Cluster<B> {
 
 /// A partition message as a [`LogMessage`]; `None` (logged) when its subject is not under
 /// `prefix` or its topic or envelope does not decode.
+/// A partition stream's message (a barrier goes unread: it holds nothing).
 fn decode_message(prefix: &str, partition: Partition, d: StreamMessage) -> Option<LogMessage> {
-    let decoded = d
-        .subject
-        .strip_prefix(prefix)
+    match decode_entry(prefix, partition, d)? {
+        Followed::Message(m) => Some(m),
+        Followed::Barrier { .. } => None,
+    }
+}
+
+/// A partition stream's entry: a message or a barrier; `None` (with a warning) for what does
+/// not decode.
+fn decode_entry(prefix: &str, partition: Partition, d: StreamMessage) -> Option<Followed> {
+    let tokens = d.subject.strip_prefix(prefix);
+    if tokens.and_then(|t| t.split('.').next()) == Some(ROOT_BARRIER) {
+        return Some(Followed::Barrier {
+            partition,
+            seq: d.seq,
+        });
+    }
+    let decoded = tokens
         .ok_or_else(|| format!("not under {prefix}"))
         .and_then(|tokens| decode_topic(tokens).map_err(|e| e.to_string()))
         .and_then(|topic| {
@@ -1643,7 +1705,7 @@ fn decode_message(prefix: &str, partition: Partition, d: StreamMessage) -> Optio
                 .map_err(|e| e.to_string())
         });
     match decoded {
-        Ok(m) => Some(m),
+        Ok(m) => Some(Followed::Message(m)),
         Err(error) => {
             tracing::warn!(subject = %d.subject, %error, "skipping a partition message");
             None

@@ -1138,38 +1138,6 @@ impl Backend for NatsBackend {
             .await
     }
 
-    async fn tails(&self) -> Result<Vec<(Partition, u64)>, BackendError> {
-        // One STREAM.LIST request (paged by 256) rather than one info request per
-        // partition: this runs for every client that connects after it was on another node.
-        let prefix = format!("{}_p", self.prefix);
-        let mut streams = self.js.streams();
-        let mut tails = Vec::with_capacity(usize::from(self.partitions.get()));
-        while let Some(info) = streams.next().await {
-            let info = info.map_err(engine)?;
-            let index = info
-                .config
-                .name
-                .strip_prefix(&prefix)
-                .and_then(|i| i.parse::<u16>().ok());
-            if let Some(p) = index.and_then(|i| self.partitions.partition(i)) {
-                tails.push((p, info.state.last_sequence));
-            }
-        }
-        // The list leaves out a stream whose leader did not answer the meta leader in time
-        // (its `missing`, while JetStream elects leaders): asked of its leader here, or the
-        // read fails. Left out, a client moving here would be let in before this node's
-        // follower passed what it had acknowledged there, and what it publishes now,
-        // routed at once, would reach subscribers here first [MQTT-4.6.0-6] (found by the
-        // fault harness: a publisher's unacknowledged message overtook its acknowledged
-        // one, its partition's stream without a leader).
-        for p in crate::partition::unlisted(self.partitions, &tails) {
-            let name = format!("{}_p{}", self.prefix, p.index());
-            let stream = self.js.get_stream(&name).await.map_err(engine)?;
-            tails.push((p, stream.cached_info().state.last_sequence));
-        }
-        Ok(tails)
-    }
-
     async fn subscribe(
         &self,
         subject: Subject,

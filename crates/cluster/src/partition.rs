@@ -67,15 +67,6 @@ impl fmt::Display for Partition {
     }
 }
 
-/// The partitions of `count` that `listed` (partition, anything) does not name, in order:
-/// what a listing of the partition streams left out.
-pub fn unlisted<T>(count: PartitionCount, listed: &[(Partition, T)]) -> Vec<Partition> {
-    count
-        .all()
-        .filter(|p| !listed.iter().any(|(q, _)| q == p))
-        .collect()
-}
-
 /// 64-bit FNV-1a.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -91,22 +82,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use proptest::prelude::*;
-
-    /// A stream listing that leaves out streams whose leader did not answer (NATS's
-    /// STREAM.LIST `missing`) must not pass for a full one: the tails a moving client waits
-    /// for would skip those partitions [MQTT-4.6.0-6].
-    #[test]
-    fn the_partitions_a_listing_left_out_are_named() {
-        let n = PartitionCount::new(4).unwrap();
-        let p = |i| n.partition(i).unwrap();
-        assert_eq!(
-            unlisted(n, &[(p(0), 7u64), (p(2), 0), (p(3), 9)]),
-            vec![p(1)]
-        );
-        assert_eq!(unlisted::<u64>(n, &[]), n.all().collect::<Vec<_>>());
-        let all: Vec<(Partition, u64)> = n.all().map(|q| (q, 1)).collect();
-        assert!(unlisted(n, &all).is_empty());
-    }
 
     #[test]
     fn fnv_vectors() {

@@ -41,6 +41,10 @@ use std::fmt;
 pub const ROOT_PLAIN: &str = "u";
 /// The root token of topics that start with `$` ([MQTT-4.7.2-1]).
 pub const ROOT_DOLLAR: &str = "s";
+/// The root token of a claim's barrier in a partition stream
+/// ([`crate::cluster::Cluster::barriers_since`]): never a topic's, which encode under
+/// [`ROOT_PLAIN`] or [`ROOT_DOLLAR`], so no subscription or share group's filter matches it.
+pub const ROOT_BARRIER: &str = "b";
 /// The token that ends every topic's subject.
 pub const TERMINATOR: &str = "_T";
 /// The token of an empty level.

@@ -245,8 +245,12 @@ async fn status_and_stats(servers: &Servers, m1: &Node, m2: &Node) {
         .streams
         .iter()
         .all(|x| x.leader.is_some() && x.replicas.len() == 2));
-    // messages() appended four messages to one partition (one of them twice, stored once).
-    assert_eq!(partitions.iter().map(|p| p.messages).sum::<u64>(), 4);
+    // messages() appended four messages to one partition (one of them twice, stored once),
+    // and a barrier to every partition.
+    assert_eq!(
+        partitions.iter().map(|p| p.messages).sum::<u64>(),
+        4 + u64::from(PARTITIONS)
+    );
     assert!(s.round_trip.core_ms > 0.0 && s.round_trip.jetstream_ms > 0.0);
     // Another prefix: no cluster there, one sentence.
     config.prefix = "nothing".to_owned();
@@ -475,22 +479,22 @@ async fn messages(m1: &Node, m2: &Node) {
     let js = m1.cluster.backend().jetstream();
     let mut s = js.get_stream(format!("t_p{}", p.index())).await.unwrap();
     assert_eq!(s.info().await.unwrap().state.messages, 2);
-    // The tails a claim from another node waits for: every partition, this one at its
-    // last message.
-    let tails = m2
+    // The barriers a claim from another node waits for: one in every partition, this
+    // one's right after its last message.
+    let barriers = m2
         .cluster
-        .tails_since(std::time::Instant::now())
+        .barriers_since(std::time::Instant::now())
         .await
         .unwrap();
     assert_eq!(
-        tails.len(),
+        barriers.len(),
         usize::from(m2.cluster.config().partitions.get())
     );
-    assert!(tails.contains(&(p.index(), second)));
-    // A follower starts right after the stream's last message, and says where; a stretch
+    assert!(barriers.contains(&(p.index(), second + 1)));
+    // A follower starts right after the stream's last entry, and says where; a stretch
     // of the stream reads back in order and ends (the replay of a resumed session).
     let (next, _follow) = m2.cluster.follow_partition(p).await.unwrap();
-    assert_eq!(next, second + 1);
+    assert_eq!(next, second + 2);
     let back: Vec<(u64, Vec<u8>)> = m2
         .cluster
         .read_partition(p, first, second)
@@ -514,14 +518,18 @@ async fn messages(m1: &Node, m2: &Node) {
         .append_once("sensor/1/temp", &message("will"), &id)
         .await
         .unwrap();
-    assert_eq!((r, once), (p, second + 1));
+    assert_eq!((r, once), (p, second + 2), "after the barrier");
     let again = m2
         .cluster
         .append_once("sensor/1/temp", &message("will"), &id)
         .await
         .unwrap();
     assert_eq!(again, (p, once), "the one stored first");
-    assert_eq!(s.info().await.unwrap().state.messages, 3);
+    assert_eq!(
+        s.info().await.unwrap().state.messages,
+        4,
+        "two, a barrier and one"
+    );
     let other = m1
         .cluster
         .append_once(

@@ -113,7 +113,7 @@ async fn a_follower_goes_on_when_the_server_of_its_consumer_dies() {
     drop(consumers);
 
     let mut want = vec![append(&w, 2).await];
-    let got = follow.next().await.unwrap();
+    let got = follow.next().await.unwrap().message().unwrap();
     assert_eq!(got.seq, want[0]);
 
     servers.kill(victim);
@@ -141,7 +141,7 @@ async fn a_follower_goes_on_when_the_server_of_its_consumer_dies() {
             })
             .unwrap();
         first_after_kill.get_or_insert_with(|| first_appended.elapsed());
-        seen.push(m.seq);
+        seen.push(m.seq());
     }
     // Every message once, in stream order, none skipped.
     assert_eq!(seen, want[1..]);

@@ -154,33 +154,58 @@ async fn live_subjects_and_partitions() {
     assert_eq!(engine.stream(p).len(), 2);
 }
 
-/// The tails a claim waits for: every partition's last sequence, read after the instant
-/// given (an earlier read is not reused for a later instant).
+/// The barriers a claim waits for: one appended to every partition after the instant given,
+/// above everything appended before (a barrier appended for an earlier instant is not
+/// reused for a later one); a follower delivers each as its position only, and a read-back
+/// skips them.
 #[tokio::test]
-async fn partition_tails_are_read_after_the_instant_given() {
+async fn partition_barriers_are_appended_after_the_instant_given() {
     let engine = MemoryBackend::new();
     let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
     let (p, s1) = m1.append("x/y", &message("1")).await.unwrap();
+    let (_, mut follow) = m1.follow_partition(p).await.unwrap();
     let first = Instant::now();
-    assert!(m1
-        .tails_since(first)
-        .await
-        .unwrap()
-        .contains(&(p.index(), s1)));
+    let barriers = m2.barriers_since(first).await.unwrap();
+    assert_eq!(
+        barriers.len(),
+        usize::from(m2.config().partitions.get()),
+        "one per partition"
+    );
+    assert!(barriers.contains(&(p.index(), s1 + 1)));
+    assert_eq!(
+        engine
+            .stream(p)
+            .last()
+            .map(|(subject, _)| subject.as_str().to_owned()),
+        Some(format!("mk.p{}.b.m2", p.index()))
+    );
     let (_, s2) = m1.append("x/y", &message("2")).await.unwrap();
-    // Shared by a claim that began before that read.
-    assert!(m1
-        .tails_since(first)
-        .await
-        .unwrap()
-        .contains(&(p.index(), s1)));
-    // A claim that began after it reads again.
+    // Shared by a claim that began before those appends.
+    assert_eq!(m2.barriers_since(first).await.unwrap(), barriers);
+    // A claim that began after them appends again, past the later message.
     let later = Instant::now();
-    assert!(m1
-        .tails_since(later)
+    assert!(m2
+        .barriers_since(later)
         .await
         .unwrap()
-        .contains(&(p.index(), s2)));
+        .contains(&(p.index(), s2 + 1)));
+    assert_eq!(
+        follow.next().await.unwrap(),
+        Followed::Barrier {
+            partition: p,
+            seq: s1 + 1
+        }
+    );
+    assert_eq!(follow.next().await.unwrap().seq(), s2);
+    let back: Vec<u64> = m1
+        .read_partition(p, s1, s2 + 1)
+        .await
+        .unwrap()
+        .map(|m| m.unwrap().seq)
+        .collect()
+        .await;
+    assert_eq!(back, [s1, s2], "a read-back holds the messages only");
 }
 
 #[tokio::test]
@@ -302,7 +327,7 @@ async fn partitions_are_followed_from_new_messages_on_and_retained_watched_whole
     m1.append("a/b", &message("one")).await.unwrap();
     m1.append("a/b", &message("two")).await.unwrap();
     for (want, seq) in [("one", 2), ("two", 3)] {
-        let m = follow.next().await.unwrap();
+        let m = follow.next().await.unwrap().message().unwrap();
         assert_eq!(
             (m.topic.as_str(), &m.envelope.payload[..], m.seq),
             ("a/b", want.as_bytes(), seq)
