@@ -275,6 +275,9 @@ pub struct LogMessage {
 }
 
 /// What a partition's follower delivers, in stream order ([`Cluster::follow_partition`]).
+// Barriers are rare and every message is one of these, taken one at a time from the
+// stream: boxing the message would cost an allocation per message on the delivery path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Followed {
     /// A message.
@@ -334,8 +337,9 @@ pub struct Cluster<B> {
     message_ids: AtomicU64,
 }
 
-/// Every partition's barrier sequence (index, sequence), and when the appends began.
-type Barriers = (Instant, Vec<(u16, u64)>);
+/// When a round of barriers began, and every partition's barrier sequence (index,
+/// sequence), or why the round failed.
+type Barriers = (Instant, Result<Vec<(u16, u64)>, String>);
 
 impl<B: Backend> Cluster<B> {
     /// The layer over a connected engine.
@@ -465,9 +469,11 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// A barrier in every partition, appended after `since`: everything appended and
-    /// acknowledged before `since` is below it. Barriers appended after `since` are shared,
-    /// so that many clients connecting at once (a node's clients moving after its loss)
-    /// cost a round or two, not one each.
+    /// acknowledged before `since` is below it. A round of barriers begun after `since` is
+    /// shared, so that many clients connecting at once (a node's clients moving after its
+    /// loss) cost a round or two, not one each; so is its failure, so that the claims
+    /// waiting behind a round that found no leader do not each wait out a timeout of their
+    /// own, one after the other.
     ///
     /// An append, not a read of the streams' last sequences: it is ordered by the stream's
     /// elected leader after everything that leader acknowledged. A read is not: asked of a
@@ -479,9 +485,9 @@ impl<B: Backend> Cluster<B> {
     /// the claim (the client is refused, Server unavailable, and tries again).
     pub async fn barriers_since(&self, since: Instant) -> Result<Vec<(u16, u64)>, ClusterError> {
         let mut last = self.barriers.lock().await;
-        if let Some((at, seqs)) = last.as_ref().filter(|(at, _)| *at >= since) {
+        if let Some((at, outcome)) = last.as_ref().filter(|(at, _)| *at >= since) {
             tracing::trace!(age = ?at.elapsed(), "partition barriers shared");
-            return Ok(seqs.clone());
+            return outcome.clone().map_err(|e| BackendError::Engine(e).into());
         }
         let at = Instant::now();
         let appends = self.config.partitions.all().map(|p| async move {
@@ -491,9 +497,9 @@ impl<B: Backend> Cluster<B> {
                 .await?;
             Ok::<_, ClusterError>((p.index(), seq))
         });
-        let seqs = futures_util::future::try_join_all(appends).await?;
-        *last = Some((at, seqs.clone()));
-        Ok(seqs)
+        let outcome = futures_util::future::try_join_all(appends).await;
+        *last = Some((at, outcome.as_ref().map_err(ToString::to_string).cloned()));
+        outcome
     }
 
     /// Claims a client id for a connection about to open on this node ([`Claim`]).

@@ -206,6 +206,17 @@ async fn partition_barriers_are_appended_after_the_instant_given() {
         .collect()
         .await;
     assert_eq!(back, [s1, s2], "a read-back holds the messages only");
+
+    // A round that fails is shared as well: the claims waiting behind it do not each try
+    // (and wait out a timeout) in turn.
+    let failing = Instant::now();
+    engine.fail_appends(1, BackendError::Timeout);
+    assert!(m2.barriers_since(failing).await.is_err());
+    assert!(m2.barriers_since(failing).await.is_err(), "shared");
+    assert!(
+        m2.barriers_since(Instant::now()).await.is_ok(),
+        "a later claim tries again"
+    );
 }
 
 #[tokio::test]
