@@ -102,6 +102,12 @@ pub(crate) enum ToCluster {
     /// The router closed the local connection a hand-over request asked for (or had none):
     /// mark the registry entry and answer.
     Released(ReleaseRequest),
+    /// Wills of a session that left this node which fell due while its resume here waited
+    /// for its replay: decided as for a record another node took (`SessionOp::LeftWills`).
+    LeftWills {
+        client_id: Arc<str>,
+        wills: Vec<KeptWill>,
+    },
     /// A connection now registered with its claim: does the registry still hold that claim?
     /// (A hand-over request that came in between found nothing to close here.)
     CheckOwner {
@@ -567,6 +573,9 @@ pub(crate) async fn start(
                         // new owner reads).
                         let _ = sessions_tx.send(SessionOp::Release(req));
                     }
+                    Some(ToCluster::LeftWills { client_id, wills }) => {
+                        let _ = sessions_tx.send(SessionOp::LeftWills(client_id, wills));
+                    }
                     Some(ToCluster::Disconnected { client_id, revision }) => {
                         // After the session's last record: a node that claims the id once
                         // it reads "disconnected" must find that record.
@@ -750,6 +759,10 @@ enum SessionOp {
     Moved(Arc<str>, Revision),
     /// A hand-over: write the client's session no more, then mark the registry and answer.
     Release(ReleaseRequest),
+    /// Due wills of a session that moved to another node, which waited here for a replay
+    /// (never in a write of this node): the other node decides those the record it took
+    /// holds; this node publishes the others.
+    LeftWills(Arc<str>, Vec<KeptWill>),
     /// The connection registered with this claim is not the owner any more: write its
     /// session no more, and tell the router (with whether the record holds its will).
     NotOwner {
@@ -965,6 +978,15 @@ async fn sessions<B: Backend>(
                     }
                 }
                 tokio::spawn(released(cluster.clone(), req));
+            }
+            SessionOp::LeftWills(client_id, wills) => {
+                // As for a write refused because another node took the record
+                // (`write_session`): a will that reached the record is that node's.
+                if kept.get(&client_id).is_some_and(|k| k.will) {
+                    withhold_wills(&client_id, &wills);
+                } else {
+                    publish_wills(&client_id, wills, &tx).await;
+                }
             }
             SessionOp::Disconnected(client_id, revision) => {
                 let c = cluster.clone();

@@ -247,6 +247,12 @@ enum Waiting {
     },
     /// Answer a hand-over request (after the record above it).
     Released(makelaar_cluster::cluster::ReleaseRequest),
+    /// Have the sessions task decide the due wills of a session that moved away, which
+    /// waited here for its replay (after the hand-over above it).
+    LeftWills {
+        client_id: Arc<str>,
+        wills: Vec<makelaar_core::broker::KeptWill>,
+    },
     /// Mark the registry entry disconnected (after the record above it).
     Disconnected {
         client_id: Arc<str>,
@@ -932,6 +938,9 @@ impl ClusterSide {
             },
             Waiting::Released(req) => {
                 let _ = self.to.send(ToCluster::Released(req));
+            }
+            Waiting::LeftWills { client_id, wills } => {
+                let _ = self.to.send(ToCluster::LeftWills { client_id, wills });
             }
             Waiting::Disconnected {
                 client_id,
@@ -2002,16 +2011,22 @@ impl Router {
         if let Some(c) = self.cluster.as_mut() {
             c.moved.insert(Arc::from(client_id));
             // Its resume here is over, and with it the wills that fell due waiting for its
-            // replay: they were in the record the other node took, and that node decides
-            // them. Kept, they went with the record of this node's next claim of the id (a
-            // clean start ends the resume it finds), which won, and were published a
-            // second time (found by `test_a_will_raced_by_its_clients_connect_elsewhere_
-            // is_published_once`: the will of a connection lost on this node while its
-            // session's replay was out, published by the claiming node and, at the next
-            // clean start here, by this one).
+            // replay: the sessions task decides them as for a record another node took
+            // (that node decides a will the record held, this one the others), after the
+            // hand-over queued before. Kept, they went with the record of this node's next
+            // claim of the id (a clean start ends the resume it finds), which won, and were
+            // published a second time (found by `test_a_will_raced_by_its_clients_connect_
+            // elsewhere_is_published_once`: the will of a connection lost on this node
+            // while its session's replay was out, published by the claiming node and, at
+            // the next clean start here, by this one).
             if let Some(r) = c.resumes.remove(client_id) {
                 if !r.wills.is_empty() {
-                    tracing::debug!(target: crate::cluster::RECORDS, %client_id, wills = r.wills.len(), "wills due while a resumed session's replay was out withheld: the node that took the session record decides them");
+                    tracing::debug!(target: crate::cluster::RECORDS, %client_id, wills = r.wills.len(), "wills due while a resumed session's replay was out go to the sessions task: the session moved");
+                    let waiting = Waiting::LeftWills {
+                        client_id: Arc::from(client_id),
+                        wills: r.wills,
+                    };
+                    c.after_appends(waiting, &self.broker);
                 }
             }
         }
@@ -2968,6 +2983,8 @@ mod tests {
         /// The hand-over requests passed to the sessions task: it answers them, and writes
         /// those clients' records no more (their checkpoints are never answered).
         released: Vec<Arc<str>>,
+        /// Wills handed to the sessions task to decide as of a session that moved away.
+        left_wills: usize,
         /// The connections whose claim (revision) another node's registry write replaced,
         /// as told to the cluster.
         owner_checks: Vec<(ConnId, u64)>,
@@ -3014,6 +3031,7 @@ mod tests {
                 wills_written: 0,
                 deletes: Vec::new(),
                 released: Vec::new(),
+                left_wills: 0,
                 owner_checks: Vec::new(),
                 outs: HashMap::new(),
                 got: Vec::new(),
@@ -3067,6 +3085,7 @@ mod tests {
                         ToCluster::Superseded { conn, revision, .. } => {
                             self.owner_checks.push((conn, revision.get()));
                         }
+                        ToCluster::LeftWills { wills, .. } => self.left_wills += wills.len(),
                         _ => {}
                     }
                 }
@@ -3676,9 +3695,10 @@ mod tests {
     }
 
     /// The same, but the session moved to another node between the connection's loss and
-    /// the clean start: that node took the record, and the will in it, and published it.
-    /// The will that waited here for the replay goes with the resume it waited for, not
-    /// with the new session's first record: published once, by the other node.
+    /// the clean start: that node took the record (and the will, if it reached the record).
+    /// The will that waited here for the replay goes with the resume it waited for, to the
+    /// sessions task, which decides it as for a record another node took; not with the new
+    /// session's first record, which would publish it again.
     #[test]
     fn a_will_waiting_for_a_replay_goes_with_the_session_that_moved_away() {
         let b = makelaar_cluster::NodeId::new("b").unwrap();
@@ -3709,10 +3729,8 @@ mod tests {
         node.connect_with(2, true, None);
         node.claimed(2, 101, &record, false);
         node.replayed(0);
-        assert_eq!(
-            node.wills_written, 0,
-            "the node that took the record decides it"
-        );
+        assert_eq!(node.wills_written, 0, "not with the new session's record");
+        assert_eq!(node.left_wills, 1, "decided as of the session that moved");
     }
 
     /// A client back on the same node with Clean Start 1 while the replay of its session
