@@ -3694,13 +3694,9 @@ mod tests {
         }
     }
 
-    /// The same, but the session moved to another node between the connection's loss and
-    /// the clean start: that node took the record (and the will, if it reached the record).
-    /// The will that waited here for the replay goes with the resume it waited for, to the
-    /// sessions task, which decides it as for a record another node took; not with the new
-    /// session's first record, which would publish it again.
-    #[test]
-    fn a_will_waiting_for_a_replay_goes_with_the_session_that_moved_away() {
+    /// A node that took a session in from node b's record, whose connection (with a will)
+    /// was then lost while the replay was still out: the due will waits for it.
+    fn will_due_while_replay_is_out() -> (Node, Resume) {
         let b = makelaar_cluster::NodeId::new("b").unwrap();
         let record = Resume {
             writer: b,
@@ -3724,6 +3720,17 @@ mod tests {
         node.claimed(1, 1, &record, false);
         node.lost(1);
         assert_eq!(node.wills_written, 0, "the due will waits for the replay");
+        (node, record)
+    }
+
+    /// The same, but the session moved to another node between the connection's loss and
+    /// the clean start: that node took the record (and the will, if it reached the record).
+    /// The will that waited here for the replay goes with the resume it waited for, to the
+    /// sessions task, which decides it as for a record another node took; not with the new
+    /// session's first record, which would publish it again.
+    #[test]
+    fn a_will_waiting_for_a_replay_goes_with_the_session_that_moved_away() {
+        let (mut node, record) = will_due_while_replay_is_out();
         node.router.cluster_event(Instant::now(), moved_notice(100));
         node.settle();
         node.connect_with(2, true, None);
@@ -3740,29 +3747,7 @@ mod tests {
     /// ended and waiting for that replay, goes with the new session's first record.
     #[test]
     fn a_clean_start_ends_the_resume_of_the_session_it_replaces() {
-        let b = makelaar_cluster::NodeId::new("b").unwrap();
-        let record = Resume {
-            writer: b,
-            cursors: vec![Cursor {
-                partition: 0,
-                next: 4,
-                writer_through: 0,
-            }],
-            outbound: Vec::new(),
-            writer_late: Vec::new(),
-        };
-        let mut node = Node::new(6);
-        let will = Will {
-            topic: "w".into(),
-            payload: bytes::Bytes::new(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: makelaar_proto::Properties::default(),
-        };
-        node.connect_with(1, false, Some(will));
-        node.claimed(1, 1, &record, false);
-        node.lost(1);
-        assert_eq!(node.wills_written, 0, "the due will waits for the replay");
+        let (mut node, record) = will_due_while_replay_is_out();
         node.published_elsewhere(6);
         node.connect_with(2, true, None);
         node.claimed(2, 2, &record, false);
