@@ -104,6 +104,10 @@ pub enum ClusterError {
     /// node wrote (see [`wills::taken_by_me`]): the will is this node's to publish.
     #[error("session {0} is owned by another node now, after this node took its will")]
     FencedAfterWillTaken(ClientKey),
+    /// This node's lease is past its step-down instant by its own clock, or not held: it
+    /// appends no message and writes no retained value until it holds its lease again.
+    #[error("this node's cluster lease has lapsed: it stores no message until its lease is written again")]
+    LeaseLapsed,
 }
 
 /// A request to hand a client id over, as the owner receives it.
@@ -335,7 +339,16 @@ pub struct Cluster<B> {
     incarnations: std::sync::Mutex<Incarnations>,
     /// The last [`MessageId`] counter given out ([`Cluster::next_message_id`]).
     message_ids: AtomicU64,
+    /// Until when this node may store messages, by its own clock: its lease's step-down
+    /// instant ([`OwnLease::step_down_at`]) in nanoseconds after `clock_base`. Written by
+    /// the lease task only; [`NO_LEASE_TASK`] until it runs, 0 while no lease is held.
+    store_until: AtomicU64,
+    clock_base: Instant,
 }
+
+/// [`Cluster::store_until`] of a layer whose lease task never ran (tests of the layer
+/// alone): it stores freely. A broker serves nothing before its lease task's first write.
+const NO_LEASE_TASK: u64 = u64::MAX;
 
 /// When a round of barriers began, and every partition's barrier sequence (index,
 /// sequence), or why the round failed.
@@ -353,6 +366,8 @@ impl<B: Backend> Cluster<B> {
             barriers: tokio::sync::Mutex::new(None),
             incarnations,
             message_ids: AtomicU64::new(0),
+            store_until: AtomicU64::new(NO_LEASE_TASK),
+            clock_base: Instant::now(),
         }
     }
 
@@ -1192,12 +1207,14 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// Appends a QoS 1/2 message to its topic's partition; returns when the engine has it
-    /// on disk on a majority, with the partition and stream sequence.
+    /// on disk on a majority, with the partition and stream sequence. Refused
+    /// ([`ClusterError::LeaseLapsed`]) once this node's lease is past its step-down instant.
     pub async fn append(
         &self,
         topic: &str,
         message: &Envelope,
     ) -> Result<(Partition, u64), ClusterError> {
+        self.check_lease(Instant::now())?;
         let (p, subject) = self.partition_subject(topic);
         let r = self.backend.append(p, subject, message.encode()).await;
         self.stats.appended(p, r.as_ref().ok().copied());
@@ -1220,6 +1237,35 @@ impl<B: Backend> Cluster<B> {
             .await;
         self.stats.appended(p, r.as_ref().ok().copied());
         Ok((p, r?))
+    }
+
+    /// Rule 5 of docs/cluster.md on the write path: a node stores clients' messages only
+    /// while its lease holds by its own clock. The lease task steps the node down at that
+    /// instant, but a process paused past it (`SIGSTOP`, a VM stall) runs whatever its
+    /// sockets buffered meanwhile before that task runs again: PUBLISH packets its
+    /// clients sent before they gave up on it and published on elsewhere. Stored then,
+    /// they would land after those later messages, and a retained value over a newer one.
+    fn check_lease(&self, now: Instant) -> Result<(), ClusterError> {
+        let until = self.store_until.load(Relaxed);
+        if until == NO_LEASE_TASK {
+            return Ok(());
+        }
+        let elapsed = now.saturating_duration_since(self.clock_base).as_nanos();
+        if elapsed < u128::from(until) {
+            Ok(())
+        } else {
+            Err(ClusterError::LeaseLapsed)
+        }
+    }
+
+    /// Sets [`Cluster::store_until`] from the lease's step-down instant (`None`: not
+    /// held).
+    fn set_store_until(&self, step_down_at: Option<Instant>) {
+        let until = step_down_at.map_or(0, |at| {
+            let nanos = at.saturating_duration_since(self.clock_base).as_nanos();
+            u64::try_from(nanos).unwrap_or(NO_LEASE_TASK - 1)
+        });
+        self.store_until.store(until, Relaxed);
     }
 
     /// A deduplication id no other append of this cluster has: this node's name, the
@@ -1293,6 +1339,7 @@ impl<B: Backend> Cluster<B> {
         topic: &str,
         message: Option<&Envelope>,
     ) -> Result<(), ClusterError> {
+        self.check_lease(Instant::now())?;
         let key = encode_topic(topic);
         self.stats.retained_writes.fetch_add(1, Relaxed);
         match message {
@@ -1586,7 +1633,10 @@ impl<B: Backend> Cluster<B> {
         let mut peers = Leases::new(config, self.config.node.clone());
         loop {
             let now = Instant::now();
-            match own.poll(now) {
+            let state = own.poll(now);
+            // After every change of the lease (a write confirmed, a step-down).
+            self.set_store_until(own.step_down_at());
+            match state {
                 OwnState::Refresh => {
                     // The lease write is one replicated KV write: its time is the engine's
                     // round trip the metrics show, measured every refresh at no extra cost.

@@ -214,7 +214,10 @@ pub fn verdict<T>(outcome: &Result<T, crate::cluster::ClusterError>) -> WillVerd
         // A record that does not decode is nobody's to take the will out of: this node
         // cannot know that it still holds it, and publishing could repeat another node's.
         Err(ClusterError::Fenced(_) | ClusterError::Corrupt { .. }) => WillVerdict::Withhold,
-        Err(ClusterError::Backend(_) | ClusterError::Claim(_)) => WillVerdict::Retry,
+        // (Record writes are not refused for a lapsed lease, only messages: kept if so.)
+        Err(ClusterError::Backend(_) | ClusterError::Claim(_) | ClusterError::LeaseLapsed) => {
+            WillVerdict::Retry
+        }
     }
 }
 

@@ -1244,3 +1244,62 @@ proptest::proptest! {
         let _ = ReleaseRequest::decode(&data, None);
     }
 }
+
+/// Rule 5 on the write path: a node whose process stood still past its step-down instant
+/// (its lease task with it) handles what its sockets buffered before that task runs again;
+/// such a message or retained value is refused, not stored after what its publisher sent
+/// elsewhere since. A node that never ran a lease task (these tests) stores freely.
+#[tokio::test]
+async fn a_node_past_its_step_down_instant_stores_no_message() {
+    let engine = MemoryBackend::new();
+    let lease = LeaseConfig {
+        refresh: Duration::from_millis(20),
+        ttl: Duration::from_millis(300),
+        margin: Duration::from_millis(100),
+    };
+    let node = Arc::new(Cluster::new(
+        engine.clone(),
+        ClusterConfig {
+            lease,
+            ..layer(&engine, "m1", 1).config().clone()
+        },
+    ));
+    node.append("a/b", &message("before any lease task"))
+        .await
+        .unwrap();
+    let (tx, mut events) = mpsc::channel(8);
+    let n = node.clone();
+    let task = tokio::spawn(async move { n.run_leases(tx).await });
+    assert_eq!(next_event(&mut events).await, LeaseEvent::Serving);
+    let (p, stored) = node
+        .append("a/b", &message("within the lease"))
+        .await
+        .unwrap();
+    node.store_retained("a/b", Some(&message("retained")))
+        .await
+        .unwrap();
+    // The process stands still: no refresh, no step-down; then it runs again past the
+    // instant it would have stepped down (200 ms after its last confirmed write).
+    task.abort();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let late = node.append("a/b", &message("buffered")).await;
+    assert!(matches!(late, Err(ClusterError::LeaseLapsed)), "{late:?}");
+    let late = node.store_retained("a/b", Some(&message("newer?"))).await;
+    assert!(matches!(late, Err(ClusterError::LeaseLapsed)), "{late:?}");
+    assert_eq!(
+        engine.stream(p).len() as u64,
+        stored,
+        "nothing appended after"
+    );
+    assert_eq!(
+        node.load_retained("a/b").await.unwrap().map(|m| m.payload),
+        Some(Bytes::from_static(b"retained"))
+    );
+    // Once its lease is written again it stores again.
+    let (tx, mut events) = mpsc::channel(8);
+    let n = node.clone();
+    let task = tokio::spawn(async move { n.run_leases(tx).await });
+    assert_eq!(next_event(&mut events).await, LeaseEvent::Serving);
+    node.append("a/b", &message("after")).await.unwrap();
+    task.abort();
+}
