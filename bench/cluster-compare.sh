@@ -137,6 +137,8 @@ start_cluster() {
 server_name: n$i
 listen: 127.0.0.1:${client[$i]}
 http: 127.0.0.1:${http[$i]}
+ping_interval: "1s"
+ping_max: 2
 jetstream { store_dir: "$RUNDIR/js$i", sync_interval: always }
 cluster { name: bench, listen: 127.0.0.1:${route[$i]}, routes: [${routes%, }] }
 EOF

@@ -58,6 +58,8 @@ for i in 1 2 3; do
 server_name: n$i
 listen: 127.0.0.1:1422$i
 http: 127.0.0.1:1822$i
+ping_interval: "1s"
+ping_max: 2
 jetstream { store_dir: "$dir/js$i", sync_interval: always }
 cluster { name: demo, listen: 127.0.0.1:1622$i, routes: [$routes] }
 EOF

@@ -19,6 +19,8 @@ server_name: n$i
 listen: 127.0.0.1:$((14221 + i))
 http: 127.0.0.1:$((18221 + i))
 max_payload: 1MB
+ping_interval: "1s"
+ping_max: 2
 jetstream { store_dir: "$dir/data-n$i", sync_interval: always, max_memory_store: 1GB, max_file_store: 8GB }
 cluster {
   name: probe

@@ -16,6 +16,7 @@ use makelaar_broker::config::ConfigFile;
 use makelaar_cluster::status::{
     gather, ClusterStatus, ReplicaStatus, ServerStatus, StatusConfig, StreamKind,
 };
+use makelaar_cluster::{checks, nats};
 
 pub const CLUSTER_EXAMPLES: &str = "\
 Examples:
@@ -363,6 +364,10 @@ fn render(s: &ClusterStatus) -> String {
                 let _ = writeln!(out, "warning: the fsync setting of the NATS server at {name} is unknown: enable its monitoring port or pass --monitor");
             }
         }
+        let stale_after = v.route_stale_after_ms.map(Duration::from_millis);
+        if let Some(w) = checks::route_check(name, stale_after, nats::DEFAULT_TIMEOUT) {
+            let _ = writeln!(out, "warning: {w}");
+        }
     }
     if s.streams.iter().any(|st| st.leader.is_none()) {
         let _ = writeln!(
@@ -390,6 +395,7 @@ mod tests {
                     version: Some("2.12.1".into()),
                     jetstream: Some(true),
                     sync_always: Some(true),
+                    route_stale_after_ms: Some(3000),
                     error: None,
                 },
                 ServerStatus {
@@ -398,6 +404,7 @@ mod tests {
                     version: None,
                     jetstream: None,
                     sync_always: None,
+                    route_stale_after_ms: None,
                     error: Some("connection refused".into()),
                 },
             ],
@@ -478,6 +485,15 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("without a leader"), "{text}");
+        // A server closing cut-off routes in 3 s is fine; one with NATS's defaults is not.
+        assert!(!text.contains("silent route"), "{text}");
+        let mut slow = sample();
+        slow.servers[0].route_stale_after_ms = Some(360_000);
+        let text = render(&slow);
+        assert!(
+            text.contains("warning: NATS server n0 closes a silent route only after 360 s"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,6 +12,15 @@
 //!
 //! `allow_lazy_fsync` turns the fsync refusals into a [`Warning`] that the caller logs
 //! loudly; the version floor has no override.
+//!
+//! One more setting is only warned about: how soon a server closes a route whose peer went
+//! silent (`ping_interval` × (`ping_max` + 1), in `/varz` too). A node gives an append up
+//! after its engine timeout and tells the publisher so (no PUBACK/PUBREC). If the
+//! append then still sits in a route's TCP buffer, cut off, and the cut heals before the
+//! route is closed, it is stored late: after later messages of its publisher, which had
+//! moved on (docs/cluster.md, "Faults"). A route closed before the node gives up drops it.
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -32,6 +41,10 @@ pub struct ServerReport {
     /// The size of its JetStream cluster (the meta group), from its configuration: known as
     /// soon as it runs, before its routes are up; 0 when it does not say (a single server).
     pub cluster_size: usize,
+    /// How long its routes may stay silent before it closes them: `ping_interval` ×
+    /// (`ping_max` + 1); `None` when it does not say. (A `cluster { ping_interval }`
+    /// of its own is not in `/varz`: the server-wide setting is the one checked.)
+    pub route_stale_after: Option<Duration>,
 }
 
 /// Why cluster mode refuses a server. Each message is one sentence naming the fix.
@@ -82,11 +95,29 @@ pub enum StartupError {
     },
 }
 
-/// What a passed check still wants said, loudly.
+/// What a passed check still wants said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warning {
     /// Lazy fsync accepted by `allow_lazy_fsync`: the refusal it replaces.
     LazyFsyncAllowed(StartupError),
+    /// The server closes a silent route no sooner than a node gives an append up, so an
+    /// append given up on can still be stored once a network cut heals.
+    SlowRouteCheck {
+        /// The server.
+        server: String,
+        /// Its `ping_interval` × (`ping_max` + 1).
+        stale_after: Duration,
+        /// How long a node waits for an append.
+        append_wait: Duration,
+    },
+}
+
+impl Warning {
+    /// Whether it is about acknowledged messages (logged as an error) rather than about
+    /// unacknowledged ones (a warning).
+    pub fn risks_acknowledged(&self) -> bool {
+        matches!(self, Warning::LazyFsyncAllowed(_))
+    }
 }
 
 impl std::fmt::Display for Warning {
@@ -96,6 +127,19 @@ impl std::fmt::Display for Warning {
                 f,
                 "--allow-lazy-fsync: starting although {e}; acknowledged QoS 1/2 messages, \
                  sessions and retained messages can be lost when NATS hosts fail"
+            ),
+            Warning::SlowRouteCheck {
+                server,
+                stale_after,
+                append_wait,
+            } => write!(
+                f,
+                "NATS server {server} closes a silent route only after {:.0} s, no sooner \
+                 than the {:.0} s a node waits for an append, so after a network cut heals a \
+                 QoS 1/2 message whose publisher was not acknowledged can still be stored out \
+                 of order: set `ping_interval: \"1s\"` and `ping_max: 2` in its configuration",
+                stale_after.as_secs_f64(),
+                append_wait.as_secs_f64()
             ),
         }
     }
@@ -112,11 +156,12 @@ pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     Some((major, minor, patch))
 }
 
-/// Checks one server's report.
+/// Checks one server's report; `append_wait` is how long a node waits for an append.
 pub fn check(
     report: &ServerReport,
     allow_lazy_fsync: bool,
-) -> Result<Option<Warning>, StartupError> {
+    append_wait: Duration,
+) -> Result<Vec<Warning>, StartupError> {
     let old = parse_version(&report.version).is_none_or(|(ma, mi, _)| (ma, mi) < MIN_VERSION);
     if old {
         return Err(StartupError::TooOld {
@@ -129,15 +174,36 @@ pub fn check(
             server: report.name.clone(),
         });
     }
+    let mut warnings = Vec::new();
     if !report.sync_always {
-        return lazy(
+        warnings.extend(lazy(
             StartupError::LazyFsync {
                 server: report.name.clone(),
             },
             allow_lazy_fsync,
-        );
+        )?);
     }
-    Ok(None)
+    warnings.extend(route_check(
+        &report.name,
+        report.route_stale_after,
+        append_wait,
+    ));
+    Ok(warnings)
+}
+
+/// The warning about a server that closes a silent route no sooner than an append is
+/// given up (`stale_after` unknown: none).
+pub fn route_check(
+    server: &str,
+    stale_after: Option<Duration>,
+    append_wait: Duration,
+) -> Option<Warning> {
+    let stale_after = stale_after.filter(|s| *s >= append_wait)?;
+    Some(Warning::SlowRouteCheck {
+        server: server.to_owned(),
+        stale_after,
+        append_wait,
+    })
 }
 
 /// A refusal about fsync, or its warning under `allow_lazy_fsync`.
@@ -153,6 +219,11 @@ pub fn lazy(e: StartupError, allow_lazy_fsync: bool) -> Result<Option<Warning>, 
 struct Varz {
     server_name: String,
     version: String,
+    /// Nanoseconds.
+    #[serde(default)]
+    ping_interval: Option<u64>,
+    #[serde(default)]
+    ping_max: Option<u32>,
     #[serde(default)]
     jetstream: Option<VarzJetStream>,
 }
@@ -186,12 +257,16 @@ pub fn report_from_varz(json: &[u8]) -> Result<ServerReport, serde_json::Error> 
         .and_then(|j| j.meta.as_ref())
         .map_or(0, |m| m.cluster_size);
     let config = v.jetstream.and_then(|j| j.config);
+    let route_stale_after = v.ping_interval.zip(v.ping_max).map(|(interval, max)| {
+        Duration::from_nanos(interval).saturating_mul(max.saturating_add(1))
+    });
     Ok(ServerReport {
         name: v.server_name,
         version: v.version,
         jetstream: config.is_some(),
         sync_always: config.is_some_and(|c| c.sync_always),
         cluster_size,
+        route_stale_after,
     })
 }
 
@@ -207,8 +282,11 @@ mod tests {
             jetstream: true,
             sync_always,
             cluster_size: 0,
+            route_stale_after: None,
         }
     }
+
+    const WAIT: Duration = Duration::from_secs(5);
 
     #[test]
     fn versions() {
@@ -216,27 +294,62 @@ mod tests {
         assert_eq!(parse_version("v2.12.0-beta.1"), Some((2, 12, 0)));
         assert_eq!(parse_version("2.9"), Some((2, 9, 0)));
         assert_eq!(parse_version("x"), None);
-        assert!(check(&report("2.12.0", true), false).is_ok());
-        assert!(check(&report("3.0.0", true), false).is_ok());
-        let e = check(&report("2.11.9", true), true).unwrap_err();
+        assert!(check(&report("2.12.0", true), false, WAIT).is_ok());
+        assert!(check(&report("3.0.0", true), false, WAIT).is_ok());
+        let e = check(&report("2.11.9", true), true, WAIT).unwrap_err();
         assert_eq!(
             e.to_string(),
             "NATS server n1 is version 2.11.9, older than 2.12: upgrade it to 2.12 or newer"
         );
-        assert!(check(&report("garbage", true), false).is_err());
+        assert!(check(&report("garbage", true), false, WAIT).is_err());
     }
 
     #[test]
     fn lazy_fsync_is_refused_unless_allowed() {
-        let e = check(&report("2.15.1", false), false).unwrap_err();
+        let e = check(&report("2.15.1", false), false, WAIT).unwrap_err();
         assert!(matches!(e, StartupError::LazyFsync { .. }));
         let text = e.to_string();
         assert!(text.contains("sync_interval: always"), "{text}");
         assert!(text.contains("--allow-lazy-fsync"), "{text}");
         assert!(!text.contains(". "), "one sentence: {text}");
-        let w = check(&report("2.15.1", false), true).unwrap().unwrap();
-        assert!(w.to_string().contains("can be lost"));
-        assert_eq!(check(&report("2.15.1", true), false), Ok(None));
+        let w = check(&report("2.15.1", false), true, WAIT).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].to_string().contains("can be lost"));
+        assert!(w[0].risks_acknowledged());
+        assert_eq!(check(&report("2.15.1", true), false, WAIT), Ok(vec![]));
+    }
+
+    /// NATS's defaults (2 minutes × 3) keep a cut-off route, and the appends in its
+    /// buffer, long past a node's wait; 1 s × 3 closes it first.
+    #[test]
+    fn a_route_closed_later_than_an_append_is_given_up_is_warned_about() {
+        let mut r = report("2.15.1", true);
+        r.route_stale_after = Some(Duration::from_secs(360));
+        let w = check(&r, false, WAIT).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(!w[0].risks_acknowledged());
+        let text = w[0].to_string();
+        assert!(
+            text.starts_with("NATS server n1 closes a silent route only after 360 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ping_interval: \"1s\"` and `ping_max: 2`"),
+            "{text}"
+        );
+        assert!(!text.contains(". "), "one sentence: {text}");
+        r.route_stale_after = Some(WAIT);
+        assert_eq!(
+            check(&r, false, WAIT).unwrap().len(),
+            1,
+            "as late as the wait"
+        );
+        r.route_stale_after = Some(Duration::from_secs(3));
+        assert_eq!(check(&r, false, WAIT), Ok(vec![]));
+        // Both said when both apply.
+        r.sync_always = false;
+        r.route_stale_after = Some(Duration::from_secs(360));
+        assert_eq!(check(&r, true, WAIT).unwrap().len(), 2);
     }
 
     #[test]
@@ -244,6 +357,11 @@ mod tests {
         let always = br#"{"server_name":"n1","version":"2.15.1","jetstream":{"config":{"sync_interval":120000000000,"sync_always":true}}}"#;
         let r = report_from_varz(always).unwrap();
         assert_eq!(r, report("2.15.1", true));
+        let pings = br#"{"server_name":"n1","version":"2.15.1","ping_interval":120000000000,"ping_max":2,"jetstream":{"config":{"sync_always":true}}}"#;
+        assert_eq!(
+            report_from_varz(pings).unwrap().route_stale_after,
+            Some(Duration::from_secs(360))
+        );
         // The JetStream cluster's size, from the server's configuration (the default
         // replica count comes from it).
         let clustered = br#"{"server_name":"n1","version":"2.15.1","jetstream":{"config":{"sync_always":true},"meta":{"name":"mk","cluster_size":3,"quorum_needed":2}}}"#;

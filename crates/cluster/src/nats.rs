@@ -69,6 +69,10 @@ pub struct NatsConfig {
     pub node: String,
 }
 
+/// How long a round trip to the engine is waited for by default: at start-up, and for
+/// every append (a node gives an append up after it and does not acknowledge it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl NatsConfig {
     /// The defaults for these servers: monitoring endpoints on port 8222 of each server's
     /// host, TLS verified by the system's CAs when a server asks for it, no credentials, lazy
@@ -87,7 +91,7 @@ impl NatsConfig {
             partitions: crate::cluster::DEFAULT_PARTITIONS,
             lease_ttl: crate::lease::LeaseConfig::default().ttl,
             max_message_age: Duration::ZERO,
-            timeout: Duration::from_secs(5),
+            timeout: DEFAULT_TIMEOUT,
             node: String::new(),
         }
     }
@@ -249,8 +253,9 @@ fn engine(e: impl std::fmt::Display) -> BackendError {
 
 impl NatsBackend {
     /// Connects, checks every server (version, JetStream, fsync), and creates or verifies the
-    /// buckets and partition streams. The warnings (lazy fsync allowed) are logged at error
-    /// level here and returned, for the caller to show where it shows such things.
+    /// buckets and partition streams. The warnings (lazy fsync allowed: at error level; a
+    /// server slow to close a cut-off route: at warn level) are logged here and returned,
+    /// for the caller to show where it shows such things.
     pub async fn connect(
         config: &NatsConfig,
     ) -> Result<(NatsBackend, Vec<Warning>), NatsStartError> {
@@ -299,7 +304,11 @@ impl NatsBackend {
             .map_err(connect_err)?;
         let (warnings, cluster_size) = Self::check_servers(&client, config, &tls).await?;
         for w in &warnings {
-            tracing::error!("{w}");
+            if w.risks_acknowledged() {
+                tracing::error!("{w}");
+            } else {
+                tracing::warn!("{w}");
+            }
         }
         // The servers' own configuration says how many JetStream servers there are, from the
         // start: the client's INFO lists only the servers routed so far, so a node starting
@@ -353,8 +362,10 @@ impl NatsBackend {
                 jetstream: true,
                 sync_always: true,
                 cluster_size: 0,
+                route_stale_after: None,
             },
             false,
+            config.timeout,
         )?;
         let monitor: Vec<String> = if config.monitor.is_empty() {
             monitor_urls(&config.servers)
@@ -371,7 +382,8 @@ impl NatsBackend {
             let outcome = match report {
                 Ok(r) => {
                     cluster_size = cluster_size.max(r.cluster_size);
-                    checks::check(&r, config.allow_lazy_fsync)
+                    // The engine's request timeout is how long an append is waited for.
+                    checks::check(&r, config.allow_lazy_fsync, config.timeout)
                 }
                 Err(reason) => checks::lazy(
                     StartupError::MonitorUnreachable {
@@ -380,7 +392,8 @@ impl NatsBackend {
                         reason,
                     },
                     config.allow_lazy_fsync,
-                ),
+                )
+                .map(Vec::from_iter),
             };
             warnings.extend(outcome?);
         }

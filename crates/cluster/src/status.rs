@@ -83,6 +83,9 @@ pub struct ServerStatus {
     pub jetstream: Option<bool>,
     /// Whether it fsyncs before acknowledging (`sync_interval: always`); `None`: unknown.
     pub sync_always: Option<bool>,
+    /// How long its routes may stay silent before it closes them, in milliseconds
+    /// (`ping_interval` × (`ping_max` + 1)); `None`: unknown.
+    pub route_stale_after_ms: Option<u64>,
     /// Why the endpoint could not be read.
     pub error: Option<String>,
 }
@@ -403,6 +406,9 @@ async fn server_status(
             version: Some(r.version),
             jetstream: Some(r.jetstream),
             sync_always: Some(r.sync_always),
+            route_stale_after_ms: r
+                .route_stale_after
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             error: None,
         },
         Err(e) => ServerStatus {
@@ -411,6 +417,7 @@ async fn server_status(
             version: None,
             jetstream: None,
             sync_always: None,
+            route_stale_after_ms: None,
             error: Some(e),
         },
     }

@@ -87,7 +87,7 @@ impl Servers {
                 Fsync::Lazy => "",
             };
             let mut conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, {sync} }}\n",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nping_interval: \"1s\"\nping_max: 2\njetstream {{ store_dir: {:?}, {sync} }}\n",
                 clients[i],
                 store.display().to_string(),
             );
