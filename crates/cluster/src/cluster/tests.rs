@@ -1252,10 +1252,11 @@ proptest::proptest! {
 #[tokio::test]
 async fn a_node_past_its_step_down_instant_stores_no_message() {
     let engine = MemoryBackend::new();
+    // Steps down 800 ms after its last confirmed write: room for a loaded machine.
     let lease = LeaseConfig {
-        refresh: Duration::from_millis(20),
-        ttl: Duration::from_millis(300),
-        margin: Duration::from_millis(100),
+        refresh: Duration::from_millis(50),
+        ttl: Duration::from_millis(1200),
+        margin: Duration::from_millis(400),
     };
     let node = Arc::new(Cluster::new(
         engine.clone(),
@@ -1279,9 +1280,9 @@ async fn a_node_past_its_step_down_instant_stores_no_message() {
         .await
         .unwrap();
     // The process stands still: no refresh, no step-down; then it runs again past the
-    // instant it would have stepped down (200 ms after its last confirmed write).
+    // instant it would have stepped down.
     task.abort();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let late = node.append("a/b", &message("buffered")).await;
     assert!(matches!(late, Err(ClusterError::LeaseLapsed)), "{late:?}");
     let late = node.store_retained("a/b", Some(&message("newer?"))).await;
