@@ -58,7 +58,7 @@ from brokers import free_port, nats_server_bin  # noqa: F401 (cf.nats_server_bin
 LEASE_TTL = 15.0
 # The NATS servers close a silent route within ping_interval x (ping_max + 1) = 3 s, before
 # a node gives an append up (5 s), as docs/cluster.md asks of them;
-# MK_FAULTS_NATS_DEFAULT_PINGS=1 runs them with NATS's defaults (2 min x 3) instead, to
+# MK_FAULTS_NATS_DEFAULT_PINGS=1 runs them with NATS's defaults (30 s x 3 on a route), to
 # see the late appends that leaves.
 ROUTE_PINGS = os.environ.get("MK_FAULTS_NATS_DEFAULT_PINGS") != "1"
 LEASE_STEP_DOWN = 10.0

@@ -488,10 +488,10 @@ mod tests {
         // A server closing cut-off routes in 3 s is fine; one with NATS's defaults is not.
         assert!(!text.contains("silent route"), "{text}");
         let mut slow = sample();
-        slow.servers[0].route_stale_after_ms = Some(360_000);
+        slow.servers[0].route_stale_after_ms = Some(90_000);
         let text = render(&slow);
         assert!(
-            text.contains("warning: NATS server n0 closes a silent route only after 360 s"),
+            text.contains("warning: NATS server n0 closes a silent route only after 90 s"),
             "{text}"
         );
     }

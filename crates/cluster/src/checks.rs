@@ -14,7 +14,7 @@
 //! loudly; the version floor has no override.
 //!
 //! One more setting is only warned about: how soon a server closes a route whose peer went
-//! silent (`ping_interval` × (`ping_max` + 1), in `/varz` too). A node gives an append up
+//! silent (`ping_interval`, at most 30 s for a route, × (`ping_max` + 1), in `/varz` too). A node gives an append up
 //! after its engine timeout and tells the publisher so (no PUBACK/PUBREC). If the
 //! append then still sits in a route's TCP buffer, cut off, and the cut heals before the
 //! route is closed, it is stored late: after later messages of its publisher, which had
@@ -23,6 +23,10 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+
+/// The longest ping interval a NATS server uses on a route, whatever its `ping_interval`
+/// (nats-server's own ceiling for routes).
+pub const ROUTE_PING_CEILING: Duration = Duration::from_secs(30);
 
 /// The oldest NATS server version accepted (major, minor).
 pub const MIN_VERSION: (u64, u64) = (2, 12);
@@ -41,8 +45,8 @@ pub struct ServerReport {
     /// The size of its JetStream cluster (the meta group), from its configuration: known as
     /// soon as it runs, before its routes are up; 0 when it does not say (a single server).
     pub cluster_size: usize,
-    /// How long its routes may stay silent before it closes them: `ping_interval` ×
-    /// (`ping_max` + 1); `None` when it does not say. (A `cluster { ping_interval }`
+    /// How long its routes may stay silent before it closes them: `ping_interval` (at most
+    /// [`ROUTE_PING_CEILING`]) × (`ping_max` + 1); `None` when it does not say. (A `cluster { ping_interval }`
     /// of its own is not in `/varz`: the server-wide setting is the one checked.)
     pub route_stale_after: Option<Duration>,
 }
@@ -258,7 +262,8 @@ pub fn report_from_varz(json: &[u8]) -> Result<ServerReport, serde_json::Error> 
         .map_or(0, |m| m.cluster_size);
     let config = v.jetstream.and_then(|j| j.config);
     let route_stale_after = v.ping_interval.zip(v.ping_max).map(|(interval, max)| {
-        Duration::from_nanos(interval).saturating_mul(max.saturating_add(1))
+        let interval = Duration::from_nanos(interval).min(ROUTE_PING_CEILING);
+        interval.saturating_mul(max.saturating_add(1))
     });
     Ok(ServerReport {
         name: v.server_name,
@@ -319,18 +324,18 @@ mod tests {
         assert_eq!(check(&report("2.15.1", true), false, WAIT), Ok(vec![]));
     }
 
-    /// NATS's defaults (2 minutes × 3) keep a cut-off route, and the appends in its
-    /// buffer, long past a node's wait; 1 s × 3 closes it first.
+    /// NATS's defaults (2 minutes, 30 s for a route, × 3) keep a cut-off route, and the
+    /// appends in its buffer, long past a node's wait; 1 s × 3 closes it first.
     #[test]
     fn a_route_closed_later_than_an_append_is_given_up_is_warned_about() {
         let mut r = report("2.15.1", true);
-        r.route_stale_after = Some(Duration::from_secs(360));
+        r.route_stale_after = Some(Duration::from_secs(90));
         let w = check(&r, false, WAIT).unwrap();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(!w[0].risks_acknowledged());
         let text = w[0].to_string();
         assert!(
-            text.starts_with("NATS server n1 closes a silent route only after 360 s"),
+            text.starts_with("NATS server n1 closes a silent route only after 90 s"),
             "{text}"
         );
         assert!(
@@ -348,7 +353,7 @@ mod tests {
         assert_eq!(check(&r, false, WAIT), Ok(vec![]));
         // Both said when both apply.
         r.sync_always = false;
-        r.route_stale_after = Some(Duration::from_secs(360));
+        r.route_stale_after = Some(Duration::from_secs(90));
         assert_eq!(check(&r, true, WAIT).unwrap().len(), 2);
     }
 
@@ -358,9 +363,16 @@ mod tests {
         let r = report_from_varz(always).unwrap();
         assert_eq!(r, report("2.15.1", true));
         let pings = br#"{"server_name":"n1","version":"2.15.1","ping_interval":120000000000,"ping_max":2,"jetstream":{"config":{"sync_always":true}}}"#;
+        // NATS's defaults: 2 minutes, capped at 30 s on a route, × 3.
         assert_eq!(
             report_from_varz(pings).unwrap().route_stale_after,
-            Some(Duration::from_secs(360))
+            Some(Duration::from_secs(90))
+        );
+        let fast =
+            br#"{"server_name":"n1","version":"2.15.1","ping_interval":1000000000,"ping_max":2}"#;
+        assert_eq!(
+            report_from_varz(fast).unwrap().route_stale_after,
+            Some(Duration::from_secs(3))
         );
         // The JetStream cluster's size, from the server's configuration (the default
         // replica count comes from it).
