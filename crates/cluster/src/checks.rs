@@ -46,7 +46,8 @@ pub struct ServerReport {
     /// soon as it runs, before its routes are up; 0 when it does not say (a single server).
     pub cluster_size: usize,
     /// How long its routes may stay silent before it closes them: `ping_interval` (at most
-    /// [`ROUTE_PING_CEILING`]) × (`ping_max` + 1); `None` when it does not say. (A `cluster { ping_interval }`
+    /// [`ROUTE_PING_CEILING`]) × (`ping_max` + 1); `None` when it does not say, or has no
+    /// routes (a JetStream cluster of one). (A `cluster { ping_interval }`
     /// of its own is not in `/varz`: the server-wide setting is the one checked.)
     pub route_stale_after: Option<Duration>,
 }
@@ -261,7 +262,9 @@ pub fn report_from_varz(json: &[u8]) -> Result<ServerReport, serde_json::Error> 
         .and_then(|j| j.meta.as_ref())
         .map_or(0, |m| m.cluster_size);
     let config = v.jetstream.and_then(|j| j.config);
-    let route_stale_after = v.ping_interval.zip(v.ping_max).map(|(interval, max)| {
+    let routed = cluster_size > 1;
+    let pings = v.ping_interval.zip(v.ping_max).filter(|_| routed);
+    let route_stale_after = pings.map(|(interval, max)| {
         let interval = Duration::from_nanos(interval).min(ROUTE_PING_CEILING);
         interval.saturating_mul(max.saturating_add(1))
     });
@@ -362,18 +365,20 @@ mod tests {
         let always = br#"{"server_name":"n1","version":"2.15.1","jetstream":{"config":{"sync_interval":120000000000,"sync_always":true}}}"#;
         let r = report_from_varz(always).unwrap();
         assert_eq!(r, report("2.15.1", true));
-        let pings = br#"{"server_name":"n1","version":"2.15.1","ping_interval":120000000000,"ping_max":2,"jetstream":{"config":{"sync_always":true}}}"#;
+        let pings = br#"{"server_name":"n1","version":"2.15.1","ping_interval":120000000000,"ping_max":2,"jetstream":{"config":{"sync_always":true},"meta":{"cluster_size":3}}}"#;
         // NATS's defaults: 2 minutes, capped at 30 s on a route, × 3.
         assert_eq!(
             report_from_varz(pings).unwrap().route_stale_after,
             Some(Duration::from_secs(90))
         );
-        let fast =
-            br#"{"server_name":"n1","version":"2.15.1","ping_interval":1000000000,"ping_max":2}"#;
+        let fast = br#"{"server_name":"n1","version":"2.15.1","ping_interval":1000000000,"ping_max":2,"jetstream":{"meta":{"cluster_size":3}}}"#;
         assert_eq!(
             report_from_varz(fast).unwrap().route_stale_after,
             Some(Duration::from_secs(3))
         );
+        // A server alone has no routes to close.
+        let alone = br#"{"server_name":"n1","version":"2.15.1","ping_interval":120000000000,"ping_max":2,"jetstream":{"config":{"sync_always":true}}}"#;
+        assert_eq!(report_from_varz(alone).unwrap().route_stale_after, None);
         // The JetStream cluster's size, from the server's configuration (the default
         // replica count comes from it).
         let clustered = br#"{"server_name":"n1","version":"2.15.1","jetstream":{"config":{"sync_always":true},"meta":{"name":"mk","cluster_size":3,"quorum_needed":2}}}"#;
