@@ -68,6 +68,9 @@ impl Servers {
     }
 
     /// [`Servers::start`] with more configuration for each server (TLS, authorization).
+    /// Started again on other ports when a server could not bind one of its ports: a free
+    /// port found by binding port 0 can be taken by another test, or by an outgoing
+    /// connection, before the server binds it (seen once in CI).
     pub fn start_with(
         bin: &Path,
         n: usize,
@@ -75,6 +78,22 @@ impl Servers {
         monitoring: bool,
         extra: &Extra,
     ) -> Servers {
+        for _ in 0..3 {
+            let mut servers = Servers::start_once(bin, n, fsync, monitoring, extra);
+            // A port taken elsewhere stops a server at once.
+            std::thread::sleep(Duration::from_millis(300));
+            let exited = servers
+                .children
+                .iter_mut()
+                .any(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if !(exited && servers.logs().contains("address already in use")) {
+                return servers;
+            }
+        }
+        panic!("NATS servers could not bind their ports in 3 tries");
+    }
+
+    fn start_once(bin: &Path, n: usize, fsync: Fsync, monitoring: bool, extra: &Extra) -> Servers {
         let dir = tempfile::tempdir().unwrap();
         let clients: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
