@@ -1051,21 +1051,33 @@ class Workload:
         for s in self.subs:
             s.close()
 
-    def retained_seen(self) -> dict[str, int | None]:
-        """What a new subscriber to `r/#` gets, per publisher (on every node in turn)."""
-        seen: dict[str, int | None] = {}
-        got: list[bytes] = []
-        c = Client(f"rcheck-{uuid.uuid4().hex[:6]}", self.nodes, self.history, 0)
-        c.c.on_message = lambda cl, u, m: got.append(m.payload)
-        assert c.ensure(), "no node takes a new client"
-        c.c.subscribe("r/#", qos=1)
-        time.sleep(2.0)
-        c.close()
-        for p in got:
-            m = PAYLOAD.match(p)
-            if m:
-                seen[m["pub"].decode()] = int(m["seq"])
-        return seen
+    def retained_seen(self) -> dict[int, dict[str, int] | None]:
+        """What a new subscriber to `r/#` gets on each node, per publisher (`None`: the
+        node took no new client within 20 s). Every node, because each keeps its own copy
+        of the retained messages, fed by its watch of the cluster's (a node whose watch
+        had stalled showed the values from before a fault, found by the CI)."""
+        out: dict[int, dict[str, int] | None] = {}
+        for node in range(len(self.nodes.ports)):
+            got: list[bytes] = []
+            c = Client(f"rcheck{node}-{uuid.uuid4().hex[:6]}", self.nodes, self.history, node)
+            c.c.on_message = lambda cl, u, m, got=got: got.append(m.payload)
+            deadline = time.monotonic() + 20
+            while not c.try_connect(node) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if not c.connected.is_set():
+                c.close()
+                out[node] = None
+                continue
+            c.c.subscribe("r/#", qos=1)
+            time.sleep(2.0)
+            c.close()
+            seen: dict[str, int] = {}
+            for p in got:
+                m = PAYLOAD.match(p)
+                if m:
+                    seen[m["pub"].decode()] = int(m["seq"])
+            out[node] = seen
+        return out
 
 
 FAULTS = ("kill-node", "kill-nats", "pause-node", "partition", "cut-link", "loss")
@@ -1267,7 +1279,8 @@ class Report:
         ])
 
 
-def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool) -> Report:
+def check(w: Workload, retained: dict[int, dict[str, int] | None],
+          tolerate_known_gap: bool) -> Report:
     """The checker (see the module documentation)."""
     h = w.history
     r = Report(faults=list(h.faults))
@@ -1375,12 +1388,17 @@ def check(w: Workload, retained: dict[str, int | None], tolerate_known_gap: bool
         r.explain.append(f"  {sub} missed {pub}:{qos}:{seq} acked at {t - t0:.2f}; "
                          f"its connections {around}; faults {faults}")
     # Retained: the last acknowledged value, or one sent after it whose outcome is unknown.
-    for pub, seqs in h.retained_acked.items():
-        last_acked = max(seqs)
-        sent_after = {s for s in h.retained_sent.get(pub, {}) if s > last_acked}
-        seen = retained.get(pub)
-        if seen != last_acked and seen not in sent_after:
-            r.retained_bad.append((pub, "seen", seen, "last acknowledged", last_acked))
+    # Every node's copy is checked.
+    for node, values in sorted(retained.items()):
+        if values is None:
+            r.retained_bad.append((f"m{node}", "took no new client"))
+            continue
+        for pub, seqs in h.retained_acked.items():
+            last_acked = max(seqs)
+            sent_after = {s for s in h.retained_sent.get(pub, {}) if s > last_acked}
+            seen = values.get(pub)
+            if seen != last_acked and seen not in sent_after:
+                r.retained_bad.append((f"m{node}", pub, "seen", seen, "last acknowledged", last_acked))
     r.overlaps = list(h.overlaps)
     for o in h.overlaps:
         r.longest_overlap = max(r.longest_overlap, o["overlap"])

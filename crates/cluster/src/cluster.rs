@@ -749,8 +749,25 @@ impl<B: Backend> Cluster<B> {
                 wills::claimer_decides(claimed.previous.as_ref(), writer, &self.config.node, i)
             })
         };
+        // A take-out written here whose answer was lost (a timeout, a 503 after the write):
+        // its will, kept to be recognised on the next read by the record's mark.
+        let mut unanswered: Option<(TakenWill, Option<NodeId>)> = None;
+        let mut last_error = None;
         for _ in 0..3 {
             let (record, fence) = self.load_session(client).await?;
+            if let Some((will, written_by)) = unanswered.take() {
+                if let Some(r) = record
+                    .as_ref()
+                    .filter(|r| wills::taken_by_me(r, &self.config.node, claimed.revision))
+                {
+                    return Ok(ClaimedSession {
+                        record: Some(r.clone()),
+                        written_by,
+                        fence,
+                        will: Some(will),
+                    });
+                }
+            }
             let written_by = record.as_ref().map(|r| r.node.clone());
             let Some(found) = record
                 .as_ref()
@@ -780,10 +797,25 @@ impl<B: Backend> Cluster<B> {
                 }
                 // Written meanwhile (a reaper took the record over): read it again.
                 Err(ClusterError::Fenced(_)) => continue,
+                // The write may have landed unanswered: the next read says so by its mark
+                // (a will lost otherwise: the record no longer holds it, and no other node
+                // decides it). One that did not land is written again.
+                Err(e @ ClusterError::Backend(_)) if will.is_some() => {
+                    tracing::debug!(client = %client, error = %e, "a will's take-out unanswered: the record is read again");
+                    unanswered = will.map(|will| {
+                        let taken = TakenWill {
+                            will,
+                            expiry_interval: found.expiry_interval,
+                            offline_for: wills::offline_for(found, now_ms),
+                        };
+                        (taken, written_by)
+                    });
+                    last_error = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
-        Err(ClusterError::Fenced(client.clone()))
+        Err(last_error.unwrap_or_else(|| ClusterError::Fenced(client.clone())))
     }
 
     /// The session records the dead incarnation `dead` left, each taken over by this node:

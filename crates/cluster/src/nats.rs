@@ -826,6 +826,99 @@ async fn next_watched(w: &mut Watching) -> Option<Result<StreamMessage, BackendE
     }
 }
 
+/// The state of a KV watch under [`next_kv_entry`].
+struct KvWatching {
+    store: kv::Store,
+    filter: String,
+    /// `None`: to be made (again), from the watch's next revision.
+    watch: Option<kv::Watch>,
+    consumer: ConsumerWatch,
+    /// Whether silences are checked against the bucket's stream: only for a watch of every
+    /// key, whose next revision the stream's last sequence can be compared with.
+    checked: bool,
+}
+
+/// A KV watch's next entry, each once, in revision order. async-nats makes the watch's
+/// consumer again after missed heartbeats or a gap; not when the consumer stays, and keeps
+/// sending heartbeats, but delivers nothing more (found by the CI's fault test: after a
+/// host was cut off and came back, its node's retained messages stayed those from before
+/// the cut for the rest of the run). The rule of [`follow`] applies: a silence while the
+/// bucket's stream holds a later revision, at two looks in a row, makes the watch again.
+async fn next_kv_entry(w: &mut KvWatching) -> kv::Entry {
+    loop {
+        let Some(watch) = w.watch.as_mut() else {
+            let from = w.consumer.next();
+            let made = tokio::time::timeout(
+                follow::REQUEST_PATIENCE,
+                w.store.watch_from_revision(&w.filter, from),
+            )
+            .await;
+            match made {
+                Ok(Ok(watch)) => w.watch = Some(watch),
+                Ok(Err(e)) => {
+                    tracing::warn!(bucket = %w.store.name, error = %e, "cannot make a KV watch again yet");
+                    tokio::time::sleep(follow::SILENCE).await;
+                }
+                Err(_) => {
+                    tracing::warn!(bucket = %w.store.name, "cannot make a KV watch again yet: the request timed out");
+                }
+            }
+            continue;
+        };
+        let next = if w.checked {
+            match tokio::time::timeout(follow::SILENCE, watch.next()).await {
+                Ok(next) => next,
+                Err(_silence) => {
+                    look_at_silent_kv_watch(w).await;
+                    continue;
+                }
+            }
+        } else {
+            watch.next().await
+        };
+        match next {
+            Some(Ok(entry)) if entry.revision < w.consumer.next() => {}
+            Some(Ok(entry)) => {
+                w.consumer.handle_message(entry.revision);
+                return entry;
+            }
+            Some(Err(e)) => {
+                // A missed heartbeat (the server holding the consumer is gone) is not the
+                // end: async-nats makes the consumer again on the next poll.
+                tracing::warn!(bucket = %w.store.name, error = %e, "KV watch interrupted; it resumes");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None => {
+                tracing::warn!(bucket = %w.store.name, "a KV watch ended; it is made again");
+                w.watch = None;
+            }
+        }
+    }
+}
+
+/// After a silence of a KV watch: is the bucket's stream as quiet, or is the watch stuck?
+async fn look_at_silent_kv_watch(w: &mut KvWatching) {
+    let info = tokio::time::timeout(follow::REQUEST_PATIENCE, w.store.stream.get_info()).await;
+    match info {
+        Ok(Ok(info)) => {
+            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+            match w.consumer.handle_silence(first, last) {
+                AfterSilence::Remake { from } => {
+                    tracing::warn!(bucket = %w.store.name, from, last, "a KV watch delivered nothing while its bucket held more (its server may have been cut off): it is made again");
+                    w.watch = None;
+                }
+                // A follower's watch never ends or fails; it waits.
+                AfterSilence::Wait | AfterSilence::End | AfterSilence::Fail => {}
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(bucket = %w.store.name, error = %e, "cannot look at a silent KV watch's bucket");
+            w.consumer.handle_unknown();
+        }
+        Err(_) => w.consumer.handle_unknown(),
+    }
+}
+
 /// A core NATS message as a [`Delivery`].
 fn delivery(m: async_nats::Message) -> Delivery {
     Delivery {
@@ -1092,35 +1185,32 @@ impl Backend for NatsBackend {
 
     /// An ordered consumer on the bucket's stream (one per watch, ephemeral, in memory),
     /// starting with the last entry of every matching key. Resumes by itself after a lost
-    /// server (logged).
+    /// server (logged), and a watch of every key (`>`) also after its consumer went
+    /// silently stuck ([`watched_kv`]).
     async fn watch(&self, bucket: Bucket, filter: &str) -> Result<Self::Watch, BackendError> {
-        let watch = self
-            .store(bucket)?
-            .watch_with_history(filter)
-            .await
-            .map_err(engine)?;
-        // An error (a missed heartbeat: the server holding the consumer is gone) is not the
-        // end: the ordered consumer is re-created from the last sequence seen on the next poll.
-        let events = watch
-            .filter_map(|r| async move {
-                if let Err(e) = &r {
-                    tracing::warn!(error = %e, "KV watch interrupted; it resumes");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                r.ok()
-            })
-            .filter_map(|r| {
-                std::future::ready(Some(r).map(|e| WatchEvent {
-                    key: e.key,
-                    entry: match (e.operation, Revision::new(e.revision)) {
-                        (kv::Operation::Put, Some(revision)) => Some(Entry {
-                            value: e.value,
-                            revision,
-                        }),
-                        _ => None,
-                    },
-                }))
-            });
+        let store = self.store(bucket)?.clone();
+        let watch = store.watch_with_history(filter).await.map_err(engine)?;
+        let state = KvWatching {
+            store,
+            filter: filter.to_owned(),
+            watch: Some(watch),
+            consumer: ConsumerWatch::follower(1),
+            checked: filter == ">",
+        };
+        let entries = futures_util::stream::unfold(state, |mut w| async move {
+            let entry = next_kv_entry(&mut w).await;
+            Some((entry, w))
+        });
+        let events = entries.map(|e| WatchEvent {
+            key: e.key,
+            entry: match (e.operation, Revision::new(e.revision)) {
+                (kv::Operation::Put, Some(revision)) => Some(Entry {
+                    value: e.value,
+                    revision,
+                }),
+                _ => None,
+            },
+        });
         Ok(Box::pin(events))
     }
 

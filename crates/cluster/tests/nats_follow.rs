@@ -167,6 +167,91 @@ async fn a_follower_goes_on_when_the_server_of_its_consumer_dies() {
     assert_eq!(back, want);
 }
 
+/// A node's watch of every retained message when the NATS server its consumer lives on is
+/// killed: a value stored after the kill reaches it within a few seconds (async-nats alone
+/// notices after two missed 5 s heartbeats and then makes the consumer again with growing
+/// pauses; the watch looks at the bucket's stream after 1.5 s of silence, as a follower
+/// does), and every later value follows, the last one last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_watch_goes_on_when_the_server_of_its_consumer_dies() {
+    let Some(bin) = support::nats_server_bin() else {
+        eprintln!("{}", support::skip_message());
+        return;
+    };
+    let mut servers = Servers::start(&bin, 3, Fsync::Always, true);
+    servers.wait_ready(Duration::from_secs(60)).await;
+    let w = node(&servers, "w", 0).await;
+    let f = node(&servers, "f", 1).await;
+    store_retained(&w, 0).await;
+    let mut watch = f.watch_all_retained().await.unwrap();
+    let first = watch.next().await.unwrap();
+    assert_eq!(first.topic, "r/t");
+    assert_eq!(first.message.unwrap().payload, Bytes::from("0"));
+
+    // The server the watch's consumer lives on (the bucket stream's only consumer).
+    let raw = async_nats::connect(servers.client_urls[1].as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(raw);
+    let stream = js.get_stream("KV_f_retained").await.unwrap();
+    let mut consumers = stream.consumers();
+    let info = consumers.next().await.unwrap().unwrap();
+    let host = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("the consumer's server");
+    let victim: usize = host.trim_start_matches('n').parse().unwrap();
+    drop(consumers);
+
+    servers.kill(victim);
+    store_retained(&w, 1).await;
+    let stored = Instant::now();
+    for n in 2..6 {
+        store_retained(&w, n).await;
+    }
+    let mut last = None;
+    let mut first_after_kill = None;
+    while last.as_deref() != Some("5") {
+        let change = tokio::time::timeout(Duration::from_secs(60), watch.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the retained watch delivered nothing for 60 s after its consumer's server died (last value {last:?})\n{}",
+                    servers.logs()
+                )
+            })
+            .unwrap();
+        first_after_kill.get_or_insert_with(|| stored.elapsed());
+        let payload = change.message.unwrap().payload;
+        last = Some(String::from_utf8(payload.to_vec()).unwrap());
+    }
+    let late = first_after_kill.unwrap();
+    eprintln!("retained watch's consumer on n{victim} killed: the first value stored after it arrived {late:?} after its acknowledgement");
+    // Without the look at the stream, 10 s or more; with it, about 3 s. The bound leaves
+    // room for a loaded machine.
+    assert!(
+        late < Duration::from_secs(8),
+        "the retained watch took {late:?} to deliver again after its consumer's server died"
+    );
+}
+
+/// Stores `n` as the retained message of `r/t` until the cluster acknowledges it.
+async fn store_retained(w: &Cluster<NatsBackend>, n: usize) {
+    let start = Instant::now();
+    let mut m = message(n);
+    m.retain = true;
+    loop {
+        match w.store_retained("r/t", Some(&m)).await {
+            Ok(()) => return,
+            Err(e) if start.elapsed() < Duration::from_secs(60) => {
+                eprintln!("retained {n}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("retained {n} failed for 60 s: {e}"),
+        }
+    }
+}
+
 /// A claim's barriers on real servers: each is past every message the stream acknowledged
 /// before it, a follower hands it over as a barrier (no message), and with the streams'
 /// majority gone the barrier fails, so the claim is refused, rather than standing on what a

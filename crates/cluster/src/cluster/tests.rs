@@ -442,6 +442,47 @@ async fn a_will_left_in_a_record_is_taken_by_one_claimer_only() {
     ));
 }
 
+/// A claim's take-out of a will whose write lands but whose answer is lost (a timeout, a
+/// 503 after the write) still gives the claimer the will: the record read again carries the
+/// claimer's mark. A take-out that did not land is written again. Without this, the record
+/// no longer held the will and no node decided it.
+#[tokio::test]
+async fn a_will_taken_out_by_a_write_whose_answer_is_lost_is_still_the_claimers() {
+    for lands in [true, false] {
+        let engine = MemoryBackend::new();
+        let m1 = layer(&engine, "m1", 1);
+        let m2 = layer(&engine, "m2", 2);
+        let client = ClientKey::new("w1");
+        let c1 = m1.claim_client(&client).await.unwrap();
+        let mut r = record("m1");
+        r.claim = c1.revision.get();
+        r.will = Some(stored_will());
+        m1.store_session(&client, &r, Fence::Absent).await.unwrap();
+
+        let c2 = m2.claim_client(&client).await.unwrap();
+        if lands {
+            engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+        } else {
+            engine.fail_writes(Bucket::Sessions, 1, BackendError::Timeout);
+        }
+        let found = m2.load_claimed_session(&client, &c2, 0).await.unwrap();
+        assert_eq!(
+            found.will.map(|w| w.will),
+            Some(stored_will()),
+            "write lands: {lands}"
+        );
+        assert_eq!(found.written_by.unwrap().as_str(), "m1");
+        let (now, _) = m2.load_session(&client).await.unwrap();
+        let now = now.unwrap();
+        assert!(now.will.is_none());
+        assert!(wills::taken_by_me(
+            &now,
+            &NodeId::new("m2").unwrap(),
+            c2.revision
+        ));
+    }
+}
+
 /// A dead node's session whose take-over fails on the engine (JetStream electing leaders
 /// after the loss that killed the node) is reported, and taken when tried again: a session
 /// nobody takes loses its will.
