@@ -22,7 +22,7 @@ A workload runs over it while faults are injected on a schedule:
 
 After healing and draining, `check` asserts what a user would: every acknowledged message
 arrived at every subscriber, QoS 2 exactly once, in order per publisher and topic, the last
-acknowledged retained value (or a later unacknowledged one) is what a new subscriber sees,
+acknowledged retained value (or a later unacknowledged one) is what a new subscriber sees on every node,
 and no client id was served by two nodes at once for longer than the lease.
 """
 
