@@ -542,6 +542,7 @@ pub(crate) async fn start(
     // The filters' subscriptions, polled here rather than each by a task of its own: a
     // message from another node wakes this task only, on its way to the router.
     let mut live = futures_util::stream::SelectAll::new();
+    let settling = Settling::default();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -553,7 +554,7 @@ pub(crate) async fn start(
                             cluster.clone(),
                             (conn, client_id, clean_start),
                             sessions_tx.clone(),
-                            from_tx.clone(),
+                            (from_tx.clone(), settling.clone()),
                         ));
                     }
                     Some(ToCluster::StoreSession { client_id, snapshot, log, wills, checkpoint }) => {
@@ -669,7 +670,7 @@ async fn claim<B: Backend>(
     cluster: Arc<Cluster<B>>,
     (conn, client_id, clean_start): (ConnId, Arc<str>, bool),
     sessions: mpsc::UnboundedSender<SessionOp>,
-    tx: mpsc::Sender<FromCluster>,
+    (tx, settling): (mpsc::Sender<FromCluster>, Settling),
 ) {
     let key = ClientKey::new(&client_id);
     let started = Instant::now();
@@ -748,14 +749,41 @@ async fn claim<B: Backend>(
     .await
     .map_err(|e| e.to_string());
     if let (Err(_), Some(claimed)) = (&result, moved_here) {
-        tokio::spawn(settle_refused_claim(
-            cluster.clone(),
-            (client_id.clone(), key, clean_start),
-            claimed,
-            tx.clone(),
-        ));
+        // One task per client id: a client refused again meanwhile leaves it to the first.
+        if settling.begin(&client_id) {
+            let (cluster, tx) = (cluster.clone(), tx.clone());
+            let id = client_id.clone();
+            tokio::spawn(async move {
+                settle_refused_claim(cluster, (id.clone(), key, clean_start), claimed, tx).await;
+                settling.end(&id);
+            });
+        }
     }
     let _ = tx.send(FromCluster::Claimed { conn, result }).await;
+}
+
+/// The client ids whose refused claim is being settled ([`settle_refused_claim`]), one
+/// task each (shared by the claims' tasks; touched only when a claim is refused).
+#[derive(Clone, Default)]
+struct Settling(Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>>);
+
+impl Settling {
+    /// Whether the caller is to settle `client_id` (no task does yet).
+    fn begin(&self, client_id: &Arc<str>) -> bool {
+        let mut ids = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.insert(client_id.clone())
+    }
+
+    fn end(&self, client_id: &str) {
+        let mut ids = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.remove(client_id);
+    }
 }
 
 /// How long a refused claim's record is read again to take out the will in it.
@@ -792,6 +820,9 @@ async fn settle_refused_claim<B: Backend>(
                     moved_away,
                 };
                 let _ = tx.send(settled).await;
+                // The entry says the client is connected here, which it is not (refused
+                // harmlessly when the client has been claimed since).
+                let _ = cluster.mark_disconnected(&key, claimed.revision).await;
                 return;
             }
             Err(error) if Instant::now() < deadline => {
@@ -3545,7 +3576,14 @@ mod tests {
         engine.fail_writes(Bucket::Sessions, 3, unavailable);
         let (ops2, _ops2_rx) = mpsc::unbounded_channel();
         let (tx, mut from_m2) = mpsc::channel(64);
-        claim(m2.clone(), (5, Arc::from("c"), false), ops2, tx).await;
+        let settling = Settling::default();
+        claim(
+            m2.clone(),
+            (5, Arc::from("c"), false),
+            ops2,
+            (tx, settling.clone()),
+        )
+        .await;
         assert!(matches!(
             from_m2.try_recv(),
             Ok(FromCluster::Claimed {
@@ -3574,11 +3612,15 @@ mod tests {
             record.will.is_none(),
             "taken out of the record: no other node decides it"
         );
+        let claimed_at = Revision::new(record.claim).unwrap();
         assert!(makelaar_cluster::wills::taken_by_me(
             &record,
             &NodeId::new("m2").unwrap(),
-            Revision::new(record.claim).unwrap()
+            claimed_at
         ));
+        // The registry entry no longer says the client is connected to m2.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!m2.still_owner(&key, claimed_at).await.unwrap());
     }
 
     /// Appends `payload` to topic "t" as published on node `from`; its stream sequence.
@@ -3690,7 +3732,13 @@ mod tests {
         // `sub0` connects to m1, whose followers have read the whole partition.
         let (ops, _ops_rx) = mpsc::unbounded_channel();
         let (tx, mut from_m1) = mpsc::channel(64);
-        claim(m1.clone(), (1, Arc::from("sub0"), false), ops, tx.clone()).await;
+        claim(
+            m1.clone(),
+            (1, Arc::from("sub0"), false),
+            ops,
+            (tx.clone(), Settling::default()),
+        )
+        .await;
         let Ok(FromCluster::Claimed {
             result: Ok(claim), ..
         }) = from_m1.try_recv()

@@ -1186,7 +1186,7 @@ impl Backend for NatsBackend {
     /// An ordered consumer on the bucket's stream (one per watch, ephemeral, in memory),
     /// starting with the last entry of every matching key. Resumes by itself after a lost
     /// server (logged), and a watch of every key (`>`) also after its consumer went
-    /// silently stuck ([`watched_kv`]).
+    /// silently stuck ([`next_kv_entry`]).
     async fn watch(&self, bucket: Bucket, filter: &str) -> Result<Self::Watch, BackendError> {
         let store = self.store(bucket)?.clone();
         let watch = store.watch_with_history(filter).await.map_err(engine)?;

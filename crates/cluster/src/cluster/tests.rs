@@ -442,6 +442,40 @@ async fn a_will_left_in_a_record_is_taken_by_one_claimer_only() {
     ));
 }
 
+/// A claim that reads the record late (a refused claim's settling, see the broker's
+/// `settle_refused_claim`), after a later claim took the old will and wrote its own
+/// connection's record with that connection's will: the later claim's will is not taken.
+#[tokio::test]
+async fn a_stale_claim_takes_no_will_from_a_record_of_a_later_claim() {
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let m3 = layer(&engine, "m3", 3);
+    let client = ClientKey::new("w1");
+    let c1 = m1.claim_client(&client).await.unwrap();
+    let mut r = record("m1");
+    r.claim = c1.revision.get();
+    r.will = Some(stored_will());
+    m1.store_session(&client, &r, Fence::Absent).await.unwrap();
+
+    let stale = m2.claim_client(&client).await.unwrap();
+    let c3 = m3.claim_client(&client).await.unwrap();
+    let found = m3.load_claimed_session(&client, &c3, 0).await.unwrap();
+    assert!(found.will.is_some(), "the later claim takes the old will");
+    let mut live = record("m3");
+    live.claim = c3.revision.get();
+    live.will = Some(StoredWill {
+        topic: "status/live".into(),
+        ..stored_will()
+    });
+    m3.store_session(&client, &live, found.fence).await.unwrap();
+
+    let late = m2.load_claimed_session(&client, &stale, 0).await.unwrap();
+    assert!(late.will.is_none());
+    let (now, _) = m2.load_session(&client).await.unwrap();
+    assert_eq!(now.unwrap().will.unwrap().topic, "status/live");
+}
+
 /// A claim's take-out of a will whose write lands but whose answer is lost (a timeout, a
 /// 503 after the write) still gives the claimer the will: the record read again carries the
 /// claimer's mark. A take-out that did not land is written again. Without this, the record
