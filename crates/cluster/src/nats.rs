@@ -140,6 +140,9 @@ pub struct NatsBackend {
     prefix: String,
     partitions: PartitionCount,
     node: String,
+    /// How long a write waits for the connection to NATS to be up before it gives up
+    /// ([`NatsBackend::connected`]), the engine's request timeout.
+    timeout: Duration,
 }
 
 /// The host of a `nats://host:port` (or bare `host:port`) URL.
@@ -343,6 +346,7 @@ impl NatsBackend {
                 prefix: config.prefix.clone(),
                 partitions: config.partitions,
                 node: config.node.clone(),
+                timeout: config.timeout,
             },
             warnings,
         ))
@@ -586,6 +590,7 @@ impl NatsBackend {
                 "subject {subject} is not in partition {partition}"
             )));
         }
+        self.connected().await?;
         let sent = match id {
             None => self.js.publish(subject.into_string(), payload).await,
             Some(id) => {
@@ -598,6 +603,30 @@ impl NatsBackend {
         };
         let ack = sent.map_err(engine)?.await.map_err(engine)?;
         Ok(ack.sequence)
+    }
+
+    /// Waits until the connection to NATS is up, for at most the engine's timeout. A write
+    /// is handed to async-nats only then: what it takes while its connection is down it
+    /// keeps and sends once it has reconnected, however late, with no way to withdraw it;
+    /// so an append this node gave up (its publisher disconnected without an
+    /// acknowledgement, gone on to publish elsewhere) was stored after the publisher's
+    /// later messages, and a retained write over a newer value (found by the fault
+    /// harness's late appends). One that waited here in vain was never sent.
+    async fn connected(&self) -> Result<(), BackendError> {
+        use async_nats::connection::State;
+        if self.client.connection_state() == State::Connected {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if self.client.connection_state() == State::Connected {
+                return Ok(());
+            }
+        }
+        Err(BackendError::Engine(
+            "not connected to any NATS server: the write was not sent".to_owned(),
+        ))
     }
 
     fn store(&self, b: Bucket) -> Result<&kv::Store, BackendError> {
@@ -1113,6 +1142,7 @@ impl Backend for NatsBackend {
         key: &str,
         value: Bytes,
     ) -> Result<Revision, BackendError> {
+        self.connected().await?;
         match self.store(bucket)?.create(key, value).await {
             Ok(r) => revision(r),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || is_cas_refusal(&e) => {
@@ -1129,6 +1159,7 @@ impl Backend for NatsBackend {
         value: Bytes,
         expected: Revision,
     ) -> Result<Revision, BackendError> {
+        self.connected().await?;
         match self.store(bucket)?.update(key, value, expected.get()).await {
             Ok(r) => revision(r),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || is_cas_refusal(&e) => {
@@ -1139,6 +1170,7 @@ impl Backend for NatsBackend {
     }
 
     async fn put(&self, bucket: Bucket, key: &str, value: Bytes) -> Result<Revision, BackendError> {
+        self.connected().await?;
         revision(self.store(bucket)?.put(key, value).await.map_err(engine)?)
     }
 
@@ -1148,6 +1180,7 @@ impl Backend for NatsBackend {
         key: &str,
         expected: Option<Revision>,
     ) -> Result<(), BackendError> {
+        self.connected().await?;
         match self
             .store(bucket)?
             .delete_expect_revision(key, expected.map(Revision::get))

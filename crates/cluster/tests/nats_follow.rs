@@ -2,7 +2,9 @@
 //! it goes on from where it stood, every message once and in stream order, and says how long
 //! the first message appended after the kill took to arrive (async-nats alone notices a dead
 //! consumer after two missed 5 s heartbeats; `makelaar_cluster::follow` looks at the stream
-//! after 1.5 s of silence). Skipped, saying so, when `nats-server` is not installed.
+//! after 1.5 s of silence). The same for a node's retained watch; and an append given up
+//! while the node's connection to NATS is down is never stored late. Skipped, saying so,
+//! when `nats-server` is not installed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -165,6 +167,41 @@ async fn a_follower_goes_on_when_the_server_of_its_consumer_dies() {
         .collect()
         .await;
     assert_eq!(back, want);
+}
+
+/// An append made while the node's connection to NATS is down, given up after the
+/// engine's timeout (its publisher disconnected without an acknowledgement), is never
+/// stored: async-nats would keep it and send it once reconnected, however late, after
+/// messages its publisher sent through another node meanwhile (a late append). A node on
+/// one server, killed and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_given_up_while_disconnected_is_never_stored() {
+    let Some(bin) = support::nats_server_bin() else {
+        eprintln!("{}", support::skip_message());
+        return;
+    };
+    let mut servers = Servers::start(&bin, 1, Fsync::Always, true);
+    servers.wait_ready(Duration::from_secs(60)).await;
+    let w = node(&servers, "w", 0).await;
+    let first = append(&w, 0).await;
+
+    servers.kill(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let given_up = w.append("a/b", &message(1)).await;
+    assert!(given_up.is_err(), "no server: {given_up:?}");
+
+    servers.restart(0, &bin);
+    let after = append(&w, 2).await;
+    let f = node(&servers, "f", 0).await;
+    let (p, _) = f.partition_subject("a/b");
+    let payloads: Vec<String> = f
+        .read_partition(p, first, after)
+        .await
+        .unwrap()
+        .map(|m| String::from_utf8(m.unwrap().envelope.payload.to_vec()).unwrap())
+        .collect()
+        .await;
+    assert_eq!(payloads, ["0", "2"], "the given-up append was stored late");
 }
 
 /// A node's watch of every retained message when the NATS server its consumer lives on is

@@ -210,6 +210,24 @@ impl Servers {
         let _ = c.wait();
     }
 
+    /// Starts server `i` again (after [`Servers::kill`]) with its configuration, ports and
+    /// store.
+    #[allow(dead_code)] // Not every test binary restarts a server.
+    pub fn restart(&mut self, i: usize, bin: &Path) {
+        let conf_path = self.dir.path().join(format!("n{i}.conf"));
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join(format!("n{i}.log")))
+            .unwrap();
+        self.children[i] = Command::new(bin)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    }
+
     /// Every server's log.
     pub fn logs(&self) -> String {
         let mut out = String::new();
