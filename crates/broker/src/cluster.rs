@@ -97,12 +97,8 @@ pub(crate) struct Batch {
 pub(crate) enum ToCluster {
     /// The node's distinct filters changed.
     Filters(Vec<FilterChange>),
-    /// A CONNECT with this client id (and Clean Start flag) waits for its claim.
-    Claim {
-        conn: ConnId,
-        client_id: Arc<str>,
-        clean_start: bool,
-    },
+    /// A CONNECT with this client id waits for its claim.
+    Claim { conn: ConnId, client_id: Arc<str> },
     /// The router closed the local connection a hand-over request asked for (or had none):
     /// mark the registry entry and answer.
     Released(ReleaseRequest),
@@ -233,17 +229,6 @@ pub(crate) enum FromCluster {
     Claimed {
         conn: ConnId,
         result: Result<Claim, String>,
-    },
-    /// A claim that failed after it had moved the registry entry here (its CONNECT was
-    /// refused) has since read the session's record, taking out the will another node left
-    /// in it (`will`: this node decides it, by the takeover rules for a CONNECT with
-    /// `clean_start`); `moved_away`: another node wrote the record last, so what this node
-    /// still holds of the session is stale.
-    RefusedClaimSettled {
-        client_id: Arc<str>,
-        will: Option<RemoteWill>,
-        clean_start: bool,
-        moved_away: bool,
     },
     /// Another node claims a client id: close its connection here (0x8E), then answer with
     /// `ToCluster::Released`.
@@ -542,19 +527,18 @@ pub(crate) async fn start(
     // The filters' subscriptions, polled here rather than each by a task of its own: a
     // message from another node wakes this task only, on its way to the router.
     let mut live = futures_util::stream::SelectAll::new();
-    let settling = Settling::default();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 msg = to_rx.recv() => match msg {
                     None => break,
                     Some(ToCluster::Filters(changes)) => reader.filters_changed(changes, &mut live).await,
-                    Some(ToCluster::Claim { conn, client_id, clean_start }) => {
+                    Some(ToCluster::Claim { conn, client_id }) => {
                         tokio::spawn(claim(
                             cluster.clone(),
-                            (conn, client_id, clean_start),
+                            (conn, client_id),
                             sessions_tx.clone(),
-                            (from_tx.clone(), settling.clone()),
+                            from_tx.clone(),
                         ));
                     }
                     Some(ToCluster::StoreSession { client_id, snapshot, log, wills, checkpoint }) => {
@@ -668,16 +652,14 @@ async fn forward_releases(mut rx: mpsc::Receiver<ReleaseRequest>, tx: mpsc::Send
 
 async fn claim<B: Backend>(
     cluster: Arc<Cluster<B>>,
-    (conn, client_id, clean_start): (ConnId, Arc<str>, bool),
+    (conn, client_id): (ConnId, Arc<str>),
     sessions: mpsc::UnboundedSender<SessionOp>,
-    (tx, settling): (mpsc::Sender<FromCluster>, Settling),
+    tx: mpsc::Sender<FromCluster>,
 ) {
     let key = ClientKey::new(&client_id);
     let started = Instant::now();
-    let mut moved_here = None;
     let result = async {
         let claimed = cluster.claim_client(&key).await?;
-        moved_here = Some(claimed.clone());
         if let Some((owner, revision)) = claimed.unanswered.clone() {
             tracing::warn!(client_id = %client_id, %owner, "a client id taken over from a node that did not answer the hand-over: it is asked again until it closes its connection");
             let (c, k) = (cluster.clone(), key.clone());
@@ -748,93 +730,7 @@ async fn claim<B: Backend>(
     }
     .await
     .map_err(|e| e.to_string());
-    if let (Err(_), Some(claimed)) = (&result, moved_here) {
-        // One task per client id: a client refused again meanwhile leaves it to the first.
-        if settling.begin(&client_id) {
-            let (cluster, tx) = (cluster.clone(), tx.clone());
-            let id = client_id.clone();
-            tokio::spawn(async move {
-                settle_refused_claim(cluster, (id.clone(), key, clean_start), claimed, tx).await;
-                settling.end(&id);
-            });
-        }
-    }
     let _ = tx.send(FromCluster::Claimed { conn, result }).await;
-}
-
-/// The client ids whose refused claim is being settled ([`settle_refused_claim`]), one
-/// task each (shared by the claims' tasks; touched only when a claim is refused).
-#[derive(Clone, Default)]
-struct Settling(Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>>);
-
-impl Settling {
-    /// Whether the caller is to settle `client_id` (no task does yet).
-    fn begin(&self, client_id: &Arc<str>) -> bool {
-        let mut ids = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ids.insert(client_id.clone())
-    }
-
-    fn end(&self, client_id: &str) {
-        let mut ids = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ids.remove(client_id);
-    }
-}
-
-/// How long a refused claim's record is read again to take out the will in it.
-const REFUSED_CLAIM_SETTLE_FOR: Duration = Duration::from_secs(60);
-
-/// A claim that moved the registry entry here and then failed (a barrier or the record's
-/// read refused by the engine) refuses its CONNECT, but the entry names this node now: the
-/// node that had the session withholds the will its record holds (another node claimed the
-/// id), and a reaper leaves an entry of a live node alone. So this node takes the will out
-/// of the record as the claim would have, reading again until the engine answers, and its
-/// router decides it (found by the fault harness: a probe's will never published after its
-/// next connection's claim got a 503). The take-out is a compare-and-set write: a later
-/// claim of the client's that takes the will first leaves none here.
-async fn settle_refused_claim<B: Backend>(
-    cluster: Arc<Cluster<B>>,
-    (client_id, key, clean_start): (Arc<str>, ClientKey, bool),
-    claimed: makelaar_cluster::takeover::Claimed,
-    tx: mpsc::Sender<FromCluster>,
-) {
-    let deadline = Instant::now() + REFUSED_CLAIM_SETTLE_FOR;
-    loop {
-        match cluster
-            .load_claimed_session(&key, &claimed, unix_ms())
-            .await
-        {
-            Ok(found) => {
-                let me = &cluster.config().node;
-                let moved_away = found.written_by.as_ref().is_some_and(|w| w != me);
-                tracing::debug!(target: RECORDS, %client_id, will_taken = found.will.is_some(), moved_away, "a refused claim's record read again");
-                let settled = FromCluster::RefusedClaimSettled {
-                    client_id,
-                    will: found.will.map(remote_will),
-                    clean_start,
-                    moved_away,
-                };
-                let _ = tx.send(settled).await;
-                // The entry says the client is connected here, which it is not (refused
-                // harmlessly when the client has been claimed since).
-                let _ = cluster.mark_disconnected(&key, claimed.revision).await;
-                return;
-            }
-            Err(error) if Instant::now() < deadline => {
-                tracing::debug!(%client_id, %error, "a refused claim's record cannot be read yet; again in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(error) => {
-                tracing::warn!(%client_id, %error, "the session record of a refused claim could not be read for a minute: a will left in it is published when the client connects again, not before");
-                return;
-            }
-        }
-    }
 }
 
 /// What the sessions task is told.
@@ -3534,95 +3430,6 @@ mod tests {
         assert!(m2.load_session(&key).await.unwrap().0.is_none());
     }
 
-    /// Issue 15, a long fault run (a probe's will never published): a claim moves the
-    /// registry entry to m2, then the engine refuses its take-out of the will m1 left in the
-    /// record, so its CONNECT is refused. m1 withholds the will (another node claimed the
-    /// id) and a reaper leaves an entry of a live node alone: m2 takes the will out once the
-    /// engine answers again and its router decides it [MQTT-3.1.2-8], and names the session
-    /// as moved away (m2's copy of it, if any, is stale).
-    #[tokio::test(start_paused = true)]
-    async fn a_refused_claims_will_is_taken_out_and_decided_by_its_node() {
-        let engine = MemoryBackend::new();
-        let (m1, ops, _from_m1) = owner_of_c(&engine).await;
-        let key = ClientKey::new("c");
-        let with_will = SessionSnapshot {
-            expiry_interval: 600,
-            will: Some(a_will()),
-            ..snapshot(Vec::new())
-        };
-        ops.send(SessionOp::Store(
-            "c".into(),
-            Some(with_will),
-            None,
-            Vec::new(),
-            None,
-        ))
-        .unwrap();
-        while m1
-            .load_session(&key)
-            .await
-            .unwrap()
-            .0
-            .is_none_or(|r| r.will.is_none())
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-
-        let m2 = Arc::new(Cluster::new(
-            engine.clone(),
-            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-        ));
-        let unavailable = BackendError::Engine("JetStream system temporarily unavailable".into());
-        engine.fail_writes(Bucket::Sessions, 3, unavailable);
-        let (ops2, _ops2_rx) = mpsc::unbounded_channel();
-        let (tx, mut from_m2) = mpsc::channel(64);
-        let settling = Settling::default();
-        claim(
-            m2.clone(),
-            (5, Arc::from("c"), false),
-            ops2,
-            (tx, settling.clone()),
-        )
-        .await;
-        assert!(matches!(
-            from_m2.try_recv(),
-            Ok(FromCluster::Claimed {
-                conn: 5,
-                result: Err(_)
-            })
-        ));
-        let settled = tokio::time::timeout(Duration::from_secs(10), from_m2.recv())
-            .await
-            .expect("the refused claim settles once the engine answers")
-            .unwrap();
-        let FromCluster::RefusedClaimSettled {
-            client_id,
-            will: Some(will),
-            clean_start: false,
-            moved_away: true,
-        } = settled
-        else {
-            panic!("the will is taken out for m2's router to decide")
-        };
-        assert_eq!(&*client_id, "c");
-        assert_eq!(will.will.topic, "gone/c");
-        let (record, _) = m2.load_session(&key).await.unwrap();
-        let record = record.unwrap();
-        assert!(
-            record.will.is_none(),
-            "taken out of the record: no other node decides it"
-        );
-        let claimed_at = Revision::new(record.claim).unwrap();
-        assert!(makelaar_cluster::wills::taken_by_me(
-            &record,
-            &NodeId::new("m2").unwrap(),
-            claimed_at
-        ));
-        // The registry entry no longer says the client is connected to m2.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!m2.still_owner(&key, claimed_at).await.unwrap());
-    }
-
     /// Appends `payload` to topic "t" as published on node `from`; its stream sequence.
     async fn published_on(
         cluster: &Cluster<MemoryBackend>,
@@ -3732,13 +3539,7 @@ mod tests {
         // `sub0` connects to m1, whose followers have read the whole partition.
         let (ops, _ops_rx) = mpsc::unbounded_channel();
         let (tx, mut from_m1) = mpsc::channel(64);
-        claim(
-            m1.clone(),
-            (1, Arc::from("sub0"), false),
-            ops,
-            (tx.clone(), Settling::default()),
-        )
-        .await;
+        claim(m1.clone(), (1, Arc::from("sub0")), ops, tx.clone()).await;
         let Ok(FromCluster::Claimed {
             result: Ok(claim), ..
         }) = from_m1.try_recv()

@@ -1389,13 +1389,8 @@ impl Router {
                     // (An empty client id gets an assigned one, unique already.)
                     Some(c) if !connect.client_id.is_empty() => {
                         let client_id = Arc::from(connect.client_id.as_str());
-                        let clean_start = connect.clean_start;
                         c.claiming.insert(conn, (connect, Vec::new(), c.step_downs));
-                        let _ = c.to.send(ToCluster::Claim {
-                            conn,
-                            client_id,
-                            clean_start,
-                        });
+                        let _ = c.to.send(ToCluster::Claim { conn, client_id });
                     }
                     _ => self.broker.handle_connect(now, conn, *connect),
                 }
@@ -1800,12 +1795,6 @@ impl Router {
                 self.broker.apply_remote_retained(&topic, message);
             }
             FromCluster::Claimed { conn, result } => self.claimed(now, conn, result),
-            FromCluster::RefusedClaimSettled {
-                client_id,
-                will,
-                clean_start,
-                moved_away,
-            } => self.refused_claim_settled(now, &client_id, will, clean_start, moved_away),
             FromCluster::Moved {
                 client_id,
                 revision,
@@ -2544,32 +2533,6 @@ impl Router {
         self.send(conn, refusal);
         self.ends.server(ReasonCode::SERVER_UNAVAILABLE);
         self.close(conn, CloseReason::Server(ReasonCode::SERVER_UNAVAILABLE));
-    }
-
-    /// A refused claim's record, read again (see `cluster::settle_refused_claim`): the will
-    /// it took out is decided here; and when another node had the session since this one,
-    /// this node's copy is stale and forgotten, unless the client is back here meanwhile
-    /// (a claim of its own decides then, from the record).
-    fn refused_claim_settled(
-        &mut self,
-        now: Instant,
-        client_id: &Arc<str>,
-        will: Option<makelaar_core::broker::RemoteWill>,
-        clean_start: bool,
-        moved_away: bool,
-    ) {
-        let back = self.broker.has_connection(client_id)
-            || self.cluster.as_ref().is_some_and(|c| {
-                c.claiming
-                    .values()
-                    .any(|(connect, _, _)| connect.client_id == **client_id)
-            });
-        if moved_away && !back {
-            self.forget_moved(now, client_id);
-        }
-        if let Some(w) = will {
-            self.decide_claimed_will(now, client_id, w, clean_start);
-        }
     }
 
     /// Decides a will another node left for `client_id`, taken out of the cluster's record
@@ -4470,39 +4433,6 @@ mod tests {
             1,
             "no CONNACK for the connection that went"
         );
-    }
-
-    /// Issue 15, a long fault run (a probe's will never published): a CONNECT whose claim
-    /// moved the registry entry here and then failed is refused (CONNACK 0x88); the will
-    /// the claim's task takes out of the record afterwards is decided here all the same,
-    /// by the takeover rules for that CONNECT (a clean start: published [MQTT-3.1.2-8]).
-    #[test]
-    fn a_will_taken_out_after_a_refused_claim_is_published() {
-        let mut node = Node::new(3);
-        node.connect(1);
-        node.claimed_reaped(1, 1);
-        node.connect_as(2, "probe", true, None);
-        node.event(FromCluster::Claimed {
-            conn: 2,
-            result: Err("engine error: JetStream system temporarily unavailable".into()),
-        });
-        assert_eq!(node.connacks.len(), 2, "the probe's CONNECT is answered");
-        assert!(node.got_by(1).is_empty());
-        let FromCluster::Will { will, .. } = numbered_will(101) else {
-            unreachable!()
-        };
-        node.event(FromCluster::RefusedClaimSettled {
-            client_id: Arc::from("probe"),
-            will: Some(makelaar_core::broker::RemoteWill {
-                will: will.will,
-                username: None,
-                expiry_interval: 0,
-                offline_for: None,
-            }),
-            clean_start: true,
-            moved_away: true,
-        });
-        assert_eq!(node.got_by(1), [101], "the will, once");
     }
 
     /// Issue 15 (a 40-fault run: `sub2` got a will twice): a will published here whose

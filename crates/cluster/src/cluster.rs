@@ -770,8 +770,8 @@ impl<B: Backend> Cluster<B> {
             }
             let written_by = record.as_ref().map(|r| r.node.clone());
             // A record written under a later claim than this one is a newer connection's
-            // (this claim is stale, e.g. a refused one settled late): its will is not this
-            // claim's to take.
+            // (this claim is stale: its task was slow): its will is not this claim's to
+            // take.
             let Some(found) = record.as_ref().filter(|r| {
                 r.will.is_some() && r.claim < claimed.revision.get() && decides(&r.node)
             }) else {

@@ -442,9 +442,9 @@ async fn a_will_left_in_a_record_is_taken_by_one_claimer_only() {
     ));
 }
 
-/// A claim that reads the record late (a refused claim's settling, see the broker's
-/// `settle_refused_claim`), after a later claim took the old will and wrote its own
-/// connection's record with that connection's will: the later claim's will is not taken.
+/// A claim that reads the record late (its task slow, the engine refusing it meanwhile),
+/// after a later claim took the old will and wrote its own connection's record with that
+/// connection's will: the later claim's will is not taken.
 #[tokio::test]
 async fn a_stale_claim_takes_no_will_from_a_record_of_a_later_claim() {
     let engine = MemoryBackend::new();

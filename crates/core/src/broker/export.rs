@@ -536,14 +536,6 @@ impl Broker {
         self.disconnect_client(now, client_id, ReasonCode::SESSION_TAKEN_OVER)
     }
 
-    /// Whether `client_id` has a connection here (its CONNECT accepted).
-    pub fn has_connection(&self, client_id: &str) -> bool {
-        self.sessions
-            .by_client_id(client_id)
-            .and_then(|idx| self.session(idx).ok())
-            .is_some_and(|s| s.conn.is_some())
-    }
-
     /// Ends the session of `client_id` here, if it has no connection: it moved to another
     /// node, which keeps it now. A will waiting for its delay is dropped here: the node the
     /// client connected to took it out of the cluster's record and decided it
