@@ -67,6 +67,22 @@ fn message(n: usize) -> Envelope {
     }
 }
 
+/// The index of the server that holds the only consumer of `stream`.
+async fn consumer_server(servers: &Servers, stream: &str) -> usize {
+    let raw = async_nats::connect(servers.client_urls[1].as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(raw);
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut consumers = stream.consumers();
+    let info = consumers.next().await.unwrap().unwrap();
+    let host = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("the consumer's server");
+    host.trim_start_matches('n').parse().unwrap()
+}
+
 /// Appends `n` until the cluster acknowledges it (a stream whose leader died elects
 /// another); its sequence.
 async fn append(w: &Cluster<NatsBackend>, n: usize) -> u64 {
@@ -100,19 +116,7 @@ async fn a_follower_goes_on_when_the_server_of_its_consumer_dies() {
     assert_eq!(start, first + 2);
 
     // The server the follower's consumer lives on (the stream's only consumer).
-    let raw = async_nats::connect(servers.client_urls[1].as_str())
-        .await
-        .unwrap();
-    let js = async_nats::jetstream::new(raw);
-    let stream = js.get_stream(format!("f_p{}", p.index())).await.unwrap();
-    let mut consumers = stream.consumers();
-    let info = consumers.next().await.unwrap().unwrap();
-    let host = info
-        .cluster
-        .and_then(|c| c.leader)
-        .expect("the consumer's server");
-    let victim: usize = host.trim_start_matches('n').parse().unwrap();
-    drop(consumers);
+    let victim = consumer_server(&servers, &format!("f_p{}", p.index())).await;
 
     let mut want = vec![append(&w, 2).await];
     let got = follow.next().await.unwrap().message().unwrap();
@@ -226,19 +230,7 @@ async fn a_retained_watch_goes_on_when_the_server_of_its_consumer_dies() {
     assert_eq!(first.message.unwrap().payload, Bytes::from("0"));
 
     // The server the watch's consumer lives on (the bucket stream's only consumer).
-    let raw = async_nats::connect(servers.client_urls[1].as_str())
-        .await
-        .unwrap();
-    let js = async_nats::jetstream::new(raw);
-    let stream = js.get_stream("KV_f_retained").await.unwrap();
-    let mut consumers = stream.consumers();
-    let info = consumers.next().await.unwrap().unwrap();
-    let host = info
-        .cluster
-        .and_then(|c| c.leader)
-        .expect("the consumer's server");
-    let victim: usize = host.trim_start_matches('n').parse().unwrap();
-    drop(consumers);
+    let victim = consumer_server(&servers, "KV_f_retained").await;
 
     servers.kill(victim);
     store_retained(&w, 1).await;

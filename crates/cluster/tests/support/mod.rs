@@ -53,6 +53,17 @@ pub enum Fsync {
     Lazy,
 }
 
+/// Starts `bin` with the configuration at `conf`, its log to `log`.
+fn spawn(bin: &Path, conf: &Path, log: std::fs::File) -> Child {
+    Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
 /// A group of NATS servers (one, or a cluster with routes).
 pub struct Servers {
     children: Vec<Child>,
@@ -130,14 +141,7 @@ impl Servers {
             let conf_path = dir.path().join(format!("n{i}.conf"));
             std::fs::write(&conf_path, conf).unwrap();
             let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
-            let child = Command::new(bin)
-                .arg("-c")
-                .arg(&conf_path)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            children.push(child);
+            children.push(spawn(bin, &conf_path, log));
         }
         Servers {
             children,
@@ -219,13 +223,7 @@ impl Servers {
             .append(true)
             .open(self.dir.path().join(format!("n{i}.log")))
             .unwrap();
-        self.children[i] = Command::new(bin)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        self.children[i] = spawn(bin, &conf_path, log);
     }
 
     /// Every server's log.
