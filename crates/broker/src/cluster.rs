@@ -671,13 +671,20 @@ async fn claim<B: Backend>(
         // here, routed at once, could reach subscribers here before its earlier messages
         // [MQTT-4.6.0-6] (found by the fault harness: a publisher moving after its node's
         // NATS server died, while this node's followers were late).
-        let tails = match &claimed.previous {
-            Some(p) if p.node != cluster.config().node => {
+        // The node it was on may be this one's entry's `came_from`: a claim here that
+        // failed after writing the entry (found by the fault harness: reorderings after a
+        // claim refused by a 503).
+        let elsewhere = claimed
+            .previous
+            .as_ref()
+            .and_then(|p| p.last_elsewhere(&cluster.config().node));
+        let tails = match elsewhere {
+            Some(from) => {
                 let barriers = cluster.barriers_since(started).await?;
-                tracing::debug!(target: RECORDS, %client_id, from = %p.node, ?barriers, "partition barriers of a claim");
+                tracing::debug!(target: RECORDS, %client_id, %from, ?barriers, "partition barriers of a claim");
                 barriers
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         if let Some(previous) = claimed
             .previous
@@ -3240,6 +3247,51 @@ mod tests {
             let writer = if claim_completes { "m2" } else { "m1" };
             assert_eq!(r.node.as_str(), writer);
         }
+    }
+
+    /// The result of the broker's claim of client "c" on `cluster`.
+    async fn claim_c(cluster: &Arc<Cluster<MemoryBackend>>) -> Result<Claim, String> {
+        let (ops, _rx) = mpsc::unbounded_channel();
+        let (tx, mut from) = mpsc::channel(4);
+        claim(cluster.clone(), (7, Arc::from("c")), ops, tx).await;
+        match from.recv().await {
+            Some(FromCluster::Claimed { conn: 7, result }) => result,
+            _ => panic!("no claim result"),
+        }
+    }
+
+    /// A client that was on m1 connects to m2, whose claim moves the registry entry and
+    /// then fails on the engine (no barrier appended); the client connects to m2 again. That
+    /// claim replaces m2's own entry, but the client's messages from m1 may still be ahead
+    /// of m2's followers: it waits for barriers as the first claim would have, or what the
+    /// client publishes now overtakes them at m2's subscribers [MQTT-4.6.0-6] (the fault
+    /// harness's reorderings, after claims refused by a 503).
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_after_a_failed_claim_on_the_same_node_still_waits_for_barriers() {
+        let engine = MemoryBackend::new();
+        let m1 = layer(&engine);
+        let key = ClientKey::new("c");
+        let on_m1 = m1.claim_client(&key).await.unwrap().revision;
+        m1.mark_disconnected(&key, on_m1).await.unwrap();
+        let m2 = Arc::new(Cluster::new(
+            engine.clone(),
+            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+        ));
+        engine.fail_appends(usize::MAX, BackendError::Engine("no stream found".into()));
+        assert!(claim_c(&m2).await.is_err());
+        engine.fail_appends(0, BackendError::Timeout);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let again = claim_c(&m2).await.unwrap();
+        let partitions = m2.config().partitions.all().count();
+        assert_eq!(
+            again.tails.len(),
+            partitions,
+            "a barrier in every partition"
+        );
+        // Once a connection of m2's has ended, the client was last on m2: no barriers.
+        m2.mark_disconnected(&key, again.revision).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(claim_c(&m2).await.unwrap().tails.is_empty());
     }
 
     /// The wills handed to the router on `from` so far.

@@ -667,6 +667,7 @@ impl<B: Backend> Cluster<B> {
             node: self.config.node.clone(),
             incarnation: self.incarnation(),
             connected: false,
+            came_from: None,
         };
         match self
             .backend
@@ -917,7 +918,10 @@ impl<B: Backend> Cluster<B> {
         record: SessionRecord,
         record_revision: Revision,
     ) -> Result<Option<Orphan>, ClusterError> {
-        let Some(claim) = self.hold_offline(client, revision).await? else {
+        // The client was last on the node that wrote the record: what it published there
+        // is behind barriers when it connects here.
+        let came_from = Some(record.node.clone()).filter(|n| *n != self.config.node);
+        let Some(claim) = self.hold_offline(client, revision, came_from).await? else {
             return Ok(None);
         };
         Ok(Some(Orphan {
@@ -935,11 +939,13 @@ impl<B: Backend> Cluster<B> {
         &self,
         client: &ClientKey,
         revision: Revision,
+        came_from: Option<NodeId>,
     ) -> Result<Option<Revision>, ClusterError> {
         let mine = RegistryEntry {
             node: self.config.node.clone(),
             incarnation: self.incarnation(),
             connected: false,
+            came_from,
         };
         match self
             .backend
@@ -1171,6 +1177,7 @@ impl<B: Backend> Cluster<B> {
             node: self.config.node.clone(),
             incarnation: self.incarnation(),
             connected: true,
+            came_from: None,
         };
         match self
             .backend

@@ -171,6 +171,12 @@ pub struct RegistryEntry {
     pub incarnation: u64,
     /// Whether a connection is open for it on that node.
     pub connected: bool,
+    /// The other node the client was on before this node's claims, until a connection of
+    /// this node's has ended normally ([`RegistryEntry::last_elsewhere`]): a claim that
+    /// wrote the entry and then failed (the engine refused a read after it) leaves the
+    /// entry naming this node, and the client's next claim here must still know that what
+    /// it published on that other node may not have reached this node's followers yet.
+    pub came_from: Option<NodeId>,
 }
 
 /// A node's lease: what it writes every refresh interval.
@@ -430,19 +436,37 @@ impl RegistryEntry {
         w.str(self.node.as_str());
         w.uint(self.incarnation);
         w.bool(self.connected);
+        // Last and optional: an entry written before the field reads as `None`.
+        if let Some(n) = &self.came_from {
+            w.str(n.as_str());
+        }
         w.finish()
     }
 
     /// Reads the binary form.
     pub fn decode(data: &[u8]) -> Result<RegistryEntry, DecodeError> {
         let mut r = Reader::new(data, FORMAT)?;
-        let e = RegistryEntry {
+        let mut e = RegistryEntry {
             node: node_from(&mut r)?,
             incarnation: r.uint("incarnation")?,
             connected: r.bool("connected")?,
+            came_from: None,
         };
+        if !r.is_empty() {
+            e.came_from = Some(node_from(&mut r)?);
+        }
         r.end()?;
         Ok(e)
+    }
+
+    /// The other node than `me` the client was on last, as far as this entry knows: its
+    /// holder, or the node it came from before claims of `me` ([`RegistryEntry::came_from`]).
+    pub fn last_elsewhere(&self, me: &NodeId) -> Option<&NodeId> {
+        if self.node != *me {
+            Some(&self.node)
+        } else {
+            self.came_from.as_ref().filter(|n| *n != me)
+        }
     }
 }
 

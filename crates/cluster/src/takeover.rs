@@ -147,6 +147,7 @@ impl Claim {
                 node,
                 incarnation,
                 connected: true,
+                came_from: None,
             },
             config,
             state: State::NeedRead,
@@ -228,9 +229,13 @@ impl Claim {
         }
         let Some((entry, revision)) = entry else {
             self.last_read = None;
+            self.me.came_from = None;
             self.state = State::NeedWrite(ClaimStep::Create(self.me.clone()));
             return;
         };
+        // The entry written names the other node the client was on last, whatever
+        // happens to this claim after it is written.
+        self.me.came_from = entry.last_elsewhere(&self.me.node).cloned();
         let ours = entry.node == self.me.node && entry.incarnation == self.me.incarnation;
         let free = !entry.connected || !alive(&entry.node, entry.incarnation);
         let settled = self.settled == Some(revision);

@@ -281,6 +281,7 @@ mod tests {
             node: node(n),
             incarnation,
             connected,
+            came_from: None,
         }
     }
 

@@ -215,8 +215,13 @@ proptest! {
     }
 
     #[test]
-    fn registry_and_lease_round_trip(n in node(), inc in any::<u64>(), connected in any::<bool>()) {
-        let e = RegistryEntry { node: n.clone(), incarnation: inc, connected };
+    fn registry_and_lease_round_trip(
+        n in node(),
+        inc in any::<u64>(),
+        connected in any::<bool>(),
+        came_from in prop::option::of(node()),
+    ) {
+        let e = RegistryEntry { node: n.clone(), incarnation: inc, connected, came_from };
         prop_assert_eq!(RegistryEntry::decode(&e.encode()), Ok(e));
         let l = NodeLease { node: n, incarnation: inc };
         prop_assert_eq!(NodeLease::decode(&l.encode()), Ok(l));
@@ -229,11 +234,22 @@ fn versions_and_trailing_bytes() {
         node: NodeId::new("m1").unwrap(),
         incarnation: 7,
         connected: true,
+        came_from: None,
     };
     let mut data = e.encode().to_vec();
+    // An entry without the node it came from is as written before that field existed.
     assert_eq!(data, [1, 2, b'm', b'1', 7, 1]);
-    data.push(0);
+    let moved = RegistryEntry {
+        came_from: Some(NodeId::new("m2").unwrap()),
+        ..e.clone()
+    };
+    assert_eq!(
+        moved.encode().to_vec(),
+        [1, 2, b'm', b'1', 7, 1, 2, b'm', b'2']
+    );
+    data.extend_from_slice(&[2, b'm', b'2', 0]);
     assert_eq!(RegistryEntry::decode(&data), Err(DecodeError::Trailing));
+    data.truncate(6);
     data[0] = 2;
     assert_eq!(
         RegistryEntry::decode(&data),

@@ -15,7 +15,13 @@ fn entry(node: &str, incarnation: u64, connected: bool) -> RegistryEntry {
         node: n(node),
         incarnation,
         connected,
+        came_from: None,
     }
+}
+
+fn came_from(mut e: RegistryEntry, node: &str) -> RegistryEntry {
+    e.came_from = Some(n(node));
+    e
 }
 
 fn read(kv: &MemoryKv) -> Option<(RegistryEntry, Revision)> {
@@ -100,17 +106,69 @@ fn free_id_is_created() {
 
 #[test]
 fn disconnected_or_own_entry_is_updated_directly() {
-    for old in [entry("m1", 1, false), entry("m2", 5, true)] {
+    let from_m1 = came_from(entry("m2", 5, true), "m1");
+    for (old, new) in [
+        (entry("m1", 1, false), from_m1),
+        (entry("m2", 5, true), entry("m2", 5, true)),
+    ] {
         let mut kv = MemoryKv::new();
         let r0 = kv.put(KEY, old.encode());
         let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
         let (steps, r) = run(&mut c, &mut kv, Instant::now(), &all_alive, true);
-        assert_eq!(
-            steps,
-            [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]
-        );
+        assert_eq!(steps, [ClaimStep::Read, ClaimStep::Update(new, r0)]);
         assert_eq!(r.unwrap().previous, Some(old));
     }
+}
+
+/// A claim that wrote the entry and failed afterwards leaves it naming its node: the
+/// client's next claim there still learns the node it came from, so its CONNECT waits for
+/// the barriers behind what it published there [MQTT-4.6.0-6]. A connection of that node
+/// that ended normally forgets it.
+#[test]
+fn the_entry_remembers_the_node_the_client_came_from_until_a_connection_here_ends() {
+    let mut kv = MemoryKv::new();
+    kv.put(KEY, entry("m1", 1, false).encode());
+    let mut first = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let (_, r) = run(&mut first, &mut kv, Instant::now(), &all_alive, true);
+    let first = r.unwrap();
+    assert_eq!(
+        first.previous.unwrap().last_elsewhere(&n("m2")),
+        Some(&n("m1"))
+    );
+    assert_eq!(read(&kv).unwrap().0, came_from(entry("m2", 5, true), "m1"));
+
+    // That claim failed after its write: the client connects to m2 again.
+    let mut again = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let (_, r) = run(&mut again, &mut kv, Instant::now(), &all_alive, true);
+    let again = r.unwrap();
+    assert_eq!(
+        again.previous.unwrap().last_elsewhere(&n("m2")),
+        Some(&n("m1"))
+    );
+    assert_eq!(read(&kv).unwrap().0, came_from(entry("m2", 5, true), "m1"));
+
+    // Its connection there ended (written as `Cluster::mark_disconnected` does).
+    kv.update(KEY, entry("m2", 5, false).encode(), again.revision)
+        .unwrap();
+    let mut third = Claim::new(n("m2"), 5, ClaimConfig::default());
+    let (_, r) = run(&mut third, &mut kv, Instant::now(), &all_alive, true);
+    assert_eq!(r.unwrap().previous.unwrap().last_elsewhere(&n("m2")), None);
+    assert_eq!(read(&kv).unwrap().0, entry("m2", 5, true));
+
+    // Back on m1: the entry names m2.
+    let mut back = Claim::new(n("m1"), 1, ClaimConfig::default());
+    let (_, r) = run(
+        &mut back,
+        &mut kv,
+        Instant::now(),
+        &|_: &NodeId, _| false,
+        true,
+    );
+    assert_eq!(
+        r.unwrap().previous.unwrap().last_elsewhere(&n("m1")),
+        Some(&n("m2"))
+    );
+    assert_eq!(read(&kv).unwrap().0, came_from(entry("m1", 1, true), "m2"));
 }
 
 #[test]
@@ -129,13 +187,13 @@ fn live_owner_is_asked_to_hand_over() {
                 revision: r0
             },
             ClaimStep::Read,
-            ClaimStep::Update(entry("m2", 5, true), r1),
+            ClaimStep::Update(came_from(entry("m2", 5, true), "m1"), r1),
         ]
     );
     let claimed = r.unwrap();
     // The owner's release came first: the previous entry says it is no longer connected.
     assert_eq!(claimed.previous, Some(entry("m1", 1, false)));
-    assert_eq!(read(&kv).unwrap().0, entry("m2", 5, true));
+    assert_eq!(read(&kv).unwrap().0, came_from(entry("m2", 5, true), "m1"));
 }
 
 #[test]
@@ -166,7 +224,7 @@ fn silent_owner_is_fenced_after_the_deadline() {
     // The same revision as asked about: not asked again, claimed.
     assert_eq!(
         step(&mut c, &mut kv, deadline, &all_alive, false),
-        ClaimStep::Update(entry("m2", 5, true), r0)
+        ClaimStep::Update(came_from(entry("m2", 5, true), "m1"), r0)
     );
     // The owner that never answered still holds its connection: it is to be told.
     let ClaimStep::Done(Ok(claimed)) = c.poll(deadline) else {
@@ -231,10 +289,8 @@ fn expired_owner_is_claimed_directly() {
     let mut c = Claim::new(n("m2"), 5, ClaimConfig::default());
     let only_m2 = |node: &NodeId, _: u64| node.as_str() == "m2";
     let (steps, r) = run(&mut c, &mut kv, Instant::now(), &only_m2, true);
-    assert_eq!(
-        steps,
-        [ClaimStep::Read, ClaimStep::Update(entry("m2", 5, true), r0)]
-    );
+    let from_m1 = came_from(entry("m2", 5, true), "m1");
+    assert_eq!(steps, [ClaimStep::Read, ClaimStep::Update(from_m1, r0)]);
     assert!(r.is_ok());
     // An old incarnation of a live node name is dead too.
     let mut kv = MemoryKv::new();
@@ -330,7 +386,7 @@ fn two_concurrent_claims_the_later_one_takes_over() {
         revision: won.revision
     }));
     assert!(r.unwrap().revision > won.revision);
-    assert_eq!(read(&kv).unwrap().0, entry("m3", 3, true));
+    assert_eq!(read(&kv).unwrap().0, came_from(entry("m3", 3, true), "m2"));
 }
 
 proptest! {
