@@ -2033,6 +2033,45 @@ impl Router {
         self.broker.forget_session(now, client_id);
     }
 
+    /// A claim that found the session's record last written by another node
+    /// (`moved_away`): an offline copy this node still holds is stale, whatever becomes of
+    /// the claim's connection. Forgotten at once, not only when the CONNECT goes on: the
+    /// claim's fence now lets this node write the record, and a hand-over asked of it next
+    /// wrote the stale copy over the newer record, which the next node resumed from (found
+    /// by the fault harness: 936 QoS 2 messages twice at `sub2`, after a claim whose client
+    /// had given up on its CONNECT). A copy connected here is left to the CONNECT's
+    /// takeover.
+    fn forget_copy_moved_away(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: &Result<crate::cluster::Claim, String>,
+    ) {
+        let (Some(c), Ok(claim)) = (self.cluster.as_ref(), result) else {
+            return;
+        };
+        if !claim.moved_away {
+            return;
+        }
+        let client_id: Option<Arc<str>> = match c.claiming.get(&conn) {
+            Some((connect, _, _)) => Some(Arc::from(connect.client_id.as_str())),
+            None => c.abandoned.get(&conn).map(|(id, _)| id.clone()),
+        };
+        let Some(client_id) = client_id else {
+            return;
+        };
+        let offline = self
+            .broker
+            .session_snapshot(&client_id)
+            .is_some_and(|s| !s.connected);
+        if offline {
+            if let Some(c) = self.cluster.as_mut() {
+                c.untrack_client(&client_id);
+            }
+            self.forget_moved(now, &client_id);
+        }
+    }
+
     /// A dead node's session this node took over (its reaper wrote the record as this
     /// node's) meets a copy of it this broker still holds offline: the copy is from before
     /// the session moved to the dead node (this node never got the notice, e.g. cut off at
@@ -2271,6 +2310,7 @@ impl Router {
         result: Result<crate::cluster::Claim, String>,
         since: Instant,
     ) {
+        self.forget_copy_moved_away(now, conn, &result);
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -4433,6 +4473,34 @@ mod tests {
             1,
             "no CONNACK for the connection that went"
         );
+    }
+
+    /// Issue 15 (the 180-fault run: 936 QoS 2 messages twice at `sub2`): the subscriber's
+    /// session is offline here, then it went on on another node. Its CONNECT here gives up
+    /// before the claim is back; the claim read a record the other node wrote
+    /// (`moved_away`). The copy here is stale: forgotten then, so that a hand-over asked
+    /// of this node next does not write it over the newer record (the next node resumed
+    /// from it and sent again what the client had had [MQTT-4.3.3-*]).
+    #[test]
+    fn a_claim_whose_connection_went_forgets_the_copy_another_node_had_since() {
+        for moved_away in [false, true] {
+            let mut node = Node::new(3);
+            node.connect(1);
+            node.claimed_reaped(1, 1);
+            node.lost(1);
+            assert!(node.router.broker.session_snapshot(SUB).is_some());
+            node.connect(2);
+            node.router
+                .handle(Instant::now(), ToRouter::Lost { conn: 2 });
+            node.claimed(2, 5, &dead_nodes_record(), moved_away);
+            let kept = node.router.broker.session_snapshot(SUB).is_some();
+            assert_eq!(kept, !moved_away, "moved away: {moved_away}");
+            let before = node.records.len();
+            node.event(hand_over_request(6));
+            let written = node.records.len() > before;
+            assert_eq!(written, !moved_away, "moved away: {moved_away}");
+            assert_eq!(node.released.len(), 1, "answered");
+        }
     }
 
     /// Issue 15 (a 40-fault run: `sub2` got a will twice): a will published here whose
