@@ -922,6 +922,18 @@ async fn sessions<B: Backend>(
             } => {
                 let will_in_cluster = match kept.get_mut(&client_id) {
                     Some(k) if k.claim == revision => {
+                        // The claimer decides the will the record holds; should its claim
+                        // fail after moving the entry, nobody would: looked at again later.
+                        if let Some(written) = will_handed(k) {
+                            let settle = settle_release(
+                                cluster.clone(),
+                                ClientKey::new(&client_id),
+                                written,
+                                me.clone(),
+                                tx.clone(),
+                            );
+                            tokio::spawn(settle);
+                        }
                         k.fence = Fence::Lost;
                         k.will
                     }
@@ -944,6 +956,19 @@ async fn sessions<B: Backend>(
                     tracing::info!(client_id = %client_id, %revision, "a notice that a client moved to another node, from a claim older than this node's, is ignored (delivered late)");
                     continue;
                 }
+                // As for a hand-over: a claim that failed after its notice leaves the will
+                // the record holds to nobody (found by the fault harness: a probe's will
+                // never published, its client gone for good after a refused CONNECT).
+                if let Some(written) = kept.get(&client_id).and_then(will_handed) {
+                    let settle = settle_release(
+                        cluster.clone(),
+                        ClientKey::new(&client_id),
+                        written,
+                        me.clone(),
+                        tx.clone(),
+                    );
+                    tokio::spawn(settle);
+                }
                 lose(&cluster, &mut kept, &mut waiting, client_id.clone(), &tx).await;
                 let _ = tx
                     .send(FromCluster::Moved {
@@ -965,13 +990,7 @@ async fn sessions<B: Backend>(
                     }
                     // The will the record holds is the claiming node's to decide; should its
                     // claim fail after this answer, nobody would: looked at again later.
-                    let handed = kept
-                        .get(&id)
-                        .filter(|k| k.will)
-                        .and_then(|k| match k.fence {
-                            Fence::At(r) => Some(r),
-                            Fence::Absent | Fence::Unanswered | Fence::Lost => None,
-                        });
+                    let handed = kept.get(&id).and_then(will_handed);
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                     if let Some(written) = handed {
                         let settle = settle_release(
@@ -1030,6 +1049,18 @@ async fn sessions<B: Backend>(
                 }
             }
         }
+    }
+}
+
+/// The revision of the record this node last wrote (or read) for a session it gives up to
+/// another node's claim, when that record holds a will: the claimer takes the will out and
+/// decides it, unless its claim fails after moving the registry entry (the engine refused
+/// its read of the record). [`settle_release`] then takes it back after
+/// [`ABANDONED_AFTER`], if the record is still at this revision.
+fn will_handed(k: &Kept) -> Option<Revision> {
+    match k.fence {
+        Fence::At(r) if k.will => Some(r),
+        Fence::At(_) | Fence::Absent | Fence::Unanswered | Fence::Lost => None,
     }
 }
 
@@ -3206,92 +3237,76 @@ mod tests {
         }
     }
 
-    /// A hand-over whose claimer never takes the record (its claim failed after the
-    /// answer, found by the fault harness under a link cut): the will the record holds was
-    /// published by nobody. Now the node that handed it over takes it back once the claim
-    /// had time to finish, and publishes the will; when the claimer took the record, it
-    /// does not.
+    /// How the node that had a session learns that another node claimed it.
+    #[derive(Debug, Clone, Copy)]
+    enum Told {
+        /// It is asked to hand the connection over, and answers.
+        HandOver,
+        /// The claimer's notice that the client moved (its entry said offline).
+        MovedNotice,
+        /// Its connection's check of the registry finds another node's claim.
+        NotOwner,
+    }
+
+    /// A claim whose claimer never takes the record (its claim failed after moving the
+    /// registry entry, found by the fault harness under a link cut, and again after a
+    /// refused read of the record): the will the record holds was published by nobody.
+    /// Now the node that had the session takes it back once the claim had time to finish,
+    /// and publishes the will, however it learnt of the claim; when the claimer took the
+    /// record, it does not.
     #[tokio::test(start_paused = true)]
-    async fn a_will_handed_over_to_a_claim_that_failed_is_published_by_the_old_node() {
-        for claim_completes in [false, true] {
-            let engine = MemoryBackend::new();
-            let mut owner = Owner::new(&engine).await;
-            with_will_in_record(&owner).await;
-            hand_over(&engine, &owner, || {}).await;
-            // The claiming node moves the registry entry; then its claim fails before it
-            // reads the record, or goes on and takes the will out.
-            let m2 = Cluster::new(
-                engine.clone(),
-                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-            );
-            let claimed = m2.claim_client(&owner.key).await.unwrap();
-            if claim_completes {
-                let found = m2
-                    .load_claimed_session(&owner.key, &claimed, 0)
-                    .await
-                    .unwrap();
-                assert!(found.will.is_some());
+    async fn a_will_left_to_a_claim_that_failed_is_published_by_the_old_node() {
+        for told in [Told::HandOver, Told::MovedNotice, Told::NotOwner] {
+            for claim_completes in [false, true] {
+                let engine = MemoryBackend::new();
+                let mut owner = Owner::new(&engine).await;
+                with_will_in_record(&owner).await;
+                if let Told::HandOver = told {
+                    hand_over(&engine, &owner, || {}).await;
+                }
+                // The claiming node moves the registry entry; then its claim fails before
+                // it reads the record, or goes on and takes the will out.
+                let m2 = Cluster::new(
+                    engine.clone(),
+                    ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+                );
+                let claimed = m2.claim_client(&owner.key).await.unwrap();
+                let notice = match told {
+                    Told::HandOver => None,
+                    Told::MovedNotice => Some(SessionOp::Moved("c".into(), claimed.revision)),
+                    Told::NotOwner => Some(SessionOp::NotOwner {
+                        conn: 1,
+                        client_id: "c".into(),
+                        revision: owner.claim,
+                    }),
+                };
+                if let Some(op) = notice {
+                    owner.ops.send(op).unwrap();
+                }
+                if claim_completes {
+                    let found = m2
+                        .load_claimed_session(&owner.key, &claimed, 0)
+                        .await
+                        .unwrap();
+                    assert!(found.will.is_some());
+                }
+                tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
+                let case = format!("{told:?}, claim completes: {claim_completes}");
+                assert_eq!(
+                    owner.published(),
+                    0,
+                    "not before the claim had its time: {case}"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let published = usize::from(!claim_completes);
+                assert_eq!(owner.published(), published, "{case}");
+                let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+                let r = r.unwrap();
+                assert!(r.will.is_none(), "{case}");
+                let writer = if claim_completes { "m2" } else { "m1" };
+                assert_eq!(r.node.as_str(), writer, "{case}");
             }
-            tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
-            assert_eq!(owner.published(), 0, "not before the claim had its time");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let published = usize::from(!claim_completes);
-            assert_eq!(
-                owner.published(),
-                published,
-                "claim completes: {claim_completes}"
-            );
-            let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
-            let r = r.unwrap();
-            assert!(r.will.is_none());
-            let writer = if claim_completes { "m2" } else { "m1" };
-            assert_eq!(r.node.as_str(), writer);
         }
-    }
-
-    /// The result of the broker's claim of client "c" on `cluster`.
-    async fn claim_c(cluster: &Arc<Cluster<MemoryBackend>>) -> Result<Claim, String> {
-        let (ops, _rx) = mpsc::unbounded_channel();
-        let (tx, mut from) = mpsc::channel(4);
-        claim(cluster.clone(), (7, Arc::from("c")), ops, tx).await;
-        match from.recv().await {
-            Some(FromCluster::Claimed { conn: 7, result }) => result,
-            _ => panic!("no claim result"),
-        }
-    }
-
-    /// A client that was on m1 connects to m2, whose claim moves the registry entry and
-    /// then fails on the engine (no barrier appended); the client connects to m2 again. That
-    /// claim replaces m2's own entry, but the client's messages from m1 may still be ahead
-    /// of m2's followers: it waits for barriers as the first claim would have, or what the
-    /// client publishes now overtakes them at m2's subscribers [MQTT-4.6.0-6] (the fault
-    /// harness's reorderings, after claims refused by a 503).
-    #[tokio::test(start_paused = true)]
-    async fn a_claim_after_a_failed_claim_on_the_same_node_still_waits_for_barriers() {
-        let engine = MemoryBackend::new();
-        let m1 = layer(&engine);
-        let key = ClientKey::new("c");
-        let on_m1 = m1.claim_client(&key).await.unwrap().revision;
-        m1.mark_disconnected(&key, on_m1).await.unwrap();
-        let m2 = Arc::new(Cluster::new(
-            engine.clone(),
-            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-        ));
-        engine.fail_appends(usize::MAX, BackendError::Engine("no stream found".into()));
-        assert!(claim_c(&m2).await.is_err());
-        engine.fail_appends(0, BackendError::Timeout);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let again = claim_c(&m2).await.unwrap();
-        let partitions = m2.config().partitions.all().count();
-        assert_eq!(
-            again.tails.len(),
-            partitions,
-            "a barrier in every partition"
-        );
-        // Once a connection of m2's has ended, the client was last on m2: no barriers.
-        m2.mark_disconnected(&key, again.revision).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(claim_c(&m2).await.unwrap().tails.is_empty());
     }
 
     /// The wills handed to the router on `from` so far.
