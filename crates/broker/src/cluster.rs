@@ -1697,6 +1697,7 @@ async fn settle_release<B: Backend>(
     sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
+    tracing::debug!(target: RECORDS, %client, %written, "a session given up to a claim with a will in its record: looked at again later");
     tokio::time::sleep(ABANDONED_AFTER).await;
     for attempt in 0..REAP_ATTEMPTS {
         if attempt > 0 {

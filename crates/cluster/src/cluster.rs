@@ -971,11 +971,17 @@ impl<B: Backend> Cluster<B> {
         client: &ClientKey,
         written: Revision,
     ) -> Result<Option<Orphan>, ClusterError> {
+        // Why nothing is taken back goes to the records' log (`makelaar::records`): a will
+        // never published is traced from there.
+        let none = |why: &str| {
+            tracing::debug!(target: "makelaar::records", %client, %written, why, "a session given up to a claim is not taken back");
+            Ok(None)
+        };
         let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
-            return Ok(None);
+            return none("its record is gone");
         };
         if entry.revision != written {
-            return Ok(None);
+            return none("its record was written since");
         }
         let record =
             SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
@@ -983,19 +989,24 @@ impl<B: Backend> Cluster<B> {
                 error,
             })?;
         if record.will.is_none() {
-            return Ok(None);
+            return none("its record holds no will");
         }
         let Some((holder, revision)) = self.read_registry(client).await? else {
-            return Ok(None);
+            return none("its registry entry is gone");
         };
         if holder.connected
             && holder.node == self.config.node
             && holder.incarnation == self.incarnation()
         {
-            return Ok(None);
+            return none("its client is connected here again");
         }
-        self.held_as_orphan(client, revision, record, entry.revision)
-            .await
+        let taken = self
+            .held_as_orphan(client, revision, record, entry.revision)
+            .await?;
+        if taken.is_none() {
+            return none("its registry entry was written since");
+        }
+        Ok(taken)
     }
 
     /// Writes a session record by compare-and-set on the fence's revision; the new fence,
