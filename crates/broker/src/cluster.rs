@@ -1160,11 +1160,12 @@ async fn write_session<B: Backend>(
         return Some(false);
     };
     if k.fence == Fence::Lost {
-        // Taken by another node: a will that was in the record is that node's to decide.
+        // Taken by another node: a will that was in the record is that node's to decide,
+        // unless a write of this node took it out and landed unanswered.
         if snapshot.is_none() {
             kept.remove(&client_id);
         }
-        if k.will {
+        if k.will && !will_taken_out_here(cluster, &client_id, k.claim, &wills).await {
             withhold_wills(&client_id, &wills);
         } else {
             publish_wills(&client_id, wills, tx).await;
@@ -1240,7 +1241,10 @@ async fn write_session<B: Backend>(
                     ..k
                 },
             );
-            if k.will && verdict == WillVerdict::Withhold {
+            if k.will
+                && verdict == WillVerdict::Withhold
+                && !will_taken_out_here(cluster, &client_id, k.claim, &wills).await
+            {
                 withhold_wills(&client_id, &wills);
             } else {
                 publish_wills(&client_id, wills, tx).await;
@@ -1282,6 +1286,38 @@ async fn publish_wills(client_id: &Arc<str>, wills: Vec<KeptWill>, tx: &mpsc::Se
         };
         if tx.send(ev).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Whether a write of this node under `claim` took the due will out of `client_id`'s
+/// record, and landed though its answer was lost (the wills waited to be tried again), before
+/// another node took the record: the record, whoever wrote it since, still carries that
+/// write's mark (`wills::taken_by_me`), and the node that took it found no will to decide.
+/// The will is then this node's to publish (found by the fault harness: a probe's will
+/// withheld by the node whose take-out had landed, and never published). A record that
+/// cannot be read, or is gone, counts as no: the will is withheld, as before.
+async fn will_taken_out_here<B: Backend>(
+    cluster: &Cluster<B>,
+    client_id: &Arc<str>,
+    claim: Revision,
+    wills: &[KeptWill],
+) -> bool {
+    if wills.is_empty() {
+        return false;
+    }
+    match cluster.load_session(&ClientKey::new(client_id)).await {
+        Ok((Some(r), _)) => {
+            let mine = wills::taken_by_me(&r, &cluster.config().node, claim);
+            if mine {
+                tracing::debug!(target: RECORDS, %client_id, "a will this node's write took out of the record, unanswered, before another node took the record: published here");
+            }
+            mine
+        }
+        Ok((None, _)) => false,
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "cannot read a session record to learn whether this node's write took its will out: the will is left to the node that took the record");
+            false
         }
     }
 }
@@ -3308,6 +3344,50 @@ mod tests {
                 assert_eq!(r.node.as_str(), writer, "{case}");
             }
         }
+    }
+
+    /// A connection ends with its will due: the write that takes the will out of the record
+    /// lands but its answer is lost (the will waits to be tried again). Before it is, another
+    /// node claims the client and finds no will in the record (it carries this node's mark),
+    /// and this node learns that the session moved. The will is this node's: published once
+    /// (it was withheld, and nobody published it: the fault harness's probe wills).
+    #[tokio::test(start_paused = true)]
+    async fn a_will_whose_take_out_landed_unanswered_is_published_after_the_session_moved() {
+        let engine = MemoryBackend::new();
+        let mut owner = Owner::new(&engine).await;
+        with_will_in_record(&owner).await;
+        engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+        owner.store_with(snapshot(vec![1]), vec![a_will()]);
+        loop {
+            let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+            if r.is_some_and(|r| r.will.is_none()) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(owner.published(), 0, "its answer was lost: the will waits");
+        let m2 = Cluster::new(
+            engine.clone(),
+            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+        );
+        let claimed = m2.claim_client(&owner.key).await.unwrap();
+        let found = m2
+            .load_claimed_session(&owner.key, &claimed, 0)
+            .await
+            .unwrap();
+        assert!(found.will.is_none(), "no will for the claimer to decide");
+        owner
+            .ops
+            .send(SessionOp::Moved("c".into(), claimed.revision))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            owner.published(),
+            1,
+            "published by the node that took it out"
+        );
+        tokio::time::sleep(ABANDONED_AFTER * 2).await;
+        assert_eq!(owner.published(), 0, "once");
     }
 
     /// The wills handed to the router on `from` so far.
