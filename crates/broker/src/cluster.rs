@@ -924,16 +924,7 @@ async fn sessions<B: Backend>(
                     Some(k) if k.claim == revision => {
                         // The claimer decides the will the record holds; should its claim
                         // fail after moving the entry, nobody would: looked at again later.
-                        if let Some(written) = will_handed(k) {
-                            let settle = settle_release(
-                                cluster.clone(),
-                                ClientKey::new(&client_id),
-                                written,
-                                me.clone(),
-                                tx.clone(),
-                            );
-                            tokio::spawn(settle);
-                        }
+                        settle_later(&cluster, k, &client_id, &me, &tx);
                         k.fence = Fence::Lost;
                         k.will
                     }
@@ -959,15 +950,8 @@ async fn sessions<B: Backend>(
                 // As for a hand-over: a claim that failed after its notice leaves the will
                 // the record holds to nobody (found by the fault harness: a probe's will
                 // never published, its client gone for good after a refused CONNECT).
-                if let Some(written) = kept.get(&client_id).and_then(will_handed) {
-                    let settle = settle_release(
-                        cluster.clone(),
-                        ClientKey::new(&client_id),
-                        written,
-                        me.clone(),
-                        tx.clone(),
-                    );
-                    tokio::spawn(settle);
+                if let Some(k) = kept.get(&client_id) {
+                    settle_later(&cluster, k, &client_id, &me, &tx);
                 }
                 lose(&cluster, &mut kept, &mut waiting, client_id.clone(), &tx).await;
                 let _ = tx
@@ -990,18 +974,10 @@ async fn sessions<B: Backend>(
                     }
                     // The will the record holds is the claiming node's to decide; should its
                     // claim fail after this answer, nobody would: looked at again later.
-                    let handed = kept.get(&id).and_then(will_handed);
-                    lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
-                    if let Some(written) = handed {
-                        let settle = settle_release(
-                            cluster.clone(),
-                            req.client.clone(),
-                            written,
-                            me.clone(),
-                            tx.clone(),
-                        );
-                        tokio::spawn(settle);
+                    if let Some(k) = kept.get(&id) {
+                        settle_later(&cluster, k, &id, &me, &tx);
                     }
+                    lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                 }
                 tokio::spawn(released(cluster.clone(), req));
             }
@@ -1052,16 +1028,32 @@ async fn sessions<B: Backend>(
     }
 }
 
-/// The revision of the record this node last wrote (or read) for a session it gives up to
-/// another node's claim, when that record holds a will: the claimer takes the will out and
+/// A session this node gives up to another node's claim (`k`, before it is marked lost),
+/// when the record it last wrote (or read) holds a will: the claimer takes the will out and
 /// decides it, unless its claim fails after moving the registry entry (the engine refused
 /// its read of the record). [`settle_release`] then takes it back after
-/// [`ABANDONED_AFTER`], if the record is still at this revision.
-fn will_handed(k: &Kept) -> Option<Revision> {
-    match k.fence {
-        Fence::At(r) if k.will => Some(r),
-        Fence::At(_) | Fence::Absent | Fence::Unanswered | Fence::Lost => None,
+/// [`ABANDONED_AFTER`], if the record is still at that revision.
+fn settle_later<B: Backend>(
+    cluster: &Arc<Cluster<B>>,
+    k: &Kept,
+    client_id: &str,
+    sessions: &mpsc::UnboundedSender<SessionOp>,
+    tx: &mpsc::Sender<FromCluster>,
+) {
+    let Fence::At(written) = k.fence else {
+        return;
+    };
+    if !k.will {
+        return;
     }
+    let settle = settle_release(
+        cluster.clone(),
+        ClientKey::new(client_id),
+        written,
+        sessions.clone(),
+        tx.clone(),
+    );
+    tokio::spawn(settle);
 }
 
 /// After a write of `client_id`'s record: when it was written, the checkpoints it covers

@@ -126,48 +126,38 @@ fn disconnected_or_own_entry_is_updated_directly() {
 /// that ended normally forgets it.
 #[test]
 fn the_entry_remembers_the_node_the_client_came_from_until_a_connection_here_ends() {
+    // A claim by `node` (its owner, if connected, answers): the other node it finds the
+    // client was last on.
+    fn claim(kv: &mut MemoryKv, node: &str, incarnation: u64) -> Claimed {
+        let mut c = Claim::new(n(node), incarnation, ClaimConfig::default());
+        let (_, r) = run(&mut c, kv, Instant::now(), &|_: &NodeId, _| false, true);
+        r.unwrap()
+    }
+    let elsewhere = |c: &Claimed, me: &str| {
+        let previous = c.previous.clone().unwrap();
+        previous.last_elsewhere(&n(me)).cloned()
+    };
     let mut kv = MemoryKv::new();
     kv.put(KEY, entry("m1", 1, false).encode());
-    let mut first = Claim::new(n("m2"), 5, ClaimConfig::default());
-    let (_, r) = run(&mut first, &mut kv, Instant::now(), &all_alive, true);
-    let first = r.unwrap();
-    assert_eq!(
-        first.previous.unwrap().last_elsewhere(&n("m2")),
-        Some(&n("m1"))
-    );
+    let first = claim(&mut kv, "m2", 5);
+    assert_eq!(elsewhere(&first, "m2"), Some(n("m1")));
     assert_eq!(read(&kv).unwrap().0, came_from(entry("m2", 5, true), "m1"));
 
     // That claim failed after its write: the client connects to m2 again.
-    let mut again = Claim::new(n("m2"), 5, ClaimConfig::default());
-    let (_, r) = run(&mut again, &mut kv, Instant::now(), &all_alive, true);
-    let again = r.unwrap();
-    assert_eq!(
-        again.previous.unwrap().last_elsewhere(&n("m2")),
-        Some(&n("m1"))
-    );
+    let again = claim(&mut kv, "m2", 5);
+    assert_eq!(elsewhere(&again, "m2"), Some(n("m1")));
     assert_eq!(read(&kv).unwrap().0, came_from(entry("m2", 5, true), "m1"));
 
     // Its connection there ended (written as `Cluster::mark_disconnected` does).
     kv.update(KEY, entry("m2", 5, false).encode(), again.revision)
         .unwrap();
-    let mut third = Claim::new(n("m2"), 5, ClaimConfig::default());
-    let (_, r) = run(&mut third, &mut kv, Instant::now(), &all_alive, true);
-    assert_eq!(r.unwrap().previous.unwrap().last_elsewhere(&n("m2")), None);
+    let third = claim(&mut kv, "m2", 5);
+    assert_eq!(elsewhere(&third, "m2"), None);
     assert_eq!(read(&kv).unwrap().0, entry("m2", 5, true));
 
     // Back on m1: the entry names m2.
-    let mut back = Claim::new(n("m1"), 1, ClaimConfig::default());
-    let (_, r) = run(
-        &mut back,
-        &mut kv,
-        Instant::now(),
-        &|_: &NodeId, _| false,
-        true,
-    );
-    assert_eq!(
-        r.unwrap().previous.unwrap().last_elsewhere(&n("m1")),
-        Some(&n("m2"))
-    );
+    let back = claim(&mut kv, "m1", 1);
+    assert_eq!(elsewhere(&back, "m1"), Some(n("m2")));
     assert_eq!(read(&kv).unwrap().0, came_from(entry("m1", 1, true), "m2"));
 }
 
