@@ -1174,20 +1174,32 @@ async fn write_session<B: Backend>(
         }
         r
     });
-    let outcome =
-        if record.is_none() && k.will && !wills.is_empty() && matches!(k.fence, Fence::At(_)) {
-            // The session ends with the will its record holds: ended in a way whose retry
-            // knows its own landed write (`Cluster::end_session_as`). (After a create that
-            // got no answer, `write_own_session` looks at what it left, and at the registry.)
-            cluster
-                .end_session_as(&key, k.claim, k.fence, unix_ms(), RecordWriter::Owner)
-                .await
-                .map(|()| None)
-        } else {
-            cluster
-                .write_own_session(&key, record.as_ref(), k.claim, k.fence)
-                .await
-        };
+    let me = &cluster.config().node;
+    let ends_at = matches!(k.fence, Fence::At(_)) && record.is_none();
+    let foreign_mark = k.taken.clone().filter(|t| t.node != *me);
+    let outcome = if ends_at && k.will && !wills.is_empty() {
+        // The session ends with the will its record holds: ended in a way whose retry
+        // knows its own landed write (`Cluster::end_session_as`). (After a create that
+        // got no answer, `write_own_session` looks at what it left, and at the registry.)
+        cluster
+            .end_session_as(&key, k.claim, k.fence, unix_ms(), RecordWriter::Owner)
+            .await
+            .map(|()| None)
+    } else if let Some(taken) = foreign_mark.filter(|_| ends_at && !k.will) {
+        // The session ends, and the record carries another node's take-out of a will
+        // whose answer may still be on its way: left in place with that mark, for that
+        // node's retry to find (`wills::ended_keeping`).
+        tracing::debug!(target: RECORDS, %client_id, taker = %taken.node, "an ended session's record is left with another node's will take-out mark");
+        let ended = wills::ended_keeping(me.clone(), k.claim, unix_ms(), taken);
+        cluster
+            .write_own_session(&key, Some(&ended), k.claim, k.fence)
+            .await
+            .map(|_| None)
+    } else {
+        cluster
+            .write_own_session(&key, record.as_ref(), k.claim, k.fence)
+            .await
+    };
     match wills::verdict(&outcome) {
         WillVerdict::Publish => {
             let written = matches!(outcome, Ok(Some(_)));
@@ -1287,8 +1299,10 @@ async fn publish_wills(client_id: &Arc<str>, wills: Vec<KeptWill>, tx: &mpsc::Se
 /// another node took the record: the record, whoever wrote it since, still carries that
 /// write's mark (`wills::taken_by_me`), and the node that took it found no will to decide.
 /// The will is then this node's to publish (found by the fault harness: a probe's will
-/// withheld by the node whose take-out had landed, and never published). A record that
-/// cannot be read, or is gone, counts as no: the will is withheld, as before.
+/// withheld by the node whose take-out had landed, and never published). A claimer whose
+/// session ended since left the record in place, with the mark, for this read
+/// (`wills::ended_keeping`); it is deleted here. A record that cannot be read, or is gone,
+/// counts as no: the will is withheld, as before.
 async fn will_taken_out_here<B: Backend>(
     cluster: &Cluster<B>,
     client_id: &Arc<str>,
@@ -1298,11 +1312,19 @@ async fn will_taken_out_here<B: Backend>(
     if wills.is_empty() {
         return false;
     }
-    match cluster.load_session(&ClientKey::new(client_id)).await {
-        Ok((Some(r), _)) => {
+    let key = ClientKey::new(client_id);
+    match cluster.load_session(&key).await {
+        Ok((Some(r), at)) => {
             let mine = wills::taken_by_me(&r, &cluster.config().node, claim);
             if mine {
                 tracing::debug!(target: RECORDS, %client_id, "a will this node's write took out of the record, unanswered, before another node took the record: published here");
+                if wills::is_ended(&r) {
+                    // Left in place only for this mark (`wills::ended_keeping`); a claim
+                    // since rewrote it, and this delete is refused, when the client is back.
+                    if let Err(e) = cluster.delete_session(&key, at).await {
+                        tracing::debug!(%client_id, error = %e, "an ended session's record is left in place (another node wrote it since, or the engine failed)");
+                    }
+                }
             }
             mine
         }
@@ -3342,44 +3364,74 @@ mod tests {
     /// lands but its answer is lost (the will waits to be tried again). Before it is, another
     /// node claims the client and finds no will in the record (it carries this node's mark),
     /// and this node learns that the session moved. The will is this node's: published once
-    /// (it was withheld, and nobody published it: the fault harness's probe wills).
+    /// (it was withheld, and nobody published it: the fault harness's probe wills). Also
+    /// when the claimer's session has ended meanwhile (a clean start, no will of its own):
+    /// its record is left in place with the mark, and deleted once this node has read it.
     #[tokio::test(start_paused = true)]
     async fn a_will_whose_take_out_landed_unanswered_is_published_after_the_session_moved() {
-        let engine = MemoryBackend::new();
-        let mut owner = Owner::new(&engine).await;
-        with_will_in_record(&owner).await;
-        engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
-        owner.store_with(snapshot(vec![1]), vec![a_will()]);
-        loop {
-            let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
-            if r.is_some_and(|r| r.will.is_none()) {
-                break;
+        for claimer_ends in [false, true] {
+            let engine = MemoryBackend::new();
+            let mut owner = Owner::new(&engine).await;
+            with_will_in_record(&owner).await;
+            engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+            owner.store_with(snapshot(vec![1]), vec![a_will()]);
+            loop {
+                let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+                if r.is_some_and(|r| r.will.is_none()) {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
-            tokio::task::yield_now().await;
+            assert_eq!(owner.published(), 0, "its answer was lost: the will waits");
+            let m2 = Arc::new(Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+            ));
+            let claimed = m2.claim_client(&owner.key).await.unwrap();
+            let found = m2
+                .load_claimed_session(&owner.key, &claimed, 0)
+                .await
+                .unwrap();
+            assert!(found.will.is_none(), "no will for the claimer to decide");
+            let (m2_ops, m2_from) = if claimer_ends {
+                let (ops, rx) = mpsc::unbounded_channel();
+                let (tx, from) = mpsc::channel(64);
+                tokio::spawn(sessions(m2.clone(), (ops.clone(), rx), tx));
+                let taken = found.record.as_ref().and_then(|r| r.will_taken_by.clone());
+                let owned =
+                    SessionOp::Owned("c".into(), claimed.revision, found.fence, false, taken);
+                ops.send(owned).unwrap();
+                ops.send(SessionOp::Store("c".into(), None, None, Vec::new(), None))
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+                let r = r.expect("the ended session's record left in place, with the mark");
+                assert_eq!(r.node.as_str(), "m2");
+                assert!(wills::is_ended(&r));
+                (Some(ops), Some(from))
+            } else {
+                (None, None)
+            };
+            owner
+                .ops
+                .send(SessionOp::Moved("c".into(), claimed.revision))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let case = format!("claimer ends its session: {claimer_ends}");
+            assert_eq!(
+                owner.published(),
+                1,
+                "published by the node that took it out: {case}"
+            );
+            tokio::time::sleep(ABANDONED_AFTER * 2).await;
+            assert_eq!(owner.published(), 0, "once: {case}");
+            if let Some(mut from) = m2_from {
+                assert_eq!(wills_in(&mut from), 0, "none at the claimer");
+                let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+                assert!(r.is_none(), "the ended record is deleted once read");
+            }
+            drop(m2_ops);
         }
-        assert_eq!(owner.published(), 0, "its answer was lost: the will waits");
-        let m2 = Cluster::new(
-            engine.clone(),
-            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-        );
-        let claimed = m2.claim_client(&owner.key).await.unwrap();
-        let found = m2
-            .load_claimed_session(&owner.key, &claimed, 0)
-            .await
-            .unwrap();
-        assert!(found.will.is_none(), "no will for the claimer to decide");
-        owner
-            .ops
-            .send(SessionOp::Moved("c".into(), claimed.revision))
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            owner.published(),
-            1,
-            "published by the node that took it out"
-        );
-        tokio::time::sleep(ABANDONED_AFTER * 2).await;
-        assert_eq!(owner.published(), 0, "once");
     }
 
     /// The wills handed to the router on `from` so far.

@@ -128,7 +128,43 @@ pub fn mark_taken(record: &mut SessionRecord, claim: Revision) {
 /// that lands unanswered is known on the retry ([`written_under`], [`taken_by_me`]); the
 /// delete after it only tidies up.
 pub fn ended(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
-    let mut r = SessionRecord {
+    let mut r = ended_record(node, claim, now_ms);
+    mark_taken(&mut r, claim);
+    r
+}
+
+/// The record a node writes over a session that ends without a will of its own to take
+/// out, when the record carries the take-out mark of another node (`taken`): the same
+/// ended record as [`ended`], keeping that mark, and left in place instead of deleted.
+/// That node's take-out landed but its answer was lost, so the will waits there to be
+/// tried again; its retry, refused, learns from the mark that the will is its own
+/// ([`taken_by_me`]), and deletes the record then ([`is_ended`]). Deleted now, the mark
+/// would go with it and the will be withheld by everyone (found by the fault harness: a
+/// probe's clean-start connection on the claiming node ended 7 s after its claim).
+pub fn ended_keeping(
+    node: NodeId,
+    claim: Revision,
+    now_ms: u64,
+    taken: WillTaker,
+) -> SessionRecord {
+    SessionRecord {
+        will_taken_by: Some(taken),
+        ..ended_record(node, claim, now_ms)
+    }
+}
+
+/// Whether `record` is one of a session that has ended ([`ended`], [`ended_keeping`]):
+/// Session Expiry 0, its connection gone, no will. No claim takes such a record for a
+/// session; it is left only for the mark it carries.
+pub fn is_ended(record: &SessionRecord) -> bool {
+    record.expiry_interval == 0
+        && record.disconnected_at_ms.is_some()
+        && record.will.is_none()
+        && record.subscriptions.is_empty()
+}
+
+fn ended_record(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
+    SessionRecord {
         node,
         claim: claim.get(),
         protocol: 5,
@@ -142,9 +178,7 @@ pub fn ended(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
         will_taken_by: None,
         cursors_of: None,
         writer_late: Vec::new(),
-    };
-    mark_taken(&mut r, claim);
-    r
+    }
 }
 
 /// Whether `record` (now another node's) still carries the mark of a write of `node` under
