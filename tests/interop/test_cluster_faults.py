@@ -192,3 +192,74 @@ def test_a_node_without_nats_refuses_and_disconnects_before_its_lease_expires(tm
         raise
     finally:
         cluster.stop()
+
+
+def _main_connection_server(cluster, node: str) -> int | None:
+    """The NATS server (index) holding node `node`'s main connection, from each server's
+    monitoring endpoint (`/connz`): the node names its connection `makelaar <node>`."""
+    import json
+    import urllib.request
+
+    for i, port in enumerate(cluster.monitor_ports):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/connz?limit=1000",
+                                        timeout=2) as r:
+                conns = json.load(r).get("connections") or []
+        except OSError:
+            continue
+        if any(c.get("name") == f"makelaar {node}" for c in conns):
+            return i
+    return None
+
+
+def test_a_node_whose_nats_server_stalls_moves_to_another_server(tmp_path):
+    """The NATS server a node is connected to stops answering while the others run on
+    (SIGSTOP: a stalled disk, a long pause; its TCP connections stay open, so the client
+    library notices nothing until its pings time out, minutes later). The node steps down
+    within its lease, then connects to another server of the cluster by itself and serves
+    again (CONNACK 0, QoS 1 acknowledged) while that server is still stopped."""
+    import signal
+    import time
+
+    from clients import MqttClient
+
+    cluster = cf.LoopbackCluster(tmp_path)
+    stopped_server = None
+    try:
+        cluster.start()
+        port = cluster.mqtt_port(0)
+
+        class At:
+            host, port_ = "127.0.0.1", port
+
+        server = _main_connection_server(cluster, "m0")
+        assert server is not None, "no NATS server lists node m0's connection"
+        cluster.nats[server].signal(signal.SIGSTOP)
+        stopped_server, stopped = server, time.monotonic()
+        served_at = None
+        while served_at is None and time.monotonic() - stopped < 75:
+            time.sleep(1)
+            c = MqttClient(At, version=5, port=port)
+            try:
+                if c.connect(expect_success=False, timeout=5).reason_code == 0:
+                    assert c.publish("stall/probe", b"x", qos=1, timeout=10) in (0, 0x10)
+                    served_at = time.monotonic() - stopped
+            except (OSError, TimeoutError, ConnectionError):
+                pass
+            finally:
+                c.close()
+        assert served_at is not None, "node m0 did not serve again while its NATS server was stopped"
+        # Step-down 10 s after the last lease write, the move a lease TTL (15 s) after the
+        # first failed write: so about 17 s, and a few more to connect and settle.
+        assert served_at < 45, f"served again only {served_at:.0f} s after its server stopped"
+        now_on = _main_connection_server(cluster, "m0")
+        assert now_on is not None and now_on != server, (server, now_on)
+        log = (tmp_path / "m0.log").read_text(errors="replace")
+        assert "leaving the NATS server this node is connected to" in log
+    except Exception:
+        print(cluster.logs())
+        raise
+    finally:
+        if stopped_server is not None:
+            cluster.nats[stopped_server].signal(signal.SIGCONT)
+        cluster.stop()

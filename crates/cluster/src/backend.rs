@@ -252,6 +252,14 @@ pub trait Backend: Send + Sync + 'static {
         payload: Bytes,
         timeout: Duration,
     ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
+
+    /// Leaves the engine server this node is connected to for another one of its cluster
+    /// (the lease's [`crate::lease::OwnState::MoveServer`]); returns at once, the connection
+    /// is made again in the background. An engine of one server (the memory engine) has
+    /// nowhere to go: nothing is done.
+    fn move_server(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 type Watchers = Vec<(

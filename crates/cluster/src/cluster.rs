@@ -1723,6 +1723,14 @@ impl<B: Backend> Cluster<B> {
                         return;
                     }
                 }
+                OwnState::MoveServer => {
+                    // (The engine logs the server it leaves.)
+                    tracing::debug!(
+                        after = ?self.config.lease.ttl,
+                        "this node's lease writes have all failed since it stepped down: connecting to another engine server"
+                    );
+                    self.backend.move_server().await;
+                }
                 OwnState::Resume => {
                     self.stats.set_serving(true);
                     tracing::info!(node = %self.config.node, "lease held: serving");

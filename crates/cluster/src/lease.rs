@@ -79,6 +79,14 @@ pub enum OwnState {
     /// The lease is held: serve. Said once after the first successful write, and once after
     /// each step-down when a write succeeds again. A node serves nothing before it.
     Resume,
+    /// Stepped down, and no lease write has been confirmed for a whole `ttl`: connect to
+    /// another server of the engine's cluster. The server this node is connected to may
+    /// answer the connection's pings yet not get its writes through (found by the fault
+    /// harness: a NATS server left with routes it could not use after a cut link kept its
+    /// node stepped down for 90 s while the other nodes, on other servers, served), or be
+    /// stalled altogether (a pause, a disk that hangs its fsync) with the connection still
+    /// open. Said again after every further `ttl` of failures.
+    MoveServer,
 }
 
 /// This node's lease.
@@ -92,6 +100,9 @@ pub struct OwnLease {
     next: Instant,
     down: bool,
     resume_pending: bool,
+    /// Since when this node's lease writes have all failed, after it had served (or since
+    /// it last asked to move to another server): see [`OwnState::MoveServer`].
+    failing_since: Option<Instant>,
 }
 
 impl OwnLease {
@@ -104,6 +115,7 @@ impl OwnLease {
             next: now,
             down: true,
             resume_pending: false,
+            failing_since: None,
         }
     }
 
@@ -123,6 +135,11 @@ impl OwnLease {
             self.resume_pending = false;
             return OwnState::Resume;
         }
+        let move_at = self.move_at();
+        if move_at.is_some_and(|t| now >= t) {
+            self.failing_since = Some(now);
+            return OwnState::MoveServer;
+        }
         if self.in_flight.is_none() && now >= self.next {
             self.in_flight = Some(now);
             return OwnState::Refresh;
@@ -131,7 +148,17 @@ impl OwnLease {
         if let Some(t) = step_down_at.filter(|_| !self.down) {
             wake = wake.min(t);
         }
+        if let Some(t) = move_at {
+            wake = wake.min(t);
+        }
         OwnState::Idle(wake)
+    }
+
+    /// When to connect to another server ([`OwnState::MoveServer`]): a `ttl` after the
+    /// first of the failed writes of a stepped-down node that had served.
+    fn move_at(&self) -> Option<Instant> {
+        let since = self.failing_since.filter(|_| self.down)?;
+        Some(since + self.config.ttl)
     }
 
     /// The engine confirmed the write sent at the last `Refresh`.
@@ -144,6 +171,7 @@ impl OwnLease {
                 self.down = false;
                 self.resume_pending = true;
             }
+            self.failing_since = None;
         }
     }
 
@@ -151,6 +179,9 @@ impl OwnLease {
     pub fn handle_failed(&mut self, now: Instant) {
         self.in_flight = None;
         self.next = now + self.config.refresh;
+        if self.confirmed.is_some() {
+            self.failing_since.get_or_insert(now);
+        }
     }
 
     /// When this node steps down unless a refresh is confirmed first (`None`: stepped down

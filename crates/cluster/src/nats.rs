@@ -274,14 +274,17 @@ impl NatsBackend {
         let tls = link::client_config(&config.tls, &config.servers)?;
         // No echo: a node's own QoS 0 publishes do not come back to its subscriptions (its
         // local subscribers got them from the local path already).
+        // The node's name in the connection's, as the servers' monitoring (`/connz`) shows it.
         let options = async_nats::ConnectOptions::new()
-            .name("makelaar")
+            .name(connection_name("makelaar", &config.node))
+            .event_callback(|e| log_connection_event("main", e))
             .no_echo()
             .connection_timeout(config.timeout)
             .request_timeout(Some(config.timeout));
         let options = link::apply(options, &config.tls, &tls, &config.auth).await?;
         let share_options = async_nats::ConnectOptions::new()
-            .name("makelaar-shares")
+            .name(connection_name("makelaar-shares", &config.node))
+            .event_callback(|e| log_connection_event("shares", e))
             .connection_timeout(config.timeout)
             .request_timeout(Some(config.timeout));
         let share_options = link::apply(share_options, &config.tls, &tls, &config.auth).await?;
@@ -1303,6 +1306,54 @@ impl Backend for NatsBackend {
                 _ => Err(engine(e)),
             },
         }
+    }
+
+    /// Makes the main connection again (the share groups' one carries only QoS 0 messages
+    /// and is left as it is). async-nats picks the server among those it knows, at random
+    /// among the ones that have not failed (its default), so the same server may come up
+    /// again: the lease asks again after another `ttl` of failures. A connection that is
+    /// down already is being made again anyway.
+    async fn move_server(&self) {
+        use async_nats::connection::State;
+        if self.client.connection_state() != State::Connected {
+            return;
+        }
+        let from = self.client.server_info().server_name;
+        tracing::warn!(server = %from, node = %self.node, "leaving the NATS server this node is connected to: it has not taken this node's lease writes since the node stepped down");
+        if let Err(e) = self.client.force_reconnect().await {
+            tracing::warn!(error = %e, "cannot connect to another NATS server");
+        }
+    }
+}
+
+/// A connection's name: `what`, followed by the node's name when it has one.
+fn connection_name(what: &str, node: &str) -> String {
+    if node.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what} {node}")
+    }
+}
+
+/// Logs what happens to a connection to NATS (`which`: the main one or the share groups'),
+/// for an operator to see when a node lost its server and when it has one again.
+async fn log_connection_event(which: &'static str, event: async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => tracing::info!(connection = which, "connected to a NATS server"),
+        Event::Disconnected => {
+            tracing::warn!(
+                connection = which,
+                "connection to the NATS server lost: connecting to a server of the cluster again"
+            );
+        }
+        Event::LameDuckMode => {
+            tracing::warn!(connection = which, "the NATS server is shutting down (lame duck mode): this node connects to another one");
+        }
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(connection = which, sid, "a NATS subscription of this node falls behind (slow consumer): the server drops messages for it");
+        }
+        other => tracing::debug!(connection = which, event = %other, "NATS connection event"),
     }
 }
 

@@ -61,6 +61,7 @@ fn own_lease_steps_down_before_others_see_it_expire() {
             OwnState::Idle(_) => {}
             OwnState::StepDown => break,
             OwnState::Resume => panic!("no write succeeded"),
+            OwnState::MoveServer => panic!("not before the step-down"),
         }
     }
     // ttl 15 s − margin 5 s: down at 10 s, 5 s before any peer can call the lease expired.
@@ -73,6 +74,54 @@ fn own_lease_steps_down_before_others_see_it_expire() {
     assert_eq!(l.poll(t), OwnState::Resume);
     assert!(l.is_serving(t));
     assert!(matches!(l.poll(t), OwnState::Idle(_)));
+}
+
+/// A node whose lease writes keep failing after it served (its NATS server answers the
+/// connection but gets nothing through, or is stalled) asks to move to another server a
+/// `ttl` after the first failure, and again after each further `ttl` of failures; never
+/// while its writes go through, nor before it ever served (its start-up gives up instead).
+#[test]
+fn a_node_whose_lease_writes_keep_failing_moves_to_another_server() {
+    let t0 = Instant::now();
+    let mut l = serving(t0);
+    let (mut t, mut moves, mut first_failure) = (t0, Vec::new(), None);
+    while t < t0 + Duration::from_secs(50) {
+        t += Duration::from_millis(250);
+        match l.poll(t) {
+            OwnState::Refresh => {
+                first_failure.get_or_insert(t);
+                l.handle_failed(t);
+            }
+            OwnState::MoveServer => moves.push(t - first_failure.unwrap()),
+            OwnState::Idle(wake) => assert!(wake > t),
+            OwnState::StepDown | OwnState::Resume => {}
+        }
+    }
+    let ttl = cfg().ttl;
+    assert_eq!(moves, vec![ttl, ttl * 2, ttl * 3]);
+    // A write that goes through ends it.
+    t += Duration::from_secs(2);
+    assert_eq!(l.poll(t), OwnState::Refresh);
+    l.handle_written(t);
+    assert_eq!(l.poll(t), OwnState::Resume);
+    for _ in 0..200 {
+        t += Duration::from_millis(250);
+        match l.poll(t) {
+            OwnState::Refresh => l.handle_written(t),
+            OwnState::Idle(_) => {}
+            other => panic!("{other:?} while its writes go through"),
+        }
+    }
+    // Never before the node first served.
+    let mut l = OwnLease::new(cfg(), t0);
+    let mut t = t0;
+    for _ in 0..200 {
+        if l.poll(t) == OwnState::Refresh {
+            l.handle_failed(t);
+        }
+        assert_ne!(l.poll(t), OwnState::MoveServer);
+        t += Duration::from_millis(250);
+    }
 }
 
 #[test]
@@ -292,8 +341,10 @@ fn a_node_without_its_lease_reaps_nobody_until_it_holds_it_again() {
         assert!(peers.reapable(&own, Vec::new(), t).is_empty(), "at {s} s");
     }
 
-    // Back at 31 s: its lease is written, and it reads `alive`'s latest write.
+    // Back at 31 s (having asked to move to another server, a ttl after its first failed
+    // write): its lease is written, and it reads `alive`'s latest write.
     let back = t0 + Duration::from_secs(31);
+    assert_eq!(own.poll(back), OwnState::MoveServer);
     assert_eq!(own.poll(back), OwnState::Refresh);
     own.handle_written(back);
     assert!(own.may_reap(back));
