@@ -2,12 +2,12 @@
 # The cluster under faults, the long schedule (issue 15, docs/cluster.md "Faults"):
 # three NATS servers and three Makelaar nodes, publishers and persistent subscribers, and
 # N cycles of faults (kill -9 of a node, kill -9 of a NATS server, SIGSTOP of a node beyond
-# its lease; in network namespaces when run as root: a host cut off, the link between two
+# its lease, SIGSTOP of a NATS server; in network namespaces when run as root: a host cut off, the link between two
 # hosts cut, and a host's packets dropped at random), then a summary: cycles, messages
 # acknowledged, lost, QoS 2 duplicates, longest stall and takeover.
 #
 #   scripts/cluster-faults.sh [--cycles N]
-#       [--faults kill-node,kill-nats,pause-node,partition,cut-link,loss]
+#       [--faults kill-node,kill-nats,pause-node,partition,cut-link,loss,pause-nats]
 #       [--loss-percent 10] [--rate MSG_PER_S] [--strict] [--keep]
 #
 # Needs: a built makelaar (cargo build --release -p makelaar, or MAKELAAR_BIN), nats-server

@@ -396,6 +396,12 @@ class ClusterBase:
         _wait_port(self.nats_host(i), self.nats_ports[i], p.proc, p.log_path,
                    netns=self.netns[i])
 
+    def pause_nats(self, i):
+        self.nats[i].signal(signal.SIGSTOP)
+
+    def resume_nats(self, i):
+        self.nats[i].signal(signal.SIGCONT)
+
     def pause_node(self, i):
         self.nodes[i].signal(signal.SIGSTOP)
         self.paused.add(i)
@@ -405,22 +411,19 @@ class ClusterBase:
         self.paused.discard(i)
 
     def nats_of(self, i) -> int | None:
-        """Which NATS server node i is connected to (from the servers' /connz)."""
+        """Which NATS server node i's main connection is on, from the servers' monitoring
+        (`/connz`; a node names it `makelaar <node>`). A stopped server does not answer."""
         for j in range(self.n):
             if not self.nats[j].alive():
                 continue
             try:
                 connz = _http_json(f"http://{self.nats_host(j)}:{self.monitor_ports[j]}/connz?limit=1024",
                                    self.netns[j])
-            except (OSError, ValueError):
+            except (OSError, ValueError, subprocess.TimeoutExpired):
                 continue
-            for c in connz.get("connections") or []:
-                if c.get("name") == "makelaar" and self._conn_is_node(c, i):
-                    return j
+            if any(c.get("name") == f"makelaar m{i}" for c in connz.get("connections") or []):
+                return j
         return None
-
-    def _conn_is_node(self, c, i) -> bool:
-        return False
 
     def stop(self):
         for p in self.nodes:
@@ -1080,7 +1083,9 @@ class Workload:
         return out
 
 
-FAULTS = ("kill-node", "kill-nats", "pause-node", "partition", "cut-link", "loss")
+FAULTS = ("kill-node", "kill-nats", "pause-node", "partition", "cut-link", "loss", "pause-nats")
+# The faults of a NATS server (no id probe: no node is the victim).
+NATS_FAULTS = ("kill-nats", "pause-nats")
 # The faults made in network namespaces, and of those the ones made of nftables rules.
 NETNS_FAULTS = ("partition", "cut-link", "loss")
 NFT_FAULTS = ("cut-link", "loss")
@@ -1129,7 +1134,7 @@ def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: floa
            loss_percent: int = LOSS_PERCENT) -> dict:
     """One fault and its healing; returns what was done and when."""
     h = w.history
-    probe = Probe(w.nodes, h, victim) if kind != "kill-nats" else None
+    probe = Probe(w.nodes, h, victim) if kind not in NATS_FAULTS else None
     if probe is not None and not probe.before():
         probe = None
     on_victim = [s.name for s in w.subs if s.connected.is_set() and s.node == victim]
@@ -1150,6 +1155,17 @@ def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: floa
         time.sleep(hold if hold is not None else 8.0)
         ev["healed"] = time.monotonic()
         cluster.restart_nats(victim)
+    elif kind == "pause-nats":
+        # The server stalls (a hung disk, a long pause) with its connections open: the
+        # nodes connected to it step down, then leave it for another server; the streams
+        # it led elect other leaders. Held until the move is due (a lease TTL after the
+        # first failed lease write) and a little beyond.
+        ev["nats"] = victim
+        ev["nodes_on_it"] = [i for i in range(cluster.n) if cluster.nats_of(i) == victim]
+        cluster.pause_nats(victim)
+        _hold_until(t0, hold, LEASE_TTL + 10.0)
+        ev["healed"] = time.monotonic()
+        cluster.resume_nats(victim)
     elif kind == "pause-node":
         cluster.pause_node(victim)
         if probe:
@@ -1409,7 +1425,7 @@ def check(w: Workload, retained: dict[int, dict[str, int] | None],
         for down, up in spans:
             r.longest_stall = max(r.longest_stall, up - down)
     for f in r.faults:
-        if f["kind"] == "kill-nats":
+        if f["kind"] in NATS_FAULTS:
             continue
         for c in conns:
             if c.client_id.startswith("probe-") and c.node != f["victim"] and c.opened > f["at"]:

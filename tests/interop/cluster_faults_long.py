@@ -1,6 +1,6 @@
 """The long fault schedule (scripts/cluster-faults.sh): N cycles, each one fault of every
 kind in turn (kill -9 of a node, kill -9 of a NATS server, SIGSTOP of a node beyond its
-lease, and, where network namespaces are permitted, a host cut off; with nft also the link
+lease, SIGSTOP of a NATS server, and, where network namespaces are permitted, a host cut off; with nft also the link
 between two hosts cut, and a host's packets dropped at random), on a rotating victim;
 then a summary. Exits 1 when the checker found a problem."""
 

@@ -1,9 +1,10 @@
 """The cluster under faults (issue 15, docs/cluster.md "Faults"), a short schedule for CI:
 `cluster_faults.py` runs publishers and persistent subscribers over three NATS servers and
 three Makelaar nodes while it kills a node (kill -9, then restarts it), kills a NATS server
-(kill -9, then restarts it) and pauses a node beyond its lease (SIGSTOP, SIGCONT); then, in
-network namespaces, cuts one host (its NATS server and its node) off from the others, cuts
-the link between two hosts only, and drops 10 % of one host's packets (nft). After
+(kill -9, then restarts it), pauses a node beyond its lease (SIGSTOP, SIGCONT) and pauses a
+NATS server; then, in network namespaces, cuts one host (its NATS server and its node) off
+from the others, cuts the link between two hosts only, and drops 10 % of one host's packets
+(nft). After
 healing and draining, the checker asserts what a user would: every acknowledged message
 arrived at every persistent subscriber, QoS 2 exactly once, in order per publisher and
 topic; the last acknowledged retained value is what a new subscriber sees; no client id is
@@ -83,8 +84,10 @@ def _assert_sound(report: cf.Report):
 
 def test_kill_a_node_kill_a_nats_server_pause_a_node():
     # Victims: node 0 killed and restarted, then the NATS server 1 killed and restarted,
-    # then node 2 paused for longer than its lease.
-    report = _run(cf.LoopbackCluster, [("kill-node", 0), ("kill-nats", 1), ("pause-node", 2)])
+    # then node 2 paused for longer than its lease, then the NATS server 0 paused (the
+    # nodes connected to it step down and move to another server).
+    report = _run(cf.LoopbackCluster, [("kill-node", 0), ("kill-nats", 1), ("pause-node", 2),
+                                       ("pause-nats", 0)])
     _assert_sound(report)
     # The same client id on another node is accepted within the lease, and the old node
     # serves it no longer than that (a paused node: once it runs again, at once).
@@ -194,24 +197,6 @@ def test_a_node_without_nats_refuses_and_disconnects_before_its_lease_expires(tm
         cluster.stop()
 
 
-def _main_connection_server(cluster, node: str) -> int | None:
-    """The NATS server (index) holding node `node`'s main connection, from each server's
-    monitoring endpoint (`/connz`): the node names its connection `makelaar <node>`."""
-    import json
-    import urllib.request
-
-    for i, port in enumerate(cluster.monitor_ports):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/connz?limit=1000",
-                                        timeout=2) as r:
-                conns = json.load(r).get("connections") or []
-        except OSError:
-            continue
-        if any(c.get("name") == f"makelaar {node}" for c in conns):
-            return i
-    return None
-
-
 def test_a_node_whose_nats_server_stalls_moves_to_another_server(tmp_path):
     """The NATS server a node is connected to stops answering while the others run on
     (SIGSTOP: a stalled disk, a long pause; its TCP connections stay open, so the client
@@ -232,7 +217,7 @@ def test_a_node_whose_nats_server_stalls_moves_to_another_server(tmp_path):
         class At:
             host, port_ = "127.0.0.1", port
 
-        server = _main_connection_server(cluster, "m0")
+        server = cluster.nats_of(0)
         assert server is not None, "no NATS server lists node m0's connection"
         cluster.nats[server].signal(signal.SIGSTOP)
         stopped_server, stopped = server, time.monotonic()
@@ -252,7 +237,7 @@ def test_a_node_whose_nats_server_stalls_moves_to_another_server(tmp_path):
         # Step-down 10 s after the last lease write, the move a lease TTL (15 s) after the
         # first failed write: so about 17 s, and a few more to connect and settle.
         assert served_at < 45, f"served again only {served_at:.0f} s after its server stopped"
-        now_on = _main_connection_server(cluster, "m0")
+        now_on = cluster.nats_of(0)
         assert now_on is not None and now_on != server, (server, now_on)
         log = (tmp_path / "m0.log").read_text(errors="replace")
         assert "leaving the NATS server this node is connected to" in log
