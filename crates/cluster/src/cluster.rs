@@ -655,19 +655,48 @@ impl<B: Backend> Cluster<B> {
             .is_some_and(|(_, r)| r == revision))
     }
 
-    /// The owner's side of a hand-over, or a connection closing: the registry entry says
-    /// no connection is open, if it is still the one this node wrote at `revision`.
-    /// [`ClusterError::Fenced`] when another node has claimed it since.
+    /// A connection of this node closing: the registry entry says no connection is open,
+    /// if it is still the one this node wrote at `revision`, and that the client was last
+    /// on this node (its connection was let in past the barriers of the node it came from,
+    /// [`RegistryEntry::came_from`]). [`ClusterError::Fenced`] when another node has
+    /// claimed it since.
     pub async fn mark_disconnected(
         &self,
         client: &ClientKey,
         revision: Revision,
     ) -> Result<Revision, ClusterError> {
+        self.write_disconnected(client, revision, None).await
+    }
+
+    /// The owner's side of a hand-over: as [`Cluster::mark_disconnected`], but the entry
+    /// keeps naming the node the client came from. The request may be for the entry of a
+    /// claim of this node that failed after writing it (no connection was let in here):
+    /// cleared, it hid that node from the client's next claim here, which then appended
+    /// no barriers (found by the fault harness: reorderings after claims refused by 503s,
+    /// when another node's claim asked this one to hand the client over in between).
+    pub async fn mark_released(
+        &self,
+        client: &ClientKey,
+        revision: Revision,
+    ) -> Result<Revision, ClusterError> {
+        let came_from = match self.read_registry(client).await? {
+            Some((entry, at)) if at == revision => entry.last_elsewhere(&self.config.node).cloned(),
+            _ => return Err(ClusterError::Fenced(client.clone())),
+        };
+        self.write_disconnected(client, revision, came_from).await
+    }
+
+    async fn write_disconnected(
+        &self,
+        client: &ClientKey,
+        revision: Revision,
+        came_from: Option<NodeId>,
+    ) -> Result<Revision, ClusterError> {
         let entry = RegistryEntry {
             node: self.config.node.clone(),
             incarnation: self.incarnation(),
             connected: false,
-            came_from: None,
+            came_from,
         };
         match self
             .backend
