@@ -510,6 +510,11 @@ pub(crate) async fn start(
         (sessions_tx.clone(), sessions_rx),
         from_tx.clone(),
     ));
+    tokio::spawn(take_back_from_earlier_runs(
+        cluster.clone(),
+        sessions_tx.clone(),
+        from_tx.clone(),
+    ));
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let queue = QueueRoom {
         stats: stats.clone(),
@@ -1767,6 +1772,40 @@ async fn settle_release<B: Backend>(
         }
     }
     tracing::error!(%client, "gave up looking whether a session handed over was taken (the engine kept failing for 30 s): if its claim failed, its will is not published");
+}
+
+/// At start-up: the sessions an earlier run of this node gave up to claims that never took
+/// their records (`Cluster::given_up_by_earlier_runs`) are taken back, with their wills,
+/// as that run would have (`settle_release`). Tried for a while when the engine fails.
+async fn take_back_from_earlier_runs<B: Backend>(
+    cluster: Arc<Cluster<B>>,
+    sessions: mpsc::UnboundedSender<SessionOp>,
+    tx: mpsc::Sender<FromCluster>,
+) {
+    for attempt in 0..REAP_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(REAP_RETRY).await;
+        }
+        match cluster.given_up_by_earlier_runs().await {
+            Ok(given_up) => {
+                for (client, written) in given_up {
+                    let settle = settle_release(
+                        cluster.clone(),
+                        client,
+                        written,
+                        sessions.clone(),
+                        tx.clone(),
+                    );
+                    tokio::spawn(settle);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for sessions an earlier run of this node gave up to claims that failed: tried again shortly");
+            }
+        }
+    }
+    tracing::error!("gave up looking for sessions an earlier run of this node gave up to claims that failed (the engine kept failing for 30 s): their wills may not be published");
 }
 
 /// How often, and how far apart, the reaper of a dead node tries the sessions it could not
@@ -3357,6 +3396,55 @@ mod tests {
                 let writer = if claim_completes { "m2" } else { "m1" };
                 assert_eq!(r.node.as_str(), writer, "{case}");
             }
+        }
+    }
+
+    /// A node whose session a claim moved, and whose process is killed before its take-back
+    /// is due (the claim then failed, the record still holds the will): started again, it
+    /// takes the session back with its will after the claim had its time, and publishes it
+    /// once; when the claim took the record, it does not (found by the fault harness: two
+    /// probes' wills never published, their node killed within those 20 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_will_left_to_a_failed_claim_by_a_run_that_died_is_published_by_the_next_run() {
+        for claim_completes in [false, true] {
+            let engine = MemoryBackend::new();
+            let owner = Owner::new(&engine).await;
+            with_will_in_record(&owner).await;
+            let m2 = Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
+            );
+            let claimed = m2.claim_client(&owner.key).await.unwrap();
+            if claim_completes {
+                let found = m2
+                    .load_claimed_session(&owner.key, &claimed, 0)
+                    .await
+                    .unwrap();
+                assert!(found.will.is_some());
+            }
+            // m1's process dies (its sessions task with it); a new run of m1 starts.
+            drop(owner);
+            let again = Arc::new(Cluster::new(
+                engine.clone(),
+                ClusterConfig::new(NodeId::new("m1").unwrap(), 3),
+            ));
+            let (ops, rx) = mpsc::unbounded_channel();
+            let (tx, mut from) = mpsc::channel(64);
+            tokio::spawn(sessions(again.clone(), (ops.clone(), rx), tx.clone()));
+            tokio::spawn(take_back_from_earlier_runs(again.clone(), ops, tx));
+            let case = format!("claim completes: {claim_completes}");
+            tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
+            assert_eq!(
+                wills_in(&mut from),
+                0,
+                "not before the claim had its time: {case}"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(wills_in(&mut from), usize::from(!claim_completes), "{case}");
+            let (r, _) = again.load_session(&ClientKey::new("c")).await.unwrap();
+            assert!(r.unwrap().will.is_none(), "{case}");
+            tokio::time::sleep(ABANDONED_AFTER * 2).await;
+            assert_eq!(wills_in(&mut from), 0, "once: {case}");
         }
     }
 

@@ -891,6 +891,41 @@ impl<B: Backend> Cluster<B> {
         Ok((out, failed))
     }
 
+    /// The session records this node wrote in an earlier run (a process that was killed or
+    /// stopped: no connection of this node is open now) that still hold a will while the
+    /// registry names another node: a claim of that node moved the entry and never took
+    /// the record (it failed after the hand-over), and the take-back that earlier run had
+    /// set for it died with it. The reaper of that run takes only the entries naming it,
+    /// so nobody would publish the will (found by the fault harness: two probes' wills
+    /// never published, their node killed within the 20 s before its take-back). The
+    /// caller takes each back after the claim had its time (`take_abandoned`), with the
+    /// record's revision as read here. Called once at start-up, before any connection.
+    pub async fn given_up_by_earlier_runs(
+        &self,
+    ) -> Result<Vec<(ClientKey, Revision)>, ClusterError> {
+        let mut out = Vec::new();
+        for key in self.backend.keys(Bucket::Sessions).await? {
+            let Ok(client) = ClientKey::from_key(&key) else {
+                continue;
+            };
+            let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
+                continue;
+            };
+            let Ok(record) = SessionRecord::decode(&entry.value) else {
+                continue;
+            };
+            if record.node != self.config.node || record.will.is_none() {
+                continue;
+            }
+            if let Some((holder, _)) = self.read_registry(&client).await? {
+                if holder.node != self.config.node {
+                    out.push((client, entry.revision));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `retry`: an earlier take-over of these clients failed on the engine, so its registry
     /// write may have landed unanswered ([`wills::reaped_unanswered`]).
     async fn take_orphan(

@@ -1340,7 +1340,8 @@ fn connection_name(what: &str, node: &str) -> String {
 async fn log_connection_event(which: &'static str, event: async_nats::Event) {
     use async_nats::Event;
     match event {
-        Event::Connected => tracing::info!(connection = which, "connected to a NATS server"),
+        // (async-nats logs every event at info level too: "event: connected".)
+        Event::Connected => tracing::debug!(connection = which, "connected to a NATS server"),
         Event::Disconnected => {
             tracing::warn!(
                 connection = which,
