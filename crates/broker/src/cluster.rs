@@ -1048,12 +1048,22 @@ fn settle_later<B: Backend>(
     let Fence::At(written) = k.fence else {
         return;
     };
-    if !k.will {
-        return;
+    if k.will {
+        spawn_settle(cluster, ClientKey::new(client_id), written, sessions, tx);
     }
+}
+
+/// Spawns [`settle_release`] for `client`'s record as written at `written`.
+fn spawn_settle<B: Backend>(
+    cluster: &Arc<Cluster<B>>,
+    client: ClientKey,
+    written: Revision,
+    sessions: &mpsc::UnboundedSender<SessionOp>,
+    tx: &mpsc::Sender<FromCluster>,
+) {
     let settle = settle_release(
         cluster.clone(),
-        ClientKey::new(client_id),
+        client,
         written,
         sessions.clone(),
         tx.clone(),
@@ -1181,7 +1191,8 @@ async fn write_session<B: Backend>(
     });
     let me = &cluster.config().node;
     let ends_at = matches!(k.fence, Fence::At(_)) && record.is_none();
-    let foreign_mark = k.taken.clone().filter(|t| t.node != *me);
+    // (Looked at only for a session that ends: every record write passes here.)
+    let foreign_mark = || k.taken.clone().filter(|t| t.node != *me);
     let outcome = if ends_at && k.will && !wills.is_empty() {
         // The session ends with the will its record holds: ended in a way whose retry
         // knows its own landed write (`Cluster::end_session_as`). (After a create that
@@ -1190,7 +1201,7 @@ async fn write_session<B: Backend>(
             .end_session_as(&key, k.claim, k.fence, unix_ms(), RecordWriter::Owner)
             .await
             .map(|()| None)
-    } else if let Some(taken) = foreign_mark.filter(|_| ends_at && !k.will) {
+    } else if let Some(taken) = (ends_at && !k.will).then(foreign_mark).flatten() {
         // The session ends, and the record carries another node's take-out of a will
         // whose answer may still be on its way: left in place with that mark, for that
         // node's retry to find (`wills::ended_keeping`).
@@ -1789,14 +1800,7 @@ async fn take_back_from_earlier_runs<B: Backend>(
         match cluster.given_up_by_earlier_runs().await {
             Ok(given_up) => {
                 for (client, written) in given_up {
-                    let settle = settle_release(
-                        cluster.clone(),
-                        client,
-                        written,
-                        sessions.clone(),
-                        tx.clone(),
-                    );
-                    tokio::spawn(settle);
+                    spawn_settle(&cluster, client, written, &sessions, &tx);
                 }
                 return;
             }
@@ -3356,11 +3360,7 @@ mod tests {
                 }
                 // The claiming node moves the registry entry; then its claim fails before
                 // it reads the record, or goes on and takes the will out.
-                let m2 = Cluster::new(
-                    engine.clone(),
-                    ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-                );
-                let claimed = m2.claim_client(&owner.key).await.unwrap();
+                let (_m2, claimed) = m2_claims(&engine, claim_completes).await;
                 let notice = match told {
                     Told::HandOver => None,
                     Told::MovedNotice => Some(SessionOp::Moved("c".into(), claimed.revision)),
@@ -3372,13 +3372,6 @@ mod tests {
                 };
                 if let Some(op) = notice {
                     owner.ops.send(op).unwrap();
-                }
-                if claim_completes {
-                    let found = m2
-                        .load_claimed_session(&owner.key, &claimed, 0)
-                        .await
-                        .unwrap();
-                    assert!(found.will.is_some());
                 }
                 tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
                 let case = format!("{told:?}, claim completes: {claim_completes}");
@@ -3399,6 +3392,35 @@ mod tests {
         }
     }
 
+    /// Node `name` (incarnation `incarnation`) over `engine`.
+    fn node_on(
+        engine: &MemoryBackend,
+        name: &str,
+        incarnation: u64,
+    ) -> Arc<Cluster<MemoryBackend>> {
+        let config = ClusterConfig::new(NodeId::new(name).unwrap(), incarnation);
+        Arc::new(Cluster::new(engine.clone(), config))
+    }
+
+    /// Node m2 claims client "c" (moving the registry entry); with `completes`, its claim
+    /// goes on and takes the will out of the record, which must hold one.
+    async fn m2_claims(
+        engine: &MemoryBackend,
+        completes: bool,
+    ) -> (
+        Arc<Cluster<MemoryBackend>>,
+        makelaar_cluster::takeover::Claimed,
+    ) {
+        let m2 = node_on(engine, "m2", 2);
+        let key = ClientKey::new("c");
+        let claimed = m2.claim_client(&key).await.unwrap();
+        if completes {
+            let found = m2.load_claimed_session(&key, &claimed, 0).await.unwrap();
+            assert!(found.will.is_some());
+        }
+        (m2, claimed)
+    }
+
     /// A node whose session a claim moved, and whose process is killed before its take-back
     /// is due (the claim then failed, the record still holds the will): started again, it
     /// takes the session back with its will after the claim had its time, and publishes it
@@ -3410,24 +3432,10 @@ mod tests {
             let engine = MemoryBackend::new();
             let owner = Owner::new(&engine).await;
             with_will_in_record(&owner).await;
-            let m2 = Cluster::new(
-                engine.clone(),
-                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-            );
-            let claimed = m2.claim_client(&owner.key).await.unwrap();
-            if claim_completes {
-                let found = m2
-                    .load_claimed_session(&owner.key, &claimed, 0)
-                    .await
-                    .unwrap();
-                assert!(found.will.is_some());
-            }
+            m2_claims(&engine, claim_completes).await;
             // m1's process dies (its sessions task with it); a new run of m1 starts.
             drop(owner);
-            let again = Arc::new(Cluster::new(
-                engine.clone(),
-                ClusterConfig::new(NodeId::new("m1").unwrap(), 3),
-            ));
+            let again = node_on(&engine, "m1", 3);
             let (ops, rx) = mpsc::unbounded_channel();
             let (tx, mut from) = mpsc::channel(64);
             tokio::spawn(sessions(again.clone(), (ops.clone(), rx), tx.clone()));
@@ -3471,17 +3479,14 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             assert_eq!(owner.published(), 0, "its answer was lost: the will waits");
-            let m2 = Arc::new(Cluster::new(
-                engine.clone(),
-                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-            ));
+            let m2 = node_on(&engine, "m2", 2);
             let claimed = m2.claim_client(&owner.key).await.unwrap();
             let found = m2
                 .load_claimed_session(&owner.key, &claimed, 0)
                 .await
                 .unwrap();
             assert!(found.will.is_none(), "no will for the claimer to decide");
-            let (m2_ops, m2_from) = if claimer_ends {
+            let m2_from = if claimer_ends {
                 let (ops, rx) = mpsc::unbounded_channel();
                 let (tx, from) = mpsc::channel(64);
                 tokio::spawn(sessions(m2.clone(), (ops.clone(), rx), tx));
@@ -3496,9 +3501,9 @@ mod tests {
                 let r = r.expect("the ended session's record left in place, with the mark");
                 assert_eq!(r.node.as_str(), "m2");
                 assert!(wills::is_ended(&r));
-                (Some(ops), Some(from))
+                Some(from)
             } else {
-                (None, None)
+                None
             };
             owner
                 .ops
@@ -3518,7 +3523,6 @@ mod tests {
                 let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
                 assert!(r.is_none(), "the ended record is deleted once read");
             }
-            drop(m2_ops);
         }
     }
 
@@ -3558,10 +3562,7 @@ mod tests {
             let key = ClientKey::new("c");
             let on_m1 = m1.claim_client(&key).await.unwrap().revision;
             m1.mark_disconnected(&key, on_m1).await.unwrap();
-            let m2 = Arc::new(Cluster::new(
-                engine.clone(),
-                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-            ));
+            let m2 = node_on(&engine, "m2", 2);
             engine.fail_appends(usize::MAX, BackendError::Engine("no stream found".into()));
             assert!(claim_c(&m2).await.is_err());
             engine.fail_appends(0, BackendError::Timeout);
@@ -3654,10 +3655,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             // The reaper of m1's incarnation, before or after m1 tries its write again.
-            let m2 = Cluster::new(
-                engine.clone(),
-                ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-            );
+            let m2 = node_on(&engine, "m2", 2);
             let (reaper_ops, _reaper_ops_rx) = mpsc::unbounded_channel();
             let (reaper_tx, mut from_m2) = mpsc::channel(64);
             let dead = Expired {
@@ -3720,10 +3718,7 @@ mod tests {
         assert_eq!(wills_in(&mut from_m1), 1, "the will is published once");
         assert!(cluster.load_session(&key).await.unwrap().0.is_none());
         // The reaper of m1's incarnation finds nothing of it to publish again.
-        let m2 = Cluster::new(
-            engine.clone(),
-            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-        );
+        let m2 = node_on(&engine, "m2", 2);
         let dead = Expired {
             node: NodeId::new("m1").unwrap(),
             incarnation: 1,
@@ -3756,10 +3751,7 @@ mod tests {
         );
         r.disconnected_at_ms = None;
         m1.store_session(&key, &r, Fence::Absent).await.unwrap();
-        let m2 = Cluster::new(
-            engine.clone(),
-            ClusterConfig::new(NodeId::new("m2").unwrap(), 2),
-        );
+        let m2 = node_on(&engine, "m2", 2);
         let dead = Expired {
             node: NodeId::new("m1").unwrap(),
             incarnation: 1,
