@@ -510,8 +510,11 @@ pub(crate) async fn start(
         (sessions_tx.clone(), sessions_rx),
         from_tx.clone(),
     ));
-    tokio::spawn(take_back_from_earlier_runs(
+    // What an earlier run of this node gave up to claims that failed.
+    let me = cluster.config().node.clone();
+    tokio::spawn(take_back_given_up(
         cluster.clone(),
+        me,
         sessions_tx.clone(),
         from_tx.clone(),
     ));
@@ -1698,8 +1701,8 @@ fn remote_will(t: TakenWill) -> RemoteWill {
 /// the router to publish (QoS 1/2 appended to their partition, retained ones set, like any
 /// will); the sessions that live on are kept here, offline, their delayed wills published
 /// when due unless their clients return [MQTT-3.1.3-9].
-async fn reap(
-    cluster: Arc<Cluster<NatsBackend>>,
+async fn reap<B: Backend>(
+    cluster: Arc<Cluster<B>>,
     dead: Expired,
     sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
@@ -1713,6 +1716,14 @@ async fn reap(
     // `None`: every session of the dead node is still to be listed.
     let mut only: Option<Vec<ClientKey>> = None;
     let mut complete = false;
+    // Its sessions a claim moved elsewhere and never took (the take-back it had set died
+    // with it): taken back here after the claim had its time.
+    tokio::spawn(take_back_given_up(
+        cluster.clone(),
+        dead.node.clone(),
+        sessions.clone(),
+        tx.clone(),
+    ));
     for attempt in 0..REAP_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(REAP_RETRY).await;
@@ -1785,11 +1796,13 @@ async fn settle_release<B: Backend>(
     tracing::error!(%client, "gave up looking whether a session handed over was taken (the engine kept failing for 30 s): if its claim failed, its will is not published");
 }
 
-/// At start-up: the sessions an earlier run of this node gave up to claims that never took
-/// their records (`Cluster::given_up_by_earlier_runs`) are taken back, with their wills,
-/// as that run would have (`settle_release`). Tried for a while when the engine fails.
-async fn take_back_from_earlier_runs<B: Backend>(
+/// The sessions `node` gave up to claims that never took their records
+/// (`Cluster::given_up_by`) are taken back, with their wills, as `node` would have
+/// (`settle_release`): at start-up for this node's earlier runs, and by the reaper of a
+/// dead node (which may never come back). Tried for a while when the engine fails.
+async fn take_back_given_up<B: Backend>(
     cluster: Arc<Cluster<B>>,
+    node: NodeId,
     sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
@@ -1797,7 +1810,7 @@ async fn take_back_from_earlier_runs<B: Backend>(
         if attempt > 0 {
             tokio::time::sleep(REAP_RETRY).await;
         }
-        match cluster.given_up_by_earlier_runs().await {
+        match cluster.given_up_by(&node).await {
             Ok(given_up) => {
                 for (client, written) in given_up {
                     spawn_settle(&cluster, client, written, &sessions, &tx);
@@ -1805,11 +1818,11 @@ async fn take_back_from_earlier_runs<B: Backend>(
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot look for sessions an earlier run of this node gave up to claims that failed: tried again shortly");
+                tracing::warn!(%node, error = %e, "cannot look for sessions a node gave up to claims that failed: tried again shortly");
             }
         }
     }
-    tracing::error!("gave up looking for sessions an earlier run of this node gave up to claims that failed (the engine kept failing for 30 s): their wills may not be published");
+    tracing::error!(%node, "gave up looking for sessions a node gave up to claims that failed (the engine kept failing for 30 s): their wills may not be published");
 }
 
 /// How often, and how far apart, the reaper of a dead node tries the sessions it could not
@@ -3439,7 +3452,8 @@ mod tests {
             let (ops, rx) = mpsc::unbounded_channel();
             let (tx, mut from) = mpsc::channel(64);
             tokio::spawn(sessions(again.clone(), (ops.clone(), rx), tx.clone()));
-            tokio::spawn(take_back_from_earlier_runs(again.clone(), ops, tx));
+            let m1 = again.config().node.clone();
+            tokio::spawn(take_back_given_up(again.clone(), m1, ops, tx));
             let case = format!("claim completes: {claim_completes}");
             tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
             assert_eq!(
@@ -3450,6 +3464,47 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(2)).await;
             assert_eq!(wills_in(&mut from), usize::from(!claim_completes), "{case}");
             let (r, _) = again.load_session(&ClientKey::new("c")).await.unwrap();
+            assert!(r.unwrap().will.is_none(), "{case}");
+            tokio::time::sleep(ABANDONED_AFTER * 2).await;
+            assert_eq!(wills_in(&mut from), 0, "once: {case}");
+        }
+    }
+
+    /// As above, when m1 never comes back: its reaper takes the session back with its will
+    /// after the claim had its time, and publishes it once (the reaper of a run takes the
+    /// entries naming that run, and this one names the claimer). Also when the reaper is
+    /// the claimer whose claim failed (its entry says "connected" there); not when the
+    /// claim took the record.
+    #[tokio::test(start_paused = true)]
+    async fn a_will_left_to_a_failed_claim_by_a_node_that_died_is_published_by_its_reaper() {
+        for (claim_completes, name) in [(false, "m2"), (false, "m3"), (true, "m3")] {
+            let engine = MemoryBackend::new();
+            let owner = Owner::new(&engine).await;
+            with_will_in_record(&owner).await;
+            let (m2, _) = m2_claims(&engine, claim_completes).await;
+            drop(owner);
+            let reaper = match name {
+                "m2" => m2,
+                _ => node_on(&engine, name, 3),
+            };
+            let (ops, rx) = mpsc::unbounded_channel();
+            let (tx, mut from) = mpsc::channel(64);
+            tokio::spawn(sessions(reaper.clone(), (ops.clone(), rx), tx.clone()));
+            let dead = Expired {
+                node: NodeId::new("m1").unwrap(),
+                incarnation: 1,
+            };
+            tokio::spawn(reap(reaper.clone(), dead, ops, tx));
+            let case = format!("claim completes: {claim_completes}, reaper: {name}");
+            tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
+            assert_eq!(
+                wills_in(&mut from),
+                0,
+                "not before the claim had its time: {case}"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(wills_in(&mut from), usize::from(!claim_completes), "{case}");
+            let (r, _) = reaper.load_session(&ClientKey::new("c")).await.unwrap();
             assert!(r.unwrap().will.is_none(), "{case}");
             tokio::time::sleep(ABANDONED_AFTER * 2).await;
             assert_eq!(wills_in(&mut from), 0, "once: {case}");

@@ -891,17 +891,19 @@ impl<B: Backend> Cluster<B> {
         Ok((out, failed))
     }
 
-    /// The session records this node wrote in an earlier run (a process that was killed or
-    /// stopped: no connection of this node is open now) that still hold a will while the
-    /// registry names another node: a claim of that node moved the entry and never took
-    /// the record (it failed after the hand-over), and the take-back that earlier run had
-    /// set for it died with it. The reaper of that run takes only the entries naming it,
-    /// so nobody would publish the will (found by the fault harness: two probes' wills
-    /// never published, their node killed within the 20 s before its take-back). The
-    /// caller takes each back after the claim had its time (`take_abandoned`), with the
-    /// record's revision as read here. Called once at start-up, before any connection.
-    pub async fn given_up_by_earlier_runs(
+    /// The session records `node` wrote that still hold a will while the registry names
+    /// another node: a claim of that node moved the entry and never took the record (it
+    /// failed after the hand-over), and `node` is gone with the take-back it had set for it
+    /// (this node's own earlier run, a process killed or stopped: no connection of this
+    /// node is open now; or a dead node, for its reaper). The reaper of a dead run takes
+    /// only the entries naming that run, so nobody else would publish the will (found by
+    /// the fault harness: two probes' wills never published, their node killed within the
+    /// 20 s before its take-back). The caller takes each back after the claim had its time
+    /// (`take_abandoned`), with the record's revision as read here. Called at start-up for
+    /// this node, before any connection, and by the reaper of a dead node.
+    pub async fn given_up_by(
         &self,
+        node: &NodeId,
     ) -> Result<Vec<(ClientKey, Revision)>, ClusterError> {
         let mut out = Vec::new();
         for key in self.backend.keys(Bucket::Sessions).await? {
@@ -914,11 +916,11 @@ impl<B: Backend> Cluster<B> {
             let Ok(record) = SessionRecord::decode(&entry.value) else {
                 continue;
             };
-            if record.node != self.config.node || record.will.is_none() {
+            if record.node != *node || record.will.is_none() {
                 continue;
             }
             if let Some((holder, _)) = self.read_registry(&client).await? {
-                if holder.node != self.config.node {
+                if holder.node != *node {
                     out.push((client, entry.revision));
                 }
             }
@@ -1022,14 +1024,15 @@ impl<B: Backend> Cluster<B> {
         }
     }
 
-    /// A session this node handed over (its last record write at revision `written`)
-    /// that the claiming node never took: its claim failed after the hand-over (the engine
-    /// timed out, or JetStream was electing leaders), so nobody decides the will the record
-    /// holds, and the client may not come back. Taken back like a dead node's session
-    /// ([`Orphan`]): its registry entry moved to this node, offline, by compare-and-set.
-    /// `None` when the record was written since (the claimer, or a later one, took it and
-    /// decides its will), holds no will, is gone, or when the registry names this node's
-    /// current incarnation connected (the client came back here) or moved meanwhile.
+    /// A session handed over (by this node, an earlier run of it, or a dead node this node
+    /// reaps; its last record write at revision `written`) that the claiming node never
+    /// took: its claim failed after the hand-over (the engine timed out, or JetStream was
+    /// electing leaders), so nobody decides the will the record holds, and the client may
+    /// not come back. Taken back like a dead node's session ([`Orphan`]): its registry
+    /// entry moved to this node, offline, by compare-and-set. `None` when the record was
+    /// written since (the claimer, or a later one, took it and decides its will), holds no
+    /// will, is gone, or when the registry moved meanwhile or names this node's current
+    /// incarnation connected to a record this node wrote (the client came back here).
     pub async fn take_abandoned(
         &self,
         client: &ClientKey,
@@ -1058,7 +1061,12 @@ impl<B: Backend> Cluster<B> {
         let Some((holder, revision)) = self.read_registry(client).await? else {
             return none("its registry entry is gone");
         };
-        if holder.connected
+        // Only this node's own record can hold a will its core still decides for a client
+        // connected here again; a claim here of a record another node wrote takes the will
+        // out (a new revision). An entry naming this node connected may also be left by a
+        // claim here that failed (the dead node's reaper being the failed claimer).
+        if record.node == self.config.node
+            && holder.connected
             && holder.node == self.config.node
             && holder.incarnation == self.incarnation()
         {
