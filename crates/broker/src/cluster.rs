@@ -550,7 +550,7 @@ pub(crate) async fn start(
                         ));
                     }
                     Some(ToCluster::StoreSession { client_id, snapshot, log, wills, checkpoint }) => {
-                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log.map(|l| *l), wills, checkpoint));
+                        let _ = sessions_tx.send(SessionOp::Store(client_id, snapshot, log, wills, checkpoint));
                     }
                     Some(ToCluster::Assigned { client_id }) => {
                         let _ = sessions_tx.send(SessionOp::Assigned(client_id));
@@ -717,7 +717,11 @@ async fn claim<B: Backend>(
             claimed.revision,
             found.fence,
             false,
-            found.record.as_ref().and_then(|r| r.will_taken_by.clone()),
+            found
+                .record
+                .as_ref()
+                .map(|r| r.will_takers.clone())
+                .unwrap_or_default(),
         ));
         // Where the session stands in the log is in the record, counted by the node that
         // had its place in the log (a will taken out since names this node as the record's
@@ -753,14 +757,15 @@ enum SessionOp {
     /// This node claimed the client id at this revision; its session record has this fence,
     /// holds a will (or not), and carries this mark of the last write that took a will out
     /// (kept on in this node's writes, see `wills::taken_by_me`).
-    Owned(Arc<str>, Revision, Fence, bool, Option<WillTaker>),
+    Owned(Arc<str>, Revision, Fence, bool, Vec<WillTaker>),
     /// Write (or, `None`, delete) the client's session record, with where it stands in the
     /// log when it is offline (or handed over), taking these due wills out of it: they are
     /// published only if the write wins.
+    /// (The log boxed as the router sends it: it is most of the operation's size.)
     Store(
         Arc<str>,
         Option<SessionSnapshot>,
-        Option<Log>,
+        Option<Box<Log>>,
         Vec<KeptWill>,
         Option<u64>,
     ),
@@ -802,9 +807,9 @@ struct Kept {
     will: bool,
     /// A client id this node assigned: its registry entry goes with its session.
     assigned: bool,
-    /// The mark of the last write that took a will out of the record, kept on in every
+    /// The marks of the last writes that took a will out of the record, kept on in every
     /// write: see `wills::taken_by_me`.
-    taken: Option<WillTaker>,
+    taken: Vec<WillTaker>,
 }
 
 /// Writes waiting to be tried again (their engine failed, or the node stepped down), per
@@ -913,7 +918,7 @@ async fn sessions<B: Backend>(
                             fence: Fence::Absent,
                             will: false,
                             assigned: true,
-                            taken: None,
+                            taken: Vec::new(),
                         };
                         kept.insert(client_id, k);
                     }
@@ -1012,6 +1017,7 @@ async fn sessions<B: Backend>(
                 retry_at = tokio::time::Instant::now();
             }
             SessionOp::Store(client_id, snapshot, log, wills, checkpoint) => {
+                let log = log.map(|l| *l);
                 if let Some(n) = checkpoint {
                     let latest = checkpoints.entry(client_id.clone()).or_insert(n);
                     *latest = (*latest).max(n);
@@ -1185,7 +1191,7 @@ async fn write_session<B: Backend>(
     let key = ClientKey::new(&client_id);
     let record = snapshot.as_ref().map(|s| {
         let mut r = record_of(cluster.config().node.clone(), k.claim, s, log.clone());
-        r.will_taken_by.clone_from(&k.taken);
+        r.will_takers.clone_from(&k.taken);
         if k.will && !wills.is_empty() {
             // This write takes the will the record held out, to publish it.
             wills::mark_taken(&mut r, k.claim);
@@ -1194,21 +1200,29 @@ async fn write_session<B: Backend>(
     });
     let me = &cluster.config().node;
     let ends_at = matches!(k.fence, Fence::At(_)) && record.is_none();
-    // (Looked at only for a session that ends: every record write passes here.)
-    let foreign_mark = || k.taken.clone().filter(|t| t.node != *me);
+    // Other nodes' take-outs of wills whose answers may still be on their way: a record
+    // that ends keeps their marks, left in place for their retries to find
+    // (`wills::ended_keeping`). (Looked at only for a session that ends: every record
+    // write passes here.)
+    let others = || wills::others_marks(&k.taken, me);
     let outcome = if ends_at && k.will && !wills.is_empty() {
         // The session ends with the will its record holds: ended in a way whose retry
         // knows its own landed write (`Cluster::end_session_as`). (After a create that
         // got no answer, `write_own_session` looks at what it left, and at the registry.)
+        let others = others();
         cluster
-            .end_session_as(&key, k.claim, k.fence, unix_ms(), RecordWriter::Owner)
+            .end_session_as(
+                &key,
+                k.claim,
+                k.fence,
+                unix_ms(),
+                RecordWriter::Owner,
+                others,
+            )
             .await
             .map(|()| None)
-    } else if let Some(taken) = (ends_at && !k.will).then(foreign_mark).flatten() {
-        // The session ends, and the record carries another node's take-out of a will
-        // whose answer may still be on its way: left in place with that mark, for that
-        // node's retry to find (`wills::ended_keeping`).
-        tracing::debug!(target: RECORDS, %client_id, taker = %taken.node, "an ended session's record is left with another node's will take-out mark");
+    } else if let Some(taken) = (ends_at && !k.will).then(others).filter(|t| !t.is_empty()) {
+        tracing::debug!(target: RECORDS, %client_id, takers = ?taken, "an ended session's record is left with other nodes' will take-out marks");
         let ended = wills::ended_keeping(me.clone(), k.claim, unix_ms(), taken);
         cluster
             .write_own_session(&key, Some(&ended), k.claim, k.fence)
@@ -1228,7 +1242,10 @@ async fn write_session<B: Backend>(
                         tracing::debug!(target: RECORDS, %client_id, ?fence, place = %place_in_log(&r.cursors, &r.outbound), cursors_of = ?r.cursors_of, late = ?r.writer_late, "session record written");
                     }
                     let will = record.as_ref().is_some_and(|r| r.will.is_some());
-                    let taken = record.as_ref().and_then(|r| r.will_taken_by.clone());
+                    let taken = record
+                        .as_ref()
+                        .map(|r| r.will_takers.clone())
+                        .unwrap_or_default();
                     kept.insert(
                         client_id.clone(),
                         Kept {
@@ -1404,7 +1421,7 @@ fn record_of(
         cursors,
         outbound,
         inbound_qos2: s.inbound_qos2.clone(),
-        will_taken_by: None,
+        will_takers: Vec::new(),
         cursors_of,
         writer_late,
     }
@@ -1869,7 +1886,7 @@ async fn take_over_orphan<B: Backend>(
     let record = left.map(|_| wills::reaped(&o.record, me.clone(), o.claim, now_ms, due_now));
     let taken = record
         .as_ref()
-        .map_or(o.record.will_taken_by.clone(), |r| r.will_taken_by.clone());
+        .map_or(o.record.will_takers.clone(), |r| r.will_takers.clone());
     let mut written = write_reaped(cluster, &o, record.as_ref(), due_now, now_ms).await;
     for _ in 1..REAP_ATTEMPTS {
         if !matches!(
@@ -1945,8 +1962,13 @@ async fn write_reaped<B: Backend>(
         }
         None => {
             if will_due {
+                // (The dead node's own marks: its retries died with it.)
+                let me = &cluster.config().node;
+                let mut others = wills::others_marks(&o.record.will_takers, me);
+                others.retain(|t| t.node != o.record.node);
+                let writer = RecordWriter::Reaper;
                 cluster
-                    .end_session_as(&o.client, o.claim, o.fence, now_ms, RecordWriter::Reaper)
+                    .end_session_as(&o.client, o.claim, o.fence, now_ms, writer, others)
                     .await?;
             } else {
                 cluster.delete_session(&o.client, o.fence).await?;
@@ -3198,7 +3220,7 @@ mod tests {
                     claim,
                     Fence::Absent,
                     false,
-                    None,
+                    Vec::new(),
                 ))
                 .unwrap();
             owner.store(vec![1]);
@@ -3313,7 +3335,7 @@ mod tests {
             let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
             let r = r.unwrap();
             assert_eq!(r.will.is_none(), published == 1);
-            assert_eq!(r.will_taken_by.is_some(), published == 1);
+            assert_eq!(!r.will_takers.is_empty(), published == 1);
         }
     }
 
@@ -3518,9 +3540,13 @@ mod tests {
     /// (it was withheld, and nobody published it: the fault harness's probe wills). Also
     /// when the claimer's session has ended meanwhile (a clean start, no will of its own):
     /// its record is left in place with the mark, and deleted once this node has read it.
+    /// And when the claimer's session has ended with a will of its own taken out: its mark
+    /// goes first, this node's stays behind it.
     #[tokio::test(start_paused = true)]
     async fn a_will_whose_take_out_landed_unanswered_is_published_after_the_session_moved() {
-        for claimer_ends in [false, true] {
+        // How the claimer's session goes on: `None`, it lives; `Some(with_will)`, it ends,
+        // with its own due will or without a will.
+        for claimer_ends in [None, Some(false), Some(true)] {
             let engine = MemoryBackend::new();
             let mut owner = Owner::new(&engine).await;
             with_will_in_record(&owner).await;
@@ -3541,21 +3567,40 @@ mod tests {
                 .await
                 .unwrap();
             assert!(found.will.is_none(), "no will for the claimer to decide");
-            let m2_from = if claimer_ends {
+            let m2_from = if let Some(with_will) = claimer_ends {
                 let (ops, rx) = mpsc::unbounded_channel();
                 let (tx, from) = mpsc::channel(64);
                 tokio::spawn(sessions(m2.clone(), (ops.clone(), rx), tx));
-                let taken = found.record.as_ref().and_then(|r| r.will_taken_by.clone());
+                let taken = found
+                    .record
+                    .as_ref()
+                    .map(|r| r.will_takers.clone())
+                    .unwrap_or_default();
                 let owned =
                     SessionOp::Owned("c".into(), claimed.revision, found.fence, false, taken);
                 ops.send(owned).unwrap();
-                ops.send(SessionOp::Store("c".into(), None, None, Vec::new(), None))
+                let mut own = Vec::new();
+                if with_will {
+                    let mut with_will = snapshot(vec![1]);
+                    with_will.will = Some(a_will());
+                    let store = SessionOp::Store("c".into(), Some(with_will), None, own, None);
+                    ops.send(store).unwrap();
+                    own = vec![a_will()];
+                }
+                ops.send(SessionOp::Store("c".into(), None, None, own, None))
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
                 let r = r.expect("the ended session's record left in place, with the mark");
                 assert_eq!(r.node.as_str(), "m2");
                 assert!(wills::is_ended(&r));
+                let takers: Vec<&str> = r.will_takers.iter().map(|t| t.node.as_str()).collect();
+                let expected = if with_will {
+                    vec!["m2", "m1"]
+                } else {
+                    vec!["m1"]
+                };
+                assert_eq!(takers, expected);
                 Some(from)
             } else {
                 None
@@ -3565,7 +3610,7 @@ mod tests {
                 .send(SessionOp::Moved("c".into(), claimed.revision))
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let case = format!("claimer ends its session: {claimer_ends}");
+            let case = format!("claimer ends its session (with a will): {claimer_ends:?}");
             assert_eq!(
                 owner.published(),
                 1,
@@ -3574,7 +3619,8 @@ mod tests {
             tokio::time::sleep(ABANDONED_AFTER * 2).await;
             assert_eq!(owner.published(), 0, "once: {case}");
             if let Some(mut from) = m2_from {
-                assert_eq!(wills_in(&mut from), 0, "none at the claimer");
+                let own = usize::from(claimer_ends == Some(true));
+                assert_eq!(wills_in(&mut from), own, "the claimer's own only: {case}");
                 let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
                 assert!(r.is_none(), "the ended record is deleted once read");
             }
@@ -3677,7 +3723,7 @@ mod tests {
             .await
             .unwrap()
             .revision;
-        let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, None);
+        let owned = SessionOp::Owned("c".into(), claim, Fence::Absent, false, Vec::new());
         ops.send(owned).unwrap();
         (cluster, ops, from)
     }
@@ -3901,7 +3947,7 @@ mod tests {
                 },
             ],
             inbound_qos2: Vec::new(),
-            will_taken_by: None,
+            will_takers: Vec::new(),
             cursors_of: None,
             writer_late: Vec::new(),
         };

@@ -18,7 +18,9 @@ use crate::envelope::Envelope;
 use crate::ids::{ClientKey, MessageId, NodeId, Revision};
 use crate::lease::{Expired, Incarnations, LeaseConfig, Leases, OwnLease, OwnState};
 use crate::partition::{Partition, PartitionCount};
-use crate::record::{DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, FORMAT};
+use crate::record::{
+    DecodeError, NodeLease, RegistryEntry, SessionRecord, StoredWill, WillTaker, FORMAT,
+};
 use crate::replay::{ReplayPlan, Verdict};
 use crate::stats::NodeStats;
 use crate::subject::{decode_topic, encode_filter, encode_topic, Subject, ROOT_BARRIER};
@@ -1182,7 +1184,9 @@ impl<B: Backend> Cluster<B> {
     /// once that write landed, answered or not ([`Cluster::write_session_as`] finds an
     /// unanswered one on the retry): the will is this node's to publish, whatever the
     /// delete did. A plain delete that landed unanswered would leave the retry nothing to
-    /// tell it was its own.
+    /// tell it was its own. `others`: the take-out marks of other nodes the record carried
+    /// ([`wills::others_marks`]); kept, and the record left in place for their retries
+    /// ([`wills::ended_keeping`]).
     pub async fn end_session_as(
         &self,
         client: &ClientKey,
@@ -1190,12 +1194,14 @@ impl<B: Backend> Cluster<B> {
         fence: Fence,
         now_ms: u64,
         writer: RecordWriter,
+        others: Vec<WillTaker>,
     ) -> Result<(), ClusterError> {
-        let ended = wills::ended(self.config.node.clone(), claim, now_ms);
+        let keep = !others.is_empty();
+        let ended = wills::ended(self.config.node.clone(), claim, now_ms, others);
         let written = self
             .write_session_as(client, Some(&ended), claim, fence, writer)
             .await?;
-        if let Some(at) = written {
+        if let Some(at) = written.filter(|_| !keep) {
             if let Err(e) = self.delete_session(client, at).await {
                 // Harmless: ended and without a will, no claim takes it for a session.
                 tracing::debug!(%client, error = %e, "an ended session's record is left in place (its will marked taken)");

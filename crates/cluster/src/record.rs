@@ -49,11 +49,13 @@ pub struct SessionRecord {
     /// Inbound QoS 2 packet ids received and not yet released (PUBREL), so a resent PUBLISH
     /// after a move to another node is not delivered twice.
     pub inbound_qos2: Vec<u16>,
-    /// The last write that took a will out of this record to publish it, kept by every
-    /// writer after it: a node whose write took the will out but whose answer got lost, and
-    /// which finds the record rewritten by another node since, learns from it that its own
-    /// write landed and that the will is its to publish (see [`crate::wills::taken_by_me`]).
-    pub will_taken_by: Option<WillTaker>,
+    /// The last writes that took a will out of this record to publish it, newest first (at
+    /// most [`WILL_TAKERS_KEPT`]), kept by every writer after them: a node whose write took
+    /// the will out but whose answer got lost, and which finds the record rewritten by
+    /// another node since, learns from it that its own write landed and that the will is
+    /// its to publish (see [`crate::wills::taken_by_me`]). More than one, because the node
+    /// that wrote since may take a will of its own out before the first node looks.
+    pub will_takers: Vec<WillTaker>,
     /// The node whose own messages the cursors' `writer_through` count, when that is not
     /// [`SessionRecord::node`]: the record was written again by a node that did not have
     /// the session's place in the log of its own yet (a claimer taking the will out, a
@@ -67,6 +69,10 @@ pub struct SessionRecord {
     /// again from the replay). A replay skips them like the messages below the cursors.
     pub writer_late: Vec<(u16, u64)>,
 }
+
+/// How many will take-outs a session record remembers ([`SessionRecord::will_takers`]):
+/// one per node of a three-node cluster, and one more.
+pub const WILL_TAKERS_KEPT: usize = 4;
 
 /// Who took a will out of a session record: a node, under its claim of the client id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,8 +271,9 @@ impl SessionRecord {
         for id in &self.inbound_qos2 {
             w.uint(u64::from(*id));
         }
-        w.bool(self.will_taken_by.is_some());
-        if let Some(t) = &self.will_taken_by {
+        // The newest take-out here (where records had their only one), the others last.
+        w.bool(!self.will_takers.is_empty());
+        if let Some(t) = self.will_takers.first() {
             w.str(t.node.as_str());
             w.uint(t.claim);
         }
@@ -278,6 +285,12 @@ impl SessionRecord {
         for &(partition, seq) in &self.writer_late {
             w.uint(u64::from(partition));
             w.uint(seq);
+        }
+        let earlier = self.will_takers.get(1..).unwrap_or_default();
+        w.uint(earlier.len() as u64);
+        for t in earlier {
+            w.str(t.node.as_str());
+            w.uint(t.claim);
         }
         w.finish()
     }
@@ -372,14 +385,13 @@ impl SessionRecord {
             inbound_qos2.push(r.int("inbound_qos2")?);
         }
         // Absent from records written before it existed.
-        let will_taken_by = if !r.is_empty() && r.bool("will_taken_by")? {
-            Some(WillTaker {
+        let mut will_takers = Vec::new();
+        if !r.is_empty() && r.bool("will_taken_by")? {
+            will_takers.push(WillTaker {
                 node: node_from(&mut r)?,
                 claim: r.uint("will_taken_claim")?,
-            })
-        } else {
-            None
-        };
+            });
+        }
         let cursors_of = if !r.is_empty() && r.bool("cursors_of")? {
             Some(node_from(&mut r)?)
         } else {
@@ -391,6 +403,16 @@ impl SessionRecord {
             writer_late.reserve(n);
             for _ in 0..n {
                 writer_late.push((r.int("partition")?, r.uint("seq")?));
+            }
+        }
+        // Absent from records written before it existed.
+        if !r.is_empty() {
+            let n = r.count("will_takers")?;
+            for _ in 0..n {
+                will_takers.push(WillTaker {
+                    node: node_from(&mut r)?,
+                    claim: r.uint("will_taken_claim")?,
+                });
             }
         }
         r.end()?;
@@ -405,7 +427,7 @@ impl SessionRecord {
             cursors,
             outbound,
             inbound_qos2,
-            will_taken_by,
+            will_takers,
             cursors_of,
             writer_late,
         })

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use crate::ids::{NodeId, Revision};
 use crate::lease::Expired;
-use crate::record::{RegistryEntry, SessionRecord, StoredWill, WillTaker};
+use crate::record::{RegistryEntry, SessionRecord, StoredWill, WillTaker, WILL_TAKERS_KEPT};
 
 /// How long ago the connection of a record ended, by the wall clock (unix milliseconds):
 /// `None` when the record was written while its connection was open. A writer's clock
@@ -111,31 +111,38 @@ pub fn will_taken(
 /// Marks `record` (written by its `node` under `claim`) as the write that takes its will
 /// out: every later writer keeps the mark (they rewrite the record they read), so the
 /// taker learns that its write landed even when its answer got lost and another node wrote
-/// the record since ([`taken_by_me`]).
+/// the record since ([`taken_by_me`]). The marks of earlier take-outs stay behind it (the
+/// newest [`WILL_TAKERS_KEPT`]): the node that wrote since may take a will of its own out
+/// before the earlier taker looks.
 pub fn mark_taken(record: &mut SessionRecord, claim: Revision) {
-    record.will_taken_by = Some(WillTaker {
+    let mark = WillTaker {
         node: record.node.clone(),
         claim: claim.get(),
-    });
+    };
+    record.will_takers.retain(|t| *t != mark);
+    record.will_takers.insert(0, mark);
+    record.will_takers.truncate(WILL_TAKERS_KEPT);
 }
 
 /// The record a node writes over a session that ends with a will it is about to publish,
 /// before it deletes it: ended (expiry 0, so no claim takes it for a session), with no will,
-/// marked as taken by `node` under its claim `claim` ([`mark_taken`]). A delete that lands
+/// marked as taken by `node` under its claim `claim` ([`mark_taken`]), after the marks of
+/// other nodes' take-outs it carried (`others`: then it is left in place instead of
+/// deleted, as [`ended_keeping`]). A delete that lands
 /// but loses its answer leaves nothing to tell whose it was, and the retry, refused, would
 /// take it for another node's and withhold the will (found by the fault harness: a probe's
 /// will never published after its node stepped down and came back). A write of this record
 /// that lands unanswered is known on the retry ([`written_under`], [`taken_by_me`]); the
 /// delete after it only tidies up.
-pub fn ended(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
-    let mut r = ended_record(node, claim, now_ms);
+pub fn ended(node: NodeId, claim: Revision, now_ms: u64, others: Vec<WillTaker>) -> SessionRecord {
+    let mut r = ended_keeping(node, claim, now_ms, others);
     mark_taken(&mut r, claim);
     r
 }
 
 /// The record a node writes over a session that ends without a will of its own to take
-/// out, when the record carries the take-out mark of another node (`taken`): the same
-/// ended record as [`ended`], keeping that mark, and left in place instead of deleted.
+/// out, when the record carries take-out marks of other nodes (`taken`): the same ended
+/// record as [`ended`], keeping those marks, and left in place instead of deleted.
 /// That node's take-out landed but its answer was lost, so the will waits there to be
 /// tried again; its retry, refused, learns from the mark that the will is its own
 /// ([`taken_by_me`]), and deletes the record then ([`is_ended`]). Deleted now, the mark
@@ -145,12 +152,19 @@ pub fn ended_keeping(
     node: NodeId,
     claim: Revision,
     now_ms: u64,
-    taken: WillTaker,
+    taken: Vec<WillTaker>,
 ) -> SessionRecord {
     SessionRecord {
-        will_taken_by: Some(taken),
+        will_takers: taken,
         ..ended_record(node, claim, now_ms)
     }
+}
+
+/// The take-out marks `taken` (as a record carried them) of nodes other than `me`: an ended
+/// session's record that carries any is left in place for those nodes' retries
+/// ([`ended_keeping`]).
+pub fn others_marks(taken: &[WillTaker], me: &NodeId) -> Vec<WillTaker> {
+    taken.iter().filter(|t| t.node != *me).cloned().collect()
 }
 
 /// Whether `record` is one of a session that has ended ([`ended`], [`ended_keeping`]):
@@ -175,7 +189,7 @@ fn ended_record(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
         cursors: Vec::new(),
         outbound: Vec::new(),
         inbound_qos2: Vec::new(),
-        will_taken_by: None,
+        will_takers: Vec::new(),
         cursors_of: None,
         writer_late: Vec::new(),
     }
@@ -186,9 +200,9 @@ fn ended_record(node: NodeId, claim: Revision, now_ms: u64) -> SessionRecord {
 /// and the will is `node`'s to publish; the node that wrote since found no will to decide.
 pub fn taken_by_me(record: &SessionRecord, node: &NodeId, claim: Revision) -> bool {
     record
-        .will_taken_by
-        .as_ref()
-        .is_some_and(|t| t.node == *node && t.claim == claim.get())
+        .will_takers
+        .iter()
+        .any(|t| t.node == *node && t.claim == claim.get())
 }
 
 /// Whether a session record is one the dead incarnation `dead` left: written by that node,
@@ -304,7 +318,7 @@ mod tests {
             cursors: Vec::new(),
             outbound: Vec::new(),
             inbound_qos2: Vec::new(),
-            will_taken_by: None,
+            will_takers: Vec::new(),
             cursors_of: None,
             writer_late: Vec::new(),
         }

@@ -191,7 +191,7 @@ fn record(node: &str, claim: Revision) -> SessionRecord {
         cursors: Vec::new(),
         outbound: Vec::new(),
         inbound_qos2: Vec::new(),
-        will_taken_by: None,
+        will_takers: Vec::new(),
         cursors_of: None,
         writer_late: Vec::new(),
     }

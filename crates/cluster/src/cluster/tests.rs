@@ -49,7 +49,7 @@ fn record(node: &str) -> SessionRecord {
         cursors: Vec::new(),
         outbound: Vec::new(),
         inbound_qos2: Vec::new(),
-        will_taken_by: None,
+        will_takers: Vec::new(),
         cursors_of: None,
         writer_late: Vec::new(),
     }
@@ -775,7 +775,7 @@ async fn a_will_taken_out_by_a_write_whose_answer_was_lost_is_published_by_its_t
     let mut mine = record("m2");
     mine.claim = c2.revision.get();
     mine.will = None;
-    mine.will_taken_by = claimed.record.unwrap().will_taken_by;
+    mine.will_takers = claimed.record.unwrap().will_takers;
     m2.store_session(&client, &mine, claimed.fence)
         .await
         .unwrap();

@@ -125,8 +125,9 @@ fn record() -> impl Strategy<Value = SessionRecord> {
             prop::collection::vec(any::<u16>(), 0..6),
         ),
         (
-            prop::option::of(
+            prop::collection::vec(
                 (node(), any::<u64>()).prop_map(|(node, claim)| WillTaker { node, claim }),
+                0..=WILL_TAKERS_KEPT,
             ),
             prop::option::of(node()),
             prop::collection::vec((any::<u16>(), any::<u64>()), 0..4),
@@ -136,7 +137,7 @@ fn record() -> impl Strategy<Value = SessionRecord> {
             |(
                 (node, claim, protocol, expiry_interval, disconnected_at_ms),
                 (subscriptions, will, cursors, outbound, inbound_qos2),
-                (will_taken_by, cursors_of, writer_late),
+                (will_takers, cursors_of, writer_late),
             )| {
                 SessionRecord {
                     node,
@@ -149,12 +150,18 @@ fn record() -> impl Strategy<Value = SessionRecord> {
                     cursors,
                     outbound,
                     inbound_qos2,
-                    will_taken_by,
+                    will_takers,
                     cursors_of,
                     writer_late,
                 }
             },
         )
+}
+
+/// `r` as a record written when it kept one will take-out mark: its newest.
+fn newest_taker_only(mut r: SessionRecord) -> SessionRecord {
+    r.will_takers.truncate(1);
+    r
 }
 
 proptest! {
@@ -174,11 +181,12 @@ proptest! {
             // existed: everything else whole, that field and the ones after it absent. Any
             // other cut is refused.
             Ok(d) => {
-                let without_late = SessionRecord { writer_late: Vec::new(), ..r.clone() };
+                let without_earlier = newest_taker_only(r.clone());
+                let without_late = SessionRecord { writer_late: Vec::new(), ..without_earlier.clone() };
                 let without_cursors_of = SessionRecord { cursors_of: None, ..without_late.clone() };
-                let older = SessionRecord { will_taken_by: None, ..without_cursors_of.clone() };
+                let older = SessionRecord { will_takers: Vec::new(), ..without_cursors_of.clone() };
                 prop_assert!(
-                    d == without_late || d == without_cursors_of || d == older,
+                    d == without_earlier || d == without_late || d == without_cursors_of || d == older,
                     "{d:?} from {r:?}"
                 );
             }
@@ -187,22 +195,29 @@ proptest! {
 
     #[test]
     fn records_written_before_the_will_taker_field_still_decode(r in record()) {
-        let r = SessionRecord { will_taken_by: None, cursors_of: None, writer_late: Vec::new(), ..r };
+        let r = SessionRecord { will_takers: Vec::new(), cursors_of: None, writer_late: Vec::new(), ..r };
         let data = r.encode();
-        // The older form ends before the two fields' presence bytes and the late count.
-        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 3]), Ok(r));
+        // The older form ends before the two fields' presence bytes and the two counts.
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 4]), Ok(r));
     }
 
     #[test]
     fn records_written_before_the_cursor_writer_field_still_decode(r in record()) {
-        let r = SessionRecord { cursors_of: None, writer_late: Vec::new(), ..r };
+        let r = SessionRecord { cursors_of: None, writer_late: Vec::new(), ..newest_taker_only(r) };
+        let data = r.encode();
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 3]), Ok(r));
+    }
+
+    #[test]
+    fn records_written_before_the_late_own_messages_field_still_decode(r in record()) {
+        let r = SessionRecord { writer_late: Vec::new(), ..newest_taker_only(r) };
         let data = r.encode();
         prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 2]), Ok(r));
     }
 
     #[test]
-    fn records_written_before_the_late_own_messages_field_still_decode(r in record()) {
-        let r = SessionRecord { writer_late: Vec::new(), ..r };
+    fn records_written_with_one_will_taker_still_decode(r in record()) {
+        let r = newest_taker_only(r);
         let data = r.encode();
         prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 1]), Ok(r));
     }
