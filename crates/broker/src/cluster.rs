@@ -47,7 +47,7 @@ use futures_util::stream::AbortHandle;
 use futures_util::StreamExt;
 use makelaar_cluster::backend::Backend;
 use makelaar_cluster::cluster::{
-    Cluster, ClusterConfig, Followed, LeaseEvent, RecordWriter, ReleaseRequest, TakenWill,
+    Cluster, ClusterConfig, Followed, GivenUp, LeaseEvent, RecordWriter, ReleaseRequest, TakenWill,
 };
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::lease::Expired;
@@ -937,7 +937,8 @@ async fn sessions<B: Backend>(
                     Some(k) if k.claim == revision => {
                         // The claimer decides the will the record holds; should its claim
                         // fail after moving the entry, nobody would: looked at again later.
-                        settle_later(&cluster, k, &client_id, &me, &tx);
+                        let pending = waiting.contains_key(&client_id);
+                        settle_later(&cluster, (k, pending), &client_id, &me, &tx);
                         k.fence = Fence::Lost;
                         k.will
                     }
@@ -964,7 +965,8 @@ async fn sessions<B: Backend>(
                 // the record holds to nobody (found by the fault harness: a probe's will
                 // never published, its client gone for good after a refused CONNECT).
                 if let Some(k) = kept.get(&client_id) {
-                    settle_later(&cluster, k, &client_id, &me, &tx);
+                    let pending = waiting.contains_key(&client_id);
+                    settle_later(&cluster, (k, pending), &client_id, &me, &tx);
                 }
                 lose(&cluster, &mut kept, &mut waiting, client_id.clone(), &tx).await;
                 let _ = tx
@@ -988,7 +990,8 @@ async fn sessions<B: Backend>(
                     // The will the record holds is the claiming node's to decide; should its
                     // claim fail after this answer, nobody would: looked at again later.
                     if let Some(k) = kept.get(&id) {
-                        settle_later(&cluster, k, &id, &me, &tx);
+                        let pending = waiting.contains_key(&id);
+                        settle_later(&cluster, (k, pending), &id, &me, &tx);
                     }
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                 }
@@ -1043,30 +1046,38 @@ async fn sessions<B: Backend>(
 }
 
 /// A session this node gives up to another node's claim (`k`, before it is marked lost),
-/// when the record it last wrote (or read) holds a will: the claimer takes the will out and
-/// decides it, unless its claim fails after moving the registry entry (the engine refused
-/// its read of the record). [`settle_release`] then takes it back after
-/// [`ABANDONED_AFTER`], if the record is still at that revision.
+/// when the record it last wrote (or read) holds a will, or may (`pending`: a write of it
+/// waits, its outcome unknown; it may have landed with the connection's will): the claimer
+/// takes the will out and decides it, unless its claim fails after moving the registry
+/// entry (the engine refused its read of the record). [`settle_release`] then takes it
+/// back after [`ABANDONED_AFTER`], if nobody wrote the record since this node did.
 fn settle_later<B: Backend>(
     cluster: &Arc<Cluster<B>>,
-    k: &Kept,
+    (k, pending): (&Kept, bool),
     client_id: &str,
     sessions: &mpsc::UnboundedSender<SessionOp>,
     tx: &mpsc::Sender<FromCluster>,
 ) {
-    let Fence::At(written) = k.fence else {
-        return;
+    let at = match k.fence {
+        Fence::At(at) => Some(at),
+        Fence::Absent | Fence::Unanswered => None,
+        Fence::Lost => return,
     };
-    if k.will {
+    if k.will || pending {
+        let written = GivenUp {
+            node: cluster.config().node.clone(),
+            claim: k.claim.get(),
+            at,
+        };
         spawn_settle(cluster, ClientKey::new(client_id), written, sessions, tx);
     }
 }
 
-/// Spawns [`settle_release`] for `client`'s record as written at `written`.
+/// Spawns [`settle_release`] for `client`'s record as `written` when given up.
 fn spawn_settle<B: Backend>(
     cluster: &Arc<Cluster<B>>,
     client: ClientKey,
-    written: Revision,
+    written: GivenUp,
     sessions: &mpsc::UnboundedSender<SessionOp>,
     tx: &mpsc::Sender<FromCluster>,
 ) {
@@ -1778,8 +1789,8 @@ async fn reap<B: Backend>(
 /// writes of at most 5 s each), so a claim still running is not taken for a failed one.
 const ABANDONED_AFTER: Duration = Duration::from_secs(20);
 
-/// A session this node handed over (its record written at `written`, holding the
-/// connection's will): once [`ABANDONED_AFTER`] has passed, if the claiming node never took
+/// A session this node handed over (its record as `written` then, holding the
+/// connection's will, or perhaps: a write whose answer got lost): once [`ABANDONED_AFTER`] has passed, if the claiming node never took
 /// the record (its claim failed after the hand-over: found by the fault harness, a link cut
 /// where the claim timed out after this node had closed the connection, and no node ever
 /// published the will), it is taken back here like a dead node's session: the will
@@ -1787,17 +1798,17 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(20);
 async fn settle_release<B: Backend>(
     cluster: Arc<Cluster<B>>,
     client: ClientKey,
-    written: Revision,
+    written: GivenUp,
     sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
-    tracing::debug!(target: RECORDS, %client, %written, "a session given up to a claim with a will in its record: looked at again later");
+    tracing::debug!(target: RECORDS, %client, ?written, "a session given up to a claim with a will in its record: looked at again later");
     tokio::time::sleep(ABANDONED_AFTER).await;
     for attempt in 0..REAP_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(REAP_RETRY).await;
         }
-        match cluster.take_abandoned(&client, written).await {
+        match cluster.take_abandoned(&client, &written).await {
             Ok(None) => return,
             Ok(Some(o)) => {
                 tracing::warn!(%client, "a session handed over was never taken by the node that asked for it (its claim failed): taken back here, and its will decided here");
@@ -3489,6 +3500,51 @@ mod tests {
             assert!(r.unwrap().will.is_none(), "{case}");
             tokio::time::sleep(ABANDONED_AFTER * 2).await;
             assert_eq!(wills_in(&mut from), 0, "once: {case}");
+        }
+    }
+
+    /// A node whose write of a session record with the connection's will landed but got no
+    /// answer (so it never learnt the record's revision, nor that it holds the will), and
+    /// which then stepped down (the write waits), answers a hand-over; the claim fails after
+    /// moving the entry. The node takes the session back after the claim had its time,
+    /// recognising the record by the claim it was written under, and publishes the will
+    /// once; not when the claim took the record.
+    #[tokio::test(start_paused = true)]
+    async fn a_will_written_unanswered_then_given_up_to_a_failed_claim_is_published() {
+        for claim_completes in [false, true] {
+            let engine = MemoryBackend::new();
+            let mut owner = Owner::new(&engine).await;
+            engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+            let mut with_will = snapshot(vec![1]);
+            with_will.will = Some(a_will());
+            owner.store_with(with_will, Vec::new());
+            loop {
+                let (r, _) = owner.cluster.load_session(&owner.key).await.unwrap();
+                if r.is_some_and(|r| r.will.is_some()) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            owner.ops.send(SessionOp::Serving(false)).unwrap();
+            m2_claims(&engine, claim_completes).await;
+            let (_, revision) = registry_entry(&engine).await;
+            let req = ReleaseRequest {
+                client: owner.key.clone(),
+                revision,
+                reply: None,
+            };
+            owner.ops.send(SessionOp::Release(req)).unwrap();
+            let case = format!("claim completes: {claim_completes}");
+            tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
+            assert_eq!(
+                owner.published(),
+                0,
+                "not before the claim had its time: {case}"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(owner.published(), usize::from(!claim_completes), "{case}");
+            tokio::time::sleep(ABANDONED_AFTER * 2).await;
+            assert_eq!(owner.published(), 0, "once: {case}");
         }
     }
 

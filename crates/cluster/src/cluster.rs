@@ -246,6 +246,28 @@ pub struct Orphan {
     pub claim: Revision,
 }
 
+/// A session record as a node gave it up to another node's claim, to be recognised when
+/// it looks again whether the claimer took it ([`Cluster::take_abandoned`]): the record at
+/// revision `at`, or any record `node` wrote under its claim `claim` (a write of its whose
+/// answer got lost may have landed: its revision was never learnt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenUp {
+    /// The node that wrote it.
+    pub node: NodeId,
+    /// That node's claim (registry revision) it was written under.
+    pub claim: u64,
+    /// Its revision, when the node learnt it.
+    pub at: Option<Revision>,
+}
+
+impl GivenUp {
+    /// Whether `record`, read at `revision`, is still the one given up: nobody wrote it
+    /// since (a claimer's write names the claimer).
+    pub fn is(&self, record: &SessionRecord, revision: Revision) -> bool {
+        self.at == Some(revision) || (record.node == self.node && record.claim == self.claim)
+    }
+}
+
 /// A retained message set or cleared, as a watch sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetainedChange {
@@ -906,7 +928,7 @@ impl<B: Backend> Cluster<B> {
     pub async fn given_up_by(
         &self,
         node: &NodeId,
-    ) -> Result<Vec<(ClientKey, Revision)>, ClusterError> {
+    ) -> Result<Vec<(ClientKey, GivenUp)>, ClusterError> {
         let mut out = Vec::new();
         for key in self.backend.keys(Bucket::Sessions).await? {
             let Ok(client) = ClientKey::from_key(&key) else {
@@ -923,7 +945,12 @@ impl<B: Backend> Cluster<B> {
             }
             if let Some((holder, _)) = self.read_registry(&client).await? {
                 if holder.node != *node {
-                    out.push((client, entry.revision));
+                    let given_up = GivenUp {
+                        node: node.clone(),
+                        claim: record.claim,
+                        at: Some(entry.revision),
+                    };
+                    out.push((client, given_up));
                 }
             }
         }
@@ -1027,8 +1054,7 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// A session handed over (by this node, an earlier run of it, or a dead node this node
-    /// reaps; its last record write at revision `written`) that the claiming node never
-    /// took: its claim failed after the hand-over (the engine timed out, or JetStream was
+    /// reaps; its record as `written` then) that the claiming node never took: its claim failed after the hand-over (the engine timed out, or JetStream was
     /// electing leaders), so nobody decides the will the record holds, and the client may
     /// not come back. Taken back like a dead node's session ([`Orphan`]): its registry
     /// entry moved to this node, offline, by compare-and-set. `None` when the record was
@@ -1038,25 +1064,25 @@ impl<B: Backend> Cluster<B> {
     pub async fn take_abandoned(
         &self,
         client: &ClientKey,
-        written: Revision,
+        written: &GivenUp,
     ) -> Result<Option<Orphan>, ClusterError> {
         // Why nothing is taken back goes to the records' log (`makelaar::records`): a will
         // never published is traced from there.
         let none = |why: &str| {
-            tracing::debug!(target: "makelaar::records", %client, %written, why, "a session given up to a claim is not taken back");
+            tracing::debug!(target: "makelaar::records", %client, ?written, why, "a session given up to a claim is not taken back");
             Ok(None)
         };
         let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
             return none("its record is gone");
         };
-        if entry.revision != written {
-            return none("its record was written since");
-        }
         let record =
             SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
                 key: client.to_string(),
                 error,
             })?;
+        if !written.is(&record, entry.revision) {
+            return none("its record was written since");
+        }
         if record.will.is_none() {
             return none("its record holds no will");
         }

@@ -1002,7 +1002,16 @@ async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
     // m1's claim moved the registry entry (m0 does not answer on the memory engine), then
     // failed before it read the record.
     let c1 = m1.claim_client(&client).await.unwrap();
-    let o = m0.take_abandoned(&client, written).await.unwrap().unwrap();
+    let given_up = GivenUp {
+        node: m0.config().node.clone(),
+        claim: c0.revision.get(),
+        at: Some(written),
+    };
+    let o = m0
+        .take_abandoned(&client, &given_up)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(o.client, client);
     assert_eq!(o.record.will, Some(stored_will()));
     assert_eq!(o.fence, Fence::At(written));
@@ -1018,7 +1027,11 @@ async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
     let c2 = m1.claim_client(&client).await.unwrap();
     let found = m1.load_claimed_session(&client, &c2, 0).await.unwrap();
     assert!(found.will.is_some());
-    assert!(m0.take_abandoned(&client, written).await.unwrap().is_none());
+    assert!(m0
+        .take_abandoned(&client, &given_up)
+        .await
+        .unwrap()
+        .is_none());
 
     // No will in the record: nothing to decide.
     let other = ClientKey::new("quiet");
@@ -1031,7 +1044,11 @@ async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
         panic!("a stored record has a revision");
     };
     m1.claim_client(&other).await.unwrap();
-    assert!(m0.take_abandoned(&other, w).await.unwrap().is_none());
+    let quiet = GivenUp {
+        at: Some(w),
+        ..given_up.clone()
+    };
+    assert!(m0.take_abandoned(&other, &quiet).await.unwrap().is_none());
 
     // The client came back to this node: its connection here decides.
     let back = ClientKey::new("back");
@@ -1042,7 +1059,37 @@ async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
         panic!("a stored record has a revision");
     };
     m0.claim_client(&back).await.unwrap();
-    assert!(m0.take_abandoned(&back, w).await.unwrap().is_none());
+    let back_then = GivenUp {
+        at: Some(w),
+        ..given_up.clone()
+    };
+    assert!(m0
+        .take_abandoned(&back, &back_then)
+        .await
+        .unwrap()
+        .is_none());
+
+    // m0's last write got no answer (its revision never learnt) but landed, with the
+    // will: recognised by m0's claim it was written under.
+    let lost = ClientKey::new("unanswered");
+    let c = m0.claim_client(&lost).await.unwrap();
+    let mut r = record("m0");
+    r.claim = c.revision.get();
+    r.will = Some(stored_will());
+    engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
+    assert!(m0.store_session(&lost, &r, Fence::Absent).await.is_err());
+    m1.claim_client(&lost).await.unwrap();
+    let unanswered = GivenUp {
+        node: m0.config().node.clone(),
+        claim: c.revision.get(),
+        at: None,
+    };
+    let o = m0
+        .take_abandoned(&lost, &unanswered)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.record.will, Some(stored_will()));
 }
 
 /// The lease task of a node that does not hold its lease reaps nobody, though its reads
