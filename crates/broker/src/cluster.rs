@@ -47,7 +47,8 @@ use futures_util::stream::AbortHandle;
 use futures_util::StreamExt;
 use makelaar_cluster::backend::Backend;
 use makelaar_cluster::cluster::{
-    Cluster, ClusterConfig, Followed, GivenUp, LeaseEvent, RecordWriter, ReleaseRequest, TakenWill,
+    Cluster, ClusterConfig, Followed, GivenUp, LeaseEvent, Orphans, RecordWriter, ReleaseRequest,
+    TakenWill,
 };
 use makelaar_cluster::envelope::{Envelope, Expiry};
 use makelaar_cluster::lease::Expired;
@@ -510,11 +511,8 @@ pub(crate) async fn start(
         (sessions_tx.clone(), sessions_rx),
         from_tx.clone(),
     ));
-    // What an earlier run of this node gave up to claims that failed.
-    let me = cluster.config().node.clone();
-    tokio::spawn(take_back_given_up(
+    tokio::spawn(take_back_from_earlier_runs(
         cluster.clone(),
-        me,
         sessions_tx.clone(),
         from_tx.clone(),
     ));
@@ -1744,26 +1742,27 @@ async fn reap<B: Backend>(
     // `None`: every session of the dead node is still to be listed.
     let mut only: Option<Vec<ClientKey>> = None;
     let mut complete = false;
-    // Its sessions a claim moved elsewhere and never took (the take-back it had set died
-    // with it): taken back here after the claim had its time.
-    tokio::spawn(take_back_given_up(
-        cluster.clone(),
-        dead.node.clone(),
-        sessions.clone(),
-        tx.clone(),
-    ));
     for attempt in 0..REAP_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(REAP_RETRY).await;
         }
-        let (orphans, failed) = match cluster.orphans(&dead, only.clone()).await {
+        let Orphans {
+            taken,
+            failed,
+            given_up,
+        } = match cluster.orphans(&dead, only.clone()).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(node = %dead.node, error = %e, "cannot read a dead node's sessions yet: tried again shortly");
                 continue;
             }
         };
-        for o in orphans {
+        // Its sessions a claim moved elsewhere and maybe never took (the take-back the
+        // dead node had set died with it): taken back here after the claim had its time.
+        for (client, written) in given_up {
+            spawn_settle(&cluster, client, written, &sessions, &tx);
+        }
+        for o in taken {
             let Some(Taken { will, session }) =
                 take_over_orphan(&cluster, &me, o, &sessions, &tx).await
             else {
@@ -1824,13 +1823,12 @@ async fn settle_release<B: Backend>(
     tracing::error!(%client, "gave up looking whether a session handed over was taken (the engine kept failing for 30 s): if its claim failed, its will is not published");
 }
 
-/// The sessions `node` gave up to claims that never took their records
-/// (`Cluster::given_up_by`) are taken back, with their wills, as `node` would have
-/// (`settle_release`): at start-up for this node's earlier runs, and by the reaper of a
-/// dead node (which may never come back). Tried for a while when the engine fails.
-async fn take_back_given_up<B: Backend>(
+/// At start-up: the sessions an earlier run of this node gave up to claims that never took
+/// their records (`Cluster::given_up_by_earlier_runs`) are taken back, with their wills,
+/// as that run would have (`settle_release`). (A dead node's reaper finds those of a node
+/// that does not come back.) Tried for a while when the engine fails.
+async fn take_back_from_earlier_runs<B: Backend>(
     cluster: Arc<Cluster<B>>,
-    node: NodeId,
     sessions: mpsc::UnboundedSender<SessionOp>,
     tx: mpsc::Sender<FromCluster>,
 ) {
@@ -1838,7 +1836,7 @@ async fn take_back_given_up<B: Backend>(
         if attempt > 0 {
             tokio::time::sleep(REAP_RETRY).await;
         }
-        match cluster.given_up_by(&node).await {
+        match cluster.given_up_by_earlier_runs().await {
             Ok(given_up) => {
                 for (client, written) in given_up {
                     spawn_settle(&cluster, client, written, &sessions, &tx);
@@ -1846,11 +1844,11 @@ async fn take_back_given_up<B: Backend>(
                 return;
             }
             Err(e) => {
-                tracing::warn!(%node, error = %e, "cannot look for sessions a node gave up to claims that failed: tried again shortly");
+                tracing::warn!(error = %e, "cannot look for sessions an earlier run of this node gave up to claims that failed: tried again shortly");
             }
         }
     }
-    tracing::error!(%node, "gave up looking for sessions a node gave up to claims that failed (the engine kept failing for 30 s): their wills may not be published");
+    tracing::error!("gave up looking for sessions an earlier run of this node gave up to claims that failed (the engine kept failing for 30 s): their wills may not be published");
 }
 
 /// How often, and how far apart, the reaper of a dead node tries the sessions it could not
@@ -3485,8 +3483,7 @@ mod tests {
             let (ops, rx) = mpsc::unbounded_channel();
             let (tx, mut from) = mpsc::channel(64);
             tokio::spawn(sessions(again.clone(), (ops.clone(), rx), tx.clone()));
-            let m1 = again.config().node.clone();
-            tokio::spawn(take_back_given_up(again.clone(), m1, ops, tx));
+            tokio::spawn(take_back_from_earlier_runs(again.clone(), ops, tx));
             let case = format!("claim completes: {claim_completes}");
             tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
             assert_eq!(
@@ -3820,7 +3817,7 @@ mod tests {
                 incarnation: 1,
             };
             let reap = || async {
-                let (orphans, _) = m2.orphans(&dead, None).await.unwrap();
+                let Orphans { taken: orphans, .. } = m2.orphans(&dead, None).await.unwrap();
                 for o in orphans {
                     take_over_orphan(&m2, &NodeId::new("m2").unwrap(), o, &reaper_ops, &reaper_tx)
                         .await;
@@ -3880,7 +3877,7 @@ mod tests {
             node: NodeId::new("m1").unwrap(),
             incarnation: 1,
         };
-        let (orphans, _) = m2.orphans(&dead, None).await.unwrap();
+        let Orphans { taken: orphans, .. } = m2.orphans(&dead, None).await.unwrap();
         assert!(orphans.is_empty());
     }
 
@@ -3913,7 +3910,7 @@ mod tests {
             node: NodeId::new("m1").unwrap(),
             incarnation: 1,
         };
-        let (orphans, _) = m2.orphans(&dead, None).await.unwrap();
+        let Orphans { taken: orphans, .. } = m2.orphans(&dead, None).await.unwrap();
         assert_eq!(orphans.len(), 1);
         let (reaper_ops, _reaper_ops_rx) = mpsc::unbounded_channel();
         let (reaper_tx, mut from_m2) = mpsc::channel(64);
@@ -4016,7 +4013,11 @@ mod tests {
             node: node("m0"),
             incarnation: 1,
         };
-        let (mut orphans, failed) = m2.orphans(&dead, None).await.unwrap();
+        let Orphans {
+            taken: mut orphans,
+            failed,
+            ..
+        } = m2.orphans(&dead, None).await.unwrap();
         assert!(failed.is_empty());
         let (ops, _ops_rx) = mpsc::unbounded_channel();
         let (tx, mut from_m2) = mpsc::channel(64);

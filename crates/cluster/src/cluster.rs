@@ -261,11 +261,39 @@ pub struct GivenUp {
 }
 
 impl GivenUp {
+    /// `record` as read at `revision`.
+    pub fn as_read(record: &SessionRecord, revision: Revision) -> GivenUp {
+        GivenUp {
+            node: record.node.clone(),
+            claim: record.claim,
+            at: Some(revision),
+        }
+    }
+
     /// Whether `record`, read at `revision`, is still the one given up: nobody wrote it
     /// since (a claimer's write names the claimer).
     pub fn is(&self, record: &SessionRecord, revision: Revision) -> bool {
         self.at == Some(revision) || (record.node == self.node && record.claim == self.claim)
     }
+}
+
+/// What a reaper found of a dead node's sessions ([`Cluster::orphans`]).
+#[derive(Debug, Default)]
+pub struct Orphans {
+    /// The sessions taken over by this node.
+    pub taken: Vec<Orphan>,
+    /// The clients whose take-over failed on the engine, to be tried again.
+    pub failed: Vec<ClientKey>,
+    /// The sessions the dead node gave up to claims that may have failed
+    /// ([`wills::given_up`]): to be taken back once the claims had their time.
+    pub given_up: Vec<(ClientKey, GivenUp)>,
+}
+
+/// What one session record is to a dead node's reaper.
+enum Left {
+    Orphan(Box<Orphan>),
+    GivenUp(GivenUp),
+    Nothing,
 }
 
 /// A retained message set or cleared, as a watch sees it.
@@ -880,13 +908,14 @@ impl<B: Backend> Cluster<B> {
     /// each record at its fence before publishing anything of it. Reads every key of the
     /// sessions bucket (`only: None`, once per dead node) or the clients given. Also
     /// returns the clients whose take-over failed on the engine, to be tried again: a dead
-    /// node's session nobody takes loses its will and what it holds. A record that does not
-    /// decode is skipped with a warning.
+    /// node's session nobody takes loses its will and what it holds; and, in the same pass,
+    /// the sessions the dead node gave up to claims that may have failed
+    /// ([`wills::given_up`]). A record that does not decode is skipped with a warning.
     pub async fn orphans(
         &self,
         dead: &Expired,
         only: Option<Vec<ClientKey>>,
-    ) -> Result<(Vec<Orphan>, Vec<ClientKey>), ClusterError> {
+    ) -> Result<Orphans, ClusterError> {
         let retry = only.is_some();
         let clients = match only {
             Some(clients) => clients,
@@ -898,37 +927,37 @@ impl<B: Backend> Cluster<B> {
                 .filter_map(|key| ClientKey::from_key(key).ok())
                 .collect(),
         };
-        let (mut out, mut failed) = (Vec::new(), Vec::new());
+        let mut out = Orphans::default();
         for client in clients {
             match self.take_orphan(&client, dead, retry).await {
-                Ok(Some(o)) => out.push(o),
-                Ok(None) => {}
+                Ok(Left::Orphan(o)) => out.taken.push(*o),
+                Ok(Left::GivenUp(g)) => out.given_up.push((client, g)),
+                Ok(Left::Nothing) => {}
                 Err(e @ ClusterError::Backend(_)) => {
                     tracing::warn!(%client, node = %dead.node, error = %e, "cannot take over a dead node's session yet: tried again shortly");
-                    failed.push(client);
+                    out.failed.push(client);
                 }
                 Err(e) => {
                     tracing::warn!(%client, node = %dead.node, error = %e, "cannot take over a dead node's session")
                 }
             }
         }
-        Ok((out, failed))
+        Ok(out)
     }
 
-    /// The session records `node` wrote that still hold a will while the registry names
-    /// another node: a claim of that node moved the entry and never took the record (it
-    /// failed after the hand-over), and `node` is gone with the take-back it had set for it
-    /// (this node's own earlier run, a process killed or stopped: no connection of this
-    /// node is open now; or a dead node, for its reaper). The reaper of a dead run takes
-    /// only the entries naming that run, so nobody else would publish the will (found by
-    /// the fault harness: two probes' wills never published, their node killed within the
-    /// 20 s before its take-back). The caller takes each back after the claim had its time
-    /// (`take_abandoned`), with the record's revision as read here. Called at start-up for
-    /// this node, before any connection, and by the reaper of a dead node.
-    pub async fn given_up_by(
+    /// The session records this node wrote in an earlier run (a process that was killed or
+    /// stopped: no connection of this node is open now) that it gave up to claims that may
+    /// have failed ([`wills::given_up`]: still holding a will while the registry names
+    /// another node): the take-back that earlier run had set for each died with it, and
+    /// the reaper of that run takes only the entries naming it (found by the fault
+    /// harness: two probes' wills never published, their node killed within the 20 s
+    /// before its take-back). The caller takes each back after the claim had its time
+    /// (`take_abandoned`). Called once at start-up, before any connection. (A dead node's
+    /// reaper finds those of a node that does not come back: [`Cluster::orphans`].)
+    pub async fn given_up_by_earlier_runs(
         &self,
-        node: &NodeId,
     ) -> Result<Vec<(ClientKey, GivenUp)>, ClusterError> {
+        let me = &self.config.node;
         let mut out = Vec::new();
         for key in self.backend.keys(Bucket::Sessions).await? {
             let Ok(client) = ClientKey::from_key(&key) else {
@@ -940,17 +969,12 @@ impl<B: Backend> Cluster<B> {
             let Ok(record) = SessionRecord::decode(&entry.value) else {
                 continue;
             };
-            if record.node != *node || record.will.is_none() {
+            if record.node != *me || record.will.is_none() {
                 continue;
             }
             if let Some((holder, _)) = self.read_registry(&client).await? {
-                if holder.node != *node {
-                    let given_up = GivenUp {
-                        node: node.clone(),
-                        claim: record.claim,
-                        at: Some(entry.revision),
-                    };
-                    out.push((client, given_up));
+                if wills::given_up(&record, &holder, me) {
+                    out.push((client, GivenUp::as_read(&record, entry.revision)));
                 }
             }
         }
@@ -964,9 +988,9 @@ impl<B: Backend> Cluster<B> {
         client: &ClientKey,
         dead: &Expired,
         retry: bool,
-    ) -> Result<Option<Orphan>, ClusterError> {
+    ) -> Result<Left, ClusterError> {
         let Some(entry) = self.backend.get(Bucket::Sessions, client.as_str()).await? else {
-            return Ok(None);
+            return Ok(Left::Nothing);
         };
         let record =
             SessionRecord::decode(&entry.value).map_err(|error| ClusterError::Corrupt {
@@ -974,10 +998,10 @@ impl<B: Backend> Cluster<B> {
                 error,
             })?;
         if record.node != dead.node {
-            return Ok(None);
+            return Ok(Left::Nothing);
         }
         let Some((holder, revision)) = self.read_registry(client).await? else {
-            return Ok(None);
+            return Ok(Left::Nothing);
         };
         if retry
             && wills::reaped_unanswered(
@@ -989,18 +1013,23 @@ impl<B: Backend> Cluster<B> {
             )
         {
             tracing::info!(%client, node = %dead.node, "a dead node's session this node's earlier take-over got no answer for is this node's: taken over");
-            return Ok(Some(Orphan {
+            return Ok(Left::Orphan(Box::new(Orphan {
                 client: client.clone(),
                 record,
                 fence: Fence::At(entry.revision),
                 claim: revision,
-            }));
+            })));
+        }
+        if wills::given_up(&record, &holder, &dead.node) {
+            return Ok(Left::GivenUp(GivenUp::as_read(&record, entry.revision)));
         }
         if !wills::left_by(&record, &holder, dead) {
-            return Ok(None);
+            return Ok(Left::Nothing);
         }
-        self.held_as_orphan(client, revision, record, entry.revision)
-            .await
+        let taken = self
+            .held_as_orphan(client, revision, record, entry.revision)
+            .await?;
+        Ok(taken.map_or(Left::Nothing, |o| Left::Orphan(Box::new(o))))
     }
 
     /// `client`'s session (`record`, at `record_revision`) taken by this node like a dead

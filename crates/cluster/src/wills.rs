@@ -213,6 +213,15 @@ pub fn left_by(record: &SessionRecord, holder: &RegistryEntry, dead: &Expired) -
     record.node == dead.node && holder.node == dead.node && holder.incarnation == dead.incarnation
 }
 
+/// Whether `node` gave the session of `record` up to a claim that may have failed: the
+/// record is still the one `node` wrote, with a will, while the registry (`holder`) names
+/// another node. A claim that went through takes the will out (a write naming the
+/// claimer), so after the claim's time such a record is taken back with its will
+/// (`Cluster::take_abandoned`), by `node`'s next run or by its reaper.
+pub fn given_up(record: &SessionRecord, holder: &RegistryEntry, node: &NodeId) -> bool {
+    record.node == *node && record.will.is_some() && holder.node != *node
+}
+
 /// The record as the reaping node keeps it: written by `node` under its claim `claim`,
 /// offline since `now_ms` if its connection was open when the dead node wrote it (the will
 /// delay and session expiry of a connection that died with its node are counted from the

@@ -542,10 +542,10 @@ async fn a_dead_nodes_session_the_engine_failed_to_give_is_taken_when_tried_agai
         1,
         BackendError::Engine("JetStream system temporarily unavailable".into()),
     );
-    let (taken, failed) = r1.orphans(&expired, None).await.unwrap();
+    let Orphans { taken, failed, .. } = r1.orphans(&expired, None).await.unwrap();
     assert!(taken.is_empty());
     assert_eq!(failed, std::slice::from_ref(&client));
-    let (taken, failed) = r1.orphans(&expired, Some(failed)).await.unwrap();
+    let Orphans { taken, failed, .. } = r1.orphans(&expired, Some(failed)).await.unwrap();
     assert!(failed.is_empty());
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].client, client);
@@ -585,7 +585,7 @@ async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere
         node: NodeId::new("dead").unwrap(),
         incarnation: 1,
     };
-    let mut orphans = r1.orphans(&expired, None).await.unwrap().0;
+    let mut orphans = r1.orphans(&expired, None).await.unwrap().taken;
     orphans.sort_by(|a, b| a.client.cmp(&b.client));
     let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
     assert_eq!(names, ["left", "waiting"]);
@@ -598,7 +598,7 @@ async fn a_dead_nodes_records_are_taken_over_once_and_not_when_claimed_elsewhere
         assert!(o.record.will.is_some());
     }
     // A second survivor finds nothing left to take (the registry names r1 now).
-    assert!(r2.orphans(&expired, None).await.unwrap().0.is_empty());
+    assert!(r2.orphans(&expired, None).await.unwrap().taken.is_empty());
     // The record is written by r1 at the fence read; a claimer that wrote first wins.
     let o = &orphans[0];
     let kept = crate::wills::reaped(&o.record, NodeId::new("r1").unwrap(), o.claim, 9_000, true);
@@ -696,7 +696,13 @@ async fn a_reapers_delayed_will_due_as_its_client_connects_elsewhere_is_publishe
             node: NodeId::new("dead").unwrap(),
             incarnation: 1,
         };
-        let o = r1.orphans(&expired, None).await.unwrap().0.pop().unwrap();
+        let o = r1
+            .orphans(&expired, None)
+            .await
+            .unwrap()
+            .taken
+            .pop()
+            .unwrap();
         let kept = crate::wills::reaped(&o.record, NodeId::new("r1").unwrap(), o.claim, 1, false);
         let f = r1.store_session(&o.client, &kept, o.fence).await.unwrap();
         let (held, claimed) = race(&r1, &m3, &client, (&kept, o.claim, f), order).await;
@@ -831,7 +837,13 @@ async fn an_assigned_client_is_registered_reaped_and_forgotten() {
         incarnation: 1,
     };
     // Its node died: the reaper finds it, with its will.
-    let o = r1.orphans(&expired, None).await.unwrap().0.pop().unwrap();
+    let o = r1
+        .orphans(&expired, None)
+        .await
+        .unwrap()
+        .taken
+        .pop()
+        .unwrap();
     assert_eq!(o.client, client);
     assert!(o.record.will.is_some());
     r1.delete_session(&o.client, o.fence).await.unwrap();
@@ -963,7 +975,7 @@ async fn a_node_back_from_a_lapse_is_reaped_again_when_it_dies() {
     assert_eq!(entry.incarnation, now);
 
     // The reaper of the lapsed incarnation takes only what that one still held.
-    let orphans = b.orphans(&first, None).await.unwrap().0;
+    let orphans = b.orphans(&first, None).await.unwrap().taken;
     let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
     assert_eq!(names, ["before"]);
 
@@ -975,7 +987,7 @@ async fn a_node_back_from_a_lapse_is_reaped_again_when_it_dies() {
     };
     assert_ne!(second.reaper_key(), first.reaper_key());
     assert_eq!(b.try_reap(&second).await.unwrap(), ReapOutcome::Won);
-    let mut orphans = b.orphans(&second, None).await.unwrap().0;
+    let mut orphans = b.orphans(&second, None).await.unwrap().taken;
     orphans.sort_by(|x, y| x.client.cmp(&y.client));
     let names: Vec<_> = orphans.iter().map(|o| o.client.as_str()).collect();
     assert_eq!(names, ["after", "mine"]);
@@ -1295,7 +1307,7 @@ async fn a_reapers_registry_write_that_landed_unanswered_leaves_no_will_to_nobod
             1,
             BackendError::Engine("JetStream system temporarily unavailable".into()),
         );
-        let (taken, failed) = r1.orphans(&expired, None).await.unwrap();
+        let Orphans { taken, failed, .. } = r1.orphans(&expired, None).await.unwrap();
         assert!(taken.is_empty());
         assert_eq!(failed, std::slice::from_ref(&client));
         if connects_between {
@@ -1303,10 +1315,10 @@ async fn a_reapers_registry_write_that_landed_unanswered_leaves_no_will_to_nobod
             let found = r1.load_claimed_session(&client, &claimed, 0).await.unwrap();
             assert_eq!(found.will.map(|w| w.will), Some(stored_will()));
             // Taken by the claim: the retry has nothing left.
-            let (taken, failed) = r1.orphans(&expired, Some(failed)).await.unwrap();
+            let Orphans { taken, failed, .. } = r1.orphans(&expired, Some(failed)).await.unwrap();
             assert!(taken.is_empty() && failed.is_empty());
         } else {
-            let (taken, failed) = r1.orphans(&expired, Some(failed)).await.unwrap();
+            let Orphans { taken, failed, .. } = r1.orphans(&expired, Some(failed)).await.unwrap();
             assert!(failed.is_empty());
             assert_eq!(taken.len(), 1);
             assert_eq!(taken[0].record.will, Some(stored_will()));
@@ -1353,7 +1365,7 @@ async fn a_claim_across_a_step_down_is_written_under_the_new_incarnation() {
         node: NodeId::new("m1").unwrap(),
         incarnation: old,
     };
-    let (taken, failed) = reaper.orphans(&expired, None).await.unwrap();
+    let Orphans { taken, failed, .. } = reaper.orphans(&expired, None).await.unwrap();
     assert!(taken.is_empty() && failed.is_empty());
 }
 
