@@ -1788,12 +1788,14 @@ async fn reap<B: Backend>(
 /// writes of at most 5 s each), so a claim still running is not taken for a failed one.
 const ABANDONED_AFTER: Duration = Duration::from_secs(20);
 
-/// A session this node handed over (its record as `written` then, holding the
-/// connection's will, or perhaps: a write whose answer got lost): once [`ABANDONED_AFTER`] has passed, if the claiming node never took
-/// the record (its claim failed after the hand-over: found by the fault harness, a link cut
-/// where the claim timed out after this node had closed the connection, and no node ever
-/// published the will), it is taken back here like a dead node's session: the will
-/// published now if due, the session kept offline here (`Cluster::take_abandoned`).
+/// A session given up to a claim (by this node, an earlier run of it, or a dead node this
+/// node reaps; its record as `written` then, holding the connection's will, or perhaps:
+/// a write whose answer got lost): once [`ABANDONED_AFTER`] has passed, if the claiming
+/// node never took the record (its claim failed after the hand-over: found by the fault
+/// harness, a link cut where the claim timed out after this node had closed the
+/// connection, and no node ever published the will), it is taken back here like a dead
+/// node's session: the will published now if due, the session kept offline here
+/// (`Cluster::take_abandoned`).
 async fn settle_release<B: Backend>(
     cluster: Arc<Cluster<B>>,
     client: ClientKey,

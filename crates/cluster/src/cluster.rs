@@ -1083,9 +1083,10 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// A session handed over (by this node, an earlier run of it, or a dead node this node
-    /// reaps; its record as `written` then) that the claiming node never took: its claim failed after the hand-over (the engine timed out, or JetStream was
-    /// electing leaders), so nobody decides the will the record holds, and the client may
-    /// not come back. Taken back like a dead node's session ([`Orphan`]): its registry
+    /// reaps; its record as `written` then) that the claiming node never took: its claim
+    /// failed after the hand-over (the engine timed out, or JetStream was electing
+    /// leaders), so nobody decides the will the record holds, and the client may not come
+    /// back. Taken back like a dead node's session ([`Orphan`]): its registry
     /// entry moved to this node, offline, by compare-and-set. `None` when the record was
     /// written since (the claimer, or a later one, took it and decides its will), holds no
     /// will, is gone, or when the registry moved meanwhile or names this node's current
