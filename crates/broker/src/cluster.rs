@@ -936,7 +936,7 @@ async fn sessions<B: Backend>(
                         // The claimer decides the will the record holds; should its claim
                         // fail after moving the entry, nobody would: looked at again later.
                         let pending = pending_without_wills(&waiting, &client_id);
-                        settle_later(&cluster, (k, pending), &client_id, &me, &tx);
+                        settle_later(&cluster, k, pending, &client_id, &me, &tx);
                         k.fence = Fence::Lost;
                         k.will
                     }
@@ -964,7 +964,7 @@ async fn sessions<B: Backend>(
                 // never published, its client gone for good after a refused CONNECT).
                 if let Some(k) = kept.get(&client_id) {
                     let pending = pending_without_wills(&waiting, &client_id);
-                    settle_later(&cluster, (k, pending), &client_id, &me, &tx);
+                    settle_later(&cluster, k, pending, &client_id, &me, &tx);
                 }
                 lose(&cluster, &mut kept, &mut waiting, client_id.clone(), &tx).await;
                 let _ = tx
@@ -989,7 +989,7 @@ async fn sessions<B: Backend>(
                     // claim fail after this answer, nobody would: looked at again later.
                     if let Some(k) = kept.get(&id) {
                         let pending = pending_without_wills(&waiting, &id);
-                        settle_later(&cluster, (k, pending), &id, &me, &tx);
+                        settle_later(&cluster, k, pending, &id, &me, &tx);
                     }
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
                 }
@@ -1051,7 +1051,8 @@ async fn sessions<B: Backend>(
 /// back after [`ABANDONED_AFTER`], if nobody wrote the record since this node did.
 fn settle_later<B: Backend>(
     cluster: &Arc<Cluster<B>>,
-    (k, pending): (&Kept, bool),
+    k: &Kept,
+    pending: bool,
     client_id: &str,
     sessions: &mpsc::UnboundedSender<SessionOp>,
     tx: &mpsc::Sender<FromCluster>,
