@@ -3479,6 +3479,29 @@ mod tests {
         (m2, claimed)
     }
 
+    /// A take-back looked at over `from` (what `node`'s sessions task tells the router):
+    /// no will before the claim had its time, then the will once when `published` (and the
+    /// record without it), none after.
+    async fn taken_back_once(
+        node: &Cluster<MemoryBackend>,
+        from: &mut mpsc::Receiver<FromCluster>,
+        published: bool,
+        case: &str,
+    ) {
+        tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
+        assert_eq!(
+            wills_in(from),
+            0,
+            "not before the claim had its time: {case}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(wills_in(from), usize::from(published), "{case}");
+        let (r, _) = node.load_session(&ClientKey::new("c")).await.unwrap();
+        assert!(r.unwrap().will.is_none(), "{case}");
+        tokio::time::sleep(ABANDONED_AFTER * 2).await;
+        assert_eq!(wills_in(from), 0, "once: {case}");
+    }
+
     /// A node whose session a claim moved, and whose process is killed before its take-back
     /// is due (the claim then failed, the record still holds the will): started again, it
     /// takes the session back with its will after the claim had its time, and publishes it
@@ -3499,18 +3522,7 @@ mod tests {
             tokio::spawn(sessions(again.clone(), (ops.clone(), rx), tx.clone()));
             tokio::spawn(take_back_from_earlier_runs(again.clone(), ops, tx));
             let case = format!("claim completes: {claim_completes}");
-            tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
-            assert_eq!(
-                wills_in(&mut from),
-                0,
-                "not before the claim had its time: {case}"
-            );
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            assert_eq!(wills_in(&mut from), usize::from(!claim_completes), "{case}");
-            let (r, _) = again.load_session(&ClientKey::new("c")).await.unwrap();
-            assert!(r.unwrap().will.is_none(), "{case}");
-            tokio::time::sleep(ABANDONED_AFTER * 2).await;
-            assert_eq!(wills_in(&mut from), 0, "once: {case}");
+            taken_back_once(&again, &mut from, !claim_completes, &case).await;
         }
     }
 
@@ -3593,18 +3605,7 @@ mod tests {
             };
             tokio::spawn(reap(reaper.clone(), dead, ops, tx));
             let case = format!("claim completes: {claim_completes}, reaper: {name}");
-            tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
-            assert_eq!(
-                wills_in(&mut from),
-                0,
-                "not before the claim had its time: {case}"
-            );
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            assert_eq!(wills_in(&mut from), usize::from(!claim_completes), "{case}");
-            let (r, _) = reaper.load_session(&ClientKey::new("c")).await.unwrap();
-            assert!(r.unwrap().will.is_none(), "{case}");
-            tokio::time::sleep(ABANDONED_AFTER * 2).await;
-            assert_eq!(wills_in(&mut from), 0, "once: {case}");
+            taken_back_once(&reaper, &mut from, !claim_completes, &case).await;
         }
     }
 

@@ -969,7 +969,8 @@ impl<B: Backend> Cluster<B> {
             let Ok(record) = SessionRecord::decode(&entry.value) else {
                 continue;
             };
-            if record.node != *me || record.will.is_none() {
+            // (The registry is read only for records that may be given up.)
+            if !wills::holds_will_of(&record, me) {
                 continue;
             }
             if let Some((holder, _)) = self.read_registry(&client).await? {

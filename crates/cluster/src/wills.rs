@@ -219,7 +219,13 @@ pub fn left_by(record: &SessionRecord, holder: &RegistryEntry, dead: &Expired) -
 /// claimer), so after the claim's time such a record is taken back with its will
 /// (`Cluster::take_abandoned`), by `node`'s next run or by its reaper.
 pub fn given_up(record: &SessionRecord, holder: &RegistryEntry, node: &NodeId) -> bool {
-    record.node == *node && record.will.is_some() && holder.node != *node
+    holds_will_of(record, node) && holder.node != *node
+}
+
+/// Whether `record` is one `node` wrote holding a will: the part of [`given_up`] read
+/// before the registry is.
+pub fn holds_will_of(record: &SessionRecord, node: &NodeId) -> bool {
+    record.node == *node && record.will.is_some()
 }
 
 /// The record as the reaping node keeps it: written by `node` under its claim `claim`,

@@ -1004,11 +1004,8 @@ async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
     let m1 = layer(&engine, "m1", 2);
     let client = ClientKey::new("probe");
     let c0 = m0.claim_client(&client).await.unwrap();
-    let mut r = record("m0");
-    r.claim = c0.revision.get();
-    r.will = Some(stored_will());
     let (_, fence) = m0.load_session(&client).await.unwrap();
-    let Fence::At(written) = m0.store_session(&client, &r, fence).await.unwrap() else {
+    let (_, Fence::At(written)) = with_will(&m0, &client, c0.revision, fence, None).await else {
         panic!("a stored record has a revision");
     };
     // m1's claim moved the registry entry (m0 does not answer on the memory engine), then
@@ -1064,10 +1061,8 @@ async fn a_session_handed_over_but_never_taken_is_taken_back_by_its_old_node() {
 
     // The client came back to this node: its connection here decides.
     let back = ClientKey::new("back");
-    m0.claim_client(&back).await.unwrap();
-    let mut r = record("m0");
-    r.will = Some(stored_will());
-    let Fence::At(w) = m0.store_session(&back, &r, Fence::Absent).await.unwrap() else {
+    let c = m0.claim_client(&back).await.unwrap();
+    let (_, Fence::At(w)) = with_will(&m0, &back, c.revision, Fence::Absent, None).await else {
         panic!("a stored record has a revision");
     };
     m0.claim_client(&back).await.unwrap();
