@@ -977,6 +977,20 @@ async fn sessions<B: Backend>(
             SessionOp::Release(req) => {
                 if let Ok(id) = req.client.client_id() {
                     let id: Arc<str> = Arc::from(id.as_str());
+                    let held = kept.get(&id).map(|k| k.claim);
+                    if makelaar_cluster::takeover::release_is_stale(req.revision, held) {
+                        // Asked of a connection this node had before its newer claim of the
+                        // id, which read the record before the router knew of it (the claim
+                        // waits for the followers): neither answered nor obeyed, as the
+                        // router does once it knows. Obeyed, it marked the record lost
+                        // while the new connection went on being served here, whose
+                        // record writes were then dropped unanswered, and its QoS 2
+                        // deliveries waited for them (found by the fault harness: two
+                        // subscribers got one message in 132 s after their node stepped
+                        // down and back).
+                        tracing::info!(client_id = %id, "a hand-over request older than this node's newer claim of the client id is ignored (delivered late)");
+                        continue;
+                    }
                     // The claiming node resumes the session from the record it reads after
                     // the answer: this node's last one, even when its write failed and waits
                     // (not while stepped down: nothing is written then).
@@ -1202,10 +1216,24 @@ async fn write_session<B: Backend>(
         if snapshot.is_none() {
             kept.remove(&client_id);
         }
+        let connected = snapshot.as_ref().is_some_and(|s| s.connected);
         if k.will && !will_taken_out_here(cluster, &client_id, k.claim, &wills).await {
             withhold_wills(&client_id, &wills);
         } else {
             publish_wills(&client_id, wills, tx).await;
+        }
+        if connected {
+            // The router serves a connection of a session this node may write no more
+            // (its claim resumed it after the record was given up here): that connection
+            // closes, as after a fenced write, and its client's next CONNECT claims the
+            // id afresh. Left open, it waited for checkpoints never to be answered.
+            tracing::warn!(client_id = %client_id, "a connected session's record cannot be written from this node (another node took it): its connection is closed");
+            let _ = tx
+                .send(FromCluster::Fenced {
+                    client_id,
+                    will_in_cluster: k.will,
+                })
+                .await;
         }
         return Some(false);
     }
@@ -3296,6 +3324,95 @@ mod tests {
             .unwrap()
             .unwrap();
         asked.elapsed()
+    }
+
+    /// A hand-over request sent without waiting for its answer; the answers' subscription.
+    async fn ask_hand_over(engine: &MemoryBackend, owner: &Owner, asked: Revision) -> Answers {
+        let reply = "_INBOX.handover";
+        let answers = engine
+            .subscribe(Subject::from_tokens(reply), None)
+            .await
+            .unwrap();
+        let req = ReleaseRequest {
+            client: owner.key.clone(),
+            revision: asked,
+            reply: Some(reply.into()),
+        };
+        owner.ops.send(SessionOp::Release(req)).unwrap();
+        answers
+    }
+
+    type Answers = <MemoryBackend as Backend>::Subscription;
+
+    /// A checkpoint of the connected session (number `n`, inbound QoS 2 ids `inbound`),
+    /// and what the sessions task tells the router of it: `Some(true)` answered,
+    /// `Some(false)` the connection is to be closed (fenced), `None` neither in 10 s.
+    async fn checkpoint(owner: &mut Owner, n: u64, inbound: Vec<u16>) -> Option<bool> {
+        let op = SessionOp::Store(
+            "c".into(),
+            Some(snapshot(inbound)),
+            None,
+            Vec::new(),
+            Some(n),
+        );
+        owner.ops.send(op).unwrap();
+        let heard = async {
+            loop {
+                match owner.from.recv().await? {
+                    FromCluster::Checkpointed { n: m, .. } if m == n => return Some(true),
+                    FromCluster::Fenced { .. } => return Some(false),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), heard)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A hand-over asked of this node's older connection of `c`, delivered after this node
+    /// claimed the id again and read the record (its router learns of such a claim only
+    /// once the claim has waited for the followers, so it passes the request on): neither
+    /// answered nor obeyed, and the new connection's checkpoints are written and answered.
+    /// Obeyed, it marked the record lost here, and every checkpoint after it was dropped
+    /// unanswered while the connection stayed open: its QoS 2 deliveries waited for ever
+    /// (found by the fault harness: two subscribers got one message in 132 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_over_asked_of_an_older_claim_does_not_stop_the_new_claims_checkpoints() {
+        let engine = MemoryBackend::new();
+        let mut owner = Owner::new(&engine).await;
+        let again = owner.cluster.claim_client(&owner.key).await.unwrap();
+        let (_, read) = owner.cluster.load_session(&owner.key).await.unwrap();
+        let owned = SessionOp::Owned("c".into(), again.revision, read, false, Vec::new());
+        owner.ops.send(owned).unwrap();
+        let mut answers = ask_hand_over(&engine, &owner, owner.claim).await;
+        assert_eq!(checkpoint(&mut owner, 1, vec![1, 2]).await, Some(true));
+        assert_eq!(owner.inbound().await, Some(vec![1, 2]));
+        let answered = tokio::time::timeout(Duration::from_secs(5), answers.next()).await;
+        assert!(
+            answered.is_err(),
+            "a late hand-over request is not answered"
+        );
+    }
+
+    /// When a connected session's record was given up here all the same (a hand-over asked
+    /// of the claim this node holds, answered while its router resumed the session), its
+    /// checkpoints cannot be written: the connection is closed, as after a fenced write, and
+    /// the client's next CONNECT claims the id afresh. It used to stay open, its checkpoints
+    /// never answered.
+    #[tokio::test(start_paused = true)]
+    async fn a_connected_session_whose_record_was_given_up_here_is_closed() {
+        let engine = MemoryBackend::new();
+        let mut owner = Owner::new(&engine).await;
+        let mut answers = ask_hand_over(&engine, &owner, owner.claim).await;
+        let answered = tokio::time::timeout(Duration::from_secs(5), answers.next()).await;
+        assert!(
+            answered.is_ok(),
+            "a hand-over of the held claim is answered"
+        );
+        assert_eq!(checkpoint(&mut owner, 1, vec![1, 2]).await, Some(false));
+        assert_eq!(owner.inbound().await, Some(vec![1]));
     }
 
     /// The session's last record waits to be written again (its write failed) when another
