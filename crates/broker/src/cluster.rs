@@ -935,7 +935,7 @@ async fn sessions<B: Backend>(
                     Some(k) if k.claim == revision => {
                         // The claimer decides the will the record holds; should its claim
                         // fail after moving the entry, nobody would: looked at again later.
-                        let pending = pending_without_wills(&waiting, &client_id);
+                        let pending = pending(&waiting, &client_id);
                         settle_later(&cluster, k, pending, &client_id, &me, &tx);
                         k.fence = Fence::Lost;
                         k.will
@@ -963,7 +963,7 @@ async fn sessions<B: Backend>(
                 // the record holds to nobody (found by the fault harness: a probe's will
                 // never published, its client gone for good after a refused CONNECT).
                 if let Some(k) = kept.get(&client_id) {
-                    let pending = pending_without_wills(&waiting, &client_id);
+                    let pending = pending(&waiting, &client_id);
                     settle_later(&cluster, k, pending, &client_id, &me, &tx);
                 }
                 lose(&cluster, &mut kept, &mut waiting, client_id.clone(), &tx).await;
@@ -1002,7 +1002,7 @@ async fn sessions<B: Backend>(
                     // The will the record holds is the claiming node's to decide; should its
                     // claim fail after this answer, nobody would: looked at again later.
                     if let Some(k) = kept.get(&id) {
-                        let pending = pending_without_wills(&waiting, &id);
+                        let pending = pending(&waiting, &id);
                         settle_later(&cluster, k, pending, &id, &me, &tx);
                     }
                     lose(&cluster, &mut kept, &mut waiting, id, &tx).await;
@@ -1087,14 +1087,11 @@ fn settle_later<B: Backend>(
 }
 
 /// Whether a write of `client_id`'s record waits (its last try's outcome unknown: it may
-/// have landed with the connection's will) with no due will of its own. Due wills that
-/// wait are decided when the session is lost (`write_session`): published there when the
-/// record was not known to hold a will, so a take-back would publish the record's will a
-/// second time.
-fn pending_without_wills(waiting: &Waiting, client_id: &str) -> bool {
-    waiting
-        .get(client_id)
-        .is_some_and(|(_, _, wills)| wills.is_empty())
+/// have landed with the connection's will). Due wills that wait with it are decided when
+/// the session is lost (`left_to_taker`): withheld when the record holds the will that
+/// write carried, which the take-back then publishes should the claim fail.
+fn pending(waiting: &Waiting, client_id: &str) -> bool {
+    waiting.contains_key(client_id)
 }
 
 /// Spawns [`settle_release`] for `client`'s record as `written` when given up.
@@ -1217,7 +1214,7 @@ async fn write_session<B: Backend>(
             kept.remove(&client_id);
         }
         let connected = snapshot.as_ref().is_some_and(|s| s.connected);
-        if k.will && !will_taken_out_here(cluster, &client_id, k.claim, &wills).await {
+        if left_to_taker(cluster, &client_id, &k, &wills).await {
             withhold_wills(&client_id, &wills);
         } else {
             publish_wills(&client_id, wills, tx).await;
@@ -1243,7 +1240,8 @@ async fn write_session<B: Backend>(
         r.will_takers.clone_from(&k.taken);
         if k.will && !wills.is_empty() {
             // This write takes the will the record held out, to publish it.
-            wills::mark_taken(&mut r, k.claim);
+            let own = wills::writer_of(&r);
+            wills::mark_taken(&mut r, k.claim, own);
         }
         r
     });
@@ -1323,6 +1321,8 @@ async fn write_session<B: Backend>(
             // connection here, if any, is closed (0x8E), and a will the record held is that
             // node's to decide, unless this node's own earlier write took it out.
             tracing::warn!(client_id = %client_id, error = ?outcome.err(), "session not written to the cluster: another node took it");
+            let left = verdict == WillVerdict::Withhold
+                && left_to_taker(cluster, &client_id, &k, &wills).await;
             kept.insert(
                 client_id.clone(),
                 Kept {
@@ -1330,10 +1330,7 @@ async fn write_session<B: Backend>(
                     ..k
                 },
             );
-            if k.will
-                && verdict == WillVerdict::Withhold
-                && !will_taken_out_here(cluster, &client_id, k.claim, &wills).await
-            {
+            if left {
                 withhold_wills(&client_id, &wills);
             } else {
                 publish_wills(&client_id, wills, tx).await;
@@ -1379,29 +1376,30 @@ async fn publish_wills(client_id: &Arc<str>, wills: Vec<KeptWill>, tx: &mpsc::Se
     }
 }
 
-/// Whether a write of this node under `claim` took the due will out of `client_id`'s
-/// record, and landed though its answer was lost (the wills waited to be tried again), before
-/// another node took the record: the record, whoever wrote it since, still carries that
-/// write's mark (`wills::taken_by_me`), and the node that took it found no will to decide.
-/// The will is then this node's to publish (found by the fault harness: a probe's will
-/// withheld by the node whose take-out had landed, and never published). A claimer whose
-/// session ended since left the record in place, with the mark, for this read
-/// (`wills::ended_keeping`); it is deleted here. A record that cannot be read, or is gone,
-/// counts as no: the will is withheld, as before.
-async fn will_taken_out_here<B: Backend>(
+/// Whether the due `wills` of a session this node writes no more (another node took its
+/// record; `k` as this node kept it) are the taking node's to decide, as the record read
+/// now tells. Not when a write of this node took the will out and landed unanswered
+/// ([`wills::taken_by_me`]): the node that took the record found no will to decide, and
+/// this node publishes it (found by the fault harness: a probe's will withheld by the node
+/// whose take-out had landed, and never published; a claimer whose session ended since
+/// left the record in place, with the mark, for this read, and it is deleted here). When
+/// the record this node last knew
+/// held the connection's will (`k.will`), yes. Otherwise, when a write of this node whose
+/// outcome it never learnt carried the will into the record ([`wills::left_in_record`]).
+async fn left_to_taker<B: Backend>(
     cluster: &Cluster<B>,
     client_id: &Arc<str>,
-    claim: Revision,
+    k: &Kept,
     wills: &[KeptWill],
 ) -> bool {
     if wills.is_empty() {
         return false;
     }
     let key = ClientKey::new(client_id);
+    let me = &cluster.config().node;
     match cluster.load_session(&key).await {
         Ok((Some(r), at)) => {
-            let mine = wills::taken_by_me(&r, &cluster.config().node, claim);
-            if mine {
+            if wills::taken_by_me(&r, me, k.claim) {
                 tracing::debug!(target: RECORDS, %client_id, "a will this node's write took out of the record, unanswered, before another node took the record: published here");
                 if wills::is_ended(&r) {
                     // Left in place only for this mark (`wills::ended_keeping`); a claim
@@ -1410,13 +1408,21 @@ async fn will_taken_out_here<B: Backend>(
                         tracing::debug!(%client_id, error = %e, "an ended session's record is left in place (another node wrote it since, or the engine failed)");
                     }
                 }
+                return false;
             }
-            mine
+            if k.will {
+                return true;
+            }
+            let left = wills::left_in_record(&r, me, k.claim);
+            if left {
+                tracing::debug!(target: RECORDS, %client_id, "a write of this node whose answer was lost carried the will into the record: the node that took the record decides it");
+            }
+            left
         }
-        Ok((None, _)) => false,
+        Ok((None, _)) => k.will,
         Err(e) => {
-            tracing::warn!(%client_id, error = %e, "cannot read a session record to learn whether this node's write took its will out: the will is left to the node that took the record");
-            false
+            tracing::warn!(%client_id, error = %e, "cannot read a session record to learn who decides its will: decided by what this node last knew of the record");
+            k.will
         }
     }
 }
@@ -3648,12 +3654,15 @@ mod tests {
     /// which then stepped down (the write waits), answers a hand-over; the claim fails after
     /// moving the entry. The node takes the session back after the claim had its time,
     /// recognising the record by the claim it was written under, and publishes the will
-    /// once; not when the claim took the record. When the connection had ended with its
-    /// will due before the hand-over (the will waiting with the write), the node publishes
-    /// it as it gives the session up, and the take-back does not publish it again.
+    /// once; not when the claim took the record. Also when the connection had ended with
+    /// its will due before the hand-over (the will waiting with the write): the node reads
+    /// the record as it gives the session up and leaves the will to the claim, since its
+    /// write carried it there. It used to publish it then, and the claim that took the
+    /// record published it too (the mark now says which write the claimer took it from).
     #[tokio::test(start_paused = true)]
     async fn a_will_written_unanswered_then_given_up_to_a_failed_claim_is_published() {
-        for (claim_completes, ended) in [(false, false), (true, false), (false, true)] {
+        for (claim_completes, ended) in [(false, false), (true, false), (false, true), (true, true)]
+        {
             let engine = MemoryBackend::new();
             let mut owner = Owner::new(&engine).await;
             engine.lose_answers(Bucket::Sessions, 1, BackendError::Timeout);
@@ -3682,14 +3691,13 @@ mod tests {
             owner.ops.send(SessionOp::Release(req)).unwrap();
             let case = format!("claim completes: {claim_completes}, ended first: {ended}");
             tokio::time::sleep(ABANDONED_AFTER - Duration::from_secs(1)).await;
-            let at_release = usize::from(ended);
             assert_eq!(
                 owner.published(),
-                at_release,
+                0,
                 "before the claim had its time: {case}"
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let taken_back = usize::from(!claim_completes && !ended);
+            let taken_back = usize::from(!claim_completes);
             assert_eq!(owner.published(), taken_back, "{case}");
             tokio::time::sleep(ABANDONED_AFTER * 2).await;
             assert_eq!(owner.published(), 0, "once: {case}");

@@ -81,6 +81,13 @@ pub struct WillTaker {
     pub node: NodeId,
     /// The registry revision of its claim.
     pub claim: u64,
+    /// The record the will was taken from: its writer, under that writer's claim (another
+    /// node's when a claim or a reap took it, the taker's own when it ended its own
+    /// connection). A node that wrote a will and gave the session up before it learnt
+    /// whether that write landed reads here that the claimer took it, so it does not
+    /// publish it too ([`crate::wills::left_in_record`]). `None` in marks made before it
+    /// was kept.
+    pub from: Option<(NodeId, u64)>,
 }
 
 /// One subscription of a session.
@@ -292,6 +299,15 @@ impl SessionRecord {
             w.str(t.node.as_str());
             w.uint(t.claim);
         }
+        // Where each mark's will came from, in the marks' order (added last).
+        w.uint(self.will_takers.len() as u64);
+        for t in &self.will_takers {
+            w.bool(t.from.is_some());
+            if let Some((node, claim)) = &t.from {
+                w.str(node.as_str());
+                w.uint(*claim);
+            }
+        }
         w.finish()
     }
 
@@ -390,6 +406,7 @@ impl SessionRecord {
             will_takers.push(WillTaker {
                 node: node_from(&mut r)?,
                 claim: r.uint("will_taken_claim")?,
+                from: None,
             });
         }
         let cursors_of = if !r.is_empty() && r.bool("cursors_of")? {
@@ -412,7 +429,22 @@ impl SessionRecord {
                 will_takers.push(WillTaker {
                     node: node_from(&mut r)?,
                     claim: r.uint("will_taken_claim")?,
+                    from: None,
                 });
+            }
+        }
+        // Absent from records written before it existed.
+        if !r.is_empty() {
+            let n = r.count("will_taken_from")?;
+            for i in 0..n {
+                let from = if r.bool("will_taken_from")? {
+                    Some((node_from(&mut r)?, r.uint("will_taken_from_claim")?))
+                } else {
+                    None
+                };
+                if let Some(t) = will_takers.get_mut(i) {
+                    t.from = from;
+                }
             }
         }
         r.end()?;

@@ -103,7 +103,7 @@ pub fn will_taken(
     let mut r = record.written_again_by(node, claim.get());
     let will = r.will.take();
     if will.is_some() {
-        mark_taken(&mut r, claim);
+        mark_taken(&mut r, claim, writer_of(record));
     }
     (r, will)
 }
@@ -113,15 +113,25 @@ pub fn will_taken(
 /// taker learns that its write landed even when its answer got lost and another node wrote
 /// the record since ([`taken_by_me`]). The marks of earlier take-outs stay behind it (the
 /// newest [`WILL_TAKERS_KEPT`]): the node that wrote since may take a will of its own out
-/// before the earlier taker looks.
-pub fn mark_taken(record: &mut SessionRecord, claim: Revision) {
+/// before the earlier taker looks. `from` is the writer of the record the will was taken
+/// from, under its claim ([`writer_of`]; see [`left_in_record`]).
+pub fn mark_taken(record: &mut SessionRecord, claim: Revision, from: (NodeId, u64)) {
     let mark = WillTaker {
         node: record.node.clone(),
         claim: claim.get(),
+        from: Some(from),
     };
-    record.will_takers.retain(|t| *t != mark);
+    record
+        .will_takers
+        .retain(|t| t.node != mark.node || t.claim != mark.claim);
     record.will_takers.insert(0, mark);
     record.will_takers.truncate(WILL_TAKERS_KEPT);
+}
+
+/// The writer of `record` and the claim it wrote it under: where a will taken out of it
+/// came from ([`WillTaker::from`]).
+pub fn writer_of(record: &SessionRecord) -> (NodeId, u64) {
+    (record.node.clone(), record.claim)
 }
 
 /// The record a node writes over a session that ends with a will it is about to publish,
@@ -136,7 +146,9 @@ pub fn mark_taken(record: &mut SessionRecord, claim: Revision) {
 /// delete after it only tidies up.
 pub fn ended(node: NodeId, claim: Revision, now_ms: u64, others: Vec<WillTaker>) -> SessionRecord {
     let mut r = ended_keeping(node, claim, now_ms, others);
-    mark_taken(&mut r, claim);
+    // The will was in this node's own record of the session.
+    let own = writer_of(&r);
+    mark_taken(&mut r, claim, own);
     r
 }
 
@@ -205,6 +217,20 @@ pub fn taken_by_me(record: &SessionRecord, node: &NodeId, claim: Revision) -> bo
         .any(|t| t.node == *node && t.claim == claim.get())
 }
 
+/// Whether the wills `node` has due for a session it gave up (its claim `claim`), which
+/// waited behind a write of the record whose outcome it never learnt, are the node's that
+/// took the record to decide, as `record` (read now) tells: that write landed with the
+/// connection's will, and the record still holds it (the claimer takes it out, or, should
+/// its claim fail, `node`'s take-back publishes it), or another node's mark says it took
+/// the will out of that write. Otherwise the write never carried the will into the
+/// cluster, and `node` publishes it. (A node that gave up such a session published it in
+/// both cases, and the claimer a second time.)
+pub fn left_in_record(record: &SessionRecord, node: &NodeId, claim: Revision) -> bool {
+    let written = (node.clone(), claim.get());
+    (writer_of(record) == written && record.will.is_some())
+        || (record.will_takers.iter()).any(|t| t.node != *node && t.from.as_ref() == Some(&written))
+}
+
 /// Whether a session record is one the dead incarnation `dead` left: written by that node,
 /// and the registry (`holder`) still names that incarnation as its client's holder. A
 /// client that connected elsewhere since (the registry names another node or incarnation)
@@ -243,7 +269,7 @@ pub fn reaped(
     let mut r = record.written_again_by(node, claim.get());
     r.disconnected_at_ms.get_or_insert(now_ms);
     if will_due_now && r.will.take().is_some() {
-        mark_taken(&mut r, claim);
+        mark_taken(&mut r, claim, writer_of(record));
     }
     r
 }
@@ -475,6 +501,38 @@ mod tests {
         assert_eq!((taken.node.as_str(), taken.claim), ("b", 9));
         assert_eq!(taken.disconnected_at_ms, r.disconnected_at_ms);
         assert_eq!(taken.subscriptions, r.subscriptions);
+    }
+
+    /// The mark of a take-out says which write the will came from; a node that gave up a
+    /// session with its record write's outcome unknown reads there, or in the will still
+    /// in the record, whether that write carried the will in.
+    #[test]
+    fn a_will_a_write_carried_in_is_left_to_the_taker_whether_taken_or_still_there() {
+        let mine = Revision::new(3).unwrap();
+        let a = node("a");
+        // a's write landed with the will, and no claim took it out yet.
+        let r = record("a", Some(1));
+        assert!(left_in_record(&r, &a, mine));
+        // Under a claim of a's other than this one: not this write's.
+        assert!(!left_in_record(&r, &a, Revision::new(2).unwrap()));
+        // b's claim took it out of a's record.
+        let (taken, _) = will_taken(&r, node("b"), Revision::new(9).unwrap());
+        assert_eq!(
+            taken.will_takers.first().unwrap().from,
+            Some((a.clone(), 3))
+        );
+        assert!(left_in_record(&taken, &a, mine));
+        // b took out a will of a record b wrote itself (a's write never landed).
+        let (of_b, _) = will_taken(&record("b", Some(1)), node("b"), Revision::new(9).unwrap());
+        assert!(!left_in_record(&of_b, &a, mine));
+        // a's write never carried a will in: the record holds none of a's.
+        let mut without = record("a", Some(1));
+        without.will = None;
+        assert!(!left_in_record(&without, &a, mine));
+        // A mark written before marks said where the will came from tells nothing.
+        let mut old = taken.clone();
+        old.will_takers.first_mut().unwrap().from = None;
+        assert!(!left_in_record(&old, &a, mine));
     }
 
     #[test]

@@ -770,7 +770,8 @@ async fn a_will_taken_out_by_a_write_whose_answer_was_lost_is_published_by_its_t
     let c1 = m1.claim_client(&client).await.unwrap();
     let (mut r, f1) = with_will(&m1, &client, c1.revision, Fence::Absent, None).await;
     r.will = None;
-    crate::wills::mark_taken(&mut r, c1.revision);
+    let own = crate::wills::writer_of(&r);
+    crate::wills::mark_taken(&mut r, c1.revision, own);
     // The write that took the will out landed; its answer was lost (m1 keeps fence f1).
     m1.store_session(&client, &r, f1).await.unwrap();
     let c2 = m2.claim_client(&client).await.unwrap();
@@ -809,7 +810,8 @@ async fn a_will_taken_out_by_a_write_whose_answer_was_lost_is_published_by_its_t
         .will
         .is_some());
     r.will = None;
-    crate::wills::mark_taken(&mut r, c1.revision);
+    let own = crate::wills::writer_of(&r);
+    crate::wills::mark_taken(&mut r, c1.revision, own);
     let late = m1
         .write_own_session(&client, Some(&r), c1.revision, f1)
         .await;

@@ -126,7 +126,16 @@ fn record() -> impl Strategy<Value = SessionRecord> {
         ),
         (
             prop::collection::vec(
-                (node(), any::<u64>()).prop_map(|(node, claim)| WillTaker { node, claim }),
+                (
+                    node(),
+                    any::<u64>(),
+                    prop::option::of((node(), any::<u64>())),
+                )
+                    .prop_map(|(node, claim, from)| WillTaker {
+                        node,
+                        claim,
+                        from,
+                    }),
                 0..=WILL_TAKERS_KEPT,
             ),
             prop::option::of(node()),
@@ -161,7 +170,20 @@ fn record() -> impl Strategy<Value = SessionRecord> {
 /// `r` as a record written when it kept one will take-out mark: its newest.
 fn newest_taker_only(mut r: SessionRecord) -> SessionRecord {
     r.will_takers.truncate(1);
+    without_sources(r)
+}
+
+/// `r` as a record written before the marks said where their wills came from; and the
+/// bytes that field takes in `r` then (its count, and one "absent" per mark).
+fn without_sources(mut r: SessionRecord) -> SessionRecord {
+    for t in &mut r.will_takers {
+        t.from = None;
+    }
     r
+}
+
+fn sources_len(r: &SessionRecord) -> usize {
+    1 + r.will_takers.len()
 }
 
 proptest! {
@@ -181,12 +203,13 @@ proptest! {
             // existed: everything else whole, that field and the ones after it absent. Any
             // other cut is refused.
             Ok(d) => {
+                let without_sources = without_sources(r.clone());
                 let without_earlier = newest_taker_only(r.clone());
                 let without_late = SessionRecord { writer_late: Vec::new(), ..without_earlier.clone() };
                 let without_cursors_of = SessionRecord { cursors_of: None, ..without_late.clone() };
                 let older = SessionRecord { will_takers: Vec::new(), ..without_cursors_of.clone() };
                 prop_assert!(
-                    d == without_earlier || d == without_late || d == without_cursors_of || d == older,
+                    d == without_sources || d == without_earlier || d == without_late || d == without_cursors_of || d == older,
                     "{d:?} from {r:?}"
                 );
             }
@@ -197,29 +220,36 @@ proptest! {
     fn records_written_before_the_will_taker_field_still_decode(r in record()) {
         let r = SessionRecord { will_takers: Vec::new(), cursors_of: None, writer_late: Vec::new(), ..r };
         let data = r.encode();
-        // The older form ends before the two fields' presence bytes and the two counts.
-        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 4]), Ok(r));
+        // The older form ends before the two fields' presence bytes and the three counts.
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 5]), Ok(r));
     }
 
     #[test]
     fn records_written_before_the_cursor_writer_field_still_decode(r in record()) {
         let r = SessionRecord { cursors_of: None, writer_late: Vec::new(), ..newest_taker_only(r) };
         let data = r.encode();
-        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 3]), Ok(r));
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 3 - sources_len(&r)]), Ok(r));
     }
 
     #[test]
     fn records_written_before_the_late_own_messages_field_still_decode(r in record()) {
         let r = SessionRecord { writer_late: Vec::new(), ..newest_taker_only(r) };
         let data = r.encode();
-        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 2]), Ok(r));
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 2 - sources_len(&r)]), Ok(r));
     }
 
     #[test]
     fn records_written_with_one_will_taker_still_decode(r in record()) {
         let r = newest_taker_only(r);
         let data = r.encode();
-        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 1]), Ok(r));
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - 1 - sources_len(&r)]), Ok(r));
+    }
+
+    #[test]
+    fn records_written_before_the_will_source_field_still_decode(r in record()) {
+        let r = without_sources(r);
+        let data = r.encode();
+        prop_assert_eq!(SessionRecord::decode(&data[..data.len() - sources_len(&r)]), Ok(r));
     }
 
     #[test]
