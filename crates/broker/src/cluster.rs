@@ -1383,9 +1383,9 @@ async fn publish_wills(client_id: &Arc<str>, wills: Vec<KeptWill>, tx: &mpsc::Se
 /// this node publishes it (found by the fault harness: a probe's will withheld by the node
 /// whose take-out had landed, and never published; a claimer whose session ended since
 /// left the record in place, with the mark, for this read, and it is deleted here). When
-/// the record this node last knew
-/// held the connection's will (`k.will`), yes. Otherwise, when a write of this node whose
-/// outcome it never learnt carried the will into the record ([`wills::left_in_record`]).
+/// the record this node last knew held the connection's will (`k.will`), yes. Otherwise,
+/// when a write of this node whose outcome it never learnt carried the will into the
+/// record ([`wills::left_in_record`]).
 async fn left_to_taker<B: Backend>(
     cluster: &Cluster<B>,
     client_id: &Arc<str>,
@@ -3312,19 +3312,9 @@ mod tests {
 
     /// Another node asks `owner` to hand `c` over; how long the answer took.
     async fn hand_over(engine: &MemoryBackend, owner: &Owner, before: impl FnOnce()) -> Duration {
-        let reply = "_INBOX.handover";
-        let mut answers = engine
-            .subscribe(Subject::from_tokens(reply), None)
-            .await
-            .unwrap();
         before();
         let asked = tokio::time::Instant::now();
-        let req = ReleaseRequest {
-            client: owner.key.clone(),
-            revision: owner.claim,
-            reply: Some(reply.into()),
-        };
-        owner.ops.send(SessionOp::Release(req)).unwrap();
+        let mut answers = ask_hand_over(engine, owner, owner.claim).await;
         tokio::time::timeout(Duration::from_secs(30), answers.next())
             .await
             .unwrap()
