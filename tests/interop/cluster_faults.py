@@ -1209,6 +1209,11 @@ def inject(cluster: ClusterBase, w: Workload, kind: str, victim: int, hold: floa
         _hold_link_fault(cluster, probe, ev, t0, hold,
                          lambda: cluster.lose(victim, loss_percent))
     if probe:
+        # This fault's probe, and when its id was accepted on another node (none: not
+        # within its 30 s; a later fault's probe must not stand in for it).
+        ev["probe"] = probe.id
+        if probe.new is not None and probe.new.conn is not None:
+            ev["takeover"] = probe.new.conn.opened - t0
         if probe.old.connected.is_set():
             t_end = time.monotonic() + 15
             while time.monotonic() < t_end and probe.old.connected.is_set():
@@ -1243,6 +1248,8 @@ class Report:
     longest_stall: float = 0.0
     longest_delivery: float = 0.0
     longest_takeover: float = 0.0
+    takeovers: dict = field(default_factory=dict)      # fault kind -> [seconds]
+    takeovers_missed: list = field(default_factory=list)  # (kind, probe): not within 30 s
     longest_overlap: float = 0.0
     faults: list = field(default_factory=list)
     overlaps: list = field(default_factory=list)
@@ -1289,7 +1296,11 @@ class Report:
             f"late appends:           {len(self.late_unacked)} QoS 2 duplicates or reorderings of unacknowledged messages",
             f"longest stall:          {self.longest_stall:.1f} s (a client without a connection)",
             f"longest delivery:       {self.longest_delivery:.1f} s (acknowledged to the publisher -> arrived at a subscriber)",
-            f"longest takeover:       {self.longest_takeover:.1f} s (fault to the same client id accepted on another node)",
+            f"longest takeover:       {self.longest_takeover:.1f} s (fault to the same client id accepted on another node)"
+            + "".join(f"; {k} {max(v):.1f} s" for k, v in sorted(self.takeovers.items()))
+            + (f"; not within 30 s: {len(self.takeovers_missed)}"
+               f" ({', '.join(sorted({k for k, _ in self.takeovers_missed}))})"
+               if self.takeovers_missed else ""),
             f"longest double serving: {self.longest_overlap:.1f} s (lease {LEASE_TTL:.0f} s)",
             f"sessions lost:          {len(self.sessions_lost)} (Session Present 0 for a persistent subscriber)",
         ])
@@ -1425,12 +1436,11 @@ def check(w: Workload, retained: dict[int, dict[str, int] | None],
         for down, up in spans:
             r.longest_stall = max(r.longest_stall, up - down)
     for f in r.faults:
-        if f["kind"] in NATS_FAULTS:
-            continue
-        for c in conns:
-            if c.client_id.startswith("probe-") and c.node != f["victim"] and c.opened > f["at"]:
-                r.longest_takeover = max(r.longest_takeover, c.opened - f["at"])
-                break
+        if "takeover" in f:
+            r.longest_takeover = max(r.longest_takeover, f["takeover"])
+            r.takeovers.setdefault(f["kind"], []).append(f["takeover"])
+        elif f.get("probe"):
+            r.takeovers_missed.append((f["kind"], f["probe"]))
     return r
 
 
