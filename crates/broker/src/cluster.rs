@@ -245,6 +245,9 @@ pub(crate) enum FromCluster {
     /// published here.
     Fenced {
         client_id: Arc<str>,
+        /// The claim of this node's under which the write was refused: a connection of a
+        /// newer claim here is not the one another node took (see `Router`'s handling).
+        claim: Revision,
         will_in_cluster: bool,
     },
     /// A client this node had (offline now) connected on another node, claimed there at
@@ -1228,6 +1231,7 @@ async fn write_session<B: Backend>(
             let _ = tx
                 .send(FromCluster::Fenced {
                     client_id,
+                    claim: k.claim,
                     will_in_cluster: k.will,
                 })
                 .await;
@@ -1338,6 +1342,7 @@ async fn write_session<B: Backend>(
             let _ = tx
                 .send(FromCluster::Fenced {
                     client_id,
+                    claim: k.claim,
                     will_in_cluster: k.will,
                 })
                 .await;

@@ -1837,8 +1837,18 @@ impl Router {
             }
             FromCluster::Fenced {
                 client_id,
+                claim,
                 will_in_cluster,
-            } => self.lost_to_another_node(now, &client_id, will_in_cluster),
+            } => {
+                // A write of an older claim refused (its Store was on its way when this
+                // node claimed the id again): the newer connection here read the record
+                // after that other node's write, and is not the one it took.
+                if self.release_is_stale(&client_id, claim) {
+                    tracing::info!(%client_id, "a refused record write of an older claim of the client id does not end its newer connection here");
+                    return;
+                }
+                self.lost_to_another_node(now, &client_id, will_in_cluster);
+            }
             FromCluster::NotOwner {
                 conn,
                 revision,
@@ -3954,6 +3964,33 @@ mod tests {
         assert_eq!(node.released.len(), 1, "answered");
         node.published_elsewhere(14);
         assert_eq!(node.got_by(1), [10, 11, 12], "the connection was closed");
+    }
+
+    fn fenced(claim: u64) -> FromCluster {
+        FromCluster::Fenced {
+            client_id: Arc::from(SUB),
+            claim: makelaar_cluster::Revision::new(claim).unwrap(),
+            will_in_cluster: false,
+        }
+    }
+
+    /// A record write refused because another node took the session ends the connection
+    /// here [MQTT-3.1.4-3], but not when the write was of an older claim than the
+    /// connection's: its Store was on its way when this node claimed the id again, and the
+    /// newer connection read the record after that other node's write.
+    #[test]
+    fn a_refused_write_of_an_older_claim_does_not_end_a_newer_connection() {
+        let mut node = Node::new(3);
+        node.connect(1);
+        node.claimed_with(1, 5, None, false);
+        node.published_elsewhere(10);
+        node.event(fenced(4));
+        node.published_elsewhere(11);
+        assert_eq!(node.got_by(1), [10, 11], "the connection stays");
+        node.event(fenced(5));
+        node.published_elsewhere(12);
+        assert_eq!(node.got_by(1), [10, 11], "the connection was closed");
+        assert!(!taken_in(&node), "the session is the other node's");
     }
 
     fn claimed_elsewhere(revision: u64) -> FromCluster {
