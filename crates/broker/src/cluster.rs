@@ -1217,25 +1217,15 @@ async fn write_session<B: Backend>(
             kept.remove(&client_id);
         }
         let connected = snapshot.as_ref().is_some_and(|s| s.connected);
-        if left_to_taker(cluster, &client_id, &k, &wills).await {
-            withhold_wills(&client_id, &wills);
-        } else {
-            publish_wills(&client_id, wills, tx).await;
-        }
+        let left = left_to_taker(cluster, &client_id, &k, &wills).await;
         if connected {
             // The router serves a connection of a session this node may write no more
             // (its claim resumed it after the record was given up here): that connection
             // closes, as after a fenced write, and its client's next CONNECT claims the
             // id afresh. Left open, it waited for checkpoints never to be answered.
             tracing::warn!(client_id = %client_id, "a connected session's record cannot be written from this node (another node took it): its connection is closed");
-            let _ = tx
-                .send(FromCluster::Fenced {
-                    client_id,
-                    claim: k.claim,
-                    will_in_cluster: k.will,
-                })
-                .await;
         }
+        given_up(client_id, &k, wills, left, connected, tx).await;
         return Some(false);
     }
     let key = ClientKey::new(&client_id);
@@ -1331,21 +1321,10 @@ async fn write_session<B: Backend>(
                 client_id.clone(),
                 Kept {
                     fence: Fence::Lost,
-                    ..k
+                    ..k.clone()
                 },
             );
-            if left {
-                withhold_wills(&client_id, &wills);
-            } else {
-                publish_wills(&client_id, wills, tx).await;
-            }
-            let _ = tx
-                .send(FromCluster::Fenced {
-                    client_id,
-                    claim: k.claim,
-                    will_in_cluster: k.will,
-                })
-                .await;
+            given_up(client_id, &k, wills, left, true, tx).await;
             Some(false)
         }
         WillVerdict::Retry => {
@@ -1429,6 +1408,33 @@ async fn left_to_taker<B: Backend>(
             tracing::warn!(%client_id, error = %e, "cannot read a session record to learn who decides its will: decided by what this node last knew of the record");
             k.will
         }
+    }
+}
+
+/// A session another node took (`k` as this node kept it): its due `wills` withheld when
+/// they are that node's to decide (`left`, [`left_to_taker`]), else published here; with
+/// `close`, the router is told to close its connection here (`FromCluster::Fenced`, under
+/// the claim the write was made with).
+async fn given_up(
+    client_id: Arc<str>,
+    k: &Kept,
+    wills: Vec<KeptWill>,
+    left: bool,
+    close: bool,
+    tx: &mpsc::Sender<FromCluster>,
+) {
+    if left {
+        withhold_wills(&client_id, &wills);
+    } else {
+        publish_wills(&client_id, wills, tx).await;
+    }
+    if close {
+        let fenced = FromCluster::Fenced {
+            client_id,
+            claim: k.claim,
+            will_in_cluster: k.will,
+        };
+        let _ = tx.send(fenced).await;
     }
 }
 
