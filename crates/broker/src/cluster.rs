@@ -46,6 +46,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::stream::AbortHandle;
 use futures_util::StreamExt;
 use makelaar_cluster::backend::Backend;
+use makelaar_cluster::barrier::BarrierClaim;
 use makelaar_cluster::cluster::{
     Cluster, ClusterConfig, Followed, GivenUp, LeaseEvent, Orphans, RecordWriter, ReleaseRequest,
     TakenWill,
@@ -88,10 +89,12 @@ const FROM_CLUSTER_QUEUE: usize = 4096;
 /// What one router batch accepted, in order, for the writer: sent to it straight from the
 /// router (not through the task that takes [`ToCluster`]), one task hop fewer on every
 /// message's way to NATS. With an epoch, acknowledgements wait for `FromCluster::Appended`
-/// with it.
+/// with it. Each message goes with the claim its publisher's connection is registered
+/// under (none for a will): its envelope names it, so that every reader drops it should it
+/// be appended after a newer claim's barrier (`makelaar_cluster::barrier`).
 pub(crate) struct Batch {
     pub(crate) epoch: Option<u64>,
-    pub(crate) messages: Vec<Exported>,
+    pub(crate) messages: Vec<(Exported, Option<Revision>)>,
 }
 
 /// What the router tells the cluster.
@@ -209,6 +212,15 @@ pub(crate) enum FromCluster {
         partition: u16,
         seq: u64,
         msg: Option<Arc<Message>>,
+    },
+    /// A claim's barrier in a partition stream, naming the claims of its round: a
+    /// connection here of an older claim of one of those clients is not the client's any
+    /// more, and what it publishes from here on is dropped by every reader
+    /// (`makelaar_cluster::barrier`); then as a `Log` without a message.
+    Barrier {
+        partition: u16,
+        seq: u64,
+        claims: Vec<BarrierClaim>,
     },
     /// What a session's replay read back: in flight on the old node (in its order), then
     /// taken in there and not sent, or published while it was away (in order per topic).
@@ -689,7 +701,11 @@ async fn claim<B: Backend>(
             .and_then(|p| p.last_elsewhere(&cluster.config().node));
         let tails = match elsewhere {
             Some(from) => {
-                let barriers = cluster.barriers_since(started).await?;
+                let named = BarrierClaim {
+                    client: client_id.clone(),
+                    revision: claimed.revision,
+                };
+                let barriers = cluster.barriers_since(started, Some(named)).await?;
                 tracing::debug!(target: RECORDS, %client_id, %from, ?barriers, "partition barriers of a claim");
                 barriers
             }
@@ -2080,6 +2096,7 @@ fn envelope(node: &NodeId, msg: &Message, now: Instant, now_ms: u64) -> Envelope
         correlation_data: p.correlation_data.clone(),
         user_properties: p.user_properties.clone(),
         payload: msg.payload.clone(),
+        claim: None,
     }
 }
 
@@ -2191,15 +2208,18 @@ async fn write_batch<B: Backend>(
     cluster: Arc<Cluster<B>>,
     node: NodeId,
     epoch: Option<u64>,
-    messages: Vec<Exported>,
+    messages: Vec<(Exported, Option<Revision>)>,
     tx: mpsc::Sender<FromCluster>,
 ) -> Written {
     let now = Instant::now();
     let now_ms = unix_ms();
-    let writes = messages.iter().map(|ex| {
+    let writes = messages.iter().map(|(ex, claim)| {
         let cluster = &cluster;
         let tx = &tx;
-        let env = envelope(&node, &ex.msg, now, now_ms);
+        let env = Envelope {
+            claim: *claim,
+            ..envelope(&node, &ex.msg, now, now_ms)
+        };
         async move {
             if ex.from.is_none() {
                 // A will: no acknowledgement waits for it, no publisher to disconnect.
@@ -2449,7 +2469,23 @@ async fn follower(
     while let Some(entry) = follow.next().await {
         let m = match entry {
             Followed::Message(m) => m,
-            Followed::Barrier { partition, seq } => {
+            Followed::Barrier {
+                partition,
+                seq,
+                claims,
+            } => {
+                let ev = FromCluster::Barrier {
+                    partition: partition.index(),
+                    seq,
+                    claims,
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            // Dropped by every reader: its position only.
+            Followed::Late { partition, seq, .. } => {
                 let ev = FromCluster::Log {
                     partition: partition.index(),
                     seq,
@@ -3151,8 +3187,14 @@ mod tests {
         engine.fail_appends(1, BackendError::Engine("no stream found".into()));
         let start = tokio::time::Instant::now();
         let (tx, mut rx) = mpsc::channel(8);
-        let (epoch, n, results) =
-            write_batch(cluster.clone(), node, Some(3), vec![will, published], tx).await;
+        let (epoch, n, results) = write_batch(
+            cluster.clone(),
+            node,
+            Some(3),
+            vec![(will, None), (published, None)],
+            tx,
+        )
+        .await;
         let Ok(FromCluster::WillRetrying { id, epoch: 3 }) = rx.try_recv() else {
             panic!("the router hears of the retry before the batch's report");
         };
@@ -3199,7 +3241,7 @@ mod tests {
             cluster.clone(),
             node.clone(),
             Some(1),
-            vec![will],
+            vec![(will, None)],
             tx.clone(),
         )
         .await;

@@ -156,6 +156,13 @@ pub(crate) struct ClusterSide {
     positions: std::collections::BTreeMap<u16, NodePosition>,
     /// The latest epoch whose appends returned.
     appended: u64,
+    /// Batches whose appends returned, with this node's highest sequence per partition in
+    /// each, in order: their acknowledgements wait until this node's followers are past
+    /// those (see [`ClusterSide::confirmed`]).
+    unconfirmed: std::collections::VecDeque<(u64, Vec<(u16, u64)>)>,
+    /// Connections a barrier of a newer claim of their client passed (see
+    /// `FromCluster::Barrier`): closing, and nothing of theirs is acknowledged any more.
+    fenced: HashSet<ConnId>,
     /// What waits for the appends of the batches handed to the cluster before it, in order:
     /// a session's record must list its messages by their place in the log, and its
     /// cursors count this node's own messages published up to then.
@@ -453,6 +460,8 @@ impl ClusterSide {
             node,
             positions: std::collections::BTreeMap::new(),
             appended: 0,
+            unconfirmed: std::collections::VecDeque::new(),
+            fenced: HashSet::new(),
             waiting: std::collections::VecDeque::new(),
             catching_up: Vec::new(),
             orphans: HashMap::new(),
@@ -544,6 +553,21 @@ impl ClusterSide {
     /// The batch numbered `epoch` is appended, with this node's highest sequence per
     /// partition in it: what waited for it goes (with this node's position exactly as of
     /// that batch).
+    /// The oldest batch whose appends returned and that this node's followers are past
+    /// (taken off the list), if any. A message this node published is acknowledged only
+    /// then: the follower met every barrier before it first, and a barrier of a newer claim
+    /// of its publisher would have fenced the connection (`Router::fence_older_claims`).
+    /// So no acknowledged message is one that every reader drops as a late append
+    /// (`makelaar_cluster::barrier`).
+    fn confirmed(&mut self) -> Option<u64> {
+        let (_, own) = self.unconfirmed.front()?;
+        let past = |&(p, seq): &(u16, u64)| self.positions.get(&p).is_some_and(|n| n.next > seq);
+        if !own.iter().all(past) {
+            return None;
+        }
+        self.unconfirmed.pop_front().map(|(epoch, _)| epoch)
+    }
+
     fn appended(&mut self, epoch: u64, own: Vec<(u16, u64)>, broker: &Broker) {
         for (p, seq) in own {
             let pos = self.positions.entry(p).or_default();
@@ -1588,7 +1612,15 @@ impl Router {
                 .iter()
                 .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
             let epoch = promised.then(|| c.gate.next_epoch());
-            let messages = std::mem::take(&mut c.exported);
+            let claims = &c.claims;
+            let messages: Vec<_> = c
+                .exported
+                .drain(..)
+                .map(|e| {
+                    let claim = e.from.and_then(|conn| claims.get(&conn)).map(|(_, r)| *r);
+                    (e, claim)
+                })
+                .collect();
             c.stats
                 .queued
                 .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -1656,6 +1688,9 @@ impl Router {
     /// What the store let through waits for the cluster too, when there is one.
     fn after_store(&mut self, conn: ConnId, what: Held) {
         let what = match self.cluster.as_mut() {
+            // Its messages from here on are dropped by every reader: nothing of it is
+            // acknowledged (it is being closed).
+            Some(c) if c.fenced.contains(&conn) && matches!(what, Held::Send(_)) => return,
             Some(c) => match c.gate.hold(conn, what) {
                 Some(what) => what,
                 None => return,
@@ -1670,6 +1705,7 @@ impl Router {
         match ev {
             FromCluster::Appended { epoch, failed, own } => {
                 if let Some(c) = self.cluster.as_mut() {
+                    c.unconfirmed.push_back((epoch, own.clone()));
                     c.appended(epoch, own, &self.broker);
                 }
                 for conn in failed {
@@ -1684,14 +1720,7 @@ impl Router {
                     self.broker.handle_connection_lost(now, conn);
                     self.close(conn, CloseReason::Server(ReasonCode::UNSPECIFIED_ERROR));
                 }
-                let mut released = Vec::new();
-                if let Some(c) = self.cluster.as_mut() {
-                    c.gate
-                        .committed(epoch, |conn, what| released.push((conn, what)));
-                }
-                for (conn, what) in released {
-                    self.carry_out(conn, what);
-                }
+                self.release_confirmed();
             }
             FromCluster::Message(msg) => {
                 self.broker.route_remote(now, msg);
@@ -1707,6 +1736,24 @@ impl Router {
                     c.positions.entry(partition).or_default().next = next;
                 }
                 self.followers_moved(now);
+                self.release_confirmed();
+            }
+            FromCluster::Barrier {
+                partition,
+                seq,
+                claims,
+            } => {
+                for claim in claims {
+                    self.fence_older_claims(claim);
+                }
+                self.cluster_event(
+                    now,
+                    FromCluster::Log {
+                        partition,
+                        seq,
+                        msg: None,
+                    },
+                );
             }
             FromCluster::Log {
                 partition,
@@ -1722,6 +1769,7 @@ impl Router {
                 let pos = c.positions.entry(partition).or_default();
                 pos.next = pos.next.max(seq + 1);
                 self.followers_moved(now);
+                self.release_confirmed();
             }
             FromCluster::Replayed {
                 client_id,
@@ -2183,6 +2231,46 @@ impl Router {
     /// This node's partition followers moved on: the claims waiting for them are decided
     /// again now, the held orphans at the batch's end ([`Router::orphans_timed`], from
     /// `flush`).
+    /// Releases the acknowledgements of the batches this node's followers are past
+    /// ([`ClusterSide::confirmed`]), in order.
+    fn release_confirmed(&mut self) {
+        let mut released = Vec::new();
+        if let Some(c) = self.cluster.as_mut() {
+            while let Some(epoch) = c.confirmed() {
+                c.gate
+                    .committed(epoch, |conn, what| released.push((conn, what)));
+            }
+        }
+        for (conn, what) in released {
+            self.carry_out(conn, what);
+        }
+    }
+
+    /// A barrier of `claim` passed this node's follower: a connection here of an older
+    /// claim of that client is not the client's any more. Whatever it publishes from here
+    /// on lands after the barrier, where every reader drops it
+    /// (`makelaar_cluster::barrier`), so nothing of it is acknowledged from now on (what
+    /// waits is dropped), and it is closed (0x8E) as for a claim seen in the registry.
+    fn fence_older_claims(&mut self, claim: makelaar_cluster::barrier::BarrierClaim) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let older: Vec<ConnId> = c
+            .claims_of(&claim.client)
+            .filter(|(_, mine)| *mine < claim.revision)
+            .map(|(conn, _)| conn)
+            .collect();
+        if older.is_empty() {
+            return;
+        }
+        for conn in older {
+            c.gate.discard(conn);
+            c.fenced.insert(conn);
+        }
+        tracing::info!(client_id = %claim.client, by = %claim.revision, "a barrier of another node's claim of a client connected here: the connection here is closed, and nothing it sent since is acknowledged");
+        c.claimed_elsewhere(claim.client, claim.revision);
+    }
+
     fn followers_moved(&mut self, now: Instant) {
         if let Some(c) = self.cluster.as_mut() {
             c.orphans_to_check = !c.orphans.is_empty();
@@ -2606,6 +2694,7 @@ impl Router {
         self.slow_logged.remove(&conn);
         if let Some(c) = self.cluster.as_mut() {
             c.untrack(conn);
+            c.fenced.remove(&conn);
             c.record_ready.retain(|(ready, _)| *ready != conn);
             if let Some((connect, _, _)) = c.claiming.remove(&conn) {
                 let client_id = Arc::from(connect.client_id.as_str());
@@ -3049,6 +3138,8 @@ mod tests {
         connacks: Vec<bool>,
         /// Their reason codes, in the same order.
         connack_reasons: Vec<ReasonCode>,
+        /// The PUBACKs and PUBRECs sent, in order: the connection and the packet id.
+        acks: Vec<(ConnId, u16)>,
     }
 
     /// The client id of the persistent subscriber below.
@@ -3083,6 +3174,7 @@ mod tests {
                 released: Vec::new(),
                 left_wills: 0,
                 owner_checks: Vec::new(),
+                acks: Vec::new(),
                 outs: HashMap::new(),
                 got: Vec::new(),
                 got_on: Vec::new(),
@@ -3165,6 +3257,9 @@ mod tests {
                             Packet::ConnAck(a) => {
                                 self.connacks.push(a.session_present);
                                 self.connack_reasons.push(a.reason);
+                            }
+                            Packet::PubAck(a) | Packet::PubRec(a) => {
+                                self.acks.push((conn, a.packet_id));
                             }
                             Packet::PubRel(r) => answers.push((
                                 conn,
@@ -3356,6 +3451,46 @@ mod tests {
             self.router
                 .cluster_event(Instant::now(), FromCluster::WillPlaced { id, at });
             self.settle();
+        }
+
+        /// The client on `conn` publishes message `n` on "t" (QoS 1 when odd, QoS 2 when
+        /// even) with this packet id.
+        fn publishes(&mut self, conn: ConnId, packet_id: u16, n: u32) {
+            let m = numbered(n);
+            let packet = Packet::Publish(makelaar_proto::Publish {
+                qos: m.qos,
+                topic: m.topic,
+                packet_id,
+                payload: m.payload,
+                ..Default::default()
+            });
+            self.router
+                .handle(Instant::now(), ToRouter::Packet { conn, packet });
+            self.settle();
+        }
+
+        /// A claim's barrier, naming `client`'s claim at `revision`, at the end of the log,
+        /// brought by this node's follower.
+        fn barrier(&mut self, client: &str, revision: u64) {
+            self.log
+                .push((makelaar_cluster::NodeId::new("c").unwrap(), 0));
+            let ev = FromCluster::Barrier {
+                partition: 0,
+                seq: self.log.len() as u64,
+                claims: vec![makelaar_cluster::barrier::BarrierClaim {
+                    client: client.into(),
+                    revision: makelaar_cluster::Revision::new(revision).unwrap(),
+                }],
+            };
+            self.event(ev);
+        }
+
+        /// The packet ids acknowledged (PUBACK, PUBREC) on `conn`, in order.
+        fn acks_on(&self, conn: ConnId) -> Vec<u16> {
+            (self.acks.iter())
+                .filter(|(c, _)| *c == conn)
+                .map(|(_, id)| *id)
+                .collect()
         }
 
         /// The cluster reports `ev`; what follows is carried out.
@@ -3998,6 +4133,58 @@ mod tests {
             client_id: Arc::from(SUB),
             revision: makelaar_cluster::Revision::new(revision).unwrap(),
         }
+    }
+
+    /// Issue 15 (late appends): a publisher's acknowledgement waits until this node's
+    /// follower is past its message, not only until the append returns: the follower meets
+    /// every claim's barrier before it first (see the next test) [MQTT-4.3.2-*].
+    #[test]
+    fn an_acknowledgement_waits_until_this_nodes_follower_is_past_the_message() {
+        let mut node = Node::new(1);
+        node.connect_as(1, "pub", true, None);
+        node.claimed_with(1, 5, None, false);
+        node.publishes(1, 7, 1);
+        node.batch_appended(&[1]);
+        assert!(node.acks_on(1).is_empty(), "appended, not followed yet");
+        node.follow(1);
+        assert_eq!(node.acks_on(1), [7]);
+        node.publishes(1, 8, 2);
+        node.batch_appended(&[2]);
+        node.follow(2);
+        assert_eq!(node.acks_on(1), [7, 8], "QoS 2: PUBREC alike");
+    }
+
+    /// Issue 15 (late appends: QoS 2 messages of unacknowledged publishes delivered twice):
+    /// another node claimed the publisher, and its barrier reached the partition before the
+    /// publisher's message from here. Every reader drops that message
+    /// (`makelaar_cluster::barrier`), so it is never acknowledged, nor anything the
+    /// connection sends after; the connection is closed as superseded (0x8E)
+    /// [MQTT-3.1.4-3]. A barrier of an older claim changes nothing.
+    #[test]
+    fn a_barrier_of_a_newer_claim_before_its_message_fences_the_publisher_here() {
+        let mut node = Node::new(1);
+        node.connect_as(1, "pub", true, None);
+        node.claimed_with(1, 5, None, false);
+        node.barrier("pub", 4);
+        node.publishes(1, 7, 1);
+        node.batch_appended(&[1]);
+        node.follow(2);
+        assert_eq!(node.acks_on(1), [7], "an older claim's barrier");
+        assert!(node.owner_checks.is_empty());
+
+        node.publishes(1, 8, 3);
+        node.barrier("pub", 9);
+        assert_eq!(node.owner_checks, [(1, 5)], "closed as superseded");
+        node.batch_appended(&[3]);
+        node.follow(4);
+        node.publishes(1, 9, 5);
+        node.batch_appended(&[5]);
+        node.follow(5);
+        assert_eq!(
+            node.acks_on(1),
+            [7],
+            "nothing after the barrier acknowledged"
+        );
     }
 
     /// Issue 15 (a link cut: a client id served by two nodes for 26 s): another node's

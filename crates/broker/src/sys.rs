@@ -200,6 +200,7 @@ pub(crate) fn cluster_figures(c: &crate::counters::ClusterCounters) -> Vec<(Stri
         ("claims/failed".to_owned(), load(&s.claim_failures)),
         ("handovers/asked".to_owned(), load(&s.handovers_asked)),
         ("handovers/given".to_owned(), load(&s.handovers_given)),
+        ("late_appends/dropped".to_owned(), load(&s.late_dropped)),
         (
             "follow/lag".to_owned(),
             s.follow_pending_total().to_string(),

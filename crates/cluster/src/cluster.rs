@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::backend::{Backend, BackendError, Bucket, StreamMessage};
+use crate::barrier::{decode_claims, encode_claims, BarrierClaim, Fences, MAX_CLAIMS_PER_ROUND};
 use crate::codec::{Reader, Writer};
 use crate::envelope::Envelope;
 use crate::ids::{ClientKey, MessageId, NodeId, Revision};
@@ -338,12 +339,24 @@ pub struct LogMessage {
 pub enum Followed {
     /// A message.
     Message(LogMessage),
-    /// A claim's barrier ([`Cluster::barriers_since`]): no message, its position only.
+    /// A claim's barrier ([`Cluster::barriers_since`]): no message, its position and the
+    /// claims it stands for.
     Barrier {
         /// Its partition.
         partition: Partition,
         /// Its stream sequence there.
         seq: u64,
+        /// The claims of its round ([`crate::barrier`]).
+        claims: Vec<BarrierClaim>,
+    },
+    /// A late append, dropped ([`crate::barrier`]): its position only.
+    Late {
+        /// Its partition.
+        partition: Partition,
+        /// Its stream sequence there.
+        seq: u64,
+        /// Its publisher's client id.
+        client: String,
     },
 }
 
@@ -352,7 +365,7 @@ impl Followed {
     pub fn seq(&self) -> u64 {
         match self {
             Followed::Message(m) => m.seq,
-            Followed::Barrier { seq, .. } => *seq,
+            Followed::Barrier { seq, .. } | Followed::Late { seq, .. } => *seq,
         }
     }
 
@@ -360,7 +373,7 @@ impl Followed {
     pub fn message(self) -> Option<LogMessage> {
         match self {
             Followed::Message(m) => Some(m),
-            Followed::Barrier { .. } => None,
+            Followed::Barrier { .. } | Followed::Late { .. } => None,
         }
     }
 }
@@ -386,6 +399,11 @@ pub struct Cluster<B> {
     /// The sequences of the last barriers this node appended to the partitions, and when
     /// that began ([`Cluster::barriers_since`]).
     barriers: tokio::sync::Mutex<Option<Barriers>>,
+    /// Claims waiting to be named by a round of barriers, numbered in the order they came.
+    pending_claims: std::sync::Mutex<PendingClaims>,
+    /// What the barriers this node's followers read said, for the replays
+    /// ([`crate::barrier`]); written by the followers at each barrier only.
+    fences: Arc<std::sync::Mutex<Fences>>,
     /// Changed by the lease task only (a step-down, the next lease write); read by every
     /// write that names this node's incarnation.
     incarnations: std::sync::Mutex<Incarnations>,
@@ -402,9 +420,17 @@ pub struct Cluster<B> {
 /// alone): it stores freely. A broker serves nothing before its lease task's first write.
 const NO_LEASE_TASK: u64 = u64::MAX;
 
-/// When a round of barriers began, and every partition's barrier sequence (index,
-/// sequence), or why the round failed.
-type Barriers = (Instant, Result<Vec<(u16, u64)>, String>);
+/// When a round of barriers began, the number of the last claim it named, and every
+/// partition's barrier sequence (index, sequence), or why the round failed.
+type Barriers = (Instant, u64, Result<Vec<(u16, u64)>, String>);
+
+/// Claims waiting for a round of barriers to name them: the last number given out, and the
+/// claims not yet taken by a round (in number order).
+#[derive(Debug, Default)]
+struct PendingClaims {
+    last: u64,
+    waiting: std::collections::VecDeque<(u64, BarrierClaim)>,
+}
 
 impl<B: Backend> Cluster<B> {
     /// The layer over a connected engine.
@@ -416,6 +442,8 @@ impl<B: Backend> Cluster<B> {
             config,
             stats,
             barriers: tokio::sync::Mutex::new(None),
+            pending_claims: std::sync::Mutex::new(PendingClaims::default()),
+            fences: Arc::new(std::sync::Mutex::new(Fences::default())),
             incarnations,
             message_ids: AtomicU64::new(0),
             store_until: AtomicU64::new(NO_LEASE_TASK),
@@ -536,7 +564,9 @@ impl<B: Backend> Cluster<B> {
     }
 
     /// A barrier in every partition, appended after `since`: everything appended and
-    /// acknowledged before `since` is below it. A round of barriers begun after `since` is
+    /// acknowledged before `since` is below it. The barrier names `claim` (when given), so
+    /// that every reader drops what the client's earlier connections get appended after it
+    /// ([`crate::barrier`]). A round of barriers begun after `since` that names the claim is
     /// shared, so that many clients connecting at once (a node's clients moving after its
     /// loss) cost a round or two, not one each; so is its failure, so that the claims
     /// waiting behind a round that found no leader do not each wait out a timeout of their
@@ -550,23 +580,67 @@ impl<B: Backend> Cluster<B> {
     /// this node's follower passed its last acknowledged message, and its next message
     /// overtook it at the subscribers here). With no leader, the append fails and so does
     /// the claim (the client is refused, Server unavailable, and tries again).
-    pub async fn barriers_since(&self, since: Instant) -> Result<Vec<(u16, u64)>, ClusterError> {
-        let mut last = self.barriers.lock().await;
-        if let Some((at, outcome)) = last.as_ref().filter(|(at, _)| *at >= since) {
-            tracing::trace!(age = ?at.elapsed(), "partition barriers shared");
-            return outcome.clone().map_err(|e| BackendError::Engine(e).into());
-        }
-        let at = Instant::now();
-        let appends = self.config.partitions.all().map(|p| async move {
-            let seq = self
-                .backend
-                .append(p, self.barrier_subject(p), Bytes::new())
-                .await?;
-            Ok::<_, ClusterError>((p.index(), seq))
+    pub async fn barriers_since(
+        &self,
+        since: Instant,
+        claim: Option<BarrierClaim>,
+    ) -> Result<Vec<(u16, u64)>, ClusterError> {
+        let number = claim.map_or(0, |c| {
+            let mut pending = self.pending();
+            pending.last += 1;
+            let n = pending.last;
+            pending.waiting.push_back((n, c));
+            n
         });
-        let outcome = futures_util::future::try_join_all(appends).await;
-        *last = Some((at, outcome.as_ref().map_err(ToString::to_string).cloned()));
-        outcome
+        let mut last = self.barriers.lock().await;
+        loop {
+            if let Some((at, named, outcome)) = last.as_ref() {
+                if *at >= since && *named >= number {
+                    tracing::trace!(age = ?at.elapsed(), "partition barriers shared");
+                    return outcome.clone().map_err(|e| BackendError::Engine(e).into());
+                }
+            }
+            let at = Instant::now();
+            let (named, claims) = self.take_pending();
+            let payload = encode_claims(&claims);
+            let appends = self.config.partitions.all().map(|p| {
+                let payload = payload.clone();
+                async move {
+                    let seq = self
+                        .backend
+                        .append(p, self.barrier_subject(p), payload)
+                        .await?;
+                    Ok::<_, ClusterError>((p.index(), seq))
+                }
+            });
+            let outcome = futures_util::future::try_join_all(appends).await;
+            *last = Some((
+                at,
+                named,
+                outcome.as_ref().map_err(ToString::to_string).cloned(),
+            ));
+        }
+    }
+
+    /// The claims waiting for a round of barriers (held for a moment: never across an await).
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingClaims> {
+        // A queue changed whole under the lock: one left by a panic is still whole.
+        self.pending_claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The claims the next round of barriers names, oldest first, and the number of the
+    /// last of them (every claim numbered up to it is named by this round or an earlier one).
+    fn take_pending(&self) -> (u64, Vec<BarrierClaim>) {
+        let mut pending = self.pending();
+        let n = pending.waiting.len().min(MAX_CLAIMS_PER_ROUND);
+        let taken: Vec<_> = pending.waiting.drain(..n).collect();
+        let named = match pending.waiting.front() {
+            Some((next, _)) => next - 1,
+            None => pending.last,
+        };
+        (named, taken.into_iter().map(|(_, c)| c).collect())
     }
 
     /// Claims a client id for a connection about to open on this node ([`Claim`]).
@@ -1620,9 +1694,21 @@ impl<B: Backend> Cluster<B> {
         let follow =
             follow.inspect(move |d| stats.followed(partition, Some(d.seq), Some(d.pending)));
         let prefix = self.partition_prefix(partition);
+        // The follower reads its partition in order: the barriers it read so far say which
+        // message is late, without the lock (taken at each barrier only, for the replays).
+        // A follower made again starts from what the node's followers read before.
+        let (shared, stats) = (self.fences.clone(), self.stats.clone());
+        let mut seen = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         Ok((
             next,
-            follow.filter_map(move |d| std::future::ready(decode_entry(&prefix, partition, d))),
+            follow.filter_map(move |d| {
+                let entry = decode_entry(&prefix, partition, d)
+                    .map(|e| fence_entry(e, Instant::now(), &mut seen, &shared, &stats));
+                std::future::ready(entry)
+            }),
         ))
     }
 
@@ -1650,6 +1736,24 @@ impl<B: Backend> Cluster<B> {
     /// The start of a partition's subjects: `<prefix>.p<i>.`.
     fn partition_prefix(&self, partition: Partition) -> String {
         format!("{}.p{}.", self.config.prefix, partition.index())
+    }
+
+    /// Whether a message read back is a late append behind a barrier this node's followers
+    /// read ([`crate::barrier`]); counted when it is. (A replay reads what the followers
+    /// are past: the barriers before it are known.)
+    fn is_late(&self, m: &LogMessage) -> bool {
+        let late = is_late_in(
+            &self
+                .fences
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            m,
+        );
+        if late {
+            self.stats.late_dropped.fetch_add(1, Relaxed);
+            tracing::info!(partition = m.partition.index(), seq = m.seq, client = %m.envelope.origin_client, origin = %m.envelope.origin_node, "a late append left out of a replay: its publisher had been claimed on another node before it was appended, and never had it acknowledged");
+        }
+        late
     }
 
     /// Replays a session taken in from a record (see [`crate::replay`]): reads each
@@ -1682,7 +1786,11 @@ impl<B: Backend> Cluster<B> {
                 if m.seq > p.to {
                     break;
                 }
-                match plan.classify(p, m.seq, &m.envelope.origin_node) {
+                let verdict = plan.classify(p, m.seq, &m.envelope.origin_node);
+                if verdict == Verdict::New && self.is_late(&m) {
+                    continue;
+                }
+                match verdict {
                     Verdict::Kept(i) => {
                         kept_seen += 1;
                         out.kept.push((i, m));
@@ -1926,10 +2034,50 @@ impl<B: Backend> Cluster<B> {
 /// `prefix` or its topic or envelope does not decode.
 /// A partition stream's message (a barrier goes unread: it holds nothing).
 fn decode_message(prefix: &str, partition: Partition, d: StreamMessage) -> Option<LogMessage> {
-    match decode_entry(prefix, partition, d)? {
-        Followed::Message(m) => Some(m),
-        Followed::Barrier { .. } => None,
+    decode_entry(prefix, partition, d)?.message()
+}
+
+/// A follower's entry after the barriers it read before: a message late behind one of them
+/// is dropped, as its position only ([`crate::barrier`]); a barrier's claims are kept, by
+/// the follower (`seen`) and for the node's replays (`shared`).
+fn fence_entry(
+    entry: Followed,
+    now: Instant,
+    seen: &mut Fences,
+    shared: &std::sync::Mutex<Fences>,
+    stats: &NodeStats,
+) -> Followed {
+    match entry {
+        Followed::Barrier {
+            partition,
+            seq,
+            ref claims,
+        } if !claims.is_empty() => {
+            seen.handle_barrier(now, partition.index(), seq, claims);
+            shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .handle_barrier(now, partition.index(), seq, claims);
+            entry
+        }
+        Followed::Message(m) if is_late_in(seen, &m) => {
+            stats.late_dropped.fetch_add(1, Relaxed);
+            tracing::info!(partition = m.partition.index(), seq = m.seq, client = %m.envelope.origin_client, origin = %m.envelope.origin_node, "a late append dropped: its publisher had been claimed on another node before it was appended, and never had it acknowledged");
+            Followed::Late {
+                partition: m.partition,
+                seq: m.seq,
+                client: m.envelope.origin_client,
+            }
+        }
+        other => other,
     }
+}
+
+/// Whether `m` comes after a barrier of a newer claim of its publisher ([`crate::barrier`]).
+fn is_late_in(fences: &Fences, m: &LogMessage) -> bool {
+    m.envelope.claim.is_some_and(|claim| {
+        fences.is_late(m.partition.index(), m.seq, &m.envelope.origin_client, claim)
+    })
 }
 
 /// A partition stream's entry: a message or a barrier; `None` (with a warning) for what does
@@ -1937,9 +2085,14 @@ fn decode_message(prefix: &str, partition: Partition, d: StreamMessage) -> Optio
 fn decode_entry(prefix: &str, partition: Partition, d: StreamMessage) -> Option<Followed> {
     let tokens = d.subject.strip_prefix(prefix);
     if tokens.and_then(|t| t.split('.').next()) == Some(ROOT_BARRIER) {
+        let claims = decode_claims(&d.payload).unwrap_or_else(|error| {
+            tracing::warn!(subject = %d.subject, %error, "a barrier whose claims do not decode: read as naming none");
+            Vec::new()
+        });
         return Some(Followed::Barrier {
             partition,
             seq: d.seq,
+            claims,
         });
     }
     let decoded = tokens

@@ -13,7 +13,10 @@
 //!   drop it once expired ([MQTT-3.3.2-5]) or send the interval that is left
 //!   ([MQTT-3.3.2-6]): [`Envelope::remaining_expiry`];
 //! - the other 5.0 properties that travel with a message: Payload Format Indicator, Content
-//!   Type, Response Topic, Correlation Data, User Properties (in order).
+//!   Type, Response Topic, Correlation Data, User Properties (in order);
+//! - the registry revision of the claim its publisher's connection was registered under,
+//!   so that every reader of a partition drops it when a newer claim of that client moved
+//!   it elsewhere before it was appended ([`crate::barrier`]: a late append).
 //!
 //! Binary form: the format byte, then fields as in [`crate::record`].
 
@@ -21,7 +24,7 @@ use bytes::Bytes;
 use makelaar_proto::packet::QoS;
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::ids::NodeId;
+use crate::ids::{NodeId, Revision};
 use crate::record::FORMAT;
 
 /// One application message between nodes.
@@ -51,6 +54,10 @@ pub struct Envelope {
     pub user_properties: Vec<(String, String)>,
     /// The payload.
     pub payload: Bytes,
+    /// The claim its publisher's connection was registered under; `None` for a will and for
+    /// what no claimed connection published (never dropped as late, [`crate::barrier`]).
+    /// A trailing field: envelopes written before it decode with `None`.
+    pub claim: Option<Revision>,
 }
 
 /// What is left of a message's lifetime at some instant.
@@ -98,6 +105,9 @@ impl Envelope {
             w.str(v);
         }
         w.bytes(&self.payload);
+        if let Some(claim) = self.claim {
+            w.uint(claim.get());
+        }
         w.finish()
     }
 
@@ -124,6 +134,11 @@ impl Envelope {
             user_properties.push((r.str("user_property")?, r.str("user_property")?));
         }
         let payload = Bytes::copy_from_slice(r.bytes("payload")?);
+        let claim = if r.is_empty() {
+            None
+        } else {
+            Some(Revision::new(r.uint("claim")?).ok_or(DecodeError::BadValue("claim"))?)
+        };
         r.end()?;
         Ok(Envelope {
             qos,
@@ -138,6 +153,7 @@ impl Envelope {
             correlation_data,
             user_properties,
             payload,
+            claim,
         })
     }
 }
@@ -163,6 +179,7 @@ mod tests {
             correlation_data: None,
             user_properties: Vec::new(),
             payload: Bytes::from_static(b"21.5"),
+            claim: None,
         }
     }
 
@@ -196,10 +213,14 @@ mod tests {
                 prop::option::of(prop::collection::vec(any::<u8>(), 0..16)),
                 prop::collection::vec(("\\PC{0,8}", "\\PC{0,8}"), 0..4),
                 prop::collection::vec(any::<u8>(), 0..256),
+                prop::option::of(1u64..),
             ),
         )
             .prop_map(
-                |((qos, retain, node, client, at, expiry), (utf8, ct, rt, cd, up, payload))| {
+                |(
+                    (qos, retain, node, client, at, expiry),
+                    (utf8, ct, rt, cd, up, payload, claim),
+                )| {
                     Envelope {
                         qos,
                         retain,
@@ -213,6 +234,7 @@ mod tests {
                         correlation_data: cd.map(Into::into),
                         user_properties: up,
                         payload: payload.into(),
+                        claim: claim.and_then(Revision::new),
                     }
                 },
             )
@@ -228,7 +250,16 @@ mod tests {
         fn truncated_is_refused(e in envelope(), cut in any::<prop::sample::Index>()) {
             let data = e.encode();
             let cut = cut.index(data.len());
-            prop_assert!(Envelope::decode(&data[..cut]).is_err());
+            // Cut before the trailing claim: refused. Cut right before it: an envelope of a
+            // node before the field, read without a claim.
+            let without = Envelope { claim: None, ..e.clone() }.encode().len();
+            match Envelope::decode(&data[..cut]) {
+                Ok(read) => {
+                    prop_assert_eq!(cut, without);
+                    prop_assert_eq!(read, Envelope { claim: None, ..e });
+                }
+                Err(_) => prop_assert!(cut != without || e.claim.is_none()),
+            }
         }
 
         #[test]

@@ -18,7 +18,9 @@
 //! - [`share`]: the names and subjects of shared subscriptions across nodes (a queue group
 //!   for QoS 0, a durable consumer per group and partition for QoS 1/2);
 //! - [`wills`]: which node decides a will left in a session record, and how a dead node's
-//!   records are taken over.
+//!   records are taken over;
+//! - [`barrier`]: the claims a round of barriers names, and the late appends behind them
+//!   that every reader drops.
 //!
 //! Behind [`backend::Backend`] the engine: [`nats::NatsBackend`] (async-nats, with TLS and
 //! credentials from [`link`]), and
@@ -31,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod barrier;
 pub mod checkpoint;
 pub mod checks;
 pub mod cluster;

@@ -42,6 +42,9 @@ pub struct NodeStats {
     pub handovers_asked: AtomicU64,
     /// Hand-over requests this node received (another node took a client from here).
     pub handovers_given: AtomicU64,
+    /// Late appends this node's followers and replays dropped: messages appended after a
+    /// barrier of a newer claim of their publisher (`crate::barrier`).
+    pub late_dropped: AtomicU64,
     /// Messages in the router's queue to the cluster (written by the broker).
     pub queued: AtomicU64,
     /// The bound of that queue (0: none).
@@ -84,6 +87,7 @@ impl NodeStats {
             claim_failures: AtomicU64::new(0),
             handovers_asked: AtomicU64::new(0),
             handovers_given: AtomicU64::new(0),
+            late_dropped: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             queue_limit: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),

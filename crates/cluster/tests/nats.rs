@@ -407,6 +407,7 @@ fn message(payload: &'static str) -> Envelope {
         correlation_data: None,
         user_properties: vec![("k".into(), "v".into())],
         payload: Bytes::from_static(payload.as_bytes()),
+        claim: None,
     }
 }
 
@@ -483,7 +484,7 @@ async fn messages(m1: &Node, m2: &Node) {
     // one's right after its last message.
     let barriers = m2
         .cluster
-        .barriers_since(std::time::Instant::now())
+        .barriers_since(std::time::Instant::now(), None)
         .await
         .unwrap();
     assert_eq!(

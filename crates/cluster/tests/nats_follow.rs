@@ -18,7 +18,8 @@ use makelaar_cluster::cluster::{Cluster, ClusterConfig, Followed};
 use makelaar_cluster::envelope::Envelope;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig};
 use makelaar_cluster::partition::PartitionCount;
-use makelaar_cluster::NodeId;
+use makelaar_cluster::barrier::BarrierClaim;
+use makelaar_cluster::{NodeId, Revision};
 use makelaar_proto::packet::QoS;
 use support::{Fsync, Servers};
 
@@ -64,6 +65,7 @@ fn message(n: usize) -> Envelope {
         correlation_data: None,
         user_properties: Vec::new(),
         payload: Bytes::from(n.to_string()),
+        claim: None,
     }
 }
 
@@ -282,8 +284,9 @@ async fn store_retained(w: &Cluster<NatsBackend>, n: usize) {
 }
 
 /// A claim's barriers on real servers: each is past every message the stream acknowledged
-/// before it, a follower hands it over as a barrier (no message), and with the streams'
-/// majority gone the barrier fails, so the claim is refused, rather than standing on what a
+/// before it, a follower hands it over as a barrier (no message) naming the claim, drops a
+/// message of an older claim of that client appended after it (a late append) and not one
+/// of the claim itself, and with the streams' majority gone the barrier fails, so the claim is refused, rather than standing on what a
 /// replica answers (NATS answers a stream info request without a leader from a replica's
 /// own state, which can be behind: issue 15's long fault run, two messages out of order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +302,14 @@ async fn a_claims_barriers_come_after_every_acknowledged_message_or_fail() {
     let (p, _) = m.partition_subject("a/b");
     let (_, mut follow) = m.follow_partition(p).await.unwrap();
     let last = append(&w, 1).await;
-    let barriers = m.barriers_since(Instant::now()).await.unwrap();
+    let claim = BarrierClaim {
+        client: "publisher".into(),
+        revision: Revision::new(9).unwrap(),
+    };
+    let barriers = m
+        .barriers_since(Instant::now(), Some(claim.clone()))
+        .await
+        .unwrap();
     assert_eq!(barriers.len(), usize::from(PARTITIONS));
     let (_, barrier) = *barriers.iter().find(|(q, _)| *q == p.index()).unwrap();
     assert!(barrier > last, "barrier {barrier}, last message {last}");
@@ -309,12 +319,29 @@ async fn a_claims_barriers_come_after_every_acknowledged_message_or_fail() {
         follow.next().await.unwrap(),
         Followed::Barrier {
             partition: p,
-            seq: barrier
+            seq: barrier,
+            claims: vec![claim],
         }
     );
+    let under = |n, claim| Envelope {
+        claim: Revision::new(claim),
+        ..message(n)
+    };
+    let (_, late) = w.append("a/b", &under(2, 5)).await.unwrap();
+    let (_, after) = w.append("a/b", &under(3, 9)).await.unwrap();
+    assert_eq!(
+        follow.next().await.unwrap(),
+        Followed::Late {
+            partition: p,
+            seq: late,
+            client: "publisher".into()
+        }
+    );
+    let next = follow.next().await.unwrap().message().unwrap();
+    assert_eq!((next.seq, &next.envelope.payload[..]), (after, &b"3"[..]));
 
     servers.kill(1);
     servers.kill(2);
-    let r = m.barriers_since(Instant::now()).await;
+    let r = m.barriers_since(Instant::now(), None).await;
     assert!(r.is_err(), "barriers without a majority: {r:?}");
 }

@@ -610,6 +610,19 @@ fn cluster(e: &mut Exposition, ctx: &Metrics) {
         }
     }
     e.family(
+        "makelaar_cluster_late_appends_dropped_total",
+        "Messages this node's followers and replays dropped as late appends: appended after \
+         a barrier of a newer claim of their publisher, who never had them acknowledged.",
+        Kind::Counter,
+    );
+    if let Some(s) = stats {
+        e.sample(
+            "makelaar_cluster_late_appends_dropped_total",
+            &[],
+            s.late_dropped.load(Relaxed),
+        );
+    }
+    e.family(
         "makelaar_cluster_handovers_total",
         "Hand-overs of live connections between nodes: `asked` (a claim here asked another \
          node to close its connection), `given` (another node asked this one).",

@@ -34,6 +34,7 @@ fn message(payload: &'static str) -> Envelope {
         correlation_data: None,
         user_properties: Vec::new(),
         payload: Bytes::from_static(payload.as_bytes()),
+        claim: None,
     }
 }
 
@@ -166,7 +167,7 @@ async fn partition_barriers_are_appended_after_the_instant_given() {
     let (p, s1) = m1.append("x/y", &message("1")).await.unwrap();
     let (_, mut follow) = m1.follow_partition(p).await.unwrap();
     let first = Instant::now();
-    let barriers = m2.barriers_since(first).await.unwrap();
+    let barriers = m2.barriers_since(first, None).await.unwrap();
     assert_eq!(
         barriers.len(),
         usize::from(m2.config().partitions.get()),
@@ -182,11 +183,11 @@ async fn partition_barriers_are_appended_after_the_instant_given() {
     );
     let (_, s2) = m1.append("x/y", &message("2")).await.unwrap();
     // Shared by a claim that began before those appends.
-    assert_eq!(m2.barriers_since(first).await.unwrap(), barriers);
+    assert_eq!(m2.barriers_since(first, None).await.unwrap(), barriers);
     // A claim that began after them appends again, past the later message.
     let later = Instant::now();
     assert!(m2
-        .barriers_since(later)
+        .barriers_since(later, None)
         .await
         .unwrap()
         .contains(&(p.index(), s2 + 1)));
@@ -194,7 +195,8 @@ async fn partition_barriers_are_appended_after_the_instant_given() {
         follow.next().await.unwrap(),
         Followed::Barrier {
             partition: p,
-            seq: s1 + 1
+            seq: s1 + 1,
+            claims: Vec::new(),
         }
     );
     assert_eq!(follow.next().await.unwrap().seq(), s2);
@@ -211,12 +213,149 @@ async fn partition_barriers_are_appended_after_the_instant_given() {
     // (and wait out a timeout) in turn.
     let failing = Instant::now();
     engine.fail_appends(1, BackendError::Timeout);
-    assert!(m2.barriers_since(failing).await.is_err());
-    assert!(m2.barriers_since(failing).await.is_err(), "shared");
+    assert!(m2.barriers_since(failing, None).await.is_err());
+    assert!(m2.barriers_since(failing, None).await.is_err(), "shared");
     assert!(
-        m2.barriers_since(Instant::now()).await.is_ok(),
+        m2.barriers_since(Instant::now(), None).await.is_ok(),
         "a later claim tries again"
     );
+}
+
+fn named(client: &str, revision: u64) -> BarrierClaim {
+    BarrierClaim {
+        client: client.into(),
+        revision: Revision::new(revision).unwrap(),
+    }
+}
+
+/// A claim's barriers name it; a round that does not name a claim is not shared with it,
+/// so every claim's barriers name it (the claims waiting at once share one).
+#[tokio::test]
+async fn a_round_of_barriers_names_the_claims_it_stands_for() {
+    let engine = MemoryBackend::new();
+    let m2 = layer(&engine, "m2", 2);
+    let p = m2.config().partitions.of("x/y");
+    let since = Instant::now();
+    let first = m2.barriers_since(since, Some(named("a", 5))).await.unwrap();
+    let second = m2.barriers_since(since, Some(named("b", 6))).await.unwrap();
+    assert_ne!(
+        first, second,
+        "b was not named by the first round: a round of its own"
+    );
+    let (both_a, both_b) = tokio::join!(
+        m2.barriers_since(since, Some(named("c", 7))),
+        m2.barriers_since(since, Some(named("d", 8))),
+    );
+    let rounds: Vec<Vec<BarrierClaim>> = engine
+        .stream(p)
+        .iter()
+        .map(|(_, payload)| crate::barrier::decode_claims(payload).unwrap())
+        .collect();
+    assert_eq!(rounds[0], [named("a", 5)]);
+    assert_eq!(rounds[1], [named("b", 6)]);
+    let later: Vec<BarrierClaim> = rounds[2..].iter().flatten().cloned().collect();
+    assert_eq!(later, [named("c", 7), named("d", 8)]);
+    assert!(rounds.len() <= 4);
+    assert!(both_a.is_ok() && both_b.is_ok());
+    // A caller naming no claim shares the last round begun after its instant.
+    assert_eq!(
+        m2.barriers_since(since, None).await.unwrap(),
+        both_b.unwrap()
+    );
+}
+
+/// A late append: the publisher's message, appended after another node's claim of the
+/// publisher had put its barrier in the partition, is dropped by every follower (as its
+/// position only) and left out of every replay; its messages under the newer claim, and
+/// other clients' messages, are not.
+#[tokio::test]
+async fn a_late_append_behind_a_barrier_of_a_newer_claim_is_dropped_by_every_reader() {
+    use crate::record::Cursor;
+    use crate::replay::{NodePosition, ReplayPlan};
+    let engine = MemoryBackend::new();
+    let m1 = layer(&engine, "m1", 1);
+    let m2 = layer(&engine, "m2", 2);
+    let m3 = layer(&engine, "m3", 3);
+    let p = m1.config().partitions.of("q/1");
+    let (_, mut follow) = m3.follow_partition(p).await.unwrap();
+    let under = |node: &str, client: &str, claim: u64, payload: &'static str| Envelope {
+        origin_node: NodeId::new(node).unwrap(),
+        origin_client: client.into(),
+        claim: Revision::new(claim),
+        ..message(payload)
+    };
+    let (_, before) = m1
+        .append("q/1", &under("m1", "pub", 5, "before"))
+        .await
+        .unwrap();
+    // `pub` claimed on m2 (revision 9): its barriers.
+    m2.barriers_since(Instant::now(), Some(named("pub", 9)))
+        .await
+        .unwrap();
+    let (_, late) = m1
+        .append("q/1", &under("m1", "pub", 5, "late"))
+        .await
+        .unwrap();
+    m2.append("q/1", &under("m2", "pub", 9, "after"))
+        .await
+        .unwrap();
+    m1.append("q/1", &under("m1", "other", 4, "other"))
+        .await
+        .unwrap();
+    m1.append("q/1", &under("m1", "pub", 0, "will"))
+        .await
+        .unwrap();
+
+    let mut read = Vec::new();
+    for _ in 0..6 {
+        read.push(follow.next().await.unwrap());
+    }
+    let payloads: Vec<String> = read
+        .iter()
+        .filter_map(|f| f.clone().message())
+        .map(|m| String::from_utf8(m.envelope.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(payloads, ["before", "after", "other", "will"]);
+    assert!(
+        matches!(read[1], Followed::Barrier { ref claims, .. } if *claims == [named("pub", 9)])
+    );
+    assert_eq!(
+        read[2],
+        Followed::Late {
+            partition: p,
+            seq: late,
+            client: "pub".into()
+        }
+    );
+    assert_eq!(m3.stats().late_dropped.load(Relaxed), 1);
+
+    // A replay on the node whose follower read the barrier leaves it out too.
+    let plan = ReplayPlan::new(
+        NodeId::new("m1").unwrap(),
+        NodeId::new("m3").unwrap(),
+        (
+            &[Cursor {
+                partition: p.index(),
+                next: before,
+                writer_through: before - 1,
+            }],
+            &[],
+            &[],
+        ),
+        |_| NodePosition {
+            next: late + 4,
+            own_through: 0,
+        },
+        &[],
+    );
+    let r = m3.replay(&plan, |_| true, 100, 0).await.unwrap();
+    let new: Vec<String> = r
+        .new
+        .iter()
+        .map(|m| String::from_utf8(m.envelope.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(new, ["before", "after", "other", "will"]);
+    assert_eq!(m3.stats().late_dropped.load(Relaxed), 2);
 }
 
 #[tokio::test]
