@@ -163,6 +163,9 @@ pub(crate) struct ClusterSide {
     /// Connections a barrier of a newer claim of their client passed (see
     /// `FromCluster::Barrier`): closing, and nothing of theirs is acknowledged any more.
     fenced: HashSet<ConnId>,
+    /// The claims named by the barriers this node's followers passed (kept a while): a
+    /// connection registered later under an older claim is fenced at once.
+    barriers_passed: makelaar_cluster::barrier::Fences,
     /// What waits for the appends of the batches handed to the cluster before it, in order:
     /// a session's record must list its messages by their place in the log, and its
     /// cursors count this node's own messages published up to then.
@@ -462,6 +465,7 @@ impl ClusterSide {
             appended: 0,
             unconfirmed: std::collections::VecDeque::new(),
             fenced: HashSet::new(),
+            barriers_passed: Default::default(),
             waiting: std::collections::VecDeque::new(),
             catching_up: Vec::new(),
             orphans: HashMap::new(),
@@ -556,7 +560,7 @@ impl ClusterSide {
     /// The oldest batch whose appends returned and that this node's followers are past
     /// (taken off the list), if any. A message this node published is acknowledged only
     /// then: the follower met every barrier before it first, and a barrier of a newer claim
-    /// of its publisher would have fenced the connection (`Router::fence_older_claims`).
+    /// of its publisher would have fenced the connection (`ClusterSide::fence_older_claims`).
     /// So no acknowledged message is one that every reader drops as a late append
     /// (`makelaar_cluster::barrier`).
     fn confirmed(&mut self) -> Option<u64> {
@@ -802,7 +806,41 @@ impl ClusterSide {
         if let Some((old, _)) = self.claims.insert(conn, (client_id.clone(), revision)) {
             self.forget_claimed(&old, conn);
         }
-        self.claimed.entry(client_id).or_default().push(conn);
+        self.claimed
+            .entry(client_id.clone())
+            .or_default()
+            .push(conn);
+        // A barrier of a newer claim passed while this claim waited (another node claimed
+        // the id meanwhile): what it would publish lands after it, dropped by every reader.
+        let newer = self.barriers_passed.newest_claim(&client_id);
+        if let Some(newer) = newer.filter(|n| *n > revision) {
+            self.fence_older_claims(makelaar_cluster::barrier::BarrierClaim {
+                client: client_id,
+                revision: newer,
+            });
+        }
+    }
+
+    /// A barrier of `claim` passed this node's follower: a connection here of an older
+    /// claim of that client is not the client's any more. Whatever it publishes from here
+    /// on lands after the barrier, where every reader drops it
+    /// (`makelaar_cluster::barrier`), so nothing of it is acknowledged from now on (what
+    /// waits is dropped), and it is closed (0x8E) as for a claim seen in the registry.
+    fn fence_older_claims(&mut self, claim: makelaar_cluster::barrier::BarrierClaim) {
+        let older: Vec<ConnId> = self
+            .claims_of(&claim.client)
+            .filter(|(_, mine)| *mine < claim.revision)
+            .map(|(conn, _)| conn)
+            .collect();
+        if older.is_empty() {
+            return;
+        }
+        for conn in older {
+            self.gate.discard(conn);
+            self.fenced.insert(conn);
+        }
+        tracing::info!(client_id = %claim.client, by = %claim.revision, "a barrier of another node's claim of a client connected here: the connection here is closed, and nothing it sent since is acknowledged");
+        self.claimed_elsewhere(claim.client, claim.revision);
     }
 
     /// `conn`'s claim, taken out.
@@ -1743,8 +1781,12 @@ impl Router {
                 seq,
                 claims,
             } => {
-                for claim in claims {
-                    self.fence_older_claims(claim);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.barriers_passed
+                        .handle_barrier(now, partition, seq, &claims);
+                    for claim in claims {
+                        c.fence_older_claims(claim);
+                    }
                 }
                 self.cluster_event(
                     now,
@@ -2244,31 +2286,6 @@ impl Router {
         for (conn, what) in released {
             self.carry_out(conn, what);
         }
-    }
-
-    /// A barrier of `claim` passed this node's follower: a connection here of an older
-    /// claim of that client is not the client's any more. Whatever it publishes from here
-    /// on lands after the barrier, where every reader drops it
-    /// (`makelaar_cluster::barrier`), so nothing of it is acknowledged from now on (what
-    /// waits is dropped), and it is closed (0x8E) as for a claim seen in the registry.
-    fn fence_older_claims(&mut self, claim: makelaar_cluster::barrier::BarrierClaim) {
-        let Some(c) = self.cluster.as_mut() else {
-            return;
-        };
-        let older: Vec<ConnId> = c
-            .claims_of(&claim.client)
-            .filter(|(_, mine)| *mine < claim.revision)
-            .map(|(conn, _)| conn)
-            .collect();
-        if older.is_empty() {
-            return;
-        }
-        for conn in older {
-            c.gate.discard(conn);
-            c.fenced.insert(conn);
-        }
-        tracing::info!(client_id = %claim.client, by = %claim.revision, "a barrier of another node's claim of a client connected here: the connection here is closed, and nothing it sent since is acknowledged");
-        c.claimed_elsewhere(claim.client, claim.revision);
     }
 
     fn followers_moved(&mut self, now: Instant) {
@@ -4185,6 +4202,23 @@ mod tests {
             [7],
             "nothing after the barrier acknowledged"
         );
+    }
+
+    /// The same when the barrier passed while the connection's claim was still under way
+    /// (another node claimed the id meanwhile): registered under its older claim, the
+    /// connection is fenced at once.
+    #[test]
+    fn a_barrier_of_a_newer_claim_passed_during_the_claim_fences_the_connection() {
+        let mut node = Node::new(1);
+        node.connect_as(1, "pub", true, None);
+        node.barrier("pub", 9);
+        assert!(node.owner_checks.is_empty(), "nothing registered yet");
+        node.claimed_with(1, 5, None, false);
+        assert_eq!(node.owner_checks, [(1, 5)], "closed as superseded");
+        node.publishes(1, 7, 1);
+        node.batch_appended(&[1]);
+        node.follow(2);
+        assert!(node.acks_on(1).is_empty(), "nothing acknowledged");
     }
 
     /// Issue 15 (a link cut: a client id served by two nodes for 26 s): another node's

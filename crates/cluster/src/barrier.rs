@@ -150,6 +150,11 @@ impl Fences {
         })
     }
 
+    /// The newest claim of `client` a barrier read so far named (and kept).
+    pub fn newest_claim(&self, client: &str) -> Option<Revision> {
+        self.marks.get(client)?.iter().map(|m| m.revision).max()
+    }
+
     /// Marks forgotten so far for the bound on their number.
     pub fn crowded_out(&self) -> u64 {
         self.crowded_out
@@ -226,6 +231,8 @@ mod tests {
         // Another partition, another client.
         assert!(!f.is_late(4, 101, "pub0", rev(49)));
         assert!(!f.is_late(3, 101, "pub2", rev(1)));
+        assert_eq!(f.newest_claim("pub0"), Some(rev(50)));
+        assert_eq!(f.newest_claim("pub2"), None);
     }
 
     #[test]

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use makelaar_cluster::barrier::BarrierClaim;
 use makelaar_cluster::cluster::{Cluster, ClusterConfig, Followed};
 use makelaar_cluster::envelope::Envelope;
 use makelaar_cluster::nats::{NatsBackend, NatsConfig};
 use makelaar_cluster::partition::PartitionCount;
-use makelaar_cluster::barrier::BarrierClaim;
 use makelaar_cluster::{NodeId, Revision};
 use makelaar_proto::packet::QoS;
 use support::{Fsync, Servers};
