@@ -2748,7 +2748,8 @@ async fn follow_group(
             let prefix = format!("{}.live.", cluster.config().prefix);
             Some(tokio::spawn(async move {
                 while let Some(d) = sub.next().await {
-                    let Some(msg) = decode_delivery(&prefix, &d.subject, &d.payload) else {
+                    let Some(msg) = decode_delivery(&prefix, &d.subject, &d.payload, |_| false)
+                    else {
                         continue;
                     };
                     let ev = FromCluster::Shared {
@@ -2783,8 +2784,14 @@ async fn follow_group(
 }
 
 /// A message from a subject under `prefix` (ending in '.'), or `None` (logged) when it does
-/// not decode, or expired on the way [MQTT-3.3.2-5].
-fn decode_delivery(prefix: &str, subject: &str, payload: &[u8]) -> Option<Message> {
+/// not decode, expired on the way [MQTT-3.3.2-5], or is `late` (a share group's late append,
+/// `makelaar_cluster::barrier`).
+fn decode_delivery(
+    prefix: &str,
+    subject: &str,
+    payload: &[u8],
+    late: impl FnOnce(&Envelope) -> bool,
+) -> Option<Message> {
     let topic = subject
         .strip_prefix(prefix)
         .and_then(|tokens| makelaar_cluster::subject::decode_topic(tokens).ok());
@@ -2793,6 +2800,7 @@ fn decode_delivery(prefix: &str, subject: &str, payload: &[u8]) -> Option<Messag
         return None;
     };
     match Envelope::decode(payload) {
+        Ok(e) if late(&e) => None,
         Ok(e) => message(&topic, e, Instant::now(), unix_ms()),
         Err(e) => {
             tracing::warn!(subject, error = %e, "skipping a cluster message that does not decode");
@@ -2852,7 +2860,7 @@ async fn pull_group(
             },
         };
         let ended = match c.pull().await {
-            Ok(messages) => take_pulled((&full, p, &prefix), messages, &tx, &stop).await,
+            Ok(messages) => take_pulled(&cluster, (&full, p, &prefix), messages, &tx, &stop).await,
             Err(e) => Pulled::Failed(e),
         };
         match ended {
@@ -2894,6 +2902,7 @@ enum Pulled {
 /// at once so that another node's member gets it now, not after the consumer's ack wait
 /// (30 s) as it would if nobody read them any more. Nothing is handed to the router then.
 async fn take_pulled(
+    cluster: &Cluster<NatsBackend>,
     (full, p, prefix): (&Arc<str>, makelaar_cluster::partition::Partition, &str),
     mut messages: makelaar_cluster::nats::ShareMessages,
     tx: &mpsc::Sender<FromCluster>,
@@ -2911,8 +2920,9 @@ async fn take_pulled(
             }
             continue;
         }
-        let Some(msg) = decode_delivery(prefix, &m.subject, &m.payload) else {
-            // Expired, or not a message at all: nobody is to get it.
+        let late = |e: &Envelope| cluster.is_late_share(p, m.seq, e);
+        let Some(msg) = decode_delivery(prefix, &m.subject, &m.payload, late) else {
+            // Expired, a late append, or not a message at all: nobody is to get it.
             let _ = m.ack.ack().await;
             continue;
         };

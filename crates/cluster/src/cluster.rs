@@ -1738,6 +1738,27 @@ impl<B: Backend> Cluster<B> {
         format!("{}.p{}.", self.config.prefix, partition.index())
     }
 
+    /// Whether a share group's message (`envelope`, at `seq` in `partition`) is a late
+    /// append behind a barrier this node's followers read ([`crate::barrier`]); counted and
+    /// logged when it is. A group's consumer reads its filter's subjects only, never a
+    /// barrier, and may be ahead of the followers: a late append it reads before this
+    /// node's follower has passed the barrier is not known as one.
+    pub fn is_late_share(&self, partition: Partition, seq: u64, envelope: &Envelope) -> bool {
+        let Some(claim) = envelope.claim else {
+            return false;
+        };
+        let late = self
+            .fences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_late(partition.index(), seq, &envelope.origin_client, claim);
+        if late {
+            self.stats.late_dropped.fetch_add(1, Relaxed);
+            tracing::info!(partition = partition.index(), seq, client = %envelope.origin_client, origin = %envelope.origin_node, "a late append left out of a share group: its publisher had been claimed on another node before it was appended, and never had it acknowledged");
+        }
+        late
+    }
+
     /// Whether a message read back is a late append behind a barrier this node's followers
     /// read ([`crate::barrier`]); counted when it is. (A replay reads what the followers
     /// are past: the barriers before it are known.)

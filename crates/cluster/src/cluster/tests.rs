@@ -328,6 +328,11 @@ async fn a_late_append_behind_a_barrier_of_a_newer_claim_is_dropped_by_every_rea
         }
     );
     assert_eq!(m3.stats().late_dropped.load(Relaxed), 1);
+    // So does a share group's consumer on that node.
+    assert!(m3.is_late_share(p, late, &under("m1", "pub", 5, "late")));
+    assert!(!m3.is_late_share(p, late + 1, &under("m2", "pub", 9, "after")));
+    assert!(!m3.is_late_share(p, before, &under("m1", "pub", 5, "before")));
+    assert_eq!(m3.stats().late_dropped.load(Relaxed), 2);
 
     // A replay on the node whose follower read the barrier leaves it out too.
     let plan = ReplayPlan::new(
@@ -355,7 +360,7 @@ async fn a_late_append_behind_a_barrier_of_a_newer_claim_is_dropped_by_every_rea
         .map(|m| String::from_utf8(m.envelope.payload.to_vec()).unwrap())
         .collect();
     assert_eq!(new, ["before", "after", "other", "will"]);
-    assert_eq!(m3.stats().late_dropped.load(Relaxed), 2);
+    assert_eq!(m3.stats().late_dropped.load(Relaxed), 3);
 }
 
 #[tokio::test]
