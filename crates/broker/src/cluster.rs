@@ -699,17 +699,22 @@ async fn claim<B: Backend>(
             .previous
             .as_ref()
             .and_then(|p| p.last_elsewhere(&cluster.config().node));
-        let tails = match elsewhere {
-            Some(from) => {
-                let named = BarrierClaim {
-                    client: client_id.clone(),
-                    revision: claimed.revision,
-                };
-                let barriers = cluster.barriers_since(started, Some(named)).await?;
-                tracing::debug!(target: RECORDS, %client_id, %from, ?barriers, "partition barriers of a claim");
-                barriers
-            }
-            None => Vec::new(),
+        // A client last on this node whose appends this node gave up: one of them may
+        // still be stored late, after what the new connection publishes. Its barriers
+        // name this claim, so every reader drops it then (`makelaar_cluster::barrier`).
+        let given_up = elsewhere.is_none() && cluster.gave_up_appends_of(&client_id);
+        let tails = if elsewhere.is_some() || given_up {
+            let named = BarrierClaim {
+                client: client_id.clone(),
+                revision: claimed.revision,
+            };
+            let barriers = cluster.barriers_since(started, Some(named)).await?;
+            cluster.barriers_named(&client_id, started);
+            let from = elsewhere.as_ref().map(ToString::to_string);
+            tracing::debug!(target: RECORDS, %client_id, ?from, given_up, ?barriers, "partition barriers of a claim");
+            barriers
+        } else {
+            Vec::new()
         };
         if let Some(previous) = claimed
             .previous
@@ -3899,6 +3904,51 @@ mod tests {
             Some(FromCluster::Claimed { conn: 7, result }) => result,
             _ => panic!("no claim result"),
         }
+    }
+
+    /// Issue 15 (late appends): a client whose append this node gave up (the engine did
+    /// not answer in time: the message may still be stored, late) and that comes back to
+    /// this node gets barriers naming its new claim, as a client from another node does, so
+    /// that every reader drops that message should it land after them
+    /// (`makelaar_cluster::barrier`). Once they are in, the next claim here needs none.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_after_an_append_given_up_here_appends_barriers_naming_it() {
+        let engine = MemoryBackend::new();
+        let m1 = layer(&engine);
+        let key = ClientKey::new("c");
+        let first = claim_c(&m1).await.unwrap();
+        assert!(first.tails.is_empty(), "a new client");
+        let msg = exported("t", "lost?", false, Some(7)).msg;
+        let mut env = envelope(&NodeId::new("m1").unwrap(), &msg, Instant::now(), 0);
+        env.origin_client = "c".into();
+        env.claim = Some(first.revision);
+        engine.fail_appends(1, BackendError::Timeout);
+        assert!(m1.append("t", &env).await.is_err());
+        m1.mark_disconnected(&key, first.revision).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+
+        let again = claim_c(&m1).await.unwrap();
+        let partitions = m1.config().partitions.all().count();
+        assert_eq!(
+            again.tails.len(),
+            partitions,
+            "a barrier in every partition"
+        );
+        let (p, _) = m1.partition_subject("t");
+        let (_, payload) = engine.stream(p).last().cloned().unwrap();
+        let named = makelaar_cluster::barrier::decode_claims(&payload).unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(
+            (&*named[0].client, named[0].revision),
+            ("c", again.revision)
+        );
+
+        m1.mark_disconnected(&key, again.revision).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            claim_c(&m1).await.unwrap().tails.is_empty(),
+            "no append given up since"
+        );
     }
 
     /// A client that was on m1 connects to m2, whose claim moves the registry entry and

@@ -3,6 +3,7 @@
 //! lease and find dead peers. The rules are the sans-IO modules'; this drives them against a
 //! [`Backend`], with tokio's clock for the waits.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -404,6 +405,10 @@ pub struct Cluster<B> {
     /// What the barriers this node's followers read said, for the replays
     /// ([`crate::barrier`]); written by the followers at each barrier only.
     fences: Arc<std::sync::Mutex<Fences>>,
+    /// Clients whose append this node gave up (the engine answered with an error, or not
+    /// in time: it may still be stored, late), and when: a claim of such a client here
+    /// appends barriers as a claim from another node does ([`Cluster::gave_up_appends_of`]).
+    given_up: std::sync::Mutex<HashMap<String, Instant>>,
     /// Changed by the lease task only (a step-down, the next lease write); read by every
     /// write that names this node's incarnation.
     incarnations: std::sync::Mutex<Incarnations>,
@@ -444,6 +449,7 @@ impl<B: Backend> Cluster<B> {
             barriers: tokio::sync::Mutex::new(None),
             pending_claims: std::sync::Mutex::new(PendingClaims::default()),
             fences: Arc::new(std::sync::Mutex::new(Fences::default())),
+            given_up: std::sync::Mutex::new(HashMap::new()),
             incarnations,
             message_ids: AtomicU64::new(0),
             store_until: AtomicU64::new(NO_LEASE_TASK),
@@ -1479,7 +1485,52 @@ impl<B: Backend> Cluster<B> {
         let (p, subject) = self.partition_subject(topic);
         let r = self.backend.append(p, subject, message.encode()).await;
         self.stats.appended(p, r.as_ref().ok().copied());
+        if r.is_err() && message.claim.is_some() {
+            self.note_given_up(&message.origin_client);
+        }
         Ok((p, r?))
+    }
+
+    /// The table of clients whose appends were given up (held for a moment: never across
+    /// an await).
+    fn given_up(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // Entries are written whole: a table left by a panic is still whole.
+        self.given_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note_given_up(&self, client: &str) {
+        let now = Instant::now();
+        let mut given_up = self.given_up();
+        if given_up.len() >= crate::barrier::MAX_MARKS {
+            given_up
+                .retain(|_, at| now.saturating_duration_since(*at) < crate::barrier::KEEP_BARRIERS);
+            if given_up.len() >= crate::barrier::MAX_MARKS {
+                tracing::warn!(max = crate::barrier::MAX_MARKS, "too many clients with appends given up to remember: forgotten, so their next claim here appends no barriers");
+                given_up.clear();
+            }
+        }
+        given_up.insert(client.to_owned(), now);
+    }
+
+    /// Whether this node gave up an append of `client` lately: that message may still be
+    /// stored, late, so a claim of the client here appends barriers naming it, as a claim
+    /// of a client from another node does (`crate::barrier`): what lands after them is
+    /// dropped by every reader, instead of coming after the new connection's messages.
+    pub fn gave_up_appends_of(&self, client: &str) -> bool {
+        self.given_up()
+            .get(client)
+            .is_some_and(|at| at.elapsed() < crate::barrier::KEEP_BARRIERS)
+    }
+
+    /// Barriers naming a claim of `client`, begun at `started`, are in: appends given up
+    /// before then are behind them.
+    pub fn barriers_named(&self, client: &str, started: Instant) {
+        let mut given_up = self.given_up();
+        if given_up.get(client).is_some_and(|at| *at <= started) {
+            given_up.remove(client);
+        }
     }
 
     /// [`Cluster::append`] under a deduplication id ([`Cluster::next_message_id`]): tried
