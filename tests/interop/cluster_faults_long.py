@@ -31,6 +31,16 @@ def available(kinds: list[str]) -> list[str]:
     return out
 
 
+def dropped_late(workdir: Path) -> int:
+    """How many late appends the nodes' readers dropped, as their logs say (each node's
+    log holds all of its runs)."""
+    n = 0
+    for log in workdir.glob("m*.log"):
+        with open(log, errors="replace") as f:
+            n += sum(1 for line in f if "a late append" in line)
+    return n
+
+
 def healed(k: int, w, total: int, workdir: Path, keep: bool):
     """After fault k: how many acknowledged messages are still missing; with --keep the
     clients' history so far in history.json, to trace a finding while the run goes on."""
@@ -82,6 +92,8 @@ def main() -> int:
                         on_cycle=lambda k, w: healed(k, w, len(schedule), workdir, args.keep))
         print()
         print(report.summary())
+        print(f"late appends dropped:   {dropped_late(workdir)} by the nodes' readers"
+              " (followers, replays, share groups; from the node logs)")
         for p in report.problems():
             print(f"PROBLEM: {p}")
         bad = bool(report.problems())
