@@ -191,6 +191,7 @@ impl Server {
                             .as_ref()
                             .map(|s| s.checkpoint)
                             .unwrap_or_default(),
+                        config.cluster.as_ref().is_none_or(|s| s.fence_late_appends),
                     )),
                     Some(link.from),
                 )

@@ -160,6 +160,10 @@ pub(crate) struct ClusterSide {
     /// each, in order: their acknowledgements wait until this node's followers are past
     /// those (see [`ClusterSide::confirmed`]).
     unconfirmed: std::collections::VecDeque<(u64, Vec<(u16, u64)>)>,
+    /// `[cluster] fence_late_appends`: this node's messages name their publisher's claim,
+    /// and their acknowledgements wait for its followers ([`ClusterSide::confirmed`]).
+    /// Off, they name none (no reader drops them) and go when the appends return.
+    fence_late_appends: bool,
     /// Connections a barrier of a newer claim of their client passed (see
     /// `FromCluster::Barrier`): closing, and nothing of theirs is acknowledged any more.
     fenced: HashSet<ConnId>,
@@ -434,8 +438,10 @@ impl ClusterSide {
         room: Arc<tokio::sync::Notify>,
         node: makelaar_cluster::NodeId,
         checkpoint: CheckpointConfig,
+        fence_late_appends: bool,
     ) -> ClusterSide {
         ClusterSide {
+            fence_late_appends,
             checkpoints: Checkpoints::new(checkpoint),
             tracked: HashMap::new(),
             conn_of: HashMap::new(),
@@ -566,7 +572,7 @@ impl ClusterSide {
     fn confirmed(&mut self) -> Option<u64> {
         let (_, own) = self.unconfirmed.front()?;
         let past = |&(p, seq): &(u16, u64)| self.positions.get(&p).is_some_and(|n| n.next > seq);
-        if !own.iter().all(past) {
+        if self.fence_late_appends && !own.iter().all(past) {
             return None;
         }
         self.unconfirmed.pop_front().map(|(epoch, _)| epoch)
@@ -1651,11 +1657,14 @@ impl Router {
                 .any(|e| e.msg.qos != makelaar_proto::QoS::AtMostOnce || e.msg.retain);
             let epoch = promised.then(|| c.gate.next_epoch());
             let claims = &c.claims;
+            let fence = c.fence_late_appends;
             let messages: Vec<_> = c
                 .exported
                 .drain(..)
                 .map(|e| {
-                    let claim = e.from.and_then(|conn| claims.get(&conn)).map(|(_, r)| *r);
+                    let claim = (e.from.filter(|_| fence))
+                        .and_then(|conn| claims.get(&conn))
+                        .map(|(_, r)| *r);
                     (e, claim)
                 })
                 .collect();
@@ -3027,6 +3036,7 @@ mod tests {
             Arc::new(tokio::sync::Notify::new()),
             makelaar_cluster::NodeId::new("a").unwrap(),
             CheckpointConfig::default(),
+            true,
         );
         (c, rx, batch_rx)
     }
@@ -4169,6 +4179,21 @@ mod tests {
         node.batch_appended(&[2]);
         node.follow(2);
         assert_eq!(node.acks_on(1), [7, 8], "QoS 2: PUBREC alike");
+    }
+
+    /// With `[cluster] fence_late_appends = false` an acknowledgement goes when the append
+    /// returns, as before the fence (its message names no claim, so no reader drops it).
+    #[test]
+    fn without_the_fence_an_acknowledgement_goes_when_the_append_returns() {
+        let mut node = Node::new(1);
+        if let Some(c) = node.router.cluster.as_mut() {
+            c.fence_late_appends = false;
+        }
+        node.connect_as(1, "pub", true, None);
+        node.claimed_with(1, 5, None, false);
+        node.publishes(1, 7, 1);
+        node.batch_appended(&[1]);
+        assert_eq!(node.acks_on(1), [7], "not waiting for the follower");
     }
 
     /// Issue 15 (late appends: QoS 2 messages of unacknowledged publishes delivered twice):

@@ -103,6 +103,15 @@ pub struct ClusterTable {
     /// waiting for the interval; 0: by the interval only.
     #[serde(default)]
     pub checkpoint_acks: Option<u32>,
+    /// Late appends fenced (`makelaar_cluster::barrier`): this node's QoS 1/2 messages name
+    /// their publisher's claim, so every reader drops one stored after that publisher moved
+    /// on (a QoS 2 message never comes twice), and their acknowledgements wait until this
+    /// node's follower is past them (so nothing acknowledged is dropped). Off: acknowledged
+    /// when the append returns (higher QoS 1/2 throughput per in-flight window), and a
+    /// message given up under a fault may come twice or late. Per node: a node with it off
+    /// names no claims, so nothing of its is dropped.
+    #[serde(default)]
+    pub fence_late_appends: Option<bool>,
 }
 
 impl ClusterTable {
@@ -126,6 +135,7 @@ impl ClusterTable {
             max_queued_messages: Some(DEFAULT_CLUSTER_MAX_QUEUED),
             checkpoint_interval_ms: Some(DEFAULT_CHECKPOINT_INTERVAL_MS),
             checkpoint_acks: Some(DEFAULT_CHECKPOINT_ACKS),
+            fence_late_appends: Some(true),
         }
     }
 
@@ -286,6 +296,7 @@ impl ClusterTable {
             allow_lazy_fsync: self.allow_lazy_fsync.unwrap_or(false),
             max_queued_messages,
             checkpoint,
+            fence_late_appends: self.fence_late_appends.unwrap_or(true),
         }))
     }
 }
@@ -311,6 +322,7 @@ impl std::fmt::Debug for ClusterTable {
             .field("max_queued_messages", &self.max_queued_messages)
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .field("checkpoint_acks", &self.checkpoint_acks)
+            .field("fence_late_appends", &self.fence_late_appends)
             .finish()
     }
 }
@@ -336,6 +348,8 @@ pub struct ClusterSettings {
     pub max_queued_messages: usize,
     /// How often connected persistent sessions' records are brought up to date.
     pub checkpoint: makelaar_cluster::checkpoint::CheckpointConfig,
+    /// Late appends fenced (`[cluster] fence_late_appends`).
+    pub fence_late_appends: bool,
 }
 
 #[cfg(test)]
