@@ -1805,7 +1805,7 @@ impl<B: Backend> Cluster<B> {
             .is_late(partition.index(), seq, &envelope.origin_client, claim);
         if late {
             self.stats.late_dropped.fetch_add(1, Relaxed);
-            tracing::info!(partition = partition.index(), seq, client = %envelope.origin_client, origin = %envelope.origin_node, "a late append left out of a share group: its publisher had been claimed on another node before it was appended, and never had it acknowledged");
+            tracing::info!(partition = partition.index(), seq, client = %envelope.origin_client, origin = %envelope.origin_node, "a late append left out of a replay or a share group: its publisher had been claimed on another node before it was appended, and never had it acknowledged");
         }
         late
     }
@@ -1814,18 +1814,7 @@ impl<B: Backend> Cluster<B> {
     /// read ([`crate::barrier`]); counted when it is. (A replay reads what the followers
     /// are past: the barriers before it are known.)
     fn is_late(&self, m: &LogMessage) -> bool {
-        let late = is_late_in(
-            &self
-                .fences
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            m,
-        );
-        if late {
-            self.stats.late_dropped.fetch_add(1, Relaxed);
-            tracing::info!(partition = m.partition.index(), seq = m.seq, client = %m.envelope.origin_client, origin = %m.envelope.origin_node, "a late append left out of a replay: its publisher had been claimed on another node before it was appended, and never had it acknowledged");
-        }
-        late
+        self.is_late_share(m.partition, m.seq, &m.envelope)
     }
 
     /// Replays a session taken in from a record (see [`crate::replay`]): reads each
